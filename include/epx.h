@@ -1,0 +1,283 @@
+/*
+ * epx — expert-parallel exchange: the public C API (v0).
+ *
+ * One header, C99, no CUDA or MPI types.  Optional integrations live beside
+ * it (epx/mpi.h).  Conventions:
+ *   - every call returns epx_status_t (EPX_OK = 0, errors < 0); outputs are
+ *     set only on success; epx_last_error() gives the detail of the last
+ *     failure on the calling thread;
+ *   - parameter structs carry struct_size/version (use the *_INIT macros) so
+ *     fields can be added without breaking callers compiled against an older
+ *     header;
+ *   - destroy/release accept NULL.
+ *
+ * Thread safety: a communicator and the engines created on it are driven by
+ * one thread at a time (the rank's thread).  Different communicators may be
+ * driven concurrently by different threads of one process: a process may
+ * drive several ranks, and nothing here assumes one rank per process.
+ * epx_status_str, epx_version* and epx_last_error are always thread-safe.
+ */
+#ifndef EPX_H
+#define EPX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum epx_status {
+    EPX_OK = 0,
+    EPX_ERR_INVALID = -1,     /* bad argument (null, misaligned, out of range) */
+    EPX_ERR_NOMEM = -2,       /* allocation or mapping failed */
+    EPX_ERR_SYSTEM = -3,      /* a system call failed (errno in the message) */
+    EPX_ERR_TIMEOUT = -4,     /* a peer did not answer within EPX_TIMEOUT */
+    EPX_ERR_AUTH = -5,        /* bootstrap: wrong or missing job key */
+    EPX_ERR_MISMATCH = -6,    /* ranks disagree (hidden size, expert count...) */
+    EPX_ERR_PEER = -7,        /* another rank failed this collective call */
+    EPX_ERR_STATE = -8,       /* call out of order (e.g. combine before dispatch) */
+    EPX_ERR_UNSUPPORTED = -9, /* not built in, or not available here */
+    EPX_ERR_BOOTSTRAP = -10,  /* ranks could not find each other */
+    EPX_ERR_RANGE = -11       /* a value exceeds a configured limit */
+} epx_status_t;
+
+/* Short fixed name of a status ("EPX_ERR_INVALID: invalid argument"). */
+const char *epx_status_str(epx_status_t status);
+/* Detailed message of the last error on this thread ("" if none). */
+const char *epx_last_error(void);
+
+#define EPX_VERSION_MAJOR 0
+#define EPX_VERSION_MINOR 1
+#define EPX_VERSION_PATCH 0
+/* Version of the library actually loaded (may differ from the header). */
+void epx_version(int *major, int *minor, int *patch);
+const char *epx_version_string(void);
+
+/* --------------------------------------------------------------- config */
+
+/* The EPX_* environment settings, from the one table in the library. */
+typedef struct epx_setting {
+    const char *name;    /* "EPX_TIMEOUT" */
+    const char *deflt;   /* default value as text */
+    const char *help;    /* one line */
+} epx_setting_t;
+/* Number of settings; *table points to a static array of that many. */
+int epx_settings(const epx_setting_t **table);
+
+/* ---------------------------------------------------------- communicator */
+
+typedef struct epx_comm epx_comm_t;
+
+/* An all-gather supplied by the caller (torch.distributed, a KV store...):
+ * gather `bytes` from every rank into recv[nranks * bytes], rank order.
+ * Return 0 on success. */
+typedef int (*epx_allgather_fn)(void *ctx, const void *send, void *recv,
+                                size_t bytes);
+
+typedef enum epx_bootstrap {
+    /* EPX_RANK, EPX_NRANKS, EPX_ROOT=host:port and EPX_JOB_KEY from the
+     * environment; rank 0 listens on EPX_ROOT, the others connect. */
+    EPX_BOOTSTRAP_ENV = 0,
+    /* rank, nranks and allgather given in the params. */
+    EPX_BOOTSTRAP_ALLGATHER = 1
+} epx_bootstrap_t;
+
+#define EPX_COMM_PARAMS_VERSION 1
+typedef struct epx_comm_params {
+    size_t struct_size;        /* sizeof(epx_comm_params_t) */
+    unsigned version;          /* EPX_COMM_PARAMS_VERSION */
+    epx_bootstrap_t bootstrap;
+    /* EPX_BOOTSTRAP_ALLGATHER: */
+    int rank;
+    int nranks;
+    epx_allgather_fn allgather;
+    void *allgather_ctx;
+    /* EPX_BOOTSTRAP_ENV: overrides EPX_JOB_KEY / EPX_ROOT when non-NULL. */
+    const char *job_key;
+    const char *root;
+    /* Seconds a wait may last before EPX_ERR_TIMEOUT; <= 0: EPX_TIMEOUT. */
+    double timeout_s;
+} epx_comm_params_t;
+
+#define EPX_COMM_PARAMS_INIT                                                  \
+    { sizeof(epx_comm_params_t), EPX_COMM_PARAMS_VERSION,                     \
+      EPX_BOOTSTRAP_ENV, -1, 0, NULL, NULL, NULL, NULL, 0.0 }
+
+/* Collective over all ranks.  Ranks on this host exchange through shared
+ * memory. */
+epx_status_t epx_comm_create(const epx_comm_params_t *params,
+                             epx_comm_t **comm);
+void epx_comm_destroy(epx_comm_t *comm);
+int epx_comm_rank(const epx_comm_t *comm);
+int epx_comm_size(const epx_comm_t *comm);
+epx_status_t epx_comm_barrier(epx_comm_t *comm);
+
+/* Built-in local launcher: fork `nranks` processes on this host; each
+ * creates a communicator (params may be NULL; its bootstrap fields are
+ * ignored), calls fn(comm, arg), destroys the communicator and exits with
+ * fn's return value.  The caller waits for all of them.  If a rank fails or
+ * dies the others are stopped.  Returns EPX_OK if every rank returned 0;
+ * otherwise EPX_ERR_PEER, with the first failing rank in *failed_rank (may
+ * be NULL) and its exit code / signal in the last-error message.  Call it
+ * from a single-threaded process (fork). */
+typedef int (*epx_rank_fn)(epx_comm_t *comm, void *arg);
+epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
+                              epx_rank_fn fn, void *arg, int *failed_rank);
+
+/* ------------------------------------------------------------------ MoE */
+
+typedef enum epx_dtype {
+    EPX_DTYPE_BF16 = 0,
+    EPX_DTYPE_FP32 = 1,
+    EPX_DTYPE_INT32 = 2,
+    EPX_DTYPE_INT64 = 3
+} epx_dtype_t;
+
+/* Bytes per element of a dtype (0 for an unknown one). */
+size_t epx_dtype_size(epx_dtype_t dtype);
+
+/* A 2-D row-major tensor view: rows x cols, contiguous rows of cols
+ * elements.  `data` must be aligned to the element size. */
+typedef struct epx_tensor {
+    void *data;
+    epx_dtype_t dtype;
+    int64_t rows;
+    int64_t cols;
+} epx_tensor_t;
+
+typedef enum epx_layout {
+    /* One row per (source token, this rank): x once, plus the token's
+     * local expert ids (-1 elsewhere) and weights. */
+    EPX_LAYOUT_TOKEN_MAJOR = 0,
+    /* One row per (token, local expert), grouped by local expert; each
+     * expert's segment starts at a multiple of `expert_alignment` rows. */
+    EPX_LAYOUT_EXPERT_MAJOR = 1
+} epx_layout_t;
+
+typedef struct epx_moe epx_moe_t;
+
+#define EPX_MOE_PARAMS_VERSION 1
+typedef struct epx_moe_params {
+    size_t struct_size;        /* sizeof(epx_moe_params_t) */
+    unsigned version;          /* EPX_MOE_PARAMS_VERSION */
+    int hidden;                /* H: elements per token */
+    int num_experts;           /* E: logical experts over the comm */
+    int topk;                  /* K: experts per token (1..EPX_MAX_TOPK) */
+    int max_tokens_per_rank;   /* upper bound on T of any dispatch */
+    epx_dtype_t dtype;         /* BF16 or FP32: x on the wire */
+    epx_layout_t layout;
+    int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
+} epx_moe_params_t;
+
+#define EPX_MAX_TOPK 32
+
+#define EPX_MOE_PARAMS_INIT                                                   \
+    { sizeof(epx_moe_params_t), EPX_MOE_PARAMS_VERSION, 0, 0, 0, 0,           \
+      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1 }
+
+/* Placement (no balancer): rank r holds the contiguous experts
+ * [floor(r*E/R), floor((r+1)*E/R)).  When E is not a multiple of R the
+ * counts differ by at most one; when E < R some ranks hold none. */
+int epx_moe_expert_rank(const epx_moe_t *moe, int expert);
+int epx_moe_num_local_experts(const epx_moe_t *moe);
+int epx_moe_first_local_expert(const epx_moe_t *moe);
+
+/* Collective.  Every rank must pass the same hidden, num_experts, topk,
+ * dtype, layout and alignment, else every rank gets EPX_ERR_MISMATCH. */
+epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            epx_moe_t **moe);
+void epx_moe_destroy(epx_moe_t *moe);
+
+/* Routing record of one dispatch; combine brings results back through it,
+ * and a cached dispatch with the same routing reuses it. */
+typedef struct epx_handle epx_handle_t;
+
+#define EPX_DISPATCH_CACHED 0x1u  /* reuse *handle's routing (all ranks) */
+
+#define EPX_DISPATCH_ARGS_VERSION 1
+typedef struct epx_dispatch_args {
+    size_t struct_size;
+    unsigned version;
+    epx_tensor_t x;            /* [T, H], dtype = engine dtype */
+    epx_tensor_t topk_idx;     /* [T, K], INT32 or INT64, -1 = none */
+    epx_tensor_t topk_weights; /* [T, K], FP32 */
+    unsigned flags;            /* EPX_DISPATCH_* */
+} epx_dispatch_args_t;
+
+#define EPX_DISPATCH_ARGS_INIT                                                \
+    { sizeof(epx_dispatch_args_t), EPX_DISPATCH_ARGS_VERSION,                 \
+      { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
+      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u }
+
+/* What this rank received.  Pointers stay valid until this rank's next
+ * epx_combine_send (or the handle's release). */
+typedef struct epx_recv {
+    size_t struct_size;
+    int64_t num_rows;          /* rows of x (expert-major: incl. padding) */
+    epx_tensor_t x;            /* [num_rows, H] received tokens */
+    int num_local_experts;
+    int first_local_expert;    /* global id of local expert 0 */
+    const int64_t *expert_counts;   /* [num_local_experts] tokens per expert */
+    const int64_t *expert_offsets;  /* [num_local_experts] first row (expert-
+                                       major); NULL in token-major */
+    /* Per row (padding rows in expert-major: src_rank = -1). */
+    const int32_t *src_rank;   /* [num_rows] */
+    const int32_t *src_token;  /* [num_rows] token index on src_rank */
+    /* Token-major: [num_rows, K] local expert ids (-1 = not here) and
+     * weights.  Expert-major: topk_idx NULL, topk_weights [num_rows]. */
+    const int32_t *topk_idx;
+    const float *topk_weights;
+} epx_recv_t;
+
+/* Split dispatch.  epx_dispatch_send routes, exchanges counts (collective)
+ * and writes this rank's tokens into their destinations; it returns a new
+ * handle in *handle (or reuses *handle with EPX_DISPATCH_CACHED).
+ * epx_dispatch_recv waits for every source and describes what arrived.
+ * Invalid input on any rank: nothing is sent, every rank returns an error
+ * (EPX_ERR_PEER on the others) and the engine stays usable. */
+epx_status_t epx_dispatch_send(epx_moe_t *moe, const epx_dispatch_args_t *args,
+                               epx_handle_t **handle);
+epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
+                               epx_recv_t *recv);
+
+#define EPX_COMBINE_UNWEIGHTED 0x1u /* expert-major: y already weighted */
+
+#define EPX_COMBINE_ARGS_VERSION 1
+typedef struct epx_combine_args {
+    size_t struct_size;
+    unsigned version;
+    /* Expert outputs in the layout dispatch produced: [num_rows, H],
+     * dtype = engine dtype.  Token-major: the row is this rank's whole
+     * contribution for the token (the caller sums its local experts with
+     * the weights dispatch gave).  Expert-major: one row per (token, local
+     * expert); combine applies the weights unless UNWEIGHTED. */
+    epx_tensor_t y;
+    unsigned flags;            /* EPX_COMBINE_* */
+} epx_combine_args_t;
+
+#define EPX_COMBINE_ARGS_INIT                                                 \
+    { sizeof(epx_combine_args_t), EPX_COMBINE_ARGS_VERSION,                   \
+      { NULL, EPX_DTYPE_BF16, 0, 0 }, 0u }
+
+/* Split combine.  out[t] = sum over destination ranks r in ascending order
+ * of partial_r(t), partial_r = sum over t's experts on r in top-k order of
+ * w * y (fp32), rounded to the engine dtype for the wire; the final sum is
+ * fp32 and rounded once to out's dtype (BF16 or FP32).  Bitwise
+ * reproducible.  Tokens with no expert get zeros. */
+epx_status_t epx_combine_send(epx_moe_t *moe, epx_handle_t *handle,
+                              const epx_combine_args_t *args);
+epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
+                              epx_tensor_t *out);
+
+void epx_handle_release(epx_handle_t *handle);
+
+/* Number of tokens of the source rank's dispatch recorded in a handle. */
+int64_t epx_handle_num_tokens(const epx_handle_t *handle);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPX_H */

@@ -1,0 +1,26 @@
+/*
+ * epx MPI integration: build a communicator over an existing MPI_Comm.
+ * Available when libepx was configured with MPI (EPX_HAVE_MPI in epx
+ * --cflags); otherwise epx_comm_create_mpi returns EPX_ERR_UNSUPPORTED.
+ */
+#ifndef EPX_MPI_H
+#define EPX_MPI_H
+
+#include <mpi.h>
+#include <epx.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Collective over `mpi_comm`: rank and size are taken from it, and its
+ * MPI_Allgather is the bootstrap.  `params` may be NULL (its bootstrap
+ * fields are ignored).  The MPI communicator must outlive epx_comm. */
+epx_status_t epx_comm_create_mpi(MPI_Comm mpi_comm,
+                                 const epx_comm_params_t *params,
+                                 epx_comm_t **comm);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPX_MPI_H */

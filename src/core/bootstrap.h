@@ -1,0 +1,30 @@
+/*
+ * Bootstraps: how ranks find each other.  Each one yields an all-gather,
+ * used only at setup (window creation, engine checks); the data path never
+ * goes through it.
+ */
+#ifndef EPX_BOOTSTRAP_H
+#define EPX_BOOTSTRAP_H
+
+#include <stddef.h>
+#include "epx.h"
+
+typedef struct epx_boot {
+    int rank, nranks;
+    /* gather `bytes` from every rank into recv[nranks*bytes]; collective. */
+    epx_status_t (*allgather)(struct epx_boot *b, const void *send,
+                              void *recv, size_t bytes);
+    void (*destroy)(struct epx_boot *b);
+    double timeout_s;
+} epx_boot_t;
+
+/* TCP star rooted at rank 0.  listen_fd >= 0: rank 0 uses this already
+ * bound listening socket (local launcher); else it binds `root`. */
+epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
+                                  int listen_fd, const char *job_key,
+                                  double timeout_s, epx_boot_t **boot);
+epx_status_t epx__boot_allgather_create(int rank, int nranks,
+                                        epx_allgather_fn fn, void *ctx,
+                                        double timeout_s, epx_boot_t **boot);
+
+#endif /* EPX_BOOTSTRAP_H */

@@ -1,0 +1,192 @@
+/*
+ * The communicator: ranks, a bootstrap (setup only), the transport used per
+ * peer (v0: shm for every peer; all ranks must share one host) and a
+ * barrier on the transport's signals.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "util/util.h"
+#include "core/comm.h"
+
+typedef struct rank_info {
+    char job[40];
+    char host[64];
+    char boot_id[40];
+    int32_t pid;
+} rank_info_t;
+
+epx_status_t epx__random_hex(char *buf, size_t nhex)
+{
+    unsigned char raw[64];
+    size_t n = (nhex + 1) / 2;
+    if (n > sizeof(raw) || getrandom(raw, n, 0) != (ssize_t)n)
+        return epx__syserror(EPX_ERR_SYSTEM, "getrandom");
+    for (size_t i = 0; i < nhex; i++)
+        buf[i] = "0123456789abcdef"[(raw[i / 2] >> (i % 2 ? 0 : 4)) & 15];
+    buf[nhex] = '\0';
+    return EPX_OK;
+}
+
+static void host_identity(rank_info_t *ri)
+{
+    gethostname(ri->host, sizeof(ri->host) - 1);
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(ri->boot_id, sizeof(ri->boot_id), f))
+            ri->boot_id[0] = '\0';
+        fclose(f);
+    }
+    ri->pid = (int32_t)getpid();
+}
+
+epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
+                                 void *recv, size_t bytes)
+{
+    return comm->boot->allgather(comm->boot, send, recv, bytes);
+}
+
+double epx__comm_timeout(const epx_comm_t *comm) { return comm->timeout_s; }
+
+epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
+                                   const char *job, epx_comm_t **out)
+{
+    epx_status_t st;
+    epx_comm_t *c = calloc(1, sizeof(*c));
+    rank_info_t mine = { 0 }, *all = calloc((size_t)boot->nranks, sizeof(*all));
+    if (!c || !all) {
+        st = epx__error(EPX_ERR_NOMEM, "comm: out of memory");
+        goto err_alloc;
+    }
+    c->rank = boot->rank;
+    c->nranks = boot->nranks;
+    c->timeout_s = timeout_s;
+    c->boot = boot;
+    c->tl = &epx__tl_shm;
+    while ((1 << c->barrier_rounds) < c->nranks)
+        c->barrier_rounds++;
+
+    if (job)
+        snprintf(mine.job, sizeof(mine.job), "%s", job);
+    else if ((st = epx__random_hex(mine.job, 16)) != EPX_OK)
+        goto err_alloc;
+    host_identity(&mine);
+    if ((st = epx__comm_allgather(c, &mine, all, sizeof(mine))) != EPX_OK)
+        goto err_alloc;
+    memcpy(c->job, all[0].job, sizeof(c->job)); /* rank 0's id wins */
+    for (int r = 0; r < c->nranks; r++)
+        if (strcmp(all[r].boot_id, mine.boot_id) ||
+            strcmp(all[r].host, mine.host)) {
+            st = epx__error(EPX_ERR_UNSUPPORTED,
+                            "comm: rank %d runs on host %s and rank %d on %s; "
+                            "ranks on several hosts need the network transport "
+                            "(not in this version)", c->rank, mine.host, r,
+                            all[r].host);
+            goto err_alloc;
+        }
+    if ((st = c->tl->win_create(c, 0, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
+        goto err_alloc;
+    free(all);
+    EPX_LOG(EPX_LOG_INFO, "core", c->rank,
+            "communicator of %d ranks up (job %s, transport %s)", c->nranks,
+            c->job, c->tl->name);
+    *out = c;
+    return EPX_OK;
+
+err_alloc:
+    free(all);
+    free(c);
+    boot->destroy(boot);
+    return st;
+}
+
+epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
+{
+    if (!p || !out || p->struct_size < offsetof(epx_comm_params_t, timeout_s) +
+                                           sizeof(double))
+        return epx__error(EPX_ERR_INVALID,
+                          "comm: params or output NULL, or params not set up "
+                          "with EPX_COMM_PARAMS_INIT");
+    double timeout = p->timeout_s > 0 ? p->timeout_s
+                                      : epx__cfg_double("EPX_TIMEOUT");
+    if (timeout <= 0)
+        timeout = 120;
+    epx_boot_t *boot = NULL;
+    epx_status_t st;
+    switch (p->bootstrap) {
+    case EPX_BOOTSTRAP_ENV: {
+        const char *rs = epx__cfg_str("EPX_RANK"), *ns = epx__cfg_str("EPX_NRANKS");
+        char *end1, *end2;
+        long rank = strtol(rs, &end1, 10), n = strtol(ns, &end2, 10);
+        if (!*rs || !*ns || *end1 || *end2)
+            return epx__error(EPX_ERR_INVALID,
+                              "comm: env bootstrap needs EPX_RANK and EPX_NRANKS "
+                              "(got '%s', '%s')", rs, ns);
+        const char *root = p->root ? p->root : epx__cfg_str("EPX_ROOT");
+        const char *key = p->job_key ? p->job_key : epx__cfg_str("EPX_JOB_KEY");
+        if (n > 1 && !*root)
+            return epx__error(EPX_ERR_INVALID,
+                              "comm: env bootstrap needs EPX_ROOT=host:port");
+        st = epx__boot_tcp_create((int)rank, (int)n, root, -1, key, timeout,
+                                  &boot);
+        break;
+    }
+    case EPX_BOOTSTRAP_ALLGATHER:
+        st = epx__boot_allgather_create(p->rank, p->nranks, p->allgather,
+                                        p->allgather_ctx, timeout, &boot);
+        break;
+    default:
+        return epx__error(EPX_ERR_INVALID, "comm: unknown bootstrap %d",
+                          (int)p->bootstrap);
+    }
+    if (st != EPX_OK)
+        return st;
+    return epx__comm_create_boot(boot, timeout, NULL, out);
+}
+
+void epx_comm_destroy(epx_comm_t *comm)
+{
+    if (!comm)
+        return;
+    if (comm->ctl)
+        comm->tl->win_destroy(comm->ctl);
+    comm->boot->destroy(comm->boot);
+    free(comm->owned);
+    free(comm);
+}
+
+int epx_comm_rank(const epx_comm_t *comm) { return comm ? comm->rank : -1; }
+int epx_comm_size(const epx_comm_t *comm) { return comm ? comm->nranks : -1; }
+
+/* Dissemination barrier: in round i signal rank+2^i and wait for rank-2^i.
+ * Only puts/signals, so it works on any transport. */
+epx_status_t epx_comm_barrier(epx_comm_t *comm)
+{
+    if (!comm)
+        return epx__error(EPX_ERR_INVALID, "barrier: comm is NULL");
+    uint64_t epoch = ++comm->barrier_epoch;
+    for (int i = 0; i < comm->barrier_rounds; i++) {
+        int peer = (comm->rank + (1 << i)) % comm->nranks;
+        epx_status_t st = epx__win_signal(comm->ctl, peer, i, 1);
+        if (st == EPX_OK)
+            st = epx__win_wait(comm->ctl, i, epoch);
+        if (st != EPX_OK)
+            return st;
+    }
+    return EPX_OK;
+}
+
+epx_status_t epx__win_create(epx_comm_t *comm, size_t size, int nsignals,
+                             epx_win_t **win)
+{
+    return comm->tl->win_create(comm, size, nsignals, win);
+}
+
+void epx__win_destroy(epx_win_t *win)
+{
+    if (win)
+        win->ops->win_destroy(win);
+}

@@ -1,0 +1,160 @@
+/*
+ * Built-in local launcher: fork N ranks on this host.  The parent binds the
+ * bootstrap socket before forking (rank 0 inherits it: no port race), draws
+ * the job key and job id, waits for the children, stops them all as soon as
+ * one fails, and removes whatever shared memory of the job a crash left.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "util/util.h"
+#include "core/comm.h"
+
+static void remove_job_shm(const char *job)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "epx-%s-", job);
+    DIR *d = opendir("/dev/shm");
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) {
+            char name[300];
+            snprintf(name, sizeof(name), "/%s", e->d_name);
+            shm_unlink(name);
+        }
+    closedir(d);
+}
+
+static void kill_all(const pid_t *pids, int n, int sig)
+{
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0)
+            kill(pids[i], sig);
+}
+
+static int run_rank(int rank, int nranks, int lfd, const char *root,
+                    const char *key, const char *job, double timeout,
+                    epx_rank_fn fn, void *arg)
+{
+    epx_boot_t *boot;
+    epx_comm_t *comm;
+    epx_status_t st = epx__boot_tcp_create(rank, nranks, root, rank == 0 ? lfd : -1,
+                                           key, timeout, &boot);
+    if (st == EPX_OK)
+        st = epx__comm_create_boot(boot, timeout, job, &comm);
+    if (st != EPX_OK) {
+        fprintf(stderr, "epx: rank %d: %s: %s\n", rank, epx_status_str(st),
+                epx_last_error());
+        return 100;
+    }
+    int rc = fn(comm, arg);
+    epx_comm_destroy(comm);
+    return rc;
+}
+
+epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
+                              epx_rank_fn fn, void *arg, int *failed_rank)
+{
+    if (nranks < 1 || !fn)
+        return epx__error(EPX_ERR_INVALID,
+                          "launch: need nranks >= 1 (got %d) and a function",
+                          nranks);
+    double timeout = params && params->timeout_s > 0
+        ? params->timeout_s : epx__cfg_double("EPX_TIMEOUT");
+    if (timeout <= 0)
+        timeout = 120;
+    char key[33], job[17], root[64];
+    epx_status_t st = epx__random_hex(key, 32);
+    if (st == EPX_OK)
+        st = epx__random_hex(job, 16);
+    if (st != EPX_OK)
+        return st;
+
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET,
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t slen = sizeof(sa);
+    if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) ||
+        listen(lfd, 256) || getsockname(lfd, (struct sockaddr *)&sa, &slen)) {
+        st = epx__syserror(EPX_ERR_SYSTEM, "launch: bootstrap socket");
+        if (lfd >= 0)
+            close(lfd);
+        return st;
+    }
+    snprintf(root, sizeof(root), "127.0.0.1:%d", ntohs(sa.sin_port));
+
+    pid_t *pids = calloc((size_t)nranks, sizeof(pid_t));
+    if (!pids) {
+        close(lfd);
+        return epx__error(EPX_ERR_NOMEM, "launch: out of memory");
+    }
+    fflush(NULL);  /* children must not flush the parent's buffers again */
+    for (int r = 0; r < nranks; r++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            int rc = run_rank(r, nranks, lfd, root, key, job, timeout, fn, arg);
+            fflush(NULL);
+            _exit(rc & 0xff);
+        }
+        if (pid < 0) {
+            st = epx__syserror(EPX_ERR_SYSTEM, "launch: fork of rank %d", r);
+            kill_all(pids, r, SIGKILL);
+            nranks = r;   /* reap the ones started */
+            break;
+        }
+        pids[r] = pid;
+    }
+    close(lfd);
+
+    int first_bad = -1, alive = nranks;
+    char why[160] = "";
+    while (alive > 0) {
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        int r = 0;
+        while (r < nranks && pids[r] != pid)
+            r++;
+        if (r == nranks)
+            continue;     /* not ours */
+        pids[r] = 0;
+        alive--;
+        int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        if (!ok && first_bad < 0) {
+            first_bad = r;
+            if (WIFEXITED(status))
+                snprintf(why, sizeof(why), "rank %d exited with status %d", r,
+                         WEXITSTATUS(status));
+            else
+                snprintf(why, sizeof(why), "rank %d killed by signal %d", r,
+                         WTERMSIG(status));
+            /* The others would only wait for it until their timeout. */
+            kill_all(pids, nranks, SIGKILL);
+        }
+    }
+    free(pids);
+    remove_job_shm(job);
+    if (st != EPX_OK)
+        return st;
+    if (first_bad >= 0) {
+        if (failed_rank)
+            *failed_rank = first_bad;
+        return epx__error(EPX_ERR_PEER, "launch: %s", why);
+    }
+    return EPX_OK;
+}

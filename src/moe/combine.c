@@ -1,0 +1,186 @@
+/*
+ * Throughput-mode combine on the host executor.
+ *
+ *   send: for every token this rank received, reduce its local rows in
+ *         top-k order in fp32 (weighted unless UNWEIGHTED; token-major rows
+ *         are already the rank's partial), round to the engine dtype and put
+ *         the partial into the source's window at the slot dispatch chose;
+ *         then a status word and a signal to every rank.
+ *   recv: wait for the R signals and sum each token's partials in
+ *         ascending rank order in fp32, rounding once.
+ * Fixed orders everywhere, so the result is bitwise reproducible.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+static void load_add(float *restrict acc, const void *src, epx_dtype_t dt,
+                     float w, int H)
+{
+    if (dt == EPX_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] += w * epx__bf16_to_f32(s[i]);
+    } else {
+        const float *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] += w * s[i];
+    }
+}
+
+static void load_add1(float *restrict acc, const void *src, epx_dtype_t dt,
+                      int H)
+{
+    if (dt == EPX_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] += epx__bf16_to_f32(s[i]);
+    } else {
+        const float *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] += s[i];
+    }
+}
+
+static void store(void *dst, const float *restrict acc, epx_dtype_t dt, int H)
+{
+    if (dt == EPX_DTYPE_BF16) {
+        uint16_t *d = dst;
+        for (int i = 0; i < H; i++)
+            d[i] = epx__f32_to_bf16(acc[i]);
+    } else {
+        memcpy(dst, acc, sizeof(float) * (size_t)H);
+    }
+}
+
+static epx_status_t check_tensor(const epx_tensor_t *t, const char *name,
+                                 int64_t rows, int64_t cols, int any_float,
+                                 epx_dtype_t dt)
+{
+    if (any_float ? (t->dtype != EPX_DTYPE_BF16 && t->dtype != EPX_DTYPE_FP32)
+                  : t->dtype != dt)
+        return epx__error(EPX_ERR_INVALID, "combine: %s has dtype %d", name,
+                          (int)t->dtype);
+    if (t->rows != rows || t->cols != cols)
+        return epx__error(EPX_ERR_INVALID,
+                          "combine: %s is [%lld, %lld], want [%lld, %lld]", name,
+                          (long long)t->rows, (long long)t->cols,
+                          (long long)rows, (long long)cols);
+    if (rows > 0 && !t->data)
+        return epx__error(EPX_ERR_INVALID, "combine: %s data is NULL", name);
+    if ((uintptr_t)t->data % epx_dtype_size(t->dtype))
+        return epx__error(EPX_ERR_INVALID, "combine: %s data is misaligned", name);
+    return EPX_OK;
+}
+
+/* Status word and signal to every rank for the combine phase. */
+static epx_status_t signal_comb(epx_moe_t *m, epx_status_t mine)
+{
+    epx_status_t st = EPX_OK;
+    size_t off = moe_status_off(m, MOE_ST_COMB, m->n_comb, m->rank);
+    for (int d = 0; d < m->R && st == EPX_OK; d++) {
+        st = epx__win_put(m->win, d, off, &mine, sizeof(int32_t));
+        if (st == EPX_OK)
+            st = epx__win_signal(m->win, d, MOE_SIG_COMB, 1);
+    }
+    return st;
+}
+
+static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
+                                  const epx_combine_args_t *a, unsigned flags)
+{
+    const int H = m->H, tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    const epx_dtype_t dt = m->p.dtype;
+    const char *y = a->y.data;
+    const float *wt = (const float *)moe_local(m, m->off.topk_w);
+    const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
+    epx_status_t st = EPX_OK;
+    for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
+        const int32_t *ent = ents + i * m->ent_ints;
+        size_t dst = m->off.comb + (size_t)ent[1] * m->row_bytes;
+        if (tm) {
+            st = epx__win_put(m->win, ent[0], dst, y + (size_t)i * m->row_bytes,
+                              m->row_bytes);
+            continue;
+        }
+        memset(m->acc, 0, sizeof(float) * (size_t)H);
+        for (int j = 0; j < ent[2]; j++) {
+            int64_t r = ent[3 + j];
+            const char *row = y + (size_t)r * m->row_bytes;
+            if (flags & EPX_COMBINE_UNWEIGHTED)
+                load_add1(m->acc, row, dt, H);
+            else
+                load_add(m->acc, row, dt, wt[r], H);
+        }
+        store(m->wire, m->acc, dt, H);
+        st = epx__win_put(m->win, ent[0], dst, m->wire, m->row_bytes);
+    }
+    return st;
+}
+
+epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
+                              const epx_combine_args_t *a)
+{
+    if (!m || !h || h->moe != m)
+        return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
+                          "handle of another engine");
+    if (m->state != MOE_RECEIVED || m->cur != h)
+        return epx__error(EPX_ERR_STATE,
+                          "combine: no received dispatch for this handle");
+    epx_status_t mine = EPX_OK;
+    if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) + sizeof(unsigned))
+        mine = epx__error(EPX_ERR_INVALID,
+                          "combine: args NULL or not set up with "
+                          "EPX_COMBINE_ARGS_INIT");
+    else
+        mine = check_tensor(&a->y, "y", h->nrows, m->H, 0, m->p.dtype);
+    epx_status_t st = mine == EPX_OK ? send_partials(m, h, a, a->flags) : mine;
+    epx_status_t sig = signal_comb(m, st);
+    if (st == EPX_OK && sig != EPX_OK)
+        st = sig;
+    if (st != EPX_OK) {
+        /* Sources learn it from the status word; take our partials in. */
+        m->n_comb++;
+        epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
+        m->state = MOE_IDLE;
+        m->cur = NULL;
+        return st;
+    }
+    m->state = MOE_COMBINING;
+    return EPX_OK;
+}
+
+epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
+{
+    if (!m || !h || h->moe != m)
+        return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
+                          "handle of another engine");
+    if (m->state != MOE_COMBINING || m->cur != h)
+        return epx__error(EPX_ERR_STATE,
+                          "combine: recv without a matching combine_send");
+    epx_status_t bad = out ? check_tensor(out, "out", h->T, m->H, 1, 0)
+                           : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+    uint64_t call = m->n_comb++;
+    epx_status_t st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
+    m->state = MOE_IDLE;
+    m->cur = NULL;
+    if (st == EPX_OK)
+        st = moe_first_error(m, MOE_ST_COMB, call, "combine");
+    if (st != EPX_OK)
+        return st;
+    if (bad != EPX_OK)
+        return bad;
+    const int H = m->H;
+    const char *comb = moe_local(m, m->off.comb);
+    size_t out_row = epx_dtype_size(out->dtype) * (size_t)H;
+    for (int64_t t = 0; t < h->T; t++) {
+        memset(m->acc, 0, sizeof(float) * (size_t)H);
+        for (int j = 0; j < h->ndest[t]; j++)
+            load_add1(m->acc, comb + (size_t)(h->retbase[t] + j) * m->row_bytes,
+                      m->p.dtype, H);
+        store((char *)out->data + (size_t)t * out_row, m->acc, out->dtype, H);
+    }
+    return EPX_OK;
+}

@@ -1,0 +1,318 @@
+/*
+ * Throughput-mode dispatch on the host executor.
+ *
+ *   send: check input, layout, count exchange (every rank puts its count
+ *         block into every rank's window; each rank then holds the whole
+ *         [R][E] matrix and computes every receive offset itself), then one
+ *         put per (token, destination) — or per (token, local expert) in
+ *         expert-major — straight into its final place, and a data signal.
+ *   recv: wait for the R data signals; the output is the window itself.
+ *
+ * A rank with bad input still joins the count exchange, carrying its error
+ * in the status word, so every rank returns before any token moves.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
+{
+    return epx__win_put(m->win, d, off, &v, sizeof(v));
+}
+
+/* After the phase's signals arrived: the first rank that reported an error. */
+epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
+                             const char *what)
+{
+    for (int s = 0; s < m->R; s++) {
+        int32_t v = phase < 0 ? moe_blk(m, call, s)[0]
+                              : *(int32_t *)moe_local(m, moe_status_off(m, phase, call, s));
+        if (v != EPX_OK)
+            return epx__error(EPX_ERR_PEER, "%s: rank %d failed its part (%s)",
+                              what, s, epx_status_str((epx_status_t)v));
+    }
+    return EPX_OK;
+}
+
+/* Count exchange of call m->n_counts; returns the agreed status. */
+static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine)
+{
+    uint64_t call = m->n_counts++;
+    size_t blk_bytes = sizeof(int32_t) * (size_t)m->blk_ints;
+    size_t off = m->off.counts +
+                 ((size_t)(call & 1) * (size_t)m->R + (size_t)m->rank) * blk_bytes;
+    m->blk[0] = mine;
+    epx_status_t st = EPX_OK;
+    for (int d = 0; d < m->R && st == EPX_OK; d++) {
+        st = epx__win_put(m->win, d, off, m->blk, blk_bytes);
+        if (st == EPX_OK)
+            st = epx__win_signal(m->win, d, MOE_SIG_COUNTS, 1);
+    }
+    if (st == EPX_OK)
+        st = epx__win_wait(m->win, MOE_SIG_COUNTS, (uint64_t)m->R * m->n_counts);
+    if (st != EPX_OK)
+        return st;
+    if (mine != EPX_OK)
+        return mine;
+    return moe_first_error(m, -1, call, "dispatch");
+}
+
+/* From the count matrix: where this rank's tokens go at every destination,
+ * and what this rank itself receives. */
+static void plan_offsets(epx_moe_t *m, epx_handle_t *h)
+{
+    uint64_t call = m->n_counts - 1;
+    const int R = m->R, E = m->E, me = m->rank;
+    int64_t align = m->p.expert_alignment;
+    int64_t *entcur = h->entbase, *ecur = h->ebase;
+    memset(entcur, 0, sizeof(int64_t) * (size_t)R);
+    memset(ecur, 0, sizeof(int64_t) * (size_t)E);
+    memset(m->tot, 0, sizeof(int64_t) * (size_t)E);
+    h->nent = 0;
+    for (int s = 0; s < R; s++) {
+        const int32_t *b = moe_blk(m, call, s), *ce = b + 2, *cr = b + 2 + E;
+        h->nent += cr[me];
+        for (int e = 0; e < E; e++)
+            m->tot[e] += ce[e];
+        if (s < me) {
+            for (int d = 0; d < R; d++)
+                entcur[d] += cr[d];
+            for (int e = 0; e < E; e++)
+                ecur[e] += ce[e];
+        }
+    }
+    /* Expert-major segments: aligned, in expert order, per destination. */
+    for (int d = 0; d < R; d++) {
+        int64_t at = 0;
+        for (int e = m->first[d]; e < m->first[d + 1]; e++) {
+            if (d == me) {
+                h->counts[e - m->first[d]] = m->tot[e];
+                h->offsets[e - m->first[d]] = at;
+            }
+            ecur[e] += at;
+            at = (at + m->tot[e] + align - 1) / align * align;
+        }
+        if (d == me)
+            h->nrows = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR ? h->nent : at;
+    }
+}
+
+static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
+                                const epx_dispatch_args_t *a)
+{
+    const int K = m->K, me = m->rank;
+    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    const char *x = a->x.data;
+    const float *w = a->topk_weights.data;
+    const moe_offsets_t *o = &m->off;
+    int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
+    float lw[EPX_MAX_TOPK];
+    epx_status_t st = EPX_OK;
+    memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
+    memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->E);
+    for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
+        const char *row = x + (size_t)t * m->row_bytes;
+        const int32_t *ids = h->idx + t * K;
+        for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
+            int d = h->dest[t * m->maxdest + j], nloc = 0;
+            int64_t e_at = m->entcur[d]++;
+            ent[0] = me;
+            ent[1] = (int32_t)(h->retbase[t] + j);
+            for (int k = 0; k < K; k++) {
+                int local = ids[k] >= 0 && m->e2r[ids[k]] == d;
+                lidx[k] = local ? ids[k] - m->first[d] : -1;
+                lw[k] = local ? w[t * K + k] : 0.0f;
+                if (!local || tm)
+                    continue;
+                int64_t r = m->ecur[ids[k]]++;
+                ent[3 + nloc++] = (int32_t)r;
+                st |= epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
+                                   row, m->row_bytes);
+                st |= put32(m, d, o->src_rank + (size_t)r * 4, me);
+                st |= put32(m, d, o->src_token + (size_t)r * 4, (int32_t)t);
+                st |= epx__win_put(m->win, d, o->topk_w + (size_t)r * 4,
+                                   &lw[k], sizeof(float));
+            }
+            ent[2] = nloc;
+            st |= epx__win_put(m->win, d,
+                               o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
+                               ent, sizeof(int32_t) * (size_t)(3 + nloc));
+            if (!tm)
+                continue;
+            st |= epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
+                               row, m->row_bytes);
+            st |= put32(m, d, o->src_rank + (size_t)e_at * 4, me);
+            st |= put32(m, d, o->src_token + (size_t)e_at * 4, (int32_t)t);
+            st |= epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4,
+                               lidx, sizeof(int32_t) * (size_t)K);
+            st |= epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
+                               sizeof(float) * (size_t)K);
+        }
+    }
+    return st == EPX_OK ? EPX_OK
+        : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
+}
+
+/* Data phase: status word and signal to every rank (after our tokens). */
+static epx_status_t signal_data(epx_moe_t *m, epx_status_t mine)
+{
+    epx_status_t st = EPX_OK;
+    size_t off = moe_status_off(m, MOE_ST_DATA, m->n_data, m->rank);
+    for (int d = 0; d < m->R && st == EPX_OK; d++) {
+        st = put32(m, d, off, mine);
+        if (st == EPX_OK)
+            st = epx__win_signal(m->win, d, MOE_SIG_DATA, 1);
+    }
+    return st;
+}
+
+epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
+                               epx_handle_t **handle)
+{
+    if (!m || !a || !handle)
+        return epx__error(EPX_ERR_INVALID, "dispatch: engine, args or handle NULL");
+    int cached = (a->struct_size >= sizeof(*a)) && (a->flags & EPX_DISPATCH_CACHED);
+    if (m->state == MOE_SENT || m->state == MOE_COMBINING)
+        return epx__error(EPX_ERR_STATE,
+                          "dispatch: the previous dispatch/combine of this "
+                          "engine is not finished (call its recv first)");
+    epx_status_t st;
+    if (m->state == MOE_RECEIVED) {
+        /* The last dispatch was never combined: peers may still read what
+         * we would overwrite.  Wait until every rank is here. */
+        if ((st = epx_comm_barrier(m->comm)) != EPX_OK)
+            return st;
+        m->state = MOE_IDLE;
+    }
+
+    epx_status_t mine = moe_check_args(m, a);
+    epx_handle_t *h = NULL;
+    if (cached) {
+        h = *handle;
+        if (mine == EPX_OK && (!h || h->moe != m || !h->dispatched))
+            mine = epx__error(EPX_ERR_INVALID,
+                              "dispatch: EPX_DISPATCH_CACHED needs a handle of "
+                              "an earlier dispatch on this engine");
+        if (mine == EPX_OK && (a->x.rows != h->T || moe_hash_idx(m, a) != h->hash))
+            mine = epx__error(EPX_ERR_INVALID,
+                              "dispatch: EPX_DISPATCH_CACHED with a routing that "
+                              "differs from the handle's");
+        if (mine != EPX_OK) {
+            /* Peers learn it from the data status; drain their data. */
+            st = signal_data(m, mine);
+            m->n_data++;
+            if (st == EPX_OK)
+                epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
+            return mine;
+        }
+    } else {
+        if (mine == EPX_OK) {
+            h = moe_handle_new(m, a->x.rows);
+            if (!h)
+                mine = epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+        }
+        if (mine == EPX_OK && (mine = moe_layout(m, a, h)) == EPX_OK)
+            h->hash = moe_hash_idx(m, a);
+        if (mine != EPX_OK)
+            memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+        st = exchange_counts(m, mine);
+        if (st != EPX_OK) {
+            epx_handle_release(h);
+            return st;
+        }
+        plan_offsets(m, h);
+    }
+    st = send_tokens(m, h, a);
+    if (st == EPX_OK)
+        st = signal_data(m, EPX_OK);
+    if (st != EPX_OK) {
+        if (!cached)
+            epx_handle_release(h);
+        return st;
+    }
+    m->state = MOE_SENT;
+    m->cur = h;
+    *handle = h;
+    return EPX_OK;
+}
+
+epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
+{
+    if (!m || !h || !out || h->moe != m)
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: engine, handle or output NULL, or handle "
+                          "of another engine");
+    if (m->state != MOE_SENT || m->cur != h)
+        return epx__error(EPX_ERR_STATE,
+                          "dispatch: recv without a matching dispatch_send");
+    uint64_t call = m->n_data++;
+    epx_status_t st = epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
+    if (st == EPX_OK)
+        st = moe_first_error(m, MOE_ST_DATA, call, "dispatch");
+    if (st != EPX_OK) {
+        m->state = MOE_IDLE;
+        m->cur = NULL;
+        return st;
+    }
+    int nl = moe_nlocal(m, m->rank), tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    int32_t *srank = (int32_t *)moe_local(m, m->off.src_rank);
+    int32_t *stok = (int32_t *)moe_local(m, m->off.src_token);
+    float *wt = (float *)moe_local(m, m->off.topk_w);
+    if (!tm) {  /* mark the padding rows of each segment */
+        for (int j = 0; j < nl; j++) {
+            int64_t end = j + 1 < nl ? h->offsets[j + 1] : h->nrows;
+            for (int64_t r = h->offsets[j] + h->counts[j]; r < end; r++) {
+                srank[r] = stok[r] = -1;
+                wt[r] = 0.0f;
+            }
+        }
+    }
+    memset(out, 0, sizeof(*out));
+    out->struct_size = sizeof(*out);
+    out->num_rows = h->nrows;
+    out->x.data = moe_local(m, m->off.rows);
+    out->x.dtype = m->p.dtype;
+    out->x.rows = h->nrows;
+    out->x.cols = m->H;
+    out->num_local_experts = nl;
+    out->first_local_expert = m->first[m->rank];
+    out->expert_counts = h->counts;
+    out->expert_offsets = tm ? NULL : h->offsets;
+    out->src_rank = srank;
+    out->src_token = stok;
+    out->topk_idx = tm ? (const int32_t *)moe_local(m, m->off.topk_idx) : NULL;
+    out->topk_weights = wt;
+    h->dispatched = 1;
+    m->state = MOE_RECEIVED;
+    return EPX_OK;
+}
+
+void epx_handle_release(epx_handle_t *h)
+{
+    if (!h)
+        return;
+    epx_moe_t *m = h->moe;
+    if (m && m->cur == h) {
+        /* Drain the phase in flight so the engine's counters stay in step. */
+        if (m->state == MOE_SENT)
+            epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * ++m->n_data);
+        else if (m->state == MOE_COMBINING)
+            epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * ++m->n_comb);
+        if (m->state != MOE_IDLE)
+            m->state = MOE_RECEIVED;  /* next dispatch starts with a barrier */
+        m->cur = NULL;
+    }
+    free(h->idx);
+    free(h->ndest);
+    free(h->dest);
+    free(h->retbase);
+    free(h->counts);
+    free(h->offsets);
+    free(h->entbase);
+    free(h->ebase);
+    free(h);
+}
+
+int64_t epx_handle_num_tokens(const epx_handle_t *h) { return h ? h->T : -1; }

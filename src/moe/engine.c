@@ -1,0 +1,195 @@
+/* MoE engine: parameters agreed by every rank, placement, the window. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+typedef struct engine_info {   /* what every rank must agree on */
+    int32_t status, hidden, experts, topk, dtype, layout, align;
+    int64_t max_tokens;
+} engine_info_t;
+
+static epx_status_t check_params(const epx_moe_params_t *p)
+{
+    if (p->struct_size < offsetof(epx_moe_params_t, expert_alignment) + sizeof(int))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: params not set up with EPX_MOE_PARAMS_INIT");
+    if (p->hidden < 1 || p->num_experts < 1 || p->max_tokens_per_rank < 0)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: hidden (%d) and num_experts (%d) must be >= 1, "
+                          "max_tokens_per_rank (%d) >= 0", p->hidden,
+                          p->num_experts, p->max_tokens_per_rank);
+    if (p->topk < 1 || p->topk > EPX_MAX_TOPK || p->topk > p->num_experts)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: topk %d must be in [1, min(%d, num_experts %d)]",
+                          p->topk, EPX_MAX_TOPK, p->num_experts);
+    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
+        return epx__error(EPX_ERR_INVALID, "moe: dtype must be BF16 or FP32");
+    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR && p->layout != EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_INVALID, "moe: unknown layout %d",
+                          (int)p->layout);
+    if (p->expert_alignment < 1 || p->expert_alignment > 4096)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: expert_alignment %d must be in [1, 4096]",
+                          p->expert_alignment);
+    return EPX_OK;
+}
+
+static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
+{
+    static const char *names[] = { "status", "hidden", "num_experts", "topk",
+                                   "dtype", "layout", "expert_alignment" };
+    const epx_moe_params_t *p = &m->p;
+    engine_info_t me = { mine, p->hidden, p->num_experts, p->topk,
+                         (int32_t)p->dtype, (int32_t)p->layout,
+                         p->expert_alignment, p->max_tokens_per_rank };
+    engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    epx_status_t st = epx__comm_allgather(m->comm, &me, all, sizeof(me));
+    for (int r = 0; r < m->R && st == EPX_OK; r++) {
+        if (all[r].status != EPX_OK) {
+            st = mine != EPX_OK ? mine
+                : epx__error(EPX_ERR_PEER,
+                             "moe: rank %d rejected its engine parameters (%s)",
+                             r, epx_status_str((epx_status_t)all[r].status));
+            break;
+        }
+        const int32_t *a = &all[r].status, *b = &me.status;
+        for (int f = 1; f < 7; f++)
+            if (a[f] != b[f]) {
+                st = epx__error(EPX_ERR_MISMATCH,
+                                "moe: %s is %d on rank %d but %d on rank %d",
+                                names[f], (int)b[f], m->rank, (int)a[f], r);
+                break;
+            }
+        if (all[r].max_tokens > *maxT)
+            *maxT = all[r].max_tokens;
+    }
+    free(all);
+    return st;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static void plan_window(epx_moe_t *m)
+{
+    int max_local = 0;
+    for (int r = 0; r < m->R; r++)
+        if (moe_nlocal(m, r) > max_local)
+            max_local = moe_nlocal(m, r);
+    int per_tok = m->K < max_local ? m->K : max_local;
+    int64_t align = m->p.expert_alignment;
+    m->max_entries = (int64_t)m->R * m->maxT;
+    m->max_rows = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR
+        ? m->max_entries
+        : m->max_entries * per_tok + (int64_t)max_local * (align - 1);
+    size_t R = (size_t)m->R, ents = (size_t)m->max_entries,
+           rows = (size_t)m->max_rows, K = (size_t)m->K;
+    int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    moe_offsets_t *o = &m->off;
+    size_t at = 0;
+    o->counts = at;    at = align64(at + 2 * R * (size_t)m->blk_ints * 4);
+    o->status = at;    at = align64(at + 2 * 2 * R * 4);
+    o->entries = at;   at = align64(at + ents * (size_t)m->ent_ints * 4);
+    o->src_rank = at;  at = align64(at + rows * 4);
+    o->src_token = at; at = align64(at + rows * 4);
+    o->topk_idx = at;  at = align64(at + (tm ? ents * K * 4 : 0));
+    o->topk_w = at;    at = align64(at + (tm ? ents * K : rows) * 4);
+    o->rows = at;      at = align64(at + rows * m->row_bytes);
+    o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
+                                         m->row_bytes);
+    o->total = at;
+}
+
+epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            epx_moe_t **out)
+{
+    if (!comm || !params || !out)
+        return epx__error(EPX_ERR_INVALID, "moe: comm, params or output NULL");
+    epx_moe_t *m = calloc(1, sizeof(*m));
+    if (!m)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    m->comm = comm;
+    m->R = comm->nranks;
+    m->rank = comm->rank;
+    memcpy(&m->p, params, params->struct_size < sizeof(m->p)
+                              ? params->struct_size : sizeof(m->p));
+    epx_status_t mine = check_params(params), st;
+    if (mine == EPX_OK) {
+        m->E = params->num_experts;
+        m->K = params->topk;
+        m->H = params->hidden;
+        m->esize = epx_dtype_size(params->dtype);
+        m->row_bytes = m->esize * (size_t)m->H;
+        m->maxdest = m->K < m->R ? m->K : m->R;
+        m->blk_ints = 2 + m->E + m->R;
+        m->ent_ints = 3 + m->K;
+        m->e2r = malloc(sizeof(int32_t) * (size_t)m->E);
+        m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
+        m->blk = malloc(sizeof(int32_t) * (size_t)m->blk_ints);
+        m->entcur = malloc(sizeof(int64_t) * (size_t)m->R);
+        m->ecur = malloc(sizeof(int64_t) * (size_t)m->E);
+        m->tot = malloc(sizeof(int64_t) * (size_t)m->E);
+        m->acc = malloc(sizeof(float) * (size_t)m->H);
+        m->wire = malloc(m->row_bytes);
+        if (!m->wire || !m->e2r || !m->first || !m->blk || !m->entcur || !m->ecur ||
+            !m->tot || !m->acc)
+            mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    }
+    m->maxT = mine == EPX_OK ? params->max_tokens_per_rank : 0;
+    if ((st = agree(m, mine, &m->maxT)) != EPX_OK)
+        goto err_free;
+    /* Contiguous placement: rank r holds [floor(rE/R), floor((r+1)E/R)). */
+    for (int r = 0; r <= m->R; r++)
+        m->first[r] = (int32_t)((int64_t)r * m->E / m->R);
+    for (int r = 0; r < m->R; r++)
+        for (int e = m->first[r]; e < m->first[r + 1]; e++)
+            m->e2r[e] = r;
+    plan_window(m);
+    if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
+        goto err_free;
+    EPX_LOG(EPX_LOG_INFO, "moe", m->rank,
+            "engine H=%d E=%d K=%d maxT=%lld %s %s: window %.1f MiB reserved "
+            "(sparse), %d local experts", m->H, m->E, m->K, (long long)m->maxT,
+            m->p.dtype == EPX_DTYPE_BF16 ? "bf16" : "fp32",
+            m->p.layout == EPX_LAYOUT_TOKEN_MAJOR ? "token-major" : "expert-major",
+            (double)m->off.total / (1 << 20), moe_nlocal(m, m->rank));
+    *out = m;
+    return EPX_OK;
+
+err_free:
+    epx_moe_destroy(m);
+    return st;
+}
+
+void epx_moe_destroy(epx_moe_t *m)
+{
+    if (!m)
+        return;
+    epx__win_destroy(m->win);
+    free(m->e2r);
+    free(m->first);
+    free(m->blk);
+    free(m->entcur);
+    free(m->ecur);
+    free(m->tot);
+    free(m->acc);
+    free(m->wire);
+    free(m);
+}
+
+int epx_moe_expert_rank(const epx_moe_t *m, int e)
+{
+    return m && e >= 0 && e < m->E ? m->e2r[e] : -1;
+}
+int epx_moe_num_local_experts(const epx_moe_t *m)
+{
+    return m ? moe_nlocal(m, m->rank) : 0;
+}
+int epx_moe_first_local_expert(const epx_moe_t *m)
+{
+    return m ? m->first[m->rank] : -1;
+}

@@ -1,0 +1,143 @@
+/*
+ * Routing layout: check a dispatch's input, then find each token's
+ * destination ranks (each once, ascending) and count tokens per expert and
+ * per destination.  Pure local work, before anything is sent.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+static epx_status_t check_tensor(const epx_tensor_t *t, const char *name,
+                                 epx_dtype_t dt, int64_t rows, int64_t cols)
+{
+    if (t->dtype != dt)
+        return epx__error(EPX_ERR_INVALID, "dispatch: %s has dtype %d, want %d",
+                          name, (int)t->dtype, (int)dt);
+    if (t->rows != rows || t->cols != cols)
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: %s is [%lld, %lld], want [%lld, %lld]", name,
+                          (long long)t->rows, (long long)t->cols,
+                          (long long)rows, (long long)cols);
+    if (rows > 0 && !t->data)
+        return epx__error(EPX_ERR_INVALID, "dispatch: %s data is NULL", name);
+    if ((uintptr_t)t->data % epx_dtype_size(dt))
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: %s data %p is not aligned to %zu bytes",
+                          name, t->data, epx_dtype_size(dt));
+    return EPX_OK;
+}
+
+epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
+{
+    if (a->struct_size < offsetof(epx_dispatch_args_t, flags) + sizeof(unsigned))
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: args not set up with EPX_DISPATCH_ARGS_INIT");
+    int64_t T = a->x.rows;
+    if (T < 0)
+        return epx__error(EPX_ERR_INVALID, "dispatch: %lld tokens",
+                          (long long)T);
+    if (T > m->p.max_tokens_per_rank)
+        return epx__error(EPX_ERR_RANGE,
+                          "dispatch: %lld tokens exceed max_tokens_per_rank %d",
+                          (long long)T, m->p.max_tokens_per_rank);
+    epx_status_t st = check_tensor(&a->x, "x", m->p.dtype, T, m->H);
+    if (st == EPX_OK)
+        st = check_tensor(&a->topk_idx, "topk_idx",
+                          a->topk_idx.dtype == EPX_DTYPE_INT64 ? EPX_DTYPE_INT64
+                                                               : EPX_DTYPE_INT32,
+                          T, m->K);
+    if (st == EPX_OK)
+        st = check_tensor(&a->topk_weights, "topk_weights", EPX_DTYPE_FP32, T,
+                          m->K);
+    return st;
+}
+
+static inline int64_t idx_at(const epx_tensor_t *t, int64_t i)
+{
+    return t->dtype == EPX_DTYPE_INT64 ? ((const int64_t *)t->data)[i]
+                                       : ((const int32_t *)t->data)[i];
+}
+
+uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)a->x.rows;
+    int64_t n = a->x.rows * m->K;
+    for (int64_t i = 0; i < n; i++)
+        h = (h ^ (uint64_t)idx_at(&a->topk_idx, i)) * 1099511628211ull;
+    return h;
+}
+
+epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
+{
+    epx_handle_t *h = calloc(1, sizeof(*h));
+    int nl = moe_nlocal(m, m->rank);
+    size_t t = (size_t)(T > 0 ? T : 1);
+    if (!h)
+        return NULL;
+    h->moe = m;
+    h->T = T;
+    h->idx = malloc(sizeof(int32_t) * t * (size_t)m->K);
+    h->ndest = malloc(sizeof(int32_t) * t);
+    h->dest = malloc(sizeof(int32_t) * t * (size_t)m->maxdest);
+    h->retbase = malloc(sizeof(int64_t) * t);
+    h->counts = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
+    h->offsets = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
+    h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
+    h->ebase = malloc(sizeof(int64_t) * (size_t)m->E);
+    if (!h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest || !h->retbase || !h->counts ||
+        !h->offsets) {
+        epx_handle_release(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* Fills h's send side and m->blk (counts per expert, per destination);
+ * EPX_ERR_INVALID on a bad expert id, with nothing sent yet. */
+epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
+                        epx_handle_t *h)
+{
+    const int K = m->K, E = m->E;
+    int32_t *cnt_e = m->blk + 2, *cnt_r = m->blk + 2 + E;
+    memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+    int64_t slot = 0;
+    for (int64_t t = 0; t < h->T; t++) {
+        int32_t *ids = h->idx + t * K, *dst = h->dest + t * m->maxdest;
+        int nd = 0;
+        for (int k = 0; k < K; k++) {
+            int64_t e = idx_at(&a->topk_idx, t * K + k);
+            if (e < -1 || e >= E)
+                return epx__error(EPX_ERR_INVALID,
+                                  "dispatch: topk_idx[%lld][%d] = %lld is out of "
+                                  "range [-1, %d)", (long long)t, k,
+                                  (long long)e, E);
+            ids[k] = (int32_t)e;
+            if (e < 0)
+                continue;
+            for (int j = 0; j < k; j++)
+                if (ids[j] == e)
+                    return epx__error(EPX_ERR_INVALID,
+                                      "dispatch: token %lld lists expert %lld "
+                                      "twice (top-k slots %d and %d)",
+                                      (long long)t, (long long)e, j, k);
+            cnt_e[e]++;
+            /* Insert the rank once, keeping the list ascending. */
+            int r = m->e2r[e], i = nd;
+            while (i > 0 && dst[i - 1] > r)
+                i--;
+            if (i > 0 && dst[i - 1] == r)
+                continue;
+            memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
+            dst[i] = r;
+            nd++;
+        }
+        h->ndest[t] = nd;
+        h->retbase[t] = slot;
+        slot += nd;
+        for (int j = 0; j < nd; j++)
+            cnt_r[dst[j]]++;
+    }
+    return EPX_OK;
+}

@@ -1,0 +1,105 @@
+/*
+ * moe layer internals: the engine, its window layout, the routing handle.
+ *
+ * Window of each rank (offsets in epx_moe.off, sized for the worst case but
+ * sparse, so memory follows the tokens actually received):
+ *   counts   [2][R][2+E+R] int32  per source: status, -, tokens per expert,
+ *                                 tokens per destination rank (parity of call)
+ *   status   [2][2][R] int32      data-phase and combine-phase status per source
+ *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
+ *                                 number of local rows, rows (expert-major)
+ *   src_rank, src_token [rows] int32; topk_idx/topk_weights (see epx_recv_t)
+ *   rows     [rows][H]            received tokens
+ *   comb     [maxT*min(K,R)][H]   partials coming back to this rank
+ */
+#ifndef EPX_MOE_H
+#define EPX_MOE_H
+
+#include <stdint.h>
+#include "epx.h"
+#include "core/comm.h"
+#include "transport/transport.h"
+
+enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
+enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
+enum { MOE_ST_DATA = 0, MOE_ST_COMB = 1 };
+
+typedef struct moe_offsets {
+    size_t counts, status, entries, src_rank, src_token, topk_idx, topk_w,
+           rows, comb, total;
+} moe_offsets_t;
+
+struct epx_moe {
+    epx_comm_t *comm;
+    epx_moe_params_t p;
+    int R, rank, E, K, H;
+    size_t esize, row_bytes;
+    int32_t *e2r;              /* [E] owning rank */
+    int32_t *first;            /* [R+1] first expert of each rank */
+    int maxdest;               /* min(K, R): destinations per token at most */
+    int blk_ints;              /* 2 + E + R */
+    int ent_ints;              /* 3 + K */
+    int64_t maxT, max_entries, max_rows;
+    moe_offsets_t off;
+    epx_win_t *win;
+    uint64_t n_counts, n_data, n_comb;   /* phases done: signal targets */
+    int state;
+    epx_handle_t *cur;         /* handle of the call in flight */
+    /* setup-time scratch, reused by every call */
+    int32_t *blk;              /* [blk_ints] this rank's count block */
+    int64_t *entcur;           /* [R] next entry index at each destination */
+    int64_t *ecur;             /* [E] next expert-major row per expert */
+    int64_t *tot;              /* [E] tokens per expert over all sources */
+    float *acc;                /* [H] fp32 accumulator */
+    void *wire;                /* [row_bytes] one row in the engine dtype */
+};
+
+struct epx_handle {
+    epx_moe_t *moe;
+    int64_t T;
+    /* send side */
+    int32_t *idx;              /* [T*K] expert ids, -1 = none */
+    int32_t *ndest;            /* [T] */
+    int32_t *dest;             /* [T*maxdest] ascending ranks */
+    int64_t *retbase;          /* [T] first combine slot of the token */
+    uint64_t hash;             /* of idx, to check cached reuse */
+    int64_t *entbase;          /* [R] our first entry at each destination */
+    int64_t *ebase;            /* [E] our first expert-major row per expert */
+    /* receive side */
+    int64_t nent, nrows;
+    int64_t *counts, *offsets; /* [nlocal] */
+    int dispatched;            /* a dispatch completed with this routing */
+};
+
+static inline int moe_nlocal(const epx_moe_t *m, int r)
+{
+    return m->first[r + 1] - m->first[r];
+}
+static inline char *moe_local(const epx_moe_t *m, size_t off)
+{
+    return (char *)m->win->local + off;
+}
+static inline int32_t *moe_blk(const epx_moe_t *m, uint64_t call, int src)
+{
+    return (int32_t *)moe_local(m, m->off.counts) +
+           ((size_t)(call & 1) * (size_t)m->R + (size_t)src) * (size_t)m->blk_ints;
+}
+static inline size_t moe_status_off(const epx_moe_t *m, int phase,
+                                    uint64_t call, int src)
+{
+    return m->off.status +
+           sizeof(int32_t) * (((size_t)phase * 2 + (call & 1)) * (size_t)m->R +
+                              (size_t)src);
+}
+
+/* layout.c */
+epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a);
+epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
+                        epx_handle_t *h);
+uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
+epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
+/* dispatch.c / combine.c */
+epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
+                             const char *what);
+
+#endif /* EPX_MOE_H */

@@ -1,0 +1,275 @@
+/*
+ * shm transport: ranks on one host.  Each rank's window is one POSIX shared
+ * memory object, /epx-<job>-<window>-<rank>, mapped by every rank of the
+ * communicator; it is unlinked as soon as every peer has mapped it, so a
+ * crash afterwards leaves nothing in /dev/shm.  The object is sized for the
+ * caller's worst case but stays sparse: tmpfs commits a page only when it is
+ * first written.
+ *
+ * Layout of an object: nsignals signal slots of one cache line each, then
+ * the data area (page aligned).  A put is a memcpy into the peer's mapping;
+ * a signal is a seq_cst fetch-add on the peer's slot (ordered after the
+ * puts before it) plus a futex wake when the target sleeps.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/util.h"
+#include "core/comm.h"
+#include "transport/transport.h"
+
+typedef struct shm_signal {
+    uint64_t value;            /* atomic; futex on its low 32 bits */
+    uint32_t waiters;          /* atomic; > 0 while someone sleeps */
+    char pad[64 - 12];
+} shm_signal_t;
+
+typedef struct shm_win {
+    epx_win_t base;
+    size_t map_len;            /* header + size */
+    size_t hdr;                /* offset of the data area */
+    void **maps;               /* [nranks] mapping bases */
+    shm_signal_t *sig;         /* local signal slots */
+    long spin, yield;
+} shm_win_t;
+
+static size_t page_round(size_t n)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    return (n + pg - 1) / pg * pg;
+}
+
+static void shm_name(char *buf, size_t len, const epx_comm_t *comm,
+                     unsigned win, int rank)
+{
+    snprintf(buf, len, "/epx-%s-%u-%d", comm->job, win, rank);
+}
+
+static void shm_unmap_all(shm_win_t *w)
+{
+    if (!w->maps)
+        return;
+    for (int r = 0; r < w->base.comm->nranks; r++)
+        if (w->maps[r] && w->maps[r] != MAP_FAILED)
+            munmap(w->maps[r], w->map_len);
+}
+
+static void shm_win_free(shm_win_t *w)
+{
+    shm_unmap_all(w);
+    free(w->maps);
+    free(w->base.peer);
+    free(w);
+}
+
+static epx_status_t shm_map(const char *name, size_t len, int create,
+                            void **out)
+{
+    int fd = shm_open(name, O_RDWR | (create ? O_CREAT | O_EXCL : 0), 0600);
+    if (fd < 0)
+        return epx__syserror(EPX_ERR_SYSTEM, "shm: shm_open(%s)", name);
+    if (create && ftruncate(fd, (off_t)len) != 0) {
+        epx_status_t st = epx__syserror(EPX_ERR_NOMEM,
+                                        "shm: ftruncate(%s, %zu)", name, len);
+        close(fd);
+        shm_unlink(name);
+        return st;
+    }
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) {
+        epx_status_t st = epx__syserror(EPX_ERR_NOMEM, "shm: mmap(%s, %zu)",
+                                        name, len);
+        if (create)
+            shm_unlink(name);
+        return st;
+    }
+    *out = p;
+    return EPX_OK;
+}
+
+/* Every rank learns whether every rank succeeded; returns the worst. */
+static epx_status_t agree(epx_comm_t *comm, epx_status_t mine, int *bad_rank)
+{
+    int32_t *all = malloc(sizeof(int32_t) * (size_t)comm->nranks);
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "shm: out of memory");
+    int32_t v = mine;
+    epx_status_t st = epx__comm_allgather(comm, &v, all, sizeof(v));
+    if (st == EPX_OK)
+        for (int r = 0; r < comm->nranks; r++)
+            if (all[r] != EPX_OK) {
+                st = (epx_status_t)all[r];
+                *bad_rank = r;
+                break;
+            }
+    free(all);
+    return st;
+}
+
+static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
+                                   epx_win_t **out)
+{
+    int R = comm->nranks, bad = -1;
+    shm_win_t *w = calloc(1, sizeof(*w));
+    if (!w)
+        return epx__error(EPX_ERR_NOMEM, "shm: out of memory");
+    w->base.ops = &epx__tl_shm;
+    w->base.comm = comm;
+    w->base.size = size;
+    w->base.nsignals = nsignals;
+    w->hdr = page_round(sizeof(shm_signal_t) * (size_t)(nsignals > 0 ? nsignals : 1));
+    w->map_len = w->hdr + page_round(size ? size : 1);
+    w->maps = calloc((size_t)R, sizeof(void *));
+    w->base.peer = calloc((size_t)R, sizeof(void *));
+    w->spin = epx__cfg_long("EPX_SPIN");
+    w->yield = epx__cfg_long("EPX_YIELD");
+    unsigned id = comm->next_win++;
+    char name[96];
+    shm_name(name, sizeof(name), comm, id, comm->rank);
+
+    epx_status_t mine = (w->maps && w->base.peer) ? EPX_OK
+        : epx__error(EPX_ERR_NOMEM, "shm: out of memory");
+    if (mine == EPX_OK)
+        mine = shm_map(name, w->map_len, 1, &w->maps[comm->rank]);
+    epx_status_t st = agree(comm, mine, &bad);
+    if (st != EPX_OK)
+        goto err_created;
+
+    for (int r = 0; r < R && mine == EPX_OK; r++) {
+        if (r == comm->rank)
+            continue;
+        char peer[96];
+        shm_name(peer, sizeof(peer), comm, id, r);
+        mine = shm_map(peer, w->map_len, 0, &w->maps[r]);
+    }
+    /* Every peer has mapped (or failed to map) our object: unlink it now. */
+    st = agree(comm, mine, &bad);
+    shm_unlink(name);
+    if (st != EPX_OK)
+        goto err_mapped;
+
+    for (int r = 0; r < R; r++)
+        w->base.peer[r] = (char *)w->maps[r] + w->hdr;
+    w->base.local = w->base.peer[comm->rank];
+    w->sig = (shm_signal_t *)w->maps[comm->rank];
+    EPX_LOG(EPX_LOG_DEBUG, "shm", comm->rank,
+            "window %u: %zu bytes (sparse), %d signals, %d peers mapped", id,
+            size, nsignals, R);
+    *out = &w->base;
+    return EPX_OK;
+
+err_created:
+    if (mine == EPX_OK)
+        shm_unlink(name);
+err_mapped:
+    if (mine == EPX_OK && st != EPX_OK && bad != comm->rank)
+        epx__error(st == EPX_ERR_NOMEM ? EPX_ERR_NOMEM : EPX_ERR_PEER,
+                   "shm: rank %d could not create or map a window", bad);
+    shm_win_free(w);
+    return mine != EPX_OK ? mine : (st == EPX_ERR_NOMEM ? st : EPX_ERR_PEER);
+}
+
+static void shm_win_destroy(epx_win_t *win)
+{
+    if (win)
+        shm_win_free((shm_win_t *)win);
+}
+
+static epx_status_t shm_put(epx_win_t *win, int peer, size_t off,
+                            const void *src, size_t len)
+{
+    if (EPX_UNLIKELY(off > win->size || len > win->size - off))
+        return epx__error(EPX_ERR_RANGE,
+                          "shm: put of %zu bytes at %zu beyond window of %zu",
+                          len, off, win->size);
+    memcpy((char *)win->peer[peer] + off, src, len);
+    return EPX_OK;
+}
+
+static long futex(void *addr, int op, uint32_t val,
+                  const struct timespec *ts)
+{
+    return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+static epx_status_t shm_signal(epx_win_t *win, int peer, int slot,
+                               uint64_t inc)
+{
+    shm_win_t *w = (shm_win_t *)win;
+    shm_signal_t *s = (shm_signal_t *)w->maps[peer] + slot;
+    __atomic_fetch_add(&s->value, inc, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->waiters, __ATOMIC_SEQ_CST))
+        futex(&s->value, FUTEX_WAKE, INT_MAX, NULL); /* low word on LE */
+    return EPX_OK;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
+{
+    shm_win_t *w = (shm_win_t *)win;
+    shm_signal_t *s = w->sig + slot;
+    uint64_t v;
+    for (long i = 0; i < w->spin; i++) {
+        if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)
+            return EPX_OK;
+        cpu_relax();
+    }
+    for (long i = 0; i < w->yield; i++) {
+        if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)
+            return EPX_OK;
+        sched_yield();
+    }
+    double deadline = epx__now() + epx__comm_timeout(win->comm);
+    const struct timespec nap = { 0, 50 * 1000 * 1000 };
+    for (;;) {
+        __atomic_fetch_add(&s->waiters, 1, __ATOMIC_SEQ_CST);
+        v = __atomic_load_n(&s->value, __ATOMIC_SEQ_CST);
+        if (v < value)
+            futex(&s->value, FUTEX_WAIT, (uint32_t)v, &nap);
+        __atomic_fetch_sub(&s->waiters, 1, __ATOMIC_SEQ_CST);
+        if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)
+            return EPX_OK;
+        if (epx__now() > deadline)
+            return epx__error(EPX_ERR_TIMEOUT,
+                              "rank %d: no signal from peers after %.1f s "
+                              "(slot %d at %llu, waiting for %llu)",
+                              win->comm->rank, epx__comm_timeout(win->comm),
+                              slot, (unsigned long long)v,
+                              (unsigned long long)value);
+    }
+}
+
+static epx_status_t shm_flush(epx_win_t *win, int peer)
+{
+    (void)win; (void)peer;   /* stores are visible once they retire */
+    return EPX_OK;
+}
+
+const epx_tl_ops_t epx__tl_shm = {
+    .name = "shm",
+    .win_create = shm_win_create,
+    .win_destroy = shm_win_destroy,
+    .put = shm_put,
+    .signal = shm_signal,
+    .wait = shm_wait,
+    .flush = shm_flush,
+};

@@ -1,0 +1,69 @@
+/*
+ * transport layer: symmetric windows with put / signal / wait.
+ *
+ * A window is created collectively: every rank exposes `size` bytes plus
+ * `nsignals` 64-bit signal counters of its own; peers write into it with put
+ * and bump its counters with signal.  A signal is release-ordered after
+ * every earlier put from the same rank to the same peer, so a rank that
+ * waits for a counter then reads the data safely.  Waits spin briefly, then
+ * yield, then sleep (72 ranks on 2 cores must work), and fail with
+ * EPX_ERR_TIMEOUT after the communicator's timeout.
+ *
+ * Each backend (one folder under src/transport/) fills an epx_tl_ops_t;
+ * the communicator picks the backend per peer (v0: shm for every peer).
+ */
+#ifndef EPX_TRANSPORT_H
+#define EPX_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "epx.h"
+
+typedef struct epx_win epx_win_t;
+
+typedef struct epx_tl_ops {
+    const char *name;
+    epx_status_t (*win_create)(epx_comm_t *comm, size_t size, int nsignals,
+                               epx_win_t **win);
+    void (*win_destroy)(epx_win_t *win);
+    epx_status_t (*put)(epx_win_t *win, int peer, size_t off, const void *src,
+                        size_t len);
+    epx_status_t (*signal)(epx_win_t *win, int peer, int slot, uint64_t inc);
+    epx_status_t (*wait)(epx_win_t *win, int slot, uint64_t value);
+    epx_status_t (*flush)(epx_win_t *win, int peer);
+} epx_tl_ops_t;
+
+extern const epx_tl_ops_t epx__tl_shm;
+
+/* Base of a window as the transport sees it (all backends share this head). */
+struct epx_win {
+    const epx_tl_ops_t *ops;
+    epx_comm_t *comm;
+    size_t size;
+    int nsignals;
+    void *local;              /* this rank's `size` bytes */
+    void **peer;              /* [nranks] direct pointers, NULL if not mapped */
+};
+
+/* Collective; `size` may be far above what is touched: pages are committed
+ * only when written (memory grows with use). */
+epx_status_t epx__win_create(epx_comm_t *comm, size_t size, int nsignals,
+                             epx_win_t **win);
+void epx__win_destroy(epx_win_t *win);
+
+static inline epx_status_t epx__win_put(epx_win_t *w, int peer, size_t off,
+                                        const void *src, size_t len)
+{ return w->ops->put(w, peer, off, src, len); }
+static inline epx_status_t epx__win_signal(epx_win_t *w, int peer, int slot,
+                                           uint64_t inc)
+{ return w->ops->signal(w, peer, slot, inc); }
+/* Wait until this rank's counter `slot` >= value. */
+static inline epx_status_t epx__win_wait(epx_win_t *w, int slot, uint64_t value)
+{ return w->ops->wait(w, slot, value); }
+static inline epx_status_t epx__win_flush(epx_win_t *w, int peer)
+{ return w->ops->flush(w, peer); }
+/* Direct load/store address of a peer's window, or NULL. */
+static inline void *epx__win_peer_ptr(epx_win_t *w, int peer)
+{ return w->peer[peer]; }
+
+#endif /* EPX_TRANSPORT_H */

@@ -1,0 +1,67 @@
+/*
+ * util layer: status/last-error, logging, the EPX_* settings table, time.
+ * Internal; every other layer may include it, it includes nothing of theirs.
+ */
+#ifndef EPX_UTIL_H
+#define EPX_UTIL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "epx.h"
+
+#if defined(__GNUC__)
+#define EPX_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define EPX_LIKELY(x) __builtin_expect(!!(x), 1)
+#define EPX_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define EPX_PRINTF(a, b)
+#define EPX_LIKELY(x) (x)
+#define EPX_UNLIKELY(x) (x)
+#endif
+
+/* Record a detailed message for epx_last_error() and return `st`. */
+epx_status_t epx__error(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
+/* Same, appending ": strerror(errno)". */
+epx_status_t epx__syserror(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
+void epx__error_clear(void);
+
+/* ---- logging: EPX_LOG=error|warn|info|debug|trace, EPX_LOG_SUBSYS=a,b */
+enum { EPX_LOG_ERROR = 0, EPX_LOG_WARN, EPX_LOG_INFO, EPX_LOG_DEBUG,
+       EPX_LOG_TRACE };
+int epx__log_enabled(int level, const char *subsys);
+/* `rank` < 0 when unknown.  Lines: "[host:pid r<rank>] subsys level: msg". */
+void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
+    EPX_PRINTF(4, 5);
+#define EPX_LOG(level, subsys, rank, ...)                                      \
+    do {                                                                       \
+        if (epx__log_enabled((level), (subsys)))                               \
+            epx__log((level), (subsys), (rank), __VA_ARGS__);                  \
+    } while (0)
+
+/* ---- settings: values come from the environment, else the table default */
+const char *epx__cfg_str(const char *name);   /* never NULL for a known name */
+long epx__cfg_long(const char *name);
+double epx__cfg_double(const char *name);
+
+/* ---- time */
+double epx__now(void);  /* seconds, CLOCK_MONOTONIC */
+
+/* ---- bf16 (round to nearest even; NaN stays NaN) */
+static inline float epx__bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+static inline uint16_t epx__f32_to_bf16(float f)
+{
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40u); /* quiet NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+#endif /* EPX_UTIL_H */
