@@ -253,7 +253,11 @@ typedef struct epx_combine_args {
      * dtype = engine dtype.  Token-major: the row is this rank's whole
      * contribution for the token (the caller sums its local experts with
      * the weights dispatch gave).  Expert-major: one row per (token, local
-     * expert); combine applies the weights unless UNWEIGHTED. */
+     * expert); combine applies the weights unless UNWEIGHTED.
+     * In place: y.data may be the received x buffer (epx_recv_t.x.data),
+     * overwritten by the expert outputs.  Where every peer is mapped (shm)
+     * the sources then read the outputs straight from this rank's memory,
+     * saving one copy; the result is bitwise the same. */
     epx_tensor_t y;
     unsigned flags;            /* EPX_COMBINE_* */
 } epx_combine_args_t;

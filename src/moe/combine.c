@@ -8,7 +8,11 @@
  *         then a status word and a signal to every rank.
  *   recv: wait for the R signals and sum each token's partials in
  *         ascending rank order in fp32, rounding once.
- * Fixed orders everywhere, so the result is bitwise reproducible.
+ * In-place outputs (y is the received x buffer, in the window) on a
+ * transport that maps every peer: the expert rank sends nothing, and the
+ * source computes the same partials itself straight from the peer's window
+ * (one pass over the data instead of two).  Same arithmetic, same order,
+ * so the result is bitwise the same as the pushed path.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +48,18 @@ static void load_add1(float *restrict acc, const void *src, epx_dtype_t dt,
     }
 }
 
+/* acc += round_to_wire(part): the partial as it would travel. */
+static void add_wire(float *restrict acc, const float *restrict part,
+                     epx_dtype_t dt, int H)
+{
+    if (dt == EPX_DTYPE_BF16)
+        for (int i = 0; i < H; i++)
+            acc[i] += epx__bf16_to_f32(epx__f32_to_bf16(part[i]));
+    else
+        for (int i = 0; i < H; i++)
+            acc[i] += part[i];
+}
+
 static void store(void *dst, const float *restrict acc, epx_dtype_t dt, int H)
 {
     if (dt == EPX_DTYPE_BF16) {
@@ -76,7 +92,7 @@ static epx_status_t check_tensor(const epx_tensor_t *t, const char *name,
 }
 
 /* Status word and signal to every rank for the combine phase. */
-static epx_status_t signal_comb(epx_moe_t *m, epx_status_t mine)
+static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
 {
     epx_status_t st = EPX_OK;
     size_t off = moe_status_off(m, MOE_ST_COMB, m->n_comb, m->rank);
@@ -136,8 +152,15 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
                           "EPX_COMBINE_ARGS_INIT");
     else
         mine = check_tensor(&a->y, "y", h->nrows, m->H, 0, m->p.dtype);
-    epx_status_t st = mine == EPX_OK ? send_partials(m, h, a, a->flags) : mine;
-    epx_status_t sig = signal_comb(m, st);
+    int pull = mine == EPX_OK && m->direct &&
+               a->y.data == moe_local(m, m->off.rows);
+    epx_status_t st = mine != EPX_OK ? mine
+        : pull ? EPX_OK : send_partials(m, h, a, a->flags);
+    int32_t word = st != EPX_OK ? st
+        : !pull ? MOE_COMB_PUSHED
+        : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
+                                              : MOE_COMB_PULL;
+    epx_status_t sig = signal_comb(m, word);
     if (st == EPX_OK && sig != EPX_OK)
         st = sig;
     if (st != EPX_OK) {
@@ -172,14 +195,46 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         return st;
     if (bad != EPX_OK)
         return bad;
-    const int H = m->H;
+    const int H = m->H, tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    const epx_dtype_t dt = m->p.dtype;
     const char *comb = moe_local(m, m->off.comb);
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)H;
+    m->pulled = 0;
+    for (int r = 0; r < m->R; r++) {
+        m->mode[r] = *(int32_t *)moe_local(m, moe_status_off(m, MOE_ST_COMB, call, r));
+        m->pulled |= m->mode[r] != MOE_COMB_PUSHED;
+    }
+    memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++) {
         memset(m->acc, 0, sizeof(float) * (size_t)H);
-        for (int j = 0; j < h->ndest[t]; j++)
-            load_add1(m->acc, comb + (size_t)(h->retbase[t] + j) * m->row_bytes,
-                      m->p.dtype, H);
+        for (int j = 0; j < h->ndest[t]; j++) {
+            int d = h->dest[t * m->maxdest + j];
+            int64_t e_at = m->entcur[d]++;
+            if (m->mode[d] == MOE_COMB_PUSHED) {
+                load_add1(m->acc, comb + (size_t)(h->retbase[t] + j) * m->row_bytes,
+                          dt, H);
+                continue;
+            }
+            /* Pull: the peer's outputs sit in its window, rows as dispatched. */
+            const char *pw = epx__win_peer_ptr(m->win, d);
+            const char *rows = pw + m->off.rows;
+            if (tm) {
+                load_add1(m->acc, rows + (size_t)e_at * m->row_bytes, dt, H);
+                continue;
+            }
+            const int32_t *ent = (const int32_t *)(pw + m->off.entries) +
+                                 e_at * m->ent_ints;
+            const float *pwt = (const float *)(pw + m->off.topk_w);
+            memset(m->part, 0, sizeof(float) * (size_t)H);
+            for (int k = 0; k < ent[2]; k++) {
+                const char *row = rows + (size_t)ent[3 + k] * m->row_bytes;
+                if (m->mode[d] == MOE_COMB_PULL_UNWEIGHTED)
+                    load_add1(m->part, row, dt, H);
+                else
+                    load_add(m->part, row, dt, pwt[ent[3 + k]], H);
+            }
+            add_wire(m->acc, m->part, dt, H);
+        }
         store((char *)out->data + (size_t)t * out_row, m->acc, out->dtype, H);
     }
     return EPX_OK;

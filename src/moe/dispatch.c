@@ -29,7 +29,7 @@ epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
     for (int s = 0; s < m->R; s++) {
         int32_t v = phase < 0 ? moe_blk(m, call, s)[0]
                               : *(int32_t *)moe_local(m, moe_status_off(m, phase, call, s));
-        if (v != EPX_OK)
+        if (v < 0)  /* >= 0: success, possibly with a mode (combine) */
             return epx__error(EPX_ERR_PEER, "%s: rank %d failed its part (%s)",
                               what, s, epx_status_str((epx_status_t)v));
     }
@@ -179,9 +179,10 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           "dispatch: the previous dispatch/combine of this "
                           "engine is not finished (call its recv first)");
     epx_status_t st;
-    if (m->state == MOE_RECEIVED) {
-        /* The last dispatch was never combined: peers may still read what
-         * we would overwrite.  Wait until every rank is here. */
+    /* Peers may still read what we would overwrite when the last dispatch
+     * was never combined, or when sources read our outputs in place and no
+     * count exchange (cached) will tell us they are done.  Wait for all. */
+    if (m->state == MOE_RECEIVED || (cached && m->pulled)) {
         if ((st = epx_comm_barrier(m->comm)) != EPX_OK)
             return st;
         m->state = MOE_IDLE;

@@ -135,7 +135,9 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->tot = malloc(sizeof(int64_t) * (size_t)m->E);
         m->acc = malloc(sizeof(float) * (size_t)m->H);
         m->wire = malloc(m->row_bytes);
-        if (!m->wire || !m->e2r || !m->first || !m->blk || !m->entcur || !m->ecur ||
+        m->part = malloc(sizeof(float) * (size_t)m->H);
+        m->mode = malloc(sizeof(int32_t) * (size_t)m->R);
+        if (!m->wire || !m->part || !m->mode || !m->e2r || !m->first || !m->blk || !m->entcur || !m->ecur ||
             !m->tot || !m->acc)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
@@ -151,6 +153,9 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     plan_window(m);
     if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
         goto err_free;
+    m->direct = 1;
+    for (int r = 0; r < m->R; r++)
+        m->direct &= epx__win_peer_ptr(m->win, r) != NULL;
     EPX_LOG(EPX_LOG_INFO, "moe", m->rank,
             "engine H=%d E=%d K=%d maxT=%lld %s %s: window %.1f MiB reserved "
             "(sparse), %d local experts", m->H, m->E, m->K, (long long)m->maxT,
@@ -178,6 +183,8 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->tot);
     free(m->acc);
     free(m->wire);
+    free(m->part);
+    free(m->mode);
     free(m);
 }
 

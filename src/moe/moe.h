@@ -23,6 +23,8 @@
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
 enum { MOE_ST_DATA = 0, MOE_ST_COMB = 1 };
+/* Combine status words >= 0 also say how the sender left its outputs. */
+enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
 typedef struct moe_offsets {
     size_t counts, status, entries, src_rank, src_token, topk_idx, topk_w,
@@ -52,6 +54,10 @@ struct epx_moe {
     int64_t *tot;              /* [E] tokens per expert over all sources */
     float *acc;                /* [H] fp32 accumulator */
     void *wire;                /* [row_bytes] one row in the engine dtype */
+    float *part;               /* [H] fp32 partial of one rank (pull) */
+    int32_t *mode;             /* [R] how each rank left its outputs */
+    int direct;                /* every peer window is load/store mapped */
+    int pulled;                /* last combine read peers' windows */
 };
 
 struct epx_handle {
