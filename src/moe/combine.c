@@ -71,26 +71,6 @@ static void store(void *dst, const float *restrict acc, epx_dtype_t dt, int H)
     }
 }
 
-static epx_status_t check_tensor(const epx_tensor_t *t, const char *name,
-                                 int64_t rows, int64_t cols, int any_float,
-                                 epx_dtype_t dt)
-{
-    if (any_float ? (t->dtype != EPX_DTYPE_BF16 && t->dtype != EPX_DTYPE_FP32)
-                  : t->dtype != dt)
-        return epx__error(EPX_ERR_INVALID, "combine: %s has dtype %d", name,
-                          (int)t->dtype);
-    if (t->rows != rows || t->cols != cols)
-        return epx__error(EPX_ERR_INVALID,
-                          "combine: %s is [%lld, %lld], want [%lld, %lld]", name,
-                          (long long)t->rows, (long long)t->cols,
-                          (long long)rows, (long long)cols);
-    if (rows > 0 && !t->data)
-        return epx__error(EPX_ERR_INVALID, "combine: %s data is NULL", name);
-    if ((uintptr_t)t->data % epx_dtype_size(t->dtype))
-        return epx__error(EPX_ERR_INVALID, "combine: %s data is misaligned", name);
-    return EPX_OK;
-}
-
 /* Status word and signal to every rank for the combine phase. */
 static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
 {
@@ -151,7 +131,8 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
                           "combine: args NULL or not set up with "
                           "EPX_COMBINE_ARGS_INIT");
     else
-        mine = check_tensor(&a->y, "y", h->nrows, m->H, 0, m->p.dtype);
+        mine = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
+                                h->nrows, m->H);
     int pull = mine == EPX_OK && m->direct &&
                a->y.data == moe_local(m, m->off.rows);
     epx_status_t st = mine != EPX_OK ? mine
@@ -183,7 +164,9 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     if (m->state != MOE_COMBINING || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "combine: recv without a matching combine_send");
-    epx_status_t bad = out ? check_tensor(out, "out", h->T, m->H, 1, 0)
+    epx_status_t bad = out
+        ? moe_check_tensor(out, "combine", "out",
+                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
                            : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
     uint64_t call = m->n_comb++;
     epx_status_t st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);

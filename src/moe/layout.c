@@ -9,23 +9,25 @@
 #include "util/util.h"
 #include "moe/moe.h"
 
-static epx_status_t check_tensor(const epx_tensor_t *t, const char *name,
-                                 epx_dtype_t dt, int64_t rows, int64_t cols)
+/* Shape, dtype (any of the bits in `dtypes`, 1 << dtype) and alignment. */
+epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
+                              const char *name, unsigned dtypes, int64_t rows,
+                              int64_t cols)
 {
-    if (t->dtype != dt)
-        return epx__error(EPX_ERR_INVALID, "dispatch: %s has dtype %d, want %d",
-                          name, (int)t->dtype, (int)dt);
+    if ((unsigned)t->dtype > EPX_DTYPE_INT64 || !(dtypes & (1u << t->dtype)))
+        return epx__error(EPX_ERR_INVALID, "%s: %s has unsupported dtype %d",
+                          what, name, (int)t->dtype);
     if (t->rows != rows || t->cols != cols)
         return epx__error(EPX_ERR_INVALID,
-                          "dispatch: %s is [%lld, %lld], want [%lld, %lld]", name,
+                          "%s: %s is [%lld, %lld], want [%lld, %lld]", what, name,
                           (long long)t->rows, (long long)t->cols,
                           (long long)rows, (long long)cols);
-    if (rows > 0 && !t->data)
-        return epx__error(EPX_ERR_INVALID, "dispatch: %s data is NULL", name);
-    if ((uintptr_t)t->data % epx_dtype_size(dt))
+    if (rows > 0 && cols > 0 && !t->data)
+        return epx__error(EPX_ERR_INVALID, "%s: %s data is NULL", what, name);
+    if ((uintptr_t)t->data % epx_dtype_size(t->dtype))
         return epx__error(EPX_ERR_INVALID,
-                          "dispatch: %s data %p is not aligned to %zu bytes",
-                          name, t->data, epx_dtype_size(dt));
+                          "%s: %s data %p is not aligned to %zu bytes", what,
+                          name, t->data, epx_dtype_size(t->dtype));
     return EPX_OK;
 }
 
@@ -42,15 +44,15 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
         return epx__error(EPX_ERR_RANGE,
                           "dispatch: %lld tokens exceed max_tokens_per_rank %d",
                           (long long)T, m->p.max_tokens_per_rank);
-    epx_status_t st = check_tensor(&a->x, "x", m->p.dtype, T, m->H);
+    epx_status_t st = moe_check_tensor(&a->x, "dispatch", "x",
+                                       1u << m->p.dtype, T, m->H);
     if (st == EPX_OK)
-        st = check_tensor(&a->topk_idx, "topk_idx",
-                          a->topk_idx.dtype == EPX_DTYPE_INT64 ? EPX_DTYPE_INT64
-                                                               : EPX_DTYPE_INT32,
-                          T, m->K);
+        st = moe_check_tensor(&a->topk_idx, "dispatch", "topk_idx",
+                              1u << EPX_DTYPE_INT32 | 1u << EPX_DTYPE_INT64, T,
+                              m->K);
     if (st == EPX_OK)
-        st = check_tensor(&a->topk_weights, "topk_weights", EPX_DTYPE_FP32, T,
-                          m->K);
+        st = moe_check_tensor(&a->topk_weights, "dispatch", "topk_weights",
+                              1u << EPX_DTYPE_FP32, T, m->K);
     return st;
 }
 

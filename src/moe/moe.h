@@ -99,6 +99,9 @@ static inline size_t moe_status_off(const epx_moe_t *m, int phase,
 }
 
 /* layout.c */
+epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
+                              const char *name, unsigned dtypes, int64_t rows,
+                              int64_t cols);
 epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h);
