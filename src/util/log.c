@@ -1,12 +1,14 @@
 /* Leveled, per-subsystem logging to stderr; one write per line so lines of
  * many ranks do not interleave. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include "util.h"
 
-static int log_level = -1;          /* parsed once from EPX_LOG */
+static int log_level = EPX_LOG_WARN; /* parsed once from EPX_LOG */
+static pthread_once_t log_once = PTHREAD_ONCE_INIT;
 static char log_subsys[256];
 
 static void log_init(void)
@@ -24,8 +26,7 @@ static void log_init(void)
 
 int epx__log_enabled(int level, const char *subsys)
 {
-    if (log_level < 0)
-        log_init();
+    pthread_once(&log_once, log_init);  /* ranks may be threads */
     if (level > log_level)
         return 0;
     if (level <= EPX_LOG_WARN || strcmp(log_subsys, ",all,") == 0)
