@@ -10,7 +10,7 @@ static const epx_setting_t settings[] = {
     { "EPX_LOG_SUBSYS", "all",
       "comma-separated subsystems to log (core,boot,shm,moe,bench) or all" },
     { "EPX_TIMEOUT", "120",
-      "seconds a rank waits for a peer before failing with EPX_ERR_TIMEOUT" },
+      "seconds a rank waits for a peer before its call fails with a timeout" },
     { "EPX_RANK", "",
       "env bootstrap: this process's rank" },
     { "EPX_NRANKS", "",

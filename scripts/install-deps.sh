@@ -1,0 +1,46 @@
+#!/bin/sh
+# Install what epx needs to build and test on Debian/Ubuntu.
+# Idempotent: when every package is already installed, apt-get is not run at
+# all, so reruns (CI, quickstart) cost a dpkg-query and nothing more.
+set -eu
+
+PACKAGES="build-essential autoconf automake libtool pkg-config \
+libhwloc-dev hwloc libucx-dev ucx-utils libcmocka-dev \
+libopenmpi-dev openmpi-bin libjansson-dev valgrind python3 git \
+ca-certificates"
+
+say() { printf 'install-deps: %s\n' "$*"; }
+die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
+
+command -v dpkg-query >/dev/null 2>&1 ||
+    die "dpkg-query not found: this script supports Debian/Ubuntu only; install the equivalent of: $PACKAGES"
+
+missing=
+for p in $PACKAGES; do
+    # Status "install ok installed" is the only fully installed state.
+    st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [ "$st" = "install ok installed" ] || missing="$missing $p"
+done
+
+if [ -z "$missing" ]; then
+    say "all packages already installed"
+    exit 0
+fi
+
+say "missing:$missing"
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=sudo
+    say "not root: using sudo"
+else
+    die "not root and sudo not found; run as root or install:$missing"
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update ||
+    die "apt-get update failed (network or apt sources?)"
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+$SUDO apt-get install -y --no-install-recommends $missing ||
+    die "apt-get install failed for:$missing"
+say "installed:$missing"

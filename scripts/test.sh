@@ -1,0 +1,46 @@
+#!/bin/sh
+# From a fresh clone: install dependencies, build, and run the test suite
+# (make check).  --distcheck also runs make distcheck (tarball builds and
+# passes its tests out of tree).  Exits non-zero on any failure, after
+# printing the logs of the tests that failed.
+set -eu
+
+usage() { echo "usage: $0 [--distcheck]" >&2; exit 2; }
+distcheck=no
+for a in "$@"; do
+    case "$a" in
+        --distcheck) distcheck=yes ;;
+        -h|--help) usage ;;
+        *) echo "test: unknown argument '$a'" >&2; usage ;;
+    esac
+done
+
+cd "$(dirname "$0")/.."
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+# Containers run CI as root; Open MPI refuses root unless told it is meant.
+if [ "$(id -u)" -eq 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+scripts/build.sh
+
+# The automake harness prints test-suite.log (the logs of the tests that
+# failed) when VERBOSE is set in the environment; sub-makes of distcheck
+# inherit it.
+export VERBOSE=1
+
+echo "test: make -j$JOBS check"
+if ! make -j"$JOBS" check; then
+    echo "test: FAILED (make check)" >&2
+    exit 1
+fi
+
+if [ "$distcheck" = yes ]; then
+    echo "test: make -j$JOBS distcheck"
+    if ! make -j"$JOBS" distcheck; then
+        echo "test: FAILED (make distcheck)" >&2
+        exit 1
+    fi
+fi
+echo "test: all passed"
