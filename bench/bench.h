@@ -1,0 +1,199 @@
+/*
+ * epx-bench internals: options, the workload every rank can reconstruct
+ * (routing of all ranks, inputs of any (rank, token)), the per-rank result
+ * blocks that rank 0 reports from, and the three measured implementations.
+ */
+#ifndef EPX_BENCH_H
+#define EPX_BENCH_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "config.h"
+#include "epx.h"
+#include "npy.h"
+
+#if defined(__GNUC__)
+#define BENCH_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define BENCH_PRINTF(a, b)
+#endif
+
+enum { BENCH_IMPL_EPX = 0, BENCH_IMPL_MPI, BENCH_IMPL_MEMCPY, BENCH_NIMPL };
+enum { BENCH_PHASE_DISPATCH = 0, BENCH_PHASE_COMBINE, BENCH_NPHASE };
+extern const char *const bench_impl_names[BENCH_NIMPL];
+
+typedef enum { BENCH_LAUNCH_AUTO, BENCH_LAUNCH_FORK, BENCH_LAUNCH_MPIRUN }
+    bench_launcher_t;
+typedef enum { BENCH_ROUTE_UNIFORM, BENCH_ROUTE_ZIPF } bench_routing_t;
+
+#define BENCH_DEFAULT_RANKS 8
+#define BENCH_DEFAULT_TOKENS 512
+#define BENCH_MAX_RANKS 4096
+#define BENCH_ERR_LEN 512
+#define BENCH_MSG_LEN 1024
+
+typedef struct bench_opts {
+    int ranks;                 /* 0 until known */
+    int ranks_given;
+    int64_t *tokens;           /* --tokens: one value, or one per rank */
+    int ntokens;
+    int hidden, hidden_given;
+    int experts;
+    int topk, topk_given;
+    bench_routing_t routing;
+    double zipf_s;
+    char routing_str[32];
+    double drop;               /* fraction of top-k slots set to -1 */
+    uint64_t seed;
+    int iters, warmup;
+    epx_layout_t layout;
+    int align;                 /* expert-major segment alignment */
+    epx_dtype_t dtype;
+    unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
+    int json;
+    int verify_all;
+    int inplace;               /* expert outputs overwrite recv x */
+    const char *trace_dir;
+    const char *dump_dir;
+    bench_launcher_t launcher;
+} bench_opts_t;
+
+/* options.c */
+enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };
+int bench_opts_parse(int argc, char **argv, bench_opts_t *o);
+void bench_opts_free(bench_opts_t *o);
+const char *bench_dtype_name(epx_dtype_t dt);
+const char *bench_layout_name(epx_layout_t l);
+
+/*
+ * What every rank knows about the exchange: the routing of every rank, and
+ * how to produce the input row of any (rank, token).  Built identically on
+ * every rank (MPI) or once before the ranks fork.
+ */
+typedef struct bench_workload {
+    int nranks, hidden, experts, topk;
+    epx_dtype_t dtype;
+    size_t dsize;
+    uint64_t seed;
+    int64_t *T;                /* [nranks] tokens per rank */
+    int64_t max_T;
+    int32_t **idx;             /* [nranks][T*K] global expert, -1 = none */
+    float **w;                 /* [nranks][T*K] */
+    int idx64;                 /* routing came as int64: dispatch passes it so */
+    int *expert_rank;          /* [experts] placement (contiguous) */
+    int64_t *rows_sent;        /* [nranks] (token, destination rank) pairs */
+    bench_npy_t *trace_x;      /* [nranks] mapped x.npy (data NULL: generated) */
+} bench_workload_t;
+
+/* workload.c */
+int bench_workload_build(const bench_opts_t *o, int nranks,
+                         bench_workload_t *wl, char *err, size_t errlen);
+void bench_workload_free(bench_workload_t *wl);
+/* Ranks in a trace directory (rank0, rank1, ... present); 0 if none. */
+int bench_trace_count_ranks(const char *dir);
+/* Bytes rank r sends in dispatch (and receives back in combine). */
+double bench_rank_bytes(const bench_workload_t *wl, int r);
+
+/* routing.c: fill wl->idx / wl->w from --routing for every rank */
+int bench_routing_generate(const bench_opts_t *o, bench_workload_t *wl,
+                           char *err, size_t errlen);
+uint64_t bench_mix(uint64_t a, uint64_t b, uint64_t c);
+uint64_t bench_rng_next(uint64_t *state);
+
+/* trace.c */
+int bench_trace_load(const bench_opts_t *o, bench_workload_t *wl, char *err,
+                     size_t errlen);
+
+/* The result block each rank publishes; rank 0 (or the forking parent)
+ * reads all of them.  `times` is [BENCH_NIMPL][BENCH_NPHASE][iters]. */
+typedef struct bench_result {
+    int32_t ran[BENCH_NIMPL];
+    int32_t failed;            /* the rank hit an error (message in msg[0]) */
+    int64_t rows_sent;
+    int64_t checked[BENCH_NIMPL];      /* rows + tokens verified */
+    int64_t mismatches[BENCH_NIMPL];
+    char msg[BENCH_NIMPL][BENCH_MSG_LEN];
+    double times[];
+} bench_result_t;
+
+size_t bench_result_size(int iters);
+bench_result_t *bench_result_at(void *base, int rank, int iters);
+double *bench_result_times(bench_result_t *r, int iters, int impl, int phase);
+
+/* One rank's view while it runs. */
+typedef struct bench_ctx {
+    const bench_opts_t *o;
+    const bench_workload_t *wl;
+    int rank, nranks;
+    int under_mpi;             /* MPI_COMM_WORLD is this job */
+    epx_comm_t *comm;
+    void *x;                   /* own [T,H] inputs, engine dtype */
+    int first_local, num_local;
+    bench_result_t *res;
+    int verbose;               /* rank 0: progress on stderr */
+} bench_ctx_t;
+
+/* rank.c: everything one rank does; 0 on success (mismatches included). */
+int bench_rank_main(bench_ctx_t *ctx);
+void bench_progress(const bench_ctx_t *ctx, const char *fmt, ...)
+    BENCH_PRINTF(2, 3);
+/* Print an API failure; returns -1. */
+int bench_api_fail(const bench_ctx_t *ctx, const char *call, epx_status_t st);
+/* Is iteration `it` (0-based, warm-up included) one whose results are
+ * verified? */
+int bench_verify_iter(const bench_ctx_t *ctx, int it);
+
+/* expert.c: inputs and the synthetic expert y = x * (1 + e/E) */
+void bench_x_row(const bench_workload_t *wl, int rank, int64_t token,
+                 void *row);
+float bench_expert_scale(const bench_workload_t *wl, int expert);
+/* Token-major: one row per received token = sum over its local experts of
+ * w * x * scale, fp32, rounded once.  Expert-major: x * scale per row. */
+void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
+                          epx_layout_t layout, void *y, float *acc);
+
+/* verify.c */
+typedef struct bench_check {
+    int64_t checked, mismatches;
+    char *msg;                 /* first few mismatches, for the report */
+    size_t msglen;
+} bench_check_t;
+void bench_check_fail(bench_check_t *c, const char *fmt, ...)
+    BENCH_PRINTF(2, 3);
+void bench_verify_recv(const bench_ctx_t *ctx, const epx_recv_t *recv,
+                       epx_layout_t layout, const char *impl,
+                       bench_check_t *c);
+void bench_verify_out(const bench_ctx_t *ctx, const void *out,
+                      const char *impl, bench_check_t *c);
+double bench_tolerance_unit(epx_dtype_t dt, int topk);
+
+/* The three implementations; each records times into ctx->res. */
+int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe);
+int bench_run_memcpy(bench_ctx_t *ctx);
+#ifdef EPX_HAVE_MPI
+int bench_run_mpi(bench_ctx_t *ctx);
+int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);
+#endif
+
+/* dump.c */
+int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
+                    const int64_t *recv_counts, int nlocal, char *err,
+                    size_t errlen);
+
+/* launch.c */
+int bench_main_fork(bench_opts_t *o);
+/* auto/mpirun launcher outside mpirun: exec mpirun on ourselves.
+ * Returns only if it did not (then the caller falls back or fails). */
+void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv);
+int bench_under_mpirun(void);
+/* Resolve the rank count before launching (options, trace, default). */
+int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen);
+
+/* report.c: from all ranks' result blocks; returns the exit code
+ * (0 verified, 1 mismatch or failure). */
+int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
+                 void *results, const char *launcher, const char *mpi_skip);
+
+#endif /* EPX_BENCH_H */

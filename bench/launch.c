@@ -1,0 +1,191 @@
+/*
+ * Launchers.  fork: the workload is built once, the ranks are forked by
+ * epx_launch_local and publish their results in a shared anonymous
+ * mapping made before the fork; the parent reports.  mpirun: when MPI is
+ * built and we are not under mpirun yet, exec mpirun on ourselves.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include "bench.h"
+
+/* Environment markers of a process started by mpirun / srun. */
+static const char *const world_size_vars[] = { "OMPI_COMM_WORLD_SIZE",
+                                               "PMI_SIZE" };
+
+int bench_under_mpirun(void)
+{
+    if (getenv("PMIX_RANK"))
+        return 1;
+    for (size_t i = 0; i < sizeof(world_size_vars) / sizeof(*world_size_vars);
+         i++)
+        if (getenv(world_size_vars[i]))
+            return 1;
+    return 0;
+}
+
+static int world_size_env(void)
+{
+    for (size_t i = 0; i < sizeof(world_size_vars) / sizeof(*world_size_vars);
+         i++) {
+        const char *v = getenv(world_size_vars[i]);
+        if (v)
+            return atoi(v);
+    }
+    return 0;
+}
+
+int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen)
+{
+    if (world > 0) {
+        if (o->ranks_given && o->ranks != world) {
+            snprintf(err, errlen, "--ranks %d but mpirun started %d "
+                     "processes", o->ranks, world);
+            return -1;
+        }
+        o->ranks = world;
+    } else if (!o->ranks_given) {
+        if (o->trace_dir)
+            o->ranks = bench_trace_count_ranks(o->trace_dir);
+        else if (o->ntokens > 1)
+            o->ranks = o->ntokens;
+        else
+            o->ranks = BENCH_DEFAULT_RANKS;
+        if (o->ranks == 0) {
+            snprintf(err, errlen, "%s: no rank0/ directory: not a trace",
+                     o->trace_dir);
+            return -1;
+        }
+    }
+    if (o->ranks > BENCH_MAX_RANKS) {
+        snprintf(err, errlen, "%d ranks: at most %d", o->ranks,
+                 BENCH_MAX_RANKS);
+        return -1;
+    }
+    return 0;
+}
+
+void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv)
+{
+#ifdef EPX_HAVE_MPI
+    if (getenv("EPX_BENCH_UNDER_MPIRUN")) {
+        /* mpirun started us but set none of the markers we know */
+        fprintf(stderr, "epx-bench: started by %s but no MPI job found in "
+                "the environment\n", EPX_MPIEXEC);
+        return;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) {
+        fprintf(stderr, "epx-bench: cannot find own executable for "
+                "mpirun\n");
+        return;
+    }
+    exe[n] = '\0';
+    char np[16];
+    snprintf(np, sizeof(np), "%d", o->ranks);
+    char **args = calloc((size_t)argc + 10, sizeof(char *));
+    if (!args)
+        return;
+    int a = 0;
+    args[a++] = (char *)EPX_MPIEXEC;
+    args[a++] = (char *)"-np";
+    args[a++] = np;
+    /* ranks may outnumber cores; no binding, as with the fork launcher */
+    args[a++] = (char *)"--oversubscribe";
+    args[a++] = (char *)"--bind-to";
+    args[a++] = (char *)"none";
+    args[a++] = exe;
+    for (int i = 1; i < argc; i++)
+        args[a++] = argv[i];
+    args[a] = NULL;
+    setenv("EPX_BENCH_UNDER_MPIRUN", "1", 1);
+    if (geteuid() == 0) {
+        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    }
+    fflush(NULL);
+    execv(EPX_MPIEXEC, args);
+    fprintf(stderr, "epx-bench: cannot run %s: %s\n", EPX_MPIEXEC,
+            strerror(errno));
+    unsetenv("EPX_BENCH_UNDER_MPIRUN");
+    free(args);
+#else
+    (void)o;
+    (void)argc;
+    (void)argv;
+#endif
+}
+
+typedef struct fork_arg {
+    const bench_opts_t *o;
+    const bench_workload_t *wl;
+    void *results;
+} fork_arg_t;
+
+static int fork_rank(epx_comm_t *comm, void *arg)
+{
+    const fork_arg_t *fa = arg;
+    bench_ctx_t ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.o = fa->o;
+    ctx.wl = fa->wl;
+    ctx.comm = comm;
+    ctx.rank = epx_comm_rank(comm);
+    ctx.nranks = epx_comm_size(comm);
+    ctx.res = bench_result_at(fa->results, ctx.rank, fa->o->iters);
+    ctx.verbose = ctx.rank == 0;
+    return bench_rank_main(&ctx) == 0 ? 0 : 2;
+}
+
+int bench_main_fork(bench_opts_t *o)
+{
+    char err[BENCH_ERR_LEN];
+    if (world_size_env() > 1) {
+        fprintf(stderr, "epx-bench: --launcher fork inside an MPI job of %d "
+                "processes: run one process, or use --launcher mpirun\n",
+                world_size_env());
+        return 2;
+    }
+    if (bench_resolve_ranks(o, 0, err, sizeof(err)) != 0) {
+        fprintf(stderr, "epx-bench: %s\n", err);
+        return 2;
+    }
+    bench_workload_t wl;
+    if (bench_workload_build(o, o->ranks, &wl, err, sizeof(err)) != 0) {
+        fprintf(stderr, "epx-bench: %s\n", err);
+        return 2;
+    }
+    const size_t bytes = (size_t)o->ranks * bench_result_size(o->iters);
+    void *results = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (results == MAP_FAILED) {
+        fprintf(stderr, "epx-bench: mmap of %zu bytes for results: %s\n",
+                bytes, strerror(errno));
+        bench_workload_free(&wl);
+        return 2;
+    }
+    fork_arg_t fa = { o, &wl, results };
+    int failed = -1, rc;
+    fflush(NULL);
+    epx_status_t st = epx_launch_local(o->ranks, NULL, fork_rank, &fa,
+                                       &failed);
+    if (st != EPX_OK) {
+        fprintf(stderr, "epx-bench: rank %d failed: %s (%s)\n", failed,
+                epx_status_str(st), epx_last_error());
+        rc = 2;
+    } else {
+#ifdef EPX_HAVE_MPI
+        const char *skip = "the fork launcher has no MPI (use --launcher "
+                           "mpirun)";
+#else
+        const char *skip = "epx was built without MPI";
+#endif
+        rc = bench_report(o, &wl, results, "fork", skip);
+    }
+    munmap(results, bytes);
+    bench_workload_free(&wl);
+    return rc;
+}

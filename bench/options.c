@@ -1,0 +1,395 @@
+/* Command line of epx-bench: parsing, --help, --list-settings. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bench.h"
+
+const char *const bench_impl_names[BENCH_NIMPL] = { "epx", "mpi",
+                                                    "memcpy-limit" };
+
+static const char bench_usage[] =
+"Usage: epx-bench [options]\n"
+"\n"
+"Measures MoE dispatch + combine over N local ranks, three ways in one run:\n"
+"  epx           epx_dispatch_send/recv, expert compute (not timed),\n"
+"                epx_combine_send/recv\n"
+"  mpi           the same exchange written with MPI: pack tokens per rank,\n"
+"                MPI_Alltoall of counts, MPI_Alltoallv of tokens and routing\n"
+"                metadata, unpack; back with MPI_Alltoallv of the results and\n"
+"                a reduction at the source (needs the mpirun launcher)\n"
+"  memcpy-limit  every rank memcpy's, concurrently, the bytes it moves in\n"
+"                each phase (private buffers): the host's copy-bandwidth limit\n"
+"\n"
+"Workload (defaults follow DeepSeek-V3):\n"
+"  --ranks N             ranks (default 8; under mpirun: the job size)\n"
+"  --tokens T[,T1,...]   tokens per rank, one value or one per rank (512)\n"
+"  --hidden H            elements per token (7168)\n"
+"  --experts E           experts over all ranks (256)\n"
+"  --topk K              experts per token (8)\n"
+"  --routing uniform|zipf:S  K distinct experts per token, uniformly or with\n"
+"                        popularity ~ 1/rank^S over a seeded permutation of\n"
+"                        the experts, without replacement (uniform)\n"
+"  --drop F              fraction of top-k slots set to -1 (no expert) (0)\n"
+"  --seed S              seed of routing, weights and inputs (1)\n"
+"  --dtype bf16|fp32     x on the wire (bf16)\n"
+"  --layout token|expert token-major or expert-major receive layout (token)\n"
+"  --align A             expert-major segment alignment in rows (128)\n"
+"  --trace DIR           replay DIR/rank<r>/topk_idx.npy ([T,K] int32/int64),\n"
+"                        topk_weights.npy ([T,K] float32) and optionally\n"
+"                        x.npy ([T,H] float32, rounded to bf16); T may differ\n"
+"                        per rank; give the --experts the trace was made for\n"
+"  --dump DIR            write DIR/rank<r>/{x,topk_idx,topk_weights,out,\n"
+"                        recv_counts}.npy (a dump replays with --trace)\n"
+"\n"
+"Run:\n"
+"  --iters N             timed iterations (20)\n"
+"  --warmup N            untimed iterations first (3)\n"
+"  --impl LIST           comma-separated subset of epx,mpi,memcpy-limit (all)\n"
+"  --launcher auto|fork|mpirun\n"
+"                        auto: re-run under mpirun when MPI is built (mpi\n"
+"                        baseline included), else fork; fork: built-in local\n"
+"                        launcher, no mpi baseline (auto)\n"
+"  --inplace, --no-inplace\n"
+"                        epx: the expert writes its outputs over the received\n"
+"                        x, as epx_combine_args_t allows; on shared memory the\n"
+"                        sources then read them in place, saving a copy; or\n"
+"                        into a separate buffer (default: in place)\n"
+"  --verify-all          verify every iteration (default: the first and the\n"
+"                        last)\n"
+"  --json                one JSON object on stdout (table goes to stderr)\n"
+"  --list-settings [text|markdown]  the EPX_* environment settings\n"
+"  --help\n"
+"\n"
+"Timing: a barrier precedes each timed phase; a phase's time in an iteration\n"
+"is the slowest rank's; p50 and p10..p90 are over the timed iterations;\n"
+"total = dispatch + combine of the same iteration.\n"
+"\n"
+"Bytes (as nccl-tests' alltoall): a rank sends token rows x H x dtype size,\n"
+"to every destination including itself, a token once per destination rank\n"
+"however many of its experts live there; routing metadata is not counted.\n"
+"Combine moves the same bytes back.  algbw = bytes per rank averaged over\n"
+"ranks / time (dispatch, combine; total: both phases' bytes / total time);\n"
+"busbw = algbw * (N-1)/N.  GB/s = 1e9 bytes/s.\n"
+"\n"
+"Verification: every received row is compared bit for bit with the source\n"
+"row (regenerated from seed, rank, token), with its routing and per-expert\n"
+"counts; every combined output element against\n"
+"  ref = sum_k w_k * x * (1 + e_k/E) (computed in double), within\n"
+"  |out - ref| <= (3u + (K+4) 2^-24) * sum_k |w_k * x * (1 + e_k/E)|,\n"
+"  u = 2^-8 for bf16, 2^-24 for fp32 (one rounding of the expert output,\n"
+"  of each rank's partial and of the final sum).  A mismatch makes the\n"
+"  exit status 1; errors 2.\n";
+
+static int parse_int(const char *opt, const char *v, long min, long max,
+                     int *out)
+{
+    char *e;
+    errno = 0;
+    long x = v ? strtol(v, &e, 10) : 0;
+    if (!v || e == v || *e || errno || x < min || x > max) {
+        fprintf(stderr, "epx-bench: %s wants an integer in [%ld, %ld], "
+                "got '%s'\n", opt, min, max, v ? v : "");
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_tokens(const char *v, bench_opts_t *o)
+{
+    free(o->tokens);
+    o->tokens = NULL;
+    o->ntokens = 0;
+    if (!v || !*v)
+        goto bad;
+    int n = 1;
+    for (const char *p = v; *p; p++)
+        n += *p == ',';
+    o->tokens = calloc((size_t)n, sizeof(*o->tokens));
+    if (!o->tokens)
+        goto bad;
+    const char *p = v;
+    for (int i = 0; i < n; i++) {
+        char *e;
+        errno = 0;
+        long long x = strtoll(p, &e, 10);
+        if (e == p || errno || x < 0 || x > (1LL << 30) ||
+            (*e != ',' && *e != '\0'))
+            goto bad;
+        o->tokens[i] = x;
+        p = e + (*e == ',');
+    }
+    o->ntokens = n;
+    return 0;
+bad:
+    fprintf(stderr, "epx-bench: --tokens wants T or T0,T1,... (>= 0), got "
+            "'%s'\n", v ? v : "");
+    return -1;
+}
+
+static int parse_routing(const char *v, bench_opts_t *o)
+{
+    if (v && strcmp(v, "uniform") == 0) {
+        o->routing = BENCH_ROUTE_UNIFORM;
+    } else if (v && strncmp(v, "zipf:", 5) == 0) {
+        char *e;
+        errno = 0;
+        double s = strtod(v + 5, &e);
+        if (e == v + 5 || *e || errno || !(s >= 0 && s <= 16))
+            goto bad;
+        o->routing = BENCH_ROUTE_ZIPF;
+        o->zipf_s = s;
+    } else {
+        goto bad;
+    }
+    snprintf(o->routing_str, sizeof(o->routing_str), "%s", v);
+    return 0;
+bad:
+    fprintf(stderr, "epx-bench: --routing wants uniform or zipf:S "
+            "(0 <= S <= 16), got '%s'\n", v ? v : "");
+    return -1;
+}
+
+static int parse_impls(const char *v, bench_opts_t *o)
+{
+    o->impl_mask = 0;
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", v ? v : "");
+    for (char *save, *t = strtok_r(buf, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        int found = 0;
+        for (int i = 0; i < BENCH_NIMPL; i++)
+            if (strcmp(t, bench_impl_names[i]) == 0) {
+                o->impl_mask |= 1u << i;
+                found = 1;
+            }
+        if (!found) {
+            fprintf(stderr, "epx-bench: --impl: unknown '%s' (epx, mpi, "
+                    "memcpy-limit)\n", t);
+            return -1;
+        }
+    }
+    if (!o->impl_mask) {
+        fprintf(stderr, "epx-bench: --impl wants a list\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void print_md_cell(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '|')
+            fputc('\\', stdout);
+        fputc(*s, stdout);
+    }
+}
+
+static void list_settings(const char *fmt)
+{
+    const epx_setting_t *t;
+    int n = epx_settings(&t);
+    if (strcmp(fmt, "markdown") == 0) {
+        printf("| Setting | Default | Meaning |\n|---|---|---|\n");
+        for (int i = 0; i < n; i++) {
+            printf("| `%s` | ", t[i].name);
+            if (*t[i].deflt) {
+                printf("`");
+                print_md_cell(t[i].deflt);
+                printf("`");
+            }
+            printf(" | ");
+            print_md_cell(t[i].help);
+            printf(" |\n");
+        }
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        printf("%-16s %-8s %s\n", t[i].name, *t[i].deflt ? t[i].deflt : "-",
+               t[i].help);
+}
+
+const char *bench_dtype_name(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_FP32 ? "fp32" : "bf16";
+}
+
+const char *bench_layout_name(epx_layout_t l)
+{
+    return l == EPX_LAYOUT_EXPERT_MAJOR ? "expert" : "token";
+}
+
+void bench_opts_free(bench_opts_t *o)
+{
+    free(o->tokens);
+    o->tokens = NULL;
+}
+
+int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->hidden = 7168;
+    o->experts = 256;
+    o->topk = 8;
+    o->routing = BENCH_ROUTE_UNIFORM;
+    snprintf(o->routing_str, sizeof(o->routing_str), "uniform");
+    o->seed = 1;
+    o->inplace = 1;
+    o->iters = 20;
+    o->warmup = 3;
+    o->layout = EPX_LAYOUT_TOKEN_MAJOR;
+    o->align = 128;
+    o->dtype = EPX_DTYPE_BF16;
+    o->impl_mask = (1u << BENCH_NIMPL) - 1;
+    o->launcher = BENCH_LAUNCH_AUTO;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        /* --opt=value and --opt value */
+        char name[64];
+        const char *val = NULL;
+        const char *eq = strchr(a, '=');
+        if (strncmp(a, "--", 2) == 0 && eq && (size_t)(eq - a) < sizeof(name)) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = '\0';
+            val = eq + 1;
+        } else {
+            snprintf(name, sizeof(name), "%s", a);
+        }
+#define NEXT() (val ? val : (i + 1 < argc ? argv[++i] : NULL))
+        if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
+            fputs(bench_usage, stdout);
+            return BENCH_OPTS_EXIT_OK;
+        } else if (!strcmp(name, "--list-settings")) {
+            const char *fmt = val;
+            if (!fmt && i + 1 < argc && argv[i + 1][0] != '-')
+                fmt = argv[++i];
+            if (!fmt)
+                fmt = "text";
+            if (strcmp(fmt, "text") && strcmp(fmt, "markdown")) {
+                fprintf(stderr, "epx-bench: --list-settings wants text or "
+                        "markdown, got '%s'\n", fmt);
+                return BENCH_OPTS_EXIT_ERR;
+            }
+            list_settings(fmt);
+            return BENCH_OPTS_EXIT_OK;
+        } else if (!strcmp(name, "--ranks")) {
+            if (parse_int(name, NEXT(), 1, BENCH_MAX_RANKS, &o->ranks))
+                return BENCH_OPTS_EXIT_ERR;
+            o->ranks_given = 1;
+        } else if (!strcmp(name, "--tokens")) {
+            if (parse_tokens(NEXT(), o))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--hidden")) {
+            if (parse_int(name, NEXT(), 1, 1 << 20, &o->hidden))
+                return BENCH_OPTS_EXIT_ERR;
+            o->hidden_given = 1;
+        } else if (!strcmp(name, "--experts")) {
+            if (parse_int(name, NEXT(), 1, 1 << 20, &o->experts))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--topk")) {
+            if (parse_int(name, NEXT(), 1, EPX_MAX_TOPK, &o->topk))
+                return BENCH_OPTS_EXIT_ERR;
+            o->topk_given = 1;
+        } else if (!strcmp(name, "--routing")) {
+            if (parse_routing(NEXT(), o))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--drop")) {
+            const char *v = NEXT();
+            char *e;
+            o->drop = v ? strtod(v, &e) : -1;
+            if (!v || e == v || *e || !(o->drop >= 0 && o->drop <= 1)) {
+                fprintf(stderr, "epx-bench: --drop wants a fraction in "
+                        "[0, 1], got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--seed")) {
+            const char *v = NEXT();
+            char *e;
+            errno = 0;
+            o->seed = v ? strtoull(v, &e, 0) : 0;
+            if (!v || e == v || *e || errno) {
+                fprintf(stderr, "epx-bench: --seed wants an unsigned "
+                        "integer, got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--iters")) {
+            if (parse_int(name, NEXT(), 1, 1000000, &o->iters))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--warmup")) {
+            if (parse_int(name, NEXT(), 0, 1000000, &o->warmup))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--align")) {
+            if (parse_int(name, NEXT(), 1, 1 << 20, &o->align))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--layout")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "token"))
+                o->layout = EPX_LAYOUT_TOKEN_MAJOR;
+            else if (v && !strcmp(v, "expert"))
+                o->layout = EPX_LAYOUT_EXPERT_MAJOR;
+            else {
+                fprintf(stderr, "epx-bench: --layout wants token or expert, "
+                        "got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--dtype")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "bf16"))
+                o->dtype = EPX_DTYPE_BF16;
+            else if (v && !strcmp(v, "fp32"))
+                o->dtype = EPX_DTYPE_FP32;
+            else {
+                fprintf(stderr, "epx-bench: --dtype wants bf16 or fp32, got "
+                        "'%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--impl")) {
+            if (parse_impls(NEXT(), o))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--launcher")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "auto"))
+                o->launcher = BENCH_LAUNCH_AUTO;
+            else if (v && !strcmp(v, "fork"))
+                o->launcher = BENCH_LAUNCH_FORK;
+            else if (v && !strcmp(v, "mpirun"))
+                o->launcher = BENCH_LAUNCH_MPIRUN;
+            else {
+                fprintf(stderr, "epx-bench: --launcher wants auto, fork or "
+                        "mpirun, got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--trace")) {
+            if (!(o->trace_dir = NEXT())) {
+                fprintf(stderr, "epx-bench: --trace wants a directory\n");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--dump")) {
+            if (!(o->dump_dir = NEXT())) {
+                fprintf(stderr, "epx-bench: --dump wants a directory\n");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--json")) {
+            o->json = 1;
+        } else if (!strcmp(name, "--verify-all")) {
+            o->verify_all = 1;
+        } else if (!strcmp(name, "--inplace")) {
+            o->inplace = 1;
+        } else if (!strcmp(name, "--no-inplace")) {
+            o->inplace = 0;
+        } else {
+            fprintf(stderr, "epx-bench: unknown option '%s' (see --help)\n",
+                    a);
+            return BENCH_OPTS_EXIT_ERR;
+        }
+#undef NEXT
+    }
+    if (o->dump_dir && !(o->impl_mask & (1u << BENCH_IMPL_EPX))) {
+        fprintf(stderr, "epx-bench: --dump writes epx's outputs: keep epx "
+                "in --impl\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    return BENCH_OPTS_RUN;
+}

@@ -1,0 +1,350 @@
+/* The report: per-iteration slowest-rank times -> percentiles, bandwidth,
+ * ratios, verification; as a table or one JSON object. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "bench.h"
+
+enum { Q_MIN, Q_P10, Q_P50, Q_P90, Q_MAX, NQ };
+static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "max" };
+static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 1 };
+enum { S_DISPATCH, S_COMBINE, S_TOTAL, NS };
+static const char *const s_names[NS] = { "dispatch", "combine", "total" };
+
+typedef struct impl_stats {
+    int ran;
+    double us[NS][NQ];
+    double algbw[NS];          /* GB/s at p50 */
+    double busbw[NS];
+    int64_t checked, mismatches;
+} impl_stats_t;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Linear interpolation between order statistics. */
+static double quantile(const double *sorted, int n, double q)
+{
+    double pos = q * (n - 1);
+    int i = (int)floor(pos);
+    if (i >= n - 1)
+        return sorted[n - 1];
+    return sorted[i] + (pos - i) * (sorted[i + 1] - sorted[i]);
+}
+
+static void compute(const bench_opts_t *o, const bench_workload_t *wl,
+                    void *results, double mean_bytes, impl_stats_t st[])
+{
+    const int N = wl->nranks, n = o->iters;
+    double *v[NS];
+    for (int s = 0; s < NS; s++)
+        v[s] = calloc((size_t)n, sizeof(double));
+    for (int impl = 0; impl < BENCH_NIMPL; impl++) {
+        impl_stats_t *is = &st[impl];
+        memset(is, 0, sizeof(*is));
+        is->ran = bench_result_at(results, 0, n)->ran[impl];
+        for (int r = 0; r < N; r++) {
+            bench_result_t *res = bench_result_at(results, r, n);
+            is->checked += res->checked[impl];
+            is->mismatches += res->mismatches[impl];
+        }
+        if (!is->ran || !v[0] || !v[1] || !v[2])
+            continue;
+        for (int i = 0; i < n; i++) {
+            double d = 0, c = 0;
+            for (int r = 0; r < N; r++) {
+                bench_result_t *res = bench_result_at(results, r, n);
+                double rd = bench_result_times(res, n, impl,
+                                               BENCH_PHASE_DISPATCH)[i];
+                double rc = bench_result_times(res, n, impl,
+                                               BENCH_PHASE_COMBINE)[i];
+                d = rd > d ? rd : d;
+                c = rc > c ? rc : c;
+            }
+            v[S_DISPATCH][i] = d * 1e6;
+            v[S_COMBINE][i] = c * 1e6;
+            v[S_TOTAL][i] = (d + c) * 1e6;
+        }
+        for (int s = 0; s < NS; s++) {
+            qsort(v[s], (size_t)n, sizeof(double), cmp_double);
+            for (int q = 0; q < NQ; q++)
+                is->us[s][q] = quantile(v[s], n, q_at[q]);
+            double bytes = s == S_TOTAL ? 2 * mean_bytes : mean_bytes;
+            double us = is->us[s][Q_P50];
+            is->algbw[s] = us > 0 ? bytes / (us * 1e-6) / 1e9 : 0;
+            is->busbw[s] = is->algbw[s] * (N - 1) / N;
+        }
+    }
+    for (int s = 0; s < NS; s++)
+        free(v[s]);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+}
+
+static double ratio(const impl_stats_t *num, const impl_stats_t *den, int s)
+{
+    return den->us[s][Q_P50] > 0 ? num->us[s][Q_P50] / den->us[s][Q_P50]
+                                 : NAN;
+}
+
+static void print_json(FILE *f, const bench_opts_t *o,
+                       const bench_workload_t *wl, const impl_stats_t st[],
+                       int verified, const char *launcher,
+                       const char *mpi_skip, double mean_bytes,
+                       double mean_rows, void *results)
+{
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
+    fprintf(f, "  \"config\": {\n    \"ranks\": %d,\n    \"launcher\": ",
+            wl->nranks);
+    json_str(f, launcher);
+    fprintf(f, ",\n    \"host\": ");
+    json_str(f, host);
+    fprintf(f, ",\n    \"epx_version\": ");
+    json_str(f, epx_version_string());
+    fprintf(f, ",\n    \"tokens_per_rank\": [");
+    for (int r = 0; r < wl->nranks; r++)
+        fprintf(f, "%s%lld", r ? ", " : "", (long long)wl->T[r]);
+    fprintf(f, "],\n    \"hidden\": %d,\n    \"experts\": %d,\n"
+            "    \"topk\": %d,\n    \"dtype\": \"%s\",\n"
+            "    \"layout\": \"%s\",\n    \"expert_alignment\": %d,\n",
+            wl->hidden, wl->experts, wl->topk, bench_dtype_name(wl->dtype),
+            bench_layout_name(o->layout), o->align);
+    fprintf(f, "    \"routing\": ");
+    json_str(f, o->trace_dir ? "trace" : o->routing_str);
+    fprintf(f, ",\n    \"drop\": ");
+    json_num(f, o->drop);
+    fprintf(f, ",\n    \"trace\": ");
+    if (o->trace_dir)
+        json_str(f, o->trace_dir);
+    else
+        fputs("null", f);
+    fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
+            "    \"warmup\": %d,\n    \"verify_all\": %s,\n"
+            "    \"inplace\": %s,\n",
+            (unsigned long long)o->seed, o->iters, o->warmup,
+            o->verify_all ? "true" : "false", o->inplace ? "true" : "false");
+    fprintf(f, "    \"bytes_per_rank\": %.0f,\n    \"token_rows_per_rank\": ",
+            mean_bytes);
+    json_num(f, mean_rows);
+    fprintf(f, ",\n    \"tolerance_unit\": ");
+    json_num(f, bench_tolerance_unit(wl->dtype, wl->topk));
+    fprintf(f, "\n  },\n  \"results\": [");
+    const char *sep = "";
+    for (int i = 0; i < BENCH_NIMPL; i++) {
+        const impl_stats_t *is = &st[i];
+        if (!is->ran && !(i == BENCH_IMPL_MPI && mpi_skip &&
+                          (o->impl_mask & (1u << i))))
+            continue;
+        fprintf(f, "%s\n    {\"impl\": \"%s\"", sep, bench_impl_names[i]);
+        sep = ",";
+        if (!is->ran) {
+            fprintf(f, ", \"skipped\": ");
+            json_str(f, mpi_skip);
+            fputc('}', f);
+            continue;
+        }
+        for (int s = 0; s < NS; s++) {
+            fprintf(f, ",\n     \"%s_us\": ", s_names[s]);
+            json_num(f, is->us[s][Q_P50]);
+            for (int q = 0; q < NQ; q++) {
+                if (q == Q_P50)
+                    continue;
+                fprintf(f, ", \"%s_us_%s\": ", s_names[s], q_names[q]);
+                json_num(f, is->us[s][q]);
+            }
+        }
+        for (int s = 0; s < NS; s++) {
+            const char *pfx = s == S_TOTAL ? "" : s_names[s];
+            fprintf(f, ",\n     \"%s%salgbw_gbps\": ", pfx, *pfx ? "_" : "");
+            json_num(f, is->algbw[s]);
+            fprintf(f, ", \"%s%sbusbw_gbps\": ", pfx, *pfx ? "_" : "");
+            json_num(f, is->busbw[s]);
+        }
+        if (i != BENCH_IMPL_MEMCPY)
+            fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
+                    "\"mismatches\": %lld",
+                    is->mismatches == 0 ? "true" : "false",
+                    (long long)is->checked, (long long)is->mismatches);
+        fputc('}', f);
+    }
+    fprintf(f, "\n  ],\n  \"ratios\": {");
+    sep = "";
+    const int others[2] = { BENCH_IMPL_MPI, BENCH_IMPL_MEMCPY };
+    const char *keys[2] = { "epx_vs_mpi", "epx_vs_memcpy_limit" };
+    for (int j = 0; j < 2 && st[BENCH_IMPL_EPX].ran; j++) {
+        if (!st[others[j]].ran)
+            continue;
+        fprintf(f, "%s\n    \"%s\": {", sep, keys[j]);
+        for (int s = 0; s < NS; s++) {
+            fprintf(f, "%s\"%s\": ", s ? ", " : "", s_names[s]);
+            json_num(f, ratio(&st[others[j]], &st[BENCH_IMPL_EPX], s));
+        }
+        fputc('}', f);
+        sep = ",";
+    }
+    fprintf(f, "%s},\n  \"mismatches\": [", *sep ? "\n  " : "");
+    sep = "";
+    for (int r = 0; r < wl->nranks; r++) {
+        bench_result_t *res = bench_result_at(results, r, o->iters);
+        for (int i = 0; i < BENCH_NIMPL; i++) {
+            char *save, buf[BENCH_MSG_LEN];
+            snprintf(buf, sizeof(buf), "%s", res->msg[i]);
+            for (char *l = strtok_r(buf, "\n", &save); l;
+                 l = strtok_r(NULL, "\n", &save)) {
+                fprintf(f, "%s\n    ", sep);
+                json_str(f, l);
+                sep = ",";
+            }
+        }
+    }
+    fprintf(f, "%s]\n}\n", *sep ? "\n  " : "");
+}
+
+static void print_table(FILE *f, const bench_opts_t *o,
+                        const bench_workload_t *wl, const impl_stats_t st[],
+                        const char *launcher, const char *mpi_skip,
+                        double mean_bytes, double mean_rows)
+{
+    char tokens[64];
+    int64_t tmin = wl->T[0];
+    for (int r = 1; r < wl->nranks; r++)
+        tmin = wl->T[r] < tmin ? wl->T[r] : tmin;
+    if (tmin == wl->max_T)
+        snprintf(tokens, sizeof(tokens), "%lld tokens/rank",
+                 (long long)tmin);
+    else
+        snprintf(tokens, sizeof(tokens), "%lld..%lld tokens/rank",
+                 (long long)tmin, (long long)wl->max_T);
+    fprintf(f, "epx-bench %s: %d ranks (%s), %s, H %d, E %d, top-%d, %s, "
+            "%s-major%s, routing %s, seed %llu\n", epx_version_string(),
+            wl->nranks, launcher, tokens, wl->hidden, wl->experts, wl->topk,
+            bench_dtype_name(wl->dtype), bench_layout_name(o->layout),
+            o->inplace ? " in-place" : "",
+            o->trace_dir ? o->trace_dir : o->routing_str,
+            (unsigned long long)o->seed);
+    fprintf(f, "per rank and phase: %.4g %s sent (%.0f token rows), "
+            "averaged over ranks; %d iterations after %d warm-up\n",
+            mean_bytes >= 1e6 ? mean_bytes / 1e6 : mean_bytes / 1e3,
+            mean_bytes >= 1e6 ? "MB" : "kB", mean_rows, o->iters, o->warmup);
+    fprintf(f, "times in us, slowest rank per iteration: p50 "
+            "(p10..p90); algbw/busbw in GB/s at p50 of total\n\n");
+    fprintf(f, "%-13s %24s %24s %24s %8s %8s\n", "impl", "dispatch_us",
+            "combine_us", "total_us", "algbw", "busbw");
+    for (int i = 0; i < BENCH_NIMPL; i++) {
+        const impl_stats_t *is = &st[i];
+        if (!(o->impl_mask & (1u << i)))
+            continue;
+        fprintf(f, "%-13s", bench_impl_names[i]);
+        if (!is->ran) {
+            fprintf(f, " not run: %s\n", i == BENCH_IMPL_MPI && mpi_skip
+                                         ? mpi_skip : "?");
+            continue;
+        }
+        for (int s = 0; s < NS; s++) {
+            char cell[64];
+            const char *fmt = is->us[s][Q_P50] >= 100 ? "%.0f (%.0f..%.0f)"
+                                                      : "%.1f (%.1f..%.1f)";
+            snprintf(cell, sizeof(cell), fmt, is->us[s][Q_P50],
+                     is->us[s][Q_P10], is->us[s][Q_P90]);
+            fprintf(f, " %24s", cell);
+        }
+        fprintf(f, " %8.2f %8.2f\n", is->algbw[S_TOTAL], is->busbw[S_TOTAL]);
+    }
+    if (st[BENCH_IMPL_EPX].ran) {
+        fputc('\n', f);
+        if (st[BENCH_IMPL_MPI].ran)
+            fprintf(f, "epx vs mpi:          dispatch %.2fx  combine %.2fx  "
+                    "total %.2fx  (mpi time / epx time; > 1: epx faster)\n",
+                    ratio(&st[1], &st[0], S_DISPATCH),
+                    ratio(&st[1], &st[0], S_COMBINE),
+                    ratio(&st[1], &st[0], S_TOTAL));
+        if (st[BENCH_IMPL_MEMCPY].ran)
+            fprintf(f, "epx vs memcpy-limit: dispatch %.2fx  combine %.2fx  "
+                    "total %.2fx  (limit time / epx time; 1: at the limit)\n",
+                    ratio(&st[2], &st[0], S_DISPATCH),
+                    ratio(&st[2], &st[0], S_COMBINE),
+                    ratio(&st[2], &st[0], S_TOTAL));
+    }
+}
+
+int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
+                 void *results, const char *launcher, const char *mpi_skip)
+{
+    const int N = wl->nranks;
+    double mean_bytes = 0, mean_rows = 0;
+    for (int r = 0; r < N; r++) {
+        mean_bytes += bench_rank_bytes(wl, r) / N;
+        mean_rows += (double)wl->rows_sent[r] / N;
+    }
+    impl_stats_t st[BENCH_NIMPL];
+    compute(o, wl, results, mean_bytes, st);
+
+    int failed = 0;
+    for (int r = 0; r < N; r++)
+        failed |= bench_result_at(results, r, o->iters)->failed;
+    const int any = st[BENCH_IMPL_EPX].ran || st[BENCH_IMPL_MPI].ran;
+    const int verified = !failed && any &&
+                         st[BENCH_IMPL_EPX].mismatches == 0 &&
+                         st[BENCH_IMPL_MPI].mismatches == 0;
+
+    FILE *tf = o->json ? stderr : stdout;
+    print_table(tf, o, wl, st, launcher, mpi_skip, mean_bytes, mean_rows);
+    if (o->json)
+        print_json(stdout, o, wl, st, verified, launcher, mpi_skip,
+                   mean_bytes, mean_rows, results);
+
+    /* The first mismatches of each rank, then the verdict. */
+    int shown = 0;
+    for (int r = 0; r < N && !verified; r++) {
+        bench_result_t *res = bench_result_at(results, r, o->iters);
+        for (int i = 0; i < BENCH_NIMPL; i++)
+            if (res->msg[i][0] && shown++ < 8)
+                fprintf(stderr, "%s", res->msg[i]);
+    }
+    fprintf(tf, "verified: ");
+    if (verified) {
+        for (int i = 0, n = 0; i < 2; i++)
+            if (st[i].ran)
+                fprintf(tf, "%s%s %lld rows+tokens", n++ ? ", " : "",
+                        bench_impl_names[i], (long long)st[i].checked);
+        fprintf(tf, ", no mismatch\n");
+    } else if (!any) {
+        fprintf(tf, "nothing (no epx or mpi run)\n");
+    } else {
+        fprintf(tf, "FAILED (epx %lld, mpi %lld mismatches)\n",
+                (long long)st[BENCH_IMPL_EPX].mismatches,
+                (long long)st[BENCH_IMPL_MPI].mismatches);
+    }
+    fflush(NULL);
+    return failed || st[BENCH_IMPL_EPX].mismatches ||
+           st[BENCH_IMPL_MPI].mismatches ? 1 : 0;
+}
