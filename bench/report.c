@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "bench.h"
+#include "topology/topo.h"
 
 enum { Q_MIN, Q_P10, Q_P50, Q_P90, Q_MAX, NQ };
 static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "max" };
@@ -120,14 +121,17 @@ static void print_json(FILE *f, const bench_opts_t *o,
                        const char *mpi_skip, double mean_bytes,
                        double mean_rows, void *results)
 {
-    char host[256] = "";
-    gethostname(host, sizeof(host) - 1);
+    epx_host_info_t hi;
+    if (epx__topo_host_probe(&hi) != EPX_OK)
+        memset(&hi, 0, sizeof(hi));
     fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
     fprintf(f, "  \"config\": {\n    \"ranks\": %d,\n    \"launcher\": ",
             wl->nranks);
     json_str(f, launcher);
     fprintf(f, ",\n    \"host\": ");
-    json_str(f, host);
+    json_str(f, hi.hostname);
+    fprintf(f, ",\n    \"host_cores\": %d,\n    \"host_pus\": %d,\n"
+            "    \"host_numa_nodes\": %d", hi.cores, hi.pus, hi.numa_nodes);
     fprintf(f, ",\n    \"epx_version\": ");
     json_str(f, epx_version_string());
     fprintf(f, ",\n    \"tokens_per_rank\": [");
@@ -251,6 +255,11 @@ static void print_table(FILE *f, const bench_opts_t *o,
             o->inplace ? " in-place" : "",
             o->trace_dir ? o->trace_dir : o->routing_str,
             (unsigned long long)o->seed);
+    epx_host_info_t hi;
+    if (epx__topo_host_probe(&hi) == EPX_OK)
+        fprintf(f, "host %s: %d cores, %d hardware threads, %d NUMA node%s "
+                "(hwloc)\n", hi.hostname, hi.cores, hi.pus, hi.numa_nodes,
+                hi.numa_nodes == 1 ? "" : "s");
     fprintf(f, "per rank and phase: %.4g %s sent (%.0f token rows), "
             "averaged over ranks; %d iterations after %d warm-up\n",
             mean_bytes >= 1e6 ? mean_bytes / 1e6 : mean_bytes / 1e3,
