@@ -140,7 +140,8 @@ typedef enum epx_dtype {
 size_t epx_dtype_size(epx_dtype_t dtype);
 
 /* A 2-D row-major tensor view: rows x cols, contiguous rows of cols
- * elements.  `data` must be aligned to the element size. */
+ * elements.  `data` must be aligned to the element size; it may be NULL
+ * when the tensor is empty (rows or cols 0). */
 typedef struct epx_tensor {
     void *data;
     epx_dtype_t dtype;
@@ -165,8 +166,8 @@ typedef struct epx_moe_params {
     unsigned version;          /* EPX_MOE_PARAMS_VERSION */
     int hidden;                /* H: elements per token */
     int num_experts;           /* E: logical experts over the comm */
-    int topk;                  /* K: experts per token (1..EPX_MAX_TOPK) */
-    int max_tokens_per_rank;   /* upper bound on T of any dispatch */
+    int topk;                  /* K: experts per token, 1..min(EPX_MAX_TOPK, E) */
+    int max_tokens_per_rank;   /* upper bound on T of any dispatch (>= 0) */
     epx_dtype_t dtype;         /* BF16 or FP32: x on the wire */
     epx_layout_t layout;
     int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
@@ -212,8 +213,9 @@ typedef struct epx_dispatch_args {
       { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
       { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u }
 
-/* What this rank received.  Pointers stay valid until this rank's next
- * epx_combine_send (or the handle's release). */
+/* What this rank received.  Pointers stay valid until this rank's
+ * epx_combine_send, or its next epx_dispatch_send on the same engine, or
+ * the handle's release, whichever comes first. */
 typedef struct epx_recv {
     size_t struct_size;
     int64_t num_rows;          /* rows of x (expert-major: incl. padding) */
@@ -226,18 +228,27 @@ typedef struct epx_recv {
     /* Per row (padding rows in expert-major: src_rank = -1). */
     const int32_t *src_rank;   /* [num_rows] */
     const int32_t *src_token;  /* [num_rows] token index on src_rank */
-    /* Token-major: [num_rows, K] local expert ids (-1 = not here) and
-     * weights.  Expert-major: topk_idx NULL, topk_weights [num_rows]. */
+    /* Token-major: [num_rows, K]; slot k is the source's k-th top-k
+     * choice: its local expert id (global - first_local_expert) and weight
+     * if that expert lives here, else -1 and 0.
+     * Expert-major: topk_idx NULL, topk_weights [num_rows]. */
     const int32_t *topk_idx;
     const float *topk_weights;
 } epx_recv_t;
 
 /* Split dispatch.  epx_dispatch_send routes, exchanges counts (collective)
  * and writes this rank's tokens into their destinations; it returns a new
- * handle in *handle (or reuses *handle with EPX_DISPATCH_CACHED).
+ * handle in *handle (or reuses *handle with EPX_DISPATCH_CACHED, which
+ * every rank must pass together, with the same routing as that handle's
+ * dispatch; new x and weights are fine).
  * epx_dispatch_recv waits for every source and describes what arrived.
  * Invalid input on any rank: nothing is sent, every rank returns an error
- * (EPX_ERR_PEER on the others) and the engine stays usable. */
+ * from epx_dispatch_send (EPX_ERR_PEER on the others) and the engine stays
+ * usable.
+ * One dispatch is in flight per engine: the next epx_dispatch_send comes
+ * after this one's epx_combine_recv; one issued before that (after
+ * epx_dispatch_recv) abandons the earlier dispatch, whose handle can then
+ * only be released.  Overlapping micro-batches use one engine each. */
 epx_status_t epx_dispatch_send(epx_moe_t *moe, const epx_dispatch_args_t *args,
                                epx_handle_t **handle);
 epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
@@ -266,7 +277,9 @@ typedef struct epx_combine_args {
     { sizeof(epx_combine_args_t), EPX_COMBINE_ARGS_VERSION,                   \
       { NULL, EPX_DTYPE_BF16, 0, 0 }, 0u }
 
-/* Split combine.  out[t] = sum over destination ranks r in ascending order
+/* Split combine.  A bad y or out is this rank's own error: nothing is sent
+ * or consumed and the call may be retried (peers wait meanwhile).
+ * out[t] = sum over destination ranks r in ascending order
  * of partial_r(t), partial_r = sum over t's experts on r in top-k order of
  * w * y (fp32), rounded to the engine dtype for the wire; the final sum is
  * fp32 and rounded once to out's dtype (BF16 or FP32).  Bitwise
@@ -276,6 +289,8 @@ epx_status_t epx_combine_send(epx_moe_t *moe, epx_handle_t *handle,
 epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
                               epx_tensor_t *out);
 
+/* Local (not collective).  Releasing the handle of a call in flight
+ * waits for that phase's peers first, so the engine stays in step. */
 void epx_handle_release(epx_handle_t *handle);
 
 /* Number of tokens of the source rank's dispatch recorded in a handle. */

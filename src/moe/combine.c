@@ -125,18 +125,19 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if (m->state != MOE_RECEIVED || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "combine: no received dispatch for this handle");
-    epx_status_t mine = EPX_OK;
+    /* A bad argument is this rank's own business: nothing is sent, the
+     * handle stays as it was and the call can be retried (peers wait in
+     * their combine_recv meanwhile). */
+    epx_status_t st;
     if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) + sizeof(unsigned))
-        mine = epx__error(EPX_ERR_INVALID,
+        return epx__error(EPX_ERR_INVALID,
                           "combine: args NULL or not set up with "
                           "EPX_COMBINE_ARGS_INIT");
-    else
-        mine = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
-                                h->nrows, m->H);
-    int pull = mine == EPX_OK && m->direct &&
-               a->y.data == moe_local(m, m->off.rows);
-    epx_status_t st = mine != EPX_OK ? mine
-        : pull ? EPX_OK : send_partials(m, h, a, a->flags);
+    if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
+                               h->nrows, m->H)) != EPX_OK)
+        return st;
+    int pull = m->direct && a->y.data == moe_local(m, m->off.rows);
+    st = pull ? EPX_OK : send_partials(m, h, a, a->flags);
     int32_t word = st != EPX_OK ? st
         : !pull ? MOE_COMB_PUSHED
         : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
@@ -164,10 +165,13 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     if (m->state != MOE_COMBINING || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "combine: recv without a matching combine_send");
+    /* Checked before anything is consumed, so the call can be retried. */
     epx_status_t bad = out
         ? moe_check_tensor(out, "combine", "out",
                            1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
                            : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+    if (bad != EPX_OK)
+        return bad;
     uint64_t call = m->n_comb++;
     epx_status_t st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
     m->state = MOE_IDLE;
@@ -176,17 +180,12 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");
     if (st != EPX_OK)
         return st;
-    if (bad != EPX_OK)
-        return bad;
     const int H = m->H, tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const epx_dtype_t dt = m->p.dtype;
     const char *comb = moe_local(m, m->off.comb);
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)H;
-    m->pulled = 0;
-    for (int r = 0; r < m->R; r++) {
+    for (int r = 0; r < m->R; r++)
         m->mode[r] = *(int32_t *)moe_local(m, moe_status_off(m, MOE_ST_COMB, call, r));
-        m->pulled |= m->mode[r] != MOE_COMB_PUSHED;
-    }
     memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++) {
         memset(m->acc, 0, sizeof(float) * (size_t)H);

@@ -9,7 +9,9 @@
  *   recv: wait for the R data signals; the output is the window itself.
  *
  * A rank with bad input still joins the count exchange, carrying its error
- * in the status word, so every rank returns before any token moves.
+ * in the status word, so every rank returns before any token moves.  A
+ * cached dispatch reuses the handle's routing and offsets but still joins
+ * the count exchange with a two-word header, for the same reason.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,14 +38,19 @@ epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
     return EPX_OK;
 }
 
-/* Count exchange of call m->n_counts; returns the agreed status. */
-static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine)
+/* Count exchange of call m->n_counts; returns the agreed status.  Every
+ * dispatch runs it, cached or not: it is where a rank's bad input reaches
+ * the others before any token moves.  A cached dispatch puts only the
+ * header (status, cached flag): the counts of its routing are known. */
+static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached)
 {
     uint64_t call = m->n_counts++;
-    size_t blk_bytes = sizeof(int32_t) * (size_t)m->blk_ints;
-    size_t off = m->off.counts +
-                 ((size_t)(call & 1) * (size_t)m->R + (size_t)m->rank) * blk_bytes;
+    size_t blk_bytes = sizeof(int32_t) * (size_t)(cached ? 2 : m->blk_ints);
+    size_t off = m->off.counts + ((size_t)(call & 1) * (size_t)m->R +
+                                  (size_t)m->rank) * sizeof(int32_t) *
+                                 (size_t)m->blk_ints;
     m->blk[0] = mine;
+    m->blk[1] = cached;
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++) {
         st = epx__win_put(m->win, d, off, m->blk, blk_bytes);
@@ -56,7 +63,15 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine)
         return st;
     if (mine != EPX_OK)
         return mine;
-    return moe_first_error(m, -1, call, "dispatch");
+    if ((st = moe_first_error(m, -1, call, "dispatch")) != EPX_OK)
+        return st;
+    for (int s = 0; s < m->R; s++)
+        if (moe_blk(m, call, s)[1] != cached)
+            return epx__error(EPX_ERR_MISMATCH,
+                              "dispatch: rank %d %s EPX_DISPATCH_CACHED but "
+                              "rank %d %s", s, cached ? "did not pass" : "passed",
+                              m->rank, cached ? "did" : "did not");
+    return EPX_OK;
 }
 
 /* From the count matrix: where this rank's tokens go at every destination,
@@ -155,16 +170,12 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
         : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
 }
 
-/* Data phase: status word and signal to every rank (after our tokens). */
-static epx_status_t signal_data(epx_moe_t *m, epx_status_t mine)
+/* Data phase: a signal to every rank, after our tokens. */
+static epx_status_t signal_data(epx_moe_t *m)
 {
     epx_status_t st = EPX_OK;
-    size_t off = moe_status_off(m, MOE_ST_DATA, m->n_data, m->rank);
-    for (int d = 0; d < m->R && st == EPX_OK; d++) {
-        st = put32(m, d, off, mine);
-        if (st == EPX_OK)
-            st = epx__win_signal(m->win, d, MOE_SIG_DATA, 1);
-    }
+    for (int d = 0; d < m->R && st == EPX_OK; d++)
+        st = epx__win_signal(m->win, d, MOE_SIG_DATA, 1);
     return st;
 }
 
@@ -173,61 +184,49 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
 {
     if (!m || !a || !handle)
         return epx__error(EPX_ERR_INVALID, "dispatch: engine, args or handle NULL");
-    int cached = (a->struct_size >= sizeof(*a)) && (a->flags & EPX_DISPATCH_CACHED);
     if (m->state == MOE_SENT || m->state == MOE_COMBINING)
         return epx__error(EPX_ERR_STATE,
                           "dispatch: the previous dispatch/combine of this "
                           "engine is not finished (call its recv first)");
     epx_status_t st;
-    /* Peers may still read what we would overwrite when the last dispatch
-     * was never combined, or when sources read our outputs in place and no
-     * count exchange (cached) will tell us they are done.  Wait for all. */
-    if (m->state == MOE_RECEIVED || (cached && m->pulled)) {
+    if (m->state == MOE_RECEIVED) {
+        /* The last dispatch was never combined: peers may still read what
+         * we would overwrite.  Wait until every rank is here. */
         if ((st = epx_comm_barrier(m->comm)) != EPX_OK)
             return st;
         m->state = MOE_IDLE;
+        m->cur = NULL;
     }
 
     epx_status_t mine = moe_check_args(m, a);
+    int cached = mine == EPX_OK && (a->flags & EPX_DISPATCH_CACHED);
     epx_handle_t *h = NULL;
     if (cached) {
         h = *handle;
-        if (mine == EPX_OK && (!h || h->moe != m || !h->dispatched))
+        if (!h || h->moe != m || !h->dispatched)
             mine = epx__error(EPX_ERR_INVALID,
                               "dispatch: EPX_DISPATCH_CACHED needs a handle of "
                               "an earlier dispatch on this engine");
-        if (mine == EPX_OK && (a->x.rows != h->T || moe_hash_idx(m, a) != h->hash))
+        else if (a->x.rows != h->T || moe_hash_idx(m, a) != h->hash)
             mine = epx__error(EPX_ERR_INVALID,
                               "dispatch: EPX_DISPATCH_CACHED with a routing that "
                               "differs from the handle's");
-        if (mine != EPX_OK) {
-            /* Peers learn it from the data status; drain their data. */
-            st = signal_data(m, mine);
-            m->n_data++;
-            if (st == EPX_OK)
-                epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
-            return mine;
-        }
-    } else {
-        if (mine == EPX_OK) {
-            h = moe_handle_new(m, a->x.rows);
-            if (!h)
-                mine = epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
-        }
-        if (mine == EPX_OK && (mine = moe_layout(m, a, h)) == EPX_OK)
+    } else if (mine == EPX_OK) {
+        h = moe_handle_new(m, a->x.rows);
+        if (!h)
+            mine = epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+        else if ((mine = moe_layout(m, a, h)) == EPX_OK)
             h->hash = moe_hash_idx(m, a);
-        if (mine != EPX_OK)
-            memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
-        st = exchange_counts(m, mine);
-        if (st != EPX_OK) {
-            epx_handle_release(h);
-            return st;
-        }
-        plan_offsets(m, h);
     }
-    st = send_tokens(m, h, a);
+    if (mine != EPX_OK && !cached)
+        memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+    st = exchange_counts(m, mine, cached);
+    if (st == EPX_OK && !cached)
+        plan_offsets(m, h);
     if (st == EPX_OK)
-        st = signal_data(m, EPX_OK);
+        st = send_tokens(m, h, a);
+    if (st == EPX_OK)
+        st = signal_data(m);
     if (st != EPX_OK) {
         if (!cached)
             epx_handle_release(h);
@@ -248,10 +247,8 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     if (m->state != MOE_SENT || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "dispatch: recv without a matching dispatch_send");
-    uint64_t call = m->n_data++;
+    m->n_data++;
     epx_status_t st = epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
-    if (st == EPX_OK)
-        st = moe_first_error(m, MOE_ST_DATA, call, "dispatch");
     if (st != EPX_OK) {
         m->state = MOE_IDLE;
         m->cur = NULL;

@@ -3,9 +3,9 @@
  *
  * Window of each rank (offsets in epx_moe.off, sized for the worst case but
  * sparse, so memory follows the tokens actually received):
- *   counts   [2][R][2+E+R] int32  per source: status, -, tokens per expert,
+ *   counts   [2][R][2+E+R] int32  per source: status, cached, tokens per expert,
  *                                 tokens per destination rank (parity of call)
- *   status   [2][2][R] int32      data-phase and combine-phase status per source
+ *   status   [2][R] int32         combine-phase status per source (parity)
  *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
  *                                 number of local rows, rows (expert-major)
  *   src_rank, src_token [rows] int32; topk_idx/topk_weights (see epx_recv_t)
@@ -22,7 +22,7 @@
 
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
-enum { MOE_ST_DATA = 0, MOE_ST_COMB = 1 };
+enum { MOE_ST_COMB = 0 };
 /* Combine status words >= 0 also say how the sender left its outputs. */
 enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
@@ -57,7 +57,6 @@ struct epx_moe {
     float *part;               /* [H] fp32 partial of one rank (pull) */
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
-    int pulled;                /* last combine read peers' windows */
 };
 
 struct epx_handle {

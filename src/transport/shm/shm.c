@@ -176,11 +176,12 @@ err_created:
     if (mine == EPX_OK)
         shm_unlink(name);
 err_mapped:
-    if (mine == EPX_OK && st != EPX_OK && bad != comm->rank)
-        epx__error(st == EPX_ERR_NOMEM ? EPX_ERR_NOMEM : EPX_ERR_PEER,
-                   "shm: rank %d could not create or map a window", bad);
     shm_win_free(w);
-    return mine != EPX_OK ? mine : (st == EPX_ERR_NOMEM ? st : EPX_ERR_PEER);
+    if (mine != EPX_OK || bad < 0)   /* ours, or the bootstrap's: said already */
+        return mine != EPX_OK ? mine : st;
+    return epx__error(st == EPX_ERR_NOMEM ? EPX_ERR_NOMEM : EPX_ERR_PEER,
+                      "shm: rank %d could not create or map its window (%s)",
+                      bad, epx_status_str(st));
 }
 
 static void shm_win_destroy(epx_win_t *win)

@@ -1,0 +1,130 @@
+/*
+ * core: the communicator — rank/size, a barrier that really separates
+ * rounds (1 to 72 ranks), and a barrier whose peer never comes failing
+ * with EPX_ERR_TIMEOUT (params.timeout_s or EPX_TIMEOUT) instead of
+ * hanging.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+
+#define MAXR 72
+#define ROUNDS 25
+
+typedef struct rounds {
+    int nranks;
+    int at[MAXR];     /* round each rank has entered */
+} rounds_t;
+
+/* Each rank announces its round, then passes a barrier: afterwards every
+ * rank must have announced at least that round. */
+static int barrier_rounds(epx_comm_t *comm, void *arg)
+{
+    rounds_t *s = arg;
+    int me = epx_comm_rank(comm);
+    CHECK(epx_comm_size(comm) == s->nranks);
+    for (int round = 1; round <= ROUNDS; round++) {
+        __atomic_store_n(&s->at[me], round, __ATOMIC_SEQ_CST);
+        CHECK_OK(epx_comm_barrier(comm));
+        for (int r = 0; r < s->nranks; r++) {
+            int at = __atomic_load_n(&s->at[r], __ATOMIC_SEQ_CST);
+            CHECKF(at >= round, "after barrier %d rank %d is only at %d",
+                   round, r, at);
+            CHECKF(at <= round + 1, "rank %d is at %d, two barriers ahead of "
+                   "round %d", r, at, round);
+        }
+    }
+    return 0;
+}
+
+static void run_rounds(int nranks)
+{
+    rounds_t *s = epxt_shared_alloc(sizeof(*s));
+    assert_non_null(s);
+    s->nranks = nranks;
+    assert_int_equal(epxt_launch(nranks, 0, barrier_rounds, s, NULL), EPX_OK);
+    for (int r = 0; r < nranks; r++)
+        assert_int_equal(s->at[r], ROUNDS);
+    epxt_shared_free(s, sizeof(*s));
+}
+
+static void barrier_1(void **state) { (void)state; run_rounds(1); }
+static void barrier_2(void **state) { (void)state; run_rounds(2); }
+static void barrier_3(void **state) { (void)state; run_rounds(3); }
+static void barrier_8(void **state) { (void)state; run_rounds(8); }
+static void barrier_72(void **state) { (void)state; run_rounds(72); }
+
+/* Rank 1 stays away (alive, not calling anything) for longer than the
+ * timeout; rank 0's barrier must give up with EPX_ERR_TIMEOUT. */
+#define SHORT_TIMEOUT 2.0
+static int absent_peer(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    if (epx_comm_rank(comm) == 1) {
+        usleep((useconds_t)(SHORT_TIMEOUT * 2.5 * 1e6));
+        return 0;
+    }
+    double t0 = epxt_now();
+    CHECK_ST(epx_comm_barrier(comm), EPX_ERR_TIMEOUT);
+    double dt = epxt_now() - t0;
+    CHECKF(dt >= SHORT_TIMEOUT * 0.5 && dt < SHORT_TIMEOUT * 3.5,
+           "barrier gave up after %.2f s with a timeout of %.1f s", dt,
+           SHORT_TIMEOUT);
+    CHECK(strlen(epx_last_error()) > 0);
+    return 0;
+}
+
+static void barrier_times_out(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, SHORT_TIMEOUT, absent_peer, NULL, NULL),
+                     EPX_OK);
+}
+
+/* The same with the timeout taken from EPX_TIMEOUT (no params). */
+static int absent_peer_rank(epx_comm_t *comm, void *arg)
+{
+    epxt_rank_enter(epx_comm_rank(comm));
+    return absent_peer(comm, arg);
+}
+
+static void barrier_times_out_env(void **state)
+{
+    (void)state;
+    char was[64] = "";
+    const char *w = getenv("EPX_TIMEOUT");
+    if (w)
+        snprintf(was, sizeof(was), "%s", w);
+    char v[32];
+    snprintf(v, sizeof(v), "%g", SHORT_TIMEOUT);
+    setenv("EPX_TIMEOUT", v, 1);
+    fflush(NULL);
+    epx_status_t st = epx_launch_local(2, NULL, absent_peer_rank, NULL, NULL);
+    if (was[0])
+        setenv("EPX_TIMEOUT", was, 1);
+    else
+        unsetenv("EPX_TIMEOUT");
+    assert_int_equal(st, EPX_OK);
+}
+
+int main(void)
+{
+    epxt_init("test_comm");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(barrier_72),
+        cmocka_unit_test(barrier_1),
+        cmocka_unit_test(barrier_2),
+        cmocka_unit_test(barrier_3),
+        cmocka_unit_test(barrier_8),
+        cmocka_unit_test(barrier_times_out),
+        cmocka_unit_test(barrier_times_out_env),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,418 @@
+/*
+ * moe: errors.  Bad dispatch input on one rank (expert out of range, the
+ * same expert twice, T above max_tokens_per_rank, NULL or misaligned
+ * pointers, wrong dtypes or shapes): that rank gets the error, every other
+ * rank EPX_ERR_PEER from the same call, nothing is delivered, and the next
+ * dispatch/combine on the same engine is correct.  Engines whose ranks
+ * disagree get EPX_ERR_MISMATCH everywhere; invalid parameters, calls out
+ * of order and a peer that never dispatches are reported, not hung on;
+ * a combine call every rank gets wrong fails and leaves the handle usable.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+#include "moe_case.h"
+
+static moe_case_t err_case = {
+    .name = "errors", .experts = 6, .topk = 2, .hidden = 8, .max_tokens = 4,
+    .dtype = EPX_DTYPE_BF16, .idx_dtype = EPX_DTYPE_INT32,
+    .out_dtype = EPX_DTYPE_FP32, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+    .align = 4,
+    /* every rank sends max_tokens tokens of two distinct experts */
+    .tokens = TOK_FULL, .route = ROUTE_RANDOM,
+};
+
+enum bad {
+    BAD_EXPERT_HIGH, BAD_EXPERT_NEG, BAD_EXPERT_WIDE, BAD_DUP, BAD_T,
+    NULL_X, NULL_IDX, NULL_W, MISALIGN_X, MISALIGN_IDX, MISALIGN_W,
+    DTYPE_X, DTYPE_IDX, DTYPE_W, COLS_X, COLS_IDX, ROWS_W, CACHED_NO_HANDLE,
+    NBAD
+};
+
+static const struct {
+    const char *what;
+    epx_status_t want, also;   /* `also`: a second acceptable code */
+} bads[NBAD] = {
+    /* epx.h: EPX_ERR_INVALID covers "out of range" arguments, while
+     * EPX_ERR_RANGE is "a value exceeds a configured limit"; an expert id
+     * is arguably either, so both are accepted for it. */
+    [BAD_EXPERT_HIGH] = { "expert id = num_experts", EPX_ERR_INVALID,
+                          EPX_ERR_RANGE },
+    [BAD_EXPERT_NEG] = { "expert id -2", EPX_ERR_INVALID, EPX_ERR_RANGE },
+    /* int64 ids: 2^32 + a valid id must not pass for that id */
+    [BAD_EXPERT_WIDE] = { "expert id 2^32 + e (int64) / INT32_MAX",
+                          EPX_ERR_INVALID, EPX_ERR_RANGE },
+    [BAD_DUP] = { "the same expert twice in a row", EPX_ERR_INVALID,
+                  EPX_ERR_RANGE },
+    [BAD_T] = { "T = max_tokens_per_rank + 1", EPX_ERR_RANGE, EPX_ERR_RANGE },
+    [NULL_X] = { "x NULL", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [NULL_IDX] = { "topk_idx NULL", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [NULL_W] = { "topk_weights NULL", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [MISALIGN_X] = { "x misaligned", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [MISALIGN_IDX] = { "topk_idx misaligned", EPX_ERR_INVALID,
+                       EPX_ERR_INVALID },
+    [MISALIGN_W] = { "topk_weights misaligned", EPX_ERR_INVALID,
+                     EPX_ERR_INVALID },
+    [DTYPE_X] = { "x dtype differs from the engine's", EPX_ERR_INVALID,
+                  EPX_ERR_INVALID },
+    [DTYPE_IDX] = { "topk_idx FP32", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [DTYPE_W] = { "topk_weights BF16", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [COLS_X] = { "x cols != hidden", EPX_ERR_INVALID, EPX_ERR_INVALID },
+    [COLS_IDX] = { "topk_idx cols != topk", EPX_ERR_INVALID,
+                   EPX_ERR_INVALID },
+    [ROWS_W] = { "topk_weights rows != x rows", EPX_ERR_INVALID,
+                 EPX_ERR_INVALID },
+    [CACHED_NO_HANDLE] = { "EPX_DISPATCH_CACHED without a handle",
+                           EPX_ERR_INVALID, EPX_ERR_INVALID },
+};
+
+static void set_idx(const moe_case_t *c, void *idx, int64_t i, int64_t v)
+{
+    if (c->idx_dtype == EPX_DTYPE_INT64)
+        ((int64_t *)idx)[i] = v;
+    else
+        ((int32_t *)idx)[i] = (int32_t)v;
+}
+
+/* Make `a` (over `in`, which has room for one row more than T) bad. */
+static void spoil(const moe_case_t *c, int kind, moe_input_t *in,
+                  epx_dispatch_args_t *a)
+{
+    const int K = c->topk;
+    switch (kind) {
+    case BAD_EXPERT_HIGH: set_idx(c, in->idx, K - 1, c->experts); break;
+    case BAD_EXPERT_NEG: set_idx(c, in->idx, 0, -2); break;
+    case BAD_EXPERT_WIDE:
+        set_idx(c, in->idx, 0, c->idx_dtype == EPX_DTYPE_INT64
+                                   ? ((int64_t)1 << 32) + in->idx64[0]
+                                   : INT32_MAX);
+        break;
+    case BAD_DUP: set_idx(c, in->idx, 1, in->idx64[0]); break;
+    case BAD_T:
+        /* a valid extra token: only the count is wrong */
+        for (int k = 0; k < K; k++)
+            set_idx(c, in->idx, in->T * K + k, k);
+        a->x.rows = a->topk_idx.rows = a->topk_weights.rows = in->T + 1;
+        break;
+    case NULL_X: a->x.data = NULL; break;
+    case NULL_IDX: a->topk_idx.data = NULL; break;
+    case NULL_W: a->topk_weights.data = NULL; break;
+    case MISALIGN_X: a->x.data = (char *)a->x.data + 1; break;
+    case MISALIGN_IDX: a->topk_idx.data = (char *)a->topk_idx.data + 1; break;
+    case MISALIGN_W: a->topk_weights.data = (char *)a->topk_weights.data + 2;
+        break;
+    case DTYPE_X:
+        a->x.dtype = c->dtype == EPX_DTYPE_BF16 ? EPX_DTYPE_FP32
+                                                : EPX_DTYPE_BF16;
+        break;
+    case DTYPE_IDX: a->topk_idx.dtype = EPX_DTYPE_FP32; break;
+    case DTYPE_W: a->topk_weights.dtype = EPX_DTYPE_BF16; break;
+    case COLS_X: a->x.cols = c->hidden - 1; break;
+    case COLS_IDX: a->topk_idx.cols = K - 1; break;
+    case ROWS_W: a->topk_weights.rows = in->T - 1; break;
+    case CACHED_NO_HANDLE: a->flags |= EPX_DISPATCH_CACHED; break;
+    }
+}
+
+static int bad_input_rank(epx_comm_t *comm, void *arg)
+{
+    const moe_case_t *c = arg;
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, c));
+    for (int kind = 0; kind < NBAD; kind++) {
+        const int bad_rank = kind % m.nranks;
+        moe_input_t in;
+        CHECK_CALL(moe_input_make(&m, m.rank, 100 + kind, kind, &in));
+        CHECK(in.T >= 2);
+        epx_dispatch_args_t a = moe_input_args(&m, &in);
+        if (m.rank == bad_rank)
+            spoil(c, kind, &in, &a);
+        epx_handle_t *h = NULL;
+        epx_status_t st = epx_dispatch_send(m.moe, &a, &h);
+        moe_input_free(&in);
+        if (m.rank == bad_rank)
+            CHECKF(st == bads[kind].want || st == bads[kind].also,
+                   "%s on this rank: epx_dispatch_send -> %s, want %s",
+                   bads[kind].what, epx_status_str(st),
+                   epx_status_str(bads[kind].want));
+        else
+            CHECKF(st == EPX_ERR_PEER,
+                   "%s on rank %d: epx_dispatch_send here -> %s, want "
+                   "EPX_ERR_PEER", bads[kind].what, bad_rank,
+                   epx_status_str(st));
+        CHECKF(h == NULL, "%s: a failed dispatch returned a handle",
+               bads[kind].what);
+        CHECKF(strlen(epx_last_error()) > 0, "%s: %s without a message",
+               bads[kind].what, epx_status_str(st));
+        /* Nothing of the failed call may show up in the next one. */
+        CHECK_CALL(moe_run_round(&m, 200 + kind, 50 + kind, &h));
+        epx_handle_release(h);
+    }
+    moe_run_close(&m);
+    return 0;
+}
+
+/* A rank that misses the error of another waits for it until the timeout:
+ * keep it short enough for the suite, long enough for a loaded host. */
+#define BAD_INPUT_TIMEOUT 20.0
+
+static void bad_input(void **state)
+{
+    moe_case_t *c = *state;
+    assert_int_equal(epxt_launch(3, BAD_INPUT_TIMEOUT, bad_input_rank, c,
+                                 NULL), EPX_OK);
+}
+
+static void bad_input_one_rank(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(1, BAD_INPUT_TIMEOUT, bad_input_rank,
+                                 &err_case, NULL), EPX_OK);
+}
+
+/* ---- ranks disagree at epx_moe_create */
+
+enum { MM_HIDDEN, MM_EXPERTS, MM_TOPK, MM_DTYPE, MM_LAYOUT, MM_ALIGN, NMM };
+static const char *const mm_what[NMM] = { "hidden", "num_experts", "topk",
+                                          "dtype", "layout", "alignment" };
+
+static int mismatch_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int me = epx_comm_rank(comm), R = epx_comm_size(comm);
+    for (int f = 0; f < NMM; f++) {
+        epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+        p.hidden = 16;
+        p.num_experts = 6;
+        p.topk = 2;
+        p.max_tokens_per_rank = 8;
+        p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+        p.expert_alignment = 4;
+        if (me == (f + 1) % R) {
+            switch (f) {
+            case MM_HIDDEN: p.hidden = 17; break;
+            case MM_EXPERTS: p.num_experts = 7; break;
+            case MM_TOPK: p.topk = 3; break;
+            case MM_DTYPE: p.dtype = EPX_DTYPE_FP32; break;
+            case MM_LAYOUT: p.layout = EPX_LAYOUT_TOKEN_MAJOR; break;
+            case MM_ALIGN: p.expert_alignment = 8; break;
+            }
+        }
+        epx_moe_t *moe = (epx_moe_t *)&p;   /* must stay untouched */
+        epx_status_t st = epx_moe_create(comm, &p, &moe);
+        CHECKF(st == EPX_ERR_MISMATCH, "%s differs on rank %d: "
+               "epx_moe_create -> %s (%s), want EPX_ERR_MISMATCH",
+               mm_what[f], (f + 1) % R, epx_status_str(st), epx_last_error());
+        CHECK(moe == (epx_moe_t *)&p);
+        CHECK(strlen(epx_last_error()) > 0);
+    }
+    /* The communicator still makes working engines. */
+    CHECK_CALL(moe_case_run(comm, &err_case));
+    return 0;
+}
+
+static void mismatch(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(3, 0, mismatch_rank, NULL, NULL), EPX_OK);
+}
+
+/* ---- parameters every rank gets wrong the same way */
+
+static int invalid_params_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 9; i++) {
+        epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+        p.hidden = 16;
+        p.num_experts = 6;
+        p.topk = 2;
+        p.max_tokens_per_rank = 8;
+        p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+        p.expert_alignment = 4;
+        const char *what = "";
+        switch (i) {
+        case 0: p.hidden = 0; what = "hidden 0"; break;
+        case 1: p.num_experts = 0; what = "num_experts 0"; break;
+        case 2: p.topk = 0; what = "topk 0"; break;
+        case 3: p.topk = EPX_MAX_TOPK + 1; what = "topk > EPX_MAX_TOPK"; break;
+        case 4: p.expert_alignment = 0; what = "alignment 0"; break;
+        case 5: p.dtype = EPX_DTYPE_INT32; what = "dtype INT32"; break;
+        case 6: p.struct_size = 0; what = "struct_size 0"; break;
+        case 7: p.max_tokens_per_rank = -1; what = "max_tokens -1"; break;
+        case 8: p.layout = (epx_layout_t)7; what = "layout 7"; break;
+        }
+        epx_moe_t *moe = NULL;
+        epx_status_t st = epx_moe_create(comm, &p, &moe);
+        CHECKF(st == EPX_ERR_INVALID, "%s: epx_moe_create -> %s, want "
+               "EPX_ERR_INVALID", what, epx_status_str(st));
+        CHECK(moe == NULL);
+        CHECK(strlen(epx_last_error()) > 0);
+    }
+    epx_moe_t *moe = NULL;
+    CHECK_ST(epx_moe_create(comm, NULL, &moe), EPX_ERR_INVALID);
+    CHECK_ST(epx_moe_create(NULL, NULL, &moe), EPX_ERR_INVALID);
+    epx_moe_destroy(NULL);
+    epx_handle_release(NULL);
+    CHECK_CALL(moe_case_run(comm, &err_case));
+    return 0;
+}
+
+static void invalid_params(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 0, invalid_params_rank, NULL, NULL),
+                     EPX_OK);
+}
+
+/* ---- calls out of order or without a handle */
+
+static int state_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, &err_case));
+    moe_input_t in;
+    CHECK_CALL(moe_input_make(&m, m.rank, 7, 7, &in));
+    epx_dispatch_args_t a = moe_input_args(&m, &in);
+    epx_recv_t rv;
+    memset(&rv, 0, sizeof(rv));
+    rv.struct_size = sizeof(rv);
+    epx_handle_t *h = NULL;
+    CHECK_ST(epx_dispatch_recv(m.moe, NULL, &rv), EPX_ERR_INVALID);
+    CHECK_OK(epx_dispatch_send(m.moe, &a, &h));
+    CHECK_OK(epx_dispatch_recv(m.moe, h, &rv));
+    /* combine_recv before combine_send */
+    float *out = calloc((size_t)(in.T + 1) * (size_t)m.c->hidden,
+                        sizeof(float));
+    CHECK(out);
+    epx_tensor_t ot = { out, EPX_DTYPE_FP32, in.T, m.c->hidden };
+    CHECK_ST(epx_combine_recv(m.moe, h, &ot), EPX_ERR_STATE);
+    CHECK(strlen(epx_last_error()) > 0);
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    void *y = calloc((size_t)(rv.num_rows + 1) * (size_t)m.c->hidden, 2);
+    CHECK(y);
+    ca.y = (epx_tensor_t){ y, EPX_DTYPE_BF16, rv.num_rows, m.c->hidden };
+    CHECK_ST(epx_combine_send(m.moe, NULL, &ca), EPX_ERR_INVALID);
+    CHECK_OK(epx_combine_send(m.moe, h, &ca));
+    CHECK_OK(epx_combine_recv(m.moe, h, &ot));
+    /* y was zero: so is every output */
+    for (int64_t i = 0; i < in.T * m.c->hidden; i++)
+        CHECKF(out[i] == 0.0f, "out[%lld] = %g with y = 0", (long long)i,
+               (double)out[i]);
+    free(y);
+    free(out);
+    moe_input_free(&in);
+    epx_handle_release(h);
+    h = NULL;
+    CHECK_CALL(moe_run_round(&m, 8, 8, &h));
+    epx_handle_release(h);
+    moe_run_close(&m);
+    return 0;
+}
+
+static void out_of_order(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 0, state_rank, NULL, NULL), EPX_OK);
+}
+
+/* ---- combine calls every rank gets wrong, then right */
+
+static moe_case_t misuse_em = {
+    .name = "misuse-em", .experts = 6, .topk = 3, .hidden = 8,
+    .max_tokens = 5, .dtype = EPX_DTYPE_BF16, .idx_dtype = EPX_DTYPE_INT32,
+    .out_dtype = EPX_DTYPE_FP32, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+    .align = 4, .misuse = MISUSE_COMBINE_Y | MISUSE_COMBINE_OUT,
+};
+static moe_case_t misuse_tm = {
+    .name = "misuse-tm", .experts = 6, .topk = 3, .hidden = 8,
+    .max_tokens = 5, .dtype = EPX_DTYPE_FP32, .idx_dtype = EPX_DTYPE_INT64,
+    .out_dtype = EPX_DTYPE_BF16, .layout = EPX_LAYOUT_TOKEN_MAJOR,
+    .align = 1, .misuse = MISUSE_COMBINE_Y | MISUSE_COMBINE_OUT,
+};
+
+static int misuse_rank(epx_comm_t *comm, void *arg)
+{
+    return moe_case_run(comm, arg);
+}
+
+static void combine_bad_y(void **state)
+{
+    moe_case_t *c = *state;
+    assert_int_equal(epxt_launch(3, 0, misuse_rank, c, NULL), EPX_OK);
+}
+
+/* ---- a peer that never dispatches */
+
+#define SHORT_TIMEOUT 2.0
+static int absent_peer_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, &err_case));
+    if (m.rank == 1) {   /* leaves without dispatching */
+        moe_run_close(&m);
+        return 0;
+    }
+    moe_input_t in;
+    CHECK_CALL(moe_input_make(&m, m.rank, 1, 1, &in));
+    epx_dispatch_args_t a = moe_input_args(&m, &in);
+    epx_handle_t *h = NULL;
+    double t0 = epxt_now();
+    epx_status_t st = epx_dispatch_send(m.moe, &a, &h);
+    if (st == EPX_OK) {
+        epx_recv_t rv;
+        memset(&rv, 0, sizeof(rv));
+        rv.struct_size = sizeof(rv);
+        st = epx_dispatch_recv(m.moe, h, &rv);
+    }
+    double dt = epxt_now() - t0;
+    CHECKF(st == EPX_ERR_TIMEOUT, "dispatch with an absent peer -> %s, want "
+           "EPX_ERR_TIMEOUT (%s)", epx_status_str(st), epx_last_error());
+    CHECKF(dt < SHORT_TIMEOUT * 4, "gave up after %.1f s with a timeout of "
+           "%.1f s", dt, SHORT_TIMEOUT);
+    CHECK(strlen(epx_last_error()) > 0);
+    epx_handle_release(h);
+    moe_input_free(&in);
+    moe_run_close(&m);
+    return 0;
+}
+
+static void absent_peer_times_out(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, SHORT_TIMEOUT, absent_peer_rank, NULL,
+                                 NULL), EPX_OK);
+}
+
+int main(void)
+{
+    epxt_init("test_errors");
+    static moe_case_t tm_case;
+    tm_case = err_case;
+    tm_case.name = "errors-tm";
+    tm_case.layout = EPX_LAYOUT_TOKEN_MAJOR;
+    tm_case.align = 1;
+    tm_case.idx_dtype = EPX_DTYPE_INT64;
+    tm_case.dtype = EPX_DTYPE_FP32;
+    const struct CMUnitTest tests[] = {
+        { "bad_input_em", bad_input, NULL, NULL, &err_case },
+        { "bad_input_tm", bad_input, NULL, NULL, &tm_case },
+        cmocka_unit_test(bad_input_one_rank),
+        cmocka_unit_test(mismatch),
+        cmocka_unit_test(invalid_params),
+        cmocka_unit_test(out_of_order),
+        { "combine_misuse_em", combine_bad_y, NULL, NULL, &misuse_em },
+        { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },
+        cmocka_unit_test(absent_peer_times_out),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

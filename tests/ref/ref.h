@@ -1,0 +1,77 @@
+/*
+ * Reference model of MoE dispatch and combine: one process, plain loops,
+ * written from the contract in include/epx.h and DESIGN.md alone.  It
+ * shares nothing with src/ but the types of epx.h, so a misreading of the
+ * contract in the library shows up as a difference rather than being
+ * copied.
+ */
+#ifndef EPX_TEST_REF_H
+#define EPX_TEST_REF_H
+
+#include <stdint.h>
+#include "epx.h"
+
+typedef struct ref_cfg {
+    int nranks, num_experts, topk, hidden;
+    epx_dtype_t dtype;           /* BF16 or FP32: x and y on the wire */
+    epx_layout_t layout;
+    int align;                   /* expert-major segment alignment, >= 1 */
+} ref_cfg_t;
+
+/* One source rank's dispatch input. */
+typedef struct ref_tokens {
+    int64_t T;
+    const void *x;               /* [T, H] in cfg dtype */
+    const int64_t *idx;          /* [T, K] global expert ids, -1 = none */
+    const float *w;              /* [T, K] */
+} ref_tokens_t;
+
+/* What one rank must receive; fields mirror epx_recv_t. */
+typedef struct ref_recv {
+    int64_t num_rows;
+    int num_local, first_local;
+    int64_t *counts;             /* [num_local] */
+    int64_t *offsets;            /* [num_local] expert-major; NULL otherwise */
+    int32_t *src_rank;           /* [num_rows], -1 on padding rows */
+    int32_t *src_token;          /* [num_rows], -1 on padding rows */
+    int32_t *topk_idx;           /* token-major [num_rows*K]; else NULL */
+    float *weights;              /* token-major [num_rows*K], else [num_rows] */
+    int32_t *row_expert;         /* expert-major: local expert, -1 padding */
+    unsigned char *x;            /* [num_rows*H] elements; padding rows 0 */
+} ref_recv_t;
+
+/* Contiguous placement: rank r holds [floor(r*E/R), floor((r+1)*E/R)). */
+int ref_first_expert(int nranks, int num_experts, int rank);
+int ref_num_experts(int nranks, int num_experts, int rank);
+int ref_expert_owner(int nranks, int num_experts, int expert);
+
+/* What `rank` receives when every rank r dispatches src[r].  0, or -1 when
+ * out of memory. */
+int ref_dispatch(const ref_cfg_t *cfg, const ref_tokens_t *src, int rank,
+                 ref_recv_t *out);
+void ref_recv_free(ref_recv_t *r);
+
+/* The expert output the test hands to combine, as floats exactly
+ * representable in cfg dtype: expert-major, `who` is the global expert of
+ * the (src_rank, token) row; token-major, `who` is the destination rank and
+ * the row is that rank's whole (already weighted) contribution. */
+typedef void (*ref_y_fn)(void *ctx, int src_rank, int64_t token, int who,
+                         float *row);
+
+/* out[T, H] (out_dtype BF16 or FP32) that combine must return on `rank`,
+ * whose dispatch input was `mine`.  unweighted: EPX_COMBINE_UNWEIGHTED
+ * (expert-major).  0, or -1 when out of memory. */
+int ref_combine(const ref_cfg_t *cfg, int rank, const ref_tokens_t *mine,
+                int unweighted, ref_y_fn y, void *ctx, epx_dtype_t out_dtype,
+                void *out);
+
+/* bf16 <-> fp32, round to nearest even (finite values). */
+uint16_t ref_bf16(float f);
+float ref_bf16_value(uint16_t b);
+/* f rounded to dtype (BF16: to bf16 and back; FP32: unchanged). */
+float ref_round(epx_dtype_t dtype, float f);
+/* Element i of a BF16 or FP32 array, as float; and the reverse (rounds). */
+float ref_load(epx_dtype_t dtype, const void *p, int64_t i);
+void ref_store(epx_dtype_t dtype, void *p, int64_t i, float f);
+
+#endif /* EPX_TEST_REF_H */
