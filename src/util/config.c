@@ -8,7 +8,7 @@ static const epx_setting_t settings[] = {
     { "EPX_LOG", "warn",
       "log level: error, warn, info, debug or trace" },
     { "EPX_LOG_SUBSYS", "all",
-      "comma-separated subsystems to log (core,boot,shm,moe,bench) or all" },
+      "comma-separated subsystems to log (core,boot,shm,moe) or all" },
     { "EPX_TIMEOUT", "120",
       "seconds a rank waits for a peer before its call fails with a timeout" },
     { "EPX_RANK", "",
