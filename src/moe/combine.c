@@ -48,6 +48,21 @@ static void load_add1(float *restrict acc, const void *src, epx_dtype_t dt,
     }
 }
 
+/* acc = 0 + src: the first term of a sum, without clearing acc first. */
+static void load_set(float *restrict acc, const void *src, epx_dtype_t dt,
+                     int H)
+{
+    if (dt == EPX_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] = 0.0f + epx__bf16_to_f32(s[i]);
+    } else {
+        const float *s = src;
+        for (int i = 0; i < H; i++)
+            acc[i] = 0.0f + s[i];
+    }
+}
+
 /* acc += round_to_wire(part): the partial as it would travel. */
 static void add_wire(float *restrict acc, const float *restrict part,
                      epx_dtype_t dt, int H)
@@ -84,6 +99,7 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
     return st;
 }
 
+EPX_CLONES
 static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                                   const epx_combine_args_t *a, unsigned flags)
 {
@@ -157,6 +173,55 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     return EPX_OK;
 }
 
+/* Where one destination rank's contribution to a token comes from: one
+ * row (pushed partial, or a token-major row in place), or a peer's entry
+ * listing its expert-major rows (in place) to reduce here. */
+typedef struct comb_src {
+    const char *row;           /* the row; with ent: the peer's row base */
+    const int32_t *ent;        /* NULL, or the peer's entry */
+    const float *w;            /* with ent: the peer's weights, NULL = 1 */
+} comb_src_t;
+
+/* Columns per pass: the fp32 accumulators stay in L1 while the rows
+ * stream through once. */
+#define COMB_CHUNK 512
+
+EPX_CLONES
+static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
+                         char *out, epx_dtype_t out_dt)
+{
+    const epx_dtype_t dt = m->p.dtype;
+    const size_t es = m->esize, oes = epx_dtype_size(out_dt);
+    float acc[COMB_CHUNK], part[COMB_CHUNK];
+    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
+        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
+        if (nd == 0 || src[0].ent)
+            memset(acc, 0, sizeof(float) * (size_t)n);
+        for (int j = 0; j < nd; j++) {
+            const comb_src_t *c = &src[j];
+            if (!c->ent) {
+                if (j == 0)
+                    load_set(acc, c->row + (size_t)c0 * es, dt, n);
+                else
+                    load_add1(acc, c->row + (size_t)c0 * es, dt, n);
+                continue;
+            }
+            memset(part, 0, sizeof(float) * (size_t)n);
+            for (int k = 0; k < c->ent[2]; k++) {
+                int32_t r = c->ent[3 + k];
+                const char *row = c->row + (size_t)r * m->row_bytes +
+                                  (size_t)c0 * es;
+                if (c->w)
+                    load_add(part, row, dt, c->w[r], n);
+                else
+                    load_add1(part, row, dt, n);
+            }
+            add_wire(acc, part, dt, n);
+        }
+        store(out + (size_t)c0 * oes, acc, out_dt, n);
+    }
+}
+
 epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 {
     if (!m || !h || h->moe != m)
@@ -180,44 +245,37 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");
     if (st != EPX_OK)
         return st;
-    const int H = m->H, tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    const epx_dtype_t dt = m->p.dtype;
+    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *comb = moe_local(m, m->off.comb);
-    size_t out_row = epx_dtype_size(out->dtype) * (size_t)H;
+    size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
     for (int r = 0; r < m->R; r++)
         m->mode[r] = *(int32_t *)moe_local(m, moe_status_off(m, MOE_ST_COMB, call, r));
     memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
+    comb_src_t src[EPX_MAX_TOPK];
     for (int64_t t = 0; t < h->T; t++) {
-        memset(m->acc, 0, sizeof(float) * (size_t)H);
-        for (int j = 0; j < h->ndest[t]; j++) {
+        int nd = h->ndest[t];
+        for (int j = 0; j < nd; j++) {
             int d = h->dest[t * m->maxdest + j];
             int64_t e_at = m->entcur[d]++;
+            comb_src_t *c = &src[j];
+            c->ent = NULL;
             if (m->mode[d] == MOE_COMB_PUSHED) {
-                load_add1(m->acc, comb + (size_t)(h->retbase[t] + j) * m->row_bytes,
-                          dt, H);
+                c->row = comb + (size_t)(h->retbase[t] + j) * m->row_bytes;
                 continue;
             }
             /* Pull: the peer's outputs sit in its window, rows as dispatched. */
             const char *pw = epx__win_peer_ptr(m->win, d);
-            const char *rows = pw + m->off.rows;
+            c->row = pw + m->off.rows;
             if (tm) {
-                load_add1(m->acc, rows + (size_t)e_at * m->row_bytes, dt, H);
+                c->row += (size_t)e_at * m->row_bytes;
                 continue;
             }
-            const int32_t *ent = (const int32_t *)(pw + m->off.entries) +
-                                 e_at * m->ent_ints;
-            const float *pwt = (const float *)(pw + m->off.topk_w);
-            memset(m->part, 0, sizeof(float) * (size_t)H);
-            for (int k = 0; k < ent[2]; k++) {
-                const char *row = rows + (size_t)ent[3 + k] * m->row_bytes;
-                if (m->mode[d] == MOE_COMB_PULL_UNWEIGHTED)
-                    load_add1(m->part, row, dt, H);
-                else
-                    load_add(m->part, row, dt, pwt[ent[3 + k]], H);
-            }
-            add_wire(m->acc, m->part, dt, H);
+            c->ent = (const int32_t *)(pw + m->off.entries) + e_at * m->ent_ints;
+            c->w = m->mode[d] == MOE_COMB_PULL_UNWEIGHTED
+                ? NULL : (const float *)(pw + m->off.topk_w);
         }
-        store((char *)out->data + (size_t)t * out_row, m->acc, out->dtype, H);
+        reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
+                     out->dtype);
     }
     return EPX_OK;
 }

@@ -20,6 +20,17 @@
 #define EPX_UNLIKELY(x) (x)
 #endif
 
+/* Hot loops built twice where the ISA allows it (baseline and AVX2),
+ * picked at load time: the binary stays portable, the loops get wide. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define EPX_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef EPX_CLONES
+#define EPX_CLONES
+#endif
+
 /* Record a detailed message for epx_last_error() and return `st`. */
 epx_status_t epx__error(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 /* Same, appending ": strerror(errno)". */
