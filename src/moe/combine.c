@@ -20,59 +20,48 @@
 #include "util/util.h"
 #include "moe/moe.h"
 
-static void load_add(float *restrict acc, const void *src, epx_dtype_t dt,
-                     float w, int H)
+/* acc (+)= w * src over n elements, in fp32: `first` starts the sum
+ * (acc = 0 + term, so acc needs no clearing pass); w NULL: weight 1. */
+#define ACCUM(EXPR)                                                            \
+    do {                                                                       \
+        if (first)                                                             \
+            for (int i = 0; i < n; i++)                                        \
+                acc[i] = 0.0f + (EXPR);                                        \
+        else                                                                   \
+            for (int i = 0; i < n; i++)                                        \
+                acc[i] += (EXPR);                                              \
+    } while (0)
+
+static inline void accum(float *restrict acc, const void *src, epx_dtype_t dt,
+                         const float *w, int first, int n)
 {
     if (dt == EPX_DTYPE_BF16) {
         const uint16_t *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] += w * epx__bf16_to_f32(s[i]);
+        if (w) {
+            float wv = *w;
+            ACCUM(wv * epx__bf16_to_f32(s[i]));
+        } else {
+            ACCUM(epx__bf16_to_f32(s[i]));
+        }
     } else {
         const float *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] += w * s[i];
+        if (w) {
+            float wv = *w;
+            ACCUM(wv * s[i]);
+        } else {
+            ACCUM(s[i]);
+        }
     }
 }
 
-static void load_add1(float *restrict acc, const void *src, epx_dtype_t dt,
-                      int H)
-{
-    if (dt == EPX_DTYPE_BF16) {
-        const uint16_t *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] += epx__bf16_to_f32(s[i]);
-    } else {
-        const float *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] += s[i];
-    }
-}
-
-/* acc = 0 + src: the first term of a sum, without clearing acc first. */
-static void load_set(float *restrict acc, const void *src, epx_dtype_t dt,
-                     int H)
-{
-    if (dt == EPX_DTYPE_BF16) {
-        const uint16_t *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] = 0.0f + epx__bf16_to_f32(s[i]);
-    } else {
-        const float *s = src;
-        for (int i = 0; i < H; i++)
-            acc[i] = 0.0f + s[i];
-    }
-}
-
-/* acc += round_to_wire(part): the partial as it would travel. */
-static void add_wire(float *restrict acc, const float *restrict part,
-                     epx_dtype_t dt, int H)
+/* acc (+)= round_to_wire(part): a partial as it would travel. */
+static inline void accum_wire(float *restrict acc, const float *restrict part,
+                              epx_dtype_t dt, int first, int n)
 {
     if (dt == EPX_DTYPE_BF16)
-        for (int i = 0; i < H; i++)
-            acc[i] += epx__bf16_to_f32(epx__f32_to_bf16(part[i]));
+        ACCUM(epx__bf16_to_f32(epx__f32_to_bf16(part[i])));
     else
-        for (int i = 0; i < H; i++)
-            acc[i] += part[i];
+        ACCUM(part[i]);
 }
 
 static void store(void *dst, const float *restrict acc, epx_dtype_t dt, int H)
@@ -99,15 +88,32 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
     return st;
 }
 
+/* Columns per pass: the fp32 accumulators stay in L1 while the rows
+ * stream through once. */
+#define COMB_CHUNK 512
+
+/* One token's partial on this rank: its local rows in top-k order. */
+static inline void reduce_entry(const epx_moe_t *m, const char *rows,
+                                const int32_t *ent, const float *w, int c0,
+                                int n, float *part)
+{
+    for (int k = 0; k < ent[2]; k++) {
+        int32_t r = ent[3 + k];
+        accum(part, rows + (size_t)r * m->row_bytes + (size_t)c0 * m->esize,
+              m->p.dtype, w ? &w[r] : NULL, k == 0, n);
+    }
+}
+
 EPX_CLONES
 static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                                   const epx_combine_args_t *a, unsigned flags)
 {
-    const int H = m->H, tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    const epx_dtype_t dt = m->p.dtype;
+    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *y = a->y.data;
-    const float *wt = (const float *)moe_local(m, m->off.topk_w);
+    const float *wt = (flags & EPX_COMBINE_UNWEIGHTED)
+        ? NULL : (const float *)moe_local(m, m->off.topk_w);
     const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
+    float part[COMB_CHUNK];
     epx_status_t st = EPX_OK;
     for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
         const int32_t *ent = ents + i * m->ent_ints;
@@ -117,16 +123,11 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                               m->row_bytes);
             continue;
         }
-        memset(m->acc, 0, sizeof(float) * (size_t)H);
-        for (int j = 0; j < ent[2]; j++) {
-            int64_t r = ent[3 + j];
-            const char *row = y + (size_t)r * m->row_bytes;
-            if (flags & EPX_COMBINE_UNWEIGHTED)
-                load_add1(m->acc, row, dt, H);
-            else
-                load_add(m->acc, row, dt, wt[r], H);
+        for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
+            int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
+            reduce_entry(m, y, ent, wt, c0, n, part);
+            store((char *)m->wire + (size_t)c0 * m->esize, part, m->p.dtype, n);
         }
-        store(m->wire, m->acc, dt, H);
         st = epx__win_put(m->win, ent[0], dst, m->wire, m->row_bytes);
     }
     return st;
@@ -182,10 +183,6 @@ typedef struct comb_src {
     const float *w;            /* with ent: the peer's weights, NULL = 1 */
 } comb_src_t;
 
-/* Columns per pass: the fp32 accumulators stay in L1 while the rows
- * stream through once. */
-#define COMB_CHUNK 512
-
 EPX_CLONES
 static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                          char *out, epx_dtype_t out_dt)
@@ -195,28 +192,16 @@ static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
     float acc[COMB_CHUNK], part[COMB_CHUNK];
     for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
         int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        if (nd == 0 || src[0].ent)
+        if (nd == 0)
             memset(acc, 0, sizeof(float) * (size_t)n);
         for (int j = 0; j < nd; j++) {
             const comb_src_t *c = &src[j];
             if (!c->ent) {
-                if (j == 0)
-                    load_set(acc, c->row + (size_t)c0 * es, dt, n);
-                else
-                    load_add1(acc, c->row + (size_t)c0 * es, dt, n);
+                accum(acc, c->row + (size_t)c0 * es, dt, NULL, j == 0, n);
                 continue;
             }
-            memset(part, 0, sizeof(float) * (size_t)n);
-            for (int k = 0; k < c->ent[2]; k++) {
-                int32_t r = c->ent[3 + k];
-                const char *row = c->row + (size_t)r * m->row_bytes +
-                                  (size_t)c0 * es;
-                if (c->w)
-                    load_add(part, row, dt, c->w[r], n);
-                else
-                    load_add1(part, row, dt, n);
-            }
-            add_wire(acc, part, dt, n);
+            reduce_entry(m, c->row, c->ent, c->w, c0, n, part);
+            accum_wire(acc, part, dt, j == 0, n);
         }
         store(out + (size_t)c0 * oes, acc, out_dt, n);
     }
