@@ -90,7 +90,7 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
 
 /* Columns per pass: the fp32 accumulators stay in L1 while the rows
  * stream through once. */
-#define COMB_CHUNK 512
+#define COMB_CHUNK 2048
 
 /* One token's partial on this rank: its local rows in top-k order. */
 static inline void reduce_entry(const epx_moe_t *m, const char *rows,
