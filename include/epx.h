@@ -127,6 +127,124 @@ typedef int (*epx_rank_fn)(epx_comm_t *comm, void *arg);
 epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
                               epx_rank_fn fn, void *arg, int *failed_rank);
 
+/* -------------------------------------------------------------- topology */
+
+/* What the machine is: hosts, CPUs (package / NUMA node), GPUs, NVSwitches,
+ * NICs and the links between them, the NVLink domains and cliques, and
+ * where each rank sits.  A map is read-only once built; every query is
+ * thread-safe.  Bandwidths are GB/s (1e9 bytes/s) per direction. */
+
+typedef struct epx_topo epx_topo_t;
+
+/* Path classes, nearest first (the order is part of the API). */
+typedef enum epx_link_class {
+    EPX_LINK_SELF = 0,   /* the same object */
+    EPX_LINK_NVLINK = 1, /* NVLink, direct or through NVSwitches */
+    EPX_LINK_C2C = 2,    /* chip-to-chip (NVLink-C2C, GPU <-> Grace) */
+    EPX_LINK_PIX = 3,    /* PCIe, at most one switch */
+    EPX_LINK_PXB = 4,    /* PCIe, several switches, no host bridge */
+    EPX_LINK_PHB = 5,    /* PCIe through a host bridge */
+    EPX_LINK_NODE = 6,   /* PCIe across host bridges of one NUMA node */
+    EPX_LINK_SYS = 7,    /* across NUMA nodes (SMP interconnect) */
+    EPX_LINK_NET = 8     /* through the network */
+} epx_link_class_t;
+
+/* "X", "NV", "C2C", "PIX", "PXB", "PHB", "NODE", "SYS", "NET". */
+const char *epx_link_class_str(epx_link_class_t cls);
+
+typedef enum epx_topo_kind {
+    EPX_TOPO_HOST = 0,
+    EPX_TOPO_CPU = 1,        /* a package / NUMA node with its memory */
+    EPX_TOPO_GPU = 2,
+    EPX_TOPO_NVSWITCH = 3,
+    EPX_TOPO_NIC = 4
+} epx_topo_kind_t;
+
+typedef struct epx_topo_obj {
+    epx_topo_kind_t kind;
+    int index;               /* position in the map */
+    int host;                /* index of its host (a host: itself) */
+    int cpu;                 /* index of its CPU / NUMA node, -1 unknown */
+    const char *name;        /* unique in its host: "gpu3", "mlx5_0" */
+    const char *pci;         /* PCI bus id "0000:1b:00.0", or NULL */
+    const char *model;       /* "H100 SXM5", "ConnectX-7", or NULL */
+    uint64_t memory_bytes;   /* GPU or NUMA memory, 0 unknown */
+    int os_index;            /* NUMA node / device index on its host, -1 */
+    /* GPU */
+    const char *arch;        /* "hopper", "blackwell", or NULL */
+    int tray, slot;          /* compute tray / slot in the rack, -1 unknown */
+    int domain;              /* NVLink domain (epx_topo_domain), -1 none */
+    int clique;              /* clique within the domain, -1 none */
+    int nvlinks;             /* active NVLink links */
+    double nvlink_gbs;       /* NVLink bandwidth of the GPU, all links */
+    /* NIC */
+    double nic_gbs;          /* line rate (400 Gb/s = 50 GB/s) */
+} epx_topo_obj_t;
+
+typedef struct epx_topo_link {
+    int a, b;                /* object indices, a < b */
+    epx_link_class_t cls;
+    int count;               /* parallel links (e.g. NVLink links) */
+    double bw_gbs;           /* all `count` links together */
+    double lat_us;           /* one-way latency, 0 unknown */
+} epx_topo_link_t;
+
+typedef struct epx_topo_path {
+    epx_link_class_t cls;
+    double bw_gbs;           /* bottleneck bandwidth of the path */
+    double lat_us;
+} epx_topo_path_t;
+
+typedef enum epx_domain_kind {
+    EPX_DOMAIN_HOST = 0,     /* CPU ranks of one host: shared memory */
+    EPX_DOMAIN_NVLINK = 1    /* GPUs reachable by NVLink loads/stores */
+} epx_domain_kind_t;
+
+typedef struct epx_topo_domain {
+    int index;
+    epx_domain_kind_t kind;
+    const char *id;          /* NVML clusterUuid, description id, hostname */
+    int num_members;
+    const int *members;      /* object indices: GPUs (NVLINK) or the host */
+    int num_cliques;
+    double nvlink_gbs;       /* per-GPU NVLink bandwidth (NVLINK), else 0 */
+} epx_topo_domain_t;
+
+/* A system description (topology/systems/<name>.json, or a path); the
+ * error message names the file, the JSON path and the reason. */
+epx_status_t epx_topo_load(const char *name_or_path, epx_topo_t **topo);
+/* Probe this host (hwloc, NVML, CUDA driver; each optional). */
+epx_status_t epx_topo_probe(epx_topo_t **topo);
+/* Write a map as a system description that loads back to the same map. */
+epx_status_t epx_topo_export(const epx_topo_t *topo, const char *path);
+void epx_topo_destroy(epx_topo_t *topo);
+
+/* The communicator's map (collective on first call, then cached; owned by
+ * the comm): EPX_TOPO_FILE's description if set, else every rank's probe
+ * merged.  Every rank gets the same map. */
+epx_status_t epx_comm_topology(epx_comm_t *comm, const epx_topo_t **topo);
+
+int epx_topo_num_objs(const epx_topo_t *topo);
+const epx_topo_obj_t *epx_topo_obj(const epx_topo_t *topo, int index);
+int epx_topo_num_links(const epx_topo_t *topo);
+const epx_topo_link_t *epx_topo_link(const epx_topo_t *topo, int index);
+int epx_topo_num_domains(const epx_topo_t *topo);
+const epx_topo_domain_t *epx_topo_domain(const epx_topo_t *topo, int index);
+/* Best path between two objects (class, bottleneck bandwidth, latency). */
+epx_status_t epx_topo_path_between(const epx_topo_t *topo, int a, int b,
+                                   epx_topo_path_t *path);
+const char *epx_topo_name(const epx_topo_t *topo);   /* system name */
+
+/* Ranks of the map: set by epx_comm_topology, or by epx_topo_place for a
+ * description on its own.  Placement rule: with GPUs, rank r drives the
+ * r-th GPU in map order (hosts in order, GPUs in order within a host);
+ * without GPUs, ranks fill hosts in blocks of ceil(R / hosts). */
+epx_status_t epx_topo_place(epx_topo_t *topo, int nranks);
+int epx_topo_num_ranks(const epx_topo_t *topo);
+int epx_topo_rank_host(const epx_topo_t *topo, int rank);   /* object */
+int epx_topo_rank_gpu(const epx_topo_t *topo, int rank);    /* object, -1 */
+int epx_topo_rank_domain(const epx_topo_t *topo, int rank); /* domain */
+
 /* ------------------------------------------------------------------ MoE */
 
 typedef enum epx_dtype {

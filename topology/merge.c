@@ -1,0 +1,1 @@
+/* merging per-rank maps: being written */

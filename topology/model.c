@@ -1,0 +1,1 @@
+/* topology map builder and queries: being written */
