@@ -102,7 +102,7 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h)
 {
     const int K = m->K, E = m->E;
-    int32_t *cnt_e = m->blk + 2, *cnt_r = m->blk + 2 + E;
+    int32_t *cnt_e = m->blk + MOE_BLK_HDR, *cnt_r = m->blk + MOE_BLK_HDR + E;
     memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
     int64_t slot = 0;
     for (int64_t t = 0; t < h->T; t++) {
