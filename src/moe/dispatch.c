@@ -381,15 +381,10 @@ void epx_handle_release(epx_handle_t *h)
         m->state = MOE_IDLE;
         m->cur = NULL;
     }
-    free(h->idx);
-    free(h->ndest);
-    free(h->dest);
-    free(h->retbase);
-    free(h->counts);
-    free(h->offsets);
-    free(h->entbase);
-    free(h->ebase);
-    free(h);
+    if (m && !m->spare)
+        m->spare = h;      /* reused by the next dispatch */
+    else
+        moe_handle_free(h);
 }
 
 int64_t epx_handle_num_tokens(const epx_handle_t *h) { return h ? h->T : -1; }

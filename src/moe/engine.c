@@ -208,6 +208,7 @@ void epx_moe_destroy(epx_moe_t *m)
     if (!m)
         return;
     epx__win_destroy(m->win);
+    moe_handle_free(m->spare);
     free(m->e2r);
     free(m->first);
     free(m->blk);

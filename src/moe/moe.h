@@ -55,6 +55,7 @@ struct epx_moe {
     int state;
     int broken;                /* a wait failed: peers are out of step */
     epx_handle_t *cur;         /* handle of the call in flight */
+    epx_handle_t *spare;       /* a released handle, kept for reuse */
     /* setup-time scratch, reused by every call */
     int32_t *blk;              /* [blk_ints] this rank's count block */
     int64_t *entcur;           /* [R] next entry index at each destination */
@@ -115,6 +116,7 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h);
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
+void moe_handle_free(epx_handle_t *h);
 /* dispatch.c / combine.c */
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);
