@@ -452,10 +452,10 @@ static epx_status_t apply_gpus(epx_topo_t *t, int host,
             if ((i = epx__topo_add(t, EPX_TOPO_GPU, host, name)) < 0 ||
                 !(epx__topo_objw(t, i)->pci = epx__topo_str(t, g[k].pci)))
                 return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
-            epx__topo_objw(t, i)->os_index = g[k].index;
         }
         obj[k] = i;
         epx_topo_obj_t *o = epx__topo_objw(t, i);
+        o->os_index = g[k].index;           /* NVML's (nvidia-smi's) index */
         if (g[k].name[0] && !(o->model = epx__topo_str(t, g[k].name)))
             return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
         if (g[k].memory)
@@ -511,58 +511,93 @@ static epx_status_t apply_links(epx_topo_t *t, int host,
     return EPX_OK;
 }
 
-/* The NVLink domain of each GPU: the fabric's cluster when its registration
- * completed; none while it is pending or failed (NVLink peers are not
- * reachable then); without a fabric, the GPUs joined by local NVLinks,
- * directly or through a common switch, named after the host. */
-static epx_status_t apply_domains(epx_topo_t *t, int host,
-                                  const topo_nvml_gpu_t *g, int n, const int *obj)
+/* Switch link key: the switch's bus id; links whose switch NVML could not
+ * name share one key (one NVSwitch fabric per host). */
+static const char *switch_key(const topo_nvml_link_t *x)
 {
-    int *up = malloc(sizeof(int) * (size_t)n);
-    if (!up)
-        return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
-    for (int k = 0; k < n; k++)
-        up[k] = k;
+    return x->remote_pci[0] ? x->remote_pci : "?";
+}
+
+/* Which records share NVLinks: directly, or through a common switch. */
+static void join_linked(const topo_nvml_gpu_t *g, int n, int *up)
+{
     for (int a = 0; a < n; a++)
         for (int l = 0; l < g[a].nlinks; l++) {
             const topo_nvml_link_t *x = &g[a].link[l];
-            if (!x->active || !x->remote_pci[0])
+            if (!x->active)
                 continue;
             for (int b = 0; b < n; b++) {
                 if (x->remote_type == 0 && !strcmp(x->remote_pci, g[b].pci))
                     join(up, a, b);
                 for (int m = 0; x->remote_type == 2 && m < g[b].nlinks; m++)
                     if (g[b].link[m].active && g[b].link[m].remote_type == 2 &&
-                        !strcmp(g[b].link[m].remote_pci, x->remote_pci))
+                        !strcmp(switch_key(&g[b].link[m]), switch_key(x)))
                         join(up, a, b);
             }
         }
+}
+
+enum { DOM_NONE, DOM_FABRIC, DOM_PENDING, DOM_LOCAL };
+
+static int domain_source(const topo_nvml_gpu_t *x)
+{
+    int state = x->fabric_state, ok = x->fabric_status == NVML_SUCCESS;
+    if (state == TOPO_FABRIC_COMPLETED && ok && uuid_set(x->cluster_uuid))
+        return DOM_FABRIC;
+    if (state == TOPO_FABRIC_NOT_STARTED || state == TOPO_FABRIC_IN_PROGRESS ||
+        (state == TOPO_FABRIC_COMPLETED && !ok))
+        return DOM_PENDING;
+    /* no fabric, or one that names no cluster: local NVLinks */
+    return active_links(x) > 0 ? DOM_LOCAL : DOM_NONE;
+}
+
+/* The NVLink domain of each GPU: the fabric's cluster when its registration
+ * completed; none while it is pending or failed (NVLink peers are not
+ * reachable then); without a fabric, two or more GPUs joined by local
+ * NVLinks, directly or through common switches, named after the host and
+ * the first NVML index of the group. */
+static epx_status_t apply_domains(epx_topo_t *t, int host,
+                                  const topo_nvml_gpu_t *g, int n, const int *obj)
+{
+    int *up = malloc(sizeof(int) * 2 * (size_t)n);
+    if (!up)
+        return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
+    int *size = up + n;
+    for (int k = 0; k < n; k++) {
+        up[k] = k;
+        size[k] = 0;
+    }
+    join_linked(g, n, up);
+    for (int k = 0; k < n; k++)
+        size[root_of(up, k)] += domain_source(&g[k]) == DOM_LOCAL;
     epx_status_t st = EPX_OK;
     const char *hostname = t->objs[host].name ? t->objs[host].name : "";
     for (int k = 0; k < n && st == EPX_OK; k++) {
         char id[320];
         const topo_nvml_gpu_t *x = &g[k];
-        int state = x->fabric_state, ok = x->fabric_status == NVML_SUCCESS;
-        if (state == TOPO_FABRIC_COMPLETED && ok && uuid_set(x->cluster_uuid)) {
-            const unsigned char *u = x->cluster_uuid;
+        const unsigned char *u = x->cluster_uuid;
+        int r = root_of(up, k);
+        switch (domain_source(x)) {
+        case DOM_FABRIC:
             snprintf(id, sizeof(id),
                      "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
                      "%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4],
                      u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
                      u[14], u[15]);
             st = epx__topo_gpu_domain(t, obj[k], id, (int)x->clique);
-        } else if (state == TOPO_FABRIC_NOT_STARTED ||
-                   state == TOPO_FABRIC_IN_PROGRESS ||
-                   (state == TOPO_FABRIC_COMPLETED && !ok)) {
+            break;
+        case DOM_PENDING:
             EPX_LOG(EPX_LOG_WARN, "topo", -1,
                     "nvml: %s: GPU fabric registration %s (status %d): "
                     "no NVLink domain", x->pci,
-                    epx__topo_fabric_state_str(state), x->fabric_status);
-        } else if (active_links(x) > 0) {
-            /* no fabric, or one that names no cluster: local NVLinks */
-            snprintf(id, sizeof(id), "%s/nvlink%d", hostname,
-                     g[root_of(up, k)].index);
+                    epx__topo_fabric_state_str(x->fabric_state), x->fabric_status);
+            break;
+        case DOM_LOCAL:
+            if (size[r] < 2)
+                break;         /* NVLinks to nothing this host knows */
+            snprintf(id, sizeof(id), "%s/nvlink%d", hostname, g[r].index);
             st = epx__topo_gpu_domain(t, obj[k], id, 0);
+            break;
         }
     }
     free(up);
