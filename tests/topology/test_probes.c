@@ -328,6 +328,7 @@ static void nvml_hgx_switches(void **state)
     assert_true(g0->memory_bytes == 85520809984ull);
     assert_int_equal(g0->nvlinks, 18);
     assert_true(g0->nvlink_gbs == 450);
+    assert_int_equal(named(t, h, "gpu5")->os_index, 5);
     double bw;
     int s0 = named(t, h, "nvswitch0")->index, s1 = named(t, h, "nvswitch1")->index;
     assert_int_equal(link_class(t, g0->index, s0, &bw), EPX_LINK_NVLINK);
@@ -411,33 +412,41 @@ static void nvml_nvl72_fabric(void **state)
     epx_topo_destroy(t);
 }
 
-/* Two GPUs NVML finds and hwloc did not, joined by four direct NVLinks. */
+/* Two GPUs NVML finds and hwloc did not, joined by four direct NVLinks,
+ * and a third whose active NVLinks lead to a device NVML cannot name: no
+ * domain of one. */
 static void nvml_direct_pair(void **state)
 {
     (void)state;
     epx_topo_t *t = epx__topo_new("pair");
     int h = epx__topo_add(t, EPX_TOPO_HOST, -1, "node0");
     static const char *const pci[] = { "0000:41:00.0", "0000:c1:00.0" };
+    static const char *const nowhere[] = { "" };
     static const int four[] = { 4 };
-    topo_nvml_gpu_t g[2];
+    topo_nvml_gpu_t g[3];
     for (int k = 0; k < 2; k++) {
         g[k] = gpu_record(k + 2, pci[k], "NVIDIA H100 NVL");
         set_links(&g[k], 0, &pci[1 - k], four, 1);
     }
-    assert_int_equal(epx__topo_nvml_apply(t, h, g, 2), EPX_OK);
-    assert_int_equal(count(t, EPX_TOPO_GPU), 2);
+    g[2] = gpu_record(4, "0000:e1:00.0", "NVIDIA H100 NVL");
+    set_links(&g[2], -1, nowhere, four, 1);
+    assert_int_equal(epx__topo_nvml_apply(t, h, g, 3), EPX_OK);
+    assert_int_equal(count(t, EPX_TOPO_GPU), 3);
     const epx_topo_obj_t *a = named(t, h, "gpu0"), *b = named(t, h, "gpu1");
     assert_string_equal(a->pci, pci[0]);
     assert_int_equal(a->os_index, 2);
     assert_string_equal(a->arch, "hopper");
+    assert_int_equal(named(t, h, "gpu2")->nvlinks, 4);
     assert_int_equal(epx_topo_num_links(t), 1);
     double bw;
     assert_int_equal(link_class(t, a->index, b->index, &bw), EPX_LINK_NVLINK);
     assert_int_equal(epx_topo_link(t, 0)->count, 4);
     assert_true(bw == 100);
     assert_int_equal(epx__topo_finish(t), EPX_OK);
+    assert_int_equal(epx_topo_num_domains(t), 2);      /* + the host's */
     assert_string_equal(epx_topo_domain(t, 0)->id, "node0/nvlink2");
     assert_int_equal(epx_topo_domain(t, 0)->num_members, 2);
+    assert_int_equal(named(t, h, "gpu2")->domain, -1);
     epx_topo_destroy(t);
 }
 
