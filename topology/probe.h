@@ -15,7 +15,8 @@
 #include "topology/model.h"
 
 /* "dddd:bb:dd.f" in lower case (hwloc's form) from hwloc's, NVML's
- * ("00000000:1B:00.0") or a bare "bb:dd.f"; 0, or -1 when unparsable. */
+ * ("00000000:1B:00.0") or a bare "bb:dd.f"; 0, or -1 when unparsable or
+ * the domain exceeds 16 bits (as hwloc's default build does). */
 int epx__topo_pci_norm(const char *in, char out[16]);
 /* Object of `kind` on `host` whose bus id is `pci` (normalized), or -1. */
 int epx__topo_find_pci(const epx_topo_t *t, int host, epx_topo_kind_t kind,

@@ -40,7 +40,7 @@ static const struct { unsigned short vendor, id; const char *model; } models[] =
 typedef struct dev {
     hwloc_obj_t pci;
     int obj;                   /* map index */
-} dev_t_;
+} iodev_t;
 
 typedef struct probe {
     hwloc_topology_t topo;
@@ -73,8 +73,8 @@ static void busid(hwloc_obj_t o, char out[16])
 
 static int busid_cmp(const void *a, const void *b)
 {
-    const struct hwloc_pcidev_attr_s *x = &((const dev_t_ *)a)->pci->attr->pcidev;
-    const struct hwloc_pcidev_attr_s *y = &((const dev_t_ *)b)->pci->attr->pcidev;
+    const struct hwloc_pcidev_attr_s *x = &((const iodev_t *)a)->pci->attr->pcidev;
+    const struct hwloc_pcidev_attr_s *y = &((const iodev_t *)b)->pci->attr->pcidev;
     unsigned long kx = ((unsigned long)x->domain << 16) | (x->bus << 8) |
                        (x->dev << 3) | x->func;
     unsigned long ky = ((unsigned long)y->domain << 16) | (y->bus << 8) |
@@ -318,10 +318,10 @@ static epx_status_t set_str(epx_topo_t *t, const char **field, const char *s)
     return EPX_OK;
 }
 
-/* Add one object per device of `devs` (sorted by bus id), named
- * "<prefix><k>" unless `names` gives one. */
+/* One object per device of `devs`, in bus id order: GPUs and NVSwitches
+ * named "<prefix><k>", NICs after their OpenFabrics or network device. */
 static epx_status_t add_devs(probe_t *p, epx_topo_kind_t kind,
-                             const char *prefix, dev_t_ *devs, int n)
+                             const char *prefix, iodev_t *devs, int n)
 {
     qsort(devs, (size_t)n, sizeof(*devs), busid_cmp);
     for (int k = 0; k < n; k++) {
@@ -374,12 +374,12 @@ static epx_status_t add_devs(probe_t *p, epx_topo_kind_t kind,
     return EPX_OK;
 }
 
-static epx_status_t add_links(probe_t *p, const dev_t_ *gpu, int ngpu,
-                              const dev_t_ *nic, int nnic)
+static epx_status_t add_links(probe_t *p, const iodev_t *gpu, int ngpu,
+                              const iodev_t *nic, int nnic)
 {
     for (int i = 0; i < ngpu; i++)
         for (int j = i + 1; j < ngpu + nnic; j++) {
-            const dev_t_ *a = &gpu[i], *b = j < ngpu ? &gpu[j] : &nic[j - ngpu];
+            const iodev_t *a = &gpu[i], *b = j < ngpu ? &gpu[j] : &nic[j - ngpu];
             int ca = epx__topo_objw(p->t, a->obj)->cpu;
             int cb = epx__topo_objw(p->t, b->obj)->cpu;
             double bw;
@@ -396,10 +396,10 @@ static epx_status_t probe_devices(probe_t *p)
     int n = 0;
     for (hwloc_obj_t d = NULL; (d = hwloc_get_next_pcidev(p->topo, d));)
         n++;
-    dev_t_ *all = calloc((size_t)(3 * n + 1), sizeof(*all));
+    iodev_t *all = calloc((size_t)(3 * n + 1), sizeof(*all));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
-    dev_t_ *gpu = all, *sw = all + n, *nic = all + 2 * n;
+    iodev_t *gpu = all, *sw = all + n, *nic = all + 2 * n;
     int ngpu = 0, nsw = 0, nnic = 0;
     for (hwloc_obj_t d = NULL; (d = hwloc_get_next_pcidev(p->topo, d));) {
         if (is_gpu(d))
