@@ -32,7 +32,7 @@ double epx__topo_nvlink_link_gbs(const char *arch);
 
 /* ------------------------------------------------------------------ NVML */
 
-#define EPX_NVML_MAX_LINKS 18          /* NVML_NVLINK_MAX_LINKS */
+#define EPX_NVML_MAX_LINKS 36          /* NVML_NVLINK_MAX_LINKS (NVML 13) */
 
 typedef struct topo_nvml_link {
     int active;

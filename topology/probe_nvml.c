@@ -4,10 +4,11 @@
  * and the platform (tray, slot), through libnvidia-ml loaded at run time.
  *
  * No nvml.h: the few types and constants used are declared below with the
- * values of NVIDIA's public nvml.h (NVML API version 12; the fabric v3 and
- * platform structs from the CUDA 12.8+ headers), checked by static asserts
- * where a layout matters.  Every symbol is looked up on its own so an older
- * driver that lacks one loses only what that symbol reports.
+ * values of NVIDIA's public nvml.h (NVML API version 12 and 13; the same
+ * sizes, offsets and constants as NVIDIA's nvidia-ml-py 13 bindings give),
+ * with static asserts where a layout matters.  Every symbol is looked up
+ * on its own so an older driver that lacks one loses only what that symbol
+ * reports.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -110,12 +111,14 @@ _Static_assert(NVML_VERSION(nvml_fabric_v3_t, 3) == 0x03000028u,
 _Static_assert(sizeof(nvml_platform_t) == 44, "nvmlPlatformInfo_v2_t layout");
 
 /* Health mask fields: shift and (two- or four-bit) mask, from the
- * NVML_GPU_FABRIC_HEALTH_MASK_* macros.  The CUDA 12.4 header gave the
- * degraded-bandwidth field a width of 0x11; later headers use 0x3. */
+ * NVML_GPU_FABRIC_HEALTH_MASK_* macros of the newest headers (NVML 13; the
+ * CUDA 12.4 header gave the degraded-bandwidth field a width of 0x11,
+ * later ones 0x3).  Values: 0 not supported, then TRUE/FALSE or the named
+ * states. */
 static const struct {
     const char *name;
     unsigned shift, mask;
-    const char *const val[6];
+    const char *const val[9];
 } health_fields[] = {
     { "degraded-bw", 0, 0x3, { "n/a", "yes", "no" } },
     { "route-recovery", 2, 0x3, { "n/a", "yes", "no" } },
@@ -123,7 +126,10 @@ static const struct {
     { "access-timeout-recovery", 6, 0x3, { "n/a", "yes", "no" } },
     { "config", 8, 0xf, { "n/a", "ok", "incorrect-sysguid",
                           "incorrect-chassis-sn", "no-partition",
-                          "insufficient-nvlinks" } },
+                          "insufficient-nvlinks", "incompatible-gpu-fw",
+                          "invalid-location", "gpu-state-invalid" } },
+    { "partition-assigned", 12, 0x3, { "n/a", "yes", "no" } },
+    { "fabric-manager", 14, 0x3, { "n/a", "connected", "disconnected" } },
 };
 
 const char *epx__topo_fabric_state_str(int state)
@@ -142,7 +148,7 @@ void epx__topo_fabric_health_str(unsigned mask, int summary, char *buf,
     buf[0] = 0;
     for (size_t i = 0; i < sizeof(health_fields) / sizeof(health_fields[0]); i++) {
         unsigned v = (mask >> health_fields[i].shift) & health_fields[i].mask;
-        const char *name = v < 6 ? health_fields[i].val[v] : NULL;
+        const char *name = v < 9 ? health_fields[i].val[v] : NULL;
         int w = name ? snprintf(buf + at, len - at, "%s%s=%s", at ? " " : "",
                                 health_fields[i].name, name)
                      : snprintf(buf + at, len - at, "%s%s=%u", at ? " " : "",

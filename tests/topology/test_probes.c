@@ -405,10 +405,14 @@ static void nvml_nvl72_fabric(void **state)
     char s[256];
     epx__topo_fabric_health_str(0x1aa, 1, s, sizeof(s));
     assert_string_equal(s, "degraded-bw=no route-recovery=no route-unhealthy=no "
-                           "access-timeout-recovery=no config=ok summary=healthy");
-    epx__topo_fabric_health_str(0x1 | 0x3 << 4 | 5 << 8, -1, s, sizeof(s));
+                           "access-timeout-recovery=no config=ok "
+                           "partition-assigned=n/a fabric-manager=n/a "
+                           "summary=healthy");
+    epx__topo_fabric_health_str(0x1 | 0x3 << 4 | 5 << 8 | 1 << 12 | 2 << 14, -1,
+                                s, sizeof(s));
     assert_string_equal(s, "degraded-bw=yes route-recovery=n/a route-unhealthy=3 "
-                           "access-timeout-recovery=n/a config=insufficient-nvlinks");
+                           "access-timeout-recovery=n/a config=insufficient-nvlinks "
+                           "partition-assigned=yes fabric-manager=disconnected");
     epx_topo_destroy(t);
 }
 
