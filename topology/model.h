@@ -40,6 +40,8 @@ const char *epx__topo_str(epx_topo_t *t, const char *s);
  * the host's index (ignored for a host).  Returns the index, or -1. */
 int epx__topo_add(epx_topo_t *t, epx_topo_kind_t kind, int host,
                   const char *name);
+/* Writable object; valid until the next epx__topo_add (which may move
+ * the array). */
 static inline epx_topo_obj_t *epx__topo_objw(epx_topo_t *t, int i)
 {
     return &t->objs[i];

@@ -153,6 +153,7 @@ void epx_comm_destroy(epx_comm_t *comm)
         return;
     if (comm->ctl)
         comm->tl->win_destroy(comm->ctl);
+    epx_topo_destroy(comm->topo);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);

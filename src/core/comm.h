@@ -17,6 +17,7 @@ struct epx_comm {
     uint64_t barrier_epoch;
     int barrier_rounds;         /* ceil(log2(nranks)) dissemination rounds */
     void *owned;                /* freed with the comm (bootstrap context) */
+    epx_topo_t *topo;           /* epx_comm_topology's map, built on first use */
 };
 
 #define EPX_COMM_CTL_SIGNALS 32 /* one per dissemination round */

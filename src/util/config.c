@@ -19,6 +19,8 @@ static const epx_setting_t settings[] = {
       "env bootstrap: host:port where rank 0 listens" },
     { "EPX_JOB_KEY", "",
       "env bootstrap: secret every joining rank must present" },
+    { "EPX_TOPO_FILE", "",
+      "system description (name in topology/systems or path) used instead of probing" },
     { "EPX_SPIN", "2000",
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",
