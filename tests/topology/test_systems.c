@@ -1,5 +1,5 @@
 /*
- * System descriptions (topology/load.c, export.c, topology/systems/*.json):
+ * System descriptions (topology/load.c, export.c, topology/systems/<name>.json):
  * every shipped description loads with the counts its hardware has; every
  * malformed one (tests/topology/data/bad) fails with EPX_ERR_INVALID and a
  * message naming the file, the JSON path and the reason; damaged copies of
@@ -323,7 +323,7 @@ static void malformed(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
         const bad_t *b = &bad_cases[i];
-        char path[1024], want[512];
+        char path[1024], want[1280];
         snprintf(path, sizeof(path), DATA "%s", b->file);
         epx_topo_t *t = (epx_topo_t *)&path;   /* must stay untouched */
         epx_status_t st = epx_topo_load(path, &t);
