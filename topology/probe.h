@@ -58,7 +58,7 @@ typedef struct topo_nvml_gpu {
     unsigned clique;
     unsigned health_mask;
     int health_summary;                /* v3 only; -1 unknown */
-    /* platform (nvmlDeviceGetPlatformInfo) */
+    /* platform (nvmlDeviceGetPlatformInfo): slot is the chassis slot */
     int has_platform;
     int slot, tray, host_id, module_id;
     char chassis[33];                  /* chassis serial, hex */

@@ -471,9 +471,13 @@ static epx_status_t apply_gpus(epx_topo_t *t, int host,
             return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
         o->nvlinks = active_links(&g[k]);
         o->nvlink_gbs = o->nvlinks * per_link_gbs(o, &g[k]);
+        /* The map's tray is the compute tray of the rack (NVML's trayIndex,
+         * from 0), its slot the GPU's place in the tray: NVML's moduleId
+         * counts from 1.  NVML's slotNumber is the chassis slot, switch
+         * trays included: logged only. */
         if (g[k].has_platform) {
             o->tray = g[k].tray;
-            o->slot = g[k].slot;
+            o->slot = g[k].module_id >= 1 ? g[k].module_id - 1 : -1;
         }
     }
     return EPX_OK;
@@ -623,8 +627,8 @@ static void log_gpu(const epx_topo_t *t, const topo_nvml_gpu_t *x, int obj)
     const epx_topo_obj_t *o = &t->objs[obj];
     EPX_LOG(EPX_LOG_INFO, "topo", -1,
             "nvml: %s %s (%s): %s, %d/%d NVLinks active (version %u, "
-            "%.1f GB/s), fabric v%d %s clique %u %s, tray %d slot %d host %d "
-            "module %d chassis %s", o->name, x->pci, x->name,
+            "%.1f GB/s), fabric v%d %s clique %u %s, tray %d chassis slot %d "
+            "host %d module %d chassis %s", o->name, x->pci, x->name,
             o->arch ? o->arch : "?", active_links(x), x->nlinks, version,
             o->nvlink_gbs, x->fabric_version,
             epx__topo_fabric_state_str(x->fabric_state), x->clique, health,
