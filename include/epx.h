@@ -164,7 +164,8 @@ typedef struct epx_topo_obj {
     epx_topo_kind_t kind;
     int index;               /* position in the map */
     int host;                /* index of its host (a host: itself) */
-    int cpu;                 /* index of its CPU / NUMA node, -1 unknown */
+    int cpu;                 /* index of its CPU / NUMA node (a CPU: itself
+                                or -1), -1 unknown */
     const char *name;        /* unique in its host: "gpu3", "mlx5_0" */
     const char *pci;         /* PCI bus id "0000:1b:00.0", or NULL */
     const char *model;       /* "H100 SXM5", "ConnectX-7", or NULL */
@@ -172,7 +173,8 @@ typedef struct epx_topo_obj {
     int os_index;            /* NUMA node / device index on its host, -1 */
     /* GPU */
     const char *arch;        /* "hopper", "blackwell", or NULL */
-    int tray, slot;          /* compute tray / slot in the rack, -1 unknown */
+    int tray, slot;          /* compute tray in the rack / slot in the tray,
+                                -1 unknown */
     int domain;              /* NVLink domain (epx_topo_domain), -1 none */
     int clique;              /* clique within the domain, numbered 0.. in
                                 order of appearance; -1 none */

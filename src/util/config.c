@@ -23,6 +23,8 @@ static const epx_setting_t settings[] = {
       "system description (name in topology/systems or path) used instead of probing" },
     { "EPX_SYSTEMS_DIR", "",
       "directory searched first for system descriptions named by EPX_TOPO_FILE" },
+    { "EPX_TOPO_XML", "",
+      "hwloc XML file the probe reads instead of this machine (NVML and CUDA skipped)" },
     { "EPX_SPIN", "2000",
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",
