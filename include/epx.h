@@ -247,6 +247,10 @@ int epx_topo_num_ranks(const epx_topo_t *topo);
 int epx_topo_rank_host(const epx_topo_t *topo, int rank);   /* object */
 int epx_topo_rank_gpu(const epx_topo_t *topo, int rank);    /* object, -1 */
 int epx_topo_rank_domain(const epx_topo_t *topo, int rank); /* domain */
+/* Path between two ranks: between their GPUs, or their hosts for CPU
+ * ranks (two CPU ranks of one host: SELF, shared memory). */
+epx_status_t epx_topo_rank_path(const epx_topo_t *topo, int a, int b,
+                                epx_topo_path_t *path);
 
 /* ------------------------------------------------------------------ MoE */
 

@@ -406,3 +406,14 @@ int epx_topo_rank_domain(const epx_topo_t *t, int r)
 {
     return t && r >= 0 && r < t->nranks ? t->rank_domain[r] : -1;
 }
+
+epx_status_t epx_topo_rank_path(const epx_topo_t *t, int a, int b,
+                                epx_topo_path_t *path)
+{
+    if (!t || a < 0 || b < 0 || a >= t->nranks || b >= t->nranks)
+        return epx__error(EPX_ERR_INVALID, "topo: no ranks %d and %d in a map "
+                          "of %d ranks", a, b, t ? t->nranks : 0);
+    int oa = t->rank_gpu[a] >= 0 ? t->rank_gpu[a] : t->rank_host[a];
+    int ob = t->rank_gpu[b] >= 0 ? t->rank_gpu[b] : t->rank_host[b];
+    return epx_topo_path_between(t, oa, ob, path);
+}

@@ -100,6 +100,11 @@ static void domains_paths_ranks(void **state)
     assert_int_equal(epx_topo_rank_gpu(t, 8), b0);
     assert_int_equal(epx_topo_rank_domain(t, 7), 0);
     assert_int_equal(epx_topo_rank_domain(t, 8), epx_topo_obj(t, b0)->domain);
+    assert_int_equal(epx_topo_rank_path(t, 0, 5, &p), EPX_OK);
+    assert_int_equal(p.cls, EPX_LINK_NVLINK);
+    assert_int_equal(epx_topo_rank_path(t, 0, 8, &p), EPX_OK);
+    assert_int_equal(p.cls, EPX_LINK_NET);
+    assert_int_equal(epx_topo_rank_path(t, 0, 12, &p), EPX_ERR_INVALID);
     epx_topo_destroy(t);
 }
 
@@ -120,6 +125,11 @@ static void cpu_only_placement(void **state)
         assert_int_equal(epx_topo_rank_gpu(t, r), -1);
         assert_int_equal(epx_topo_rank_domain(t, r), r < 3 ? 0 : 1);
     }
+    epx_topo_path_t p;
+    assert_int_equal(epx_topo_rank_path(t, 0, 2, &p), EPX_OK);
+    assert_int_equal(p.cls, EPX_LINK_SELF);     /* same host: shared memory */
+    assert_int_equal(epx_topo_rank_path(t, 0, 3, &p), EPX_OK);
+    assert_int_equal(p.cls, EPX_LINK_NET);
     epx_topo_destroy(t);
 }
 
