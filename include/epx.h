@@ -335,7 +335,9 @@ typedef struct epx_dispatch_args {
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or
  * the handle's release, whichever comes first. */
 typedef struct epx_recv {
-    size_t struct_size;
+    size_t struct_size;        /* set to sizeof(epx_recv_t) before the call
+                                  (0: this header's size); the library
+                                  writes no more than that */
     int64_t num_rows;          /* rows of x (expert-major: incl. padding) */
     epx_tensor_t x;            /* [num_rows, H] received tokens */
     int num_local_experts;
@@ -363,6 +365,10 @@ typedef struct epx_recv {
  * Invalid input on any rank: nothing is sent, every rank returns an error
  * from epx_dispatch_send (EPX_ERR_PEER on the others) and the engine stays
  * usable.
+ * Errors that cannot be agreed with the peers leave the engine unusable
+ * (every later call returns EPX_ERR_STATE; destroy it): a timeout, and a
+ * call out of order (EPX_ERR_STATE itself, e.g. a dispatch_send while the
+ * previous dispatch or combine is unfinished).
  * One dispatch is in flight per engine: the next epx_dispatch_send comes
  * after this one's epx_combine_recv; one issued before that (after
  * epx_dispatch_recv) abandons the earlier dispatch, whose handle can then
@@ -408,7 +414,8 @@ epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
                               epx_tensor_t *out);
 
 /* Local (not collective).  Releasing the handle of a call in flight
- * waits for that phase's peers first, so the engine stays in step. */
+ * waits for that phase's peers first, so the engine stays in step.
+ * Release every handle before destroying its engine. */
 void epx_handle_release(epx_handle_t *handle);
 
 /* Number of tokens of the source rank's dispatch recorded in a handle. */

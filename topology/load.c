@@ -78,14 +78,21 @@ static const char *type_name(const json_t *v)
     }
 }
 
+/* A path that does not fit ends in "..." rather than in a wrong name. */
+static void cut(char *out, int n)
+{
+    if (n >= PATH_LEN)
+        memcpy(out + PATH_LEN - 4, "...", 4);
+}
+
 static void sub(char *out, const char *path, const char *key)
 {
-    snprintf(out, PATH_LEN, "%s.%s", path, key);
+    cut(out, snprintf(out, PATH_LEN, "%s.%s", path, key));
 }
 
 static void item(char *out, const char *path, size_t i)
 {
-    snprintf(out, PATH_LEN, "%s[%zu]", path, i);
+    cut(out, snprintf(out, PATH_LEN, "%s[%zu]", path, i));
 }
 
 /* ------------------------------------------------------- typed members */
@@ -766,9 +773,12 @@ static epx_status_t load_root(ld_t *ld, json_t *root)
     epx_status_t st;
     if ((st = want_object(ld, root, "$")) != EPX_OK ||
         (st = check_keys(ld, root, "$", keys)) != EPX_OK ||
-        (st = get_int(ld, root, "$", "schema", 1, DESC_SCHEMA, DESC_SCHEMA,
-                      &schema)) != EPX_OK ||
-        (st = get_str(ld, root, "$", "name", 1, &name)) != EPX_OK ||
+        (st = get_int(ld, root, "$", "schema", 1, 1, INT_MAX, &schema)) != EPX_OK)
+        return st;
+    if (schema != DESC_SCHEMA)
+        return bad(ld, "$.schema", "schema %lld is not one this library reads "
+                                   "(%d)", schema, DESC_SCHEMA);
+    if ((st = get_str(ld, root, "$", "name", 1, &name)) != EPX_OK ||
         (st = get_str(ld, root, "$", "description", 0, &desc)) != EPX_OK ||
         (st = load_sources(ld, root)) != EPX_OK ||
         (st = load_domains(ld, root)) != EPX_OK ||

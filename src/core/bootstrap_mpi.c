@@ -27,11 +27,12 @@ epx_status_t epx_comm_create_mpi(MPI_Comm mpi_comm,
     if (!ctx)
         return epx__error(EPX_ERR_NOMEM, "mpi: out of memory");
     *ctx = mpi_comm;
-    double timeout = params && params->timeout_s > 0 ? params->timeout_s
-                                                     : epx__cfg_double("EPX_TIMEOUT");
+    double timeout;
     epx_boot_t *boot;
-    epx_status_t st = epx__boot_allgather_create(rank, size, mpi_allgather, ctx,
-                                                 timeout, &boot);
+    epx_status_t st = epx__timeout(params, &timeout);
+    if (st == EPX_OK)
+        st = epx__boot_allgather_create(rank, size, mpi_allgather, ctx,
+                                        timeout, &boot);
     if (st == EPX_OK)
         st = epx__comm_create_boot(boot, timeout, NULL, comm);
     if (st == EPX_OK)

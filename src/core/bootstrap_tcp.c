@@ -38,10 +38,10 @@ static epx_status_t io_full(int fd, void *buf, size_t len, int writing,
     char *p = buf;
     while (len) {
         struct pollfd pfd = { fd, writing ? POLLOUT : POLLIN, 0 };
-        int ms = (int)((deadline - epx__now()) * 1000);
-        if (ms <= 0)
+        double left = deadline - epx__now();
+        if (left <= 0)
             return epx__error(EPX_ERR_TIMEOUT, "bootstrap: timed out %s", what);
-        int pr = poll(&pfd, 1, ms > 1000 ? 1000 : ms);
+        int pr = poll(&pfd, 1, left > 1.0 ? 1000 : (int)(left * 1000) + 1);
         if (pr < 0 && errno != EINTR)
             return epx__syserror(EPX_ERR_SYSTEM, "bootstrap: poll (%s)", what);
         if (pr <= 0)
@@ -108,16 +108,19 @@ static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,
     int need = b->base.nranks - 1;
     while (need > 0) {
         struct pollfd pfd = { lfd, POLLIN, 0 };
-        int ms = (int)((deadline - epx__now()) * 1000);
-        if (ms <= 0)
+        double left = deadline - epx__now();
+        if (left <= 0)
             return epx__error(EPX_ERR_TIMEOUT,
-                              "bootstrap: rank 0 still waits for %d of %d ranks",
-                              need, b->base.nranks - 1);
-        if (poll(&pfd, 1, ms > 1000 ? 1000 : ms) <= 0)
+                              "bootstrap: rank 0 still waits for %d of the %d "
+                              "other ranks to connect", need,
+                              b->base.nranks - 1);
+        if (poll(&pfd, 1, left > 1.0 ? 1000 : (int)(left * 1000) + 1) <= 0)
             continue;
         int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0)
+        if (fd < 0) {
+            usleep(10000);   /* e.g. out of descriptors: do not spin */
             continue;
+        }
         hello_t h;
         int32_t verdict = EPX_OK;
         /* A stray client gets a short deadline so it cannot stall the job. */
@@ -261,10 +264,12 @@ epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: rank %d of %d is out of range", rank,
                           nranks);
-    if (!job_key || !*job_key)
+    if (nranks > 1 && (!job_key || !*job_key))
         return epx__error(EPX_ERR_AUTH,
                           "bootstrap: no job key (set EPX_JOB_KEY to the same "
                           "secret on every rank)");
+    if (!job_key)
+        job_key = "";
     if (strlen(job_key) >= BOOT_KEYMAX)
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: job key longer than %d bytes",

@@ -3,6 +3,7 @@
  * peer (v0: shm for every peer; all ranks must share one host) and a
  * barrier on the transport's signals.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,10 +82,11 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
         if (strcmp(all[r].boot_id, mine.boot_id) ||
             strcmp(all[r].host, mine.host)) {
             st = epx__error(EPX_ERR_UNSUPPORTED,
-                            "comm: rank %d runs on host %s and rank %d on %s; "
-                            "ranks on several hosts need the network transport "
-                            "(not in this version)", c->rank, mine.host, r,
-                            all[r].host);
+                            "comm: rank %d runs on host %s (boot %.8s) and rank "
+                            "%d on %s (boot %.8s); ranks on several hosts need "
+                            "the network transport (not in this version)",
+                            c->rank, mine.host, mine.boot_id, r, all[r].host,
+                            all[r].boot_id);
             goto err_alloc;
         }
     if ((st = c->tl->win_create(c, 0, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
@@ -103,6 +105,21 @@ err_alloc:
     return st;
 }
 
+epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
+{
+    /* Params may come from an older header: read the field only if there. */
+    int has = p && p->struct_size >= offsetof(epx_comm_params_t, timeout_s) +
+                                         sizeof(double);
+    double t = has && p->timeout_s > 0 ? p->timeout_s
+                                       : epx__cfg_double("EPX_TIMEOUT");
+    if (!(t > 0) || !isfinite(t))
+        return epx__error(EPX_ERR_INVALID,
+                          "comm: the timeout must be a positive number of "
+                          "seconds (EPX_TIMEOUT='%s')", epx__cfg_str("EPX_TIMEOUT"));
+    *out = t > 1e9 ? 1e9 : t;   /* "forever" without overflowing deadlines */
+    return EPX_OK;
+}
+
 epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
 {
     if (!p || !out || p->struct_size < offsetof(epx_comm_params_t, timeout_s) +
@@ -110,12 +127,11 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
         return epx__error(EPX_ERR_INVALID,
                           "comm: params or output NULL, or params not set up "
                           "with EPX_COMM_PARAMS_INIT");
-    double timeout = p->timeout_s > 0 ? p->timeout_s
-                                      : epx__cfg_double("EPX_TIMEOUT");
-    if (timeout <= 0)
-        timeout = 120;
+    double timeout;
+    epx_status_t st = epx__timeout(p, &timeout);
+    if (st != EPX_OK)
+        return st;
     epx_boot_t *boot = NULL;
-    epx_status_t st;
     switch (p->bootstrap) {
     case EPX_BOOTSTRAP_ENV: {
         const char *rs = epx__cfg_str("EPX_RANK"), *ns = epx__cfg_str("EPX_NRANKS");

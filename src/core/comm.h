@@ -31,5 +31,8 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
 /* Random hex string of `nhex` characters (nhex + 1 bytes in buf). */
 epx_status_t epx__random_hex(char *buf, size_t nhex);
 double epx__comm_timeout(const epx_comm_t *comm);
+/* The timeout a communicator uses: params' (if set) or EPX_TIMEOUT,
+ * checked (positive, finite) and capped. */
+epx_status_t epx__timeout(const epx_comm_params_t *params, double *out);
 
 #endif /* EPX_COMM_H */

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/util.h"
@@ -49,6 +50,8 @@ static int run_rank(int rank, int nranks, int lfd, const char *root,
 {
     epx_boot_t *boot;
     epx_comm_t *comm;
+    if (rank != 0)   /* only rank 0 accepts; strays must not queue at us */
+        close(lfd);
     epx_status_t st = epx__boot_tcp_create(rank, nranks, root, rank == 0 ? lfd : -1,
                                            key, timeout, &boot);
     if (st == EPX_OK)
@@ -70,12 +73,12 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
         return epx__error(EPX_ERR_INVALID,
                           "launch: need nranks >= 1 (got %d) and a function",
                           nranks);
-    double timeout = params && params->timeout_s > 0
-        ? params->timeout_s : epx__cfg_double("EPX_TIMEOUT");
-    if (timeout <= 0)
-        timeout = 120;
+    double timeout;
+    epx_status_t st = epx__timeout(params, &timeout);
+    if (st != EPX_OK)
+        return st;
     char key[33], job[17], root[64];
-    epx_status_t st = epx__random_hex(key, 32);
+    st = epx__random_hex(key, 32);
     if (st == EPX_OK)
         st = epx__random_hex(job, 16);
     if (st != EPX_OK)
@@ -99,13 +102,18 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
         close(lfd);
         return epx__error(EPX_ERR_NOMEM, "launch: out of memory");
     }
+    /* With SIGCHLD ignored the kernel reaps the ranks and their status is
+     * lost: restore the default for the launch. */
+    struct sigaction dfl = { .sa_handler = SIG_DFL }, old;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGCHLD, &dfl, &old);
     fflush(NULL);  /* children must not flush the parent's buffers again */
     for (int r = 0; r < nranks; r++) {
         pid_t pid = fork();
         if (pid == 0) {
             int rc = run_rank(r, nranks, lfd, root, key, job, timeout, fn, arg);
             fflush(NULL);
-            _exit(rc & 0xff);
+            _exit(rc == 0 ? 0 : (rc & 0xff) ? rc & 0xff : 1);
         }
         if (pid < 0) {
             st = epx__syserror(EPX_ERR_SYSTEM, "launch: fork of rank %d", r);
@@ -117,27 +125,33 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
     }
     close(lfd);
 
+    /* Reap only our ranks (the caller may have children of its own) and
+     * notice the first failure at once, whichever rank it is. */
     int first_bad = -1, alive = nranks;
     char why[160] = "";
+    const struct timespec nap = { 0, 2 * 1000 * 1000 };
     while (alive > 0) {
-        int status;
-        pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0) {
-            if (errno == EINTR)
+        int reaped = 0;
+        for (int r = 0; r < nranks; r++) {
+            int status;
+            if (pids[r] <= 0)
                 continue;
-            break;
-        }
-        int r = 0;
-        while (r < nranks && pids[r] != pid)
-            r++;
-        if (r == nranks)
-            continue;     /* not ours */
-        pids[r] = 0;
-        alive--;
-        int ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (!ok && first_bad < 0) {
+            pid_t pid = waitpid(pids[r], &status, WNOHANG);
+            if (pid == 0)
+                continue;
+            if (pid < 0 && errno == EINTR)
+                continue;
+            pids[r] = 0;
+            alive--;
+            reaped = 1;
+            int ok = pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            if (ok || first_bad >= 0)
+                continue;
             first_bad = r;
-            if (WIFEXITED(status))
+            if (pid < 0)
+                snprintf(why, sizeof(why), "rank %d: cannot collect its exit "
+                         "status (SIGCHLD ignored?): %s", r, strerror(errno));
+            else if (WIFEXITED(status))
                 snprintf(why, sizeof(why), "rank %d exited with status %d", r,
                          WEXITSTATUS(status));
             else
@@ -146,7 +160,10 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
             /* The others would only wait for it until their timeout. */
             kill_all(pids, nranks, SIGKILL);
         }
+        if (!reaped)
+            nanosleep(&nap, NULL);
     }
+    sigaction(SIGCHLD, &old, NULL);
     free(pids);
     remove_job_shm(job);
     if (st != EPX_OK)

@@ -139,13 +139,15 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if (!m || !h || h->moe != m)
         return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
                           "handle of another engine");
+    epx_status_t st = moe_check_usable(m, "combine");
+    if (st != EPX_OK)
+        return st;
     if (m->state != MOE_RECEIVED || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "combine: no received dispatch for this handle");
     /* A bad argument is this rank's own business: nothing is sent, the
      * handle stays as it was and the call can be retried (peers wait in
      * their combine_recv meanwhile). */
-    epx_status_t st;
     if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) + sizeof(unsigned))
         return epx__error(EPX_ERR_INVALID,
                           "combine: args NULL or not set up with "
@@ -165,7 +167,8 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if (st != EPX_OK) {
         /* Sources learn it from the status word; take our partials in. */
         m->n_comb++;
-        epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
+        if (epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb) != EPX_OK)
+            m->broken = 1;
         m->state = MOE_IDLE;
         m->cur = NULL;
         return st;
@@ -212,6 +215,9 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     if (!m || !h || h->moe != m)
         return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
                           "handle of another engine");
+    epx_status_t st = moe_check_usable(m, "combine");
+    if (st != EPX_OK)
+        return st;
     if (m->state != MOE_COMBINING || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "combine: recv without a matching combine_send");
@@ -223,9 +229,11 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     if (bad != EPX_OK)
         return bad;
     uint64_t call = m->n_comb++;
-    epx_status_t st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
+    st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
     m->state = MOE_IDLE;
     m->cur = NULL;
+    if (st != EPX_OK)
+        m->broken = 1;
     if (st == EPX_OK)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");
     if (st != EPX_OK)

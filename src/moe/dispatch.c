@@ -13,6 +13,7 @@
  * cached dispatch reuses the handle's routing and offsets but still joins
  * the count exchange with a two-word header, for the same reason.
  */
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,7 +30,7 @@ epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what)
 {
     for (int s = 0; s < m->R; s++) {
-        int32_t v = phase < 0 ? moe_blk(m, call, s)[0]
+        int32_t v = phase < 0 ? moe_blk(m, call, s)[MOE_BLK_STATUS]
                               : *(int32_t *)moe_local(m, moe_status_off(m, phase, call, s));
         if (v < 0)  /* >= 0: success, possibly with a mode (combine) */
             return epx__error(EPX_ERR_PEER, "%s: rank %d failed its part (%s)",
@@ -38,39 +39,87 @@ epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
     return EPX_OK;
 }
 
+/* Wait until every source's block of `call` is complete.  The signal
+ * counter alone is not enough: a rank that already returned from this call
+ * (someone's input was bad) may have signalled for its next call. */
+static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
+{
+    const int32_t want = (int32_t)(call + 1);
+    double deadline = 0;
+    for (int s = 0; s < m->R; s++) {
+        const int32_t *seq = moe_blk(m, call, s) + m->blk_ints - 1;
+        for (long spins = 0; __atomic_load_n(seq, __ATOMIC_ACQUIRE) != want;
+             spins++) {
+            if (spins < 1000)
+                continue;
+            if (deadline == 0)
+                deadline = epx__now() + epx__comm_timeout(m->comm);
+            if (epx__now() > deadline)
+                return epx__error(EPX_ERR_TIMEOUT,
+                                  "dispatch: rank %d: no counts from rank %d "
+                                  "for call %llu after %.1f s", m->rank, s,
+                                  (unsigned long long)call,
+                                  epx__comm_timeout(m->comm));
+            sched_yield();
+        }
+    }
+    return EPX_OK;
+}
+
 /* Count exchange of call m->n_counts; returns the agreed status.  Every
  * dispatch runs it, cached or not: it is where a rank's bad input reaches
  * the others before any token moves.  A cached dispatch puts only the
- * header (status, cached flag): the counts of its routing are known. */
-static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached)
+ * header (status, cached flag, its handle's call): the counts of its
+ * routing are known.  The sequence word goes last, after a flush. */
+static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
+                                    uint64_t handle_call)
 {
     uint64_t call = m->n_counts++;
-    size_t blk_bytes = sizeof(int32_t) * (size_t)(cached ? 2 : m->blk_ints);
-    size_t off = m->off.counts + ((size_t)(call & 1) * (size_t)m->R +
-                                  (size_t)m->rank) * sizeof(int32_t) *
-                                 (size_t)m->blk_ints;
-    m->blk[0] = mine;
-    m->blk[1] = cached;
+    size_t body = sizeof(int32_t) * (size_t)(cached ? MOE_BLK_HDR : m->blk_ints - 1);
+    size_t blk_bytes = sizeof(int32_t) * (size_t)m->blk_ints;
+    size_t off = m->off.counts +
+                 ((size_t)(call & 1) * (size_t)m->R + (size_t)m->rank) * blk_bytes;
+    int32_t seq = (int32_t)(call + 1);
+    m->blk[MOE_BLK_STATUS] = mine;
+    m->blk[MOE_BLK_CACHED] = cached;
+    m->blk[MOE_BLK_HANDLE] = (int32_t)handle_call;
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++) {
-        st = epx__win_put(m->win, d, off, m->blk, blk_bytes);
+        st = epx__win_put(m->win, d, off, m->blk, body);
+        if (st == EPX_OK)
+            st = epx__win_flush(m->win, d);
+        if (st == EPX_OK)
+            st = epx__win_put(m->win, d, off + blk_bytes - sizeof(seq), &seq,
+                              sizeof(seq));
         if (st == EPX_OK)
             st = epx__win_signal(m->win, d, MOE_SIG_COUNTS, 1);
     }
     if (st == EPX_OK)
         st = epx__win_wait(m->win, MOE_SIG_COUNTS, (uint64_t)m->R * m->n_counts);
-    if (st != EPX_OK)
+    if (st == EPX_OK)
+        st = wait_blocks(m, call);
+    if (st != EPX_OK) {
+        m->broken = 1;
         return st;
+    }
     if (mine != EPX_OK)
         return mine;
     if ((st = moe_first_error(m, -1, call, "dispatch")) != EPX_OK)
         return st;
-    for (int s = 0; s < m->R; s++)
-        if (moe_blk(m, call, s)[1] != cached)
+    for (int s = 0; s < m->R; s++) {
+        const int32_t *b = moe_blk(m, call, s);
+        if (b[MOE_BLK_CACHED] != cached)
             return epx__error(EPX_ERR_MISMATCH,
                               "dispatch: rank %d %s EPX_DISPATCH_CACHED but "
                               "rank %d %s", s, cached ? "did not pass" : "passed",
                               m->rank, cached ? "did" : "did not");
+        if (cached && b[MOE_BLK_HANDLE] != (int32_t)handle_call)
+            return epx__error(EPX_ERR_MISMATCH,
+                              "dispatch: cached dispatch with handles of "
+                              "different dispatches (rank %d: call %d, rank %d: "
+                              "call %d)", s, (int)b[MOE_BLK_HANDLE], m->rank,
+                              (int)handle_call);
+    }
     return EPX_OK;
 }
 
@@ -87,7 +136,8 @@ static void plan_offsets(epx_moe_t *m, epx_handle_t *h)
     memset(m->tot, 0, sizeof(int64_t) * (size_t)E);
     h->nent = 0;
     for (int s = 0; s < R; s++) {
-        const int32_t *b = moe_blk(m, call, s), *ce = b + 2, *cr = b + 2 + E;
+        const int32_t *b = moe_blk(m, call, s), *ce = b + MOE_BLK_HDR,
+                      *cr = b + MOE_BLK_HDR + E;
         h->nent += cr[me];
         for (int e = 0; e < E; e++)
             m->tot[e] += ce[e];
@@ -179,26 +229,39 @@ static epx_status_t signal_data(epx_moe_t *m)
     return st;
 }
 
+/* A wait failed earlier: peers are out of step and no later call can be
+ * trusted. */
+epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
+{
+    return m->broken
+        ? epx__error(EPX_ERR_STATE, "%s: the engine lost step with its peers "
+                     "after a failed wait (timeout); destroy it", what)
+        : EPX_OK;
+}
+
 epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                                epx_handle_t **handle)
 {
-    if (!m || !a || !handle)
-        return epx__error(EPX_ERR_INVALID, "dispatch: engine, args or handle NULL");
+    if (!m)
+        return epx__error(EPX_ERR_INVALID, "dispatch: engine NULL");
+    epx_status_t st = moe_check_usable(m, "dispatch");
+    if (st != EPX_OK)
+        return st;
+    /* Call-order errors cannot be agreed with the peers (they are in
+     * another call): the engine is unusable afterwards (epx.h). */
     if (m->state == MOE_SENT || m->state == MOE_COMBINING)
         return epx__error(EPX_ERR_STATE,
                           "dispatch: the previous dispatch/combine of this "
                           "engine is not finished (call its recv first)");
-    epx_status_t st;
-    if (m->state == MOE_RECEIVED) {
-        /* The last dispatch was never combined: peers may still read what
-         * we would overwrite.  Wait until every rank is here. */
-        if ((st = epx_comm_barrier(m->comm)) != EPX_OK)
-            return st;
-        m->state = MOE_IDLE;
-        m->cur = NULL;
-    }
+    /* A received but never combined dispatch is abandoned.  No barrier is
+     * needed: no peer writes into our window before our count block of
+     * this call reached it, i.e. before we stopped reading the old one. */
+    m->state = MOE_IDLE;
+    m->cur = NULL;
 
-    epx_status_t mine = moe_check_args(m, a);
+    epx_status_t mine = !a || !handle
+        ? epx__error(EPX_ERR_INVALID, "dispatch: args or handle NULL")
+        : moe_check_args(m, a);
     int cached = mine == EPX_OK && (a->flags & EPX_DISPATCH_CACHED);
     epx_handle_t *h = NULL;
     if (cached) {
@@ -211,6 +274,8 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
             mine = epx__error(EPX_ERR_INVALID,
                               "dispatch: EPX_DISPATCH_CACHED with a routing that "
                               "differs from the handle's");
+        if (mine != EPX_OK)
+            cached = 0;
     } else if (mine == EPX_OK) {
         h = moe_handle_new(m, a->x.rows);
         if (!h)
@@ -218,9 +283,11 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         else if ((mine = moe_layout(m, a, h)) == EPX_OK)
             h->hash = moe_hash_idx(m, a);
     }
-    if (mine != EPX_OK && !cached)
+    if (mine != EPX_OK)
         memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
-    st = exchange_counts(m, mine, cached);
+    if (!cached && h)
+        h->call = m->n_counts;
+    st = exchange_counts(m, mine, cached, cached ? h->call : 0);
     if (st == EPX_OK && !cached)
         plan_offsets(m, h);
     if (st == EPX_OK)
@@ -244,12 +311,16 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: engine, handle or output NULL, or handle "
                           "of another engine");
+    epx_status_t usable = moe_check_usable(m, "dispatch");
+    if (usable != EPX_OK)
+        return usable;
     if (m->state != MOE_SENT || m->cur != h)
         return epx__error(EPX_ERR_STATE,
                           "dispatch: recv without a matching dispatch_send");
     m->n_data++;
     epx_status_t st = epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
     if (st != EPX_OK) {
+        m->broken = 1;
         m->state = MOE_IDLE;
         m->cur = NULL;
         return st;
@@ -267,21 +338,27 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
             }
         }
     }
-    memset(out, 0, sizeof(*out));
-    out->struct_size = sizeof(*out);
-    out->num_rows = h->nrows;
-    out->x.data = moe_local(m, m->off.rows);
-    out->x.dtype = m->p.dtype;
-    out->x.rows = h->nrows;
-    out->x.cols = m->H;
-    out->num_local_experts = nl;
-    out->first_local_expert = m->first[m->rank];
-    out->expert_counts = h->counts;
-    out->expert_offsets = tm ? NULL : h->offsets;
-    out->src_rank = srank;
-    out->src_token = stok;
-    out->topk_idx = tm ? (const int32_t *)moe_local(m, m->off.topk_idx) : NULL;
-    out->topk_weights = wt;
+    /* Fill a full struct, hand the caller only as much as it declared (a
+     * caller built against an older, shorter epx_recv_t; 0 = this one). */
+    epx_recv_t full;
+    size_t n = out->struct_size && out->struct_size < sizeof(full)
+        ? out->struct_size : sizeof(full);
+    memset(&full, 0, sizeof(full));
+    full.struct_size = n;
+    full.num_rows = h->nrows;
+    full.x.data = moe_local(m, m->off.rows);
+    full.x.dtype = m->p.dtype;
+    full.x.rows = h->nrows;
+    full.x.cols = m->H;
+    full.num_local_experts = nl;
+    full.first_local_expert = m->first[m->rank];
+    full.expert_counts = h->counts;
+    full.expert_offsets = tm ? NULL : h->offsets;
+    full.src_rank = srank;
+    full.src_token = stok;
+    full.topk_idx = tm ? (const int32_t *)moe_local(m, m->off.topk_idx) : NULL;
+    full.topk_weights = wt;
+    memcpy(out, &full, n);
     h->dispatched = 1;
     m->state = MOE_RECEIVED;
     return EPX_OK;
@@ -293,24 +370,21 @@ void epx_handle_release(epx_handle_t *h)
         return;
     epx_moe_t *m = h->moe;
     if (m && m->cur == h) {
-        /* Drain the phase in flight so the engine's counters stay in step. */
+        /* Take in the phase in flight so the counters stay in step. */
+        epx_status_t st = EPX_OK;
         if (m->state == MOE_SENT)
-            epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * ++m->n_data);
+            st = epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * ++m->n_data);
         else if (m->state == MOE_COMBINING)
-            epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * ++m->n_comb);
-        if (m->state != MOE_IDLE)
-            m->state = MOE_RECEIVED;  /* next dispatch starts with a barrier */
+            st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * ++m->n_comb);
+        if (st != EPX_OK)
+            m->broken = 1;
+        m->state = MOE_IDLE;
         m->cur = NULL;
     }
-    free(h->idx);
-    free(h->ndest);
-    free(h->dest);
-    free(h->retbase);
-    free(h->counts);
-    free(h->offsets);
-    free(h->entbase);
-    free(h->ebase);
-    free(h);
+    if (m && !m->spare)
+        m->spare = h;      /* reused by the next dispatch */
+    else
+        moe_handle_free(h);
 }
 
 int64_t epx_handle_num_tokens(const epx_handle_t *h) { return h ? h->T : -1; }

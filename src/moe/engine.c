@@ -1,7 +1,9 @@
 /* MoE engine: parameters agreed by every rank, placement, the window. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "util/util.h"
 #include "moe/moe.h"
@@ -74,7 +76,9 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
-static void plan_window(epx_moe_t *m)
+/* Reject sizes whose window would not fit the int32 row indices and slot
+ * numbers of the protocol, or the address space. */
+static epx_status_t plan_window(epx_moe_t *m)
 {
     int max_local = 0;
     for (int r = 0; r < m->R; r++)
@@ -102,6 +106,33 @@ static void plan_window(epx_moe_t *m)
     o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                          m->row_bytes);
     o->total = at;
+    const double total = (double)R * (double)m->maxT *
+        ((double)m->row_bytes * (m->K + 2) + 4.0 * (m->ent_ints + 2 * m->K + 2));
+    if (m->max_rows > INT32_MAX || m->max_entries > INT32_MAX ||
+        (double)m->maxT * m->maxdest > INT32_MAX || total > (double)(1ull << 46))
+        return epx__error(EPX_ERR_RANGE,
+                          "moe: %d ranks x %lld tokens x %zu-byte rows need a "
+                          "window beyond what one engine can address; lower "
+                          "max_tokens_per_rank", m->R, (long long)m->maxT,
+                          m->row_bytes);
+    return EPX_OK;
+}
+
+/* tmpfs commits pages as they are written: a window larger than /dev/shm
+ * fails only when it fills up (SIGBUS).  Say so up front. */
+static void warn_shm_space(const epx_moe_t *m)
+{
+    struct statvfs v;
+    if (statvfs("/dev/shm", &v) != 0)
+        return;
+    double avail = (double)v.f_bavail * (double)v.f_frsize;
+    double worst = (double)m->off.total * m->R;   /* every rank here */
+    if (worst > avail && m->rank == 0)
+        EPX_LOG(EPX_LOG_WARN, "moe", m->rank,
+                "the engines' windows may grow to %.1f GiB but /dev/shm has "
+                "%.1f GiB free: a dispatch that fills it kills the process "
+                "(SIGBUS); enlarge /dev/shm or lower max_tokens_per_rank",
+                worst / (1 << 30), avail / (1 << 30));
 }
 
 epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
@@ -125,7 +156,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->esize = epx_dtype_size(params->dtype);
         m->row_bytes = m->esize * (size_t)m->H;
         m->maxdest = m->K < m->R ? m->K : m->R;
-        m->blk_ints = 2 + m->E + m->R;
+        m->blk_ints = MOE_BLK_HDR + m->E + m->R + 1;
         m->ent_ints = 3 + m->K;
         m->e2r = malloc(sizeof(int32_t) * (size_t)m->E);
         m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
@@ -150,7 +181,9 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         for (int e = m->first[r]; e < m->first[r + 1]; e++)
             m->e2r[e] = r;
-    plan_window(m);
+    if ((st = plan_window(m)) != EPX_OK)
+        goto err_free;
+    warn_shm_space(m);
     if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
         goto err_free;
     m->direct = 1;
@@ -175,6 +208,7 @@ void epx_moe_destroy(epx_moe_t *m)
     if (!m)
         return;
     epx__win_destroy(m->win);
+    moe_handle_free(m->spare);
     free(m->e2r);
     free(m->first);
     free(m->blk);

@@ -71,11 +71,21 @@ uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a)
     return h;
 }
 
+/* Handles are sized for max_tokens_per_rank, so the engine can keep one
+ * released handle and hand it out again: no allocation per dispatch in the
+ * usual dispatch / combine / release loop. */
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
 {
-    epx_handle_t *h = calloc(1, sizeof(*h));
+    epx_handle_t *h = m->spare;
+    if (h) {
+        m->spare = NULL;
+        h->T = T;
+        h->dispatched = 0;
+        return h;
+    }
+    h = calloc(1, sizeof(*h));
     int nl = moe_nlocal(m, m->rank);
-    size_t t = (size_t)(T > 0 ? T : 1);
+    size_t t = (size_t)(m->p.max_tokens_per_rank > 0 ? m->p.max_tokens_per_rank : 1);
     if (!h)
         return NULL;
     h->moe = m;
@@ -88,12 +98,27 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->offsets = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
     h->ebase = malloc(sizeof(int64_t) * (size_t)m->E);
-    if (!h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest || !h->retbase || !h->counts ||
-        !h->offsets) {
-        epx_handle_release(h);
+    if (!h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
+        !h->retbase || !h->counts || !h->offsets) {
+        moe_handle_free(h);
         return NULL;
     }
     return h;
+}
+
+void moe_handle_free(epx_handle_t *h)
+{
+    if (!h)
+        return;
+    free(h->idx);
+    free(h->ndest);
+    free(h->dest);
+    free(h->retbase);
+    free(h->counts);
+    free(h->offsets);
+    free(h->entbase);
+    free(h->ebase);
+    free(h);
 }
 
 /* Fills h's send side and m->blk (counts per expert, per destination);
@@ -102,7 +127,7 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h)
 {
     const int K = m->K, E = m->E;
-    int32_t *cnt_e = m->blk + 2, *cnt_r = m->blk + 2 + E;
+    int32_t *cnt_e = m->blk + MOE_BLK_HDR, *cnt_r = m->blk + MOE_BLK_HDR + E;
     memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
     int64_t slot = 0;
     for (int64_t t = 0; t < h->T; t++) {

@@ -3,8 +3,12 @@
  *
  * Window of each rank (offsets in epx_moe.off, sized for the worst case but
  * sparse, so memory follows the tokens actually received):
- *   counts   [2][R][2+E+R] int32  per source: status, cached, tokens per expert,
- *                                 tokens per destination rank (parity of call)
+ *   counts   [2][R][3+E+R+1] int32 per source (parity of call): status,
+ *                                 cached, handle's call, tokens per expert,
+ *                                 tokens per destination rank, and last a
+ *                                 sequence word (call + 1) written after
+ *                                 the rest, so a reader knows the block is
+ *                                 this call's and complete
  *   status   [2][R] int32         combine-phase status per source (parity)
  *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
  *                                 number of local rows, rows (expert-major)
@@ -23,6 +27,9 @@
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
 enum { MOE_ST_COMB = 0 };
+/* Count block header words; the counts follow, the sequence word ends it. */
+enum { MOE_BLK_STATUS = 0, MOE_BLK_CACHED = 1, MOE_BLK_HANDLE = 2,
+       MOE_BLK_HDR = 3 };
 /* Combine status words >= 0 also say how the sender left its outputs. */
 enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
@@ -39,14 +46,16 @@ struct epx_moe {
     int32_t *e2r;              /* [E] owning rank */
     int32_t *first;            /* [R+1] first expert of each rank */
     int maxdest;               /* min(K, R): destinations per token at most */
-    int blk_ints;              /* 2 + E + R */
+    int blk_ints;              /* MOE_BLK_HDR + E + R + 1 (sequence word) */
     int ent_ints;              /* 3 + K */
     int64_t maxT, max_entries, max_rows;
     moe_offsets_t off;
     epx_win_t *win;
     uint64_t n_counts, n_data, n_comb;   /* phases done: signal targets */
     int state;
+    int broken;                /* a wait failed: peers are out of step */
     epx_handle_t *cur;         /* handle of the call in flight */
+    epx_handle_t *spare;       /* a released handle, kept for reuse */
     /* setup-time scratch, reused by every call */
     int32_t *blk;              /* [blk_ints] this rank's count block */
     int64_t *entcur;           /* [R] next entry index at each destination */
@@ -74,6 +83,7 @@ struct epx_handle {
     int64_t nent, nrows;
     int64_t *counts, *offsets; /* [nlocal] */
     int dispatched;            /* a dispatch completed with this routing */
+    uint64_t call;             /* count exchange of its (uncached) dispatch */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
@@ -106,8 +116,10 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h);
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
+void moe_handle_free(epx_handle_t *h);
 /* dispatch.c / combine.c */
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);
+epx_status_t moe_check_usable(const epx_moe_t *m, const char *what);
 
 #endif /* EPX_MOE_H */

@@ -114,6 +114,46 @@ static void barrier_times_out_env(void **state)
     assert_int_equal(st, EPX_OK);
 }
 
+static int nothing_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    return epx_comm_barrier(comm) == EPX_OK ? 0 : 1;
+}
+
+static int one_rank_allgather(void *ctx, const void *send, void *recv,
+                              size_t bytes)
+{
+    (void)ctx;
+    memcpy(recv, send, bytes);
+    return 0;
+}
+
+/* EPX_TIMEOUT must be a positive finite number; a huge one means "wait
+ * long", not an immediate timeout from an overflowed deadline. */
+static void timeout_values(void **state)
+{
+    (void)state;
+    const char *bad[] = { "nan", "-1", "0", "inf", "soon" };
+    epx_comm_params_t p = EPX_COMM_PARAMS_INIT;
+    p.bootstrap = EPX_BOOTSTRAP_ALLGATHER;
+    p.rank = 0;
+    p.nranks = 1;
+    p.allgather = one_rank_allgather;
+    epx_comm_t *c = NULL;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("EPX_TIMEOUT", bad[i], 1);
+        assert_int_equal(epx_comm_create(&p, &c), EPX_ERR_INVALID);
+        assert_null(c);
+        assert_non_null(strstr(epx_last_error(), "EPX_TIMEOUT"));
+    }
+    setenv("EPX_TIMEOUT", "1e12", 1);
+    assert_int_equal(epx_comm_create(&p, &c), EPX_OK);
+    assert_int_equal(epx_comm_barrier(c), EPX_OK);
+    epx_comm_destroy(c);
+    unsetenv("EPX_TIMEOUT");
+    assert_int_equal(epxt_launch(2, 1e12, nothing_rank, NULL, NULL), EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_comm");
@@ -125,6 +165,7 @@ int main(void)
         cmocka_unit_test(barrier_8),
         cmocka_unit_test(barrier_times_out),
         cmocka_unit_test(barrier_times_out_env),
+        cmocka_unit_test(timeout_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/epx_test.h"
 
@@ -143,6 +146,53 @@ static void bad_arguments(void **state)
     assert_int_equal(epx_launch_local(2, NULL, nothing, NULL, NULL), EPX_OK);
 }
 
+/* A rank returning a multiple of 256 still failed (exit codes are 8 bits). */
+static int return_256(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    return epx_comm_rank(comm) == 1 ? 256 : 0;
+}
+
+static void wide_return_code_is_failure(void **state)
+{
+    (void)state;
+    int bad = -1;
+    assert_int_equal(epx_launch_local(2, NULL, return_256, NULL, &bad),
+                     EPX_ERR_PEER);
+    assert_int_equal(bad, 1);
+}
+
+static int fail_rank1(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    return epx_comm_rank(comm) == 1 ? 3 : 0;
+}
+
+/* The launcher reaps only its ranks, and still sees their status when the
+ * caller ignores SIGCHLD. */
+static void callers_children_and_sigchld(void **state)
+{
+    (void)state;
+    pid_t mine = fork();
+    if (mine == 0)
+        _exit(42);
+    assert_true(mine > 0);
+    assert_int_equal(epx_launch_local(2, NULL, nothing, NULL, NULL), EPX_OK);
+    int status;
+    assert_int_equal(waitpid(mine, &status, 0), mine);   /* not stolen */
+    assert_int_equal(WEXITSTATUS(status), 42);
+
+    struct sigaction ign = { .sa_handler = SIG_IGN }, old;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGCHLD, &ign, &old);
+    int bad = -1;
+    epx_status_t st = epx_launch_local(2, NULL, fail_rank1, NULL, &bad);
+    sigaction(SIGCHLD, &old, NULL);
+    assert_int_equal(st, EPX_ERR_PEER);
+    assert_int_equal(bad, 1);
+    assert_non_null(strstr(epx_last_error(), "status 3"));
+}
+
 int main(void)
 {
     epxt_init("test_launcher");
@@ -152,6 +202,8 @@ int main(void)
         cmocka_unit_test(killed_rank_reported),
         cmocka_unit_test(crashed_rank_reported),
         cmocka_unit_test(bad_arguments),
+        cmocka_unit_test(wide_return_code_is_failure),
+        cmocka_unit_test(callers_children_and_sigchld),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

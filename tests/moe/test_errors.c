@@ -282,7 +282,7 @@ static int state_rank(epx_comm_t *comm, void *arg)
     moe_input_t in;
     CHECK_CALL(moe_input_make(&m, m.rank, 7, 7, &in));
     epx_dispatch_args_t a = moe_input_args(&m, &in);
-    epx_recv_t rv;
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
     memset(&rv, 0, sizeof(rv));
     rv.struct_size = sizeof(rv);
     epx_handle_t *h = NULL;
@@ -369,7 +369,7 @@ static int absent_peer_rank(epx_comm_t *comm, void *arg)
     double t0 = epxt_now();
     epx_status_t st = epx_dispatch_send(m.moe, &a, &h);
     if (st == EPX_OK) {
-        epx_recv_t rv;
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
         memset(&rv, 0, sizeof(rv));
         rv.struct_size = sizeof(rv);
         st = epx_dispatch_recv(m.moe, h, &rv);

@@ -291,9 +291,16 @@ static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
     }
 }
 
+/* Orders the puts before it against the ones after it (streaming stores
+ * are weakly ordered; plain stores already are in order on x86). */
 static epx_status_t shm_flush(epx_win_t *win, int peer)
 {
-    (void)win; (void)peer;   /* stores are visible once they retire */
+    (void)win; (void)peer;
+#if defined(__x86_64__)
+    _mm_sfence();
+#else
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
     return EPX_OK;
 }
 
