@@ -1,8 +1,9 @@
 /*
  * epx-topo --dot and --svg: the map as a Graphviz graph.  One cluster per
  * host holding its CPUs, GPUs, NVSwitches and NICs; explicit links as
- * labelled edges; an object attached to a CPU without a link to it gets
- * a dotted edge.  GPU-NVSwitch NVLinks (18 per GPU on an NVL72) are drawn
+ * labelled edges; an object attached to a CPU gets a dotted edge to it
+ * unless a link (to the CPU, or from a NIC to a GPU of that CPU) shows
+ * where it sits.  GPU-NVSwitch NVLinks (18 per GPU on an NVL72) are drawn
  * as one edge from each GPU to a node per NVLink domain, and NICs of a
  * multi-host map meet at one "network" node, so big systems stay legible.
  */
@@ -81,6 +82,20 @@ static int linked(const epx_topo_t *t, int a, int b)
     return 0;
 }
 
+/* Is `i` linked to a GPU attached to CPU `cpu`?  Then that GPU's edge to
+ * the CPU already shows where `i` sits. */
+static int linked_gpu_on(const epx_topo_t *t, int i, int cpu)
+{
+    for (int k = 0; k < epx_topo_num_links(t); k++) {
+        const epx_topo_link_t *l = epx_topo_link(t, k);
+        int p = l->a == i ? l->b : l->b == i ? l->a : -1;
+        if (p >= 0 && epx_topo_obj(t, p)->kind == EPX_TOPO_GPU &&
+            epx_topo_obj(t, p)->cpu == cpu)
+            return 1;
+    }
+    return 0;
+}
+
 /* A GPU-NVSwitch NVLink (drawn through the domain node)? */
 static int gpu_switch(const epx_topo_t *t, const epx_topo_link_t *l)
 {
@@ -110,7 +125,9 @@ int tool_view_dot(const tool_map_t *m, FILE *out)
     put_q(out, epx_topo_name(t));
     fprintf(out, " {\n  graph [fontname=\"Helvetica\", label=");
     put_q(out, epx_topo_name(t));
-    fprintf(out, ", labelloc=t];\n"
+    /* left to right: CPUs, GPUs, NICs, then the domain and network nodes;
+     * hosts stack downwards, so a rack of 18 trays stays one column */
+    fprintf(out, ", labelloc=t, rankdir=LR];\n"
                  "  node [fontname=\"Helvetica\", shape=box, style=\"rounded,filled\"];\n"
                  "  edge [fontname=\"Helvetica\", fontsize=10];\n");
     for (int hp = 0; hp < m->nhosts; hp++) {
@@ -169,7 +186,8 @@ int tool_view_dot(const tool_map_t *m, FILE *out)
         const epx_topo_obj_t *o = epx_topo_obj(t, i);
         if (o->kind == EPX_TOPO_HOST || o->kind == EPX_TOPO_CPU)
             continue;
-        if (o->cpu >= 0 && !linked(t, i, o->cpu))
+        if (o->cpu >= 0 && !linked(t, i, o->cpu) &&
+            (o->kind == EPX_TOPO_GPU || !linked_gpu_on(t, i, o->cpu)))
             fprintf(out, "  o%d -- o%d [style=dotted];\n", o->cpu, i);
         if (o->kind == EPX_TOPO_GPU && o->domain >= 0) {
             fprintf(out, "  o%d -- d%d [label=\"NV", i, o->domain);
