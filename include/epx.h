@@ -174,7 +174,8 @@ typedef struct epx_topo_obj {
     const char *arch;        /* "hopper", "blackwell", or NULL */
     int tray, slot;          /* compute tray / slot in the rack, -1 unknown */
     int domain;              /* NVLink domain (epx_topo_domain), -1 none */
-    int clique;              /* clique within the domain, -1 none */
+    int clique;              /* clique within the domain, numbered 0.. in
+                                order of appearance; -1 none */
     int nvlinks;             /* active NVLink links */
     double nvlink_gbs;       /* NVLink bandwidth of the GPU, all links */
     /* NIC */

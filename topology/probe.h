@@ -32,7 +32,7 @@ double epx__topo_nvlink_link_gbs(const char *arch);
 
 /* ------------------------------------------------------------------ NVML */
 
-#define EPX_NVML_MAX_LINKS 18          /* NVML_NVLINK_MAX_LINKS */
+#define EPX_NVML_MAX_LINKS 36          /* NVML_NVLINK_MAX_LINKS (NVML 13) */
 
 typedef struct topo_nvml_link {
     int active;
@@ -58,7 +58,7 @@ typedef struct topo_nvml_gpu {
     unsigned clique;
     unsigned health_mask;
     int health_summary;                /* v3 only; -1 unknown */
-    /* platform (nvmlDeviceGetPlatformInfo) */
+    /* platform (nvmlDeviceGetPlatformInfo): slot is the chassis slot */
     int has_platform;
     int slot, tray, host_id, module_id;
     char chassis[33];                  /* chassis serial, hex */

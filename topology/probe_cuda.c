@@ -231,7 +231,9 @@ epx_status_t epx__topo_probe_cuda(epx_topo_t *t, int host)
     topo_cuda_info_t info;
     epx_status_t st = epx__topo_cuda_query("libcuda.so.1", &info);
     if (st == EPX_ERR_UNSUPPORTED) {
-        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s", epx_last_error());
+        const char *why = epx_last_error();
+        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s",
+                strncmp(why, "topo: ", 6) ? why : why + 6);
         epx__error_clear();
         return EPX_OK;
     }

@@ -4,10 +4,11 @@
  * and the platform (tray, slot), through libnvidia-ml loaded at run time.
  *
  * No nvml.h: the few types and constants used are declared below with the
- * values of NVIDIA's public nvml.h (NVML API version 12; the fabric v3 and
- * platform structs from the CUDA 12.8+ headers), checked by static asserts
- * where a layout matters.  Every symbol is looked up on its own so an older
- * driver that lacks one loses only what that symbol reports.
+ * values of NVIDIA's public nvml.h (NVML API version 12 and 13; the same
+ * sizes, offsets and constants as NVIDIA's nvidia-ml-py 13 bindings give),
+ * with static asserts where a layout matters.  Every symbol is looked up
+ * on its own so an older driver that lacks one loses only what that symbol
+ * reports.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -110,12 +111,14 @@ _Static_assert(NVML_VERSION(nvml_fabric_v3_t, 3) == 0x03000028u,
 _Static_assert(sizeof(nvml_platform_t) == 44, "nvmlPlatformInfo_v2_t layout");
 
 /* Health mask fields: shift and (two- or four-bit) mask, from the
- * NVML_GPU_FABRIC_HEALTH_MASK_* macros.  The CUDA 12.4 header gave the
- * degraded-bandwidth field a width of 0x11; later headers use 0x3. */
+ * NVML_GPU_FABRIC_HEALTH_MASK_* macros of the newest headers (NVML 13; the
+ * CUDA 12.4 header gave the degraded-bandwidth field a width of 0x11,
+ * later ones 0x3).  Values: 0 not supported, then TRUE/FALSE or the named
+ * states. */
 static const struct {
     const char *name;
     unsigned shift, mask;
-    const char *const val[6];
+    const char *const val[9];
 } health_fields[] = {
     { "degraded-bw", 0, 0x3, { "n/a", "yes", "no" } },
     { "route-recovery", 2, 0x3, { "n/a", "yes", "no" } },
@@ -123,7 +126,10 @@ static const struct {
     { "access-timeout-recovery", 6, 0x3, { "n/a", "yes", "no" } },
     { "config", 8, 0xf, { "n/a", "ok", "incorrect-sysguid",
                           "incorrect-chassis-sn", "no-partition",
-                          "insufficient-nvlinks" } },
+                          "insufficient-nvlinks", "incompatible-gpu-fw",
+                          "invalid-location", "gpu-state-invalid" } },
+    { "partition-assigned", 12, 0x3, { "n/a", "yes", "no" } },
+    { "fabric-manager", 14, 0x3, { "n/a", "connected", "disconnected" } },
 };
 
 const char *epx__topo_fabric_state_str(int state)
@@ -142,7 +148,7 @@ void epx__topo_fabric_health_str(unsigned mask, int summary, char *buf,
     buf[0] = 0;
     for (size_t i = 0; i < sizeof(health_fields) / sizeof(health_fields[0]); i++) {
         unsigned v = (mask >> health_fields[i].shift) & health_fields[i].mask;
-        const char *name = v < 6 ? health_fields[i].val[v] : NULL;
+        const char *name = v < 9 ? health_fields[i].val[v] : NULL;
         int w = name ? snprintf(buf + at, len - at, "%s%s=%s", at ? " " : "",
                                 health_fields[i].name, name)
                      : snprintf(buf + at, len - at, "%s%s=%u", at ? " " : "",
@@ -465,9 +471,13 @@ static epx_status_t apply_gpus(epx_topo_t *t, int host,
             return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
         o->nvlinks = active_links(&g[k]);
         o->nvlink_gbs = o->nvlinks * per_link_gbs(o, &g[k]);
+        /* The map's tray is the compute tray of the rack (NVML's trayIndex,
+         * from 0), its slot the GPU's place in the tray: NVML's moduleId
+         * counts from 1.  NVML's slotNumber is the chassis slot, switch
+         * trays included: logged only. */
         if (g[k].has_platform) {
             o->tray = g[k].tray;
-            o->slot = g[k].slot;
+            o->slot = g[k].module_id >= 1 ? g[k].module_id - 1 : -1;
         }
     }
     return EPX_OK;
@@ -617,8 +627,8 @@ static void log_gpu(const epx_topo_t *t, const topo_nvml_gpu_t *x, int obj)
     const epx_topo_obj_t *o = &t->objs[obj];
     EPX_LOG(EPX_LOG_INFO, "topo", -1,
             "nvml: %s %s (%s): %s, %d/%d NVLinks active (version %u, "
-            "%.1f GB/s), fabric v%d %s clique %u %s, tray %d slot %d host %d "
-            "module %d chassis %s", o->name, x->pci, x->name,
+            "%.1f GB/s), fabric v%d %s clique %u %s, tray %d chassis slot %d "
+            "host %d module %d chassis %s", o->name, x->pci, x->name,
             o->arch ? o->arch : "?", active_links(x), x->nlinks, version,
             o->nvlink_gbs, x->fabric_version,
             epx__topo_fabric_state_str(x->fabric_state), x->clique, health,
@@ -653,7 +663,9 @@ epx_status_t epx__topo_probe_nvml(epx_topo_t *t, int host)
     int n;
     epx_status_t st = epx__topo_nvml_query("libnvidia-ml.so.1", &g, &n);
     if (st == EPX_ERR_UNSUPPORTED) {
-        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s", epx_last_error());
+        const char *why = epx_last_error();
+        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s",
+                strncmp(why, "topo: ", 6) ? why : why + 6);
         epx__error_clear();
         return EPX_OK;
     }

@@ -21,6 +21,8 @@ static const epx_setting_t settings[] = {
       "env bootstrap: secret every joining rank must present" },
     { "EPX_TOPO_FILE", "",
       "system description (name in topology/systems or path) used instead of probing" },
+    { "EPX_SYSTEMS_DIR", "",
+      "directory searched first for system descriptions named by EPX_TOPO_FILE" },
     { "EPX_SPIN", "2000",
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",

@@ -6,11 +6,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
 #include "common/epx_test.h"
+#include "util/util.h"
 #include "topology/model.h"
 
 /* Host `name`: 2 CPUs, `ngpu` GPUs (half per CPU) in NVLink domain `dom`

@@ -398,17 +398,22 @@ static void nvml_nvl72_fabric(void **state)
     assert_true(d->nvlink_gbs == 900);                  /* 18 x 50 GB/s */
     const epx_topo_obj_t *o = named(t, h, "gpu0");
     assert_int_equal(o->tray, 5);
-    assert_int_equal(o->slot, 12);
+    assert_int_equal(o->slot, 0);                       /* module 1 */
+    assert_int_equal(named(t, h, "gpu2")->slot, 2);
     assert_int_equal(o->domain, 0);
     assert_int_equal(o->clique, 0);
     assert_int_equal(named(t, h, "gpu3")->domain, -1);  /* not registered yet */
     char s[256];
     epx__topo_fabric_health_str(0x1aa, 1, s, sizeof(s));
     assert_string_equal(s, "degraded-bw=no route-recovery=no route-unhealthy=no "
-                           "access-timeout-recovery=no config=ok summary=healthy");
-    epx__topo_fabric_health_str(0x1 | 0x3 << 4 | 5 << 8, -1, s, sizeof(s));
+                           "access-timeout-recovery=no config=ok "
+                           "partition-assigned=n/a fabric-manager=n/a "
+                           "summary=healthy");
+    epx__topo_fabric_health_str(0x1 | 0x3 << 4 | 5 << 8 | 1 << 12 | 2 << 14, -1,
+                                s, sizeof(s));
     assert_string_equal(s, "degraded-bw=yes route-recovery=n/a route-unhealthy=3 "
-                           "access-timeout-recovery=n/a config=insufficient-nvlinks");
+                           "access-timeout-recovery=n/a config=insufficient-nvlinks "
+                           "partition-assigned=yes fabric-manager=disconnected");
     epx_topo_destroy(t);
 }
 
@@ -448,6 +453,84 @@ static void nvml_direct_pair(void **state)
     assert_int_equal(epx_topo_domain(t, 0)->num_members, 2);
     assert_int_equal(named(t, h, "gpu2")->domain, -1);
     epx_topo_destroy(t);
+}
+
+/* A probed map (fixture plus NVML records) written as a description
+ * loads back to the same map. */
+static void export_round_trip(void **state)
+{
+    (void)state;
+    static const char *const files[] = { DATA "hgx-h100.xml",
+                                         DATA "nvl72-tray.xml" };
+    for (int f = 0; f < 2; f++) {
+        int h;
+        epx_topo_t *t = load_fixture(files[f], &h);
+        topo_nvml_gpu_t g[8];
+        int n = 0;
+        for (int i = 0; i < epx_topo_num_objs(t); i++) {
+            const epx_topo_obj_t *o = epx_topo_obj(t, i);
+            if (o->kind != EPX_TOPO_GPU)
+                continue;
+            static const char *const nowhere[] = { "" };
+            static const int all[] = { 18 };
+            g[n] = gpu_record(n, o->pci, f ? "NVIDIA GB200" : "NVIDIA H100 80GB HBM3");
+            set_links(&g[n], 2, nowhere, all, 1);
+            if (f) {
+                g[n].fabric_state = TOPO_FABRIC_COMPLETED;
+                g[n].cluster_uuid[0] = 0x5a;
+                g[n].clique = 7;
+                g[n].has_platform = 1;
+                g[n].tray = 3;
+                g[n].module_id = n + 1;
+            }
+            n++;
+        }
+        assert_int_equal(epx__topo_nvml_apply(t, h, g, n), EPX_OK);
+        assert_int_equal(epx__topo_finish(t), EPX_OK);
+        char path[] = "/tmp/epx-probe-XXXXXX";
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        close(fd);
+        if (epx_topo_export(t, path) != EPX_OK)
+            fail_msg("export: %s", epx_last_error());
+        epx_topo_t *b = NULL;
+        epx_status_t st = epx_topo_load(path, &b);
+        unlink(path);
+        if (st != EPX_OK)
+            fail_msg("load: %s", epx_last_error());
+        assert_int_equal(epx_topo_num_objs(b), epx_topo_num_objs(t));
+        assert_int_equal(epx_topo_num_links(b), epx_topo_num_links(t));
+        assert_int_equal(epx_topo_num_domains(b), epx_topo_num_domains(t));
+        for (int i = 0; i < epx_topo_num_objs(t); i++) {
+            const epx_topo_obj_t *x = epx_topo_obj(t, i), *y = epx_topo_obj(b, i);
+            assert_int_equal(x->kind, y->kind);
+            assert_string_equal(x->name, y->name);
+            assert_int_equal(x->cpu, y->cpu);
+            assert_int_equal(x->domain, y->domain);
+            assert_int_equal(x->clique, y->clique);
+            assert_int_equal(x->tray, y->tray);
+            assert_int_equal(x->slot, y->slot);
+            assert_true(x->nvlink_gbs == y->nvlink_gbs);
+            assert_true(x->memory_bytes == y->memory_bytes);
+            if (x->pci || y->pci)
+                assert_string_equal(x->pci, y->pci);
+            if (x->model || y->model)
+                assert_string_equal(x->model, y->model);
+        }
+        for (int i = 0; i < epx_topo_num_links(t); i++) {
+            const epx_topo_link_t *x = epx_topo_link(t, i), *y = epx_topo_link(b, i);
+            assert_int_equal(x->a, y->a);
+            assert_int_equal(x->b, y->b);
+            assert_int_equal(x->cls, y->cls);
+            assert_int_equal(x->count, y->count);
+            assert_true(x->bw_gbs == y->bw_gbs);
+        }
+        for (int d = 0; d < epx_topo_num_domains(t); d++)
+            assert_string_equal(epx_topo_domain(t, d)->id,
+                                epx_topo_domain(b, d)->id);
+        epx_topo_destroy(b);
+        epx_topo_destroy(t);
+    }
 }
 
 /* ---- CUDA records into the map */
@@ -595,6 +678,7 @@ int main(void)
         cmocka_unit_test(nvml_hgx_switches),
         cmocka_unit_test(nvml_nvl72_fabric),
         cmocka_unit_test(nvml_direct_pair),
+        cmocka_unit_test(export_round_trip),
         cmocka_unit_test(cuda_records),
         cmocka_unit_test(nvml_here),
         cmocka_unit_test(cuda_here),
