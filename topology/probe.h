@@ -17,6 +17,9 @@
 /* "dddd:bb:dd.f" in lower case (hwloc's form) from hwloc's, NVML's
  * ("00000000:1B:00.0") or a bare "bb:dd.f"; 0, or -1 when unparsable or
  * the domain exceeds 16 bits (as hwloc's default build does). */
+/* dlsym into a function pointer (POSIX: the same representation as
+ * void *); the symbol, or NULL. */
+void *epx__topo_dlsym(void *lib, void *fn, const char *name);
 int epx__topo_pci_norm(const char *in, char out[16]);
 /* Object of `kind` on `host` whose bus id is `pci` (normalized), or -1. */
 int epx__topo_find_pci(const epx_topo_t *t, int host, epx_topo_kind_t kind,

@@ -1,4 +1,5 @@
 /* Helpers the probes share: PCI bus ids, lookups, architecture names. */
+#include <dlfcn.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -89,4 +90,11 @@ double epx__topo_nvlink_link_gbs(const char *arch)
     if (!strcmp(arch, "blackwell"))
         return 50;
     return 0;
+}
+
+void *epx__topo_dlsym(void *lib, void *fn, const char *name)
+{
+    void *p = dlsym(lib, name);
+    memcpy(fn, &p, sizeof(p));
+    return p;
 }

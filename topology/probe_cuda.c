@@ -51,15 +51,6 @@ static const char *errstr(const cuda_t *a, cu_result_t r)
     return s;
 }
 
-/* dlsym into a function pointer (POSIX: the same representation as
- * void *); the symbol, or NULL. */
-static void *sym(void *lib, void *fn, const char *name)
-{
-    void *p = dlsym(lib, name);
-    memcpy(fn, &p, sizeof(p));
-    return p;
-}
-
 static epx_status_t load(cuda_t *a, const char *lib)
 {
     memset(a, 0, sizeof(*a));
@@ -72,12 +63,12 @@ static epx_status_t load(cuda_t *a, const char *lib)
     };
     void *fn[] = { &a->init, &a->count, &a->get, &a->attr };
     for (int i = 0; i < 4; i++)
-        if (!sym(a->lib, fn[i], need[i]))
+        if (!epx__topo_dlsym(a->lib, fn[i], need[i]))
             missing = need[i];
-    (void)sym(a->lib, &a->name, "cuDeviceGetName");
-    (void)sym(a->lib, &a->mem, "cuDeviceTotalMem_v2");
-    (void)sym(a->lib, &a->peer, "cuDeviceCanAccessPeer");
-    (void)sym(a->lib, &a->error_string, "cuGetErrorString");
+    (void)epx__topo_dlsym(a->lib, &a->name, "cuDeviceGetName");
+    (void)epx__topo_dlsym(a->lib, &a->mem, "cuDeviceTotalMem_v2");
+    (void)epx__topo_dlsym(a->lib, &a->peer, "cuDeviceCanAccessPeer");
+    (void)epx__topo_dlsym(a->lib, &a->error_string, "cuGetErrorString");
     if (missing) {
         dlclose(a->lib);
         return epx__error(EPX_ERR_UNSUPPORTED, "topo: cuda: %s has no %s", lib,

@@ -191,15 +191,6 @@ static const char *errstr(const nvml_t *a, nvml_ret_t r)
     return s ? s : "error";
 }
 
-/* dlsym into a function pointer (POSIX: the same representation as
- * void *); the symbol, or NULL. */
-static void *sym(void *lib, void *fn, const char *name)
-{
-    void *p = dlsym(lib, name);
-    memcpy(fn, &p, sizeof(p));
-    return p;
-}
-
 static epx_status_t load(nvml_t *a, const char *lib)
 {
     memset(a, 0, sizeof(*a));
@@ -213,19 +204,19 @@ static epx_status_t load(nvml_t *a, const char *lib)
     };
     void *fn[] = { &a->init, &a->shutdown, &a->count, &a->handle, &a->pci };
     for (int i = 0; i < 5; i++)
-        if (!sym(a->lib, fn[i], need[i]))
+        if (!epx__topo_dlsym(a->lib, fn[i], need[i]))
             missing = need[i];
-    (void)sym(a->lib, &a->error_string, "nvmlErrorString");
-    (void)sym(a->lib, &a->name, "nvmlDeviceGetName");
-    (void)sym(a->lib, &a->memory, "nvmlDeviceGetMemoryInfo");
-    (void)sym(a->lib, &a->arch, "nvmlDeviceGetArchitecture");
-    (void)sym(a->lib, &a->link_state, "nvmlDeviceGetNvLinkState");
-    (void)sym(a->lib, &a->link_version, "nvmlDeviceGetNvLinkVersion");
-    (void)sym(a->lib, &a->link_remote_type, "nvmlDeviceGetNvLinkRemoteDeviceType");
-    (void)sym(a->lib, &a->link_remote_pci, "nvmlDeviceGetNvLinkRemotePciInfo_v2");
-    (void)sym(a->lib, &a->fields, "nvmlDeviceGetFieldValues");
-    (void)sym(a->lib, &a->fabric, "nvmlDeviceGetGpuFabricInfoV");
-    (void)sym(a->lib, &a->platform, "nvmlDeviceGetPlatformInfo");
+    (void)epx__topo_dlsym(a->lib, &a->error_string, "nvmlErrorString");
+    (void)epx__topo_dlsym(a->lib, &a->name, "nvmlDeviceGetName");
+    (void)epx__topo_dlsym(a->lib, &a->memory, "nvmlDeviceGetMemoryInfo");
+    (void)epx__topo_dlsym(a->lib, &a->arch, "nvmlDeviceGetArchitecture");
+    (void)epx__topo_dlsym(a->lib, &a->link_state, "nvmlDeviceGetNvLinkState");
+    (void)epx__topo_dlsym(a->lib, &a->link_version, "nvmlDeviceGetNvLinkVersion");
+    (void)epx__topo_dlsym(a->lib, &a->link_remote_type, "nvmlDeviceGetNvLinkRemoteDeviceType");
+    (void)epx__topo_dlsym(a->lib, &a->link_remote_pci, "nvmlDeviceGetNvLinkRemotePciInfo_v2");
+    (void)epx__topo_dlsym(a->lib, &a->fields, "nvmlDeviceGetFieldValues");
+    (void)epx__topo_dlsym(a->lib, &a->fabric, "nvmlDeviceGetGpuFabricInfoV");
+    (void)epx__topo_dlsym(a->lib, &a->platform, "nvmlDeviceGetPlatformInfo");
     if (missing) {
         dlclose(a->lib);
         a->lib = NULL;

@@ -133,18 +133,26 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
     return st;
 }
 
-epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
-                              const epx_combine_args_t *a)
+/* Arguments and call order shared by both halves of combine. */
+static epx_status_t combine_enter(const epx_moe_t *m, const epx_handle_t *h,
+                                  int want, const char *order)
 {
     if (!m || !h || h->moe != m)
         return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
                           "handle of another engine");
     epx_status_t st = moe_check_usable(m, "combine");
+    if (st == EPX_OK && (m->state != want || m->cur != h))
+        st = epx__error(EPX_ERR_STATE, "combine: %s", order);
+    return st;
+}
+
+epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
+                              const epx_combine_args_t *a)
+{
+    epx_status_t st = combine_enter(m, h, MOE_RECEIVED,
+                                    "no received dispatch for this handle");
     if (st != EPX_OK)
         return st;
-    if (m->state != MOE_RECEIVED || m->cur != h)
-        return epx__error(EPX_ERR_STATE,
-                          "combine: no received dispatch for this handle");
     /* A bad argument is this rank's own business: nothing is sent, the
      * handle stays as it was and the call can be retried (peers wait in
      * their combine_recv meanwhile). */
@@ -212,15 +220,10 @@ static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
 
 epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 {
-    if (!m || !h || h->moe != m)
-        return epx__error(EPX_ERR_INVALID, "combine: engine or handle NULL, or "
-                          "handle of another engine");
-    epx_status_t st = moe_check_usable(m, "combine");
+    epx_status_t st = combine_enter(m, h, MOE_COMBINING,
+                                    "recv without a matching combine_send");
     if (st != EPX_OK)
         return st;
-    if (m->state != MOE_COMBINING || m->cur != h)
-        return epx__error(EPX_ERR_STATE,
-                          "combine: recv without a matching combine_send");
     /* Checked before anything is consumed, so the call can be retried. */
     epx_status_t bad = out
         ? moe_check_tensor(out, "combine", "out",
