@@ -182,6 +182,9 @@ typedef struct epx_topo_obj {
     double nvlink_gbs;       /* NVLink bandwidth of the GPU, all links */
     /* NIC */
     double nic_gbs;          /* line rate (400 Gb/s = 50 GB/s) */
+    /* GPU */
+    const char *chassis;     /* chassis (rack) serial from the platform
+                                info, or NULL */
 } epx_topo_obj_t;
 
 typedef struct epx_topo_link {

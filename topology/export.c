@@ -217,6 +217,8 @@ static json_t *object_json(const epx_topo_t *t, int i)
         ok = put(j, "model", json_string(o->model));
     if (ok && o->arch)
         ok = put(j, "arch", json_string(o->arch));
+    if (ok && o->chassis)
+        ok = put(j, "chassis", json_string(o->chassis));
     if (ok && o->pci)
         ok = put(j, "pci", json_string(o->pci));
     if (ok && o->memory_bytes) {

@@ -350,7 +350,8 @@ static epx_status_t join_domain(ld_t *ld, int gpu, const char *path,
 static const char *const common_keys[] = {
     "kind", "name", "model", "pci", "memory_gb", "memory_bytes", "os_index",
     "cpu", NULL };
-static const char *const gpu_keys[] = { "arch", "tray", "slot", "nvlink", NULL };
+static const char *const gpu_keys[] = { "arch", "tray", "slot", "chassis",
+                                         "nvlink", NULL };
 static const char *const nic_keys[] = { "gbit", "gbs", NULL };
 static const char *const nvlink_keys[] = { "links", "gbs", "total_gbs",
                                            "domain", "clique", NULL };
@@ -428,7 +429,7 @@ static epx_status_t add_object(ld_t *ld, json_t *o, const char *path,
 {
     epx_status_t st;
     const char *name = NULL, *model = NULL, *pci = NULL, *arch = NULL,
-               *ref = NULL;
+               *ref = NULL, *chassis = NULL;
     uint64_t mem = 0;
     int os_index = -1, tray = h->tray, slot = -1;
     double gbit = 0, gbs = 0;
@@ -447,6 +448,7 @@ static epx_status_t add_object(ld_t *ld, json_t *o, const char *path,
     }
     if (kind == EPX_TOPO_GPU &&
         ((st = get_str(ld, o, path, "arch", 0, &arch)) != EPX_OK ||
+         (st = get_str(ld, o, path, "chassis", 0, &chassis)) != EPX_OK ||
          (st = get_int32(ld, o, path, "tray", 0, &tray)) != EPX_OK ||
          (st = get_int32(ld, o, path, "slot", 0, &slot)) != EPX_OK))
         return st;
@@ -468,7 +470,8 @@ static epx_status_t add_object(ld_t *ld, json_t *o, const char *path,
     epx_topo_obj_t *n = epx__topo_objw(ld->t, i);
     if ((model && !(n->model = epx__topo_str(ld->t, model))) ||
         (pci && !(n->pci = epx__topo_str(ld->t, pci))) ||
-        (arch && !(n->arch = epx__topo_str(ld->t, arch))))
+        (arch && !(n->arch = epx__topo_str(ld->t, arch))) ||
+        (chassis && !(n->chassis = epx__topo_str(ld->t, chassis))))
         return nomem(ld);
     n->memory_bytes = mem;
     n->os_index = os_index;

@@ -37,7 +37,8 @@ static epx_status_t copy_part(epx_topo_t *out, const epx_topo_t *p, int *map)
         n->domain = n->clique = -1;  /* recomputed by finish */
         if ((o->pci && !(n->pci = epx__topo_str(out, o->pci))) ||
             (o->model && !(n->model = epx__topo_str(out, o->model))) ||
-            (o->arch && !(n->arch = epx__topo_str(out, o->arch))))
+            (o->arch && !(n->arch = epx__topo_str(out, o->arch))) ||
+            (o->chassis && !(n->chassis = epx__topo_str(out, o->chassis))))
             return epx__error(EPX_ERR_NOMEM, "topo: out of memory merging");
         map[i] = j;
         if (o->kind == EPX_TOPO_GPU && p->gdom[i].id) {

@@ -469,6 +469,8 @@ static epx_status_t apply_gpus(epx_topo_t *t, int host,
         if (g[k].has_platform) {
             o->tray = g[k].tray;
             o->slot = g[k].module_id >= 1 ? g[k].module_id - 1 : -1;
+            if (g[k].chassis[0] && !(o->chassis = epx__topo_str(t, g[k].chassis)))
+                return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
         }
     }
     return EPX_OK;

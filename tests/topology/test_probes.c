@@ -385,6 +385,7 @@ static void nvml_nvl72_fabric(void **state)
         g[k].tray = 5;
         g[k].slot = 12;
         g[k].module_id = k + 1;
+        snprintf(g[k].chassis, sizeof(g[k].chassis), "1a2b3c");
     }
     g[3].fabric_state = TOPO_FABRIC_IN_PROGRESS;
     assert_int_equal(epx__topo_nvml_apply(t, h, g, 4), EPX_OK);
@@ -398,6 +399,8 @@ static void nvml_nvl72_fabric(void **state)
     assert_true(d->nvlink_gbs == 900);                  /* 18 x 50 GB/s */
     const epx_topo_obj_t *o = named(t, h, "gpu0");
     assert_int_equal(o->tray, 5);
+    assert_non_null(o->chassis);
+    assert_string_equal(o->chassis, "1a2b3c");
     assert_int_equal(o->slot, 0);                       /* module 1 */
     assert_int_equal(named(t, h, "gpu2")->slot, 2);
     assert_int_equal(o->domain, 0);
@@ -482,6 +485,7 @@ static void export_round_trip(void **state)
                 g[n].has_platform = 1;
                 g[n].tray = 3;
                 g[n].module_id = n + 1;
+                snprintf(g[n].chassis, sizeof(g[n].chassis), "c0ffee");
             }
             n++;
         }
@@ -514,6 +518,8 @@ static void export_round_trip(void **state)
             assert_true(x->memory_bytes == y->memory_bytes);
             if (x->pci || y->pci)
                 assert_string_equal(x->pci, y->pci);
+            if (x->chassis || y->chassis)
+                assert_string_equal(x->chassis, y->chassis);
             if (x->model || y->model)
                 assert_string_equal(x->model, y->model);
         }

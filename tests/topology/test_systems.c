@@ -449,7 +449,8 @@ static void same_map(const epx_topo_t *t, const epx_topo_t *u, const char *what)
             a->cpu != b->cpu || !str_eq(a->name, b->name) ||
             !str_eq(a->pci, b->pci) || !str_eq(a->model, b->model) ||
             a->memory_bytes != b->memory_bytes || a->os_index != b->os_index ||
-            !str_eq(a->arch, b->arch) || a->tray != b->tray ||
+            !str_eq(a->arch, b->arch) || !str_eq(a->chassis, b->chassis) ||
+            a->tray != b->tray ||
             a->slot != b->slot || a->domain != b->domain ||
             a->clique != b->clique || a->nvlinks != b->nvlinks ||
             a->nvlink_gbs != b->nvlink_gbs || a->nic_gbs != b->nic_gbs)
