@@ -9,7 +9,7 @@
 #include "moe/moe.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
-    int32_t status, hidden, experts, topk, dtype, layout, align;
+    int32_t status, hidden, experts, topk, dtype, layout, align, pad;
     int64_t max_tokens;
 } engine_info_t;
 
@@ -44,9 +44,9 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
                                    "dtype", "layout", "expert_alignment" };
     const epx_moe_params_t *p = &m->p;
-    engine_info_t me = { mine, p->hidden, p->num_experts, p->topk,
-                         (int32_t)p->dtype, (int32_t)p->layout,
-                         p->expert_alignment, p->max_tokens_per_rank };
+    engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
+                          (int32_t)p->dtype, (int32_t)p->layout,
+                          p->expert_alignment, 0, p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
