@@ -442,11 +442,12 @@ typedef enum epx_balance_policy {
      * Reproduces EPLB's published placements; ties broken as
      * src/balance/README.md says. */
     EPX_BALANCE_DEEPSEEK = 0,
-    /* Same structure; the packing onto ranks is refined by swaps (maximum
-     * rank load never above DEEPSEEK's greedy packing of the same
-     * replicas), no two replicas of one expert share a rank when slots per
-     * rank <= experts per domain, and with current_phy2log unchanged
-     * replicas keep their slots. */
+    /* Same structure; the packing onto ranks is refined by swaps off the
+     * heaviest rank, no two replicas of one expert share a rank (when slots
+     * per rank <= experts per domain), and with current_phy2log replicas
+     * that stay on their rank keep their slots.  Its maximum rank load is
+     * never above DEEPSEEK's where DEEPSEEK keeps replicas on distinct
+     * ranks. */
     EPX_BALANCE_EPX = 1
 } epx_balance_policy_t;
 

@@ -112,6 +112,54 @@ static void refine(const bal_shape_t *sh, bal_work_t *wk)
     }
 }
 
+/* Rank loads and expert counts from slot_item. */
+static void load_state(const bal_shape_t *sh, bal_work_t *wk)
+{
+    memset(wk->held, 0, (size_t)sh->rpd * sh->epd * sizeof(int32_t));
+    for (int r = 0; r < sh->rpd; r++) {
+        wk->packw[r] = 0;
+        for (int j = 0; j < sh->spr; j++) {
+            int it = wk->slot_item[r * sh->spr + j];
+            wk->packw[r] += wk->w[it];
+            wk->held[r * sh->epd + wk->p2m[it]]++;
+        }
+    }
+}
+
+/* Highest rank load, or -1 when a rank holds an expert twice although
+ * `distinct` asks for distinct ranks. */
+static double score(const bal_shape_t *sh, const bal_work_t *wk, int distinct)
+{
+    double mx = 0;
+    for (int r = 0; r < sh->rpd; r++)
+        mx = wk->packw[r] > mx ? wk->packw[r] : mx;
+    if (distinct)
+        for (int i = 0; i < sh->rpd * sh->epd; i++)
+            if (wk->held[i] > 1)
+                return -1;
+    return mx;
+}
+
+/* Two starting packings, each refined: the distinct one, and the plain
+ * greedy one of the DeepSeek policy (whose refinement can therefore only
+ * end at or below the DeepSeek policy's maximum on these replicas).  The
+ * lower maximum wins, the distinct start on ties.  Leaves slot_item. */
+static void pack_domain(const bal_shape_t *sh, bal_work_t *wk, int distinct)
+{
+    pack_distinct(sh, wk);
+    refine(sh, wk);
+    double best = score(sh, wk, distinct);
+    memcpy(wk->perm, wk->slot_item, (size_t)sh->spd * sizeof(int32_t));
+    epx__bal_pack(wk->w, sh->spd, sh->rpd, wk, wk->pack, wk->rip);
+    for (int k = 0; k < sh->spd; k++)
+        wk->slot_item[wk->pack[k] * sh->spr + wk->rip[k]] = k;
+    load_state(sh, wk);
+    refine(sh, wk);
+    double other = score(sh, wk, distinct);
+    if (other < 0 || (best >= 0 && other >= best))
+        memcpy(wk->slot_item, wk->perm, (size_t)sh->spd * sizeof(int32_t));
+}
+
 static int cmp_pair(const void *x, const void *y)
 {
     const int32_t *a = x, *b = y;   /* overlap desc, new block, old block asc */
@@ -223,8 +271,7 @@ void epx__plan_epx(const bal_shape_t *sh, const double *load,
             logcnt[m2l[i]] = wk->mcnt[i];
         for (int k = 0; k < sh->spd; k++)
             wk->w[k] = load[m2l[wk->p2m[k]]] / wk->mcnt[wk->p2m[k]];
-        pack_distinct(sh, wk);
-        refine(sh, wk);
+        pack_domain(sh, wk, cap == sh->rpd);
         for (int s = 0; s < sh->spd; s++)
             phy2log[d * sh->spd + s] = m2l[wk->p2m[wk->slot_item[s]]];
     }
