@@ -276,6 +276,10 @@ void epx__plan_epx(const bal_shape_t *sh, const double *load,
             phy2log[d * sh->spd + s] = m2l[wk->p2m[wk->slot_item[s]]];
     }
     if (current) {
+        /* Greedy matching is not optimal: keep the plan as planned if it
+         * happens to move fewer slots. */
+        int32_t *raw = wk->slot_item;
+        memcpy(raw, phy2log, (size_t)sh->S * sizeof(int32_t));
         if (sh->D > 1)
             match_blocks(sh, phy2log, current, sh->D, sh->spd, wk);
         for (int d = 0; d < sh->D; d++)
@@ -285,6 +289,13 @@ void epx__plan_epx(const bal_shape_t *sh, const double *load,
             match_slots(phy2log + (size_t)r * sh->spr,
                         current + (size_t)r * sh->spr, sh->spr, wk->used,
                         wk->perm);
+        int kept = 0, plain = 0;
+        for (int s = 0; s < sh->S; s++) {
+            kept += phy2log[s] != current[s];
+            plain += raw[s] != current[s];
+        }
+        if (plain < kept)
+            memcpy(phy2log, raw, (size_t)sh->S * sizeof(int32_t));
     }
     /* Replica numbers in slot order. */
     int32_t *seen = wk->mcnt;
