@@ -431,6 +431,76 @@ void epx_handle_release(epx_handle_t *handle);
 /* Number of tokens of the source rank's dispatch recorded in a handle. */
 int64_t epx_handle_num_tokens(const epx_handle_t *handle);
 
+/* -------------------------------------------------------------- balance */
+
+/* Placement planner: given the load of every logical expert of every
+ * layer, choose how many replicas each expert gets and which physical
+ * slot holds each replica.  Slot s lives on rank s / (num_slots /
+ * num_ranks); rank r lies in domain r / (num_ranks / num_domains).  Pure
+ * computation, no communicator; thread-safe. */
+
+typedef enum epx_balance_policy {
+    /* DeepSeek EPLB: hierarchical when num_domains divides num_groups
+     * (groups packed onto domains, replicas within a domain), else global.
+     * Reproduces EPLB's published placements; ties broken as
+     * src/balance/README.md says. */
+    EPX_BALANCE_DEEPSEEK = 0,
+    /* Same structure; the packing onto ranks is refined by swaps off the
+     * heaviest rank, no two replicas of one expert share a rank (when slots
+     * per rank <= experts per domain), and with current_phy2log replicas
+     * that stay on their rank keep their slots.  Its maximum rank load is
+     * never above DEEPSEEK's where DEEPSEEK keeps replicas on distinct
+     * ranks. */
+    EPX_BALANCE_EPX = 1
+} epx_balance_policy_t;
+
+#define EPX_BALANCE_PARAMS_VERSION 1
+typedef struct epx_balance_params {
+    size_t struct_size;        /* sizeof(epx_balance_params_t) */
+    unsigned version;          /* EPX_BALANCE_PARAMS_VERSION */
+    int num_layers;            /* >= 1 */
+    int num_experts;           /* logical experts E, >= 1 */
+    int num_slots;             /* physical slots S >= E, multiple of ranks */
+    int num_groups;            /* expert groups, divides E (1: none) */
+    int num_domains;           /* divides num_ranks (1: one domain) */
+    int num_ranks;             /* >= 1 */
+    epx_balance_policy_t policy;
+    /* EPX policy, optional: the placement in use, [layers][slots]; slots
+     * whose expert stays on their rank are kept.  Ignored by DEEPSEEK. */
+    const int32_t *current_phy2log;
+} epx_balance_params_t;
+
+#define EPX_BALANCE_PARAMS_INIT                                               \
+    { sizeof(epx_balance_params_t), EPX_BALANCE_PARAMS_VERSION, 0, 0, 0, 1,   \
+      1, 0, EPX_BALANCE_EPX, NULL }
+
+/* Plan a placement.  load: [layers][experts], finite and >= 0.
+ * phy2log: [layers][slots], the logical expert of each slot.
+ * log2phy: [layers][experts][max_replicas], the slots of each expert in
+ * replica order, -1 padded; may be NULL (max_replicas then ignored);
+ * num_slots - num_experts + 1 is always enough, fewer gives EPX_ERR_RANGE
+ * if some expert needs more.  logcnt: [layers][experts] replica counts;
+ * may be NULL. */
+epx_status_t epx_balance_plan(const epx_balance_params_t *params,
+                              const double *load, int32_t *phy2log,
+                              int32_t *log2phy, int max_replicas,
+                              int32_t *logcnt);
+
+/* How even a placement is.  A rank's load is the sum over its slots of
+ * load[expert] / (replicas of expert), replicas counted from phy2log.
+ * phy2log NULL: no balancer, expert e whole on the rank
+ * epx_moe_expert_rank gives (contiguous blocks; num_slots is ignored).
+ * Per layer: balancedness = mean / max rank load (1 = perfect),
+ * imbalance = (max - mean) / mean (0 = perfect); a layer with no load
+ * counts as perfect.  Overall: the same ratios of the sums over layers of
+ * mean and max (the max rank of each layer sets that layer's time).
+ * Every output may be NULL; per-layer outputs are [layers]. */
+epx_status_t epx_balance_metrics(const epx_balance_params_t *params,
+                                 const double *load, const int32_t *phy2log,
+                                 double *balancedness, double *imbalance,
+                                 double *layer_balancedness,
+                                 double *layer_imbalance);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,193 @@
+/* epx_balance_plan: checks, scratch memory, the per-layer loop, log2phy. */
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "balance/balance.h"
+
+epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh)
+{
+    if (!p || p->struct_size < offsetof(epx_balance_params_t, current_phy2log) +
+                                   sizeof(p->current_phy2log) || p->version < 1)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: params NULL or not set up with "
+                          "EPX_BALANCE_PARAMS_INIT");
+    if (p->num_layers < 1 || p->num_experts < 1 || p->num_ranks < 1 ||
+        p->num_groups < 1 || p->num_domains < 1)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: num_layers (%d), num_experts (%d), "
+                          "num_ranks (%d), num_groups (%d) and num_domains (%d) "
+                          "must all be >= 1", p->num_layers, p->num_experts,
+                          p->num_ranks, p->num_groups, p->num_domains);
+    if (p->num_slots < p->num_experts)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: num_slots %d < num_experts %d: every expert "
+                          "needs a slot", p->num_slots, p->num_experts);
+    if (p->num_slots % p->num_ranks)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: num_slots %d is not a multiple of "
+                          "num_ranks %d (every rank holds as many slots)",
+                          p->num_slots, p->num_ranks);
+    if (p->num_experts % p->num_groups)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: num_groups %d does not divide num_experts %d",
+                          p->num_groups, p->num_experts);
+    if (p->num_ranks % p->num_domains)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: num_domains %d does not divide num_ranks %d",
+                          p->num_domains, p->num_ranks);
+    if (p->policy != EPX_BALANCE_DEEPSEEK && p->policy != EPX_BALANCE_EPX)
+        return epx__error(EPX_ERR_INVALID, "balance: unknown policy %d",
+                          (int)p->policy);
+    if ((int64_t)p->num_layers * p->num_slots > INT32_MAX ||
+        (int64_t)p->num_ranks * p->num_experts > INT32_MAX / 4)
+        return epx__error(EPX_ERR_RANGE, "balance: problem too large");
+    sh->L = p->num_layers;
+    sh->E = p->num_experts;
+    sh->S = p->num_slots;
+    sh->R = p->num_ranks;
+    sh->hier = p->num_groups % p->num_domains == 0;
+    sh->G = sh->hier ? p->num_groups : 1;
+    sh->D = sh->hier ? p->num_domains : 1;
+    sh->gsize = sh->E / sh->G;
+    sh->epd = sh->E / sh->D;
+    sh->spd = sh->S / sh->D;
+    sh->rpd = sh->R / sh->D;
+    sh->spr = sh->S / sh->R;
+    return EPX_OK;
+}
+
+epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk)
+{
+    size_t S = (size_t)sh->S, E = (size_t)sh->E, R = (size_t)sh->R;
+    memset(wk, 0, sizeof(*wk));
+    wk->ord = malloc(S * sizeof(int32_t));
+    wk->tmp = malloc(S * sizeof(int32_t));
+    wk->w = malloc(S * sizeof(double));
+    wk->packw = malloc(S * sizeof(double));
+    wk->packn = malloc(S * sizeof(int32_t));
+    wk->pack = malloc(S * sizeof(int32_t));
+    wk->rip = malloc(S * sizeof(int32_t));
+    wk->mlog2log = malloc(E * sizeof(int32_t));
+    wk->p2m = malloc(S * sizeof(int32_t));
+    wk->prank = malloc(S * sizeof(int32_t));
+    wk->mcnt = malloc(E * sizeof(int32_t));
+    wk->held = calloc(R * E, sizeof(int32_t));
+    wk->slot_item = malloc(S * sizeof(int32_t));
+    wk->pairs = malloc(R * R * 3 * sizeof(int32_t));
+    wk->perm = malloc(S * sizeof(int32_t));
+    wk->used = malloc(S * sizeof(int32_t));
+    if (!wk->ord || !wk->tmp || !wk->w || !wk->packw || !wk->packn ||
+        !wk->pack || !wk->rip || !wk->mlog2log || !wk->p2m || !wk->prank ||
+        !wk->mcnt || !wk->held || !wk->slot_item || !wk->pairs || !wk->perm ||
+        !wk->used) {
+        epx__bal_work_free(wk);
+        return epx__error(EPX_ERR_NOMEM,
+                          "balance: out of memory planning %d experts into "
+                          "%d slots on %d ranks", sh->E, sh->S, sh->R);
+    }
+    return EPX_OK;
+}
+
+void epx__bal_work_free(bal_work_t *wk)
+{
+    free(wk->ord); free(wk->tmp); free(wk->w); free(wk->packw);
+    free(wk->packn); free(wk->pack); free(wk->rip); free(wk->mlog2log);
+    free(wk->p2m); free(wk->prank); free(wk->mcnt); free(wk->held);
+    free(wk->slot_item); free(wk->pairs); free(wk->perm); free(wk->used);
+    memset(wk, 0, sizeof(*wk));
+}
+
+static epx_status_t check_inputs(const epx_balance_params_t *p,
+                                 const bal_shape_t *sh, const double *load,
+                                 const int32_t *phy2log, const int32_t *log2phy,
+                                 int max_replicas)
+{
+    if (!load || !phy2log)
+        return epx__error(EPX_ERR_INVALID, "balance: %s is NULL",
+                          !load ? "load" : "phy2log");
+    if (log2phy && max_replicas < 1)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: max_replicas %d must be >= 1 with log2phy",
+                          max_replicas);
+    for (size_t i = 0; i < (size_t)sh->L * sh->E; i++)
+        if (!isfinite(load[i]) || load[i] < 0)
+            return epx__error(EPX_ERR_INVALID,
+                              "balance: load[%zu][%zu] = %g must be finite "
+                              "and >= 0", i / sh->E, i % sh->E, load[i]);
+    if (p->policy == EPX_BALANCE_EPX && p->current_phy2log)
+        for (size_t i = 0; i < (size_t)sh->L * sh->S; i++)
+            if (p->current_phy2log[i] < 0 || p->current_phy2log[i] >= sh->E)
+                return epx__error(EPX_ERR_INVALID,
+                                  "balance: current_phy2log[%zu][%zu] = %d is "
+                                  "not an expert (0..%d)", i / sh->S, i % sh->S,
+                                  p->current_phy2log[i], sh->E - 1);
+    return EPX_OK;
+}
+
+epx_status_t epx_balance_plan(const epx_balance_params_t *params,
+                              const double *load, int32_t *phy2log,
+                              int32_t *log2phy, int max_replicas,
+                              int32_t *logcnt)
+{
+    bal_shape_t sh;
+    epx_status_t st = epx__bal_shape(params, &sh);
+    if (st == EPX_OK)
+        st = check_inputs(params, &sh, load, phy2log, log2phy, max_replicas);
+    if (st != EPX_OK)
+        return st;
+    /* Outputs are written only on success: plan into private arrays. */
+    size_t LS = (size_t)sh.L * sh.S, LE = (size_t)sh.L * sh.E;
+    int32_t *p2l = malloc(LS * sizeof(int32_t));
+    int32_t *prank = malloc(LS * sizeof(int32_t));
+    int32_t *cnt = malloc(LE * sizeof(int32_t));
+    bal_work_t wk;
+    st = p2l && prank && cnt ? epx__bal_work_alloc(&sh, &wk)
+                             : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    if (st != EPX_OK)
+        goto out;
+    int maxcnt = 0;
+    for (int l = 0; l < sh.L; l++) {
+        const double *ld = load + (size_t)l * sh.E;
+        int32_t *lp = p2l + (size_t)l * sh.S, *lr = prank + (size_t)l * sh.S;
+        int32_t *lc = cnt + (size_t)l * sh.E;
+        if (params->policy == EPX_BALANCE_DEEPSEEK)
+            epx__plan_deepseek(&sh, ld, &wk, lp, lr, lc);
+        else
+            epx__plan_epx(&sh, ld, params->current_phy2log
+                                       ? params->current_phy2log + (size_t)l * sh.S
+                                       : NULL, &wk, lp, lr, lc);
+        for (int e = 0; e < sh.E; e++)
+            if (lc[e] > maxcnt)
+                maxcnt = lc[e];
+    }
+    epx__bal_work_free(&wk);
+    if (log2phy && maxcnt > max_replicas) {
+        st = epx__error(EPX_ERR_RANGE,
+                        "balance: an expert got %d replicas but log2phy has "
+                        "room for max_replicas = %d (num_slots - num_experts "
+                        "+ 1 = %d is always enough)", maxcnt, max_replicas,
+                        sh.S - sh.E + 1);
+        goto out;
+    }
+    memcpy(phy2log, p2l, LS * sizeof(int32_t));
+    if (logcnt)
+        memcpy(logcnt, cnt, LE * sizeof(int32_t));
+    if (log2phy) {
+        size_t n = LE * (size_t)max_replicas;
+        for (size_t i = 0; i < n; i++)
+            log2phy[i] = -1;
+        for (int l = 0; l < sh.L; l++)
+            for (int s = 0; s < sh.S; s++) {
+                size_t i = (size_t)l * sh.S + s;
+                log2phy[((size_t)l * sh.E + p2l[i]) * max_replicas + prank[i]] = s;
+            }
+    }
+out:
+    free(p2l);
+    free(prank);
+    free(cnt);
+    return st;
+}

@@ -1,0 +1,305 @@
+/* The epx policy, one layer: the DeepSeek structure (groups onto domains,
+ * greedy replication within a domain) with a packing that keeps the
+ * replicas of an expert on distinct ranks, refined by swaps off the
+ * heaviest rank, then matched to the current placement so that unchanged
+ * replicas keep their slots.  Algorithm and tie-breaking:
+ * src/balance/README.md. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "balance/balance.h"
+
+/* Pack the domain's items (weights wk->w, experts wk->p2m) onto rpd ranks
+ * of spr slots: heaviest first to the lightest rank with room that does
+ * not hold the expert yet; when every rank with room holds it, the
+ * lightest rank with room.  Fills slot_item[0..spd), packw, held. */
+static void pack_distinct(const bal_shape_t *sh, bal_work_t *wk)
+{
+    int n = sh->spd, epd = sh->epd;
+    epx__bal_sort_desc(wk->w, n, wk->ord, wk->tmp);
+    memset(wk->held, 0, (size_t)sh->rpd * epd * sizeof(int32_t));
+    for (int r = 0; r < sh->rpd; r++) {
+        wk->packw[r] = 0;
+        wk->packn[r] = 0;
+    }
+    for (int k = 0; k < n; k++) {
+        int it = wk->ord[k], e = wk->p2m[it], best = -1;
+        for (int pass = 0; pass < 2 && best < 0; pass++)
+            for (int r = 0; r < sh->rpd; r++)
+                if (wk->packn[r] < sh->spr && (pass || !wk->held[r * epd + e]) &&
+                    (best < 0 || wk->packw[r] < wk->packw[best]))
+                    best = r;
+        wk->slot_item[best * sh->spr + wk->packn[best]++] = it;
+        wk->packw[best] += wk->w[it];
+        wk->held[best * epd + e]++;
+    }
+}
+
+static void swap_items(const bal_shape_t *sh, bal_work_t *wk, int r, int ja,
+                       int q, int jb)
+{
+    int epd = sh->epd;
+    int a = wk->slot_item[r * sh->spr + ja], b = wk->slot_item[q * sh->spr + jb];
+    wk->slot_item[r * sh->spr + ja] = b;
+    wk->slot_item[q * sh->spr + jb] = a;
+    wk->packw[r] += wk->w[b] - wk->w[a];
+    wk->packw[q] += wk->w[a] - wk->w[b];
+    wk->held[r * epd + wk->p2m[a]]--;
+    wk->held[r * epd + wk->p2m[b]]++;
+    wk->held[q * epd + wk->p2m[b]]--;
+    wk->held[q * epd + wk->p2m[a]]++;
+}
+
+/* Best swap of an item of rank r with an item on another rank that keeps
+ * experts distinct on both ranks; "best" = lowest max of the two new
+ * loads, which must be below `bound`.  dup_only: consider only items of r
+ * whose expert r holds twice or more.  Returns 0 when none. */
+static int best_swap(const bal_shape_t *sh, bal_work_t *wk, int r, double bound,
+                     int dup_only, int *bja, int *bq, int *bjb)
+{
+    int epd = sh->epd, spr = sh->spr, found = 0;
+    double best = bound;
+    for (int ja = 0; ja < spr; ja++) {
+        int a = wk->slot_item[r * spr + ja], ea = wk->p2m[a];
+        if (dup_only && wk->held[r * epd + ea] < 2)
+            continue;
+        double wa = wk->w[a];
+        for (int q = 0; q < sh->rpd; q++) {
+            if (q == r || wk->held[q * epd + ea])
+                continue;
+            for (int jb = 0; jb < spr; jb++) {
+                int b = wk->slot_item[q * spr + jb], eb = wk->p2m[b];
+                double wb = wk->w[b];
+                if ((!dup_only && wb >= wa) || wk->held[r * epd + eb])
+                    continue;
+                double nr = wk->packw[r] - wa + wb, nq = wk->packw[q] - wb + wa;
+                double m = nr > nq ? nr : nq;
+                if (m < best) {
+                    best = m;
+                    *bja = ja;
+                    *bq = q;
+                    *bjb = jb;
+                    found = 1;
+                }
+            }
+        }
+    }
+    return found;
+}
+
+static void refine(const bal_shape_t *sh, bal_work_t *wk)
+{
+    int ja, q, jb;
+    /* First move away second replicas that the greedy packing had to put
+     * beside the first (rare: only near the end, when few ranks have room). */
+    for (int r = 0; r < sh->rpd; r++)
+        while (best_swap(sh, wk, r, 1e300, 1, &ja, &q, &jb))
+            swap_items(sh, wk, r, ja, q, jb);
+    /* Then lower the heaviest rank while a swap does.  Each swap puts two
+     * loads below the old maximum, so the sorted load vector strictly
+     * decreases and the loop ends; the cap only bounds the time. */
+    long cap = 8L * sh->spd * sh->spr + 64;
+    for (long it = 0; it < cap; it++) {
+        int h = 0;
+        for (int r = 1; r < sh->rpd; r++)
+            if (wk->packw[r] > wk->packw[h])
+                h = r;
+        double bound = wk->packw[h] - 1e-12 * wk->packw[h];
+        if (!best_swap(sh, wk, h, bound, 0, &ja, &q, &jb))
+            break;
+        swap_items(sh, wk, h, ja, q, jb);
+    }
+}
+
+/* Rank loads and expert counts from slot_item. */
+static void load_state(const bal_shape_t *sh, bal_work_t *wk)
+{
+    memset(wk->held, 0, (size_t)sh->rpd * sh->epd * sizeof(int32_t));
+    for (int r = 0; r < sh->rpd; r++) {
+        wk->packw[r] = 0;
+        for (int j = 0; j < sh->spr; j++) {
+            int it = wk->slot_item[r * sh->spr + j];
+            wk->packw[r] += wk->w[it];
+            wk->held[r * sh->epd + wk->p2m[it]]++;
+        }
+    }
+}
+
+/* Highest rank load, or -1 when a rank holds an expert twice although
+ * `distinct` asks for distinct ranks. */
+static double score(const bal_shape_t *sh, const bal_work_t *wk, int distinct)
+{
+    double mx = 0;
+    for (int r = 0; r < sh->rpd; r++)
+        mx = wk->packw[r] > mx ? wk->packw[r] : mx;
+    if (distinct)
+        for (int i = 0; i < sh->rpd * sh->epd; i++)
+            if (wk->held[i] > 1)
+                return -1;
+    return mx;
+}
+
+/* Two starting packings, each refined: the distinct one, and the plain
+ * greedy one of the DeepSeek policy (whose refinement can therefore only
+ * end at or below the DeepSeek policy's maximum on these replicas).  The
+ * lower maximum wins, the distinct start on ties.  Leaves slot_item. */
+static void pack_domain(const bal_shape_t *sh, bal_work_t *wk, int distinct)
+{
+    pack_distinct(sh, wk);
+    refine(sh, wk);
+    double best = score(sh, wk, distinct);
+    memcpy(wk->perm, wk->slot_item, (size_t)sh->spd * sizeof(int32_t));
+    epx__bal_pack(wk->w, sh->spd, sh->rpd, wk, wk->pack, wk->rip);
+    for (int k = 0; k < sh->spd; k++)
+        wk->slot_item[wk->pack[k] * sh->spr + wk->rip[k]] = k;
+    load_state(sh, wk);
+    refine(sh, wk);
+    double other = score(sh, wk, distinct);
+    if (other < 0 || (best >= 0 && other >= best))
+        memcpy(wk->slot_item, wk->perm, (size_t)sh->spd * sizeof(int32_t));
+}
+
+static int cmp_pair(const void *x, const void *y)
+{
+    const int32_t *a = x, *b = y;   /* overlap desc, new block, old block asc */
+    if (a[0] != b[0])
+        return a[0] > b[0] ? -1 : 1;
+    if (a[1] != b[1])
+        return a[1] < b[1] ? -1 : 1;
+    return a[2] < b[2] ? -1 : a[2] > b[2];
+}
+
+/* Re-order the n blocks of bs slots of `p2l` (a permutation of blocks
+ * changes no load: they are interchangeable ranks or domains) so that each
+ * lands where the current placement `cur` shares most experts with it:
+ * greedy on overlap, largest first; blocks without overlap keep their
+ * relative order in the positions left. */
+static void match_blocks(const bal_shape_t *sh, int32_t *p2l, const int32_t *cur,
+                         int n, int bs, bal_work_t *wk)
+{
+    int E = sh->E, np = 0;
+    int32_t *cnt = wk->held, *occ = wk->ord, *to = wk->packn, *taken = wk->used;
+    memset(cnt, 0, (size_t)n * E * sizeof(int32_t));
+    for (int q = 0; q < n; q++)
+        for (int j = 0; j < bs; j++)
+            cnt[q * E + cur[q * bs + j]]++;
+    for (int p = 0; p < n; p++)          /* occ: earlier copies in the block */
+        for (int j = 0; j < bs; j++) {
+            int o = 0;
+            for (int i = 0; i < j; i++)
+                o += p2l[p * bs + i] == p2l[p * bs + j];
+            occ[p * bs + j] = o;
+        }
+    for (int p = 0; p < n; p++)
+        for (int q = 0; q < n; q++) {
+            int ov = 0;
+            for (int j = 0; j < bs; j++)
+                ov += cnt[q * E + p2l[p * bs + j]] > occ[p * bs + j];
+            if (ov) {
+                wk->pairs[3 * np] = ov;
+                wk->pairs[3 * np + 1] = p;
+                wk->pairs[3 * np + 2] = q;
+                np++;
+            }
+        }
+    qsort(wk->pairs, (size_t)np, 3 * sizeof(int32_t), cmp_pair);
+    for (int i = 0; i < n; i++) {
+        to[i] = -1;
+        taken[i] = 0;
+    }
+    for (int i = 0; i < np; i++) {
+        int p = wk->pairs[3 * i + 1], q = wk->pairs[3 * i + 2];
+        if (to[p] < 0 && !taken[q]) {
+            to[p] = q;
+            taken[q] = 1;
+        }
+    }
+    for (int p = 0, q = 0; p < n; p++)
+        if (to[p] < 0) {
+            while (taken[q])
+                q++;
+            to[p] = q;
+            taken[q] = 1;
+        }
+    for (int p = 0; p < n; p++)
+        memcpy(wk->perm + (size_t)to[p] * bs, p2l + (size_t)p * bs,
+               (size_t)bs * sizeof(int32_t));
+    memcpy(p2l, wk->perm, (size_t)n * bs * sizeof(int32_t));
+}
+
+/* Within one rank: an expert that was in a slot and stays on the rank
+ * keeps that slot; the others fill the free slots in order. */
+static void match_slots(int32_t *p2l, const int32_t *cur, int spr, int32_t *used,
+                        int32_t *out)
+{
+    for (int j = 0; j < spr; j++) {
+        used[j] = 0;
+        out[j] = -1;
+    }
+    for (int j = 0; j < spr; j++)
+        for (int k = 0; k < spr; k++)
+            if (!used[k] && p2l[k] == cur[j]) {
+                used[k] = 1;
+                out[j] = cur[j];
+                break;
+            }
+    for (int j = 0, k = 0; j < spr; j++)
+        if (out[j] < 0) {
+            while (used[k])
+                k++;
+            used[k] = 1;
+            out[j] = p2l[k];
+        }
+    memcpy(p2l, out, (size_t)spr * sizeof(int32_t));
+}
+
+void epx__plan_epx(const bal_shape_t *sh, const double *load,
+                   const int32_t *current, bal_work_t *wk, int32_t *phy2log,
+                   int32_t *phyrank, int32_t *logcnt)
+{
+    /* A replica per rank at most, when the ranks have room for that. */
+    int cap = sh->spr <= sh->epd ? sh->rpd : INT_MAX;
+    epx__bal_groups(sh, load, wk);
+    for (int d = 0; d < sh->D; d++) {
+        const int32_t *m2l = wk->mlog2log + (size_t)d * sh->epd;
+        for (int i = 0; i < sh->epd; i++)
+            wk->w[i] = load[m2l[i]];
+        epx__bal_replicate(wk->w, sh->epd, sh->spd, cap, wk->p2m, wk->prank,
+                           wk->mcnt);
+        for (int i = 0; i < sh->epd; i++)
+            logcnt[m2l[i]] = wk->mcnt[i];
+        for (int k = 0; k < sh->spd; k++)
+            wk->w[k] = load[m2l[wk->p2m[k]]] / wk->mcnt[wk->p2m[k]];
+        pack_domain(sh, wk, cap == sh->rpd);
+        for (int s = 0; s < sh->spd; s++)
+            phy2log[d * sh->spd + s] = m2l[wk->p2m[wk->slot_item[s]]];
+    }
+    if (current) {
+        /* Greedy matching is not optimal: keep the plan as planned if it
+         * happens to move fewer slots. */
+        int32_t *raw = wk->slot_item;
+        memcpy(raw, phy2log, (size_t)sh->S * sizeof(int32_t));
+        if (sh->D > 1)
+            match_blocks(sh, phy2log, current, sh->D, sh->spd, wk);
+        for (int d = 0; d < sh->D; d++)
+            match_blocks(sh, phy2log + (size_t)d * sh->spd,
+                         current + (size_t)d * sh->spd, sh->rpd, sh->spr, wk);
+        for (int r = 0; r < sh->R; r++)
+            match_slots(phy2log + (size_t)r * sh->spr,
+                        current + (size_t)r * sh->spr, sh->spr, wk->used,
+                        wk->perm);
+        int kept = 0, plain = 0;
+        for (int s = 0; s < sh->S; s++) {
+            kept += phy2log[s] != current[s];
+            plain += raw[s] != current[s];
+        }
+        if (plain < kept)
+            memcpy(phy2log, raw, (size_t)sh->S * sizeof(int32_t));
+    }
+    /* Replica numbers in slot order. */
+    int32_t *seen = wk->mcnt;
+    memset(seen, 0, (size_t)sh->E * sizeof(int32_t));
+    for (int s = 0; s < sh->S; s++)
+        phyrank[s] = seen[phy2log[s]]++;
+}

@@ -1,0 +1,435 @@
+/* balance: the placement planner (both policies) and its metrics.
+ * The EPLB example exactly; invariants, the epx policy's gain over the
+ * DeepSeek policy and keep-in-place on fresh random loads; bad input. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+
+typedef struct shape {
+    const char *name;
+    int L, E, S, G, D, R;
+} shape_t;
+
+/* Hierarchical and global, slots not a multiple of experts, one rank,
+ * one layer, no spare slot, the production-sized case. */
+static const shape_t shapes[] = {
+    { "hier-16e-8r", 3, 16, 24, 4, 2, 8 },
+    { "hier-256e-72r", 2, 256, 288, 8, 4, 72 },
+    { "global-groups-12e", 2, 12, 20, 3, 2, 4 },
+    { "global-60e-8r", 2, 60, 96, 6, 4, 8 },
+    { "one-domain-64e", 2, 64, 80, 8, 1, 16 },
+    { "one-rank", 2, 8, 8, 2, 1, 1 },
+    { "one-rank-spare", 1, 8, 12, 2, 1, 1 },
+    { "one-layer", 1, 32, 40, 4, 2, 8 },
+    { "no-spare", 2, 32, 32, 4, 2, 8 },
+    { "many-spare", 2, 10, 40, 2, 2, 4 },
+};
+#define NSHAPES (sizeof(shapes) / sizeof(shapes[0]))
+
+enum { LOAD_ZIPF, LOAD_UNIFORM, LOAD_SMALLINT };
+
+static double uniform01(epxt_rng_t *r)
+{
+    return (double)(epxt_next(r) >> 11) * 0x1.0p-53;
+}
+
+/* Zipf: expert ranks are a random permutation, load ~ 1/(rank+1)^s with
+ * multiplicative noise.  Small integers: many ties and zeros. */
+static void gen_load(epxt_rng_t *rng, int kind, double s, int L, int E,
+                     double *load)
+{
+    int *perm = malloc((size_t)E * sizeof(int));
+    for (int l = 0; l < L; l++) {
+        for (int e = 0; e < E; e++)
+            perm[e] = e;
+        for (int e = E - 1; e > 0; e--) {
+            int j = (int)epxt_below(rng, (uint64_t)e + 1), t = perm[e];
+            perm[e] = perm[j];
+            perm[j] = t;
+        }
+        for (int e = 0; e < E; e++) {
+            double *x = &load[(size_t)l * E + e];
+            if (kind == LOAD_ZIPF)
+                *x = 1e4 * pow(perm[e] + 1.0, -s) * (0.9 + 0.2 * uniform01(rng));
+            else if (kind == LOAD_UNIFORM)
+                *x = 1000 * uniform01(rng);
+            else
+                *x = (double)epxt_below(rng, 6);
+        }
+    }
+    free(perm);
+}
+
+static epx_balance_params_t params_of(const shape_t *sh, int policy)
+{
+    epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
+    p.num_layers = sh->L;
+    p.num_experts = sh->E;
+    p.num_slots = sh->S;
+    p.num_groups = sh->G;
+    p.num_domains = sh->D;
+    p.num_ranks = sh->R;
+    p.policy = (epx_balance_policy_t)policy;
+    return p;
+}
+
+/* Max rank load of one layer, computed here from the definition. */
+static double max_rank_load(const shape_t *sh, const double *load,
+                            const int32_t *p2l)
+{
+    int cnt[512] = { 0 };
+    double rl[512] = { 0 }, mx = 0;
+    for (int s = 0; s < sh->S; s++)
+        cnt[p2l[s]]++;
+    for (int s = 0; s < sh->S; s++)
+        rl[s / (sh->S / sh->R)] += load[p2l[s]] / cnt[p2l[s]];
+    for (int r = 0; r < sh->R; r++)
+        mx = rl[r] > mx ? rl[r] : mx;
+    return mx;
+}
+
+/* Does a rank hold two replicas of one expert? */
+static int colocated(const shape_t *sh, const int32_t *p2l)
+{
+    int spr = sh->S / sh->R;
+    for (int r = 0; r < sh->R; r++)
+        for (int i = 0; i < spr; i++)
+            for (int j = 0; j < i; j++)
+                if (p2l[r * spr + i] == p2l[r * spr + j])
+                    return 1;
+    return 0;
+}
+
+/* The invariants every plan meets; distinct: no two replicas of one
+ * expert on one rank. */
+static void check_plan(const shape_t *sh, const int32_t *p2l,
+                       const int32_t *l2p, int maxrep, const int32_t *cnt,
+                       int distinct)
+{
+    int spr = sh->S / sh->R;
+    for (int l = 0; l < sh->L; l++) {
+        const int32_t *P = p2l + (size_t)l * sh->S, *C = cnt + (size_t)l * sh->E;
+        const int32_t *Q = l2p + (size_t)l * sh->E * maxrep;
+        int seen[512] = { 0 }, total = 0;
+        for (int s = 0; s < sh->S; s++) {
+            assert_in_range(P[s], 0, sh->E - 1);
+            seen[P[s]]++;
+        }
+        for (int e = 0; e < sh->E; e++) {
+            assert_true(C[e] >= 1);
+            assert_int_equal(C[e], seen[e]);
+            total += C[e];
+            for (int k = 0; k < maxrep; k++) {
+                int32_t s = Q[e * maxrep + k];
+                if (k < C[e]) {   /* the two maps are inverse */
+                    assert_in_range(s, 0, sh->S - 1);
+                    assert_int_equal(P[s], e);
+                    for (int j = 0; j < k; j++)
+                        assert_int_not_equal(Q[e * maxrep + j], s);
+                } else {
+                    assert_int_equal(s, -1);
+                }
+            }
+        }
+        assert_int_equal(total, sh->S);
+        if (distinct)
+            for (int r = 0; r < sh->R; r++)
+                for (int i = 0; i < spr; i++)
+                    for (int j = 0; j < i; j++)
+                        assert_int_not_equal(P[r * spr + i], P[r * spr + j]);
+    }
+}
+
+static void eplb_example(void **state)
+{
+    (void)state;
+    static const double load[2][12] = {
+        { 90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86 },
+        { 20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27 } };
+    static const int32_t want[2][16] = {
+        { 5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1 },
+        { 7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1 } };
+    shape_t sh = { "eplb", 2, 12, 16, 4, 2, 8 };
+    epx_balance_params_t p = params_of(&sh, EPX_BALANCE_DEEPSEEK);
+    int maxrep = sh.S - sh.E + 1;
+    int32_t p2l[32], l2p[2 * 12 * 5], cnt[24];
+    assert_int_equal(epx_balance_plan(&p, &load[0][0], p2l, l2p, maxrep, cnt),
+                     EPX_OK);
+    assert_memory_equal(p2l, want, sizeof(want));
+    check_plan(&sh, p2l, l2p, maxrep, cnt, 0);
+}
+
+/* Every random case: both policies meet the invariants, epx never has a
+ * higher maximum rank load than DeepSeek, metrics agree with the
+ * definition. */
+static void random_invariants(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "random_invariants") };
+    static const double zipf_s[] = { 0.6, 1.0, 1.4 };
+    double gain_sum = 0;
+    int gain_n = 0, strictly = 0, coloc_n = 0, coloc_worse = 0;
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const shape_t *sh = &shapes[i];
+        int maxrep = sh->S - sh->E + 1;
+        size_t LS = (size_t)sh->L * sh->S, LE = (size_t)sh->L * sh->E;
+        double *load = malloc(LE * sizeof(double));
+        int32_t *p2l[2], *l2p[2], *cnt[2];
+        for (int k = 0; k < 2; k++) {
+            p2l[k] = malloc(LS * sizeof(int32_t));
+            l2p[k] = malloc(LE * maxrep * sizeof(int32_t));
+            cnt[k] = malloc(LE * sizeof(int32_t));
+        }
+        for (int trial = 0; trial < 30; trial++) {
+            int kind = trial % 5 < 3 ? LOAD_ZIPF
+                       : trial % 5 == 3 ? LOAD_UNIFORM : LOAD_SMALLINT;
+            gen_load(&rng, kind, zipf_s[trial % 3], sh->L, sh->E, load);
+            for (int k = 0; k < 2; k++) {
+                epx_balance_params_t p = params_of(sh, k);
+                epx_status_t st = epx_balance_plan(&p, load, p2l[k], l2p[k],
+                                                   maxrep, cnt[k]);
+                if (st != EPX_OK)
+                    fail_msg("%s: %s", sh->name, epx_last_error());
+                /* Distinct ranks are possible when a rank's slots do not
+                 * outnumber the experts of its domain. */
+                int epd = sh->G % sh->D ? sh->E : sh->E / sh->D;
+                check_plan(sh, p2l[k], l2p[k], maxrep, cnt[k],
+                           k == EPX_BALANCE_EPX && sh->S / sh->R <= epd);
+            }
+            for (int l = 0; l < sh->L; l++) {
+                const double *ld = load + (size_t)l * sh->E;
+                double ds = max_rank_load(sh, ld, p2l[0] + (size_t)l * sh->S);
+                double ep = max_rank_load(sh, ld, p2l[1] + (size_t)l * sh->S);
+                /* Where DeepSeek puts two replicas of an expert on one rank
+                 * it in effect splits that expert unevenly, which the epx
+                 * policy refuses: only there may it come out higher. */
+                if (colocated(sh, p2l[0] + (size_t)l * sh->S)) {
+                    coloc_n++;
+                    coloc_worse += ep > ds * (1 + 1e-12);
+                } else if (ep > ds * (1 + 1e-12)) {
+                    fail_msg("%s trial %d layer %d: epx max rank load %.6f > "
+                             "deepseek %.6f", sh->name, trial, l, ep, ds);
+                }
+                if (kind == LOAD_ZIPF && ds > 0) {
+                    gain_sum += 1 - ep / ds;
+                    gain_n++;
+                    strictly += ep < ds * (1 - 1e-12);
+                }
+            }
+            /* Metrics against the definition, layer 0. */
+            epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
+            double *lb = malloc((size_t)sh->L * sizeof(double));
+            double *li = malloc((size_t)sh->L * sizeof(double));
+            double b, im;
+            assert_int_equal(epx_balance_metrics(&p, load, p2l[1], &b, &im, lb,
+                                                 li), EPX_OK);
+            double tot = 0;
+            for (int e = 0; e < sh->E; e++)
+                tot += load[e];
+            double mx = max_rank_load(sh, load, p2l[1]), mean = tot / sh->R;
+            if (mx > 0) {
+                assert_true(fabs(lb[0] - mean / mx) < 1e-9);
+                assert_true(fabs(li[0] - (mx - mean) / mean) < 1e-9);
+            }
+            assert_true(b > 0 && b <= 1 + 1e-12 && im >= -1e-12);
+            free(lb);
+            free(li);
+        }
+        free(load);
+        for (int k = 0; k < 2; k++) {
+            free(p2l[k]);
+            free(l2p[k]);
+            free(cnt[k]);
+        }
+    }
+    double avg = gain_sum / gain_n;
+    printf("# zipf loads: epx max rank load %.2f%% below deepseek on average, "
+           "strictly lower in %d of %d layers\n", 100 * avg, strictly, gain_n);
+    printf("# deepseek co-located replicas in %d layers; epx higher in %d "
+           "of them, never elsewhere\n", coloc_n, coloc_worse);
+    assert_true(avg > 0.005);
+}
+
+static int moved(const int32_t *a, const int32_t *b, size_t n)
+{
+    int m = 0;
+    for (size_t i = 0; i < n; i++)
+        m += a[i] != b[i];
+    return m;
+}
+
+/* Keep-in-place: the same loads move nothing; a small change moves fewer
+ * slots than planning from scratch, at the same rank loads. */
+static void keep_in_place(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "keep_in_place") };
+    int kept_total = 0, scratch_total = 0;
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const shape_t *sh = &shapes[i];
+        size_t LS = (size_t)sh->L * sh->S, LE = (size_t)sh->L * sh->E;
+        double *load = malloc(LE * sizeof(double));
+        int32_t *cur = malloc(LS * sizeof(int32_t));
+        int32_t *again = malloc(LS * sizeof(int32_t));
+        int32_t *scratch = malloc(LS * sizeof(int32_t));
+        for (int trial = 0; trial < 10; trial++) {
+            gen_load(&rng, LOAD_ZIPF, 1.0, sh->L, sh->E, load);
+            epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
+            assert_int_equal(epx_balance_plan(&p, load, cur, NULL, 0, NULL),
+                             EPX_OK);
+            p.current_phy2log = cur;
+            assert_int_equal(epx_balance_plan(&p, load, again, NULL, 0, NULL),
+                             EPX_OK);
+            assert_int_equal(moved(cur, again, LS), 0);
+            for (size_t j = 0; j < LE; j++)   /* +-5 % */
+                load[j] *= 0.95 + 0.1 * uniform01(&rng);
+            assert_int_equal(epx_balance_plan(&p, load, again, NULL, 0, NULL),
+                             EPX_OK);
+            p.current_phy2log = NULL;
+            assert_int_equal(epx_balance_plan(&p, load, scratch, NULL, 0, NULL),
+                             EPX_OK);
+            int mk = moved(cur, again, LS), ms = moved(cur, scratch, LS);
+            assert_true(mk <= ms);
+            kept_total += mk;
+            scratch_total += ms;
+            for (int l = 0; l < sh->L; l++) {   /* only slots permuted */
+                const double *ld = load + (size_t)l * sh->E;
+                assert_true(fabs(max_rank_load(sh, ld, again + (size_t)l * sh->S) -
+                                 max_rank_load(sh, ld, scratch + (size_t)l * sh->S))
+                            <= 1e-9 * (1 + ld[0]));
+            }
+        }
+        free(load);
+        free(cur);
+        free(again);
+        free(scratch);
+    }
+    printf("# +-5%% load change: %d slots moved keeping in place, %d from "
+           "scratch\n", kept_total, scratch_total);
+    assert_true(kept_total < scratch_total);
+}
+
+/* A call that must fail with `want`, leave the outputs alone and say why
+ * (the message contains `word`). */
+static void expect_plan_error(const epx_balance_params_t *p, const double *load,
+                              int maxrep, epx_status_t want, const char *word)
+{
+    int32_t p2l[64], l2p[64 * 8], cnt[64];
+    for (int i = 0; i < 64; i++)
+        p2l[i] = cnt[i] = 7777;
+    epx_status_t st = epx_balance_plan(p, load, p2l, l2p, maxrep, cnt);
+    if (st != want || !strstr(epx_last_error(), word))
+        fail_msg("got %s (%s), want %s mentioning '%s'", epx_status_str(st),
+                 epx_last_error(), epx_status_str(want), word);
+    for (int i = 0; i < 64; i++) {
+        assert_int_equal(p2l[i], 7777);
+        assert_int_equal(cnt[i], 7777);
+    }
+}
+
+static void bad_input(void **state)
+{
+    (void)state;
+    double load[16];
+    for (int i = 0; i < 16; i++)
+        load[i] = i % 3 ? 10.0 * i : 1000;
+    shape_t sh = { "bad", 1, 16, 24, 4, 2, 8 };
+    epx_balance_params_t p = params_of(&sh, EPX_BALANCE_EPX), q;
+    int32_t p2l[24];
+
+    q = p; q.num_slots = 12;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "num_slots 12 < num_experts 16");
+    q = p; q.num_slots = 20;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "not a multiple of num_ranks");
+    q = p; q.num_groups = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "num_groups 3 does not divide");
+    q = p; q.num_domains = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "num_domains 3 does not divide");
+    q = p; q.num_ranks = 0;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, ">= 1");
+    q = p; q.policy = (epx_balance_policy_t)7;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "unknown policy");
+    q = p; q.struct_size = 8;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "EPX_BALANCE_PARAMS_INIT");
+    expect_plan_error(NULL, load, 9, EPX_ERR_INVALID, "EPX_BALANCE_PARAMS_INIT");
+    expect_plan_error(&p, NULL, 9, EPX_ERR_INVALID, "load is NULL");
+    assert_int_equal(epx_balance_plan(&p, load, NULL, NULL, 0, NULL),
+                     EPX_ERR_INVALID);
+    assert_non_null(strstr(epx_last_error(), "phy2log is NULL"));
+    expect_plan_error(&p, load, 0, EPX_ERR_INVALID, "max_replicas 0");
+    load[5] = -1;
+    expect_plan_error(&p, load, 9, EPX_ERR_INVALID, "load[0][5] = -1");
+    load[5] = NAN;
+    expect_plan_error(&p, load, 9, EPX_ERR_INVALID, "load[0][5]");
+    load[5] = 50;
+    /* Expert 0 carries most of the load: it needs more than 1 replica. */
+    expect_plan_error(&p, load, 1, EPX_ERR_RANGE, "max_replicas = 1");
+    int32_t cur[24] = { 0 };
+    cur[3] = 16;
+    q = p; q.current_phy2log = cur;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "current_phy2log[0][3] = 16");
+    /* Without log2phy, max_replicas does not matter. */
+    assert_int_equal(epx_balance_plan(&p, load, p2l, NULL, 0, NULL), EPX_OK);
+
+    /* Metrics: a slot naming no expert, an expert with load and no slot. */
+    double b = -1;
+    p2l[2] = 99;
+    assert_int_equal(epx_balance_metrics(&p, load, p2l, &b, NULL, NULL, NULL),
+                     EPX_ERR_INVALID);
+    assert_non_null(strstr(epx_last_error(), "phy2log[0][2] = 99"));
+    assert_true(b == -1);
+    for (int s = 0; s < 24; s++)
+        p2l[s] = s % 15;   /* expert 15 missing */
+    assert_int_equal(epx_balance_metrics(&p, load, p2l, &b, NULL, NULL, NULL),
+                     EPX_ERR_INVALID);
+    assert_non_null(strstr(epx_last_error(), "expert 15 has load"));
+}
+
+/* Metrics on hand-worked placements. */
+static void metrics_by_hand(void **state)
+{
+    (void)state;
+    epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
+    p.num_layers = 2;
+    p.num_experts = 3;
+    p.num_slots = 4;
+    p.num_ranks = 2;
+    /* layer 0: loads 4,1,1; slots 0,0 | 1,2 -> ranks 2+2=4 | 2: mean 3, max 4.
+     * layer 1: loads 2,2,2; slots 0,1 | 2,2 -> 4 | 2: mean 3, max 4. */
+    double load[6] = { 4, 1, 1, 2, 2, 2 };
+    int32_t p2l[8] = { 0, 0, 1, 2, 0, 1, 2, 2 };
+    double b, im, lb[2], li[2];
+    assert_int_equal(epx_balance_metrics(&p, load, p2l, &b, &im, lb, li), EPX_OK);
+    assert_true(fabs(lb[0] - 0.75) < 1e-12 && fabs(li[0] - 1.0 / 3) < 1e-12);
+    assert_true(fabs(lb[1] - 0.75) < 1e-12 && fabs(li[1] - 1.0 / 3) < 1e-12);
+    assert_true(fabs(b - 6.0 / 8) < 1e-12 && fabs(im - 2.0 / 6) < 1e-12);
+    /* No balancer: contiguous blocks, rank 0 = {0}, rank 1 = {1, 2}:
+     * layer 0: 4 | 2, layer 1: 2 | 4: max 4 + 4, mean 3 + 3. */
+    assert_int_equal(epx_balance_metrics(&p, load, NULL, &b, &im, lb, li), EPX_OK);
+    assert_true(fabs(b - 0.75) < 1e-12 && fabs(lb[1] - 0.75) < 1e-12);
+    /* No load at all counts as perfect. */
+    double zero[6] = { 0 };
+    assert_int_equal(epx_balance_metrics(&p, zero, p2l, &b, &im, NULL, NULL),
+                     EPX_OK);
+    assert_true(b == 1.0 && im == 0.0);
+}
+
+int main(void)
+{
+    epxt_init("test_plan");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(eplb_example),
+        cmocka_unit_test(random_invariants),
+        cmocka_unit_test(keep_in_place),
+        cmocka_unit_test(bad_input),
+        cmocka_unit_test(metrics_by_hand),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
