@@ -50,52 +50,65 @@ static inline uint8_t moe_quant_f32_to_e4m3(float f)
     /* Normal (|f| >= 2^-6): drop 20 mantissa bits with RNE; a carry rolls
      * into the exponent, then rebias 127 -> 7. */
     uint32_t nrm = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
-    /* Subnormal: m = RNE(|f| * 2^9) from the significand with its hidden
-     * bit; below 2^-17 everything shifts out to 0 (s clamped to 31, also
-     * for the normal inputs whose result is not used). */
+    /* Subnormal (|f| < 2^-6): m = RNE(|f| * 2^9) from the significand with
+     * its hidden bit, shifted by 141 - exponent; only exponents 117..120
+     * (|f| >= 2^-10) can give m > 0.  One constant shift per exponent and
+     * integer selects: no per-lane shifts and no floating-point operation
+     * under a condition, so loops of this vectorise. */
     uint32_t e = a >> 23;
-    uint32_t s = e >= 110u && e <= 120u ? 141u - e : 31u;
     uint32_t sig = (a & 0x7fffffu) | 0x800000u;
-    uint32_t sub = (sig + (1u << (s - 1)) - 1u + ((sig >> s) & 1u)) >> s;
+#define MOE_QUANT_RNE_SHR(v, s) (((v) + (1u << ((s) - 1)) - 1u + (((v) >> (s)) & 1u)) >> (s))
+    uint32_t sub = e == 120u ? MOE_QUANT_RNE_SHR(sig, 21)
+                 : e == 119u ? MOE_QUANT_RNE_SHR(sig, 22)
+                 : e == 118u ? MOE_QUANT_RNE_SHR(sig, 23)
+                 : e == 117u ? MOE_QUANT_RNE_SHR(sig, 24) : 0u;
+#undef MOE_QUANT_RNE_SHR
     uint32_t code = a >= 0x3c800000u ? nrm : sub;
     code = a >= 0x43e00000u ? 0x7eu : code;   /* >= 448 and Inf */
     code |= sign;
     return (uint8_t)(a > 0x7f800000u ? MOE_QUANT_E4M3_NAN : code);
 }
 
-/* Exact. */
+/* Exact.  Integer operations only (subnormals m 2^-9 built from m's
+ * leading bit), so that loops of it vectorise. */
 static inline float moe_quant_e4m3_to_f32(uint8_t c)
 {
     uint32_t e = (c >> 3) & 15u, m = c & 7u;
-    float mag = e ? moe_quant_float(((e + 120u) << 23) | (m << 20))
-                  : (float)m * 0x1p-9f;
-    mag = (c & 0x7f) == 0x7f ? moe_quant_float(0x7fc00000u) : mag;
-    return c & 0x80 ? -mag : mag;
+    uint32_t sub = m >= 4u ? (120u << 23) | ((m & 3u) << 21)
+                 : m >= 2u ? (119u << 23) | ((m & 1u) << 22)
+                 : m ? 118u << 23 : 0u;
+    uint32_t u = e ? ((e + 120u) << 23) | (m << 20) : sub;
+    u = (c & 0x7f) == 0x7f ? 0x7fc00000u : u;
+    return moe_quant_float(u | ((uint32_t)(c & 0x80) << 24));
 }
 
 /* ---- fp4 E2M1: S.EE.M, bias 1, magnitudes 0 0.5 1 1.5 2 3 4 6; no
  * infinity or NaN. */
 
-/* Round to nearest even (each comparison is one midpoint; >= where the
- * tie goes up to the even code, > where it stays on the even code below);
- * beyond 6 and +-Inf saturate to +-6; NaN gives +6 (0x7): e2m1 has no NaN,
- * the NVFP4 quantizer marks a NaN through its block scale instead. */
+/* Round to nearest even: each comparison is one midpoint, >= where the tie
+ * goes up to the even code, > where it stays on the even code below;
+ * compared as bit patterns (ordered like the non-negative floats they
+ * are), so that NaN, above every midpoint, lands on 7.  Beyond 6 and +-Inf
+ * saturate to +-6; NaN gives +6 (0x7): e2m1 has no NaN, the NVFP4
+ * quantizer marks a NaN through its block scale instead. */
 static inline uint8_t moe_quant_f32_to_e2m1(float f)
 {
     uint32_t u = moe_quant_bits(f);
-    float a = moe_quant_float(u & 0x7fffffffu);
-    uint32_t code = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) +
-                    (a > 2.5f) + (a >= 3.5f) + (a > 5.0f);
-    code |= (u >> 28) & 0x8u;
-    return (uint8_t)(a != a ? 0x7u : code);
+    uint32_t a = u & 0x7fffffffu;
+    uint32_t code = (a > 0x3e800000u) + (a >= 0x3f400000u) +  /* 0.25 0.75 */
+                    (a > 0x3fa00000u) + (a >= 0x3fe00000u) +  /* 1.25 1.75 */
+                    (a > 0x40200000u) + (a >= 0x40600000u) +  /* 2.5 3.5 */
+                    (a > 0x40a00000u);                        /* 5 */
+    uint32_t sign = a > 0x7f800000u ? 0u : (u >> 28) & 0x8u;
+    return (uint8_t)(code | sign);
 }
 
 /* Exact (the low 4 bits of c). */
 static inline float moe_quant_e2m1_to_f32(uint8_t c)
 {
-    static const float mag[8] = { 0.0f, 0.5f, 1.0f, 1.5f,
-                                  2.0f, 3.0f, 4.0f, 6.0f };
-    float v = mag[c & 7u];
+    uint32_t e = (c >> 1) & 3u, m = c & 1u;
+    float v = e ? moe_quant_float(((e + 126u) << 23) | (m << 22))
+                : (float)m * 0.5f;
     return c & 8u ? -v : v;
 }
 
