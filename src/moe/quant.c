@@ -1,0 +1,166 @@
+/*
+ * Block quantizers from bf16 rows and their dequantizers (see quant.h and
+ * README.md, "Quantized formats").  Plain loops over one block at a time so
+ * the compiler can vectorise the amax and the element conversions.
+ */
+#include <float.h>
+#include <string.h>
+#include "moe/quant.h"
+#include "util/util.h"
+
+/* Largest finite magnitude of n bf16 values, as its bit pattern (the order
+ * of non-negative floats is that of their bits); NaN and Inf are skipped.
+ * *nan is set when a NaN was seen.  Signed 16-bit maxima: one SIMD
+ * instruction even on baseline x86-64. */
+static uint16_t amax_bits(const uint16_t *x, size_t n, int *nan)
+{
+    int16_t m = 0, all = 0;
+    for (size_t i = 0; i < n; i++) {
+        int16_t a = (int16_t)(x[i] & 0x7fffu);
+        all = a > all ? a : all;
+        a = a < 0x7f80 ? a : 0;
+        m = a > m ? a : m;
+    }
+    *nan = all > 0x7f80;
+    return (uint16_t)m;
+}
+
+/* Dequantized fp32 values of one block to out[0..n) in out_dtype. */
+static inline void store_block(void *out, epx_dtype_t dt, size_t b0,
+                               const float *v, size_t n)
+{
+    if (dt == EPX_DTYPE_BF16) {
+        uint16_t *o = (uint16_t *)out + b0;
+        for (size_t i = 0; i < n; i++)
+            o[i] = epx__f32_to_bf16(v[i]);
+    } else {
+        memcpy((float *)out + b0, v, n * sizeof(float));
+    }
+}
+
+static inline size_t min_sz(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* ---- fp8, fp32 scales */
+
+void moe_quant_fp8(const uint16_t *x, size_t h, uint8_t *q, float *scale)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP8_BLOCK, k++) {
+        size_t n = min_sz(MOE_QUANT_FP8_BLOCK, h - b0);
+        int nan;
+        float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
+        /* Kept normal so that x / s and q * s stay relative-error
+         * operations for the tiniest blocks. */
+        float s = amax > 0.0f ? amax / MOE_QUANT_E4M3_MAX : 1.0f;
+        s = s < FLT_MIN ? FLT_MIN : s;
+        scale[k] = s;
+        for (size_t i = 0; i < n; i++)
+            q[b0 + i] = moe_quant_f32_to_e4m3(epx__bf16_to_f32(x[b0 + i]) / s);
+    }
+}
+
+void moe_dequant_fp8(const uint8_t *q, const float *scale, size_t h,
+                     void *out, epx_dtype_t out_dtype)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP8_BLOCK, k++) {
+        size_t n = min_sz(MOE_QUANT_FP8_BLOCK, h - b0);
+        float s = scale[k], v[MOE_QUANT_FP8_BLOCK];
+        for (size_t i = 0; i < n; i++)
+            v[i] = moe_quant_e4m3_to_f32(q[b0 + i]) * s;
+        store_block(out, out_dtype, b0, v, n);
+    }
+}
+
+/* ---- fp8, UE8M0 scales (128: DeepSeek-style; 32: MXFP8) */
+
+void moe_quant_fp8_ue8m0(const uint16_t *x, size_t h, size_t block,
+                         uint8_t *q, uint8_t *scale)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += block, k++) {
+        size_t n = min_sz(block, h - b0);
+        int nan;
+        float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
+        uint8_t c = 127;  /* 1.0 */
+        /* amax / 448 is rounded before the round-up, but a bf16 amax (8
+         * significant bits) divided by 7 * 64 is either a power of two or
+         * at least 2^-8 away from one: the rounding cannot hide an excess,
+         * so amax / scale <= 448 holds exactly. */
+        if (amax > 0.0f)
+            c = moe_quant_f32_to_ue8m0(amax / MOE_QUANT_E4M3_MAX);
+        scale[k] = c;
+        float inv = 1.0f / moe_quant_ue8m0_to_f32(c);  /* a power of two */
+        for (size_t i = 0; i < n; i++)
+            q[b0 + i] = moe_quant_f32_to_e4m3(epx__bf16_to_f32(x[b0 + i]) * inv);
+    }
+}
+
+void moe_dequant_fp8_ue8m0(const uint8_t *q, const uint8_t *scale, size_t h,
+                           size_t block, void *out, epx_dtype_t out_dtype)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += block, k++) {
+        size_t n = min_sz(block, h - b0);
+        float s = moe_quant_ue8m0_to_f32(scale[k]), v[256];
+        for (size_t b1 = 0; b1 < n; b1 += 256) {  /* any block size */
+            size_t m = min_sz(256, n - b1);
+            for (size_t i = 0; i < m; i++)
+                v[i] = moe_quant_e4m3_to_f32(q[b0 + b1 + i]) * s;
+            store_block(out, out_dtype, b0 + b1, v, m);
+        }
+    }
+}
+
+/* ---- NVFP4 */
+
+float moe_quant_nvfp4_global(const uint16_t *x, size_t n)
+{
+    int nan;
+    float amax = epx__bf16_to_f32(amax_bits(x, n, &nan));
+    float g = amax > 0.0f ? amax / (MOE_QUANT_E4M3_MAX * MOE_QUANT_E2M1_MAX)
+                          : 1.0f;
+    return g < FLT_MIN ? FLT_MIN : g;
+}
+
+void moe_quant_nvfp4(const uint16_t *x, size_t h, float global, uint8_t *q,
+                     uint8_t *scale)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP4_BLOCK, k++) {
+        size_t n = min_sz(MOE_QUANT_FP4_BLOCK, h - b0);
+        int nan;
+        float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
+        uint8_t sb = moe_quant_f32_to_e4m3(amax / (MOE_QUANT_E2M1_MAX * global));
+        float s = moe_quant_e4m3_to_f32(sb) * global;
+        const uint16_t *xb = x + b0;
+        uint8_t *qb = q + b0 / 2;
+        scale[k] = nan ? MOE_QUANT_E4M3_NAN : sb;
+        /* A zero scale (a block far below the tensor's amax) or a NaN
+         * block encodes zeros; the NaN travels in the scale. */
+        if (nan || !(s > 0.0f)) {
+            memset(qb, 0, (n + 1) / 2);
+            continue;
+        }
+        for (size_t i = 0; i < n / 2; i++) {
+            uint32_t lo = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i]) / s);
+            uint32_t hi = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i + 1]) / s);
+            qb[i] = (uint8_t)(lo | (hi << 4));
+        }
+        if (n & 1)
+            qb[n / 2] = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[n - 1]) / s);
+    }
+}
+
+void moe_dequant_nvfp4(const uint8_t *q, const uint8_t *scale, float global,
+                       size_t h, void *out, epx_dtype_t out_dtype)
+{
+    for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP4_BLOCK, k++) {
+        size_t n = min_sz(MOE_QUANT_FP4_BLOCK, h - b0);
+        float sb = moe_quant_e4m3_to_f32(scale[k]), v[MOE_QUANT_FP4_BLOCK];
+        const uint8_t *qb = q + b0 / 2;
+        for (size_t i = 0; i < n; i++) {
+            uint8_t c = (uint8_t)(qb[i / 2] >> (4 * (i & 1)));
+            v[i] = (moe_quant_e2m1_to_f32(c) * sb) * global;
+        }
+        store_block(out, out_dtype, b0, v, n);
+    }
+}
