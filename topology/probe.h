@@ -20,6 +20,9 @@
 /* dlsym into a function pointer (POSIX: the same representation as
  * void *); the symbol, or NULL. */
 void *epx__topo_dlsym(void *lib, void *fn, const char *name);
+/* A probe's library or device is missing (EPX_ERR_UNSUPPORTED): log why
+ * at info level and carry on (EPX_OK); any other status is returned. */
+epx_status_t epx__topo_absent(epx_status_t st);
 int epx__topo_pci_norm(const char *in, char out[16]);
 /* Object of `kind` on `host` whose bus id is `pci` (normalized), or -1. */
 int epx__topo_find_pci(const epx_topo_t *t, int host, epx_topo_kind_t kind,

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "util/util.h"
 #include "topology/probe.h"
 
 int epx__topo_pci_norm(const char *in, char out[16])
@@ -97,4 +98,15 @@ void *epx__topo_dlsym(void *lib, void *fn, const char *name)
     void *p = dlsym(lib, name);
     memcpy(fn, &p, sizeof(p));
     return p;
+}
+
+epx_status_t epx__topo_absent(epx_status_t st)
+{
+    if (st != EPX_ERR_UNSUPPORTED)
+        return st;
+    const char *why = epx_last_error();
+    EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s",
+            strncmp(why, "topo: ", 6) ? why : why + 6);
+    epx__error_clear();
+    return EPX_OK;
 }

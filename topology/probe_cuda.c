@@ -221,15 +221,8 @@ epx_status_t epx__topo_probe_cuda(epx_topo_t *t, int host)
 {
     topo_cuda_info_t info;
     epx_status_t st = epx__topo_cuda_query("libcuda.so.1", &info);
-    if (st == EPX_ERR_UNSUPPORTED) {
-        const char *why = epx_last_error();
-        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s",
-                strncmp(why, "topo: ", 6) ? why : why + 6);
-        epx__error_clear();
-        return EPX_OK;
-    }
     if (st != EPX_OK)
-        return st;
+        return epx__topo_absent(st);
     st = epx__topo_cuda_apply(t, host, &info);
     epx__topo_cuda_info_free(&info);
     return st;

@@ -655,15 +655,8 @@ epx_status_t epx__topo_probe_nvml(epx_topo_t *t, int host)
     topo_nvml_gpu_t *g;
     int n;
     epx_status_t st = epx__topo_nvml_query("libnvidia-ml.so.1", &g, &n);
-    if (st == EPX_ERR_UNSUPPORTED) {
-        const char *why = epx_last_error();
-        EPX_LOG(EPX_LOG_INFO, "topo", -1, "%s",
-                strncmp(why, "topo: ", 6) ? why : why + 6);
-        epx__error_clear();
-        return EPX_OK;
-    }
     if (st != EPX_OK)
-        return st;
+        return epx__topo_absent(st);
     st = epx__topo_nvml_apply(t, host, g, n);
     free(g);
     return st;
