@@ -288,7 +288,7 @@ typedef enum epx_layout {
 
 typedef struct epx_moe epx_moe_t;
 
-#define EPX_MOE_PARAMS_VERSION 1
+#define EPX_MOE_PARAMS_VERSION 2
 typedef struct epx_moe_params {
     size_t struct_size;        /* sizeof(epx_moe_params_t) */
     unsigned version;          /* EPX_MOE_PARAMS_VERSION */
@@ -299,13 +299,18 @@ typedef struct epx_moe_params {
     epx_dtype_t dtype;         /* BF16 or FP32: x on the wire */
     epx_layout_t layout;
     int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
+    /* version 2 */
+    int num_layers;            /* layers sharing the engine, for the load
+                                  statistics (0: 1) */
+    double stats_decay;        /* weight the decayed load keeps per dispatch,
+                                  in (0, 1) (0: 0.9) */
 } epx_moe_params_t;
 
 #define EPX_MAX_TOPK 32
 
 #define EPX_MOE_PARAMS_INIT                                                   \
     { sizeof(epx_moe_params_t), EPX_MOE_PARAMS_VERSION, 0, 0, 0, 0,           \
-      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1 }
+      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9 }
 
 /* Placement (no balancer): rank r holds the contiguous experts
  * [floor(r*E/R), floor((r+1)*E/R)).  When E is not a multiple of R the
@@ -326,7 +331,7 @@ typedef struct epx_handle epx_handle_t;
 
 #define EPX_DISPATCH_CACHED 0x1u  /* reuse *handle's routing (all ranks) */
 
-#define EPX_DISPATCH_ARGS_VERSION 1
+#define EPX_DISPATCH_ARGS_VERSION 2
 typedef struct epx_dispatch_args {
     size_t struct_size;
     unsigned version;
@@ -334,12 +339,15 @@ typedef struct epx_dispatch_args {
     epx_tensor_t topk_idx;     /* [T, K], INT32 or INT64, -1 = none */
     epx_tensor_t topk_weights; /* [T, K], FP32 */
     unsigned flags;            /* EPX_DISPATCH_* */
+    /* version 2 */
+    int layer;                 /* layer of this dispatch, for the load
+                                  statistics: 0 .. num_layers - 1 */
 } epx_dispatch_args_t;
 
 #define EPX_DISPATCH_ARGS_INIT                                                \
     { sizeof(epx_dispatch_args_t), EPX_DISPATCH_ARGS_VERSION,                 \
       { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
-      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u }
+      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0 }
 
 /* What this rank received.  Pointers stay valid until this rank's
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or
@@ -427,6 +435,31 @@ epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
  * waits for that phase's peers first, so the engine stays in step.
  * Release every handle before destroying its engine. */
 void epx_handle_release(epx_handle_t *handle);
+
+/* Load statistics: tokens routed to each logical expert, per layer,
+ * recorded by every successful dispatch (cached ones too) from the counts
+ * its routing layout computes anyway (no extra pass over the tokens).  No
+ * replicas yet, so physical slots are the logical experts. */
+typedef struct epx_moe_stats {
+    size_t struct_size;        /* set to sizeof(epx_moe_stats_t) */
+    int num_layers, num_experts;
+    int64_t dispatches;        /* recorded since the last reset (this rank;
+                                  global: summed over ranks) */
+    const int64_t *window;     /* [layers][experts] tokens since the reset */
+    const double *decayed;     /* [layers][experts] load per dispatch,
+                                  decayed by stats_decay at each dispatch
+                                  of the layer */
+} epx_moe_stats_t;
+
+/* global 0: this rank's own tokens, local.  global 1: summed over every
+ * rank (collective: every rank calls it).  The arrays belong to the engine
+ * and stay valid until its next epx_moe_stats call or its destruction. */
+epx_status_t epx_moe_stats(epx_moe_t *moe, int global, epx_moe_stats_t *stats);
+/* Local: clear this rank's window and decayed load. */
+epx_status_t epx_moe_stats_reset(epx_moe_t *moe);
+/* The statistics as one JSON object ({"layers", "experts", "dispatches",
+ * "window": [[..]..], "decayed": [[..]..]}); *json is malloc'd (free()). */
+epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
 
 /* Number of tokens of the source rank's dispatch recorded in a handle. */
 int64_t epx_handle_num_tokens(const epx_handle_t *handle);

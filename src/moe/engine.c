@@ -9,7 +9,7 @@
 #include "moe/moe.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
-    int32_t status, hidden, experts, topk, dtype, layout, align, pad;
+    int32_t status, hidden, experts, topk, dtype, layout, align, layers;
     int64_t max_tokens;
 } engine_info_t;
 
@@ -32,6 +32,11 @@ static epx_status_t check_params(const epx_moe_params_t *p)
     if (p->layout != EPX_LAYOUT_TOKEN_MAJOR && p->layout != EPX_LAYOUT_EXPERT_MAJOR)
         return epx__error(EPX_ERR_INVALID, "moe: unknown layout %d",
                           (int)p->layout);
+    int v2 = p->struct_size >= offsetof(epx_moe_params_t, stats_decay) + sizeof(double);
+    if (v2 && (p->num_layers < 0 || !(p->stats_decay >= 0 && p->stats_decay < 1)))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: num_layers (%d) must be >= 0 and stats_decay "
+                          "(%g) in [0, 1)", p->num_layers, p->stats_decay);
     if (p->expert_alignment < 1 || p->expert_alignment > 4096)
         return epx__error(EPX_ERR_INVALID,
                           "moe: expert_alignment %d must be in [1, 4096]",
@@ -42,11 +47,13 @@ static epx_status_t check_params(const epx_moe_params_t *p)
 static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 {
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
-                                   "dtype", "layout", "expert_alignment" };
+                                   "dtype", "layout", "expert_alignment",
+                                   "num_layers" };
     const epx_moe_params_t *p = &m->p;
     engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
                           (int32_t)p->dtype, (int32_t)p->layout,
-                          p->expert_alignment, 0, p->max_tokens_per_rank };
+                          p->expert_alignment, m->layers,
+                          p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
@@ -60,7 +67,7 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
             break;
         }
         const int32_t *a = &all[r].status, *b = &me.status;
-        for (int f = 1; f < 7; f++)
+        for (int f = 1; f < 8; f++)
             if (a[f] != b[f]) {
                 st = epx__error(EPX_ERR_MISMATCH,
                                 "moe: %s is %d on rank %d but %d on rank %d",
@@ -172,6 +179,8 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             !m->tot || !m->acc)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
+    m->layers = m->p.num_layers > 0 ? m->p.num_layers : 1;
+    m->decay = m->p.stats_decay > 0 ? m->p.stats_decay : 0.9;
     m->maxT = mine == EPX_OK ? params->max_tokens_per_rank : 0;
     if ((st = agree(m, mine, &m->maxT)) != EPX_OK)
         goto err_free;
@@ -181,7 +190,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         for (int e = m->first[r]; e < m->first[r + 1]; e++)
             m->e2r[e] = r;
-    if ((st = plan_window(m)) != EPX_OK)
+    if ((st = plan_window(m)) != EPX_OK || (st = moe_stats_init(m)) != EPX_OK)
         goto err_free;
     warn_shm_space(m);
     if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
@@ -209,6 +218,7 @@ void epx_moe_destroy(epx_moe_t *m)
         return;
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
+    moe_stats_free(m);
     free(m->e2r);
     free(m->first);
     free(m->blk);

@@ -37,6 +37,11 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: args not set up with EPX_DISPATCH_ARGS_INIT");
     int64_t T = a->x.rows;
+    int layer = moe_args_layer(a);
+    if (layer < 0 || layer >= m->layers)
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: layer %d out of range [0, %d) (num_layers)",
+                          layer, m->layers);
     if (T < 0)
         return epx__error(EPX_ERR_INVALID, "dispatch: %lld tokens",
                           (long long)T);
@@ -98,7 +103,8 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->offsets = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
     h->ebase = malloc(sizeof(int64_t) * (size_t)m->E);
-    if (!h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
+    h->ecount = malloc(sizeof(int32_t) * (size_t)m->E);
+    if (!h->ecount || !h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
         !h->retbase || !h->counts || !h->offsets) {
         moe_handle_free(h);
         return NULL;
@@ -118,6 +124,7 @@ void moe_handle_free(epx_handle_t *h)
     free(h->offsets);
     free(h->entbase);
     free(h->ebase);
+    free(h->ecount);
     free(h);
 }
 
@@ -166,5 +173,6 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
         for (int j = 0; j < nd; j++)
             cnt_r[dst[j]]++;
     }
+    memcpy(h->ecount, cnt_e, sizeof(int32_t) * (size_t)E);
     return EPX_OK;
 }

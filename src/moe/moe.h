@@ -19,6 +19,7 @@
 #ifndef EPX_MOE_H
 #define EPX_MOE_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "epx.h"
 #include "core/comm.h"
@@ -62,6 +63,13 @@ struct epx_moe {
     int64_t *ecur;             /* [E] next expert-major row per expert */
     int64_t *tot;              /* [E] tokens per expert over all sources */
     float *acc;                /* [H] fp32 accumulator */
+    /* load statistics (stats.c) */
+    int layers;                /* num_layers (>= 1) */
+    double decay;
+    int64_t dispatches, *st_window;     /* [layers][E] */
+    double *st_decayed;                 /* [layers][E] */
+    int64_t *st_gwindow;                /* global copies (epx_moe_stats) */
+    double *st_gdecayed;
     void *wire;                /* [row_bytes] one row in the engine dtype */
     float *part;               /* [H] fp32 partial of one rank (pull) */
     int32_t *mode;             /* [R] how each rank left its outputs */
@@ -84,6 +92,7 @@ struct epx_handle {
     int64_t *counts, *offsets; /* [nlocal] */
     int dispatched;            /* a dispatch completed with this routing */
     uint64_t call;             /* count exchange of its (uncached) dispatch */
+    int32_t *ecount;           /* [E] this rank's tokens per expert */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
@@ -107,6 +116,13 @@ static inline size_t moe_status_off(const epx_moe_t *m, int phase,
                               (size_t)src);
 }
 
+/* Layer of a dispatch (0 for callers built against version 1 args). */
+static inline int moe_args_layer(const epx_dispatch_args_t *a)
+{
+    return a->struct_size >= offsetof(epx_dispatch_args_t, layer) + sizeof(int)
+        ? a->layer : 0;
+}
+
 /* layout.c */
 epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
                               const char *name, unsigned dtypes, int64_t rows,
@@ -117,6 +133,10 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
 void moe_handle_free(epx_handle_t *h);
+/* stats.c */
+epx_status_t moe_stats_init(epx_moe_t *m);
+void moe_stats_free(epx_moe_t *m);
+void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount);
 /* dispatch.c / combine.c */
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);

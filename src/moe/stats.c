@@ -1,0 +1,151 @@
+/*
+ * Load statistics: tokens this rank routes to each logical expert, per
+ * layer, from the per-expert counts the routing layout computes anyway.
+ * A window sum (since the last reset) and a load decayed at each dispatch
+ * of the layer; summed over the ranks on request through the bootstrap's
+ * all-gather (a setup-path collective: rare, not on the data path).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+epx_status_t moe_stats_init(epx_moe_t *m)
+{
+    size_t n = (size_t)m->layers * (size_t)m->E;
+    m->st_window = calloc(n, sizeof(int64_t));
+    m->st_decayed = calloc(n, sizeof(double));
+    m->st_gwindow = calloc(n, sizeof(int64_t));
+    m->st_gdecayed = calloc(n, sizeof(double));
+    if (!m->st_window || !m->st_decayed || !m->st_gwindow || !m->st_gdecayed)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (statistics)");
+    return EPX_OK;
+}
+
+void moe_stats_free(epx_moe_t *m)
+{
+    free(m->st_window);
+    free(m->st_decayed);
+    free(m->st_gwindow);
+    free(m->st_gdecayed);
+}
+
+void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount)
+{
+    int64_t *w = m->st_window + (size_t)layer * (size_t)m->E;
+    double *d = m->st_decayed + (size_t)layer * (size_t)m->E;
+    for (int e = 0; e < m->E; e++) {
+        w[e] += ecount[e];
+        d[e] = m->decay * d[e] + (double)ecount[e];
+    }
+    m->dispatches++;
+}
+
+epx_status_t epx_moe_stats_reset(epx_moe_t *m)
+{
+    if (!m)
+        return epx__error(EPX_ERR_INVALID, "moe: engine NULL");
+    size_t n = (size_t)m->layers * (size_t)m->E;
+    memset(m->st_window, 0, n * sizeof(int64_t));
+    memset(m->st_decayed, 0, n * sizeof(double));
+    m->dispatches = 0;
+    return EPX_OK;
+}
+
+/* Sum every rank's record: [dispatches, window..., decayed...]. */
+static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
+{
+    size_t n = (size_t)m->layers * (size_t)m->E;
+    size_t rec = sizeof(int64_t) * (1 + n) + sizeof(double) * n;
+    char *mine = malloc(rec), *all = malloc(rec * (size_t)m->R);
+    if (!mine || !all) {
+        free(mine);
+        free(all);
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (statistics)");
+    }
+    memcpy(mine, &m->dispatches, sizeof(int64_t));
+    memcpy(mine + sizeof(int64_t), m->st_window, n * sizeof(int64_t));
+    memcpy(mine + sizeof(int64_t) * (1 + n), m->st_decayed, n * sizeof(double));
+    epx_status_t st = epx__comm_allgather(m->comm, mine, all, rec);
+    if (st == EPX_OK) {
+        *dispatches = 0;
+        memset(m->st_gwindow, 0, n * sizeof(int64_t));
+        memset(m->st_gdecayed, 0, n * sizeof(double));
+        for (int r = 0; r < m->R; r++) {   /* rank order: same sums everywhere */
+            const char *p = all + rec * (size_t)r;
+            int64_t c, w;
+            double d;
+            memcpy(&c, p, sizeof(c));
+            *dispatches += c;
+            for (size_t i = 0; i < n; i++) {
+                memcpy(&w, p + sizeof(int64_t) * (1 + i), sizeof(w));
+                memcpy(&d, p + sizeof(int64_t) * (1 + n) + sizeof(double) * i,
+                       sizeof(d));
+                m->st_gwindow[i] += w;
+                m->st_gdecayed[i] += d;
+            }
+        }
+    }
+    free(mine);
+    free(all);
+    return st;
+}
+
+epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
+{
+    if (!m || !out)
+        return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
+    epx_moe_stats_t s = { sizeof(s), m->layers, m->E, m->dispatches,
+                          m->st_window, m->st_decayed };
+    if (global) {
+        epx_status_t st = sum_over_ranks(m, &s.dispatches);
+        if (st != EPX_OK)
+            return st;
+        s.window = m->st_gwindow;
+        s.decayed = m->st_gdecayed;
+    }
+    size_t n = out->struct_size && out->struct_size < sizeof(s)
+        ? out->struct_size : sizeof(s);
+    s.struct_size = n;
+    memcpy(out, &s, n);
+    return EPX_OK;
+}
+
+epx_status_t epx_moe_stats_json(const epx_moe_stats_t *s, char **json)
+{
+    if (!s || !json || s->num_layers < 1 || s->num_experts < 1 || !s->window ||
+        !s->decayed)
+        return epx__error(EPX_ERR_INVALID, "moe: statistics or output NULL");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return epx__syserror(EPX_ERR_NOMEM, "moe: open_memstream");
+    fprintf(f, "{\"layers\": %d, \"experts\": %d, \"dispatches\": %lld,\n"
+            " \"window\": [", s->num_layers, s->num_experts,
+            (long long)s->dispatches);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass)
+            fputs("],\n \"decayed\": [", f);
+        for (int l = 0; l < s->num_layers; l++) {
+            fputs(l ? ",\n  [" : "\n  [", f);
+            for (int e = 0; e < s->num_experts; e++) {
+                size_t i = (size_t)l * (size_t)s->num_experts + (size_t)e;
+                if (pass)
+                    fprintf(f, "%s%.17g", e ? ", " : "", s->decayed[i]);
+                else
+                    fprintf(f, "%s%lld", e ? ", " : "", (long long)s->window[i]);
+            }
+            fputc(']', f);
+        }
+    }
+    fputs("]}\n", f);
+    if (fclose(f) != 0) {
+        free(buf);
+        return epx__syserror(EPX_ERR_NOMEM, "moe: writing the statistics");
+    }
+    *json = buf;
+    return EPX_OK;
+}
