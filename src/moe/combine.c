@@ -80,11 +80,9 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
 {
     epx_status_t st = EPX_OK;
     size_t off = moe_status_off(m, MOE_ST_COMB, m->n_comb, m->rank);
-    for (int d = 0; d < m->R && st == EPX_OK; d++) {
-        st = epx__win_put(m->win, d, off, &mine, sizeof(int32_t));
-        if (st == EPX_OK)
-            st = epx__win_signal(m->win, d, MOE_SIG_COMB, 1);
-    }
+    for (int d = 0; d < m->R && st == EPX_OK; d++)
+        st = epx__win_put_signal(m->win, d, off, &mine, sizeof(int32_t),
+                                 MOE_SIG_COMB, 1);
     return st;
 }
 

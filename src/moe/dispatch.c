@@ -89,10 +89,8 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
         if (st == EPX_OK)
             st = epx__win_flush(m->win, d);
         if (st == EPX_OK)
-            st = epx__win_put(m->win, d, off + blk_bytes - sizeof(seq), &seq,
-                              sizeof(seq));
-        if (st == EPX_OK)
-            st = epx__win_signal(m->win, d, MOE_SIG_COUNTS, 1);
+            st = epx__win_put_signal(m->win, d, off + blk_bytes - sizeof(seq),
+                                     &seq, sizeof(seq), MOE_SIG_COUNTS, 1);
     }
     if (st == EPX_OK)
         st = epx__win_wait(m->win, MOE_SIG_COUNTS, (uint64_t)m->R * m->n_counts);

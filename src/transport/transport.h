@@ -57,6 +57,16 @@ static inline epx_status_t epx__win_put(epx_win_t *w, int peer, size_t off,
 static inline epx_status_t epx__win_signal(epx_win_t *w, int peer, int slot,
                                            uint64_t inc)
 { return w->ops->signal(w, peer, slot, inc); }
+/* Put-with-signal: `len` bytes at `off`, then the peer's counter `slot`
+ * += inc; a peer that sees the counter sees the bytes. */
+static inline epx_status_t epx__win_put_signal(epx_win_t *w, int peer,
+                                               size_t off, const void *src,
+                                               size_t len, int slot,
+                                               uint64_t inc)
+{
+    epx_status_t st = w->ops->put(w, peer, off, src, len);
+    return st == EPX_OK ? w->ops->signal(w, peer, slot, inc) : st;
+}
 /* Wait until this rank's counter `slot` >= value. */
 static inline epx_status_t epx__win_wait(epx_win_t *w, int slot, uint64_t value)
 { return w->ops->wait(w, slot, value); }

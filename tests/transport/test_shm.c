@@ -1,6 +1,7 @@
 /*
  * transport/shm through the internal window API (src/transport/transport.h):
  * windows of several sizes, puts at unaligned offsets, put + signal + wait,
+ * put-with-signal,
  * many-to-one, separate signal slots, out-of-range puts, wait timeouts,
  * 72 ranks; and nothing named epx-<job>-* left in /dev/shm, neither once
  * the windows are mapped nor after a rank was killed mid-run.
@@ -176,8 +177,7 @@ static int many_to_one_rank(epx_comm_t *comm, void *arg)
     CHECK(buf);
     for (int round = 1; round <= ROUNDS; round++) {
         fill(buf, 0, seg, me, round);
-        CHECK_OK(epx__win_put(w, 0, 5 + (size_t)me * seg, buf, seg));
-        CHECK_OK(epx__win_signal(w, 0, 0, 1));
+        CHECK_OK(epx__win_put_signal(w, 0, 5 + (size_t)me * seg, buf, seg, 0, 1));
         if (me == 0) {
             CHECK_OK(epx__win_wait(w, 0, (uint64_t)R * (uint64_t)round));
             for (int src = 0; src < R; src++) {
