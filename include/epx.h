@@ -304,17 +304,24 @@ typedef struct epx_moe_params {
                                   statistics (0: 1) */
     double stats_decay;        /* weight the decayed load keeps per dispatch,
                                   in (0, 1) (0: 0.9) */
+    int num_slots;             /* physical expert slots (replicas), a multiple
+                                  of the ranks and >= num_experts; slot s
+                                  lives on rank s / (num_slots / R); each
+                                  layer then needs epx_moe_set_placement.
+                                  0: no replicas, the contiguous placement */
 } epx_moe_params_t;
 
 #define EPX_MAX_TOPK 32
 
 #define EPX_MOE_PARAMS_INIT                                                   \
     { sizeof(epx_moe_params_t), EPX_MOE_PARAMS_VERSION, 0, 0, 0, 0,           \
-      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9 }
+      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9, 0 }
 
 /* Placement (no balancer): rank r holds the contiguous experts
  * [floor(r*E/R), floor((r+1)*E/R)).  When E is not a multiple of R the
- * counts differ by at most one; when E < R some ranks hold none. */
+ * counts differ by at most one; when E < R some ranks hold none.
+ * With num_slots, "local experts" below are this rank's slots, and
+ * epx_moe_expert_rank takes a slot. */
 int epx_moe_expert_rank(const epx_moe_t *moe, int expert);
 int epx_moe_num_local_experts(const epx_moe_t *moe);
 int epx_moe_first_local_expert(const epx_moe_t *moe);
@@ -372,6 +379,9 @@ typedef struct epx_recv {
      * Expert-major: topk_idx NULL, topk_weights [num_rows]. */
     const int32_t *topk_idx;
     const float *topk_weights;
+    /* [num_local_experts] the logical expert of each local expert (with
+     * num_slots: of each local slot; else first_local_expert + j). */
+    const int32_t *local_experts;
 } epx_recv_t;
 
 /* Split dispatch.  epx_dispatch_send routes, exchanges counts (collective)
@@ -435,6 +445,26 @@ epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
  * waits for that phase's peers first, so the engine stays in step.
  * Release every handle before destroying its engine. */
 void epx_handle_release(epx_handle_t *handle);
+
+/* Replica routing: which replica of a logical expert a token goes to. */
+typedef enum epx_replica_policy {
+    /* A replica on the source rank, else one in the source's domain
+     * (epx_comm_topology), else one of all; among several candidates the
+     * source takes candidate (source rank mod count): a fixed table, so a
+     * source always uses the same replica and sources spread evenly. */
+    EPX_REPLICA_LOCAL_FIRST = 0,
+    /* Replica (token index mod replica count), replicas in slot order. */
+    EPX_REPLICA_ROUND_ROBIN = 1
+} epx_replica_policy_t;
+
+/* Physical placement of one layer (engines with num_slots): slot s holds
+ * logical expert phy2log[s] (every expert at least once), e.g. from
+ * epx_balance_plan.  Local, but every rank must pass the same placement
+ * before its next dispatch of the layer: dispatch checks that they agree
+ * (EPX_ERR_MISMATCH).  Not while a dispatch of the engine is in flight. */
+epx_status_t epx_moe_set_placement(epx_moe_t *moe, int layer,
+                                   const int32_t *phy2log,
+                                   epx_replica_policy_t policy);
 
 /* Load statistics: tokens routed to each logical expert, per layer,
  * recorded by every successful dispatch (cached ones too) from the counts

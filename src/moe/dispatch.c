@@ -72,7 +72,7 @@ static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
  * header (status, cached flag, its handle's call): the counts of its
  * routing are known.  The sequence word goes last, after a flush. */
 static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
-                                    uint64_t handle_call)
+                                    uint64_t handle_call, int layer)
 {
     uint64_t call = m->n_counts++;
     size_t body = sizeof(int32_t) * (size_t)(cached ? MOE_BLK_HDR : m->blk_ints - 1);
@@ -83,6 +83,8 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
     m->blk[MOE_BLK_STATUS] = mine;
     m->blk[MOE_BLK_CACHED] = cached;
     m->blk[MOE_BLK_HANDLE] = (int32_t)handle_call;
+    m->blk[MOE_BLK_LAYER] = layer;
+    m->blk[MOE_BLK_PLACE] = m->place_hash ? (int32_t)m->place_hash[layer] : 0;
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++) {
         st = epx__win_put(m->win, d, off, m->blk, body);
@@ -111,6 +113,13 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
                               "dispatch: rank %d %s EPX_DISPATCH_CACHED but "
                               "rank %d %s", s, cached ? "did not pass" : "passed",
                               m->rank, cached ? "did" : "did not");
+        if (b[MOE_BLK_LAYER] != layer || b[MOE_BLK_PLACE] != m->blk[MOE_BLK_PLACE])
+            return epx__error(EPX_ERR_MISMATCH,
+                              "dispatch: rank %d dispatches layer %d with "
+                              "placement %08x, rank %d layer %d with %08x "
+                              "(epx_moe_set_placement must agree)", s,
+                              (int)b[MOE_BLK_LAYER], (unsigned)b[MOE_BLK_PLACE],
+                              m->rank, layer, (unsigned)m->blk[MOE_BLK_PLACE]);
         if (cached && b[MOE_BLK_HANDLE] != (int32_t)handle_call)
             return epx__error(EPX_ERR_MISMATCH,
                               "dispatch: cached dispatch with handles of "
@@ -126,7 +135,7 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
 static void plan_offsets(epx_moe_t *m, epx_handle_t *h)
 {
     uint64_t call = m->n_counts - 1;
-    const int R = m->R, E = m->E, me = m->rank;
+    const int R = m->R, E = m->U, me = m->rank;   /* per unit */
     int64_t align = m->p.expert_alignment;
     int64_t *entcur = h->entbase, *ecur = h->ebase;
     memset(entcur, 0, sizeof(int64_t) * (size_t)R);
@@ -174,7 +183,7 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
     memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
-    memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->E);
+    memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->U);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const char *row = x + (size_t)t * m->row_bytes;
         const int32_t *ids = h->idx + t * K;
@@ -184,7 +193,7 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
             ent[0] = me;
             ent[1] = (int32_t)(h->retbase[t] + j);
             for (int k = 0; k < K; k++) {
-                int local = ids[k] >= 0 && m->e2r[ids[k]] == d;
+                int local = ids[k] >= 0 && m->u2r[ids[k]] == d;
                 lidx[k] = local ? ids[k] - m->first[d] : -1;
                 lw[k] = local ? w[t * K + k] : 0.0f;
                 if (!local || tm)
@@ -272,20 +281,28 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
             mine = epx__error(EPX_ERR_INVALID,
                               "dispatch: EPX_DISPATCH_CACHED with a routing that "
                               "differs from the handle's");
+        else if (moe_args_layer(a) != h->layer ||
+                 (m->place_hash && m->place_hash[h->layer] != h->place))
+            mine = epx__error(EPX_ERR_INVALID,
+                              "dispatch: EPX_DISPATCH_CACHED for another layer "
+                              "or after the layer's placement changed");
         if (mine != EPX_OK)
             cached = 0;
     } else if (mine == EPX_OK) {
         h = moe_handle_new(m, a->x.rows);
         if (!h)
             mine = epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
-        else if ((mine = moe_layout(m, a, h)) == EPX_OK)
+        else if ((mine = moe_layout(m, a, h)) == EPX_OK) {
             h->hash = moe_hash_idx(m, a);
+            h->place = m->place_hash ? m->place_hash[h->layer] : 0;
+        }
     }
     if (mine != EPX_OK)
         memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
     if (!cached && h)
         h->call = m->n_counts;
-    st = exchange_counts(m, mine, cached, cached ? h->call : 0);
+    int layer = mine == EPX_OK ? moe_args_layer(a) : 0;
+    st = exchange_counts(m, mine, cached, cached ? h->call : 0, layer);
     if (st == EPX_OK && !cached)
         plan_offsets(m, h);
     if (st == EPX_OK)
@@ -351,6 +368,12 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     full.x.cols = m->H;
     full.num_local_experts = nl;
     full.first_local_expert = m->first[m->rank];
+    for (int j = 0; j < nl; j++) {
+        int u = m->first[m->rank] + j;
+        m->local_exp[j] = m->p.num_slots > 0
+            ? m->phy2log[(size_t)h->layer * (size_t)m->U + (size_t)u] : u;
+    }
+    full.local_experts = m->local_exp;
     full.expert_counts = h->counts;
     full.expert_offsets = tm ? NULL : h->offsets;
     full.src_rank = srank;

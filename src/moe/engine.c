@@ -9,11 +9,12 @@
 #include "moe/moe.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
-    int32_t status, hidden, experts, topk, dtype, layout, align, layers;
+    int32_t status, hidden, experts, topk, dtype, layout, align, layers, slots,
+            pad;
     int64_t max_tokens;
 } engine_info_t;
 
-static epx_status_t check_params(const epx_moe_params_t *p)
+static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
 {
     if (p->struct_size < offsetof(epx_moe_params_t, expert_alignment) + sizeof(int))
         return epx__error(EPX_ERR_INVALID,
@@ -37,6 +38,12 @@ static epx_status_t check_params(const epx_moe_params_t *p)
         return epx__error(EPX_ERR_INVALID,
                           "moe: num_layers (%d) must be >= 0 and stats_decay "
                           "(%g) in [0, 1)", p->num_layers, p->stats_decay);
+    if (v2 && p->num_slots != 0 &&
+        (p->num_slots < p->num_experts || p->num_slots % nranks != 0))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: num_slots %d must be >= num_experts (%d) and a "
+                          "multiple of the %d ranks", p->num_slots,
+                          p->num_experts, nranks);
     if (p->expert_alignment < 1 || p->expert_alignment > 4096)
         return epx__error(EPX_ERR_INVALID,
                           "moe: expert_alignment %d must be in [1, 4096]",
@@ -48,11 +55,11 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 {
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
                                    "dtype", "layout", "expert_alignment",
-                                   "num_layers" };
+                                   "num_layers", "num_slots" };
     const epx_moe_params_t *p = &m->p;
     engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
                           (int32_t)p->dtype, (int32_t)p->layout,
-                          p->expert_alignment, m->layers,
+                          p->expert_alignment, m->layers, m->U, 0,
                           p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
@@ -67,7 +74,7 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
             break;
         }
         const int32_t *a = &all[r].status, *b = &me.status;
-        for (int f = 1; f < 8; f++)
+        for (int f = 1; f < 9; f++)
             if (a[f] != b[f]) {
                 st = epx__error(EPX_ERR_MISMATCH,
                                 "moe: %s is %d on rank %d but %d on rank %d",
@@ -142,6 +149,119 @@ static void warn_shm_space(const epx_moe_t *m)
                 worst / (1 << 30), avail / (1 << 30));
 }
 
+/* Replica tables (engines with num_slots): storage, and every rank's
+ * domain for the local-first rule (collective: the communicator's map). */
+static epx_status_t replicas_init(epx_moe_t *m)
+{
+    if (m->p.num_slots <= 0)
+        return EPX_OK;
+    size_t L = (size_t)m->layers, U = (size_t)m->U, E = (size_t)m->E;
+    m->phy2log = malloc(sizeof(int32_t) * L * U);
+    m->rep_off = malloc(sizeof(int32_t) * L * (E + 1));
+    m->rep = malloc(sizeof(int32_t) * L * U);
+    m->pick = malloc(sizeof(int32_t) * L * E);
+    m->policy = calloc(L, sizeof(int32_t));
+    m->place_hash = calloc(L, sizeof(uint32_t));
+    m->rank_domain = malloc(sizeof(int32_t) * (size_t)m->R);
+    if (!m->phy2log || !m->rep_off || !m->rep || !m->pick || !m->policy ||
+        !m->place_hash || !m->rank_domain)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (replicas)");
+    for (size_t i = 0; i < L * U; i++)
+        m->phy2log[i] = -1;
+    const epx_topo_t *t;
+    epx_status_t st = epx_comm_topology(m->comm, &t);
+    if (st != EPX_OK)
+        return st;
+    for (int r = 0; r < m->R; r++)
+        m->rank_domain[r] = epx_topo_rank_domain(t, r);
+    return EPX_OK;
+}
+
+/* 0: the slot is on this rank, 1: in its domain, 2: elsewhere. */
+static int replica_tier(const epx_moe_t *m, int slot)
+{
+    int r = m->u2r[slot];
+    return r == m->rank ? 0
+        : m->rank_domain[r] == m->rank_domain[m->rank] ? 1 : 2;
+}
+
+epx_status_t epx_moe_set_placement(epx_moe_t *m, int layer,
+                                   const int32_t *phy2log,
+                                   epx_replica_policy_t policy)
+{
+    if (!m || !phy2log)
+        return epx__error(EPX_ERR_INVALID, "moe: engine or phy2log NULL");
+    if (m->p.num_slots <= 0)
+        return epx__error(EPX_ERR_INVALID, "moe: the engine has no slots "
+                          "(create it with num_slots to place replicas)");
+    if (layer < 0 || layer >= m->layers)
+        return epx__error(EPX_ERR_INVALID, "moe: layer %d out of range [0, %d)",
+                          layer, m->layers);
+    if (policy != EPX_REPLICA_LOCAL_FIRST && policy != EPX_REPLICA_ROUND_ROBIN)
+        return epx__error(EPX_ERR_INVALID, "moe: unknown replica policy %d",
+                          (int)policy);
+    if (m->state == MOE_SENT || m->state == MOE_COMBINING)
+        return epx__error(EPX_ERR_STATE, "moe: placement changed while a "
+                          "dispatch is in flight");
+    const int U = m->U, E = m->E;
+    /* Validate into scratch first: a bad placement changes nothing. */
+    int32_t *cnt = calloc((size_t)E + 1, sizeof(int32_t));
+    if (!cnt)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (placement)");
+    epx_status_t st = EPX_OK;
+    for (int u = 0; u < U && st == EPX_OK; u++)
+        if (phy2log[u] < 0 || phy2log[u] >= E)
+            st = epx__error(EPX_ERR_INVALID, "moe: phy2log[%d] = %d is not an "
+                            "expert of [0, %d)", u, (int)phy2log[u], E);
+        else
+            cnt[phy2log[u] + 1]++;
+    for (int e = 0; e < E && st == EPX_OK; e++)
+        if (cnt[e + 1] == 0)
+            st = epx__error(EPX_ERR_INVALID,
+                            "moe: expert %d has no slot in the placement", e);
+    if (st != EPX_OK) {
+        free(cnt);
+        return st;
+    }
+    int32_t *off = m->rep_off + (size_t)layer * (size_t)(E + 1);
+    int32_t *p2l = m->phy2log + (size_t)layer * (size_t)U;
+    int32_t *rep = m->rep + (size_t)layer * (size_t)U;
+    int32_t *pick = m->pick + (size_t)layer * (size_t)E;
+    for (int e = 0; e < E; e++)
+        cnt[e + 1] += cnt[e];
+    memcpy(off, cnt, sizeof(int32_t) * (size_t)(E + 1));
+    memcpy(p2l, phy2log, sizeof(int32_t) * (size_t)U);
+    for (int u = 0; u < U; u++)          /* cnt[e]: next free place of e */
+        rep[cnt[phy2log[u]]++] = u;
+    free(cnt);
+    uint32_t h = 2166136261u ^ (uint32_t)policy;
+    for (int u = 0; u < U; u++)
+        h = (h ^ (uint32_t)phy2log[u]) * 16777619u;
+    m->place_hash[layer] = h ? h : 1;
+    m->policy[layer] = policy;
+    /* Local-first table: on this rank, else in its domain, else any;
+     * candidate (rank mod count) among several. */
+    for (int e = 0; e < E; e++) {
+        int tier_best = 3, n = 0;
+        for (int i = off[e]; i < off[e + 1]; i++) {
+            int tier = replica_tier(m, rep[i]);
+            if (tier < tier_best) {
+                tier_best = tier;
+                n = 0;
+            }
+            n += tier == tier_best;
+        }
+        int want = m->rank % n;
+        for (int i = off[e]; i < off[e + 1]; i++) {
+            if (replica_tier(m, rep[i]) == tier_best && want-- == 0) {
+                pick[e] = rep[i];
+                break;
+            }
+        }
+    }
+    return EPX_OK;
+}
+
 epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                             epx_moe_t **out)
 {
@@ -155,28 +275,31 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->rank = comm->rank;
     memcpy(&m->p, params, params->struct_size < sizeof(m->p)
                               ? params->struct_size : sizeof(m->p));
-    epx_status_t mine = check_params(params), st;
+    epx_status_t mine = check_params(params, m->R), st;
     if (mine == EPX_OK) {
         m->E = params->num_experts;
+        m->U = m->p.num_slots > 0 ? m->p.num_slots : m->E;
         m->K = params->topk;
         m->H = params->hidden;
         m->esize = epx_dtype_size(params->dtype);
         m->row_bytes = m->esize * (size_t)m->H;
         m->maxdest = m->K < m->R ? m->K : m->R;
-        m->blk_ints = MOE_BLK_HDR + m->E + m->R + 1;
+        m->blk_ints = MOE_BLK_HDR + m->U + m->R + 1;
         m->ent_ints = 3 + m->K;
-        m->e2r = malloc(sizeof(int32_t) * (size_t)m->E);
+        m->u2r = malloc(sizeof(int32_t) * (size_t)m->U);
         m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
         m->blk = malloc(sizeof(int32_t) * (size_t)m->blk_ints);
         m->entcur = malloc(sizeof(int64_t) * (size_t)m->R);
-        m->ecur = malloc(sizeof(int64_t) * (size_t)m->E);
-        m->tot = malloc(sizeof(int64_t) * (size_t)m->E);
+        m->ecur = malloc(sizeof(int64_t) * (size_t)m->U);
+        m->tot = malloc(sizeof(int64_t) * (size_t)m->U);
+        m->local_exp = malloc(sizeof(int32_t) * (size_t)m->U);
         m->acc = malloc(sizeof(float) * (size_t)m->H);
         m->wire = malloc(m->row_bytes);
         m->part = malloc(sizeof(float) * (size_t)m->H);
         m->mode = malloc(sizeof(int32_t) * (size_t)m->R);
-        if (!m->wire || !m->part || !m->mode || !m->e2r || !m->first || !m->blk || !m->entcur || !m->ecur ||
-            !m->tot || !m->acc)
+        if (!m->wire || !m->part || !m->mode || !m->u2r || !m->first ||
+            !m->blk || !m->entcur || !m->ecur || !m->tot || !m->acc ||
+            !m->local_exp)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
     m->layers = m->p.num_layers > 0 ? m->p.num_layers : 1;
@@ -184,13 +307,15 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->maxT = mine == EPX_OK ? params->max_tokens_per_rank : 0;
     if ((st = agree(m, mine, &m->maxT)) != EPX_OK)
         goto err_free;
-    /* Contiguous placement: rank r holds [floor(rE/R), floor((r+1)E/R)). */
+    /* Contiguous placement: rank r holds the units [floor(rU/R),
+     * floor((r+1)U/R)) (the experts, or its num_slots/R slots). */
     for (int r = 0; r <= m->R; r++)
-        m->first[r] = (int32_t)((int64_t)r * m->E / m->R);
+        m->first[r] = (int32_t)((int64_t)r * m->U / m->R);
     for (int r = 0; r < m->R; r++)
-        for (int e = m->first[r]; e < m->first[r + 1]; e++)
-            m->e2r[e] = r;
-    if ((st = plan_window(m)) != EPX_OK || (st = moe_stats_init(m)) != EPX_OK)
+        for (int u = m->first[r]; u < m->first[r + 1]; u++)
+            m->u2r[u] = r;
+    if ((st = plan_window(m)) != EPX_OK || (st = moe_stats_init(m)) != EPX_OK ||
+        (st = replicas_init(m)) != EPX_OK)
         goto err_free;
     warn_shm_space(m);
     if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
@@ -219,7 +344,15 @@ void epx_moe_destroy(epx_moe_t *m)
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
     moe_stats_free(m);
-    free(m->e2r);
+    free(m->u2r);
+    free(m->phy2log);
+    free(m->rep_off);
+    free(m->rep);
+    free(m->pick);
+    free(m->policy);
+    free(m->place_hash);
+    free(m->rank_domain);
+    free(m->local_exp);
     free(m->first);
     free(m->blk);
     free(m->entcur);
@@ -234,7 +367,7 @@ void epx_moe_destroy(epx_moe_t *m)
 
 int epx_moe_expert_rank(const epx_moe_t *m, int e)
 {
-    return m && e >= 0 && e < m->E ? m->e2r[e] : -1;
+    return m && e >= 0 && e < m->U ? m->u2r[e] : -1;
 }
 int epx_moe_num_local_experts(const epx_moe_t *m)
 {

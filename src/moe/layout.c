@@ -102,7 +102,7 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->counts = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->offsets = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
-    h->ebase = malloc(sizeof(int64_t) * (size_t)m->E);
+    h->ebase = malloc(sizeof(int64_t) * (size_t)m->U);
     h->ecount = malloc(sizeof(int32_t) * (size_t)m->E);
     if (!h->ecount || !h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
         !h->retbase || !h->counts || !h->offsets) {
@@ -128,15 +128,36 @@ void moe_handle_free(epx_handle_t *h)
     free(h);
 }
 
-/* Fills h's send side and m->blk (counts per expert, per destination);
- * EPX_ERR_INVALID on a bad expert id, with nothing sent yet. */
+/* The unit (expert, or slot of a replica) token t sends logical expert e
+ * to, by the layer's replica policy. */
+static inline int32_t route(const epx_moe_t *m, int layer, int64_t t, int32_t e)
+{
+    if (m->p.num_slots <= 0)
+        return e;
+    if (m->policy[layer] == EPX_REPLICA_LOCAL_FIRST)
+        return m->pick[(size_t)layer * (size_t)m->E + (size_t)e];
+    const int32_t *off = m->rep_off + (size_t)layer * (size_t)(m->E + 1);
+    const int32_t *rep = m->rep + (size_t)layer * (size_t)m->U;
+    return rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
+}
+
+/* Fills h's send side (units per top-k slot, destinations) and m->blk
+ * (tokens per unit, per destination), and h->ecount (tokens per logical
+ * expert); EPX_ERR_INVALID on a bad expert id, with nothing sent yet. */
 epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h)
 {
-    const int K = m->K, E = m->E;
-    int32_t *cnt_e = m->blk + MOE_BLK_HDR, *cnt_r = m->blk + MOE_BLK_HDR + E;
+    const int K = m->K, E = m->E, U = m->U, layer = moe_args_layer(a);
+    int32_t *cnt_u = m->blk + MOE_BLK_HDR, *cnt_r = m->blk + MOE_BLK_HDR + U;
     memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+    memset(h->ecount, 0, sizeof(int32_t) * (size_t)E);
+    h->layer = layer;
+    if (m->p.num_slots > 0 && m->phy2log[(size_t)layer * (size_t)U] < 0)
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: layer %d has no placement "
+                          "(epx_moe_set_placement)", layer);
     int64_t slot = 0;
+    int32_t logical[EPX_MAX_TOPK];
     for (int64_t t = 0; t < h->T; t++) {
         int32_t *ids = h->idx + t * K, *dst = h->dest + t * m->maxdest;
         int nd = 0;
@@ -147,18 +168,22 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                                   "dispatch: topk_idx[%lld][%d] = %lld is out of "
                                   "range [-1, %d)", (long long)t, k,
                                   (long long)e, E);
-            ids[k] = (int32_t)e;
+            logical[k] = (int32_t)e;
+            ids[k] = -1;
             if (e < 0)
                 continue;
             for (int j = 0; j < k; j++)
-                if (ids[j] == e)
+                if (logical[j] == e)
                     return epx__error(EPX_ERR_INVALID,
                                       "dispatch: token %lld lists expert %lld "
                                       "twice (top-k slots %d and %d)",
                                       (long long)t, (long long)e, j, k);
-            cnt_e[e]++;
+            int32_t u = route(m, layer, t, (int32_t)e);
+            ids[k] = u;
+            h->ecount[e]++;
+            cnt_u[u]++;
             /* Insert the rank once, keeping the list ascending. */
-            int r = m->e2r[e], i = nd;
+            int r = m->u2r[u], i = nd;
             while (i > 0 && dst[i - 1] > r)
                 i--;
             if (i > 0 && dst[i - 1] == r)
@@ -173,6 +198,5 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
         for (int j = 0; j < nd; j++)
             cnt_r[dst[j]]++;
     }
-    memcpy(h->ecount, cnt_e, sizeof(int32_t) * (size_t)E);
     return EPX_OK;
 }

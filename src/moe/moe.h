@@ -30,7 +30,7 @@ enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
 enum { MOE_ST_COMB = 0 };
 /* Count block header words; the counts follow, the sequence word ends it. */
 enum { MOE_BLK_STATUS = 0, MOE_BLK_CACHED = 1, MOE_BLK_HANDLE = 2,
-       MOE_BLK_HDR = 3 };
+       MOE_BLK_LAYER = 3, MOE_BLK_PLACE = 4, MOE_BLK_HDR = 5 };
 /* Combine status words >= 0 also say how the sender left its outputs. */
 enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
@@ -43,11 +43,22 @@ struct epx_moe {
     epx_comm_t *comm;
     epx_moe_params_t p;
     int R, rank, E, K, H;
+    int U;                     /* units a token is routed to: the experts,
+                                  or the slots (num_slots > 0) */
     size_t esize, row_bytes;
-    int32_t *e2r;              /* [E] owning rank */
-    int32_t *first;            /* [R+1] first expert of each rank */
+    int32_t *u2r;              /* [U] owning rank */
+    int32_t *first;            /* [R+1] first unit of each rank */
+    /* replicas (num_slots > 0), per layer; phy2log[l*U] < 0: not set */
+    int32_t *phy2log;          /* [layers][U] */
+    int32_t *rep_off;          /* [layers][E+1] CSR of each expert's slots */
+    int32_t *rep;              /* [layers][U] slots, ascending per expert */
+    int32_t *pick;             /* [layers][E] local-first slot for this rank */
+    int32_t *policy;           /* [layers] */
+    uint32_t *place_hash;      /* [layers] agreed in the count exchange */
+    int32_t *rank_domain;      /* [R] from the topology (local-first) */
+    int32_t *local_exp;        /* [local units] logical expert, for recv */
     int maxdest;               /* min(K, R): destinations per token at most */
-    int blk_ints;              /* MOE_BLK_HDR + E + R + 1 (sequence word) */
+    int blk_ints;              /* MOE_BLK_HDR + U + R + 1 (sequence word) */
     int ent_ints;              /* 3 + K */
     int64_t maxT, max_entries, max_rows;
     moe_offsets_t off;
@@ -60,8 +71,8 @@ struct epx_moe {
     /* setup-time scratch, reused by every call */
     int32_t *blk;              /* [blk_ints] this rank's count block */
     int64_t *entcur;           /* [R] next entry index at each destination */
-    int64_t *ecur;             /* [E] next expert-major row per expert */
-    int64_t *tot;              /* [E] tokens per expert over all sources */
+    int64_t *ecur;             /* [U] next expert-major row per unit */
+    int64_t *tot;              /* [U] tokens per unit over all sources */
     float *acc;                /* [H] fp32 accumulator */
     /* load statistics (stats.c) */
     int layers;                /* num_layers (>= 1) */
@@ -86,13 +97,15 @@ struct epx_handle {
     int64_t *retbase;          /* [T] first combine slot of the token */
     uint64_t hash;             /* of idx, to check cached reuse */
     int64_t *entbase;          /* [R] our first entry at each destination */
-    int64_t *ebase;            /* [E] our first expert-major row per expert */
+    int64_t *ebase;            /* [U] our first expert-major row per unit */
+    int layer;
+    uint32_t place;            /* the layer's placement hash at dispatch */
     /* receive side */
     int64_t nent, nrows;
     int64_t *counts, *offsets; /* [nlocal] */
     int dispatched;            /* a dispatch completed with this routing */
     uint64_t call;             /* count exchange of its (uncached) dispatch */
-    int32_t *ecount;           /* [E] this rank's tokens per expert */
+    int32_t *ecount;           /* [E] this rank's tokens per logical expert */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
