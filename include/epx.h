@@ -466,10 +466,11 @@ epx_status_t epx_moe_set_placement(epx_moe_t *moe, int layer,
                                    const int32_t *phy2log,
                                    epx_replica_policy_t policy);
 
-/* Load statistics: tokens routed to each logical expert, per layer,
- * recorded by every successful dispatch (cached ones too) from the counts
- * its routing layout computes anyway (no extra pass over the tokens).  No
- * replicas yet, so physical slots are the logical experts. */
+/* Load statistics: tokens routed to each logical expert and to each
+ * physical slot (replica), per layer, recorded by every successful
+ * dispatch (cached ones too) from the counts its routing layout computes
+ * anyway (no extra pass over the tokens).  Without num_slots the physical
+ * units are the experts themselves. */
 typedef struct epx_moe_stats {
     size_t struct_size;        /* set to sizeof(epx_moe_stats_t) */
     int num_layers, num_experts;
@@ -479,6 +480,9 @@ typedef struct epx_moe_stats {
     const double *decayed;     /* [layers][experts] load per dispatch,
                                   decayed by stats_decay at each dispatch
                                   of the layer */
+    int num_slots;             /* physical units: slots, or the experts */
+    const int64_t *physical;   /* [layers][num_slots] tokens each slot
+                                  received since the reset */
 } epx_moe_stats_t;
 
 /* global 0: this rank's own tokens, local.  global 1: summed over every
@@ -487,8 +491,9 @@ typedef struct epx_moe_stats {
 epx_status_t epx_moe_stats(epx_moe_t *moe, int global, epx_moe_stats_t *stats);
 /* Local: clear this rank's window and decayed load. */
 epx_status_t epx_moe_stats_reset(epx_moe_t *moe);
-/* The statistics as one JSON object ({"layers", "experts", "dispatches",
- * "window": [[..]..], "decayed": [[..]..]}); *json is malloc'd (free()). */
+/* The statistics as one JSON object ({"layers", "experts", "slots",
+ * "dispatches", "window": [[..]..], "decayed": [[..]..], "physical":
+ * [[..]..]}); *json is malloc'd (free()). */
 epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
 
 /* Number of tokens of the source rank's dispatch recorded in a handle. */

@@ -314,7 +314,7 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
             epx_handle_release(h);
         return st;
     }
-    moe_stats_record(m, moe_args_layer(a), h->ecount);
+    moe_stats_record(m, moe_args_layer(a), h->ecount, h->ucount);
     m->state = MOE_SENT;
     m->cur = h;
     *handle = h;

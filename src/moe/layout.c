@@ -104,7 +104,8 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
     h->ebase = malloc(sizeof(int64_t) * (size_t)m->U);
     h->ecount = malloc(sizeof(int32_t) * (size_t)m->E);
-    if (!h->ecount || !h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
+    h->ucount = malloc(sizeof(int32_t) * (size_t)m->U);
+    if (!h->ucount || !h->ecount || !h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
         !h->retbase || !h->counts || !h->offsets) {
         moe_handle_free(h);
         return NULL;
@@ -125,6 +126,7 @@ void moe_handle_free(epx_handle_t *h)
     free(h->entbase);
     free(h->ebase);
     free(h->ecount);
+    free(h->ucount);
     free(h);
 }
 
@@ -198,5 +200,6 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
         for (int j = 0; j < nd; j++)
             cnt_r[dst[j]]++;
     }
+    memcpy(h->ucount, cnt_u, sizeof(int32_t) * (size_t)U);
     return EPX_OK;
 }

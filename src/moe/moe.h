@@ -79,7 +79,8 @@ struct epx_moe {
     double decay;
     int64_t dispatches, *st_window;     /* [layers][E] */
     double *st_decayed;                 /* [layers][E] */
-    int64_t *st_gwindow;                /* global copies (epx_moe_stats) */
+    int64_t *st_phys;                   /* [layers][U] */
+    int64_t *st_gwindow, *st_gphys;     /* global copies (epx_moe_stats) */
     double *st_gdecayed;
     void *wire;                /* [row_bytes] one row in the engine dtype */
     float *part;               /* [H] fp32 partial of one rank (pull) */
@@ -106,6 +107,7 @@ struct epx_handle {
     int dispatched;            /* a dispatch completed with this routing */
     uint64_t call;             /* count exchange of its (uncached) dispatch */
     int32_t *ecount;           /* [E] this rank's tokens per logical expert */
+    int32_t *ucount;           /* [U] this rank's tokens per unit (slot) */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
@@ -149,7 +151,8 @@ void moe_handle_free(epx_handle_t *h);
 /* stats.c */
 epx_status_t moe_stats_init(epx_moe_t *m);
 void moe_stats_free(epx_moe_t *m);
-void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount);
+void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount,
+                      const int32_t *ucount);
 /* dispatch.c / combine.c */
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);

@@ -15,11 +15,15 @@
 epx_status_t moe_stats_init(epx_moe_t *m)
 {
     size_t n = (size_t)m->layers * (size_t)m->E;
+    size_t np = (size_t)m->layers * (size_t)m->U;
     m->st_window = calloc(n, sizeof(int64_t));
     m->st_decayed = calloc(n, sizeof(double));
+    m->st_phys = calloc(np, sizeof(int64_t));
     m->st_gwindow = calloc(n, sizeof(int64_t));
     m->st_gdecayed = calloc(n, sizeof(double));
-    if (!m->st_window || !m->st_decayed || !m->st_gwindow || !m->st_gdecayed)
+    m->st_gphys = calloc(np, sizeof(int64_t));
+    if (!m->st_window || !m->st_decayed || !m->st_gwindow || !m->st_gdecayed ||
+        !m->st_phys || !m->st_gphys)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (statistics)");
     return EPX_OK;
 }
@@ -30,10 +34,16 @@ void moe_stats_free(epx_moe_t *m)
     free(m->st_decayed);
     free(m->st_gwindow);
     free(m->st_gdecayed);
+    free(m->st_phys);
+    free(m->st_gphys);
 }
 
-void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount)
+void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount,
+                      const int32_t *ucount)
 {
+    int64_t *p = m->st_phys + (size_t)layer * (size_t)m->U;
+    for (int u = 0; u < m->U; u++)
+        p[u] += ucount[u];
     int64_t *w = m->st_window + (size_t)layer * (size_t)m->E;
     double *d = m->st_decayed + (size_t)layer * (size_t)m->E;
     for (int e = 0; e < m->E; e++) {
@@ -50,15 +60,19 @@ epx_status_t epx_moe_stats_reset(epx_moe_t *m)
     size_t n = (size_t)m->layers * (size_t)m->E;
     memset(m->st_window, 0, n * sizeof(int64_t));
     memset(m->st_decayed, 0, n * sizeof(double));
+    memset(m->st_phys, 0, (size_t)m->layers * (size_t)m->U * sizeof(int64_t));
     m->dispatches = 0;
     return EPX_OK;
 }
 
-/* Sum every rank's record: [dispatches, window..., decayed...]. */
+/* Sum every rank's record: [dispatches, window..., physical...,
+ * decayed...], in rank order so every rank gets the same sums. */
 static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
 {
     size_t n = (size_t)m->layers * (size_t)m->E;
-    size_t rec = sizeof(int64_t) * (1 + n) + sizeof(double) * n;
+    size_t np = (size_t)m->layers * (size_t)m->U;
+    size_t ni = 1 + n + np;                   /* int64 words, then doubles */
+    size_t rec = sizeof(int64_t) * ni + sizeof(double) * n;
     char *mine = malloc(rec), *all = malloc(rec * (size_t)m->R);
     if (!mine || !all) {
         free(mine);
@@ -67,24 +81,30 @@ static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
     }
     memcpy(mine, &m->dispatches, sizeof(int64_t));
     memcpy(mine + sizeof(int64_t), m->st_window, n * sizeof(int64_t));
-    memcpy(mine + sizeof(int64_t) * (1 + n), m->st_decayed, n * sizeof(double));
+    memcpy(mine + sizeof(int64_t) * (1 + n), m->st_phys, np * sizeof(int64_t));
+    memcpy(mine + sizeof(int64_t) * ni, m->st_decayed, n * sizeof(double));
     epx_status_t st = epx__comm_allgather(m->comm, mine, all, rec);
     if (st == EPX_OK) {
         *dispatches = 0;
         memset(m->st_gwindow, 0, n * sizeof(int64_t));
+        memset(m->st_gphys, 0, np * sizeof(int64_t));
         memset(m->st_gdecayed, 0, n * sizeof(double));
-        for (int r = 0; r < m->R; r++) {   /* rank order: same sums everywhere */
+        for (int r = 0; r < m->R; r++) {
             const char *p = all + rec * (size_t)r;
-            int64_t c, w;
+            int64_t v;
             double d;
-            memcpy(&c, p, sizeof(c));
-            *dispatches += c;
+            memcpy(&v, p, sizeof(v));
+            *dispatches += v;
             for (size_t i = 0; i < n; i++) {
-                memcpy(&w, p + sizeof(int64_t) * (1 + i), sizeof(w));
-                memcpy(&d, p + sizeof(int64_t) * (1 + n) + sizeof(double) * i,
+                memcpy(&v, p + sizeof(int64_t) * (1 + i), sizeof(v));
+                m->st_gwindow[i] += v;
+                memcpy(&d, p + sizeof(int64_t) * ni + sizeof(double) * i,
                        sizeof(d));
-                m->st_gwindow[i] += w;
                 m->st_gdecayed[i] += d;
+            }
+            for (size_t i = 0; i < np; i++) {
+                memcpy(&v, p + sizeof(int64_t) * (1 + n + i), sizeof(v));
+                m->st_gphys[i] += v;
             }
         }
     }
@@ -98,13 +118,14 @@ epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
     if (!m || !out)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
     epx_moe_stats_t s = { sizeof(s), m->layers, m->E, m->dispatches,
-                          m->st_window, m->st_decayed };
+                          m->st_window, m->st_decayed, m->U, m->st_phys };
     if (global) {
         epx_status_t st = sum_over_ranks(m, &s.dispatches);
         if (st != EPX_OK)
             return st;
         s.window = m->st_gwindow;
         s.decayed = m->st_gdecayed;
+        s.physical = m->st_gphys;
     }
     size_t n = out->struct_size && out->struct_size < sizeof(s)
         ? out->struct_size : sizeof(s);
@@ -116,27 +137,31 @@ epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
 epx_status_t epx_moe_stats_json(const epx_moe_stats_t *s, char **json)
 {
     if (!s || !json || s->num_layers < 1 || s->num_experts < 1 || !s->window ||
-        !s->decayed)
+        !s->decayed || s->num_slots < 1 || !s->physical)
         return epx__error(EPX_ERR_INVALID, "moe: statistics or output NULL");
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
     if (!f)
         return epx__syserror(EPX_ERR_NOMEM, "moe: open_memstream");
-    fprintf(f, "{\"layers\": %d, \"experts\": %d, \"dispatches\": %lld,\n"
-            " \"window\": [", s->num_layers, s->num_experts,
-            (long long)s->dispatches);
-    for (int pass = 0; pass < 2; pass++) {
+    fprintf(f, "{\"layers\": %d, \"experts\": %d, \"slots\": %d, "
+            "\"dispatches\": %lld,\n \"window\": [", s->num_layers,
+            s->num_experts, s->num_slots, (long long)s->dispatches);
+    static const char *const next[] = { "],\n \"decayed\": [",
+                                        "],\n \"physical\": [" };
+    for (int pass = 0; pass < 3; pass++) {
+        int width = pass == 2 ? s->num_slots : s->num_experts;
         if (pass)
-            fputs("],\n \"decayed\": [", f);
+            fputs(next[pass - 1], f);
         for (int l = 0; l < s->num_layers; l++) {
             fputs(l ? ",\n  [" : "\n  [", f);
-            for (int e = 0; e < s->num_experts; e++) {
-                size_t i = (size_t)l * (size_t)s->num_experts + (size_t)e;
-                if (pass)
+            for (int e = 0; e < width; e++) {
+                size_t i = (size_t)l * (size_t)width + (size_t)e;
+                if (pass == 1)
                     fprintf(f, "%s%.17g", e ? ", " : "", s->decayed[i]);
                 else
-                    fprintf(f, "%s%lld", e ? ", " : "", (long long)s->window[i]);
+                    fprintf(f, "%s%lld", e ? ", " : "", (long long)
+                            (pass ? s->physical[i] : s->window[i]));
             }
             fputc(']', f);
         }

@@ -219,6 +219,27 @@ static int replicas_rank(epx_comm_t *comm, void *arg)
                        out[t * H + h], want);
             }
     }
+    /* Statistics: logical counts per expert, physical per slot (both
+     * rounds: fresh and cached). */
+    epx_moe_stats_t stt = { .struct_size = sizeof(stt) };
+    CHECK_OK(epx_moe_stats(m, 0, &stt));
+    CHECK(stt.num_slots == sh.S && stt.dispatches == 2);
+    for (int u = 0; u < sh.S; u++) {
+        int64_t want = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                want += idx[t * K + k] >= 0 &&
+                        expected_slot(&sh, p2l, c->policy, me, t, idx[t * K + k]) == u;
+        CHECKF(stt.physical[(size_t)sh.S + u] == 2 * want,
+               "slot %d: %lld tokens recorded, want %lld", u,
+               (long long)stt.physical[(size_t)sh.S + u], (long long)(2 * want));
+    }
+    for (int e = 0; e < sh.E; e++) {
+        int64_t want = 0;
+        for (int i = 0; i < T * K; i++)
+            want += idx[i] == e;
+        CHECK(stt.window[(size_t)sh.E + e] == 2 * want);
+    }
     epx_handle_release(hd);
     epx_moe_destroy(m);
     free(p2l);

@@ -76,7 +76,7 @@ static int round_trip(epx_moe_t *m, io_t *io, epx_handle_t **h)
 static int expect(const epx_moe_stats_t *s, const int64_t w[L][E],
                   const double d[L][E], int64_t dispatches)
 {
-    CHECK(s->num_layers == L && s->num_experts == E);
+    CHECK(s->num_layers == L && s->num_experts == E && s->num_slots == E);
     CHECKF(s->dispatches == dispatches, "%lld dispatches, want %lld",
            (long long)s->dispatches, (long long)dispatches);
     for (int l = 0; l < L; l++)
@@ -85,6 +85,8 @@ static int expect(const epx_moe_stats_t *s, const int64_t w[L][E],
                    l, e, (long long)s->window[l * E + e], (long long)w[l][e]);
             CHECKF(s->decayed[l * E + e] == d[l][e], "decayed[%d][%d] %g want %g",
                    l, e, s->decayed[l * E + e], d[l][e]);
+            /* no replicas: the physical units are the experts */
+            CHECK(s->physical[l * E + e] == w[l][e]);
         }
     return 0;
 }
@@ -105,6 +107,8 @@ static int json_matches(const epx_moe_stats_t *s)
             json_t *d = json_array_get(json_array_get(json_object_get(j, "decayed"), l), e);
             CHECK(json_integer_value(w) == s->window[l * E + e]);
             CHECK(json_number_value(d) == s->decayed[l * E + e]);
+            json_t *ph = json_array_get(json_array_get(json_object_get(j, "physical"), l), e);
+            CHECK(json_integer_value(ph) == s->physical[l * E + e]);
         }
     json_decref(j);
     return 0;
