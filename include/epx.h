@@ -569,6 +569,37 @@ epx_status_t epx_balance_metrics(const epx_balance_params_t *params,
                                  double *layer_balancedness,
                                  double *layer_imbalance);
 
+/* ------------------------------------------------------ weight migration */
+
+/* Live rebalancing of an engine with num_slots.  Register, per layer, this
+ * rank's expert weights: slots_per_rank (= num_slots / R) consecutive
+ * slots of bytes_per_slot bytes at `base`, local slot j holding the
+ * weights of the expert placed on slot first_local + j.  Collective: every
+ * rank registers the same layer with the same bytes_per_slot. */
+epx_status_t epx_moe_register_weights(epx_moe_t *moe, int layer, void *base,
+                                      size_t bytes_per_slot);
+
+typedef struct epx_rebalance_stats {
+    size_t struct_size;        /* set to sizeof(epx_rebalance_stats_t) */
+    int unchanged;             /* this rank's slots that kept their expert */
+    int local_copies;          /* filled from a replica on this rank */
+    int received;              /* filled from another rank */
+    int sent;                  /* slots this rank sent to others */
+} epx_rebalance_stats_t;
+
+/* Collective, between dispatches (not while one of this engine is in
+ * flight): move the layer's weights to `phy2log` (every rank the same)
+ * and switch the layer's placement to it when the call returns.  Slots
+ * that keep their expert are not touched; a slot whose new expert already
+ * has a replica on this rank is copied locally; the others receive the
+ * weights of an old replica through the transport into a staging buffer,
+ * then everything lands at once.  Other layers are unaffected.  `stats`
+ * may be NULL. */
+epx_status_t epx_moe_rebalance(epx_moe_t *moe, int layer,
+                               const int32_t *phy2log,
+                               epx_replica_policy_t policy,
+                               epx_rebalance_stats_t *stats);
+
 #ifdef __cplusplus
 }
 #endif

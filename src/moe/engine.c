@@ -163,7 +163,9 @@ static epx_status_t replicas_init(epx_moe_t *m)
     m->policy = calloc(L, sizeof(int32_t));
     m->place_hash = calloc(L, sizeof(uint32_t));
     m->rank_domain = malloc(sizeof(int32_t) * (size_t)m->R);
-    if (!m->phy2log || !m->rep_off || !m->rep || !m->pick || !m->policy ||
+    m->w_base = calloc(L, sizeof(void *));
+    m->w_bytes = calloc(L, sizeof(size_t));
+    if (!m->w_base || !m->w_bytes || !m->phy2log || !m->rep_off || !m->rep || !m->pick || !m->policy ||
         !m->place_hash || !m->rank_domain)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (replicas)");
     for (size_t i = 0; i < L * U; i++)
@@ -352,6 +354,9 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->policy);
     free(m->place_hash);
     free(m->rank_domain);
+    free(m->w_base);
+    free(m->w_bytes);
+    epx__win_destroy(m->w_stage);
     free(m->local_exp);
     free(m->first);
     free(m->blk);

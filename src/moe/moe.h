@@ -57,6 +57,12 @@ struct epx_moe {
     uint32_t *place_hash;      /* [layers] agreed in the count exchange */
     int32_t *rank_domain;      /* [R] from the topology (local-first) */
     int32_t *local_exp;        /* [local units] logical expert, for recv */
+    /* weight migration (src/balance/migrate.c) */
+    void **w_base;             /* [layers] registered weights, or NULL */
+    size_t *w_bytes;           /* [layers] bytes per slot */
+    epx_win_t *w_stage;        /* staging window: one layer's local slots */
+    size_t w_stage_bytes;
+    uint64_t w_stage_calls;    /* rebalances done: signal target */
     int maxdest;               /* min(K, R): destinations per token at most */
     int blk_ints;              /* MOE_BLK_HDR + U + R + 1 (sequence word) */
     int ent_ints;              /* 3 + K */
