@@ -142,8 +142,8 @@ static void print_json(FILE *f, const bench_opts_t *o,
                        void *results)
 {
     fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
-    fprintf(f, "  \"config\": {\"ranks\": %d, \"launcher\": \"%s\", "
-            "\"hidden\": %d, \"experts\": %d, \"topk\": %d, \"dtype\": "
+    fprintf(f, "  \"config\": {\n    \"ranks\": %d,\n    \"launcher\": "
+            "\"%s\", \"hidden\": %d, \"experts\": %d, \"topk\": %d, \"dtype\": "
             "\"%s\", \"layout\": \"%s\", \"routing\": \"%s\", \"seed\": "
             "%llu},\n", wl->nranks, launcher, wl->hidden, wl->experts,
             wl->topk, bench_dtype_name(wl->dtype),

@@ -98,7 +98,7 @@ grep -q 'rank2/topk_weights.npy' "$tmp/bad.err" ||
     fail "--list-settings markdown"
 
 # 5. --balance
-bal="--ranks 8 --tokens 48 --hidden 64 --experts 16 --topk 4 --steps 8 \
+bal="--balance --ranks 8 --tokens 48 --hidden 64 --experts 16 --topk 4 --steps 8 \
     --replan-every 3 --warmup 1"
 run bal $bal --launcher fork --json
 run bal_em $bal --layout expert --align 4 --dtype fp32 --policy deepseek \
