@@ -58,6 +58,14 @@ typedef struct bench_opts {
     const char *trace_dir;
     const char *dump_dir;
     bench_launcher_t launcher;
+    int routing_given;
+    /* --balance: two runs of --iters steps, without and with replicas
+     * re-planned from the global load statistics (run_balance.c) */
+    int balance;
+    int replan_every;
+    int slots;                 /* 0: experts + experts/8, to a rank multiple */
+    epx_balance_policy_t policy;
+    int groups, domains;
 } bench_opts_t;
 
 /* options.c */
@@ -118,7 +126,15 @@ typedef struct bench_result {
     double times[];
 } bench_result_t;
 
+/* --balance: the two runs use the time rows of impl 0 (without balancer)
+ * and 1 (with), and ran/checked/mismatches/msg of the same index; each
+ * rank's expert load of each step follows the times (bench_result_load). */
+enum { BENCH_BAL_OFF = 0, BENCH_BAL_ON = 1, BENCH_NBAL };
+
 size_t bench_result_size(int iters);
+/* [iters] (token, expert) pairs this rank received in each step of a
+ * --balance run. */
+double *bench_result_load(bench_result_t *r, int iters, int run);
 bench_result_t *bench_result_at(void *base, int rank, int iters);
 double *bench_result_times(bench_result_t *r, int iters, int impl, int phase);
 
@@ -167,11 +183,17 @@ void bench_verify_recv(const bench_ctx_t *ctx, const epx_recv_t *recv,
                        bench_check_t *c);
 void bench_verify_out(const bench_ctx_t *ctx, const void *out,
                       const char *impl, bench_check_t *c);
+void bench_verify_recv_replicas(const bench_ctx_t *ctx,
+                                const epx_recv_t *recv, epx_layout_t layout,
+                                const char *impl, bench_check_t *c);
 double bench_tolerance_unit(epx_dtype_t dt, int topk);
 
 /* The three implementations; each records times into ctx->res. */
 int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe);
 int bench_run_memcpy(bench_ctx_t *ctx);
+/* run_balance.c: both --balance runs */
+int bench_run_balance(bench_ctx_t *ctx);
+int bench_balance_slots(const bench_opts_t *o, int nranks);
 #ifdef EPX_HAVE_MPI
 int bench_run_mpi(bench_ctx_t *ctx);
 int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);
@@ -195,5 +217,8 @@ int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen);
  * (0 verified, 1 mismatch or failure). */
 int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                  void *results, const char *launcher, const char *mpi_skip);
+/* report_balance.c: the --balance report */
+int bench_report_balance(const bench_opts_t *o, const bench_workload_t *wl,
+                         void *results, const char *launcher);
 
 #endif /* EPX_BENCH_H */

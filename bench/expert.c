@@ -51,6 +51,14 @@ float bench_expert_scale(const bench_workload_t *wl, int expert)
     return 1.0f + (float)expert / (float)wl->experts;
 }
 
+/* The logical expert of local expert (or, with replicas, local slot) j:
+ * with replicas first_local_expert + j is a slot, not an expert. */
+static int local_expert(const epx_recv_t *recv, int j)
+{
+    return recv->local_experts ? recv->local_experts[j]
+                               : recv->first_local_expert + j;
+}
+
 void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
                           epx_layout_t layout, void *y, float *acc)
 {
@@ -68,9 +76,9 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
                 int32_t j = recv->topk_idx[i * K + k];
                 if (j < 0)
                     continue;
-                bench_row_axpy(acc, xr, wl->dtype, H, recv->topk_weights[i * K + k],
-                           bench_expert_scale(wl,
-                                              recv->first_local_expert + j));
+                bench_row_axpy(acc, xr, wl->dtype, H,
+                               recv->topk_weights[i * K + k],
+                               bench_expert_scale(wl, local_expert(recv, j)));
             }
             bench_row_store(yb + (size_t)i * rowb, acc, wl->dtype, H);
         }
@@ -82,7 +90,7 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
         if (recv->src_rank[i] < 0)
             memset(yb + (size_t)i * rowb, 0, rowb);
     for (int j = 0; j < recv->num_local_experts; j++) {
-        float s = bench_expert_scale(wl, recv->first_local_expert + j);
+        float s = bench_expert_scale(wl, local_expert(recv, j));
         if (recv->expert_offsets[j] < 0 || recv->expert_counts[j] < 0 ||
             recv->expert_offsets[j] + recv->expert_counts[j] > recv->num_rows)
             continue;   /* reported by verification */

@@ -61,6 +61,23 @@ static const char bench_usage[] =
 "  --list-settings [text|markdown]  the EPX_* environment settings\n"
 "  --help\n"
 "\n"
+"Load balancing (--balance: no mpi or memcpy-limit rows):\n"
+"  --balance             two epx runs of --steps steps on the same routing\n"
+"                        (default --routing zipf:0.6): without the balancer\n"
+"                        (contiguous experts), and with --slots slots whose\n"
+"                        placement is re-planned every --replan-every steps\n"
+"                        from the global load statistics (epx_moe_stats,\n"
+"                        epx_balance_plan, epx_moe_set_placement); before the\n"
+"                        first plan slot s holds expert s mod E.  Reports per\n"
+"                        step the imbalance of the (token, expert) pairs the\n"
+"                        ranks received, (max - mean) / mean, and the times\n"
+"  --steps N             steps per run (same as --iters) (20)\n"
+"  --replan-every N      steps between plans (5)\n"
+"  --slots S             physical slots, a multiple of the ranks >= E\n"
+"                        (E + E/8 rounded up to a multiple of the ranks)\n"
+"  --policy epx|deepseek planner policy (epx)\n"
+"  --groups G, --domains D  expert groups and rank domains of the plan (1)\n"
+"\n"
 "Timing: a barrier precedes each timed phase; a phase's time in an iteration\n"
 "is the slowest rank's; p50 and p10..p90 are over the timed iterations;\n"
 "total = dispatch + combine of the same iteration.\n"
@@ -144,6 +161,7 @@ static int parse_routing(const char *v, bench_opts_t *o)
         goto bad;
     }
     snprintf(o->routing_str, sizeof(o->routing_str), "%s", v);
+    o->routing_given = 1;
     return 0;
 bad:
     fprintf(stderr, "epx-bench: --routing wants uniform or zipf:S "
@@ -243,6 +261,9 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
     o->dtype = EPX_DTYPE_BF16;
     o->impl_mask = (1u << BENCH_NIMPL) - 1;
     o->launcher = BENCH_LAUNCH_AUTO;
+    o->replan_every = 5;
+    o->policy = EPX_BALANCE_EPX;
+    o->groups = o->domains = 1;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -314,7 +335,32 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                         "integer, got '%s'\n", v ? v : "");
                 return BENCH_OPTS_EXIT_ERR;
             }
-        } else if (!strcmp(name, "--iters")) {
+        } else if (!strcmp(name, "--balance")) {
+            o->balance = 1;
+        } else if (!strcmp(name, "--replan-every")) {
+            if (parse_int(name, NEXT(), 1, 1000000, &o->replan_every))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--slots")) {
+            if (parse_int(name, NEXT(), 1, 1 << 24, &o->slots))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--groups")) {
+            if (parse_int(name, NEXT(), 1, 1 << 20, &o->groups))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--domains")) {
+            if (parse_int(name, NEXT(), 1, BENCH_MAX_RANKS, &o->domains))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--policy")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "epx"))
+                o->policy = EPX_BALANCE_EPX;
+            else if (v && !strcmp(v, "deepseek"))
+                o->policy = EPX_BALANCE_DEEPSEEK;
+            else {
+                fprintf(stderr, "epx-bench: --policy wants epx or deepseek, "
+                        "got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--iters") || !strcmp(name, "--steps")) {
             if (parse_int(name, NEXT(), 1, 1000000, &o->iters))
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--warmup")) {
@@ -386,6 +432,12 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         }
 #undef NEXT
     }
+    if (o->balance && o->dump_dir) {
+        fprintf(stderr, "epx-bench: --dump does not go with --balance\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    if (o->balance && !o->routing_given && !o->trace_dir)
+        parse_routing("zipf:0.6", o);
     if (o->dump_dir && !(o->impl_mask & (1u << BENCH_IMPL_EPX))) {
         fprintf(stderr, "epx-bench: --dump writes epx's outputs: keep epx "
                 "in --impl\n");

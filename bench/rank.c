@@ -8,8 +8,8 @@
 size_t bench_result_size(int iters)
 {
     size_t s = sizeof(bench_result_t) +
-               (size_t)BENCH_NIMPL * BENCH_NPHASE * (size_t)iters *
-               sizeof(double);
+               ((size_t)BENCH_NIMPL * BENCH_NPHASE + BENCH_NBAL) *
+               (size_t)iters * sizeof(double);
     return (s + 63) & ~(size_t)63;   /* ranks write their own cache lines */
 }
 
@@ -22,6 +22,12 @@ bench_result_t *bench_result_at(void *base, int rank, int iters)
 double *bench_result_times(bench_result_t *r, int iters, int impl, int phase)
 {
     return r->times + ((size_t)impl * BENCH_NPHASE + (size_t)phase) *
+                      (size_t)iters;
+}
+
+double *bench_result_load(bench_result_t *r, int iters, int run)
+{
+    return r->times + ((size_t)BENCH_NIMPL * BENCH_NPHASE + (size_t)run) *
                       (size_t)iters;
 }
 
@@ -86,6 +92,10 @@ int bench_rank_main(bench_ctx_t *ctx)
     ctx->res->rows_sent = wl->rows_sent[ctx->rank];
     if (make_inputs(ctx) != 0)
         goto out;
+    if (o->balance) {
+        rc = bench_run_balance(ctx);
+        goto out;
+    }
 
     epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
     mp.hidden = wl->hidden;

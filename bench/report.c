@@ -308,6 +308,8 @@ static void print_table(FILE *f, const bench_opts_t *o,
 int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                  void *results, const char *launcher, const char *mpi_skip)
 {
+    if (o->balance)
+        return bench_report_balance(o, wl, results, launcher);
     const int N = wl->nranks;
     double mean_bytes = 0, mean_rows = 0;
     for (int r = 0; r < N; r++) {

@@ -7,7 +7,10 @@
 #     top-k slots (-1), replayed with --trace under the default launcher and
 #     with the expert writing in place: the replay's outputs equal the
 #     original's byte for byte;
-#  4. error paths: a trace with a missing file, a bad option.
+#  4. error paths: a trace with a missing file, a bad option;
+#  5. --balance at 8 ranks: both runs verified (token-major with the fork
+#     launcher, expert-major fp32 with the DeepSeek policy under the default
+#     launcher), and the balancer lowers the measured imbalance.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -93,4 +96,30 @@ grep -q 'rank2/topk_weights.npy' "$tmp/bad.err" ||
 "$BENCH" --no-such-option >/dev/null 2>&1 && fail "bad option accepted"
 "$BENCH" --list-settings markdown | grep -q '^| `EPX_TIMEOUT` |' ||
     fail "--list-settings markdown"
+
+# 5. --balance
+bal="--balance --ranks 8 --tokens 48 --hidden 64 --experts 16 --topk 4 --steps 8 \
+    --replan-every 3 --warmup 1"
+run bal $bal --launcher fork --json
+run bal_em $bal --layout expert --align 4 --dtype fp32 --policy deepseek \
+    --routing zipf:1.0 --json
+for n in bal bal_em; do
+    grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
+    grep -q '"balance": {' "$tmp/$n.out" || fail "$n: no balance object"
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$tmp/$n.out" <<'EOF' || fail "$n: balance figures"
+import json, sys
+d = json.load(open(sys.argv[1]))
+b = d["balance"]
+off, on = b["without"], b["with"]
+assert b["slots"] == 24 and b["steps"] == 8, b
+for r in (off, on):
+    assert r["checked"] > 0 and r["mismatches"] == 0, r
+    assert len(r["step_imbalance"]) == 8 and min(r["total_us"]) > 0, r
+# the routing repeats every step: without replicas every step is the same
+assert len(set(off["step_imbalance"])) == 1, off
+assert on["imbalance"] < off["imbalance"], (on["imbalance"], off["imbalance"])
+EOF
+    fi
+done
 exit 0

@@ -311,8 +311,95 @@ void bench_verify_recv(const bench_ctx_t *ctx, const epx_recv_t *recv,
                              ctx->first_local + j,
                              (long long)recv->expert_counts[j],
                              (long long)x.counts[j]);
+    for (int j = 0; recv->local_experts && j < ctx->num_local; j++)
+        if (recv->local_experts[j] != ctx->first_local + j)
+            bench_check_fail(c, "rank %d %s dispatch: local expert %d is "
+                             "logical expert %d, the contiguous placement "
+                             "says %d", ctx->rank, impl, j,
+                             recv->local_experts[j], ctx->first_local + j);
     c->checked += recv->num_rows;
     expect_free(&x);
+}
+
+/*
+ * With replicas the placement changes at run time, so instead of an
+ * expectation per rank each received row is checked against its source:
+ * the row bit for bit, and every (row, local slot) against the source's
+ * routing through local_experts (the slot's logical expert must be one the
+ * source chose, with its weight).  Tokens that never arrive, or arrive at
+ * two replicas, show in the combined output (bench_verify_out).
+ */
+void bench_verify_recv_replicas(const bench_ctx_t *ctx,
+                                const epx_recv_t *recv, epx_layout_t layout,
+                                const char *impl, bench_check_t *c)
+{
+    const bench_workload_t *wl = ctx->wl;
+    const int K = wl->topk, L = recv->num_local_experts;
+    void *row = malloc((size_t)wl->hidden * wl->dsize);
+    if (!row || !recv->local_experts) {
+        bench_check_fail(c, "rank %d %s dispatch: %s", ctx->rank, impl,
+                         row ? "no local_experts" : "out of memory");
+        free(row);
+        return;
+    }
+    expect_t x = { .row = row };
+    for (int64_t i = 0; i < recv->num_rows; i++) {
+        int32_t s = recv->src_rank[i], t = recv->src_token[i];
+        if (layout == EPX_LAYOUT_EXPERT_MAJOR && s < 0)
+            continue;   /* padding */
+        if (s < 0 || s >= ctx->nranks || t < 0 || t >= wl->T[s]) {
+            bench_check_fail(c, "rank %d %s dispatch: row %lld has source "
+                             "%d:%d, which does not exist", ctx->rank, impl,
+                             (long long)i, s, t);
+            continue;
+        }
+        check_row_x(ctx, recv, &x, i, impl, c);
+        if (layout != EPX_LAYOUT_TOKEN_MAJOR)
+            continue;
+        for (int k = 0; k < K; k++) {
+            int32_t j = recv->topk_idx[i * K + k];
+            int32_t e = wl->idx[s][(int64_t)t * K + k];
+            float w = wl->w[s][(int64_t)t * K + k];
+            if (j < 0)
+                continue;
+            if (j >= L || e != recv->local_experts[j] ||
+                f32_bits(recv->topk_weights[i * K + k]) != f32_bits(w)) {
+                bench_check_fail(c, "rank %d %s dispatch: token %d:%d choice "
+                                 "%d: local slot %d (expert %d) weight %.9g, "
+                                 "source chose expert %d weight %.9g",
+                                 ctx->rank, impl, s, t, k, j,
+                                 j < L ? recv->local_experts[j] : -1,
+                                 (double)recv->topk_weights[i * K + k], e,
+                                 (double)w);
+                break;
+            }
+        }
+    }
+    for (int j = 0; layout == EPX_LAYOUT_EXPERT_MAJOR && j < L; j++) {
+        const int64_t off = recv->expert_offsets[j], n = recv->expert_counts[j];
+        if (off < 0 || n < 0 || off + n > recv->num_rows) {
+            bench_check_fail(c, "rank %d %s dispatch: slot %d segment bad",
+                             ctx->rank, impl, j);
+            continue;
+        }
+        for (int64_t i = off; i < off + n; i++) {
+            int32_t s = recv->src_rank[i], t = recv->src_token[i], k;
+            if (s < 0 || s >= ctx->nranks || t < 0 || t >= wl->T[s])
+                continue;   /* reported above */
+            for (k = 0; k < K; k++)
+                if (wl->idx[s][(int64_t)t * K + k] == recv->local_experts[j])
+                    break;
+            if (k == K) {
+                bench_check_fail(c, "rank %d %s dispatch: token %d:%d in the "
+                                 "segment of slot %d (expert %d), which it "
+                                 "did not choose", ctx->rank, impl, s, t, j,
+                                 recv->local_experts[j]);
+                break;
+            }
+        }
+    }
+    c->checked += recv->num_rows;
+    free(row);
 }
 
 void bench_verify_out(const bench_ctx_t *ctx, const void *out,
