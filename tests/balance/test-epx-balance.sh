@@ -7,7 +7,8 @@
 #     with python3's struct module) give the same placement;
 #  3. --current with the epx policy: re-planning on its own plan moves
 #     nothing; the readable tables name every layer and rank;
-#  4. --system hgx-h100-x16 --ranks 128: 16 domains;
+#  4. --system hgx-h100-x16 --ranks 128: 16 domains; cpu-host: one; test
+#     descriptions whose domains interleave or differ in size: refused;
 #  5. bad inputs exit 1 and bad command lines exit 2, with a message naming
 #     the problem.
 # EPX_BALANCE names the binary (default ./src/balance/epx-balance).  Needs
@@ -161,6 +162,15 @@ assert d["balancedness"] > d["before"]["balancedness"]
 EOF
 fi
 expect 1 sysbad --loads "$data/eplb-example.json" --slots 16 --ranks 8 --system no-such-system
+expect 1 interleaved --loads "$data/eplb-example.json" --slots 16 --ranks 4 \
+        --system "$data/interleaved-domains.json" &&
+    err_has interleaved "ranks of domain 0 are not contiguous (rank 2 comes back to it)"
+expect 1 uneven --loads "$data/eplb-example.json" --slots 16 --ranks 4 \
+        --system "$data/uneven-domains.json" &&
+    err_has uneven "3 ranks in one domain, 1 in the last"
+expect 0 cpuhost --loads "$data/eplb-example.json" --slots 16 --ranks 4 --system cpu-host --json &&
+    python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["config"]["domains"] == 1' \
+        "$tmp/cpuhost.out" || fail "cpu-host: not one domain"
 expect 2 sysdom --loads "$data/eplb-example.json" --slots 16 --ranks 8 --system hgx-h100-x16 --domains 2 &&
     err_has sysdom "--domains and --system"
 
