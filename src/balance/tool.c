@@ -1,0 +1,437 @@
+/*
+ * epx-balance: plans an expert placement from a loads file with
+ * epx_balance_plan and shows it with its metrics, before (no balancer) and
+ * after.  Command line, domains from a system description, and output here;
+ * the input readers in tool_input.c.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "epx.h"
+#include "src/balance/tool.h"
+
+enum { EXIT_PLAN = 1, EXIT_USAGE = 2 };
+
+static const char usage[] =
+"Usage: epx-balance --loads FILE --slots S --ranks R [--groups G]\n"
+"                   [--domains D | --system NAME|FILE] [--policy P]\n"
+"                   [--current FILE] [--json]\n"
+"\n"
+"Plans where the replicas of each MoE expert go (epx_balance_plan) from the\n"
+"load of every expert of every layer, and shows the placement with how even\n"
+"it is, next to the same figures without a balancer (experts in contiguous\n"
+"blocks on the ranks).\n"
+"\n"
+"  -l, --loads FILE      loads [layers][experts]: a JSON array of arrays of\n"
+"                        numbers, or a .npy file (float32, float64, int32 or\n"
+"                        int64, 2-D, C order); finite and >= 0\n"
+"  -s, --slots S         physical expert slots per layer (>= experts,\n"
+"                        a multiple of the ranks)\n"
+"  -r, --ranks R         ranks\n"
+"  -g, --groups G        expert groups (divides experts; default 1)\n"
+"  -d, --domains D       NVLink or host domains (divides ranks; default 1)\n"
+"  -S, --system NAME|FILE  take the domains from a system description: the\n"
+"                        number of domains the R ranks fall into when placed\n"
+"                        on it (as epx-topo --ranks R shows); the ranks of\n"
+"                        each domain must be contiguous and equally many\n"
+"  -p, --policy P        deepseek or epx (default epx)\n"
+"  -c, --current FILE    epx policy: the placement in use, phy2log\n"
+"                        [layers][slots] as JSON; replicas that stay on\n"
+"                        their rank keep their slots\n"
+"  -j, --json            one JSON object instead of the tables\n"
+"  -h, --help            this text\n"
+"\n"
+"Exit status: 0 done, 1 an input could not be read or no placement could be\n"
+"planned (the message says why), 2 bad command line.\n"
+"\n"
+"Example:\n"
+"  epx-balance --loads loads.json --slots 16 --ranks 8 --groups 4 \\\n"
+"              --domains 2 --policy deepseek\n";
+
+typedef struct opts {
+    const char *loads, *system, *current;
+    int slots, ranks, groups, domains;
+    int domains_set;
+    epx_balance_policy_t policy;
+    int json;
+} opts_t;
+
+static void usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "epx-balance: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see epx-balance --help)\n");
+}
+
+static int parse_int(const char *opt, const char *arg, int *out)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+    if (*arg == '\0' || *end != '\0' || v < 1 || v > INT_MAX) {
+        fprintf(stderr, "epx-balance: %s '%s': expected a positive integer "
+                "(see epx-balance --help)\n", opt, arg);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+/* Returns 0 to go on, else the exit status (-1 after --help: exit 0). */
+static int parse_args(int argc, char **argv, opts_t *o)
+{
+    static const struct option lopts[] = {
+        { "loads", required_argument, NULL, 'l' },
+        { "slots", required_argument, NULL, 's' },
+        { "ranks", required_argument, NULL, 'r' },
+        { "groups", required_argument, NULL, 'g' },
+        { "domains", required_argument, NULL, 'd' },
+        { "system", required_argument, NULL, 'S' },
+        { "policy", required_argument, NULL, 'p' },
+        { "current", required_argument, NULL, 'c' },
+        { "json", no_argument, NULL, 'j' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
+    memset(o, 0, sizeof(*o));
+    o->groups = o->domains = 1;
+    o->policy = EPX_BALANCE_EPX;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":l:s:r:g:d:S:p:c:jh", lopts,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'l': o->loads = optarg; break;
+        case 's': if (parse_int("--slots", optarg, &o->slots)) return 2; break;
+        case 'r': if (parse_int("--ranks", optarg, &o->ranks)) return 2; break;
+        case 'g':
+            if (parse_int("--groups", optarg, &o->groups)) return 2;
+            break;
+        case 'd':
+            if (parse_int("--domains", optarg, &o->domains)) return 2;
+            o->domains_set = 1;
+            break;
+        case 'S': o->system = optarg; break;
+        case 'p':
+            if (strcmp(optarg, "deepseek") == 0)
+                o->policy = EPX_BALANCE_DEEPSEEK;
+            else if (strcmp(optarg, "epx") == 0)
+                o->policy = EPX_BALANCE_EPX;
+            else {
+                usage_error("unknown policy '%s' (deepseek or epx)", optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'c': o->current = optarg; break;
+        case 'j': o->json = 1; break;
+        case 'h': fputs(usage, stdout); return -1;
+        case ':':
+            usage_error("%s needs an argument", argv[optind - 1]);
+            return EXIT_USAGE;
+        default:
+            usage_error("unknown option '%s'", argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        usage_error("unexpected argument '%s'", argv[optind]);
+        return EXIT_USAGE;
+    }
+    if (!o->loads || !o->slots || !o->ranks) {
+        usage_error("%s", !o->loads ? "--loads is required"
+                          : !o->slots ? "--slots is required"
+                                      : "--ranks is required");
+        return EXIT_USAGE;
+    }
+    if (o->system && o->domains_set) {
+        usage_error("%s", "--domains and --system: give one of them");
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* The number of domains the ranks fall into on a system description.  The
+ * planner numbers domains by rank blocks (rank r in domain r / (R/D)), so
+ * the placement must give each domain one contiguous, equally long run. */
+static int system_domains(const opts_t *o, int *domains)
+{
+    epx_topo_t *topo;
+    if (epx_topo_load(o->system, &topo) != EPX_OK) {
+        fprintf(stderr, "epx-balance: %s\n", epx_last_error());
+        return -1;
+    }
+    if (epx_topo_place(topo, o->ranks) != EPX_OK) {
+        fprintf(stderr, "epx-balance: %s\n", epx_last_error());
+        epx_topo_destroy(topo);
+        return -1;
+    }
+    int nd = epx_topo_num_domains(topo);
+    char *seen = calloc(nd > 0 ? nd : 1, 1);
+    int runs = 0, run_len = -1, len = 0, ok = seen != NULL;
+    for (int r = 0; ok && r < o->ranks; r++) {
+        int d = epx_topo_rank_domain(topo, r);
+        if (d < 0 || d >= nd) {
+            fprintf(stderr, "epx-balance: %s: rank %d lies in no domain\n",
+                    epx_topo_name(topo), r);
+            ok = 0;
+            break;
+        }
+        if (r > 0 && d == epx_topo_rank_domain(topo, r - 1)) {
+            len++;
+            continue;
+        }
+        if (seen[d]) {
+            fprintf(stderr, "epx-balance: %s: the ranks of domain %d are not "
+                    "contiguous (rank %d comes back to it); the planner needs "
+                    "each domain's ranks in one block\n", epx_topo_name(topo),
+                    d, r);
+            ok = 0;
+            break;
+        }
+        if (r > 0 && run_len >= 0 && len != run_len) {
+            fprintf(stderr, "epx-balance: %s: %d ranks in one domain, %d in "
+                    "another; the planner needs equally many ranks per "
+                    "domain\n", epx_topo_name(topo), run_len, len);
+            ok = 0;
+            break;
+        }
+        if (r > 0)
+            run_len = len;
+        seen[d] = 1;
+        runs++;
+        len = 1;
+    }
+    if (ok && run_len >= 0 && len != run_len) {
+        fprintf(stderr, "epx-balance: %s: %d ranks in one domain, %d in the "
+                "last; the planner needs equally many ranks per domain\n",
+                epx_topo_name(topo), run_len, len);
+        ok = 0;
+    }
+    free(seen);
+    epx_topo_destroy(topo);
+    *domains = runs;
+    return ok ? 0 : -1;
+}
+
+typedef struct result {
+    int L, E, S, R, D, G, maxrep;
+    const double *load;
+    int32_t *phy2log, *log2phy, *logcnt;
+    double bal, imb, bal0, imb0;
+    double *lbal, *limb, *lbal0, *limb0;
+} result_t;
+
+static const char *policy_name(epx_balance_policy_t p)
+{
+    return p == EPX_BALANCE_DEEPSEEK ? "deepseek" : "epx";
+}
+
+static json_t *json_ints(const int32_t *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(v[i]));
+    return a;
+}
+
+static json_t *json_reals(const double *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(v[i]));
+    return a;
+}
+
+static int print_json(const opts_t *o, const result_t *x)
+{
+    json_t *cfg = json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:s}",
+                            "loads", o->loads, "layers", x->L, "experts",
+                            x->E, "slots", x->S, "ranks", x->R, "groups",
+                            x->G, "domains", x->D, "policy",
+                            policy_name(o->policy));
+    if (o->system)
+        json_object_set_new(cfg, "system", json_string(o->system));
+    if (o->current)
+        json_object_set_new(cfg, "current", json_string(o->current));
+
+    json_t *p2l = json_array(), *l2p = json_array(), *cnt = json_array();
+    for (int l = 0; l < x->L; l++) {
+        json_array_append_new(p2l, json_ints(x->phy2log + (size_t)l * x->S,
+                                             x->S));
+        json_array_append_new(cnt, json_ints(x->logcnt + (size_t)l * x->E,
+                                             x->E));
+        json_t *le = json_array();
+        for (int e = 0; e < x->E; e++) {
+            const int32_t *s = x->log2phy +
+                               ((size_t)l * x->E + e) * x->maxrep;
+            json_array_append_new(le, json_ints(s, x->logcnt[(size_t)l * x->E
+                                                             + e]));
+        }
+        json_array_append_new(l2p, le);
+    }
+    json_t *root = json_pack(
+        "{s:o, s:o, s:o, s:o, s:f, s:f, s:o, s:o, s:{s:f, s:f, s:o, s:o}}",
+        "config", cfg, "phy2log", p2l, "log2phy", l2p, "logcnt", cnt,
+        "balancedness", x->bal, "imbalance", x->imb,
+        "layer_balancedness", json_reals(x->lbal, x->L),
+        "layer_imbalance", json_reals(x->limb, x->L),
+        "before", "balancedness", x->bal0, "imbalance", x->imb0,
+        "layer_balancedness", json_reals(x->lbal0, x->L),
+        "layer_imbalance", json_reals(x->limb0, x->L));
+    if (!root) {
+        fprintf(stderr, "epx-balance: out of memory\n");
+        return EXIT_PLAN;
+    }
+    json_dumpf(root, stdout, JSON_COMPACT);
+    fputc('\n', stdout);
+    json_decref(root);
+    return 0;
+}
+
+static int cmp_hot(const void *a, const void *b, void *arg)
+{
+    const double *load = arg;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (load[i] != load[j])
+        return load[i] < load[j] ? 1 : -1;
+    return i - j;
+}
+
+static void print_tables(const opts_t *o, const result_t *x)
+{
+    int per = x->S / x->R;
+    printf("%d layers, %d experts, %d slots on %d ranks (%d per rank), "
+           "%d groups, %d domains%s%s, policy %s\n", x->L, x->E, x->S, x->R,
+           per, x->G, x->D, o->system ? " from " : "",
+           o->system ? o->system : "", policy_name(o->policy));
+    printf("overall: balancedness %.4f -> %.4f, imbalance %.4f -> %.4f\n",
+           x->bal0, x->bal, x->imb0, x->imb);
+    int *order = malloc(x->E * sizeof(int));
+    for (int l = 0; l < x->L; l++) {
+        const double *ld = x->load + (size_t)l * x->E;
+        const int32_t *p = x->phy2log + (size_t)l * x->S;
+        const int32_t *cnt = x->logcnt + (size_t)l * x->E;
+        printf("\nlayer %d: balancedness %.4f -> %.4f, imbalance %.4f -> "
+               "%.4f\n", l, x->lbal0[l], x->lbal[l], x->limb0[l],
+               x->limb[l]);
+        printf("  %5s %6s %12s  experts (phy2log)\n", "rank", "domain",
+               "load");
+        for (int r = 0; r < x->R; r++) {
+            double sum = 0;
+            for (int k = 0; k < per; k++) {
+                int e = p[r * per + k];
+                sum += ld[e] / cnt[e];
+            }
+            printf("  %5d %6d %12.2f ", r, r / (x->R / x->D), sum);
+            for (int k = 0; k < per; k++)
+                printf(" %d", p[r * per + k]);
+            putchar('\n');
+        }
+        if (!order)
+            continue;
+        int n = 0;
+        for (int e = 0; e < x->E; e++)
+            if (cnt[e] > 1)
+                order[n++] = e;
+        qsort_r(order, n, sizeof(int), cmp_hot, (void *)ld);
+        printf("  replicated:");
+        if (n == 0)
+            printf(" none");
+        for (int i = 0; i < n; i++)
+            printf("%s expert %d (load %g) x%d", i ? "," : "", order[i],
+                   ld[order[i]], cnt[order[i]]);
+        putchar('\n');
+    }
+    free(order);
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    if (o.system && system_domains(&o, &o.domains))
+        return EXIT_PLAN;
+
+    char err[512];
+    tool_matrix_t m;
+    if (tool_read_loads(o.loads, &m, err, sizeof(err))) {
+        fprintf(stderr, "epx-balance: %s\n", err);
+        return EXIT_PLAN;
+    }
+    int32_t *current = NULL;
+    if (o.current) {
+        int cr, cc;
+        if (tool_read_phy2log(o.current, &current, &cr, &cc, err,
+                              sizeof(err))) {
+            fprintf(stderr, "epx-balance: %s\n", err);
+            free(m.v);
+            return EXIT_PLAN;
+        }
+        if (cr != m.rows || cc != o.slots) {
+            fprintf(stderr, "epx-balance: %s: %d x %d, expected [layers = %d]"
+                    "[slots = %d]\n", o.current, cr, cc, m.rows, o.slots);
+            free(m.v);
+            free(current);
+            return EXIT_PLAN;
+        }
+        if (o.policy == EPX_BALANCE_DEEPSEEK)
+            fprintf(stderr, "epx-balance: note: --current is ignored by the "
+                    "deepseek policy\n");
+    }
+
+    epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
+    bp.num_layers = m.rows;
+    bp.num_experts = m.cols;
+    bp.num_slots = o.slots;
+    bp.num_groups = o.groups;
+    bp.num_domains = o.domains;
+    bp.num_ranks = o.ranks;
+    bp.policy = o.policy;
+    bp.current_phy2log = current;
+
+    result_t x = { .L = m.rows, .E = m.cols, .S = o.slots, .R = o.ranks,
+                   .D = o.domains, .G = o.groups, .load = m.v };
+    x.maxrep = o.slots >= m.cols ? o.slots - m.cols + 1 : 1;
+    size_t L = (size_t)x.L;
+    x.phy2log = malloc(L * x.S * sizeof(int32_t));
+    x.log2phy = malloc(L * x.E * x.maxrep * sizeof(int32_t));
+    x.logcnt = malloc(L * x.E * sizeof(int32_t));
+    double *per_layer = malloc(4 * L * sizeof(double));
+    rc = EXIT_PLAN;
+    if (!x.phy2log || !x.log2phy || !x.logcnt || !per_layer) {
+        fprintf(stderr, "epx-balance: out of memory\n");
+        goto out;
+    }
+    x.lbal = per_layer;
+    x.limb = per_layer + L;
+    x.lbal0 = per_layer + 2 * L;
+    x.limb0 = per_layer + 3 * L;
+    if (epx_balance_plan(&bp, m.v, x.phy2log, x.log2phy, x.maxrep,
+                         x.logcnt) != EPX_OK ||
+        epx_balance_metrics(&bp, m.v, x.phy2log, &x.bal, &x.imb, x.lbal,
+                            x.limb) != EPX_OK ||
+        epx_balance_metrics(&bp, m.v, NULL, &x.bal0, &x.imb0, x.lbal0,
+                            x.limb0) != EPX_OK) {
+        fprintf(stderr, "epx-balance: %s\n", epx_last_error());
+        goto out;
+    }
+    if (o.json)
+        rc = print_json(&o, &x);
+    else {
+        print_tables(&o, &x);
+        rc = 0;
+    }
+out:
+    free(x.phy2log);
+    free(x.log2phy);
+    free(x.logcnt);
+    free(per_layer);
+    free(current);
+    free(m.v);
+    return rc;
+}
