@@ -25,38 +25,9 @@ data=$top/tests/balance/data
 
 command -v python3 >/dev/null 2>&1 || { echo "SKIP: no python3"; exit 77; }
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/epx-balance.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-failed=0
-fail() {
-    echo "FAIL: $*" >&2
-    failed=$((failed + 1))
-}
-
-# expect RC NAME ARGS...: run epx-balance, stdout in $tmp/NAME.out, stderr
-# in $tmp/NAME.err; the exit status must be RC.
-expect() {
-    want=$1
-    name=$2
-    shift 2
-    "$BAL" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
-    rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        cat "$tmp/$name.err" >&2
-        fail "$name: epx-balance $* exited $rc, want $want"
-        return 1
-    fi
-    return 0
-}
-
-# err_has NAME TEXT: stderr of NAME holds TEXT.
-err_has() {
-    grep -qF -- "$2" "$tmp/$1.err" || {
-        cat "$tmp/$1.err" >&2
-        fail "$1: stderr lacks '$2'"
-    }
-}
+CLI=$BAL
+CLI_NAME=epx-balance
+. "$top/tests/common/cli.sh"
 
 eplb="--slots 16 --groups 4 --domains 2 --ranks 8"
 

@@ -18,38 +18,9 @@ TOPO=${EPX_TOPO:-./topology/epx-topo}
 EPX_SYSTEMS_DIR=$top/topology/systems
 export EPX_SYSTEMS_DIR
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/epx-topo-cli.XXXXXX") || exit 99
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-failed=0
-fail() {
-    echo "FAIL: $*" >&2
-    failed=$((failed + 1))
-}
-
-# expect RC NAME ARGS...: run epx-topo, stdout in $tmp/NAME.out, stderr in
-# $tmp/NAME.err; the exit status must be RC.
-expect() {
-    want=$1
-    name=$2
-    shift 2
-    "$TOPO" "$@" >"$tmp/$name.out" 2>"$tmp/$name.err"
-    rc=$?
-    if [ "$rc" -ne "$want" ]; then
-        cat "$tmp/$name.err" >&2
-        fail "$name: epx-topo $* exited $rc, want $want"
-        return 1
-    fi
-    return 0
-}
-
-# err_has NAME TEXT: stderr of NAME holds TEXT, on one line.
-err_has() {
-    grep -qF -- "$2" "$tmp/$1.err" || {
-        cat "$tmp/$1.err" >&2
-        fail "$1: stderr lacks '$2'"
-    }
-}
+CLI=$TOPO
+CLI_NAME=epx-topo
+. "$top/tests/common/cli.sh"
 
 # 1. the live probe
 if expect 0 probe; then
