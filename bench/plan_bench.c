@@ -149,6 +149,12 @@ int main(int argc, char **argv)
     printf("%-22s %10s %10s %13.4f %10.4f\n", "none (contiguous)", "-", "-",
            b0, i0);
     static const char *names[] = { "deepseek", "epx" };
+    /* per-layer balancedness (mean/max; the mean is the same for both
+     * policies, so it compares their maximum rank loads layer by layer) */
+    double *lbal[2] = { malloc(sizeof(double) * (size_t)p.num_layers),
+                        malloc(sizeof(double) * (size_t)p.num_layers) };
+    if (!lbal[0] || !lbal[1])
+        die("out of memory");
     for (int pol = 0; pol < 2; pol++) {
         p.policy = (epx_balance_policy_t)pol;
         for (int r = 0; r < reps; r++) {
@@ -159,11 +165,21 @@ int main(int argc, char **argv)
         }
         qsort(t, (size_t)reps, sizeof(double), cmp_double);
         double b, im;
-        if (epx_balance_metrics(&p, load, p2l, &b, &im, NULL, NULL))
+        if (epx_balance_metrics(&p, load, p2l, &b, &im, lbal[pol], NULL))
             die("metrics");
         printf("%-22s %10.2f %10.2f %13.4f %10.4f\n", names[pol],
                1e3 * t[reps / 2], 1e3 * t[0], b, im);
     }
+    int higher = 0, lower = 0;
+    for (int l = 0; l < p.num_layers; l++) {
+        higher += lbal[1][l] < lbal[0][l] * (1 - 1e-12);
+        lower += lbal[1][l] > lbal[0][l] * (1 + 1e-12);
+    }
+    printf("epx vs deepseek, maximum rank load per layer: higher in %d, lower "
+           "in %d, equal in %d of %d layers\n", higher, lower,
+           p.num_layers - higher - lower, p.num_layers);
+    free(lbal[0]);
+    free(lbal[1]);
     /* Re-planning after a +-5 % change of every load: slots whose expert
      * changes, with and without the current placement. */
     p.policy = EPX_BALANCE_EPX;
