@@ -152,6 +152,8 @@ typedef struct bench_ctx {
 } bench_ctx_t;
 
 /* rank.c: everything one rank does; 0 on success (mismatches included). */
+/* Engine parameters of the workload and options (no slots, one layer). */
+void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp);
 int bench_rank_main(bench_ctx_t *ctx);
 void bench_progress(const bench_ctx_t *ctx, const char *fmt, ...)
     BENCH_PRINTF(2, 3);

@@ -82,6 +82,19 @@ static int make_inputs(bench_ctx_t *ctx)
     return 0;
 }
 
+void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
+{
+    const bench_workload_t *wl = ctx->wl;
+    *mp = (epx_moe_params_t)EPX_MOE_PARAMS_INIT;
+    mp->hidden = wl->hidden;
+    mp->num_experts = wl->experts;
+    mp->topk = wl->topk;
+    mp->max_tokens_per_rank = (int)(wl->max_T > 0 ? wl->max_T : 1);
+    mp->dtype = wl->dtype;
+    mp->layout = ctx->o->layout;
+    mp->expert_alignment = ctx->o->align;
+}
+
 int bench_rank_main(bench_ctx_t *ctx)
 {
     const bench_opts_t *o = ctx->o;
@@ -97,14 +110,8 @@ int bench_rank_main(bench_ctx_t *ctx)
         goto out;
     }
 
-    epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
-    mp.hidden = wl->hidden;
-    mp.num_experts = wl->experts;
-    mp.topk = wl->topk;
-    mp.max_tokens_per_rank = (int)(wl->max_T > 0 ? wl->max_T : 1);
-    mp.dtype = wl->dtype;
-    mp.layout = o->layout;
-    mp.expert_alignment = o->align;
+    epx_moe_params_t mp;
+    bench_moe_params(ctx, &mp);
     epx_status_t st = epx_moe_create(ctx->comm, &mp, &moe);
     if (st != EPX_OK) {
         rc = bench_api_fail(ctx, "epx_moe_create", st);

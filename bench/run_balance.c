@@ -223,14 +223,8 @@ int bench_run_balance(bench_ctx_t *ctx)
     int rc = 0;
     for (int run = 0; run < BENCH_NBAL && rc == 0; run++) {
         bal_run_t b = { .run = run };
-        epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
-        mp.hidden = wl->hidden;
-        mp.num_experts = wl->experts;
-        mp.topk = wl->topk;
-        mp.max_tokens_per_rank = (int)(wl->max_T > 0 ? wl->max_T : 1);
-        mp.dtype = wl->dtype;
-        mp.layout = ctx->o->layout;
-        mp.expert_alignment = ctx->o->align;
+        epx_moe_params_t mp;
+        bench_moe_params(ctx, &mp);
         mp.num_layers = 1;
         if (run == BENCH_BAL_ON) {
             b.slots = mp.num_slots = bench_balance_slots(ctx->o, ctx->nranks);

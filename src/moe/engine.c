@@ -295,12 +295,10 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->ecur = malloc(sizeof(int64_t) * (size_t)m->U);
         m->tot = malloc(sizeof(int64_t) * (size_t)m->U);
         m->local_exp = malloc(sizeof(int32_t) * (size_t)m->U);
-        m->acc = malloc(sizeof(float) * (size_t)m->H);
         m->wire = malloc(m->row_bytes);
-        m->part = malloc(sizeof(float) * (size_t)m->H);
         m->mode = malloc(sizeof(int32_t) * (size_t)m->R);
-        if (!m->wire || !m->part || !m->mode || !m->u2r || !m->first ||
-            !m->blk || !m->entcur || !m->ecur || !m->tot || !m->acc ||
+        if (!m->wire || !m->mode || !m->u2r || !m->first ||
+            !m->blk || !m->entcur || !m->ecur || !m->tot ||
             !m->local_exp)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
@@ -363,9 +361,7 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->entcur);
     free(m->ecur);
     free(m->tot);
-    free(m->acc);
     free(m->wire);
-    free(m->part);
     free(m->mode);
     free(m);
 }

@@ -79,7 +79,6 @@ struct epx_moe {
     int64_t *entcur;           /* [R] next entry index at each destination */
     int64_t *ecur;             /* [U] next expert-major row per unit */
     int64_t *tot;              /* [U] tokens per unit over all sources */
-    float *acc;                /* [H] fp32 accumulator */
     /* load statistics (stats.c) */
     int layers;                /* num_layers (>= 1) */
     double decay;
@@ -89,7 +88,6 @@ struct epx_moe {
     int64_t *st_gwindow, *st_gphys;     /* global copies (epx_moe_stats) */
     double *st_gdecayed;
     void *wire;                /* [row_bytes] one row in the engine dtype */
-    float *part;               /* [H] fp32 partial of one rank (pull) */
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
 };
