@@ -261,7 +261,12 @@ typedef enum epx_dtype {
     EPX_DTYPE_BF16 = 0,
     EPX_DTYPE_FP32 = 1,
     EPX_DTYPE_INT32 = 2,
-    EPX_DTYPE_INT64 = 3
+    EPX_DTYPE_INT64 = 3,
+    EPX_DTYPE_FP8_E4M3 = 4,    /* OCP e4m3fn, 1 byte */
+    EPX_DTYPE_UE8M0 = 5,       /* scale 2^(c - 127), 1 byte; 0xff is NaN */
+    EPX_DTYPE_FP4_E2M1X2 = 6   /* two e2m1 codes per byte, element 2i in the
+                                  low nibble; a row of H elements has
+                                  ceil(H / 2) columns */
 } epx_dtype_t;
 
 /* Bytes per element of a dtype (0 for an unknown one). */
@@ -288,7 +293,37 @@ typedef enum epx_layout {
 
 typedef struct epx_moe epx_moe_t;
 
-#define EPX_MOE_PARAMS_VERSION 2
+typedef enum epx_mode {
+    /* Count exchange, then tokens at precomputed offsets in a compact
+     * receive region: memory follows the tokens received (prefill). */
+    EPX_MODE_THROUGHPUT = 0,
+    /* One phase, no count exchange: each (local expert, source rank) owns
+     * a fixed range of ll_capacity rows; output [local experts, capacity,
+     * H] plus counts per expert (decode). */
+    EPX_MODE_LOW_LATENCY = 1
+} epx_mode_t;
+
+/* How dispatch carries x.  The quantized formats take bf16 x (engine dtype
+ * BF16), quantize it during dispatch, and deliver the quantized rows and
+ * their scales (epx_recv_t.x, x_scales, x_global_scale); combine stays in
+ * the engine dtype. */
+typedef enum epx_wire {
+    EPX_WIRE_NATIVE = 0,       /* x as given, in the engine dtype */
+    EPX_WIRE_FP8 = 1,          /* e4m3, one FP32 scale per 128 elements */
+    EPX_WIRE_FP8_UE8M0 = 2,    /* e4m3, one UE8M0 scale per 128 elements */
+    EPX_WIRE_MXFP8 = 3,        /* e4m3, one UE8M0 scale per 32 elements */
+    EPX_WIRE_NVFP4 = 4         /* e2m1, one FP8_E4M3 scale per 16 elements
+                                  and one FP32 scale per token */
+} epx_wire_t;
+
+#define EPX_MOE_LL_DROP 0x1u       /* low latency: rows beyond capacity are
+                                      dropped and counted (recv.num_dropped)
+                                      instead of failing with EPX_ERR_RANGE */
+#define EPX_MOE_HIERARCHICAL 0x2u  /* throughput: cross between domains once
+                                      per destination domain, then forward
+                                      inside the domain */
+
+#define EPX_MOE_PARAMS_VERSION 3
 typedef struct epx_moe_params {
     size_t struct_size;        /* sizeof(epx_moe_params_t) */
     unsigned version;          /* EPX_MOE_PARAMS_VERSION */
@@ -309,13 +344,23 @@ typedef struct epx_moe_params {
                                   lives on rank s / (num_slots / R); each
                                   layer then needs epx_moe_set_placement.
                                   0: no replicas, the contiguous placement */
+    /* version 3 */
+    epx_mode_t mode;
+    epx_wire_t wire;
+    int ll_capacity;           /* low latency: rows per (local expert, source
+                                  rank); 0: max_tokens_per_rank */
+    int ll_buffers;            /* low latency: calls that may be outstanding
+                                  (dispatched, not yet combined), >= 2;
+                                  0: 2 */
+    unsigned flags;            /* EPX_MOE_* */
 } epx_moe_params_t;
 
 #define EPX_MAX_TOPK 32
 
 #define EPX_MOE_PARAMS_INIT                                                   \
     { sizeof(epx_moe_params_t), EPX_MOE_PARAMS_VERSION, 0, 0, 0, 0,           \
-      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9, 0 }
+      EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9, 0,                  \
+      EPX_MODE_THROUGHPUT, EPX_WIRE_NATIVE, 0, 0, 0u }
 
 /* Placement (no balancer): rank r holds the contiguous experts
  * [floor(r*E/R), floor((r+1)*E/R)).  When E is not a multiple of R the
@@ -382,6 +427,16 @@ typedef struct epx_recv {
     /* [num_local_experts] the logical expert of each local expert (with
      * num_slots: of each local slot; else first_local_expert + j). */
     const int32_t *local_experts;
+    /* Quantized wire (else data NULL): x is FP8_E4M3 [num_rows, H] or
+     * FP4_E2M1X2 [num_rows, ceil(H/2)]; x_scales [num_rows, blocks] is FP32,
+     * UE8M0 or FP8_E4M3 (blocks = ceil(H / block)); NVFP4 also has one FP32
+     * scale per row: value = code * block scale * x_global_scale[row]. */
+    epx_tensor_t x_scales;
+    const float *x_global_scale;
+    /* Low latency: rows per (local expert, source) and rows this rank did
+     * not receive because a range was full (EPX_MOE_LL_DROP). */
+    int capacity;
+    int64_t num_dropped;
 } epx_recv_t;
 
 /* Split dispatch.  epx_dispatch_send routes, exchanges counts (collective)
@@ -400,11 +455,24 @@ typedef struct epx_recv {
  * One dispatch is in flight per engine: the next epx_dispatch_send comes
  * after this one's epx_combine_recv; one issued before that (after
  * epx_dispatch_recv) abandons the earlier dispatch, whose handle can then
- * only be released.  Overlapping micro-batches use one engine each. */
+ * only be released.  Overlapping micro-batches use one engine each.
+ * Low latency: up to ll_buffers calls may be outstanding; call n + 1's
+ * dispatch may be sent while the caller still reads call n's output, and
+ * calls are combined in the order they were dispatched. */
 epx_status_t epx_dispatch_send(epx_moe_t *moe, const epx_dispatch_args_t *args,
                                epx_handle_t **handle);
 epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv);
+
+/* Overlap: after epx_dispatch_send, without waiting for every source,
+ * fill *recv as epx_dispatch_recv would and set ready[j] (j < the number
+ * of local experts) to 1 when every row of local expert j has arrived
+ * (those rows may be read), else 0; *num_ready counts the ones.  Expert
+ * compute can start on ready experts while the rest arrive.
+ * epx_dispatch_recv must still be called before epx_combine_send. */
+epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
+                               epx_recv_t *recv, uint8_t *ready,
+                               int *num_ready);
 
 #define EPX_COMBINE_UNWEIGHTED 0x1u /* expert-major: y already weighted */
 

@@ -44,6 +44,12 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
                           "moe: num_slots %d must be >= num_experts (%d) and a "
                           "multiple of the %d ranks", p->num_slots,
                           p->num_experts, nranks);
+    int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) + sizeof(unsigned);
+    if (v3 && (p->mode != EPX_MODE_THROUGHPUT || p->wire != EPX_WIRE_NATIVE ||
+               p->flags != 0))
+        return epx__error(EPX_ERR_UNSUPPORTED,
+                          "moe: low-latency mode, quantized wire formats and "
+                          "hierarchical dispatch are not built yet");
     if (p->expert_alignment < 1 || p->expert_alignment > 4096)
         return epx__error(EPX_ERR_INVALID,
                           "moe: expert_alignment %d must be in [1, 4096]",

@@ -82,6 +82,9 @@ size_t epx_dtype_size(epx_dtype_t dt)
     case EPX_DTYPE_FP32: return 4;
     case EPX_DTYPE_INT32: return 4;
     case EPX_DTYPE_INT64: return 8;
+    case EPX_DTYPE_FP8_E4M3:
+    case EPX_DTYPE_UE8M0:
+    case EPX_DTYPE_FP4_E2M1X2: return 1;
     }
     return 0;
 }
