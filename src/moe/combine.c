@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "util/util.h"
-#include "moe/moe.h"
+#include "moe/ll.h"
 
 /* acc (+)= w * src over n elements, in fp32: `first` starts the sum
  * (acc = 0 + term, so acc needs no clearing pass); w NULL: weight 1. */
@@ -103,6 +103,17 @@ static inline void reduce_entry(const epx_moe_t *m, const char *rows,
 }
 
 EPX_CLONES
+void moe_reduce_partial(const epx_moe_t *m, const char *rows,
+                        const int32_t *ent, const float *w, void *dst)
+{
+    float part[COMB_CHUNK];
+    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
+        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
+        reduce_entry(m, rows, ent, w, c0, n, part);
+        store((char *)dst + (size_t)c0 * m->esize, part, m->p.dtype, n);
+    }
+}
+
 static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                                   const epx_combine_args_t *a, unsigned flags)
 {
@@ -111,7 +122,6 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
     const float *wt = (flags & EPX_COMBINE_UNWEIGHTED)
         ? NULL : (const float *)moe_local(m, m->off.topk_w);
     const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
-    float part[COMB_CHUNK];
     epx_status_t st = EPX_OK;
     for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
         const int32_t *ent = ents + i * m->ent_ints;
@@ -121,11 +131,7 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                               m->row_bytes);
             continue;
         }
-        for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
-            int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-            reduce_entry(m, y, ent, wt, c0, n, part);
-            store((char *)m->wire + (size_t)c0 * m->esize, part, m->p.dtype, n);
-        }
+        moe_reduce_partial(m, y, ent, wt, m->wire);
         st = epx__win_put(m->win, ent[0], dst, m->wire, m->row_bytes);
     }
     return st;
@@ -147,6 +153,8 @@ static epx_status_t combine_enter(const epx_moe_t *m, const epx_handle_t *h,
 epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
                               const epx_combine_args_t *a)
 {
+    if (m && m->ll)
+        return ll_combine_send(m, h, a);
     epx_status_t st = combine_enter(m, h, MOE_RECEIVED,
                                     "no received dispatch for this handle");
     if (st != EPX_OK)
@@ -183,17 +191,12 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     return EPX_OK;
 }
 
-/* Where one destination rank's contribution to a token comes from: one
- * row (pushed partial, or a token-major row in place), or a peer's entry
- * listing its expert-major rows (in place) to reduce here. */
-typedef struct comb_src {
-    const char *row;           /* the row; with ent: the peer's row base */
-    const int32_t *ent;        /* NULL, or the peer's entry */
-    const float *w;            /* with ent: the peer's weights, NULL = 1 */
-} comb_src_t;
-
+/* Where one destination rank's contribution to a token comes from
+ * (comb_src_t, moe.h): one row (pushed partial, or a token-major row in
+ * place), or a peer's entry listing its expert-major rows (in place) to
+ * reduce here. */
 EPX_CLONES
-static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
+void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                          char *out, epx_dtype_t out_dt)
 {
     const epx_dtype_t dt = m->p.dtype;
@@ -218,6 +221,8 @@ static void reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
 
 epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 {
+    if (m && m->ll)
+        return ll_combine_recv(m, h, out);
     epx_status_t st = combine_enter(m, h, MOE_COMBINING,
                                     "recv without a matching combine_send");
     if (st != EPX_OK)
@@ -268,7 +273,7 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
             c->w = m->mode[d] == MOE_COMB_PULL_UNWEIGHTED
                 ? NULL : (const float *)(pw + m->off.topk_w);
         }
-        reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
+        moe_reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
                      out->dtype);
     }
     return EPX_OK;

@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "util/util.h"
-#include "moe/moe.h"
+#include "moe/ll.h"
 
 static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
 {
@@ -254,6 +254,8 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     epx_status_t st = moe_check_usable(m, "dispatch");
     if (st != EPX_OK)
         return st;
+    if (m->ll)
+        return ll_dispatch_send(m, a, handle);
     /* Call-order errors cannot be agreed with the peers (they are in
      * another call): the engine is unusable afterwards (epx.h). */
     if (m->state == MOE_SENT || m->state == MOE_COMBINING)
@@ -327,6 +329,8 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: engine, handle or output NULL, or handle "
                           "of another engine");
+    if (m->ll)
+        return ll_dispatch_recv(m, h, out);
     epx_status_t usable = moe_check_usable(m, "dispatch");
     if (usable != EPX_OK)
         return usable;
@@ -391,7 +395,9 @@ void epx_handle_release(epx_handle_t *h)
     if (!h)
         return;
     epx_moe_t *m = h->moe;
-    if (m && m->cur == h) {
+    if (m && m->ll)
+        ll_release(m, h);
+    else if (m && m->cur == h) {
         /* Take in the phase in flight so the counters stay in step. */
         epx_status_t st = EPX_OK;
         if (m->state == MOE_SENT)

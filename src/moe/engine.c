@@ -6,11 +6,11 @@
 #include <sys/statvfs.h>
 
 #include "util/util.h"
-#include "moe/moe.h"
+#include "moe/ll.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
     int32_t status, hidden, experts, topk, dtype, layout, align, layers, slots,
-            pad;
+            mode;
     int64_t max_tokens;
 } engine_info_t;
 
@@ -45,11 +45,22 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
                           "multiple of the %d ranks", p->num_slots,
                           p->num_experts, nranks);
     int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) + sizeof(unsigned);
-    if (v3 && (p->mode != EPX_MODE_THROUGHPUT || p->wire != EPX_WIRE_NATIVE ||
-               p->flags != 0))
+    if (v3 && p->mode != EPX_MODE_THROUGHPUT && p->mode != EPX_MODE_LOW_LATENCY)
+        return epx__error(EPX_ERR_INVALID, "moe: unknown mode %d", (int)p->mode);
+    if (v3 && (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_HIERARCHICAL)))
+        return epx__error(EPX_ERR_INVALID, "moe: unknown flags 0x%x", p->flags);
+    if (v3 && (p->flags & EPX_MOE_LL_DROP) && p->mode != EPX_MODE_LOW_LATENCY)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: EPX_MOE_LL_DROP needs EPX_MODE_LOW_LATENCY");
+    if (v3 && (p->wire != EPX_WIRE_NATIVE || (p->flags & EPX_MOE_HIERARCHICAL)))
         return epx__error(EPX_ERR_UNSUPPORTED,
-                          "moe: low-latency mode, quantized wire formats and "
-                          "hierarchical dispatch are not built yet");
+                          "moe: quantized wire formats and hierarchical "
+                          "dispatch are not built yet");
+    if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
+        epx_status_t st = ll_check_params(p);
+        if (st != EPX_OK)
+            return st;
+    }
     if (p->expert_alignment < 1 || p->expert_alignment > 4096)
         return epx__error(EPX_ERR_INVALID,
                           "moe: expert_alignment %d must be in [1, 4096]",
@@ -61,12 +72,12 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 {
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
                                    "dtype", "layout", "expert_alignment",
-                                   "num_layers", "num_slots" };
+                                   "num_layers", "num_slots", "mode" };
     const epx_moe_params_t *p = &m->p;
     engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
                           (int32_t)p->dtype, (int32_t)p->layout,
-                          p->expert_alignment, m->layers, m->U, 0,
-                          p->max_tokens_per_rank };
+                          p->expert_alignment, m->layers, m->U,
+                          (int32_t)m->p.mode, p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
@@ -80,7 +91,7 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
             break;
         }
         const int32_t *a = &all[r].status, *b = &me.status;
-        for (int f = 1; f < 9; f++)
+        for (int f = 1; f < 10; f++)
             if (a[f] != b[f]) {
                 st = epx__error(EPX_ERR_MISMATCH,
                                 "moe: %s is %d on rank %d but %d on rank %d",
@@ -320,12 +331,18 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         for (int u = m->first[r]; u < m->first[r + 1]; u++)
             m->u2r[u] = r;
-    if ((st = plan_window(m)) != EPX_OK || (st = moe_stats_init(m)) != EPX_OK ||
-        (st = replicas_init(m)) != EPX_OK)
+    if ((st = moe_stats_init(m)) != EPX_OK || (st = replicas_init(m)) != EPX_OK)
         goto err_free;
-    warn_shm_space(m);
-    if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
-        goto err_free;
+    if (m->p.mode == EPX_MODE_LOW_LATENCY) {
+        if ((st = ll_init(m)) != EPX_OK)   /* its own window */
+            goto err_free;
+    } else {
+        if ((st = plan_window(m)) != EPX_OK)
+            goto err_free;
+        warn_shm_space(m);
+        if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
+            goto err_free;
+    }
     m->direct = 1;
     for (int r = 0; r < m->R; r++)
         m->direct &= epx__win_peer_ptr(m->win, r) != NULL;
@@ -349,6 +366,7 @@ void epx_moe_destroy(epx_moe_t *m)
         return;
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
+    ll_free(m);
     moe_stats_free(m);
     free(m->u2r);
     free(m->phy2log);

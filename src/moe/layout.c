@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "util/util.h"
-#include "moe/moe.h"
+#include "moe/ll.h"
 
 /* Shape, dtype (any of the bits in `dtypes`, 1 << dtype) and alignment. */
 epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
@@ -127,6 +127,7 @@ void moe_handle_free(epx_handle_t *h)
     free(h->ebase);
     free(h->ecount);
     free(h->ucount);
+    ll_call_free(h->ll);
     free(h);
 }
 

@@ -90,6 +90,7 @@ struct epx_moe {
     void *wire;                /* [row_bytes] one row in the engine dtype */
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
+    struct moe_ll *ll;         /* low-latency mode (ll.h), else NULL */
 };
 
 struct epx_handle {
@@ -112,6 +113,7 @@ struct epx_handle {
     uint64_t call;             /* count exchange of its (uncached) dispatch */
     int32_t *ecount;           /* [E] this rank's tokens per logical expert */
     int32_t *ucount;           /* [U] this rank's tokens per unit (slot) */
+    struct ll_call *ll;        /* low-latency call (ll.h), else NULL */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
@@ -161,5 +163,17 @@ void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount,
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what);
+/* combine.c, shared with the low-latency combine: one destination rank's
+ * contribution to a token (see reduce_token), the partial of an entry
+ * rounded to the engine dtype, and a token's sum over its sources. */
+typedef struct comb_src {
+    const char *row;           /* the row; with ent: the peer's row base */
+    const int32_t *ent;        /* NULL, or the peer's entry */
+    const float *w;            /* with ent: the peer's weights, NULL = 1 */
+} comb_src_t;
+void moe_reduce_partial(const epx_moe_t *m, const char *rows,
+                        const int32_t *ent, const float *w, void *dst);
+void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
+                      char *out, epx_dtype_t out_dt);
 
 #endif /* EPX_MOE_H */

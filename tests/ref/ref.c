@@ -217,6 +217,70 @@ err:
     return -1;
 }
 
+int ref_dispatch_ll(const ref_cfg_t *c, const ref_tokens_t *src, int rank,
+                    int cap, ref_recv_t *o, int64_t *dropped)
+{
+    const int K = c->topk, R = c->nranks;
+    memset(o, 0, sizeof(*o));
+    *dropped = 0;
+    o->first_local = ref_first_expert(R, c->num_experts, rank);
+    o->num_local = ref_num_experts(R, c->num_experts, rank);
+    o->counts = calloc((size_t)o->num_local + 1, sizeof(int64_t));
+    o->offsets = calloc((size_t)o->num_local + 1, sizeof(int64_t));
+    o->num_rows = (int64_t)o->num_local * R * cap;
+    if (!o->counts || !o->offsets || alloc_rows(c, o))
+        goto err;
+    for (int64_t i = 0; i < o->num_rows; i++)
+        o->src_rank[i] = o->src_token[i] = o->row_expert[i] = -1;
+    for (int j = 0; j < o->num_local; j++) {
+        o->offsets[j] = (int64_t)j * R * cap;
+        for (int s = 0; s < R; s++) {
+            int64_t n = 0;   /* tokens of s that chose expert j so far */
+            for (int64_t t = 0; t < src[s].T; t++)
+                for (int k = 0; k < K; k++) {
+                    if (src[s].idx[t * K + k] != o->first_local + j)
+                        continue;
+                    if (n >= cap) {
+                        (*dropped)++;
+                        continue;
+                    }
+                    int64_t row = ((int64_t)j * R + s) * cap + n++;
+                    o->src_rank[row] = s;
+                    o->src_token[row] = (int32_t)t;
+                    o->weights[row] = src[s].w[t * K + k];
+                    o->row_expert[row] = j;
+                    copy_x(c, o, row, &src[s], t);
+                    o->counts[j]++;
+                }
+        }
+    }
+    return 0;
+
+err:
+    ref_recv_free(o);
+    return -1;
+}
+
+int64_t ref_ll_kept(const ref_cfg_t *c, const ref_tokens_t *mine, int cap,
+                    int64_t *idx)
+{
+    const int K = c->topk;
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < mine->T * K; i++)
+        idx[i] = mine->idx[i];
+    /* Expert by expert: its first cap choices, in token order, stay. */
+    for (int e = 0; e < c->num_experts; e++) {
+        int64_t n = 0;
+        for (int64_t t = 0; t < mine->T; t++)
+            for (int k = 0; k < K; k++)
+                if (mine->idx[t * K + k] == e && n++ >= cap) {
+                    idx[t * K + k] = -1;
+                    dropped++;
+                }
+    }
+    return dropped;
+}
+
 int ref_combine(const ref_cfg_t *c, int rank, const ref_tokens_t *mine,
                 int unweighted, ref_y_fn y, void *ctx, epx_dtype_t out_dtype,
                 void *out)

@@ -51,6 +51,20 @@ int ref_dispatch(const ref_cfg_t *cfg, const ref_tokens_t *src, int rank,
                  ref_recv_t *out);
 void ref_recv_free(ref_recv_t *r);
 
+/* Low-latency mode (expert-major output of fixed ranges): local expert j
+ * receives source s's rows in rows [(j*R + s)*cap, (j*R + s + 1)*cap);
+ * row i of that range is the i-th token of s, in token order, that chose
+ * expert j, when i < cap; the rows after it are padding (src -1) and the
+ * tokens beyond cap are dropped (*dropped counts them, over every source).
+ * num_rows = num_local * R * cap, offsets[j] = j*R*cap. */
+int ref_dispatch_ll(const ref_cfg_t *cfg, const ref_tokens_t *src, int rank,
+                    int cap, ref_recv_t *out, int64_t *dropped);
+/* The routing combine sees after low-latency drops: idx[T, K] of `mine`
+ * with every choice that fell beyond cap at its expert set to -1.  Returns
+ * the number of such choices. */
+int64_t ref_ll_kept(const ref_cfg_t *cfg, const ref_tokens_t *mine, int cap,
+                    int64_t *idx);
+
 /* The expert output the test hands to combine, as floats exactly
  * representable in cfg dtype: expert-major, `who` is the global expert of
  * the (src_rank, token) row; token-major, `who` is the destination rank and

@@ -1,0 +1,219 @@
+/*
+ * Low-latency mode: parameters, the window, the buffers' life cycle.
+ *
+ * Buffer reuse.  Call n + B writes into buffer n % B again, so before a
+ * rank sends call n + B it waits until every rank has finished call n:
+ * each rank, when it combines call n (epx_combine_send) or releases it
+ * uncombined, puts its combine status and bumps COMB b at every rank, and
+ * the sender waits for all R of them.  A rank only reads call n's words,
+ * rows and partials before its own COMB signal of call n (its combine_send
+ * or release) or while waiting for the others' (its combine_recv), so no
+ * source overwrites a buffer that someone still reads, and a source is at
+ * most one use of a buffer ahead of any reader.
+ *
+ * Outstanding calls: at most B per rank (dispatched, neither combined to
+ * the end nor released): a rank's ring holds the handle of each buffer.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/ll.h"
+
+#define LL_MAX_BUFFERS 64
+
+epx_status_t ll_check_params(const epx_moe_params_t *p)
+{
+    if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: low-latency output is per expert "
+                          "([local experts, capacity, H]): use "
+                          "EPX_LAYOUT_EXPERT_MAJOR");
+    if (p->ll_capacity < 0 || p->ll_buffers < 0 ||
+        p->ll_buffers == 1 || p->ll_buffers > LL_MAX_BUFFERS)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: ll_capacity (%d) must be >= 0 and ll_buffers "
+                          "(%d) 0 or in [2, %d]", p->ll_capacity,
+                          p->ll_buffers, LL_MAX_BUFFERS);
+    if (p->max_tokens_per_rank > LL_MAX_COUNT || p->ll_capacity > LL_MAX_COUNT)
+        return epx__error(EPX_ERR_RANGE,
+                          "moe: low latency counts rows in 24 bits: "
+                          "max_tokens_per_rank (%d) and ll_capacity (%d) must "
+                          "be <= %lld", p->max_tokens_per_rank, p->ll_capacity,
+                          (long long)LL_MAX_COUNT);
+    return EPX_OK;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
+{
+    for (int r = 0; r < m->R; r++)
+        if (moe_nlocal(m, r) > l->L)
+            l->L = moe_nlocal(m, r);
+    size_t R = (size_t)m->R, L = (size_t)l->L, cap = (size_t)l->cap;
+    size_t rows = L * R * cap, ents = R * (size_t)m->maxT;
+    ll_offsets_t *o = &l->off;
+    size_t at = 0;
+    o->hdr = at;     at = align64(at + R * LL_HDR * 4);
+    o->cw = at;      at = align64(at + L * R * 4);
+    o->fw = at;      at = align64(at + R * 4);
+    o->src_tok = at; at = align64(at + rows * 4);
+    o->weight = at;  at = align64(at + rows * 4);
+    o->entries = at; at = align64(at + ents * (size_t)m->ent_ints * 4);
+    o->rows = at;    at = align64(at + rows * m->row_bytes);
+    o->comb = at;    at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
+                                       m->row_bytes);
+    o->buf = (at + 4095) & ~(size_t)4095;
+    double total = (double)l->B * ((double)rows * ((double)m->row_bytes + 8) +
+                                   (double)ents * m->ent_ints * 4 +
+                                   (double)m->maxT * m->maxdest * m->row_bytes);
+    if ((double)L * (double)R * (double)cap > INT32_MAX ||
+        (double)ents > INT32_MAX || total > (double)(1ull << 46))
+        return epx__error(EPX_ERR_RANGE,
+                          "moe: %d buffers of %d experts x %d ranks x %d rows "
+                          "(ll_capacity) x %zu bytes exceed what one engine "
+                          "can address; lower ll_capacity or ll_buffers",
+                          l->B, l->L, m->R, l->cap, m->row_bytes);
+    m->off.total = (size_t)l->B * o->buf;
+    return EPX_OK;
+}
+
+/* Every rank must use the same capacity, buffers and flags. */
+static epx_status_t agree(epx_moe_t *m)
+{
+    int32_t me[3] = { m->p.ll_capacity, m->p.ll_buffers, (int32_t)m->p.flags };
+    static const char *names[3] = { "ll_capacity", "ll_buffers", "flags" };
+    int32_t *all = malloc(sizeof(me) * (size_t)m->R);
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    epx_status_t st = epx__comm_allgather(m->comm, me, all, sizeof(me));
+    for (int r = 0; r < m->R && st == EPX_OK; r++)
+        for (int f = 0; f < 3; f++)
+            if (all[r * 3 + f] != me[f]) {
+                st = epx__error(EPX_ERR_MISMATCH,
+                                "moe: %s is %d on rank %d but %d on rank %d",
+                                names[f], (int)me[f], m->rank,
+                                (int)all[r * 3 + f], r);
+                break;
+            }
+    free(all);
+    return st;
+}
+
+epx_status_t ll_init(epx_moe_t *m)
+{
+    moe_ll_t *l = calloc(1, sizeof(*l));
+    if (!l)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    m->ll = l;
+    epx_status_t st = agree(m);
+    if (st != EPX_OK)
+        return st;
+    l->B = m->p.ll_buffers > 0 ? m->p.ll_buffers : 2;
+    l->cap = m->p.ll_capacity > 0 ? m->p.ll_capacity
+                                  : (int)(m->maxT > 0 ? m->maxT : 1);
+    l->drop = (m->p.flags & EPX_MOE_LL_DROP) != 0;
+    if ((st = plan(m, l)) != EPX_OK)
+        return st;
+    size_t R = (size_t)m->R, U = (size_t)m->U, K = (size_t)m->K,
+           T = (size_t)(m->maxT > 0 ? m->maxT : 1),
+           rows = (size_t)l->L * R * (size_t)l->cap;
+    l->ring = calloc((size_t)l->B, sizeof(*l->ring));
+    l->src_rank = malloc(sizeof(int32_t) * (size_t)l->B * (rows ? rows : 1));
+    l->local_exp = malloc(sizeof(int32_t) * (size_t)l->B * (size_t)(l->L + 1));
+    l->cnt = malloc(sizeof(int32_t) * U);
+    l->boff = malloc(sizeof(int32_t) * (U + 1));
+    l->bucket = malloc(sizeof(int32_t) * T * K);
+    l->tok = malloc(sizeof(int32_t) * (size_t)l->cap);
+    l->wt = malloc(sizeof(float) * (size_t)l->cap);
+    l->ents = malloc(sizeof(int32_t) * T * (size_t)m->ent_ints);
+    l->fill = malloc(sizeof(int32_t) * R);
+    if (!l->ring || !l->src_rank || !l->local_exp || !l->cnt || !l->boff || !l->bucket ||
+        !l->tok || !l->wt || !l->ents || !l->fill)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
+    return epx__win_create(m->comm, m->off.total, 2 * l->B, &m->win);
+}
+
+void ll_free(epx_moe_t *m)
+{
+    moe_ll_t *l = m->ll;
+    if (!l)
+        return;
+    free(l->ring);
+    free(l->src_rank);
+    free(l->local_exp);
+    free(l->cnt);
+    free(l->boff);
+    free(l->bucket);
+    free(l->tok);
+    free(l->wt);
+    free(l->ents);
+    free(l->fill);
+    free(l);
+    m->ll = NULL;
+}
+
+void ll_call_free(ll_call_t *c)
+{
+    if (!c)
+        return;
+    free(c->pos);
+    free(c->done);
+    free(c);
+}
+
+/* The handle's call record, allocated once per handle. */
+ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h)
+{
+    if (!h->ll) {
+        ll_call_t *c = calloc(1, sizeof(*c));
+        size_t n = (size_t)(m->maxT > 0 ? m->maxT : 1) * (size_t)m->K;
+        if (!c)
+            return NULL;
+        c->pos = malloc(sizeof(int32_t) * n);
+        c->done = malloc((size_t)(m->ll->L > 0 ? m->ll->L : 1));
+        if (!c->pos || !c->done) {
+            ll_call_free(c);
+            return NULL;
+        }
+        h->ll = c;
+    }
+    return h->ll;
+}
+
+/* This rank is done with `call` without combining it: say so to every
+ * rank (their combine_recv of the call fails with EPX_ERR_PEER) and count
+ * as finished for the buffer's reuse. */
+epx_status_t ll_abandon(epx_moe_t *m, uint64_t call)
+{
+    moe_ll_t *l = m->ll;
+    int b = ll_buf(l, call);
+    int32_t word = LL_ABANDONED;
+    size_t off = ll_at(l, call, l->off.hdr) +
+                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + LL_HDR_COMB);
+    epx_status_t st = EPX_OK;
+    for (int d = 0; d < m->R && st == EPX_OK; d++)
+        st = epx__win_put_signal(m->win, d, off, &word, sizeof(word),
+                                 l->B + b, 1);
+    if (st != EPX_OK)
+        m->broken = 1;
+    return st;
+}
+
+/* epx_handle_release of a low-latency handle: not collective.  A call not
+ * yet combined is abandoned (the others see it in their combine_recv);
+ * the peers' side of it is waited for lazily, before its buffer's reuse. */
+void ll_release(epx_moe_t *m, epx_handle_t *h)
+{
+    ll_call_t *c = h->ll;
+    moe_ll_t *l = m->ll;
+    if (!c || !c->state)
+        return;
+    int b = ll_buf(l, c->call);
+    if (c->state == LL_SENT || c->state == LL_RECEIVED)
+        ll_abandon(m, c->call);
+    if (l->ring[b] == h)
+        l->ring[b] = NULL;
+    c->state = 0;
+}

@@ -1,0 +1,117 @@
+/*
+ * Low-latency mode (EPX_MODE_LOW_LATENCY) of the host executor: internals.
+ *
+ * One phase, no count exchange.  The window holds B = ll_buffers buffers;
+ * call n uses buffer n % B.  Each buffer of rank d:
+ *
+ *   hdr     [R][LL_HDR] int32    per source: dispatch status, layer,
+ *                                placement hash; combine status
+ *   cw      [L][R] int32         count word per (local expert, source):
+ *                                tag << 24 | rows the source routed there
+ *   fw      [R] int32            final word per source: tag << 24 | entries
+ *   src_tok [L][R][cap] int32    per row: token index on its source
+ *   weight  [L][R][cap] float    per row: its top-k weight
+ *   entries [R][maxT][3+K] int32 per (source, token): source, return slot,
+ *                                rows here, the rows in top-k order
+ *   rows    [L][R][cap][H]       the tokens
+ *   comb    [maxT*min(K,R)][H]   partials coming back to this rank
+ *
+ * L is the largest number of local units of any rank (every rank uses the
+ * same offsets), cap = ll_capacity.  A word is valid for call n when its
+ * tag is ll_tag(n): the tag of a buffer's consecutive uses differ and are
+ * never 0 (the window starts zeroed), and a source is never more than one
+ * use of a buffer ahead of a reader (see ll.c), so a reader cannot mistake
+ * an old word for a new one or the reverse.
+ *
+ * Signals: DATA b (slot b), one per source and call after all its words;
+ * COMB b (slot B + b), one per expert rank and call after its partials, or
+ * when it abandons the call.  Both count cumulatively: every call brings
+ * exactly R of each to every rank.
+ */
+#ifndef EPX_MOE_LL_H
+#define EPX_MOE_LL_H
+
+#include "moe/moe.h"
+
+enum { LL_HDR_STATUS = 0, LL_HDR_LAYER = 1, LL_HDR_PLACE = 2,
+       LL_HDR_COMB = 3, LL_HDR = 4 };
+enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
+#define LL_COUNT_MASK 0xffffffu
+#define LL_MAX_COUNT ((int64_t)LL_COUNT_MASK)
+/* Combine status of a rank that released a call without combining it. */
+#define LL_ABANDONED ((int32_t)EPX_ERR_STATE)
+
+typedef struct ll_offsets {
+    size_t hdr, cw, fw, src_tok, weight, entries, rows, comb, buf;
+} ll_offsets_t;
+
+typedef struct moe_ll {
+    int B;                     /* buffers */
+    int cap;                   /* rows per (local unit, source) */
+    int L;                     /* largest local unit count of any rank */
+    int drop;                  /* EPX_MOE_LL_DROP */
+    ll_offsets_t off;          /* within a buffer; buffer b at b * off.buf */
+    uint64_t n_calls;          /* calls dispatched (failed ones included) */
+    epx_handle_t **ring;       /* [B] outstanding call of each buffer */
+    int32_t *src_rank;         /* [B][L*R*cap] recv output, kept locally */
+    int32_t *local_exp;        /* [B][L] recv output: logical experts */
+    /* send-side scratch */
+    int32_t *cnt;              /* [U] rows routed per unit (this call) */
+    int32_t *boff;             /* [U+1] buckets: this call's rows by unit */
+    int32_t *bucket;           /* [maxT*K] t*K+k, by unit then token */
+    int32_t *tok;              /* [cap] src_tok of one range */
+    float *wt;                 /* [cap] weights of one range */
+    int32_t *ents;             /* [maxT][3+K] entries for one destination */
+    int32_t *fill;             /* [R] entries per destination */
+} moe_ll_t;
+
+/* Per handle: the call and what its rows became. */
+typedef struct ll_call {
+    uint64_t call;
+    int state;                 /* LL_SENT .. LL_DONE; 0 no call */
+    int failed;                /* dispatch_recv/poll saw a peer's error */
+    int layer;
+    uint32_t place;
+    int32_t *pos;              /* [maxT*K] slot in its range, -1 none/dropped */
+    uint8_t *done;             /* [L] expert finalized by recv/poll */
+    int64_t dropped;           /* rows this rank did not receive */
+} ll_call_t;
+
+static inline int ll_tag(const moe_ll_t *l, uint64_t call)
+{
+    return (int)((call / (uint64_t)l->B) % 255u) + 1;
+}
+static inline int ll_buf(const moe_ll_t *l, uint64_t call)
+{
+    return (int)(call % (uint64_t)l->B);
+}
+/* Signal target of buffer b's counters once `call` is complete. */
+static inline uint64_t ll_target(const epx_moe_t *m, uint64_t call)
+{
+    return (uint64_t)m->R * (call / (uint64_t)m->ll->B + 1);
+}
+static inline size_t ll_at(const moe_ll_t *l, uint64_t call, size_t off)
+{
+    return (size_t)ll_buf(l, call) * l->off.buf + off;
+}
+
+/* ll.c */
+epx_status_t ll_check_params(const epx_moe_params_t *p);
+epx_status_t ll_init(epx_moe_t *m);          /* collective; creates m->win */
+void ll_free(epx_moe_t *m);
+void ll_call_free(ll_call_t *c);
+ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h);
+epx_status_t ll_abandon(epx_moe_t *m, uint64_t call);
+void ll_release(epx_moe_t *m, epx_handle_t *h);
+/* ll_dispatch.c */
+epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
+                              epx_handle_t **handle);
+epx_status_t ll_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out);
+epx_status_t ll_dispatch_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
+                              uint8_t *ready, int *num_ready);
+/* ll_combine.c */
+epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
+                             const epx_combine_args_t *a);
+epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out);
+
+#endif /* EPX_MOE_LL_H */

@@ -1,0 +1,503 @@
+/*
+ * Low-latency mode against the reference (tests/ref: ref_dispatch_ll,
+ * ref_ll_kept, ref_combine), bit for bit: 1, 2, 3, 8 and 72 ranks (72 with
+ * EPX_TOPO_FILE=gb200-nvl72), routings uniform (with -1 holes), Zipf and
+ * all-to-one-expert, bf16/fp32, weighted and unweighted, in place.  Calls
+ * run as a pipeline of ll_buffers outstanding dispatches: each call's
+ * output is checked again just before its combine, after the later calls
+ * were sent, so a buffer overwritten too early shows.  Readiness is taken
+ * through epx_dispatch_poll first.  Overflow: EPX_ERR_RANGE on every rank
+ * with nothing usable, or with EPX_MOE_LL_DROP the rows beyond capacity
+ * dropped, counted and left out of combine.  Misuse and peer errors.
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+#include "ref/ref.h"
+
+enum { R_UNIFORM = 0, R_ZIPF, R_ONE };
+enum { TAG_T = 11, TAG_ROW, TAG_X, TAG_Y, TAG_JIT, TAG_HOT };
+
+typedef struct ll_case {
+    const char *name;
+    int experts, topk, hidden, max_tokens, min_tokens;
+    int cap, buffers, drop, route, rounds;
+    epx_dtype_t dtype, out_dtype;
+    unsigned comb_flags;
+    int in_place, jitter_us;
+} ll_case_t;
+
+typedef struct ll_in {
+    int64_t T;
+    void *x;
+    int64_t *idx64;
+    int32_t *idx;
+    float *w;
+} ll_in_t;
+
+typedef struct ll_run {
+    const ll_case_t *c;
+    epx_moe_t *moe;
+    int rank, R;
+    uint64_t seed;
+    ref_cfg_t cfg;
+} ll_run_t;
+
+/* One call in flight. */
+typedef struct ll_round {
+    int r;
+    ll_in_t *in;                /* [R] */
+    ref_tokens_t *toks;
+    ref_recv_t want;
+    int64_t dropped;
+    epx_handle_t *h;
+    epx_recv_t rv;
+} ll_round_t;
+
+static size_t esz(epx_dtype_t d) { return d == EPX_DTYPE_BF16 ? 2 : 4; }
+
+static float gen_value(uint64_t h)
+{
+    double u = (double)(h >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(u * 8.0 - 4.0) * (float)(1 << (h & 7)) * 0.125f;
+}
+
+static void jitter(const ll_run_t *m, int r, int step)
+{
+    if (m->c->jitter_us > 0)
+        usleep((useconds_t)(epxt_hash(m->seed, TAG_JIT, (uint64_t)m->rank,
+                                      (uint64_t)r, (uint64_t)step) %
+                            (uint64_t)m->c->jitter_us));
+}
+
+/* Zipf(1.1) over the experts, ranked by a per-round permutation-free
+ * rotation: expert (hot + rank) % E has weight 1 / (rank + 1)^1.1. */
+static int zipf_pick(int E, int hot, uint64_t h)
+{
+    double tot = 0, u;
+    for (int i = 0; i < E; i++)
+        tot += 1.0 / pow(i + 1, 1.1);
+    u = (double)(h >> 11) * (1.0 / 9007199254740992.0) * tot;
+    for (int i = 0; i < E; i++) {
+        u -= 1.0 / pow(i + 1, 1.1);
+        if (u < 0)
+            return (hot + i) % E;
+    }
+    return (hot + E - 1) % E;
+}
+
+static void gen_route(const ll_run_t *m, int s, int r, int64_t t, int64_t *idx,
+                      float *w)
+{
+    const int K = m->c->topk, E = m->c->experts;
+    epxt_rng_t g = { epxt_hash(m->seed, TAG_ROW, (uint64_t)s, (uint64_t)r,
+                               (uint64_t)t) };
+    int hot = (int)(epxt_hash(m->seed, TAG_HOT, (uint64_t)r, 0, 0) % (uint64_t)E);
+    for (int k = 0; k < K; k++)
+        idx[k] = -1;
+    if (m->c->route == R_ONE) {
+        idx[epxt_below(&g, (uint64_t)K)] = hot;
+    } else {
+        int n = K < E ? K : E;
+        for (int k = 0; k < n; k++) {
+            int e, dup;
+            do {
+                e = m->c->route == R_ZIPF ? zipf_pick(E, hot, epxt_next(&g))
+                                          : (int)epxt_below(&g, (uint64_t)E);
+                dup = 0;
+                for (int i = 0; i < k; i++)
+                    dup |= idx[i] == e;
+            } while (dup);
+            idx[k] = e;
+        }
+        if (m->c->route == R_UNIFORM)   /* holes */
+            for (int k = 0; k < K; k++)
+                if (epxt_below(&g, 8) == 0)
+                    idx[k] = -1;
+    }
+    for (int k = 0; k < K; k++)
+        w[k] = idx[k] >= 0
+            ? (float)((epxt_next(&g) >> 40) + 1) * (1.0f / 16777216.0f) : 1e30f;
+}
+
+static void in_free(ll_in_t *in)
+{
+    free(in->x);
+    free(in->idx64);
+    free(in->idx);
+    free(in->w);
+}
+
+static int in_make(const ll_run_t *m, int s, int r, ll_in_t *in)
+{
+    const ll_case_t *c = m->c;
+    const int K = c->topk, H = c->hidden;
+    int64_t span = c->max_tokens - c->min_tokens + 1;
+    in->T = c->min_tokens + (int64_t)(epxt_hash(m->seed, TAG_T, (uint64_t)s,
+                                                (uint64_t)r, 0) % (uint64_t)span);
+    size_t n = (size_t)in->T + 1;
+    in->x = calloc(n * (size_t)H, esz(c->dtype));
+    in->idx64 = calloc(n * (size_t)K, sizeof(int64_t));
+    in->idx = calloc(n * (size_t)K, sizeof(int32_t));
+    in->w = calloc(n * (size_t)K, sizeof(float));
+    CHECKF(in->x && in->idx64 && in->idx && in->w, "out of memory");
+    for (int64_t t = 0; t < in->T; t++) {
+        gen_route(m, s, r, t, in->idx64 + t * K, in->w + t * K);
+        for (int k = 0; k < K; k++)
+            in->idx[t * K + k] = (int32_t)in->idx64[t * K + k];
+        for (int h = 0; h < H; h++)
+            ref_store(c->dtype, in->x, t * H + h,
+                      gen_value(epxt_hash(m->seed, TAG_X, (uint64_t)s,
+                                          (uint64_t)t, ((uint64_t)r << 32) | (uint64_t)h)));
+    }
+    return 0;
+}
+
+static void y_row(void *ctx, int src, int64_t t, int e, float *row)
+{
+    const ll_run_t *m = ctx;
+    for (int h = 0; h < m->c->hidden; h++)
+        row[h] = ref_round(m->c->dtype,
+                           gen_value(epxt_hash(m->seed, TAG_Y, (uint64_t)src,
+                                               (uint64_t)t,
+                                               ((uint64_t)e << 24) | (uint64_t)h)));
+}
+
+/* The call overflows somewhere without DROP: it must fail everywhere. */
+static int overflows(const ll_run_t *m, const ll_round_t *x, int s)
+{
+    int cap = m->c->cap > 0 ? m->c->cap : m->c->max_tokens;
+    int64_t *tmp = malloc(sizeof(int64_t) * (size_t)(x->in[s].T + 1) * (size_t)m->c->topk);
+    int64_t d = ref_ll_kept(&m->cfg, &x->toks[s], cap, tmp);
+    free(tmp);
+    return d > 0 && !m->c->drop;
+}
+
+/* Local expert j of the output against the reference (rows of the expert
+ * only: poll hands out ready experts). */
+static int check_expert(const ll_run_t *m, const ll_round_t *x, int j,
+                        const char *when)
+{
+    const ref_recv_t *e = &x->want;
+    const epx_recv_t *g = &x->rv;
+    const int H = m->c->hidden;
+    const size_t rb = (size_t)H * esz(m->c->dtype);
+    const int64_t per = (int64_t)m->R * g->capacity;
+    CHECKF(g->expert_counts[j] == e->counts[j] && g->expert_offsets[j] == e->offsets[j],
+           "%s round %d %s: expert %d count %" PRId64 " at %" PRId64 ", want %"
+           PRId64 " at %" PRId64, m->c->name, x->r, when, j, g->expert_counts[j],
+           g->expert_offsets[j], e->counts[j], e->offsets[j]);
+    for (int64_t i = j * per; i < (j + 1) * per; i++) {
+        CHECKF(g->src_rank[i] == e->src_rank[i] && g->src_token[i] == e->src_token[i],
+               "%s round %d %s: row %" PRId64 " from (%d, %d), want (%d, %d)",
+               m->c->name, x->r, when, i, g->src_rank[i], g->src_token[i],
+               e->src_rank[i], e->src_token[i]);
+        if (e->src_rank[i] < 0)
+            continue;
+        CHECKF(memcmp(&g->topk_weights[i], &e->weights[i], 4) == 0 &&
+                   memcmp((const char *)g->x.data + (size_t)i * rb,
+                          e->x + (size_t)i * rb, rb) == 0,
+               "%s round %d %s: row %" PRId64 " weight or x differs", m->c->name,
+               x->r, when, i);
+    }
+    return 0;
+}
+
+static int check_recv(const ll_run_t *m, const ll_round_t *x, const char *when)
+{
+    const ref_recv_t *e = &x->want;
+    const epx_recv_t *g = &x->rv;
+    int cap = m->c->cap > 0 ? m->c->cap : m->c->max_tokens;
+    CHECKF(g->num_rows == e->num_rows && g->x.rows == e->num_rows &&
+               g->x.cols == m->c->hidden && g->x.dtype == m->c->dtype &&
+               g->capacity == cap && g->num_local_experts == e->num_local &&
+               g->first_local_expert == e->first_local && !g->topk_idx &&
+               g->num_dropped == x->dropped,
+           "%s round %d %s: recv has %" PRId64 " rows, capacity %d, %d experts "
+           "from %d, %" PRId64 " dropped; want %" PRId64 ", %d, %d from %d, %"
+           PRId64, m->c->name, x->r, when, g->num_rows, g->capacity,
+           g->num_local_experts, g->first_local_expert, g->num_dropped,
+           e->num_rows, cap, e->num_local, e->first_local, x->dropped);
+    for (int j = 0; j < e->num_local; j++)
+        CHECK_CALL(check_expert(m, x, j, when));
+    return 0;
+}
+
+static void round_free(const ll_run_t *m, ll_round_t *x)
+{
+    for (int s = 0; s < m->R && x->in; s++)
+        in_free(&x->in[s]);
+    free(x->in);
+    free(x->toks);
+    ref_recv_free(&x->want);
+    epx_handle_release(x->h);
+    memset(x, 0, sizeof(*x));
+}
+
+/* Send call r; 1 on a failed check, 0 otherwise (*failed: the call failed
+ * as expected and is gone). */
+static int round_start(const ll_run_t *m, ll_round_t *x, int r, int *failed)
+{
+    const ll_case_t *c = m->c;
+    int cap = c->cap > 0 ? c->cap : c->max_tokens;
+    memset(x, 0, sizeof(*x));
+    x->r = r;
+    x->in = calloc((size_t)m->R, sizeof(*x->in));
+    x->toks = calloc((size_t)m->R, sizeof(*x->toks));
+    CHECKF(x->in && x->toks, "out of memory");
+    int bad = 0;
+    for (int s = 0; s < m->R; s++) {
+        CHECK_CALL(in_make(m, s, r, &x->in[s]));
+        x->toks[s] = (ref_tokens_t){ x->in[s].T, x->in[s].x, x->in[s].idx64,
+                                     x->in[s].w };
+    }
+    for (int s = 0; s < m->R; s++)
+        bad |= overflows(m, x, s);
+    CHECKF(ref_dispatch_ll(&m->cfg, x->toks, m->rank, cap, &x->want,
+                           &x->dropped) == 0, "out of memory");
+    const ll_in_t *in = &x->in[m->rank];
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ in->x, c->dtype, in->T, c->hidden };
+    a.topk_idx = (epx_tensor_t){ in->idx, EPX_DTYPE_INT32, in->T, c->topk };
+    a.topk_weights = (epx_tensor_t){ in->w, EPX_DTYPE_FP32, in->T, c->topk };
+    jitter(m, r, 0);
+    epx_status_t st = epx_dispatch_send(m->moe, &a, &x->h);
+    *failed = bad;
+    if (bad && overflows(m, x, m->rank)) {
+        CHECKF(st == EPX_ERR_RANGE && !x->h, "%s round %d: overflowing "
+               "dispatch_send -> %s, want EPX_ERR_RANGE", c->name, r,
+               epx_status_str(st));
+        return 0;
+    }
+    CHECKF(st == EPX_OK, "%s round %d: dispatch_send: %s (%s)", c->name, r,
+           epx_status_str(st), epx_last_error());
+    jitter(m, r, 1);
+    /* Poll until every expert is ready, checking each one as it comes. */
+    int nl = epx_moe_num_local_experts(m->moe), n = 0, seen = 0;
+    uint8_t *ready = calloc((size_t)nl + 1, 1), *checked = calloc((size_t)nl + 1, 1);
+    CHECKF(ready && checked, "out of memory");
+    x->rv.struct_size = sizeof(x->rv);
+    while (!bad && seen < nl) {
+        st = epx_dispatch_poll(m->moe, x->h, &x->rv, ready, &n);
+        CHECKF(st == EPX_OK, "%s round %d: poll: %s (%s)", c->name, r,
+               epx_status_str(st), epx_last_error());
+        for (int j = 0; j < nl; j++)
+            if (ready[j] && !checked[j]) {
+                if (check_expert(m, x, j, "poll")) {
+                    free(ready);
+                    free(checked);
+                    return 1;
+                }
+                checked[j] = 1;
+                seen++;
+            }
+        CHECKF(n == seen, "poll counts %d ready, %d flagged", n, seen);
+    }
+    free(ready);
+    free(checked);
+    st = epx_dispatch_recv(m->moe, x->h, &x->rv);
+    if (bad) {
+        CHECKF(st == EPX_ERR_RANGE, "%s round %d: dispatch_recv of a call "
+               "that overflowed elsewhere -> %s, want EPX_ERR_RANGE", c->name,
+               r, epx_status_str(st));
+        return 0;
+    }
+    CHECKF(st == EPX_OK, "%s round %d: dispatch_recv: %s (%s)", c->name, r,
+           epx_status_str(st), epx_last_error());
+    return check_recv(m, x, "recv");
+}
+
+static int round_finish(const ll_run_t *m, ll_round_t *x)
+{
+    const ll_case_t *c = m->c;
+    const int H = c->hidden, K = c->topk;
+    int cap = c->cap > 0 ? c->cap : c->max_tokens;
+    CHECK_CALL(check_recv(m, x, "before combine"));
+    const ref_recv_t *e = &x->want;
+    void *y = c->in_place ? x->rv.x.data
+                          : calloc((size_t)(e->num_rows + 1) * (size_t)H, esz(c->dtype));
+    float *row = malloc(sizeof(float) * (size_t)H);
+    CHECKF(y && row, "out of memory");
+    for (int64_t i = 0; i < e->num_rows; i++) {
+        if (e->src_rank[i] < 0) {
+            for (int h = 0; h < H; h++)
+                ref_store(c->dtype, y, i * H + h, NAN);
+            continue;
+        }
+        y_row((void *)m, e->src_rank[i], e->src_token[i],
+              e->first_local + e->row_expert[i], row);
+        for (int h = 0; h < H; h++)
+            ref_store(c->dtype, y, i * H + h, row[h]);
+    }
+    free(row);
+    jitter(m, x->r, 2);
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = (epx_tensor_t){ y, c->dtype, e->num_rows, H };
+    ca.flags = c->comb_flags;
+    epx_status_t st = epx_combine_send(m->moe, x->h, &ca);
+    if (!c->in_place)
+        free(y);
+    CHECKF(st == EPX_OK, "%s round %d: combine_send: %s (%s)", c->name, x->r,
+           epx_status_str(st), epx_last_error());
+    const ll_in_t *in = &x->in[m->rank];
+    size_t ob = esz(c->out_dtype) * (size_t)H * (size_t)(in->T + 1);
+    void *out = malloc(ob), *want = malloc(ob);
+    int64_t *kept = malloc(sizeof(int64_t) * (size_t)(in->T + 1) * (size_t)K);
+    CHECKF(out && want && kept, "out of memory");
+    memset(out, 0x7f, ob);
+    epx_tensor_t o = { out, c->out_dtype, in->T, H };
+    jitter(m, x->r, 3);
+    st = epx_combine_recv(m->moe, x->h, &o);
+    ref_ll_kept(&m->cfg, &x->toks[m->rank], cap, kept);
+    ref_tokens_t mine = { in->T, in->x, kept, in->w };
+    int rc = ref_combine(&m->cfg, m->rank, &mine,
+                         (c->comb_flags & EPX_COMBINE_UNWEIGHTED) != 0, y_row,
+                         (void *)m, c->out_dtype, want);
+    int same = st == EPX_OK && rc == 0 &&
+               memcmp(out, want, esz(c->out_dtype) * (size_t)H * (size_t)in->T) == 0;
+    int64_t t0 = -1;
+    for (int64_t i = 0; !same && st == EPX_OK && i < in->T * H && t0 < 0; i++)
+        if (memcmp((char *)out + i * esz(c->out_dtype),
+                   (char *)want + i * esz(c->out_dtype), esz(c->out_dtype)))
+            t0 = i;
+    free(out);
+    free(want);
+    free(kept);
+    CHECKF(st == EPX_OK, "%s round %d: combine_recv: %s (%s)", c->name, x->r,
+           epx_status_str(st), epx_last_error());
+    CHECKF(same, "%s round %d: combine output differs from the reference at "
+           "token %" PRId64 " element %" PRId64, c->name, x->r,
+           t0 / H, t0 % H);
+    return 0;
+}
+
+static int run_case(epx_comm_t *comm, const ll_case_t *c)
+{
+    ll_run_t m = { .c = c, .rank = epx_comm_rank(comm), .R = epx_comm_size(comm) };
+    m.seed = epxt_hash_str(epxt_seed(), c->name);
+    m.cfg = (ref_cfg_t){ m.R, c->experts, c->topk, c->hidden, c->dtype,
+                         EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = c->hidden;
+    p.num_experts = c->experts;
+    p.topk = c->topk;
+    p.max_tokens_per_rank = c->max_tokens;
+    p.dtype = c->dtype;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.ll_capacity = c->cap;
+    p.ll_buffers = c->buffers;
+    p.flags = c->drop ? EPX_MOE_LL_DROP : 0;
+    CHECK_OK(epx_moe_create(comm, &p, &m.moe));
+    /* Call r uses buffer r % B (failed calls count): before sending it,
+     * the call r - B, if still queued, is combined. */
+    int B = c->buffers > 0 ? c->buffers : 2, rc = 0;
+    ll_round_t *q = calloc((size_t)B, sizeof(*q));
+    CHECKF(q, "out of memory");
+    for (int r = 0; r < c->rounds + B && !rc; r++) {
+        ll_round_t *x = &q[r % B];
+        if (x->in) {
+            rc = round_finish(&m, x);
+            round_free(&m, x);
+        }
+        int failed = 0;
+        if (r >= c->rounds || rc)
+            continue;
+        rc = round_start(&m, x, r, &failed);
+        if (failed || rc)
+            round_free(&m, x);
+    }
+    for (int i = 0; i < B; i++)
+        if (q[i].in)
+            round_free(&m, &q[i]);
+    free(q);
+    epx_moe_destroy(m.moe);
+    return rc;
+}
+
+static int cases_rank(epx_comm_t *comm, void *arg)
+{
+    for (const ll_case_t *c = arg; c->name; c++)
+        CHECK_CALL(run_case(comm, c));
+    return 0;
+}
+
+/* The standard set at R ranks: three routings, two buffers and three,
+ * bf16 and fp32, dropping. */
+static void run_at(int R, int quick)
+{
+    static char names[6][48];
+    const char *tags[6] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
+                            "zipf-unw-inplace", "one-range" };
+    for (int i = 0; i < 6; i++)
+        snprintf(names[i], sizeof(names[i]), "ll-R%d-%s", R, tags[i]);
+    int E = 2 * R + 3, T = quick ? 5 : 12;
+    ll_case_t cases[] = {
+        { names[0], E, 4, 24, T, 0, 0, 0, 0, R_UNIFORM, 6, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 300 },
+        { names[1], E, 4, 24, T, 0, 0, 2, 0, R_ZIPF, 6, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 0, 0 },
+        /* capacity 3 per (expert, source): the hot expert drops rows */
+        { names[2], E, 3, 16, T, 1, 3, 2, 1, R_ONE, 5, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 0 },
+        { names[3], E, 5 < E ? 5 : E, 40, T, 0, 0, 3, 0, R_UNIFORM, 7,
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200 },
+        { names[4], E, 4, 24, T, 0, T / 2, 2, 1, R_ZIPF, 5, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0 },
+        /* capacity 2 without DROP: overflowing calls fail on every rank,
+         * the others go through */
+        { names[5], E, 2, 8, 4, 0, 2, 2, 0, R_ONE, 6, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 0, 0 },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+    };
+    assert_int_equal(epxt_launch(R, 0, cases_rank, cases, NULL), EPX_OK);
+}
+
+static void ll_r1(void **s) { (void)s; run_at(1, 0); }
+static void ll_r2(void **s) { (void)s; run_at(2, 0); }
+static void ll_r3(void **s) { (void)s; run_at(3, 0); }
+static void ll_r8(void **s) { (void)s; run_at(8, 0); }
+
+/* 72 ranks as one NVL72 domain: 288 experts (4 per rank) top-8, and 40
+ * experts (most ranks hold none). */
+static void ll_r72(void **s)
+{
+    (void)s;
+    const char *q = getenv("EPX_TEST_QUICK");
+    if (q && *q && *q != '0')
+        skip();
+    setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
+    static const ll_case_t cases[] = {
+        { "ll-R72-e288-uni", 288, 8, 16, 3, 0, 0, 2, 0, R_UNIFORM, 4,
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0 },
+        { "ll-R72-e288-zipf", 288, 8, 16, 3, 0, 0, 2, 0, R_ZIPF, 3,
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0 },
+        { "ll-R72-e40-one-drop", 40, 2, 8, 3, 1, 2, 2, 1, R_ONE, 3,
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0 },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+    };
+    assert_int_equal(epxt_launch(72, 0, cases_rank, (void *)cases, NULL), EPX_OK);
+    unsetenv("EPX_TOPO_FILE");
+}
+
+int main(void)
+{
+    epxt_init("test_ll");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(ll_r72),
+        cmocka_unit_test(ll_r1),
+        cmocka_unit_test(ll_r2),
+        cmocka_unit_test(ll_r3),
+        cmocka_unit_test(ll_r8),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
