@@ -49,7 +49,11 @@ typedef struct bench_opts {
     uint64_t seed;
     int iters, warmup;
     epx_layout_t layout;
+    int layout_given;
     int align;                 /* expert-major segment alignment */
+    epx_mode_t mode;           /* --mode ht|ll */
+    int ll_capacity;           /* --ll-capacity (0: the largest T) */
+    int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
     epx_dtype_t dtype;
     unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
     int json;
@@ -122,6 +126,8 @@ typedef struct bench_result {
     int64_t rows_sent;
     int64_t checked[BENCH_NIMPL];      /* rows + tokens verified */
     int64_t mismatches[BENCH_NIMPL];
+    int64_t dropped;           /* epx, low latency: rows dropped at capacity
+                                  over all iterations (not verified) */
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
     double times[];
 } bench_result_t;
@@ -202,9 +208,11 @@ int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);
 #endif
 
 /* dump.c */
+/* src_counts: low latency, [nlocal][nranks] rows per (expert, source)
+ * (recv_counts_per_source.npy), else NULL. */
 int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
-                    const int64_t *recv_counts, int nlocal, char *err,
-                    size_t errlen);
+                    const int64_t *recv_counts, int nlocal,
+                    const int64_t *src_counts, char *err, size_t errlen);
 
 /* launch.c */
 int bench_main_fork(bench_opts_t *o);

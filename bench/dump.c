@@ -1,7 +1,8 @@
 /*
  * --dump DIR: per rank, the inputs actually sent, the routing (so the dump
  * replays with --trace), the combined output and the per-expert receive
- * counts, as .npy files under DIR/rank<r>/.
+ * counts (low latency also per (expert, source): recv_counts_per_source),
+ * as .npy files under DIR/rank<r>/.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -34,8 +35,8 @@ static float *rows_f32(const bench_workload_t *wl, const void *src, int64_t T)
 }
 
 int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
-                    const int64_t *recv_counts, int nlocal, char *err,
-                    size_t errlen)
+                    const int64_t *recv_counts, int nlocal,
+                    const int64_t *src_counts, char *err, size_t errlen)
 {
     const bench_workload_t *wl = ctx->wl;
     const int r = ctx->rank;
@@ -75,6 +76,11 @@ int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
         goto out;
     snprintf(path, sizeof(path), "%s/recv_counts.npy", dir);
     if (bench_npy_write(path, BENCH_NPY_I8, 1, sc, recv_counts, err, errlen))
+        goto out;
+    const int64_t ss[2] = { nlocal, ctx->nranks };
+    snprintf(path, sizeof(path), "%s/recv_counts_per_source.npy", dir);
+    if (src_counts &&
+        bench_npy_write(path, BENCH_NPY_I8, 2, ss, src_counts, err, errlen))
         goto out;
     rc = 0;
 out:

@@ -94,8 +94,14 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
         if (recv->expert_offsets[j] < 0 || recv->expert_counts[j] < 0 ||
             recv->expert_offsets[j] + recv->expert_counts[j] > recv->num_rows)
             continue;   /* reported by verification */
-        for (int64_t i = recv->expert_offsets[j];
-             i < recv->expert_offsets[j] + recv->expert_counts[j]; i++) {
+        /* low latency: the segment holds every source's range, with
+         * padding rows (src_rank -1) after each source's rows */
+        int64_t end = recv->capacity > 0
+            ? recv->expert_offsets[j] + (int64_t)ctx->nranks * recv->capacity
+            : recv->expert_offsets[j] + recv->expert_counts[j];
+        for (int64_t i = recv->expert_offsets[j]; i < end; i++) {
+            if (recv->src_rank[i] < 0)
+                continue;
             /* one rounding of x * s, as in the token-major case */
             memset(acc, 0, (size_t)H * sizeof(float));
             bench_row_axpy(acc, x + (size_t)i * rowb, wl->dtype, H, 1.0f, s);

@@ -35,6 +35,13 @@ static const char bench_usage[] =
 "  --dtype bf16|fp32     x on the wire (bf16)\n"
 "  --layout token|expert token-major or expert-major receive layout (token)\n"
 "  --align A             expert-major segment alignment in rows (128)\n"
+"  --mode ht|ll          throughput (count exchange, compact receive) or\n"
+"                        low-latency (fixed (expert, source) ranges, no count\n"
+"                        exchange; expert-major); default ht\n"
+"  --ll-capacity C       low latency: rows per (expert, source) (0: the\n"
+"                        largest --tokens)\n"
+"  --ll-drop             low latency: drop rows beyond capacity (counted)\n"
+"                        instead of failing with EPX_ERR_RANGE\n"
 "  --trace DIR           replay DIR/rank<r>/topk_idx.npy ([T,K] int32/int64),\n"
 "                        topk_weights.npy ([T,K] float32) and optionally\n"
 "                        x.npy ([T,H] float32, rounded to bf16); T may differ\n"
@@ -369,7 +376,24 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         } else if (!strcmp(name, "--align")) {
             if (parse_int(name, NEXT(), 1, 1 << 20, &o->align))
                 return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--mode")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "ht"))
+                o->mode = EPX_MODE_THROUGHPUT;
+            else if (v && !strcmp(v, "ll"))
+                o->mode = EPX_MODE_LOW_LATENCY;
+            else {
+                fprintf(stderr, "epx-bench: --mode wants ht or ll, got '%s'\n",
+                        v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--ll-capacity")) {
+            if (parse_int(name, NEXT(), 0, 1 << 24, &o->ll_capacity))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--ll-drop")) {
+            o->ll_drop = 1;
         } else if (!strcmp(name, "--layout")) {
+            o->layout_given = 1;
             const char *v = NEXT();
             if (v && !strcmp(v, "token"))
                 o->layout = EPX_LAYOUT_TOKEN_MAJOR;
@@ -431,6 +455,19 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             return BENCH_OPTS_EXIT_ERR;
         }
 #undef NEXT
+    }
+    if (o->mode == EPX_MODE_LOW_LATENCY) {
+        if (o->layout_given && o->layout != EPX_LAYOUT_EXPERT_MAJOR) {
+            fprintf(stderr, "epx-bench: --mode ll receives per expert: "
+                    "--layout token does not apply\n");
+            return BENCH_OPTS_EXIT_ERR;
+        }
+        if (o->balance) {
+            fprintf(stderr, "epx-bench: --balance runs throughput mode\n");
+            return BENCH_OPTS_EXIT_ERR;
+        }
+        o->layout = EPX_LAYOUT_EXPERT_MAJOR;
+        o->align = 1;   /* ranges are fixed: alignment does not apply */
     }
     if (o->balance && o->dump_dir) {
         fprintf(stderr, "epx-bench: --dump does not go with --balance\n");

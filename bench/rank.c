@@ -93,6 +93,9 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->dtype = wl->dtype;
     mp->layout = ctx->o->layout;
     mp->expert_alignment = ctx->o->align;
+    mp->mode = ctx->o->mode;
+    mp->ll_capacity = ctx->o->ll_capacity;
+    mp->flags = ctx->o->ll_drop ? EPX_MOE_LL_DROP : 0;
 }
 
 int bench_rank_main(bench_ctx_t *ctx)

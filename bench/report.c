@@ -7,9 +7,10 @@
 #include "bench.h"
 #include "topology/topo.h"
 
-enum { Q_MIN, Q_P10, Q_P50, Q_P90, Q_MAX, NQ };
-static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "max" };
-static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 1 };
+enum { Q_MIN, Q_P10, Q_P50, Q_P90, Q_P99, Q_MAX, NQ };
+static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "p99",
+                                         "max" };
+static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 0.99, 1 };
 enum { S_DISPATCH, S_COMBINE, S_TOTAL, NS };
 static const char *const s_names[NS] = { "dispatch", "combine", "total" };
 
@@ -20,6 +21,54 @@ typedef struct impl_stats {
     double busbw[NS];
     int64_t checked, mismatches;
 } impl_stats_t;
+
+/* Sizes the engine's window is planned with (src/moe/README.md, "Memory"):
+ * the dominant terms, per rank, in bytes.  Throughput: reserved for the
+ * worst case, touched as tokens arrive; low latency: ll_buffers buffers of
+ * fixed ranges. */
+typedef struct mem_info {
+    double window;             /* bytes per rank */
+    double disp_tok, comb_tok; /* payload bytes on the wire per token */
+    int cap, buffers;
+} mem_info_t;
+
+static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
+                        mem_info_t *mi)
+{
+    const double R = wl->nranks, T = (double)(wl->max_T > 0 ? wl->max_T : 1),
+                 K = wl->topk, row = (double)wl->hidden * (double)wl->dsize;
+    double maxloc = 0, pairs = 0, dests = 0, toks = 0;
+    for (int r = 0; r < wl->nranks; r++) {
+        double n = (double)((int64_t)(r + 1) * wl->experts / wl->nranks -
+                            (int64_t)r * wl->experts / wl->nranks);
+        maxloc = n > maxloc ? n : maxloc;
+        for (int64_t i = 0; i < wl->T[r] * wl->topk; i++)
+            pairs += wl->idx[r][i] >= 0;
+        dests += (double)wl->rows_sent[r];
+        toks += (double)wl->T[r];
+    }
+    const double mind = K < R ? K : R, ent = 4 * (3 + K);
+    memset(mi, 0, sizeof(*mi));
+    if (o->mode == EPX_MODE_LOW_LATENCY) {
+        mi->cap = o->ll_capacity > 0 ? o->ll_capacity : (int)T;
+        mi->buffers = 2;
+        double rows = maxloc * R * mi->cap;
+        mi->window = mi->buffers * (rows * (row + 8) + R * T * ent +
+                                    T * mind * row + R * (4 * maxloc + 20));
+    } else {
+        double ents = R * T, per = K < maxloc ? K : maxloc;
+        double rows = o->layout == EPX_LAYOUT_TOKEN_MAJOR
+            ? ents : ents * per + maxloc * (o->align - 1);
+        mi->window = rows * (row + 12) + ents * ent + T * mind * row +
+                     (o->layout == EPX_LAYOUT_TOKEN_MAJOR ? ents * K * 4 : 0);
+    }
+    /* Dispatch moves a row per (token, destination) in token-major, per
+     * (token, expert) otherwise; combine a partial per (token, destination). */
+    double disp = o->layout == EPX_LAYOUT_TOKEN_MAJOR &&
+                  o->mode == EPX_MODE_THROUGHPUT ? dests : pairs;
+    mi->disp_tok = toks > 0 ? disp * row / toks : 0;
+    mi->comb_tok = toks > 0 ? dests * row / toks : 0;
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -142,6 +191,22 @@ static void print_json(FILE *f, const bench_opts_t *o,
             "    \"layout\": \"%s\",\n    \"expert_alignment\": %d,\n",
             wl->hidden, wl->experts, wl->topk, bench_dtype_name(wl->dtype),
             bench_layout_name(o->layout), o->align);
+    mem_info_t mi;
+    mem_compute(o, wl, &mi);
+    int64_t dropped = 0;
+    for (int r = 0; r < wl->nranks; r++)
+        dropped += bench_result_at(results, r, o->iters)->dropped;
+    fprintf(f, "    \"mode\": \"%s\",\n",
+            o->mode == EPX_MODE_LOW_LATENCY ? "ll" : "ht");
+    if (o->mode == EPX_MODE_LOW_LATENCY)
+        fprintf(f, "    \"ll_capacity\": %d,\n    \"ll_buffers\": %d,\n"
+                "    \"ll_drop\": %s,\n    \"ll_rows_dropped\": %lld,\n",
+                mi.cap, mi.buffers, o->ll_drop ? "true" : "false",
+                (long long)dropped);
+    fprintf(f, "    \"window_bytes_per_rank\": %.0f,\n"
+            "    \"dispatch_wire_bytes_per_token\": %.0f,\n"
+            "    \"combine_wire_bytes_per_token\": %.0f,\n",
+            mi.window, mi.disp_tok, mi.comb_tok);
     fprintf(f, "    \"routing\": ");
     json_str(f, o->trace_dir ? "trace" : o->routing_str);
     fprintf(f, ",\n    \"drop\": ");
@@ -249,9 +314,11 @@ static void print_table(FILE *f, const bench_opts_t *o,
         snprintf(tokens, sizeof(tokens), "%lld..%lld tokens/rank",
                  (long long)tmin, (long long)wl->max_T);
     fprintf(f, "epx-bench %s: %d ranks (%s), %s, H %d, E %d, top-%d, %s, "
-            "%s-major%s, routing %s, seed %llu\n", epx_version_string(),
+            "%s %s-major%s, routing %s, seed %llu\n", epx_version_string(),
             wl->nranks, launcher, tokens, wl->hidden, wl->experts, wl->topk,
-            bench_dtype_name(wl->dtype), bench_layout_name(o->layout),
+            bench_dtype_name(wl->dtype),
+            o->mode == EPX_MODE_LOW_LATENCY ? "low-latency" : "throughput",
+            bench_layout_name(o->layout),
             o->inplace ? " in-place" : "",
             o->trace_dir ? o->trace_dir : o->routing_str,
             (unsigned long long)o->seed);
@@ -264,6 +331,18 @@ static void print_table(FILE *f, const bench_opts_t *o,
             "averaged over ranks; %d iterations after %d warm-up\n",
             mean_bytes >= 1e6 ? mean_bytes / 1e6 : mean_bytes / 1e3,
             mean_bytes >= 1e6 ? "MB" : "kB", mean_rows, o->iters, o->warmup);
+    mem_info_t mi;
+    mem_compute(o, wl, &mi);
+    if (o->mode == EPX_MODE_LOW_LATENCY)
+        fprintf(f, "window per rank: %.1f MiB (%d buffers of [local experts]"
+                "[%d sources][capacity %d] rows)%s\n", mi.window / (1 << 20),
+                mi.buffers, wl->nranks, mi.cap,
+                o->ll_drop ? ", rows beyond capacity dropped" : "");
+    else
+        fprintf(f, "window per rank: %.1f MiB reserved (sparse: pages are "
+                "committed as tokens arrive)\n", mi.window / (1 << 20));
+    fprintf(f, "wire bytes per token (payload): dispatch %.0f, combine %.0f\n",
+            mi.disp_tok, mi.comb_tok);
     fprintf(f, "times in us, slowest rank per iteration: p50 "
             "(p10..p90); algbw/busbw in GB/s at p50 of total\n\n");
     fprintf(f, "%-13s %24s %24s %24s %8s %8s\n", "impl", "dispatch_us",
@@ -288,6 +367,10 @@ static void print_table(FILE *f, const bench_opts_t *o,
         }
         fprintf(f, " %8.2f %8.2f\n", is->algbw[S_TOTAL], is->busbw[S_TOTAL]);
     }
+    if (st[BENCH_IMPL_EPX].ran)
+        fprintf(f, "\nepx latency per call (dispatch + combine): p50 %.1f us, "
+                "p99 %.1f us\n", st[BENCH_IMPL_EPX].us[S_TOTAL][Q_P50],
+                st[BENCH_IMPL_EPX].us[S_TOTAL][Q_P99]);
     if (st[BENCH_IMPL_EPX].ran) {
         fputc('\n', f);
         if (st[BENCH_IMPL_MPI].ran)

@@ -15,6 +15,8 @@ typedef struct epx_bufs {
     int64_t y_rows;
     float *acc;         /* [H] */
     int64_t *counts;    /* [num_local] of the last dispatch, for --dump */
+    int64_t *src_counts; /* low latency: [num_local][R] rows per (expert,
+                            source) of the last dispatch, for --dump */
 } epx_bufs_t;
 
 static void bufs_free(epx_bufs_t *b)
@@ -24,6 +26,7 @@ static void bufs_free(epx_bufs_t *b)
     free(b->y);
     free(b->acc);
     free(b->counts);
+    free(b->src_counts);
 }
 
 static int bufs_init(const bench_ctx_t *ctx, epx_bufs_t *b)
@@ -35,7 +38,9 @@ static int bufs_init(const bench_ctx_t *ctx, epx_bufs_t *b)
     b->out = malloc((size_t)(T > 0 ? T : 1) * (size_t)wl->hidden * wl->dsize);
     b->acc = malloc((size_t)wl->hidden * sizeof(float));
     b->counts = calloc((size_t)ctx->num_local + 1, sizeof(int64_t));
-    if (!b->idx || !b->out || !b->acc || !b->counts)
+    b->src_counts = calloc((size_t)ctx->num_local * (size_t)ctx->nranks + 1,
+                           sizeof(int64_t));
+    if (!b->idx || !b->out || !b->acc || !b->counts || !b->src_counts)
         return -1;
     for (int64_t i = 0; i < T * wl->topk; i++) {
         if (wl->idx64)
@@ -132,11 +137,19 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
         }
         double t1 = epx__now();
 
-        if (verify)
+        /* Rows dropped at capacity (--ll-drop) are missing by design:
+         * such an iteration is not verified, and the report says so. */
+        res->dropped += recv.num_dropped;
+        if (verify && recv.num_dropped == 0)
             bench_verify_recv(ctx, &recv, o->layout, "epx", &chk);
         if (it == total - 1 && recv.expert_counts)
             memcpy(b.counts, recv.expert_counts,
                    (size_t)ctx->num_local * sizeof(int64_t));
+        if (it == total - 1 && recv.capacity > 0)
+            for (int64_t i = 0; i < recv.num_rows; i++)
+                if (recv.src_rank[i] >= 0)
+                    b.src_counts[(i / ((int64_t)ctx->nranks * recv.capacity)) *
+                                 ctx->nranks + recv.src_rank[i]]++;
         void *y = recv.x.data;
         if (!o->inplace &&
             ensure_y(ctx, &b, recv.num_rows > 0 ? recv.num_rows : 1) != 0) {
@@ -165,7 +178,7 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
             goto out;
         }
         double t3 = epx__now();
-        if (verify)
+        if (verify && recv.num_dropped == 0)
             bench_verify_out(ctx, b.out, "epx", &chk);
         epx_handle_release(handle);
         handle = NULL;
@@ -190,8 +203,10 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
 
     if (o->dump_dir) {
         char err[BENCH_ERR_LEN];
-        if (bench_dump_rank(ctx, b.out, b.counts, ctx->num_local, err,
-                            sizeof(err)) != 0) {
+        if (bench_dump_rank(ctx, b.out, b.counts, ctx->num_local,
+                            o->mode == EPX_MODE_LOW_LATENCY ? b.src_counts
+                                                            : NULL,
+                            err, sizeof(err)) != 0) {
             fprintf(stderr, "epx-bench: rank %d: --dump: %s\n", ctx->rank,
                     err);
             goto out;
