@@ -8,8 +8,15 @@
  *         combine status and the COMB signal of the buffer.
  *   recv: wait for the R COMB signals and sum each token's partials in
  *         ascending rank order in fp32, rounding once.
+ * In place (y is the received x) where every peer is mapped: the expert
+ * rank sends only its status (the outputs stay in its buffer), and the
+ * source reduces each token's rows straight from the peers' buffers
+ * through their entries: one pass over the data instead of two.  The
+ * buffer stays untouched until the source is done: its next writes there
+ * (call + B) wait for this call's COMB signals, and the range read is the
+ * source's own.
  * The arithmetic is throughput mode's (combine.c): the same inputs give
- * the same bits in both modes.  Rows dropped at dispatch are in no entry:
+ * the same bits in both modes and both paths.  Rows dropped at dispatch are in no entry:
  * they contribute nothing.
  */
 #include <stdlib.h>
@@ -70,10 +77,13 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
     const size_t comb = ll_at(l, call, l->off.comb);
     const size_t word = ll_at(l, call, l->off.hdr) +
                         sizeof(int32_t) * ((size_t)m->rank * LL_HDR + LL_HDR_COMB);
-    const int32_t ok = EPX_OK;
+    const int pull = m->direct && a->y.data == moe_local(m, ll_at(l, call, l->off.rows));
+    const int32_t ok = !pull ? MOE_COMB_PUSHED
+        : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
+                                              : MOE_COMB_PULL;
     for (int i = 1; i <= m->R && st == EPX_OK; i++) {
         int s = (m->rank + i) % m->R;
-        int32_t n = fw[s] & (int32_t)LL_COUNT_MASK;
+        int32_t n = pull ? 0 : fw[s] & (int32_t)LL_COUNT_MASK;
         const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->ent_ints;
         for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->ent_ints) {
             moe_reduce_partial(m, y, e, w, m->wire);
@@ -129,12 +139,28 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     }
     const char *comb = moe_local(m, ll_at(l, call, l->off.comb));
     const size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
+    const size_t ent0 = sizeof(int32_t) * (size_t)m->rank * (size_t)m->maxT *
+                        (size_t)m->ent_ints;
     comb_src_t src[EPX_MAX_TOPK];
+    memset(m->entcur, 0, sizeof(int64_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++) {
         int nd = h->ndest[t];
-        for (int j = 0; j < nd; j++)
-            src[j] = (comb_src_t){ comb + (size_t)(h->retbase[t] + j) * m->row_bytes,
-                                   NULL, NULL };
+        for (int j = 0; j < nd; j++) {
+            int d = h->dest[t * m->maxdest + j];
+            int32_t mode = hdr[(size_t)d * LL_HDR + LL_HDR_COMB];
+            int64_t e_at = m->entcur[d]++;   /* entries follow token order */
+            if (mode == MOE_COMB_PUSHED) {
+                src[j] = (comb_src_t){ comb + (size_t)(h->retbase[t] + j) *
+                                                  m->row_bytes, NULL, NULL };
+                continue;
+            }
+            const char *pw = epx__win_peer_ptr(m->win, d);
+            src[j].row = pw + ll_at(l, call, l->off.rows);
+            src[j].ent = (const int32_t *)(pw + ll_at(l, call, l->off.entries) +
+                                           ent0) + e_at * m->ent_ints;
+            src[j].w = mode == MOE_COMB_PULL_UNWEIGHTED ? NULL
+                : (const float *)(pw + ll_at(l, call, l->off.weight));
+        }
         moe_reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
                          out->dtype);
     }
