@@ -348,9 +348,12 @@ typedef struct epx_moe_params {
     epx_mode_t mode;
     epx_wire_t wire;
     int ll_capacity;           /* low latency: rows per (local expert, source
-                                  rank); 0: max_tokens_per_rank */
+                                  rank), < 2^24; 0: the largest
+                                  max_tokens_per_rank (nothing can
+                                  overflow).  Low latency needs
+                                  EPX_LAYOUT_EXPERT_MAJOR (alignment unused) */
     int ll_buffers;            /* low latency: calls that may be outstanding
-                                  (dispatched, not yet combined), >= 2;
+                                  (dispatched, not yet combined), 2..64;
                                   0: 2 */
     unsigned flags;            /* EPX_MOE_* */
 } epx_moe_params_t;
@@ -372,7 +375,8 @@ int epx_moe_num_local_experts(const epx_moe_t *moe);
 int epx_moe_first_local_expert(const epx_moe_t *moe);
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
- * dtype, layout and alignment, else every rank gets EPX_ERR_MISMATCH. */
+ * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),
+ * else every rank gets EPX_ERR_MISMATCH. */
 epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                             epx_moe_t **moe);
 void epx_moe_destroy(epx_moe_t *moe);
@@ -403,7 +407,16 @@ typedef struct epx_dispatch_args {
 
 /* What this rank received.  Pointers stay valid until this rank's
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or
- * the handle's release, whichever comes first. */
+ * the handle's release, whichever comes first.  Low latency: until this
+ * call's epx_combine_send or the handle's release (later dispatches use
+ * other buffers).
+ * Low-latency layout (expert-major only): num_rows = num_local_experts *
+ * nranks * capacity; local expert j's segment starts at expert_offsets[j]
+ * = j * nranks * capacity, and source rank s's rows for it are
+ * j*nranks*capacity + s*capacity + i, i < the rows s sent there, in s's
+ * token order; the rest of each range is padding (src_rank and src_token
+ * -1, weight 0).  expert_counts[j] sums the rows over sources (they are
+ * not a contiguous prefix). */
 typedef struct epx_recv {
     size_t struct_size;        /* set to sizeof(epx_recv_t) before the call
                                   (0: this header's size); the library
@@ -433,8 +446,9 @@ typedef struct epx_recv {
      * scale per row: value = code * block scale * x_global_scale[row]. */
     epx_tensor_t x_scales;
     const float *x_global_scale;
-    /* Low latency: rows per (local expert, source) and rows this rank did
-     * not receive because a range was full (EPX_MOE_LL_DROP). */
+    /* Low latency: rows per (local expert, source) range (ll_capacity, or
+     * its default), and rows routed to this rank that were dropped because
+     * their range was full (EPX_MOE_LL_DROP); 0 and 0 in throughput mode. */
     int capacity;
     int64_t num_dropped;
 } epx_recv_t;
@@ -458,7 +472,18 @@ typedef struct epx_recv {
  * only be released.  Overlapping micro-batches use one engine each.
  * Low latency: up to ll_buffers calls may be outstanding; call n + 1's
  * dispatch may be sent while the caller still reads call n's output, and
- * calls are combined in the order they were dispatched. */
+ * calls are combined in the order they were dispatched.  Call n uses
+ * buffer n % ll_buffers (failed calls count) and may be sent once call
+ * n - ll_buffers is combined (epx_combine_recv) or released on this rank,
+ * else EPX_ERR_STATE with nothing sent.  No count exchange: a rank's bad
+ * input or overflow reaches the others in their epx_dispatch_recv or
+ * epx_dispatch_poll (EPX_ERR_PEER, or EPX_ERR_RANGE for more rows than
+ * ll_capacity without EPX_MOE_LL_DROP), never partially: the call fails
+ * on every rank, each releases its handle, and the engine stays usable.
+ * Releasing a handle before its combine abandons the call without
+ * waiting; a rank that combines it anyway gets EPX_ERR_PEER from
+ * epx_combine_recv.  EPX_DISPATCH_CACHED is refused (EPX_ERR_INVALID):
+ * there is no count exchange to save. */
 epx_status_t epx_dispatch_send(epx_moe_t *moe, const epx_dispatch_args_t *args,
                                epx_handle_t **handle);
 epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
@@ -469,7 +494,10 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * of local experts) to 1 when every row of local expert j has arrived
  * (those rows may be read), else 0; *num_ready counts the ones.  Expert
  * compute can start on ready experts while the rest arrive.
- * epx_dispatch_recv must still be called before epx_combine_send. */
+ * epx_dispatch_recv must still be called before epx_combine_send.
+ * Counts of experts not ready read 0.  Low latency: expert j is ready when
+ * every source's count word for it has arrived (rows come before it).
+ * Throughput mode: EPX_ERR_UNSUPPORTED in this build. */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);
