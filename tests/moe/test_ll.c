@@ -489,6 +489,138 @@ static void ll_r72(void **s)
     unsetenv("EPX_TOPO_FILE");
 }
 
+/* ---- misuse and peer errors (3 ranks, small shapes) */
+
+static epx_status_t mk(epx_comm_t *comm, int buffers, epx_layout_t layout,
+                       epx_mode_t mode, epx_moe_t **moe)
+{
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = 8;
+    p.num_experts = 6;
+    p.topk = 2;
+    p.max_tokens_per_rank = 4;
+    p.layout = layout;
+    p.mode = mode;
+    p.ll_buffers = buffers;
+    return epx_moe_create(comm, &p, moe);
+}
+
+typedef struct small {
+    uint16_t x[4 * 8];
+    int32_t idx[4 * 2];
+    float w[4 * 2];
+    epx_dispatch_args_t a;
+} small_t;
+
+/* Token t of rank r picks experts (r + t) % 6 and (r + t + 3) % 6. */
+static void small_in(small_t *in, int rank, int bad)
+{
+    for (int i = 0; i < 32; i++)
+        in->x[i] = ref_bf16((float)(rank * 32 + i));
+    for (int t = 0; t < 4; t++) {
+        in->idx[2 * t] = (rank + t) % 6;
+        in->idx[2 * t + 1] = bad ? 6 : (rank + t + 3) % 6;
+        in->w[2 * t] = in->w[2 * t + 1] = 0.5f;
+    }
+    in->a = (epx_dispatch_args_t)EPX_DISPATCH_ARGS_INIT;
+    in->a.x = (epx_tensor_t){ in->x, EPX_DTYPE_BF16, 4, 8 };
+    in->a.topk_idx = (epx_tensor_t){ in->idx, EPX_DTYPE_INT32, 4, 2 };
+    in->a.topk_weights = (epx_tensor_t){ in->w, EPX_DTYPE_FP32, 4, 2 };
+}
+
+static int combine_all(epx_moe_t *moe, epx_handle_t *h, const epx_recv_t *rv,
+                       epx_status_t want)
+{
+    static uint16_t out[4 * 8];
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = rv->x;
+    CHECK_OK(epx_combine_send(moe, h, &ca));
+    epx_tensor_t o = { out, EPX_DTYPE_BF16, 4, 8 };
+    CHECK_ST(epx_combine_recv(moe, h, &o), want);
+    return 0;
+}
+
+static int errors_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int me = epx_comm_rank(comm);
+    epx_moe_t *moe = NULL;
+    epx_handle_t *h[3] = { NULL, NULL, NULL };
+    epx_recv_t rv[3];
+    small_t in;
+    uint8_t ready[8];
+    int n;
+    /* parameters */
+    CHECK_ST(mk(comm, 2, EPX_LAYOUT_TOKEN_MAJOR, EPX_MODE_LOW_LATENCY, &moe),
+             EPX_ERR_INVALID);
+    CHECK_ST(mk(comm, 1, EPX_LAYOUT_EXPERT_MAJOR, EPX_MODE_LOW_LATENCY, &moe),
+             EPX_ERR_INVALID);
+    CHECK_ST(mk(comm, me == 1 ? 3 : 2, EPX_LAYOUT_EXPERT_MAJOR,
+                EPX_MODE_LOW_LATENCY, &moe), EPX_ERR_MISMATCH);
+    /* poll is low latency only */
+    CHECK_OK(mk(comm, 0, EPX_LAYOUT_EXPERT_MAJOR, EPX_MODE_THROUGHPUT, &moe));
+    small_in(&in, me, 0);
+    CHECK_OK(epx_dispatch_send(moe, &in.a, &h[0]));
+    memset(&rv[0], 0, sizeof(rv[0]));
+    CHECK_ST(epx_dispatch_poll(moe, h[0], &rv[0], ready, &n), EPX_ERR_UNSUPPORTED);
+    CHECK_OK(epx_dispatch_recv(moe, h[0], &rv[0]));
+    CHECK_CALL(combine_all(moe, h[0], &rv[0], EPX_OK));
+    epx_handle_release(h[0]);
+    h[0] = NULL;
+    epx_moe_destroy(moe);
+
+    CHECK_OK(mk(comm, 2, EPX_LAYOUT_EXPERT_MAJOR, EPX_MODE_LOW_LATENCY, &moe));
+    /* bad input on rank 1: its own error there, EPX_ERR_PEER elsewhere */
+    small_in(&in, me, me == 1);
+    epx_status_t st = epx_dispatch_send(moe, &in.a, &h[0]);
+    if (me == 1) {
+        CHECKF(st == EPX_ERR_INVALID && !h[0], "bad input -> %s",
+               epx_status_str(st));
+    } else {
+        CHECK_OK(st);
+        CHECK_ST(epx_dispatch_recv(moe, h[0], &rv[0]), EPX_ERR_PEER);
+        epx_handle_release(h[0]);
+        h[0] = NULL;
+    }
+    /* B = 2 outstanding: a third send is refused with nothing sent */
+    small_in(&in, me, 0);
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(epx_dispatch_send(moe, &in.a, &h[i]));
+        rv[i].struct_size = sizeof(rv[i]);
+        CHECK_OK(epx_dispatch_recv(moe, h[i], &rv[i]));
+        CHECK(rv[i].capacity == 4 && rv[i].num_dropped == 0);
+    }
+    CHECK_ST(epx_dispatch_send(moe, &in.a, &h[2]), EPX_ERR_STATE);
+    /* combine out of order is refused too, nothing sent */
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = rv[1].x;
+    CHECK_ST(epx_combine_send(moe, h[1], &ca), EPX_ERR_STATE);
+    CHECK_CALL(combine_all(moe, h[0], &rv[0], EPX_OK));
+    /* call 3 while call 2's output is still there; then rank 0 releases
+     * call 2 uncombined: the others' combine of it fails, nothing hangs */
+    CHECK_OK(epx_dispatch_send(moe, &in.a, &h[2]));
+    if (me == 0) {
+        epx_handle_release(h[1]);
+    } else {
+        CHECK_CALL(combine_all(moe, h[1], &rv[1], EPX_ERR_PEER));
+        epx_handle_release(h[1]);
+    }
+    h[1] = NULL;
+    rv[2].struct_size = sizeof(rv[2]);
+    CHECK_OK(epx_dispatch_recv(moe, h[2], &rv[2]));
+    CHECK_CALL(combine_all(moe, h[2], &rv[2], EPX_OK));
+    epx_handle_release(h[0]);
+    epx_handle_release(h[2]);
+    epx_moe_destroy(moe);
+    return 0;
+}
+
+static void ll_errors(void **s)
+{
+    (void)s;
+    assert_int_equal(epxt_launch(3, 0, errors_rank, NULL, NULL), EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_ll");
@@ -498,6 +630,7 @@ int main(void)
         cmocka_unit_test(ll_r2),
         cmocka_unit_test(ll_r3),
         cmocka_unit_test(ll_r8),
+        cmocka_unit_test(ll_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
