@@ -29,6 +29,8 @@ static const epx_setting_t settings[] = {
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",
       "sched_yield rounds after spinning before sleeping on a futex" },
+    { "EPX_CUDA_WINDOW", "auto",
+      "GPU windows: auto (probe), direct (one process), fabric, posix-fd or ipc" },
 };
 
 int epx_settings(const epx_setting_t **table)

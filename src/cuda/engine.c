@@ -1,0 +1,712 @@
+/*
+ * The GPU executor (include/epx/cuda.h): setup, argument checks and the
+ * order of kernels and exchanges on the engine's stream.  Throughput mode,
+ * token-major; the protocol is the host executor's (count rows to every
+ * rank, then rows at offsets computed from the whole count matrix, partials
+ * back to the slot each token had in its source's packed order).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "epx/cuda.h"
+#include "cuda/cuda_int.h"
+#include "cuda/kern_launch.h"
+#include "cuda/nccl_ex.h"
+#include "core/comm.h"
+#include "util/util.h"
+
+enum { ST_IDLE = 0, ST_SENT, ST_RECEIVED, ST_COMBINING };
+
+struct epx_cuda_moe {
+    epx_comm_t *comm;
+    epx_moe_params_t p;
+    epx_cuda_backend_t backend;
+    int device, num_sms, L, first;
+    char name[32];
+    epxk_geom_t g;
+    cudaStream_t st;
+    cudaEvent_t ev_in, ev_out, ev_info;
+    epx_cuwin_t *win;           /* windows backend */
+    epx_nccl_t *nccl;           /* NCCL backend */
+    char *local;                /* this rank's window / receive buffer */
+    char *stage;                /* NCCL: packed rows and metadata */
+    char **d_peers;             /* [R] device copy of the bases */
+    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt;
+    int64_t *d_sendoff, *d_base, *d_info;
+    unsigned *d_done;
+    int64_t *h_info;            /* pinned: the one read-back per dispatch */
+    int32_t *h_cnt;             /* pinned: NCCL count matrix + own row */
+    int64_t *h_counts;          /* [L] expert_counts handed to the caller */
+    int32_t *h_local;           /* [L] local_experts */
+    int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
+    uint64_t seq;
+    int64_t T, rows;
+    int state, broken;
+    epxk_call_t call;
+};
+
+/* ------------------------------------------------------------- helpers */
+
+epx_status_t epx_cuda_devices(int *count)
+{
+    if (!count)
+        return epx__error(EPX_ERR_INVALID, "cuda: count is NULL");
+    return epx__cuda_devices(count);
+}
+
+static epx_status_t check_params(const epx_moe_params_t *p,
+                                 const epx_cuda_params_t *c)
+{
+    if (!p || p->struct_size < offsetof(epx_moe_params_t, num_layers) ||
+        p->version < 1)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: params missing or "
+                          "without struct_size/version");
+    if (!c || c->struct_size < sizeof(epx_cuda_params_t) || c->version < 1)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: cuda params missing or "
+                          "without struct_size/version");
+    if (p->hidden <= 0 || p->num_experts <= 0 || p->topk < 1 ||
+        p->topk > EPX_MAX_TOPK || p->topk > p->num_experts ||
+        p->max_tokens_per_rank < 0)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: hidden %d, experts %d, "
+                          "topk %d, max tokens %d out of range", p->hidden,
+                          p->num_experts, p->topk, p->max_tokens_per_rank);
+    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16 or "
+                          "FP32");
+    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: only the "
+                          "token-major layout is implemented on the GPU");
+    int v3 = p->version >= 3 && p->struct_size >= sizeof(epx_moe_params_t);
+    int v2 = p->version >= 2 &&
+             p->struct_size >= offsetof(epx_moe_params_t, mode);
+    if (v2 && p->num_slots != 0)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: replica slots are "
+                          "not implemented on the GPU");
+    if (v3 && (p->mode != EPX_MODE_THROUGHPUT || p->wire != EPX_WIRE_NATIVE ||
+               p->flags != 0))
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: only throughput "
+                          "mode with the native wire format and no flags is "
+                          "implemented on the GPU (low latency and quantized "
+                          "dispatch are not)");
+    if (c->num_sms < 0)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: num_sms %d", c->num_sms);
+    if (c->backend != EPX_CUDA_BACKEND_WINDOWS &&
+        c->backend != EPX_CUDA_BACKEND_NCCL)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: unknown backend %d",
+                          (int)c->backend);
+#ifndef EPX_HAVE_NCCL
+    if (c->backend == EPX_CUDA_BACKEND_NCCL)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: built without NCCL");
+#endif
+    if (c->nccl_comm && c->backend != EPX_CUDA_BACKEND_NCCL)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: nccl_comm given for "
+                          "the windows backend");
+    return EPX_OK;
+}
+
+/* What every rank must agree on, and its max_tokens_per_rank. */
+typedef struct agree {
+    int32_t status, hidden, experts, topk, dtype, backend, device_ok;
+    int32_t max_tokens;
+} agree_t;
+
+static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
+{
+    const int R = comm->nranks;
+    agree_t *all = malloc(sizeof(*all) * (size_t)R);
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+    epx_status_t st = epx__comm_allgather(comm, mine, all, sizeof(*mine));
+    if (st != EPX_OK) {
+        free(all);
+        return st;
+    }
+    *maxT = 0;
+    for (int r = 0; r < R && st == EPX_OK; r++) {
+        if (all[r].status != EPX_OK)
+            st = mine->status != EPX_OK
+                ? (epx_status_t)mine->status
+                : epx__error(EPX_ERR_PEER, "cuda moe: rank %d failed", r);
+        else if (all[r].hidden != mine->hidden ||
+                 all[r].experts != mine->experts ||
+                 all[r].topk != mine->topk || all[r].dtype != mine->dtype ||
+                 all[r].backend != mine->backend)
+            st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
+                            "hidden/experts/topk/dtype/backend", r);
+        if (all[r].max_tokens > *maxT)
+            *maxT = all[r].max_tokens;
+    }
+    free(all);
+    return st;
+}
+
+static epx_status_t launch(epx_cuda_moe_t *m, int which)
+{
+    int rc = epxk_launch(which, &m->g, &m->call, m->num_sms, m->st);
+    return epx__cuda_err((cudaError_t)rc, "kernel launch");
+}
+
+/* Let the engine's stream run after the work queued on `stream`. */
+static epx_status_t stream_in(epx_cuda_moe_t *m, void *stream)
+{
+    EPX_CUDA_TRY(cudaEventRecord(m->ev_in, (cudaStream_t)stream));
+    EPX_CUDA_TRY(cudaStreamWaitEvent(m->st, m->ev_in, 0));
+    return EPX_OK;
+}
+
+/* And `stream` after the engine's work. */
+static epx_status_t stream_out(epx_cuda_moe_t *m, void *stream)
+{
+    EPX_CUDA_TRY(cudaEventRecord(m->ev_out, m->st));
+    EPX_CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, m->ev_out, 0));
+    return EPX_OK;
+}
+
+static epx_status_t set_device(const epx_cuda_moe_t *m)
+{
+    return epx__cuda_err(cudaSetDevice(m->device), "cudaSetDevice");
+}
+
+static epx_status_t usable(epx_cuda_moe_t *m, const char *what)
+{
+    if (!m)
+        return epx__error(EPX_ERR_INVALID, "%s: engine is NULL", what);
+    if (m->broken)
+        return epx__error(EPX_ERR_STATE, "%s: the engine is unusable after "
+                          "an earlier failure (destroy it)", what);
+    return set_device(m);
+}
+
+static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
+{
+    m->broken = 1;
+    return st;
+}
+
+/* --------------------------------------------------------------- setup */
+
+#define DEV_ALLOC(ptr, n)                                                      \
+    do {                                                                       \
+        st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) ? (n) : 1),         \
+                           "cudaMalloc");                                      \
+        if (st != EPX_OK)                                                      \
+            goto out;                                                          \
+    } while (0)
+
+epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
+                                 const epx_moe_params_t *params,
+                                 const epx_cuda_params_t *cparams,
+                                 epx_cuda_moe_t **out)
+{
+    if (!comm || !out)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: comm or out is NULL");
+    epx_cuda_moe_t *m = calloc(1, sizeof(*m));
+    if (!m)
+        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+    const int R = comm->nranks, me = comm->rank;
+    m->comm = comm;
+    agree_t mine = { 0 };
+    epx_status_t st = check_params(params, cparams);
+    int ndev = 0;
+    if (st == EPX_OK)
+        st = epx__cuda_devices(&ndev);
+    if (st == EPX_OK) {
+        memcpy(&m->p, params, params->struct_size < sizeof(m->p)
+                                  ? params->struct_size : sizeof(m->p));
+        m->backend = cparams->backend;
+        m->device = cparams->device;
+        if (m->device < 0)
+            st = epx__cuda_err(cudaGetDevice(&m->device), "cudaGetDevice");
+        else if (m->device >= ndev)
+            st = epx__error(EPX_ERR_INVALID, "cuda moe: device %d of %d",
+                            m->device, ndev);
+    }
+    if (st == EPX_OK)
+        st = set_device(m);
+    mine.status = st;
+    if (params) {
+        mine.hidden = params->hidden;
+        mine.experts = params->num_experts;
+        mine.topk = params->topk;
+        mine.dtype = params->dtype;
+        mine.max_tokens = params->max_tokens_per_rank;
+    }
+    mine.backend = cparams ? (int32_t)cparams->backend : -1;
+    int64_t maxT = 0;
+    st = agree(comm, &mine, &maxT);
+    if (st != EPX_OK) {
+        free(m);
+        return st;
+    }
+
+    epxk_geom_t *g = &m->g;
+    g->R = R;
+    g->rank = me;
+    g->E = m->p.num_experts;
+    g->K = m->p.topk;
+    g->H = m->p.hidden;
+    g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    g->maxT = maxT;
+    epxk_geom_layout(g);
+    /* Row indices and slots are int32 on the device. */
+    if ((int64_t)R * maxT * g->K >= INT32_MAX) {
+        free(m);
+        return epx__error(EPX_ERR_RANGE, "cuda moe: %d ranks x %lld tokens "
+                          "x topk %d exceeds 32-bit row indices", R,
+                          (long long)maxT, g->K);
+    }
+
+    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
+    int32_t *first = e2r ? e2r + g->E : NULL;
+    if (!e2r) {
+        free(m);
+        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+    }
+    for (int r = 0; r <= R; r++)
+        first[r] = epxk_first_expert(R, g->E, r);
+    for (int r = 0; r < R; r++)
+        for (int e = first[r]; e < first[r + 1]; e++)
+            e2r[e] = r;
+    m->first = first[me];
+    m->L = first[me + 1] - first[me];
+
+    /* Everything below is undone by epx_cuda_moe_destroy's frees. */
+    const size_t pairs = (size_t)(maxT * g->maxdest);
+    m->h_counts = calloc((size_t)m->L + 1, sizeof(int64_t));
+    m->h_local = calloc((size_t)m->L + 1, sizeof(int32_t));
+    m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
+    if (!m->h_counts || !m->h_local || !m->nsend) {
+        st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+        goto out;
+    }
+    m->sendoff = m->nsend + R;
+    m->nrecv = m->nsend + 2 * R;
+    m->rbase = m->nsend + 3 * R;
+    for (int j = 0; j < m->L; j++)
+        m->h_local[j] = m->first + j;
+    st = epx__cuda_err(cudaStreamCreateWithFlags(&m->st,
+                                                 cudaStreamNonBlocking),
+                       "cudaStreamCreateWithFlags");
+    if (st != EPX_OK)
+        goto out;
+    st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
+                                                cudaEventDisableTiming),
+                       "cudaEventCreate");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_out,
+                                                    cudaEventDisableTiming),
+                           "cudaEventCreate");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_info,
+                                                    cudaEventDisableTiming),
+                           "cudaEventCreate");
+    if (st != EPX_OK)
+        goto out;
+    DEV_ALLOC(m->d_e2r, sizeof(int32_t) * (size_t)(g->E + R + 1));
+    m->d_first = m->d_e2r + g->E;
+    DEV_ALLOC(m->d_dest, sizeof(int32_t) * pairs * 2);
+    m->d_pos = m->d_dest + pairs;
+    DEV_ALLOC(m->d_mycnt, sizeof(int32_t) * (size_t)(R + g->E));
+    DEV_ALLOC(m->d_sendoff, sizeof(int64_t) * (size_t)(2 * R + EPXK_INFO_COUNTS +
+                                                       m->L));
+    m->d_base = m->d_sendoff + R;
+    m->d_info = m->d_base + R;
+    DEV_ALLOC(m->d_done, sizeof(unsigned));
+    DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
+    st = epx__cuda_err(cudaMallocHost((void **)&m->h_info,
+                                      sizeof(int64_t) *
+                                          (size_t)(EPXK_INFO_COUNTS + m->L)),
+                       "cudaMallocHost");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMallocHost((void **)&m->h_cnt,
+                                          sizeof(int32_t) *
+                                              (size_t)(R + 1) * g->cnt_ints),
+                           "cudaMallocHost");
+    if (st != EPX_OK)
+        goto out;
+    st = epx__cuda_err(cudaMemcpy(m->d_e2r, e2r,
+                                  sizeof(int32_t) * (size_t)(g->E + R + 1),
+                                  cudaMemcpyHostToDevice), "cudaMemcpy");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemset(m->d_done, 0, sizeof(unsigned)),
+                           "cudaMemset");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemset(m->d_info, 0, sizeof(int64_t) *
+                                      (size_t)(EPXK_INFO_COUNTS + m->L)),
+                           "cudaMemset");
+    if (st != EPX_OK)
+        goto out;
+
+    char **peers = calloc((size_t)R, sizeof(char *));
+    if (!peers) {
+        st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+        goto out;
+    }
+    int device_ranks = 1;
+    if (m->backend == EPX_CUDA_BACKEND_WINDOWS) {
+        st = epx__cuwin_create(comm, m->device, (size_t)g->total, &m->win);
+        if (st == EPX_OK) {
+            memcpy(peers, epx__cuwin_peers(m->win), sizeof(char *) * (size_t)R);
+            m->local = peers[me];
+            device_ranks = epx__cuwin_device_ranks(m->win);
+            snprintf(m->name, sizeof(m->name), "windows:%s",
+                     epx__cuwin_kind_str(epx__cuwin_kind(m->win)));
+        }
+    } else {
+#ifdef EPX_HAVE_NCCL
+        st = epx__cuda_err(cudaMalloc((void **)&m->local, (size_t)g->total),
+                           "cudaMalloc");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMalloc((void **)&m->stage,
+                                          (size_t)g->total), "cudaMalloc");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemset(m->local, 0, (size_t)g->total),
+                               "cudaMemset");
+        /* Collective from here: every rank calls it. */
+        epx_status_t nst = epx__nccl_create(comm, cparams->nccl_comm,
+                                            &m->nccl);
+        if (st == EPX_OK)
+            st = nst;
+        peers[me] = m->local;
+        snprintf(m->name, sizeof(m->name), "%s",
+                 m->nccl && epx__nccl_adopted(m->nccl) ? "nccl:adopted"
+                                                       : "nccl");
+#endif
+    }
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpy(m->d_peers, peers,
+                                      sizeof(char *) * (size_t)R,
+                                      cudaMemcpyHostToDevice), "cudaMemcpy");
+    free(peers);
+    if (st != EPX_OK)
+        goto out;
+
+    int sms = 1;
+    st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
+                                              cudaDevAttrMultiProcessorCount,
+                                              m->device),
+                       "cudaDeviceGetAttribute");
+    if (st != EPX_OK)
+        goto out;
+    m->num_sms = cparams->num_sms > 0 ? cparams->num_sms
+                                      : sms / (device_ranks ? device_ranks : 1);
+    if (m->num_sms > sms)
+        m->num_sms = sms;
+    if (m->num_sms < 1)
+        m->num_sms = 1;
+    EPX_LOG(EPX_LOG_INFO, "cuda", me, "engine on device %d: %s, %d SMs of %d, "
+            "window %lld bytes", m->device, m->name, m->num_sms, sms,
+            (long long)g->total);
+
+    /* The fixed part of every call. */
+    m->call.e2r = m->d_e2r;
+    m->call.first = m->d_first;
+    m->call.num_local = m->L;
+    m->call.dest = m->d_dest;
+    m->call.pos = m->d_pos;
+    m->call.mycnt = m->d_mycnt;
+    m->call.sendoff = m->d_sendoff;
+    m->call.base = m->d_base;
+    m->call.info = m->d_info;
+    m->call.done = m->d_done;
+    m->call.peers = m->d_peers;
+    m->call.stage = m->stage;
+    m->call.windows = m->backend == EPX_CUDA_BACKEND_WINDOWS;
+    double to = epx__comm_timeout(comm);
+    m->call.timeout_ns = (uint64_t)(to * 1e9);
+    free(e2r);
+    *out = m;
+    return EPX_OK;
+
+out:
+    free(e2r);
+    epx_cuda_moe_destroy(m);
+    return st;
+}
+
+void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
+{
+    if (!m)
+        return;
+    cudaSetDevice(m->device);
+    if (m->st)
+        cudaStreamSynchronize(m->st);
+    /* No peer may still be storing into this rank's window. */
+    if (m->win)
+        epx_comm_barrier(m->comm);
+    epx__cuwin_destroy(m->win);
+#ifdef EPX_HAVE_NCCL
+    epx__nccl_destroy(m->nccl);
+#endif
+    if (!m->win)
+        cudaFree(m->local);
+    cudaFree(m->stage);
+    cudaFree(m->d_e2r);
+    cudaFree(m->d_dest);
+    cudaFree(m->d_mycnt);
+    cudaFree(m->d_sendoff);
+    cudaFree(m->d_done);
+    cudaFree(m->d_peers);
+    cudaFreeHost(m->h_info);
+    cudaFreeHost(m->h_cnt);
+    if (m->ev_in)
+        cudaEventDestroy(m->ev_in);
+    if (m->ev_out)
+        cudaEventDestroy(m->ev_out);
+    if (m->ev_info)
+        cudaEventDestroy(m->ev_info);
+    if (m->st)
+        cudaStreamDestroy(m->st);
+    free(m->h_counts);
+    free(m->h_local);
+    free(m->nsend);
+    free(m);
+}
+
+int epx_cuda_moe_num_sms(const epx_cuda_moe_t *m)
+{
+    return m ? m->num_sms : 0;
+}
+
+const char *epx_cuda_moe_backend(const epx_cuda_moe_t *m)
+{
+    return m ? m->name : "";
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static int tensor_ok(const epx_tensor_t *t, epx_dtype_t dt, int64_t rows,
+                     int64_t cols)
+{
+    return t->dtype == dt && t->rows == rows && t->cols == cols &&
+           (t->data || rows == 0 || cols == 0);
+}
+
+/* The read-back of the NCCL count matrix: host sizes of the exchange. */
+static void nccl_sizes(epx_cuda_moe_t *m)
+{
+    const epxk_geom_t *g = &m->g;
+    const int32_t *mycnt = m->h_cnt + (size_t)g->R * g->cnt_ints;
+    int64_t so = 0, rb = 0;
+    for (int r = 0; r < g->R; r++) {
+        m->nsend[r] = mycnt[r];
+        m->sendoff[r] = so;
+        so += mycnt[r];
+        m->nrecv[r] = m->h_cnt[(size_t)r * g->cnt_ints + g->rank];
+        m->rbase[r] = rb;
+        rb += m->nrecv[r];
+    }
+}
+
+epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
+                                    const epx_dispatch_args_t *a, void *stream)
+{
+    epx_status_t st = usable(m, "cuda dispatch_send");
+    if (st != EPX_OK)
+        return st;
+    if (m->state == ST_SENT || m->state == ST_COMBINING)
+        return fail(m, epx__error(EPX_ERR_STATE, "cuda dispatch_send: the "
+                                  "previous dispatch or combine is unfinished"));
+    const epxk_geom_t *g = &m->g;
+    if (!a || a->struct_size < offsetof(epx_dispatch_args_t, flags))
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
+    const int64_t T = a->x.rows;
+    if (a->flags != 0)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: cached "
+                          "dispatch is not implemented on the GPU");
+    if (T < 0 || T > m->p.max_tokens_per_rank ||
+        !tensor_ok(&a->x, m->p.dtype, T, g->H) ||
+        (a->topk_idx.dtype != EPX_DTYPE_INT32 &&
+         a->topk_idx.dtype != EPX_DTYPE_INT64) ||
+        !tensor_ok(&a->topk_idx, a->topk_idx.dtype, T, g->K) ||
+        !tensor_ok(&a->topk_weights, EPX_DTYPE_FP32, T, g->K))
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: x must be "
+                          "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
+                          "INT32/INT64, topk_weights [T, %d] FP32",
+                          m->p.max_tokens_per_rank, g->H, g->K, g->K);
+    m->seq++;
+    m->T = T;
+    epxk_call_t *c = &m->call;
+    c->x = a->x.data;
+    c->idx = a->topk_idx.data;
+    c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
+    c->w = a->topk_weights.data;
+    c->T = T;
+    c->seq = m->seq;
+    c->parity = (int)(m->seq & 1);
+    if ((st = stream_in(m, stream)) != EPX_OK)
+        return fail(m, st);
+    if (c->windows) {
+        if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
+            (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+            (st = launch(m, EPXK_PACK)) == EPX_OK)
+            st = launch(m, EPXK_RECV);
+    } else {
+#ifdef EPX_HAVE_NCCL
+        int32_t *cnt = (int32_t *)(m->local + g->off_cnt) +
+                       epxk_cnt_index(g, c->parity, 0);
+        size_t blk = sizeof(int32_t) * (size_t)g->R * g->cnt_ints;
+        if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
+            (st = launch(m, EPXK_PACK)) == EPX_OK)
+            st = epx__nccl_counts(m->nccl, g, m->d_mycnt, cnt, m->st);
+        /* The one host synchronisation: the sizes of the receives. */
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemcpyAsync(m->h_cnt, cnt, blk,
+                                               cudaMemcpyDeviceToHost, m->st),
+                               "cudaMemcpyAsync");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemcpyAsync(
+                                   m->h_cnt + (size_t)g->R * g->cnt_ints,
+                                   m->d_mycnt,
+                                   sizeof(int32_t) * (size_t)(g->R + g->E),
+                                   cudaMemcpyDeviceToHost, m->st),
+                               "cudaMemcpyAsync");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaStreamSynchronize(m->st),
+                               "cudaStreamSynchronize");
+        if (st == EPX_OK) {
+            nccl_sizes(m);
+            st = epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
+                                    m->sendoff, m->nrecv, m->rbase, m->st);
+        }
+        if (st == EPX_OK)
+            st = launch(m, EPXK_RECV);
+#else
+        st = epx__error(EPX_ERR_UNSUPPORTED, "built without NCCL");
+#endif
+    }
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpyAsync(m->h_info, m->d_info,
+                                           sizeof(int64_t) *
+                                               (size_t)(EPXK_INFO_COUNTS + m->L),
+                                           cudaMemcpyDeviceToHost, m->st),
+                           "cudaMemcpyAsync");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaEventRecord(m->ev_info, m->st),
+                           "cudaEventRecord");
+    if (st != EPX_OK)
+        return fail(m, st);
+    m->state = ST_SENT;
+    return EPX_OK;
+}
+
+epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
+                                    epx_recv_t *recv)
+{
+    epx_status_t st = usable(m, "cuda dispatch_recv");
+    if (st != EPX_OK)
+        return st;
+    if (!recv)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_recv: recv is NULL");
+    if (m->state != ST_SENT)
+        return fail(m, epx__error(EPX_ERR_STATE, "cuda dispatch_recv: no "
+                                  "dispatch sent"));
+    /* The one host synchronisation of the windows backend. */
+    st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
+                       "cudaEventSynchronize");
+    if (st != EPX_OK)
+        return fail(m, st);
+    if (m->h_info[EPXK_INFO_ERROR])
+        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
+                                  "did not signal within the timeout"));
+    const epxk_geom_t *g = &m->g;
+    int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;
+    if (bad) {
+        /* Reset the flag on the device for the next call (stream order). */
+        st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
+                                           sizeof(int64_t), m->st),
+                           "cudaMemsetAsync");
+        if (st != EPX_OK)
+            return fail(m, st);
+    }
+    m->rows = m->h_info[EPXK_INFO_ROWS];
+    for (int j = 0; j < m->L; j++)
+        m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
+    if ((st = stream_out(m, stream)) != EPX_OK)
+        return fail(m, st);
+    m->state = ST_RECEIVED;
+    epx_recv_t r;
+    memset(&r, 0, sizeof(r));
+    r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
+    r.num_rows = m->rows;
+    r.x.data = m->local + g->off_rows;
+    r.x.dtype = m->p.dtype;
+    r.x.rows = m->rows;
+    r.x.cols = g->H;
+    r.num_local_experts = m->L;
+    r.first_local_expert = m->first;
+    r.expert_counts = m->h_counts;
+    r.expert_offsets = NULL;
+    r.src_rank = (const int32_t *)(m->local + g->off_src_rank);
+    r.src_token = (const int32_t *)(m->local + g->off_src_token);
+    r.topk_idx = (const int32_t *)(m->local + g->off_idx);
+    r.topk_weights = (const float *)(m->local + g->off_w);
+    r.local_experts = m->h_local;
+    r.x_scales.dtype = EPX_DTYPE_FP32;
+    size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
+    memcpy(recv, &r, n);
+    if (bad)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
+                          "outside [-1, %d); they were treated as -1 (recv "
+                          "is filled: complete the call with combine)", g->E);
+    return EPX_OK;
+}
+
+/* ------------------------------------------------------------- combine */
+
+epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
+                                   const epx_combine_args_t *a, void *stream)
+{
+    epx_status_t st = usable(m, "cuda combine_send");
+    if (st != EPX_OK)
+        return st;
+    if (m->state != ST_RECEIVED)
+        return fail(m, epx__error(EPX_ERR_STATE, "cuda combine_send: not "
+                                  "after dispatch_recv"));
+    if (!a || a->struct_size < sizeof(epx_combine_args_t) ||
+        !tensor_ok(&a->y, m->p.dtype, m->rows, m->g.H))
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: y must be "
+                          "[%lld, %d] in the engine dtype",
+                          (long long)m->rows, m->g.H);
+    if (a->flags != 0)
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags are for "
+                          "the expert-major layout");
+    m->call.y = a->y.data;
+    if ((st = stream_in(m, stream)) != EPX_OK)
+        return fail(m, st);
+    if (m->call.windows)
+        st = launch(m, EPXK_COMB_PUT);
+    else
+#ifdef EPX_HAVE_NCCL
+        st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
+                               m->sendoff, m->nrecv, m->rbase, m->st);
+#else
+        st = epx__error(EPX_ERR_UNSUPPORTED, "built without NCCL");
+#endif
+    if (st != EPX_OK)
+        return fail(m, st);
+    m->state = ST_COMBINING;
+    return EPX_OK;
+}
+
+epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *m, epx_tensor_t *out,
+                                   void *stream)
+{
+    epx_status_t st = usable(m, "cuda combine_recv");
+    if (st != EPX_OK)
+        return st;
+    if (m->state != ST_COMBINING)
+        return fail(m, epx__error(EPX_ERR_STATE, "cuda combine_recv: no "
+                                  "combine sent"));
+    if (!out || (out->dtype != EPX_DTYPE_BF16 && out->dtype != EPX_DTYPE_FP32) ||
+        !tensor_ok(out, out->dtype, m->T, m->g.H))
+        return epx__error(EPX_ERR_INVALID, "cuda combine_recv: out must be "
+                          "[%lld, %d] BF16 or FP32", (long long)m->T, m->g.H);
+    m->call.out = out->data;
+    m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    if ((st = stream_in(m, stream)) != EPX_OK ||
+        (st = launch(m, EPXK_COMB_REDUCE)) != EPX_OK ||
+        (st = stream_out(m, stream)) != EPX_OK)
+        return fail(m, st);
+    m->state = ST_IDLE;
+    return EPX_OK;
+}

@@ -1,0 +1,303 @@
+/*
+ * GPU executor: the arithmetic the kernels share with host code.
+ *
+ * Plain C, compiled both by the C compiler (engine setup, and the host test
+ * tests/cuda/test_kern_host that runs every function below over simulated
+ * ranks against the reference) and by nvcc (src/cuda/kernels.cu, where one
+ * thread or warp calls them per item).  Nothing here touches memory other
+ * than through its arguments, so what the host test checks is what the
+ * kernels compute.
+ *
+ * Window of each rank (byte offsets in epxk_geom_t; the same layout serves
+ * the NCCL backend's local staging and receive buffers):
+ *   flags  [EPXK_NFLAG][R] uint64    per source: sequence of the last call
+ *                                    whose data / combine rows it finished
+ *   cnt    [2][R][R + E + 1] int32   per source, by call parity: tokens to
+ *                                    each rank, (token, k) pairs per expert,
+ *                                    then the call's sequence word
+ *   src_rank, src_token, ret_slot [R*maxT] int32
+ *   topk_idx, topk_w [R*maxT][K]     local expert id (-1) and weight (0)
+ *   rows   [R*maxT][row_bytes]       received tokens, source-major
+ *   comb   [maxT*maxdest][row_bytes] partials coming back to this rank, at
+ *                                    the slot the token had in its source's
+ *                                    packed order
+ */
+#ifndef EPX_CUDA_KERN_H
+#define EPX_CUDA_KERN_H
+
+#include <stdint.h>
+
+#if defined(__CUDACC__)
+#define EPXK_HD static __host__ __device__ __forceinline__
+#else
+#define EPXK_HD static inline
+#endif
+
+enum { EPXK_FLAG_DATA = 0, EPXK_FLAG_COMB = 1, EPXK_NFLAG = 2 };
+
+typedef struct epxk_geom {
+    int R, rank, E, K, H;
+    int maxdest;              /* min(K, R): destinations of a token at most */
+    int esize;                /* 2 (bf16) or 4 (fp32) */
+    int cnt_ints;             /* R + E + 1 */
+    int64_t maxT;             /* largest max_tokens_per_rank of any rank */
+    int64_t row_bytes;        /* H * esize: rows are contiguous, as
+                                 epx_recv_t.x describes them */
+    int64_t off_flags, off_cnt, off_src_rank, off_src_token, off_ret_slot,
+            off_idx, off_w, off_rows, off_comb, total;
+} epxk_geom_t;
+
+EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* Offsets of every region, each 256-byte aligned (rows are 16-byte
+ * aligned where H * esize is a multiple of 16). */
+EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
+{
+    const int64_t rows = (int64_t)g->R * g->maxT;
+    int64_t o = 0;
+    g->maxdest = g->K < g->R ? g->K : g->R;
+    g->cnt_ints = g->R + g->E + 1;
+    g->row_bytes = (int64_t)g->H * g->esize;
+    g->off_flags = o;
+    o = epxk_round_up(o + (int64_t)EPXK_NFLAG * g->R * 8, 256);
+    g->off_cnt = o;
+    o = epxk_round_up(o + 2 * (int64_t)g->R * g->cnt_ints * 4, 256);
+    g->off_src_rank = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    g->off_src_token = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    g->off_ret_slot = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    g->off_idx = o;
+    o = epxk_round_up(o + rows * g->K * 4, 256);
+    g->off_w = o;
+    o = epxk_round_up(o + rows * g->K * 4, 256);
+    g->off_rows = o;
+    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    g->off_comb = o;
+    o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
+    g->total = o;
+}
+
+/* Contiguous placement: rank r holds [floor(r*E/R), floor((r+1)*E/R)). */
+EPXK_HD int epxk_first_expert(int R, int E, int r)
+{
+    return (int)((int64_t)r * E / R);
+}
+
+/* Raw expert id k of token t (int32 or int64 ids). */
+EPXK_HD int64_t epxk_expert_raw(const void *idx, int idx64, int K, int64_t t,
+                                int k)
+{
+    return idx64 ? ((const int64_t *)idx)[t * K + k]
+                 : (int64_t)((const int32_t *)idx)[t * K + k];
+}
+
+/* Number of experts, for epxk_expert: set once per kernel/host pass. */
+typedef struct epxk_ids {
+    const void *idx;
+    int idx64, K, E;
+} epxk_ids_t;
+
+/* Expert id k of token t; -1 for none, and for an id out of [0, E) (the
+ * layout pass reports those: an invalid id never indexes a table). */
+EPXK_HD int64_t epxk_expert_id(const epxk_ids_t *ids, int64_t t, int k)
+{
+    int64_t e = epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
+    return e >= 0 && e < ids->E ? e : -1;
+}
+
+/* Is id k of token t neither -1 nor a valid expert? */
+EPXK_HD int epxk_expert_bad(const epxk_ids_t *ids, int64_t t, int k)
+{
+    int64_t e = epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
+    return e < -1 || e >= ids->E;
+}
+
+/* Owner of expert e (valid) from the table e2r[E]. */
+EPXK_HD int epxk_owner(const int32_t *e2r, int64_t e)
+{
+    return e2r[e];
+}
+
+/* Index of rank d among token t's distinct destination ranks in ascending
+ * order, or -1 when none of t's experts lives on d. */
+EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
+                           int64_t t, int d)
+{
+    int hit = 0, below = 0;
+    for (int k = 0; k < ids->K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        if (e < 0)
+            continue;
+        int r = epxk_owner(e2r, e);
+        if (r == d) {
+            hit = 1;
+            continue;
+        }
+        if (r > d)
+            continue;
+        int seen = 0;    /* count each rank below d once */
+        for (int k2 = 0; k2 < k; k2++) {
+            int64_t e2 = epxk_expert_id(ids, t, k2);
+            if (e2 >= 0 && epxk_owner(e2r, e2) == r) {
+                seen = 1;
+                break;
+            }
+        }
+        below += !seen;
+    }
+    return hit ? below : -1;
+}
+
+/* Routing layout for destination d (one thread per d): in token order,
+ * give each token going to d its position among this rank's tokens to d;
+ * dest/pos are [T][maxdest], the token's j-th destination in ascending
+ * order.  Returns the number of tokens to d. */
+EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
+                                 const int32_t *e2r, int64_t T, int d,
+                                 int32_t *dest, int32_t *pos)
+{
+    int64_t c = 0;
+    for (int64_t t = 0; t < T; t++) {
+        int j = epxk_dest_slot(ids, e2r, t, d);
+        if (j < 0)
+            continue;
+        dest[t * g->maxdest + j] = d;
+        pos[t * g->maxdest + j] = (int32_t)c++;
+    }
+    return c;
+}
+
+/* (token, k) pairs of this rank routed to expert e. */
+EPXK_HD int64_t epxk_layout_expert(const epxk_geom_t *g, const epxk_ids_t *ids,
+                                   int64_t T, int64_t e)
+{
+    int64_t c = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < g->K; k++)
+            c += epxk_expert_id(ids, t, k) == e;
+    return c;
+}
+
+/* Count block of source s in the window's buffer of parity p. */
+EPXK_HD int64_t epxk_cnt_index(const epxk_geom_t *g, int p, int s)
+{
+    return ((int64_t)p * g->R + s) * g->cnt_ints;
+}
+
+/* First row of this rank's tokens at destination d: the tokens every
+ * lower source sends to d come first.  cnt: this rank's count buffer of
+ * the call's parity, [R][cnt_ints]. */
+EPXK_HD int64_t epxk_dest_base(const epxk_geom_t *g, const int32_t *cnt,
+                               int d)
+{
+    int64_t b = 0;
+    for (int s = 0; s < g->rank; s++)
+        b += cnt[(int64_t)s * g->cnt_ints + d];
+    return b;
+}
+
+/* First row of source s's tokens here (the same sum seen from here). */
+EPXK_HD int64_t epxk_src_base(const epxk_geom_t *g, const int32_t *cnt, int s)
+{
+    int64_t b = 0;
+    for (int s2 = 0; s2 < s; s2++)
+        b += cnt[(int64_t)s2 * g->cnt_ints + g->rank];
+    return b;
+}
+
+/* Tokens received here (all sources), and local expert j's (token, k)
+ * pairs. */
+EPXK_HD int64_t epxk_recv_rows(const epxk_geom_t *g, const int32_t *cnt)
+{
+    return epxk_src_base(g, cnt, g->R);
+}
+EPXK_HD int64_t epxk_recv_expert(const epxk_geom_t *g, const int32_t *cnt,
+                                 int first_local, int j)
+{
+    int64_t c = 0;
+    for (int s = 0; s < g->R; s++)
+        c += cnt[(int64_t)s * g->cnt_ints + g->R + first_local + j];
+    return c;
+}
+
+/* Token t's metadata as destination d sees it: slot k carries the local
+ * expert id and weight when expert k lives on d, else -1 and 0. */
+EPXK_HD void epxk_meta_topk(const epxk_geom_t *g, const epxk_ids_t *ids,
+                            const float *w, const int32_t *e2r, int64_t t,
+                            int d, int first_d, int32_t *out_idx,
+                            float *out_w)
+{
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        int mine = e >= 0 && epxk_owner(e2r, e) == d;
+        out_idx[k] = mine ? (int32_t)(e - first_d) : -1;
+        out_w[k] = mine ? w[t * g->K + k] : 0.0f;
+    }
+}
+
+/* Slot of token t's j-th destination in this rank's packed order (tokens
+ * grouped by destination rank, token order within): where that
+ * destination's partial comes back, and where the NCCL backend stages the
+ * row.  sendoff: exclusive prefix of the per-destination counts. */
+EPXK_HD int64_t epxk_ret_slot(const epxk_geom_t *g, const int64_t *sendoff,
+                              const int32_t *dest, const int32_t *pos,
+                              int64_t t, int j)
+{
+    int64_t i = t * g->maxdest + j;
+    return sendoff[dest[i]] + pos[i];
+}
+
+/* bf16 <-> fp32, round to nearest even (the host's epx__f32_to_bf16). */
+EPXK_HD float epxk_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+EPXK_HD uint16_t epxk_f32_to_bf16(float f)
+{
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40);   /* quiet NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+/* Element h of a row in the engine dtype, as float. */
+EPXK_HD float epxk_load(const void *row, int esize, int64_t h)
+{
+    return esize == 2 ? epxk_bf16_to_f32(((const uint16_t *)row)[h])
+                      : ((const float *)row)[h];
+}
+EPXK_HD void epxk_store(void *row, int out_esize, int64_t h, float v)
+{
+    if (out_esize == 2)
+        ((uint16_t *)row)[h] = epxk_f32_to_bf16(v);
+    else
+        ((float *)row)[h] = v;
+}
+
+/* Combine, element h of token t: the partials of t's destinations summed
+ * in ascending rank order in fp32 (0 when t went nowhere).  comb: this
+ * rank's partials, one row_bytes row per slot. */
+EPXK_HD float epxk_combine_elem(const epxk_geom_t *g, const char *comb,
+                                const int64_t *sendoff, const int32_t *dest,
+                                const int32_t *pos, int64_t t, int64_t h)
+{
+    float acc = 0.0f;
+    for (int j = 0; j < g->maxdest; j++) {
+        if (dest[t * g->maxdest + j] < 0)
+            break;
+        int64_t slot = epxk_ret_slot(g, sendoff, dest, pos, t, j);
+        acc = acc + epxk_load(comb + slot * g->row_bytes, g->esize, h);
+    }
+    return acc;
+}
+
+#endif /* EPX_CUDA_KERN_H */

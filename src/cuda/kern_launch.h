@@ -1,0 +1,58 @@
+/*
+ * The one call from C into the kernels: which kernel, the geometry and
+ * one call's arguments (all device pointers), launched on a stream.
+ */
+#ifndef EPX_CUDA_KERN_LAUNCH_H
+#define EPX_CUDA_KERN_LAUNCH_H
+
+#include <stdint.h>
+#include "cuda/kern.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
+       EPXK_COMB_REDUCE };
+
+/* info[]: error flag (a wait timed out), rows received, invalid expert
+ * ids seen by this rank's layout, then the counts of each local expert. */
+enum { EPXK_INFO_ERROR = 0, EPXK_INFO_ROWS = 1, EPXK_INFO_BAD_IDS = 2,
+       EPXK_INFO_COUNTS = 3 };
+
+typedef struct epxk_call {
+    /* inputs of this dispatch */
+    const void *x;            /* [T][H] engine dtype */
+    const void *idx;          /* [T][K] int32 or int64 */
+    int idx64;
+    const float *w;           /* [T][K] */
+    int64_t T;
+    const void *y;            /* combine: [rows][H] */
+    void *out;                /* combine: [T][H] */
+    int out_esize;
+    /* engine state */
+    const int32_t *e2r;       /* [E] owner rank */
+    const int32_t *first;     /* [R + 1] first expert of each rank */
+    int num_local;
+    int32_t *dest, *pos;      /* [maxT][maxdest] */
+    int32_t *mycnt;           /* [R + E] */
+    int64_t *sendoff;         /* [R] */
+    int64_t *base;            /* [R] */
+    int64_t *info;            /* [EPXK_INFO_COUNTS + local experts] */
+    unsigned *done;           /* grid completion counter, 0 between uses */
+    char *const *peers;       /* [R] window bases in this process (windows) */
+    char *stage;              /* NCCL: packed rows and metadata */
+    int windows;              /* 1: peers' windows, 0: NCCL moves data */
+    int parity;
+    uint64_t seq;             /* call number, from 1 */
+    uint64_t timeout_ns;
+} epxk_call_t;
+
+/* 0, or the cudaError_t of the launch (cudaGetLastError). */
+int epxk_launch(int which, const epxk_geom_t *g, const epxk_call_t *c,
+                int blocks, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPX_CUDA_KERN_LAUNCH_H */

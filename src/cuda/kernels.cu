@@ -1,0 +1,348 @@
+/*
+ * GPU executor kernels (throughput mode, token-major).  The arithmetic is
+ * in kern.h (shared with the host test); this file adds the thread
+ * mapping, 16-byte vectorised copies, the release/acquire signals and the
+ * bounded waits.  Launched by src/cuda/engine.c through the extern "C"
+ * entry points at the end, all on the engine's stream.
+ *
+ * Memory ordering: a writer's plain stores to a peer's window are followed
+ * by __threadfence_system() in every thread, a block barrier, and one
+ * st.release.sys of a sequence number; the reader polls with
+ * ld.acquire.sys and then synchronises its block, so every row the writer
+ * stored before its release is visible to every thread of the reader's
+ * block.
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include "cuda/kern.h"
+#include "cuda/kern_launch.h"
+
+#define WARP 32
+
+__device__ static __forceinline__ uint64_t ld_acquire_u64(const uint64_t *p)
+{
+    uint64_t v;
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
+                 : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ static __forceinline__ int32_t ld_acquire_s32(const int32_t *p)
+{
+    int32_t v;
+    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
+                 : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ static __forceinline__ void st_release_u64(uint64_t *p, uint64_t v)
+{
+    asm volatile("st.release.sys.global.u64 [%0], %1;"
+                 :: "l"(p), "l"(v) : "memory");
+}
+
+__device__ static __forceinline__ void st_release_s32(int32_t *p, int32_t v)
+{
+    asm volatile("st.release.sys.global.s32 [%0], %1;"
+                 :: "l"(p), "r"(v) : "memory");
+}
+
+__device__ static __forceinline__ uint64_t now_ns(void)
+{
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* Wait until *p >= want (sequence numbers only grow).  On timeout, record
+ * the error in info[0] and give up: the host turns it into
+ * EPX_ERR_TIMEOUT and the engine becomes unusable. */
+__device__ static bool wait_u64(const uint64_t *p, uint64_t want,
+                                uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (ld_acquire_u64(p) >= want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+__device__ static bool wait_s32(const int32_t *p, int32_t want,
+                                uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (ld_acquire_s32(p) == want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+/* Copy one row of `bytes` with a warp: 16-byte vectors when both ends
+ * and the length allow it (coalesced: lane i takes vector i, i + 32...),
+ * else 4- or 2-byte words. */
+__device__ static __forceinline__ void warp_copy(char *dst, const char *src,
+                                                 int64_t bytes, int lane)
+{
+    uintptr_t a = (uintptr_t)dst | (uintptr_t)src | (uintptr_t)bytes;
+    if ((a & 15) == 0) {
+        const uint4 *s = (const uint4 *)src;
+        uint4 *d = (uint4 *)dst;
+        for (int64_t i = lane; i < bytes / 16; i += WARP)
+            d[i] = s[i];
+    } else if ((a & 3) == 0) {
+        const uint32_t *s = (const uint32_t *)src;
+        uint32_t *d = (uint32_t *)dst;
+        for (int64_t i = lane; i < bytes / 4; i += WARP)
+            d[i] = s[i];
+    } else {
+        const uint16_t *s = (const uint16_t *)src;
+        uint16_t *d = (uint16_t *)dst;
+        for (int64_t i = lane; i < bytes / 2; i += WARP)
+            d[i] = s[i];
+    }
+}
+
+/* Count of a window's region. */
+__device__ static __forceinline__ int32_t *win_cnt(const epxk_geom_t &g,
+                                                   char *win, int p, int s)
+{
+    return (int32_t *)(win + g.off_cnt) + epxk_cnt_index(&g, p, s);
+}
+
+__device__ static __forceinline__ uint64_t *win_flag(const epxk_geom_t &g,
+                                                     char *win, int f, int s)
+{
+    return (uint64_t *)(win + g.off_flags) + (int64_t)f * g.R + s;
+}
+
+/* Last block of the grid to get here returns true (all blocks' stores
+ * fenced before their arrival); it resets the counter for the next use. */
+__device__ static bool grid_last(unsigned *done)
+{
+    __shared__ bool last;
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned prev = atomicAdd(done, 1u);
+        last = prev == gridDim.x - 1;
+        if (last)
+            *done = 0;
+        __threadfence_system();
+    }
+    __syncthreads();
+    return last;
+}
+
+/* ---------------------------------------------------------------- layout */
+
+/* One block.  Routing layout: dest/pos per (token, destination), this
+ * rank's counts row, the packed offsets; with windows, the counts row is
+ * then stored into every peer's count buffer and released with the
+ * call's sequence word. */
+__global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int64_t pairs = c.T * g.maxdest;
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x)
+        c.dest[i] = -1;
+    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+        if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
+            c.info[EPXK_INFO_BAD_IDS] = 1;
+    __syncthreads();
+    for (int u = threadIdx.x; u < g.R + g.E; u += blockDim.x) {
+        int64_t n = u < g.R
+            ? epxk_layout_dest(&g, &ids, c.e2r, c.T, u, c.dest, c.pos)
+            : epxk_layout_expert(&g, &ids, c.T, u - g.R);
+        c.mycnt[u] = (int32_t)n;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int64_t o = 0;
+        for (int d = 0; d < g.R; d++) {
+            c.sendoff[d] = o;
+            o += c.mycnt[d];
+        }
+    }
+    if (!c.windows)
+        return;
+    const int n = g.R + g.E;
+    for (int64_t i = threadIdx.x; i < (int64_t)g.R * n; i += blockDim.x) {
+        int d = (int)(i / n), u = (int)(i % n);
+        win_cnt(g, c.peers[d], c.parity, g.rank)[u] = c.mycnt[u];
+    }
+    __threadfence_system();
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
+                       (int32_t)c.seq);
+}
+
+/* One block.  With windows, wait for every source's count row of this
+ * call; then this rank's first row at each destination. */
+__global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    char *mine = c.peers[g.rank];
+    if (c.windows)
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+            wait_s32(win_cnt(g, mine, c.parity, s) + g.R + g.E,
+                     (int32_t)c.seq, c.timeout_ns, c.info);
+    __syncthreads();
+    const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        c.base[d] = epxk_dest_base(&g, cnt, d);
+}
+
+/* Grid of num_sms blocks, a warp per (token, destination): the row and
+ * its metadata go straight into the destination's window (or the NCCL
+ * staging buffer, in packed order).  The last block releases the data
+ * flag at every destination. */
+__global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int64_t pairs = c.T * g.maxdest;
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < pairs; i += warps) {
+            int d = c.dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            int64_t slot = c.sendoff[d] + c.pos[i];
+            int64_t row = c.windows ? c.base[d] + c.pos[i] : slot;
+            char *w = c.windows ? c.peers[d] : c.stage;
+            warp_copy(w + g.off_rows + row * g.row_bytes,
+                      (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
+            if (lane == 0) {
+                ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
+                ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+                ((int32_t *)(w + g.off_ret_slot))[row] = (int32_t)slot;
+                epxk_meta_topk(&g, &ids, c.w, c.e2r, t, d,
+                               c.first[d],
+                               (int32_t *)(w + g.off_idx) + row * g.K,
+                               (float *)(w + g.off_w) + row * g.K);
+            }
+        }
+    if (!c.windows)
+        return;
+    if (grid_last(c.done))
+        for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+            st_release_u64(win_flag(g, c.peers[d], EPXK_FLAG_DATA, g.rank),
+                           c.seq);
+}
+
+/* One block.  With windows, wait for every source's data; then the
+ * receive totals into info (rows, then per local expert). */
+__global__ void epxk_recv_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    char *mine = c.peers[g.rank];
+    if (c.windows)
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+            wait_u64(win_flag(g, mine, EPXK_FLAG_DATA, s), c.seq,
+                     c.timeout_ns, c.info);
+    __syncthreads();
+    const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
+    if (threadIdx.x == 0)
+        c.info[EPXK_INFO_ROWS] = epxk_recv_rows(&g, cnt);
+    for (int j = threadIdx.x; j < c.num_local; j += blockDim.x)
+        c.info[EPXK_INFO_COUNTS + j] =
+            epxk_recv_expert(&g, cnt, c.first[g.rank], j);
+}
+
+/* Grid of num_sms blocks, a warp per received row: the expert output goes
+ * back into its source's window at the row's return slot; the last block
+ * releases the combine flag at every rank. */
+__global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    char *mine = c.peers[g.rank];
+    const int64_t rows = c.info[EPXK_INFO_ROWS];
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < rows; i += warps) {
+            int s = ((const int32_t *)(mine + g.off_src_rank))[i];
+            int64_t slot = ((const int32_t *)(mine + g.off_ret_slot))[i];
+            warp_copy(c.peers[s] + g.off_comb + slot * g.row_bytes,
+                      (const char *)c.y + i * g.row_bytes, g.row_bytes, lane);
+        }
+    if (grid_last(c.done))
+        for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+            st_release_u64(win_flag(g, c.peers[d], EPXK_FLAG_COMB, g.rank),
+                           c.seq);
+}
+
+/* Grid of num_sms blocks.  With windows, every block waits for every
+ * rank's combine flag; then out[t][h] is the ascending-rank fp32 sum of
+ * the partials (coalesced over h), rounded once. */
+__global__ void epxk_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    char *mine = c.peers[g.rank];
+    if (c.windows)
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+            wait_u64(win_flag(g, mine, EPXK_FLAG_COMB, s), c.seq,
+                     c.timeout_ns, c.info);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR] != 0)
+        return;
+    const char *comb = mine + g.off_comb;
+    const int64_t n = c.T * g.H;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / g.H, h = i % g.H;
+        epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
+                   epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos, t,
+                                     h));
+    }
+}
+
+/* ------------------------------------------------------- host entry points */
+
+
+extern "C" int epxk_launch(int which, const epxk_geom_t *g,
+                           const epxk_call_t *c, int blocks, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (which) {
+    case EPXK_LAYOUT:
+        epxk_layout_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_OFFSETS:
+        epxk_offsets_kernel<<<1, 128, 0, st>>>(*g, *c);
+        break;
+    case EPXK_PACK:
+        epxk_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_RECV:
+        epxk_recv_kernel<<<1, 128, 0, st>>>(*g, *c);
+        break;
+    case EPXK_COMB_PUT:
+        epxk_comb_put_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_COMB_REDUCE:
+        epxk_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
+    return (int)cudaGetLastError();
+}

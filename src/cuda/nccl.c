@@ -1,0 +1,172 @@
+/* The NCCL backend (see nccl_ex.h). */
+#include <stdlib.h>
+#include <string.h>
+#include <nccl.h>
+#include "cuda/nccl_ex.h"
+#include "core/comm.h"
+#include "util/util.h"
+
+struct epx_nccl {
+    ncclComm_t comm;
+    int adopted;
+    int R, rank;
+};
+
+static epx_status_t nccl_err(ncclResult_t r, const char *what)
+{
+    if (r == ncclSuccess)
+        return EPX_OK;
+    return epx__error(EPX_ERR_SYSTEM, "%s: %s", what, ncclGetErrorString(r));
+}
+
+epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt, epx_nccl_t **out)
+{
+    epx_nccl_t *nc = calloc(1, sizeof(*nc));
+    if (!nc)
+        return epx__error(EPX_ERR_NOMEM, "nccl: out of memory");
+    nc->R = comm->nranks;
+    nc->rank = comm->rank;
+    epx_status_t st = EPX_OK;
+    if (adopt) {
+        int n = -1, r = -1;
+        nc->comm = (ncclComm_t)adopt;
+        nc->adopted = 1;
+        st = nccl_err(ncclCommCount(nc->comm, &n), "ncclCommCount");
+        if (st == EPX_OK)
+            st = nccl_err(ncclCommUserRank(nc->comm, &r), "ncclCommUserRank");
+        if (st == EPX_OK && (n != nc->R || r != nc->rank))
+            st = epx__error(EPX_ERR_MISMATCH, "nccl: adopted communicator has "
+                            "rank %d of %d, the epx comm rank %d of %d", r, n,
+                            nc->rank, nc->R);
+    } else {
+        ncclUniqueId id;
+        memset(&id, 0, sizeof(id));
+        int32_t ok = EPX_OK;
+        if (nc->rank == 0)
+            ok = nccl_err(ncclGetUniqueId(&id), "ncclGetUniqueId");
+        /* Rank 0's id (and status) reach everyone through the bootstrap. */
+        struct { int32_t ok; ncclUniqueId id; } mine = { ok, id }, *all =
+            malloc(sizeof(mine) * (size_t)nc->R);
+        if (!all)
+            st = epx__error(EPX_ERR_NOMEM, "nccl: out of memory");
+        else
+            st = epx__comm_allgather(comm, &mine, all, sizeof(mine));
+        if (st == EPX_OK && all[0].ok != EPX_OK)
+            st = nc->rank == 0 ? ok
+                               : epx__error(EPX_ERR_PEER, "nccl: rank 0 could "
+                                            "not get a unique id");
+        if (st == EPX_OK)
+            st = nccl_err(ncclCommInitRank(&nc->comm, nc->R, all[0].id,
+                                           nc->rank),
+                          "ncclCommInitRank");
+        free(all);
+    }
+    if (st != EPX_OK) {
+        free(nc);
+        return st;
+    }
+    *out = nc;
+    return EPX_OK;
+}
+
+void epx__nccl_destroy(epx_nccl_t *nc)
+{
+    if (!nc)
+        return;
+    if (!nc->adopted) {
+        ncclCommFinalize(nc->comm);
+        ncclCommDestroy(nc->comm);
+    }
+    free(nc);
+}
+
+int epx__nccl_adopted(const epx_nccl_t *nc)
+{
+    return nc->adopted;
+}
+
+epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
+                              const int32_t *mycnt, int32_t *cnt,
+                              void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    const size_t n = (size_t)g->cnt_ints - 1;
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < nc->R && r == ncclSuccess; p++) {
+        r = ncclSend(mycnt, n, ncclInt32, p, nc->comm, st);
+        if (r == ncclSuccess)
+            r = ncclRecv(cnt + (size_t)p * g->cnt_ints, n, ncclInt32, p,
+                         nc->comm, st);
+    }
+    ncclResult_t e = ncclGroupEnd();
+    return nccl_err(r != ncclSuccess ? r : e, "nccl count exchange");
+}
+
+/* Rows as bytes, metadata as int32 / float words. */
+static ncclResult_t rows_pair(epx_nccl_t *nc, const epxk_geom_t *g, int p,
+                              const char *sbase, int64_t s0, int64_t ns,
+                              char *rbase_, int64_t r0, int64_t nr,
+                              cudaStream_t st)
+{
+    ncclResult_t r = ncclSuccess;
+    if (ns > 0)
+        r = ncclSend(sbase + s0 * g->row_bytes,
+                     (size_t)(ns * g->row_bytes), ncclUint8, p, nc->comm, st);
+    if (r == ncclSuccess && nr > 0)
+        r = ncclRecv(rbase_ + r0 * g->row_bytes, (size_t)(nr * g->row_bytes),
+                     ncclUint8, p, nc->comm, st);
+    return r;
+}
+
+static ncclResult_t meta_pair(epx_nccl_t *nc, const epxk_geom_t *g, int p,
+                              const char *stage, int64_t s0, int64_t ns,
+                              char *win, int64_t r0, int64_t nr,
+                              cudaStream_t st)
+{
+    /* src_rank, src_token: a word per row; topk ids and weights: K. */
+    const int64_t off[4] = { g->off_src_rank, g->off_src_token, g->off_idx,
+                             g->off_w };
+    ncclResult_t r = ncclSuccess;
+    for (int f = 0; f < 4 && r == ncclSuccess; f++) {
+        int64_t per = f >= 2 ? g->K : 1;
+        if (ns > 0)
+            r = ncclSend(stage + off[f] + s0 * per * 4, (size_t)(ns * per),
+                         ncclInt32, p, nc->comm, st);
+        if (r == ncclSuccess && nr > 0)
+            r = ncclRecv(win + off[f] + r0 * per * 4, (size_t)(nr * per),
+                         ncclInt32, p, nc->comm, st);
+    }
+    return r;
+}
+
+epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
+                                char *stage, char *win, const int64_t *nsend,
+                                const int64_t *sendoff, const int64_t *nrecv,
+                                const int64_t *rbase, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < nc->R && r == ncclSuccess; p++) {
+        r = rows_pair(nc, g, p, stage + g->off_rows, sendoff[p], nsend[p],
+                      win + g->off_rows, rbase[p], nrecv[p], st);
+        if (r == ncclSuccess)
+            r = meta_pair(nc, g, p, stage, sendoff[p], nsend[p], win,
+                          rbase[p], nrecv[p], st);
+    }
+    ncclResult_t e = ncclGroupEnd();
+    return nccl_err(r != ncclSuccess ? r : e, "nccl dispatch exchange");
+}
+
+epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
+                               const void *y, char *win, const int64_t *nsend,
+                               const int64_t *sendoff, const int64_t *nrecv,
+                               const int64_t *rbase, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < nc->R && r == ncclSuccess; p++)
+        r = rows_pair(nc, g, p, (const char *)y, rbase[p], nrecv[p],
+                      win + g->off_comb, sendoff[p], nsend[p], st);
+    ncclResult_t e = ncclGroupEnd();
+    return nccl_err(r != ncclSuccess ? r : e, "nccl combine exchange");
+}

@@ -1,0 +1,237 @@
+/*
+ * GPU executor against the reference (needs a GPU; exit 77 without one).
+ * Ranks as threads of one process on one GPU (one stream and an SM budget
+ * each, so every rank's kernels are resident together): 2, 4 and 8 ranks;
+ * ranks as separate processes through CUDA IPC / cuMem descriptors: 2 and
+ * 4; the NCCL backend with one rank per GPU where there are two GPUs.
+ * Received rows, metadata, counts and combine output are compared bit for
+ * bit with tests/ref.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cuda_runtime.h>
+
+#include "common/epx_test.h"
+#include "common/thread_ranks.h"
+#include "ref/ref.h"
+#include "epx/cuda.h"
+
+typedef struct gcase {
+    int R, E, K, H, maxT;
+    epx_dtype_t dtype;
+    epx_cuda_backend_t backend;
+    int one_device;     /* all ranks on device 0 */
+} gcase_t;
+
+static void gen(const gcase_t *c, int r, int64_t *T, int64_t **idx, float **w,
+                void **x)
+{
+    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, 0, 0) };
+    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    *T = (int64_t)epxt_below(&g, (uint64_t)c->maxT + 1);
+    *idx = calloc((size_t)(*T * c->K + 1), sizeof(int64_t));
+    *w = calloc((size_t)(*T * c->K + 1), sizeof(float));
+    *x = calloc((size_t)(*T * c->H + 1), (size_t)es);
+    for (int64_t i = 0; i < *T * c->K; i++) {
+        (*idx)[i] = epxt_below(&g, 5) == 0 ? -1
+                                           : (int64_t)epxt_below(&g, (uint64_t)c->E);
+        (*w)[i] = (float)epxt_below(&g, 1000) / 997.0f;
+    }
+    for (int64_t i = 0; i < *T * c->H; i++)
+        ref_store(c->dtype, *x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
+}
+
+static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = (float)((int)(epxt_hash(epxt_seed(), (uint64_t)src, (uint64_t)t,
+                                         (uint64_t)who, (uint64_t)h) % 33) - 16) / 8.0f;
+}
+
+#define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
+
+static int gpu_rank(epx_comm_t *comm, void *arg)
+{
+    const gcase_t *c = arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
+    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    int ndev = 0;
+    CHECK_OK(epx_cuda_devices(&ndev));
+    int dev = c->one_device ? 0 : me % ndev;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = c->H;
+    p.num_experts = c->E;
+    p.topk = c->K;
+    p.max_tokens_per_rank = c->maxT;
+    p.dtype = c->dtype;
+    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
+    cp.device = dev;
+    cp.backend = c->backend;
+    epx_cuda_moe_t *m = NULL;
+    CHECK_OK(epx_cuda_moe_create(comm, &p, &cp, &m));
+    CHECK(epx_cuda_moe_num_sms(m) >= 1);
+    cudaStream_t st;
+    CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    int64_t **idx = calloc((size_t)R, sizeof(*idx));
+    float **w = calloc((size_t)R, sizeof(*w));
+    void **x = calloc((size_t)R, sizeof(*x));
+    for (int r = 0; r < R; r++) {
+        gen(c, r, &src[r].T, &idx[r], &w[r], &x[r]);
+        src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r] };
+    }
+    const int64_t T = src[me].T;
+    void *dx, *didx, *dw, *dout;
+    CU(cudaMalloc(&dx, (size_t)(T * c->H + 1) * es));
+    CU(cudaMalloc(&didx, (size_t)(T * c->K + 1) * 8));
+    CU(cudaMalloc(&dw, (size_t)(T * c->K + 1) * 4));
+    CU(cudaMalloc(&dout, (size_t)(T * c->H + 1) * 4));
+    CU(cudaMemcpy(dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice));
+
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ dx, c->dtype, T, c->H };
+    a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT64, T, c->K };
+    a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, c->K };
+    CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    ref_recv_t want;
+    CHECK(ref_dispatch(&cfg, src, me, &want) == 0);
+    CHECK(rv.num_rows == want.num_rows);
+    for (int j = 0; j < want.num_local; j++)
+        CHECK(rv.expert_counts[j] == want.counts[j]);
+    const int64_t n = rv.num_rows;
+    unsigned char *hx = malloc((size_t)(n * c->H + 1) * es);
+    int32_t *hs = malloc(sizeof(int32_t) * (size_t)(2 * n + 2 * n * c->K + 1));
+    CU(cudaStreamSynchronize(st));
+    CU(cudaMemcpy(hx, rv.x.data, (size_t)(n * c->H) * es, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hs, rv.src_rank, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hs + n, rv.src_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hs + 2 * n, rv.topk_idx, sizeof(int32_t) * n * c->K,
+                  cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hs + 2 * n + n * c->K, rv.topk_weights,
+                  sizeof(float) * n * c->K, cudaMemcpyDeviceToHost));
+    CHECK(memcmp(hx, want.x, (size_t)(n * c->H) * es) == 0);
+    CHECK(memcmp(hs, want.src_rank, 4 * (size_t)n) == 0);
+    CHECK(memcmp(hs + n, want.src_token, 4 * (size_t)n) == 0);
+    CHECK(memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
+    CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * c->K)) == 0);
+
+    /* Expert outputs in place over recv.x, as the contract allows. */
+    float *row = malloc(sizeof(float) * (size_t)c->H);
+    for (int64_t i = 0; i < n; i++) {
+        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i], me, row);
+        for (int h = 0; h < c->H; h++)
+            ref_store(c->dtype, hx, i * c->H + h, row[h]);
+    }
+    CU(cudaMemcpy(rv.x.data, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = rv.x;
+    CHECK_OK(epx_cuda_combine_send(m, &ca, st));
+    epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
+    CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+    float *got = malloc(sizeof(float) * (size_t)(T * c->H + 1));
+    float *exp = malloc(sizeof(float) * (size_t)(T * c->H + 1));
+    CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
+                       cudaMemcpyDeviceToHost, st));
+    CU(cudaStreamSynchronize(st));
+    CHECK(ref_combine(&cfg, me, &src[me], 0, y_fn, &cfg.hidden, EPX_DTYPE_FP32,
+                      exp) == 0);
+    CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
+
+    ref_recv_free(&want);
+    epx_cuda_moe_destroy(m);
+    cudaFree(dx);
+    cudaFree(didx);
+    cudaFree(dw);
+    cudaFree(dout);
+    cudaStreamDestroy(st);
+    for (int r = 0; r < R; r++) {
+        free(idx[r]);
+        free(w[r]);
+        free(x[r]);
+    }
+    free(src), free(idx), free(w), free(x), free(hx), free(hs), free(row);
+    free(got), free(exp);
+    return 0;
+}
+
+static void threads_one_gpu(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4, 8 };
+    for (size_t i = 0; i < 3; i++)
+        for (int d = 0; d < 2; d++) {
+            gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
+                          d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
+                          EPX_CUDA_BACKEND_WINDOWS, 1 };
+            assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
+        }
+}
+
+static void processes_one_gpu(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++) {
+        gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
+                      EPX_CUDA_BACKEND_WINDOWS, 1 };
+        assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
+    }
+}
+
+static void nccl_two_gpus(void **state)
+{
+    (void)state;
+    int ndev = 0;
+    if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
+        skip();
+    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0 };
+    assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
+}
+
+/* Probe in a child: CUDA must not be initialised in this process before
+ * the process ranks are forked. */
+static int have_gpu(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        int n = 0;
+        if (epx_cuda_devices(&n) != EPX_OK) {
+            printf("skip: %s\n", epx_last_error());
+            fflush(stdout);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    return pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+           WEXITSTATUS(status) == 0;
+}
+
+int main(void)
+{
+    epxt_init("test_cuda_moe");
+    if (!have_gpu())
+        return 77;
+    /* Forked process ranks first, before this process touches CUDA. */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(processes_one_gpu),
+        cmocka_unit_test(threads_one_gpu),
+        cmocka_unit_test(nccl_two_gpus),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,380 @@
+/*
+ * The GPU executor's arithmetic (src/cuda/kern.h) run on the host: R
+ * simulated ranks with windows in host memory go through the kernels'
+ * steps item by item (layout per destination and per expert, count rows
+ * into every window, offsets, pack, receive totals, combine put and
+ * reduce), for both backends' addressing (windows: rows stored at the
+ * destination's offsets; NCCL: packed staging moved per peer), and every
+ * rank's receive and combine output are compared bit for bit with the
+ * independent reference (tests/ref).  Runs without a GPU.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+#include "ref/ref.h"
+#include "cuda/kern.h"
+
+typedef struct scen {
+    int R, E, K, H, maxT;
+    epx_dtype_t dtype, out;
+    int idx64;
+    int route;      /* 0 random (with -1 and repeats), 1 all to expert 0,
+                       2 no expert at all */
+    int zero_tokens; /* some ranks send nothing */
+} scen_t;
+
+typedef struct rank_state {
+    int64_t T;
+    void *x;                 /* [T][H] dtype */
+    int64_t *idx64;          /* [T][K] reference ids */
+    void *idx;               /* as the kernels see them */
+    float *w;
+    int32_t *dest, *pos, *mycnt;
+    int64_t sendoff[128], base[128];
+} rank_state_t;
+
+static epxt_rng_t rng;
+
+static float y_value(int src, int64_t t, int who, int h)
+{
+    /* Small integers / 8: exact in bf16, sums exact enough to matter. */
+    return (float)((int)(epxt_hash(epxt_seed(), (uint64_t)src, (uint64_t)t,
+                                   (uint64_t)who, (uint64_t)h) % 33) - 16) /
+           8.0f;
+}
+
+static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = y_value(src, t, who, h);
+}
+
+static void run(const scen_t *sc)
+{
+    const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
+    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int oesize = sc->out == EPX_DTYPE_BF16 ? 2 : 4;
+    assert_true(R <= 128);
+    epxk_geom_t g0 = { 0 };
+    g0.R = R;
+    g0.E = E;
+    g0.K = K;
+    g0.H = H;
+    g0.esize = esize;
+    g0.maxT = sc->maxT;
+    epxk_geom_layout(&g0);
+    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
+    int32_t first[129];
+    for (int r = 0; r <= R; r++)
+        first[r] = epxk_first_expert(R, E, r);
+    for (int r = 0; r < R; r++) {
+        assert_int_equal(first[r], ref_first_expert(R, E, r));
+        for (int e = first[r]; e < first[r + 1]; e++)
+            e2r[e] = r;
+    }
+
+    rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    char **win = calloc((size_t)R, sizeof(char *));
+    char **stage = calloc((size_t)R, sizeof(char *));
+    char **nwin = calloc((size_t)R, sizeof(char *));
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        s->T = sc->zero_tokens && r % 2 ? 0
+                                        : (int64_t)epxt_below(&rng,
+                                                              (uint64_t)sc->maxT + 1);
+        s->x = calloc((size_t)(s->T * H + 1), (size_t)esize);
+        s->idx64 = calloc((size_t)(s->T * K + 1), sizeof(int64_t));
+        s->idx = calloc((size_t)(s->T * K + 1), sc->idx64 ? 8 : 4);
+        s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
+        for (int64_t i = 0; i < s->T * H; i++)
+            ref_store(sc->dtype, s->x, i,
+                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+        for (int64_t i = 0; i < s->T * K; i++) {
+            int64_t e;
+            if (sc->route == 1)
+                e = i % K == 0 ? 0 : -1;
+            else if (sc->route == 2)
+                e = -1;
+            else
+                e = epxt_below(&rng, 5) == 0
+                        ? -1 : (int64_t)epxt_below(&rng, (uint64_t)E);
+            s->idx64[i] = e;
+            if (sc->idx64)
+                ((int64_t *)s->idx)[i] = e;
+            else
+                ((int32_t *)s->idx)[i] = (int32_t)e;
+            s->w[i] = (float)epxt_below(&rng, 1000) / 997.0f;
+        }
+        s->dest = malloc(sizeof(int32_t) * (size_t)(sc->maxT * g0.maxdest + 1));
+        s->pos = malloc(sizeof(int32_t) * (size_t)(sc->maxT * g0.maxdest + 1));
+        s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
+        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
+        win[r] = calloc(1, (size_t)g0.total);
+        stage[r] = calloc(1, (size_t)g0.total);
+        nwin[r] = calloc(1, (size_t)g0.total);
+        assert_non_null(win[r]);
+        assert_non_null(stage[r]);
+        assert_non_null(nwin[r]);
+    }
+
+    const int p = 1;   /* call parity */
+    /* Layout kernel: per destination, per expert; counts into every
+     * window (and, for NCCL, the same rows into nwin by the count
+     * exchange). */
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
+        for (int64_t i = 0; i < s->T * g.maxdest; i++)
+            s->dest[i] = -1;
+        for (int u = 0; u < R + E; u++)
+            s->mycnt[u] = (int32_t)(u < R
+                ? epxk_layout_dest(&g, &ids, e2r, s->T, u, s->dest, s->pos)
+                : epxk_layout_expert(&g, &ids, s->T, u - R));
+        int64_t o = 0;
+        for (int d = 0; d < R; d++) {
+            s->sendoff[d] = o;
+            o += s->mycnt[d];
+        }
+        for (int d = 0; d < R; d++) {
+            int32_t *c = (int32_t *)(win[d] + g.off_cnt) +
+                         epxk_cnt_index(&g, p, r);
+            memcpy(c, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+            c[R + E] = 1;
+            memcpy((int32_t *)(nwin[d] + g.off_cnt) + epxk_cnt_index(&g, p, r),
+                   s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+        }
+    }
+    /* Offsets and pack, both addressings. */
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
+        const int32_t *cnt = (const int32_t *)(win[r] + g.off_cnt) +
+                             epxk_cnt_index(&g, p, 0);
+        for (int d = 0; d < R; d++)
+            s->base[d] = epxk_dest_base(&g, cnt, d);
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            int d = s->dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            int64_t slot = s->sendoff[d] + s->pos[i];
+            assert_int_equal(slot, epxk_ret_slot(&g, s->sendoff, s->dest,
+                                                 s->pos, t, (int)(i % g.maxdest)));
+            for (int pass = 0; pass < 2; pass++) {
+                char *w = pass == 0 ? win[d] : stage[r];
+                int64_t row = pass == 0 ? s->base[d] + s->pos[i] : slot;
+                memcpy(w + g.off_rows + row * g.row_bytes,
+                       (const char *)s->x + t * g.row_bytes,
+                       (size_t)g.row_bytes);
+                ((int32_t *)(w + g.off_src_rank))[row] = r;
+                ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+                ((int32_t *)(w + g.off_ret_slot))[row] = (int32_t)slot;
+                epxk_meta_topk(&g, &ids, s->w, e2r, t, d, first[d],
+                               (int32_t *)(w + g.off_idx) + row * K,
+                               (float *)(w + g.off_w) + row * K);
+            }
+        }
+    }
+    /* NCCL: rows [sendoff[d], +n) of each source's staging to d at the
+     * source's receive base there (what the grouped send/recv moves). */
+    for (int sr = 0; sr < R; sr++)
+        for (int d = 0; d < R; d++) {
+            epxk_geom_t g = g0;
+            g.rank = d;
+            const int32_t *cnt = (const int32_t *)(nwin[d] + g.off_cnt) +
+                                 epxk_cnt_index(&g, p, 0);
+            int64_t n = rs[sr].mycnt[d], r0 = epxk_src_base(&g, cnt, sr);
+            int64_t s0 = rs[sr].sendoff[d];
+            assert_int_equal(n, cnt[(int64_t)sr * g.cnt_ints + d]);
+            memcpy(nwin[d] + g.off_rows + r0 * g.row_bytes,
+                   stage[sr] + g.off_rows + s0 * g.row_bytes,
+                   (size_t)(n * g.row_bytes));
+            const int64_t offs[4] = { g.off_src_rank, g.off_src_token,
+                                      g.off_idx, g.off_w };
+            for (int f = 0; f < 4; f++) {
+                int64_t per = f >= 2 ? K : 1;
+                memcpy(nwin[d] + offs[f] + r0 * per * 4,
+                       stage[sr] + offs[f] + s0 * per * 4,
+                       (size_t)(n * per * 4));
+            }
+        }
+
+    ref_cfg_t cfg = { R, E, K, H, sc->dtype, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    for (int r = 0; r < R; r++) {
+        epxk_geom_t g = g0;
+        g.rank = r;
+        ref_recv_t want;
+        assert_int_equal(ref_dispatch(&cfg, src, r, &want), 0);
+        for (int pass = 0; pass < 2; pass++) {
+            char *w = pass == 0 ? win[r] : nwin[r];
+            const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
+                                 epxk_cnt_index(&g, p, 0);
+            int64_t rows = epxk_recv_rows(&g, cnt);
+            assert_int_equal(rows, want.num_rows);
+            for (int j = 0; j < want.num_local; j++)
+                assert_int_equal(epxk_recv_expert(&g, cnt, first[r], j),
+                                 want.counts[j]);
+            for (int64_t i = 0; i < rows; i++) {
+                assert_int_equal(((int32_t *)(w + g.off_src_rank))[i],
+                                 want.src_rank[i]);
+                assert_int_equal(((int32_t *)(w + g.off_src_token))[i],
+                                 want.src_token[i]);
+                assert_memory_equal((int32_t *)(w + g.off_idx) + i * K,
+                                    want.topk_idx + i * K, 4 * (size_t)K);
+                assert_memory_equal((float *)(w + g.off_w) + i * K,
+                                    want.weights + i * K, 4 * (size_t)K);
+                assert_memory_equal(w + g.off_rows + i * g.row_bytes,
+                                    want.x + i * g.row_bytes,
+                                    (size_t)g.row_bytes);
+            }
+        }
+        ref_recv_free(&want);
+    }
+
+    /* Combine put: each rank's expert output row i (its whole partial for
+     * that token) into the source's comb at the row's return slot. */
+    float *yrow = malloc(sizeof(float) * (size_t)H);
+    for (int d = 0; d < R; d++) {
+        epxk_geom_t g = g0;
+        g.rank = d;
+        const int32_t *cnt = (const int32_t *)(win[d] + g.off_cnt) +
+                             epxk_cnt_index(&g, p, 0);
+        int64_t rows = epxk_recv_rows(&g, cnt);
+        for (int64_t i = 0; i < rows; i++) {
+            int s = ((int32_t *)(win[d] + g.off_src_rank))[i];
+            int64_t t = ((int32_t *)(win[d] + g.off_src_token))[i];
+            int64_t slot = ((int32_t *)(win[d] + g.off_ret_slot))[i];
+            y_fn(&cfg.hidden, s, t, d, yrow);
+            char *dst = win[s] + g.off_comb + slot * g.row_bytes;
+            for (int h = 0; h < H; h++)
+                epxk_store(dst, esize, h, yrow[h]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
+        char *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int h = 0; h < H; h++)
+                epxk_store(got + t * H * oesize, oesize, h,
+                           epxk_combine_elem(&g, win[r] + g.off_comb,
+                                             s->sendoff, s->dest, s->pos, t,
+                                             h));
+        assert_int_equal(ref_combine(&cfg, r, &src[r], 0, y_fn, &cfg.hidden,
+                                     sc->out, want), 0);
+        assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
+        free(got);
+        free(want);
+    }
+
+    free(yrow);
+    for (int r = 0; r < R; r++) {
+        free(rs[r].x);
+        free(rs[r].idx64);
+        free(rs[r].idx);
+        free(rs[r].w);
+        free(rs[r].dest);
+        free(rs[r].pos);
+        free(rs[r].mycnt);
+        free(win[r]);
+        free(stage[r]);
+        free(nwin[r]);
+    }
+    free(rs);
+    free(src);
+    free(win);
+    free(stage);
+    free(nwin);
+    free(e2r);
+}
+
+static void matrix(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++)
+        for (int c = 0; c < 4; c++) {
+            const int R = ranks[i];
+            scen_t sc = {
+                .R = R, .E = 2 * R + 3, .K = 4, .H = c % 2 ? 24 : 13,
+                .maxT = R >= 72 ? 6 : 20,
+                .dtype = c < 2 ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
+                .out = c == 1 || c == 2 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16,
+                .idx64 = c & 1, .route = 0, .zero_tokens = 0,
+            };
+            run(&sc);
+        }
+}
+
+static void edges(void **state)
+{
+    (void)state;
+    /* every token to expert 0 (all on rank 0); no expert at all; half the
+     * ranks with no token; fewer experts than ranks; topk = experts */
+    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0 };
+    run(&a);
+    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0 };
+    run(&b);
+    scen_t c = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 1 };
+    run(&c);
+    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0 };
+    run(&d);
+    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0 };
+    run(&e);
+}
+
+static void invalid_ids(void **state)
+{
+    (void)state;
+    /* Ids outside [-1, E) read as -1 and are flagged, never index e2r. */
+    const int32_t idx[6] = { 0, -1, 5, -2, 4, 7 };
+    const epxk_ids_t ids = { idx, 0, 2, 5 };
+    int bad = 0;
+    for (int t = 0; t < 3; t++)
+        for (int k = 0; k < 2; k++) {
+            bad += epxk_expert_bad(&ids, t, k);
+            int64_t e = epxk_expert_id(&ids, t, k);
+            assert_true(e >= -1 && e < 5);
+        }
+    assert_int_equal(bad, 3);
+}
+
+static void bf16_matches_host(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 200000; i++) {
+        uint32_t u = (uint32_t)epxt_next(&rng);
+        float f;
+        memcpy(&f, &u, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u)
+            continue;   /* ref: finite values only */
+        assert_int_equal(epxk_f32_to_bf16(f), ref_bf16(f));
+    }
+}
+
+int main(void)
+{
+    epxt_init("test_kern_host");
+    rng.state = epxt_seed();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(matrix),
+        cmocka_unit_test(edges),
+        cmocka_unit_test(invalid_ids),
+        cmocka_unit_test(bf16_matches_host),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
