@@ -1,5 +1,6 @@
 /* CUDA errors, device presence and the driver entry points. */
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include "cuda/cuda_int.h"
 #include "util/util.h"

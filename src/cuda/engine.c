@@ -5,6 +5,8 @@
  * rank, then rows at offsets computed from the whole count matrix, partials
  * back to the slot each token had in its source's packed order).
  */
+#include "config.h"   /* EPX_HAVE_NCCL */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "epx/cuda.h"
@@ -186,7 +188,7 @@ static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
 
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
-        st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) ? (n) : 1),         \
+        st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) > 0 ? (n) : 1),         \
                            "cudaMalloc");                                      \
         if (st != EPX_OK)                                                      \
             goto out;                                                          \
@@ -249,10 +251,11 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     epxk_geom_layout(g);
     /* Row indices and slots are int32 on the device. */
     if ((int64_t)R * maxT * g->K >= INT32_MAX) {
+        int K = g->K;
         free(m);
         return epx__error(EPX_ERR_RANGE, "cuda moe: %d ranks x %lld tokens "
                           "x topk %d exceeds 32-bit row indices", R,
-                          (long long)maxT, g->K);
+                          (long long)maxT, K);
     }
 
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
