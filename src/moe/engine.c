@@ -117,6 +117,7 @@ static epx_status_t plan_window(epx_moe_t *m)
     size_t at = 0;
     o->counts = at;    at = align64(at + 2 * R * (size_t)m->blk_ints * 4);
     o->status = at;    at = align64(at + 2 * R * 4);
+    o->done = at;      at = align64(at + R * 4);
     o->entries = at;   at = align64(at + ents * (size_t)m->ent_ints * 4);
     o->src_rank = at;  at = align64(at + rows * 4);
     o->src_token = at; at = align64(at + rows * 4);

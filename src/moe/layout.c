@@ -127,6 +127,7 @@ void moe_handle_free(epx_handle_t *h)
     free(h->ebase);
     free(h->ecount);
     free(h->ucount);
+    moe_ht_poll_free(h);
     free(h);
 }
 
