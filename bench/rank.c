@@ -109,6 +109,10 @@ int bench_rank_main(bench_ctx_t *ctx)
         rc = bench_run_balance(ctx);
         goto out;
     }
+    if (o->overlap) {
+        rc = bench_run_overlap(ctx);
+        goto out;
+    }
 
     epx_moe_params_t mp;
     bench_moe_params(ctx, &mp);

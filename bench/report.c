@@ -310,6 +310,8 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
 {
     if (o->balance)
         return bench_report_balance(o, wl, results, launcher);
+    if (o->overlap)
+        return bench_report_overlap(o, wl, results, launcher);
     const int N = wl->nranks;
     double mean_bytes = 0, mean_rows = 0;
     for (int r = 0; r < N; r++) {

@@ -10,7 +10,10 @@
 #  4. error paths: a trace with a missing file, a bad option;
 #  5. --balance at 8 ranks: both runs verified (token-major with the fork
 #     launcher, expert-major fp32 with the DeepSeek policy under the default
-#     launcher), and the balancer lowers the measured imbalance.
+#     launcher), and the balancer lowers the measured imbalance;
+#  6. --overlap (when built with OpenBLAS; else the refusal message): both
+#     layouts at 3 ranks verified, the three step series and a hidden
+#     fraction in [0, 1].
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -122,4 +125,30 @@ assert on["imbalance"] < off["imbalance"], (on["imbalance"], off["imbalance"])
 EOF
     fi
 done
+
+# 6. --overlap
+ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 6 \
+    --warmup 1 --ffn 16"
+if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
+    run ov $ov --launcher fork --json
+    run ov_em $ov --layout expert --align 4 --dtype fp32 --no-inplace --json
+    for n in ov ov_em; do
+        grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
+        if command -v python3 >/dev/null 2>&1; then
+            python3 - "$tmp/$n.out" <<'EOF' || fail "$n: overlap figures"
+import json, sys
+d = json.load(open(sys.argv[1]))
+o = d["overlap"]
+assert d["checked"] > 0 and d["mismatches"] == 0, d
+assert 0 <= o["hidden_fraction"] <= 1 and o["ffn"] == 16, o
+for k in ("comm", "compute", "overlapped"):
+    assert len(o[k]["step_us"]) == 6 and min(o[k]["step_us"]) > 0, o[k]
+EOF
+        fi
+    done
+else
+    grep -q -- "--overlap is unavailable" "$tmp/ov0.err" ||
+        { cat "$tmp/ov0.err" >&2; fail "--overlap failed"; }
+    echo "note: --overlap not built (no OpenBLAS)" >&2
+fi
 exit 0
