@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "util/util.h"
-#include "moe/moe.h"
+#include "moe/hier.h"
 
 static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
 {
@@ -313,12 +313,16 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if (st == EPX_OK && !cached) {
         plan_offsets(m, h);
         st = moe_ht_poll_plan(m, h);
+        if (st == EPX_OK && m->hier)
+            st = moe_hier_plan(m, h);
     }
     if (st == EPX_OK && moe_hook_before_data)
         moe_hook_before_data(m);
-    if (st == EPX_OK)
+    if (st == EPX_OK && m->hier)
+        st = moe_hier_dispatch(m, h, a);
+    else if (st == EPX_OK)
         st = send_tokens(m, h, a);
-    if (st == EPX_OK)
+    if (st == EPX_OK && !m->hier)
         st = signal_data(m);
     if (st != EPX_OK) {
         if (!cached)

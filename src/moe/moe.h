@@ -94,6 +94,7 @@ struct epx_moe {
     void *wire;                /* [row_bytes] one row in the engine dtype */
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
+    struct moe_hier *hier;     /* EPX_MOE_HIERARCHICAL (hier.h), or NULL */
 };
 
 struct epx_handle {
@@ -119,6 +120,7 @@ struct epx_handle {
     /* readiness (ht_poll.c): the sources that feed each local unit, CSR */
     int32_t *feed_off;         /* [nlocal + 1] */
     int32_t *feed_src;         /* [nlocal * R] ascending per unit */
+    struct moe_hier_h *hier_h; /* hierarchical forwarding bases (hier.h) */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
