@@ -71,6 +71,7 @@ typedef struct bench_opts {
     int overlap;
     int ffn;                   /* expert intermediate size (0: 2H/7) */
     int blas_threads;
+    int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
 } bench_opts_t;
 
 /* options.c */
@@ -128,6 +129,13 @@ typedef struct bench_result {
     int64_t checked[BENCH_NIMPL];      /* rows + tokens verified */
     int64_t mismatches[BENCH_NIMPL];
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
+    /* Bytes of token rows this rank sends to ranks of other domains per
+     * epx iteration (cross_known: domains were looked at): flat
+     * (one row per remote destination rank) and hierarchical (one per
+     * remote destination domain), from the routing; measured by a
+     * hierarchical engine (dispatch rows, combine fp32 accumulators). */
+    int32_t cross_known, num_domains;
+    int64_t cross_flat, cross_hier, cross_meas_dispatch, cross_meas_combine;
     double times[];
 } bench_result_t;
 
@@ -163,6 +171,9 @@ typedef struct bench_ctx {
 } bench_ctx_t;
 
 /* rank.c: everything one rank does; 0 on success (mismatches included). */
+/* The routing's cross-domain bytes into ctx->res (collective: the
+ * communicator's topology); when --hierarchical or EPX_TOPO_FILE. */
+int bench_cross_domain(bench_ctx_t *ctx);
 /* Engine parameters of the workload and options (no slots, one layer). */
 void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp);
 int bench_rank_main(bench_ctx_t *ctx);

@@ -78,6 +78,19 @@ static const char bench_usage[] =
 "  --policy epx|deepseek planner policy (epx)\n"
 "  --groups G, --domains D  expert groups and rank domains of the plan (1)\n"
 "\n"
+"Domains (the ranks' domains from the communicator's topology; on one\n"
+"host, EPX_TOPO_FILE=gb200-nvl72-x2 or a description of several hosts\n"
+"places the ranks on several domains):\n"
+"  --hierarchical        epx engines with EPX_MOE_HIERARCHICAL: a token\n"
+"                        crosses once per remote destination domain, then is\n"
+"                        forwarded inside it; combine chains the sums back\n"
+"                        (bitwise the flat result).  With it, or with\n"
+"                        EPX_TOPO_FILE set, the report gives the token bytes\n"
+"                        that cross domains per step: flat (one row per\n"
+"                        remote destination rank) and hierarchical (one per\n"
+"                        remote destination domain) from the routing, and\n"
+"                        what the hierarchical engine counted\n"
+"\n"
 "Overlap (--overlap, needs OpenBLAS: epx only, no mpi or memcpy-limit rows):\n"
 "  --overlap             two micro-batches (the workload each) through two\n"
 "                        engines, two-batch overlap: each step dispatches\n"
@@ -354,6 +367,8 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             }
         } else if (!strcmp(name, "--balance")) {
             o->balance = 1;
+        } else if (!strcmp(name, "--hierarchical")) {
+            o->hierarchical = 1;
         } else if (!strcmp(name, "--overlap")) {
             o->overlap = 1;
         } else if (!strcmp(name, "--ffn")) {

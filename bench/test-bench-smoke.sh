@@ -13,7 +13,11 @@
 #     launcher), and the balancer lowers the measured imbalance;
 #  6. --overlap (when built with OpenBLAS; else the refusal message): both
 #     layouts at 3 ranks verified, the three step series and a hidden
-#     fraction in [0, 1].
+#     fraction in [0, 1];
+#  7. --hierarchical on 2 domains (EPX_TOPO_FILE: two CPU hosts), 4 ranks:
+#     verified, and the bytes the engine counted crossing domains equal
+#     those the routing gives (one row per remote destination domain),
+#     fewer than the flat path's.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -151,4 +155,24 @@ else
         { cat "$tmp/ov0.err" >&2; fail "--overlap failed"; }
     echo "note: --overlap not built (no OpenBLAS)" >&2
 fi
+
+# 7. --hierarchical
+EPX_TOPO_FILE="${srcdir:-.}/tests/moe/data/cpu-2host.json"
+export EPX_TOPO_FILE
+run hier --ranks 4 --tokens 40 $small --hierarchical --impl epx --json
+run hier_em --ranks 4 --tokens 40 $small --hierarchical --layout expert \
+    --align 4 --launcher fork --json
+unset EPX_TOPO_FILE
+for n in hier hier_em; do
+    grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$tmp/$n.out" <<'EOF' || fail "$n: cross-domain bytes"
+import json, sys
+c = json.load(open(sys.argv[1]))["cross_domain"]
+assert c["domains"] == 2 and c["hierarchical"], c
+assert c["measured_dispatch_bytes"] == c["hier_dispatch_bytes"] > 0, c
+assert c["hier_dispatch_bytes"] < c["flat_dispatch_bytes"], c
+EOF
+    fi
+done
 exit 0
