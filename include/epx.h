@@ -321,7 +321,10 @@ typedef enum epx_wire {
                                       instead of failing with EPX_ERR_RANGE */
 #define EPX_MOE_HIERARCHICAL 0x2u  /* throughput: cross between domains once
                                       per destination domain, then forward
-                                      inside the domain */
+                                      inside the domain; the domains
+                                      (epx_comm_topology) must be equal
+                                      contiguous rank blocks; combine_send
+                                      then waits for its domain's partials */
 
 #define EPX_MOE_PARAMS_VERSION 3
 typedef struct epx_moe_params {
