@@ -70,6 +70,12 @@ typedef struct bench_opts {
     int slots;                 /* 0: experts + experts/8, to a rank multiple */
     epx_balance_policy_t policy;
     int groups, domains;
+    /* --overlap: two micro-batches through two engines, a GEMM expert
+     * (run_overlap.c, expert_ffn.c) */
+    int overlap;
+    int ffn;                   /* expert intermediate size (0: 2H/7) */
+    int blas_threads;
+    int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
 } bench_opts_t;
 
 /* options.c */
@@ -129,6 +135,13 @@ typedef struct bench_result {
     int64_t dropped;           /* epx, low latency: rows dropped at capacity
                                   over all iterations (not verified) */
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
+    /* Bytes of token rows this rank sends to ranks of other domains per
+     * epx iteration (cross_known: domains were looked at): flat
+     * (one row per remote destination rank) and hierarchical (one per
+     * remote destination domain), from the routing; measured by a
+     * hierarchical engine (dispatch rows, combine fp32 accumulators). */
+    int32_t cross_known, num_domains;
+    int64_t cross_flat, cross_hier, cross_meas_dispatch, cross_meas_combine;
     double times[];
 } bench_result_t;
 
@@ -136,6 +149,12 @@ typedef struct bench_result {
  * and 1 (with), and ran/checked/mismatches/msg of the same index; each
  * rank's expert load of each step follows the times (bench_result_load). */
 enum { BENCH_BAL_OFF = 0, BENCH_BAL_ON = 1, BENCH_NBAL };
+/* --overlap: step times of communication alone (impl 0, phase 0), expert
+ * compute alone (impl 0, phase 1) and both overlapped (impl 1, phase 0);
+ * ran/checked/mismatches/msg of index 0. */
+#define BENCH_OV_COMM(r, n) bench_result_times(r, n, 0, BENCH_PHASE_DISPATCH)
+#define BENCH_OV_COMP(r, n) bench_result_times(r, n, 0, BENCH_PHASE_COMBINE)
+#define BENCH_OV_BOTH(r, n) bench_result_times(r, n, 1, BENCH_PHASE_DISPATCH)
 
 size_t bench_result_size(int iters);
 /* [iters] (token, expert) pairs this rank received in each step of a
@@ -158,6 +177,9 @@ typedef struct bench_ctx {
 } bench_ctx_t;
 
 /* rank.c: everything one rank does; 0 on success (mismatches included). */
+/* The routing's cross-domain bytes into ctx->res (collective: the
+ * communicator's topology); when --hierarchical or EPX_TOPO_FILE. */
+int bench_cross_domain(bench_ctx_t *ctx);
 /* Engine parameters of the workload and options (no slots, one layer). */
 void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp);
 int bench_rank_main(bench_ctx_t *ctx);
@@ -202,6 +224,23 @@ int bench_run_memcpy(bench_ctx_t *ctx);
 /* run_balance.c: both --balance runs */
 int bench_run_balance(bench_ctx_t *ctx);
 int bench_balance_slots(const bench_opts_t *o, int nranks);
+/* run_overlap.c: the three --overlap runs */
+int bench_run_overlap(bench_ctx_t *ctx);
+/* expert_ffn.c: a DeepSeek-style expert FFN per local expert on the
+ * received rows, y = (silu(x W1) * (x W3)) W2 in fp32 through OpenBLAS
+ * sgemm; the outputs stay in scratch (combine takes the synthetic
+ * expert's, which the bench can verify). */
+typedef struct bench_ffn bench_ffn_t;
+int bench_ffn_available(void);
+bench_ffn_t *bench_ffn_new(const bench_ctx_t *ctx, int nlocal);
+void bench_ffn_free(bench_ffn_t *f);
+/* Local expert j on the rows recv describes; returns rows processed. */
+int64_t bench_ffn_expert(bench_ffn_t *f, const epx_recv_t *recv,
+                         epx_layout_t layout, int j);
+int bench_ffn_size(const bench_opts_t *o);
+/* report_overlap.c */
+int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
+                         void *results, const char *launcher);
 #ifdef EPX_HAVE_MPI
 int bench_run_mpi(bench_ctx_t *ctx);
 int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);

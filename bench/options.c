@@ -85,6 +85,35 @@ static const char bench_usage[] =
 "  --policy epx|deepseek planner policy (epx)\n"
 "  --groups G, --domains D  expert groups and rank domains of the plan (1)\n"
 "\n"
+"Domains (the ranks' domains from the communicator's topology; on one\n"
+"host, EPX_TOPO_FILE=gb200-nvl72-x2 or a description of several hosts\n"
+"places the ranks on several domains):\n"
+"  --hierarchical        epx engines with EPX_MOE_HIERARCHICAL: a token\n"
+"                        crosses once per remote destination domain, then is\n"
+"                        forwarded inside it; combine chains the sums back\n"
+"                        (bitwise the flat result).  With it, or with\n"
+"                        EPX_TOPO_FILE set, the report gives the token bytes\n"
+"                        that cross domains per step: flat (one row per\n"
+"                        remote destination rank) and hierarchical (one per\n"
+"                        remote destination domain) from the routing, and\n"
+"                        what the hierarchical engine counted\n"
+"\n"
+"Overlap (--overlap, needs OpenBLAS: epx only, no mpi or memcpy-limit rows):\n"
+"  --overlap             two micro-batches (the workload each) through two\n"
+"                        engines, two-batch overlap: each step dispatches\n"
+"                        mb1, computes mb0's experts as epx_dispatch_poll\n"
+"                        reports them ready, combines mb0, computes mb1,\n"
+"                        combines mb1, dispatches the next mb0.  Three runs\n"
+"                        of --iters steps: communication alone (synthetic\n"
+"                        expert only), expert compute alone, and overlapped;\n"
+"                        hidden = (comm + compute - overlapped) / comm,\n"
+"                        clamped to [0, 1], from the mean step times\n"
+"  --ffn F               expert intermediate size: per local expert and\n"
+"                        micro-batch, silu(x W1) * (x W3) then W2, fp32\n"
+"                        sgemm, H x F weights (2H/7: DeepSeek-V3's 7168 ->\n"
+"                        2048 ratio)\n"
+"  --blas-threads N      OpenBLAS threads per rank (1)\n"
+"\n"
 "Timing: a barrier precedes each timed phase; a phase's time in an iteration\n"
 "is the slowest rank's; p50 and p10..p90 are over the timed iterations;\n"
 "total = dispatch + combine of the same iteration.\n"
@@ -271,6 +300,7 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
     o->replan_every = 5;
     o->policy = EPX_BALANCE_EPX;
     o->groups = o->domains = 1;
+    o->blas_threads = 1;
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -344,6 +374,16 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             }
         } else if (!strcmp(name, "--balance")) {
             o->balance = 1;
+        } else if (!strcmp(name, "--hierarchical")) {
+            o->hierarchical = 1;
+        } else if (!strcmp(name, "--overlap")) {
+            o->overlap = 1;
+        } else if (!strcmp(name, "--ffn")) {
+            if (parse_int(name, NEXT(), 1, 1 << 20, &o->ffn))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--blas-threads")) {
+            if (parse_int(name, NEXT(), 1, 1024, &o->blas_threads))
+                return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--replan-every")) {
             if (parse_int(name, NEXT(), 1, 1000000, &o->replan_every))
                 return BENCH_OPTS_EXIT_ERR;
@@ -468,6 +508,16 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         }
         o->layout = EPX_LAYOUT_EXPERT_MAJOR;
         o->align = 1;   /* ranges are fixed: alignment does not apply */
+    }
+    if (o->overlap && !bench_ffn_available()) {
+        fprintf(stderr, "epx-bench: --overlap is unavailable: built without "
+                "OpenBLAS (install libopenblas-dev and re-run configure)\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    if (o->overlap && (o->balance || o->dump_dir)) {
+        fprintf(stderr, "epx-bench: --overlap goes with neither --balance "
+                "nor --dump\n");
+        return BENCH_OPTS_EXIT_ERR;
     }
     if (o->balance && o->dump_dir) {
         fprintf(stderr, "epx-bench: --dump does not go with --balance\n");

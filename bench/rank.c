@@ -96,6 +96,54 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->mode = ctx->o->mode;
     mp->ll_capacity = ctx->o->ll_capacity;
     mp->flags = ctx->o->ll_drop ? EPX_MOE_LL_DROP : 0;
+    if (ctx->o->hierarchical)
+        mp->flags |= EPX_MOE_HIERARCHICAL;
+}
+
+int bench_cross_domain(bench_ctx_t *ctx)
+{
+    const bench_workload_t *wl = ctx->wl;
+    const epx_topo_t *t;
+    epx_status_t st = epx_comm_topology(ctx->comm, &t);
+    if (st != EPX_OK)
+        return bench_api_fail(ctx, "epx_comm_topology", st);
+    const int R = ctx->nranks, K = wl->topk, me = ctx->rank;
+    int *dom = malloc(sizeof(int) * (size_t)R), nd = 0;
+    if (!dom)
+        return -1;
+    for (int r = 0; r < R; r++) {
+        dom[r] = epx_topo_rank_domain(t, r);
+        int seen = 0;
+        for (int q = 0; q < r; q++)
+            seen |= dom[q] == dom[r];
+        nd += !seen;
+    }
+    const int64_t rowb = (int64_t)wl->hidden * (int64_t)wl->dsize;
+    int64_t flat = 0, hier = 0;
+    for (int64_t i = 0; i < wl->T[me]; i++) {
+        const int32_t *ids = wl->idx[me] + i * K;
+        for (int k = 0; k < K; k++) {
+            if (ids[k] < 0)
+                continue;
+            int r = wl->expert_rank[ids[k]], dup_r = 0, dup_d = 0;
+            for (int j = 0; j < k; j++) {
+                if (ids[j] < 0)
+                    continue;
+                dup_r |= wl->expert_rank[ids[j]] == r;
+                dup_d |= dom[wl->expert_rank[ids[j]]] == dom[r];
+            }
+            if (dom[r] == dom[me])
+                continue;
+            flat += dup_r ? 0 : rowb;
+            hier += dup_d ? 0 : rowb;
+        }
+    }
+    free(dom);
+    ctx->res->cross_known = 1;
+    ctx->res->num_domains = nd;
+    ctx->res->cross_flat = flat;
+    ctx->res->cross_hier = hier;
+    return 0;
 }
 
 int bench_rank_main(bench_ctx_t *ctx)
@@ -112,7 +160,14 @@ int bench_rank_main(bench_ctx_t *ctx)
         rc = bench_run_balance(ctx);
         goto out;
     }
+    if (o->overlap) {
+        rc = bench_run_overlap(ctx);
+        goto out;
+    }
 
+    if ((o->hierarchical || getenv("EPX_TOPO_FILE")) &&
+        bench_cross_domain(ctx) != 0)
+        goto out;
     epx_moe_params_t mp;
     bench_moe_params(ctx, &mp);
     epx_status_t st = epx_moe_create(ctx->comm, &mp, &moe);

@@ -164,6 +164,59 @@ static double ratio(const impl_stats_t *num, const impl_stats_t *den, int s)
                                  : NAN;
 }
 
+/* Cross-domain token bytes per step, summed over ranks (see bench.h). */
+typedef struct cross_sum {
+    int known, domains;
+    long long flat, hier, meas_d, meas_c;
+} cross_sum_t;
+
+static cross_sum_t cross_sum(const bench_opts_t *o, void *results, int N)
+{
+    cross_sum_t c = { 0, 0, 0, 0, 0, 0 };
+    for (int r = 0; r < N; r++) {
+        bench_result_t *res = bench_result_at(results, r, o->iters);
+        c.known = res->cross_known;
+        c.domains = res->num_domains;
+        c.flat += res->cross_flat;
+        c.hier += res->cross_hier;
+        c.meas_d += res->cross_meas_dispatch;
+        c.meas_c += res->cross_meas_combine;
+    }
+    return c;
+}
+
+static void cross_print(FILE *f, const bench_opts_t *o, void *results, int N)
+{
+    cross_sum_t c = cross_sum(o, results, N);
+    if (!c.known)
+        return;
+    fprintf(f, "cross-domain token bytes per step (%d domains, all ranks): "
+            "flat %lld, hierarchical %lld (from the routing)", c.domains,
+            c.flat, c.hier);
+    if (o->hierarchical)
+        fprintf(f, "; the engine counted dispatch %lld%s, combine %lld (fp32 "
+                "accumulators)", c.meas_d,
+                c.meas_d == c.hier ? " (= routing)" : " (DIFFERS from routing)",
+                c.meas_c);
+    fputc('\n', f);
+}
+
+static void cross_json(FILE *f, const bench_opts_t *o, void *results, int N)
+{
+    cross_sum_t c = cross_sum(o, results, N);
+    if (!c.known) {
+        fprintf(f, "  \"cross_domain\": null,\n");
+        return;
+    }
+    fprintf(f, "  \"cross_domain\": {\"topo_file\": ");
+    json_str(f, getenv("EPX_TOPO_FILE") ? getenv("EPX_TOPO_FILE") : "");
+    fprintf(f, ", \"domains\": %d, \"hierarchical\": %s, "
+            "\"flat_dispatch_bytes\": %lld, \"hier_dispatch_bytes\": %lld, "
+            "\"measured_dispatch_bytes\": %lld, \"measured_combine_bytes\": "
+            "%lld},\n", c.domains, o->hierarchical ? "true" : "false", c.flat,
+            c.hier, c.meas_d, c.meas_c);
+}
+
 static void print_json(FILE *f, const bench_opts_t *o,
                        const bench_workload_t *wl, const impl_stats_t st[],
                        int verified, const char *launcher,
@@ -280,7 +333,9 @@ static void print_json(FILE *f, const bench_opts_t *o,
         fputc('}', f);
         sep = ",";
     }
-    fprintf(f, "%s},\n  \"mismatches\": [", *sep ? "\n  " : "");
+    fprintf(f, "%s},\n", *sep ? "\n  " : "");
+    cross_json(f, o, results, wl->nranks);
+    fprintf(f, "  \"mismatches\": [");
     sep = "";
     for (int r = 0; r < wl->nranks; r++) {
         bench_result_t *res = bench_result_at(results, r, o->iters);
@@ -393,6 +448,8 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
 {
     if (o->balance)
         return bench_report_balance(o, wl, results, launcher);
+    if (o->overlap)
+        return bench_report_overlap(o, wl, results, launcher);
     const int N = wl->nranks;
     double mean_bytes = 0, mean_rows = 0;
     for (int r = 0; r < N; r++) {
@@ -424,6 +481,7 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
             if (res->msg[i][0] && shown++ < 8)
                 fprintf(stderr, "%s", res->msg[i]);
     }
+    cross_print(tf, o, results, N);
     fprintf(tf, "verified: ");
     if (verified) {
         for (int i = 0, n = 0; i < 2; i++)

@@ -113,6 +113,8 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
                                       wl->topk };
     epx_tensor_t out = { b.out, wl->dtype, T, wl->hidden };
 
+    int64_t cd0 = 0, cc0 = 0;
+    const int hier = epx_moe_cross_domain_bytes(moe, &cd0, &cc0) == EPX_OK;
     bench_progress(ctx, "epx: %d warm-up + %d timed iterations", o->warmup,
                    o->iters);
     double start = epx__now(), last = start;
@@ -195,6 +197,11 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
             bench_progress(ctx, "epx: iteration %d/%d", it + 1, total);
             last = now;
         }
+    }
+    int64_t cd1, cc1;
+    if (hier && epx_moe_cross_domain_bytes(moe, &cd1, &cc1) == EPX_OK) {
+        res->cross_meas_dispatch = (cd1 - cd0) / total;
+        res->cross_meas_combine = (cc1 - cc0) / total;
     }
     res->checked[BENCH_IMPL_EPX] = chk.checked;
     res->mismatches[BENCH_IMPL_EPX] = chk.mismatches;

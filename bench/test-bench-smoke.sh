@@ -10,7 +10,14 @@
 #  4. error paths: a trace with a missing file, a bad option;
 #  5. --balance at 8 ranks: both runs verified (token-major with the fork
 #     launcher, expert-major fp32 with the DeepSeek policy under the default
-#     launcher), and the balancer lowers the measured imbalance.
+#     launcher), and the balancer lowers the measured imbalance;
+#  6. --overlap (when built with OpenBLAS; else the refusal message): both
+#     layouts at 3 ranks verified, the three step series and a hidden
+#     fraction in [0, 1];
+#  7. --hierarchical on 2 domains (EPX_TOPO_FILE: two CPU hosts), 4 ranks:
+#     verified, and the bytes the engine counted crossing domains equal
+#     those the routing gives (one row per remote destination domain),
+#     fewer than the flat path's.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -119,6 +126,52 @@ for r in (off, on):
 # the routing repeats every step: without replicas every step is the same
 assert len(set(off["step_imbalance"])) == 1, off
 assert on["imbalance"] < off["imbalance"], (on["imbalance"], off["imbalance"])
+EOF
+    fi
+done
+
+# 6. --overlap
+ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 6 \
+    --warmup 1 --ffn 16"
+if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
+    run ov $ov --launcher fork --json
+    run ov_em $ov --layout expert --align 4 --dtype fp32 --no-inplace --json
+    for n in ov ov_em; do
+        grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
+        if command -v python3 >/dev/null 2>&1; then
+            python3 - "$tmp/$n.out" <<'EOF' || fail "$n: overlap figures"
+import json, sys
+d = json.load(open(sys.argv[1]))
+o = d["overlap"]
+assert d["checked"] > 0 and d["mismatches"] == 0, d
+assert 0 <= o["hidden_fraction"] <= 1 and o["ffn"] == 16, o
+for k in ("comm", "compute", "overlapped"):
+    assert len(o[k]["step_us"]) == 6 and min(o[k]["step_us"]) > 0, o[k]
+EOF
+        fi
+    done
+else
+    grep -q -- "--overlap is unavailable" "$tmp/ov0.err" ||
+        { cat "$tmp/ov0.err" >&2; fail "--overlap failed"; }
+    echo "note: --overlap not built (no OpenBLAS)" >&2
+fi
+
+# 7. --hierarchical
+EPX_TOPO_FILE="${srcdir:-.}/tests/moe/data/cpu-2host.json"
+export EPX_TOPO_FILE
+run hier --ranks 4 --tokens 40 $small --hierarchical --impl epx --json
+run hier_em --ranks 4 --tokens 40 $small --hierarchical --layout expert \
+    --align 4 --launcher fork --json
+unset EPX_TOPO_FILE
+for n in hier hier_em; do
+    grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$tmp/$n.out" <<'EOF' || fail "$n: cross-domain bytes"
+import json, sys
+c = json.load(open(sys.argv[1]))["cross_domain"]
+assert c["domains"] == 2 and c["hierarchical"], c
+assert c["measured_dispatch_bytes"] == c["hier_dispatch_bytes"] > 0, c
+assert c["hier_dispatch_bytes"] < c["flat_dispatch_bytes"], c
 EOF
     fi
 done

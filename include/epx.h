@@ -321,7 +321,10 @@ typedef enum epx_wire {
                                       instead of failing with EPX_ERR_RANGE */
 #define EPX_MOE_HIERARCHICAL 0x2u  /* throughput: cross between domains once
                                       per destination domain, then forward
-                                      inside the domain */
+                                      inside the domain; the domains
+                                      (epx_comm_topology) must be equal
+                                      contiguous rank blocks; combine_send
+                                      then waits for its domain's partials */
 
 #define EPX_MOE_PARAMS_VERSION 3
 typedef struct epx_moe_params {
@@ -591,6 +594,15 @@ epx_status_t epx_moe_stats_reset(epx_moe_t *moe);
  * "dispatches", "window": [[..]..], "decayed": [[..]..], "physical":
  * [[..]..]}); *json is malloc'd (free()). */
 epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
+
+/* Hierarchical engines (EPX_MOE_HIERARCHICAL): bytes this rank put into
+ * ranks of other domains since the engine was created — token rows in
+ * dispatch (one per token and remote destination domain), fp32
+ * accumulators in combine; routing metadata not counted.  Local.  Other
+ * engines: EPX_ERR_UNSUPPORTED. */
+epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,
+                                        int64_t *dispatch_bytes,
+                                        int64_t *combine_bytes);
 
 /* Number of tokens of the source rank's dispatch recorded in a handle. */
 int64_t epx_handle_num_tokens(const epx_handle_t *handle);

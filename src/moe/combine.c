@@ -19,6 +19,7 @@
 
 #include "util/util.h"
 #include "moe/ll.h"
+#include "moe/hier.h"
 
 /* acc (+)= w * src over n elements, in fp32: `first` starts the sum
  * (acc = 0 + term, so acc needs no clearing pass); w NULL: weight 1. */
@@ -169,8 +170,10 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
                                h->nrows, m->H)) != EPX_OK)
         return st;
-    int pull = m->direct && a->y.data == moe_local(m, m->off.rows);
-    st = pull ? EPX_OK : send_partials(m, h, a, a->flags);
+    int pull = !m->hier && m->direct && a->y.data == moe_local(m, m->off.rows);
+    st = pull ? EPX_OK
+        : m->hier ? moe_hier_combine_send(m, h, a)
+                  : send_partials(m, h, a, a->flags);
     int32_t word = st != EPX_OK ? st
         : !pull ? MOE_COMB_PUSHED
         : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
@@ -244,6 +247,10 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");
     if (st != EPX_OK)
         return st;
+    if (m->hier) {
+        moe_hier_combine_out(m, h, out);
+        return EPX_OK;
+    }
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *comb = moe_local(m, m->off.comb);
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;

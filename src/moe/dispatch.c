@@ -19,6 +19,7 @@
 
 #include "util/util.h"
 #include "moe/ll.h"
+#include "moe/hier.h"
 
 static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
 {
@@ -227,12 +228,19 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
         : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
 }
 
-/* Data phase: a signal to every rank, after our tokens. */
+/* Data phase, after our tokens: to every rank a completion word (the data
+ * call + 1, behind a flush, so that epx_dispatch_poll can tell which
+ * sources are done without waiting) with the signal recv waits for. */
 static epx_status_t signal_data(epx_moe_t *m)
 {
+    int32_t seq = (int32_t)(m->n_data + 1);
     epx_status_t st = EPX_OK;
-    for (int d = 0; d < m->R && st == EPX_OK; d++)
-        st = epx__win_signal(m->win, d, MOE_SIG_DATA, 1);
+    for (int d = 0; d < m->R && st == EPX_OK; d++) {
+        st = epx__win_flush(m->win, d);
+        if (st == EPX_OK)
+            st = epx__win_put_signal(m->win, d, moe_done_off(m, m->rank),
+                                     &seq, sizeof(seq), MOE_SIG_DATA, 1);
+    }
     return st;
 }
 
@@ -305,11 +313,19 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         h->call = m->n_counts;
     int layer = mine == EPX_OK ? moe_args_layer(a) : 0;
     st = exchange_counts(m, mine, cached, cached ? h->call : 0, layer);
-    if (st == EPX_OK && !cached)
+    if (st == EPX_OK && !cached) {
         plan_offsets(m, h);
-    if (st == EPX_OK)
+        st = moe_ht_poll_plan(m, h);
+        if (st == EPX_OK && m->hier)
+            st = moe_hier_plan(m, h);
+    }
+    if (st == EPX_OK && moe_hook_before_data)
+        moe_hook_before_data(m);
+    if (st == EPX_OK && m->hier)
+        st = moe_hier_dispatch(m, h, a);
+    else if (st == EPX_OK)
         st = send_tokens(m, h, a);
-    if (st == EPX_OK)
+    if (st == EPX_OK && !m->hier)
         st = signal_data(m);
     if (st != EPX_OK) {
         if (!cached)
@@ -345,6 +361,14 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
         m->cur = NULL;
         return st;
     }
+    moe_recv_describe(m, h, out);
+    h->dispatched = 1;
+    m->state = MOE_RECEIVED;
+    return EPX_OK;
+}
+
+void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
+{
     int nl = moe_nlocal(m, m->rank), tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     int32_t *srank = (int32_t *)moe_local(m, m->off.src_rank);
     int32_t *stok = (int32_t *)moe_local(m, m->off.src_token);
@@ -385,9 +409,6 @@ epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     full.topk_idx = tm ? (const int32_t *)moe_local(m, m->off.topk_idx) : NULL;
     full.topk_weights = wt;
     memcpy(out, &full, n);
-    h->dispatched = 1;
-    m->state = MOE_RECEIVED;
-    return EPX_OK;
 }
 
 void epx_handle_release(epx_handle_t *h)

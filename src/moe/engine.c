@@ -7,10 +7,11 @@
 
 #include "util/util.h"
 #include "moe/ll.h"
+#include "moe/hier.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
     int32_t status, hidden, experts, topk, dtype, layout, align, layers, slots,
-            mode;
+            mode, flags, pad;
     int64_t max_tokens;
 } engine_info_t;
 
@@ -52,10 +53,13 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
     if (v3 && (p->flags & EPX_MOE_LL_DROP) && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID,
                           "moe: EPX_MOE_LL_DROP needs EPX_MODE_LOW_LATENCY");
-    if (v3 && (p->wire != EPX_WIRE_NATIVE || (p->flags & EPX_MOE_HIERARCHICAL)))
+    if (v3 && p->wire != EPX_WIRE_NATIVE)
         return epx__error(EPX_ERR_UNSUPPORTED,
-                          "moe: quantized wire formats and hierarchical "
-                          "dispatch are not built yet");
+                          "moe: quantized wire formats are not built yet");
+    if (v3 && (p->flags & EPX_MOE_HIERARCHICAL) &&
+        p->mode != EPX_MODE_THROUGHPUT)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: EPX_MOE_HIERARCHICAL needs EPX_MODE_THROUGHPUT");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         epx_status_t st = ll_check_params(p);
         if (st != EPX_OK)
@@ -72,12 +76,13 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 {
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
                                    "dtype", "layout", "expert_alignment",
-                                   "num_layers", "num_slots", "mode" };
+                                   "num_layers", "num_slots", "mode", "flags" };
     const epx_moe_params_t *p = &m->p;
     engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
                           (int32_t)p->dtype, (int32_t)p->layout,
                           p->expert_alignment, m->layers, m->U,
-                          (int32_t)m->p.mode, p->max_tokens_per_rank };
+                          (int32_t)m->p.mode, (int32_t)p->flags, 0,
+                          p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
@@ -91,7 +96,7 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
             break;
         }
         const int32_t *a = &all[r].status, *b = &me.status;
-        for (int f = 1; f < 10; f++)
+        for (int f = 1; f < 11; f++)
             if (a[f] != b[f]) {
                 st = epx__error(EPX_ERR_MISMATCH,
                                 "moe: %s is %d on rank %d but %d on rank %d",
@@ -128,6 +133,7 @@ static epx_status_t plan_window(epx_moe_t *m)
     size_t at = 0;
     o->counts = at;    at = align64(at + 2 * R * (size_t)m->blk_ints * 4);
     o->status = at;    at = align64(at + 2 * R * 4);
+    o->done = at;      at = align64(at + R * 4);
     o->entries = at;   at = align64(at + ents * (size_t)m->ent_ints * 4);
     o->src_rank = at;  at = align64(at + rows * 4);
     o->src_token = at; at = align64(at + rows * 4);
@@ -136,10 +142,12 @@ static epx_status_t plan_window(epx_moe_t *m)
     o->rows = at;      at = align64(at + rows * m->row_bytes);
     o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                          m->row_bytes);
+    at = moe_hier_window(m, at);
     o->total = at;
     const double total = (double)R * (double)m->maxT *
         ((double)m->row_bytes * (m->K + 2) + 4.0 * (m->ent_ints + 2 * m->K + 2));
     if (m->max_rows > INT32_MAX || m->max_entries > INT32_MAX ||
+        (m->hier && (double)m->hier->ND * (double)m->hier->P > INT32_MAX) ||
         (double)m->maxT * m->maxdest > INT32_MAX || total > (double)(1ull << 46))
         return epx__error(EPX_ERR_RANGE,
                           "moe: %d ranks x %lld tokens x %zu-byte rows need a "
@@ -331,6 +339,9 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         for (int u = m->first[r]; u < m->first[r + 1]; u++)
             m->u2r[u] = r;
+    if ((m->p.flags & EPX_MOE_HIERARCHICAL) &&
+        (st = moe_hier_init(m)) != EPX_OK)
+        goto err_free;
     if ((st = moe_stats_init(m)) != EPX_OK || (st = replicas_init(m)) != EPX_OK)
         goto err_free;
     if (m->p.mode == EPX_MODE_LOW_LATENCY) {
@@ -387,6 +398,7 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->tot);
     free(m->wire);
     free(m->mode);
+    moe_hier_free(m);
     free(m);
 }
 

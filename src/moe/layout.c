@@ -8,6 +8,7 @@
 
 #include "util/util.h"
 #include "moe/ll.h"
+#include "moe/hier.h"
 
 /* Shape, dtype (any of the bits in `dtypes`, 1 << dtype) and alignment. */
 epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
@@ -128,6 +129,8 @@ void moe_handle_free(epx_handle_t *h)
     free(h->ecount);
     free(h->ucount);
     ll_call_free(h->ll);
+    moe_ht_poll_free(h);
+    moe_hier_handle_free(h);
     free(h);
 }
 

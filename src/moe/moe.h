@@ -10,6 +10,10 @@
  *                                 the rest, so a reader knows the block is
  *                                 this call's and complete
  *   status   [2][R] int32         combine-phase status per source (parity)
+ *   done     [R] int32            per source: data phase (call + 1) whose
+ *                                 rows it has finished writing here, put
+ *                                 after a flush that follows its rows
+ *                                 (epx_dispatch_poll reads it, ht_poll.c)
  *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
  *                                 number of local rows, rows (expert-major)
  *   src_rank, src_token [rows] int32; topk_idx/topk_weights (see epx_recv_t)
@@ -35,7 +39,7 @@ enum { MOE_BLK_STATUS = 0, MOE_BLK_CACHED = 1, MOE_BLK_HANDLE = 2,
 enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
 typedef struct moe_offsets {
-    size_t counts, status, entries, src_rank, src_token, topk_idx, topk_w,
+    size_t counts, status, done, entries, src_rank, src_token, topk_idx, topk_w,
            rows, comb, total;
 } moe_offsets_t;
 
@@ -91,6 +95,7 @@ struct epx_moe {
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
     struct moe_ll *ll;         /* low-latency mode (ll.h), else NULL */
+    struct moe_hier *hier;     /* EPX_MOE_HIERARCHICAL (hier.h), or NULL */
 };
 
 struct epx_handle {
@@ -114,6 +119,10 @@ struct epx_handle {
     int32_t *ecount;           /* [E] this rank's tokens per logical expert */
     int32_t *ucount;           /* [U] this rank's tokens per unit (slot) */
     struct ll_call *ll;        /* low-latency call (ll.h), else NULL */
+    /* readiness (ht_poll.c): the sources that feed each local unit, CSR */
+    int32_t *feed_off;         /* [nlocal + 1] */
+    int32_t *feed_src;         /* [nlocal * R] ascending per unit */
+    struct moe_hier_h *hier_h; /* hierarchical forwarding bases (hier.h) */
 };
 
 static inline int moe_nlocal(const epx_moe_t *m, int r)
@@ -160,6 +169,9 @@ void moe_stats_free(epx_moe_t *m);
 void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount,
                       const int32_t *ucount);
 /* dispatch.c / combine.c */
+/* Fill *out (the caller's struct_size honoured) with what h delivers:
+ * the window's arrays; marks the expert-major padding rows. */
+void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out);
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what);
@@ -175,5 +187,21 @@ void moe_reduce_partial(const epx_moe_t *m, const char *rows,
                         const int32_t *ent, const float *w, void *dst);
 void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                       char *out, epx_dtype_t out_dt);
+
+/* ht_poll.c: throughput-mode readiness.  plan: after the count exchange
+ * of an uncached dispatch, record which sources feed each local unit;
+ * done_off: where source `src` writes its completion word. */
+epx_status_t moe_ht_poll_plan(epx_moe_t *m, epx_handle_t *h);
+void moe_ht_poll_free(epx_handle_t *h);
+epx_status_t moe_ht_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *recv,
+                         uint8_t *ready, int *num_ready);
+static inline size_t moe_done_off(const epx_moe_t *m, int src)
+{
+    return m->off.done + sizeof(int32_t) * (size_t)src;
+}
+/* Test hook: when set, epx_dispatch_send calls it between the count
+ * exchange and the first row (a test holds one source back there to
+ * check readiness).  NULL in normal use. */
+extern void (*moe_hook_before_data)(epx_moe_t *m);
 
 #endif /* EPX_MOE_H */

@@ -193,6 +193,7 @@ int moe_run_open(moe_run_t *m, epx_comm_t *comm, const moe_case_t *c)
     p.dtype = c->dtype;
     p.layout = c->layout;
     p.expert_alignment = c->align;
+    p.flags = c->flags;
     epx_status_t st = epx_moe_create(comm, &p, &m->moe);
     CHECKF(st == EPX_OK, "case %s: epx_moe_create: %s (%s)", c->name,
            epx_status_str(st), epx_last_error());

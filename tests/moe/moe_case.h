@@ -40,6 +40,7 @@ typedef struct moe_case {
     int null_empty;             /* empty tensors passed with data NULL */
     int misuse;                 /* every round also tries MISUSE_* first */
     int jitter_us;              /* random pauses between the calls */
+    unsigned flags;             /* epx_moe_params_t.flags (EPX_MOE_*) */
 } moe_case_t;
 
 /* Calls every rank gets wrong the same way before the right one: each must

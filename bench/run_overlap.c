@@ -1,0 +1,282 @@
+/*
+ * --overlap: two-batch overlap.  Two engines, one per micro-batch, each
+ * carrying the workload's tokens.  A step, after a first dispatch of mb0:
+ *
+ *   dispatch_send(mb1)
+ *   mb0: poll, FFN of each expert as it is ready, recv, synthetic
+ *        expert, combine_send          (overlaps mb1's dispatch)
+ *   mb1: the same                      (overlaps mb0's combine)
+ *   combine_recv(mb0), dispatch_send(mb0) of the next step,
+ *   combine_recv(mb1)
+ *
+ * Three runs of --iters steps (after --warmup): the same schedule without
+ * the FFN (communication alone), the FFN of both micro-batches on received
+ * rows without any communication (compute alone), and the full schedule
+ * (overlapped), interleaved in blocks (run_all).  A step's time is one
+ * rank's time from one step's start to the next; the report takes the
+ * slowest rank per step.  Received rows and combined outputs are verified
+ * in the first step of every block (--verify-all: every step).
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include "bench.h"
+#include "util/util.h"
+
+typedef struct ov_mb {
+    epx_moe_t *moe;
+    epx_handle_t *h;
+    epx_recv_t rv;
+    void *out;                 /* [T, H] */
+} ov_mb_t;
+
+typedef struct ov {
+    bench_ctx_t *ctx;
+    ov_mb_t mb[2];
+    bench_ffn_t *ffn;
+    epx_dispatch_args_t da;
+    void *idx;
+    uint8_t *ready, *done;
+    float *acc;
+    void *y;                   /* --no-inplace outputs */
+    int64_t y_rows;
+    bench_check_t chk;
+    int verify_all;
+} ov_t;
+
+static int fail(ov_t *v, const char *call, epx_status_t st)
+{
+    return bench_api_fail(v->ctx, call, st);
+}
+
+static int ov_send(ov_t *v, int i)
+{
+    epx_status_t st = epx_dispatch_send(v->mb[i].moe, &v->da, &v->mb[i].h);
+    return st == EPX_OK ? 0 : fail(v, "epx_dispatch_send", st);
+}
+
+/* FFN of every local expert of mb i as epx_dispatch_poll reports it ready,
+ * then recv. */
+static int ov_recv(ov_t *v, int i, int ffn)
+{
+    ov_mb_t *b = &v->mb[i];
+    const int nl = v->ctx->num_local;
+    epx_status_t st;
+    memset(&b->rv, 0, sizeof(b->rv));
+    b->rv.struct_size = sizeof(b->rv);
+    if (ffn) {
+        memset(v->done, 0, (size_t)nl + 1);
+        for (int left = nl; left > 0;) {
+            int n, fresh = 0;
+            if ((st = epx_dispatch_poll(b->moe, b->h, &b->rv, v->ready, &n))
+                != EPX_OK)
+                return fail(v, "epx_dispatch_poll", st);
+            for (int j = 0; j < nl; j++) {
+                if (!v->ready[j] || v->done[j])
+                    continue;
+                if (bench_ffn_expert(v->ffn, &b->rv, v->ctx->o->layout, j) < 0) {
+                    fprintf(stderr, "epx-bench: rank %d: out of memory in "
+                            "the FFN\n", v->ctx->rank);
+                    return -1;
+                }
+                v->done[j] = 1;
+                left--;
+                fresh++;
+            }
+            if (!fresh && left)
+                sched_yield();
+        }
+    }
+    if ((st = epx_dispatch_recv(b->moe, b->h, &b->rv)) != EPX_OK)
+        return fail(v, "epx_dispatch_recv", st);
+    return 0;
+}
+
+/* Synthetic expert outputs (verifiable) and combine_send. */
+static int ov_combine_send(ov_t *v, int i, int verify)
+{
+    ov_mb_t *b = &v->mb[i];
+    const bench_ctx_t *ctx = v->ctx;
+    const bench_workload_t *wl = ctx->wl;
+    if (verify)
+        bench_verify_recv(ctx, &b->rv, ctx->o->layout, "epx", &v->chk);
+    void *y = b->rv.x.data;
+    if (!ctx->o->inplace) {
+        int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
+        if (rows > v->y_rows) {
+            void *p = realloc(v->y, (size_t)rows * (size_t)wl->hidden * wl->dsize);
+            if (!p)
+                return -1;
+            v->y = p;
+            v->y_rows = rows;
+        }
+        y = v->y;
+    }
+    bench_expert_compute(ctx, &b->rv, ctx->o->layout, y, v->acc);
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = (epx_tensor_t){ y, wl->dtype, b->rv.num_rows, wl->hidden };
+    epx_status_t st = epx_combine_send(b->moe, b->h, &ca);
+    return st == EPX_OK ? 0 : fail(v, "epx_combine_send", st);
+}
+
+static int ov_combine_recv(ov_t *v, int i, int verify)
+{
+    ov_mb_t *b = &v->mb[i];
+    const bench_workload_t *wl = v->ctx->wl;
+    epx_tensor_t out = { b->out, wl->dtype, wl->T[v->ctx->rank], wl->hidden };
+    epx_status_t st = epx_combine_recv(b->moe, b->h, &out);
+    if (st != EPX_OK)
+        return fail(v, "epx_combine_recv", st);
+    if (verify)
+        bench_verify_out(v->ctx, b->out, "epx", &v->chk);
+    epx_handle_release(b->h);
+    b->h = NULL;
+    return 0;
+}
+
+static int barrier(ov_t *v)
+{
+    epx_status_t st = epx_comm_barrier(v->ctx->comm);
+    return st == EPX_OK ? 0 : fail(v, "epx_comm_barrier", st);
+}
+
+/* Steps of the two-batch schedule, with or without the FFN: `count`
+ * steps, the first `skip` untimed, times from times[0]. */
+static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
+{
+    if (barrier(v) || ov_send(v, 0))
+        return -1;
+    for (int it = 0; it < count; it++) {
+        const int vf = v->verify_all || it == 0;
+        double t0 = epx__now();
+        if (ov_send(v, 1) || ov_recv(v, 0, ffn) || ov_combine_send(v, 0, vf) ||
+            ov_recv(v, 1, ffn) || ov_combine_send(v, 1, vf) ||
+            ov_combine_recv(v, 0, vf) || ov_send(v, 0) ||
+            ov_combine_recv(v, 1, vf))
+            return -1;
+        if (it >= skip)
+            times[it - skip] = epx__now() - t0;
+    }
+    /* The last step's dispatch of mb0, taken in untimed. */
+    return ov_recv(v, 0, 0) || ov_combine_send(v, 0, 0) ||
+           ov_combine_recv(v, 0, 0) ? -1 : 0;
+}
+
+/* The FFN of both micro-batches on rows received once: no communication
+ * inside the timed steps. */
+static int run_compute(ov_t *v, int skip, int count, double *times)
+{
+    const int nl = v->ctx->num_local;
+    if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0) || ov_send(v, 1) ||
+        ov_recv(v, 1, 0))
+        return -1;
+    for (int it = 0; it < count; it++) {
+        double t0 = epx__now();
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < nl; j++)
+                if (bench_ffn_expert(v->ffn, &v->mb[i].rv, v->ctx->o->layout,
+                                     j) < 0)
+                    return -1;
+        if (it >= skip)
+            times[it - skip] = epx__now() - t0;
+    }
+    for (int i = 0; i < 2; i++)
+        if (ov_combine_send(v, i, 1) || ov_combine_recv(v, i, 1))
+            return -1;
+    return 0;
+}
+
+/* The three runs interleaved in blocks of OV_BLOCK steps, so that a change
+ * in the machine's load (other processes) falls on all three alike; the
+ * warm-up steps come first, in the first block of each run. */
+enum { OV_BLOCK = 4 };
+
+static int run_all(ov_t *v)
+{
+    const bench_opts_t *o = v->ctx->o;
+    const int n = o->iters;
+    bench_result_t *res = v->ctx->res;
+    for (int done = 0, b = 0; done < n; b++) {
+        int count = n - done < OV_BLOCK ? n - done : OV_BLOCK;
+        int skip = b == 0 ? o->warmup : 0;
+        v->verify_all = o->verify_all;
+        if (run_schedule(v, 0, skip, skip + count, BENCH_OV_COMM(res, n) + done) ||
+            run_compute(v, skip, skip + count, BENCH_OV_COMP(res, n) + done) ||
+            run_schedule(v, 1, skip, skip + count, BENCH_OV_BOTH(res, n) + done))
+            return -1;
+        done += count;
+    }
+    return 0;
+}
+
+int bench_run_overlap(bench_ctx_t *ctx)
+{
+    const bench_workload_t *wl = ctx->wl;
+    const int64_t T = wl->T[ctx->rank];
+    const int nl = ctx->num_local;
+    bench_result_t *res = ctx->res;
+    ov_t v;
+    int rc = -1;
+    memset(&v, 0, sizeof(v));
+    v.ctx = ctx;
+    v.chk = (bench_check_t){ 0, 0, res->msg[0], BENCH_MSG_LEN };
+    v.idx = malloc((size_t)(T > 0 ? T : 1) * (size_t)wl->topk *
+                   (wl->idx64 ? 8 : 4));
+    v.ready = malloc((size_t)nl + 1);
+    v.done = malloc((size_t)nl + 1);
+    v.acc = malloc(sizeof(float) * (size_t)wl->hidden);
+    v.ffn = bench_ffn_new(ctx, nl);
+    for (int i = 0; i < 2; i++)
+        v.mb[i].out = malloc((size_t)(T > 0 ? T : 1) * (size_t)wl->hidden *
+                             wl->dsize);
+    if (!v.idx || !v.ready || !v.done || !v.acc || !v.ffn || !v.mb[0].out ||
+        !v.mb[1].out) {
+        fprintf(stderr, "epx-bench: rank %d: out of memory (--overlap)\n",
+                ctx->rank);
+        goto out;
+    }
+    for (int64_t i = 0; i < T * wl->topk; i++) {
+        if (wl->idx64)
+            ((int64_t *)v.idx)[i] = wl->idx[ctx->rank][i];
+        else
+            ((int32_t *)v.idx)[i] = wl->idx[ctx->rank][i];
+    }
+    v.da = (epx_dispatch_args_t)EPX_DISPATCH_ARGS_INIT;
+    v.da.x = (epx_tensor_t){ ctx->x, wl->dtype, T, wl->hidden };
+    v.da.topk_idx = (epx_tensor_t){ v.idx, wl->idx64 ? EPX_DTYPE_INT64
+                                                     : EPX_DTYPE_INT32,
+                                    T, wl->topk };
+    v.da.topk_weights = (epx_tensor_t){ wl->w[ctx->rank], EPX_DTYPE_FP32, T,
+                                        wl->topk };
+    epx_moe_params_t mp;
+    bench_moe_params(ctx, &mp);
+    for (int i = 0; i < 2; i++) {
+        epx_status_t st = epx_moe_create(ctx->comm, &mp, &v.mb[i].moe);
+        if (st != EPX_OK) {
+            bench_api_fail(ctx, "epx_moe_create", st);
+            goto out;
+        }
+    }
+    bench_progress(ctx, "overlap: %d steps of each run (communication "
+                   "alone, FFN %d x %d alone, both), interleaved by %d",
+                   ctx->o->iters, wl->hidden, bench_ffn_size(ctx->o), OV_BLOCK);
+    if (run_all(&v))
+        goto out;
+    res->ran[0] = 1;
+    res->checked[0] = v.chk.checked;
+    res->mismatches[0] = v.chk.mismatches;
+    rc = 0;
+out:
+    for (int i = 0; i < 2; i++) {
+        epx_handle_release(v.mb[i].h);
+        epx_moe_destroy(v.mb[i].moe);
+        free(v.mb[i].out);
+    }
+    bench_ffn_free(v.ffn);
+    free(v.idx);
+    free(v.ready);
+    free(v.done);
+    free(v.acc);
+    free(v.y);
+    return rc;
+}

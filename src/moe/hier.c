@@ -1,0 +1,385 @@
+/*
+ * Hierarchical two-hop dispatch (see hier.h): domains, window regions,
+ * per-handle bases, staging across domains and forwarding inside them.
+ */
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/hier.h"
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+epx_status_t moe_hier_init(epx_moe_t *m)
+{
+    const epx_topo_t *t;
+    epx_status_t st = epx_comm_topology(m->comm, &t);
+    if (st != EPX_OK)
+        return st;
+    const int R = m->R;
+    int L = 1;   /* the first domain's size */
+    while (L < R && epx_topo_rank_domain(t, L) == epx_topo_rank_domain(t, 0))
+        L++;
+    int ok = R % L == 0;
+    for (int r = 0; r < R && ok; r++) {
+        int d = epx_topo_rank_domain(t, r), head = epx_topo_rank_domain(t, r / L * L);
+        ok = d == head && d >= 0 &&
+             (r % L != 0 || r == 0 || d != epx_topo_rank_domain(t, r - 1));
+        for (int b = 0; ok && r % L == 0 && b < r / L; b++)
+            ok = epx_topo_rank_domain(t, b * L) != d;
+    }
+    if (!ok)
+        return epx__error(EPX_ERR_UNSUPPORTED,
+                          "moe: EPX_MOE_HIERARCHICAL needs the ranks' domains "
+                          "(topology '%s') to be contiguous blocks of equal "
+                          "size", epx_topo_name(t));
+    moe_hier_t *x = calloc(1, sizeof(*x));
+    if (!x)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
+    m->hier = x;
+    x->L = L;
+    x->ND = R / L;
+    x->dom = m->rank / L;
+    x->li = m->rank % L;
+    x->maxdl = m->K < L ? m->K : L;
+    x->rec_hdr = (sizeof(int32_t) + 8 * (size_t)m->K + 15) & ~(size_t)15;
+    x->rec_bytes = (x->rec_hdr + m->row_bytes + 15) & ~(size_t)15;
+    int ud = m->first[(x->dom + 1) * L] - m->first[x->dom * L];
+    x->entcur = malloc(sizeof(int64_t) * (size_t)L);
+    x->rowcur = malloc(sizeof(int64_t) * (size_t)(ud > 0 ? ud : 1));
+    x->acc = malloc(sizeof(float) * (size_t)m->H);
+    x->wire = malloc(m->row_bytes);
+    if (!x->entcur || !x->rowcur || !x->acc || !x->wire)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
+    return EPX_OK;
+}
+
+void moe_hier_free(epx_moe_t *m)
+{
+    moe_hier_t *x = m->hier;
+    if (!x)
+        return;
+    free(x->entcur);
+    free(x->rowcur);
+    free(x->acc);
+    free(x->wire);
+    free(x);
+    m->hier = NULL;
+}
+
+size_t moe_hier_window(epx_moe_t *m, size_t at)
+{
+    moe_hier_t *x = m->hier;
+    if (!x)
+        return at;
+    size_t ND = (size_t)x->ND, T = (size_t)m->maxT, H = (size_t)m->H;
+    x->P = m->maxT * x->maxdl;
+    x->shdr = at;  at = align64(at + ND * 2 * sizeof(int32_t));
+    x->pdone = at; at = align64(at + (size_t)x->L * sizeof(int32_t));
+    x->cdone = at; at = align64(at + ND * sizeof(int32_t));
+    x->stage = at; at = align64(at + ND * T * x->rec_bytes);
+    x->part = at;  at = align64(at + ND * (size_t)x->P * m->row_bytes);
+    x->chain = at; at = align64(at + ND * T * H * sizeof(float));
+    x->final = at; at = align64(at + T * H * sizeof(float));
+    return at;
+}
+
+epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
+                                int32_t want, const char *what, int peer)
+{
+    double deadline = 0;
+    for (long spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) != want;
+         spins++) {
+        if (spins < 1000)
+            continue;
+        if (deadline == 0)
+            deadline = epx__now() + epx__comm_timeout(m->comm);
+        if (epx__now() > deadline) {
+            m->broken = 1;
+            return epx__error(EPX_ERR_TIMEOUT, "%s: rank %d: nothing from "
+                              "rank %d after %.1f s", what, m->rank, peer,
+                              epx__comm_timeout(m->comm));
+        }
+        sched_yield();
+    }
+    return EPX_OK;
+}
+
+void moe_hier_handle_free(epx_handle_t *h)
+{
+    if (!h->hier_h)
+        return;
+    free(h->hier_h->entbase);
+    free(h->hier_h->rowbase);
+    free(h->hier_h);
+    h->hier_h = NULL;
+}
+
+/* From the count matrix of this call: for each source this rank forwards
+ * (one per domain, with its local index), its first entry at each member
+ * and its first expert-major row at each unit of the domain — what the
+ * flat path's plan_offsets gives that source. */
+epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
+{
+    moe_hier_t *x = m->hier;
+    const int L = x->L, ND = x->ND, R = m->R, d0 = x->dom * L;
+    const int u0 = m->first[d0], ud = m->first[d0 + L] - u0;
+    if (!h->hier_h) {
+        moe_hier_h_t *hh = calloc(1, sizeof(*hh));
+        if (hh) {
+            hh->entbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)L);
+            hh->rowbase = malloc(sizeof(int64_t) * (size_t)ND *
+                                 (size_t)(ud > 0 ? ud : 1));
+        }
+        h->hier_h = hh;
+        if (!hh || !hh->entbase || !hh->rowbase) {
+            moe_hier_handle_free(h);
+            m->broken = 1;
+            return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+        }
+    }
+    const uint64_t call = m->n_counts - 1;
+    const int64_t align = m->p.expert_alignment;
+    int64_t *eb = h->hier_h->entbase, *rb = h->hier_h->rowbase;
+    /* Segment starts of the domain's units, then the sources' prefixes. */
+    for (int j = 0; j < L; j++) {
+        int64_t at = 0;
+        for (int u = m->first[d0 + j]; u < m->first[d0 + j + 1]; u++) {
+            int64_t tot = 0;
+            for (int s = 0; s < R; s++)
+                tot += moe_blk(m, call, s)[MOE_BLK_HDR + u];
+            for (int a = 0; a < ND; a++)
+                rb[(size_t)a * (size_t)ud + (size_t)(u - u0)] = at;
+            at = (at + tot + align - 1) / align * align;
+        }
+    }
+    for (int a = 0; a < ND; a++) {
+        const int src = a * L + x->li;
+        int64_t *e = eb + (size_t)a * (size_t)L, *r = rb + (size_t)a * (size_t)ud;
+        for (int j = 0; j < L; j++)
+            e[j] = 0;
+        for (int s = 0; s < src; s++) {
+            const int32_t *b = moe_blk(m, call, s);
+            for (int j = 0; j < L; j++)
+                e[j] += b[MOE_BLK_HDR + m->U + d0 + j];
+            for (int u = 0; u < ud; u++)
+                r[u] += b[MOE_BLK_HDR + u0 + u];
+        }
+    }
+    return EPX_OK;
+}
+
+/* One token as a gateway sees it. */
+typedef struct hrec {
+    int32_t t;
+    const int32_t *ids;        /* [K] units, -1 none */
+    const float *w;            /* [K] */
+    const char *row;
+} hrec_t;
+
+static void rec_of_stage(const epx_moe_t *m, int a, int64_t k, hrec_t *r)
+{
+    const moe_hier_t *x = m->hier;
+    const char *p = moe_local(m, x->stage) +
+                    ((size_t)a * (size_t)m->maxT + (size_t)k) * x->rec_bytes;
+    r->t = *(const int32_t *)p;
+    r->ids = (const int32_t *)p + 1;
+    r->w = (const float *)(r->ids + m->K);
+    r->row = p + x->rec_hdr;
+}
+
+/* Destination ranks of a token inside domain `dom`, ascending. */
+static int dests_in(const epx_moe_t *m, const int32_t *ids, int dom, int *out)
+{
+    const int L = m->hier->L;
+    int n = 0;
+    for (int k = 0; k < m->K; k++) {
+        if (ids[k] < 0)
+            continue;
+        int d = m->u2r[ids[k]];
+        if (d / L != dom)
+            continue;
+        int i = n;
+        while (i > 0 && out[i - 1] > d)
+            i--;
+        if (i > 0 && out[i - 1] == d)
+            continue;
+        memmove(out + i + 1, out + i, sizeof(int) * (size_t)(n - i));
+        out[i] = d;
+        n++;
+    }
+    return n;
+}
+
+/* Forward one token of source (slot a, rank src) to its destinations in
+ * this domain, at the flat path's places; *pc counts its partial slots. */
+static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
+                            int64_t *pc)
+{
+    const moe_hier_t *x = m->hier;
+    const int K = m->K, L = x->L, d0 = x->dom * L;
+    const int u0 = m->first[d0];
+    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    const moe_offsets_t *o = &m->off;
+    int dst[EPX_MAX_TOPK];
+    int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
+    float lw[EPX_MAX_TOPK];
+    epx_status_t st = EPX_OK;
+    int nd = dests_in(m, rc->ids, x->dom, dst);
+    for (int j = 0; j < nd; j++) {
+        int d = dst[j], nloc = 0;
+        int64_t e_at = x->entcur[d - d0]++;
+        ent[0] = src;
+        ent[1] = (int32_t)((int64_t)a * x->P + (*pc)++);
+        for (int k = 0; k < K; k++) {
+            int local = rc->ids[k] >= 0 && m->u2r[rc->ids[k]] == d;
+            lidx[k] = local ? rc->ids[k] - m->first[d] : -1;
+            lw[k] = local ? rc->w[k] : 0.0f;
+            if (!local || tm)
+                continue;
+            int64_t r = x->rowcur[rc->ids[k] - u0]++;
+            ent[3 + nloc++] = (int32_t)r;
+            st |= epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
+                               rc->row, m->row_bytes);
+            st |= epx__win_put(m->win, d, o->src_rank + (size_t)r * 4, &src, 4);
+            st |= epx__win_put(m->win, d, o->src_token + (size_t)r * 4, &rc->t, 4);
+            st |= epx__win_put(m->win, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
+        }
+        ent[2] = nloc;
+        st |= epx__win_put(m->win, d,
+                           o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
+                           ent, sizeof(int32_t) * (size_t)(3 + nloc));
+        if (!tm)
+            continue;
+        st |= epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
+                           rc->row, m->row_bytes);
+        st |= epx__win_put(m->win, d, o->src_rank + (size_t)e_at * 4, &src, 4);
+        st |= epx__win_put(m->win, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
+        st |= epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
+                           sizeof(int32_t) * (size_t)K);
+        st |= epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
+                           sizeof(float) * (size_t)K);
+    }
+    return st == EPX_OK ? EPX_OK
+        : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
+}
+
+/* Source src's rows are all in place at every member: its completion word
+ * and data signal, on its behalf. */
+static epx_status_t finish_source(epx_moe_t *m, int src, int32_t seq)
+{
+    const int L = m->hier->L, d0 = m->hier->dom * L;
+    epx_status_t st = EPX_OK;
+    for (int d = d0; d < d0 + L && st == EPX_OK; d++) {
+        st = epx__win_flush(m->win, d);
+        if (st == EPX_OK)
+            st = epx__win_put_signal(m->win, d, moe_done_off(m, src), &seq,
+                                     sizeof(seq), MOE_SIG_DATA, 1);
+    }
+    return st;
+}
+
+static void reset_cursors(epx_moe_t *m, const epx_handle_t *h, int a)
+{
+    moe_hier_t *x = m->hier;
+    const int d0 = x->dom * x->L, ud = m->first[d0 + x->L] - m->first[d0];
+    memcpy(x->entcur, h->hier_h->entbase + (size_t)a * (size_t)x->L,
+           sizeof(int64_t) * (size_t)x->L);
+    memcpy(x->rowcur, h->hier_h->rowbase + (size_t)a * (size_t)ud,
+           sizeof(int64_t) * (size_t)ud);
+}
+
+epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
+                               const epx_dispatch_args_t *a)
+{
+    moe_hier_t *x = m->hier;
+    const int K = m->K, L = x->L, ND = x->ND, me = m->rank;
+    const int32_t seq = (int32_t)(m->n_data + 1);
+    const char *xs = a->x.data;
+    const float *w = a->topk_weights.data;
+    epx_status_t st = EPX_OK;
+    int64_t *nst = calloc((size_t)ND, sizeof(int64_t));
+    char *rec = malloc(x->rec_hdr);
+    if (!nst || !rec) {
+        free(nst);
+        free(rec);
+        m->broken = 1;
+        return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+    }
+    /* 1. One staging record per (token, remote destination domain). */
+    for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
+        const int32_t *dst = h->dest + t * m->maxdest;
+        for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
+            int b = dst[j] / L;
+            if (b == x->dom || (j > 0 && dst[j - 1] / L == b))
+                continue;   /* own domain, or a domain already staged */
+            int g = b * L + x->li;
+            size_t off = x->stage + ((size_t)x->dom * (size_t)m->maxT +
+                                     (size_t)nst[b]++) * x->rec_bytes;
+            int32_t tt = (int32_t)t;
+            memcpy(rec, &tt, 4);
+            memcpy(rec + 4, h->idx + t * K, 4 * (size_t)K);
+            memcpy(rec + 4 + 4 * (size_t)K, w + t * K, 4 * (size_t)K);
+            st = epx__win_put(m->win, g, off, rec, x->rec_hdr);
+            if (st == EPX_OK)
+                st = epx__win_put(m->win, g, off + x->rec_hdr,
+                                  xs + (size_t)t * m->row_bytes, m->row_bytes);
+            x->cross_dispatch += (int64_t)m->row_bytes;
+        }
+    }
+    for (int b = 0; b < ND && st == EPX_OK; b++) {
+        if (b == x->dom)
+            continue;
+        int g = b * L + x->li;
+        size_t off = x->shdr + (size_t)x->dom * 2 * sizeof(int32_t);
+        int32_t n = (int32_t)nst[b];
+        st = epx__win_put(m->win, g, off, &n, sizeof(n));
+        if (st == EPX_OK)
+            st = epx__win_flush(m->win, g);
+        if (st == EPX_OK)
+            st = epx__win_put(m->win, g, off + sizeof(int32_t), &seq, sizeof(seq));
+    }
+    free(nst);
+    free(rec);
+    /* 2. Forward: this rank's own tokens, then the staged ones of each
+     * other domain's source with our local index, in domain order (each
+     * source's tokens in token order, as the flat path writes them). */
+    for (int b = 0; b < ND && st == EPX_OK; b++) {
+        const int src = b * L + x->li;
+        int64_t pc = 0;
+        reset_cursors(m, h, b);
+        if (b == x->dom) {
+            for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
+                hrec_t rc = { (int32_t)t, h->idx + t * K, w + t * K,
+                              xs + (size_t)t * m->row_bytes };
+                st = forward(m, b, me, &rc, &pc);
+            }
+        } else {
+            const int32_t *hdr = (const int32_t *)moe_local(m, x->shdr) + 2 * b;
+            st = moe_hier_wait_word(m, hdr + 1, seq, "dispatch", src);
+            int32_t n = st == EPX_OK ? __atomic_load_n(hdr, __ATOMIC_ACQUIRE) : 0;
+            for (int64_t k = 0; k < n && st == EPX_OK; k++) {
+                hrec_t rc;
+                rec_of_stage(m, b, k, &rc);
+                st = forward(m, b, src, &rc, &pc);
+            }
+        }
+        if (st == EPX_OK)
+            st = finish_source(m, src, seq);
+    }
+    return st;
+}
+
+epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *m, int64_t *dispatch,
+                                        int64_t *combine)
+{
+    if (!m || !dispatch || !combine)
+        return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
+    if (!m->hier)
+        return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
+                          "engines count cross-domain bytes");
+    *dispatch = m->hier->cross_dispatch;
+    *combine = m->hier->cross_combine;
+    return EPX_OK;
+}

@@ -1,0 +1,86 @@
+/*
+ * Hierarchical two-hop dispatch and combine (EPX_MOE_HIERARCHICAL,
+ * throughput mode).  Domains are the topology's rank domains; they must be
+ * contiguous blocks of L ranks in ascending order (ND = R / L domains), so
+ * that the ascending rank order of the combine contract is the ascending
+ * order of domains, each in rank order.  Rank r has domain r / L and local
+ * index r % L; the gateway of source s in domain D is the rank of D with
+ * s's local index.
+ *
+ * Dispatch: a token goes once to each remote destination domain's gateway
+ * (a staging record: token index, its K units, weights, row); every rank
+ * then forwards, for itself and for the ND - 1 sources it is gateway of,
+ * each token to its destination ranks inside its domain, at the offsets
+ * the flat path would use, and ends each source with its completion word
+ * and data signal on behalf of that source (so recv, poll and the receive
+ * layout are unchanged: every rank still gets R signals).
+ *
+ * Combine: each rank puts its partial of each received token (the flat
+ * path's partial, rounded to the engine dtype) into the token's gateway in
+ * its own domain.  For each token the gateways of its destination domains
+ * form a chain in ascending domain order: the first starts the fp32 sum,
+ * each adds its domain's partials in rank order and passes the fp32
+ * accumulator on, the last puts it into the source.  That is the flat
+ * path's sum, term for term, so the result is bitwise the same; only fp32
+ * accumulators cross domains, one per (token, destination domain) hop.
+ * Gateway work is done inside epx_combine_send, which waits for the
+ * partials of its domain and the accumulators of earlier domains.
+ *
+ * Window regions (offsets in moe_hier_t), this rank as gateway / source:
+ *   shdr   [ND][2] int32        staging count and sequence word per source
+ *                               domain
+ *   pdone  [L] int32            combine: partials complete, per member
+ *   cdone  [ND] int32           combine: accumulators complete, per domain
+ *   stage  [ND][maxT] records   staging records per source domain
+ *   part   [ND][maxT*min(K,L)]  partials of this domain's members
+ *   chain  [ND][maxT][H] fp32   accumulators from earlier domains
+ *   final  [maxT][H] fp32       this rank's finished sums
+ */
+#ifndef EPX_MOE_HIER_H
+#define EPX_MOE_HIER_H
+
+#include "moe/moe.h"
+
+typedef struct moe_hier {
+    int ND, L, dom, li;        /* domains, ranks per domain, mine, my index */
+    int maxdl;                 /* min(K, L): destinations per token in a
+                                  domain at most */
+    size_t rec_bytes, rec_hdr; /* staging record, its header (t, ids, w) */
+    size_t shdr, pdone, cdone, stage, part, chain, final;
+    int64_t P;                 /* partial slots per source domain */
+    int64_t cross_dispatch, cross_combine;  /* bytes put across domains */
+    /* scratch */
+    int64_t *entcur;           /* [L] */
+    int64_t *rowcur;           /* [units of the domain] */
+    float *acc;                /* [H] */
+    void *wire;                /* [row_bytes] */
+} moe_hier_t;
+
+/* Per handle: for each source domain a, where source (a, li) starts at
+ * each member (entries) and each unit of the domain (expert-major rows). */
+typedef struct moe_hier_h {
+    int64_t *entbase;          /* [ND][L] */
+    int64_t *rowbase;          /* [ND][units of the domain] */
+} moe_hier_h_t;
+
+/* engine.c hooks */
+epx_status_t moe_hier_init(epx_moe_t *m);          /* domains, collective */
+size_t moe_hier_window(epx_moe_t *m, size_t at);   /* regions from `at` */
+void moe_hier_free(epx_moe_t *m);
+/* dispatch.c hooks: plan (uncached, after plan_offsets), the data phase
+ * (instead of send_tokens + signal_data) */
+epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h);
+void moe_hier_handle_free(epx_handle_t *h);
+epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
+                               const epx_dispatch_args_t *a);
+/* combine.c hooks: instead of send_partials, and the output */
+epx_status_t moe_hier_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                   const epx_combine_args_t *a);
+void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out);
+
+/* Spin, then yield, until *word == want; EPX_ERR_TIMEOUT after the
+ * communicator's timeout. */
+epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
+                                int32_t want, const char *what, int peer);
+
+#endif /* EPX_MOE_HIER_H */

@@ -1,0 +1,203 @@
+/*
+ * Hierarchical combine (see hier.h): partials to the gateway in the
+ * domain, then per token a chain of fp32 accumulators through the
+ * gateways of its destination domains in ascending order, the flat path's
+ * sum term for term.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/hier.h"
+
+/* acc (+)= w * v (w NULL: v), fp32, `first`: acc = 0 + term — the flat
+ * path's arithmetic (combine.c). */
+static void accum(float *restrict acc, const void *src, epx_dtype_t dt,
+                  const float *w, int first, int n)
+{
+    const float wv = w ? *w : 1.0f;
+    for (int i = 0; i < n; i++) {
+        float v = dt == EPX_DTYPE_BF16 ? epx__bf16_to_f32(((const uint16_t *)src)[i])
+                                       : ((const float *)src)[i];
+        float term = w ? wv * v : v;
+        acc[i] = first ? 0.0f + term : acc[i] + term;
+    }
+}
+
+static void store(void *dst, const float *acc, epx_dtype_t dt, int n)
+{
+    if (dt == EPX_DTYPE_BF16)
+        for (int i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = epx__f32_to_bf16(acc[i]);
+    else
+        memcpy(dst, acc, sizeof(float) * (size_t)n);
+}
+
+/* Distinct domains of a token's destinations, ascending: the first, and
+ * the one after `dom` (-1: none). */
+static void chain_of(const epx_moe_t *m, const int32_t *ids, int dom,
+                     int *first, int *next)
+{
+    const int L = m->hier->L;
+    *first = -1;
+    *next = -1;
+    for (int k = 0; k < m->K; k++) {
+        if (ids[k] < 0)
+            continue;
+        int b = m->u2r[ids[k]] / L;
+        if (*first < 0 || b < *first)
+            *first = b;
+        if (b > dom && (*next < 0 || b < *next))
+            *next = b;
+    }
+}
+
+/* Each received token's partial to its gateway in this domain. */
+static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
+                                  const epx_combine_args_t *a, int32_t seq)
+{
+    moe_hier_t *x = m->hier;
+    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR, L = x->L;
+    const int d0 = x->dom * L;
+    const char *y = a->y.data;
+    const float *wt = (a->flags & EPX_COMBINE_UNWEIGHTED)
+        ? NULL : (const float *)moe_local(m, m->off.topk_w);
+    const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
+    epx_status_t st = EPX_OK;
+    for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
+        const int32_t *ent = ents + i * m->ent_ints;
+        int g = d0 + ent[0] % L;
+        size_t dst = x->part + (size_t)ent[1] * m->row_bytes;
+        if (tm) {
+            st = epx__win_put(m->win, g, dst, y + (size_t)i * m->row_bytes,
+                              m->row_bytes);
+            continue;
+        }
+        for (int k = 0; k < ent[2]; k++) {
+            int32_t r = ent[3 + k];
+            accum(x->acc, y + (size_t)r * m->row_bytes, m->p.dtype,
+                  wt ? &wt[r] : NULL, k == 0, m->H);
+        }
+        store(x->wire, x->acc, m->p.dtype, m->H);
+        st = epx__win_put(m->win, g, dst, x->wire, m->row_bytes);
+    }
+    for (int g = d0; g < d0 + L && st == EPX_OK; g++) {
+        st = epx__win_flush(m->win, g);
+        if (st == EPX_OK)
+            st = epx__win_put(m->win, g, x->pdone + sizeof(int32_t) * (size_t)x->li,
+                              &seq, sizeof(seq));
+    }
+    return st;
+}
+
+/* Gateway: for each token of the sources with our local index that has
+ * destinations here, continue its sum with our domain's partials and pass
+ * it on (next domain's gateway, or the source). */
+static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
+{
+    moe_hier_t *x = m->hier;
+    const int L = x->L, ND = x->ND, K = m->K, H = m->H;
+    const size_t frow = sizeof(float) * (size_t)H;
+    const int32_t *pdone = (const int32_t *)moe_local(m, x->pdone);
+    const int32_t *cdone = (const int32_t *)moe_local(m, x->cdone);
+    epx_status_t st = EPX_OK;
+    for (int j = 0; j < L && st == EPX_OK; j++)
+        st = moe_hier_wait_word(m, &pdone[j], seq, "combine", x->dom * L + j);
+    for (int b = 0; b < x->dom && st == EPX_OK; b++)
+        st = moe_hier_wait_word(m, &cdone[b], seq, "combine", b * L + x->li);
+    int dst[EPX_MAX_TOPK];
+    for (int b = 0; b < ND && st == EPX_OK; b++) {
+        const int src = b * L + x->li;
+        int64_t n = h->T, pc = 0;
+        if (b != x->dom)
+            n = __atomic_load_n((const int32_t *)moe_local(m, x->shdr) + 2 * b,
+                                __ATOMIC_ACQUIRE);
+        for (int64_t k = 0; k < n && st == EPX_OK; k++) {
+            const int32_t *ids;
+            int32_t t;
+            if (b == x->dom) {
+                t = (int32_t)k;
+                ids = h->idx + k * K;
+            } else {
+                const char *p = moe_local(m, x->stage) +
+                    ((size_t)b * (size_t)m->maxT + (size_t)k) * x->rec_bytes;
+                t = *(const int32_t *)p;
+                ids = (const int32_t *)p + 1;
+            }
+            /* Destinations here, ascending (as dispatch numbered them). */
+            int nd = 0;
+            for (int kk = 0; kk < K; kk++) {
+                if (ids[kk] < 0 || m->u2r[ids[kk]] / L != x->dom)
+                    continue;
+                int d = m->u2r[ids[kk]], i = nd;
+                while (i > 0 && dst[i - 1] > d)
+                    i--;
+                if (i > 0 && dst[i - 1] == d)
+                    continue;
+                memmove(dst + i + 1, dst + i, sizeof(int) * (size_t)(nd - i));
+                dst[i] = d;
+                nd++;
+            }
+            if (nd == 0)
+                continue;
+            int first, next;
+            chain_of(m, ids, x->dom, &first, &next);
+            float *acc = x->acc;
+            if (first != x->dom)
+                memcpy(acc, moe_local(m, x->chain) +
+                       ((size_t)b * (size_t)m->maxT + (size_t)t) * frow, frow);
+            for (int j = 0; j < nd; j++) {
+                const char *p = moe_local(m, x->part) +
+                    (size_t)((int64_t)b * x->P + pc++) * m->row_bytes;
+                accum(acc, p, m->p.dtype, NULL, first == x->dom && j == 0, H);
+            }
+            if (next >= 0) {
+                st = epx__win_put(m->win, next * L + x->li, x->chain +
+                                  ((size_t)b * (size_t)m->maxT + (size_t)t) * frow,
+                                  acc, frow);
+                x->cross_combine += (int64_t)frow;
+            } else {
+                st = epx__win_put(m->win, src, x->final + (size_t)t * frow, acc,
+                                  frow);
+                if (src / L != x->dom)
+                    x->cross_combine += (int64_t)frow;
+            }
+        }
+    }
+    /* Accumulators complete for the later domains' gateways. */
+    for (int b = x->dom + 1; b < ND && st == EPX_OK; b++) {
+        int g = b * L + x->li;
+        st = epx__win_flush(m->win, g);
+        if (st == EPX_OK)
+            st = epx__win_put(m->win, g, x->cdone + sizeof(int32_t) * (size_t)x->dom,
+                              &seq, sizeof(seq));
+    }
+    return st;
+}
+
+epx_status_t moe_hier_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                   const epx_combine_args_t *a)
+{
+    const int32_t seq = (int32_t)(m->n_comb + 1);
+    epx_status_t st = send_partials(m, h, a, seq);
+    if (st == EPX_OK)
+        st = chain(m, h, seq);
+    if (st != EPX_OK && st != EPX_ERR_TIMEOUT)
+        st = epx__error(EPX_ERR_RANGE, "combine: a put fell outside the window");
+    return st;
+}
+
+void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
+{
+    const moe_hier_t *x = m->hier;
+    const size_t frow = sizeof(float) * (size_t)m->H;
+    const size_t orow = epx_dtype_size(out->dtype) * (size_t)m->H;
+    for (int64_t t = 0; t < h->T; t++) {
+        char *o = (char *)out->data + (size_t)t * orow;
+        if (h->ndest[t] == 0)
+            memset(o, 0, orow);
+        else
+            store(o, (const float *)(moe_local(m, x->final) + (size_t)t * frow),
+                  out->dtype, m->H);
+    }
+}
