@@ -33,8 +33,8 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Spin (EPX_SPIN), yield (EPX_YIELD), then nap (50 us doubling to 1 ms)
- * until the counter reaches `value` or the communicator's timeout. */
+/* Spin (EPX_SPIN), yield (EPX_YIELD), then nap (50 us doubling to 1 ms,
+ * woken early by network traffic where the backend can) until the counter reaches `value` or the communicator's timeout. */
 epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
 {
     const epx_tl_ops_t *ops = w->ops;
@@ -63,8 +63,12 @@ epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
                               "(slot %d at %llu, waiting for %llu)",
                               w->comm->rank, epx__comm_timeout(w->comm), slot,
                               (unsigned long long)v, (unsigned long long)value);
-        struct timespec ts = { 0, nap_ns };
-        nanosleep(&ts, NULL);
+        if (ops->idle) {
+            ops->idle(w, nap_ns);
+        } else {
+            struct timespec ts = { 0, nap_ns };
+            nanosleep(&ts, NULL);
+        }
         if (nap_ns < 1000 * 1000)
             nap_ns *= 2;
     }
@@ -110,6 +114,14 @@ static void multi_progress(epx_win_t *win)
     for (int t = 0; t < EPX_TL_COUNT; t++)
         if (w->sub[t]->ops->progress)
             w->sub[t]->ops->progress(w->sub[t]);
+}
+
+/* Network traffic wakes the network side; shm signals do not wake it, so
+ * the nap stays short (at most 1 ms). */
+static void multi_idle(epx_win_t *win, long ns)
+{
+    epx_win_t *u = ((multi_win_t *)win)->sub[EPX_TL_UCX];
+    u->ops->idle(u, ns);
 }
 
 static void multi_destroy(epx_win_t *win)
@@ -177,4 +189,5 @@ const epx_tl_ops_t epx__tl_multi = {
     .flush = multi_flush,
     .count = multi_count,
     .progress = multi_progress,
+    .idle = multi_idle,
 };

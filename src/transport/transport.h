@@ -42,6 +42,8 @@ typedef struct epx_tl_ops {
     uint64_t (*count)(epx_win_t *win, int slot);
     /* Make progress on incoming and outgoing operations (NULL: none needed). */
     void (*progress)(epx_win_t *win);
+    /* Sleep up to `ns` or until network traffic arrives (NULL: sleep). */
+    void (*idle)(epx_win_t *win, long ns);
 } epx_tl_ops_t;
 
 /* Backends, by index in epx_comm_t.peer_tl. */

@@ -9,6 +9,7 @@
 typedef struct epx_ucx_comm {
     ucp_context_h ctx;
     ucp_worker_h worker;
+    int efd;                    /* the worker's event fd (wake-up), or -1 */
     ucp_ep_h *eps;              /* [nranks]; NULL where the peer uses shm */
     epx_status_t *ep_status;    /* [nranks]; set by the error handler */
     struct ucx_ep_ctx **ep_ctx; /* [nranks] the error handler's argument */

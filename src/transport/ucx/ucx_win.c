@@ -2,8 +2,8 @@
  * UCX windows: RMA puts into memory every rank registered with ucp_mem_map
  * and whose rkeys were all-gathered through the bootstrap.
  *
- * Memory of a window: the data area (`size` bytes: an anonymous sparse
- * mapping of our own, or the shm object of a composite window) and a
+ * Memory of a window: the data area (`size` bytes: allocated by UCX, or
+ * the shm object of a composite window) and a
  * signal area of nsignals x nranks 64-bit words, word [slot][src] written
  * only by rank src.  Each area is one registration, one rkey per rank.
  *
@@ -25,8 +25,10 @@
  * source buffers at once, as with shm); a put completes remotely by the
  * next signal's ordering, or at a flush of the worker (destruction).
  */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -36,8 +38,6 @@
 typedef struct ucx_win {
     epx_win_t base;
     epx_ucx_comm_t *u;
-    void *own;                 /* our data mapping (NULL: the caller's) */
-    size_t own_len;
     uint64_t *sig;             /* [nsignals][nranks] words, by source */
     size_t sig_len;
     ucp_mem_h mh_data, mh_sig;
@@ -73,8 +73,6 @@ static void ucx_win_free(ucx_win_t *w)
         ucp_mem_unmap(w->u->ctx, w->mh_data);
     if (w->mh_sig)
         ucp_mem_unmap(w->u->ctx, w->mh_sig);
-    if (w->own)
-        munmap(w->own, w->own_len);
     if (w->sig)
         munmap(w->sig, w->sig_len);
     free(w->rk_data);
@@ -122,16 +120,27 @@ static epx_status_t ucx_win_local(ucx_win_t *w, void *local, void **kd,
         if (c->peer_tl[r] == EPX_TL_UCX)
             w->srcs[w->nsrcs++] = r;
     if (!local) {
-        /* Sparse: pages are committed when first written. */
-        w->own_len = page_round(w->base.size ? w->base.size : 1);
-        w->own = mmap(NULL, w->own_len, PROT_READ | PROT_WRITE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (w->own == MAP_FAILED) {
-            w->own = NULL;
-            return epx__syserror(EPX_ERR_NOMEM, "ucx: mmap of %zu bytes",
-                                 w->own_len);
+        /* UCX allocates it (UCX_ALLOC_PRIO: shared memory first), so that
+         * peers of this host can reach it with direct RMA instead of
+         * messages the target must progress; lazily committed pages. */
+        ucp_mem_map_params_t p = {
+            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                          UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                          UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+            .address = NULL,
+            .length = page_round(w->base.size ? w->base.size : 1),
+            .flags = UCP_MEM_MAP_ALLOCATE,
+        };
+        ucp_mem_attr_t a = { .field_mask = UCP_MEM_ATTR_FIELD_ADDRESS };
+        ucs_status_t s = ucp_mem_map(w->u->ctx, &p, &w->mh_data);
+        if (s == UCS_OK && (s = ucp_mem_query(w->mh_data, &a)) != UCS_OK)
+            ucp_mem_unmap(w->u->ctx, w->mh_data);
+        if (s != UCS_OK) {
+            w->mh_data = NULL;
+            return epx__error(EPX_ERR_NOMEM, "ucx: ucp_mem_map of %zu bytes: "
+                              "%s", (size_t)p.length, ucs_status_string(s));
         }
-        local = w->own;
+        local = a.address;
     }
     w->base.local = local;
     w->sig_len = page_round(sizeof(uint64_t) * (size_t)R * (size_t)(S > 0 ? S : 1));
@@ -141,8 +150,8 @@ static epx_status_t ucx_win_local(ucx_win_t *w, void *local, void **kd,
         w->sig = NULL;
         return epx__syserror(EPX_ERR_NOMEM, "ucx: mmap of %zu bytes", w->sig_len);
     }
-    epx_status_t st = ucx_map(w, local, w->base.size ? w->base.size : 1,
-                              &w->mh_data);
+    epx_status_t st = w->mh_data ? EPX_OK
+        : ucx_map(w, local, w->base.size ? w->base.size : 1, &w->mh_data);
     if (st == EPX_OK)
         st = ucx_map(w, w->sig, w->sig_len, &w->mh_sig);
     if (st != EPX_OK)
@@ -345,6 +354,22 @@ static void ucx_progress(epx_win_t *win)
     ucp_worker_progress(((ucx_win_t *)win)->u->worker);
 }
 
+/* Sleep on the worker's event fd: incoming network traffic wakes us at
+ * once (ucp_worker_arm says UCS_ERR_BUSY when events are already due). */
+static void ucx_idle(epx_win_t *win, long ns)
+{
+    epx_ucx_comm_t *u = ((ucx_win_t *)win)->u;
+    struct timespec ts = { 0, ns };
+    if (u->efd < 0) {
+        nanosleep(&ts, NULL);
+        return;
+    }
+    if (ucp_worker_arm(u->worker) != UCS_OK)
+        return;
+    struct pollfd pfd = { u->efd, POLLIN, 0 };
+    ppoll(&pfd, 1, &ts, NULL);
+}
+
 const epx_tl_ops_t epx__tl_ucx = {
     .name = "ucx",
     .win_create = ucx_win_create_ops,
@@ -355,4 +380,5 @@ const epx_tl_ops_t epx__tl_ucx = {
     .flush = ucx_flush,
     .count = ucx_count,
     .progress = ucx_progress,
+    .idle = ucx_idle,
 };
