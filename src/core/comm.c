@@ -1,7 +1,7 @@
 /*
  * The communicator: ranks, a bootstrap (setup only), the transport used per
- * peer (v0: shm for every peer; all ranks must share one host) and a
- * barrier on the transport's signals.
+ * peer (select.c: shm inside a host and domain, ucx across) and a barrier
+ * on the transports' signals.
  */
 #include <math.h>
 #include <stdio.h>
@@ -12,13 +12,6 @@
 
 #include "util/util.h"
 #include "core/comm.h"
-
-typedef struct rank_info {
-    char job[40];
-    char host[64];
-    char boot_id[40];
-    int32_t pid;
-} rank_info_t;
 
 epx_status_t epx__random_hex(char *buf, size_t nhex)
 {
@@ -32,7 +25,7 @@ epx_status_t epx__random_hex(char *buf, size_t nhex)
     return EPX_OK;
 }
 
-static void host_identity(rank_info_t *ri)
+static void host_identity(epx_rank_info_t *ri)
 {
     gethostname(ri->host, sizeof(ri->host) - 1);
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
@@ -57,8 +50,9 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
 {
     epx_status_t st;
     epx_comm_t *c = calloc(1, sizeof(*c));
-    rank_info_t mine = { 0 }, *all = calloc((size_t)boot->nranks, sizeof(*all));
-    if (!c || !all) {
+    epx_rank_info_t mine = { 0 }, *all = calloc((size_t)boot->nranks, sizeof(*all));
+    epx_topo_t *topo = NULL;
+    if (!c || !all || !(c->peer_tl = calloc((size_t)boot->nranks, 1))) {
         st = epx__error(EPX_ERR_NOMEM, "comm: out of memory");
         goto err_alloc;
     }
@@ -66,7 +60,6 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     c->nranks = boot->nranks;
     c->timeout_s = timeout_s;
     c->boot = boot;
-    c->tl = &epx__tl_shm;
     while ((1 << c->barrier_rounds) < c->nranks)
         c->barrier_rounds++;
 
@@ -75,30 +68,42 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     else if ((st = epx__random_hex(mine.job, 16)) != EPX_OK)
         goto err_alloc;
     host_identity(&mine);
+    epx__select_local(c->rank, c->nranks, &mine, &topo);
     if ((st = epx__comm_allgather(c, &mine, all, sizeof(mine))) != EPX_OK)
         goto err_alloc;
     memcpy(c->job, all[0].job, sizeof(c->job)); /* rank 0's id wins */
-    for (int r = 0; r < c->nranks; r++)
-        if (strcmp(all[r].boot_id, mine.boot_id) ||
-            strcmp(all[r].host, mine.host)) {
-            st = epx__error(EPX_ERR_UNSUPPORTED,
-                            "comm: rank %d runs on host %s (boot %.8s) and rank "
-                            "%d on %s (boot %.8s); ranks on several hosts need "
-                            "the network transport (not in this version)",
-                            c->rank, mine.host, mine.boot_id, r, all[r].host,
-                            all[r].boot_id);
-            goto err_alloc;
-        }
-    if ((st = c->tl->win_create(c, 0, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
+    if ((st = epx__select(c, all)) != EPX_OK)
         goto err_alloc;
+    /* The map is the comm's only when every rank loaded it (else
+     * epx_comm_topology reports the failure, collectively). */
+    for (int r = 0; r < c->nranks && topo; r++)
+        if (all[r].topo_status != EPX_OK || all[r].domain < 0) {
+            epx_topo_destroy(topo);
+            topo = NULL;
+        }
+    c->topo = topo;
+    topo = NULL;
+    if ((st = epx__ucx_comm_init(c)) != EPX_OK)
+        goto err_alloc;
+    if ((st = epx__win_create(c, 0, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
+        goto err_ucx;
     free(all);
+    char sum[256];
+    epx__select_summary(c, sum, sizeof(sum));
     EPX_LOG(EPX_LOG_INFO, "core", c->rank,
-            "communicator of %d ranks up (job %s, transport %s)", c->nranks,
-            c->job, c->tl->name);
+            "communicator of %d ranks up (job %s); rank %d: %s", c->nranks,
+            c->job, c->rank, sum);
     *out = c;
     return EPX_OK;
 
+err_ucx:
+    epx__ucx_comm_fini(c);
 err_alloc:
+    epx_topo_destroy(topo);
+    if (c) {
+        epx_topo_destroy(c->topo);
+        free(c->peer_tl);
+    }
     free(all);
     free(c);
     boot->destroy(boot);
@@ -167,9 +172,10 @@ void epx_comm_destroy(epx_comm_t *comm)
 {
     if (!comm)
         return;
-    if (comm->ctl)
-        comm->tl->win_destroy(comm->ctl);
+    epx__win_destroy(comm->ctl);
+    epx__ucx_comm_fini(comm);
     epx_topo_destroy(comm->topo);
+    free(comm->peer_tl);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);
@@ -194,16 +200,4 @@ epx_status_t epx_comm_barrier(epx_comm_t *comm)
             return st;
     }
     return EPX_OK;
-}
-
-epx_status_t epx__win_create(epx_comm_t *comm, size_t size, int nsignals,
-                             epx_win_t **win)
-{
-    return comm->tl->win_create(comm, size, nsignals, win);
-}
-
-void epx__win_destroy(epx_win_t *win)
-{
-    if (win)
-        win->ops->win_destroy(win);
 }

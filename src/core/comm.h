@@ -12,13 +12,47 @@ struct epx_comm {
     epx_boot_t *boot;
     char job[40];               /* unique job id shared by all ranks (hex) */
     unsigned next_win;          /* windows created so far (names) */
-    const epx_tl_ops_t *tl;     /* v0: shm for every peer */
+    uint8_t *peer_tl;           /* [nranks] EPX_TL_* reaching each rank */
+    int tl_peers[EPX_TL_COUNT]; /* ranks (self included) per backend */
+    int ucx_any;                /* some pair of the comm uses ucx */
+    struct epx_ucx_comm *ucx;   /* UCX context, worker, endpoints, or NULL */
     epx_win_t *ctl;             /* barrier window */
     uint64_t barrier_epoch;
     int barrier_rounds;         /* ceil(log2(nranks)) dissemination rounds */
     void *owned;                /* freed with the comm (bootstrap context) */
     epx_topo_t *topo;           /* epx_comm_topology's map, built on first use */
 };
+
+/* What every rank tells the others at creation (all-gathered). */
+typedef struct epx_rank_info {
+    char job[40];
+    char host[64];
+    char boot_id[40];
+    int32_t pid;
+    int32_t domain;             /* EPX_TOPO_FILE domain; -1: no file */
+    int32_t topo_status;        /* loading EPX_TOPO_FILE (EPX_OK without) */
+    char transports[64];        /* EPX_TRANSPORTS as this rank read it */
+} epx_rank_info_t;
+
+/* Transport selection (select.c).  Parse an EPX_TRANSPORTS value into a
+ * mask of allowed backends (1 << EPX_TL_*). */
+epx_status_t epx__select_parse(const char *spec, unsigned *allowed);
+/* This rank's domain and EPX_TRANSPORTS, before the all-gather; may load
+ * EPX_TOPO_FILE (kept in *topo when it loads, else NULL). */
+void epx__select_local(int rank, int nranks, epx_rank_info_t *mine,
+                       epx_topo_t **topo);
+/* Pick the backend of every peer from every rank's info (same answer on
+ * every rank: errors are about the first bad pair, seen by all). */
+epx_status_t epx__select(epx_comm_t *comm, const epx_rank_info_t *all);
+/* Name of the backend reaching `peer` ("shm", "ucx"), or NULL. */
+const char *epx__comm_peer_transport(const epx_comm_t *comm, int peer);
+/* "shm to 0-7, ucx to 8-15" (buf of len bytes). */
+void epx__select_summary(const epx_comm_t *comm, char *buf, size_t len);
+
+/* UCX per communicator (src/transport/ucx): collective when any pair uses
+ * UCX; a rank without UCX peers takes part without opening anything. */
+epx_status_t epx__ucx_comm_init(epx_comm_t *comm);
+void epx__ucx_comm_fini(epx_comm_t *comm);
 
 #define EPX_COMM_CTL_SIGNALS 32 /* one per dissemination round */
 

@@ -51,8 +51,11 @@ static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
         const int32_t *seq = moe_blk(m, call, s) + m->blk_ints - 1;
         for (long spins = 0; __atomic_load_n(seq, __ATOMIC_ACQUIRE) != want;
              spins++) {
-            if (spins < 1000)
+            if (spins < 1000) {
+                if (spins % 64 == 63)
+                    epx__win_progress(m->win);
                 continue;
+            }
             if (deadline == 0)
                 deadline = epx__now() + epx__comm_timeout(m->comm);
             if (epx__now() > deadline)
@@ -61,6 +64,7 @@ static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
                                   "for call %llu after %.1f s", m->rank, s,
                                   (unsigned long long)call,
                                   epx__comm_timeout(m->comm));
+            epx__win_progress(m->win);   /* network puts land by progress */
             sched_yield();
         }
     }

@@ -91,6 +91,8 @@ epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
     double deadline = 0;
     for (long spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) != want;
          spins++) {
+        if (spins % 64 == 63)
+            epx__win_progress(m->win);   /* network puts land by progress */
         if (spins < 1000)
             continue;
         if (deadline == 0)
@@ -101,6 +103,7 @@ epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
                               "rank %d after %.1f s", what, m->rank, peer,
                               epx__comm_timeout(m->comm));
         }
+        epx__win_progress(m->win);
         sched_yield();
     }
     return EPX_OK;

@@ -73,6 +73,7 @@ epx_status_t moe_ht_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *recv,
         count = nl;
     } else {
         /* Sources done with this data phase (recv has not counted it). */
+        epx__win_progress(m->win);   /* network puts land by progress */
         const int32_t want = (int32_t)(m->n_data + 1);
         const int32_t *done = (const int32_t *)moe_local(m, m->off.done);
         for (int j = 0; j < nl; j++) {

@@ -405,6 +405,7 @@ epx_status_t ll_dispatch_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
     const int R = m->R, nl = moe_nlocal(m, m->rank);
     const int32_t tag = ll_tag(l, c->call);
     const size_t cw = ll_at(l, c->call, l->off.cw);
+    epx__win_progress(m->win);   /* network puts land by progress */
     /* A source's header can be read once any of its words has arrived:
      * an error shows as soon as the source's first word does. */
     for (int s = 0; s < R && st == EPX_OK; s++) {

@@ -9,8 +9,14 @@
  * yield, then sleep (72 ranks on 2 cores must work), and fail with
  * EPX_ERR_TIMEOUT after the communicator's timeout.
  *
+ * flush(peer) orders this rank's puts to `peer` before it against the ones
+ * after it; it is not a completion (a signal is: once the peer sees it, it
+ * sees the data).
+ *
  * Each backend (one folder under src/transport/) fills an epx_tl_ops_t;
- * the communicator picks the backend per peer (v0: shm for every peer).
+ * the communicator picks the backend per peer (src/core/select.c), and a
+ * window whose peers use several backends is a composite (multi.c) that
+ * routes each call to the peer's backend.
  */
 #ifndef EPX_TRANSPORT_H
 #define EPX_TRANSPORT_H
@@ -31,9 +37,23 @@ typedef struct epx_tl_ops {
     epx_status_t (*signal)(epx_win_t *win, int peer, int slot, uint64_t inc);
     epx_status_t (*wait)(epx_win_t *win, int slot, uint64_t value);
     epx_status_t (*flush)(epx_win_t *win, int peer);
+    /* Current value of this rank's counter `slot`, without waiting (acquire:
+     * data signalled before it is visible). */
+    uint64_t (*count)(epx_win_t *win, int slot);
+    /* Make progress on incoming and outgoing operations (NULL: none needed). */
+    void (*progress)(epx_win_t *win);
+    /* Sleep up to `ns` or until network traffic arrives (NULL: sleep). */
+    void (*idle)(epx_win_t *win, long ns);
 } epx_tl_ops_t;
 
+/* Backends, by index in epx_comm_t.peer_tl. */
+enum { EPX_TL_SHM = 0, EPX_TL_UCX = 1, EPX_TL_COUNT = 2 };
+
 extern const epx_tl_ops_t epx__tl_shm;
+extern const epx_tl_ops_t epx__tl_multi;
+extern const epx_tl_ops_t epx__tl_ucx;     /* defined when built with UCX */
+/* The backend of index `tl`, NULL when not built in. */
+const epx_tl_ops_t *epx__tl_get(int tl);
 
 /* Base of a window as the transport sees it (all backends share this head). */
 struct epx_win {
@@ -42,8 +62,18 @@ struct epx_win {
     size_t size;
     int nsignals;
     void *local;              /* this rank's `size` bytes */
-    void **peer;              /* [nranks] direct pointers, NULL if not mapped */
+    void **peer;              /* [nranks] direct pointers, NULL if not mapped
+                                 (peers reached through the network) */
 };
+
+/* A wait by polling ops->count while calling ops->progress: spin, yield,
+ * then short naps, EPX_ERR_TIMEOUT after the communicator's timeout. */
+epx_status_t epx__win_poll_wait(epx_win_t *win, int slot, uint64_t value);
+
+/* A UCX window over memory the caller owns (the composite passes the shm
+ * window's local object, so shm and UCX peers write into one buffer). */
+epx_status_t epx__ucx_win_create(epx_comm_t *comm, size_t size, int nsignals,
+                                 void *local, epx_win_t **win);
 
 /* Collective; `size` may be far above what is touched: pages are committed
  * only when written (memory grows with use). */
@@ -72,6 +102,10 @@ static inline epx_status_t epx__win_wait(epx_win_t *w, int slot, uint64_t value)
 { return w->ops->wait(w, slot, value); }
 static inline epx_status_t epx__win_flush(epx_win_t *w, int peer)
 { return w->ops->flush(w, peer); }
+/* Let operations in flight advance (a caller polling window memory itself
+ * must call it: network puts may land only through progress). */
+static inline void epx__win_progress(epx_win_t *w)
+{ if (w->ops->progress) w->ops->progress(w); }
 /* Direct load/store address of a peer's window, or NULL. */
 static inline void *epx__win_peer_ptr(epx_win_t *w, int peer)
 { return w->peer[peer]; }

@@ -25,6 +25,8 @@ static const epx_setting_t settings[] = {
       "directory searched first for system descriptions named by EPX_TOPO_FILE" },
     { "EPX_TOPO_XML", "",
       "hwloc XML file the probe reads instead of this machine (NVML and CUDA skipped)" },
+    { "EPX_TRANSPORTS", "auto",
+      "transports rank pairs may use: auto, an allow list (ucx; shm,ucx) or a deny list (^shm)" },
     { "EPX_SPIN", "2000",
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",

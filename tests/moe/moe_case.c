@@ -23,6 +23,29 @@ static float gen_value(uint64_t h)
     return (float)(u * 8.0 - 4.0) * scale[h & 7];
 }
 
+/* EPX_TEST_DIGEST=FILE: append one line per rank and round with a hash of
+ * what it received and of its combine output, so that runs over different
+ * transports can be compared (tests/moe/test-transports.sh). */
+static void digest(const moe_run_t *m, const char *what, int data,
+                   const void *p, size_t bytes)
+{
+    static __thread unsigned seq;
+    const char *file = getenv("EPX_TEST_DIGEST");
+    if (!file || !*file)
+        return;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < bytes; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    char line[256];
+    int n = snprintf(line, sizeof(line), "%s #%u round %d rank %d %s %zu %016" PRIx64 "\n",
+                     m->c->name, seq++, data, m->rank, what, bytes, h);
+    FILE *f = fopen(file, "a");
+    if (f) {
+        fwrite(line, 1, (size_t)n, f);   /* one short append: not interleaved */
+        fclose(f);
+    }
+}
+
 static int max_tokens_of(const moe_case_t *c, int rank)
 {
     return c->max_tokens + rank * c->max_tokens_step;
@@ -413,6 +436,8 @@ int moe_round_dispatch(moe_run_t *m, moe_round_t *r, int route, int data,
     CHECKF(st == EPX_OK, "case %s round %d: epx_dispatch_recv: %s (%s)",
            c->name, data, epx_status_str(st), epx_last_error());
     CHECK_CALL(check_recv(m, data, "", &r->want, &r->rv));
+    digest(m, "recv-x", data, r->rv.x.data,
+           (size_t)(r->rv.x.rows * r->rv.x.cols) * epx_dtype_size(r->rv.x.dtype));
     CHECKF(epx_handle_num_tokens(*handle) == mine->T,
            "case %s: handle records %" PRId64 " tokens, want %" PRId64,
            c->name, epx_handle_num_tokens(*handle), mine->T);
@@ -479,6 +504,8 @@ int moe_round_combine(moe_round_t *r, epx_handle_t *handle)
     CHECKF(ref_combine(&m->cfg, m->rank, &r->toks[m->rank],
                        (c->combine_flags & EPX_COMBINE_UNWEIGHTED) != 0, y_row,
                        &yc, c->out_dtype, r->ref_out) == 0, "out of memory");
+    digest(m, "out", data, data_of(c, r->out, mine->T),
+           (size_t)mine->T * (size_t)H * esize(c->out_dtype));
     return check_out(m, data, mine, r->ref_out, r->out);
 }
 

@@ -1,7 +1,9 @@
 /*
  * shm transport: ranks on one host.  Each rank's window is one POSIX shared
- * memory object, /epx-<job>-<window>-<rank>, mapped by every rank of the
- * communicator; it is unlinked as soon as every peer has mapped it, so a
+ * memory object, /epx-<job>-<window>-<rank>, mapped by every rank that
+ * reaches it through shm (every rank, unless some pairs use the network:
+ * then the object is also the memory the network writes into); it is
+ * unlinked as soon as every peer has mapped it, so a
  * crash afterwards leaves nothing in /dev/shm.  The object is sized for the
  * caller's worst case but stays sparse: tmpfs commits a page only when it is
  * first written.
@@ -150,7 +152,7 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
         goto err_created;
 
     for (int r = 0; r < R && mine == EPX_OK; r++) {
-        if (r == comm->rank)
+        if (r == comm->rank || comm->peer_tl[r] != EPX_TL_SHM)
             continue;
         char peer[96];
         shm_name(peer, sizeof(peer), comm, id, r);
@@ -163,12 +165,13 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
         goto err_mapped;
 
     for (int r = 0; r < R; r++)
-        w->base.peer[r] = (char *)w->maps[r] + w->hdr;
-    w->base.local = w->base.peer[comm->rank];
+        if (w->maps[r])
+            w->base.peer[r] = (char *)w->maps[r] + w->hdr;
+    w->base.local = (char *)w->maps[comm->rank] + w->hdr;
     w->sig = (shm_signal_t *)w->maps[comm->rank];
     EPX_LOG(EPX_LOG_DEBUG, "shm", comm->rank,
             "window %u: %zu bytes (sparse), %d signals, %d peers mapped", id,
-            size, nsignals, R);
+            size, nsignals, comm->tl_peers[EPX_TL_SHM]);
     *out = &w->base;
     return EPX_OK;
 
@@ -304,6 +307,12 @@ static epx_status_t shm_flush(epx_win_t *win, int peer)
     return EPX_OK;
 }
 
+static uint64_t shm_count(epx_win_t *win, int slot)
+{
+    return __atomic_load_n(&((shm_win_t *)win)->sig[slot].value,
+                           __ATOMIC_ACQUIRE);
+}
+
 const epx_tl_ops_t epx__tl_shm = {
     .name = "shm",
     .win_create = shm_win_create,
@@ -312,4 +321,5 @@ const epx_tl_ops_t epx__tl_shm = {
     .signal = shm_signal,
     .wait = shm_wait,
     .flush = shm_flush,
+    .count = shm_count,
 };

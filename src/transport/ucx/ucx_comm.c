@@ -1,0 +1,253 @@
+/*
+ * UCX per communicator: one UCP context and worker per rank (UCX_* from the
+ * environment, e.g. UCX_TLS=tcp), worker addresses all-gathered through the
+ * bootstrap, one endpoint per peer that selection gave to ucx.
+ *
+ * Endpoints use UCP_ERR_HANDLING_MODE_NONE: in UCX 1.13 MODE_PEER leaves
+ * out the shared-memory RMA lanes (on-host puts fall back to messages,
+ * ~0.1 GB/s instead of ~7 GB/s here), and it does not save a survivor over
+ * tcp anyway (UCX aborts when it acknowledges a dead peer's put).  A dead
+ * peer is noticed by the waits' timeout (EPX_ERR_TIMEOUT).
+ *
+ * Destruction is not collective: it flushes this rank's operations (so the
+ * last signals reach their peers), then closes the endpoints without
+ * waiting for the peers (force close) and releases the worker and context.
+ */
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "transport/ucx/ucx.h"
+
+/* Longest flush of the outgoing operations at destruction. */
+#define UCX_FINI_FLUSH_S 10.0
+
+typedef struct ucx_ep_ctx {
+    epx_ucx_comm_t *u;
+    int peer, rank;
+} ucx_ep_ctx_t;
+
+static void ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
+{
+    (void)ep;
+    ucx_ep_ctx_t *e = arg;
+    e->u->ep_status[e->peer] = EPX_ERR_PEER;
+    EPX_LOG(EPX_LOG_INFO, "ucx", e->rank, "endpoint to rank %d failed: %s",
+            e->peer, ucs_status_string(status));
+}
+
+epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
+                           const char *what, int peer)
+{
+    if (req == NULL)
+        return EPX_OK;
+    if (UCS_PTR_IS_ERR(req))
+        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
+                          c->rank, what, peer,
+                          ucs_status_string(UCS_PTR_STATUS(req)));
+    epx_ucx_comm_t *u = c->ucx;
+    double deadline = 0;
+    ucs_status_t s;
+    for (long i = 0; (s = ucp_request_check_status(req)) == UCS_INPROGRESS; i++) {
+        ucp_worker_progress(u->worker);
+        if (i < 4096 || i % 256)
+            continue;
+        if (deadline == 0)
+            deadline = epx__now() + timeout_s;
+        else if (epx__now() > deadline) {
+            ucp_request_free(req);   /* released when it completes */
+            return epx__error(EPX_ERR_TIMEOUT,
+                              "ucx: rank %d: %s (rank %d) not complete after "
+                              "%.1f s", c->rank, what, peer, timeout_s);
+        }
+        sched_yield();
+    }
+    ucp_request_free(req);
+    if (s != UCS_OK)
+        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
+                          c->rank, what, peer, ucs_status_string(s));
+    return EPX_OK;
+}
+
+static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
+{
+    ucp_config_t *cfg;
+    ucs_status_t s = ucp_config_read(NULL, NULL, &cfg);
+    if (s != UCS_OK)
+        return epx__error(EPX_ERR_SYSTEM, "ucx: reading UCX_* settings: %s",
+                          ucs_status_string(s));
+    ucp_params_t p = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
+                      UCP_PARAM_FIELD_MT_WORKERS_SHARED,
+        .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+        .estimated_num_eps = (size_t)c->tl_peers[EPX_TL_UCX],
+        .mt_workers_shared = 0,
+    };
+    s = ucp_init(&p, cfg, &u->ctx);
+    ucp_config_release(cfg);
+    if (s != UCS_OK) {
+        u->ctx = NULL;
+        return epx__error(EPX_ERR_SYSTEM, "ucx: ucp_init: %s",
+                          ucs_status_string(s));
+    }
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_SINGLE,
+    };
+    if ((s = ucp_worker_create(u->ctx, &wp, &u->worker)) != UCS_OK) {
+        u->worker = NULL;
+        return epx__error(EPX_ERR_SYSTEM, "ucx: ucp_worker_create: %s",
+                          ucs_status_string(s));
+    }
+    if (ucp_worker_get_efd(u->worker, &u->efd) != UCS_OK)
+        u->efd = -1;   /* waits then nap without early wake-up */
+    return EPX_OK;
+}
+
+/* Every rank learns the worst status (a peer's failure: EPX_ERR_PEER). */
+static epx_status_t ucx_agree(epx_comm_t *c, epx_status_t mine)
+{
+    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    epx_status_t st = epx__comm_allgather(c, &v, all, sizeof(v));
+    for (int r = 0; r < c->nranks && st == EPX_OK; r++)
+        if (all[r] != EPX_OK)
+            st = mine != EPX_OK ? mine
+                : epx__error(EPX_ERR_PEER, "ucx: rank %d could not set up UCX "
+                             "(%s)", r, epx_status_str((epx_status_t)all[r]));
+    free(all);
+    return st;
+}
+
+/* Worker addresses: lengths, then addresses padded to the longest. */
+static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
+                                epx_status_t mine)
+{
+    ucp_address_t *addr = NULL;
+    size_t alen = 0;
+    if (mine == EPX_OK && u->worker) {
+        ucs_status_t s = ucp_worker_get_address(u->worker, &addr, &alen);
+        if (s != UCS_OK)
+            mine = epx__error(EPX_ERR_SYSTEM, "ucx: worker address: %s",
+                              ucs_status_string(s));
+    }
+    epx_status_t st = ucx_agree(c, mine);
+    int R = c->nranks;
+    uint64_t len = alen, max = 0, *lens = malloc(sizeof(uint64_t) * (size_t)R);
+    char *send = NULL, *all = NULL;
+    if (st == EPX_OK && !lens)
+        st = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    if (st == EPX_OK)
+        st = epx__comm_allgather(c, &len, lens, sizeof(len));
+    for (int r = 0; st == EPX_OK && r < R; r++)
+        max = lens[r] > max ? lens[r] : max;
+    if (st == EPX_OK && (!(send = calloc(1, max + 1)) ||
+                         !(all = malloc((max + 1) * (size_t)R))))
+        st = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    if (st == EPX_OK) {
+        if (addr)
+            memcpy(send, addr, alen);
+        st = epx__comm_allgather(c, send, all, max + 1);
+    }
+    if (addr)
+        ucp_worker_release_address(u->worker, addr);
+    /* Endpoints; creation only queues the wire-up (done by progress). */
+    mine = st;
+    for (int r = 0; r < R && mine == EPX_OK; r++) {
+        if (c->peer_tl[r] != EPX_TL_UCX)
+            continue;
+        ucx_ep_ctx_t *e = malloc(sizeof(*e));
+        if (!e) {
+            mine = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+            break;
+        }
+        *e = (ucx_ep_ctx_t){ u, r, c->rank };
+        ucp_ep_params_t ep = {
+            .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                          UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                          UCP_EP_PARAM_FIELD_ERR_HANDLER,
+            .address = (const ucp_address_t *)(all + (size_t)r * (max + 1)),
+            .err_mode = UCP_ERR_HANDLING_MODE_NONE,
+            .err_handler = { ucx_ep_error, e },
+        };
+        ucs_status_t s = ucp_ep_create(u->worker, &ep, &u->eps[r]);
+        if (s != UCS_OK) {
+            free(e);
+            u->eps[r] = NULL;
+            mine = epx__error(EPX_ERR_SYSTEM, "ucx: endpoint to rank %d: %s",
+                              r, ucs_status_string(s));
+        } else {
+            u->ep_ctx[r] = e;
+        }
+    }
+    free(lens);
+    free(send);
+    free(all);
+    return st == EPX_OK ? ucx_agree(c, mine) : st;
+}
+
+epx_status_t epx__ucx_comm_init(epx_comm_t *c)
+{
+    if (!c->ucx_any)
+        return EPX_OK;
+    int R = c->nranks;
+    epx_ucx_comm_t *u = calloc(1, sizeof(*u));
+    epx_status_t mine = EPX_OK;
+    if (u)
+        u->efd = -1;
+    if (!u || !(u->eps = calloc((size_t)R, sizeof(*u->eps))) ||
+        !(u->ep_ctx = calloc((size_t)R, sizeof(*u->ep_ctx))) ||
+        !(u->ep_status = calloc((size_t)R, sizeof(*u->ep_status))))
+        mine = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    c->ucx = u;
+    if (mine == EPX_OK && c->tl_peers[EPX_TL_UCX])
+        mine = ucx_open(c, u);
+    epx_status_t st = ucx_connect(c, u, mine);
+    if (st != EPX_OK) {
+        epx__ucx_comm_fini(c);
+        return st;
+    }
+    EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "worker up, %d endpoints",
+            c->tl_peers[EPX_TL_UCX]);
+    return EPX_OK;
+}
+
+void epx__ucx_comm_fini(epx_comm_t *c)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (!u)
+        return;
+    double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
+    if (u->worker && u->eps) {
+        ucp_request_param_t prm = { 0 };
+        epx_status_t st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
+                                        t, "flush at destruction", -1);
+        if (st != EPX_OK)
+            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
+        for (int r = 0; r < c->nranks; r++) {
+            if (!u->eps[r])
+                continue;
+            ucp_request_param_t cp = {
+                .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
+                .flags = UCP_EP_CLOSE_FLAG_FORCE,
+            };
+            epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &cp), t,
+                          "endpoint close", r);
+        }
+    }
+    if (u->worker)
+        ucp_worker_destroy(u->worker);
+    if (u->ctx)
+        ucp_cleanup(u->ctx);
+    if (u->ep_ctx)
+        for (int r = 0; r < c->nranks; r++)
+            free(u->ep_ctx[r]);
+    free(u->ep_ctx);
+    free(u->eps);
+    free(u->ep_status);
+    free(u);
+    c->ucx = NULL;
+}
