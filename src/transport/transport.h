@@ -4,10 +4,22 @@
  * A window is created collectively: every rank exposes `size` bytes plus
  * `nsignals` 64-bit signal counters of its own; peers write into it with put
  * and bump its counters with signal.  A signal is release-ordered after
- * every earlier put from the same rank to the same peer, so a rank that
- * waits for a counter then reads the data safely.  Waits spin briefly, then
- * yield, then sleep (72 ranks on 2 cores must work), and fail with
- * EPX_ERR_TIMEOUT after the communicator's timeout.
+ * every earlier put from the same rank to the same peer in the same window,
+ * so a rank that waits for a counter then reads the data safely.  Waits
+ * spin briefly, then yield, then sleep (72 ranks on 2 cores must work), and
+ * fail with EPX_ERR_TIMEOUT after the communicator's timeout.
+ *
+ * What every backend guarantees (tests/transport/test_conform checks it):
+ * - put returns once `src` may be reused (the bytes are on their way);
+ * - flush(peer) returns once every earlier put to `peer` in this window is
+ *   complete in the peer's memory: visible to the peer before any later
+ *   put or signal, and visible after any later synchronisation (a barrier
+ *   included, which alone orders nothing of other windows);
+ * - a peer may read its window memory directly (polling a word put after
+ *   a flush, or after a wait);
+ * - peer outside [0, nranks), slot outside [0, nsignals): EPX_ERR_INVALID;
+ *   a put beyond the window: EPX_ERR_RANGE; in both cases nothing is
+ *   written and the window stays usable.
  *
  * Each backend (one folder under src/transport/) fills an epx_tl_ops_t;
  * the communicator picks the backend per peer (v0: shm for every peer).
@@ -34,6 +46,9 @@ typedef struct epx_tl_ops {
 } epx_tl_ops_t;
 
 extern const epx_tl_ops_t epx__tl_shm;
+
+/* The backend of that name if it is built into this library, else NULL. */
+const epx_tl_ops_t *epx__tl_find(const char *name);
 
 /* Base of a window as the transport sees it (all backends share this head). */
 struct epx_win {
@@ -72,6 +87,9 @@ static inline epx_status_t epx__win_wait(epx_win_t *w, int slot, uint64_t value)
 { return w->ops->wait(w, slot, value); }
 static inline epx_status_t epx__win_flush(epx_win_t *w, int peer)
 { return w->ops->flush(w, peer); }
+/* Name of the backend that carries this rank's operations to `peer`. */
+static inline const char *epx__win_peer_tl(const epx_win_t *w, int peer)
+{ (void)peer; return w->ops->name; }
 /* Direct load/store address of a peer's window, or NULL. */
 static inline void *epx__win_peer_ptr(epx_win_t *w, int peer)
 { return w->peer[peer]; }
