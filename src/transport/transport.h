@@ -9,17 +9,19 @@
  * spin briefly, then yield, then sleep (72 ranks on 2 cores must work), and
  * fail with EPX_ERR_TIMEOUT after the communicator's timeout.
  *
- * What every backend guarantees (tests/transport/test_conform checks it):
- * - put returns once `src` may be reused (the bytes are on their way);
- * - flush(peer) returns once every earlier put to `peer` in this window is
- *   complete in the peer's memory: visible to the peer before any later
- *   put or signal, and visible after any later synchronisation (a barrier
- *   included, which alone orders nothing of other windows);
- * - a peer may read its window memory directly (polling a word put after
- *   a flush, or after a wait);
+ * flush(peer) orders this rank's puts to `peer` before it against the ones
+ * after it; it is not a completion (a signal is: once the peer sees it, it
+ * sees the data).
+ *
+ * Also true of every backend (tests/transport/test_conform checks it):
+ * - put returns once `src` may be reused;
+ * - a rank may poll its own window memory for a word put after a flush,
+ *   calling epx__win_progress meanwhile, and then sees what the flush
+ *   ordered before the word;
  * - peer outside [0, nranks), slot outside [0, nsignals): EPX_ERR_INVALID;
- *   a put beyond the window: EPX_ERR_RANGE; in both cases nothing is
- *   written and the window stays usable.
+ *   a put beyond the window: EPX_ERR_RANGE; either way nothing is written
+ *   or signalled (put_signal with a bad slot: its put may have happened)
+ *   and the window stays usable.
  *
  * Each backend (one folder under src/transport/) fills an epx_tl_ops_t;
  * the communicator picks the backend per peer (v0: shm for every peer).
@@ -43,12 +45,16 @@ typedef struct epx_tl_ops {
     epx_status_t (*signal)(epx_win_t *win, int peer, int slot, uint64_t inc);
     epx_status_t (*wait)(epx_win_t *win, int slot, uint64_t value);
     epx_status_t (*flush)(epx_win_t *win, int peer);
+    /* Make progress on incoming and outgoing operations (NULL: none needed). */
+    void (*progress)(epx_win_t *win);
 } epx_tl_ops_t;
 
 extern const epx_tl_ops_t epx__tl_shm;
 
 /* The backend of that name if it is built into this library, else NULL. */
 const epx_tl_ops_t *epx__tl_find(const char *name);
+/* Name of the backend that carries this rank's operations to `peer`. */
+const char *epx__win_peer_tl(const epx_win_t *w, int peer);
 
 /* Base of a window as the transport sees it (all backends share this head). */
 struct epx_win {
@@ -87,9 +93,10 @@ static inline epx_status_t epx__win_wait(epx_win_t *w, int slot, uint64_t value)
 { return w->ops->wait(w, slot, value); }
 static inline epx_status_t epx__win_flush(epx_win_t *w, int peer)
 { return w->ops->flush(w, peer); }
-/* Name of the backend that carries this rank's operations to `peer`. */
-static inline const char *epx__win_peer_tl(const epx_win_t *w, int peer)
-{ (void)peer; return w->ops->name; }
+/* Let operations in flight advance (a caller polling window memory itself
+ * must call it: network puts may land only through progress). */
+static inline void epx__win_progress(epx_win_t *w)
+{ if (w->ops->progress) w->ops->progress(w); }
 /* Direct load/store address of a peer's window, or NULL. */
 static inline void *epx__win_peer_ptr(epx_win_t *w, int peer)
 { return w->peer[peer]; }

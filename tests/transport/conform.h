@@ -32,8 +32,15 @@ size_t conf_rand(int tag, uint64_t a, uint64_t b, uint64_t c, size_t n);
 int conf_check_peers(epx_comm_t *comm, epx_win_t *w);
 
 /* Polls `*word` (this rank's window memory, written by a peer's put) until
- * it equals `want`, as the engine reads its sequence words; 1 on timeout. */
-int conf_poll_u64(const volatile uint64_t *word, uint64_t want, double secs);
+ * it equals `want`, driving w's progress, as the engine reads its sequence
+ * words; 1 on timeout. */
+int conf_poll_u64(epx_win_t *w, const volatile uint64_t *word, uint64_t want,
+                  double secs);
+
+/* Shared by the forked ranks (allocated before the launches): the round
+ * each rank has entered, for the barrier case. */
+extern uint64_t *conf_entered;
+#define CONF_MAX_RANKS 128
 
 enum {
     TAG_SIZES = 1, TAG_GUARD, TAG_UNALIGNED, TAG_M2O, TAG_ORDER, TAG_FLUSH,
@@ -53,7 +60,6 @@ int conf_put_sizes(epx_comm_t *comm, void *arg);
 int conf_unaligned(epx_comm_t *comm, void *arg);
 int conf_many_to_one(epx_comm_t *comm, void *arg);
 int conf_signal_order(epx_comm_t *comm, void *arg);
-int conf_flush_complete(epx_comm_t *comm, void *arg);
 int conf_flush_order(epx_comm_t *comm, void *arg);
 int conf_flush_overwrite(epx_comm_t *comm, void *arg);
 int conf_source_reuse(epx_comm_t *comm, void *arg);

@@ -6,6 +6,7 @@
 #include "conform.h"
 
 conf_mode_t conf_mode = CONF_SHM;
+uint64_t *conf_entered;
 
 uint64_t conf_key(int tag, int src, int dst, uint64_t round)
 {
@@ -93,11 +94,13 @@ int conf_check_peers(epx_comm_t *comm, epx_win_t *w)
     return 0;
 }
 
-int conf_poll_u64(const volatile uint64_t *word, uint64_t want, double secs)
+int conf_poll_u64(epx_win_t *w, const volatile uint64_t *word, uint64_t want,
+                  double secs)
 {
     double deadline = epxt_now() + secs;
     for (long spins = 0; __atomic_load_n(word, __ATOMIC_ACQUIRE) != want;
          spins++) {
+        epx__win_progress(w);
         if (spins < 1000)
             continue;
         CHECKF(epxt_now() < deadline, "word at %p is %llu after %.0f s, want "
