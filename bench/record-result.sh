@@ -2,9 +2,12 @@
 # Run epx-bench with the given options and keep the result:
 #   bench/record-result.sh [epx-bench options...]
 # writes bench/results/<date>-<host>-<ranks>r.json (format: results/README.md)
-# and prints its name.  EPX_BENCH overrides the binary (./bench/epx-bench).
+# and prints its name.  EPX_BENCH overrides the binary (./bench/epx-bench);
+# another program with --json (EPX_BENCH=./bench/epx-put-bench) gets its
+# name in the file's: <date>-<host>-<ranks>r-put-bench.json.
 set -eu
 BENCH=${EPX_BENCH:-./bench/epx-bench}
+prog=$(basename "$BENCH")
 here=$(dirname "$0")
 
 esc() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | tr -d '\n'; }
@@ -13,7 +16,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 "$BENCH" --json "$@" >"$out" || {
     rc=$?
-    echo "record-result: epx-bench exited $rc; nothing recorded" >&2
+    echo "record-result: $prog exited $rc; nothing recorded" >&2
     exit $rc
 }
 
@@ -27,7 +30,9 @@ cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)
 mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
 kernel=$(uname -sr | esc)
 ranks=$(sed -n 's/^ *"ranks": \([0-9]*\),.*/\1/p' "$out" | head -n1)
-file="$here/results/$(date -u +%Y%m%d-%H%M%S)-$host-${ranks}r.json"
+suffix=
+[ "$prog" = epx-bench ] || suffix="-${prog#epx-}"
+file="$here/results/$(date -u +%Y%m%d-%H%M%S)-$host-${ranks}r$suffix.json"
 
 {
     printf '{\n  "date": "%s",\n  "commit": "%s",\n  "dirty": %s,\n' \
@@ -36,7 +41,7 @@ file="$here/results/$(date -u +%Y%m%d-%H%M%S)-$host-${ranks}r.json"
         "$(printf %s "$host" | esc)" "$cpu" "$cores"
     printf '"memory_kb": %s, "kernel": "%s"},\n' "$mem_kb" "$kernel"
     printf '  "command": "%s",\n  "bench": ' \
-        "$(printf '%s ' epx-bench --json "$@" | sed 's/ $//' | esc)"
+        "$(printf '%s ' "$prog" --json "$@" | sed 's/ $//' | esc)"
     cat "$out"
     printf '}\n'
 } >"$file"

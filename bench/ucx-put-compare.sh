@@ -49,8 +49,8 @@ perftest() {   # SIZE ITERS -> MiB/s
     printf '%s\n' "$out" | awk '$1 == "Final:" { print $7 }'
 }
 epx() {   # SIZE -> MiB/s
-    "$bench" --transport ucx --sizes "$1" --bytes "$bytes" --json |
-        sed 's/.*"mib_s": \([0-9.]*\).*/\1/'
+    "$bench" --transport ucx --sizes "$1:$1" --bytes "$bytes" --reps 3 --json |
+        awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }'
 }
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 

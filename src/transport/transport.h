@@ -4,10 +4,24 @@
  * A window is created collectively: every rank exposes `size` bytes plus
  * `nsignals` 64-bit signal counters of its own; peers write into it with put
  * and bump its counters with signal.  A signal is release-ordered after
- * every earlier put from the same rank to the same peer, so a rank that
- * waits for a counter then reads the data safely.  Waits spin briefly, then
- * yield, then sleep (72 ranks on 2 cores must work), and fail with
- * EPX_ERR_TIMEOUT after the communicator's timeout.
+ * every earlier put from the same rank to the same peer in the same window,
+ * so a rank that waits for a counter then reads the data safely.  Waits
+ * spin briefly, then yield, then sleep (72 ranks on 2 cores must work), and
+ * fail with EPX_ERR_TIMEOUT after the communicator's timeout.
+ *
+ * flush(peer) orders this rank's puts to `peer` before it against the ones
+ * after it; it is not a completion (a signal is: once the peer sees it, it
+ * sees the data).
+ *
+ * Also true of every backend (tests/transport/test_conform checks it):
+ * - put returns once `src` may be reused;
+ * - a rank may poll its own window memory for a word put after a flush,
+ *   calling epx__win_progress meanwhile, and then sees what the flush
+ *   ordered before the word;
+ * - peer outside [0, nranks), slot outside [0, nsignals): EPX_ERR_INVALID;
+ *   a put beyond the window: EPX_ERR_RANGE; either way nothing is written
+ *   or signalled (put_signal with a bad slot: its put may have happened)
+ *   and the window stays usable.
  *
  * flush(peer) orders this rank's puts to `peer` before it against the ones
  * after it; it is not a completion (a signal is: once the peer sees it, it
@@ -54,6 +68,11 @@ extern const epx_tl_ops_t epx__tl_multi;
 extern const epx_tl_ops_t epx__tl_ucx;     /* defined when built with UCX */
 /* The backend of index `tl`, NULL when not built in. */
 const epx_tl_ops_t *epx__tl_get(int tl);
+
+/* The backend of that name if it is built into this library, else NULL. */
+const epx_tl_ops_t *epx__tl_find(const char *name);
+/* Name of the backend that carries this rank's operations to `peer`. */
+const char *epx__win_peer_tl(const epx_win_t *w, int peer);
 
 /* Base of a window as the transport sees it (all backends share this head). */
 struct epx_win {

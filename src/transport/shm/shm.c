@@ -219,9 +219,27 @@ static void copy_stream(void *dst, const void *src, size_t len)
     memcpy(dst, src, len);
 }
 
+/* A bad peer or slot is the caller's bug: refuse it before touching
+ * memory (an index past the mappings would write anywhere). */
+static epx_status_t bad_index(const epx_win_t *win, const char *op, int peer,
+                              int slot)
+{
+    if (peer < 0 || peer >= win->comm->nranks)
+        return epx__error(EPX_ERR_INVALID, "shm: %s to rank %d of %d", op,
+                          peer, win->comm->nranks);
+    return epx__error(EPX_ERR_INVALID, "shm: %s on signal slot %d of %d", op,
+                      slot, win->nsignals);
+}
+#define SHM_BAD_PEER(win, peer) \
+    EPX_UNLIKELY((unsigned)(peer) >= (unsigned)(win)->comm->nranks)
+#define SHM_BAD_SLOT(win, slot) \
+    EPX_UNLIKELY((unsigned)(slot) >= (unsigned)(win)->nsignals)
+
 static epx_status_t shm_put(epx_win_t *win, int peer, size_t off,
                             const void *src, size_t len)
 {
+    if (SHM_BAD_PEER(win, peer))
+        return bad_index(win, "put", peer, 0);
     if (EPX_UNLIKELY(off > win->size || len > win->size - off))
         return epx__error(EPX_ERR_RANGE,
                           "shm: put of %zu bytes at %zu beyond window of %zu",
@@ -240,6 +258,8 @@ static epx_status_t shm_signal(epx_win_t *win, int peer, int slot,
                                uint64_t inc)
 {
     shm_win_t *w = (shm_win_t *)win;
+    if (SHM_BAD_PEER(win, peer) || SHM_BAD_SLOT(win, slot))
+        return bad_index(win, "signal", peer, slot);
     shm_signal_t *s = (shm_signal_t *)w->maps[peer] + slot;
 #if defined(__x86_64__)
     _mm_sfence();   /* streaming stores of earlier puts before the signal */
@@ -262,6 +282,8 @@ static inline void cpu_relax(void)
 static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
 {
     shm_win_t *w = (shm_win_t *)win;
+    if (SHM_BAD_SLOT(win, slot))
+        return bad_index(win, "wait", win->comm->rank, slot);
     shm_signal_t *s = w->sig + slot;
     uint64_t v;
     for (long i = 0; i < w->spin; i++) {
@@ -298,7 +320,8 @@ static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
  * are weakly ordered; plain stores already are in order on x86). */
 static epx_status_t shm_flush(epx_win_t *win, int peer)
 {
-    (void)win; (void)peer;
+    if (SHM_BAD_PEER(win, peer))
+        return bad_index(win, "flush", peer, 0);
 #if defined(__x86_64__)
     _mm_sfence();
 #else
