@@ -551,6 +551,10 @@ typedef struct epx_moe_stats {
     int num_slots;             /* physical units: slots, or the experts */
     const int64_t *physical;   /* [layers][num_slots] tokens each slot
                                   received since the reset */
+    /* Bytes this rank's dispatches and combines put into windows (its own
+     * included) since the reset: rows, scales, per-row metadata and the
+     * count exchange, as the transport was handed them (global: summed). */
+    int64_t dispatch_bytes, combine_bytes;
 } epx_moe_stats_t;
 
 /* global 0: this rank's own tokens, local.  global 1: summed over every
