@@ -51,6 +51,7 @@ typedef struct bench_opts {
     epx_layout_t layout;
     int align;                 /* expert-major segment alignment */
     epx_dtype_t dtype;
+    epx_wire_t wire;           /* --dtype fp8 ...: dtype BF16, quantized */
     unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
     int json;
     int verify_all;
@@ -84,6 +85,7 @@ typedef struct bench_workload {
     int nranks, hidden, experts, topk;
     epx_dtype_t dtype;
     size_t dsize;
+    epx_wire_t wire;
     uint64_t seed;
     int64_t *T;                /* [nranks] tokens per rank */
     int64_t max_T;
@@ -121,6 +123,8 @@ typedef struct bench_result {
     int32_t failed;            /* the rank hit an error (message in msg[0]) */
     int64_t rows_sent;
     int64_t checked[BENCH_NIMPL];      /* rows + tokens verified */
+    int64_t put_bytes[BENCH_NPHASE];   /* epx: bytes the rank put, per
+                                          iteration (engine statistics) */
     int64_t mismatches[BENCH_NIMPL];
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
     double times[];
@@ -201,9 +205,31 @@ int bench_run_mpi(bench_ctx_t *ctx);
 int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);
 #endif
 
+/* wire.c: the quantized formats as the bench sees them, written from
+ * epx.h and src/moe/README.md (independent of the library's codecs). */
+typedef struct bench_wire {
+    epx_wire_t wire;
+    int block;                 /* 0: native */
+    int64_t nblocks;
+    size_t data_bytes, scale_bytes, global_bytes;
+} bench_wire_t;
+epx_wire_t bench_wire_parse(const char *name);   /* NATIVE if unknown */
+const char *bench_wire_name(epx_wire_t wire);
+void bench_wire_shape(epx_wire_t wire, int H, size_t dsize, bench_wire_t *w);
+/* Row i of a received quantized x as floats. */
+void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
+                        int64_t i, int H, float *out);
+/* Largest error the format may make on element h of a bf16 row x
+ * (README's bounds, from the row's own block maxima). */
+double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h);
+
 /* dump.c */
 int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
                     const int64_t *recv_counts, int nlocal, char *err,
+                    size_t errlen);
+/* Quantized runs: the received x, its scales and row scales as bytes /
+ * float32 (recv_x.npy, recv_scales.npy, recv_global_scale.npy). */
+int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
                     size_t errlen);
 
 /* launch.c */

@@ -93,6 +93,7 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->dtype = wl->dtype;
     mp->layout = ctx->o->layout;
     mp->expert_alignment = ctx->o->align;
+    mp->wire = wl->wire;
 }
 
 int bench_rank_main(bench_ctx_t *ctx)

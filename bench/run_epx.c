@@ -137,15 +137,25 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
         if (it == total - 1 && recv.expert_counts)
             memcpy(b.counts, recv.expert_counts,
                    (size_t)ctx->num_local * sizeof(int64_t));
+        /* A quantized x is narrower than y: never in place. */
+        const int inplace = o->inplace && wl->wire == EPX_WIRE_NATIVE;
         void *y = recv.x.data;
-        if (!o->inplace &&
+        if (it == total - 1 && o->dump_dir && wl->wire != EPX_WIRE_NATIVE) {
+            char err[BENCH_ERR_LEN];
+            if (bench_dump_recv(ctx, &recv, err, sizeof(err)) != 0) {
+                fprintf(stderr, "epx-bench: rank %d: --dump: %s\n",
+                        ctx->rank, err);
+                goto out;
+            }
+        }
+        if (!inplace &&
             ensure_y(ctx, &b, recv.num_rows > 0 ? recv.num_rows : 1) != 0) {
             fprintf(stderr, "epx-bench: rank %d: out of memory for %lld "
                     "expert output rows\n", ctx->rank,
                     (long long)recv.num_rows);
             goto out;
         }
-        if (!o->inplace)
+        if (!inplace)
             y = b.y;
         bench_expert_compute(ctx, &recv, o->layout, y, b.acc);
 
@@ -182,6 +192,12 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
             bench_progress(ctx, "epx: iteration %d/%d", it + 1, total);
             last = now;
         }
+    }
+    /* Bytes actually put, as the engine counted them: per iteration. */
+    epx_moe_stats_t stt = { .struct_size = sizeof(stt) };
+    if ((st = epx_moe_stats(moe, 0, &stt)) == EPX_OK && stt.dispatches > 0) {
+        res->put_bytes[BENCH_PHASE_DISPATCH] = stt.dispatch_bytes / stt.dispatches;
+        res->put_bytes[BENCH_PHASE_COMBINE] = stt.combine_bytes / stt.dispatches;
     }
     res->checked[BENCH_IMPL_EPX] = chk.checked;
     res->mismatches[BENCH_IMPL_EPX] = chk.mismatches;
