@@ -220,8 +220,11 @@ void bench_wire_shape(epx_wire_t wire, int H, size_t dsize, bench_wire_t *w);
 void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
                         int64_t i, int H, float *out);
 /* Largest error the format may make on element h of a bf16 row x
- * (README's bounds, from the row's own block maxima). */
-double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h);
+ * (README's bounds, from the row's own block maxima); rmax: the row's
+ * largest |x| (bench_wire_rowmax, computed once per row). */
+double bench_wire_rowmax(const float *x, int H);
+double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h,
+                        double rmax);
 
 /* dump.c */
 int bench_dump_rank(const bench_ctx_t *ctx, const void *out,

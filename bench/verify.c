@@ -144,8 +144,9 @@ static void check_row_quant(const bench_ctx_t *ctx, const epx_recv_t *recv,
     for (int h = 0; h < H; h++)
         src[h] = load(wl, x->row, h);
     bench_wire_dequant(&w, recv, i, H, deq);
+    const double rmax = bench_wire_rowmax(src, H);
     for (int h = 0; h < H; h++) {
-        double b = bench_wire_bound(&w, src, H, h);
+        double b = bench_wire_bound(&w, src, H, h, rmax);
         if (!(fabs((double)deq[h] - src[h]) <= b)) {
             bench_check_fail(c, "rank %d %s dispatch: row %lld (token %d:%d) "
                              "x[%d] dequantizes to %g, source %g, beyond the "
@@ -472,6 +473,7 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
         const char *orow = (const char *)out + (size_t)t * rowb;
         for (int h = 0; xs && h < H; h++)
             xs[h] = load(wl, xr, h);
+        const double rmax = xs ? bench_wire_rowmax(xs, H) : 0;
         for (int h = 0; h < H; h++) {
             double xv = load(wl, xr, h);
             double ref = xv * coef, got = load(wl, orow, h);
@@ -479,7 +481,7 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
             /* Quantized: the experts saw x within the format's bound q,
              * then rounded to bf16 (2^-8 relative, with the error). */
             if (xs) {
-                double q = bench_wire_bound(&w, xs, H, h);
+                double q = bench_wire_bound(&w, xs, H, h, rmax);
                 tol = (unit + 0x1p-8) * (fabs(xv) + q) * cabs + q * cabs;
             }
             if (!(fabs(got - ref) <= tol)) {

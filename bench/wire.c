@@ -81,10 +81,19 @@ void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
     }
 }
 
-double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h)
+double bench_wire_rowmax(const float *x, int H)
+{
+    double m = 0;
+    for (int i = 0; i < H; i++)
+        m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h,
+                        double rmax)
 {
     int b0 = h / w->block * w->block, b1 = b0 + w->block < H ? b0 + w->block : H;
-    double amax = 0, rmax = 0, a = fabs(x[h]);
+    double amax = 0, a = fabs(x[h]);
     for (int i = b0; i < b1; i++)
         amax = fmax(amax, fabs(x[i]));
     if (w->wire != EPX_WIRE_NVFP4) {
@@ -92,8 +101,6 @@ double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h)
         double s = fmax(2 * amax / 448, FLT_MIN);
         return 0x1p-4 * a + 0x1p-10 * s + 0x1p-20 * a;
     }
-    for (int i = 0; i < H; i++)
-        rmax = fmax(rmax, fabs(x[i]));
     /* max(S/4, |x|/4) + 6 g 2^-10, S = sb g <= (1 + 2^-4) amax / 6 */
     double g = fmax(rmax / 2688, FLT_MIN), S = (1 + 0x1p-4) * amax / 6;
     return (fmax(S / 4, a / 4) + 6 * g * 0x1p-10) * (1 + 0x1p-20);
