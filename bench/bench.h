@@ -55,6 +55,7 @@ typedef struct bench_opts {
     int ll_capacity;           /* --ll-capacity (0: the largest T) */
     int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
     epx_dtype_t dtype;
+    epx_wire_t wire;           /* --dtype fp8 ...: dtype BF16, quantized */
     unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
     int json;
     int verify_all;
@@ -94,6 +95,7 @@ typedef struct bench_workload {
     int nranks, hidden, experts, topk;
     epx_dtype_t dtype;
     size_t dsize;
+    epx_wire_t wire;
     uint64_t seed;
     int64_t *T;                /* [nranks] tokens per rank */
     int64_t max_T;
@@ -131,6 +133,8 @@ typedef struct bench_result {
     int32_t failed;            /* the rank hit an error (message in msg[0]) */
     int64_t rows_sent;
     int64_t checked[BENCH_NIMPL];      /* rows + tokens verified */
+    int64_t put_bytes[BENCH_NPHASE];   /* epx: bytes the rank put, per
+                                          iteration (engine statistics) */
     int64_t mismatches[BENCH_NIMPL];
     int64_t dropped;           /* epx, low latency: rows dropped at capacity
                                   over all iterations (not verified) */
@@ -246,12 +250,37 @@ int bench_run_mpi(bench_ctx_t *ctx);
 int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv);
 #endif
 
+/* wire.c: the quantized formats as the bench sees them, written from
+ * epx.h and src/moe/README.md (independent of the library's codecs). */
+typedef struct bench_wire {
+    epx_wire_t wire;
+    int block;                 /* 0: native */
+    int64_t nblocks;
+    size_t data_bytes, scale_bytes, global_bytes;
+} bench_wire_t;
+epx_wire_t bench_wire_parse(const char *name);   /* NATIVE if unknown */
+const char *bench_wire_name(epx_wire_t wire);
+void bench_wire_shape(epx_wire_t wire, int H, size_t dsize, bench_wire_t *w);
+/* Row i of a received quantized x as floats. */
+void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
+                        int64_t i, int H, float *out);
+/* Largest error the format may make on element h of a bf16 row x
+ * (README's bounds, from the row's own block maxima); rmax: the row's
+ * largest |x| (bench_wire_rowmax, computed once per row). */
+double bench_wire_rowmax(const float *x, int H);
+double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h,
+                        double rmax);
+
 /* dump.c */
 /* src_counts: low latency, [nlocal][nranks] rows per (expert, source)
  * (recv_counts_per_source.npy), else NULL. */
 int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
                     const int64_t *recv_counts, int nlocal,
                     const int64_t *src_counts, char *err, size_t errlen);
+/* Quantized runs: the received x, its scales and row scales as bytes /
+ * float32 (recv_x.npy, recv_scales.npy, recv_global_scale.npy). */
+int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
+                    size_t errlen);
 
 /* launch.c */
 int bench_main_fork(bench_opts_t *o);

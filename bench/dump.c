@@ -89,3 +89,31 @@ out:
     free(idx);
     return rc;
 }
+
+int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
+                    size_t errlen)
+{
+    const bench_workload_t *wl = ctx->wl;
+    char dir[4096], path[4200];
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    snprintf(dir, sizeof(dir), "%s/rank%d", ctx->o->dump_dir, ctx->rank);
+    if (make_dir(ctx->o->dump_dir, err, errlen) || make_dir(dir, err, errlen))
+        return -1;
+    const int64_t n = recv->num_rows;
+    const int64_t sx[2] = { n, (int64_t)w.data_bytes },
+                  ss[2] = { n, w.nblocks }, sg[1] = { n };
+    snprintf(path, sizeof(path), "%s/recv_x.npy", dir);
+    if (bench_npy_write(path, BENCH_NPY_U1, 2, sx, recv->x.data, err, errlen))
+        return -1;
+    snprintf(path, sizeof(path), "%s/recv_scales.npy", dir);
+    if (bench_npy_write(path, wl->wire == EPX_WIRE_FP8 ? BENCH_NPY_F4
+                                                       : BENCH_NPY_U1,
+                        2, ss, recv->x_scales.data, err, errlen))
+        return -1;
+    if (!recv->x_global_scale)
+        return 0;
+    snprintf(path, sizeof(path), "%s/recv_global_scale.npy", dir);
+    return bench_npy_write(path, BENCH_NPY_F4, 1, sg, recv->x_global_scale,
+                           err, errlen);
+}

@@ -5,6 +5,7 @@
  * computes y = x * (1 + e/E): cheap, and every expert gives a different
  * answer, so a row sent to the wrong expert shows up in the output.
  */
+#include <stdlib.h>
 #include <string.h>
 #include "bench.h"
 #include "util/util.h"
@@ -67,10 +68,28 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
     const size_t rowb = (size_t)H * wl->dsize;
     const char *x = recv->x.data;
     char *yb = y;
+    /* Quantized wire: the expert reads the row dequantized to bf16. */
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, H, wl->dsize, &w);
+    uint16_t *deq = NULL;
+    float *tmp = NULL;
+    if (w.block) {
+        deq = malloc((size_t)H * 2);
+        tmp = malloc((size_t)H * sizeof(float));
+        if (!deq || !tmp) {
+            free(deq);
+            free(tmp);
+            return;   /* reported by verification of the outputs */
+        }
+    }
+#define XROW(i)                                                                \
+    (w.block ? (bench_wire_dequant(&w, recv, (i), H, tmp),                     \
+                bench_row_store(deq, tmp, EPX_DTYPE_BF16, H), (const void *)deq) \
+             : (const void *)(x + (size_t)(i) * rowb))
 
     if (layout == EPX_LAYOUT_TOKEN_MAJOR) {
         for (int64_t i = 0; i < recv->num_rows; i++) {
-            const void *xr = x + (size_t)i * rowb;
+            const void *xr = XROW(i);
             memset(acc, 0, (size_t)H * sizeof(float));
             for (int k = 0; k < K; k++) {
                 int32_t j = recv->topk_idx[i * K + k];
@@ -82,6 +101,8 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
             }
             bench_row_store(yb + (size_t)i * rowb, acc, wl->dtype, H);
         }
+        free(deq);
+        free(tmp);
         return;
     }
 
@@ -104,8 +125,11 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
                 continue;
             /* one rounding of x * s, as in the token-major case */
             memset(acc, 0, (size_t)H * sizeof(float));
-            bench_row_axpy(acc, x + (size_t)i * rowb, wl->dtype, H, 1.0f, s);
+            bench_row_axpy(acc, XROW(i), wl->dtype, H, 1.0f, s);
             bench_row_store(yb + (size_t)i * rowb, acc, wl->dtype, H);
         }
     }
+    free(deq);
+    free(tmp);
+#undef XROW
 }

@@ -10,8 +10,8 @@
 #include "npy.h"
 
 static const char npy_magic[6] = { (char)0x93, 'N', 'U', 'M', 'P', 'Y' };
-static const char *const npy_descrs[] = { "<i4", "<i8", "<f4" };
-static const size_t npy_esizes[] = { 4, 8, 4 };
+static const char *const npy_descrs[] = { "<i4", "<i8", "<f4", "|u1" };
+static const size_t npy_esizes[] = { 4, 8, 4, 1 };
 
 const char *bench_npy_descr(bench_npy_type_t type)
 {

@@ -10,7 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { BENCH_NPY_I4 = 0, BENCH_NPY_I8, BENCH_NPY_F4 } bench_npy_type_t;
+/* U1 (bytes: quantized rows and scales) is written, not read. */
+typedef enum { BENCH_NPY_I4 = 0, BENCH_NPY_I8, BENCH_NPY_F4, BENCH_NPY_U1 }
+    bench_npy_type_t;
 
 typedef struct bench_npy {
     bench_npy_type_t type;

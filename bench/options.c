@@ -32,7 +32,12 @@ static const char bench_usage[] =
 "                        the experts, without replacement (uniform)\n"
 "  --drop F              fraction of top-k slots set to -1 (no expert) (0)\n"
 "  --seed S              seed of routing, weights and inputs (1)\n"
-"  --dtype bf16|fp32     x on the wire (bf16)\n"
+"  --dtype T             x on the wire (bf16): bf16, fp32, or bf16 x\n"
+"                        quantized by dispatch: fp8 (e4m3, fp32 scale / 128),\n"
+"                        fp8-ue8m0 (UE8M0 scale / 128), mxfp8 (UE8M0 / 32),\n"
+"                        nvfp4 (e2m1, e4m3 scale / 16, fp32 per token);\n"
+"                        quantized x is received into its own buffers, so\n"
+"                        expert outputs never go in place\n"
 "  --layout token|expert token-major or expert-major receive layout (token)\n"
 "  --align A             expert-major segment alignment in rows (128)\n"
 "  --mode ht|ll          throughput (count exchange, compact receive) or\n"
@@ -446,13 +451,14 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             }
         } else if (!strcmp(name, "--dtype")) {
             const char *v = NEXT();
-            if (v && !strcmp(v, "bf16"))
-                o->dtype = EPX_DTYPE_BF16;
-            else if (v && !strcmp(v, "fp32"))
+            o->dtype = EPX_DTYPE_BF16;
+            o->wire = EPX_WIRE_NATIVE;
+            if (v && !strcmp(v, "fp32"))
                 o->dtype = EPX_DTYPE_FP32;
-            else {
-                fprintf(stderr, "epx-bench: --dtype wants bf16 or fp32, got "
-                        "'%s'\n", v ? v : "");
+            else if (!v || (strcmp(v, "bf16") &&
+                            (o->wire = bench_wire_parse(v)) == EPX_WIRE_NATIVE)) {
+                fprintf(stderr, "epx-bench: --dtype wants bf16, fp32, fp8, "
+                        "fp8-ue8m0, mxfp8 or nvfp4, got '%s'\n", v ? v : "");
                 return BENCH_OPTS_EXIT_ERR;
             }
         } else if (!strcmp(name, "--impl")) {

@@ -98,6 +98,7 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->flags = ctx->o->ll_drop ? EPX_MOE_LL_DROP : 0;
     if (ctx->o->hierarchical)
         mp->flags |= EPX_MOE_HIERARCHICAL;
+    mp->wire = wl->wire;
 }
 
 int bench_cross_domain(bench_ctx_t *ctx)

@@ -221,7 +221,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
                        const bench_workload_t *wl, const impl_stats_t st[],
                        int verified, const char *launcher,
                        const char *mpi_skip, double mean_bytes,
-                       double mean_rows, void *results)
+                       double mean_rows, void *results, const double *put)
 {
     epx_host_info_t hi;
     if (epx__topo_host_probe(&hi) != EPX_OK)
@@ -279,6 +279,17 @@ static void print_json(FILE *f, const bench_opts_t *o,
     json_num(f, mean_rows);
     fprintf(f, ",\n    \"tolerance_unit\": ");
     json_num(f, bench_tolerance_unit(wl->dtype, wl->topk));
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    fprintf(f, ",\n    \"wire\": \"%s\",\n    \"wire_bytes_per_token_row\": "
+            "%zu,\n    \"wire_data_bytes\": %zu,\n    \"wire_scale_bytes\": "
+            "%zu,\n    \"wire_global_bytes\": %zu,\n"
+            "    \"dispatch_bytes_put_per_rank\": %.0f,\n"
+            "    \"combine_bytes_put_per_rank\": %.0f",
+            wl->wire == EPX_WIRE_NATIVE ? bench_dtype_name(wl->dtype)
+                                        : bench_wire_name(wl->wire),
+            w.data_bytes + w.scale_bytes + w.global_bytes, w.data_bytes,
+            w.scale_bytes, w.global_bytes, put[0], put[1]);
     fprintf(f, "\n  },\n  \"results\": [");
     const char *sep = "";
     for (int i = 0; i < BENCH_NIMPL; i++) {
@@ -458,6 +469,11 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
     }
     impl_stats_t st[BENCH_NIMPL];
     compute(o, wl, results, mean_bytes, st);
+    /* Bytes the engine put per iteration (its statistics), mean of ranks. */
+    double put[BENCH_NPHASE] = { 0, 0 };
+    for (int r = 0; r < N; r++)
+        for (int p = 0; p < BENCH_NPHASE; p++)
+            put[p] += (double)bench_result_at(results, r, o->iters)->put_bytes[p] / N;
 
     int failed = 0;
     for (int r = 0; r < N; r++)
@@ -469,9 +485,20 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
 
     FILE *tf = o->json ? stderr : stdout;
     print_table(tf, o, wl, st, launcher, mpi_skip, mean_bytes, mean_rows);
+    if (st[BENCH_IMPL_EPX].ran) {
+        bench_wire_t w;
+        bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+        fprintf(tf, "epx wire %s: %zu bytes per token row (data %zu, scales "
+                "%zu, row scale %zu); bytes put per rank and iteration "
+                "(engine statistics): dispatch %.4g MB, combine %.4g MB\n",
+                wl->wire == EPX_WIRE_NATIVE ? bench_dtype_name(wl->dtype)
+                                            : bench_wire_name(wl->wire),
+                w.data_bytes + w.scale_bytes + w.global_bytes, w.data_bytes,
+                w.scale_bytes, w.global_bytes, put[0] / 1e6, put[1] / 1e6);
+    }
     if (o->json)
         print_json(stdout, o, wl, st, verified, launcher, mpi_skip,
-                   mean_bytes, mean_rows, results);
+                   mean_bytes, mean_rows, results, put);
 
     /* The first mismatches of each rank, then the verdict. */
     int shown = 0;

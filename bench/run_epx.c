@@ -152,15 +152,25 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
                 if (recv.src_rank[i] >= 0)
                     b.src_counts[(i / ((int64_t)ctx->nranks * recv.capacity)) *
                                  ctx->nranks + recv.src_rank[i]]++;
+        /* A quantized x is narrower than y: never in place. */
+        const int inplace = o->inplace && wl->wire == EPX_WIRE_NATIVE;
         void *y = recv.x.data;
-        if (!o->inplace &&
+        if (it == total - 1 && o->dump_dir && wl->wire != EPX_WIRE_NATIVE) {
+            char err[BENCH_ERR_LEN];
+            if (bench_dump_recv(ctx, &recv, err, sizeof(err)) != 0) {
+                fprintf(stderr, "epx-bench: rank %d: --dump: %s\n",
+                        ctx->rank, err);
+                goto out;
+            }
+        }
+        if (!inplace &&
             ensure_y(ctx, &b, recv.num_rows > 0 ? recv.num_rows : 1) != 0) {
             fprintf(stderr, "epx-bench: rank %d: out of memory for %lld "
                     "expert output rows\n", ctx->rank,
                     (long long)recv.num_rows);
             goto out;
         }
-        if (!o->inplace)
+        if (!inplace)
             y = b.y;
         bench_expert_compute(ctx, &recv, o->layout, y, b.acc);
 
@@ -202,6 +212,12 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
     if (hier && epx_moe_cross_domain_bytes(moe, &cd1, &cc1) == EPX_OK) {
         res->cross_meas_dispatch = (cd1 - cd0) / total;
         res->cross_meas_combine = (cc1 - cc0) / total;
+    }
+    /* Bytes actually put, as the engine counted them: per iteration. */
+    epx_moe_stats_t stt = { .struct_size = sizeof(stt) };
+    if ((st = epx_moe_stats(moe, 0, &stt)) == EPX_OK && stt.dispatches > 0) {
+        res->put_bytes[BENCH_PHASE_DISPATCH] = stt.dispatch_bytes / stt.dispatches;
+        res->put_bytes[BENCH_PHASE_COMBINE] = stt.combine_bytes / stt.dispatches;
     }
     res->checked[BENCH_IMPL_EPX] = chk.checked;
     res->mismatches[BENCH_IMPL_EPX] = chk.mismatches;

@@ -124,12 +124,52 @@ static int64_t row_source(const bench_ctx_t *ctx, const epx_recv_t *recv,
     return g;
 }
 
+/* A quantized row: dequantized (bench_wire_dequant), each element within
+ * the format's bound of the source row's. */
+static void check_row_quant(const bench_ctx_t *ctx, const epx_recv_t *recv,
+                            expect_t *x, int64_t i, const char *impl,
+                            bench_check_t *c)
+{
+    const bench_workload_t *wl = ctx->wl;
+    const int H = wl->hidden;
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, H, wl->dsize, &w);
+    float *src = malloc((size_t)H * 2 * sizeof(float)), *deq = src + H;
+    if (!src) {
+        bench_check_fail(c, "rank %d %s dispatch: out of memory", ctx->rank,
+                         impl);
+        return;
+    }
+    bench_x_row(wl, recv->src_rank[i], recv->src_token[i], x->row);
+    for (int h = 0; h < H; h++)
+        src[h] = load(wl, x->row, h);
+    bench_wire_dequant(&w, recv, i, H, deq);
+    const double rmax = bench_wire_rowmax(src, H);
+    for (int h = 0; h < H; h++) {
+        double b = bench_wire_bound(&w, src, H, h, rmax);
+        if (!(fabs((double)deq[h] - src[h]) <= b)) {
+            bench_check_fail(c, "rank %d %s dispatch: row %lld (token %d:%d) "
+                             "x[%d] dequantizes to %g, source %g, beyond the "
+                             "%s bound %g", ctx->rank, impl, (long long)i,
+                             recv->src_rank[i], recv->src_token[i], h,
+                             (double)deq[h], (double)src[h],
+                             bench_wire_name(wl->wire), b);
+            break;
+        }
+    }
+    free(src);
+}
+
 static void check_row_x(const bench_ctx_t *ctx, const epx_recv_t *recv,
                         expect_t *x, int64_t i, const char *impl,
                         bench_check_t *c)
 {
     const bench_workload_t *wl = ctx->wl;
     const size_t rowb = (size_t)wl->hidden * wl->dsize;
+    if (wl->wire != EPX_WIRE_NATIVE) {
+        check_row_quant(ctx, recv, x, i, impl, c);
+        return;
+    }
     const char *got = (const char *)recv->x.data + (size_t)i * rowb;
     bench_x_row(wl, recv->src_rank[i], recv->src_token[i], x->row);
     if (memcmp(got, x->row, rowb) == 0)
@@ -414,6 +454,13 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
     const int H = wl->hidden, K = wl->topk, r = ctx->rank;
     const double unit = bench_tolerance_unit(wl->dtype, K);
     const size_t rowb = (size_t)H * wl->dsize;
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, H, wl->dsize, &w);
+    float *xs = w.block ? malloc((size_t)H * sizeof(float)) : NULL;
+    if (w.block && !xs) {
+        bench_check_fail(c, "rank %d %s combine: out of memory", r, impl);
+        return;
+    }
     for (int64_t t = 0; t < wl->T[r]; t++) {
         /* out = x * sum_k w_k (1 + e_k/E); the scales are positive, so
          * sum_k |w_k x (1 + e_k/E)| = |x| * sum_k |w_k| (1 + e_k/E). */
@@ -429,10 +476,19 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
         }
         const char *xr = (const char *)ctx->x + (size_t)t * rowb;
         const char *orow = (const char *)out + (size_t)t * rowb;
+        for (int h = 0; xs && h < H; h++)
+            xs[h] = load(wl, xr, h);
+        const double rmax = xs ? bench_wire_rowmax(xs, H) : 0;
         for (int h = 0; h < H; h++) {
             double xv = load(wl, xr, h);
             double ref = xv * coef, got = load(wl, orow, h);
             double tol = unit * fabs(xv) * cabs;
+            /* Quantized: the experts saw x within the format's bound q,
+             * then rounded to bf16 (2^-8 relative, with the error). */
+            if (xs) {
+                double q = bench_wire_bound(&w, xs, H, h, rmax);
+                tol = (unit + 0x1p-8) * (fabs(xv) + q) * cabs + q * cabs;
+            }
             if (!(fabs(got - ref) <= tol)) {
                 bench_check_fail(c, "rank %d %s combine: out[%lld][%d] = "
                                  "%.9g, want %.9g (tolerance %.3g)", r, impl,
@@ -442,4 +498,5 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
         }
     }
     c->checked += wl->T[r];
+    free(xs);
 }

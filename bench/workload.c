@@ -57,6 +57,7 @@ int bench_workload_build(const bench_opts_t *o, int nranks,
     wl->topk = o->topk;
     wl->dtype = o->dtype;
     wl->dsize = epx_dtype_size(o->dtype);
+    wl->wire = o->wire;
     wl->seed = o->seed;
     wl->T = calloc((size_t)nranks, sizeof(*wl->T));
     wl->idx = calloc((size_t)nranks, sizeof(*wl->idx));

@@ -304,16 +304,20 @@ typedef enum epx_mode {
 } epx_mode_t;
 
 /* How dispatch carries x.  The quantized formats take bf16 x (engine dtype
- * BF16), quantize it during dispatch, and deliver the quantized rows and
- * their scales (epx_recv_t.x, x_scales, x_global_scale); combine stays in
- * the engine dtype. */
+ * BF16, else EPX_ERR_INVALID), quantize each token once per dispatch, and
+ * deliver the quantized rows and their scales (epx_recv_t.x, x_scales,
+ * x_global_scale); combine stays in the engine dtype.  Blocks are runs of
+ * consecutive elements from the row's start, the last one short when the
+ * block size does not divide H.  Rounding, scale recipes and error bounds:
+ * src/moe/README.md. */
 typedef enum epx_wire {
     EPX_WIRE_NATIVE = 0,       /* x as given, in the engine dtype */
     EPX_WIRE_FP8 = 1,          /* e4m3, one FP32 scale per 128 elements */
     EPX_WIRE_FP8_UE8M0 = 2,    /* e4m3, one UE8M0 scale per 128 elements */
     EPX_WIRE_MXFP8 = 3,        /* e4m3, one UE8M0 scale per 32 elements */
     EPX_WIRE_NVFP4 = 4         /* e2m1, one FP8_E4M3 scale per 16 elements
-                                  and one FP32 scale per token */
+                                  and one FP32 scale per token, chosen so
+                                  that the token's amax maps to 6 * 448 */
 } epx_wire_t;
 
 #define EPX_MOE_LL_DROP 0x1u       /* low latency: rows beyond capacity are
@@ -446,7 +450,8 @@ typedef struct epx_recv {
     /* Quantized wire (else data NULL): x is FP8_E4M3 [num_rows, H] or
      * FP4_E2M1X2 [num_rows, ceil(H/2)]; x_scales [num_rows, blocks] is FP32,
      * UE8M0 or FP8_E4M3 (blocks = ceil(H / block)); NVFP4 also has one FP32
-     * scale per row: value = code * block scale * x_global_scale[row]. */
+     * scale per row: value = code * block scale * x_global_scale[row].
+     * Padding rows (expert-major) hold unspecified bytes. */
     epx_tensor_t x_scales;
     const float *x_global_scale;
     /* Low latency: rows per (local expert, source) range (ll_capacity, or
@@ -519,7 +524,8 @@ typedef struct epx_combine_args {
      * In place: y.data may be the received x buffer (epx_recv_t.x.data),
      * overwritten by the expert outputs.  Where every peer is mapped (shm)
      * the sources then read the outputs straight from this rank's memory,
-     * saving one copy; the result is bitwise the same. */
+     * saving one copy; the result is bitwise the same.  Not with a
+     * quantized wire (x is narrower than y): y there is EPX_ERR_INVALID. */
     epx_tensor_t y;
     unsigned flags;            /* EPX_COMBINE_* */
 } epx_combine_args_t;
@@ -582,6 +588,10 @@ typedef struct epx_moe_stats {
     int num_slots;             /* physical units: slots, or the experts */
     const int64_t *physical;   /* [layers][num_slots] tokens each slot
                                   received since the reset */
+    /* Bytes this rank's dispatches and combines put into windows (its own
+     * included) since the reset: rows, scales, per-row metadata and the
+     * count exchange, as the transport was handed them (global: summed). */
+    int64_t dispatch_bytes, combine_bytes;
 } epx_moe_stats_t;
 
 /* global 0: this rank's own tokens, local.  global 1: summed over every

@@ -81,9 +81,11 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
 {
     epx_status_t st = EPX_OK;
     size_t off = moe_status_off(m, MOE_ST_COMB, m->n_comb, m->rank);
-    for (int d = 0; d < m->R && st == EPX_OK; d++)
+    for (int d = 0; d < m->R && st == EPX_OK; d++) {
+        m->put_combine += sizeof(int32_t);
         st = epx__win_put_signal(m->win, d, off, &mine, sizeof(int32_t),
                                  MOE_SIG_COMB, 1);
+    }
     return st;
 }
 
@@ -128,12 +130,12 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
         const int32_t *ent = ents + i * m->ent_ints;
         size_t dst = m->off.comb + (size_t)ent[1] * m->row_bytes;
         if (tm) {
-            st = epx__win_put(m->win, ent[0], dst, y + (size_t)i * m->row_bytes,
-                              m->row_bytes);
+            st = moe_put(m, &m->put_combine, ent[0], dst,
+                         y + (size_t)i * m->row_bytes, m->row_bytes);
             continue;
         }
         moe_reduce_partial(m, y, ent, wt, m->wire);
-        st = epx__win_put(m->win, ent[0], dst, m->wire, m->row_bytes);
+        st = moe_put(m, &m->put_combine, ent[0], dst, m->wire, m->row_bytes);
     }
     return st;
 }
@@ -170,6 +172,17 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
                                h->nrows, m->H)) != EPX_OK)
         return st;
+    /* A quantized x is narrower than y: the received buffer cannot hold
+     * the outputs, and writing them there would overrun the scales. */
+    const char *win = moe_local(m, 0), *y0 = a->y.data;
+    size_t ybytes = (size_t)h->nrows * m->row_bytes;
+    if (moe_wire_quantized(&m->fmt) && ybytes && y0 < win + m->off.total &&
+        y0 + ybytes > win)
+        return epx__error(EPX_ERR_INVALID,
+                          "combine: y lies in the engine's receive buffers; "
+                          "with wire format %s, x is received quantized and "
+                          "y (bf16) needs a buffer of its own",
+                          moe_wire_name(m->fmt.wire));
     int pull = !m->hier && m->direct && a->y.data == moe_local(m, m->off.rows);
     st = pull ? EPX_OK
         : m->hier ? moe_hier_combine_send(m, h, a)

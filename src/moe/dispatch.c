@@ -7,6 +7,9 @@
  *         put per (token, destination) — or per (token, local expert) in
  *         expert-major — straight into its final place, and a data signal.
  *   recv: wait for the R data signals; the output is the window itself.
+ * A quantized wire format quantizes each token once, into a staging row,
+ * and puts its data, scales and row scale into their own regions
+ * (wire.h), one put each per destination row.
  *
  * A rank with bad input still joins the count exchange, carrying its error
  * in the status word, so every rank returns before any token moves.  A
@@ -23,7 +26,28 @@
 
 static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
 {
-    return epx__win_put(m->win, d, off, &v, sizeof(v));
+    return moe_put(m, &m->put_dispatch, d, off, &v, sizeof(v));
+}
+
+/* One token row (already in its wire format) to row r of destination d. */
+static inline epx_status_t put_row(epx_moe_t *m, int d, int64_t r,
+                                   const void *q, const void *scale,
+                                   const float *global)
+{
+    const moe_wire_t *f = &m->fmt;
+    const moe_offsets_t *o = &m->off;
+    epx_status_t st = moe_put(m, &m->put_dispatch, d,
+                              o->rows + (size_t)r * f->data_bytes, q,
+                              f->data_bytes);
+    if (f->scale_bytes)
+        st |= moe_put(m, &m->put_dispatch, d,
+                      o->scales + (size_t)r * f->scale_bytes, scale,
+                      f->scale_bytes);
+    if (f->global_bytes)
+        st |= moe_put(m, &m->put_dispatch, d,
+                      o->gscale + (size_t)r * f->global_bytes, global,
+                      f->global_bytes);
+    return st;
 }
 
 /* After the phase's signals arrived: the first rank that reported an error. */
@@ -92,9 +116,10 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
     m->blk[MOE_BLK_PLACE] = m->place_hash ? (int32_t)m->place_hash[layer] : 0;
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++) {
-        st = epx__win_put(m->win, d, off, m->blk, body);
+        st = moe_put(m, &m->put_dispatch, d, off, m->blk, body);
         if (st == EPX_OK)
             st = epx__win_flush(m->win, d);
+        m->put_dispatch += sizeof(seq);
         if (st == EPX_OK)
             st = epx__win_put_signal(m->win, d, off + blk_bytes - sizeof(seq),
                                      &seq, sizeof(seq), MOE_SIG_COUNTS, 1);
@@ -189,9 +214,15 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
     epx_status_t st = EPX_OK;
     memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
     memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->U);
+    const int quant = moe_wire_quantized(&m->fmt);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const char *row = x + (size_t)t * m->row_bytes;
         const int32_t *ids = h->idx + t * K;
+        if (quant && h->ndest[t] > 0) {   /* once, whatever the fan-out */
+            moe_wire_pack_row(&m->fmt, row, m->stage_q, m->stage_s,
+                              &m->stage_g);
+            row = m->stage_q;
+        }
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
             int d = h->dest[t * m->maxdest + j], nloc = 0;
             int64_t e_at = m->entcur[d]++;
@@ -205,27 +236,25 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
                     continue;
                 int64_t r = m->ecur[ids[k]]++;
                 ent[3 + nloc++] = (int32_t)r;
-                st |= epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
-                                   row, m->row_bytes);
+                st |= put_row(m, d, r, row, m->stage_s, &m->stage_g);
                 st |= put32(m, d, o->src_rank + (size_t)r * 4, me);
                 st |= put32(m, d, o->src_token + (size_t)r * 4, (int32_t)t);
-                st |= epx__win_put(m->win, d, o->topk_w + (size_t)r * 4,
-                                   &lw[k], sizeof(float));
+                st |= moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4,
+                              &lw[k], sizeof(float));
             }
             ent[2] = nloc;
-            st |= epx__win_put(m->win, d,
-                               o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
-                               ent, sizeof(int32_t) * (size_t)(3 + nloc));
+            st |= moe_put(m, &m->put_dispatch, d,
+                          o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
+                          ent, sizeof(int32_t) * (size_t)(3 + nloc));
             if (!tm)
                 continue;
-            st |= epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
-                               row, m->row_bytes);
+            st |= put_row(m, d, e_at, row, m->stage_s, &m->stage_g);
             st |= put32(m, d, o->src_rank + (size_t)e_at * 4, me);
             st |= put32(m, d, o->src_token + (size_t)e_at * 4, (int32_t)t);
-            st |= epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4,
-                               lidx, sizeof(int32_t) * (size_t)K);
-            st |= epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
-                               sizeof(float) * (size_t)K);
+            st |= moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4,
+                          lidx, sizeof(int32_t) * (size_t)K);
+            st |= moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4,
+                          lw, sizeof(float) * (size_t)K);
         }
     }
     return st == EPX_OK ? EPX_OK
@@ -395,9 +424,17 @@ void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     full.struct_size = n;
     full.num_rows = h->nrows;
     full.x.data = moe_local(m, m->off.rows);
-    full.x.dtype = m->p.dtype;
+    full.x.dtype = m->fmt.x_dtype;
     full.x.rows = h->nrows;
-    full.x.cols = m->H;
+    full.x.cols = m->fmt.x_cols;
+    if (m->fmt.scale_bytes) {
+        full.x_scales.data = moe_local(m, m->off.scales);
+        full.x_scales.dtype = m->fmt.scale_dtype;
+        full.x_scales.rows = h->nrows;
+        full.x_scales.cols = m->fmt.nblocks;
+    }
+    if (m->fmt.global_bytes)
+        full.x_global_scale = (const float *)moe_local(m, m->off.gscale);
     full.num_local_experts = nl;
     full.first_local_expert = m->first[m->rank];
     for (int j = 0; j < nl; j++) {

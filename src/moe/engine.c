@@ -11,7 +11,7 @@
 
 typedef struct engine_info {   /* what every rank must agree on */
     int32_t status, hidden, experts, topk, dtype, layout, align, layers, slots,
-            mode, flags, pad;
+            mode, flags, wire;
     int64_t max_tokens;
 } engine_info_t;
 
@@ -46,6 +46,11 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
                           "multiple of the %d ranks", p->num_slots,
                           p->num_experts, nranks);
     int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) + sizeof(unsigned);
+    moe_wire_t fmt;
+    epx_status_t st = moe_wire_init(&fmt, v3 ? p->wire : EPX_WIRE_NATIVE,
+                                    p->dtype, p->hidden);
+    if (st != EPX_OK)
+        return st;
     if (v3 && p->mode != EPX_MODE_THROUGHPUT && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID, "moe: unknown mode %d", (int)p->mode);
     if (v3 && (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_HIERARCHICAL)))
@@ -53,15 +58,17 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
     if (v3 && (p->flags & EPX_MOE_LL_DROP) && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID,
                           "moe: EPX_MOE_LL_DROP needs EPX_MODE_LOW_LATENCY");
-    if (v3 && p->wire != EPX_WIRE_NATIVE)
+    if (v3 && moe_wire_quantized(&fmt) &&
+        (p->mode != EPX_MODE_THROUGHPUT || (p->flags & EPX_MOE_HIERARCHICAL)))
         return epx__error(EPX_ERR_UNSUPPORTED,
-                          "moe: quantized wire formats are not built yet");
+                          "moe: quantized wire formats are built for flat "
+                          "throughput mode only");
     if (v3 && (p->flags & EPX_MOE_HIERARCHICAL) &&
         p->mode != EPX_MODE_THROUGHPUT)
         return epx__error(EPX_ERR_INVALID,
                           "moe: EPX_MOE_HIERARCHICAL needs EPX_MODE_THROUGHPUT");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
-        epx_status_t st = ll_check_params(p);
+        st = ll_check_params(p);
         if (st != EPX_OK)
             return st;
     }
@@ -76,12 +83,14 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
 {
     static const char *names[] = { "status", "hidden", "num_experts", "topk",
                                    "dtype", "layout", "expert_alignment",
-                                   "num_layers", "num_slots", "mode", "flags" };
+                                   "num_layers", "num_slots", "mode", "flags",
+                                   "wire" };
     const epx_moe_params_t *p = &m->p;
     engine_info_t me = (engine_info_t){ mine, p->hidden, p->num_experts, p->topk,
                           (int32_t)p->dtype, (int32_t)p->layout,
                           p->expert_alignment, m->layers, m->U,
-                          (int32_t)m->p.mode, (int32_t)p->flags, 0,
+                          (int32_t)m->p.mode, (int32_t)p->flags,
+                          (int32_t)m->fmt.wire,
                           p->max_tokens_per_rank };
     engine_info_t *all = calloc((size_t)m->R, sizeof(*all));
     if (!all)
@@ -96,7 +105,7 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
             break;
         }
         const int32_t *a = &all[r].status, *b = &me.status;
-        for (int f = 1; f < 11; f++)
+        for (int f = 1; f < 12; f++)
             if (a[f] != b[f]) {
                 st = epx__error(EPX_ERR_MISMATCH,
                                 "moe: %s is %d on rank %d but %d on rank %d",
@@ -139,13 +148,16 @@ static epx_status_t plan_window(epx_moe_t *m)
     o->src_token = at; at = align64(at + rows * 4);
     o->topk_idx = at;  at = align64(at + (tm ? ents * K * 4 : 0));
     o->topk_w = at;    at = align64(at + (tm ? ents * K : rows) * 4);
-    o->rows = at;      at = align64(at + rows * m->row_bytes);
+    o->rows = at;      at = align64(at + rows * m->fmt.data_bytes);
+    o->scales = at;    at = align64(at + rows * m->fmt.scale_bytes);
+    o->gscale = at;    at = align64(at + rows * m->fmt.global_bytes);
     o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                          m->row_bytes);
     at = moe_hier_window(m, at);
     o->total = at;
     const double total = (double)R * (double)m->maxT *
-        ((double)m->row_bytes * (m->K + 2) + 4.0 * (m->ent_ints + 2 * m->K + 2));
+        ((double)moe_wire_row_bytes(&m->fmt) * m->K + (double)m->row_bytes * 2 +
+         4.0 * (m->ent_ints + 2 * m->K + 2));
     if (m->max_rows > INT32_MAX || m->max_entries > INT32_MAX ||
         (m->hier && (double)m->hier->ND * (double)m->hier->P > INT32_MAX) ||
         (double)m->maxT * m->maxdest > INT32_MAX || total > (double)(1ull << 46))
@@ -310,6 +322,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->H = params->hidden;
         m->esize = epx_dtype_size(params->dtype);
         m->row_bytes = m->esize * (size_t)m->H;
+        moe_wire_init(&m->fmt, m->p.wire, m->p.dtype, m->H);  /* checked */
         m->maxdest = m->K < m->R ? m->K : m->R;
         m->blk_ints = MOE_BLK_HDR + m->U + m->R + 1;
         m->ent_ints = 3 + m->K;
@@ -322,7 +335,9 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->local_exp = malloc(sizeof(int32_t) * (size_t)m->U);
         m->wire = malloc(m->row_bytes);
         m->mode = malloc(sizeof(int32_t) * (size_t)m->R);
-        if (!m->wire || !m->mode || !m->u2r || !m->first ||
+        m->stage_q = malloc(m->fmt.data_bytes + 1);
+        m->stage_s = malloc(m->fmt.scale_bytes + 1);
+        if (!m->stage_q || !m->stage_s || !m->wire || !m->mode || !m->u2r || !m->first ||
             !m->blk || !m->entcur || !m->ecur || !m->tot ||
             !m->local_exp)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
@@ -358,9 +373,11 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         m->direct &= epx__win_peer_ptr(m->win, r) != NULL;
     EPX_LOG(EPX_LOG_INFO, "moe", m->rank,
-            "engine H=%d E=%d K=%d maxT=%lld %s %s: window %.1f MiB reserved "
-            "(sparse), %d local experts", m->H, m->E, m->K, (long long)m->maxT,
+            "engine H=%d E=%d K=%d maxT=%lld %s (wire %s, %zu bytes a row) %s: "
+            "window %.1f MiB reserved (sparse), %d local experts", m->H, m->E,
+            m->K, (long long)m->maxT,
             m->p.dtype == EPX_DTYPE_BF16 ? "bf16" : "fp32",
+            moe_wire_name(m->fmt.wire), moe_wire_row_bytes(&m->fmt),
             m->p.layout == EPX_LAYOUT_TOKEN_MAJOR ? "token-major" : "expert-major",
             (double)m->off.total / (1 << 20), moe_nlocal(m, m->rank));
     *out = m;
@@ -397,6 +414,8 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->ecur);
     free(m->tot);
     free(m->wire);
+    free(m->stage_q);
+    free(m->stage_s);
     free(m->mode);
     moe_hier_free(m);
     free(m);

@@ -17,7 +17,9 @@
  *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
  *                                 number of local rows, rows (expert-major)
  *   src_rank, src_token [rows] int32; topk_idx/topk_weights (see epx_recv_t)
- *   rows     [rows][H]            received tokens
+ *   rows     [rows][data bytes]   received tokens (x, in the wire format)
+ *   scales   [rows][scale bytes]  their block scales (quantized wire)
+ *   gscale   [rows] fp32          their row scales (NVFP4)
  *   comb     [maxT*min(K,R)][H]   partials coming back to this rank
  */
 #ifndef EPX_MOE_H
@@ -28,6 +30,7 @@
 #include "epx.h"
 #include "core/comm.h"
 #include "transport/transport.h"
+#include "moe/wire.h"
 
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
@@ -40,7 +43,7 @@ enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
 typedef struct moe_offsets {
     size_t counts, status, done, entries, src_rank, src_token, topk_idx, topk_w,
-           rows, comb, total;
+           rows, scales, gscale, comb, total;
 } moe_offsets_t;
 
 struct epx_moe {
@@ -49,7 +52,11 @@ struct epx_moe {
     int R, rank, E, K, H;
     int U;                     /* units a token is routed to: the experts,
                                   or the slots (num_slots > 0) */
-    size_t esize, row_bytes;
+    size_t esize, row_bytes;   /* engine dtype: x given, y, partials */
+    moe_wire_t fmt;            /* how x travels (wire.h) */
+    void *stage_q, *stage_s;   /* one quantized row: data, scales */
+    float stage_g;             /* and its NVFP4 row scale */
+    int64_t put_dispatch, put_combine;  /* bytes put (statistics) */
     int32_t *u2r;              /* [U] owning rank */
     int32_t *first;            /* [R+1] first unit of each rank */
     /* replicas (num_slots > 0), per layer; phy2log[l*U] < 0: not set */
@@ -144,6 +151,14 @@ static inline size_t moe_status_off(const epx_moe_t *m, int phase,
     return m->off.status +
            sizeof(int32_t) * (((size_t)phase * 2 + (call & 1)) * (size_t)m->R +
                               (size_t)src);
+}
+
+/* A put counted in the engine's statistics (*counter += len). */
+static inline epx_status_t moe_put(epx_moe_t *m, int64_t *counter, int peer,
+                                   size_t off, const void *src, size_t len)
+{
+    *counter += (int64_t)len;
+    return epx__win_put(m->win, peer, off, src, len);
 }
 
 /* Layer of a dispatch (0 for callers built against version 1 args). */

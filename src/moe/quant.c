@@ -12,7 +12,7 @@
  * of non-negative floats is that of their bits); NaN and Inf are skipped.
  * *nan is set when a NaN was seen.  Signed 16-bit maxima: one SIMD
  * instruction even on baseline x86-64. */
-static uint16_t amax_bits(const uint16_t *x, size_t n, int *nan)
+static inline __attribute__((always_inline)) uint16_t amax_bits(const uint16_t *x, size_t n, int *nan)
 {
     int16_t m = 0, all = 0;
     for (size_t i = 0; i < n; i++) {
@@ -45,6 +45,20 @@ static inline size_t min_sz(size_t a, size_t b)
 
 /* ---- fp8, fp32 scales */
 
+/* One block's values v = x / s and codes, in two plain loops over a
+ * scratch array: each vectorises on its own (the fused loop does not), and
+ * with n a constant (full blocks) without a remainder loop. */
+static inline __attribute__((always_inline)) void fp8_block(const uint16_t *restrict x, size_t n, float s,
+                             uint8_t *restrict q)
+{
+    float v[MOE_QUANT_FP8_BLOCK];
+    for (size_t i = 0; i < n; i++)
+        v[i] = epx__bf16_to_f32(x[i]) / s;
+    for (size_t i = 0; i < n; i++)
+        q[i] = moe_quant_f32_to_e4m3(v[i]);
+}
+
+EPX_CLONES
 void moe_quant_fp8(const uint16_t *x, size_t h, uint8_t *q, float *scale)
 {
     for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP8_BLOCK, k++) {
@@ -56,8 +70,10 @@ void moe_quant_fp8(const uint16_t *x, size_t h, uint8_t *q, float *scale)
         float s = amax > 0.0f ? amax / MOE_QUANT_E4M3_MAX : 1.0f;
         s = s < FLT_MIN ? FLT_MIN : s;
         scale[k] = s;
-        for (size_t i = 0; i < n; i++)
-            q[b0 + i] = moe_quant_f32_to_e4m3(epx__bf16_to_f32(x[b0 + i]) / s);
+        if (n == MOE_QUANT_FP8_BLOCK)
+            fp8_block(x + b0, MOE_QUANT_FP8_BLOCK, s, q + b0);
+        else
+            fp8_block(x + b0, n, s, q + b0);
     }
 }
 
@@ -75,6 +91,18 @@ void moe_dequant_fp8(const uint8_t *q, const float *scale, size_t h,
 
 /* ---- fp8, UE8M0 scales (128: DeepSeek-style; 32: MXFP8) */
 
+/* v = x * inv (a power of two), then the codes: as fp8_block. */
+static inline __attribute__((always_inline)) void ue8m0_block(const uint16_t *restrict x, size_t n,
+                               float inv, uint8_t *restrict q)
+{
+    float v[MOE_QUANT_FP8_BLOCK];
+    for (size_t i = 0; i < n; i++)
+        v[i] = epx__bf16_to_f32(x[i]) * inv;
+    for (size_t i = 0; i < n; i++)
+        q[i] = moe_quant_f32_to_e4m3(v[i]);
+}
+
+EPX_CLONES
 void moe_quant_fp8_ue8m0(const uint16_t *x, size_t h, size_t block,
                          uint8_t *q, uint8_t *scale)
 {
@@ -91,8 +119,17 @@ void moe_quant_fp8_ue8m0(const uint16_t *x, size_t h, size_t block,
             c = moe_quant_f32_to_ue8m0(amax / MOE_QUANT_E4M3_MAX);
         scale[k] = c;
         float inv = 1.0f / moe_quant_ue8m0_to_f32(c);  /* a power of two */
-        for (size_t i = 0; i < n; i++)
-            q[b0 + i] = moe_quant_f32_to_e4m3(epx__bf16_to_f32(x[b0 + i]) * inv);
+        /* Pieces of at most 128 (any block size); the usual sizes with a
+         * constant trip count. */
+        for (size_t p = 0; p < n; p += MOE_QUANT_FP8_BLOCK) {
+            size_t m = min_sz(MOE_QUANT_FP8_BLOCK, n - p);
+            if (m == MOE_QUANT_FP8_BLOCK)
+                ue8m0_block(x + b0 + p, MOE_QUANT_FP8_BLOCK, inv, q + b0 + p);
+            else if (m == MOE_QUANT_MX_BLOCK)
+                ue8m0_block(x + b0 + p, MOE_QUANT_MX_BLOCK, inv, q + b0 + p);
+            else
+                ue8m0_block(x + b0 + p, m, inv, q + b0 + p);
+        }
     }
 }
 
@@ -113,6 +150,7 @@ void moe_dequant_fp8_ue8m0(const uint8_t *q, const uint8_t *scale, size_t h,
 
 /* ---- NVFP4 */
 
+EPX_CLONES
 float moe_quant_nvfp4_global(const uint16_t *x, size_t n)
 {
     int nan;
@@ -122,32 +160,86 @@ float moe_quant_nvfp4_global(const uint16_t *x, size_t n)
     return g < FLT_MIN ? FLT_MIN : g;
 }
 
+/* One block, any length (the row's short last block, and the reference
+ * for the grouped path below). */
+static inline __attribute__((always_inline)) void
+nvfp4_block(const uint16_t *xb, size_t n, float global, uint8_t *qb,
+            uint8_t *scale)
+{
+    int nan;
+    float amax = epx__bf16_to_f32(amax_bits(xb, n, &nan));
+    uint8_t sb = moe_quant_f32_to_e4m3(amax / (MOE_QUANT_E2M1_MAX * global));
+    float s = moe_quant_e4m3_to_f32(sb) * global;
+    *scale = nan ? MOE_QUANT_E4M3_NAN : sb;
+    /* A zero scale (a block far below the tensor's amax) or a NaN block
+     * encodes zeros; the NaN travels in the scale. */
+    if (nan || !(s > 0.0f)) {
+        memset(qb, 0, (n + 1) / 2);
+        return;
+    }
+    for (size_t i = 0; i < n / 2; i++) {
+        uint32_t lo = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i]) / s);
+        uint32_t hi = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i + 1]) / s);
+        qb[i] = (uint8_t)(lo | (hi << 4));
+    }
+    if (n & 1)
+        qb[n / 2] = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[n - 1]) / s);
+}
+
+/* NVFP4_GROUP full blocks at once, the same arithmetic as nvfp4_block in
+ * passes that each vectorise: block maxima, block scales, values, codes
+ * (zeroed where the block is NaN or its scale 0), nibble packing. */
+enum { NVFP4_GROUP = 16, NVFP4_GN = NVFP4_GROUP * MOE_QUANT_FP4_BLOCK };
+
+static inline __attribute__((always_inline)) void
+nvfp4_group(const uint16_t *restrict x, float global, uint8_t *restrict q,
+            uint8_t *restrict scale)
+{
+    enum { B = MOE_QUANT_FP4_BLOCK };
+    int16_t mx[NVFP4_GROUP], all[NVFP4_GROUP];
+    float s[NVFP4_GROUP], v[NVFP4_GN];
+    uint8_t keep[NVFP4_GROUP], c[NVFP4_GN];
+    for (int k = 0; k < NVFP4_GROUP; k++) {
+        int16_t m = 0, al = 0;
+        for (int i = 0; i < B; i++) {
+            int16_t a = (int16_t)(x[k * B + i] & 0x7fffu);
+            al = a > al ? a : al;
+            a = a < 0x7f80 ? a : 0;
+            m = a > m ? a : m;
+        }
+        mx[k] = m;
+        all[k] = al;
+    }
+    const float six_g = MOE_QUANT_E2M1_MAX * global;
+    for (int k = 0; k < NVFP4_GROUP; k++) {
+        uint8_t sb = moe_quant_f32_to_e4m3(epx__bf16_to_f32((uint16_t)mx[k]) / six_g);
+        s[k] = moe_quant_e4m3_to_f32(sb) * global;
+        int nan = all[k] > 0x7f80;
+        keep[k] = nan || !(s[k] > 0.0f) ? 0 : 0xff;
+        scale[k] = nan ? MOE_QUANT_E4M3_NAN : sb;
+    }
+    for (int k = 0; k < NVFP4_GROUP; k++)
+        for (int i = 0; i < B; i++)
+            v[k * B + i] = epx__bf16_to_f32(x[k * B + i]) / s[k];
+    for (int i = 0; i < NVFP4_GN; i++)
+        c[i] = moe_quant_f32_to_e2m1(v[i]);
+    for (int k = 0; k < NVFP4_GROUP; k++)
+        for (int i = 0; i < B; i++)
+            c[k * B + i] &= keep[k];
+    for (int i = 0; i < NVFP4_GN / 2; i++)
+        q[i] = (uint8_t)(c[2 * i] | (c[2 * i + 1] << 4));
+}
+
+EPX_CLONES
 void moe_quant_nvfp4(const uint16_t *x, size_t h, float global, uint8_t *q,
                      uint8_t *scale)
 {
-    for (size_t b0 = 0, k = 0; b0 < h; b0 += MOE_QUANT_FP4_BLOCK, k++) {
-        size_t n = min_sz(MOE_QUANT_FP4_BLOCK, h - b0);
-        int nan;
-        float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
-        uint8_t sb = moe_quant_f32_to_e4m3(amax / (MOE_QUANT_E2M1_MAX * global));
-        float s = moe_quant_e4m3_to_f32(sb) * global;
-        const uint16_t *xb = x + b0;
-        uint8_t *qb = q + b0 / 2;
-        scale[k] = nan ? MOE_QUANT_E4M3_NAN : sb;
-        /* A zero scale (a block far below the tensor's amax) or a NaN
-         * block encodes zeros; the NaN travels in the scale. */
-        if (nan || !(s > 0.0f)) {
-            memset(qb, 0, (n + 1) / 2);
-            continue;
-        }
-        for (size_t i = 0; i < n / 2; i++) {
-            uint32_t lo = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i]) / s);
-            uint32_t hi = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[2 * i + 1]) / s);
-            qb[i] = (uint8_t)(lo | (hi << 4));
-        }
-        if (n & 1)
-            qb[n / 2] = moe_quant_f32_to_e2m1(epx__bf16_to_f32(xb[n - 1]) / s);
-    }
+    size_t b0 = 0, k = 0;
+    for (; b0 + NVFP4_GN <= h; b0 += NVFP4_GN, k += NVFP4_GROUP)
+        nvfp4_group(x + b0, global, q + b0 / 2, scale + k);
+    for (; b0 < h; b0 += MOE_QUANT_FP4_BLOCK, k++)
+        nvfp4_block(x + b0, min_sz(MOE_QUANT_FP4_BLOCK, h - b0), global,
+                    q + b0 / 2, scale + k);
 }
 
 void moe_dequant_nvfp4(const uint8_t *q, const uint8_t *scale, float global,

@@ -41,32 +41,28 @@ static inline float moe_quant_float(uint32_t u)
  * S.1111.111, largest finite 448, subnormals m * 2^-9. */
 
 /* Round to nearest even; finite values beyond 448 and +-Inf saturate to
- * +-448; NaN gives 0x7f (sign dropped). */
+ * +-448; NaN gives 0x7f (sign dropped).  Branch-free, on signed 32-bit
+ * lanes (|f|'s bits never reach the sign), so loops of it vectorise with
+ * the instructions every x86-64 SIMD level has. */
 static inline uint8_t moe_quant_f32_to_e4m3(float f)
 {
     uint32_t u = moe_quant_bits(f);
-    uint32_t a = u & 0x7fffffffu;
-    uint32_t sign = (u >> 24) & 0x80u;
+    int32_t a = (int32_t)(u & 0x7fffffffu);
+    int32_t sign = (int32_t)((u >> 24) & 0x80u);
     /* Normal (|f| >= 2^-6): drop 20 mantissa bits with RNE; a carry rolls
      * into the exponent, then rebias 127 -> 7. */
-    uint32_t nrm = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - (120u << 3);
-    /* Subnormal (|f| < 2^-6): m = RNE(|f| * 2^9) from the significand with
-     * its hidden bit, shifted by 141 - exponent; only exponents 117..120
-     * (|f| >= 2^-10) can give m > 0.  One constant shift per exponent and
-     * integer selects: no per-lane shifts and no floating-point operation
-     * under a condition, so loops of this vectorise. */
-    uint32_t e = a >> 23;
-    uint32_t sig = (a & 0x7fffffu) | 0x800000u;
-#define MOE_QUANT_RNE_SHR(v, s) (((v) + (1u << ((s) - 1)) - 1u + (((v) >> (s)) & 1u)) >> (s))
-    uint32_t sub = e == 120u ? MOE_QUANT_RNE_SHR(sig, 21)
-                 : e == 119u ? MOE_QUANT_RNE_SHR(sig, 22)
-                 : e == 118u ? MOE_QUANT_RNE_SHR(sig, 23)
-                 : e == 117u ? MOE_QUANT_RNE_SHR(sig, 24) : 0u;
-#undef MOE_QUANT_RNE_SHR
-    uint32_t code = a >= 0x3c800000u ? nrm : sub;
-    code = a >= 0x43e00000u ? 0x7eu : code;   /* >= 448 and Inf */
+    int32_t nrm = ((a + 0x7ffff + ((a >> 20) & 1)) >> 20) - (120 << 3);
+    /* Subnormal (|f| < 2^-6): m = RNE(|f| * 2^9), the code itself (m = 8
+     * is the code of 2^-6).  |f| * 2^9 < 8 is exact, and adding 2^23 leaves
+     * no fraction bits: the fp32 adder rounds it to the nearest integer,
+     * ties to even (the default rounding mode), into the low mantissa
+     * bits.  Outside that range the value is garbage and not selected. */
+    int32_t sub = (int32_t)moe_quant_bits(moe_quant_float((uint32_t)a) * 512.0f +
+                                          0x1p23f) - 0x4b000000;
+    int32_t code = a >= 0x3c800000 ? nrm : sub;
+    code = a >= 0x43e00000 ? 0x7e : code;     /* >= 448 and Inf */
     code |= sign;
-    return (uint8_t)(a > 0x7f800000u ? MOE_QUANT_E4M3_NAN : code);
+    return (uint8_t)(a > 0x7f800000 ? MOE_QUANT_E4M3_NAN : code);
 }
 
 /* Exact.  Integer operations only (subnormals m 2^-9 built from m's

@@ -62,16 +62,18 @@ epx_status_t epx_moe_stats_reset(epx_moe_t *m)
     memset(m->st_decayed, 0, n * sizeof(double));
     memset(m->st_phys, 0, (size_t)m->layers * (size_t)m->U * sizeof(int64_t));
     m->dispatches = 0;
+    m->put_dispatch = m->put_combine = 0;
     return EPX_OK;
 }
 
-/* Sum every rank's record: [dispatches, window..., physical...,
- * decayed...], in rank order so every rank gets the same sums. */
-static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
+/* Sum every rank's record: [dispatches, dispatch bytes, combine bytes,
+ * window..., physical..., decayed...], in rank order so every rank gets
+ * the same sums; sums[3] gets the first three. */
+static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *sums)
 {
     size_t n = (size_t)m->layers * (size_t)m->E;
     size_t np = (size_t)m->layers * (size_t)m->U;
-    size_t ni = 1 + n + np;                   /* int64 words, then doubles */
+    size_t ni = 3 + n + np;                   /* int64 words, then doubles */
     size_t rec = sizeof(int64_t) * ni + sizeof(double) * n;
     char *mine = malloc(rec), *all = malloc(rec * (size_t)m->R);
     if (!mine || !all) {
@@ -79,13 +81,14 @@ static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
         free(all);
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (statistics)");
     }
-    memcpy(mine, &m->dispatches, sizeof(int64_t));
-    memcpy(mine + sizeof(int64_t), m->st_window, n * sizeof(int64_t));
-    memcpy(mine + sizeof(int64_t) * (1 + n), m->st_phys, np * sizeof(int64_t));
+    int64_t head[3] = { m->dispatches, m->put_dispatch, m->put_combine };
+    memcpy(mine, head, sizeof(head));
+    memcpy(mine + sizeof(int64_t) * 3, m->st_window, n * sizeof(int64_t));
+    memcpy(mine + sizeof(int64_t) * (3 + n), m->st_phys, np * sizeof(int64_t));
     memcpy(mine + sizeof(int64_t) * ni, m->st_decayed, n * sizeof(double));
     epx_status_t st = epx__comm_allgather(m->comm, mine, all, rec);
     if (st == EPX_OK) {
-        *dispatches = 0;
+        sums[0] = sums[1] = sums[2] = 0;
         memset(m->st_gwindow, 0, n * sizeof(int64_t));
         memset(m->st_gphys, 0, np * sizeof(int64_t));
         memset(m->st_gdecayed, 0, n * sizeof(double));
@@ -93,17 +96,19 @@ static epx_status_t sum_over_ranks(epx_moe_t *m, int64_t *dispatches)
             const char *p = all + rec * (size_t)r;
             int64_t v;
             double d;
-            memcpy(&v, p, sizeof(v));
-            *dispatches += v;
+            for (int j = 0; j < 3; j++) {
+                memcpy(&v, p + sizeof(int64_t) * (size_t)j, sizeof(v));
+                sums[j] += v;
+            }
             for (size_t i = 0; i < n; i++) {
-                memcpy(&v, p + sizeof(int64_t) * (1 + i), sizeof(v));
+                memcpy(&v, p + sizeof(int64_t) * (3 + i), sizeof(v));
                 m->st_gwindow[i] += v;
                 memcpy(&d, p + sizeof(int64_t) * ni + sizeof(double) * i,
                        sizeof(d));
                 m->st_gdecayed[i] += d;
             }
             for (size_t i = 0; i < np; i++) {
-                memcpy(&v, p + sizeof(int64_t) * (1 + n + i), sizeof(v));
+                memcpy(&v, p + sizeof(int64_t) * (3 + n + i), sizeof(v));
                 m->st_gphys[i] += v;
             }
         }
@@ -118,11 +123,16 @@ epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
     if (!m || !out)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
     epx_moe_stats_t s = { sizeof(s), m->layers, m->E, m->dispatches,
-                          m->st_window, m->st_decayed, m->U, m->st_phys };
+                          m->st_window, m->st_decayed, m->U, m->st_phys,
+                          m->put_dispatch, m->put_combine };
     if (global) {
-        epx_status_t st = sum_over_ranks(m, &s.dispatches);
+        int64_t sums[3] = { 0, 0, 0 };
+        epx_status_t st = sum_over_ranks(m, sums);
         if (st != EPX_OK)
             return st;
+        s.dispatches = sums[0];
+        s.dispatch_bytes = sums[1];
+        s.combine_bytes = sums[2];
         s.window = m->st_gwindow;
         s.decayed = m->st_gdecayed;
         s.physical = m->st_gphys;

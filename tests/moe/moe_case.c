@@ -1,11 +1,13 @@
 /* Dispatch/combine scenarios checked against the reference. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common/epx_test.h"
+#include "ref/ref_quant.h"
 #include "moe_case.h"
 
 /* Streams of the counter-based generator. */
@@ -75,7 +77,30 @@ static void gen_row(const moe_run_t *m, int s, int route, int64_t t,
                                  (uint64_t)route, (uint64_t)t) };
     for (int k = 0; k < K; k++)
         idx[k] = -1;
-    if (m->c->route == ROUTE_HOT) {
+    if (m->c->route == ROUTE_ZIPF) {
+        /* min(K, E) distinct experts by inverse CDF of the Zipf weights,
+         * redrawn on a repeat, in top-k slot order. */
+        double tot = 0;
+        for (int e = 0; e < E; e++)
+            tot += pow(e + 1, -1.1);
+        int n = K < E ? K : E;
+        for (int i = 0; i < n; i++) {
+            for (;;) {
+                double u = (double)(epxt_next(&rng) >> 11) *
+                           (1.0 / 9007199254740992.0) * tot;
+                int e = 0;
+                for (; e < E - 1 && (u -= pow(e + 1, -1.1)) > 0; e++)
+                    ;
+                int dup = 0;
+                for (int j = 0; j < i; j++)
+                    dup |= idx[j] == e;
+                if (!dup) {
+                    idx[i] = e;
+                    break;
+                }
+            }
+        }
+    } else if (m->c->route == ROUTE_HOT) {
         int hot = (int)(epxt_hash(m->seed, TAG_HOT, (uint64_t)route, 0, 0) %
                         (uint64_t)E);
         idx[epxt_below(&rng, (uint64_t)K)] = hot;
@@ -152,7 +177,15 @@ int moe_input_make(const moe_run_t *m, int s, int route, int data,
         for (int h = 0; h < H; h++) {
             uint64_t v = epxt_hash(m->seed, TAG_X, (uint64_t)s, (uint64_t)t,
                                    ((uint64_t)data << 32) | (uint64_t)h);
-            ref_store(c->dtype, in->x, t * H + h, gen_value(v));
+            float f = gen_value(v);
+            /* Quantized wire: some all-zero rows (scales of empty blocks)
+             * and some rows with one outlier 2^20 above the rest (blocks
+             * whose scales leave the others tiny or zero). */
+            if (c->wire != EPX_WIRE_NATIVE && t % 5 == 3)
+                f = 0.0f;
+            if (c->wire != EPX_WIRE_NATIVE && t % 5 == 4 && h == (int)(t % H))
+                f *= 0x1p20f;
+            ref_store(c->dtype, in->x, t * H + h, f);
         }
     }
     free(perm);
@@ -207,7 +240,7 @@ int moe_run_open(moe_run_t *m, epx_comm_t *comm, const moe_case_t *c)
     m->nranks = epx_comm_size(comm);
     m->seed = epxt_hash_str(epxt_seed(), c->name);
     m->cfg = (ref_cfg_t){ m->nranks, c->experts, c->topk, c->hidden, c->dtype,
-                          c->layout, c->align };
+                          c->layout, c->align, c->wire };
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->hidden;
     p.num_experts = c->experts;
@@ -217,6 +250,7 @@ int moe_run_open(moe_run_t *m, epx_comm_t *comm, const moe_case_t *c)
     p.layout = c->layout;
     p.expert_alignment = c->align;
     p.flags = c->flags;
+    p.wire = c->wire;
     epx_status_t st = epx_moe_create(comm, &p, &m->moe);
     CHECKF(st == EPX_OK, "case %s: epx_moe_create: %s (%s)", c->name,
            epx_status_str(st), epx_last_error());
@@ -248,9 +282,13 @@ static int check_recv(const moe_run_t *m, int round, const char *when,
 {
     const moe_case_t *c = m->c;
     const int K = c->topk, H = c->hidden;
-    const size_t rb = (size_t)H * esize(c->dtype);
+    const size_t rb = e->x_row;
     const char *n = c->name;
     const int em = c->layout == EPX_LAYOUT_EXPERT_MAJOR;
+    ref_wire_t w;
+    const int quant = ref_wire_shape(c->wire, H, &w) == 0;
+    const epx_dtype_t xdt = quant ? w.x_dtype : c->dtype;
+    const int64_t xcols = quant ? w.x_cols : H;
 
     CHECKF(g->num_rows == e->num_rows, "case %s round %d%s: num_rows %"
            PRId64 ", want %" PRId64, n, round, when, g->num_rows,
@@ -260,11 +298,27 @@ static int check_recv(const moe_run_t *m, int round, const char *when,
            "case %s round %d%s: recv local experts [%d, +%d), want "
            "[%d, +%d)", n, round, when, g->first_local_expert,
            g->num_local_experts, e->first_local, e->num_local);
-    CHECKF(g->x.dtype == c->dtype && g->x.rows == e->num_rows &&
-               g->x.cols == H,
+    CHECKF(g->x.dtype == xdt && g->x.rows == e->num_rows &&
+               g->x.cols == xcols,
            "case %s round %d%s: recv x is [%" PRId64 ", %" PRId64 "] dtype "
-           "%d, want [%" PRId64 ", %d] dtype %d", n, round, when, g->x.rows,
-           g->x.cols, (int)g->x.dtype, e->num_rows, H, (int)c->dtype);
+           "%d, want [%" PRId64 ", %" PRId64 "] dtype %d", n, round, when,
+           g->x.rows, g->x.cols, (int)g->x.dtype, e->num_rows, xcols,
+           (int)xdt);
+    if (quant)
+        CHECKF(g->x_scales.dtype == w.scale_dtype &&
+                   g->x_scales.rows == e->num_rows &&
+                   g->x_scales.cols == (int64_t)w.nblocks &&
+                   (e->num_rows == 0 || g->x_scales.data) &&
+                   !(c->wire == EPX_WIRE_NVFP4) == !g->x_global_scale,
+               "case %s round %d%s: recv x_scales [%" PRId64 ", %" PRId64
+               "] dtype %d data %p global %p, want [%" PRId64 ", %zu] dtype "
+               "%d", n, round, when, g->x_scales.rows, g->x_scales.cols,
+               (int)g->x_scales.dtype, g->x_scales.data,
+               (const void *)g->x_global_scale, e->num_rows, w.nblocks,
+               (int)w.scale_dtype);
+    else
+        CHECKF(!g->x_scales.data && !g->x_global_scale,
+               "case %s: native wire with scales", n);
     for (int j = 0; j < e->num_local; j++) {
         CHECKF(g->expert_counts, "case %s: expert_counts NULL", n);
         CHECKF(g->expert_counts[j] == e->counts[j],
@@ -314,6 +368,28 @@ static int check_recv(const moe_run_t *m, int round, const char *when,
                        when, i, k, g->topk_idx[i * K + k],
                        (double)g->topk_weights[i * K + k],
                        e->topk_idx[i * K + k], (double)e->weights[i * K + k]);
+        }
+        if (quant) {
+            const unsigned char *gs = g->x_scales.data;
+            size_t sr = e->scale_row;
+            for (size_t b = 0; b < rb; b++)
+                CHECKF(gx[(size_t)i * rb + b] == e->x[(size_t)i * rb + b],
+                       "case %s round %d%s: row %" PRId64 " (rank %d token %d)"
+                       " data byte %zu = 0x%02x, want 0x%02x", n, round, when,
+                       i, e->src_rank[i], e->src_token[i], b,
+                       gx[(size_t)i * rb + b], e->x[(size_t)i * rb + b]);
+            for (size_t b = 0; b < sr; b++)
+                CHECKF(gs[(size_t)i * sr + b] == e->scales[(size_t)i * sr + b],
+                       "case %s round %d%s: row %" PRId64 " (rank %d token %d)"
+                       " scale byte %zu = 0x%02x, want 0x%02x", n, round, when,
+                       i, e->src_rank[i], e->src_token[i], b,
+                       gs[(size_t)i * sr + b], e->scales[(size_t)i * sr + b]);
+            if (c->wire == EPX_WIRE_NVFP4)
+                CHECKF(memcmp(&g->x_global_scale[i], &e->gscale[i], 4) == 0,
+                       "case %s round %d%s: row %" PRId64 " row scale %a, "
+                       "want %a", n, round, when, i,
+                       (double)g->x_global_scale[i], (double)e->gscale[i]);
+            continue;
         }
         if (memcmp(gx + (size_t)i * rb, e->x + (size_t)i * rb, rb) != 0) {
             int h = 0;

@@ -21,7 +21,9 @@ enum moe_tokens {
 enum moe_route {
     ROUTE_RANDOM = 0, /* K distinct experts per token (-1 only when K > E) */
     ROUTE_HOLES,      /* random -1 entries and whole rows of -1 */
-    ROUTE_HOT         /* every token picks the same expert, the rest -1 */
+    ROUTE_HOT,        /* every token picks the same expert, the rest -1 */
+    ROUTE_ZIPF        /* K distinct experts, expert e drawn with weight
+                         1 / (e + 1)^1.1: the first ranks are hot */
 };
 
 typedef struct moe_case {
@@ -41,6 +43,7 @@ typedef struct moe_case {
     int misuse;                 /* every round also tries MISUSE_* first */
     int jitter_us;              /* random pauses between the calls */
     unsigned flags;             /* epx_moe_params_t.flags (EPX_MOE_*) */
+    epx_wire_t wire;            /* quantized: dtype BF16 */
 } moe_case_t;
 
 /* Calls every rank gets wrong the same way before the right one: each must

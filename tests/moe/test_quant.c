@@ -1,6 +1,6 @@
 /*
  * The quantized formats (src/moe/quant.[ch]) against a reference written
- * here from the format definitions alone: codes decode by formula
+ * from the format definitions alone (tests/ref/ref_quant.c): codes decode by formula
  * (2^(e - bias) * (1 + m / 2^M), subnormals m / 2^M * 2^(1 - bias)) and
  * encode by exhaustive search over every finite code for the nearest value,
  * a tie going to the code whose last bit is 0.  Scalar codecs: every code,
@@ -22,79 +22,11 @@
 #include "common/epx_test.h"
 #include "util/util.h"
 #include "moe/quant.h"
+#include "ref/ref_quant.h"
 
-/* ---- reference codecs (doubles, by formula and search) */
-
-static double ref_e4m3_dec(unsigned c)
-{
-    unsigned e = (c >> 3) & 15, m = c & 7;
-    if (e == 15 && m == 7)
-        return NAN;
-    double v = e == 0 ? ldexp(m / 8.0, -6) : ldexp(1.0 + m / 8.0, (int)e - 7);
-    return (c & 0x80) ? -v : v;
-}
-
-static double ref_e2m1_dec(unsigned c)
-{
-    unsigned e = (c >> 1) & 3, m = c & 1;
-    double v = e == 0 ? ldexp(m / 2.0, 0) : ldexp(1.0 + m / 2.0, (int)e - 1);
-    return (c & 8) ? -v : v;
-}
-
-static double ref_ue8m0_dec(unsigned c)
-{
-    return c == 0xff ? NAN : ldexp(1.0, (int)c - 127);
-}
-
-/* Nearest of the non-negative finite codes 0..maxcode (their values grow
- * with the code) to |x|, a tie to the even code; beyond the largest the
- * largest (saturation), Inf too; the sign bit copied.  NaN: nan_code. */
-static unsigned ref_nearest(double x, double (*dec)(unsigned), unsigned maxcode,
-                            unsigned signbit_, unsigned nan_code)
-{
-    if (isnan(x))
-        return nan_code;
-    unsigned sign = signbit(x) ? signbit_ : 0;
-    double a = fabs(x);
-    if (a >= dec(maxcode))  /* also keeps a - dec(c) below exact */
-        return sign | maxcode;
-    unsigned best = 0;
-    double bd = INFINITY;
-    for (unsigned c = 0; c <= maxcode; c++) {
-        double d = fabs(a - dec(c));
-        if (d < bd || (d == bd && (c & 1) == 0)) {
-            best = c;
-            bd = d;
-        }
-    }
-    return sign | best;
-}
-
-/* NaN: the canonical 0x7f. */
-static unsigned ref_e4m3_enc(double x)
-{
-    return ref_nearest(x, ref_e4m3_dec, 0x7e, 0x80, 0x7f);
-}
-/* NaN: +6 (the documented choice; e2m1 has no NaN). */
-static unsigned ref_e2m1_enc(double x)
-{
-    return ref_nearest(x, ref_e2m1_dec, 7, 8, 7);
-}
-/* Smallest power of two >= |s|, saturating at 2^127. */
-static unsigned ref_ue8m0_enc(double s)
-{
-    if (isnan(s))
-        return 0xff;
-    for (unsigned c = 0; c < 255; c++)
-        if (ref_ue8m0_dec(c) >= fabs(s))
-            return c;
-    return 254;
-}
-
-static float bf16f(uint16_t u)
-{
-    return moe_quant_float((uint32_t)u << 16);
-}
+/* The reference codecs (doubles, by formula and search) are in
+ * tests/ref/ref_quant.c, shared with the dispatch reference. */
+#define bf16f ref_bf16f
 
 /* Same value, or both NaN. */
 static int same(double a, double b)
@@ -278,21 +210,6 @@ static void ue8m0_codes(void **state)
 }
 
 /* ---- block quantizers */
-
-/* Largest finite |x| of n bf16 values; *nan when one is NaN. */
-static float ref_amax(const uint16_t *x, size_t n, int *nan)
-{
-    float m = 0.0f;
-    *nan = 0;
-    for (size_t i = 0; i < n; i++) {
-        float a = fabsf(bf16f(x[i]));
-        if (isnan(a))
-            *nan = 1;
-        else if (!isinf(a) && a > m)
-            m = a;
-    }
-    return m;
-}
 
 static size_t minz(size_t a, size_t b) { return a < b ? a : b; }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ref.h"
+#include "ref_quant.h"
 
 uint16_t ref_bf16(float f)
 {
@@ -85,6 +86,8 @@ void ref_recv_free(ref_recv_t *r)
     free(r->weights);
     free(r->row_expert);
     free(r->x);
+    free(r->scales);
+    free(r->gscale);
     memset(r, 0, sizeof(*r));
 }
 
@@ -105,7 +108,18 @@ static int alloc_rows(const ref_cfg_t *c, ref_recv_t *o)
     size_t n = (size_t)o->num_rows + 1, K = (size_t)c->topk;
     o->src_rank = calloc(n, sizeof(int32_t));
     o->src_token = calloc(n, sizeof(int32_t));
-    o->x = calloc(n * (size_t)c->hidden, esize(c->dtype));
+    ref_wire_t w;
+    if (ref_wire_shape(c->wire, c->hidden, &w) == 0) {
+        o->x_row = w.data_bytes;
+        o->scale_row = w.scale_bytes;
+        o->scales = calloc(n, w.scale_bytes);
+        o->gscale = calloc(n, sizeof(float));
+        if (!o->scales || !o->gscale)
+            return -1;
+    } else {
+        o->x_row = (size_t)c->hidden * esize(c->dtype);
+    }
+    o->x = calloc(n, o->x_row);
     if (c->layout == EPX_LAYOUT_TOKEN_MAJOR) {
         o->topk_idx = calloc(n * K, sizeof(int32_t));
         o->weights = calloc(n * K, sizeof(float));
@@ -122,7 +136,14 @@ static void copy_x(const ref_cfg_t *c, ref_recv_t *o, int64_t row,
 {
     size_t rb = (size_t)c->hidden * esize(c->dtype);
     const unsigned char *from = s->x;
-    memcpy(o->x + (size_t)row * rb, from + (size_t)t * rb, rb);
+    if (c->wire == EPX_WIRE_NATIVE) {
+        memcpy(o->x + (size_t)row * rb, from + (size_t)t * rb, rb);
+        return;
+    }
+    /* A quantized wire: the source row as the format defines it. */
+    ref_quant_row(c->wire, (const uint16_t *)(from + (size_t)t * rb), c->hidden,
+                  o->x + (size_t)row * o->x_row,
+                  o->scales + (size_t)row * o->scale_row, &o->gscale[row]);
 }
 
 int ref_dispatch(const ref_cfg_t *c, const ref_tokens_t *src, int rank,

@@ -16,6 +16,8 @@ typedef struct ref_cfg {
     epx_dtype_t dtype;           /* BF16 or FP32: x and y on the wire */
     epx_layout_t layout;
     int align;                   /* expert-major segment alignment, >= 1 */
+    epx_wire_t wire;             /* how x arrives (quantized: dtype BF16,
+                                    by the reference quantizer, ref_quant.h) */
 } ref_cfg_t;
 
 /* One source rank's dispatch input. */
@@ -37,7 +39,12 @@ typedef struct ref_recv {
     int32_t *topk_idx;           /* token-major [num_rows*K]; else NULL */
     float *weights;              /* token-major [num_rows*K], else [num_rows] */
     int32_t *row_expert;         /* expert-major: local expert, -1 padding */
-    unsigned char *x;            /* [num_rows*H] elements; padding rows 0 */
+    unsigned char *x;            /* [num_rows] rows of x as received: H
+                                    elements, or the quantized row's data
+                                    bytes; padding rows 0 */
+    unsigned char *scales;       /* quantized: [num_rows] rows of scales */
+    float *gscale;               /* NVFP4: [num_rows] row scales */
+    size_t x_row, scale_row;     /* bytes of a row of x and of scales */
 } ref_recv_t;
 
 /* Contiguous placement: rank r holds [floor(r*E/R), floor((r+1)*E/R)). */

@@ -11,6 +11,7 @@
 
 #include "common/epx_test.h"
 #include "ref.h"
+#include "ref_quant.h"
 
 static void placement(void **state)
 {
@@ -67,7 +68,7 @@ static ref_tokens_t toks[2] = { { 2, x0, i0, w0 }, { 1, x1, i1, w1 } };
 static void dispatch_token_major(void **state)
 {
     (void)state;
-    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_TOKEN_MAJOR, 1, EPX_WIRE_NATIVE };
     ref_recv_t r;
     assert_int_equal(ref_dispatch(&c, toks, 0, &r), 0);
     /* rank 0 gets (0,0) and (1,0), each once */
@@ -105,7 +106,7 @@ static void dispatch_token_major(void **state)
 static void dispatch_expert_major(void **state)
 {
     (void)state;
-    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_EXPERT_MAJOR, 4 };
+    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_EXPERT_MAJOR, 4, EPX_WIRE_NATIVE };
     ref_recv_t r;
     assert_int_equal(ref_dispatch(&c, toks, 0, &r), 0);
     /* expert 0: (1,0); expert 1: (0,0), (1,0); segments at 0 and 4 */
@@ -147,7 +148,7 @@ static void y_rank(void *ctx, int src, int64_t t, int who, float *row)
 static void combine_sums(void **state)
 {
     (void)state;
-    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_EXPERT_MAJOR, 4 };
+    ref_cfg_t c = { 2, 4, 2, 1, EPX_DTYPE_FP32, EPX_LAYOUT_EXPERT_MAJOR, 4, EPX_WIRE_NATIVE };
     float out[2];
     assert_int_equal(ref_combine(&c, 0, &toks[0], 0, y_plain, NULL,
                                  EPX_DTYPE_FP32, out), 0);
@@ -181,7 +182,7 @@ static void y_small(void *ctx, int src, int64_t t, int who, float *row)
 static void combine_rounds_partials(void **state)
 {
     (void)state;
-    ref_cfg_t c = { 2, 4, 3, 1, EPX_DTYPE_BF16, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    ref_cfg_t c = { 2, 4, 3, 1, EPX_DTYPE_BF16, EPX_LAYOUT_EXPERT_MAJOR, 1, EPX_WIRE_NATIVE };
     uint16_t x[1] = { 0 };
     ref_tokens_t t = { 1, x, i_round, w_round };
     float out;
@@ -198,11 +199,47 @@ static void combine_rounds_partials(void **state)
     assert_int_equal(ob, 0x3f80);
 }
 
+/* The reference quantizer on rows worked out by hand. */
+static void quant_rows(void **state)
+{
+    (void)state;
+    /* UE8M0 /128: amax 3; 3 / 2^-7 = 384 <= 448 < 3 / 2^-8, so the scale
+     * is 2^-7 (code 120); 1 * 2^7 = 2^7 is e4m3 0x70 (exponent 14), -3 *
+     * 2^7 = -1.5 * 2^8 is 0xfc (exponent 15, mantissa 4). */
+    uint16_t x[2] = { 0x3f80, 0xc040 };   /* 1.0, -3.0 */
+    uint8_t q[2], s[4];
+    float g = -1;
+    ref_quant_row(EPX_WIRE_FP8_UE8M0, x, 2, q, s, &g);
+    assert_int_equal(s[0], 120);
+    assert_int_equal(q[0], 0x70);
+    assert_int_equal(q[1], 0xfc);
+    assert_true(g == -1);                 /* no row scale */
+    /* fp32 scales: s = 3 / 448; 1 / s = 149.33 -> 144 (0x71: 1.125 * 2^7),
+     * -3 / s = -448 -> 0xfe. */
+    float fs[1];
+    ref_quant_row(EPX_WIRE_FP8, x, 2, q, fs, &g);
+    assert_true(fs[0] == 3.0f / 448.0f);
+    assert_int_equal(q[0], 0x71);
+    assert_int_equal(q[1], 0xfe);
+    /* NVFP4, a zero row: row scale 1, block scale 0, codes 0. */
+    uint16_t z[3] = { 0, 0x8000, 0 };
+    ref_quant_row(EPX_WIRE_NVFP4, z, 3, q, s, &g);
+    assert_true(g == 1.0f);
+    assert_int_equal(s[0], 0);
+    assert_int_equal(q[0], 0);
+    assert_int_equal(q[1], 0);
+    ref_wire_t w;
+    assert_int_equal(ref_wire_shape(EPX_WIRE_NVFP4, 3, &w), 0);
+    assert_true(w.data_bytes == 2 && w.nblocks == 1 && w.global_bytes == 4);
+    assert_int_equal(ref_wire_shape(EPX_WIRE_NATIVE, 3, &w), -1);
+}
+
 int main(void)
 {
     epxt_init("test_ref");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(placement),
+        cmocka_unit_test(quant_rows),
         cmocka_unit_test(bf16_rounding),
         cmocka_unit_test(dispatch_token_major),
         cmocka_unit_test(dispatch_expert_major),

@@ -1,0 +1,94 @@
+/* Wire formats of dispatch: sizes and dtypes per format, row packing. */
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/quant.h"
+#include "moe/wire.h"
+
+const char *moe_wire_name(epx_wire_t wire)
+{
+    switch (wire) {
+    case EPX_WIRE_NATIVE: return "native";
+    case EPX_WIRE_FP8: return "fp8";
+    case EPX_WIRE_FP8_UE8M0: return "fp8-ue8m0";
+    case EPX_WIRE_MXFP8: return "mxfp8";
+    case EPX_WIRE_NVFP4: return "nvfp4";
+    }
+    return "?";
+}
+
+epx_status_t moe_wire_init(moe_wire_t *f, epx_wire_t wire, epx_dtype_t dtype,
+                           int H)
+{
+    memset(f, 0, sizeof(*f));
+    f->wire = wire;
+    f->H = H;
+    f->scale_dtype = EPX_DTYPE_FP32;
+    size_t h = (size_t)H;
+    switch (wire) {
+    case EPX_WIRE_NATIVE:
+        f->x_dtype = dtype;
+        f->x_cols = H;
+        f->data_bytes = h * epx_dtype_size(dtype);
+        return EPX_OK;
+    case EPX_WIRE_FP8:
+        f->block = MOE_QUANT_FP8_BLOCK;
+        break;
+    case EPX_WIRE_FP8_UE8M0:
+        f->block = MOE_QUANT_FP8_BLOCK;
+        f->scale_dtype = EPX_DTYPE_UE8M0;
+        break;
+    case EPX_WIRE_MXFP8:
+        f->block = MOE_QUANT_MX_BLOCK;
+        f->scale_dtype = EPX_DTYPE_UE8M0;
+        break;
+    case EPX_WIRE_NVFP4:
+        f->block = MOE_QUANT_FP4_BLOCK;
+        f->scale_dtype = EPX_DTYPE_FP8_E4M3;
+        break;
+    default:
+        return epx__error(EPX_ERR_INVALID, "moe: unknown wire format %d",
+                          (int)wire);
+    }
+    if (dtype != EPX_DTYPE_BF16)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: wire format %s quantizes bf16 rows; the engine "
+                          "dtype must be BF16", moe_wire_name(wire));
+    f->nblocks = (int64_t)moe_quant_nblocks(h, (size_t)f->block);
+    f->scale_bytes = (size_t)f->nblocks * epx_dtype_size(f->scale_dtype);
+    if (wire == EPX_WIRE_NVFP4) {
+        f->x_dtype = EPX_DTYPE_FP4_E2M1X2;
+        f->x_cols = (H + 1) / 2;
+        f->data_bytes = (h + 1) / 2;
+        f->global_bytes = sizeof(float);
+    } else {
+        f->x_dtype = EPX_DTYPE_FP8_E4M3;
+        f->x_cols = H;
+        f->data_bytes = h;
+    }
+    return EPX_OK;
+}
+
+void moe_wire_pack_row(const moe_wire_t *f, const void *x, void *q,
+                       void *scale, float *global)
+{
+    const size_t h = (size_t)f->H;
+    switch (f->wire) {
+    case EPX_WIRE_NATIVE:
+        memcpy(q, x, f->data_bytes);
+        break;
+    case EPX_WIRE_FP8:
+        moe_quant_fp8(x, h, q, scale);
+        break;
+    case EPX_WIRE_FP8_UE8M0:
+    case EPX_WIRE_MXFP8:
+        moe_quant_fp8_ue8m0(x, h, (size_t)f->block, q, scale);
+        break;
+    case EPX_WIRE_NVFP4:
+        /* The row's own fp32 scale: NVIDIA's per-tensor recipe applied to
+         * the token, so every token uses the whole e4m3 x e2m1 range. */
+        *global = moe_quant_nvfp4_global(x, h);
+        moe_quant_nvfp4(x, h, *global, q, scale);
+        break;
+    }
+}
