@@ -5,9 +5,12 @@
  * Available when libepx was built with CUDA (configure found nvcc);
  * otherwise every function returns EPX_ERR_UNSUPPORTED.
  *
- * v0 scope: throughput mode, token-major layout, BF16 or FP32, native
- * wire.  Other params (expert-major, low latency, quantized wire, replica
- * slots, hierarchical) are refused with EPX_ERR_UNSUPPORTED.
+ * v0 scope: throughput mode, BF16 or FP32, native wire; token-major
+ * layout, or expert-major with the windows backend (expert_offsets and
+ * expert_counts are host memory, the per-row arrays device memory, as
+ * for token-major).  Other params (expert-major over NCCL, low latency,
+ * quantized wire, replica slots, hierarchical) are refused with
+ * EPX_ERR_UNSUPPORTED.
  *
  * Thread safety: as epx.h; each rank's engine is driven by one thread,
  * which may drive it while other threads of the process drive other ranks

@@ -1,9 +1,10 @@
 /*
  * The GPU executor (include/epx/cuda.h): setup, argument checks and the
  * order of kernels and exchanges on the engine's stream.  Throughput mode,
- * token-major; the protocol is the host executor's (count rows to every
- * rank, then rows at offsets computed from the whole count matrix, partials
- * back to the slot each token had in its source's packed order).
+ * token-major, or expert-major with the windows backend; the protocol is
+ * the host executor's (count rows to every rank, then rows at offsets
+ * computed from the whole count matrix, partials back to the slot each
+ * token had in its source's packed order).
  */
 #include "config.h"   /* EPX_HAVE_NCCL */
 #include <stdio.h>
@@ -32,12 +33,13 @@ struct epx_cuda_moe {
     char *local;                /* this rank's window / receive buffer */
     char *stage;                /* NCCL: packed rows and metadata */
     char **d_peers;             /* [R] device copy of the bases */
-    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt;
-    int64_t *d_sendoff, *d_base, *d_info;
+    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos;
+    int64_t *d_sendoff, *d_base, *d_info, *d_ebase;
     unsigned *d_done;
     int64_t *h_info;            /* pinned: the one read-back per dispatch */
     int32_t *h_cnt;             /* pinned: NCCL count matrix + own row */
-    int64_t *h_counts;          /* [L] expert_counts handed to the caller */
+    int64_t *h_counts;          /* [2L] expert_counts and expert_offsets
+                                   handed to the caller */
     int32_t *h_local;           /* [L] local_experts */
     int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
     uint64_t seq;
@@ -74,9 +76,13 @@ static epx_status_t check_params(const epx_moe_params_t *p,
     if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
         return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16 or "
                           "FP32");
-    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: only the "
-                          "token-major layout is implemented on the GPU");
+    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR &&
+        p->layout != EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: unknown layout %d",
+                          (int)p->layout);
+    if (p->layout == EPX_LAYOUT_EXPERT_MAJOR && p->expert_alignment < 1)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: expert_alignment %d "
+                          "(>= 1)", p->expert_alignment);
     int v3 = p->version >= 3 && p->struct_size >= sizeof(epx_moe_params_t);
     int v2 = p->version >= 2 &&
              p->struct_size >= offsetof(epx_moe_params_t, mode);
@@ -99,6 +105,11 @@ static epx_status_t check_params(const epx_moe_params_t *p,
     if (c->backend == EPX_CUDA_BACKEND_NCCL)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: built without NCCL");
 #endif
+    if (c->backend == EPX_CUDA_BACKEND_NCCL &&
+        p->layout == EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the expert-major "
+                          "layout is implemented for the windows backend "
+                          "only, not NCCL");
     if (c->nccl_comm && c->backend != EPX_CUDA_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: nccl_comm given for "
                           "the windows backend");
@@ -108,7 +119,7 @@ static epx_status_t check_params(const epx_moe_params_t *p,
 /* What every rank must agree on, and its max_tokens_per_rank. */
 typedef struct agree {
     int32_t status, hidden, experts, topk, dtype, backend, device_ok;
-    int32_t max_tokens;
+    int32_t layout, align, max_tokens;
 } agree_t;
 
 static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
@@ -131,9 +142,11 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
         else if (all[r].hidden != mine->hidden ||
                  all[r].experts != mine->experts ||
                  all[r].topk != mine->topk || all[r].dtype != mine->dtype ||
-                 all[r].backend != mine->backend)
+                 all[r].backend != mine->backend ||
+                 all[r].layout != mine->layout || all[r].align != mine->align)
             st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
-                            "hidden/experts/topk/dtype/backend", r);
+                            "hidden/experts/topk/dtype/backend/layout/"
+                            "alignment", r);
         if (all[r].max_tokens > *maxT)
             *maxT = all[r].max_tokens;
     }
@@ -231,6 +244,9 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         mine.topk = params->topk;
         mine.dtype = params->dtype;
         mine.max_tokens = params->max_tokens_per_rank;
+        mine.layout = params->layout;
+        mine.align = params->layout == EPX_LAYOUT_EXPERT_MAJOR
+                         ? params->expert_alignment : 1;
     }
     mine.backend = cparams ? (int32_t)cparams->backend : -1;
     int64_t maxT = 0;
@@ -248,15 +264,23 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     g->H = m->p.hidden;
     g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
     g->maxT = maxT;
-    epxk_geom_layout(g);
+    g->em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
+    g->align = g->em ? m->p.expert_alignment : 1;
+    g->Lmax = 0;
+    for (int r = 0; r < R; r++) {
+        int l = epxk_first_expert(R, g->E, r + 1) - epxk_first_expert(R, g->E, r);
+        g->Lmax = l > g->Lmax ? l : g->Lmax;
+    }
     /* Row indices and slots are int32 on the device. */
-    if ((int64_t)R * maxT * g->K >= INT32_MAX) {
+    if ((int64_t)R * maxT * g->K >= INT32_MAX ||
+        (int64_t)R * maxT * g->K + (int64_t)g->Lmax * g->align >= INT32_MAX) {
         int K = g->K;
         free(m);
         return epx__error(EPX_ERR_RANGE, "cuda moe: %d ranks x %lld tokens "
-                          "x topk %d exceeds 32-bit row indices", R,
-                          (long long)maxT, K);
+                          "x topk %d (and the alignment) exceeds 32-bit row "
+                          "indices", R, (long long)maxT, K);
     }
+    epxk_geom_layout(g);
 
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
@@ -274,7 +298,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
 
     /* Everything below is undone by epx_cuda_moe_destroy's frees. */
     const size_t pairs = (size_t)(maxT * g->maxdest);
-    m->h_counts = calloc((size_t)m->L + 1, sizeof(int64_t));
+    m->h_counts = calloc(2 * (size_t)m->L + 1, sizeof(int64_t));
     m->h_local = calloc((size_t)m->L + 1, sizeof(int32_t));
     m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
     if (!m->h_counts || !m->h_local || !m->nsend) {
@@ -309,15 +333,18 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     DEV_ALLOC(m->d_dest, sizeof(int32_t) * pairs * 2);
     m->d_pos = m->d_dest + pairs;
     DEV_ALLOC(m->d_mycnt, sizeof(int32_t) * (size_t)(R + g->E));
-    DEV_ALLOC(m->d_sendoff, sizeof(int64_t) * (size_t)(2 * R + EPXK_INFO_COUNTS +
-                                                       m->L));
+    DEV_ALLOC(m->d_epos, sizeof(int32_t) * (size_t)(maxT * g->K));
+    DEV_ALLOC(m->d_sendoff, sizeof(int64_t) * (size_t)(2 * R + g->E +
+                                                       EPXK_INFO_COUNTS +
+                                                       2 * m->L));
     m->d_base = m->d_sendoff + R;
-    m->d_info = m->d_base + R;
+    m->d_ebase = m->d_base + R;
+    m->d_info = m->d_ebase + g->E;
     DEV_ALLOC(m->d_done, sizeof(unsigned));
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
     st = epx__cuda_err(cudaMallocHost((void **)&m->h_info,
                                       sizeof(int64_t) *
-                                          (size_t)(EPXK_INFO_COUNTS + m->L)),
+                                          (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                        "cudaMallocHost");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMallocHost((void **)&m->h_cnt,
@@ -334,7 +361,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                            "cudaMemset");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemset(m->d_info, 0, sizeof(int64_t) *
-                                      (size_t)(EPXK_INFO_COUNTS + m->L)),
+                                      (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                            "cudaMemset");
     if (st != EPX_OK)
         goto out;
@@ -406,6 +433,8 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->call.num_local = m->L;
     m->call.dest = m->d_dest;
     m->call.pos = m->d_pos;
+    m->call.epos = m->d_epos;
+    m->call.ebase = m->d_ebase;
     m->call.mycnt = m->d_mycnt;
     m->call.sendoff = m->d_sendoff;
     m->call.base = m->d_base;
@@ -446,6 +475,7 @@ void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
     cudaFree(m->d_e2r);
     cudaFree(m->d_dest);
     cudaFree(m->d_mycnt);
+    cudaFree(m->d_epos);
     cudaFree(m->d_sendoff);
     cudaFree(m->d_done);
     cudaFree(m->d_peers);
@@ -580,7 +610,8 @@ epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemcpyAsync(m->h_info, m->d_info,
                                            sizeof(int64_t) *
-                                               (size_t)(EPXK_INFO_COUNTS + m->L),
+                                               (size_t)(EPXK_INFO_COUNTS +
+                                                        2 * m->L),
                                            cudaMemcpyDeviceToHost, m->st),
                            "cudaMemcpyAsync");
     if (st == EPX_OK)
@@ -622,7 +653,7 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
             return fail(m, st);
     }
     m->rows = m->h_info[EPXK_INFO_ROWS];
-    for (int j = 0; j < m->L; j++)
+    for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
     if ((st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
@@ -638,10 +669,10 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
     r.expert_counts = m->h_counts;
-    r.expert_offsets = NULL;
+    r.expert_offsets = g->em ? m->h_counts + m->L : NULL;
     r.src_rank = (const int32_t *)(m->local + g->off_src_rank);
     r.src_token = (const int32_t *)(m->local + g->off_src_token);
-    r.topk_idx = (const int32_t *)(m->local + g->off_idx);
+    r.topk_idx = g->em ? NULL : (const int32_t *)(m->local + g->off_idx);
     r.topk_weights = (const float *)(m->local + g->off_w);
     r.local_experts = m->h_local;
     r.x_scales.dtype = EPX_DTYPE_FP32;
@@ -670,10 +701,13 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: y must be "
                           "[%lld, %d] in the engine dtype",
                           (long long)m->rows, m->g.H);
-    if (a->flags != 0)
-        return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags are for "
-                          "the expert-major layout");
+    if (a->flags & ~EPX_COMBINE_UNWEIGHTED ||
+        (a->flags && !m->g.em))
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags 0x%x "
+                          "(EPX_COMBINE_UNWEIGHTED is for the expert-major "
+                          "layout)", a->flags);
     m->call.y = a->y.data;
+    m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
     if (m->call.windows)

@@ -15,10 +15,12 @@ extern "C" {
 enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        EPXK_COMB_REDUCE };
 
-/* info[]: error flag (a wait timed out), rows received, invalid expert
- * ids seen by this rank's layout, then the counts of each local expert. */
+/* info[]: error flag (a wait timed out), rows received (expert-major:
+ * with padding), invalid expert ids seen by this rank's layout, entries
+ * received (tokens), then the counts of each local expert and (expert-
+ * major) their first rows: [EPXK_INFO_COUNTS + 2 * local experts]. */
 enum { EPXK_INFO_ERROR = 0, EPXK_INFO_ROWS = 1, EPXK_INFO_BAD_IDS = 2,
-       EPXK_INFO_COUNTS = 3 };
+       EPXK_INFO_ENTS = 3, EPXK_INFO_COUNTS = 4 };
 
 typedef struct epxk_call {
     /* inputs of this dispatch */
@@ -35,10 +37,13 @@ typedef struct epxk_call {
     const int32_t *first;     /* [R + 1] first expert of each rank */
     int num_local;
     int32_t *dest, *pos;      /* [maxT][maxdest] */
+    int32_t *epos;            /* expert-major: [maxT][K] */
+    int64_t *ebase;           /* expert-major: [E] first row at the owner */
+    int unweighted;           /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
     int32_t *mycnt;           /* [R + E] */
     int64_t *sendoff;         /* [R] */
     int64_t *base;            /* [R] */
-    int64_t *info;            /* [EPXK_INFO_COUNTS + local experts] */
+    int64_t *info;            /* [EPXK_INFO_COUNTS + 2 * local experts] */
     unsigned *done;           /* grid completion counter, 0 between uses */
     char *const *peers;       /* [R] window bases in this process (windows) */
     char *stage;              /* NCCL: packed rows and metadata */

@@ -1,5 +1,5 @@
 /*
- * GPU executor kernels (throughput mode, token-major).  The arithmetic is
+ * GPU executor kernels (throughput mode, token-major and expert-major).  The arithmetic is
  * in kern.h (shared with the host test); this file adds the thread
  * mapping, 16-byte vectorised copies, the release/acquire signals and the
  * bounded waits.  Launched by src/cuda/engine.c through the extern "C"
@@ -170,7 +170,8 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
     for (int u = threadIdx.x; u < g.R + g.E; u += blockDim.x) {
         int64_t n = u < g.R
             ? epxk_layout_dest(&g, &ids, c.e2r, c.T, u, c.dest, c.pos)
-            : epxk_layout_expert(&g, &ids, c.T, u - g.R);
+            : epxk_layout_expert(&g, &ids, c.T, u - g.R,
+                                 g.em ? c.epos : NULL);
         c.mycnt[u] = (int32_t)n;
     }
     __syncthreads();
@@ -196,7 +197,8 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
 }
 
 /* One block.  With windows, wait for every source's count row of this
- * call; then this rank's first row at each destination. */
+ * call; then this rank's first entry at each destination and (expert-
+ * major) its first row for each expert. */
 __global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
@@ -208,6 +210,40 @@ __global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         c.base[d] = epxk_dest_base(&g, cnt, d);
+    if (g.em)
+        for (int e = threadIdx.x; e < g.E; e += blockDim.x)
+            c.ebase[e] = epxk_expert_base(&g, cnt, c.first[c.e2r[e]], e);
+}
+
+/* Expert-major, one (token, destination) pair by a warp (windows only):
+ * a copy of the row per expert of t at d, at that expert's row, with its
+ * source, token and weight; and the entry (source, return slot, rows in
+ * top-k order) that combine reduces. */
+__device__ static void pack_expert_major(const epxk_geom_t &g,
+                                         const epxk_call_t &c,
+                                         const epxk_ids_t *ids, char *w, int d,
+                                         int64_t t, int64_t ent, int64_t slot,
+                                         int lane)
+{
+    for (int k = 0; k < g.K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        if (e < 0 || epxk_owner(c.e2r, e) != d)
+            continue;
+        int64_t row = epxk_expert_row(&g, c.ebase, c.epos, e, t, k);
+        warp_copy(w + g.off_rows + row * g.row_bytes,
+                  (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
+        if (lane == 0) {
+            ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
+            ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+            ((float *)(w + g.off_w))[row] = c.w[t * g.K + k];
+        }
+    }
+    if (lane == 0) {
+        ((int32_t *)(w + g.off_ent_src))[ent] = g.rank;
+        ((int32_t *)(w + g.off_ret_slot))[ent] = (int32_t)slot;
+        epxk_entry_rows(&g, ids, c.e2r, c.ebase, c.epos, t, d,
+                        (int32_t *)(w + g.off_ent_rows) + ent * g.K);
+    }
 }
 
 /* Grid of num_sms blocks, a warp per (token, destination): the row and
@@ -230,6 +266,10 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
             int64_t slot = c.sendoff[d] + c.pos[i];
             int64_t row = c.windows ? c.base[d] + c.pos[i] : slot;
             char *w = c.windows ? c.peers[d] : c.stage;
+            if (g.em) {
+                pack_expert_major(g, c, &ids, w, d, t, row, slot, lane);
+                continue;
+            }
             warp_copy(w + g.off_rows + row * g.row_bytes,
                       (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
             if (lane == 0) {
@@ -261,11 +301,32 @@ __global__ void epxk_recv_kernel(epxk_geom_t g, epxk_call_t c)
                      c.timeout_ns, c.info);
     __syncthreads();
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
-    if (threadIdx.x == 0)
-        c.info[EPXK_INFO_ROWS] = epxk_recv_rows(&g, cnt);
-    for (int j = threadIdx.x; j < c.num_local; j += blockDim.x)
-        c.info[EPXK_INFO_COUNTS + j] =
-            epxk_recv_expert(&g, cnt, c.first[g.rank], j);
+    const int L = c.num_local, first = c.first[g.rank];
+    int64_t *counts = c.info + EPXK_INFO_COUNTS, *offs = counts + L;
+    if (threadIdx.x == 0) {
+        c.info[EPXK_INFO_ENTS] = epxk_recv_rows(&g, cnt);
+        c.info[EPXK_INFO_ROWS] = g.em ? epxk_expert_offset(&g, cnt, first, L)
+                                      : epxk_recv_rows(&g, cnt);
+    }
+    for (int j = threadIdx.x; j < L; j += blockDim.x) {
+        counts[j] = epxk_recv_expert(&g, cnt, first, j);
+        if (g.em)
+            offs[j] = epxk_expert_offset(&g, cnt, first, j);
+    }
+    if (!g.em)
+        return;
+    /* Mark the padding after each expert's rows (stale rows of earlier
+     * calls otherwise). */
+    __syncthreads();
+    for (int j = 0; j < L; j++) {
+        int64_t end = j + 1 < L ? offs[j + 1] : c.info[EPXK_INFO_ROWS];
+        for (int64_t r = offs[j] + counts[j] + threadIdx.x; r < end;
+             r += blockDim.x) {
+            ((int32_t *)(mine + g.off_src_rank))[r] = -1;
+            ((int32_t *)(mine + g.off_src_token))[r] = -1;
+            ((float *)(mine + g.off_w))[r] = 0.0f;
+        }
+    }
 }
 
 /* Grid of num_sms blocks, a warp per received row: the expert output goes
@@ -276,12 +337,25 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     char *mine = c.peers[g.rank];
-    const int64_t rows = c.info[EPXK_INFO_ROWS];
+    const int64_t ents = c.info[EPXK_INFO_ENTS];
+    const float *wt = c.unweighted ? NULL : (const float *)(mine + g.off_w);
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-             i < rows; i += warps) {
-            int s = ((const int32_t *)(mine + g.off_src_rank))[i];
+             i < ents; i += warps) {
             int64_t slot = ((const int32_t *)(mine + g.off_ret_slot))[i];
+            if (g.em) {
+                /* The token's partial: its rows here in top-k order. */
+                int s = ((const int32_t *)(mine + g.off_ent_src))[i];
+                const int32_t *rows =
+                    (const int32_t *)(mine + g.off_ent_rows) + i * g.K;
+                char *dst = c.peers[s] + g.off_comb + slot * g.row_bytes;
+                for (int64_t h = lane; h < g.H; h += WARP)
+                    epxk_store(dst, g.esize, h,
+                               epxk_partial_elem(&g, (const char *)c.y, rows,
+                                                 wt, h));
+                continue;
+            }
+            int s = ((const int32_t *)(mine + g.off_src_rank))[i];
             warp_copy(c.peers[s] + g.off_comb + slot * g.row_bytes,
                       (const char *)c.y + i * g.row_bytes, g.row_bytes, lane);
         }
