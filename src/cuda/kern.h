@@ -146,14 +146,22 @@ EPXK_HD int epxk_owner(const int32_t *e2r, int64_t e)
     return e2r[e];
 }
 
+/* Is choice k of token t sent?  keep: low latency, the choice's slot in
+ * its range (-1: none or dropped); NULL: every valid choice is. */
+EPXK_HD int64_t epxk_kept_id(const epxk_ids_t *ids, const int32_t *keep,
+                             int64_t t, int k)
+{
+    return keep && keep[t * ids->K + k] < 0 ? -1 : epxk_expert_id(ids, t, k);
+}
+
 /* Index of rank d among token t's distinct destination ranks in ascending
- * order, or -1 when none of t's experts lives on d. */
-EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
-                           int64_t t, int d)
+ * order, or -1 when none of t's (kept) experts lives on d. */
+EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *keep,
+                           const int32_t *e2r, int64_t t, int d)
 {
     int hit = 0, below = 0;
     for (int k = 0; k < ids->K; k++) {
-        int64_t e = epxk_expert_id(ids, t, k);
+        int64_t e = epxk_kept_id(ids, keep, t, k);
         if (e < 0)
             continue;
         int r = epxk_owner(e2r, e);
@@ -165,7 +173,7 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
             continue;
         int seen = 0;    /* count each rank below d once */
         for (int k2 = 0; k2 < k; k2++) {
-            int64_t e2 = epxk_expert_id(ids, t, k2);
+            int64_t e2 = epxk_kept_id(ids, keep, t, k2);
             if (e2 >= 0 && epxk_owner(e2r, e2) == r) {
                 seen = 1;
                 break;
@@ -181,12 +189,12 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
  * dest/pos are [T][maxdest], the token's j-th destination in ascending
  * order.  Returns the number of tokens to d. */
 EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                 const int32_t *e2r, int64_t T, int d,
-                                 int32_t *dest, int32_t *pos)
+                                 const int32_t *keep, const int32_t *e2r,
+                                 int64_t T, int d, int32_t *dest, int32_t *pos)
 {
     int64_t c = 0;
     for (int64_t t = 0; t < T; t++) {
-        int j = epxk_dest_slot(ids, e2r, t, d);
+        int j = epxk_dest_slot(ids, keep, e2r, t, d);
         if (j < 0)
             continue;
         dest[t * g->maxdest + j] = d;
@@ -395,6 +403,138 @@ EPXK_HD float epxk_combine_elem(const epxk_geom_t *g, const char *comb,
         acc = acc + epxk_load(comb + slot * g->row_bytes, g->esize, h);
     }
     return acc;
+}
+
+/* ------------------------------------------------------------ low latency
+ *
+ * The host executor's low-latency layout (src/moe/README.md): local expert
+ * j of rank d receives source s's rows at j*R*cap + s*cap + i, i < the
+ * rows s routed there (at most cap; the rest dropped or an error).  Window
+ * of each rank: the flags (comb [B][R] uint64: use + 1 of buffer b whose
+ * partials rank s has put, and so whose rows it no longer reads), then B
+ * buffers of epxk_ll_t.buf bytes:
+ *   cw      [L][R] int32     count word per (local expert, source):
+ *                            tag << 24 | rows the source routed there
+ *   fw      [R] int32        final word per source: tag << 24 | entries
+ *   st      [R] int32        status per source (0, or an epx error), read
+ *                            once the final word carries the tag
+ *   src_tok, w [L*R*cap]     per row: token on its source, weight
+ *   ent_slot [R][maxT] int32 per (source, token sent here): return slot
+ *   ent_rows [R][maxT][K]    its rows here in top-k order, -1 after
+ *   rows    [L*R*cap][row_bytes]
+ *   comb    [maxT*maxdest][row_bytes]  partials back to this rank
+ * The tag of use u of a buffer is u % 255 + 1: never 0 (zeroed window),
+ * different for consecutive uses; a source writes use u only after every
+ * rank released comb for use u - 1, so no reader sees two uses mixed. */
+
+typedef struct epxk_ll {
+    int B, cap;
+    int64_t off_comb_flags, off_bufs, buf;       /* window */
+    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, comb;
+    int64_t total;
+} epxk_ll_t;
+
+#define EPXK_LL_MASK 0xffffff
+#define EPXK_LL_TAG(u) ((int32_t)((u) % 255u) + 1)
+
+/* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
+EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
+                            epxk_ll_t *l)
+{
+    const int64_t rows = (int64_t)g->Lmax * g->R * cap;
+    const int64_t ents = (int64_t)g->R * g->maxT;
+    int64_t o = 0;
+    l->B = B;
+    l->cap = cap;
+    l->off_comb_flags = 0;
+    l->off_bufs = epxk_round_up((int64_t)B * g->R * 8, 256);
+    l->cw = o;
+    o = epxk_round_up(o + (int64_t)g->Lmax * g->R * 4, 256);
+    l->fw = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->st = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->src_tok = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->w = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->ent_slot = o;
+    o = epxk_round_up(o + ents * 4, 256);
+    l->ent_rows = o;
+    o = epxk_round_up(o + ents * g->K * 4, 256);
+    l->rows = o;
+    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    l->comb = o;
+    o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
+    l->buf = o;
+    l->total = l->off_bufs + (int64_t)B * o;
+}
+
+/* Choices of this rank's tokens for expert e, in (token, k) order: slot
+ * keep[t*K+k] = its index among them when below cap, else -1 (dropped;
+ * choices of other experts are left alone).  Returns how many there are
+ * (the count word's value: may exceed cap). */
+EPXK_HD int64_t epxk_ll_layout_expert(const epxk_geom_t *g,
+                                      const epxk_ids_t *ids, int64_t T,
+                                      int64_t e, int cap, int32_t *keep)
+{
+    int64_t c = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < g->K; k++)
+            if (epxk_expert_id(ids, t, k) == e) {
+                keep[t * g->K + k] = c < cap ? (int32_t)c : -1;
+                c++;
+            }
+    return c;
+}
+
+/* Row of source s's slot p for expert e at its owner (experts from first). */
+EPXK_HD int64_t epxk_ll_row(const epxk_geom_t *g, int cap, int first,
+                            int64_t e, int s, int64_t p)
+{
+    return (((e - first) * g->R + s) * (int64_t)cap) + p;
+}
+
+/* Low-latency entry of token t at destination d: its kept rows there in
+ * top-k order (then -1); returns their number. */
+EPXK_HD int epxk_ll_entry_rows(const epxk_geom_t *g, const epxk_ids_t *ids,
+                               const int32_t *keep, const int32_t *e2r,
+                               int cap, int first_d, int64_t t, int d,
+                               int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_kept_id(ids, keep, t, k);
+        if (e >= 0 && epxk_owner(e2r, e) == d)
+            rows[n++] = (int32_t)epxk_ll_row(g, cap, first_d, e, g->rank,
+                                             keep[t * g->K + k]);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
+}
+
+/* Rows of source s for local expert j held here (count word's value
+ * capped), and the rows dropped. */
+EPXK_HD int64_t epxk_ll_kept(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n < cap ? n : cap;
+}
+EPXK_HD int64_t epxk_ll_dropped(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n > cap ? n - cap : 0;
+}
+
+/* Source of a received row (cw: this buffer's count words), -1 on the
+ * padding of its range. */
+EPXK_HD int epxk_ll_row_source(const epxk_geom_t *g, int cap,
+                               const int32_t *cw, int64_t row)
+{
+    int64_t j = row / ((int64_t)g->R * cap);
+    int s = (int)(row / cap % g->R);
+    return row % cap < epxk_ll_kept(cw[j * g->R + s], cap) ? s : -1;
 }
 
 #endif /* EPX_CUDA_KERN_H */

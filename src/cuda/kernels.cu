@@ -169,7 +169,8 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
     __syncthreads();
     for (int u = threadIdx.x; u < g.R + g.E; u += blockDim.x) {
         int64_t n = u < g.R
-            ? epxk_layout_dest(&g, &ids, c.e2r, c.T, u, c.dest, c.pos)
+            ? epxk_layout_dest(&g, &ids, NULL, c.e2r, c.T, u, c.dest,
+                               c.pos)
             : epxk_layout_expert(&g, &ids, c.T, u - g.R,
                                  g.em ? c.epos : NULL);
         c.mycnt[u] = (int32_t)n;

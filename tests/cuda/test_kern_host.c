@@ -253,7 +253,8 @@ static void run(const scen_t *sc)
             s->dest[i] = -1;
         for (int u = 0; u < R + E; u++)
             s->mycnt[u] = (int32_t)(u < R
-                ? epxk_layout_dest(&g, &ids, e2r, s->T, u, s->dest, s->pos)
+                ? epxk_layout_dest(&g, &ids, NULL, e2r, s->T, u, s->dest,
+                                   s->pos)
                 : epxk_layout_expert(&g, &ids, s->T, u - R,
                                      sc->em ? s->epos : NULL));
         int64_t o = 0;
@@ -509,6 +510,257 @@ static void expert_major(void **state)
     run(&e);
 }
 
+/* Low latency: R simulated ranks through the kernels' steps (slots per
+ * expert with drops, kept destinations, rows at j*R*cap + s*cap + i, count
+ * and final words, entries, padding from the count words, partials and the
+ * reduce) against the reference's low-latency dispatch and its combine of
+ * the kept routing. */
+static void run_ll(int R, int E, int K, int H, int maxT, int cap,
+                   epx_dtype_t dt, int unweighted, int skew)
+{
+    const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
+    epxk_geom_t g0 = { 0 };
+    g0.R = R;
+    g0.E = E;
+    g0.K = K;
+    g0.H = H;
+    g0.esize = esize;
+    g0.maxT = maxT;
+    g0.align = 1;
+    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E), *first =
+        malloc(sizeof(int32_t) * (size_t)(R + 1));
+    for (int r = 0; r <= R; r++)
+        first[r] = epxk_first_expert(R, E, r);
+    for (int r = 0; r < R; r++) {
+        int l = first[r + 1] - first[r];
+        g0.Lmax = l > g0.Lmax ? l : g0.Lmax;
+        for (int e = first[r]; e < first[r + 1]; e++)
+            e2r[e] = r;
+    }
+    epxk_geom_layout(&g0);
+    epxk_ll_t ll;
+    const int B = 2, b = 1;
+    const uint64_t use = 300;    /* a tag past the 8-bit wrap */
+    const int32_t tag = EPXK_LL_TAG(use);
+    epxk_ll_layout(&g0, B, cap, &ll);
+    assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
+
+    rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    char **win = calloc((size_t)R, sizeof(char *));
+    int32_t **keep = calloc((size_t)R, sizeof(int32_t *));
+    int32_t **ecnt = calloc((size_t)R, sizeof(int32_t *));
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        s->T = (int64_t)epxt_below(&rng, (uint64_t)maxT + 1);
+        s->x = calloc((size_t)(s->T * H + 1), (size_t)esize);
+        s->idx64 = calloc((size_t)(s->T * K + 1), sizeof(int64_t));
+        s->idx = calloc((size_t)(s->T * K + 1), 4);
+        s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
+        for (int64_t i = 0; i < s->T * H; i++)
+            ref_store(dt, s->x, i,
+                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int k = 0; k < K; k++) {
+                /* distinct experts per token (the host's rule); skew:
+                 * most choices on the first experts, so ranges overflow */
+                int64_t e;
+                int again;
+                do {
+                    e = epxt_below(&rng, 6) == 0 ? -1
+                        : skew ? (int64_t)epxt_below(&rng, (uint64_t)(K + 2 < E ? K + 2 : E))
+                               : (int64_t)epxt_below(&rng, (uint64_t)E);
+                    again = 0;
+                    for (int k2 = 0; k2 < k && e >= 0; k2++)
+                        again |= s->idx64[t * K + k2] == e;
+                } while (again);
+                s->idx64[t * K + k] = e;
+                ((int32_t *)s->idx)[t * K + k] = (int32_t)e;
+                s->w[t * K + k] = (float)epxt_below(&rng, 1000) / 997.0f;
+            }
+        s->dest = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
+        s->pos = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
+        s->mycnt = calloc((size_t)(R + 1), sizeof(int32_t));
+        keep[r] = malloc(sizeof(int32_t) * (size_t)(maxT * K + 1));
+        ecnt[r] = calloc((size_t)E, sizeof(int32_t));
+        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
+        win[r] = calloc(1, (size_t)ll.total);
+        assert_non_null(win[r]);
+    }
+    /* layout and pack */
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        const epxk_ids_t ids = { s->idx, 0, K, E };
+        for (int64_t i = 0; i < s->T * K; i++)
+            keep[r][i] = -1;
+        for (int64_t i = 0; i < s->T * g.maxdest; i++)
+            s->dest[i] = -1;
+        for (int e = 0; e < E; e++)
+            ecnt[r][e] = (int32_t)epxk_ll_layout_expert(&g, &ids, s->T, e, cap,
+                                                        keep[r]);
+        int64_t o = 0;
+        for (int d = 0; d < R; d++) {
+            s->mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, keep[r], e2r,
+                                                    s->T, d, s->dest, s->pos);
+            s->sendoff[d] = o;
+            o += s->mycnt[d];
+        }
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            int d = s->dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            char *bw = win[d] + ll.off_bufs + b * ll.buf;
+            for (int k = 0; k < K; k++) {
+                int64_t e = epxk_kept_id(&ids, keep[r], t, k);
+                if (e < 0 || e2r[e] != d)
+                    continue;
+                int64_t row = epxk_ll_row(&g, cap, first[d], e, r,
+                                          keep[r][t * K + k]);
+                memcpy(bw + ll.rows + row * g.row_bytes,
+                       (const char *)s->x + t * g.row_bytes,
+                       (size_t)g.row_bytes);
+                ((int32_t *)(bw + ll.src_tok))[row] = (int32_t)t;
+                ((float *)(bw + ll.w))[row] = s->w[t * K + k];
+            }
+            int64_t ent = (int64_t)r * maxT + s->pos[i];
+            ((int32_t *)(bw + ll.ent_slot))[ent] =
+                (int32_t)(s->sendoff[d] + s->pos[i]);
+            assert_true(epxk_ll_entry_rows(&g, &ids, keep[r], e2r, cap,
+                                           first[d], t, d,
+                                           (int32_t *)(bw + ll.ent_rows) +
+                                               ent * K) > 0);
+        }
+        for (int d = 0; d < R; d++) {
+            char *bw = win[d] + ll.off_bufs + b * ll.buf;
+            for (int e = first[d]; e < first[d + 1]; e++)
+                ((int32_t *)(bw + ll.cw))[(e - first[d]) * R + r] =
+                    tag << 24 | ecnt[r][e];
+            ((int32_t *)(bw + ll.fw))[r] = tag << 24 | s->mycnt[d];
+        }
+    }
+    /* receive side against the reference */
+    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    char **ybuf = calloc((size_t)R, sizeof(char *));
+    float *yrow = malloc(sizeof(float) * (size_t)H);
+    int hid = H;
+    for (int r = 0; r < R; r++) {
+        epxk_geom_t g = g0;
+        g.rank = r;
+        char *bw = win[r] + ll.off_bufs + b * ll.buf;
+        const int32_t *cw = (const int32_t *)(bw + ll.cw);
+        ref_recv_t want;
+        int64_t dropped = 0, got_dropped = 0;
+        assert_int_equal(ref_dispatch_ll(&cfg, src, r, cap, &want, &dropped), 0);
+        const int L = first[r + 1] - first[r];
+        assert_int_equal(want.num_rows, (int64_t)L * R * cap);
+        for (int j = 0; j < L; j++) {
+            int64_t c = 0;
+            for (int sr = 0; sr < R; sr++) {
+                assert_int_equal(cw[j * R + sr] >> 24, tag);
+                c += epxk_ll_kept(cw[j * R + sr], cap);
+                got_dropped += epxk_ll_dropped(cw[j * R + sr], cap);
+            }
+            assert_int_equal(c, want.counts[j]);
+            assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
+        }
+        assert_int_equal(got_dropped, dropped);
+        ybuf[r] = calloc((size_t)(want.num_rows * H + 1), (size_t)esize);
+        for (int64_t i = 0; i < want.num_rows; i++) {
+            int sr = epxk_ll_row_source(&g, cap, cw, i);
+            assert_int_equal(sr, want.src_rank[i]);
+            if (sr < 0)
+                continue;
+            int32_t tok = ((int32_t *)(bw + ll.src_tok))[i];
+            assert_int_equal(tok, want.src_token[i]);
+            assert_memory_equal(&((float *)(bw + ll.w))[i], &want.weights[i], 4);
+            assert_memory_equal(bw + ll.rows + i * g.row_bytes,
+                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
+            for (int h = 0; h < H; h++)
+                epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+        }
+        ref_recv_free(&want);
+    }
+    /* combine put: every source's entries, then the reduce */
+    for (int d = 0; d < R; d++) {
+        epxk_geom_t g = g0;
+        g.rank = d;
+        char *bw = win[d] + ll.off_bufs + b * ll.buf;
+        const float *wt = unweighted ? NULL : (const float *)(bw + ll.w);
+        for (int sr = 0; sr < R; sr++) {
+            int32_t fw = ((int32_t *)(bw + ll.fw))[sr];
+            assert_int_equal(fw >> 24, tag);
+            for (int64_t i = 0; i < (fw & EPXK_LL_MASK); i++) {
+                int64_t ent = (int64_t)sr * maxT + i;
+                int64_t slot = ((int32_t *)(bw + ll.ent_slot))[ent];
+                const int32_t *rows = (int32_t *)(bw + ll.ent_rows) + ent * K;
+                char *dst = win[sr] + ll.off_bufs + b * ll.buf + ll.comb +
+                            slot * g.row_bytes;
+                for (int h = 0; h < H; h++)
+                    epxk_store(dst, esize, h,
+                               epxk_partial_elem(&g, ybuf[d], rows, wt, h));
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        char *bw = win[r] + ll.off_bufs + b * ll.buf;
+        size_t ob = (size_t)(s->T * H + 1) * 4;
+        float *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int h = 0; h < H; h++)
+                got[t * H + h] = epxk_combine_elem(&g, bw + ll.comb,
+                                                   s->sendoff, s->dest,
+                                                   s->pos, t, h);
+        int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(s->T * K + 1));
+        ref_ll_kept(&cfg, &src[r], cap, kidx);
+        ref_tokens_t kept = { s->T, s->x, kidx, s->w };
+        assert_int_equal(ref_combine(&cfg, r, &kept, unweighted, y_fn, &hid,
+                                     EPX_DTYPE_FP32, want), 0);
+        assert_memory_equal(got, want, (size_t)(s->T * H) * 4);
+        free(kidx);
+        free(got);
+        free(want);
+    }
+    for (int r = 0; r < R; r++) {
+        free(rs[r].x);
+        free(rs[r].idx64);
+        free(rs[r].idx);
+        free(rs[r].w);
+        free(rs[r].dest);
+        free(rs[r].pos);
+        free(rs[r].mycnt);
+        free(keep[r]);
+        free(ecnt[r]);
+        free(win[r]);
+        free(ybuf[r]);
+    }
+    free(rs), free(src), free(win), free(keep), free(ecnt), free(ybuf);
+    free(yrow), free(e2r), free(first);
+}
+
+static void low_latency(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
+        const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
+        /* capacity enough for everything; capacity 3 with drops and a
+         * skewed routing; bf16 and fp32; unweighted */
+        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0);
+        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1);
+        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1);
+    }
+    /* every choice on few experts, capacity 1; one rank, one expert */
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1);
+    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0);
+}
+
 static void edges(void **state)
 {
     (void)state;
@@ -563,6 +815,7 @@ int main(void)
         cmocka_unit_test(matrix),
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
+        cmocka_unit_test(low_latency),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(bf16_matches_host),
     };
