@@ -13,7 +13,14 @@ extern "C" {
 #endif
 
 enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
-       EPXK_COMB_REDUCE };
+       EPXK_COMB_REDUCE, EPXK_LL_LAYOUT, EPXK_LL_PACK, EPXK_LL_RECV,
+       EPXK_LL_COMB_PUT, EPXK_LL_COMB_REDUCE, EPXK_LL_ABANDON };
+
+/* Low latency, ll_state[]: the first error of the calls since the host
+ * last looked (0, or an epx_status_t), and the rows dropped here. */
+enum { EPXK_LL_ERR = 0, EPXK_LL_DROPPED = 1, EPXK_LL_NSTATE = 2 };
+/* Bit of a comb flag set by a rank that abandoned the call. */
+#define EPXK_LL_ABANDONED (1ull << 62)
 
 /* info[]: error flag (a wait timed out), rows received (expert-major:
  * with padding), invalid expert ids seen by this rank's layout, entries
@@ -51,6 +58,18 @@ typedef struct epxk_call {
     int parity;
     uint64_t seq;             /* call number, from 1 */
     uint64_t timeout_ns;
+    /* low latency: every pointer below is the call's buffer's own, so a
+     * captured call replays with the same arguments; the use number of
+     * the buffer (and so the tag) lives on the device */
+    epxk_ll_t ll;
+    int ll_b;                 /* buffer */
+    int ll_drop;              /* EPX_MOE_LL_DROP */
+    int32_t *keep;            /* [maxT][K] slot in its range, -1 */
+    uint32_t *ll_use;         /* [B] uses of each buffer completed */
+    int32_t *ll_mystat;       /* this call's own status (0 or an error) */
+    int64_t *ll_counts;       /* [L] rows per local expert (recv output) */
+    int32_t *ll_src;          /* [L*R*cap] source of each row, -1 padding */
+    int64_t *ll_state;        /* [EPXK_LL_NSTATE], sticky */
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError). */

@@ -14,6 +14,7 @@
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include "epx.h"
 #include "cuda/kern.h"
 #include "cuda/kern_launch.h"
 
@@ -82,6 +83,46 @@ __device__ static bool wait_s32(const int32_t *p, int32_t want,
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
         if (ld_acquire_s32(p) == want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+/* Wait until *p, without the abandoned bit, is >= want. */
+__device__ static bool wait_u64_masked(const uint64_t *p, uint64_t want,
+                                       uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if ((ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+/* Wait until the word at p carries `tag` in its top 8 bits. */
+__device__ static bool wait_tag(const int32_t *p, int32_t tag,
+                                uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (((uint32_t)ld_acquire_s32(p) >> 24) == (uint32_t)tag)
             return true;
         if ((n & 1023u) == 0) {
             uint64_t t = now_ns();
@@ -390,6 +431,262 @@ __global__ void epxk_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
     }
 }
 
+
+/* ------------------------------------------------------------ low latency
+ *
+ * No host synchronisation and no count exchange: the layout, every offset
+ * and the buffer's use number (its tag) are on the device, so a call's
+ * five kernels can be captured into a CUDA graph and replayed. */
+
+__device__ static __forceinline__ char *ll_bufp(const epxk_call_t &c,
+                                                char *win)
+{
+    return win + c.ll.off_bufs + (int64_t)c.ll_b * c.ll.buf;
+}
+
+/* Comb flags [B][R]: of the call's buffer, set by rank s. */
+__device__ static __forceinline__ uint64_t *ll_comb_flag(const epxk_geom_t &g,
+                                                         const epxk_call_t &c,
+                                                         char *win, int s)
+{
+    return (uint64_t *)(win + c.ll.off_comb_flags) +
+           (int64_t)c.ll_b * g.R + s;
+}
+
+/* Record the first error of the calls since the host last looked. */
+__device__ static void ll_error(const epxk_call_t &c, int64_t st)
+{
+    atomicCAS((unsigned long long *)&c.ll_state[EPXK_LL_ERR], 0ull,
+              (unsigned long long)st);
+}
+
+/* One block: slots per (token, k) with drops, this call's status, the
+ * kept destinations and the return slots. */
+__global__ void epxk_ll_layout_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    __shared__ int bad, over;
+    if (threadIdx.x == 0)
+        bad = over = 0;
+    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+        c.keep[i] = -1;
+    for (int64_t i = threadIdx.x; i < c.T * g.maxdest; i += blockDim.x)
+        c.dest[i] = -1;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+        if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
+            bad = 1;
+    for (int e = threadIdx.x; e < g.E; e += blockDim.x) {
+        int64_t n = epxk_ll_layout_expert(&g, &ids, c.T, e, c.ll.cap, c.keep);
+        c.mycnt[g.R + e] = (int32_t)n;
+        if (n > c.ll.cap && !c.ll_drop)
+            over = 1;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        c.mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, c.keep, c.e2r, c.T,
+                                               d, c.dest, c.pos);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int64_t o = 0;
+        for (int d = 0; d < g.R; d++) {
+            c.sendoff[d] = o;
+            o += c.mycnt[d];
+        }
+        int32_t st = bad ? EPX_ERR_INVALID : over ? EPX_ERR_RANGE : 0;
+        *c.ll_mystat = st;
+        if (st)
+            ll_error(c, st);
+    }
+}
+
+/* Grid: wait until every rank combined the buffer's previous use (so
+ * nobody still reads what this call overwrites), then a warp per (token,
+ * destination): its kept rows at their fixed places and its entry; the
+ * last block stores the status and count words and releases the final
+ * word at every destination. */
+__global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const uint32_t u = c.ll_use[c.ll_b];
+    const int32_t tag = EPXK_LL_TAG(u);
+    char *mine = c.peers[g.rank];
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        wait_u64_masked(ll_comb_flag(g, c, mine, s), u, c.timeout_ns, c.info);
+    __syncthreads();
+    const int ok = *c.ll_mystat == 0 && c.info[EPXK_INFO_ERROR] == 0;
+    if (ok)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < c.T * g.maxdest; i += warps) {
+            int d = c.dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            char *bw = ll_bufp(c, c.peers[d]);
+            for (int k = 0; k < g.K; k++) {
+                int64_t e = epxk_kept_id(&ids, c.keep, t, k);
+                if (e < 0 || epxk_owner(c.e2r, e) != d)
+                    continue;
+                int64_t row = epxk_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
+                                          c.keep[t * g.K + k]);
+                warp_copy(bw + c.ll.rows + row * g.row_bytes,
+                          (const char *)c.x + t * g.row_bytes, g.row_bytes,
+                          lane);
+                if (lane == 0) {
+                    ((int32_t *)(bw + c.ll.src_tok))[row] = (int32_t)t;
+                    ((float *)(bw + c.ll.w))[row] = c.w[t * g.K + k];
+                }
+            }
+            if (lane == 0) {
+                int64_t ent = (int64_t)g.rank * g.maxT + c.pos[i];
+                ((int32_t *)(bw + c.ll.ent_slot))[ent] =
+                    (int32_t)(c.sendoff[d] + c.pos[i]);
+                epxk_ll_entry_rows(&g, &ids, c.keep, c.e2r, c.ll.cap,
+                                   c.first[d], t, d,
+                                   (int32_t *)(bw + c.ll.ent_rows) + ent * g.K);
+            }
+        }
+    if (!grid_last(c.done))
+        return;
+    const int32_t st = ok ? 0 : *c.ll_mystat ? *c.ll_mystat : EPX_ERR_TIMEOUT;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        char *bw = ll_bufp(c, c.peers[d]);
+        ((int32_t *)(bw + c.ll.st))[g.rank] = st;
+        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
+            int32_t n = ok ? c.mycnt[g.R + e] : 0;
+            ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
+                tag << 24 | (n < EPXK_LL_MASK ? n : EPXK_LL_MASK);
+        }
+    }
+    __threadfence_system();
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
+                       tag << 24 | (ok ? c.mycnt[d] : 0));
+}
+
+/* Grid: every block waits for every source's final word of this use;
+ * block 0 checks the sources' status and gives the counts per local
+ * expert and the drops; the rows' sources and the padding marks are
+ * spread over the grid. */
+__global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    const int32_t tag = EPXK_LL_TAG(u);
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
+    const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        wait_tag(fw + s, tag, c.timeout_ns, c.info);
+    __syncthreads();
+    const int L = c.num_local, cap = c.ll.cap;
+    if (blockIdx.x == 0) {
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+            int32_t st = ((const int32_t *)(bw + c.ll.st))[s];
+            if (st)
+                ll_error(c, st == EPX_ERR_RANGE ? EPX_ERR_RANGE : EPX_ERR_PEER);
+        }
+        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+            int64_t n = 0, dropped = 0;
+            for (int s = 0; s < g.R; s++) {
+                n += epxk_ll_kept(cw[j * g.R + s], cap);
+                dropped += epxk_ll_dropped(cw[j * g.R + s], cap);
+            }
+            c.ll_counts[j] = n;
+            if (dropped)
+                atomicAdd((unsigned long long *)&c.ll_state[EPXK_LL_DROPPED],
+                          (unsigned long long)dropped);
+        }
+    }
+    if (c.info[EPXK_INFO_ERROR])
+        ll_error(c, EPX_ERR_TIMEOUT);
+    const int64_t rows = (int64_t)L * g.R * cap;
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows;
+         r += (int64_t)gridDim.x * blockDim.x) {
+        int s = epxk_ll_row_source(&g, cap, cw, r);
+        c.ll_src[r] = s;
+        if (s < 0) {
+            ((int32_t *)(bw + c.ll.src_tok))[r] = -1;
+            ((float *)(bw + c.ll.w))[r] = 0.0f;
+        }
+    }
+}
+
+/* Grid, a warp per (source, entry): the token's partial from its rows
+ * here into the source's buffer at the return slot; the last block
+ * releases this rank's comb flag of the buffer's use at every rank. */
+__global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const uint32_t u = c.ll_use[c.ll_b];
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const float *wt = c.unweighted ? NULL : (const float *)(bw + c.ll.w);
+    const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < (int64_t)g.R * g.maxT; i += warps) {
+            int s = (int)(i / g.maxT);
+            if (i % g.maxT >= (fw[s] & EPXK_LL_MASK))
+                continue;
+            int64_t slot = ((const int32_t *)(bw + c.ll.ent_slot))[i];
+            const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) + i * g.K;
+            char *dst = ll_bufp(c, c.peers[s]) + c.ll.comb + slot * g.row_bytes;
+            for (int64_t h = lane; h < g.H; h += WARP)
+                epxk_store(dst, g.esize, h,
+                           epxk_partial_elem(&g, (const char *)c.y, rows, wt,
+                                             h));
+        }
+    if (grid_last(c.done))
+        for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+            st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+                           (uint64_t)u + 1);
+}
+
+/* Grid: wait for every rank's partials of this use, sum them in ascending
+ * rank order (throughput mode's reduce); the last block advances the
+ * buffer's use. */
+__global__ void epxk_ll_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    char *mine = c.peers[g.rank];
+    char *bw = ll_bufp(c, mine);
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        if (wait_u64_masked(ll_comb_flag(g, c, mine, s), (uint64_t)u + 1,
+                            c.timeout_ns, c.info) &&
+            (ld_acquire_u64(ll_comb_flag(g, c, mine, s)) & EPXK_LL_ABANDONED))
+            ll_error(c, EPX_ERR_PEER);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR] == 0) {
+        const int64_t n = c.T * g.H;
+        for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+             i += (int64_t)gridDim.x * blockDim.x) {
+            int64_t t = i / g.H, h = i % g.H;
+            epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
+                       epxk_combine_elem(&g, bw + c.ll.comb, c.sendoff, c.dest,
+                                         c.pos, t, h));
+        }
+    } else {
+        ll_error(c, EPX_ERR_TIMEOUT);
+    }
+    if (grid_last(c.done) && threadIdx.x == 0)
+        c.ll_use[c.ll_b] = u + 1;
+}
+
+/* One thread: this rank gives up a received call without combining it:
+ * its comb flag (marked abandoned) so nobody waits, and the next use. */
+__global__ void epxk_ll_abandon_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    __threadfence_system();
+    for (int d = 0; d < g.R; d++)
+        st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+                       ((uint64_t)u + 1) | EPXK_LL_ABANDONED);
+    c.ll_use[c.ll_b] = u + 1;
+}
+
 /* ------------------------------------------------------- host entry points */
 
 
@@ -415,6 +712,24 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
         break;
     case EPXK_COMB_REDUCE:
         epxk_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_LAYOUT:
+        epxk_ll_layout_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_PACK:
+        epxk_ll_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_RECV:
+        epxk_ll_recv_kernel<<<blocks, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_COMB_PUT:
+        epxk_ll_comb_put_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_COMB_REDUCE:
+        epxk_ll_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_ABANDON:
+        epxk_ll_abandon_kernel<<<1, 1, 0, st>>>(*g, *c);
         break;
     default:
         return (int)cudaErrorInvalidValue;
