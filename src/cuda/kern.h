@@ -436,6 +436,9 @@ typedef struct epxk_ll {
 
 #define EPXK_LL_MASK 0xffffff
 #define EPXK_LL_TAG(u) ((int32_t)((u) % 255u) + 1)
+/* A count or final word, and its tag (unsigned shifts: tags reach 255). */
+#define EPXK_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
+#define EPXK_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
 
 /* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
 EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,

@@ -122,7 +122,7 @@ __device__ static bool wait_tag(const int32_t *p, int32_t tag,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if (((uint32_t)ld_acquire_s32(p) >> 24) == (uint32_t)tag)
+        if (EPXK_LL_WTAG(ld_acquire_s32(p)) == tag)
             return true;
         if ((n & 1023u) == 0) {
             uint64_t t = now_ns();
@@ -557,14 +557,14 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
         for (int e = c.first[d]; e < c.first[d + 1]; e++) {
             int32_t n = ok ? c.mycnt[g.R + e] : 0;
             ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
-                tag << 24 | (n < EPXK_LL_MASK ? n : EPXK_LL_MASK);
+                EPXK_LL_WORD(tag, n < EPXK_LL_MASK ? n : EPXK_LL_MASK);
         }
     }
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
-                       tag << 24 | (ok ? c.mycnt[d] : 0));
+                       EPXK_LL_WORD(tag, ok ? c.mycnt[d] : 0));
 }
 
 /* Grid: every block waits for every source's final word of this use;

@@ -540,7 +540,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     epxk_geom_layout(&g0);
     epxk_ll_t ll;
     const int B = 2, b = 1;
-    const uint64_t use = 300;    /* a tag past the 8-bit wrap */
+    const uint64_t use = 254 + 255;  /* tag 255: the top bit of the word */
     const int32_t tag = EPXK_LL_TAG(use);
     epxk_ll_layout(&g0, B, cap, &ll);
     assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
@@ -637,8 +637,8 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             char *bw = win[d] + ll.off_bufs + b * ll.buf;
             for (int e = first[d]; e < first[d + 1]; e++)
                 ((int32_t *)(bw + ll.cw))[(e - first[d]) * R + r] =
-                    tag << 24 | ecnt[r][e];
-            ((int32_t *)(bw + ll.fw))[r] = tag << 24 | s->mycnt[d];
+                    EPXK_LL_WORD(tag, ecnt[r][e]);
+            ((int32_t *)(bw + ll.fw))[r] = EPXK_LL_WORD(tag, s->mycnt[d]);
         }
     }
     /* receive side against the reference */
@@ -659,7 +659,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         for (int j = 0; j < L; j++) {
             int64_t c = 0;
             for (int sr = 0; sr < R; sr++) {
-                assert_int_equal(cw[j * R + sr] >> 24, tag);
+                assert_int_equal(EPXK_LL_WTAG(cw[j * R + sr]), tag);
                 c += epxk_ll_kept(cw[j * R + sr], cap);
                 got_dropped += epxk_ll_dropped(cw[j * R + sr], cap);
             }
@@ -692,7 +692,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         const float *wt = unweighted ? NULL : (const float *)(bw + ll.w);
         for (int sr = 0; sr < R; sr++) {
             int32_t fw = ((int32_t *)(bw + ll.fw))[sr];
-            assert_int_equal(fw >> 24, tag);
+            assert_int_equal(EPXK_LL_WTAG(fw), tag);
             for (int64_t i = 0; i < (fw & EPXK_LL_MASK); i++) {
                 int64_t ent = (int64_t)sr * maxT + i;
                 int64_t slot = ((int32_t *)(bw + ll.ent_slot))[ent];
