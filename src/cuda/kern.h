@@ -15,9 +15,18 @@
  *   cnt    [2][R][R + E + 1] int32   per source, by call parity: tokens to
  *                                    each rank, (token, k) pairs per expert,
  *                                    then the call's sequence word
- *   src_rank, src_token, ret_slot [R*maxT] int32
- *   topk_idx, topk_w [R*maxT][K]     local expert id (-1) and weight (0)
- *   rows   [R*maxT][row_bytes]       received tokens, source-major
+ *   src_rank, src_token [xrows] int32   per received row
+ *   ret_slot [R*maxT] int32          per entry (one per (source token,
+ *                                    this rank)): its return slot
+ *   ent_src, ent_rows [R*maxT], [R*maxT][K] int32   expert-major only: an
+ *                                    entry's source and its rows here in
+ *                                    top-k order (-1 after the last)
+ *   topk_idx [R*maxT][K]             token-major: local expert id (-1)
+ *   topk_w   token-major [R*maxT][K] weight (0); expert-major [xrows]
+ *   rows   [xrows][row_bytes]        received tokens: token-major one per
+ *                                    entry, source-major; expert-major one
+ *                                    per (token, local expert), segments
+ *                                    of `align` rows per local expert
  *   comb   [maxT*maxdest][row_bytes] partials coming back to this rank, at
  *                                    the slot the token had in its source's
  *                                    packed order
@@ -41,10 +50,16 @@ typedef struct epxk_geom {
     int esize;                /* 2 (bf16) or 4 (fp32) */
     int cnt_ints;             /* R + E + 1 */
     int64_t maxT;             /* largest max_tokens_per_rank of any rank */
+    int em;                   /* expert-major layout */
+    int align;                /* expert-major segment alignment (rows) */
+    int Lmax;                 /* most local experts of any rank */
+    int64_t ents;             /* entries: R * maxT */
+    int64_t xrows;            /* received rows at most */
     int64_t row_bytes;        /* H * esize: rows are contiguous, as
                                  epx_recv_t.x describes them */
     int64_t off_flags, off_cnt, off_src_rank, off_src_token, off_ret_slot,
-            off_idx, off_w, off_rows, off_comb, total;
+            off_ent_src, off_ent_rows, off_idx, off_w, off_rows, off_comb,
+            total;
 } epxk_geom_t;
 
 EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
@@ -53,30 +68,38 @@ EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
 }
 
 /* Offsets of every region, each 256-byte aligned (rows are 16-byte
- * aligned where H * esize is a multiple of 16). */
+ * aligned where H * esize is a multiple of 16).  Set R, rank, E, K, H,
+ * esize, maxT, em, align (>= 1) and Lmax first. */
 EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
 {
-    const int64_t rows = (int64_t)g->R * g->maxT;
+    const int64_t ents = (int64_t)g->R * g->maxT;
+    const int per = g->K < g->Lmax ? g->K : g->Lmax;   /* rows per entry */
     int64_t o = 0;
     g->maxdest = g->K < g->R ? g->K : g->R;
     g->cnt_ints = g->R + g->E + 1;
     g->row_bytes = (int64_t)g->H * g->esize;
+    g->ents = ents;
+    g->xrows = g->em ? ents * per + (int64_t)g->Lmax * (g->align - 1) : ents;
     g->off_flags = o;
     o = epxk_round_up(o + (int64_t)EPXK_NFLAG * g->R * 8, 256);
     g->off_cnt = o;
     o = epxk_round_up(o + 2 * (int64_t)g->R * g->cnt_ints * 4, 256);
     g->off_src_rank = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + g->xrows * 4, 256);
     g->off_src_token = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + g->xrows * 4, 256);
     g->off_ret_slot = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + ents * 4, 256);
+    g->off_ent_src = o;
+    o = epxk_round_up(o + (g->em ? ents * 4 : 0), 256);
+    g->off_ent_rows = o;
+    o = epxk_round_up(o + (g->em ? ents * g->K * 4 : 0), 256);
     g->off_idx = o;
-    o = epxk_round_up(o + rows * g->K * 4, 256);
+    o = epxk_round_up(o + (g->em ? 0 : ents * g->K * 4), 256);
     g->off_w = o;
-    o = epxk_round_up(o + rows * g->K * 4, 256);
+    o = epxk_round_up(o + (g->em ? g->xrows : ents * g->K) * 4, 256);
     g->off_rows = o;
-    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    o = epxk_round_up(o + g->xrows * g->row_bytes, 256);
     g->off_comb = o;
     o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
     g->total = o;
@@ -123,14 +146,22 @@ EPXK_HD int epxk_owner(const int32_t *e2r, int64_t e)
     return e2r[e];
 }
 
+/* Is choice k of token t sent?  keep: low latency, the choice's slot in
+ * its range (-1: none or dropped); NULL: every valid choice is. */
+EPXK_HD int64_t epxk_kept_id(const epxk_ids_t *ids, const int32_t *keep,
+                             int64_t t, int k)
+{
+    return keep && keep[t * ids->K + k] < 0 ? -1 : epxk_expert_id(ids, t, k);
+}
+
 /* Index of rank d among token t's distinct destination ranks in ascending
- * order, or -1 when none of t's experts lives on d. */
-EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
-                           int64_t t, int d)
+ * order, or -1 when none of t's (kept) experts lives on d. */
+EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *keep,
+                           const int32_t *e2r, int64_t t, int d)
 {
     int hit = 0, below = 0;
     for (int k = 0; k < ids->K; k++) {
-        int64_t e = epxk_expert_id(ids, t, k);
+        int64_t e = epxk_kept_id(ids, keep, t, k);
         if (e < 0)
             continue;
         int r = epxk_owner(e2r, e);
@@ -142,7 +173,7 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
             continue;
         int seen = 0;    /* count each rank below d once */
         for (int k2 = 0; k2 < k; k2++) {
-            int64_t e2 = epxk_expert_id(ids, t, k2);
+            int64_t e2 = epxk_kept_id(ids, keep, t, k2);
             if (e2 >= 0 && epxk_owner(e2r, e2) == r) {
                 seen = 1;
                 break;
@@ -158,12 +189,12 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
  * dest/pos are [T][maxdest], the token's j-th destination in ascending
  * order.  Returns the number of tokens to d. */
 EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                 const int32_t *e2r, int64_t T, int d,
-                                 int32_t *dest, int32_t *pos)
+                                 const int32_t *keep, const int32_t *e2r,
+                                 int64_t T, int d, int32_t *dest, int32_t *pos)
 {
     int64_t c = 0;
     for (int64_t t = 0; t < T; t++) {
-        int j = epxk_dest_slot(ids, e2r, t, d);
+        int j = epxk_dest_slot(ids, keep, e2r, t, d);
         if (j < 0)
             continue;
         dest[t * g->maxdest + j] = d;
@@ -172,14 +203,19 @@ EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
     return c;
 }
 
-/* (token, k) pairs of this rank routed to expert e. */
+/* (token, k) pairs of this rank routed to expert e; with epos (expert-
+ * major, [T][K]) each pair's position among them, in (token, k) order. */
 EPXK_HD int64_t epxk_layout_expert(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                   int64_t T, int64_t e)
+                                   int64_t T, int64_t e, int32_t *epos)
 {
     int64_t c = 0;
     for (int64_t t = 0; t < T; t++)
         for (int k = 0; k < g->K; k++)
-            c += epxk_expert_id(ids, t, k) == e;
+            if (epxk_expert_id(ids, t, k) == e) {
+                if (epos)
+                    epos[t * g->K + k] = (int32_t)c;
+                c++;
+            }
     return c;
 }
 
@@ -223,6 +259,60 @@ EPXK_HD int64_t epxk_recv_expert(const epxk_geom_t *g, const int32_t *cnt,
     for (int s = 0; s < g->R; s++)
         c += cnt[(int64_t)s * g->cnt_ints + g->R + first_local + j];
     return c;
+}
+
+/* Expert-major: first row of local expert j's segment at the rank whose
+ * count buffer is cnt and whose experts start at first_local: the
+ * segments before it, each rounded up to the alignment.  j = the number of
+ * local experts gives the rows received. */
+EPXK_HD int64_t epxk_expert_offset(const epxk_geom_t *g, const int32_t *cnt,
+                                   int first_local, int j)
+{
+    int64_t at = 0;
+    for (int j2 = 0; j2 < j; j2++)
+        at = epxk_round_up(at + epxk_recv_expert(g, cnt, first_local, j2),
+                           g->align);
+    return at;
+}
+
+/* Expert-major: this rank's first row for expert e (owned by rank d, whose
+ * experts start at first_d) at d: e's segment there, after the rows of
+ * every lower source.  cnt: this rank's copy of the count matrix, which
+ * holds the same rows as d's. */
+EPXK_HD int64_t epxk_expert_base(const epxk_geom_t *g, const int32_t *cnt,
+                                 int first_d, int64_t e)
+{
+    int64_t b = epxk_expert_offset(g, cnt, first_d, (int)(e - first_d));
+    for (int s = 0; s < g->rank; s++)
+        b += cnt[(int64_t)s * g->cnt_ints + g->R + e];
+    return b;
+}
+
+/* Expert-major: row of token t's k-th choice at its expert's rank (e
+ * valid): ebase[E] from epxk_expert_base, epos from the layout. */
+EPXK_HD int64_t epxk_expert_row(const epxk_geom_t *g, const int64_t *ebase,
+                                const int32_t *epos, int64_t e, int64_t t,
+                                int k)
+{
+    return ebase[e] + epos[t * g->K + k];
+}
+
+/* Expert-major entry of token t at destination d: its rows there in top-k
+ * order (rows[n], then -1 up to K); returns n. */
+EPXK_HD int epxk_entry_rows(const epxk_geom_t *g, const epxk_ids_t *ids,
+                            const int32_t *e2r, const int64_t *ebase,
+                            const int32_t *epos, int64_t t, int d,
+                            int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        if (e >= 0 && epxk_owner(e2r, e) == d)
+            rows[n++] = (int32_t)epxk_expert_row(g, ebase, epos, e, t, k);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
 }
 
 /* Token t's metadata as destination d sees it: slot k carries the local
@@ -283,6 +373,21 @@ EPXK_HD void epxk_store(void *row, int out_esize, int64_t h, float v)
         ((float *)row)[h] = v;
 }
 
+/* Expert-major combine put, element h of an entry's partial: its rows
+ * (rows[0..n)) of y in top-k order, each times its weight (w[row]; NULL:
+ * EPX_COMBINE_UNWEIGHTED) summed in fp32 from 0.  The caller rounds it to
+ * the engine dtype for the wire. */
+EPXK_HD float epxk_partial_elem(const epxk_geom_t *g, const char *y,
+                                const int32_t *rows, const float *w, int64_t h)
+{
+    float acc = 0.0f;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+        float v = epxk_load(y + (int64_t)rows[k] * g->row_bytes, g->esize, h);
+        acc = acc + (w ? w[rows[k]] * v : v);
+    }
+    return acc;
+}
+
 /* Combine, element h of token t: the partials of t's destinations summed
  * in ascending rank order in fp32 (0 when t went nowhere).  comb: this
  * rank's partials, one row_bytes row per slot. */
@@ -298,6 +403,141 @@ EPXK_HD float epxk_combine_elem(const epxk_geom_t *g, const char *comb,
         acc = acc + epxk_load(comb + slot * g->row_bytes, g->esize, h);
     }
     return acc;
+}
+
+/* ------------------------------------------------------------ low latency
+ *
+ * The host executor's low-latency layout (src/moe/README.md): local expert
+ * j of rank d receives source s's rows at j*R*cap + s*cap + i, i < the
+ * rows s routed there (at most cap; the rest dropped or an error).  Window
+ * of each rank: the flags (comb [B][R] uint64: use + 1 of buffer b whose
+ * partials rank s has put, and so whose rows it no longer reads), then B
+ * buffers of epxk_ll_t.buf bytes:
+ *   cw      [L][R] int32     count word per (local expert, source):
+ *                            tag << 24 | rows the source routed there
+ *   fw      [R] int32        final word per source: tag << 24 | entries
+ *   st      [R] int32        status per source (0, or an epx error), read
+ *                            once the final word carries the tag
+ *   src_tok, w [L*R*cap]     per row: token on its source, weight
+ *   ent_slot [R][maxT] int32 per (source, token sent here): return slot
+ *   ent_rows [R][maxT][K]    its rows here in top-k order, -1 after
+ *   rows    [L*R*cap][row_bytes]
+ *   comb    [maxT*maxdest][row_bytes]  partials back to this rank
+ * The tag of use u of a buffer is u % 255 + 1: never 0 (zeroed window),
+ * different for consecutive uses; a source writes use u only after every
+ * rank released comb for use u - 1, so no reader sees two uses mixed. */
+
+typedef struct epxk_ll {
+    int B, cap;
+    int64_t off_comb_flags, off_bufs, buf;       /* window */
+    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, comb;
+    int64_t total;
+} epxk_ll_t;
+
+#define EPXK_LL_MASK 0xffffff
+#define EPXK_LL_TAG(u) ((int32_t)((u) % 255u) + 1)
+/* A count or final word, and its tag (unsigned shifts: tags reach 255). */
+#define EPXK_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
+#define EPXK_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
+
+/* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
+EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
+                            epxk_ll_t *l)
+{
+    const int64_t rows = (int64_t)g->Lmax * g->R * cap;
+    const int64_t ents = (int64_t)g->R * g->maxT;
+    int64_t o = 0;
+    l->B = B;
+    l->cap = cap;
+    l->off_comb_flags = 0;
+    l->off_bufs = epxk_round_up((int64_t)B * g->R * 8, 256);
+    l->cw = o;
+    o = epxk_round_up(o + (int64_t)g->Lmax * g->R * 4, 256);
+    l->fw = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->st = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->src_tok = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->w = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->ent_slot = o;
+    o = epxk_round_up(o + ents * 4, 256);
+    l->ent_rows = o;
+    o = epxk_round_up(o + ents * g->K * 4, 256);
+    l->rows = o;
+    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    l->comb = o;
+    o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
+    l->buf = o;
+    l->total = l->off_bufs + (int64_t)B * o;
+}
+
+/* Choices of this rank's tokens for expert e, in (token, k) order: slot
+ * keep[t*K+k] = its index among them when below cap, else -1 (dropped;
+ * choices of other experts are left alone).  Returns how many there are
+ * (the count word's value: may exceed cap). */
+EPXK_HD int64_t epxk_ll_layout_expert(const epxk_geom_t *g,
+                                      const epxk_ids_t *ids, int64_t T,
+                                      int64_t e, int cap, int32_t *keep)
+{
+    int64_t c = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < g->K; k++)
+            if (epxk_expert_id(ids, t, k) == e) {
+                keep[t * g->K + k] = c < cap ? (int32_t)c : -1;
+                c++;
+            }
+    return c;
+}
+
+/* Row of source s's slot p for expert e at its owner (experts from first). */
+EPXK_HD int64_t epxk_ll_row(const epxk_geom_t *g, int cap, int first,
+                            int64_t e, int s, int64_t p)
+{
+    return (((e - first) * g->R + s) * (int64_t)cap) + p;
+}
+
+/* Low-latency entry of token t at destination d: its kept rows there in
+ * top-k order (then -1); returns their number. */
+EPXK_HD int epxk_ll_entry_rows(const epxk_geom_t *g, const epxk_ids_t *ids,
+                               const int32_t *keep, const int32_t *e2r,
+                               int cap, int first_d, int64_t t, int d,
+                               int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_kept_id(ids, keep, t, k);
+        if (e >= 0 && epxk_owner(e2r, e) == d)
+            rows[n++] = (int32_t)epxk_ll_row(g, cap, first_d, e, g->rank,
+                                             keep[t * g->K + k]);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
+}
+
+/* Rows of source s for local expert j held here (count word's value
+ * capped), and the rows dropped. */
+EPXK_HD int64_t epxk_ll_kept(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n < cap ? n : cap;
+}
+EPXK_HD int64_t epxk_ll_dropped(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n > cap ? n - cap : 0;
+}
+
+/* Source of a received row (cw: this buffer's count words), -1 on the
+ * padding of its range. */
+EPXK_HD int epxk_ll_row_source(const epxk_geom_t *g, int cap,
+                               const int32_t *cw, int64_t row)
+{
+    int64_t j = row / ((int64_t)g->R * cap);
+    int s = (int)(row / cap % g->R);
+    return row % cap < epxk_ll_kept(cw[j * g->R + s], cap) ? s : -1;
 }
 
 #endif /* EPX_CUDA_KERN_H */

@@ -28,12 +28,15 @@ typedef struct gcase {
     epx_dtype_t dtype;
     epx_cuda_backend_t backend;
     int one_device;     /* all ranks on device 0 */
+    int em, align;      /* expert-major layout and its alignment */
+    int unweighted;     /* expert-major: EPX_COMBINE_UNWEIGHTED */
 } gcase_t;
 
-static void gen(const gcase_t *c, int r, int64_t *T, int64_t **idx, float **w,
-                void **x)
+static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
+                float **w, void **x)
 {
-    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, 0, 0) };
+    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, (uint64_t)call,
+                               0) };
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     *T = (int64_t)epxt_below(&g, (uint64_t)c->maxT + 1);
     *idx = calloc((size_t)(*T * c->K + 1), sizeof(int64_t));
@@ -58,11 +61,13 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
 
+static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+                    int R, int me, int call);
+
 static int gpu_rank(epx_comm_t *comm, void *arg)
 {
     const gcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     int ndev = 0;
     CHECK_OK(epx_cuda_devices(&ndev));
     int dev = c->one_device ? 0 : me % ndev;
@@ -72,6 +77,8 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     p.topk = c->K;
     p.max_tokens_per_rank = c->maxT;
     p.dtype = c->dtype;
+    p.layout = c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR;
+    p.expert_alignment = c->em ? c->align : 1;
     epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
     cp.device = dev;
     cp.backend = c->backend;
@@ -80,13 +87,26 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     CHECK(epx_cuda_moe_num_sms(m) >= 1);
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    /* Two calls: both count-buffer parities, and stale rows of the first
+     * under the second's padding. */
+    for (int call = 0; call < 2; call++)
+        CHECK_CALL(gpu_call(c, m, st, R, me, call));
+    epx_cuda_moe_destroy(m);
+    cudaStreamDestroy(st);
+    return 0;
+}
 
+/* One dispatch and combine, checked against the reference. */
+static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+                    int R, int me, int call)
+{
+    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
     float **w = calloc((size_t)R, sizeof(*w));
     void **x = calloc((size_t)R, sizeof(*x));
     for (int r = 0; r < R; r++) {
-        gen(c, r, &src[r].T, &idx[r], &w[r], &x[r]);
+        gen(c, r, call, &src[r].T, &idx[r], &w[r], &x[r]);
         src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r] };
     }
     const int64_t T = src[me].T;
@@ -107,39 +127,55 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
 
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype,
+                      c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
+                      c->em ? c->align : 1 };
     ref_recv_t want;
     CHECK(ref_dispatch(&cfg, src, me, &want) == 0);
     CHECK(rv.num_rows == want.num_rows);
-    for (int j = 0; j < want.num_local; j++)
+    for (int j = 0; j < want.num_local; j++) {
         CHECK(rv.expert_counts[j] == want.counts[j]);
-    const int64_t n = rv.num_rows;
+        CHECK(!c->em || rv.expert_offsets[j] == want.offsets[j]);
+    }
+    CHECK(c->em ? rv.topk_idx == NULL && rv.expert_offsets != NULL
+                : rv.expert_offsets == NULL);
+    const int64_t n = rv.num_rows, wk = c->em ? 1 : c->K;
     unsigned char *hx = malloc((size_t)(n * c->H + 1) * es);
     int32_t *hs = malloc(sizeof(int32_t) * (size_t)(2 * n + 2 * n * c->K + 1));
     CU(cudaStreamSynchronize(st));
     CU(cudaMemcpy(hx, rv.x.data, (size_t)(n * c->H) * es, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs, rv.src_rank, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs + n, rv.src_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(hs + 2 * n, rv.topk_idx, sizeof(int32_t) * n * c->K,
-                  cudaMemcpyDeviceToHost));
+    if (!c->em)
+        CU(cudaMemcpy(hs + 2 * n, rv.topk_idx, sizeof(int32_t) * n * c->K,
+                      cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs + 2 * n + n * c->K, rv.topk_weights,
-                  sizeof(float) * n * c->K, cudaMemcpyDeviceToHost));
-    CHECK(memcmp(hx, want.x, (size_t)(n * c->H) * es) == 0);
+                  sizeof(float) * n * wk, cudaMemcpyDeviceToHost));
     CHECK(memcmp(hs, want.src_rank, 4 * (size_t)n) == 0);
     CHECK(memcmp(hs + n, want.src_token, 4 * (size_t)n) == 0);
-    CHECK(memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
-    CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * c->K)) == 0);
+    CHECK(c->em ||
+          memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
+    CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * wk)) == 0);
+    /* x of every row but the padding (unspecified there) */
+    const size_t rb = (size_t)c->H * es;
+    for (int64_t i = 0; i < n; i++)
+        CHECK(want.src_rank[i] < 0 ||
+              memcmp(hx + i * rb, want.x + i * rb, rb) == 0);
 
     /* Expert outputs in place over recv.x, as the contract allows. */
     float *row = malloc(sizeof(float) * (size_t)c->H);
     for (int64_t i = 0; i < n; i++) {
-        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i], me, row);
+        if (want.src_rank[i] < 0)
+            continue;
+        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i],
+             c->em ? want.first_local + want.row_expert[i] : me, row);
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hx, i * c->H + h, row[h]);
     }
     CU(cudaMemcpy(rv.x.data, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
     ca.y = rv.x;
+    ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
     CHECK_OK(epx_cuda_combine_send(m, &ca, st));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
     CHECK_OK(epx_cuda_combine_recv(m, &out, st));
@@ -148,17 +184,15 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
                        cudaMemcpyDeviceToHost, st));
     CU(cudaStreamSynchronize(st));
-    CHECK(ref_combine(&cfg, me, &src[me], 0, y_fn, &cfg.hidden, EPX_DTYPE_FP32,
-                      exp) == 0);
+    CHECK(ref_combine(&cfg, me, &src[me], c->unweighted, y_fn, &cfg.hidden,
+                      EPX_DTYPE_FP32, exp) == 0);
     CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
 
     ref_recv_free(&want);
-    epx_cuda_moe_destroy(m);
     cudaFree(dx);
     cudaFree(didx);
     cudaFree(dw);
     cudaFree(dout);
-    cudaStreamDestroy(st);
     for (int r = 0; r < R; r++) {
         free(idx[r]);
         free(w[r]);
@@ -177,9 +211,32 @@ static void threads_one_gpu(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1 };
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
             assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
         }
+}
+
+/* Expert-major (windows): alignments 1 and 8 (padding), weighted and
+ * unweighted combine, thread ranks and process ranks. */
+static void expert_major(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4, 8 };
+    for (size_t i = 0; i < 3; i++)
+        for (int d = 0; d < 2; d++) {
+            gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
+                          d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d };
+            assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
+        }
+}
+
+static void expert_major_processes(void **state)
+{
+    (void)state;
+    gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS,
+                  1, 1, 4, 0 };
+    assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
 }
 
 static void processes_one_gpu(void **state)
@@ -188,7 +245,7 @@ static void processes_one_gpu(void **state)
     static const int ranks[] = { 2, 4 };
     for (size_t i = 0; i < 2; i++) {
         gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
-                      EPX_CUDA_BACKEND_WINDOWS, 1 };
+                      EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
         assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
     }
 }
@@ -199,7 +256,8 @@ static void nccl_two_gpus(void **state)
     int ndev = 0;
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
         skip();
-    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0 };
+    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0,
+                  0, 1, 0 };
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
 }
 
@@ -230,7 +288,9 @@ int main(void)
     /* Forked process ranks first, before this process touches CUDA. */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(processes_one_gpu),
+        cmocka_unit_test(expert_major_processes),
         cmocka_unit_test(threads_one_gpu),
+        cmocka_unit_test(expert_major),
         cmocka_unit_test(nccl_two_gpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
