@@ -4,8 +4,10 @@
  * Buffer reuse.  Call n + B writes into buffer n % B again, so before a
  * rank sends call n + B it waits until every rank has finished call n:
  * each rank, when it combines call n (epx_combine_send) or releases it
- * uncombined, puts its combine status and bumps COMB b at every rank, and
- * the sender waits for all R of them.  A rank only reads call n's words,
+ * uncombined, puts its combine status and bumps call n's COMB counter at
+ * every rank, and the sender waits for all R of them.  A rank can be told
+ * of call n + B's abandon while still reading call n's: hence the two
+ * COMB slots per buffer (ll.h).  A rank only reads call n's words,
  * rows and partials before its own COMB signal of call n (its combine_send
  * or release) or while waiting for the others' (its combine_recv), so no
  * source overwrites a buffer that someone still reads, and a source is at
@@ -132,7 +134,7 @@ epx_status_t ll_init(epx_moe_t *m)
     if (!l->ring || !l->src_rank || !l->local_exp || !l->cnt || !l->boff || !l->bucket ||
         !l->tok || !l->wt || !l->ents || !l->fill)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
-    return epx__win_create(m->comm, m->off.total, 2 * l->B, &m->win);
+    return epx__win_create(m->comm, m->off.total, 3 * l->B, &m->win);
 }
 
 void ll_free(epx_moe_t *m)
@@ -188,14 +190,13 @@ ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h)
 epx_status_t ll_abandon(epx_moe_t *m, uint64_t call)
 {
     moe_ll_t *l = m->ll;
-    int b = ll_buf(l, call);
     int32_t word = LL_ABANDONED;
     size_t off = ll_at(l, call, l->off.hdr) +
-                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + LL_HDR_COMB);
+                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + ll_comb_word(l, call));
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++)
         st = epx__win_put_signal(m->win, d, off, &word, sizeof(word),
-                                 l->B + b, 1);
+                                 ll_comb_slot(l, call), 1);
     if (st != EPX_OK)
         m->broken = 1;
     return st;

@@ -194,7 +194,8 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           l->B);
     /* Reuse of the buffer: every rank must be done with call - B. */
     epx_status_t st = call >= (uint64_t)l->B
-        ? epx__win_wait(m->win, l->B + b, ll_target(m, call - (uint64_t)l->B))
+        ? epx__win_wait(m->win, ll_comb_slot(l, call - (uint64_t)l->B),
+                        ll_comb_target(m, call - (uint64_t)l->B))
         : EPX_OK;
     if (st != EPX_OK) {
         m->broken = 1;
