@@ -69,6 +69,10 @@ typedef struct moe_ll {
     uint64_t n_calls;          /* calls dispatched (failed ones included) */
     epx_handle_t **ring;       /* [B] outstanding call of each buffer */
     int32_t *src_rank;         /* [B][L*R*cap] recv output, kept locally */
+    int32_t *hw;               /* [B][L*R] per range: rows [hw, cap) are
+                                  padding in src_rank, src_tok and weight
+                                  already, rows below hw have src_rank s;
+                                  -1: unknown (rewrite the whole range) */
     int32_t *local_exp;        /* [B][L] recv output: logical experts */
     /* send-side scratch */
     int32_t *cnt;              /* [U] rows routed per unit (this call) */
@@ -132,6 +136,7 @@ void ll_call_free(ll_call_t *c);
 ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h);
 epx_status_t ll_abandon(epx_moe_t *m, uint64_t call);
 void ll_release(epx_moe_t *m, epx_handle_t *h);
+void ll_forget_ranges(epx_moe_t *m, uint64_t call, const uint8_t *done);
 /* ll_dispatch.c */
 epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                               epx_handle_t **handle);
