@@ -18,6 +18,8 @@
 #     verified, and the bytes the engine counted crossing domains equal
 #     those the routing gives (one row per remote destination domain),
 #     fewer than the flat path's.
+#  8. low latency: --tokens-sweep JSON, and the verdict when every checked
+#     iteration dropped rows.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -175,4 +177,26 @@ assert c["hier_dispatch_bytes"] < c["flat_dispatch_bytes"], c
 EOF
     fi
 done
+
+# 8. low latency: a token sweep (each count verified), and a run whose
+#    every checked iteration drops rows is not called verified
+run sweep --ranks 3 $small --mode ll --ll-buffers 3 --tokens-sweep 0,3,16 \
+    --launcher fork --json
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/sweep.out" <<'EOF' || fail "sweep: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [p["tokens"] for p in d] == [0, 3, 16], d
+for p in d:
+    assert p["ran"] and p["mode"] == "ll" and p["mismatches"] == 0, p
+    assert p["total_us_p99"] >= p["total_us"] > 0, p
+assert d[2]["checked"] > 0, d
+EOF
+fi
+run lldrop --ranks 3 $small --mode ll --ll-capacity 1 --ll-drop --tokens 24 \
+    --routing zipf:3 --impl epx --launcher fork --json
+grep -q '"verified": false' "$tmp/lldrop.out" ||
+    fail "lldrop: called verified with every checked iteration dropping rows"
+grep -q 'verified: nothing' "$tmp/lldrop.err" ||
+    fail "lldrop: the verdict does not say nothing was verified"
 exit 0
