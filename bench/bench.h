@@ -54,6 +54,10 @@ typedef struct bench_opts {
     epx_mode_t mode;           /* --mode ht|ll */
     int ll_capacity;           /* --ll-capacity (0: the largest T) */
     int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
+    int ll_buffers;            /* --ll-buffers (0: the library's 2) */
+    int64_t *sweep;            /* --tokens-sweep: token counts, one run each */
+    int nsweep;
+    struct bench_summary *summary; /* filled by bench_report when set */
     epx_dtype_t dtype;
     epx_wire_t wire;           /* --dtype fp8 ...: dtype BF16, quantized */
     unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
@@ -78,6 +82,14 @@ typedef struct bench_opts {
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
 } bench_opts_t;
+
+/* What a sweep keeps of one run (bench_report fills it). */
+typedef struct bench_summary {
+    int ran;                   /* epx ran */
+    double us[3][2];           /* dispatch, combine, total: p50, p99 */
+    int64_t checked, mismatches, dropped;
+    int failed;
+} bench_summary_t;
 
 /* options.c */
 enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };
@@ -138,6 +150,8 @@ typedef struct bench_result {
     int64_t mismatches[BENCH_NIMPL];
     int64_t dropped;           /* epx, low latency: rows dropped at capacity
                                   over all iterations (not verified) */
+    int64_t skipped;           /* epx iterations due for verification that
+                                  were not verified: they dropped rows */
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
     /* Bytes of token rows this rank sends to ranks of other domains per
      * epx iteration (cross_known: domains were looked at): flat
@@ -284,6 +298,7 @@ int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
 
 /* launch.c */
 int bench_main_fork(bench_opts_t *o);
+int bench_main_sweep(bench_opts_t *o);
 /* auto/mpirun launcher outside mpirun: exec mpirun on ourselves.
  * Returns only if it did not (then the caller falls back or fails). */
 void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv);

@@ -15,6 +15,11 @@ int main(int argc, char **argv)
         return rc == BENCH_OPTS_EXIT_OK ? 0 : 2;
     }
 
+    if (o.nsweep > 0) {
+        rc = bench_main_sweep(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
     if (o.launcher != BENCH_LAUNCH_FORK && bench_under_mpirun()) {
 #ifdef EPX_HAVE_MPI
         rc = bench_main_mpi(&o, &argc, &argv);

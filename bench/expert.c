@@ -106,8 +106,11 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
         return;
     }
 
-    /* expert-major: padding rows are zero (row by row: y may be x) */
-    for (int64_t i = 0; i < recv->num_rows; i++)
+    /* expert-major: padding rows are zero (row by row: y may be x).  Not
+     * in low latency: combine reads only the rows the counts make valid,
+     * and zeroing every range's padding would write the whole window
+     * (local experts x ranks x capacity rows) per call. */
+    for (int64_t i = 0; recv->capacity == 0 && i < recv->num_rows; i++)
         if (recv->src_rank[i] < 0)
             memset(yb + (size_t)i * rowb, 0, rowb);
     for (int j = 0; j < recv->num_local_experts; j++) {

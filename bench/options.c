@@ -47,6 +47,12 @@ static const char bench_usage[] =
 "                        largest --tokens)\n"
 "  --ll-drop             low latency: drop rows beyond capacity (counted)\n"
 "                        instead of failing with EPX_ERR_RANGE\n"
+"  --ll-buffers B        low latency: buffers (calls in flight), 0 or 2..64\n"
+"                        (0: the library's default, 2)\n"
+"  --tokens-sweep T1,T2,...  one run per token count (tokens per rank, fork\n"
+"                        launcher, no mpi row); each run's table on stderr,\n"
+"                        then per count the p50 and p99 of dispatch, combine\n"
+"                        and total (or a JSON array with --json)\n"
 "  --trace DIR           replay DIR/rank<r>/topk_idx.npy ([T,K] int32/int64),\n"
 "                        topk_weights.npy ([T,K] float32) and optionally\n"
 "                        x.npy ([T,H] float32, rounded to bf16); T may differ\n"
@@ -154,18 +160,19 @@ static int parse_int(const char *opt, const char *v, long min, long max,
     return 0;
 }
 
-static int parse_tokens(const char *v, bench_opts_t *o)
+static int parse_list(const char *opt, const char *v, int64_t **out,
+                      int *nout)
 {
-    free(o->tokens);
-    o->tokens = NULL;
-    o->ntokens = 0;
+    free(*out);
+    *out = NULL;
+    *nout = 0;
     if (!v || !*v)
         goto bad;
     int n = 1;
     for (const char *p = v; *p; p++)
         n += *p == ',';
-    o->tokens = calloc((size_t)n, sizeof(*o->tokens));
-    if (!o->tokens)
+    *out = calloc((size_t)n, sizeof(**out));
+    if (!*out)
         goto bad;
     const char *p = v;
     for (int i = 0; i < n; i++) {
@@ -175,15 +182,20 @@ static int parse_tokens(const char *v, bench_opts_t *o)
         if (e == p || errno || x < 0 || x > (1LL << 30) ||
             (*e != ',' && *e != '\0'))
             goto bad;
-        o->tokens[i] = x;
+        (*out)[i] = x;
         p = e + (*e == ',');
     }
-    o->ntokens = n;
+    *nout = n;
     return 0;
 bad:
-    fprintf(stderr, "epx-bench: --tokens wants T or T0,T1,... (>= 0), got "
-            "'%s'\n", v ? v : "");
+    fprintf(stderr, "epx-bench: %s wants T or T0,T1,... (>= 0), got "
+            "'%s'\n", opt, v ? v : "");
     return -1;
+}
+
+static int parse_tokens(const char *v, bench_opts_t *o)
+{
+    return parse_list("--tokens", v, &o->tokens, &o->ntokens);
 }
 
 static int parse_routing(const char *v, bench_opts_t *o)
@@ -283,6 +295,8 @@ void bench_opts_free(bench_opts_t *o)
 {
     free(o->tokens);
     o->tokens = NULL;
+    free(o->sweep);
+    o->sweep = NULL;
 }
 
 int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
@@ -437,6 +451,16 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--ll-drop")) {
             o->ll_drop = 1;
+        } else if (!strcmp(name, "--ll-buffers")) {
+            if (parse_int(name, NEXT(), 0, 64, &o->ll_buffers))
+                return BENCH_OPTS_EXIT_ERR;
+            if (o->ll_buffers == 1) {
+                fprintf(stderr, "epx-bench: --ll-buffers wants 0 or 2..64\n");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--tokens-sweep")) {
+            if (parse_list(name, NEXT(), &o->sweep, &o->nsweep))
+                return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--layout")) {
             o->layout_given = 1;
             const char *v = NEXT();
@@ -525,6 +549,17 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 "nor --dump\n");
         return BENCH_OPTS_EXIT_ERR;
     }
+    if (o->nsweep > 0 && (o->balance || o->overlap || o->trace_dir ||
+                          o->dump_dir || o->ntokens > 1 ||
+                          o->launcher == BENCH_LAUNCH_MPIRUN)) {
+        fprintf(stderr, "epx-bench: --tokens-sweep runs the fork launcher "
+                "with one token count per run: not with --balance, "
+                "--overlap, --trace, --dump, per-rank --tokens or "
+                "--launcher mpirun\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    if (o->nsweep > 0)
+        o->impl_mask &= ~(1u << BENCH_IMPL_MPI);
     if (o->balance && o->dump_dir) {
         fprintf(stderr, "epx-bench: --dump does not go with --balance\n");
         return BENCH_OPTS_EXIT_ERR;

@@ -95,6 +95,7 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->expert_alignment = ctx->o->align;
     mp->mode = ctx->o->mode;
     mp->ll_capacity = ctx->o->ll_capacity;
+    mp->ll_buffers = ctx->o->ll_buffers;
     mp->flags = ctx->o->ll_drop ? EPX_MOE_LL_DROP : 0;
     if (ctx->o->hierarchical)
         mp->flags |= EPX_MOE_HIERARCHICAL;

@@ -51,10 +51,10 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
     memset(mi, 0, sizeof(*mi));
     if (o->mode == EPX_MODE_LOW_LATENCY) {
         mi->cap = o->ll_capacity > 0 ? o->ll_capacity : (int)T;
-        mi->buffers = 2;
+        mi->buffers = o->ll_buffers > 0 ? o->ll_buffers : 2;
         double rows = maxloc * R * mi->cap;
         mi->window = mi->buffers * (rows * (row + 8) + R * T * ent +
-                                    T * mind * row + R * (4 * maxloc + 20));
+                                    T * mind * row + R * (4 * maxloc + 24));
     } else {
         double ents = R * T, per = K < maxloc ? K : maxloc;
         double rows = o->layout == EPX_LAYOUT_TOKEN_MAJOR
@@ -325,7 +325,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
         if (i != BENCH_IMPL_MEMCPY)
             fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
                     "\"mismatches\": %lld",
-                    is->mismatches == 0 ? "true" : "false",
+                    is->mismatches == 0 && is->checked > 0 ? "true" : "false",
                     (long long)is->checked, (long long)is->mismatches);
         fputc('}', f);
     }
@@ -476,12 +476,35 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
             put[p] += (double)bench_result_at(results, r, o->iters)->put_bytes[p] / N;
 
     int failed = 0;
-    for (int r = 0; r < N; r++)
-        failed |= bench_result_at(results, r, o->iters)->failed;
+    int64_t dropped = 0, skipped = 0;
+    for (int r = 0; r < N; r++) {
+        bench_result_t *res = bench_result_at(results, r, o->iters);
+        failed |= res->failed;
+        dropped += res->dropped;
+        skipped = res->skipped > skipped ? res->skipped : skipped;
+    }
     const int any = st[BENCH_IMPL_EPX].ran || st[BENCH_IMPL_MPI].ran;
-    const int verified = !failed && any &&
+    /* Dropped rows are missing by design: an iteration that dropped any is
+     * not checked; if none was checked, nothing of epx was verified. */
+    const int unchecked = st[BENCH_IMPL_EPX].ran &&
+                          st[BENCH_IMPL_EPX].checked == 0 && skipped > 0;
+    const int verified = !failed && any && !unchecked &&
                          st[BENCH_IMPL_EPX].mismatches == 0 &&
                          st[BENCH_IMPL_MPI].mismatches == 0;
+    if (o->summary) {
+        bench_summary_t *sm = o->summary;
+        const impl_stats_t *e = &st[BENCH_IMPL_EPX];
+        memset(sm, 0, sizeof(*sm));
+        sm->ran = e->ran;
+        for (int s = 0; s < NS; s++) {
+            sm->us[s][0] = e->us[s][Q_P50];
+            sm->us[s][1] = e->us[s][Q_P99];
+        }
+        sm->checked = e->checked;
+        sm->mismatches = e->mismatches;
+        sm->dropped = dropped;
+        sm->failed = failed;
+    }
 
     FILE *tf = o->json ? stderr : stdout;
     print_table(tf, o, wl, st, launcher, mpi_skip, mean_bytes, mean_rows);
@@ -515,7 +538,17 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
             if (st[i].ran)
                 fprintf(tf, "%s%s %lld rows+tokens", n++ ? ", " : "",
                         bench_impl_names[i], (long long)st[i].checked);
-        fprintf(tf, ", no mismatch\n");
+        fprintf(tf, ", no mismatch");
+        if (skipped > 0)
+            fprintf(tf, " (%lld iteration%s due for checking dropped rows "
+                    "and went unchecked)", (long long)skipped,
+                    skipped == 1 ? "" : "s");
+        fputc('\n', tf);
+    } else if (unchecked && !failed && st[BENCH_IMPL_MPI].mismatches == 0) {
+        fprintf(tf, "nothing: every epx iteration due for checking "
+                "dropped rows at capacity (%lld rows dropped over the run); "
+                "raise --ll-capacity, or add --verify-all to check the "
+                "iterations that drop nothing\n", (long long)dropped);
     } else if (!any) {
         fprintf(tf, "nothing (no epx or mpi run)\n");
     } else {

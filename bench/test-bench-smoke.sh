@@ -21,6 +21,8 @@
 #  8. quantized wire formats (fp8 token-major, nvfp4 expert-major with an
 #     odd hidden size, --dump writing the scales): verified, and the bytes
 #     the engine put are below bf16's as the row sizes say.
+#  9. low latency: --tokens-sweep JSON, and the verdict when every checked
+#     iteration dropped rows.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -200,4 +202,26 @@ r = f8["dispatch_bytes_put_per_rank"] / b["dispatch_bytes_put_per_rank"]
 assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
 EOF
 fi
+
+# 9. low latency: a token sweep (each count verified), and a run whose
+#    every checked iteration drops rows is not called verified
+run sweep --ranks 3 $small --mode ll --ll-buffers 3 --tokens-sweep 0,3,16 \
+    --launcher fork --json
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/sweep.out" <<'EOF' || fail "sweep: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [p["tokens"] for p in d] == [0, 3, 16], d
+for p in d:
+    assert p["ran"] and p["mode"] == "ll" and p["mismatches"] == 0, p
+    assert p["total_us_p99"] >= p["total_us"] > 0, p
+assert d[2]["checked"] > 0, d
+EOF
+fi
+run lldrop --ranks 3 $small --mode ll --ll-capacity 1 --ll-drop --tokens 24 \
+    --routing zipf:3 --impl epx --launcher fork --json
+grep -q '"verified": false' "$tmp/lldrop.out" ||
+    fail "lldrop: called verified with every checked iteration dropping rows"
+grep -q 'verified: nothing' "$tmp/lldrop.err" ||
+    fail "lldrop: the verdict does not say nothing was verified"
 exit 0

@@ -194,7 +194,8 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           l->B);
     /* Reuse of the buffer: every rank must be done with call - B. */
     epx_status_t st = call >= (uint64_t)l->B
-        ? epx__win_wait(m->win, l->B + b, ll_target(m, call - (uint64_t)l->B))
+        ? epx__win_wait(m->win, ll_comb_slot(l, call - (uint64_t)l->B),
+                        ll_comb_target(m, call - (uint64_t)l->B))
         : EPX_OK;
     if (st != EPX_OK) {
         m->broken = 1;
@@ -226,8 +227,10 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         st = ll_send_to(m, h, mine == EPX_OK ? c : NULL, a,
                         (m->rank + i) % m->R, call, mine);
     l->n_calls++;
-    if (st == EPX_OK && mine != EPX_OK)
+    if (st == EPX_OK && mine != EPX_OK) {
         st = ll_abandon(m, call);
+        ll_forget_ranges(m, call, NULL);
+    }
     if (st != EPX_OK)
         m->broken = 1;
     if (st != EPX_OK || mine != EPX_OK) {
@@ -270,7 +273,10 @@ static epx_status_t ll_check_source(epx_moe_t *m, ll_call_t *c, int s)
     return EPX_OK;
 }
 
-/* Local unit j has all its rows: count them, mark the padding. */
+/* Local unit j has all its rows: count them, mark the padding.  Only
+ * what changed since the buffer's last use is written: rows that were
+ * padding then and still are stay as they were (at these shapes most of a
+ * range is padding, and rewriting it every call costs more than the rows). */
 static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
 {
     const moe_ll_t *l = m->ll;
@@ -278,6 +284,8 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
     const uint64_t call = c->call;
     const size_t per_buf = (size_t)l->L * (size_t)R * (size_t)cap;
     int32_t *srank = l->src_rank + (size_t)ll_buf(l, call) * per_buf;
+    int32_t *hw = l->hw + ((size_t)ll_buf(l, call) * (size_t)l->L + (size_t)j) *
+                          (size_t)R;
     int32_t *stok = (int32_t *)moe_local(m, ll_at(l, call, l->off.src_tok));
     float *wt = (float *)moe_local(m, ll_at(l, call, l->off.weight));
     int64_t count = 0;
@@ -285,13 +293,15 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
         int32_t n = load32(m, ll_at(l, call, l->off.cw) +
                               sizeof(int32_t) * ((size_t)j * R + s)) & LL_COUNT_MASK;
         int32_t kept = n < cap ? n : cap;
+        int32_t was = hw[s] < 0 ? 0 : hw[s], end = hw[s] < 0 ? cap : hw[s];
         size_t base = ((size_t)j * R + s) * (size_t)cap;
-        for (int32_t i = 0; i < kept; i++)
+        for (int32_t i = was; i < kept; i++)
             srank[base + i] = s;
-        for (int32_t i = kept; i < cap; i++) {
+        for (int32_t i = kept; i < end; i++) {
             srank[base + i] = stok[base + i] = -1;
             wt[base + i] = 0.0f;
         }
+        hw[s] = kept;
         count += kept;
         c->dropped += n - kept;
     }

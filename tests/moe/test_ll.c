@@ -8,7 +8,9 @@
  * were sent, so a buffer overwritten too early shows.  Readiness is taken
  * through epx_dispatch_poll first.  Overflow: EPX_ERR_RANGE on every rank
  * with nothing usable, or with EPX_MOE_LL_DROP the rows beyond capacity
- * dropped, counted and left out of combine.  Misuse and peer errors.
+ * dropped, counted and left out of combine.  Misuse and peer errors; a
+ * call abandoned early while a peer still combines the buffer's previous
+ * call; padding after a failed call left rows in a buffer.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -201,6 +203,10 @@ static int check_expert(const ll_run_t *m, const ll_round_t *x, int j,
                "%s round %d %s: row %" PRId64 " from (%d, %d), want (%d, %d)",
                m->c->name, x->r, when, i, g->src_rank[i], g->src_token[i],
                e->src_rank[i], e->src_token[i]);
+        /* padding: weight 0, however the range was filled before */
+        CHECKF(e->src_rank[i] >= 0 || g->topk_weights[i] == 0.0f,
+               "%s round %d %s: padding row %" PRId64 " has weight %g",
+               m->c->name, x->r, when, i, (double)g->topk_weights[i]);
         if (e->src_rank[i] < 0)
             continue;
         CHECKF(memcmp(&g->topk_weights[i], &e->weights[i], 4) == 0 &&
@@ -621,6 +627,127 @@ static void ll_errors(void **s)
     assert_int_equal(epxt_launch(3, 0, errors_rank, NULL, NULL), EPX_OK);
 }
 
+/* Regression: a rank abandons call n + B (dispatch_send with bad input on
+ * rank 1, a release right after dispatch_send on rank 2) as soon as every
+ * rank has combine_sent call n, while rank 0 has not combine_recv'd call n
+ * yet.  Rank 0's recv of call n must still see every peer's combine of it
+ * (and give the right output); call n + B fails where it is received, and
+ * the calls after it go through.  Calls 0, 1 and 3 on have one token per
+ * rank, call 2 four: the rows call 2 left in buffer 0 must show as padding
+ * in call 4. */
+static int comb_check(epx_moe_t *moe, epx_handle_t *h, const epx_recv_t *rv,
+                      const small_t *in, int send)
+{
+    uint16_t out[4 * 8];
+    const int64_t T = in->a.x.rows;
+    if (send) {
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = rv->x;
+        CHECK_OK(epx_combine_send(moe, h, &ca));
+    }
+    epx_tensor_t o = { out, EPX_DTYPE_BF16, T, 8 };
+    CHECK_OK(epx_combine_recv(moe, h, &o));
+    /* y = x in place, two experts weighted 0.5 each: the output is x */
+    CHECKF(memcmp(out, in->x, sizeof(uint16_t) * 8 * (size_t)T) == 0,
+           "combine output is not x");
+    return 0;
+}
+
+/* Rows outside the counts are padding: src_rank, src_token -1, weight 0. */
+static int padding_check(const epx_recv_t *rv, int R)
+{
+    int64_t n = 0, want = 0;
+    for (int j = 0; j < rv->num_local_experts; j++)
+        want += rv->expert_counts[j];
+    for (int64_t i = 0; i < rv->num_rows; i++) {
+        int s = (int)(i / rv->capacity % R);
+        if (rv->src_rank[i] >= 0) {
+            CHECKF(rv->src_rank[i] == s, "row %" PRId64 " of source %d's "
+                   "range has src_rank %d", i, s, rv->src_rank[i]);
+            n++;
+            continue;
+        }
+        CHECKF(rv->src_token[i] == -1 && rv->topk_weights[i] == 0.0f,
+               "padding row %" PRId64 ": src_token %d, weight %g", i,
+               rv->src_token[i], (double)rv->topk_weights[i]);
+    }
+    CHECKF(n == want, "%" PRId64 " rows have a source, counts say %" PRId64,
+           n, want);
+    return 0;
+}
+
+static void small_rows(small_t *in, int64_t T)
+{
+    in->a.x.rows = in->a.topk_idx.rows = in->a.topk_weights.rows = T;
+}
+
+static int early_abandon_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int me = epx_comm_rank(comm), R = epx_comm_size(comm);
+    epx_moe_t *moe = NULL;
+    epx_handle_t *h[3] = { NULL, NULL, NULL };
+    epx_recv_t rv[3];
+    small_t in, one, bad;
+    small_in(&in, me, 0);
+    small_in(&one, me, 0);
+    small_rows(&one, 1);
+    small_in(&bad, me, 1);
+    CHECK_OK(mk(comm, 2, EPX_LAYOUT_EXPERT_MAJOR, EPX_MODE_LOW_LATENCY, &moe));
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(epx_dispatch_send(moe, &one.a, &h[i]));
+        rv[i].struct_size = sizeof(rv[i]);
+        CHECK_OK(epx_dispatch_recv(moe, h[i], &rv[i]));
+        CHECK_CALL(padding_check(&rv[i], R));
+    }
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = rv[0].x;
+    CHECK_OK(epx_combine_send(moe, h[0], &ca));
+    if (me > 0) {
+        /* call 2 reuses call 0's buffer: sent once all combined call 0 */
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 0));
+        if (me == 1) {
+            CHECK_ST(epx_dispatch_send(moe, &bad.a, &h[2]), EPX_ERR_INVALID);
+        } else {
+            CHECK_OK(epx_dispatch_send(moe, &in.a, &h[2]));
+            epx_handle_release(h[2]);
+        }
+        h[2] = NULL;
+    }
+    CHECK_OK(epx_comm_barrier(comm));
+    if (me == 0)
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 0));
+    CHECK_CALL(comb_check(moe, h[1], &rv[1], &one, 1));
+    epx_handle_release(h[0]);
+    epx_handle_release(h[1]);
+    h[0] = h[1] = NULL;
+    if (me == 0) {
+        CHECK_OK(epx_dispatch_send(moe, &in.a, &h[2]));
+        rv[2].struct_size = sizeof(rv[2]);
+        CHECK_ST(epx_dispatch_recv(moe, h[2], &rv[2]), EPX_ERR_PEER);
+        epx_handle_release(h[2]);
+    }
+    /* calls 3 to 6: both parities of both buffers again */
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(epx_dispatch_send(moe, &one.a, &h[0]));
+        rv[0].struct_size = sizeof(rv[0]);
+        CHECK_OK(epx_dispatch_recv(moe, h[0], &rv[0]));
+        CHECK_CALL(padding_check(&rv[0], R));
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 1));
+        epx_handle_release(h[0]);
+        h[0] = NULL;
+    }
+    epx_moe_destroy(moe);
+    return 0;
+}
+
+static void ll_early_abandon(void **s)
+{
+    (void)s;
+    assert_int_equal(epxt_launch(2, 0, early_abandon_rank, NULL, NULL), EPX_OK);
+    assert_int_equal(epxt_launch(3, 0, early_abandon_rank, NULL, NULL), EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_ll");
@@ -631,6 +758,7 @@ int main(void)
         cmocka_unit_test(ll_r3),
         cmocka_unit_test(ll_r8),
         cmocka_unit_test(ll_errors),
+        cmocka_unit_test(ll_early_abandon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
