@@ -14,6 +14,9 @@ int main(int argc, char **argv)
         bench_opts_free(&o);
         return rc == BENCH_OPTS_EXIT_OK ? 0 : 2;
     }
+    /* Before any launch: forked ranks and mpirun's processes inherit it. */
+    if (o.transport)
+        setenv("EPX_TRANSPORTS", o.transport, 1);
 
     if (o.launcher != BENCH_LAUNCH_FORK && bench_under_mpirun()) {
 #ifdef EPX_HAVE_MPI
