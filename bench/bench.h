@@ -33,6 +33,8 @@ typedef enum { BENCH_ROUTE_UNIFORM, BENCH_ROUTE_ZIPF } bench_routing_t;
 #define BENCH_MAX_RANKS 4096
 #define BENCH_ERR_LEN 512
 #define BENCH_MSG_LEN 1024
+#define BENCH_NTL 2            /* transports a pair can get: shm, ucx */
+#define BENCH_TL_LEN 256
 
 typedef struct bench_opts {
     int ranks;                 /* 0 until known */
@@ -82,6 +84,7 @@ typedef struct bench_opts {
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
     int device;                /* --device: BENCH_DEVICE_* */
+    const char *transport;     /* --transport: EPX_TRANSPORTS, or NULL */
 } bench_opts_t;
 
 /* What a sweep keeps of one run (bench_report fills it). */
@@ -167,6 +170,10 @@ typedef struct bench_result {
      * hierarchical engine (dispatch rows, combine fp32 accumulators). */
     int32_t cross_known, num_domains;
     int64_t cross_flat, cross_hier, cross_meas_dispatch, cross_meas_combine;
+    /* The backend of each of this rank's peers (self included): how many
+     * per backend, and "shm to 0-3, ucx to 4-7". */
+    int32_t tl_peers[BENCH_NTL];
+    char tl_summary[BENCH_TL_LEN];
     double times[];
 } bench_result_t;
 
@@ -317,6 +324,10 @@ int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen);
  * (0 verified, 1 mismatch or failure). */
 int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                  void *results, const char *launcher, const char *mpi_skip);
+/* report.c: each rank's transport per peer (bench_result_t.tl_*), as
+ * text lines and as the JSON member "transports" (with its comma). */
+void bench_transport_print(FILE *f, void *results, int iters, int nranks);
+void bench_transport_json(FILE *f, void *results, int iters, int nranks);
 /* report_balance.c: the --balance report */
 int bench_report_balance(const bench_opts_t *o, const bench_workload_t *wl,
                          void *results, const char *launcher);

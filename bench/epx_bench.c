@@ -14,6 +14,9 @@ int main(int argc, char **argv)
         bench_opts_free(&o);
         return rc == BENCH_OPTS_EXIT_OK ? 0 : 2;
     }
+    /* Before any launch: forked ranks and mpirun's processes inherit it. */
+    if (o.transport)
+        setenv("EPX_TRANSPORTS", o.transport, 1);
     if (o.device == BENCH_DEVICE_CUDA) {   /* threads of this process */
         rc = bench_cuda_main(&o);
         bench_opts_free(&o);

@@ -78,6 +78,12 @@ static const char bench_usage[] =
 "                        x, as epx_combine_args_t allows; on shared memory the\n"
 "                        sources then read them in place, saving a copy; or\n"
 "                        into a separate buffer (default: in place)\n"
+"  --transport auto|shm|ucx\n"
+"                        sets EPX_TRANSPORTS for the ranks: auto (shm inside\n"
+"                        a host or EPX_TOPO_FILE domain, ucx across), or every\n"
+"                        pair over one backend (ucx: the network path, also\n"
+"                        between ranks of one host); the report gives each\n"
+"                        rank's choice (default: EPX_TRANSPORTS as set)\n"
 "  --verify-all          verify every iteration (default: the first and the\n"
 "                        last)\n"
 "  --json                one JSON object on stdout (table goes to stderr)\n"
@@ -400,6 +406,15 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             o->balance = 1;
         } else if (!strcmp(name, "--hierarchical")) {
             o->hierarchical = 1;
+        } else if (!strcmp(name, "--transport")) {
+            const char *v = NEXT();
+            if (!v || (strcmp(v, "auto") && strcmp(v, "shm") &&
+                       strcmp(v, "ucx"))) {
+                fprintf(stderr, "epx-bench: --transport wants auto, shm or "
+                        "ucx, got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+            o->transport = v;
         } else if (!strcmp(name, "--overlap")) {
             o->overlap = 1;
         } else if (!strcmp(name, "--ffn")) {

@@ -217,6 +217,54 @@ static void cross_json(FILE *f, const bench_opts_t *o, void *results, int N)
             c.hier, c.meas_d, c.meas_c);
 }
 
+static const char *const tl_names[BENCH_NTL] = { "shm", "ucx" };
+
+/* Pairs (rank, peer), self included, per backend: R x R in all. */
+static void tl_pairs(void *results, int iters, int N, long long pairs[])
+{
+    for (int t = 0; t < BENCH_NTL; t++)
+        pairs[t] = 0;
+    for (int r = 0; r < N; r++)
+        for (int t = 0; t < BENCH_NTL; t++)
+            pairs[t] += bench_result_at(results, r, iters)->tl_peers[t];
+}
+
+void bench_transport_print(FILE *f, void *results, int iters, int N)
+{
+    long long pairs[BENCH_NTL];
+    tl_pairs(results, iters, N, pairs);
+    const char *env = getenv("EPX_TRANSPORTS");
+    fprintf(f, "transports (EPX_TRANSPORTS=%s): pairs (rank, peer) incl. "
+            "self: shm %lld, ucx %lld\n", env && *env ? env : "auto",
+            pairs[0], pairs[1]);
+    for (int r = 0; r < N; r++) {
+        if (N > 16 && r == 4) {   /* the first ranks and the last */
+            fprintf(f, "  ...\n");
+            r = N - 1;
+        }
+        fprintf(f, "  rank %d: %s\n", r,
+                bench_result_at(results, r, iters)->tl_summary);
+    }
+}
+
+void bench_transport_json(FILE *f, void *results, int iters, int N)
+{
+    long long pairs[BENCH_NTL];
+    tl_pairs(results, iters, N, pairs);
+    const char *env = getenv("EPX_TRANSPORTS");
+    fprintf(f, "  \"transports\": {\"requested\": ");
+    json_str(f, env && *env ? env : "auto");
+    fprintf(f, ", \"pairs\": {");
+    for (int t = 0; t < BENCH_NTL; t++)
+        fprintf(f, "%s\"%s\": %lld", t ? ", " : "", tl_names[t], pairs[t]);
+    fprintf(f, "}, \"per_rank\": [");
+    for (int r = 0; r < N; r++) {
+        fprintf(f, "%s", r ? ", " : "");
+        json_str(f, bench_result_at(results, r, iters)->tl_summary);
+    }
+    fprintf(f, "]},\n");
+}
+
 static void print_json(FILE *f, const bench_opts_t *o,
                        const bench_workload_t *wl, const impl_stats_t st[],
                        int verified, const char *launcher,
@@ -346,6 +394,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
     }
     fprintf(f, "%s},\n", *sep ? "\n  " : "");
     cross_json(f, o, results, wl->nranks);
+    bench_transport_json(f, results, o->iters, wl->nranks);
     fprintf(f, "  \"mismatches\": [");
     sep = "";
     for (int r = 0; r < wl->nranks; r++) {
@@ -532,6 +581,7 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                 fprintf(stderr, "%s", res->msg[i]);
     }
     cross_print(tf, o, results, N);
+    bench_transport_print(tf, results, o->iters, N);
     fprintf(tf, "verified: ");
     if (verified) {
         for (int i = 0, n = 0; i < 2; i++)

@@ -23,6 +23,11 @@
 #     the engine put are below bf16's as the row sizes say.
 #  9. low latency: --tokens-sweep JSON, and the verdict when every checked
 #     iteration dropped rows.
+# 10. --transport: shm at 2 ranks (every pair shm); where UCX is built,
+#     ucx at 2 and 4 ranks (every pair ucx, self included) and auto on the
+#     two domains of that description (shm inside, ucx across), each
+#     verified, with the per-pair choice in the JSON and the text; a bad
+#     value is refused.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -224,4 +229,42 @@ grep -q '"verified": false' "$tmp/lldrop.out" ||
     fail "lldrop: called verified with every checked iteration dropping rows"
 grep -q 'verified: nothing' "$tmp/lldrop.err" ||
     fail "lldrop: the verdict does not say nothing was verified"
+
+# 10. --transport
+tl_check() {   # NAME RANKS SHM_PAIRS UCX_PAIRS "SUMMARY|SUMMARY|...": JSON
+    grep -q '"verified": true' "$tmp/$1.out" || fail "$1: not verified"
+    command -v python3 >/dev/null 2>&1 || return 0
+    python3 - "$tmp/$1.out" "$2" "$3" "$4" "$5" <<'EOF' || fail "$1: transports"
+import json, sys
+t = json.load(open(sys.argv[1]))["transports"]
+R, shm, ucx = (int(v) for v in sys.argv[2:5])
+assert t["pairs"] == {"shm": shm, "ucx": ucx}, t
+assert t["per_rank"] == sys.argv[5].split("|"), t
+EOF
+}
+run tl_shm --ranks 2 --tokens 24 $small --transport shm --launcher fork --json
+tl_check tl_shm 2 4 0 "shm to 0-1|shm to 0-1"
+"$BENCH" --ranks 2 --transport udp $small >/dev/null 2>"$tmp/tl_bad.err" &&
+    fail "--transport udp accepted"
+grep -q -- "--transport wants auto, shm or ucx" "$tmp/tl_bad.err" ||
+    fail "--transport udp: no message"
+if "$BENCH" --ranks 2 --tokens 24 $small --transport ucx --launcher fork \
+       --json >"$tmp/tl_ucx2.out" 2>"$tmp/tl_ucx2.err"; then
+    tl_check tl_ucx2 2 0 4 "ucx to 0-1|ucx to 0-1"
+    run tl_ucx4 --ranks 4 --tokens 24 $small --transport ucx
+    grep -q 'transports (EPX_TRANSPORTS=ucx): pairs (rank, peer) incl. self: shm 0, ucx 16' \
+        "$tmp/tl_ucx4.out" || fail "tl_ucx4: pair counts"
+    grep -q '^  rank 3: ucx to 0-3$' "$tmp/tl_ucx4.out" || fail "tl_ucx4: rank 3"
+    grep -q 'verified: epx' "$tmp/tl_ucx4.out" || fail "tl_ucx4: not verified"
+    EPX_TOPO_FILE="${srcdir:-.}/tests/moe/data/cpu-2host.json"
+    export EPX_TOPO_FILE
+    run tl_auto --ranks 4 --tokens 24 $small --transport auto \
+        --launcher fork --json
+    unset EPX_TOPO_FILE
+    tl_check tl_auto 4 8 8 "shm to 0-1, ucx to 2-3|shm to 0-1, ucx to 2-3|shm to 2-3, ucx to 0-1|shm to 2-3, ucx to 0-1"
+else
+    grep -q "not built in" "$tmp/tl_ucx2.err" ||
+        { cat "$tmp/tl_ucx2.err" >&2; fail "--transport ucx failed"; }
+    echo "note: --transport ucx not checked (UCX not built)" >&2
+fi
 exit 0

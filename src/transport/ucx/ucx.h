@@ -13,6 +13,8 @@ typedef struct epx_ucx_comm {
     ucp_ep_h *eps;              /* [nranks]; NULL where the peer uses shm */
     epx_status_t *ep_status;    /* [nranks]; set by the error handler */
     struct ucx_ep_ctx **ep_ctx; /* [nranks] the error handler's argument */
+    struct ucx_hold *holds;     /* address ranges of destroyed windows */
+    int nholds, cap_holds;
 } epx_ucx_comm_t;
 
 /* Wait for a request of ucp_*_nbx (NULL: done at once) while progressing

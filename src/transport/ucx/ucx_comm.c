@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util/util.h"
 #include "transport/ucx/ucx.h"
@@ -215,6 +217,58 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
     return EPX_OK;
 }
 
+epx_status_t epx__ucx_comm_quiet(epx_comm_t *c)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (!u || !u->worker)
+        return EPX_OK;
+    ucp_request_param_t prm = { 0 };
+    return epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
+                         c->timeout_s, "flush", -1);
+}
+
+typedef struct ucx_hold {
+    void *addr;
+    size_t len;
+} ucx_hold_t;
+
+void epx__ucx_comm_hold(epx_comm_t *c, void *addr, size_t len, int replace)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (!u || !u->worker || !addr)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)addr / pg * pg;
+    size_t n = ((uintptr_t)addr + (len ? len : 1) + pg - 1) / pg * pg - a;
+    if (u->nholds == u->cap_holds) {
+        int cap = u->cap_holds ? 2 * u->cap_holds : 16;
+        ucx_hold_t *h = realloc(u->holds, sizeof(*h) * (size_t)cap);
+        if (!h) {
+            if (replace)
+                munmap((void *)a, n);
+            return;
+        }
+        u->holds = h;
+        u->cap_holds = cap;
+    }
+    /* NORESERVE: nothing is committed unless a late put touches a page.
+     * FIXED replaces a mapping in one step; NOREPLACE never clobbers a
+     * range someone else mapped since (then it is not ours to hold). */
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                (replace ? MAP_FIXED : MAP_FIXED_NOREPLACE);
+    void *p = mmap((void *)a, n, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (p == MAP_FAILED || p != (void *)a) {
+        if (p != MAP_FAILED)
+            munmap(p, n);   /* a kernel without NOREPLACE took it as a hint */
+        if (replace)
+            munmap((void *)a, n);
+        EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "window range %p+%zu not held",
+                (void *)a, n);
+        return;
+    }
+    u->holds[u->nholds++] = (ucx_hold_t){ p, n };
+}
+
 void epx__ucx_comm_fini(epx_comm_t *c)
 {
     epx_ucx_comm_t *u = c->ucx;
@@ -240,6 +294,9 @@ void epx__ucx_comm_fini(epx_comm_t *c)
     }
     if (u->worker)
         ucp_worker_destroy(u->worker);
+    for (int i = 0; i < u->nholds; i++)   /* nothing can land there now */
+        munmap(u->holds[i].addr, u->holds[i].len);
+    free(u->holds);
     if (u->ctx)
         ucp_cleanup(u->ctx);
     if (u->ep_ctx)
