@@ -24,15 +24,6 @@ typedef struct multi_win {
     epx_win_t *sub[EPX_TL_COUNT];
 } multi_win_t;
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Spin (EPX_SPIN), yield (EPX_YIELD), then nap (50 us doubling to 1 ms,
  * woken early by network traffic where the backend can) until the counter reaches `value` or the communicator's timeout. */
 epx_status_t epx__win_bad_index(const epx_win_t *win, const char *op,
@@ -60,7 +51,7 @@ epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
         if (v >= value)
             return EPX_OK;
         if (i < spin) {
-            cpu_relax();
+            epx__cpu_relax();
             continue;
         }
         if (i < spin + yield) {
