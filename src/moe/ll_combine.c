@@ -65,7 +65,8 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
                           "EPX_COMBINE_ARGS_INIT");
     const int64_t rows = (int64_t)moe_nlocal(m, m->rank) * m->R * l->cap;
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype, rows,
-                               m->H)) != EPX_OK)
+                               m->H)) != EPX_OK ||
+        (st = moe_check_y_apart(m, &a->y)) != EPX_OK)
         return st;
     const uint64_t call = c->call;
     const char *y = a->y.data;
@@ -86,9 +87,11 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
         const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->ent_ints;
         for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->ent_ints) {
             moe_reduce_partial(m, y, e, w, m->wire);
-            st = epx__win_put(m->win, s, comb + (size_t)e[1] * m->row_bytes,
-                              m->wire, m->row_bytes);
+            st = moe_put(m, &m->put_combine, s,
+                         comb + (size_t)e[1] * m->row_bytes, m->wire,
+                         m->row_bytes);
         }
+        m->put_combine += sizeof(ok);
         if (st == EPX_OK)
             st = epx__win_put_signal(m->win, s, word, &ok, sizeof(ok),
                                      ll_comb_slot(l, call), 1);

@@ -202,6 +202,9 @@ void moe_reduce_partial(const epx_moe_t *m, const char *rows,
                         const int32_t *ent, const float *w, void *dst);
 void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                       char *out, epx_dtype_t out_dt);
+/* EPX_ERR_INVALID when the wire is quantized and y (checked against the
+ * engine's rows) overlaps the window: the outputs need their own buffer. */
+epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y);
 
 /* ht_poll.c: throughput-mode readiness.  plan: after the count exchange
  * of an uncached dispatch, record which sources feed each local unit;
