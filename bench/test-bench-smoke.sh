@@ -224,4 +224,23 @@ grep -q '"verified": false' "$tmp/lldrop.out" ||
     fail "lldrop: called verified with every checked iteration dropping rows"
 grep -q 'verified: nothing' "$tmp/lldrop.err" ||
     fail "lldrop: the verdict does not say nothing was verified"
+# 10. low latency with quantized wire formats (and the MPI baseline, which
+#     moves bf16): verified, bytes put in the ratio of the row sizes
+run llbf16 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json
+run llfp8 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json --dtype fp8
+run llfp4 --ranks 3 --tokens 20 --hidden 201 --experts 12 --topk 3 --iters 2 \
+    --warmup 1 --launcher fork --mode ll --json --dtype nvfp4
+for f in llfp8 llfp4; do
+    grep -q '"verified": true' "$tmp/$f.out" || fail "$f: not verified"
+done
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/llbf16.out" "$tmp/llfp8.out" <<'EOF' || fail "ll quantized bytes"
+import json, sys
+b, f8 = (json.load(open(p))["config"] for p in sys.argv[1:])
+assert f8["mode"] == "ll" and f8["wire"] == "fp8", f8
+r = f8["dispatch_bytes_put_per_rank"] / b["dispatch_bytes_put_per_rank"]
+assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
+assert f8["combine_bytes_put_per_rank"] > 0, f8   # bf16 partials pushed
+EOF
+fi
 exit 0
