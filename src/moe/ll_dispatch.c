@@ -4,7 +4,8 @@
  *   send: routing layout (layout.c), then each (token, unit) row gets the
  *         next slot of its (unit, this rank) range; rows beyond ll_capacity
  *         fail the call (EPX_ERR_RANGE) or, with EPX_MOE_LL_DROP, are not
- *         sent.  Per destination: the header (status, layer, placement),
+ *         sent; a quantized wire packs each token once (ll_stage).  Per
+ *         destination: the header (status, layer, placement),
  *         then per local unit of the destination its rows and their
  *         metadata, a flush and the count word; then the combine entries,
  *         a flush, the final word and the DATA signal.  No count exchange:
