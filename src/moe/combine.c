@@ -156,6 +156,15 @@ epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y)
     return EPX_OK;
 }
 
+epx_status_t moe_check_out(const epx_moe_t *m, const epx_handle_t *h,
+                           const epx_tensor_t *out)
+{
+    return out ? moe_check_tensor(out, "combine", "out",
+                                  1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32,
+                                  h->T, m->H)
+               : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+}
+
 /* Arguments and call order shared by both halves of combine. */
 static epx_status_t combine_enter(const epx_moe_t *m, const epx_handle_t *h,
                                   int want, const char *order)
@@ -250,13 +259,8 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                                     "recv without a matching combine_send");
     if (st != EPX_OK)
         return st;
-    /* Checked before anything is consumed, so the call can be retried. */
-    epx_status_t bad = out
-        ? moe_check_tensor(out, "combine", "out",
-                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
-                           : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
-    if (bad != EPX_OK)
-        return bad;
+    if ((st = moe_check_out(m, h, out)) != EPX_OK)
+        return st;
     uint64_t call = m->n_comb++;
     st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
     m->state = MOE_IDLE;

@@ -111,12 +111,8 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                                     "recv without a matching combine_send", &c);
     if (st != EPX_OK)
         return st;
-    epx_status_t bad = out
-        ? moe_check_tensor(out, "combine", "out",
-                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
-        : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
-    if (bad != EPX_OK)
-        return bad;
+    if ((st = moe_check_out(m, h, out)) != EPX_OK)
+        return st;
     moe_ll_t *l = m->ll;
     const uint64_t call = c->call;
     const int b = ll_buf(l, call);

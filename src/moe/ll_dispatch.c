@@ -111,14 +111,7 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
             if (p < 0)
                 continue;
             l->bucket[l->boff[u] + p] = (int32_t)(t * K + k);
-            int r = m->u2r[u], i = nd;
-            while (i > 0 && dst[i - 1] > r)
-                i--;
-            if (i > 0 && dst[i - 1] == r)
-                continue;
-            memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
-            dst[i] = r;
-            nd++;
+            nd = moe_dest_add(dst, nd, m->u2r[u]);
         }
         h->ndest[t] = nd;
         h->retbase[t] = slot;
