@@ -81,6 +81,7 @@ typedef struct bench_opts {
     int ffn;                   /* expert intermediate size (0: 2H/7) */
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
+    int device;                /* --device: BENCH_DEVICE_* */
 } bench_opts_t;
 
 /* What a sweep keeps of one run (bench_report fills it). */
@@ -90,6 +91,12 @@ typedef struct bench_summary {
     int64_t checked, mismatches, dropped;
     int failed;
 } bench_summary_t;
+
+enum { BENCH_DEVICE_HOST = 0, BENCH_DEVICE_CUDA = 1 };
+/* Exit status of --device cuda where there is no GPU (or no CUDA build). */
+enum { BENCH_EXIT_NO_GPU = 3 };
+/* cuda_bench.c: the whole --device cuda run; returns the exit status. */
+int bench_cuda_main(const bench_opts_t *o);
 
 /* options.c */
 enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };

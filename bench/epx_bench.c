@@ -14,6 +14,11 @@ int main(int argc, char **argv)
         bench_opts_free(&o);
         return rc == BENCH_OPTS_EXIT_OK ? 0 : 2;
     }
+    if (o.device == BENCH_DEVICE_CUDA) {   /* threads of this process */
+        rc = bench_cuda_main(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
 
     if (o.nsweep > 0) {
         rc = bench_main_sweep(&o);

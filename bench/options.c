@@ -40,6 +40,11 @@ static const char bench_usage[] =
 "                        expert outputs never go in place\n"
 "  --layout token|expert token-major or expert-major receive layout (token)\n"
 "  --align A             expert-major segment alignment in rows (128)\n"
+"  --device host|cuda    host (default): the host executor and the rows\n"
+"                        below; cuda: the GPU executor (bench/cuda_bench.c:\n"
+"                        ranks as threads sharing GPU 0, the NCCL backend\n"
+"                        with a GPU per rank, the device-to-device copy\n"
+"                        limit); without a GPU it says so and exits 3\n"
 "  --mode ht|ll          throughput (count exchange, compact receive) or\n"
 "                        low-latency (fixed (expert, source) ranges, no count\n"
 "                        exchange; expert-major); default ht\n"
@@ -435,6 +440,17 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         } else if (!strcmp(name, "--align")) {
             if (parse_int(name, NEXT(), 1, 1 << 20, &o->align))
                 return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--device")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "host"))
+                o->device = BENCH_DEVICE_HOST;
+            else if (v && !strcmp(v, "cuda"))
+                o->device = BENCH_DEVICE_CUDA;
+            else {
+                fprintf(stderr, "epx-bench: --device wants host or cuda, got "
+                        "'%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
         } else if (!strcmp(name, "--mode")) {
             const char *v = NEXT();
             if (v && !strcmp(v, "ht"))

@@ -15,6 +15,7 @@
 #include "cuda/kern_launch.h"
 #include "cuda/nccl_ex.h"
 #include "core/comm.h"
+#include "moe/wire.h"
 #include "util/util.h"
 
 enum { ST_IDLE = 0, ST_SENT, ST_RECEIVED, ST_COMBINING };
@@ -101,9 +102,16 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown mode %d",
                           (int)p->mode);
-    if (v3 && p->wire != EPX_WIRE_NATIVE)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: quantized wire "
-                          "formats are not implemented on the GPU");
+    if (v3) {
+        moe_wire_t f;   /* unknown format, or quantized and not BF16 */
+        epx_status_t st = moe_wire_init(&f, p->wire, p->dtype, p->hidden);
+        if (st != EPX_OK)
+            return st;
+        if (p->wire != EPX_WIRE_NATIVE && p->mode == EPX_MODE_LOW_LATENCY)
+            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: quantized "
+                              "wire formats are implemented in throughput "
+                              "mode only, not low latency");
+    }
     if (v3 && p->mode == EPX_MODE_THROUGHPUT && p->flags != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
                           "implemented on the GPU in throughput mode",
@@ -155,7 +163,7 @@ static epx_status_t check_params(const epx_moe_params_t *p,
 /* What every rank must agree on, and its max_tokens_per_rank. */
 typedef struct agree {
     int32_t status, hidden, experts, topk, dtype, backend, device_ok;
-    int32_t layout, align, mode, cap, bufs, flags, max_tokens;
+    int32_t layout, align, mode, cap, bufs, flags, wire, max_tokens;
 } agree_t;
 
 static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
@@ -181,10 +189,12 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
                  all[r].backend != mine->backend ||
                  all[r].layout != mine->layout || all[r].align != mine->align ||
                  all[r].mode != mine->mode || all[r].cap != mine->cap ||
-                 all[r].bufs != mine->bufs || all[r].flags != mine->flags)
+                 all[r].bufs != mine->bufs || all[r].flags != mine->flags ||
+                 all[r].wire != mine->wire)
             st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
                             "hidden/experts/topk/dtype/backend/layout/"
-                            "alignment/mode/ll_capacity/ll_buffers/flags", r);
+                            "alignment/mode/ll_capacity/ll_buffers/flags/"
+                            "wire", r);
         if (all[r].max_tokens > *maxT)
             *maxT = all[r].max_tokens;
     }
@@ -291,6 +301,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
             mine.cap = params->ll_capacity;
             mine.bufs = params->ll_buffers;
             mine.flags = (int32_t)params->flags;
+            mine.wire = (int32_t)params->wire;
         }
     }
     mine.backend = cparams ? (int32_t)cparams->backend : -1;
@@ -308,6 +319,9 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     g->K = m->p.topk;
     g->H = m->p.hidden;
     g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    g->wire = m->p.version >= 3 &&
+              m->p.struct_size >= sizeof(epx_moe_params_t)
+              ? (int)m->p.wire : EPX_WIRE_NATIVE;
     g->maxT = maxT;
     g->em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
     g->align = g->em ? m->p.expert_alignment : 1;
@@ -885,10 +899,12 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
     r.num_rows = m->rows;
+    moe_wire_t f;   /* checked at creation */
+    moe_wire_init(&f, (epx_wire_t)g->wire, m->p.dtype, g->H);
     r.x.data = m->local + g->off_rows;
-    r.x.dtype = m->p.dtype;
+    r.x.dtype = f.x_dtype;
     r.x.rows = m->rows;
-    r.x.cols = g->H;
+    r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
     r.expert_counts = m->h_counts;
@@ -898,7 +914,14 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     r.topk_idx = g->em ? NULL : (const int32_t *)(m->local + g->off_idx);
     r.topk_weights = (const float *)(m->local + g->off_w);
     r.local_experts = m->h_local;
-    r.x_scales.dtype = EPX_DTYPE_FP32;
+    r.x_scales.dtype = f.scale_dtype;
+    if (moe_wire_quantized(&f)) {
+        r.x_scales.data = m->local + g->off_scales;
+        r.x_scales.rows = m->rows;
+        r.x_scales.cols = f.nblocks;
+    }
+    if (f.global_bytes)
+        r.x_global_scale = (const float *)(m->local + g->off_gscale);
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
     memcpy(recv, &r, n);
     if (bad)
@@ -924,6 +947,15 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: y must be "
                           "[%lld, %d] in the engine dtype",
                           (long long)m->rows, m->g.H);
+    /* y in the receive regions would overrun the narrower quantized rows
+     * into their scales while peers may still read them. */
+    const uintptr_t yb = (uintptr_t)a->y.data, lb = (uintptr_t)m->local;
+    if (m->g.qblock && yb < lb + (uintptr_t)m->g.off_comb &&
+        yb + (uintptr_t)(m->rows * m->g.row_bytes) >
+            lb + (uintptr_t)m->g.off_rows)
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: with a "
+                          "quantized wire y may not lie in the engine's "
+                          "receive buffers");
     if (a->flags & ~EPX_COMBINE_UNWEIGHTED ||
         (a->flags && !m->g.em))
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags 0x%x "

@@ -23,10 +23,13 @@
  *                                    top-k order (-1 after the last)
  *   topk_idx [R*maxT][K]             token-major: local expert id (-1)
  *   topk_w   token-major [R*maxT][K] weight (0); expert-major [xrows]
- *   rows   [xrows][row_bytes]        received tokens: token-major one per
+ *   rows   [xrows][xrow_bytes]       received tokens: token-major one per
  *                                    entry, source-major; expert-major one
  *                                    per (token, local expert), segments
- *                                    of `align` rows per local expert
+ *                                    of `align` rows per local expert;
+ *                                    the wire format's data part
+ *   scales [xrows][scale_bytes]      quantized wire: the rows' block scales
+ *   gscale [xrows] fp32              NVFP4: the rows' own scales
  *   comb   [maxT*maxdest][row_bytes] partials coming back to this rank, at
  *                                    the slot the token had in its source's
  *                                    packed order
@@ -35,6 +38,8 @@
 #define EPX_CUDA_KERN_H
 
 #include <stdint.h>
+#include "epx.h"
+#include "moe/quant_codec.h"
 
 #if defined(__CUDACC__)
 #define EPXK_HD static __host__ __device__ __forceinline__
@@ -56,10 +61,16 @@ typedef struct epxk_geom {
     int64_t ents;             /* entries: R * maxT */
     int64_t xrows;            /* received rows at most */
     int64_t row_bytes;        /* H * esize: rows are contiguous, as
-                                 epx_recv_t.x describes them */
+                                 epx_recv_t.x describes them (partials) */
+    int wire;                 /* epx_wire_t of dispatch */
+    int qblock;               /* quantized: elements per scale, else 0 */
+    int64_t xrow_bytes;       /* a received row's data: row_bytes, H fp8
+                                 codes, or ceil(H / 2) e2m1 bytes */
+    int64_t scale_bytes;      /* a row's scales (src/moe/wire.c) */
+    int64_t gscale_bytes;     /* 4 (NVFP4), else 0 */
     int64_t off_flags, off_cnt, off_src_rank, off_src_token, off_ret_slot,
-            off_ent_src, off_ent_rows, off_idx, off_w, off_rows, off_comb,
-            total;
+            off_ent_src, off_ent_rows, off_idx, off_w, off_rows, off_scales,
+            off_gscale, off_comb, total;
 } epxk_geom_t;
 
 EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
@@ -67,9 +78,32 @@ EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
     return (v + a - 1) / a * a;
 }
 
+/* Shape of a row on the wire: the host's (src/moe/wire.c) byte for byte;
+ * the engine checked that a quantized wire has esize 2 (bf16). */
+EPXK_HD void epxk_geom_wire(epxk_geom_t *g)
+{
+    const int64_t H = g->H;
+    int ssize = 1;
+    g->qblock = 0;
+    g->gscale_bytes = 0;
+    switch (g->wire) {
+    case EPX_WIRE_FP8: g->qblock = MOE_QUANT_FP8_BLOCK; ssize = 4; break;
+    case EPX_WIRE_FP8_UE8M0: g->qblock = MOE_QUANT_FP8_BLOCK; break;
+    case EPX_WIRE_MXFP8: g->qblock = MOE_QUANT_MX_BLOCK; break;
+    case EPX_WIRE_NVFP4:
+        g->qblock = MOE_QUANT_FP4_BLOCK;
+        g->gscale_bytes = 4;
+        break;
+    default: break;
+    }
+    g->xrow_bytes = !g->qblock ? g->row_bytes
+                  : g->wire == EPX_WIRE_NVFP4 ? (H + 1) / 2 : H;
+    g->scale_bytes = g->qblock ? (H + g->qblock - 1) / g->qblock * ssize : 0;
+}
+
 /* Offsets of every region, each 256-byte aligned (rows are 16-byte
- * aligned where H * esize is a multiple of 16).  Set R, rank, E, K, H,
- * esize, maxT, em, align (>= 1) and Lmax first. */
+ * aligned where their bytes are a multiple of 16).  Set R, rank, E, K, H,
+ * esize, wire, maxT, em, align (>= 1) and Lmax first. */
 EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
 {
     const int64_t ents = (int64_t)g->R * g->maxT;
@@ -78,6 +112,7 @@ EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
     g->maxdest = g->K < g->R ? g->K : g->R;
     g->cnt_ints = g->R + g->E + 1;
     g->row_bytes = (int64_t)g->H * g->esize;
+    epxk_geom_wire(g);
     g->ents = ents;
     g->xrows = g->em ? ents * per + (int64_t)g->Lmax * (g->align - 1) : ents;
     g->off_flags = o;
@@ -99,7 +134,11 @@ EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
     g->off_w = o;
     o = epxk_round_up(o + (g->em ? g->xrows : ents * g->K) * 4, 256);
     g->off_rows = o;
-    o = epxk_round_up(o + g->xrows * g->row_bytes, 256);
+    o = epxk_round_up(o + g->xrows * g->xrow_bytes, 256);
+    g->off_scales = o;
+    o = epxk_round_up(o + g->xrows * g->scale_bytes, 256);
+    g->off_gscale = o;
+    o = epxk_round_up(o + g->xrows * g->gscale_bytes, 256);
     g->off_comb = o;
     o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
     g->total = o;
@@ -403,6 +442,94 @@ EPXK_HD float epxk_combine_elem(const epxk_geom_t *g, const char *comb,
         acc = acc + epxk_load(comb + slot * g->row_bytes, g->esize, h);
     }
     return acc;
+}
+
+/* ------------------------------------------------------- quantized pack
+ *
+ * A row is quantized in chunks of MOE_QUANT_CHUNK elements, a lane of the
+ * packing warp per chunk: the lanes of a block's chunks (epxk_q_group of
+ * them, consecutive) reduce the block's maximum, then each encodes its own
+ * chunk and the block's first lane stores the scale.  NVFP4 reduces the
+ * row's maximum over the whole warp first.  The values are the host
+ * executor's (src/moe/quant.c) bit for bit: both use quant_codec.h. */
+
+EPXK_HD int64_t epxk_q_chunks(const epxk_geom_t *g)
+{
+    return ((int64_t)g->H + MOE_QUANT_CHUNK - 1) / MOE_QUANT_CHUNK;
+}
+
+/* Elements of chunk c. */
+EPXK_HD int epxk_q_chunk_len(const epxk_geom_t *g, int64_t c)
+{
+    int64_t n = (int64_t)g->H - c * MOE_QUANT_CHUNK;
+    return n < MOE_QUANT_CHUNK ? (int)n : MOE_QUANT_CHUNK;
+}
+
+/* Chunk c of row x into v[MOE_QUANT_CHUNK], zeros after the row's end:
+ * a zero changes no block maximum and its codes are not stored (an odd
+ * NVFP4 tail's high nibble is e2m1(0) = 0), so every chunk is encoded
+ * whole. */
+EPXK_HD int epxk_q_load_chunk(const epxk_geom_t *g, const uint16_t *x,
+                              int64_t c, uint16_t *v)
+{
+    const int n = epxk_q_chunk_len(g, c);
+    for (int i = 0; i < MOE_QUANT_CHUNK; i++)
+        v[i] = i < n ? x[c * MOE_QUANT_CHUNK + i] : (uint16_t)0;
+    return n;
+}
+
+/* Bytes of chunk c's codes that belong to the row. */
+EPXK_HD int epxk_q_chunk_stored(const epxk_geom_t *g, int n)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? (n + 1) / 2 : n;
+}
+
+/* Chunks per block: lanes reducing a block's maximum together (1, 2, 8:
+ * a power of two dividing the warp). */
+EPXK_HD int epxk_q_group(const epxk_geom_t *g)
+{
+    return g->qblock / MOE_QUANT_CHUNK;
+}
+
+/* Data bytes of a chunk at byte chunk * epxk_q_chunk_bytes of the row. */
+EPXK_HD int epxk_q_chunk_bytes(const epxk_geom_t *g)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? MOE_QUANT_CHUNK / 2 : MOE_QUANT_CHUNK;
+}
+
+/* The codes of one chunk of n elements (to q: n fp8 bytes or (n + 1) / 2
+ * e2m1 bytes) from its block's largest finite magnitude's bits and NaN
+ * flag and (NVFP4) the row's scale; returns the block's scale: fp32 bits
+ * (FP8) or its byte (UE8M0, e4m3). */
+EPXK_HD uint32_t epxk_q_encode(const epxk_geom_t *g, const uint16_t *x,
+                               int n, uint32_t amax_bits, int nan,
+                               float global, uint8_t *q)
+{
+    const float amax = moe_quant_bf16((uint16_t)amax_bits);
+    if (g->wire == EPX_WIRE_FP8) {
+        float s = moe_quant_fp8_scale(amax);
+        moe_quant_chunk_fp8_div(x, n, s, q);
+        return moe_quant_bits(s);
+    }
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint8_t sb = moe_quant_nvfp4_bscale(amax, global);
+        float s = moe_quant_nvfp4_div(sb, global);
+        moe_quant_chunk_e2m1(x, n, s, nan || !(s > 0.0f), q);
+        return nan ? MOE_QUANT_E4M3_NAN : sb;
+    }
+    uint8_t c = moe_quant_ue8m0_scale(amax);
+    moe_quant_chunk_fp8_mul(x, n, moe_quant_ue8m0_inv(c), q);
+    return c;
+}
+
+/* Block k's scale into a row's scales (FP32 for FP8, else one byte). */
+EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
+                                uint32_t v)
+{
+    if (g->wire == EPX_WIRE_FP8)
+        ((uint32_t *)scales)[k] = v;
+    else
+        ((uint8_t *)scales)[k] = (uint8_t)v;
 }
 
 /* ------------------------------------------------------------ low latency

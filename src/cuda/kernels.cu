@@ -161,6 +161,94 @@ __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
     }
 }
 
+/* One bf16 row quantized by a warp into its wire parts (kern.h,
+ * "quantized pack"): codes at q, block scales at sc, the NVFP4 row scale at
+ * *gs.  Lane i takes chunks i, i + 32...: 32 bytes of input (two 16-byte
+ * loads where the row is aligned) and 16 (fp8) or 8 (e2m1) bytes of codes
+ * in one store, coalesced across the warp.  Every lane of the warp calls
+ * it (shuffles over the full mask). */
+__device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
+                                      float *gs, const uint16_t *x, int lane)
+{
+    const unsigned full = 0xffffffffu;
+    const int64_t chunks = epxk_q_chunks(&g);
+    const int G = epxk_q_group(&g), cb = epxk_q_chunk_bytes(&g);
+    const bool xvec = ((uintptr_t)x & 15) == 0;
+    const bool qvec = ((uintptr_t)q & (uintptr_t)(cb - 1)) == 0;
+    union { uint4 u[2]; uint16_t h[MOE_QUANT_CHUNK]; } v;
+    union { uint4 u; uint2 d; uint8_t b[MOE_QUANT_CHUNK]; } o;
+    float global = 0.0f;
+    if (g.wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = lane; c < chunks; c += WARP) {
+            int nan;
+            epxk_q_load_chunk(&g, x, c, v.h);
+            uint32_t a = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        m = __reduce_max_sync(full, m);
+        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        if (lane == 0)
+            *gs = global;
+    }
+    for (int64_t c0 = 0; c0 < chunks; c0 += WARP) {
+        const int64_t c = c0 + lane;
+        int n = 0, nan = 0;
+        uint32_t m = 0;
+        if (c < chunks) {
+            if (xvec && epxk_q_chunk_len(&g, c) == MOE_QUANT_CHUNK) {
+                const uint4 *p = (const uint4 *)(x + c * MOE_QUANT_CHUNK);
+                v.u[0] = p[0];
+                v.u[1] = p[1];
+                n = MOE_QUANT_CHUNK;
+            } else {
+                n = epxk_q_load_chunk(&g, x, c, v.h);
+            }
+            m = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
+        }
+        /* The block's lanes are consecutive, G a power of two. */
+        for (int off = 1; off < G; off <<= 1) {
+            uint32_t m2 = __shfl_xor_sync(full, m, off);
+            m = m2 > m ? m2 : m;
+            nan |= __shfl_xor_sync(full, nan, off);
+        }
+        if (n == 0)
+            continue;
+        uint32_t s = epxk_q_encode(&g, v.h, MOE_QUANT_CHUNK, m, nan, global,
+                                   o.b);
+        char *dst = q + c * cb;
+        const int nb = epxk_q_chunk_stored(&g, n);
+        if (qvec && nb == cb) {
+            if (cb == 16)
+                *(uint4 *)dst = o.u;
+            else
+                *(uint2 *)dst = o.d;
+        } else {
+            for (int i = 0; i < MOE_QUANT_CHUNK; i++)
+                if (i < nb)
+                    dst[i] = (char)o.b[i];
+        }
+        if (c % G == 0)
+            epxk_q_store_scale(&g, sc, c / G, s);
+    }
+}
+
+/* Row `row` of a window's (or staging buffer's) receive regions from
+ * token row xrow: a copy (native wire) or its quantized parts. */
+__device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
+                                                    char *w, int64_t row,
+                                                    const char *xrow, int lane)
+{
+    char *q = w + g.off_rows + row * g.xrow_bytes;
+    if (!g.qblock) {
+        warp_copy(q, xrow, g.xrow_bytes, lane);
+        return;
+    }
+    warp_quant_row(g, q, w + g.off_scales + row * g.scale_bytes,
+                   (float *)(w + g.off_gscale) + row,
+                   (const uint16_t *)xrow, lane);
+}
+
 /* Count of a window's region. */
 __device__ static __forceinline__ int32_t *win_cnt(const epxk_geom_t &g,
                                                    char *win, int p, int s)
@@ -272,8 +360,7 @@ __device__ static void pack_expert_major(const epxk_geom_t &g,
         if (e < 0 || epxk_owner(c.e2r, e) != d)
             continue;
         int64_t row = epxk_expert_row(&g, c.ebase, c.epos, e, t, k);
-        warp_copy(w + g.off_rows + row * g.row_bytes,
-                  (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
+        warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes, lane);
         if (lane == 0) {
             ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
             ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
@@ -312,8 +399,8 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
                 pack_expert_major(g, c, &ids, w, d, t, row, slot, lane);
                 continue;
             }
-            warp_copy(w + g.off_rows + row * g.row_bytes,
-                      (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
+            warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes,
+                         lane);
             if (lane == 0) {
                 ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
                 ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
@@ -407,6 +494,69 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
                            c.seq);
 }
 
+/* out[t][h] for every token: the ascending-rank fp32 sum of the partials
+ * in comb (kern.h epxk_combine_elem's order and rounding), by the whole
+ * grid.  Where partial rows and out rows are 16-byte aligned, a thread
+ * takes 16 bytes of each partial (8 bf16 or 4 fp32 in one load) and
+ * stores its elements in one or two 16-byte (or one 8-byte) stores;
+ * else an element per thread. */
+__device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
+                                  const char *comb)
+{
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t nth = (int64_t)gridDim.x * blockDim.x;
+    const int V = 16 / g.esize;             /* elements per 16 bytes */
+    const bool vec = g.row_bytes % 16 == 0 &&
+                     ((int64_t)g.H * c.out_esize) % 16 == 0 &&
+                     ((uintptr_t)c.out & 15) == 0;
+    if (!vec) {
+        for (int64_t i = tid; i < c.T * g.H; i += nth) {
+            int64_t t = i / g.H, h = i % g.H;
+            epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
+                       epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos,
+                                         t, h));
+        }
+        return;
+    }
+    const int64_t nv = g.H / V;             /* vectors per row */
+    for (int64_t i = tid; i < c.T * nv; i += nth) {
+        const int64_t t = i / nv, v = i % nv;
+        float acc[8];
+        for (int e = 0; e < 8; e++)
+            acc[e] = 0.0f;
+        for (int j = 0; j < g.maxdest; j++) {
+            if (c.dest[t * g.maxdest + j] < 0)
+                break;
+            int64_t slot = epxk_ret_slot(&g, c.sendoff, c.dest, c.pos, t, j);
+            union { uint4 u; uint16_t h[8]; float f[4]; } p;
+            p.u = *(const uint4 *)(comb + slot * g.row_bytes + v * 16);
+            if (V == 8)
+                for (int e = 0; e < 8; e++)
+                    acc[e] = acc[e] + epxk_bf16_to_f32(p.h[e]);
+            else
+                for (int e = 0; e < 4; e++)
+                    acc[e] = acc[e] + p.f[e];
+        }
+        char *o = (char *)c.out + (t * g.H + v * V) * c.out_esize;
+        if (c.out_esize == 2) {
+            union { uint4 u; uint2 d; uint16_t h[8]; } q;
+            for (int e = 0; e < 8; e++)
+                q.h[e] = e < V ? epxk_f32_to_bf16(acc[e]) : (uint16_t)0;
+            if (V == 8)
+                *(uint4 *)o = q.u;
+            else
+                *(uint2 *)o = q.d;
+        } else {
+            union { uint4 u[2]; float f[8]; } q;
+            for (int e = 0; e < 8; e++)
+                q.f[e] = acc[e];
+            ((uint4 *)o)[0] = q.u[0];
+            if (V == 8)
+                ((uint4 *)o)[1] = q.u[1];
+        }
+    }
+}
+
 /* Grid of num_sms blocks.  With windows, every block waits for every
  * rank's combine flag; then out[t][h] is the ascending-rank fp32 sum of
  * the partials (coalesced over h), rounded once. */
@@ -420,15 +570,7 @@ __global__ void epxk_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] != 0)
         return;
-    const char *comb = mine + g.off_comb;
-    const int64_t n = c.T * g.H;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t t = i / g.H, h = i % g.H;
-        epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
-                   epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos, t,
-                                     h));
-    }
+    reduce_out(g, c, mine + g.off_comb);
 }
 
 
@@ -660,14 +802,7 @@ __global__ void epxk_ll_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
             ll_error(c, EPX_ERR_PEER);
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] == 0) {
-        const int64_t n = c.T * g.H;
-        for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-             i += (int64_t)gridDim.x * blockDim.x) {
-            int64_t t = i / g.H, h = i % g.H;
-            epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
-                       epxk_combine_elem(&g, bw + c.ll.comb, c.sendoff, c.dest,
-                                         c.pos, t, h));
-        }
+        reduce_out(g, c, bw + c.ll.comb);
     } else {
         ll_error(c, EPX_ERR_TIMEOUT);
     }

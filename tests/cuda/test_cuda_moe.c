@@ -30,6 +30,7 @@ typedef struct gcase {
     int one_device;     /* all ranks on device 0 */
     int em, align;      /* expert-major layout and its alignment */
     int unweighted;     /* expert-major: EPX_COMBINE_UNWEIGHTED */
+    epx_wire_t wire;    /* quantized: dtype BF16 */
 } gcase_t;
 
 static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
@@ -79,6 +80,7 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     p.dtype = c->dtype;
     p.layout = c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR;
     p.expert_alignment = c->em ? c->align : 1;
+    p.wire = c->wire;
     epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
     cp.device = dev;
     cp.backend = c->backend;
@@ -129,7 +131,7 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
 
     ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype,
                       c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
-                      c->em ? c->align : 1 };
+                      c->em ? c->align : 1, c->wire };
     ref_recv_t want;
     CHECK(ref_dispatch(&cfg, src, me, &want) == 0);
     CHECK(rv.num_rows == want.num_rows);
@@ -156,11 +158,43 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CHECK(c->em ||
           memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
     CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * wk)) == 0);
-    /* x of every row but the padding (unspecified there) */
-    const size_t rb = (size_t)c->H * es;
-    for (int64_t i = 0; i < n; i++)
-        CHECK(want.src_rank[i] < 0 ||
-              memcmp(hx + i * rb, want.x + i * rb, rb) == 0);
+    /* x (and the scales of a quantized wire) of every row but the
+     * padding (unspecified there) */
+    const size_t rb = (size_t)c->H * es, xr = want.x_row, sr = want.scale_row;
+    CHECK(c->wire != EPX_WIRE_NATIVE || xr == rb);
+    unsigned char *hq = malloc((size_t)n * (xr + sr + 4) + 1);
+    unsigned char *hsc = hq + (size_t)n * xr;
+    float *hg = (float *)(hsc + (size_t)n * sr);
+    CU(cudaMemcpy(hq, rv.x.data, (size_t)n * xr, cudaMemcpyDeviceToHost));
+    if (c->wire != EPX_WIRE_NATIVE) {
+        CHECK(rv.x_scales.data != NULL && rv.x_scales.rows == n);
+        CU(cudaMemcpy(hsc, rv.x_scales.data, (size_t)n * sr,
+                      cudaMemcpyDeviceToHost));
+    } else {
+        CHECK(rv.x_scales.data == NULL && rv.x_global_scale == NULL);
+    }
+    CHECK((c->wire == EPX_WIRE_NVFP4) == (rv.x_global_scale != NULL));
+    if (rv.x_global_scale)
+        CU(cudaMemcpy(hg, rv.x_global_scale, 4 * (size_t)n,
+                      cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < n; i++) {
+        if (want.src_rank[i] < 0)
+            continue;
+        CHECKF(memcmp(hq + i * xr, want.x + i * xr, xr) == 0, "row %lld "
+               "differs (wire %d)", (long long)i, (int)c->wire);
+        CHECK(sr == 0 || memcmp(hsc + i * sr, want.scales + i * sr, sr) == 0);
+        CHECK(!rv.x_global_scale || memcmp(hg + i, want.gscale + i, 4) == 0);
+    }
+    free(hq);
+    void *dy = rv.x.data;
+    if (c->wire != EPX_WIRE_NATIVE) {
+        /* y may not lie in the receive buffers with a quantized wire. */
+        epx_combine_args_t bad = EPX_COMBINE_ARGS_INIT;
+        bad.y = (epx_tensor_t){ rv.x.data, c->dtype, n, c->H };
+        if (n > 0)
+            CHECK_ST(epx_cuda_combine_send(m, &bad, st), EPX_ERR_INVALID);
+        CU(cudaMalloc(&dy, (size_t)(n * c->H + 1) * es));
+    }
 
     /* Expert outputs in place over recv.x, as the contract allows. */
     float *row = malloc(sizeof(float) * (size_t)c->H);
@@ -172,9 +206,9 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hx, i * c->H + h, row[h]);
     }
-    CU(cudaMemcpy(rv.x.data, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dy, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
-    ca.y = rv.x;
+    ca.y = (epx_tensor_t){ dy, c->dtype, n, c->H };
     ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
     CHECK_OK(epx_cuda_combine_send(m, &ca, st));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
@@ -189,6 +223,8 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
 
     ref_recv_free(&want);
+    if (dy != rv.x.data)
+        cudaFree(dy);
     cudaFree(dx);
     cudaFree(didx);
     cudaFree(dw);
@@ -239,6 +275,61 @@ static void expert_major_processes(void **state)
     assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
 }
 
+/* Refused: a quantized wire with FP32, an unknown wire, and low latency
+ * with a quantized wire; nothing created. */
+static int wire_refused_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = 64;
+    p.num_experts = 4;
+    p.topk = 2;
+    p.max_tokens_per_rank = 8;
+    p.dtype = EPX_DTYPE_FP32;
+    p.wire = EPX_WIRE_FP8;
+    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
+    cp.device = 0;
+    epx_cuda_moe_t *m = NULL;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    CHECK(m == NULL);
+    p.dtype = EPX_DTYPE_BF16;
+    p.wire = (epx_wire_t)99;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    p.wire = EPX_WIRE_NVFP4;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
+    return 0;
+}
+
+static void wire_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_thread_ranks(2, 60, wire_refused_rank, NULL), 0);
+}
+
+/* Quantized wires fused into the pack: every format, both layouts, a row
+ * of 16-byte chunks (7168) and rows with short blocks and odd lengths
+ * (200, 33: the scalar paths), 1, 3 and 8 ranks on one GPU. */
+static void quantized_wires(void **state)
+{
+    (void)state;
+    static const epx_wire_t wires[] = { EPX_WIRE_FP8, EPX_WIRE_FP8_UE8M0,
+                                        EPX_WIRE_MXFP8, EPX_WIRE_NVFP4 };
+    static const int ranks[] = { 1, 3, 8 }, Hs[] = { 7168, 200, 33 };
+    for (size_t wi = 0; wi < 4; wi++)
+        for (size_t i = 0; i < 3; i++)
+            for (int em = 0; em < 2; em++) {
+                gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4,
+                              Hs[(wi + i + (size_t)em) % 3], 48,
+                              EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS, 1,
+                              em, em ? 4 : 1, 0, wires[wi] };
+                assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c),
+                                 0);
+            }
+}
+
 static void processes_one_gpu(void **state)
 {
     (void)state;
@@ -258,6 +349,10 @@ static void nccl_two_gpus(void **state)
         skip();
     gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0,
                   0, 1, 0 };
+    assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
+    c.wire = EPX_WIRE_NVFP4;   /* the scales and row scales move too */
+    assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
+    c.wire = EPX_WIRE_FP8;
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
 }
 
@@ -292,6 +387,8 @@ int main(void)
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(nccl_two_gpus),
+        cmocka_unit_test(quantized_wires),
+        cmocka_unit_test(wire_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
