@@ -70,7 +70,8 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
     char *yb = y;
     /* Quantized wire: the expert reads the row dequantized to bf16. */
     bench_wire_t w;
-    bench_wire_shape(wl->wire, H, wl->dsize, &w);
+    bench_wire_shape(recv->x_scales.data ? wl->wire : EPX_WIRE_NATIVE, H,
+                     wl->dsize, &w);   /* the MPI baseline moves x as is */
     uint16_t *deq = NULL;
     float *tmp = NULL;
     if (w.block) {

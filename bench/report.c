@@ -37,6 +37,11 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
 {
     const double R = wl->nranks, T = (double)(wl->max_T > 0 ? wl->max_T : 1),
                  K = wl->topk, row = (double)wl->hidden * (double)wl->dsize;
+    /* x travels and is received in the wire format; partials in the
+     * engine dtype */
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    const double xrow = (double)(w.data_bytes + w.scale_bytes + w.global_bytes);
     double maxloc = 0, pairs = 0, dests = 0, toks = 0;
     for (int r = 0; r < wl->nranks; r++) {
         double n = (double)((int64_t)(r + 1) * wl->experts / wl->nranks -
@@ -53,20 +58,20 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
         mi->cap = o->ll_capacity > 0 ? o->ll_capacity : (int)T;
         mi->buffers = o->ll_buffers > 0 ? o->ll_buffers : 2;
         double rows = maxloc * R * mi->cap;
-        mi->window = mi->buffers * (rows * (row + 8) + R * T * ent +
+        mi->window = mi->buffers * (rows * (xrow + 8) + R * T * ent +
                                     T * mind * row + R * (4 * maxloc + 24));
     } else {
         double ents = R * T, per = K < maxloc ? K : maxloc;
         double rows = o->layout == EPX_LAYOUT_TOKEN_MAJOR
             ? ents : ents * per + maxloc * (o->align - 1);
-        mi->window = rows * (row + 12) + ents * ent + T * mind * row +
+        mi->window = rows * (xrow + 12) + ents * ent + T * mind * row +
                      (o->layout == EPX_LAYOUT_TOKEN_MAJOR ? ents * K * 4 : 0);
     }
     /* Dispatch moves a row per (token, destination) in token-major, per
      * (token, expert) otherwise; combine a partial per (token, destination). */
     double disp = o->layout == EPX_LAYOUT_TOKEN_MAJOR &&
                   o->mode == EPX_MODE_THROUGHPUT ? dests : pairs;
-    mi->disp_tok = toks > 0 ? disp * row / toks : 0;
+    mi->disp_tok = toks > 0 ? disp * xrow / toks : 0;
     mi->comb_tok = toks > 0 ? dests * row / toks : 0;
 }
 

@@ -28,6 +28,7 @@
 #     two domains of that description (shm inside, ucx across), each
 #     verified, with the per-pair choice in the JSON and the text; a bad
 #     value is refused.
+# 11. low latency with quantized wire formats (fp8, nvfp4): verified.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -266,5 +267,25 @@ else
     grep -q "not built in" "$tmp/tl_ucx2.err" ||
         { cat "$tmp/tl_ucx2.err" >&2; fail "--transport ucx failed"; }
     echo "note: --transport ucx not checked (UCX not built)" >&2
+fi
+
+# 11. low latency with quantized wire formats (and the MPI baseline, which
+#     moves bf16): verified, bytes put in the ratio of the row sizes
+run llbf16 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json
+run llfp8 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json --dtype fp8
+run llfp4 --ranks 3 --tokens 20 --hidden 201 --experts 12 --topk 3 --iters 2 \
+    --warmup 1 --launcher fork --mode ll --json --dtype nvfp4
+for f in llfp8 llfp4; do
+    grep -q '"verified": true' "$tmp/$f.out" || fail "$f: not verified"
+done
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/llbf16.out" "$tmp/llfp8.out" <<'EOF' || fail "ll quantized bytes"
+import json, sys
+b, f8 = (json.load(open(p))["config"] for p in sys.argv[1:])
+assert f8["mode"] == "ll" and f8["wire"] == "fp8", f8
+r = f8["dispatch_bytes_put_per_rank"] / b["dispatch_bytes_put_per_rank"]
+assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
+assert f8["combine_bytes_put_per_rank"] > 0, f8   # bf16 partials pushed
+EOF
 fi
 exit 0

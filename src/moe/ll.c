@@ -63,11 +63,14 @@ static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
     o->src_tok = at; at = align64(at + rows * 4);
     o->weight = at;  at = align64(at + rows * 4);
     o->entries = at; at = align64(at + ents * (size_t)m->ent_ints * 4);
-    o->rows = at;    at = align64(at + rows * m->row_bytes);
+    o->rows = at;    at = align64(at + rows * m->fmt.data_bytes);
+    o->scales = at;  at = align64(at + rows * m->fmt.scale_bytes);
+    o->gscale = at;  at = align64(at + rows * m->fmt.global_bytes);
     o->comb = at;    at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                        m->row_bytes);
     o->buf = (at + 4095) & ~(size_t)4095;
-    double total = (double)l->B * ((double)rows * ((double)m->row_bytes + 8) +
+    double total = (double)l->B * ((double)rows *
+                                   ((double)moe_wire_row_bytes(&m->fmt) + 8) +
                                    (double)ents * m->ent_ints * 4 +
                                    (double)m->maxT * m->maxdest * m->row_bytes);
     if ((double)L * (double)R * (double)cap > INT32_MAX ||
@@ -76,7 +79,8 @@ static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
                           "moe: %d buffers of %d experts x %d ranks x %d rows "
                           "(ll_capacity) x %zu bytes exceed what one engine "
                           "can address; lower ll_capacity or ll_buffers",
-                          l->B, l->L, m->R, l->cap, m->row_bytes);
+                          l->B, l->L, m->R, l->cap,
+                          moe_wire_row_bytes(&m->fmt));
     m->off.total = (size_t)l->B * o->buf;
     return EPX_OK;
 }
@@ -132,6 +136,13 @@ epx_status_t ll_init(epx_moe_t *m)
     l->wt = malloc(sizeof(float) * (size_t)l->cap);
     l->ents = malloc(sizeof(int32_t) * T * (size_t)m->ent_ints);
     l->fill = malloc(sizeof(int32_t) * R);
+    if (moe_wire_quantized(&m->fmt)) {
+        l->sq = malloc(T * m->fmt.data_bytes);
+        l->ss = malloc(T * m->fmt.scale_bytes);
+        l->sg = malloc(T * sizeof(float));
+        if (!l->sq || !l->ss || !l->sg)
+            return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
+    }
     if (!l->ring || !l->src_rank || !l->hw || !l->local_exp || !l->cnt || !l->boff || !l->bucket ||
         !l->tok || !l->wt || !l->ents || !l->fill)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
@@ -157,6 +168,9 @@ void ll_free(epx_moe_t *m)
     free(l->wt);
     free(l->ents);
     free(l->fill);
+    free(l->sq);
+    free(l->ss);
+    free(l->sg);
     free(l);
     m->ll = NULL;
 }

@@ -14,8 +14,12 @@
  *   weight  [L][R][cap] float    per row: its top-k weight
  *   entries [R][maxT][3+K] int32 per (source, token): source, return slot,
  *                                rows here, the rows in top-k order
- *   rows    [L][R][cap][H]       the tokens
- *   comb    [maxT*min(K,R)][H]   partials coming back to this rank
+ *   rows    [L][R][cap] x data   the tokens in the wire format (wire.h):
+ *                                H elements of the engine dtype, or codes
+ *   scales  [L][R][cap] scales   their block scales (quantized wire)
+ *   gscale  [L][R][cap] fp32     their row scales (NVFP4)
+ *   comb    [maxT*min(K,R)][H]   partials coming back to this rank, in
+ *                                the engine dtype
  *
  * L is the largest number of local units of any rank (every rank uses the
  * same offsets), cap = ll_capacity.  A word is valid for call n when its
@@ -57,7 +61,8 @@ enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
 #define LL_ABANDONED ((int32_t)EPX_ERR_STATE)
 
 typedef struct ll_offsets {
-    size_t hdr, cw, fw, src_tok, weight, entries, rows, comb, buf;
+    size_t hdr, cw, fw, src_tok, weight, entries, rows, scales, gscale, comb,
+           buf;
 } ll_offsets_t;
 
 typedef struct moe_ll {
@@ -82,6 +87,10 @@ typedef struct moe_ll {
     float *wt;                 /* [cap] weights of one range */
     int32_t *ents;             /* [maxT][3+K] entries for one destination */
     int32_t *fill;             /* [R] entries per destination */
+    /* quantized wire: this call's tokens packed once (whatever their
+     * fan-out), then put from here to every range they go to */
+    char *sq, *ss;             /* [maxT] rows of data, of scales */
+    float *sg;                 /* [maxT] row scales (NVFP4) */
 } moe_ll_t;
 
 /* Per handle: the call and what its rows became. */

@@ -65,7 +65,8 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
                           "EPX_COMBINE_ARGS_INIT");
     const int64_t rows = (int64_t)moe_nlocal(m, m->rank) * m->R * l->cap;
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype, rows,
-                               m->H)) != EPX_OK)
+                               m->H)) != EPX_OK ||
+        (st = moe_check_y_apart(m, &a->y)) != EPX_OK)
         return st;
     const uint64_t call = c->call;
     const char *y = a->y.data;
@@ -86,9 +87,11 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
         const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->ent_ints;
         for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->ent_ints) {
             moe_reduce_partial(m, y, e, w, m->wire);
-            st = epx__win_put(m->win, s, comb + (size_t)e[1] * m->row_bytes,
-                              m->wire, m->row_bytes);
+            st = moe_put(m, &m->put_combine, s,
+                         comb + (size_t)e[1] * m->row_bytes, m->wire,
+                         m->row_bytes);
         }
+        m->put_combine += sizeof(ok);
         if (st == EPX_OK)
             st = epx__win_put_signal(m->win, s, word, &ok, sizeof(ok),
                                      ll_comb_slot(l, call), 1);
@@ -108,12 +111,8 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                                     "recv without a matching combine_send", &c);
     if (st != EPX_OK)
         return st;
-    epx_status_t bad = out
-        ? moe_check_tensor(out, "combine", "out",
-                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
-        : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
-    if (bad != EPX_OK)
-        return bad;
+    if ((st = moe_check_out(m, h, out)) != EPX_OK)
+        return st;
     moe_ll_t *l = m->ll;
     const uint64_t call = c->call;
     const int b = ll_buf(l, call);

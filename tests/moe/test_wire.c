@@ -310,8 +310,8 @@ static int errors_rank(epx_comm_t *comm, void *arg)
     CHECK(strstr(epx_last_error(), "BF16") != NULL && !m);
     CHECK_ST(create(comm, EPX_DTYPE_BF16, (epx_wire_t)9, EPX_MODE_THROUGHPUT,
                     0, &m), EPX_ERR_INVALID);
-    CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
-                    0, &m), EPX_ERR_UNSUPPORTED);
+    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
+                    0, &m), EPX_ERR_INVALID);
     CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_MXFP8, EPX_MODE_THROUGHPUT,
                     EPX_MOE_HIERARCHICAL, &m), EPX_ERR_UNSUPPORTED);
     /* Ranks that disagree on the format. */
