@@ -5,9 +5,10 @@
  *
  * Endpoints use UCP_ERR_HANDLING_MODE_NONE: in UCX 1.13 MODE_PEER leaves
  * out the shared-memory RMA lanes (on-host puts fall back to messages,
- * ~0.1 GB/s instead of ~7 GB/s here), and it does not save a survivor over
- * tcp anyway (UCX aborts when it acknowledges a dead peer's put).  A dead
- * peer is noticed by the waits' timeout (EPX_ERR_TIMEOUT).
+ * ~0.1 GB/s instead of ~7 GB/s here).  A dead peer is noticed by the
+ * waits' timeout (EPX_ERR_TIMEOUT) or a failed send (EPX_ERR_PEER).
+ * Endpoints without RMA lanes (tcp) send puts as active messages
+ * (ucx_am.c), which the target never answers.
  *
  * Destruction is not collective: it flushes this rank's operations (so the
  * last signals reach their peers), then closes the endpoints without
@@ -83,7 +84,7 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
     ucp_params_t p = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
                       UCP_PARAM_FIELD_MT_WORKERS_SHARED,
-        .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+        .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .estimated_num_eps = (size_t)c->tl_peers[EPX_TL_UCX],
         .mt_workers_shared = 0,
     };
@@ -105,7 +106,7 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
     }
     if (ucp_worker_get_efd(u->worker, &u->efd) != UCS_OK)
         u->efd = -1;   /* waits then nap without early wake-up */
-    return EPX_OK;
+    return epx__ucx_am_init(c, u);
 }
 
 /* Every rank learns the worst status (a peer's failure: EPX_ERR_PEER). */
@@ -183,6 +184,10 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
                               r, ucs_status_string(s));
         } else {
             u->ep_ctx[r] = e;
+            u->am_put[r] = !epx__ucx_ep_has_rma(u->eps[r]);
+            if (u->am_put[r])
+                EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "no RMA lane to rank "
+                        "%d: puts go as active messages", r);
         }
     }
     free(lens);
@@ -202,12 +207,27 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
         u->efd = -1;
     if (!u || !(u->eps = calloc((size_t)R, sizeof(*u->eps))) ||
         !(u->ep_ctx = calloc((size_t)R, sizeof(*u->ep_ctx))) ||
-        !(u->ep_status = calloc((size_t)R, sizeof(*u->ep_status))))
+        !(u->ep_status = calloc((size_t)R, sizeof(*u->ep_status))) ||
+        !(u->am_put = calloc((size_t)R, 1)) ||
+        !(u->am_seq = calloc((size_t)R, sizeof(uint64_t))) ||
+        !(u->am_next = malloc(sizeof(uint64_t) * (size_t)R)))
         mine = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    for (int r = 0; mine == EPX_OK && r < R; r++)
+        u->am_next[r] = 1;
     c->ucx = u;
     if (mine == EPX_OK && c->tl_peers[EPX_TL_UCX])
         mine = ucx_open(c, u);
     epx_status_t st = ucx_connect(c, u, mine);
+    if (st == EPX_OK) {   /* whether any rank sends puts as messages */
+        int32_t v = 0, *all = malloc(sizeof(int32_t) * (size_t)R);
+        for (int r = 0; r < R; r++)
+            v |= u->am_put[r];
+        st = all ? epx__comm_allgather(c, &v, all, sizeof(v))
+                 : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+        for (int r = 0; st == EPX_OK && r < R; r++)
+            u->am_any |= all[r];
+        free(all);
+    }
     if (st != EPX_OK) {
         epx__ucx_comm_fini(c);
         return st;
@@ -217,14 +237,47 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
     return EPX_OK;
 }
 
+/* Puts sent as messages have left when a flush returns, but land only when
+ * their target handles them: every rank learns how many messages each peer
+ * sent it, and handles them all before it goes on.  The counts are
+ * gathered first, through the bootstrap (which does not progress UCX): a
+ * rank blocked there while a peer's flush needed its progress would stall
+ * both. */
 epx_status_t epx__ucx_comm_quiet(epx_comm_t *c)
 {
     epx_ucx_comm_t *u = c->ucx;
-    if (!u || !u->worker)
+    if (!u)
         return EPX_OK;
-    ucp_request_param_t prm = { 0 };
-    return epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
-                         c->timeout_s, "flush", -1);
+    int R = c->nranks;
+    uint64_t *all = NULL;
+    epx_status_t st = EPX_OK;
+    if (u->am_any) {   /* agreed: every rank of the comm takes part */
+        all = malloc(sizeof(uint64_t) * (size_t)R * (size_t)R);
+        st = all ? epx__comm_allgather(c, u->am_seq, all,
+                                       sizeof(uint64_t) * (size_t)R)
+                 : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    }
+    if (st == EPX_OK && u->worker) {
+        ucp_request_param_t prm = { 0 };
+        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
+                           c->timeout_s, "flush", -1);
+    }
+    double deadline = epx__now() + c->timeout_s;
+    for (int r = 0; all && r < R && st == EPX_OK; r++) {
+        uint64_t sent = all[(size_t)r * (size_t)R + (size_t)c->rank];
+        for (long i = 0; u->am_next[r] <= sent && st == EPX_OK; i++) {
+            ucp_worker_progress(u->worker);
+            if (i % 256 == 255 && epx__now() > deadline)
+                st = epx__error(EPX_ERR_TIMEOUT, "ucx: rank %d: %llu messages "
+                                "of rank %d not arrived after %.1f s", c->rank,
+                                (unsigned long long)(sent + 1 - u->am_next[r]),
+                                r, c->timeout_s);
+            else if (i > 4096)
+                sched_yield();
+        }
+    }
+    free(all);
+    return st;
 }
 
 typedef struct ucx_hold {
@@ -294,6 +347,7 @@ void epx__ucx_comm_fini(epx_comm_t *c)
     }
     if (u->worker)
         ucp_worker_destroy(u->worker);
+    epx__ucx_am_fini(u);
     for (int i = 0; i < u->nholds; i++)   /* nothing can land there now */
         munmap(u->holds[i].addr, u->holds[i].len);
     free(u->holds);
@@ -305,6 +359,9 @@ void epx__ucx_comm_fini(epx_comm_t *c)
     free(u->ep_ctx);
     free(u->eps);
     free(u->ep_status);
+    free(u->am_put);
+    free(u->am_seq);
+    free(u->am_next);
     free(u);
     c->ucx = NULL;
 }

@@ -46,6 +46,9 @@ typedef struct ucx_win {
     uint64_t *ra_data, *ra_sig;       /* [nranks] remote base addresses */
     uint64_t *sent;            /* [nranks][nsignals] totals signalled */
     int *srcs, nsrcs;          /* ranks that signal us through UCX */
+    epx_ucx_win_view_t view;   /* for puts that come as messages */
+    uint32_t id;               /* the same on every rank (ucx_am.c) */
+    int has_id;
 } ucx_win_t;
 
 typedef struct ucx_win_info {
@@ -64,6 +67,8 @@ static size_t page_round(size_t n)
 static void ucx_win_free(ucx_win_t *w)
 {
     int R = w->base.comm->nranks;
+    if (w->has_id)   /* messages still coming for it are dropped */
+        epx__ucx_am_win_remove(w->u, w->id);
     for (int r = 0; r < R; r++) {
         if (w->rk_data && w->rk_data[r])
             ucp_rkey_destroy(w->rk_data[r]);
@@ -245,10 +250,13 @@ epx_status_t epx__ucx_win_create(epx_comm_t *c, size_t size, int nsignals,
                                  void *local, epx_win_t **out)
 {
     ucx_win_t *w = calloc(1, sizeof(*w));
-    if (!w)   /* still take part in the collective steps */
+    if (!w) {   /* still take part in the collective steps */
+        uint32_t id;
+        epx__ucx_am_win_add(c->ucx, NULL, &id);   /* ids stay in step */
         return ucx_win_exchange(&(ucx_win_t){ .base.comm = c },
                                 epx__error(EPX_ERR_NOMEM, "ucx: out of memory"),
                                 NULL, 0, NULL, 0);
+    }
     w->base.ops = &epx__tl_ucx;
     w->base.comm = c;
     w->base.size = size;
@@ -259,6 +267,13 @@ epx_status_t epx__ucx_win_create(epx_comm_t *c, size_t size, int nsignals,
     size_t ld = 0, ls = 0;
     epx_status_t mine = w->base.peer ? ucx_win_local(w, local, &kd, &ld, &ks, &ls)
                                      : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    /* Registered before the exchange: no peer can send before it ends. */
+    w->view = (epx_ucx_win_view_t){ w->base.local, size, w->sig, nsignals };
+    epx_status_t ids = epx__ucx_am_win_add(w->u, mine == EPX_OK ? &w->view : NULL,
+                                           &w->id);
+    w->has_id = ids == EPX_OK;
+    if (mine == EPX_OK)
+        mine = ids;
     epx_status_t st = ucx_win_exchange(w, mine, kd, ld, ks, ls);
     if (kd)
         ucp_rkey_buffer_release(kd);
@@ -317,6 +332,8 @@ static epx_status_t ucx_put(epx_win_t *win, int peer, size_t off,
                           "broken", c->rank, peer);
     if (len == 0)
         return EPX_OK;
+    if (w->u->am_put[peer])
+        return epx__ucx_am_put(c, peer, w->id, off, src, len);
     ucp_request_param_t p = { 0 };
     void *req = ucp_put_nbx(w->u->eps[peer], src, len, w->ra_data[peer] + off,
                             w->rk_data[peer], &p);
@@ -336,6 +353,8 @@ static epx_status_t ucx_signal(epx_win_t *win, int peer, int slot, uint64_t inc)
                           "broken", c->rank, peer);
     uint64_t *tot = &w->sent[(size_t)peer * (size_t)win->nsignals + (size_t)slot];
     *tot += inc;
+    if (w->u->am_put[peer])   /* in sequence after the earlier puts */
+        return epx__ucx_am_signal(c, peer, w->id, slot, *tot);
     ucs_status_t s = ucp_worker_fence(w->u->worker);
     if (s != UCS_OK)
         return epx__error(EPX_ERR_SYSTEM, "ucx: ucp_worker_fence: %s",
