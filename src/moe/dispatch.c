@@ -40,11 +40,11 @@ static inline epx_status_t put_row(epx_moe_t *m, int d, int64_t r,
                               o->rows + (size_t)r * f->data_bytes, q,
                               f->data_bytes);
     if (f->scale_bytes)
-        st |= moe_put(m, &m->put_dispatch, d,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
                       o->scales + (size_t)r * f->scale_bytes, scale,
                       f->scale_bytes);
     if (f->global_bytes)
-        st |= moe_put(m, &m->put_dispatch, d,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
                       o->gscale + (size_t)r * f->global_bytes, global,
                       f->global_bytes);
     return st;
@@ -236,29 +236,28 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
                     continue;
                 int64_t r = m->ecur[ids[k]]++;
                 ent[3 + nloc++] = (int32_t)r;
-                st |= put_row(m, d, r, row, m->stage_s, &m->stage_g);
-                st |= put32(m, d, o->src_rank + (size_t)r * 4, me);
-                st |= put32(m, d, o->src_token + (size_t)r * 4, (int32_t)t);
-                st |= moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4,
+                st = st != EPX_OK ? st : put_row(m, d, r, row, m->stage_s, &m->stage_g);
+                st = st != EPX_OK ? st : put32(m, d, o->src_rank + (size_t)r * 4, me);
+                st = st != EPX_OK ? st : put32(m, d, o->src_token + (size_t)r * 4, (int32_t)t);
+                st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4,
                               &lw[k], sizeof(float));
             }
             ent[2] = nloc;
-            st |= moe_put(m, &m->put_dispatch, d,
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
                           o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
                           ent, sizeof(int32_t) * (size_t)(3 + nloc));
             if (!tm)
                 continue;
-            st |= put_row(m, d, e_at, row, m->stage_s, &m->stage_g);
-            st |= put32(m, d, o->src_rank + (size_t)e_at * 4, me);
-            st |= put32(m, d, o->src_token + (size_t)e_at * 4, (int32_t)t);
-            st |= moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4,
+            st = st != EPX_OK ? st : put_row(m, d, e_at, row, m->stage_s, &m->stage_g);
+            st = st != EPX_OK ? st : put32(m, d, o->src_rank + (size_t)e_at * 4, me);
+            st = st != EPX_OK ? st : put32(m, d, o->src_token + (size_t)e_at * 4, (int32_t)t);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4,
                           lidx, sizeof(int32_t) * (size_t)K);
-            st |= moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4,
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4,
                           lw, sizeof(float) * (size_t)K);
         }
     }
-    return st == EPX_OK ? EPX_OK
-        : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
+    return st;   /* the first failing put's status (and message) */
 }
 
 /* Data phase, after our tokens: to every rank a completion word (the data

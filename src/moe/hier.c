@@ -243,29 +243,28 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
                 continue;
             int64_t r = x->rowcur[rc->ids[k] - u0]++;
             ent[3 + nloc++] = (int32_t)r;
-            st |= epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
+            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
                                rc->row, m->row_bytes);
-            st |= epx__win_put(m->win, d, o->src_rank + (size_t)r * 4, &src, 4);
-            st |= epx__win_put(m->win, d, o->src_token + (size_t)r * 4, &rc->t, 4);
-            st |= epx__win_put(m->win, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
+            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)r * 4, &src, 4);
+            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)r * 4, &rc->t, 4);
+            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
         }
         ent[2] = nloc;
-        st |= epx__win_put(m->win, d,
+        st = st != EPX_OK ? st : epx__win_put(m->win, d,
                            o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
                            ent, sizeof(int32_t) * (size_t)(3 + nloc));
         if (!tm)
             continue;
-        st |= epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
                            rc->row, m->row_bytes);
-        st |= epx__win_put(m->win, d, o->src_rank + (size_t)e_at * 4, &src, 4);
-        st |= epx__win_put(m->win, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
-        st |= epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)e_at * 4, &src, 4);
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
                            sizeof(int32_t) * (size_t)K);
-        st |= epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
                            sizeof(float) * (size_t)K);
     }
-    return st == EPX_OK ? EPX_OK
-        : epx__error(EPX_ERR_RANGE, "dispatch: a put fell outside the window");
+    return st;   /* the first failing put's status (and message) */
 }
 
 /* Source src's rows are all in place at every member: its completion word
