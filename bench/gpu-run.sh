@@ -56,6 +56,8 @@ run_all() {
     # LL: dispatch of 128 tokens x 7168 x top-8 at 8 ranks under 100 us
     step "LL 128 tokens, 8 ranks on one GPU" $e --ranks 8 --tokens 128 \
         --mode ll --iters 200 --warmup 20
+    step "LL 128 tokens fp8" $e --ranks 8 --tokens 128 --mode ll --dtype fp8 \
+        --iters 200 --warmup 20
     echo "failures: $fails"
 }
 run_all | tee "$out"

@@ -548,8 +548,14 @@ EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
  *   src_tok, w [L*R*cap]     per row: token on its source, weight
  *   ent_slot [R][maxT] int32 per (source, token sent here): return slot
  *   ent_rows [R][maxT][K]    its rows here in top-k order, -1 after
- *   rows    [L*R*cap][row_bytes]
+ *   rows    [L*R*cap][xrow_bytes]   the wire format's data part: the
+ *                            engine dtype's row, or its codes
+ *   scales  [L*R*cap][scale_bytes]  quantized wire: the rows' block scales
+ *   gscale  [L*R*cap] fp32   NVFP4: the rows' own scales
  *   comb    [maxT*maxdest][row_bytes]  partials back to this rank
+ * Row i's data, scales and row scale sit at i times their sizes in their
+ * regions, as in the host executor's buffers (src/moe/ll.h), so
+ * epx_recv_t describes both alike.
  * The tag of use u of a buffer is u % 255 + 1: never 0 (zeroed window),
  * different for consecutive uses; a source writes use u only after every
  * rank released comb for use u - 1, so no reader sees two uses mixed. */
@@ -557,7 +563,8 @@ EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
 typedef struct epxk_ll {
     int B, cap;
     int64_t off_comb_flags, off_bufs, buf;       /* window */
-    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, comb;
+    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, scales,
+            gscale, comb;
     int64_t total;
 } epxk_ll_t;
 
@@ -567,7 +574,7 @@ typedef struct epxk_ll {
 #define EPXK_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
 #define EPXK_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
 
-/* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
+/* g from epxk_geom_layout (R, E, K, H, esize, wire, maxT, Lmax used). */
 EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
                             epxk_ll_t *l)
 {
@@ -593,11 +600,32 @@ EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
     l->ent_rows = o;
     o = epxk_round_up(o + ents * g->K * 4, 256);
     l->rows = o;
-    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    o = epxk_round_up(o + rows * g->xrow_bytes, 256);
+    l->scales = o;
+    o = epxk_round_up(o + rows * g->scale_bytes, 256);
+    l->gscale = o;
+    o = epxk_round_up(o + rows * g->gscale_bytes, 256);
     l->comb = o;
     o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
     l->buf = o;
     l->total = l->off_bufs + (int64_t)B * o;
+}
+
+/* Row `row` of a buffer at bw: its data, its block scales and its row
+ * scale (the last two only with a quantized wire). */
+EPXK_HD char *epxk_ll_row_data(const epxk_geom_t *g, const epxk_ll_t *l,
+                               char *bw, int64_t row)
+{
+    return bw + l->rows + row * g->xrow_bytes;
+}
+EPXK_HD char *epxk_ll_row_scales(const epxk_geom_t *g, const epxk_ll_t *l,
+                                 char *bw, int64_t row)
+{
+    return bw + l->scales + row * g->scale_bytes;
+}
+EPXK_HD float *epxk_ll_row_gscale(const epxk_ll_t *l, char *bw, int64_t row)
+{
+    return (float *)(bw + l->gscale) + row;
 }
 
 /* Choices of this rank's tokens for expert e, in (token, k) order: slot

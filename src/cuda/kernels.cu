@@ -644,9 +644,11 @@ __global__ void epxk_ll_layout_kernel(epxk_geom_t g, epxk_call_t c)
 
 /* Grid: wait until every rank combined the buffer's previous use (so
  * nobody still reads what this call overwrites), then a warp per (token,
- * destination): its kept rows at their fixed places and its entry; the
- * last block stores the status and count words and releases the final
- * word at every destination. */
+ * destination): its kept rows at their fixed places (a quantized wire:
+ * quantized while stored, into the data, scales and row-scale regions;
+ * one quantization per row, as expert-major in throughput mode) and its
+ * entry; the last block stores the status and count words and releases
+ * the final word at every destination. */
 __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
@@ -673,9 +675,14 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
                     continue;
                 int64_t row = epxk_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
                                           c.keep[t * g.K + k]);
-                warp_copy(bw + c.ll.rows + row * g.row_bytes,
-                          (const char *)c.x + t * g.row_bytes, g.row_bytes,
-                          lane);
+                const char *xr = (const char *)c.x + t * g.row_bytes;
+                char *q = epxk_ll_row_data(&g, &c.ll, bw, row);
+                if (g.qblock)
+                    warp_quant_row(g, q, epxk_ll_row_scales(&g, &c.ll, bw, row),
+                                   epxk_ll_row_gscale(&c.ll, bw, row),
+                                   (const uint16_t *)xr, lane);
+                else
+                    warp_copy(q, xr, g.row_bytes, lane);
                 if (lane == 0) {
                     ((int32_t *)(bw + c.ll.src_tok))[row] = (int32_t)t;
                     ((float *)(bw + c.ll.w))[row] = c.w[t * g.K + k];

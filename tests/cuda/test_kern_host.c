@@ -358,7 +358,7 @@ static void run(const scen_t *sc)
 
     ref_cfg_t cfg = { R, E, K, H, sc->dtype,
                       sc->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
-                      g0.align };
+                      g0.align, EPX_WIRE_NATIVE };
     if (sc->em) {
         check_expert_major(sc, &g0, &cfg, rs, src, win, first);
         goto out;
@@ -510,13 +510,58 @@ static void expert_major(void **state)
     run(&e);
 }
 
+/* A bf16 row quantized with the kernels' per-chunk arithmetic (kern.h,
+ * "quantized pack") in lane order, one block after the other: what the
+ * pack warp stores (test_kern_quant checks the warp's own order). */
+static void quant_row_chunks(const epxk_geom_t *g, const uint16_t *x, char *q,
+                             char *sc, float *gs)
+{
+    const int64_t chunks = epxk_q_chunks(g);
+    const int G = epxk_q_group(g), cb = epxk_q_chunk_bytes(g);
+    uint16_t v[MOE_QUANT_CHUNK];
+    uint8_t o[MOE_QUANT_CHUNK];
+    float global = 0.0f;
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = 0; c < chunks; c++) {
+            int nan;
+            epxk_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        *gs = global;
+    }
+    for (int64_t b0 = 0; b0 < chunks; b0 += G) {
+        uint32_t m = 0;
+        int nan = 0;
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n1;
+            epxk_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &n1);
+            m = a > m ? a : m;
+            nan |= n1;
+        }
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n = epxk_q_load_chunk(g, x, c, v);
+            uint32_t sv = epxk_q_encode(g, v, MOE_QUANT_CHUNK, m, nan, global,
+                                        o);
+            memcpy(q + c * cb, o, (size_t)epxk_q_chunk_stored(g, n));
+            if (c == b0)
+                epxk_q_store_scale(g, sc, c / G, sv);
+        }
+    }
+}
+
 /* Low latency: R simulated ranks through the kernels' steps (slots per
  * expert with drops, kept destinations, rows at j*R*cap + s*cap + i, count
  * and final words, entries, padding from the count words, partials and the
  * reduce) against the reference's low-latency dispatch and its combine of
- * the kept routing. */
+ * the kept routing.  A quantized wire: each kept row quantized into the
+ * buffer's data, scales and row-scale regions at the row's index, against
+ * the reference's rows quantized by the reference quantizer. */
 static void run_ll(int R, int E, int K, int H, int maxT, int cap,
-                   epx_dtype_t dt, int unweighted, int skew)
+                   epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire)
 {
     const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
     epxk_geom_t g0 = { 0 };
@@ -527,6 +572,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     g0.esize = esize;
     g0.maxT = maxT;
     g0.align = 1;
+    g0.wire = wire;
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E), *first =
         malloc(sizeof(int32_t) * (size_t)(R + 1));
     for (int r = 0; r <= R; r++)
@@ -544,6 +590,18 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     const int32_t tag = EPXK_LL_TAG(use);
     epxk_ll_layout(&g0, B, cap, &ll);
     assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
+    {   /* regions in order, none overlapping the next, 16-byte aligned */
+        const int64_t rows = (int64_t)g0.Lmax * R * cap;
+        assert_true(ll.scales >= ll.rows + rows * g0.xrow_bytes);
+        assert_true(ll.gscale >= ll.scales + rows * g0.scale_bytes);
+        assert_true(ll.comb >= ll.gscale + rows * g0.gscale_bytes);
+        assert_true(ll.buf >= ll.comb + maxT * g0.maxdest * g0.row_bytes);
+        assert_int_equal(ll.rows % 16, 0);
+        assert_int_equal(ll.scales % 16, 0);
+        assert_int_equal(ll.gscale % 16, 0);
+        assert_int_equal(ll.buf % 256, 0);
+        assert_int_equal(ll.total, ll.off_bufs + B * ll.buf);
+    }
 
     rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
@@ -619,9 +677,16 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                     continue;
                 int64_t row = epxk_ll_row(&g, cap, first[d], e, r,
                                           keep[r][t * K + k]);
-                memcpy(bw + ll.rows + row * g.row_bytes,
-                       (const char *)s->x + t * g.row_bytes,
-                       (size_t)g.row_bytes);
+                assert_true(row >= 0 && row < (int64_t)g.Lmax * R * cap);
+                const char *xr = (const char *)s->x + t * g.row_bytes;
+                if (g.qblock)
+                    quant_row_chunks(&g, (const uint16_t *)xr,
+                                     epxk_ll_row_data(&g, &ll, bw, row),
+                                     epxk_ll_row_scales(&g, &ll, bw, row),
+                                     epxk_ll_row_gscale(&ll, bw, row));
+                else
+                    memcpy(epxk_ll_row_data(&g, &ll, bw, row), xr,
+                           (size_t)g.row_bytes);
                 ((int32_t *)(bw + ll.src_tok))[row] = (int32_t)t;
                 ((float *)(bw + ll.w))[row] = s->w[t * K + k];
             }
@@ -642,7 +707,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         }
     }
     /* receive side against the reference */
-    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1, wire };
     char **ybuf = calloc((size_t)R, sizeof(char *));
     float *yrow = malloc(sizeof(float) * (size_t)H);
     int hid = H;
@@ -656,6 +721,9 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         assert_int_equal(ref_dispatch_ll(&cfg, src, r, cap, &want, &dropped), 0);
         const int L = first[r + 1] - first[r];
         assert_int_equal(want.num_rows, (int64_t)L * R * cap);
+        assert_int_equal(want.x_row, (size_t)g.xrow_bytes);
+        if (g.qblock)
+            assert_int_equal(want.scale_row, (size_t)g.scale_bytes);
         for (int j = 0; j < L; j++) {
             int64_t c = 0;
             for (int sr = 0; sr < R; sr++) {
@@ -676,8 +744,17 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             int32_t tok = ((int32_t *)(bw + ll.src_tok))[i];
             assert_int_equal(tok, want.src_token[i]);
             assert_memory_equal(&((float *)(bw + ll.w))[i], &want.weights[i], 4);
-            assert_memory_equal(bw + ll.rows + i * g.row_bytes,
-                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            /* read as epx_recv_t describes the buffer (x, x_scales,
+             * x_global_scale: dense arrays from the regions' bases) */
+            assert_memory_equal(bw + ll.rows + (size_t)i * want.x_row,
+                                want.x + (size_t)i * want.x_row, want.x_row);
+            if (g.qblock)
+                assert_memory_equal(bw + ll.scales + (size_t)i * want.scale_row,
+                                    want.scales + (size_t)i * want.scale_row,
+                                    want.scale_row);
+            if (g.gscale_bytes)
+                assert_memory_equal((float *)(bw + ll.gscale) + i,
+                                    &want.gscale[i], sizeof(float));
             y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
             for (int h = 0; h < H; h++)
                 epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
@@ -752,13 +829,27 @@ static void low_latency(void **state)
         const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
         /* capacity enough for everything; capacity 3 with drops and a
          * skewed routing; bf16 and fp32; unweighted */
-        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0);
-        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1);
-        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1);
+        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+               EPX_WIRE_NATIVE);
+        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1,
+               EPX_WIRE_NATIVE);
+        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+               EPX_WIRE_NATIVE);
+        /* every quantized wire: room for all, and drops; odd rows */
+        run_ll(R, 2 * R + 3, 4, 160, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+               EPX_WIRE_FP8);
+        run_ll(R, 2 * R + 3, 4, 33, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+               EPX_WIRE_FP8_UE8M0);
+        run_ll(R, 2 * R + 3, 3, 200, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+               EPX_WIRE_MXFP8);
+        run_ll(R, 2 * R + 3, 4, 49, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+               EPX_WIRE_NVFP4);
     }
     /* every choice on few experts, capacity 1; one rank, one expert */
-    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1);
-    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0);
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NATIVE);
+    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE);
+    run_ll(8, 19, 3, 7168, 4, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NVFP4);
+    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8);
 }
 
 static void edges(void **state)
