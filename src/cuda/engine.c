@@ -34,7 +34,7 @@ struct epx_cuda_moe {
     char *local;                /* this rank's window / receive buffer */
     char *stage;                /* NCCL: packed rows and metadata */
     char **d_peers;             /* [R] device copy of the bases */
-    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos;
+    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos, *d_part;
     int64_t *d_sendoff, *d_base, *d_info, *d_ebase;
     unsigned *d_done;
     int64_t *h_info;            /* pinned: the one read-back per dispatch */
@@ -430,6 +430,17 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
             goto out;
     }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
+    int sms = 1;
+    st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
+                                              cudaDevAttrMultiProcessorCount,
+                                              m->device),
+                       "cudaDeviceGetAttribute");
+    if (st != EPX_OK)
+        goto out;
+    /* The layout's counts per token chunk: a chunk per block at most, and
+     * never more blocks than SMs (num_sms, set below, is at most sms). */
+    DEV_ALLOC(m->d_part, sizeof(int32_t) * (size_t)(sms > 0 ? sms : 1) *
+                             (size_t)(R + g->E));
     st = epx__cuda_err(cudaMallocHost((void **)&m->h_info,
                                       sizeof(int64_t) *
                                           (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
@@ -500,13 +511,6 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     if (st != EPX_OK)
         goto out;
 
-    int sms = 1;
-    st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
-                                              cudaDevAttrMultiProcessorCount,
-                                              m->device),
-                       "cudaDeviceGetAttribute");
-    if (st != EPX_OK)
-        goto out;
     m->num_sms = cparams->num_sms > 0 ? cparams->num_sms
                                       : sms / (device_ranks ? device_ranks : 1);
     if (m->num_sms > sms)
@@ -526,6 +530,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->call.epos = m->d_epos;
     m->call.ebase = m->d_ebase;
     m->call.mycnt = m->d_mycnt;
+    m->call.part = m->d_part;
     m->call.sendoff = m->d_sendoff;
     m->call.base = m->d_base;
     m->call.info = m->d_info;
@@ -570,6 +575,7 @@ void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
     cudaFree(m->d_dest);
     cudaFree(m->d_mycnt);
     cudaFree(m->d_epos);
+    cudaFree(m->d_part);
     cudaFree(m->d_llkeep);
     cudaFree(m->d_lldest);
     cudaFree(m->d_llcnt);

@@ -163,6 +163,58 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
     free(yrow);
 }
 
+/* The throughput layout kernels over nb blocks (kernels.cu: count, then
+ * place; blocks run in any order, so the passes go block by block): dest,
+ * pos, epos (expert-major) and block 0's totals. */
+static void layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+                          const int32_t *e2r, int64_t T, int nb, int em,
+                          int32_t *dest, int32_t *pos, int32_t *epos,
+                          int32_t *mycnt)
+{
+    const int n = g->R + g->E;
+    int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
+    assert_non_null(part);
+    for (int b = nb - 1; b >= 0; b--) {   /* count: any block order */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
+            dest[i] = -1;
+        for (int u = 0; u < n; u++)
+            part[(int64_t)b * n + u] = (int32_t)(u < g->R
+                ? epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, 0, NULL, NULL)
+                : epxk_layout_expert(g, ids, t0, t1, u - g->R, 0, NULL));
+    }
+    for (int b = 0; b < nb; b++) {        /* place */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int u = 0; u < n; u++) {
+            int64_t base = epxk_layout_base(part, n, b, u);
+            if (u < g->R)
+                epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, base, dest,
+                                 pos);
+            else if (em)
+                epxk_layout_expert(g, ids, t0, t1, u - g->R, base, epos);
+        }
+    }
+    for (int u = 0; u < n; u++)
+        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+    free(part);
+}
+
+/* Chunk counts to try for T tokens: one, a few, more than tokens (empty
+ * chunks), and what the kernels launch for several SM budgets. */
+static int layout_nb(int64_t T, int i)
+{
+    switch (i % 6) {
+    case 0: return 1;
+    case 1: return 2;
+    case 2: return 3;
+    case 3: return (int)T + 3;
+    case 4: return epxk_layout_nblocks(T, 132);
+    default: return epxk_layout_nblocks(T, 5);
+    }
+}
+
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
@@ -249,14 +301,25 @@ static void run(const scen_t *sc)
         epxk_geom_t g = g0;
         g.rank = r;
         const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
-        for (int64_t i = 0; i < s->T * g.maxdest; i++)
-            s->dest[i] = -1;
-        for (int u = 0; u < R + E; u++)
-            s->mycnt[u] = (int32_t)(u < R
-                ? epxk_layout_dest(&g, &ids, NULL, e2r, s->T, u, s->dest,
-                                   s->pos)
-                : epxk_layout_expert(&g, &ids, s->T, u - R,
-                                     sc->em ? s->epos : NULL));
+        /* one block, then several: the same positions */
+        const size_t np = (size_t)(sc->maxT * g.maxdest + 1),
+                     ne = (size_t)(sc->maxT * K + 1);
+        int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
+        int32_t *e1 = malloc(sizeof(int32_t) * ne);
+        int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
+        layout_blocks(&g, &ids, e2r, s->T, 1, sc->em, d1, p1, e1, c1);
+        layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r), sc->em,
+                      s->dest, s->pos, s->epos, s->mycnt);
+        assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            assert_int_equal(d1[i], s->dest[i]);
+            if (d1[i] >= 0)
+                assert_int_equal(p1[i], s->pos[i]);
+        }
+        for (int64_t i = 0; sc->em && i < s->T * K; i++)
+            if (epxk_expert_id(&ids, i / K, (int)(i % K)) >= 0)
+                assert_int_equal(e1[i], s->epos[i]);
+        free(d1), free(p1), free(e1), free(c1);
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
             s->sendoff[d] = o;
@@ -510,6 +573,50 @@ static void expert_major(void **state)
     run(&e);
 }
 
+/* The low-latency layout kernels over nb blocks (count, keep, place):
+ * keep, dest, pos and block 0's totals (mycnt [R + E]). */
+static void ll_layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+                             const int32_t *e2r, int64_t T, int nb, int cap,
+                             int32_t *keep, int32_t *dest, int32_t *pos,
+                             int32_t *mycnt)
+{
+    const int n = g->R + g->E;
+    int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
+    assert_non_null(part);
+    for (int b = nb - 1; b >= 0; b--) {   /* count */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int64_t i = t0 * g->K; i < t1 * g->K; i++)
+            keep[i] = -1;
+        for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
+            dest[i] = -1;
+        for (int e = 0; e < g->E; e++)
+            part[(int64_t)b * n + g->R + e] =
+                (int32_t)epxk_layout_expert(g, ids, t0, t1, e, 0, NULL);
+    }
+    for (int b = nb - 1; b >= 0; b--) {   /* keep */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int e = 0; e < g->E; e++)
+            epxk_ll_layout_expert(g, ids, t0, t1, e,
+                                  epxk_layout_base(part, n, b, g->R + e), cap,
+                                  keep);
+        for (int d = 0; d < g->R; d++)
+            part[(int64_t)b * n + d] = (int32_t)epxk_layout_dest(
+                g, ids, keep, e2r, t0, t1, d, 0, NULL, NULL);
+    }
+    for (int b = 0; b < nb; b++) {        /* place */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int d = 0; d < g->R; d++)
+            epxk_layout_dest(g, ids, keep, e2r, t0, t1, d,
+                             epxk_layout_base(part, n, b, d), dest, pos);
+    }
+    for (int u = 0; u < n; u++)
+        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+    free(part);
+}
+
 /* A bf16 row quantized with the kernels' per-chunk arithmetic (kern.h,
  * "quantized pack") in lane order, one block after the other: what the
  * pack warp stores (test_kern_quant checks the warp's own order). */
@@ -638,7 +745,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             }
         s->dest = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
         s->pos = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
-        s->mycnt = calloc((size_t)(R + 1), sizeof(int32_t));
+        s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
         keep[r] = malloc(sizeof(int32_t) * (size_t)(maxT * K + 1));
         ecnt[r] = calloc((size_t)E, sizeof(int32_t));
         src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
@@ -651,17 +758,27 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         epxk_geom_t g = g0;
         g.rank = r;
         const epxk_ids_t ids = { s->idx, 0, K, E };
-        for (int64_t i = 0; i < s->T * K; i++)
-            keep[r][i] = -1;
-        for (int64_t i = 0; i < s->T * g.maxdest; i++)
-            s->dest[i] = -1;
+        /* one block, then several: the same slots and positions */
+        const size_t np = (size_t)(maxT * g.maxdest + 1),
+                     nk = (size_t)(maxT * K + 1);
+        int32_t *k1 = malloc(sizeof(int32_t) * nk);
+        int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
+        int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
+        ll_layout_blocks(&g, &ids, e2r, s->T, 1, cap, k1, d1, p1, c1);
+        ll_layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r + skew), cap,
+                         keep[r], s->dest, s->pos, s->mycnt);
+        assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+        assert_memory_equal(k1, keep[r], sizeof(int32_t) * (size_t)(s->T * K));
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            assert_int_equal(d1[i], s->dest[i]);
+            if (d1[i] >= 0)
+                assert_int_equal(p1[i], s->pos[i]);
+        }
+        free(k1), free(d1), free(p1), free(c1);
         for (int e = 0; e < E; e++)
-            ecnt[r][e] = (int32_t)epxk_ll_layout_expert(&g, &ids, s->T, e, cap,
-                                                        keep[r]);
+            ecnt[r][e] = s->mycnt[R + e];
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
-            s->mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, keep[r], e2r,
-                                                    s->T, d, s->dest, s->pos);
             s->sendoff[d] = o;
             o += s->mycnt[d];
         }
@@ -869,6 +986,35 @@ static void edges(void **state)
     run(&e);
 }
 
+/* The layout's chunks: at most maxb, >= 1, at least EPXK_LAYOUT_TOKENS
+ * tokens each when there are several, contiguous and covering [0, T). */
+static void layout_chunks(void **state)
+{
+    (void)state;
+    static const int64_t Ts[] = { 0, 1, 31, 32, 33, 64, 100, 4096, 4097,
+                                  100000 };
+    static const int maxbs[] = { 1, 2, 7, 16, 132 };
+    for (size_t i = 0; i < sizeof(Ts) / sizeof(Ts[0]); i++)
+        for (size_t j = 0; j < sizeof(maxbs) / sizeof(maxbs[0]); j++) {
+            const int64_t T = Ts[i];
+            const int nb = epxk_layout_nblocks(T, maxbs[j]);
+            assert_true(nb >= 1 && nb <= maxbs[j]);
+            /* as many blocks as allowed with EPXK_LAYOUT_TOKENS each */
+            assert_true(nb == maxbs[j] ||
+                        (nb + 1) * (int64_t)EPXK_LAYOUT_TOKENS > T);
+            int64_t next = 0;
+            for (int b = 0; b < nb; b++) {
+                int64_t t0, t1;
+                epxk_layout_range(T, nb, b, &t0, &t1);
+                assert_int_equal(t0, next);
+                assert_true(t1 - t0 == T / nb || t1 - t0 == T / nb + 1);
+                assert_true(nb == 1 || t1 - t0 >= EPXK_LAYOUT_TOKENS);
+                next = t1;
+            }
+            assert_int_equal(next, T);
+        }
+}
+
 static void invalid_ids(void **state)
 {
     (void)state;
@@ -907,6 +1053,7 @@ int main(void)
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(layout_chunks),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(bf16_matches_host),
     };
