@@ -17,6 +17,10 @@
  * latency, combined unweighted), checked for every element of the last
  * iteration.  Quantized wires: the received row count is checked and the
  * expert output is zeros (combine must return zeros).
+ *
+ * --json: the table goes to stderr and one JSON object to stdout (the
+ * run's configuration, then per implementation its phase times, GB/s,
+ * ratio to the copy limit and verification; bench/README.md, "GPU").
  */
 #include "config.h"
 #include <errno.h>
@@ -42,6 +46,12 @@ int bench_cuda_main(const bench_opts_t *o)
 #include "epx/cuda.h"
 
 enum { PH_DISPATCH = 0, PH_COMBINE = 1, NPH = 2 };
+static const char *const ph_name[NPH] = { "dispatch", "combine" };
+/* Quantiles of the slowest rank's time per iteration (the host bench's). */
+enum { Q_MIN = 0, Q_P10, Q_P50, Q_P90, Q_P99, Q_MAX, NQ };
+static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "p99",
+                                         "max" };
+static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 0.99, 1 };
 enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, NRUN = 3 };
 static const char *const run_name[NRUN] = { "epx-cuda", "epx-nccl",
                                             "d2d-copy" };
@@ -90,6 +100,7 @@ typedef struct cshared {
     double *times;              /* [R][NPH][iters] seconds */
     double *bytes;              /* [R][NPH] per iteration */
     int64_t checked, mismatches;
+    int64_t dropped;            /* low latency: rows dropped, last iteration */
     int failed;
     char msg[512];
     pthread_mutex_t mu;
@@ -296,6 +307,7 @@ static void *rank_main(void *arg)
     mp.mode = o->mode;
     mp.wire = wl->wire;
     mp.ll_capacity = o->ll_capacity;
+    mp.ll_buffers = o->ll_buffers;
     mp.flags = o->mode == EPX_MODE_LOW_LATENCY && o->ll_drop
                ? EPX_MOE_LL_DROP : 0u;
     epx_cuda_params_t gp = EPX_CUDA_PARAMS_INIT;
@@ -343,6 +355,11 @@ static void *rank_main(void *arg)
         if (o->mode == EPX_MODE_LOW_LATENCY) {
             int64_t dropped = 0;
             API(epx_cuda_moe_ll_check(m, &dropped));
+            if (it == total - 1) {
+                pthread_mutex_lock(&s->mu);
+                s->dropped += dropped;
+                pthread_mutex_unlock(&s->mu);
+            }
         }
         if (want_rows >= 0 && rv.num_rows != want_rows) {
             char d[96];
@@ -407,8 +424,19 @@ static int cmp_d(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Slowest rank per iteration, then the median over iterations. */
-static double phase_p50(const cshared_t *s, int p, double *tmp)
+static double quantile(const double *sorted, int n, double q)
+{
+    double pos = q * (n - 1);
+    int i = (int)floor(pos);
+    if (i >= n - 1)
+        return sorted[n - 1];
+    return sorted[i] + (pos - i) * (sorted[i + 1] - sorted[i]);
+}
+
+/* Slowest rank per iteration, then the quantiles over iterations
+ * (seconds). */
+static void phase_stats(const cshared_t *s, int p, double *tmp,
+                        double q[NQ])
 {
     const int iters = s->o->iters;
     for (int it = 0; it < iters; it++) {
@@ -420,7 +448,139 @@ static double phase_p50(const cshared_t *s, int p, double *tmp)
         tmp[it] = mx;
     }
     qsort(tmp, (size_t)iters, sizeof(double), cmp_d);
-    return tmp[iters / 2];
+    for (int i = 0; i < NQ; i++)
+        q[i] = quantile(tmp, iters, q_at[i]);
+}
+
+/* What one implementation gave, for the table and the JSON. */
+typedef struct run_res {
+    enum { RES_NONE = 0, RES_RAN, RES_SKIPPED, RES_FAILED } state;
+    char why[512];              /* skipped or failed: why */
+    double s[NPH][NQ];          /* seconds */
+    double gbps[NPH], copy_gbps[NPH];
+    int64_t checked, mismatches, dropped;
+} run_res_t;
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+}
+
+/* One JSON object: the configuration, then per implementation its times
+ * (microseconds), bandwidth, ratio to the copy limit and verification. */
+static void print_json(FILE *f, const bench_opts_t *o,
+                       const bench_workload_t *wl, const cshared_t *s,
+                       const char *gpu, int ndev, const run_res_t res[NRUN],
+                       const double bytes[NPH], int verified)
+{
+    const int ll = o->mode == EPX_MODE_LOW_LATENCY;
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
+    fprintf(f, "  \"config\": {\n    \"device\": \"cuda\",\n"
+            "    \"gpu\": ");
+    json_str(f, gpu);
+    fprintf(f, ",\n    \"gpus\": %d,\n    \"ranks\": %d,\n"
+            "    \"launcher\": \"threads\",\n    \"epx_version\": ", ndev,
+            s->R);
+    json_str(f, epx_version_string());
+    fprintf(f, ",\n    \"tokens_per_rank\": [");
+    for (int r = 0; r < wl->nranks; r++)
+        fprintf(f, "%s%lld", r ? ", " : "", (long long)wl->T[r]);
+    fprintf(f, "],\n    \"hidden\": %d,\n    \"experts\": %d,\n"
+            "    \"topk\": %d,\n    \"dtype\": \"%s\",\n"
+            "    \"mode\": \"%s\",\n    \"layout\": \"%s\",\n"
+            "    \"expert_alignment\": %d,\n",
+            wl->hidden, wl->experts, wl->topk, bench_dtype_name(wl->dtype),
+            ll ? "ll" : "ht",
+            ll ? "expert" : bench_layout_name(o->layout),
+            ll || o->layout == EPX_LAYOUT_EXPERT_MAJOR ? o->align : 1);
+    if (ll)
+        fprintf(f, "    \"ll_capacity\": %d,\n    \"ll_buffers\": %d,\n"
+                "    \"ll_drop\": %s,\n    \"ll_rows_dropped\": %lld,\n",
+                o->ll_capacity > 0 ? o->ll_capacity : (int)wl->max_T,
+                o->ll_buffers > 0 ? o->ll_buffers : 2,
+                o->ll_drop ? "true" : "false",
+                (long long)res[RUN_WINDOWS].dropped);
+    fprintf(f, "    \"wire\": \"%s\",\n    \"wire_bytes_per_token_row\": "
+            "%zu,\n    \"wire_data_bytes\": %zu,\n"
+            "    \"wire_scale_bytes\": %zu,\n    \"wire_global_bytes\": "
+            "%zu,\n    \"routing\": ",
+            wl->wire == EPX_WIRE_NATIVE ? bench_dtype_name(wl->dtype)
+                                        : bench_wire_name(wl->wire),
+            w.data_bytes + w.scale_bytes + w.global_bytes, w.data_bytes,
+            w.scale_bytes, w.global_bytes);
+    json_str(f, o->routing_str);
+    fprintf(f, ",\n    \"drop\": ");
+    json_num(f, o->drop);
+    fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
+            "    \"warmup\": %d,\n    \"dispatch_bytes\": %.0f,\n"
+            "    \"combine_bytes\": %.0f\n  },\n  \"results\": [",
+            (unsigned long long)o->seed, o->iters, o->warmup,
+            bytes[PH_DISPATCH], bytes[PH_COMBINE]);
+    const char *sep = "";
+    static const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
+    for (int i = 0; i < NRUN; i++) {
+        const int run = order[i];
+        const run_res_t *r = &res[run];
+        if (r->state == RES_NONE)
+            continue;
+        fprintf(f, "%s\n    {\"impl\": \"%s\"", sep, run_name[run]);
+        sep = ",";
+        if (r->state != RES_RAN) {
+            fprintf(f, ", \"%s\": ",
+                    r->state == RES_SKIPPED ? "skipped" : "failed");
+            json_str(f, r->why);
+            fputc('}', f);
+            continue;
+        }
+        for (int p = 0; p < NPH; p++) {
+            fprintf(f, ",\n     \"%s_us\": ", ph_name[p]);
+            json_num(f, r->s[p][Q_P50] * 1e6);
+            for (int q = 0; q < NQ; q++) {
+                if (q == Q_P50)
+                    continue;
+                fprintf(f, ", \"%s_us_%s\": ", ph_name[p], q_names[q]);
+                json_num(f, r->s[p][q] * 1e6);
+            }
+        }
+        for (int p = 0; p < NPH; p++) {
+            fprintf(f, ",\n     \"%s_gbps\": ", ph_name[p]);
+            json_num(f, r->gbps[p]);
+            if (run != RUN_COPY) {
+                fprintf(f, ", \"%s_vs_copy\": ", ph_name[p]);
+                json_num(f, r->copy_gbps[p] > 0 ? r->gbps[p] / r->copy_gbps[p]
+                                                : NAN);
+            }
+        }
+        if (run != RUN_COPY)
+            fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
+                    "\"mismatches\": %lld",
+                    r->mismatches == 0 && r->checked > 0 ? "true" : "false",
+                    (long long)r->checked, (long long)r->mismatches);
+        fputc('}', f);
+    }
+    fprintf(f, "\n  ]\n}\n");
 }
 
 static int run_one(cshared_t *s, int run)
@@ -468,10 +628,10 @@ int bench_cuda_main(const bench_opts_t *o)
         return BENCH_EXIT_NO_GPU;
     }
     if (o->trace_dir || o->dump_dir || o->balance || o->overlap ||
-        o->hierarchical || o->dtype != EPX_DTYPE_BF16) {
+        o->hierarchical || o->nsweep > 0 || o->dtype != EPX_DTYPE_BF16) {
         fprintf(stderr, "epx-bench: --device cuda takes bf16 rows (--dtype "
                 "bf16 or a quantized wire), no --trace, --dump, --balance, "
-                "--overlap or --hierarchical\n");
+                "--overlap, --hierarchical or --tokens-sweep\n");
         return 2;
     }
     const int R = o->ranks ? o->ranks : 8;
@@ -501,66 +661,88 @@ int bench_cuda_main(const bench_opts_t *o)
     }
     struct cudaDeviceProp prop;
     memset(&prop, 0, sizeof(prop));
-    cudaGetDeviceProperties(&prop, 0);
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
+        snprintf(prop.name, sizeof(prop.name), "unknown");
+    FILE *tf = o->json ? stderr : stdout;   /* the table */
     const int ll = o->mode == EPX_MODE_LOW_LATENCY;
-    printf("# epx-bench --device cuda: %d ranks (threads), %s x %d, "
-           "%lld tokens/rank max, hidden %d, %d experts, top-%d, %s, "
-           "layout %s, wire %s, %d iterations (+%d warm-up)\n",
-           R, prop.name, ndev, (long long)wl.max_T, wl.hidden, wl.experts,
-           wl.topk, ll ? "low latency" : "throughput",
-           ll ? "expert" : bench_layout_name(o->layout),
-           bench_wire_name(wl.wire), o->iters, o->warmup);
-    printf("# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
-           "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
+    fprintf(tf, "# epx-bench --device cuda: %d ranks (threads), %s x %d, "
+            "%lld tokens/rank max, hidden %d, %d experts, top-%d, %s, "
+            "layout %s, wire %s, %d iterations (+%d warm-up)\n",
+            R, prop.name, ndev, (long long)wl.max_T, wl.hidden, wl.experts,
+            wl.topk, ll ? "low latency" : "throughput",
+            ll ? "expert" : bench_layout_name(o->layout),
+            bench_wire_name(wl.wire), o->iters, o->warmup);
+    fprintf(tf, "# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
+            "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
 
-    double lim[NPH] = { 0, 0 };
-    int rc = 0;
+    run_res_t res[NRUN];
+    memset(res, 0, sizeof(res));
+    double lim[NPH] = { 0, 0 }, sum[NPH] = { 0, 0 };
+    for (int r = 0; r < R; r++)
+        for (int p = 0; p < NPH; p++)
+            sum[p] += s.bytes[(size_t)r * NPH + p];
+    int rc = 0, verified = 1;   /* every GPU run checked and exact */
     const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
     for (int i = 0; i < NRUN; i++) {
         int run = order[i];
+        run_res_t *rr = &res[run];
         if (run == RUN_NCCL && (ndev < R || ll ||
                                 o->layout == EPX_LAYOUT_EXPERT_MAJOR)) {
-            printf("# %-9s skipped: %s\n", run_name[run],
-                   ll || o->layout == EPX_LAYOUT_EXPERT_MAJOR
-                   ? "token-major throughput only"
-                   : "needs one GPU per rank");
+            rr->state = RES_SKIPPED;
+            snprintf(rr->why, sizeof(rr->why), "%s",
+                     ll || o->layout == EPX_LAYOUT_EXPERT_MAJOR
+                     ? "token-major throughput only"
+                     : "needs one GPU per rank");
+            fprintf(tf, "# %-9s skipped: %s\n", run_name[run], rr->why);
             continue;
         }
+        s.dropped = 0;
         if (run_one(&s, run) != 0) {
-            printf("# %-9s FAILED: %s\n", run_name[run], s.msg);
+            rr->state = RES_FAILED;
+            verified = 0;
+            snprintf(rr->why, sizeof(rr->why), "%s", s.msg);
+            fprintf(tf, "# %-9s FAILED: %s\n", run_name[run], s.msg);
             rc = 1;
             continue;
         }
-        double sum[NPH] = { 0, 0 };
-        for (int r = 0; r < R; r++)
-            for (int p = 0; p < NPH; p++)
-                sum[p] += s.bytes[(size_t)r * NPH + p];
+        rr->state = RES_RAN;
+        if (run != RUN_COPY)
+            verified &= s.checked > 0 && s.mismatches == 0;
+        rr->checked = s.checked;
+        rr->mismatches = s.mismatches;
+        rr->dropped = s.dropped;
         for (int p = 0; p < NPH; p++) {
-            double t = phase_p50(&s, p, tmp);
+            phase_stats(&s, p, tmp, rr->s[p]);
+            double t = rr->s[p][Q_P50];
             double gbs = t > 0 ? sum[p] / t / 1e9 : 0;
+            rr->gbps[p] = gbs;
             if (run == RUN_COPY) {
                 lim[p] = gbs;
-                printf("  %-9s %-9s %12.1f %12.1f %12s %9s  -\n",
-                       run_name[run], p ? "combine" : "dispatch", t * 1e6,
-                       gbs, "-", "-");
+                fprintf(tf, "  %-9s %-9s %12.1f %12.1f %12s %9s  -\n",
+                        run_name[run], ph_name[p], t * 1e6, gbs, "-", "-");
                 continue;
             }
-            printf("  %-9s %-9s %12.1f %12.1f %12.1f %8.1f%%  %s\n",
-                   run_name[run], p ? "combine" : "dispatch", t * 1e6, gbs,
-                   lim[p], lim[p] > 0 ? 100.0 * gbs / lim[p] : 0.0,
-                   s.mismatches ? "MISMATCH" : "yes");
+            rr->copy_gbps[p] = lim[p];
+            fprintf(tf, "  %-9s %-9s %12.1f %12.1f %12.1f %8.1f%%  %s\n",
+                    run_name[run], ph_name[p], t * 1e6, gbs, lim[p],
+                    lim[p] > 0 ? 100.0 * gbs / lim[p] : 0.0,
+                    s.mismatches ? "MISMATCH" : s.checked ? "yes"
+                                                          : "unchecked");
         }
         if (s.mismatches) {
-            printf("# %s: %lld of %lld output elements differ\n",
-                   run_name[run], (long long)s.mismatches,
-                   (long long)s.checked);
+            fprintf(tf, "# %s: %lld of %lld output elements differ\n",
+                    run_name[run], (long long)s.mismatches,
+                    (long long)s.checked);
             rc = 1;
         }
     }
-    printf("# bytes: dispatch rows on the wire (token-major: per (token, "
-           "destination rank); else per kept (token, expert)), combine "
-           "partials per (token, destination rank), summed over ranks; "
-           "GB/s = 1e9 bytes/s over the slowest rank's time\n");
+    fprintf(tf, "# bytes: dispatch rows on the wire (token-major: per "
+            "(token, destination rank); else per kept (token, expert)), "
+            "combine partials per (token, destination rank), summed over "
+            "ranks; GB/s = 1e9 bytes/s over the slowest rank's time\n");
+    if (o->json)
+        print_json(stdout, o, &wl, &s, prop.name, ndev, res, sum,
+                   rc == 0 && verified);
     pthread_mutex_destroy(&s.mu);
     free(s.times);
     free(s.bytes);

@@ -2,7 +2,9 @@
 # Everything that needs a GPU, in one command, on a GPU machine: the GPU
 # tests (tests/cuda, compute-sanitizer included), the --device cuda smoke
 # test and the GPU benchmarks (the targets), written with the
-# device, date and commit to bench/results/<date>-gpu-<device>.txt.
+# device, date and commit to bench/results/<date>-gpu-<device>.txt, and
+# each benchmark's JSON object (epx-bench --json) to
+# bench/results/<date>-gpu-<device>/<name>.json.
 #   bench/gpu-run.sh [build-dir]     (default: .; configured and built)
 # Exit: 0 all passed, 1 a test or bench failed, 77 no GPU here.
 set -u
@@ -13,7 +15,9 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 ||
 dev=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 |
       tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
 mkdir -p "$src/bench/results"
-out="$src/bench/results/$(date -u +%Y%m%d-%H%M%S)-gpu-$dev.txt"
+stamp="$src/bench/results/$(date -u +%Y%m%d-%H%M%S)-gpu-$dev"
+out="$stamp.txt"
+mkdir -p "$stamp"
 fails=0
 step() {   # step NAME COMMAND...: run, record, count failures (77: skip)
     name=$1
@@ -22,12 +26,25 @@ step() {   # step NAME COMMAND...: run, record, count failures (77: skip)
     echo "\$ $*"
     "$@" 2>&1
     rc=$?
-    case $rc in
+    verdict $rc
+}
+verdict() {
+    case $1 in
     0) echo "-> pass" ;;
     77) echo "-> skip (77)" ;;
-    *) echo "-> FAIL (exit $rc)"; fails=$((fails + 1)) ;;
+    *) echo "-> FAIL (exit $1)"; fails=$((fails + 1)) ;;
     esac
     echo
+}
+bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
+           # the table into the log, the JSON object into $stamp/FILE.json
+    name=$1
+    f="$stamp/$2.json"
+    shift 2
+    echo "## $name"
+    echo "\$ epx-bench --device cuda $* --json > $f"
+    "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
+    verdict $?
 }
 run_all() {
     echo "# epx GPU run"
@@ -47,17 +64,22 @@ run_all() {
     step "tests/cuda/sanitize.sh" sh "$src/tests/cuda/sanitize.sh" "$b"
     step "bench/test-cuda-bench-smoke.sh" \
         sh -c "cd '$b' && sh '$src/bench/test-cuda-bench-smoke.sh'"
-    e="$b/bench/epx-bench --device cuda"
     # HT: each phase >= 70 % of the device copy bandwidth for its bytes
-    step "HT token-major bf16, 8 ranks on one GPU" $e --ranks 8 --tokens 4096
-    step "HT expert-major bf16" $e --ranks 8 --tokens 4096 --layout expert
-    step "HT token-major fp8" $e --ranks 8 --tokens 4096 --dtype fp8
-    step "HT token-major nvfp4" $e --ranks 8 --tokens 4096 --dtype nvfp4
+    bench "HT token-major bf16, 8 ranks on one GPU" ht-token-bf16 \
+        --ranks 8 --tokens 4096
+    bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
+        --layout expert
+    bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
+        --dtype fp8
+    bench "HT token-major nvfp4" ht-token-nvfp4 --ranks 8 --tokens 4096 \
+        --dtype nvfp4
     # LL: dispatch of 128 tokens x 7168 x top-8 at 8 ranks under 100 us
-    step "LL 128 tokens, 8 ranks on one GPU" $e --ranks 8 --tokens 128 \
-        --mode ll --iters 200 --warmup 20
+    bench "LL 128 tokens, 8 ranks on one GPU" ll-bf16 --ranks 8 \
+        --tokens 128 --mode ll --iters 200 --warmup 20
+    bench "LL 128 tokens fp8" ll-fp8 --ranks 8 --tokens 128 --mode ll \
+        --dtype fp8 --iters 200 --warmup 20
     echo "failures: $fails"
 }
 run_all | tee "$out"
-echo "written: $out"
+echo "written: $out and $stamp/*.json"
 grep -q '^failures: 0$' "$out"

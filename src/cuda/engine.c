@@ -34,7 +34,7 @@ struct epx_cuda_moe {
     char *local;                /* this rank's window / receive buffer */
     char *stage;                /* NCCL: packed rows and metadata */
     char **d_peers;             /* [R] device copy of the bases */
-    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos;
+    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos, *d_part;
     int64_t *d_sendoff, *d_base, *d_info, *d_ebase;
     unsigned *d_done;
     int64_t *h_info;            /* pinned: the one read-back per dispatch */
@@ -107,10 +107,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         epx_status_t st = moe_wire_init(&f, p->wire, p->dtype, p->hidden);
         if (st != EPX_OK)
             return st;
-        if (p->wire != EPX_WIRE_NATIVE && p->mode == EPX_MODE_LOW_LATENCY)
-            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: quantized "
-                              "wire formats are implemented in throughput "
-                              "mode only, not low latency");
     }
     if (v3 && p->mode == EPX_MODE_THROUGHPUT && p->flags != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
@@ -434,6 +430,17 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
             goto out;
     }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
+    int sms = 1;
+    st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
+                                              cudaDevAttrMultiProcessorCount,
+                                              m->device),
+                       "cudaDeviceGetAttribute");
+    if (st != EPX_OK)
+        goto out;
+    /* The layout's counts per token chunk: a chunk per block at most, and
+     * never more blocks than SMs (num_sms, set below, is at most sms). */
+    DEV_ALLOC(m->d_part, sizeof(int32_t) * (size_t)(sms > 0 ? sms : 1) *
+                             (size_t)(R + g->E));
     st = epx__cuda_err(cudaMallocHost((void **)&m->h_info,
                                       sizeof(int64_t) *
                                           (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
@@ -504,13 +511,6 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     if (st != EPX_OK)
         goto out;
 
-    int sms = 1;
-    st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
-                                              cudaDevAttrMultiProcessorCount,
-                                              m->device),
-                       "cudaDeviceGetAttribute");
-    if (st != EPX_OK)
-        goto out;
     m->num_sms = cparams->num_sms > 0 ? cparams->num_sms
                                       : sms / (device_ranks ? device_ranks : 1);
     if (m->num_sms > sms)
@@ -519,7 +519,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         m->num_sms = 1;
     EPX_LOG(EPX_LOG_INFO, "cuda", me, "engine on device %d: %s, %d SMs of %d, "
             "window %lld bytes", m->device, m->name, m->num_sms, sms,
-            (long long)g->total);
+            (long long)(m->ll ? m->llg.total : g->total));
 
     /* The fixed part of every call. */
     m->call.e2r = m->d_e2r;
@@ -530,6 +530,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->call.epos = m->d_epos;
     m->call.ebase = m->d_ebase;
     m->call.mycnt = m->d_mycnt;
+    m->call.part = m->d_part;
     m->call.sendoff = m->d_sendoff;
     m->call.base = m->d_base;
     m->call.info = m->d_info;
@@ -574,6 +575,7 @@ void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
     cudaFree(m->d_dest);
     cudaFree(m->d_mycnt);
     cudaFree(m->d_epos);
+    cudaFree(m->d_part);
     cudaFree(m->d_llkeep);
     cudaFree(m->d_lldest);
     cudaFree(m->d_llcnt);
@@ -703,10 +705,12 @@ static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
     r.num_rows = m->rows;
+    moe_wire_t f;   /* checked at creation */
+    moe_wire_init(&f, (epx_wire_t)g->wire, m->p.dtype, g->H);
     r.x.data = bw + m->llg.rows;
-    r.x.dtype = m->p.dtype;
+    r.x.dtype = f.x_dtype;
     r.x.rows = m->rows;
-    r.x.cols = g->H;
+    r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
     r.expert_counts = c->ll_counts;            /* device memory */
@@ -716,7 +720,14 @@ static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     r.topk_idx = NULL;
     r.topk_weights = (const float *)(bw + m->llg.w);
     r.local_experts = m->h_local;
-    r.x_scales.dtype = EPX_DTYPE_FP32;
+    r.x_scales.dtype = f.scale_dtype;
+    if (moe_wire_quantized(&f)) {
+        r.x_scales.data = bw + m->llg.scales;
+        r.x_scales.rows = m->rows;
+        r.x_scales.cols = f.nblocks;
+    }
+    if (f.global_bytes)
+        r.x_global_scale = (const float *)(bw + m->llg.gscale);
     r.capacity = m->llg.cap;
     r.num_dropped = -1;                        /* counted on the device */
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
@@ -948,11 +959,15 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
                           "[%lld, %d] in the engine dtype",
                           (long long)m->rows, m->g.H);
     /* y in the receive regions would overrun the narrower quantized rows
-     * into their scales while peers may still read them. */
+     * into their scales while peers may still read them (low latency:
+     * into the buffers, whose partials peers are storing). */
     const uintptr_t yb = (uintptr_t)a->y.data, lb = (uintptr_t)m->local;
-    if (m->g.qblock && yb < lb + (uintptr_t)m->g.off_comb &&
-        yb + (uintptr_t)(m->rows * m->g.row_bytes) >
-            lb + (uintptr_t)m->g.off_rows)
+    const uintptr_t ye = yb + (uintptr_t)(m->rows * m->g.row_bytes);
+    const uintptr_t rb = lb + (uintptr_t)(m->ll ? m->llg.off_bufs
+                                                : m->g.off_rows);
+    const uintptr_t re = lb + (uintptr_t)(m->ll ? m->llg.total
+                                                : m->g.off_comb);
+    if (m->g.qblock && m->rows > 0 && yb < re && ye > rb)
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: with a "
                           "quantized wire y may not lie in the engine's "
                           "receive buffers");

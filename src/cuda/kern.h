@@ -223,36 +223,85 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *keep,
     return hit ? below : -1;
 }
 
-/* Routing layout for destination d (one thread per d): in token order,
- * give each token going to d its position among this rank's tokens to d;
- * dest/pos are [T][maxdest], the token's j-th destination in ascending
- * order.  Returns the number of tokens to d. */
+/* ------------------------------------------------------ routing layout
+ *
+ * The layout runs over several blocks: the tokens are cut into nb
+ * contiguous chunks, one per block.  A first pass counts, per chunk, the
+ * tokens going to each destination and the (token, k) pairs of each expert
+ * (part[b][R + E]); a second gives each item its position: the items of
+ * the lower chunks (an exclusive scan of the parts over the chunks) plus
+ * its index within its own chunk, in token order.  So every position is
+ * the one a single walk over all tokens gives (the host executor's), for
+ * any nb. */
+
+/* Tokens per chunk at least, when there are several (fewer blocks for
+ * few tokens). */
+#define EPXK_LAYOUT_TOKENS 32
+
+/* Chunks (blocks) for T tokens with at most maxb blocks: >= 1. */
+EPXK_HD int epxk_layout_nblocks(int64_t T, int maxb)
+{
+    int64_t n = T / EPXK_LAYOUT_TOKENS;
+    if (n > maxb)
+        n = maxb;
+    return n < 1 ? 1 : (int)n;
+}
+
+/* Tokens [*t0, *t1) of chunk b of nb: floor(T / nb) or one more each. */
+EPXK_HD void epxk_layout_range(int64_t T, int nb, int b, int64_t *t0,
+                               int64_t *t1)
+{
+    *t0 = (int64_t)b * T / nb;
+    *t1 = ((int64_t)b + 1) * T / nb;
+}
+
+/* Items of unit u in the chunks below b: part is [nb][n]. */
+EPXK_HD int64_t epxk_layout_base(const int32_t *part, int n, int b, int u)
+{
+    int64_t s = 0;
+    for (int b2 = 0; b2 < b; b2++)
+        s += part[(int64_t)b2 * n + u];
+    return s;
+}
+
+/* Routing layout for destination d over tokens [t0, t1) (one thread per
+ * d and chunk): in token order, give each token going to d its position
+ * among this rank's tokens to d, from `base` (the tokens to d of the
+ * lower chunks); dest/pos are [T][maxdest], the token's j-th destination
+ * in ascending order.  pos NULL: count only.  Returns the chunk's tokens
+ * to d. */
 EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
                                  const int32_t *keep, const int32_t *e2r,
-                                 int64_t T, int d, int32_t *dest, int32_t *pos)
+                                 int64_t t0, int64_t t1, int d, int64_t base,
+                                 int32_t *dest, int32_t *pos)
 {
     int64_t c = 0;
-    for (int64_t t = 0; t < T; t++) {
+    for (int64_t t = t0; t < t1; t++) {
         int j = epxk_dest_slot(ids, keep, e2r, t, d);
         if (j < 0)
             continue;
-        dest[t * g->maxdest + j] = d;
-        pos[t * g->maxdest + j] = (int32_t)c++;
+        if (pos) {
+            dest[t * g->maxdest + j] = d;
+            pos[t * g->maxdest + j] = (int32_t)(base + c);
+        }
+        c++;
     }
     return c;
 }
 
-/* (token, k) pairs of this rank routed to expert e; with epos (expert-
- * major, [T][K]) each pair's position among them, in (token, k) order. */
+/* (token, k) pairs of tokens [t0, t1) routed to expert e; with epos
+ * (expert-major, [T][K]) each pair's position among this rank's pairs to
+ * e, from `base`, in (token, k) order. */
 EPXK_HD int64_t epxk_layout_expert(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                   int64_t T, int64_t e, int32_t *epos)
+                                   int64_t t0, int64_t t1, int64_t e,
+                                   int64_t base, int32_t *epos)
 {
     int64_t c = 0;
-    for (int64_t t = 0; t < T; t++)
+    for (int64_t t = t0; t < t1; t++)
         for (int k = 0; k < g->K; k++)
             if (epxk_expert_id(ids, t, k) == e) {
                 if (epos)
-                    epos[t * g->K + k] = (int32_t)c;
+                    epos[t * g->K + k] = (int32_t)(base + c);
                 c++;
             }
     return c;
@@ -548,8 +597,14 @@ EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
  *   src_tok, w [L*R*cap]     per row: token on its source, weight
  *   ent_slot [R][maxT] int32 per (source, token sent here): return slot
  *   ent_rows [R][maxT][K]    its rows here in top-k order, -1 after
- *   rows    [L*R*cap][row_bytes]
+ *   rows    [L*R*cap][xrow_bytes]   the wire format's data part: the
+ *                            engine dtype's row, or its codes
+ *   scales  [L*R*cap][scale_bytes]  quantized wire: the rows' block scales
+ *   gscale  [L*R*cap] fp32   NVFP4: the rows' own scales
  *   comb    [maxT*maxdest][row_bytes]  partials back to this rank
+ * Row i's data, scales and row scale sit at i times their sizes in their
+ * regions, as in the host executor's buffers (src/moe/ll.h), so
+ * epx_recv_t describes both alike.
  * The tag of use u of a buffer is u % 255 + 1: never 0 (zeroed window),
  * different for consecutive uses; a source writes use u only after every
  * rank released comb for use u - 1, so no reader sees two uses mixed. */
@@ -557,7 +612,8 @@ EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
 typedef struct epxk_ll {
     int B, cap;
     int64_t off_comb_flags, off_bufs, buf;       /* window */
-    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, comb;
+    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, scales,
+            gscale, comb;
     int64_t total;
 } epxk_ll_t;
 
@@ -567,7 +623,7 @@ typedef struct epxk_ll {
 #define EPXK_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
 #define EPXK_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
 
-/* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
+/* g from epxk_geom_layout (R, E, K, H, esize, wire, maxT, Lmax used). */
 EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
                             epxk_ll_t *l)
 {
@@ -593,26 +649,49 @@ EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
     l->ent_rows = o;
     o = epxk_round_up(o + ents * g->K * 4, 256);
     l->rows = o;
-    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    o = epxk_round_up(o + rows * g->xrow_bytes, 256);
+    l->scales = o;
+    o = epxk_round_up(o + rows * g->scale_bytes, 256);
+    l->gscale = o;
+    o = epxk_round_up(o + rows * g->gscale_bytes, 256);
     l->comb = o;
     o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
     l->buf = o;
     l->total = l->off_bufs + (int64_t)B * o;
 }
 
-/* Choices of this rank's tokens for expert e, in (token, k) order: slot
- * keep[t*K+k] = its index among them when below cap, else -1 (dropped;
- * choices of other experts are left alone).  Returns how many there are
- * (the count word's value: may exceed cap). */
+/* Row `row` of a buffer at bw: its data, its block scales and its row
+ * scale (the last two only with a quantized wire). */
+EPXK_HD char *epxk_ll_row_data(const epxk_geom_t *g, const epxk_ll_t *l,
+                               char *bw, int64_t row)
+{
+    return bw + l->rows + row * g->xrow_bytes;
+}
+EPXK_HD char *epxk_ll_row_scales(const epxk_geom_t *g, const epxk_ll_t *l,
+                                 char *bw, int64_t row)
+{
+    return bw + l->scales + row * g->scale_bytes;
+}
+EPXK_HD float *epxk_ll_row_gscale(const epxk_ll_t *l, char *bw, int64_t row)
+{
+    return (float *)(bw + l->gscale) + row;
+}
+
+/* Choices of tokens [t0, t1) for expert e, in (token, k) order: slot
+ * keep[t*K+k] = its index among this rank's choices of e (from `base`,
+ * those of the lower chunks) when below cap, else -1 (dropped; choices of
+ * other experts are left alone).  Returns the chunk's choices of e (all
+ * chunks': the count word's value, which may exceed cap). */
 EPXK_HD int64_t epxk_ll_layout_expert(const epxk_geom_t *g,
-                                      const epxk_ids_t *ids, int64_t T,
-                                      int64_t e, int cap, int32_t *keep)
+                                      const epxk_ids_t *ids, int64_t t0,
+                                      int64_t t1, int64_t e, int64_t base,
+                                      int cap, int32_t *keep)
 {
     int64_t c = 0;
-    for (int64_t t = 0; t < T; t++)
+    for (int64_t t = t0; t < t1; t++)
         for (int k = 0; k < g->K; k++)
             if (epxk_expert_id(ids, t, k) == e) {
-                keep[t * g->K + k] = c < cap ? (int32_t)c : -1;
+                keep[t * g->K + k] = base + c < cap ? (int32_t)(base + c) : -1;
                 c++;
             }
     return c;

@@ -48,6 +48,8 @@ typedef struct epxk_call {
     int64_t *ebase;           /* expert-major: [E] first row at the owner */
     int unweighted;           /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
     int32_t *mycnt;           /* [R + E] */
+    int32_t *part;            /* layout: [blocks][R + E] counts per token
+                                 chunk (kern.h, "routing layout") */
     int64_t *sendoff;         /* [R] */
     int64_t *base;            /* [R] */
     int64_t *info;            /* [EPXK_INFO_COUNTS + 2 * local experts] */
@@ -72,7 +74,9 @@ typedef struct epxk_call {
     int64_t *ll_state;        /* [EPXK_LL_NSTATE], sticky */
 } epxk_call_t;
 
-/* 0, or the cudaError_t of the launch (cudaGetLastError). */
+/* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
+ * SM budget of the grid kernels; the layouts (EPXK_LAYOUT: two kernels,
+ * EPXK_LL_LAYOUT: three) take epxk_layout_nblocks(T, blocks) of them. */
 int epxk_launch(int which, const epxk_geom_t *g, const epxk_call_t *c,
                 int blocks, void *stream);
 

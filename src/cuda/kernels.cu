@@ -1,6 +1,7 @@
 /*
- * GPU executor kernels (throughput mode, token-major and expert-major).  The arithmetic is
- * in kern.h (shared with the host test); this file adds the thread
+ * GPU executor kernels (throughput mode, token-major and expert-major, and
+ * low latency).  The arithmetic is in kern.h (shared with the host test);
+ * this file adds the thread
  * mapping, 16-byte vectorised copies, the release/acquire signals and the
  * bounded waits.  Launched by src/cuda/engine.c through the extern "C"
  * entry points at the end, all on the engine's stream.
@@ -282,28 +283,51 @@ __device__ static bool grid_last(unsigned *done)
 
 /* ---------------------------------------------------------------- layout */
 
-/* One block.  Routing layout: dest/pos per (token, destination), this
- * rank's counts row, the packed offsets; with windows, the counts row is
- * then stored into every peer's count buffer and released with the
- * call's sequence word. */
-__global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
+/* Routing layout over nb blocks, a chunk of tokens each (kern.h,
+ * "routing layout"): count, then place.  Grid of nb blocks: the chunk's
+ * tokens per destination and (token, k) pairs per expert into part[b];
+ * its dest entries cleared; invalid ids flagged. */
+__global__ void epxk_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 {
-    const int64_t pairs = c.T * g.maxdest;
+    const int n = g.R + g.E, b = blockIdx.x;
     const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
-    for (int64_t i = threadIdx.x; i < pairs; i += blockDim.x)
+    int64_t t0, t1;
+    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
+         i += blockDim.x)
         c.dest[i] = -1;
-    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+    for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
         if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
             c.info[EPXK_INFO_BAD_IDS] = 1;
-    __syncthreads();
-    for (int u = threadIdx.x; u < g.R + g.E; u += blockDim.x) {
-        int64_t n = u < g.R
-            ? epxk_layout_dest(&g, &ids, NULL, c.e2r, c.T, u, c.dest,
-                               c.pos)
-            : epxk_layout_expert(&g, &ids, c.T, u - g.R,
-                                 g.em ? c.epos : NULL);
-        c.mycnt[u] = (int32_t)n;
+    for (int u = threadIdx.x; u < n; u += blockDim.x)
+        c.part[(int64_t)b * n + u] = (int32_t)(u < g.R
+            ? epxk_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, 0, NULL, NULL)
+            : epxk_layout_expert(&g, &ids, t0, t1, u - g.R, 0, NULL));
+}
+
+/* Grid of nb blocks: dest/pos (and expert-major epos) of the chunk's
+ * tokens from the parts of the lower chunks.  Block 0: this rank's
+ * counts row and the packed offsets; with windows, the counts row is then
+ * stored into every peer's count buffer and released with the call's
+ * sequence word. */
+__global__ void epxk_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int n = g.R + g.E, b = blockIdx.x;
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    int64_t t0, t1;
+    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    for (int u = threadIdx.x; u < n; u += blockDim.x) {
+        const int64_t base = epxk_layout_base(c.part, n, b, u);
+        if (u < g.R)
+            epxk_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, base, c.dest,
+                             c.pos);
+        else if (g.em)
+            epxk_layout_expert(&g, &ids, t0, t1, u - g.R, base, c.epos);
     }
+    if (b != 0)
+        return;
+    for (int u = threadIdx.x; u < n; u += blockDim.x)
+        c.mycnt[u] = (int32_t)epxk_layout_base(c.part, n, gridDim.x, u);
     __syncthreads();
     if (threadIdx.x == 0) {
         int64_t o = 0;
@@ -314,7 +338,6 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
     }
     if (!c.windows)
         return;
-    const int n = g.R + g.E;
     for (int64_t i = threadIdx.x; i < (int64_t)g.R * n; i += blockDim.x) {
         int d = (int)(i / n), u = (int)(i % n);
         win_cnt(g, c.peers[d], c.parity, g.rank)[u] = c.mycnt[u];
@@ -602,32 +625,73 @@ __device__ static void ll_error(const epxk_call_t &c, int64_t st)
               (unsigned long long)st);
 }
 
-/* One block: slots per (token, k) with drops, this call's status, the
- * kept destinations and the return slots. */
-__global__ void epxk_ll_layout_kernel(epxk_geom_t g, epxk_call_t c)
+/* Low-latency layout over nb blocks, a chunk of tokens each (kern.h,
+ * "routing layout"): count the choices per expert, then give them their
+ * slots (beyond cap dropped) and count the kept destinations, then place
+ * the destinations.  Grid of nb blocks: the chunk's choices per expert
+ * into part[b][R + e]; its keep and dest entries cleared. */
+__global__ void epxk_ll_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 {
+    const int n = g.R + g.E, b = blockIdx.x;
     const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    int64_t t0, t1;
+    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
+        c.keep[i] = -1;
+    for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
+         i += blockDim.x)
+        c.dest[i] = -1;
+    for (int e = threadIdx.x; e < g.E; e += blockDim.x)
+        c.part[(int64_t)b * n + g.R + e] =
+            (int32_t)epxk_layout_expert(&g, &ids, t0, t1, e, 0, NULL);
+}
+
+/* Grid of nb blocks: the slots of the chunk's choices (keep) from the
+ * choices of the lower chunks, then the chunk's tokens per destination
+ * among the kept choices into part[b][d]. */
+__global__ void epxk_ll_layout_keep_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int n = g.R + g.E, b = blockIdx.x;
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    int64_t t0, t1;
+    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    for (int e = threadIdx.x; e < g.E; e += blockDim.x)
+        epxk_ll_layout_expert(&g, &ids, t0, t1, e,
+                              epxk_layout_base(c.part, n, b, g.R + e),
+                              c.ll.cap, c.keep);
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        c.part[(int64_t)b * n + d] = (int32_t)epxk_layout_dest(
+            &g, &ids, c.keep, c.e2r, t0, t1, d, 0, NULL, NULL);
+}
+
+/* Grid of nb blocks: the chunk's kept destinations (dest/pos).  Block 0:
+ * the counts, return-slot offsets and this call's own status (invalid
+ * ids, or more rows than cap without DROP). */
+__global__ void epxk_ll_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int n = g.R + g.E, b = blockIdx.x;
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    int64_t t0, t1;
+    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        epxk_layout_dest(&g, &ids, c.keep, c.e2r, t0, t1, d,
+                         epxk_layout_base(c.part, n, b, d), c.dest, c.pos);
+    if (b != 0)
+        return;
     __shared__ int bad, over;
     if (threadIdx.x == 0)
         bad = over = 0;
-    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
-        c.keep[i] = -1;
-    for (int64_t i = threadIdx.x; i < c.T * g.maxdest; i += blockDim.x)
-        c.dest[i] = -1;
     __syncthreads();
     for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
         if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
-            bad = 1;
-    for (int e = threadIdx.x; e < g.E; e += blockDim.x) {
-        int64_t n = epxk_ll_layout_expert(&g, &ids, c.T, e, c.ll.cap, c.keep);
-        c.mycnt[g.R + e] = (int32_t)n;
-        if (n > c.ll.cap && !c.ll_drop)
-            over = 1;
+            atomicOr(&bad, 1);
+    for (int u = threadIdx.x; u < n; u += blockDim.x) {
+        int64_t v = epxk_layout_base(c.part, n, gridDim.x, u);
+        c.mycnt[u] = (int32_t)v;
+        if (u >= g.R && v > c.ll.cap && !c.ll_drop)
+            atomicOr(&over, 1);
     }
-    __syncthreads();
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        c.mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, c.keep, c.e2r, c.T,
-                                               d, c.dest, c.pos);
     __syncthreads();
     if (threadIdx.x == 0) {
         int64_t o = 0;
@@ -644,9 +708,11 @@ __global__ void epxk_ll_layout_kernel(epxk_geom_t g, epxk_call_t c)
 
 /* Grid: wait until every rank combined the buffer's previous use (so
  * nobody still reads what this call overwrites), then a warp per (token,
- * destination): its kept rows at their fixed places and its entry; the
- * last block stores the status and count words and releases the final
- * word at every destination. */
+ * destination): its kept rows at their fixed places (a quantized wire:
+ * quantized while stored, into the data, scales and row-scale regions;
+ * one quantization per row, as expert-major in throughput mode) and its
+ * entry; the last block stores the status and count words and releases
+ * the final word at every destination. */
 __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
@@ -673,9 +739,14 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
                     continue;
                 int64_t row = epxk_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
                                           c.keep[t * g.K + k]);
-                warp_copy(bw + c.ll.rows + row * g.row_bytes,
-                          (const char *)c.x + t * g.row_bytes, g.row_bytes,
-                          lane);
+                const char *xr = (const char *)c.x + t * g.row_bytes;
+                char *q = epxk_ll_row_data(&g, &c.ll, bw, row);
+                if (g.qblock)
+                    warp_quant_row(g, q, epxk_ll_row_scales(&g, &c.ll, bw, row),
+                                   epxk_ll_row_gscale(&c.ll, bw, row),
+                                   (const uint16_t *)xr, lane);
+                else
+                    warp_copy(q, xr, g.row_bytes, lane);
                 if (lane == 0) {
                     ((int32_t *)(bw + c.ll.src_tok))[row] = (int32_t)t;
                     ((float *)(bw + c.ll.w))[row] = c.w[t * g.K + k];
@@ -830,9 +901,15 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
 {
     cudaStream_t st = (cudaStream_t)stream;
     switch (which) {
-    case EPXK_LAYOUT:
-        epxk_layout_kernel<<<1, 256, 0, st>>>(*g, *c);
+    case EPXK_LAYOUT: {
+        const int nb = epxk_layout_nblocks(c->T, blocks);
+        epxk_layout_count_kernel<<<nb, 256, 0, st>>>(*g, *c);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return (int)e;
+        epxk_layout_place_kernel<<<nb, 256, 0, st>>>(*g, *c);
         break;
+    }
     case EPXK_OFFSETS:
         epxk_offsets_kernel<<<1, 128, 0, st>>>(*g, *c);
         break;
@@ -848,9 +925,18 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
     case EPXK_COMB_REDUCE:
         epxk_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
         break;
-    case EPXK_LL_LAYOUT:
-        epxk_ll_layout_kernel<<<1, 256, 0, st>>>(*g, *c);
+    case EPXK_LL_LAYOUT: {
+        const int nb = epxk_layout_nblocks(c->T, blocks);
+        epxk_ll_layout_count_kernel<<<nb, 256, 0, st>>>(*g, *c);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess)
+            return (int)e;
+        epxk_ll_layout_keep_kernel<<<nb, 256, 0, st>>>(*g, *c);
+        if ((e = cudaGetLastError()) != cudaSuccess)
+            return (int)e;
+        epxk_ll_layout_place_kernel<<<nb, 256, 0, st>>>(*g, *c);
         break;
+    }
     case EPXK_LL_PACK:
         epxk_ll_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c);
         break;

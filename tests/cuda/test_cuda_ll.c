@@ -6,7 +6,10 @@
  * (same shapes), every replay's counts, row sources, received rows (copied
  * inside the graph) and combine output compared bit for bit with
  * ref_dispatch_ll and the combine of the kept routing; and an overflow
- * without EPX_MOE_LL_DROP reported as EPX_ERR_RANGE on every rank.
+ * without EPX_MOE_LL_DROP reported as EPX_ERR_RANGE on every rank.  The
+ * quantized wires the same way: data, block scales and row scales of every
+ * kept row (copied inside the graph too) against the reference's rows
+ * quantized by the reference quantizer, and y inside the buffers refused.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +25,7 @@
 #include "common/epx_test.h"
 #include "common/thread_ranks.h"
 #include "ref/ref.h"
+#include "ref/ref_quant.h"
 #include "epx/cuda.h"
 
 typedef struct llcase {
@@ -29,6 +33,7 @@ typedef struct llcase {
     epx_dtype_t dtype;
     int drop;        /* EPX_MOE_LL_DROP */
     int skew;        /* choices on few experts: ranges overflow */
+    epx_wire_t wire;
 } llcase_t;
 
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
@@ -68,8 +73,25 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
 }
 
 typedef struct rank_bufs {
-    void *dx, *didx, *dw, *dy, *dout, *dxcopy;
+    void *dx, *didx, *dw, *dy, *dout, *dxcopy, *dscopy, *dgcopy;
 } rank_bufs_t;
+
+/* Copies of the received rows, scales and row scales on `st` (inside a
+ * captured graph too): the buffer is reused by a later call. */
+static int copy_rows(const epx_recv_t *rv, const rank_bufs_t *b,
+                     const ref_recv_t *want, cudaStream_t st)
+{
+    const size_t n = (size_t)rv->num_rows;
+    CU(cudaMemcpyAsync(b->dxcopy, rv->x.data, n * want->x_row,
+                       cudaMemcpyDeviceToDevice, st));
+    if (rv->x_scales.data)
+        CU(cudaMemcpyAsync(b->dscopy, rv->x_scales.data, n * want->scale_row,
+                           cudaMemcpyDeviceToDevice, st));
+    if (rv->x_global_scale)
+        CU(cudaMemcpyAsync(b->dgcopy, rv->x_global_scale, n * sizeof(float),
+                           cudaMemcpyDeviceToDevice, st));
+    return 0;
+}
 
 /* Inputs of every rank for `call`; this rank's uploaded, its y built from
  * the reference's rows.  Returns the reference's view in *want. */
@@ -80,7 +102,8 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     for (int r = 0; r < R; r++)
         gen(c, r, call, &src[r], idx[r], w[r], x[r]);
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
+                      c->wire };
     CHECK(ref_dispatch_ll(&cfg, src, me, c->cap, want, dropped) == 0);
     const int64_t T = src[me].T, n = want->num_rows;
     CU(cudaMemcpy(b->dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice));
@@ -103,41 +126,65 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     return 0;
 }
 
-/* After a call: counts, sources, rows (from dxcopy when in_graph, else
- * recv.x) and the combine output against the reference. */
+/* After a call: counts, sources, rows (with their scales; from the
+ * copies made on the stream) and the combine output against the
+ * reference. */
 static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
-                  const rank_bufs_t *b, int rows_from_copy,
-                  const ref_tokens_t *src, const ref_recv_t *want)
+                  const rank_bufs_t *b, const ref_tokens_t *src,
+                  const ref_recv_t *want)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     const int64_t n = want->num_rows, T = src[me].T;
+    const size_t xr = want->x_row, sr = want->scale_row;
+    const int q = c->wire != EPX_WIRE_NATIVE;
     CHECK(rv->num_rows == n && rv->capacity == c->cap && rv->num_dropped == -1);
+    ref_wire_t shape;   /* the format's shape, from the reference */
+    CHECK(ref_wire_shape(c->wire, c->H, &shape) == (q ? 0 : -1));
+    CHECK(rv->x.rows == n && rv->x.cols == (q ? shape.x_cols : c->H));
+    CHECK(rv->x.dtype == (q ? shape.x_dtype : c->dtype));
+    CHECK(q == (rv->x_scales.data != NULL));
+    CHECK(!q || (rv->x_scales.rows == n &&
+                 rv->x_scales.cols == (int64_t)shape.nblocks &&
+                 rv->x_scales.dtype == shape.scale_dtype));
+    CHECK((c->wire == EPX_WIRE_NVFP4) == (rv->x_global_scale != NULL));
     int64_t *counts = calloc((size_t)want->num_local + 1, sizeof(int64_t));
     int32_t *srank = calloc((size_t)n + 1, sizeof(int32_t));
-    unsigned char *hx = calloc((size_t)(n * c->H + 1), es);
+    unsigned char *hx = calloc((size_t)n * xr + 1, 1);
+    unsigned char *hs = calloc((size_t)n * sr + 1, 1);
+    float *hg = calloc((size_t)n + 1, sizeof(float));
     float *got = calloc((size_t)(T * c->H + 1), 4), *exp = calloc((size_t)(T * c->H + 1), 4);
     CU(cudaMemcpy(counts, rv->expert_counts, sizeof(int64_t) * (size_t)want->num_local,
                   cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(srank, rv->src_rank, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(hx, rows_from_copy ? b->dxcopy : rv->x.data, (size_t)(n * c->H) * es,
-                  cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hx, b->dxcopy, (size_t)n * xr, cudaMemcpyDeviceToHost));
+    if (q)
+        CU(cudaMemcpy(hs, b->dscopy, (size_t)n * sr, cudaMemcpyDeviceToHost));
+    if (rv->x_global_scale)
+        CU(cudaMemcpy(hg, b->dgcopy, sizeof(float) * (size_t)n,
+                      cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(got, b->dout, sizeof(float) * (size_t)(T * c->H), cudaMemcpyDeviceToHost));
     for (int j = 0; j < want->num_local; j++) {
         CHECK(counts[j] == want->counts[j]);
         CHECK(rv->expert_offsets[j] == want->offsets[j]);
     }
     CHECK(memcmp(srank, want->src_rank, 4 * (size_t)n) == 0);
-    const size_t rb = (size_t)c->H * es;
-    for (int64_t i = 0; i < n; i++)
-        CHECK(want->src_rank[i] < 0 || memcmp(hx + i * rb, want->x + i * rb, rb) == 0);
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    for (int64_t i = 0; i < n; i++) {
+        if (want->src_rank[i] < 0)
+            continue;
+        CHECKF(memcmp(hx + i * xr, want->x + i * xr, xr) == 0,
+               "row %lld differs (wire %d)", (long long)i, (int)c->wire);
+        CHECK(!q || memcmp(hs + i * sr, want->scales + i * sr, sr) == 0);
+        CHECK(!rv->x_global_scale || memcmp(hg + i, want->gscale + i, 4) == 0);
+    }
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
+                      c->wire };
     int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(T * c->K + 1));
     ref_ll_kept(&cfg, &src[me], c->cap, kidx);
     ref_tokens_t kept = { T, src[me].x, kidx, src[me].w };
     int H = c->H;
     CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32, exp) == 0);
     CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
-    free(counts), free(srank), free(hx), free(got), free(exp), free(kidx);
+    free(counts), free(srank), free(hx), free(hs), free(hg), free(got);
+    free(exp), free(kidx);
     return 0;
 }
 
@@ -157,6 +204,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     p.ll_capacity = c->cap;
     p.ll_buffers = 2;
     p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
+    p.wire = c->wire;
     epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
     cp.device = 0;
     epx_cuda_moe_t *m = NULL;
@@ -170,6 +218,8 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     CU(cudaMalloc(&b.dw, (size_t)(c->maxT * c->K + 1) * 4));
     CU(cudaMalloc(&b.dy, (size_t)(rows * c->H + 1) * es));
     CU(cudaMalloc(&b.dxcopy, (size_t)(rows * c->H + 1) * es));
+    CU(cudaMalloc(&b.dscopy, (size_t)(rows * c->H + 1) * 4));
+    CU(cudaMalloc(&b.dgcopy, (size_t)(rows + 1) * 4));
     CU(cudaMalloc(&b.dout, (size_t)(c->maxT * c->H + 1) * 4));
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
@@ -211,24 +261,31 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
         CU(cudaStreamSynchronize(st));
         epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        if (c->wire != EPX_WIRE_NATIVE && call == 0) {
+            /* y over the buffers: refused, nothing consumed */
+            ca.y = (epx_tensor_t){ (void *)rv.x.data, c->dtype, rv.num_rows,
+                                   c->H };
+            CHECK_ST(epx_cuda_combine_send(m, &ca, st), EPX_ERR_INVALID);
+        }
         ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
-        CU(cudaMemcpyAsync(b.dxcopy, rv.x.data, (size_t)(rv.num_rows * c->H) * es,
-                           cudaMemcpyDeviceToDevice, st));
+        CHECK_CALL(copy_rows(&rv, &b, &want, st));
         CHECK_OK(epx_cuda_combine_send(m, &ca, st));
         CHECK_OK(epx_cuda_combine_recv(m, &out, st));
         CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
         CHECK(got_dropped == dropped);
-        CHECK_CALL(verify(c, R, me, &rv, &b, 1, src, &want));
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
         ref_recv_free(&want);
     }
-    /* Captured once, replayed with new inputs. */
+    /* Captured once, replayed with new inputs (the row sizes of the
+     * copies do not depend on the inputs). */
+    CHECK_CALL(stage(c, R, me, 9, &b, src, idx, w, x, &want, &dropped));
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
     CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
-    CU(cudaMemcpyAsync(b.dxcopy, rv.x.data, (size_t)(rv.num_rows * c->H) * es,
-                       cudaMemcpyDeviceToDevice, st));
+    CHECK_CALL(copy_rows(&rv, &b, &want, st));
+    ref_recv_free(&want);
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
     ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
     CHECK_OK(epx_cuda_combine_send(m, &ca, st));
@@ -241,7 +298,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CU(cudaStreamSynchronize(st));
         CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
         CHECK(got_dropped == dropped);
-        CHECK_CALL(verify(c, R, me, &rv, &b, 1, src, &want));
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
         ref_recv_free(&want);
     }
     cudaGraphExecDestroy(exec);
@@ -250,7 +307,7 @@ done:
     epx_cuda_moe_destroy(m);
     cudaStreamDestroy(st);
     cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dy);
-    cudaFree(b.dxcopy), cudaFree(b.dout);
+    cudaFree(b.dxcopy), cudaFree(b.dscopy), cudaFree(b.dgcopy), cudaFree(b.dout);
     for (int r = 0; r < R; r++)
         free(idx[r]), free(w[r]), free(x[r]);
     free(src), free(idx), free(w), free(x);
@@ -264,13 +321,36 @@ static void low_latency(void **state)
     for (size_t i = 0; i < 2; i++) {
         const int R = ranks[i];
         /* room for everything; drops; overflow without DROP */
-        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0 };
-        llcase_t b = { R, 2 * R + 3, 4, 512, 16, 3, EPX_DTYPE_BF16, 1, 1 };
-        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_BF16, 0, 1 };
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                       EPX_WIRE_NATIVE };
+        llcase_t b = { R, 2 * R + 3, 4, 512, 16, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_NATIVE };
+        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_BF16, 0, 1,
+                       EPX_WIRE_NATIVE };
         assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &a), 0);
         assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &b), 0);
         assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &c), 0);
     }
+}
+
+/* Every quantized wire, eager and replayed: room for all (H 7168) and
+ * drops with odd rows (H 200, 33). */
+static void low_latency_quantized(void **state)
+{
+    (void)state;
+    static const epx_wire_t wires[] = { EPX_WIRE_FP8, EPX_WIRE_FP8_UE8M0,
+                                        EPX_WIRE_MXFP8, EPX_WIRE_NVFP4 };
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++)
+        for (size_t f = 0; f < 4; f++) {
+            const int R = ranks[i];
+            llcase_t a = { R, 2 * R + 3, 4, 7168, 8, 8, EPX_DTYPE_BF16, 0, 0,
+                           wires[f] };
+            llcase_t b = { R, 2 * R + 3, 4, f % 2 ? 33 : 200, 16, 3,
+                           EPX_DTYPE_BF16, 1, 1, wires[f] };
+            assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &a), 0);
+            assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &b), 0);
+        }
 }
 
 int main(void)
@@ -283,6 +363,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(low_latency_quantized),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -247,7 +247,8 @@ static void threads_one_gpu(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0,
+                          EPX_WIRE_NATIVE };
             assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
         }
 }
@@ -262,7 +263,8 @@ static void expert_major(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d };
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d,
+                          EPX_WIRE_NATIVE };
             assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
         }
 }
@@ -271,12 +273,12 @@ static void expert_major_processes(void **state)
 {
     (void)state;
     gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS,
-                  1, 1, 4, 0 };
+                  1, 1, 4, 0, EPX_WIRE_NATIVE };
     assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
 }
 
-/* Refused: a quantized wire with FP32, an unknown wire, and low latency
- * with a quantized wire; nothing created. */
+/* Refused: a quantized wire with FP32 (throughput and low latency) and
+ * an unknown wire; nothing created. */
 static int wire_refused_rank(epx_comm_t *comm, void *arg)
 {
     (void)arg;
@@ -295,10 +297,11 @@ static int wire_refused_rank(epx_comm_t *comm, void *arg)
     p.dtype = EPX_DTYPE_BF16;
     p.wire = (epx_wire_t)99;
     CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    p.dtype = EPX_DTYPE_FP32;
     p.wire = EPX_WIRE_NVFP4;
     p.mode = EPX_MODE_LOW_LATENCY;
     p.layout = EPX_LAYOUT_EXPERT_MAJOR;
-    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_UNSUPPORTED);
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
     CHECK(m == NULL);
     return 0;
 }
@@ -336,7 +339,7 @@ static void processes_one_gpu(void **state)
     static const int ranks[] = { 2, 4 };
     for (size_t i = 0; i < 2; i++) {
         gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
-                      EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
+                      EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0, EPX_WIRE_NATIVE };
         assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
     }
 }
@@ -348,7 +351,7 @@ static void nccl_two_gpus(void **state)
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
         skip();
     gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0,
-                  0, 1, 0 };
+                  0, 1, 0, EPX_WIRE_NATIVE };
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
     c.wire = EPX_WIRE_NVFP4;   /* the scales and row scales move too */
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);

@@ -163,6 +163,58 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
     free(yrow);
 }
 
+/* The throughput layout kernels over nb blocks (kernels.cu: count, then
+ * place; blocks run in any order, so the passes go block by block): dest,
+ * pos, epos (expert-major) and block 0's totals. */
+static void layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+                          const int32_t *e2r, int64_t T, int nb, int em,
+                          int32_t *dest, int32_t *pos, int32_t *epos,
+                          int32_t *mycnt)
+{
+    const int n = g->R + g->E;
+    int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
+    assert_non_null(part);
+    for (int b = nb - 1; b >= 0; b--) {   /* count: any block order */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
+            dest[i] = -1;
+        for (int u = 0; u < n; u++)
+            part[(int64_t)b * n + u] = (int32_t)(u < g->R
+                ? epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, 0, NULL, NULL)
+                : epxk_layout_expert(g, ids, t0, t1, u - g->R, 0, NULL));
+    }
+    for (int b = 0; b < nb; b++) {        /* place */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int u = 0; u < n; u++) {
+            int64_t base = epxk_layout_base(part, n, b, u);
+            if (u < g->R)
+                epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, base, dest,
+                                 pos);
+            else if (em)
+                epxk_layout_expert(g, ids, t0, t1, u - g->R, base, epos);
+        }
+    }
+    for (int u = 0; u < n; u++)
+        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+    free(part);
+}
+
+/* Chunk counts to try for T tokens: one, a few, more than tokens (empty
+ * chunks), and what the kernels launch for several SM budgets. */
+static int layout_nb(int64_t T, int i)
+{
+    switch (i % 6) {
+    case 0: return 1;
+    case 1: return 2;
+    case 2: return 3;
+    case 3: return (int)T + 3;
+    case 4: return epxk_layout_nblocks(T, 132);
+    default: return epxk_layout_nblocks(T, 5);
+    }
+}
+
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
@@ -249,14 +301,25 @@ static void run(const scen_t *sc)
         epxk_geom_t g = g0;
         g.rank = r;
         const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
-        for (int64_t i = 0; i < s->T * g.maxdest; i++)
-            s->dest[i] = -1;
-        for (int u = 0; u < R + E; u++)
-            s->mycnt[u] = (int32_t)(u < R
-                ? epxk_layout_dest(&g, &ids, NULL, e2r, s->T, u, s->dest,
-                                   s->pos)
-                : epxk_layout_expert(&g, &ids, s->T, u - R,
-                                     sc->em ? s->epos : NULL));
+        /* one block, then several: the same positions */
+        const size_t np = (size_t)(sc->maxT * g.maxdest + 1),
+                     ne = (size_t)(sc->maxT * K + 1);
+        int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
+        int32_t *e1 = malloc(sizeof(int32_t) * ne);
+        int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
+        layout_blocks(&g, &ids, e2r, s->T, 1, sc->em, d1, p1, e1, c1);
+        layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r), sc->em,
+                      s->dest, s->pos, s->epos, s->mycnt);
+        assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            assert_int_equal(d1[i], s->dest[i]);
+            if (d1[i] >= 0)
+                assert_int_equal(p1[i], s->pos[i]);
+        }
+        for (int64_t i = 0; sc->em && i < s->T * K; i++)
+            if (epxk_expert_id(&ids, i / K, (int)(i % K)) >= 0)
+                assert_int_equal(e1[i], s->epos[i]);
+        free(d1), free(p1), free(e1), free(c1);
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
             s->sendoff[d] = o;
@@ -358,7 +421,7 @@ static void run(const scen_t *sc)
 
     ref_cfg_t cfg = { R, E, K, H, sc->dtype,
                       sc->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
-                      g0.align };
+                      g0.align, EPX_WIRE_NATIVE };
     if (sc->em) {
         check_expert_major(sc, &g0, &cfg, rs, src, win, first);
         goto out;
@@ -510,13 +573,102 @@ static void expert_major(void **state)
     run(&e);
 }
 
+/* The low-latency layout kernels over nb blocks (count, keep, place):
+ * keep, dest, pos and block 0's totals (mycnt [R + E]). */
+static void ll_layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+                             const int32_t *e2r, int64_t T, int nb, int cap,
+                             int32_t *keep, int32_t *dest, int32_t *pos,
+                             int32_t *mycnt)
+{
+    const int n = g->R + g->E;
+    int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
+    assert_non_null(part);
+    for (int b = nb - 1; b >= 0; b--) {   /* count */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int64_t i = t0 * g->K; i < t1 * g->K; i++)
+            keep[i] = -1;
+        for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
+            dest[i] = -1;
+        for (int e = 0; e < g->E; e++)
+            part[(int64_t)b * n + g->R + e] =
+                (int32_t)epxk_layout_expert(g, ids, t0, t1, e, 0, NULL);
+    }
+    for (int b = nb - 1; b >= 0; b--) {   /* keep */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int e = 0; e < g->E; e++)
+            epxk_ll_layout_expert(g, ids, t0, t1, e,
+                                  epxk_layout_base(part, n, b, g->R + e), cap,
+                                  keep);
+        for (int d = 0; d < g->R; d++)
+            part[(int64_t)b * n + d] = (int32_t)epxk_layout_dest(
+                g, ids, keep, e2r, t0, t1, d, 0, NULL, NULL);
+    }
+    for (int b = 0; b < nb; b++) {        /* place */
+        int64_t t0, t1;
+        epxk_layout_range(T, nb, b, &t0, &t1);
+        for (int d = 0; d < g->R; d++)
+            epxk_layout_dest(g, ids, keep, e2r, t0, t1, d,
+                             epxk_layout_base(part, n, b, d), dest, pos);
+    }
+    for (int u = 0; u < n; u++)
+        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+    free(part);
+}
+
+/* A bf16 row quantized with the kernels' per-chunk arithmetic (kern.h,
+ * "quantized pack") in lane order, one block after the other: what the
+ * pack warp stores (test_kern_quant checks the warp's own order). */
+static void quant_row_chunks(const epxk_geom_t *g, const uint16_t *x, char *q,
+                             char *sc, float *gs)
+{
+    const int64_t chunks = epxk_q_chunks(g);
+    const int G = epxk_q_group(g), cb = epxk_q_chunk_bytes(g);
+    uint16_t v[MOE_QUANT_CHUNK];
+    uint8_t o[MOE_QUANT_CHUNK];
+    float global = 0.0f;
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = 0; c < chunks; c++) {
+            int nan;
+            epxk_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        *gs = global;
+    }
+    for (int64_t b0 = 0; b0 < chunks; b0 += G) {
+        uint32_t m = 0;
+        int nan = 0;
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n1;
+            epxk_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &n1);
+            m = a > m ? a : m;
+            nan |= n1;
+        }
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n = epxk_q_load_chunk(g, x, c, v);
+            uint32_t sv = epxk_q_encode(g, v, MOE_QUANT_CHUNK, m, nan, global,
+                                        o);
+            memcpy(q + c * cb, o, (size_t)epxk_q_chunk_stored(g, n));
+            if (c == b0)
+                epxk_q_store_scale(g, sc, c / G, sv);
+        }
+    }
+}
+
 /* Low latency: R simulated ranks through the kernels' steps (slots per
  * expert with drops, kept destinations, rows at j*R*cap + s*cap + i, count
  * and final words, entries, padding from the count words, partials and the
  * reduce) against the reference's low-latency dispatch and its combine of
- * the kept routing. */
+ * the kept routing.  A quantized wire: each kept row quantized into the
+ * buffer's data, scales and row-scale regions at the row's index, against
+ * the reference's rows quantized by the reference quantizer. */
 static void run_ll(int R, int E, int K, int H, int maxT, int cap,
-                   epx_dtype_t dt, int unweighted, int skew)
+                   epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire)
 {
     const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
     epxk_geom_t g0 = { 0 };
@@ -527,6 +679,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     g0.esize = esize;
     g0.maxT = maxT;
     g0.align = 1;
+    g0.wire = wire;
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E), *first =
         malloc(sizeof(int32_t) * (size_t)(R + 1));
     for (int r = 0; r <= R; r++)
@@ -544,6 +697,18 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     const int32_t tag = EPXK_LL_TAG(use);
     epxk_ll_layout(&g0, B, cap, &ll);
     assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
+    {   /* regions in order, none overlapping the next, 16-byte aligned */
+        const int64_t rows = (int64_t)g0.Lmax * R * cap;
+        assert_true(ll.scales >= ll.rows + rows * g0.xrow_bytes);
+        assert_true(ll.gscale >= ll.scales + rows * g0.scale_bytes);
+        assert_true(ll.comb >= ll.gscale + rows * g0.gscale_bytes);
+        assert_true(ll.buf >= ll.comb + maxT * g0.maxdest * g0.row_bytes);
+        assert_int_equal(ll.rows % 16, 0);
+        assert_int_equal(ll.scales % 16, 0);
+        assert_int_equal(ll.gscale % 16, 0);
+        assert_int_equal(ll.buf % 256, 0);
+        assert_int_equal(ll.total, ll.off_bufs + B * ll.buf);
+    }
 
     rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
@@ -580,7 +745,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             }
         s->dest = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
         s->pos = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
-        s->mycnt = calloc((size_t)(R + 1), sizeof(int32_t));
+        s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
         keep[r] = malloc(sizeof(int32_t) * (size_t)(maxT * K + 1));
         ecnt[r] = calloc((size_t)E, sizeof(int32_t));
         src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
@@ -593,17 +758,27 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         epxk_geom_t g = g0;
         g.rank = r;
         const epxk_ids_t ids = { s->idx, 0, K, E };
-        for (int64_t i = 0; i < s->T * K; i++)
-            keep[r][i] = -1;
-        for (int64_t i = 0; i < s->T * g.maxdest; i++)
-            s->dest[i] = -1;
+        /* one block, then several: the same slots and positions */
+        const size_t np = (size_t)(maxT * g.maxdest + 1),
+                     nk = (size_t)(maxT * K + 1);
+        int32_t *k1 = malloc(sizeof(int32_t) * nk);
+        int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
+        int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
+        ll_layout_blocks(&g, &ids, e2r, s->T, 1, cap, k1, d1, p1, c1);
+        ll_layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r + skew), cap,
+                         keep[r], s->dest, s->pos, s->mycnt);
+        assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
+        assert_memory_equal(k1, keep[r], sizeof(int32_t) * (size_t)(s->T * K));
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            assert_int_equal(d1[i], s->dest[i]);
+            if (d1[i] >= 0)
+                assert_int_equal(p1[i], s->pos[i]);
+        }
+        free(k1), free(d1), free(p1), free(c1);
         for (int e = 0; e < E; e++)
-            ecnt[r][e] = (int32_t)epxk_ll_layout_expert(&g, &ids, s->T, e, cap,
-                                                        keep[r]);
+            ecnt[r][e] = s->mycnt[R + e];
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
-            s->mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, keep[r], e2r,
-                                                    s->T, d, s->dest, s->pos);
             s->sendoff[d] = o;
             o += s->mycnt[d];
         }
@@ -619,9 +794,16 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                     continue;
                 int64_t row = epxk_ll_row(&g, cap, first[d], e, r,
                                           keep[r][t * K + k]);
-                memcpy(bw + ll.rows + row * g.row_bytes,
-                       (const char *)s->x + t * g.row_bytes,
-                       (size_t)g.row_bytes);
+                assert_true(row >= 0 && row < (int64_t)g.Lmax * R * cap);
+                const char *xr = (const char *)s->x + t * g.row_bytes;
+                if (g.qblock)
+                    quant_row_chunks(&g, (const uint16_t *)xr,
+                                     epxk_ll_row_data(&g, &ll, bw, row),
+                                     epxk_ll_row_scales(&g, &ll, bw, row),
+                                     epxk_ll_row_gscale(&ll, bw, row));
+                else
+                    memcpy(epxk_ll_row_data(&g, &ll, bw, row), xr,
+                           (size_t)g.row_bytes);
                 ((int32_t *)(bw + ll.src_tok))[row] = (int32_t)t;
                 ((float *)(bw + ll.w))[row] = s->w[t * K + k];
             }
@@ -642,7 +824,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         }
     }
     /* receive side against the reference */
-    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1, wire };
     char **ybuf = calloc((size_t)R, sizeof(char *));
     float *yrow = malloc(sizeof(float) * (size_t)H);
     int hid = H;
@@ -656,6 +838,9 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         assert_int_equal(ref_dispatch_ll(&cfg, src, r, cap, &want, &dropped), 0);
         const int L = first[r + 1] - first[r];
         assert_int_equal(want.num_rows, (int64_t)L * R * cap);
+        assert_int_equal(want.x_row, (size_t)g.xrow_bytes);
+        if (g.qblock)
+            assert_int_equal(want.scale_row, (size_t)g.scale_bytes);
         for (int j = 0; j < L; j++) {
             int64_t c = 0;
             for (int sr = 0; sr < R; sr++) {
@@ -676,8 +861,17 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             int32_t tok = ((int32_t *)(bw + ll.src_tok))[i];
             assert_int_equal(tok, want.src_token[i]);
             assert_memory_equal(&((float *)(bw + ll.w))[i], &want.weights[i], 4);
-            assert_memory_equal(bw + ll.rows + i * g.row_bytes,
-                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            /* read as epx_recv_t describes the buffer (x, x_scales,
+             * x_global_scale: dense arrays from the regions' bases) */
+            assert_memory_equal(bw + ll.rows + (size_t)i * want.x_row,
+                                want.x + (size_t)i * want.x_row, want.x_row);
+            if (g.qblock)
+                assert_memory_equal(bw + ll.scales + (size_t)i * want.scale_row,
+                                    want.scales + (size_t)i * want.scale_row,
+                                    want.scale_row);
+            if (g.gscale_bytes)
+                assert_memory_equal((float *)(bw + ll.gscale) + i,
+                                    &want.gscale[i], sizeof(float));
             y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
             for (int h = 0; h < H; h++)
                 epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
@@ -752,13 +946,27 @@ static void low_latency(void **state)
         const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
         /* capacity enough for everything; capacity 3 with drops and a
          * skewed routing; bf16 and fp32; unweighted */
-        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0);
-        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1);
-        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1);
+        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+               EPX_WIRE_NATIVE);
+        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1,
+               EPX_WIRE_NATIVE);
+        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+               EPX_WIRE_NATIVE);
+        /* every quantized wire: room for all, and drops; odd rows */
+        run_ll(R, 2 * R + 3, 4, 160, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+               EPX_WIRE_FP8);
+        run_ll(R, 2 * R + 3, 4, 33, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+               EPX_WIRE_FP8_UE8M0);
+        run_ll(R, 2 * R + 3, 3, 200, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+               EPX_WIRE_MXFP8);
+        run_ll(R, 2 * R + 3, 4, 49, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+               EPX_WIRE_NVFP4);
     }
     /* every choice on few experts, capacity 1; one rank, one expert */
-    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1);
-    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0);
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NATIVE);
+    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE);
+    run_ll(8, 19, 3, 7168, 4, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NVFP4);
+    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8);
 }
 
 static void edges(void **state)
@@ -776,6 +984,35 @@ static void edges(void **state)
     run(&d);
     scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, 0, 0, 0 };
     run(&e);
+}
+
+/* The layout's chunks: at most maxb, >= 1, at least EPXK_LAYOUT_TOKENS
+ * tokens each when there are several, contiguous and covering [0, T). */
+static void layout_chunks(void **state)
+{
+    (void)state;
+    static const int64_t Ts[] = { 0, 1, 31, 32, 33, 64, 100, 4096, 4097,
+                                  100000 };
+    static const int maxbs[] = { 1, 2, 7, 16, 132 };
+    for (size_t i = 0; i < sizeof(Ts) / sizeof(Ts[0]); i++)
+        for (size_t j = 0; j < sizeof(maxbs) / sizeof(maxbs[0]); j++) {
+            const int64_t T = Ts[i];
+            const int nb = epxk_layout_nblocks(T, maxbs[j]);
+            assert_true(nb >= 1 && nb <= maxbs[j]);
+            /* as many blocks as allowed with EPXK_LAYOUT_TOKENS each */
+            assert_true(nb == maxbs[j] ||
+                        (nb + 1) * (int64_t)EPXK_LAYOUT_TOKENS > T);
+            int64_t next = 0;
+            for (int b = 0; b < nb; b++) {
+                int64_t t0, t1;
+                epxk_layout_range(T, nb, b, &t0, &t1);
+                assert_int_equal(t0, next);
+                assert_true(t1 - t0 == T / nb || t1 - t0 == T / nb + 1);
+                assert_true(nb == 1 || t1 - t0 >= EPXK_LAYOUT_TOKENS);
+                next = t1;
+            }
+            assert_int_equal(next, T);
+        }
 }
 
 static void invalid_ids(void **state)
@@ -816,6 +1053,7 @@ int main(void)
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(layout_chunks),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(bf16_matches_host),
     };
