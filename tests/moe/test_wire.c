@@ -473,18 +473,17 @@ static rep_case_t reps[] = {
     { 8, EPX_LAYOUT_EXPERT_MAJOR, EPX_WIRE_FP8_UE8M0 },
 };
 
+#define MATRIX(name, i) { name, run_matrix, NULL, NULL, &mx[i] }
+
 int main(void)
 {
     epxt_init("test_wire");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_prestate(run_matrix, &mx[0]),
-        cmocka_unit_test_prestate(run_matrix, &mx[1]),
-        cmocka_unit_test_prestate(run_matrix, &mx[2]),
-        cmocka_unit_test_prestate(run_matrix, &mx[3]),
-        cmocka_unit_test_prestate(run_matrix, &mx[4]),
-        cmocka_unit_test_prestate(run_matrix, &mx[5]),
-        cmocka_unit_test_prestate(run_matrix, &mx[6]),
-        cmocka_unit_test_prestate(run_matrix, &mx[7]),
+        /* named for EPX_TEST_FILTER (test-transports.sh picks some) */
+        MATRIX("matrix_R1_tm", 0), MATRIX("matrix_R1_em", 1),
+        MATRIX("matrix_R2_tm", 2), MATRIX("matrix_R2_em", 3),
+        MATRIX("matrix_R3_tm", 4), MATRIX("matrix_R3_em", 5),
+        MATRIX("matrix_R8_tm", 6), MATRIX("matrix_R8_em", 7),
         cmocka_unit_test_prestate(replicas, &reps[0]),
         cmocka_unit_test_prestate(replicas, &reps[1]),
         cmocka_unit_test_prestate(replicas, &reps[2]),
