@@ -33,6 +33,8 @@ typedef enum { BENCH_ROUTE_UNIFORM, BENCH_ROUTE_ZIPF } bench_routing_t;
 #define BENCH_MAX_RANKS 4096
 #define BENCH_ERR_LEN 512
 #define BENCH_MSG_LEN 1024
+#define BENCH_NTL 2            /* transports a pair can get: shm, ucx */
+#define BENCH_TL_LEN 256
 
 typedef struct bench_opts {
     int ranks;                 /* 0 until known */
@@ -54,6 +56,10 @@ typedef struct bench_opts {
     epx_mode_t mode;           /* --mode ht|ll */
     int ll_capacity;           /* --ll-capacity (0: the largest T) */
     int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
+    int ll_buffers;            /* --ll-buffers (0: the library's 2) */
+    int64_t *sweep;            /* --tokens-sweep: token counts, one run each */
+    int nsweep;
+    struct bench_summary *summary; /* filled by bench_report when set */
     epx_dtype_t dtype;
     epx_wire_t wire;           /* --dtype fp8 ...: dtype BF16, quantized */
     unsigned impl_mask;        /* 1 << BENCH_IMPL_* */
@@ -77,7 +83,23 @@ typedef struct bench_opts {
     int ffn;                   /* expert intermediate size (0: 2H/7) */
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
+    int device;                /* --device: BENCH_DEVICE_* */
+    const char *transport;     /* --transport: EPX_TRANSPORTS, or NULL */
 } bench_opts_t;
+
+/* What a sweep keeps of one run (bench_report fills it). */
+typedef struct bench_summary {
+    int ran;                   /* epx ran */
+    double us[3][2];           /* dispatch, combine, total: p50, p99 */
+    int64_t checked, mismatches, dropped;
+    int failed;
+} bench_summary_t;
+
+enum { BENCH_DEVICE_HOST = 0, BENCH_DEVICE_CUDA = 1 };
+/* Exit status of --device cuda where there is no GPU (or no CUDA build). */
+enum { BENCH_EXIT_NO_GPU = 3 };
+/* cuda_bench.c: the whole --device cuda run; returns the exit status. */
+int bench_cuda_main(const bench_opts_t *o);
 
 /* options.c */
 enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };
@@ -138,6 +160,8 @@ typedef struct bench_result {
     int64_t mismatches[BENCH_NIMPL];
     int64_t dropped;           /* epx, low latency: rows dropped at capacity
                                   over all iterations (not verified) */
+    int64_t skipped;           /* epx iterations due for verification that
+                                  were not verified: they dropped rows */
     char msg[BENCH_NIMPL][BENCH_MSG_LEN];
     /* Bytes of token rows this rank sends to ranks of other domains per
      * epx iteration (cross_known: domains were looked at): flat
@@ -146,6 +170,10 @@ typedef struct bench_result {
      * hierarchical engine (dispatch rows, combine fp32 accumulators). */
     int32_t cross_known, num_domains;
     int64_t cross_flat, cross_hier, cross_meas_dispatch, cross_meas_combine;
+    /* The backend of each of this rank's peers (self included): how many
+     * per backend, and "shm to 0-3, ucx to 4-7". */
+    int32_t tl_peers[BENCH_NTL];
+    char tl_summary[BENCH_TL_LEN];
     double times[];
 } bench_result_t;
 
@@ -284,6 +312,7 @@ int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
 
 /* launch.c */
 int bench_main_fork(bench_opts_t *o);
+int bench_main_sweep(bench_opts_t *o);
 /* auto/mpirun launcher outside mpirun: exec mpirun on ourselves.
  * Returns only if it did not (then the caller falls back or fails). */
 void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv);
@@ -295,6 +324,10 @@ int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen);
  * (0 verified, 1 mismatch or failure). */
 int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                  void *results, const char *launcher, const char *mpi_skip);
+/* report.c: each rank's transport per peer (bench_result_t.tl_*), as
+ * text lines and as the JSON member "transports" (with its comma). */
+void bench_transport_print(FILE *f, void *results, int iters, int nranks);
+void bench_transport_json(FILE *f, void *results, int iters, int nranks);
 /* report_balance.c: the --balance report */
 int bench_report_balance(const bench_opts_t *o, const bench_workload_t *wl,
                          void *results, const char *launcher);

@@ -14,7 +14,20 @@ int main(int argc, char **argv)
         bench_opts_free(&o);
         return rc == BENCH_OPTS_EXIT_OK ? 0 : 2;
     }
+    /* Before any launch: forked ranks and mpirun's processes inherit it. */
+    if (o.transport)
+        setenv("EPX_TRANSPORTS", o.transport, 1);
+    if (o.device == BENCH_DEVICE_CUDA) {   /* threads of this process */
+        rc = bench_cuda_main(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
 
+    if (o.nsweep > 0) {
+        rc = bench_main_sweep(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
     if (o.launcher != BENCH_LAUNCH_FORK && bench_under_mpirun()) {
 #ifdef EPX_HAVE_MPI
         rc = bench_main_mpi(&o, &argc, &argv);

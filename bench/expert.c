@@ -70,7 +70,8 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
     char *yb = y;
     /* Quantized wire: the expert reads the row dequantized to bf16. */
     bench_wire_t w;
-    bench_wire_shape(wl->wire, H, wl->dsize, &w);
+    bench_wire_shape(recv->x_scales.data ? wl->wire : EPX_WIRE_NATIVE, H,
+                     wl->dsize, &w);   /* the MPI baseline moves x as is */
     uint16_t *deq = NULL;
     float *tmp = NULL;
     if (w.block) {
@@ -106,8 +107,11 @@ void bench_expert_compute(const bench_ctx_t *ctx, const epx_recv_t *recv,
         return;
     }
 
-    /* expert-major: padding rows are zero (row by row: y may be x) */
-    for (int64_t i = 0; i < recv->num_rows; i++)
+    /* expert-major: padding rows are zero (row by row: y may be x).  Not
+     * in low latency: combine reads only the rows the counts make valid,
+     * and zeroing every range's padding would write the whole window
+     * (local experts x ranks x capacity rows) per call. */
+    for (int64_t i = 0; recv->capacity == 0 && i < recv->num_rows; i++)
         if (recv->src_rank[i] < 0)
             memset(yb + (size_t)i * rowb, 0, rowb);
     for (int j = 0; j < recv->num_local_experts; j++) {

@@ -189,3 +189,81 @@ int bench_main_fork(bench_opts_t *o)
     bench_workload_free(&wl);
     return rc;
 }
+
+/* --tokens-sweep: one fork run per token count (its report on stderr),
+ * then per count the p50 and p99 of each phase on stdout. */
+int bench_main_sweep(bench_opts_t *o)
+{
+    const int n = o->nsweep, json = o->json;
+    bench_summary_t *sm = calloc((size_t)n, sizeof(*sm));
+    int64_t *tok = malloc(sizeof(int64_t));
+    int rc = 0;
+    if (!sm || !tok) {
+        fprintf(stderr, "epx-bench: out of memory\n");
+        free(sm);
+        free(tok);
+        return 2;
+    }
+    free(o->tokens);
+    o->tokens = tok;
+    o->ntokens = 1;
+    o->json = 0;
+    FILE *saved = stdout;
+    for (int i = 0; i < n; i++) {
+        o->tokens[0] = o->sweep[i];
+        o->summary = &sm[i];
+        fprintf(stderr, "\n== --tokens %lld\n", (long long)o->sweep[i]);
+        fflush(NULL);
+        stdout = stderr;   /* each run's table goes to stderr */
+        int r = bench_main_fork(o);
+        stdout = saved;
+        rc = r > rc ? r : rc;
+    }
+    o->summary = NULL;
+    o->json = json;
+    const char *mode = o->mode == EPX_MODE_LOW_LATENCY ? "ll" : "ht";
+    if (json) {
+        printf("[");
+        for (int i = 0; i < n; i++) {
+            const bench_summary_t *s = &sm[i];
+            printf("%s\n  {\"tokens\": %lld, \"mode\": \"%s\", \"layout\": "
+                   "\"%s\", \"ran\": %s, \"dispatch_us\": %.1f, "
+                   "\"dispatch_us_p99\": %.1f, \"combine_us\": %.1f, "
+                   "\"combine_us_p99\": %.1f, \"total_us\": %.1f, "
+                   "\"total_us_p99\": %.1f, \"checked\": %lld, "
+                   "\"mismatches\": %lld, \"ll_rows_dropped\": %lld}",
+                   i ? "," : "", (long long)o->sweep[i], mode,
+                   bench_layout_name(o->layout), s->ran ? "true" : "false",
+                   s->us[0][0], s->us[0][1], s->us[1][0], s->us[1][1],
+                   s->us[2][0], s->us[2][1], (long long)s->checked,
+                   (long long)s->mismatches, (long long)s->dropped);
+        }
+        printf("\n]\n");
+    } else {
+        printf("epx-bench --tokens-sweep: %d ranks, mode %s, %s-major; "
+               "epx times in us (slowest rank per iteration)\n\n", o->ranks,
+               mode, bench_layout_name(o->layout));
+        printf("%8s %12s %12s %12s %12s %12s %12s  %s\n", "tokens",
+               "dispatch_p50", "dispatch_p99", "combine_p50", "combine_p99",
+               "total_p50", "total_p99", "check");
+        for (int i = 0; i < n; i++) {
+            const bench_summary_t *s = &sm[i];
+            printf("%8lld", (long long)o->sweep[i]);
+            if (!s->ran) {
+                printf("  not run (see its report above)\n");
+                continue;
+            }
+            for (int p = 0; p < 3; p++)
+                printf(" %12.1f %12.1f", s->us[p][0], s->us[p][1]);
+            if (s->failed || s->mismatches)
+                printf("  FAILED\n");
+            else if (s->checked == 0 && s->dropped > 0)
+                printf("  not verified (rows dropped)\n");
+            else
+                printf("  verified\n");
+        }
+    }
+    fflush(NULL);
+    free(sm);
+    return rc;
+}

@@ -3,6 +3,9 @@
  * bytes as it sends in each phase, between two private buffers.  On one
  * host that is what any shared-memory exchange must at least do (one copy
  * of each byte), so it bounds what dispatch and combine can reach.
+ * Low latency (--mode ll) moves a row per (token, expert) pair instead of
+ * per (token, destination rank): a copy per expert range in dispatch, a
+ * read per expert row in combine; the row copies that many bytes.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +15,14 @@
 int bench_run_memcpy(bench_ctx_t *ctx)
 {
     const bench_opts_t *o = ctx->o;
-    const size_t bytes = (size_t)bench_rank_bytes(ctx->wl, ctx->rank);
+    const bench_workload_t *wl = ctx->wl;
+    size_t bytes = (size_t)bench_rank_bytes(wl, ctx->rank);
+    if (o->mode == EPX_MODE_LOW_LATENCY) {
+        int64_t pairs = 0;
+        for (int64_t i = 0; i < wl->T[ctx->rank] * wl->topk; i++)
+            pairs += wl->idx[ctx->rank][i] >= 0;
+        bytes = (size_t)pairs * (size_t)wl->hidden * wl->dsize;
+    }
     const int total = o->warmup + o->iters;
     char *src = malloc(bytes + 1), *dst = malloc(bytes + 1);
     int rc = -1;

@@ -40,6 +40,11 @@ static const char bench_usage[] =
 "                        expert outputs never go in place\n"
 "  --layout token|expert token-major or expert-major receive layout (token)\n"
 "  --align A             expert-major segment alignment in rows (128)\n"
+"  --device host|cuda    host (default): the host executor and the rows\n"
+"                        below; cuda: the GPU executor (bench/cuda_bench.c:\n"
+"                        ranks as threads sharing GPU 0, the NCCL backend\n"
+"                        with a GPU per rank, the device-to-device copy\n"
+"                        limit); without a GPU it says so and exits 3\n"
 "  --mode ht|ll          throughput (count exchange, compact receive) or\n"
 "                        low-latency (fixed (expert, source) ranges, no count\n"
 "                        exchange; expert-major); default ht\n"
@@ -47,6 +52,12 @@ static const char bench_usage[] =
 "                        largest --tokens)\n"
 "  --ll-drop             low latency: drop rows beyond capacity (counted)\n"
 "                        instead of failing with EPX_ERR_RANGE\n"
+"  --ll-buffers B        low latency: buffers (calls in flight), 0 or 2..64\n"
+"                        (0: the library's default, 2)\n"
+"  --tokens-sweep T1,T2,...  one run per token count (tokens per rank, fork\n"
+"                        launcher, no mpi row); each run's table on stderr,\n"
+"                        then per count the p50 and p99 of dispatch, combine\n"
+"                        and total (or a JSON array with --json)\n"
 "  --trace DIR           replay DIR/rank<r>/topk_idx.npy ([T,K] int32/int64),\n"
 "                        topk_weights.npy ([T,K] float32) and optionally\n"
 "                        x.npy ([T,H] float32, rounded to bf16); T may differ\n"
@@ -67,6 +78,12 @@ static const char bench_usage[] =
 "                        x, as epx_combine_args_t allows; on shared memory the\n"
 "                        sources then read them in place, saving a copy; or\n"
 "                        into a separate buffer (default: in place)\n"
+"  --transport auto|shm|ucx\n"
+"                        sets EPX_TRANSPORTS for the ranks: auto (shm inside\n"
+"                        a host or EPX_TOPO_FILE domain, ucx across), or every\n"
+"                        pair over one backend (ucx: the network path, also\n"
+"                        between ranks of one host); the report gives each\n"
+"                        rank's choice (default: EPX_TRANSPORTS as set)\n"
 "  --verify-all          verify every iteration (default: the first and the\n"
 "                        last)\n"
 "  --json                one JSON object on stdout (table goes to stderr)\n"
@@ -154,18 +171,19 @@ static int parse_int(const char *opt, const char *v, long min, long max,
     return 0;
 }
 
-static int parse_tokens(const char *v, bench_opts_t *o)
+static int parse_list(const char *opt, const char *v, int64_t **out,
+                      int *nout)
 {
-    free(o->tokens);
-    o->tokens = NULL;
-    o->ntokens = 0;
+    free(*out);
+    *out = NULL;
+    *nout = 0;
     if (!v || !*v)
         goto bad;
     int n = 1;
     for (const char *p = v; *p; p++)
         n += *p == ',';
-    o->tokens = calloc((size_t)n, sizeof(*o->tokens));
-    if (!o->tokens)
+    *out = calloc((size_t)n, sizeof(**out));
+    if (!*out)
         goto bad;
     const char *p = v;
     for (int i = 0; i < n; i++) {
@@ -175,15 +193,20 @@ static int parse_tokens(const char *v, bench_opts_t *o)
         if (e == p || errno || x < 0 || x > (1LL << 30) ||
             (*e != ',' && *e != '\0'))
             goto bad;
-        o->tokens[i] = x;
+        (*out)[i] = x;
         p = e + (*e == ',');
     }
-    o->ntokens = n;
+    *nout = n;
     return 0;
 bad:
-    fprintf(stderr, "epx-bench: --tokens wants T or T0,T1,... (>= 0), got "
-            "'%s'\n", v ? v : "");
+    fprintf(stderr, "epx-bench: %s wants T or T0,T1,... (>= 0), got "
+            "'%s'\n", opt, v ? v : "");
     return -1;
+}
+
+static int parse_tokens(const char *v, bench_opts_t *o)
+{
+    return parse_list("--tokens", v, &o->tokens, &o->ntokens);
 }
 
 static int parse_routing(const char *v, bench_opts_t *o)
@@ -283,6 +306,8 @@ void bench_opts_free(bench_opts_t *o)
 {
     free(o->tokens);
     o->tokens = NULL;
+    free(o->sweep);
+    o->sweep = NULL;
 }
 
 int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
@@ -381,6 +406,15 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             o->balance = 1;
         } else if (!strcmp(name, "--hierarchical")) {
             o->hierarchical = 1;
+        } else if (!strcmp(name, "--transport")) {
+            const char *v = NEXT();
+            if (!v || (strcmp(v, "auto") && strcmp(v, "shm") &&
+                       strcmp(v, "ucx"))) {
+                fprintf(stderr, "epx-bench: --transport wants auto, shm or "
+                        "ucx, got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+            o->transport = v;
         } else if (!strcmp(name, "--overlap")) {
             o->overlap = 1;
         } else if (!strcmp(name, "--ffn")) {
@@ -421,6 +455,17 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         } else if (!strcmp(name, "--align")) {
             if (parse_int(name, NEXT(), 1, 1 << 20, &o->align))
                 return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--device")) {
+            const char *v = NEXT();
+            if (v && !strcmp(v, "host"))
+                o->device = BENCH_DEVICE_HOST;
+            else if (v && !strcmp(v, "cuda"))
+                o->device = BENCH_DEVICE_CUDA;
+            else {
+                fprintf(stderr, "epx-bench: --device wants host or cuda, got "
+                        "'%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
         } else if (!strcmp(name, "--mode")) {
             const char *v = NEXT();
             if (v && !strcmp(v, "ht"))
@@ -437,6 +482,16 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--ll-drop")) {
             o->ll_drop = 1;
+        } else if (!strcmp(name, "--ll-buffers")) {
+            if (parse_int(name, NEXT(), 0, 64, &o->ll_buffers))
+                return BENCH_OPTS_EXIT_ERR;
+            if (o->ll_buffers == 1) {
+                fprintf(stderr, "epx-bench: --ll-buffers wants 0 or 2..64\n");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+        } else if (!strcmp(name, "--tokens-sweep")) {
+            if (parse_list(name, NEXT(), &o->sweep, &o->nsweep))
+                return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--layout")) {
             o->layout_given = 1;
             const char *v = NEXT();
@@ -525,6 +580,17 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 "nor --dump\n");
         return BENCH_OPTS_EXIT_ERR;
     }
+    if (o->nsweep > 0 && (o->balance || o->overlap || o->trace_dir ||
+                          o->dump_dir || o->ntokens > 1 ||
+                          o->launcher == BENCH_LAUNCH_MPIRUN)) {
+        fprintf(stderr, "epx-bench: --tokens-sweep runs the fork launcher "
+                "with one token count per run: not with --balance, "
+                "--overlap, --trace, --dump, per-rank --tokens or "
+                "--launcher mpirun\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    if (o->nsweep > 0)
+        o->impl_mask &= ~(1u << BENCH_IMPL_MPI);
     if (o->balance && o->dump_dir) {
         fprintf(stderr, "epx-bench: --dump does not go with --balance\n");
         return BENCH_OPTS_EXIT_ERR;

@@ -4,6 +4,7 @@
 #include <string.h>
 #include "bench.h"
 #include "util/util.h"
+#include "core/comm.h"
 
 size_t bench_result_size(int iters)
 {
@@ -95,6 +96,7 @@ void bench_moe_params(const bench_ctx_t *ctx, epx_moe_params_t *mp)
     mp->expert_alignment = ctx->o->align;
     mp->mode = ctx->o->mode;
     mp->ll_capacity = ctx->o->ll_capacity;
+    mp->ll_buffers = ctx->o->ll_buffers;
     mp->flags = ctx->o->ll_drop ? EPX_MOE_LL_DROP : 0;
     if (ctx->o->hierarchical)
         mp->flags |= EPX_MOE_HIERARCHICAL;
@@ -155,6 +157,13 @@ int bench_rank_main(bench_ctx_t *ctx)
     epx_moe_t *moe = NULL;
 
     ctx->res->rows_sent = wl->rows_sent[ctx->rank];
+    /* The backend of each peer, as the communicator's selection made it. */
+    for (int r = 0; r < ctx->nranks; r++) {
+        const char *tl = epx__comm_peer_transport(ctx->comm, r);
+        ctx->res->tl_peers[tl && !strcmp(tl, "ucx")]++;
+    }
+    epx__select_summary(ctx->comm, ctx->res->tl_summary,
+                        sizeof(ctx->res->tl_summary));
     if (make_inputs(ctx) != 0)
         goto out;
     if (o->balance) {

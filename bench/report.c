@@ -37,6 +37,11 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
 {
     const double R = wl->nranks, T = (double)(wl->max_T > 0 ? wl->max_T : 1),
                  K = wl->topk, row = (double)wl->hidden * (double)wl->dsize;
+    /* x travels and is received in the wire format; partials in the
+     * engine dtype */
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    const double xrow = (double)(w.data_bytes + w.scale_bytes + w.global_bytes);
     double maxloc = 0, pairs = 0, dests = 0, toks = 0;
     for (int r = 0; r < wl->nranks; r++) {
         double n = (double)((int64_t)(r + 1) * wl->experts / wl->nranks -
@@ -51,22 +56,22 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
     memset(mi, 0, sizeof(*mi));
     if (o->mode == EPX_MODE_LOW_LATENCY) {
         mi->cap = o->ll_capacity > 0 ? o->ll_capacity : (int)T;
-        mi->buffers = 2;
+        mi->buffers = o->ll_buffers > 0 ? o->ll_buffers : 2;
         double rows = maxloc * R * mi->cap;
-        mi->window = mi->buffers * (rows * (row + 8) + R * T * ent +
-                                    T * mind * row + R * (4 * maxloc + 20));
+        mi->window = mi->buffers * (rows * (xrow + 8) + R * T * ent +
+                                    T * mind * row + R * (4 * maxloc + 24));
     } else {
         double ents = R * T, per = K < maxloc ? K : maxloc;
         double rows = o->layout == EPX_LAYOUT_TOKEN_MAJOR
             ? ents : ents * per + maxloc * (o->align - 1);
-        mi->window = rows * (row + 12) + ents * ent + T * mind * row +
+        mi->window = rows * (xrow + 12) + ents * ent + T * mind * row +
                      (o->layout == EPX_LAYOUT_TOKEN_MAJOR ? ents * K * 4 : 0);
     }
     /* Dispatch moves a row per (token, destination) in token-major, per
      * (token, expert) otherwise; combine a partial per (token, destination). */
     double disp = o->layout == EPX_LAYOUT_TOKEN_MAJOR &&
                   o->mode == EPX_MODE_THROUGHPUT ? dests : pairs;
-    mi->disp_tok = toks > 0 ? disp * row / toks : 0;
+    mi->disp_tok = toks > 0 ? disp * xrow / toks : 0;
     mi->comb_tok = toks > 0 ? dests * row / toks : 0;
 }
 
@@ -217,6 +222,54 @@ static void cross_json(FILE *f, const bench_opts_t *o, void *results, int N)
             c.hier, c.meas_d, c.meas_c);
 }
 
+static const char *const tl_names[BENCH_NTL] = { "shm", "ucx" };
+
+/* Pairs (rank, peer), self included, per backend: R x R in all. */
+static void tl_pairs(void *results, int iters, int N, long long pairs[])
+{
+    for (int t = 0; t < BENCH_NTL; t++)
+        pairs[t] = 0;
+    for (int r = 0; r < N; r++)
+        for (int t = 0; t < BENCH_NTL; t++)
+            pairs[t] += bench_result_at(results, r, iters)->tl_peers[t];
+}
+
+void bench_transport_print(FILE *f, void *results, int iters, int N)
+{
+    long long pairs[BENCH_NTL];
+    tl_pairs(results, iters, N, pairs);
+    const char *env = getenv("EPX_TRANSPORTS");
+    fprintf(f, "transports (EPX_TRANSPORTS=%s): pairs (rank, peer) incl. "
+            "self: shm %lld, ucx %lld\n", env && *env ? env : "auto",
+            pairs[0], pairs[1]);
+    for (int r = 0; r < N; r++) {
+        if (N > 16 && r == 4) {   /* the first ranks and the last */
+            fprintf(f, "  ...\n");
+            r = N - 1;
+        }
+        fprintf(f, "  rank %d: %s\n", r,
+                bench_result_at(results, r, iters)->tl_summary);
+    }
+}
+
+void bench_transport_json(FILE *f, void *results, int iters, int N)
+{
+    long long pairs[BENCH_NTL];
+    tl_pairs(results, iters, N, pairs);
+    const char *env = getenv("EPX_TRANSPORTS");
+    fprintf(f, "  \"transports\": {\"requested\": ");
+    json_str(f, env && *env ? env : "auto");
+    fprintf(f, ", \"pairs\": {");
+    for (int t = 0; t < BENCH_NTL; t++)
+        fprintf(f, "%s\"%s\": %lld", t ? ", " : "", tl_names[t], pairs[t]);
+    fprintf(f, "}, \"per_rank\": [");
+    for (int r = 0; r < N; r++) {
+        fprintf(f, "%s", r ? ", " : "");
+        json_str(f, bench_result_at(results, r, iters)->tl_summary);
+    }
+    fprintf(f, "]},\n");
+}
+
 static void print_json(FILE *f, const bench_opts_t *o,
                        const bench_workload_t *wl, const impl_stats_t st[],
                        int verified, const char *launcher,
@@ -325,7 +378,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
         if (i != BENCH_IMPL_MEMCPY)
             fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
                     "\"mismatches\": %lld",
-                    is->mismatches == 0 ? "true" : "false",
+                    is->mismatches == 0 && is->checked > 0 ? "true" : "false",
                     (long long)is->checked, (long long)is->mismatches);
         fputc('}', f);
     }
@@ -346,6 +399,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
     }
     fprintf(f, "%s},\n", *sep ? "\n  " : "");
     cross_json(f, o, results, wl->nranks);
+    bench_transport_json(f, results, o->iters, wl->nranks);
     fprintf(f, "  \"mismatches\": [");
     sep = "";
     for (int r = 0; r < wl->nranks; r++) {
@@ -476,12 +530,35 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
             put[p] += (double)bench_result_at(results, r, o->iters)->put_bytes[p] / N;
 
     int failed = 0;
-    for (int r = 0; r < N; r++)
-        failed |= bench_result_at(results, r, o->iters)->failed;
+    int64_t dropped = 0, skipped = 0;
+    for (int r = 0; r < N; r++) {
+        bench_result_t *res = bench_result_at(results, r, o->iters);
+        failed |= res->failed;
+        dropped += res->dropped;
+        skipped = res->skipped > skipped ? res->skipped : skipped;
+    }
     const int any = st[BENCH_IMPL_EPX].ran || st[BENCH_IMPL_MPI].ran;
-    const int verified = !failed && any &&
+    /* Dropped rows are missing by design: an iteration that dropped any is
+     * not checked; if none was checked, nothing of epx was verified. */
+    const int unchecked = st[BENCH_IMPL_EPX].ran &&
+                          st[BENCH_IMPL_EPX].checked == 0 && skipped > 0;
+    const int verified = !failed && any && !unchecked &&
                          st[BENCH_IMPL_EPX].mismatches == 0 &&
                          st[BENCH_IMPL_MPI].mismatches == 0;
+    if (o->summary) {
+        bench_summary_t *sm = o->summary;
+        const impl_stats_t *e = &st[BENCH_IMPL_EPX];
+        memset(sm, 0, sizeof(*sm));
+        sm->ran = e->ran;
+        for (int s = 0; s < NS; s++) {
+            sm->us[s][0] = e->us[s][Q_P50];
+            sm->us[s][1] = e->us[s][Q_P99];
+        }
+        sm->checked = e->checked;
+        sm->mismatches = e->mismatches;
+        sm->dropped = dropped;
+        sm->failed = failed;
+    }
 
     FILE *tf = o->json ? stderr : stdout;
     print_table(tf, o, wl, st, launcher, mpi_skip, mean_bytes, mean_rows);
@@ -509,13 +586,24 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
                 fprintf(stderr, "%s", res->msg[i]);
     }
     cross_print(tf, o, results, N);
+    bench_transport_print(tf, results, o->iters, N);
     fprintf(tf, "verified: ");
     if (verified) {
         for (int i = 0, n = 0; i < 2; i++)
             if (st[i].ran)
                 fprintf(tf, "%s%s %lld rows+tokens", n++ ? ", " : "",
                         bench_impl_names[i], (long long)st[i].checked);
-        fprintf(tf, ", no mismatch\n");
+        fprintf(tf, ", no mismatch");
+        if (skipped > 0)
+            fprintf(tf, " (%lld iteration%s due for checking dropped rows "
+                    "and went unchecked)", (long long)skipped,
+                    skipped == 1 ? "" : "s");
+        fputc('\n', tf);
+    } else if (unchecked && !failed && st[BENCH_IMPL_MPI].mismatches == 0) {
+        fprintf(tf, "nothing: every epx iteration due for checking "
+                "dropped rows at capacity (%lld rows dropped over the run); "
+                "raise --ll-capacity, or add --verify-all to check the "
+                "iterations that drop nothing\n", (long long)dropped);
     } else if (!any) {
         fprintf(tf, "nothing (no epx or mpi run)\n");
     } else {

@@ -227,6 +227,7 @@ int bench_report_balance(const bench_opts_t *o, const bench_workload_t *wl,
             if (res->msg[i][0] && shown++ < 8)
                 fprintf(stderr, "%s", res->msg[i]);
     }
+    bench_transport_print(tf, results, o->iters, wl->nranks);
     if (verified)
         fprintf(tf, "verified: without %lld, with %lld rows+tokens, no "
                 "mismatch\n", (long long)bs[0].checked,

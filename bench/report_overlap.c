@@ -131,6 +131,7 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
         fprintf(stdout, "  },\n  \"checked\": %lld, \"mismatches\": %lld\n}\n",
                 (long long)checked, (long long)mism);
     }
+    bench_transport_print(f, results, n, N);
     if (verified)
         fprintf(f, "verified: %lld rows+tokens, no mismatch\n",
                 (long long)checked);

@@ -142,6 +142,7 @@ int bench_run_epx(bench_ctx_t *ctx, epx_moe_t *moe)
         /* Rows dropped at capacity (--ll-drop) are missing by design:
          * such an iteration is not verified, and the report says so. */
         res->dropped += recv.num_dropped;
+        res->skipped += verify && recv.num_dropped > 0;
         if (verify && recv.num_dropped == 0)
             bench_verify_recv(ctx, &recv, o->layout, "epx", &chk);
         if (it == total - 1 && recv.expert_counts)

@@ -21,6 +21,14 @@
 #  8. quantized wire formats (fp8 token-major, nvfp4 expert-major with an
 #     odd hidden size, --dump writing the scales): verified, and the bytes
 #     the engine put are below bf16's as the row sizes say.
+#  9. low latency: --tokens-sweep JSON, and the verdict when every checked
+#     iteration dropped rows.
+# 10. --transport: shm at 2 ranks (every pair shm); where UCX is built,
+#     ucx at 2 and 4 ranks (every pair ucx, self included) and auto on the
+#     two domains of that description (shm inside, ucx across), each
+#     verified, with the per-pair choice in the JSON and the text; a bad
+#     value is refused.
+# 11. low latency with quantized wire formats (fp8, nvfp4): verified.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -198,6 +206,86 @@ assert f8["wire"] == "fp8" and f8["wire_bytes_per_token_row"] == 200 + 4 * 2, f8
 assert f4["wire"] == "nvfp4" and f4["wire_bytes_per_token_row"] == 101 + 13 + 4, f4
 r = f8["dispatch_bytes_put_per_rank"] / b["dispatch_bytes_put_per_rank"]
 assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
+EOF
+fi
+
+# 9. low latency: a token sweep (each count verified), and a run whose
+#    every checked iteration drops rows is not called verified
+run sweep --ranks 3 $small --mode ll --ll-buffers 3 --tokens-sweep 0,3,16 \
+    --launcher fork --json
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/sweep.out" <<'EOF' || fail "sweep: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [p["tokens"] for p in d] == [0, 3, 16], d
+for p in d:
+    assert p["ran"] and p["mode"] == "ll" and p["mismatches"] == 0, p
+    assert p["total_us_p99"] >= p["total_us"] > 0, p
+assert d[2]["checked"] > 0, d
+EOF
+fi
+run lldrop --ranks 3 $small --mode ll --ll-capacity 1 --ll-drop --tokens 24 \
+    --routing zipf:3 --impl epx --launcher fork --json
+grep -q '"verified": false' "$tmp/lldrop.out" ||
+    fail "lldrop: called verified with every checked iteration dropping rows"
+grep -q 'verified: nothing' "$tmp/lldrop.err" ||
+    fail "lldrop: the verdict does not say nothing was verified"
+
+# 10. --transport
+tl_check() {   # NAME RANKS SHM_PAIRS UCX_PAIRS "SUMMARY|SUMMARY|...": JSON
+    grep -q '"verified": true' "$tmp/$1.out" || fail "$1: not verified"
+    command -v python3 >/dev/null 2>&1 || return 0
+    python3 - "$tmp/$1.out" "$2" "$3" "$4" "$5" <<'EOF' || fail "$1: transports"
+import json, sys
+t = json.load(open(sys.argv[1]))["transports"]
+R, shm, ucx = (int(v) for v in sys.argv[2:5])
+assert t["pairs"] == {"shm": shm, "ucx": ucx}, t
+assert t["per_rank"] == sys.argv[5].split("|"), t
+EOF
+}
+run tl_shm --ranks 2 --tokens 24 $small --transport shm --launcher fork --json
+tl_check tl_shm 2 4 0 "shm to 0-1|shm to 0-1"
+"$BENCH" --ranks 2 --transport udp $small >/dev/null 2>"$tmp/tl_bad.err" &&
+    fail "--transport udp accepted"
+grep -q -- "--transport wants auto, shm or ucx" "$tmp/tl_bad.err" ||
+    fail "--transport udp: no message"
+if "$BENCH" --ranks 2 --tokens 24 $small --transport ucx --launcher fork \
+       --json >"$tmp/tl_ucx2.out" 2>"$tmp/tl_ucx2.err"; then
+    tl_check tl_ucx2 2 0 4 "ucx to 0-1|ucx to 0-1"
+    run tl_ucx4 --ranks 4 --tokens 24 $small --transport ucx
+    grep -q 'transports (EPX_TRANSPORTS=ucx): pairs (rank, peer) incl. self: shm 0, ucx 16' \
+        "$tmp/tl_ucx4.out" || fail "tl_ucx4: pair counts"
+    grep -q '^  rank 3: ucx to 0-3$' "$tmp/tl_ucx4.out" || fail "tl_ucx4: rank 3"
+    grep -q 'verified: epx' "$tmp/tl_ucx4.out" || fail "tl_ucx4: not verified"
+    EPX_TOPO_FILE="${srcdir:-.}/tests/moe/data/cpu-2host.json"
+    export EPX_TOPO_FILE
+    run tl_auto --ranks 4 --tokens 24 $small --transport auto \
+        --launcher fork --json
+    unset EPX_TOPO_FILE
+    tl_check tl_auto 4 8 8 "shm to 0-1, ucx to 2-3|shm to 0-1, ucx to 2-3|shm to 2-3, ucx to 0-1|shm to 2-3, ucx to 0-1"
+else
+    grep -q "not built in" "$tmp/tl_ucx2.err" ||
+        { cat "$tmp/tl_ucx2.err" >&2; fail "--transport ucx failed"; }
+    echo "note: --transport ucx not checked (UCX not built)" >&2
+fi
+
+# 11. low latency with quantized wire formats (and the MPI baseline, which
+#     moves bf16): verified, bytes put in the ratio of the row sizes
+run llbf16 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json
+run llfp8 --ranks 3 --tokens 20 --hidden 200 $q --mode ll --json --dtype fp8
+run llfp4 --ranks 3 --tokens 20 --hidden 201 --experts 12 --topk 3 --iters 2 \
+    --warmup 1 --launcher fork --mode ll --json --dtype nvfp4
+for f in llfp8 llfp4; do
+    grep -q '"verified": true' "$tmp/$f.out" || fail "$f: not verified"
+done
+if command -v python3 >/dev/null 2>&1; then
+    python3 - "$tmp/llbf16.out" "$tmp/llfp8.out" <<'EOF' || fail "ll quantized bytes"
+import json, sys
+b, f8 = (json.load(open(p))["config"] for p in sys.argv[1:])
+assert f8["mode"] == "ll" and f8["wire"] == "fp8", f8
+r = f8["dispatch_bytes_put_per_rank"] / b["dispatch_bytes_put_per_rank"]
+assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
+assert f8["combine_bytes_put_per_rank"] > 0, f8   # bf16 partials pushed
 EOF
 fi
 exit 0

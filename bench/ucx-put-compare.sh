@@ -2,24 +2,36 @@
 # Put bandwidth: ucx_perftest -t ucp_put_bw (server + client on loopback)
 # against epx-put-bench --transport ucx, same UCX_TLS, same sizes, same
 # bytes per size.  Both report MiB/s (2^20 bytes/s); ucx_perftest's
-# "overall" bandwidth of its Final line is used.
+# "overall" bandwidth of its Final line is used (it includes the final
+# flush, i.e. until the data is at the target); epx-put-bench's p50 of its
+# own reps, each timed until the receiver answered after the last byte.
 #
 #   bench/ucx-put-compare.sh [--tls tcp] [--sizes 65536,1048576,...]
-#                            [--bytes 536870912] [--reps 3] [--json]
+#                            [--bytes 268435456] [--reps 3] [--json]
 #
-# Each size runs --reps times, alternating the two, and the best of each
-# is kept (the machine may be shared).  --tls sets UCX_TLS for both
-# (default: tcp, the network path over loopback; "default" leaves UCX to
-# choose).  The ratio column is epx / ucx_perftest.
+# Each size runs --reps times, alternating the two; best and median of
+# each are reported (the machine may be shared), with the ratios
+# epx / ucx_perftest of the bests and of the medians.  --tls sets UCX_TLS
+# for both (default: tcp, the network path over loopback; "default"
+# leaves UCX to choose).  A perftest run that gives no figure is reported
+# as "fail" with the reason on stderr (its output is kept in the log
+# directory printed at the end).
+#
+# ucx_perftest's server listens on a port of its own: each run takes a
+# port nobody listens on, starts the server, waits until the port is
+# listening (not a fixed sleep: on a loaded machine the server can take
+# seconds), then runs the client once; both under a time limit, so a
+# stuck run cannot hang the script.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 bench=${EPX_PUT_BENCH:-$here/epx-put-bench}
 tls=tcp
 sizes=65536,262144,1048576,4194304,16777216
-bytes=536870912
+bytes=268435456
 reps=3
 json=no
+limit=${EPX_COMPARE_TIMEOUT:-300}
 while [ $# -gt 0 ]; do
     case $1 in
     --tls) tls=$2; shift 2 ;;
@@ -34,48 +46,103 @@ done
 command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found (ucx-utils)" >&2; exit 2; }
 [ -x "$bench" ] || { echo "$bench not built (make bench/epx-put-bench)" >&2; exit 2; }
 if [ "$tls" = default ]; then unset UCX_TLS; else export UCX_TLS=$tls; fi
+logs=$(mktemp -d "${TMPDIR:-/tmp}/ucx-put-compare.XXXXXX")
+
+listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
 port=$((20000 + $$ % 20000))
-perftest() {   # SIZE ITERS -> MiB/s
+free_port() {
     port=$((port + 1))
-    ucx_perftest -t ucp_put_bw -s "$1" -n "$2" -p "$port" >/dev/null 2>&1 &
-    srv=$!
-    out=
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        sleep 0.3
-        out=$(ucx_perftest 127.0.0.1 -t ucp_put_bw -s "$1" -n "$2" -p "$port" 2>/dev/null) && break
-    done
-    wait "$srv" 2>/dev/null || true
-    printf '%s\n' "$out" | awk '$1 == "Final:" { print $7 }'
+    while listening "$port"; do port=$((port + 1)); done
 }
-epx() {   # SIZE -> MiB/s
-    "$bench" --transport ucx --sizes "$1:$1" --bytes "$bytes" --reps 3 --json |
-        awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }'
-}
-best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a + 0 > b + 0) ? a : b }'; }
 
-[ "$json" = yes ] || printf '# UCX_TLS=%s, %s bytes per size, best of %s\n# %10s %14s %14s %7s\n' \
-    "${UCX_TLS:-(default)}" "$bytes" "$reps" bytes perftest_MiB/s epx_MiB/s ratio
+run_no=0
+perftest() {   # SIZE ITERS -> MiB/s, or "fail"
+    free_port
+    run_no=$((run_no + 1))
+    log=$logs/perftest-$1-$run_no
+    timeout "$limit" ucx_perftest -t ucp_put_bw -s "$1" -n "$2" -p "$port" \
+        >"$log.server" 2>&1 &
+    srv=$!
+    i=0
+    while ! listening "$port" && [ "$i" -lt 300 ] && kill -0 "$srv" 2>/dev/null; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    if ! listening "$port"; then
+        echo "perftest $1: the server never listened on port $port (see $log.server)" >&2
+        kill "$srv" 2>/dev/null || true
+        wait "$srv" 2>/dev/null || true
+        echo fail
+        return
+    fi
+    rc=0
+    timeout "$limit" ucx_perftest 127.0.0.1 -t ucp_put_bw -s "$1" -n "$2" \
+        -p "$port" >"$log.client" 2>&1 || rc=$?
+    wait "$srv" 2>/dev/null || true
+    v=$(awk '$1 == "Final:" { print $7 }' "$log.client")
+    if [ -z "$v" ]; then
+        echo "perftest $1: client exited $rc without a Final line: $(grep -v '^[|+]' "$log.client" | tail -1)" >&2
+        echo fail
+        return
+    fi
+    echo "$v"
+}
+epx() {   # SIZE -> MiB/s, or "fail"
+    v=$("$bench" --transport ucx --sizes "$1:$1" --bytes "$bytes" --reps 3 --json \
+            2>"$logs/epx-$1.err" |
+        awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }')
+    if [ -z "$v" ]; then
+        echo "epx-put-bench $1: no figure: $(tail -1 "$logs/epx-$1.err")" >&2
+        echo fail
+        return
+    fi
+    echo "$v"
+}
+# best and median of a list of figures ("fail" entries ignored)
+stats() {
+    printf '%s\n' "$@" | awk '$1 != "fail" { v[n++] = $1 + 0 }
+        END {
+            if (n == 0) { print "fail fail"; exit }
+            for (i = 0; i < n; i++) for (j = i + 1; j < n; j++)
+                if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+            m = (n % 2) ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
+            printf "%.2f %.2f\n", v[n - 1], m
+        }'
+}
+jnum() { case $1 in fail|-) echo null ;; *) echo "$1" ;; esac; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "fail" || b == "fail" || b + 0 <= 0) print "-"; else printf "%.3f", a / b }'; }
+
+[ "$json" = yes ] || printf '# UCX_TLS=%s, %s bytes per size, %s reps (best / median)\n# %10s %12s %12s %12s %12s %7s %7s %s\n' \
+    "${UCX_TLS:-(default)}" "$bytes" "$reps" bytes perf_best perf_med epx_best epx_med r_best r_med fails
 first=yes
 [ "$json" = no ] || printf '{"ucx_tls": "%s", "bytes_per_size": %s, "reps": %s, "results": [' \
     "${UCX_TLS:-default}" "$bytes" "$reps"
 for s in $(echo "$sizes" | tr ',' ' '); do
     n=$((bytes / s))
     [ "$n" -ge 20 ] || n=20
-    p=0 e=0 i=0
+    pv= ev= i=0 pf=0
     while [ "$i" -lt "$reps" ]; do
-        p=$(best "$p" "$(perftest "$s" "$n")")
-        e=$(best "$e" "$(epx "$s")")
+        p=$(perftest "$s" "$n")
+        [ "$p" != fail ] || pf=$((pf + 1))
+        pv="$pv $p"
+        ev="$ev $(epx "$s")"
         i=$((i + 1))
     done
-    r=$(awk -v a="$e" -v b="$p" 'BEGIN { printf "%.3f", (b > 0) ? a / b : 0 }')
+    # shellcheck disable=SC2086
+    set -- $(stats $pv) $(stats $ev)
+    rb=$(ratio "$3" "$1") rmed=$(ratio "$4" "$2")
     if [ "$json" = yes ]; then
         [ "$first" = yes ] || printf ', '
-        printf '{"bytes": %s, "iters": %s, "perftest_mib_s": %s, "epx_mib_s": %s, "ratio": %s}' \
-            "$s" "$n" "$p" "$e" "$r"
+        printf '{"bytes": %s, "iters": %s, "perftest_mib_s": [%s], "epx_mib_s": [%s], "perftest_best": %s, "perftest_median": %s, "epx_best": %s, "epx_median": %s, "ratio_best": %s, "ratio_median": %s, "perftest_failures": %s}' \
+            "$s" "$n" "$(echo $pv | sed 's/ /, /g; s/fail/null/g')" \
+            "$(echo $ev | sed 's/ /, /g; s/fail/null/g')" "$(jnum "$1")" \
+            "$(jnum "$2")" "$(jnum "$3")" "$(jnum "$4")" "$(jnum "$rb")" \
+            "$(jnum "$rmed")" "$pf"
     else
-        printf '  %10s %14s %14s %7s\n' "$s" "$p" "$e" "$r"
+        printf '  %10s %12s %12s %12s %12s %7s %7s %s\n' "$s" "$1" "$2" "$3" "$4" "$rb" "$rmed" "$pf"
     fi
     first=no
 done
 [ "$json" = no ] || printf ']}\n'
+echo "# logs: $logs" >&2

@@ -5,9 +5,13 @@
  * Available when libepx was built with CUDA (configure found nvcc);
  * otherwise every function returns EPX_ERR_UNSUPPORTED.
  *
- * v0 scope: throughput mode, token-major layout, BF16 or FP32, native
- * wire.  Other params (expert-major, low latency, quantized wire, replica
- * slots, hierarchical) are refused with EPX_ERR_UNSUPPORTED.
+ * v0 scope: BF16 or FP32, native wire.  Throughput mode: token-major
+ * layout, or expert-major with the windows backend (expert_offsets and
+ * expert_counts are host memory, the per-row arrays device memory, as
+ * for token-major).  Low-latency mode (windows backend): see
+ * epx_cuda_moe_ll_check.  Other params (expert-major or low latency over
+ * NCCL, quantized wire, replica slots, hierarchical, cached dispatch) are
+ * refused with EPX_ERR_UNSUPPORTED.
  *
  * Thread safety: as epx.h; each rank's engine is driven by one thread,
  * which may drive it while other threads of the process drive other ranks
@@ -100,6 +104,31 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *moe,
 /* out: [T, H] BF16 or FP32, device memory; written in `stream` order. */
 epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *moe, epx_tensor_t *out,
                                    void *stream);
+
+/* Low-latency mode (EPX_MODE_LOW_LATENCY, expert-major, windows backend):
+ * the host executor's output layout (epx.h: rows j*R*cap + s*cap + i,
+ * padding with src_rank -1) and the same four calls, which only queue
+ * kernels: no host synchronisation, so a dispatch and its combine can be
+ * captured into a CUDA graph (cudaStreamCaptureModeThreadLocal when
+ * other ranks' threads share the process) and replayed, every rank
+ * replaying the same sequence.  One call in flight, as in throughput mode;
+ * call n uses buffer n % ll_buffers (a captured call keeps its buffer), so
+ * a rank's next dispatch does not wait for the slowest rank's combine of
+ * this one.  A dispatch_send after dispatch_recv without combine abandons
+ * that call (peers that combine it get EPX_ERR_PEER from the next check).
+ * In recv, expert_counts is DEVICE memory ([local experts] int64, written
+ * in stream order) and num_dropped is -1: the host does not wait for
+ * them.  Errors (bad ids, more rows than ll_capacity without
+ * EPX_MOE_LL_DROP on any rank, a peer's abandon, a timeout) are found on
+ * the device: every rank's kernels still finish, the call's outputs are
+ * unspecified, and the error is reported here.
+ *
+ * Synchronises with the engine's stream (never while capturing) and
+ * returns the first error of the calls since the previous check (EPX_OK,
+ * EPX_ERR_INVALID, EPX_ERR_RANGE, EPX_ERR_PEER; EPX_ERR_TIMEOUT leaves the
+ * engine unusable); *dropped (may be NULL) gets the rows dropped on this
+ * rank since then.  EPX_ERR_INVALID for an engine in throughput mode. */
+epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *moe, int64_t *dropped);
 
 #ifdef __cplusplus
 }

@@ -185,11 +185,18 @@ int epx_comm_rank(const epx_comm_t *comm) { return comm ? comm->rank : -1; }
 int epx_comm_size(const epx_comm_t *comm) { return comm ? comm->nranks : -1; }
 
 /* Dissemination barrier: in round i signal rank+2^i and wait for rank-2^i.
- * Only puts/signals, so it works on any transport. */
+ * Only puts/signals, so it works on any transport.  It also completes
+ * every rank's earlier puts: each rank first waits until its network puts
+ * have landed (shm puts are stores, done when put returns), so after the
+ * barrier no put issued before it is still in flight to anyone, and a
+ * window may be destroyed without a late put writing into freed memory. */
 epx_status_t epx_comm_barrier(epx_comm_t *comm)
 {
     if (!comm)
         return epx__error(EPX_ERR_INVALID, "barrier: comm is NULL");
+    epx_status_t qs = epx__ucx_comm_quiet(comm);
+    if (qs != EPX_OK)
+        return qs;
     uint64_t epoch = ++comm->barrier_epoch;
     for (int i = 0; i < comm->barrier_rounds; i++) {
         int peer = (comm->rank + (1 << i)) % comm->nranks;

@@ -53,6 +53,10 @@ void epx__select_summary(const epx_comm_t *comm, char *buf, size_t len);
  * UCX; a rank without UCX peers takes part without opening anything. */
 epx_status_t epx__ucx_comm_init(epx_comm_t *comm);
 void epx__ucx_comm_fini(epx_comm_t *comm);
+/* Local: returns once every put and signal this rank issued over UCX has
+ * landed in its target's memory (a worker flush: over tcp a put lands
+ * only when its target progresses, so this progresses ours meanwhile). */
+epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm);
 
 #define EPX_COMM_CTL_SIGNALS 32 /* one per dissemination round */
 

@@ -111,6 +111,7 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
     for (int r = 0; r < nranks; r++) {
         pid_t pid = fork();
         if (pid == 0) {
+            free(pids);   /* the parent's: a rank exits without returning */
             int rc = run_rank(r, nranks, lfd, root, key, job, timeout, fn, arg);
             fflush(NULL);
             _exit(rc == 0 ? 0 : (rc & 0xff) ? rc & 0xff : 1);

@@ -1,9 +1,10 @@
 /*
  * The GPU executor (include/epx/cuda.h): setup, argument checks and the
  * order of kernels and exchanges on the engine's stream.  Throughput mode,
- * token-major; the protocol is the host executor's (count rows to every
- * rank, then rows at offsets computed from the whole count matrix, partials
- * back to the slot each token had in its source's packed order).
+ * token-major, or expert-major with the windows backend; the protocol is
+ * the host executor's (count rows to every rank, then rows at offsets
+ * computed from the whole count matrix, partials back to the slot each
+ * token had in its source's packed order).
  */
 #include "config.h"   /* EPX_HAVE_NCCL */
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "cuda/kern_launch.h"
 #include "cuda/nccl_ex.h"
 #include "core/comm.h"
+#include "moe/wire.h"
 #include "util/util.h"
 
 enum { ST_IDLE = 0, ST_SENT, ST_RECEIVED, ST_COMBINING };
@@ -32,18 +34,27 @@ struct epx_cuda_moe {
     char *local;                /* this rank's window / receive buffer */
     char *stage;                /* NCCL: packed rows and metadata */
     char **d_peers;             /* [R] device copy of the bases */
-    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt;
-    int64_t *d_sendoff, *d_base, *d_info;
+    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos;
+    int64_t *d_sendoff, *d_base, *d_info, *d_ebase;
     unsigned *d_done;
     int64_t *h_info;            /* pinned: the one read-back per dispatch */
     int32_t *h_cnt;             /* pinned: NCCL count matrix + own row */
-    int64_t *h_counts;          /* [L] expert_counts handed to the caller */
+    int64_t *h_counts;          /* [2L] expert_counts and expert_offsets
+                                   handed to the caller */
     int32_t *h_local;           /* [L] local_experts */
     int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
     uint64_t seq;
     int64_t T, rows;
     int state, broken;
     epxk_call_t call;
+    /* low latency (ll set) */
+    int ll;
+    epxk_ll_t llg;
+    uint64_t ll_n;              /* calls dispatched */
+    int32_t *d_llkeep, *d_lldest, *d_llcnt, *d_llmystat, *d_llsrc;
+    int64_t *d_llsendoff, *d_llcounts, *d_llstate;
+    uint32_t *d_lluse;
+    int64_t *h_lloffs;          /* [L] j * R * cap */
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -74,21 +85,60 @@ static epx_status_t check_params(const epx_moe_params_t *p,
     if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
         return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16 or "
                           "FP32");
-    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: only the "
-                          "token-major layout is implemented on the GPU");
+    if (p->layout != EPX_LAYOUT_TOKEN_MAJOR &&
+        p->layout != EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: unknown layout %d",
+                          (int)p->layout);
+    if (p->layout == EPX_LAYOUT_EXPERT_MAJOR && p->expert_alignment < 1)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: expert_alignment %d "
+                          "(>= 1)", p->expert_alignment);
     int v3 = p->version >= 3 && p->struct_size >= sizeof(epx_moe_params_t);
     int v2 = p->version >= 2 &&
              p->struct_size >= offsetof(epx_moe_params_t, mode);
     if (v2 && p->num_slots != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: replica slots are "
                           "not implemented on the GPU");
-    if (v3 && (p->mode != EPX_MODE_THROUGHPUT || p->wire != EPX_WIRE_NATIVE ||
-               p->flags != 0))
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: only throughput "
-                          "mode with the native wire format and no flags is "
-                          "implemented on the GPU (low latency and quantized "
-                          "dispatch are not)");
+    if (v3 && p->mode != EPX_MODE_THROUGHPUT &&
+        p->mode != EPX_MODE_LOW_LATENCY)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: unknown mode %d",
+                          (int)p->mode);
+    if (v3) {
+        moe_wire_t f;   /* unknown format, or quantized and not BF16 */
+        epx_status_t st = moe_wire_init(&f, p->wire, p->dtype, p->hidden);
+        if (st != EPX_OK)
+            return st;
+        if (p->wire != EPX_WIRE_NATIVE && p->mode == EPX_MODE_LOW_LATENCY)
+            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: quantized "
+                              "wire formats are implemented in throughput "
+                              "mode only, not low latency");
+    }
+    if (v3 && p->mode == EPX_MODE_THROUGHPUT && p->flags != 0)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
+                          "implemented on the GPU in throughput mode",
+                          p->flags);
+    if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
+        if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
+            return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
+                              "is per expert: use EPX_LAYOUT_EXPERT_MAJOR");
+        if (p->flags & ~EPX_MOE_LL_DROP)
+            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency "
+                              "takes no flag but EPX_MOE_LL_DROP");
+        if (p->ll_capacity < 0 || p->ll_buffers < 0 || p->ll_buffers == 1 ||
+            p->ll_buffers > 64)
+            return epx__error(EPX_ERR_INVALID, "cuda moe: ll_capacity (%d) "
+                              "must be >= 0 and ll_buffers (%d) 0 or in "
+                              "[2, 64]", p->ll_capacity, p->ll_buffers);
+        if (p->max_tokens_per_rank > EPXK_LL_MASK ||
+            p->ll_capacity > EPXK_LL_MASK)
+            return epx__error(EPX_ERR_RANGE, "cuda moe: low latency counts "
+                              "rows in 24 bits: max_tokens_per_rank (%d) and "
+                              "ll_capacity (%d) must be <= %d",
+                              p->max_tokens_per_rank, p->ll_capacity,
+                              EPXK_LL_MASK);
+        if (c->backend != EPX_CUDA_BACKEND_WINDOWS)
+            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency is "
+                              "implemented for the windows backend only");
+    }
     if (c->num_sms < 0)
         return epx__error(EPX_ERR_INVALID, "cuda moe: num_sms %d", c->num_sms);
     if (c->backend != EPX_CUDA_BACKEND_WINDOWS &&
@@ -99,6 +149,11 @@ static epx_status_t check_params(const epx_moe_params_t *p,
     if (c->backend == EPX_CUDA_BACKEND_NCCL)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: built without NCCL");
 #endif
+    if (c->backend == EPX_CUDA_BACKEND_NCCL &&
+        p->layout == EPX_LAYOUT_EXPERT_MAJOR)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the expert-major "
+                          "layout is implemented for the windows backend "
+                          "only, not NCCL");
     if (c->nccl_comm && c->backend != EPX_CUDA_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: nccl_comm given for "
                           "the windows backend");
@@ -108,7 +163,7 @@ static epx_status_t check_params(const epx_moe_params_t *p,
 /* What every rank must agree on, and its max_tokens_per_rank. */
 typedef struct agree {
     int32_t status, hidden, experts, topk, dtype, backend, device_ok;
-    int32_t max_tokens;
+    int32_t layout, align, mode, cap, bufs, flags, wire, max_tokens;
 } agree_t;
 
 static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
@@ -131,9 +186,15 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
         else if (all[r].hidden != mine->hidden ||
                  all[r].experts != mine->experts ||
                  all[r].topk != mine->topk || all[r].dtype != mine->dtype ||
-                 all[r].backend != mine->backend)
+                 all[r].backend != mine->backend ||
+                 all[r].layout != mine->layout || all[r].align != mine->align ||
+                 all[r].mode != mine->mode || all[r].cap != mine->cap ||
+                 all[r].bufs != mine->bufs || all[r].flags != mine->flags ||
+                 all[r].wire != mine->wire)
             st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
-                            "hidden/experts/topk/dtype/backend", r);
+                            "hidden/experts/topk/dtype/backend/layout/"
+                            "alignment/mode/ll_capacity/ll_buffers/flags/"
+                            "wire", r);
         if (all[r].max_tokens > *maxT)
             *maxT = all[r].max_tokens;
     }
@@ -231,6 +292,17 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         mine.topk = params->topk;
         mine.dtype = params->dtype;
         mine.max_tokens = params->max_tokens_per_rank;
+        mine.layout = params->layout;
+        mine.align = params->layout == EPX_LAYOUT_EXPERT_MAJOR
+                         ? params->expert_alignment : 1;
+        if (params->version >= 3 &&
+            params->struct_size >= sizeof(epx_moe_params_t)) {
+            mine.mode = params->mode;
+            mine.cap = params->ll_capacity;
+            mine.bufs = params->ll_buffers;
+            mine.flags = (int32_t)params->flags;
+            mine.wire = (int32_t)params->wire;
+        }
     }
     mine.backend = cparams ? (int32_t)cparams->backend : -1;
     int64_t maxT = 0;
@@ -247,16 +319,34 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     g->K = m->p.topk;
     g->H = m->p.hidden;
     g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    g->wire = m->p.version >= 3 &&
+              m->p.struct_size >= sizeof(epx_moe_params_t)
+              ? (int)m->p.wire : EPX_WIRE_NATIVE;
     g->maxT = maxT;
-    epxk_geom_layout(g);
+    g->em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
+    g->align = g->em ? m->p.expert_alignment : 1;
+    g->Lmax = 0;
+    for (int r = 0; r < R; r++) {
+        int l = epxk_first_expert(R, g->E, r + 1) - epxk_first_expert(R, g->E, r);
+        g->Lmax = l > g->Lmax ? l : g->Lmax;
+    }
     /* Row indices and slots are int32 on the device. */
-    if ((int64_t)R * maxT * g->K >= INT32_MAX) {
+    if ((int64_t)R * maxT * g->K >= INT32_MAX ||
+        (int64_t)R * maxT * g->K + (int64_t)g->Lmax * g->align >= INT32_MAX) {
         int K = g->K;
         free(m);
         return epx__error(EPX_ERR_RANGE, "cuda moe: %d ranks x %lld tokens "
-                          "x topk %d exceeds 32-bit row indices", R,
-                          (long long)maxT, K);
+                          "x topk %d (and the alignment) exceeds 32-bit row "
+                          "indices", R, (long long)maxT, K);
     }
+    epxk_geom_layout(g);
+    m->ll = m->p.version >= 3 &&
+            m->p.struct_size >= sizeof(epx_moe_params_t) &&
+            m->p.mode == EPX_MODE_LOW_LATENCY;
+    if (m->ll)
+        epxk_ll_layout(g, m->p.ll_buffers ? m->p.ll_buffers : 2,
+                       m->p.ll_capacity ? m->p.ll_capacity : (int)maxT,
+                       &m->llg);
 
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
@@ -274,7 +364,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
 
     /* Everything below is undone by epx_cuda_moe_destroy's frees. */
     const size_t pairs = (size_t)(maxT * g->maxdest);
-    m->h_counts = calloc((size_t)m->L + 1, sizeof(int64_t));
+    m->h_counts = calloc(2 * (size_t)m->L + 1, sizeof(int64_t));
     m->h_local = calloc((size_t)m->L + 1, sizeof(int32_t));
     m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
     if (!m->h_counts || !m->h_local || !m->nsend) {
@@ -309,15 +399,44 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     DEV_ALLOC(m->d_dest, sizeof(int32_t) * pairs * 2);
     m->d_pos = m->d_dest + pairs;
     DEV_ALLOC(m->d_mycnt, sizeof(int32_t) * (size_t)(R + g->E));
-    DEV_ALLOC(m->d_sendoff, sizeof(int64_t) * (size_t)(2 * R + EPXK_INFO_COUNTS +
-                                                       m->L));
+    DEV_ALLOC(m->d_epos, sizeof(int32_t) * (size_t)(maxT * g->K));
+    DEV_ALLOC(m->d_sendoff, sizeof(int64_t) * (size_t)(2 * R + g->E +
+                                                       EPXK_INFO_COUNTS +
+                                                       2 * m->L));
     m->d_base = m->d_sendoff + R;
-    m->d_info = m->d_base + R;
+    m->d_ebase = m->d_base + R;
+    m->d_info = m->d_ebase + g->E;
     DEV_ALLOC(m->d_done, sizeof(unsigned));
+    if (m->ll) {
+        const size_t B = (size_t)m->llg.B, cap = (size_t)m->llg.cap;
+        DEV_ALLOC(m->d_llkeep, sizeof(int32_t) * B * (size_t)(maxT * g->K));
+        DEV_ALLOC(m->d_lldest, sizeof(int32_t) * B * 2 * pairs);
+        DEV_ALLOC(m->d_llcnt, sizeof(int32_t) * B * (size_t)(R + g->E));
+        DEV_ALLOC(m->d_llmystat, sizeof(int32_t) * B);
+        DEV_ALLOC(m->d_llsrc, sizeof(int32_t) * B * (size_t)m->L * R * cap);
+        DEV_ALLOC(m->d_llsendoff, sizeof(int64_t) * B * (size_t)R);
+        DEV_ALLOC(m->d_llcounts, sizeof(int64_t) * B * (size_t)m->L);
+        DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
+        DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
+        m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
+        if (!m->h_lloffs) {
+            st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+            goto out;
+        }
+        for (int j = 0; j < m->L; j++)
+            m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
+        st = epx__cuda_err(cudaMemset(m->d_lluse, 0, sizeof(uint32_t) * B),
+                           "cudaMemset");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemset(m->d_llstate, 0, sizeof(int64_t) *
+                                          EPXK_LL_NSTATE), "cudaMemset");
+        if (st != EPX_OK)
+            goto out;
+    }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
     st = epx__cuda_err(cudaMallocHost((void **)&m->h_info,
                                       sizeof(int64_t) *
-                                          (size_t)(EPXK_INFO_COUNTS + m->L)),
+                                          (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                        "cudaMallocHost");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMallocHost((void **)&m->h_cnt,
@@ -334,7 +453,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                            "cudaMemset");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemset(m->d_info, 0, sizeof(int64_t) *
-                                      (size_t)(EPXK_INFO_COUNTS + m->L)),
+                                      (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                            "cudaMemset");
     if (st != EPX_OK)
         goto out;
@@ -346,7 +465,9 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     }
     int device_ranks = 1;
     if (m->backend == EPX_CUDA_BACKEND_WINDOWS) {
-        st = epx__cuwin_create(comm, m->device, (size_t)g->total, &m->win);
+        st = epx__cuwin_create(comm, m->device,
+                               (size_t)(m->ll ? m->llg.total : g->total),
+                               &m->win);
         if (st == EPX_OK) {
             memcpy(peers, epx__cuwin_peers(m->win), sizeof(char *) * (size_t)R);
             m->local = peers[me];
@@ -406,6 +527,8 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->call.num_local = m->L;
     m->call.dest = m->d_dest;
     m->call.pos = m->d_pos;
+    m->call.epos = m->d_epos;
+    m->call.ebase = m->d_ebase;
     m->call.mycnt = m->d_mycnt;
     m->call.sendoff = m->d_sendoff;
     m->call.base = m->d_base;
@@ -414,6 +537,10 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->call.peers = m->d_peers;
     m->call.stage = m->stage;
     m->call.windows = m->backend == EPX_CUDA_BACKEND_WINDOWS;
+    m->call.ll = m->llg;
+    m->call.ll_drop = m->ll && (m->p.flags & EPX_MOE_LL_DROP) != 0;
+    m->call.ll_use = m->d_lluse;
+    m->call.ll_state = m->d_llstate;
     double to = epx__comm_timeout(comm);
     m->call.timeout_ns = (uint64_t)(to * 1e9);
     free(e2r);
@@ -446,6 +573,17 @@ void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
     cudaFree(m->d_e2r);
     cudaFree(m->d_dest);
     cudaFree(m->d_mycnt);
+    cudaFree(m->d_epos);
+    cudaFree(m->d_llkeep);
+    cudaFree(m->d_lldest);
+    cudaFree(m->d_llcnt);
+    cudaFree(m->d_llmystat);
+    cudaFree(m->d_llsrc);
+    cudaFree(m->d_llsendoff);
+    cudaFree(m->d_llcounts);
+    cudaFree(m->d_llstate);
+    cudaFree(m->d_lluse);
+    free(m->h_lloffs);
     cudaFree(m->d_sendoff);
     cudaFree(m->d_done);
     cudaFree(m->d_peers);
@@ -500,6 +638,131 @@ static void nccl_sizes(epx_cuda_moe_t *m)
     }
 }
 
+/* ------------------------------------------------------ low latency */
+
+/* Point the call at buffer b's own arrays: a call captured in a graph
+ * replays with them. */
+static void ll_point(epx_cuda_moe_t *m, int b)
+{
+    epxk_call_t *c = &m->call;
+    const epxk_geom_t *g = &m->g;
+    const size_t pairs = (size_t)(g->maxT * g->maxdest);
+    c->ll_b = b;
+    c->keep = m->d_llkeep + (size_t)b * (size_t)(g->maxT * g->K);
+    c->dest = m->d_lldest + (size_t)b * 2 * pairs;
+    c->pos = c->dest + pairs;
+    c->mycnt = m->d_llcnt + (size_t)b * (size_t)(g->R + g->E);
+    c->sendoff = m->d_llsendoff + (size_t)b * (size_t)g->R;
+    c->ll_mystat = m->d_llmystat + b;
+    c->ll_counts = m->d_llcounts + (size_t)b * (size_t)m->L;
+    c->ll_src = m->d_llsrc + (size_t)b * (size_t)m->L * (size_t)g->R *
+                (size_t)m->llg.cap;
+}
+
+/* Kernels only (layout, pack, recv), no host synchronisation.  A call
+ * received but not combined is abandoned first (its comb flag, marked, so
+ * the peers do not wait for it). */
+static epx_status_t ll_dispatch_send(epx_cuda_moe_t *m,
+                                     const epx_dispatch_args_t *a,
+                                     void *stream)
+{
+    epxk_call_t *c = &m->call;
+    epx_status_t st = stream_in(m, stream);
+    if (st == EPX_OK && m->state == ST_RECEIVED)
+        st = launch(m, EPXK_LL_ABANDON);
+    if (st != EPX_OK)
+        return fail(m, st);
+    m->state = ST_IDLE;
+    ll_point(m, (int)(m->ll_n++ % (uint64_t)m->llg.B));
+    m->T = a->x.rows;
+    c->x = a->x.data;
+    c->idx = a->topk_idx.data;
+    c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
+    c->w = a->topk_weights.data;
+    c->T = m->T;
+    if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
+        (st = launch(m, EPXK_LL_PACK)) != EPX_OK ||
+        (st = launch(m, EPXK_LL_RECV)) != EPX_OK)
+        return fail(m, st);
+    m->state = ST_SENT;
+    return EPX_OK;
+}
+
+static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
+                                     epx_recv_t *recv)
+{
+    const epxk_geom_t *g = &m->g;
+    const epxk_call_t *c = &m->call;
+    epx_status_t st = stream_out(m, stream);
+    if (st != EPX_OK)
+        return fail(m, st);
+    char *bw = m->local + m->llg.off_bufs + (int64_t)c->ll_b * m->llg.buf;
+    m->rows = (int64_t)m->L * g->R * m->llg.cap;
+    m->state = ST_RECEIVED;
+    epx_recv_t r;
+    memset(&r, 0, sizeof(r));
+    r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
+    r.num_rows = m->rows;
+    r.x.data = bw + m->llg.rows;
+    r.x.dtype = m->p.dtype;
+    r.x.rows = m->rows;
+    r.x.cols = g->H;
+    r.num_local_experts = m->L;
+    r.first_local_expert = m->first;
+    r.expert_counts = c->ll_counts;            /* device memory */
+    r.expert_offsets = m->h_lloffs;
+    r.src_rank = c->ll_src;
+    r.src_token = (const int32_t *)(bw + m->llg.src_tok);
+    r.topk_idx = NULL;
+    r.topk_weights = (const float *)(bw + m->llg.w);
+    r.local_experts = m->h_local;
+    r.x_scales.dtype = EPX_DTYPE_FP32;
+    r.capacity = m->llg.cap;
+    r.num_dropped = -1;                        /* counted on the device */
+    size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
+    memcpy(recv, &r, n);
+    return EPX_OK;
+}
+
+epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
+{
+    epx_status_t st = usable(m, "cuda ll_check");
+    if (st != EPX_OK)
+        return st;
+    if (!m->ll)
+        return epx__error(EPX_ERR_INVALID, "cuda ll_check: the engine is not "
+                          "in low-latency mode");
+    int64_t state[EPXK_LL_NSTATE], err = 0;
+    st = epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpy(state, m->d_llstate, sizeof(state),
+                                      cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpy(&err, m->d_info + EPXK_INFO_ERROR,
+                                      sizeof(err), cudaMemcpyDeviceToHost),
+                           "cudaMemcpy");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemset(m->d_llstate, 0, sizeof(state)),
+                           "cudaMemset");
+    if (st != EPX_OK)
+        return fail(m, st);
+    if (err)
+        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda low latency: a peer "
+                                  "did not signal within the timeout"));
+    if (dropped)
+        *dropped = state[EPXK_LL_DROPPED];
+    if (state[EPXK_LL_ERR] != 0) {
+        epx_status_t e = (epx_status_t)state[EPXK_LL_ERR];
+        return epx__error(e, "cuda low latency: a call since the last check "
+                          "failed on the device (%s%s); its outputs are "
+                          "unspecified", epx_status_str(e),
+                          e == EPX_ERR_RANGE ? ": more rows than ll_capacity "
+                          "without EPX_MOE_LL_DROP" : e == EPX_ERR_INVALID
+                          ? ": expert ids outside [-1, num_experts)" : "");
+    }
+    return EPX_OK;
+}
+
 epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
                                     const epx_dispatch_args_t *a, void *stream)
 {
@@ -526,9 +789,11 @@ epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
                           "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
                           "INT32/INT64, topk_weights [T, %d] FP32",
                           m->p.max_tokens_per_rank, g->H, g->K, g->K);
+    epxk_call_t *c = &m->call;
+    if (m->ll)
+        return ll_dispatch_send(m, a, stream);
     m->seq++;
     m->T = T;
-    epxk_call_t *c = &m->call;
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
@@ -580,7 +845,8 @@ epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemcpyAsync(m->h_info, m->d_info,
                                            sizeof(int64_t) *
-                                               (size_t)(EPXK_INFO_COUNTS + m->L),
+                                               (size_t)(EPXK_INFO_COUNTS +
+                                                        2 * m->L),
                                            cudaMemcpyDeviceToHost, m->st),
                            "cudaMemcpyAsync");
     if (st == EPX_OK)
@@ -603,6 +869,8 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     if (m->state != ST_SENT)
         return fail(m, epx__error(EPX_ERR_STATE, "cuda dispatch_recv: no "
                                   "dispatch sent"));
+    if (m->ll)
+        return ll_dispatch_recv(m, stream, recv);
     /* The one host synchronisation of the windows backend. */
     st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
                        "cudaEventSynchronize");
@@ -622,7 +890,7 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
             return fail(m, st);
     }
     m->rows = m->h_info[EPXK_INFO_ROWS];
-    for (int j = 0; j < m->L; j++)
+    for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
     if ((st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
@@ -631,20 +899,29 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
     r.num_rows = m->rows;
+    moe_wire_t f;   /* checked at creation */
+    moe_wire_init(&f, (epx_wire_t)g->wire, m->p.dtype, g->H);
     r.x.data = m->local + g->off_rows;
-    r.x.dtype = m->p.dtype;
+    r.x.dtype = f.x_dtype;
     r.x.rows = m->rows;
-    r.x.cols = g->H;
+    r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
     r.expert_counts = m->h_counts;
-    r.expert_offsets = NULL;
+    r.expert_offsets = g->em ? m->h_counts + m->L : NULL;
     r.src_rank = (const int32_t *)(m->local + g->off_src_rank);
     r.src_token = (const int32_t *)(m->local + g->off_src_token);
-    r.topk_idx = (const int32_t *)(m->local + g->off_idx);
+    r.topk_idx = g->em ? NULL : (const int32_t *)(m->local + g->off_idx);
     r.topk_weights = (const float *)(m->local + g->off_w);
     r.local_experts = m->h_local;
-    r.x_scales.dtype = EPX_DTYPE_FP32;
+    r.x_scales.dtype = f.scale_dtype;
+    if (moe_wire_quantized(&f)) {
+        r.x_scales.data = m->local + g->off_scales;
+        r.x_scales.rows = m->rows;
+        r.x_scales.cols = f.nblocks;
+    }
+    if (f.global_bytes)
+        r.x_global_scale = (const float *)(m->local + g->off_gscale);
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
     memcpy(recv, &r, n);
     if (bad)
@@ -670,13 +947,27 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: y must be "
                           "[%lld, %d] in the engine dtype",
                           (long long)m->rows, m->g.H);
-    if (a->flags != 0)
-        return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags are for "
-                          "the expert-major layout");
+    /* y in the receive regions would overrun the narrower quantized rows
+     * into their scales while peers may still read them. */
+    const uintptr_t yb = (uintptr_t)a->y.data, lb = (uintptr_t)m->local;
+    if (m->g.qblock && yb < lb + (uintptr_t)m->g.off_comb &&
+        yb + (uintptr_t)(m->rows * m->g.row_bytes) >
+            lb + (uintptr_t)m->g.off_rows)
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: with a "
+                          "quantized wire y may not lie in the engine's "
+                          "receive buffers");
+    if (a->flags & ~EPX_COMBINE_UNWEIGHTED ||
+        (a->flags && !m->g.em))
+        return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags 0x%x "
+                          "(EPX_COMBINE_UNWEIGHTED is for the expert-major "
+                          "layout)", a->flags);
     m->call.y = a->y.data;
+    m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
-    if (m->call.windows)
+    if (m->ll)
+        st = launch(m, EPXK_LL_COMB_PUT);
+    else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else
 #ifdef EPX_HAVE_NCCL
@@ -707,7 +998,8 @@ epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *m, epx_tensor_t *out,
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
-        (st = launch(m, EPXK_COMB_REDUCE)) != EPX_OK ||
+        (st = launch(m, m->ll ? EPXK_LL_COMB_REDUCE : EPXK_COMB_REDUCE)) !=
+            EPX_OK ||
         (st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
     m->state = ST_IDLE;

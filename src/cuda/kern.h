@@ -15,9 +15,21 @@
  *   cnt    [2][R][R + E + 1] int32   per source, by call parity: tokens to
  *                                    each rank, (token, k) pairs per expert,
  *                                    then the call's sequence word
- *   src_rank, src_token, ret_slot [R*maxT] int32
- *   topk_idx, topk_w [R*maxT][K]     local expert id (-1) and weight (0)
- *   rows   [R*maxT][row_bytes]       received tokens, source-major
+ *   src_rank, src_token [xrows] int32   per received row
+ *   ret_slot [R*maxT] int32          per entry (one per (source token,
+ *                                    this rank)): its return slot
+ *   ent_src, ent_rows [R*maxT], [R*maxT][K] int32   expert-major only: an
+ *                                    entry's source and its rows here in
+ *                                    top-k order (-1 after the last)
+ *   topk_idx [R*maxT][K]             token-major: local expert id (-1)
+ *   topk_w   token-major [R*maxT][K] weight (0); expert-major [xrows]
+ *   rows   [xrows][xrow_bytes]       received tokens: token-major one per
+ *                                    entry, source-major; expert-major one
+ *                                    per (token, local expert), segments
+ *                                    of `align` rows per local expert;
+ *                                    the wire format's data part
+ *   scales [xrows][scale_bytes]      quantized wire: the rows' block scales
+ *   gscale [xrows] fp32              NVFP4: the rows' own scales
  *   comb   [maxT*maxdest][row_bytes] partials coming back to this rank, at
  *                                    the slot the token had in its source's
  *                                    packed order
@@ -26,6 +38,8 @@
 #define EPX_CUDA_KERN_H
 
 #include <stdint.h>
+#include "epx.h"
+#include "moe/quant_codec.h"
 
 #if defined(__CUDACC__)
 #define EPXK_HD static __host__ __device__ __forceinline__
@@ -41,10 +55,22 @@ typedef struct epxk_geom {
     int esize;                /* 2 (bf16) or 4 (fp32) */
     int cnt_ints;             /* R + E + 1 */
     int64_t maxT;             /* largest max_tokens_per_rank of any rank */
+    int em;                   /* expert-major layout */
+    int align;                /* expert-major segment alignment (rows) */
+    int Lmax;                 /* most local experts of any rank */
+    int64_t ents;             /* entries: R * maxT */
+    int64_t xrows;            /* received rows at most */
     int64_t row_bytes;        /* H * esize: rows are contiguous, as
-                                 epx_recv_t.x describes them */
+                                 epx_recv_t.x describes them (partials) */
+    int wire;                 /* epx_wire_t of dispatch */
+    int qblock;               /* quantized: elements per scale, else 0 */
+    int64_t xrow_bytes;       /* a received row's data: row_bytes, H fp8
+                                 codes, or ceil(H / 2) e2m1 bytes */
+    int64_t scale_bytes;      /* a row's scales (src/moe/wire.c) */
+    int64_t gscale_bytes;     /* 4 (NVFP4), else 0 */
     int64_t off_flags, off_cnt, off_src_rank, off_src_token, off_ret_slot,
-            off_idx, off_w, off_rows, off_comb, total;
+            off_ent_src, off_ent_rows, off_idx, off_w, off_rows, off_scales,
+            off_gscale, off_comb, total;
 } epxk_geom_t;
 
 EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
@@ -52,31 +78,67 @@ EPXK_HD int64_t epxk_round_up(int64_t v, int64_t a)
     return (v + a - 1) / a * a;
 }
 
+/* Shape of a row on the wire: the host's (src/moe/wire.c) byte for byte;
+ * the engine checked that a quantized wire has esize 2 (bf16). */
+EPXK_HD void epxk_geom_wire(epxk_geom_t *g)
+{
+    const int64_t H = g->H;
+    int ssize = 1;
+    g->qblock = 0;
+    g->gscale_bytes = 0;
+    switch (g->wire) {
+    case EPX_WIRE_FP8: g->qblock = MOE_QUANT_FP8_BLOCK; ssize = 4; break;
+    case EPX_WIRE_FP8_UE8M0: g->qblock = MOE_QUANT_FP8_BLOCK; break;
+    case EPX_WIRE_MXFP8: g->qblock = MOE_QUANT_MX_BLOCK; break;
+    case EPX_WIRE_NVFP4:
+        g->qblock = MOE_QUANT_FP4_BLOCK;
+        g->gscale_bytes = 4;
+        break;
+    default: break;
+    }
+    g->xrow_bytes = !g->qblock ? g->row_bytes
+                  : g->wire == EPX_WIRE_NVFP4 ? (H + 1) / 2 : H;
+    g->scale_bytes = g->qblock ? (H + g->qblock - 1) / g->qblock * ssize : 0;
+}
+
 /* Offsets of every region, each 256-byte aligned (rows are 16-byte
- * aligned where H * esize is a multiple of 16). */
+ * aligned where their bytes are a multiple of 16).  Set R, rank, E, K, H,
+ * esize, wire, maxT, em, align (>= 1) and Lmax first. */
 EPXK_HD void epxk_geom_layout(epxk_geom_t *g)
 {
-    const int64_t rows = (int64_t)g->R * g->maxT;
+    const int64_t ents = (int64_t)g->R * g->maxT;
+    const int per = g->K < g->Lmax ? g->K : g->Lmax;   /* rows per entry */
     int64_t o = 0;
     g->maxdest = g->K < g->R ? g->K : g->R;
     g->cnt_ints = g->R + g->E + 1;
     g->row_bytes = (int64_t)g->H * g->esize;
+    epxk_geom_wire(g);
+    g->ents = ents;
+    g->xrows = g->em ? ents * per + (int64_t)g->Lmax * (g->align - 1) : ents;
     g->off_flags = o;
     o = epxk_round_up(o + (int64_t)EPXK_NFLAG * g->R * 8, 256);
     g->off_cnt = o;
     o = epxk_round_up(o + 2 * (int64_t)g->R * g->cnt_ints * 4, 256);
     g->off_src_rank = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + g->xrows * 4, 256);
     g->off_src_token = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + g->xrows * 4, 256);
     g->off_ret_slot = o;
-    o = epxk_round_up(o + rows * 4, 256);
+    o = epxk_round_up(o + ents * 4, 256);
+    g->off_ent_src = o;
+    o = epxk_round_up(o + (g->em ? ents * 4 : 0), 256);
+    g->off_ent_rows = o;
+    o = epxk_round_up(o + (g->em ? ents * g->K * 4 : 0), 256);
     g->off_idx = o;
-    o = epxk_round_up(o + rows * g->K * 4, 256);
+    o = epxk_round_up(o + (g->em ? 0 : ents * g->K * 4), 256);
     g->off_w = o;
-    o = epxk_round_up(o + rows * g->K * 4, 256);
+    o = epxk_round_up(o + (g->em ? g->xrows : ents * g->K) * 4, 256);
     g->off_rows = o;
-    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    o = epxk_round_up(o + g->xrows * g->xrow_bytes, 256);
+    g->off_scales = o;
+    o = epxk_round_up(o + g->xrows * g->scale_bytes, 256);
+    g->off_gscale = o;
+    o = epxk_round_up(o + g->xrows * g->gscale_bytes, 256);
     g->off_comb = o;
     o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
     g->total = o;
@@ -123,14 +185,22 @@ EPXK_HD int epxk_owner(const int32_t *e2r, int64_t e)
     return e2r[e];
 }
 
+/* Is choice k of token t sent?  keep: low latency, the choice's slot in
+ * its range (-1: none or dropped); NULL: every valid choice is. */
+EPXK_HD int64_t epxk_kept_id(const epxk_ids_t *ids, const int32_t *keep,
+                             int64_t t, int k)
+{
+    return keep && keep[t * ids->K + k] < 0 ? -1 : epxk_expert_id(ids, t, k);
+}
+
 /* Index of rank d among token t's distinct destination ranks in ascending
- * order, or -1 when none of t's experts lives on d. */
-EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
-                           int64_t t, int d)
+ * order, or -1 when none of t's (kept) experts lives on d. */
+EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *keep,
+                           const int32_t *e2r, int64_t t, int d)
 {
     int hit = 0, below = 0;
     for (int k = 0; k < ids->K; k++) {
-        int64_t e = epxk_expert_id(ids, t, k);
+        int64_t e = epxk_kept_id(ids, keep, t, k);
         if (e < 0)
             continue;
         int r = epxk_owner(e2r, e);
@@ -142,7 +212,7 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
             continue;
         int seen = 0;    /* count each rank below d once */
         for (int k2 = 0; k2 < k; k2++) {
-            int64_t e2 = epxk_expert_id(ids, t, k2);
+            int64_t e2 = epxk_kept_id(ids, keep, t, k2);
             if (e2 >= 0 && epxk_owner(e2r, e2) == r) {
                 seen = 1;
                 break;
@@ -158,12 +228,12 @@ EPXK_HD int epxk_dest_slot(const epxk_ids_t *ids, const int32_t *e2r,
  * dest/pos are [T][maxdest], the token's j-th destination in ascending
  * order.  Returns the number of tokens to d. */
 EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                 const int32_t *e2r, int64_t T, int d,
-                                 int32_t *dest, int32_t *pos)
+                                 const int32_t *keep, const int32_t *e2r,
+                                 int64_t T, int d, int32_t *dest, int32_t *pos)
 {
     int64_t c = 0;
     for (int64_t t = 0; t < T; t++) {
-        int j = epxk_dest_slot(ids, e2r, t, d);
+        int j = epxk_dest_slot(ids, keep, e2r, t, d);
         if (j < 0)
             continue;
         dest[t * g->maxdest + j] = d;
@@ -172,14 +242,19 @@ EPXK_HD int64_t epxk_layout_dest(const epxk_geom_t *g, const epxk_ids_t *ids,
     return c;
 }
 
-/* (token, k) pairs of this rank routed to expert e. */
+/* (token, k) pairs of this rank routed to expert e; with epos (expert-
+ * major, [T][K]) each pair's position among them, in (token, k) order. */
 EPXK_HD int64_t epxk_layout_expert(const epxk_geom_t *g, const epxk_ids_t *ids,
-                                   int64_t T, int64_t e)
+                                   int64_t T, int64_t e, int32_t *epos)
 {
     int64_t c = 0;
     for (int64_t t = 0; t < T; t++)
         for (int k = 0; k < g->K; k++)
-            c += epxk_expert_id(ids, t, k) == e;
+            if (epxk_expert_id(ids, t, k) == e) {
+                if (epos)
+                    epos[t * g->K + k] = (int32_t)c;
+                c++;
+            }
     return c;
 }
 
@@ -223,6 +298,60 @@ EPXK_HD int64_t epxk_recv_expert(const epxk_geom_t *g, const int32_t *cnt,
     for (int s = 0; s < g->R; s++)
         c += cnt[(int64_t)s * g->cnt_ints + g->R + first_local + j];
     return c;
+}
+
+/* Expert-major: first row of local expert j's segment at the rank whose
+ * count buffer is cnt and whose experts start at first_local: the
+ * segments before it, each rounded up to the alignment.  j = the number of
+ * local experts gives the rows received. */
+EPXK_HD int64_t epxk_expert_offset(const epxk_geom_t *g, const int32_t *cnt,
+                                   int first_local, int j)
+{
+    int64_t at = 0;
+    for (int j2 = 0; j2 < j; j2++)
+        at = epxk_round_up(at + epxk_recv_expert(g, cnt, first_local, j2),
+                           g->align);
+    return at;
+}
+
+/* Expert-major: this rank's first row for expert e (owned by rank d, whose
+ * experts start at first_d) at d: e's segment there, after the rows of
+ * every lower source.  cnt: this rank's copy of the count matrix, which
+ * holds the same rows as d's. */
+EPXK_HD int64_t epxk_expert_base(const epxk_geom_t *g, const int32_t *cnt,
+                                 int first_d, int64_t e)
+{
+    int64_t b = epxk_expert_offset(g, cnt, first_d, (int)(e - first_d));
+    for (int s = 0; s < g->rank; s++)
+        b += cnt[(int64_t)s * g->cnt_ints + g->R + e];
+    return b;
+}
+
+/* Expert-major: row of token t's k-th choice at its expert's rank (e
+ * valid): ebase[E] from epxk_expert_base, epos from the layout. */
+EPXK_HD int64_t epxk_expert_row(const epxk_geom_t *g, const int64_t *ebase,
+                                const int32_t *epos, int64_t e, int64_t t,
+                                int k)
+{
+    return ebase[e] + epos[t * g->K + k];
+}
+
+/* Expert-major entry of token t at destination d: its rows there in top-k
+ * order (rows[n], then -1 up to K); returns n. */
+EPXK_HD int epxk_entry_rows(const epxk_geom_t *g, const epxk_ids_t *ids,
+                            const int32_t *e2r, const int64_t *ebase,
+                            const int32_t *epos, int64_t t, int d,
+                            int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        if (e >= 0 && epxk_owner(e2r, e) == d)
+            rows[n++] = (int32_t)epxk_expert_row(g, ebase, epos, e, t, k);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
 }
 
 /* Token t's metadata as destination d sees it: slot k carries the local
@@ -283,6 +412,21 @@ EPXK_HD void epxk_store(void *row, int out_esize, int64_t h, float v)
         ((float *)row)[h] = v;
 }
 
+/* Expert-major combine put, element h of an entry's partial: its rows
+ * (rows[0..n)) of y in top-k order, each times its weight (w[row]; NULL:
+ * EPX_COMBINE_UNWEIGHTED) summed in fp32 from 0.  The caller rounds it to
+ * the engine dtype for the wire. */
+EPXK_HD float epxk_partial_elem(const epxk_geom_t *g, const char *y,
+                                const int32_t *rows, const float *w, int64_t h)
+{
+    float acc = 0.0f;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+        float v = epxk_load(y + (int64_t)rows[k] * g->row_bytes, g->esize, h);
+        acc = acc + (w ? w[rows[k]] * v : v);
+    }
+    return acc;
+}
+
 /* Combine, element h of token t: the partials of t's destinations summed
  * in ascending rank order in fp32 (0 when t went nowhere).  comb: this
  * rank's partials, one row_bytes row per slot. */
@@ -298,6 +442,229 @@ EPXK_HD float epxk_combine_elem(const epxk_geom_t *g, const char *comb,
         acc = acc + epxk_load(comb + slot * g->row_bytes, g->esize, h);
     }
     return acc;
+}
+
+/* ------------------------------------------------------- quantized pack
+ *
+ * A row is quantized in chunks of MOE_QUANT_CHUNK elements, a lane of the
+ * packing warp per chunk: the lanes of a block's chunks (epxk_q_group of
+ * them, consecutive) reduce the block's maximum, then each encodes its own
+ * chunk and the block's first lane stores the scale.  NVFP4 reduces the
+ * row's maximum over the whole warp first.  The values are the host
+ * executor's (src/moe/quant.c) bit for bit: both use quant_codec.h. */
+
+EPXK_HD int64_t epxk_q_chunks(const epxk_geom_t *g)
+{
+    return ((int64_t)g->H + MOE_QUANT_CHUNK - 1) / MOE_QUANT_CHUNK;
+}
+
+/* Elements of chunk c. */
+EPXK_HD int epxk_q_chunk_len(const epxk_geom_t *g, int64_t c)
+{
+    int64_t n = (int64_t)g->H - c * MOE_QUANT_CHUNK;
+    return n < MOE_QUANT_CHUNK ? (int)n : MOE_QUANT_CHUNK;
+}
+
+/* Chunk c of row x into v[MOE_QUANT_CHUNK], zeros after the row's end:
+ * a zero changes no block maximum and its codes are not stored (an odd
+ * NVFP4 tail's high nibble is e2m1(0) = 0), so every chunk is encoded
+ * whole. */
+EPXK_HD int epxk_q_load_chunk(const epxk_geom_t *g, const uint16_t *x,
+                              int64_t c, uint16_t *v)
+{
+    const int n = epxk_q_chunk_len(g, c);
+    for (int i = 0; i < MOE_QUANT_CHUNK; i++)
+        v[i] = i < n ? x[c * MOE_QUANT_CHUNK + i] : (uint16_t)0;
+    return n;
+}
+
+/* Bytes of chunk c's codes that belong to the row. */
+EPXK_HD int epxk_q_chunk_stored(const epxk_geom_t *g, int n)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? (n + 1) / 2 : n;
+}
+
+/* Chunks per block: lanes reducing a block's maximum together (1, 2, 8:
+ * a power of two dividing the warp). */
+EPXK_HD int epxk_q_group(const epxk_geom_t *g)
+{
+    return g->qblock / MOE_QUANT_CHUNK;
+}
+
+/* Data bytes of a chunk at byte chunk * epxk_q_chunk_bytes of the row. */
+EPXK_HD int epxk_q_chunk_bytes(const epxk_geom_t *g)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? MOE_QUANT_CHUNK / 2 : MOE_QUANT_CHUNK;
+}
+
+/* The codes of one chunk of n elements (to q: n fp8 bytes or (n + 1) / 2
+ * e2m1 bytes) from its block's largest finite magnitude's bits and NaN
+ * flag and (NVFP4) the row's scale; returns the block's scale: fp32 bits
+ * (FP8) or its byte (UE8M0, e4m3). */
+EPXK_HD uint32_t epxk_q_encode(const epxk_geom_t *g, const uint16_t *x,
+                               int n, uint32_t amax_bits, int nan,
+                               float global, uint8_t *q)
+{
+    const float amax = moe_quant_bf16((uint16_t)amax_bits);
+    if (g->wire == EPX_WIRE_FP8) {
+        float s = moe_quant_fp8_scale(amax);
+        moe_quant_chunk_fp8_div(x, n, s, q);
+        return moe_quant_bits(s);
+    }
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint8_t sb = moe_quant_nvfp4_bscale(amax, global);
+        float s = moe_quant_nvfp4_div(sb, global);
+        moe_quant_chunk_e2m1(x, n, s, nan || !(s > 0.0f), q);
+        return nan ? MOE_QUANT_E4M3_NAN : sb;
+    }
+    uint8_t c = moe_quant_ue8m0_scale(amax);
+    moe_quant_chunk_fp8_mul(x, n, moe_quant_ue8m0_inv(c), q);
+    return c;
+}
+
+/* Block k's scale into a row's scales (FP32 for FP8, else one byte). */
+EPXK_HD void epxk_q_store_scale(const epxk_geom_t *g, char *scales, int64_t k,
+                                uint32_t v)
+{
+    if (g->wire == EPX_WIRE_FP8)
+        ((uint32_t *)scales)[k] = v;
+    else
+        ((uint8_t *)scales)[k] = (uint8_t)v;
+}
+
+/* ------------------------------------------------------------ low latency
+ *
+ * The host executor's low-latency layout (src/moe/README.md): local expert
+ * j of rank d receives source s's rows at j*R*cap + s*cap + i, i < the
+ * rows s routed there (at most cap; the rest dropped or an error).  Window
+ * of each rank: the flags (comb [B][R] uint64: use + 1 of buffer b whose
+ * partials rank s has put, and so whose rows it no longer reads), then B
+ * buffers of epxk_ll_t.buf bytes:
+ *   cw      [L][R] int32     count word per (local expert, source):
+ *                            tag << 24 | rows the source routed there
+ *   fw      [R] int32        final word per source: tag << 24 | entries
+ *   st      [R] int32        status per source (0, or an epx error), read
+ *                            once the final word carries the tag
+ *   src_tok, w [L*R*cap]     per row: token on its source, weight
+ *   ent_slot [R][maxT] int32 per (source, token sent here): return slot
+ *   ent_rows [R][maxT][K]    its rows here in top-k order, -1 after
+ *   rows    [L*R*cap][row_bytes]
+ *   comb    [maxT*maxdest][row_bytes]  partials back to this rank
+ * The tag of use u of a buffer is u % 255 + 1: never 0 (zeroed window),
+ * different for consecutive uses; a source writes use u only after every
+ * rank released comb for use u - 1, so no reader sees two uses mixed. */
+
+typedef struct epxk_ll {
+    int B, cap;
+    int64_t off_comb_flags, off_bufs, buf;       /* window */
+    int64_t cw, fw, st, src_tok, w, ent_slot, ent_rows, rows, comb;
+    int64_t total;
+} epxk_ll_t;
+
+#define EPXK_LL_MASK 0xffffff
+#define EPXK_LL_TAG(u) ((int32_t)((u) % 255u) + 1)
+/* A count or final word, and its tag (unsigned shifts: tags reach 255). */
+#define EPXK_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
+#define EPXK_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
+
+/* g from epxk_geom_layout (R, E, K, H, esize, maxT, Lmax used). */
+EPXK_HD void epxk_ll_layout(const epxk_geom_t *g, int B, int cap,
+                            epxk_ll_t *l)
+{
+    const int64_t rows = (int64_t)g->Lmax * g->R * cap;
+    const int64_t ents = (int64_t)g->R * g->maxT;
+    int64_t o = 0;
+    l->B = B;
+    l->cap = cap;
+    l->off_comb_flags = 0;
+    l->off_bufs = epxk_round_up((int64_t)B * g->R * 8, 256);
+    l->cw = o;
+    o = epxk_round_up(o + (int64_t)g->Lmax * g->R * 4, 256);
+    l->fw = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->st = o;
+    o = epxk_round_up(o + (int64_t)g->R * 4, 256);
+    l->src_tok = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->w = o;
+    o = epxk_round_up(o + rows * 4, 256);
+    l->ent_slot = o;
+    o = epxk_round_up(o + ents * 4, 256);
+    l->ent_rows = o;
+    o = epxk_round_up(o + ents * g->K * 4, 256);
+    l->rows = o;
+    o = epxk_round_up(o + rows * g->row_bytes, 256);
+    l->comb = o;
+    o = epxk_round_up(o + g->maxT * g->maxdest * g->row_bytes, 256);
+    l->buf = o;
+    l->total = l->off_bufs + (int64_t)B * o;
+}
+
+/* Choices of this rank's tokens for expert e, in (token, k) order: slot
+ * keep[t*K+k] = its index among them when below cap, else -1 (dropped;
+ * choices of other experts are left alone).  Returns how many there are
+ * (the count word's value: may exceed cap). */
+EPXK_HD int64_t epxk_ll_layout_expert(const epxk_geom_t *g,
+                                      const epxk_ids_t *ids, int64_t T,
+                                      int64_t e, int cap, int32_t *keep)
+{
+    int64_t c = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int k = 0; k < g->K; k++)
+            if (epxk_expert_id(ids, t, k) == e) {
+                keep[t * g->K + k] = c < cap ? (int32_t)c : -1;
+                c++;
+            }
+    return c;
+}
+
+/* Row of source s's slot p for expert e at its owner (experts from first). */
+EPXK_HD int64_t epxk_ll_row(const epxk_geom_t *g, int cap, int first,
+                            int64_t e, int s, int64_t p)
+{
+    return (((e - first) * g->R + s) * (int64_t)cap) + p;
+}
+
+/* Low-latency entry of token t at destination d: its kept rows there in
+ * top-k order (then -1); returns their number. */
+EPXK_HD int epxk_ll_entry_rows(const epxk_geom_t *g, const epxk_ids_t *ids,
+                               const int32_t *keep, const int32_t *e2r,
+                               int cap, int first_d, int64_t t, int d,
+                               int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = epxk_kept_id(ids, keep, t, k);
+        if (e >= 0 && epxk_owner(e2r, e) == d)
+            rows[n++] = (int32_t)epxk_ll_row(g, cap, first_d, e, g->rank,
+                                             keep[t * g->K + k]);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
+}
+
+/* Rows of source s for local expert j held here (count word's value
+ * capped), and the rows dropped. */
+EPXK_HD int64_t epxk_ll_kept(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n < cap ? n : cap;
+}
+EPXK_HD int64_t epxk_ll_dropped(int32_t word, int cap)
+{
+    int64_t n = word & EPXK_LL_MASK;
+    return n > cap ? n - cap : 0;
+}
+
+/* Source of a received row (cw: this buffer's count words), -1 on the
+ * padding of its range. */
+EPXK_HD int epxk_ll_row_source(const epxk_geom_t *g, int cap,
+                               const int32_t *cw, int64_t row)
+{
+    int64_t j = row / ((int64_t)g->R * cap);
+    int s = (int)(row / cap % g->R);
+    return row % cap < epxk_ll_kept(cw[j * g->R + s], cap) ? s : -1;
 }
 
 #endif /* EPX_CUDA_KERN_H */

@@ -13,12 +13,21 @@ extern "C" {
 #endif
 
 enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
-       EPXK_COMB_REDUCE };
+       EPXK_COMB_REDUCE, EPXK_LL_LAYOUT, EPXK_LL_PACK, EPXK_LL_RECV,
+       EPXK_LL_COMB_PUT, EPXK_LL_COMB_REDUCE, EPXK_LL_ABANDON };
 
-/* info[]: error flag (a wait timed out), rows received, invalid expert
- * ids seen by this rank's layout, then the counts of each local expert. */
+/* Low latency, ll_state[]: the first error of the calls since the host
+ * last looked (0, or an epx_status_t), and the rows dropped here. */
+enum { EPXK_LL_ERR = 0, EPXK_LL_DROPPED = 1, EPXK_LL_NSTATE = 2 };
+/* Bit of a comb flag set by a rank that abandoned the call. */
+#define EPXK_LL_ABANDONED (1ull << 62)
+
+/* info[]: error flag (a wait timed out), rows received (expert-major:
+ * with padding), invalid expert ids seen by this rank's layout, entries
+ * received (tokens), then the counts of each local expert and (expert-
+ * major) their first rows: [EPXK_INFO_COUNTS + 2 * local experts]. */
 enum { EPXK_INFO_ERROR = 0, EPXK_INFO_ROWS = 1, EPXK_INFO_BAD_IDS = 2,
-       EPXK_INFO_COUNTS = 3 };
+       EPXK_INFO_ENTS = 3, EPXK_INFO_COUNTS = 4 };
 
 typedef struct epxk_call {
     /* inputs of this dispatch */
@@ -35,10 +44,13 @@ typedef struct epxk_call {
     const int32_t *first;     /* [R + 1] first expert of each rank */
     int num_local;
     int32_t *dest, *pos;      /* [maxT][maxdest] */
+    int32_t *epos;            /* expert-major: [maxT][K] */
+    int64_t *ebase;           /* expert-major: [E] first row at the owner */
+    int unweighted;           /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
     int32_t *mycnt;           /* [R + E] */
     int64_t *sendoff;         /* [R] */
     int64_t *base;            /* [R] */
-    int64_t *info;            /* [EPXK_INFO_COUNTS + local experts] */
+    int64_t *info;            /* [EPXK_INFO_COUNTS + 2 * local experts] */
     unsigned *done;           /* grid completion counter, 0 between uses */
     char *const *peers;       /* [R] window bases in this process (windows) */
     char *stage;              /* NCCL: packed rows and metadata */
@@ -46,6 +58,18 @@ typedef struct epxk_call {
     int parity;
     uint64_t seq;             /* call number, from 1 */
     uint64_t timeout_ns;
+    /* low latency: every pointer below is the call's buffer's own, so a
+     * captured call replays with the same arguments; the use number of
+     * the buffer (and so the tag) lives on the device */
+    epxk_ll_t ll;
+    int ll_b;                 /* buffer */
+    int ll_drop;              /* EPX_MOE_LL_DROP */
+    int32_t *keep;            /* [maxT][K] slot in its range, -1 */
+    uint32_t *ll_use;         /* [B] uses of each buffer completed */
+    int32_t *ll_mystat;       /* this call's own status (0 or an error) */
+    int64_t *ll_counts;       /* [L] rows per local expert (recv output) */
+    int32_t *ll_src;          /* [L*R*cap] source of each row, -1 padding */
+    int64_t *ll_state;        /* [EPXK_LL_NSTATE], sticky */
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError). */

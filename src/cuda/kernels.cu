@@ -1,5 +1,5 @@
 /*
- * GPU executor kernels (throughput mode, token-major).  The arithmetic is
+ * GPU executor kernels (throughput mode, token-major and expert-major).  The arithmetic is
  * in kern.h (shared with the host test); this file adds the thread
  * mapping, 16-byte vectorised copies, the release/acquire signals and the
  * bounded waits.  Launched by src/cuda/engine.c through the extern "C"
@@ -14,6 +14,7 @@
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include "epx.h"
 #include "cuda/kern.h"
 #include "cuda/kern_launch.h"
 
@@ -95,6 +96,46 @@ __device__ static bool wait_s32(const int32_t *p, int32_t want,
     }
 }
 
+/* Wait until *p, without the abandoned bit, is >= want. */
+__device__ static bool wait_u64_masked(const uint64_t *p, uint64_t want,
+                                       uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if ((ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+/* Wait until the word at p carries `tag` in its top 8 bits. */
+__device__ static bool wait_tag(const int32_t *p, int32_t tag,
+                                uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (EPXK_LL_WTAG(ld_acquire_s32(p)) == tag)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = now_ns();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
 /* Copy one row of `bytes` with a warp: 16-byte vectors when both ends
  * and the length allow it (coalesced: lane i takes vector i, i + 32...),
  * else 4- or 2-byte words. */
@@ -118,6 +159,94 @@ __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
         for (int64_t i = lane; i < bytes / 2; i += WARP)
             d[i] = s[i];
     }
+}
+
+/* One bf16 row quantized by a warp into its wire parts (kern.h,
+ * "quantized pack"): codes at q, block scales at sc, the NVFP4 row scale at
+ * *gs.  Lane i takes chunks i, i + 32...: 32 bytes of input (two 16-byte
+ * loads where the row is aligned) and 16 (fp8) or 8 (e2m1) bytes of codes
+ * in one store, coalesced across the warp.  Every lane of the warp calls
+ * it (shuffles over the full mask). */
+__device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
+                                      float *gs, const uint16_t *x, int lane)
+{
+    const unsigned full = 0xffffffffu;
+    const int64_t chunks = epxk_q_chunks(&g);
+    const int G = epxk_q_group(&g), cb = epxk_q_chunk_bytes(&g);
+    const bool xvec = ((uintptr_t)x & 15) == 0;
+    const bool qvec = ((uintptr_t)q & (uintptr_t)(cb - 1)) == 0;
+    union { uint4 u[2]; uint16_t h[MOE_QUANT_CHUNK]; } v;
+    union { uint4 u; uint2 d; uint8_t b[MOE_QUANT_CHUNK]; } o;
+    float global = 0.0f;
+    if (g.wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = lane; c < chunks; c += WARP) {
+            int nan;
+            epxk_q_load_chunk(&g, x, c, v.h);
+            uint32_t a = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        m = __reduce_max_sync(full, m);
+        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        if (lane == 0)
+            *gs = global;
+    }
+    for (int64_t c0 = 0; c0 < chunks; c0 += WARP) {
+        const int64_t c = c0 + lane;
+        int n = 0, nan = 0;
+        uint32_t m = 0;
+        if (c < chunks) {
+            if (xvec && epxk_q_chunk_len(&g, c) == MOE_QUANT_CHUNK) {
+                const uint4 *p = (const uint4 *)(x + c * MOE_QUANT_CHUNK);
+                v.u[0] = p[0];
+                v.u[1] = p[1];
+                n = MOE_QUANT_CHUNK;
+            } else {
+                n = epxk_q_load_chunk(&g, x, c, v.h);
+            }
+            m = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
+        }
+        /* The block's lanes are consecutive, G a power of two. */
+        for (int off = 1; off < G; off <<= 1) {
+            uint32_t m2 = __shfl_xor_sync(full, m, off);
+            m = m2 > m ? m2 : m;
+            nan |= __shfl_xor_sync(full, nan, off);
+        }
+        if (n == 0)
+            continue;
+        uint32_t s = epxk_q_encode(&g, v.h, MOE_QUANT_CHUNK, m, nan, global,
+                                   o.b);
+        char *dst = q + c * cb;
+        const int nb = epxk_q_chunk_stored(&g, n);
+        if (qvec && nb == cb) {
+            if (cb == 16)
+                *(uint4 *)dst = o.u;
+            else
+                *(uint2 *)dst = o.d;
+        } else {
+            for (int i = 0; i < MOE_QUANT_CHUNK; i++)
+                if (i < nb)
+                    dst[i] = (char)o.b[i];
+        }
+        if (c % G == 0)
+            epxk_q_store_scale(&g, sc, c / G, s);
+    }
+}
+
+/* Row `row` of a window's (or staging buffer's) receive regions from
+ * token row xrow: a copy (native wire) or its quantized parts. */
+__device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
+                                                    char *w, int64_t row,
+                                                    const char *xrow, int lane)
+{
+    char *q = w + g.off_rows + row * g.xrow_bytes;
+    if (!g.qblock) {
+        warp_copy(q, xrow, g.xrow_bytes, lane);
+        return;
+    }
+    warp_quant_row(g, q, w + g.off_scales + row * g.scale_bytes,
+                   (float *)(w + g.off_gscale) + row,
+                   (const uint16_t *)xrow, lane);
 }
 
 /* Count of a window's region. */
@@ -169,8 +298,10 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
     __syncthreads();
     for (int u = threadIdx.x; u < g.R + g.E; u += blockDim.x) {
         int64_t n = u < g.R
-            ? epxk_layout_dest(&g, &ids, c.e2r, c.T, u, c.dest, c.pos)
-            : epxk_layout_expert(&g, &ids, c.T, u - g.R);
+            ? epxk_layout_dest(&g, &ids, NULL, c.e2r, c.T, u, c.dest,
+                               c.pos)
+            : epxk_layout_expert(&g, &ids, c.T, u - g.R,
+                                 g.em ? c.epos : NULL);
         c.mycnt[u] = (int32_t)n;
     }
     __syncthreads();
@@ -196,7 +327,8 @@ __global__ void epxk_layout_kernel(epxk_geom_t g, epxk_call_t c)
 }
 
 /* One block.  With windows, wait for every source's count row of this
- * call; then this rank's first row at each destination. */
+ * call; then this rank's first entry at each destination and (expert-
+ * major) its first row for each expert. */
 __global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
@@ -208,6 +340,39 @@ __global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         c.base[d] = epxk_dest_base(&g, cnt, d);
+    if (g.em)
+        for (int e = threadIdx.x; e < g.E; e += blockDim.x)
+            c.ebase[e] = epxk_expert_base(&g, cnt, c.first[c.e2r[e]], e);
+}
+
+/* Expert-major, one (token, destination) pair by a warp (windows only):
+ * a copy of the row per expert of t at d, at that expert's row, with its
+ * source, token and weight; and the entry (source, return slot, rows in
+ * top-k order) that combine reduces. */
+__device__ static void pack_expert_major(const epxk_geom_t &g,
+                                         const epxk_call_t &c,
+                                         const epxk_ids_t *ids, char *w, int d,
+                                         int64_t t, int64_t ent, int64_t slot,
+                                         int lane)
+{
+    for (int k = 0; k < g.K; k++) {
+        int64_t e = epxk_expert_id(ids, t, k);
+        if (e < 0 || epxk_owner(c.e2r, e) != d)
+            continue;
+        int64_t row = epxk_expert_row(&g, c.ebase, c.epos, e, t, k);
+        warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes, lane);
+        if (lane == 0) {
+            ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
+            ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+            ((float *)(w + g.off_w))[row] = c.w[t * g.K + k];
+        }
+    }
+    if (lane == 0) {
+        ((int32_t *)(w + g.off_ent_src))[ent] = g.rank;
+        ((int32_t *)(w + g.off_ret_slot))[ent] = (int32_t)slot;
+        epxk_entry_rows(&g, ids, c.e2r, c.ebase, c.epos, t, d,
+                        (int32_t *)(w + g.off_ent_rows) + ent * g.K);
+    }
 }
 
 /* Grid of num_sms blocks, a warp per (token, destination): the row and
@@ -230,8 +395,12 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
             int64_t slot = c.sendoff[d] + c.pos[i];
             int64_t row = c.windows ? c.base[d] + c.pos[i] : slot;
             char *w = c.windows ? c.peers[d] : c.stage;
-            warp_copy(w + g.off_rows + row * g.row_bytes,
-                      (const char *)c.x + t * g.row_bytes, g.row_bytes, lane);
+            if (g.em) {
+                pack_expert_major(g, c, &ids, w, d, t, row, slot, lane);
+                continue;
+            }
+            warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes,
+                         lane);
             if (lane == 0) {
                 ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
                 ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
@@ -261,11 +430,32 @@ __global__ void epxk_recv_kernel(epxk_geom_t g, epxk_call_t c)
                      c.timeout_ns, c.info);
     __syncthreads();
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
-    if (threadIdx.x == 0)
-        c.info[EPXK_INFO_ROWS] = epxk_recv_rows(&g, cnt);
-    for (int j = threadIdx.x; j < c.num_local; j += blockDim.x)
-        c.info[EPXK_INFO_COUNTS + j] =
-            epxk_recv_expert(&g, cnt, c.first[g.rank], j);
+    const int L = c.num_local, first = c.first[g.rank];
+    int64_t *counts = c.info + EPXK_INFO_COUNTS, *offs = counts + L;
+    if (threadIdx.x == 0) {
+        c.info[EPXK_INFO_ENTS] = epxk_recv_rows(&g, cnt);
+        c.info[EPXK_INFO_ROWS] = g.em ? epxk_expert_offset(&g, cnt, first, L)
+                                      : epxk_recv_rows(&g, cnt);
+    }
+    for (int j = threadIdx.x; j < L; j += blockDim.x) {
+        counts[j] = epxk_recv_expert(&g, cnt, first, j);
+        if (g.em)
+            offs[j] = epxk_expert_offset(&g, cnt, first, j);
+    }
+    if (!g.em)
+        return;
+    /* Mark the padding after each expert's rows (stale rows of earlier
+     * calls otherwise). */
+    __syncthreads();
+    for (int j = 0; j < L; j++) {
+        int64_t end = j + 1 < L ? offs[j + 1] : c.info[EPXK_INFO_ROWS];
+        for (int64_t r = offs[j] + counts[j] + threadIdx.x; r < end;
+             r += blockDim.x) {
+            ((int32_t *)(mine + g.off_src_rank))[r] = -1;
+            ((int32_t *)(mine + g.off_src_token))[r] = -1;
+            ((float *)(mine + g.off_w))[r] = 0.0f;
+        }
+    }
 }
 
 /* Grid of num_sms blocks, a warp per received row: the expert output goes
@@ -276,12 +466,25 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     char *mine = c.peers[g.rank];
-    const int64_t rows = c.info[EPXK_INFO_ROWS];
+    const int64_t ents = c.info[EPXK_INFO_ENTS];
+    const float *wt = c.unweighted ? NULL : (const float *)(mine + g.off_w);
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-             i < rows; i += warps) {
-            int s = ((const int32_t *)(mine + g.off_src_rank))[i];
+             i < ents; i += warps) {
             int64_t slot = ((const int32_t *)(mine + g.off_ret_slot))[i];
+            if (g.em) {
+                /* The token's partial: its rows here in top-k order. */
+                int s = ((const int32_t *)(mine + g.off_ent_src))[i];
+                const int32_t *rows =
+                    (const int32_t *)(mine + g.off_ent_rows) + i * g.K;
+                char *dst = c.peers[s] + g.off_comb + slot * g.row_bytes;
+                for (int64_t h = lane; h < g.H; h += WARP)
+                    epxk_store(dst, g.esize, h,
+                               epxk_partial_elem(&g, (const char *)c.y, rows,
+                                                 wt, h));
+                continue;
+            }
+            int s = ((const int32_t *)(mine + g.off_src_rank))[i];
             warp_copy(c.peers[s] + g.off_comb + slot * g.row_bytes,
                       (const char *)c.y + i * g.row_bytes, g.row_bytes, lane);
         }
@@ -289,6 +492,69 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
             st_release_u64(win_flag(g, c.peers[d], EPXK_FLAG_COMB, g.rank),
                            c.seq);
+}
+
+/* out[t][h] for every token: the ascending-rank fp32 sum of the partials
+ * in comb (kern.h epxk_combine_elem's order and rounding), by the whole
+ * grid.  Where partial rows and out rows are 16-byte aligned, a thread
+ * takes 16 bytes of each partial (8 bf16 or 4 fp32 in one load) and
+ * stores its elements in one or two 16-byte (or one 8-byte) stores;
+ * else an element per thread. */
+__device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
+                                  const char *comb)
+{
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t nth = (int64_t)gridDim.x * blockDim.x;
+    const int V = 16 / g.esize;             /* elements per 16 bytes */
+    const bool vec = g.row_bytes % 16 == 0 &&
+                     ((int64_t)g.H * c.out_esize) % 16 == 0 &&
+                     ((uintptr_t)c.out & 15) == 0;
+    if (!vec) {
+        for (int64_t i = tid; i < c.T * g.H; i += nth) {
+            int64_t t = i / g.H, h = i % g.H;
+            epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
+                       epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos,
+                                         t, h));
+        }
+        return;
+    }
+    const int64_t nv = g.H / V;             /* vectors per row */
+    for (int64_t i = tid; i < c.T * nv; i += nth) {
+        const int64_t t = i / nv, v = i % nv;
+        float acc[8];
+        for (int e = 0; e < 8; e++)
+            acc[e] = 0.0f;
+        for (int j = 0; j < g.maxdest; j++) {
+            if (c.dest[t * g.maxdest + j] < 0)
+                break;
+            int64_t slot = epxk_ret_slot(&g, c.sendoff, c.dest, c.pos, t, j);
+            union { uint4 u; uint16_t h[8]; float f[4]; } p;
+            p.u = *(const uint4 *)(comb + slot * g.row_bytes + v * 16);
+            if (V == 8)
+                for (int e = 0; e < 8; e++)
+                    acc[e] = acc[e] + epxk_bf16_to_f32(p.h[e]);
+            else
+                for (int e = 0; e < 4; e++)
+                    acc[e] = acc[e] + p.f[e];
+        }
+        char *o = (char *)c.out + (t * g.H + v * V) * c.out_esize;
+        if (c.out_esize == 2) {
+            union { uint4 u; uint2 d; uint16_t h[8]; } q;
+            for (int e = 0; e < 8; e++)
+                q.h[e] = e < V ? epxk_f32_to_bf16(acc[e]) : (uint16_t)0;
+            if (V == 8)
+                *(uint4 *)o = q.u;
+            else
+                *(uint2 *)o = q.d;
+        } else {
+            union { uint4 u[2]; float f[8]; } q;
+            for (int e = 0; e < 8; e++)
+                q.f[e] = acc[e];
+            ((uint4 *)o)[0] = q.u[0];
+            if (V == 8)
+                ((uint4 *)o)[1] = q.u[1];
+        }
+    }
 }
 
 /* Grid of num_sms blocks.  With windows, every block waits for every
@@ -304,15 +570,256 @@ __global__ void epxk_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] != 0)
         return;
-    const char *comb = mine + g.off_comb;
-    const int64_t n = c.T * g.H;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t t = i / g.H, h = i % g.H;
-        epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
-                   epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos, t,
-                                     h));
+    reduce_out(g, c, mine + g.off_comb);
+}
+
+
+/* ------------------------------------------------------------ low latency
+ *
+ * No host synchronisation and no count exchange: the layout, every offset
+ * and the buffer's use number (its tag) are on the device, so a call's
+ * five kernels can be captured into a CUDA graph and replayed. */
+
+__device__ static __forceinline__ char *ll_bufp(const epxk_call_t &c,
+                                                char *win)
+{
+    return win + c.ll.off_bufs + (int64_t)c.ll_b * c.ll.buf;
+}
+
+/* Comb flags [B][R]: of the call's buffer, set by rank s. */
+__device__ static __forceinline__ uint64_t *ll_comb_flag(const epxk_geom_t &g,
+                                                         const epxk_call_t &c,
+                                                         char *win, int s)
+{
+    return (uint64_t *)(win + c.ll.off_comb_flags) +
+           (int64_t)c.ll_b * g.R + s;
+}
+
+/* Record the first error of the calls since the host last looked. */
+__device__ static void ll_error(const epxk_call_t &c, int64_t st)
+{
+    atomicCAS((unsigned long long *)&c.ll_state[EPXK_LL_ERR], 0ull,
+              (unsigned long long)st);
+}
+
+/* One block: slots per (token, k) with drops, this call's status, the
+ * kept destinations and the return slots. */
+__global__ void epxk_ll_layout_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    __shared__ int bad, over;
+    if (threadIdx.x == 0)
+        bad = over = 0;
+    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+        c.keep[i] = -1;
+    for (int64_t i = threadIdx.x; i < c.T * g.maxdest; i += blockDim.x)
+        c.dest[i] = -1;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
+        if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
+            bad = 1;
+    for (int e = threadIdx.x; e < g.E; e += blockDim.x) {
+        int64_t n = epxk_ll_layout_expert(&g, &ids, c.T, e, c.ll.cap, c.keep);
+        c.mycnt[g.R + e] = (int32_t)n;
+        if (n > c.ll.cap && !c.ll_drop)
+            over = 1;
     }
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        c.mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, c.keep, c.e2r, c.T,
+                                               d, c.dest, c.pos);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int64_t o = 0;
+        for (int d = 0; d < g.R; d++) {
+            c.sendoff[d] = o;
+            o += c.mycnt[d];
+        }
+        int32_t st = bad ? EPX_ERR_INVALID : over ? EPX_ERR_RANGE : 0;
+        *c.ll_mystat = st;
+        if (st)
+            ll_error(c, st);
+    }
+}
+
+/* Grid: wait until every rank combined the buffer's previous use (so
+ * nobody still reads what this call overwrites), then a warp per (token,
+ * destination): its kept rows at their fixed places and its entry; the
+ * last block stores the status and count words and releases the final
+ * word at every destination. */
+__global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const uint32_t u = c.ll_use[c.ll_b];
+    const int32_t tag = EPXK_LL_TAG(u);
+    char *mine = c.peers[g.rank];
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        wait_u64_masked(ll_comb_flag(g, c, mine, s), u, c.timeout_ns, c.info);
+    __syncthreads();
+    const int ok = *c.ll_mystat == 0 && c.info[EPXK_INFO_ERROR] == 0;
+    if (ok)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < c.T * g.maxdest; i += warps) {
+            int d = c.dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            char *bw = ll_bufp(c, c.peers[d]);
+            for (int k = 0; k < g.K; k++) {
+                int64_t e = epxk_kept_id(&ids, c.keep, t, k);
+                if (e < 0 || epxk_owner(c.e2r, e) != d)
+                    continue;
+                int64_t row = epxk_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
+                                          c.keep[t * g.K + k]);
+                warp_copy(bw + c.ll.rows + row * g.row_bytes,
+                          (const char *)c.x + t * g.row_bytes, g.row_bytes,
+                          lane);
+                if (lane == 0) {
+                    ((int32_t *)(bw + c.ll.src_tok))[row] = (int32_t)t;
+                    ((float *)(bw + c.ll.w))[row] = c.w[t * g.K + k];
+                }
+            }
+            if (lane == 0) {
+                int64_t ent = (int64_t)g.rank * g.maxT + c.pos[i];
+                ((int32_t *)(bw + c.ll.ent_slot))[ent] =
+                    (int32_t)(c.sendoff[d] + c.pos[i]);
+                epxk_ll_entry_rows(&g, &ids, c.keep, c.e2r, c.ll.cap,
+                                   c.first[d], t, d,
+                                   (int32_t *)(bw + c.ll.ent_rows) + ent * g.K);
+            }
+        }
+    if (!grid_last(c.done))
+        return;
+    const int32_t st = ok ? 0 : *c.ll_mystat ? *c.ll_mystat : EPX_ERR_TIMEOUT;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        char *bw = ll_bufp(c, c.peers[d]);
+        ((int32_t *)(bw + c.ll.st))[g.rank] = st;
+        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
+            int32_t n = ok ? c.mycnt[g.R + e] : 0;
+            ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
+                EPXK_LL_WORD(tag, n < EPXK_LL_MASK ? n : EPXK_LL_MASK);
+        }
+    }
+    __threadfence_system();
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
+                       EPXK_LL_WORD(tag, ok ? c.mycnt[d] : 0));
+}
+
+/* Grid: every block waits for every source's final word of this use;
+ * block 0 checks the sources' status and gives the counts per local
+ * expert and the drops; the rows' sources and the padding marks are
+ * spread over the grid. */
+__global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    const int32_t tag = EPXK_LL_TAG(u);
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
+    const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        wait_tag(fw + s, tag, c.timeout_ns, c.info);
+    __syncthreads();
+    const int L = c.num_local, cap = c.ll.cap;
+    if (blockIdx.x == 0) {
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+            int32_t st = ((const int32_t *)(bw + c.ll.st))[s];
+            if (st)
+                ll_error(c, st == EPX_ERR_RANGE ? EPX_ERR_RANGE : EPX_ERR_PEER);
+        }
+        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+            int64_t n = 0, dropped = 0;
+            for (int s = 0; s < g.R; s++) {
+                n += epxk_ll_kept(cw[j * g.R + s], cap);
+                dropped += epxk_ll_dropped(cw[j * g.R + s], cap);
+            }
+            c.ll_counts[j] = n;
+            if (dropped)
+                atomicAdd((unsigned long long *)&c.ll_state[EPXK_LL_DROPPED],
+                          (unsigned long long)dropped);
+        }
+    }
+    if (c.info[EPXK_INFO_ERROR])
+        ll_error(c, EPX_ERR_TIMEOUT);
+    const int64_t rows = (int64_t)L * g.R * cap;
+    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows;
+         r += (int64_t)gridDim.x * blockDim.x) {
+        int s = epxk_ll_row_source(&g, cap, cw, r);
+        c.ll_src[r] = s;
+        if (s < 0) {
+            ((int32_t *)(bw + c.ll.src_tok))[r] = -1;
+            ((float *)(bw + c.ll.w))[r] = 0.0f;
+        }
+    }
+}
+
+/* Grid, a warp per (source, entry): the token's partial from its rows
+ * here into the source's buffer at the return slot; the last block
+ * releases this rank's comb flag of the buffer's use at every rank. */
+__global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const uint32_t u = c.ll_use[c.ll_b];
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const float *wt = c.unweighted ? NULL : (const float *)(bw + c.ll.w);
+    const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < (int64_t)g.R * g.maxT; i += warps) {
+            int s = (int)(i / g.maxT);
+            if (i % g.maxT >= (fw[s] & EPXK_LL_MASK))
+                continue;
+            int64_t slot = ((const int32_t *)(bw + c.ll.ent_slot))[i];
+            const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) + i * g.K;
+            char *dst = ll_bufp(c, c.peers[s]) + c.ll.comb + slot * g.row_bytes;
+            for (int64_t h = lane; h < g.H; h += WARP)
+                epxk_store(dst, g.esize, h,
+                           epxk_partial_elem(&g, (const char *)c.y, rows, wt,
+                                             h));
+        }
+    if (grid_last(c.done))
+        for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+            st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+                           (uint64_t)u + 1);
+}
+
+/* Grid: wait for every rank's partials of this use, sum them in ascending
+ * rank order (throughput mode's reduce); the last block advances the
+ * buffer's use. */
+__global__ void epxk_ll_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    char *mine = c.peers[g.rank];
+    char *bw = ll_bufp(c, mine);
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        if (wait_u64_masked(ll_comb_flag(g, c, mine, s), (uint64_t)u + 1,
+                            c.timeout_ns, c.info) &&
+            (ld_acquire_u64(ll_comb_flag(g, c, mine, s)) & EPXK_LL_ABANDONED))
+            ll_error(c, EPX_ERR_PEER);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR] == 0) {
+        reduce_out(g, c, bw + c.ll.comb);
+    } else {
+        ll_error(c, EPX_ERR_TIMEOUT);
+    }
+    if (grid_last(c.done) && threadIdx.x == 0)
+        c.ll_use[c.ll_b] = u + 1;
+}
+
+/* One thread: this rank gives up a received call without combining it:
+ * its comb flag (marked abandoned) so nobody waits, and the next use. */
+__global__ void epxk_ll_abandon_kernel(epxk_geom_t g, epxk_call_t c)
+{
+    const uint32_t u = c.ll_use[c.ll_b];
+    __threadfence_system();
+    for (int d = 0; d < g.R; d++)
+        st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+                       ((uint64_t)u + 1) | EPXK_LL_ABANDONED);
+    c.ll_use[c.ll_b] = u + 1;
 }
 
 /* ------------------------------------------------------- host entry points */
@@ -340,6 +847,24 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
         break;
     case EPXK_COMB_REDUCE:
         epxk_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_LAYOUT:
+        epxk_ll_layout_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_PACK:
+        epxk_ll_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_RECV:
+        epxk_ll_recv_kernel<<<blocks, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_COMB_PUT:
+        epxk_ll_comb_put_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_COMB_REDUCE:
+        epxk_ll_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_ABANDON:
+        epxk_ll_abandon_kernel<<<1, 1, 0, st>>>(*g, *c);
         break;
     default:
         return (int)cudaErrorInvalidValue;

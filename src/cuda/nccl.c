@@ -102,19 +102,19 @@ epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
     return nccl_err(r != ncclSuccess ? r : e, "nccl count exchange");
 }
 
-/* Rows as bytes, metadata as int32 / float words. */
-static ncclResult_t rows_pair(epx_nccl_t *nc, const epxk_geom_t *g, int p,
+/* Rows of `bytes` each, as bytes; metadata as int32 / float words. */
+static ncclResult_t rows_pair(epx_nccl_t *nc, int64_t bytes, int p,
                               const char *sbase, int64_t s0, int64_t ns,
                               char *rbase_, int64_t r0, int64_t nr,
                               cudaStream_t st)
 {
     ncclResult_t r = ncclSuccess;
-    if (ns > 0)
-        r = ncclSend(sbase + s0 * g->row_bytes,
-                     (size_t)(ns * g->row_bytes), ncclUint8, p, nc->comm, st);
-    if (r == ncclSuccess && nr > 0)
-        r = ncclRecv(rbase_ + r0 * g->row_bytes, (size_t)(nr * g->row_bytes),
-                     ncclUint8, p, nc->comm, st);
+    if (ns > 0 && bytes > 0)
+        r = ncclSend(sbase + s0 * bytes, (size_t)(ns * bytes), ncclUint8, p,
+                     nc->comm, st);
+    if (r == ncclSuccess && nr > 0 && bytes > 0)
+        r = ncclRecv(rbase_ + r0 * bytes, (size_t)(nr * bytes), ncclUint8, p,
+                     nc->comm, st);
     return r;
 }
 
@@ -147,8 +147,18 @@ epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
     cudaStream_t st = (cudaStream_t)stream;
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; p < nc->R && r == ncclSuccess; p++) {
-        r = rows_pair(nc, g, p, stage + g->off_rows, sendoff[p], nsend[p],
-                      win + g->off_rows, rbase[p], nrecv[p], st);
+        /* A row's three wire parts (scales and row scale: none for the
+         * native wire), each in its own region. */
+        r = rows_pair(nc, g->xrow_bytes, p, stage + g->off_rows, sendoff[p],
+                      nsend[p], win + g->off_rows, rbase[p], nrecv[p], st);
+        if (r == ncclSuccess)
+            r = rows_pair(nc, g->scale_bytes, p, stage + g->off_scales,
+                          sendoff[p], nsend[p], win + g->off_scales, rbase[p],
+                          nrecv[p], st);
+        if (r == ncclSuccess)
+            r = rows_pair(nc, g->gscale_bytes, p, stage + g->off_gscale,
+                          sendoff[p], nsend[p], win + g->off_gscale, rbase[p],
+                          nrecv[p], st);
         if (r == ncclSuccess)
             r = meta_pair(nc, g, p, stage, sendoff[p], nsend[p], win,
                           rbase[p], nrecv[p], st);
@@ -165,7 +175,7 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
     cudaStream_t st = (cudaStream_t)stream;
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; p < nc->R && r == ncclSuccess; p++)
-        r = rows_pair(nc, g, p, (const char *)y, rbase[p], nrecv[p],
+        r = rows_pair(nc, g->row_bytes, p, (const char *)y, rbase[p], nrecv[p],
                       win + g->off_comb, sendoff[p], nsend[p], st);
     ncclResult_t e = ncclGroupEnd();
     return nccl_err(r != ncclSuccess ? r : e, "nccl combine exchange");

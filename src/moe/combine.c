@@ -140,6 +140,31 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
     return st;
 }
 
+/* A quantized x is narrower than y: the received buffers cannot hold the
+ * outputs, and writing them there would overrun the scales. */
+epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y)
+{
+    const char *win = moe_local(m, 0), *y0 = y->data;
+    size_t ybytes = (size_t)y->rows * m->row_bytes;
+    if (moe_wire_quantized(&m->fmt) && ybytes && y0 < win + m->off.total &&
+        y0 + ybytes > win)
+        return epx__error(EPX_ERR_INVALID,
+                          "combine: y lies in the engine's receive buffers; "
+                          "with wire format %s, x is received quantized and "
+                          "y (bf16) needs a buffer of its own",
+                          moe_wire_name(m->fmt.wire));
+    return EPX_OK;
+}
+
+epx_status_t moe_check_out(const epx_moe_t *m, const epx_handle_t *h,
+                           const epx_tensor_t *out)
+{
+    return out ? moe_check_tensor(out, "combine", "out",
+                                  1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32,
+                                  h->T, m->H)
+               : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+}
+
 /* Arguments and call order shared by both halves of combine. */
 static epx_status_t combine_enter(const epx_moe_t *m, const epx_handle_t *h,
                                   int want, const char *order)
@@ -172,17 +197,8 @@ epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
                                h->nrows, m->H)) != EPX_OK)
         return st;
-    /* A quantized x is narrower than y: the received buffer cannot hold
-     * the outputs, and writing them there would overrun the scales. */
-    const char *win = moe_local(m, 0), *y0 = a->y.data;
-    size_t ybytes = (size_t)h->nrows * m->row_bytes;
-    if (moe_wire_quantized(&m->fmt) && ybytes && y0 < win + m->off.total &&
-        y0 + ybytes > win)
-        return epx__error(EPX_ERR_INVALID,
-                          "combine: y lies in the engine's receive buffers; "
-                          "with wire format %s, x is received quantized and "
-                          "y (bf16) needs a buffer of its own",
-                          moe_wire_name(m->fmt.wire));
+    if ((st = moe_check_y_apart(m, &a->y)) != EPX_OK)
+        return st;
     int pull = !m->hier && m->direct && a->y.data == moe_local(m, m->off.rows);
     st = pull ? EPX_OK
         : m->hier ? moe_hier_combine_send(m, h, a)
@@ -243,13 +259,8 @@ epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                                     "recv without a matching combine_send");
     if (st != EPX_OK)
         return st;
-    /* Checked before anything is consumed, so the call can be retried. */
-    epx_status_t bad = out
-        ? moe_check_tensor(out, "combine", "out",
-                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
-                           : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
-    if (bad != EPX_OK)
-        return bad;
+    if ((st = moe_check_out(m, h, out)) != EPX_OK)
+        return st;
     uint64_t call = m->n_comb++;
     st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
     m->state = MOE_IDLE;

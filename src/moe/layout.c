@@ -188,15 +188,7 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
             ids[k] = u;
             h->ecount[e]++;
             cnt_u[u]++;
-            /* Insert the rank once, keeping the list ascending. */
-            int r = m->u2r[u], i = nd;
-            while (i > 0 && dst[i - 1] > r)
-                i--;
-            if (i > 0 && dst[i - 1] == r)
-                continue;
-            memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
-            dst[i] = r;
-            nd++;
+            nd = moe_dest_add(dst, nd, m->u2r[u]);
         }
         h->ndest[t] = nd;
         h->retbase[t] = slot;

@@ -4,8 +4,10 @@
  * Buffer reuse.  Call n + B writes into buffer n % B again, so before a
  * rank sends call n + B it waits until every rank has finished call n:
  * each rank, when it combines call n (epx_combine_send) or releases it
- * uncombined, puts its combine status and bumps COMB b at every rank, and
- * the sender waits for all R of them.  A rank only reads call n's words,
+ * uncombined, puts its combine status and bumps call n's COMB counter at
+ * every rank, and the sender waits for all R of them.  A rank can be told
+ * of call n + B's abandon while still reading call n's: hence the two
+ * COMB slots per buffer (ll.h).  A rank only reads call n's words,
  * rows and partials before its own COMB signal of call n (its combine_send
  * or release) or while waiting for the others' (its combine_recv), so no
  * source overwrites a buffer that someone still reads, and a source is at
@@ -61,11 +63,14 @@ static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
     o->src_tok = at; at = align64(at + rows * 4);
     o->weight = at;  at = align64(at + rows * 4);
     o->entries = at; at = align64(at + ents * (size_t)m->ent_ints * 4);
-    o->rows = at;    at = align64(at + rows * m->row_bytes);
+    o->rows = at;    at = align64(at + rows * m->fmt.data_bytes);
+    o->scales = at;  at = align64(at + rows * m->fmt.scale_bytes);
+    o->gscale = at;  at = align64(at + rows * m->fmt.global_bytes);
     o->comb = at;    at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                        m->row_bytes);
     o->buf = (at + 4095) & ~(size_t)4095;
-    double total = (double)l->B * ((double)rows * ((double)m->row_bytes + 8) +
+    double total = (double)l->B * ((double)rows *
+                                   ((double)moe_wire_row_bytes(&m->fmt) + 8) +
                                    (double)ents * m->ent_ints * 4 +
                                    (double)m->maxT * m->maxdest * m->row_bytes);
     if ((double)L * (double)R * (double)cap > INT32_MAX ||
@@ -74,7 +79,8 @@ static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
                           "moe: %d buffers of %d experts x %d ranks x %d rows "
                           "(ll_capacity) x %zu bytes exceed what one engine "
                           "can address; lower ll_capacity or ll_buffers",
-                          l->B, l->L, m->R, l->cap, m->row_bytes);
+                          l->B, l->L, m->R, l->cap,
+                          moe_wire_row_bytes(&m->fmt));
     m->off.total = (size_t)l->B * o->buf;
     return EPX_OK;
 }
@@ -121,6 +127,7 @@ epx_status_t ll_init(epx_moe_t *m)
            rows = (size_t)l->L * R * (size_t)l->cap;
     l->ring = calloc((size_t)l->B, sizeof(*l->ring));
     l->src_rank = malloc(sizeof(int32_t) * (size_t)l->B * (rows ? rows : 1));
+    l->hw = malloc(sizeof(int32_t) * (size_t)l->B * (size_t)l->L * R + 1);
     l->local_exp = malloc(sizeof(int32_t) * (size_t)l->B * (size_t)(l->L + 1));
     l->cnt = malloc(sizeof(int32_t) * U);
     l->boff = malloc(sizeof(int32_t) * (U + 1));
@@ -129,10 +136,20 @@ epx_status_t ll_init(epx_moe_t *m)
     l->wt = malloc(sizeof(float) * (size_t)l->cap);
     l->ents = malloc(sizeof(int32_t) * T * (size_t)m->ent_ints);
     l->fill = malloc(sizeof(int32_t) * R);
-    if (!l->ring || !l->src_rank || !l->local_exp || !l->cnt || !l->boff || !l->bucket ||
+    if (moe_wire_quantized(&m->fmt)) {
+        l->sq = malloc(T * m->fmt.data_bytes);
+        l->ss = malloc(T * m->fmt.scale_bytes);
+        l->sg = malloc(T * sizeof(float));
+        if (!l->sq || !l->ss || !l->sg)
+            return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
+    }
+    if (!l->ring || !l->src_rank || !l->hw || !l->local_exp || !l->cnt || !l->boff || !l->bucket ||
         !l->tok || !l->wt || !l->ents || !l->fill)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (low latency)");
-    return epx__win_create(m->comm, m->off.total, 2 * l->B, &m->win);
+    /* Nothing known yet: a peer may write into the window as soon as it
+     * exists, so the first use of each range writes its padding. */
+    memset(l->hw, 0xff, sizeof(int32_t) * (size_t)l->B * (size_t)l->L * R);
+    return epx__win_create(m->comm, m->off.total, 3 * l->B, &m->win);
 }
 
 void ll_free(epx_moe_t *m)
@@ -142,6 +159,7 @@ void ll_free(epx_moe_t *m)
         return;
     free(l->ring);
     free(l->src_rank);
+    free(l->hw);
     free(l->local_exp);
     free(l->cnt);
     free(l->boff);
@@ -150,6 +168,9 @@ void ll_free(epx_moe_t *m)
     free(l->wt);
     free(l->ents);
     free(l->fill);
+    free(l->sq);
+    free(l->ss);
+    free(l->sg);
     free(l);
     m->ll = NULL;
 }
@@ -188,17 +209,30 @@ ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h)
 epx_status_t ll_abandon(epx_moe_t *m, uint64_t call)
 {
     moe_ll_t *l = m->ll;
-    int b = ll_buf(l, call);
     int32_t word = LL_ABANDONED;
     size_t off = ll_at(l, call, l->off.hdr) +
-                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + LL_HDR_COMB);
+                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + ll_comb_word(l, call));
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++)
         st = epx__win_put_signal(m->win, d, off, &word, sizeof(word),
-                                 l->B + b, 1);
+                                 ll_comb_slot(l, call), 1);
     if (st != EPX_OK)
         m->broken = 1;
     return st;
+}
+
+/* Sources may have written rows of `call` that this rank never counted
+ * (a failed call, or one released before every expert was ready): the
+ * ranges of the experts not in `done` (NULL: all) are rewritten in full
+ * when the buffer is next received. */
+void ll_forget_ranges(epx_moe_t *m, uint64_t call, const uint8_t *done)
+{
+    moe_ll_t *l = m->ll;
+    const size_t R = (size_t)m->R;
+    int32_t *hw = l->hw + (size_t)ll_buf(l, call) * (size_t)l->L * R;
+    for (int j = 0; j < moe_nlocal(m, m->rank); j++)
+        if (!done || !done[j])
+            memset(hw + (size_t)j * R, 0xff, sizeof(int32_t) * R);
 }
 
 /* epx_handle_release of a low-latency handle: not collective.  A call not
@@ -213,6 +247,8 @@ void ll_release(epx_moe_t *m, epx_handle_t *h)
     int b = ll_buf(l, c->call);
     if (c->state == LL_SENT || c->state == LL_RECEIVED)
         ll_abandon(m, c->call);
+    if (c->state == LL_SENT)
+        ll_forget_ranges(m, c->call, c->done);
     if (l->ring[b] == h)
         l->ring[b] = NULL;
     c->state = 0;

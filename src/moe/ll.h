@@ -5,7 +5,8 @@
  * call n uses buffer n % B.  Each buffer of rank d:
  *
  *   hdr     [R][LL_HDR] int32    per source: dispatch status, layer,
- *                                placement hash; combine status
+ *                                placement hash; combine status of even
+ *                                and of odd uses of the buffer
  *   cw      [L][R] int32         count word per (local expert, source):
  *                                tag << 24 | rows the source routed there
  *   fw      [R] int32            final word per source: tag << 24 | entries
@@ -13,8 +14,12 @@
  *   weight  [L][R][cap] float    per row: its top-k weight
  *   entries [R][maxT][3+K] int32 per (source, token): source, return slot,
  *                                rows here, the rows in top-k order
- *   rows    [L][R][cap][H]       the tokens
- *   comb    [maxT*min(K,R)][H]   partials coming back to this rank
+ *   rows    [L][R][cap] x data   the tokens in the wire format (wire.h):
+ *                                H elements of the engine dtype, or codes
+ *   scales  [L][R][cap] scales   their block scales (quantized wire)
+ *   gscale  [L][R][cap] fp32     their row scales (NVFP4)
+ *   comb    [maxT*min(K,R)][H]   partials coming back to this rank, in
+ *                                the engine dtype
  *
  * L is the largest number of local units of any rank (every rank uses the
  * same offsets), cap = ll_capacity.  A word is valid for call n when its
@@ -24,9 +29,23 @@
  * an old word for a new one or the reverse.
  *
  * Signals: DATA b (slot b), one per source and call after all its words;
- * COMB b (slot B + b), one per expert rank and call after its partials, or
- * when it abandons the call.  Both count cumulatively: every call brings
- * exactly R of each to every rank.
+ * COMB b.p (slot B + 2b + p, p the parity of the buffer's use n / B), one
+ * per expert rank and call after its partials, or when it abandons the
+ * call.  Both count cumulatively: every call brings exactly R of each to
+ * every rank.
+ *
+ * Why COMB (signal and status word) alternates between two slots: a rank
+ * may abandon call n + B (a failed dispatch_send, or a release before its
+ * recv) as soon as every rank has combine_sent call n, while a slower
+ * rank is still in its combine_recv of call n, waiting for call n's COMB
+ * signals and then reading their status words.  With one slot, that early
+ * abandon overwrote the status a peer had put for call n (its combine_recv
+ * then reported a release that never happened) and its signal could stand
+ * in for a call-n signal still on its way (the recv would go on before
+ * that peer's partials were there).  Call n + 2B cannot come early the
+ * same way: a rank dispatches it only after every rank combined or
+ * released call n + B, which the slow rank does only after its
+ * combine_recv of call n.
  */
 #ifndef EPX_MOE_LL_H
 #define EPX_MOE_LL_H
@@ -34,7 +53,7 @@
 #include "moe/moe.h"
 
 enum { LL_HDR_STATUS = 0, LL_HDR_LAYER = 1, LL_HDR_PLACE = 2,
-       LL_HDR_COMB = 3, LL_HDR = 4 };
+       LL_HDR_COMB = 3 /* and 4 */, LL_HDR = 5 };
 enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
 #define LL_COUNT_MASK 0xffffffu
 #define LL_MAX_COUNT ((int64_t)LL_COUNT_MASK)
@@ -42,7 +61,8 @@ enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
 #define LL_ABANDONED ((int32_t)EPX_ERR_STATE)
 
 typedef struct ll_offsets {
-    size_t hdr, cw, fw, src_tok, weight, entries, rows, comb, buf;
+    size_t hdr, cw, fw, src_tok, weight, entries, rows, scales, gscale, comb,
+           buf;
 } ll_offsets_t;
 
 typedef struct moe_ll {
@@ -54,6 +74,10 @@ typedef struct moe_ll {
     uint64_t n_calls;          /* calls dispatched (failed ones included) */
     epx_handle_t **ring;       /* [B] outstanding call of each buffer */
     int32_t *src_rank;         /* [B][L*R*cap] recv output, kept locally */
+    int32_t *hw;               /* [B][L*R] per range: rows [hw, cap) are
+                                  padding in src_rank, src_tok and weight
+                                  already, rows below hw have src_rank s;
+                                  -1: unknown (rewrite the whole range) */
     int32_t *local_exp;        /* [B][L] recv output: logical experts */
     /* send-side scratch */
     int32_t *cnt;              /* [U] rows routed per unit (this call) */
@@ -63,6 +87,10 @@ typedef struct moe_ll {
     float *wt;                 /* [cap] weights of one range */
     int32_t *ents;             /* [maxT][3+K] entries for one destination */
     int32_t *fill;             /* [R] entries per destination */
+    /* quantized wire: this call's tokens packed once (whatever their
+     * fan-out), then put from here to every range they go to */
+    char *sq, *ss;             /* [maxT] rows of data, of scales */
+    float *sg;                 /* [maxT] row scales (NVFP4) */
 } moe_ll_t;
 
 /* Per handle: the call and what its rows became. */
@@ -85,10 +113,24 @@ static inline int ll_buf(const moe_ll_t *l, uint64_t call)
 {
     return (int)(call % (uint64_t)l->B);
 }
-/* Signal target of buffer b's counters once `call` is complete. */
+/* DATA signal target of the call's buffer once `call` is complete. */
 static inline uint64_t ll_target(const epx_moe_t *m, uint64_t call)
 {
     return (uint64_t)m->R * (call / (uint64_t)m->ll->B + 1);
+}
+/* The call's COMB signal slot, its target once every rank combined or
+ * released the call, and the header word of its combine status. */
+static inline int ll_comb_slot(const moe_ll_t *l, uint64_t call)
+{
+    return l->B + 2 * ll_buf(l, call) + (int)((call / (uint64_t)l->B) & 1);
+}
+static inline uint64_t ll_comb_target(const epx_moe_t *m, uint64_t call)
+{
+    return (uint64_t)m->R * (call / (uint64_t)m->ll->B / 2 + 1);
+}
+static inline int ll_comb_word(const moe_ll_t *l, uint64_t call)
+{
+    return LL_HDR_COMB + (int)((call / (uint64_t)l->B) & 1);
 }
 static inline size_t ll_at(const moe_ll_t *l, uint64_t call, size_t off)
 {
@@ -103,6 +145,7 @@ void ll_call_free(ll_call_t *c);
 ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h);
 epx_status_t ll_abandon(epx_moe_t *m, uint64_t call);
 void ll_release(epx_moe_t *m, epx_handle_t *h);
+void ll_forget_ranges(epx_moe_t *m, uint64_t call, const uint8_t *done);
 /* ll_dispatch.c */
 epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                               epx_handle_t **handle);

@@ -65,10 +65,10 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
                           "EPX_COMBINE_ARGS_INIT");
     const int64_t rows = (int64_t)moe_nlocal(m, m->rank) * m->R * l->cap;
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype, rows,
-                               m->H)) != EPX_OK)
+                               m->H)) != EPX_OK ||
+        (st = moe_check_y_apart(m, &a->y)) != EPX_OK)
         return st;
     const uint64_t call = c->call;
-    const int b = ll_buf(l, call);
     const char *y = a->y.data;
     const float *w = (a->flags & EPX_COMBINE_UNWEIGHTED)
         ? NULL : (const float *)moe_local(m, ll_at(l, call, l->off.weight));
@@ -76,7 +76,7 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
     const int32_t *ents = (const int32_t *)moe_local(m, ll_at(l, call, l->off.entries));
     const size_t comb = ll_at(l, call, l->off.comb);
     const size_t word = ll_at(l, call, l->off.hdr) +
-                        sizeof(int32_t) * ((size_t)m->rank * LL_HDR + LL_HDR_COMB);
+                        sizeof(int32_t) * ((size_t)m->rank * LL_HDR + ll_comb_word(l, call));
     const int pull = m->direct && a->y.data == moe_local(m, ll_at(l, call, l->off.rows));
     const int32_t ok = !pull ? MOE_COMB_PUSHED
         : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
@@ -87,12 +87,14 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
         const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->ent_ints;
         for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->ent_ints) {
             moe_reduce_partial(m, y, e, w, m->wire);
-            st = epx__win_put(m->win, s, comb + (size_t)e[1] * m->row_bytes,
-                              m->wire, m->row_bytes);
+            st = moe_put(m, &m->put_combine, s,
+                         comb + (size_t)e[1] * m->row_bytes, m->wire,
+                         m->row_bytes);
         }
+        m->put_combine += sizeof(ok);
         if (st == EPX_OK)
             st = epx__win_put_signal(m->win, s, word, &ok, sizeof(ok),
-                                     l->B + b, 1);
+                                     ll_comb_slot(l, call), 1);
     }
     if (st != EPX_OK) {
         m->broken = 1;
@@ -109,16 +111,12 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                                     "recv without a matching combine_send", &c);
     if (st != EPX_OK)
         return st;
-    epx_status_t bad = out
-        ? moe_check_tensor(out, "combine", "out",
-                           1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32, h->T, m->H)
-        : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
-    if (bad != EPX_OK)
-        return bad;
+    if ((st = moe_check_out(m, h, out)) != EPX_OK)
+        return st;
     moe_ll_t *l = m->ll;
     const uint64_t call = c->call;
     const int b = ll_buf(l, call);
-    st = epx__win_wait(m->win, l->B + b, ll_target(m, call));
+    st = epx__win_wait(m->win, ll_comb_slot(l, call), ll_comb_target(m, call));
     c->state = LL_DONE;
     if (l->ring[b] == h)
         l->ring[b] = NULL;
@@ -126,9 +124,10 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         m->broken = 1;
         return st;
     }
-    const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, call, l->off.hdr));
+    const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, call, l->off.hdr)) +
+                         ll_comb_word(l, call);
     for (int d = 0; d < m->R; d++) {
-        int32_t v = hdr[(size_t)d * LL_HDR + LL_HDR_COMB];
+        int32_t v = hdr[(size_t)d * LL_HDR];
         if (v == LL_ABANDONED)
             return epx__error(EPX_ERR_PEER, "combine: rank %d released call "
                               "%llu without combining it", d,
@@ -147,7 +146,7 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         int nd = h->ndest[t];
         for (int j = 0; j < nd; j++) {
             int d = h->dest[t * m->maxdest + j];
-            int32_t mode = hdr[(size_t)d * LL_HDR + LL_HDR_COMB];
+            int32_t mode = hdr[(size_t)d * LL_HDR];
             int64_t e_at = m->entcur[d]++;   /* entries follow token order */
             if (mode == MOE_COMB_PUSHED) {
                 src[j] = (comb_src_t){ comb + (size_t)(h->retbase[t] + j) *

@@ -4,7 +4,8 @@
  *   send: routing layout (layout.c), then each (token, unit) row gets the
  *         next slot of its (unit, this rank) range; rows beyond ll_capacity
  *         fail the call (EPX_ERR_RANGE) or, with EPX_MOE_LL_DROP, are not
- *         sent.  Per destination: the header (status, layer, placement),
+ *         sent; a quantized wire packs each token once (ll_stage).  Per
+ *         destination: the header (status, layer, placement),
  *         then per local unit of the destination its rows and their
  *         metadata, a flush and the count word; then the combine entries,
  *         a flush, the final word and the DATA signal.  No count exchange:
@@ -24,9 +25,16 @@
 #include "util/util.h"
 #include "moe/ll.h"
 
+/* Every put of dispatch is counted in the engine's statistics. */
+static inline epx_status_t put(epx_moe_t *m, int d, size_t off,
+                               const void *src, size_t len)
+{
+    return moe_put(m, &m->put_dispatch, d, off, src, len);
+}
+
 static inline epx_status_t put32(epx_moe_t *m, int d, size_t off, int32_t v)
 {
-    return epx__win_put(m->win, d, off, &v, sizeof(v));
+    return put(m, d, off, &v, sizeof(v));
 }
 
 static inline int32_t load32(const epx_moe_t *m, size_t off)
@@ -34,15 +42,40 @@ static inline int32_t load32(const epx_moe_t *m, size_t off)
     return __atomic_load_n((const int32_t *)moe_local(m, off), __ATOMIC_ACQUIRE);
 }
 
-/* Every row of a low-latency dispatch is stored through here: the one
- * place where a wire format other than the engine dtype would encode it. */
+/* Quantized wire: each token that goes anywhere, packed once into the
+ * staging rows (ll_put_row then puts it to each of its ranges). */
+static void ll_stage(epx_moe_t *m, const epx_handle_t *h, const char *x)
+{
+    moe_ll_t *l = m->ll;
+    const moe_wire_t *f = &m->fmt;
+    for (int64_t t = 0; t < h->T; t++)
+        if (h->ndest[t] > 0)
+            moe_wire_pack_row(f, x + (size_t)t * m->row_bytes,
+                              l->sq + (size_t)t * f->data_bytes,
+                              l->ss + (size_t)t * f->scale_bytes, &l->sg[t]);
+}
+
+/* Every row of a low-latency dispatch is stored through here: token t of
+ * x (native) or of the staging rows (quantized) into row `slot` of the
+ * buffer, its data, scales and row scale each in its own region. */
 static inline epx_status_t ll_put_row(epx_moe_t *m, int d, uint64_t call,
-                                      int64_t slot, const void *row)
+                                      int64_t slot, const char *x, int64_t t)
 {
     const moe_ll_t *l = m->ll;
-    return epx__win_put(m->win, d, ll_at(l, call, l->off.rows) +
-                                       (size_t)slot * m->row_bytes,
-                        row, m->row_bytes);
+    const moe_wire_t *f = &m->fmt;
+    const size_t s = (size_t)slot, i = (size_t)t;
+    if (!moe_wire_quantized(f))
+        return put(m, d, ll_at(l, call, l->off.rows) + s * m->row_bytes,
+                   x + i * m->row_bytes, m->row_bytes);
+    epx_status_t st = put(m, d, ll_at(l, call, l->off.rows) + s * f->data_bytes,
+                          l->sq + i * f->data_bytes, f->data_bytes);
+    if (st == EPX_OK)
+        st = put(m, d, ll_at(l, call, l->off.scales) + s * f->scale_bytes,
+                 l->ss + i * f->scale_bytes, f->scale_bytes);
+    if (st == EPX_OK && f->global_bytes)
+        st = put(m, d, ll_at(l, call, l->off.gscale) + s * f->global_bytes,
+                 &l->sg[i], f->global_bytes);
+    return st;
 }
 
 /* Slots of this call's rows: pos[t*K+k] is the slot of the (token, unit)
@@ -78,14 +111,7 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
             if (p < 0)
                 continue;
             l->bucket[l->boff[u] + p] = (int32_t)(t * K + k);
-            int r = m->u2r[u], i = nd;
-            while (i > 0 && dst[i - 1] > r)
-                i--;
-            if (i > 0 && dst[i - 1] == r)
-                continue;
-            memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
-            dst[i] = r;
-            nd++;
+            nd = moe_dest_add(dst, nd, m->u2r[u]);
         }
         h->ndest[t] = nd;
         h->retbase[t] = slot;
@@ -132,9 +158,9 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
     const int32_t tag = ll_tag(l, call) << 24;
     const ll_offsets_t *o = &l->off;
     int32_t hdr[3] = { mine, c ? c->layer : 0, c ? (int32_t)c->place : 0 };
-    epx_status_t st = epx__win_put(m->win, d, ll_at(l, call, o->hdr) +
-                                   sizeof(int32_t) * (size_t)me * LL_HDR,
-                                   hdr, sizeof(hdr));
+    epx_status_t st = put(m, d, ll_at(l, call, o->hdr) +
+                          sizeof(int32_t) * (size_t)me * LL_HDR,
+                          hdr, sizeof(hdr));
     if (st == EPX_OK)   /* before any word: a reader may then read it */
         st = epx__win_flush(m->win, d);
     int32_t nent = 0;
@@ -149,15 +175,14 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
             int32_t r = l->bucket[l->boff[u] + i];
             l->tok[i] = r / K;
             l->wt[i] = w[r];
-            st = ll_put_row(m, d, call, base + i,
-                            x + (size_t)(r / K) * m->row_bytes);
+            st = ll_put_row(m, d, call, base + i, x, r / K);
         }
         if (kept > 0 && st == EPX_OK)
-            st = epx__win_put(m->win, d, ll_at(l, call, o->src_tok) +
-                              (size_t)base * 4, l->tok, sizeof(int32_t) * (size_t)kept);
+            st = put(m, d, ll_at(l, call, o->src_tok) + (size_t)base * 4,
+                     l->tok, sizeof(int32_t) * (size_t)kept);
         if (kept > 0 && st == EPX_OK)
-            st = epx__win_put(m->win, d, ll_at(l, call, o->weight) +
-                              (size_t)base * 4, l->wt, sizeof(float) * (size_t)kept);
+            st = put(m, d, ll_at(l, call, o->weight) + (size_t)base * 4,
+                     l->wt, sizeof(float) * (size_t)kept);
         if (kept > 0 && st == EPX_OK)
             st = epx__win_flush(m->win, d);
         if (st == EPX_OK)
@@ -165,11 +190,10 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
                        sizeof(int32_t) * ((size_t)j * R + me), tag | n);
     }
     if (mine == EPX_OK && st == EPX_OK && (nent = ll_entries(m, h, c, d)) > 0)
-        st = epx__win_put(m->win, d, ll_at(l, call, o->entries) +
-                          sizeof(int32_t) * (size_t)me * (size_t)m->maxT *
-                          (size_t)m->ent_ints,
-                          l->ents, sizeof(int32_t) * (size_t)nent *
-                                   (size_t)m->ent_ints);
+        st = put(m, d, ll_at(l, call, o->entries) +
+                 sizeof(int32_t) * (size_t)me * (size_t)m->maxT *
+                 (size_t)m->ent_ints,
+                 l->ents, sizeof(int32_t) * (size_t)nent * (size_t)m->ent_ints);
     if (st == EPX_OK)
         st = epx__win_flush(m->win, d);
     if (st == EPX_OK)
@@ -194,7 +218,8 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           l->B);
     /* Reuse of the buffer: every rank must be done with call - B. */
     epx_status_t st = call >= (uint64_t)l->B
-        ? epx__win_wait(m->win, l->B + b, ll_target(m, call - (uint64_t)l->B))
+        ? epx__win_wait(m->win, ll_comb_slot(l, call - (uint64_t)l->B),
+                        ll_comb_target(m, call - (uint64_t)l->B))
         : EPX_OK;
     if (st != EPX_OK) {
         m->broken = 1;
@@ -218,6 +243,8 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         else if ((mine = moe_layout(m, a, h)) == EPX_OK)
             mine = ll_layout(m, h, c);
         if (c && mine == EPX_OK) {
+            if (moe_wire_quantized(&m->fmt))
+                ll_stage(m, h, a->x.data);
             c->layer = h->layer;
             c->place = m->place_hash ? m->place_hash[h->layer] : 0;
         }
@@ -226,8 +253,10 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         st = ll_send_to(m, h, mine == EPX_OK ? c : NULL, a,
                         (m->rank + i) % m->R, call, mine);
     l->n_calls++;
-    if (st == EPX_OK && mine != EPX_OK)
+    if (st == EPX_OK && mine != EPX_OK) {
         st = ll_abandon(m, call);
+        ll_forget_ranges(m, call, NULL);
+    }
     if (st != EPX_OK)
         m->broken = 1;
     if (st != EPX_OK || mine != EPX_OK) {
@@ -270,7 +299,10 @@ static epx_status_t ll_check_source(epx_moe_t *m, ll_call_t *c, int s)
     return EPX_OK;
 }
 
-/* Local unit j has all its rows: count them, mark the padding. */
+/* Local unit j has all its rows: count them, mark the padding.  Only
+ * what changed since the buffer's last use is written: rows that were
+ * padding then and still are stay as they were (at these shapes most of a
+ * range is padding, and rewriting it every call costs more than the rows). */
 static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
 {
     const moe_ll_t *l = m->ll;
@@ -278,6 +310,8 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
     const uint64_t call = c->call;
     const size_t per_buf = (size_t)l->L * (size_t)R * (size_t)cap;
     int32_t *srank = l->src_rank + (size_t)ll_buf(l, call) * per_buf;
+    int32_t *hw = l->hw + ((size_t)ll_buf(l, call) * (size_t)l->L + (size_t)j) *
+                          (size_t)R;
     int32_t *stok = (int32_t *)moe_local(m, ll_at(l, call, l->off.src_tok));
     float *wt = (float *)moe_local(m, ll_at(l, call, l->off.weight));
     int64_t count = 0;
@@ -285,13 +319,15 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
         int32_t n = load32(m, ll_at(l, call, l->off.cw) +
                               sizeof(int32_t) * ((size_t)j * R + s)) & LL_COUNT_MASK;
         int32_t kept = n < cap ? n : cap;
+        int32_t was = hw[s] < 0 ? 0 : hw[s], end = hw[s] < 0 ? cap : hw[s];
         size_t base = ((size_t)j * R + s) * (size_t)cap;
-        for (int32_t i = 0; i < kept; i++)
+        for (int32_t i = was; i < kept; i++)
             srank[base + i] = s;
-        for (int32_t i = kept; i < cap; i++) {
+        for (int32_t i = kept; i < end; i++) {
             srank[base + i] = stok[base + i] = -1;
             wt[base + i] = 0.0f;
         }
+        hw[s] = kept;
         count += kept;
         c->dropped += n - kept;
     }
@@ -318,9 +354,18 @@ static void ll_fill(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, epx_recv_t *out
     full.struct_size = n;
     full.num_rows = rows;
     full.x.data = moe_local(m, ll_at(l, c->call, l->off.rows));
-    full.x.dtype = m->p.dtype;
+    full.x.dtype = m->fmt.x_dtype;
     full.x.rows = rows;
-    full.x.cols = m->H;
+    full.x.cols = m->fmt.x_cols;
+    if (m->fmt.scale_bytes) {
+        full.x_scales.data = moe_local(m, ll_at(l, c->call, l->off.scales));
+        full.x_scales.dtype = m->fmt.scale_dtype;
+        full.x_scales.rows = rows;
+        full.x_scales.cols = m->fmt.nblocks;
+    }
+    if (m->fmt.global_bytes)
+        full.x_global_scale = (const float *)moe_local(m, ll_at(l, c->call,
+                                                                l->off.gscale));
     full.num_local_experts = nl;
     full.first_local_expert = m->first[m->rank];
     full.expert_counts = h->counts;

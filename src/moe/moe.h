@@ -27,6 +27,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include "epx.h"
 #include "core/comm.h"
 #include "transport/transport.h"
@@ -168,6 +169,20 @@ static inline int moe_args_layer(const epx_dispatch_args_t *a)
         ? a->layer : 0;
 }
 
+/* Rank r added to a token's ascending destination list dst[0, nd) unless
+ * already there; the new length. */
+static inline int moe_dest_add(int32_t *dst, int nd, int r)
+{
+    int i = nd;
+    while (i > 0 && dst[i - 1] > r)
+        i--;
+    if (i > 0 && dst[i - 1] == r)
+        return nd;
+    memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
+    dst[i] = r;
+    return nd + 1;
+}
+
 /* layout.c */
 epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
                               const char *name, unsigned dtypes, int64_t rows,
@@ -202,6 +217,13 @@ void moe_reduce_partial(const epx_moe_t *m, const char *rows,
                         const int32_t *ent, const float *w, void *dst);
 void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                       char *out, epx_dtype_t out_dt);
+/* EPX_ERR_INVALID when the wire is quantized and y (checked against the
+ * engine's rows) overlaps the window: the outputs need their own buffer. */
+epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y);
+/* combine_recv's output: [T, H] BF16 or FP32, checked before anything is
+ * consumed so the call can be retried. */
+epx_status_t moe_check_out(const epx_moe_t *m, const epx_handle_t *h,
+                           const epx_tensor_t *out);
 
 /* ht_poll.c: throughput-mode readiness.  plan: after the count exchange
  * of an uncached dispatch, record which sources feed each local unit;

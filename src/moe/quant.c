@@ -3,7 +3,6 @@
  * README.md, "Quantized formats").  Plain loops over one block at a time so
  * the compiler can vectorise the amax and the element conversions.
  */
-#include <float.h>
 #include <string.h>
 #include "moe/quant.h"
 #include "util/util.h"
@@ -142,10 +141,7 @@ void moe_quant_fp8(const uint16_t *x, size_t h, uint8_t *q, float *scale)
         size_t n = min_sz(MOE_QUANT_FP8_BLOCK, h - b0);
         int nan;
         float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
-        /* Kept normal so that x / s and q * s stay relative-error
-         * operations for the tiniest blocks. */
-        float s = amax > 0.0f ? amax / MOE_QUANT_E4M3_MAX : 1.0f;
-        s = s < FLT_MIN ? FLT_MIN : s;
+        float s = moe_quant_fp8_scale(amax);
         scale[k] = s;
 #ifdef QUANT_AVX2
         if (n % 32 == 0 && have_avx2())
@@ -192,15 +188,9 @@ void moe_quant_fp8_ue8m0(const uint16_t *x, size_t h, size_t block,
         size_t n = min_sz(block, h - b0);
         int nan;
         float amax = epx__bf16_to_f32(amax_bits(x + b0, n, &nan));
-        uint8_t c = 127;  /* 1.0 */
-        /* amax / 448 is rounded before the round-up, but a bf16 amax (8
-         * significant bits) divided by 7 * 64 is either a power of two or
-         * at least 2^-8 away from one: the rounding cannot hide an excess,
-         * so amax / scale <= 448 holds exactly. */
-        if (amax > 0.0f)
-            c = moe_quant_f32_to_ue8m0(amax / MOE_QUANT_E4M3_MAX);
+        uint8_t c = moe_quant_ue8m0_scale(amax);
         scale[k] = c;
-        float inv = 1.0f / moe_quant_ue8m0_to_f32(c);  /* a power of two */
+        float inv = moe_quant_ue8m0_inv(c);   /* a power of two */
 #ifdef QUANT_AVX2
         if (n % 32 == 0 && have_avx2()) {
             e4m3_block_avx2(x + b0, n, inv, 0, q + b0);
@@ -243,9 +233,7 @@ float moe_quant_nvfp4_global(const uint16_t *x, size_t n)
 {
     int nan;
     float amax = epx__bf16_to_f32(amax_bits(x, n, &nan));
-    float g = amax > 0.0f ? amax / (MOE_QUANT_E4M3_MAX * MOE_QUANT_E2M1_MAX)
-                          : 1.0f;
-    return g < FLT_MIN ? FLT_MIN : g;
+    return moe_quant_nvfp4_gscale(amax);
 }
 
 /* One block, any length (the row's short last block, and the reference
@@ -256,8 +244,8 @@ nvfp4_block(const uint16_t *xb, size_t n, float global, uint8_t *qb,
 {
     int nan;
     float amax = epx__bf16_to_f32(amax_bits(xb, n, &nan));
-    uint8_t sb = moe_quant_f32_to_e4m3(amax / (MOE_QUANT_E2M1_MAX * global));
-    float s = moe_quant_e4m3_to_f32(sb) * global;
+    uint8_t sb = moe_quant_nvfp4_bscale(amax, global);
+    float s = moe_quant_nvfp4_div(sb, global);
     *scale = nan ? MOE_QUANT_E4M3_NAN : sb;
     /* A zero scale (a block far below the tensor's amax) or a NaN block
      * encodes zeros; the NaN travels in the scale. */
@@ -298,10 +286,10 @@ nvfp4_group(const uint16_t *restrict x, float global, uint8_t *restrict q,
         mx[k] = m;
         all[k] = al;
     }
-    const float six_g = MOE_QUANT_E2M1_MAX * global;
     for (int k = 0; k < NVFP4_GROUP; k++) {
-        uint8_t sb = moe_quant_f32_to_e4m3(epx__bf16_to_f32((uint16_t)mx[k]) / six_g);
-        s[k] = moe_quant_e4m3_to_f32(sb) * global;
+        uint8_t sb = moe_quant_nvfp4_bscale(epx__bf16_to_f32((uint16_t)mx[k]),
+                                            global);
+        s[k] = moe_quant_nvfp4_div(sb, global);
         int nan = all[k] > 0x7f80;
         keep[k] = nan || !(s[k] > 0.0f) ? 0 : 0xff;
         scale[k] = nan ? MOE_QUANT_E4M3_NAN : sb;

@@ -24,20 +24,23 @@ typedef struct multi_win {
     epx_win_t *sub[EPX_TL_COUNT];
 } multi_win_t;
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Spin (EPX_SPIN), yield (EPX_YIELD), then nap (50 us doubling to 1 ms,
  * woken early by network traffic where the backend can) until the counter reaches `value` or the communicator's timeout. */
+epx_status_t epx__win_bad_index(const epx_win_t *win, const char *op,
+                                int peer, int slot)
+{
+    if (EPX_WIN_BAD_PEER(win, peer))
+        return epx__error(EPX_ERR_INVALID, "%s: %s to rank %d of %d",
+                          win->ops->name, op, peer, win->comm->nranks);
+    return epx__error(EPX_ERR_INVALID, "%s: %s on signal slot %d of %d",
+                      win->ops->name, op, slot, win->nsignals);
+}
+
 epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
 {
     const epx_tl_ops_t *ops = w->ops;
+    if (EPX_WIN_BAD_SLOT(w, slot))
+        return epx__win_bad_index(w, "wait", w->comm->rank, slot);
     long spin = epx__cfg_long("EPX_SPIN"), yield = epx__cfg_long("EPX_YIELD");
     double deadline = 0;
     long nap_ns = 50 * 1000;
@@ -48,7 +51,7 @@ epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
         if (v >= value)
             return EPX_OK;
         if (i < spin) {
-            cpu_relax();
+            epx__cpu_relax();
             continue;
         }
         if (i < spin + yield) {
@@ -74,6 +77,8 @@ epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
     }
 }
 
+/* The sub-window of the peer's backend (the peer checked first: it
+ * indexes peer_tl). */
 static epx_win_t *route(epx_win_t *win, int peer)
 {
     return ((multi_win_t *)win)->sub[win->comm->peer_tl[peer]];
@@ -82,6 +87,8 @@ static epx_win_t *route(epx_win_t *win, int peer)
 static epx_status_t multi_put(epx_win_t *win, int peer, size_t off,
                               const void *src, size_t len)
 {
+    if (EPX_WIN_BAD_PEER(win, peer))
+        return epx__win_bad_index(win, "put", peer, 0);
     epx_win_t *s = route(win, peer);
     return s->ops->put(s, peer, off, src, len);
 }
@@ -89,12 +96,16 @@ static epx_status_t multi_put(epx_win_t *win, int peer, size_t off,
 static epx_status_t multi_signal(epx_win_t *win, int peer, int slot,
                                  uint64_t inc)
 {
+    if (EPX_WIN_BAD_PEER(win, peer) || EPX_WIN_BAD_SLOT(win, slot))
+        return epx__win_bad_index(win, "signal", peer, slot);
     epx_win_t *s = route(win, peer);
     return s->ops->signal(s, peer, slot, inc);
 }
 
 static epx_status_t multi_flush(epx_win_t *win, int peer)
 {
+    if (EPX_WIN_BAD_PEER(win, peer))
+        return epx__win_bad_index(win, "flush", peer, 0);
     epx_win_t *s = route(win, peer);
     return s->ops->flush(s, peer);
 }
@@ -131,6 +142,8 @@ static void multi_destroy(epx_win_t *win)
     for (int t = EPX_TL_COUNT - 1; t >= 0; t--)
         if (w->sub[t])
             w->sub[t]->ops->win_destroy(w->sub[t]);
+    /* The shm side unmapped that memory; network puts may still come. */
+    epx__ucx_comm_hold(win->comm, win->local, win->size, 0);
     free(w);
 }
 

@@ -23,9 +23,12 @@
  *   or signalled (put_signal with a bad slot: its put may have happened)
  *   and the window stays usable.
  *
- * flush(peer) orders this rank's puts to `peer` before it against the ones
- * after it; it is not a completion (a signal is: once the peer sees it, it
- * sees the data).
+ * Destroying a window is local, so it must not race a put still on its
+ * way in: over the network a put lands only when its target progresses,
+ * and one landing after the destroy would write into freed memory.  Every
+ * put into the window is either covered by a signal its target waited for
+ * or issued before an epx_comm_barrier the ranks passed (the barrier first
+ * waits until each rank's network puts have landed).
  *
  * Each backend (one folder under src/transport/) fills an epx_tl_ops_t;
  * the communicator picks the backend per peer (src/core/select.c), and a
@@ -89,10 +92,28 @@ struct epx_win {
  * then short naps, EPX_ERR_TIMEOUT after the communicator's timeout. */
 epx_status_t epx__win_poll_wait(epx_win_t *win, int slot, uint64_t value);
 
+/* Index checks shared by the backends: a peer outside [0, nranks) or a
+ * slot outside [0, nsignals) is the caller's bug, refused before anything
+ * is touched.  EPX_WIN_BAD_PEER / _SLOT test; epx__win_bad_index reports
+ * (EPX_ERR_INVALID; a good peer means the slot was bad). */
+#define EPX_WIN_BAD_PEER(win, peer) \
+    EPX_UNLIKELY((unsigned)(peer) >= (unsigned)(win)->comm->nranks)
+#define EPX_WIN_BAD_SLOT(win, slot) \
+    EPX_UNLIKELY((unsigned)(slot) >= (unsigned)(win)->nsignals)
+epx_status_t epx__win_bad_index(const epx_win_t *win, const char *op,
+                                int peer, int slot);
+
 /* A UCX window over memory the caller owns (the composite passes the shm
  * window's local object, so shm and UCX peers write into one buffer). */
 epx_status_t epx__ucx_win_create(epx_comm_t *comm, size_t size, int nsignals,
                                  void *local, epx_win_t **win);
+
+/* After a window's memory at [addr, addr + len) was released (replace 0:
+ * unmapped; 1: still mapped, replaced at once), keep the range reserved
+ * with blank pages until the communicator's UCX worker is gone: a peer's
+ * put that was on its way lands there (the worker's progress writes it)
+ * instead of in freed or reused memory.  No-op without UCX. */
+void epx__ucx_comm_hold(epx_comm_t *comm, void *addr, size_t len, int replace);
 
 /* Collective; `size` may be far above what is touched: pages are committed
  * only when written (memory grows with use). */

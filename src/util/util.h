@@ -10,6 +10,17 @@
 #include <stddef.h>
 #include "epx.h"
 
+/* A spinning waiter's pause: lets a sibling hyperthread (or the peer it
+ * waits for) run. */
+static inline void epx__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 #if defined(__GNUC__)
 #define EPX_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define EPX_LIKELY(x) __builtin_expect(!!(x), 1)

@@ -28,12 +28,16 @@ typedef struct gcase {
     epx_dtype_t dtype;
     epx_cuda_backend_t backend;
     int one_device;     /* all ranks on device 0 */
+    int em, align;      /* expert-major layout and its alignment */
+    int unweighted;     /* expert-major: EPX_COMBINE_UNWEIGHTED */
+    epx_wire_t wire;    /* quantized: dtype BF16 */
 } gcase_t;
 
-static void gen(const gcase_t *c, int r, int64_t *T, int64_t **idx, float **w,
-                void **x)
+static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
+                float **w, void **x)
 {
-    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, 0, 0) };
+    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, (uint64_t)call,
+                               0) };
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     *T = (int64_t)epxt_below(&g, (uint64_t)c->maxT + 1);
     *idx = calloc((size_t)(*T * c->K + 1), sizeof(int64_t));
@@ -58,11 +62,13 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
 
+static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+                    int R, int me, int call);
+
 static int gpu_rank(epx_comm_t *comm, void *arg)
 {
     const gcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     int ndev = 0;
     CHECK_OK(epx_cuda_devices(&ndev));
     int dev = c->one_device ? 0 : me % ndev;
@@ -72,6 +78,9 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     p.topk = c->K;
     p.max_tokens_per_rank = c->maxT;
     p.dtype = c->dtype;
+    p.layout = c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR;
+    p.expert_alignment = c->em ? c->align : 1;
+    p.wire = c->wire;
     epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
     cp.device = dev;
     cp.backend = c->backend;
@@ -80,13 +89,26 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     CHECK(epx_cuda_moe_num_sms(m) >= 1);
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    /* Two calls: both count-buffer parities, and stale rows of the first
+     * under the second's padding. */
+    for (int call = 0; call < 2; call++)
+        CHECK_CALL(gpu_call(c, m, st, R, me, call));
+    epx_cuda_moe_destroy(m);
+    cudaStreamDestroy(st);
+    return 0;
+}
 
+/* One dispatch and combine, checked against the reference. */
+static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+                    int R, int me, int call)
+{
+    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
     float **w = calloc((size_t)R, sizeof(*w));
     void **x = calloc((size_t)R, sizeof(*x));
     for (int r = 0; r < R; r++) {
-        gen(c, r, &src[r].T, &idx[r], &w[r], &x[r]);
+        gen(c, r, call, &src[r].T, &idx[r], &w[r], &x[r]);
         src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r] };
     }
     const int64_t T = src[me].T;
@@ -107,39 +129,87 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
 
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype,
+                      c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
+                      c->em ? c->align : 1, c->wire };
     ref_recv_t want;
     CHECK(ref_dispatch(&cfg, src, me, &want) == 0);
     CHECK(rv.num_rows == want.num_rows);
-    for (int j = 0; j < want.num_local; j++)
+    for (int j = 0; j < want.num_local; j++) {
         CHECK(rv.expert_counts[j] == want.counts[j]);
-    const int64_t n = rv.num_rows;
+        CHECK(!c->em || rv.expert_offsets[j] == want.offsets[j]);
+    }
+    CHECK(c->em ? rv.topk_idx == NULL && rv.expert_offsets != NULL
+                : rv.expert_offsets == NULL);
+    const int64_t n = rv.num_rows, wk = c->em ? 1 : c->K;
     unsigned char *hx = malloc((size_t)(n * c->H + 1) * es);
     int32_t *hs = malloc(sizeof(int32_t) * (size_t)(2 * n + 2 * n * c->K + 1));
     CU(cudaStreamSynchronize(st));
     CU(cudaMemcpy(hx, rv.x.data, (size_t)(n * c->H) * es, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs, rv.src_rank, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs + n, rv.src_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
-    CU(cudaMemcpy(hs + 2 * n, rv.topk_idx, sizeof(int32_t) * n * c->K,
-                  cudaMemcpyDeviceToHost));
+    if (!c->em)
+        CU(cudaMemcpy(hs + 2 * n, rv.topk_idx, sizeof(int32_t) * n * c->K,
+                      cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs + 2 * n + n * c->K, rv.topk_weights,
-                  sizeof(float) * n * c->K, cudaMemcpyDeviceToHost));
-    CHECK(memcmp(hx, want.x, (size_t)(n * c->H) * es) == 0);
+                  sizeof(float) * n * wk, cudaMemcpyDeviceToHost));
     CHECK(memcmp(hs, want.src_rank, 4 * (size_t)n) == 0);
     CHECK(memcmp(hs + n, want.src_token, 4 * (size_t)n) == 0);
-    CHECK(memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
-    CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * c->K)) == 0);
+    CHECK(c->em ||
+          memcmp(hs + 2 * n, want.topk_idx, 4 * (size_t)(n * c->K)) == 0);
+    CHECK(memcmp(hs + 2 * n + n * c->K, want.weights, 4 * (size_t)(n * wk)) == 0);
+    /* x (and the scales of a quantized wire) of every row but the
+     * padding (unspecified there) */
+    const size_t rb = (size_t)c->H * es, xr = want.x_row, sr = want.scale_row;
+    CHECK(c->wire != EPX_WIRE_NATIVE || xr == rb);
+    unsigned char *hq = malloc((size_t)n * (xr + sr + 4) + 1);
+    unsigned char *hsc = hq + (size_t)n * xr;
+    float *hg = (float *)(hsc + (size_t)n * sr);
+    CU(cudaMemcpy(hq, rv.x.data, (size_t)n * xr, cudaMemcpyDeviceToHost));
+    if (c->wire != EPX_WIRE_NATIVE) {
+        CHECK(rv.x_scales.data != NULL && rv.x_scales.rows == n);
+        CU(cudaMemcpy(hsc, rv.x_scales.data, (size_t)n * sr,
+                      cudaMemcpyDeviceToHost));
+    } else {
+        CHECK(rv.x_scales.data == NULL && rv.x_global_scale == NULL);
+    }
+    CHECK((c->wire == EPX_WIRE_NVFP4) == (rv.x_global_scale != NULL));
+    if (rv.x_global_scale)
+        CU(cudaMemcpy(hg, rv.x_global_scale, 4 * (size_t)n,
+                      cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < n; i++) {
+        if (want.src_rank[i] < 0)
+            continue;
+        CHECKF(memcmp(hq + i * xr, want.x + i * xr, xr) == 0, "row %lld "
+               "differs (wire %d)", (long long)i, (int)c->wire);
+        CHECK(sr == 0 || memcmp(hsc + i * sr, want.scales + i * sr, sr) == 0);
+        CHECK(!rv.x_global_scale || memcmp(hg + i, want.gscale + i, 4) == 0);
+    }
+    free(hq);
+    void *dy = rv.x.data;
+    if (c->wire != EPX_WIRE_NATIVE) {
+        /* y may not lie in the receive buffers with a quantized wire. */
+        epx_combine_args_t bad = EPX_COMBINE_ARGS_INIT;
+        bad.y = (epx_tensor_t){ rv.x.data, c->dtype, n, c->H };
+        if (n > 0)
+            CHECK_ST(epx_cuda_combine_send(m, &bad, st), EPX_ERR_INVALID);
+        CU(cudaMalloc(&dy, (size_t)(n * c->H + 1) * es));
+    }
 
     /* Expert outputs in place over recv.x, as the contract allows. */
     float *row = malloc(sizeof(float) * (size_t)c->H);
     for (int64_t i = 0; i < n; i++) {
-        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i], me, row);
+        if (want.src_rank[i] < 0)
+            continue;
+        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i],
+             c->em ? want.first_local + want.row_expert[i] : me, row);
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hx, i * c->H + h, row[h]);
     }
-    CU(cudaMemcpy(rv.x.data, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dy, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
-    ca.y = rv.x;
+    ca.y = (epx_tensor_t){ dy, c->dtype, n, c->H };
+    ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
     CHECK_OK(epx_cuda_combine_send(m, &ca, st));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
     CHECK_OK(epx_cuda_combine_recv(m, &out, st));
@@ -148,17 +218,17 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
                        cudaMemcpyDeviceToHost, st));
     CU(cudaStreamSynchronize(st));
-    CHECK(ref_combine(&cfg, me, &src[me], 0, y_fn, &cfg.hidden, EPX_DTYPE_FP32,
-                      exp) == 0);
+    CHECK(ref_combine(&cfg, me, &src[me], c->unweighted, y_fn, &cfg.hidden,
+                      EPX_DTYPE_FP32, exp) == 0);
     CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
 
     ref_recv_free(&want);
-    epx_cuda_moe_destroy(m);
+    if (dy != rv.x.data)
+        cudaFree(dy);
     cudaFree(dx);
     cudaFree(didx);
     cudaFree(dw);
     cudaFree(dout);
-    cudaStreamDestroy(st);
     for (int r = 0; r < R; r++) {
         free(idx[r]);
         free(w[r]);
@@ -177,9 +247,87 @@ static void threads_one_gpu(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1 };
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
             assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
         }
+}
+
+/* Expert-major (windows): alignments 1 and 8 (padding), weighted and
+ * unweighted combine, thread ranks and process ranks. */
+static void expert_major(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4, 8 };
+    for (size_t i = 0; i < 3; i++)
+        for (int d = 0; d < 2; d++) {
+            gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
+                          d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
+                          EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d };
+            assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
+        }
+}
+
+static void expert_major_processes(void **state)
+{
+    (void)state;
+    gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS,
+                  1, 1, 4, 0 };
+    assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
+}
+
+/* Refused: a quantized wire with FP32, an unknown wire, and low latency
+ * with a quantized wire; nothing created. */
+static int wire_refused_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = 64;
+    p.num_experts = 4;
+    p.topk = 2;
+    p.max_tokens_per_rank = 8;
+    p.dtype = EPX_DTYPE_FP32;
+    p.wire = EPX_WIRE_FP8;
+    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
+    cp.device = 0;
+    epx_cuda_moe_t *m = NULL;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    CHECK(m == NULL);
+    p.dtype = EPX_DTYPE_BF16;
+    p.wire = (epx_wire_t)99;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    p.wire = EPX_WIRE_NVFP4;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
+    return 0;
+}
+
+static void wire_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_thread_ranks(2, 60, wire_refused_rank, NULL), 0);
+}
+
+/* Quantized wires fused into the pack: every format, both layouts, a row
+ * of 16-byte chunks (7168) and rows with short blocks and odd lengths
+ * (200, 33: the scalar paths), 1, 3 and 8 ranks on one GPU. */
+static void quantized_wires(void **state)
+{
+    (void)state;
+    static const epx_wire_t wires[] = { EPX_WIRE_FP8, EPX_WIRE_FP8_UE8M0,
+                                        EPX_WIRE_MXFP8, EPX_WIRE_NVFP4 };
+    static const int ranks[] = { 1, 3, 8 }, Hs[] = { 7168, 200, 33 };
+    for (size_t wi = 0; wi < 4; wi++)
+        for (size_t i = 0; i < 3; i++)
+            for (int em = 0; em < 2; em++) {
+                gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4,
+                              Hs[(wi + i + (size_t)em) % 3], 48,
+                              EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS, 1,
+                              em, em ? 4 : 1, 0, wires[wi] };
+                assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c),
+                                 0);
+            }
 }
 
 static void processes_one_gpu(void **state)
@@ -188,7 +336,7 @@ static void processes_one_gpu(void **state)
     static const int ranks[] = { 2, 4 };
     for (size_t i = 0; i < 2; i++) {
         gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
-                      EPX_CUDA_BACKEND_WINDOWS, 1 };
+                      EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0 };
         assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
     }
 }
@@ -199,7 +347,12 @@ static void nccl_two_gpus(void **state)
     int ndev = 0;
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
         skip();
-    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0 };
+    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0,
+                  0, 1, 0 };
+    assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
+    c.wire = EPX_WIRE_NVFP4;   /* the scales and row scales move too */
+    assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
+    c.wire = EPX_WIRE_FP8;
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
 }
 
@@ -230,8 +383,12 @@ int main(void)
     /* Forked process ranks first, before this process touches CUDA. */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(processes_one_gpu),
+        cmocka_unit_test(expert_major_processes),
         cmocka_unit_test(threads_one_gpu),
+        cmocka_unit_test(expert_major),
         cmocka_unit_test(nccl_two_gpus),
+        cmocka_unit_test(quantized_wires),
+        cmocka_unit_test(wire_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

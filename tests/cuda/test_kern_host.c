@@ -27,6 +27,9 @@ typedef struct scen {
     int route;      /* 0 random (with -1 and repeats), 1 all to expert 0,
                        2 no expert at all */
     int zero_tokens; /* some ranks send nothing */
+    int em;          /* expert-major layout (windows addressing only) */
+    int align;       /* its segment alignment */
+    int unweighted;  /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
 } scen_t;
 
 typedef struct rank_state {
@@ -35,8 +38,9 @@ typedef struct rank_state {
     int64_t *idx64;          /* [T][K] reference ids */
     void *idx;               /* as the kernels see them */
     float *w;
-    int32_t *dest, *pos, *mycnt;
+    int32_t *dest, *pos, *mycnt, *epos;
     int64_t sendoff[128], base[128];
+    int64_t *ebase;          /* [E] expert-major */
 } rank_state_t;
 
 static epxt_rng_t rng;
@@ -56,6 +60,109 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
         row[h] = y_value(src, t, who, h);
 }
 
+/* Expert-major: what each rank received (the recv kernel's totals,
+ * offsets and padding) and combine (the put kernel's partials from the
+ * entries, then the reduce) against the reference. */
+static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
+                               const ref_cfg_t *cfg, rank_state_t *rs,
+                               const ref_tokens_t *src, char **win,
+                               const int32_t *first)
+{
+    const int R = sc->R, K = sc->K, H = sc->H;
+    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int oesize = sc->out == EPX_DTYPE_BF16 ? 2 : 4;
+    const int p = 1;
+    int hid = H;
+    char **ybuf = calloc((size_t)R, sizeof(char *));
+    float *yrow = malloc(sizeof(float) * (size_t)H);
+    for (int r = 0; r < R; r++) {
+        epxk_geom_t g = *g0;
+        g.rank = r;
+        char *w = win[r];
+        const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
+                             epxk_cnt_index(&g, p, 0);
+        const int L = first[r + 1] - first[r];
+        ref_recv_t want;
+        assert_int_equal(ref_dispatch(cfg, src, r, &want), 0);
+        assert_int_equal(L, want.num_local);
+        int64_t rows = epxk_expert_offset(&g, cnt, first[r], L);
+        assert_int_equal(rows, want.num_rows);
+        assert_true(rows <= g.xrows);
+        int32_t *srank = (int32_t *)(w + g.off_src_rank);
+        int32_t *stok = (int32_t *)(w + g.off_src_token);
+        float *wt = (float *)(w + g.off_w);
+        /* The recv kernel's padding marks. */
+        for (int j = 0; j < L; j++) {
+            int64_t c = epxk_recv_expert(&g, cnt, first[r], j);
+            int64_t o = epxk_expert_offset(&g, cnt, first[r], j);
+            int64_t end = epxk_expert_offset(&g, cnt, first[r], j + 1);
+            assert_int_equal(c, want.counts[j]);
+            assert_int_equal(o, want.offsets[j]);
+            for (int64_t i = o + c; i < end; i++) {
+                srank[i] = stok[i] = -1;
+                wt[i] = 0.0f;
+            }
+        }
+        ybuf[r] = calloc((size_t)(rows * H + 1), (size_t)esize);
+        for (int64_t i = 0; i < rows; i++) {
+            assert_int_equal(srank[i], want.src_rank[i]);
+            assert_int_equal(stok[i], want.src_token[i]);
+            assert_memory_equal(&wt[i], &want.weights[i], sizeof(float));
+            if (want.src_rank[i] < 0)
+                continue;
+            assert_memory_equal(w + g.off_rows + i * g.row_bytes,
+                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            y_fn(&hid, srank[i], stok[i], first[r] + want.row_expert[i],
+                 yrow);
+            for (int h = 0; h < H; h++)
+                epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+        }
+        ref_recv_free(&want);
+    }
+    /* Combine put: each entry's partial into its source's comb slot. */
+    for (int d = 0; d < R; d++) {
+        epxk_geom_t g = *g0;
+        g.rank = d;
+        char *w = win[d];
+        const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
+                             epxk_cnt_index(&g, p, 0);
+        int64_t ents = epxk_recv_rows(&g, cnt);
+        const float *wt = sc->unweighted ? NULL : (const float *)(w + g.off_w);
+        for (int64_t i = 0; i < ents; i++) {
+            int s = ((int32_t *)(w + g.off_ent_src))[i];
+            int64_t slot = ((int32_t *)(w + g.off_ret_slot))[i];
+            const int32_t *rows = (int32_t *)(w + g.off_ent_rows) + i * K;
+            assert_true(s >= 0 && s < R && rows[0] >= 0);
+            char *dst = win[s] + g.off_comb + slot * g.row_bytes;
+            for (int h = 0; h < H; h++)
+                epxk_store(dst, esize, h,
+                           epxk_partial_elem(&g, ybuf[d], rows, wt, h));
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = *g0;
+        g.rank = r;
+        size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
+        char *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int h = 0; h < H; h++)
+                epxk_store(got + t * H * oesize, oesize, h,
+                           epxk_combine_elem(&g, win[r] + g.off_comb,
+                                             s->sendoff, s->dest, s->pos, t,
+                                             h));
+        assert_int_equal(ref_combine(cfg, r, &src[r], sc->unweighted, y_fn,
+                                     &hid, sc->out, want), 0);
+        assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
+        free(got);
+        free(want);
+    }
+    for (int r = 0; r < R; r++)
+        free(ybuf[r]);
+    free(ybuf);
+    free(yrow);
+}
+
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
@@ -69,6 +176,12 @@ static void run(const scen_t *sc)
     g0.H = H;
     g0.esize = esize;
     g0.maxT = sc->maxT;
+    g0.em = sc->em;
+    g0.align = sc->em ? sc->align : 1;
+    for (int r = 0; r < R; r++) {
+        int l = epxk_first_expert(R, E, r + 1) - epxk_first_expert(R, E, r);
+        g0.Lmax = l > g0.Lmax ? l : g0.Lmax;
+    }
     epxk_geom_layout(&g0);
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
     int32_t first[129];
@@ -116,6 +229,8 @@ static void run(const scen_t *sc)
         s->dest = malloc(sizeof(int32_t) * (size_t)(sc->maxT * g0.maxdest + 1));
         s->pos = malloc(sizeof(int32_t) * (size_t)(sc->maxT * g0.maxdest + 1));
         s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
+        s->epos = malloc(sizeof(int32_t) * (size_t)(sc->maxT * K + 1));
+        s->ebase = malloc(sizeof(int64_t) * (size_t)E);
         src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
         win[r] = calloc(1, (size_t)g0.total);
         stage[r] = calloc(1, (size_t)g0.total);
@@ -138,8 +253,10 @@ static void run(const scen_t *sc)
             s->dest[i] = -1;
         for (int u = 0; u < R + E; u++)
             s->mycnt[u] = (int32_t)(u < R
-                ? epxk_layout_dest(&g, &ids, e2r, s->T, u, s->dest, s->pos)
-                : epxk_layout_expert(&g, &ids, s->T, u - R));
+                ? epxk_layout_dest(&g, &ids, NULL, e2r, s->T, u, s->dest,
+                                   s->pos)
+                : epxk_layout_expert(&g, &ids, s->T, u - R,
+                                     sc->em ? s->epos : NULL));
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
             s->sendoff[d] = o;
@@ -164,6 +281,9 @@ static void run(const scen_t *sc)
                              epxk_cnt_index(&g, p, 0);
         for (int d = 0; d < R; d++)
             s->base[d] = epxk_dest_base(&g, cnt, d);
+        if (sc->em)
+            for (int e = 0; e < E; e++)
+                s->ebase[e] = epxk_expert_base(&g, cnt, first[e2r[e]], e);
         for (int64_t i = 0; i < s->T * g.maxdest; i++) {
             int d = s->dest[i];
             if (d < 0)
@@ -172,6 +292,31 @@ static void run(const scen_t *sc)
             int64_t slot = s->sendoff[d] + s->pos[i];
             assert_int_equal(slot, epxk_ret_slot(&g, s->sendoff, s->dest,
                                                  s->pos, t, (int)(i % g.maxdest)));
+            if (sc->em) {
+                /* pack_expert_major: a row per expert of t at d, then
+                 * the entry. */
+                char *w = win[d];
+                int64_t ent = s->base[d] + s->pos[i];
+                for (int k = 0; k < K; k++) {
+                    int64_t e = epxk_expert_id(&ids, t, k);
+                    if (e < 0 || epxk_owner(e2r, e) != d)
+                        continue;
+                    int64_t row = epxk_expert_row(&g, s->ebase, s->epos, e,
+                                                  t, k);
+                    assert_true(row >= 0 && row < g.xrows);
+                    memcpy(w + g.off_rows + row * g.row_bytes,
+                           (const char *)s->x + t * g.row_bytes,
+                           (size_t)g.row_bytes);
+                    ((int32_t *)(w + g.off_src_rank))[row] = r;
+                    ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+                    ((float *)(w + g.off_w))[row] = s->w[t * K + k];
+                }
+                ((int32_t *)(w + g.off_ent_src))[ent] = r;
+                ((int32_t *)(w + g.off_ret_slot))[ent] = (int32_t)slot;
+                epxk_entry_rows(&g, &ids, e2r, s->ebase, s->epos, t, d,
+                                (int32_t *)(w + g.off_ent_rows) + ent * K);
+                continue;
+            }
             for (int pass = 0; pass < 2; pass++) {
                 char *w = pass == 0 ? win[d] : stage[r];
                 int64_t row = pass == 0 ? s->base[d] + s->pos[i] : slot;
@@ -211,7 +356,13 @@ static void run(const scen_t *sc)
             }
         }
 
-    ref_cfg_t cfg = { R, E, K, H, sc->dtype, EPX_LAYOUT_TOKEN_MAJOR, 1 };
+    ref_cfg_t cfg = { R, E, K, H, sc->dtype,
+                      sc->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
+                      g0.align };
+    if (sc->em) {
+        check_expert_major(sc, &g0, &cfg, rs, src, win, first);
+        goto out;
+    }
     for (int r = 0; r < R; r++) {
         epxk_geom_t g = g0;
         g.rank = r;
@@ -282,6 +433,7 @@ static void run(const scen_t *sc)
     }
 
     free(yrow);
+out:
     for (int r = 0; r < R; r++) {
         free(rs[r].x);
         free(rs[r].idx64);
@@ -290,6 +442,8 @@ static void run(const scen_t *sc)
         free(rs[r].dest);
         free(rs[r].pos);
         free(rs[r].mycnt);
+        free(rs[r].epos);
+        free(rs[r].ebase);
         free(win[r]);
         free(stage[r]);
         free(nwin[r]);
@@ -320,20 +474,307 @@ static void matrix(void **state)
         }
 }
 
+/* Expert-major: 1, 2, 3, 8 and 72 ranks, alignments 1, 4 and 7 (a
+ * segment's padding), weighted and unweighted combine, both dtypes. */
+static void expert_major(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++)
+        for (int c = 0; c < 4; c++) {
+            const int R = ranks[i];
+            scen_t sc = {
+                .R = R, .E = c == 3 ? R + 1 : 2 * R + 3, .K = c == 3 ? 2 : 4,
+                .H = c % 2 ? 24 : 13, .maxT = R >= 72 ? 6 : 20,
+                .dtype = c < 2 ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
+                .out = c == 1 || c == 2 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16,
+                .idx64 = c & 1, .route = 0, .zero_tokens = c == 2,
+                .em = 1, .align = c == 0 ? 1 : c == 1 ? 4 : 7,
+                .unweighted = c == 1,
+            };
+            run(&sc);
+        }
+    /* every token to expert 0; no expert at all; fewer experts than
+     * ranks; one rank */
+    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0,
+                 1, 8, 0 };
+    run(&a);
+    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0,
+                 1, 3, 1 };
+    run(&b);
+    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0,
+                 1, 2, 0 };
+    run(&d);
+    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0,
+                 1, 4, 0 };
+    run(&e);
+}
+
+/* Low latency: R simulated ranks through the kernels' steps (slots per
+ * expert with drops, kept destinations, rows at j*R*cap + s*cap + i, count
+ * and final words, entries, padding from the count words, partials and the
+ * reduce) against the reference's low-latency dispatch and its combine of
+ * the kept routing. */
+static void run_ll(int R, int E, int K, int H, int maxT, int cap,
+                   epx_dtype_t dt, int unweighted, int skew)
+{
+    const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
+    epxk_geom_t g0 = { 0 };
+    g0.R = R;
+    g0.E = E;
+    g0.K = K;
+    g0.H = H;
+    g0.esize = esize;
+    g0.maxT = maxT;
+    g0.align = 1;
+    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E), *first =
+        malloc(sizeof(int32_t) * (size_t)(R + 1));
+    for (int r = 0; r <= R; r++)
+        first[r] = epxk_first_expert(R, E, r);
+    for (int r = 0; r < R; r++) {
+        int l = first[r + 1] - first[r];
+        g0.Lmax = l > g0.Lmax ? l : g0.Lmax;
+        for (int e = first[r]; e < first[r + 1]; e++)
+            e2r[e] = r;
+    }
+    epxk_geom_layout(&g0);
+    epxk_ll_t ll;
+    const int B = 2, b = 1;
+    const uint64_t use = 254 + 255;  /* tag 255: the top bit of the word */
+    const int32_t tag = EPXK_LL_TAG(use);
+    epxk_ll_layout(&g0, B, cap, &ll);
+    assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
+
+    rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    char **win = calloc((size_t)R, sizeof(char *));
+    int32_t **keep = calloc((size_t)R, sizeof(int32_t *));
+    int32_t **ecnt = calloc((size_t)R, sizeof(int32_t *));
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        s->T = (int64_t)epxt_below(&rng, (uint64_t)maxT + 1);
+        s->x = calloc((size_t)(s->T * H + 1), (size_t)esize);
+        s->idx64 = calloc((size_t)(s->T * K + 1), sizeof(int64_t));
+        s->idx = calloc((size_t)(s->T * K + 1), 4);
+        s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
+        for (int64_t i = 0; i < s->T * H; i++)
+            ref_store(dt, s->x, i,
+                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int k = 0; k < K; k++) {
+                /* distinct experts per token (the host's rule); skew:
+                 * most choices on the first experts, so ranges overflow */
+                int64_t e;
+                int again;
+                do {
+                    e = epxt_below(&rng, 6) == 0 ? -1
+                        : skew ? (int64_t)epxt_below(&rng, (uint64_t)(K + 2 < E ? K + 2 : E))
+                               : (int64_t)epxt_below(&rng, (uint64_t)E);
+                    again = 0;
+                    for (int k2 = 0; k2 < k && e >= 0; k2++)
+                        again |= s->idx64[t * K + k2] == e;
+                } while (again);
+                s->idx64[t * K + k] = e;
+                ((int32_t *)s->idx)[t * K + k] = (int32_t)e;
+                s->w[t * K + k] = (float)epxt_below(&rng, 1000) / 997.0f;
+            }
+        s->dest = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
+        s->pos = malloc(sizeof(int32_t) * (size_t)(maxT * g0.maxdest + 1));
+        s->mycnt = calloc((size_t)(R + 1), sizeof(int32_t));
+        keep[r] = malloc(sizeof(int32_t) * (size_t)(maxT * K + 1));
+        ecnt[r] = calloc((size_t)E, sizeof(int32_t));
+        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
+        win[r] = calloc(1, (size_t)ll.total);
+        assert_non_null(win[r]);
+    }
+    /* layout and pack */
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        const epxk_ids_t ids = { s->idx, 0, K, E };
+        for (int64_t i = 0; i < s->T * K; i++)
+            keep[r][i] = -1;
+        for (int64_t i = 0; i < s->T * g.maxdest; i++)
+            s->dest[i] = -1;
+        for (int e = 0; e < E; e++)
+            ecnt[r][e] = (int32_t)epxk_ll_layout_expert(&g, &ids, s->T, e, cap,
+                                                        keep[r]);
+        int64_t o = 0;
+        for (int d = 0; d < R; d++) {
+            s->mycnt[d] = (int32_t)epxk_layout_dest(&g, &ids, keep[r], e2r,
+                                                    s->T, d, s->dest, s->pos);
+            s->sendoff[d] = o;
+            o += s->mycnt[d];
+        }
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {
+            int d = s->dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest;
+            char *bw = win[d] + ll.off_bufs + b * ll.buf;
+            for (int k = 0; k < K; k++) {
+                int64_t e = epxk_kept_id(&ids, keep[r], t, k);
+                if (e < 0 || e2r[e] != d)
+                    continue;
+                int64_t row = epxk_ll_row(&g, cap, first[d], e, r,
+                                          keep[r][t * K + k]);
+                memcpy(bw + ll.rows + row * g.row_bytes,
+                       (const char *)s->x + t * g.row_bytes,
+                       (size_t)g.row_bytes);
+                ((int32_t *)(bw + ll.src_tok))[row] = (int32_t)t;
+                ((float *)(bw + ll.w))[row] = s->w[t * K + k];
+            }
+            int64_t ent = (int64_t)r * maxT + s->pos[i];
+            ((int32_t *)(bw + ll.ent_slot))[ent] =
+                (int32_t)(s->sendoff[d] + s->pos[i]);
+            assert_true(epxk_ll_entry_rows(&g, &ids, keep[r], e2r, cap,
+                                           first[d], t, d,
+                                           (int32_t *)(bw + ll.ent_rows) +
+                                               ent * K) > 0);
+        }
+        for (int d = 0; d < R; d++) {
+            char *bw = win[d] + ll.off_bufs + b * ll.buf;
+            for (int e = first[d]; e < first[d + 1]; e++)
+                ((int32_t *)(bw + ll.cw))[(e - first[d]) * R + r] =
+                    EPXK_LL_WORD(tag, ecnt[r][e]);
+            ((int32_t *)(bw + ll.fw))[r] = EPXK_LL_WORD(tag, s->mycnt[d]);
+        }
+    }
+    /* receive side against the reference */
+    ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    char **ybuf = calloc((size_t)R, sizeof(char *));
+    float *yrow = malloc(sizeof(float) * (size_t)H);
+    int hid = H;
+    for (int r = 0; r < R; r++) {
+        epxk_geom_t g = g0;
+        g.rank = r;
+        char *bw = win[r] + ll.off_bufs + b * ll.buf;
+        const int32_t *cw = (const int32_t *)(bw + ll.cw);
+        ref_recv_t want;
+        int64_t dropped = 0, got_dropped = 0;
+        assert_int_equal(ref_dispatch_ll(&cfg, src, r, cap, &want, &dropped), 0);
+        const int L = first[r + 1] - first[r];
+        assert_int_equal(want.num_rows, (int64_t)L * R * cap);
+        for (int j = 0; j < L; j++) {
+            int64_t c = 0;
+            for (int sr = 0; sr < R; sr++) {
+                assert_int_equal(EPXK_LL_WTAG(cw[j * R + sr]), tag);
+                c += epxk_ll_kept(cw[j * R + sr], cap);
+                got_dropped += epxk_ll_dropped(cw[j * R + sr], cap);
+            }
+            assert_int_equal(c, want.counts[j]);
+            assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
+        }
+        assert_int_equal(got_dropped, dropped);
+        ybuf[r] = calloc((size_t)(want.num_rows * H + 1), (size_t)esize);
+        for (int64_t i = 0; i < want.num_rows; i++) {
+            int sr = epxk_ll_row_source(&g, cap, cw, i);
+            assert_int_equal(sr, want.src_rank[i]);
+            if (sr < 0)
+                continue;
+            int32_t tok = ((int32_t *)(bw + ll.src_tok))[i];
+            assert_int_equal(tok, want.src_token[i]);
+            assert_memory_equal(&((float *)(bw + ll.w))[i], &want.weights[i], 4);
+            assert_memory_equal(bw + ll.rows + i * g.row_bytes,
+                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
+            for (int h = 0; h < H; h++)
+                epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+        }
+        ref_recv_free(&want);
+    }
+    /* combine put: every source's entries, then the reduce */
+    for (int d = 0; d < R; d++) {
+        epxk_geom_t g = g0;
+        g.rank = d;
+        char *bw = win[d] + ll.off_bufs + b * ll.buf;
+        const float *wt = unweighted ? NULL : (const float *)(bw + ll.w);
+        for (int sr = 0; sr < R; sr++) {
+            int32_t fw = ((int32_t *)(bw + ll.fw))[sr];
+            assert_int_equal(EPXK_LL_WTAG(fw), tag);
+            for (int64_t i = 0; i < (fw & EPXK_LL_MASK); i++) {
+                int64_t ent = (int64_t)sr * maxT + i;
+                int64_t slot = ((int32_t *)(bw + ll.ent_slot))[ent];
+                const int32_t *rows = (int32_t *)(bw + ll.ent_rows) + ent * K;
+                char *dst = win[sr] + ll.off_bufs + b * ll.buf + ll.comb +
+                            slot * g.row_bytes;
+                for (int h = 0; h < H; h++)
+                    epxk_store(dst, esize, h,
+                               epxk_partial_elem(&g, ybuf[d], rows, wt, h));
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        epxk_geom_t g = g0;
+        g.rank = r;
+        char *bw = win[r] + ll.off_bufs + b * ll.buf;
+        size_t ob = (size_t)(s->T * H + 1) * 4;
+        float *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < s->T; t++)
+            for (int h = 0; h < H; h++)
+                got[t * H + h] = epxk_combine_elem(&g, bw + ll.comb,
+                                                   s->sendoff, s->dest,
+                                                   s->pos, t, h);
+        int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(s->T * K + 1));
+        ref_ll_kept(&cfg, &src[r], cap, kidx);
+        ref_tokens_t kept = { s->T, s->x, kidx, s->w };
+        assert_int_equal(ref_combine(&cfg, r, &kept, unweighted, y_fn, &hid,
+                                     EPX_DTYPE_FP32, want), 0);
+        assert_memory_equal(got, want, (size_t)(s->T * H) * 4);
+        free(kidx);
+        free(got);
+        free(want);
+    }
+    for (int r = 0; r < R; r++) {
+        free(rs[r].x);
+        free(rs[r].idx64);
+        free(rs[r].idx);
+        free(rs[r].w);
+        free(rs[r].dest);
+        free(rs[r].pos);
+        free(rs[r].mycnt);
+        free(keep[r]);
+        free(ecnt[r]);
+        free(win[r]);
+        free(ybuf[r]);
+    }
+    free(rs), free(src), free(win), free(keep), free(ecnt), free(ybuf);
+    free(yrow), free(e2r), free(first);
+}
+
+static void low_latency(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
+        const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
+        /* capacity enough for everything; capacity 3 with drops and a
+         * skewed routing; bf16 and fp32; unweighted */
+        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0);
+        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1);
+        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1);
+    }
+    /* every choice on few experts, capacity 1; one rank, one expert */
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1);
+    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0);
+}
+
 static void edges(void **state)
 {
     (void)state;
     /* every token to expert 0 (all on rank 0); no expert at all; half the
      * ranks with no token; fewer experts than ranks; topk = experts */
-    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0 };
+    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0, 0, 0, 0 };
     run(&a);
-    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0 };
+    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0, 0, 0, 0 };
     run(&b);
-    scen_t c = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 1 };
+    scen_t c = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 1, 0, 0, 0 };
     run(&c);
-    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0 };
+    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0, 0, 0, 0 };
     run(&d);
-    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0 };
+    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, 0, 0, 0 };
     run(&e);
 }
 
@@ -373,6 +814,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matrix),
         cmocka_unit_test(edges),
+        cmocka_unit_test(expert_major),
+        cmocka_unit_test(low_latency),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(bf16_matches_host),
     };

@@ -8,7 +8,12 @@
  * were sent, so a buffer overwritten too early shows.  Readiness is taken
  * through epx_dispatch_poll first.  Overflow: EPX_ERR_RANGE on every rank
  * with nothing usable, or with EPX_MOE_LL_DROP the rows beyond capacity
- * dropped, counted and left out of combine.  Misuse and peer errors.
+ * dropped, counted and left out of combine.  Misuse and peer errors; a
+ * call abandoned early while a peer still combines the buffer's previous
+ * call; padding after a failed call left rows in a buffer.  Every wire
+ * format (x, scales and row scales against the reference quantizer of
+ * tests/ref, never the library's), the in-place combine it refuses, and
+ * the bytes put it counts.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -23,6 +28,7 @@
 
 #include "common/epx_test.h"
 #include "ref/ref.h"
+#include "ref/ref_quant.h"
 
 enum { R_UNIFORM = 0, R_ZIPF, R_ONE };
 enum { TAG_T = 11, TAG_ROW, TAG_X, TAG_Y, TAG_JIT, TAG_HOT };
@@ -34,6 +40,8 @@ typedef struct ll_case {
     epx_dtype_t dtype, out_dtype;
     unsigned comb_flags;
     int in_place, jitter_us;
+    epx_wire_t wire;            /* quantized: x arrives as the reference
+                                   quantizer (tests/ref) encodes it */
 } ll_case_t;
 
 typedef struct ll_in {
@@ -189,8 +197,7 @@ static int check_expert(const ll_run_t *m, const ll_round_t *x, int j,
 {
     const ref_recv_t *e = &x->want;
     const epx_recv_t *g = &x->rv;
-    const int H = m->c->hidden;
-    const size_t rb = (size_t)H * esz(m->c->dtype);
+    const size_t rb = e->x_row, sb = e->scale_row;
     const int64_t per = (int64_t)m->R * g->capacity;
     CHECKF(g->expert_counts[j] == e->counts[j] && g->expert_offsets[j] == e->offsets[j],
            "%s round %d %s: expert %d count %" PRId64 " at %" PRId64 ", want %"
@@ -201,6 +208,10 @@ static int check_expert(const ll_run_t *m, const ll_round_t *x, int j,
                "%s round %d %s: row %" PRId64 " from (%d, %d), want (%d, %d)",
                m->c->name, x->r, when, i, g->src_rank[i], g->src_token[i],
                e->src_rank[i], e->src_token[i]);
+        /* padding: weight 0, however the range was filled before */
+        CHECKF(e->src_rank[i] >= 0 || g->topk_weights[i] == 0.0f,
+               "%s round %d %s: padding row %" PRId64 " has weight %g",
+               m->c->name, x->r, when, i, (double)g->topk_weights[i]);
         if (e->src_rank[i] < 0)
             continue;
         CHECKF(memcmp(&g->topk_weights[i], &e->weights[i], 4) == 0 &&
@@ -208,7 +219,43 @@ static int check_expert(const ll_run_t *m, const ll_round_t *x, int j,
                           e->x + (size_t)i * rb, rb) == 0,
                "%s round %d %s: row %" PRId64 " weight or x differs", m->c->name,
                x->r, when, i);
+        CHECKF(!sb || memcmp((const char *)g->x_scales.data + (size_t)i * sb,
+                             e->scales + (size_t)i * sb, sb) == 0,
+               "%s round %d %s: row %" PRId64 " scales differ", m->c->name,
+               x->r, when, i);
+        CHECKF(m->c->wire != EPX_WIRE_NVFP4 ||
+                   memcmp(&g->x_global_scale[i], &e->gscale[i], 4) == 0,
+               "%s round %d %s: row %" PRId64 " row scale %g, want %g",
+               m->c->name, x->r, when, i, (double)g->x_global_scale[i],
+               (double)e->gscale[i]);
     }
+    return 0;
+}
+
+/* x, x_scales and x_global_scale as the wire format shapes them. */
+static int check_shape(const ll_run_t *m, const ll_round_t *x, const char *when)
+{
+    const epx_recv_t *g = &x->rv;
+    const int64_t n = x->want.num_rows;
+    ref_wire_t w;
+    if (ref_wire_shape(m->c->wire, m->c->hidden, &w) != 0) {
+        CHECKF(g->x.dtype == m->c->dtype && g->x.cols == m->c->hidden &&
+                   !g->x_scales.data && !g->x_global_scale,
+               "%s round %d %s: native x is %d x %" PRId64 " with scales %p",
+               m->c->name, x->r, when, (int)g->x.dtype, g->x.cols,
+               g->x_scales.data);
+        return 0;
+    }
+    CHECKF(g->x.dtype == w.x_dtype && g->x.cols == w.x_cols &&
+               g->x_scales.data && g->x_scales.dtype == w.scale_dtype &&
+               g->x_scales.rows == n && g->x_scales.cols == (int64_t)w.nblocks &&
+               !g->x_global_scale == !w.global_bytes,
+           "%s round %d %s: x %d x %" PRId64 ", scales %d [%" PRId64 " x %"
+           PRId64 "], row scales %p; want %d x %" PRId64 ", %d [%" PRId64
+           " x %zu]", m->c->name, x->r, when, (int)g->x.dtype, g->x.cols,
+           (int)g->x_scales.dtype, g->x_scales.rows, g->x_scales.cols,
+           (const void *)g->x_global_scale, (int)w.x_dtype, w.x_cols,
+           (int)w.scale_dtype, n, w.nblocks);
     return 0;
 }
 
@@ -218,7 +265,6 @@ static int check_recv(const ll_run_t *m, const ll_round_t *x, const char *when)
     const epx_recv_t *g = &x->rv;
     int cap = m->c->cap > 0 ? m->c->cap : m->c->max_tokens;
     CHECKF(g->num_rows == e->num_rows && g->x.rows == e->num_rows &&
-               g->x.cols == m->c->hidden && g->x.dtype == m->c->dtype &&
                g->capacity == cap && g->num_local_experts == e->num_local &&
                g->first_local_expert == e->first_local && !g->topk_idx &&
                g->num_dropped == x->dropped,
@@ -227,6 +273,7 @@ static int check_recv(const ll_run_t *m, const ll_round_t *x, const char *when)
            PRId64, m->c->name, x->r, when, g->num_rows, g->capacity,
            g->num_local_experts, g->first_local_expert, g->num_dropped,
            e->num_rows, cap, e->num_local, e->first_local, x->dropped);
+    CHECK_CALL(check_shape(m, x, when));
     for (int j = 0; j < e->num_local; j++)
         CHECK_CALL(check_expert(m, x, j, when));
     return 0;
@@ -387,7 +434,7 @@ static int run_case(epx_comm_t *comm, const ll_case_t *c)
     ll_run_t m = { .c = c, .rank = epx_comm_rank(comm), .R = epx_comm_size(comm) };
     m.seed = epxt_hash_str(epxt_seed(), c->name);
     m.cfg = (ref_cfg_t){ m.R, c->experts, c->topk, c->hidden, c->dtype,
-                         EPX_LAYOUT_EXPERT_MAJOR, 1 };
+                         EPX_LAYOUT_EXPERT_MAJOR, 1, c->wire };
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->hidden;
     p.num_experts = c->experts;
@@ -399,6 +446,7 @@ static int run_case(epx_comm_t *comm, const ll_case_t *c)
     p.ll_capacity = c->cap;
     p.ll_buffers = c->buffers;
     p.flags = c->drop ? EPX_MOE_LL_DROP : 0;
+    p.wire = c->wire;
     CHECK_OK(epx_moe_create(comm, &p, &m.moe));
     /* Call r uses buffer r % B (failed calls count): before sending it,
      * the call r - B, if still queued, is combined. */
@@ -434,32 +482,46 @@ static int cases_rank(epx_comm_t *comm, void *arg)
 }
 
 /* The standard set at R ranks: three routings, two buffers and three,
- * bf16 and fp32, dropping. */
+ * bf16 and fp32, dropping; then every quantized wire format (short last
+ * blocks, odd H for the packed e2m1 codes) over the same routings, with a
+ * drop and an overflow among them. */
 static void run_at(int R, int quick)
 {
-    static char names[6][48];
-    const char *tags[6] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
-                            "zipf-unw-inplace", "one-range" };
-    for (int i = 0; i < 6; i++)
+    static char names[11][48];
+    const char *tags[11] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
+                             "zipf-unw-inplace", "one-range", "fp8-uni",
+                             "ue8m0-zipf-b3", "mxfp8-one-drop-unw",
+                             "nvfp4-uni", "nvfp4-one-range" };
+    for (int i = 0; i < 11; i++)
         snprintf(names[i], sizeof(names[i]), "ll-R%d-%s", R, tags[i]);
     int E = 2 * R + 3, T = quick ? 5 : 12;
     ll_case_t cases[] = {
         { names[0], E, 4, 24, T, 0, 0, 0, 0, R_UNIFORM, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 300 },
+          EPX_DTYPE_BF16, 0, 0, 300, EPX_WIRE_NATIVE },
         { names[1], E, 4, 24, T, 0, 0, 2, 0, R_ZIPF, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0 },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
         /* capacity 3 per (expert, source): the hot expert drops rows */
         { names[2], E, 3, 16, T, 1, 3, 2, 1, R_ONE, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0 },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE },
         { names[3], E, 5 < E ? 5 : E, 40, T, 0, 0, 3, 0, R_UNIFORM, 7,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200 },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200, EPX_WIRE_NATIVE },
         { names[4], E, 4, 24, T, 0, T / 2, 2, 1, R_ZIPF, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0 },
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0, EPX_WIRE_NATIVE },
         /* capacity 2 without DROP: overflowing calls fail on every rank,
          * the others go through */
         { names[5], E, 2, 8, 4, 0, 2, 2, 0, R_ONE, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0 },
-        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
+        { names[6], E, 4, 136, T, 0, 0, 0, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 200, EPX_WIRE_FP8 },
+        { names[7], E, 3, 130, T, 0, 0, 3, 0, R_ZIPF, 5, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8_UE8M0 },
+        { names[8], E, 3, 40, T, 1, 3, 2, 1, R_ONE, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_MXFP8 },
+        { names[9], E, 4, 33, T, 0, 0, 2, 0, R_UNIFORM, 5, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4 },
+        { names[10], E, 2, 24, 4, 0, 2, 2, 0, R_ONE, 5, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4 },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
     };
     assert_int_equal(epxt_launch(R, 0, cases_rank, cases, NULL), EPX_OK);
 }
@@ -480,12 +542,14 @@ static void ll_r72(void **s)
     setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
     static const ll_case_t cases[] = {
         { "ll-R72-e288-uni", 288, 8, 16, 3, 0, 0, 2, 0, R_UNIFORM, 4,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0 },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE },
         { "ll-R72-e288-zipf", 288, 8, 16, 3, 0, 0, 2, 0, R_ZIPF, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0 },
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE },
         { "ll-R72-e40-one-drop", 40, 2, 8, 3, 1, 2, 2, 1, R_ONE, 3,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0 },
-        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
+        { "ll-R72-e288-nvfp4-zipf", 288, 8, 32, 3, 0, 0, 2, 0, R_ZIPF, 3,
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4 },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, EPX_WIRE_NATIVE },
     };
     assert_int_equal(epxt_launch(72, 0, cases_rank, (void *)cases, NULL), EPX_OK);
     unsetenv("EPX_TOPO_FILE");
@@ -623,6 +687,220 @@ static void ll_errors(void **s)
     assert_int_equal(epxt_launch(3, 0, errors_rank, NULL, NULL), EPX_OK);
 }
 
+/* Every wire format at 3 ranks: combine into the quantized x is refused
+ * with nothing consumed, then goes through with y of its own; the bytes
+ * put are counted: dispatch differs from bf16 by exactly the row size
+ * per row sent, combine (in bf16 whatever the wire) is a partial per
+ * (token, destination) plus a status word per rank. */
+static int wire_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    enum { H = 40, T = 4, NW = 5 };
+    static const epx_wire_t wires[NW] = { EPX_WIRE_NATIVE, EPX_WIRE_FP8,
+                                          EPX_WIRE_FP8_UE8M0, EPX_WIRE_MXFP8,
+                                          EPX_WIRE_NVFP4 };
+    const int me = epx_comm_rank(comm), R = epx_comm_size(comm);
+    uint16_t x[T * H], out[T * H];
+    int32_t idx[T * 2];
+    float w[T * 2];
+    int64_t put_d[NW], put_c[NW];
+    for (int i = 0; i < T * H; i++)
+        x[i] = ref_bf16(gen_value(epxt_hash(epxt_seed(), TAG_X, (uint64_t)me,
+                                            (uint64_t)i, 0)));
+    for (int t = 0; t < T; t++) {
+        idx[2 * t] = (me + t) % 6;
+        idx[2 * t + 1] = (me + t + 3) % 6;
+        w[2 * t] = w[2 * t + 1] = 0.5f;
+    }
+    for (int v = 0; v < NW; v++) {
+        epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+        p.hidden = H;
+        p.num_experts = 6;
+        p.topk = 2;
+        p.max_tokens_per_rank = T;
+        p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+        p.mode = EPX_MODE_LOW_LATENCY;
+        p.wire = wires[v];
+        epx_moe_t *moe = NULL;
+        CHECK_OK(epx_moe_create(comm, &p, &moe));
+        epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+        a.x = (epx_tensor_t){ x, EPX_DTYPE_BF16, T, H };
+        a.topk_idx = (epx_tensor_t){ idx, EPX_DTYPE_INT32, T, 2 };
+        a.topk_weights = (epx_tensor_t){ w, EPX_DTYPE_FP32, T, 2 };
+        epx_handle_t *h = NULL;
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        CHECK_OK(epx_dispatch_send(moe, &a, &h));
+        CHECK_OK(epx_dispatch_recv(moe, h, &rv));
+        /* (source, token) pairs here: the partials this rank sends back */
+        int64_t pairs = 0;
+        for (int64_t i = 0; i < rv.num_rows; i++) {
+            int first = rv.src_rank[i] >= 0;
+            for (int64_t k = 0; k < i && first; k++)
+                first = rv.src_rank[k] != rv.src_rank[i] ||
+                        rv.src_token[k] != rv.src_token[i];
+            pairs += first;
+        }
+        uint16_t *y = calloc((size_t)rv.num_rows + 1, sizeof(uint16_t) * H);
+        CHECKF(y, "out of memory");
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ (void *)rv.x.data, EPX_DTYPE_BF16, rv.num_rows, H };
+        if (v > 0)
+            CHECK_ST(epx_combine_send(moe, h, &ca), EPX_ERR_INVALID);
+        ca.y.data = y;
+        CHECK_OK(epx_combine_send(moe, h, &ca));
+        epx_tensor_t o = { out, EPX_DTYPE_BF16, T, H };
+        CHECK_OK(epx_combine_recv(moe, h, &o));
+        free(y);
+        epx_moe_stats_t st = { .struct_size = sizeof(st) };
+        CHECK_OK(epx_moe_stats(moe, 0, &st));
+        put_d[v] = st.dispatch_bytes;
+        put_c[v] = st.combine_bytes;
+        CHECKF(put_c[v] == pairs * 2 * H + 4 * R, "wire %d: combine put %"
+               PRId64 " bytes, want %" PRId64 " partials + %d status words",
+               (int)wires[v], put_c[v], pairs, R);
+        epx_handle_release(h);
+        epx_moe_destroy(moe);
+    }
+    for (int v = 1; v < NW; v++) {
+        ref_wire_t rw;
+        ref_wire_shape(wires[v], H, &rw);
+        int64_t diff = (int64_t)T * 2 * (int64_t)(2 * H - (rw.data_bytes +
+                                                    rw.scale_bytes +
+                                                    rw.global_bytes));
+        CHECKF(put_d[0] - put_d[v] == diff, "wire %d: %" PRId64 " bytes put, "
+               "bf16 %" PRId64 ": difference %" PRId64 ", want %" PRId64,
+               (int)wires[v], put_d[v], put_d[0], put_d[0] - put_d[v], diff);
+    }
+    return 0;
+}
+
+static void ll_wire(void **s)
+{
+    (void)s;
+    assert_int_equal(epxt_launch(3, 0, wire_rank, NULL, NULL), EPX_OK);
+}
+
+/* Regression: a rank abandons call n + B (dispatch_send with bad input on
+ * rank 1, a release right after dispatch_send on rank 2) as soon as every
+ * rank has combine_sent call n, while rank 0 has not combine_recv'd call n
+ * yet.  Rank 0's recv of call n must still see every peer's combine of it
+ * (and give the right output); call n + B fails where it is received, and
+ * the calls after it go through.  Calls 0, 1 and 3 on have one token per
+ * rank, call 2 four: the rows call 2 left in buffer 0 must show as padding
+ * in call 4. */
+static int comb_check(epx_moe_t *moe, epx_handle_t *h, const epx_recv_t *rv,
+                      const small_t *in, int send)
+{
+    uint16_t out[4 * 8];
+    const int64_t T = in->a.x.rows;
+    if (send) {
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = rv->x;
+        CHECK_OK(epx_combine_send(moe, h, &ca));
+    }
+    epx_tensor_t o = { out, EPX_DTYPE_BF16, T, 8 };
+    CHECK_OK(epx_combine_recv(moe, h, &o));
+    /* y = x in place, two experts weighted 0.5 each: the output is x */
+    CHECKF(memcmp(out, in->x, sizeof(uint16_t) * 8 * (size_t)T) == 0,
+           "combine output is not x");
+    return 0;
+}
+
+/* Rows outside the counts are padding: src_rank, src_token -1, weight 0. */
+static int padding_check(const epx_recv_t *rv, int R)
+{
+    int64_t n = 0, want = 0;
+    for (int j = 0; j < rv->num_local_experts; j++)
+        want += rv->expert_counts[j];
+    for (int64_t i = 0; i < rv->num_rows; i++) {
+        int s = (int)(i / rv->capacity % R);
+        if (rv->src_rank[i] >= 0) {
+            CHECKF(rv->src_rank[i] == s, "row %" PRId64 " of source %d's "
+                   "range has src_rank %d", i, s, rv->src_rank[i]);
+            n++;
+            continue;
+        }
+        CHECKF(rv->src_token[i] == -1 && rv->topk_weights[i] == 0.0f,
+               "padding row %" PRId64 ": src_token %d, weight %g", i,
+               rv->src_token[i], (double)rv->topk_weights[i]);
+    }
+    CHECKF(n == want, "%" PRId64 " rows have a source, counts say %" PRId64,
+           n, want);
+    return 0;
+}
+
+static void small_rows(small_t *in, int64_t T)
+{
+    in->a.x.rows = in->a.topk_idx.rows = in->a.topk_weights.rows = T;
+}
+
+static int early_abandon_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int me = epx_comm_rank(comm), R = epx_comm_size(comm);
+    epx_moe_t *moe = NULL;
+    epx_handle_t *h[3] = { NULL, NULL, NULL };
+    epx_recv_t rv[3];
+    small_t in, one, bad;
+    small_in(&in, me, 0);
+    small_in(&one, me, 0);
+    small_rows(&one, 1);
+    small_in(&bad, me, 1);
+    CHECK_OK(mk(comm, 2, EPX_LAYOUT_EXPERT_MAJOR, EPX_MODE_LOW_LATENCY, &moe));
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(epx_dispatch_send(moe, &one.a, &h[i]));
+        rv[i].struct_size = sizeof(rv[i]);
+        CHECK_OK(epx_dispatch_recv(moe, h[i], &rv[i]));
+        CHECK_CALL(padding_check(&rv[i], R));
+    }
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = rv[0].x;
+    CHECK_OK(epx_combine_send(moe, h[0], &ca));
+    if (me > 0) {
+        /* call 2 reuses call 0's buffer: sent once all combined call 0 */
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 0));
+        if (me == 1) {
+            CHECK_ST(epx_dispatch_send(moe, &bad.a, &h[2]), EPX_ERR_INVALID);
+        } else {
+            CHECK_OK(epx_dispatch_send(moe, &in.a, &h[2]));
+            epx_handle_release(h[2]);
+        }
+        h[2] = NULL;
+    }
+    CHECK_OK(epx_comm_barrier(comm));
+    if (me == 0)
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 0));
+    CHECK_CALL(comb_check(moe, h[1], &rv[1], &one, 1));
+    epx_handle_release(h[0]);
+    epx_handle_release(h[1]);
+    h[0] = h[1] = NULL;
+    if (me == 0) {
+        CHECK_OK(epx_dispatch_send(moe, &in.a, &h[2]));
+        rv[2].struct_size = sizeof(rv[2]);
+        CHECK_ST(epx_dispatch_recv(moe, h[2], &rv[2]), EPX_ERR_PEER);
+        epx_handle_release(h[2]);
+    }
+    /* calls 3 to 6: both parities of both buffers again */
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(epx_dispatch_send(moe, &one.a, &h[0]));
+        rv[0].struct_size = sizeof(rv[0]);
+        CHECK_OK(epx_dispatch_recv(moe, h[0], &rv[0]));
+        CHECK_CALL(padding_check(&rv[0], R));
+        CHECK_CALL(comb_check(moe, h[0], &rv[0], &one, 1));
+        epx_handle_release(h[0]);
+        h[0] = NULL;
+    }
+    epx_moe_destroy(moe);
+    return 0;
+}
+
+static void ll_early_abandon(void **s)
+{
+    (void)s;
+    assert_int_equal(epxt_launch(2, 0, early_abandon_rank, NULL, NULL), EPX_OK);
+    assert_int_equal(epxt_launch(3, 0, early_abandon_rank, NULL, NULL), EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_ll");
@@ -633,6 +911,8 @@ int main(void)
         cmocka_unit_test(ll_r3),
         cmocka_unit_test(ll_r8),
         cmocka_unit_test(ll_errors),
+        cmocka_unit_test(ll_wire),
+        cmocka_unit_test(ll_early_abandon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -363,10 +363,11 @@ static int errors_rank(epx_comm_t *comm, void *arg)
     CHECK(strstr(epx_last_error(), "BF16") != NULL && !m);
     CHECK_ST(create(comm, EPX_DTYPE_BF16, (epx_wire_t)9, EPX_MODE_THROUGHPUT,
                     0, &m), EPX_ERR_INVALID);
+    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
+                    0, &m), EPX_ERR_INVALID);
+    /* hierarchical is a throughput-mode path, whatever the wire */
     CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
-                    0, &m), EPX_ERR_UNSUPPORTED);
-    CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
-                    EPX_MOE_HIERARCHICAL, &m), EPX_ERR_UNSUPPORTED);
+                    EPX_MOE_HIERARCHICAL, &m), EPX_ERR_INVALID);
     /* Ranks that disagree on the format. */
     epx_status_t st = create(comm, EPX_DTYPE_BF16,
                              me == 0 ? EPX_WIRE_FP8 : EPX_WIRE_NVFP4,

@@ -270,15 +270,6 @@ static epx_status_t shm_signal(epx_win_t *win, int peer, int slot,
     return EPX_OK;
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
 {
     shm_win_t *w = (shm_win_t *)win;
@@ -289,7 +280,7 @@ static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
     for (long i = 0; i < w->spin; i++) {
         if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)
             return EPX_OK;
-        cpu_relax();
+        epx__cpu_relax();
     }
     for (long i = 0; i < w->yield; i++) {
         if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)

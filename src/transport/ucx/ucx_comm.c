@@ -5,9 +5,10 @@
  *
  * Endpoints use UCP_ERR_HANDLING_MODE_NONE: in UCX 1.13 MODE_PEER leaves
  * out the shared-memory RMA lanes (on-host puts fall back to messages,
- * ~0.1 GB/s instead of ~7 GB/s here), and it does not save a survivor over
- * tcp anyway (UCX aborts when it acknowledges a dead peer's put).  A dead
- * peer is noticed by the waits' timeout (EPX_ERR_TIMEOUT).
+ * ~0.1 GB/s instead of ~7 GB/s here).  A dead peer is noticed by the
+ * waits' timeout (EPX_ERR_TIMEOUT) or a failed send (EPX_ERR_PEER).
+ * Endpoints without RMA lanes (tcp) send puts as active messages
+ * (ucx_am.c), which the target never answers.
  *
  * Destruction is not collective: it flushes this rank's operations (so the
  * last signals reach their peers), then closes the endpoints without
@@ -17,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util/util.h"
 #include "transport/ucx/ucx.h"
@@ -81,7 +84,7 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
     ucp_params_t p = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS |
                       UCP_PARAM_FIELD_MT_WORKERS_SHARED,
-        .features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP,
+        .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .estimated_num_eps = (size_t)c->tl_peers[EPX_TL_UCX],
         .mt_workers_shared = 0,
     };
@@ -103,7 +106,7 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
     }
     if (ucp_worker_get_efd(u->worker, &u->efd) != UCS_OK)
         u->efd = -1;   /* waits then nap without early wake-up */
-    return EPX_OK;
+    return epx__ucx_am_init(c, u);
 }
 
 /* Every rank learns the worst status (a peer's failure: EPX_ERR_PEER). */
@@ -181,6 +184,10 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
                               r, ucs_status_string(s));
         } else {
             u->ep_ctx[r] = e;
+            u->am_put[r] = !epx__ucx_ep_has_rma(u->eps[r]);
+            if (u->am_put[r])
+                EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "no RMA lane to rank "
+                        "%d: puts go as active messages", r);
         }
     }
     free(lens);
@@ -200,12 +207,27 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
         u->efd = -1;
     if (!u || !(u->eps = calloc((size_t)R, sizeof(*u->eps))) ||
         !(u->ep_ctx = calloc((size_t)R, sizeof(*u->ep_ctx))) ||
-        !(u->ep_status = calloc((size_t)R, sizeof(*u->ep_status))))
+        !(u->ep_status = calloc((size_t)R, sizeof(*u->ep_status))) ||
+        !(u->am_put = calloc((size_t)R, 1)) ||
+        !(u->am_seq = calloc((size_t)R, sizeof(uint64_t))) ||
+        !(u->am_next = malloc(sizeof(uint64_t) * (size_t)R)))
         mine = epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    for (int r = 0; mine == EPX_OK && r < R; r++)
+        u->am_next[r] = 1;
     c->ucx = u;
     if (mine == EPX_OK && c->tl_peers[EPX_TL_UCX])
         mine = ucx_open(c, u);
     epx_status_t st = ucx_connect(c, u, mine);
+    if (st == EPX_OK) {   /* whether any rank sends puts as messages */
+        int32_t v = 0, *all = malloc(sizeof(int32_t) * (size_t)R);
+        for (int r = 0; r < R; r++)
+            v |= u->am_put[r];
+        st = all ? epx__comm_allgather(c, &v, all, sizeof(v))
+                 : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+        for (int r = 0; st == EPX_OK && r < R; r++)
+            u->am_any |= all[r];
+        free(all);
+    }
     if (st != EPX_OK) {
         epx__ucx_comm_fini(c);
         return st;
@@ -213,6 +235,91 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
     EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "worker up, %d endpoints",
             c->tl_peers[EPX_TL_UCX]);
     return EPX_OK;
+}
+
+/* Puts sent as messages have left when a flush returns, but land only when
+ * their target handles them: every rank learns how many messages each peer
+ * sent it, and handles them all before it goes on.  The counts are
+ * gathered first, through the bootstrap (which does not progress UCX): a
+ * rank blocked there while a peer's flush needed its progress would stall
+ * both. */
+epx_status_t epx__ucx_comm_quiet(epx_comm_t *c)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (!u)
+        return EPX_OK;
+    int R = c->nranks;
+    uint64_t *all = NULL;
+    epx_status_t st = EPX_OK;
+    if (u->am_any) {   /* agreed: every rank of the comm takes part */
+        all = malloc(sizeof(uint64_t) * (size_t)R * (size_t)R);
+        st = all ? epx__comm_allgather(c, u->am_seq, all,
+                                       sizeof(uint64_t) * (size_t)R)
+                 : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    }
+    if (st == EPX_OK && u->worker) {
+        ucp_request_param_t prm = { 0 };
+        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
+                           c->timeout_s, "flush", -1);
+    }
+    double deadline = epx__now() + c->timeout_s;
+    for (int r = 0; all && r < R && st == EPX_OK; r++) {
+        uint64_t sent = all[(size_t)r * (size_t)R + (size_t)c->rank];
+        for (long i = 0; u->am_next[r] <= sent && st == EPX_OK; i++) {
+            ucp_worker_progress(u->worker);
+            if (i % 256 == 255 && epx__now() > deadline)
+                st = epx__error(EPX_ERR_TIMEOUT, "ucx: rank %d: %llu messages "
+                                "of rank %d not arrived after %.1f s", c->rank,
+                                (unsigned long long)(sent + 1 - u->am_next[r]),
+                                r, c->timeout_s);
+            else if (i > 4096)
+                sched_yield();
+        }
+    }
+    free(all);
+    return st;
+}
+
+typedef struct ucx_hold {
+    void *addr;
+    size_t len;
+} ucx_hold_t;
+
+void epx__ucx_comm_hold(epx_comm_t *c, void *addr, size_t len, int replace)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (!u || !u->worker || !addr)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)addr / pg * pg;
+    size_t n = ((uintptr_t)addr + (len ? len : 1) + pg - 1) / pg * pg - a;
+    if (u->nholds == u->cap_holds) {
+        int cap = u->cap_holds ? 2 * u->cap_holds : 16;
+        ucx_hold_t *h = realloc(u->holds, sizeof(*h) * (size_t)cap);
+        if (!h) {
+            if (replace)
+                munmap((void *)a, n);
+            return;
+        }
+        u->holds = h;
+        u->cap_holds = cap;
+    }
+    /* NORESERVE: nothing is committed unless a late put touches a page.
+     * FIXED replaces a mapping in one step; NOREPLACE never clobbers a
+     * range someone else mapped since (then it is not ours to hold). */
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                (replace ? MAP_FIXED : MAP_FIXED_NOREPLACE);
+    void *p = mmap((void *)a, n, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (p == MAP_FAILED || p != (void *)a) {
+        if (p != MAP_FAILED)
+            munmap(p, n);   /* a kernel without NOREPLACE took it as a hint */
+        if (replace)
+            munmap((void *)a, n);
+        EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "window range %p+%zu not held",
+                (void *)a, n);
+        return;
+    }
+    u->holds[u->nholds++] = (ucx_hold_t){ p, n };
 }
 
 void epx__ucx_comm_fini(epx_comm_t *c)
@@ -240,6 +347,10 @@ void epx__ucx_comm_fini(epx_comm_t *c)
     }
     if (u->worker)
         ucp_worker_destroy(u->worker);
+    epx__ucx_am_fini(u);
+    for (int i = 0; i < u->nholds; i++)   /* nothing can land there now */
+        munmap(u->holds[i].addr, u->holds[i].len);
+    free(u->holds);
     if (u->ctx)
         ucp_cleanup(u->ctx);
     if (u->ep_ctx)
@@ -248,6 +359,9 @@ void epx__ucx_comm_fini(epx_comm_t *c)
     free(u->ep_ctx);
     free(u->eps);
     free(u->ep_status);
+    free(u->am_put);
+    free(u->am_seq);
+    free(u->am_next);
     free(u);
     c->ucx = NULL;
 }

@@ -41,10 +41,14 @@ typedef struct ucx_win {
     uint64_t *sig;             /* [nsignals][nranks] words, by source */
     size_t sig_len;
     ucp_mem_h mh_data, mh_sig;
+    int own_data;              /* data allocated by UCX (not a composite's) */
     ucp_rkey_h *rk_data, *rk_sig;     /* [nranks], NULL for shm peers */
     uint64_t *ra_data, *ra_sig;       /* [nranks] remote base addresses */
     uint64_t *sent;            /* [nranks][nsignals] totals signalled */
     int *srcs, nsrcs;          /* ranks that signal us through UCX */
+    epx_ucx_win_view_t view;   /* for puts that come as messages */
+    uint32_t id;               /* the same on every rank (ucx_am.c) */
+    int has_id;
 } ucx_win_t;
 
 typedef struct ucx_win_info {
@@ -63,18 +67,25 @@ static size_t page_round(size_t n)
 static void ucx_win_free(ucx_win_t *w)
 {
     int R = w->base.comm->nranks;
+    if (w->has_id)   /* messages still coming for it are dropped */
+        epx__ucx_am_win_remove(w->u, w->id);
     for (int r = 0; r < R; r++) {
         if (w->rk_data && w->rk_data[r])
             ucp_rkey_destroy(w->rk_data[r]);
         if (w->rk_sig && w->rk_sig[r])
             ucp_rkey_destroy(w->rk_sig[r]);
     }
-    if (w->mh_data)
+    /* Peers may still have puts on their way into both areas: the ranges
+     * stay held until the worker is gone (epx__ucx_comm_hold). */
+    if (w->mh_data) {
         ucp_mem_unmap(w->u->ctx, w->mh_data);
+        if (w->own_data)
+            epx__ucx_comm_hold(w->base.comm, w->base.local, w->base.size, 0);
+    }
     if (w->mh_sig)
         ucp_mem_unmap(w->u->ctx, w->mh_sig);
     if (w->sig)
-        munmap(w->sig, w->sig_len);
+        epx__ucx_comm_hold(w->base.comm, w->sig, w->sig_len, 1);
     free(w->rk_data);
     free(w->rk_sig);
     free(w->ra_data);
@@ -141,6 +152,7 @@ static epx_status_t ucx_win_local(ucx_win_t *w, void *local, void **kd,
                               "%s", (size_t)p.length, ucs_status_string(s));
         }
         local = a.address;
+        w->own_data = 1;
     }
     w->base.local = local;
     w->sig_len = page_round(sizeof(uint64_t) * (size_t)R * (size_t)(S > 0 ? S : 1));
@@ -238,10 +250,13 @@ epx_status_t epx__ucx_win_create(epx_comm_t *c, size_t size, int nsignals,
                                  void *local, epx_win_t **out)
 {
     ucx_win_t *w = calloc(1, sizeof(*w));
-    if (!w)   /* still take part in the collective steps */
+    if (!w) {   /* still take part in the collective steps */
+        uint32_t id;
+        epx__ucx_am_win_add(c->ucx, NULL, &id);   /* ids stay in step */
         return ucx_win_exchange(&(ucx_win_t){ .base.comm = c },
                                 epx__error(EPX_ERR_NOMEM, "ucx: out of memory"),
                                 NULL, 0, NULL, 0);
+    }
     w->base.ops = &epx__tl_ucx;
     w->base.comm = c;
     w->base.size = size;
@@ -252,6 +267,13 @@ epx_status_t epx__ucx_win_create(epx_comm_t *c, size_t size, int nsignals,
     size_t ld = 0, ls = 0;
     epx_status_t mine = w->base.peer ? ucx_win_local(w, local, &kd, &ld, &ks, &ls)
                                      : epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    /* Registered before the exchange: no peer can send before it ends. */
+    w->view = (epx_ucx_win_view_t){ w->base.local, size, w->sig, nsignals };
+    epx_status_t ids = epx__ucx_am_win_add(w->u, mine == EPX_OK ? &w->view : NULL,
+                                           &w->id);
+    w->has_id = ids == EPX_OK;
+    if (mine == EPX_OK)
+        mine = ids;
     epx_status_t st = ucx_win_exchange(w, mine, kd, ld, ks, ls);
     if (kd)
         ucp_rkey_buffer_release(kd);
@@ -283,11 +305,24 @@ static void ucx_win_destroy(epx_win_t *win)
     ucx_win_free((ucx_win_t *)win);
 }
 
+/* A peer selection gave to another backend has no endpoint here (only a
+ * composite window routes to this one, and it never sends such a peer). */
+static epx_status_t not_ucx(const epx_win_t *win, const char *op, int peer)
+{
+    return epx__error(EPX_ERR_INVALID, "ucx: %s to rank %d, which rank %d "
+                      "reaches by %s", op, peer, win->comm->rank,
+                      epx__comm_peer_transport(win->comm, peer));
+}
+
 static epx_status_t ucx_put(epx_win_t *win, int peer, size_t off,
                             const void *src, size_t len)
 {
     ucx_win_t *w = (ucx_win_t *)win;
     epx_comm_t *c = win->comm;
+    if (EPX_WIN_BAD_PEER(win, peer))
+        return epx__win_bad_index(win, "put", peer, 0);
+    if (EPX_UNLIKELY(c->peer_tl[peer] != EPX_TL_UCX))
+        return not_ucx(win, "put", peer);
     if (EPX_UNLIKELY(off > win->size || len > win->size - off))
         return epx__error(EPX_ERR_RANGE,
                           "ucx: put of %zu bytes at %zu beyond window of %zu",
@@ -297,6 +332,8 @@ static epx_status_t ucx_put(epx_win_t *win, int peer, size_t off,
                           "broken", c->rank, peer);
     if (len == 0)
         return EPX_OK;
+    if (w->u->am_put[peer])
+        return epx__ucx_am_put(c, peer, w->id, off, src, len);
     ucp_request_param_t p = { 0 };
     void *req = ucp_put_nbx(w->u->eps[peer], src, len, w->ra_data[peer] + off,
                             w->rk_data[peer], &p);
@@ -307,11 +344,17 @@ static epx_status_t ucx_signal(epx_win_t *win, int peer, int slot, uint64_t inc)
 {
     ucx_win_t *w = (ucx_win_t *)win;
     epx_comm_t *c = win->comm;
+    if (EPX_WIN_BAD_PEER(win, peer) || EPX_WIN_BAD_SLOT(win, slot))
+        return epx__win_bad_index(win, "signal", peer, slot);
+    if (EPX_UNLIKELY(c->peer_tl[peer] != EPX_TL_UCX))
+        return not_ucx(win, "signal", peer);
     if (EPX_UNLIKELY(w->u->ep_status[peer] != EPX_OK))
         return epx__error(EPX_ERR_PEER, "ucx: rank %d: connection to rank %d "
                           "broken", c->rank, peer);
     uint64_t *tot = &w->sent[(size_t)peer * (size_t)win->nsignals + (size_t)slot];
     *tot += inc;
+    if (w->u->am_put[peer])   /* in sequence after the earlier puts */
+        return epx__ucx_am_signal(c, peer, w->id, slot, *tot);
     ucs_status_t s = ucp_worker_fence(w->u->worker);
     if (s != UCS_OK)
         return epx__error(EPX_ERR_SYSTEM, "ucx: ucp_worker_fence: %s",
@@ -328,7 +371,8 @@ static epx_status_t ucx_signal(epx_win_t *win, int peer, int slot, uint64_t inc)
  * ahead of the ones after it. */
 static epx_status_t ucx_flush(epx_win_t *win, int peer)
 {
-    (void)peer;
+    if (EPX_WIN_BAD_PEER(win, peer))
+        return epx__win_bad_index(win, "flush", peer, 0);
     ucs_status_t s = ucp_worker_fence(((ucx_win_t *)win)->u->worker);
     if (s != UCS_OK)
         return epx__error(EPX_ERR_SYSTEM, "ucx: ucp_worker_fence: %s",

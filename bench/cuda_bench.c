@@ -1,0 +1,571 @@
+/*
+ * epx-bench --device cuda: the GPU executor (<epx/cuda.h>) measured against
+ * the device's own copy bandwidth in the same run.
+ *
+ * Ranks are threads of this process, each with its engine (its stream and
+ * SM budget), all on GPU 0 (the windows backend, direct pointers); when
+ * there are at least as many GPUs as ranks, the NCCL backend runs too, a
+ * GPU per rank.  The limit: every rank, at the same time, copies the bytes
+ * it must move in a phase with one cudaMemcpyAsync device to device on its
+ * own stream and device placement.  Times are host clocks around the calls
+ * and a stream synchronisation, after a barrier of the ranks; a phase's
+ * time in an iteration is the slowest rank's.
+ *
+ * Verification (native wire): the expert output is the received x itself
+ * (in place), so combine returns n(t) * x[t] exactly (n: the token's
+ * destination ranks, token-major; its kept choices, expert-major and low
+ * latency, combined unweighted), checked for every element of the last
+ * iteration.  Quantized wires: the received row count is checked and the
+ * expert output is zeros (combine must return zeros).
+ */
+#include "config.h"
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "bench.h"
+#include "util/util.h"   /* bf16 rounding */
+
+#ifndef EPX_HAVE_CUDA
+int bench_cuda_main(const bench_opts_t *o)
+{
+    (void)o;
+    fprintf(stderr, "epx-bench: --device cuda: no CUDA device (epx was built "
+            "without CUDA)\n");
+    return BENCH_EXIT_NO_GPU;
+}
+#else
+#include <cuda_runtime.h>
+#include "epx/cuda.h"
+
+enum { PH_DISPATCH = 0, PH_COMBINE = 1, NPH = 2 };
+enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, NRUN = 3 };
+static const char *const run_name[NRUN] = { "epx-cuda", "epx-nccl",
+                                            "d2d-copy" };
+
+/* ---- ranks as threads: barrier and all-gather that give up after a
+ * timeout (a failed rank must not hang the others) */
+typedef struct group {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, arrived, broken;
+    unsigned gen;
+    char *buf;
+    size_t cap;
+} group_t;
+
+static int group_barrier(group_t *g)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 120;
+    pthread_mutex_lock(&g->mu);
+    unsigned gen = g->gen;
+    if (++g->arrived == g->n) {
+        g->arrived = 0;
+        g->gen++;
+        pthread_cond_broadcast(&g->cv);
+    }
+    while (!g->broken && g->gen == gen)
+        if (pthread_cond_timedwait(&g->cv, &g->mu, &until) == ETIMEDOUT) {
+            g->broken = 1;
+            pthread_cond_broadcast(&g->cv);
+        }
+    int rc = g->broken ? -1 : 0;
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+typedef struct crank crank_t;
+
+typedef struct cshared {
+    const bench_opts_t *o;
+    const bench_workload_t *wl;
+    group_t g;
+    int run, R, ndev;
+    size_t wire_row;            /* bytes of a token row on the wire */
+    double *times;              /* [R][NPH][iters] seconds */
+    double *bytes;              /* [R][NPH] per iteration */
+    int64_t checked, mismatches;
+    int failed;
+    char msg[512];
+    pthread_mutex_t mu;
+} cshared_t;
+
+struct crank {
+    cshared_t *s;
+    int rank;
+};
+
+static int cr_allgather(void *ctx, const void *send, void *recv, size_t n)
+{
+    crank_t *c = ctx;
+    group_t *g = &c->s->g;
+    size_t need = n * (size_t)g->n;
+    if (group_barrier(g))
+        return -1;
+    if (c->rank == 0 && g->cap < need) {
+        char *nb = realloc(g->buf, need);
+        if (nb) {
+            g->buf = nb;
+            g->cap = need;
+        }
+    }
+    if (group_barrier(g) || g->cap < need)
+        return -1;
+    memcpy(g->buf + (size_t)c->rank * n, send, n);
+    if (group_barrier(g))
+        return -1;
+    memcpy(recv, g->buf, need);
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int rank_fail(cshared_t *s, int rank, const char *what,
+                     const char *detail)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->failed)
+        snprintf(s->msg, sizeof(s->msg), "%s: rank %d: %s: %s",
+                 run_name[s->run], rank, what, detail);
+    s->failed = 1;
+    pthread_mutex_unlock(&s->mu);
+    s->g.broken = 1;   /* the others give up at their next barrier */
+    pthread_cond_broadcast(&s->g.cv);
+    return -1;
+}
+#define API(call)                                                              \
+    do {                                                                       \
+        epx_status_t st_ = (call);                                             \
+        if (st_ != EPX_OK) {                                                   \
+            rank_fail(s, me, #call, epx_last_error());                         \
+            goto out;                                                          \
+        }                                                                      \
+    } while (0)
+#define CUDA(call)                                                             \
+    do {                                                                       \
+        cudaError_t e_ = (call);                                               \
+        if (e_ != cudaSuccess) {                                               \
+            rank_fail(s, me, #call, cudaGetErrorString(e_));                   \
+            goto out;                                                          \
+        }                                                                      \
+    } while (0)
+
+/* What rank r sends per iteration: dispatch rows (a row per (token,
+ * destination rank) token-major, per kept (token, expert) otherwise) on
+ * the wire, and combine partials (one per (token, destination rank)). */
+static void rank_bytes(const cshared_t *s, int r, double *b)
+{
+    const bench_workload_t *wl = s->wl;
+    int64_t pairs = 0;
+    for (int64_t i = 0; i < wl->T[r] * wl->topk; i++)
+        pairs += wl->idx[r][i] >= 0;
+    int per_expert = s->o->layout == EPX_LAYOUT_EXPERT_MAJOR ||
+                     s->o->mode == EPX_MODE_LOW_LATENCY;
+    b[PH_DISPATCH] = (double)(per_expert ? pairs : wl->rows_sent[r]) *
+                     (double)s->wire_row;
+    b[PH_COMBINE] = (double)wl->rows_sent[r] * wl->hidden * (double)wl->dsize;
+}
+
+/* Rows rank me receives token-major: tokens of every rank with an expert
+ * here. */
+static int64_t rows_expected(const bench_workload_t *wl, int me)
+{
+    int64_t n = 0;
+    for (int r = 0; r < wl->nranks; r++)
+        for (int64_t t = 0; t < wl->T[r]; t++) {
+            int hit = 0;
+            for (int k = 0; k < wl->topk; k++) {
+                int32_t e = wl->idx[r][t * wl->topk + k];
+                hit |= e >= 0 && wl->expert_rank[e] == me;
+            }
+            n += hit;
+        }
+    return n;
+}
+
+/* Native wire: out[t] = the sum over t's destination ranks d, ascending,
+ * of d's partial, n_d * x[t] rounded to bf16 (n_d: 1 token-major; t's kept
+ * choices at d otherwise, combined unweighted); exact in fp32.  Quantized
+ * wires: zeros.  Every element. */
+static void verify_out(cshared_t *s, int me, const float *out,
+                       const uint16_t *x)
+{
+    const bench_workload_t *wl = s->wl;
+    const int H = wl->hidden, K = wl->topk, R = wl->nranks;
+    const int tm = s->o->layout == EPX_LAYOUT_TOKEN_MAJOR &&
+                   s->o->mode != EPX_MODE_LOW_LATENCY;
+    int64_t bad = 0, checked = 0;
+    int *cnt = calloc((size_t)R, sizeof(int));
+    if (!cnt)
+        return;
+    for (int64_t t = 0; t < wl->T[me]; t++) {
+        memset(cnt, 0, sizeof(int) * (size_t)R);
+        for (int k = 0; k < K; k++) {
+            int32_t e = wl->idx[me][t * K + k];
+            if (e >= 0)
+                cnt[wl->expert_rank[e]]++;
+        }
+        for (int h = 0; h < H; h++) {
+            float want = 0.0f;
+            if (wl->wire == EPX_WIRE_NATIVE) {
+                float xf = epx__bf16_to_f32(x[t * H + h]);
+                for (int d = 0; d < R; d++)
+                    if (cnt[d])
+                        want += epx__bf16_to_f32(epx__f32_to_bf16(
+                            (float)(tm ? 1 : cnt[d]) * xf));
+            }
+            bad += out[t * H + h] != want;
+            checked++;
+        }
+    }
+    free(cnt);
+    pthread_mutex_lock(&s->mu);
+    s->checked += checked;
+    s->mismatches += bad;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void *rank_main(void *arg)
+{
+    crank_t *c = arg;
+    cshared_t *s = c->s;
+    const bench_opts_t *o = s->o;
+    const bench_workload_t *wl = s->wl;
+    const int me = c->rank, R = s->R, H = wl->hidden, K = wl->topk;
+    const int iters = o->iters, total = o->warmup + o->iters;
+    const int64_t T = wl->T[me];
+    const int dev = s->run == RUN_NCCL ? me : 0;
+    epx_comm_t *comm = NULL;
+    epx_cuda_moe_t *m = NULL;
+    cudaStream_t st = NULL;
+    void *dx = NULL, *didx = NULL, *dw = NULL, *dout = NULL, *dy = NULL;
+    void *csrc = NULL, *cdst = NULL;
+    uint16_t *hx = NULL;
+    float *hout = NULL;
+    double *tm = s->times + (size_t)me * NPH * (size_t)iters;
+    double *b = s->bytes + (size_t)me * NPH;
+    rank_bytes(s, me, b);
+
+    CUDA(cudaSetDevice(dev));
+    CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    if (s->run == RUN_COPY) {
+        size_t n = (size_t)(b[0] > b[1] ? b[0] : b[1]) + 16;
+        CUDA(cudaMalloc(&csrc, n));
+        CUDA(cudaMalloc(&cdst, n));
+        CUDA(cudaMemset(csrc, 1, n));
+        for (int it = 0; it < total; it++)
+            for (int p = 0; p < NPH; p++) {
+                if (group_barrier(&s->g))
+                    goto out;
+                double t0 = now_s();
+                CUDA(cudaMemcpyAsync(cdst, csrc, (size_t)b[p],
+                                     cudaMemcpyDeviceToDevice, st));
+                CUDA(cudaStreamSynchronize(st));
+                if (it >= o->warmup)
+                    tm[p * iters + it - o->warmup] = now_s() - t0;
+            }
+        goto out;
+    }
+
+    epx_comm_params_t cp = EPX_COMM_PARAMS_INIT;
+    cp.bootstrap = EPX_BOOTSTRAP_ALLGATHER;
+    cp.rank = me;
+    cp.nranks = R;
+    cp.allgather = cr_allgather;
+    cp.allgather_ctx = c;
+    API(epx_comm_create(&cp, &comm));
+    epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
+    mp.hidden = H;
+    mp.num_experts = wl->experts;
+    mp.topk = K;
+    mp.max_tokens_per_rank = (int)wl->max_T;
+    mp.dtype = wl->dtype;
+    mp.layout = o->mode == EPX_MODE_LOW_LATENCY ? EPX_LAYOUT_EXPERT_MAJOR
+                                                : o->layout;
+    mp.expert_alignment = mp.layout == EPX_LAYOUT_EXPERT_MAJOR ? o->align : 1;
+    mp.mode = o->mode;
+    mp.wire = wl->wire;
+    mp.ll_capacity = o->ll_capacity;
+    mp.flags = o->mode == EPX_MODE_LOW_LATENCY && o->ll_drop
+               ? EPX_MOE_LL_DROP : 0u;
+    epx_cuda_params_t gp = EPX_CUDA_PARAMS_INIT;
+    gp.device = dev;
+    gp.backend = s->run == RUN_NCCL ? EPX_CUDA_BACKEND_NCCL
+                                    : EPX_CUDA_BACKEND_WINDOWS;
+    API(epx_cuda_moe_create(comm, &mp, &gp, &m));
+
+    const size_t es = wl->dsize, xb = (size_t)(T * H) * es;
+    hx = malloc(xb + 16);
+    hout = malloc(sizeof(float) * (size_t)(T * H) + 16);
+    if (!hx || !hout) {
+        rank_fail(s, me, "malloc", "out of memory");
+        goto out;
+    }
+    for (int64_t t = 0; t < T; t++)
+        bench_x_row(wl, me, t, (char *)hx + (size_t)t * H * es);
+    CUDA(cudaMalloc(&dx, xb + 16));
+    CUDA(cudaMalloc(&didx, (size_t)(T * K) * 4 + 16));
+    CUDA(cudaMalloc(&dw, (size_t)(T * K) * 4 + 16));
+    CUDA(cudaMalloc(&dout, sizeof(float) * (size_t)(T * H) + 16));
+    CUDA(cudaMemcpy(dx, hx, xb, cudaMemcpyHostToDevice));
+    CUDA(cudaMemcpy(didx, wl->idx[me], (size_t)(T * K) * 4,
+                    cudaMemcpyHostToDevice));
+    CUDA(cudaMemcpy(dw, wl->w[me], (size_t)(T * K) * 4,
+                    cudaMemcpyHostToDevice));
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ dx, wl->dtype, T, H };
+    a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT32, T, K };
+    a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, K };
+    epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, H };
+    const int tmaj = mp.layout == EPX_LAYOUT_TOKEN_MAJOR;
+    const int64_t want_rows = tmaj ? rows_expected(wl, me) : -1;
+    size_t ycap = 0;
+
+    for (int it = 0; it < total; it++) {
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        if (group_barrier(&s->g))
+            goto out;
+        double t0 = now_s();
+        API(epx_cuda_dispatch_send(m, &a, st));
+        API(epx_cuda_dispatch_recv(m, st, &rv));
+        CUDA(cudaStreamSynchronize(st));
+        double t1 = now_s();
+        if (o->mode == EPX_MODE_LOW_LATENCY) {
+            int64_t dropped = 0;
+            API(epx_cuda_moe_ll_check(m, &dropped));
+        }
+        if (want_rows >= 0 && rv.num_rows != want_rows) {
+            char d[96];
+            snprintf(d, sizeof(d), "%lld rows, expected %lld",
+                     (long long)rv.num_rows, (long long)want_rows);
+            rank_fail(s, me, "dispatch", d);
+            goto out;
+        }
+        /* The expert: x itself in place (native), zeros apart (quantized) */
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ rv.x.data, wl->dtype, rv.num_rows, H };
+        if (wl->wire != EPX_WIRE_NATIVE) {
+            size_t need = (size_t)rv.num_rows * H * es + 16;
+            if (need > ycap) {
+                cudaFree(dy);
+                dy = NULL;
+                CUDA(cudaMalloc(&dy, need));
+                CUDA(cudaMemset(dy, 0, need));
+                ycap = need;
+            }
+            ca.y.data = dy;
+        }
+        ca.flags = tmaj ? 0u : EPX_COMBINE_UNWEIGHTED;
+        if (group_barrier(&s->g))
+            goto out;
+        double t2 = now_s();
+        API(epx_cuda_combine_send(m, &ca, st));
+        API(epx_cuda_combine_recv(m, &out, st));
+        CUDA(cudaStreamSynchronize(st));
+        double t3 = now_s();
+        if (it >= o->warmup) {
+            tm[PH_DISPATCH * iters + it - o->warmup] = t1 - t0;
+            tm[PH_COMBINE * iters + it - o->warmup] = t3 - t2;
+        }
+    }
+    CUDA(cudaMemcpy(hout, dout, sizeof(float) * (size_t)(T * H),
+                    cudaMemcpyDeviceToHost));
+    if (!o->ll_drop)   /* dropped rows are missing by design */
+        verify_out(s, me, hout, hx);
+out:
+    if (m)
+        epx_cuda_moe_destroy(m);
+    if (comm)
+        epx_comm_destroy(comm);
+    cudaFree(dx);
+    cudaFree(didx);
+    cudaFree(dw);
+    cudaFree(dout);
+    cudaFree(dy);
+    cudaFree(csrc);
+    cudaFree(cdst);
+    if (st)
+        cudaStreamDestroy(st);
+    free(hx);
+    free(hout);
+    return NULL;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Slowest rank per iteration, then the median over iterations. */
+static double phase_p50(const cshared_t *s, int p, double *tmp)
+{
+    const int iters = s->o->iters;
+    for (int it = 0; it < iters; it++) {
+        double mx = 0;
+        for (int r = 0; r < s->R; r++) {
+            double v = s->times[((size_t)r * NPH + p) * iters + it];
+            mx = v > mx ? v : mx;
+        }
+        tmp[it] = mx;
+    }
+    qsort(tmp, (size_t)iters, sizeof(double), cmp_d);
+    return tmp[iters / 2];
+}
+
+static int run_one(cshared_t *s, int run)
+{
+    s->run = run;
+    s->failed = 0;
+    s->msg[0] = '\0';
+    s->checked = s->mismatches = 0;
+    memset(&s->g, 0, sizeof(s->g));
+    pthread_mutex_init(&s->g.mu, NULL);
+    pthread_cond_init(&s->g.cv, NULL);
+    s->g.n = s->R;
+    crank_t *c = calloc((size_t)s->R, sizeof(*c));
+    pthread_t *th = calloc((size_t)s->R, sizeof(*th));
+    int started = 0;
+    if (!c || !th) {
+        s->failed = 1;
+        snprintf(s->msg, sizeof(s->msg), "out of memory");
+    }
+    for (; c && th && started < s->R; started++) {
+        c[started] = (crank_t){ s, started };
+        if (pthread_create(&th[started], NULL, rank_main, &c[started])) {
+            s->failed = 1;
+            snprintf(s->msg, sizeof(s->msg), "pthread_create failed");
+            s->g.broken = 1;
+            break;
+        }
+    }
+    for (int r = 0; r < started; r++)
+        pthread_join(th[r], NULL);
+    free(s->g.buf);
+    pthread_mutex_destroy(&s->g.mu);
+    pthread_cond_destroy(&s->g.cv);
+    free(c);
+    free(th);
+    return s->failed ? -1 : 0;
+}
+
+int bench_cuda_main(const bench_opts_t *o)
+{
+    int ndev = 0;
+    if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 1) {
+        fprintf(stderr, "epx-bench: --device cuda: no CUDA device (%s)\n",
+                epx_last_error());
+        return BENCH_EXIT_NO_GPU;
+    }
+    if (o->trace_dir || o->dump_dir || o->balance || o->overlap ||
+        o->hierarchical || o->dtype != EPX_DTYPE_BF16) {
+        fprintf(stderr, "epx-bench: --device cuda takes bf16 rows (--dtype "
+                "bf16 or a quantized wire), no --trace, --dump, --balance, "
+                "--overlap or --hierarchical\n");
+        return 2;
+    }
+    const int R = o->ranks ? o->ranks : 8;
+    bench_workload_t wl;
+    char err[256];
+    if (bench_workload_build(o, R, &wl, err, sizeof(err)) != 0) {
+        fprintf(stderr, "epx-bench: %s\n", err);
+        bench_workload_free(&wl);
+        return 2;
+    }
+    cshared_t s;
+    memset(&s, 0, sizeof(s));
+    s.o = o;
+    s.wl = &wl;
+    s.R = R;
+    s.ndev = ndev;
+    bench_wire_t bw;
+    bench_wire_shape(wl.wire, wl.hidden, wl.dsize, &bw);
+    s.wire_row = bw.data_bytes + bw.scale_bytes + bw.global_bytes;
+    s.times = calloc((size_t)R * NPH * (size_t)o->iters, sizeof(double));
+    s.bytes = calloc((size_t)R * NPH, sizeof(double));
+    double *tmp = calloc((size_t)o->iters, sizeof(double));
+    pthread_mutex_init(&s.mu, NULL);
+    if (!s.times || !s.bytes || !tmp) {
+        fprintf(stderr, "epx-bench: out of memory\n");
+        return 2;
+    }
+    struct cudaDeviceProp prop;
+    memset(&prop, 0, sizeof(prop));
+    cudaGetDeviceProperties(&prop, 0);
+    const int ll = o->mode == EPX_MODE_LOW_LATENCY;
+    printf("# epx-bench --device cuda: %d ranks (threads), %s x %d, "
+           "%lld tokens/rank max, hidden %d, %d experts, top-%d, %s, "
+           "layout %s, wire %s, %d iterations (+%d warm-up)\n",
+           R, prop.name, ndev, (long long)wl.max_T, wl.hidden, wl.experts,
+           wl.topk, ll ? "low latency" : "throughput",
+           ll ? "expert" : bench_layout_name(o->layout),
+           bench_wire_name(wl.wire), o->iters, o->warmup);
+    printf("# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
+           "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
+
+    double lim[NPH] = { 0, 0 };
+    int rc = 0;
+    const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
+    for (int i = 0; i < NRUN; i++) {
+        int run = order[i];
+        if (run == RUN_NCCL && (ndev < R || ll ||
+                                o->layout == EPX_LAYOUT_EXPERT_MAJOR)) {
+            printf("# %-9s skipped: %s\n", run_name[run],
+                   ll || o->layout == EPX_LAYOUT_EXPERT_MAJOR
+                   ? "token-major throughput only"
+                   : "needs one GPU per rank");
+            continue;
+        }
+        if (run_one(&s, run) != 0) {
+            printf("# %-9s FAILED: %s\n", run_name[run], s.msg);
+            rc = 1;
+            continue;
+        }
+        double sum[NPH] = { 0, 0 };
+        for (int r = 0; r < R; r++)
+            for (int p = 0; p < NPH; p++)
+                sum[p] += s.bytes[(size_t)r * NPH + p];
+        for (int p = 0; p < NPH; p++) {
+            double t = phase_p50(&s, p, tmp);
+            double gbs = t > 0 ? sum[p] / t / 1e9 : 0;
+            if (run == RUN_COPY) {
+                lim[p] = gbs;
+                printf("  %-9s %-9s %12.1f %12.1f %12s %9s  -\n",
+                       run_name[run], p ? "combine" : "dispatch", t * 1e6,
+                       gbs, "-", "-");
+                continue;
+            }
+            printf("  %-9s %-9s %12.1f %12.1f %12.1f %8.1f%%  %s\n",
+                   run_name[run], p ? "combine" : "dispatch", t * 1e6, gbs,
+                   lim[p], lim[p] > 0 ? 100.0 * gbs / lim[p] : 0.0,
+                   s.mismatches ? "MISMATCH" : "yes");
+        }
+        if (s.mismatches) {
+            printf("# %s: %lld of %lld output elements differ\n",
+                   run_name[run], (long long)s.mismatches,
+                   (long long)s.checked);
+            rc = 1;
+        }
+    }
+    printf("# bytes: dispatch rows on the wire (token-major: per (token, "
+           "destination rank); else per kept (token, expert)), combine "
+           "partials per (token, destination rank), summed over ranks; "
+           "GB/s = 1e9 bytes/s over the slowest rank's time\n");
+    pthread_mutex_destroy(&s.mu);
+    free(s.times);
+    free(s.bytes);
+    free(tmp);
+    bench_workload_free(&wl);
+    return rc;
+}
+#endif /* EPX_HAVE_CUDA */

@@ -1,0 +1,288 @@
+/*
+ * GPU low-latency mode against the reference (needs a GPU; exit 77
+ * without one).  Thread ranks on one GPU (2 and 4): eager calls over both
+ * buffers with drops counted by epx_cuda_moe_ll_check; then dispatch and
+ * combine captured into one CUDA graph, replayed with new inputs each time
+ * (same shapes), every replay's counts, row sources, received rows (copied
+ * inside the graph) and combine output compared bit for bit with
+ * ref_dispatch_ll and the combine of the kept routing; and an overflow
+ * without EPX_MOE_LL_DROP reported as EPX_ERR_RANGE on every rank.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cuda_runtime.h>
+
+#include "common/epx_test.h"
+#include "common/thread_ranks.h"
+#include "ref/ref.h"
+#include "epx/cuda.h"
+
+typedef struct llcase {
+    int R, E, K, H, maxT, cap;
+    epx_dtype_t dtype;
+    int drop;        /* EPX_MOE_LL_DROP */
+    int skew;        /* choices on few experts: ranges overflow */
+} llcase_t;
+
+#define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
+
+static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = (float)((int)(epxt_hash(epxt_seed(), (uint64_t)src, (uint64_t)t,
+                                         (uint64_t)who, (uint64_t)h) % 33) - 16) / 8.0f;
+}
+
+/* Rank r's input of call `call`: T fixed per rank (a graph keeps shapes),
+ * distinct experts per token. */
+static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
+                int64_t *idx, float *w, void *x)
+{
+    epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 23, (uint64_t)call, 0) };
+    const int64_t T = c->maxT - r % 3;
+    const int span = c->skew && c->K + 1 < c->E ? c->K + 1 : c->E;
+    for (int64_t i = 0; i < T; i++)
+        for (int k = 0; k < c->K; k++) {
+            int64_t e;
+            int again;
+            do {
+                e = epxt_below(&g, 6) == 0 ? -1 : (int64_t)epxt_below(&g, (uint64_t)span);
+                again = 0;
+                for (int k2 = 0; k2 < k && e >= 0; k2++)
+                    again |= idx[i * c->K + k2] == e;
+            } while (again);
+            idx[i * c->K + k] = e;
+            w[i * c->K + k] = (float)epxt_below(&g, 1000) / 997.0f;
+        }
+    for (int64_t i = 0; i < T * c->H; i++)
+        ref_store(c->dtype, x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
+    *t = (ref_tokens_t){ T, x, idx, w };
+}
+
+typedef struct rank_bufs {
+    void *dx, *didx, *dw, *dy, *dout, *dxcopy;
+} rank_bufs_t;
+
+/* Inputs of every rank for `call`; this rank's uploaded, its y built from
+ * the reference's rows.  Returns the reference's view in *want. */
+static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
+                 ref_tokens_t *src, int64_t **idx, float **w, void **x,
+                 ref_recv_t *want, int64_t *dropped)
+{
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    for (int r = 0; r < R; r++)
+        gen(c, r, call, &src[r], idx[r], w[r], x[r]);
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    CHECK(ref_dispatch_ll(&cfg, src, me, c->cap, want, dropped) == 0);
+    const int64_t T = src[me].T, n = want->num_rows;
+    CU(cudaMemcpy(b->dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b->didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(b->dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice));
+    unsigned char *hy = calloc((size_t)(n * c->H + 1), es);
+    float *row = malloc(sizeof(float) * (size_t)c->H);
+    int H = c->H;
+    for (int64_t i = 0; i < n; i++) {
+        if (want->src_rank[i] < 0)
+            continue;
+        y_fn(&H, want->src_rank[i], want->src_token[i],
+             want->first_local + want->row_expert[i], row);
+        for (int h = 0; h < c->H; h++)
+            ref_store(c->dtype, hy, i * c->H + h, row[h]);
+    }
+    CU(cudaMemcpy(b->dy, hy, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    free(hy);
+    free(row);
+    return 0;
+}
+
+/* After a call: counts, sources, rows (from dxcopy when in_graph, else
+ * recv.x) and the combine output against the reference. */
+static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
+                  const rank_bufs_t *b, int rows_from_copy,
+                  const ref_tokens_t *src, const ref_recv_t *want)
+{
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int64_t n = want->num_rows, T = src[me].T;
+    CHECK(rv->num_rows == n && rv->capacity == c->cap && rv->num_dropped == -1);
+    int64_t *counts = calloc((size_t)want->num_local + 1, sizeof(int64_t));
+    int32_t *srank = calloc((size_t)n + 1, sizeof(int32_t));
+    unsigned char *hx = calloc((size_t)(n * c->H + 1), es);
+    float *got = calloc((size_t)(T * c->H + 1), 4), *exp = calloc((size_t)(T * c->H + 1), 4);
+    CU(cudaMemcpy(counts, rv->expert_counts, sizeof(int64_t) * (size_t)want->num_local,
+                  cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(srank, rv->src_rank, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hx, rows_from_copy ? b->dxcopy : rv->x.data, (size_t)(n * c->H) * es,
+                  cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(got, b->dout, sizeof(float) * (size_t)(T * c->H), cudaMemcpyDeviceToHost));
+    for (int j = 0; j < want->num_local; j++) {
+        CHECK(counts[j] == want->counts[j]);
+        CHECK(rv->expert_offsets[j] == want->offsets[j]);
+    }
+    CHECK(memcmp(srank, want->src_rank, 4 * (size_t)n) == 0);
+    const size_t rb = (size_t)c->H * es;
+    for (int64_t i = 0; i < n; i++)
+        CHECK(want->src_rank[i] < 0 || memcmp(hx + i * rb, want->x + i * rb, rb) == 0);
+    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1 };
+    int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(T * c->K + 1));
+    ref_ll_kept(&cfg, &src[me], c->cap, kidx);
+    ref_tokens_t kept = { T, src[me].x, kidx, src[me].w };
+    int H = c->H;
+    CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32, exp) == 0);
+    CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
+    free(counts), free(srank), free(hx), free(got), free(exp), free(kidx);
+    return 0;
+}
+
+static int ll_rank(epx_comm_t *comm, void *arg)
+{
+    const llcase_t *c = arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = c->H;
+    p.num_experts = c->E;
+    p.topk = c->K;
+    p.max_tokens_per_rank = c->maxT;
+    p.dtype = c->dtype;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.ll_capacity = c->cap;
+    p.ll_buffers = 2;
+    p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
+    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
+    cp.device = 0;
+    epx_cuda_moe_t *m = NULL;
+    CHECK_OK(epx_cuda_moe_create(comm, &p, &cp, &m));
+    cudaStream_t st;
+    CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
+    rank_bufs_t b;
+    CU(cudaMalloc(&b.dx, (size_t)(c->maxT * c->H + 1) * es));
+    CU(cudaMalloc(&b.didx, (size_t)(c->maxT * c->K + 1) * 8));
+    CU(cudaMalloc(&b.dw, (size_t)(c->maxT * c->K + 1) * 4));
+    CU(cudaMalloc(&b.dy, (size_t)(rows * c->H + 1) * es));
+    CU(cudaMalloc(&b.dxcopy, (size_t)(rows * c->H + 1) * es));
+    CU(cudaMalloc(&b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    int64_t **idx = calloc((size_t)R, sizeof(*idx));
+    float **w = calloc((size_t)R, sizeof(*w));
+    void **x = calloc((size_t)R, sizeof(*x));
+    for (int r = 0; r < R; r++) {
+        idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
+        w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
+        x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
+    }
+    const int64_t T = c->maxT - me % 3;
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ b.dx, c->dtype, T, c->H };
+    a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
+    a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
+    epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    ref_recv_t want;
+    int64_t dropped = 0, got_dropped = -1;
+
+    if (!c->drop && c->skew) {
+        /* Overflow without DROP: every rank's check says EPX_ERR_RANGE. */
+        CHECK_CALL(stage(c, R, me, 0, &b, src, idx, w, x, &want, &dropped));
+        CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
+        CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        CHECK_OK(epx_cuda_combine_send(m, &ca, st));
+        CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+        CHECK_ST(epx_cuda_moe_ll_check(m, NULL), EPX_ERR_RANGE);
+        CHECK_OK(epx_cuda_moe_ll_check(m, NULL));
+        ref_recv_free(&want);
+        goto done;
+    }
+    /* Eager: three calls (buffers 0, 1, 0). */
+    for (int call = 0; call < 3; call++) {
+        CHECK_CALL(stage(c, R, me, call, &b, src, idx, w, x, &want, &dropped));
+        CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
+        CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+        CU(cudaStreamSynchronize(st));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        CU(cudaMemcpyAsync(b.dxcopy, rv.x.data, (size_t)(rv.num_rows * c->H) * es,
+                           cudaMemcpyDeviceToDevice, st));
+        CHECK_OK(epx_cuda_combine_send(m, &ca, st));
+        CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+        CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
+        CHECK(got_dropped == dropped);
+        CHECK_CALL(verify(c, R, me, &rv, &b, 1, src, &want));
+        ref_recv_free(&want);
+    }
+    /* Captured once, replayed with new inputs. */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
+    CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+    CU(cudaMemcpyAsync(b.dxcopy, rv.x.data, (size_t)(rv.num_rows * c->H) * es,
+                       cudaMemcpyDeviceToDevice, st));
+    epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+    ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+    CHECK_OK(epx_cuda_combine_send(m, &ca, st));
+    CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+    CU(cudaStreamEndCapture(st, &graph));
+    CU(cudaGraphInstantiate(&exec, graph, 0));
+    for (int rep = 0; rep < 4; rep++) {
+        CHECK_CALL(stage(c, R, me, 10 + rep, &b, src, idx, w, x, &want, &dropped));
+        CU(cudaGraphLaunch(exec, st));
+        CU(cudaStreamSynchronize(st));
+        CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
+        CHECK(got_dropped == dropped);
+        CHECK_CALL(verify(c, R, me, &rv, &b, 1, src, &want));
+        ref_recv_free(&want);
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+done:
+    epx_cuda_moe_destroy(m);
+    cudaStreamDestroy(st);
+    cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dy);
+    cudaFree(b.dxcopy), cudaFree(b.dout);
+    for (int r = 0; r < R; r++)
+        free(idx[r]), free(w[r]), free(x[r]);
+    free(src), free(idx), free(w), free(x);
+    return 0;
+}
+
+static void low_latency(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++) {
+        const int R = ranks[i];
+        /* room for everything; drops; overflow without DROP */
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0 };
+        llcase_t b = { R, 2 * R + 3, 4, 512, 16, 3, EPX_DTYPE_BF16, 1, 1 };
+        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_BF16, 0, 1 };
+        assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &a), 0);
+        assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &b), 0);
+        assert_int_equal(epxt_thread_ranks(R, 120, ll_rank, &c), 0);
+    }
+}
+
+int main(void)
+{
+    epxt_init("test_cuda_ll");
+    int n = 0;
+    if (epx_cuda_devices(&n) != EPX_OK) {
+        printf("skip: %s\n", epx_last_error());
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(low_latency),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
