@@ -121,7 +121,10 @@ int bench_cross_domain(bench_ctx_t *ctx)
             seen |= dom[q] == dom[r];
         nd += !seen;
     }
-    const int64_t rowb = (int64_t)wl->hidden * (int64_t)wl->dsize;
+    bench_wire_t bw;   /* a row crosses as it travels: in its wire format */
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &bw);
+    const int64_t rowb = (int64_t)(bw.data_bytes + bw.scale_bytes +
+                                   bw.global_bytes);
     int64_t flat = 0, hier = 0;
     for (int64_t i = 0; i < wl->T[me]; i++) {
         const int32_t *ids = wl->idx[me] + i * K;

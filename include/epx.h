@@ -607,7 +607,8 @@ epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
 
 /* Hierarchical engines (EPX_MOE_HIERARCHICAL): bytes this rank put into
  * ranks of other domains since the engine was created — token rows in
- * dispatch (one per token and remote destination domain), fp32
+ * dispatch (in the wire format, one per token and remote destination
+ * domain), fp32
  * accumulators in combine; routing metadata not counted.  Local.  Other
  * engines: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,

@@ -58,10 +58,6 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
     if (v3 && (p->flags & EPX_MOE_LL_DROP) && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID,
                           "moe: EPX_MOE_LL_DROP needs EPX_MODE_LOW_LATENCY");
-    if (v3 && moe_wire_quantized(&fmt) && (p->flags & EPX_MOE_HIERARCHICAL))
-        return epx__error(EPX_ERR_UNSUPPORTED,
-                          "moe: quantized wire formats are built for flat "
-                          "throughput and low-latency modes only");
     if (v3 && (p->flags & EPX_MOE_HIERARCHICAL) &&
         p->mode != EPX_MODE_THROUGHPUT)
         return epx__error(EPX_ERR_INVALID,

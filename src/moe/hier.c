@@ -44,13 +44,15 @@ epx_status_t moe_hier_init(epx_moe_t *m)
     x->li = m->rank % L;
     x->maxdl = m->K < L ? m->K : L;
     x->rec_hdr = (sizeof(int32_t) + 8 * (size_t)m->K + 15) & ~(size_t)15;
-    x->rec_bytes = (x->rec_hdr + m->row_bytes + 15) & ~(size_t)15;
+    x->wrow = moe_wire_row_bytes(&m->fmt);
+    x->rec_bytes = (x->rec_hdr + x->wrow + 15) & ~(size_t)15;
     int ud = m->first[(x->dom + 1) * L] - m->first[x->dom * L];
     x->entcur = malloc(sizeof(int64_t) * (size_t)L);
     x->rowcur = malloc(sizeof(int64_t) * (size_t)(ud > 0 ? ud : 1));
     x->acc = malloc(sizeof(float) * (size_t)m->H);
     x->wire = malloc(m->row_bytes);
-    if (!x->entcur || !x->rowcur || !x->acc || !x->wire)
+    x->rec = aligned_alloc(16, x->rec_bytes);
+    if (!x->entcur || !x->rowcur || !x->acc || !x->wire || !x->rec)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
     return EPX_OK;
 }
@@ -64,6 +66,7 @@ void moe_hier_free(epx_moe_t *m)
     free(x->rowcur);
     free(x->acc);
     free(x->wire);
+    free(x->rec);
     free(x);
     m->hier = NULL;
 }
@@ -173,23 +176,49 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
     return EPX_OK;
 }
 
-/* One token as a gateway sees it. */
+/* One token as a gateway sees it: its row in the wire format (data,
+ * scales, row scale: wire.h; the last two absent for the native wire). */
 typedef struct hrec {
     int32_t t;
     const int32_t *ids;        /* [K] units, -1 none */
     const float *w;            /* [K] */
-    const char *row;
+    const char *q, *s, *g;     /* data, scales, row scale */
 } hrec_t;
+
+/* A staging record: header (t, ids, w), then the row's wire parts in the
+ * order row scale, scales, data, so that fp32 scales stay aligned. */
+static void rec_parts(const epx_moe_t *m, const char *p, hrec_t *r)
+{
+    const moe_wire_t *f = &m->fmt;
+    r->t = *(const int32_t *)p;
+    r->ids = (const int32_t *)p + 1;
+    r->w = (const float *)(r->ids + m->K);
+    r->g = p + m->hier->rec_hdr;
+    r->s = r->g + f->global_bytes;
+    r->q = r->s + f->scale_bytes;
+}
 
 static void rec_of_stage(const epx_moe_t *m, int a, int64_t k, hrec_t *r)
 {
     const moe_hier_t *x = m->hier;
-    const char *p = moe_local(m, x->stage) +
-                    ((size_t)a * (size_t)m->maxT + (size_t)k) * x->rec_bytes;
-    r->t = *(const int32_t *)p;
-    r->ids = (const int32_t *)p + 1;
-    r->w = (const float *)(r->ids + m->K);
-    r->row = p + x->rec_hdr;
+    rec_parts(m, moe_local(m, x->stage) +
+                 ((size_t)a * (size_t)m->maxT + (size_t)k) * x->rec_bytes, r);
+}
+
+/* A token's row to row r of member d: the wire bytes as they arrived. */
+static epx_status_t put_row(epx_moe_t *m, int d, int64_t r, const hrec_t *rc)
+{
+    const moe_wire_t *f = &m->fmt;
+    const moe_offsets_t *o = &m->off;
+    epx_status_t st = epx__win_put(m->win, d, o->rows + (size_t)r * f->data_bytes,
+                                   rc->q, f->data_bytes);
+    if (f->scale_bytes)
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->scales + (size_t)r * f->scale_bytes,
+                           rc->s, f->scale_bytes);
+    if (f->global_bytes)
+        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->gscale + (size_t)r * f->global_bytes,
+                           rc->g, f->global_bytes);
+    return st;
 }
 
 /* Destination ranks of a token inside domain `dom`, ascending. */
@@ -243,8 +272,7 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
                 continue;
             int64_t r = x->rowcur[rc->ids[k] - u0]++;
             ent[3 + nloc++] = (int32_t)r;
-            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->rows + (size_t)r * m->row_bytes,
-                               rc->row, m->row_bytes);
+            st = st != EPX_OK ? st : put_row(m, d, r, rc);
             st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)r * 4, &src, 4);
             st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)r * 4, &rc->t, 4);
             st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
@@ -255,8 +283,7 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
                            ent, sizeof(int32_t) * (size_t)(3 + nloc));
         if (!tm)
             continue;
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->rows + (size_t)e_at * m->row_bytes,
-                           rc->row, m->row_bytes);
+        st = st != EPX_OK ? st : put_row(m, d, e_at, rc);
         st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)e_at * 4, &src, 4);
         st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
         st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
@@ -298,20 +325,35 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
     moe_hier_t *x = m->hier;
     const int K = m->K, L = x->L, ND = x->ND, me = m->rank;
     const int32_t seq = (int32_t)(m->n_data + 1);
+    const int quant = moe_wire_quantized(&m->fmt);
     const char *xs = a->x.data;
     const float *w = a->topk_weights.data;
+    char *rec = x->rec;
     epx_status_t st = EPX_OK;
-    int64_t *nst = calloc((size_t)ND, sizeof(int64_t));
-    char *rec = malloc(x->rec_hdr);
-    if (!nst || !rec) {
-        free(nst);
-        free(rec);
+    int64_t *nst = calloc((size_t)ND, sizeof(int64_t)), pc = 0;
+    if (!nst) {
         m->broken = 1;
         return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
     }
-    /* 1. One staging record per (token, remote destination domain). */
+    /* 1. This rank's tokens, each put into its wire format once: one
+     * staging record per remote destination domain, and forwarded to its
+     * destinations in our own domain (source slot x->dom). */
+    reset_cursors(m, h, x->dom);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const int32_t *dst = h->dest + t * m->maxdest;
+        if (h->ndest[t] == 0)
+            continue;
+        int32_t tt = (int32_t)t;
+        memcpy(rec, &tt, 4);
+        memcpy(rec + 4, h->idx + t * K, 4 * (size_t)K);
+        memcpy(rec + 4 + 4 * (size_t)K, w + t * K, 4 * (size_t)K);
+        hrec_t rc;
+        rec_parts(m, rec, &rc);
+        if (quant)
+            moe_wire_pack_row(&m->fmt, xs + (size_t)t * m->row_bytes,
+                              (char *)rc.q, (char *)rc.s, (float *)rc.g);
+        else
+            rc.q = xs + (size_t)t * m->row_bytes;   /* no copy */
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
             int b = dst[j] / L;
             if (b == x->dom || (j > 0 && dst[j - 1] / L == b))
@@ -319,16 +361,18 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
             int g = b * L + x->li;
             size_t off = x->stage + ((size_t)x->dom * (size_t)m->maxT +
                                      (size_t)nst[b]++) * x->rec_bytes;
-            int32_t tt = (int32_t)t;
-            memcpy(rec, &tt, 4);
-            memcpy(rec + 4, h->idx + t * K, 4 * (size_t)K);
-            memcpy(rec + 4 + 4 * (size_t)K, w + t * K, 4 * (size_t)K);
-            st = epx__win_put(m->win, g, off, rec, x->rec_hdr);
-            if (st == EPX_OK)
-                st = epx__win_put(m->win, g, off + x->rec_hdr,
-                                  xs + (size_t)t * m->row_bytes, m->row_bytes);
-            x->cross_dispatch += (int64_t)m->row_bytes;
+            if (quant)      /* header and wire parts in one put */
+                st = epx__win_put(m->win, g, off, rec, x->rec_hdr + x->wrow);
+            else {
+                st = epx__win_put(m->win, g, off, rec, x->rec_hdr);
+                if (st == EPX_OK)
+                    st = epx__win_put(m->win, g, off + x->rec_hdr, rc.q,
+                                      m->row_bytes);
+            }
+            x->cross_dispatch += (int64_t)x->wrow;
         }
+        if (st == EPX_OK)
+            st = forward(m, x->dom, me, &rc, &pc);
     }
     for (int b = 0; b < ND && st == EPX_OK; b++) {
         if (b == x->dom)
@@ -343,29 +387,24 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
             st = epx__win_put(m->win, g, off + sizeof(int32_t), &seq, sizeof(seq));
     }
     free(nst);
-    free(rec);
-    /* 2. Forward: this rank's own tokens, then the staged ones of each
-     * other domain's source with our local index, in domain order (each
-     * source's tokens in token order, as the flat path writes them). */
+    if (st == EPX_OK)
+        st = finish_source(m, me, seq);
+    /* 2. Forward the staged tokens of each other domain's source with our
+     * local index, in domain order (each source's tokens in token order,
+     * as the flat path writes them). */
     for (int b = 0; b < ND && st == EPX_OK; b++) {
         const int src = b * L + x->li;
-        int64_t pc = 0;
+        if (b == x->dom)
+            continue;
+        pc = 0;
         reset_cursors(m, h, b);
-        if (b == x->dom) {
-            for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
-                hrec_t rc = { (int32_t)t, h->idx + t * K, w + t * K,
-                              xs + (size_t)t * m->row_bytes };
-                st = forward(m, b, me, &rc, &pc);
-            }
-        } else {
-            const int32_t *hdr = (const int32_t *)moe_local(m, x->shdr) + 2 * b;
-            st = moe_hier_wait_word(m, hdr + 1, seq, "dispatch", src);
-            int32_t n = st == EPX_OK ? __atomic_load_n(hdr, __ATOMIC_ACQUIRE) : 0;
-            for (int64_t k = 0; k < n && st == EPX_OK; k++) {
-                hrec_t rc;
-                rec_of_stage(m, b, k, &rc);
-                st = forward(m, b, src, &rc, &pc);
-            }
+        const int32_t *hdr = (const int32_t *)moe_local(m, x->shdr) + 2 * b;
+        st = moe_hier_wait_word(m, hdr + 1, seq, "dispatch", src);
+        int32_t n = st == EPX_OK ? __atomic_load_n(hdr, __ATOMIC_ACQUIRE) : 0;
+        for (int64_t k = 0; k < n && st == EPX_OK; k++) {
+            hrec_t rc;
+            rec_of_stage(m, b, k, &rc);
+            st = forward(m, b, src, &rc, &pc);
         }
         if (st == EPX_OK)
             st = finish_source(m, src, seq);

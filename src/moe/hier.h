@@ -8,7 +8,9 @@
  * s's local index.
  *
  * Dispatch: a token goes once to each remote destination domain's gateway
- * (a staging record: token index, its K units, weights, row); every rank
+ * (a staging record: token index, its K units, weights, and the row in the
+ * wire format, quantized once at the source; the gateway forwards those
+ * bytes as they are); every rank
  * then forwards, for itself and for the ND - 1 sources it is gateway of,
  * each token to its destination ranks inside its domain, at the offsets
  * the flat path would use, and ends each source with its completion word
@@ -46,6 +48,8 @@ typedef struct moe_hier {
     int maxdl;                 /* min(K, L): destinations per token in a
                                   domain at most */
     size_t rec_bytes, rec_hdr; /* staging record, its header (t, ids, w) */
+    size_t wrow;               /* a row on the wire: data + scales + row
+                                  scale (moe_wire_row_bytes) */
     size_t shdr, pdone, cdone, stage, part, chain, final;
     int64_t P;                 /* partial slots per source domain */
     int64_t cross_dispatch, cross_combine;  /* bytes put across domains */
@@ -54,6 +58,7 @@ typedef struct moe_hier {
     int64_t *rowcur;           /* [units of the domain] */
     float *acc;                /* [H] */
     void *wire;                /* [row_bytes] */
+    char *rec;                 /* [rec_bytes] a record being staged */
 } moe_hier_t;
 
 /* Per handle: for each source domain a, where source (a, li) starts at

@@ -36,6 +36,7 @@ static inline void epx__cpu_relax(void)
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define EPX_CLONES __attribute__((target_clones("avx2", "default")))
+#define EPX_CLONES_X86 1         /* AVX2 code may be built, picked at run time */
 #endif
 #endif
 #ifndef EPX_CLONES

@@ -105,4 +105,13 @@ int epxt_shm_count(const char *prefix);
 /* Wall-clock seconds (CLOCK_MONOTONIC). */
 double epxt_now(void);
 
+/* ---- digests of outputs (tests/moe/test-transports.sh)
+ *
+ * EPX_TEST_DIGEST=FILE: append one line "CASE #N round ROUND rank RANK
+ * WHAT BYTES HASH" (FNV-1a of the bytes; N counts this thread's lines) so
+ * that runs of the same seed over different transports can be compared
+ * bit for bit.  Nothing without the variable. */
+void epxt_digest(const char *test_case, int round, int rank, const char *what,
+                 const void *p, size_t bytes);
+
 #endif /* EPX_TEST_H */

@@ -25,27 +25,12 @@ static float gen_value(uint64_t h)
     return (float)(u * 8.0 - 4.0) * scale[h & 7];
 }
 
-/* EPX_TEST_DIGEST=FILE: append one line per rank and round with a hash of
- * what it received and of its combine output, so that runs over different
- * transports can be compared (tests/moe/test-transports.sh). */
+/* EPX_TEST_DIGEST: what each rank received and its combine output
+ * (tests/moe/test-transports.sh compares runs over different transports). */
 static void digest(const moe_run_t *m, const char *what, int data,
                    const void *p, size_t bytes)
 {
-    static __thread unsigned seq;
-    const char *file = getenv("EPX_TEST_DIGEST");
-    if (!file || !*file)
-        return;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < bytes; i++)
-        h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
-    char line[256];
-    int n = snprintf(line, sizeof(line), "%s #%u round %d rank %d %s %zu %016" PRIx64 "\n",
-                     m->c->name, seq++, data, m->rank, what, bytes, h);
-    FILE *f = fopen(file, "a");
-    if (f) {
-        fwrite(line, 1, (size_t)n, f);   /* one short append: not interleaved */
-        fclose(f);
-    }
+    epxt_digest(m->c->name, data, m->rank, what, p, bytes);
 }
 
 static int max_tokens_of(const moe_case_t *c, int rank)
@@ -514,6 +499,13 @@ int moe_round_dispatch(moe_run_t *m, moe_round_t *r, int route, int data,
     CHECK_CALL(check_recv(m, data, "", &r->want, &r->rv));
     digest(m, "recv-x", data, r->rv.x.data,
            (size_t)(r->rv.x.rows * r->rv.x.cols) * epx_dtype_size(r->rv.x.dtype));
+    if (r->rv.x_scales.data)
+        digest(m, "recv-scales", data, r->rv.x_scales.data,
+               (size_t)(r->rv.x_scales.rows * r->rv.x_scales.cols) *
+               epx_dtype_size(r->rv.x_scales.dtype));
+    if (r->rv.x_global_scale)
+        digest(m, "recv-gscale", data, r->rv.x_global_scale,
+               (size_t)r->rv.num_rows * sizeof(float));
     CHECKF(epx_handle_num_tokens(*handle) == mine->T,
            "case %s: handle records %" PRId64 " tokens, want %" PRId64,
            c->name, epx_handle_num_tokens(*handle), mine->T);

@@ -1,14 +1,28 @@
 #!/bin/sh
-# The multi-rank dispatch/combine tests over every transport mix: shm only,
-# UCX for every pair (UCX's own choice of transports, then UCX_TLS=tcp:
-# loopback sockets), and two emulated hosts (tests/core/data/two-hosts.json:
-# shm inside each half, UCX over tcp between them).  Each run must pass its
+# Determinism across transports: the multi-rank dispatch/combine tests over
+# every transport mix — shm only, UCX for every pair (UCX's own choice of
+# transports, then UCX_TLS=tcp: loopback sockets), and two emulated hosts
+# (tests/core/data/two-hosts.json: shm inside each half, UCX over tcp
+# between them; and the same with shm denied).  Each run must pass its
 # checks against the reference, must really use the transports it names
-# (per-pair choice from the logs), and must produce the same digests of
-# every rank's received rows and combine outputs as the shm-only run, bit
-# for bit (EPX_TEST_DIGEST, one seed for all runs).
+# (per-pair choice from the logs), and must write the same digests of
+# every rank's received rows (data, scales, row scales) and combine
+# outputs as the baseline run, bit for bit (EPX_TEST_DIGEST, one seed for
+# all runs).  A missing or empty digest fails.
 #
-#   tests/moe/test-transports.sh [TEST...]   (default: test_dispatch test_edge)
+# Default set (EPX_TEST_QUICK=1, sizes for a shared 2-core host):
+#   test_dispatch, test_edge           throughput mode, native wire
+#   test_wire:matrix_R3_*, :..._R8_em  every quantized wire format
+#   test_hier:wire_2x2, :two_by_2      EPX_MOE_HIERARCHICAL (2 domains x 2)
+#   test_ll:ll_r2, test_ll:ll_r8       low-latency mode
+# The baseline is the shm-only run; test_hier places its ranks on two
+# emulated hosts itself and shm never crosses a domain, so it has no
+# shm-only run: its baseline is the domain split (shm inside, UCX between).
+#
+#   tests/moe/test-transports.sh [PROGRAM[:FILTER]...]
+# FILTER is a cmocka test-name pattern (EPX_TEST_FILTER).  To see the
+# script fail: TT_PERTURB=MIX runs that mix with another seed (its digests
+# differ), TT_DROP=MIX runs it without digests (missing).
 # Exit 0 pass, 1 fail, 77 skipped (built without UCX).
 top=$(cd "$(dirname "$0")/../.." && pwd)
 : "${top_builddir:=.}"
@@ -20,41 +34,65 @@ grep -q '^#define EPX_HAVE_UCX 1' "$bld/config.h" 2>/dev/null || {
     echo "built without UCX: skipped"
     exit 77
 }
-tests=${*:-"test_dispatch test_edge"}
+set -f   # filters are patterns for the tests, not for the shell
+tests=${*:-"test_dispatch test_edge test_wire:matrix_R3_* test_wire:matrix_R8_em
+            test_hier:wire_2x2 test_hier:two_by_2 test_ll:ll_r2 test_ll:ll_r8"}
 seed=${EPX_TEST_SEED:-0x$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')}
 echo "seed $seed (EPX_TEST_SEED=$seed reproduces this run)"
 two=$top/tests/core/data/two-hosts.json
+mixes=
 
-# run NAME WANT-IN-LOG ENV...: every test under ENV, digests in $tmp/NAME.
+# run MIX WANT-IN-LOG ENV...: every test under ENV; the digests of test
+# SPEC in $tmp/MIX-ID.sum (ID: SPEC made a file name).
 run() {
     name=$1 want=$2
     shift 2
-    for t in $tests; do
-        env EPX_TEST_SEED="$seed" EPX_TEST_DIGEST="$tmp/$name.raw" \
-            EPX_LOG=info EPX_LOG_SUBSYS=core "$@" \
-            "$bld/tests/moe/$t" >"$tmp/$name-$t.log" 2>&1 || {
-            tail -30 "$tmp/$name-$t.log" >&2
-            fail "$name: $t failed"
+    mixes="$mixes $name"
+    for spec in $tests; do
+        t=${spec%%:*} filter=
+        [ "$t" = "$spec" ] || filter=${spec#*:}
+        id=$(printf %s "$spec" | tr -c 'A-Za-z0-9_' '_')
+        [ "$name:$t" = shm:test_hier ] && continue   # see above
+        s=$seed dg=$tmp/$name-$id.raw
+        [ "$name" = "${TT_PERTURB:-}" ] && s=0x5eed
+        [ "$name" = "${TT_DROP:-}" ] && dg=
+        log=$tmp/$name-$id.log
+        env EPX_TEST_SEED="$s" EPX_TEST_DIGEST="$dg" EPX_TEST_QUICK=1 \
+            EPX_TEST_FILTER="$filter" EPX_LOG=info EPX_LOG_SUBSYS=core "$@" \
+            "$bld/tests/moe/$t" >"$log" 2>&1 || {
+            tail -30 "$log" >&2
+            fail "$name: $spec failed"
         }
-        grep -q -- "$want" "$tmp/$name-$t.log" ||
-            fail "$name: $t: no communicator with '$want' in the log"
+        grep -q -- "$want" "$log" ||
+            fail "$name: $spec: no communicator with '$want' in the log"
+        sort "$tmp/$name-$id.raw" >"$tmp/$name-$id.sum" 2>/dev/null
+        [ -s "$tmp/$name-$id.sum" ] || fail "$name: $spec: no digest written"
     done
-    sort "$tmp/$name.raw" >"$tmp/$name.sum" 2>/dev/null
-    [ -s "$tmp/$name.sum" ] || fail "$name: no digest written"
 }
 
-run shm "rank 1: shm to 0-1" EPX_TRANSPORTS=shm
-run ucx "rank 1: ucx to 0-1" EPX_TRANSPORTS=ucx
-run ucx-tcp "rank 1: ucx to 0-1" EPX_TRANSPORTS=ucx UCX_TLS=tcp
-run mixed "rank 0: shm to 0-1, ucx to 2" EPX_TOPO_FILE="$two" UCX_TLS=tcp
-run mixed-deny "rank 1: ucx to 0-2" EPX_TOPO_FILE="$two" EPX_TRANSPORTS=^shm
+all='0-[0-9]*$'
+run shm "rank 1: shm to $all" EPX_TRANSPORTS=shm
+run ucx "rank 1: ucx to $all" EPX_TRANSPORTS=ucx
+run ucx-tcp "rank 1: ucx to $all" EPX_TRANSPORTS=ucx UCX_TLS=tcp
+run mixed "rank 0: shm to 0[-0-9]*, ucx to " EPX_TOPO_FILE="$two" UCX_TLS=tcp
+run mixed-deny "rank 1: ucx to $all" EPX_TOPO_FILE="$two" EPX_TRANSPORTS=^shm
 
-for n in ucx ucx-tcp mixed mixed-deny; do
-    cmp -s "$tmp/shm.sum" "$tmp/$n.sum" || {
-        diff "$tmp/shm.sum" "$tmp/$n.sum" | head -10 >&2
-        fail "$n: digests differ from the shm-only run"
-    }
+n=0
+for spec in $tests; do
+    id=$(printf %s "$spec" | tr -c 'A-Za-z0-9_' '_')
+    base=shm
+    [ -s "$tmp/shm-$id.sum" ] || [ "${spec%%:*}" != test_hier ] || base=mixed
+    for m in $mixes; do
+        [ "$m" = "$base" ] || [ ! -e "$tmp/$m-$id.sum" ] && continue
+        n=$((n + 1))
+        cmp -s "$tmp/$base-$id.sum" "$tmp/$m-$id.sum" || {
+            diff "$tmp/$base-$id.sum" "$tmp/$m-$id.sum" | head -6 >&2
+            fail "$m: $spec: digests differ from the $base run"
+        }
+    done
 done
-echo "$(wc -l <"$tmp/shm.sum") digests compared over 5 transport mixes"
+set +f
+echo "$(cat "$tmp"/shm-*.sum "$tmp"/mixed-test_hier*.sum 2>/dev/null | wc -l)" \
+     "baseline digests, $n comparisons over $(echo $mixes | wc -w) transport mixes"
 [ "$failed" -eq 0 ] || exit 1
 exit 0

@@ -5,10 +5,13 @@
  * several domains by a system description (tests/moe/data/cpu-<n>host.json:
  * n CPU hosts, one host domain each; or gb200-nvl72-x2 at 144 ranks).
  * After every round each rank checks the bytes it put across domains:
- *   dispatch: its tokens' distinct remote destination domains x row bytes;
+ *   dispatch: its tokens' distinct remote destination domains x row bytes
+ *             (the row in its wire format);
  *   combine:  as gateway, one fp32 row per token of its sources whose
  *             chain passes through its domain and leaves it (to the next
  *             destination domain, or back to a source in another domain).
+ * Quantized wire formats (every format in both layouts, 2 domains of 1, 2
+ * and 4 ranks): the dispatch counter is then in wire row bytes.
  * Also: domains of unequal size are refused on every rank, and a flat
  * engine does not count.
  */
@@ -22,6 +25,7 @@
 #include <cmocka.h>
 
 #include "common/epx_test.h"
+#include "ref/ref_quant.h"
 #include "moe_case.h"
 
 typedef struct hier_arg {
@@ -45,8 +49,10 @@ static int expected_bytes(const moe_run_t *m, int route, int data, int ndom,
                           int64_t *disp, int64_t *comb)
 {
     const int R = m->nranks, L = R / ndom, me = m->rank, dom = me / L;
-    const int64_t row = (int64_t)m->c->hidden *
-                        (m->c->dtype == EPX_DTYPE_BF16 ? 2 : 4);
+    ref_wire_t w;   /* quantized: the wire bytes cross, as sent */
+    const int64_t row = ref_wire_shape(m->c->wire, m->c->hidden, &w) == 0
+        ? (int64_t)(w.data_bytes + w.scale_bytes + w.global_bytes)
+        : (int64_t)m->c->hidden * (m->c->dtype == EPX_DTYPE_BF16 ? 2 : 4);
     const int64_t frow = 4 * (int64_t)m->c->hidden;
     *disp = *comb = 0;
     for (int b = 0; b < ndom; b++) {
@@ -133,6 +139,28 @@ static const moe_case_t hier_cases[] = {
     { 0 }
 };
 
+/* Quantized wire formats (each in both layouts): what the gateway
+ * forwards are the bytes quantized at the source, compared bit for bit
+ * with the reference's quantization (data, scales, row scale).  H 129 and
+ * 200 leave short blocks; ROUTE_HOT and holes; zero-token ranks. */
+#define Q(nm, w, lay, e, k, h, rt, tk, of) \
+    { .name = nm, .experts = e, .topk = k, .hidden = h, .max_tokens = 7, \
+      .max_tokens_step = 1, .dtype = BF, .idx_dtype = I32, .out_dtype = of, \
+      .layout = lay, .align = lay == EM ? 4 : 1, .route = rt, .tokens = tk, \
+      .flags = H, .wire = EPX_WIRE_##w }
+static const moe_case_t hier_wire_cases[] = {
+    Q("hier-fp8-tm", FP8, TM, 16, 4, 200, ROUTE_RANDOM, TOK_RANDOM, BF),
+    Q("hier-fp8-em", FP8, EM, 12, 5, 129, ROUTE_HOLES, TOK_ZERO_ODD, F32),
+    Q("hier-e8-tm", FP8_UE8M0, TM, 9, 3, 129, ROUTE_ZIPF, TOK_RANDOM, F32),
+    Q("hier-e8-em", FP8_UE8M0, EM, 16, 4, 200, ROUTE_RANDOM, TOK_FULL, BF),
+    Q("hier-mx-tm", MXFP8, TM, 12, 5, 33, ROUTE_HOT, TOK_RANDOM, BF),
+    Q("hier-mx-em", MXFP8, EM, 9, 3, 200, ROUTE_ZIPF, TOK_RANDOM, F32),
+    Q("hier-nvfp4-tm", NVFP4, TM, 16, 4, 129, ROUTE_HOLES, TOK_RANDOM, F32),
+    Q("hier-nvfp4-em", NVFP4, EM, 12, 5, 200, ROUTE_RANDOM, TOK_ZERO_ODD, BF),
+    { 0 }
+};
+#undef Q
+
 static const moe_case_t hier_cases_big[] = {
     { .name = "hier-144", .experts = 288, .topk = 8, .hidden = 16,
       .max_tokens = 4, .dtype = BF, .idx_dtype = I32, .out_dtype = BF,
@@ -161,6 +189,9 @@ static void two_by_1(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 2
 static void two_by_2(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 4, 2, hier_cases); }
 static void two_by_4(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 8, 2, hier_cases); }
 static void three_by_2(void **s) { (void)s; run("tests/moe/data/cpu-3host.json", 6, 3, hier_cases); }
+static void wire_2x1(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 2, 2, hier_wire_cases); }
+static void wire_2x2(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 4, 2, hier_wire_cases); }
+static void wire_2x4(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 8, 2, hier_wire_cases); }
 static void one_domain(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 1, 1, hier_cases); }
 static void nvl72_x2(void **s)
 {
@@ -222,6 +253,9 @@ int main(void)
         cmocka_unit_test(two_by_2),
         cmocka_unit_test(two_by_4),
         cmocka_unit_test(three_by_2),
+        cmocka_unit_test(wire_2x1),
+        cmocka_unit_test(wire_2x2),
+        cmocka_unit_test(wire_2x4),
         cmocka_unit_test(refuse_uneven),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -300,30 +300,13 @@ static epx_status_t create(epx_comm_t *comm, epx_dtype_t dt, epx_wire_t wire,
     return epx_moe_create(comm, &p, m);
 }
 
-static int errors_rank(epx_comm_t *comm, void *arg)
+/* In-place combine into the quantized x: refused, nothing consumed; then
+ * with y of its own. */
+static int inplace_rank(epx_comm_t *comm, unsigned flags)
 {
-    (void)arg;
-    const int me = epx_comm_rank(comm);
     epx_moe_t *m;
-    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_FP8, EPX_MODE_THROUGHPUT,
-                    0, &m), EPX_ERR_INVALID);
-    CHECK(strstr(epx_last_error(), "BF16") != NULL && !m);
-    CHECK_ST(create(comm, EPX_DTYPE_BF16, (epx_wire_t)9, EPX_MODE_THROUGHPUT,
-                    0, &m), EPX_ERR_INVALID);
-    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
-                    0, &m), EPX_ERR_INVALID);
-    CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_MXFP8, EPX_MODE_THROUGHPUT,
-                    EPX_MOE_HIERARCHICAL, &m), EPX_ERR_UNSUPPORTED);
-    /* Ranks that disagree on the format. */
-    epx_status_t st = create(comm, EPX_DTYPE_BF16,
-                             me == 0 ? EPX_WIRE_FP8 : EPX_WIRE_NVFP4,
-                             EPX_MODE_THROUGHPUT, 0, &m);
-    CHECK(st == EPX_ERR_MISMATCH && strstr(epx_last_error(), "wire"));
-
-    /* In-place combine into the quantized x: refused, nothing consumed;
-     * then with y of its own. */
     CHECK_OK(create(comm, EPX_DTYPE_BF16, EPX_WIRE_FP8, EPX_MODE_THROUGHPUT,
-                    0, &m));
+                    flags, &m));
     uint16_t x[4 * 40], ybuf[8 * 40], out[4 * 40];
     int32_t idx[4 * 2];
     float w[4 * 2];
@@ -367,6 +350,33 @@ static int errors_rank(epx_comm_t *comm, void *arg)
         }
     epx_handle_release(h);
     epx_moe_destroy(m);
+    return 0;
+}
+
+static int errors_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int me = epx_comm_rank(comm);
+    epx_moe_t *m;
+    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_FP8, EPX_MODE_THROUGHPUT,
+                    0, &m), EPX_ERR_INVALID);
+    CHECK(strstr(epx_last_error(), "BF16") != NULL && !m);
+    CHECK_ST(create(comm, EPX_DTYPE_BF16, (epx_wire_t)9, EPX_MODE_THROUGHPUT,
+                    0, &m), EPX_ERR_INVALID);
+    CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
+                    0, &m), EPX_ERR_INVALID);
+    /* hierarchical is a throughput-mode path, whatever the wire */
+    CHECK_ST(create(comm, EPX_DTYPE_BF16, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
+                    EPX_MOE_HIERARCHICAL, &m), EPX_ERR_INVALID);
+    /* Ranks that disagree on the format. */
+    epx_status_t st = create(comm, EPX_DTYPE_BF16,
+                             me == 0 ? EPX_WIRE_FP8 : EPX_WIRE_NVFP4,
+                             EPX_MODE_THROUGHPUT, 0, &m);
+    CHECK(st == EPX_ERR_MISMATCH && strstr(epx_last_error(), "wire"));
+
+    /* Flat, then hierarchical (one domain). */
+    CHECK_CALL(inplace_rank(comm, 0));
+    CHECK_CALL(inplace_rank(comm, EPX_MOE_HIERARCHICAL));
     return 0;
 }
 
@@ -464,18 +474,17 @@ static rep_case_t reps[] = {
     { 8, EPX_LAYOUT_EXPERT_MAJOR, EPX_WIRE_FP8_UE8M0 },
 };
 
+#define MATRIX(name, i) { name, run_matrix, NULL, NULL, &mx[i] }
+
 int main(void)
 {
     epxt_init("test_wire");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_prestate(run_matrix, &mx[0]),
-        cmocka_unit_test_prestate(run_matrix, &mx[1]),
-        cmocka_unit_test_prestate(run_matrix, &mx[2]),
-        cmocka_unit_test_prestate(run_matrix, &mx[3]),
-        cmocka_unit_test_prestate(run_matrix, &mx[4]),
-        cmocka_unit_test_prestate(run_matrix, &mx[5]),
-        cmocka_unit_test_prestate(run_matrix, &mx[6]),
-        cmocka_unit_test_prestate(run_matrix, &mx[7]),
+        /* named for EPX_TEST_FILTER (test-transports.sh picks some) */
+        MATRIX("matrix_R1_tm", 0), MATRIX("matrix_R1_em", 1),
+        MATRIX("matrix_R2_tm", 2), MATRIX("matrix_R2_em", 3),
+        MATRIX("matrix_R3_tm", 4), MATRIX("matrix_R3_em", 5),
+        MATRIX("matrix_R8_tm", 6), MATRIX("matrix_R8_em", 7),
         cmocka_unit_test_prestate(replicas, &reps[0]),
         cmocka_unit_test_prestate(replicas, &reps[1]),
         cmocka_unit_test_prestate(replicas, &reps[2]),
