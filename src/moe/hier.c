@@ -210,13 +210,13 @@ static epx_status_t put_row(epx_moe_t *m, int d, int64_t r, const hrec_t *rc)
 {
     const moe_wire_t *f = &m->fmt;
     const moe_offsets_t *o = &m->off;
-    epx_status_t st = epx__win_put(m->win, d, o->rows + (size_t)r * f->data_bytes,
+    epx_status_t st = moe_put(m, &m->put_dispatch, d, o->rows + (size_t)r * f->data_bytes,
                                    rc->q, f->data_bytes);
     if (f->scale_bytes)
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->scales + (size_t)r * f->scale_bytes,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->scales + (size_t)r * f->scale_bytes,
                            rc->s, f->scale_bytes);
     if (f->global_bytes)
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->gscale + (size_t)r * f->global_bytes,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->gscale + (size_t)r * f->global_bytes,
                            rc->g, f->global_bytes);
     return st;
 }
@@ -273,22 +273,22 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
             int64_t r = x->rowcur[rc->ids[k] - u0]++;
             ent[3 + nloc++] = (int32_t)r;
             st = st != EPX_OK ? st : put_row(m, d, r, rc);
-            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)r * 4, &src, 4);
-            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)r * 4, &rc->t, 4);
-            st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_rank + (size_t)r * 4, &src, 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_token + (size_t)r * 4, &rc->t, 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
         }
         ent[2] = nloc;
-        st = st != EPX_OK ? st : epx__win_put(m->win, d,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
                            o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
                            ent, sizeof(int32_t) * (size_t)(3 + nloc));
         if (!tm)
             continue;
         st = st != EPX_OK ? st : put_row(m, d, e_at, rc);
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_rank + (size_t)e_at * 4, &src, 4);
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_rank + (size_t)e_at * 4, &src, 4);
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
                            sizeof(int32_t) * (size_t)K);
-        st = st != EPX_OK ? st : epx__win_put(m->win, d, o->topk_w + (size_t)e_at * K * 4, lw,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4, lw,
                            sizeof(float) * (size_t)K);
     }
     return st;   /* the first failing put's status (and message) */
@@ -362,11 +362,11 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
             size_t off = x->stage + ((size_t)x->dom * (size_t)m->maxT +
                                      (size_t)nst[b]++) * x->rec_bytes;
             if (quant)      /* header and wire parts in one put */
-                st = epx__win_put(m->win, g, off, rec, x->rec_hdr + x->wrow);
+                st = moe_put(m, &m->put_dispatch, g, off, rec, x->rec_hdr + x->wrow);
             else {
-                st = epx__win_put(m->win, g, off, rec, x->rec_hdr);
+                st = moe_put(m, &m->put_dispatch, g, off, rec, x->rec_hdr);
                 if (st == EPX_OK)
-                    st = epx__win_put(m->win, g, off + x->rec_hdr, rc.q,
+                    st = moe_put(m, &m->put_dispatch, g, off + x->rec_hdr, rc.q,
                                       m->row_bytes);
             }
             x->cross_dispatch += (int64_t)x->wrow;
@@ -380,11 +380,11 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
         int g = b * L + x->li;
         size_t off = x->shdr + (size_t)x->dom * 2 * sizeof(int32_t);
         int32_t n = (int32_t)nst[b];
-        st = epx__win_put(m->win, g, off, &n, sizeof(n));
+        st = moe_put(m, &m->put_dispatch, g, off, &n, sizeof(n));
         if (st == EPX_OK)
             st = epx__win_flush(m->win, g);
         if (st == EPX_OK)
-            st = epx__win_put(m->win, g, off + sizeof(int32_t), &seq, sizeof(seq));
+            st = moe_put(m, &m->put_dispatch, g, off + sizeof(int32_t), &seq, sizeof(seq));
     }
     free(nst);
     if (st == EPX_OK)

@@ -69,7 +69,7 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
         int g = d0 + ent[0] % L;
         size_t dst = x->part + (size_t)ent[1] * m->row_bytes;
         if (tm) {
-            st = epx__win_put(m->win, g, dst, y + (size_t)i * m->row_bytes,
+            st = moe_put(m, &m->put_combine, g, dst, y + (size_t)i * m->row_bytes,
                               m->row_bytes);
             continue;
         }
@@ -79,12 +79,12 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                   wt ? &wt[r] : NULL, k == 0, m->H);
         }
         store(x->wire, x->acc, m->p.dtype, m->H);
-        st = epx__win_put(m->win, g, dst, x->wire, m->row_bytes);
+        st = moe_put(m, &m->put_combine, g, dst, x->wire, m->row_bytes);
     }
     for (int g = d0; g < d0 + L && st == EPX_OK; g++) {
         st = epx__win_flush(m->win, g);
         if (st == EPX_OK)
-            st = epx__win_put(m->win, g, x->pdone + sizeof(int32_t) * (size_t)x->li,
+            st = moe_put(m, &m->put_combine, g, x->pdone + sizeof(int32_t) * (size_t)x->li,
                               &seq, sizeof(seq));
     }
     return st;
@@ -152,12 +152,12 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
                 accum(acc, p, m->p.dtype, NULL, first == x->dom && j == 0, H);
             }
             if (next >= 0) {
-                st = epx__win_put(m->win, next * L + x->li, x->chain +
+                st = moe_put(m, &m->put_combine, next * L + x->li, x->chain +
                                   ((size_t)b * (size_t)m->maxT + (size_t)t) * frow,
                                   acc, frow);
                 x->cross_combine += (int64_t)frow;
             } else {
-                st = epx__win_put(m->win, src, x->final + (size_t)t * frow, acc,
+                st = moe_put(m, &m->put_combine, src, x->final + (size_t)t * frow, acc,
                                   frow);
                 if (src / L != x->dom)
                     x->cross_combine += (int64_t)frow;
@@ -169,7 +169,7 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
         int g = b * L + x->li;
         st = epx__win_flush(m->win, g);
         if (st == EPX_OK)
-            st = epx__win_put(m->win, g, x->cdone + sizeof(int32_t) * (size_t)x->dom,
+            st = moe_put(m, &m->put_combine, g, x->cdone + sizeof(int32_t) * (size_t)x->dom,
                               &seq, sizeof(seq));
     }
     return st;
