@@ -34,6 +34,7 @@ typedef struct epx_ucx_comm {
     epx_ucx_win_view_t **wins;  /* [cap_wins] by window id; NULL: none */
     int cap_wins;
     uint32_t win_count;         /* ids handed out */
+    struct epx_ucx_comm *kept;  /* next of the ones left to process exit */
 } epx_ucx_comm_t;
 
 /* Wait for a request of ucp_*_nbx (NULL: done at once) while progressing

@@ -332,8 +332,19 @@ void epx__ucx_comm_fini(epx_comm_t *c)
         ucp_request_param_t prm = { 0 };
         epx_status_t st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
                                         t, "flush at destruction", -1);
-        if (st != EPX_OK)
-            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
+        if (st != EPX_OK) {
+            /* A peer left (or died) before answering: the flush request is
+             * still inside the worker, and destroying the worker under it,
+             * or unmapping ranges its operations may still write, can
+             * crash.  Leave the context, worker and held ranges to the
+             * process exit (kept reachable: not a leak). */
+            static epx_ucx_comm_t *kept;
+            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s; the UCX worker is left "
+                    "to the process exit", epx_last_error());
+            u->kept = __atomic_exchange_n(&kept, u, __ATOMIC_ACQ_REL);
+            c->ucx = NULL;
+            return;
+        }
         for (int r = 0; r < c->nranks; r++) {
             if (!u->eps[r])
                 continue;
