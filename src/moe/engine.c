@@ -387,6 +387,7 @@ void epx_moe_destroy(epx_moe_t *m)
 {
     if (!m)
         return;
+    ll_drain(m);
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
     ll_free(m);

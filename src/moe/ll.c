@@ -152,6 +152,36 @@ epx_status_t ll_init(epx_moe_t *m)
     return epx__win_create(m->comm, m->off.total, 3 * l->B, &m->win);
 }
 
+/* Before the window goes: every put a peer makes into it must have landed
+ * (transport.h), and a put of a peer may need this rank's progress to
+ * complete at all (UCX over the network).  A combined call's puts are
+ * covered by the COMB signals its combine_recv waited for; those of a
+ * failed or released call (the peers' abandon words, the rows of an
+ * overflowing call) by nothing until the buffer's next use.  So the calls
+ * still outstanding here are abandoned, and the last call of each buffer
+ * is waited for until every rank combined or released it: a rank that
+ * leaves right after a failed dispatch_send keeps progressing until its
+ * peers' last puts are in, instead of leaving them blocked on it. */
+void ll_drain(epx_moe_t *m)
+{
+    moe_ll_t *l = m->ll;
+    if (!l || !m->win || m->broken)
+        return;
+    for (int b = 0; b < l->B; b++) {
+        epx_handle_t *h = l->ring[b];
+        if (h && h->ll && (h->ll->state == LL_SENT || h->ll->state == LL_RECEIVED)) {
+            ll_abandon(m, h->ll->call);
+            h->ll->state = LL_DONE;
+        }
+    }
+    for (uint64_t n = l->n_calls > (uint64_t)l->B ? l->n_calls - (uint64_t)l->B : 0;
+         n < l->n_calls && !m->broken; n++)
+        if (epx__win_wait(m->win, ll_comb_slot(l, n), ll_comb_target(m, n)) != EPX_OK) {
+            EPX_LOG(EPX_LOG_WARN, "moe", m->rank, "destroy: %s", epx_last_error());
+            m->broken = 1;
+        }
+}
+
 void ll_free(epx_moe_t *m)
 {
     moe_ll_t *l = m->ll;

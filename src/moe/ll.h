@@ -140,6 +140,7 @@ static inline size_t ll_at(const moe_ll_t *l, uint64_t call, size_t off)
 /* ll.c */
 epx_status_t ll_check_params(const epx_moe_params_t *p);
 epx_status_t ll_init(epx_moe_t *m);          /* collective; creates m->win */
+void ll_drain(epx_moe_t *m);
 void ll_free(epx_moe_t *m);
 void ll_call_free(ll_call_t *c);
 ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h);
