@@ -100,6 +100,9 @@ enum { BENCH_DEVICE_HOST = 0, BENCH_DEVICE_CUDA = 1 };
 enum { BENCH_EXIT_NO_GPU = 3 };
 /* cuda_bench.c: the whole --device cuda run; returns the exit status. */
 int bench_cuda_main(const bench_opts_t *o);
+/* report.c: a JSON string (escaped) and a number (null if not finite). */
+void bench_json_str(FILE *f, const char *s);
+void bench_json_num(FILE *f, double v);
 
 /* options.c */
 enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };

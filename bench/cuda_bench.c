@@ -461,31 +461,6 @@ typedef struct run_res {
     int64_t checked, mismatches, dropped;
 } run_res_t;
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", f);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
-static void json_num(FILE *f, double v)
-{
-    if (isfinite(v))
-        fprintf(f, "%.6g", v);
-    else
-        fputs("null", f);
-}
-
 /* One JSON object: the configuration, then per implementation its times
  * (microseconds), bandwidth, ratio to the copy limit and verification. */
 static void print_json(FILE *f, const bench_opts_t *o,
@@ -499,11 +474,11 @@ static void print_json(FILE *f, const bench_opts_t *o,
     fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
     fprintf(f, "  \"config\": {\n    \"device\": \"cuda\",\n"
             "    \"gpu\": ");
-    json_str(f, gpu);
+    bench_json_str(f, gpu);
     fprintf(f, ",\n    \"gpus\": %d,\n    \"ranks\": %d,\n"
             "    \"launcher\": \"threads\",\n    \"epx_version\": ", ndev,
             s->R);
-    json_str(f, epx_version_string());
+    bench_json_str(f, epx_version_string());
     fprintf(f, ",\n    \"tokens_per_rank\": [");
     for (int r = 0; r < wl->nranks; r++)
         fprintf(f, "%s%lld", r ? ", " : "", (long long)wl->T[r]);
@@ -530,9 +505,9 @@ static void print_json(FILE *f, const bench_opts_t *o,
                                         : bench_wire_name(wl->wire),
             w.data_bytes + w.scale_bytes + w.global_bytes, w.data_bytes,
             w.scale_bytes, w.global_bytes);
-    json_str(f, o->routing_str);
+    bench_json_str(f, o->routing_str);
     fprintf(f, ",\n    \"drop\": ");
-    json_num(f, o->drop);
+    bench_json_num(f, o->drop);
     fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
             "    \"warmup\": %d,\n    \"dispatch_bytes\": %.0f,\n"
             "    \"combine_bytes\": %.0f\n  },\n  \"results\": [",
@@ -550,26 +525,26 @@ static void print_json(FILE *f, const bench_opts_t *o,
         if (r->state != RES_RAN) {
             fprintf(f, ", \"%s\": ",
                     r->state == RES_SKIPPED ? "skipped" : "failed");
-            json_str(f, r->why);
+            bench_json_str(f, r->why);
             fputc('}', f);
             continue;
         }
         for (int p = 0; p < NPH; p++) {
             fprintf(f, ",\n     \"%s_us\": ", ph_name[p]);
-            json_num(f, r->s[p][Q_P50] * 1e6);
+            bench_json_num(f, r->s[p][Q_P50] * 1e6);
             for (int q = 0; q < NQ; q++) {
                 if (q == Q_P50)
                     continue;
                 fprintf(f, ", \"%s_us_%s\": ", ph_name[p], q_names[q]);
-                json_num(f, r->s[p][q] * 1e6);
+                bench_json_num(f, r->s[p][q] * 1e6);
             }
         }
         for (int p = 0; p < NPH; p++) {
             fprintf(f, ",\n     \"%s_gbps\": ", ph_name[p]);
-            json_num(f, r->gbps[p]);
+            bench_json_num(f, r->gbps[p]);
             if (run != RUN_COPY) {
                 fprintf(f, ", \"%s_vs_copy\": ", ph_name[p]);
-                json_num(f, r->copy_gbps[p] > 0 ? r->gbps[p] / r->copy_gbps[p]
+                bench_json_num(f, r->copy_gbps[p] > 0 ? r->gbps[p] / r->copy_gbps[p]
                                                 : NAN);
             }
         }

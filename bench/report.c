@@ -138,7 +138,7 @@ static void compute(const bench_opts_t *o, const bench_workload_t *wl,
         free(v[s]);
 }
 
-static void json_str(FILE *f, const char *s)
+void bench_json_str(FILE *f, const char *s)
 {
     fputc('"', f);
     for (; s && *s; s++) {
@@ -155,7 +155,7 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
-static void json_num(FILE *f, double v)
+void bench_json_num(FILE *f, double v)
 {
     if (isfinite(v))
         fprintf(f, "%.6g", v);
@@ -214,7 +214,7 @@ static void cross_json(FILE *f, const bench_opts_t *o, void *results, int N)
         return;
     }
     fprintf(f, "  \"cross_domain\": {\"topo_file\": ");
-    json_str(f, getenv("EPX_TOPO_FILE") ? getenv("EPX_TOPO_FILE") : "");
+    bench_json_str(f, getenv("EPX_TOPO_FILE") ? getenv("EPX_TOPO_FILE") : "");
     fprintf(f, ", \"domains\": %d, \"hierarchical\": %s, "
             "\"flat_dispatch_bytes\": %lld, \"hier_dispatch_bytes\": %lld, "
             "\"measured_dispatch_bytes\": %lld, \"measured_combine_bytes\": "
@@ -258,14 +258,14 @@ void bench_transport_json(FILE *f, void *results, int iters, int N)
     tl_pairs(results, iters, N, pairs);
     const char *env = getenv("EPX_TRANSPORTS");
     fprintf(f, "  \"transports\": {\"requested\": ");
-    json_str(f, env && *env ? env : "auto");
+    bench_json_str(f, env && *env ? env : "auto");
     fprintf(f, ", \"pairs\": {");
     for (int t = 0; t < BENCH_NTL; t++)
         fprintf(f, "%s\"%s\": %lld", t ? ", " : "", tl_names[t], pairs[t]);
     fprintf(f, "}, \"per_rank\": [");
     for (int r = 0; r < N; r++) {
         fprintf(f, "%s", r ? ", " : "");
-        json_str(f, bench_result_at(results, r, iters)->tl_summary);
+        bench_json_str(f, bench_result_at(results, r, iters)->tl_summary);
     }
     fprintf(f, "]},\n");
 }
@@ -282,13 +282,13 @@ static void print_json(FILE *f, const bench_opts_t *o,
     fprintf(f, "{\n  \"verified\": %s,\n", verified ? "true" : "false");
     fprintf(f, "  \"config\": {\n    \"ranks\": %d,\n    \"launcher\": ",
             wl->nranks);
-    json_str(f, launcher);
+    bench_json_str(f, launcher);
     fprintf(f, ",\n    \"host\": ");
-    json_str(f, hi.hostname);
+    bench_json_str(f, hi.hostname);
     fprintf(f, ",\n    \"host_cores\": %d,\n    \"host_pus\": %d,\n"
             "    \"host_numa_nodes\": %d", hi.cores, hi.pus, hi.numa_nodes);
     fprintf(f, ",\n    \"epx_version\": ");
-    json_str(f, epx_version_string());
+    bench_json_str(f, epx_version_string());
     fprintf(f, ",\n    \"tokens_per_rank\": [");
     for (int r = 0; r < wl->nranks; r++)
         fprintf(f, "%s%lld", r ? ", " : "", (long long)wl->T[r]);
@@ -314,12 +314,12 @@ static void print_json(FILE *f, const bench_opts_t *o,
             "    \"combine_wire_bytes_per_token\": %.0f,\n",
             mi.window, mi.disp_tok, mi.comb_tok);
     fprintf(f, "    \"routing\": ");
-    json_str(f, o->trace_dir ? "trace" : o->routing_str);
+    bench_json_str(f, o->trace_dir ? "trace" : o->routing_str);
     fprintf(f, ",\n    \"drop\": ");
-    json_num(f, o->drop);
+    bench_json_num(f, o->drop);
     fprintf(f, ",\n    \"trace\": ");
     if (o->trace_dir)
-        json_str(f, o->trace_dir);
+        bench_json_str(f, o->trace_dir);
     else
         fputs("null", f);
     fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
@@ -329,9 +329,9 @@ static void print_json(FILE *f, const bench_opts_t *o,
             o->verify_all ? "true" : "false", o->inplace ? "true" : "false");
     fprintf(f, "    \"bytes_per_rank\": %.0f,\n    \"token_rows_per_rank\": ",
             mean_bytes);
-    json_num(f, mean_rows);
+    bench_json_num(f, mean_rows);
     fprintf(f, ",\n    \"tolerance_unit\": ");
-    json_num(f, bench_tolerance_unit(wl->dtype, wl->topk));
+    bench_json_num(f, bench_tolerance_unit(wl->dtype, wl->topk));
     bench_wire_t w;
     bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
     fprintf(f, ",\n    \"wire\": \"%s\",\n    \"wire_bytes_per_token_row\": "
@@ -354,26 +354,26 @@ static void print_json(FILE *f, const bench_opts_t *o,
         sep = ",";
         if (!is->ran) {
             fprintf(f, ", \"skipped\": ");
-            json_str(f, mpi_skip);
+            bench_json_str(f, mpi_skip);
             fputc('}', f);
             continue;
         }
         for (int s = 0; s < NS; s++) {
             fprintf(f, ",\n     \"%s_us\": ", s_names[s]);
-            json_num(f, is->us[s][Q_P50]);
+            bench_json_num(f, is->us[s][Q_P50]);
             for (int q = 0; q < NQ; q++) {
                 if (q == Q_P50)
                     continue;
                 fprintf(f, ", \"%s_us_%s\": ", s_names[s], q_names[q]);
-                json_num(f, is->us[s][q]);
+                bench_json_num(f, is->us[s][q]);
             }
         }
         for (int s = 0; s < NS; s++) {
             const char *pfx = s == S_TOTAL ? "" : s_names[s];
             fprintf(f, ",\n     \"%s%salgbw_gbps\": ", pfx, *pfx ? "_" : "");
-            json_num(f, is->algbw[s]);
+            bench_json_num(f, is->algbw[s]);
             fprintf(f, ", \"%s%sbusbw_gbps\": ", pfx, *pfx ? "_" : "");
-            json_num(f, is->busbw[s]);
+            bench_json_num(f, is->busbw[s]);
         }
         if (i != BENCH_IMPL_MEMCPY)
             fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
@@ -392,7 +392,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
         fprintf(f, "%s\n    \"%s\": {", sep, keys[j]);
         for (int s = 0; s < NS; s++) {
             fprintf(f, "%s\"%s\": ", s ? ", " : "", s_names[s]);
-            json_num(f, ratio(&st[others[j]], &st[BENCH_IMPL_EPX], s));
+            bench_json_num(f, ratio(&st[others[j]], &st[BENCH_IMPL_EPX], s));
         }
         fputc('}', f);
         sep = ",";
@@ -410,7 +410,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
             for (char *l = strtok_r(buf, "\n", &save); l;
                  l = strtok_r(NULL, "\n", &save)) {
                 fprintf(f, "%s\n    ", sep);
-                json_str(f, l);
+                bench_json_str(f, l);
                 sep = ",";
             }
         }
