@@ -110,6 +110,10 @@ typedef struct epx_comm_params {
  * memory. */
 epx_status_t epx_comm_create(const epx_comm_params_t *params,
                              epx_comm_t **comm);
+/* Collective when some pair uses UCX (two barriers let every rank's last
+ * operations finish while all still progress); local otherwise.  After a
+ * peer failure it returns within the timeout, leaving UCX's worker to the
+ * process exit. */
 void epx_comm_destroy(epx_comm_t *comm);
 int epx_comm_rank(const epx_comm_t *comm);
 int epx_comm_size(const epx_comm_t *comm);

@@ -97,7 +97,7 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     return EPX_OK;
 
 err_ucx:
-    epx__ucx_comm_fini(c);
+    epx__ucx_comm_fini(c, 1);
 err_alloc:
     epx_topo_destroy(topo);
     if (c) {
@@ -172,8 +172,21 @@ void epx_comm_destroy(epx_comm_t *comm)
 {
     if (!comm)
         return;
+    /* Collective when UCX is in use: every rank's last operations, and
+     * whatever UCX exchanges to complete them, finish while all ranks still
+     * progress, so no request is left inside a worker that goes away.  Two
+     * barriers: the first one's own signals complete during the second. */
+    epx_status_t st = EPX_OK;
+    if (comm->ucx_any) {
+        st = epx_comm_barrier(comm);
+        if (st == EPX_OK)
+            st = epx_comm_barrier(comm);
+        if (st != EPX_OK)
+            EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "barrier at destruction: "
+                    "%s", epx_last_error());
+    }
     epx__win_destroy(comm->ctl);
-    epx__ucx_comm_fini(comm);
+    epx__ucx_comm_fini(comm, st == EPX_OK);
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
     comm->boot->destroy(comm->boot);

@@ -52,7 +52,9 @@ void epx__select_summary(const epx_comm_t *comm, char *buf, size_t len);
 /* UCX per communicator (src/transport/ucx): collective when any pair uses
  * UCX; a rank without UCX peers takes part without opening anything. */
 epx_status_t epx__ucx_comm_init(epx_comm_t *comm);
-void epx__ucx_comm_fini(epx_comm_t *comm);
+/* clean: every rank reached this point together (the destruction
+ * barriers passed); otherwise the worker is left to the process exit. */
+void epx__ucx_comm_fini(epx_comm_t *comm, int clean);
 /* Local: returns once every put and signal this rank issued over UCX has
  * landed in its target's memory (a worker flush: over tcp a put lands
  * only when its target progresses, so this progresses ours meanwhile). */

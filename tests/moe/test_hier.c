@@ -193,14 +193,13 @@ static void wire_2x1(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 2
 static void wire_2x2(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 4, 2, hier_wire_cases); }
 static void wire_2x4(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 8, 2, hier_wire_cases); }
 static void one_domain(void **s) { (void)s; run("tests/moe/data/cpu-2host.json", 1, 1, hier_cases); }
-/* 144 ranks, UCX between the two racks.  Opt-in (EPX_TEST_LARGE=1): under
- * a fully loaded make check a rank can die in ucp_worker_destroy purging
- * a request still pending on a shared-memory lane (ucp_mem_rereg_mds,
- * UCX 1.13), an open teardown defect: src/transport/ucx/README.md. */
+/* 144 ranks, UCX between the two racks.  It found the teardown crash
+ * (endpoints never closed, the worker destroyed under pending requests):
+ * src/transport/ucx/README.md. */
 static void nvl72_x2(void **s)
 {
     (void)s;
-    if (getenv("EPX_TEST_QUICK") || !getenv("EPX_TEST_LARGE")) {
+    if (getenv("EPX_TEST_QUICK")) {
         skip();
         return;
     }

@@ -10,9 +10,12 @@
  * Endpoints without RMA lanes (tcp) send puts as active messages
  * (ucx_am.c), which the target never answers.
  *
- * Destruction is not collective: it flushes this rank's operations (so the
- * last signals reach their peers), then closes the endpoints without
- * waiting for the peers (force close) and releases the worker and context.
+ * Destruction follows epx_comm_destroy's two barriers (every rank's
+ * operations done while all still progress): flush, close the endpoints in
+ * flush mode, then release the worker and context.  Without those barriers
+ * (a peer failed) the worker is left to the process exit: destroying it
+ * with requests still pending crashed inside UCX 1.13 (a send request
+ * purged from a shared-memory lane, seen at 144 ranks).
  */
 #include <sched.h>
 #include <stdio.h>
@@ -229,7 +232,7 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
         free(all);
     }
     if (st != EPX_OK) {
-        epx__ucx_comm_fini(c);
+        epx__ucx_comm_fini(c, 1);
         return st;
     }
     EPX_LOG(EPX_LOG_DEBUG, "ucx", c->rank, "worker up, %d endpoints",
@@ -322,38 +325,47 @@ void epx__ucx_comm_hold(epx_comm_t *c, void *addr, size_t len, int replace)
     u->holds[u->nholds++] = (ucx_hold_t){ p, n };
 }
 
-void epx__ucx_comm_fini(epx_comm_t *c)
+/* Leave the context, worker and held ranges to the process exit (kept
+ * reachable: not a leak).  For a rank that could not finish with its
+ * peers: requests may still be inside the worker, and destroying it under
+ * them, or unmapping ranges they may still write, can crash. */
+static void ucx_keep(epx_comm_t *c, epx_ucx_comm_t *u)
+{
+    static epx_ucx_comm_t *kept;
+    EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "the UCX worker is left to the "
+            "process exit");
+    u->kept = __atomic_exchange_n(&kept, u, __ATOMIC_ACQ_REL);
+    c->ucx = NULL;
+}
+
+void epx__ucx_comm_fini(epx_comm_t *c, int clean)
 {
     epx_ucx_comm_t *u = c->ucx;
     if (!u)
         return;
+    if (u->worker && u->eps && !clean) {
+        ucx_keep(c, u);
+        return;
+    }
     double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
     if (u->worker && u->eps) {
+        /* Flush mode (force is refused in error mode NONE): each close
+         * completes once its lanes are flushed, which the destruction
+         * barriers made quick. */
         ucp_request_param_t prm = { 0 };
         epx_status_t st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
                                         t, "flush at destruction", -1);
-        if (st != EPX_OK) {
-            /* A peer left (or died) before answering: the flush request is
-             * still inside the worker, and destroying the worker under it,
-             * or unmapping ranges its operations may still write, can
-             * crash.  Leave the context, worker and held ranges to the
-             * process exit (kept reachable: not a leak). */
-            static epx_ucx_comm_t *kept;
-            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s; the UCX worker is left "
-                    "to the process exit", epx_last_error());
-            u->kept = __atomic_exchange_n(&kept, u, __ATOMIC_ACQ_REL);
-            c->ucx = NULL;
-            return;
-        }
-        for (int r = 0; r < c->nranks; r++) {
+        for (int r = 0; r < c->nranks && st == EPX_OK; r++) {
             if (!u->eps[r])
                 continue;
-            ucp_request_param_t cp = {
-                .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
-                .flags = UCP_EP_CLOSE_FLAG_FORCE,
-            };
-            epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &cp), t,
-                          "endpoint close", r);
+            st = epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &prm), t,
+                               "endpoint close", r);
+            u->eps[r] = NULL;
+        }
+        if (st != EPX_OK) {
+            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
+            ucx_keep(c, u);
+            return;
         }
     }
     if (u->worker)

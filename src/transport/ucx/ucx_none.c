@@ -10,7 +10,7 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *comm)
     return EPX_OK;
 }
 
-void epx__ucx_comm_fini(epx_comm_t *comm) { (void)comm; }
+void epx__ucx_comm_fini(epx_comm_t *comm, int clean) { (void)comm; (void)clean; }
 
 epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm)
 {
