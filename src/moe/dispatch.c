@@ -276,13 +276,13 @@ static epx_status_t signal_data(epx_moe_t *m)
     return st;
 }
 
-/* A wait failed earlier: peers are out of step and no later call can be
- * trusted. */
+/* A wait or put failed earlier: peers are out of step and no later call
+ * can be trusted. */
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
 {
     return m->broken
         ? epx__error(EPX_ERR_STATE, "%s: the engine lost step with its peers "
-                     "after a failed wait (timeout); destroy it", what)
+                     "after a failed wait or put; destroy it", what)
         : EPX_OK;
 }
 

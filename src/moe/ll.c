@@ -246,8 +246,15 @@ epx_status_t ll_abandon(epx_moe_t *m, uint64_t call)
     for (int d = 0; d < m->R && st == EPX_OK; d++)
         st = epx__win_put_signal(m->win, d, off, &word, sizeof(word),
                                  ll_comb_slot(l, call), 1);
-    if (st != EPX_OK)
+    if (st != EPX_OK) {
+        /* Peers would wait for this call's combine: the engine is unusable
+         * (EPX_ERR_STATE from now on); say why where it happens, since a
+         * release has no status to return. */
+        EPX_LOG(EPX_LOG_WARN, "moe", m->rank, "abandoning low-latency call "
+                "%llu failed, the engine is now unusable: %s",
+                (unsigned long long)call, epx_last_error());
         m->broken = 1;
+    }
     return st;
 }
 
