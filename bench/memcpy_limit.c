@@ -6,6 +6,8 @@
  * Low latency (--mode ll) moves a row per (token, expert) pair instead of
  * per (token, destination rank): a copy per expert range in dispatch, a
  * read per expert row in combine; the row copies that many bytes.
+ * A quantized --dtype moves wire rows (codes, block scales, row scale) in
+ * dispatch and bf16 rows in combine; so does this row.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,13 +18,22 @@ int bench_run_memcpy(bench_ctx_t *ctx)
 {
     const bench_opts_t *o = ctx->o;
     const bench_workload_t *wl = ctx->wl;
-    size_t bytes = (size_t)bench_rank_bytes(wl, ctx->rank);
+    int64_t rows = wl->rows_sent[ctx->rank];
     if (o->mode == EPX_MODE_LOW_LATENCY) {
-        int64_t pairs = 0;
+        rows = 0;
         for (int64_t i = 0; i < wl->T[ctx->rank] * wl->topk; i++)
-            pairs += wl->idx[ctx->rank][i] >= 0;
-        bytes = (size_t)pairs * (size_t)wl->hidden * wl->dsize;
+            rows += wl->idx[ctx->rank][i] >= 0;
     }
+    bench_wire_t w;
+    bench_wire_shape(wl->wire, wl->hidden, wl->dsize, &w);
+    const size_t phase_bytes[BENCH_NPHASE] = {
+        [BENCH_PHASE_DISPATCH] = (size_t)rows * (w.data_bytes + w.scale_bytes +
+                                                 w.global_bytes),
+        [BENCH_PHASE_COMBINE] = (size_t)rows * (size_t)wl->hidden * wl->dsize,
+    };
+    size_t bytes = phase_bytes[BENCH_PHASE_COMBINE];
+    if (phase_bytes[BENCH_PHASE_DISPATCH] > bytes)
+        bytes = phase_bytes[BENCH_PHASE_DISPATCH];
     const int total = o->warmup + o->iters;
     char *src = malloc(bytes + 1), *dst = malloc(bytes + 1);
     int rc = -1;
@@ -46,7 +57,7 @@ int bench_run_memcpy(bench_ctx_t *ctx)
                 goto out;
             }
             double t0 = epx__now();
-            memcpy(dst, src, bytes);
+            memcpy(dst, src, phase_bytes[ph]);
             /* The copy is observable: the compiler may not drop it. */
             __asm__ __volatile__("" : : "r"(dst) : "memory");
             double t1 = epx__now();
