@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "epx_test.h"
+#include "netns_ranks.h"
 
 static uint64_t run_seed;
 static _Thread_local int my_rank = -1;
@@ -114,6 +115,13 @@ epx_status_t epxt_launch(int nranks, double timeout_s, epx_rank_fn fn,
     wrap_t w = { fn, arg };
     int bad = -1;
     fflush(NULL);
+    if (epxt_netns_wanted()) {   /* ranks on separate network stacks */
+        epx_status_t st = epxt_netns_launch(nranks, timeout_s, wrapped, &w,
+                                            &bad);
+        if (failed_rank)
+            *failed_rank = bad;
+        return st;
+    }
     epx_status_t st = epx_launch_local(nranks, &params, wrapped, &w, &bad);
     if (st != EPX_OK)
         fprintf(stderr, "launch of %d ranks: %s (failed rank %d): %s\n",
