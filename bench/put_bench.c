@@ -129,6 +129,14 @@ static int rank_main(epx_comm_t *comm, void *arg)
     if (me == 0)
         res->nsizes = k;
     free(src);
+    /* Rank 1 checked the bytes: rank 0 reports "verified" only on its word
+     * (ranks started by hand do not share `res`). */
+    int32_t ok = !res->error[0], all[2];
+    TRY(res, epx__comm_allgather(comm, &ok, all, sizeof(ok)));
+    if (!all[1]) {
+        snprintf(res->error, sizeof(res->error), "rank 1 found wrong bytes");
+        return 1;
+    }
     TRY(res, epx_comm_barrier(comm));
     epx__win_destroy(w);
     return 0;
@@ -242,7 +250,40 @@ static void usage(FILE *f)
 "GB/s is 1e9 bytes/s; MiB/s is 2^20 bytes/s, the unit of ucx_perftest's\n"
 "MB/s column, to compare with e.g.\n"
 "  ucx_perftest -t ucp_put_bw -s SIZE -n ITERS   (server and client)\n"
-"on the same UCX_TLS.\n", MAX_REPS);
+"on the same UCX_TLS.\n"
+"\n"
+"Two hosts: start one process on each with EPX_RANK=0|1, EPX_NRANKS=2,\n"
+"EPX_ROOT=<rank 0's address>:<port> and the same EPX_JOB_KEY (env\n"
+"bootstrap); rank 0 prints the report.  Without EPX_RANK both ranks are\n"
+"forked here.\n", MAX_REPS);
+}
+
+/* Ranks started by hand, e.g. one on each of two hosts:
+ *   EPX_RANK=r EPX_NRANKS=2 EPX_ROOT=host0:port EPX_JOB_KEY=k epx-put-bench
+ * (env bootstrap); rank 0 prints the report. */
+static int run_env_rank(const opts_t *o, ctx_t *c, epx_comm_params_t *params)
+{
+    epx_comm_t *comm = NULL;
+    params->bootstrap = EPX_BOOTSTRAP_ENV;
+    epx_status_t st = epx_comm_create(params, &comm);
+    if (st != EPX_OK) {
+        fprintf(stderr, "epx-put-bench: epx_comm_create: %s\n",
+                epx_last_error());
+        return 1;
+    }
+    const int me = epx_comm_rank(comm), n = epx_comm_size(comm);
+    int rc = n == 2 ? rank_main(comm, c) : 1;
+    if (n != 2)
+        snprintf(c->res->error, sizeof(c->res->error), "EPX_NRANKS is %d: "
+                 "the bench runs 2 ranks", n);
+    epx_comm_destroy(comm);
+    if (rc || c->res->error[0]) {
+        fprintf(stderr, "epx-put-bench: rank %d: %s\n", me, c->res->error);
+        return 1;
+    }
+    if (me == 0)
+        report(o, c->res);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -318,6 +359,8 @@ int main(int argc, char **argv)
     }
     ctx_t c = { &o, res };
     epx_comm_params_t params = EPX_COMM_PARAMS_INIT;
+    if (getenv("EPX_RANK"))   /* one of two ranks started by hand */
+        return run_env_rank(&o, &c, &params);
     int bad = -1;
     fflush(NULL);
     epx_status_t st = epx_launch_local(2, &params, rank_main, &c, &bad);

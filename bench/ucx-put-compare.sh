@@ -8,12 +8,17 @@
 #
 #   bench/ucx-put-compare.sh [--tls tcp] [--sizes 65536,1048576,...]
 #                            [--bytes 268435456] [--reps 3] [--json]
+#                            [--netns]
 #
 # Each size runs --reps times, alternating the two; best and median of
 # each are reported (the machine may be shared), with the ratios
 # epx / ucx_perftest of the bests and of the medians.  --tls sets UCX_TLS
 # for both (default: tcp, the network path over loopback; "default"
-# leaves UCX to choose).  A perftest run that gives no figure is reported
+# leaves UCX to choose).  --netns (root) runs both over two network
+# namespaces joined by a veth pair (scripts/netns-pair.sh): perftest's
+# server and epx's rank 1 in one, client and rank 0 in the other, UCX on
+# the veth only (UCX_NET_DEVICES=epx0), i.e. through two network stacks.
+# A perftest run that gives no figure is reported
 # as "fail" with the reason on stderr (its output is kept in the log
 # directory printed at the end).
 #
@@ -31,6 +36,7 @@ sizes=65536,262144,1048576,4194304,16777216
 bytes=268435456
 reps=3
 json=no
+netns=no
 limit=${EPX_COMPARE_TIMEOUT:-300}
 while [ $# -gt 0 ]; do
     case $1 in
@@ -39,7 +45,8 @@ while [ $# -gt 0 ]; do
     --bytes) bytes=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --json) json=yes; shift ;;
-    *) echo "usage: $0 [--tls T] [--sizes A,B] [--bytes N] [--reps N] [--json]" >&2
+    --netns) netns=yes; shift ;;
+    *) echo "usage: $0 [--tls T] [--sizes A,B] [--bytes N] [--reps N] [--json] [--netns]" >&2
        exit 2 ;;
     esac
 done
@@ -48,7 +55,18 @@ command -v ucx_perftest >/dev/null || { echo "ucx_perftest not found (ucx-utils)
 if [ "$tls" = default ]; then unset UCX_TLS; else export UCX_TLS=$tls; fi
 logs=$(mktemp -d "${TMPDIR:-/tmp}/ucx-put-compare.XXXXXX")
 
-listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+# Where each side runs: here, or in namespaces a (client, rank 0) and b.
+in_a= in_b= server=127.0.0.1 root=127.0.0.1
+if [ "$netns" = yes ]; then
+    ns=epx-pc-$$
+    "$here/../scripts/netns-pair.sh" up "$ns" || exit 2
+    trap '"$here/../scripts/netns-pair.sh" down "$ns"' EXIT INT TERM
+    in_a="ip netns exec $ns-a" in_b="ip netns exec $ns-b"
+    server=10.77.0.2 root=10.77.0.1
+    export UCX_NET_DEVICES=epx0
+fi
+
+listening() { $in_b ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
 port=$((20000 + $$ % 20000))
 free_port() {
@@ -61,7 +79,7 @@ perftest() {   # SIZE ITERS -> MiB/s, or "fail"
     free_port
     run_no=$((run_no + 1))
     log=$logs/perftest-$1-$run_no
-    timeout "$limit" ucx_perftest -t ucp_put_bw -s "$1" -n "$2" -p "$port" \
+    $in_b timeout "$limit" ucx_perftest -t ucp_put_bw -s "$1" -n "$2" -p "$port" \
         >"$log.server" 2>&1 &
     srv=$!
     i=0
@@ -77,7 +95,7 @@ perftest() {   # SIZE ITERS -> MiB/s, or "fail"
         return
     fi
     rc=0
-    timeout "$limit" ucx_perftest 127.0.0.1 -t ucp_put_bw -s "$1" -n "$2" \
+    $in_a timeout "$limit" ucx_perftest "$server" -t ucp_put_bw -s "$1" -n "$2" \
         -p "$port" >"$log.client" 2>&1 || rc=$?
     wait "$srv" 2>/dev/null || true
     v=$(awk '$1 == "Final:" { print $7 }' "$log.client")
@@ -89,11 +107,24 @@ perftest() {   # SIZE ITERS -> MiB/s, or "fail"
     echo "$v"
 }
 epx() {   # SIZE -> MiB/s, or "fail"
-    v=$("$bench" --transport ucx --sizes "$1:$1" --bytes "$bytes" --reps 3 --json \
-            2>"$logs/epx-$1.err" |
-        awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }')
+    sz=$1
+    set -- --transport ucx --sizes "$sz:$sz" --bytes "$bytes" --reps 3 --json
+    if [ "$netns" = yes ]; then   # the two ranks started by hand
+        free_port
+        export EPX_NRANKS=2 EPX_ROOT=$root:$port EPX_JOB_KEY=pc-$$-$port
+        EPX_RANK=1 $in_b timeout "$limit" "$bench" "$@" \
+            >"$logs/epx-$sz.r1" 2>&1 &
+        r1=$!
+        v=$(EPX_RANK=0 $in_a timeout "$limit" "$bench" "$@" \
+                2>"$logs/epx-$sz.err" |
+            awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }')
+        wait "$r1" || v=
+    else
+        v=$("$bench" "$@" 2>"$logs/epx-$sz.err" |
+            awk -F'"mibps_p50": ' 'NF > 1 { split($2, a, ","); print a[1] }')
+    fi
     if [ -z "$v" ]; then
-        echo "epx-put-bench $1: no figure: $(tail -1 "$logs/epx-$1.err")" >&2
+        echo "epx-put-bench $sz: no figure: $(tail -1 "$logs/epx-$sz.err")" >&2
         echo fail
         return
     fi

@@ -7,7 +7,7 @@ set -eu
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libhwloc-dev hwloc libucx-dev ucx-utils libcmocka-dev \
 libopenmpi-dev openmpi-bin libjansson-dev libopenblas-dev graphviz valgrind python3 git \
-ca-certificates"
+ca-certificates iproute2"
 
 say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }

@@ -79,37 +79,16 @@ run mixed "rank 0: shm to 0[-0-9]*, ucx to " EPX_TOPO_FILE="$two" UCX_TLS=tcp
 run mixed-deny "rank 1: ucx to $all" EPX_TOPO_FILE="$two" EPX_TRANSPORTS=^shm
 
 # Two real network stacks: a namespace per emulated host joined by a veth
-# pair, each rank in its domain's namespace (tests/common/netns_ranks.h),
-# UCX over tcp on the veth only.  Needs root and ip(8); skipped otherwise.
+# pair (scripts/netns-pair.sh), each rank in its domain's namespace
+# (tests/common/netns_ranks.h), UCX over tcp on the veth only.  Needs root
+# and ip(8); skipped otherwise.
 ns=epx-tt-$$
-netns_down() { ip netns del "$ns-a" 2>/dev/null; ip netns del "$ns-b" 2>/dev/null; }
-netns_up() {
-    [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null 2>&1 || return 1
-    ip netns add "$ns-a" && ip netns add "$ns-b" &&
-    ip link add epx0 netns "$ns-a" type veth peer name epx0 netns "$ns-b" &&
-    ip -n "$ns-a" addr add 10.77.0.1/24 dev epx0 &&
-    ip -n "$ns-b" addr add 10.77.0.2/24 dev epx0 &&
-    for n in "$ns-a" "$ns-b"; do
-        ip -n "$n" link set lo up && ip -n "$n" link set epx0 up || return 1
-    done
-    # A veth just set up is not yet a usable UCX device for a moment.
-    for i in $(seq 40); do
-        ready=1
-        for n in "$ns-a" "$ns-b"; do
-            ip netns exec "$n" ucx_info -d -t tcp 2>/dev/null |
-                grep -q 'Device: epx0' || ready=0
-        done
-        [ "$ready" -eq 1 ] && return 0
-        sleep 0.25
-    done
-    echo "the veth never became a UCX tcp device" >&2
-    return 1
-}
+netns_down() { "$top/scripts/netns-pair.sh" down "$ns"; }
 veth_bytes() {   # bytes namespace a sent and received on the veth
     ip -n "$ns-a" -s link show epx0 |
         awk '/RX:|TX:/ { getline; n += $1 } END { print n + 0 }'
 }
-if netns_up 2>"$tmp/netns.err"; then
+if "$top/scripts/netns-pair.sh" up "$ns" 2>"$tmp/netns.err"; then
     trap 'netns_down; rm -rf "$tmp"' EXIT INT TERM
     before=$(veth_bytes)
     run netns "rank 0: shm to 0[-0-9]*, ucx to " EPX_TOPO_FILE="$two" \
@@ -121,9 +100,7 @@ if netns_up 2>"$tmp/netns.err"; then
         fail "netns: only $crossed bytes crossed the veth: not the network path"
     netns_down
 else
-    echo "netns: network namespaces not available (needs root and ip):" \
-         "skipped ($(head -1 "$tmp/netns.err"))"
-    netns_down
+    echo "netns: skipped ($(tail -1 "$tmp/netns.err"))"
 fi
 
 n=0
