@@ -16,6 +16,24 @@ for mode in "" --signal; do
     rows=$(grep -c '"size":' "$tmp/out")
     [ "$rows" -eq 7 ] || fail "run $mode: $rows rows, want 7 (4 KiB..256 KiB)"
 done
+# Two ranks started by hand (env bootstrap, as on two hosts): rank 0
+# reports, rank 1 prints nothing; a wrong job size is refused.
+port=$((20000 + $$ % 20000))
+export EPX_NRANKS=2 EPX_ROOT=127.0.0.1:$port EPX_JOB_KEY=smoke-$$
+EPX_RANK=1 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 >"$tmp/r1" 2>&1 &
+r1=$!
+EPX_RANK=0 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 --json >"$tmp/r0" \
+    2>"$tmp/r0.err" || { cat "$tmp/r0.err" >&2; fail "rank 0 by hand exited $?"; }
+wait "$r1" || { cat "$tmp/r1" >&2; fail "rank 1 by hand exited non-zero"; }
+grep -q '"verified": true' "$tmp/r0" || fail "by hand: rank 0 did not report"
+[ "$(grep -c '"size":' "$tmp/r0")" -eq 3 ] || fail "by hand: want 3 rows"
+[ ! -s "$tmp/r1" ] || fail "by hand: rank 1 printed: $(head -1 "$tmp/r1")"
+EPX_NRANKS=1 EPX_RANK=0 EPX_ROOT=127.0.0.1:$((port + 1)) "$PUT" \
+    --sizes 4K:4K >/dev/null 2>"$tmp/one"
+[ $? -eq 1 ] && grep -q "the bench runs 2 ranks" "$tmp/one" ||
+    fail "1 rank by hand: want exit 1 and the reason: $(cat "$tmp/one")"
+unset EPX_NRANKS EPX_ROOT EPX_JOB_KEY
+
 want=put_signal
 grep -q "\"mode\": \"$want\"" "$tmp/out" || fail "--signal: mode is not $want"
 "$PUT" --sizes 64K >/dev/null 2>&1; [ $? -eq 2 ] || fail "--sizes 64K: want exit 2"
