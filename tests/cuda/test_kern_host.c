@@ -43,6 +43,19 @@ typedef struct rank_state {
     int64_t *ebase;          /* [E] expert-major */
 } rank_state_t;
 
+static void rank_state_free(rank_state_t *s)
+{
+    free(s->x);
+    free(s->idx64);
+    free(s->idx);
+    free(s->w);
+    free(s->dest);
+    free(s->pos);
+    free(s->mycnt);
+    free(s->epos);
+    free(s->ebase);
+}
+
 static epxt_rng_t rng;
 
 static float y_value(int src, int64_t t, int who, int h)
@@ -498,15 +511,7 @@ static void run(const scen_t *sc)
     free(yrow);
 out:
     for (int r = 0; r < R; r++) {
-        free(rs[r].x);
-        free(rs[r].idx64);
-        free(rs[r].idx);
-        free(rs[r].w);
-        free(rs[r].dest);
-        free(rs[r].pos);
-        free(rs[r].mycnt);
-        free(rs[r].epos);
-        free(rs[r].ebase);
+        rank_state_free(&rs[r]);
         free(win[r]);
         free(stage[r]);
         free(nwin[r]);
@@ -922,13 +927,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         free(want);
     }
     for (int r = 0; r < R; r++) {
-        free(rs[r].x);
-        free(rs[r].idx64);
-        free(rs[r].idx);
-        free(rs[r].w);
-        free(rs[r].dest);
-        free(rs[r].pos);
-        free(rs[r].mycnt);
+        rank_state_free(&rs[r]);
         free(keep[r]);
         free(ecnt[r]);
         free(win[r]);
