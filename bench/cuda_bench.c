@@ -32,6 +32,7 @@
 #include <time.h>
 #include "bench.h"
 #include "util/util.h"   /* bf16 rounding */
+#include "util/tgroup.h"
 
 #ifndef EPX_HAVE_CUDA
 int bench_cuda_main(const bench_opts_t *o)
@@ -56,45 +57,12 @@ enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, NRUN = 3 };
 static const char *const run_name[NRUN] = { "epx-cuda", "epx-nccl",
                                             "d2d-copy" };
 
-/* ---- ranks as threads: barrier and all-gather that give up after a
- * timeout (a failed rank must not hang the others) */
-typedef struct group {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int n, arrived, broken;
-    unsigned gen;
-    char *buf;
-    size_t cap;
-} group_t;
-
-static int group_barrier(group_t *g)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += 120;
-    pthread_mutex_lock(&g->mu);
-    unsigned gen = g->gen;
-    if (++g->arrived == g->n) {
-        g->arrived = 0;
-        g->gen++;
-        pthread_cond_broadcast(&g->cv);
-    }
-    while (!g->broken && g->gen == gen)
-        if (pthread_cond_timedwait(&g->cv, &g->mu, &until) == ETIMEDOUT) {
-            g->broken = 1;
-            pthread_cond_broadcast(&g->cv);
-        }
-    int rc = g->broken ? -1 : 0;
-    pthread_mutex_unlock(&g->mu);
-    return rc;
-}
-
 typedef struct crank crank_t;
 
 typedef struct cshared {
     const bench_opts_t *o;
     const bench_workload_t *wl;
-    group_t g;
+    epx_tgroup_t g;
     int run, R, ndev;
     size_t wire_row;            /* bytes of a token row on the wire */
     double *times;              /* [R][NPH][iters] seconds */
@@ -114,24 +82,7 @@ struct crank {
 static int cr_allgather(void *ctx, const void *send, void *recv, size_t n)
 {
     crank_t *c = ctx;
-    group_t *g = &c->s->g;
-    size_t need = n * (size_t)g->n;
-    if (group_barrier(g))
-        return -1;
-    if (c->rank == 0 && g->cap < need) {
-        char *nb = realloc(g->buf, need);
-        if (nb) {
-            g->buf = nb;
-            g->cap = need;
-        }
-    }
-    if (group_barrier(g) || g->cap < need)
-        return -1;
-    memcpy(g->buf + (size_t)c->rank * n, send, n);
-    if (group_barrier(g))
-        return -1;
-    memcpy(recv, g->buf, need);
-    return 0;
+    return epx__tgroup_allgather(&c->s->g, c->rank, send, recv, n);
 }
 
 static double now_s(void)
@@ -150,8 +101,7 @@ static int rank_fail(cshared_t *s, int rank, const char *what,
                  run_name[s->run], rank, what, detail);
     s->failed = 1;
     pthread_mutex_unlock(&s->mu);
-    s->g.broken = 1;   /* the others give up at their next barrier */
-    pthread_cond_broadcast(&s->g.cv);
+    epx__tgroup_break(&s->g);   /* the others give up at their next barrier */
     return -1;
 }
 #define API(call)                                                              \
@@ -276,7 +226,7 @@ static void *rank_main(void *arg)
         CUDA(cudaMemset(csrc, 1, n));
         for (int it = 0; it < total; it++)
             for (int p = 0; p < NPH; p++) {
-                if (group_barrier(&s->g))
+                if (epx__tgroup_barrier(&s->g))
                     goto out;
                 double t0 = now_s();
                 CUDA(cudaMemcpyAsync(cdst, csrc, (size_t)b[p],
@@ -345,7 +295,7 @@ static void *rank_main(void *arg)
 
     for (int it = 0; it < total; it++) {
         epx_recv_t rv = { .struct_size = sizeof(rv) };
-        if (group_barrier(&s->g))
+        if (epx__tgroup_barrier(&s->g))
             goto out;
         double t0 = now_s();
         API(epx_cuda_dispatch_send(m, &a, st));
@@ -383,7 +333,7 @@ static void *rank_main(void *arg)
             ca.y.data = dy;
         }
         ca.flags = tmaj ? 0u : EPX_COMBINE_UNWEIGHTED;
-        if (group_barrier(&s->g))
+        if (epx__tgroup_barrier(&s->g))
             goto out;
         double t2 = now_s();
         API(epx_cuda_combine_send(m, &ca, st));
@@ -544,8 +494,8 @@ static void print_json(FILE *f, const bench_opts_t *o,
             bench_json_num(f, r->gbps[p]);
             if (run != RUN_COPY) {
                 fprintf(f, ", \"%s_vs_copy\": ", ph_name[p]);
-                bench_json_num(f, r->copy_gbps[p] > 0 ? r->gbps[p] / r->copy_gbps[p]
-                                                : NAN);
+                bench_json_num(f, r->copy_gbps[p] > 0
+                                      ? r->gbps[p] / r->copy_gbps[p] : NAN);
             }
         }
         if (run != RUN_COPY)
@@ -564,10 +514,7 @@ static int run_one(cshared_t *s, int run)
     s->failed = 0;
     s->msg[0] = '\0';
     s->checked = s->mismatches = 0;
-    memset(&s->g, 0, sizeof(s->g));
-    pthread_mutex_init(&s->g.mu, NULL);
-    pthread_cond_init(&s->g.cv, NULL);
-    s->g.n = s->R;
+    epx__tgroup_init(&s->g, s->R, 120);
     crank_t *c = calloc((size_t)s->R, sizeof(*c));
     pthread_t *th = calloc((size_t)s->R, sizeof(*th));
     int started = 0;
@@ -580,15 +527,13 @@ static int run_one(cshared_t *s, int run)
         if (pthread_create(&th[started], NULL, rank_main, &c[started])) {
             s->failed = 1;
             snprintf(s->msg, sizeof(s->msg), "pthread_create failed");
-            s->g.broken = 1;
+            epx__tgroup_break(&s->g);
             break;
         }
     }
     for (int r = 0; r < started; r++)
         pthread_join(th[r], NULL);
-    free(s->g.buf);
-    pthread_mutex_destroy(&s->g.mu);
-    pthread_cond_destroy(&s->g.cv);
+    epx__tgroup_fini(&s->g);
     free(c);
     free(th);
     return s->failed ? -1 : 0;
