@@ -104,6 +104,20 @@ int bench_cuda_main(const bench_opts_t *o);
 void bench_json_str(FILE *f, const char *s);
 void bench_json_num(FILE *f, double v);
 
+/* stats.c: order statistics over iterations, shared by the reports. */
+enum { BENCH_Q_MIN, BENCH_Q_P10, BENCH_Q_P50, BENCH_Q_P90, BENCH_Q_P99,
+       BENCH_Q_MAX, BENCH_NQ };
+extern const char *const bench_q_names[BENCH_NQ];
+int bench_cmp_double(const void *a, const void *b);
+/* Sort v[n] (n > 0) in place; its median / quantiles (interpolated). */
+double bench_median(double *v, int n);
+void bench_quantiles(double *v, int n, double q[BENCH_NQ]);
+/* ,"NAME_us": p50, "NAME_us_min": ... of q times scale (to us). */
+void bench_json_quantiles(FILE *f, const char *name, const double q[BENCH_NQ],
+                          double scale);
+/* ,"verified": ..., "checked": ..., "mismatches": ... */
+void bench_json_verified(FILE *f, int64_t checked, int64_t mismatches);
+
 /* options.c */
 enum { BENCH_OPTS_RUN = 0, BENCH_OPTS_EXIT_OK = 1, BENCH_OPTS_EXIT_ERR = 2 };
 int bench_opts_parse(int argc, char **argv, bench_opts_t *o);

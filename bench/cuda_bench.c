@@ -49,10 +49,6 @@ int bench_cuda_main(const bench_opts_t *o)
 enum { PH_DISPATCH = 0, PH_COMBINE = 1, NPH = 2 };
 static const char *const ph_name[NPH] = { "dispatch", "combine" };
 /* Quantiles of the slowest rank's time per iteration (the host bench's). */
-enum { Q_MIN = 0, Q_P10, Q_P50, Q_P90, Q_P99, Q_MAX, NQ };
-static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "p99",
-                                         "max" };
-static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 0.99, 1 };
 enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, NRUN = 3 };
 static const char *const run_name[NRUN] = { "epx-cuda", "epx-nccl",
                                             "d2d-copy" };
@@ -368,25 +364,10 @@ out:
     return NULL;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double quantile(const double *sorted, int n, double q)
-{
-    double pos = q * (n - 1);
-    int i = (int)floor(pos);
-    if (i >= n - 1)
-        return sorted[n - 1];
-    return sorted[i] + (pos - i) * (sorted[i + 1] - sorted[i]);
-}
-
 /* Slowest rank per iteration, then the quantiles over iterations
  * (seconds). */
 static void phase_stats(const cshared_t *s, int p, double *tmp,
-                        double q[NQ])
+                        double q[BENCH_NQ])
 {
     const int iters = s->o->iters;
     for (int it = 0; it < iters; it++) {
@@ -397,16 +378,14 @@ static void phase_stats(const cshared_t *s, int p, double *tmp,
         }
         tmp[it] = mx;
     }
-    qsort(tmp, (size_t)iters, sizeof(double), cmp_d);
-    for (int i = 0; i < NQ; i++)
-        q[i] = quantile(tmp, iters, q_at[i]);
+    bench_quantiles(tmp, iters, q);
 }
 
 /* What one implementation gave, for the table and the JSON. */
 typedef struct run_res {
     enum { RES_NONE = 0, RES_RAN, RES_SKIPPED, RES_FAILED } state;
     char why[512];              /* skipped or failed: why */
-    double s[NPH][NQ];          /* seconds */
+    double s[NPH][BENCH_NQ];          /* seconds */
     double gbps[NPH], copy_gbps[NPH];
     int64_t checked, mismatches, dropped;
 } run_res_t;
@@ -479,16 +458,8 @@ static void print_json(FILE *f, const bench_opts_t *o,
             fputc('}', f);
             continue;
         }
-        for (int p = 0; p < NPH; p++) {
-            fprintf(f, ",\n     \"%s_us\": ", ph_name[p]);
-            bench_json_num(f, r->s[p][Q_P50] * 1e6);
-            for (int q = 0; q < NQ; q++) {
-                if (q == Q_P50)
-                    continue;
-                fprintf(f, ", \"%s_us_%s\": ", ph_name[p], q_names[q]);
-                bench_json_num(f, r->s[p][q] * 1e6);
-            }
-        }
+        for (int p = 0; p < NPH; p++)
+            bench_json_quantiles(f, ph_name[p], r->s[p], 1e6);
         for (int p = 0; p < NPH; p++) {
             fprintf(f, ",\n     \"%s_gbps\": ", ph_name[p]);
             bench_json_num(f, r->gbps[p]);
@@ -499,10 +470,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
             }
         }
         if (run != RUN_COPY)
-            fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
-                    "\"mismatches\": %lld",
-                    r->mismatches == 0 && r->checked > 0 ? "true" : "false",
-                    (long long)r->checked, (long long)r->mismatches);
+            bench_json_verified(f, r->checked, r->mismatches);
         fputc('}', f);
     }
     fprintf(f, "\n  ]\n}\n");
@@ -633,7 +601,7 @@ int bench_cuda_main(const bench_opts_t *o)
         rr->dropped = s.dropped;
         for (int p = 0; p < NPH; p++) {
             phase_stats(&s, p, tmp, rr->s[p]);
-            double t = rr->s[p][Q_P50];
+            double t = rr->s[p][BENCH_Q_P50];
             double gbs = t > 0 ? sum[p] / t / 1e9 : 0;
             rr->gbps[p] = gbs;
             if (run == RUN_COPY) {

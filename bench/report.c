@@ -7,16 +7,12 @@
 #include "bench.h"
 #include "topology/topo.h"
 
-enum { Q_MIN, Q_P10, Q_P50, Q_P90, Q_P99, Q_MAX, NQ };
-static const char *const q_names[NQ] = { "min", "p10", "p50", "p90", "p99",
-                                         "max" };
-static const double q_at[NQ] = { 0, 0.1, 0.5, 0.9, 0.99, 1 };
 enum { S_DISPATCH, S_COMBINE, S_TOTAL, NS };
 static const char *const s_names[NS] = { "dispatch", "combine", "total" };
 
 typedef struct impl_stats {
     int ran;
-    double us[NS][NQ];
+    double us[NS][BENCH_NQ];
     double algbw[NS];          /* GB/s at p50 */
     double busbw[NS];
     int64_t checked, mismatches;
@@ -75,22 +71,6 @@ static void mem_compute(const bench_opts_t *o, const bench_workload_t *wl,
     mi->comb_tok = toks > 0 ? dests * row / toks : 0;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Linear interpolation between order statistics. */
-static double quantile(const double *sorted, int n, double q)
-{
-    double pos = q * (n - 1);
-    int i = (int)floor(pos);
-    if (i >= n - 1)
-        return sorted[n - 1];
-    return sorted[i] + (pos - i) * (sorted[i + 1] - sorted[i]);
-}
-
 static void compute(const bench_opts_t *o, const bench_workload_t *wl,
                     void *results, double mean_bytes, impl_stats_t st[])
 {
@@ -125,11 +105,9 @@ static void compute(const bench_opts_t *o, const bench_workload_t *wl,
             v[S_TOTAL][i] = (d + c) * 1e6;
         }
         for (int s = 0; s < NS; s++) {
-            qsort(v[s], (size_t)n, sizeof(double), cmp_double);
-            for (int q = 0; q < NQ; q++)
-                is->us[s][q] = quantile(v[s], n, q_at[q]);
+            bench_quantiles(v[s], n, is->us[s]);
             double bytes = s == S_TOTAL ? 2 * mean_bytes : mean_bytes;
-            double us = is->us[s][Q_P50];
+            double us = is->us[s][BENCH_Q_P50];
             is->algbw[s] = us > 0 ? bytes / (us * 1e-6) / 1e9 : 0;
             is->busbw[s] = is->algbw[s] * (N - 1) / N;
         }
@@ -165,8 +143,8 @@ void bench_json_num(FILE *f, double v)
 
 static double ratio(const impl_stats_t *num, const impl_stats_t *den, int s)
 {
-    return den->us[s][Q_P50] > 0 ? num->us[s][Q_P50] / den->us[s][Q_P50]
-                                 : NAN;
+    const double d = den->us[s][BENCH_Q_P50];
+    return d > 0 ? num->us[s][BENCH_Q_P50] / d : NAN;
 }
 
 /* Cross-domain token bytes per step, summed over ranks (see bench.h). */
@@ -358,16 +336,8 @@ static void print_json(FILE *f, const bench_opts_t *o,
             fputc('}', f);
             continue;
         }
-        for (int s = 0; s < NS; s++) {
-            fprintf(f, ",\n     \"%s_us\": ", s_names[s]);
-            bench_json_num(f, is->us[s][Q_P50]);
-            for (int q = 0; q < NQ; q++) {
-                if (q == Q_P50)
-                    continue;
-                fprintf(f, ", \"%s_us_%s\": ", s_names[s], q_names[q]);
-                bench_json_num(f, is->us[s][q]);
-            }
-        }
+        for (int s = 0; s < NS; s++)
+            bench_json_quantiles(f, s_names[s], is->us[s], 1);
         for (int s = 0; s < NS; s++) {
             const char *pfx = s == S_TOTAL ? "" : s_names[s];
             fprintf(f, ",\n     \"%s%salgbw_gbps\": ", pfx, *pfx ? "_" : "");
@@ -376,10 +346,7 @@ static void print_json(FILE *f, const bench_opts_t *o,
             bench_json_num(f, is->busbw[s]);
         }
         if (i != BENCH_IMPL_MEMCPY)
-            fprintf(f, ",\n     \"verified\": %s, \"checked\": %lld, "
-                    "\"mismatches\": %lld",
-                    is->mismatches == 0 && is->checked > 0 ? "true" : "false",
-                    (long long)is->checked, (long long)is->mismatches);
+            bench_json_verified(f, is->checked, is->mismatches);
         fputc('}', f);
     }
     fprintf(f, "\n  ],\n  \"ratios\": {");
@@ -479,18 +446,18 @@ static void print_table(FILE *f, const bench_opts_t *o,
         }
         for (int s = 0; s < NS; s++) {
             char cell[64];
-            const char *fmt = is->us[s][Q_P50] >= 100 ? "%.0f (%.0f..%.0f)"
-                                                      : "%.1f (%.1f..%.1f)";
-            snprintf(cell, sizeof(cell), fmt, is->us[s][Q_P50],
-                     is->us[s][Q_P10], is->us[s][Q_P90]);
+            const char *fmt = is->us[s][BENCH_Q_P50] >= 100
+                ? "%.0f (%.0f..%.0f)" : "%.1f (%.1f..%.1f)";
+            snprintf(cell, sizeof(cell), fmt, is->us[s][BENCH_Q_P50],
+                     is->us[s][BENCH_Q_P10], is->us[s][BENCH_Q_P90]);
             fprintf(f, " %24s", cell);
         }
         fprintf(f, " %8.2f %8.2f\n", is->algbw[S_TOTAL], is->busbw[S_TOTAL]);
     }
     if (st[BENCH_IMPL_EPX].ran)
         fprintf(f, "\nepx latency per call (dispatch + combine): p50 %.1f us, "
-                "p99 %.1f us\n", st[BENCH_IMPL_EPX].us[S_TOTAL][Q_P50],
-                st[BENCH_IMPL_EPX].us[S_TOTAL][Q_P99]);
+                "p99 %.1f us\n", st[BENCH_IMPL_EPX].us[S_TOTAL][BENCH_Q_P50],
+                st[BENCH_IMPL_EPX].us[S_TOTAL][BENCH_Q_P99]);
     if (st[BENCH_IMPL_EPX].ran) {
         fputc('\n', f);
         if (st[BENCH_IMPL_MPI].ran)
@@ -551,8 +518,8 @@ int bench_report(const bench_opts_t *o, const bench_workload_t *wl,
         memset(sm, 0, sizeof(*sm));
         sm->ran = e->ran;
         for (int s = 0; s < NS; s++) {
-            sm->us[s][0] = e->us[s][Q_P50];
-            sm->us[s][1] = e->us[s][Q_P99];
+            sm->us[s][0] = e->us[s][BENCH_Q_P50];
+            sm->us[s][1] = e->us[s][BENCH_Q_P99];
         }
         sm->checked = e->checked;
         sm->mismatches = e->mismatches;

@@ -17,17 +17,10 @@ typedef struct bal_stats {
     int64_t checked, mismatches;
 } bal_stats_t;
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double median(const double *v, int n, double *tmp)
 {
     memcpy(tmp, v, (size_t)n * sizeof(double));
-    qsort(tmp, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
+    return bench_median(tmp, n);
 }
 
 static int compute(const bench_opts_t *o, int N, void *results, int run,

@@ -15,12 +15,6 @@
 enum { OV_COMM = 0, OV_COMP, OV_BOTH, OV_N };
 static const char *const ov_names[OV_N] = { "comm", "compute", "overlapped" };
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static double *series(void *results, int N, int n, int which)
 {
     double *s = calloc((size_t)n, sizeof(double));
@@ -76,8 +70,7 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
         for (int i = 0; i < n; i++)
             mean[k] += s[k][i] / n;
         memcpy(tmp, s[k], sizeof(double) * (size_t)n);
-        qsort(tmp, (size_t)n, sizeof(double), cmp_double);
-        p50[k] = n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
+        p50[k] = bench_median(tmp, n);
     }
     const double hid = hidden_of(mean[OV_COMM], mean[OV_COMP], mean[OV_BOTH]);
     const double hid50 = hidden_of(p50[OV_COMM], p50[OV_COMP], p50[OV_BOTH]);
