@@ -6,6 +6,7 @@
 #   mixed  EPX_TOPO_FILE=tests/transport/data/two-hosts.json (two domains,
 #          the default per-pair selection), UCX_TLS=tcp unless set
 # Exit 77 (skip) comes only from the program: the ucx backend not built.
+# A run that passes but in which UCX printed an ERROR line fails.
 # EPX_CONFORM names the program (default ./tests/transport/test_conform).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,4 +33,15 @@ mixed)
 esac
 EPX_TEST_TRANSPORT=$1
 export EPX_TEST_TRANSPORT
-exec "$prog"
+# No error path here involves a dead peer, so UCX itself must report no
+# error either (an early worker teardown once showed only that way).
+out=$(mktemp "${TMPDIR:-/tmp}/conform-$1.XXXXXX") || exit 99
+trap 'rm -f "$out"' EXIT INT TERM
+"$prog" >"$out" 2>&1
+rc=$?
+cat "$out"
+if [ "$rc" -eq 0 ] && grep -q 'UCX  ERROR' "$out"; then
+    echo "FAIL: UCX reported errors (above) in a passing run"
+    rc=1
+fi
+exit "$rc"

@@ -12,7 +12,8 @@
  *
  * Destruction follows epx_comm_destroy's two barriers (every rank's
  * operations done while all still progress): flush, close the endpoints in
- * flush mode, then release the worker and context.  Without those barriers
+ * flush mode, meet every rank through the bootstrap, then release the
+ * worker and context.  Without those barriers
  * (a peer failed) the worker is left to the process exit: destroying it
  * with requests still pending crashed inside UCX 1.13 (a send request
  * purged from a shared-memory lane, seen at 144 ranks).
@@ -348,13 +349,14 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
         return;
     }
     double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
+    epx_status_t st = EPX_OK;
     if (u->worker && u->eps) {
         /* Flush mode (force is refused in error mode NONE): each close
          * completes once its lanes are flushed, which the destruction
          * barriers made quick. */
         ucp_request_param_t prm = { 0 };
-        epx_status_t st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
-                                        t, "flush at destruction", -1);
+        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm), t,
+                           "flush at destruction", -1);
         for (int r = 0; r < c->nranks && st == EPX_OK; r++) {
             if (!u->eps[r])
                 continue;
@@ -362,11 +364,19 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
                                "endpoint close", r);
             u->eps[r] = NULL;
         }
-        if (st != EPX_OK) {
-            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
-            ucx_keep(c, u);
-            return;
-        }
+    }
+    /* No worker goes before every rank has closed its endpoints: a worker
+     * destroyed early closes its sockets under a peer's close still
+     * flushing (tcp: "Endpoint timeout").  Through the bootstrap, which
+     * does not progress UCX; nothing is left that needs it. */
+    int32_t mine = st, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
+    epx_status_t ag = all ? epx__comm_allgather(c, &mine, all, sizeof(mine))
+                          : EPX_ERR_NOMEM;
+    free(all);
+    if (st != EPX_OK || ag != EPX_OK) {
+        EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
+        ucx_keep(c, u);
+        return;
     }
     if (u->worker)
         ucp_worker_destroy(u->worker);
