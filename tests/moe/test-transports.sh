@@ -8,7 +8,7 @@
 # checks against the reference, must really use the transports it names
 # (per-pair choice from the logs), and must write the same digests of
 # every rank's received rows (data, scales, row scales) and combine
-# outputs as the baseline run, bit for bit (EPX_TEST_DIGEST, one seed for
+# outputs as the baseline run, bit for bit, with no error printed by UCX (EPX_TEST_DIGEST, one seed for
 # all runs).  A missing or empty digest fails.
 #
 # Default set (EPX_TEST_QUICK=1, sizes for a shared 2-core host):
@@ -66,6 +66,10 @@ run() {
         }
         grep -q -- "$want" "$log" ||
             fail "$name: $spec: no communicator with '$want' in the log"
+        ! grep -q 'UCX  ERROR' "$log" || {
+            grep -m3 'UCX  ERROR' "$log" >&2
+            fail "$name: $spec: UCX reported errors"
+        }
         sort "$tmp/$name-$id.raw" >"$tmp/$name-$id.sum" 2>/dev/null
         [ -s "$tmp/$name-$id.sum" ] || fail "$name: $spec: no digest written"
     done

@@ -12,8 +12,8 @@
  *
  * Destruction follows epx_comm_destroy's two barriers (every rank's
  * operations done while all still progress): flush, close the endpoints in
- * flush mode, meet every rank through the bootstrap, then release the
- * worker and context.  Without those barriers
+ * flush mode (those with RMA lanes), meet every rank through the
+ * bootstrap, then release the worker and context.  Without those barriers
  * (a peer failed) the worker is left to the process exit: destroying it
  * with requests still pending crashed inside UCX 1.13 (a send request
  * purged from a shared-memory lane, seen at 144 ranks).
@@ -353,12 +353,16 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
     if (u->worker && u->eps) {
         /* Flush mode (force is refused in error mode NONE): each close
          * completes once its lanes are flushed, which the destruction
-         * barriers made quick. */
+         * barriers made quick.  Endpoints without RMA lanes (tcp) stay
+         * open: closing one waits for its peer's progress, which a peer in
+         * the rendezvous below does not make (10 s each); after the
+         * barriers and the flush nothing is pending on them, and they go
+         * with the worker. */
         ucp_request_param_t prm = { 0 };
         st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm), t,
                            "flush at destruction", -1);
         for (int r = 0; r < c->nranks && st == EPX_OK; r++) {
-            if (!u->eps[r])
+            if (!u->eps[r] || u->am_put[r])
                 continue;
             st = epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &prm), t,
                                "endpoint close", r);
