@@ -344,13 +344,13 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
     epx_ucx_comm_t *u = c->ucx;
     if (!u)
         return;
-    if (u->worker && u->eps && !clean) {
+    if (!clean && u->worker) {
         ucx_keep(c, u);
         return;
     }
     double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
     epx_status_t st = EPX_OK;
-    if (u->worker && u->eps) {
+    if (clean && u->worker && u->eps) {
         /* Flush mode (force is refused in error mode NONE): each close
          * completes once its lanes are flushed, which the destruction
          * barriers made quick.  Endpoints without RMA lanes (tcp) stay
@@ -373,10 +373,13 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
      * destroyed early closes its sockets under a peer's close still
      * flushing (tcp: "Endpoint timeout").  Through the bootstrap, which
      * does not progress UCX; nothing is left that needs it. */
-    int32_t mine = st, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
-    epx_status_t ag = all ? epx__comm_allgather(c, &mine, all, sizeof(mine))
-                          : EPX_ERR_NOMEM;
-    free(all);
+    epx_status_t ag = EPX_OK;
+    if (clean) {   /* a rank without a worker after a failure skips it too */
+        int32_t mine = st, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
+        ag = all ? epx__comm_allgather(c, &mine, all, sizeof(mine))
+                 : EPX_ERR_NOMEM;
+        free(all);
+    }
     if (st != EPX_OK || ag != EPX_OK) {
         EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
         ucx_keep(c, u);
