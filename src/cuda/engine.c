@@ -375,6 +375,8 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     st = epx__cuda_err(cudaStreamCreateWithFlags(&m->st,
                                                  cudaStreamNonBlocking),
                        "cudaStreamCreateWithFlags");
+    if (st == EPX_OK)   /* before the collectives below (kern_launch.h) */
+        st = epx__cuda_err((cudaError_t)epxk_preload(), "loading the kernels");
     if (st != EPX_OK)
         goto out;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
@@ -421,11 +423,13 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         }
         for (int j = 0; j < m->L; j++)
             m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
-        st = epx__cuda_err(cudaMemset(m->d_lluse, 0, sizeof(uint32_t) * B),
+        st = epx__cuda_err(cudaMemsetAsync(m->d_lluse, 0,
+                                           sizeof(uint32_t) * B, m->st),
                            "cudaMemset");
         if (st == EPX_OK)
-            st = epx__cuda_err(cudaMemset(m->d_llstate, 0, sizeof(int64_t) *
-                                          EPXK_LL_NSTATE), "cudaMemset");
+            st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0,
+                                               sizeof(int64_t) * EPXK_LL_NSTATE,
+                                               m->st), "cudaMemset");
         if (st != EPX_OK)
             goto out;
     }
@@ -452,15 +456,19 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                            "cudaMallocHost");
     if (st != EPX_OK)
         goto out;
-    st = epx__cuda_err(cudaMemcpy(m->d_e2r, e2r,
+    /* Set up on the engine's stream, whose kernels do not wait for the
+     * legacy stream (a plain cudaMemset or cudaMemcpy may land after
+     * them); pageable sources are staged before the call returns. */
+    st = epx__cuda_err(cudaMemcpyAsync(m->d_e2r, e2r,
                                   sizeof(int32_t) * (size_t)(g->E + R + 1),
-                                  cudaMemcpyHostToDevice), "cudaMemcpy");
+                                  cudaMemcpyHostToDevice, m->st), "cudaMemcpy");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemset(m->d_done, 0, sizeof(unsigned)),
-                           "cudaMemset");
+        st = epx__cuda_err(cudaMemsetAsync(m->d_done, 0, sizeof(unsigned),
+                                           m->st), "cudaMemset");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemset(m->d_info, 0, sizeof(int64_t) *
-                                      (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
+        st = epx__cuda_err(cudaMemsetAsync(m->d_info, 0, sizeof(int64_t) *
+                                      (size_t)(EPXK_INFO_COUNTS + 2 * m->L),
+                                      m->st),
                            "cudaMemset");
     if (st != EPX_OK)
         goto out;
@@ -490,7 +498,8 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
             st = epx__cuda_err(cudaMalloc((void **)&m->stage,
                                           (size_t)g->total), "cudaMalloc");
         if (st == EPX_OK)
-            st = epx__cuda_err(cudaMemset(m->local, 0, (size_t)g->total),
+            st = epx__cuda_err(cudaMemsetAsync(m->local, 0,
+                                               (size_t)g->total, m->st),
                                "cudaMemset");
         /* Collective from here: every rank calls it. */
         epx_status_t nst = epx__nccl_create(comm, cparams->nccl_comm,
@@ -504,9 +513,10 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
 #endif
     }
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpy(m->d_peers, peers,
+        st = epx__cuda_err(cudaMemcpyAsync(m->d_peers, peers,
                                       sizeof(char *) * (size_t)R,
-                                      cudaMemcpyHostToDevice), "cudaMemcpy");
+                                      cudaMemcpyHostToDevice, m->st),
+                       "cudaMemcpy");
     free(peers);
     if (st != EPX_OK)
         goto out;
@@ -744,17 +754,23 @@ epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
         return epx__error(EPX_ERR_INVALID, "cuda ll_check: the engine is not "
                           "in low-latency mode");
     int64_t state[EPXK_LL_NSTATE], err = 0;
-    st = epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
+    /* On the engine's stream, never the legacy one: in a process of
+     * several ranks that would also wait for their blocking streams,
+     * which may wait for this rank. */
+    st = epx__cuda_err(cudaMemcpyAsync(state, m->d_llstate, sizeof(state),
+                                       cudaMemcpyDeviceToHost, m->st),
+                       "cudaMemcpyAsync");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpy(state, m->d_llstate, sizeof(state),
-                                      cudaMemcpyDeviceToHost), "cudaMemcpy");
+        st = epx__cuda_err(cudaMemcpyAsync(&err, m->d_info + EPXK_INFO_ERROR,
+                                           sizeof(err),
+                                           cudaMemcpyDeviceToHost, m->st),
+                           "cudaMemcpyAsync");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpy(&err, m->d_info + EPXK_INFO_ERROR,
-                                      sizeof(err), cudaMemcpyDeviceToHost),
-                           "cudaMemcpy");
+        st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0, sizeof(state),
+                                           m->st), "cudaMemsetAsync");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemset(m->d_llstate, 0, sizeof(state)),
-                           "cudaMemset");
+        st = epx__cuda_err(cudaStreamSynchronize(m->st),
+                           "cudaStreamSynchronize");
     if (st != EPX_OK)
         return fail(m, st);
     if (err)

@@ -80,6 +80,14 @@ typedef struct epxk_call {
 int epxk_launch(int which, const epxk_geom_t *g, const epxk_call_t *c,
                 int blocks, void *stream);
 
+/* 0, or the cudaError_t of loading every kernel now.  With lazy loading
+ * (CUDA_MODULE_LOADING=LAZY, CUDA's default) a kernel is loaded at its
+ * first launch, and loading may wait for the whole context: a rank's
+ * first launch would wait for a peer's kernel that waits for that very
+ * launch (ranks as threads of one process).  Called at engine creation,
+ * before the ranks' last collective step. */
+int epxk_preload(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -957,3 +957,31 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
     }
     return (int)cudaGetLastError();
 }
+
+extern "C" int epxk_preload(void)
+{
+    const void *k[] = {
+        (const void *)epxk_layout_count_kernel,
+        (const void *)epxk_layout_place_kernel,
+        (const void *)epxk_offsets_kernel,
+        (const void *)epxk_pack_kernel,
+        (const void *)epxk_recv_kernel,
+        (const void *)epxk_comb_put_kernel,
+        (const void *)epxk_comb_reduce_kernel,
+        (const void *)epxk_ll_layout_count_kernel,
+        (const void *)epxk_ll_layout_keep_kernel,
+        (const void *)epxk_ll_layout_place_kernel,
+        (const void *)epxk_ll_pack_kernel,
+        (const void *)epxk_ll_recv_kernel,
+        (const void *)epxk_ll_comb_put_kernel,
+        (const void *)epxk_ll_comb_reduce_kernel,
+        (const void *)epxk_ll_abandon_kernel,
+    };
+    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+        cudaFuncAttributes a;
+        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
+        if (e != cudaSuccess)
+            return (int)e;
+    }
+    return 0;
+}

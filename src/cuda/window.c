@@ -190,7 +190,17 @@ static epx_status_t cuwin_alloc(epx_cuwin_t *w, const epx_cudrv_t *d,
     }
     in->addr = (uint64_t)(uintptr_t)w->local;
     in->size = w->size;
-    return epx__cuda_err(cudaMemset(w->local, 0, w->size), "cudaMemset");
+    /* Zeroed before the handle is published: peers store into the window
+     * as soon as they have it, and a plain cudaMemset (legacy stream,
+     * asynchronous, not ordered with the engine's non-blocking stream)
+     * could land after their first stores. */
+    cudaStream_t zs;
+    EPX_CUDA_TRY(cudaStreamCreateWithFlags(&zs, cudaStreamNonBlocking));
+    cudaError_t e = cudaMemsetAsync(w->local, 0, w->size, zs);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(zs);
+    cudaStreamDestroy(zs);
+    return epx__cuda_err(e, "cudaMemsetAsync");
 }
 
 static void cuwin_free_local(epx_cuwin_t *w, const epx_cudrv_t *d)
