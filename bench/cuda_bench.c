@@ -275,11 +275,14 @@ static void *rank_main(void *arg)
     CUDA(cudaMalloc(&didx, (size_t)(T * K) * 4 + 16));
     CUDA(cudaMalloc(&dw, (size_t)(T * K) * 4 + 16));
     CUDA(cudaMalloc(&dout, sizeof(float) * (size_t)(T * H) + 16));
-    CUDA(cudaMemcpy(dx, hx, xb, cudaMemcpyHostToDevice));
-    CUDA(cudaMemcpy(didx, wl->idx[me], (size_t)(T * K) * 4,
-                    cudaMemcpyHostToDevice));
-    CUDA(cudaMemcpy(dw, wl->w[me], (size_t)(T * K) * 4,
-                    cudaMemcpyHostToDevice));
+    /* On st: a plain cudaMemcpy may return before its DMA lands, and st
+     * does not wait for the legacy stream. */
+    CUDA(cudaMemcpyAsync(dx, hx, xb, cudaMemcpyHostToDevice, st));
+    CUDA(cudaMemcpyAsync(didx, wl->idx[me], (size_t)(T * K) * 4,
+                         cudaMemcpyHostToDevice, st));
+    CUDA(cudaMemcpyAsync(dw, wl->w[me], (size_t)(T * K) * 4,
+                         cudaMemcpyHostToDevice, st));
+    CUDA(cudaStreamSynchronize(st));
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
     a.x = (epx_tensor_t){ dx, wl->dtype, T, H };
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT32, T, K };
@@ -323,7 +326,10 @@ static void *rank_main(void *arg)
                 cudaFree(dy);
                 dy = NULL;
                 CUDA(cudaMalloc(&dy, need));
-                CUDA(cudaMemset(dy, 0, need));
+                /* on st: the engine's kernels do not wait for the
+                 * legacy stream.  (No peer has a kernel in flight that
+                 * waits for this rank here, so cudaFree cannot hang.) */
+                CUDA(cudaMemsetAsync(dy, 0, need, st));
                 ycap = need;
             }
             ca.y.data = dy;
@@ -510,6 +516,11 @@ static int run_one(cshared_t *s, int run)
 int bench_cuda_main(const bench_opts_t *o)
 {
     int ndev = 0;
+    /* The ranks are threads of one context: each rank's streams need
+     * hardware queues of their own, or a kernel waiting for a peer can
+     * queue in front of that peer's kernel (src/cuda/README.md, "Ranks
+     * as threads").  Read when the context is created, so set first. */
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 1) {
         fprintf(stderr, "epx-bench: --device cuda: no CUDA device (%s)\n",
                 epx_last_error());
@@ -566,9 +577,11 @@ int bench_cuda_main(const bench_opts_t *o)
     run_res_t res[NRUN];
     memset(res, 0, sizeof(res));
     double lim[NPH] = { 0, 0 }, sum[NPH] = { 0, 0 };
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        rank_bytes(&s, r, s.bytes + (size_t)r * NPH);
         for (int p = 0; p < NPH; p++)
             sum[p] += s.bytes[(size_t)r * NPH + p];
+    }
     int rc = 0, verified = 1;   /* every GPU run checked and exact */
     const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
     for (int i = 0; i < NRUN; i++) {
