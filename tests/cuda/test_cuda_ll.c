@@ -74,6 +74,7 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
 
 typedef struct rank_bufs {
     void *dx, *didx, *dw, *dy, *dout, *dxcopy, *dscopy, *dgcopy;
+    cudaStream_t st;            /* the rank's stream (uploads) */
 } rank_bufs_t;
 
 /* Copies of the received rows, scales and row scales on `st` (inside a
@@ -106,9 +107,15 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
                       c->wire };
     CHECK(ref_dispatch_ll(&cfg, src, me, c->cap, want, dropped) == 0);
     const int64_t T = src[me].T, n = want->num_rows;
-    CU(cudaMemcpy(b->dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(b->didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(b->dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice));
+    /* Uploads on the rank's stream: a plain cudaMemcpy may return before
+     * its DMA lands, and the rank's stream does not wait for the legacy
+     * stream. */
+    CU(cudaMemcpyAsync(b->dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice,
+                       b->st));
+    CU(cudaMemcpyAsync(b->didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice,
+                       b->st));
+    CU(cudaMemcpyAsync(b->dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice,
+                       b->st));
     unsigned char *hy = calloc((size_t)(n * c->H + 1), es);
     float *row = malloc(sizeof(float) * (size_t)c->H);
     int H = c->H;
@@ -120,7 +127,8 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hy, i * c->H + h, row[h]);
     }
-    CU(cudaMemcpy(b->dy, hy, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpyAsync(b->dy, hy, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice,
+                       b->st));
     free(hy);
     free(row);
     return 0;
@@ -213,6 +221,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
     rank_bufs_t b;
+    b.st = st;
     CU(cudaMalloc(&b.dx, (size_t)(c->maxT * c->H + 1) * es));
     CU(cudaMalloc(&b.didx, (size_t)(c->maxT * c->K + 1) * 8));
     CU(cudaMalloc(&b.dw, (size_t)(c->maxT * c->K + 1) * 4));
@@ -355,7 +364,12 @@ static void low_latency_quantized(void **state)
 
 int main(void)
 {
+    /* Line by line, so that a run killed by a time limit keeps them. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     epxt_init("test_cuda_ll");
+    /* Thread ranks share one context: their streams need hardware queues
+     * of their own (src/cuda/README.md, "Ranks as threads"). */
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
     int n = 0;
     if (epx_cuda_devices(&n) != EPX_OK) {
         printf("skip: %s\n", epx_last_error());

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,8 +63,15 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
 
+/* A rank's device buffers, allocated once for both calls: with ranks as
+ * threads, cudaFree between calls would wait for the whole device, where
+ * peers' kernels are waiting for this rank's next call. */
+typedef struct gbufs {
+    void *dx, *didx, *dw, *dout, *dy;
+} gbufs_t;
+
 static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
-                    int R, int me, int call);
+                    const gbufs_t *b, int R, int me, int call);
 
 static int gpu_rank(epx_comm_t *comm, void *arg)
 {
@@ -89,18 +97,33 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     CHECK(epx_cuda_moe_num_sms(m) >= 1);
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    /* received rows: every (token, k) of every rank, plus padding */
+    const size_t rows = (size_t)R * c->maxT * c->K + (size_t)c->E * c->align;
+    gbufs_t b;
+    CU(cudaMalloc(&b.dx, ((size_t)c->maxT * c->H + 1) * es));
+    CU(cudaMalloc(&b.didx, ((size_t)c->maxT * c->K + 1) * 8));
+    CU(cudaMalloc(&b.dw, ((size_t)c->maxT * c->K + 1) * 4));
+    CU(cudaMalloc(&b.dout, ((size_t)c->maxT * c->H + 1) * 4));
+    CU(cudaMalloc(&b.dy, (rows * c->H + 1) * es));
+    /* No rank's first call before every rank allocated: cudaMalloc may
+     * wait for the device, where a peer's first call would wait for this
+     * rank. */
+    CHECK_OK(epx_comm_barrier(comm));
     /* Two calls: both count-buffer parities, and stale rows of the first
      * under the second's padding. */
     for (int call = 0; call < 2; call++)
-        CHECK_CALL(gpu_call(c, m, st, R, me, call));
+        CHECK_CALL(gpu_call(c, m, st, &b, R, me, call));
     epx_cuda_moe_destroy(m);
+    cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dout);
+    cudaFree(b.dy);
     cudaStreamDestroy(st);
     return 0;
 }
 
 /* One dispatch and combine, checked against the reference. */
 static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
-                    int R, int me, int call)
+                    const gbufs_t *b, int R, int me, int call)
 {
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
@@ -112,14 +135,15 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
         src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r] };
     }
     const int64_t T = src[me].T;
-    void *dx, *didx, *dw, *dout;
-    CU(cudaMalloc(&dx, (size_t)(T * c->H + 1) * es));
-    CU(cudaMalloc(&didx, (size_t)(T * c->K + 1) * 8));
-    CU(cudaMalloc(&dw, (size_t)(T * c->K + 1) * 4));
-    CU(cudaMalloc(&dout, (size_t)(T * c->H + 1) * 4));
-    CU(cudaMemcpy(dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice));
-    CU(cudaMemcpy(dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice));
+    void *dx = b->dx, *didx = b->didx, *dw = b->dw, *dout = b->dout;
+    /* On st: a plain cudaMemcpy may return before its DMA lands, and st
+     * does not wait for the legacy stream. */
+    CU(cudaMemcpyAsync(dx, x[me], (size_t)(T * c->H) * es,
+                       cudaMemcpyHostToDevice, st));
+    CU(cudaMemcpyAsync(didx, idx[me], (size_t)(T * c->K) * 8,
+                       cudaMemcpyHostToDevice, st));
+    CU(cudaMemcpyAsync(dw, w[me], (size_t)(T * c->K) * 4,
+                       cudaMemcpyHostToDevice, st));
 
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
     a.x = (epx_tensor_t){ dx, c->dtype, T, c->H };
@@ -193,7 +217,7 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
         bad.y = (epx_tensor_t){ rv.x.data, c->dtype, n, c->H };
         if (n > 0)
             CHECK_ST(epx_cuda_combine_send(m, &bad, st), EPX_ERR_INVALID);
-        CU(cudaMalloc(&dy, (size_t)(n * c->H + 1) * es));
+        dy = b->dy;
     }
 
     /* Expert outputs in place over recv.x, as the contract allows. */
@@ -206,7 +230,8 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hx, i * c->H + h, row[h]);
     }
-    CU(cudaMemcpy(dy, hx, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice));
+    CU(cudaMemcpyAsync(dy, hx, (size_t)(n * c->H) * es,
+                       cudaMemcpyHostToDevice, st));
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
     ca.y = (epx_tensor_t){ dy, c->dtype, n, c->H };
     ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
@@ -220,15 +245,18 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CU(cudaStreamSynchronize(st));
     CHECK(ref_combine(&cfg, me, &src[me], c->unweighted, y_fn, &cfg.hidden,
                       EPX_DTYPE_FP32, exp) == 0);
-    CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < T * c->H; i++)
+        if (memcmp(&got[i], &exp[i], sizeof(float)) != 0 && bad++ == 0)
+            first = i;
+    CHECKF(bad == 0, "combine: %lld of %lld values differ (R %d, H %d, "
+           "dtype %d, layout %s, call %d, T %lld); first at token %lld, h "
+           "%lld: %g, expected %g", (long long)bad, (long long)(T * c->H), R,
+           c->H, (int)c->dtype, c->em ? "expert" : "token", call,
+           (long long)T, (long long)(first / c->H), (long long)(first % c->H),
+           first >= 0 ? got[first] : 0.0, first >= 0 ? exp[first] : 0.0);
 
     ref_recv_free(&want);
-    if (dy != rv.x.data)
-        cudaFree(dy);
-    cudaFree(dx);
-    cudaFree(didx);
-    cudaFree(dw);
-    cudaFree(dout);
     for (int r = 0; r < R; r++) {
         free(idx[r]);
         free(w[r]);
@@ -237,6 +265,23 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     free(src), free(idx), free(w), free(x), free(hx), free(hs), free(row);
     free(got), free(exp);
     return 0;
+}
+
+/* One case over thread ranks, named on stderr before and after it runs
+ * (unbuffered: a case that hangs is named even when the run is killed). */
+static void thread_case(gcase_t *c)
+{
+    fprintf(stderr, "# threads: R %d, H %d, dtype %d, %s-major, wire %d\n",
+            c->R, c->H, (int)c->dtype, c->em ? "expert" : "token",
+            (int)c->wire);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    int rc = epxt_thread_ranks(c->R, 120, gpu_rank, c);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    fprintf(stderr, "#   %s in %.1f s\n", rc == 0 ? "passed" : "FAILED",
+            (double)(b.tv_sec - a.tv_sec) +
+                1e-9 * (double)(b.tv_nsec - a.tv_nsec));
+    assert_int_equal(rc, 0);
 }
 
 static void threads_one_gpu(void **state)
@@ -249,7 +294,7 @@ static void threads_one_gpu(void **state)
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
                           EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0,
                           EPX_WIRE_NATIVE };
-            assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
+            thread_case(&c);
         }
 }
 
@@ -265,7 +310,7 @@ static void expert_major(void **state)
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
                           EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d,
                           EPX_WIRE_NATIVE };
-            assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c), 0);
+            thread_case(&c);
         }
 }
 
@@ -328,8 +373,7 @@ static void quantized_wires(void **state)
                               Hs[(wi + i + (size_t)em) % 3], 48,
                               EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS, 1,
                               em, em ? 4 : 1, 0, wires[wi] };
-                assert_int_equal(epxt_thread_ranks(c.R, 120, gpu_rank, &c),
-                                 0);
+                thread_case(&c);
             }
 }
 
@@ -380,7 +424,12 @@ static int have_gpu(void)
 
 int main(void)
 {
+    /* Line by line, so that a run killed by a time limit keeps them. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     epxt_init("test_cuda_moe");
+    /* Thread ranks share one context: their streams need hardware queues
+     * of their own (src/cuda/README.md, "Ranks as threads"). */
+    setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
     if (!have_gpu())
         return 77;
     /* Forked process ranks first, before this process touches CUDA. */
