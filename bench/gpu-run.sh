@@ -6,9 +6,17 @@
 # each benchmark's JSON object (epx-bench --json) to
 # bench/results/<date>-gpu-<device>/<name>.json.
 #   bench/gpu-run.sh [build-dir]     (default: .; configured and built)
+# A host without the build dependencies takes a bundle instead
+# (scripts/gpu-bundle.sh DIR, then DIR/run.sh there).  Each step is
+# stopped after EPX_GPU_STEP_LIMIT seconds (300) and a device wait after
+# EPX_TIMEOUT (30 here): a hang costs minutes, not the session.
 # Exit: 0 all passed, 1 a test or bench failed, 77 no GPU here.
 set -u
 b=${1:-.}
+export EPX_TIMEOUT=${EPX_TIMEOUT:-30}
+limit=${EPX_GPU_STEP_LIMIT:-300}
+lim=
+command -v timeout >/dev/null 2>&1 && lim="timeout -k 5 $limit"
 src=$(cd "$(dirname "$0")/.." && pwd)
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 ||
     { echo "gpu-run: no GPU (nvidia-smi -L failed)"; exit 77; }
@@ -24,7 +32,7 @@ step() {   # step NAME COMMAND...: run, record, count failures (77: skip)
     shift
     echo "## $name"
     echo "\$ $*"
-    "$@" 2>&1
+    $lim "$@" 2>&1
     rc=$?
     verdict $rc
 }
@@ -32,6 +40,7 @@ verdict() {
     case $1 in
     0) echo "-> pass" ;;
     77) echo "-> skip (77)" ;;
+    124|137) echo "-> FAIL (stopped after $limit s)"; fails=$((fails + 1)) ;;
     *) echo "-> FAIL (exit $1)"; fails=$((fails + 1)) ;;
     esac
     echo
@@ -43,13 +52,14 @@ bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
     shift 2
     echo "## $name"
     echo "\$ epx-bench --device cuda $* --json > $f"
-    "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
+    $lim "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
     verdict $?
 }
 run_all() {
     echo "# epx GPU run"
     echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)$(
+    echo "commit: $(cat "$src/COMMIT" 2>/dev/null ||
+                    git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)$(
         [ -n "$(git -C "$src" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
         echo ' (dirty)')"
     echo "host:   $(hostname)"
@@ -73,6 +83,9 @@ run_all() {
         --dtype fp8
     bench "HT token-major nvfp4" ht-token-nvfp4 --ranks 8 --tokens 4096 \
         --dtype nvfp4
+    # LL against HT on the same input (128 tokens per rank)
+    bench "HT 128 tokens, 8 ranks on one GPU" ht128-bf16 --ranks 8 \
+        --tokens 128 --iters 200 --warmup 20
     # LL: dispatch of 128 tokens x 7168 x top-8 at 8 ranks under 100 us
     bench "LL 128 tokens, 8 ranks on one GPU" ll-bf16 --ranks 8 \
         --tokens 128 --mode ll --iters 200 --warmup 20

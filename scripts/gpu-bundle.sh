@@ -1,0 +1,66 @@
+#!/bin/sh
+# Build everything bench/gpu-run.sh runs, for a GPU host that has a CUDA
+# driver (and NCCL) but neither epx's build dependencies nor a network:
+# a fresh copy of the committed source (HEAD) is configured with a static
+# libepx (--disable-shared; no UCX, MPI or OpenBLAS, which the GPU run
+# does not use), built here, and DIR receives
+#   bench/epx-bench, tests/cuda/test_*   the programs
+#   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
+#   lib/                                  the shared libraries they need
+#                                         besides glibc, libstdc++, libgcc,
+#                                         the CUDA driver and NCCL
+#   run.sh                                sets the library path (NCCL from
+#                                         the host) and runs gpu-run.sh
+#   COMMIT                                the commit built
+# Copy DIR to the GPU host and run DIR/run.sh there; results go to
+# DIR/bench/results/.  The host's glibc must be at least this machine's.
+#   scripts/gpu-bundle.sh DIR
+set -eu
+[ $# -eq 1 ] || { echo "usage: $0 DIR" >&2; exit 2; }
+src=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$1"
+dir=$(cd "$1" && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+git -C "$src" archive HEAD | tar -x -C "$work"
+cd "$work"
+echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
+./autogen.sh >/dev/null 2>&1
+./configure --disable-shared --without-ucx --without-mpi --without-openblas \
+    >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
+grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
+    { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
+progs="bench/epx-bench tests/cuda/test_cuda_moe tests/cuda/test_cuda_ll
+       tests/cuda/test_kern_host tests/cuda/test_kern_quant tests/cuda/test_fdpass"
+echo "gpu-bundle: building"
+make -j"$(nproc 2>/dev/null || echo 2)" $progs >make.out 2>&1 ||
+    { tail -30 make.out; exit 1; }
+mkdir -p "$dir/bench" "$dir/tests/cuda" "$dir/lib"
+for p in $progs; do cp "$p" "$dir/$p"; done
+cp bench/gpu-run.sh bench/test-cuda-bench-smoke.sh "$dir/bench/"
+cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
+git -C "$src" rev-parse HEAD >"$dir/COMMIT"
+# Libraries beyond the base system, the driver and NCCL (the host's own).
+for p in $progs; do ldd "$p"; done | awk '/=> \// { print $3 }' | sort -u |
+while read -r l; do
+    case "$(basename "$l")" in
+    libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|\
+    libstdc++.so*|libgcc_s.so*|libcuda.so*|libnccl.so*) ;;
+    *) cp -L "$l" "$dir/lib/" ;;
+    esac
+done
+cat >"$dir/run.sh" <<'EOF'
+#!/bin/sh
+# On the GPU host: bench/gpu-run.sh over this bundle (arguments: none).
+d=$(cd "$(dirname "$0")" && pwd)
+nccl=
+for l in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
+    [ -f "$l/libnccl.so.2" ] && { nccl=$l; break; }
+done
+export LD_LIBRARY_PATH="$d/lib${nccl:+:$nccl}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+missing=$(ldd "$d/bench/epx-bench" | grep 'not found')
+[ -z "$missing" ] || { echo "run.sh: missing libraries:"; echo "$missing"; exit 1; }
+cd "$d" && exec sh bench/gpu-run.sh .
+EOF
+chmod +x "$dir/run.sh"
+echo "gpu-bundle: $dir ($(du -sh "$dir" | cut -f1)); on the GPU host: $dir/run.sh"
