@@ -476,6 +476,52 @@ EPXK_HD float epxk_partial_elem(const epxk_geom_t *g, const char *y,
     return acc;
 }
 
+/* 16 bytes of a row (8 bf16 or 4 fp32, little-endian), for the 16-byte
+ * form of the expert-major partial: loaded and stored whole by the
+ * kernels, taken apart here so that the host tests run the same code. */
+typedef struct epxk_v16 {
+    uint32_t w[4];
+} epxk_v16_t;
+
+/* Element e of a 16-byte piece, as fp32. */
+EPXK_HD float epxk_v16_elem(int esize, const epxk_v16_t *p, int e)
+{
+    if (esize == 2)
+        return epxk_bf16_to_f32((uint16_t)(p->w[e >> 1] >> (16 * (e & 1))));
+    union { uint32_t u; float f; } v;
+    v.u = p->w[e];
+    return v.f;
+}
+
+/* acc[e] += (weighted ? w * x[e] : x[e]) for the piece's 16 / esize
+ * elements: one row's step of epxk_partial_elem, element by element, so
+ * the 16-byte form gives its bits. */
+EPXK_HD void epxk_partial_acc16(int esize, const epxk_v16_t *p, int weighted,
+                                float w, float acc[8])
+{
+    for (int e = 0; e < 8; e++) {
+        if (esize != 2 && e >= 4)
+            break;
+        float v = epxk_v16_elem(esize, p, e);
+        acc[e] = acc[e] + (weighted ? w * v : v);
+    }
+}
+
+/* acc[0..16 / esize) rounded to the engine dtype as epxk_store does. */
+EPXK_HD void epxk_pack16(int esize, const float acc[8], epxk_v16_t *p)
+{
+    for (int i = 0; i < 4; i++) {
+        if (esize == 2) {
+            p->w[i] = (uint32_t)epxk_f32_to_bf16(acc[2 * i]) |
+                      (uint32_t)epxk_f32_to_bf16(acc[2 * i + 1]) << 16;
+        } else {
+            union { uint32_t u; float f; } v;
+            v.f = acc[i];
+            p->w[i] = v.u;
+        }
+    }
+}
+
 /* Combine, element h of token t: the partials of t's destinations summed
  * in ascending rank order in fp32 (0 when t went nowhere).  comb: this
  * rank's partials, one row_bytes row per slot. */

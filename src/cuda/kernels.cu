@@ -162,6 +162,40 @@ __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
     }
 }
 
+/* An expert-major entry's partial (kern.h epxk_partial_elem: its rows of
+ * y in top-k order, weighted, summed in fp32, rounded once) into dst by a
+ * warp.  Where y's rows and dst are 16-byte aligned, lane i takes pieces
+ * i, i + 32...: one 16-byte load per row and one 16-byte store
+ * (epxk_partial_acc16, the same arithmetic element by element); else an
+ * element per lane. */
+__device__ static void warp_partial(const epxk_geom_t &g, const char *y,
+                                    const int32_t *rows, const float *wt,
+                                    char *dst, int lane)
+{
+    if (((uintptr_t)y | (uintptr_t)dst | (uintptr_t)g.row_bytes) & 15) {
+        for (int64_t h = lane; h < g.H; h += WARP)
+            epxk_store(dst, g.esize, h, epxk_partial_elem(&g, y, rows, wt, h));
+        return;
+    }
+    for (int64_t v = lane; v < g.row_bytes / 16; v += WARP) {
+        float acc[8];
+        for (int e = 0; e < 8; e++)
+            acc[e] = 0.0f;
+        for (int k = 0; k < g.K; k++) {
+            const int32_t r = rows[k];
+            if (r < 0)
+                break;
+            union { uint4 u; epxk_v16_t p; } t;
+            t.u = *(const uint4 *)(y + (int64_t)r * g.row_bytes + v * 16);
+            epxk_partial_acc16(g.esize, &t.p, wt != NULL, wt ? wt[r] : 0.0f,
+                               acc);
+        }
+        union { uint4 u; epxk_v16_t p; } o;
+        epxk_pack16(g.esize, acc, &o.p);
+        *(uint4 *)(dst + v * 16) = o.u;
+    }
+}
+
 /* One bf16 row quantized by a warp into its wire parts (kern.h,
  * "quantized pack"): codes at q, block scales at sc, the NVFP4 row scale at
  * *gs.  Lane i takes chunks i, i + 32...: 32 bytes of input (two 16-byte
@@ -501,10 +535,7 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
                 const int32_t *rows =
                     (const int32_t *)(mine + g.off_ent_rows) + i * g.K;
                 char *dst = c.peers[s] + g.off_comb + slot * g.row_bytes;
-                for (int64_t h = lane; h < g.H; h += WARP)
-                    epxk_store(dst, g.esize, h,
-                               epxk_partial_elem(&g, (const char *)c.y, rows,
-                                                 wt, h));
+                warp_partial(g, (const char *)c.y, rows, wt, dst, lane);
                 continue;
             }
             int s = ((const int32_t *)(mine + g.off_src_rank))[i];
@@ -847,10 +878,7 @@ __global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
             int64_t slot = ((const int32_t *)(bw + c.ll.ent_slot))[i];
             const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) + i * g.K;
             char *dst = ll_bufp(c, c.peers[s]) + c.ll.comb + slot * g.row_bytes;
-            for (int64_t h = lane; h < g.H; h += WARP)
-                epxk_store(dst, g.esize, h,
-                           epxk_partial_elem(&g, (const char *)c.y, rows, wt,
-                                             h));
+            warp_partial(g, (const char *)c.y, rows, wt, dst, lane);
         }
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)

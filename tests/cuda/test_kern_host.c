@@ -1043,6 +1043,59 @@ static void bf16_matches_host(void **state)
     }
 }
 
+/* The 16-byte form of the expert-major partial (epxk_partial_acc16 over
+ * a row's pieces, then epxk_pack16), as the combine-put kernels run it
+ * where rows are aligned, against the element form (epxk_partial_elem,
+ * epxk_store) bit for bit: bf16 and fp32, weighted and not, 1 to 8 rows
+ * with -1 ends, random bits (NaN, Inf, subnormals, -0 included). */
+static void partial_vec16(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 400; round++) {
+        epxk_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.esize = round % 2 ? 4 : 2;
+        g.K = 1 + (int)epxt_below(&rng, 8);
+        g.H = (16 / g.esize) * (1 + (int)epxt_below(&rng, 40));
+        g.row_bytes = (int64_t)g.H * g.esize;
+        const int nrows = 12;
+        unsigned char *y = malloc((size_t)(nrows * g.row_bytes));
+        float w[12];
+        for (int64_t i = 0; i < nrows * g.row_bytes; i++)
+            y[i] = (unsigned char)epxt_next(&rng);
+        if (round % 3 == 0)   /* also plain numbers, not only random bits */
+            for (int64_t i = 0; i < nrows * (int64_t)g.H; i++)
+                epxk_store(y, g.esize, i,
+                           (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+        for (int r = 0; r < nrows; r++)
+            w[r] = (float)epxt_below(&rng, 1000) / 997.0f;
+        int32_t rows[8];
+        int n = (int)epxt_below(&rng, (uint64_t)g.K + 1);
+        for (int k = 0; k < g.K; k++)
+            rows[k] = k < n ? (int32_t)epxt_below(&rng, nrows) : -1;
+        const float *wt = round % 4 < 2 ? w : NULL;
+        unsigned char *want = malloc((size_t)g.row_bytes);
+        unsigned char *got = malloc((size_t)g.row_bytes);
+        for (int64_t h = 0; h < g.H; h++)
+            epxk_store(want, g.esize, h,
+                       epxk_partial_elem(&g, (const char *)y, rows, wt, h));
+        for (int64_t v = 0; v < g.row_bytes / 16; v++) {
+            float acc[8] = { 0 };
+            for (int k = 0; k < g.K && rows[k] >= 0; k++) {
+                epxk_v16_t p;
+                memcpy(&p, y + rows[k] * g.row_bytes + v * 16, 16);
+                epxk_partial_acc16(g.esize, &p, wt != NULL,
+                                   wt ? wt[rows[k]] : 0.0f, acc);
+            }
+            epxk_v16_t o;
+            epxk_pack16(g.esize, acc, &o);
+            memcpy(got + v * 16, &o, 16);
+        }
+        assert_memory_equal(got, want, (size_t)g.row_bytes);
+        free(y), free(want), free(got);
+    }
+}
+
 int main(void)
 {
     epxt_init("test_kern_host");
@@ -1055,6 +1108,7 @@ int main(void)
         cmocka_unit_test(layout_chunks),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(bf16_matches_host),
+        cmocka_unit_test(partial_vec16),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
