@@ -57,6 +57,7 @@ typedef struct bench_opts {
     int ll_capacity;           /* --ll-capacity (0: the largest T) */
     int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
     int ll_buffers;            /* --ll-buffers (0: the library's 2) */
+    int cuda_graph;            /* --cuda-graph: time graph replays (GPU LL) */
     int64_t *sweep;            /* --tokens-sweep: token counts, one run each */
     int nsweep;
     struct bench_summary *summary; /* filled by bench_report when set */

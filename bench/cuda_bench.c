@@ -192,6 +192,64 @@ static void verify_out(cshared_t *s, int me, const float *out,
     pthread_mutex_unlock(&s->mu);
 }
 
+/* --cuda-graph: this rank's low-latency dispatch (send + recv) and
+ * combine (send + recv) captured into two graphs, with the y the eager
+ * iterations use (the received rows in place, or zeros in *dy for a
+ * quantized wire).  0, or -1 with the rank failed. */
+static int capture_ll(cshared_t *s, int me, epx_cuda_moe_t *m,
+                      const epx_dispatch_args_t *a, epx_tensor_t *out,
+                      cudaStream_t st, void **dy, size_t *ycap,
+                      cudaGraphExec_t gx[2], epx_recv_t *grv,
+                      epx_combine_args_t *gca)
+{
+    const bench_workload_t *wl = s->wl;
+    cudaGraph_t g = NULL;
+    int capturing = 0;
+    CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    capturing = 1;
+    API(epx_cuda_dispatch_send(m, a, st));
+    API(epx_cuda_dispatch_recv(m, st, grv));
+    capturing = 0;
+    CUDA(cudaStreamEndCapture(st, &g));
+    CUDA(cudaGraphInstantiate(&gx[0], g, 0));
+    cudaGraphDestroy(g);
+    g = NULL;
+    gca->y = (epx_tensor_t){ grv->x.data, wl->dtype, grv->num_rows,
+                             wl->hidden };
+    if (wl->wire != EPX_WIRE_NATIVE) {
+        size_t need = (size_t)grv->num_rows * wl->hidden * wl->dsize + 16;
+        if (need > *ycap) {   /* only without a warm-up */
+            cudaFree(*dy);
+            *dy = NULL;
+            CUDA(cudaMalloc(dy, need));
+            CUDA(cudaMemsetAsync(*dy, 0, need, st));
+            CUDA(cudaStreamSynchronize(st));
+            *ycap = need;
+        }
+        gca->y.data = *dy;
+    }
+    gca->flags = EPX_COMBINE_UNWEIGHTED;   /* as the eager expert-major */
+    CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    capturing = 1;
+    API(epx_cuda_combine_send(m, gca, st));
+    API(epx_cuda_combine_recv(m, out, st));
+    capturing = 0;
+    CUDA(cudaStreamEndCapture(st, &g));
+    CUDA(cudaGraphInstantiate(&gx[1], g, 0));
+    cudaGraphDestroy(g);
+    return 0;
+out:
+    if (capturing) {
+        cudaGraph_t bad = NULL;
+        cudaStreamEndCapture(st, &bad);
+        if (bad)
+            cudaGraphDestroy(bad);
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    return -1;
+}
+
 static void *rank_main(void *arg)
 {
     crank_t *c = arg;
@@ -291,14 +349,29 @@ static void *rank_main(void *arg)
     const int tmaj = mp.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const int64_t want_rows = tmaj ? rows_expected(wl, me) : -1;
     size_t ycap = 0;
+    /* --cuda-graph: the dispatch and the combine captured once, after the
+     * warm-up, and replayed by the timed iterations.  The captured call
+     * keeps its buffer, its recv descriptor and its y. */
+    cudaGraphExec_t gx[2] = { NULL, NULL };
+    epx_recv_t grv = { .struct_size = sizeof(grv) };
+    epx_combine_args_t gca = EPX_COMBINE_ARGS_INIT;
 
     for (int it = 0; it < total; it++) {
+        const int graph = o->cuda_graph && it >= o->warmup;
+        if (graph && !gx[1] &&
+            capture_ll(s, me, m, &a, &out, st, &dy, &ycap, gx, &grv, &gca))
+            goto out;
         epx_recv_t rv = { .struct_size = sizeof(rv) };
         if (epx__tgroup_barrier(&s->g))
             goto out;
         double t0 = now_s();
-        API(epx_cuda_dispatch_send(m, &a, st));
-        API(epx_cuda_dispatch_recv(m, st, &rv));
+        if (graph) {
+            CUDA(cudaGraphLaunch(gx[0], st));
+            rv = grv;
+        } else {
+            API(epx_cuda_dispatch_send(m, &a, st));
+            API(epx_cuda_dispatch_recv(m, st, &rv));
+        }
         CUDA(cudaStreamSynchronize(st));
         double t1 = now_s();
         if (o->mode == EPX_MODE_LOW_LATENCY) {
@@ -338,8 +411,12 @@ static void *rank_main(void *arg)
         if (epx__tgroup_barrier(&s->g))
             goto out;
         double t2 = now_s();
-        API(epx_cuda_combine_send(m, &ca, st));
-        API(epx_cuda_combine_recv(m, &out, st));
+        if (graph) {
+            CUDA(cudaGraphLaunch(gx[1], st));
+        } else {
+            API(epx_cuda_combine_send(m, &ca, st));
+            API(epx_cuda_combine_recv(m, &out, st));
+        }
         CUDA(cudaStreamSynchronize(st));
         double t3 = now_s();
         if (it >= o->warmup) {
@@ -352,6 +429,9 @@ static void *rank_main(void *arg)
     if (!o->ll_drop)   /* dropped rows are missing by design */
         verify_out(s, me, hout, hx);
 out:
+    for (int i = 0; i < 2; i++)
+        if (gx[i])
+            cudaGraphExecDestroy(gx[i]);
     if (m)
         epx_cuda_moe_destroy(m);
     if (comm)
@@ -427,11 +507,13 @@ static void print_json(FILE *f, const bench_opts_t *o,
             ll || o->layout == EPX_LAYOUT_EXPERT_MAJOR ? o->align : 1);
     if (ll)
         fprintf(f, "    \"ll_capacity\": %d,\n    \"ll_buffers\": %d,\n"
-                "    \"ll_drop\": %s,\n    \"ll_rows_dropped\": %lld,\n",
+                "    \"ll_drop\": %s,\n    \"ll_rows_dropped\": %lld,\n"
+                "    \"cuda_graph\": %s,\n",
                 o->ll_capacity > 0 ? o->ll_capacity : (int)wl->max_T,
                 o->ll_buffers > 0 ? o->ll_buffers : 2,
                 o->ll_drop ? "true" : "false",
-                (long long)res[RUN_WINDOWS].dropped);
+                (long long)res[RUN_WINDOWS].dropped,
+                o->cuda_graph ? "true" : "false");
     fprintf(f, "    \"wire\": \"%s\",\n    \"wire_bytes_per_token_row\": "
             "%zu,\n    \"wire_data_bytes\": %zu,\n"
             "    \"wire_scale_bytes\": %zu,\n    \"wire_global_bytes\": "
@@ -566,11 +648,12 @@ int bench_cuda_main(const bench_opts_t *o)
     const int ll = o->mode == EPX_MODE_LOW_LATENCY;
     fprintf(tf, "# epx-bench --device cuda: %d ranks (threads), %s x %d, "
             "%lld tokens/rank max, hidden %d, %d experts, top-%d, %s, "
-            "layout %s, wire %s, %d iterations (+%d warm-up)\n",
+            "layout %s, wire %s, %d iterations%s (+%d warm-up)\n",
             R, prop.name, ndev, (long long)wl.max_T, wl.hidden, wl.experts,
             wl.topk, ll ? "low latency" : "throughput",
             ll ? "expert" : bench_layout_name(o->layout),
-            bench_wire_name(wl.wire), o->iters, o->warmup);
+            bench_wire_name(wl.wire), o->iters,
+            o->cuda_graph ? " (CUDA graph replays)" : "", o->warmup);
     fprintf(tf, "# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
             "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
 

@@ -91,6 +91,9 @@ run_all() {
         --tokens 128 --mode ll --iters 200 --warmup 20
     bench "LL 128 tokens fp8" ll-fp8 --ranks 8 --tokens 128 --mode ll \
         --dtype fp8 --iters 200 --warmup 20
+    # LL as decode runs it: each rank's calls replayed from CUDA graphs
+    bench "LL 128 tokens, CUDA graphs" ll-bf16-graph --ranks 8 \
+        --tokens 128 --mode ll --cuda-graph --iters 200 --warmup 20
     echo "failures: $fails"
 }
 run_all | tee "$out"

@@ -57,6 +57,12 @@ static const char bench_usage[] =
 "                        instead of failing with EPX_ERR_RANGE\n"
 "  --ll-buffers B        low latency: buffers (calls in flight), 0 or 2..64\n"
 "                        (0: the library's default, 2)\n"
+"  --cuda-graph          with --device cuda --mode ll: after the warm-up,\n"
+"                        each rank captures its dispatch and its combine\n"
+"                        into two CUDA graphs, and the timed iterations\n"
+"                        replay them (as decode runs low latency); throughput\n"
+"                        mode cannot be captured (one host synchronisation\n"
+"                        per dispatch)\n"
 "  --tokens-sweep T1,T2,...  one run per token count (tokens per rank, fork\n"
 "                        launcher, no mpi row); each run's table on stderr,\n"
 "                        then per count the p50 and p99 of dispatch, combine\n"
@@ -485,6 +491,8 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--ll-drop")) {
             o->ll_drop = 1;
+        } else if (!strcmp(name, "--cuda-graph")) {
+            o->cuda_graph = 1;
         } else if (!strcmp(name, "--ll-buffers")) {
             if (parse_int(name, NEXT(), 0, 64, &o->ll_buffers))
                 return BENCH_OPTS_EXIT_ERR;
@@ -572,6 +580,13 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         }
         o->layout = EPX_LAYOUT_EXPERT_MAJOR;
         o->align = 1;   /* ranges are fixed: alignment does not apply */
+    }
+    if (o->cuda_graph && (o->device != BENCH_DEVICE_CUDA ||
+                          o->mode != EPX_MODE_LOW_LATENCY)) {
+        fprintf(stderr, "epx-bench: --cuda-graph goes with --device cuda "
+                "--mode ll (throughput mode synchronises with the host once "
+                "per dispatch, which a graph cannot hold)\n");
+        return BENCH_OPTS_EXIT_ERR;
     }
     if (o->overlap && !bench_ffn_available()) {
         fprintf(stderr, "epx-bench: --overlap is unavailable: built without "

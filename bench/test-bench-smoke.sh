@@ -29,6 +29,7 @@
 #     verified, with the per-pair choice in the JSON and the text; a bad
 #     value is refused.
 # 11. low latency with quantized wire formats (fp8, nvfp4): verified.
+# 12. --cuda-graph refused off the GPU executor's low latency.
 set -u
 
 BENCH=${EPX_BENCH:-./bench/epx-bench}
@@ -288,4 +289,14 @@ assert 0.5 < r < 0.6, r   # 208 of 400 bytes a row, plus the same metadata
 assert f8["combine_bytes_put_per_rank"] > 0, f8   # bf16 partials pushed
 EOF
 fi
+
+# 12. --cuda-graph is for the GPU executor's low latency only: refused
+#     (exit 2, saying why) on the host and in throughput mode
+for extra in "--mode ll" "--device cuda"; do
+    $BENCH --ranks 2 --tokens 4 --cuda-graph $extra >"$tmp/graph.out" 2>&1
+    rc=$?
+    [ $rc -eq 2 ] && grep -q -- "--cuda-graph goes with --device cuda --mode ll" \
+        "$tmp/graph.out" ||
+        { cat "$tmp/graph.out" >&2; fail "--cuda-graph $extra: exit $rc"; }
+done
 exit 0

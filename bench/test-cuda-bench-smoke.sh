@@ -2,7 +2,8 @@
 # Smoke test of epx-bench --device cuda.  Without a GPU (or a CUDA build)
 # the bench must say exactly that and exit 3, and this test passes on that;
 # with a GPU, small verified runs: throughput token-major and expert-major,
-# a quantized wire, low latency (native and quantized), and --json
+# a quantized wire, low latency (native and quantized, eager and replayed
+# from CUDA graphs), and --json
 # (bench/README.md, "GPU").
 b=bench/epx-bench
 small="--ranks 2 --tokens 16 --hidden 256 --experts 8 --topk 2 --iters 2 --warmup 1"
@@ -22,7 +23,8 @@ printf '%s\n' "$out"
 [ $rc -eq 0 ] || { echo "FAIL: exit $rc"; exit 1; }
 echo "$out" | grep -q '^  epx-cuda  dispatch .* yes$' || { echo "FAIL: no verified epx-cuda row"; exit 1; }
 for extra in "--layout expert --align 4" "--dtype nvfp4" "--mode ll" \
-             "--mode ll --dtype fp8"; do
+             "--mode ll --dtype fp8" "--mode ll --cuda-graph" \
+             "--mode ll --dtype fp8 --cuda-graph"; do
     $b --device cuda $small $extra || { echo "FAIL: $extra"; exit 1; }
 done
 # --json: one object on stdout, the table on stderr; verified
