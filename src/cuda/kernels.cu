@@ -139,7 +139,9 @@ __device__ static bool wait_tag(const int32_t *p, int32_t tag,
 
 /* Copy one row of `bytes` with a warp: 16-byte vectors when both ends
  * and the length allow it (coalesced: lane i takes vector i, i + 32...),
- * else 4- or 2-byte words. */
+ * four loads in flight per lane before their stores (a 7168-wide bf16 row
+ * is 28 vectors a lane: one at a time, each waits out a whole memory
+ * latency), else 4- or 2-byte words. */
 __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
                                                  int64_t bytes, int lane)
 {
@@ -147,7 +149,17 @@ __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
     if ((a & 15) == 0) {
         const uint4 *s = (const uint4 *)src;
         uint4 *d = (uint4 *)dst;
-        for (int64_t i = lane; i < bytes / 16; i += WARP)
+        const int64_t n = bytes / 16;
+        int64_t i = lane;
+        for (; i + 3 * WARP < n; i += 4 * WARP) {
+            const uint4 v0 = s[i], v1 = s[i + WARP], v2 = s[i + 2 * WARP],
+                        v3 = s[i + 3 * WARP];
+            d[i] = v0;
+            d[i + WARP] = v1;
+            d[i + 2 * WARP] = v2;
+            d[i + 3 * WARP] = v3;
+        }
+        for (; i < n; i += WARP)
             d[i] = s[i];
     } else if ((a & 3) == 0) {
         const uint32_t *s = (const uint32_t *)src;
