@@ -754,12 +754,17 @@ epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
         return epx__error(EPX_ERR_INVALID, "cuda ll_check: the engine is not "
                           "in low-latency mode");
     int64_t state[EPXK_LL_NSTATE], err = 0;
-    /* On the engine's stream, never the legacy one: in a process of
-     * several ranks that would also wait for their blocking streams,
-     * which may wait for this rank. */
-    st = epx__cuda_err(cudaMemcpyAsync(state, m->d_llstate, sizeof(state),
-                                       cudaMemcpyDeviceToHost, m->st),
-                       "cudaMemcpyAsync");
+    /* Wait for the call first: the copies below go to pageable memory,
+     * and one queued behind kernels that wait for peers could hold the
+     * driver while the peers still have copies of their own to make.
+     * Then on the engine's stream, never the legacy one (in a process of
+     * several ranks that would also wait for their blocking streams). */
+    st = epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpyAsync(state, m->d_llstate,
+                                           sizeof(state),
+                                           cudaMemcpyDeviceToHost, m->st),
+                           "cudaMemcpyAsync");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemcpyAsync(&err, m->d_info + EPXK_INFO_ERROR,
                                            sizeof(err),

@@ -17,6 +17,7 @@
 #include "epx_test.h"
 #include "netns_ranks.h"
 
+static double user_timeout;   /* EPX_TIMEOUT as the user set it, or 0 */
 static uint64_t run_seed;
 static _Thread_local int my_rank = -1;
 static _Thread_local char first_failure[1024];
@@ -35,6 +36,8 @@ void epxt_init(const char *prog)
     printf("# %s: seed 0x%016" PRIx64 " (EPX_TEST_SEED=0x%016" PRIx64
            " reproduces this run)\n", prog, run_seed, run_seed);
     /* A bug must fail a test, not hang the suite. */
+    const char *ut = getenv("EPX_TIMEOUT");
+    user_timeout = ut && *ut ? strtod(ut, NULL) : 0;
     setenv("EPX_TIMEOUT", "60", 0);
     const char *filter = getenv("EPX_TEST_FILTER");
     if (filter && *filter)
@@ -43,6 +46,11 @@ void epxt_init(const char *prog)
 }
 
 uint64_t epxt_seed(void) { return run_seed; }
+
+double epxt_timeout(double dflt)
+{
+    return user_timeout > 0 && user_timeout < dflt ? user_timeout : dflt;
+}
 
 uint64_t epxt_hash(uint64_t seed, uint64_t a, uint64_t b, uint64_t c,
                    uint64_t d)

@@ -20,6 +20,10 @@
  * applies EPX_TEST_FILTER (a cmocka test-name pattern). */
 void epxt_init(const char *prog);
 uint64_t epxt_seed(void);
+/* dflt, or EPX_TIMEOUT where the user set a smaller one before epxt_init
+ * (whose own default, 60, does not count): the limit of a harness that
+ * passes its own timeout to the communicator. */
+double epxt_timeout(double dflt);
 
 /* ---- deterministic random numbers (counter based: any rank can regenerate
  * any value without communication) */

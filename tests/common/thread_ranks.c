@@ -33,7 +33,9 @@ static void *member_main(void *arg)
     p.nranks = m->g->nranks;
     p.allgather = group_allgather;
     p.allgather_ctx = m;
-    p.timeout_s = m->g->timeout_s;
+    /* The device's waits follow the communicator's timeout: a smaller
+     * EPX_TIMEOUT set by the user holds for them too. */
+    p.timeout_s = epxt_timeout(m->g->timeout_s);
     epx_comm_t *comm = NULL;
     epx_status_t st = epx_comm_create(&p, &comm);
     if (st != EPX_OK) {
@@ -41,6 +43,9 @@ static void *member_main(void *arg)
                           epx_status_str(st), epx_last_error());
     } else {
         m->rc = m->fn(comm, m->arg);
+        if (m->rc)   /* the others' all-gathers through the group fail now
+                      * (waits on the transports still run to the timeout) */
+            epx__tgroup_break(m->g);
         epx_comm_destroy(comm);
     }
     snprintf(m->failure, sizeof(m->failure), "%s", epxt_first_failure());

@@ -110,12 +110,12 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     /* Uploads on the rank's stream: a plain cudaMemcpy may return before
      * its DMA lands, and the rank's stream does not wait for the legacy
      * stream. */
-    CU(cudaMemcpyAsync(b->dx, x[me], (size_t)(T * c->H) * es, cudaMemcpyHostToDevice,
-                       b->st));
-    CU(cudaMemcpyAsync(b->didx, idx[me], (size_t)(T * c->K) * 8, cudaMemcpyHostToDevice,
-                       b->st));
-    CU(cudaMemcpyAsync(b->dw, w[me], (size_t)(T * c->K) * 4, cudaMemcpyHostToDevice,
-                       b->st));
+    CU(cudaMemcpyAsync(b->dx, x[me], (size_t)(T * c->H) * es,
+                       cudaMemcpyHostToDevice, b->st));
+    CU(cudaMemcpyAsync(b->didx, idx[me], (size_t)(T * c->K) * 8,
+                       cudaMemcpyHostToDevice, b->st));
+    CU(cudaMemcpyAsync(b->dw, w[me], (size_t)(T * c->K) * 4,
+                       cudaMemcpyHostToDevice, b->st));
     unsigned char *hy = calloc((size_t)(n * c->H + 1), es);
     float *row = malloc(sizeof(float) * (size_t)c->H);
     int H = c->H;
@@ -127,8 +127,8 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hy, i * c->H + h, row[h]);
     }
-    CU(cudaMemcpyAsync(b->dy, hy, (size_t)(n * c->H) * es, cudaMemcpyHostToDevice,
-                       b->st));
+    CU(cudaMemcpyAsync(b->dy, hy, (size_t)(n * c->H) * es,
+                       cudaMemcpyHostToDevice, b->st));
     free(hy);
     free(row);
     return 0;

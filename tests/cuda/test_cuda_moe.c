@@ -238,6 +238,11 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CHECK_OK(epx_cuda_combine_send(m, &ca, st));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
     CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+    /* Wait before the copy into pageable memory: queued behind the reduce
+     * (which waits for the peers' partials) it could hold the driver
+     * while a peer still has its own pageable copies to make before its
+     * combine. */
+    CU(cudaStreamSynchronize(st));
     float *got = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     float *exp = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
