@@ -1,10 +1,10 @@
 #!/bin/sh
-# Everything that needs a GPU, in one command, on a GPU machine: the GPU
-# tests (tests/cuda, compute-sanitizer included), the --device cuda smoke
-# test and the GPU benchmarks (the issue's targets), written with the
-# device, date and commit to bench/results/<date>-gpu-<device>.txt, and
-# each benchmark's JSON object (epx-bench --json) to
-# bench/results/<date>-gpu-<device>/<name>.json.
+# Everything that needs a GPU, in one command, on a GPU machine: epx-topo's
+# probes, the GPU tests (tests/cuda, compute-sanitizer included), the
+# --device cuda smoke test and the GPU benchmarks (the issue's targets),
+# written with the device, date and commit to
+# bench/results/<date>-gpu-<device>.txt, and each benchmark's JSON object
+# (epx-bench --json) and the map's to bench/results/<date>-gpu-<device>/.
 #   bench/gpu-run.sh [build-dir]     (default: .; configured and built)
 # A host without the build dependencies takes a bundle instead
 # (scripts/gpu-bundle.sh DIR, then DIR/run.sh there).  Each step is
@@ -67,6 +67,12 @@ run_all() {
     nvidia-smi --query-gpu=driver_version,memory.total,clocks.max.sm --format=csv
     nvcc --version 2>/dev/null | tail -1
     echo
+    # The probes (hwloc, NVML, the CUDA driver) on a real GPU: the map as
+    # a tree, the GPU matrix, and the JSON beside the benchmarks'
+    step "topology/epx-topo" "$b/topology/epx-topo"
+    step "topology/epx-topo --matrix" "$b/topology/epx-topo" --matrix
+    step "topology/epx-topo --json" sh -c \
+        "'$b/topology/epx-topo' --json > '$stamp/topology.json'"
     for t in test_kern_host test_kern_quant test_fdpass test_cuda_moe \
              test_cuda_ll; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"

@@ -4,7 +4,8 @@
 # a fresh copy of the committed source (HEAD) is configured with a static
 # libepx (--disable-shared; no UCX, MPI or OpenBLAS, which the GPU run
 # does not use), built here, and DIR receives
-#   bench/epx-bench, tests/cuda/test_*   the programs
+#   bench/epx-bench, topology/epx-topo,  the programs
+#   tests/cuda/test_*
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
@@ -30,12 +31,13 @@ echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
-progs="bench/epx-bench tests/cuda/test_cuda_moe tests/cuda/test_cuda_ll
-       tests/cuda/test_kern_host tests/cuda/test_kern_quant tests/cuda/test_fdpass"
+progs="bench/epx-bench topology/epx-topo tests/cuda/test_cuda_moe
+       tests/cuda/test_cuda_ll tests/cuda/test_kern_host
+       tests/cuda/test_kern_quant tests/cuda/test_fdpass"
 echo "gpu-bundle: building"
 make -j"$(nproc 2>/dev/null || echo 2)" $progs >make.out 2>&1 ||
     { tail -30 make.out; exit 1; }
-mkdir -p "$dir/bench" "$dir/tests/cuda" "$dir/lib"
+mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/lib"
 for p in $progs; do cp "$p" "$dir/$p"; done
 cp bench/gpu-run.sh bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
