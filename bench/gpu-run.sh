@@ -9,7 +9,7 @@
 # A host without the build dependencies takes a bundle instead
 # (scripts/gpu-bundle.sh DIR, then DIR/run.sh there).  Each step is
 # stopped after EPX_GPU_STEP_LIMIT seconds (300) and a device wait after
-# EPX_TIMEOUT (30 here): a hang costs minutes, not the session.
+# EPX_TIMEOUT (30 here): a hang costs minutes, not the whole run.
 # Exit: 0 all passed, 1 a test or bench failed, 77 no GPU here.
 set -u
 b=${1:-.}
