@@ -192,62 +192,24 @@ static void verify_out(cshared_t *s, int me, const float *out,
     pthread_mutex_unlock(&s->mu);
 }
 
-/* --cuda-graph: this rank's low-latency dispatch (send + recv) and
- * combine (send + recv) captured into two graphs, with the y the eager
- * iterations use (the received rows in place, or zeros in *dy for a
- * quantized wire).  0, or -1 with the rank failed. */
-static int capture_ll(cshared_t *s, int me, epx_cuda_moe_t *m,
-                      const epx_dispatch_args_t *a, epx_tensor_t *out,
-                      cudaStream_t st, void **dy, size_t *ycap,
-                      cudaGraphExec_t gx[2], epx_recv_t *grv,
-                      epx_combine_args_t *gca)
+/* --cuda-graph: end the capture the caller began on st (its calls into
+ * the engine returned est) and instantiate the graph into *gx.  0, or -1
+ * with the rank failed. */
+static int capture_end(cshared_t *s, int me, cudaStream_t st,
+                       epx_status_t est, const char *what,
+                       cudaGraphExec_t *gx)
 {
-    const bench_workload_t *wl = s->wl;
     cudaGraph_t g = NULL;
-    int capturing = 0;
-    CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    capturing = 1;
-    API(epx_cuda_dispatch_send(m, a, st));
-    API(epx_cuda_dispatch_recv(m, st, grv));
-    capturing = 0;
-    CUDA(cudaStreamEndCapture(st, &g));
-    CUDA(cudaGraphInstantiate(&gx[0], g, 0));
-    cudaGraphDestroy(g);
-    g = NULL;
-    gca->y = (epx_tensor_t){ grv->x.data, wl->dtype, grv->num_rows,
-                             wl->hidden };
-    if (wl->wire != EPX_WIRE_NATIVE) {
-        size_t need = (size_t)grv->num_rows * wl->hidden * wl->dsize + 16;
-        if (need > *ycap) {   /* only without a warm-up */
-            cudaFree(*dy);
-            *dy = NULL;
-            CUDA(cudaMalloc(dy, need));
-            CUDA(cudaMemsetAsync(*dy, 0, need, st));
-            CUDA(cudaStreamSynchronize(st));
-            *ycap = need;
-        }
-        gca->y.data = *dy;
-    }
-    gca->flags = EPX_COMBINE_UNWEIGHTED;   /* as the eager expert-major */
-    CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    capturing = 1;
-    API(epx_cuda_combine_send(m, gca, st));
-    API(epx_cuda_combine_recv(m, out, st));
-    capturing = 0;
-    CUDA(cudaStreamEndCapture(st, &g));
-    CUDA(cudaGraphInstantiate(&gx[1], g, 0));
-    cudaGraphDestroy(g);
-    return 0;
-out:
-    if (capturing) {
-        cudaGraph_t bad = NULL;
-        cudaStreamEndCapture(st, &bad);
-        if (bad)
-            cudaGraphDestroy(bad);
-    }
+    cudaError_t e = cudaStreamEndCapture(st, &g);
+    if (est != EPX_OK)
+        rank_fail(s, me, what, epx_last_error());
+    else if (e != cudaSuccess)
+        rank_fail(s, me, "cudaStreamEndCapture", cudaGetErrorString(e));
+    else if ((e = cudaGraphInstantiate(gx, g, 0)) != cudaSuccess)
+        rank_fail(s, me, "cudaGraphInstantiate", cudaGetErrorString(e));
     if (g)
         cudaGraphDestroy(g);
-    return -1;
+    return est == EPX_OK && e == cudaSuccess ? 0 : -1;
 }
 
 static void *rank_main(void *arg)
@@ -268,8 +230,7 @@ static void *rank_main(void *arg)
     uint16_t *hx = NULL;
     float *hout = NULL;
     double *tm = s->times + (size_t)me * NPH * (size_t)iters;
-    double *b = s->bytes + (size_t)me * NPH;
-    rank_bytes(s, me, b);
+    const double *b = s->bytes + (size_t)me * NPH;   /* counted by main */
 
     CUDA(cudaSetDevice(dev));
     CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -349,18 +310,23 @@ static void *rank_main(void *arg)
     const int tmaj = mp.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const int64_t want_rows = tmaj ? rows_expected(wl, me) : -1;
     size_t ycap = 0;
-    /* --cuda-graph: the dispatch and the combine captured once, after the
-     * warm-up, and replayed by the timed iterations.  The captured call
-     * keeps its buffer, its recv descriptor and its y. */
+    /* --cuda-graph: the dispatch and the combine captured once, in the
+     * first timed iteration, and replayed by every timed iteration.  The
+     * captured call keeps its buffer, its recv descriptor (grv) and its
+     * y, so the y below stays the same from then on. */
     cudaGraphExec_t gx[2] = { NULL, NULL };
     epx_recv_t grv = { .struct_size = sizeof(grv) };
-    epx_combine_args_t gca = EPX_COMBINE_ARGS_INIT;
 
     for (int it = 0; it < total; it++) {
         const int graph = o->cuda_graph && it >= o->warmup;
-        if (graph && !gx[1] &&
-            capture_ll(s, me, m, &a, &out, st, &dy, &ycap, gx, &grv, &gca))
-            goto out;
+        if (graph && !gx[0]) {
+            CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            epx_status_t e = epx_cuda_dispatch_send(m, &a, st);
+            if (e == EPX_OK)
+                e = epx_cuda_dispatch_recv(m, st, &grv);
+            if (capture_end(s, me, st, e, "capturing the dispatch", &gx[0]))
+                goto out;
+        }
         epx_recv_t rv = { .struct_size = sizeof(rv) };
         if (epx__tgroup_barrier(&s->g))
             goto out;
@@ -408,6 +374,14 @@ static void *rank_main(void *arg)
             ca.y.data = dy;
         }
         ca.flags = tmaj ? 0u : EPX_COMBINE_UNWEIGHTED;
+        if (graph && !gx[1]) {
+            CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            epx_status_t e = epx_cuda_combine_send(m, &ca, st);
+            if (e == EPX_OK)
+                e = epx_cuda_combine_recv(m, &out, st);
+            if (capture_end(s, me, st, e, "capturing the combine", &gx[1]))
+                goto out;
+        }
         if (epx__tgroup_barrier(&s->g))
             goto out;
         double t2 = now_s();
