@@ -77,7 +77,6 @@ run_all() {
              test_cuda_ll; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done
-    step "tests/cuda/sanitize.sh" sh "$src/tests/cuda/sanitize.sh" "$b"
     step "bench/test-cuda-bench-smoke.sh" \
         sh -c "cd '$b' && sh '$src/bench/test-cuda-bench-smoke.sh'"
     # HT: each phase >= 70 % of the device copy bandwidth for its bytes
@@ -100,6 +99,8 @@ run_all() {
     # LL as decode runs it: each rank's calls replayed from CUDA graphs
     bench "LL 128 tokens, CUDA graphs" ll-bf16-graph --ranks 8 \
         --tokens 128 --mode ll --cuda-graph --iters 200 --warmup 20
+    # Last: the slowest step (every test under two sanitizer tools)
+    step "tests/cuda/sanitize.sh" sh "$src/tests/cuda/sanitize.sh" "$b"
     echo "failures: $fails"
 }
 run_all | tee "$out"

@@ -22,7 +22,10 @@ trap 'rm -f "$out"' EXIT
 
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 host=$(hostname)
-commit=$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)
+# A bundle built for another host (scripts/gpu-bundle.sh) has no git but
+# its COMMIT file.
+commit=$(git -C "$here" rev-parse HEAD 2>/dev/null ||
+         cat "$here/../COMMIT" 2>/dev/null || echo unknown)
 dirty=false
 [ -n "$(git -C "$here" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' | esc)

@@ -2,8 +2,9 @@
 # Build everything bench/gpu-run.sh runs, for a GPU host that has a CUDA
 # driver (and NCCL) but neither epx's build dependencies nor a network:
 # a fresh copy of the committed source (HEAD) is configured with a static
-# libepx (--disable-shared; no UCX, MPI or OpenBLAS, which the GPU run
-# does not use), built here, and DIR receives
+# libepx (--disable-shared; no UCX or MPI, which these runs do not use;
+# OpenBLAS when present, for host-run.sh's --overlap), built here, and DIR
+# receives
 #   bench/epx-bench, topology/epx-topo,  the programs
 #   tests/cuda/test_*
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
@@ -27,7 +28,7 @@ git -C "$src" archive HEAD | tar -x -C "$work"
 cd "$work"
 echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 ./autogen.sh >/dev/null 2>&1
-./configure --disable-shared --without-ucx --without-mpi --without-openblas \
+./configure --disable-shared --without-ucx --without-mpi \
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
@@ -39,7 +40,8 @@ make -j"$(nproc 2>/dev/null || echo 2)" $progs >make.out 2>&1 ||
     { tail -30 make.out; exit 1; }
 mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/lib"
 for p in $progs; do cp "$p" "$dir/$p"; done
-cp bench/gpu-run.sh bench/test-cuda-bench-smoke.sh "$dir/bench/"
+cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh \
+    bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
 # Libraries beyond the base system, the driver and NCCL (the host's own).
@@ -53,7 +55,8 @@ while read -r l; do
 done
 cat >"$dir/run.sh" <<'EOF'
 #!/bin/sh
-# On the GPU host: bench/gpu-run.sh over this bundle (arguments: none).
+# On the GPU host: bench/gpu-run.sh over this bundle; "run.sh host" runs
+# bench/host-run.sh (the host executor's targets on this host's cores).
 d=$(cd "$(dirname "$0")" && pwd)
 nccl=
 for l in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
@@ -62,7 +65,11 @@ done
 export LD_LIBRARY_PATH="$d/lib${nccl:+:$nccl}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 missing=$(ldd "$d/bench/epx-bench" | grep 'not found')
 [ -z "$missing" ] || { echo "run.sh: missing libraries:"; echo "$missing"; exit 1; }
-cd "$d" && exec sh bench/gpu-run.sh .
+mkdir -p "$d/bench/results"
+case ${1:-gpu} in
+host) cd "$d/bench" && exec sh host-run.sh .. ;;
+*) cd "$d" && exec sh bench/gpu-run.sh . ;;
+esac
 EOF
 chmod +x "$dir/run.sh"
 echo "gpu-bundle: $dir ($(du -sh "$dir" | cut -f1)); on the GPU host: $dir/run.sh"
