@@ -311,11 +311,14 @@ void bench_wire_shape(epx_wire_t wire, int H, size_t dsize, bench_wire_t *w);
 void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
                         int64_t i, int H, float *out);
 /* Largest error the format may make on element h of a bf16 row x
- * (README's bounds, from the row's own block maxima); rmax: the row's
- * largest |x| (bench_wire_rowmax, computed once per row). */
-double bench_wire_rowmax(const float *x, int H);
-double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h,
-                        double rmax);
+ * (README's bounds, from the row's own block maxima).  bench_wire_maxima
+ * fills bmax[w->nblocks] with each block's largest |x| and returns the
+ * row's (rmax), once per row: recomputed per element, the check of a
+ * 4096-token fp8 run cost minutes. */
+double bench_wire_maxima(const bench_wire_t *w, const float *x, int H,
+                         double *bmax);
+double bench_wire_bound(const bench_wire_t *w, const double *bmax,
+                        const float *x, int h, double rmax);
 
 /* dump.c */
 /* src_counts: low latency, [nlocal][nranks] rows per (expert, source)

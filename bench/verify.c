@@ -135,7 +135,10 @@ static void check_row_quant(const bench_ctx_t *ctx, const epx_recv_t *recv,
     bench_wire_t w;
     bench_wire_shape(wl->wire, H, wl->dsize, &w);
     float *src = malloc((size_t)H * 2 * sizeof(float)), *deq = src + H;
-    if (!src) {
+    double *bmax = malloc((size_t)w.nblocks * sizeof(double));
+    if (!src || !bmax) {
+        free(src);
+        free(bmax);
         bench_check_fail(c, "rank %d %s dispatch: out of memory", ctx->rank,
                          impl);
         return;
@@ -144,9 +147,9 @@ static void check_row_quant(const bench_ctx_t *ctx, const epx_recv_t *recv,
     for (int h = 0; h < H; h++)
         src[h] = load(wl, x->row, h);
     bench_wire_dequant(&w, recv, i, H, deq);
-    const double rmax = bench_wire_rowmax(src, H);
+    const double rmax = bench_wire_maxima(&w, src, H, bmax);
     for (int h = 0; h < H; h++) {
-        double b = bench_wire_bound(&w, src, H, h, rmax);
+        double b = bench_wire_bound(&w, bmax, src, h, rmax);
         if (!(fabs((double)deq[h] - src[h]) <= b)) {
             bench_check_fail(c, "rank %d %s dispatch: row %lld (token %d:%d) "
                              "x[%d] dequantizes to %g, source %g, beyond the "
@@ -158,6 +161,7 @@ static void check_row_quant(const bench_ctx_t *ctx, const epx_recv_t *recv,
         }
     }
     free(src);
+    free(bmax);
 }
 
 static void check_row_x(const bench_ctx_t *ctx, const epx_recv_t *recv,
@@ -457,7 +461,10 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
     bench_wire_t w;
     bench_wire_shape(wl->wire, H, wl->dsize, &w);
     float *xs = w.block ? malloc((size_t)H * sizeof(float)) : NULL;
-    if (w.block && !xs) {
+    double *bmax = w.block ? malloc((size_t)w.nblocks * sizeof(double)) : NULL;
+    if (w.block && (!xs || !bmax)) {
+        free(xs);
+        free(bmax);
         bench_check_fail(c, "rank %d %s combine: out of memory", r, impl);
         return;
     }
@@ -478,7 +485,7 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
         const char *orow = (const char *)out + (size_t)t * rowb;
         for (int h = 0; xs && h < H; h++)
             xs[h] = load(wl, xr, h);
-        const double rmax = xs ? bench_wire_rowmax(xs, H) : 0;
+        const double rmax = xs ? bench_wire_maxima(&w, xs, H, bmax) : 0;
         for (int h = 0; h < H; h++) {
             double xv = load(wl, xr, h);
             double ref = xv * coef, got = load(wl, orow, h);
@@ -486,7 +493,7 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
             /* Quantized: the experts saw x within the format's bound q,
              * then rounded to bf16 (2^-8 relative, with the error). */
             if (xs) {
-                double q = bench_wire_bound(&w, xs, H, h, rmax);
+                double q = bench_wire_bound(&w, bmax, xs, h, rmax);
                 tol = (unit + 0x1p-8) * (fabs(xv) + q) * cabs + q * cabs;
             }
             if (!(fabs(got - ref) <= tol)) {
@@ -499,4 +506,5 @@ void bench_verify_out(const bench_ctx_t *ctx, const void *out,
     }
     c->checked += wl->T[r];
     free(xs);
+    free(bmax);
 }

@@ -81,21 +81,25 @@ void bench_wire_dequant(const bench_wire_t *w, const epx_recv_t *recv,
     }
 }
 
-double bench_wire_rowmax(const float *x, int H)
+double bench_wire_maxima(const bench_wire_t *w, const float *x, int H,
+                         double *bmax)
 {
     double m = 0;
-    for (int i = 0; i < H; i++)
-        m = fmax(m, fabs(x[i]));
+    for (int64_t b = 0; b < w->nblocks; b++) {
+        int h1 = (int)((b + 1) * w->block < H ? (b + 1) * w->block : H);
+        double bm = 0;
+        for (int h = (int)(b * w->block); h < h1; h++)
+            bm = fmax(bm, fabs(x[h]));
+        bmax[b] = bm;
+        m = fmax(m, bm);
+    }
     return m;
 }
 
-double bench_wire_bound(const bench_wire_t *w, const float *x, int H, int h,
-                        double rmax)
+double bench_wire_bound(const bench_wire_t *w, const double *bmax,
+                        const float *x, int h, double rmax)
 {
-    int b0 = h / w->block * w->block, b1 = b0 + w->block < H ? b0 + w->block : H;
-    double amax = 0, a = fabs(x[h]);
-    for (int i = b0; i < b1; i++)
-        amax = fmax(amax, fabs(x[i]));
+    double amax = bmax[h / w->block], a = fabs(x[h]);
     if (w->wire != EPX_WIRE_NVFP4) {
         /* 2^-4 |x| + 2^-10 s, s at most 2 amax / 448 (UE8M0 rounds up) */
         double s = fmax(2 * amax / 448, FLT_MIN);
