@@ -81,6 +81,8 @@ typedef struct bench_opts {
     /* --overlap: two micro-batches through two engines, a GEMM expert
      * (run_overlap.c, expert_ffn.c) */
     int overlap;
+    int overlap_thread;        /* --overlap-thread: the FFN on a compute
+                                  thread per rank */
     int ffn;                   /* expert intermediate size (0: 2H/7) */
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */

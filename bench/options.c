@@ -139,6 +139,14 @@ static const char bench_usage[] =
 "                        expert only), expert compute alone, and overlapped;\n"
 "                        hidden = (comm + compute - overlapped) / comm,\n"
 "                        clamped to [0, 1], from the mean step times\n"
+"  --overlap-thread      the expert FFN runs on a compute thread of each\n"
+"                        rank while its main thread moves the other\n"
+"                        micro-batch (as a GPU runs experts on its SMs while\n"
+"                        copies proceed): post FFN(mb0); dispatch mb1; wait\n"
+"                        FFN(mb0), post FFN(mb1); combine mb0; dispatch the\n"
+"                        next mb0; wait FFN(mb1), post FFN(next mb0);\n"
+"                        combine mb1.  Needs a free core per rank for the\n"
+"                        thread to overlap anything\n"
 "  --ffn F               expert intermediate size: per local expert and\n"
 "                        micro-batch, silu(x W1) * (x W3) then W2, fp32\n"
 "                        sgemm, H x F weights (2H/7: DeepSeek-V3's 7168 ->\n"
@@ -426,6 +434,8 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             o->transport = v;
         } else if (!strcmp(name, "--overlap")) {
             o->overlap = 1;
+        } else if (!strcmp(name, "--overlap-thread")) {
+            o->overlap = o->overlap_thread = 1;
         } else if (!strcmp(name, "--ffn")) {
             if (parse_int(name, NEXT(), 1, 1 << 20, &o->ffn))
                 return BENCH_OPTS_EXIT_ERR;

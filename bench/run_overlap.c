@@ -16,7 +16,19 @@
  * rank's time from one step's start to the next; the report takes the
  * slowest rank per step.  Received rows and combined outputs are verified
  * in the first step of every block (--verify-all: every step).
+ *
+ * --overlap-thread: the FFN runs on a compute thread of the rank (one
+ * job at a time, a condition variable: waits sleep), the main thread
+ * drives all communication, and each micro-batch's FFN runs while the
+ * other one moves (run_threaded):
+ *
+ *   [FFN(mb0) posted]  dispatch mb1       | wait FFN(mb0), post FFN(mb1)
+ *   combine mb0, dispatch the next mb0    | wait FFN(mb1), post FFN(mb0)
+ *   combine mb1
+ *
+ * Communication alone runs the same schedule without posting.
  */
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +54,12 @@ typedef struct ov {
     int64_t y_rows;
     bench_check_t chk;
     int verify_all;
+    /* --overlap-thread's compute thread */
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int job;                   /* micro-batch to compute, -1: none */
+    int busy, quit, wrc, started;
 } ov_t;
 
 static int fail(ov_t *v, const char *call, epx_status_t st)
@@ -92,6 +110,61 @@ static int ov_recv(ov_t *v, int i, int ffn)
     return 0;
 }
 
+/* The FFN of every local expert of micro-batch i (received in full). */
+static int ov_ffn_all(ov_t *v, int i)
+{
+    for (int j = 0; j < v->ctx->num_local; j++)
+        if (bench_ffn_expert(v->ffn, &v->mb[i].rv, v->ctx->o->layout, j) < 0) {
+            fprintf(stderr, "epx-bench: rank %d: out of memory in the FFN\n",
+                    v->ctx->rank);
+            return -1;
+        }
+    return 0;
+}
+
+static void *ov_worker(void *arg)
+{
+    ov_t *v = arg;
+    pthread_mutex_lock(&v->mu);
+    for (;;) {
+        while (!v->quit && v->job < 0)
+            pthread_cond_wait(&v->cv, &v->mu);
+        if (v->quit)
+            break;
+        int i = v->job;
+        pthread_mutex_unlock(&v->mu);
+        int rc = ov_ffn_all(v, i);
+        pthread_mutex_lock(&v->mu);
+        v->job = -1;
+        v->busy = 0;
+        if (rc)
+            v->wrc = rc;
+        pthread_cond_broadcast(&v->cv);
+    }
+    pthread_mutex_unlock(&v->mu);
+    return NULL;
+}
+
+static void ov_post(ov_t *v, int i)
+{
+    pthread_mutex_lock(&v->mu);
+    v->job = i;
+    v->busy = 1;
+    pthread_cond_broadcast(&v->cv);
+    pthread_mutex_unlock(&v->mu);
+}
+
+/* Wait for the posted FFN; its status. */
+static int ov_join(ov_t *v)
+{
+    pthread_mutex_lock(&v->mu);
+    while (v->busy)
+        pthread_cond_wait(&v->cv, &v->mu);
+    int rc = v->wrc;
+    pthread_mutex_unlock(&v->mu);
+    return rc;
+}
+
 /* Synthetic expert outputs (verifiable) and combine_send. */
 static int ov_combine_send(ov_t *v, int i, int verify)
 {
@@ -101,7 +174,9 @@ static int ov_combine_send(ov_t *v, int i, int verify)
     if (verify)
         bench_verify_recv(ctx, &b->rv, ctx->o->layout, "epx", &v->chk);
     void *y = b->rv.x.data;
-    if (!ctx->o->inplace) {
+    /* A quantized x is narrower than y: outputs get a buffer of their own
+     * (as in run_epx.c). */
+    if (!ctx->o->inplace || wl->wire != EPX_WIRE_NATIVE) {
         int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
         if (rows > v->y_rows) {
             void *p = realloc(v->y, (size_t)rows * (size_t)wl->hidden * wl->dsize);
@@ -162,6 +237,40 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
            ov_combine_recv(v, 0, 0) ? -1 : 0;
 }
 
+/* run_schedule's counterpart for --overlap-thread (top of file); ffn 0:
+ * the same communication, nothing posted. */
+static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times)
+{
+    if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0))
+        return -1;
+    if (ffn)
+        ov_post(v, 0);
+    int rc = 0;
+    for (int it = 0; it < count && !rc; it++) {
+        const int vf = v->verify_all || it == 0;
+        double t0 = epx__now();
+        rc = ov_send(v, 1) || ov_recv(v, 1, 0);
+        if (ffn) {   /* joined even after a failure: the thread reads mb0 */
+            rc = ov_join(v) || rc;
+            if (!rc)
+                ov_post(v, 1);
+        }
+        rc = rc || ov_combine_send(v, 0, vf) || ov_combine_recv(v, 0, vf) ||
+             ov_send(v, 0) || ov_recv(v, 0, 0);
+        if (ffn) {
+            rc = ov_join(v) || rc;
+            if (!rc)
+                ov_post(v, 0);
+        }
+        rc = rc || ov_combine_send(v, 1, vf) || ov_combine_recv(v, 1, vf);
+        if (!rc && it >= skip)
+            times[it - skip] = epx__now() - t0;
+    }
+    if (ffn)
+        rc = ov_join(v) || rc;
+    return rc || ov_combine_send(v, 0, 0) || ov_combine_recv(v, 0, 0) ? -1 : 0;
+}
+
 /* The FFN of both micro-batches on rows received once: no communication
  * inside the timed steps. */
 static int run_compute(ov_t *v, int skip, int count, double *times)
@@ -200,9 +309,11 @@ static int run_all(ov_t *v)
         int count = n - done < OV_BLOCK ? n - done : OV_BLOCK;
         int skip = b == 0 ? o->warmup : 0;
         v->verify_all = o->verify_all;
-        if (run_schedule(v, 0, skip, skip + count, BENCH_OV_COMM(res, n) + done) ||
+        int (*sched)(ov_t *, int, int, int, double *) =
+            o->overlap_thread ? run_threaded : run_schedule;
+        if (sched(v, 0, skip, skip + count, BENCH_OV_COMM(res, n) + done) ||
             run_compute(v, skip, skip + count, BENCH_OV_COMP(res, n) + done) ||
-            run_schedule(v, 1, skip, skip + count, BENCH_OV_BOTH(res, n) + done))
+            sched(v, 1, skip, skip + count, BENCH_OV_BOTH(res, n) + done))
             return -1;
         done += count;
     }
@@ -257,6 +368,17 @@ int bench_run_overlap(bench_ctx_t *ctx)
             goto out;
         }
     }
+    v.job = -1;
+    if (ctx->o->overlap_thread) {
+        pthread_mutex_init(&v.mu, NULL);
+        pthread_cond_init(&v.cv, NULL);
+        if (pthread_create(&v.tid, NULL, ov_worker, &v) != 0) {
+            fprintf(stderr, "epx-bench: rank %d: cannot start the compute "
+                    "thread\n", ctx->rank);
+            goto out;
+        }
+        v.started = 1;
+    }
     bench_progress(ctx, "overlap: %d steps of each run (communication "
                    "alone, FFN %d x %d alone, both), interleaved by %d",
                    ctx->o->iters, wl->hidden, bench_ffn_size(ctx->o), OV_BLOCK);
@@ -267,6 +389,17 @@ int bench_run_overlap(bench_ctx_t *ctx)
     res->mismatches[0] = v.chk.mismatches;
     rc = 0;
 out:
+    if (v.started) {
+        pthread_mutex_lock(&v.mu);
+        v.quit = 1;
+        pthread_cond_broadcast(&v.cv);
+        pthread_mutex_unlock(&v.mu);
+        pthread_join(v.tid, NULL);
+    }
+    if (ctx->o->overlap_thread) {
+        pthread_mutex_destroy(&v.mu);
+        pthread_cond_destroy(&v.cv);
+    }
     for (int i = 0; i < 2; i++) {
         epx_handle_release(v.mb[i].h);
         epx_moe_destroy(v.mb[i].moe);

@@ -148,15 +148,18 @@ ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 6 \
 if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
     run ov $ov --launcher fork --json
     run ov_em $ov --layout expert --align 4 --dtype fp32 --no-inplace --json
-    for n in ov ov_em; do
+    # the compute-thread schedule, over a quantized wire (y apart)
+    run ov_th $ov --overlap-thread --dtype fp8 --launcher fork --json
+    for n in ov ov_em ov_th; do
         grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
         if command -v python3 >/dev/null 2>&1; then
-            python3 - "$tmp/$n.out" <<'EOF' || fail "$n: overlap figures"
+            python3 - "$tmp/$n.out" "$n" <<'EOF' || fail "$n: overlap figures"
 import json, sys
 d = json.load(open(sys.argv[1]))
 o = d["overlap"]
 assert d["checked"] > 0 and d["mismatches"] == 0, d
 assert 0 <= o["hidden_fraction"] <= 1 and o["ffn"] == 16, o
+assert o["compute_thread"] == (sys.argv[2] == "ov_th"), o
 for k in ("comm", "compute", "overlapped"):
     assert len(o[k]["step_us"]) == 6 and min(o[k]["step_us"]) > 0, o[k]
 EOF
