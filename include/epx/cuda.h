@@ -130,6 +130,14 @@ epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *moe, epx_tensor_t *out,
  * rank since then.  EPX_ERR_INVALID for an engine in throughput mode. */
 epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *moe, int64_t *dropped);
 
+/* Either mode: epx_cuda_moe_ll_check in low latency; in throughput mode
+ * it synchronises with the engine's stream and returns EPX_ERR_TIMEOUT
+ * (the engine then unusable) when a device wait of the calls since the
+ * last check timed out (*dropped: 0).  A throughput combine never
+ * synchronises, so without a check its timeout reaches the host only at
+ * the next epx_cuda_dispatch_recv, and its output is unspecified. */
+epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *moe, int64_t *dropped);
+
 #ifdef __cplusplus
 }
 #endif

@@ -745,6 +745,40 @@ static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     return EPX_OK;
 }
 
+/* Throughput mode: combine never synchronises, so a device wait that
+ * timed out in it is otherwise seen only by the next dispatch_recv. */
+static epx_status_t ht_check(epx_cuda_moe_t *m, int64_t *dropped)
+{
+    int64_t err = 0;
+    epx_status_t st = epx__cuda_err(cudaStreamSynchronize(m->st),
+                                    "cudaStreamSynchronize");
+    if (st == EPX_OK && m->d_info) {
+        st = epx__cuda_err(cudaMemcpyAsync(&err, m->d_info + EPXK_INFO_ERROR,
+                                           sizeof(err),
+                                           cudaMemcpyDeviceToHost, m->st),
+                           "cudaMemcpyAsync");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaStreamSynchronize(m->st),
+                               "cudaStreamSynchronize");
+    }
+    if (st != EPX_OK)
+        return fail(m, st);
+    if (err)
+        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda: a peer did not "
+                                  "signal within the timeout"));
+    if (dropped)
+        *dropped = 0;
+    return EPX_OK;
+}
+
+epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *m, int64_t *dropped)
+{
+    epx_status_t st = usable(m, "cuda check");
+    if (st != EPX_OK)
+        return st;
+    return m->ll ? epx_cuda_moe_ll_check(m, dropped) : ht_check(m, dropped);
+}
+
 epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
 {
     epx_status_t st = usable(m, "cuda ll_check");

@@ -68,6 +68,12 @@ epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *moe, epx_tensor_t *out,
     return NOCUDA("epx_cuda_combine_recv");
 }
 
+epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *moe, int64_t *dropped)
+{
+    (void)moe, (void)dropped;
+    return NOCUDA("epx_cuda_moe_check");
+}
+
 epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *moe, int64_t *dropped)
 {
     (void)moe, (void)dropped;

@@ -1,21 +1,25 @@
 #!/bin/sh
-# Run the GPU tests (test_cuda_moe, test_cuda_ll) under compute-sanitizer memcheck and racecheck (needs a
+# Run the GPU tests under compute-sanitizer memcheck and racecheck (needs a
 # GPU and compute-sanitizer from the CUDA toolkit; exits 77 without them).
+# Only the cases whose ranks are processes: under the sanitizer the kernels
+# of ranks that are threads of one process are not all resident at once
+# (seen on an H100: 2 thread ranks passed, 4 timed out in their device
+# waits), and the protocol's waits need every rank's kernel running.  So
+# test_cuda_ll (thread ranks only) and test_cuda_moe's thread cases are
+# left out here; they run without the sanitizer in bench/gpu-run.sh.
 # Usage: tests/cuda/sanitize.sh [build-dir]   (default: .)
 b=${1:-.}
 cs=${COMPUTE_SANITIZER:-compute-sanitizer}
 command -v "$cs" >/dev/null 2>&1 || cs=/usr/local/cuda/bin/compute-sanitizer
 [ -x "$cs" ] || command -v "$cs" >/dev/null 2>&1 || { echo "skip: no compute-sanitizer"; exit 77; }
 rc=0
-for t in test_cuda_moe test_cuda_ll; do
-    for tool in memcheck racecheck; do
-        echo "== $t: $tool"
-        # --target-processes all: the process-rank test forks its ranks.
-        "$cs" --tool "$tool" --target-processes all --error-exitcode 99 \
-            "$b/tests/cuda/$t"
-        r=$?
-        [ $r -eq 77 ] && exit 77
-        [ $r -ne 0 ] && rc=1
-    done
+for tool in memcheck racecheck; do
+    echo "== test_cuda_moe (process ranks): $tool"
+    # --target-processes all: the process-rank cases fork their ranks.
+    EPX_TEST_FILTER='*processes*' "$cs" --tool "$tool" \
+        --target-processes all --error-exitcode 99 "$b/tests/cuda/test_cuda_moe"
+    r=$?
+    [ $r -eq 77 ] && exit 77
+    [ $r -ne 0 ] && rc=1
 done
 exit $rc

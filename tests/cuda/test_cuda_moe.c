@@ -243,6 +243,9 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
      * while a peer still has its own pageable copies to make before its
      * combine. */
     CU(cudaStreamSynchronize(st));
+    /* A combine whose device wait timed out says so here, not as wrong
+     * values below. */
+    CHECK_OK(epx_cuda_moe_check(m, NULL));
     float *got = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     float *exp = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
