@@ -3,7 +3,7 @@
 # the host executor, one core or more each): HT at 4096 tokens against the
 # memory-copy limit, LL against HT at 128 tokens (interleaved rounds), the
 # quantized wires' bytes, and two-batch overlap (OpenBLAS FFN, one thread
-# per rank).  Each run goes through bench/record-result.sh, so every JSON
+# per rank; with --overlap-thread on a thread of its own, so 16 cores).  Each run goes through bench/record-result.sh, so every JSON
 # file carries the machine, date and commit; the log lists them.
 #   bench/host-run.sh [build-dir]      (default: .)
 # EPX_HOST_STEP_LIMIT (seconds, 150) stops a run that hangs.
@@ -41,9 +41,12 @@ for r in 1 2 3; do
     rec "round $r: LL 128 tokens" --ranks 8 --tokens 128 --mode ll \
         --impl epx,memcpy-limit --iters 50 --warmup 5
 done
-for f in 32 96; do
-    rec "overlap, ffn $f" --ranks 8 --tokens 128 --hidden 1024 \
-        --experts 32 --topk 4 --ffn $f --overlap --iters 40 --warmup 2
+ov="--ranks 8 --tokens 128 --hidden 1024 --experts 32 --topk 4 --iters 40
+    --warmup 2"
+rec "overlap, ffn 32, FFN between the calls" $ov --ffn 32 --overlap
+for f in 4 8 32; do
+    rec "overlap, ffn $f, FFN on a compute thread" $ov --ffn $f \
+        --overlap-thread
 done
 echo "failures: $fails"
 } 2>&1

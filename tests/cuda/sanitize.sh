@@ -16,8 +16,11 @@ rc=0
 for tool in memcheck racecheck; do
     echo "== test_cuda_moe (process ranks): $tool"
     # --target-processes all: the process-rank cases fork their ranks.
+    # --report-api-errors no: the fabric-window probe fails by design
+    # without IMEX (and falls back); the library checks every status.
     EPX_TEST_FILTER='*processes*' "$cs" --tool "$tool" \
-        --target-processes all --error-exitcode 99 "$b/tests/cuda/test_cuda_moe"
+        --target-processes all --report-api-errors no --error-exitcode 99 \
+        "$b/tests/cuda/test_cuda_moe"
     r=$?
     [ $r -eq 77 ] && exit 77
     [ $r -ne 0 ] && rc=1
