@@ -193,14 +193,29 @@ __device__ static void warp_partial(const epxk_geom_t &g, const char *y,
         float acc[8];
         for (int e = 0; e < 8; e++)
             acc[e] = 0.0f;
-        for (int k = 0; k < g.K; k++) {
-            const int32_t r = rows[k];
-            if (r < 0)
+        /* Four rows' loads in flight, then summed in k order (the same
+         * arithmetic as one at a time); rows end at the first -1. */
+        for (int k0 = 0; k0 < g.K; k0 += 4) {
+            union { uint4 u; epxk_v16_t p; } t[4];
+            int32_t r[4];
+            int n = 0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                r[j] = k0 + j < g.K ? rows[k0 + j] : -1;
+                n += r[j] >= 0 && n == j;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (j < n)
+                    t[j].u = *(const uint4 *)(y + (int64_t)r[j] * g.row_bytes +
+                                              v * 16);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (j < n)
+                    epxk_partial_acc16(g.esize, &t[j].p, wt != NULL,
+                                       wt ? wt[r[j]] : 0.0f, acc);
+            if (n < 4)
                 break;
-            union { uint4 u; epxk_v16_t p; } t;
-            t.u = *(const uint4 *)(y + (int64_t)r * g.row_bytes + v * 16);
-            epxk_partial_acc16(g.esize, &t.p, wt != NULL, wt ? wt[r] : 0.0f,
-                               acc);
         }
         union { uint4 u; epxk_v16_t p; } o;
         epxk_pack16(g.esize, acc, &o.p);
