@@ -169,7 +169,15 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     unsigned char *hx = malloc((size_t)(n * c->H + 1) * es);
     int32_t *hs = malloc(sizeof(int32_t) * (size_t)(2 * n + 2 * n * c->K + 1));
     CU(cudaStreamSynchronize(st));
-    CU(cudaMemcpy(hx, rv.x.data, (size_t)(n * c->H) * es, cudaMemcpyDeviceToHost));
+    /* hx stages the expert outputs; their padding rows keep what recv.x
+     * held (in place, untouched).  A quantized x is narrower than n * H
+     * elements of es bytes: reading that much overran the receive region
+     * (past the window's end for some seeds), so it stages zeros. */
+    if (c->wire == EPX_WIRE_NATIVE)
+        CU(cudaMemcpy(hx, rv.x.data, (size_t)(n * c->H) * es,
+                      cudaMemcpyDeviceToHost));
+    else
+        memset(hx, 0, (size_t)(n * c->H) * es);
     CU(cudaMemcpy(hs, rv.src_rank, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hs + n, rv.src_token, sizeof(int32_t) * n, cudaMemcpyDeviceToHost));
     if (!c->em)
