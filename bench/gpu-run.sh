@@ -58,10 +58,15 @@ bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
 run_all() {
     echo "# epx GPU run"
     echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(cat "$src/COMMIT" 2>/dev/null ||
-                    git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)$(
-        [ -n "$(git -C "$src" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
-        echo ' (dirty)')"
+    # A bundle's programs come from a clean archive of COMMIT, whatever
+    # git tree lies around the bundle.
+    if [ -f "$src/COMMIT" ]; then
+        echo "commit: $(cat "$src/COMMIT") (bundle)"
+    else
+        echo "commit: $(git -C "$src" rev-parse HEAD 2>/dev/null || echo unknown)$(
+            [ -n "$(git -C "$src" status --porcelain --untracked-files=no 2>/dev/null)" ] &&
+            echo ' (dirty)')"
+    fi
     echo "host:   $(hostname)"
     nvidia-smi -L
     nvidia-smi --query-gpu=driver_version,memory.total,clocks.max.sm --format=csv

@@ -22,12 +22,16 @@ trap 'rm -f "$out"' EXIT
 
 date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 host=$(hostname)
-# A bundle built for another host (scripts/gpu-bundle.sh) has no git but
-# its COMMIT file.
-commit=$(git -C "$here" rev-parse HEAD 2>/dev/null ||
-         cat "$here/../COMMIT" 2>/dev/null || echo unknown)
+# A bundle built for another host (scripts/gpu-bundle.sh, from a clean
+# archive of one commit) names it in its COMMIT file; a git tree around
+# the bundle (a copy of a checkout) says nothing about the programs.
 dirty=false
-[ -n "$(git -C "$here" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
+if [ -f "$here/../COMMIT" ]; then
+    commit=$(cat "$here/../COMMIT")
+else
+    commit=$(git -C "$here" rev-parse HEAD 2>/dev/null || echo unknown)
+    [ -n "$(git -C "$here" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=true
+fi
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //' | esc)
 cores=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 0)
 mem_kb=$(awk '/MemTotal/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
@@ -35,7 +39,15 @@ kernel=$(uname -sr | esc)
 ranks=$(sed -n 's/^ *"ranks": \([0-9]*\),.*/\1/p' "$out" | head -n1)
 suffix=
 [ "$prog" = epx-bench ] || suffix="-${prog#epx-}"
-file="$here/results/$(date -u +%Y%m%d-%H%M%S)-$host-${ranks}r$suffix.json"
+file="$here/results/$(date -u +%Y%m%d-%H%M%S)-$host-${ranks}r$suffix"
+# Two runs within a second: a second name, never an overwrite.
+base=$file
+n=1
+file="$base.json"
+while [ -e "$file" ]; do
+    n=$((n + 1))
+    file="$base-$n.json"
+done
 
 {
     printf '{\n  "date": "%s",\n  "commit": "%s",\n  "dirty": %s,\n' \
