@@ -207,6 +207,9 @@ enum { BENCH_BAL_OFF = 0, BENCH_BAL_ON = 1, BENCH_NBAL };
 #define BENCH_OV_COMM(r, n) bench_result_times(r, n, 0, BENCH_PHASE_DISPATCH)
 #define BENCH_OV_COMP(r, n) bench_result_times(r, n, 0, BENCH_PHASE_COMBINE)
 #define BENCH_OV_BOTH(r, n) bench_result_times(r, n, 1, BENCH_PHASE_DISPATCH)
+/* --overlap-thread: the FFN jobs' own time in each overlapped step (impl
+ * 1, phase 1), to compare with compute alone */
+#define BENCH_OV_FFN(r, n) bench_result_times(r, n, 1, BENCH_PHASE_COMBINE)
 
 size_t bench_result_size(int iters);
 /* [iters] (token, expert) pairs this rank received in each step of a

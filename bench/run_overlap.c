@@ -60,6 +60,7 @@ typedef struct ov {
     pthread_cond_t cv;
     int job;                   /* micro-batch to compute, -1: none */
     int busy, quit, wrc, started;
+    double job_s;              /* the last job's own time */
 } ov_t;
 
 static int fail(ov_t *v, const char *call, epx_status_t st)
@@ -133,8 +134,11 @@ static void *ov_worker(void *arg)
             break;
         int i = v->job;
         pthread_mutex_unlock(&v->mu);
+        double t0 = epx__now();
         int rc = ov_ffn_all(v, i);
+        double dt = epx__now() - t0;
         pthread_mutex_lock(&v->mu);
+        v->job_s = dt;
         v->job = -1;
         v->busy = 0;
         if (rc)
@@ -154,13 +158,16 @@ static void ov_post(ov_t *v, int i)
     pthread_mutex_unlock(&v->mu);
 }
 
-/* Wait for the posted FFN; its status. */
-static int ov_join(ov_t *v)
+/* Wait for the posted FFN; its status.  *busy (may be NULL) += the job's
+ * own time. */
+static int ov_join(ov_t *v, double *busy)
 {
     pthread_mutex_lock(&v->mu);
     while (v->busy)
         pthread_cond_wait(&v->cv, &v->mu);
     int rc = v->wrc;
+    if (busy)
+        *busy += v->job_s;
     pthread_mutex_unlock(&v->mu);
     return rc;
 }
@@ -238,8 +245,10 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
 }
 
 /* run_schedule's counterpart for --overlap-thread (top of file); ffn 0:
- * the same communication, nothing posted. */
-static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times)
+ * the same communication, nothing posted.  busy (with ffn; may be NULL):
+ * per step the own time of the FFN jobs waited for in it. */
+static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
+                        double *busy)
 {
     if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0))
         return -1;
@@ -248,26 +257,29 @@ static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times)
     int rc = 0;
     for (int it = 0; it < count && !rc; it++) {
         const int vf = v->verify_all || it == 0;
-        double t0 = epx__now();
+        double t0 = epx__now(), b = 0;
         rc = ov_send(v, 1) || ov_recv(v, 1, 0);
         if (ffn) {   /* joined even after a failure: the thread reads mb0 */
-            rc = ov_join(v) || rc;
+            rc = ov_join(v, &b) || rc;
             if (!rc)
                 ov_post(v, 1);
         }
         rc = rc || ov_combine_send(v, 0, vf) || ov_combine_recv(v, 0, vf) ||
              ov_send(v, 0) || ov_recv(v, 0, 0);
         if (ffn) {
-            rc = ov_join(v) || rc;
+            rc = ov_join(v, &b) || rc;
             if (!rc)
                 ov_post(v, 0);
         }
         rc = rc || ov_combine_send(v, 1, vf) || ov_combine_recv(v, 1, vf);
-        if (!rc && it >= skip)
+        if (!rc && it >= skip) {
             times[it - skip] = epx__now() - t0;
+            if (busy)
+                busy[it - skip] = b;
+        }
     }
     if (ffn)
-        rc = ov_join(v) || rc;
+        rc = ov_join(v, NULL) || rc;
     return rc || ov_combine_send(v, 0, 0) || ov_combine_recv(v, 0, 0) ? -1 : 0;
 }
 
@@ -309,11 +321,23 @@ static int run_all(ov_t *v)
         int count = n - done < OV_BLOCK ? n - done : OV_BLOCK;
         int skip = b == 0 ? o->warmup : 0;
         v->verify_all = o->verify_all;
-        int (*sched)(ov_t *, int, int, int, double *) =
-            o->overlap_thread ? run_threaded : run_schedule;
-        if (sched(v, 0, skip, skip + count, BENCH_OV_COMM(res, n) + done) ||
-            run_compute(v, skip, skip + count, BENCH_OV_COMP(res, n) + done) ||
-            sched(v, 1, skip, skip + count, BENCH_OV_BOTH(res, n) + done))
+        int rc;
+        if (o->overlap_thread)
+            rc = run_threaded(v, 0, skip, skip + count,
+                              BENCH_OV_COMM(res, n) + done, NULL) ||
+                 run_compute(v, skip, skip + count,
+                             BENCH_OV_COMP(res, n) + done) ||
+                 run_threaded(v, 1, skip, skip + count,
+                              BENCH_OV_BOTH(res, n) + done,
+                              BENCH_OV_FFN(res, n) + done);
+        else
+            rc = run_schedule(v, 0, skip, skip + count,
+                              BENCH_OV_COMM(res, n) + done) ||
+                 run_compute(v, skip, skip + count,
+                             BENCH_OV_COMP(res, n) + done) ||
+                 run_schedule(v, 1, skip, skip + count,
+                              BENCH_OV_BOTH(res, n) + done);
+        if (rc)
             return -1;
         done += count;
     }
