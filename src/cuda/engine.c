@@ -745,21 +745,30 @@ static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
     return EPX_OK;
 }
 
+/* The checks' steps, on the engine's stream. */
+static epx_status_t st_sync(epx_cuda_moe_t *m)
+{
+    return epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
+}
+
+static epx_status_t st_read(epx_cuda_moe_t *m, void *dst, const void *src,
+                            size_t bytes)
+{
+    return epx__cuda_err(cudaMemcpyAsync(dst, src, bytes,
+                                         cudaMemcpyDeviceToHost, m->st),
+                         "cudaMemcpyAsync");
+}
+
 /* Throughput mode: combine never synchronises, so a device wait that
  * timed out in it is otherwise seen only by the next dispatch_recv. */
 static epx_status_t ht_check(epx_cuda_moe_t *m, int64_t *dropped)
 {
     int64_t err = 0;
-    epx_status_t st = epx__cuda_err(cudaStreamSynchronize(m->st),
-                                    "cudaStreamSynchronize");
+    epx_status_t st = st_sync(m);
     if (st == EPX_OK && m->d_info) {
-        st = epx__cuda_err(cudaMemcpyAsync(&err, m->d_info + EPXK_INFO_ERROR,
-                                           sizeof(err),
-                                           cudaMemcpyDeviceToHost, m->st),
-                           "cudaMemcpyAsync");
+        st = st_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
         if (st == EPX_OK)
-            st = epx__cuda_err(cudaStreamSynchronize(m->st),
-                               "cudaStreamSynchronize");
+            st = st_sync(m);
     }
     if (st != EPX_OK)
         return fail(m, st);
@@ -793,23 +802,16 @@ epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
      * driver while the peers still have copies of their own to make.
      * Then on the engine's stream, never the legacy one (in a process of
      * several ranks that would also wait for their blocking streams). */
-    st = epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
+    st = st_sync(m);
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpyAsync(state, m->d_llstate,
-                                           sizeof(state),
-                                           cudaMemcpyDeviceToHost, m->st),
-                           "cudaMemcpyAsync");
+        st = st_read(m, state, m->d_llstate, sizeof(state));
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpyAsync(&err, m->d_info + EPXK_INFO_ERROR,
-                                           sizeof(err),
-                                           cudaMemcpyDeviceToHost, m->st),
-                           "cudaMemcpyAsync");
+        st = st_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0, sizeof(state),
                                            m->st), "cudaMemsetAsync");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaStreamSynchronize(m->st),
-                           "cudaStreamSynchronize");
+        st = st_sync(m);
     if (st != EPX_OK)
         return fail(m, st);
     if (err)
