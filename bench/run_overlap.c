@@ -61,7 +61,7 @@ typedef struct ov {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int job;                   /* micro-batch to compute, -1: none */
-    int busy, quit, wrc, started;
+    int busy, quit, wrc, inited, started;
     double job_s;              /* the last job's own time */
 } ov_t;
 
@@ -399,6 +399,7 @@ int bench_run_overlap(bench_ctx_t *ctx)
     if (ctx->o->overlap_thread) {
         pthread_mutex_init(&v.mu, NULL);
         pthread_cond_init(&v.cv, NULL);
+        v.inited = 1;
         if (pthread_create(&v.tid, NULL, ov_worker, &v) != 0) {
             fprintf(stderr, "epx-bench: rank %d: cannot start the compute "
                     "thread\n", ctx->rank);
@@ -423,7 +424,7 @@ out:
         pthread_mutex_unlock(&v.mu);
         pthread_join(v.tid, NULL);
     }
-    if (ctx->o->overlap_thread) {
+    if (v.inited) {
         pthread_mutex_destroy(&v.mu);
         pthread_cond_destroy(&v.cv);
     }
