@@ -41,10 +41,11 @@ for r in 1 2 3; do
     rec "round $r: LL 128 tokens" --ranks 8 --tokens 128 --mode ll \
         --impl epx,memcpy-limit --iters 50 --warmup 5
 done
-ov="--ranks 8 --tokens 128 --hidden 1024 --experts 32 --topk 4 --iters 40
-    --warmup 2"
+# 400 steps: at 40, single runs swung by tens of points.
+ov="--ranks 8 --tokens 128 --hidden 1024 --experts 32 --topk 4 --iters 400
+    --warmup 4"
 rec "overlap, ffn 32, FFN between the calls" $ov --ffn 32 --overlap
-for f in 4 8 32; do
+for f in 4 8 16 32; do
     rec "overlap, ffn $f, FFN on a compute thread" $ov --ffn $f \
         --overlap-thread
 done
