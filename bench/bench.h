@@ -210,6 +210,9 @@ enum { BENCH_BAL_OFF = 0, BENCH_BAL_ON = 1, BENCH_NBAL };
 /* --overlap-thread: the FFN jobs' own time in each overlapped step (impl
  * 1, phase 1), to compare with compute alone */
 #define BENCH_OV_FFN(r, n) bench_result_times(r, n, 1, BENCH_PHASE_COMBINE)
+/* ... and the main thread's time in each overlapped step less its waits
+ * for the FFN (impl 2, phase 0): communication beside the FFN */
+#define BENCH_OV_COMMIN(r, n) bench_result_times(r, n, 2, BENCH_PHASE_DISPATCH)
 
 size_t bench_result_size(int iters);
 /* [iters] (token, expert) pairs this rank received in each step of a

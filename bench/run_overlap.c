@@ -63,6 +63,7 @@ typedef struct ov {
     int job;                   /* micro-batch to compute, -1: none */
     int busy, quit, wrc, inited, started;
     double job_s;              /* the last job's own time */
+    double wait_s;             /* the main thread's time in ov_join */
 } ov_t;
 
 static int fail(ov_t *v, const char *call, epx_status_t st)
@@ -161,9 +162,10 @@ static void ov_post(ov_t *v, int i)
 }
 
 /* Wait for the posted FFN; its status.  *busy (may be NULL) += the job's
- * own time. */
+ * own time, v->wait_s += the time waited. */
 static int ov_join(ov_t *v, double *busy)
 {
+    const double t0 = epx__now();
     pthread_mutex_lock(&v->mu);
     while (v->busy)
         pthread_cond_wait(&v->cv, &v->mu);
@@ -171,6 +173,7 @@ static int ov_join(ov_t *v, double *busy)
     if (busy)
         *busy += v->job_s;
     pthread_mutex_unlock(&v->mu);
+    v->wait_s += epx__now() - t0;
     return rc;
 }
 
@@ -247,10 +250,11 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
 }
 
 /* run_schedule's counterpart for --overlap-thread (top of file); ffn 0:
- * the same communication, nothing posted.  busy (with ffn; may be NULL):
- * per step the own time of the FFN jobs waited for in it. */
+ * the same communication, nothing posted.  With ffn, per step (either may
+ * be NULL): busy, the own time of the FFN jobs waited for in it; commin,
+ * the step's time less the main thread's waits for them. */
 static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
-                        double *busy)
+                        double *busy, double *commin)
 {
     if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0))
         return -1;
@@ -260,6 +264,7 @@ static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
     for (int it = 0; it < count && !rc; it++) {
         const int vf = v->verify_all || it == 0;
         double t0 = epx__now(), b = 0;
+        v->wait_s = 0;
         rc = ov_send(v, 1) || ov_recv(v, 1, 0);
         if (ffn) {   /* joined even after a failure: the thread reads mb0 */
             rc = ov_join(v, &b) || rc;
@@ -278,6 +283,8 @@ static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
             times[it - skip] = epx__now() - t0;
             if (busy)
                 busy[it - skip] = b;
+            if (commin)
+                commin[it - skip] = times[it - skip] - v->wait_s;
         }
     }
     if (ffn)
@@ -327,12 +334,13 @@ static int run_all(ov_t *v)
         int rc;
         if (o->overlap_thread)
             rc = run_threaded(v, 0, skip, skip + count,
-                              BENCH_OV_COMM(res, n) + done, NULL) ||
+                              BENCH_OV_COMM(res, n) + done, NULL, NULL) ||
                  run_compute(v, skip, skip + count,
                              BENCH_OV_COMP(res, n) + done) ||
                  run_threaded(v, 1, skip, skip + count,
                               BENCH_OV_BOTH(res, n) + done,
-                              BENCH_OV_FFN(res, n) + done);
+                              BENCH_OV_FFN(res, n) + done,
+                              BENCH_OV_COMMIN(res, n) + done);
         else
             rc = run_schedule(v, 0, skip, skip + count,
                               BENCH_OV_COMM(res, n) + done) ||

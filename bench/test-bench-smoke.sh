@@ -160,6 +160,9 @@ o = d["overlap"]
 assert d["checked"] > 0 and d["mismatches"] == 0, d
 assert 0 <= o["hidden_fraction"] <= 1 and o["ffn"] == 16, o
 assert o["compute_thread"] == (sys.argv[2] == "ov_th"), o
+if o["compute_thread"]:   # the decomposition of the overlapped steps
+    assert o["compute_in_overlap_mean_us"] > 0, o
+    assert 0 < o["comm_in_overlap_mean_us"] <= o["overlapped"]["mean_us"], o
 for k in ("comm", "compute", "overlapped"):
     assert len(o[k]["step_us"]) == 6 and min(o[k]["step_us"]) > 0, o[k]
 EOF
