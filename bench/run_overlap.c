@@ -249,6 +249,14 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
            ov_combine_recv(v, 0, 0) ? -1 : 0;
 }
 
+/* run_schedule with run_threaded's signature (it has no breakdown). */
+static int run_polled(ov_t *v, int ffn, int skip, int count, double *times,
+                      double *busy, double *commin)
+{
+    (void)busy, (void)commin;
+    return run_schedule(v, ffn, skip, count, times);
+}
+
 /* run_schedule's counterpart for --overlap-thread (top of file); ffn 0:
  * the same communication, nothing posted.  With ffn, per step (either may
  * be NULL): busy, the own time of the FFN jobs waited for in it; commin,
@@ -331,23 +339,17 @@ static int run_all(ov_t *v)
         /* At least the block's first step untimed: it verifies. */
         int skip = b == 0 && o->warmup > 1 ? o->warmup : 1;
         v->verify_all = o->verify_all;
-        int rc;
-        if (o->overlap_thread)
-            rc = run_threaded(v, 0, skip, skip + count,
-                              BENCH_OV_COMM(res, n) + done, NULL, NULL) ||
+        int (*const steps)(ov_t *, int, int, int, double *, double *,
+                           double *) =
+            o->overlap_thread ? run_threaded : run_polled;
+        int rc = steps(v, 0, skip, skip + count,
+                       BENCH_OV_COMM(res, n) + done, NULL, NULL) ||
                  run_compute(v, skip, skip + count,
                              BENCH_OV_COMP(res, n) + done) ||
-                 run_threaded(v, 1, skip, skip + count,
-                              BENCH_OV_BOTH(res, n) + done,
-                              BENCH_OV_FFN(res, n) + done,
-                              BENCH_OV_COMMIN(res, n) + done);
-        else
-            rc = run_schedule(v, 0, skip, skip + count,
-                              BENCH_OV_COMM(res, n) + done) ||
-                 run_compute(v, skip, skip + count,
-                             BENCH_OV_COMP(res, n) + done) ||
-                 run_schedule(v, 1, skip, skip + count,
-                              BENCH_OV_BOTH(res, n) + done);
+                 steps(v, 1, skip, skip + count,
+                       BENCH_OV_BOTH(res, n) + done,
+                       BENCH_OV_FFN(res, n) + done,
+                       BENCH_OV_COMMIN(res, n) + done);
         if (rc)
             return -1;
         done += count;
