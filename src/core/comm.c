@@ -43,6 +43,25 @@ epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
     return comm->boot->allgather(comm->boot, send, recv, bytes);
 }
 
+epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
+                             int *bad_rank)
+{
+    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)comm->nranks);
+    if (bad_rank)
+        *bad_rank = -1;
+    if (!all)   /* cannot take part: the peers' all-gather times out */
+        return epx__error(EPX_ERR_NOMEM, "comm: out of memory");
+    epx_status_t st = epx__comm_allgather(comm, &v, all, sizeof(v));
+    for (int r = 0; r < comm->nranks && st == EPX_OK; r++)
+        if (all[r] != EPX_OK) {
+            st = (epx_status_t)all[r];
+            if (bad_rank)
+                *bad_rank = r;
+        }
+    free(all);
+    return st;
+}
+
 double epx__comm_timeout(const epx_comm_t *comm) { return comm->timeout_s; }
 
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,

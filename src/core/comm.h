@@ -64,6 +64,14 @@ epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm);
 
 epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
                                  void *recv, size_t bytes);
+/* Collective: every rank learns whether every rank succeeded.  Returns
+ * EPX_OK, or the first failed rank's status (lowest rank) with that rank
+ * in *bad_rank (may be NULL; -1 when the all-gather itself failed or all
+ * succeeded).  Call it on every path, failed or not, before a step that
+ * needs all ranks, so one rank's local failure fails all of them at once
+ * instead of leaving the others waiting. */
+epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
+                             int *bad_rank);
 /* Build a communicator around a bootstrap (takes ownership of it). */
 /* job: shared job id for resource names, or NULL to let rank 0 draw one. */
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,

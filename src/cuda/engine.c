@@ -243,12 +243,24 @@ static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
 
 /* --------------------------------------------------------------- setup */
 
+/* Collective: one rank's set-up failure fails every rank's set-up, so
+ * that none is left waiting in the next collective step. */
+static epx_status_t setup_agree(epx_comm_t *comm, epx_status_t mine)
+{
+    int bad = -1;
+    epx_status_t st = epx__comm_agree(comm, mine, &bad);
+    if (st == EPX_OK || mine != EPX_OK || bad < 0)
+        return mine != EPX_OK ? mine : st;
+    return epx__error(EPX_ERR_PEER, "cuda moe: rank %d failed its set-up "
+                      "(%s)", bad, epx_status_str(st));
+}
+
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
         st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) > 0 ? (n) : 1),         \
                            "cudaMalloc");                                      \
         if (st != EPX_OK)                                                      \
-            goto out;                                                          \
+            goto gate;                                                         \
     } while (0)
 
 epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
@@ -302,6 +314,9 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     }
     mine.backend = cparams ? (int32_t)cparams->backend : -1;
     int64_t maxT = 0;
+    char **peers = NULL;       /* declared before the gotos below */
+    int32_t *e2r = NULL;
+    int sms = 1;
     st = agree(comm, &mine, &maxT);
     if (st != EPX_OK) {
         free(m);
@@ -344,11 +359,11 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                        m->p.ll_capacity ? m->p.ll_capacity : (int)maxT,
                        &m->llg);
 
-    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
+    e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
     if (!e2r) {
-        free(m);
-        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+        st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+        goto gate;
     }
     for (int r = 0; r <= R; r++)
         first[r] = epxk_first_expert(R, g->E, r);
@@ -365,7 +380,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
     if (!m->h_counts || !m->h_local || !m->nsend) {
         st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-        goto out;
+        goto gate;
     }
     m->sendoff = m->nsend + R;
     m->nrecv = m->nsend + 2 * R;
@@ -378,7 +393,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     if (st == EPX_OK)   /* before the collectives below (kern_launch.h) */
         st = epx__cuda_err((cudaError_t)epxk_preload(), "loading the kernels");
     if (st != EPX_OK)
-        goto out;
+        goto gate;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
                                                 cudaEventDisableTiming),
                        "cudaEventCreate");
@@ -391,7 +406,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                                                     cudaEventDisableTiming),
                            "cudaEventCreate");
     if (st != EPX_OK)
-        goto out;
+        goto gate;
     DEV_ALLOC(m->d_e2r, sizeof(int32_t) * (size_t)(g->E + R + 1));
     m->d_first = m->d_e2r + g->E;
     DEV_ALLOC(m->d_dest, sizeof(int32_t) * pairs * 2);
@@ -419,7 +434,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
         if (!m->h_lloffs) {
             st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-            goto out;
+            goto gate;
         }
         for (int j = 0; j < m->L; j++)
             m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
@@ -431,16 +446,15 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                                                sizeof(int64_t) * EPXK_LL_NSTATE,
                                                m->st), "cudaMemset");
         if (st != EPX_OK)
-            goto out;
+            goto gate;
     }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
-    int sms = 1;
     st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
                                               cudaDevAttrMultiProcessorCount,
                                               m->device),
                        "cudaDeviceGetAttribute");
     if (st != EPX_OK)
-        goto out;
+        goto gate;
     /* The layout's counts per token chunk: a chunk per block at most, and
      * never more blocks than SMs (num_sms, set below, is at most sms). */
     DEV_ALLOC(m->d_part, sizeof(int32_t) * (size_t)(sms > 0 ? sms : 1) *
@@ -455,7 +469,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                                               (size_t)(R + 1) * g->cnt_ints),
                            "cudaMallocHost");
     if (st != EPX_OK)
-        goto out;
+        goto gate;
     /* Set up on the engine's stream, whose kernels do not wait for the
      * legacy stream (a plain cudaMemset or cudaMemcpy may land after
      * them); pageable sources are staged before the call returns. */
@@ -471,13 +485,17 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                                       m->st),
                            "cudaMemset");
     if (st != EPX_OK)
-        goto out;
+        goto gate;
 
-    char **peers = calloc((size_t)R, sizeof(char *));
-    if (!peers) {
+    peers = calloc((size_t)R, sizeof(char *));
+    if (!peers)
         st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+gate:
+    /* The window (or NCCL) set-up below is collective: a rank that failed
+     * alone above must not leave its peers waiting there. */
+    st = setup_agree(comm, st);
+    if (st != EPX_OK)
         goto out;
-    }
     int device_ranks = 1;
     if (m->backend == EPX_CUDA_BACKEND_WINDOWS) {
         st = epx__cuwin_create(comm, m->device,
@@ -517,7 +535,8 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
                                       sizeof(char *) * (size_t)R,
                                       cudaMemcpyHostToDevice, m->st),
                        "cudaMemcpy");
-    free(peers);
+    /* Every rank succeeds, or all fail (and destroy together). */
+    st = setup_agree(comm, st);
     if (st != EPX_OK)
         goto out;
 
@@ -555,11 +574,13 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     double to = epx__comm_timeout(comm);
     m->call.timeout_ns = (uint64_t)(to * 1e9);
     free(e2r);
+    free(peers);
     *out = m;
     return EPX_OK;
 
 out:
     free(e2r);
+    free(peers);
     epx_cuda_moe_destroy(m);
     return st;
 }

@@ -2,7 +2,8 @@
  * core: the communicator — rank/size, a barrier that really separates
  * rounds (1 to 72 ranks), and a barrier whose peer never comes failing
  * with EPX_ERR_TIMEOUT (params.timeout_s or EPX_TIMEOUT) instead of
- * hanging.
+ * hanging; the status agreement every set-up step ends with (one rank's
+ * failure is every rank's, the lowest failed rank's status).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <cmocka.h>
 
 #include "common/epx_test.h"
+#include "core/comm.h"
 
 #define MAXR 72
 #define ROUNDS 25
@@ -154,6 +156,50 @@ static void timeout_values(void **state)
     assert_int_equal(epxt_launch(2, 1e12, nothing_rank, NULL, NULL), EPX_OK);
 }
 
+/* Rounds of statuses; in round i rank r reports fails[i](r). */
+static epx_status_t agree_status(int round, int r, int R)
+{
+    switch (round) {
+    case 0: return EPX_OK;                                  /* none */
+    case 1: return r == R - 1 ? EPX_ERR_NOMEM : EPX_OK;     /* the last */
+    case 2: return r == 0 ? EPX_ERR_SYSTEM : EPX_OK;        /* the first */
+    default:                                  /* several: the lowest wins */
+        return r % 3 == 2 ? EPX_ERR_INVALID
+             : r % 3 == 1 && r > 1 ? EPX_ERR_RANGE : EPX_OK;
+    }
+}
+
+static int agree_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int R = comm->nranks;
+    for (int round = 0; round < 4; round++) {
+        int want_bad = -1, bad = 12345;
+        for (int r = 0; r < R && want_bad < 0; r++)
+            if (agree_status(round, r, R) != EPX_OK)
+                want_bad = r;
+        epx_status_t want = want_bad < 0 ? EPX_OK
+                                         : agree_status(round, want_bad, R);
+        epx_status_t st = epx__comm_agree(comm, agree_status(round,
+                                                             comm->rank, R),
+                                          &bad);
+        CHECKF(st == want && bad == want_bad, "rank %d round %d: %s from "
+               "rank %d, want %s from rank %d", comm->rank, round,
+               epx_status_str(st), bad, epx_status_str(want), want_bad);
+    }
+    CHECK(epx__comm_agree(comm, EPX_OK, NULL) == EPX_OK);
+    return 0;
+}
+
+static void agree_all(void **state)
+{
+    (void)state;
+    const int sizes[] = { 1, 2, 3, 8 };
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+        assert_int_equal(epxt_launch(sizes[i], 0, agree_rank, NULL, NULL),
+                         EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_comm");
@@ -166,6 +212,7 @@ int main(void)
         cmocka_unit_test(barrier_times_out),
         cmocka_unit_test(barrier_times_out_env),
         cmocka_unit_test(timeout_values),
+        cmocka_unit_test(agree_all),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -103,25 +103,6 @@ static epx_status_t shm_map(const char *name, size_t len, int create,
     return EPX_OK;
 }
 
-/* Every rank learns whether every rank succeeded; returns the worst. */
-static epx_status_t agree(epx_comm_t *comm, epx_status_t mine, int *bad_rank)
-{
-    int32_t *all = malloc(sizeof(int32_t) * (size_t)comm->nranks);
-    if (!all)
-        return epx__error(EPX_ERR_NOMEM, "shm: out of memory");
-    int32_t v = mine;
-    epx_status_t st = epx__comm_allgather(comm, &v, all, sizeof(v));
-    if (st == EPX_OK)
-        for (int r = 0; r < comm->nranks; r++)
-            if (all[r] != EPX_OK) {
-                st = (epx_status_t)all[r];
-                *bad_rank = r;
-                break;
-            }
-    free(all);
-    return st;
-}
-
 static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
                                    epx_win_t **out)
 {
@@ -147,7 +128,7 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
         : epx__error(EPX_ERR_NOMEM, "shm: out of memory");
     if (mine == EPX_OK)
         mine = shm_map(name, w->map_len, 1, &w->maps[comm->rank]);
-    epx_status_t st = agree(comm, mine, &bad);
+    epx_status_t st = epx__comm_agree(comm, mine, &bad);
     if (st != EPX_OK)
         goto err_created;
 
@@ -159,7 +140,7 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
         mine = shm_map(peer, w->map_len, 0, &w->maps[r]);
     }
     /* Every peer has mapped (or failed to map) our object: unlink it now. */
-    st = agree(comm, mine, &bad);
+    st = epx__comm_agree(comm, mine, &bad);
     shm_unlink(name);
     if (st != EPX_OK)
         goto err_mapped;

@@ -116,17 +116,12 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
 /* Every rank learns the worst status (a peer's failure: EPX_ERR_PEER). */
 static epx_status_t ucx_agree(epx_comm_t *c, epx_status_t mine)
 {
-    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
-    if (!all)
-        return epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
-    epx_status_t st = epx__comm_allgather(c, &v, all, sizeof(v));
-    for (int r = 0; r < c->nranks && st == EPX_OK; r++)
-        if (all[r] != EPX_OK)
-            st = mine != EPX_OK ? mine
-                : epx__error(EPX_ERR_PEER, "ucx: rank %d could not set up UCX "
-                             "(%s)", r, epx_status_str((epx_status_t)all[r]));
-    free(all);
-    return st;
+    int bad;
+    epx_status_t st = epx__comm_agree(c, mine, &bad);
+    if (mine != EPX_OK || bad < 0)
+        return mine != EPX_OK ? mine : st;
+    return epx__error(EPX_ERR_PEER, "ucx: rank %d could not set up UCX (%s)",
+                      bad, epx_status_str(st));
 }
 
 /* Worker addresses: lengths, then addresses padded to the longest. */
