@@ -1,7 +1,8 @@
 /*
  * Dispatch/combine matrix: 1, 2, 3 and 8 ranks x token-major and
  * expert-major (alignment 1, 4, 128) x bf16/fp32 x int32/int64 topk_idx,
- * each checked bit for bit against the reference, including cached
+ * uniform routing, and Zipf routing (the first ranks hot) in bf16 and
+ * fp32, each checked bit for bit against the reference, including cached
  * dispatches and several routings on one engine; and two engines on one
  * communicator used in turns.
  */
@@ -20,15 +21,25 @@ typedef struct matrix {
     int align;
 } matrix_t;
 
-/* bf16/fp32 engine x int32/int64 ids, with both output dtypes covered. */
+/* bf16/fp32 engine x int32/int64 ids, with both output dtypes covered,
+ * uniform; then Zipf in each engine dtype. */
 static const struct {
     epx_dtype_t dtype, idx, out;
+    int route;
     const char *tag;
 } combos[] = {
-    { EPX_DTYPE_BF16, EPX_DTYPE_INT32, EPX_DTYPE_BF16, "bf16-i32-obf16" },
-    { EPX_DTYPE_BF16, EPX_DTYPE_INT64, EPX_DTYPE_FP32, "bf16-i64-ofp32" },
-    { EPX_DTYPE_FP32, EPX_DTYPE_INT32, EPX_DTYPE_FP32, "fp32-i32-ofp32" },
-    { EPX_DTYPE_FP32, EPX_DTYPE_INT64, EPX_DTYPE_BF16, "fp32-i64-obf16" },
+    { EPX_DTYPE_BF16, EPX_DTYPE_INT32, EPX_DTYPE_BF16, ROUTE_RANDOM,
+      "bf16-i32-obf16" },
+    { EPX_DTYPE_BF16, EPX_DTYPE_INT64, EPX_DTYPE_FP32, ROUTE_RANDOM,
+      "bf16-i64-ofp32" },
+    { EPX_DTYPE_FP32, EPX_DTYPE_INT32, EPX_DTYPE_FP32, ROUTE_RANDOM,
+      "fp32-i32-ofp32" },
+    { EPX_DTYPE_FP32, EPX_DTYPE_INT64, EPX_DTYPE_BF16, ROUTE_RANDOM,
+      "fp32-i64-obf16" },
+    { EPX_DTYPE_BF16, EPX_DTYPE_INT32, EPX_DTYPE_FP32, ROUTE_ZIPF,
+      "bf16-i32-ofp32-zipf" },
+    { EPX_DTYPE_FP32, EPX_DTYPE_INT64, EPX_DTYPE_FP32, ROUTE_ZIPF,
+      "fp32-i64-ofp32-zipf" },
 };
 #define NCOMBO (sizeof(combos) / sizeof(combos[0]))
 
@@ -54,7 +65,7 @@ static void run_matrix(void **state)
             .layout = mx->layout,
             .align = mx->align,
             .tokens = TOK_RANDOM,
-            .route = ROUTE_RANDOM,
+            .route = combos[i].route,
         };
     }
     assert_int_equal(epxt_launch(mx->nranks, 0, moe_cases_rank, cases, NULL),

@@ -2,7 +2,8 @@
  * Low-latency mode against the reference (tests/ref: ref_dispatch_ll,
  * ref_ll_kept, ref_combine), bit for bit: 1, 2, 3, 8 and 72 ranks (72 with
  * EPX_TOPO_FILE=gb200-nvl72), routings uniform (with -1 holes), Zipf and
- * all-to-one-expert, bf16/fp32, weighted and unweighted, in place.  Calls
+ * all-to-one-expert, bf16/fp32, weighted and unweighted, in place; odd or
+ * all sources sending no token, and one expert (every expert on rank 0).  Calls
  * run as a pipeline of ll_buffers outstanding dispatches: each call's
  * output is checked again just before its combine, after the later calls
  * were sent, so a buffer overwritten too early shows.  Readiness is taken
@@ -42,7 +43,10 @@ typedef struct ll_case {
     int in_place, jitter_us;
     epx_wire_t wire;            /* quantized: x arrives as the reference
                                    quantizer (tests/ref) encodes it */
+    int zero;                   /* ZERO_*: sources forced to send nothing */
 } ll_case_t;
+
+enum { ZERO_NONE = 0, ZERO_ODD, ZERO_ALL };
 
 typedef struct ll_in {
     int64_t T;
@@ -152,6 +156,8 @@ static int in_make(const ll_run_t *m, int s, int r, ll_in_t *in)
     int64_t span = c->max_tokens - c->min_tokens + 1;
     in->T = c->min_tokens + (int64_t)(epxt_hash(m->seed, TAG_T, (uint64_t)s,
                                                 (uint64_t)r, 0) % (uint64_t)span);
+    if (c->zero == ZERO_ALL || (c->zero == ZERO_ODD && s % 2))
+        in->T = 0;
     size_t n = (size_t)in->T + 1;
     in->x = calloc(n * (size_t)H, esz(c->dtype));
     in->idx64 = calloc(n * (size_t)K, sizeof(int64_t));
@@ -487,41 +493,50 @@ static int cases_rank(epx_comm_t *comm, void *arg)
  * drop and an overflow among them. */
 static void run_at(int R, int quick)
 {
-    static char names[11][48];
-    const char *tags[11] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
+    static char names[14][48];
+    const char *tags[14] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
                              "zipf-unw-inplace", "one-range", "fp8-uni",
                              "ue8m0-zipf-b3", "mxfp8-one-drop-unw",
-                             "nvfp4-uni", "nvfp4-one-range" };
-    for (int i = 0; i < 11; i++)
+                             "nvfp4-uni", "nvfp4-one-range", "zero-odd",
+                             "zero-all-fp8", "e1-zipf" };
+    for (int i = 0; i < 14; i++)
         snprintf(names[i], sizeof(names[i]), "ll-R%d-%s", R, tags[i]);
     int E = 2 * R + 3, T = quick ? 5 : 12;
     ll_case_t cases[] = {
         { names[0], E, 4, 24, T, 0, 0, 0, 0, R_UNIFORM, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 300, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, 0, 0, 300, EPX_WIRE_NATIVE, ZERO_NONE },
         { names[1], E, 4, 24, T, 0, 0, 2, 0, R_ZIPF, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         /* capacity 3 per (expert, source): the hot expert drops rows */
         { names[2], E, 3, 16, T, 1, 3, 2, 1, R_ONE, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         { names[3], E, 5 < E ? 5 : E, 40, T, 0, 0, 3, 0, R_UNIFORM, 7,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200, EPX_WIRE_NATIVE },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200, EPX_WIRE_NATIVE, ZERO_NONE },
         { names[4], E, 4, 24, T, 0, T / 2, 2, 1, R_ZIPF, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         /* capacity 2 without DROP: overflowing calls fail on every rank,
          * the others go through */
         { names[5], E, 2, 8, 4, 0, 2, 2, 0, R_ONE, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         { names[6], E, 4, 136, T, 0, 0, 0, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 200, EPX_WIRE_FP8 },
+          EPX_DTYPE_BF16, 0, 0, 200, EPX_WIRE_FP8, ZERO_NONE },
         { names[7], E, 3, 130, T, 0, 0, 3, 0, R_ZIPF, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8_UE8M0 },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE },
         { names[8], E, 3, 40, T, 1, 3, 2, 1, R_ONE, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_MXFP8 },
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_MXFP8, ZERO_NONE },
         { names[9], E, 4, 33, T, 0, 0, 2, 0, R_UNIFORM, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4 },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
         { names[10], E, 2, 24, 4, 0, 2, 2, 0, R_ONE, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4 },
-        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
+        /* odd sources send nothing (at least one token on even ones) */
+        { names[11], E, 4, 24, T, 1, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_ODD },
+        { names[12], E, 4, 130, T, 0, 0, 3, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8, ZERO_ALL },
+        /* one expert: every expert on rank 0, the others hold none */
+        { names[13], 1, 1, 24, T, 0, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_NONE },
     };
     assert_int_equal(epxt_launch(R, 0, cases_rank, cases, NULL), EPX_OK);
 }
@@ -542,14 +557,22 @@ static void ll_r72(void **s)
     setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
     static const ll_case_t cases[] = {
         { "ll-R72-e288-uni", 288, 8, 16, 3, 0, 0, 2, 0, R_UNIFORM, 4,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         { "ll-R72-e288-zipf", 288, 8, 16, 3, 0, 0, 2, 0, R_ZIPF, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         { "ll-R72-e40-one-drop", 40, 2, 8, 3, 1, 2, 2, 1, R_ONE, 3,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
         { "ll-R72-e288-nvfp4-zipf", 288, 8, 32, 3, 0, 0, 2, 0, R_ZIPF, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4 },
-        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, EPX_WIRE_NATIVE },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
+        { "ll-R72-e288-fp8-uni", 288, 8, 136, 3, 0, 0, 2, 0, R_UNIFORM, 3,
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8, ZERO_NONE },
+        { "ll-R72-e144-ue8m0-one-drop", 144, 4, 130, 3, 1, 2, 2, 1, R_ONE, 3,
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE },
+        { "ll-R72-e288-mxfp8-zipf-zero-odd", 288, 8, 40, 3, 1, 0, 2, 0,
+          R_ZIPF, 3, EPX_DTYPE_BF16, EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED,
+          0, 0, EPX_WIRE_MXFP8, ZERO_ODD },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, EPX_WIRE_NATIVE,
+          ZERO_NONE },
     };
     assert_int_equal(epxt_launch(72, 0, cases_rank, (void *)cases, NULL), EPX_OK);
     unsetenv("EPX_TOPO_FILE");

@@ -1,6 +1,8 @@
 /*
- * moe at 72 ranks (an NVL72 domain's width) on this host: dense and sparse
- * placements, both layouts, checked against the reference.  The longest
+ * moe at 72 ranks as one NVL72 domain (EPX_TOPO_FILE=gb200-nvl72) on this
+ * host: dense and sparse placements, both layouts, uniform, Zipf (256
+ * experts top-8, as DeepSeek-V3), holed and one-hot routings, checked
+ * against the reference.  The longest
  * test of the suite; EPX_TEST_QUICK=1 skips it.
  */
 #include <stdarg.h>
@@ -24,6 +26,15 @@ static const moe_case_t dense[] = {
       .max_tokens = 4, .dtype = EPX_DTYPE_FP32, .idx_dtype = EPX_DTYPE_INT64,
       .out_dtype = EPX_DTYPE_FP32, .layout = EPX_LAYOUT_EXPERT_MAJOR,
       .align = 4 },
+    /* DeepSeek-V3's routing shape, the first ranks hot */
+    { .name = "r72-em1-e256-zipf", .experts = 256, .topk = 8, .hidden = 12,
+      .max_tokens = 5, .dtype = EPX_DTYPE_BF16, .idx_dtype = EPX_DTYPE_INT32,
+      .out_dtype = EPX_DTYPE_FP32, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+      .align = 1, .route = ROUTE_ZIPF },
+    { .name = "r72-tm-e256-zipf", .experts = 256, .topk = 8, .hidden = 12,
+      .max_tokens = 5, .dtype = EPX_DTYPE_FP32, .idx_dtype = EPX_DTYPE_INT64,
+      .out_dtype = EPX_DTYPE_BF16, .layout = EPX_LAYOUT_TOKEN_MAJOR,
+      .align = 1, .route = ROUTE_ZIPF, .tokens = TOK_ZERO_ODD },
     { .name = NULL },
 };
 
@@ -41,19 +52,16 @@ static const moe_case_t sparse[] = {
     { .name = NULL },
 };
 
-static void ranks72_dense(void **state)
+static void launch72(const moe_case_t *cases)
 {
-    (void)state;
-    assert_int_equal(epxt_launch(72, 0, moe_cases_rank, (void *)dense, NULL),
-                     EPX_OK);
+    setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
+    epx_status_t st = epxt_launch(72, 0, moe_cases_rank, (void *)cases, NULL);
+    unsetenv("EPX_TOPO_FILE");
+    assert_int_equal(st, EPX_OK);
 }
 
-static void ranks72_sparse(void **state)
-{
-    (void)state;
-    assert_int_equal(epxt_launch(72, 0, moe_cases_rank, (void *)sparse, NULL),
-                     EPX_OK);
-}
+static void ranks72_dense(void **state) { (void)state; launch72(dense); }
+static void ranks72_sparse(void **state) { (void)state; launch72(sparse); }
 
 int main(void)
 {

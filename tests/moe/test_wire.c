@@ -85,8 +85,8 @@ static void run_matrix(void **state)
     }
 }
 
-/* 72 ranks on the gb200-nvl72 description: each format in both layouts,
- * the routings spread over them. */
+/* 72 ranks on the gb200-nvl72 description: each format under every
+ * routing, the layouts alternating (both for each format). */
 static void ranks72(void **state)
 {
     (void)state;
@@ -97,24 +97,27 @@ static void ranks72(void **state)
     }
     static const int routes[] = { ROUTE_RANDOM, ROUTE_ZIPF, ROUTE_HOT,
                                   ROUTE_HOLES };
-    static char names[2 * NWIRE][64];
-    moe_case_t cases[2 * NWIRE + 1];
+    static const char *const route_tags[] = { "uni", "zipf", "hot", "holes" };
+    enum { NR = 4 };
+    static char names[NR * NWIRE][64];
+    moe_case_t cases[NR * NWIRE + 1];
     for (int wi = 0; wi < NWIRE; wi++)
-        for (int em = 0; em < 2; em++) {
-            int i = 2 * wi + em;
-            snprintf(names[i], 64, "R72-%s-%s", em ? "em" : "tm",
-                     wire_tags[wi]);
+        for (int ri = 0; ri < NR; ri++) {
+            int i = NR * wi + ri, em = (wi + ri) % 2;
+            snprintf(names[i], 64, "R72-%s-%s-%s", em ? "em" : "tm",
+                     wire_tags[wi], route_tags[ri]);
             cases[i] = (moe_case_t){
                 .name = names[i], .experts = em ? 100 : 144,
                 .topk = em ? 6 : 8, .hidden = em ? 33 : 40, .max_tokens = 4,
                 .dtype = EPX_DTYPE_BF16, .idx_dtype = EPX_DTYPE_INT32,
                 .out_dtype = EPX_DTYPE_BF16,
                 .layout = em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
-                .align = em ? 4 : 1, .route = routes[(wi + em) % 4],
-                .tokens = em ? TOK_ZERO_ODD : TOK_RANDOM, .wire = wires[wi],
+                .align = em ? 4 : 1, .route = routes[ri],
+                .tokens = ri == 3 ? TOK_ZERO_ODD : TOK_RANDOM,
+                .wire = wires[wi],
             };
         }
-    cases[2 * NWIRE] = (moe_case_t){ .name = NULL };
+    cases[NR * NWIRE] = (moe_case_t){ .name = NULL };
     setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
     epx_status_t st = epxt_launch(72, 0, moe_cases_rank, cases, NULL);
     unsetenv("EPX_TOPO_FILE");
