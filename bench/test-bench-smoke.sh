@@ -7,13 +7,16 @@
 #     top-k slots (-1), replayed with --trace under the default launcher and
 #     with the expert writing in place: the replay's outputs equal the
 #     original's byte for byte;
+#     The same in low-latency mode, whose dump also writes the counts per
+#     expert and per (expert, source);
 #  4. error paths: a trace with a missing file, a bad option;
 #  5. --balance at 8 ranks: both runs verified (token-major with the fork
 #     launcher, expert-major fp32 with the DeepSeek policy under the default
 #     launcher), and the balancer lowers the measured imbalance;
 #  6. --overlap (when built with OpenBLAS; else the refusal message): both
-#     layouts at 3 ranks verified, the three step series and a hidden
-#     fraction in [0, 1];
+#     layouts at 3 ranks, low-latency mode, and the compute-thread schedule
+#     over an fp8 wire, each verified, with the three step series and a
+#     hidden fraction in [0, 1];
 #  7. --hierarchical on 2 domains (EPX_TOPO_FILE: two CPU hosts), 4 ranks:
 #     verified, and the bytes the engine counted crossing domains equal
 #     those the routing gives (one row per remote destination domain),
@@ -106,6 +109,24 @@ for r in 0 1 2; do
     done
 done
 
+# 3b. the same in low-latency mode
+ll_files="x topk_idx topk_weights out recv_counts recv_counts_per_source"
+run lldump --ranks 3 --tokens 17,0,9 $small --drop 0.3 --seed 7 --mode ll \
+    --launcher fork --no-inplace --dump "$tmp/l1"
+for f in $ll_files; do
+    [ -s "$tmp/l1/rank1/$f.npy" ] || fail "ll dump: no rank1/$f.npy"
+done
+run llreplay --trace "$tmp/l1" --experts 12 --iters 2 --warmup 0 --inplace \
+    --mode ll --launcher fork --dump "$tmp/l2"
+grep -q 'verified:.*no mismatch' "$tmp/llreplay.out" ||
+    fail "ll replay: not verified"
+for r in 0 1 2; do
+    for f in $ll_files; do
+        cmp -s "$tmp/l1/rank$r/$f.npy" "$tmp/l2/rank$r/$f.npy" ||
+            fail "ll replay: rank$r/$f.npy differs from the original run"
+    done
+done
+
 # 4. errors are reported, naming what is wrong
 rm "$tmp/d1/rank2/topk_weights.npy"
 "$BENCH" --trace "$tmp/d1" --experts 12 --launcher fork \
@@ -148,9 +169,10 @@ ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 6 \
 if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
     run ov $ov --launcher fork --json
     run ov_em $ov --layout expert --align 4 --dtype fp32 --no-inplace --json
+    run ov_ll $ov --mode ll --launcher fork --json
     # the compute-thread schedule, over a quantized wire (y apart)
     run ov_th $ov --overlap-thread --dtype fp8 --launcher fork --json
-    for n in ov ov_em ov_th; do
+    for n in ov ov_em ov_ll ov_th; do
         grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
         if command -v python3 >/dev/null 2>&1; then
             python3 - "$tmp/$n.out" "$n" <<'EOF' || fail "$n: overlap figures"
