@@ -230,19 +230,23 @@ int bench_main_sweep(bench_opts_t *o)
                    "\"%s\", \"ran\": %s, \"dispatch_us\": %.1f, "
                    "\"dispatch_us_p99\": %.1f, \"combine_us\": %.1f, "
                    "\"combine_us_p99\": %.1f, \"total_us\": %.1f, "
-                   "\"total_us_p99\": %.1f, \"checked\": %lld, "
+                   "\"total_us_p99\": %.1f, \"iters\": %d, "
+                   "\"checked\": %lld, "
                    "\"mismatches\": %lld, \"ll_rows_dropped\": %lld}",
                    i ? "," : "", (long long)o->sweep[i], mode,
                    bench_layout_name(o->layout), s->ran ? "true" : "false",
                    s->us[0][0], s->us[0][1], s->us[1][0], s->us[1][1],
-                   s->us[2][0], s->us[2][1], (long long)s->checked,
+                   s->us[2][0], s->us[2][1], o->iters, (long long)s->checked,
                    (long long)s->mismatches, (long long)s->dropped);
         }
         printf("\n]\n");
     } else {
         printf("epx-bench --tokens-sweep: %d ranks, mode %s, %s-major; "
-               "epx times in us (slowest rank per iteration)\n\n", o->ranks,
-               mode, bench_layout_name(o->layout));
+               "epx times in us (slowest rank per iteration), %d timed "
+               "iterations per count%s\n\n", o->ranks, mode,
+               bench_layout_name(o->layout), o->iters,
+               o->iters < 100 ? " (fewer than 100: p99 is near the maximum; "
+                                "raise --iters)" : "");
         printf("%8s %12s %12s %12s %12s %12s %12s  %s\n", "tokens",
                "dispatch_p50", "dispatch_p99", "combine_p50", "combine_p99",
                "total_p50", "total_p99", "check");
