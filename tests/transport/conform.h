@@ -68,6 +68,7 @@ int conf_err_put_range(epx_comm_t *comm, void *arg);
 int conf_err_bad_peer(epx_comm_t *comm, void *arg);
 int conf_err_bad_slot(epx_comm_t *comm, void *arg);
 int conf_err_wait_timeout(epx_comm_t *comm, void *arg);
+int conf_err_win_left(epx_comm_t *comm, void *arg);
 int conf_mixed_selection(epx_comm_t *comm, void *arg);
 
 /* Buffer of n bytes (at least 1), 64-byte aligned, or NULL. */

@@ -2,7 +2,9 @@
  * Conformance, error paths: puts beyond the window (EPX_ERR_RANGE, nothing
  * written), bad peer and slot indices (EPX_ERR_INVALID), and a wait that
  * nobody answers (EPX_ERR_TIMEOUT within a bounded time, the window
- * usable afterwards, other slots and windows not confused with it).
+ * usable afterwards, other slots and windows not confused with it); a
+ * window left alive when its communicator is destroyed (a caller's bug:
+ * the process must go on, not abort in the backend).
  */
 #include <limits.h>
 #include <stdint.h>
@@ -158,4 +160,23 @@ int conf_err_wait_timeout(epx_comm_t *comm, void *arg)
     epx__win_destroy(w2);
     epx__win_destroy(w);
     return 0;
+}
+
+/* Every rank puts into its right neighbour and signals, then returns
+ * with the window alive: the launcher destroys the communicator under it.
+ * The rank must still exit 0 (UCX: the registration stays to the process
+ * exit instead of failing UCX's cleanup). */
+int conf_err_win_left(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int R = comm->nranks, me = comm->rank, to = (me + 1) % R;
+    epx_win_t *w = NULL;
+    CHECK_OK(epx__win_create(comm, 4096, 1, &w));
+    CHECK_CALL(conf_check_peers(comm, w));
+    unsigned char b[256];
+    conf_fill(b, sizeof(b), conf_key(TAG_ERR, me, to, 7), 0);
+    CHECK_OK(epx__win_put_signal(w, to, 128, b, sizeof(b), 0, 1));
+    CHECK_OK(epx__win_wait(w, 0, 1));
+    CHECK_OK(epx_comm_barrier(comm));
+    return 0;   /* w is not destroyed, on purpose */
 }

@@ -87,6 +87,7 @@ CASE(err_put_range_r2, conf_err_put_range, 2, 0, 0, 0)
 CASE(err_bad_peer_r1, conf_err_bad_peer, 1, 0, 0, 0)
 CASE(err_bad_peer_r3, conf_err_bad_peer, 3, 0, 0, 0)
 CASE(err_bad_slot_r2, conf_err_bad_slot, 2, 0, 0, 0)
+CASE(err_win_left_r3, conf_err_win_left, 3, 0, 0, 0)
 
 static void err_wait_timeout_r2(void **s)
 {
@@ -190,6 +191,7 @@ int main(void)
         cmocka_unit_test(err_bad_peer_r3),
         cmocka_unit_test(err_bad_slot_r2),
         cmocka_unit_test(err_wait_timeout_r2),
+        cmocka_unit_test(err_win_left_r3),
         cmocka_unit_test(mixed_selection_r8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

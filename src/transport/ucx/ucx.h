@@ -53,6 +53,8 @@ int epx__ucx_ep_has_rma(ucp_ep_h ep);
 epx_status_t epx__ucx_am_win_add(epx_ucx_comm_t *u, epx_ucx_win_view_t *w,
                                  uint32_t *id);
 void epx__ucx_am_win_remove(epx_ucx_comm_t *u, uint32_t id);
+/* Windows created and not destroyed yet. */
+int epx__ucx_am_win_live(const epx_ucx_comm_t *u);
 epx_status_t epx__ucx_am_put(epx_comm_t *comm, int peer, uint32_t win,
                              size_t off, const void *src, size_t len);
 epx_status_t epx__ucx_am_signal(epx_comm_t *comm, int peer, uint32_t win,

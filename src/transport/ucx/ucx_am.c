@@ -200,6 +200,14 @@ void epx__ucx_am_win_remove(epx_ucx_comm_t *u, uint32_t id)
         u->wins[id] = NULL;
 }
 
+int epx__ucx_am_win_live(const epx_ucx_comm_t *u)
+{
+    int n = 0;
+    for (int i = 0; i < u->cap_wins; i++)
+        n += u->wins[i] != NULL;
+    return n;
+}
+
 typedef struct ucx_am_batch {
     ucx_am_hdr_t h[UCX_AM_BATCH];   /* alive until their sends complete */
     void *req[UCX_AM_BATCH];

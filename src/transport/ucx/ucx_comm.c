@@ -375,8 +375,16 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
                  : EPX_ERR_NOMEM;
         free(all);
     }
-    if (st != EPX_OK || ag != EPX_OK) {
-        EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
+    /* A window still alive (an engine not destroyed before its
+     * communicator) keeps memory registered: ucp_cleanup would abort in
+     * UCX's registration cache. */
+    int live = epx__ucx_am_win_live(u);
+    if (st != EPX_OK || ag != EPX_OK || live) {
+        if (live)
+            EPX_LOG(EPX_LOG_WARN, "ucx", c->rank, "%d window(s) still alive "
+                    "at epx_comm_destroy (destroy engines first)", live);
+        else
+            EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", epx_last_error());
         ucx_keep(c, u);
         return;
     }
