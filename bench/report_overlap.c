@@ -90,7 +90,7 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
         memcpy(tmp, s[k], sizeof(double) * (size_t)n);
         p50[k] = bench_median(tmp, n);
     }
-    /* --overlap-thread: the FFN's own time inside the overlapped steps
+    /* --overlap-thread: the expert's own time inside the overlapped steps
      * (slowest rank per step), against compute alone: how much the
      * communication beside it slowed it down. */
     double ffn_mean = 0, ffn_p50 = 0, cin_mean = 0, cin_p50 = 0;
@@ -129,13 +129,14 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
             mean[OV_COMM] > 0 ? mean[OV_COMP] / mean[OV_COMM] : 0, hid * 100,
             raw * 100, hid50 * 100);
     if (o->overlap_thread)
-        fprintf(f, "FFN inside the overlapped steps (its own time, the "
-                "compute thread): mean %.1f us, p50 %.1f us; %+.1f%% "
+        fprintf(f, "expert (FFN and outputs) inside the overlapped steps "
+                "(its own time, the compute thread): mean %.1f us, p50 %.1f "
+                "us; %+.1f%% "
                 "against compute alone\n", ffn_mean * 1e6, ffn_p50 * 1e6,
                 mean[OV_COMP] > 0 ? (ffn_mean / mean[OV_COMP] - 1) * 100 : 0);
     if (o->overlap_thread)
         fprintf(f, "communication inside the overlapped steps (the main "
-                "thread's time less its waits for the FFN): mean %.1f us, "
+                "thread's time less its waits for the expert): mean %.1f us, "
                 "p50 %.1f us; %+.1f%% against communication alone\n",
                 cin_mean * 1e6, cin_p50 * 1e6,
                 mean[OV_COMM] > 0 ? (cin_mean / mean[OV_COMM] - 1) * 100 : 0);

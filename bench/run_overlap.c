@@ -10,8 +10,9 @@
  *   combine_recv(mb1)
  *
  * Three runs of --iters steps (after --warmup): the same schedule without
- * the FFN (communication alone), the FFN of both micro-batches on received
- * rows without any communication (compute alone), and the full schedule
+ * the expert (communication alone: combine sends the rows as received),
+ * the expert (FFN and outputs) of both micro-batches on received rows
+ * without any communication (compute alone), and the full schedule
  * (overlapped), interleaved in blocks (run_all).  A step's time is one
  * rank's time from one step's start to the next; the report takes the
  * slowest rank per step.  Received rows and combined outputs are verified
@@ -19,16 +20,25 @@
  * every step, timed).  Timed, the check (milliseconds on the main thread)
  * counted as communication in one step of four.
  *
- * --overlap-thread: the FFN runs on a compute thread of the rank (one
- * job at a time, a condition variable: waits sleep), the main thread
- * drives all communication, and each micro-batch's FFN runs while the
- * other one moves (run_threaded):
+ * --overlap-thread: the expert runs on a compute thread of the rank (one
+ * job at a time, a condition variable: waits sleep): the FFN, then the
+ * outputs combine sends (the synthetic expert, expert.c), as an engine's
+ * expert kernels write theirs.  The main thread drives all communication,
+ * and each micro-batch's expert runs while the other one moves
+ * (run_threaded):
  *
- *   [FFN(mb0) posted]  dispatch mb1       | wait FFN(mb0), post FFN(mb1)
- *   combine mb0, dispatch the next mb0    | wait FFN(mb1), post FFN(mb0)
+ *   [expert(mb0) posted]  dispatch mb1      | wait mb0's, post expert(mb1)
+ *   combine mb0, dispatch the next mb0      | wait mb1's, post expert(mb0)
  *   combine mb1
  *
- * Communication alone runs the same schedule without posting.
+ * Communication alone runs the same schedule without jobs: combine sends
+ * the rows as received (same bytes, same work; only the checking steps,
+ * untimed, post a job that writes the outputs, so that they verify).
+ * Compute alone runs both micro-batches' FFN and outputs on the main
+ * thread, without communication.  So "communication" is the dispatch and
+ * combine calls, and the expert's output writing counts as compute in
+ * both other runs.  The same holds for the polled schedule above: its
+ * communication alone writes outputs only to check.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -42,6 +52,9 @@ typedef struct ov_mb {
     epx_handle_t *h;
     epx_recv_t rv;
     void *out;                 /* [T, H] */
+    void *y;                   /* outputs apart from x (ov_outputs) */
+    int64_t y_rows;
+    void *yp;                  /* this round's outputs: rv.x.data or y */
 } ov_mb_t;
 
 typedef struct ov {
@@ -52,8 +65,6 @@ typedef struct ov {
     void *idx;
     uint8_t *ready, *done;
     float *acc;
-    void *y;                   /* --no-inplace outputs */
-    int64_t y_rows;
     bench_check_t chk;
     int verify_all;
     /* --overlap-thread's compute thread */
@@ -61,6 +72,10 @@ typedef struct ov {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int job;                   /* micro-batch to compute, -1: none */
+    int job_ffn, job_verify;   /* the job's FFN; its received rows checked */
+    float *acc_job;            /* the thread's scratch row */
+    bench_check_t chk_job;     /* the thread's checks, merged at the end */
+    char msg_job[BENCH_MSG_LEN];
     int busy, quit, wrc, inited, started;
     double job_s;              /* the last job's own time */
     double wait_s;             /* the main thread's time in ov_join */
@@ -126,6 +141,9 @@ static int ov_ffn_all(ov_t *v, int i)
     return 0;
 }
 
+static int ov_outputs(ov_t *v, int i, float *acc, bench_check_t *chk,
+                      int verify, int apart);
+
 static void *ov_worker(void *arg)
 {
     ov_t *v = arg;
@@ -135,10 +153,12 @@ static void *ov_worker(void *arg)
             pthread_cond_wait(&v->cv, &v->mu);
         if (v->quit)
             break;
-        int i = v->job;
+        const int i = v->job, ffn = v->job_ffn, vf = v->job_verify;
         pthread_mutex_unlock(&v->mu);
         double t0 = epx__now();
-        int rc = ov_ffn_all(v, i);
+        int rc = ffn ? ov_ffn_all(v, i) : 0;
+        if (!rc)
+            rc = ov_outputs(v, i, v->acc_job, &v->chk_job, vf, 0);
         double dt = epx__now() - t0;
         pthread_mutex_lock(&v->mu);
         v->job_s = dt;
@@ -152,13 +172,22 @@ static void *ov_worker(void *arg)
     return NULL;
 }
 
-static void ov_post(ov_t *v, int i)
+static int ov_no_outputs(ov_t *v, int i);
+
+/* Post micro-batch i's expert job; communication alone (no FFN) posts
+ * only to check, and otherwise combines the rows as received. */
+static int ov_post(ov_t *v, int i, int ffn, int verify)
 {
+    if (!ffn && !verify)
+        return ov_no_outputs(v, i);
     pthread_mutex_lock(&v->mu);
     v->job = i;
+    v->job_ffn = ffn;
+    v->job_verify = verify;
     v->busy = 1;
     pthread_cond_broadcast(&v->cv);
     pthread_mutex_unlock(&v->mu);
+    return 0;
 }
 
 /* Wait for the posted FFN; its status.  *busy (may be NULL) += the job's
@@ -177,33 +206,79 @@ static int ov_join(ov_t *v, double *busy)
     return rc;
 }
 
-/* Synthetic expert outputs (verifiable) and combine_send. */
-static int ov_combine_send(ov_t *v, int i, int verify)
+/* The expert's outputs (the synthetic expert: verifiable) for micro-batch
+ * i, after checking its received rows (verify).  In place over x where
+ * the options allow, else (or apart) in the micro-batch's own buffer: a
+ * quantized x is narrower than y (as in run_epx.c). */
+static int ov_outputs(ov_t *v, int i, float *acc, bench_check_t *chk,
+                      int verify, int apart)
 {
     ov_mb_t *b = &v->mb[i];
     const bench_ctx_t *ctx = v->ctx;
     const bench_workload_t *wl = ctx->wl;
     if (verify)
-        bench_verify_recv(ctx, &b->rv, ctx->o->layout, "epx", &v->chk);
+        bench_verify_recv(ctx, &b->rv, ctx->o->layout, "epx", chk);
     void *y = b->rv.x.data;
-    /* A quantized x is narrower than y: outputs get a buffer of their own
-     * (as in run_epx.c). */
-    if (!ctx->o->inplace || wl->wire != EPX_WIRE_NATIVE) {
+    if (apart || !ctx->o->inplace || wl->wire != EPX_WIRE_NATIVE) {
         int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
-        if (rows > v->y_rows) {
-            void *p = realloc(v->y, (size_t)rows * (size_t)wl->hidden * wl->dsize);
-            if (!p)
+        if (rows > b->y_rows) {
+            void *p = realloc(b->y, (size_t)rows * (size_t)wl->hidden * wl->dsize);
+            if (!p) {
+                fprintf(stderr, "epx-bench: rank %d: out of memory for the "
+                        "expert outputs\n", ctx->rank);
                 return -1;
-            v->y = p;
-            v->y_rows = rows;
+            }
+            b->y = p;
+            b->y_rows = rows;
         }
-        y = v->y;
+        y = b->y;
     }
-    bench_expert_compute(ctx, &b->rv, ctx->o->layout, y, v->acc);
+    bench_expert_compute(ctx, &b->rv, ctx->o->layout, y, acc);
+    b->yp = y;
+    return 0;
+}
+
+/* Communication alone, an unchecked step: combine sends the rows as
+ * received (in place), or what the outputs' buffer holds. */
+static int ov_no_outputs(ov_t *v, int i)
+{
+    ov_mb_t *b = &v->mb[i];
+    const bench_ctx_t *ctx = v->ctx;
+    b->yp = b->rv.x.data;
+    if (ctx->o->inplace && ctx->wl->wire == EPX_WIRE_NATIVE)
+        return 0;
+    int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
+    if (rows > b->y_rows) {
+        void *p = realloc(b->y, (size_t)rows * (size_t)ctx->wl->hidden *
+                                    ctx->wl->dsize);
+        if (!p)
+            return -1;
+        memset(p, 0, (size_t)rows * (size_t)ctx->wl->hidden * ctx->wl->dsize);
+        b->y = p;
+        b->y_rows = rows;
+    }
+    b->yp = b->y;
+    return 0;
+}
+
+/* combine_send of the outputs ov_outputs wrote. */
+static int ov_combine_put(ov_t *v, int i)
+{
+    ov_mb_t *b = &v->mb[i];
+    const bench_workload_t *wl = v->ctx->wl;
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
-    ca.y = (epx_tensor_t){ y, wl->dtype, b->rv.num_rows, wl->hidden };
+    ca.y = (epx_tensor_t){ b->yp, wl->dtype, b->rv.num_rows, wl->hidden };
     epx_status_t st = epx_combine_send(b->moe, b->h, &ca);
     return st == EPX_OK ? 0 : fail(v, "epx_combine_send", st);
+}
+
+/* The outputs on this thread, then combine_send; communication alone
+ * (no FFN) writes them only to check. */
+static int ov_combine_send(ov_t *v, int i, int ffn, int verify)
+{
+    int rc = ffn || verify ? ov_outputs(v, i, v->acc, &v->chk, verify, 0)
+                           : ov_no_outputs(v, i);
+    return rc || ov_combine_put(v, i);
 }
 
 static int ov_combine_recv(ov_t *v, int i, int verify)
@@ -236,8 +311,9 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
     for (int it = 0; it < count; it++) {
         const int vf = v->verify_all || it == 0;
         double t0 = epx__now();
-        if (ov_send(v, 1) || ov_recv(v, 0, ffn) || ov_combine_send(v, 0, vf) ||
-            ov_recv(v, 1, ffn) || ov_combine_send(v, 1, vf) ||
+        if (ov_send(v, 1) || ov_recv(v, 0, ffn) ||
+            ov_combine_send(v, 0, ffn, vf) || ov_recv(v, 1, ffn) ||
+            ov_combine_send(v, 1, ffn, vf) ||
             ov_combine_recv(v, 0, vf) || ov_send(v, 0) ||
             ov_combine_recv(v, 1, vf))
             return -1;
@@ -245,7 +321,7 @@ static int run_schedule(ov_t *v, int ffn, int skip, int count, double *times)
             times[it - skip] = epx__now() - t0;
     }
     /* The last step's dispatch of mb0, taken in untimed. */
-    return ov_recv(v, 0, 0) || ov_combine_send(v, 0, 0) ||
+    return ov_recv(v, 0, 0) || ov_combine_send(v, 0, 0, 0) ||
            ov_combine_recv(v, 0, 0) ? -1 : 0;
 }
 
@@ -258,35 +334,32 @@ static int run_polled(ov_t *v, int ffn, int skip, int count, double *times,
 }
 
 /* run_schedule's counterpart for --overlap-thread (top of file); ffn 0:
- * the same communication, nothing posted.  With ffn, per step (either may
- * be NULL): busy, the own time of the FFN jobs waited for in it; commin,
- * the step's time less the main thread's waits for them. */
+ * the same communication without jobs (but to check).  With
+ * ffn, per step (either may be NULL): busy, the own time of the jobs
+ * waited for in it (FFN and outputs); commin, the step's time less the
+ * main thread's waits for them. */
 static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
                         double *busy, double *commin)
 {
     if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0))
         return -1;
-    if (ffn)
-        ov_post(v, 0);
-    int rc = 0;
+    int rc = ov_post(v, 0, ffn, 1);
     for (int it = 0; it < count && !rc; it++) {
         const int vf = v->verify_all || it == 0;
+        const int vnext = v->verify_all;   /* the next step's mb0 */
         double t0 = epx__now(), b = 0;
         v->wait_s = 0;
         rc = ov_send(v, 1) || ov_recv(v, 1, 0);
-        if (ffn) {   /* joined even after a failure: the thread reads mb0 */
-            rc = ov_join(v, &b) || rc;
-            if (!rc)
-                ov_post(v, 1);
-        }
-        rc = rc || ov_combine_send(v, 0, vf) || ov_combine_recv(v, 0, vf) ||
+        /* joined even after a failure: the thread reads mb0 */
+        rc = ov_join(v, &b) || rc;
+        if (!rc)
+            rc = ov_post(v, 1, ffn, vf);
+        rc = rc || ov_combine_put(v, 0) || ov_combine_recv(v, 0, vf) ||
              ov_send(v, 0) || ov_recv(v, 0, 0);
-        if (ffn) {
-            rc = ov_join(v, &b) || rc;
-            if (!rc)
-                ov_post(v, 0);
-        }
-        rc = rc || ov_combine_send(v, 1, vf) || ov_combine_recv(v, 1, vf);
+        rc = ov_join(v, &b) || rc;
+        if (!rc)
+            rc = ov_post(v, 0, ffn, vnext);
+        rc = rc || ov_combine_put(v, 1) || ov_combine_recv(v, 1, vf);
         if (!rc && it >= skip) {
             times[it - skip] = epx__now() - t0;
             if (busy)
@@ -295,31 +368,28 @@ static int run_threaded(ov_t *v, int ffn, int skip, int count, double *times,
                 commin[it - skip] = times[it - skip] - v->wait_s;
         }
     }
-    if (ffn)
-        rc = ov_join(v, NULL) || rc;
-    return rc || ov_combine_send(v, 0, 0) || ov_combine_recv(v, 0, 0) ? -1 : 0;
+    rc = ov_join(v, NULL) || rc;
+    return rc || ov_combine_put(v, 0) || ov_combine_recv(v, 0, 0) ? -1 : 0;
 }
 
-/* The FFN of both micro-batches on rows received once: no communication
- * inside the timed steps. */
+/* The FFN and the outputs of both micro-batches on rows received once,
+ * no communication inside the timed steps; the outputs written apart, so
+ * that x stays as received. */
 static int run_compute(ov_t *v, int skip, int count, double *times)
 {
-    const int nl = v->ctx->num_local;
     if (barrier(v) || ov_send(v, 0) || ov_recv(v, 0, 0) || ov_send(v, 1) ||
         ov_recv(v, 1, 0))
         return -1;
     for (int it = 0; it < count; it++) {
         double t0 = epx__now();
         for (int i = 0; i < 2; i++)
-            for (int j = 0; j < nl; j++)
-                if (bench_ffn_expert(v->ffn, &v->mb[i].rv, v->ctx->o->layout,
-                                     j) < 0)
-                    return -1;
+            if (ov_ffn_all(v, i) || ov_outputs(v, i, v->acc, &v->chk, 0, 1))
+                return -1;
         if (it >= skip)
             times[it - skip] = epx__now() - t0;
     }
     for (int i = 0; i < 2; i++)
-        if (ov_combine_send(v, i, 1) || ov_combine_recv(v, i, 1))
+        if (ov_combine_send(v, i, 1, 1) || ov_combine_recv(v, i, 1))
             return -1;
     return 0;
 }
@@ -373,11 +443,14 @@ int bench_run_overlap(bench_ctx_t *ctx)
     v.ready = malloc((size_t)nl + 1);
     v.done = malloc((size_t)nl + 1);
     v.acc = malloc(sizeof(float) * (size_t)wl->hidden);
+    v.acc_job = malloc(sizeof(float) * (size_t)wl->hidden);
+    v.chk_job = (bench_check_t){ 0, 0, v.msg_job, BENCH_MSG_LEN };
     v.ffn = bench_ffn_new(ctx, nl);
     for (int i = 0; i < 2; i++)
         v.mb[i].out = malloc((size_t)(T > 0 ? T : 1) * (size_t)wl->hidden *
                              wl->dsize);
-    if (!v.idx || !v.ready || !v.done || !v.acc || !v.ffn || !v.mb[0].out ||
+    if (!v.idx || !v.ready || !v.done || !v.acc || !v.acc_job || !v.ffn ||
+        !v.mb[0].out ||
         !v.mb[1].out) {
         fprintf(stderr, "epx-bench: rank %d: out of memory (--overlap)\n",
                 ctx->rank);
@@ -423,8 +496,10 @@ int bench_run_overlap(bench_ctx_t *ctx)
     if (run_all(&v))
         goto out;
     res->ran[0] = 1;
-    res->checked[0] = v.chk.checked;
-    res->mismatches[0] = v.chk.mismatches;
+    res->checked[0] = v.chk.checked + v.chk_job.checked;
+    res->mismatches[0] = v.chk.mismatches + v.chk_job.mismatches;
+    size_t used = strlen(res->msg[0]);   /* the thread's messages after */
+    snprintf(res->msg[0] + used, BENCH_MSG_LEN - used, "%s", v.msg_job);
     rc = 0;
 out:
     if (v.started) {
@@ -442,12 +517,13 @@ out:
         epx_handle_release(v.mb[i].h);
         epx_moe_destroy(v.mb[i].moe);
         free(v.mb[i].out);
+        free(v.mb[i].y);
     }
     bench_ffn_free(v.ffn);
     free(v.idx);
     free(v.ready);
     free(v.done);
     free(v.acc);
-    free(v.y);
+    free(v.acc_job);
     return rc;
 }
