@@ -69,18 +69,9 @@ static int round_trip(epx_moe_t *m, int layer, int E, int me)
     a.topk_idx = (epx_tensor_t){ idx, EPX_DTYPE_INT32, T, 2 };
     a.topk_weights = (epx_tensor_t){ w, EPX_DTYPE_FP32, T, 2 };
     a.layer = layer;
-    epx_handle_t *h = NULL;
-    epx_recv_t rv = { .struct_size = sizeof(rv) };
-    CHECK_OK(epx_dispatch_send(m, &a, &h));
-    CHECK_OK(epx_dispatch_recv(m, h, &rv));
-    epx_combine_args_t c = EPX_COMBINE_ARGS_INIT;
-    c.y = rv.x;
-    CHECK_OK(epx_combine_send(m, h, &c));
-    epx_tensor_t o = { out, EPX_DTYPE_FP32, T, H };
-    CHECK_OK(epx_combine_recv(m, h, &o));
+    CHECK_CALL(epxt_round_inplace(m, &a, EPX_DTYPE_FP32, out, NULL));
     for (int i = 0; i < T * H; i++)
         CHECK(out[i] == 2 * x[i]);
-    epx_handle_release(h);
     return 0;
 }
 

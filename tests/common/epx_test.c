@@ -173,6 +173,24 @@ double epxt_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int epxt_round_inplace(epx_moe_t *m, const epx_dispatch_args_t *a,
+                       epx_dtype_t out_dt, void *out, int64_t *rows)
+{
+    epx_handle_t *h = NULL;
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    CHECK_OK(epx_dispatch_send(m, a, &h));
+    CHECK_OK(epx_dispatch_recv(m, h, &rv));
+    if (rows)
+        *rows = rv.num_rows;
+    epx_combine_args_t c = EPX_COMBINE_ARGS_INIT;
+    c.y = rv.x;
+    CHECK_OK(epx_combine_send(m, h, &c));
+    epx_tensor_t o = { out, out_dt, a->x.rows, a->x.cols };
+    CHECK_OK(epx_combine_recv(m, h, &o));
+    epx_handle_release(h);
+    return 0;
+}
+
 void epxt_digest(const char *test_case, int round, int rank, const char *what,
                  const void *p, size_t bytes)
 {

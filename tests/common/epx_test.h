@@ -109,6 +109,13 @@ int epxt_shm_count(const char *prefix);
 /* Wall-clock seconds (CLOCK_MONOTONIC). */
 double epxt_now(void);
 
+/* ---- one engine round: dispatch a (fresh), then combine with the
+ * expert outputs in place (y = the received x, an identity expert) into
+ * out ([a->x.rows, H] of out_dt).  *rows (may be NULL): the rows received.
+ * Returns 0, or a failed check's value (CHECK_CALL). */
+int epxt_round_inplace(epx_moe_t *m, const epx_dispatch_args_t *a,
+                       epx_dtype_t out_dt, void *out, int64_t *rows);
+
 /* ---- digests of outputs (tests/moe/test-transports.sh)
  *
  * EPX_TEST_DIGEST=FILE: append one line "CASE #N round ROUND rank RANK

@@ -78,16 +78,7 @@ static int round_of(epx_moe_t *m, int64_t T, int64_t *rows)
     a.x = (epx_tensor_t){ x, EPX_DTYPE_FP32, T, H };
     a.topk_idx = (epx_tensor_t){ idx, EPX_DTYPE_INT32, T, K };
     a.topk_weights = (epx_tensor_t){ w, EPX_DTYPE_FP32, T, K };
-    epx_handle_t *h = NULL;
-    epx_recv_t rv = { .struct_size = sizeof(rv) };
-    CHECK_OK(epx_dispatch_send(m, &a, &h));
-    CHECK_OK(epx_dispatch_recv(m, h, &rv));
-    *rows = rv.num_rows;
-    epx_combine_args_t c = EPX_COMBINE_ARGS_INIT;
-    c.y = rv.x;
-    CHECK_OK(epx_combine_send(m, h, &c));
-    epx_tensor_t o = { out, EPX_DTYPE_FP32, T, H };
-    CHECK_OK(epx_combine_recv(m, h, &o));
+    CHECK_CALL(epxt_round_inplace(m, &a, EPX_DTYPE_FP32, out, rows));
     for (int64_t t = 0; t < T; t++) {
         float f = 1.0f;
         if (m->p.layout == EPX_LAYOUT_TOKEN_MAJOR) {
@@ -99,7 +90,6 @@ static int round_of(epx_moe_t *m, int64_t T, int64_t *rows)
                    "%g, want %g", (long long)t, h, out[t * H + h],
                    f * x[t * H + h]);
     }
-    epx_handle_release(h);
     free(x);
     free(out);
     free(w);
