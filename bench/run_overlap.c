@@ -251,8 +251,11 @@ static int ov_no_outputs(ov_t *v, int i)
     if (rows > b->y_rows) {
         void *p = realloc(b->y, (size_t)rows * (size_t)ctx->wl->hidden *
                                     ctx->wl->dsize);
-        if (!p)
+        if (!p) {
+            fprintf(stderr, "epx-bench: rank %d: out of memory for the "
+                    "outputs' buffer\n", ctx->rank);
             return -1;
+        }
         memset(p, 0, (size_t)rows * (size_t)ctx->wl->hidden * ctx->wl->dsize);
         b->y = p;
         b->y_rows = rows;
