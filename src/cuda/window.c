@@ -238,8 +238,6 @@ epx_status_t epx__cuwin_create(epx_comm_t *comm, int device, size_t bytes,
     const int R = comm->nranks, me = comm->rank;
     const epx_cudrv_t *d = NULL;
     epx_status_t st = epx__cudrv(&d);
-    if (st != EPX_OK)
-        return st;   /* every rank of a job sees the same machine state */
     epx_cuwin_t *w = calloc(1, sizeof(*w));
     cuwin_info_t *all = calloc((size_t)R, sizeof(*all));
     int *fds = malloc(sizeof(int) * (size_t)R);
@@ -249,17 +247,17 @@ epx_status_t epx__cuwin_create(epx_comm_t *comm, int device, size_t bytes,
         w->how = calloc((size_t)R, 1),
         w->peer_mem = calloc((size_t)R, sizeof(*w->peer_mem)),
         w->peer_size = calloc((size_t)R, sizeof(size_t));
-    if (!w || !all || !fds || !to || !w->peer || !w->how || !w->peer_mem ||
-        !w->peer_size) {
+    if (st == EPX_OK && (!w || !fds || !to || !w->peer || !w->how ||
+                         !w->peer_mem || !w->peer_size))
+        st = epx__error(EPX_ERR_NOMEM, "cuda window: out of memory");
+    if (!all) {   /* cannot take part in round 1: the peers time out */
         st = epx__error(EPX_ERR_NOMEM, "cuda window: out of memory");
         goto fail_early;
     }
-    unsigned char *from = to + R;
-    w->comm = comm;
-    w->device = device;
-    w->size = bytes;
+    unsigned char *from = to ? to + R : NULL;
 
-    /* Round 1: where every rank is, and what its device can export. */
+    /* Round 1: where every rank is, and what its device can export; a
+     * rank that failed above takes part with its status. */
     cuwin_info_t mine;
     memset(&mine, 0, sizeof(mine));
     host_id(mine.host, sizeof(mine.host));
@@ -269,11 +267,17 @@ epx_status_t epx__cuwin_create(epx_comm_t *comm, int device, size_t bytes,
         cudaSuccess)
         snprintf(mine.pci, sizeof(mine.pci), "?%d", device);
     int want = -1;
-    st = kind_from_setting(epx__cfg_str("EPX_CUDA_WINDOW"), &want);
+    if (st == EPX_OK)
+        st = kind_from_setting(epx__cfg_str("EPX_CUDA_WINDOW"), &want);
     mine.status = st;
     epx_status_t gst = epx__comm_allgather(comm, &mine, all, sizeof(mine));
-    if (gst != EPX_OK)
+    if (gst != EPX_OK && st == EPX_OK)
+        st = gst;
+    if (st != EPX_OK)
         goto fail_early;
+    w->comm = comm;
+    w->device = device;
+    w->size = bytes;
     int same_proc = 1, remote = 0;
     for (int r = 0; r < R; r++) {
         if (all[r].status != EPX_OK && st == EPX_OK)
