@@ -204,6 +204,8 @@ enum { BENCH_BAL_OFF = 0, BENCH_BAL_ON = 1, BENCH_NBAL };
 /* --overlap: step times of communication alone (impl 0, phase 0), expert
  * compute alone (impl 0, phase 1) and both overlapped (impl 1, phase 0);
  * ran/checked/mismatches/msg of index 0. */
+/* --overlap: the three runs alternate in blocks of this many steps. */
+#define BENCH_OV_BLOCK 4
 #define BENCH_OV_COMM(r, n) bench_result_times(r, n, 0, BENCH_PHASE_DISPATCH)
 #define BENCH_OV_COMP(r, n) bench_result_times(r, n, 0, BENCH_PHASE_COMBINE)
 #define BENCH_OV_BOTH(r, n) bench_result_times(r, n, 1, BENCH_PHASE_DISPATCH)

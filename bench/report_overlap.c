@@ -3,7 +3,8 @@
  * (communication alone, compute alone, overlapped), their means and
  * medians, and the fraction of communication hidden,
  *   hidden = (comm + compute - overlapped) / comm, clamped to [0, 1],
- * from the mean step times (medians also shown).  Below 0 the overlapped
+ * from the mean step times (medians also shown), with its standard error
+ * from the blocks of steps (hidden_se).  Below 0 the overlapped
  * step was slower than both in sequence (the ranks' compute and copies
  * fighting over the same cores); above 1 cannot be attributed.
  */
@@ -55,6 +56,31 @@ static double hidden_of(double comm, double comp, double both)
     return h < 0 ? 0 : h > 1 ? 1 : h;
 }
 
+/* The hidden fraction's spread: its unclamped value in each whole block
+ * of BENCH_OV_BLOCK steps (the three runs alternate by block, so one
+ * block's three means share the machine's state), and the standard error
+ * of their mean; 0 with fewer than two blocks. */
+static double hidden_se(double *const s[OV_N], int n, int *nblocks)
+{
+    const int B = n / BENCH_OV_BLOCK;
+    *nblocks = B;
+    if (B < 2)
+        return 0;
+    double sum = 0, sq = 0;
+    for (int b = 0; b < B; b++) {
+        double m[OV_N] = { 0 };
+        for (int k = 0; k < OV_N; k++)
+            for (int i = b * BENCH_OV_BLOCK; i < (b + 1) * BENCH_OV_BLOCK; i++)
+                m[k] += s[k][i] / BENCH_OV_BLOCK;
+        double h = m[OV_COMM] > 0
+            ? (m[OV_COMM] + m[OV_COMP] - m[OV_BOTH]) / m[OV_COMM] : 0;
+        sum += h;
+        sq += h * h;
+    }
+    double mu = sum / B, var = (sq - B * mu * mu) / (B - 1);
+    return sqrt(var > 0 ? var : 0) / sqrt((double)B);
+}
+
 int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
                          void *results, const char *launcher)
 {
@@ -104,6 +130,8 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
     const double hid50 = hidden_of(p50[OV_COMM], p50[OV_COMP], p50[OV_BOTH]);
     const double raw = mean[OV_COMM] > 0
         ? (mean[OV_COMM] + mean[OV_COMP] - mean[OV_BOTH]) / mean[OV_COMM] : 0;
+    int nblocks = 0;
+    const double se = hidden_se(s, n, &nblocks);
     const int verified = mism == 0;
     FILE *f = o->json ? stderr : stdout;
     fprintf(f, "# epx-bench --overlap: %d ranks (%s), hidden %d, %d experts, "
@@ -128,6 +156,9 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
             "comm = %.1f%% (mean steps; unclamped %.1f%%), %.1f%% (p50)\n",
             mean[OV_COMM] > 0 ? mean[OV_COMP] / mean[OV_COMM] : 0, hid * 100,
             raw * 100, hid50 * 100);
+    if (nblocks >= 2)
+        fprintf(f, "hidden, standard error over %d blocks of %d steps: "
+                "+-%.1f points\n", nblocks, BENCH_OV_BLOCK, se * 100);
     if (o->overlap_thread)
         fprintf(f, "expert (FFN and outputs) inside the overlapped steps "
                 "(its own time, the compute thread): mean %.1f us, p50 %.1f "
@@ -157,11 +188,12 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
                 "\"comm_in_overlap_mean_us\": %.6g, "
                 "\"comm_in_overlap_p50_us\": %.6g, "
                 "\"hidden_fraction_unclamped\": %.6g, "
-                "\"hidden_fraction_p50\": %.6g, \"compute_over_comm\": %.6g,\n",
+                "\"hidden_fraction_p50\": %.6g, \"hidden_fraction_se\": %.6g, "
+                "\"blocks\": %d, \"compute_over_comm\": %.6g,\n",
                 n, bench_ffn_size(o), o->blas_threads,
                 o->overlap_thread ? "true" : "false", hid,
                 ffn_mean * 1e6, ffn_p50 * 1e6, cin_mean * 1e6, cin_p50 * 1e6,
-                raw, hid50,
+                raw, hid50, se, nblocks,
                 mean[OV_COMM] > 0 ? mean[OV_COMP] / mean[OV_COMM] : 0);
         for (int k = 0; k < OV_N; k++) {
             fprintf(stdout, "    \"%s\": {\"mean_us\": %.6g, \"p50_us\": %.6g, "

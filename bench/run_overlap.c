@@ -397,10 +397,9 @@ static int run_compute(ov_t *v, int skip, int count, double *times)
     return 0;
 }
 
-/* The three runs interleaved in blocks of OV_BLOCK steps, so that a change
+/* The three runs interleaved in blocks of BENCH_OV_BLOCK steps, so that a change
  * in the machine's load (other processes) falls on all three alike; the
  * warm-up steps come first, in the first block of each run. */
-enum { OV_BLOCK = 4 };
 
 static int run_all(ov_t *v)
 {
@@ -408,7 +407,7 @@ static int run_all(ov_t *v)
     const int n = o->iters;
     bench_result_t *res = v->ctx->res;
     for (int done = 0, b = 0; done < n; b++) {
-        int count = n - done < OV_BLOCK ? n - done : OV_BLOCK;
+        int count = n - done < BENCH_OV_BLOCK ? n - done : BENCH_OV_BLOCK;
         /* At least the block's first step untimed: it verifies. */
         int skip = b == 0 && o->warmup > 1 ? o->warmup : 1;
         v->verify_all = o->verify_all;
@@ -495,7 +494,7 @@ int bench_run_overlap(bench_ctx_t *ctx)
     }
     bench_progress(ctx, "overlap: %d steps of each run (communication "
                    "alone, FFN %d x %d alone, both), interleaved by %d",
-                   ctx->o->iters, wl->hidden, bench_ffn_size(ctx->o), OV_BLOCK);
+                   ctx->o->iters, wl->hidden, bench_ffn_size(ctx->o), BENCH_OV_BLOCK);
     if (run_all(&v))
         goto out;
     res->ran[0] = 1;

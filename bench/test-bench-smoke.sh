@@ -15,8 +15,9 @@
 #     launcher), and the balancer lowers the measured imbalance;
 #  6. --overlap (when built with OpenBLAS; else the refusal message): both
 #     layouts at 3 ranks, low-latency mode, and the compute-thread schedule
-#     over an fp8 wire, each verified, with the three step series and a
-#     hidden fraction in [0, 1];
+#     over an fp8 wire, each verified, with the three step series, a
+#     hidden fraction in [0, 1] and its standard error (recomputed here
+#     from the steps);
 #  7. --hierarchical on 2 domains (EPX_TOPO_FILE: two CPU hosts), 4 ranks:
 #     verified, and the bytes the engine counted crossing domains equal
 #     those the routing gives (one row per remote destination domain),
@@ -164,7 +165,7 @@ EOF
 done
 
 # 6. --overlap
-ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 6 \
+ov="--overlap --ranks 3 --tokens 24 --hidden 64 --experts 7 --topk 3 --iters 8 \
     --warmup 1 --ffn 16"
 if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
     run ov $ov --launcher fork --json
@@ -181,12 +182,21 @@ d = json.load(open(sys.argv[1]))
 o = d["overlap"]
 assert d["checked"] > 0 and d["mismatches"] == 0, d
 assert 0 <= o["hidden_fraction"] <= 1 and o["ffn"] == 16, o
+# the standard error, recomputed from the steps: blocks of 4
+st = [o[k]["step_us"] for k in ("comm", "compute", "overlapped")]
+hs = []
+for b in range(2):
+    c, p, v = (sum(x[4 * b:4 * b + 4]) / 4 for x in st)
+    hs.append((c + p - v) / c)
+se = abs(hs[0] - hs[1]) / 2   # sd / sqrt(2) of two values
+assert o["blocks"] == 2, o
+assert abs(o["hidden_fraction_se"] - se) <= 1e-4 * (1 + se), (o, se)
 assert o["compute_thread"] == (sys.argv[2] == "ov_th"), o
 if o["compute_thread"]:   # the decomposition of the overlapped steps
     assert o["compute_in_overlap_mean_us"] > 0, o
     assert 0 < o["comm_in_overlap_mean_us"] <= o["overlapped"]["mean_us"], o
 for k in ("comm", "compute", "overlapped"):
-    assert len(o[k]["step_us"]) == 6 and min(o[k]["step_us"]) > 0, o[k]
+    assert len(o[k]["step_us"]) == 8 and min(o[k]["step_us"]) > 0, o[k]
 EOF
         fi
     done
