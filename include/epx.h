@@ -321,7 +321,9 @@ typedef enum epx_wire {
     EPX_WIRE_MXFP8 = 3,        /* e4m3, one UE8M0 scale per 32 elements */
     EPX_WIRE_NVFP4 = 4         /* e2m1, one FP8_E4M3 scale per 16 elements
                                   and one FP32 scale per token, chosen so
-                                  that the token's amax maps to 6 * 448 */
+                                  that the token's amax maps to 6 * 448,
+                                  or the caller's tensor scale
+                                  (epx_dispatch_args_t.x_global_scale) */
 } epx_wire_t;
 
 #define EPX_MOE_LL_DROP 0x1u       /* low latency: rows beyond capacity are
@@ -398,7 +400,7 @@ typedef struct epx_handle epx_handle_t;
 
 #define EPX_DISPATCH_CACHED 0x1u  /* reuse *handle's routing (all ranks) */
 
-#define EPX_DISPATCH_ARGS_VERSION 2
+#define EPX_DISPATCH_ARGS_VERSION 3
 typedef struct epx_dispatch_args {
     size_t struct_size;
     unsigned version;
@@ -409,12 +411,22 @@ typedef struct epx_dispatch_args {
     /* version 2 */
     int layer;                 /* layer of this dispatch, for the load
                                   statistics: 0 .. num_layers - 1 */
+    /* version 3 */
+    float x_global_scale;      /* EPX_WIRE_NVFP4: the caller's FP32 tensor
+                                  scale, used for every token of this
+                                  dispatch (finite, > 0; NVIDIA's recipe:
+                                  the tensor's amax / (6 * 448)); block
+                                  scales and codes saturate where a block
+                                  exceeds 6 * 448 * it.  0: each token's own
+                                  (the default).  Other wire formats: 0,
+                                  else EPX_ERR_INVALID.  Host executor only
+                                  (the GPU refuses it: EPX_ERR_UNSUPPORTED). */
 } epx_dispatch_args_t;
 
 #define EPX_DISPATCH_ARGS_INIT                                                \
     { sizeof(epx_dispatch_args_t), EPX_DISPATCH_ARGS_VERSION,                 \
       { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
-      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0 }
+      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0, 0.0f }
 
 /* What this rank received.  Pointers stay valid until this rank's
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or

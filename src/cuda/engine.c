@@ -868,6 +868,11 @@ epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
     if (a->flags != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: cached "
                           "dispatch is not implemented on the GPU");
+    if (a->struct_size >= offsetof(epx_dispatch_args_t, x_global_scale) +
+                              sizeof(float) && a->x_global_scale != 0.0f)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: a "
+                          "caller's NVFP4 tensor scale (x_global_scale) is "
+                          "not implemented on the GPU (each token's own is)");
     if (T < 0 || T > m->p.max_tokens_per_rank ||
         !tensor_ok(&a->x, m->p.dtype, T, g->H) ||
         (a->topk_idx.dtype != EPX_DTYPE_INT32 &&

@@ -215,12 +215,13 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
     memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
     memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->U);
     const int quant = moe_wire_quantized(&m->fmt);
+    const float gscale = moe_args_gscale(a);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const char *row = x + (size_t)t * m->row_bytes;
         const int32_t *ids = h->idx + t * K;
         if (quant && h->ndest[t] > 0) {   /* once, whatever the fan-out */
             moe_wire_pack_row(&m->fmt, row, m->stage_q, m->stage_s,
-                              &m->stage_g);
+                              &m->stage_g, gscale);
             row = m->stage_q;
         }
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {

@@ -351,7 +351,8 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
         rec_parts(m, rec, &rc);
         if (quant)
             moe_wire_pack_row(&m->fmt, xs + (size_t)t * m->row_bytes,
-                              (char *)rc.q, (char *)rc.s, (float *)rc.g);
+                              (char *)rc.q, (char *)rc.s, (float *)rc.g,
+                              moe_args_gscale(a));
         else
             rc.q = xs + (size_t)t * m->row_bytes;   /* no copy */
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {

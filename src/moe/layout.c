@@ -3,6 +3,7 @@
  * destination ranks (each once, ascending) and count tokens per expert and
  * per destination.  Pure local work, before anything is sent.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,16 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
     if (T < 0)
         return epx__error(EPX_ERR_INVALID, "dispatch: %lld tokens",
                           (long long)T);
+    float g = moe_args_gscale(a);
+    if (g != 0.0f && m->fmt.wire != EPX_WIRE_NVFP4)
+        return epx__error(EPX_ERR_INVALID, "dispatch: x_global_scale %g "
+                          "with wire format %s (only nvfp4 has a tensor "
+                          "scale; 0 otherwise)", (double)g,
+                          moe_wire_name(m->fmt.wire));
+    if (!(g >= 0.0f) || isinf(g))   /* NaN fails the comparison */
+        return epx__error(EPX_ERR_INVALID, "dispatch: x_global_scale %g: "
+                          "want a finite scale > 0, or 0 for each token's "
+                          "own", (double)g);
     if (T > m->p.max_tokens_per_rank)
         return epx__error(EPX_ERR_RANGE,
                           "dispatch: %lld tokens exceed max_tokens_per_rank %d",

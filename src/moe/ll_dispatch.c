@@ -44,7 +44,8 @@ static inline int32_t load32(const epx_moe_t *m, size_t off)
 
 /* Quantized wire: each token that goes anywhere, packed once into the
  * staging rows (ll_put_row then puts it to each of its ranges). */
-static void ll_stage(epx_moe_t *m, const epx_handle_t *h, const char *x)
+static void ll_stage(epx_moe_t *m, const epx_handle_t *h, const char *x,
+                     float gscale)
 {
     moe_ll_t *l = m->ll;
     const moe_wire_t *f = &m->fmt;
@@ -52,7 +53,8 @@ static void ll_stage(epx_moe_t *m, const epx_handle_t *h, const char *x)
         if (h->ndest[t] > 0)
             moe_wire_pack_row(f, x + (size_t)t * m->row_bytes,
                               l->sq + (size_t)t * f->data_bytes,
-                              l->ss + (size_t)t * f->scale_bytes, &l->sg[t]);
+                              l->ss + (size_t)t * f->scale_bytes, &l->sg[t],
+                              gscale);
 }
 
 /* Every row of a low-latency dispatch is stored through here: token t of
@@ -244,7 +246,7 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
             mine = ll_layout(m, h, c);
         if (c && mine == EPX_OK) {
             if (moe_wire_quantized(&m->fmt))
-                ll_stage(m, h, a->x.data);
+                ll_stage(m, h, a->x.data, moe_args_gscale(a));
             c->layer = h->layer;
             c->place = m->place_hash ? m->place_hash[h->layer] : 0;
         }

@@ -169,6 +169,14 @@ static inline int moe_args_layer(const epx_dispatch_args_t *a)
         ? a->layer : 0;
 }
 
+/* The caller's NVFP4 tensor scale (version 3), 0 when not given. */
+static inline float moe_args_gscale(const epx_dispatch_args_t *a)
+{
+    return a->struct_size >= offsetof(epx_dispatch_args_t, x_global_scale) +
+                                 sizeof(float)
+        ? a->x_global_scale : 0.0f;
+}
+
 /* Rank r added to a token's ascending destination list dst[0, nd) unless
  * already there; the new length. */
 static inline int moe_dest_add(int32_t *dst, int nd, int r)

@@ -70,7 +70,7 @@ epx_status_t moe_wire_init(moe_wire_t *f, epx_wire_t wire, epx_dtype_t dtype,
 }
 
 void moe_wire_pack_row(const moe_wire_t *f, const void *x, void *q,
-                       void *scale, float *global)
+                       void *scale, float *global, float given)
 {
     const size_t h = (size_t)f->H;
     switch (f->wire) {
@@ -86,8 +86,9 @@ void moe_wire_pack_row(const moe_wire_t *f, const void *x, void *q,
         break;
     case EPX_WIRE_NVFP4:
         /* The row's own fp32 scale: NVIDIA's per-tensor recipe applied to
-         * the token, so every token uses the whole e4m3 x e2m1 range. */
-        *global = moe_quant_nvfp4_global(x, h);
+         * the token, so every token uses the whole e4m3 x e2m1 range; or
+         * the caller's tensor scale. */
+        *global = given > 0.0f ? given : moe_quant_nvfp4_global(x, h);
         moe_quant_nvfp4(x, h, *global, q, scale);
         break;
     }

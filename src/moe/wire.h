@@ -50,10 +50,11 @@ static inline int moe_wire_quantized(const moe_wire_t *f)
 /* One row x (engine dtype; bf16 for the quantized formats) into its wire
  * parts: data_bytes at q, scale_bytes at scale (4-byte aligned for FP32
  * scales), and for NVFP4 the row's fp32 scale at *global (its amax maps to
- * 6 * 448).  NATIVE copies x to q.  scale and global are not touched when
+ * 6 * 448; given > 0: the caller's tensor scale instead).  NATIVE copies
+ * x to q.  scale and global are not touched when
  * the format has none (they may be NULL then). */
 void moe_wire_pack_row(const moe_wire_t *f, const void *x, void *q,
-                       void *scale, float *global);
+                       void *scale, float *global, float given);
 
 /* Name for messages and logs: "native", "fp8", "fp8-ue8m0", "mxfp8",
  * "nvfp4" ("?" for an unknown value). */

@@ -69,7 +69,7 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
         }
     for (int64_t i = 0; i < T * c->H; i++)
         ref_store(c->dtype, x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
-    *t = (ref_tokens_t){ T, x, idx, w };
+    *t = (ref_tokens_t){ T, x, idx, w, 0 };
 }
 
 typedef struct rank_bufs {
@@ -187,7 +187,7 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
                       c->wire };
     int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(T * c->K + 1));
     ref_ll_kept(&cfg, &src[me], c->cap, kidx);
-    ref_tokens_t kept = { T, src[me].x, kidx, src[me].w };
+    ref_tokens_t kept = { T, src[me].x, kidx, src[me].w, 0 };
     int H = c->H;
     CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32, exp) == 0);
     CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);

@@ -132,7 +132,7 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     void **x = calloc((size_t)R, sizeof(*x));
     for (int r = 0; r < R; r++) {
         gen(c, r, call, &src[r].T, &idx[r], &w[r], &x[r]);
-        src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r] };
+        src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r], 0 };
     }
     const int64_t T = src[me].T;
     void *dx = b->dx, *didx = b->didx, *dw = b->dw, *dout = b->dout;
@@ -149,6 +149,11 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     a.x = (epx_tensor_t){ dx, c->dtype, T, c->H };
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, c->K };
+    /* A caller's NVFP4 tensor scale is host-only for now: refused, the
+     * engine still usable. */
+    a.x_global_scale = 1.0f;
+    CHECK_ST(epx_cuda_dispatch_send(m, &a, st), EPX_ERR_UNSUPPORTED);
+    a.x_global_scale = 0.0f;
     CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));

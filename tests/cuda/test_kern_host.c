@@ -296,7 +296,7 @@ static void run(const scen_t *sc)
         s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
         s->epos = malloc(sizeof(int32_t) * (size_t)(sc->maxT * K + 1));
         s->ebase = malloc(sizeof(int64_t) * (size_t)E);
-        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
+        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w, 0 };
         win[r] = calloc(1, (size_t)g0.total);
         stage[r] = calloc(1, (size_t)g0.total);
         nwin[r] = calloc(1, (size_t)g0.total);
@@ -753,7 +753,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         s->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
         keep[r] = malloc(sizeof(int32_t) * (size_t)(maxT * K + 1));
         ecnt[r] = calloc((size_t)E, sizeof(int32_t));
-        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w };
+        src[r] = (ref_tokens_t){ s->T, s->x, s->idx64, s->w, 0 };
         win[r] = calloc(1, (size_t)ll.total);
         assert_non_null(win[r]);
     }
@@ -918,7 +918,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                                                    s->pos, t, h);
         int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(s->T * K + 1));
         ref_ll_kept(&cfg, &src[r], cap, kidx);
-        ref_tokens_t kept = { s->T, s->x, kidx, s->w };
+        ref_tokens_t kept = { s->T, s->x, kidx, s->w, 0 };
         assert_int_equal(ref_combine(&cfg, r, &kept, unweighted, y_fn, &hid,
                                      EPX_DTYPE_FP32, want), 0);
         assert_memory_equal(got, want, (size_t)(s->T * H) * 4);

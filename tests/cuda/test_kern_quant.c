@@ -245,7 +245,7 @@ static void check_rows(epx_wire_t wire, int H, int special)
         warp_quant_row_host(&g, w, row, x);
         float rg = 0, hg = 0;
         ref_quant_row(wire, x, H, rq, rs, &rg);
-        moe_wire_pack_row(&f, x, hq, hs, &hg);
+        moe_wire_pack_row(&f, x, hq, hs, &hg, 0.0f);
         const char *q = w + g.off_rows + row * g.xrow_bytes;
         const char *sc = w + g.off_scales + row * g.scale_bytes;
         assert_memory_equal(q, rq, f.data_bytes);

@@ -2,6 +2,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -174,6 +175,13 @@ int moe_input_make(const moe_run_t *m, int s, int route, int data,
         }
     }
     free(perm);
+    if (c->gscale != GSCALE_NONE) {
+        int nan;
+        float amax = ref_amax(in->x, (size_t)in->T * (size_t)H, &nan);
+        in->gscale = amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
+        if (c->gscale == GSCALE_SMALL)
+            in->gscale /= 64.0f;
+    }
     return 0;
 }
 
@@ -194,6 +202,7 @@ epx_dispatch_args_t moe_input_args(const moe_run_t *m, const moe_input_t *in)
                                  in->T, c->topk };
     a.topk_weights = (epx_tensor_t){ data_of(c, in->w, in->T), EPX_DTYPE_FP32,
                                      in->T, c->topk };
+    a.x_global_scale = in->gscale;
     return a;
 }
 
@@ -475,7 +484,8 @@ int moe_round_dispatch(moe_run_t *m, moe_round_t *r, int route, int data,
     for (int s = 0; s < R; s++) {
         CHECK_CALL(moe_input_make(m, s, route, data, &r->all[s]));
         r->toks[s] = (ref_tokens_t){ r->all[s].T, r->all[s].x,
-                                     r->all[s].idx64, r->all[s].w };
+                                     r->all[s].idx64, r->all[s].w,
+                                     r->all[s].gscale };
     }
     CHECKF(ref_dispatch(&m->cfg, r->toks, m->rank, &r->want) == 0,
            "out of memory");

@@ -44,7 +44,15 @@ typedef struct moe_case {
     int jitter_us;              /* random pauses between the calls */
     unsigned flags;             /* epx_moe_params_t.flags (EPX_MOE_*) */
     epx_wire_t wire;            /* quantized: dtype BF16 */
+    int gscale;                 /* GSCALE_*: NVFP4 tensor scale given */
 } moe_case_t;
+
+/* NVFP4: the tensor scale each source passes (x_global_scale). */
+enum moe_gscale {
+    GSCALE_NONE = 0,  /* none: each row's own */
+    GSCALE_TENSOR,    /* the source's amax over all its tokens / (6 * 448) */
+    GSCALE_SMALL      /* that / 64: large blocks saturate */
+};
 
 /* Calls every rank gets wrong the same way before the right one: each must
  * fail with EPX_ERR_INVALID and change nothing. */
@@ -97,6 +105,7 @@ struct moe_input {
     int64_t *idx64;             /* [T+1, K] */
     void *idx;                  /* [T+1, K] idx_dtype */
     float *w;                   /* [T+1, K] */
+    float gscale;               /* x_global_scale given, 0: none */
 };
 int moe_input_make(const moe_run_t *m, int src, int route, int data,
                    moe_input_t *in);

@@ -142,7 +142,8 @@ static const moe_case_t hier_cases[] = {
 /* Quantized wire formats (each in both layouts): what the gateway
  * forwards are the bytes quantized at the source, compared bit for bit
  * with the reference's quantization (data, scales, row scale).  H 129 and
- * 200 leave short blocks; ROUTE_HOT and holes; zero-token ranks. */
+ * 200 leave short blocks; ROUTE_HOT and holes; zero-token ranks; NVFP4
+ * with the caller's tensor scale too (x_global_scale). */
 #define Q(nm, w, lay, e, k, h, rt, tk, of) \
     { .name = nm, .experts = e, .topk = k, .hidden = h, .max_tokens = 7, \
       .max_tokens_step = 1, .dtype = BF, .idx_dtype = I32, .out_dtype = of, \
@@ -157,6 +158,16 @@ static const moe_case_t hier_wire_cases[] = {
     Q("hier-mx-em", MXFP8, EM, 9, 3, 200, ROUTE_ZIPF, TOK_RANDOM, F32),
     Q("hier-nvfp4-tm", NVFP4, TM, 16, 4, 129, ROUTE_HOLES, TOK_RANDOM, F32),
     Q("hier-nvfp4-em", NVFP4, EM, 12, 5, 200, ROUTE_RANDOM, TOK_ZERO_ODD, BF),
+    { .name = "hier-nvfp4-tm-tensor", .experts = 16, .topk = 4, .hidden = 129,
+      .max_tokens = 7, .max_tokens_step = 1, .dtype = BF, .idx_dtype = I32,
+      .out_dtype = F32, .layout = TM, .align = 1, .route = ROUTE_ZIPF,
+      .tokens = TOK_RANDOM, .flags = H, .wire = EPX_WIRE_NVFP4,
+      .gscale = GSCALE_TENSOR },
+    { .name = "hier-nvfp4-em-small", .experts = 12, .topk = 5, .hidden = 33,
+      .max_tokens = 7, .max_tokens_step = 1, .dtype = BF, .idx_dtype = I32,
+      .out_dtype = BF, .layout = EM, .align = 4, .route = ROUTE_RANDOM,
+      .tokens = TOK_ZERO_ODD, .flags = H, .wire = EPX_WIRE_NVFP4,
+      .gscale = GSCALE_SMALL },
     { 0 }
 };
 #undef Q

@@ -16,6 +16,7 @@
  * tests/ref, never the library's), the in-place combine it refuses, and
  * the bytes put it counts.
  */
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -44,9 +45,13 @@ typedef struct ll_case {
     epx_wire_t wire;            /* quantized: x arrives as the reference
                                    quantizer (tests/ref) encodes it */
     int zero;                   /* ZERO_*: sources forced to send nothing */
+    int gscale;                 /* NVFP4: G_* tensor scale given */
 } ll_case_t;
 
 enum { ZERO_NONE = 0, ZERO_ODD, ZERO_ALL };
+/* G_TENSOR: each source passes its call's amax / (6 * 448); G_SMALL: that
+ * / 64, so that large blocks saturate. */
+enum { G_NONE = 0, G_TENSOR, G_SMALL };
 
 typedef struct ll_in {
     int64_t T;
@@ -54,6 +59,7 @@ typedef struct ll_in {
     int64_t *idx64;
     int32_t *idx;
     float *w;
+    float gscale;               /* x_global_scale given, 0: none */
 } ll_in_t;
 
 typedef struct ll_run {
@@ -172,6 +178,13 @@ static int in_make(const ll_run_t *m, int s, int r, ll_in_t *in)
             ref_store(c->dtype, in->x, t * H + h,
                       gen_value(epxt_hash(m->seed, TAG_X, (uint64_t)s,
                                           (uint64_t)t, ((uint64_t)r << 32) | (uint64_t)h)));
+    }
+    if (c->gscale != G_NONE) {
+        int nan;
+        float amax = ref_amax(in->x, (size_t)in->T * (size_t)H, &nan);
+        in->gscale = amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
+        if (c->gscale == G_SMALL)
+            in->gscale /= 64.0f;
     }
     return 0;
 }
@@ -353,7 +366,7 @@ static int round_start(const ll_run_t *m, ll_round_t *x, int r, int *failed)
     for (int s = 0; s < m->R; s++) {
         CHECK_CALL(in_make(m, s, r, &x->in[s]));
         x->toks[s] = (ref_tokens_t){ x->in[s].T, x->in[s].x, x->in[s].idx64,
-                                     x->in[s].w };
+                                     x->in[s].w, x->in[s].gscale };
     }
     for (int s = 0; s < m->R; s++)
         bad |= overflows(m, x, s);
@@ -362,6 +375,7 @@ static int round_start(const ll_run_t *m, ll_round_t *x, int r, int *failed)
     const ll_in_t *in = &x->in[m->rank];
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
     a.x = (epx_tensor_t){ in->x, c->dtype, in->T, c->hidden };
+    a.x_global_scale = in->gscale;
     a.topk_idx = (epx_tensor_t){ in->idx, EPX_DTYPE_INT32, in->T, c->topk };
     a.topk_weights = (epx_tensor_t){ in->w, EPX_DTYPE_FP32, in->T, c->topk };
     jitter(m, r, 0);
@@ -454,7 +468,7 @@ static int round_finish(const ll_run_t *m, ll_round_t *x)
     jitter(m, x->r, 3);
     st = epx_combine_recv(m->moe, x->h, &o);
     ref_ll_kept(&m->cfg, &x->toks[m->rank], cap, kept);
-    ref_tokens_t mine = { in->T, in->x, kept, in->w };
+    ref_tokens_t mine = { in->T, in->x, kept, in->w, in->gscale };
     int rc = ref_combine(&m->cfg, m->rank, &mine,
                          (c->comb_flags & EPX_COMBINE_UNWEIGHTED) != 0, y_row,
                          (void *)m, c->out_dtype, want);
@@ -536,50 +550,57 @@ static int cases_rank(epx_comm_t *comm, void *arg)
  * drop and an overflow among them. */
 static void run_at(int R, int quick)
 {
-    static char names[14][48];
-    const char *tags[14] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
+    static char names[16][48];
+    const char *tags[16] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
                              "zipf-unw-inplace", "one-range", "fp8-uni",
                              "ue8m0-zipf-b3", "mxfp8-one-drop-unw",
                              "nvfp4-uni", "nvfp4-one-range", "zero-odd",
-                             "zero-all-fp8", "e1-zipf" };
-    for (int i = 0; i < 14; i++)
+                             "zero-all-fp8", "e1-zipf", "nvfp4-tensor-zipf",
+                             "nvfp4-small-uni" };
+    for (int i = 0; i < 16; i++)
         snprintf(names[i], sizeof(names[i]), "ll-R%d-%s", R, tags[i]);
     int E = 2 * R + 3, T = quick ? 5 : 12;
     ll_case_t cases[] = {
         { names[0], E, 4, 24, T, 0, 0, 0, 0, R_UNIFORM, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 300, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_BF16, 0, 0, 300, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { names[1], E, 4, 24, T, 0, 0, 2, 0, R_ZIPF, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         /* capacity 3 per (expert, source): the hot expert drops rows */
         { names[2], E, 3, 16, T, 1, 3, 2, 1, R_ONE, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { names[3], E, 5 < E ? 5 : E, 40, T, 0, 0, 3, 0, R_UNIFORM, 7,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 200, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { names[4], E, 4, 24, T, 0, T / 2, 2, 1, R_ZIPF, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         /* capacity 2 without DROP: overflowing calls fail on every rank,
          * the others go through */
         { names[5], E, 2, 8, 4, 0, 2, 2, 0, R_ONE, 6, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { names[6], E, 4, 136, T, 0, 0, 0, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 200, EPX_WIRE_FP8, ZERO_NONE },
+          EPX_DTYPE_BF16, 0, 0, 200, EPX_WIRE_FP8, ZERO_NONE, G_NONE },
         { names[7], E, 3, 130, T, 0, 0, 3, 0, R_ZIPF, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE, G_NONE },
         { names[8], E, 3, 40, T, 1, 3, 2, 1, R_ONE, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_MXFP8, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_MXFP8, ZERO_NONE, G_NONE },
         { names[9], E, 4, 33, T, 0, 0, 2, 0, R_UNIFORM, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE, G_NONE },
         { names[10], E, 2, 24, 4, 0, 2, 2, 0, R_ONE, 5, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE, G_NONE },
         /* odd sources send nothing (at least one token on even ones) */
         { names[11], E, 4, 24, T, 1, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_ODD },
+          EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_ODD, G_NONE },
         { names[12], E, 4, 130, T, 0, 0, 3, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8, ZERO_ALL },
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8, ZERO_ALL, G_NONE },
         /* one expert: every expert on rank 0, the others hold none */
         { names[13], 1, 1, 24, T, 0, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_BF16,
-          EPX_DTYPE_BF16, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
-        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_NONE },
+          EPX_DTYPE_BF16, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
+        /* the caller's tensor scale, then one so small that blocks
+         * saturate */
+        { names[14], E, 4, 40, T, 0, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_ODD, G_TENSOR },
+        { names[15], E, 3, 33, T, 0, 0, 3, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
+          EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE, G_SMALL },
+        { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_NONE, G_NONE },
     };
     assert_int_equal(epxt_launch(R, 0, cases_rank, cases, NULL), EPX_OK);
 }
@@ -600,22 +621,22 @@ static void ll_r72(void **s)
     setenv("EPX_TOPO_FILE", "gb200-nvl72", 1);
     static const ll_case_t cases[] = {
         { "ll-R72-e288-uni", 288, 8, 16, 3, 0, 0, 2, 0, R_UNIFORM, 4,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { "ll-R72-e288-zipf", 288, 8, 16, 3, 0, 0, 2, 0, R_ZIPF, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { "ll-R72-e40-one-drop", 40, 2, 8, 3, 1, 2, 2, 1, R_ONE, 3,
-          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE },
+          EPX_DTYPE_FP32, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
         { "ll-R72-e288-nvfp4-zipf", 288, 8, 32, 3, 0, 0, 2, 0, R_ZIPF, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE, G_NONE },
         { "ll-R72-e288-fp8-uni", 288, 8, 136, 3, 0, 0, 2, 0, R_UNIFORM, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_FP8, ZERO_NONE, G_NONE },
         { "ll-R72-e144-ue8m0-one-drop", 144, 4, 130, 3, 1, 2, 2, 1, R_ONE, 3,
-          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE },
+          EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_FP8_UE8M0, ZERO_NONE, G_NONE },
         { "ll-R72-e288-mxfp8-zipf-zero-odd", 288, 8, 40, 3, 1, 0, 2, 0,
           R_ZIPF, 3, EPX_DTYPE_BF16, EPX_DTYPE_BF16, EPX_COMBINE_UNWEIGHTED,
-          0, 0, EPX_WIRE_MXFP8, ZERO_ODD },
+          0, 0, EPX_WIRE_MXFP8, ZERO_ODD, G_NONE },
         { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, EPX_WIRE_NATIVE,
-          ZERO_NONE },
+          ZERO_NONE, G_NONE },
     };
     assert_int_equal(epxt_launch(72, 0, cases_rank, (void *)cases, NULL), EPX_OK);
     unsetenv("EPX_TOPO_FILE");

@@ -169,7 +169,7 @@ static int poll_round(moe_run_t *m, int route, int data, epx_handle_t **handle,
     for (int s = 0; s < R; s++) {
         CHECK_CALL(moe_input_make(m, s, route, data, &r.all[s]));
         r.toks[s] = (ref_tokens_t){ r.all[s].T, r.all[s].x, r.all[s].idx64,
-                                    r.all[s].w };
+                                    r.all[s].w, 0 };
     }
     CHECKF(ref_dispatch(&m->cfg, r.toks, me, &r.want) == 0, "out of memory");
     const int nl = r.want.num_local;

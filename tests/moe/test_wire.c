@@ -7,8 +7,10 @@
  * quantizes with tests/ref/ref_quant.c), fresh and cached, and combine of
  * bf16 expert outputs.  Replicas (num_slots) in both layouts.  Bad
  * parameters, ranks disagreeing on the format, in-place combine; the byte
- * counters of the statistics.
+ * counters of the statistics.  NVFP4 with the caller's tensor scale
+ * (x_global_scale), and the scales refused.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -33,8 +35,11 @@ typedef struct matrix {
 
 /* Shapes per routing: H 200 and 129 are not multiples of any block (129
  * odd: NVFP4's last byte holds one code), 64 is, 33 leaves a short block
- * of one element past 32. */
+ * of one element past 32.  NVFP4 also runs the first two with the
+ * caller's tensor scale (x_global_scale): the source's amax / (6 * 448),
+ * and 64 times smaller (large blocks saturate). */
 #define NSHAPE 5
+#define NCASE (NSHAPE + 2)
 static void fill_cases(moe_case_t *cases, char names[][64], int R,
                        epx_layout_t layout, int wi)
 {
@@ -70,15 +75,22 @@ static void fill_cases(moe_case_t *cases, char names[][64], int R,
             .null_empty = sh[i].null_empty, .wire = wires[wi],
         };
     }
-    cases[NSHAPE] = (moe_case_t){ .name = NULL };
+    int n = NSHAPE;
+    for (int i = 0; i < 2 && wires[wi] == EPX_WIRE_NVFP4; i++, n++) {
+        snprintf(names[n], 64, "%.50s-%s", names[i], i ? "small" : "tensor");
+        cases[n] = cases[i];
+        cases[n].name = names[n];
+        cases[n].gscale = i ? GSCALE_SMALL : GSCALE_TENSOR;
+    }
+    cases[n] = (moe_case_t){ .name = NULL };
 }
 
 static void run_matrix(void **state)
 {
     const matrix_t *mx = *state;
     for (int wi = 0; wi < NWIRE; wi++) {
-        static char names[NSHAPE][64];
-        moe_case_t cases[NSHAPE + 1];
+        static char names[NCASE][64];
+        moe_case_t cases[NCASE + 1];
         fill_cases(cases, names, mx->nranks, mx->layout, wi);
         assert_int_equal(epxt_launch(mx->nranks, 0, moe_cases_rank, cases,
                                      NULL), EPX_OK);
@@ -389,6 +401,87 @@ static void errors(void **state)
     assert_int_equal(epxt_launch(2, 60, errors_rank, NULL, NULL), EPX_OK);
 }
 
+/* The caller's NVFP4 tensor scale: NaN, infinite or negative refused on
+ * every rank (each passes the same), as is any scale with another wire
+ * format; a version-2 caller's bytes there are never read; the engine
+ * keeps working.  In both modes. */
+static int gscale_round(epx_moe_t *m, const epx_dispatch_args_t *a,
+                        epx_status_t want, const char *text)
+{
+    epx_handle_t *h = NULL;
+    epx_status_t st = epx_dispatch_send(m, a, &h);
+    CHECKF(st == want, "dispatch_send with x_global_scale %g -> %s, want %s",
+           (double)a->x_global_scale, epx_status_str(st),
+           epx_status_str(want));
+    if (st != EPX_OK) {
+        CHECKF(!h && strstr(epx_last_error(), text), "message '%s' lacks "
+               "'%s'", epx_last_error(), text);
+        return 0;
+    }
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    CHECK_OK(epx_dispatch_recv(m, h, &rv));
+    epx_handle_release(h);
+    return 0;
+}
+
+static int gscale_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    enum { T = 4, H = 40, K = 2 };
+    uint16_t x[T * H];
+    int32_t idx[T * K];
+    float w[T * K];
+    for (int i = 0; i < T * H; i++)
+        x[i] = (uint16_t)(0x3f00 + i % 100);
+    for (int i = 0; i < T * K; i++) {
+        idx[i] = i % 4;
+        w[i] = 0.5f;
+    }
+    for (int ll = 0; ll < 2; ll++) {
+        epx_moe_t *m, *f8;
+        epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+        p.hidden = H;
+        p.num_experts = 4;
+        p.topk = K;
+        p.max_tokens_per_rank = T;
+        p.mode = ll ? EPX_MODE_LOW_LATENCY : EPX_MODE_THROUGHPUT;
+        p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+        p.wire = EPX_WIRE_NVFP4;
+        CHECK_OK(epx_moe_create(comm, &p, &m));
+        p.wire = EPX_WIRE_FP8;
+        CHECK_OK(epx_moe_create(comm, &p, &f8));
+        epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+        a.x = (epx_tensor_t){ x, EPX_DTYPE_BF16, T, H };
+        a.topk_idx = (epx_tensor_t){ idx, EPX_DTYPE_INT32, T, K };
+        a.topk_weights = (epx_tensor_t){ w, EPX_DTYPE_FP32, T, K };
+        const float bad[] = { NAN, -1.0f, INFINITY, -1e-30f };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            a.x_global_scale = bad[i];
+            CHECK_CALL(gscale_round(m, &a, EPX_ERR_INVALID, "x_global_scale"));
+        }
+        a.x_global_scale = 1.0f;
+        CHECK_CALL(gscale_round(f8, &a, EPX_ERR_INVALID, "only nvfp4"));
+        CHECK_CALL(gscale_round(m, &a, EPX_OK, ""));
+        a.x_global_scale = 0.0f;
+        CHECK_CALL(gscale_round(f8, &a, EPX_OK, ""));
+        /* version 2: the field is not part of the caller's struct */
+        a.struct_size = offsetof(epx_dispatch_args_t, x_global_scale);
+        a.version = 2;
+        a.x_global_scale = NAN;
+        CHECK_CALL(gscale_round(m, &a, EPX_OK, ""));
+        CHECK_CALL(gscale_round(f8, &a, EPX_OK, ""));
+        epx_moe_destroy(f8);
+        epx_moe_destroy(m);
+    }
+    return 0;
+}
+
+static void gscale_errors(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 60, gscale_rank, NULL, NULL), EPX_OK);
+}
+
 /* ---- the statistics' byte counters: the same routing through a bf16
  * engine and a quantized one differs by exactly (rows put) x (the row
  * sizes' difference), metadata being the same. */
@@ -493,6 +586,7 @@ int main(void)
         cmocka_unit_test_prestate(replicas, &reps[2]),
         cmocka_unit_test_prestate(replicas, &reps[3]),
         cmocka_unit_test(errors),
+        cmocka_unit_test(gscale_errors),
         cmocka_unit_test(bytes),
         cmocka_unit_test(ranks72),
     };

@@ -141,9 +141,10 @@ static void copy_x(const ref_cfg_t *c, ref_recv_t *o, int64_t row,
         return;
     }
     /* A quantized wire: the source row as the format defines it. */
-    ref_quant_row(c->wire, (const uint16_t *)(from + (size_t)t * rb), c->hidden,
-                  o->x + (size_t)row * o->x_row,
-                  o->scales + (size_t)row * o->scale_row, &o->gscale[row]);
+    ref_quant_row_given(c->wire, (const uint16_t *)(from + (size_t)t * rb),
+                        c->hidden, o->x + (size_t)row * o->x_row,
+                        o->scales + (size_t)row * o->scale_row,
+                        &o->gscale[row], s->gscale);
 }
 
 int ref_dispatch(const ref_cfg_t *c, const ref_tokens_t *src, int rank,

@@ -26,6 +26,8 @@ typedef struct ref_tokens {
     const void *x;               /* [T, H] in cfg dtype */
     const int64_t *idx;          /* [T, K] global expert ids, -1 = none */
     const float *w;              /* [T, K] */
+    float gscale;                /* NVFP4 wire: the source's tensor scale
+                                    (x_global_scale), 0: each row's own */
 } ref_tokens_t;
 
 /* What one rank must receive; fields mirror epx_recv_t. */

@@ -130,6 +130,13 @@ int ref_wire_shape(epx_wire_t wire, int h, ref_wire_t *w)
 void ref_quant_row(epx_wire_t wire, const uint16_t *x, int h, uint8_t *q,
                    void *scales, float *global)
 {
+    ref_quant_row_given(wire, x, h, q, scales, global, 0.0f);
+}
+
+void ref_quant_row_given(epx_wire_t wire, const uint16_t *x, int h,
+                         uint8_t *q, void *scales, float *global,
+                         float given)
+{
     ref_wire_t w;
     if (ref_wire_shape(wire, h, &w))
         return;
@@ -139,7 +146,8 @@ void ref_quant_row(epx_wire_t wire, const uint16_t *x, int h, uint8_t *q,
         /* Row scale: max(amax / (448 * 6), 2^-126), 1 for a row with no
          * finite non-zero value. */
         float amax = ref_amax(x, (size_t)h, &nan);
-        g = amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
+        g = given > 0 ? given : amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN)
+                                         : 1.0f;
         *global = g;
         memset(q, 0, w.data_bytes);
     }

@@ -46,5 +46,10 @@ int ref_wire_shape(epx_wire_t wire, int h, ref_wire_t *w);
  * amax maps to 6 * 448).  *global is left alone for the other formats. */
 void ref_quant_row(epx_wire_t wire, const uint16_t *x, int h, uint8_t *q,
                    void *scales, float *global);
+/* The same with the caller's NVFP4 tensor scale when given > 0 (*global
+ * then reads it back); given 0 is ref_quant_row. */
+void ref_quant_row_given(epx_wire_t wire, const uint16_t *x, int h,
+                         uint8_t *q, void *scales, float *global,
+                         float given);
 
 #endif /* EPX_TEST_REF_QUANT_H */

@@ -63,7 +63,7 @@ static const float x0[] = { 10, 11 }, x1[] = { 20 };
 static const int64_t i0[] = { 1, 2, 3, -1 }, i1[] = { 0, 1 };
 static const float w0[] = { .5f, .25f, 1, 99 }, w1[] = { .75f, .125f };
 
-static ref_tokens_t toks[2] = { { 2, x0, i0, w0 }, { 1, x1, i1, w1 } };
+static ref_tokens_t toks[2] = { { 2, x0, i0, w0, 0 }, { 1, x1, i1, w1, 0 } };
 
 static void dispatch_token_major(void **state)
 {
@@ -184,7 +184,7 @@ static void combine_rounds_partials(void **state)
     (void)state;
     ref_cfg_t c = { 2, 4, 3, 1, EPX_DTYPE_BF16, EPX_LAYOUT_EXPERT_MAJOR, 1, EPX_WIRE_NATIVE };
     uint16_t x[1] = { 0 };
-    ref_tokens_t t = { 1, x, i_round, w_round };
+    ref_tokens_t t = { 1, x, i_round, w_round, 0 };
     float out;
     assert_int_equal(ref_combine(&c, 0, &t, 0, y_small, NULL, EPX_DTYPE_FP32,
                                  &out), 0);
