@@ -83,6 +83,7 @@ typedef struct bench_opts {
     int overlap;
     int overlap_thread;        /* --overlap-thread: the FFN on a compute
                                   thread per rank */
+    int pin;                   /* --pin: the overlap threads on fixed CPUs */
     int ffn;                   /* expert intermediate size (0: 2H/7) */
     int blas_threads;
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */

@@ -46,11 +46,14 @@ ov="--ranks 8 --tokens 128 --hidden 1024 --experts 32 --topk 4 --iters 400
     --warmup 4"
 rec "overlap, ffn 32, FFN between the calls" $ov --ffn 32 --overlap
 # The expert (FFN and outputs) counts as compute since 1654c41, so the
-# ratios near 1 need small F; two passes, the runs swing.
-for pass in 1 2; do
+# ratios near 1 need small F; two passes, the runs swing; a third with the
+# threads pinned (rank r's on CPUs 2r and 2r + 1).
+for pass in 1 2 3; do
+    pin=
+    [ $pass -eq 3 ] && pin=--pin
     for f in 1 2 4 8 16; do
-        rec "overlap pass $pass, ffn $f, expert on a compute thread" $ov \
-            --ffn $f --overlap-thread
+        rec "overlap pass $pass, ffn $f, expert on a compute thread $pin" \
+            $ov --ffn $f --overlap-thread $pin
     done
 done
 echo "failures: $fails"

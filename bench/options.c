@@ -135,18 +135,22 @@ static const char bench_usage[] =
 "                        mb1, computes mb0's experts as epx_dispatch_poll\n"
 "                        reports them ready, combines mb0, computes mb1,\n"
 "                        combines mb1, dispatches the next mb0.  Three runs\n"
-"                        of --iters steps: communication alone (synthetic\n"
-"                        expert only), expert compute alone, and overlapped;\n"
+"                        of --iters steps: communication alone (combine\n"
+"                        sends the rows as received), the expert alone (FFN\n"
+"                        and the outputs combine sends), and overlapped;\n"
 "                        hidden = (comm + compute - overlapped) / comm,\n"
 "                        clamped to [0, 1], from the mean step times\n"
-"  --overlap-thread      the expert FFN runs on a compute thread of each\n"
-"                        rank while its main thread moves the other\n"
-"                        micro-batch (as a GPU runs experts on its SMs while\n"
-"                        copies proceed): post FFN(mb0); dispatch mb1; wait\n"
-"                        FFN(mb0), post FFN(mb1); combine mb0; dispatch the\n"
-"                        next mb0; wait FFN(mb1), post FFN(next mb0);\n"
-"                        combine mb1.  Needs a free core per rank for the\n"
-"                        thread to overlap anything\n"
+"  --overlap-thread      the expert (FFN, then outputs) runs on a compute\n"
+"                        thread of each rank while its main thread moves\n"
+"                        the other micro-batch (as a GPU runs experts on its\n"
+"                        SMs while copies proceed): post expert(mb0);\n"
+"                        dispatch mb1; wait, post expert(mb1); combine mb0;\n"
+"                        dispatch the next mb0; wait, post expert(next\n"
+"                        mb0); combine mb1.  Needs a free core per rank for\n"
+"                        the thread to overlap anything\n"
+"  --pin                 --overlap: rank r's main thread on the r-th CPU\n"
+"                        this process may use (--overlap-thread: the 2r-th,\n"
+"                        its compute thread on the next), wrapping around\n"
 "  --ffn F               expert intermediate size: per local expert and\n"
 "                        micro-batch, silu(x W1) * (x W3) then W2, fp32\n"
 "                        sgemm, H x F weights (2H/7: DeepSeek-V3's 7168 ->\n"
@@ -436,6 +440,8 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             o->overlap = 1;
         } else if (!strcmp(name, "--overlap-thread")) {
             o->overlap = o->overlap_thread = 1;
+        } else if (!strcmp(name, "--pin")) {
+            o->pin = 1;
         } else if (!strcmp(name, "--ffn")) {
             if (parse_int(name, NEXT(), 1, 1 << 20, &o->ffn))
                 return BENCH_OPTS_EXIT_ERR;

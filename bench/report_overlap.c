@@ -136,13 +136,14 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
     FILE *f = o->json ? stderr : stdout;
     fprintf(f, "# epx-bench --overlap: %d ranks (%s), hidden %d, %d experts, "
             "top-%d, %s, %s, %s; two micro-batches of the workload each; "
-            "expert FFN %d x %d (fp32 sgemm, %d BLAS thread%s per rank%s)\n",
+            "expert FFN %d x %d (fp32 sgemm, %d BLAS thread%s per rank%s%s)\n",
             N, launcher, wl->hidden, wl->experts, wl->topk,
             bench_dtype_name(wl->dtype), bench_layout_name(o->layout),
             o->trace_dir ? "trace routing" : o->routing_str, wl->hidden,
             bench_ffn_size(o), o->blas_threads, o->blas_threads > 1 ? "s" : "",
             o->overlap_thread ? ", on a compute thread beside the "
-            "communicating main thread" : ", between the main thread's calls");
+            "communicating main thread" : ", between the main thread's calls",
+            o->pin ? "; threads pinned" : "");
     fprintf(f, "%5s  %12s %12s %12s\n", "step", "comm_us", "compute_us",
             "overlap_us");
     for (int i = 0; i < n; i++)
@@ -182,7 +183,7 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
                 o->trace_dir ? "trace" : o->routing_str,
                 (unsigned long long)o->seed, (long long)wl->T[0]);
         fprintf(stdout, "  \"overlap\": {\"steps\": %d, \"ffn\": %d, "
-                "\"blas_threads\": %d, \"compute_thread\": %s, "
+                "\"blas_threads\": %d, \"compute_thread\": %s, \"pin\": %s, "
                 "\"hidden_fraction\": %.6g, \"compute_in_overlap_mean_us\": "
                 "%.6g, \"compute_in_overlap_p50_us\": %.6g, "
                 "\"comm_in_overlap_mean_us\": %.6g, "
@@ -191,7 +192,8 @@ int bench_report_overlap(const bench_opts_t *o, const bench_workload_t *wl,
                 "\"hidden_fraction_p50\": %.6g, \"hidden_fraction_se\": %.6g, "
                 "\"blocks\": %d, \"compute_over_comm\": %.6g,\n",
                 n, bench_ffn_size(o), o->blas_threads,
-                o->overlap_thread ? "true" : "false", hid,
+                o->overlap_thread ? "true" : "false", o->pin ? "true" : "false",
+                hid,
                 ffn_mean * 1e6, ffn_p50 * 1e6, cin_mean * 1e6, cin_p50 * 1e6,
                 raw, hid50, se, nblocks,
                 mean[OV_COMM] > 0 ? mean[OV_COMP] / mean[OV_COMM] : 0);

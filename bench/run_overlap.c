@@ -299,6 +299,27 @@ static int ov_combine_recv(ov_t *v, int i, int verify)
     return 0;
 }
 
+/* --pin: thread t on the k-th CPU of `allowed` (what the process could
+ * use before any pinning), modulo their number; a warning when the
+ * system refuses. */
+static void ov_pin(const bench_ctx_t *ctx, const cpu_set_t *allowed,
+                   pthread_t t, int k)
+{
+    cpu_set_t one;
+    int n = CPU_COUNT(allowed), cpu = -1;
+    if (n <= 0)
+        return;
+    k %= n;
+    for (int c = 0; c < CPU_SETSIZE && cpu < 0; c++)
+        if (CPU_ISSET(c, allowed) && k-- == 0)
+            cpu = c;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    if (pthread_setaffinity_np(t, sizeof(one), &one) != 0)
+        fprintf(stderr, "epx-bench: rank %d: --pin: cannot bind a thread to "
+                "CPU %d\n", ctx->rank, cpu);
+}
+
 static int barrier(ov_t *v)
 {
     epx_status_t st = epx_comm_barrier(v->ctx->comm);
@@ -491,6 +512,13 @@ int bench_run_overlap(bench_ctx_t *ctx)
             goto out;
         }
         v.started = 1;
+    }
+    cpu_set_t allowed;
+    if (ctx->o->pin && sched_getaffinity(0, sizeof(allowed), &allowed) == 0) {
+        const int th = ctx->o->overlap_thread;
+        if (th)
+            ov_pin(ctx, &allowed, v.tid, 2 * ctx->rank + 1);
+        ov_pin(ctx, &allowed, pthread_self(), th ? 2 * ctx->rank : ctx->rank);
     }
     bench_progress(ctx, "overlap: %d steps of each run (communication "
                    "alone, FFN %d x %d alone, both), interleaved by %d",

@@ -172,7 +172,7 @@ if "$BENCH" $ov --iters 1 >"$tmp/ov0.out" 2>"$tmp/ov0.err"; then
     run ov_em $ov --layout expert --align 4 --dtype fp32 --no-inplace --json
     run ov_ll $ov --mode ll --launcher fork --json
     # the compute-thread schedule, over a quantized wire (y apart)
-    run ov_th $ov --overlap-thread --dtype fp8 --launcher fork --json
+    run ov_th $ov --overlap-thread --dtype fp8 --launcher fork --pin --json
     for n in ov ov_em ov_ll ov_th; do
         grep -q '"verified": true' "$tmp/$n.out" || fail "$n: not verified"
         if command -v python3 >/dev/null 2>&1; then
@@ -192,6 +192,7 @@ se = abs(hs[0] - hs[1]) / 2   # sd / sqrt(2) of two values
 assert o["blocks"] == 2, o
 assert abs(o["hidden_fraction_se"] - se) <= 1e-4 * (1 + se), (o, se)
 assert o["compute_thread"] == (sys.argv[2] == "ov_th"), o
+assert o["pin"] == (sys.argv[2] == "ov_th"), o
 if o["compute_thread"]:   # the decomposition of the overlapped steps
     assert o["compute_in_overlap_mean_us"] > 0, o
     assert 0 < o["comm_in_overlap_mean_us"] <= o["overlapped"]["mean_us"], o
