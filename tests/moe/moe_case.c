@@ -2,7 +2,6 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
-#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -175,13 +174,9 @@ int moe_input_make(const moe_run_t *m, int s, int route, int data,
         }
     }
     free(perm);
-    if (c->gscale != GSCALE_NONE) {
-        int nan;
-        float amax = ref_amax(in->x, (size_t)in->T * (size_t)H, &nan);
-        in->gscale = amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
-        if (c->gscale == GSCALE_SMALL)
-            in->gscale /= 64.0f;
-    }
+    if (c->gscale != GSCALE_NONE)
+        in->gscale = ref_nvfp4_tensor_scale(in->x, (size_t)in->T * (size_t)H) /
+                     (c->gscale == GSCALE_SMALL ? 64.0f : 1.0f);
     return 0;
 }
 

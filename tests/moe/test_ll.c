@@ -16,7 +16,6 @@
  * tests/ref, never the library's), the in-place combine it refuses, and
  * the bytes put it counts.
  */
-#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
@@ -179,13 +178,9 @@ static int in_make(const ll_run_t *m, int s, int r, ll_in_t *in)
                       gen_value(epxt_hash(m->seed, TAG_X, (uint64_t)s,
                                           (uint64_t)t, ((uint64_t)r << 32) | (uint64_t)h)));
     }
-    if (c->gscale != G_NONE) {
-        int nan;
-        float amax = ref_amax(in->x, (size_t)in->T * (size_t)H, &nan);
-        in->gscale = amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
-        if (c->gscale == G_SMALL)
-            in->gscale /= 64.0f;
-    }
+    if (c->gscale != G_NONE)
+        in->gscale = ref_nvfp4_tensor_scale(in->x, (size_t)in->T * (size_t)H) /
+                     (c->gscale == G_SMALL ? 64.0f : 1.0f);
     return 0;
 }
 

@@ -127,6 +127,13 @@ int ref_wire_shape(epx_wire_t wire, int h, ref_wire_t *w)
     return 0;
 }
 
+float ref_nvfp4_tensor_scale(const uint16_t *x, size_t n)
+{
+    int nan;
+    float amax = ref_amax(x, n, &nan);
+    return amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN) : 1.0f;
+}
+
 void ref_quant_row(epx_wire_t wire, const uint16_t *x, int h, uint8_t *q,
                    void *scales, float *global)
 {
@@ -145,9 +152,7 @@ void ref_quant_row_given(epx_wire_t wire, const uint16_t *x, int h,
     if (wire == EPX_WIRE_NVFP4) {
         /* Row scale: max(amax / (448 * 6), 2^-126), 1 for a row with no
          * finite non-zero value. */
-        float amax = ref_amax(x, (size_t)h, &nan);
-        g = given > 0 ? given : amax > 0 ? fmaxf(amax / 2688.0f, FLT_MIN)
-                                         : 1.0f;
+        g = given > 0 ? given : ref_nvfp4_tensor_scale(x, (size_t)h);
         *global = g;
         memset(q, 0, w.data_bytes);
     }

@@ -41,6 +41,11 @@ typedef struct ref_wire {
 /* 0, or -1 for NATIVE or an unknown format. */
 int ref_wire_shape(epx_wire_t wire, int h, ref_wire_t *w);
 
+/* NVIDIA's NVFP4 tensor scale over n bf16 values: max(amax / (6 * 448),
+ * 2^-126), 1 when none is finite and non-zero (a caller's
+ * x_global_scale, as the tests pass it). */
+float ref_nvfp4_tensor_scale(const uint16_t *x, size_t n);
+
 /* One bf16 row quantized as the format defines: data (data_bytes),
  * scales (nblocks of the scale dtype), and the NVFP4 row scale (the row's
  * amax maps to 6 * 448).  *global is left alone for the other formats. */
