@@ -206,35 +206,46 @@ static int ov_join(ov_t *v, double *busy)
     return rc;
 }
 
+/* Sets micro-batch i's outputs (b->yp): in place over x where the options
+ * allow and `apart` is 0, else its own buffer, grown to the rows received
+ * (zeroed: never uninitialised bytes on the wire).  A quantized x is
+ * narrower than y (as in run_epx.c). */
+static int ov_place_outputs(ov_t *v, int i, int apart)
+{
+    ov_mb_t *b = &v->mb[i];
+    const bench_ctx_t *ctx = v->ctx;
+    const size_t rowb = (size_t)ctx->wl->hidden * ctx->wl->dsize;
+    b->yp = b->rv.x.data;
+    if (!apart && ctx->o->inplace && ctx->wl->wire == EPX_WIRE_NATIVE)
+        return 0;
+    int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
+    if (rows > b->y_rows) {
+        void *p = realloc(b->y, (size_t)rows * rowb);
+        if (!p) {
+            fprintf(stderr, "epx-bench: rank %d: out of memory for the "
+                    "expert outputs\n", ctx->rank);
+            return -1;
+        }
+        memset(p, 0, (size_t)rows * rowb);
+        b->y = p;
+        b->y_rows = rows;
+    }
+    b->yp = b->y;
+    return 0;
+}
+
 /* The expert's outputs (the synthetic expert: verifiable) for micro-batch
- * i, after checking its received rows (verify).  In place over x where
- * the options allow, else (or apart) in the micro-batch's own buffer: a
- * quantized x is narrower than y (as in run_epx.c). */
+ * i, after checking its received rows (verify). */
 static int ov_outputs(ov_t *v, int i, float *acc, bench_check_t *chk,
                       int verify, int apart)
 {
     ov_mb_t *b = &v->mb[i];
     const bench_ctx_t *ctx = v->ctx;
-    const bench_workload_t *wl = ctx->wl;
     if (verify)
         bench_verify_recv(ctx, &b->rv, ctx->o->layout, "epx", chk);
-    void *y = b->rv.x.data;
-    if (apart || !ctx->o->inplace || wl->wire != EPX_WIRE_NATIVE) {
-        int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
-        if (rows > b->y_rows) {
-            void *p = realloc(b->y, (size_t)rows * (size_t)wl->hidden * wl->dsize);
-            if (!p) {
-                fprintf(stderr, "epx-bench: rank %d: out of memory for the "
-                        "expert outputs\n", ctx->rank);
-                return -1;
-            }
-            b->y = p;
-            b->y_rows = rows;
-        }
-        y = b->y;
-    }
-    bench_expert_compute(ctx, &b->rv, ctx->o->layout, y, acc);
-    b->yp = y;
+    if (ov_place_outputs(v, i, apart))
+        return -1;
+    bench_expert_compute(ctx, &b->rv, ctx->o->layout, b->yp, acc);
     return 0;
 }
 
@@ -242,26 +253,7 @@ static int ov_outputs(ov_t *v, int i, float *acc, bench_check_t *chk,
  * received (in place), or what the outputs' buffer holds. */
 static int ov_no_outputs(ov_t *v, int i)
 {
-    ov_mb_t *b = &v->mb[i];
-    const bench_ctx_t *ctx = v->ctx;
-    b->yp = b->rv.x.data;
-    if (ctx->o->inplace && ctx->wl->wire == EPX_WIRE_NATIVE)
-        return 0;
-    int64_t rows = b->rv.num_rows > 0 ? b->rv.num_rows : 1;
-    if (rows > b->y_rows) {
-        void *p = realloc(b->y, (size_t)rows * (size_t)ctx->wl->hidden *
-                                    ctx->wl->dsize);
-        if (!p) {
-            fprintf(stderr, "epx-bench: rank %d: out of memory for the "
-                    "outputs' buffer\n", ctx->rank);
-            return -1;
-        }
-        memset(p, 0, (size_t)rows * (size_t)ctx->wl->hidden * ctx->wl->dsize);
-        b->y = p;
-        b->y_rows = rows;
-    }
-    b->yp = b->y;
-    return 0;
+    return ov_place_outputs(v, i, 0);
 }
 
 /* combine_send of the outputs ov_outputs wrote. */
@@ -418,10 +410,9 @@ static int run_compute(ov_t *v, int skip, int count, double *times)
     return 0;
 }
 
-/* The three runs interleaved in blocks of BENCH_OV_BLOCK steps, so that a change
- * in the machine's load (other processes) falls on all three alike; the
- * warm-up steps come first, in the first block of each run. */
-
+/* The three runs interleaved in blocks of BENCH_OV_BLOCK steps, so that a
+ * change in the machine's load (other processes) falls on all three
+ * alike; the warm-up steps come first, in the first block of each run. */
 static int run_all(ov_t *v)
 {
     const bench_opts_t *o = v->ctx->o;
