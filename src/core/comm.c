@@ -62,6 +62,17 @@ epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
     return st;
 }
 
+epx_status_t epx__comm_agree_peer(epx_comm_t *comm, epx_status_t mine,
+                                  const char *what)
+{
+    int bad = -1;
+    epx_status_t st = epx__comm_agree(comm, mine, &bad);
+    if (mine != EPX_OK || bad < 0)
+        return mine != EPX_OK ? mine : st;
+    return epx__error(EPX_ERR_PEER, "%s: rank %d failed (%s)", what, bad,
+                      epx_status_str(st));
+}
+
 double epx__comm_timeout(const epx_comm_t *comm) { return comm->timeout_s; }
 
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,

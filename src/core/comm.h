@@ -72,6 +72,10 @@ epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
  * instead of leaving the others waiting. */
 epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
                              int *bad_rank);
+/* The same, returning this rank's own failure as is and a peer's as
+ * EPX_ERR_PEER, "<what>: rank N failed (its status)". */
+epx_status_t epx__comm_agree_peer(epx_comm_t *comm, epx_status_t mine,
+                                  const char *what);
 /* Build a communicator around a bootstrap (takes ownership of it). */
 /* job: shared job id for resource names, or NULL to let rank 0 draw one. */
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,

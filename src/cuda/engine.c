@@ -243,18 +243,6 @@ static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
 
 /* --------------------------------------------------------------- setup */
 
-/* Collective: one rank's set-up failure fails every rank's set-up, so
- * that none is left waiting in the next collective step. */
-static epx_status_t setup_agree(epx_comm_t *comm, epx_status_t mine)
-{
-    int bad = -1;
-    epx_status_t st = epx__comm_agree(comm, mine, &bad);
-    if (st == EPX_OK || mine != EPX_OK || bad < 0)
-        return mine != EPX_OK ? mine : st;
-    return epx__error(EPX_ERR_PEER, "cuda moe: rank %d failed its set-up "
-                      "(%s)", bad, epx_status_str(st));
-}
-
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
         st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) > 0 ? (n) : 1),         \
@@ -493,7 +481,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
 gate:
     /* The window (or NCCL) set-up below is collective: a rank that failed
      * alone above must not leave its peers waiting there. */
-    st = setup_agree(comm, st);
+    st = epx__comm_agree_peer(comm, st, "cuda moe: set-up");
     if (st != EPX_OK)
         goto out;
     int device_ranks = 1;
@@ -536,7 +524,7 @@ gate:
                                       cudaMemcpyHostToDevice, m->st),
                        "cudaMemcpy");
     /* Every rank succeeds, or all fail (and destroy together). */
-    st = setup_agree(comm, st);
+    st = epx__comm_agree_peer(comm, st, "cuda moe: set-up");
     if (st != EPX_OK)
         goto out;
 

@@ -188,6 +188,17 @@ static int agree_rank(epx_comm_t *comm, void *arg)
                epx_status_str(st), bad, epx_status_str(want), want_bad);
     }
     CHECK(epx__comm_agree(comm, EPX_OK, NULL) == EPX_OK);
+    /* agree_peer: one's own failure as is, a peer's as EPX_ERR_PEER */
+    const int last = comm->rank == R - 1;
+    epx_status_t st = epx__comm_agree_peer(comm, last ? EPX_ERR_NOMEM : EPX_OK,
+                                           "test");
+    char want[64];
+    snprintf(want, sizeof(want), "test: rank %d failed", R - 1);
+    CHECKF(last ? st == EPX_ERR_NOMEM
+                : st == EPX_ERR_PEER && strstr(epx_last_error(), want),
+           "rank %d: agree_peer -> %s (%s)", comm->rank, epx_status_str(st),
+           epx_last_error());
+    CHECK(epx__comm_agree_peer(comm, EPX_OK, "test") == EPX_OK);
     return 0;
 }
 

@@ -113,17 +113,6 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
     return epx__ucx_am_init(c, u);
 }
 
-/* Every rank learns the worst status (a peer's failure: EPX_ERR_PEER). */
-static epx_status_t ucx_agree(epx_comm_t *c, epx_status_t mine)
-{
-    int bad;
-    epx_status_t st = epx__comm_agree(c, mine, &bad);
-    if (mine != EPX_OK || bad < 0)
-        return mine != EPX_OK ? mine : st;
-    return epx__error(EPX_ERR_PEER, "ucx: rank %d could not set up UCX (%s)",
-                      bad, epx_status_str(st));
-}
-
 /* Worker addresses: lengths, then addresses padded to the longest. */
 static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
                                 epx_status_t mine)
@@ -136,7 +125,7 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
             mine = epx__error(EPX_ERR_SYSTEM, "ucx: worker address: %s",
                               ucs_status_string(s));
     }
-    epx_status_t st = ucx_agree(c, mine);
+    epx_status_t st = epx__comm_agree_peer(c, mine, "ucx: set-up");
     int R = c->nranks;
     uint64_t len = alen, max = 0, *lens = malloc(sizeof(uint64_t) * (size_t)R);
     char *send = NULL, *all = NULL;
@@ -192,7 +181,7 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
     free(lens);
     free(send);
     free(all);
-    return st == EPX_OK ? ucx_agree(c, mine) : st;
+    return st == EPX_OK ? epx__comm_agree_peer(c, mine, "ucx: set-up") : st;
 }
 
 epx_status_t epx__ucx_comm_init(epx_comm_t *c)
