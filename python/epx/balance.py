@@ -1,0 +1,68 @@
+"""The expert placement planner (epx_balance_plan): replicas for hot experts
+and their slots, as DeepSeek's EPLB returns them."""
+
+from . import _C
+from . import _arrays as A
+
+__all__ = ["plan", "metrics"]
+
+
+def _torch_in(a):
+    return A.is_torch(a)
+
+
+def plan(loads, slots, ranks, groups=1, domains=1, policy="epx", current=None):
+    """Plan a placement of ``num_experts`` logical experts on ``slots``
+    physical slots over ``ranks`` ranks.
+
+    Args:
+        loads: [experts] or [layers, experts] load per expert (tokens).
+        slots: physical slots, a multiple of ``ranks``, >= experts.
+        ranks: ranks; slot s lives on rank ``s // (slots // ranks)``.
+        groups: expert groups (DeepSeek's node-limited routing), divides
+            experts.
+        domains: NVLink/host domains, divides ranks.
+        policy: "epx" (never worse than "deepseek"; keeps replicas on
+            distinct ranks) or "deepseek" (EPLB's placements).
+        current: the placement in use, [layers, slots]: the epx policy keeps
+            the slots whose expert stays on its rank.
+
+    Returns ``(phy2log, log2phy, logcnt)`` like EPLB's
+    ``rebalance_experts``: [layers, slots] expert of each slot, [layers,
+    experts, slots - experts + 1] slots of each expert (-1 padded),
+    [layers, experts] replica counts; int32; 1-D loads give layer-less
+    shapes.  Torch in, torch out; else numpy.
+    """
+    torch_out = _torch_in(loads)
+    one = _ndim(loads) == 1
+    if current is not None:
+        current = _i32(current)
+    phy, l2p, cnt = _C.balance_plan(A.host_array(loads, "loads"), int(slots), int(ranks),
+                                    int(groups), int(domains), str(policy), current)
+    out = tuple(A.wrap(b, torch_out) for b in (phy, l2p, cnt))
+    return tuple(o[0] for o in out) if one else out
+
+
+def metrics(loads, ranks, phy2log=None):
+    """How even a placement is: ``(balancedness, imbalance, per_layer_balancedness,
+    per_layer_imbalance)``; balancedness = mean / max rank load (1 is
+    perfect).  ``phy2log`` None: the contiguous placement without replicas."""
+    torch_out = _torch_in(loads)
+    if phy2log is not None:
+        phy2log = _i32(phy2log)
+    b, i, lb, li = _C.balance_metrics(A.host_array(loads, "loads"), int(ranks), phy2log)
+    return b, i, A.wrap(lb, torch_out), A.wrap(li, torch_out)
+
+
+def _ndim(a):
+    return len(a.shape) if hasattr(a, "shape") else (2 if a and hasattr(a[0], "__len__") else 1)
+
+
+def _i32(a):
+    import numpy as np
+
+    if A.is_torch(a):
+        import torch
+
+        return a.detach().to("cpu", torch.int32).contiguous()
+    return np.ascontiguousarray(a, dtype=np.int32)

@@ -1,0 +1,355 @@
+"""The MoE engine: dispatch tokens to the ranks holding their experts,
+combine the expert outputs back."""
+
+from . import _C
+from . import _arrays as A
+
+__all__ = ["MoE", "Dispatch", "CombineWork"]
+
+_LAYOUTS = {"token_major": 0, "expert_major": 1}
+_MODES = {"ht": 0, "throughput": 0, "ll": 1, "low_latency": 1}
+_WIRES = {None: 0, "native": 0, "fp8": 1, "fp8_ue8m0": 2, "mxfp8": 3, "nvfp4": 4}
+_WIRE_SCALE = {1: A.FP32, 2: A.UE8M0, 3: A.UE8M0, 4: A.FP8_E4M3}
+_REPLICA = {"local_first": 0, "round_robin": 1}
+_LL_DROP, _HIERARCHICAL = 0x1, 0x2
+
+
+def _choice(table, value, name):
+    try:
+        return table[value]
+    except (KeyError, TypeError):
+        keys = ", ".join(repr(k) for k in table if k is not None)
+        raise _C.InvalidError(f"{name}: {value!r}; expected one of {keys}") from None
+
+
+class Dispatch:
+    """What one dispatch delivered to this rank, and its routing record.
+
+    ``x`` holds the received rows, grouped by local expert in ascending
+    order (expert-major) with ``expert_counts[j]`` rows for local expert j
+    starting at row ``expert_offsets[j]``; with ``expert_alignment=1`` it
+    has exactly ``expert_counts.sum()`` rows.  Token-major: one row per
+    source token, with ``topk_idx`` (local expert ids, -1 elsewhere) and
+    ``topk_weights`` per row.  Low latency: ``[local experts * ranks *
+    capacity]`` rows, source s's rows for expert j from row ``(j * ranks + s)
+    * capacity`` (``src_rank`` is -1 on padding rows).
+
+    ``x`` (and ``x_scales``) are views of the engine's receive memory, not
+    copies: read them, or write the expert outputs over ``x`` and pass it
+    to combine, before this dispatch's combine or the engine's next
+    dispatch (throughput mode), after which the memory holds other rows.
+    Use ``dispatch(..., copy=True)`` for rows that must outlive that.  The
+    other fields are copies.
+    """
+
+    __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_inputs", "_T", "_copy", "_ex", "__weakref__")
+
+    def __init__(self, moe, handle, torch_out, inputs, T, copy):
+        self._moe, self._h, self._torch, self._inputs = moe, handle, torch_out, inputs
+        self._info = None
+        self._x = None
+        self._T = T
+        self._copy = copy
+        self._ex = None  # epx.torch's autograd state
+
+    # -- completion ---------------------------------------------------
+    def wait(self):
+        """Wait until every source's rows have arrived (returns self)."""
+        if self._info is None:
+            info = self._h.recv()
+            self._inputs = None
+            x = A.wrap(info["x"], self._torch, self._moe._xcode)
+            if self._copy:
+                x = x.clone() if self._torch else x.copy()
+            self._x = x
+            self._info = info
+        return self
+
+    def is_completed(self):
+        return self._info is not None
+
+    def ready(self):
+        """Per local expert, whether all its rows have arrived (a list of
+        bools), without waiting.  Expert j's rows may be read from ``x``
+        once ready (after ``wait()`` they all are)."""
+        if self._info is not None:
+            return [True] * self._moe.num_local_experts
+        mask, _ = self._h.poll()
+        return [b != 0 for b in mask]
+
+    def expert_ready(self, e):
+        """Whether local expert ``e`` (0 .. num_local_experts - 1) has all
+        its rows."""
+        n = self._moe.num_local_experts
+        if not 0 <= e < n:
+            raise _C.InvalidError(f"e: local expert {e} out of range [0, {n})")
+        return self.ready()[e]
+
+    # -- what arrived -------------------------------------------------
+    def _get(self, key, code=None):
+        self.wait()
+        v = self._info[key]
+        if isinstance(v, _C.Buffer):
+            v = A.wrap(v, self._torch, code)
+            self._info[key] = v
+        return v
+
+    @property
+    def x(self):
+        self.wait()
+        return self._x
+
+    @property
+    def num_rows(self):
+        return self.wait()._info["num_rows"]
+
+    expert_counts = property(lambda self: self._get("expert_counts"), doc="rows per local expert")
+    expert_offsets = property(lambda self: self._get("expert_offsets"), doc="first row of each local expert")
+    src_rank = property(lambda self: self._get("src_rank"), doc="source rank of each row (-1: padding)")
+    src_token = property(lambda self: self._get("src_token"), doc="token index on the source rank")
+    topk_idx = property(lambda self: self._get("topk_idx"), doc="token-major: local expert ids per row")
+    topk_weights = property(lambda self: self._get("topk_weights"), doc="routing weight(s) of each row")
+    weights = topk_weights
+    local_experts = property(lambda self: self._get("local_experts"), doc="logical expert of each local expert")
+    capacity = property(lambda self: self._get("capacity"), doc="low latency: rows per (expert, source)")
+    num_dropped = property(lambda self: self._get("num_dropped"), doc="low latency: rows dropped")
+
+    @property
+    def x_scales(self):
+        self.wait()
+        if "x_scales" not in self._info:
+            return None
+        return self._get("x_scales", _WIRE_SCALE.get(self._moe.wire))
+
+    @property
+    def x_global_scale(self):
+        self.wait()
+        return self._get("x_global_scale") if "x_global_scale" in self._info else None
+
+    @property
+    def num_tokens(self):
+        """Tokens this rank dispatched."""
+        return self._T
+
+    @property
+    def handle(self):
+        return self._h
+
+    def release(self):
+        """Free the routing record now (else when this object goes)."""
+        self._h.release()
+
+    def __repr__(self):
+        s = f"rows={self._info['num_rows']}" if self._info else "in flight"
+        return f"epx.Dispatch({s}, tokens={self._T}, {self._h.state})"
+
+
+class CombineWork:
+    """A combine in flight (``combine(..., async_op=True)``)."""
+
+    __slots__ = ("_d", "_out", "_torch", "_res")
+
+    def __init__(self, d, out, torch_out):
+        self._d, self._out, self._torch, self._res = d, out, torch_out, None
+
+    def wait(self):
+        """The combined output, [tokens, hidden]."""
+        if self._res is None:
+            out = self._out
+            res = self._d._h.combine_recv(out=out)
+            self._res = out if out is not None else A.wrap(res, self._torch)
+        return self._res
+
+    def is_completed(self):
+        return self._res is not None
+
+
+class MoE(_C.MoE):
+    """An expert-parallel engine (epx_moe_t) over a communicator.
+
+    Collective: every rank creates it with the same arguments.  Experts are
+    placed contiguously (``expert_rank(e)``; this rank holds experts
+    ``first_local_expert .. first_local_expert + num_local_experts - 1``)
+    unless ``num_slots`` gives replicas placed by ``set_placement``.
+
+    Args:
+        comm: an :class:`epx.Comm`.
+        hidden, num_experts, topk: the token size H, experts E, experts per
+            token K.
+        max_tokens: the most tokens one rank dispatches in one call.
+        dtype: torch.bfloat16 (default) or torch.float32 (or their names):
+            x, expert outputs and combine's output.
+        layout: "expert_major" (rows grouped by expert, for a grouped GEMM)
+            or "token_major" (one row per source token).
+        expert_alignment: expert-major segments start at multiples of it.
+        mode: "ht" (throughput; count exchange, compact receive) or "ll"
+            (low latency; fixed capacity per (expert, source), no host
+            synchronisation).
+        wire: None (x as given), "fp8", "fp8_ue8m0", "mxfp8" or "nvfp4":
+            quantize bf16 x on dispatch.
+        num_layers, stats_decay: load statistics (``stats()``).
+        num_slots: physical expert slots (replicas), see ``set_placement``.
+        ll_capacity, ll_buffers, ll_drop: low-latency capacity per (expert,
+            source), calls in flight, drop rows beyond capacity.
+        hierarchical: cross between NVLink/host domains once per domain.
+
+    Thread safety: one thread drives an engine at a time.
+    """
+
+    def __init__(self, comm, hidden, num_experts, topk, max_tokens, dtype="bfloat16",
+                 layout="expert_major", expert_alignment=1, mode="ht", wire=None,
+                 num_layers=1, stats_decay=0.9, num_slots=0, ll_capacity=0, ll_buffers=0,
+                 ll_drop=False, hierarchical=False):
+        if not isinstance(comm, _C.Comm):
+            raise _C.InvalidError(f"comm: an epx.Comm is needed, not {type(comm).__name__}")
+        try:
+            flags = (_LL_DROP if ll_drop else 0) | (_HIERARCHICAL if hierarchical else 0)
+            self._code = A.dtype_code(dtype)
+            args = (int(hidden), int(num_experts), int(topk), int(max_tokens), self._code,
+                    _choice(_LAYOUTS, layout, "layout"), int(expert_alignment),
+                    _choice(_MODES, mode, "mode"), _choice(_WIRES, wire, "wire"), int(num_layers),
+                    float(stats_decay), int(num_slots), int(ll_capacity), int(ll_buffers), flags)
+        except Exception:
+            # creation is collective: fail it on every rank (hidden -1 is
+            # refused by the library, which agrees the failure with the peers)
+            try:
+                super().__init__(comm, -1, 0, 0, 0)
+            except Exception:
+                pass
+            raise
+        super().__init__(comm, *args)
+        self._xcode = {1: A.FP8_E4M3, 2: A.FP8_E4M3, 3: A.FP8_E4M3}.get(self.wire)
+
+    # -- dispatch / combine -------------------------------------------
+    def dispatch(self, x, topk_idx, topk_weights, *, layer=0, async_op=False, copy=False,
+                 cached=None, global_scale=None):
+        """Send each token to the ranks holding its experts.
+
+        Args:
+            x: [T, hidden] in the engine dtype (T <= max_tokens, may be 0).
+            topk_idx: [T, topk] int32 or int64 expert ids; -1 skips a slot.
+            topk_weights: [T, topk] float32 routing weights.
+            layer: the layer, for the load statistics.
+            async_op: return once this rank's tokens are sent; ``wait()``,
+                ``ready()`` and ``expert_ready(e)`` on the result.
+            copy: give ``x`` as a copy rather than a view of receive memory.
+            cached: an earlier :class:`Dispatch` of this engine with the
+                same routing on every rank: reuse its layout.
+            global_scale: NVFP4 wire: the caller's tensor scale.
+
+        Collective.  A bad argument on any rank fails the call on every
+        rank (``epx.PeerError`` on the others) with nothing sent, and the
+        engine stays usable.
+        """
+        torch_out = A.is_torch(x)
+        try:
+            x = A.host_array(x, "x")
+            topk_idx = A.host_array(topk_idx, "topk_idx")
+            topk_weights = A.host_array(topk_weights, "topk_weights")
+            ch = None
+            if cached is not None:
+                if not isinstance(cached, Dispatch) or cached._moe is not self:
+                    raise _C.InvalidError("cached: an epx.Dispatch of this engine is needed")
+                ch = cached._h
+            gs = float(global_scale or 0.0)
+        except Exception:
+            self._fail_dispatch()
+            raise
+        h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs)
+        d = Dispatch(self, h, torch_out, (x, topk_idx, topk_weights), len(x), copy)
+        if not async_op:
+            d.wait()
+        return d
+
+    def combine(self, y, d, out=None, *, weighted=True, async_op=False):
+        """Bring the expert outputs back: ``out[t] = sum_k w[t,k] * y[row of
+        (t, expert k)]``, accumulated in fp32 in a fixed order (bitwise
+        reproducible).
+
+        Args:
+            y: [d.num_rows, hidden] in the engine dtype, in d's row layout
+                (may be ``d.x`` itself, overwritten with the outputs).
+            d: the :class:`Dispatch` these rows came from (after ``wait()``).
+            out: optional [T, hidden] bfloat16/float32 tensor to write.
+            weighted: apply the routing weights (expert-major); False when
+                y is already weighted.
+            async_op: return a :class:`CombineWork` after sending.
+
+        A bad ``y`` or ``out`` raises on this rank only; nothing is sent and
+        the call may be retried.
+        """
+        if not isinstance(d, Dispatch):
+            raise _C.InvalidError(f"d: the epx.Dispatch of these rows is needed, not {type(d).__name__}")
+        if d._moe is not self:
+            raise _C.InvalidError("d: a dispatch of another engine")
+        d.wait()
+        torch_out = A.is_torch(y)
+        y = A.host_array(y, "y")
+        if out is not None:
+            if A.is_torch(out) and out.requires_grad:
+                raise _C.InvalidError("out: a tensor that requires grad (use epx.torch.combine)")
+            out = A.host_array(out, "out")
+        d._h.combine_send(y, unweighted=not weighted, out=out)
+        w = CombineWork(d, out, torch_out)
+        return w if async_op else w.wait()
+
+    def _fail_dispatch(self):
+        """Take part in dispatch's status agreement with a bad call, so the
+        peers fail this call too (epx.PeerError) instead of waiting."""
+        try:
+            self.dispatch_send(None, None, None)
+        except _C.Error:
+            pass
+
+    # -- placement and statistics -----------------------------------------
+    def stats(self, global_=False):
+        """Load statistics: ``window`` [layers, experts] tokens per expert
+        since the reset, ``decayed`` (float64) the decayed load per
+        dispatch, ``physical`` [layers, slots], ``dispatches``,
+        ``dispatch_bytes``, ``combine_bytes``.  ``global_=True`` sums over
+        the ranks (collective).  Arrays are torch tensors when torch is
+        imported, else numpy."""
+        s = self.stats_raw(global_)
+        torch_out = "torch" in __import__("sys").modules
+        return {k: A.wrap(v, torch_out) if isinstance(v, _C.Buffer) else v for k, v in s.items()}
+
+    stats_raw = _C.MoE.stats
+
+    def set_placement(self, phy2log, layer=0, policy="local_first"):
+        """Place the layer's experts on the slots: ``phy2log[s]`` is the
+        logical expert of slot s (engines with num_slots; every rank the
+        same, e.g. from :func:`epx.balance.plan`)."""
+        super().set_placement(int(layer), _int32(phy2log, "phy2log"), _choice(_REPLICA, policy, "policy"))
+
+    def register_weights(self, weights, layer=0):
+        """Register this rank's expert weights of a layer for
+        :meth:`rebalance`: [slots per rank, ...], contiguous host memory,
+        kept alive by the engine.  Collective."""
+        super().register_weights(int(layer), A.host_array(weights, "weights"))
+
+    def rebalance(self, phy2log, layer=0, policy="local_first"):
+        """Move the registered weights to a new placement and switch the
+        layer to it (collective, between dispatches); returns counts of the
+        slots kept, copied locally, received and sent."""
+        return super().rebalance(int(layer), _int32(phy2log, "phy2log"), _choice(_REPLICA, policy, "policy"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        if self.closed:
+            return "epx.MoE(closed)"
+        return (f"epx.MoE(hidden={self.hidden}, experts={self.num_experts}, topk={self.topk}, "
+                f"local={self.first_local_expert}..{self.first_local_expert + self.num_local_experts - 1})")
+
+
+def _int32(a, name):
+    """An int32 host array of a placement (any int array or list)."""
+    if A.is_torch(a):
+        return A.host_array(a, name).to(dtype=__import__("torch").int32).contiguous()
+    import numpy as np
+
+    return np.ascontiguousarray(a, dtype=np.int32)

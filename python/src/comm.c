@@ -1,0 +1,203 @@
+/*
+ * epx._C.Comm: a communicator, bootstrapped from the environment (EPX_*)
+ * or through a Python all-gather (torch.distributed's, or any other).
+ * Every library call runs without the GIL; the all-gather callback takes
+ * it back, so other Python threads run while a rank waits.
+ */
+#include <string.h>
+
+#include "epxpy.h"
+
+/* The C all-gather over a Python callable: fn(bytes) -> bytes holding
+ * every rank's `bytes` in rank order. */
+static int py_allgather(void *ctx, const void *send, void *recv, size_t bytes)
+{
+    epxpy_comm_t *c = ctx;
+    int rc = 1;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *arg = PyBytes_FromStringAndSize(send, (Py_ssize_t)bytes);
+    PyObject *res = arg ? PyObject_CallOneArg(c->allgather, arg) : NULL;
+    Py_XDECREF(arg);
+    if (res) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(res, &v, PyBUF_C_CONTIGUOUS) == 0) {
+            if ((size_t)v.len == bytes * (size_t)c->size) {
+                memcpy(recv, v.buf, (size_t)v.len);
+                rc = 0;
+            } else {
+                PyErr_Format(PyExc_ValueError, "all-gather returned %zd bytes, "
+                             "expected %zu", v.len, bytes * (size_t)c->size);
+            }
+            PyBuffer_Release(&v);
+        }
+        Py_DECREF(res);
+    }
+    if (rc != 0) {
+        /* The library reports the failure; the cause goes to stderr, as
+         * an exception raised in a callback cannot cross the C call. */
+        PySys_WriteStderr("epx: the all-gather callback failed:\n");
+        PyErr_Print();
+    }
+    PyGILState_Release(g);
+    return rc;
+}
+
+static int comm_init(epxpy_comm_t *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = { "rank", "size", "allgather", "job_key", "root",
+                              "timeout", NULL };
+    int rank = -1, size = 0;
+    PyObject *allgather = Py_None;
+    const char *job_key = NULL, *root = NULL;
+    double timeout = 0.0;
+    if (self->comm) {
+        PyErr_SetString(PyExc_RuntimeError, "Comm already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iiOzzd", kwlist, &rank,
+                                     &size, &allgather, &job_key, &root,
+                                     &timeout))
+        return -1;
+    epx_comm_params_t p = EPX_COMM_PARAMS_INIT;
+    p.timeout_s = timeout;
+    if (allgather != Py_None) {
+        if (!PyCallable_Check(allgather)) {
+            epxpy_raisef(EPX_ERR_INVALID, "allgather: must be callable");
+            return -1;
+        }
+        if (size < 1 || rank < 0 || rank >= size) {
+            epxpy_raisef(EPX_ERR_INVALID, "rank %d / size %d: want "
+                         "0 <= rank < size", rank, size);
+            return -1;
+        }
+        Py_INCREF(allgather);
+        self->allgather = allgather;
+        self->size = size;
+        p.bootstrap = EPX_BOOTSTRAP_ALLGATHER;
+        p.rank = rank;
+        p.nranks = size;
+        p.allgather = py_allgather;
+        p.allgather_ctx = self;
+    } else {
+        p.job_key = job_key;
+        p.root = root;
+    }
+    epx_comm_t *comm = NULL;
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_comm_create(&p, &comm);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK) {
+        Py_CLEAR(self->allgather);
+        epxpy_raise(st);
+        return -1;
+    }
+    self->comm = comm;
+    self->rank = epx_comm_rank(comm);
+    self->size = epx_comm_size(comm);
+    return 0;
+}
+
+int epxpy_comm_check(epxpy_comm_t *c)
+{
+    if (c->comm && !c->closed)
+        return 0;
+    epxpy_raisef(EPX_ERR_STATE, "comm: closed");
+    return -1;
+}
+
+static void comm_close_now(epxpy_comm_t *self)
+{
+    if (self->comm) {
+        epx_comm_t *c = self->comm;
+        self->comm = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        epx_comm_destroy(c);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+void epxpy_comm_engine_gone(epxpy_comm_t *c)
+{
+    if (--c->engines == 0 && c->closed)
+        comm_close_now(c);
+}
+
+static void comm_dealloc(epxpy_comm_t *self)
+{
+    comm_close_now(self);
+    Py_CLEAR(self->allgather);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *comm_close(epxpy_comm_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    /* Engines still alive (views of their memory, unclosed ones) keep it
+     * until the last goes. */
+    self->closed = 1;
+    if (self->engines == 0)
+        comm_close_now(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *comm_barrier(epxpy_comm_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    if (epxpy_comm_check(self) < 0)
+        return NULL;
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_comm_barrier(self->comm);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *comm_get_rank(epxpy_comm_t *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(self->rank);
+}
+
+static PyObject *comm_get_size(epxpy_comm_t *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLong(self->size);
+}
+
+static PyObject *comm_get_closed(epxpy_comm_t *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->comm == NULL || self->closed);
+}
+
+static PyMethodDef comm_methods[] = {
+    { "barrier", (PyCFunction)comm_barrier, METH_NOARGS, "barrier()" },
+    { "close", (PyCFunction)comm_close, METH_NOARGS,
+      "close(): destroy the communicator (after its engines)" },
+    { NULL, NULL, 0, NULL }
+};
+
+static PyGetSetDef comm_getset[] = {
+    { "rank", (getter)comm_get_rank, NULL, "this rank", NULL },
+    { "size", (getter)comm_get_size, NULL, "number of ranks", NULL },
+    { "closed", (getter)comm_get_closed, NULL, "True after close()", NULL },
+    { NULL, NULL, NULL, NULL, NULL }
+};
+
+PyTypeObject epxpy_comm_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "epx._C.Comm",
+    .tp_basicsize = sizeof(epxpy_comm_t),
+    .tp_dealloc = (destructor)comm_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Comm(rank=-1, size=0, allgather=None, job_key=None, root=None, "
+              "timeout=0.0): allgather given: that bootstrap; else EPX_* "
+              "environment.",
+    .tp_methods = comm_methods,
+    .tp_getset = comm_getset,
+    .tp_init = (initproc)comm_init,
+    .tp_new = PyType_GenericNew,
+};

@@ -1,0 +1,797 @@
+/*
+ * epx._C.MoE and epx._C.Handle: an engine and the record of one dispatch.
+ *
+ * Order and lifetime rules of epx.h are kept here, so that nothing a Python
+ * caller does can crash the process or leave the peers waiting:
+ *   - a bad array on this rank still takes part in dispatch's status
+ *     agreement (epx_dispatch_send with no args), so every rank fails the
+ *     call together and the engine stays usable;
+ *   - call-order mistakes that the library cannot agree with the peers
+ *     (a dispatch while the previous one is unfinished) are refused here
+ *     before any library call;
+ *   - handles keep their engine alive; closing an engine releases its live
+ *     handles; views of its receive memory keep it mapped (the engine is
+ *     destroyed when the last view goes).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "epxpy.h"
+
+typedef enum { H_SENT, H_RECEIVED, H_COMBINING, H_COMBINED, H_ABANDONED,
+               H_RELEASED } hstate_t;
+
+typedef struct epxpy_handle epxpy_handle_t;
+
+typedef struct {
+    PyObject_HEAD
+    epx_moe_t *moe;
+    epxpy_comm_t *comm;
+    epx_moe_params_t p;
+    int nlocal, first;
+    int closed;                  /* close() called */
+    int views;                   /* Buffers viewing the windows */
+    epxpy_handle_t *live;        /* unreleased handles, a list */
+    epxpy_handle_t *cur;         /* throughput: the call in flight */
+    PyObject *weights;           /* list: registered weight arrays */
+} epxpy_moe_t;
+
+struct epxpy_handle {
+    PyObject_HEAD
+    epxpy_moe_t *moe;
+    epx_handle_t *h;
+    hstate_t state;
+    epx_recv_t recv;
+    PyObject *y;                 /* combine input kept until its recv */
+    epxpy_handle_t *next, *prev; /* the engine's live list */
+};
+
+static const char *state_name[] = { "dispatched", "received", "combining",
+                                    "combined", "abandoned", "released" };
+
+/* ------------------------------------------------------------ engine */
+
+static int moe_usable(epxpy_moe_t *m)
+{
+    if (m->moe && !m->closed)
+        return 0;
+    epxpy_raisef(EPX_ERR_STATE, "moe: closed");
+    return -1;
+}
+
+static void handle_release_now(epxpy_handle_t *h)
+{
+    if (h->state == H_RELEASED)
+        return;
+    epx_handle_t *ch = h->h;
+    h->h = NULL;
+    h->state = H_RELEASED;
+    if (h->moe->cur == h)
+        h->moe->cur = NULL;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        h->moe->live = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    h->next = h->prev = NULL;
+    Py_CLEAR(h->y);
+    Py_BEGIN_ALLOW_THREADS
+    epx_handle_release(ch);
+    Py_END_ALLOW_THREADS
+}
+
+static void moe_destroy_now(epxpy_moe_t *m)
+{
+    while (m->live)
+        handle_release_now(m->live);
+    if (m->moe) {
+        epx_moe_t *e = m->moe;
+        m->moe = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        epx_moe_destroy(e);
+        Py_END_ALLOW_THREADS
+        epxpy_comm_engine_gone(m->comm);
+    }
+}
+
+static int moe_init(epxpy_moe_t *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = { "comm", "hidden", "num_experts", "topk",
+        "max_tokens", "dtype", "layout", "expert_alignment", "mode", "wire",
+        "num_layers", "stats_decay", "num_slots", "ll_capacity", "ll_buffers",
+        "flags", NULL };
+    PyObject *comm;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    int dtype = p.dtype, layout = p.layout, mode = p.mode, wire = p.wire;
+    unsigned flags = 0;
+    if (self->moe || self->comm) {
+        PyErr_SetString(PyExc_RuntimeError, "MoE already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iiii|iiiiiidiiiI", kwlist,
+            &epxpy_comm_type, &comm, &p.hidden, &p.num_experts, &p.topk,
+            &p.max_tokens_per_rank, &dtype, &layout, &p.expert_alignment,
+            &mode, &wire, &p.num_layers, &p.stats_decay, &p.num_slots,
+            &p.ll_capacity, &p.ll_buffers, &flags))
+        return -1;
+    if (epxpy_comm_check((epxpy_comm_t *)comm) < 0)
+        return -1;
+    p.dtype = (epx_dtype_t)dtype;
+    p.layout = (epx_layout_t)layout;
+    p.mode = (epx_mode_t)mode;
+    p.wire = (epx_wire_t)wire;
+    p.flags = flags;
+    epx_moe_t *e = NULL;
+    epx_status_t st;
+    epx_comm_t *c = ((epxpy_comm_t *)comm)->comm;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_moe_create(c, &p, &e);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK) {
+        epxpy_raise(st);
+        return -1;
+    }
+    if (!(self->weights = PyList_New(0))) {
+        epx_moe_destroy(e);
+        return -1;
+    }
+    Py_INCREF(comm);
+    self->comm = (epxpy_comm_t *)comm;
+    self->comm->engines++;
+    self->moe = e;
+    self->p = p;
+    self->nlocal = epx_moe_num_local_experts(e);
+    self->first = epx_moe_first_local_expert(e);
+    return 0;
+}
+
+static void moe_dealloc(epxpy_moe_t *self)
+{
+    moe_destroy_now(self);
+    Py_CLEAR(self->weights);
+    Py_CLEAR(self->comm);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Destroyed now, or when the last view of its memory goes. */
+static PyObject *moe_close(epxpy_moe_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    self->closed = 1;
+    while (self->live)
+        handle_release_now(self->live);
+    if (self->views == 0)
+        moe_destroy_now(self);
+    Py_RETURN_NONE;
+}
+
+void epxpy_view_hold(PyObject *owner, int delta)
+{
+    if (!PyObject_TypeCheck(owner, &epxpy_moe_type))
+        return;
+    epxpy_moe_t *m = (epxpy_moe_t *)owner;
+    m->views += delta;
+    if (m->views == 0 && m->closed)
+        moe_destroy_now(m);
+}
+
+static PyObject *moe_expert_rank(epxpy_moe_t *self, PyObject *arg)
+{
+    long e = PyLong_AsLong(arg);
+    if (e == -1 && PyErr_Occurred())
+        return NULL;
+    if (moe_usable(self) < 0)
+        return NULL;
+    long n = self->p.num_slots > 0 ? self->p.num_slots : self->p.num_experts;
+    if (e < 0 || e >= n)
+        return epxpy_raisef(EPX_ERR_INVALID, "expert %ld out of range "
+                            "[0, %ld)", e, n);
+    return PyLong_FromLong(epx_moe_expert_rank(self->moe, (int)e));
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+static epxpy_handle_t *handle_new(epxpy_moe_t *m, epx_handle_t *h)
+{
+    epxpy_handle_t *o = PyObject_New(epxpy_handle_t, &epxpy_handle_type);
+    if (!o)
+        return NULL;
+    Py_INCREF(m);
+    o->moe = m;
+    o->h = h;
+    o->state = H_SENT;
+    memset(&o->recv, 0, sizeof(o->recv));
+    o->y = NULL;
+    o->prev = NULL;
+    o->next = m->live;
+    if (m->live)
+        m->live->prev = o;
+    m->live = o;
+    return o;
+}
+
+static PyObject *moe_dispatch_send(epxpy_moe_t *self, PyObject *args,
+                                   PyObject *kw)
+{
+    static char *kwlist[] = { "x", "topk_idx", "topk_weights", "layer",
+                              "cached", "global_scale", NULL };
+    PyObject *xo, *io, *wo, *cached = Py_None;
+    int layer = 0;
+    float gscale = 0.0f;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOf", kwlist, &xo, &io,
+                                     &wo, &layer, &cached, &gscale))
+        return NULL;
+    if (moe_usable(self) < 0)
+        return NULL;
+    epxpy_handle_t *ch = NULL;
+    if (cached != Py_None) {
+        if (!PyObject_TypeCheck(cached, &epxpy_handle_type) ||
+            ((epxpy_handle_t *)cached)->moe != self)
+            return epxpy_raisef(EPX_ERR_INVALID, "cached: a Handle of this "
+                                "engine is needed");
+        ch = (epxpy_handle_t *)cached;
+        if (ch->state == H_RELEASED || ch->state == H_ABANDONED ||
+            ch->state == H_SENT || ch->state == H_COMBINING)
+            return epxpy_raisef(EPX_ERR_STATE, "cached: the handle is %s; "
+                                "a received or combined dispatch is needed",
+                                state_name[ch->state]);
+    }
+    /* Throughput mode: the library cannot agree an out-of-order call with
+     * the peers (they are in another call), so it is refused here. */
+    epxpy_handle_t *cur = self->cur;
+    if (self->p.mode == EPX_MODE_THROUGHPUT && cur &&
+        (cur->state == H_SENT || cur->state == H_COMBINING))
+        return epxpy_raisef(EPX_ERR_STATE, "dispatch: the previous %s of this "
+                            "engine is not finished (wait for it first)",
+                            cur->state == H_SENT ? "dispatch" : "combine");
+
+    epxpy_array_t x = { 0 }, idx = { 0 }, w = { 0 };
+    unsigned xmask = 1u << self->p.dtype;
+    int bad = epxpy_array_import(xo, "x", xmask, 2, &x) < 0 ||
+              epxpy_array_import(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
+                                 1u << EPX_DTYPE_INT64, 2, &idx) < 0 ||
+              epxpy_array_import(wo, "topk_weights", 1u << EPX_DTYPE_FP32, 2,
+                                 &w) < 0;
+    if (!bad && (idx.t.rows != x.t.rows || w.t.rows != x.t.rows)) {
+        epxpy_raisef(EPX_ERR_INVALID, "topk_idx, topk_weights: %lld and "
+                     "%lld rows, x has %lld", (long long)idx.t.rows,
+                     (long long)w.t.rows, (long long)x.t.rows);
+        bad = 1;
+    }
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    if (!bad) {
+        a.x = x.t;
+        a.topk_idx = idx.t;
+        a.topk_weights = w.t;
+        a.layer = layer;
+        a.x_global_scale = gscale;
+        a.flags = ch ? EPX_DISPATCH_CACHED : 0u;
+    }
+    epx_handle_t *h = ch ? ch->h : NULL;
+    epx_status_t st;
+    PyObject *err_t = NULL, *err_v = NULL, *err_tb = NULL;
+    if (bad)   /* keep our exception; the call below fails the peers */
+        PyErr_Fetch(&err_t, &err_v, &err_tb);
+    int was_received = cur && cur->state == H_RECEIVED && cur != ch;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_dispatch_send(self->moe, bad ? NULL : &a, &h);
+    Py_END_ALLOW_THREADS
+    epxpy_array_release(&x);
+    epxpy_array_release(&idx);
+    epxpy_array_release(&w);
+    if (self->p.mode == EPX_MODE_THROUGHPUT && was_received)
+        cur->state = H_ABANDONED;   /* the library abandoned it */
+    if (self->p.mode == EPX_MODE_THROUGHPUT)
+        self->cur = NULL;
+    if (bad) {
+        PyErr_Restore(err_t, err_v, err_tb);
+        return NULL;
+    }
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    epxpy_handle_t *o;
+    if (ch) {
+        o = ch;
+        Py_INCREF(o);
+        o->state = H_SENT;
+        memset(&o->recv, 0, sizeof(o->recv));
+    } else if (!(o = handle_new(self, h))) {
+        epx_handle_release(h);   /* cannot happen quietly: peers are in */
+        return NULL;
+    }
+    if (self->p.mode == EPX_MODE_THROUGHPUT)
+        self->cur = o;
+    return (PyObject *)o;
+}
+
+/* ------------------------------------------------------------ handle */
+
+static int handle_check(epxpy_handle_t *h, hstate_t want, const char *what)
+{
+    if (moe_usable(h->moe) < 0)
+        return -1;
+    if (h->state == want)
+        return 0;
+    epxpy_raisef(EPX_ERR_STATE, "%s: the dispatch is %s", what,
+                 state_name[h->state]);
+    return -1;
+}
+
+static int dict_put(PyObject *d, const char *k, PyObject *v)
+{
+    if (!v)
+        return -1;
+    int rc = PyDict_SetItemString(d, k, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static PyObject *copy_or_none(const void *p, int dtype, int ndim,
+                              const int64_t *shape)
+{
+    if (!p && shape[0] * (ndim > 1 ? shape[1] : 1) > 0)
+        Py_RETURN_NONE;
+    return epxpy_buffer_new(p, dtype, ndim, shape, NULL);
+}
+
+/* What arrived, as a dict of Buffers: x and x_scales are views of the
+ * engine's receive memory, the rest copies. */
+static PyObject *recv_info(epxpy_handle_t *h)
+{
+    epx_recv_t *r = &h->recv;
+    epxpy_moe_t *m = h->moe;
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    int64_t rows = r->num_rows, nl = r->num_local_experts;
+    int64_t xs[2] = { rows, r->x.cols };
+    int64_t one[1] = { rows }, lk[2] = { rows, m->p.topk }, ls[1] = { nl };
+    int em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
+    if (dict_put(d, "x", epxpy_buffer_new(r->x.data, r->x.dtype, 2, xs,
+                                          (PyObject *)m)) < 0 ||
+        dict_put(d, "num_rows", PyLong_FromLongLong(rows)) < 0 ||
+        dict_put(d, "expert_counts", copy_or_none(r->expert_counts,
+                 EPX_DTYPE_INT64, 1, ls)) < 0 ||
+        dict_put(d, "expert_offsets", em ? copy_or_none(r->expert_offsets,
+                 EPX_DTYPE_INT64, 1, ls) : (Py_INCREF(Py_None), Py_None)) < 0 ||
+        dict_put(d, "src_rank", copy_or_none(r->src_rank, EPX_DTYPE_INT32, 1,
+                                             one)) < 0 ||
+        dict_put(d, "src_token", copy_or_none(r->src_token, EPX_DTYPE_INT32,
+                                              1, one)) < 0 ||
+        dict_put(d, "topk_idx", em ? (Py_INCREF(Py_None), Py_None)
+                 : copy_or_none(r->topk_idx, EPX_DTYPE_INT32, 2, lk)) < 0 ||
+        dict_put(d, "topk_weights", copy_or_none(r->topk_weights,
+                 EPX_DTYPE_FP32, em ? 1 : 2, em ? one : lk)) < 0 ||
+        dict_put(d, "local_experts", copy_or_none(r->local_experts,
+                 EPX_DTYPE_INT32, 1, ls)) < 0 ||
+        dict_put(d, "capacity", PyLong_FromLong(r->capacity)) < 0 ||
+        dict_put(d, "num_dropped", PyLong_FromLongLong(r->num_dropped)) < 0)
+        goto err;
+    if (r->x_scales.data || r->x_global_scale) {
+        int64_t ss[2] = { rows, r->x_scales.cols };
+        if (dict_put(d, "x_scales", epxpy_buffer_new(r->x_scales.data,
+                     r->x_scales.dtype, 2, ss, (PyObject *)m)) < 0)
+            goto err;
+        if (r->x_global_scale &&
+            dict_put(d, "x_global_scale", epxpy_buffer_new(r->x_global_scale,
+                     EPX_DTYPE_FP32, 1, one, NULL)) < 0)
+            goto err;
+    }
+    return d;
+err:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *handle_recv(epxpy_handle_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    if (handle_check(self, H_SENT, "dispatch recv") < 0)
+        return NULL;
+    epx_status_t st;
+    self->recv.struct_size = sizeof(self->recv);
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_dispatch_recv(self->moe->moe, self->h, &self->recv);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK) {
+        /* Throughput: the library marks the engine unusable after a failed
+         * wait; low latency: the call failed on every rank, release it. */
+        self->state = H_ABANDONED;
+        if (self->moe->cur == self)
+            self->moe->cur = NULL;
+        return epxpy_raise(st);
+    }
+    self->state = H_RECEIVED;
+    return recv_info(self);
+}
+
+static PyObject *handle_poll(epxpy_handle_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    if (handle_check(self, H_SENT, "dispatch poll") < 0)
+        return NULL;
+    int nl = self->moe->nlocal, n = 0;
+    uint8_t *ready = calloc((size_t)(nl > 0 ? nl : 1), 1);
+    if (!ready)
+        return PyErr_NoMemory();
+    epx_recv_t r = { .struct_size = sizeof(r) };
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_dispatch_poll(self->moe->moe, self->h, &r, ready, &n);
+    Py_END_ALLOW_THREADS
+    PyObject *res = st == EPX_OK
+        ? Py_BuildValue("(y#i)", (const char *)ready, (Py_ssize_t)nl, n)
+        : epxpy_raise(st);
+    free(ready);
+    return res;
+}
+
+/* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array. */
+static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
+{
+    int64_t T = epx_handle_num_tokens(h->h);
+    if (epxpy_array_import(oo, "out", 1u << 30 | 1u << EPX_DTYPE_BF16 |
+                           1u << EPX_DTYPE_FP32, 2, o) < 0)
+        return -1;
+    if (o->t.rows == T && o->t.cols == h->moe->p.hidden)
+        return 0;
+    epxpy_raisef(EPX_ERR_INVALID, "out: shape [%lld, %lld], expected [%lld, "
+                 "%d]", (long long)o->t.rows, (long long)o->t.cols,
+                 (long long)T, h->moe->p.hidden);
+    epxpy_array_release(o);
+    return -1;
+}
+
+static PyObject *handle_combine_send(epxpy_handle_t *self, PyObject *args,
+                                     PyObject *kw)
+{
+    static char *kwlist[] = { "y", "unweighted", "out", NULL };
+    PyObject *yo, *oo = Py_None;
+    int unweighted = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pO", kwlist, &yo,
+                                     &unweighted, &oo))
+        return NULL;
+    if (handle_check(self, H_RECEIVED, "combine") < 0)
+        return NULL;
+    epxpy_array_t y = { 0 }, o = { 0 };
+    /* A bad y or out is this rank's own error (epx.h): nothing is sent, so
+     * out (given to combine_recv later) is checked now too. */
+    if (oo != Py_None) {
+        if (import_out(self, oo, &o) < 0)
+            return NULL;
+        epxpy_array_release(&o);
+    }
+    if (epxpy_array_import(yo, "y", 1u << self->moe->p.dtype, 2, &y) < 0)
+        return NULL;
+    epx_combine_args_t a = EPX_COMBINE_ARGS_INIT;
+    a.y = y.t;
+    a.flags = unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_combine_send(self->moe->moe, self->h, &a);
+    Py_END_ALLOW_THREADS
+    epxpy_array_release(&y);
+    if (st != EPX_OK) {
+        if (st != EPX_ERR_INVALID && st != EPX_ERR_RANGE)
+            self->state = H_ABANDONED;
+        return epxpy_raise(st);
+    }
+    /* Peers may read y from our memory until they finish: keep it. */
+    Py_INCREF(yo);
+    Py_XSETREF(self->y, yo);
+    self->state = H_COMBINING;
+    Py_RETURN_NONE;
+}
+
+static PyObject *handle_combine_recv(epxpy_handle_t *self, PyObject *args,
+                                     PyObject *kw)
+{
+    static char *kwlist[] = { "out", NULL };
+    PyObject *oo = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O", kwlist, &oo))
+        return NULL;
+    if (handle_check(self, H_COMBINING, "combine recv") < 0)
+        return NULL;
+    int64_t T = epx_handle_num_tokens(self->h);
+    int64_t shape[2] = { T, self->moe->p.hidden };
+    PyObject *res;
+    epxpy_array_t o;
+    memset(&o, 0, sizeof(o));
+    if (oo == Py_None) {
+        res = epxpy_buffer_new(NULL, self->moe->p.dtype, 2, shape, NULL);
+        if (!res)
+            return NULL;
+        epxpy_buffer_t *b = (epxpy_buffer_t *)res;
+        o.t = (epx_tensor_t){ b->data, self->moe->p.dtype, T,
+                              self->moe->p.hidden };
+    } else {
+        if (import_out(self, oo, &o) < 0)
+            return NULL;
+        Py_INCREF(oo);
+        res = oo;
+    }
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_combine_recv(self->moe->moe, self->h, &o.t);
+    Py_END_ALLOW_THREADS
+    if (oo != Py_None)
+        epxpy_array_release(&o);
+    if (st != EPX_OK) {
+        Py_DECREF(res);
+        if (st != EPX_ERR_INVALID)
+            self->state = H_ABANDONED;
+        return epxpy_raise(st);
+    }
+    self->state = H_COMBINED;
+    Py_CLEAR(self->y);
+    if (self->moe->cur == self)
+        self->moe->cur = NULL;
+    return res;
+}
+
+static PyObject *handle_release(epxpy_handle_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    handle_release_now(self);
+    Py_RETURN_NONE;
+}
+
+static void handle_dealloc(epxpy_handle_t *self)
+{
+    handle_release_now(self);
+    Py_CLEAR(self->moe);
+    PyObject_Free(self);
+}
+
+static PyObject *handle_get_state(epxpy_handle_t *self, void *c)
+{
+    (void)c;
+    return PyUnicode_FromString(state_name[self->state]);
+}
+
+static PyObject *handle_get_num_tokens(epxpy_handle_t *self, void *c)
+{
+    (void)c;
+    return PyLong_FromLongLong(self->h ? epx_handle_num_tokens(self->h) : -1);
+}
+
+static PyMethodDef handle_methods[] = {
+    { "recv", (PyCFunction)handle_recv, METH_NOARGS,
+      "recv() -> dict: wait for every source (epx_dispatch_recv)" },
+    { "poll", (PyCFunction)handle_poll, METH_NOARGS,
+      "poll() -> (ready bytes per local expert, number ready)" },
+    { "combine_send", (PyCFunction)(void (*)(void))handle_combine_send,
+      METH_VARARGS | METH_KEYWORDS, "combine_send(y, unweighted=False)" },
+    { "combine_recv", (PyCFunction)(void (*)(void))handle_combine_recv,
+      METH_VARARGS | METH_KEYWORDS, "combine_recv(out=None) -> out" },
+    { "release", (PyCFunction)handle_release, METH_NOARGS, "release()" },
+    { NULL, NULL, 0, NULL }
+};
+
+static PyGetSetDef handle_getset[] = {
+    { "state", (getter)handle_get_state, NULL, "where the call is", NULL },
+    { "num_tokens", (getter)handle_get_num_tokens, NULL,
+      "tokens this rank dispatched", NULL },
+    { NULL, NULL, NULL, NULL, NULL }
+};
+
+PyTypeObject epxpy_handle_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "epx._C.Handle",
+    .tp_basicsize = sizeof(epxpy_handle_t),
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The routing record of one dispatch (epx_handle_t).",
+    .tp_methods = handle_methods,
+    .tp_getset = handle_getset,
+};
+
+/* ------------------------------------------------------------ statistics */
+
+static PyObject *moe_stats(epxpy_moe_t *self, PyObject *args)
+{
+    int global = 0;
+    if (!PyArg_ParseTuple(args, "|p", &global) || moe_usable(self) < 0)
+        return NULL;
+    epx_moe_stats_t s = { .struct_size = sizeof(s) };
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_moe_stats(self->moe, global, &s);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    int64_t le[2] = { s.num_layers, s.num_experts };
+    int64_t lp[2] = { s.num_layers, s.num_slots };
+    PyObject *d = PyDict_New();
+    if (!d || dict_put(d, "dispatches", PyLong_FromLongLong(s.dispatches)) < 0 ||
+        dict_put(d, "window", epxpy_buffer_new(s.window, EPX_DTYPE_INT64, 2,
+                                               le, NULL)) < 0 ||
+        dict_put(d, "decayed", epxpy_buffer_new(s.decayed, EPXPY_DTYPE_FP64,
+                                                2, le, NULL)) < 0 ||
+        dict_put(d, "physical", epxpy_buffer_new(s.physical, EPX_DTYPE_INT64,
+                                                 2, lp, NULL)) < 0 ||
+        dict_put(d, "dispatch_bytes", PyLong_FromLongLong(s.dispatch_bytes)) < 0 ||
+        dict_put(d, "combine_bytes", PyLong_FromLongLong(s.combine_bytes)) < 0) {
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *moe_stats_reset(epxpy_moe_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    if (moe_usable(self) < 0)
+        return NULL;
+    epx_status_t st = epx_moe_stats_reset(self->moe);
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------ placement */
+
+static int import_phy2log(epxpy_moe_t *m, PyObject *o, epxpy_array_t *a)
+{
+    if (epxpy_array_import(o, "phy2log", 1u << EPX_DTYPE_INT32, 1, a) < 0)
+        return -1;
+    if (a->t.cols != m->p.num_slots) {
+        epxpy_raisef(EPX_ERR_INVALID, "phy2log: %lld slots, the engine has %d "
+                     "(num_slots)", (long long)a->t.cols, m->p.num_slots);
+        epxpy_array_release(a);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *moe_set_placement(epxpy_moe_t *self, PyObject *args)
+{
+    int layer, policy = EPX_REPLICA_LOCAL_FIRST;
+    PyObject *po;
+    if (!PyArg_ParseTuple(args, "iO|i", &layer, &po, &policy) ||
+        moe_usable(self) < 0)
+        return NULL;
+    epxpy_array_t a;
+    if (import_phy2log(self, po, &a) < 0)
+        return NULL;
+    epx_status_t st = epx_moe_set_placement(self->moe, layer, a.t.data,
+                                            (epx_replica_policy_t)policy);
+    epxpy_array_release(&a);
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
+{
+    int layer;
+    PyObject *wo;
+    if (!PyArg_ParseTuple(args, "iO", &layer, &wo) || moe_usable(self) < 0)
+        return NULL;
+    epxpy_array_t a;
+    if (epxpy_array_import(wo, "weights", 1u << 30 | 1u << EPXPY_DTYPE_BYTES,
+                           0, &a) < 0)
+        return NULL;
+    int spr = self->p.num_slots / (self->comm->size > 0 ? self->comm->size : 1);
+    epx_status_t st = EPX_OK;
+    if (a.t.rows != spr)
+        st = EPX_ERR_INVALID;
+    void *base = a.t.data;
+    size_t bps = (size_t)a.t.cols;
+    epxpy_array_release(&a);   /* the list below keeps the array alive */
+    if (st != EPX_OK)
+        return epxpy_raisef(st, "weights: %lld slots in dimension 0, this "
+                            "rank holds %d", (long long)a.t.rows, spr);
+    if (PyList_Append(self->weights, wo) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_moe_register_weights(self->moe, layer, base, bps);
+    Py_END_ALLOW_THREADS
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    Py_RETURN_NONE;
+}
+
+static PyObject *moe_rebalance(epxpy_moe_t *self, PyObject *args)
+{
+    int layer, policy = EPX_REPLICA_LOCAL_FIRST;
+    PyObject *po;
+    if (!PyArg_ParseTuple(args, "iO|i", &layer, &po, &policy) ||
+        moe_usable(self) < 0)
+        return NULL;
+    if (self->cur && self->cur->state != H_COMBINED)
+        return epxpy_raisef(EPX_ERR_STATE, "rebalance: a dispatch of this "
+                            "engine is in flight");
+    epxpy_array_t a;
+    if (import_phy2log(self, po, &a) < 0)
+        return NULL;
+    epx_rebalance_stats_t s = { .struct_size = sizeof(s) };
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_moe_rebalance(self->moe, layer, a.t.data,
+                           (epx_replica_policy_t)policy, &s);
+    Py_END_ALLOW_THREADS
+    epxpy_array_release(&a);
+    if (st != EPX_OK)
+        return epxpy_raise(st);
+    return Py_BuildValue("{sisisisi}", "unchanged", s.unchanged,
+                         "local_copies", s.local_copies, "received",
+                         s.received, "sent", s.sent);
+}
+
+/* ------------------------------------------------------------ type */
+
+#define INT_GETTER(name, expr)                                              \
+    static PyObject *moe_get_##name(epxpy_moe_t *self, void *c)            \
+    {                                                                      \
+        (void)c;                                                           \
+        return PyLong_FromLong((long)(expr));                              \
+    }
+INT_GETTER(num_local_experts, self->nlocal)
+INT_GETTER(first_local_expert, self->first)
+INT_GETTER(hidden, self->p.hidden)
+INT_GETTER(num_experts, self->p.num_experts)
+INT_GETTER(topk, self->p.topk)
+INT_GETTER(max_tokens, self->p.max_tokens_per_rank)
+INT_GETTER(dtype, self->p.dtype)
+INT_GETTER(layout, self->p.layout)
+INT_GETTER(mode, self->p.mode)
+INT_GETTER(wire, self->p.wire)
+INT_GETTER(num_slots, self->p.num_slots)
+INT_GETTER(num_layers, self->p.num_layers)
+
+static PyObject *moe_get_closed(epxpy_moe_t *self, void *c)
+{
+    (void)c;
+    return PyBool_FromLong(self->closed || !self->moe);
+}
+
+static PyObject *moe_get_comm(epxpy_moe_t *self, void *c)
+{
+    (void)c;
+    Py_INCREF(self->comm);
+    return (PyObject *)self->comm;
+}
+
+static PyMethodDef moe_methods[] = {
+    { "dispatch_send", (PyCFunction)(void (*)(void))moe_dispatch_send,
+      METH_VARARGS | METH_KEYWORDS,
+      "dispatch_send(x, topk_idx, topk_weights, layer=0, cached=None, "
+      "global_scale=0.0) -> Handle" },
+    { "expert_rank", (PyCFunction)moe_expert_rank, METH_O,
+      "expert_rank(e) -> rank holding expert (or slot) e" },
+    { "stats", (PyCFunction)moe_stats, METH_VARARGS,
+      "stats(global=False) -> dict" },
+    { "stats_reset", (PyCFunction)moe_stats_reset, METH_NOARGS, "" },
+    { "set_placement", (PyCFunction)moe_set_placement, METH_VARARGS,
+      "set_placement(layer, phy2log, policy=0)" },
+    { "register_weights", (PyCFunction)moe_register_weights, METH_VARARGS,
+      "register_weights(layer, weights)" },
+    { "rebalance", (PyCFunction)moe_rebalance, METH_VARARGS,
+      "rebalance(layer, phy2log, policy=0) -> dict" },
+    { "close", (PyCFunction)moe_close, METH_NOARGS, "close()" },
+    { NULL, NULL, 0, NULL }
+};
+
+#define GET(n) { #n, (getter)moe_get_##n, NULL, NULL, NULL }
+static PyGetSetDef moe_getset[] = {
+    GET(num_local_experts), GET(first_local_expert), GET(hidden),
+    GET(num_experts), GET(topk), GET(max_tokens), GET(dtype), GET(layout),
+    GET(mode), GET(wire), GET(num_slots), GET(num_layers), GET(closed),
+    GET(comm),
+    { NULL, NULL, NULL, NULL, NULL }
+};
+
+PyTypeObject epxpy_moe_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "epx._C.MoE",
+    .tp_basicsize = sizeof(epxpy_moe_t),
+    .tp_dealloc = (destructor)moe_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "An engine (epx_moe_t); see epx.MoE.",
+    .tp_methods = moe_methods,
+    .tp_getset = moe_getset,
+    .tp_init = (initproc)moe_init,
+    .tp_new = PyType_GenericNew,
+};

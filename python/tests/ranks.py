@@ -1,0 +1,64 @@
+"""Run a function on N ranks: N forked processes joined by a gloo
+torch.distributed group (or, with backend="env", by epx's own environment
+bootstrap, without torch).  Each rank's return value comes back; an
+exception on any rank fails the run with that rank's traceback."""
+
+import multiprocessing as mp
+import os
+import socket
+import traceback
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(fn, rank, n, port, backend, args, q):
+    try:
+        os.environ.setdefault("EPX_TIMEOUT", "60")
+        if backend == "gloo":
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                    world_size=n)
+        else:
+            os.environ.update(EPX_RANK=str(rank), EPX_NRANKS=str(n), EPX_ROOT=f"127.0.0.1:{port}",
+                              EPX_JOB_KEY="epx-python-tests")
+        res = fn(rank, n, *args)
+        q.put((rank, True, res))
+    except BaseException:  # noqa: BLE001 - every failure goes back to the test
+        q.put((rank, False, traceback.format_exc()))
+    finally:
+        if backend == "gloo":
+            try:
+                import torch.distributed as dist
+
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def run(fn, n, *args, backend="gloo", timeout=240):
+    """fn(rank, nranks, *args) on n ranks; returns [result of rank r]."""
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(fn, r, n, port, backend, args, q)) for r in range(n)]
+    for p in procs:
+        p.start()
+    results, errors = {}, []
+    try:
+        for _ in range(n):
+            rank, ok, val = q.get(timeout=timeout)
+            (results.__setitem__(rank, val) if ok else errors.append(f"rank {rank}:\n{val}"))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    if errors:
+        raise AssertionError("\n".join(errors))
+    return [results[r] for r in range(n)]

@@ -1,0 +1,91 @@
+"""epx.torch's autograd Functions: gradients against a plain torch
+reference of the whole exchange, and torch.autograd.gradcheck."""
+
+import pytest
+
+import ranks
+
+torch = pytest.importorskip("torch")
+
+
+def setup(rank, R, seed, T, H, E, K, align=1):
+    import epx
+
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(T, H, generator=g) for _ in range(R)]
+    idxs = [torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)]) for _ in range(R)]
+    for i in idxs:  # some skipped slots
+        i[torch.rand(i.shape, generator=g) < 0.15] = -1
+    ws = [torch.rand(T, K, generator=g) for _ in range(R)]
+    W = torch.randn(E, H, H, generator=g) / H ** 0.5
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, K, T, dtype=torch.float32, expert_alignment=align)
+    return moe, xs[rank], idxs[rank], ws[rank], W
+
+
+def experts(d, W):
+    """Each row through its expert's matrix (padding rows: zeros)."""
+    ids = torch.full((d.num_rows,), -1, dtype=torch.long)
+    for j in range(len(d.expert_counts)):
+        o, c = int(d.expert_offsets[j]), int(d.expert_counts[j])
+        ids[o:o + c] = int(d.local_experts[j])
+    Wr = W[ids.clamp(min=0)] * (ids >= 0).float()[:, None, None]
+    return torch.einsum("rh,rho->ro", d.x, Wr)
+
+
+def reference(x, idx, w, W):
+    ys = torch.einsum("th,tkho->tko", x, W[idx.clamp(min=0)])
+    return (ys * (w * (idx >= 0)).unsqueeze(-1)).sum(1)
+
+
+def rank_grads(rank, R, seed, align):
+    import epx.torch as et
+
+    T, H, E, K = 7, 6, 10, 3  # E > H: the weight gradient takes two passes
+    moe, x0, idx, w0, W = setup(rank, R, seed, T, H, E, K, align)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    d = et.dispatch(moe, x, idx, w)
+    out = et.combine(moe, experts(d, W), d, w)
+    probe = torch.randn(T, H, generator=torch.Generator().manual_seed(rank))
+    (out * probe).sum().backward()
+    xr, wr = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ref = reference(xr, idx, wr, W)
+    (ref * probe).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(x.grad, xr.grad, atol=1e-5, rtol=1e-5), (x.grad - xr.grad).abs().max()
+    assert torch.allclose(w.grad, wr.grad, atol=1e-5, rtol=1e-5), (w.grad - wr.grad).abs().max()
+    # a second step on the same engine
+    x.grad = None
+    d = et.dispatch(moe, x, idx, w0)
+    et.combine(moe, experts(d, W), d).sum().backward()
+    xr.grad = None
+    reference(xr, idx, w0, W).sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-5, rtol=1e-5)
+    return True
+
+
+@pytest.mark.parametrize("R,align", [(1, 1), (2, 1), (3, 4)])
+def test_grads_match_torch_reference(R, align):
+    ranks.run(rank_grads, R, 1234 + R, align)
+
+
+def rank_gradcheck(rank, R, seed):
+    import epx.torch as et
+
+    T, H, E, K = 3, 4, 4, 2
+    moe, x0, idx, w0, W = setup(rank, R, seed, T, H, E, K)
+
+    def f(x, w):
+        d = et.dispatch(moe, x, idx, w)
+        return et.combine(moe, experts(d, W), d, w)
+
+    # The engine computes in float32 (its widest dtype), so the finite
+    # differences use a large step: the map is linear in x and bilinear in
+    # (x, w), so central differences are exact up to float32 rounding.
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    return torch.autograd.gradcheck(f, (x, w), eps=1e-2, atol=2e-3, rtol=2e-3, nondet_tol=0.0)
+
+
+def test_gradcheck():
+    # every rank runs gradcheck's calls in the same order: collectives line up
+    assert all(ranks.run(rank_gradcheck, 2, 99))
