@@ -1,6 +1,6 @@
 #!/bin/sh
 # From a fresh clone: install dependencies, build, and run the test suite
-# (make check).  --distcheck also runs make distcheck (tarball builds and
+# (make check, then the Python package's tests in a venv).  --distcheck also runs make distcheck (tarball builds and
 # passes its tests out of tree).  Exits non-zero on any failure, after
 # printing the logs of the tests that failed.
 set -eu
@@ -33,6 +33,18 @@ export VERBOSE=1
 echo "test: make -j$JOBS check"
 if ! make -j"$JOBS" check; then
     echo "test: FAILED (make check)" >&2
+    exit 1
+fi
+
+# The Python package and its tests (pytest), in a venv under build/.
+echo "test: scripts/python-env.sh"
+if ! VENV_PY=$(scripts/python-env.sh); then
+    echo "test: FAILED (Python environment)" >&2
+    exit 1
+fi
+echo "test: $VENV_PY -m pytest python/tests"
+if ! "$VENV_PY" -m pytest -q -p no:cacheprovider python/tests; then
+    echo "test: FAILED (Python tests)" >&2
     exit 1
 fi
 

@@ -15,6 +15,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "epxpy.h"
 
@@ -720,6 +721,77 @@ static PyObject *moe_rebalance(epxpy_moe_t *self, PyObject *args)
                          s.received, "sent", s.sent);
 }
 
+/* ------------------------------------------------------------ timing */
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec * 1e-3;
+}
+
+/* The benchmark's C baseline: `iters` rounds of dispatch, combine in place
+ * (the received rows as the outputs) and release, through the C API with
+ * no Python between the calls; the microseconds of each round.  Collective
+ * like the calls it makes. */
+static PyObject *moe_time_c_loop(epxpy_moe_t *self, PyObject *args)
+{
+    PyObject *xo, *io, *wo;
+    int iters;
+    if (!PyArg_ParseTuple(args, "OOOi", &xo, &io, &wo, &iters) ||
+        moe_usable(self) < 0)
+        return NULL;
+    if (self->live || self->p.mode != EPX_MODE_THROUGHPUT || iters < 1)
+        return epxpy_raisef(EPX_ERR_STATE, "time_c_loop: needs a throughput "
+                            "engine with no dispatch in flight, iters >= 1");
+    epxpy_array_t x = { 0 }, idx = { 0 }, w = { 0 };
+    if (epxpy_array_import(xo, "x", 1u << self->p.dtype, 2, &x) < 0 ||
+        epxpy_array_import(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
+                           1u << EPX_DTYPE_INT64, 2, &idx) < 0 ||
+        epxpy_array_import(wo, "topk_weights", 1u << EPX_DTYPE_FP32, 2,
+                           &w) < 0) {
+        epxpy_array_release(&x);
+        epxpy_array_release(&idx);
+        return NULL;
+    }
+    double *us = malloc(sizeof(double) * (size_t)iters);
+    void *out = malloc((size_t)(x.t.rows ? x.t.rows : 1) * (size_t)self->p.hidden *
+                       epx_dtype_size(self->p.dtype));
+    epx_status_t st = us && out ? EPX_OK : EPX_ERR_NOMEM;
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = x.t;
+    a.topk_idx = idx.t;
+    a.topk_weights = w.t;
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < iters && st == EPX_OK; i++) {
+        double t0 = now_us();
+        epx_handle_t *h = NULL;
+        epx_recv_t r = { .struct_size = sizeof(r) };
+        if ((st = epx_dispatch_send(self->moe, &a, &h)) != EPX_OK)
+            break;
+        if ((st = epx_dispatch_recv(self->moe, h, &r)) == EPX_OK) {
+            epx_combine_args_t c = EPX_COMBINE_ARGS_INIT;
+            c.y = r.x;
+            epx_tensor_t o = { out, self->p.dtype, x.t.rows, self->p.hidden };
+            if ((st = epx_combine_send(self->moe, h, &c)) == EPX_OK)
+                st = epx_combine_recv(self->moe, h, &o);
+        }
+        epx_handle_release(h);
+        us[i] = now_us() - t0;
+    }
+    Py_END_ALLOW_THREADS
+    epxpy_array_release(&x);
+    epxpy_array_release(&idx);
+    epxpy_array_release(&w);
+    free(out);
+    PyObject *l = NULL;
+    if (st == EPX_OK && (l = PyList_New(iters)))
+        for (int i = 0; i < iters; i++)
+            PyList_SET_ITEM(l, i, PyFloat_FromDouble(us[i]));
+    free(us);
+    return st == EPX_OK ? l : epxpy_raise(st);
+}
+
 /* ------------------------------------------------------------ type */
 
 #define INT_GETTER(name, expr)                                              \
@@ -771,6 +843,9 @@ static PyMethodDef moe_methods[] = {
     { "rebalance", (PyCFunction)moe_rebalance, METH_VARARGS,
       "rebalance(layer, phy2log, policy=0) -> dict" },
     { "close", (PyCFunction)moe_close, METH_NOARGS, "close()" },
+    { "_time_c_loop", (PyCFunction)moe_time_c_loop, METH_VARARGS,
+      "_time_c_loop(x, topk_idx, topk_weights, iters) -> [us per round]: "
+      "the C API's dispatch/combine loop, for the benchmark" },
     { NULL, NULL, 0, NULL }
 };
 
