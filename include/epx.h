@@ -521,7 +521,8 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * epx_dispatch_recv must still be called before epx_combine_send.
  * Counts of experts not ready read 0.  Low latency: expert j is ready when
  * every source's count word for it has arrived (rows come before it).
- * Throughput mode: EPX_ERR_UNSUPPORTED in this build. */
+ * Throughput mode: when every source with rows for it has written this
+ * call's completion word (src/moe/ht_poll.c). */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);
