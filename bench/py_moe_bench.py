@@ -9,8 +9,9 @@ Three ways in one run, on the same tokens and routing:
                 torch.distributed all_to_all_single over gloo), the same
                 identity experts
   copy-limit    every rank copies, at the same time, the bytes epx moves
-                (its dispatch and combine rows) between private buffers:
-                the host's copy-bandwidth limit for this exchange
+                (its dispatch rows, one per (token, expert), and the same
+                rows again for combine) between private buffers: the
+                host's copy-bandwidth limit for this exchange
 
 and the Python overhead per call: 1-token dispatch + combine through the
 epx Python API (torch tensors in and out) against the same loop run by the C
@@ -122,11 +123,10 @@ def rank_run(rank, args, port, q):
     err = (res["a2a"].float() - res["epx"].float()).abs().max().item()
     scale = res["a2a"].float().abs().max().item()
 
-    # copy limit: the bytes epx moves from this rank (dispatch rows to each
-    # destination rank, the same rows back in combine), copied privately
-    dests = torch.zeros(T, R, dtype=torch.bool)
-    dests.scatter_(1, idx // (E // R), True)
-    rows = int(dests.sum())
+    # copy limit: the bytes epx moves from this rank, copied privately.
+    # Expert-major dispatch puts one row per (token, expert) (what the
+    # experts' grouped GEMM reads), and combine reads the same rows back.
+    rows = int((idx >= 0).sum())
     src = torch.empty(rows * H, dtype=torch.bfloat16).normal_()
     dst = torch.empty_like(src)
 
