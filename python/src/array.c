@@ -214,7 +214,11 @@ static int import_dlpack(PyObject *obj, const char *name, unsigned allowed,
     if (d->ndim > 8)
         return bad(name, "has more than 8 dimensions", NULL);
     size_t itemsize = ((size_t)d->dtype.bits * d->dtype.lanes + 7) / 8;
-    if (d->strides) {   /* row-major, size-1 dimensions aside */
+    int64_t elems = 1;
+    for (int k = 0; k < d->ndim; k++)
+        elems *= d->shape[k];
+    if (d->strides && elems > 0) {   /* row-major, size-1 dimensions aside
+                                        (an empty array has any strides) */
         int64_t expect = 1;
         for (int k = d->ndim - 1; k >= 0; k--) {
             if (d->shape[k] != 1 && d->strides[k] != expect)

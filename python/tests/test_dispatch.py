@@ -212,3 +212,34 @@ def rank_ll(rank, R, seed, wire):
 def test_low_latency(wire):
     pytest.importorskip("torch")
     ranks.run(rank_ll, 2, 11, wire)
+
+
+def rank_two(rank, R):
+    import torch
+    import torch.distributed as dist
+
+    import epx
+
+    H, E, K, T = 16, 4, 2, 5
+    comm_a = epx.Comm.from_torch()
+    comm_b = epx.Comm.from_torch(dist.new_group(list(range(R))))
+    moes = [epx.MoE(comm_a, H, E, K, T, dtype=torch.float32), epx.MoE(comm_a, H, E, K, T, dtype=torch.float32),
+            epx.MoE(comm_b, H, E, K, T, dtype=torch.float32)]
+    g = torch.Generator().manual_seed(rank)
+    xs = [torch.randn(T, H, generator=g) for _ in moes]
+    idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)])
+    w = torch.rand(T, K, generator=g)
+    # every engine's dispatch in flight at once, combined in another order
+    ds = [m.dispatch(x, idx, w, async_op=True) for m, x in zip(moes, xs)]
+    outs = [None] * 3
+    for i in (2, 0, 1):
+        ds[i].wait()
+        outs[i] = moes[i].combine(ds[i].x, ds[i])
+    for x, o in zip(xs, outs):
+        assert torch.allclose(o, (x.unsqueeze(1) * w.unsqueeze(2)).sum(1), atol=1e-5)
+    return True
+
+
+def test_engines_and_communicators_side_by_side():
+    pytest.importorskip("torch")
+    ranks.run(rank_two, 2)
