@@ -224,8 +224,17 @@ def main():
     print(f"1-token dispatch+combine: Python {rows['py1_us']['p50']:.1f} us, C API {rows['c1_us']['p50']:.1f} us "
           f"-> Python overhead {overhead:.1f} us per call")
     if args.json:
+        import subprocess
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        git = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip() != ""
         with open(args.json, "w") as f:
-            json.dump({"config": vars(args), "host": platform.node(), "cores": os.cpu_count(),
+            json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "commit": git.stdout.strip() or None, "dirty": dirty,
+                       "config": vars(args), "host": platform.node(), "cores": os.cpu_count(),
+                       "load_average": os.getloadavg(),
                        "summary": rows, "speedup_vs_all_to_all": a2a50 / epx50,
                        "fraction_of_copy_limit": copy50 / epx50, "python_overhead_us_per_call": overhead,
                        "max_abs_diff": v["max_abs_diff"], "moved_bytes_rank0": v["moved_bytes"],
