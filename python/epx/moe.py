@@ -1,6 +1,8 @@
 """The MoE engine: dispatch tokens to the ranks holding their experts,
 combine the expert outputs back."""
 
+import sys
+
 from . import _C
 from . import _arrays as A
 
@@ -310,7 +312,7 @@ class MoE(_C.MoE):
         the ranks (collective).  Arrays are torch tensors when torch is
         imported, else numpy."""
         s = self.stats_raw(global_)
-        torch_out = "torch" in __import__("sys").modules
+        torch_out = sys.modules.get("torch") is not None
         return {k: A.wrap(v, torch_out) if isinstance(v, _C.Buffer) else v for k, v in s.items()}
 
     stats_raw = _C.MoE.stats

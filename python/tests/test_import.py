@@ -1,0 +1,32 @@
+"""The package without torch: import, numpy arrays in and out, one rank."""
+
+import subprocess
+import sys
+
+CODE = r"""
+import os, sys
+sys.modules["torch"] = None          # any import of torch now fails
+os.environ.update(EPX_RANK="0", EPX_NRANKS="1")
+import numpy as np
+import epx
+assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+comm = epx.Comm.from_env()
+moe = epx.MoE(comm, hidden=8, num_experts=4, topk=2, max_tokens=3, dtype="float32")
+x = np.arange(24, dtype=np.float32).reshape(3, 8)
+idx = np.array([[0, 3], [1, -1], [2, 1]], dtype=np.int64)
+w = np.array([[0.5, 0.5], [1, 0], [0.25, 0.75]], dtype=np.float32)
+d = moe.dispatch(x, idx, w)
+assert isinstance(d.x, np.ndarray) and d.x.shape == (5, 8), d.x.shape
+assert d.expert_counts.tolist() == [1, 2, 1, 1]
+out = moe.combine(d.x, d)
+assert np.array_equal(out, x), out
+s = moe.stats()
+assert s["window"].tolist() == [[1, 2, 1, 1]]
+print(epx.version, "ok")
+"""
+
+
+def test_numpy_only():
+    r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("ok")
