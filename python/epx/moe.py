@@ -326,14 +326,23 @@ class MoE(_C.MoE):
     def register_weights(self, weights, layer=0):
         """Register this rank's expert weights of a layer for
         :meth:`rebalance`: [slots per rank, ...], contiguous host memory,
-        kept alive by the engine.  Collective."""
+        kept alive by the engine.  Collective: a bad argument on one rank
+        fails the call on every rank."""
         super().register_weights(int(layer), A.host_array(weights, "weights"))
 
     def rebalance(self, phy2log, layer=0, policy="local_first"):
         """Move the registered weights to a new placement and switch the
         layer to it (collective, between dispatches); returns counts of the
         slots kept, copied locally, received and sent."""
-        return super().rebalance(int(layer), _int32(phy2log, "phy2log"), _choice(_REPLICA, policy, "policy"))
+        try:
+            args = (int(layer), _int32(phy2log, "phy2log"), _choice(_REPLICA, policy, "policy"))
+        except Exception:
+            try:  # the library refuses None on every rank: the peers fail too
+                super().rebalance(int(layer) if isinstance(layer, int) else 0, None)
+            except _C.Error:
+                pass
+            raise
+        return super().rebalance(*args)
 
     def __enter__(self):
         return self

@@ -664,6 +664,23 @@ static PyObject *moe_set_placement(epxpy_moe_t *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A collective call refused on this rank before the library saw it: run
+ * the library's call with an argument it refuses, so the peers fail it
+ * with EPX_ERR_PEER instead of waiting; keep this rank's exception. */
+static PyObject *fail_collective(epxpy_moe_t *m, int layer, int rebalance)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    Py_BEGIN_ALLOW_THREADS
+    if (rebalance)
+        epx_moe_rebalance(m->moe, layer, NULL, EPX_REPLICA_LOCAL_FIRST, NULL);
+    else
+        epx_moe_register_weights(m->moe, layer, NULL, 0);
+    Py_END_ALLOW_THREADS
+    PyErr_Restore(t, v, tb);
+    return NULL;
+}
+
 static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
 {
     int layer;
@@ -673,19 +690,20 @@ static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
     epxpy_array_t a;
     if (epxpy_array_import(wo, "weights", 1u << 30 | 1u << EPXPY_DTYPE_BYTES,
                            0, &a) < 0)
-        return NULL;
+        return fail_collective(self, layer, 0);
     int spr = self->p.num_slots / (self->comm->size > 0 ? self->comm->size : 1);
-    epx_status_t st = EPX_OK;
-    if (a.t.rows != spr)
-        st = EPX_ERR_INVALID;
     void *base = a.t.data;
     size_t bps = (size_t)a.t.cols;
+    long long rows = (long long)a.t.rows;
     epxpy_array_release(&a);   /* the list below keeps the array alive */
-    if (st != EPX_OK)
-        return epxpy_raisef(st, "weights: %lld slots in dimension 0, this "
-                            "rank holds %d", (long long)a.t.rows, spr);
+    if (self->p.num_slots > 0 && rows != spr) {
+        epxpy_raisef(EPX_ERR_INVALID, "weights: %lld slots in dimension 0, "
+                     "this rank holds %d", rows, spr);
+        return fail_collective(self, layer, 0);
+    }
     if (PyList_Append(self->weights, wo) < 0)
-        return NULL;
+        return fail_collective(self, layer, 0);
+    epx_status_t st;
     Py_BEGIN_ALLOW_THREADS
     st = epx_moe_register_weights(self->moe, layer, base, bps);
     Py_END_ALLOW_THREADS
@@ -701,12 +719,13 @@ static PyObject *moe_rebalance(epxpy_moe_t *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iO|i", &layer, &po, &policy) ||
         moe_usable(self) < 0)
         return NULL;
-    if (self->cur && self->cur->state != H_COMBINED)
+    if (self->cur && (self->cur->state == H_SENT ||
+                      self->cur->state == H_COMBINING))
         return epxpy_raisef(EPX_ERR_STATE, "rebalance: a dispatch of this "
                             "engine is in flight");
     epxpy_array_t a;
     if (import_phy2log(self, po, &a) < 0)
-        return NULL;
+        return fail_collective(self, layer, 1);
     epx_rebalance_stats_t s = { .struct_size = sizeof(s) };
     epx_status_t st;
     Py_BEGIN_ALLOW_THREADS

@@ -135,6 +135,18 @@ def rank_rebalance(rank, R):
     wts = torch.tensor([[float(old[s])] * 16 for s in range(rank * per, (rank + 1) * per)])
     moe.register_weights(wts)
     new = np.array([3, 3, 2, 2, 1, 1, 0, 0])
+    # a bad argument on one rank fails the collective call on every rank
+    if rank == 1:
+        with pytest.raises(epx.InvalidError, match="weights"):
+            moe.register_weights(torch.zeros(per + 1, 16), layer=0)
+        with pytest.raises(epx.InvalidError, match="phy2log"):
+            moe.rebalance(new[:-1])
+        with pytest.raises(epx.InvalidError, match="policy"):
+            moe.rebalance(new, policy="nearest")
+    else:
+        for _ in range(3):
+            with pytest.raises(epx.PeerError):
+                moe.register_weights(wts) if _ == 0 else moe.rebalance(new)
     st = moe.rebalance(new)
     assert wts[:, 0].tolist() == [float(new[s]) for s in range(rank * per, (rank + 1) * per)]
     assert set(st) == {"unchanged", "local_copies", "received", "sent"}
