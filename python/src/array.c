@@ -232,6 +232,140 @@ static int import_dlpack(PyObject *obj, const char *name, unsigned allowed,
     return set_shape(a, name, d->ndim, d->shape, want_ndim, itemsize, bytes);
 }
 
+/* torch: CPU tensors of the plain Tensor and Parameter types are read
+ * through their attributes, a third of the cost of Tensor.__dlpack__
+ * (Python code in torch), which dominated a 1-token call.  Anything else
+ * (other devices, subclasses such as DTensor) goes through DLPack. */
+static struct {
+    PyObject *tensor, *param;   /* types, strong references */
+    PyObject *dt[5];            /* torch dtypes of ...  */
+    int code[5];                /* ... these epx dtypes */
+} tch;
+
+/* The torch types, once torch is imported (nothing here imports it). */
+static int torch_ready(void)
+{
+    if (tch.tensor)
+        return 1;
+    PyObject *name = PyUnicode_FromString("torch");
+    PyObject *m = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    if (!m || m == Py_None) {
+        Py_XDECREF(m);
+        PyErr_Clear();
+        return 0;
+    }
+    static const char *names[5] = { "bfloat16", "float32", "float64",
+                                    "int32", "int64" };
+    static const int codes[5] = { EPX_DTYPE_BF16, EPX_DTYPE_FP32,
+                                  EPXPY_DTYPE_FP64, EPX_DTYPE_INT32,
+                                  EPX_DTYPE_INT64 };
+    PyObject *nn = PyObject_GetAttrString(m, "nn");
+    PyObject *t = PyObject_GetAttrString(m, "Tensor");
+    PyObject *p = nn ? PyObject_GetAttrString(nn, "Parameter") : NULL;
+    int ok = t && p && PyType_Check(t) && PyType_Check(p);
+    for (int i = 0; ok && i < 5; i++) {
+        tch.dt[i] = PyObject_GetAttrString(m, names[i]);
+        tch.code[i] = codes[i];
+        ok = tch.dt[i] != NULL;
+    }
+    Py_XDECREF(nn);
+    Py_DECREF(m);
+    if (!ok) {
+        Py_XDECREF(t);
+        Py_XDECREF(p);
+        for (int i = 0; i < 5; i++)
+            Py_CLEAR(tch.dt[i]);
+        PyErr_Clear();
+        return 0;
+    }
+    tch.tensor = t;
+    tch.param = p;
+    return 1;
+}
+
+/* 1: imported (or failed with the error set, *rc = -1); 0: not a plain
+ * CPU tensor, left to DLPack. */
+static int import_torch(PyObject *obj, const char *name, unsigned allowed,
+                        int want_ndim, epxpy_array_t *a, int *rc)
+{
+    if (!torch_ready() || ((PyObject *)Py_TYPE(obj) != tch.tensor &&
+                           (PyObject *)Py_TYPE(obj) != tch.param))
+        return 0;
+    PyObject *cpu = PyObject_GetAttrString(obj, "is_cpu");
+    int is_cpu = cpu == Py_True;
+    Py_XDECREF(cpu);
+    if (!is_cpu) {
+        PyErr_Clear();
+        return 0;
+    }
+    *rc = -1;
+    int bytes = (allowed & (1u << EPXPY_DTYPE_BYTES)) != 0, dt = -1;
+    PyObject *dto = PyObject_GetAttrString(obj, "dtype");
+    for (int i = 0; dto && i < 5; i++)
+        if (dto == tch.dt[i])
+            dt = tch.code[i];
+    if (!dto)
+        return 1;
+    if (!bytes && (dt < 0 || !(allowed & (1u << dt)))) {
+        char want[96], msg[200];
+        PyObject *s = PyObject_Str(dto);   /* "torch.float16" */
+        const char *dn = s ? PyUnicode_AsUTF8(s) : NULL;
+        if (dn && !strncmp(dn, "torch.", 6))
+            dn += 6;
+        allowed_names(allowed, want, sizeof(want));
+        snprintf(msg, sizeof(msg), "has dtype %s; expected %s",
+                 dn ? dn : "?", want);
+        Py_XDECREF(s);
+        Py_DECREF(dto);
+        PyErr_Clear();
+        bad(name, msg, NULL);
+        return 1;
+    }
+    Py_DECREF(dto);
+    PyObject *c = PyObject_CallMethod(obj, "is_contiguous", NULL);
+    if (!c)
+        return 1;
+    int contig = c == Py_True;
+    Py_DECREF(c);
+    if (!contig) {
+        bad(name, "is not contiguous (call .contiguous() first)", NULL);
+        return 1;
+    }
+    size_t itemsize = 1;
+    if (bytes) {
+        PyObject *e = PyObject_CallMethod(obj, "element_size", NULL);
+        itemsize = e ? PyLong_AsSize_t(e) : 0;
+        Py_XDECREF(e);
+        if (PyErr_Occurred())
+            return 1;
+    }
+    PyObject *sh = PyObject_GetAttrString(obj, "shape");
+    PyObject *fast = sh ? PySequence_Fast(sh, "shape") : NULL;
+    Py_XDECREF(sh);
+    if (!fast)
+        return 1;
+    Py_ssize_t nd = PySequence_Fast_GET_SIZE(fast);
+    int64_t shape[8];
+    if (nd > 8) {
+        Py_DECREF(fast);
+        bad(name, "has more than 8 dimensions", NULL);
+        return 1;
+    }
+    for (Py_ssize_t d = 0; d < nd; d++)
+        shape[d] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, d));
+    Py_DECREF(fast);
+    PyObject *ptr = PyObject_CallMethod(obj, "data_ptr", NULL);
+    void *data = ptr ? PyLong_AsVoidPtr(ptr) : NULL;
+    Py_XDECREF(ptr);
+    if (PyErr_Occurred())
+        return 1;
+    a->t.data = data;
+    a->t.dtype = (epx_dtype_t)(bytes ? EPXPY_DTYPE_BYTES : dt);
+    *rc = set_shape(a, name, (int)nd, shape, want_ndim, itemsize, bytes);
+    return 1;
+}
+
 int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
                        int want_ndim, epxpy_array_t *a)
 {
@@ -244,6 +378,9 @@ int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
      * through DLPack; numpy arrays and memoryviews through the buffer. */
     if (PyObject_CheckBuffer(obj))
         return import_buffer(obj, name, allowed, want_ndim, writable, a);
+    int rc;
+    if (import_torch(obj, name, allowed, want_ndim, a, &rc))
+        return rc;
     if (PyObject_HasAttrString(obj, "__dlpack__"))
         return import_dlpack(obj, name, allowed, want_ndim, a);
     char msg[160];
