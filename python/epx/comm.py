@@ -68,14 +68,21 @@ class Comm(_C.Comm):
         other users share the network."""
         env = os.environ
         root = key = None
+        added = {}
         if "EPX_RANK" not in env and "RANK" in env and "WORLD_SIZE" in env:
-            env["EPX_RANK"], env["EPX_NRANKS"] = env["RANK"], env["WORLD_SIZE"]
+            # the library reads EPX_RANK / EPX_NRANKS: set for the call only
+            added = {"EPX_RANK": env["RANK"], "EPX_NRANKS": env["WORLD_SIZE"]}
             if "EPX_ROOT" not in env and "MASTER_ADDR" in env:
                 port = int(env.get("MASTER_PORT", "29500")) + 1
                 root = f"{env['MASTER_ADDR']}:{port}"
             if "EPX_JOB_KEY" not in env:
                 key = "torchrun-" + env.get("TORCHELASTIC_RUN_ID", "none") + "-" + env.get("MASTER_PORT", "")
-        return cls(job_key=key, root=root, timeout=float(timeout or 0.0))
+        env.update(added)
+        try:
+            return cls(job_key=key, root=root, timeout=float(timeout or 0.0))
+        finally:
+            for k in added:
+                env.pop(k, None)
 
     def __repr__(self):
         state = "closed" if self.closed else f"rank {self.rank} of {self.size}"

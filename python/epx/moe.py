@@ -44,7 +44,8 @@ class Dispatch:
     other fields are copies.
     """
 
-    __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_inputs", "_T", "_copy", "_ex", "__weakref__")
+    __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_inputs", "_T", "_copy", "_ex", "_poll",
+                 "__weakref__")
 
     def __init__(self, moe, handle, torch_out, inputs, T, copy):
         self._moe, self._h, self._torch, self._inputs = moe, handle, torch_out, inputs
@@ -53,6 +54,7 @@ class Dispatch:
         self._T = T
         self._copy = copy
         self._ex = None  # epx.torch's autograd state
+        self._poll = None  # the last ready(): (mask, x, offsets, counts)
 
     # -- completion ---------------------------------------------------
     def wait(self):
@@ -72,11 +74,12 @@ class Dispatch:
 
     def ready(self):
         """Per local expert, whether all its rows have arrived (a list of
-        bools), without waiting.  Expert j's rows may be read from ``x``
-        once ready (after ``wait()`` they all are)."""
+        bools), without waiting (after ``wait()`` they all are).  The rows
+        of a ready expert are ``expert_x(e)``, before ``wait()``."""
         if self._info is not None:
             return [True] * self._moe.num_local_experts
-        mask, _ = self._h.poll()
+        mask, _, x, offsets, counts = self._h.poll()
+        self._poll = (mask, x, offsets, counts)
         return [b != 0 for b in mask]
 
     def expert_ready(self, e):
@@ -86,6 +89,31 @@ class Dispatch:
         if not 0 <= e < n:
             raise _C.InvalidError(f"e: local expert {e} out of range [0, {n})")
         return self.ready()[e]
+
+    def expert_x(self, e):
+        """The rows of local expert ``e`` (a view), expert-major layout.
+        Before ``wait()`` (throughput mode): the rows once ``ready()`` says
+        the expert has them all, else None, so expert compute can start
+        while other experts' rows still arrive.  Low latency: after
+        ``wait()``, the expert's whole segment, padding rows included."""
+        n = self._moe.num_local_experts
+        if not 0 <= e < n:
+            raise _C.InvalidError(f"e: local expert {e} out of range [0, {n})")
+        if self._moe.layout != 1:
+            raise _C.UnsupportedError("expert_x: token-major rows are not grouped by expert")
+        if self._info is None:
+            if self._moe.mode == 1:
+                raise _C.UnsupportedError("expert_x: low latency gives the rows after wait()")
+            if (self._poll is None or not self._poll[0][e]) and not self.ready()[e]:
+                return None
+            _, x, offsets, counts = self._poll
+            o, c = memoryview(offsets)[e], memoryview(counts)[e]
+            return A.wrap(x, self._torch, self._moe._xcode)[o:o + c]
+        if self._moe.mode == 1:
+            seg = self._moe.comm.size * self.capacity
+            return self.x[e * seg:(e + 1) * seg]
+        o, c = int(self.expert_offsets[e]), int(self.expert_counts[e])
+        return self.x[o:o + c]
 
     # -- what arrived -------------------------------------------------
     def _get(self, key, code=None):
@@ -254,6 +282,7 @@ class MoE(_C.MoE):
                     raise _C.InvalidError("cached: an epx.Dispatch of this engine is needed")
                 ch = cached._h
             gs = float(global_scale or 0.0)
+            layer = int(layer)
         except Exception:
             self._fail_dispatch()
             raise

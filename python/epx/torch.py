@@ -49,6 +49,16 @@ def _rearm(ex, x=None):
     return r.x
 
 
+def _zero_padding(ex, rows):
+    """Rows between aligned expert segments hold whatever the receive memory
+    held: zero them (in place), so no stale value reaches the experts or
+    their weights' gradients."""
+    pad = ex.d.src_rank < 0
+    if bool(pad.any()):
+        rows[pad] = 0
+    return rows
+
+
 def _row_experts(ex):
     """The logical expert of each received row (-1 on padding rows)."""
     if ex.row_expert is None:
@@ -86,9 +96,7 @@ def _grad_weights(ex, rows_g, y):
         inside = valid & (idx >= c0) & (idx < c0 + H)
         col = (idx - c0).clamp(0, H - 1)
         grad = torch.where(inside, back.gather(1, col), grad)
-    # an expert named twice in one token's top-k has one row: split its sum
-    mult = (idx.unsqueeze(2) == idx.unsqueeze(1)).sum(-1).clamp(min=1)
-    return grad / mult
+    return grad  # (the library refuses an expert twice in a token's top-k)
 
 
 class _DispatchFn(torch.autograd.Function):
@@ -97,7 +105,7 @@ class _DispatchFn(torch.autograd.Function):
         d = moe.dispatch(x, topk_idx, topk_weights, layer=layer, copy=True)
         ex.moe, ex.d, ex.idx, ex.w32, ex.layer, ex.row_expert = moe, d, topk_idx, topk_weights, layer, None
         ctx.ex = ex
-        return d.x
+        return _zero_padding(ex, d.x)
 
     @staticmethod
     def backward(ctx, grad_rows):
@@ -121,13 +129,13 @@ class _CombineFn(torch.autograd.Function):
         ex = ctx.ex
         (y,) = ctx.saved_tensors
         g = grad_out.to(_engine_dtype(ex.moe)).contiguous()
-        rows_g = _rearm(ex, g)
+        rows_g = _zero_padding(ex, _rearm(ex, g).clone())
         grad_y = grad_w = None
         w_rows = ex.d.topk_weights
         if ctx.needs_input_grad[0]:
             grad_y = (rows_g.float() * w_rows.unsqueeze(1)).to(y.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _grad_weights(ex, rows_g.clone(), y).to(ctx.w_dtype)
+            grad_w = _grad_weights(ex, rows_g, y).to(ctx.w_dtype)
         return grad_y, grad_w, None
 
 
@@ -159,8 +167,11 @@ def combine(moe, y, d, topk_weights=None):
     ex = d._ex
     if topk_weights is None:
         topk_weights = ex.w32
-    elif tuple(topk_weights.shape) != tuple(ex.w32.shape):
-        raise _C.InvalidError(f"topk_weights: shape {tuple(topk_weights.shape)}, the dispatch had "
-                              f"{tuple(ex.w32.shape)}")
+    elif tuple(topk_weights.shape) != tuple(ex.w32.shape) or not torch.equal(
+            topk_weights.detach().to(torch.float32), ex.w32):
+        # combine applies the weights the dispatch carried; other values
+        # would get gradients for a product that was never computed
+        raise _C.InvalidError("topk_weights: not the weights given to epx.torch.dispatch "
+                              f"(shape {tuple(topk_weights.shape)}, dispatched {tuple(ex.w32.shape)})")
     out = _CombineFn.apply(y.to(_engine_dtype(moe)), topk_weights, ex)
     return out

@@ -66,17 +66,19 @@ class EpxEP(EPImplementation):
             return moe
         return self._grow(hidden, topk, tokens, dtype)
 
-    def _grow(self, hidden, topk, tokens, dtype):
-        """(Re)create the engine, collectively, for the largest batch of any rank."""
-        size = torch.tensor([tokens], dtype=torch.int64)
-        dist.all_reduce(size, op=dist.ReduceOp.MAX, group=self.group)
-        cap = max(int(size), self.capacity, 1)
+    def _grow(self, hidden, topk, tokens, dtype, agreed=False):
+        """(Re)create the engine, collectively, for the largest batch of any
+        rank (`tokens` is already that maximum when `agreed`).  The old
+        engine is not closed: autograd graphs of earlier calls still hold it
+        for their backward, and it goes with them."""
+        if not agreed:
+            size = torch.tensor([tokens], dtype=torch.int64)
+            dist.all_reduce(size, op=dist.ReduceOp.MAX, group=self.group)
+            tokens = int(size)
+        cap = max(tokens, self.capacity, 1)
         cap = 1 << (cap - 1).bit_length()  # grow by powers of two
-        if self.moe is not None:
-            self.moe.close()
         comm = _comm_for(self.group)
-        ep = comm.size
-        self.moe = MoE(comm, hidden, self.num_local_experts * ep, topk, cap,
+        self.moe = MoE(comm, hidden, self.num_local_experts * comm.size, topk, cap,
                        dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
         self.capacity = cap
         return self.moe
@@ -93,10 +95,17 @@ class EpxEP(EPImplementation):
         moe = self._engine(H, K, T, x.dtype)
         try:
             d = et.dispatch(moe, x.contiguous(), idx, w)
-        except (_C.RangeError, _C.PeerError):
-            # a batch above the capacity on some rank fails every rank: grow
-            # (collective: every rank is here) and redo the call
-            moe = self._grow(H, K, T, x.dtype)
+        except _C.Error as e:
+            # The library failed the call on every rank at once (the rank at
+            # fault: its error; the others: PeerError).  Agree on why: a batch
+            # above the capacity grows the engine on every rank and the call
+            # is redone; anything else is raised on every rank.
+            other = not isinstance(e, (_C.RangeError, _C.PeerError))
+            why = torch.tensor([T, int(other)], dtype=torch.int64)
+            dist.all_reduce(why, op=dist.ReduceOp.MAX, group=self.group)
+            if int(why[1]) or int(why[0]) <= self.capacity:
+                raise
+            moe = self._grow(H, K, int(why[0]), x.dtype, agreed=True)
             d = et.dispatch(moe, x.contiguous(), idx, w)
         rows = d.x
         counts = d.expert_counts

@@ -76,6 +76,8 @@ static int dt_of_format(const char *f, Py_ssize_t itemsize)
     case 'i': case 'l': case 'q':
         return itemsize == 4 ? EPX_DTYPE_INT32
              : itemsize == 8 ? EPX_DTYPE_INT64 : -1;
+    case 'H':   /* numpy has no bfloat16: its bits as uint16 (as given out) */
+        return itemsize == 2 ? EPX_DTYPE_BF16 : -1;
     default: return -1;
     }
 }
@@ -366,16 +368,13 @@ static int import_torch(PyObject *obj, const char *name, unsigned allowed,
     return 1;
 }
 
-int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
-                       int want_ndim, epxpy_array_t *a)
+static int import_any(PyObject *obj, const char *name, unsigned allowed,
+                      int want_ndim, int writable, epxpy_array_t *a)
 {
-    int writable = (allowed & (1u << 30)) != 0;
-    allowed &= ~(1u << 30);
-    memset(a, 0, sizeof(*a));
     if (obj == NULL || obj == Py_None)
         return bad(name, "is None; an array is needed", NULL);
-    /* A C extension type with DLPack but no buffer (torch.Tensor) goes
-     * through DLPack; numpy arrays and memoryviews through the buffer. */
+    /* numpy arrays and memoryviews through the buffer protocol, plain CPU
+     * torch tensors through their attributes, the rest through DLPack. */
     if (PyObject_CheckBuffer(obj))
         return import_buffer(obj, name, allowed, want_ndim, writable, a);
     int rc;
@@ -388,6 +387,18 @@ int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
              "array, or any buffer-protocol or DLPack object), not %.60s",
              Py_TYPE(obj)->tp_name);
     return bad(name, msg, NULL);
+}
+
+int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
+                       int want_ndim, epxpy_array_t *a)
+{
+    int writable = (allowed & (1u << 30)) != 0;
+    allowed &= ~(1u << 30);
+    memset(a, 0, sizeof(*a));
+    int rc = import_any(obj, name, allowed, want_ndim, writable, a);
+    if (rc < 0)   /* nothing stays borrowed after a failure */
+        epxpy_array_release(a);
+    return rc;
 }
 
 void epxpy_array_release(epxpy_array_t *a)

@@ -4,9 +4,16 @@
  * Every library call runs without the GIL; the all-gather callback takes
  * it back, so other Python threads run while a rank waits.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "epxpy.h"
+
+struct epxpy_deferred {
+    epx_handle_t *handle;     /* a handle to release, or */
+    epx_moe_t *moe;           /* an engine to destroy */
+    epxpy_deferred_t *next;
+};
 
 /* The C all-gather over a Python callable: fn(bytes) -> bytes holding
  * every rank's `bytes` in rank order. */
@@ -106,25 +113,102 @@ int epxpy_comm_check(epxpy_comm_t *c)
     return -1;
 }
 
+int epxpy_comm_enter(epxpy_comm_t *c)
+{
+    if (!c->busy) {
+        c->busy = 1;
+        return 0;
+    }
+    epxpy_raisef(EPX_ERR_STATE, "comm: in use by another thread (one thread "
+                 "at a time drives a communicator and its engines)");
+    return -1;
+}
+
 static void comm_close_now(epxpy_comm_t *self)
 {
-    if (self->comm) {
+    if (self->comm && !self->busy) {
         epx_comm_t *c = self->comm;
         self->comm = NULL;
+        self->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         epx_comm_destroy(c);
         Py_END_ALLOW_THREADS
+        self->busy = 0;
     }
 }
 
-void epxpy_comm_engine_gone(epxpy_comm_t *c)
+/* Run what waited for the call in flight, in the order it was asked for
+ * (a handle before its engine), still busy so that no other call slips
+ * in; then a closed comm whose engines are gone goes too. */
+void epxpy_comm_leave(epxpy_comm_t *c)
 {
-    if (--c->engines == 0 && c->closed)
+    while (c->deferred) {
+        epxpy_deferred_t *d = c->deferred;
+        c->deferred = d->next;
+        if (!c->deferred)
+            c->deferred_tail = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        if (d->handle)
+            epx_handle_release(d->handle);
+        else
+            epx_moe_destroy(d->moe);
+        Py_END_ALLOW_THREADS
+        if (d->moe)
+            c->engines--;
+        free(d);
+    }
+    c->busy = 0;
+    if (c->closed && c->engines == 0)
         comm_close_now(c);
+}
+
+static void defer(epxpy_comm_t *c, epx_handle_t *h, epx_moe_t *m)
+{
+    epxpy_deferred_t *d = calloc(1, sizeof(*d));
+    if (!d) {   /* cannot wait: leak rather than race the call in flight */
+        PySys_WriteStderr("epx: out of memory; a %s is leaked\n",
+                          h ? "handle" : "engine");
+        return;
+    }
+    d->handle = h;
+    d->moe = m;
+    if (c->deferred_tail)
+        c->deferred_tail->next = d;
+    else
+        c->deferred = d;
+    c->deferred_tail = d;
+}
+
+void epxpy_comm_release_handle(epxpy_comm_t *c, epx_handle_t *h)
+{
+    if (c->busy) {
+        defer(c, h, NULL);
+        return;
+    }
+    c->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    epx_handle_release(h);
+    Py_END_ALLOW_THREADS
+    epxpy_comm_leave(c);
+}
+
+void epxpy_comm_destroy_engine(epxpy_comm_t *c, epx_moe_t *m)
+{
+    if (c->busy) {
+        defer(c, NULL, m);   /* counted as live until destroyed */
+        return;
+    }
+    c->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    epx_moe_destroy(m);
+    Py_END_ALLOW_THREADS
+    c->engines--;
+    epxpy_comm_leave(c);
 }
 
 static void comm_dealloc(epxpy_comm_t *self)
 {
+    /* Nothing runs on it here: its engines hold references to it. */
     comm_close_now(self);
     Py_CLEAR(self->allgather);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -133,8 +217,8 @@ static void comm_dealloc(epxpy_comm_t *self)
 static PyObject *comm_close(epxpy_comm_t *self, PyObject *noarg)
 {
     (void)noarg;
-    /* Engines still alive (views of their memory, unclosed ones) keep it
-     * until the last goes. */
+    /* Engines still alive (views of their memory, unclosed ones) and a
+     * call in flight keep it until they end. */
     self->closed = 1;
     if (self->engines == 0)
         comm_close_now(self);
@@ -144,12 +228,13 @@ static PyObject *comm_close(epxpy_comm_t *self, PyObject *noarg)
 static PyObject *comm_barrier(epxpy_comm_t *self, PyObject *noarg)
 {
     (void)noarg;
-    if (epxpy_comm_check(self) < 0)
+    if (epxpy_comm_check(self) < 0 || epxpy_comm_enter(self) < 0)
         return NULL;
     epx_status_t st;
     Py_BEGIN_ALLOW_THREADS
     st = epx_comm_barrier(self->comm);
     Py_END_ALLOW_THREADS
+    epxpy_comm_leave(self);
     if (st != EPX_OK)
         return epxpy_raise(st);
     Py_RETURN_NONE;

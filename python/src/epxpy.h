@@ -90,6 +90,8 @@ PyObject *epxpy_buffer_new(const void *data, int dtype, int ndim,
 
 /* ------------------------------------------------------------ objects */
 
+typedef struct epxpy_deferred epxpy_deferred_t;
+
 typedef struct {
     PyObject_HEAD
     epx_comm_t *comm;
@@ -97,6 +99,12 @@ typedef struct {
     int rank, size;
     int engines;              /* live engines: destroyed after them */
     int closed;               /* close() called */
+    /* One thread at a time drives a communicator and its engines (epx.h):
+     * `busy` while a library call runs without the GIL; releases and
+     * destroys asked for meanwhile (another thread, the garbage collector)
+     * wait in `deferred` until it ends. */
+    int busy;
+    epxpy_deferred_t *deferred, *deferred_tail;
 } epxpy_comm_t;
 
 extern PyTypeObject epxpy_comm_type;
@@ -107,8 +115,15 @@ int epxpy_comm_check(epxpy_comm_t *c);
 /* A Buffer viewing an engine's memory came (+1) or went (-1); a closed
  * engine is destroyed when its last view goes. */
 void epxpy_view_hold(PyObject *owner, int delta);
-/* An engine of the comm went; a closed comm goes with its last one. */
-void epxpy_comm_engine_gone(epxpy_comm_t *c);
+/* Around every library call on the comm or its engines: enter refuses
+ * (epx.StateError, -1) while another thread's call runs; leave runs what
+ * was deferred meanwhile. */
+int epxpy_comm_enter(epxpy_comm_t *c);
+void epxpy_comm_leave(epxpy_comm_t *c);
+/* Release a handle, destroy an engine: now, or when the call in flight
+ * on the comm ends. */
+void epxpy_comm_release_handle(epxpy_comm_t *c, epx_handle_t *h);
+void epxpy_comm_destroy_engine(epxpy_comm_t *c, epx_moe_t *m);
 
 PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *epxpy_balance_metrics(PyObject *self, PyObject *args, PyObject *kw);

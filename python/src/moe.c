@@ -34,7 +34,8 @@ typedef struct {
     int views;                   /* Buffers viewing the windows */
     epxpy_handle_t *live;        /* unreleased handles, a list */
     epxpy_handle_t *cur;         /* throughput: the call in flight */
-    PyObject *weights;           /* list: registered weight arrays */
+    PyObject *weights;           /* {layer: (array, address, bytes per
+                                    slot)} registered for rebalance */
 } epxpy_moe_t;
 
 struct epxpy_handle {
@@ -77,9 +78,7 @@ static void handle_release_now(epxpy_handle_t *h)
         h->next->prev = h->prev;
     h->next = h->prev = NULL;
     Py_CLEAR(h->y);
-    Py_BEGIN_ALLOW_THREADS
-    epx_handle_release(ch);
-    Py_END_ALLOW_THREADS
+    epxpy_comm_release_handle(h->moe->comm, ch);
 }
 
 static void moe_destroy_now(epxpy_moe_t *m)
@@ -89,10 +88,7 @@ static void moe_destroy_now(epxpy_moe_t *m)
     if (m->moe) {
         epx_moe_t *e = m->moe;
         m->moe = NULL;
-        Py_BEGIN_ALLOW_THREADS
-        epx_moe_destroy(e);
-        Py_END_ALLOW_THREADS
-        epxpy_comm_engine_gone(m->comm);
+        epxpy_comm_destroy_engine(m->comm, e);
     }
 }
 
@@ -126,14 +122,17 @@ static int moe_init(epxpy_moe_t *self, PyObject *args, PyObject *kw)
     epx_moe_t *e = NULL;
     epx_status_t st;
     epx_comm_t *c = ((epxpy_comm_t *)comm)->comm;
+    if (epxpy_comm_enter((epxpy_comm_t *)comm) < 0)
+        return -1;
     Py_BEGIN_ALLOW_THREADS
     st = epx_moe_create(c, &p, &e);
     Py_END_ALLOW_THREADS
+    epxpy_comm_leave((epxpy_comm_t *)comm);
     if (st != EPX_OK) {
         epxpy_raise(st);
         return -1;
     }
-    if (!(self->weights = PyList_New(0))) {
+    if (!(self->weights = PyDict_New())) {
         epx_moe_destroy(e);
         return -1;
     }
@@ -212,7 +211,7 @@ static epxpy_handle_t *handle_new(epxpy_moe_t *m, epx_handle_t *h)
     return o;
 }
 
-static PyObject *moe_dispatch_send(epxpy_moe_t *self, PyObject *args,
+static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
                                    PyObject *kw)
 {
     static char *kwlist[] = { "x", "topk_idx", "topk_weights", "layer",
@@ -225,19 +224,6 @@ static PyObject *moe_dispatch_send(epxpy_moe_t *self, PyObject *args,
         return NULL;
     if (moe_usable(self) < 0)
         return NULL;
-    epxpy_handle_t *ch = NULL;
-    if (cached != Py_None) {
-        if (!PyObject_TypeCheck(cached, &epxpy_handle_type) ||
-            ((epxpy_handle_t *)cached)->moe != self)
-            return epxpy_raisef(EPX_ERR_INVALID, "cached: a Handle of this "
-                                "engine is needed");
-        ch = (epxpy_handle_t *)cached;
-        if (ch->state == H_RELEASED || ch->state == H_ABANDONED ||
-            ch->state == H_SENT || ch->state == H_COMBINING)
-            return epxpy_raisef(EPX_ERR_STATE, "cached: the handle is %s; "
-                                "a received or combined dispatch is needed",
-                                state_name[ch->state]);
-    }
     /* Throughput mode: the library cannot agree an out-of-order call with
      * the peers (they are in another call), so it is refused here. */
     epxpy_handle_t *cur = self->cur;
@@ -246,10 +232,32 @@ static PyObject *moe_dispatch_send(epxpy_moe_t *self, PyObject *args,
         return epxpy_raisef(EPX_ERR_STATE, "dispatch: the previous %s of this "
                             "engine is not finished (wait for it first)",
                             cur->state == H_SENT ? "dispatch" : "combine");
-
+    /* A bad argument, cached handle included, still takes part in the
+     * library's status agreement below, so the peers fail too. */
+    int bad = 0;
+    epxpy_handle_t *ch = NULL;
+    if (cached != Py_None) {
+        if (!PyObject_TypeCheck(cached, &epxpy_handle_type) ||
+            ((epxpy_handle_t *)cached)->moe != self) {
+            epxpy_raisef(EPX_ERR_INVALID, "cached: a Handle of this engine "
+                         "is needed");
+            bad = 1;
+        } else if (((epxpy_handle_t *)cached)->state != H_RECEIVED &&
+                   ((epxpy_handle_t *)cached)->state != H_COMBINED) {
+            epxpy_raisef(EPX_ERR_STATE, "cached: the handle is %s; a received "
+                         "or combined dispatch is needed",
+                         state_name[((epxpy_handle_t *)cached)->state]);
+            bad = 1;
+        } else {
+            ch = (epxpy_handle_t *)cached;
+        }
+    }
+    /* Held: a thread dropping the handle meanwhile must not free it. */
+    Py_XINCREF(cur);
+    Py_XINCREF(ch);
     epxpy_array_t x = { 0 }, idx = { 0 }, w = { 0 };
     unsigned xmask = 1u << self->p.dtype;
-    int bad = epxpy_array_import(xo, "x", xmask, 2, &x) < 0 ||
+    bad = bad || epxpy_array_import(xo, "x", xmask, 2, &x) < 0 ||
               epxpy_array_import(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
                                  1u << EPX_DTYPE_INT64, 2, &idx) < 0 ||
               epxpy_array_import(wo, "topk_weights", 1u << EPX_DTYPE_FP32, 2,
@@ -283,6 +291,10 @@ static PyObject *moe_dispatch_send(epxpy_moe_t *self, PyObject *args,
     epxpy_array_release(&w);
     if (self->p.mode == EPX_MODE_THROUGHPUT && was_received)
         cur->state = H_ABANDONED;   /* the library abandoned it */
+    if (ch && (bad || st != EPX_OK) && ch->state == H_RECEIVED)
+        ch->state = H_COMBINED;     /* its routing stays, its rows went */
+    Py_XDECREF(cur);
+    Py_XDECREF(ch);
     if (self->p.mode == EPX_MODE_THROUGHPUT)
         self->cur = NULL;
     if (bad) {
@@ -385,7 +397,7 @@ err:
     return NULL;
 }
 
-static PyObject *handle_recv(epxpy_handle_t *self, PyObject *noarg)
+static PyObject *handle_recv_locked(epxpy_handle_t *self, PyObject *noarg)
 {
     (void)noarg;
     if (handle_check(self, H_SENT, "dispatch recv") < 0)
@@ -397,17 +409,27 @@ static PyObject *handle_recv(epxpy_handle_t *self, PyObject *noarg)
     Py_END_ALLOW_THREADS
     if (st != EPX_OK) {
         /* Throughput: the library marks the engine unusable after a failed
-         * wait; low latency: the call failed on every rank, release it. */
-        self->state = H_ABANDONED;
+         * wait.  Low latency: the call failed on every rank and each
+         * releases its handle now, freeing its buffer for the next call
+         * (epx.h) whatever keeps this object alive. */
+        epxpy_raise(st);
+        if (self->moe->p.mode == EPX_MODE_LOW_LATENCY) {
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            handle_release_now(self);
+            PyErr_Restore(t, v, tb);
+        } else {
+            self->state = H_ABANDONED;
+        }
         if (self->moe->cur == self)
             self->moe->cur = NULL;
-        return epxpy_raise(st);
+        return NULL;
     }
     self->state = H_RECEIVED;
     return recv_info(self);
 }
 
-static PyObject *handle_poll(epxpy_handle_t *self, PyObject *noarg)
+static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
 {
     (void)noarg;
     if (handle_check(self, H_SENT, "dispatch poll") < 0)
@@ -421,9 +443,26 @@ static PyObject *handle_poll(epxpy_handle_t *self, PyObject *noarg)
     Py_BEGIN_ALLOW_THREADS
     st = epx_dispatch_poll(self->moe->moe, self->h, &r, ready, &n);
     Py_END_ALLOW_THREADS
-    PyObject *res = st == EPX_OK
-        ? Py_BuildValue("(y#i)", (const char *)ready, (Py_ssize_t)nl, n)
-        : epxpy_raise(st);
+    PyObject *res = NULL;
+    if (st == EPX_OK) {
+        /* Where the ready experts' rows are: x (a view), offsets, counts
+         * (0 for experts not ready). */
+        int64_t xs[2] = { r.num_rows, r.x.cols }, ls[1] = { nl };
+        PyObject *x = epxpy_buffer_new(r.x.data, r.x.dtype, 2, xs,
+                                       (PyObject *)self->moe);
+        PyObject *cnt = copy_or_none(r.expert_counts, EPX_DTYPE_INT64, 1, ls);
+        PyObject *off = copy_or_none(r.expert_offsets, EPX_DTYPE_INT64, 1, ls);
+        if (x && cnt && off)
+            res = Py_BuildValue("(y#iNNN)", (const char *)ready,
+                                (Py_ssize_t)nl, n, x, off, cnt);
+        else {
+            Py_XDECREF(x);
+            Py_XDECREF(cnt);
+            Py_XDECREF(off);
+        }
+    } else {
+        epxpy_raise(st);
+    }
     free(ready);
     return res;
 }
@@ -444,7 +483,7 @@ static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
     return -1;
 }
 
-static PyObject *handle_combine_send(epxpy_handle_t *self, PyObject *args,
+static PyObject *handle_combine_send_locked(epxpy_handle_t *self, PyObject *args,
                                      PyObject *kw)
 {
     static char *kwlist[] = { "y", "unweighted", "out", NULL };
@@ -474,7 +513,11 @@ static PyObject *handle_combine_send(epxpy_handle_t *self, PyObject *args,
     Py_END_ALLOW_THREADS
     epxpy_array_release(&y);
     if (st != EPX_OK) {
-        if (st != EPX_ERR_INVALID && st != EPX_ERR_RANGE)
+        /* A bad y sends nothing; in low latency, neither does a combine out
+         * of dispatch order (EPX_ERR_STATE): the call can still be made. */
+        if (st != EPX_ERR_INVALID && st != EPX_ERR_RANGE &&
+            !(st == EPX_ERR_STATE &&
+              self->moe->p.mode == EPX_MODE_LOW_LATENCY))
             self->state = H_ABANDONED;
         return epxpy_raise(st);
     }
@@ -485,7 +528,7 @@ static PyObject *handle_combine_send(epxpy_handle_t *self, PyObject *args,
     Py_RETURN_NONE;
 }
 
-static PyObject *handle_combine_recv(epxpy_handle_t *self, PyObject *args,
+static PyObject *handle_combine_recv_locked(epxpy_handle_t *self, PyObject *args,
                                      PyObject *kw)
 {
     static char *kwlist[] = { "out", NULL };
@@ -557,6 +600,40 @@ static PyObject *handle_get_num_tokens(epxpy_handle_t *self, void *c)
     return PyLong_FromLongLong(self->h ? epx_handle_num_tokens(self->h) : -1);
 }
 
+
+/* ------------------------------------------------------------ locking */
+
+/* Every method that calls the library holds its comm for the length of
+ * the call (epxpy_comm_enter): a second thread gets epx.StateError, and
+ * releases or destroys it asks for (or the garbage collector does) wait
+ * until the call ends. */
+#define LOCKED(name, type, comm_of, params, argnames)                         \
+    static PyObject *name params                                             \
+    {                                                                        \
+        type *m_ = (type *)self;                                             \
+        epxpy_comm_t *c_ = comm_of;                                          \
+        if (!c_)                                                             \
+            return epxpy_raisef(EPX_ERR_STATE, "not initialised");           \
+        if (epxpy_comm_check(c_) < 0 || epxpy_comm_enter(c_) < 0)            \
+            return NULL;                                                     \
+        Py_INCREF(c_);                                                       \
+        PyObject *r_ = name##_locked argnames;                               \
+        epxpy_comm_leave(c_);                                                \
+        Py_DECREF(c_);                                                       \
+        (void)m_;                                                            \
+        return r_;                                                           \
+    }
+#define MOE_COMM (m_->comm)
+#define HANDLE_COMM (m_->moe ? m_->moe->comm : NULL)
+LOCKED(handle_recv, epxpy_handle_t, HANDLE_COMM,
+       (epxpy_handle_t *self, PyObject *noarg), (self, noarg))
+LOCKED(handle_poll, epxpy_handle_t, HANDLE_COMM,
+       (epxpy_handle_t *self, PyObject *noarg), (self, noarg))
+LOCKED(handle_combine_send, epxpy_handle_t, HANDLE_COMM,
+       (epxpy_handle_t *self, PyObject *args, PyObject *kw), (self, args, kw))
+LOCKED(handle_combine_recv, epxpy_handle_t, HANDLE_COMM,
+       (epxpy_handle_t *self, PyObject *args, PyObject *kw), (self, args, kw))
+
 static PyMethodDef handle_methods[] = {
     { "recv", (PyCFunction)handle_recv, METH_NOARGS,
       "recv() -> dict: wait for every source (epx_dispatch_recv)" },
@@ -590,7 +667,7 @@ PyTypeObject epxpy_handle_type = {
 
 /* ------------------------------------------------------------ statistics */
 
-static PyObject *moe_stats(epxpy_moe_t *self, PyObject *args)
+static PyObject *moe_stats_locked(epxpy_moe_t *self, PyObject *args)
 {
     int global = 0;
     if (!PyArg_ParseTuple(args, "|p", &global) || moe_usable(self) < 0)
@@ -620,7 +697,7 @@ static PyObject *moe_stats(epxpy_moe_t *self, PyObject *args)
     return d;
 }
 
-static PyObject *moe_stats_reset(epxpy_moe_t *self, PyObject *noarg)
+static PyObject *moe_stats_reset_locked(epxpy_moe_t *self, PyObject *noarg)
 {
     (void)noarg;
     if (moe_usable(self) < 0)
@@ -646,7 +723,7 @@ static int import_phy2log(epxpy_moe_t *m, PyObject *o, epxpy_array_t *a)
     return 0;
 }
 
-static PyObject *moe_set_placement(epxpy_moe_t *self, PyObject *args)
+static PyObject *moe_set_placement_locked(epxpy_moe_t *self, PyObject *args)
 {
     int layer, policy = EPX_REPLICA_LOCAL_FIRST;
     PyObject *po;
@@ -681,7 +758,7 @@ static PyObject *fail_collective(epxpy_moe_t *m, int layer, int rebalance)
     return NULL;
 }
 
-static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
+static PyObject *moe_register_weights_locked(epxpy_moe_t *self, PyObject *args)
 {
     int layer;
     PyObject *wo;
@@ -701,7 +778,13 @@ static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
                      "this rank holds %d", rows, spr);
         return fail_collective(self, layer, 0);
     }
-    if (PyList_Append(self->weights, wo) < 0)
+    PyObject *rec = Py_BuildValue("(OKn)", wo, (unsigned long long)(uintptr_t)base,
+                                  (Py_ssize_t)bps);
+    PyObject *key = PyLong_FromLong(layer);
+    int put = rec && key ? PyDict_SetItem(self->weights, key, rec) : -1;
+    Py_XDECREF(rec);
+    Py_XDECREF(key);
+    if (put < 0)   /* the dict keeps the array alive */
         return fail_collective(self, layer, 0);
     epx_status_t st;
     Py_BEGIN_ALLOW_THREADS
@@ -712,7 +795,7 @@ static PyObject *moe_register_weights(epxpy_moe_t *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *moe_rebalance(epxpy_moe_t *self, PyObject *args)
+static PyObject *moe_rebalance_locked(epxpy_moe_t *self, PyObject *args)
 {
     int layer, policy = EPX_REPLICA_LOCAL_FIRST;
     PyObject *po;
@@ -723,6 +806,32 @@ static PyObject *moe_rebalance(epxpy_moe_t *self, PyObject *args)
                       self->cur->state == H_COMBINING))
         return epxpy_raisef(EPX_ERR_STATE, "rebalance: a dispatch of this "
                             "engine is in flight");
+    /* The library writes where the weights were registered: refuse when
+     * the array now lies elsewhere (.data reassigned, storage resized). */
+    PyObject *key = PyLong_FromLong(layer);
+    PyObject *rec = key ? PyDict_GetItemWithError(self->weights, key) : NULL;
+    Py_XDECREF(key);
+    if (rec) {
+        epxpy_array_t w;
+        unsigned long long addr = PyLong_AsUnsignedLongLong(
+            PyTuple_GET_ITEM(rec, 1));
+        Py_ssize_t bps = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 2));
+        if (epxpy_array_import(PyTuple_GET_ITEM(rec, 0), "weights",
+                               1u << 30 | 1u << EPXPY_DTYPE_BYTES, 0, &w) < 0)
+            return fail_collective(self, layer, 1);
+        int moved = (unsigned long long)(uintptr_t)w.t.data != addr ||
+                    w.t.cols != (int64_t)bps;
+        epxpy_array_release(&w);
+        if (moved) {
+            epxpy_raisef(EPX_ERR_INVALID, "weights: layer %d's registered "
+                         "array has moved since register_weights (its data "
+                         "was reassigned or resized); register it again",
+                         layer);
+            return fail_collective(self, layer, 1);
+        }
+    } else if (PyErr_Occurred()) {
+        return fail_collective(self, layer, 1);
+    }
     epxpy_array_t a;
     if (import_phy2log(self, po, &a) < 0)
         return fail_collective(self, layer, 1);
@@ -753,7 +862,7 @@ static double now_us(void)
  * (the received rows as the outputs) and release, through the C API with
  * no Python between the calls; the microseconds of each round.  Collective
  * like the calls it makes. */
-static PyObject *moe_time_c_loop(epxpy_moe_t *self, PyObject *args)
+static PyObject *moe_time_c_loop_locked(epxpy_moe_t *self, PyObject *args)
 {
     PyObject *xo, *io, *wo;
     int iters;
@@ -841,10 +950,26 @@ static PyObject *moe_get_closed(epxpy_moe_t *self, void *c)
 static PyObject *moe_get_comm(epxpy_moe_t *self, void *c)
 {
     (void)c;
+    if (!self->comm)
+        Py_RETURN_NONE;   /* never initialised */
     Py_INCREF(self->comm);
     return (PyObject *)self->comm;
 }
 
+LOCKED(moe_dispatch_send, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *args, PyObject *kw), (self, args, kw))
+LOCKED(moe_stats, epxpy_moe_t, MOE_COMM, (epxpy_moe_t *self, PyObject *args),
+       (self, args))
+LOCKED(moe_stats_reset, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *noarg), (self, noarg))
+LOCKED(moe_set_placement, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *args), (self, args))
+LOCKED(moe_register_weights, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *args), (self, args))
+LOCKED(moe_rebalance, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *args), (self, args))
+LOCKED(moe_time_c_loop, epxpy_moe_t, MOE_COMM,
+       (epxpy_moe_t *self, PyObject *args), (self, args))
 static PyMethodDef moe_methods[] = {
     { "dispatch_send", (PyCFunction)(void (*)(void))moe_dispatch_send,
       METH_VARARGS | METH_KEYWORDS,

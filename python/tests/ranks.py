@@ -1,4 +1,4 @@
-"""Run a function on N ranks: N forked processes joined by a gloo
+"""Run a function on N ranks: N processes joined by a gloo
 torch.distributed group (or, with backend="env", by epx's own environment
 bootstrap, without torch).  Each rank's return value comes back; an
 exception on any rank fails the run with that rank's traceback."""
@@ -41,9 +41,30 @@ def _child(fn, rank, n, port, backend, args, q):
                 pass
 
 
+_ctx = None
+
+
+def _context():
+    """Ranks start from a fork server that has imported torch but run
+    nothing with it: forking a process whose OpenMP threads have run (any
+    torch op in the test process) can leave the child hung in them."""
+    global _ctx
+    if _ctx is None:
+        _ctx = mp.get_context("forkserver")
+        mods = ["numpy"]
+        try:
+            import torch  # noqa: F401
+
+            mods.append("torch")
+        except ImportError:
+            pass
+        _ctx.set_forkserver_preload(mods)
+    return _ctx
+
+
 def run(fn, n, *args, backend="gloo", timeout=240):
     """fn(rank, nranks, *args) on n ranks; returns [result of rank r]."""
-    ctx = mp.get_context("fork")
+    ctx = _context()
     q = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_child, args=(fn, r, n, port, backend, args, q)) for r in range(n)]

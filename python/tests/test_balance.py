@@ -147,6 +147,16 @@ def rank_rebalance(rank, R):
         for _ in range(3):
             with pytest.raises(epx.PeerError):
                 moe.register_weights(wts) if _ == 0 else moe.rebalance(new)
+    # weights reassigned since registration are refused, on every rank
+    if rank == 0:
+        wts.data = torch.zeros_like(wts)  # new storage, as wrappers may do
+        with pytest.raises(epx.InvalidError, match="moved"):
+            moe.rebalance(new)
+    else:
+        with pytest.raises(epx.PeerError):
+            moe.rebalance(new)
+    wts = torch.tensor([[float(old[s])] * 16 for s in range(rank * per, (rank + 1) * per)])
+    moe.register_weights(wts)
     st = moe.rebalance(new)
     assert wts[:, 0].tolist() == [float(new[s]) for s in range(rank * per, (rank + 1) * per)]
     assert set(st) == {"unchanged", "local_copies", "received", "sent"}

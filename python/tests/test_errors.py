@@ -160,3 +160,60 @@ def test_cuda_tensor_refused(monkeypatch):
             moe.dispatch(x, torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1))
         d = moe.dispatch(x.cpu(), torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1))
         assert torch.equal(moe.combine(d.x, d), x.cpu())
+
+
+def rank_cached_refused(rank, R):
+    import torch
+
+    import epx
+
+    T, H, E, K = 3, 8, 2, 1
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, K, T, dtype=torch.float32)
+    x, idx, w = torch.randn(T, H), torch.tensor([[0], [1], [1]]), torch.ones(T, 1)
+    d = moe.dispatch(x, idx, w)
+    moe.combine(d.x, d)
+    if rank == 0:
+        d.release()
+        with pytest.raises(epx.StateError, match="cached"):
+            moe.dispatch(x, idx, w, cached=d)
+    else:  # the peer fails the same call, instead of pairing it with the next
+        with pytest.raises(epx.PeerError):
+            moe.dispatch(x, idx, w, cached=d)
+    d2 = moe.dispatch(x, idx, w)
+    assert torch.allclose(moe.combine(d2.x, d2), x)
+    # cached reuse works on every rank
+    d3 = moe.dispatch(2 * x, idx, w, cached=d2)
+    assert torch.allclose(moe.combine(d3.x, d3), 2 * x)
+    return True
+
+
+def test_bad_cached_handle_fails_every_rank():
+    pytest.importorskip("torch")
+    ranks.run(rank_cached_refused, 2)
+
+
+def rank_ll_order(rank, R):
+    import torch
+
+    import epx
+
+    T, H, E, K = 4, 8, 4, 2
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, K, T, dtype=torch.float32, mode="ll", ll_buffers=2)
+    x = torch.randn(T, H)
+    idx = torch.tensor([[0, 1], [1, 2], [2, 3], [3, 0]])
+    w = torch.full((T, K), 0.5)
+    d1 = moe.dispatch(x, idx, w)
+    d2 = moe.dispatch(2 * x, idx, w)
+    with pytest.raises(epx.StateError):  # combined in dispatch order
+        moe.combine(d2.x, d2)
+    o1 = moe.combine(d1.x, d1)
+    o2 = moe.combine(d2.x, d2)  # still combinable after the refusal
+    assert torch.allclose(o1, x, atol=1e-6) and torch.allclose(o2, 2 * x, atol=1e-6)
+    return True
+
+
+def test_low_latency_combine_order_is_retryable():
+    pytest.importorskip("torch")
+    ranks.run(rank_ll_order, 2)

@@ -22,6 +22,13 @@ out = moe.combine(d.x, d)
 assert np.array_equal(out, x), out
 s = moe.stats()
 assert s["window"].tolist() == [[1, 2, 1, 1]]
+# bf16 engines from numpy: bfloat16 bits as uint16, in and out
+moe2 = epx.MoE(comm, hidden=8, num_experts=4, topk=2, max_tokens=3)
+xb = (x.view(np.uint32) >> 16).astype(np.uint16)        # exact: small integers
+d2 = moe2.dispatch(xb, idx, w)
+assert d2.x.dtype == np.uint16
+out2 = moe2.combine(d2.x, d2)
+assert np.array_equal(out2, xb), out2
 print(epx.version, "ok")
 """
 

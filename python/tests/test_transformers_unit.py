@@ -51,6 +51,15 @@ def rank_ep(rank, R):
         assert torch.allclose(x.grad, gx, atol=1e-5)
         assert torch.allclose(w.grad, x.detach().sum(1, keepdim=True) * scale[idx], atol=1e-4)
         outs.append(impl.capacity)
+    # an error other than the capacity on one rank: raised on every rank
+    # (epx.PeerError on the other), no rank left waiting to grow
+    x = torch.randn(3, H)
+    w = torch.rand(3, K)
+    idx = torch.tensor([[0, 1]] * 3) + (E if rank == 0 else 0)
+    import epx
+
+    with pytest.raises(epx.InvalidError if rank == 0 else epx.PeerError):
+        impl(x, idx, w)
     return outs
 
 
