@@ -23,6 +23,9 @@ def _child(fn, rank, n, port, backend, args, q):
 
             dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                     world_size=n)
+        elif backend == "torchrun":  # what torchrun sets; epx listens on MASTER_PORT + 1
+            os.environ.update(RANK=str(rank), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(port - 1))
         else:
             os.environ.update(EPX_RANK=str(rank), EPX_NRANKS=str(n), EPX_ROOT=f"127.0.0.1:{port}",
                               EPX_JOB_KEY="epx-python-tests")
@@ -63,7 +66,9 @@ def _context():
 
 
 def run(fn, n, *args, backend="gloo", timeout=240):
-    """fn(rank, nranks, *args) on n ranks; returns [result of rank r]."""
+    """fn(rank, nranks, *args) on n ranks; returns [result of rank r].
+    backend: "gloo" (a torch.distributed group), "env" (EPX_* variables)
+    or "torchrun" (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT only)."""
     ctx = _context()
     q = ctx.Queue()
     port = free_port()

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import numpy as np
+
 CODE = r"""
 import os, sys
 sys.modules["torch"] = None          # any import of torch now fails
@@ -37,3 +39,24 @@ def test_numpy_only():
     r = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().endswith("ok")
+
+
+def rank_torchrun_env(rank, R):
+    import os
+
+    import epx
+
+    comm = epx.Comm.from_env()
+    assert (comm.rank, comm.size) == (rank, R)
+    assert "EPX_RANK" not in os.environ  # set for the call only
+    moe = epx.MoE(comm, 8, 4, 2, 2, dtype="float32")
+    x = np.full((2, 8), rank + 1, np.float32)
+    d = moe.dispatch(x, np.array([[0, 3], [1, 2]]), np.full((2, 2), 0.5, np.float32))
+    assert np.array_equal(moe.combine(d.x, d), x)
+    return True
+
+
+def test_from_env_under_torchrun_variables():
+    import ranks
+
+    ranks.run(rank_torchrun_env, 2, backend="torchrun")
