@@ -1,6 +1,6 @@
 #!/bin/sh
 # Make the Python environment of the tests and benchmarks: a venv at
-# build/venv (EPX_VENV overrides) with torch (the default PyPI wheel runs on
+# .venv (EPX_VENV overrides) with torch (the default PyPI wheel runs on
 # CPU), transformers, accelerate, numpy and pytest from the package index,
 # and the epx package installed from this tree (pip install ./python, which
 # builds its own libepx).  Idempotent: packages already present are not
@@ -9,7 +9,7 @@
 set -eu
 
 cd "$(dirname "$0")/.."
-VENV=${EPX_VENV:-build/venv}
+VENV=${EPX_VENV:-.venv}
 PY=${PYTHON:-python3}
 
 say() { printf 'python-env: %s\n' "$*" >&2; }

@@ -36,7 +36,7 @@ if ! make -j"$JOBS" check; then
     exit 1
 fi
 
-# The Python package and its tests (pytest), in a venv under build/.
+# The Python package and its tests (pytest), in the venv .venv.
 echo "test: scripts/python-env.sh"
 if ! VENV_PY=$(scripts/python-env.sh); then
     echo "test: FAILED (Python environment)" >&2
