@@ -23,10 +23,18 @@ def dtype_code(dtype):
                           "(or 'bfloat16', 'float32', numpy.float32)")
 
 
+_Tensor = None
+
+
 def is_torch(obj):
     """True for a torch.Tensor, without importing torch."""
-    t = sys.modules.get("torch")
-    return t is not None and isinstance(obj, t.Tensor)
+    global _Tensor
+    if _Tensor is None:
+        t = sys.modules.get("torch")
+        if t is None:
+            return False
+        _Tensor = t.Tensor
+    return isinstance(obj, _Tensor)
 
 
 def to_torch(buf, code=None):
@@ -57,6 +65,6 @@ def host_array(obj, name):
     """A torch tensor as epx reads it: detached (epx does not track
     gradients; epx.torch does).  Device and layout are checked by the
     extension, which names the argument."""
-    if is_torch(obj) and obj.requires_grad:
+    if getattr(obj, "requires_grad", False):
         obj = obj.detach()
     return obj
