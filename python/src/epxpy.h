@@ -44,8 +44,9 @@ typedef struct epxpy_dlmanaged {
 enum { EPXPY_DL_CPU = 1, EPXPY_DL_CUDA = 2, EPXPY_DL_CUDA_HOST = 3 };
 
 /* An array borrowed from Python for the length of a call: a C-contiguous
- * host array of 1 or 2 dimensions seen as an epx_tensor_t.  Release with
- * epxpy_array_release (also after a failed import). */
+ * host array seen as an epx_tensor_t.  Release with epxpy_array_release
+ * after a successful import (a failed one has released what it took;
+ * releasing it again is harmless). */
 typedef struct {
     epx_tensor_t t;
     int ndim;

@@ -638,7 +638,8 @@ static PyMethodDef handle_methods[] = {
     { "recv", (PyCFunction)handle_recv, METH_NOARGS,
       "recv() -> dict: wait for every source (epx_dispatch_recv)" },
     { "poll", (PyCFunction)handle_poll, METH_NOARGS,
-      "poll() -> (ready bytes per local expert, number ready)" },
+      "poll() -> (ready bytes per local expert, number ready, x view, "
+      "offsets, counts)" },
     { "combine_send", (PyCFunction)(void (*)(void))handle_combine_send,
       METH_VARARGS | METH_KEYWORDS, "combine_send(y, unweighted=False)" },
     { "combine_recv", (PyCFunction)(void (*)(void))handle_combine_recv,
