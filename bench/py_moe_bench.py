@@ -174,18 +174,25 @@ def rank_run(rank, args, port, q):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ranks", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--hidden", type=int, default=7168)
-    ap.add_argument("--experts", type=int, default=256)
-    ap.add_argument("--topk", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=20)
-    ap.add_argument("--iters-small", type=int, default=300, help="1-token rounds for the overhead")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--ranks", type=int, default=4, help="processes (default 4)")
+    ap.add_argument("--tokens", type=int, default=256, help="tokens per rank (default 256)")
+    ap.add_argument("--hidden", type=int, default=7168, help="elements per token (default 7168)")
+    ap.add_argument("--experts", type=int, default=256, help="experts over all ranks (default 256)")
+    ap.add_argument("--topk", type=int, default=8, help="experts per token (default 8)")
+    ap.add_argument("--iters", type=int, default=20, help="timed iterations (default 20)")
+    ap.add_argument("--iters-small", type=int, default=300,
+                    help="1-token rounds for the Python overhead (default 300)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    ap.add_argument("--json", metavar="FILE", help="also write every figure to FILE")
     args = ap.parse_args()
-    if args.ranks < 1 or args.experts % args.ranks or args.topk > args.experts or args.tokens < 1:
-        ap.error("want ranks >= 1 dividing experts, topk <= experts, tokens >= 1")
+    if args.ranks < 1:
+        ap.error("--ranks: want at least 1")
+    if args.experts % args.ranks:
+        ap.error(f"--experts {args.experts}: want a multiple of --ranks {args.ranks}")
+    if not 1 <= args.topk <= args.experts:
+        ap.error(f"--topk {args.topk}: want 1 .. --experts")
+    if args.tokens < 1 or args.hidden < 1 or args.iters < 1 or args.iters_small < 5:
+        ap.error("--tokens, --hidden, --iters: want at least 1; --iters-small at least 5")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -58,6 +58,28 @@ static void allowed_names(unsigned allowed, char *buf, size_t n)
         }
 }
 
+/* A buffer-protocol format as numpy names it, for messages. */
+static const char *format_name(const char *f, Py_ssize_t itemsize)
+{
+    static const struct { char c; const char *name; } names[] = {
+        { 'e', "float16" }, { 'f', "float32" }, { 'd', "float64" },
+        { 'b', "int8" }, { 'B', "uint8" }, { 'h', "int16" }, { 'H', "uint16" },
+        { '?', "bool" },
+    };
+    if (!f)
+        return "uint8";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    for (size_t i = 0; f[0] && !f[1] && i < sizeof(names) / sizeof(names[0]); i++)
+        if (names[i].c == *f)
+            return names[i].name;
+    if (f[0] && !f[1] && strchr("ilq", *f))
+        return itemsize == 4 ? "int32" : "int64";
+    if (f[0] && !f[1] && strchr("ILQ", *f))
+        return itemsize == 4 ? "uint32" : "uint64";
+    return f;
+}
+
 /* dtype of a buffer-protocol format, -1 unknown. */
 static int dt_of_format(const char *f, Py_ssize_t itemsize)
 {
@@ -148,8 +170,10 @@ static int import_buffer(PyObject *obj, const char *name, unsigned allowed,
     if (!bytes && (dt < 0 || !(allowed & (1u << dt)))) {
         char want[96], msg[160];
         allowed_names(allowed, want, sizeof(want));
-        snprintf(msg, sizeof(msg), "has dtype '%s'; expected %s",
-                 a->view.format ? a->view.format : "B", want);
+        snprintf(msg, sizeof(msg), "has dtype %s; expected %s%s",
+                 format_name(a->view.format, a->view.itemsize), want,
+                 (allowed & (1u << EPX_DTYPE_BF16))
+                     ? " (numpy: bfloat16 bits as uint16)" : "");
         return bad(name, msg, NULL);
     }
     int64_t shape[8];

@@ -326,8 +326,10 @@ static int handle_check(epxpy_handle_t *h, hstate_t want, const char *what)
         return -1;
     if (h->state == want)
         return 0;
-    epxpy_raisef(EPX_ERR_STATE, "%s: the dispatch is %s", what,
-                 state_name[h->state]);
+    epxpy_raisef(EPX_ERR_STATE, "%s: the dispatch is %s%s", what,
+                 state_name[h->state], h->state == H_ABANDONED
+                 ? " (a later dispatch of this engine replaced it, or its call "
+                   "failed: dispatch it again)" : "");
     return -1;
 }
 
