@@ -3,7 +3,6 @@
 from typing import Any, Callable, Optional, Sequence
 
 version: str
-DEVICE_HOST: int
 
 class Error(RuntimeError):
     status: int

@@ -44,11 +44,11 @@ class Dispatch:
     other fields are copies.
     """
 
-    __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_inputs", "_T", "_copy", "_ex", "_poll",
+    __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_T", "_copy", "_ex", "_poll",
                  "__weakref__")
 
-    def __init__(self, moe, handle, torch_out, inputs, T, copy):
-        self._moe, self._h, self._torch, self._inputs = moe, handle, torch_out, inputs
+    def __init__(self, moe, handle, torch_out, T, copy):
+        self._moe, self._h, self._torch = moe, handle, torch_out
         self._info = None
         self._x = None
         self._T = T
@@ -61,7 +61,6 @@ class Dispatch:
         """Wait until every source's rows have arrived (returns self)."""
         if self._info is None:
             info = self._h.recv()
-            self._inputs = None
             x = A.wrap(info["x"], self._torch, self._moe._xcode)
             if self._copy:
                 x = x.clone() if self._torch else x.copy()
@@ -287,7 +286,7 @@ class MoE(_C.MoE):
             self._fail_dispatch()
             raise
         h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs)
-        d = Dispatch(self, h, torch_out, (x, topk_idx, topk_weights), len(x), copy)
+        d = Dispatch(self, h, torch_out, len(x), copy)
         if not async_op:
             d.wait()
         return d
@@ -340,11 +339,9 @@ class MoE(_C.MoE):
         ``dispatch_bytes``, ``combine_bytes``.  ``global_=True`` sums over
         the ranks (collective).  Arrays are torch tensors when torch is
         imported, else numpy."""
-        s = self.stats_raw(global_)
+        s = super().stats(global_)
         torch_out = sys.modules.get("torch") is not None
         return {k: A.wrap(v, torch_out) if isinstance(v, _C.Buffer) else v for k, v in s.items()}
-
-    stats_raw = _C.MoE.stats
 
     def set_placement(self, phy2log, layer=0, policy="local_first"):
         """Place the layer's experts on the slots: ``phy2log[s]`` is the

@@ -155,15 +155,12 @@ PyMODINIT_FUNC PyInit__C(void)
     PyObject *m = PyModule_Create(&moddef);
     if (!m)
         return NULL;
-    int major, minor, patch;
-    epx_version(&major, &minor, &patch);
     if (add_exceptions(m) < 0 ||
         add_type(m, "Buffer", &epxpy_buffer_type) < 0 ||
         add_type(m, "Comm", &epxpy_comm_type) < 0 ||
         add_type(m, "MoE", &epxpy_moe_type) < 0 ||
         add_type(m, "Handle", &epxpy_handle_type) < 0 ||
-        PyModule_AddStringConstant(m, "version", epx_version_string()) < 0 ||
-        PyModule_AddIntConstant(m, "DEVICE_HOST", -1) < 0) {
+        PyModule_AddStringConstant(m, "version", epx_version_string()) < 0) {
         Py_DECREF(m);
         return NULL;
     }
