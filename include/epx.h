@@ -27,6 +27,12 @@
 extern "C" {
 #endif
 
+/* libepx is built with hidden visibility: what this header declares is
+ * its exported API, and nothing else is (src/libepx.map). */
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility push(default)
+#endif
+
 /* ---------------------------------------------------------------- status */
 
 typedef enum epx_status {
@@ -736,6 +742,9 @@ epx_status_t epx_moe_rebalance(epx_moe_t *moe, int layer,
                                epx_replica_policy_t policy,
                                epx_rebalance_stats_t *stats);
 
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

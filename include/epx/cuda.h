@@ -25,6 +25,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility push(default)
+#endif
 
 typedef struct epx_cuda_moe epx_cuda_moe_t;
 
@@ -138,6 +141,9 @@ epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *moe, int64_t *dropped);
  * the next epx_cuda_dispatch_recv, and its output is unspecified. */
 epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *moe, int64_t *dropped);
 
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -12,6 +12,9 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility push(default)
+#endif
 
 /* Collective over `mpi_comm`: rank and size are taken from it, and its
  * MPI_Allgather is the bootstrap.  `params` may be NULL (its bootstrap
@@ -20,6 +23,9 @@ epx_status_t epx_comm_create_mpi(MPI_Comm mpi_comm,
                                  const epx_comm_params_t *params,
                                  epx_comm_t **comm);
 
+#if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
+#pragma GCC visibility pop
+#endif
 #ifdef __cplusplus
 }
 #endif

@@ -2,6 +2,8 @@
 #include "util/util.h"
 #include "core/comm.h"
 
+/* Exported as epx/mpi.h declares it (no mpi.h to include here). */
+__attribute__((visibility("default")))
 epx_status_t epx_comm_create_mpi(void *mpi_comm, const epx_comm_params_t *params,
                                  epx_comm_t **comm);
 epx_status_t epx_comm_create_mpi(void *mpi_comm, const epx_comm_params_t *params,
