@@ -223,7 +223,8 @@ static void *rank_main(void *arg)
     const int64_t T = wl->T[me];
     const int dev = s->run == RUN_NCCL ? me : 0;
     epx_comm_t *comm = NULL;
-    epx_cuda_moe_t *m = NULL;
+    epx_moe_t *m = NULL;
+    epx_handle_t *h = NULL, *gh = NULL;   /* eager call, captured call */
     cudaStream_t st = NULL;
     void *dx = NULL, *didx = NULL, *dw = NULL, *dout = NULL, *dy = NULL;
     void *csrc = NULL, *cdst = NULL;
@@ -275,11 +276,10 @@ static void *rank_main(void *arg)
     mp.ll_buffers = o->ll_buffers;
     mp.flags = o->mode == EPX_MODE_LOW_LATENCY && o->ll_drop
                ? EPX_MOE_LL_DROP : 0u;
-    epx_cuda_params_t gp = EPX_CUDA_PARAMS_INIT;
-    gp.device = dev;
-    gp.backend = s->run == RUN_NCCL ? EPX_CUDA_BACKEND_NCCL
-                                    : EPX_CUDA_BACKEND_WINDOWS;
-    API(epx_cuda_moe_create(comm, &mp, &gp, &m));
+    mp.device = dev;
+    mp.gpu_backend = s->run == RUN_NCCL ? EPX_GPU_BACKEND_NCCL
+                                        : EPX_GPU_BACKEND_WINDOWS;
+    API(epx_moe_create(comm, &mp, &m));
 
     const size_t es = wl->dsize, xb = (size_t)(T * H) * es;
     hx = malloc(xb + 16);
@@ -306,6 +306,7 @@ static void *rank_main(void *arg)
     a.x = (epx_tensor_t){ dx, wl->dtype, T, H };
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT32, T, K };
     a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, K };
+    a.stream = st;
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, H };
     const int tmaj = mp.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const int64_t want_rows = tmaj ? rows_expected(wl, me) : -1;
@@ -321,9 +322,9 @@ static void *rank_main(void *arg)
         const int graph = o->cuda_graph && it >= o->warmup;
         if (graph && !gx[0]) {
             CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-            epx_status_t e = epx_cuda_dispatch_send(m, &a, st);
+            epx_status_t e = epx_dispatch_send(m, &a, &gh);
             if (e == EPX_OK)
-                e = epx_cuda_dispatch_recv(m, st, &grv);
+                e = epx_dispatch_recv(m, gh, &grv);
             if (capture_end(s, me, st, e, "capturing the dispatch", &gx[0]))
                 goto out;
         }
@@ -335,14 +336,14 @@ static void *rank_main(void *arg)
             CUDA(cudaGraphLaunch(gx[0], st));
             rv = grv;
         } else {
-            API(epx_cuda_dispatch_send(m, &a, st));
-            API(epx_cuda_dispatch_recv(m, st, &rv));
+            API(epx_dispatch_send(m, &a, &h));
+            API(epx_dispatch_recv(m, h, &rv));
         }
         CUDA(cudaStreamSynchronize(st));
         double t1 = now_s();
         if (o->mode == EPX_MODE_LOW_LATENCY) {
             int64_t dropped = 0;
-            API(epx_cuda_moe_ll_check(m, &dropped));
+            API(epx_moe_check(m, &dropped));
             if (it == total - 1) {
                 pthread_mutex_lock(&s->mu);
                 s->dropped += dropped;
@@ -374,11 +375,12 @@ static void *rank_main(void *arg)
             ca.y.data = dy;
         }
         ca.flags = tmaj ? 0u : EPX_COMBINE_UNWEIGHTED;
+        ca.stream = st;
         if (graph && !gx[1]) {
             CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-            epx_status_t e = epx_cuda_combine_send(m, &ca, st);
+            epx_status_t e = epx_combine_send(m, gh, &ca);
             if (e == EPX_OK)
-                e = epx_cuda_combine_recv(m, &out, st);
+                e = epx_combine_recv(m, gh, &out);
             if (capture_end(s, me, st, e, "capturing the combine", &gx[1]))
                 goto out;
         }
@@ -388,8 +390,10 @@ static void *rank_main(void *arg)
         if (graph) {
             CUDA(cudaGraphLaunch(gx[1], st));
         } else {
-            API(epx_cuda_combine_send(m, &ca, st));
-            API(epx_cuda_combine_recv(m, &out, st));
+            API(epx_combine_send(m, h, &ca));
+            API(epx_combine_recv(m, h, &out));
+            epx_handle_release(h);
+            h = NULL;
         }
         CUDA(cudaStreamSynchronize(st));
         double t3 = now_s();
@@ -406,8 +410,10 @@ out:
     for (int i = 0; i < 2; i++)
         if (gx[i])
             cudaGraphExecDestroy(gx[i]);
+    epx_handle_release(h);
+    epx_handle_release(gh);
     if (m)
-        epx_cuda_moe_destroy(m);
+        epx_moe_destroy(m);
     if (comm)
         epx_comm_destroy(comm);
     cudaFree(dx);

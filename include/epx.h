@@ -342,7 +342,22 @@ typedef enum epx_wire {
                                       contiguous rank blocks; combine_send
                                       then waits for its domain's partials */
 
-#define EPX_MOE_PARAMS_VERSION 3
+/* Where a rank's tensors live (epx_moe_params_t.device): host memory, or
+ * the CUDA device of that ordinal (0, 1, ...). */
+#define EPX_DEVICE_HOST (-1)
+
+/* How GPU ranks exchange (device ranks only). */
+typedef enum epx_gpu_backend {
+    /* Kernels store into the peers' windows of device memory (direct
+     * pointers, CUDA IPC, cuMem POSIX descriptors or fabric handles,
+     * probed; EPX_CUDA_WINDOW). */
+    EPX_GPU_BACKEND_WINDOWS = 0,
+    /* The same exchange with NCCL grouped send/recv: the baseline, and the
+     * fallback where windows cannot be shared. */
+    EPX_GPU_BACKEND_NCCL = 1
+} epx_gpu_backend_t;
+
+#define EPX_MOE_PARAMS_VERSION 4
 typedef struct epx_moe_params {
     size_t struct_size;        /* sizeof(epx_moe_params_t) */
     unsigned version;          /* EPX_MOE_PARAMS_VERSION */
@@ -375,6 +390,19 @@ typedef struct epx_moe_params {
                                   (dispatched, not yet combined), 2..64;
                                   0: 2 */
     unsigned flags;            /* EPX_MOE_* */
+    /* version 4 */
+    int device;                /* EPX_DEVICE_HOST (the default), or the CUDA
+                                  ordinal of the device holding this rank's
+                                  tensors (libepx built with CUDA; see
+                                  "Device ranks" below) */
+    int num_sms;               /* device ranks: blocks (one per SM) of the
+                                  data kernels; 0: the device's SMs divided
+                                  by the ranks sharing it, so that every
+                                  rank's kernels are resident together */
+    epx_gpu_backend_t gpu_backend;   /* device ranks */
+    void *nccl_comm;           /* EPX_GPU_BACKEND_NCCL: an ncclComm_t over
+                                  the same ranks in the same order to adopt
+                                  (the caller keeps it); NULL: epx makes one */
 } epx_moe_params_t;
 
 #define EPX_MAX_TOPK 32
@@ -382,7 +410,8 @@ typedef struct epx_moe_params {
 #define EPX_MOE_PARAMS_INIT                                                   \
     { sizeof(epx_moe_params_t), EPX_MOE_PARAMS_VERSION, 0, 0, 0, 0,           \
       EPX_DTYPE_BF16, EPX_LAYOUT_TOKEN_MAJOR, 1, 1, 0.9, 0,                  \
-      EPX_MODE_THROUGHPUT, EPX_WIRE_NATIVE, 0, 0, 0u }
+      EPX_MODE_THROUGHPUT, EPX_WIRE_NATIVE, 0, 0, 0u, EPX_DEVICE_HOST, 0,   \
+      EPX_GPU_BACKEND_WINDOWS, NULL }
 
 /* Placement (no balancer): rank r holds the contiguous experts
  * [floor(r*E/R), floor((r+1)*E/R)).  When E is not a multiple of R the
@@ -392,6 +421,30 @@ typedef struct epx_moe_params {
 int epx_moe_expert_rank(const epx_moe_t *moe, int expert);
 int epx_moe_num_local_experts(const epx_moe_t *moe);
 int epx_moe_first_local_expert(const epx_moe_t *moe);
+
+/* Device ranks (device >= 0; libepx built with CUDA, else
+ * EPX_ERR_UNSUPPORTED naming what is missing).  The same calls, handles
+ * and recv descriptions as on host ranks, with these differences:
+ *   - tensors (x, topk_idx, topk_weights, y, out) and the recv's per-row
+ *     arrays are device memory; expert_counts and expert_offsets are host
+ *     memory in throughput mode and DEVICE memory in low latency;
+ *   - work is ordered on the stream given in the args (the engine runs on
+ *     a stream of its own after an event on it, and the recv calls make
+ *     the caller's stream wait for the engine), so the caller's kernels
+ *     queued between send and recv overlap with the exchange; inputs must
+ *     stay unchanged until the matching recv returned;
+ *   - host synchronisation: at most once per throughput dispatch (the
+ *     received row count), in epx_dispatch_recv (windows) or
+ *     epx_dispatch_send (NCCL); never in combine or in low latency, whose
+ *     calls can be captured into a CUDA graph; errors found on the device
+ *     come back from epx_moe_check;
+ *   - every rank of the engine uses the same kind of device (all host or
+ *     all device ranks), else EPX_ERR_MISMATCH;
+ *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
+ *     call): num_slots (replicas, placement, weight migration),
+ *     EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll, a
+ *     caller's NVFP4 tensor scale, expert-major or low latency over NCCL,
+ *     load statistics in low latency (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),
@@ -406,7 +459,7 @@ typedef struct epx_handle epx_handle_t;
 
 #define EPX_DISPATCH_CACHED 0x1u  /* reuse *handle's routing (all ranks) */
 
-#define EPX_DISPATCH_ARGS_VERSION 3
+#define EPX_DISPATCH_ARGS_VERSION 4
 typedef struct epx_dispatch_args {
     size_t struct_size;
     unsigned version;
@@ -427,12 +480,17 @@ typedef struct epx_dispatch_args {
                                   (the default).  Other wire formats: 0,
                                   else EPX_ERR_INVALID.  Host executor only
                                   (the GPU refuses it: EPX_ERR_UNSUPPORTED). */
+    /* version 4 */
+    void *stream;              /* device ranks: the cudaStream_t the call is
+                                  ordered on (NULL: the legacy stream);
+                                  epx_dispatch_recv and epx_dispatch_poll use
+                                  it too.  Ignored on host ranks. */
 } epx_dispatch_args_t;
 
 #define EPX_DISPATCH_ARGS_INIT                                                \
     { sizeof(epx_dispatch_args_t), EPX_DISPATCH_ARGS_VERSION,                 \
       { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
-      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0, 0.0f }
+      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0, 0.0f, NULL }
 
 /* What this rank received.  Pointers stay valid until this rank's
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or
@@ -535,7 +593,7 @@ epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
 
 #define EPX_COMBINE_UNWEIGHTED 0x1u /* expert-major: y already weighted */
 
-#define EPX_COMBINE_ARGS_VERSION 1
+#define EPX_COMBINE_ARGS_VERSION 2
 typedef struct epx_combine_args {
     size_t struct_size;
     unsigned version;
@@ -551,11 +609,15 @@ typedef struct epx_combine_args {
      * quantized wire (x is narrower than y): y there is EPX_ERR_INVALID. */
     epx_tensor_t y;
     unsigned flags;            /* EPX_COMBINE_* */
+    /* version 2 */
+    void *stream;              /* device ranks: the cudaStream_t of this
+                                  combine and its epx_combine_recv (NULL:
+                                  the legacy stream); ignored on host ranks */
 } epx_combine_args_t;
 
 #define EPX_COMBINE_ARGS_INIT                                                 \
     { sizeof(epx_combine_args_t), EPX_COMBINE_ARGS_VERSION,                   \
-      { NULL, EPX_DTYPE_BF16, 0, 0 }, 0u }
+      { NULL, EPX_DTYPE_BF16, 0, 0 }, 0u, NULL }
 
 /* Split combine.  A bad y or out is this rank's own error: nothing is sent
  * or consumed and the call may be retried (peers wait meanwhile).
@@ -568,6 +630,17 @@ epx_status_t epx_combine_send(epx_moe_t *moe, epx_handle_t *handle,
                               const epx_combine_args_t *args);
 epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
                               epx_tensor_t *out);
+
+/* Errors found after the call that caused them returned.  Host ranks
+ * find every error in the call itself: EPX_OK, *dropped (may be NULL) 0.
+ * Device ranks: synchronises with the engine's stream (never while
+ * capturing a graph) and returns the first device-side error of the calls
+ * since the last check — EPX_ERR_INVALID (ids outside [-1, E)),
+ * EPX_ERR_RANGE (low latency: more rows than ll_capacity without
+ * EPX_MOE_LL_DROP), EPX_ERR_PEER, EPX_ERR_TIMEOUT (the engine is then
+ * unusable) — and in *dropped the rows dropped on this rank since then
+ * (low latency with EPX_MOE_LL_DROP). */
+epx_status_t epx_moe_check(epx_moe_t *moe, int64_t *dropped);
 
 /* Local (not collective).  Releasing the handle of a call in flight
  * waits for that phase's peers first, so the engine stays in step.
@@ -745,6 +818,7 @@ epx_status_t epx_moe_rebalance(epx_moe_t *moe, int layer,
 #if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
 #pragma GCC visibility pop
 #endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "epx/cuda.h"
+#include "cuda/gpu.h"
 #include "cuda/cuda_int.h"
 #include "cuda/kern_launch.h"
 #include "cuda/nccl_ex.h"
@@ -20,10 +21,17 @@
 
 enum { ST_IDLE = 0, ST_SENT, ST_RECEIVED, ST_COMBINING };
 
-struct epx_cuda_moe {
+/* The GPU settings of epx_moe_params_t (version 4). */
+typedef struct cuda_params {
+    int device, num_sms;
+    epx_gpu_backend_t backend;
+    void *nccl_comm;
+} cuda_params_t;
+
+struct gpu_moe {
     epx_comm_t *comm;
     epx_moe_params_t p;
-    epx_cuda_backend_t backend;
+    epx_gpu_backend_t backend;
     int device, num_sms, L, first;
     char name[32];
     epxk_geom_t g;
@@ -67,14 +75,11 @@ epx_status_t epx_cuda_devices(int *count)
 }
 
 static epx_status_t check_params(const epx_moe_params_t *p,
-                                 const epx_cuda_params_t *c)
+                                 const cuda_params_t *c)
 {
     if (!p || p->struct_size < offsetof(epx_moe_params_t, num_layers) ||
         p->version < 1)
         return epx__error(EPX_ERR_INVALID, "cuda moe: params missing or "
-                          "without struct_size/version");
-    if (!c || c->struct_size < sizeof(epx_cuda_params_t) || c->version < 1)
-        return epx__error(EPX_ERR_INVALID, "cuda moe: cuda params missing or "
                           "without struct_size/version");
     if (p->hidden <= 0 || p->num_experts <= 0 || p->topk < 1 ||
         p->topk > EPX_MAX_TOPK || p->topk > p->num_experts ||
@@ -92,7 +97,9 @@ static epx_status_t check_params(const epx_moe_params_t *p,
     if (p->layout == EPX_LAYOUT_EXPERT_MAJOR && p->expert_alignment < 1)
         return epx__error(EPX_ERR_INVALID, "cuda moe: expert_alignment %d "
                           "(>= 1)", p->expert_alignment);
-    int v3 = p->version >= 3 && p->struct_size >= sizeof(epx_moe_params_t);
+    int v3 = p->version >= 3 &&
+             p->struct_size >= offsetof(epx_moe_params_t, flags) +
+                                   sizeof(unsigned);
     int v2 = p->version >= 2 &&
              p->struct_size >= offsetof(epx_moe_params_t, mode);
     if (v2 && p->num_slots != 0)
@@ -131,26 +138,26 @@ static epx_status_t check_params(const epx_moe_params_t *p,
                               "ll_capacity (%d) must be <= %d",
                               p->max_tokens_per_rank, p->ll_capacity,
                               EPXK_LL_MASK);
-        if (c->backend != EPX_CUDA_BACKEND_WINDOWS)
+        if (c->backend != EPX_GPU_BACKEND_WINDOWS)
             return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency is "
                               "implemented for the windows backend only");
     }
     if (c->num_sms < 0)
         return epx__error(EPX_ERR_INVALID, "cuda moe: num_sms %d", c->num_sms);
-    if (c->backend != EPX_CUDA_BACKEND_WINDOWS &&
-        c->backend != EPX_CUDA_BACKEND_NCCL)
+    if (c->backend != EPX_GPU_BACKEND_WINDOWS &&
+        c->backend != EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown backend %d",
                           (int)c->backend);
 #ifndef EPX_HAVE_NCCL
-    if (c->backend == EPX_CUDA_BACKEND_NCCL)
+    if (c->backend == EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: built without NCCL");
 #endif
-    if (c->backend == EPX_CUDA_BACKEND_NCCL &&
+    if (c->backend == EPX_GPU_BACKEND_NCCL &&
         p->layout == EPX_LAYOUT_EXPERT_MAJOR)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the expert-major "
                           "layout is implemented for the windows backend "
                           "only, not NCCL");
-    if (c->nccl_comm && c->backend != EPX_CUDA_BACKEND_NCCL)
+    if (c->nccl_comm && c->backend != EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: nccl_comm given for "
                           "the windows backend");
     return EPX_OK;
@@ -198,14 +205,14 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
     return st;
 }
 
-static epx_status_t launch(epx_cuda_moe_t *m, int which)
+static epx_status_t launch(gpu_moe_t *m, int which)
 {
     int rc = epxk_launch(which, &m->g, &m->call, m->num_sms, m->st);
     return epx__cuda_err((cudaError_t)rc, "kernel launch");
 }
 
 /* Let the engine's stream run after the work queued on `stream`. */
-static epx_status_t stream_in(epx_cuda_moe_t *m, void *stream)
+static epx_status_t stream_in(gpu_moe_t *m, void *stream)
 {
     EPX_CUDA_TRY(cudaEventRecord(m->ev_in, (cudaStream_t)stream));
     EPX_CUDA_TRY(cudaStreamWaitEvent(m->st, m->ev_in, 0));
@@ -213,19 +220,19 @@ static epx_status_t stream_in(epx_cuda_moe_t *m, void *stream)
 }
 
 /* And `stream` after the engine's work. */
-static epx_status_t stream_out(epx_cuda_moe_t *m, void *stream)
+static epx_status_t stream_out(gpu_moe_t *m, void *stream)
 {
     EPX_CUDA_TRY(cudaEventRecord(m->ev_out, m->st));
     EPX_CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, m->ev_out, 0));
     return EPX_OK;
 }
 
-static epx_status_t set_device(const epx_cuda_moe_t *m)
+static epx_status_t set_device(const gpu_moe_t *m)
 {
     return epx__cuda_err(cudaSetDevice(m->device), "cudaSetDevice");
 }
 
-static epx_status_t usable(epx_cuda_moe_t *m, const char *what)
+static epx_status_t usable(gpu_moe_t *m, const char *what)
 {
     if (!m)
         return epx__error(EPX_ERR_INVALID, "%s: engine is NULL", what);
@@ -235,7 +242,7 @@ static epx_status_t usable(epx_cuda_moe_t *m, const char *what)
     return set_device(m);
 }
 
-static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
+static epx_status_t fail(gpu_moe_t *m, epx_status_t st)
 {
     m->broken = 1;
     return st;
@@ -251,14 +258,18 @@ static epx_status_t fail(epx_cuda_moe_t *m, epx_status_t st)
             goto gate;                                                         \
     } while (0)
 
-epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
-                                 const epx_moe_params_t *params,
-                                 const epx_cuda_params_t *cparams,
-                                 epx_cuda_moe_t **out)
+epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            gpu_moe_t **out)
 {
-    if (!comm || !out)
-        return epx__error(EPX_ERR_INVALID, "cuda moe: comm or out is NULL");
-    epx_cuda_moe_t *m = calloc(1, sizeof(*m));
+    if (!comm || !out || !params ||
+        params->struct_size < offsetof(epx_moe_params_t, nccl_comm) +
+                                  sizeof(void *))
+        return epx__error(EPX_ERR_INVALID, "cuda moe: comm, params or out "
+                          "NULL, or params older than version 4");
+    const cuda_params_t cp = { params->device, params->num_sms,
+                               params->gpu_backend, params->nccl_comm };
+    const cuda_params_t *cparams = &cp;
+    gpu_moe_t *m = calloc(1, sizeof(*m));
     if (!m)
         return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
     const int R = comm->nranks, me = comm->rank;
@@ -291,8 +302,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
         mine.layout = params->layout;
         mine.align = params->layout == EPX_LAYOUT_EXPERT_MAJOR
                          ? params->expert_alignment : 1;
-        if (params->version >= 3 &&
-            params->struct_size >= sizeof(epx_moe_params_t)) {
+        if (params->version >= 3) {
             mine.mode = params->mode;
             mine.cap = params->ll_capacity;
             mine.bufs = params->ll_buffers;
@@ -361,7 +371,7 @@ epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
     m->first = first[me];
     m->L = first[me + 1] - first[me];
 
-    /* Everything below is undone by epx_cuda_moe_destroy's frees. */
+    /* Everything below is undone by gpu_moe_destroy's frees. */
     const size_t pairs = (size_t)(maxT * g->maxdest);
     m->h_counts = calloc(2 * (size_t)m->L + 1, sizeof(int64_t));
     m->h_local = calloc((size_t)m->L + 1, sizeof(int32_t));
@@ -485,7 +495,7 @@ gate:
     if (st != EPX_OK)
         goto out;
     int device_ranks = 1;
-    if (m->backend == EPX_CUDA_BACKEND_WINDOWS) {
+    if (m->backend == EPX_GPU_BACKEND_WINDOWS) {
         st = epx__cuwin_create(comm, m->device,
                                (size_t)(m->ll ? m->llg.total : g->total),
                                &m->win);
@@ -554,7 +564,7 @@ gate:
     m->call.done = m->d_done;
     m->call.peers = m->d_peers;
     m->call.stage = m->stage;
-    m->call.windows = m->backend == EPX_CUDA_BACKEND_WINDOWS;
+    m->call.windows = m->backend == EPX_GPU_BACKEND_WINDOWS;
     m->call.ll = m->llg;
     m->call.ll_drop = m->ll && (m->p.flags & EPX_MOE_LL_DROP) != 0;
     m->call.ll_use = m->d_lluse;
@@ -569,11 +579,11 @@ gate:
 out:
     free(e2r);
     free(peers);
-    epx_cuda_moe_destroy(m);
+    gpu_moe_destroy(m);
     return st;
 }
 
-void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
+void gpu_moe_destroy(gpu_moe_t *m)
 {
     if (!m)
         return;
@@ -624,12 +634,12 @@ void epx_cuda_moe_destroy(epx_cuda_moe_t *m)
     free(m);
 }
 
-int epx_cuda_moe_num_sms(const epx_cuda_moe_t *m)
+int gpu_moe_num_sms(const gpu_moe_t *m)
 {
     return m ? m->num_sms : 0;
 }
 
-const char *epx_cuda_moe_backend(const epx_cuda_moe_t *m)
+const char *gpu_moe_backend(const gpu_moe_t *m)
 {
     return m ? m->name : "";
 }
@@ -644,7 +654,7 @@ static int tensor_ok(const epx_tensor_t *t, epx_dtype_t dt, int64_t rows,
 }
 
 /* The read-back of the NCCL count matrix: host sizes of the exchange. */
-static void nccl_sizes(epx_cuda_moe_t *m)
+static void nccl_sizes(gpu_moe_t *m)
 {
     const epxk_geom_t *g = &m->g;
     const int32_t *mycnt = m->h_cnt + (size_t)g->R * g->cnt_ints;
@@ -663,7 +673,7 @@ static void nccl_sizes(epx_cuda_moe_t *m)
 
 /* Point the call at buffer b's own arrays: a call captured in a graph
  * replays with them. */
-static void ll_point(epx_cuda_moe_t *m, int b)
+static void ll_point(gpu_moe_t *m, int b)
 {
     epxk_call_t *c = &m->call;
     const epxk_geom_t *g = &m->g;
@@ -683,7 +693,7 @@ static void ll_point(epx_cuda_moe_t *m, int b)
 /* Kernels only (layout, pack, recv), no host synchronisation.  A call
  * received but not combined is abandoned first (its comb flag, marked, so
  * the peers do not wait for it). */
-static epx_status_t ll_dispatch_send(epx_cuda_moe_t *m,
+static epx_status_t ll_dispatch_send(gpu_moe_t *m,
                                      const epx_dispatch_args_t *a,
                                      void *stream)
 {
@@ -709,7 +719,7 @@ static epx_status_t ll_dispatch_send(epx_cuda_moe_t *m,
     return EPX_OK;
 }
 
-static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
+static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv)
 {
     const epxk_geom_t *g = &m->g;
@@ -755,12 +765,12 @@ static epx_status_t ll_dispatch_recv(epx_cuda_moe_t *m, void *stream,
 }
 
 /* The checks' steps, on the engine's stream. */
-static epx_status_t st_sync(epx_cuda_moe_t *m)
+static epx_status_t st_sync(gpu_moe_t *m)
 {
     return epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
 }
 
-static epx_status_t st_read(epx_cuda_moe_t *m, void *dst, const void *src,
+static epx_status_t st_read(gpu_moe_t *m, void *dst, const void *src,
                             size_t bytes)
 {
     return epx__cuda_err(cudaMemcpyAsync(dst, src, bytes,
@@ -768,9 +778,11 @@ static epx_status_t st_read(epx_cuda_moe_t *m, void *dst, const void *src,
                          "cudaMemcpyAsync");
 }
 
+static epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped);
+
 /* Throughput mode: combine never synchronises, so a device wait that
  * timed out in it is otherwise seen only by the next dispatch_recv. */
-static epx_status_t ht_check(epx_cuda_moe_t *m, int64_t *dropped)
+static epx_status_t ht_check(gpu_moe_t *m, int64_t *dropped)
 {
     int64_t err = 0;
     epx_status_t st = st_sync(m);
@@ -789,15 +801,15 @@ static epx_status_t ht_check(epx_cuda_moe_t *m, int64_t *dropped)
     return EPX_OK;
 }
 
-epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *m, int64_t *dropped)
+epx_status_t gpu_moe_check(gpu_moe_t *m, int64_t *dropped)
 {
     epx_status_t st = usable(m, "cuda check");
     if (st != EPX_OK)
         return st;
-    return m->ll ? epx_cuda_moe_ll_check(m, dropped) : ht_check(m, dropped);
+    return m->ll ? ll_check(m, dropped) : ht_check(m, dropped);
 }
 
-epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
+epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
 {
     epx_status_t st = usable(m, "cuda ll_check");
     if (st != EPX_OK)
@@ -840,7 +852,7 @@ epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *m, int64_t *dropped)
     return EPX_OK;
 }
 
-epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
+epx_status_t gpu_dispatch_send(gpu_moe_t *m,
                                     const epx_dispatch_args_t *a, void *stream)
 {
     epx_status_t st = usable(m, "cuda dispatch_send");
@@ -940,7 +952,7 @@ epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *m,
     return EPX_OK;
 }
 
-epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
+epx_status_t gpu_dispatch_recv(gpu_moe_t *m, void *stream,
                                     epx_recv_t *recv)
 {
     epx_status_t st = usable(m, "cuda dispatch_recv");
@@ -1015,7 +1027,7 @@ epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *m, void *stream,
 
 /* ------------------------------------------------------------- combine */
 
-epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
+epx_status_t gpu_combine_send(gpu_moe_t *m,
                                    const epx_combine_args_t *a, void *stream)
 {
     epx_status_t st = usable(m, "cuda combine_send");
@@ -1024,7 +1036,8 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
     if (m->state != ST_RECEIVED)
         return fail(m, epx__error(EPX_ERR_STATE, "cuda combine_send: not "
                                   "after dispatch_recv"));
-    if (!a || a->struct_size < sizeof(epx_combine_args_t) ||
+    if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) +
+                                   sizeof(unsigned) ||
         !tensor_ok(&a->y, m->p.dtype, m->rows, m->g.H))
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: y must be "
                           "[%lld, %d] in the engine dtype",
@@ -1068,7 +1081,7 @@ epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *m,
     return EPX_OK;
 }
 
-epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *m, epx_tensor_t *out,
+epx_status_t gpu_combine_recv(gpu_moe_t *m, epx_tensor_t *out,
                                    void *stream)
 {
     epx_status_t st = usable(m, "cuda combine_recv");

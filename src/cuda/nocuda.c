@@ -1,5 +1,6 @@
-/* Built without CUDA: the GPU executor's API answers EPX_ERR_UNSUPPORTED. */
+/* Built without CUDA: device ranks answer EPX_ERR_UNSUPPORTED. */
 #include "epx/cuda.h"
+#include "cuda/gpu.h"
 #include "util/util.h"
 
 #define NOCUDA(what)                                                           \
@@ -12,70 +13,46 @@ epx_status_t epx_cuda_devices(int *count)
     return NOCUDA("epx_cuda_devices");
 }
 
-epx_status_t epx_cuda_moe_create(epx_comm_t *comm,
-                                 const epx_moe_params_t *params,
-                                 const epx_cuda_params_t *cparams,
-                                 epx_cuda_moe_t **moe)
+epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            gpu_moe_t **gpu)
 {
-    (void)comm, (void)params, (void)cparams, (void)moe;
-    return NOCUDA("epx_cuda_moe_create");
+    (void)comm, (void)params, (void)gpu;
+    return NOCUDA("moe: a device rank (epx_moe_params_t.device)");
 }
 
-void epx_cuda_moe_destroy(epx_cuda_moe_t *moe)
+/* Unreachable without an engine from gpu_moe_create. */
+void gpu_moe_destroy(gpu_moe_t *gpu) { (void)gpu; }
+int gpu_moe_num_sms(const gpu_moe_t *gpu) { (void)gpu; return 0; }
+const char *gpu_moe_backend(const gpu_moe_t *gpu) { (void)gpu; return ""; }
+
+epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
+                               void *stream)
 {
-    (void)moe;
+    (void)gpu, (void)a, (void)stream;
+    return NOCUDA("dispatch_send");
 }
 
-int epx_cuda_moe_num_sms(const epx_cuda_moe_t *moe)
+epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv)
 {
-    (void)moe;
-    return 0;
+    (void)gpu, (void)stream, (void)recv;
+    return NOCUDA("dispatch_recv");
 }
 
-const char *epx_cuda_moe_backend(const epx_cuda_moe_t *moe)
+epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
+                              void *stream)
 {
-    (void)moe;
-    return "";
+    (void)gpu, (void)a, (void)stream;
+    return NOCUDA("combine_send");
 }
 
-epx_status_t epx_cuda_dispatch_send(epx_cuda_moe_t *moe,
-                                    const epx_dispatch_args_t *args,
-                                    void *stream)
+epx_status_t gpu_combine_recv(gpu_moe_t *gpu, epx_tensor_t *out, void *stream)
 {
-    (void)moe, (void)args, (void)stream;
-    return NOCUDA("epx_cuda_dispatch_send");
+    (void)gpu, (void)out, (void)stream;
+    return NOCUDA("combine_recv");
 }
 
-epx_status_t epx_cuda_dispatch_recv(epx_cuda_moe_t *moe, void *stream,
-                                    epx_recv_t *recv)
+epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped)
 {
-    (void)moe, (void)stream, (void)recv;
-    return NOCUDA("epx_cuda_dispatch_recv");
-}
-
-epx_status_t epx_cuda_combine_send(epx_cuda_moe_t *moe,
-                                   const epx_combine_args_t *args,
-                                   void *stream)
-{
-    (void)moe, (void)args, (void)stream;
-    return NOCUDA("epx_cuda_combine_send");
-}
-
-epx_status_t epx_cuda_combine_recv(epx_cuda_moe_t *moe, epx_tensor_t *out,
-                                   void *stream)
-{
-    (void)moe, (void)out, (void)stream;
-    return NOCUDA("epx_cuda_combine_recv");
-}
-
-epx_status_t epx_cuda_moe_check(epx_cuda_moe_t *moe, int64_t *dropped)
-{
-    (void)moe, (void)dropped;
-    return NOCUDA("epx_cuda_moe_check");
-}
-
-epx_status_t epx_cuda_moe_ll_check(epx_cuda_moe_t *moe, int64_t *dropped)
-{
-    (void)moe, (void)dropped;
-    return NOCUDA("epx_cuda_moe_ll_check");
+    (void)gpu, (void)dropped;
+    return NOCUDA("moe check");
 }

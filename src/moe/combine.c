@@ -178,11 +178,9 @@ static epx_status_t combine_enter(const epx_moe_t *m, const epx_handle_t *h,
     return st;
 }
 
-epx_status_t epx_combine_send(epx_moe_t *m, epx_handle_t *h,
-                              const epx_combine_args_t *a)
+epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                 const epx_combine_args_t *a)
 {
-    if (m && m->ll)
-        return ll_combine_send(m, h, a);
     epx_status_t st = combine_enter(m, h, MOE_RECEIVED,
                                     "no received dispatch for this handle");
     if (st != EPX_OK)
@@ -251,10 +249,9 @@ void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
     }
 }
 
-epx_status_t epx_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
+epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
+                                 epx_tensor_t *out)
 {
-    if (m && m->ll)
-        return ll_combine_recv(m, h, out);
     epx_status_t st = combine_enter(m, h, MOE_COMBINING,
                                     "recv without a matching combine_send");
     if (st != EPX_OK)

@@ -287,16 +287,12 @@ epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
         : EPX_OK;
 }
 
-epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
-                               epx_handle_t **handle)
+static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
+                                     epx_handle_t **handle)
 {
-    if (!m)
-        return epx__error(EPX_ERR_INVALID, "dispatch: engine NULL");
     epx_status_t st = moe_check_usable(m, "dispatch");
     if (st != EPX_OK)
         return st;
-    if (m->ll)
-        return ll_dispatch_send(m, a, handle);
     /* Call-order errors cannot be agreed with the peers (they are in
      * another call): the engine is unusable afterwards (epx.h). */
     if (m->state == MOE_SENT || m->state == MOE_COMBINING)
@@ -362,7 +358,7 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         st = signal_data(m);
     if (st != EPX_OK) {
         if (!cached)
-            epx_handle_release(h);
+            epx_handle_release(h);   /* not in flight: freed or kept */
         return st;
     }
     moe_stats_record(m, moe_args_layer(a), h->ecount, h->ucount);
@@ -372,14 +368,9 @@ epx_status_t epx_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     return EPX_OK;
 }
 
-epx_status_t epx_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
+static epx_status_t ht_dispatch_recv(epx_moe_t *m, epx_handle_t *h,
+                                     epx_recv_t *out)
 {
-    if (!m || !h || !out || h->moe != m)
-        return epx__error(EPX_ERR_INVALID,
-                          "dispatch: engine, handle or output NULL, or handle "
-                          "of another engine");
-    if (m->ll)
-        return ll_dispatch_recv(m, h, out);
     epx_status_t usable = moe_check_usable(m, "dispatch");
     if (usable != EPX_OK)
         return usable;
@@ -452,14 +443,11 @@ void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     memcpy(out, &full, n);
 }
 
-void epx_handle_release(epx_handle_t *h)
+/* Releasing the handle of the call in flight: take in that phase, so the
+ * signal counters stay in step with the peers. */
+static void ht_release(epx_moe_t *m, epx_handle_t *h)
 {
-    if (!h)
-        return;
-    epx_moe_t *m = h->moe;
-    if (m && m->ll)
-        ll_release(m, h);
-    else if (m && m->cur == h) {
+    if (m->cur == h) {
         /* Take in the phase in flight so the counters stay in step. */
         epx_status_t st = EPX_OK;
         if (m->state == MOE_SENT)
@@ -471,10 +459,21 @@ void epx_handle_release(epx_handle_t *h)
         m->state = MOE_IDLE;
         m->cur = NULL;
     }
-    if (m && !m->spare)
-        m->spare = h;      /* reused by the next dispatch */
-    else
-        moe_handle_free(h);
 }
 
-int64_t epx_handle_num_tokens(const epx_handle_t *h) { return h ? h->T : -1; }
+static epx_status_t host_check(epx_moe_t *m, int64_t *dropped)
+{
+    (void)m;
+    if (dropped)
+        *dropped = 0;
+    return EPX_OK;
+}
+
+const moe_ops_t moe_ht_ops = {
+    "host:throughput", ht_dispatch_send, ht_dispatch_recv, moe_ht_poll,
+    moe_ht_combine_send, moe_ht_combine_recv, ht_release, host_check
+};
+const moe_ops_t moe_ll_ops = {
+    "host:low-latency", ll_dispatch_send, ll_dispatch_recv, ll_dispatch_poll,
+    ll_combine_send, ll_combine_recv, ll_release, host_check
+};

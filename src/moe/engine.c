@@ -8,6 +8,7 @@
 #include "util/util.h"
 #include "moe/ll.h"
 #include "moe/hier.h"
+#include "cuda/gpu.h"
 
 typedef struct engine_info {   /* what every rank must agree on */
     int32_t status, hidden, experts, topk, dtype, layout, align, layers, slots,
@@ -296,6 +297,58 @@ epx_status_t epx_moe_set_placement(epx_moe_t *m, int layer,
     return EPX_OK;
 }
 
+/* The rank's device (version 4), and whether every rank is of the same
+ * kind (host or device): the executors' set-up exchanges differ, so this
+ * is agreed first.  Collective. */
+static epx_status_t agree_device(epx_moe_t *m, const epx_moe_params_t *p,
+                                 int *device)
+{
+    int v4 = p->struct_size >= offsetof(epx_moe_params_t, nccl_comm) +
+                                   sizeof(void *) && p->version >= 4;
+    *device = v4 ? p->device : EPX_DEVICE_HOST;
+    /* 0 host, 1 device, -1 neither (refused on every rank) */
+    int32_t mine = *device >= 0 ? 1 : *device == EPX_DEVICE_HOST ? 0 : -1;
+    int32_t *all = calloc((size_t)m->R, sizeof(int32_t));
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    epx_status_t st = epx__comm_allgather(m->comm, &mine, all, sizeof(mine));
+    if (st == EPX_OK && mine < 0)
+        st = epx__error(EPX_ERR_INVALID, "moe: device %d is neither "
+                        "EPX_DEVICE_HOST nor a CUDA ordinal", *device);
+    for (int r = 0; r < m->R && st == EPX_OK; r++)
+        if (all[r] < 0)
+            st = epx__error(EPX_ERR_PEER, "moe: rank %d passed an invalid "
+                            "device", r);
+        else if (all[r] != mine)
+            st = epx__error(EPX_ERR_MISMATCH, "moe: rank %d is a %s rank but "
+                            "rank %d a %s rank (epx_moe_params_t.device)",
+                            m->rank, mine ? "device" : "host", r,
+                            all[r] ? "device" : "host");
+    free(all);
+    return st;
+}
+
+/* Device ranks: the GPU executor, and the engine's placement tables
+ * (contiguous: the GPU has no replicas yet) and statistics. */
+static epx_status_t create_gpu(epx_moe_t *m, const epx_moe_params_t *params)
+{
+    epx_status_t st = moe_gpu_create(m, params);
+    if (st != EPX_OK)
+        return st;
+    m->layers = m->p.num_layers > 0 ? m->p.num_layers : 1;
+    m->decay = m->p.stats_decay > 0 ? m->p.stats_decay : 0.9;
+    m->u2r = malloc(sizeof(int32_t) * (size_t)m->U);
+    m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
+    if (!m->u2r || !m->first)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+    for (int r = 0; r <= m->R; r++)
+        m->first[r] = (int32_t)((int64_t)r * m->U / m->R);
+    for (int r = 0; r < m->R; r++)
+        for (int u = m->first[r]; u < m->first[r + 1]; u++)
+            m->u2r[u] = r;
+    return moe_stats_init(m);
+}
+
 epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                             epx_moe_t **out)
 {
@@ -307,9 +360,22 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->comm = comm;
     m->R = comm->nranks;
     m->rank = comm->rank;
+    m->ops = &moe_ht_ops;
     memcpy(&m->p, params, params->struct_size < sizeof(m->p)
                               ? params->struct_size : sizeof(m->p));
-    epx_status_t mine = check_params(params, m->R), st;
+    int device;
+    epx_status_t st = agree_device(m, params, &device);
+    if (st == EPX_OK && device >= 0)
+        st = create_gpu(m, params);
+    if (st != EPX_OK || device >= 0) {
+        if (st != EPX_OK) {
+            epx_moe_destroy(m);
+            return st;
+        }
+        *out = m;
+        return EPX_OK;
+    }
+    epx_status_t mine = check_params(params, m->R);
     if (mine == EPX_OK) {
         m->E = params->num_experts;
         m->U = m->p.num_slots > 0 ? m->p.num_slots : m->E;
@@ -355,6 +421,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if ((st = moe_stats_init(m)) != EPX_OK || (st = replicas_init(m)) != EPX_OK)
         goto err_free;
     if (m->p.mode == EPX_MODE_LOW_LATENCY) {
+        m->ops = &moe_ll_ops;
         if ((st = ll_init(m)) != EPX_OK)   /* its own window */
             goto err_free;
     } else {
@@ -387,6 +454,7 @@ void epx_moe_destroy(epx_moe_t *m)
 {
     if (!m)
         return;
+    gpu_moe_destroy(m->gpu);
     ll_drain(m);
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);

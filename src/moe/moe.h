@@ -32,6 +32,9 @@
 #include "core/comm.h"
 #include "transport/transport.h"
 #include "moe/wire.h"
+#include "moe/ops.h"
+
+struct gpu_moe;
 
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
@@ -48,6 +51,8 @@ typedef struct moe_offsets {
 } moe_offsets_t;
 
 struct epx_moe {
+    const moe_ops_t *ops;      /* the executor (ops.h) */
+    struct gpu_moe *gpu;       /* device ranks (src/cuda/gpu.h), else NULL */
     epx_comm_t *comm;
     epx_moe_params_t p;
     int R, rank, E, K, H;
@@ -109,6 +114,7 @@ struct epx_moe {
 struct epx_handle {
     epx_moe_t *moe;
     int64_t T;
+    void *stream, *cstream;    /* device ranks: dispatch's, combine's */
     /* send side */
     int32_t *idx;              /* [T*K] expert ids, -1 = none */
     int32_t *ndest;            /* [T] */
@@ -213,6 +219,13 @@ void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out);
 epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what);
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what);
+/* combine.c: throughput mode's combine (moe_ht_ops) */
+epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                 const epx_combine_args_t *a);
+epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
+                                 epx_tensor_t *out);
+/* gpu_ops.c: device ranks (moe_gpu_ops); fills m from the GPU engine. */
+epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params);
 /* combine.c, shared with the low-latency combine: one destination rank's
  * contribution to a token (see reduce_token), the partial of an entry
  * rounded to the engine dtype, and a token's sum over its sources. */

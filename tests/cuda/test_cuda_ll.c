@@ -1,7 +1,7 @@
 /*
  * GPU low-latency mode against the reference (needs a GPU; exit 77
  * without one).  Thread ranks on one GPU (2 and 4): eager calls over both
- * buffers with drops counted by epx_cuda_moe_ll_check; then dispatch and
+ * buffers with drops counted by epx_moe_check; then dispatch and
  * combine captured into one CUDA graph, replayed with new inputs each time
  * (same shapes), every replay's counts, row sources, received rows (copied
  * inside the graph) and combine output compared bit for bit with
@@ -213,10 +213,9 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     p.ll_buffers = 2;
     p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
     p.wire = c->wire;
-    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
-    cp.device = 0;
-    epx_cuda_moe_t *m = NULL;
-    CHECK_OK(epx_cuda_moe_create(comm, &p, &cp, &m));
+    p.device = 0;
+    epx_moe_t *m = NULL;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
@@ -240,10 +239,12 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
     }
     const int64_t T = c->maxT - me % 3;
+    epx_handle_t *h = NULL;
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
     a.x = (epx_tensor_t){ b.dx, c->dtype, T, c->H };
     a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
+    a.stream = st;
     epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     ref_recv_t want;
@@ -252,35 +253,39 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     if (!c->drop && c->skew) {
         /* Overflow without DROP: every rank's check says EPX_ERR_RANGE. */
         CHECK_CALL(stage(c, R, me, 0, &b, src, idx, w, x, &want, &dropped));
-        CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
-        CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
         epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
         ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
-        CHECK_OK(epx_cuda_combine_send(m, &ca, st));
-        CHECK_OK(epx_cuda_combine_recv(m, &out, st));
-        CHECK_ST(epx_cuda_moe_ll_check(m, NULL), EPX_ERR_RANGE);
-        CHECK_OK(epx_cuda_moe_ll_check(m, NULL));
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        epx_handle_release(h);
+        h = NULL;
+        CHECK_ST(epx_moe_check(m, NULL), EPX_ERR_RANGE);
+        CHECK_OK(epx_moe_check(m, NULL));
         ref_recv_free(&want);
         goto done;
     }
     /* Eager: three calls (buffers 0, 1, 0). */
     for (int call = 0; call < 3; call++) {
         CHECK_CALL(stage(c, R, me, call, &b, src, idx, w, x, &want, &dropped));
-        CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
-        CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
         CU(cudaStreamSynchronize(st));
         epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
         if (c->wire != EPX_WIRE_NATIVE && call == 0) {
             /* y over the buffers: refused, nothing consumed */
             ca.y = (epx_tensor_t){ (void *)rv.x.data, c->dtype, rv.num_rows,
                                    c->H };
-            CHECK_ST(epx_cuda_combine_send(m, &ca, st), EPX_ERR_INVALID);
+            CHECK_ST(epx_combine_send(m, h, &ca), EPX_ERR_INVALID);
         }
         ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
         CHECK_CALL(copy_rows(&rv, &b, &want, st));
-        CHECK_OK(epx_cuda_combine_send(m, &ca, st));
-        CHECK_OK(epx_cuda_combine_recv(m, &out, st));
-        CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        epx_handle_release(h);
+        h = NULL;
+        CHECK_OK(epx_moe_check(m, &got_dropped));
         CHECK(got_dropped == dropped);
         CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
         ref_recv_free(&want);
@@ -291,21 +296,23 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     CU(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
-    CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+    CHECK_OK(epx_dispatch_send(m, &a, &h));
+    CHECK_OK(epx_dispatch_recv(m, h, &rv));
     CHECK_CALL(copy_rows(&rv, &b, &want, st));
     ref_recv_free(&want);
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
     ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
-    CHECK_OK(epx_cuda_combine_send(m, &ca, st));
-    CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+    CHECK_OK(epx_combine_send(m, h, &ca));
+    CHECK_OK(epx_combine_recv(m, h, &out));
+    epx_handle_release(h);
+    h = NULL;
     CU(cudaStreamEndCapture(st, &graph));
     CU(cudaGraphInstantiate(&exec, graph, 0));
     for (int rep = 0; rep < 4; rep++) {
         CHECK_CALL(stage(c, R, me, 10 + rep, &b, src, idx, w, x, &want, &dropped));
         CU(cudaGraphLaunch(exec, st));
         CU(cudaStreamSynchronize(st));
-        CHECK_OK(epx_cuda_moe_ll_check(m, &got_dropped));
+        CHECK_OK(epx_moe_check(m, &got_dropped));
         CHECK(got_dropped == dropped);
         CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
         ref_recv_free(&want);
@@ -313,7 +320,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
 done:
-    epx_cuda_moe_destroy(m);
+    epx_moe_destroy(m);
     cudaStreamDestroy(st);
     cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dy);
     cudaFree(b.dxcopy), cudaFree(b.dscopy), cudaFree(b.dgcopy), cudaFree(b.dout);

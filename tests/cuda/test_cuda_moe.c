@@ -27,7 +27,7 @@
 typedef struct gcase {
     int R, E, K, H, maxT;
     epx_dtype_t dtype;
-    epx_cuda_backend_t backend;
+    epx_gpu_backend_t backend;
     int one_device;     /* all ranks on device 0 */
     int em, align;      /* expert-major layout and its alignment */
     int unweighted;     /* expert-major: EPX_COMBINE_UNWEIGHTED */
@@ -70,7 +70,7 @@ typedef struct gbufs {
     void *dx, *didx, *dw, *dout, *dy;
 } gbufs_t;
 
-static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
                     const gbufs_t *b, int R, int me, int call);
 
 static int gpu_rank(epx_comm_t *comm, void *arg)
@@ -89,11 +89,10 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     p.layout = c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR;
     p.expert_alignment = c->em ? c->align : 1;
     p.wire = c->wire;
-    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
-    cp.device = dev;
-    cp.backend = c->backend;
-    epx_cuda_moe_t *m = NULL;
-    CHECK_OK(epx_cuda_moe_create(comm, &p, &cp, &m));
+    p.device = dev;
+    p.gpu_backend = c->backend;
+    epx_moe_t *m = NULL;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
     CHECK(epx_cuda_moe_num_sms(m) >= 1);
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -114,7 +113,7 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
      * under the second's padding. */
     for (int call = 0; call < 2; call++)
         CHECK_CALL(gpu_call(c, m, st, &b, R, me, call));
-    epx_cuda_moe_destroy(m);
+    epx_moe_destroy(m);
     cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dout);
     cudaFree(b.dy);
     cudaStreamDestroy(st);
@@ -122,7 +121,7 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
 }
 
 /* One dispatch and combine, checked against the reference. */
-static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
+static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
                     const gbufs_t *b, int R, int me, int call)
 {
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
@@ -145,18 +144,20 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CU(cudaMemcpyAsync(dw, w[me], (size_t)(T * c->K) * 4,
                        cudaMemcpyHostToDevice, st));
 
+    epx_handle_t *h = NULL;
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
     a.x = (epx_tensor_t){ dx, c->dtype, T, c->H };
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, c->K };
+    a.stream = st;
     /* A caller's NVFP4 tensor scale is host-only for now: refused, the
      * engine still usable. */
     a.x_global_scale = 1.0f;
-    CHECK_ST(epx_cuda_dispatch_send(m, &a, st), EPX_ERR_UNSUPPORTED);
+    CHECK_ST(epx_dispatch_send(m, &a, &h), EPX_ERR_UNSUPPORTED);
     a.x_global_scale = 0.0f;
-    CHECK_OK(epx_cuda_dispatch_send(m, &a, st));
+    CHECK_OK(epx_dispatch_send(m, &a, &h));
     epx_recv_t rv = { .struct_size = sizeof(rv) };
-    CHECK_OK(epx_cuda_dispatch_recv(m, st, &rv));
+    CHECK_OK(epx_dispatch_recv(m, h, &rv));
 
     ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype,
                       c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
@@ -229,7 +230,7 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
         epx_combine_args_t bad = EPX_COMBINE_ARGS_INIT;
         bad.y = (epx_tensor_t){ rv.x.data, c->dtype, n, c->H };
         if (n > 0)
-            CHECK_ST(epx_cuda_combine_send(m, &bad, st), EPX_ERR_INVALID);
+            CHECK_ST(epx_combine_send(m, h, &bad), EPX_ERR_INVALID);
         dy = b->dy;
     }
 
@@ -248,9 +249,11 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
     ca.y = (epx_tensor_t){ dy, c->dtype, n, c->H };
     ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
-    CHECK_OK(epx_cuda_combine_send(m, &ca, st));
+    CHECK_OK(epx_combine_send(m, h, &ca));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
-    CHECK_OK(epx_cuda_combine_recv(m, &out, st));
+    CHECK_OK(epx_combine_recv(m, h, &out));
+    epx_handle_release(h);
+    h = NULL;
     /* Wait before the copy into pageable memory: queued behind the reduce
      * (which waits for the peers' partials) it could hold the driver
      * while a peer still has its own pageable copies to make before its
@@ -258,7 +261,7 @@ static int gpu_call(const gcase_t *c, epx_cuda_moe_t *m, cudaStream_t st,
     CU(cudaStreamSynchronize(st));
     /* A combine whose device wait timed out says so here, not as wrong
      * values below. */
-    CHECK_OK(epx_cuda_moe_check(m, NULL));
+    CHECK_OK(epx_moe_check(m, NULL));
     float *got = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     float *exp = malloc(sizeof(float) * (size_t)(T * c->H + 1));
     CU(cudaMemcpyAsync(got, dout, sizeof(float) * (size_t)(T * c->H),
@@ -313,7 +316,7 @@ static void threads_one_gpu(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0,
+                          EPX_GPU_BACKEND_WINDOWS, 1, 0, 1, 0,
                           EPX_WIRE_NATIVE };
             thread_case(&c);
         }
@@ -329,7 +332,7 @@ static void expert_major(void **state)
         for (int d = 0; d < 2; d++) {
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
-                          EPX_CUDA_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d,
+                          EPX_GPU_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d,
                           EPX_WIRE_NATIVE };
             thread_case(&c);
         }
@@ -338,7 +341,7 @@ static void expert_major(void **state)
 static void expert_major_processes(void **state)
 {
     (void)state;
-    gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS,
+    gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS,
                   1, 1, 4, 0, EPX_WIRE_NATIVE };
     assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
 }
@@ -355,19 +358,18 @@ static int wire_refused_rank(epx_comm_t *comm, void *arg)
     p.max_tokens_per_rank = 8;
     p.dtype = EPX_DTYPE_FP32;
     p.wire = EPX_WIRE_FP8;
-    epx_cuda_params_t cp = EPX_CUDA_PARAMS_INIT;
-    cp.device = 0;
-    epx_cuda_moe_t *m = NULL;
-    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    p.device = 0;
+    epx_moe_t *m = NULL;
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_INVALID);
     CHECK(m == NULL);
     p.dtype = EPX_DTYPE_BF16;
     p.wire = (epx_wire_t)99;
-    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_INVALID);
     p.dtype = EPX_DTYPE_FP32;
     p.wire = EPX_WIRE_NVFP4;
     p.mode = EPX_MODE_LOW_LATENCY;
     p.layout = EPX_LAYOUT_EXPERT_MAJOR;
-    CHECK_ST(epx_cuda_moe_create(comm, &p, &cp, &m), EPX_ERR_INVALID);
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_INVALID);
     CHECK(m == NULL);
     return 0;
 }
@@ -392,7 +394,7 @@ static void quantized_wires(void **state)
             for (int em = 0; em < 2; em++) {
                 gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4,
                               Hs[(wi + i + (size_t)em) % 3], 48,
-                              EPX_DTYPE_BF16, EPX_CUDA_BACKEND_WINDOWS, 1,
+                              EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS, 1,
                               em, em ? 4 : 1, 0, wires[wi] };
                 thread_case(&c);
             }
@@ -404,7 +406,7 @@ static void processes_one_gpu(void **state)
     static const int ranks[] = { 2, 4 };
     for (size_t i = 0; i < 2; i++) {
         gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
-                      EPX_CUDA_BACKEND_WINDOWS, 1, 0, 1, 0, EPX_WIRE_NATIVE };
+                      EPX_GPU_BACKEND_WINDOWS, 1, 0, 1, 0, EPX_WIRE_NATIVE };
         assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
     }
 }
@@ -415,7 +417,7 @@ static void nccl_two_gpus(void **state)
     int ndev = 0;
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
         skip();
-    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_CUDA_BACKEND_NCCL, 0,
+    gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_GPU_BACKEND_NCCL, 0,
                   0, 1, 0, EPX_WIRE_NATIVE };
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
     c.wire = EPX_WIRE_NVFP4;   /* the scales and row scales move too */

@@ -1,0 +1,36 @@
+/*
+ * The GPU executor as the engine (src/moe) sees it: plain C, no CUDA
+ * types, so the engine builds the same with or without CUDA (nocuda.c
+ * answers EPX_ERR_UNSUPPORTED).  Streams are cudaStream_t as void *.
+ * epx_moe_create makes one when epx_moe_params_t.device is a CUDA
+ * ordinal; src/moe/gpu_ops.c puts it behind the engine's ops table.
+ */
+#ifndef EPX_CUDA_GPU_H
+#define EPX_CUDA_GPU_H
+
+#include <stdint.h>
+#include "epx.h"
+
+typedef struct gpu_moe gpu_moe_t;
+
+/* Collective.  params->device is the CUDA ordinal; the GPU settings
+ * (num_sms, gpu_backend, nccl_comm) come from the same params. */
+epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            gpu_moe_t **gpu);
+/* Collective (a barrier first, so no peer still writes into this rank). */
+void gpu_moe_destroy(gpu_moe_t *gpu);
+int gpu_moe_num_sms(const gpu_moe_t *gpu);
+const char *gpu_moe_backend(const gpu_moe_t *gpu);
+
+/* Stream-ordered steps of one call (include/epx.h; src/cuda/README.md). */
+epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
+                               void *stream);
+epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv);
+epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
+                              void *stream);
+epx_status_t gpu_combine_recv(gpu_moe_t *gpu, epx_tensor_t *out, void *stream);
+/* Synchronise with the engine's stream; the first device-side error of
+ * the calls since the last check (epx_moe_check). */
+epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped);
+
+#endif /* EPX_CUDA_GPU_H */

@@ -1,0 +1,121 @@
+/*
+ * Device ranks behind the engine's ops table: the GPU executor
+ * (src/cuda/gpu.h) drives the exchange; the engine keeps what is
+ * executor-independent (placement, handles, call order).  Plain C: built
+ * with or without CUDA (without, gpu_moe_create says why not).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+#include "cuda/gpu.h"
+#include "epx/cuda.h"
+
+epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params)
+{
+    epx_status_t st = gpu_moe_create(m->comm, params, &m->gpu);
+    if (st != EPX_OK)
+        return st;
+    m->ops = &moe_gpu_ops;
+    m->E = m->U = params->num_experts;   /* no replicas on the GPU yet */
+    m->K = params->topk;
+    m->H = params->hidden;
+    return EPX_OK;
+}
+
+static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
+                             epx_handle_t **handle)
+{
+    if (!a || !handle)
+        return epx__error(EPX_ERR_INVALID, "dispatch: args or handle NULL");
+    void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
+                                         sizeof(void *) ? a->stream : NULL;
+    epx_status_t st = gpu_dispatch_send(m->gpu, a, stream);
+    if (st != EPX_OK)
+        return st;
+    epx_handle_t *h = m->spare ? m->spare : calloc(1, sizeof(*h));
+    if (!h)   /* the call is queued: the next dispatch_send abandons it */
+        return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+    m->spare = NULL;
+    h->moe = m;
+    h->T = a->x.rows;
+    h->stream = h->cstream = stream;
+    m->cur = h;
+    *handle = h;
+    return EPX_OK;
+}
+
+/* The executor runs one call at a time, in order; a handle other than
+ * the one in flight is one of an abandoned call. */
+static epx_status_t gpu_current(const epx_moe_t *m, const epx_handle_t *h,
+                                const char *what)
+{
+    return m->cur == h ? EPX_OK
+        : epx__error(EPX_ERR_STATE, "%s: the handle is not the engine's call "
+                     "in flight", what);
+}
+
+static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
+{
+    epx_status_t st = gpu_current(m, h, "dispatch_recv");
+    return st != EPX_OK ? st : gpu_dispatch_recv(m->gpu, h->stream, out);
+}
+
+static epx_status_t gpu_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
+                             uint8_t *ready, int *num_ready)
+{
+    (void)m, (void)h, (void)out, (void)ready, (void)num_ready;
+    return epx__error(EPX_ERR_UNSUPPORTED, "dispatch_poll: not implemented "
+                      "on device ranks yet (use epx_dispatch_recv)");
+}
+
+static epx_status_t gpu_csend(epx_moe_t *m, epx_handle_t *h,
+                              const epx_combine_args_t *a)
+{
+    epx_status_t st = gpu_current(m, h, "combine_send");
+    if (st != EPX_OK)
+        return st;
+    if (a && a->struct_size >= offsetof(epx_combine_args_t, stream) +
+                                   sizeof(void *))
+        h->cstream = a->stream;
+    return gpu_combine_send(m->gpu, a, h->cstream);
+}
+
+static epx_status_t gpu_crecv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
+{
+    epx_status_t st = gpu_current(m, h, "combine_recv");
+    if (st == EPX_OK)
+        st = gpu_combine_recv(m->gpu, out, h->cstream);
+    if (st == EPX_OK)
+        m->cur = NULL;
+    return st;
+}
+
+/* The executor keeps its own call state: a handle released mid-call
+ * leaves the call to be abandoned by the next dispatch_send. */
+static void gpu_release(epx_moe_t *m, epx_handle_t *h)
+{
+    if (m->cur == h)
+        m->cur = NULL;
+}
+
+static epx_status_t gpu_check(epx_moe_t *m, int64_t *dropped)
+{
+    return gpu_moe_check(m->gpu, dropped);
+}
+
+const moe_ops_t moe_gpu_ops = {
+    "cuda", gpu_send, gpu_recv, gpu_poll, gpu_csend, gpu_crecv, gpu_release,
+    gpu_check
+};
+
+int epx_cuda_moe_num_sms(const epx_moe_t *m)
+{
+    return m && m->gpu ? gpu_moe_num_sms(m->gpu) : 0;
+}
+
+const char *epx_cuda_moe_backend(const epx_moe_t *m)
+{
+    return m && m->gpu ? gpu_moe_backend(m->gpu) : "";
+}
