@@ -82,6 +82,12 @@ run_all() {
              test_cuda_ll; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done
+    # The one API end to end: the README example on device ranks, and the
+    # host/device agreement of epx_moe_create
+    step "examples/moe_gpu (8 device ranks, out == x)" sh -c \
+        "o=\$('$b/examples/moe_gpu' 2>&1); rc=\$?; echo \"\$o\";
+         [ \$rc -eq 0 ] && [ \$(echo \"\$o\" | grep -c 'out == x') -eq 8 ]"
+    step "tests/moe/test_device" "$b/tests/moe/test_device"
     step "bench/test-cuda-bench-smoke.sh" \
         sh -c "cd '$b' && sh '$src/bench/test-cuda-bench-smoke.sh'"
     # HT: each phase >= 70 % of the device copy bandwidth for its bytes

@@ -6,7 +6,7 @@
 # OpenBLAS when present, for host-run.sh's --overlap), built here, and DIR
 # receives
 #   bench/epx-bench, topology/epx-topo,  the programs
-#   tests/cuda/test_*
+#   tests/cuda/test_*, tests/moe/test_device, examples/moe_gpu
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
@@ -34,11 +34,13 @@ grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
 progs="bench/epx-bench topology/epx-topo tests/cuda/test_cuda_moe
        tests/cuda/test_cuda_ll tests/cuda/test_kern_host
-       tests/cuda/test_kern_quant tests/cuda/test_fdpass"
+       tests/cuda/test_kern_quant tests/cuda/test_fdpass
+       tests/moe/test_device examples/moe_gpu"
 echo "gpu-bundle: building"
 make -j"$(nproc 2>/dev/null || echo 2)" $progs >make.out 2>&1 ||
     { tail -30 make.out; exit 1; }
-mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/lib"
+mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/tests/moe" \
+    "$dir/examples" "$dir/lib"
 for p in $progs; do cp "$p" "$dir/$p"; done
 cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
