@@ -20,61 +20,7 @@
 #include "util/util.h"
 #include "moe/ll.h"
 #include "moe/hier.h"
-
-/* acc (+)= w * src over n elements, in fp32: `first` starts the sum
- * (acc = 0 + term, so acc needs no clearing pass); w NULL: weight 1. */
-#define ACCUM(EXPR)                                                            \
-    do {                                                                       \
-        if (first)                                                             \
-            for (int i = 0; i < n; i++)                                        \
-                acc[i] = 0.0f + (EXPR);                                        \
-        else                                                                   \
-            for (int i = 0; i < n; i++)                                        \
-                acc[i] += (EXPR);                                              \
-    } while (0)
-
-static inline void accum(float *restrict acc, const void *src, epx_dtype_t dt,
-                         const float *w, int first, int n)
-{
-    if (dt == EPX_DTYPE_BF16) {
-        const uint16_t *s = src;
-        if (w) {
-            float wv = *w;
-            ACCUM(wv * epx__bf16_to_f32(s[i]));
-        } else {
-            ACCUM(epx__bf16_to_f32(s[i]));
-        }
-    } else {
-        const float *s = src;
-        if (w) {
-            float wv = *w;
-            ACCUM(wv * s[i]);
-        } else {
-            ACCUM(s[i]);
-        }
-    }
-}
-
-/* acc (+)= round_to_wire(part): a partial as it would travel. */
-static inline void accum_wire(float *restrict acc, const float *restrict part,
-                              epx_dtype_t dt, int first, int n)
-{
-    if (dt == EPX_DTYPE_BF16)
-        ACCUM(epx__bf16_to_f32(epx__f32_to_bf16(part[i])));
-    else
-        ACCUM(part[i]);
-}
-
-static void store(void *dst, const float *restrict acc, epx_dtype_t dt, int H)
-{
-    if (dt == EPX_DTYPE_BF16) {
-        uint16_t *d = dst;
-        for (int i = 0; i < H; i++)
-            d[i] = epx__f32_to_bf16(acc[i]);
-    } else {
-        memcpy(dst, acc, sizeof(float) * (size_t)H);
-    }
-}
+#include "moe/reduce.h"
 
 /* Status word and signal to every rank for the combine phase. */
 static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
@@ -87,34 +33,6 @@ static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
                                  MOE_SIG_COMB, 1);
     }
     return st;
-}
-
-/* Columns per pass: the fp32 accumulators stay in L1 while the rows
- * stream through once. */
-#define COMB_CHUNK 2048
-
-/* One token's partial on this rank: its local rows in top-k order. */
-static inline void reduce_entry(const epx_moe_t *m, const char *rows,
-                                const int32_t *ent, const float *w, int c0,
-                                int n, float *part)
-{
-    for (int k = 0; k < ent[2]; k++) {
-        int32_t r = ent[3 + k];
-        accum(part, rows + (size_t)r * m->row_bytes + (size_t)c0 * m->esize,
-              m->p.dtype, w ? &w[r] : NULL, k == 0, n);
-    }
-}
-
-EPX_CLONES
-void moe_reduce_partial(const epx_moe_t *m, const char *rows,
-                        const int32_t *ent, const float *w, void *dst)
-{
-    float part[COMB_CHUNK];
-    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
-        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        reduce_entry(m, rows, ent, w, c0, n, part);
-        store((char *)dst + (size_t)c0 * m->esize, part, m->p.dtype, n);
-    }
 }
 
 static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
@@ -219,34 +137,6 @@ epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
     }
     m->state = MOE_COMBINING;
     return EPX_OK;
-}
-
-/* Where one destination rank's contribution to a token comes from
- * (comb_src_t, moe.h): one row (pushed partial, or a token-major row in
- * place), or a peer's entry listing its expert-major rows (in place) to
- * reduce here. */
-EPX_CLONES
-void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
-                         char *out, epx_dtype_t out_dt)
-{
-    const epx_dtype_t dt = m->p.dtype;
-    const size_t es = m->esize, oes = epx_dtype_size(out_dt);
-    float acc[COMB_CHUNK], part[COMB_CHUNK];
-    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
-        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        if (nd == 0)
-            memset(acc, 0, sizeof(float) * (size_t)n);
-        for (int j = 0; j < nd; j++) {
-            const comb_src_t *c = &src[j];
-            if (!c->ent) {
-                accum(acc, c->row + (size_t)c0 * es, dt, NULL, j == 0, n);
-                continue;
-            }
-            reduce_entry(m, c->row, c->ent, c->w, c0, n, part);
-            accum_wire(acc, part, dt, j == 0, n);
-        }
-        store(out + (size_t)c0 * oes, acc, out_dt, n);
-    }
 }
 
 epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,

@@ -9,29 +9,7 @@
 
 #include "util/util.h"
 #include "moe/hier.h"
-
-/* acc (+)= w * v (w NULL: v), fp32, `first`: acc = 0 + term — the flat
- * path's arithmetic (combine.c). */
-static void accum(float *restrict acc, const void *src, epx_dtype_t dt,
-                  const float *w, int first, int n)
-{
-    const float wv = w ? *w : 1.0f;
-    for (int i = 0; i < n; i++) {
-        float v = dt == EPX_DTYPE_BF16 ? epx__bf16_to_f32(((const uint16_t *)src)[i])
-                                       : ((const float *)src)[i];
-        float term = w ? wv * v : v;
-        acc[i] = first ? 0.0f + term : acc[i] + term;
-    }
-}
-
-static void store(void *dst, const float *acc, epx_dtype_t dt, int n)
-{
-    if (dt == EPX_DTYPE_BF16)
-        for (int i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = epx__f32_to_bf16(acc[i]);
-    else
-        memcpy(dst, acc, sizeof(float) * (size_t)n);
-}
+#include "moe/reduce.h"
 
 /* Distinct domains of a token's destinations, ascending: the first, and
  * the one after `dom` (-1: none). */
@@ -73,12 +51,7 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
                               m->row_bytes);
             continue;
         }
-        for (int k = 0; k < ent[2]; k++) {
-            int32_t r = ent[3 + k];
-            accum(x->acc, y + (size_t)r * m->row_bytes, m->p.dtype,
-                  wt ? &wt[r] : NULL, k == 0, m->H);
-        }
-        store(x->wire, x->acc, m->p.dtype, m->H);
+        moe_reduce_partial(m, y, ent, wt, x->wire);
         st = moe_put(m, &m->put_combine, g, dst, x->wire, m->row_bytes);
     }
     for (int g = d0; g < d0 + L && st == EPX_OK; g++) {
@@ -149,7 +122,8 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
             for (int j = 0; j < nd; j++) {
                 const char *p = moe_local(m, x->part) +
                     (size_t)((int64_t)b * x->P + pc++) * m->row_bytes;
-                accum(acc, p, m->p.dtype, NULL, first == x->dom && j == 0, H);
+                moe_accum(acc, p, m->p.dtype, NULL, first == x->dom && j == 0,
+                          H);
             }
             if (next >= 0) {
                 st = moe_put(m, &m->put_combine, next * L + x->li, x->chain +
@@ -195,7 +169,7 @@ void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         if (h->ndest[t] == 0)
             memset(o, 0, orow);
         else
-            store(o, (const float *)(moe_local(m, x->final) + (size_t)t * frow),
+            moe_store(o, (const float *)(moe_local(m, x->final) + (size_t)t * frow),
                   out->dtype, m->H);
     }
 }

@@ -226,7 +226,7 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
                                  epx_tensor_t *out);
 /* gpu_ops.c: device ranks (moe_gpu_ops); fills m from the GPU engine. */
 epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params);
-/* combine.c, shared with the low-latency combine: one destination rank's
+/* reduce.c (arithmetic in reduce.h), shared by every combine: one destination rank's
  * contribution to a token (see reduce_token), the partial of an entry
  * rounded to the engine dtype, and a token's sum over its sources. */
 typedef struct comb_src {
