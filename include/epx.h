@@ -442,8 +442,8 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     all device ranks), else EPX_ERR_MISMATCH;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
  *     call): num_slots (replicas, placement, weight migration),
- *     EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll, a
- *     caller's NVFP4 tensor scale, expert-major or low latency over NCCL,
+ *     EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
+ *     expert-major or low latency over NCCL,
  *     load statistics in low latency (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -478,8 +478,8 @@ typedef struct epx_dispatch_args {
                                   scales and codes saturate where a block
                                   exceeds 6 * 448 * it.  0: each token's own
                                   (the default).  Other wire formats: 0,
-                                  else EPX_ERR_INVALID.  Host executor only
-                                  (the GPU refuses it: EPX_ERR_UNSUPPORTED). */
+                                  else EPX_ERR_INVALID.  Host and device
+                                  ranks give the same bits. */
     /* version 4 */
     void *stream;              /* device ranks: the cudaStream_t the call is
                                   ordered on (NULL: the legacy stream);

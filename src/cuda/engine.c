@@ -7,6 +7,7 @@
  * token had in its source's packed order).
  */
 #include "config.h"   /* EPX_HAVE_NCCL */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -868,11 +869,18 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m,
     if (a->flags != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: cached "
                           "dispatch is not implemented on the GPU");
-    if (a->struct_size >= offsetof(epx_dispatch_args_t, x_global_scale) +
-                              sizeof(float) && a->x_global_scale != 0.0f)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: a "
-                          "caller's NVFP4 tensor scale (x_global_scale) is "
-                          "not implemented on the GPU (each token's own is)");
+    /* The caller's NVFP4 tensor scale: the host executor's checks. */
+    const float gs = a->struct_size >= offsetof(epx_dispatch_args_t,
+                                                x_global_scale) + sizeof(float)
+        ? a->x_global_scale : 0.0f;
+    if (gs != 0.0f && g->wire != EPX_WIRE_NVFP4)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
+                          "x_global_scale %g with a wire other than nvfp4 "
+                          "(0 otherwise)", (double)gs);
+    if (!(gs >= 0.0f) || isinf(gs))   /* NaN fails the comparison */
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
+                          "x_global_scale %g: want a finite scale > 0, or 0 "
+                          "for each token's own", (double)gs);
     if (T < 0 || T > m->p.max_tokens_per_rank ||
         !tensor_ok(&a->x, m->p.dtype, T, g->H) ||
         (a->topk_idx.dtype != EPX_DTYPE_INT32 &&
@@ -884,6 +892,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m,
                           "INT32/INT64, topk_weights [T, %d] FP32",
                           m->p.max_tokens_per_rank, g->H, g->K, g->K);
     epxk_call_t *c = &m->call;
+    c->gscale = gs;
     if (m->ll)
         return ll_dispatch_send(m, a, stream);
     m->seq++;

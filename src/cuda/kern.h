@@ -589,6 +589,15 @@ EPXK_HD int epxk_q_group(const epxk_geom_t *g)
     return g->qblock / MOE_QUANT_CHUNK;
 }
 
+/* NVFP4: a row's tensor scale — the caller's (given > 0, for every row of
+ * the dispatch), else the row's own from its largest finite magnitude's
+ * bf16 bits (the host executor's moe_wire_pack_row). */
+EPXK_HD float epxk_q_row_global(float given, uint32_t amax_bits)
+{
+    return given > 0.0f ? given
+                        : moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)amax_bits));
+}
+
 /* Data bytes of a chunk at byte chunk * epxk_q_chunk_bytes of the row. */
 EPXK_HD int epxk_q_chunk_bytes(const epxk_geom_t *g)
 {

@@ -36,6 +36,8 @@ typedef struct epxk_call {
     int idx64;
     const float *w;           /* [T][K] */
     int64_t T;
+    float gscale;             /* NVFP4: the caller's tensor scale for every
+                                 row; 0: each row's own */
     const void *y;            /* combine: [rows][H] */
     void *out;                /* combine: [T][H] */
     int out_esize;

@@ -230,7 +230,8 @@ __device__ static void warp_partial(const epxk_geom_t &g, const char *y,
  * in one store, coalesced across the warp.  Every lane of the warp calls
  * it (shuffles over the full mask). */
 __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
-                                      float *gs, const uint16_t *x, int lane)
+                                      float *gs, const uint16_t *x,
+                                      float given, int lane)
 {
     const unsigned full = 0xffffffffu;
     const int64_t chunks = epxk_q_chunks(&g);
@@ -242,14 +243,16 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
     float global = 0.0f;
     if (g.wire == EPX_WIRE_NVFP4) {
         uint32_t m = 0;
-        for (int64_t c = lane; c < chunks; c += WARP) {
+        /* given is the same for the whole warp: no divergent shuffles */
+        for (int64_t c = lane; given <= 0.0f && c < chunks; c += WARP) {
             int nan;
             epxk_q_load_chunk(&g, x, c, v.h);
             uint32_t a = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
             m = a > m ? a : m;
         }
-        m = __reduce_max_sync(full, m);
-        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        if (given <= 0.0f)
+            m = __reduce_max_sync(full, m);
+        global = epxk_q_row_global(given, m);
         if (lane == 0)
             *gs = global;
     }
@@ -299,7 +302,8 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
  * token row xrow: a copy (native wire) or its quantized parts. */
 __device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
                                                     char *w, int64_t row,
-                                                    const char *xrow, int lane)
+                                                    const char *xrow,
+                                                    float given, int lane)
 {
     char *q = w + g.off_rows + row * g.xrow_bytes;
     if (!g.qblock) {
@@ -308,7 +312,7 @@ __device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
     }
     warp_quant_row(g, q, w + g.off_scales + row * g.scale_bytes,
                    (float *)(w + g.off_gscale) + row,
-                   (const uint16_t *)xrow, lane);
+                   (const uint16_t *)xrow, given, lane);
 }
 
 /* Count of a window's region. */
@@ -444,7 +448,8 @@ __device__ static void pack_expert_major(const epxk_geom_t &g,
         if (e < 0 || epxk_owner(c.e2r, e) != d)
             continue;
         int64_t row = epxk_expert_row(&g, c.ebase, c.epos, e, t, k);
-        warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes, lane);
+        warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes,
+                     c.gscale, lane);
         if (lane == 0) {
             ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
             ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
@@ -484,7 +489,7 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
                 continue;
             }
             warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes,
-                         lane);
+                         c.gscale, lane);
             if (lane == 0) {
                 ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
                 ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
@@ -802,7 +807,7 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
                 if (g.qblock)
                     warp_quant_row(g, q, epxk_ll_row_scales(&g, &c.ll, bw, row),
                                    epxk_ll_row_gscale(&c.ll, bw, row),
-                                   (const uint16_t *)xr, lane);
+                                   (const uint16_t *)xr, c.gscale, lane);
                 else
                     warp_copy(q, xr, g.row_bytes, lane);
                 if (lane == 0) {

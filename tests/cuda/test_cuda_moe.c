@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #include "common/epx_test.h"
 #include "common/thread_ranks.h"
 #include "ref/ref.h"
+#include "ref/ref_quant.h"
 #include "epx/cuda.h"
 
 typedef struct gcase {
@@ -131,7 +133,13 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
     void **x = calloc((size_t)R, sizeof(*x));
     for (int r = 0; r < R; r++) {
         gen(c, r, call, &src[r].T, &idx[r], &w[r], &x[r]);
-        src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r], 0 };
+        /* NVFP4, second call: the caller's tensor scale, 64 times below
+         * the tensor's own so that blocks saturate (every rank its own) */
+        float gs = c->wire == EPX_WIRE_NVFP4 && call == 1 && src[r].T > 0
+            ? ref_nvfp4_tensor_scale((const uint16_t *)x[r],
+                                     (size_t)src[r].T * c->H) / 64.0f
+            : 0.0f;
+        src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r], gs };
     }
     const int64_t T = src[me].T;
     void *dx = b->dx, *didx = b->didx, *dw = b->dw, *dout = b->dout;
@@ -150,11 +158,11 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, c->K };
     a.stream = st;
-    /* A caller's NVFP4 tensor scale is host-only for now: refused, the
-     * engine still usable. */
-    a.x_global_scale = 1.0f;
-    CHECK_ST(epx_dispatch_send(m, &a, &h), EPX_ERR_UNSUPPORTED);
-    a.x_global_scale = 0.0f;
+    /* A tensor scale where there is none to give (not NVFP4), or NaN:
+     * refused before anything is queued, the engine still usable. */
+    a.x_global_scale = c->wire == EPX_WIRE_NVFP4 ? NAN : 1.0f;
+    CHECK_ST(epx_dispatch_send(m, &a, &h), EPX_ERR_INVALID);
+    a.x_global_scale = src[me].gscale;
     CHECK_OK(epx_dispatch_send(m, &a, &h));
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     CHECK_OK(epx_dispatch_recv(m, h, &rv));

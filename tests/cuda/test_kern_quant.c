@@ -140,7 +140,7 @@ static void make_row(epxt_rng_t *rng, uint16_t *x, int H, int special)
 /* One row quantized as a packing warp does (kernels.cu warp_quant_row):
  * into the geometry's regions of row `row` of window w. */
 static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
-                                const uint16_t *x)
+                                const uint16_t *x, float given)
 {
     char *q = w + g->off_rows + row * g->xrow_bytes;
     char *sc = w + g->off_scales + row * g->scale_bytes;
@@ -153,7 +153,7 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
     if (g->wire == EPX_WIRE_NVFP4) {
         uint32_t lm[WARPSZ] = { 0 }, m = 0;
         for (int lane = 0; lane < WARPSZ; lane++)
-            for (int64_t c = lane; c < chunks; c += WARPSZ) {
+            for (int64_t c = lane; given <= 0.0f && c < chunks; c += WARPSZ) {
                 int nan;
                 epxk_q_load_chunk(g, x, c, v[lane]);
                 uint32_t a = moe_quant_chunk_amax(v[lane], MOE_QUANT_CHUNK,
@@ -162,7 +162,7 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
             }
         for (int lane = 0; lane < WARPSZ; lane++)   /* __reduce_max_sync */
             m = lm[lane] > m ? lm[lane] : m;
-        global = moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)m));
+        global = epxk_q_row_global(given, m);
         *gs = global;
     }
     for (int64_t c0 = 0; c0 < chunks; c0 += WARPSZ) {
@@ -204,7 +204,9 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
     }
 }
 
-static void check_rows(epx_wire_t wire, int H, int special)
+/* given: the caller's NVFP4 tensor scale (0: each row's own; > 0 is
+ * multiplied by each row's own scale, so < 1 saturates blocks). */
+static void check_rows(epx_wire_t wire, int H, int special, float given)
 {
     epxt_rng_t rng = { epxt_hash(epxt_seed(), (uint64_t)wire, (uint64_t)H,
                                  (uint64_t)special, 0) };
@@ -242,10 +244,16 @@ static void check_rows(epx_wire_t wire, int H, int special)
         make_row(&rng, x, H, special);
         if (row == 1)
             memset(x, 0, sizeof(uint16_t) * (size_t)H);  /* all zero */
-        warp_quant_row_host(&g, w, row, x);
+        float gv = 0.0f;
+        if (given > 0.0f && wire == EPX_WIRE_NVFP4) {
+            gv = ref_nvfp4_tensor_scale(x, (size_t)H) * given;
+            if (!(gv > 0.0f))
+                gv = given;   /* an all-zero row: any positive scale */
+        }
+        warp_quant_row_host(&g, w, row, x, gv);
         float rg = 0, hg = 0;
-        ref_quant_row(wire, x, H, rq, rs, &rg);
-        moe_wire_pack_row(&f, x, hq, hs, &hg, 0.0f);
+        ref_quant_row_given(wire, x, H, rq, rs, &rg, gv);
+        moe_wire_pack_row(&f, x, hq, hs, &hg, gv);
         const char *q = w + g.off_rows + row * g.xrow_bytes;
         const char *sc = w + g.off_scales + row * g.scale_bytes;
         assert_memory_equal(q, rq, f.data_bytes);
@@ -275,8 +283,14 @@ static void test_rows(void **state)
                                         EPX_WIRE_MXFP8, EPX_WIRE_NVFP4 };
     for (size_t w = 0; w < sizeof(wires) / sizeof(wires[0]); w++)
         for (size_t h = 0; h < sizeof(Hs) / sizeof(Hs[0]); h++)
-            for (int special = 0; special < 2; special++)
-                check_rows(wires[w], Hs[h], special);
+            for (int special = 0; special < 2; special++) {
+                check_rows(wires[w], Hs[h], special, 0.0f);
+                /* the caller's tensor scale: at, and 64x under, the own */
+                if (wires[w] == EPX_WIRE_NVFP4) {
+                    check_rows(wires[w], Hs[h], special, 1.0f);
+                    check_rows(wires[w], Hs[h], special, 1.0f / 64.0f);
+                }
+            }
 }
 
 /* Native wire: the rows region is the engine dtype's rows, no scales. */
