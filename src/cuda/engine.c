@@ -48,6 +48,8 @@ struct gpu_moe {
     unsigned *d_done;
     int64_t *h_info;            /* pinned: the one read-back per dispatch */
     int32_t *h_cnt;             /* pinned: NCCL count matrix + own row */
+    int32_t *h_ecnt;            /* pinned: [E] this rank's pairs per expert
+                                   (load statistics), read back with h_info */
     int64_t *h_counts;          /* [2L] expert_counts and expert_offsets
                                    handed to the caller */
     int32_t *h_local;           /* [L] local_experts */
@@ -463,6 +465,10 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                                           (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                        "cudaMallocHost");
     if (st == EPX_OK)
+        st = epx__cuda_err(cudaMallocHost((void **)&m->h_ecnt,
+                                          sizeof(int32_t) * (size_t)g->E),
+                           "cudaMallocHost");
+    if (st == EPX_OK)
         st = epx__cuda_err(cudaMallocHost((void **)&m->h_cnt,
                                           sizeof(int32_t) *
                                               (size_t)(R + 1) * g->cnt_ints),
@@ -621,6 +627,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFree(m->d_peers);
     cudaFreeHost(m->h_info);
     cudaFreeHost(m->h_cnt);
+    cudaFreeHost(m->h_ecnt);
     if (m->ev_in)
         cudaEventDestroy(m->ev_in);
     if (m->ev_out)
@@ -633,6 +640,11 @@ void gpu_moe_destroy(gpu_moe_t *m)
     free(m->h_local);
     free(m->nsend);
     free(m);
+}
+
+const int32_t *gpu_dispatch_ecount(const gpu_moe_t *m)
+{
+    return m && !m->ll && m->state == ST_RECEIVED ? m->h_ecnt : NULL;
 }
 
 int gpu_moe_num_sms(const gpu_moe_t *m)
@@ -945,6 +957,13 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m,
         st = epx__error(EPX_ERR_UNSUPPORTED, "built without NCCL");
 #endif
     }
+    /* The layout's per-expert counts ride along: the statistics come from
+     * the routing without a pass of their own. */
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemcpyAsync(m->h_ecnt, m->d_mycnt + g->R,
+                                           sizeof(int32_t) * (size_t)g->E,
+                                           cudaMemcpyDeviceToHost, m->st),
+                           "cudaMemcpyAsync");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemcpyAsync(m->h_info, m->d_info,
                                            sizeof(int64_t) *

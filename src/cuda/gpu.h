@@ -26,6 +26,10 @@ const char *gpu_moe_backend(const gpu_moe_t *gpu);
 epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
                                void *stream);
 epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv);
+/* After a throughput dispatch_recv: [E] this rank's (token, expert) pairs
+ * per expert, read back with the receive counts (the load statistics);
+ * NULL otherwise (low latency reads nothing back). */
+const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu);
 epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
                               void *stream);
 epx_status_t gpu_combine_recv(gpu_moe_t *gpu, epx_tensor_t *out, void *stream);

@@ -38,6 +38,12 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv)
     return NOCUDA("dispatch_recv");
 }
 
+const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu)
+{
+    (void)gpu;
+    return NULL;
+}
+
 epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
                               void *stream)
 {

@@ -29,6 +29,10 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
 {
     if (!a || !handle)
         return epx__error(EPX_ERR_INVALID, "dispatch: args or handle NULL");
+    const int layer = moe_args_layer(a);
+    if (layer < 0 || layer >= m->layers)
+        return epx__error(EPX_ERR_INVALID, "dispatch: layer %d out of range "
+                          "[0, %d) (num_layers)", layer, m->layers);
     void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
                                          sizeof(void *) ? a->stream : NULL;
     epx_status_t st = gpu_dispatch_send(m->gpu, a, stream);
@@ -40,6 +44,7 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     m->spare = NULL;
     h->moe = m;
     h->T = a->x.rows;
+    h->layer = layer;
     h->stream = h->cstream = stream;
     m->cur = h;
     *handle = h;
@@ -59,7 +64,12 @@ static epx_status_t gpu_current(const epx_moe_t *m, const epx_handle_t *h,
 static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
 {
     epx_status_t st = gpu_current(m, h, "dispatch_recv");
-    return st != EPX_OK ? st : gpu_dispatch_recv(m->gpu, h->stream, out);
+    if (st == EPX_OK)
+        st = gpu_dispatch_recv(m->gpu, h->stream, out);
+    const int32_t *ecount = st == EPX_OK ? gpu_dispatch_ecount(m->gpu) : NULL;
+    if (ecount)   /* no replicas on the GPU: the units are the experts */
+        moe_stats_record(m, h->layer, ecount, ecount);
+    return st;
 }
 
 static epx_status_t gpu_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,

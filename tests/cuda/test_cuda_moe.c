@@ -115,6 +115,27 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
      * under the second's padding. */
     for (int call = 0; call < 2; call++)
         CHECK_CALL(gpu_call(c, m, st, &b, R, me, call));
+    /* Load statistics, from the layout's per-expert counts read back with
+     * the receive counts: this rank's (token, expert) pairs of both calls
+     * (layer 0), ids outside [0, E) left out. */
+    int64_t *want = calloc((size_t)c->E, sizeof(int64_t));
+    for (int call = 0; call < 2; call++) {
+        int64_t T, *idx;
+        float *w;
+        void *x;
+        gen(c, me, call, &T, &idx, &w, &x);
+        for (int64_t i = 0; i < T * c->K; i++)
+            if (idx[i] >= 0 && idx[i] < c->E)
+                want[idx[i]]++;
+        free(idx), free(w), free(x);
+    }
+    epx_moe_stats_t ms = { .struct_size = sizeof(ms) };
+    CHECK_OK(epx_moe_stats(m, 0, &ms));
+    CHECK(ms.dispatches == 2 && ms.num_experts == c->E);
+    for (int e = 0; e < c->E; e++)
+        CHECKF(ms.window[e] == want[e], "expert %d: %lld in the statistics, "
+               "%lld routed", e, (long long)ms.window[e], (long long)want[e]);
+    free(want);
     epx_moe_destroy(m);
     cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dout);
     cudaFree(b.dy);
