@@ -115,14 +115,10 @@ epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
         return st;
     if ((st = moe_check_y_apart(m, &a->y)) != EPX_OK)
         return st;
-    int pull = !m->hier && m->direct && a->y.data == moe_local(m, m->off.rows);
-    st = pull ? EPX_OK
-        : m->hier ? moe_hier_combine_send(m, h, a)
-                  : send_partials(m, h, a, a->flags);
-    int32_t word = st != EPX_OK ? st
-        : !pull ? MOE_COMB_PUSHED
-        : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
-                                              : MOE_COMB_PULL;
+    int32_t word = MOE_COMB_PUSHED;
+    st = m->path->combine_send(m, h, a, &word);
+    if (st != EPX_OK)
+        word = st;
     epx_status_t sig = signal_comb(m, word);
     if (st == EPX_OK && sig != EPX_OK)
         st = sig;
@@ -158,10 +154,31 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");
     if (st != EPX_OK)
         return st;
-    if (m->hier) {
-        moe_hier_combine_out(m, h, out);
+    m->path->combine_out(m, h, out, call);
+    return EPX_OK;
+}
+
+/* The flat path's combine: push each token's partial to its source, or,
+ * with the outputs in place on a transport that maps every peer, leave
+ * them there for the sources to read (one pass instead of two). */
+static epx_status_t flat_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                      const epx_combine_args_t *a,
+                                      int32_t *word)
+{
+    if (m->direct && a->y.data == moe_local(m, m->off.rows)) {
+        *word = (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
+                                                     : MOE_COMB_PULL;
         return EPX_OK;
     }
+    *word = MOE_COMB_PUSHED;
+    return send_partials(m, h, a, a->flags);
+}
+
+/* Each token's sum over its destination ranks, from pushed partials or
+ * the peers' windows. */
+static void flat_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
+                             uint64_t call)
+{
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *comb = moe_local(m, m->off.comb);
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
@@ -194,5 +211,8 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
         moe_reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
                      out->dtype);
     }
-    return EPX_OK;
 }
+
+const moe_ht_path_t moe_flat_path = {
+    NULL, moe_flat_send, flat_combine_send, flat_combine_out
+};

@@ -277,6 +277,14 @@ static epx_status_t signal_data(epx_moe_t *m)
     return st;
 }
 
+/* The flat path's dispatch: every row straight to its destination. */
+epx_status_t moe_flat_send(epx_moe_t *m, epx_handle_t *h,
+                           const epx_dispatch_args_t *a)
+{
+    epx_status_t st = send_tokens(m, h, a);
+    return st == EPX_OK ? signal_data(m) : st;
+}
+
 /* A wait or put failed earlier: peers are out of step and no later call
  * can be trusted. */
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
@@ -345,17 +353,13 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if (st == EPX_OK && !cached) {
         plan_offsets(m, h);
         st = moe_ht_poll_plan(m, h);
-        if (st == EPX_OK && m->hier)
-            st = moe_hier_plan(m, h);
+        if (st == EPX_OK && m->path->plan)
+            st = m->path->plan(m, h);
     }
     if (st == EPX_OK && moe_hook_before_data)
         moe_hook_before_data(m);
-    if (st == EPX_OK && m->hier)
-        st = moe_hier_dispatch(m, h, a);
-    else if (st == EPX_OK)
-        st = send_tokens(m, h, a);
-    if (st == EPX_OK && !m->hier)
-        st = signal_data(m);
+    if (st == EPX_OK)
+        st = m->path->send(m, h, a);
     if (st != EPX_OK) {
         if (!cached)
             epx_handle_release(h);   /* not in flight: freed or kept */

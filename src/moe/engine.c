@@ -415,9 +415,12 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     for (int r = 0; r < m->R; r++)
         for (int u = m->first[r]; u < m->first[r + 1]; u++)
             m->u2r[u] = r;
+    m->path = &moe_flat_path;
     if ((m->p.flags & EPX_MOE_HIERARCHICAL) &&
         (st = moe_hier_init(m)) != EPX_OK)
         goto err_free;
+    if (m->hier)
+        m->path = &moe_hier_path;
     if ((st = moe_stats_init(m)) != EPX_OK || (st = replicas_init(m)) != EPX_OK)
         goto err_free;
     if (m->p.mode == EPX_MODE_LOW_LATENCY) {

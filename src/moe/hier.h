@@ -72,16 +72,12 @@ typedef struct moe_hier_h {
 epx_status_t moe_hier_init(epx_moe_t *m);          /* domains, collective */
 size_t moe_hier_window(epx_moe_t *m, size_t at);   /* regions from `at` */
 void moe_hier_free(epx_moe_t *m);
-/* dispatch.c hooks: plan (uncached, after plan_offsets), the data phase
- * (instead of send_tokens + signal_data) */
+/* The hierarchical path's phases (moe_ht_path_t, moe.h; the table is in
+ * hier_combine.c): plan (uncached, after plan_offsets), the data phase */
 epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h);
 void moe_hier_handle_free(epx_handle_t *h);
 epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
                                const epx_dispatch_args_t *a);
-/* combine.c hooks: instead of send_partials, and the output */
-epx_status_t moe_hier_combine_send(epx_moe_t *m, epx_handle_t *h,
-                                   const epx_combine_args_t *a);
-void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out);
 
 /* Spin, then yield, until *word == want; EPX_ERR_TIMEOUT after the
  * communicator's timeout. */

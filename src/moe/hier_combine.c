@@ -149,9 +149,11 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
     return st;
 }
 
-epx_status_t moe_hier_combine_send(epx_moe_t *m, epx_handle_t *h,
-                                   const epx_combine_args_t *a)
+static epx_status_t hier_combine_send(epx_moe_t *m, epx_handle_t *h,
+                                      const epx_combine_args_t *a,
+                                      int32_t *word)
 {
+    *word = MOE_COMB_PUSHED;
     const int32_t seq = (int32_t)(m->n_comb + 1);
     epx_status_t st = send_partials(m, h, a, seq);
     if (st == EPX_OK)
@@ -159,8 +161,10 @@ epx_status_t moe_hier_combine_send(epx_moe_t *m, epx_handle_t *h,
     return st;   /* the first failing put's status (and message) */
 }
 
-void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
+static void hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
+                             uint64_t call)
 {
+    (void)call;
     const moe_hier_t *x = m->hier;
     const size_t frow = sizeof(float) * (size_t)m->H;
     const size_t orow = epx_dtype_size(out->dtype) * (size_t)m->H;
@@ -173,3 +177,7 @@ void moe_hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
                   out->dtype, m->H);
     }
 }
+
+const moe_ht_path_t moe_hier_path = {
+    moe_hier_plan, moe_hier_dispatch, hier_combine_send, hier_combine_out
+};

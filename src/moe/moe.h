@@ -36,6 +36,27 @@
 
 struct gpu_moe;
 
+/* Throughput mode's data phases, by path (the count exchange, checks and
+ * call order are shared, dispatch.c and combine.c): flat (rows straight
+ * to each destination, moe_flat_path) or hierarchical (once per
+ * destination domain, then forwarded: hier*.c, moe_hier_path). */
+typedef struct moe_ht_path {
+    /* after the count exchange of an uncached dispatch; NULL: nothing */
+    epx_status_t (*plan)(epx_moe_t *m, epx_handle_t *h);
+    /* the rows, and the signal that they are all written */
+    epx_status_t (*send)(epx_moe_t *m, epx_handle_t *h,
+                         const epx_dispatch_args_t *a);
+    /* the expert outputs (checked); *word: how they were left (MOE_COMB_*) */
+    epx_status_t (*combine_send)(epx_moe_t *m, epx_handle_t *h,
+                                 const epx_combine_args_t *a, int32_t *word);
+    /* every rank's partials are in: the output of combine `call` */
+    void (*combine_out)(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
+                        uint64_t call);
+} moe_ht_path_t;
+extern const moe_ht_path_t moe_flat_path, moe_hier_path;
+epx_status_t moe_flat_send(epx_moe_t *m, epx_handle_t *h,
+                           const epx_dispatch_args_t *a);
+
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
 enum { MOE_ST_COMB = 0 };
@@ -52,6 +73,7 @@ typedef struct moe_offsets {
 
 struct epx_moe {
     const moe_ops_t *ops;      /* the executor (ops.h) */
+    const moe_ht_path_t *path; /* throughput mode: flat or hierarchical */
     struct gpu_moe *gpu;       /* device ranks (src/cuda/gpu.h), else NULL */
     epx_comm_t *comm;
     epx_moe_params_t p;

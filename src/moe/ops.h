@@ -2,8 +2,9 @@
  * The engine's executors behind one table.  The public calls
  * (src/moe/api.c) check what every executor needs and go through
  * epx_moe_t.ops; each executor keeps its own protocol and state:
- *   moe_ht_ops   host, throughput mode (dispatch.c, combine.c, ht_poll.c;
- *                hierarchical forwarding inside it, hier.c)
+ *   moe_ht_ops   host, throughput mode (dispatch.c, combine.c, ht_poll.c);
+ *                its data phases by path (moe_ht_path_t, moe.h): flat, or
+ *                hierarchical (hier.c, hier_combine.c)
  *   moe_ll_ops   host, low-latency mode (ll*.c)
  *   moe_gpu_ops  CUDA device ranks (gpu_ops.c over src/cuda)
  */
