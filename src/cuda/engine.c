@@ -13,14 +13,13 @@
 #include <string.h>
 #include "epx/cuda.h"
 #include "cuda/gpu.h"
+#include "cuda/calls.h"
 #include "cuda/cuda_int.h"
 #include "cuda/kern_launch.h"
 #include "cuda/nccl_ex.h"
 #include "core/comm.h"
 #include "moe/wire.h"
 #include "util/util.h"
-
-enum { ST_IDLE = 0, ST_SENT, ST_RECEIVED, ST_COMBINING };
 
 /* The GPU settings of epx_moe_params_t (version 4). */
 typedef struct cuda_params {
@@ -56,7 +55,11 @@ struct gpu_moe {
     int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
     uint64_t seq;
     int64_t T, rows;
-    int state, broken;
+    int broken;
+    gpu_calls_t calls;          /* calls in flight and their order (calls.h) */
+    int64_t comb_T;             /* tokens of the call being combined */
+    float *d_scratch;           /* low latency: [maxT][H] fp32, the output
+                                   of a combine released before its recv */
     epxk_call_t call;
     /* low latency (ll set) */
     int ll;
@@ -359,6 +362,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         epxk_ll_layout(g, m->p.ll_buffers ? m->p.ll_buffers : 2,
                        m->p.ll_capacity ? m->p.ll_capacity : (int)maxT,
                        &m->llg);
+    gpu_calls_init(&m->calls, m->ll, m->ll ? m->llg.B : 1);
 
     e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
@@ -431,6 +435,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         DEV_ALLOC(m->d_llsendoff, sizeof(int64_t) * B * (size_t)R);
         DEV_ALLOC(m->d_llcounts, sizeof(int64_t) * B * (size_t)m->L);
         DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
+        DEV_ALLOC(m->d_scratch, sizeof(float) * (size_t)(maxT * g->H));
         DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
         m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
         if (!m->h_lloffs) {
@@ -620,6 +625,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFree(m->d_llsendoff);
     cudaFree(m->d_llcounts);
     cudaFree(m->d_llstate);
+    cudaFree(m->d_scratch);
     cudaFree(m->d_lluse);
     free(m->h_lloffs);
     cudaFree(m->d_sendoff);
@@ -644,7 +650,8 @@ void gpu_moe_destroy(gpu_moe_t *m)
 
 const int32_t *gpu_dispatch_ecount(const gpu_moe_t *m)
 {
-    return m && !m->ll && m->state == ST_RECEIVED ? m->h_ecnt : NULL;
+    return m && !m->ll && m->calls.slot[0].state == GPU_CALL_RECEIVED
+        ? m->h_ecnt : NULL;
 }
 
 int gpu_moe_num_sms(const gpu_moe_t *m)
@@ -703,46 +710,41 @@ static void ll_point(gpu_moe_t *m, int b)
                 (size_t)m->llg.cap;
 }
 
-/* Kernels only (layout, pack, recv), no host synchronisation.  A call
- * received but not combined is abandoned first (its comb flag, marked, so
- * the peers do not wait for it). */
+/* Kernels only (layout, pack, recv) into buffer b, no host
+ * synchronisation. */
 static epx_status_t ll_dispatch_send(gpu_moe_t *m,
                                      const epx_dispatch_args_t *a,
-                                     void *stream)
+                                     void *stream, int b)
 {
     epxk_call_t *c = &m->call;
     epx_status_t st = stream_in(m, stream);
-    if (st == EPX_OK && m->state == ST_RECEIVED)
-        st = launch(m, EPXK_LL_ABANDON);
     if (st != EPX_OK)
         return fail(m, st);
-    m->state = ST_IDLE;
-    ll_point(m, (int)(m->ll_n++ % (uint64_t)m->llg.B));
-    m->T = a->x.rows;
+    ll_point(m, b);
+    m->ll_n++;
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
     c->w = a->topk_weights.data;
-    c->T = m->T;
+    c->T = a->x.rows;
     if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
         (st = launch(m, EPXK_LL_PACK)) != EPX_OK ||
         (st = launch(m, EPXK_LL_RECV)) != EPX_OK)
         return fail(m, st);
-    m->state = ST_SENT;
     return EPX_OK;
 }
 
 static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
-                                     epx_recv_t *recv)
+                                     epx_recv_t *recv, int b)
 {
     const epxk_geom_t *g = &m->g;
-    const epxk_call_t *c = &m->call;
     epx_status_t st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
+    ll_point(m, b);
+    const epxk_call_t *c = &m->call;
     char *bw = m->local + m->llg.off_bufs + (int64_t)c->ll_b * m->llg.buf;
     m->rows = (int64_t)m->L * g->R * m->llg.cap;
-    m->state = ST_RECEIVED;
     epx_recv_t r;
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
@@ -865,15 +867,12 @@ epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
     return EPX_OK;
 }
 
-epx_status_t gpu_dispatch_send(gpu_moe_t *m,
-                                    const epx_dispatch_args_t *a, void *stream)
+epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
+                               void *stream, uint64_t *call)
 {
     epx_status_t st = usable(m, "cuda dispatch_send");
     if (st != EPX_OK)
         return st;
-    if (m->state == ST_SENT || m->state == ST_COMBINING)
-        return fail(m, epx__error(EPX_ERR_STATE, "cuda dispatch_send: the "
-                                  "previous dispatch or combine is unfinished"));
     const epxk_geom_t *g = &m->g;
     if (!a || a->struct_size < offsetof(epx_dispatch_args_t, flags))
         return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
@@ -903,12 +902,15 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m,
                           "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
                           "INT32/INT64, topk_weights [T, %d] FP32",
                           m->p.max_tokens_per_rank, g->H, g->K, g->K);
+    /* Its number and buffer, or a refusal with nothing queued. */
+    int b;
+    if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK)
+        return st;
     epxk_call_t *c = &m->call;
     c->gscale = gs;
     if (m->ll)
-        return ll_dispatch_send(m, a, stream);
+        return ll_dispatch_send(m, a, stream, b);
     m->seq++;
-    m->T = T;
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
@@ -976,23 +978,22 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m,
                            "cudaEventRecord");
     if (st != EPX_OK)
         return fail(m, st);
-    m->state = ST_SENT;
     return EPX_OK;
 }
 
-epx_status_t gpu_dispatch_recv(gpu_moe_t *m, void *stream,
-                                    epx_recv_t *recv)
+epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
+                               epx_recv_t *recv)
 {
     epx_status_t st = usable(m, "cuda dispatch_recv");
     if (st != EPX_OK)
         return st;
     if (!recv)
         return epx__error(EPX_ERR_INVALID, "cuda dispatch_recv: recv is NULL");
-    if (m->state != ST_SENT)
-        return fail(m, epx__error(EPX_ERR_STATE, "cuda dispatch_recv: no "
-                                  "dispatch sent"));
+    int b;
+    if ((st = gpu_calls_recv(&m->calls, call, &b)) != EPX_OK)
+        return st;
     if (m->ll)
-        return ll_dispatch_recv(m, stream, recv);
+        return ll_dispatch_recv(m, stream, recv, b);
     /* The one host synchronisation of the windows backend. */
     st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
                        "cudaEventSynchronize");
@@ -1016,7 +1017,6 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, void *stream,
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
     if ((st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
-    m->state = ST_RECEIVED;
     epx_recv_t r;
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
@@ -1055,15 +1055,12 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, void *stream,
 
 /* ------------------------------------------------------------- combine */
 
-epx_status_t gpu_combine_send(gpu_moe_t *m,
-                                   const epx_combine_args_t *a, void *stream)
+epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
+                              const epx_combine_args_t *a, void *stream)
 {
     epx_status_t st = usable(m, "cuda combine_send");
     if (st != EPX_OK)
         return st;
-    if (m->state != ST_RECEIVED)
-        return fail(m, epx__error(EPX_ERR_STATE, "cuda combine_send: not "
-                                  "after dispatch_recv"));
     if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) +
                                    sizeof(unsigned) ||
         !tensor_ok(&a->y, m->p.dtype, m->rows, m->g.H))
@@ -1088,6 +1085,13 @@ epx_status_t gpu_combine_send(gpu_moe_t *m,
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: flags 0x%x "
                           "(EPX_COMBINE_UNWEIGHTED is for the expert-major "
                           "layout)", a->flags);
+    int b;
+    if ((st = gpu_calls_combine_send(&m->calls, call, &b, &m->comb_T)) !=
+        EPX_OK)
+        return st;
+    if (m->ll)
+        ll_point(m, b);
+    m->call.T = m->comb_T;
     m->call.y = a->y.data;
     m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
     if ((st = stream_in(m, stream)) != EPX_OK)
@@ -1105,23 +1109,29 @@ epx_status_t gpu_combine_send(gpu_moe_t *m,
 #endif
     if (st != EPX_OK)
         return fail(m, st);
-    m->state = ST_COMBINING;
     return EPX_OK;
 }
 
-epx_status_t gpu_combine_recv(gpu_moe_t *m, epx_tensor_t *out,
-                                   void *stream)
+epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
+                              void *stream)
 {
     epx_status_t st = usable(m, "cuda combine_recv");
     if (st != EPX_OK)
         return st;
-    if (m->state != ST_COMBINING)
-        return fail(m, epx__error(EPX_ERR_STATE, "cuda combine_recv: no "
-                                  "combine sent"));
+    if (m->calls.combining < 0 ||
+        m->calls.slot[m->calls.combining].n != call)
+        return epx__error(EPX_ERR_STATE, "cuda combine_recv: recv without a "
+                          "matching combine_send");
     if (!out || (out->dtype != EPX_DTYPE_BF16 && out->dtype != EPX_DTYPE_FP32) ||
-        !tensor_ok(out, out->dtype, m->T, m->g.H))
+        !tensor_ok(out, out->dtype, m->comb_T, m->g.H))
         return epx__error(EPX_ERR_INVALID, "cuda combine_recv: out must be "
-                          "[%lld, %d] BF16 or FP32", (long long)m->T, m->g.H);
+                          "[%lld, %d] BF16 or FP32", (long long)m->comb_T,
+                          m->g.H);
+    int b;
+    gpu_calls_combine_recv(&m->calls, call, &b);   /* checked above */
+    if (m->ll)
+        ll_point(m, b);
+    m->call.T = m->comb_T;
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
@@ -1129,6 +1139,32 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, epx_tensor_t *out,
             EPX_OK ||
         (st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
-    m->state = ST_IDLE;
     return EPX_OK;
+}
+
+/* Low latency: a call released before its combine is abandoned on the
+ * device (its comb flags marked, so no peer waits), one released between
+ * its combine's send and recv still gets its reduce (into scratch), which
+ * advances the buffer's use.  Throughput mode: nothing to do. */
+void gpu_call_release(gpu_moe_t *m, uint64_t call)
+{
+    if (!m || m->broken)
+        return;
+    int b;
+    int64_t T = m->comb_T;
+    int what = gpu_calls_release(&m->calls, call, &b);
+    if (what == GPU_NOTHING || set_device(m) != EPX_OK)
+        return;
+    ll_point(m, b);
+    epx_status_t st;
+    if (what == GPU_ABANDON) {
+        st = launch(m, EPXK_LL_ABANDON);
+    } else {
+        m->call.T = T;
+        m->call.out = m->d_scratch;
+        m->call.out_esize = 4;
+        st = launch(m, EPXK_LL_COMB_REDUCE);
+    }
+    if (st != EPX_OK)
+        fail(m, st);
 }

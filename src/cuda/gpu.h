@@ -22,17 +22,24 @@ void gpu_moe_destroy(gpu_moe_t *gpu);
 int gpu_moe_num_sms(const gpu_moe_t *gpu);
 const char *gpu_moe_backend(const gpu_moe_t *gpu);
 
-/* Stream-ordered steps of one call (include/epx.h; src/cuda/README.md). */
+/* Stream-ordered steps of a call (include/epx.h; src/cuda/README.md),
+ * named by the number dispatch_send gives it; the order they may come in
+ * is src/cuda/calls.h's. */
 epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
-                               void *stream);
-epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv);
+                               void *stream, uint64_t *call);
+epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
+                               epx_recv_t *recv);
 /* After a throughput dispatch_recv: [E] this rank's (token, expert) pairs
  * per expert, read back with the receive counts (the load statistics);
  * NULL otherwise (low latency reads nothing back). */
 const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu);
-epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
+epx_status_t gpu_combine_send(gpu_moe_t *gpu, uint64_t call,
+                              const epx_combine_args_t *a, void *stream);
+epx_status_t gpu_combine_recv(gpu_moe_t *gpu, uint64_t call, epx_tensor_t *out,
                               void *stream);
-epx_status_t gpu_combine_recv(gpu_moe_t *gpu, epx_tensor_t *out, void *stream);
+/* The caller let go of the call (epx_handle_release): what the device
+ * still has to do for it is queued (calls.h, GPU_ABANDON / GPU_FINISH). */
+void gpu_call_release(gpu_moe_t *gpu, uint64_t call);
 /* Synchronise with the engine's stream; the first device-side error of
  * the calls since the last check (epx_moe_check). */
 epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped);

@@ -26,15 +26,16 @@ int gpu_moe_num_sms(const gpu_moe_t *gpu) { (void)gpu; return 0; }
 const char *gpu_moe_backend(const gpu_moe_t *gpu) { (void)gpu; return ""; }
 
 epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
-                               void *stream)
+                               void *stream, uint64_t *call)
 {
-    (void)gpu, (void)a, (void)stream;
+    (void)gpu, (void)a, (void)stream, (void)call;
     return NOCUDA("dispatch_send");
 }
 
-epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, void *stream, epx_recv_t *recv)
+epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
+                               epx_recv_t *recv)
 {
-    (void)gpu, (void)stream, (void)recv;
+    (void)gpu, (void)call, (void)stream, (void)recv;
     return NOCUDA("dispatch_recv");
 }
 
@@ -44,17 +45,23 @@ const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu)
     return NULL;
 }
 
-epx_status_t gpu_combine_send(gpu_moe_t *gpu, const epx_combine_args_t *a,
-                              void *stream)
+epx_status_t gpu_combine_send(gpu_moe_t *gpu, uint64_t call,
+                              const epx_combine_args_t *a, void *stream)
 {
-    (void)gpu, (void)a, (void)stream;
+    (void)gpu, (void)call, (void)a, (void)stream;
     return NOCUDA("combine_send");
 }
 
-epx_status_t gpu_combine_recv(gpu_moe_t *gpu, epx_tensor_t *out, void *stream)
+epx_status_t gpu_combine_recv(gpu_moe_t *gpu, uint64_t call, epx_tensor_t *out,
+                              void *stream)
 {
-    (void)gpu, (void)out, (void)stream;
+    (void)gpu, (void)call, (void)out, (void)stream;
     return NOCUDA("combine_recv");
+}
+
+void gpu_call_release(gpu_moe_t *gpu, uint64_t call)
+{
+    (void)gpu, (void)call;
 }
 
 epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped)

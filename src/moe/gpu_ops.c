@@ -35,37 +35,30 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           "[0, %d) (num_layers)", layer, m->layers);
     void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
                                          sizeof(void *) ? a->stream : NULL;
-    epx_status_t st = gpu_dispatch_send(m->gpu, a, stream);
-    if (st != EPX_OK)
-        return st;
+    /* The handle first: once the call is queued nothing may fail. */
     epx_handle_t *h = m->spare ? m->spare : calloc(1, sizeof(*h));
-    if (!h)   /* the call is queued: the next dispatch_send abandons it */
+    if (!h)
         return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
     m->spare = NULL;
+    uint64_t call;
+    epx_status_t st = gpu_dispatch_send(m->gpu, a, stream, &call);
+    if (st != EPX_OK) {
+        m->spare = h;
+        return st;
+    }
     h->moe = m;
     h->T = a->x.rows;
     h->layer = layer;
+    h->call = call;
     h->stream = h->cstream = stream;
-    m->cur = h;
     *handle = h;
     return EPX_OK;
 }
 
-/* The executor runs one call at a time, in order; a handle other than
- * the one in flight is one of an abandoned call. */
-static epx_status_t gpu_current(const epx_moe_t *m, const epx_handle_t *h,
-                                const char *what)
-{
-    return m->cur == h ? EPX_OK
-        : epx__error(EPX_ERR_STATE, "%s: the handle is not the engine's call "
-                     "in flight", what);
-}
-
+/* The executor checks the order of the handle's call (src/cuda/calls.h). */
 static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
 {
-    epx_status_t st = gpu_current(m, h, "dispatch_recv");
-    if (st == EPX_OK)
-        st = gpu_dispatch_recv(m->gpu, h->stream, out);
+    epx_status_t st = gpu_dispatch_recv(m->gpu, h->call, h->stream, out);
     const int32_t *ecount = st == EPX_OK ? gpu_dispatch_ecount(m->gpu) : NULL;
     if (ecount)   /* no replicas on the GPU: the units are the experts */
         moe_stats_record(m, h->layer, ecount, ecount);
@@ -83,31 +76,20 @@ static epx_status_t gpu_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
 static epx_status_t gpu_csend(epx_moe_t *m, epx_handle_t *h,
                               const epx_combine_args_t *a)
 {
-    epx_status_t st = gpu_current(m, h, "combine_send");
-    if (st != EPX_OK)
-        return st;
     if (a && a->struct_size >= offsetof(epx_combine_args_t, stream) +
                                    sizeof(void *))
         h->cstream = a->stream;
-    return gpu_combine_send(m->gpu, a, h->cstream);
+    return gpu_combine_send(m->gpu, h->call, a, h->cstream);
 }
 
 static epx_status_t gpu_crecv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 {
-    epx_status_t st = gpu_current(m, h, "combine_recv");
-    if (st == EPX_OK)
-        st = gpu_combine_recv(m->gpu, out, h->cstream);
-    if (st == EPX_OK)
-        m->cur = NULL;
-    return st;
+    return gpu_combine_recv(m->gpu, h->call, out, h->cstream);
 }
 
-/* The executor keeps its own call state: a handle released mid-call
- * leaves the call to be abandoned by the next dispatch_send. */
 static void gpu_release(epx_moe_t *m, epx_handle_t *h)
 {
-    if (m->cur == h)
-        m->cur = NULL;
+    gpu_call_release(m->gpu, h->call);
 }
 
 static epx_status_t gpu_check(epx_moe_t *m, int64_t *dropped)

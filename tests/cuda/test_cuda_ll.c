@@ -219,24 +219,36 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
-    rank_bufs_t b;
-    b.st = st;
-    CU(cudaMalloc(&b.dx, (size_t)(c->maxT * c->H + 1) * es));
-    CU(cudaMalloc(&b.didx, (size_t)(c->maxT * c->K + 1) * 8));
-    CU(cudaMalloc(&b.dw, (size_t)(c->maxT * c->K + 1) * 4));
-    CU(cudaMalloc(&b.dy, (size_t)(rows * c->H + 1) * es));
-    CU(cudaMalloc(&b.dxcopy, (size_t)(rows * c->H + 1) * es));
-    CU(cudaMalloc(&b.dscopy, (size_t)(rows * c->H + 1) * 4));
-    CU(cudaMalloc(&b.dgcopy, (size_t)(rows + 1) * 4));
-    CU(cudaMalloc(&b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    /* b: the calls below; b2 and src2...: a second micro-batch in flight
+     * beside the first (every buffer allocated before the first call) */
+    rank_bufs_t b, b2;
+    b.st = b2.st = st;
+    for (int i = 0; i < 2; i++) {
+        rank_bufs_t *bb = i ? &b2 : &b;
+        CU(cudaMalloc(&bb->dx, (size_t)(c->maxT * c->H + 1) * es));
+        CU(cudaMalloc(&bb->didx, (size_t)(c->maxT * c->K + 1) * 8));
+        CU(cudaMalloc(&bb->dw, (size_t)(c->maxT * c->K + 1) * 4));
+        CU(cudaMalloc(&bb->dy, (size_t)(rows * c->H + 1) * es));
+        CU(cudaMalloc(&bb->dxcopy, (size_t)(rows * c->H + 1) * es));
+        CU(cudaMalloc(&bb->dscopy, (size_t)(rows * c->H + 1) * 4));
+        CU(cudaMalloc(&bb->dgcopy, (size_t)(rows + 1) * 4));
+        CU(cudaMalloc(&bb->dout, (size_t)(c->maxT * c->H + 1) * 4));
+    }
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
     float **w = calloc((size_t)R, sizeof(*w));
     void **x = calloc((size_t)R, sizeof(*x));
+    ref_tokens_t *src2 = calloc((size_t)R, sizeof(*src2));
+    int64_t **idx2 = calloc((size_t)R, sizeof(*idx2));
+    float **w2 = calloc((size_t)R, sizeof(*w2));
+    void **x2 = calloc((size_t)R, sizeof(*x2));
     for (int r = 0; r < R; r++) {
         idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
         w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
         x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
+        idx2[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
+        w2[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
+        x2[r] = calloc((size_t)(c->maxT * c->H + 1), es);
     }
     const int64_t T = c->maxT - me % 3;
     epx_handle_t *h = NULL;
@@ -290,6 +302,50 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
         ref_recv_free(&want);
     }
+    /* Two micro-batches in flight (ll_buffers 2): both dispatched and
+     * received, then combined in dispatch order; the second combined
+     * first is refused with nothing queued. */
+    {
+        int64_t dropped2 = 0;
+        ref_recv_t want2;
+        epx_handle_t *h2 = NULL;
+        epx_dispatch_args_t a2 = a;
+        a2.x.data = b2.dx;
+        a2.topk_idx.data = b2.didx;
+        a2.topk_weights.data = b2.dw;
+        epx_recv_t rv2 = { .struct_size = sizeof(rv2) };
+        CHECK_CALL(stage(c, R, me, 20, &b, src, idx, w, x, &want, &dropped));
+        CHECK_CALL(stage(c, R, me, 21, &b2, src2, idx2, w2, x2, &want2,
+                         &dropped2));
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_OK(epx_dispatch_send(m, &a2, &h2));
+        /* a third would need the first's buffer */
+        epx_handle_t *h3 = NULL;
+        CHECK_ST(epx_dispatch_send(m, &a, &h3), EPX_ERR_STATE);
+        CHECK_OK(epx_dispatch_recv(m, h2, &rv2));
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+        CHECK_CALL(copy_rows(&rv, &b, &want, st));
+        CHECK_CALL(copy_rows(&rv2, &b2, &want2, st));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT, ca2 = ca;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        ca2.y = (epx_tensor_t){ b2.dy, c->dtype, rv2.num_rows, c->H };
+        CHECK_ST(epx_combine_send(m, h2, &ca2), EPX_ERR_STATE);
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        epx_tensor_t out2 = { b2.dout, EPX_DTYPE_FP32, T, c->H };
+        CHECK_OK(epx_combine_send(m, h2, &ca2));
+        CHECK_OK(epx_combine_recv(m, h2, &out2));
+        epx_handle_release(h);
+        epx_handle_release(h2);
+        h = NULL;
+        CU(cudaStreamSynchronize(st));
+        CHECK_OK(epx_moe_check(m, &got_dropped));
+        CHECK(got_dropped == dropped + dropped2);
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want));
+        CHECK_CALL(verify(c, R, me, &rv2, &b2, src2, &want2));
+        ref_recv_free(&want);
+        ref_recv_free(&want2);
+    }
     /* Captured once, replayed with new inputs (the row sizes of the
      * copies do not depend on the inputs). */
     CHECK_CALL(stage(c, R, me, 9, &b, src, idx, w, x, &want, &dropped));
@@ -322,11 +378,18 @@ static int ll_rank(epx_comm_t *comm, void *arg)
 done:
     epx_moe_destroy(m);
     cudaStreamDestroy(st);
-    cudaFree(b.dx), cudaFree(b.didx), cudaFree(b.dw), cudaFree(b.dy);
-    cudaFree(b.dxcopy), cudaFree(b.dscopy), cudaFree(b.dgcopy), cudaFree(b.dout);
-    for (int r = 0; r < R; r++)
+    for (int i = 0; i < 2; i++) {
+        rank_bufs_t *bb = i ? &b2 : &b;
+        cudaFree(bb->dx), cudaFree(bb->didx), cudaFree(bb->dw);
+        cudaFree(bb->dy), cudaFree(bb->dxcopy), cudaFree(bb->dscopy);
+        cudaFree(bb->dgcopy), cudaFree(bb->dout);
+    }
+    for (int r = 0; r < R; r++) {
         free(idx[r]), free(w[r]), free(x[r]);
+        free(idx2[r]), free(w2[r]), free(x2[r]);
+    }
     free(src), free(idx), free(w), free(x);
+    free(src2), free(idx2), free(w2), free(x2);
     return 0;
 }
 

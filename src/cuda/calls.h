@@ -1,0 +1,66 @@
+/*
+ * A device rank's calls in flight, kept on the host: which buffer each
+ * uses, its state, and the order the API allows (include/epx.h).  Plain
+ * C with no CUDA, so the rules are tested on any host
+ * (tests/cuda/test_gpu_calls); engine.c queues the kernels they allow.
+ *
+ * Throughput mode: one buffer.  A dispatch while the previous call is
+ * received but not combined abandons it (nothing to undo on the device);
+ * while it is sent or combining, EPX_ERR_STATE.
+ * Low latency: B buffers, call n in buffer n % B.  A dispatch whose
+ * buffer still holds an outstanding call (dispatched, neither combined
+ * nor released) gets EPX_ERR_STATE; calls are combined in the order they
+ * were dispatched, one combine at a time (a later call combined first
+ * would have the ranks' kernels wait on each other in opposite orders).
+ * Releasing a call not yet combined abandons it (GPU_ABANDON: the
+ * device marks it so peers do not wait); one released between its
+ * combine's send and recv still needs its reduce (GPU_FINISH), which
+ * advances the buffer's use on the device.
+ * A refused step changes nothing.
+ */
+#ifndef EPX_CUDA_CALLS_H
+#define EPX_CUDA_CALLS_H
+
+#include <stdint.h>
+#include "epx.h"
+
+#define GPU_CALLS_MAX 64
+
+enum { GPU_CALL_FREE = 0, GPU_CALL_SENT, GPU_CALL_RECEIVED,
+       GPU_CALL_COMBINING };
+/* What a release leaves the device to do. */
+enum { GPU_NOTHING = 0, GPU_ABANDON, GPU_FINISH };
+
+typedef struct gpu_call {
+    uint64_t n;                /* call number */
+    int state;
+    int64_t T;                 /* tokens dispatched */
+} gpu_call_t;
+
+typedef struct gpu_calls {
+    int B;                     /* buffers */
+    int ll;                    /* low-latency rules */
+    uint64_t next;             /* number of the next dispatch */
+    int combining;             /* buffer being combined, -1 */
+    gpu_call_t slot[GPU_CALLS_MAX];
+} gpu_calls_t;
+
+void gpu_calls_init(gpu_calls_t *c, int ll, int buffers);
+/* A dispatch of T tokens: its number and buffer. */
+epx_status_t gpu_calls_send(gpu_calls_t *c, int64_t T, uint64_t *n, int *b);
+/* The buffer of a call that may be received (sent, or received before:
+ * recv may be repeated), now received. */
+epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b);
+/* Call n's combine may start: its buffer and tokens. */
+epx_status_t gpu_calls_combine_send(gpu_calls_t *c, uint64_t n, int *b,
+                                    int64_t *T);
+/* Call n's combine may complete: its buffer; the call is then done. */
+epx_status_t gpu_calls_combine_recv(gpu_calls_t *c, uint64_t n, int *b);
+/* Release of call n (any state; unknown or done calls: GPU_NOTHING):
+ * the call is done, and what the device still has to do for it, in
+ * buffer *b. */
+int gpu_calls_release(gpu_calls_t *c, uint64_t n, int *b);
+/* Outstanding calls (dispatched, not done). */
+int gpu_calls_outstanding(const gpu_calls_t *c);
+
+#endif /* EPX_CUDA_CALLS_H */

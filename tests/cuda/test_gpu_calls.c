@@ -1,0 +1,196 @@
+/*
+ * The device ranks' call rules (src/cuda/calls.h), on the host: the
+ * order of dispatch, recv, combine and release in throughput mode (one
+ * call) and low latency (ll_buffers calls outstanding, combined in
+ * dispatch order), refusals that change nothing, what a release leaves
+ * the device to do; then random sequences against a plain model of the
+ * rules written from include/epx.h.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+#include "cuda/calls.h"
+
+#define ST(expr, want) assert_int_equal((int)(expr), (int)(want))
+
+static void throughput(void **state)
+{
+    (void)state;
+    gpu_calls_t c;
+    gpu_calls_init(&c, 0, 8);   /* buffers ignored: one call */
+    uint64_t n, n2;
+    int b;
+    int64_t T;
+    ST(gpu_calls_send(&c, 5, &n, &b), EPX_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(b, 0);
+    /* a second dispatch while the first is only sent: refused */
+    ST(gpu_calls_send(&c, 5, &n2, &b), EPX_ERR_STATE);
+    ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_ERR_STATE);
+    ST(gpu_calls_recv(&c, n, &b), EPX_OK);
+    ST(gpu_calls_recv(&c, n, &b), EPX_OK);          /* recv again: fine */
+    ST(gpu_calls_combine_recv(&c, n, &b), EPX_ERR_STATE);
+    ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_OK);
+    assert_int_equal(T, 5);
+    ST(gpu_calls_send(&c, 1, &n2, &b), EPX_ERR_STATE);   /* combining */
+    ST(gpu_calls_combine_recv(&c, n, &b), EPX_OK);
+    ST(gpu_calls_combine_recv(&c, n, &b), EPX_ERR_STATE);
+    /* received and never combined: the next dispatch abandons it */
+    ST(gpu_calls_send(&c, 2, &n, &b), EPX_OK);
+    ST(gpu_calls_recv(&c, n, &b), EPX_OK);
+    ST(gpu_calls_send(&c, 3, &n2, &b), EPX_OK);
+    assert_int_equal(n2, n + 1);
+    ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_ERR_STATE);
+    ST(gpu_calls_recv(&c, n, &b), EPX_ERR_STATE);
+    /* releases in throughput mode leave the device nothing to do */
+    assert_int_equal(gpu_calls_release(&c, n2, &b), GPU_NOTHING);
+    assert_int_equal(gpu_calls_outstanding(&c), 0);
+    ST(gpu_calls_send(&c, 0, &n, &b), EPX_OK);
+}
+
+static void low_latency(void **state)
+{
+    (void)state;
+    gpu_calls_t c;
+    gpu_calls_init(&c, 1, 2);
+    uint64_t n0, n1, n2;
+    int b0, b1, b;
+    int64_t T;
+    ST(gpu_calls_send(&c, 10, &n0, &b0), EPX_OK);
+    ST(gpu_calls_send(&c, 11, &n1, &b1), EPX_OK);
+    assert_int_not_equal(b0, b1);
+    /* call 2 needs buffer 0, still held by call 0: refused, nothing changed */
+    ST(gpu_calls_send(&c, 12, &n2, &b), EPX_ERR_STATE);
+    assert_int_equal(c.next, 2);
+    assert_int_equal(gpu_calls_outstanding(&c), 2);
+    /* micro-batch 1 received first is fine; combined first is not */
+    ST(gpu_calls_recv(&c, n1, &b), EPX_OK);
+    assert_int_equal(b, b1);
+    ST(gpu_calls_combine_send(&c, n1, &b, &T), EPX_ERR_STATE);
+    ST(gpu_calls_recv(&c, n0, &b), EPX_OK);
+    ST(gpu_calls_combine_send(&c, n0, &b, &T), EPX_OK);
+    assert_int_equal(b, b0);
+    assert_int_equal(T, 10);
+    /* one combine at a time */
+    ST(gpu_calls_combine_send(&c, n1, &b, &T), EPX_ERR_STATE);
+    ST(gpu_calls_combine_recv(&c, n1, &b), EPX_ERR_STATE);
+    ST(gpu_calls_combine_recv(&c, n0, &b), EPX_OK);
+    /* buffer 0 free again: call 2 may go while call 1 is outstanding */
+    ST(gpu_calls_send(&c, 12, &n2, &b), EPX_OK);
+    assert_int_equal(b, b0);
+    ST(gpu_calls_combine_send(&c, n1, &b, &T), EPX_OK);
+    assert_int_equal(T, 11);
+    ST(gpu_calls_combine_recv(&c, n1, &b), EPX_OK);
+    /* releases: before combine -> abandon, mid-combine -> finish */
+    assert_int_equal(gpu_calls_release(&c, n2, &b), GPU_ABANDON);
+    assert_int_equal(b, b0);
+    assert_int_equal(gpu_calls_release(&c, n2, &b), GPU_NOTHING);
+    assert_int_equal(gpu_calls_release(&c, n1, &b), GPU_NOTHING);  /* done */
+    uint64_t n3, n4;
+    ST(gpu_calls_send(&c, 1, &n3, &b), EPX_OK);
+    ST(gpu_calls_recv(&c, n3, &b), EPX_OK);
+    ST(gpu_calls_combine_send(&c, n3, &b, &T), EPX_OK);
+    assert_int_equal(gpu_calls_release(&c, n3, &b), GPU_FINISH);
+    /* the combine slot is free again */
+    ST(gpu_calls_send(&c, 1, &n4, &b), EPX_OK);
+    ST(gpu_calls_recv(&c, n4, &b), EPX_OK);
+    ST(gpu_calls_combine_send(&c, n4, &b, &T), EPX_OK);
+    ST(gpu_calls_combine_recv(&c, n4, &b), EPX_OK);
+    assert_int_equal(gpu_calls_outstanding(&c), 0);
+    /* a call never dispatched */
+    ST(gpu_calls_recv(&c, 99, &b), EPX_ERR_STATE);
+    assert_int_equal(gpu_calls_release(&c, 99, &b), GPU_NOTHING);
+}
+
+/* The model: per call its state, from the API's text alone. */
+enum { M_NONE, M_SENT, M_RECV, M_COMB, M_DONE };
+#define NCALLS 4096
+
+static void random_model(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash(epxt_seed(), 77, 0, 0, 0) };
+    for (int round = 0; round < 40; round++) {
+        const int ll = round % 2, B = ll ? 1 + (int)epxt_below(&rng, 4) : 1;
+        gpu_calls_t c;
+        gpu_calls_init(&c, ll, B);
+        static int ms[NCALLS];
+        memset(ms, 0, sizeof(ms));
+        int next = 0, comb = -1;
+        for (int step = 0; step < 600 && next < NCALLS - 1; step++) {
+            int op = (int)epxt_below(&rng, 5);
+            int n = next > 0 ? (int)epxt_below(&rng, (uint64_t)next + 1) : 0;
+            int b;
+            int64_t T;
+            uint64_t got;
+            if (op == 0) {   /* dispatch */
+                int ok = 1, prev = next - B;   /* the buffer's last call */
+                if (prev >= 0 && ms[prev] != M_DONE && ms[prev] != M_NONE)
+                    ok = !ll && ms[prev] == M_RECV;
+                epx_status_t st = gpu_calls_send(&c, next, &got, &b);
+                assert_int_equal(st == EPX_OK, ok);
+                if (ok) {
+                    if (prev >= 0 && ms[prev] == M_RECV)
+                        ms[prev] = M_DONE;   /* abandoned (throughput) */
+                    assert_int_equal((int)got, next);
+                    assert_int_equal(b, next % B);
+                    ms[next++] = M_SENT;
+                }
+            } else if (op == 1) {   /* recv */
+                int ok = n < next && (ms[n] == M_SENT || ms[n] == M_RECV);
+                assert_int_equal(gpu_calls_recv(&c, (uint64_t)n, &b) == EPX_OK,
+                                 ok);
+                if (ok)
+                    ms[n] = M_RECV;
+            } else if (op == 2) {   /* combine_send */
+                int ok = n < next && ms[n] == M_RECV && comb < 0;
+                for (int k = 0; ok && k < n; k++)
+                    ok = ms[k] == M_DONE || ms[k] == M_NONE;
+                epx_status_t st = gpu_calls_combine_send(&c, (uint64_t)n, &b, &T);
+                assert_int_equal(st == EPX_OK, ok);
+                if (ok) {
+                    assert_int_equal(T, n);
+                    ms[n] = M_COMB;
+                    comb = n;
+                }
+            } else if (op == 3) {   /* combine_recv */
+                int ok = n < next && ms[n] == M_COMB;
+                assert_int_equal(gpu_calls_combine_recv(&c, (uint64_t)n, &b) ==
+                                 EPX_OK, ok);
+                if (ok) {
+                    ms[n] = M_DONE;
+                    comb = -1;
+                }
+            } else {   /* release */
+                int want = GPU_NOTHING;
+                if (n < next && ms[n] != M_DONE && ms[n] != M_NONE && ll)
+                    want = ms[n] == M_COMB ? GPU_FINISH : GPU_ABANDON;
+                assert_int_equal(gpu_calls_release(&c, (uint64_t)n, &b), want);
+                if (n < next && ms[n] == M_COMB)
+                    comb = -1;
+                if (n < next && ms[n] != M_NONE)
+                    ms[n] = M_DONE;
+            }
+            int out = 0;
+            for (int k = 0; k < next; k++)
+                out += ms[k] == M_SENT || ms[k] == M_RECV || ms[k] == M_COMB;
+            assert_int_equal(gpu_calls_outstanding(&c), out);
+            assert_true(out <= B);
+        }
+    }
+}
+
+int main(void)
+{
+    epxt_init("test_gpu_calls");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(throughput),
+        cmocka_unit_test(low_latency),
+        cmocka_unit_test(random_model),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
