@@ -441,7 +441,8 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *   - every rank of the engine uses the same kind of device (all host or
  *     all device ranks), else EPX_ERR_MISMATCH;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): num_slots (replicas, placement, weight migration),
+ *     call): moving expert weights (epx_moe_register_weights and
+ *     epx_moe_rebalance; num_slots and epx_moe_set_placement work),
  *     EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
  *     expert-major or low latency over NCCL,
  *     load statistics in low latency (src/cuda/README.md). */

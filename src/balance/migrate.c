@@ -28,6 +28,11 @@ epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
     if (m->p.num_slots <= 0)
         mine = epx__error(EPX_ERR_INVALID, "balance: the engine has no slots "
                           "(num_slots) to move weights between");
+    else if (m->gpu)
+        mine = epx__error(EPX_ERR_UNSUPPORTED, "balance: moving expert "
+                          "weights in device memory (device ranks) is not "
+                          "implemented; place with epx_moe_set_placement and "
+                          "move the weights yourself");
     else if (layer < 0 || layer >= m->layers)
         mine = epx__error(EPX_ERR_INVALID, "balance: layer %d out of range "
                           "[0, %d)", layer, m->layers);

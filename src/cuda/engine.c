@@ -51,7 +51,15 @@ struct gpu_moe {
                                    (load statistics), read back with h_info */
     int64_t *h_counts;          /* [2L] expert_counts and expert_offsets
                                    handed to the caller */
-    int32_t *h_local;           /* [L] local_experts */
+    int32_t *h_local;           /* [B][L] local_experts, per buffer (its
+                                   call's layer: slots hold experts) */
+    int blayer[GPU_CALLS_MAX];  /* layer of each buffer's call */
+    /* replicas (num_slots): per layer, the host executor's routing tables
+     * (epx_moe_set_placement) in device memory, staged through pinned */
+    int Elog, layers;
+    int32_t *d_route, *h_route; /* [layers][E pick, E + 1 off, U rep] */
+    int32_t *h_p2l;             /* [layers][U] */
+    int8_t *h_placed, *h_rr;    /* [layers] set; round robin */
     int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
     uint64_t seq;
     int64_t T, rows;
@@ -108,9 +116,9 @@ static epx_status_t check_params(const epx_moe_params_t *p,
                                    sizeof(unsigned);
     int v2 = p->version >= 2 &&
              p->struct_size >= offsetof(epx_moe_params_t, mode);
-    if (v2 && p->num_slots != 0)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: replica slots are "
-                          "not implemented on the GPU");
+    if (v2 && p->num_slots != 0 && p->num_slots < p->num_experts)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: num_slots %d below "
+                          "num_experts %d", p->num_slots, p->num_experts);
     if (v3 && p->mode != EPX_MODE_THROUGHPUT &&
         p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown mode %d",
@@ -172,7 +180,8 @@ static epx_status_t check_params(const epx_moe_params_t *p,
 /* What every rank must agree on, and its max_tokens_per_rank. */
 typedef struct agree {
     int32_t status, hidden, experts, topk, dtype, backend, device_ok;
-    int32_t layout, align, mode, cap, bufs, flags, wire, max_tokens;
+    int32_t layout, align, mode, cap, bufs, flags, wire, max_tokens, slots,
+            layers;
 } agree_t;
 
 static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
@@ -199,11 +208,12 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
                  all[r].layout != mine->layout || all[r].align != mine->align ||
                  all[r].mode != mine->mode || all[r].cap != mine->cap ||
                  all[r].bufs != mine->bufs || all[r].flags != mine->flags ||
-                 all[r].wire != mine->wire)
+                 all[r].wire != mine->wire || all[r].slots != mine->slots ||
+                 all[r].layers != mine->layers)
             st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
                             "hidden/experts/topk/dtype/backend/layout/"
                             "alignment/mode/ll_capacity/ll_buffers/flags/"
-                            "wire", r);
+                            "wire/num_slots/num_layers", r);
         if (all[r].max_tokens > *maxT)
             *maxT = all[r].max_tokens;
     }
@@ -308,6 +318,12 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         mine.layout = params->layout;
         mine.align = params->layout == EPX_LAYOUT_EXPERT_MAJOR
                          ? params->expert_alignment : 1;
+        mine.slots = params->num_slots;
+        mine.layers = params->num_layers > 0 ? params->num_layers : 1;
+        if (mine.status == EPX_OK && params->num_slots % R != 0)
+            mine.status = epx__error(EPX_ERR_INVALID, "cuda moe: num_slots "
+                                     "%d is not a multiple of the %d ranks",
+                                     params->num_slots, R);
         if (params->version >= 3) {
             mine.mode = params->mode;
             mine.cap = params->ll_capacity;
@@ -330,7 +346,11 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     epxk_geom_t *g = &m->g;
     g->R = R;
     g->rank = me;
-    g->E = m->p.num_experts;
+    /* The kernels' units: the experts, or the slots (the ids are routed
+     * to a slot as they are read, kern.h epxk_route_t). */
+    m->Elog = m->p.num_experts;
+    m->layers = mine.layers;
+    g->E = m->p.num_slots > 0 ? m->p.num_slots : m->p.num_experts;
     g->K = m->p.topk;
     g->H = m->p.hidden;
     g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
@@ -381,7 +401,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     /* Everything below is undone by gpu_moe_destroy's frees. */
     const size_t pairs = (size_t)(maxT * g->maxdest);
     m->h_counts = calloc(2 * (size_t)m->L + 1, sizeof(int64_t));
-    m->h_local = calloc((size_t)m->L + 1, sizeof(int32_t));
+    m->h_local = calloc((size_t)m->calls.B * (size_t)m->L + 1,
+                        sizeof(int32_t));
     m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
     if (!m->h_counts || !m->h_local || !m->nsend) {
         st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
@@ -390,8 +411,26 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->sendoff = m->nsend + R;
     m->nrecv = m->nsend + 2 * R;
     m->rbase = m->nsend + 3 * R;
-    for (int j = 0; j < m->L; j++)
-        m->h_local[j] = m->first + j;
+    for (int b = 0; b < m->calls.B; b++)
+        for (int j = 0; j < m->L; j++)
+            m->h_local[(size_t)b * m->L + j] = m->first + j;
+    if (m->p.num_slots > 0) {
+        const size_t per = (size_t)(2 * m->Elog + 1 + g->E);
+        m->h_p2l = calloc((size_t)m->layers * (size_t)g->E, sizeof(int32_t));
+        m->h_placed = calloc((size_t)m->layers, 2);
+        m->h_rr = m->h_placed ? m->h_placed + m->layers : NULL;
+        if (!m->h_p2l || !m->h_placed) {
+            st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+            goto gate;
+        }
+        DEV_ALLOC(m->d_route, sizeof(int32_t) * per * (size_t)m->layers);
+        st = epx__cuda_err(cudaMallocHost((void **)&m->h_route,
+                                          sizeof(int32_t) * per *
+                                              (size_t)m->layers),
+                           "cudaMallocHost");
+        if (st != EPX_OK)
+            goto gate;
+    }
     st = epx__cuda_err(cudaStreamCreateWithFlags(&m->st,
                                                  cudaStreamNonBlocking),
                        "cudaStreamCreateWithFlags");
@@ -644,6 +683,10 @@ void gpu_moe_destroy(gpu_moe_t *m)
         cudaStreamDestroy(m->st);
     free(m->h_counts);
     free(m->h_local);
+    free(m->h_p2l);
+    free(m->h_placed);
+    cudaFree(m->d_route);
+    cudaFreeHost(m->h_route);
     free(m->nsend);
     free(m);
 }
@@ -687,6 +730,65 @@ static void nccl_sizes(gpu_moe_t *m)
         m->rbase[r] = rb;
         rb += m->nrecv[r];
     }
+}
+
+static epx_status_t st_sync(gpu_moe_t *m);
+
+/* recv.local_experts of buffer b's call: the expert of each local unit
+ * (with slots, by the call's layer's placement). */
+static const int32_t *gpu_local_experts(gpu_moe_t *m, int b)
+{
+    int32_t *l = m->h_local + (size_t)b * (size_t)m->L;
+    if (m->h_p2l)
+        for (int j = 0; j < m->L; j++)
+            l[j] = m->h_p2l[(size_t)m->blayer[b] * (size_t)m->g.E +
+                            (size_t)(m->first + j)];
+    return l;
+}
+
+int gpu_moe_busy(const gpu_moe_t *m)
+{
+    return m && gpu_calls_outstanding(&m->calls) > 0;
+}
+
+epx_status_t gpu_moe_set_placement(gpu_moe_t *m, int layer,
+                                   const int32_t *phy2log, const int32_t *pick,
+                                   const int32_t *off, const int32_t *rep,
+                                   int round_robin)
+{
+    epx_status_t st = usable(m, "cuda set_placement");
+    if (st != EPX_OK)
+        return st;
+    if (!m->d_route)
+        return epx__error(EPX_ERR_INVALID, "cuda set_placement: the engine "
+                          "has no slots");
+    if (gpu_calls_outstanding(&m->calls) > 0)
+        return epx__error(EPX_ERR_STATE, "cuda set_placement: a call of the "
+                          "engine is in flight");
+    const int E = m->Elog, U = m->g.E;
+    const size_t per = (size_t)(2 * E + 1 + U);
+    int32_t *h = m->h_route + per * (size_t)layer;
+    /* No call in flight: the engine's stream only finishes kernels already
+     * queued (their peers' progress does not wait for this thread), then
+     * the staging copy is free to rewrite. */
+    if ((st = st_sync(m)) != EPX_OK)
+        return fail(m, st);
+    memcpy(h, pick, sizeof(int32_t) * (size_t)E);
+    memcpy(h + E, off, sizeof(int32_t) * (size_t)(E + 1));
+    memcpy(h + 2 * E + 1, rep, sizeof(int32_t) * (size_t)U);
+    st = epx__cuda_err(cudaMemcpyAsync(m->d_route + per * (size_t)layer, h,
+                                       sizeof(int32_t) * per,
+                                       cudaMemcpyHostToDevice, m->st),
+                       "cudaMemcpyAsync");
+    if (st == EPX_OK)
+        st = st_sync(m);
+    if (st != EPX_OK)
+        return fail(m, st);
+    memcpy(m->h_p2l + (size_t)layer * (size_t)U, phy2log,
+           sizeof(int32_t) * (size_t)U);
+    m->h_rr[layer] = (int8_t)(round_robin != 0);
+    m->h_placed[layer] = 1;
+    return EPX_OK;
 }
 
 /* ------------------------------------------------------ low latency */
@@ -763,7 +865,7 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     r.src_token = (const int32_t *)(bw + m->llg.src_tok);
     r.topk_idx = NULL;
     r.topk_weights = (const float *)(bw + m->llg.w);
-    r.local_experts = m->h_local;
+    r.local_experts = gpu_local_experts(m, b);
     r.x_scales.dtype = f.scale_dtype;
     if (moe_wire_quantized(&f)) {
         r.x_scales.data = bw + m->llg.scales;
@@ -902,12 +1004,28 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                           "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
                           "INT32/INT64, topk_weights [T, %d] FP32",
                           m->p.max_tokens_per_rank, g->H, g->K, g->K);
+    const int layer = a->struct_size >= offsetof(epx_dispatch_args_t, layer) +
+                                         sizeof(int) ? a->layer : 0;
+    if (layer < 0 || layer >= m->layers)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d out "
+                          "of range [0, %d)", layer, m->layers);
+    if (m->h_placed && !m->h_placed[layer])
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d has "
+                          "no placement (epx_moe_set_placement)", layer);
     /* Its number and buffer, or a refusal with nothing queued. */
     int b;
     if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK)
         return st;
     epxk_call_t *c = &m->call;
     c->gscale = gs;
+    m->blayer[b] = layer;
+    c->route = (epxk_route_t){ 0, NULL, NULL, NULL };
+    if (m->d_route) {
+        const size_t per = (size_t)(2 * m->Elog + 1 + g->E);
+        const int32_t *t = m->d_route + per * (size_t)layer;
+        c->route = (epxk_route_t){ m->Elog, m->h_rr[layer] ? NULL : t,
+                                   t + m->Elog, t + 2 * m->Elog + 1 };
+    }
     if (m->ll)
         return ll_dispatch_send(m, a, stream, b);
     m->seq++;
@@ -1035,7 +1153,7 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     r.src_token = (const int32_t *)(m->local + g->off_src_token);
     r.topk_idx = g->em ? NULL : (const int32_t *)(m->local + g->off_idx);
     r.topk_weights = (const float *)(m->local + g->off_w);
-    r.local_experts = m->h_local;
+    r.local_experts = gpu_local_experts(m, b);
     r.x_scales.dtype = f.scale_dtype;
     if (moe_wire_quantized(&f)) {
         r.x_scales.data = m->local + g->off_scales;

@@ -29,9 +29,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
                                void *stream, uint64_t *call);
 epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
                                epx_recv_t *recv);
-/* After a throughput dispatch_recv: [E] this rank's (token, expert) pairs
- * per expert, read back with the receive counts (the load statistics);
- * NULL otherwise (low latency reads nothing back). */
+/* After a throughput dispatch_recv: [units] this rank's (token, unit)
+ * pairs per unit (the experts, or the slots), read back with the receive
+ * counts (the load statistics); NULL otherwise (low latency reads
+ * nothing back). */
 const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu);
 epx_status_t gpu_combine_send(gpu_moe_t *gpu, uint64_t call,
                               const epx_combine_args_t *a, void *stream);
@@ -40,6 +41,17 @@ epx_status_t gpu_combine_recv(gpu_moe_t *gpu, uint64_t call, epx_tensor_t *out,
 /* The caller let go of the call (epx_handle_release): what the device
  * still has to do for it is queued (calls.h, GPU_ABANDON / GPU_FINISH). */
 void gpu_call_release(gpu_moe_t *gpu, uint64_t call);
+/* Replicas (num_slots): one layer's routing tables, the host executor's
+ * (src/moe/engine.c epx_moe_set_placement): phy2log [U], this rank's
+ * local-first pick [E], each expert's replicas off [E + 1] / rep [U];
+ * round_robin: route by token index instead of pick.  Not while a call
+ * is in flight. */
+/* A call is in flight (dispatched, not combined or released). */
+int gpu_moe_busy(const gpu_moe_t *gpu);
+epx_status_t gpu_moe_set_placement(gpu_moe_t *gpu, int layer,
+                                   const int32_t *phy2log, const int32_t *pick,
+                                   const int32_t *off, const int32_t *rep,
+                                   int round_robin);
 /* Synchronise with the engine's stream; the first device-side error of
  * the calls since the last check (epx_moe_check). */
 epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped);

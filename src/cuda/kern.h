@@ -158,25 +158,47 @@ EPXK_HD int64_t epxk_expert_raw(const void *idx, int idx64, int K, int64_t t,
                  : (int64_t)((const int32_t *)idx)[t * K + k];
 }
 
-/* Number of experts, for epxk_expert: set once per kernel/host pass. */
+/* Replica routing of one layer (engines with num_slots): the ids are
+ * logical experts, the units the kernels route to are slots.  The host
+ * executor's tables (src/moe/engine.c, epx_moe_set_placement): with
+ * `pick`, this rank's local-first slot of each expert; else round robin,
+ * token t to rep[off[e] + t % (its replica count)].  E 0: no routing, the
+ * ids are the units. */
+typedef struct epxk_route {
+    int E;                    /* logical experts */
+    const int32_t *pick;      /* [E], or NULL */
+    const int32_t *off;       /* [E + 1] each expert's replicas in rep */
+    const int32_t *rep;       /* [units] slots, ascending per expert */
+} epxk_route_t;
+
+/* Units (experts, or slots) and the routing, for epxk_expert_id: set once
+ * per kernel/host pass. */
 typedef struct epxk_ids {
     const void *idx;
     int idx64, K, E;
+    epxk_route_t rt;
 } epxk_ids_t;
 
-/* Expert id k of token t; -1 for none, and for an id out of [0, E) (the
+/* Unit of id k of token t; -1 for none, and for an id out of [0, E) (the
  * layout pass reports those: an invalid id never indexes a table). */
 EPXK_HD int64_t epxk_expert_id(const epxk_ids_t *ids, int64_t t, int k)
 {
     int64_t e = epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
-    return e >= 0 && e < ids->E ? e : -1;
+    if (!ids->rt.E)
+        return e >= 0 && e < ids->E ? e : -1;
+    if (e < 0 || e >= ids->rt.E)
+        return -1;
+    if (ids->rt.pick)
+        return ids->rt.pick[e];
+    const int32_t *off = ids->rt.off;
+    return ids->rt.rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
 }
 
 /* Is id k of token t neither -1 nor a valid expert? */
 EPXK_HD int epxk_expert_bad(const epxk_ids_t *ids, int64_t t, int k)
 {
     int64_t e = epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
-    return e < -1 || e >= ids->E;
+    return e < -1 || e >= (ids->rt.E ? ids->rt.E : ids->E);
 }
 
 /* Owner of expert e (valid) from the table e2r[E]. */

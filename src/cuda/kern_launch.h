@@ -38,6 +38,7 @@ typedef struct epxk_call {
     int64_t T;
     float gscale;             /* NVFP4: the caller's tensor scale for every
                                  row; 0: each row's own */
+    epxk_route_t route;       /* replica routing of the call's layer */
     const void *y;            /* combine: [rows][H] */
     void *out;                /* combine: [T][H] */
     int out_esize;

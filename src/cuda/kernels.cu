@@ -355,7 +355,7 @@ __device__ static bool grid_last(unsigned *done)
 __global__ void epxk_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
     epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
@@ -378,7 +378,7 @@ __global__ void epxk_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 __global__ void epxk_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
     epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int u = threadIdx.x; u < n; u += blockDim.x) {
@@ -473,7 +473,7 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int64_t pairs = c.T * g.maxdest;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              i < pairs; i += warps) {
@@ -696,7 +696,7 @@ __device__ static void ll_error(const epxk_call_t &c, int64_t st)
 __global__ void epxk_ll_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
     epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
@@ -715,7 +715,7 @@ __global__ void epxk_ll_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
 __global__ void epxk_ll_layout_keep_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
     epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int e = threadIdx.x; e < g.E; e += blockDim.x)
@@ -734,7 +734,7 @@ __global__ void epxk_ll_layout_keep_kernel(epxk_geom_t g, epxk_call_t c)
 __global__ void epxk_ll_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
     epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
@@ -780,7 +780,7 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E };
+    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     const uint32_t u = c.ll_use[c.ll_b];
     const int32_t tag = EPXK_LL_TAG(u);
     char *mine = c.peers[g.rank];

@@ -59,6 +59,22 @@ epx_status_t gpu_combine_recv(gpu_moe_t *gpu, uint64_t call, epx_tensor_t *out,
     return NOCUDA("combine_recv");
 }
 
+int gpu_moe_busy(const gpu_moe_t *gpu)
+{
+    (void)gpu;
+    return 0;
+}
+
+epx_status_t gpu_moe_set_placement(gpu_moe_t *gpu, int layer,
+                                   const int32_t *phy2log, const int32_t *pick,
+                                   const int32_t *off, const int32_t *rep,
+                                   int round_robin)
+{
+    (void)gpu, (void)layer, (void)phy2log, (void)pick, (void)off, (void)rep;
+    (void)round_robin;
+    return NOCUDA("set_placement");
+}
+
 void gpu_call_release(gpu_moe_t *gpu, uint64_t call)
 {
     (void)gpu, (void)call;

@@ -235,7 +235,8 @@ epx_status_t epx_moe_set_placement(epx_moe_t *m, int layer,
     if (policy != EPX_REPLICA_LOCAL_FIRST && policy != EPX_REPLICA_ROUND_ROBIN)
         return epx__error(EPX_ERR_INVALID, "moe: unknown replica policy %d",
                           (int)policy);
-    if (m->state == MOE_SENT || m->state == MOE_COMBINING)
+    if (m->state == MOE_SENT || m->state == MOE_COMBINING ||
+        (m->gpu && gpu_moe_busy(m->gpu)))
         return epx__error(EPX_ERR_STATE, "moe: placement changed while a "
                           "dispatch is in flight");
     const int U = m->U, E = m->E;
@@ -294,7 +295,10 @@ epx_status_t epx_moe_set_placement(epx_moe_t *m, int layer,
             }
         }
     }
-    return EPX_OK;
+    /* Device ranks route in their kernels, from the same tables. */
+    return m->gpu ? gpu_moe_set_placement(m->gpu, layer, p2l, pick, off, rep,
+                                          policy == EPX_REPLICA_ROUND_ROBIN)
+                  : EPX_OK;
 }
 
 /* The rank's device (version 4), and whether every rank is of the same
@@ -328,14 +332,17 @@ static epx_status_t agree_device(epx_moe_t *m, const epx_moe_params_t *p,
     return st;
 }
 
-/* Device ranks: the GPU executor, and the engine's placement tables
- * (contiguous: the GPU has no replicas yet) and statistics. */
+/* Device ranks: the GPU executor, and the engine's placement (contiguous
+ * units: experts, or slots whose experts epx_moe_set_placement sets, in
+ * the same tables as the host executor's) and statistics. */
 static epx_status_t create_gpu(epx_moe_t *m, const epx_moe_params_t *params)
 {
     epx_status_t st = moe_gpu_create(m, params);
     if (st != EPX_OK)
         return st;
     m->layers = m->p.num_layers > 0 ? m->p.num_layers : 1;
+    if ((st = replicas_init(m)) != EPX_OK)   /* the host's tables */
+        return st;
     m->decay = m->p.stats_decay > 0 ? m->p.stats_decay : 0.9;
     m->u2r = malloc(sizeof(int32_t) * (size_t)m->U);
     m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
@@ -458,6 +465,7 @@ void epx_moe_destroy(epx_moe_t *m)
     if (!m)
         return;
     gpu_moe_destroy(m->gpu);
+    free(m->st_ecount);
     ll_drain(m);
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);

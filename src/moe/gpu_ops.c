@@ -18,7 +18,11 @@ epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params)
     if (st != EPX_OK)
         return st;
     m->ops = &moe_gpu_ops;
-    m->E = m->U = params->num_experts;   /* no replicas on the GPU yet */
+    m->E = params->num_experts;
+    m->U = params->num_slots > 0 ? params->num_slots : m->E;
+    m->st_ecount = calloc((size_t)m->E, sizeof(int32_t));
+    if (!m->st_ecount)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     m->K = params->topk;
     m->H = params->hidden;
     return EPX_OK;
@@ -59,9 +63,16 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
 static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
 {
     epx_status_t st = gpu_dispatch_recv(m->gpu, h->call, h->stream, out);
-    const int32_t *ecount = st == EPX_OK ? gpu_dispatch_ecount(m->gpu) : NULL;
-    if (ecount)   /* no replicas on the GPU: the units are the experts */
-        moe_stats_record(m, h->layer, ecount, ecount);
+    const int32_t *ucount = st == EPX_OK ? gpu_dispatch_ecount(m->gpu) : NULL;
+    if (ucount && m->p.num_slots > 0) {   /* per slot: sum each expert's */
+        const int32_t *p2l = m->phy2log + (size_t)h->layer * (size_t)m->U;
+        memset(m->st_ecount, 0, sizeof(int32_t) * (size_t)m->E);
+        for (int u = 0; u < m->U; u++)
+            m->st_ecount[p2l[u]] += ucount[u];
+        moe_stats_record(m, h->layer, m->st_ecount, ucount);
+    } else if (ucount) {
+        moe_stats_record(m, h->layer, ucount, ucount);
+    }
     return st;
 }
 

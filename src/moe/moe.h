@@ -75,6 +75,8 @@ struct epx_moe {
     const moe_ops_t *ops;      /* the executor (ops.h) */
     const moe_ht_path_t *path; /* throughput mode: flat or hierarchical */
     struct gpu_moe *gpu;       /* device ranks (src/cuda/gpu.h), else NULL */
+    int32_t *st_ecount;        /* device ranks: [E] a dispatch's pairs per
+                                  expert, from its per-slot counts */
     epx_comm_t *comm;
     epx_moe_params_t p;
     int R, rank, E, K, H;

@@ -34,7 +34,28 @@ typedef struct gcase {
     int em, align;      /* expert-major layout and its alignment */
     int unweighted;     /* expert-major: EPX_COMBINE_UNWEIGHTED */
     epx_wire_t wire;    /* quantized: dtype BF16 */
+    int slots;          /* replicas: num_slots (a multiple of R), slot u
+                           holding expert u % E; 0: none */
+    int rr;             /* replicas: EPX_REPLICA_ROUND_ROBIN */
 } gcase_t;
+
+/* The slot token t of source rank `me` sends logical expert e to, from
+ * epx.h's text of the two policies (ranks of one host: the source's
+ * domain holds every rank, so local-first is "on the source, else
+ * candidate (source mod count) of all"). */
+static int64_t route_slot(const gcase_t *c, int R, int me, int64_t t,
+                          int64_t e)
+{
+    if (!c->slots || e < 0 || e >= c->E)
+        return e;
+    const int spr = c->slots / R, n = (c->slots - 1 - (int)e) / c->E + 1;
+    if (c->rr)
+        return e + (int64_t)(t % n) * c->E;
+    for (int i = 0; i < n; i++)   /* replica i is slot e + i * E */
+        if ((e + (int64_t)i * c->E) / spr == me)
+            return e + (int64_t)i * c->E;
+    return e + (int64_t)(me % n) * c->E;
+}
 
 static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
                 float **w, void **x)
@@ -94,8 +115,18 @@ static int gpu_rank(epx_comm_t *comm, void *arg)
     p.device = dev;
     p.gpu_backend = c->backend;
     epx_moe_t *m = NULL;
+    p.num_slots = c->slots;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     CHECK(epx_cuda_moe_num_sms(m) >= 1);
+    if (c->slots) {
+        int32_t *p2l = malloc(sizeof(int32_t) * (size_t)c->slots);
+        for (int u = 0; u < c->slots; u++)
+            p2l[u] = u % c->E;
+        CHECK_OK(epx_moe_set_placement(m, 0, p2l, c->rr
+                                       ? EPX_REPLICA_ROUND_ROBIN
+                                       : EPX_REPLICA_LOCAL_FIRST));
+        free(p2l);
+    }
     cudaStream_t st;
     CU(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
@@ -162,6 +193,15 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
             : 0.0f;
         src[r] = (ref_tokens_t){ src[r].T, x[r], idx[r], w[r], gs };
     }
+    /* Replicas: the reference sees the slots the ids are routed to; the
+     * engine gets the logical ids. */
+    int64_t **ridx = calloc((size_t)R, sizeof(*ridx));
+    for (int r = 0; r < R && c->slots; r++) {
+        ridx[r] = malloc(sizeof(int64_t) * (size_t)(src[r].T * c->K + 1));
+        for (int64_t i = 0; i < src[r].T * c->K; i++)
+            ridx[r][i] = route_slot(c, R, r, i / c->K, idx[r][i]);
+        src[r].idx = ridx[r];
+    }
     const int64_t T = src[me].T;
     void *dx = b->dx, *didx = b->didx, *dw = b->dw, *dout = b->dout;
     /* On st: a plain cudaMemcpy may return before its DMA lands, and st
@@ -188,7 +228,7 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     CHECK_OK(epx_dispatch_recv(m, h, &rv));
 
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype,
+    ref_cfg_t cfg = { R, c->slots ? c->slots : c->E, c->K, c->H, c->dtype,
                       c->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
                       c->em ? c->align : 1, c->wire };
     ref_recv_t want;
@@ -196,6 +236,8 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
     CHECK(rv.num_rows == want.num_rows);
     for (int j = 0; j < want.num_local; j++) {
         CHECK(rv.expert_counts[j] == want.counts[j]);
+        CHECK(rv.local_experts[j] ==
+              (c->slots ? (want.first_local + j) % c->E : want.first_local + j));
         CHECK(!c->em || rv.expert_offsets[j] == want.offsets[j]);
     }
     CHECK(c->em ? rv.topk_idx == NULL && rv.expert_offsets != NULL
@@ -312,9 +354,11 @@ static int gpu_call(const gcase_t *c, epx_moe_t *m, cudaStream_t st,
     ref_recv_free(&want);
     for (int r = 0; r < R; r++) {
         free(idx[r]);
+        free(ridx[r]);
         free(w[r]);
         free(x[r]);
     }
+    free(ridx);
     free(src), free(idx), free(w), free(x), free(hx), free(hs), free(row);
     free(got), free(exp);
     return 0;
@@ -346,9 +390,22 @@ static void threads_one_gpu(void **state)
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
                           EPX_GPU_BACKEND_WINDOWS, 1, 0, 1, 0,
-                          EPX_WIRE_NATIVE };
+                          EPX_WIRE_NATIVE, 0, 0 };
             thread_case(&c);
         }
+}
+
+/* Replicas: 6 experts on 8 slots over 4 thread ranks, each policy, both
+ * layouts; the kernels route the logical ids (kern.h epxk_route_t). */
+static void replicas(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 4; v++) {
+        gcase_t c = { 4, 6, 3, 24, 32, EPX_DTYPE_FP32,
+                      EPX_GPU_BACKEND_WINDOWS, 1, v >= 2, 1, 0,
+                      EPX_WIRE_NATIVE, 8, v % 2 };
+        thread_case(&c);
+    }
 }
 
 /* Expert-major (windows): alignments 1 and 8 (padding), weighted and
@@ -362,7 +419,7 @@ static void expert_major(void **state)
             gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, d ? 7168 : 24, 64,
                           d ? EPX_DTYPE_BF16 : EPX_DTYPE_FP32,
                           EPX_GPU_BACKEND_WINDOWS, 1, 1, d ? 8 : 1, d,
-                          EPX_WIRE_NATIVE };
+                          EPX_WIRE_NATIVE, 0, 0 };
             thread_case(&c);
         }
 }
@@ -371,7 +428,7 @@ static void expert_major_processes(void **state)
 {
     (void)state;
     gcase_t c = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS,
-                  1, 1, 4, 0, EPX_WIRE_NATIVE };
+                  1, 1, 4, 0, EPX_WIRE_NATIVE, 0, 0 };
     assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
 }
 
@@ -424,7 +481,7 @@ static void quantized_wires(void **state)
                 gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4,
                               Hs[(wi + i + (size_t)em) % 3], 48,
                               EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS, 1,
-                              em, em ? 4 : 1, 0, wires[wi] };
+                              em, em ? 4 : 1, 0, wires[wi], 0, 0 };
                 thread_case(&c);
             }
 }
@@ -435,7 +492,7 @@ static void processes_one_gpu(void **state)
     static const int ranks[] = { 2, 4 };
     for (size_t i = 0; i < 2; i++) {
         gcase_t c = { ranks[i], 2 * ranks[i] + 1, 2, 256, 32, EPX_DTYPE_BF16,
-                      EPX_GPU_BACKEND_WINDOWS, 1, 0, 1, 0, EPX_WIRE_NATIVE };
+                      EPX_GPU_BACKEND_WINDOWS, 1, 0, 1, 0, EPX_WIRE_NATIVE, 0, 0 };
         assert_int_equal(epxt_launch(c.R, 300, gpu_rank, &c, NULL), EPX_OK);
     }
 }
@@ -447,7 +504,7 @@ static void nccl_two_gpus(void **state)
     if (epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
         skip();
     gcase_t c = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_GPU_BACKEND_NCCL, 0,
-                  0, 1, 0, EPX_WIRE_NATIVE };
+                  0, 1, 0, EPX_WIRE_NATIVE, 0, 0 };
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
     c.wire = EPX_WIRE_NVFP4;   /* the scales and row scales move too */
     assert_int_equal(epxt_thread_ranks(2, 120, gpu_rank, &c), 0);
@@ -490,6 +547,7 @@ int main(void)
         cmocka_unit_test(expert_major_processes),
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
+        cmocka_unit_test(replicas),
         cmocka_unit_test(nccl_two_gpus),
         cmocka_unit_test(quantized_wires),
         cmocka_unit_test(wire_refused),

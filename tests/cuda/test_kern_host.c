@@ -30,6 +30,10 @@ typedef struct scen {
     int em;          /* expert-major layout (windows addressing only) */
     int align;       /* its segment alignment */
     int unweighted;  /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
+    int Elog;        /* replicas: the ids are Elog logical experts, routed
+                        to the E units (slots) by tables (kern.h
+                        epxk_route_t); 0: the ids are the units */
+    int rr;          /* replicas: round robin instead of a pick table */
 } scen_t;
 
 typedef struct rank_state {
@@ -41,10 +45,12 @@ typedef struct rank_state {
     int32_t *dest, *pos, *mycnt, *epos;
     int64_t sendoff[128], base[128];
     int64_t *ebase;          /* [E] expert-major */
+    int32_t *pick;           /* replicas: [Elog] this rank's slot of each */
 } rank_state_t;
 
 static void rank_state_free(rank_state_t *s)
 {
+    free(s->pick);
     free(s->x);
     free(s->idx64);
     free(s->idx);
@@ -258,6 +264,31 @@ static void run(const scen_t *sc)
             e2r[e] = r;
     }
 
+    /* Replicas: a placement of Elog experts on the E slots (each at least
+     * once), its replica lists in slot order, and per rank a pick. */
+    const int Elog = sc->Elog;
+    int32_t *p2l = NULL, *roff = NULL, *rrep = NULL;
+    if (Elog) {
+        p2l = malloc(sizeof(int32_t) * (size_t)E);
+        roff = calloc((size_t)Elog + 1, sizeof(int32_t));
+        rrep = malloc(sizeof(int32_t) * (size_t)E);
+        for (int u = 0; u < E; u++)
+            p2l[u] = u < Elog ? u : (int32_t)epxt_below(&rng, (uint64_t)Elog);
+        for (int u = E - 1; u > 0; u--) {   /* shuffle the slots */
+            int v = (int)epxt_below(&rng, (uint64_t)u + 1);
+            int32_t t = p2l[u];
+            p2l[u] = p2l[v];
+            p2l[v] = t;
+        }
+        for (int u = 0; u < E; u++)
+            roff[p2l[u] + 1]++;
+        for (int e = 0; e < Elog; e++)
+            roff[e + 1] += roff[e];
+        int32_t *at = calloc((size_t)Elog, sizeof(int32_t));
+        for (int u = 0; u < E; u++)
+            rrep[roff[p2l[u]] + at[p2l[u]]++] = u;
+        free(at);
+    }
     rank_state_t *rs = calloc((size_t)R, sizeof(*rs));
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     char **win = calloc((size_t)R, sizeof(char *));
@@ -272,6 +303,12 @@ static void run(const scen_t *sc)
         s->idx64 = calloc((size_t)(s->T * K + 1), sizeof(int64_t));
         s->idx = calloc((size_t)(s->T * K + 1), sc->idx64 ? 8 : 4);
         s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
+        if (Elog && !sc->rr) {
+            s->pick = malloc(sizeof(int32_t) * (size_t)Elog);
+            for (int x = 0; x < Elog; x++)
+                s->pick[x] = rrep[roff[x] + (int)epxt_below(
+                    &rng, (uint64_t)(roff[x + 1] - roff[x]))];
+        }
         for (int64_t i = 0; i < s->T * H; i++)
             ref_store(sc->dtype, s->x, i,
                       (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
@@ -283,12 +320,19 @@ static void run(const scen_t *sc)
                 e = -1;
             else
                 e = epxt_below(&rng, 5) == 0
-                        ? -1 : (int64_t)epxt_below(&rng, (uint64_t)E);
-            s->idx64[i] = e;
+                        ? -1 : (int64_t)epxt_below(&rng,
+                                                   (uint64_t)(Elog ? Elog : E));
             if (sc->idx64)
                 ((int64_t *)s->idx)[i] = e;
             else
                 ((int32_t *)s->idx)[i] = (int32_t)e;
+            /* The reference sees the unit: the slot the rule gives
+             * (epx.h, epx_replica_policy_t). */
+            s->idx64[i] = e;
+            if (Elog && e >= 0)
+                s->idx64[i] = sc->rr
+                    ? rrep[roff[e] + (int)((i / K) % (roff[e + 1] - roff[e]))]
+                    : s->pick[e];
             s->w[i] = (float)epxt_below(&rng, 1000) / 997.0f;
         }
         s->dest = malloc(sizeof(int32_t) * (size_t)(sc->maxT * g0.maxdest + 1));
@@ -313,7 +357,9 @@ static void run(const scen_t *sc)
         rank_state_t *s = &rs[r];
         epxk_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
+        const epxk_ids_t ids = { s->idx, sc->idx64, K, E,
+                                 { Elog, sc->rr ? NULL : s->pick, roff,
+                                   rrep } };
         /* one block, then several: the same positions */
         const size_t np = (size_t)(sc->maxT * g.maxdest + 1),
                      ne = (size_t)(sc->maxT * K + 1);
@@ -352,7 +398,9 @@ static void run(const scen_t *sc)
         rank_state_t *s = &rs[r];
         epxk_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, sc->idx64, K, E };
+        const epxk_ids_t ids = { s->idx, sc->idx64, K, E,
+                                 { Elog, sc->rr ? NULL : s->pick, roff,
+                                   rrep } };
         const int32_t *cnt = (const int32_t *)(win[r] + g.off_cnt) +
                              epxk_cnt_index(&g, p, 0);
         for (int d = 0; d < R; d++)
@@ -522,6 +570,30 @@ out:
     free(stage);
     free(nwin);
     free(e2r);
+    free(p2l), free(roff), free(rrep);
+}
+
+/* Replicas: ids are logical experts routed to slots as the kernels read
+ * them (a rank's pick table, or round robin by token index), both
+ * layouts, against the reference over the routed slots. */
+static void replicas(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++)
+        for (int c = 0; c < 4; c++) {
+            const int R = ranks[i], Elog = R + 2;
+            scen_t sc = {
+                .R = R, .E = 2 * R * (c % 2 ? 2 : 1) + (R == 1 ? 1 : 0),
+                .K = 3, .H = 13, .maxT = 20,
+                .dtype = EPX_DTYPE_BF16, .out = EPX_DTYPE_FP32,
+                .idx64 = c & 1, .em = c >= 2, .align = c >= 2 ? 4 : 1,
+                .Elog = Elog, .rr = c == 1 || c == 2,
+            };
+            if (sc.E < Elog)
+                sc.E = Elog + R - Elog % R;   /* every expert a slot */
+            run(&sc);
+        }
 }
 
 static void matrix(void **state)
@@ -565,16 +637,16 @@ static void expert_major(void **state)
     /* every token to expert 0; no expert at all; fewer experts than
      * ranks; one rank */
     scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0,
-                 1, 8, 0 };
+                 1, 8, 0, 0, 0 };
     run(&a);
     scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0,
-                 1, 3, 1 };
+                 1, 3, 1, 0, 0 };
     run(&b);
     scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0,
-                 1, 2, 0 };
+                 1, 2, 0, 0, 0 };
     run(&d);
     scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0,
-                 1, 4, 0 };
+                 1, 4, 0, 0, 0 };
     run(&e);
 }
 
@@ -762,7 +834,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         rank_state_t *s = &rs[r];
         epxk_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, 0, K, E };
+        const epxk_ids_t ids = { s->idx, 0, K, E, { 0, NULL, NULL, NULL } };
         /* one block, then several: the same slots and positions */
         const size_t np = (size_t)(maxT * g.maxdest + 1),
                      nk = (size_t)(maxT * K + 1);
@@ -973,15 +1045,15 @@ static void edges(void **state)
     (void)state;
     /* every token to expert 0 (all on rank 0); no expert at all; half the
      * ranks with no token; fewer experts than ranks; topk = experts */
-    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0, 0, 0, 0 };
+    scen_t a = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 1, 0, 0, 0, 0, 0, 0 };
     run(&a);
-    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0, 0, 0, 0 };
+    scen_t b = { 3, 9, 2, 8, 10, EPX_DTYPE_FP32, EPX_DTYPE_FP32, 1, 2, 0, 0, 0, 0, 0, 0 };
     run(&b);
-    scen_t c = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 1, 0, 0, 0 };
+    scen_t c = { 8, 19, 4, 16, 12, EPX_DTYPE_BF16, EPX_DTYPE_FP32, 0, 0, 1, 0, 0, 0, 0, 0 };
     run(&c);
-    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0, 0, 0, 0 };
+    scen_t d = { 8, 3, 3, 8, 12, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 1, 0, 0, 0, 0, 0, 0, 0 };
     run(&d);
-    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, 0, 0, 0 };
+    scen_t e = { 1, 1, 1, 8, 0, EPX_DTYPE_BF16, EPX_DTYPE_BF16, 0, 0, 0, 0, 0, 0, 0, 0 };
     run(&e);
 }
 
@@ -1019,7 +1091,7 @@ static void invalid_ids(void **state)
     (void)state;
     /* Ids outside [-1, E) read as -1 and are flagged, never index e2r. */
     const int32_t idx[6] = { 0, -1, 5, -2, 4, 7 };
-    const epxk_ids_t ids = { idx, 0, 2, 5 };
+    const epxk_ids_t ids = { idx, 0, 2, 5, { 0, NULL, NULL, NULL } };
     int bad = 0;
     for (int t = 0; t < 3; t++)
         for (int k = 0; k < 2; k++) {
@@ -1102,6 +1174,7 @@ int main(void)
     rng.state = epxt_seed();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matrix),
+        cmocka_unit_test(replicas),
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
