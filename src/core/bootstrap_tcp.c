@@ -518,7 +518,7 @@ epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
                                   int listen_fd, const char *job_key,
                                   double timeout_s, epx_boot_t **out)
 {
-    if (nranks < 1 || rank < 0 || rank >= nranks)
+    if (nranks < 1 || nranks > EPX_MAX_RANKS || rank < 0 || rank >= nranks)
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: rank %d of %d is out of range", rank,
                           nranks);

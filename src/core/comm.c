@@ -142,6 +142,9 @@ err_alloc:
 
 epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
 {
+    epx_status_t st = epx__cfg_check();
+    if (st != EPX_OK)
+        return st;
     /* Params may come from an older header: read the field only if there. */
     int has = p && p->struct_size >= offsetof(epx_comm_params_t, timeout_s) +
                                          sizeof(double);
@@ -169,13 +172,17 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
     epx_boot_t *boot = NULL;
     switch (p->bootstrap) {
     case EPX_BOOTSTRAP_ENV: {
-        const char *rs = epx__cfg_str("EPX_RANK"), *ns = epx__cfg_str("EPX_NRANKS");
-        char *end1, *end2;
-        long rank = strtol(rs, &end1, 10), n = strtol(ns, &end2, 10);
-        if (!*rs || !*ns || *end1 || *end2)
+        /* Both present and in range (epx__timeout checked the ranges). */
+        const char *rs = getenv("EPX_RANK"), *ns = getenv("EPX_NRANKS");
+        if (!rs || !*rs || !ns || !*ns)
             return epx__error(EPX_ERR_INVALID,
                               "comm: env bootstrap needs EPX_RANK and EPX_NRANKS "
-                              "(got '%s', '%s')", rs, ns);
+                              "(got '%s', '%s')", rs ? rs : "", ns ? ns : "");
+        long rank = epx__cfg_long("EPX_RANK"), n = epx__cfg_long("EPX_NRANKS");
+        if (rank >= n)
+            return epx__error(EPX_ERR_INVALID,
+                              "comm: EPX_RANK=%ld is not below EPX_NRANKS=%ld",
+                              rank, n);
         const char *root = p->root ? p->root : epx__cfg_str("EPX_ROOT");
         const char *key = p->job_key ? p->job_key : epx__cfg_str("EPX_JOB_KEY");
         if (n > 1 && !*root)

@@ -63,7 +63,13 @@ void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
     } while (0)
 
 /* ---- settings: values come from the environment, else the table default */
+/* Largest job: bounds what a rank's claim of EPX_NRANKS can make rank 0
+ * allocate before anyone has joined. */
+#define EPX_MAX_RANKS 65536
 const char *epx__cfg_str(const char *name);   /* never NULL for a known name */
+/* Every numeric setting parses and is in range, else EPX_ERR_INVALID naming
+ * it. */
+epx_status_t epx__cfg_check(void);
 long epx__cfg_long(const char *name);
 double epx__cfg_double(const char *name);
 

@@ -415,6 +415,95 @@ static void env_bootstrap_incomplete(void **state)
     assert_true(strlen(epx_last_error()) > 0);
 }
 
+/* Numeric settings that would wrap, allocate absurdly or mean nothing are
+ * refused at once, naming the variable. */
+#define EPX_TEST_HUGE_RANKS 2147483647
+static int huge_calls;
+static int huge_allgather(void *ctx, const void *send, void *recv,
+                          size_t bytes)
+{
+    (void)send;
+    (void)recv;
+    (void)bytes;
+    (void)ctx;
+    huge_calls++;
+    return -1;
+}
+
+static void env_values_checked(void **state)
+{
+    (void)state;
+    static const struct { const char *rank, *nranks, *var, *val, *named; } bad[] = {
+        { "99999999999", "2", NULL, NULL, "EPX_RANK" },
+        { "4294967297", "2", NULL, NULL, "EPX_RANK" },   /* wraps to 1 */
+        { "0", "2147483647", NULL, NULL, "EPX_NRANKS" },
+        { "0", "4294967298", NULL, NULL, "EPX_NRANKS" },  /* wraps to 2 */
+        { "-1", "2", NULL, NULL, "EPX_RANK" },
+        { "0", "0", NULL, NULL, "EPX_NRANKS" },
+        { "2", "2", NULL, NULL, "EPX_RANK" },
+        { "1x", "2", NULL, NULL, "EPX_RANK" },
+        { "0", " 2", NULL, NULL, "EPX_NRANKS" },
+        { "0", "1", "EPX_SPIN", "abc", "EPX_SPIN" },
+        { "0", "1", "EPX_SPIN", "-5", "EPX_SPIN" },
+        { "0", "1", "EPX_SPIN", "99999999999999999999", "EPX_SPIN" },
+        { "0", "1", "EPX_YIELD", "1e3", "EPX_YIELD" },
+        { "0", "1", "EPX_TIMEOUT", "10s", "EPX_TIMEOUT" },
+        { "0", "1", "EPX_TIMEOUT", "nan", "EPX_TIMEOUT" },
+        { "0", "1", "EPX_TIMEOUT", "inf", "EPX_TIMEOUT" },
+        { "0", "1", "EPX_TIMEOUT", "-1", "EPX_TIMEOUT" },
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        setenv("EPX_RANK", bad[i].rank, 1);
+        setenv("EPX_NRANKS", bad[i].nranks, 1);
+        if (bad[i].var)
+            setenv(bad[i].var, bad[i].val, 1);
+        epx_comm_params_t p = EPX_COMM_PARAMS_INIT;
+        p.root = "127.0.0.1:1";
+        p.job_key = "k";
+        p.timeout_s = 2;   /* a value that slipped through fails fast */
+        epx_comm_t *comm = NULL;
+        double t0 = epxt_now();
+        epx_status_t st = epx_comm_create(&p, &comm);
+        if (bad[i].var)
+            unsetenv(bad[i].var);
+        printf("# %s=%s: %s\n", bad[i].named,
+               bad[i].var ? bad[i].val
+                          : strcmp(bad[i].named, "EPX_RANK") ? bad[i].nranks
+                                                             : bad[i].rank,
+               epx_last_error());
+        assert_int_equal(st, EPX_ERR_INVALID);
+        assert_null(comm);
+        assert_non_null(strstr(epx_last_error(), bad[i].named));
+        assert_true(epxt_now() - t0 < 1.0);
+    }
+    /* In range still works: one rank needs no root. */
+    setenv("EPX_RANK", "0", 1);
+    setenv("EPX_NRANKS", "1", 1);
+    setenv("EPX_SPIN", "0", 1);
+    setenv("EPX_TIMEOUT", "0.5e2", 1);
+    epx_comm_params_t p = EPX_COMM_PARAMS_INIT;
+    epx_comm_t *comm = NULL;
+    epx_status_t st = epx_comm_create(&p, &comm);
+    if (st != EPX_OK)
+        print_error("in range: %s\n", epx_last_error());
+    assert_int_equal(st, EPX_OK);
+    epx_comm_destroy(comm);
+    unsetenv("EPX_SPIN");
+    unsetenv("EPX_TIMEOUT");
+    unsetenv("EPX_RANK");
+    unsetenv("EPX_NRANKS");
+    /* The other ways in are bounded too. */
+    epx_comm_params_t a = EPX_COMM_PARAMS_INIT;
+    a.bootstrap = EPX_BOOTSTRAP_ALLGATHER;
+    a.rank = 0;
+    a.nranks = EPX_TEST_HUGE_RANKS;
+    a.allgather = huge_allgather;
+    comm = NULL;
+    assert_int_equal(epx_comm_create(&a, &comm), EPX_ERR_INVALID);
+    assert_null(comm);
+    assert_int_equal(huge_calls, 0);
+}
+
 static int threads_rank(epx_comm_t *comm, void *arg)
 {
     (void)arg;
@@ -440,6 +529,7 @@ int main(void)
         cmocka_unit_test(rejections_look_alike),
         cmocka_unit_test(fake_root_not_believed),
         cmocka_unit_test(env_bootstrap_incomplete),
+        cmocka_unit_test(env_values_checked),
         cmocka_unit_test(allgather_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
