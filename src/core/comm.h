@@ -12,6 +12,7 @@ struct epx_comm {
     epx_boot_t *boot;
     char job[40];               /* unique job id shared by all ranks (hex) */
     unsigned next_win;          /* windows created so far (names) */
+    size_t shm_bytes;           /* live shm windows of this rank (bytes) */
     uint8_t *peer_tl;           /* [nranks] EPX_TL_* reaching each rank */
     int tl_peers[EPX_TL_COUNT]; /* ranks (self included) per backend */
     int ucx_any;                /* some pair of the comm uses ucx */
