@@ -205,10 +205,9 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
     return epx__comm_create_boot(boot, timeout, NULL, out);
 }
 
-void epx_comm_destroy(epx_comm_t *comm)
+static void comm_teardown(epx_comm_t *comm)
 {
-    if (!comm)
-        return;
+    comm->tearing = 1;
     /* Collective when UCX is in use: every rank's last operations, and
      * whatever UCX exchanges to complete them, finish while all ranks still
      * progress, so no request is left inside a worker that goes away.  Two
@@ -229,6 +228,31 @@ void epx_comm_destroy(epx_comm_t *comm)
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);
+}
+
+void epx_comm_destroy(epx_comm_t *comm)
+{
+    if (!comm || comm->destroyed)
+        return;
+    comm->destroyed = 1;
+    if (comm->nwin > 1) {
+        /* An engine still holds a window: freeing now would leave it on
+         * freed memory.  Its calls fail from here on; the teardown runs
+         * when the last engine is destroyed. */
+        epx__error(EPX_ERR_STATE,
+                   "comm: destroyed while %d engine window(s) still use it: "
+                   "destroy the engines first (the communicator is freed "
+                   "with the last of them)", comm->nwin - 1);
+        EPX_LOG(EPX_LOG_ERROR, "comm", comm->rank, "%s", epx_last_error());
+        return;
+    }
+    comm_teardown(comm);
+}
+
+void epx__comm_win_gone(epx_comm_t *comm)
+{
+    if (--comm->nwin == 1 && comm->destroyed && !comm->tearing)
+        comm_teardown(comm);
 }
 
 int epx_comm_rank(const epx_comm_t *comm) { return comm ? comm->rank : -1; }

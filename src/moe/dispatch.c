@@ -281,6 +281,9 @@ static epx_status_t signal_data(epx_moe_t *m)
  * can be trusted. */
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
 {
+    if (m->comm->destroyed)
+        return epx__error(EPX_ERR_STATE, "%s: the engine's communicator was "
+                          "destroyed; destroy the engine", what);
     return m->broken
         ? epx__error(EPX_ERR_STATE, "%s: the engine lost step with its peers "
                      "after a failed wait or put; destroy it", what)

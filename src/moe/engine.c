@@ -398,6 +398,7 @@ void epx_moe_destroy(epx_moe_t *m)
     ll_drain(m);
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
+    moe_handles_orphan(m);
     ll_free(m);
     moe_stats_free(m);
     free(m->u2r);

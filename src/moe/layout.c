@@ -106,6 +106,10 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     if (!h)
         return NULL;
     h->moe = m;
+    h->live_next = m->live;
+    if (m->live)
+        m->live->live_prev = h;
+    m->live = h;
     h->T = T;
     h->idx = malloc(sizeof(int32_t) * t * (size_t)m->K);
     h->ndest = malloc(sizeof(int32_t) * t);
@@ -129,6 +133,14 @@ void moe_handle_free(epx_handle_t *h)
 {
     if (!h)
         return;
+    if (h->moe) {
+        if (h->live_prev)
+            h->live_prev->live_next = h->live_next;
+        else
+            h->moe->live = h->live_next;
+        if (h->live_next)
+            h->live_next->live_prev = h->live_prev;
+    }
     free(h->idx);
     free(h->ndest);
     free(h->dest);
@@ -143,6 +155,16 @@ void moe_handle_free(epx_handle_t *h)
     moe_ht_poll_free(h);
     moe_hier_handle_free(h);
     free(h);
+}
+
+void moe_handles_orphan(epx_moe_t *m)
+{
+    for (epx_handle_t *h = m->live, *next; h; h = next) {
+        next = h->live_next;
+        h->moe = NULL;
+        h->live_prev = h->live_next = NULL;
+    }
+    m->live = NULL;
 }
 
 /* The unit (expert, or slot of a replica) token t sends logical expert e
