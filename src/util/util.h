@@ -32,8 +32,11 @@ static inline void epx__cpu_relax(void)
 #endif
 
 /* Hot loops built twice where the ISA allows it (baseline and AVX2),
- * picked at load time: the binary stays portable, the loops get wide. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+ * picked at load time: the binary stays portable, the loops get wide.
+ * GCC only: clang (14 at least) names an external multi-versioned
+ * function "f.ifunc", so calls from other files to "f" do not link. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define EPX_CLONES __attribute__((target_clones("avx2", "default")))
 #define EPX_CLONES_X86 1         /* AVX2 code may be built, picked at run time */
