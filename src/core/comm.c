@@ -143,6 +143,9 @@ err_alloc:
 epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
 {
     epx_status_t st = epx__cfg_check();
+    if (st == EPX_OK && p)
+        st = epx__check_version("comm params", p->version,
+                                EPX_COMM_PARAMS_VERSION);
     if (st != EPX_OK)
         return st;
     /* Params may come from an older header: read the field only if there. */

@@ -24,6 +24,10 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
     if (p->struct_size < offsetof(epx_moe_params_t, expert_alignment) + sizeof(int))
         return epx__error(EPX_ERR_INVALID,
                           "moe: params not set up with EPX_MOE_PARAMS_INIT");
+    epx_status_t vst = epx__check_version("moe params", p->version,
+                                          EPX_MOE_PARAMS_VERSION);
+    if (vst != EPX_OK)
+        return vst;
     if (p->hidden < 1 || p->num_experts < 1 || p->max_tokens_per_rank < 0)
         return epx__error(EPX_ERR_INVALID,
                           "moe: hidden (%d) and num_experts (%d) must be >= 1, "

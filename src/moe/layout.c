@@ -33,11 +33,21 @@ epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
     return EPX_OK;
 }
 
+static inline int64_t idx_at(const epx_tensor_t *t, int64_t i)
+{
+    return t->dtype == EPX_DTYPE_INT64 ? ((const int64_t *)t->data)[i]
+                                       : ((const int32_t *)t->data)[i];
+}
+
 epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
 {
     if (a->struct_size < offsetof(epx_dispatch_args_t, flags) + sizeof(unsigned))
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: args not set up with EPX_DISPATCH_ARGS_INIT");
+    epx_status_t vst = epx__check_version("dispatch args", a->version,
+                                          EPX_DISPATCH_ARGS_VERSION);
+    if (vst != EPX_OK)
+        return vst;
     int64_t T = a->x.rows;
     int layer = moe_args_layer(a);
     if (layer < 0 || layer >= m->layers)
@@ -70,13 +80,17 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
     if (st == EPX_OK)
         st = moe_check_tensor(&a->topk_weights, "dispatch", "topk_weights",
                               1u << EPX_DTYPE_FP32, T, m->K);
+    /* A NaN or Inf weight would poison the combined row silently. */
+    const float *w = a->topk_weights.data;
+    for (int64_t i = 0; st == EPX_OK && i < T * m->K; i++)
+        if (EPX_UNLIKELY(!isfinite(w[i])) && idx_at(&a->topk_idx, i) != -1)
+            st = epx__error(EPX_ERR_INVALID,
+                            "dispatch: topk_weights[%lld][%d] = %g (token "
+                            "%lld, expert %lld): routing weights must be "
+                            "finite", (long long)(i / m->K), (int)(i % m->K),
+                            (double)w[i], (long long)(i / m->K),
+                            (long long)idx_at(&a->topk_idx, i));
     return st;
-}
-
-static inline int64_t idx_at(const epx_tensor_t *t, int64_t i)
-{
-    return t->dtype == EPX_DTYPE_INT64 ? ((const int64_t *)t->data)[i]
-                                       : ((const int32_t *)t->data)[i];
 }
 
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a)

@@ -51,6 +51,10 @@ epx_status_t epx__error(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 /* Same, appending ": strerror(errno)". */
 epx_status_t epx__syserror(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 void epx__error_clear(void);
+/* A parameter struct's version: 1 to `current` (a larger one comes from a
+ * newer header or is garbage).  `what` names the struct and its INIT. */
+epx_status_t epx__check_version(const char *what, unsigned version,
+                                unsigned current);
 
 /* ---- logging: EPX_LOG=error|warn|info|debug|trace, EPX_LOG_SUBSYS=a,b */
 enum { EPX_LOG_ERROR = 0, EPX_LOG_WARN, EPX_LOG_INFO, EPX_LOG_DEBUG,

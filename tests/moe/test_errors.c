@@ -9,6 +9,7 @@
  * a combine call every rank gets wrong fails and leaves the handle usable.
  */
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <sys/statvfs.h>
 #include <stddef.h>
@@ -327,6 +328,98 @@ static void shm_too_small(void **state)
     assert_int_equal(epxt_launch(2, 0, shm_full_rank, NULL, NULL), EPX_OK);
 }
 
+/* ---- parameter structs of an unknown version, and routing weights that
+ * are not finite: refused by name */
+
+static int versions_weights_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    epx_comm_params_t cp = EPX_COMM_PARAMS_INIT;
+    cp.version = 999;
+    epx_comm_t *c2 = NULL;
+    CHECK_ST(epx_comm_create(&cp, &c2), EPX_ERR_INVALID);
+    CHECK(c2 == NULL);
+    CHECKF(strstr(epx_last_error(), "comm params"), "%s", epx_last_error());
+
+    epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
+    bp.num_layers = 1;
+    bp.num_experts = bp.num_slots = 2;
+    bp.num_ranks = 1;
+    bp.version = 999;
+    double load[2] = { 1, 2 };
+    int32_t p2l[2];
+    CHECK_ST(epx_balance_plan(&bp, load, p2l, NULL, 0, NULL), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "balance params"), "%s", epx_last_error());
+    bp.version = EPX_BALANCE_PARAMS_VERSION;
+    CHECK_OK(epx_balance_plan(&bp, load, p2l, NULL, 0, NULL));
+
+    epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
+    mp.hidden = 16;
+    mp.num_experts = 6;
+    mp.topk = 2;
+    mp.max_tokens_per_rank = 8;
+    mp.version = 999;
+    epx_moe_t *moe = NULL;
+    CHECK_ST(epx_moe_create(comm, &mp, &moe), EPX_ERR_INVALID);
+    CHECK(moe == NULL);
+    CHECKF(strstr(epx_last_error(), "moe params"), "%s", epx_last_error());
+
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, &err_case));
+    moe_input_t in;
+    CHECK_CALL(moe_input_make(&m, m.rank, 0, 0, &in));
+    epx_dispatch_args_t a = moe_input_args(&m, &in);
+    epx_handle_t *h = NULL;
+    a.version = 999;
+    CHECK_ST(epx_dispatch_send(m.moe, &a, &h), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "dispatch args"), "%s", epx_last_error());
+    a.version = EPX_DISPATCH_ARGS_VERSION;
+    /* A weight of a real entry: NaN, +Inf, -Inf; every rank the same. */
+    const int K = err_case.topk;
+    int64_t at = -1;
+    for (int64_t i = 0; i < in.T * K && at < 0; i++)
+        if (in.idx64[i] >= 0)
+            at = i;
+    if (at >= 0) {
+        const float bad[3] = { NAN, INFINITY, -INFINITY };
+        float keep = in.w[at];
+        for (int b = 0; b < 3; b++) {
+            in.w[at] = bad[b];
+            CHECK_ST(epx_dispatch_send(m.moe, &a, &h), EPX_ERR_INVALID);
+            CHECK(h == NULL);
+            CHECKF(strstr(epx_last_error(), "topk_weights"), "%s",
+                   epx_last_error());
+        }
+        in.w[at] = keep;
+    }
+    moe_input_free(&in);
+    /* The engine still works, and a combine args version is checked too. */
+    moe_round_t r;
+    int rc = moe_round_dispatch(&m, &r, 0, 1, &h);
+    if (rc == 0) {
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.version = 999;
+        epx_status_t st = epx_combine_send(m.moe, h, &ca);
+        rc = st == EPX_ERR_INVALID &&
+             strstr(epx_last_error(), "combine args") ? 0
+             : epxt_fail(__FILE__, __LINE__, "combine args 999: %s (%s)",
+                         epx_status_str(st), epx_last_error());
+    }
+    if (rc == 0)
+        rc = moe_round_combine(&r, h);
+    moe_round_free(&r);
+    epx_handle_release(h);
+    moe_run_close(&m);
+    return rc;
+}
+
+static void versions_weights(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 0, versions_weights_rank, NULL, NULL),
+                     EPX_OK);
+}
+
 /* ---- calls out of order or without a handle */
 
 static int state_rank(epx_comm_t *comm, void *arg)
@@ -465,6 +558,7 @@ int main(void)
         cmocka_unit_test(mismatch),
         cmocka_unit_test(invalid_params),
         cmocka_unit_test(shm_too_small),
+        cmocka_unit_test(versions_weights),
         cmocka_unit_test(out_of_order),
         { "combine_misuse_em", combine_bad_y, NULL, NULL, &misuse_em },
         { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },
