@@ -179,37 +179,38 @@ static void pending_reject(pending_t *p)
     p->fd = -1;
 }
 
+/* Move what the socket takes now of buf[*done, len).  1: all done, 0: it
+ * would block, -1: the peer is gone. */
+static int nb_io(int fd, void *buf, size_t len, size_t *done, int writing)
+{
+    while (*done < len) {
+        char *p = (char *)buf + *done;
+        ssize_t n = writing
+            ? send(fd, p, len - *done, MSG_NOSIGNAL | MSG_DONTWAIT)
+            : recv(fd, p, len - *done, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0)
+            return -1;
+        *done += (size_t)n;
+    }
+    return 1;
+}
+
 /* Advance one handshake.  Returns 1 when the hello is complete, 0 while it
  * is in progress, -1 when the connection is finished with (closed). */
 static int pending_step(pending_t *p)
 {
-    while (p->sent < sizeof(p->ch)) {
-        ssize_t n = send(p->fd, (char *)&p->ch + p->sent,
-                         sizeof(p->ch) - p->sent, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0 && (errno == EINTR))
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        if (n <= 0)
-            goto gone;
-        p->sent += (size_t)n;
+    int r = nb_io(p->fd, &p->ch, sizeof(p->ch), &p->sent, 1);
+    if (r > 0)
+        r = nb_io(p->fd, &p->h, sizeof(p->h), &p->got, 0);
+    if (r < 0) {
+        close(p->fd);
+        p->fd = -1;
     }
-    while (p->got < sizeof(p->h)) {
-        ssize_t n = recv(p->fd, (char *)&p->h + p->got, sizeof(p->h) - p->got,
-                         MSG_DONTWAIT);
-        if (n < 0 && (errno == EINTR))
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return 0;
-        if (n <= 0)
-            goto gone;
-        p->got += (size_t)n;
-    }
-    return 1;
-gone:
-    close(p->fd);
-    p->fd = -1;
-    return -1;
+    return r;
 }
 
 static void pending_drop(pending_t *pend, int *npend, int i)
@@ -222,16 +223,26 @@ static void pending_drop(pending_t *pend, int *npend, int i)
 /* Judge a complete hello.  Every check is made whatever the others say,
  * and the MAC comparison is constant-time, so the time taken does not
  * tell which check failed either. */
+int epx__boot_judge_hello(const uint8_t nonce[32], const void *bytes,
+                          size_t len, const char *key, int nranks,
+                          const int *fds)
+{
+    hello_t h;
+    uint8_t want[BOOT_MAC];
+    if (len != sizeof(h))
+        return -1;
+    memcpy(&h, bytes, sizeof(h));
+    boot_mac(want, key, "epx-boot-hello", nonce, h.nonce, h.rank, h.nranks);
+    int mac_ok = sodium_memcmp(want, h.mac, BOOT_MAC) == 0;
+    int shape_ok = (h.magic == BOOT_MAGIC) & (h.nranks == nranks) &
+                   (h.rank > 0) & (h.rank < nranks);
+    return mac_ok & shape_ok && fds[h.rank] < 0 ? h.rank : -1;
+}
+
 static int hello_admit(tcp_boot_t *b, const pending_t *p, const char *key)
 {
-    uint8_t want[BOOT_MAC];
-    boot_mac(want, key, "epx-boot-hello", p->ch.nonce, p->h.nonce, p->h.rank,
-             p->h.nranks);
-    int mac_ok = sodium_memcmp(want, p->h.mac, BOOT_MAC) == 0;
-    int shape_ok = (p->h.magic == BOOT_MAGIC) &
-                   (p->h.nranks == b->base.nranks) & (p->h.rank > 0) &
-                   (p->h.rank < b->base.nranks);
-    return mac_ok & shape_ok && b->fds[p->h.rank] < 0;
+    return epx__boot_judge_hello(p->ch.nonce, &p->h, sizeof(p->h), key,
+                                 b->base.nranks, b->fds) > 0;
 }
 
 static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,

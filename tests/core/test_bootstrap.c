@@ -54,6 +54,16 @@ static int free_port(void)
     return ntohs(sa.sin_port);
 }
 
+/* A fresh job: rank 0's address on a free port, and a key. */
+static int new_job(char root[64], char key[64], const char *what)
+{
+    int port = free_port();
+    assert_true(port > 0);
+    snprintf(root, 64, "127.0.0.1:%d", port);
+    snprintf(key, 64, "%s-%016" PRIx64, what, epxt_seed());
+    return port;
+}
+
 typedef struct env_rank {
     int rank, nranks;
     const char *root;      /* NULL: from EPX_ROOT */
@@ -126,10 +136,7 @@ static void env_bootstrap_params(void **state)
     (void)state;
     enum { R = 3 };
     char root[64], key[64];
-    int port = free_port();
-    assert_true(port > 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", port);
-    snprintf(key, sizeof(key), "key-%016" PRIx64, epxt_seed());
+    new_job(root, key, "key");
     pid_t pid[R];
     for (int r = R - 1; r >= 0; r--) {   /* the root comes up last */
         env_rank_t e = { r, R, root, key, EPX_OK };
@@ -145,10 +152,7 @@ static void env_bootstrap_environment(void **state)
     (void)state;
     enum { R = 2 };
     char root[64], key[64];
-    int port = free_port();
-    assert_true(port > 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", port);
-    snprintf(key, sizeof(key), "envkey-%016" PRIx64, epxt_seed());
+    new_job(root, key, "envkey");
     /* Only the environment says where and with which key. */
     setenv("EPX_ROOT", root, 1);
     setenv("EPX_JOB_KEY", key, 1);
@@ -169,10 +173,7 @@ static void wrong_key_turned_away(void **state)
     (void)state;
     enum { R = 2 };
     char root[64], key[64], bad[64];
-    int port = free_port();
-    assert_true(port > 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", port);
-    snprintf(key, sizeof(key), "good-%016" PRIx64, epxt_seed());
+    new_job(root, key, "good");
     snprintf(bad, sizeof(bad), "bad-%016" PRIx64, epxt_seed());
 
     env_rank_t root_rank = { 0, R, root, key, EPX_OK };
@@ -218,10 +219,8 @@ static void idle_connections_do_not_stall(void **state)
     (void)state;
     enum { R = 2, IDLE = 100 };
     char root[64], key[64];
-    int port = free_port(), idle[IDLE];
-    assert_true(port > 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", port);
-    snprintf(key, sizeof(key), "idle-%016" PRIx64, epxt_seed());
+    int idle[IDLE];
+    int port = new_job(root, key, "idle");
     /* Served one at a time with 5 s each, 100 strays would take 500 s: far
      * past this timeout. */
     setenv("EPX_TIMEOUT", "30", 1);
@@ -329,11 +328,8 @@ static void rejections_look_alike(void **state)
     (void)state;
     enum { R = 2 };
     char root[64], key[64], bad[64];
-    int port = free_port();
-    assert_true(port > 0);
+    int port = new_job(root, key, "alike");
     assert_true(sodium_init() >= 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", port);
-    snprintf(key, sizeof(key), "alike-%016" PRIx64, epxt_seed());
     snprintf(bad, sizeof(bad), "other-%016" PRIx64, epxt_seed());
     env_rank_t r0 = { 0, R, root, key, EPX_OK };
     pid_t p0 = start(&r0);
