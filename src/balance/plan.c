@@ -10,10 +10,14 @@
 epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh)
 {
     if (!p || p->struct_size < offsetof(epx_balance_params_t, current_phy2log) +
-                                   sizeof(p->current_phy2log) || p->version < 1)
+                                   sizeof(p->current_phy2log))
         return epx__error(EPX_ERR_INVALID,
                           "balance: params NULL or not set up with "
                           "EPX_BALANCE_PARAMS_INIT");
+    epx_status_t vst = epx__check_version("balance params", p->version,
+                                          EPX_BALANCE_PARAMS_VERSION);
+    if (vst != EPX_OK)
+        return vst;
     if (p->num_layers < 1 || p->num_experts < 1 || p->num_ranks < 1 ||
         p->num_groups < 1 || p->num_domains < 1)
         return epx__error(EPX_ERR_INVALID,

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "src/balance/tool.h"
 
@@ -223,6 +224,17 @@ static int read_loads_npy(const char *path, FILE *f, tool_matrix_t *m,
                     path, shape);
 
     size_t n = (size_t)r * c, sz = types[t].size;
+    /* The header is outside input: check the data is there before
+     * allocating for the shape it claims. */
+    struct stat stt;
+    long at = ftell(f);
+    if (fstat(fileno(f), &stt) == 0 && S_ISREG(stt.st_mode) && at >= 0 &&
+        (uint64_t)stt.st_size - (uint64_t)at != (uint64_t)n * sz) {
+        uint64_t have = ((uint64_t)stt.st_size - (uint64_t)at) / sz;
+        return fail(err, errlen, "%s: .npy data holds %s %llu values for "
+                    "shape (%ld, %ld)", path, have < n ? "only" : "more than",
+                    (unsigned long long)have, r, c);
+    }
     unsigned char *raw = malloc(n * sz);
     m->v = malloc(n * sizeof(double));
     if (!raw || !m->v) {

@@ -7,6 +7,7 @@
 #define EPX_BOOTSTRAP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "epx.h"
 
 typedef struct epx_boot {
@@ -23,6 +24,12 @@ typedef struct epx_boot {
 epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
                                   int listen_fd, const char *job_key,
                                   double timeout_s, epx_boot_t **boot);
+/* Rank 0's verdict on a hello (bytes, len) answering challenge `nonce`:
+ * the rank admitted, or -1 (wrong size, key, magic, job size, rank out of
+ * range or taken in fds[nranks]).  Exposed for the fuzzer. */
+int epx__boot_judge_hello(const uint8_t nonce[32], const void *bytes,
+                          size_t len, const char *key, int nranks,
+                          const int *fds);
 epx_status_t epx__boot_allgather_create(int rank, int nranks,
                                         epx_allgather_fn fn, void *ctx,
                                         double timeout_s, epx_boot_t **boot);

@@ -27,10 +27,12 @@ epx_status_t epx__boot_allgather_create(int rank, int nranks,
                                         epx_allgather_fn fn, void *ctx,
                                         double timeout_s, epx_boot_t **out)
 {
-    if (!fn || nranks < 1 || rank < 0 || rank >= nranks)
+    if (!fn || nranks < 1 || nranks > EPX_MAX_RANKS || rank < 0 ||
+        rank >= nranks)
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: all-gather bootstrap needs a function and "
-                          "0 <= rank (%d) < nranks (%d)", rank, nranks);
+                          "0 <= rank (%d) < nranks (%d) <= %d", rank, nranks,
+                          EPX_MAX_RANKS);
     cb_boot_t *b = calloc(1, sizeof(*b));
     if (!b)
         return epx__error(EPX_ERR_NOMEM, "bootstrap: out of memory");

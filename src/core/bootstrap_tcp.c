@@ -1,10 +1,24 @@
 /*
  * TCP bootstrap: a star rooted at rank 0.  Rank 0 listens; every other rank
- * connects, presents the job key and its rank, and is admitted or turned
- * away (EPX_ERR_AUTH) without disturbing the job.  The all-gather is a
- * gather to the root followed by a broadcast; it only runs at setup.
+ * connects and proves it holds the job key by a challenge-response, and is
+ * admitted or turned away (EPX_ERR_AUTH) without disturbing the job.  The
+ * all-gather is a gather to the root followed by a broadcast; it only runs
+ * at setup.
+ *
+ * Handshake (each message a fixed size, HMAC-SHA256 keyed by the job key):
+ *   root -> peer  challenge: magic, root nonce
+ *   peer -> root  hello: magic, rank, nranks, peer nonce,
+ *                 mac = H(key, "hello" | root nonce | peer nonce | rank | nranks)
+ *   root -> peer  admit, H(key, "admit" | peer nonce | root nonce | rank | nranks)
+ *              or the one rejection, the same bytes whatever the reason.
+ * The key never crosses the wire, the MACs are checked in constant time,
+ * and the peer checks the root too, so neither side can be spoofed or
+ * replayed.  Rank 0 serves every pending connection at once from one poll
+ * loop, each with its own deadline, so idle or slow strays cannot delay
+ * the job.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -14,18 +28,38 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <sodium.h>
 
 #include "util/util.h"
 #include "core/bootstrap.h"
 
-#define BOOT_MAGIC 0x65707862u   /* "epxb" */
-#define BOOT_KEYMAX 128
+#define BOOT_MAGIC   0x32707862u   /* "bxp2": the challenge-response protocol */
+#define BOOT_ADMIT   0x746d6461u   /* "admt" */
+#define BOOT_REJECT  0x746a6572u   /* "rejt" */
+#define BOOT_NONCE   32
+#define BOOT_MAC     crypto_auth_hmacsha256_BYTES
+#define BOOT_KEYMAX  4096
+/* Time a connection has to complete the handshake once accepted. */
+#define BOOT_PEER_S  5.0
+/* Handshakes in progress at once; beyond this the oldest is dropped. */
+#define BOOT_PENDING 1024
+
+typedef struct challenge {
+    uint32_t magic;
+    uint8_t nonce[BOOT_NONCE];
+} challenge_t;
 
 typedef struct hello {
     uint32_t magic;
     int32_t rank, nranks;
-    char key[BOOT_KEYMAX];
+    uint8_t nonce[BOOT_NONCE];
+    uint8_t mac[BOOT_MAC];
 } hello_t;
+
+typedef struct answer {
+    uint32_t verdict;
+    uint8_t mac[BOOT_MAC];
+} answer_t;
 
 typedef struct tcp_boot {
     epx_boot_t base;
@@ -59,6 +93,25 @@ static epx_status_t io_full(int fd, void *buf, size_t len, int writing,
         len -= (size_t)n;
     }
     return EPX_OK;
+}
+
+/* H(key, tag | a | b | rank | nranks) */
+static void boot_mac(uint8_t out[BOOT_MAC], const char *key, const char *tag,
+                     const uint8_t a[BOOT_NONCE], const uint8_t b[BOOT_NONCE],
+                     int32_t rank, int32_t nranks)
+{
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, (const unsigned char *)key, strlen(key));
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)tag,
+                                  strlen(tag) + 1);
+    crypto_auth_hmacsha256_update(&st, a, BOOT_NONCE);
+    crypto_auth_hmacsha256_update(&st, b, BOOT_NONCE);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)&rank,
+                                  sizeof(rank));
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)&nranks,
+                                  sizeof(nranks));
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof(st));
 }
 
 static int parse_root(const char *root, char *host, size_t hostlen, char *port,
@@ -102,54 +155,280 @@ static epx_status_t root_listen(const char *root, int *out)
     return EPX_OK;
 }
 
+/* One handshake in progress at the root.  Its sockets are non-blocking:
+ * the root never waits on one peer while others are ready. */
+typedef struct pending {
+    int fd;
+    double deadline;
+    size_t sent, got;          /* bytes of the challenge sent, hello read */
+    challenge_t ch;
+    hello_t h;
+} pending_t;
+
+/* The rejection: the same bytes for every reason (wrong key, bad rank,
+ * job size, malformed hello, too slow), so a client learns nothing.  Best
+ * effort, never blocks. */
+static void pending_reject(pending_t *p)
+{
+    answer_t a;
+    memset(&a, 0, sizeof(a));
+    a.verdict = BOOT_REJECT;
+    if (p->sent == sizeof(p->ch))
+        (void)!send(p->fd, &a, sizeof(a), MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(p->fd);
+    p->fd = -1;
+}
+
+/* Move what the socket takes now of buf[*done, len).  1: all done, 0: it
+ * would block, -1: the peer is gone. */
+static int nb_io(int fd, void *buf, size_t len, size_t *done, int writing)
+{
+    while (*done < len) {
+        char *p = (char *)buf + *done;
+        ssize_t n = writing
+            ? send(fd, p, len - *done, MSG_NOSIGNAL | MSG_DONTWAIT)
+            : recv(fd, p, len - *done, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0)
+            return -1;
+        *done += (size_t)n;
+    }
+    return 1;
+}
+
+/* Advance one handshake.  Returns 1 when the hello is complete, 0 while it
+ * is in progress, -1 when the connection is finished with (closed). */
+static int pending_step(pending_t *p)
+{
+    int r = nb_io(p->fd, &p->ch, sizeof(p->ch), &p->sent, 1);
+    if (r > 0)
+        r = nb_io(p->fd, &p->h, sizeof(p->h), &p->got, 0);
+    if (r < 0) {
+        close(p->fd);
+        p->fd = -1;
+    }
+    return r;
+}
+
+static void pending_drop(pending_t *pend, int *npend, int i)
+{
+    if (pend[i].fd >= 0)
+        pending_reject(&pend[i]);
+    pend[i] = pend[--*npend];
+}
+
+/* Judge a complete hello.  Every check is made whatever the others say,
+ * and the MAC comparison is constant-time, so the time taken does not
+ * tell which check failed either. */
+int epx__boot_judge_hello(const uint8_t nonce[32], const void *bytes,
+                          size_t len, const char *key, int nranks,
+                          const int *fds)
+{
+    hello_t h;
+    uint8_t want[BOOT_MAC];
+    if (len != sizeof(h))
+        return -1;
+    memcpy(&h, bytes, sizeof(h));
+    boot_mac(want, key, "epx-boot-hello", nonce, h.nonce, h.rank, h.nranks);
+    int mac_ok = sodium_memcmp(want, h.mac, BOOT_MAC) == 0;
+    int shape_ok = (h.magic == BOOT_MAGIC) & (h.nranks == nranks) &
+                   (h.rank > 0) & (h.rank < nranks);
+    return mac_ok & shape_ok && fds[h.rank] < 0 ? h.rank : -1;
+}
+
+static int hello_admit(tcp_boot_t *b, const pending_t *p, const char *key)
+{
+    return epx__boot_judge_hello(p->ch.nonce, &p->h, sizeof(p->h), key,
+                                 b->base.nranks, b->fds) > 0;
+}
+
 static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,
                                 double deadline)
 {
-    int need = b->base.nranks - 1;
-    while (need > 0) {
-        struct pollfd pfd = { lfd, POLLIN, 0 };
-        double left = deadline - epx__now();
-        if (left <= 0)
-            return epx__error(EPX_ERR_TIMEOUT,
-                              "bootstrap: rank 0 still waits for %d of the %d "
-                              "other ranks to connect", need,
-                              b->base.nranks - 1);
-        if (poll(&pfd, 1, left > 1.0 ? 1000 : (int)(left * 1000) + 1) <= 0)
-            continue;
-        int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            usleep(10000);   /* e.g. out of descriptors: do not spin */
-            continue;
-        }
-        hello_t h;
-        int32_t verdict = EPX_OK;
-        /* A stray client gets a short deadline so it cannot stall the job. */
-        double d = epx__now() + 5.0;
-        if (io_full(fd, &h, sizeof(h), 0, d < deadline ? d : deadline,
-                    "reading a hello") != EPX_OK || h.magic != BOOT_MAGIC) {
-            close(fd);
-            continue;
-        }
-        h.key[BOOT_KEYMAX - 1] = '\0';
-        if (strcmp(h.key, key) != 0)
-            verdict = EPX_ERR_AUTH;
-        else if (h.nranks != b->base.nranks || h.rank <= 0 ||
-                 h.rank >= b->base.nranks || b->fds[h.rank] >= 0)
-            verdict = EPX_ERR_MISMATCH;
-        io_full(fd, &verdict, sizeof(verdict), 1, d, "answering a hello");
-        if (verdict != EPX_OK) {
-            EPX_LOG(EPX_LOG_WARN, "boot", 0,
-                    "turned away a client claiming rank %d of %d: %s",
-                    (int)h.rank, (int)h.nranks,
-                    verdict == EPX_ERR_AUTH ? "wrong job key" : "bad rank");
-            close(fd);
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        b->fds[h.rank] = fd;
-        need--;
+    int need = b->base.nranks - 1, npend = 0, turned_away = 0;
+    pending_t *pend = malloc(sizeof(*pend) * BOOT_PENDING);
+    struct pollfd *pfd = malloc(sizeof(*pfd) * (BOOT_PENDING + 1));
+    if (!pend || !pfd) {
+        free(pend);
+        free(pfd);
+        return epx__error(EPX_ERR_NOMEM, "bootstrap: out of memory");
     }
+    int fl = fcntl(lfd, F_GETFL);
+    if (fl >= 0)
+        fcntl(lfd, F_SETFL, fl | O_NONBLOCK);
+    epx_status_t st = EPX_OK;
+    while (need > 0) {
+        double now = epx__now();
+        if (now >= deadline) {
+            st = epx__error(EPX_ERR_TIMEOUT,
+                            "bootstrap: rank 0 still waits for %d of the %d "
+                            "other ranks to connect (%d connections turned "
+                            "away)", need, b->base.nranks - 1, turned_away);
+            break;
+        }
+        /* Past their own deadline: turned away. */
+        double wake = deadline;
+        for (int i = 0; i < npend;) {
+            if (pend[i].deadline <= now) {
+                turned_away++;
+                pending_drop(pend, &npend, i);
+                continue;
+            }
+            if (pend[i].deadline < wake)
+                wake = pend[i].deadline;
+            i++;
+        }
+        pfd[0] = (struct pollfd){ lfd, POLLIN, 0 };
+        for (int i = 0; i < npend; i++)
+            pfd[i + 1] = (struct pollfd){
+                pend[i].fd, pend[i].sent < sizeof(pend[i].ch) ? POLLOUT : POLLIN,
+                0 };
+        double left = wake - now;
+        int pr = poll(pfd, (nfds_t)npend + 1,
+                      left > 1.0 ? 1000 : (int)(left * 1000) + 1);
+        if (pr < 0 && errno != EINTR) {
+            st = epx__syserror(EPX_ERR_SYSTEM, "bootstrap: poll");
+            break;
+        }
+        if (pr <= 0)
+            continue;
+        /* Handshakes first (pfd is indexed as pend was at poll time; walk
+         * down so removals do not disturb the indices still to visit). */
+        for (int i = npend - 1; i >= 0 && need > 0; i--) {
+            if (!pfd[i + 1].revents)
+                continue;
+            int r = pending_step(&pend[i]);
+            if (r == 0)
+                continue;
+            if (r < 0) {
+                turned_away++;
+                pending_drop(pend, &npend, i);
+                continue;
+            }
+            if (!hello_admit(b, &pend[i], key)) {
+                EPX_LOG(EPX_LOG_WARN, "boot", 0,
+                        "turned away a client (wrong job key, bad rank or "
+                        "job size)");
+                turned_away++;
+                pending_drop(pend, &npend, i);
+                continue;
+            }
+            answer_t a = { BOOT_ADMIT, { 0 } };
+            boot_mac(a.mac, key, "epx-boot-admit", pend[i].h.nonce,
+                     pend[i].ch.nonce, pend[i].h.rank, pend[i].h.nranks);
+            int fd = pend[i].fd, rank = pend[i].h.rank;
+            pend[i].fd = -1;
+            pending_drop(pend, &npend, i);
+            /* Back to blocking: the answer is small, the peer is waiting. */
+            fl = fcntl(fd, F_GETFL);
+            if (fl >= 0)
+                fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+            double d = epx__now() + BOOT_PEER_S;
+            if (io_full(fd, &a, sizeof(a), 1, d < deadline ? d : deadline,
+                        "admitting a rank") != EPX_OK) {
+                close(fd);
+                continue;
+            }
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+            b->fds[rank] = fd;
+            need--;
+        }
+        if (!(pfd[0].revents & POLLIN) || need == 0)
+            continue;
+        /* Drain the backlog. */
+        for (;;) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (fd < 0) {
+                if (errno == EINTR || errno == ECONNABORTED)
+                    continue;
+                if ((errno == EMFILE || errno == ENFILE) && npend > 0) {
+                    /* Out of descriptors: the oldest handshake makes room. */
+                    int old = 0;
+                    for (int i = 1; i < npend; i++)
+                        if (pend[i].deadline < pend[old].deadline)
+                            old = i;
+                    turned_away++;
+                    pending_drop(pend, &npend, old);
+                    continue;
+                }
+                if (errno != EAGAIN && errno != EWOULDBLOCK)
+                    usleep(10000);   /* e.g. out of memory: do not spin */
+                break;
+            }
+            if (npend == BOOT_PENDING) {
+                int old = 0;
+                for (int i = 1; i < npend; i++)
+                    if (pend[i].deadline < pend[old].deadline)
+                        old = i;
+                turned_away++;
+                pending_drop(pend, &npend, old);
+            }
+            pending_t *p = &pend[npend++];
+            memset(p, 0, sizeof(*p));
+            p->fd = fd;
+            p->deadline = epx__now() + BOOT_PEER_S;
+            p->ch.magic = BOOT_MAGIC;
+            randombytes_buf(p->ch.nonce, sizeof(p->ch.nonce));
+            /* The challenge goes out when poll says the socket is writable. */
+        }
+    }
+    while (npend > 0)
+        pending_drop(pend, &npend, npend - 1);
+    free(pend);
+    free(pfd);
+    return st;
+}
+
+/* One attempt at the handshake.  *retry is set when the root went away
+ * before it challenged us (not up yet, or it shed the connection). */
+static epx_status_t peer_handshake(tcp_boot_t *b, int fd, const char *root,
+                                   const char *key, double deadline,
+                                   int *retry)
+{
+    challenge_t ch;
+    *retry = 0;
+    epx_status_t st = io_full(fd, &ch, sizeof(ch), 0, deadline,
+                              "waiting for rank 0's challenge");
+    if (st == EPX_ERR_BOOTSTRAP) {
+        *retry = 1;
+        return st;
+    }
+    if (st != EPX_OK)
+        return st;
+    if (ch.magic != BOOT_MAGIC)
+        return epx__error(EPX_ERR_BOOTSTRAP,
+                          "bootstrap: %s does not speak this version of the "
+                          "epx bootstrap", root);
+    hello_t h;
+    memset(&h, 0, sizeof(h));
+    h.magic = BOOT_MAGIC;
+    h.rank = b->base.rank;
+    h.nranks = b->base.nranks;
+    randombytes_buf(h.nonce, sizeof(h.nonce));
+    boot_mac(h.mac, key, "epx-boot-hello", ch.nonce, h.nonce, h.rank, h.nranks);
+    answer_t a;
+    st = io_full(fd, &h, sizeof(h), 1, deadline, "sending hello");
+    if (st == EPX_OK)
+        st = io_full(fd, &a, sizeof(a), 0, deadline,
+                     "waiting for rank 0 to admit us");
+    if (st == EPX_ERR_BOOTSTRAP || (st == EPX_OK && a.verdict == BOOT_REJECT))
+        return epx__error(EPX_ERR_AUTH,
+                          "bootstrap: rank 0 at %s turned us away (rank %d of "
+                          "%d): a different job key, a different job size, or "
+                          "the rank is taken", root, b->base.rank,
+                          b->base.nranks);
+    if (st != EPX_OK)
+        return st;
+    uint8_t want[BOOT_MAC];
+    boot_mac(want, key, "epx-boot-admit", h.nonce, ch.nonce, h.rank, h.nranks);
+    if (a.verdict != BOOT_ADMIT || sodium_memcmp(want, a.mac, BOOT_MAC) != 0)
+        return epx__error(EPX_ERR_AUTH,
+                          "bootstrap: %s could not prove it holds the job key: "
+                          "not our rank 0", root);
     return EPX_OK;
 }
 
@@ -163,46 +442,36 @@ static epx_status_t peer_connect(tcp_boot_t *b, const char *root,
                           root ? root : "");
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM },
                     *ai = NULL;
-    int fd = -1;
-    /* The root may not be up yet: retry until the deadline. */
-    while (fd < 0) {
-        if (epx__now() > deadline)
-            return epx__error(EPX_ERR_TIMEOUT,
-                              "bootstrap: cannot reach rank 0 at %s", root);
-        if (getaddrinfo(host, port, &hints, &ai) == 0) {
-            fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-            if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-                close(fd);
-                fd = -1;
+    for (;;) {
+        int fd = -1;
+        /* The root may not be up yet: retry until the deadline. */
+        while (fd < 0) {
+            if (epx__now() > deadline)
+                return epx__error(EPX_ERR_TIMEOUT,
+                                  "bootstrap: cannot reach rank 0 at %s", root);
+            if (getaddrinfo(host, port, &hints, &ai) == 0) {
+                fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+                    close(fd);
+                    fd = -1;
+                }
+                freeaddrinfo(ai);
             }
-            freeaddrinfo(ai);
+            if (fd < 0)
+                usleep(20000);
         }
-        if (fd < 0)
-            usleep(20000);
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    hello_t h = { BOOT_MAGIC, b->base.rank, b->base.nranks, { 0 } };
-    snprintf(h.key, sizeof(h.key), "%s", key);
-    int32_t verdict;
-    epx_status_t st = io_full(fd, &h, sizeof(h), 1, deadline, "sending hello");
-    if (st == EPX_OK)
-        st = io_full(fd, &verdict, sizeof(verdict), 0, deadline,
-                     "waiting for rank 0 to admit us");
-    if (st == EPX_OK && verdict == EPX_ERR_AUTH)
-        st = epx__error(EPX_ERR_AUTH,
-                        "bootstrap: rank 0 at %s rejected our job key", root);
-    else if (st == EPX_OK && verdict != EPX_OK)
-        st = epx__error(EPX_ERR_MISMATCH,
-                        "bootstrap: rank 0 refused rank %d of %d (duplicate "
-                        "rank or different job size)", b->base.rank,
-                        b->base.nranks);
-    if (st != EPX_OK) {
+        int one = 1, retry;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        epx_status_t st = peer_handshake(b, fd, root, key, deadline, &retry);
+        if (st == EPX_OK) {
+            b->fds[0] = fd;
+            return EPX_OK;
+        }
         close(fd);
-        return st;
+        if (!retry)
+            return st;
+        usleep(20000);
     }
-    b->fds[0] = fd;
-    return EPX_OK;
 }
 
 static epx_status_t tcp_allgather(epx_boot_t *base, const void *send,
@@ -260,7 +529,7 @@ epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
                                   int listen_fd, const char *job_key,
                                   double timeout_s, epx_boot_t **out)
 {
-    if (nranks < 1 || rank < 0 || rank >= nranks)
+    if (nranks < 1 || nranks > EPX_MAX_RANKS || rank < 0 || rank >= nranks)
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: rank %d of %d is out of range", rank,
                           nranks);
@@ -274,6 +543,8 @@ epx_status_t epx__boot_tcp_create(int rank, int nranks, const char *root,
         return epx__error(EPX_ERR_INVALID,
                           "bootstrap: job key longer than %d bytes",
                           BOOT_KEYMAX - 1);
+    if (nranks > 1 && sodium_init() < 0)
+        return epx__error(EPX_ERR_SYSTEM, "bootstrap: libsodium did not start");
     tcp_boot_t *b = calloc(1, sizeof(*b));
     int nfd = rank == 0 ? nranks : 1;
     if (!b || !(b->fds = malloc(sizeof(int) * (size_t)nfd))) {

@@ -142,6 +142,12 @@ err_alloc:
 
 epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
 {
+    epx_status_t st = epx__cfg_check();
+    if (st == EPX_OK && p)
+        st = epx__check_version("comm params", p->version,
+                                EPX_COMM_PARAMS_VERSION);
+    if (st != EPX_OK)
+        return st;
     /* Params may come from an older header: read the field only if there. */
     int has = p && p->struct_size >= offsetof(epx_comm_params_t, timeout_s) +
                                          sizeof(double);
@@ -169,13 +175,17 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
     epx_boot_t *boot = NULL;
     switch (p->bootstrap) {
     case EPX_BOOTSTRAP_ENV: {
-        const char *rs = epx__cfg_str("EPX_RANK"), *ns = epx__cfg_str("EPX_NRANKS");
-        char *end1, *end2;
-        long rank = strtol(rs, &end1, 10), n = strtol(ns, &end2, 10);
-        if (!*rs || !*ns || *end1 || *end2)
+        /* Both present and in range (epx__timeout checked the ranges). */
+        const char *rs = getenv("EPX_RANK"), *ns = getenv("EPX_NRANKS");
+        if (!rs || !*rs || !ns || !*ns)
             return epx__error(EPX_ERR_INVALID,
                               "comm: env bootstrap needs EPX_RANK and EPX_NRANKS "
-                              "(got '%s', '%s')", rs, ns);
+                              "(got '%s', '%s')", rs ? rs : "", ns ? ns : "");
+        long rank = epx__cfg_long("EPX_RANK"), n = epx__cfg_long("EPX_NRANKS");
+        if (rank >= n)
+            return epx__error(EPX_ERR_INVALID,
+                              "comm: EPX_RANK=%ld is not below EPX_NRANKS=%ld",
+                              rank, n);
         const char *root = p->root ? p->root : epx__cfg_str("EPX_ROOT");
         const char *key = p->job_key ? p->job_key : epx__cfg_str("EPX_JOB_KEY");
         if (n > 1 && !*root)
@@ -198,10 +208,9 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
     return epx__comm_create_boot(boot, timeout, NULL, out);
 }
 
-void epx_comm_destroy(epx_comm_t *comm)
+static void comm_teardown(epx_comm_t *comm)
 {
-    if (!comm)
-        return;
+    comm->tearing = 1;
     /* Collective when UCX is in use: every rank's last operations, and
      * whatever UCX exchanges to complete them, finish while all ranks still
      * progress, so no request is left inside a worker that goes away.  Two
@@ -222,6 +231,36 @@ void epx_comm_destroy(epx_comm_t *comm)
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);
+}
+
+void epx_comm_destroy(epx_comm_t *comm)
+{
+    if (!comm || comm->destroyed)
+        return;
+    comm->destroyed = 1;
+    if (comm->nwin > 1) {
+        /* An engine still holds a window: freeing now would leave it on
+         * freed memory.  Its calls fail from here on; the teardown runs
+         * when the last engine is destroyed. */
+        epx__error(EPX_ERR_STATE,
+                   "comm: destroyed while %d engine window(s) still use it: "
+                   "destroy the engines first (the communicator is freed "
+                   "with the last of them)", comm->nwin - 1);
+        EPX_LOG(EPX_LOG_ERROR, "comm", comm->rank, "%s", epx_last_error());
+        return;
+    }
+    comm_teardown(comm);
+}
+
+void epx__comm_hold(epx_comm_t *comm)
+{
+    comm->nwin++;
+}
+
+void epx__comm_win_gone(epx_comm_t *comm)
+{
+    if (--comm->nwin == 1 && comm->destroyed && !comm->tearing)
+        comm_teardown(comm);
 }
 
 int epx_comm_rank(const epx_comm_t *comm) { return comm ? comm->rank : -1; }

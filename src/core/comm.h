@@ -12,6 +12,11 @@ struct epx_comm {
     epx_boot_t *boot;
     char job[40];               /* unique job id shared by all ranks (hex) */
     unsigned next_win;          /* windows created so far (names) */
+    size_t shm_bytes;           /* live shm windows of this rank (bytes) */
+    int nwin;                   /* live windows, the barrier's included */
+    int destroyed;              /* epx_comm_destroy called; teardown waits
+                                   for the engines' windows */
+    int tearing;                /* teardown under way */
     uint8_t *peer_tl;           /* [nranks] EPX_TL_* reaching each rank */
     int tl_peers[EPX_TL_COUNT]; /* ranks (self included) per backend */
     int ucx_any;                /* some pair of the comm uses ucx */
@@ -83,6 +88,12 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
 /* Random hex string of `nhex` characters (nhex + 1 bytes in buf). */
 epx_status_t epx__random_hex(char *buf, size_t nhex);
 double epx__comm_timeout(const epx_comm_t *comm);
+/* A window of the communicator was destroyed: the last engine window of a
+ * communicator already destroyed by the caller completes its teardown. */
+void epx__comm_win_gone(epx_comm_t *comm);
+/* A user of the communicator other than a window (a device rank's
+ * engine) holds it as a window does; epx__comm_win_gone lets go. */
+void epx__comm_hold(epx_comm_t *comm);
 /* The timeout a communicator uses: params' (if set) or EPX_TIMEOUT,
  * checked (positive, finite) and capped. */
 epx_status_t epx__timeout(const epx_comm_params_t *params, double *out);

@@ -69,10 +69,10 @@ static int run_rank(int rank, int nranks, int lfd, const char *root,
 epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
                               epx_rank_fn fn, void *arg, int *failed_rank)
 {
-    if (nranks < 1 || !fn)
+    if (nranks < 1 || nranks > EPX_MAX_RANKS || !fn)
         return epx__error(EPX_ERR_INVALID,
-                          "launch: need nranks >= 1 (got %d) and a function",
-                          nranks);
+                          "launch: need 1 <= nranks <= %d (got %d) and a "
+                          "function", EPX_MAX_RANKS, nranks);
     double timeout;
     epx_status_t st = epx__timeout(params, &timeout);
     if (st != EPX_OK)

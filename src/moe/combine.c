@@ -110,6 +110,9 @@ epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
         return epx__error(EPX_ERR_INVALID,
                           "combine: args NULL or not set up with "
                           "EPX_COMBINE_ARGS_INIT");
+    if ((st = epx__check_version("combine args", a->version,
+                                 EPX_COMBINE_ARGS_VERSION)) != EPX_OK)
+        return st;
     if ((st = moe_check_tensor(&a->y, "combine", "y", 1u << m->p.dtype,
                                h->nrows, m->H)) != EPX_OK)
         return st;

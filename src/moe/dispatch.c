@@ -289,6 +289,9 @@ epx_status_t moe_flat_send(epx_moe_t *m, epx_handle_t *h,
  * can be trusted. */
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
 {
+    if (m->comm->destroyed)
+        return epx__error(EPX_ERR_STATE, "%s: the engine's communicator was "
+                          "destroyed; destroy the engine", what);
     return m->broken
         ? epx__error(EPX_ERR_STATE, "%s: the engine lost step with its peers "
                      "after a failed wait or put; destroy it", what)

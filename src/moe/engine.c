@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/statvfs.h>
 
 #include "util/util.h"
 #include "moe/ll.h"
@@ -16,16 +15,37 @@ typedef struct engine_info {   /* what every rank must agree on */
     int64_t max_tokens;
 } engine_info_t;
 
+#define MOE_MAX_HIDDEN  (1 << 20)
+#define MOE_MAX_EXPERTS (1 << 20)
+#define MOE_MAX_TOKENS  (1 << 24)
+#define MOE_MAX_LAYERS  (1 << 16)
+
 static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
 {
     if (p->struct_size < offsetof(epx_moe_params_t, expert_alignment) + sizeof(int))
         return epx__error(EPX_ERR_INVALID,
                           "moe: params not set up with EPX_MOE_PARAMS_INIT");
+    epx_status_t vst = epx__check_version("moe params", p->version,
+                                          EPX_MOE_PARAMS_VERSION);
+    if (vst != EPX_OK)
+        return vst;
     if (p->hidden < 1 || p->num_experts < 1 || p->max_tokens_per_rank < 0)
         return epx__error(EPX_ERR_INVALID,
                           "moe: hidden (%d) and num_experts (%d) must be >= 1, "
                           "max_tokens_per_rank (%d) >= 0", p->hidden,
                           p->num_experts, p->max_tokens_per_rank);
+    /* Far past any model, and each alone sizes an allocation. */
+    const char *big = p->hidden > MOE_MAX_HIDDEN ? "hidden"
+        : p->num_experts > MOE_MAX_EXPERTS ? "num_experts"
+        : p->max_tokens_per_rank > MOE_MAX_TOKENS ? "max_tokens_per_rank" : NULL;
+    if (big)
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: %s = %d is absurd (limits: hidden %d, "
+                          "num_experts %d, max_tokens_per_rank %d)", big,
+                          p->hidden > MOE_MAX_HIDDEN ? p->hidden
+                          : p->num_experts > MOE_MAX_EXPERTS ? p->num_experts
+                          : p->max_tokens_per_rank, MOE_MAX_HIDDEN,
+                          MOE_MAX_EXPERTS, MOE_MAX_TOKENS);
     if (p->topk < 1 || p->topk > EPX_MAX_TOPK || p->topk > p->num_experts)
         return epx__error(EPX_ERR_INVALID,
                           "moe: topk %d must be in [1, min(%d, num_experts %d)]",
@@ -40,6 +60,16 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
         return epx__error(EPX_ERR_INVALID,
                           "moe: num_layers (%d) must be >= 0 and stats_decay "
                           "(%g) in [0, 1)", p->num_layers, p->stats_decay);
+    if (v2 && (p->num_layers > MOE_MAX_LAYERS ||
+               p->num_slots > MOE_MAX_EXPERTS))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: %s = %d is absurd (limits: num_layers %d, "
+                          "num_slots %d)",
+                          p->num_layers > MOE_MAX_LAYERS ? "num_layers"
+                                                         : "num_slots",
+                          p->num_layers > MOE_MAX_LAYERS ? p->num_layers
+                                                         : p->num_slots,
+                          MOE_MAX_LAYERS, MOE_MAX_EXPERTS);
     if (v2 && p->num_slots != 0 &&
         (p->num_slots < p->num_experts || p->num_slots % nranks != 0))
         return epx__error(EPX_ERR_INVALID,
@@ -163,23 +193,6 @@ static epx_status_t plan_window(epx_moe_t *m)
                           "max_tokens_per_rank", m->R, (long long)m->maxT,
                           m->row_bytes);
     return EPX_OK;
-}
-
-/* tmpfs commits pages as they are written: a window larger than /dev/shm
- * fails only when it fills up (SIGBUS).  Say so up front. */
-static void warn_shm_space(const epx_moe_t *m)
-{
-    struct statvfs v;
-    if (statvfs("/dev/shm", &v) != 0)
-        return;
-    double avail = (double)v.f_bavail * (double)v.f_frsize;
-    double worst = (double)m->off.total * m->R;   /* every rank here */
-    if (worst > avail && m->rank == 0)
-        EPX_LOG(EPX_LOG_WARN, "moe", m->rank,
-                "the engines' windows may grow to %.1f GiB but /dev/shm has "
-                "%.1f GiB free: a dispatch that fills it kills the process "
-                "(SIGBUS); enlarge /dev/shm or lower max_tokens_per_rank",
-                worst / (1 << 30), avail / (1 << 30));
 }
 
 /* Replica tables (engines with num_slots): storage, and every rank's
@@ -437,7 +450,6 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     } else {
         if ((st = plan_window(m)) != EPX_OK)
             goto err_free;
-        warn_shm_space(m);
         if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
             goto err_free;
     }
@@ -464,11 +476,13 @@ void epx_moe_destroy(epx_moe_t *m)
 {
     if (!m)
         return;
+    epx_comm_t *held = m->gpu ? m->comm : NULL;   /* gpu_ops.c's hold */
     gpu_moe_destroy(m->gpu);
     free(m->st_ecount);
     ll_drain(m);
     epx__win_destroy(m->win);
     moe_handle_free(m->spare);
+    moe_handles_orphan(m);
     ll_free(m);
     moe_stats_free(m);
     free(m->u2r);
@@ -494,6 +508,8 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->mode);
     moe_hier_free(m);
     free(m);
+    if (held)   /* last: it may complete the communicator's teardown */
+        epx__comm_win_gone(held);
 }
 
 int epx_moe_expert_rank(const epx_moe_t *m, int e)

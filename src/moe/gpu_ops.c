@@ -17,6 +17,7 @@ epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params)
     epx_status_t st = gpu_moe_create(m->comm, params, &m->gpu);
     if (st != EPX_OK)
         return st;
+    epx__comm_hold(m->comm);   /* kept until the engine goes (comm.c) */
     m->ops = &moe_gpu_ops;
     m->E = params->num_experts;
     m->U = params->num_slots > 0 ? params->num_slots : m->E;
@@ -31,8 +32,14 @@ epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params)
 static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                              epx_handle_t **handle)
 {
+    epx_status_t st = moe_check_usable(m, "dispatch");
+    if (st != EPX_OK)
+        return st;
     if (!a || !handle)
         return epx__error(EPX_ERR_INVALID, "dispatch: args or handle NULL");
+    if ((st = epx__check_version("dispatch args", a->version,
+                                 EPX_DISPATCH_ARGS_VERSION)) != EPX_OK)
+        return st;
     const int layer = moe_args_layer(a);
     if (layer < 0 || layer >= m->layers)
         return epx__error(EPX_ERR_INVALID, "dispatch: layer %d out of range "
@@ -44,13 +51,14 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if (!h)
         return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
     m->spare = NULL;
+    if (!h->moe)
+        moe_handle_link(m, h);
     uint64_t call;
-    epx_status_t st = gpu_dispatch_send(m->gpu, a, stream, &call);
+    st = gpu_dispatch_send(m->gpu, a, stream, &call);
     if (st != EPX_OK) {
         m->spare = h;
         return st;
     }
-    h->moe = m;
     h->T = a->x.rows;
     h->layer = layer;
     h->call = call;
@@ -87,6 +95,12 @@ static epx_status_t gpu_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
 static epx_status_t gpu_csend(epx_moe_t *m, epx_handle_t *h,
                               const epx_combine_args_t *a)
 {
+    epx_status_t st = moe_check_usable(m, "combine");
+    if (st == EPX_OK && a)
+        st = epx__check_version("combine args", a->version,
+                                EPX_COMBINE_ARGS_VERSION);
+    if (st != EPX_OK)
+        return st;
     if (a && a->struct_size >= offsetof(epx_combine_args_t, stream) +
                                    sizeof(void *))
         h->cstream = a->stream;

@@ -33,11 +33,21 @@ epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
     return EPX_OK;
 }
 
+static inline int64_t idx_at(const epx_tensor_t *t, int64_t i)
+{
+    return t->dtype == EPX_DTYPE_INT64 ? ((const int64_t *)t->data)[i]
+                                       : ((const int32_t *)t->data)[i];
+}
+
 epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
 {
     if (a->struct_size < offsetof(epx_dispatch_args_t, flags) + sizeof(unsigned))
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: args not set up with EPX_DISPATCH_ARGS_INIT");
+    epx_status_t vst = epx__check_version("dispatch args", a->version,
+                                          EPX_DISPATCH_ARGS_VERSION);
+    if (vst != EPX_OK)
+        return vst;
     int64_t T = a->x.rows;
     int layer = moe_args_layer(a);
     if (layer < 0 || layer >= m->layers)
@@ -70,13 +80,17 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a)
     if (st == EPX_OK)
         st = moe_check_tensor(&a->topk_weights, "dispatch", "topk_weights",
                               1u << EPX_DTYPE_FP32, T, m->K);
+    /* A NaN or Inf weight would poison the combined row silently. */
+    const float *w = a->topk_weights.data;
+    for (int64_t i = 0; st == EPX_OK && i < T * m->K; i++)
+        if (EPX_UNLIKELY(!isfinite(w[i])) && idx_at(&a->topk_idx, i) != -1)
+            st = epx__error(EPX_ERR_INVALID,
+                            "dispatch: topk_weights[%lld][%d] = %g (token "
+                            "%lld, expert %lld): routing weights must be "
+                            "finite", (long long)(i / m->K), (int)(i % m->K),
+                            (double)w[i], (long long)(i / m->K),
+                            (long long)idx_at(&a->topk_idx, i));
     return st;
-}
-
-static inline int64_t idx_at(const epx_tensor_t *t, int64_t i)
-{
-    return t->dtype == EPX_DTYPE_INT64 ? ((const int64_t *)t->data)[i]
-                                       : ((const int32_t *)t->data)[i];
 }
 
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a)
@@ -105,7 +119,7 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     size_t t = (size_t)(m->p.max_tokens_per_rank > 0 ? m->p.max_tokens_per_rank : 1);
     if (!h)
         return NULL;
-    h->moe = m;
+    moe_handle_link(m, h);
     h->T = T;
     h->idx = malloc(sizeof(int32_t) * t * (size_t)m->K);
     h->ndest = malloc(sizeof(int32_t) * t);
@@ -125,10 +139,28 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     return h;
 }
 
+void moe_handle_link(epx_moe_t *m, epx_handle_t *h)
+{
+    h->moe = m;
+    h->live_prev = NULL;
+    h->live_next = m->live;
+    if (m->live)
+        m->live->live_prev = h;
+    m->live = h;
+}
+
 void moe_handle_free(epx_handle_t *h)
 {
     if (!h)
         return;
+    if (h->moe) {
+        if (h->live_prev)
+            h->live_prev->live_next = h->live_next;
+        else
+            h->moe->live = h->live_next;
+        if (h->live_next)
+            h->live_next->live_prev = h->live_prev;
+    }
     free(h->idx);
     free(h->ndest);
     free(h->dest);
@@ -143,6 +175,16 @@ void moe_handle_free(epx_handle_t *h)
     moe_ht_poll_free(h);
     moe_hier_handle_free(h);
     free(h);
+}
+
+void moe_handles_orphan(epx_moe_t *m)
+{
+    for (epx_handle_t *h = m->live, *next; h; h = next) {
+        next = h->live_next;
+        h->moe = NULL;
+        h->live_prev = h->live_next = NULL;
+    }
+    m->live = NULL;
 }
 
 /* The unit (expert, or slot of a replica) token t sends logical expert e

@@ -133,10 +133,12 @@ struct epx_moe {
     int direct;                /* every peer window is load/store mapped */
     struct moe_ll *ll;         /* low-latency mode (ll.h), else NULL */
     struct moe_hier *hier;     /* EPX_MOE_HIERARCHICAL (hier.h), or NULL */
+    epx_handle_t *live;        /* every handle allocated and not freed */
 };
 
 struct epx_handle {
-    epx_moe_t *moe;
+    epx_moe_t *moe;            /* NULL once the engine is destroyed */
+    epx_handle_t *live_prev, *live_next;   /* the engine's handles */
     int64_t T;
     void *stream, *cstream;    /* device ranks: dispatch's, combine's */
     /* send side */
@@ -231,6 +233,11 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
 void moe_handle_free(epx_handle_t *h);
+/* Engine destruction: the handles the caller still holds forget it, so
+ * releasing them later only frees them. */
+void moe_handles_orphan(epx_moe_t *m);
+/* h belongs to m: on its list of live handles (orphaned at destroy). */
+void moe_handle_link(epx_moe_t *m, epx_handle_t *h);
 /* stats.c */
 epx_status_t moe_stats_init(epx_moe_t *m);
 void moe_stats_free(epx_moe_t *m);

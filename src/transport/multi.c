@@ -177,19 +177,36 @@ static epx_status_t multi_create(epx_comm_t *comm, size_t size, int nsignals,
     return EPX_OK;
 }
 
+/* The communicator counts its windows, so that destroying it while an
+ * engine still holds one defers the teardown to the last window's end
+ * (epx__comm_win_gone) instead of leaving the engine on freed memory. */
 epx_status_t epx__win_create(epx_comm_t *comm, size_t size, int nsignals,
                              epx_win_t **win)
 {
-    for (int t = 0; t < EPX_TL_COUNT; t++)
-        if (comm->tl_peers[t] == comm->nranks)
-            return epx__tl_get(t)->win_create(comm, size, nsignals, win);
-    return multi_create(comm, size, nsignals, win);
+    if (comm->destroyed)
+        return epx__error(EPX_ERR_STATE, "comm: window on a destroyed "
+                          "communicator");
+    epx_status_t st = EPX_ERR_INVALID;
+    int t;
+    for (t = 0; t < EPX_TL_COUNT; t++)
+        if (comm->tl_peers[t] == comm->nranks) {
+            st = epx__tl_get(t)->win_create(comm, size, nsignals, win);
+            break;
+        }
+    if (t == EPX_TL_COUNT)
+        st = multi_create(comm, size, nsignals, win);
+    if (st == EPX_OK)
+        comm->nwin++;
+    return st;
 }
 
 void epx__win_destroy(epx_win_t *win)
 {
-    if (win)
-        win->ops->win_destroy(win);
+    if (!win)
+        return;
+    epx_comm_t *comm = win->comm;
+    win->ops->win_destroy(win);
+    epx__comm_win_gone(comm);
 }
 
 const epx_tl_ops_t epx__tl_multi = {

@@ -1,5 +1,7 @@
 /* The one table of EPX_* environment settings (README's table is made from
  * it by scripts/gen-config-table; tests/util checks they agree). */
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "util.h"
@@ -53,12 +55,94 @@ const char *epx__cfg_str(const char *name)
     return "";
 }
 
+/* The numeric settings and the values they may take.  Checked once, when a
+ * communicator is made (epx__cfg_check), so a typo or a value that would
+ * wrap or allocate absurdly fails there with the name, not later. */
+typedef struct cfg_range {
+    const char *name;
+    int integer;
+    double lo, hi;
+} cfg_range_t;
+
+static const cfg_range_t ranges[] = {
+    { "EPX_TIMEOUT", 0, 0, 1e308 },   /* lo exclusive; huge = forever */
+    { "EPX_RANK", 1, 0, EPX_MAX_RANKS - 1 },
+    { "EPX_NRANKS", 1, 1, EPX_MAX_RANKS },
+    { "EPX_SPIN", 1, 0, 1e9 },
+    { "EPX_YIELD", 1, 0, 1e9 },
+};
+
+static const cfg_range_t *cfg_range(const char *name)
+{
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if (strcmp(ranges[i].name, name) == 0)
+            return &ranges[i];
+    return NULL;
+}
+
+/* Whole string, finite, in range (for EPX_TIMEOUT: > 0). */
+static int cfg_parse(const cfg_range_t *r, const char *s, double *out)
+{
+    char *end;
+    double v;
+    errno = 0;
+    if (*s == ' ' || (*s >= '\t' && *s <= '\r'))
+        return -1;   /* strto* would skip it: "2" and " 2" must not differ */
+    if (r->integer) {
+        long long l = strtoll(s, &end, 10);
+        v = (double)l;
+    } else {
+        v = strtod(s, &end);
+    }
+    if (end == s || *end || errno == ERANGE || !isfinite(v) || v < r->lo ||
+        v > r->hi || (!r->integer && !(v > r->lo)))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+epx_status_t epx__cfg_check(void)
+{
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+        const char *v = getenv(ranges[i].name);
+        double d;
+        if (!v || !*v || cfg_parse(&ranges[i], v, &d) == 0)
+            continue;
+        if (ranges[i].integer)
+            return epx__error(EPX_ERR_INVALID,
+                              "%s='%s' is not an integer in [%.0f, %.0f]",
+                              ranges[i].name, v, ranges[i].lo, ranges[i].hi);
+        return epx__error(EPX_ERR_INVALID,
+                          "%s='%s' is not a positive number of seconds",
+                          ranges[i].name, v);
+    }
+    return EPX_OK;
+}
+
+/* Unchecked readers for settings epx__cfg_check has vetted: a value that
+ * changed since reads as the default, never as a wrapped number. */
+static double cfg_number(const char *name)
+{
+    const cfg_range_t *r = cfg_range(name);
+    const char *v = epx__cfg_str(name);
+    double d;
+    if (!r)
+        return strtod(v, NULL);
+    if (cfg_parse(r, v, &d) == 0)
+        return d;
+    for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
+        if (strcmp(settings[i].name, name) == 0 &&
+            cfg_parse(r, settings[i].deflt, &d) == 0)
+            return d;
+    return r->lo;
+}
+
 long epx__cfg_long(const char *name)
 {
-    return strtol(epx__cfg_str(name), NULL, 10);
+    return (long)cfg_number(name);
 }
 
 double epx__cfg_double(const char *name)
 {
-    return strtod(epx__cfg_str(name), NULL);
+    return cfg_number(name);
 }

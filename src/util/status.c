@@ -88,3 +88,13 @@ size_t epx_dtype_size(epx_dtype_t dt)
     }
     return 0;
 }
+
+epx_status_t epx__check_version(const char *what, unsigned version,
+                                unsigned current)
+{
+    if (version >= 1 && version <= current)
+        return EPX_OK;
+    return epx__error(EPX_ERR_INVALID,
+                      "%s: version %u unknown to this library (1 to %u): set "
+                      "it up with its _INIT macro", what, version, current);
+}

@@ -32,8 +32,11 @@ static inline void epx__cpu_relax(void)
 #endif
 
 /* Hot loops built twice where the ISA allows it (baseline and AVX2),
- * picked at load time: the binary stays portable, the loops get wide. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+ * picked at load time: the binary stays portable, the loops get wide.
+ * GCC only: clang (14 at least) names an external multi-versioned
+ * function "f.ifunc", so calls from other files to "f" do not link. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define EPX_CLONES __attribute__((target_clones("avx2", "default")))
 #define EPX_CLONES_X86 1         /* AVX2 code may be built, picked at run time */
@@ -48,6 +51,10 @@ epx_status_t epx__error(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 /* Same, appending ": strerror(errno)". */
 epx_status_t epx__syserror(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 void epx__error_clear(void);
+/* A parameter struct's version: 1 to `current` (a larger one comes from a
+ * newer header or is garbage).  `what` names the struct and its INIT. */
+epx_status_t epx__check_version(const char *what, unsigned version,
+                                unsigned current);
 
 /* ---- logging: EPX_LOG=error|warn|info|debug|trace, EPX_LOG_SUBSYS=a,b */
 enum { EPX_LOG_ERROR = 0, EPX_LOG_WARN, EPX_LOG_INFO, EPX_LOG_DEBUG,
@@ -63,7 +70,13 @@ void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
     } while (0)
 
 /* ---- settings: values come from the environment, else the table default */
+/* Largest job: bounds what a rank's claim of EPX_NRANKS can make rank 0
+ * allocate before anyone has joined. */
+#define EPX_MAX_RANKS 65536
 const char *epx__cfg_str(const char *name);   /* never NULL for a known name */
+/* Every numeric setting parses and is in range, else EPX_ERR_INVALID naming
+ * it. */
+epx_status_t epx__cfg_check(void);
 long epx__cfg_long(const char *name);
 double epx__cfg_double(const char *name);
 

@@ -154,6 +154,14 @@ printf '\223NUMPY\001\000' >"$tmp/trunc.npy"
 sed 's/<f8/<f2/' "$tmp/l-f8.npy" >"$tmp/f2.npy"
 sed 's/False/True /' "$tmp/l-f8.npy" >"$tmp/fortran.npy"
 head -c 200 "$tmp/l-f8.npy" >"$tmp/short.npy"
+# A header claiming 2e9 float64 values (16 GB) over 16 bytes of data.
+python3 - "$tmp/huge.npy" <<'EOF' || fail "huge: write"
+import sys
+h = "{'descr': '<f8', 'fortran_order': False, 'shape': (40000, 50000), }"
+h += " " * (63 - (10 + len(h)) % 64) + "\n"
+open(sys.argv[1], "wb").write(b"\x93NUMPY\x01\x00" + len(h).to_bytes(2, "little")
+                              + h.encode() + b"\0" * 16)
+EOF
 
 expect 1 missing --loads "$tmp/nope.json" $eplb && err_has missing "$tmp/nope.json: No such file"
 expect 1 ragged --loads "$tmp/ragged.json" $eplb && err_has ragged "ragged: [1] has 2 entries, [0] has 3"
@@ -164,6 +172,11 @@ expect 1 trunc --loads "$tmp/trunc.npy" $eplb && err_has trunc "truncated .npy"
 expect 1 f2 --loads "$tmp/f2.npy" $eplb && err_has f2 "dtype '<f2' not supported"
 expect 1 fortran --loads "$tmp/fortran.npy" $eplb && err_has fortran "Fortran order"
 expect 1 short --loads "$tmp/short.npy" $eplb && err_has short "only"
+# Refused from the file size, before allocating (under a 1 GiB address
+# space limit: allocating first fails with "out of memory").
+(ulimit -v 1048576 && "$BAL" --loads "$tmp/huge.npy" $eplb) >"$tmp/huge.out" 2>"$tmp/huge.err"
+[ $? -eq 1 ] || fail "huge: exit status"
+err_has huge "holds only 2 values for shape (40000, 50000)"
 expect 1 notmul --loads "$data/eplb-example.json" --slots 15 --ranks 8 &&
     err_has notmul "not a multiple of"
 expect 1 groups --loads "$data/eplb-example.json" --slots 16 --ranks 8 --groups 5

@@ -8,6 +8,7 @@
  * rank's receive and combine output are compared bit for bit with the
  * independent reference (tests/ref).  Runs without a GPU.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -1119,7 +1120,27 @@ static void bf16_matches_host(void **state)
  * a row's pieces, then epxk_pack16), as the combine-put kernels run it
  * where rows are aligned, against the element form (epxk_partial_elem,
  * epxk_store) bit for bit: bf16 and fp32, weighted and not, 1 to 8 rows
- * with -1 ends, random bits (NaN, Inf, subnormals, -0 included). */
+ * with -1 ends, random bits (NaN, Inf, subnormals, -0 included).  A NaN
+ * matches any NaN: which payload a sum of two NaNs keeps depends on the
+ * operand order the compiler picks (a vectorised gcc -O3 build under
+ * UBSan swaps them), and GPUs return the canonical NaN anyway. */
+static int same_or_both_nan(const unsigned char *got,
+                            const unsigned char *want, int esize, int64_t H)
+{
+    for (int64_t h = 0; h < H; h++) {
+        float a = epxk_load((const char *)got, esize, h),
+              b = epxk_load((const char *)want, esize, h);
+        if (isnan(a) && isnan(b))
+            continue;
+        if (memcmp(got + h * esize, want + h * esize, (size_t)esize) != 0) {
+            print_error("element %lld: got %a, want %a\n", (long long)h,
+                        (double)a, (double)b);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void partial_vec16(void **state)
 {
     (void)state;
@@ -1163,7 +1184,7 @@ static void partial_vec16(void **state)
             epxk_pack16(g.esize, acc, &o);
             memcpy(got + v * 16, &o, 16);
         }
-        assert_memory_equal(got, want, (size_t)g.row_bytes);
+        assert_true(same_or_both_nan(got, want, g.esize, g.H));
         free(y), free(want), free(got);
     }
 }

@@ -8,7 +8,10 @@
  * of order and a peer that never dispatches are reported, not hung on;
  * a combine call every rank gets wrong fails and leaves the handle usable.
  */
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
+#include <sys/statvfs.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
@@ -229,7 +232,7 @@ static void mismatch(void **state)
 static int invalid_params_rank(epx_comm_t *comm, void *arg)
 {
     (void)arg;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 15; i++) {
         epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
         p.hidden = 16;
         p.num_experts = 6;
@@ -237,7 +240,7 @@ static int invalid_params_rank(epx_comm_t *comm, void *arg)
         p.max_tokens_per_rank = 8;
         p.layout = EPX_LAYOUT_EXPERT_MAJOR;
         p.expert_alignment = 4;
-        const char *what = "";
+        const char *what = "", *named = NULL;
         switch (i) {
         case 0: p.hidden = 0; what = "hidden 0"; break;
         case 1: p.num_experts = 0; what = "num_experts 0"; break;
@@ -248,6 +251,15 @@ static int invalid_params_rank(epx_comm_t *comm, void *arg)
         case 6: p.struct_size = 0; what = "struct_size 0"; break;
         case 7: p.max_tokens_per_rank = -1; what = "max_tokens -1"; break;
         case 8: p.layout = (epx_layout_t)7; what = "layout 7"; break;
+        /* Absurd sizes: refused by name, not warned about and left to fail
+         * (or kill the process) later. */
+        case 9: p.hidden = INT_MAX; named = what = "hidden"; break;
+        case 10: p.num_experts = INT_MAX; named = what = "num_experts"; break;
+        case 11: p.max_tokens_per_rank = INT_MAX;
+                 named = what = "max_tokens_per_rank"; break;
+        case 12: p.num_slots = INT_MAX - 1; named = what = "num_slots"; break;
+        case 13: p.num_layers = INT_MAX; named = what = "num_layers"; break;
+        case 14: p.hidden = (1 << 20) + 1; named = what = "hidden"; break;
         }
         epx_moe_t *moe = NULL;
         epx_status_t st = epx_moe_create(comm, &p, &moe);
@@ -255,6 +267,8 @@ static int invalid_params_rank(epx_comm_t *comm, void *arg)
                "EPX_ERR_INVALID", what, epx_status_str(st));
         CHECK(moe == NULL);
         CHECK(strlen(epx_last_error()) > 0);
+        CHECKF(!named || strstr(epx_last_error(), named), "%s: %s", what,
+               epx_last_error());
     }
     epx_moe_t *moe = NULL;
     CHECK_ST(epx_moe_create(comm, NULL, &moe), EPX_ERR_INVALID);
@@ -269,6 +283,140 @@ static void invalid_params(void **state)
 {
     (void)state;
     assert_int_equal(epxt_launch(2, 0, invalid_params_rank, NULL, NULL),
+                     EPX_OK);
+}
+
+/* ---- engines whose windows /dev/shm cannot hold: refused at creation
+ * (a dispatch that filled them would die of SIGBUS) */
+
+static int shm_full_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    struct statvfs v;
+    CHECK(statvfs("/dev/shm", &v) == 0);
+    double avail = (double)v.f_bavail * (double)v.f_frsize;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = 65536;                  /* 256 KiB fp32 rows */
+    p.dtype = EPX_DTYPE_FP32;
+    p.num_experts = 2;
+    p.topk = 2;
+    p.layout = EPX_LAYOUT_TOKEN_MAJOR;
+    p.expert_alignment = 1;
+    /* Rows enough that one window alone outgrows the free space. */
+    double tokens = avail / (256.0 * 1024) + 1;
+    if (tokens > (1 << 24)) {
+        printf("# /dev/shm has %.0f GiB free: too much to fill\n",
+               avail / (1 << 30));
+        return 0;
+    }
+    p.max_tokens_per_rank = (int)tokens;
+    epx_moe_t *moe = NULL;
+    epx_status_t st = epx_moe_create(comm, &p, &moe);
+    CHECKF(st == EPX_ERR_NOMEM, "max_tokens %d over %.1f GiB free: %s (%s)",
+           p.max_tokens_per_rank, avail / (1 << 30), epx_status_str(st),
+           epx_last_error());
+    CHECK(moe == NULL);
+    CHECKF(strstr(epx_last_error(), "/dev/shm"), "%s", epx_last_error());
+    /* The communicator is still good. */
+    CHECK_CALL(moe_case_run(comm, &err_case));
+    return 0;
+}
+
+static void shm_too_small(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 0, shm_full_rank, NULL, NULL), EPX_OK);
+}
+
+/* ---- parameter structs of an unknown version, and routing weights that
+ * are not finite: refused by name */
+
+static int versions_weights_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    epx_comm_params_t cp = EPX_COMM_PARAMS_INIT;
+    cp.version = 999;
+    epx_comm_t *c2 = NULL;
+    CHECK_ST(epx_comm_create(&cp, &c2), EPX_ERR_INVALID);
+    CHECK(c2 == NULL);
+    CHECKF(strstr(epx_last_error(), "comm params"), "%s", epx_last_error());
+
+    epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
+    bp.num_layers = 1;
+    bp.num_experts = bp.num_slots = 2;
+    bp.num_ranks = 1;
+    bp.version = 999;
+    double load[2] = { 1, 2 };
+    int32_t p2l[2];
+    CHECK_ST(epx_balance_plan(&bp, load, p2l, NULL, 0, NULL), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "balance params"), "%s", epx_last_error());
+    bp.version = EPX_BALANCE_PARAMS_VERSION;
+    CHECK_OK(epx_balance_plan(&bp, load, p2l, NULL, 0, NULL));
+
+    epx_moe_params_t mp = EPX_MOE_PARAMS_INIT;
+    mp.hidden = 16;
+    mp.num_experts = 6;
+    mp.topk = 2;
+    mp.max_tokens_per_rank = 8;
+    mp.version = 999;
+    epx_moe_t *moe = NULL;
+    CHECK_ST(epx_moe_create(comm, &mp, &moe), EPX_ERR_INVALID);
+    CHECK(moe == NULL);
+    CHECKF(strstr(epx_last_error(), "moe params"), "%s", epx_last_error());
+
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, &err_case));
+    moe_input_t in;
+    CHECK_CALL(moe_input_make(&m, m.rank, 0, 0, &in));
+    epx_dispatch_args_t a = moe_input_args(&m, &in);
+    epx_handle_t *h = NULL;
+    a.version = 999;
+    CHECK_ST(epx_dispatch_send(m.moe, &a, &h), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "dispatch args"), "%s", epx_last_error());
+    a.version = EPX_DISPATCH_ARGS_VERSION;
+    /* A weight of a real entry: NaN, +Inf, -Inf; every rank the same. */
+    const int K = err_case.topk;
+    int64_t at = -1;
+    for (int64_t i = 0; i < in.T * K && at < 0; i++)
+        if (in.idx64[i] >= 0)
+            at = i;
+    if (at >= 0) {
+        const float bad[3] = { NAN, INFINITY, -INFINITY };
+        float keep = in.w[at];
+        for (int b = 0; b < 3; b++) {
+            in.w[at] = bad[b];
+            CHECK_ST(epx_dispatch_send(m.moe, &a, &h), EPX_ERR_INVALID);
+            CHECK(h == NULL);
+            CHECKF(strstr(epx_last_error(), "topk_weights"), "%s",
+                   epx_last_error());
+        }
+        in.w[at] = keep;
+    }
+    moe_input_free(&in);
+    /* The engine still works, and a combine args version is checked too. */
+    moe_round_t r;
+    int rc = moe_round_dispatch(&m, &r, 0, 1, &h);
+    if (rc == 0) {
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.version = 999;
+        epx_status_t st = epx_combine_send(m.moe, h, &ca);
+        rc = st == EPX_ERR_INVALID &&
+             strstr(epx_last_error(), "combine args") ? 0
+             : epxt_fail(__FILE__, __LINE__, "combine args 999: %s (%s)",
+                         epx_status_str(st), epx_last_error());
+    }
+    if (rc == 0)
+        rc = moe_round_combine(&r, h);
+    moe_round_free(&r);
+    epx_handle_release(h);
+    moe_run_close(&m);
+    return rc;
+}
+
+static void versions_weights(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(2, 0, versions_weights_rank, NULL, NULL),
                      EPX_OK);
 }
 
@@ -409,6 +557,8 @@ int main(void)
         cmocka_unit_test(bad_input_one_rank),
         cmocka_unit_test(mismatch),
         cmocka_unit_test(invalid_params),
+        cmocka_unit_test(shm_too_small),
+        cmocka_unit_test(versions_weights),
         cmocka_unit_test(out_of_order),
         { "combine_misuse_em", combine_bad_y, NULL, NULL, &misuse_em },
         { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },

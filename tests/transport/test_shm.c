@@ -4,7 +4,10 @@
  * put-with-signal,
  * many-to-one, separate signal slots, out-of-range puts, wait timeouts,
  * 72 ranks; and nothing named epx-<job>-* left in /dev/shm, neither once
- * the windows are mapped nor after a rank was killed mid-run.
+ * the windows are mapped nor after a rank was killed mid-run, nor (ranks
+ * started by hand, no launcher to clean up) after a rank died between
+ * creating its object and unlinking it; windows larger than /dev/shm's
+ * free space refused at creation (a write past it would be a SIGBUS).
  */
 #include <signal.h>
 #include <stdarg.h>
@@ -13,10 +16,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "common/epx_test.h"
+#include "common/proc_ranks.h"
 #include "core/comm.h"
 
 /* What the ranks tell the parent: the job id (shm names). */
@@ -287,6 +294,86 @@ static int many_windows_rank(epx_comm_t *comm, void *arg)
     return check_unlinked(comm);
 }
 
+/* ---- /dev/shm too small for the windows: refused, not a later SIGBUS */
+
+static double shm_free(void)
+{
+    struct statvfs v;
+    return statvfs("/dev/shm", &v) == 0
+        ? (double)v.f_bavail * (double)v.f_frsize : -1;
+}
+
+static int too_big_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    note_job(comm);
+    double avail = shm_free();
+    CHECK(avail > 0);
+    /* Each rank's window alone fits; the host's together do not. */
+    size_t size = (size_t)(avail / comm->nranks) + ((size_t)1 << 30);
+    epx_win_t *w = NULL;
+    epx_status_t st = epx__win_create(comm, size, 2, &w);
+    CHECKF(st == EPX_ERR_NOMEM, "a %.1f GiB window a rank over %.1f GiB free: "
+           "%s", (double)size / (1 << 30), avail / (1 << 30),
+           epx_status_str(st));
+    CHECK(w == NULL);
+    CHECKF(strstr(epx_last_error(), "/dev/shm") != NULL, "%s",
+           epx_last_error());
+    /* What fits is still fine, and counted space is given back. */
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(epx__win_create(comm, size / 4 / comm->nranks, 2, &w));
+        CHECK_OK(epx__win_signal(w, (comm->rank + 1) % comm->nranks, 0, 1));
+        CHECK_OK(epx__win_wait(w, 0, 1));
+        epx__win_destroy(w);
+    }
+    return check_unlinked(comm);
+}
+
+/* ---- a rank dies after creating its object, before unlinking it; no
+ * launcher cleans up: the survivors must. */
+
+static int died_in_setup_rank(int rank, void *arg)
+{
+    (void)arg;
+    epx_comm_t *comm = NULL;
+    CHECK_OK(epxt_env_comm(&comm));
+    note_job(comm);
+    CHECK_OK(epx_comm_barrier(comm));
+    if (rank == 1) {
+        /* The object the window would create, then the crash. */
+        char name[96];
+        snprintf(name, sizeof(name), "/epx-%s-%u-%d", comm->job,
+                 comm->next_win, rank);
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        CHECK(fd >= 0);
+        CHECK(ftruncate(fd, 1 << 16) == 0);
+        raise(SIGKILL);
+    }
+    epx_win_t *w = NULL;
+    epx_status_t st = epx__win_create(comm, 1 << 16, 1, &w);
+    CHECK(st != EPX_OK);
+    return 0;
+}
+
+static void died_in_setup(void **s)
+{
+    (void)s;
+    enum { R = 3 };
+    memset(sh, 0, sizeof(*sh));
+    setenv("EPX_TIMEOUT", "20", 1);
+    int rc[R];
+    epxt_proc_ranks(R, died_in_setup_rank, NULL, 60, rc);
+    unsetenv("EPX_TIMEOUT");
+    assert_int_equal(rc[0], 0);
+    assert_int_equal(rc[1], 128 + SIGKILL);
+    assert_int_equal(rc[2], 0);
+    assert_true(sh->job[0] != '\0');
+    int n = job_leftovers(sh->job);
+    if (n)
+        fail_msg("%d /dev/shm objects of job %s left after rank 1 died in "
+                 "set-up", n, sh->job);
+}
+
 /* ---- 72 ranks: everything above at full width */
 
 static int wide_rank(epx_comm_t *comm, void *arg)
@@ -348,6 +435,8 @@ LAUNCH_TEST(slots_3, 3, 0, slots_rank)
 LAUNCH_TEST(put_range, 2, 0, range_rank)
 LAUNCH_TEST(wait_timeout, 2, SHORT_TIMEOUT, timeout_rank)
 LAUNCH_TEST(many_windows, 3, 0, many_windows_rank)
+LAUNCH_TEST(too_big_1, 1, 0, too_big_rank)
+LAUNCH_TEST(too_big_3, 3, 0, too_big_rank)
 LAUNCH_TEST(ranks_72, 72, 0, wide_rank)
 
 static void killed(int nranks, int when)
@@ -395,6 +484,9 @@ int main(void)
         cmocka_unit_test(many_windows),
         cmocka_unit_test(killed_after_create),
         cmocka_unit_test(killed_during_create),
+        cmocka_unit_test(too_big_1),
+        cmocka_unit_test(too_big_3),
+        cmocka_unit_test(died_in_setup),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     epxt_shared_free(sh, sizeof(*sh));

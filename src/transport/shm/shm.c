@@ -4,9 +4,12 @@
  * reaches it through shm (every rank, unless some pairs use the network:
  * then the object is also the memory the network writes into); it is
  * unlinked as soon as every peer has mapped it, so a
- * crash afterwards leaves nothing in /dev/shm.  The object is sized for the
- * caller's worst case but stays sparse: tmpfs commits a page only when it is
- * first written.
+ * crash afterwards leaves nothing in /dev/shm; every name is known to every
+ * rank, so when creation fails (a rank died before unlinking its object)
+ * the survivors remove them all.  The object is sized for the caller's
+ * worst case but stays sparse: tmpfs commits a page only when it is first
+ * written, so creation checks that the worst case fits in /dev/shm (a
+ * write past the end of tmpfs is a SIGBUS, not an error).
  *
  * Layout of an object: nsignals signal slots of one cache line each, then
  * the data area (page aligned).  A put is a memcpy into the peer's mapping;
@@ -22,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +50,7 @@ typedef struct shm_win {
     void **maps;               /* [nranks] mapping bases */
     shm_signal_t *sig;         /* local signal slots */
     long spin, yield;
+    size_t counted;            /* added to comm->shm_bytes */
 } shm_win_t;
 
 static size_t page_round(size_t n)
@@ -60,6 +65,40 @@ static void shm_name(char *buf, size_t len, const epx_comm_t *comm,
     snprintf(buf, len, "/epx-%s-%u-%d", comm->job, win, rank);
 }
 
+/* Every rank's object of window `id`, whoever created it (ENOENT when
+ * already gone is the common case). */
+static void shm_unlink_all(const epx_comm_t *comm, unsigned id)
+{
+    char name[96];
+    for (int r = 0; r < comm->nranks; r++) {
+        shm_name(name, sizeof(name), comm, id, r);
+        shm_unlink(name);
+    }
+}
+
+/* The windows of this host may all fill up: every local rank's, this one
+ * included, plus what the communicator's live windows may still grow to
+ * (counted in full: conservative).  Refuse a window that could not be
+ * written in full rather than die of SIGBUS in the middle of a dispatch. */
+static epx_status_t shm_space_check(const epx_comm_t *comm, size_t map_len)
+{
+    struct statvfs v;
+    if (statvfs("/dev/shm", &v) != 0)
+        return EPX_OK;   /* not a tmpfs we can see: nothing to promise */
+    double avail = (double)v.f_bavail * (double)v.f_frsize;
+    int local = comm->tl_peers[EPX_TL_SHM] > 0 ? comm->tl_peers[EPX_TL_SHM] : 1;
+    double worst = ((double)comm->shm_bytes + (double)map_len) * local;
+    if (worst <= avail)
+        return EPX_OK;
+    return epx__error(EPX_ERR_NOMEM,
+                      "shm: the windows of the %d ranks on this host may grow "
+                      "to %.2f GiB (this one %.2f MiB a rank) but /dev/shm has "
+                      "%.2f GiB free; a dispatch that filled them would die of "
+                      "SIGBUS.  Enlarge /dev/shm (docker run --shm-size) or "
+                      "lower max_tokens_per_rank", local, worst / (1 << 30),
+                      (double)map_len / (1 << 20), avail / (1 << 30));
+}
+
 static void shm_unmap_all(shm_win_t *w)
 {
     if (!w->maps)
@@ -71,6 +110,7 @@ static void shm_unmap_all(shm_win_t *w)
 
 static void shm_win_free(shm_win_t *w)
 {
+    w->base.comm->shm_bytes -= w->counted;
     shm_unmap_all(w);
     free(w->maps);
     free(w->base.peer);
@@ -127,7 +167,13 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
     epx_status_t mine = (w->maps && w->base.peer) ? EPX_OK
         : epx__error(EPX_ERR_NOMEM, "shm: out of memory");
     if (mine == EPX_OK)
+        mine = shm_space_check(comm, w->map_len);
+    if (mine == EPX_OK)
         mine = shm_map(name, w->map_len, 1, &w->maps[comm->rank]);
+    if (mine == EPX_OK) {
+        w->counted = w->map_len;
+        comm->shm_bytes += w->counted;
+    }
     epx_status_t st = epx__comm_agree(comm, mine, &bad);
     if (st != EPX_OK)
         goto err_created;
@@ -139,9 +185,11 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
         shm_name(peer, sizeof(peer), comm, id, r);
         mine = shm_map(peer, w->map_len, 0, &w->maps[r]);
     }
-    /* Every peer has mapped (or failed to map) our object: unlink it now. */
+    /* Every peer has mapped (or failed to map) every object: unlink them
+     * all, ours and, should a peer have died before unlinking its own,
+     * theirs. */
     st = epx__comm_agree(comm, mine, &bad);
-    shm_unlink(name);
+    shm_unlink_all(comm, id);
     if (st != EPX_OK)
         goto err_mapped;
 
@@ -157,8 +205,7 @@ static epx_status_t shm_win_create(epx_comm_t *comm, size_t size, int nsignals,
     return EPX_OK;
 
 err_created:
-    if (mine == EPX_OK)
-        shm_unlink(name);
+    shm_unlink_all(comm, id);
 err_mapped:
     shm_win_free(w);
     if (mine != EPX_OK || bad < 0)   /* ours, or the bootstrap's: said already */
