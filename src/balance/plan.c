@@ -79,7 +79,20 @@ epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk)
     wk->pairs = malloc(R * R * 3 * sizeof(int32_t));
     wk->perm = malloc(S * sizeof(int32_t));
     wk->used = malloc(S * sizeof(int32_t));
-    if (!wk->ord || !wk->tmp || !wk->w || !wk->packw || !wk->packn ||
+    wk->ds_p2l = malloc(S * sizeof(int32_t));
+    wk->ds_rank = malloc(S * sizeof(int32_t));
+    wk->ds_cnt = malloc(E * sizeof(int32_t));
+    wk->inv = malloc(E * sizeof(int32_t));
+    wk->wd = malloc(E * sizeof(double));
+    wk->cand = malloc(S * sizeof(int32_t));
+    wk->ls = malloc(sizeof(bal_ls_t));
+    if (wk->ls && epx__bal_ls_alloc(wk->ls, sh->E, sh->R, sh->S, sh->D) != EPX_OK) {
+        free(wk->ls);
+        wk->ls = NULL;
+    }
+    if (!wk->ds_p2l || !wk->ds_rank || !wk->ds_cnt || !wk->inv || !wk->wd ||
+        !wk->cand || !wk->ls ||
+        !wk->ord || !wk->tmp || !wk->w || !wk->packw || !wk->packn ||
         !wk->pack || !wk->rip || !wk->mlog2log || !wk->p2m || !wk->prank ||
         !wk->mcnt || !wk->held || !wk->slot_item || !wk->pairs || !wk->perm ||
         !wk->used) {
@@ -97,6 +110,11 @@ void epx__bal_work_free(bal_work_t *wk)
     free(wk->packn); free(wk->pack); free(wk->rip); free(wk->mlog2log);
     free(wk->p2m); free(wk->prank); free(wk->mcnt); free(wk->held);
     free(wk->slot_item); free(wk->pairs); free(wk->perm); free(wk->used);
+    free(wk->ds_p2l); free(wk->ds_rank); free(wk->ds_cnt); free(wk->inv);
+    free(wk->wd); free(wk->cand);
+    if (wk->ls)
+        epx__bal_ls_free(wk->ls);
+    free(wk->ls);
     memset(wk, 0, sizeof(*wk));
 }
 
