@@ -96,6 +96,8 @@ typedef struct bal_ls {
     int32_t *stamp, stampv;  /* [R] ranks touched by the evaluation */
     int32_t *order;          /* [R] ranks by load, heaviest first */
     int32_t *touched;        /* [R] */
+    double *pen, *xe;        /* [E] scratch of a step's search */
+    int32_t *top;            /* [E] */
     const int32_t *orig;     /* [S] the placement in use, or NULL */
     int changed;             /* slots that differ from orig */
 } bal_ls_t;
@@ -116,6 +118,14 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step);
 void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step);
 /* Best steps until none helps (or max_steps); returns the steps taken. */
 int epx__bal_ls_improve(bal_ls_t *ls, long max_steps);
+
+/* Budgeted re-planning (replan.c): `budget` slots may change over all
+ * layers, starting from `current`; never raises a layer's max rank load. */
+epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
+                             const int32_t *current, int64_t budget,
+                             int32_t *phy2log, int32_t *phyrank,
+                             int32_t *logcnt, double *max_before,
+                             double *max_after);
 
 /* The epx policy runs the exact search on domains this small. */
 #define BAL_EXACT_MAX_SLOTS 32

@@ -285,8 +285,10 @@ static void plan_domain(const bal_shape_t *sh, int d, int distinct,
         wk->perm[s] = wk->inv[wk->ds_p2l[d * spd + s]];
     ls->distinct = 0;
     epx__bal_ls_load(ls, wk->perm, NULL);
-    epx__bal_ls_improve(ls, steps);
-    if (epx__bal_ls_max(ls) < best * (1 - 1e-9)) {
+    if (epx__bal_ls_max(ls) >= best)
+        ;                      /* A is already at or below it */
+    else if (epx__bal_ls_improve(ls, steps), epx__bal_ls_max(ls) <
+                                                 best * (1 - 1e-9)) {
         memcpy(wk->cand, ls->slot, (size_t)spd * sizeof(int32_t));
         best = epx__bal_ls_max(ls);
     }

@@ -25,10 +25,13 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->stamp = calloc((size_t)R, sizeof(int32_t));
     ls->order = malloc((size_t)R * sizeof(int32_t));
     ls->touched = malloc((size_t)R * sizeof(int32_t));
+    ls->pen = malloc((size_t)E * sizeof(double));
+    ls->xe = malloc((size_t)E * sizeof(double));
+    ls->top = malloc((size_t)E * sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->touched || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->touched || !ls->pen || !ls->xe || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -41,6 +44,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
     free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
+    free(ls->pen); free(ls->top); free(ls->xe);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -234,17 +238,37 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         curn++;
     int32_t *touched = ls->touched;
     cand_t best = { 0 };
+    /* Giving up a replica of a raises a's other holders: pen[a] is the
+     * heaviest of them after the change, top[a] that holder (a slot on
+     * it may still be worth giving up, since that rank loses the slot). */
+    double tol = 1e-12 * cur;
+    for (int a = 0; a < E; a++) {
+        ls->xe[a] = ls->w[a] / ls->cnt[a];
+        ls->pen[a] = 1e300;
+        if (ls->cnt[a] < 2)
+            continue;
+        double d = ls->w[a] / (ls->cnt[a] - 1) - ls->w[a] / ls->cnt[a], m = -1;
+        for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
+            if (ls->rl[t / spr] > m) {
+                m = ls->rl[t / spr];
+                ls->top[a] = t / spr;
+            }
+        ls->pen[a] = m + d;
+    }
     /* Swaps of an item of h with a lighter item of another rank. */
     for (int ja = 0; ja < spr; ja++) {
         int sa = h * spr + ja, a = ls->slot[sa];
-        double xa = ls->w[a] / ls->cnt[a];
+        double xa = ls->xe[a];
         for (int sb = 0; sb < S; sb++) {
             int q = sb / spr, b = ls->slot[sb];
-            if (q == h || b == a || ls->w[b] / ls->cnt[b] >= xa ||
+            if (q == h || b == a || ls->xe[b] >= xa ||
                 q / ls->rpd != h / ls->rpd)
                 continue;
             if (ls->distinct && (ls->held[h * E + b] || ls->held[q * E + a]))
                 continue;
+            double xb = ls->xe[b];
+            if (ls->rl[q] - xb + xa >= cur - 1e-12 * cur)
+                continue;      /* q would reach the max */
             int cost = cost_of(ls, sa, b) + cost_of(ls, sb, a);
             if (cost > budget)
                 continue;
@@ -260,9 +284,15 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             dup |= ls->slot[h * spr + j] == b;
         if (dup || ls->w[b] <= 0)
             continue;
+        double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
+        if (ls->rl[h] - ls->held[h * E + b] * (xb0 - xb1) >= cur - tol &&
+            curn == 1)
+            continue;          /* h stays the heaviest */
         for (int s = 0; s < S; s++) {
             int a = ls->slot[s], r = s / spr;
             if (a == b || ls->cnt[a] < 2 ||
+                (ls->pen[a] >= cur - tol && ls->top[a] != r) ||
+                ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
                 (ls->distinct && ls->held[r * E + b]) ||
                 (ls->rpd < R && !ls->dcnt[(r / ls->rpd) * E + b]))
                 continue;
@@ -276,10 +306,12 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     /* A slot of h given up by its expert a to some lighter expert b. */
     for (int ja = 0; ja < spr; ja++) {
         int s = h * spr + ja, a = ls->slot[s];
-        if (ls->cnt[a] < 2)
+        if (ls->cnt[a] < 2 || (ls->pen[a] >= cur - tol && ls->top[a] != h))
             continue;
+        double xa0 = ls->w[a] / ls->cnt[a];
         for (int b = 0; b < E; b++) {
             if (b == a || (ls->distinct && ls->held[h * E + b]) ||
+                ls->rl[h] - xa0 + ls->w[b] / (ls->cnt[b] + 1) >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
                 continue;
             int cost = cost_of(ls, s, b);

@@ -641,6 +641,110 @@ static void lower_bound_large(void **state)
         }
 }
 
+/* Budgeted re-planning: from a plan for old loads, new loads whose hot
+ * experts moved; at most the budget of slots change (counted here), no
+ * layer's max rank load rises, the report matches the placement, and
+ * more budget buys a lower total. */
+static void budgeted_replan(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "budgeted_replan") };
+    static const int64_t budgets[] = { 0, 1, 3, 10, 40, 200, 100000 };
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const shape_t *sh = &shapes[i];
+        size_t LS = (size_t)sh->L * sh->S, LE = (size_t)sh->L * sh->E;
+        double *load = malloc(LE * sizeof(double));
+        int32_t *cur = malloc(LS * sizeof(int32_t));
+        int32_t *p2l = malloc(LS * sizeof(int32_t));
+        int32_t *cnt = malloc(LE * sizeof(int32_t));
+        int maxrep = sh->S - sh->E + 1;
+        int32_t *l2p = malloc(LE * maxrep * sizeof(int32_t));
+        for (int trial = 0; trial < 4; trial++) {
+            gen_load(&rng, trial == 3 ? LOAD_SMALLINT : LOAD_ZIPF, 1.0, sh->L,
+                     sh->E, load);
+            epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
+            assert_int_equal(epx_balance_plan(&p, load, cur, NULL, 0, NULL),
+                             EPX_OK);
+            gen_load(&rng, LOAD_ZIPF, 1.0, sh->L, sh->E, load);  /* drift */
+            double before = 0, prev = 1e300;
+            for (int l = 0; l < sh->L; l++)
+                before += max_rank_load(sh, load + (size_t)l * sh->E,
+                                        cur + (size_t)l * sh->S);
+            for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+                epx_balance_report_t rep;
+                p.current_phy2log = cur;
+                p.report = &rep;
+                p.bytes_per_slot = 1000;
+                /* Odd budgets as moves, even ones as bytes. */
+                p.max_moves = b % 2 ? budgets[b] : -1;
+                p.max_bytes = b % 2 ? -1 : budgets[b] * 1000 + 999;
+                epx_status_t st = epx_balance_plan(&p, load, p2l, l2p, maxrep,
+                                                   cnt);
+                if (st != EPX_OK)
+                    fail_msg("%s: %s", sh->name, epx_last_error());
+                check_plan(sh, p2l, l2p, maxrep, cnt, 0);
+                assert_int_equal(rep.moves, moved(cur, p2l, LS));
+                assert_true(rep.moves <= budgets[b]);
+                assert_true(rep.bytes == rep.moves * 1000);
+                double after = 0;
+                for (int l = 0; l < sh->L; l++) {
+                    const double *ld = load + (size_t)l * sh->E;
+                    double m0 = max_rank_load(sh, ld, cur + (size_t)l * sh->S);
+                    double m1 = max_rank_load(sh, ld, p2l + (size_t)l * sh->S);
+                    assert_true(m1 <= m0 * (1 + 1e-12));
+                    after += m1;
+                }
+                assert_true(fabs(rep.max_before - before) <= 1e-9 * before);
+                assert_true(fabs(rep.max_after - after) <= 1e-9 * (after + 1));
+                if (budgets[b] == 0)
+                    assert_int_equal(rep.moves, 0);
+                /* The last budget is unbounded in effect: below the first. */
+                if (budgets[b] == 100000 && before > 0)
+                    assert_true(after < before || after <= prev);
+                prev = after;
+            }
+        }
+        free(load); free(cur); free(p2l); free(cnt); free(l2p);
+    }
+}
+
+/* Budget errors, and a caller built against version 1 of the params. */
+static void budget_errors(void **state)
+{
+    (void)state;
+    shape_t sh = { "b", 1, 16, 24, 4, 2, 8 };
+    double load[16];
+    for (int e = 0; e < 16; e++)
+        load[e] = 1 + e * e;
+    int32_t cur[24], p2l[24], plain[24];
+    epx_balance_params_t p = params_of(&sh, EPX_BALANCE_EPX), q;
+    assert_int_equal(epx_balance_plan(&p, load, cur, NULL, 0, NULL), EPX_OK);
+    q = p; q.max_moves = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "current_phy2log");
+    q.current_phy2log = cur;
+    q.policy = EPX_BALANCE_DEEPSEEK;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "EPX policy");
+    q = p; q.current_phy2log = cur; q.max_bytes = 10;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "bytes_per_slot");
+    int32_t bad[24];
+    memcpy(bad, cur, sizeof(bad));
+    for (int s = 0; s < 24; s++)
+        bad[s] = bad[s] == 7 ? 8 : bad[s];
+    q = p; q.current_phy2log = bad; q.max_moves = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "no slot for expert 7");
+    /* Version 1: the fields past current_phy2log are not read. */
+    for (int e = 0; e < 16; e++)
+        load[e] = 1 + (e * 7) % 16 * 10;
+    q = p; q.current_phy2log = cur;
+    assert_int_equal(epx_balance_plan(&q, load, plain, NULL, 0, NULL), EPX_OK);
+    q.struct_size = offsetof(epx_balance_params_t, max_moves);
+    q.version = 1;
+    q.max_moves = 0;
+    q.report = (epx_balance_report_t *)8;   /* would crash if written */
+    assert_int_equal(epx_balance_plan(&q, load, p2l, NULL, 0, NULL), EPX_OK);
+    assert_memory_equal(p2l, plain, sizeof(plain));
+}
+
 int main(void)
 {
     epxt_init("test_plan");
@@ -650,6 +754,8 @@ int main(void)
         cmocka_unit_test(flashlb_example),
         cmocka_unit_test(optimum_small),
         cmocka_unit_test(lower_bound_large),
+        cmocka_unit_test(budgeted_replan),
+        cmocka_unit_test(budget_errors),
         cmocka_unit_test(keep_in_place),
         cmocka_unit_test(bad_input),
         cmocka_unit_test(metrics_by_hand),
