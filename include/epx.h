@@ -649,12 +649,11 @@ typedef enum epx_balance_policy {
      * Reproduces EPLB's published placements; ties broken as
      * src/balance/README.md says. */
     EPX_BALANCE_DEEPSEEK = 0,
-    /* Same structure; the packing onto ranks is refined by swaps off the
-     * heaviest rank, no two replicas of one expert share a rank (when slots
-     * per rank <= experts per domain), and with current_phy2log replicas
-     * that stay on their rank keep their slots.  Its maximum rank load is
-     * never above DEEPSEEK's where DEEPSEEK keeps replicas on distinct
-     * ranks. */
+    /* Same structure; replica counts and packing improved by local search
+     * (exact search on small domains); replicas of one expert on distinct
+     * ranks unless sharing a rank is strictly better; with current_phy2log
+     * replicas that stay on their rank keep their slots.  Its maximum rank
+     * load is never above DEEPSEEK's, in any layer. */
     EPX_BALANCE_EPX = 1
 } epx_balance_policy_t;
 
