@@ -76,6 +76,23 @@ static int moved(const int32_t *a, const int32_t *b, size_t n)
     return m;
 }
 
+/* Plan `reps` times into out: sorted times in t[], the balancedness. */
+static double time_plan(const epx_balance_params_t *p, const double *load,
+                        int32_t *out, int reps, double *t)
+{
+    double b;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        if (epx_balance_plan(p, load, out, NULL, 0, NULL))
+            die("plan");
+        t[r] = now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    if (epx_balance_metrics(p, load, out, &b, NULL, NULL, NULL))
+        die("metrics");
+    return b;
+}
+
 /* Budgeted re-planning after a drift (every layer's hot experts move:
  * fresh loads), from the epx plan in use: time, slots moved and the
  * balancedness reached for a few budgets, next to planning from scratch
@@ -106,15 +123,7 @@ static void budgeted(epx_balance_params_t *p, const double *load,
     for (int pol = 0; pol < 2; pol++) {   /* from scratch */
         p->policy = (epx_balance_policy_t)pol;
         p->current_phy2log = pol ? cur : NULL;
-        for (int r = 0; r < reps; r++) {
-            double t0 = now();
-            if (epx_balance_plan(p, drift, scratch, NULL, 0, NULL))
-                die("plan");
-            t[r] = now() - t0;
-        }
-        qsort(t, (size_t)reps, sizeof(double), cmp_double);
-        if (epx_balance_metrics(p, drift, scratch, &b, NULL, NULL, NULL))
-            die("metrics");
+        b = time_plan(p, drift, scratch, reps, t);
         int m = moved(cur, scratch, LS);
         printf("%-22s %10.2f %10.2f %8d %12.2f %13.4f\n",
                pol ? "epx, from scratch" : "deepseek, from scratch",
@@ -127,15 +136,7 @@ static void budgeted(epx_balance_params_t *p, const double *load,
         epx_balance_report_t rep;
         p->max_moves = budgets[i];
         p->report = &rep;
-        for (int r = 0; r < reps; r++) {
-            double t0 = now();
-            if (epx_balance_plan(p, drift, out, NULL, 0, NULL))
-                die("plan");
-            t[r] = now() - t0;
-        }
-        qsort(t, (size_t)reps, sizeof(double), cmp_double);
-        if (epx_balance_metrics(p, drift, out, &b, NULL, NULL, NULL))
-            die("metrics");
+        b = time_plan(p, drift, out, reps, t);
         char name[32];
         snprintf(name, sizeof(name), "epx, --max-moves %lld",
                  (long long)budgets[i]);

@@ -228,6 +228,17 @@ static void consider(const bal_ls_t *ls, cand_t *best, int kind, int s1,
     }
 }
 
+static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
+                         int curn, int budget)
+{
+    double mx;
+    int n, cost = cost_of(ls, s, b);
+    if (cost > budget)
+        return;
+    eval_reassign(ls, s, b, ls->touched, &mx, &n);
+    consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+}
+
 int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
 {
     int E = ls->E, spr = ls->spr, R = ls->R, S = R * spr;
@@ -296,11 +307,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 (ls->distinct && ls->held[r * E + b]) ||
                 (ls->rpd < R && !ls->dcnt[(r / ls->rpd) * E + b]))
                 continue;
-            int cost = cost_of(ls, s, b);
-            if (cost > budget)
-                continue;
-            eval_reassign(ls, s, b, touched, &mx, &n);
-            consider(ls, &best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+            try_reassign(ls, &best, s, b, cur, curn, budget);
         }
     }
     /* A slot of h given up by its expert a to some lighter expert b. */
@@ -314,11 +321,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 ls->rl[h] - xa0 + ls->w[b] / (ls->cnt[b] + 1) >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
                 continue;
-            int cost = cost_of(ls, s, b);
-            if (cost > budget)
-                continue;
-            eval_reassign(ls, s, b, touched, &mx, &n);
-            consider(ls, &best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+            try_reassign(ls, &best, s, b, cur, curn, budget);
         }
     }
     if (!best.found)
