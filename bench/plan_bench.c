@@ -76,6 +76,80 @@ static int moved(const int32_t *a, const int32_t *b, size_t n)
     return m;
 }
 
+/* Plan `reps` times into out: sorted times in t[], the balancedness. */
+static double time_plan(const epx_balance_params_t *p, const double *load,
+                        int32_t *out, int reps, double *t)
+{
+    double b;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now();
+        if (epx_balance_plan(p, load, out, NULL, 0, NULL))
+            die("plan");
+        t[r] = now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    if (epx_balance_metrics(p, load, out, &b, NULL, NULL, NULL))
+        die("metrics");
+    return b;
+}
+
+/* Budgeted re-planning after a drift (every layer's hot experts move:
+ * fresh loads), from the epx plan in use: time, slots moved and the
+ * balancedness reached for a few budgets, next to planning from scratch
+ * (epx keeping in place, and the DeepSeek policy). */
+static void budgeted(epx_balance_params_t *p, const double *load,
+                     int32_t *cur, int32_t *out, int32_t *scratch, double zipf,
+                     double tokens, int reps, double *t)
+{
+    static const int64_t budgets[] = { 16, 64, 256, 1024 };
+    const int64_t bps = 44040192;   /* 3 x 7168 x 2048 fp8: one expert */
+    size_t LE = (size_t)p->num_layers * p->num_experts;
+    size_t LS = (size_t)p->num_layers * p->num_slots;
+    double *drift = malloc(LE * sizeof(double)), b, bc;
+    if (!drift)
+        die("out of memory");
+    p->policy = EPX_BALANCE_EPX;
+    p->current_phy2log = NULL;
+    if (epx_balance_plan(p, load, cur, NULL, 0, NULL))
+        die("plan");
+    gen_loads(p->num_layers, p->num_experts, zipf, tokens, drift);
+    if (epx_balance_metrics(p, drift, cur, &bc, NULL, NULL, NULL))
+        die("metrics");
+    printf("budgeted re-plan after a drift (hot experts moved), from the epx "
+           "plan in use (balancedness %.4f); %lld bytes per slot\n", bc,
+           (long long)bps);
+    printf("%-22s %10s %10s %8s %12s %13s\n", "plan", "p50 ms", "min ms",
+           "moves", "GB moved", "balancedness");
+    for (int pol = 0; pol < 2; pol++) {   /* from scratch */
+        p->policy = (epx_balance_policy_t)pol;
+        p->current_phy2log = pol ? cur : NULL;
+        b = time_plan(p, drift, scratch, reps, t);
+        int m = moved(cur, scratch, LS);
+        printf("%-22s %10.2f %10.2f %8d %12.2f %13.4f\n",
+               pol ? "epx, from scratch" : "deepseek, from scratch",
+               1e3 * t[reps / 2], 1e3 * t[0], m, m * (double)bps / 1e9, b);
+    }
+    p->policy = EPX_BALANCE_EPX;
+    p->current_phy2log = cur;
+    p->bytes_per_slot = bps;
+    for (size_t i = 0; i < sizeof(budgets) / sizeof(budgets[0]); i++) {
+        epx_balance_report_t rep;
+        p->max_moves = budgets[i];
+        p->report = &rep;
+        b = time_plan(p, drift, out, reps, t);
+        char name[32];
+        snprintf(name, sizeof(name), "epx, --max-moves %lld",
+                 (long long)budgets[i]);
+        printf("%-22s %10.2f %10.2f %8lld %12.2f %13.4f\n", name,
+               1e3 * t[reps / 2], 1e3 * t[0], (long long)rep.moves,
+               rep.bytes / 1e9, b);
+    }
+    p->max_moves = -1;
+    p->report = NULL;
+    p->current_phy2log = NULL;
+    free(drift);
+}
+
 int main(int argc, char **argv)
 {
     epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
@@ -195,6 +269,7 @@ int main(int argc, char **argv)
     printf("re-plan after +-5%% load change (epx): %d of %zu slots move from "
            "scratch, %d keeping in place (%.2f ms)\n", moved(p2l, p2l2, LS), LS,
            moved(p2l, p2l3, LS), 1e3 * tk);
+    budgeted(&p, load, p2l, p2l2, p2l3, zipf, tokens, reps, t);
     free(load); free(load2); free(p2l); free(p2l2); free(p2l3); free(l2p);
     free(cnt); free(t);
     return 0;

@@ -729,16 +729,25 @@ typedef enum epx_balance_policy {
      * Reproduces EPLB's published placements; ties broken as
      * src/balance/README.md says. */
     EPX_BALANCE_DEEPSEEK = 0,
-    /* Same structure; the packing onto ranks is refined by swaps off the
-     * heaviest rank, no two replicas of one expert share a rank (when slots
-     * per rank <= experts per domain), and with current_phy2log replicas
-     * that stay on their rank keep their slots.  Its maximum rank load is
-     * never above DEEPSEEK's where DEEPSEEK keeps replicas on distinct
-     * ranks. */
+    /* Same structure; replica counts and packing improved by local search
+     * (exact search on small domains); replicas of one expert on distinct
+     * ranks unless sharing a rank is strictly better; with current_phy2log
+     * replicas that stay on their rank keep their slots.  Its maximum rank
+     * load is never above DEEPSEEK's, in any layer. */
     EPX_BALANCE_EPX = 1
 } epx_balance_policy_t;
 
-#define EPX_BALANCE_PARAMS_VERSION 1
+/* What a plan moves (epx_balance_params_t.report). */
+typedef struct epx_balance_report {
+    int64_t moves;             /* slots whose expert differs from
+                                  current_phy2log (all of them without it) */
+    int64_t bytes;             /* moves x bytes_per_slot */
+    double max_before;         /* sum over layers of the max rank load of
+                                  current_phy2log (0 without it) */
+    double max_after;          /* the same for the plan */
+} epx_balance_report_t;
+
+#define EPX_BALANCE_PARAMS_VERSION 2
 typedef struct epx_balance_params {
     size_t struct_size;        /* sizeof(epx_balance_params_t) */
     unsigned version;          /* EPX_BALANCE_PARAMS_VERSION */
@@ -752,11 +761,23 @@ typedef struct epx_balance_params {
     /* EPX policy, optional: the placement in use, [layers][slots]; slots
      * whose expert stays on their rank are kept.  Ignored by DEEPSEEK. */
     const int32_t *current_phy2log;
+    /* version 2.  Budgeted re-planning (EPX policy, needs
+     * current_phy2log, every expert in it): when max_moves or max_bytes
+     * is >= 0, the plan is the current placement improved step by step
+     * (a slot changes expert, or two slots swap), at most max_moves slots
+     * changed over all layers and at most max_bytes bytes of weights
+     * moved; its max rank load is never above the current one, in any
+     * layer.  -1: no limit. */
+    int64_t max_moves;
+    int64_t max_bytes;
+    int64_t bytes_per_slot;    /* one expert's weights, for max_bytes and
+                                  report->bytes */
+    epx_balance_report_t *report; /* optional, filled on success */
 } epx_balance_params_t;
 
 #define EPX_BALANCE_PARAMS_INIT                                               \
     { sizeof(epx_balance_params_t), EPX_BALANCE_PARAMS_VERSION, 0, 0, 0, 1,   \
-      1, 0, EPX_BALANCE_EPX, NULL }
+      1, 0, EPX_BALANCE_EPX, NULL, -1, -1, 0, NULL }
 
 /* Plan a placement.  load: [layers][experts], finite and >= 0.
  * phy2log: [layers][slots], the logical expert of each slot.

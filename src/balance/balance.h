@@ -36,6 +36,12 @@ typedef struct bal_work {
     int32_t *pairs;          /* [R*R*3] matching candidates */
     int32_t *perm;           /* [S] scratch for re-ordering slots */
     int32_t *used;           /* [S] matching marks */
+    /* epx policy */
+    int32_t *ds_p2l, *ds_rank, *ds_cnt; /* [S], [S], [E] the DeepSeek plan */
+    int32_t *inv;            /* [E] position of an expert in its domain */
+    double *wd;              /* [E] a domain's expert loads */
+    int32_t *cand;           /* [S] a candidate's slots */
+    struct bal_ls *ls;       /* local search on one domain */
 } bal_work_t;
 
 epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh);
@@ -72,5 +78,72 @@ void epx__plan_deepseek(const bal_shape_t *sh, const double *load,
 void epx__plan_epx(const bal_shape_t *sh, const double *load,
                    const int32_t *current, bal_work_t *wk, int32_t *phy2log,
                    int32_t *phyrank, int32_t *logcnt);
+
+/* Local search on one layer (search.c).  Set E, R, spr, rpd (ranks per
+ * domain that moves must stay within; R: no domains), distinct and w,
+ * then load a placement.  Loads of rank r: sum over its slots of
+ * w[e] / cnt[e]. */
+typedef struct bal_ls {
+    int E, R, spr, rpd;
+    int distinct;            /* refuse a second replica of an expert on a rank */
+    const double *w;         /* [E] expert loads */
+    int32_t *slot;           /* [S] expert of each slot */
+    int32_t *head, *nxt;     /* [E], [S]: each expert's slots, a list */
+    int32_t *cnt;            /* [E] replicas */
+    int32_t *held;           /* [R*E] replicas of e on rank r */
+    int32_t *dcnt;           /* [D*E] replicas of e in domain d */
+    double *rl, *nl;         /* [R] rank loads, loads being evaluated */
+    int32_t *stamp, stampv;  /* [R] ranks touched by the evaluation */
+    int32_t *order;          /* [R] ranks by load, heaviest first */
+    int32_t *touched;        /* [R] */
+    double *pen, *xe;        /* [E] scratch of a step's search */
+    int32_t *top;            /* [E] */
+    const int32_t *orig;     /* [S] the placement in use, or NULL */
+    int changed;             /* slots that differ from orig */
+} bal_ls_t;
+
+/* One step: kind 0 gives slot s1 to expert b; kind 1 swaps slots s1, s2. */
+typedef struct bal_step {
+    int kind, s1, s2, b, cost;
+    double gain, val;        /* drop of the max; gain per slot moved */
+} bal_step_t;
+
+epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D);
+void epx__bal_ls_free(bal_ls_t *ls);
+void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig);
+double epx__bal_ls_max(const bal_ls_t *ls);
+/* Best step that lowers (max rank load, ranks at the max) and moves at
+ * most `budget` more slots away from orig; 0 when none. */
+int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step);
+void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step);
+/* Best steps until none helps (or max_steps); returns the steps taken. */
+int epx__bal_ls_improve(bal_ls_t *ls, long max_steps);
+
+/* Budgeted re-planning (replan.c): `budget` slots may change over all
+ * layers, starting from `current`; never raises a layer's max rank load. */
+epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
+                             const int32_t *current, int64_t budget,
+                             int32_t *phy2log, int32_t *phyrank,
+                             int32_t *logcnt, double *max_before,
+                             double *max_after);
+
+/* The epx policy runs the exact search on domains this small. */
+#define BAL_EXACT_MAX_SLOTS 32
+#define BAL_EXACT_MAX_EXPERTS 16
+#define BAL_EXACT_NODES 200000L
+
+/* Exact search (exact.c) for a small layer: experts w[E] (any order),
+ * R ranks of spr slots.  Replaces slot[R*spr] when it finds a placement
+ * whose max rank load is below `incumbent`; stops at `lower` (a lower
+ * bound) or after node_limit nodes.  Returns 1 when it replaced slot,
+ * *complete 1 when the search finished (the result is optimal). */
+int epx__bal_exact(const double *w, int E, int R, int spr, double incumbent,
+                   double lower, long node_limit, int32_t *slot,
+                   int *complete);
+
+/* Lower bound on the max rank load of any placement of a layer's loads
+ * w[E] on R ranks with S slots: max(sum / R, the least possible largest
+ * replica load min over counts of max_e w[e] / cnt[e]). */
+double epx__bal_lower_bound(const double *w, int E, int S, int R);
 
 #endif /* EPX_BALANCE_H */

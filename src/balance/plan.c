@@ -83,7 +83,20 @@ epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk)
     wk->pairs = malloc(R * R * 3 * sizeof(int32_t));
     wk->perm = malloc(S * sizeof(int32_t));
     wk->used = malloc(S * sizeof(int32_t));
-    if (!wk->ord || !wk->tmp || !wk->w || !wk->packw || !wk->packn ||
+    wk->ds_p2l = malloc(S * sizeof(int32_t));
+    wk->ds_rank = malloc(S * sizeof(int32_t));
+    wk->ds_cnt = malloc(E * sizeof(int32_t));
+    wk->inv = malloc(E * sizeof(int32_t));
+    wk->wd = malloc(E * sizeof(double));
+    wk->cand = malloc(S * sizeof(int32_t));
+    wk->ls = malloc(sizeof(bal_ls_t));
+    if (wk->ls && epx__bal_ls_alloc(wk->ls, sh->E, sh->R, sh->S, sh->D) != EPX_OK) {
+        free(wk->ls);
+        wk->ls = NULL;
+    }
+    if (!wk->ds_p2l || !wk->ds_rank || !wk->ds_cnt || !wk->inv || !wk->wd ||
+        !wk->cand || !wk->ls ||
+        !wk->ord || !wk->tmp || !wk->w || !wk->packw || !wk->packn ||
         !wk->pack || !wk->rip || !wk->mlog2log || !wk->p2m || !wk->prank ||
         !wk->mcnt || !wk->held || !wk->slot_item || !wk->pairs || !wk->perm ||
         !wk->used) {
@@ -101,6 +114,11 @@ void epx__bal_work_free(bal_work_t *wk)
     free(wk->packn); free(wk->pack); free(wk->rip); free(wk->mlog2log);
     free(wk->p2m); free(wk->prank); free(wk->mcnt); free(wk->held);
     free(wk->slot_item); free(wk->pairs); free(wk->perm); free(wk->used);
+    free(wk->ds_p2l); free(wk->ds_rank); free(wk->ds_cnt); free(wk->inv);
+    free(wk->wd); free(wk->cand);
+    if (wk->ls)
+        epx__bal_ls_free(wk->ls);
+    free(wk->ls);
     memset(wk, 0, sizeof(*wk));
 }
 
@@ -131,6 +149,112 @@ static epx_status_t check_inputs(const epx_balance_params_t *p,
     return EPX_OK;
 }
 
+/* The version 2 fields, or their defaults for older callers. */
+typedef struct plan_v2 {
+    int64_t max_moves, max_bytes, bytes_per_slot;
+    epx_balance_report_t *report;
+} plan_v2_t;
+
+static void read_v2(const epx_balance_params_t *p, plan_v2_t *v)
+{
+    v->max_moves = v->max_bytes = -1;
+    v->bytes_per_slot = 0;
+    v->report = NULL;
+    if (p->version >= 2 && p->struct_size >= offsetof(epx_balance_params_t, report) +
+                                                  sizeof(p->report)) {
+        v->max_moves = p->max_moves;
+        v->max_bytes = p->max_bytes;
+        v->bytes_per_slot = p->bytes_per_slot;
+        v->report = p->report;
+    }
+}
+
+/* Max rank load of one layer's placement. */
+static double layer_max(const bal_shape_t *sh, const double *load,
+                        const int32_t *p2l, int32_t *cnt, double *rl)
+{
+    double mx = 0;
+    memset(cnt, 0, (size_t)sh->E * sizeof(int32_t));
+    for (int s = 0; s < sh->S; s++)
+        cnt[p2l[s]]++;
+    for (int r = 0; r < sh->R; r++)
+        rl[r] = 0;
+    for (int s = 0; s < sh->S; s++)
+        rl[s / sh->spr] += load[p2l[s]] / cnt[p2l[s]];
+    for (int r = 0; r < sh->R; r++)
+        mx = rl[r] > mx ? rl[r] : mx;
+    return mx;
+}
+
+static epx_status_t check_budget(const epx_balance_params_t *p,
+                                 const bal_shape_t *sh, const plan_v2_t *v,
+                                 int64_t *budget)
+{
+    *budget = -1;
+    if (v->max_moves < 0 && v->max_bytes < 0)
+        return EPX_OK;
+    if (p->policy != EPX_BALANCE_EPX || !p->current_phy2log)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: max_moves / max_bytes re-plan the placement "
+                          "in use: they need the EPX policy and "
+                          "current_phy2log");
+    if (v->max_bytes >= 0 && v->bytes_per_slot <= 0)
+        return epx__error(EPX_ERR_INVALID,
+                          "balance: max_bytes needs bytes_per_slot > 0 "
+                          "(got %lld)", (long long)v->bytes_per_slot);
+    int32_t *seen = calloc((size_t)sh->E, sizeof(int32_t));
+    if (!seen)
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    for (int l = 0; l < sh->L; l++) {
+        memset(seen, 0, (size_t)sh->E * sizeof(int32_t));
+        for (int s = 0; s < sh->S; s++)
+            seen[p->current_phy2log[(size_t)l * sh->S + s]] = 1;
+        for (int e = 0; e < sh->E; e++)
+            if (!seen[e]) {
+                free(seen);
+                return epx__error(EPX_ERR_INVALID,
+                                  "balance: current_phy2log layer %d has no "
+                                  "slot for expert %d", l, e);
+            }
+    }
+    free(seen);
+    int64_t b = v->max_moves >= 0 ? v->max_moves : INT64_MAX;
+    if (v->max_bytes >= 0 && v->max_bytes / v->bytes_per_slot < b)
+        b = v->max_bytes / v->bytes_per_slot;
+    *budget = b;
+    return EPX_OK;
+}
+
+/* Moves, bytes and the max rank loads before and after, into the report. */
+static epx_status_t fill_report(const epx_balance_params_t *p,
+                                const bal_shape_t *sh, const plan_v2_t *v,
+                                const double *load, const int32_t *p2l)
+{
+    int32_t *cnt = malloc((size_t)sh->E * sizeof(int32_t));
+    double *rl = malloc((size_t)sh->R * sizeof(double));
+    if (!cnt || !rl) {
+        free(cnt);
+        free(rl);
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    }
+    epx_balance_report_t r = { 0, 0, 0, 0 };
+    const int32_t *cur = p->current_phy2log;
+    for (int l = 0; l < sh->L; l++) {
+        const double *ld = load + (size_t)l * sh->E;
+        const int32_t *np = p2l + (size_t)l * sh->S;
+        r.max_after += layer_max(sh, ld, np, cnt, rl);
+        if (cur)
+            r.max_before += layer_max(sh, ld, cur + (size_t)l * sh->S, cnt, rl);
+        for (int s = 0; s < sh->S; s++)
+            r.moves += !cur || cur[(size_t)l * sh->S + s] != np[s];
+    }
+    r.bytes = r.moves * v->bytes_per_slot;
+    *v->report = r;
+    free(cnt);
+    free(rl);
+    return EPX_OK;
+}
+
 epx_status_t epx_balance_plan(const epx_balance_params_t *params,
                               const double *load, int32_t *phy2log,
                               int32_t *log2phy, int max_replicas,
@@ -138,8 +262,14 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
 {
     bal_shape_t sh;
     epx_status_t st = epx__bal_shape(params, &sh);
+    plan_v2_t v2;
+    int64_t budget = -1;
     if (st == EPX_OK)
         st = check_inputs(params, &sh, load, phy2log, log2phy, max_replicas);
+    if (st == EPX_OK) {
+        read_v2(params, &v2);
+        st = check_budget(params, &sh, &v2, &budget);
+    }
     if (st != EPX_OK)
         return st;
     /* Outputs are written only on success: plan into private arrays. */
@@ -153,6 +283,17 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
     if (st != EPX_OK)
         goto out;
     int maxcnt = 0;
+    if (budget >= 0) {
+        double before, after;
+        st = epx__bal_replan(&sh, load, params->current_phy2log, budget, p2l,
+                             prank, cnt, &before, &after);
+        epx__bal_work_free(&wk);
+        if (st != EPX_OK)
+            goto out;
+        for (size_t i = 0; i < LE; i++)
+            maxcnt = cnt[i] > maxcnt ? cnt[i] : maxcnt;
+        goto write;
+    }
     for (int l = 0; l < sh.L; l++) {
         const double *ld = load + (size_t)l * sh.E;
         int32_t *lp = p2l + (size_t)l * sh.S, *lr = prank + (size_t)l * sh.S;
@@ -168,6 +309,7 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
                 maxcnt = lc[e];
     }
     epx__bal_work_free(&wk);
+write:
     if (log2phy && maxcnt > max_replicas) {
         st = epx__error(EPX_ERR_RANGE,
                         "balance: an expert got %d replicas but log2phy has "
@@ -176,6 +318,8 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
                         sh.S - sh.E + 1);
         goto out;
     }
+    if (v2.report && (st = fill_report(params, &sh, &v2, load, p2l)) != EPX_OK)
+        goto out;
     memcpy(phy2log, p2l, LS * sizeof(int32_t));
     if (logcnt)
         memcpy(logcnt, cnt, LE * sizeof(int32_t));

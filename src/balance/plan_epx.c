@@ -254,27 +254,80 @@ static void match_slots(int32_t *p2l, const int32_t *cur, int spr, int32_t *used
     memcpy(p2l, out, (size_t)spr * sizeof(int32_t));
 }
 
+/* The best of the candidates for one domain, into wk->cand (domain expert
+ * indices): the distinct packing of capped replicas, and the DeepSeek
+ * policy's own plan of the domain, each improved by local search; then,
+ * on small domains, the exact search. */
+static void plan_domain(const bal_shape_t *sh, int d, int distinct,
+                        bal_work_t *wk)
+{
+    bal_ls_t *ls = wk->ls;
+    const double *w = wk->wd;
+    int spd = sh->spd;
+    long steps = 4L * spd + 64;
+    ls->E = sh->epd;
+    ls->R = sh->rpd;
+    ls->rpd = sh->rpd;
+    ls->spr = sh->spr;
+    ls->w = w;
+    /* Candidate A (in wk->cand, from pack_domain's slot_item). */
+    for (int s = 0; s < spd; s++)
+        wk->cand[s] = wk->p2m[wk->slot_item[s]];
+    ls->distinct = distinct;
+    epx__bal_ls_load(ls, wk->cand, NULL);
+    epx__bal_ls_improve(ls, steps);
+    memcpy(wk->cand, ls->slot, (size_t)spd * sizeof(int32_t));
+    double best = epx__bal_ls_max(ls);
+    /* Candidate B: the DeepSeek plan of this domain, which may put two
+     * replicas of an expert on one rank; taken only when strictly better,
+     * so the result is never above the DeepSeek policy's. */
+    for (int s = 0; s < spd; s++)
+        wk->perm[s] = wk->inv[wk->ds_p2l[d * spd + s]];
+    ls->distinct = 0;
+    epx__bal_ls_load(ls, wk->perm, NULL);
+    if (epx__bal_ls_max(ls) >= best)
+        ;                      /* A is already at or below it */
+    else if (epx__bal_ls_improve(ls, steps), epx__bal_ls_max(ls) <
+                                                 best * (1 - 1e-9)) {
+        memcpy(wk->cand, ls->slot, (size_t)spd * sizeof(int32_t));
+        best = epx__bal_ls_max(ls);
+    }
+    /* Small domains: exact search, from the best so far. */
+    if (spd <= BAL_EXACT_MAX_SLOTS && sh->epd <= BAL_EXACT_MAX_EXPERTS) {
+        int complete;
+        double lb = epx__bal_lower_bound(w, sh->epd, spd, sh->rpd);
+        epx__bal_exact(w, sh->epd, sh->rpd, sh->spr, best, lb,
+                       BAL_EXACT_NODES, wk->cand, &complete);
+    }
+}
+
 void epx__plan_epx(const bal_shape_t *sh, const double *load,
                    const int32_t *current, bal_work_t *wk, int32_t *phy2log,
                    int32_t *phyrank, int32_t *logcnt)
 {
     /* A replica per rank at most, when the ranks have room for that. */
     int cap = sh->spr <= sh->epd ? sh->rpd : INT_MAX;
+    epx__plan_deepseek(sh, load, wk, wk->ds_p2l, wk->ds_rank, wk->ds_cnt);
     epx__bal_groups(sh, load, wk);
     for (int d = 0; d < sh->D; d++) {
         const int32_t *m2l = wk->mlog2log + (size_t)d * sh->epd;
-        for (int i = 0; i < sh->epd; i++)
+        for (int i = 0; i < sh->epd; i++) {
             wk->w[i] = load[m2l[i]];
+            wk->wd[i] = load[m2l[i]];
+            wk->inv[m2l[i]] = i;
+        }
         epx__bal_replicate(wk->w, sh->epd, sh->spd, cap, wk->p2m, wk->prank,
                            wk->mcnt);
-        for (int i = 0; i < sh->epd; i++)
-            logcnt[m2l[i]] = wk->mcnt[i];
         for (int k = 0; k < sh->spd; k++)
             wk->w[k] = load[m2l[wk->p2m[k]]] / wk->mcnt[wk->p2m[k]];
         pack_domain(sh, wk, cap == sh->rpd);
+        plan_domain(sh, d, cap == sh->rpd, wk);
         for (int s = 0; s < sh->spd; s++)
-            phy2log[d * sh->spd + s] = m2l[wk->p2m[wk->slot_item[s]]];
+            phy2log[d * sh->spd + s] = m2l[wk->cand[s]];
     }
+    memset(logcnt, 0, (size_t)sh->E * sizeof(int32_t));
+    for (int s = 0; s < sh->S; s++)
+        logcnt[phy2log[s]]++;
     if (current) {
         /* Greedy matching is not optimal: keep the plan as planned if it
          * happens to move fewer slots. */

@@ -19,7 +19,8 @@ enum { EXIT_PLAN = 1, EXIT_USAGE = 2 };
 static const char usage[] =
 "Usage: epx-balance --loads FILE --slots S --ranks R [--groups G]\n"
 "                   [--domains D | --system NAME|FILE] [--policy P]\n"
-"                   [--current FILE] [--json]\n"
+"                   [--current FILE [--max-moves N] [--max-bytes B\n"
+"                   --bytes-per-slot N]] [--json]\n"
 "\n"
 "Plans where the replicas of each MoE expert go (epx_balance_plan) from the\n"
 "load of every expert of every layer, and shows the placement with how even\n"
@@ -42,6 +43,13 @@ static const char usage[] =
 "  -c, --current FILE    epx policy: the placement in use, phy2log\n"
 "                        [layers][slots] as JSON; replicas that stay on\n"
 "                        their rank keep their slots\n"
+"  -m, --max-moves N     with --current: re-plan from the placement in use,\n"
+"                        changing at most N slots (all layers together);\n"
+"                        never worse than the placement in use\n"
+"  -B, --max-bytes B     the same, at most B bytes of expert weights moved\n"
+"                        (needs --bytes-per-slot)\n"
+"  -b, --bytes-per-slot N  bytes of one expert's weights (for --max-bytes\n"
+"                        and the bytes reported)\n"
 "  -j, --json            one JSON object instead of the tables\n"
 "  -h, --help            this text\n"
 "\n"
@@ -58,6 +66,7 @@ typedef struct opts {
     int domains_set;
     epx_balance_policy_t policy;
     int json;
+    long long max_moves, max_bytes, bytes_per_slot;
 } opts_t;
 
 static void usage_error(const char *fmt, const char *arg)
@@ -65,6 +74,19 @@ static void usage_error(const char *fmt, const char *arg)
     fprintf(stderr, "epx-balance: ");
     fprintf(stderr, fmt, arg);
     fprintf(stderr, " (see epx-balance --help)\n");
+}
+
+static int parse_ll(const char *opt, const char *arg, long long *out)
+{
+    char *end;
+    long long v = strtoll(arg, &end, 10);
+    if (*arg == '\0' || *end != '\0' || v < 0) {
+        fprintf(stderr, "epx-balance: %s '%s': expected an integer >= 0 "
+                "(see epx-balance --help)\n", opt, arg);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }
 
 static int parse_int(const char *opt, const char *arg, int *out)
@@ -93,15 +115,19 @@ static int parse_args(int argc, char **argv, opts_t *o)
         { "policy", required_argument, NULL, 'p' },
         { "current", required_argument, NULL, 'c' },
         { "json", no_argument, NULL, 'j' },
+        { "max-moves", required_argument, NULL, 'm' },
+        { "max-bytes", required_argument, NULL, 'B' },
+        { "bytes-per-slot", required_argument, NULL, 'b' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 }
     };
     memset(o, 0, sizeof(*o));
     o->groups = o->domains = 1;
     o->policy = EPX_BALANCE_EPX;
+    o->max_moves = o->max_bytes = -1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, ":l:s:r:g:d:S:p:c:jh", lopts,
+    while ((c = getopt_long(argc, argv, ":l:s:r:g:d:S:p:c:jm:B:b:h", lopts,
                             NULL)) != -1) {
         switch (c) {
         case 'l': o->loads = optarg; break;
@@ -127,6 +153,16 @@ static int parse_args(int argc, char **argv, opts_t *o)
             break;
         case 'c': o->current = optarg; break;
         case 'j': o->json = 1; break;
+        case 'm':
+            if (parse_ll("--max-moves", optarg, &o->max_moves)) return 2;
+            break;
+        case 'B':
+            if (parse_ll("--max-bytes", optarg, &o->max_bytes)) return 2;
+            break;
+        case 'b':
+            if (parse_ll("--bytes-per-slot", optarg, &o->bytes_per_slot))
+                return 2;
+            break;
         case 'h': fputs(usage, stdout); return -1;
         case ':':
             usage_error("%s needs an argument", argv[optind - 1]);
@@ -144,6 +180,16 @@ static int parse_args(int argc, char **argv, opts_t *o)
         usage_error("%s", !o->loads ? "--loads is required"
                           : !o->slots ? "--slots is required"
                                       : "--ranks is required");
+        return EXIT_USAGE;
+    }
+    if ((o->max_moves >= 0 || o->max_bytes >= 0) &&
+        (!o->current || o->policy != EPX_BALANCE_EPX)) {
+        usage_error("%s", "--max-moves / --max-bytes re-plan the placement in "
+                          "use: they need --current and the epx policy");
+        return EXIT_USAGE;
+    }
+    if (o->max_bytes >= 0 && o->bytes_per_slot <= 0) {
+        usage_error("%s", "--max-bytes needs --bytes-per-slot");
         return EXIT_USAGE;
     }
     if (o->system && o->domains_set) {
@@ -222,6 +268,8 @@ typedef struct result {
     int32_t *phy2log, *log2phy, *logcnt;
     double bal, imb, bal0, imb0;
     double *lbal, *limb, *lbal0, *limb0;
+    int has_current;
+    epx_balance_report_t rep;
 } result_t;
 
 static const char *policy_name(epx_balance_policy_t p)
@@ -281,6 +329,13 @@ static int print_json(const opts_t *o, const result_t *x)
         "before", "balancedness", x->bal0, "imbalance", x->imb0,
         "layer_balancedness", json_reals(x->lbal0, x->L),
         "layer_imbalance", json_reals(x->limb0, x->L));
+    if (root && x->has_current)
+        json_object_set_new(root, "moved",
+                            json_pack("{s:I, s:I, s:f, s:f}", "moves",
+                                      (json_int_t)x->rep.moves, "bytes",
+                                      (json_int_t)x->rep.bytes, "max_before",
+                                      x->rep.max_before, "max_after",
+                                      x->rep.max_after));
     if (!root) {
         fprintf(stderr, "epx-balance: out of memory\n");
         return EXIT_PLAN;
@@ -309,6 +364,10 @@ static void print_tables(const opts_t *o, const result_t *x)
            o->system ? o->system : "", policy_name(o->policy));
     printf("overall: balancedness %.4f -> %.4f, imbalance %.4f -> %.4f\n",
            x->bal0, x->bal, x->imb0, x->imb);
+    if (x->has_current)
+        printf("from --current: %lld slots moved (%lld bytes), sum of max "
+               "rank loads %.2f -> %.2f\n", (long long)x->rep.moves,
+               (long long)x->rep.bytes, x->rep.max_before, x->rep.max_after);
     int *order = malloc(x->E * sizeof(int));
     for (int l = 0; l < x->L; l++) {
         const double *ld = x->load + (size_t)l * x->E;
@@ -393,9 +452,14 @@ int main(int argc, char **argv)
     bp.num_ranks = o.ranks;
     bp.policy = o.policy;
     bp.current_phy2log = current;
+    bp.max_moves = o.max_moves;
+    bp.max_bytes = o.max_bytes;
+    bp.bytes_per_slot = o.bytes_per_slot;
 
     result_t x = { .L = m.rows, .E = m.cols, .S = o.slots, .R = o.ranks,
-                   .D = o.domains, .G = o.groups, .load = m.v };
+                   .D = o.domains, .G = o.groups, .load = m.v,
+                   .has_current = current != NULL };
+    bp.report = &x.rep;
     x.maxrep = o.slots >= m.cols ? o.slots - m.cols + 1 : 1;
     size_t L = (size_t)x.L;
     x.phy2log = malloc(L * x.S * sizeof(int32_t));

@@ -108,6 +108,43 @@ d = json.load(open(sys.argv[2]))
 assert d["phy2log"] == cur, (d["phy2log"], cur)
 assert d["config"]["current"] and d["config"]["policy"] == "epx"
 EOF
+# 3b. budgeted re-planning from --current after the loads changed: at most
+# the budget of slots differ from the placement in use (counted here), the
+# reported bytes are moves x bytes per slot, and no layer gets worse.
+python3 - "$data/eplb-example.json" "$tmp/drift.json" <<'EOF' || fail "drift loads"
+import json, sys
+load = json.load(open(sys.argv[1]))
+json.dump([list(reversed(l)) for l in load], open(sys.argv[2], "w"))
+EOF
+for b in "--max-moves 3" "--max-bytes 2500 --bytes-per-slot 1000"; do
+    name=budget-$(echo "$b" | cut -c3-9)
+    expect 0 "$name" --loads "$tmp/drift.json" $eplb --current "$tmp/current.json" $b --json &&
+        python3 - "$tmp/current.json" "$tmp/$name.out" "$tmp/drift.json" "$b" <<'EOF' || fail "$name"
+import json, sys
+cur = json.load(open(sys.argv[1]))
+d = json.load(open(sys.argv[2]))
+load = json.load(open(sys.argv[3]))
+budget = 3 if "moves" in sys.argv[4] else 2
+moves = sum(a != b for x, y in zip(cur, d["phy2log"]) for a, b in zip(x, y))
+m = d["moved"]
+assert m["moves"] == moves <= budget, (m, moves)
+assert m["bytes"] == (moves * 1000 if budget == 2 else 0), m
+def maxload(p, l):
+    cnt = {e: p.count(e) for e in p}
+    return max(sum(l[e] / cnt[e] for e in p[r * 2:r * 2 + 2]) for r in range(8))
+for p0, p1, l in zip(cur, d["phy2log"], load):
+    assert maxload(p1, l) <= maxload(p0, l) + 1e-9
+assert abs(m["max_after"] - sum(maxload(p, l) for p, l in zip(d["phy2log"], load))) < 1e-6
+assert m["max_after"] < m["max_before"], m
+EOF
+done
+expect 2 budget-nocur --loads "$data/eplb-example.json" $eplb --max-moves 3 &&
+    err_has budget-nocur "need --current"
+expect 2 budget-nobps --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --max-bytes 100 && err_has budget-nobps "needs --bytes-per-slot"
+expect 2 budget-neg --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --max-moves -1 && err_has budget-neg "--max-moves '-1'"
+
 if expect 0 table --loads "$data/eplb-example.json" $eplb --policy deepseek; then
     for l in 0 1; do
         grep -q "^layer $l: balancedness " "$tmp/table.out" || fail "table: no layer $l"

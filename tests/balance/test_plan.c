@@ -197,23 +197,16 @@ static void random_invariants(void **state)
                                                    maxrep, cnt[k]);
                 if (st != EPX_OK)
                     fail_msg("%s: %s", sh->name, epx_last_error());
-                /* Distinct ranks are possible when a rank's slots do not
-                 * outnumber the experts of its domain. */
-                int epd = sh->G % sh->D ? sh->E : sh->E / sh->D;
-                check_plan(sh, p2l[k], l2p[k], maxrep, cnt[k],
-                           k == EPX_BALANCE_EPX && sh->S / sh->R <= epd);
+                check_plan(sh, p2l[k], l2p[k], maxrep, cnt[k], 0);
             }
             for (int l = 0; l < sh->L; l++) {
                 const double *ld = load + (size_t)l * sh->E;
                 double ds = max_rank_load(sh, ld, p2l[0] + (size_t)l * sh->S);
                 double ep = max_rank_load(sh, ld, p2l[1] + (size_t)l * sh->S);
-                /* Where DeepSeek puts two replicas of an expert on one rank
-                 * it in effect splits that expert unevenly, which the epx
-                 * policy refuses: only there may it come out higher. */
-                if (colocated(sh, p2l[0] + (size_t)l * sh->S)) {
-                    coloc_n++;
-                    coloc_worse += ep > ds * (1 + 1e-12);
-                } else if (ep > ds * (1 + 1e-12)) {
+                /* Never above DeepSeek, wherever it puts its replicas. */
+                coloc_n += colocated(sh, p2l[0] + (size_t)l * sh->S);
+                coloc_worse += colocated(sh, p2l[1] + (size_t)l * sh->S);
+                if (ep > ds * (1 + 1e-12)) {
                     fail_msg("%s trial %d layer %d: epx max rank load %.6f > "
                              "deepseek %.6f", sh->name, trial, l, ep, ds);
                 }
@@ -252,8 +245,8 @@ static void random_invariants(void **state)
     double avg = gain_sum / gain_n;
     printf("# zipf loads: epx max rank load %.2f%% below deepseek on average, "
            "strictly lower in %d of %d layers\n", 100 * avg, strictly, gain_n);
-    printf("# deepseek co-located replicas in %d layers; epx higher in %d "
-           "of them, never elsewhere\n", coloc_n, coloc_worse);
+    printf("# replicas of one expert on one rank: deepseek in %d layers, "
+           "epx in %d\n", coloc_n, coloc_worse);
     assert_true(avg > 0.005);
 }
 
@@ -421,12 +414,348 @@ static void metrics_by_hand(void **state)
     assert_true(b == 1.0 && im == 0.0);
 }
 
+/* ---- The optimum of small layers, by exhaustive search: every vector of
+ * replica counts (each >= 1, summing to S), and for each the best packing
+ * of its replicas (load w/c each) into R ranks of spr slots, by depth-first
+ * search over the items heaviest first (ranks in the same state are tried
+ * once).  Written apart from the planner: it shares no code with it. */
+typedef struct opt {
+    const double *w;
+    int E, R, spr;
+    int cnt[16];
+    double item[64], rest[65], rl[16], best;
+    int nfree[16], nitems;
+} opt_t;
+
+static int cmp_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x > y ? -1 : x < y;
+}
+
+static void opt_pack(opt_t *o, int i, double mx)
+{
+    if (mx >= o->best)
+        return;
+    if (i == o->nitems) {
+        o->best = mx;
+        return;
+    }
+    double room = 0;   /* what is left must fit below the best */
+    for (int r = 0; r < o->R; r++)
+        room += o->nfree[r] ? o->best - o->rl[r] : 0;
+    if (room <= o->rest[i])
+        return;
+    for (int r = 0; r < o->R; r++) {
+        int twin = 0;
+        for (int q = 0; q < r && !twin; q++)
+            twin = o->rl[q] == o->rl[r] && o->nfree[q] == o->nfree[r];
+        if (!o->nfree[r] || twin || o->rl[r] + o->item[i] >= o->best)
+            continue;
+        o->rl[r] += o->item[i];
+        o->nfree[r]--;
+        opt_pack(o, i + 1, o->rl[r] > mx ? o->rl[r] : mx);
+        o->nfree[r]++;
+        o->rl[r] -= o->item[i];
+    }
+}
+
+static void opt_counts(opt_t *o, int e, int left)
+{
+    if (e == o->E - 1) {
+        o->cnt[e] = left;
+        o->nitems = 0;
+        double top = 0;
+        for (int x = 0; x < o->E; x++)
+            for (int k = 0; k < o->cnt[x]; k++)
+                o->item[o->nitems++] = o->w[x] / o->cnt[x];
+        qsort(o->item, (size_t)o->nitems, sizeof(double), cmp_desc);
+        top = o->item[0];
+        if (top >= o->best)
+            return;
+        /* Some rank holds k+1 of the k*R+1 heaviest items. */
+        for (int k = 1; k < o->spr; k++) {
+            double lb = 0;
+            for (int j = k * o->R - k; j <= k * o->R; j++)
+                lb += o->item[j];
+            if (lb >= o->best)
+                return;
+        }
+        if (o->spr == 2) {   /* pairs: heaviest with lightest is optimal */
+            double mx = 0;
+            for (int j = 0; j < o->R; j++) {
+                double x = o->item[j] + o->item[o->nitems - 1 - j];
+                mx = x > mx ? x : mx;
+            }
+            o->best = mx < o->best ? mx : o->best;
+            return;
+        }
+        o->rest[o->nitems] = 0;
+        for (int k = o->nitems - 1; k >= 0; k--)
+            o->rest[k] = o->rest[k + 1] + o->item[k];
+        for (int r = 0; r < o->R; r++) {
+            o->rl[r] = 0;
+            o->nfree[r] = o->spr;
+        }
+        opt_pack(o, 0, 0);
+        return;
+    }
+    for (int c = 1; c <= left - (o->E - 1 - e); c++) {
+        o->cnt[e] = c;
+        opt_counts(o, e + 1, left - c);
+    }
+}
+
+static double optimum(const double *w, int E, int R, int spr)
+{
+    opt_t o = { .w = w, .E = E, .R = R, .spr = spr, .best = 1e300 };
+    opt_counts(&o, 0, R * spr);
+    return o.best;
+}
+
+/* FlashLB's example: 8 experts on 8 ranks of 2 slots.  Both greedy
+ * policies reach 232; the optimum with evenly split replicas is 590/3. */
+static void flashlb_example(void **state)
+{
+    (void)state;
+    static const double load[8] = { 600, 560, 120, 120, 20, 10, 10, 10 };
+    shape_t sh = { "flashlb", 1, 8, 16, 1, 1, 8 };
+    int32_t p2l[16], l2p[8 * 9], cnt[8];
+    double opt = optimum(load, 8, 8, 2), got[2];
+    assert_true(fabs(opt - 590.0 / 3) < 1e-9);
+    for (int k = 0; k < 2; k++) {
+        epx_balance_params_t p = params_of(&sh, k);
+        assert_int_equal(epx_balance_plan(&p, load, p2l, l2p, 9, cnt), EPX_OK);
+        check_plan(&sh, p2l, l2p, 9, cnt, 0);
+        got[k] = max_rank_load(&sh, load, p2l);
+    }
+    printf("# flashlb example: deepseek %.2f, epx %.2f, optimum %.2f\n",
+           got[0], got[1], opt);
+    assert_true(fabs(got[0] - 232) < 1e-9);
+    assert_true(got[1] <= opt * 1.02);
+}
+
+/* Small one-domain layers on fresh random loads: epx within 2 % of the
+ * optimum (and never below it, which checks the exhaustive search). */
+static void optimum_small(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "optimum_small") };
+    int n = 0, exact = 0;
+    double worst = 1, worst_ds = 1;
+    for (int trial = 0; trial < 150; trial++) {
+        int E = 2 + (int)epxt_below(&rng, 6);          /* 2..7 */
+        int R = 1 + (int)epxt_below(&rng, 4);          /* 1..4 */
+        int spr = 1 + (int)epxt_below(&rng, 3);        /* 1..3 */
+        if (R * spr < E)
+            spr = (E + R - 1) / R;
+        if (R * spr > 12)
+            continue;
+        shape_t sh = { "small", 1, E, R * spr, 1, 1, R };
+        double load[8];
+        int kind = trial % 3;
+        for (int e = 0; e < E; e++)
+            load[e] = kind == 0 ? 1e3 * pow(uniform01(&rng), 3)
+                      : kind == 1 ? (double)epxt_below(&rng, 5)
+                                  : 1 + 100 * uniform01(&rng);
+        if (trial % 17 == 0)
+            load[0] = 0;
+        int32_t p2l[12], l2p[8 * 12], cnt[8];
+        double got[2];
+        for (int k = 0; k < 2; k++) {
+            epx_balance_params_t p = params_of(&sh, k);
+            assert_int_equal(epx_balance_plan(&p, load, p2l, l2p, 12, cnt),
+                             EPX_OK);
+            check_plan(&sh, p2l, l2p, 12, cnt, 0);
+            got[k] = max_rank_load(&sh, load, p2l);
+        }
+        double opt = optimum(load, E, R, spr);
+        if (got[1] < opt * (1 - 1e-9) || got[1] > opt * 1.02 + 1e-12)
+            fail_msg("E=%d R=%d spr=%d: epx %.6f, optimum %.6f", E, R, spr,
+                     got[1], opt);
+        n++;
+        exact += got[1] <= opt * (1 + 1e-9);
+        if (opt > 0) {
+            worst = got[1] / opt > worst ? got[1] / opt : worst;
+            worst_ds = got[0] / opt > worst_ds ? got[0] / opt : worst_ds;
+        }
+    }
+    printf("# small layers: epx optimal in %d of %d, worst %.4f x optimum "
+           "(deepseek worst %.4f x)\n", exact, n, worst, worst_ds);
+}
+
+/* Production-sized layers, one domain, Zipf loads: within 2 % of the lower
+ * bound max(total / R, least possible largest replica), computed here by
+ * replaying the greedy replication, which minimises the largest replica. */
+static void lower_bound_large(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "lower_bound_large") };
+    static const shape_t big[] = {
+        { "256e-288s-72r", 4, 256, 288, 8, 1, 72 },
+        { "256e-320s-32r", 4, 256, 320, 8, 1, 32 },
+        { "64e-80s-16r", 4, 64, 80, 8, 1, 16 },
+    };
+    static const double zs[] = { 0.6, 1.0 };
+    for (size_t i = 0; i < 3; i++)
+        for (int z = 0; z < 2; z++) {
+            const shape_t *sh = &big[i];
+            double *load = malloc((size_t)sh->L * sh->E * sizeof(double));
+            int32_t *p2l = malloc((size_t)sh->L * sh->S * sizeof(int32_t));
+            int *c = malloc((size_t)sh->E * sizeof(int));
+            gen_load(&rng, LOAD_ZIPF, zs[z], sh->L, sh->E, load);
+            epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
+            assert_int_equal(epx_balance_plan(&p, load, p2l, NULL, 0, NULL),
+                             EPX_OK);
+            double worst = 0;
+            for (int l = 0; l < sh->L; l++) {
+                const double *ld = load + (size_t)l * sh->E;
+                double tot = 0, top = 0;
+                for (int e = 0; e < sh->E; e++) {
+                    c[e] = 1;
+                    tot += ld[e];
+                }
+                for (int k = sh->E; k < sh->S; k++) {
+                    int b = 0;
+                    for (int e = 1; e < sh->E; e++)
+                        if (ld[e] / c[e] > ld[b] / c[b])
+                            b = e;
+                    c[b]++;
+                }
+                for (int e = 0; e < sh->E; e++)
+                    top = ld[e] / c[e] > top ? ld[e] / c[e] : top;
+                double lb = tot / sh->R > top ? tot / sh->R : top;
+                double got = max_rank_load(sh, ld, p2l + (size_t)l * sh->S);
+                worst = got / lb > worst ? got / lb : worst;
+            }
+            printf("# %s zipf %.1f: epx worst %.4f x lower bound\n", sh->name,
+                   zs[z], worst);
+            /* Zipf 1.0 on few spare slots: the bound ignores that the
+             * rank of the largest replica holds spr - 1 more, so it is
+             * loose there; only reported. */
+            if (z == 0)
+                assert_true(worst <= 1.02);
+            free(load);
+            free(p2l);
+            free(c);
+        }
+}
+
+/* Budgeted re-planning: from a plan for old loads, new loads whose hot
+ * experts moved; at most the budget of slots change (counted here), no
+ * layer's max rank load rises, the report matches the placement, and
+ * more budget buys a lower total. */
+static void budgeted_replan(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "budgeted_replan") };
+    static const int64_t budgets[] = { 0, 1, 3, 10, 40, 200, 100000 };
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const shape_t *sh = &shapes[i];
+        size_t LS = (size_t)sh->L * sh->S, LE = (size_t)sh->L * sh->E;
+        double *load = malloc(LE * sizeof(double));
+        int32_t *cur = malloc(LS * sizeof(int32_t));
+        int32_t *p2l = malloc(LS * sizeof(int32_t));
+        int32_t *cnt = malloc(LE * sizeof(int32_t));
+        int maxrep = sh->S - sh->E + 1;
+        int32_t *l2p = malloc(LE * maxrep * sizeof(int32_t));
+        for (int trial = 0; trial < 4; trial++) {
+            gen_load(&rng, trial == 3 ? LOAD_SMALLINT : LOAD_ZIPF, 1.0, sh->L,
+                     sh->E, load);
+            epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
+            assert_int_equal(epx_balance_plan(&p, load, cur, NULL, 0, NULL),
+                             EPX_OK);
+            gen_load(&rng, LOAD_ZIPF, 1.0, sh->L, sh->E, load);  /* drift */
+            double before = 0, prev = 1e300;
+            for (int l = 0; l < sh->L; l++)
+                before += max_rank_load(sh, load + (size_t)l * sh->E,
+                                        cur + (size_t)l * sh->S);
+            for (size_t b = 0; b < sizeof(budgets) / sizeof(budgets[0]); b++) {
+                epx_balance_report_t rep;
+                p.current_phy2log = cur;
+                p.report = &rep;
+                p.bytes_per_slot = 1000;
+                /* Odd budgets as moves, even ones as bytes. */
+                p.max_moves = b % 2 ? budgets[b] : -1;
+                p.max_bytes = b % 2 ? -1 : budgets[b] * 1000 + 999;
+                epx_status_t st = epx_balance_plan(&p, load, p2l, l2p, maxrep,
+                                                   cnt);
+                if (st != EPX_OK)
+                    fail_msg("%s: %s", sh->name, epx_last_error());
+                check_plan(sh, p2l, l2p, maxrep, cnt, 0);
+                assert_int_equal(rep.moves, moved(cur, p2l, LS));
+                assert_true(rep.moves <= budgets[b]);
+                assert_true(rep.bytes == rep.moves * 1000);
+                double after = 0;
+                for (int l = 0; l < sh->L; l++) {
+                    const double *ld = load + (size_t)l * sh->E;
+                    double m0 = max_rank_load(sh, ld, cur + (size_t)l * sh->S);
+                    double m1 = max_rank_load(sh, ld, p2l + (size_t)l * sh->S);
+                    assert_true(m1 <= m0 * (1 + 1e-12));
+                    after += m1;
+                }
+                assert_true(fabs(rep.max_before - before) <= 1e-9 * before);
+                assert_true(fabs(rep.max_after - after) <= 1e-9 * (after + 1));
+                if (budgets[b] == 0)
+                    assert_int_equal(rep.moves, 0);
+                /* The last budget is unbounded in effect: below the first. */
+                if (budgets[b] == 100000 && before > 0)
+                    assert_true(after < before || after <= prev);
+                prev = after;
+            }
+        }
+        free(load); free(cur); free(p2l); free(cnt); free(l2p);
+    }
+}
+
+/* Budget errors, and a caller built against version 1 of the params. */
+static void budget_errors(void **state)
+{
+    (void)state;
+    shape_t sh = { "b", 1, 16, 24, 4, 2, 8 };
+    double load[16];
+    for (int e = 0; e < 16; e++)
+        load[e] = 1 + e * e;
+    int32_t cur[24], p2l[24], plain[24];
+    epx_balance_params_t p = params_of(&sh, EPX_BALANCE_EPX), q;
+    assert_int_equal(epx_balance_plan(&p, load, cur, NULL, 0, NULL), EPX_OK);
+    q = p; q.max_moves = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "current_phy2log");
+    q.current_phy2log = cur;
+    q.policy = EPX_BALANCE_DEEPSEEK;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "EPX policy");
+    q = p; q.current_phy2log = cur; q.max_bytes = 10;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "bytes_per_slot");
+    int32_t bad[24];
+    memcpy(bad, cur, sizeof(bad));
+    for (int s = 0; s < 24; s++)
+        bad[s] = bad[s] == 7 ? 8 : bad[s];
+    q = p; q.current_phy2log = bad; q.max_moves = 3;
+    expect_plan_error(&q, load, 9, EPX_ERR_INVALID, "no slot for expert 7");
+    /* Version 1: the fields past current_phy2log are not read. */
+    for (int e = 0; e < 16; e++)
+        load[e] = 1 + (e * 7) % 16 * 10;
+    q = p; q.current_phy2log = cur;
+    assert_int_equal(epx_balance_plan(&q, load, plain, NULL, 0, NULL), EPX_OK);
+    q.struct_size = offsetof(epx_balance_params_t, max_moves);
+    q.version = 1;
+    q.max_moves = 0;
+    q.report = (epx_balance_report_t *)8;   /* would crash if written */
+    assert_int_equal(epx_balance_plan(&q, load, p2l, NULL, 0, NULL), EPX_OK);
+    assert_memory_equal(p2l, plain, sizeof(plain));
+}
+
 int main(void)
 {
     epxt_init("test_plan");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(eplb_example),
         cmocka_unit_test(random_invariants),
+        cmocka_unit_test(flashlb_example),
+        cmocka_unit_test(optimum_small),
+        cmocka_unit_test(lower_bound_large),
+        cmocka_unit_test(budgeted_replan),
+        cmocka_unit_test(budget_errors),
         cmocka_unit_test(keep_in_place),
         cmocka_unit_test(bad_input),
         cmocka_unit_test(metrics_by_hand),

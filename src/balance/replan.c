@@ -1,0 +1,86 @@
+/* Budgeted re-planning: from the placement in use and new loads, the best
+ * placement reachable with a bounded number of changed slots.  Every layer
+ * keeps its own local-search state and its best next step (search.c);
+ * the budget goes, one step at a time, to the layer whose next step lowers
+ * its max rank load most per slot moved.  A layer's step is searched again
+ * only after it changed or when the budget left no longer covers it, so
+ * the work is about (layers + steps taken) searches. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "balance/balance.h"
+
+typedef struct layer_q {
+    bal_step_t step;
+    int has, budget_seen;    /* a step is cached; the budget it was found with */
+} layer_q_t;
+
+epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
+                             const int32_t *current, int64_t budget,
+                             int32_t *phy2log, int32_t *phyrank,
+                             int32_t *logcnt, double *max_before,
+                             double *max_after)
+{
+    int L = sh->L, E = sh->E, S = sh->S, R = sh->R;
+    int D = sh->hier ? sh->D : 1;
+    bal_ls_t *ls = calloc((size_t)L, sizeof(bal_ls_t));
+    layer_q_t *q = calloc((size_t)L, sizeof(layer_q_t));
+    epx_status_t st = ls && q ? EPX_OK
+                              : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    int nalloc = 0;
+    for (; st == EPX_OK && nalloc < L; nalloc++)
+        st = epx__bal_ls_alloc(&ls[nalloc], E, R, S, D);
+    if (st != EPX_OK)
+        goto out;
+    *max_before = *max_after = 0;
+    int cap = budget > INT32_MAX ? INT32_MAX : (int)budget;
+    for (int l = 0; l < L; l++) {
+        bal_ls_t *x = &ls[l];
+        x->spr = sh->spr;
+        x->rpd = R / D;
+        x->distinct = sh->spr <= E;
+        x->w = load + (size_t)l * E;
+        epx__bal_ls_load(x, current + (size_t)l * S, current + (size_t)l * S);
+        *max_before += epx__bal_ls_max(x);
+        q[l].has = epx__bal_ls_find(x, cap, &q[l].step);
+        q[l].budget_seen = cap;
+    }
+    for (;;) {
+        int best = -1;
+        for (int l = 0; l < L; l++) {
+            if (!q[l].has)
+                continue;
+            if (q[l].step.cost > cap) {   /* found with more budget: again */
+                q[l].has = epx__bal_ls_find(&ls[l], cap, &q[l].step);
+                q[l].budget_seen = cap;
+                if (!q[l].has)
+                    continue;
+            }
+            if (best < 0 || q[l].step.val > q[best].step.val)
+                best = l;
+        }
+        if (best < 0)
+            break;
+        epx__bal_ls_apply(&ls[best], &q[best].step);
+        cap -= q[best].step.cost;
+        q[best].has = epx__bal_ls_find(&ls[best], cap, &q[best].step);
+        q[best].budget_seen = cap;
+    }
+    for (int l = 0; l < L; l++) {
+        bal_ls_t *x = &ls[l];
+        int32_t *p = phy2log + (size_t)l * S, *pr = phyrank + (size_t)l * S;
+        int32_t *c = logcnt + (size_t)l * E;
+        *max_after += epx__bal_ls_max(x);
+        memcpy(p, x->slot, (size_t)S * sizeof(int32_t));
+        memset(c, 0, (size_t)E * sizeof(int32_t));
+        for (int s = 0; s < S; s++)
+            pr[s] = c[p[s]]++;
+    }
+out:
+    for (int l = 0; l < nalloc; l++)
+        epx__bal_ls_free(&ls[l]);
+    free(ls);
+    free(q);
+    return st;
+}

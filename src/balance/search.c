@@ -1,0 +1,396 @@
+/* Local search on one layer's placement: steps that change one slot's
+ * expert (a replica taken from one expert and given to another) or swap
+ * two slots between ranks, each chosen to lower the heaviest rank.  Used
+ * to improve a fresh plan (no budget) and for budgeted re-planning (each
+ * step costs the slots it makes differ from the placement in use).
+ * A step is evaluated in O(replicas of the two experts): per-expert slot
+ * lists and a load-sorted rank order give the untouched ranks' maximum. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "balance/balance.h"
+
+epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
+{
+    memset(ls, 0, sizeof(*ls));
+    ls->slot = malloc((size_t)S * sizeof(int32_t));
+    ls->nxt = malloc((size_t)S * sizeof(int32_t));
+    ls->head = malloc((size_t)E * sizeof(int32_t));
+    ls->cnt = malloc((size_t)E * sizeof(int32_t));
+    ls->held = malloc((size_t)R * E * sizeof(int32_t));
+    ls->dcnt = malloc((size_t)D * E * sizeof(int32_t));
+    ls->rl = malloc((size_t)R * sizeof(double));
+    ls->nl = malloc((size_t)R * sizeof(double));
+    ls->stamp = calloc((size_t)R, sizeof(int32_t));
+    ls->order = malloc((size_t)R * sizeof(int32_t));
+    ls->touched = malloc((size_t)R * sizeof(int32_t));
+    ls->pen = malloc((size_t)E * sizeof(double));
+    ls->xe = malloc((size_t)E * sizeof(double));
+    ls->top = malloc((size_t)E * sizeof(int32_t));
+    ls->E = E;
+    ls->R = R;
+    ls->rpd = R;
+    if (!ls->touched || !ls->pen || !ls->xe || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+        !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
+        epx__bal_ls_free(ls);
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    }
+    return EPX_OK;
+}
+
+void epx__bal_ls_free(bal_ls_t *ls)
+{
+    free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
+    free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
+    free(ls->stamp); free(ls->order); free(ls->touched);
+    free(ls->pen); free(ls->top); free(ls->xe);
+    memset(ls, 0, sizeof(*ls));
+}
+
+static double rank_load(const bal_ls_t *ls, int r)
+{
+    double s = 0;
+    for (int j = 0; j < ls->spr; j++) {
+        int e = ls->slot[r * ls->spr + j];
+        s += ls->w[e] / ls->cnt[e];
+    }
+    return s;
+}
+
+/* Insertion sort of the ranks by load, descending (lowest rank on ties);
+ * after one step the order is nearly sorted, so this is about O(R). */
+static void sort_ranks(bal_ls_t *ls)
+{
+    int32_t *o = ls->order;
+    for (int i = 1; i < ls->R; i++) {
+        int32_t r = o[i];
+        int j = i;
+        while (j > 0 && (ls->rl[o[j - 1]] < ls->rl[r] ||
+                         (ls->rl[o[j - 1]] == ls->rl[r] && o[j - 1] > r))) {
+            o[j] = o[j - 1];
+            j--;
+        }
+        o[j] = r;
+    }
+}
+
+void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
+{
+    int E = ls->E, R = ls->R, S = ls->R * ls->spr;
+    memcpy(ls->slot, slot, (size_t)S * sizeof(int32_t));
+    ls->orig = orig;
+    ls->changed = 0;
+    memset(ls->cnt, 0, (size_t)E * sizeof(int32_t));
+    memset(ls->held, 0, (size_t)R * E * sizeof(int32_t));
+    memset(ls->dcnt, 0, (size_t)(R / ls->rpd) * E * sizeof(int32_t));
+    for (int e = 0; e < E; e++)
+        ls->head[e] = -1;
+    for (int s = S - 1; s >= 0; s--) {
+        int e = slot[s], r = s / ls->spr;
+        ls->cnt[e]++;
+        ls->held[r * E + e]++;
+        ls->dcnt[(r / ls->rpd) * E + e]++;
+        ls->nxt[s] = ls->head[e];
+        ls->head[e] = s;
+        if (orig)
+            ls->changed += slot[s] != orig[s];
+    }
+    for (int r = 0; r < R; r++) {
+        ls->rl[r] = rank_load(ls, r);
+        ls->order[r] = r;
+    }
+    sort_ranks(ls);
+}
+
+double epx__bal_ls_max(const bal_ls_t *ls)
+{
+    return ls->rl[ls->order[0]];
+}
+
+/* Maximum and number of ranks within tol of it, over the ranks stamped in
+ * this evaluation (new loads in nl) and the others (loads in rl). */
+static void new_max(const bal_ls_t *ls, const int32_t *touched, int nt,
+                    double *mx, int *n)
+{
+    double m = -1;
+    for (int i = 0; i < nt; i++)
+        if (ls->nl[touched[i]] > m)
+            m = ls->nl[touched[i]];
+    for (int i = 0; i < ls->R; i++) {
+        int r = ls->order[i];
+        if (ls->stamp[r] != ls->stampv) {
+            if (ls->rl[r] > m)
+                m = ls->rl[r];
+            break;
+        }
+    }
+    double tol = 1e-12 * m;
+    int c = 0;
+    for (int i = 0; i < nt; i++)
+        c += ls->nl[touched[i]] >= m - tol;
+    for (int i = 0; i < ls->R && ls->rl[ls->order[i]] >= m - tol; i++)
+        c += ls->stamp[ls->order[i]] != ls->stampv;
+    *mx = m;
+    *n = c;
+}
+
+static int touch(bal_ls_t *ls, int r, int32_t *touched, int nt)
+{
+    if (ls->stamp[r] != ls->stampv) {
+        ls->stamp[r] = ls->stampv;
+        ls->nl[r] = ls->rl[r];
+        touched[nt++] = r;
+    }
+    return nt;
+}
+
+/* Slots that would differ from the placement in use, minus those that do. */
+static int cost_of(const bal_ls_t *ls, int s, int e)
+{
+    if (!ls->orig)
+        return 0;
+    return (e != ls->orig[s]) - (ls->slot[s] != ls->orig[s]);
+}
+
+/* Slot s takes expert b instead of its expert a. */
+static void eval_reassign(bal_ls_t *ls, int s, int b, int32_t *touched,
+                          double *mx, int *n)
+{
+    int a = ls->slot[s], nt = 0;
+    double xa0 = ls->w[a] / ls->cnt[a], xa1 = ls->w[a] / (ls->cnt[a] - 1);
+    double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
+    ls->stampv++;
+    for (int t = ls->head[a]; t >= 0; t = ls->nxt[t]) {
+        int q = t / ls->spr;
+        nt = touch(ls, q, touched, nt);
+        ls->nl[q] += t == s ? -xa0 : xa1 - xa0;
+    }
+    for (int t = ls->head[b]; t >= 0; t = ls->nxt[t]) {
+        int q = t / ls->spr;
+        nt = touch(ls, q, touched, nt);
+        ls->nl[q] += xb1 - xb0;
+    }
+    nt = touch(ls, s / ls->spr, touched, nt);
+    ls->nl[s / ls->spr] += xb1;
+    new_max(ls, touched, nt, mx, n);
+}
+
+static void eval_swap(bal_ls_t *ls, int sa, int sb, int32_t *touched,
+                      double *mx, int *n)
+{
+    int a = ls->slot[sa], b = ls->slot[sb], h = sa / ls->spr, q = sb / ls->spr;
+    double xa = ls->w[a] / ls->cnt[a], xb = ls->w[b] / ls->cnt[b];
+    ls->stampv++;
+    int nt = touch(ls, h, touched, 0);
+    nt = touch(ls, q, touched, nt);
+    ls->nl[h] += xb - xa;
+    ls->nl[q] += xa - xb;
+    new_max(ls, touched, nt, mx, n);
+}
+
+/* Is (mx, n) better than (bm, bn)?  Lower maximum, or the same maximum
+ * held by fewer ranks. */
+static int better(double mx, int n, double bm, int bn)
+{
+    double tol = 1e-12 * (bm > mx ? bm : mx);
+    if (mx < bm - tol)
+        return 1;
+    return mx <= bm + tol && n < bn;
+}
+
+/* Candidate score: with a budget, improvement per slot moved; without,
+ * the new (max, n) alone. */
+typedef struct cand {
+    int found, kind, s1, s2, b, cost;
+    double mx, val;
+    int n;
+} cand_t;
+
+static void consider(const bal_ls_t *ls, cand_t *best, int kind, int s1,
+                     int s2, int b, double mx, int n, double cur, int curn,
+                     int cost, int budget)
+{
+    if (!better(mx, n, cur, curn) || cost > budget)
+        return;
+    if (ls->orig) {
+        /* Gain per slot moved; a step at the same maximum gains a little
+         * (it takes a rank off the maximum). */
+        double gain = cur - mx;
+        if (gain <= 1e-12 * cur)
+            gain = 1e-9 * cur * (curn - n);
+        double val = gain / (cost > 0 ? cost : 0.5);
+        if (!best->found || val > best->val) {
+            *best = (cand_t){ 1, kind, s1, s2, b, cost, mx, val, n };
+        }
+    } else if (!best->found || better(mx, n, best->mx, best->n)) {
+        *best = (cand_t){ 1, kind, s1, s2, b, cost, mx, 0, n };
+    }
+}
+
+static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
+                         int curn, int budget)
+{
+    double mx;
+    int n, cost = cost_of(ls, s, b);
+    if (cost > budget)
+        return;
+    eval_reassign(ls, s, b, ls->touched, &mx, &n);
+    consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+}
+
+int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
+{
+    int E = ls->E, spr = ls->spr, R = ls->R, S = R * spr;
+    int h = ls->order[0];
+    double cur = ls->rl[h], mx;
+    int curn = 0, n;
+    for (int i = 0; i < R && ls->rl[ls->order[i]] >= cur - 1e-12 * cur; i++)
+        curn++;
+    int32_t *touched = ls->touched;
+    cand_t best = { 0 };
+    /* Giving up a replica of a raises a's other holders: pen[a] is the
+     * heaviest of them after the change, top[a] that holder (a slot on
+     * it may still be worth giving up, since that rank loses the slot). */
+    double tol = 1e-12 * cur;
+    for (int a = 0; a < E; a++) {
+        ls->xe[a] = ls->w[a] / ls->cnt[a];
+        ls->pen[a] = 1e300;
+        if (ls->cnt[a] < 2)
+            continue;
+        double d = ls->w[a] / (ls->cnt[a] - 1) - ls->w[a] / ls->cnt[a], m = -1;
+        for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
+            if (ls->rl[t / spr] > m) {
+                m = ls->rl[t / spr];
+                ls->top[a] = t / spr;
+            }
+        ls->pen[a] = m + d;
+    }
+    /* Swaps of an item of h with a lighter item of another rank. */
+    for (int ja = 0; ja < spr; ja++) {
+        int sa = h * spr + ja, a = ls->slot[sa];
+        double xa = ls->xe[a];
+        for (int sb = 0; sb < S; sb++) {
+            int q = sb / spr, b = ls->slot[sb];
+            if (q == h || b == a || ls->xe[b] >= xa ||
+                q / ls->rpd != h / ls->rpd)
+                continue;
+            if (ls->distinct && (ls->held[h * E + b] || ls->held[q * E + a]))
+                continue;
+            double xb = ls->xe[b];
+            if (ls->rl[q] - xb + xa >= cur - 1e-12 * cur)
+                continue;      /* q would reach the max */
+            int cost = cost_of(ls, sa, b) + cost_of(ls, sb, a);
+            if (cost > budget)
+                continue;
+            eval_swap(ls, sa, sb, touched, &mx, &n);
+            consider(ls, &best, 1, sa, sb, 0, mx, n, cur, curn, cost, budget);
+        }
+    }
+    /* One more replica of an expert b of h, in a slot taken from an
+     * expert a with replicas to spare. */
+    for (int jb = 0; jb < spr; jb++) {
+        int b = ls->slot[h * spr + jb], dup = 0;
+        for (int j = 0; j < jb; j++)
+            dup |= ls->slot[h * spr + j] == b;
+        if (dup || ls->w[b] <= 0)
+            continue;
+        double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
+        if (ls->rl[h] - ls->held[h * E + b] * (xb0 - xb1) >= cur - tol &&
+            curn == 1)
+            continue;          /* h stays the heaviest */
+        for (int s = 0; s < S; s++) {
+            int a = ls->slot[s], r = s / spr;
+            if (a == b || ls->cnt[a] < 2 ||
+                (ls->pen[a] >= cur - tol && ls->top[a] != r) ||
+                ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
+                (ls->distinct && ls->held[r * E + b]) ||
+                (ls->rpd < R && !ls->dcnt[(r / ls->rpd) * E + b]))
+                continue;
+            try_reassign(ls, &best, s, b, cur, curn, budget);
+        }
+    }
+    /* A slot of h given up by its expert a to some lighter expert b. */
+    for (int ja = 0; ja < spr; ja++) {
+        int s = h * spr + ja, a = ls->slot[s];
+        if (ls->cnt[a] < 2 || (ls->pen[a] >= cur - tol && ls->top[a] != h))
+            continue;
+        double xa0 = ls->w[a] / ls->cnt[a];
+        for (int b = 0; b < E; b++) {
+            if (b == a || (ls->distinct && ls->held[h * E + b]) ||
+                ls->rl[h] - xa0 + ls->w[b] / (ls->cnt[b] + 1) >= cur - tol ||
+                (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
+                continue;
+            try_reassign(ls, &best, s, b, cur, curn, budget);
+        }
+    }
+    if (!best.found)
+        return 0;
+    step->kind = best.kind;
+    step->s1 = best.s1;
+    step->s2 = best.s2;
+    step->b = best.b;
+    step->cost = best.cost;
+    step->gain = cur - best.mx;
+    step->val = best.val;
+    return 1;
+}
+
+static void list_remove(bal_ls_t *ls, int e, int s)
+{
+    int32_t *p = &ls->head[e];
+    while (*p != s)
+        p = &ls->nxt[*p];
+    *p = ls->nxt[s];
+}
+
+/* Slot s takes expert b (lists, counts, held, changed; loads not). */
+static void set_slot(bal_ls_t *ls, int s, int b)
+{
+    int a = ls->slot[s], r = s / ls->spr, E = ls->E;
+    int d = r / ls->rpd;
+    if (ls->orig)
+        ls->changed += cost_of(ls, s, b);
+    list_remove(ls, a, s);
+    ls->nxt[s] = ls->head[b];
+    ls->head[b] = s;
+    ls->slot[s] = b;
+    ls->cnt[a]--;
+    ls->cnt[b]++;
+    ls->held[r * E + a]--;
+    ls->held[r * E + b]++;
+    ls->dcnt[d * E + a]--;
+    ls->dcnt[d * E + b]++;
+}
+
+void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step)
+{
+    int spr = ls->spr;
+    if (step->kind == 1) {
+        int a = ls->slot[step->s1], b = ls->slot[step->s2];
+        set_slot(ls, step->s1, b);
+        set_slot(ls, step->s2, a);
+        ls->rl[step->s1 / spr] = rank_load(ls, step->s1 / spr);
+        ls->rl[step->s2 / spr] = rank_load(ls, step->s2 / spr);
+    } else {
+        int a = ls->slot[step->s1], b = step->b;
+        set_slot(ls, step->s1, b);
+        /* Every rank holding a or b, and the slot's rank, changes load. */
+        for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
+            ls->rl[t / spr] = rank_load(ls, t / spr);
+        for (int t = ls->head[b]; t >= 0; t = ls->nxt[t])
+            ls->rl[t / spr] = rank_load(ls, t / spr);
+    }
+    sort_ranks(ls);
+}
+
+int epx__bal_ls_improve(bal_ls_t *ls, long max_steps)
+{
+    bal_step_t st;
+    int steps = 0;
+    for (long i = 0; i < max_steps && epx__bal_ls_find(ls, INT32_MAX, &st); i++) {
+        epx__bal_ls_apply(ls, &st);
+        steps++;
+    }
+    return steps;
+}
