@@ -37,43 +37,7 @@ static void host_identity(epx_rank_info_t *ri)
     ri->pid = (int32_t)getpid();
 }
 
-epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
-                                 void *recv, size_t bytes)
-{
-    return comm->boot->allgather(comm->boot, send, recv, bytes);
-}
-
-epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
-                             int *bad_rank)
-{
-    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)comm->nranks);
-    if (bad_rank)
-        *bad_rank = -1;
-    if (!all)   /* cannot take part: the peers' all-gather times out */
-        return epx__error(EPX_ERR_NOMEM, "comm: out of memory");
-    epx_status_t st = epx__comm_allgather(comm, &v, all, sizeof(v));
-    for (int r = 0; r < comm->nranks && st == EPX_OK; r++)
-        if (all[r] != EPX_OK) {
-            st = (epx_status_t)all[r];
-            if (bad_rank)
-                *bad_rank = r;
-        }
-    free(all);
-    return st;
-}
-
-epx_status_t epx__comm_agree_peer(epx_comm_t *comm, epx_status_t mine,
-                                  const char *what)
-{
-    int bad = -1;
-    epx_status_t st = epx__comm_agree(comm, mine, &bad);
-    if (mine != EPX_OK || bad < 0)
-        return mine != EPX_OK ? mine : st;
-    return epx__error(EPX_ERR_PEER, "%s: rank %d failed (%s)", what, bad,
-                      epx_status_str(st));
-}
-
-double epx__comm_timeout(const epx_comm_t *comm) { return comm->timeout_s; }
+static void comm_teardown(epx_comm_t *comm);
 
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
                                    const char *job, epx_comm_t **out)
@@ -90,6 +54,7 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     c->nranks = boot->nranks;
     c->timeout_s = timeout_s;
     c->boot = boot;
+    c->teardown = comm_teardown;
     while ((1 << c->barrier_rounds) < c->nranks)
         c->barrier_rounds++;
 
@@ -250,17 +215,6 @@ void epx_comm_destroy(epx_comm_t *comm)
         return;
     }
     comm_teardown(comm);
-}
-
-void epx__comm_hold(epx_comm_t *comm)
-{
-    comm->nwin++;
-}
-
-void epx__comm_win_gone(epx_comm_t *comm)
-{
-    if (--comm->nwin == 1 && comm->destroyed && !comm->tearing)
-        comm_teardown(comm);
 }
 
 int epx_comm_rank(const epx_comm_t *comm) { return comm ? comm->rank : -1; }

@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "util/util.h"
-#include "core/comm.h"
+#include "core/group.h"
 #include "transport/transport.h"
 
 typedef struct multi_win {

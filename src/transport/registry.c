@@ -1,7 +1,7 @@
 /* The backends built into this library, by name, and which one reaches a
  * peer (tests ask; the conformance suite skips a backend not built). */
 #include <string.h>
-#include "core/comm.h"
+#include "core/group.h"
 #include "transport/transport.h"
 
 const epx_tl_ops_t *epx__tl_find(const char *name)

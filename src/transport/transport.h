@@ -41,6 +41,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "epx.h"
+#include "core/group.h"
 
 typedef struct epx_win epx_win_t;
 
@@ -63,8 +64,6 @@ typedef struct epx_tl_ops {
     void (*idle)(epx_win_t *win, long ns);
 } epx_tl_ops_t;
 
-/* Backends, by index in epx_comm_t.peer_tl. */
-enum { EPX_TL_SHM = 0, EPX_TL_UCX = 1, EPX_TL_COUNT = 2 };
 
 extern const epx_tl_ops_t epx__tl_shm;
 extern const epx_tl_ops_t epx__tl_multi;
@@ -149,5 +148,16 @@ static inline void epx__win_progress(epx_win_t *w)
 /* Direct load/store address of a peer's window, or NULL. */
 static inline void *epx__win_peer_ptr(epx_win_t *w, int peer)
 { return w->peer[peer]; }
+
+/* UCX per communicator (src/transport/ucx): collective when any pair uses
+ * UCX; a rank without UCX peers takes part without opening anything. */
+epx_status_t epx__ucx_comm_init(epx_comm_t *comm);
+/* clean: every rank reached this point together (the destruction
+ * barriers passed); otherwise the worker is left to the process exit. */
+void epx__ucx_comm_fini(epx_comm_t *comm, int clean);
+/* Local: returns once every put and signal this rank issued over UCX has
+ * landed in its target's memory (a worker flush: over tcp a put lands
+ * only when its target progresses, so this progresses ours meanwhile). */
+epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm);
 
 #endif /* EPX_TRANSPORT_H */

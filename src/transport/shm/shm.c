@@ -34,7 +34,7 @@
 #endif
 
 #include "util/util.h"
-#include "core/comm.h"
+#include "core/group.h"
 #include "transport/transport.h"
 
 typedef struct shm_signal {

@@ -4,7 +4,8 @@
 #define EPX_TRANSPORT_UCX_H
 
 #include <ucp/api/ucp.h>
-#include "core/comm.h"
+#include "core/group.h"
+#include "transport/transport.h"
 
 /* What the active-message handler (ucx_am.c) needs of a window. */
 typedef struct epx_ucx_win_view {

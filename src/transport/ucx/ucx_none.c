@@ -1,7 +1,8 @@
 /* Built without UCX: selection never gives a pair to ucx (it refuses with
  * EPX_ERR_UNSUPPORTED), so these are never reached with UCX peers. */
 #include "util/util.h"
-#include "core/comm.h"
+#include "core/group.h"
+#include "transport/transport.h"
 
 epx_status_t epx__ucx_comm_init(epx_comm_t *comm)
 {

@@ -311,7 +311,7 @@ static epx_status_t not_ucx(const epx_win_t *win, const char *op, int peer)
 {
     return epx__error(EPX_ERR_INVALID, "ucx: %s to rank %d, which rank %d "
                       "reaches by %s", op, peer, win->comm->rank,
-                      epx__comm_peer_transport(win->comm, peer));
+                      epx__win_peer_tl(win, peer));
 }
 
 static epx_status_t ucx_put(epx_win_t *win, int peer, size_t off,

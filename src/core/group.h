@@ -1,0 +1,68 @@
+/*
+ * The communicator's lower half: its data, and the collectives of its
+ * bootstrap (all-gather, agreement).  Everything here sits below the
+ * transports, which use it to set up windows; the communicator's upper
+ * half (core/comm.h: creation, transport selection, barrier) sits above
+ * them.  Nothing here includes a transport header.
+ */
+#ifndef EPX_CORE_GROUP_H
+#define EPX_CORE_GROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "epx.h"
+#include "core/bootstrap.h"
+
+/* Backends, by index in epx_comm_t.peer_tl (src/transport). */
+enum { EPX_TL_SHM = 0, EPX_TL_UCX = 1, EPX_TL_COUNT = 2 };
+
+struct epx_win;
+
+struct epx_comm {
+    int rank, nranks;
+    double timeout_s;
+    epx_boot_t *boot;
+    char job[40];               /* unique job id shared by all ranks (hex) */
+    unsigned next_win;          /* windows created so far (names) */
+    size_t shm_bytes;           /* live shm windows of this rank (bytes) */
+    int nwin;                   /* live windows, the barrier's included */
+    int destroyed;              /* epx_comm_destroy called; teardown waits
+                                   for the engines' windows */
+    int tearing;                /* teardown under way */
+    uint8_t *peer_tl;           /* [nranks] EPX_TL_* reaching each rank */
+    int tl_peers[EPX_TL_COUNT]; /* ranks (self included) per backend */
+    int ucx_any;                /* some pair of the comm uses ucx */
+    struct epx_ucx_comm *ucx;   /* UCX context, worker, endpoints, or NULL */
+    struct epx_win *ctl;             /* barrier window */
+    uint64_t barrier_epoch;
+    int barrier_rounds;         /* ceil(log2(nranks)) dissemination rounds */
+    void *owned;                /* freed with the comm (bootstrap context) */
+    epx_topo_t *topo;           /* epx_comm_topology's map, built on first use */
+    /* frees the communicator once destroyed and its last window gone
+     * (comm.c: the upper half, which group.c may not call by name) */
+    void (*teardown)(epx_comm_t *comm);
+};
+
+epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
+                                 void *recv, size_t bytes);
+/* Collective: every rank learns whether every rank succeeded.  Returns
+ * EPX_OK, or the first failed rank's status (lowest rank) with that rank
+ * in *bad_rank (may be NULL; -1 when the all-gather itself failed or all
+ * succeeded).  Call it on every path, failed or not, before a step that
+ * needs all ranks, so one rank's local failure fails all of them at once
+ * instead of leaving the others waiting. */
+epx_status_t epx__comm_agree(epx_comm_t *comm, epx_status_t mine,
+                             int *bad_rank);
+/* The same, returning this rank's own failure as is and a peer's as
+ * EPX_ERR_PEER, "<what>: rank N failed (its status)". */
+epx_status_t epx__comm_agree_peer(epx_comm_t *comm, epx_status_t mine,
+                                  const char *what);
+double epx__comm_timeout(const epx_comm_t *comm);
+/* A window of the communicator was destroyed: the last engine window of a
+ * communicator already destroyed by the caller completes its teardown. */
+void epx__comm_win_gone(epx_comm_t *comm);
+/* A user of the communicator other than a window (a device rank's
+ * engine) holds it as a window does; epx__comm_win_gone lets go. */
+void epx__comm_hold(epx_comm_t *comm);
+
+#endif /* EPX_CORE_GROUP_H */
