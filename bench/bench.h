@@ -78,6 +78,15 @@ typedef struct bench_opts {
     int slots;                 /* 0: experts + experts/8, to a rank multiple */
     epx_balance_policy_t policy;
     int groups, domains;
+    /* --drift: the online loop on a drifting load trace (drift.c) */
+    int drift;
+    int layers;                /* --layers (4) */
+    int window;                /* --window: steps of load the plan sees
+                                  (0: --replan-every) */
+    int64_t max_moves;         /* --max-moves: slots per re-plan (-1: any) */
+    int64_t bytes_per_slot;    /* --bytes-per-slot */
+    const char *load_trace;    /* --load-trace: a recorded trace */
+    const char *plot;          /* --plot: SVG through gnuplot */
     /* --overlap: two micro-batches through two engines, a GEMM expert
      * (run_overlap.c, expert_ffn.c) */
     int overlap;
@@ -102,6 +111,8 @@ typedef struct bench_summary {
 enum { BENCH_DEVICE_HOST = 0, BENCH_DEVICE_CUDA = 1 };
 /* Exit status of --device cuda where there is no GPU (or no CUDA build). */
 enum { BENCH_EXIT_NO_GPU = 3 };
+/* drift.c: the whole --drift run; returns the exit status. */
+int bench_drift_main(const bench_opts_t *o);
 /* cuda_bench.c: the whole --device cuda run; returns the exit status. */
 int bench_cuda_main(const bench_opts_t *o);
 /* report.c: a JSON string (escaped) and a number (null if not finite). */

@@ -17,6 +17,11 @@ int main(int argc, char **argv)
     /* Before any launch: forked ranks and mpirun's processes inherit it. */
     if (o.transport)
         setenv("EPX_TRANSPORTS", o.transport, 1);
+    if (o.drift) {                      /* the planner alone, no ranks */
+        rc = bench_drift_main(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
     if (o.device == BENCH_DEVICE_CUDA) {   /* threads of this process */
         rc = bench_cuda_main(&o);
         bench_opts_free(&o);

@@ -116,6 +116,25 @@ static const char bench_usage[] =
 "  --policy epx|deepseek planner policy (epx)\n"
 "  --groups G, --domains D  expert groups and rank domains of the plan (1)\n"
 "\n"
+"Online rebalancing on a drifting load (--drift: no ranks are started,\n"
+"the loads are planned and measured as the balancer sees them):\n"
+"  --drift               --steps steps of a generated trace (--layers, --experts,\n"
+"                        Zipf --routing zipf:S over experts whose ranking\n"
+"                        rotates by one every few steps) or --load-trace;\n"
+"                        every --replan-every steps the epx policy re-plans\n"
+"                        from the placement in use within --max-moves, the\n"
+"                        DeepSeek policy from scratch; per step max/mean\n"
+"                        rank load of none, epx and DeepSeek, slots and\n"
+"                        bytes moved, planning time\n"
+"  --layers N            layers of the generated trace (4)\n"
+"  --window N            steps of load a plan sees (--replan-every)\n"
+"  --max-moves N         slots the epx re-plan may change (-1: any) (32)\n"
+"  --bytes-per-slot B    one expert's weights (44040192: 3 x 7168 x 2048 fp8)\n"
+"  --load-trace FILE     recorded loads: one line per step, layers x experts\n"
+"                        numbers (layer-major), '#' lines ignored\n"
+"  --plot FILE.svg       max/mean per step through gnuplot (skipped with a\n"
+"                        note when gnuplot is absent)\n"
+"\n"
 "Domains (the ranks' domains from the communicator's topology; on one\n"
 "host, EPX_TOPO_FILE=gb200-nvl72-x2 or a description of several hosts\n"
 "places the ranks on several domains):\n"
@@ -349,6 +368,9 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
     o->impl_mask = (1u << BENCH_NIMPL) - 1;
     o->launcher = BENCH_LAUNCH_AUTO;
     o->replan_every = 5;
+    o->layers = 4;
+    o->max_moves = 32;
+    o->bytes_per_slot = 44040192;
     o->policy = EPX_BALANCE_EPX;
     o->groups = o->domains = 1;
     o->blas_threads = 1;
@@ -447,6 +469,35 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--blas-threads")) {
             if (parse_int(name, NEXT(), 1, 1024, &o->blas_threads))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--drift")) {
+            o->drift = 1;
+        } else if (!strcmp(name, "--layers")) {
+            if (parse_int(name, NEXT(), 1, 1 << 12, &o->layers))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--window")) {
+            if (parse_int(name, NEXT(), 1, 1000000, &o->window))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--max-moves")) {
+            int v;
+            if (parse_int(name, NEXT(), -1, 1 << 30, &v))
+                return BENCH_OPTS_EXIT_ERR;
+            o->max_moves = v;
+        } else if (!strcmp(name, "--bytes-per-slot")) {
+            const char *v = NEXT();
+            char *e;
+            long long b = v ? strtoll(v, &e, 0) : -1;
+            if (!v || e == v || *e || b < 0) {
+                fprintf(stderr, "epx-bench: --bytes-per-slot wants bytes, "
+                        "got '%s'\n", v ? v : "");
+                return BENCH_OPTS_EXIT_ERR;
+            }
+            o->bytes_per_slot = b;
+        } else if (!strcmp(name, "--load-trace")) {
+            if (!(o->load_trace = NEXT()))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--plot")) {
+            if (!(o->plot = NEXT()))
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--replan-every")) {
             if (parse_int(name, NEXT(), 1, 1000000, &o->replan_every))

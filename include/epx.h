@@ -678,7 +678,8 @@ typedef struct epx_moe_stats {
     int num_layers, num_experts;
     int64_t dispatches;        /* recorded since the last reset (this rank;
                                   global: summed over ranks) */
-    const int64_t *window;     /* [layers][experts] tokens since the reset */
+    const int64_t *window;     /* [layers][experts] tokens since the reset,
+                                  or in the moving window (window_size) */
     const double *decayed;     /* [layers][experts] load per dispatch,
                                   decayed by stats_decay at each dispatch
                                   of the layer */
@@ -689,6 +690,9 @@ typedef struct epx_moe_stats {
      * included) since the reset: rows, scales, per-row metadata and the
      * count exchange, as the transport was handed them (global: summed). */
     int64_t dispatch_bytes, combine_bytes;
+    int window_size;           /* window: tokens over the layer's last
+                                  window_size dispatches; 0: since the reset
+                                  (epx_moe_stats_config) */
 } epx_moe_stats_t;
 
 /* global 0: this rank's own tokens, local.  global 1: summed over every
@@ -697,6 +701,14 @@ typedef struct epx_moe_stats {
 epx_status_t epx_moe_stats(epx_moe_t *moe, int global, epx_moe_stats_t *stats);
 /* Local: clear this rank's window and decayed load. */
 epx_status_t epx_moe_stats_reset(epx_moe_t *moe);
+/* Local: the moving window and the decay of the load statistics (the
+ * load prediction epx_moe_rebalance_plan uses).  window > 0: `window`
+ * holds the tokens of each layer's last `window` dispatches (a ring of
+ * window x num_experts counts per layer); 0: since the reset; < 0: kept.
+ * decay in [0, 1) replaces stats_decay; < 0: kept.  Clears the statistics
+ * (epx_moe_stats_reset).  Each rank may choose its own; the global sums
+ * mean what they say only when every rank chose the same. */
+epx_status_t epx_moe_stats_config(epx_moe_t *moe, int window, double decay);
 /* The statistics as one JSON object ({"layers", "experts", "slots",
  * "dispatches", "window": [[..]..], "decayed": [[..]..], "physical":
  * [[..]..]}); *json is malloc'd (free()). */
@@ -837,6 +849,56 @@ epx_status_t epx_moe_rebalance(epx_moe_t *moe, int layer,
                                epx_replica_policy_t policy,
                                epx_rebalance_stats_t *stats);
 
+/* The same in two halves, so that the move overlaps dispatch/combine of
+ * any layer.  start (collective) validates `phy2log` on every rank, then
+ * puts the old weights of the slots whose expert changes into their
+ * destinations' staging; nothing the engine uses changes.  Until finish,
+ * every layer, this one included, routes by its placement in use and its
+ * registered weights stay as they were: two placements are held for the
+ * layer, the one in use and the pending one (in staging).  finish
+ * (collective) waits for the weights, then every rank agrees that no call
+ * of the layer is in flight anywhere (dispatched and not yet combine_sent
+ * or released: its rows were routed by the old placement and are computed
+ * with the old weights); if one is, every rank returns EPX_ERR_STATE (that
+ * rank) or EPX_ERR_PEER (the others), nothing lands, and finish may be
+ * called again later.  Otherwise every rank lands its staging and switches
+ * the layer, so each token is routed, computed and combined under exactly
+ * one placement.  One migration at a time per engine (EPX_ERR_STATE). */
+epx_status_t epx_moe_rebalance_start(epx_moe_t *moe, int layer,
+                                     const int32_t *phy2log,
+                                     epx_replica_policy_t policy);
+epx_status_t epx_moe_rebalance_finish(epx_moe_t *moe,
+                                      epx_rebalance_stats_t *stats);
+
+/* Online re-planning from the engine's statistics. */
+#define EPX_REBALANCE_ARGS_VERSION 1
+typedef struct epx_rebalance_args {
+    size_t struct_size;        /* sizeof(epx_rebalance_args_t) */
+    unsigned version;          /* EPX_REBALANCE_ARGS_VERSION */
+    epx_balance_policy_t policy;  /* EPX: re-plan within the budget */
+    int num_groups;            /* as epx_balance_params_t (1: none) */
+    int num_domains;           /* (1: one domain) */
+    int use_decayed;           /* predicted load: 0 the window sums,
+                                  1 the decayed load (epx_moe_stats) */
+    int64_t max_moves;         /* slots changed over all layers, -1: any */
+    int64_t max_bytes;         /* weights moved, -1: any; a slot costs the
+                                  largest registered bytes_per_slot */
+} epx_rebalance_args_t;
+
+#define EPX_REBALANCE_ARGS_INIT                                               \
+    { sizeof(epx_rebalance_args_t), EPX_REBALANCE_ARGS_VERSION,               \
+      EPX_BALANCE_EPX, 1, 1, 0, -1, -1 }
+
+/* Collective: sum the statistics over the ranks (epx_moe_stats, global)
+ * and plan every layer from its placement in use (each layer needs one)
+ * with the budget (epx_balance_plan with current_phy2log, max_moves,
+ * max_bytes).  phy2log: [layers][num_slots], the same on every rank;
+ * migrate each layer with epx_moe_rebalance or start/finish (slots that
+ * keep their expert do not move).  report may be NULL. */
+epx_status_t epx_moe_rebalance_plan(epx_moe_t *moe,
+                                    const epx_rebalance_args_t *args,
+                                    int32_t *phy2log,
+                                    epx_balance_report_t *report);
 #if defined(__GNUC__) && !defined(EPX_NO_VISIBILITY)
 #pragma GCC visibility pop
 #endif

@@ -11,18 +11,28 @@
  * signals everyone, and only then does each rank copy its staging into
  * its weights and install the new placement.  A closing barrier keeps the
  * staging window free for the next call.
+ *
+ * Split in two (start: validate and put; finish: wait, agree, land,
+ * switch) so that the move overlaps dispatch/combine: until the switch
+ * the layer routes by its old placement and its live weights are
+ * untouched, so calls in between see one consistent placement.  The
+ * switch waits until no call of the layer is in flight on any rank.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/util.h"
 #include "moe/moe.h"
+#include "moe/ll.h"
 
 epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
                                       size_t bytes)
 {
     if (!m)
         return epx__error(EPX_ERR_INVALID, "balance: engine NULL");
+    if (m->mig)
+        return epx__error(EPX_ERR_STATE, "balance: a migration is pending "
+                          "(epx_moe_rebalance_finish first)");
     epx_status_t mine = EPX_OK;
     int spr = m->U / m->R;
     if (m->p.num_slots <= 0)
@@ -93,99 +103,209 @@ static int source_slot(const epx_moe_t *m, const int32_t *old, int u, int e)
     return -1;
 }
 
-epx_status_t epx_moe_rebalance(epx_moe_t *m, int layer, const int32_t *phy2log,
-                               epx_replica_policy_t policy,
-                               epx_rebalance_stats_t *out)
+/* A migration between start and finish. */
+typedef struct moe_mig {
+    int layer, policy;
+    int arrived;               /* the weights are all in staging */
+    int32_t *old, *next;       /* [U] placement in use, pending one */
+    epx_rebalance_stats_t s;
+} moe_mig_t;
+
+void moe_mig_free(epx_moe_t *m)
+{
+    if (m->mig) {
+        free(m->mig->old);
+        free(m->mig->next);
+        free(m->mig);
+        m->mig = NULL;
+    }
+}
+
+/* Every rank's status; the first failure wins: `mine` on the rank that
+ * had it, EPX_ERR_PEER (saying `what`) elsewhere. */
+static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int layer,
+                          const char *what)
+{
+    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)m->R);
+    if (!all)
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    epx_status_t st = epx__comm_allgather(m->comm, &v, all, sizeof(v));
+    for (int r = 0; r < m->R && st == EPX_OK; r++)
+        if (all[r] != EPX_OK)
+            st = mine != EPX_OK ? mine
+                : epx__error(EPX_ERR_PEER, "balance: rank %d refused %s of "
+                             "layer %d", r, what, layer);
+    free(all);
+    return st;
+}
+
+/* A placement epx_moe_set_placement would take. */
+static epx_status_t check_placement(const epx_moe_t *m, const int32_t *p2l)
+{
+    const int U = m->U, E = m->E;
+    uint8_t *seen = calloc((size_t)E, 1);
+    if (!seen)
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    epx_status_t st = EPX_OK;
+    for (int u = 0; u < U && st == EPX_OK; u++)
+        if (p2l[u] < 0 || p2l[u] >= E)
+            st = epx__error(EPX_ERR_INVALID, "balance: phy2log[%d] = %d is not "
+                            "an expert of [0, %d)", u, (int)p2l[u], E);
+        else
+            seen[p2l[u]] = 1;
+    for (int e = 0; e < E && st == EPX_OK; e++)
+        if (!seen[e])
+            st = epx__error(EPX_ERR_INVALID, "balance: expert %d has no slot "
+                            "in the placement", e);
+    free(seen);
+    return st;
+}
+
+/* A call of `layer` dispatched on this rank and not yet combine_sent or
+ * released: its rows were routed by the placement in use. */
+static int layer_in_flight(const epx_moe_t *m, int layer)
+{
+    if (m->ll) {
+        for (int b = 0; b < m->ll->B; b++) {
+            const epx_handle_t *h = m->ll->ring[b];
+            if (h && h->ll && h->ll->layer == layer &&
+                (h->ll->state == LL_SENT || h->ll->state == LL_RECEIVED))
+                return 1;
+        }
+        return 0;
+    }
+    return m->cur && m->cur->layer == layer &&
+           (m->state == MOE_SENT || m->state == MOE_RECEIVED);
+}
+
+epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
+                                     const int32_t *phy2log,
+                                     epx_replica_policy_t policy)
 {
     if (!m)
         return epx__error(EPX_ERR_INVALID, "balance: engine NULL");
     epx_status_t st = moe_check_usable(m, "balance");
     if (st != EPX_OK)
         return st;
-    if (m->state == MOE_SENT || m->state == MOE_COMBINING)
-        return epx__error(EPX_ERR_STATE, "balance: a dispatch of the engine "
-                          "is in flight");
-    const int U = m->U, spr = U / m->R, me = m->rank;
-    epx_rebalance_stats_t s = { sizeof(s), 0, 0, 0, 0 };
+    const int U = m->U, spr = m->p.num_slots > 0 ? U / m->R : 0, me = m->rank;
     epx_status_t mine = EPX_OK;
-    if (m->p.num_slots <= 0 || layer < 0 || layer >= m->layers ||
-        !m->w_base[layer] || !phy2log)
+    if (m->mig)
+        mine = epx__error(EPX_ERR_STATE, "balance: a migration of layer %d is "
+                          "pending", m->mig->layer);
+    else if (m->p.num_slots <= 0 || layer < 0 || layer >= m->layers ||
+             !m->w_base[layer] || !phy2log)
         mine = epx__error(EPX_ERR_INVALID, "balance: layer %d has no registered "
                           "weights, or phy2log NULL", layer);
-    const int32_t *old = mine == EPX_OK ? m->phy2log + (size_t)layer * (size_t)U
-                                        : NULL;
-    if (mine == EPX_OK && old[0] < 0)
+    else if (m->phy2log[(size_t)layer * (size_t)U] < 0)
         mine = epx__error(EPX_ERR_INVALID, "balance: layer %d has no placement "
                           "to move from (epx_moe_set_placement first)", layer);
-    /* Validate the new placement the way epx_moe_set_placement does, but
-     * before anything moves: install it on a copy first. */
-    int32_t *keep = malloc(sizeof(int32_t) * (size_t)U);
-    if (!keep)
-        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    else if (policy != EPX_REPLICA_LOCAL_FIRST &&
+             policy != EPX_REPLICA_ROUND_ROBIN)
+        mine = epx__error(EPX_ERR_INVALID, "balance: unknown replica policy %d",
+                          (int)policy);
+    else
+        mine = check_placement(m, phy2log);
+    moe_mig_t *g = NULL;
     if (mine == EPX_OK) {
-        epx_replica_policy_t was = (epx_replica_policy_t)m->policy[layer];
-        memcpy(keep, old, sizeof(int32_t) * (size_t)U);
-        mine = epx_moe_set_placement(m, layer, phy2log, policy);
-        if (mine == EPX_OK)      /* back to the old one until the switch */
-            epx_moe_set_placement(m, layer, keep, was);
+        g = calloc(1, sizeof(*g));
+        if (g) {
+            g->old = malloc(sizeof(int32_t) * (size_t)U);
+            g->next = malloc(sizeof(int32_t) * (size_t)U);
+        }
+        if (!g || !g->old || !g->next)
+            mine = epx__error(EPX_ERR_NOMEM, "balance: out of memory");
     }
     /* Agree (collective) before any byte moves. */
-    int32_t v = mine, *all = malloc(sizeof(int32_t) * (size_t)m->R);
-    if (!all) {
-        free(keep);
-        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
-    }
-    st = epx__comm_allgather(m->comm, &v, all, sizeof(v));
-    for (int r = 0; r < m->R && st == EPX_OK; r++)
-        if (all[r] != EPX_OK)
-            st = mine != EPX_OK ? mine
-                : epx__error(EPX_ERR_PEER, "balance: rank %d refused the "
-                             "rebalance of layer %d", r, layer);
-    free(all);
+    st = agree(m, mine, layer, "the rebalance");
     if (st != EPX_OK) {
-        free(keep);
+        if (g) {
+            free(g->old);
+            free(g->next);
+            free(g);
+        }
         return st;
     }
+    g->layer = layer;
+    g->policy = policy;
+    g->s = (epx_rebalance_stats_t){ sizeof(g->s), 0, 0, 0, 0 };
+    memcpy(g->old, m->phy2log + (size_t)layer * (size_t)U,
+           sizeof(int32_t) * (size_t)U);
+    memcpy(g->next, phy2log, sizeof(int32_t) * (size_t)U);
+    m->mig = g;
     const size_t B = m->w_bytes[layer];
-    char *w = m->w_base[layer], *stage = m->w_stage->local;
-    /* Sends: old weights of our slots to the stagings that need them. */
+    const char *w = m->w_base[layer];
+    /* Sends: old weights of our slots to the stagings that need them; the
+     * live weights are only read until the switch. */
     for (int u = 0; u < U && st == EPX_OK; u++) {
-        int e = phy2log[u], d = u / spr;
-        if (keep[u] == e)
+        int e = g->next[u], d = u / spr;
+        if (g->old[u] == e)
             continue;
-        int src = source_slot(m, keep, u, e);
+        int src = source_slot(m, g->old, u, e);
         if (src / spr != me)
             continue;
         st = epx__win_put(m->w_stage, d, (size_t)(u % spr) * B,
                           w + (size_t)(src % spr) * B, B);
         if (d == me)
-            s.local_copies++;
+            g->s.local_copies++;
         else
-            s.sent++;
+            g->s.sent++;
     }
     for (int d = 0; d < m->R && st == EPX_OK; d++)
         st = epx__win_signal(m->w_stage, d, 0, 1);
     m->w_stage_calls++;
-    if (st == EPX_OK)
-        st = epx__win_wait(m->w_stage, 0, (uint64_t)m->R * m->w_stage_calls);
     if (st != EPX_OK) {
         m->broken = 1;
-        free(keep);
-        return st;
+        moe_mig_free(m);
     }
-    /* Everything arrived: land it and switch the layer. */
+    return st;
+}
+
+epx_status_t epx_moe_rebalance_finish(epx_moe_t *m, epx_rebalance_stats_t *out)
+{
+    if (!m)
+        return epx__error(EPX_ERR_INVALID, "balance: engine NULL");
+    epx_status_t st = moe_check_usable(m, "balance");
+    if (st != EPX_OK)
+        return st;
+    moe_mig_t *g = m->mig;
+    if (!g)
+        return epx__error(EPX_ERR_STATE, "balance: no migration pending "
+                          "(epx_moe_rebalance_start first)");
+    const int U = m->U, spr = U / m->R, me = m->rank, layer = g->layer;
+    if (!g->arrived) {
+        st = epx__win_wait(m->w_stage, 0, (uint64_t)m->R * m->w_stage_calls);
+        if (st != EPX_OK) {
+            m->broken = 1;
+            moe_mig_free(m);
+            return st;
+        }
+        g->arrived = 1;
+    }
+    epx_status_t mine = layer_in_flight(m, layer)
+        ? epx__error(EPX_ERR_STATE, "balance: a call of layer %d is in flight "
+                     "(combine_send or release it before the switch)", layer)
+        : EPX_OK;
+    if ((st = agree(m, mine, layer, "the switch")) != EPX_OK)
+        return st;                     /* still pending: finish again */
+    /* Everything arrived and nobody routes by the old placement: land it
+     * and switch the layer. */
+    const size_t B = m->w_bytes[layer];
+    char *w = m->w_base[layer];
+    const char *stage = m->w_stage->local;
     for (int j = 0; j < spr; j++) {
         int u = me * spr + j;
-        if (keep[u] == phy2log[u]) {
-            s.unchanged++;
+        if (g->old[u] == g->next[u]) {
+            g->s.unchanged++;
             continue;
         }
         memcpy(w + (size_t)j * B, stage + (size_t)j * B, B);
-        if (source_slot(m, keep, u, phy2log[u]) / spr != me)
-            s.received++;
+        if (source_slot(m, g->old, u, g->next[u]) / spr != me)
+            g->s.received++;
     }
-    free(keep);
-    epx_moe_set_placement(m, layer, phy2log, policy);   /* validated above */
+    epx_rebalance_stats_t s = g->s;
+    moe_placement_install(m, layer, g->next,
+                          (epx_replica_policy_t)g->policy);  /* checked */
+    moe_mig_free(m);
     st = epx_comm_barrier(m->comm);      /* staging free for the next call */
     if (st == EPX_OK && out) {
         size_t n = out->struct_size && out->struct_size < sizeof(s)
@@ -193,5 +313,65 @@ epx_status_t epx_moe_rebalance(epx_moe_t *m, int layer, const int32_t *phy2log,
         s.struct_size = n;
         memcpy(out, &s, n);
     }
+    return st;
+}
+
+epx_status_t epx_moe_rebalance(epx_moe_t *m, int layer, const int32_t *phy2log,
+                               epx_replica_policy_t policy,
+                               epx_rebalance_stats_t *out)
+{
+    epx_status_t st = epx_moe_rebalance_start(m, layer, phy2log, policy);
+    return st == EPX_OK ? epx_moe_rebalance_finish(m, out) : st;
+}
+
+epx_status_t epx_moe_rebalance_plan(epx_moe_t *m,
+                                    const epx_rebalance_args_t *a,
+                                    int32_t *phy2log,
+                                    epx_balance_report_t *report)
+{
+    if (!m || !a || !phy2log)
+        return epx__error(EPX_ERR_INVALID, "balance: engine, args or phy2log "
+                          "NULL");
+    if (a->struct_size < sizeof(epx_rebalance_args_t) || a->version < 1)
+        return epx__error(EPX_ERR_INVALID, "balance: epx_rebalance_args_t not "
+                          "initialised (EPX_REBALANCE_ARGS_INIT)");
+    epx_status_t mine = EPX_OK;
+    if (m->p.num_slots <= 0)
+        mine = epx__error(EPX_ERR_INVALID, "balance: the engine has no slots");
+    for (int l = 0; l < m->layers && mine == EPX_OK; l++)
+        if (m->phy2log[(size_t)l * (size_t)m->U] < 0)
+            mine = epx__error(EPX_ERR_INVALID, "balance: layer %d has no "
+                              "placement to re-plan from", l);
+    epx_status_t st = agree(m, mine, 0, "to re-plan");
+    epx_moe_stats_t s = { .struct_size = sizeof(s) };
+    if (st == EPX_OK)
+        st = epx_moe_stats(m, 1, &s);   /* every rank gets the same sums */
+    if (st != EPX_OK)
+        return st;
+    size_t n = (size_t)m->layers * (size_t)m->E;
+    double *load = malloc(sizeof(double) * n);
+    if (!load)
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    for (size_t i = 0; i < n; i++)
+        load[i] = a->use_decayed ? s.decayed[i] : (double)s.window[i];
+    size_t bytes = 0;
+    for (int l = 0; l < m->layers; l++)
+        if (m->w_bytes[l] > bytes)
+            bytes = m->w_bytes[l];
+    epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
+    p.num_layers = m->layers;
+    p.num_experts = m->E;
+    p.num_slots = m->U;
+    p.num_groups = a->num_groups;
+    p.num_domains = a->num_domains;
+    p.num_ranks = m->R;
+    p.policy = a->policy;
+    p.current_phy2log = m->phy2log;
+    p.max_moves = a->max_moves;
+    p.max_bytes = a->max_bytes;
+    p.bytes_per_slot = (int64_t)bytes;
+    p.report = report;
+    st = epx_balance_plan(&p, load, phy2log, NULL, 0, NULL);
+    free(load);
     return st;
 }

@@ -252,8 +252,17 @@ epx_status_t epx_moe_set_placement(epx_moe_t *m, int layer,
         (m->gpu && gpu_moe_busy(m->gpu)))
         return epx__error(EPX_ERR_STATE, "moe: placement changed while a "
                           "dispatch is in flight");
+    return moe_placement_install(m, layer, phy2log, policy);
+}
+
+/* Checked here, installed only when valid: a bad placement changes
+ * nothing.  No state check: weight migration switches a layer while a
+ * call of another layer is in flight. */
+epx_status_t moe_placement_install(epx_moe_t *m, int layer,
+                                   const int32_t *phy2log,
+                                   epx_replica_policy_t policy)
+{
     const int U = m->U, E = m->E;
-    /* Validate into scratch first: a bad placement changes nothing. */
     int32_t *cnt = calloc((size_t)E + 1, sizeof(int32_t));
     if (!cnt)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (placement)");
@@ -495,6 +504,7 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->rank_domain);
     free(m->w_base);
     free(m->w_bytes);
+    moe_mig_free(m);
     epx__win_destroy(m->w_stage);
     free(m->local_exp);
     free(m->first);

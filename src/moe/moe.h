@@ -104,6 +104,7 @@ struct epx_moe {
     epx_win_t *w_stage;        /* staging window: one layer's local slots */
     size_t w_stage_bytes;
     uint64_t w_stage_calls;    /* rebalances done: signal target */
+    struct moe_mig *mig;       /* a migration started, not finished */
     int maxdest;               /* min(K, R): destinations per token at most */
     int blk_ints;              /* MOE_BLK_HDR + U + R + 1 (sequence word) */
     int ent_ints;              /* 3 + K */
@@ -128,6 +129,10 @@ struct epx_moe {
     int64_t *st_phys;                   /* [layers][U] */
     int64_t *st_gwindow, *st_gphys;     /* global copies (epx_moe_stats) */
     double *st_gdecayed;
+    int st_wsize;                       /* window in dispatches, 0: since
+                                           the reset */
+    int32_t *st_ring;                   /* [layers][st_wsize][E] */
+    int64_t *st_lcalls;                 /* [layers] dispatches recorded */
     void *wire;                /* [row_bytes] one row in the engine dtype */
     int32_t *mode;             /* [R] how each rank left its outputs */
     int direct;                /* every peer window is load/store mapped */
@@ -238,6 +243,12 @@ void moe_handle_free(epx_handle_t *h);
 void moe_handles_orphan(epx_moe_t *m);
 /* h belongs to m: on its list of live handles (orphaned at destroy). */
 void moe_handle_link(epx_moe_t *m, epx_handle_t *h);
+/* engine.c: epx_moe_set_placement without its state check */
+epx_status_t moe_placement_install(epx_moe_t *m, int layer,
+                                   const int32_t *phy2log,
+                                   epx_replica_policy_t policy);
+/* migrate.c: a pending migration, freed with the engine */
+void moe_mig_free(epx_moe_t *m);
 /* stats.c */
 epx_status_t moe_stats_init(epx_moe_t *m);
 void moe_stats_free(epx_moe_t *m);

@@ -1,9 +1,15 @@
 /*
  * Load statistics: tokens this rank routes to each logical expert, per
  * layer, from the per-expert counts the routing layout computes anyway.
- * A window sum (since the last reset) and a load decayed at each dispatch
- * of the layer; summed over the ranks on request through the bootstrap's
- * all-gather (a setup-path collective: rare, not on the data path).
+ * A window sum (since the last reset, or over the layer's last W
+ * dispatches) and a load decayed at each dispatch of the layer; summed
+ * over the ranks on request through the bootstrap's all-gather (a
+ * setup-path collective: rare, not on the data path).
+ *
+ * The moving window keeps each of the last W dispatches' counts, as
+ * serving engines do (a ring of [W][E] per layer): the sum drops a
+ * dispatch exactly when it leaves, at the price of W x E x 4 bytes per
+ * layer.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +36,8 @@ epx_status_t moe_stats_init(epx_moe_t *m)
 
 void moe_stats_free(epx_moe_t *m)
 {
+    free(m->st_ring);
+    free(m->st_lcalls);
     free(m->st_window);
     free(m->st_decayed);
     free(m->st_gwindow);
@@ -50,6 +58,15 @@ void moe_stats_record(epx_moe_t *m, int layer, const int32_t *ecount,
         w[e] += ecount[e];
         d[e] = m->decay * d[e] + (double)ecount[e];
     }
+    if (m->st_wsize > 0) {      /* the dispatch W before this one leaves */
+        int64_t n = m->st_lcalls[layer]++;
+        int32_t *old = m->st_ring + ((size_t)layer * (size_t)m->st_wsize +
+                                     (size_t)(n % m->st_wsize)) * (size_t)m->E;
+        for (int e = 0; e < m->E; e++) {
+            w[e] -= old[e];
+            old[e] = ecount[e];
+        }
+    }
     m->dispatches++;
 }
 
@@ -61,9 +78,48 @@ epx_status_t epx_moe_stats_reset(epx_moe_t *m)
     memset(m->st_window, 0, n * sizeof(int64_t));
     memset(m->st_decayed, 0, n * sizeof(double));
     memset(m->st_phys, 0, (size_t)m->layers * (size_t)m->U * sizeof(int64_t));
+    if (m->st_wsize > 0) {
+        memset(m->st_ring, 0, n * (size_t)m->st_wsize * sizeof(int32_t));
+        memset(m->st_lcalls, 0, (size_t)m->layers * sizeof(int64_t));
+    }
     m->dispatches = 0;
     m->put_dispatch = m->put_combine = 0;
     return EPX_OK;
+}
+
+epx_status_t epx_moe_stats_config(epx_moe_t *m, int window, double decay)
+{
+    if (!m)
+        return epx__error(EPX_ERR_INVALID, "moe: engine NULL");
+    if (decay >= 1 || decay != decay)
+        return epx__error(EPX_ERR_INVALID, "moe: stats decay %g not below 1",
+                          decay);
+    size_t n = (size_t)m->layers * (size_t)m->E;
+    if (window >= 0 && window != m->st_wsize) {
+        if (window > 0 && n * (size_t)window > ((size_t)1 << 40) / 4)
+            return epx__error(EPX_ERR_RANGE, "moe: a window of %d dispatches "
+                              "of %zu experts is too large", window, n);
+        int32_t *ring = NULL;
+        int64_t *lcalls = NULL;
+        if (window > 0) {
+            ring = calloc(n * (size_t)window, sizeof(int32_t));
+            lcalls = calloc((size_t)m->layers, sizeof(int64_t));
+            if (!ring || !lcalls) {
+                free(ring);
+                free(lcalls);
+                return epx__error(EPX_ERR_NOMEM, "moe: out of memory "
+                                  "(statistics window)");
+            }
+        }
+        free(m->st_ring);
+        free(m->st_lcalls);
+        m->st_ring = ring;
+        m->st_lcalls = lcalls;
+        m->st_wsize = window;
+    }
+    if (decay >= 0)
+        m->decay = decay;
+    return epx_moe_stats_reset(m);
 }
 
 /* Sum every rank's record: [dispatches, dispatch bytes, combine bytes,
@@ -124,7 +180,7 @@ epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
     epx_moe_stats_t s = { sizeof(s), m->layers, m->E, m->dispatches,
                           m->st_window, m->st_decayed, m->U, m->st_phys,
-                          m->put_dispatch, m->put_combine };
+                          m->put_dispatch, m->put_combine, m->st_wsize };
     if (global) {
         int64_t sums[3] = { 0, 0, 0 };
         epx_status_t st = sum_over_ranks(m, sums);
