@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "util/util.h"
@@ -35,6 +37,51 @@ static void host_identity(epx_rank_info_t *ri)
         fclose(f);
     }
     ri->pid = (int32_t)getpid();
+    ssize_t n = readlink("/proc/self/ns/pid", ri->pidns, sizeof(ri->pidns) - 1);
+    ri->pidns[n > 0 ? n : 0] = '\0';
+}
+
+/* Watch the peers that are other processes of this host and pid
+ * namespace: a pidfd each (Linux 5.3).  Without one (older kernel, other
+ * hosts) a dead peer is still found, by the timeout. */
+static void watch_peers(epx_comm_t *c, const epx_rank_info_t *all)
+{
+    const epx_rank_info_t *me = &all[c->rank];
+    c->dead_rank = -1;
+    c->peer_pid = calloc((size_t)c->nranks, sizeof(int32_t));
+    if (!c->peer_pid)
+        return;
+    for (int r = 0; r < c->nranks; r++)
+        c->peer_pid[r] = all[r].pid;
+#ifdef SYS_pidfd_open
+    int any = 0;
+    c->alive = malloc(sizeof(struct pollfd) * (size_t)c->nranks);
+    if (!c->alive)
+        return;
+    for (int r = 0; r < c->nranks; r++) {
+        const epx_rank_info_t *p = &all[r];
+        int fd = -1;
+        if (r != c->rank && p->pid != me->pid && me->pidns[0] &&
+            !strcmp(p->host, me->host) && !strcmp(p->boot_id, me->boot_id) &&
+            !strcmp(p->pidns, me->pidns))
+            fd = (int)syscall(SYS_pidfd_open, (pid_t)p->pid, 0);
+        c->alive[r] = (struct pollfd){ fd, POLLIN, 0 };
+        any |= fd >= 0;
+    }
+    if (!any) {
+        free(c->alive);
+        c->alive = NULL;
+    }
+#endif
+}
+
+static void unwatch_peers(epx_comm_t *c)
+{
+    for (int r = 0; c->alive && r < c->nranks; r++)
+        if (c->alive[r].fd >= 0)
+            close(c->alive[r].fd);
+    free(c->alive);
+    free(c->peer_pid);
 }
 
 static void comm_teardown(epx_comm_t *comm);
@@ -55,6 +102,7 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     c->timeout_s = timeout_s;
     c->boot = boot;
     c->teardown = comm_teardown;
+    c->dead_rank = -1;
     while ((1 << c->barrier_rounds) < c->nranks)
         c->barrier_rounds++;
 
@@ -67,6 +115,7 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     if ((st = epx__comm_allgather(c, &mine, all, sizeof(mine))) != EPX_OK)
         goto err_alloc;
     memcpy(c->job, all[0].job, sizeof(c->job)); /* rank 0's id wins */
+    watch_peers(c, all);
     if ((st = epx__select(c, all)) != EPX_OK)
         goto err_alloc;
     /* The map is the comm's only when every rank loaded it (else
@@ -98,6 +147,7 @@ err_alloc:
     if (c) {
         epx_topo_destroy(c->topo);
         free(c->peer_tl);
+        unwatch_peers(c);
     }
     free(all);
     free(c);
@@ -181,7 +231,7 @@ static void comm_teardown(epx_comm_t *comm)
      * progress, so no request is left inside a worker that goes away.  Two
      * barriers: the first one's own signals complete during the second. */
     epx_status_t st = EPX_OK;
-    if (comm->ucx_any) {
+    if (comm->ucx_any && comm->dead_rank < 0) {   /* a dead rank never comes */
         st = epx_comm_barrier(comm);
         if (st == EPX_OK)
             st = epx_comm_barrier(comm);
@@ -193,6 +243,7 @@ static void comm_teardown(epx_comm_t *comm)
     epx__ucx_comm_fini(comm, st == EPX_OK);
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
+    unwatch_peers(comm);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);

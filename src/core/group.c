@@ -1,5 +1,6 @@
 /* The communicator's lower half (group.h): the bootstrap's collectives
  * and the count of its windows. */
+#include <poll.h>
 #include <stdlib.h>
 
 #include "util/util.h"
@@ -54,3 +55,29 @@ void epx__comm_win_gone(epx_comm_t *comm)
         comm->teardown(comm);
 }
 
+
+epx_status_t epx__comm_alive(epx_comm_t *comm)
+{
+    if (comm->dead_rank < 0) {
+        if (!comm->alive)
+            return EPX_OK;
+        double now = epx__now();
+        if (now < comm->next_alive)
+            return EPX_OK;
+        comm->next_alive = now + 0.05;
+        /* A pidfd polls readable once its process has exited (zombie or
+         * reaped); fds of -1 are skipped by poll. */
+        if (poll(comm->alive, (nfds_t)comm->nranks, 0) <= 0)
+            return EPX_OK;
+        for (int r = 0; r < comm->nranks; r++)
+            if (comm->alive[r].revents) {
+                comm->dead_rank = r;
+                break;
+            }
+        if (comm->dead_rank < 0)
+            return EPX_OK;
+    }
+    return epx__error(EPX_ERR_PEER, "rank %d: rank %d (pid %d, this host) "
+                      "has exited; the job cannot go on", comm->rank,
+                      comm->dead_rank, (int)comm->peer_pid[comm->dead_rank]);
+}

@@ -41,6 +41,12 @@ struct epx_comm {
     /* frees the communicator once destroyed and its last window gone
      * (comm.c: the upper half, which group.c may not call by name) */
     void (*teardown)(epx_comm_t *comm);
+    /* liveness of the peers on this host: a pidfd each (fd -1 for the
+     * others), polled by epx__comm_alive at most every 50 ms */
+    struct pollfd *alive;       /* [nranks], or NULL (none to watch) */
+    int32_t *peer_pid;          /* [nranks] as all-gathered */
+    double next_alive;          /* epx__now() of the next poll */
+    int dead_rank;              /* a peer seen dead, else -1 */
 };
 
 epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
@@ -64,5 +70,10 @@ void epx__comm_win_gone(epx_comm_t *comm);
 /* A user of the communicator other than a window (a device rank's
  * engine) holds it as a window does; epx__comm_win_gone lets go. */
 void epx__comm_hold(epx_comm_t *comm);
+/* EPX_OK while every watched peer lives; EPX_ERR_PEER naming the first
+ * one seen dead, from then on (a dead peer never comes back).  Cheap: a
+ * clock read except every 50 ms.  Waits call it on their slow path, so a
+ * peer's death ends them in about that time instead of the timeout. */
+epx_status_t epx__comm_alive(epx_comm_t *comm);
 
 #endif /* EPX_CORE_GROUP_H */

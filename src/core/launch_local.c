@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -108,9 +109,15 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
     sigemptyset(&dfl.sa_mask);
     sigaction(SIGCHLD, &dfl, &old);
     fflush(NULL);  /* children must not flush the parent's buffers again */
+    const pid_t launcher = getpid();
     for (int r = 0; r < nranks; r++) {
         pid_t pid = fork();
         if (pid == 0) {
+            /* The ranks die with their launcher: no orphans left running
+             * (or spinning in a wait) after it is killed. */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != launcher)   /* it died before the prctl */
+                _exit(1);
             free(pids);   /* the parent's: a rank exits without returning */
             int rc = run_rank(r, nranks, lfd, root, key, job, timeout, fn, arg);
             fflush(NULL);

@@ -36,6 +36,10 @@ epx_status_t epx_dispatch_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *recv,
 {
     if (!m)
         return epx__error(EPX_ERR_INVALID, "dispatch_poll: engine NULL");
+    /* A caller polling in a loop learns of a dead peer here too. */
+    epx_status_t alive = epx__comm_alive(m->comm);
+    if (alive != EPX_OK)
+        return alive;
     if (!h || !recv || !num_ready || h->moe != m ||
         (!ready && epx_moe_num_local_experts(m) > 0))
         return epx__error(EPX_ERR_INVALID,

@@ -80,6 +80,9 @@ static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
                     epx__win_progress(m->win);
                 continue;
             }
+            epx_status_t alive = epx__comm_alive(m->comm);
+            if (alive != EPX_OK)
+                return alive;
             if (deadline == 0)
                 deadline = epx__now() + epx__comm_timeout(m->comm);
             if (epx__now() > deadline)
@@ -289,6 +292,8 @@ epx_status_t moe_flat_send(epx_moe_t *m, epx_handle_t *h,
  * can be trusted. */
 epx_status_t moe_check_usable(const epx_moe_t *m, const char *what)
 {
+    if (m->comm->dead_rank >= 0)   /* names the dead rank, every call */
+        return epx__comm_alive(m->comm);
     if (m->comm->destroyed)
         return epx__error(EPX_ERR_STATE, "%s: the engine's communicator was "
                           "destroyed; destroy the engine", what);

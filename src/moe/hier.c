@@ -98,6 +98,11 @@ epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
             epx__win_progress(m->win);   /* network puts land by progress */
         if (spins < 1000)
             continue;
+        epx_status_t alive = epx__comm_alive(m->comm);
+        if (alive != EPX_OK) {
+            m->broken = 1;
+            return alive;
+        }
         if (deadline == 0)
             deadline = epx__now() + epx__comm_timeout(m->comm);
         if (epx__now() > deadline) {

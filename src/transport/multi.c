@@ -58,6 +58,9 @@ epx_status_t epx__win_poll_wait(epx_win_t *w, int slot, uint64_t value)
             sched_yield();
             continue;
         }
+        epx_status_t alive = epx__comm_alive(w->comm);
+        if (alive != EPX_OK)
+            return alive;
         if (deadline == 0)
             deadline = epx__now() + epx__comm_timeout(w->comm);
         else if (epx__now() > deadline)

@@ -8,6 +8,10 @@
  * over UCX (its own choice of transports, and tcp), and over a mix of both
  * (two emulated hosts).
  *
+ * Over shm with a long timeout (death_shm_fast, 60 s): the survivors
+ * watch their same-host peers (pidfds) and must get EPX_ERR_PEER naming
+ * the dead rank within FAST_S, and again from their next call.
+ *
  * Over UCX_TLS=tcp (no RMA lanes) puts travel as active messages that the
  * target never acknowledges (src/transport/ucx/ucx_am.c): UCX 1.13's
  * software put answered each put and aborted a survivor whose answer to
@@ -36,7 +40,14 @@
 #define T 16
 #define K 2
 
+#define FAST_S 1.0       /* death_shm_fast: detection bound (+ FAST_SLACK_S) */
+#define FAST_SLACK_S 1.0
+
 typedef struct shared {
+    double timeout_s;            /* EPX_TIMEOUT of the ranks */
+    int next_peer;               /* the call after the failure: PEER? */
+    int noticed;                 /* survivors done noticing */
+    char why[R][160];            /* each survivor's epx_last_error() */
     double died_at;              /* epxt_now() of the victim (monotonic) */
     double failed_at[R];
     int status[R];
@@ -88,7 +99,7 @@ static int dying_rank(int me, void *arg)
 {
     shared_t *sh = arg;
     char t[16];
-    snprintf(t, sizeof(t), "%g", TIMEOUT_S);
+    snprintf(t, sizeof(t), "%g", sh->timeout_s);
     setenv("EPX_TIMEOUT", t, 1);
     epx_comm_t *comm;
     CHECK_OK(epxt_env_comm(&comm));
@@ -107,6 +118,18 @@ static int dying_rank(int me, void *arg)
     }
     sh->failed_at[me] = epxt_now();
     sh->status[me] = st;
+    snprintf(sh->why[me], sizeof(sh->why[me]), "%s", epx_last_error());
+    if (st == EPX_ERR_PEER) {   /* and the next call says so at once */
+        epx_status_t again = EPX_OK;
+        one_round(moe, me, 1000, 0, sh, &again);
+        __atomic_fetch_add(&sh->next_peer, again == EPX_ERR_PEER, __ATOMIC_SEQ_CST);
+    }
+    /* Stay until every survivor has noticed: one leaving early would be
+     * (rightly) reported dead by a slower survivor, not the victim. */
+    __atomic_fetch_add(&sh->noticed, 1, __ATOMIC_SEQ_CST);
+    for (double t0 = epxt_now(); epxt_now() - t0 < 20 &&
+         __atomic_load_n(&sh->noticed, __ATOMIC_SEQ_CST) < R - 1;)
+        usleep(1000);
     CHECKF(st < 0, "rank %d: 1000 rounds without noticing the death", me);
     fprintf(stderr, "rank %d: %s after round %d (%s)\n", me,
             epx_status_str(st), sh->rounds[me], epx_last_error());
@@ -115,10 +138,12 @@ static int dying_rank(int me, void *arg)
     return 0;
 }
 
-static void run_death(const char *tls, const char *file, const char *ucx_tls)
+static void run_death_with(const char *tls, const char *file,
+                           const char *ucx_tls, double timeout_s, int fast)
 {
     shared_t *sh = epxt_shared_alloc(sizeof(*sh));
     assert_non_null(sh);
+    sh->timeout_s = timeout_s;
     if (tls)
         setenv("EPX_TRANSPORTS", tls, 1);
     if (file)
@@ -141,9 +166,30 @@ static void run_death(const char *tls, const char *file, const char *ucx_tls)
         double late = sh->failed_at[r] - sh->died_at;
         printf("rank %d: %s %.2f s after the death\n", r,
                epx_status_str((epx_status_t)sh->status[r]), late);
-        assert_true(late <= TIMEOUT_S + SLACK_S);
+        if (fast) {
+            char want[32];
+            snprintf(want, sizeof(want), "rank %d ", VICTIM);
+            assert_int_equal(sh->status[r], EPX_ERR_PEER);
+            assert_non_null(strstr(sh->why[r], want));
+            assert_true(late <= FAST_S + FAST_SLACK_S);
+        } else {
+            assert_true(late <= TIMEOUT_S + SLACK_S);
+        }
     }
+    if (fast)
+        assert_int_equal(sh->next_peer, R - 1);
     epxt_shared_free(sh, sizeof(*sh));
+}
+
+static void run_death(const char *tls, const char *file, const char *ucx_tls)
+{
+    run_death_with(tls, file, ucx_tls, TIMEOUT_S, 0);
+}
+
+static void death_shm_fast(void **s)
+{
+    (void)s;
+    run_death_with("shm", NULL, NULL, 60.0, 1);
 }
 
 static void death_shm(void **s) { (void)s; run_death("shm", NULL, NULL); }
@@ -162,6 +208,7 @@ int main(void)
     epxt_init("test_failure");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(death_shm),
+        cmocka_unit_test(death_shm_fast),
 #ifdef EPX_HAVE_UCX
         cmocka_unit_test(death_ucx),
         cmocka_unit_test(death_ucx_tcp),

@@ -193,6 +193,75 @@ static void callers_children_and_sigchld(void **state)
     assert_non_null(strstr(epx_last_error(), "status 3"));
 }
 
+/* Is process `pid` still running (not gone, not a zombie waiting for
+ * whoever adopted it to reap it)? */
+static int running(int pid)
+{
+    char path[64], st[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(st, 1, sizeof(st) - 1, f);
+    fclose(f);
+    st[n] = '\0';
+    const char *p = strrchr(st, ')');   /* after the command's name */
+    return p && p[1] == ' ' && p[2] != 'Z' && p[2] != 'X';
+}
+
+/* Ranks record their pid and then sleep, as ranks left waiting would. */
+static int sleep_rank(epx_comm_t *comm, void *arg)
+{
+    seen_t *s = arg;
+    __atomic_store_n(&s->pid[epx_comm_rank(comm)], (int)getpid(),
+                     __ATOMIC_SEQ_CST);
+    sleep(60);
+    return 0;
+}
+
+/* The launcher killed: its ranks go with it within a second, no orphans. */
+static void ranks_die_with_launcher(void **state)
+{
+    (void)state;
+    enum { N = 3 };
+    seen_t *s = epxt_shared_alloc(sizeof(*s));
+    assert_non_null(s);
+    s->nranks = N;
+    pid_t launcher = fork();
+    if (launcher == 0)
+        _exit(epx_launch_local(N, NULL, sleep_rank, s, NULL) == EPX_OK ? 0 : 1);
+    assert_true(launcher > 0);
+    for (double t0 = epxt_now(); epxt_now() - t0 < 30;) {
+        int up = 0;
+        for (int r = 0; r < N; r++)
+            up += __atomic_load_n(&s->pid[r], __ATOMIC_SEQ_CST) > 0;
+        if (up == N)
+            break;
+        usleep(10000);
+    }
+    for (int r = 0; r < N; r++)
+        assert_true(s->pid[r] > 0);
+    kill(launcher, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(launcher, &status, 0), launcher);
+    double t0 = epxt_now(), gone_after = -1;
+    while (epxt_now() - t0 < 10) {
+        int alive = 0;
+        for (int r = 0; r < N; r++)   /* orphans are reparented, not ours */
+            alive += running(s->pid[r]);
+        if (alive == 0) {
+            gone_after = epxt_now() - t0;
+            break;
+        }
+        usleep(10000);
+    }
+    printf("ranks gone %.3f s after their launcher was killed\n", gone_after);
+    for (int r = 0; r < N && gone_after < 0; r++)
+        kill(s->pid[r], SIGKILL);   /* leave nothing behind on failure */
+    assert_true(gone_after >= 0 && gone_after < 1.0);
+    epxt_shared_free(s, sizeof(*s));
+}
+
 int main(void)
 {
     epxt_init("test_launcher");
@@ -204,6 +273,7 @@ int main(void)
         cmocka_unit_test(bad_arguments),
         cmocka_unit_test(wide_return_code_is_failure),
         cmocka_unit_test(callers_children_and_sigchld),
+        cmocka_unit_test(ranks_die_with_launcher),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -325,6 +325,9 @@ static epx_status_t shm_wait(epx_win_t *win, int slot, uint64_t value)
         __atomic_fetch_sub(&s->waiters, 1, __ATOMIC_SEQ_CST);
         if ((v = __atomic_load_n(&s->value, __ATOMIC_ACQUIRE)) >= value)
             return EPX_OK;
+        epx_status_t alive = epx__comm_alive(win->comm);
+        if (alive != EPX_OK)
+            return alive;
         if (epx__now() > deadline)
             return epx__error(EPX_ERR_TIMEOUT,
                               "rank %d: no signal from peers after %.1f s "
