@@ -179,6 +179,7 @@ static epx_status_t plan_window(epx_moe_t *m)
     o->gscale = at;    at = align64(at + rows * m->fmt.global_bytes);
     o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
                                          m->row_bytes);
+    o->progress = at;  at = align64(at + 8 * MOE_PR_WORDS);
     at = moe_hier_window(m, at);
     o->total = at;
     const double total = (double)R * (double)m->maxT *

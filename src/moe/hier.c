@@ -107,9 +107,11 @@ epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
             deadline = epx__now() + epx__comm_timeout(m->comm);
         if (epx__now() > deadline) {
             m->broken = 1;
-            return epx__error(EPX_ERR_TIMEOUT, "%s: rank %d: nothing from "
-                              "rank %d after %.1f s", what, m->rank, peer,
-                              epx__comm_timeout(m->comm));
+            return moe_diagnose(m, epx__error(EPX_ERR_TIMEOUT, "%s: rank %d: "
+                                              "nothing from rank %d after "
+                                              "%.1f s", what, m->rank, peer,
+                                              epx__comm_timeout(m->comm)),
+                                what);
         }
         epx__win_progress(m->win);
         sched_yield();

@@ -68,8 +68,15 @@ enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
 
 typedef struct moe_offsets {
     size_t counts, status, done, entries, src_rank, src_token, topk_idx, topk_w,
-           rows, scales, gscale, comb, total;
+           rows, scales, gscale, comb, progress, total;
 } moe_offsets_t;
+
+/* progress.c: this rank's record in its window (MOE_PR_* int64 words):
+ * the step it entered last of its call number m->calls, and the layer; a
+ * timeout names the peers whose record is behind. */
+enum { MOE_AT_IDLE = 0, MOE_AT_DISPATCH_SEND, MOE_AT_DISPATCH_RECV,
+       MOE_AT_COMBINE_SEND, MOE_AT_COMBINE_RECV };
+enum { MOE_PR_CALL = 0, MOE_PR_AT = 1, MOE_PR_LAYER = 2, MOE_PR_WORDS = 3 };
 
 struct epx_moe {
     const moe_ops_t *ops;      /* the executor (ops.h) */
@@ -112,6 +119,7 @@ struct epx_moe {
     moe_offsets_t off;
     epx_win_t *win;
     uint64_t n_counts, n_data, n_comb;   /* phases done: signal targets */
+    uint64_t calls;            /* dispatches started (progress records) */
     int state;
     int broken;                /* a wait failed: peers are out of step */
     epx_handle_t *cur;         /* handle of the call in flight */
@@ -228,6 +236,10 @@ static inline int moe_dest_add(int32_t *dst, int nd, int r)
     return nd + 1;
 }
 
+void moe_progress(epx_moe_t *m, int at, int layer);
+/* st, or for EPX_ERR_TIMEOUT the same status with a message that names
+ * the ranks behind this one and where each is (and logs them all). */
+epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what);
 /* layout.c */
 epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
                               const char *name, unsigned dtypes, int64_t rows,

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <unistd.h>
 
 #include "common/epx_test.h"
 #include "moe_case.h"
@@ -498,15 +499,27 @@ static void combine_bad_y(void **state)
     assert_int_equal(epxt_launch(3, 0, misuse_rank, c, NULL), EPX_OK);
 }
 
-/* ---- a peer that never dispatches */
+/* ---- a peer that never dispatches: it stays (one that exits is seen
+ * dead at once, tests/core/test_failure), so the others time out and
+ * the message names it, where it is */
 
 #define SHORT_TIMEOUT 2.0
+static int *stay;   /* shared: the waiting ranks done (set before launch) */
+
+static void stay_until(int n)
+{
+    for (double t0 = epxt_now(); epxt_now() - t0 < SHORT_TIMEOUT * 8 &&
+         __atomic_load_n(stay, __ATOMIC_SEQ_CST) < n;)
+        usleep(2000);
+}
+
 static int absent_peer_rank(epx_comm_t *comm, void *arg)
 {
     (void)arg;
     moe_run_t m;
     CHECK_CALL(moe_run_open(&m, comm, &err_case));
-    if (m.rank == 1) {   /* leaves without dispatching */
+    if (m.rank == 1) {   /* never dispatches */
+        stay_until(1);
         moe_run_close(&m);
         return 0;
     }
@@ -527,7 +540,9 @@ static int absent_peer_rank(epx_comm_t *comm, void *arg)
            "EPX_ERR_TIMEOUT (%s)", epx_status_str(st), epx_last_error());
     CHECKF(dt < SHORT_TIMEOUT * 4, "gave up after %.1f s with a timeout of "
            "%.1f s", dt, SHORT_TIMEOUT);
-    CHECK(strlen(epx_last_error()) > 0);
+    CHECKF(strstr(epx_last_error(), "rank 1 in between calls of call 0"),
+           "the timeout does not say where rank 1 is: %s", epx_last_error());
+    __atomic_fetch_add(stay, 1, __ATOMIC_SEQ_CST);
     epx_handle_release(h);
     moe_input_free(&in);
     moe_run_close(&m);
@@ -537,8 +552,61 @@ static int absent_peer_rank(epx_comm_t *comm, void *arg)
 static void absent_peer_times_out(void **state)
 {
     (void)state;
+    stay = epxt_shared_alloc(sizeof(int));
     assert_int_equal(epxt_launch(2, SHORT_TIMEOUT, absent_peer_rank, NULL,
                                  NULL), EPX_OK);
+    epxt_shared_free(stay, sizeof(int));
+}
+
+/* Rank 2 of 3 stops after its dispatch_recv of the second call: the
+ * others' combine_recv times out naming it and its step. */
+static int stuck_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    moe_run_t m;
+    CHECK_CALL(moe_run_open(&m, comm, &err_case));
+    epx_handle_t *h = NULL;
+    CHECK_CALL(moe_run_round(&m, 3, 3, &h));   /* call 1: every rank */
+    epx_handle_release(h);
+    h = NULL;
+    moe_input_t in;
+    CHECK_CALL(moe_input_make(&m, m.rank, 3, 3, &in));
+    epx_dispatch_args_t a = moe_input_args(&m, &in);
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    CHECK_OK(epx_dispatch_send(m.moe, &a, &h));
+    CHECK_OK(epx_dispatch_recv(m.moe, h, &rv));
+    if (m.rank == 2) {
+        stay_until(2);
+    } else {
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = rv.x;
+        float *out = calloc((size_t)(in.T * m.c->hidden + 1), sizeof(float));
+        epx_tensor_t ot = { out, EPX_DTYPE_FP32, in.T, m.c->hidden };
+        CHECK_OK(epx_combine_send(m.moe, h, &ca));
+        epx_status_t st = epx_combine_recv(m.moe, h, &ot);
+        free(out);
+        CHECKF(st == EPX_ERR_TIMEOUT, "combine_recv -> %s (%s)",
+               epx_status_str(st), epx_last_error());
+        CHECKF(strstr(epx_last_error(), "combine_recv (call 2") &&
+               strstr(epx_last_error(), "rank 2 in dispatch_recv of call 2"),
+               "the timeout does not name rank 2 and its step: %s",
+               epx_last_error());
+        __atomic_fetch_add(stay, 1, __ATOMIC_SEQ_CST);
+        stay_until(2);   /* leaving first would look like a death */
+    }
+    epx_handle_release(h);
+    moe_input_free(&in);
+    moe_run_close(&m);
+    return 0;
+}
+
+static void stuck_rank_named(void **state)
+{
+    (void)state;
+    stay = epxt_shared_alloc(sizeof(int));
+    assert_int_equal(epxt_launch(3, SHORT_TIMEOUT, stuck_rank, NULL, NULL),
+                     EPX_OK);
+    epxt_shared_free(stay, sizeof(int));
 }
 
 int main(void)
@@ -563,6 +631,7 @@ int main(void)
         { "combine_misuse_em", combine_bad_y, NULL, NULL, &misuse_em },
         { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },
         cmocka_unit_test(absent_peer_times_out),
+        cmocka_unit_test(stuck_rank_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,84 @@
+/*
+ * Where each rank is, for finding a slow or stuck rank: every rank keeps
+ * a small record in its own window (the call it is in, the step, the
+ * layer), stored as it enters each step; a rank whose wait times out reads
+ * the records of the peers it maps and names the ones behind it.  One
+ * store per step: nothing on the data path.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "util/util.h"
+#include "moe/moe.h"
+
+static const char *step_name(int64_t at)
+{
+    switch (at) {
+    case MOE_AT_DISPATCH_SEND: return "dispatch_send";
+    case MOE_AT_DISPATCH_RECV: return "dispatch_recv";
+    case MOE_AT_COMBINE_SEND: return "combine_send";
+    case MOE_AT_COMBINE_RECV: return "combine_recv";
+    default: return "between calls";
+    }
+}
+
+void moe_progress(epx_moe_t *m, int at, int layer)
+{
+    if (!m->win || !m->off.progress)
+        return;
+    int64_t *p = (int64_t *)moe_local(m, m->off.progress);
+    __atomic_store_n(&p[MOE_PR_CALL], (int64_t)m->calls, __ATOMIC_RELAXED);
+    __atomic_store_n(&p[MOE_PR_LAYER], (int64_t)layer, __ATOMIC_RELAXED);
+    __atomic_store_n(&p[MOE_PR_AT], (int64_t)at, __ATOMIC_RELEASE);
+}
+
+epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
+{
+    if (st != EPX_ERR_TIMEOUT || !m->win || !m->off.progress)
+        return st;
+    char msg[480], prev[200];
+    snprintf(prev, sizeof(prev), "%s", epx_last_error());
+    const int64_t *mine = (const int64_t *)moe_local(m, m->off.progress);
+    const int64_t call = mine[MOE_PR_CALL], at = mine[MOE_PR_AT];
+    int n = snprintf(msg, sizeof(msg), "%s (call %lld, layer %lld): ranks "
+                     "behind:", what, (long long)call,
+                     (long long)mine[MOE_PR_LAYER]);
+    int behind = 0, unknown = 0, shown = 0;
+    for (int r = 0; r < m->R; r++) {
+        if (r == m->rank)
+            continue;
+        const char *pw = epx__win_peer_ptr(m->win, r);
+        if (!pw) {   /* reached through the network: not readable here */
+            unknown++;
+            continue;
+        }
+        const int64_t *p = (const int64_t *)(pw + m->off.progress);
+        int64_t pc = __atomic_load_n(&p[MOE_PR_CALL], __ATOMIC_RELAXED);
+        int64_t pa = __atomic_load_n(&p[MOE_PR_AT], __ATOMIC_ACQUIRE);
+        int64_t pl = __atomic_load_n(&p[MOE_PR_LAYER], __ATOMIC_RELAXED);
+        int late = pc < call || (pc == call && pa < at);
+        if (!late)
+            continue;
+        behind++;
+        /* The message is short; the log has every rank behind. */
+        EPX_LOG(EPX_LOG_ERROR, "moe", m->rank, "%s: rank %d is behind: %s "
+                "of call %lld (layer %lld)", what, r, step_name(pa),
+                (long long)pc, (long long)pl);
+        if (shown < 6 && n < (int)sizeof(msg) - 64) {
+            n += snprintf(msg + n, sizeof(msg) - (size_t)n,
+                          "%s rank %d in %s of call %lld (layer %lld)",
+                          shown ? "," : "", r, step_name(pa), (long long)pc,
+                          (long long)pl);
+            shown++;
+        }
+    }
+    if (behind > shown)
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, ", and %d more (log)",
+                      behind - shown);
+    if (behind == 0)
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, " none seen");
+    if (unknown && n < (int)sizeof(msg))
+        snprintf(msg + n, sizeof(msg) - (size_t)n, "; %d over the network "
+                 "not readable here", unknown);
+    return epx__error(st, "%s [%s]", msg, prev);
+}
