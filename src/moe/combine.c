@@ -118,7 +118,7 @@ epx_status_t moe_ht_combine_send(epx_moe_t *m, epx_handle_t *h,
         return st;
     if ((st = moe_check_y_apart(m, &a->y)) != EPX_OK)
         return st;
-    moe_progress(m, MOE_AT_COMBINE_SEND, h->layer);
+    moe_progress(m, MOE_AT_COMBINE_SEND, h->layer, m->calls);
     int32_t word = MOE_COMB_PUSHED;
     st = m->path->combine_send(m, h, a, &word);
     if (st != EPX_OK)
@@ -149,7 +149,7 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
     if ((st = moe_check_out(m, h, out)) != EPX_OK)
         return st;
     uint64_t call = m->n_comb++;
-    moe_progress(m, MOE_AT_COMBINE_RECV, h->layer);
+    moe_progress(m, MOE_AT_COMBINE_RECV, h->layer, m->calls);
     st = epx__win_wait(m->win, MOE_SIG_COMB, (uint64_t)m->R * m->n_comb);
     m->state = MOE_IDLE;
     m->cur = NULL;
@@ -157,7 +157,7 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
         m->broken = 1;
         st = moe_diagnose(m, st, "combine_recv");
     } else {
-        moe_progress(m, MOE_AT_IDLE, h->layer);
+        moe_progress(m, MOE_AT_IDLE, h->layer, m->calls);
     }
     if (st == EPX_OK)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");

@@ -358,7 +358,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         h->call = m->n_counts;
     int layer = mine == EPX_OK ? moe_args_layer(a) : 0;
     m->calls++;
-    moe_progress(m, MOE_AT_DISPATCH_SEND, layer);
+    moe_progress(m, MOE_AT_DISPATCH_SEND, layer, m->calls);
     st = exchange_counts(m, mine, cached, cached ? h->call : 0, layer);
     if (st == EPX_OK && !cached) {
         plan_offsets(m, h);
@@ -392,7 +392,7 @@ static epx_status_t ht_dispatch_recv(epx_moe_t *m, epx_handle_t *h,
         return epx__error(EPX_ERR_STATE,
                           "dispatch: recv without a matching dispatch_send");
     m->n_data++;
-    moe_progress(m, MOE_AT_DISPATCH_RECV, h->layer);
+    moe_progress(m, MOE_AT_DISPATCH_RECV, h->layer, m->calls);
     epx_status_t st = epx__win_wait(m->win, MOE_SIG_DATA, (uint64_t)m->R * m->n_data);
     if (st != EPX_OK) {
         m->broken = 1;

@@ -149,6 +149,9 @@ epx_status_t ll_init(epx_moe_t *m)
     /* Nothing known yet: a peer may write into the window as soon as it
      * exists, so the first use of each range writes its padding. */
     memset(l->hw, 0xff, sizeof(int32_t) * (size_t)l->B * (size_t)l->L * R);
+    /* the progress record (progress.c) after the buffers */
+    m->off.progress = (m->off.total + 63) & ~(size_t)63;
+    m->off.total = m->off.progress + 64;
     return epx__win_create(m->comm, m->off.total, 3 * l->B, &m->win);
 }
 

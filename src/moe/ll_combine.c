@@ -48,6 +48,7 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
                                     "no received dispatch for this handle", &c);
     if (st != EPX_OK)
         return st;
+    moe_progress(m, MOE_AT_COMBINE_SEND, c->layer, c->call + 1);
     moe_ll_t *l = m->ll;
     /* Every rank combines in dispatch order, else two ranks could wait on
      * each other's different calls. */
@@ -119,14 +120,16 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     moe_ll_t *l = m->ll;
     const uint64_t call = c->call;
     const int b = ll_buf(l, call);
+    moe_progress(m, MOE_AT_COMBINE_RECV, c->layer, call + 1);
     st = epx__win_wait(m->win, ll_comb_slot(l, call), ll_comb_target(m, call));
     c->state = LL_DONE;
     if (l->ring[b] == h)
         l->ring[b] = NULL;
     if (st != EPX_OK) {
         m->broken = 1;
-        return st;
+        return moe_diagnose(m, st, "combine_recv");
     }
+    moe_progress(m, MOE_AT_IDLE, c->layer, call + 1);
     const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, call, l->off.hdr)) +
                          ll_comb_word(l, call);
     for (int d = 0; d < m->R; d++) {

@@ -212,6 +212,7 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     moe_ll_t *l = m->ll;
     const uint64_t call = l->n_calls;
     const int b = ll_buf(l, call);
+    moe_progress(m, MOE_AT_DISPATCH_SEND, a ? moe_args_layer(a) : 0, call + 1);
     /* Nothing sent: the caller may combine or release and call again. */
     if (l->ring[b])
         return epx__error(EPX_ERR_STATE,
@@ -412,10 +413,11 @@ epx_status_t ll_dispatch_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     if (st != EPX_OK)
         return st;
     const moe_ll_t *l = m->ll;
+    moe_progress(m, MOE_AT_DISPATCH_RECV, c->layer, c->call + 1);
     st = epx__win_wait(m->win, ll_buf(l, c->call), ll_target(m, c->call));
     if (st != EPX_OK) {
         m->broken = 1;
-        return st;
+        return moe_diagnose(m, st, "dispatch_recv");
     }
     const int32_t tag = ll_tag(l, c->call);
     for (int s = 0; s < m->R && st == EPX_OK; s++) {

@@ -72,8 +72,9 @@ typedef struct moe_offsets {
 } moe_offsets_t;
 
 /* progress.c: this rank's record in its window (MOE_PR_* int64 words):
- * the step it entered last of its call number m->calls, and the layer; a
- * timeout names the peers whose record is behind. */
+ * the step it entered last, of which call (numbered from 1: throughput
+ * mode's m->calls, low latency's call + 1), and the layer; a timeout
+ * names the peers whose record is behind. */
 enum { MOE_AT_IDLE = 0, MOE_AT_DISPATCH_SEND, MOE_AT_DISPATCH_RECV,
        MOE_AT_COMBINE_SEND, MOE_AT_COMBINE_RECV };
 enum { MOE_PR_CALL = 0, MOE_PR_AT = 1, MOE_PR_LAYER = 2, MOE_PR_WORDS = 3 };
@@ -236,7 +237,7 @@ static inline int moe_dest_add(int32_t *dst, int nd, int r)
     return nd + 1;
 }
 
-void moe_progress(epx_moe_t *m, int at, int layer);
+void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call);
 /* st, or for EPX_ERR_TIMEOUT the same status with a message that names
  * the ranks behind this one and where each is (and logs them all). */
 epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what);

@@ -22,12 +22,12 @@ static const char *step_name(int64_t at)
     }
 }
 
-void moe_progress(epx_moe_t *m, int at, int layer)
+void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call)
 {
     if (!m->win || !m->off.progress)
         return;
     int64_t *p = (int64_t *)moe_local(m, m->off.progress);
-    __atomic_store_n(&p[MOE_PR_CALL], (int64_t)m->calls, __ATOMIC_RELAXED);
+    __atomic_store_n(&p[MOE_PR_CALL], (int64_t)call, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_LAYER], (int64_t)layer, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_AT], (int64_t)at, __ATOMIC_RELEASE);
 }
