@@ -1,10 +1,8 @@
 #!/bin/sh
 # From a fresh clone: install dependencies, build, and run the test suite
 # (make check, then the Python package's tests in a venv).  --distcheck also runs make distcheck (tarball builds and
-# passes its tests out of tree).  --sanitize also builds a copy of the
-# tree with clang, AddressSanitizer and UndefinedBehaviorSanitizer (errors
-# fatal) and the libFuzzer harnesses, runs make check there, then each
-# fuzzer for EPX_FUZZ_SECONDS (default 20) over its corpus.  Exits non-zero on any failure, after
+# passes its tests out of tree).  --sanitize also runs scripts/sanitize.sh
+# (the suite under ASan + UBSan with clang, then the fuzzers).  Exits non-zero on any failure, after
 # printing the logs of the tests that failed.
 set -eu
 
@@ -54,33 +52,11 @@ if ! "$VENV_PY" -m pytest -q -p no:cacheprovider python/tests; then
 fi
 
 if [ "$sanitize" = yes ]; then
-    # A copy of the tracked (and new, unignored) files: the in-tree build
-    # stays as it is.
-    san=${EPX_SAN_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/epx-san.XXXXXX")}
-    echo "test: clang + ASan + UBSan + fuzzers in $san"
-    git ls-files -co --exclude-standard -z | tar --null -T - -cf - | tar -x -C "$san"
-    san_flags="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fsanitize=fuzzer-no-link"
-    # Leaks: hwloc's libpciaccess keeps ~1 KiB per probe, UCX and MPI
-    # keep theirs until exit; LeakSanitizer would fail them all.
-    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=0
-    export UBSAN_OPTIONS=print_stacktrace=1
-    if ! (cd "$san" && ./autogen.sh >/dev/null &&
-          CC=clang CFLAGS="$san_flags" ./configure --enable-fuzzers \
-              --without-cuda --without-nccl >/dev/null &&
-          make -j"$JOBS" >/dev/null); then
-        echo "test: FAILED (sanitizer build)" >&2
+    echo "test: scripts/sanitize.sh"
+    if ! scripts/sanitize.sh; then
+        echo "test: FAILED (sanitizers or fuzzers)" >&2
         exit 1
     fi
-    echo "test: (sanitizers) make -j$JOBS check"
-    if ! (cd "$san" && make -j"$JOBS" check); then
-        echo "test: FAILED (make check under ASan + UBSan)" >&2
-        exit 1
-    fi
-    if ! (cd "$san" && tests/fuzz/run.sh "${EPX_FUZZ_SECONDS:-20}"); then
-        echo "test: FAILED (fuzzers)" >&2
-        exit 1
-    fi
-    [ -n "${EPX_SAN_DIR:-}" ] || rm -rf "$san"
 fi
 
 if [ "$distcheck" = yes ]; then
