@@ -7,7 +7,7 @@ set -eu
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libhwloc-dev hwloc libucx-dev ucx-utils libcmocka-dev \
 libopenmpi-dev openmpi-bin libjansson-dev libsodium-dev libopenblas-dev graphviz gnuplot-nox valgrind python3 python3-venv python3-dev git \
-ca-certificates iproute2"
+ca-certificates iproute2 clang libclang-rt-dev"
 
 say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }

@@ -1,15 +1,18 @@
 #!/bin/sh
 # From a fresh clone: install dependencies, build, and run the test suite
 # (make check, then the Python package's tests in a venv).  --distcheck also runs make distcheck (tarball builds and
-# passes its tests out of tree).  Exits non-zero on any failure, after
+# passes its tests out of tree).  --sanitize also runs scripts/sanitize.sh
+# (the suite under ASan + UBSan with clang, then the fuzzers).  Exits non-zero on any failure, after
 # printing the logs of the tests that failed.
 set -eu
 
-usage() { echo "usage: $0 [--distcheck]" >&2; exit 2; }
+usage() { echo "usage: $0 [--distcheck] [--sanitize]" >&2; exit 2; }
 distcheck=no
+sanitize=no
 for a in "$@"; do
     case "$a" in
         --distcheck) distcheck=yes ;;
+        --sanitize) sanitize=yes ;;
         -h|--help) usage ;;
         *) echo "test: unknown argument '$a'" >&2; usage ;;
     esac
@@ -46,6 +49,14 @@ echo "test: $VENV_PY -m pytest python/tests"
 if ! "$VENV_PY" -m pytest -q -p no:cacheprovider python/tests; then
     echo "test: FAILED (Python tests)" >&2
     exit 1
+fi
+
+if [ "$sanitize" = yes ]; then
+    echo "test: scripts/sanitize.sh"
+    if ! scripts/sanitize.sh; then
+        echo "test: FAILED (sanitizers or fuzzers)" >&2
+        exit 1
+    fi
 fi
 
 if [ "$distcheck" = yes ]; then

@@ -220,6 +220,16 @@ static void pending_drop(pending_t *pend, int *npend, int i)
     pend[i] = pend[--*npend];
 }
 
+/* The handshake that started first (the earliest deadline). */
+static void pending_drop_oldest(pending_t *pend, int *npend)
+{
+    int old = 0;
+    for (int i = 1; i < *npend; i++)
+        if (pend[i].deadline < pend[old].deadline)
+            old = i;
+    pending_drop(pend, npend, old);
+}
+
 /* Judge a complete hello.  Every check is made whatever the others say,
  * and the MAC comparison is constant-time, so the time taken does not
  * tell which check failed either. */
@@ -347,12 +357,8 @@ static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,
                     continue;
                 if ((errno == EMFILE || errno == ENFILE) && npend > 0) {
                     /* Out of descriptors: the oldest handshake makes room. */
-                    int old = 0;
-                    for (int i = 1; i < npend; i++)
-                        if (pend[i].deadline < pend[old].deadline)
-                            old = i;
+                    pending_drop_oldest(pend, &npend);
                     turned_away++;
-                    pending_drop(pend, &npend, old);
                     continue;
                 }
                 if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -360,12 +366,8 @@ static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,
                 break;
             }
             if (npend == BOOT_PENDING) {
-                int old = 0;
-                for (int i = 1; i < npend; i++)
-                    if (pend[i].deadline < pend[old].deadline)
-                        old = i;
+                pending_drop_oldest(pend, &npend);
                 turned_away++;
-                pending_drop(pend, &npend, old);
             }
             pending_t *p = &pend[npend++];
             memset(p, 0, sizeof(*p));

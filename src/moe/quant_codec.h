@@ -67,8 +67,11 @@ MOE_QUANT_HD uint8_t moe_quant_f32_to_e4m3(float f)
     int32_t a = (int32_t)(u & 0x7fffffffu);
     int32_t sign = (int32_t)((u >> 24) & 0x80u);
     /* Normal (|f| >= 2^-6): drop 20 mantissa bits with RNE; a carry rolls
-     * into the exponent, then rebias 127 -> 7. */
-    int32_t nrm = ((a + 0x7ffff + ((a >> 20) & 1)) >> 20) - (120 << 3);
+     * into the exponent, then rebias 127 -> 7.  Unsigned: for NaN bits
+     * the sum passes 2^31 (the result is not selected then, but a signed
+     * overflow would be undefined). */
+    int32_t nrm = (int32_t)(((uint32_t)a + 0x7ffffu + (((uint32_t)a >> 20) & 1u))
+                            >> 20) - (120 << 3);
     /* Subnormal (|f| < 2^-6): m = RNE(|f| * 2^9), the code itself (m = 8
      * is the code of 2^-6).  |f| * 2^9 < 8 is exact, and adding 2^23 leaves
      * no fraction bits: the fp32 adder rounds it to the nearest integer,

@@ -7,12 +7,17 @@
 # inside UCX itself (libucs/libuct/libucp frames on top), never ours.
 # Then the same run with VG_UCX_LEAK=1 (each rank drops a block on
 # purpose) must fail: the check can catch a leak of our code.
-# Exit 77 (skip) when valgrind is not installed.
+# Exit 77 (skip) when valgrind is not installed, or in a sanitizer build.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 top=${srcdir:-$here/../..}
 prog=${VG_UCX_PROG:-./tests/transport/vg_ucx}
 command -v valgrind >/dev/null || { echo "valgrind not installed: skipped"; exit 77; }
+# A sanitizer build checks memory itself (and valgrind cannot run it).
+if grep -q '^CFLAGS = .*-fsanitize=' Makefile 2>/dev/null; then
+    echo "sanitizer build: skipped"
+    exit 77
+fi
 EPX_TRANSPORTS=ucx
 UCX_TLS=${UCX_TLS:-tcp}
 export EPX_TRANSPORTS UCX_TLS
