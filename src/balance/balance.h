@@ -98,6 +98,8 @@ typedef struct bal_ls {
     int32_t *touched;        /* [R] */
     double *pen, *xe;        /* [E] scratch of a step's search */
     int32_t *top;            /* [E] */
+    int32_t *donor;          /* [S] slots that may give up their replica */
+    int32_t *mark, markv;    /* [R] ranks holding one expert (find) */
     const int32_t *orig;     /* [S] the placement in use, or NULL */
     int changed;             /* slots that differ from orig */
 } bal_ls_t;

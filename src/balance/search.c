@@ -28,10 +28,12 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->pen = malloc((size_t)E * sizeof(double));
     ls->xe = malloc((size_t)E * sizeof(double));
     ls->top = malloc((size_t)E * sizeof(int32_t));
+    ls->donor = malloc((size_t)S * sizeof(int32_t));
+    ls->mark = calloc((size_t)R, sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->touched || !ls->pen || !ls->xe || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -44,7 +46,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
     free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
-    free(ls->pen); free(ls->top); free(ls->xe);
+    free(ls->pen); free(ls->top); free(ls->xe); free(ls->donor); free(ls->mark);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -176,19 +178,6 @@ static void eval_reassign(bal_ls_t *ls, int s, int b, int32_t *touched,
     new_max(ls, touched, nt, mx, n);
 }
 
-static void eval_swap(bal_ls_t *ls, int sa, int sb, int32_t *touched,
-                      double *mx, int *n)
-{
-    int a = ls->slot[sa], b = ls->slot[sb], h = sa / ls->spr, q = sb / ls->spr;
-    double xa = ls->w[a] / ls->cnt[a], xb = ls->w[b] / ls->cnt[b];
-    ls->stampv++;
-    int nt = touch(ls, h, touched, 0);
-    nt = touch(ls, q, touched, nt);
-    ls->nl[h] += xb - xa;
-    ls->nl[q] += xa - xb;
-    new_max(ls, touched, nt, mx, n);
-}
-
 /* Is (mx, n) better than (bm, bn)?  Lower maximum, or the same maximum
  * held by fewer ranks. */
 static int better(double mx, int n, double bm, int bn)
@@ -228,15 +217,32 @@ static void consider(const bal_ls_t *ls, cand_t *best, int kind, int s1,
     }
 }
 
+/* gmax: an upper bound on how much the step can lower h (< 0: none).
+ * With a budget, a step whose gain per slot cannot beat the best so far
+ * is not evaluated. */
 static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
-                         int curn, int budget)
+                         int curn, int budget, double gmax)
 {
     double mx;
     int n, cost = cost_of(ls, s, b);
     if (cost > budget)
         return;
+    if (ls->orig && best->found && gmax >= 0) {
+        double tie = 1e-9 * cur * curn, g = gmax * (1 + 1e-9) + 1e-12 * cur;
+        if ((g > tie ? g : tie) / (cost > 0 ? cost : 0.5) <= best->val)
+            return;
+    }
     eval_reassign(ls, s, b, ls->touched, &mx, &n);
     consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+}
+
+/* mark[r] == markv for the ranks holding e: held[] by rank is strided
+ * and the layers' held[] do not stay in cache. */
+static void mark_holders(bal_ls_t *ls, int e)
+{
+    ls->markv++;
+    for (int t = ls->head[e]; t >= 0; t = ls->nxt[t])
+        ls->mark[t / ls->spr] = ls->markv;
 }
 
 int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
@@ -247,7 +253,6 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     int curn = 0, n;
     for (int i = 0; i < R && ls->rl[ls->order[i]] >= cur - 1e-12 * cur; i++)
         curn++;
-    int32_t *touched = ls->touched;
     cand_t best = { 0 };
     /* Giving up a replica of a raises a's other holders: pen[a] is the
      * heaviest of them after the change, top[a] that holder (a slot on
@@ -266,29 +271,77 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             }
         ls->pen[a] = m + d;
     }
-    /* Swaps of an item of h with a lighter item of another rank. */
+    /* Swaps of an item of h with a lighter item of another rank.  Only h
+     * and q change, so the new maximum is the larger of theirs and of the
+     * heaviest other rank (order[1], or order[2] when that is q); the
+     * number of ranks at it is counted only when it can matter. */
+    double o1 = R > 1 ? ls->rl[ls->order[1]] : -1;
+    double o2 = R > 2 ? ls->rl[ls->order[2]] : -1;
+    double xmin = 1e300;
+    for (int e = 0; e < E; e++)
+        if (ls->cnt[e] > 0 && ls->xe[e] < xmin)
+            xmin = ls->xe[e];
     for (int ja = 0; ja < spr; ja++) {
         int sa = h * spr + ja, a = ls->slot[sa];
         double xa = ls->xe[a];
-        for (int sb = 0; sb < S; sb++) {
-            int q = sb / spr, b = ls->slot[sb];
-            if (q == h || b == a || ls->xe[b] >= xa ||
-                q / ls->rpd != h / ls->rpd)
+        if (ls->orig && best.found) {
+            /* No swap of a gains more than xa - xmin, nor than down to
+             * order[2]; a step per slot costs at least 0.5. */
+            double g = xa - xmin < cur - o2 ? xa - xmin : cur - o2;
+            double tie = 1e-9 * cur * curn;
+            if ((g > tie ? g : tie) / 0.5 <= best.val)
                 continue;
-            if (ls->distinct && (ls->held[h * E + b] || ls->held[q * E + a]))
+        }
+        mark_holders(ls, a);
+        for (int q = 0; q < R; q++) {
+            if (q == h || q / ls->rpd != h / ls->rpd)
                 continue;
-            double xb = ls->xe[b];
-            if (ls->rl[q] - xb + xa >= cur - 1e-12 * cur)
-                continue;      /* q would reach the max */
-            int cost = cost_of(ls, sa, b) + cost_of(ls, sb, a);
-            if (cost > budget)
+            if (ls->distinct && ls->mark[q] == ls->markv)
                 continue;
-            eval_swap(ls, sa, sb, touched, &mx, &n);
-            consider(ls, &best, 1, sa, sb, 0, mx, n, cur, curn, cost, budget);
+            double other = q == ls->order[1] ? o2 : o1;
+            if (ls->orig && best.found) {
+                /* h and q share rl[h] + rl[q]: gain <= (cur - rl[q]) / 2. */
+                double g = (cur - ls->rl[q]) / 2 * (1 + 1e-9) + 1e-12 * cur;
+                double tie = 1e-9 * cur * curn;
+                if ((g > tie ? g : tie) / 0.5 <= best.val)
+                    continue;
+            }
+            for (int jb = 0; jb < spr; jb++) {
+                int sb = q * spr + jb, b = ls->slot[sb];
+                if (b == a || ls->xe[b] >= xa)
+                    continue;
+                if (ls->distinct && ls->held[h * E + b])
+                    continue;
+                double xb = ls->xe[b];
+                if (ls->rl[q] - xb + xa >= cur - 1e-12 * cur)
+                    continue;      /* q would reach the max */
+                int cost = cost_of(ls, sa, b) + cost_of(ls, sb, a);
+                if (cost > budget)
+                    continue;
+                double na = ls->rl[h] + (xb - xa), nb = ls->rl[q] + (xa - xb);
+                mx = na > nb ? na : nb;
+                mx = other > mx ? other : mx;
+                n = 0;
+                if (mx >= cur * (1 - 2e-12) ||
+                    (!ls->orig && best.found && mx >= best.mx * (1 - 2e-12))) {
+                    double t = 1e-12 * mx;
+                    n = (na >= mx - t) + (nb >= mx - t);
+                    for (int i = 0; i < R && ls->rl[ls->order[i]] >= mx - t; i++)
+                        n += ls->order[i] != h && ls->order[i] != q;
+                }
+                consider(ls, &best, 1, sa, sb, 0, mx, n, cur, curn, cost, budget);
+            }
         }
     }
     /* One more replica of an expert b of h, in a slot taken from an
-     * expert a with replicas to spare. */
+     * expert a with replicas to spare: the slots that may give one up
+     * (in slot order) are the same for every b. */
+    int ndonor = 0;
+    for (int s = 0; s < S; s++) {
+        int a = ls->slot[s];
+        if (ls->cnt[a] >= 2 && !(ls->pen[a] >= cur - tol && ls->top[a] != s / spr))
+            ls->donor[ndonor++] = s;
+    }
     for (int jb = 0; jb < spr; jb++) {
         int b = ls->slot[h * spr + jb], dup = 0;
         for (int j = 0; j < jb; j++)
@@ -299,15 +352,15 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         if (ls->rl[h] - ls->held[h * E + b] * (xb0 - xb1) >= cur - tol &&
             curn == 1)
             continue;          /* h stays the heaviest */
-        for (int s = 0; s < S; s++) {
-            int a = ls->slot[s], r = s / spr;
-            if (a == b || ls->cnt[a] < 2 ||
-                (ls->pen[a] >= cur - tol && ls->top[a] != r) ||
-                ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
-                (ls->distinct && ls->held[r * E + b]) ||
+        mark_holders(ls, b);
+        for (int i = 0; i < ndonor; i++) {
+            int s = ls->donor[i], a = ls->slot[s], r = s / spr;
+            if (a == b || ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
+                (ls->distinct && ls->mark[r] == ls->markv) ||
                 (ls->rpd < R && !ls->dcnt[(r / ls->rpd) * E + b]))
                 continue;
-            try_reassign(ls, &best, s, b, cur, curn, budget);
+            try_reassign(ls, &best, s, b, cur, curn, budget,
+                         r == h ? -1 : ls->held[h * E + b] * (xb0 - xb1));
         }
     }
     /* A slot of h given up by its expert a to some lighter expert b. */
@@ -321,7 +374,9 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 ls->rl[h] - xa0 + ls->w[b] / (ls->cnt[b] + 1) >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
                 continue;
-            try_reassign(ls, &best, s, b, cur, curn, budget);
+            double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
+            try_reassign(ls, &best, s, b, cur, curn, budget,
+                         xa0 - xb1 + ls->held[h * E + b] * (xb0 - xb1));
         }
     }
     if (!best.found)

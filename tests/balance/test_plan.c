@@ -584,7 +584,81 @@ static void optimum_small(void **state)
            "(deepseek worst %.4f x)\n", exact, n, worst, worst_ds);
 }
 
+/* Lower bound on the max rank load of any placement of w[E] on R ranks of
+ * spr = S/R slots (replicas of an expert split its load evenly).  Let M be
+ * the largest replica: some w[e]/k.  Every expert then has at least
+ * a_e = ceil(w[e]/M) replicas, f = S - sum a_e are spare, so it has at
+ * most a_e + f, each weighing at least w[e]/(a_e + f).  Hence the replicas
+ * contain, per e, a_e of weight >= lo_e = w[e]/(a_e + f): the k largest
+ * replicas weigh at least the k largest of that multiset (top_k); and any
+ * n replicas weigh at least the n smallest of {lo_e, a_e + f times}
+ * (bot_n).  The k largest replicas lie on some j ranks,
+ * ceil(k/spr) <= j <= k, which hold j*spr - k more, so one of them
+ * carries at least (top_k + bot_{j*spr-k}) / j; k = 1 with the exact
+ * largest replica: M + bot_{spr-1}.  The bound is the least over M of the
+ * largest of these, and of the mean total/R. */
+static double filler_bound(const double *w, int E, int S, int R)
+{
+    int spr = S / R;
+    double tot = 0, best = HUGE_VAL;
+    long *a = malloc((size_t)E * sizeof(long));
+    double *top = malloc((size_t)(S + 1) * sizeof(double));
+    double *bot = malloc((size_t)(S + 1) * sizeof(double));
+    double *tmp = malloc((size_t)E * (S + 1) * sizeof(double));
+    for (int e = 0; e < E; e++)
+        tot += w[e];
+    for (int e0 = 0; e0 < E; e0++) {
+        for (long k0 = 1; w[e0] > 0; k0++) {
+            double M = w[e0] / k0;
+            long need = 0;
+            for (int e = 0; e < E; e++) {
+                /* Rounded down on ties: more to spare, a lower bound. */
+                double c = ceil(w[e] / M * (1 - 1e-12));
+                a[e] = c < 1 ? 1 : (long)c;
+                need += a[e];
+            }
+            if (need > S)
+                break;
+            long f = S - need, n = 0;
+            for (int e = 0; e < E; e++)
+                for (long i = 0; i < a[e]; i++)
+                    tmp[n++] = w[e] / (a[e] + f);
+            qsort(tmp, (size_t)n, sizeof(double), cmp_desc);
+            top[0] = 0;
+            for (int i = 0; i < S; i++)
+                top[i + 1] = top[i] + (i < n ? tmp[i] : 0);
+            n = 0;
+            for (int e = 0; e < E; e++)
+                for (long i = 0; i < a[e] + f; i++)
+                    tmp[n++] = w[e] / (a[e] + f);
+            qsort(tmp, (size_t)n, sizeof(double), cmp_desc);
+            bot[0] = 0;
+            for (int i = 0; i < S; i++)
+                bot[i + 1] = bot[i] + tmp[n - 1 - i];
+            double lb = M + bot[spr - 1];
+            lb = tot / R > lb ? tot / R : lb;
+            for (int k = 2; k <= S && lb < best; k++) {
+                double mk = HUGE_VAL;
+                for (int jr = (k + spr - 1) / spr; jr <= k && jr <= R; jr++) {
+                    double v = (top[k] + bot[jr * spr - k]) / jr;
+                    mk = v < mk ? v : mk;
+                }
+                lb = mk > lb ? mk : lb;
+            }
+            best = lb < best ? lb : best;
+        }
+    }
+    free(a);
+    free(top);
+    free(bot);
+    free(tmp);
+    if (best == HUGE_VAL)
+        best = 0;   /* every load zero */
+    return tot / R > best ? tot / R : best;
+}
+
 /* Production-sized layers, one domain, Zipf loads: within 2 % of the lower
+ * bound filler_bound (above); it is checked to be at least the simple
  * bound max(total / R, least possible largest replica), computed here by
  * replaying the greedy replication, which minimises the largest replica. */
 static void lower_bound_large(void **state)
@@ -607,7 +681,7 @@ static void lower_bound_large(void **state)
             epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
             assert_int_equal(epx_balance_plan(&p, load, p2l, NULL, 0, NULL),
                              EPX_OK);
-            double worst = 0;
+            double worst = 0, worst_old = 0;
             for (int l = 0; l < sh->L; l++) {
                 const double *ld = load + (size_t)l * sh->E;
                 double tot = 0, top = 0;
@@ -624,17 +698,22 @@ static void lower_bound_large(void **state)
                 }
                 for (int e = 0; e < sh->E; e++)
                     top = ld[e] / c[e] > top ? ld[e] / c[e] : top;
-                double lb = tot / sh->R > top ? tot / sh->R : top;
+                /* The simple bound max(mean, least largest replica). */
+                double lb0 = tot / sh->R > top ? tot / sh->R : top;
+                double lb = filler_bound(ld, sh->E, sh->S, sh->R);
                 double got = max_rank_load(sh, ld, p2l + (size_t)l * sh->S);
+                assert_true(lb >= lb0 * (1 - 1e-12));
+                assert_true(got >= lb * (1 - 1e-9));   /* it is a bound */
                 worst = got / lb > worst ? got / lb : worst;
+                worst_old = got / lb0 > worst_old ? got / lb0 : worst_old;
             }
-            printf("# %s zipf %.1f: epx worst %.4f x lower bound\n", sh->name,
-                   zs[z], worst);
-            /* Zipf 1.0 on few spare slots: the bound ignores that the
-             * rank of the largest replica holds spr - 1 more, so it is
-             * loose there; only reported. */
-            if (z == 0)
-                assert_true(worst <= 1.02);
+            printf("# %s zipf %.1f: epx worst %.4f x lower bound "
+                   "(%.4f x max(mean, least largest replica))\n", sh->name,
+                   zs[z], worst, worst_old);
+            /* Zipf 1.0 with 4 slots per rank: the planner and the bound
+             * are 7-9 % apart and which one is off is not known; the
+             * figure asserted there is what the planner reaches. */
+            assert_true(worst <= (z == 1 && i == 0 ? 1.10 : 1.02));
             free(load);
             free(p2l);
             free(c);
