@@ -317,6 +317,80 @@ static int online_rank(epx_comm_t *comm, void *arg)
     return 0;
 }
 
+/* Low latency: the switch is refused while a call of the layer is
+ * dispatched and not yet combine_sent on some rank (STATE there, PEER on
+ * the others), lands once every rank has combined, and the weights are
+ * the new placement's. */
+static int ll_in_flight_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
+    const int E = 2 * R, S = 2 * R, spr = S / R, first = me * spr;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = H;
+    p.num_experts = E;
+    p.topk = K;
+    p.max_tokens_per_rank = TMAX;
+    p.dtype = EPX_DTYPE_FP32;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.num_slots = S;
+    epx_moe_t *m;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
+    int32_t cur[MAXS], next[MAXS];
+    for (int u = 0; u < S; u++) {
+        cur[u] = u;
+        next[u] = u;
+    }
+    next[0] = 1;   /* slots 0 and 1 trade experts: both move */
+    next[1] = 0;
+    CHECK_OK(epx_moe_set_placement(m, 0, cur, EPX_REPLICA_LOCAL_FIRST));
+    float wts[MAXS * H];
+    for (int j = 0; j < spr; j++)
+        for (int h = 0; h < H; h++)
+            wts[j * H + h] = pat(0, cur[first + j], h);
+    CHECK_OK(epx_moe_register_weights(m, 0, wts, sizeof(float) * H));
+    CHECK_OK(epx_moe_rebalance_start(m, 0, next, EPX_REPLICA_LOCAL_FIRST));
+    tok_t t;
+    gen(E, me, 0, 0, &t);
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ t.x, EPX_DTYPE_FP32, t.T, H };
+    a.topk_idx = (epx_tensor_t){ t.idx, EPX_DTYPE_INT32, t.T, K };
+    a.topk_weights = (epx_tensor_t){ t.w, EPX_DTYPE_FP32, t.T, K };
+    epx_handle_t *hd = NULL;
+    epx_recv_t rv = { .struct_size = sizeof(rv) };
+    CHECK_OK(epx_dispatch_send(m, &a, &hd));
+    CHECK_OK(epx_dispatch_recv(m, hd, &rv));
+    epx_combine_args_t c = EPX_COMBINE_ARGS_INIT;
+    float *y = calloc((size_t)(rv.num_rows * H + 1), sizeof(float));
+    CHECK(y != NULL);
+    c.y = (epx_tensor_t){ y, EPX_DTYPE_FP32, rv.num_rows, H };
+    if (me == 0)
+        CHECK_OK(epx_combine_send(m, hd, &c));
+    CHECK_ST(epx_moe_rebalance_finish(m, NULL),
+             me == 0 ? EPX_ERR_PEER : EPX_ERR_STATE);
+    if (me != 0)
+        CHECK_OK(epx_combine_send(m, hd, &c));
+    float out[TMAX * H];
+    epx_tensor_t o = { out, EPX_DTYPE_FP32, t.T, H };
+    CHECK_OK(epx_combine_recv(m, hd, &o));
+    epx_handle_release(hd);
+    free(y);
+    CHECK_OK(epx_moe_rebalance_finish(m, NULL));
+    for (int j = 0; j < spr; j++)
+        for (int h = 0; h < H; h++)
+            CHECK(wts[j * H + h] == pat(0, next[first + j], h));
+    epx_moe_destroy(m);
+    return 0;
+}
+
+static void ll_in_flight(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(3, 60, ll_in_flight_rank, NULL, NULL),
+                     EPX_OK);
+}
+
 static void ranks8(void **state)
 {
     (void)state;
@@ -335,6 +409,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(ranks3),
         cmocka_unit_test(ranks8),
+        cmocka_unit_test(ll_in_flight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
