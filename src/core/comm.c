@@ -240,7 +240,8 @@ static void comm_teardown(epx_comm_t *comm)
                     "%s", epx_last_error());
     }
     epx__win_destroy(comm->ctl);
-    epx__ucx_comm_fini(comm, st == EPX_OK);
+    /* a dead peer: no flush or exchange it would have to answer */
+    epx__ucx_comm_fini(comm, st == EPX_OK && comm->dead_rank < 0);
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
     unwatch_peers(comm);

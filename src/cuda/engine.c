@@ -1038,6 +1038,12 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->parity = (int)(m->seq & 1);
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
+    /* This call's flag only: one set by a call released before its recv
+     * (which clears it) must not be reported here. */
+    if ((st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
+                                            sizeof(int64_t), m->st),
+                            "cudaMemsetAsync")) != EPX_OK)
+        return fail(m, st);
     if (c->windows) {
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
@@ -1167,7 +1173,8 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     if (bad)
         return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
                           "outside [-1, %d); they were treated as -1 (recv "
-                          "is filled: complete the call with combine)", g->E);
+                          "is filled: complete the call with combine)",
+                          m->Elog);
     return EPX_OK;
 }
 

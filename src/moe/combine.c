@@ -157,7 +157,7 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
         m->broken = 1;
         st = moe_diagnose(m, st, "combine_recv");
     } else {
-        moe_progress(m, MOE_AT_IDLE, h->layer, m->calls);
+        moe_progress(m, MOE_AT_DONE, h->layer, m->calls);
     }
     if (st == EPX_OK)
         st = moe_first_error(m, MOE_ST_COMB, call, "combine");

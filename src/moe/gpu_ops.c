@@ -62,6 +62,7 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     h->T = a->x.rows;
     h->layer = layer;
     h->call = call;
+    h->dispatched = 0;
     h->stream = h->cstream = stream;
     *handle = h;
     return EPX_OK;
@@ -70,8 +71,16 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
 /* The executor checks the order of the handle's call (src/cuda/calls.h). */
 static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
 {
-    epx_status_t st = gpu_dispatch_recv(m->gpu, h->call, h->stream, out);
-    const int32_t *ucount = st == EPX_OK ? gpu_dispatch_ecount(m->gpu) : NULL;
+    /* A dead peer known here: say so before waiting on the device (the
+     * device's own waits end at the timeout). */
+    epx_status_t st = moe_check_usable(m, "dispatch");
+    if (st == EPX_OK)
+        st = gpu_dispatch_recv(m->gpu, h->call, h->stream, out);
+    /* Counted once per call, at its first recv (recv may be repeated). */
+    const int32_t *ucount = st == EPX_OK && !h->dispatched
+        ? gpu_dispatch_ecount(m->gpu) : NULL;
+    if (st == EPX_OK)
+        h->dispatched = 1;
     if (ucount && m->p.num_slots > 0) {   /* per slot: sum each expert's */
         const int32_t *p2l = m->phy2log + (size_t)h->layer * (size_t)m->U;
         memset(m->st_ecount, 0, sizeof(int32_t) * (size_t)m->E);
@@ -101,15 +110,20 @@ static epx_status_t gpu_csend(epx_moe_t *m, epx_handle_t *h,
                                 EPX_COMBINE_ARGS_VERSION);
     if (st != EPX_OK)
         return st;
-    if (a && a->struct_size >= offsetof(epx_combine_args_t, stream) +
-                                   sizeof(void *))
-        h->cstream = a->stream;
-    return gpu_combine_send(m->gpu, h->call, a, h->cstream);
+    void *stream = a && a->struct_size >= offsetof(epx_combine_args_t,
+                                                   stream) + sizeof(void *)
+        ? a->stream : h->cstream;
+    st = gpu_combine_send(m->gpu, h->call, a, stream);
+    if (st == EPX_OK)   /* a refused combine leaves the handle as it was */
+        h->cstream = stream;
+    return st;
 }
 
 static epx_status_t gpu_crecv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 {
-    return gpu_combine_recv(m->gpu, h->call, out, h->cstream);
+    epx_status_t st = moe_check_usable(m, "combine");
+    return st != EPX_OK ? st
+                        : gpu_combine_recv(m->gpu, h->call, out, h->cstream);
 }
 
 static void gpu_release(epx_moe_t *m, epx_handle_t *h)

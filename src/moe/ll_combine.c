@@ -129,7 +129,7 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
         m->broken = 1;
         return moe_diagnose(m, st, "combine_recv");
     }
-    moe_progress(m, MOE_AT_IDLE, c->layer, call + 1);
+    moe_progress(m, MOE_AT_DONE, c->layer, call + 1);
     const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, call, l->off.hdr)) +
                          ll_comb_word(l, call);
     for (int d = 0; d < m->R; d++) {

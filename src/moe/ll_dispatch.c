@@ -212,13 +212,13 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     moe_ll_t *l = m->ll;
     const uint64_t call = l->n_calls;
     const int b = ll_buf(l, call);
-    moe_progress(m, MOE_AT_DISPATCH_SEND, a ? moe_args_layer(a) : 0, call + 1);
     /* Nothing sent: the caller may combine or release and call again. */
     if (l->ring[b])
         return epx__error(EPX_ERR_STATE,
                           "dispatch: %d low-latency calls outstanding "
                           "(ll_buffers): combine or release the oldest first",
                           l->B);
+    moe_progress(m, MOE_AT_DISPATCH_SEND, a ? moe_args_layer(a) : 0, call + 1);
     /* Reuse of the buffer: every rank must be done with call - B. */
     epx_status_t st = call >= (uint64_t)l->B
         ? epx__win_wait(m->win, ll_comb_slot(l, call - (uint64_t)l->B),
@@ -226,7 +226,7 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         : EPX_OK;
     if (st != EPX_OK) {
         m->broken = 1;
-        return st;
+        return moe_diagnose(m, st, "dispatch_send (buffer reuse)");
     }
     epx_status_t mine = !a || !handle
         ? epx__error(EPX_ERR_INVALID, "dispatch: args or handle NULL")

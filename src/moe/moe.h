@@ -76,7 +76,7 @@ typedef struct moe_offsets {
  * mode's m->calls, low latency's call + 1), and the layer; a timeout
  * names the peers whose record is behind. */
 enum { MOE_AT_IDLE = 0, MOE_AT_DISPATCH_SEND, MOE_AT_DISPATCH_RECV,
-       MOE_AT_COMBINE_SEND, MOE_AT_COMBINE_RECV };
+       MOE_AT_COMBINE_SEND, MOE_AT_COMBINE_RECV, MOE_AT_DONE };
 enum { MOE_PR_CALL = 0, MOE_PR_AT = 1, MOE_PR_LAYER = 2, MOE_PR_WORDS = 3 };
 
 struct epx_moe {

@@ -18,6 +18,7 @@ static const char *step_name(int64_t at)
     case MOE_AT_DISPATCH_RECV: return "dispatch_recv";
     case MOE_AT_COMBINE_SEND: return "combine_send";
     case MOE_AT_COMBINE_RECV: return "combine_recv";
+    case MOE_AT_DONE: return "the end";
     default: return "between calls";
     }
 }
@@ -27,6 +28,12 @@ void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call)
     if (!m->win || !m->off.progress)
         return;
     int64_t *p = (int64_t *)moe_local(m, m->off.progress);
+    /* Only forward: low latency works on several calls at once, and the
+     * record keeps the furthest (a combine of call n after the dispatch
+     * of n + 1 is not "behind"). */
+    if ((int64_t)call < p[MOE_PR_CALL] ||
+        ((int64_t)call == p[MOE_PR_CALL] && at < p[MOE_PR_AT]))
+        return;
     __atomic_store_n(&p[MOE_PR_CALL], (int64_t)call, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_LAYER], (int64_t)layer, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_AT], (int64_t)at, __ATOMIC_RELEASE);
