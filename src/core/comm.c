@@ -49,7 +49,8 @@ static void watch_peers(epx_comm_t *c, const epx_rank_info_t *all)
     const epx_rank_info_t *me = &all[c->rank];
     c->dead_rank = -1;
     c->peer_pid = calloc((size_t)c->nranks, sizeof(int32_t));
-    if (!c->peer_pid)
+    c->peer_left = calloc((size_t)c->nranks, sizeof(*c->peer_left));
+    if (!c->peer_pid || !c->peer_left)
         return;
     for (int r = 0; r < c->nranks; r++)
         c->peer_pid[r] = all[r].pid;
@@ -61,10 +62,13 @@ static void watch_peers(epx_comm_t *c, const epx_rank_info_t *all)
     for (int r = 0; r < c->nranks; r++) {
         const epx_rank_info_t *p = &all[r];
         int fd = -1;
-        if (r != c->rank && p->pid != me->pid && me->pidns[0] &&
+        /* Mapped peers only: their "left cleanly" word is readable. */
+        const int32_t *left = epx__win_peer_ptr(c->ctl, r);
+        if (r != c->rank && left && p->pid != me->pid && me->pidns[0] &&
             !strcmp(p->host, me->host) && !strcmp(p->boot_id, me->boot_id) &&
             !strcmp(p->pidns, me->pidns))
             fd = (int)syscall(SYS_pidfd_open, (pid_t)p->pid, 0);
+        c->peer_left[r] = left;
         c->alive[r] = (struct pollfd){ fd, POLLIN, 0 };
         any |= fd >= 0;
     }
@@ -82,6 +86,7 @@ static void unwatch_peers(epx_comm_t *c)
             close(c->alive[r].fd);
     free(c->alive);
     free(c->peer_pid);
+    free(c->peer_left);
 }
 
 static void comm_teardown(epx_comm_t *comm);
@@ -115,7 +120,6 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     if ((st = epx__comm_allgather(c, &mine, all, sizeof(mine))) != EPX_OK)
         goto err_alloc;
     memcpy(c->job, all[0].job, sizeof(c->job)); /* rank 0's id wins */
-    watch_peers(c, all);
     if ((st = epx__select(c, all)) != EPX_OK)
         goto err_alloc;
     /* The map is the comm's only when every rank loaded it (else
@@ -129,8 +133,10 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     topo = NULL;
     if ((st = epx__ucx_comm_init(c)) != EPX_OK)
         goto err_alloc;
-    if ((st = epx__win_create(c, 0, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
+    /* The barrier window's bytes: this rank's "left cleanly" word. */
+    if ((st = epx__win_create(c, 64, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
         goto err_ucx;
+    watch_peers(c, all);
     free(all);
     char sum[256];
     epx__select_summary(c, sum, sizeof(sum));
@@ -239,6 +245,9 @@ static void comm_teardown(epx_comm_t *comm)
             EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "barrier at destruction: "
                     "%s", epx_last_error());
     }
+    /* Peers that see this process end from now on know it left. */
+    if (comm->ctl)
+        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
     epx__win_destroy(comm->ctl);
     /* a dead peer: no flush or exchange it would have to answer */
     epx__ucx_comm_fini(comm, st == EPX_OK && comm->dead_rank < 0);

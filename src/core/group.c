@@ -2,6 +2,7 @@
  * and the count of its windows. */
 #include <poll.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "util/util.h"
 #include "core/group.h"
@@ -69,11 +70,18 @@ epx_status_t epx__comm_alive(epx_comm_t *comm)
          * reaped); fds of -1 are skipped by poll. */
         if (poll(comm->alive, (nfds_t)comm->nranks, 0) <= 0)
             return EPX_OK;
-        for (int r = 0; r < comm->nranks; r++)
-            if (comm->alive[r].revents) {
-                comm->dead_rank = r;
-                break;
+        for (int r = 0; r < comm->nranks; r++) {
+            if (!comm->alive[r].revents)
+                continue;
+            if (comm->peer_left && comm->peer_left[r] &&
+                __atomic_load_n(comm->peer_left[r], __ATOMIC_ACQUIRE)) {
+                close(comm->alive[r].fd);   /* done with us: stop watching */
+                comm->alive[r].fd = -1;
+                continue;
             }
+            comm->dead_rank = r;
+            break;
+        }
         if (comm->dead_rank < 0)
             return EPX_OK;
     }

@@ -45,6 +45,10 @@ struct epx_comm {
      * others), polled by epx__comm_alive at most every 50 ms */
     struct pollfd *alive;       /* [nranks], or NULL (none to watch) */
     int32_t *peer_pid;          /* [nranks] as all-gathered */
+    /* [nranks] each watched peer's "left cleanly" word, in its barrier
+     * window as mapped here: a peer that destroyed its communicator and
+     * exited is not dead to the others (comm.c sets the pointers) */
+    const int32_t **peer_left;
     double next_alive;          /* epx__now() of the next poll */
     int dead_rank;              /* a peer seen dead, else -1 */
 };
@@ -70,8 +74,9 @@ void epx__comm_win_gone(epx_comm_t *comm);
 /* A user of the communicator other than a window (a device rank's
  * engine) holds it as a window does; epx__comm_win_gone lets go. */
 void epx__comm_hold(epx_comm_t *comm);
-/* EPX_OK while every watched peer lives; EPX_ERR_PEER naming the first
- * one seen dead, from then on (a dead peer never comes back).  Cheap: a
+/* EPX_OK while every watched peer lives (or left cleanly: it destroyed
+ * its communicator first); EPX_ERR_PEER naming the first one seen dead,
+ * from then on (a dead peer never comes back).  Cheap: a
  * clock read except every 50 ms.  Waits call it on their slow path, so a
  * peer's death ends them in about that time instead of the timeout. */
 epx_status_t epx__comm_alive(epx_comm_t *comm);
