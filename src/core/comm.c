@@ -245,9 +245,6 @@ static void comm_teardown(epx_comm_t *comm)
             EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "barrier at destruction: "
                     "%s", epx_last_error());
     }
-    /* Peers that see this process end from now on know it left. */
-    if (comm->ctl)
-        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
     epx__win_destroy(comm->ctl);
     /* a dead peer: no flush or exchange it would have to answer */
     epx__ucx_comm_fini(comm, st == EPX_OK && comm->dead_rank < 0);
@@ -264,6 +261,10 @@ void epx_comm_destroy(epx_comm_t *comm)
     if (!comm || comm->destroyed)
         return;
     comm->destroyed = 1;
+    /* Peers that see this process end from now on know it left on
+     * purpose (its teardown may wait for engines still open). */
+    if (comm->ctl)
+        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
     if (comm->nwin > 1) {
         /* An engine still holds a window: freeing now would leave it on
          * freed memory.  Its calls fail from here on; the teardown runs
