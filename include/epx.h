@@ -118,8 +118,10 @@ epx_status_t epx_comm_create(const epx_comm_params_t *params,
                              epx_comm_t **comm);
 /* Collective when some pair uses UCX (two barriers let every rank's last
  * operations finish while all still progress); local otherwise.  After a
- * peer failure it returns within the timeout, leaving UCX's worker to the
- * process exit. */
+ * peer failure it returns without waiting for the dead rank, leaving UCX's
+ * worker to the process exit.  Peers on the same host watch each other's
+ * processes: a rank that exits without calling it is taken for dead by
+ * any peer still waiting (EPX_ERR_PEER), so call it before exiting. */
 void epx_comm_destroy(epx_comm_t *comm);
 int epx_comm_rank(const epx_comm_t *comm);
 int epx_comm_size(const epx_comm_t *comm);
