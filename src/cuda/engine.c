@@ -72,7 +72,6 @@ struct gpu_moe {
     /* low latency (ll set) */
     int ll;
     epxk_ll_t llg;
-    uint64_t ll_n;              /* calls dispatched */
     int32_t *d_llkeep, *d_lldest, *d_llcnt, *d_llmystat, *d_llsrc;
     int64_t *d_llsendoff, *d_llcounts, *d_llstate;
     uint32_t *d_lluse;
@@ -823,7 +822,6 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     if (st != EPX_OK)
         return fail(m, st);
     ll_point(m, b);
-    m->ll_n++;
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
@@ -1038,8 +1036,8 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->parity = (int)(m->seq & 1);
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
-    /* This call's flag only: one set by a call released before its recv
-     * (which clears it) must not be reported here. */
+    /* This call's flag only (a call released before its recv leaves
+     * its own set). */
     if ((st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
                                             sizeof(int64_t), m->st),
                             "cudaMemsetAsync")) != EPX_OK)
@@ -1127,15 +1125,7 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
         return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
     const epxk_geom_t *g = &m->g;
-    int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;
-    if (bad) {
-        /* Reset the flag on the device for the next call (stream order). */
-        st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
-                                           sizeof(int64_t), m->st),
-                           "cudaMemsetAsync");
-        if (st != EPX_OK)
-            return fail(m, st);
-    }
+    int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;   /* cleared by each send */
     m->rows = m->h_info[EPXK_INFO_ROWS];
     for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
