@@ -231,6 +231,10 @@ typedef struct epx_topo_domain {
 /* A system description (topology/systems/<name>.json, or a path); the
  * error message names the file, the JSON path and the reason. */
 epx_status_t epx_topo_load(const char *name_or_path, epx_topo_t **topo);
+/* The directories epx_topo_load searches for a system name, in order:
+ * $EPX_SYSTEMS_DIR, then this library's build tree or installed (or
+ * moved) data directory.  Fills up to `max`; returns how many there are. */
+int epx_topo_systems_dirs(const char **dirs, int max);
 /* Probe this host (hwloc, NVML, CUDA driver; each optional). */
 epx_status_t epx_topo_probe(epx_topo_t **topo);
 /* Write a map as a system description that loads back to the same map. */

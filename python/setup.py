@@ -124,7 +124,7 @@ def make_cmd(builddir):
     cmd = ["make", "-C", builddir]
     if "-j" not in os.environ.get("MAKEFLAGS", ""):
         cmd.append("-j%d" % (os.cpu_count() or 1))
-    return cmd + ["libepx.la"]
+    return cmd + ["libepx.la", "modules"]
 
 
 def read_la(path):
@@ -141,12 +141,11 @@ def read_la(path):
     return vals["dlname"], names[0]
 
 
-# The package's libepx leaves out CUDA, NCCL and MPI unless
-# EPX_CONFIGURE_FLAGS says otherwise: a libepx linked to the toolkit's
-# libcudart/libnccl, loaded before torch, makes torch resolve its NCCL
-# symbols against the older library (import torch then fails), and the
-# package's GPU side waits for the single host/GPU engine API; ranks
-# bootstrap through torch.distributed or the environment, not MPI.
+# The package's libepx is built without CUDA and NCCL unless
+# EPX_CONFIGURE_FLAGS says otherwise: libepx itself links neither (they are
+# run-time modules, carried in epx/epx/ when built), but compiling the
+# kernels takes minutes and the package's GPU tensors are not wired yet;
+# ranks bootstrap through torch.distributed or the environment, not MPI.
 DEFAULT_CONFIGURE_FLAGS = "--without-cuda --without-nccl --without-mpi"
 
 
@@ -213,6 +212,7 @@ class LibEpx:
         self.lib_file = None  # real shared object to copy into the package
         self.soname = None  # the name it gets there
         self.systems_dir = None
+        self.modules = []  # epx_<name>.so files to put beside it, in epx/
 
 
 def system_libepx():
@@ -251,6 +251,9 @@ def source_libepx():
     lib.lib_file = os.path.join(libs, real)
     lib.soname = soname
     lib.systems_dir = os.path.join(ROOT, "topology", "systems")
+    # The optional parts libepx loads at run time (src/module/README.md):
+    # it looks for them in epx/ beside itself once moved out of its tree.
+    lib.modules = sorted(glob.glob(os.path.join(builddir, "src", "module", ".libs", "epx_*.so")))
     if not os.path.exists(lib.lib_file):
         fail("make finished but %s is missing" % lib.lib_file)
     return lib
@@ -309,6 +312,13 @@ class BuildExt(build_ext):
                 os.remove(old)
             if lib.lib_file:
                 copy_file(lib.lib_file, os.path.join(d, lib.soname))
+            moddir = os.path.join(d, "epx")
+            for old in glob.glob(os.path.join(moddir, "epx_*.so")):
+                os.remove(old)
+            if lib.modules:
+                os.makedirs(moddir, exist_ok=True)
+                for f in lib.modules:
+                    copy_file(f, os.path.join(moddir, os.path.basename(f)))
             sysdir = os.path.join(d, "systems")
             for old in glob.glob(os.path.join(sysdir, "*.json")):
                 os.remove(old)

@@ -1,13 +1,14 @@
 #!/bin/sh
 # Build everything bench/gpu-run.sh runs, for a GPU host that has a CUDA
 # driver (and NCCL) but neither epx's build dependencies nor a network:
-# a fresh copy of the committed source (HEAD) is configured with a static
-# libepx (--disable-shared; no UCX or MPI, which these runs do not use;
-# OpenBLAS when present, for host-run.sh's --overlap), built here, and DIR
-# receives
+# a fresh copy of the committed source (HEAD) is configured without UCX or
+# MPI, which these runs do not use (OpenBLAS when present, for
+# host-run.sh's --overlap), built here with the programs linking libepx
+# statically, and DIR receives
 #   bench/epx-bench, topology/epx-topo,  the programs
 #   tests/cuda/test_*, tests/moe/test_device, examples/moe_gpu
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
+#   lib/epx/                              the CUDA and NCCL modules
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
 #                                         the CUDA driver and NCCL
@@ -28,7 +29,7 @@ git -C "$src" archive HEAD | tar -x -C "$work"
 cd "$work"
 echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 ./autogen.sh >/dev/null 2>&1
-./configure --disable-shared --without-ucx --without-mpi \
+./configure --without-ucx --without-mpi \
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
@@ -37,17 +38,22 @@ progs="bench/epx-bench topology/epx-topo tests/cuda/test_cuda_moe
        tests/cuda/test_kern_quant tests/cuda/test_fdpass
        tests/moe/test_device examples/moe_gpu"
 echo "gpu-bundle: building"
-make -j"$(nproc 2>/dev/null || echo 2)" $progs >make.out 2>&1 ||
-    { tail -30 make.out; exit 1; }
+# The modules are shared objects; the programs then link libepx statically
+# (libtool's -static), so they are real executables, not wrappers.
+mods="src/module/epx_cuda.la src/module/epx_nccl.la"
+jobs=$(nproc 2>/dev/null || echo 2)
+{ make -j"$jobs" libepx.la $mods && make -j"$jobs" LDFLAGS=-static $progs; } \
+    >make.out 2>&1 || { tail -30 make.out; exit 1; }
 mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/tests/moe" \
-    "$dir/examples" "$dir/lib"
+    "$dir/examples" "$dir/lib/epx"
 for p in $progs; do cp "$p" "$dir/$p"; done
+cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$dir/lib/epx/"
 cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
 # Libraries beyond the base system, the driver and NCCL (the host's own).
-for p in $progs; do ldd "$p"; done | awk '/=> \// { print $3 }' | sort -u |
+for p in $progs src/module/.libs/epx_*.so; do ldd "$p"; done | awk '/=> \// { print $3 }' | sort -u |
 while read -r l; do
     case "$(basename "$l")" in
     libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|\
@@ -65,7 +71,8 @@ for l in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu; do
     [ -f "$l/libnccl.so.2" ] && { nccl=$l; break; }
 done
 export LD_LIBRARY_PATH="$d/lib${nccl:+:$nccl}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-missing=$(ldd "$d/bench/epx-bench" | grep 'not found')
+export EPX_MODULE_DIR="$d/lib/epx"
+missing=$(ldd "$d/bench/epx-bench" "$d"/lib/epx/*.so | grep 'not found')
 [ -z "$missing" ] || { echo "run.sh: missing libraries:"; echo "$missing"; exit 1; }
 mkdir -p "$d/bench/results"
 case ${1:-gpu} in

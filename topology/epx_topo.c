@@ -171,18 +171,11 @@ static int parse(int argc, char **argv, opts_t *o)
     return 0;
 }
 
-/* Where descriptions are looked up by name, in the loader's order:
- * $EPX_SYSTEMS_DIR, the source tree (uninstalled builds), the installed
- * data directory.  Returns how many of `dirs` are set. */
-static int systems_dirs(const char *dirs[3])
+/* Where descriptions are looked up by name: the loader's directories. */
+static int systems_dirs(const char *dirs[4])
 {
-    int n = 0;
-    const char *env = getenv("EPX_SYSTEMS_DIR");
-    if (env && *env)
-        dirs[n++] = env;
-    dirs[n++] = EPX_SYSTEMS_SRCDIR;
-    dirs[n++] = EPX_SYSTEMS_DIR;
-    return n;
+    int n = epx_topo_systems_dirs(dirs, 4);
+    return n < 4 ? n : 4;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -195,7 +188,7 @@ static int cmp_str(const void *a, const void *b)
  * how many. */
 static int list_systems(FILE *out, int one_line)
 {
-    const char *dirs[3];
+    const char *dirs[4];
     int nd = systems_dirs(dirs), n = 0, cap = 0;
     char **names = NULL;
     for (int i = 0; i < nd; i++) {
@@ -243,7 +236,7 @@ static int unknown_name(const char *s)
     size_t len = strlen(s);
     if (strchr(s, '/') || (len > 5 && strcmp(s + len - 5, ".json") == 0))
         return 0;
-    const char *dirs[3];
+    const char *dirs[4];
     int nd = systems_dirs(dirs);
     for (int i = 0; i < nd; i++) {
         char path[4096];

@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "util/util.h"
+#include "util/paths.h"
 #include "topology/model.h"
 #include "topology/desc.h"
 
@@ -891,8 +892,20 @@ static int is_path(const char *s)
     return strchr(s, '/') || (n >= 5 && strcmp(s + n - 5, ".json") == 0);
 }
 
-/* Where system names are looked up, in order: $EPX_SYSTEMS_DIR, the
- * source tree (tests, uninstalled builds), the installed data directory. */
+int epx_topo_systems_dirs(const char **dirs, int max)
+{
+    const char *all[4];
+    int n = 0;
+    const char *env = epx__cfg_str("EPX_SYSTEMS_DIR");
+    if (*env)
+        all[n++] = env;
+    n += epx__paths(EPX_PATH_SYSTEMS, all + n, 4 - n);
+    for (int i = 0; dirs && i < n && i < max; i++)
+        dirs[i] = all[i];
+    return n;
+}
+
+/* System names are looked up in epx_topo_systems_dirs's order. */
 epx_status_t epx_topo_load(const char *name_or_path, epx_topo_t **topo)
 {
     if (!name_or_path || !*name_or_path || !topo)
@@ -906,14 +919,10 @@ epx_status_t epx_topo_load(const char *name_or_path, epx_topo_t **topo)
                               "topo: '%s' is not a system name (letters, "
                               "digits, '-', '_', '.') nor a path",
                               name_or_path);
-    const char *dirs[3] = { epx__cfg_str("EPX_SYSTEMS_DIR"), NULL, NULL };
-    int nd = 1;
-#ifdef EPX_SYSTEMS_SRCDIR
-    dirs[nd++] = EPX_SYSTEMS_SRCDIR;
-#endif
-#ifdef EPX_SYSTEMS_DIR
-    dirs[nd++] = EPX_SYSTEMS_DIR;
-#endif
+    const char *dirs[4];
+    int nd = epx_topo_systems_dirs(dirs, 4);
+    if (nd > 4)
+        nd = 4;
     char tried[1024] = "";
     for (int i = 0; i < nd; i++) {
         if (!dirs[i] || !*dirs[i])

@@ -17,6 +17,7 @@
 
 #include "util/util.h"
 #include "core/comm.h"
+#include "transport/ucx/ucx_module.h"
 
 static const char *const tl_names[EPX_TL_COUNT] = { "shm", "ucx" };
 
@@ -25,10 +26,8 @@ const epx_tl_ops_t *epx__tl_get(int tl)
     switch (tl) {
     case EPX_TL_SHM:
         return &epx__tl_shm;
-#ifdef EPX_HAVE_UCX
     case EPX_TL_UCX:
-        return &epx__tl_ucx;
-#endif
+        return epx__ucx_tl();       /* loads the module */
     default:
         return NULL;
     }
@@ -120,15 +119,6 @@ epx_status_t epx__select(epx_comm_t *c, const epx_rank_info_t *all)
     epx_status_t st = epx__select_parse(all[0].transports, &allowed);
     if (st != EPX_OK)
         return st;
-    unsigned built = 0;
-    for (int t = 0; t < EPX_TL_COUNT; t++)
-        built |= epx__tl_get(t) ? 1u << t : 0;
-    if (!(allowed & built))
-        return epx__error(EPX_ERR_UNSUPPORTED,
-                          "EPX_TRANSPORTS='%s': not built in (this build has "
-                          "%s)", all[0].transports,
-                          built & (1u << EPX_TL_UCX) ? "shm and ucx"
-                                                     : "shm only: no UCX");
     int use_domains = 1;
     for (int r = 0; r < R; r++)
         use_domains &= all[r].topo_status == EPX_OK && all[r].domain >= 0;
@@ -140,20 +130,16 @@ epx_status_t epx__select(epx_comm_t *c, const epx_rank_info_t *all)
                         "are real hosts");
                 break;
             }
-    /* The whole matrix, so that every rank refuses the same pair. */
+    /* The whole matrix, so that every rank refuses the same pair.  UCX
+     * counts as present: its module is loaded, and every rank agrees it
+     * could, only once a pair needs it (epx__ucx_comm_init). */
     for (int a = 0; a < R; a++)
         for (int b = a; b < R; b++) {
             unsigned can = reachable(all, use_domains, a, b) & allowed;
             int t = -1;
             for (int i = 0; i < EPX_TL_COUNT && t < 0; i++)
-                if (can & built & (1u << i))
+                if (can & (1u << i))
                     t = i;
-            if (t < 0 && can)
-                return epx__error(EPX_ERR_UNSUPPORTED,
-                                  "comm: ranks %d (%s) and %d (%s) need the "
-                                  "ucx transport, not built in (configure "
-                                  "found no UCX or had --without-ucx)", a,
-                                  all[a].host, b, all[b].host);
             if (t < 0)
                 return epx__error(EPX_ERR_UNSUPPORTED,
                                   "comm: no allowed transport between ranks %d "

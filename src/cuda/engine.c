@@ -6,7 +6,6 @@
  * computed from the whole count matrix, partials back to the slot each
  * token had in its source's packed order).
  */
-#include "config.h"   /* EPX_HAVE_NCCL */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,10 +160,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         c->backend != EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown backend %d",
                           (int)c->backend);
-#ifndef EPX_HAVE_NCCL
-    if (c->backend == EPX_GPU_BACKEND_NCCL)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: built without NCCL");
-#endif
     if (c->backend == EPX_GPU_BACKEND_NCCL &&
         p->layout == EPX_LAYOUT_EXPERT_MAJOR)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the expert-major "
@@ -557,7 +552,6 @@ gate:
                      epx__cuwin_kind_str(epx__cuwin_kind(m->win)));
         }
     } else {
-#ifdef EPX_HAVE_NCCL
         st = epx__cuda_err(cudaMalloc((void **)&m->local, (size_t)g->total),
                            "cudaMalloc");
         if (st == EPX_OK)
@@ -576,7 +570,6 @@ gate:
         snprintf(m->name, sizeof(m->name), "%s",
                  m->nccl && epx__nccl_adopted(m->nccl) ? "nccl:adopted"
                                                        : "nccl");
-#endif
     }
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemcpyAsync(m->d_peers, peers,
@@ -644,9 +637,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     if (m->win)
         epx_comm_barrier(m->comm);
     epx__cuwin_destroy(m->win);
-#ifdef EPX_HAVE_NCCL
     epx__nccl_destroy(m->nccl);
-#endif
     if (!m->win)
         cudaFree(m->local);
     cudaFree(m->stage);
@@ -1048,7 +1039,6 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
             (st = launch(m, EPXK_PACK)) == EPX_OK)
             st = launch(m, EPXK_RECV);
     } else {
-#ifdef EPX_HAVE_NCCL
         int32_t *cnt = (int32_t *)(m->local + g->off_cnt) +
                        epxk_cnt_index(g, c->parity, 0);
         size_t blk = sizeof(int32_t) * (size_t)g->R * g->cnt_ints;
@@ -1077,9 +1067,6 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         }
         if (st == EPX_OK)
             st = launch(m, EPXK_RECV);
-#else
-        st = epx__error(EPX_ERR_UNSUPPORTED, "built without NCCL");
-#endif
     }
     /* The layout's per-expert counts ride along: the statistics come from
      * the routing without a pass of their own. */
@@ -1216,12 +1203,8 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else
-#ifdef EPX_HAVE_NCCL
         st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
                                m->sendoff, m->nrecv, m->rbase, m->st);
-#else
-        st = epx__error(EPX_ERR_UNSUPPORTED, "built without NCCL");
-#endif
     if (st != EPX_OK)
         return fail(m, st);
     return EPX_OK;

@@ -38,4 +38,22 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
                                const int64_t *sendoff, const int64_t *nrecv,
                                const int64_t *rbase, void *stream);
 
+/* The NCCL module (epx_nccl.so, which needs libnccl) gives these to the
+ * CUDA module, loaded by the first NCCL-backend engine (nccl_load.c). */
+typedef struct epx_nccl_module_ops {
+    epx_status_t (*create)(epx_comm_t *comm, void *adopt, epx_nccl_t **nc);
+    void (*destroy)(epx_nccl_t *nc);
+    int (*adopted)(const epx_nccl_t *nc);
+    epx_status_t (*counts)(epx_nccl_t *nc, const epxk_geom_t *g,
+                           const int32_t *mycnt, int32_t *cnt, void *stream);
+    epx_status_t (*dispatch)(epx_nccl_t *nc, const epxk_geom_t *g, char *stage,
+                             char *win, const int64_t *nsend,
+                             const int64_t *sendoff, const int64_t *nrecv,
+                             const int64_t *rbase, void *stream);
+    epx_status_t (*combine)(epx_nccl_t *nc, const epxk_geom_t *g,
+                            const void *y, char *win, const int64_t *nsend,
+                            const int64_t *sendoff, const int64_t *nrecv,
+                            const int64_t *rbase, void *stream);
+} epx_nccl_module_ops_t;
+
 #endif /* EPX_CUDA_NCCL_EX_H */

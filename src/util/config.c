@@ -33,6 +33,8 @@ static const epx_setting_t settings[] = {
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",
       "sched_yield rounds after spinning before sleeping on a futex" },
+    { "EPX_MODULE_DIR", "",
+      "colon-separated directories searched for the optional modules (UCX, CUDA, NCCL) instead of the installed ones" },
     { "EPX_CUDA_WINDOW", "auto",
       "GPU windows: auto (probe), direct (one process), fabric, posix-fd or ipc" },
 };

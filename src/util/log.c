@@ -36,7 +36,8 @@ int epx__log_enabled(int level, const char *subsys)
     return strstr(log_subsys, key) != NULL;
 }
 
-void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
+void epx__vlog(int level, const char *subsys, int rank, const char *fmt,
+               va_list ap)
 {
     static const char *names[] = { "ERROR", "WARN", "INFO", "DEBUG", "TRACE" };
     char host[64] = "?", line[1024];
@@ -46,16 +47,21 @@ void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
                    (int)getpid(), rank, subsys, names[level])
         : snprintf(line, sizeof(line), "[%s:%d] %s %s: ", host,
                    (int)getpid(), subsys, names[level]);
-    va_list ap;
-    va_start(ap, fmt);
     if (n > 0 && (size_t)n < sizeof(line))
         n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-    va_end(ap);
     if (n >= (int)sizeof(line) - 1)
         n = (int)sizeof(line) - 2;
     line[n++] = '\n';
     ssize_t w = write(2, line, (size_t)n);
     (void)w;
+}
+
+void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    epx__vlog(level, subsys, rank, fmt, ap);
+    va_end(ap);
 }
 
 double epx__now(void)

@@ -30,8 +30,8 @@ const char *epx_last_error(void) { return errmsg; }
 
 void epx__error_clear(void) { errmsg[0] = '\0'; }
 
-static epx_status_t verror(epx_status_t st, int errnum, const char *fmt,
-                           va_list ap)
+epx_status_t epx__verror(epx_status_t st, int errnum, const char *fmt,
+                         va_list ap)
 {
     int n = vsnprintf(errmsg, sizeof(errmsg), fmt, ap);
     if (errnum && n >= 0 && (size_t)n < sizeof(errmsg))
@@ -45,7 +45,7 @@ epx_status_t epx__error(epx_status_t st, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    verror(st, 0, fmt, ap);
+    epx__verror(st, 0, fmt, ap);
     va_end(ap);
     return st;
 }
@@ -55,7 +55,7 @@ epx_status_t epx__syserror(epx_status_t st, const char *fmt, ...)
     int errnum = errno;
     va_list ap;
     va_start(ap, fmt);
-    verror(st, errnum, fmt, ap);
+    epx__verror(st, errnum, fmt, ap);
     va_end(ap);
     return st;
 }

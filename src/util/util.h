@@ -50,6 +50,10 @@ static inline void epx__cpu_relax(void)
 epx_status_t epx__error(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
 /* Same, appending ": strerror(errno)". */
 epx_status_t epx__syserror(epx_status_t st, const char *fmt, ...) EPX_PRINTF(2, 3);
+/* The same with a va_list and errno value (0: none); modules reach these
+ * through their host table. */
+epx_status_t epx__verror(epx_status_t st, int errnum, const char *fmt,
+                         va_list ap);
 void epx__error_clear(void);
 /* A parameter struct's version: 1 to `current` (a larger one comes from a
  * newer header or is garbage).  `what` names the struct and its INIT. */
@@ -63,6 +67,8 @@ int epx__log_enabled(int level, const char *subsys);
 /* `rank` < 0 when unknown.  Lines: "[host:pid r<rank>] subsys level: msg". */
 void epx__log(int level, const char *subsys, int rank, const char *fmt, ...)
     EPX_PRINTF(4, 5);
+void epx__vlog(int level, const char *subsys, int rank, const char *fmt,
+               va_list ap);
 #define EPX_LOG(level, subsys, rank, ...)                                      \
     do {                                                                       \
         if (epx__log_enabled((level), (subsys)))                               \

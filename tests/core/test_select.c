@@ -193,16 +193,57 @@ static void refuse_disagreement(void **s)
     refuse((refusal_t){ { "ucx", NULL }, NULL, EPX_ERR_MISMATCH,
                         "disagree on EPX_TRANSPORTS" }, 3);
 }
-#ifndef EPX_HAVE_UCX
-static void refuse_ucx_not_built(void **s)
+/* The UCX transport is a module (src/module): a rank that cannot load it
+ * fails, and so does every rank of the communicator, without waiting. */
+typedef struct nomod {
+    int odd_only;           /* only odd ranks lack the module */
+    const char *tls;        /* EPX_TRANSPORTS, NULL unset */
+    const char *file;       /* EPX_TOPO_FILE, NULL unset */
+} nomod_t;
+
+static int nomod_rank(int rank, void *arg)
+{
+    const nomod_t *f = arg;
+    int lacks = !f->odd_only || rank % 2;
+    if (lacks)
+        setenv("EPX_MODULE_DIR", "/nonexistent/epx-modules", 1);
+    if (f->tls)
+        setenv("EPX_TRANSPORTS", f->tls, 1);
+    if (f->file)
+        setenv("EPX_TOPO_FILE", f->file, 1);
+    epx_comm_t *comm = NULL;
+    double t0 = epxt_now();
+    epx_status_t st = epxt_env_comm(&comm);
+    epx_status_t want = lacks ? EPX_ERR_UNSUPPORTED : EPX_ERR_PEER;
+    CHECKF(st == want, "rank %d: epx_comm_create: %s (%s), want %s", rank,
+           epx_status_str(st), epx_last_error(), epx_status_str(want));
+    CHECK(comm == NULL);
+    const char *text = lacks ? "no epx_ucx.so in /nonexistent/epx-modules"
+                             : "rank 1 failed";
+    CHECKF(strstr(epx_last_error(), text), "rank %d: message '%s' lacks '%s'",
+           rank, epx_last_error(), text);
+    CHECKF(epxt_now() - t0 < 20, "rank %d waited %.1f s", rank,
+           epxt_now() - t0);
+    return 0;
+}
+
+static void refuse_ucx_module_absent(void **s)
 {
     (void)s;
-    refuse((refusal_t){ { "ucx", "ucx" }, NULL, EPX_ERR_UNSUPPORTED,
-                        "not built in" }, 2);
-    refuse((refusal_t){ { NULL, NULL }, TWO_HOSTS, EPX_ERR_UNSUPPORTED,
-                        "not built in" }, 2);
+    int rc[4];
+    nomod_t all = { 0, "ucx", NULL }, odd = { 1, NULL, TWO_HOSTS };
+    assert_int_equal(epxt_proc_ranks(2, nomod_rank, &all, 60, rc), 0);
+    assert_int_equal(epxt_proc_ranks(3, nomod_rank, &odd, 60, rc), 0);
 }
-#endif
+
+/* Ranks on one host with shm between them never load the module. */
+static void no_module_needed(void **s)
+{
+    (void)s;
+    setenv("EPX_MODULE_DIR", "/nonexistent/epx-modules", 1);
+    launch_expect(3, NULL, NULL, (expect_t){ 0, 0 });
+    unsetenv("EPX_MODULE_DIR");
+}
 
 int main(void)
 {
@@ -215,9 +256,9 @@ int main(void)
         cmocka_unit_test(two_hosts_4),
         cmocka_unit_test(forced_ucx_3),
         cmocka_unit_test(denied_shm_4),
-#else
-        cmocka_unit_test(refuse_ucx_not_built),
 #endif
+        cmocka_unit_test(refuse_ucx_module_absent),
+        cmocka_unit_test(no_module_needed),
         cmocka_unit_test(parse_values),
         cmocka_unit_test(one_host_3),
         cmocka_unit_test(one_domain_file_1),

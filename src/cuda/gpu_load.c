@@ -1,0 +1,103 @@
+/*
+ * libepx's side of the GPU executor: the CUDA module (epx_cuda.so, which
+ * needs libcudart) is loaded by the first device rank or
+ * epx_cuda_devices; a build or machine without it answers
+ * EPX_ERR_UNSUPPORTED saying what is missing.  Every other call has an
+ * engine from gpu_moe_create, so the module is there.
+ */
+#include "epx/cuda.h"
+#include "cuda/gpu_module.h"
+#include "core/module.h"
+#include "util/util.h"
+
+static const epx_cuda_module_ops_t *mod;
+
+static epx_status_t cuda_load(const char *what)
+{
+    const void *ops;
+    if (epx__module_load("cuda", &ops) != EPX_OK)
+        return epx__error(EPX_ERR_UNSUPPORTED, "%s: no GPU executor: %s",
+                          what, epx_last_error());
+    mod = ops;
+    return EPX_OK;
+}
+
+epx_status_t epx_cuda_devices(int *count)
+{
+    epx_status_t st = cuda_load("epx_cuda_devices");
+    return st == EPX_OK ? mod->devices(count) : st;
+}
+
+epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
+                            gpu_moe_t **gpu)
+{
+    epx_status_t st = cuda_load("moe: a device rank (epx_moe_params_t.device)");
+    return st == EPX_OK ? mod->moe_create(comm, params, gpu) : st;
+}
+
+/* NULL (a host rank's engine) is fine here, as it was for the module. */
+void gpu_moe_destroy(gpu_moe_t *gpu)
+{
+    if (gpu)
+        mod->moe_destroy(gpu);
+}
+
+int gpu_moe_num_sms(const gpu_moe_t *gpu)
+{
+    return gpu ? mod->moe_num_sms(gpu) : 0;
+}
+
+const char *gpu_moe_backend(const gpu_moe_t *gpu)
+{
+    return gpu ? mod->moe_backend(gpu) : "";
+}
+
+epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
+                               void *stream, uint64_t *call)
+{
+    return mod->dispatch_send(gpu, a, stream, call);
+}
+
+epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
+                               epx_recv_t *recv)
+{
+    return mod->dispatch_recv(gpu, call, stream, recv);
+}
+
+const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu)
+{
+    return mod->dispatch_ecount(gpu);
+}
+
+epx_status_t gpu_combine_send(gpu_moe_t *gpu, uint64_t call,
+                              const epx_combine_args_t *a, void *stream)
+{
+    return mod->combine_send(gpu, call, a, stream);
+}
+
+epx_status_t gpu_combine_recv(gpu_moe_t *gpu, uint64_t call, epx_tensor_t *out,
+                              void *stream)
+{
+    return mod->combine_recv(gpu, call, out, stream);
+}
+
+int gpu_moe_busy(const gpu_moe_t *gpu) { return mod->moe_busy(gpu); }
+
+epx_status_t gpu_moe_set_placement(gpu_moe_t *gpu, int layer,
+                                   const int32_t *phy2log, const int32_t *pick,
+                                   const int32_t *off, const int32_t *rep,
+                                   int round_robin)
+{
+    return mod->moe_set_placement(gpu, layer, phy2log, pick, off, rep,
+                                  round_robin);
+}
+
+void gpu_call_release(gpu_moe_t *gpu, uint64_t call)
+{
+    mod->call_release(gpu, call);
+}
+
+epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped)
+{
+    return mod->moe_check(gpu, dropped);
+}

@@ -1,0 +1,59 @@
+/*
+ * The CUDA module's side of the NCCL backend: the NCCL module
+ * (epx_nccl.so, which needs libnccl) is loaded by the first engine that
+ * asks for EPX_GPU_BACKEND_NCCL, so the windows backend runs where NCCL is
+ * absent.  Every call after create has a handle, so the module is there.
+ */
+#include "cuda/nccl_ex.h"
+#include "core/group.h"
+#include "core/module.h"
+#include "util/util.h"
+
+static const epx_nccl_module_ops_t *mod;
+
+epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt, epx_nccl_t **nc)
+{
+    const void *ops;
+    epx_status_t st = epx__module_load("nccl", &ops);
+    if (st != EPX_OK)
+        st = epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the NCCL backend: "
+                        "%s", epx_last_error());
+    /* Collective: no rank goes on to exchange NCCL's id with one that
+     * could not load it. */
+    if ((st = epx__comm_agree_peer(comm, st, "nccl: loading the backend")) !=
+        EPX_OK)
+        return st;
+    mod = ops;
+    return mod->create(comm, adopt, nc);
+}
+
+void epx__nccl_destroy(epx_nccl_t *nc)
+{
+    if (nc)
+        mod->destroy(nc);
+}
+
+int epx__nccl_adopted(const epx_nccl_t *nc) { return mod->adopted(nc); }
+
+epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
+                              const int32_t *mycnt, int32_t *cnt, void *stream)
+{
+    return mod->counts(nc, g, mycnt, cnt, stream);
+}
+
+epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
+                                char *stage, char *win, const int64_t *nsend,
+                                const int64_t *sendoff, const int64_t *nrecv,
+                                const int64_t *rbase, void *stream)
+{
+    return mod->dispatch(nc, g, stage, win, nsend, sendoff, nrecv, rbase,
+                         stream);
+}
+
+epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
+                               const void *y, char *win, const int64_t *nsend,
+                               const int64_t *sendoff, const int64_t *nrecv,
+                               const int64_t *rbase, void *stream)
+{
+    return mod->combine(nc, g, y, win, nsend, sendoff, nrecv, rbase, stream);
+}
