@@ -14,7 +14,9 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static char self_dir[PATH_MAX];     /* the directory of this object */
 static int in_build_tree;
 static int moved;                   /* installed, not where configured */
-static char reloc_modules[PATH_MAX + 8], reloc_systems[PATH_MAX + 32];
+/* A moved install: <libdir>/epx beside the library, or <prefix>/lib/epx
+ * from <prefix>/bin for a program that holds libepx statically. */
+static char reloc_modules[2][PATH_MAX + 16], reloc_systems[PATH_MAX + 32];
 
 /* Same directory after resolving links ("" never matches). */
 static int same_dir(const char *a, const char *b)
@@ -43,7 +45,9 @@ static void locate(void)
     if (in_build_tree || same_dir(self_dir, EPX_LIBDIR))
         return;
     moved = 1;
-    snprintf(reloc_modules, sizeof(reloc_modules), "%s/epx", self_dir);
+    snprintf(reloc_modules[0], sizeof(reloc_modules[0]), "%s/epx", self_dir);
+    snprintf(reloc_modules[1], sizeof(reloc_modules[1]), "%s/../lib/epx",
+             self_dir);
     snprintf(reloc_systems, sizeof(reloc_systems), "%s/../share/epx/systems",
              self_dir);
 }
@@ -56,8 +60,10 @@ int epx__paths(int kind, const char **dirs, int max)
     if (kind == EPX_PATH_MODULES) {
         if (in_build_tree)
             ADD(EPX_BUILDDIR "/src/module/.libs");
-        if (moved)
-            ADD(reloc_modules);
+        if (moved) {
+            ADD(reloc_modules[0]);
+            ADD(reloc_modules[1]);
+        }
         ADD(EPX_PKGLIBDIR);
     } else {
         if (in_build_tree)
