@@ -1,16 +1,14 @@
 /*
  * Dispatch over a quantized wire.  x is bf16; each token is quantized
- * once at its source and arrives as fp8 (e4m3) or fp4 (e2m1) codes with
- * one scale per block of the row (epx_recv_t.x, x_scales; NVFP4 also one
- * fp32 scale per row, x_global_scale).  An engine feeds those to its fp8
- * or fp4 GEMM; here each expert dequantizes them.  Combine stays bf16.
- * H = 320 is no multiple of the blocks: the last block of a row is short.
- *
- * The received values are checked against the source's bf16 within the
- * documented bounds (src/moe/README.md, "Error bounds"), for the scales
- * received, after checking those scales are no larger than the recipe
- * gives; the combined output within the same bounds for the largest
- * scales, plus the bf16 roundings of the expert outputs and partials.
+ * once at its source and arrives as e4m3 (fp8) or e2m1 (fp4) codes, one
+ * scale per block of the row (epx_recv_t.x, x_scales) and for NVFP4 one
+ * fp32 scale per row (x_global_scale), ready for an fp8 or fp4 GEMM; here
+ * each expert dequantizes them.  Combine stays bf16.  H = 320 is no
+ * multiple of the blocks: a row's last block is short.  Checked: each
+ * received value within the bound of src/moe/README.md ("Error bounds")
+ * for its scale, the scales no larger than the recipe gives, and the
+ * combined output within the bound of the largest scales plus the bf16
+ * roundings of expert outputs and partials.
  *
  * Usage: moe_fp8 [RANKS]   (default 4; rank 1 sends no token)
  */
@@ -63,11 +61,8 @@ static float e4m3(uint8_t c)   /* OCP E4M3FN */
     float v = e ? ldexpf(1.0f + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
     return (c & 0x7f) == 0x7f ? NAN : c & 0x80 ? -v : v;
 }
-static float e2m1(int c)
-{
-    static const float v[8] = { 0, 0.5f, 1, 1.5f, 2, 3, 4, 6 };
-    return c & 8 ? -v[c & 7] : v[c & 7];
-}
+static const float e2m1[16] = { 0, 0.5f, 1, 1.5f, 2, 3, 4, 6,
+                                 -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6 };
 
 /* Largest |x| of x's block in a source row, and of the whole row. */
 static float amax(int s, int t, int h0, int h1)
@@ -107,7 +102,7 @@ static float deq(const epx_recv_t *rv, int64_t r, int h, int block, float *s)
     if (rv->x.dtype == EPX_DTYPE_FP8_E4M3)
         return e4m3(q[r * rv->x.cols + h]) * *s;
     int c = q[r * rv->x.cols + h / 2];   /* element 2i: low nibble */
-    return e2m1(h % 2 ? c >> 4 : c & 15) * *s;
+    return e2m1[h % 2 ? c >> 4 : c & 15] * *s;
 }
 
 static int run_wire(epx_comm_t *comm, int wi)
@@ -192,9 +187,8 @@ static int run_wire(epx_comm_t *comm, int wi)
                 tol += m * (b + (fabsf(v) + b) * 0x1p-7f);
             }
             if (!(fabsf(out[t * H + h] - ref) <= tol)) {
-                fprintf(stderr, "rank %d: %s: token %d: out %g, want %g "
-                        "+- %g\n", rank, wires[wi].name, t, out[t * H + h],
-                        ref, tol);
+                fprintf(stderr, "rank %d: %s: token %d: out %g, want %g\n",
+                        rank, wires[wi].name, t, out[t * H + h], ref);
                 rc = 1;
                 break;
             }
