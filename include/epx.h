@@ -72,6 +72,13 @@ typedef struct epx_setting {
 } epx_setting_t;
 /* Number of settings; *table points to a static array of that many. */
 int epx_settings(const epx_setting_t **table);
+/* Checks every EPX_* setting of the environment as the library will read
+ * it: numbers whole and in range, words among those the table lists,
+ * EPX_TRANSPORTS parsed, EPX_TOPO_FILE loaded.  EPX_ERR_INVALID (or the
+ * loader's status) with epx_last_error() naming the variable and what it
+ * accepts.  Every communicator creation calls it first; a launcher may call
+ * it before it starts any rank. */
+epx_status_t epx_settings_check(void);
 
 /* ---------------------------------------------------------- communicator */
 
