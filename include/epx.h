@@ -591,12 +591,17 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * fill *recv as epx_dispatch_recv would and set ready[j] (j < the number
  * of local experts) to 1 when every row of local expert j has arrived
  * (those rows may be read), else 0; *num_ready counts the ones.  Expert
- * compute can start on ready experts while the rest arrive.
+ * compute can start on ready experts while the rest arrive; the call
+ * does not wait for any.
  * epx_dispatch_recv must still be called before epx_combine_send.
- * Counts of experts not ready read 0.  Low latency: expert j is ready when
- * every source's count word for it has arrived (rows come before it).
- * Throughput mode: when every source with rows for it has written this
- * call's completion word (src/moe/ht_poll.c). */
+ * Throughput mode (src/moe/ht_poll.c): epx_dispatch_send has exchanged
+ * the counts, so num_rows, expert_counts and expert_offsets are final for
+ * every expert, ready or not; only the rows of an expert not ready may
+ * still be arriving.  Expert j is ready when every source with rows for
+ * it has written this call's completion word (at once if none has rows
+ * for it; every expert after epx_dispatch_recv).  Low latency: expert j is ready when every source's count word
+ * for it has arrived (rows come before it); counts of experts not ready
+ * read 0.  Device ranks: EPX_ERR_UNSUPPORTED (see above). */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);

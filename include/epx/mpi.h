@@ -1,7 +1,10 @@
 /*
  * epx MPI integration: build a communicator over an existing MPI_Comm.
- * Available when libepx was configured with MPI (EPX_HAVE_MPI in epx
- * --cflags); otherwise epx_comm_create_mpi returns EPX_ERR_UNSUPPORTED.
+ * libepx always exports epx_comm_create_mpi; a libepx configured without
+ * MPI returns EPX_ERR_UNSUPPORTED from it.  No macro tells at compile time
+ * (EPX_HAVE_MPI is the build's own config.h, not installed, and not in
+ * `pkg-config --cflags epx`): the installed headers are the same either
+ * way, and a program that includes this one brings its own <mpi.h>.
  */
 #ifndef EPX_MPI_H
 #define EPX_MPI_H
