@@ -599,9 +599,10 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * every expert, ready or not; only the rows of an expert not ready may
  * still be arriving.  Expert j is ready when every source with rows for
  * it has written this call's completion word (at once if none has rows
- * for it; every expert after epx_dispatch_recv).  Low latency: expert j is ready when every source's count word
- * for it has arrived (rows come before it); counts of experts not ready
- * read 0.  Device ranks: EPX_ERR_UNSUPPORTED (see above). */
+ * for it; every expert after epx_dispatch_recv).  Low latency: expert j
+ * is ready when every source's count word for it has arrived (rows come
+ * before it); counts of experts not ready read 0.  Device ranks:
+ * EPX_ERR_UNSUPPORTED (see above). */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);
