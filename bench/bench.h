@@ -353,12 +353,19 @@ int bench_dump_rank(const bench_ctx_t *ctx, const void *out,
 int bench_dump_recv(const bench_ctx_t *ctx, const epx_recv_t *recv, char *err,
                     size_t errlen);
 
+/* precheck.c: before any rank starts, with a one-line message each:
+ * the EPX_* settings; the workload, the balancer's parameters and the
+ * output paths the options describe (resolves o->ranks).  0 or -1. */
+int bench_precheck_env(void);
+int bench_precheck(bench_opts_t *o);
+
 /* launch.c */
 int bench_main_fork(bench_opts_t *o);
 int bench_main_sweep(bench_opts_t *o);
-/* auto/mpirun launcher outside mpirun: exec mpirun on ourselves.
- * Returns only if it did not (then the caller falls back or fails). */
-void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv);
+/* auto/mpirun launcher outside mpirun: run mpirun on ourselves, its
+ * stdout passed on through this process; 0 with its exit status in *rc,
+ * or -1 if it could not be started (the caller falls back or fails). */
+int bench_run_mpirun(const bench_opts_t *o, int argc, char **argv, int *rc);
 int bench_under_mpirun(void);
 /* Resolve the rank count before launching (options, trace, default). */
 int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen);

@@ -3,10 +3,38 @@
  * MPI baseline and the host's memcpy limit in the same run, every result
  * verified.  This file picks the launcher; see --help for the rest.
  */
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include "bench.h"
 
+/* Output that did not reach stdout (a full disk, a closed pipe) is a
+ * failure: checked once, at exit, for every path that printed. */
+static int stdout_close(const char *prog)
+{
+    errno = 0;
+    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    if (bad)
+        fprintf(stderr, "%s: cannot write stdout: %s\n", prog,
+                e ? strerror(e) : "a write failed");
+    return bad;
+}
+
+static int bench_main(int argc, char **argv);
+
 int main(int argc, char **argv)
+{
+    int rc = bench_main(argc, argv);
+    if (stdout_close("epx-bench") && rc == 0)
+        rc = 2;
+    return rc;
+}
+
+static int bench_main(int argc, char **argv)
 {
     bench_opts_t o;
     int rc = bench_opts_parse(argc, argv, &o);
@@ -17,6 +45,15 @@ int main(int argc, char **argv)
     /* Before any launch: forked ranks and mpirun's processes inherit it. */
     if (o.transport)
         setenv("EPX_TRANSPORTS", o.transport, 1);
+    /* Every check that needs no rank, before any starts (under mpirun the
+     * process that re-ran us made them; bench_main_mpi checks the rest
+     * collectively).  The GPU path checks its own options first. */
+    if (!bench_under_mpirun() &&
+        (o.device == BENCH_DEVICE_HOST ? bench_precheck(&o)
+                                       : bench_precheck_env()) != 0) {
+        bench_opts_free(&o);
+        return 2;
+    }
     if (o.drift) {                      /* the planner alone, no ranks */
         rc = bench_drift_main(&o);
         bench_opts_free(&o);
@@ -47,16 +84,11 @@ int main(int argc, char **argv)
 
     if (o.launcher != BENCH_LAUNCH_FORK) {
 #ifdef EPX_HAVE_MPI
-        char err[BENCH_ERR_LEN];
-        if (bench_resolve_ranks(&o, 0, err, sizeof(err)) != 0) {
-            fprintf(stderr, "epx-bench: %s\n", err);
+        /* bench_precheck resolved the ranks */
+        int ran = bench_run_mpirun(&o, argc, argv, &rc) == 0;
+        if (ran || o.launcher == BENCH_LAUNCH_MPIRUN) {
             bench_opts_free(&o);
-            return 2;
-        }
-        bench_reexec_mpirun(&o, argc, argv);   /* returns only on failure */
-        if (o.launcher == BENCH_LAUNCH_MPIRUN) {
-            bench_opts_free(&o);
-            return 2;
+            return ran ? rc : 2;
         }
         fprintf(stderr, "epx-bench: falling back to the fork launcher\n");
 #else

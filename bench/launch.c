@@ -2,12 +2,14 @@
  * Launchers.  fork: the workload is built once, the ranks are forked by
  * epx_launch_local and publish their results in a shared anonymous
  * mapping made before the fork; the parent reports.  mpirun: when MPI is
- * built and we are not under mpirun yet, exec mpirun on ourselves.
+ * built and we are not under mpirun yet, run mpirun on ourselves and pass
+ * its stdout on.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include "bench.h"
 
@@ -67,28 +69,38 @@ int bench_resolve_ranks(bench_opts_t *o, int world, char *err, size_t errlen)
     return 0;
 }
 
-void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv)
+int bench_run_mpirun(const bench_opts_t *o, int argc, char **argv, int *rc)
 {
 #ifdef EPX_HAVE_MPI
     if (getenv("EPX_BENCH_UNDER_MPIRUN")) {
         /* mpirun started us but set none of the markers we know */
         fprintf(stderr, "epx-bench: started by %s but no MPI job found in "
                 "the environment\n", EPX_MPIEXEC);
-        return;
+        return -1;
     }
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0) {
         fprintf(stderr, "epx-bench: cannot find own executable for "
                 "mpirun\n");
-        return;
+        return -1;
     }
     exe[n] = '\0';
+    if (access(EPX_MPIEXEC, X_OK) != 0) {
+        fprintf(stderr, "epx-bench: cannot run %s: %s\n", EPX_MPIEXEC,
+                strerror(errno));
+        return -1;
+    }
     char np[16];
     snprintf(np, sizeof(np), "%d", o->ranks);
     char **args = calloc((size_t)argc + 10, sizeof(char *));
-    if (!args)
-        return;
+    int fd[2];
+    if (!args || pipe(fd) != 0) {
+        fprintf(stderr, "epx-bench: cannot start %s: %s\n", EPX_MPIEXEC,
+                strerror(errno));
+        free(args);
+        return -1;
+    }
     int a = 0;
     args[a++] = (char *)EPX_MPIEXEC;
     args[a++] = (char *)"-np";
@@ -107,15 +119,54 @@ void bench_reexec_mpirun(const bench_opts_t *o, int argc, char **argv)
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     }
     fflush(NULL);
-    execv(EPX_MPIEXEC, args);
-    fprintf(stderr, "epx-bench: cannot run %s: %s\n", EPX_MPIEXEC,
-            strerror(errno));
-    unsetenv("EPX_BENCH_UNDER_MPIRUN");
+    /* mpirun writes rank 0's stdout through us, not straight to ours: a
+     * write that fails there (full disk, closed pipe) would be lost in
+     * mpirun, which exits 0; here it fails the run (main's check). */
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], STDOUT_FILENO);
+        close(fd[1]);
+        execv(EPX_MPIEXEC, args);
+        fprintf(stderr, "epx-bench: cannot run %s: %s\n", EPX_MPIEXEC,
+                strerror(errno));
+        _exit(127);
+    }
     free(args);
+    close(fd[1]);
+    if (pid < 0) {
+        fprintf(stderr, "epx-bench: fork for %s: %s\n", EPX_MPIEXEC,
+                strerror(errno));
+        close(fd[0]);
+        unsetenv("EPX_BENCH_UNDER_MPIRUN");
+        return -1;
+    }
+    char buf[65536];
+    ssize_t got;
+    int werr = 0;
+    while ((got = read(fd[0], buf, sizeof(buf))) != 0) {
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        /* after a failed write keep draining, so that mpirun finishes */
+        if (!werr && (fwrite(buf, 1, (size_t)got, stdout) != (size_t)got ||
+                      fflush(stdout) != 0))
+            werr = 1;
+    }
+    close(fd[0]);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    *rc = WIFEXITED(status) ? WEXITSTATUS(status) : 2;
+    return 0;
 #else
     (void)o;
     (void)argc;
     (void)argv;
+    (void)rc;
+    return -1;
 #endif
 }
 
@@ -172,7 +223,10 @@ int bench_main_fork(bench_opts_t *o)
     fflush(NULL);
     epx_status_t st = epx_launch_local(o->ranks, NULL, fork_rank, &fa,
                                        &failed);
-    if (st != EPX_OK) {
+    if (st != EPX_OK && failed < 0) {   /* no rank started */
+        fprintf(stderr, "epx-bench: %s\n", epx_last_error());
+        rc = 2;
+    } else if (st != EPX_OK) {
         fprintf(stderr, "epx-bench: rank %d failed: %s (%s)\n", failed,
                 epx_status_str(st), epx_last_error());
         rc = 2;

@@ -18,7 +18,13 @@ int bench_main_mpi(bench_opts_t *o, int *argc, char ***argv)
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 
     bench_workload_t wl;
-    int bad = bench_resolve_ranks(o, size, err, sizeof(err)) != 0 ||
+    /* Settings first: a job started by the user's own mpirun gets one
+     * line, not every rank's abort. */
+    int bad = 1;
+    if (epx_settings_check() != EPX_OK)
+        snprintf(err, sizeof(err), "%s", epx_last_error());
+    else
+        bad = bench_resolve_ranks(o, size, err, sizeof(err)) != 0 ||
               bench_workload_build(o, size, &wl, err, sizeof(err)) != 0;
     /* Every rank builds the same workload: the lowest failing one tells. */
     int first_bad = bad ? rank : size;

@@ -299,6 +299,20 @@ static int parse_impls(const char *v, bench_opts_t *o)
     return 0;
 }
 
+/* Options that take no value: "--json=yes" is a mistake, not --json. */
+static int is_flag(const char *name)
+{
+    static const char *const flags[] = {
+        "--help", "--balance", "--hierarchical", "--overlap",
+        "--overlap-thread", "--pin", "--drift", "--ll-drop", "--cuda-graph",
+        "--json", "--verify-all", "--inplace", "--no-inplace",
+    };
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        if (!strcmp(name, flags[i]))
+            return 1;
+    return 0;
+}
+
 static void print_md_cell(const char *s)
 {
     for (; *s; s++) {
@@ -389,6 +403,11 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             snprintf(name, sizeof(name), "%s", a);
         }
 #define NEXT() (val ? val : (i + 1 < argc ? argv[++i] : NULL))
+        if (val && is_flag(name)) {
+            fprintf(stderr, "epx-bench: %s takes no value, got '%s'\n", name,
+                    a);
+            return BENCH_OPTS_EXIT_ERR;
+        }
         if (!strcmp(name, "--help") || !strcmp(name, "-h")) {
             fputs(bench_usage, stdout);
             return BENCH_OPTS_EXIT_OK;
@@ -440,7 +459,8 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             char *e;
             errno = 0;
             o->seed = v ? strtoull(v, &e, 0) : 0;
-            if (!v || e == v || *e || errno) {
+            /* strtoull takes "-1" as 2^64 - 1 */
+            if (!v || e == v || *e || errno || strchr(v, '-')) {
                 fprintf(stderr, "epx-bench: --seed wants an unsigned "
                         "integer, got '%s'\n", v ? v : "");
                 return BENCH_OPTS_EXIT_ERR;
@@ -486,19 +506,24 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         } else if (!strcmp(name, "--bytes-per-slot")) {
             const char *v = NEXT();
             char *e;
+            errno = 0;
             long long b = v ? strtoll(v, &e, 0) : -1;
-            if (!v || e == v || *e || b < 0) {
+            if (!v || e == v || *e || errno || b < 0) {
                 fprintf(stderr, "epx-bench: --bytes-per-slot wants bytes, "
                         "got '%s'\n", v ? v : "");
                 return BENCH_OPTS_EXIT_ERR;
             }
             o->bytes_per_slot = b;
         } else if (!strcmp(name, "--load-trace")) {
-            if (!(o->load_trace = NEXT()))
+            if (!(o->load_trace = NEXT()) || !*o->load_trace) {
+                fprintf(stderr, "epx-bench: --load-trace wants a file\n");
                 return BENCH_OPTS_EXIT_ERR;
+            }
         } else if (!strcmp(name, "--plot")) {
-            if (!(o->plot = NEXT()))
+            if (!(o->plot = NEXT()) || !*o->plot) {
+                fprintf(stderr, "epx-bench: --plot wants a file\n");
                 return BENCH_OPTS_EXIT_ERR;
+            }
         } else if (!strcmp(name, "--replan-every")) {
             if (parse_int(name, NEXT(), 1, 1000000, &o->replan_every))
                 return BENCH_OPTS_EXIT_ERR;
@@ -611,12 +636,12 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
             }
         } else if (!strcmp(name, "--trace")) {
-            if (!(o->trace_dir = NEXT())) {
+            if (!(o->trace_dir = NEXT()) || !*o->trace_dir) {
                 fprintf(stderr, "epx-bench: --trace wants a directory\n");
                 return BENCH_OPTS_EXIT_ERR;
             }
         } else if (!strcmp(name, "--dump")) {
-            if (!(o->dump_dir = NEXT())) {
+            if (!(o->dump_dir = NEXT()) || !*o->dump_dir) {
                 fprintf(stderr, "epx-bench: --dump wants a directory\n");
                 return BENCH_OPTS_EXIT_ERR;
             }
@@ -676,6 +701,25 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
     }
     if (o->nsweep > 0)
         o->impl_mask &= ~(1u << BENCH_IMPL_MPI);
+#ifdef EPX_HAVE_MPI
+    const int no_mpi = o->launcher == BENCH_LAUNCH_FORK || o->nsweep > 0;
+#else
+    const int no_mpi = 1;
+#endif
+    if (!(o->impl_mask & ~(1u << BENCH_IMPL_MPI)) && no_mpi &&
+        !o->balance && !o->overlap && !o->drift &&
+        o->device == BENCH_DEVICE_HOST) {
+        fprintf(stderr, "epx-bench: --impl mpi alone needs the mpirun "
+                "launcher (%s): nothing would run\n",
+#ifdef EPX_HAVE_MPI
+                o->nsweep > 0 ? "--tokens-sweep runs the fork launcher"
+                              : "--launcher fork has no MPI"
+#else
+                "epx was built without MPI"
+#endif
+                );
+        return BENCH_OPTS_EXIT_ERR;
+    }
     if (o->balance && o->dump_dir) {
         fprintf(stderr, "epx-bench: --dump does not go with --balance\n");
         return BENCH_OPTS_EXIT_ERR;

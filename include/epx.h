@@ -72,6 +72,13 @@ typedef struct epx_setting {
 } epx_setting_t;
 /* Number of settings; *table points to a static array of that many. */
 int epx_settings(const epx_setting_t **table);
+/* Checks every EPX_* setting of the environment as the library will read
+ * it: numbers whole and in range, words among those the table lists,
+ * EPX_TRANSPORTS parsed, EPX_TOPO_FILE loaded.  EPX_ERR_INVALID (or the
+ * loader's status) with epx_last_error() naming the variable and what it
+ * accepts.  Every communicator creation calls it first; a launcher may call
+ * it before it starts any rank. */
+epx_status_t epx_settings_check(void);
 
 /* ---------------------------------------------------------- communicator */
 
@@ -588,12 +595,18 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * fill *recv as epx_dispatch_recv would and set ready[j] (j < the number
  * of local experts) to 1 when every row of local expert j has arrived
  * (those rows may be read), else 0; *num_ready counts the ones.  Expert
- * compute can start on ready experts while the rest arrive.
+ * compute can start on ready experts while the rest arrive; the call
+ * does not wait for any.
  * epx_dispatch_recv must still be called before epx_combine_send.
- * Counts of experts not ready read 0.  Low latency: expert j is ready when
- * every source's count word for it has arrived (rows come before it).
- * Throughput mode: when every source with rows for it has written this
- * call's completion word (src/moe/ht_poll.c). */
+ * Throughput mode (src/moe/ht_poll.c): epx_dispatch_send has exchanged
+ * the counts, so num_rows, expert_counts and expert_offsets are final for
+ * every expert, ready or not; only the rows of an expert not ready may
+ * still be arriving.  Expert j is ready when every source with rows for
+ * it has written this call's completion word (at once if none has rows
+ * for it; every expert after epx_dispatch_recv).  Low latency: expert j
+ * is ready when every source's count word for it has arrived (rows come
+ * before it); counts of experts not ready read 0.  Device ranks:
+ * EPX_ERR_UNSUPPORTED (see above). */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);

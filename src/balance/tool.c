@@ -4,6 +4,7 @@
  * after.  Command line, domains from a system description, and output here;
  * the input readers in tool_input.c.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
@@ -79,8 +80,9 @@ static void usage_error(const char *fmt, const char *arg)
 static int parse_ll(const char *opt, const char *arg, long long *out)
 {
     char *end;
+    errno = 0;
     long long v = strtoll(arg, &end, 10);
-    if (*arg == '\0' || *end != '\0' || v < 0) {
+    if (*arg == '\0' || *end != '\0' || errno || v < 0) {
         fprintf(stderr, "epx-balance: %s '%s': expected an integer >= 0 "
                 "(see epx-balance --help)\n", opt, arg);
         return -1;
@@ -407,7 +409,7 @@ static void print_tables(const opts_t *o, const result_t *x)
     free(order);
 }
 
-int main(int argc, char **argv)
+static int balance_main(int argc, char **argv)
 {
     opts_t o;
     int rc = parse_args(argc, argv, &o);
@@ -497,5 +499,29 @@ out:
     free(per_layer);
     free(current);
     free(m.v);
+    return rc;
+}
+
+/* Output that did not reach stdout (a full disk, a closed pipe) is a
+ * failure: checked once, at exit, for every path that printed. */
+static int stdout_close(const char *prog)
+{
+    errno = 0;
+    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+    }
+    if (bad)
+        fprintf(stderr, "%s: cannot write stdout: %s\n", prog,
+                e ? strerror(e) : "a write failed");
+    return bad;
+}
+
+int main(int argc, char **argv)
+{
+    int rc = balance_main(argc, argv);
+    if (stdout_close("epx-balance") && rc == 0)
+        rc = EXIT_PLAN;
     return rc;
 }

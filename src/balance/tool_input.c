@@ -62,9 +62,24 @@ static int json_shape(const char *path, json_t *root, int *rows, int *cols,
     return 0;
 }
 
+/* A file we can read, or a message saying why not (jansson's own for a
+ * missing file or a directory are about its parser). */
+static int readable(const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(err, errlen, "%s: %s", path, strerror(errno));
+    int isdir = fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode);
+    fclose(f);
+    return isdir ? fail(err, errlen, "%s: is a directory", path) : 0;
+}
+
 static json_t *json_open(const char *path, char *err, size_t errlen)
 {
     json_error_t je;
+    if (readable(path, err, errlen))
+        return NULL;
     json_t *root = json_load_file(path, 0, &je);
     if (!root)
         fail(err, errlen, "%s: %s (line %d, column %d)", path, je.text,
@@ -152,6 +167,42 @@ static int npy_field(const char *hdr, const char *key, char *val, size_t vlen)
     return 0;
 }
 
+/* The shape tuple "(2, 12)" as written by numpy ("(12,)" for 1-D, "()"
+ * for a scalar): the number of sizes (at most max kept), or -1 when it is
+ * not a tuple of non-negative integers. */
+static int npy_shape(const char *s, long *dims, int max)
+{
+    int n = 0;
+    while (*s == ' ')
+        s++;
+    if (*s++ != '(')
+        return -1;
+    for (;;) {
+        while (*s == ' ')
+            s++;
+        if (*s == ')')
+            break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 0 || *s == '-' || *s == '+')
+            return -1;
+        if (n < max)
+            dims[n] = v;
+        n++;
+        s = end;
+        while (*s == ' ')
+            s++;
+        if (*s == ',')
+            s++;
+        else if (*s != ')')
+            return -1;
+    }
+    for (s++; *s == ' '; s++)
+        ;
+    return *s ? -1 : n;
+}
+
 static int read_loads_npy(const char *path, FILE *f, tool_matrix_t *m,
                           char *err, size_t errlen)
 {
@@ -212,12 +263,15 @@ static int read_loads_npy(const char *path, FILE *f, tool_matrix_t *m,
     if (strcmp(order, "False") != 0)
         return fail(err, errlen, "%s: .npy array in Fortran order; save it "
                     "in C order", path);
-    long r, c;
-    char tail;
-    if (sscanf(shape, " ( %ld , %ld %c", &r, &c, &tail) != 3 ||
-        (tail != ')' && tail != ','))
-        return fail(err, errlen, "%s: .npy shape %s is not 2-D "
-                    "([layers][experts])", path, shape);
+    long dims[8];
+    int nd = npy_shape(shape, dims, 8);
+    if (nd < 0)
+        return fail(err, errlen, "%s: .npy shape %s is not a tuple of sizes",
+                    path, shape);
+    if (nd != 2)
+        return fail(err, errlen, "%s: .npy shape %s is %d-D, want 2-D "
+                    "[layers][experts]", path, shape, nd);
+    long r = dims[0], c = dims[1];
     if (r < 1 || c < 1 || r > INT32_MAX || c > INT32_MAX ||
         r * c > INT32_MAX)
         return fail(err, errlen, "%s: .npy shape %s: empty or too large",
@@ -285,6 +339,8 @@ int tool_read_loads(const char *path, tool_matrix_t *m, char *err,
 {
     m->rows = m->cols = 0;
     m->v = NULL;
+    if (readable(path, err, errlen))
+        return -1;
     FILE *f = fopen(path, "rb");
     if (!f)
         return fail(err, errlen, "%s: %s", path, strerror(errno));

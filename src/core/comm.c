@@ -161,9 +161,34 @@ err_alloc:
     return st;
 }
 
-epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
+epx_status_t epx_settings_check(void)
 {
     epx_status_t st = epx__cfg_check();
+    unsigned allowed;
+    if (st == EPX_OK)
+        st = epx__select_parse(epx__cfg_str("EPX_TRANSPORTS"), &allowed);
+    if (st != EPX_OK)
+        return st;
+    /* A description that does not load is an error, not a silent probe:
+     * the user asked for its domains. */
+    const char *file = epx__cfg_str("EPX_TOPO_FILE");
+    if (*file) {
+        epx_topo_t *t = NULL;
+        st = epx_topo_load(file, &t);
+        epx_topo_destroy(t);
+        if (st != EPX_OK) {
+            char why[256];   /* the message is overwritten below */
+            snprintf(why, sizeof(why), "%s", epx_last_error());
+            return epx__error(st, "EPX_TOPO_FILE='%s' does not load (%s); "
+                              "unset it to probe the hosts", file, why);
+        }
+    }
+    return EPX_OK;
+}
+
+epx_status_t epx__timeout(const epx_comm_params_t *p, double *out)
+{
+    epx_status_t st = epx_settings_check();
     if (st == EPX_OK && p)
         st = epx__check_version("comm params", p->version,
                                 EPX_COMM_PARAMS_VERSION);

@@ -17,6 +17,7 @@ typedef struct epx_rank_info {
     int32_t pid;
     int32_t domain;             /* EPX_TOPO_FILE domain; -1: no file */
     int32_t topo_status;        /* loading EPX_TOPO_FILE (EPX_OK without) */
+    char topo_err[128];         /* why it failed, for every rank to report */
     char transports[64];        /* EPX_TRANSPORTS as this rank read it */
     char pidns[32];             /* /proc/self/ns/pid: pids compare only
                                    within one pid namespace */

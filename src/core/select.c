@@ -82,10 +82,10 @@ void epx__select_local(int rank, int nranks, epx_rank_info_t *mine,
     if (st == EPX_OK)
         st = epx_topo_place(t, nranks);
     if (st != EPX_OK) {
-        /* epx_comm_topology reports it; here every rank falls back alike. */
-        EPX_LOG(EPX_LOG_WARN, "core", rank,
-                "EPX_TOPO_FILE=%s unusable (%s): domains are real hosts", file,
-                epx_last_error());
+        /* No fallback to the real hosts: epx__select fails on every rank
+         * alike, naming the first rank that could not use the file. */
+        snprintf(mine->topo_err, sizeof(mine->topo_err), "%s",
+                 epx_last_error());
         epx_topo_destroy(t);
         mine->topo_status = st;
         return;
@@ -119,12 +119,19 @@ epx_status_t epx__select(epx_comm_t *c, const epx_rank_info_t *all)
     epx_status_t st = epx__select_parse(all[0].transports, &allowed);
     if (st != EPX_OK)
         return st;
+    for (int r = 0; r < R; r++)
+        if (all[r].topo_status != EPX_OK)
+            return epx__error((epx_status_t)all[r].topo_status,
+                              "EPX_TOPO_FILE='%s' unusable on rank %d (%s); "
+                              "unset it to probe the hosts",
+                              epx__cfg_str("EPX_TOPO_FILE"), r,
+                              all[r].topo_err);
     int use_domains = 1;
     for (int r = 0; r < R; r++)
-        use_domains &= all[r].topo_status == EPX_OK && all[r].domain >= 0;
+        use_domains &= all[r].domain >= 0;
     if (!use_domains)
         for (int r = 0; r < R; r++)
-            if (all[r].domain >= 0) {   /* loaded here, not everywhere */
+            if (all[r].domain >= 0) {   /* set here, not everywhere */
                 EPX_LOG(EPX_LOG_WARN, "core", c->rank,
                         "EPX_TOPO_FILE gave no domain to every rank: domains "
                         "are real hosts");

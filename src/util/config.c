@@ -2,6 +2,7 @@
  * it by scripts/gen-config-table; tests/util checks they agree). */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "util.h"
@@ -10,7 +11,9 @@ static const epx_setting_t settings[] = {
     { "EPX_LOG", "warn",
       "log level: error, warn, info, debug or trace" },
     { "EPX_LOG_SUBSYS", "all",
-      "comma-separated subsystems to log (core,boot,shm,moe) or all" },
+      "comma-separated subsystems whose info, debug and trace lines are logged "
+      "(boot, comm, core, cuda, moe, shm, topo, ucx) or all; errors and "
+      "warnings always are" },
     { "EPX_TIMEOUT", "120",
       "seconds a rank waits for a peer before its call fails with a timeout" },
     { "EPX_RANK", "",
@@ -57,9 +60,10 @@ const char *epx__cfg_str(const char *name)
     return "";
 }
 
-/* The numeric settings and the values they may take.  Checked once, when a
- * communicator is made (epx__cfg_check), so a typo or a value that would
- * wrap or allocate absurdly fails there with the name, not later. */
+/* The numeric settings and the values they may take.  Checked, with the
+ * word-valued ones below, when a communicator is made (epx__cfg_check, by
+ * epx_settings_check), so a typo or a value that would wrap or allocate
+ * absurdly fails there with the name, not later. */
 typedef struct cfg_range {
     const char *name;
     int integer;
@@ -80,6 +84,46 @@ static const cfg_range_t *cfg_range(const char *name)
         if (strcmp(ranges[i].name, name) == 0)
             return &ranges[i];
     return NULL;
+}
+
+/* The settings that take one of a few words (EPX_LOG_SUBSYS: a
+ * comma-separated list of them).  Kept with the numeric ranges so that
+ * epx__cfg_check refuses a typo instead of falling back to the default. */
+typedef struct cfg_words {
+    const char *name;
+    int list;
+    const char *words;   /* space-separated */
+} cfg_words_t;
+
+static const cfg_words_t words[] = {
+    { "EPX_LOG", 0, "error warn info debug trace" },
+    { "EPX_LOG_SUBSYS", 1, "all boot comm core cuda moe shm topo ucx" },
+    { "EPX_CUDA_WINDOW", 0, "auto direct fabric posix-fd ipc" },
+};
+
+static int cfg_word_ok(const char *words_, const char *w, size_t n)
+{
+    for (const char *p = words_; *p;) {
+        size_t k = strcspn(p, " ");
+        if (k == n && strncmp(p, w, n) == 0)
+            return 1;
+        p += k + (p[k] == ' ');
+    }
+    return 0;
+}
+
+static int cfg_words_ok(const cfg_words_t *c, const char *v)
+{
+    if (!c->list)
+        return cfg_word_ok(c->words, v, strlen(v));
+    for (const char *p = v;; p++) {   /* no empty item, no stray comma */
+        size_t n = strcspn(p, ",");
+        if (n == 0 || !cfg_word_ok(c->words, p, n))
+            return 0;
+        p += n;
+        if (!*p)
+            return 1;
+    }
 }
 
 /* Whole string, finite, in range (for EPX_TIMEOUT: > 0). */
@@ -117,6 +161,22 @@ epx_status_t epx__cfg_check(void)
         return epx__error(EPX_ERR_INVALID,
                           "%s='%s' is not a positive number of seconds",
                           ranges[i].name, v);
+    }
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+        const char *v = getenv(words[i].name);
+        if (!v || !*v || cfg_words_ok(&words[i], v))
+            continue;
+        char list[160];
+        size_t n = 0;
+        for (const char *w = words[i].words; *w && n + 3 < sizeof(list); w++)
+            n += (size_t)(*w == ' ' ? snprintf(list + n, sizeof(list) - n, ", ")
+                                    : snprintf(list + n, sizeof(list) - n, "%c",
+                                               *w));
+        list[n] = '\0';
+        return epx__error(EPX_ERR_INVALID, "%s='%s': want %s: %s",
+                          words[i].name, v,
+                          words[i].list ? "a comma-separated list of"
+                                        : "one of", list);
     }
     return EPX_OK;
 }

@@ -3,7 +3,8 @@
  * every rank is placed by the documented rule on the description (8 ranks
  * on gb200-nvl72 share one 72-GPU NVLink domain); without it every rank's
  * probe is merged.  Either way every rank must compute the same map, which
- * the ranks check by comparing the exported text of their maps.
+ * the ranks check by comparing the exported text of their maps.  A
+ * description that does not load fails the launch before any rank starts.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -69,16 +70,12 @@ static int probed_rank(epx_comm_t *comm, void *arg)
     return same_map_everywhere(comm, t);
 }
 
+/* Never reached: a description that does not load fails the launch. */
 static int bad_file_rank(epx_comm_t *comm, void *arg)
 {
+    (void)comm;
     (void)arg;
-    const epx_topo_t *t;
-    epx_status_t st = epx_comm_topology(comm, &t);
-    CHECK(st == EPX_ERR_INVALID || st == EPX_ERR_PEER);
-    CHECK(strstr(epx_last_error(), "no-such-system") != NULL || st == EPX_ERR_PEER);
-    /* the communicator stays usable */
-    CHECK_OK(epx_comm_barrier(comm));
-    return 0;
+    return 1;
 }
 
 static void topo_file_nvl72(void **state)
@@ -96,12 +93,21 @@ static void probe_merged(void **state)
     assert_int_equal(epxt_launch(3, 0, probed_rank, NULL, NULL), EPX_OK);
 }
 
+/* A description that does not load is an error at communicator
+ * creation, before any rank starts, naming the variable and the file; no
+ * silent fall back to probing. */
 static void topo_file_missing(void **state)
 {
     (void)state;
     setenv("EPX_TOPO_FILE", "no-such-system", 1);
-    assert_int_equal(epxt_launch(2, 0, bad_file_rank, NULL, NULL), EPX_OK);
+    assert_int_equal(epx_settings_check(), EPX_ERR_INVALID);
+    assert_non_null(strstr(epx_last_error(), "EPX_TOPO_FILE='no-such-system'"));
+    assert_int_equal(epxt_launch(2, 0, bad_file_rank, NULL, NULL),
+                     EPX_ERR_INVALID);
+    assert_non_null(strstr(epx_last_error(), "EPX_TOPO_FILE='no-such-system'"));
+    assert_null(strstr(epx_last_error(), "fall"));
     unsetenv("EPX_TOPO_FILE");
+    assert_int_equal(epx_settings_check(), EPX_OK);
 }
 
 int main(void)
