@@ -145,10 +145,13 @@ C
         if command -v ldd >/dev/null 2>&1; then
             # shellcheck disable=SC2086
             lib=$(env $prog_env ldd "$tmp/moe" | awk '/libepx\.so/ {print $3}')
-            case $lib in
-            "$libdir"/*) ok "examples/moe loads $lib" ;;
-            *) bad "examples/moe loads libepx from '$lib', not from $libdir" ;;
-            esac
+            # compared as real paths: /lib may be a link to /usr/lib
+            if [ -n "$lib" ] && [ "$(cd "$(dirname "$lib")" && pwd -P)" = \
+                                  "$(cd "$libdir" && pwd -P)" ]; then
+                ok "examples/moe loads $lib"
+            else
+                bad "examples/moe loads libepx from '$lib', not from $libdir"
+            fi
         fi
     fi
 fi
