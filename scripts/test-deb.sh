@@ -116,6 +116,14 @@ epx-topo --system hgx-h100-8 --matrix > /dev/null ||
     bad "epx-topo --system hgx-h100-8 from the installed descriptions"
 epx-topo --list | grep -qx gb200-nvl72 || bad "epx-topo --list lacks gb200-nvl72"
 
+# lintian, where installed: errors fail, the rest is shown.
+if command -v lintian >/dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    lintian --fail-on error $files > "$debs/lintian.log" 2>&1 ||
+        bad "lintian reports errors"
+    grep -E '^[EWI]:' "$debs/lintian.log" | sed 's/^/test-deb: lintian: /' || true
+fi
+
 "$root/scripts/installcheck.sh" --system --bindir /usr/bin --libdir "$libdir" \
     --pkgdatadir /usr/share/epx --mandir /usr/share/man --srcdir "$root" ||
     failed=1
