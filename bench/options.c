@@ -97,7 +97,7 @@ static const char bench_usage[] =
 "                        last)\n"
 "  --json                one JSON object on stdout (table goes to stderr)\n"
 "  --list-settings [text|markdown]  the EPX_* environment settings\n"
-"  --help\n"
+"  -h, --help            this text\n"
 "\n"
 "Load balancing (--balance: no mpi or memcpy-limit rows):\n"
 "  --balance             two epx runs of --steps steps on the same routing\n"

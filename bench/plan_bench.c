@@ -185,7 +185,7 @@ int main(int argc, char **argv)
         default:
             fprintf(stderr, "usage: epx-plan-bench [--layers N] [--experts N] "
                     "[--slots N] [--ranks N] [--groups N] [--domains N] "
-                    "[--zipf S] [--tokens N] [--reps N] [--seed N]\n");
+                    "[--zipf S] [--tokens N] [--reps N] [--seed N] [-h|--help]\n");
             return c == 'h' ? 0 : 2;
         }
     }

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install what epx needs to build and test on Debian/Ubuntu.
+# Install what epx needs to build and test on Debian/Ubuntu; with --deb,
+# also what building its Debian packages needs (scripts/build-deb.sh).
 # Idempotent: when every package is already installed, apt-get is not run at
 # all, so reruns (CI, quickstart) cost a dpkg-query and nothing more.
 #
@@ -11,10 +12,23 @@
 # it only defines its functions (tests/tools/test-install-deps.sh).
 set -eu
 
+deb=no
+for a in "$@"; do
+    case $a in
+    --deb) deb=yes ;;
+    -h|--help) echo "usage: $0 [--deb]"; exit 0 ;;
+    *) printf 'install-deps: unknown argument %s (usage: %s [--deb])\n' "$a" "$0" >&2
+       exit 2 ;;
+    esac
+done
+
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libhwloc-dev hwloc libucx-dev ucx-utils libcmocka-dev \
 libopenmpi-dev openmpi-bin libjansson-dev libsodium-dev libopenblas-dev graphviz gnuplot-nox valgrind python3 python3-venv python3-dev git \
 ca-certificates iproute2 clang libclang-rt-dev"
+# dpkg-buildpackage, dh (with dh_autoreconf) and fakeroot
+DEB_PACKAGES="dpkg-dev debhelper fakeroot"
+[ $deb = no ] || PACKAGES="$PACKAGES $DEB_PACKAGES"
 
 say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
