@@ -145,6 +145,22 @@ C
         if command -v ldd >/dev/null 2>&1; then
             # shellcheck disable=SC2086
             lib=$(env $prog_env ldd "$tmp/moe" | awk '/libepx\.so/ {print $3}')
+            sflags=$(pkg-config --cflags --libs epx-static 2>"$tmp/err") ||
+                bad "pkg-config epx-static: $(cat "$tmp/err")"
+            # libepx.a linked in: the program runs without libepx.so.
+            # shellcheck disable=SC2086
+            if [ -n "$sflags" ] &&
+               check "cc \$(pkg-config --cflags --libs epx-static) examples/moe.c" "" \
+                    $CC -o "$tmp/moe-static" "$srcdir/examples/moe.c" $sflags &&
+               check "examples/moe linked statically runs" "" \
+                    env LD_LIBRARY_PATH=/nonexistent "$tmp/moe-static"; then
+                if [ "$(grep -c 'out == x' "$tmp/out" || true)" -eq 8 ] &&
+                   ! ldd "$tmp/moe-static" | grep -q libepx; then
+                    ok "examples/moe with libepx.a: 8 ranks, out == x, no libepx.so"
+                else
+                    bad "examples/moe with libepx.a"; show
+                fi
+            fi
             # compared as real paths: /lib may be a link to /usr/lib
             if [ -n "$lib" ] && [ "$(cd "$(dirname "$lib")" && pwd -P)" = \
                                   "$(cd "$libdir" && pwd -P)" ]; then

@@ -33,7 +33,7 @@ elif command -v sudo >/dev/null 2>&1; then
 else
     die "needs root (dpkg -i) or sudo"
 fi
-pkgs="epx-tools libepx-dev libepx0"
+pkgs="epx-tools libepx-dev libepx0-ucx libepx0"
 for p in $pkgs; do
     st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
     case $st in
@@ -48,7 +48,7 @@ if [ -z "$debs" ]; then
     "$root/scripts/build-deb.sh" --out "$debs"
 fi
 files=
-for p in libepx0 libepx-dev epx-tools; do
+for p in libepx0 libepx0-ucx libepx-dev epx-tools; do
     f=$(ls "$debs"/${p}_*.deb 2>/dev/null | tail -n 1)
     [ -n "$f" ] || die "no ${p}_*.deb in $debs"
     files="$files $f"
@@ -86,6 +86,12 @@ for p in libepx0 epx-tools; do
         bad "$p: no libhwloc in Depends"
 done
 
+# The library runs without UCX: only its module needs it.
+dpkg-deb -f "$(ls "$debs"/libepx0_*.deb | tail -n 1)" Depends | grep -q libucx &&
+    bad "libepx0 depends on UCX (it belongs to libepx0-ucx)"
+dpkg-deb -f "$(ls "$debs"/libepx0-ucx_*.deb | tail -n 1)" Depends | grep -q libucx ||
+    bad "libepx0-ucx does not depend on UCX"
+
 # shellcheck disable=SC2086
 $SUDO dpkg -i $files > "$debs/dpkg-i.log" 2>&1 || {
     cat "$debs/dpkg-i.log"
@@ -115,6 +121,12 @@ done
 epx-topo --system hgx-h100-8 --matrix > /dev/null ||
     bad "epx-topo --system hgx-h100-8 from the installed descriptions"
 epx-topo --list | grep -qx gb200-nvl72 || bad "epx-topo --list lacks gb200-nvl72"
+# The UCX module from its package, found in the configured directory.
+[ -f "$libdir/epx/epx_ucx.so" ] || bad "no $libdir/epx/epx_ucx.so"
+UCX_TLS=tcp,self epx-bench --ranks 2 --tokens 16 --hidden 64 --experts 8 \
+    --topk 2 --iters 2 --warmup 1 --transport ucx --launcher fork \
+    > "$debs/ucx-run.log" 2>&1 && grep -q 'no mismatch' "$debs/ucx-run.log" ||
+    { cat "$debs/ucx-run.log"; bad "epx-bench --transport ucx with the packaged module"; }
 
 # lintian, where installed: errors fail, the rest is shown.
 if command -v lintian >/dev/null 2>&1; then
