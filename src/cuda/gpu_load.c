@@ -5,6 +5,7 @@
  * EPX_ERR_UNSUPPORTED saying what is missing.  Every other call has an
  * engine from gpu_moe_create, so the module is there.
  */
+#include <stdio.h>
 #include "epx/cuda.h"
 #include "cuda/gpu_module.h"
 #include "core/module.h"
@@ -15,9 +16,12 @@ static const epx_cuda_module_ops_t *mod;
 static epx_status_t cuda_load(const char *what)
 {
     const void *ops;
-    if (epx__module_load("cuda", &ops) != EPX_OK)
+    if (epx__module_load("cuda", &ops) != EPX_OK) {
+        char why[1024];  /* the message is rewritten in its own buffer */
+        snprintf(why, sizeof(why), "%s", epx_last_error());
         return epx__error(EPX_ERR_UNSUPPORTED, "%s: no GPU executor: %s",
-                          what, epx_last_error());
+                          what, why);
+    }
     mod = ops;
     return EPX_OK;
 }

@@ -4,6 +4,7 @@
  * asks for EPX_GPU_BACKEND_NCCL, so the windows backend runs where NCCL is
  * absent.  Every call after create has a handle, so the module is there.
  */
+#include <stdio.h>
 #include "cuda/nccl_ex.h"
 #include "core/group.h"
 #include "core/module.h"
@@ -15,9 +16,12 @@ epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt, epx_nccl_t **nc)
 {
     const void *ops;
     epx_status_t st = epx__module_load("nccl", &ops);
-    if (st != EPX_OK)
+    if (st != EPX_OK) {
+        char why[1024];  /* the message is rewritten in its own buffer */
+        snprintf(why, sizeof(why), "%s", epx_last_error());
         st = epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the NCCL backend: "
-                        "%s", epx_last_error());
+                        "%s", why);
+    }
     /* Collective: no rank goes on to exchange NCCL's id with one that
      * could not load it. */
     if ((st = epx__comm_agree_peer(comm, st, "nccl: loading the backend")) !=

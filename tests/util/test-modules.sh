@@ -48,15 +48,23 @@ ldd "$p/bin/epx-topo" | grep -q "$p/lib/libepx.so" ||
 prog=$tmp/comm
 cat > "$tmp/comm.c" <<'PROG'
 #include <stdio.h>
+#include <string.h>
 #include <epx.h>
+#include <epx/cuda.h>
 static int rank_fn(epx_comm_t *comm, void *arg)
 {
     (void)arg;
     return epx_comm_barrier(comm) == EPX_OK ? 0 : 1;
 }
-int main(void)
+int main(int argc, char **argv)
 {
     int failed = -1;
+    if (argc > 1 && !strcmp(argv[1], "cuda")) {   /* the GPU executor */
+        int n = -1;
+        epx_status_t st = epx_cuda_devices(&n);
+        printf("%s: %s\n", epx_status_str(st), epx_last_error());
+        return st == EPX_OK ? 0 : 1;
+    }
     epx_status_t st = epx_launch_local(2, NULL, rank_fn, NULL, &failed);
     if (st != EPX_OK)
         printf("%s\n", epx_last_error());
@@ -90,7 +98,12 @@ EPX_TRANSPORTS=ucx "$prog" > "$tmp/out" 2>&1 && fail "ucx job ran with libepx as
 grep -q "is not a module of this build" "$tmp/out" ||
     fail "foreign library as module: $(cat "$tmp/out")"
 
-# 5. EPX_MODULE_DIR replaces the search.
+# 5. the GPU executor is a module too: without it, device calls say so.
+"$prog" cuda > "$tmp/out" 2>&1 && fail "epx_cuda_devices without the CUDA module"
+grep -q "EPX_ERR_UNSUPPORTED.*no epx_cuda.so in $p/lib/epx" "$tmp/out" ||
+    fail "epx_cuda_devices without its module: $(cat "$tmp/out")"
+
+# 6. EPX_MODULE_DIR replaces the search.
 EPX_MODULE_DIR=$tmp/none EPX_TRANSPORTS=ucx "$prog" > "$tmp/out" 2>&1 &&
     fail "ucx job ran with EPX_MODULE_DIR empty"
 grep -q "no epx_ucx.so in $tmp/none" "$tmp/out" ||
