@@ -296,6 +296,10 @@ int bench_run_memcpy(bench_ctx_t *ctx);
 /* run_balance.c: both --balance runs */
 int bench_run_balance(bench_ctx_t *ctx);
 int bench_balance_slots(const bench_opts_t *o, int nranks);
+/* One layer of E experts in S slots on R ranks, with the options'
+ * groups, domains and policy. */
+epx_balance_params_t bench_balance_params(const bench_opts_t *o, int E, int S,
+                                          int R);
 /* run_overlap.c: the three --overlap runs */
 int bench_run_overlap(bench_ctx_t *ctx);
 /* expert_ffn.c: a DeepSeek-style expert FFN per local expert on the

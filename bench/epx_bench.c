@@ -7,29 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include "bench.h"
-
-/* Output that did not reach stdout (a full disk, a closed pipe) is a
- * failure: checked once, at exit, for every path that printed. */
-static int stdout_close(const char *prog)
-{
-    errno = 0;
-    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
-    if (fclose(stdout) != 0 && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad)
-        fprintf(stderr, "%s: cannot write stdout: %s\n", prog,
-                e ? strerror(e) : "a write failed");
-    return bad;
-}
+#include "util/tool_io.h"
 
 static int bench_main(int argc, char **argv);
 
 int main(int argc, char **argv)
 {
     int rc = bench_main(argc, argv);
-    if (stdout_close("epx-bench") && rc == 0)
+    if (tool_stdout_close("epx-bench") && rc == 0)
         rc = 2;
     return rc;
 }

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "bench.h"
+#include "util/tool_io.h"
 
 /* DIR exists (made here if not, as --dump would) and we may write in it. */
 static int writable_dir(const char *opt, const char *dir)
@@ -26,41 +27,6 @@ static int writable_dir(const char *opt, const char *dir)
     }
     if (access(dir, W_OK | X_OK) != 0) {
         fprintf(stderr, "epx-bench: %s %s: %s\n", opt, dir, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
-
-/* FILE may be written: its directory exists and is writable, and FILE,
- * if there, is a writable regular file.  Nothing is created. */
-static int writable_file(const char *opt, const char *file)
-{
-    char dir[4096];
-    struct stat st;
-    snprintf(dir, sizeof(dir), "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        dir[1] = '\0';
-    else
-        *slash = '\0';
-    const char *why = NULL;
-    if (stat(dir, &st) != 0)
-        why = strerror(errno);
-    else if (!S_ISDIR(st.st_mode))
-        why = "not a directory";
-    else if (access(dir, W_OK | X_OK) != 0)
-        why = strerror(errno);
-    if (why) {
-        fprintf(stderr, "epx-bench: %s %s: cannot write in %s: %s\n", opt,
-                file, dir, why);
-        return -1;
-    }
-    if (stat(file, &st) == 0 &&
-        (!S_ISREG(st.st_mode) || access(file, W_OK) != 0)) {
-        fprintf(stderr, "epx-bench: %s %s: %s\n", opt, file,
-                S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
         return -1;
     }
     return 0;
@@ -83,14 +49,7 @@ static int balance_params_ok(const bench_opts_t *o)
     if (load && plan) {
         for (int e = 0; e < E; e++)
             load[e] = 1.0;
-        epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
-        bp.num_layers = 1;
-        bp.num_experts = E;
-        bp.num_slots = S;
-        bp.num_groups = o->groups;
-        bp.num_domains = o->domains;
-        bp.num_ranks = R;
-        bp.policy = o->policy;
+        epx_balance_params_t bp = bench_balance_params(o, E, S, R);
         st = epx_balance_plan(&bp, load, plan, NULL, 0, NULL);
     }
     free(load);
@@ -119,7 +78,7 @@ int bench_precheck(bench_opts_t *o)
     if (bench_precheck_env() != 0)
         return -1;
     if (o->drift)
-        return o->plot ? writable_file("--plot", o->plot) : 0;
+        return o->plot ? tool_writable("epx-bench", "--plot", o->plot) : 0;
     if (bench_resolve_ranks(o, 0, err, sizeof(err)) != 0) {
         fprintf(stderr, "epx-bench: %s\n", err);
         return -1;

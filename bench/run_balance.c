@@ -20,6 +20,20 @@ int bench_balance_slots(const bench_opts_t *o, int nranks)
     return (int)((s + nranks - 1) / nranks * nranks);
 }
 
+epx_balance_params_t bench_balance_params(const bench_opts_t *o, int E, int S,
+                                          int R)
+{
+    epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
+    bp.num_layers = 1;
+    bp.num_experts = E;
+    bp.num_slots = S;
+    bp.num_groups = o->groups;
+    bp.num_domains = o->domains;
+    bp.num_ranks = R;
+    bp.policy = o->policy;
+    return bp;
+}
+
 typedef struct bal_run {
     epx_moe_t *moe;
     int run, slots;            /* BENCH_BAL_*; slots 0 without replicas */
@@ -69,14 +83,7 @@ static int replan(bench_ctx_t *ctx, bal_run_t *b, bench_check_t *chk)
     }
     for (int e = 0; e < E; e++)
         load[e] = (double)ms.window[e];
-    epx_balance_params_t bp = EPX_BALANCE_PARAMS_INIT;
-    bp.num_layers = 1;
-    bp.num_experts = E;
-    bp.num_slots = S;
-    bp.num_groups = o->groups;
-    bp.num_domains = o->domains;
-    bp.num_ranks = R;
-    bp.policy = o->policy;
+    epx_balance_params_t bp = bench_balance_params(o, E, S, R);
     bp.current_phy2log = b->phy2log;
     int32_t *plan = malloc((size_t)S * sizeof(int32_t));
     st = plan ? epx_balance_plan(&bp, load, plan, NULL, 0, NULL)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "topology/tool.h"
+#include "util/tool_io.h"
 
 enum { EXIT_USAGE = 2 };
 
@@ -300,35 +301,6 @@ static int show(const opts_t *o, const tool_map_t *m)
     }
 }
 
-/* An output file can be written (its directory exists and is writable;
- * the file, if there, is a writable regular file): checked before the
- * probe, so that a typo in the path costs no probe and no Graphviz run. */
-static int writable(const char *opt, const char *file)
-{
-    char dir[4096];
-    struct stat st;
-    snprintf(dir, sizeof(dir), "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash)
-        snprintf(dir, sizeof(dir), ".");
-    else
-        slash[slash == dir] = '\0';
-    const char *why = NULL;
-    if (stat(dir, &st) != 0)
-        why = strerror(errno);
-    else if (!S_ISDIR(st.st_mode))
-        why = "not a directory";
-    else if (access(dir, W_OK | X_OK) != 0)
-        why = strerror(errno);
-    else if (stat(file, &st) == 0 && !S_ISREG(st.st_mode))
-        why = "not a regular file";
-    else if (stat(file, &st) == 0 && access(file, W_OK) != 0)
-        why = strerror(errno);
-    if (why)
-        fprintf(stderr, "epx-topo: %s %s: %s\n", opt, file, why);
-    return why ? -1 : 0;
-}
-
 static int topo_main(int argc, char **argv)
 {
     opts_t o;
@@ -343,8 +315,8 @@ static int topo_main(int argc, char **argv)
         return 1;
     }
 
-    if ((o.svg_path && writable("--svg", o.svg_path)) ||
-        (o.export_path && writable("--export", o.export_path)))
+    if ((o.svg_path && tool_writable("epx-topo", "--svg", o.svg_path)) ||
+        (o.export_path && tool_writable("epx-topo", "--export", o.export_path)))
         return 1;
     epx_topo_t *topo = NULL;
     if (make_map(&o, &topo))
@@ -376,26 +348,11 @@ static int topo_main(int argc, char **argv)
     epx_topo_destroy(topo);
     return rc;
 }
-/* Output that did not reach stdout (a full disk, a closed pipe) is a
- * failure: checked once, at exit, for every path that printed. */
-static int stdout_close(const char *prog)
-{
-    errno = 0;
-    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
-    if (fclose(stdout) != 0 && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad)
-        fprintf(stderr, "%s: cannot write stdout: %s\n", prog,
-                e ? strerror(e) : "a write failed");
-    return bad;
-}
 
 int main(int argc, char **argv)
 {
     int rc = topo_main(argc, argv);
-    if (stdout_close("epx-topo") && rc == 0)
+    if (tool_stdout_close("epx-topo") && rc == 0)
         rc = 1;
     return rc;
 }

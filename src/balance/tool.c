@@ -14,6 +14,7 @@
 
 #include "epx.h"
 #include "src/balance/tool.h"
+#include "util/tool_io.h"
 
 enum { EXIT_PLAN = 1, EXIT_USAGE = 2 };
 
@@ -502,26 +503,11 @@ out:
     return rc;
 }
 
-/* Output that did not reach stdout (a full disk, a closed pipe) is a
- * failure: checked once, at exit, for every path that printed. */
-static int stdout_close(const char *prog)
-{
-    errno = 0;
-    int bad = fflush(stdout) != 0 || ferror(stdout), e = errno;
-    if (fclose(stdout) != 0 && !bad) {
-        bad = 1;
-        e = errno;
-    }
-    if (bad)
-        fprintf(stderr, "%s: cannot write stdout: %s\n", prog,
-                e ? strerror(e) : "a write failed");
-    return bad;
-}
 
 int main(int argc, char **argv)
 {
     int rc = balance_main(argc, argv);
-    if (stdout_close("epx-balance") && rc == 0)
+    if (tool_stdout_close("epx-balance") && rc == 0)
         rc = EXIT_PLAN;
     return rc;
 }

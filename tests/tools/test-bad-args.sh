@@ -98,7 +98,7 @@ cat <<'EOF'
 2|topo|-|-|unknown option '--bogus'|--bogus
 2|topo|-|-|--ranks wants a rank count >= 1, not '-1'|--ranks -1
 2|topo|-|-|--system needs a value|--system
-1|topo|-|-|--svg @TMP@/no/x.svg: No such file or directory|--system cpu-host --svg @TMP@/no/x.svg
+1|topo|-|-|--svg @TMP@/no/x.svg: cannot write in @TMP@/no: No such file or directory|--system cpu-host --svg @TMP@/no/x.svg
 1|topo|-|-|--export @TMP@: not a regular file|--system cpu-host --export @TMP@
 1|topo|-|-|@TMP@: not a regular file|--system @TMP@
 1|topo|-|full|cannot write stdout|--help
