@@ -78,8 +78,10 @@ run_all() {
     step "topology/epx-topo --matrix" "$b/topology/epx-topo" --matrix
     step "topology/epx-topo --json" sh -c \
         "'$b/topology/epx-topo' --json > '$stamp/topology.json'"
-    for t in test_kern_host test_kern_quant test_fdpass test_cuda_moe \
-             test_cuda_ll; do
+    # Both executors against the reference by the same code (--device: a
+    # missing device is a skip, not a host-only pass)
+    step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
+    for t in test_kern_host test_kern_quant test_fdpass test_cuda_ll; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done
     # The one API end to end: the README example on device ranks, and the

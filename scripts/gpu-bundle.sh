@@ -6,7 +6,8 @@
 # host-run.sh's --overlap), built here with the programs linking libepx
 # statically, and DIR receives
 #   bench/epx-bench, topology/epx-topo,  the programs
-#   tests/cuda/test_*, tests/moe/test_device, examples/moe_gpu
+#   tests/cuda/test_*, tests/moe/test_executors, tests/moe/test_device,
+#   examples/moe_gpu
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
 #   lib/epx/                              the CUDA and NCCL modules
 #   lib/                                  the shared libraries they need
@@ -33,7 +34,7 @@ echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
-progs="bench/epx-bench topology/epx-topo tests/cuda/test_cuda_moe
+progs="bench/epx-bench topology/epx-topo tests/moe/test_executors
        tests/cuda/test_cuda_ll tests/cuda/test_kern_host
        tests/cuda/test_kern_quant tests/cuda/test_fdpass
        tests/moe/test_device examples/moe_gpu"

@@ -13,14 +13,18 @@
 set -eu
 
 deb=no
-for a in "$@"; do
-    case $a in
-    --deb) deb=yes ;;
-    -h|--help) echo "usage: $0 [--deb]"; exit 0 ;;
-    *) printf 'install-deps: unknown argument %s (usage: %s [--deb])\n' "$a" "$0" >&2
-       exit 2 ;;
-    esac
-done
+# Sourced as a library, the caller's arguments are not ours (and stay
+# as they are: a sourced script shares them).
+if [ "${INSTALL_DEPS_LIB:-0}" != 1 ]; then
+    for a in "$@"; do
+        case $a in
+        --deb) deb=yes ;;
+        -h|--help) echo "usage: $0 [--deb]"; exit 0 ;;
+        *) printf 'install-deps: unknown argument %s (usage: %s [--deb])\n' "$a" "$0" >&2
+           exit 2 ;;
+        esac
+    done
+fi
 
 PACKAGES="build-essential autoconf automake libtool pkg-config \
 libhwloc-dev hwloc libucx-dev ucx-utils libcmocka-dev \

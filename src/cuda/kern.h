@@ -194,11 +194,20 @@ EPXK_HD int64_t epxk_expert_id(const epxk_ids_t *ids, int64_t t, int k)
     return ids->rt.rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
 }
 
-/* Is id k of token t neither -1 nor a valid expert? */
+/* Is id k of token t neither -1 nor a valid expert, or an expert an
+ * earlier choice of the token already named?  The host executor refuses
+ * both in dispatch_send (src/moe/layout.c); the device flags them for
+ * epx_moe_check.  The repeat test reads the token's other ids, which share
+ * its cache line. */
 EPXK_HD int epxk_expert_bad(const epxk_ids_t *ids, int64_t t, int k)
 {
     int64_t e = epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
-    return e < -1 || e >= (ids->rt.E ? ids->rt.E : ids->E);
+    if (e < -1 || e >= (ids->rt.E ? ids->rt.E : ids->E))
+        return 1;
+    for (int j = 0; j < k && e >= 0; j++)
+        if (epxk_expert_raw(ids->idx, ids->idx64, ids->K, t, j) == e)
+            return 1;
+    return 0;
 }
 
 /* Owner of expert e (valid) from the table e2r[E]. */

@@ -5,7 +5,7 @@
 # of ranks that are threads of one process are not all resident at once
 # (seen on an H100: 2 thread ranks passed, 4 timed out in their device
 # waits), and the protocol's waits need every rank's kernel running.  So
-# test_cuda_ll (thread ranks only) and test_cuda_moe's thread cases are
+# test_cuda_ll (thread ranks only) and test_executors' thread cases are
 # left out here; they run without the sanitizer in bench/gpu-run.sh.
 # Usage: tests/cuda/sanitize.sh [build-dir]   (default: .)
 b=${1:-.}
@@ -14,13 +14,13 @@ command -v "$cs" >/dev/null 2>&1 || cs=/usr/local/cuda/bin/compute-sanitizer
 [ -x "$cs" ] || command -v "$cs" >/dev/null 2>&1 || { echo "skip: no compute-sanitizer"; exit 77; }
 rc=0
 for tool in memcheck racecheck; do
-    echo "== test_cuda_moe (process ranks): $tool"
+    echo "== tests/moe/test_executors (process ranks): $tool"
     # --target-processes all: the process-rank cases fork their ranks.
     # --report-api-errors no: the fabric-window probe fails by design
     # without IMEX (and falls back); the library checks every status.
     EPX_TEST_FILTER='*processes*' "$cs" --tool "$tool" \
         --target-processes all --report-api-errors no --error-exitcode 99 \
-        "$b/tests/cuda/test_cuda_moe"
+        "$b/tests/moe/test_executors" --device
     r=$?
     [ $r -eq 77 ] && exit 77
     [ $r -ne 0 ] && rc=1
