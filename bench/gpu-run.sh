@@ -81,7 +81,8 @@ run_all() {
     # Both executors against the reference by the same code (--device: a
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
-    for t in test_kern_host test_kern_quant test_fdpass test_cuda_ll; do
+    step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
+    for t in test_kern_host test_kern_quant test_fdpass; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done
     # The one API end to end: the README example on device ranks, and the

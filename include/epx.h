@@ -651,15 +651,16 @@ epx_status_t epx_combine_send(epx_moe_t *moe, epx_handle_t *handle,
 epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
                               epx_tensor_t *out);
 
-/* Errors found after the call that caused them returned.  Host ranks
- * find every error in the call itself: EPX_OK, *dropped (may be NULL) 0.
- * Device ranks: synchronises with the engine's stream (never while
- * capturing a graph) and returns the first device-side error of the calls
- * since the last check — EPX_ERR_INVALID (ids outside [-1, E)),
- * EPX_ERR_RANGE (low latency: more rows than ll_capacity without
- * EPX_MOE_LL_DROP), EPX_ERR_PEER, EPX_ERR_TIMEOUT (the engine is then
- * unusable) — and in *dropped the rows dropped on this rank since then
- * (low latency with EPX_MOE_LL_DROP). */
+/* Errors found after the call that caused them returned, and in *dropped
+ * (may be NULL) the rows dropped on this rank since the last check (low
+ * latency with EPX_MOE_LL_DROP; 0 otherwise), on both kinds of rank.
+ * Host ranks find every error in the call itself: EPX_OK.  Device ranks:
+ * synchronises with the engine's stream (never while capturing a graph)
+ * and returns the first device-side error of the calls since the last
+ * check — EPX_ERR_INVALID (ids outside [-1, E), or an expert a token
+ * names twice), EPX_ERR_RANGE (low latency: more rows than ll_capacity
+ * without EPX_MOE_LL_DROP), EPX_ERR_PEER, EPX_ERR_TIMEOUT (the engine is
+ * then unusable). */
 epx_status_t epx_moe_check(epx_moe_t *moe, int64_t *dropped);
 
 /* Local (not collective).  Releasing the handle of a call in flight

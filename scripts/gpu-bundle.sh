@@ -35,7 +35,7 @@ echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
 progs="bench/epx-bench topology/epx-topo tests/moe/test_executors
-       tests/cuda/test_cuda_ll tests/cuda/test_kern_host
+       tests/moe/test_executors_ll tests/cuda/test_kern_host
        tests/cuda/test_kern_quant tests/cuda/test_fdpass
        tests/moe/test_device examples/moe_gpu"
 echo "gpu-bundle: building"

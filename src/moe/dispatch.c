@@ -490,5 +490,5 @@ const moe_ops_t moe_ht_ops = {
 };
 const moe_ops_t moe_ll_ops = {
     "host:low-latency", ll_dispatch_send, ll_dispatch_recv, ll_dispatch_poll,
-    ll_combine_send, ll_combine_recv, ll_release, host_check
+    ll_combine_send, ll_combine_recv, ll_release, ll_check
 };

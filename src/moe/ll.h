@@ -91,6 +91,8 @@ typedef struct moe_ll {
      * fan-out), then put from here to every range they go to */
     char *sq, *ss;             /* [maxT] rows of data, of scales */
     float *sg;                 /* [maxT] row scales (NVFP4) */
+    int64_t unchecked_drops;   /* rows dropped here since epx_moe_check
+                                  last asked (as the GPU executor counts) */
 } moe_ll_t;
 
 /* Per handle: the call and what its rows became. */
@@ -146,6 +148,7 @@ void ll_call_free(ll_call_t *c);
 ll_call_t *ll_call_get(epx_moe_t *m, epx_handle_t *h);
 epx_status_t ll_abandon(epx_moe_t *m, uint64_t call);
 void ll_release(epx_moe_t *m, epx_handle_t *h);
+epx_status_t ll_check(epx_moe_t *m, int64_t *dropped);
 void ll_forget_ranges(epx_moe_t *m, uint64_t call, const uint8_t *done);
 /* ll_dispatch.c */
 epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,

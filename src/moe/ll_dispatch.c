@@ -333,6 +333,7 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
         hw[s] = kept;
         count += kept;
         c->dropped += n - kept;
+        m->ll->unchecked_drops += n - kept;
     }
     h->counts[j] = count;
     h->offsets[j] = (int64_t)j * R * cap;
@@ -488,5 +489,15 @@ epx_status_t ll_dispatch_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
     *num_ready = n;
     if (n < nl)
         sched_yield();   /* a caller polling in a loop lets its peers run */
+    return EPX_OK;
+}
+
+/* epx_moe_check: the host finds every error in the call that meets it;
+ * what is left to report are the rows dropped since the last check. */
+epx_status_t ll_check(epx_moe_t *m, int64_t *dropped)
+{
+    if (dropped)
+        *dropped = m->ll->unchecked_drops;
+    m->ll->unchecked_drops = 0;
     return EPX_OK;
 }

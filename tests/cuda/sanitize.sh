@@ -5,7 +5,7 @@
 # of ranks that are threads of one process are not all resident at once
 # (seen on an H100: 2 thread ranks passed, 4 timed out in their device
 # waits), and the protocol's waits need every rank's kernel running.  So
-# test_cuda_ll (thread ranks only) and test_executors' thread cases are
+# test_executors_ll (thread ranks only) and test_executors' thread cases are
 # left out here; they run without the sanitizer in bench/gpu-run.sh.
 # Usage: tests/cuda/sanitize.sh [build-dir]   (default: .)
 b=${1:-.}

@@ -30,6 +30,7 @@
 
 #include "common/epx_test.h"
 #include "common/thread_ranks.h"
+#include "common/xmem.h"
 #include "ref/ref.h"
 #include "ref/ref_quant.h"
 #include "epx/cuda.h"
@@ -47,73 +48,6 @@ typedef struct gcase {
     int rr;             /* replicas: EPX_REPLICA_ROUND_ROBIN */
     int host;           /* set by run_case: the executor, host or device */
 } gcase_t;
-
-/* ---- a rank's tensors, in host or device memory.  Device copies go on
- * the rank's stream: a plain cudaMemcpy may return before its DMA lands,
- * and the stream does not wait for the legacy one. */
-typedef struct xmem {
-    int dev;            /* device memory (and `stream` a cudaStream_t) */
-    void *stream;
-} xmem_t;
-
-static int mem_alloc(const xmem_t *x, void **p, size_t n)
-{
-#ifdef EPX_HAVE_CUDA
-    if (x->dev)
-        return cudaMalloc(p, n) == cudaSuccess ? 0 : -1;
-#endif
-    return (*p = malloc(n)) ? 0 : -1;
-}
-
-static void mem_free(const xmem_t *x, void *p)
-{
-#ifdef EPX_HAVE_CUDA
-    if (x->dev) {
-        cudaFree(p);
-        return;
-    }
-#endif
-    (void)x;
-    free(p);
-}
-
-static int mem_put(const xmem_t *x, void *dst, const void *src, size_t n)
-{
-#ifdef EPX_HAVE_CUDA
-    if (x->dev)
-        return cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice,
-                               (cudaStream_t)x->stream) == cudaSuccess ? 0 : -1;
-#endif
-    if (n)
-        memcpy(dst, src, n);
-    return 0;
-}
-
-/* Waits for the stream first (what it reads may still be written). */
-static int mem_get(const xmem_t *x, void *dst, const void *src, size_t n)
-{
-#ifdef EPX_HAVE_CUDA
-    if (x->dev)
-        return cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost,
-                               (cudaStream_t)x->stream) == cudaSuccess &&
-               cudaStreamSynchronize((cudaStream_t)x->stream) == cudaSuccess
-               ? 0 : -1;
-#endif
-    if (n)
-        memcpy(dst, src, n);
-    return 0;
-}
-
-static int mem_sync(const xmem_t *x)
-{
-#ifdef EPX_HAVE_CUDA
-    if (x->dev)
-        return cudaStreamSynchronize((cudaStream_t)x->stream) == cudaSuccess
-               ? 0 : -1;
-#endif
-    (void)x;
-    return 0;
-}
 
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
@@ -216,13 +150,7 @@ static int exec_rank(epx_comm_t *comm, void *arg)
         free(p2l);
     }
     xmem_t xm = { !c->host, NULL };
-#ifdef EPX_HAVE_CUDA
-    cudaStream_t st = NULL;
-    if (!c->host)
-        CHECKF(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) ==
-               cudaSuccess, "cudaStreamCreate");
-    xm.stream = st;
-#endif
+    MEM(mem_stream_create(&xm));
     const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     /* received rows: every (token, k) of every rank, plus padding */
     const size_t rows = (size_t)R * c->maxT * c->K + (size_t)c->E * c->align;
@@ -264,10 +192,7 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     epx_moe_destroy(m);
     mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
     mem_free(&xm, b.dout), mem_free(&xm, b.dy);
-#ifdef EPX_HAVE_CUDA
-    if (st)
-        cudaStreamDestroy(st);
-#endif
+    mem_stream_destroy(&xm);
     return 0;
 }
 
@@ -616,13 +541,7 @@ static int bad_ids_rank(epx_comm_t *comm, void *arg)
     epx_moe_t *m = NULL;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     xmem_t xm = { !c->host, NULL };
-#ifdef EPX_HAVE_CUDA
-    cudaStream_t st = NULL;
-    if (!c->host)
-        CHECKF(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) ==
-               cudaSuccess, "cudaStreamCreate");
-    xm.stream = st;
-#endif
+    MEM(mem_stream_create(&xm));
     gbufs_t b;
     const size_t rows = (size_t)epx_comm_size(comm) * c->maxT * c->K;
     MEM(mem_alloc(&xm, &b.dx, (size_t)c->maxT * c->H * 4));
@@ -675,10 +594,7 @@ static int bad_ids_rank(epx_comm_t *comm, void *arg)
     epx_moe_destroy(m);
     mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
     mem_free(&xm, b.dout), mem_free(&xm, b.dy);
-#ifdef EPX_HAVE_CUDA
-    if (st)
-        cudaStreamDestroy(st);
-#endif
+    mem_stream_destroy(&xm);
     return 0;
 }
 
