@@ -18,13 +18,29 @@ for mode in "" --signal; do
 done
 # Two ranks started by hand (env bootstrap, as on two hosts): rank 0
 # reports, rank 1 prints nothing; a wrong job size is refused.
-port=$((20000 + $$ % 20000))
-export EPX_NRANKS=2 EPX_ROOT=127.0.0.1:$port EPX_JOB_KEY=smoke-$$
-EPX_RANK=1 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 >"$tmp/r1" 2>&1 &
-r1=$!
-EPX_RANK=0 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 --json >"$tmp/r0" \
-    2>"$tmp/r0.err" || { cat "$tmp/r0.err" >&2; fail "rank 0 by hand exited $?"; }
-wait "$r1" || { cat "$tmp/r1" >&2; fail "rank 1 by hand exited non-zero"; }
+# The port is a guess: another job may hold it, so a rank 0 that cannot
+# listen tries the next guess (rank 1 then fails to join and is waited for).
+export EPX_NRANKS=2 EPX_JOB_KEY=smoke-$$
+try=0
+while :; do
+    port=$((20000 + ($$ + try * 7919) % 40000))
+    export EPX_ROOT=127.0.0.1:$port
+    EPX_RANK=1 EPX_TIMEOUT=10 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 \
+        >"$tmp/r1" 2>&1 &
+    r1=$!
+    rc=0
+    EPX_RANK=0 "$PUT" --sizes 4K:16K --bytes 1M --reps 2 --json >"$tmp/r0" \
+        2>"$tmp/r0.err" || rc=$?
+    if [ $rc -ne 0 ] && grep -q 'Address already in use' "$tmp/r0.err" &&
+       [ $try -lt 5 ]; then
+        wait "$r1" 2>/dev/null
+        try=$((try + 1))
+        continue
+    fi
+    [ $rc -eq 0 ] || { cat "$tmp/r0.err" >&2; fail "rank 0 by hand exited $rc"; }
+    wait "$r1" || { cat "$tmp/r1" >&2; fail "rank 1 by hand exited non-zero"; }
+    break
+done
 grep -q '"verified": true' "$tmp/r0" || fail "by hand: rank 0 did not report"
 [ "$(grep -c '"size":' "$tmp/r0")" -eq 3 ] || fail "by hand: want 3 rows"
 [ ! -s "$tmp/r1" ] || fail "by hand: rank 1 printed: $(head -1 "$tmp/r1")"
