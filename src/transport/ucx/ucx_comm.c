@@ -46,15 +46,28 @@ static void ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
             e->peer, ucs_status_string(status));
 }
 
+/* A request failed: the peer's death as the liveness thread saw it when
+ * it did (the same message as every other wait), else UCX's word. */
+static epx_status_t ucx_req_failed(epx_comm_t *c, const char *what, int peer,
+                                   ucs_status_t s)
+{
+    epx_status_t alive = epx__comm_alive(c);
+    if (alive != EPX_OK)
+        return alive;
+    if (peer < 0)
+        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s failed: %s",
+                          c->rank, what, ucs_status_string(s));
+    return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s to rank %d failed: %s",
+                      c->rank, what, peer, ucs_status_string(s));
+}
+
 epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
                            const char *what, int peer)
 {
     if (req == NULL)
         return EPX_OK;
     if (UCS_PTR_IS_ERR(req))
-        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
-                          c->rank, what, peer,
-                          ucs_status_string(UCS_PTR_STATUS(req)));
+        return ucx_req_failed(c, what, peer, UCS_PTR_STATUS(req));
     epx_ucx_comm_t *u = c->ucx;
     double deadline = 0;
     ucs_status_t s;
@@ -78,10 +91,7 @@ epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
         sched_yield();
     }
     ucp_request_free(req);
-    if (s != UCS_OK)
-        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
-                          c->rank, what, peer, ucs_status_string(s));
-    return EPX_OK;
+    return s == UCS_OK ? EPX_OK : ucx_req_failed(c, what, peer, s);
 }
 
 static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
