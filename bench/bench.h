@@ -111,6 +111,10 @@ typedef struct bench_summary {
 enum { BENCH_DEVICE_HOST = 0, BENCH_DEVICE_CUDA = 1 };
 /* Exit status of --device cuda where there is no GPU (or no CUDA build). */
 enum { BENCH_EXIT_NO_GPU = 3 };
+/* load_trace.c: --load-trace's file, steps x L x E loads into *out (free
+ * it); 0, or -1 after a message on stderr. */
+int bench_load_trace_read(const char *path, int L, int E, double **out,
+                          int *steps);
 /* drift.c: the whole --drift run; returns the exit status. */
 int bench_drift_main(const bench_opts_t *o);
 /* cuda_bench.c: the whole --device cuda run; returns the exit status. */

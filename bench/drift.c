@@ -82,65 +82,6 @@ static void generate(const bench_opts_t *o, int steps, int L, int E,
     free(perm);
 }
 
-/* A recorded trace: one line per step, L x E numbers; '#' lines skipped. */
-static int read_trace(const char *path, int L, int E, double **out, int *steps)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "epx-bench: --load-trace %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    size_t cap = 0, n = 0, per = (size_t)L * E;
-    double *v = NULL;
-    char *line = NULL;
-    size_t lcap = 0;
-    int rc = 0, lineno = 0;
-    while (getline(&line, &lcap, f) > 0 && rc == 0) {
-        lineno++;
-        char *p = line;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p == '#' || *p == '\n' || !*p)
-            continue;
-        if (n + per > cap) {
-            cap = (n + per) * 2;
-            double *w = realloc(v, cap * sizeof(double));
-            if (!w) {
-                rc = -1;
-                break;
-            }
-            v = w;
-        }
-        for (size_t i = 0; i < per; i++) {
-            char *e;
-            double x = strtod(p, &e);
-            if (e == p || !(x >= 0) || !isfinite(x)) {
-                fprintf(stderr, "epx-bench: --load-trace %s line %d: want %zu "
-                        "loads (>= 0), number %zu is missing or bad\n", path,
-                        lineno, per, i + 1);
-                rc = -1;
-                break;
-            }
-            v[n + i] = x;
-            p = e;
-        }
-        n += per;
-    }
-    free(line);
-    fclose(f);
-    if (rc == 0 && n == 0) {
-        fprintf(stderr, "epx-bench: --load-trace %s: no steps\n", path);
-        rc = -1;
-    }
-    if (rc) {
-        free(v);
-        return -1;
-    }
-    *out = v;
-    *steps = (int)(n / per);
-    return 0;
-}
-
 static int64_t changed(const int32_t *a, const int32_t *b, size_t n)
 {
     int64_t c = 0;
@@ -199,7 +140,7 @@ int bench_drift_main(const bench_opts_t *oin)
     int steps = o.iters;
     double *load = NULL;
     if (o.load_trace) {
-        if (read_trace(o.load_trace, L, E, &load, &steps))
+        if (bench_load_trace_read(o.load_trace, L, E, &load, &steps))
             return 2;
     } else {
         load = malloc(sizeof(double) * (size_t)steps * L * E);

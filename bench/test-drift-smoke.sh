@@ -60,4 +60,8 @@ echo "1 2 3" >"$tmp/bad.txt"
 "$BENCH" --drift --ranks 2 --experts 4 --layers 2 --load-trace "$tmp/bad.txt" \
     >/dev/null 2>"$tmp/bad.err" && fail "a short trace line was accepted"
 grep -q "want 8 loads" "$tmp/bad.err" || fail "no message for a bad trace"
+echo "1 2 3 4 5 6 7 8 9" >"$tmp/long.txt"
+"$BENCH" --drift --ranks 2 --experts 4 --layers 2 --load-trace "$tmp/long.txt" \
+    >/dev/null 2>"$tmp/long.err" && fail "a long trace line was accepted"
+grep -q "found more" "$tmp/long.err" || fail "no message for a long line"
 echo "PASS: epx-bench --drift"

@@ -120,15 +120,25 @@ typedef struct epx_comm_params {
       EPX_BOOTSTRAP_ENV, -1, 0, NULL, NULL, NULL, NULL, 0.0 }
 
 /* Collective over all ranks.  Ranks on this host exchange through shared
- * memory. */
+ * memory.
+ * Failure detection: every rank watches its peers, and a peer seen dead
+ * ends every pending and later call of the survivors with EPX_ERR_PEER
+ * naming it (the first one seen; a dead rank never comes back) instead
+ * of the timeout.  Peers mapped over shared memory are watched by their
+ * processes (seen within about 50 ms); peers reached over UCX by a thread
+ * of the communicator: a broken connection (a killed process, within
+ * about a second) or no heartbeat for 3 s (a stopped or hung process, a
+ * host cut off; heartbeats go every 0.5 s from that thread, so a rank busy
+ * between calls is alive).  A communicator with UCX peers has that one
+ * thread and a second UCX worker. */
 epx_status_t epx_comm_create(const epx_comm_params_t *params,
                              epx_comm_t **comm);
 /* Collective when some pair uses UCX (two barriers let every rank's last
  * operations finish while all still progress); local otherwise.  After a
  * peer failure it returns without waiting for the dead rank, leaving UCX's
- * worker to the process exit.  Peers on the same host watch each other's
- * processes: a rank that exits without calling it is taken for dead by
- * any peer still waiting (EPX_ERR_PEER), so call it before exiting. */
+ * worker to the process exit.  It tells the peers this rank leaves on
+ * purpose: a rank that exits without calling it is taken for dead by any
+ * peer still waiting (EPX_ERR_PEER), so call it before exiting. */
 void epx_comm_destroy(epx_comm_t *comm);
 int epx_comm_rank(const epx_comm_t *comm);
 int epx_comm_size(const epx_comm_t *comm);

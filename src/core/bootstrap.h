@@ -17,6 +17,11 @@ typedef struct epx_boot {
                               void *recv, size_t bytes);
     void (*destroy)(struct epx_boot *b);
     double timeout_s;
+    /* Asked while an all-gather waits (TCP bootstrap, every 100 ms): a
+     * status other than EPX_OK ends it (the communicator's liveness: a
+     * dead peer never sends its part).  NULL: none. */
+    epx_status_t (*check)(void *arg);
+    void *check_arg;
 } epx_boot_t;
 
 /* TCP star rooted at rank 0.  listen_fd >= 0: rank 0 uses this already

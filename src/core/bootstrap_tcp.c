@@ -66,21 +66,39 @@ typedef struct tcp_boot {
     int *fds;                  /* root: [nranks] per peer; others: [0] root */
 } tcp_boot_t;
 
-static epx_status_t io_full(int fd, void *buf, size_t len, int writing,
+/* `base` (NULL in the handshakes): its check, if set, is asked every
+ * 100 ms whether to go on (a peer known dead never answers).  `peer`: the
+ * rank at the other end, or -1 (not known yet). */
+static epx_status_t io_full(const epx_boot_t *base, int peer, int fd,
+                            void *buf, size_t len, int writing,
                             double deadline, const char *what)
 {
     char *p = buf;
+    int every = base && base->check ? 100 : 1000;
     while (len) {
         struct pollfd pfd = { fd, writing ? POLLOUT : POLLIN, 0 };
         double left = deadline - epx__now();
         if (left <= 0)
             return epx__error(EPX_ERR_TIMEOUT, "bootstrap: timed out %s", what);
-        int pr = poll(&pfd, 1, left > 1.0 ? 1000 : (int)(left * 1000) + 1);
+        if (every < 1000) {
+            epx_status_t st = base->check(base->check_arg);
+            if (st != EPX_OK)
+                return st;
+        }
+        int pr = poll(&pfd, 1, left * 1000 > every ? every
+                                                   : (int)(left * 1000) + 1);
         if (pr < 0 && errno != EINTR)
             return epx__syserror(EPX_ERR_SYSTEM, "bootstrap: poll (%s)", what);
         if (pr <= 0)
             continue;
         ssize_t n = writing ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
+        if (n == 0 && peer >= 0) {   /* it exited, or gave up on the job */
+            epx_status_t st = base && base->check ? base->check(base->check_arg)
+                                                  : EPX_OK;
+            return st != EPX_OK ? st
+                : epx__error(EPX_ERR_PEER, "bootstrap: rank %d closed its "
+                             "connection (%s)", peer, what);
+        }
         if (n == 0)
             return epx__error(EPX_ERR_BOOTSTRAP,
                               "bootstrap: peer closed the connection (%s)", what);
@@ -337,7 +355,7 @@ static epx_status_t root_accept(tcp_boot_t *b, int lfd, const char *key,
             if (fl >= 0)
                 fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
             double d = epx__now() + BOOT_PEER_S;
-            if (io_full(fd, &a, sizeof(a), 1, d < deadline ? d : deadline,
+            if (io_full(NULL, -1, fd, &a, sizeof(a), 1, d < deadline ? d : deadline,
                         "admitting a rank") != EPX_OK) {
                 close(fd);
                 continue;
@@ -393,7 +411,7 @@ static epx_status_t peer_handshake(tcp_boot_t *b, int fd, const char *root,
 {
     challenge_t ch;
     *retry = 0;
-    epx_status_t st = io_full(fd, &ch, sizeof(ch), 0, deadline,
+    epx_status_t st = io_full(NULL, -1, fd, &ch, sizeof(ch), 0, deadline,
                               "waiting for rank 0's challenge");
     if (st == EPX_ERR_BOOTSTRAP) {
         *retry = 1;
@@ -413,9 +431,9 @@ static epx_status_t peer_handshake(tcp_boot_t *b, int fd, const char *root,
     randombytes_buf(h.nonce, sizeof(h.nonce));
     boot_mac(h.mac, key, "epx-boot-hello", ch.nonce, h.nonce, h.rank, h.nranks);
     answer_t a;
-    st = io_full(fd, &h, sizeof(h), 1, deadline, "sending hello");
+    st = io_full(NULL, -1, fd, &h, sizeof(h), 1, deadline, "sending hello");
     if (st == EPX_OK)
-        st = io_full(fd, &a, sizeof(a), 0, deadline,
+        st = io_full(NULL, -1, fd, &a, sizeof(a), 0, deadline,
                      "waiting for rank 0 to admit us");
     if (st == EPX_ERR_BOOTSTRAP || (st == EPX_OK && a.verdict == BOOT_REJECT))
         return epx__error(EPX_ERR_AUTH,
@@ -486,18 +504,18 @@ static epx_status_t tcp_allgather(epx_boot_t *base, const void *send,
     epx_status_t st = EPX_OK;
     memcpy(out + (size_t)base->rank * bytes, send, bytes);
     if (base->rank != 0) {
-        st = io_full(b->fds[0], &len, sizeof(len), 1, deadline, "all-gather");
+        st = io_full(base, 0, b->fds[0], &len, sizeof(len), 1, deadline, "all-gather");
         if (st == EPX_OK)
-            st = io_full(b->fds[0], (void *)send, bytes, 1, deadline,
+            st = io_full(base, 0, b->fds[0], (void *)send, bytes, 1, deadline,
                          "all-gather");
         if (st == EPX_OK)
-            st = io_full(b->fds[0], out, bytes * (size_t)base->nranks, 0,
+            st = io_full(base, 0, b->fds[0], out, bytes * (size_t)base->nranks, 0,
                          deadline, "all-gather");
         return st;
     }
     for (int r = 1; r < base->nranks && st == EPX_OK; r++) {
         uint64_t theirs;
-        st = io_full(b->fds[r], &theirs, sizeof(theirs), 0, deadline,
+        st = io_full(base, r, b->fds[r], &theirs, sizeof(theirs), 0, deadline,
                      "all-gather");
         if (st == EPX_OK && theirs != len)
             st = epx__error(EPX_ERR_MISMATCH,
@@ -505,11 +523,11 @@ static epx_status_t tcp_allgather(epx_boot_t *base, const void *send,
                             "%llu", r, (unsigned long long)theirs,
                             (unsigned long long)len);
         if (st == EPX_OK)
-            st = io_full(b->fds[r], out + (size_t)r * bytes, bytes, 0,
+            st = io_full(base, r, b->fds[r], out + (size_t)r * bytes, bytes, 0,
                          deadline, "all-gather");
     }
     for (int r = 1; r < base->nranks && st == EPX_OK; r++)
-        st = io_full(b->fds[r], out, bytes * (size_t)base->nranks, 1, deadline,
+        st = io_full(base, r, b->fds[r], out, bytes * (size_t)base->nranks, 1, deadline,
                      "all-gather");
     return st;
 }

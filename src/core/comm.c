@@ -91,6 +91,8 @@ static void unwatch_peers(epx_comm_t *c)
 
 static void comm_teardown(epx_comm_t *comm);
 
+static epx_status_t comm_boot_check(void *arg) { return epx__comm_alive(arg); }
+
 epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
                                    const char *job, epx_comm_t **out)
 {
@@ -108,6 +110,7 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     c->boot = boot;
     c->teardown = comm_teardown;
     c->dead_rank = -1;
+    c->net_dead = -1;
     while ((1 << c->barrier_rounds) < c->nranks)
         c->barrier_rounds++;
 
@@ -138,6 +141,10 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
         goto err_ucx;
     watch_peers(c, all);
     free(all);
+    /* A bootstrap all-gather (a barrier over tcp, an engine's set-up) ends
+     * too when a peer is seen dead. */
+    boot->check = comm_boot_check;
+    boot->check_arg = c;
     char sum[256];
     epx__select_summary(c, sum, sizeof(sum));
     EPX_LOG(EPX_LOG_INFO, "core", c->rank,
@@ -290,6 +297,7 @@ void epx_comm_destroy(epx_comm_t *comm)
      * purpose (its teardown may wait for engines still open). */
     if (comm->ctl)
         __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
+    epx__ucx_comm_leave(comm);   /* and the UCX peers, by a message */
     if (comm->nwin > 1) {
         /* An engine still holds a window: freeing now would leave it on
          * freed memory.  Its calls fail from here on; the teardown runs

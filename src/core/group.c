@@ -60,6 +60,12 @@ void epx__comm_win_gone(epx_comm_t *comm)
 epx_status_t epx__comm_alive(epx_comm_t *comm)
 {
     if (comm->dead_rank < 0) {
+        int nd = __atomic_load_n(&comm->net_dead, __ATOMIC_ACQUIRE);
+        if (nd >= 0) {
+            comm->dead_rank = nd;
+            return epx__error(EPX_ERR_PEER, "rank %d: %s", comm->rank,
+                              comm->net_why);
+        }
         if (!comm->alive)
             return EPX_OK;
         double now = epx__now();
@@ -85,6 +91,9 @@ epx_status_t epx__comm_alive(epx_comm_t *comm)
         if (comm->dead_rank < 0)
             return EPX_OK;
     }
+    if (comm->dead_rank == __atomic_load_n(&comm->net_dead, __ATOMIC_ACQUIRE))
+        return epx__error(EPX_ERR_PEER, "rank %d: %s", comm->rank,
+                          comm->net_why);
     return epx__error(EPX_ERR_PEER, "rank %d: rank %d (pid %d, this host) "
                       "has exited; the job cannot go on", comm->rank,
                       comm->dead_rank, (int)comm->peer_pid[comm->dead_rank]);

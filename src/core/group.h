@@ -51,6 +51,11 @@ struct epx_comm {
     const int32_t **peer_left;
     double next_alive;          /* epx__now() of the next poll */
     int dead_rank;              /* a peer seen dead, else -1 */
+    /* A peer reached over the network seen dead by the UCX module's
+     * liveness thread (ucx_live.c): it writes net_why, then publishes the
+     * rank in net_dead (release; -1: none), once. */
+    int net_dead;
+    char net_why[200];
 };
 
 epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
@@ -76,9 +81,12 @@ void epx__comm_win_gone(epx_comm_t *comm);
 void epx__comm_hold(epx_comm_t *comm);
 /* EPX_OK while every watched peer lives (or left cleanly: it destroyed
  * its communicator first); EPX_ERR_PEER naming the first one seen dead,
- * from then on (a dead peer never comes back).  Cheap: a
- * clock read except every 50 ms.  Waits call it on their slow path, so a
- * peer's death ends them in about that time instead of the timeout. */
+ * from then on (a dead peer never comes back).  Watched: the peers of this
+ * host mapped over shm (pidfds, polled at most every 50 ms) and the peers
+ * reached over UCX (net_dead: a broken connection or a heartbeat that
+ * stopped, src/transport/ucx/ucx_live.c).  Cheap: a clock read and a load
+ * except every 50 ms.  Waits call it on their slow path, so a peer's death
+ * ends them in about that time instead of the timeout. */
 epx_status_t epx__comm_alive(epx_comm_t *comm);
 
 #endif /* EPX_CORE_GROUP_H */

@@ -28,6 +28,7 @@ static const epx_module_host_t host = {
     .comm_allgather = epx__comm_allgather,
     .comm_agree_peer = epx__comm_agree_peer,
     .comm_timeout = epx__comm_timeout,
+    .comm_alive = epx__comm_alive,
     .comm_barrier = comm_barrier,
     .win_peer_tl = epx__win_peer_tl,
     .win_poll_wait = epx__win_poll_wait,

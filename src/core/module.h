@@ -21,7 +21,7 @@
 
 /* Bump when the host table, a module's ops or a struct both sides read
  * changes shape. */
-#define EPX_MODULE_ABI 1
+#define EPX_MODULE_ABI 2
 #define EPX_MODULE_ENTRY "epx_module_get"
 
 struct epx_comm;
@@ -43,6 +43,7 @@ typedef struct epx_module_host {
     epx_status_t (*comm_agree_peer)(struct epx_comm *comm, epx_status_t mine,
                                     const char *what);
     double (*comm_timeout)(const struct epx_comm *comm);
+    epx_status_t (*comm_alive)(struct epx_comm *comm);
     epx_status_t (*comm_barrier)(struct epx_comm *comm);
     const char *(*win_peer_tl)(const struct epx_win *w, int peer);
     epx_status_t (*win_poll_wait)(struct epx_win *win, int slot,

@@ -88,6 +88,11 @@ double epx__comm_timeout(const epx_comm_t *comm)
     return host->comm_timeout(comm);
 }
 
+epx_status_t epx__comm_alive(epx_comm_t *comm)
+{
+    return host->comm_alive(comm);
+}
+
 epx_status_t epx_comm_barrier(epx_comm_t *comm)
 {
     return host->comm_barrier(comm);

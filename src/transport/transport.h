@@ -159,5 +159,8 @@ void epx__ucx_comm_fini(epx_comm_t *comm, int clean);
  * landed in its target's memory (a worker flush: over tcp a put lands
  * only when its target progresses, so this progresses ours meanwhile). */
 epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm);
+/* epx_comm_destroy was called: tell the UCX peers this rank leaves on
+ * purpose, so its exit is not taken for a death.  No-op without UCX. */
+void epx__ucx_comm_leave(epx_comm_t *comm);
 
 #endif /* EPX_TRANSPORT_H */

@@ -12,6 +12,15 @@
  * watch their same-host peers (pidfds) and must get EPX_ERR_PEER naming
  * the dead rank within FAST_S, and again from their next call.
  *
+ * Over UCX_TLS=tcp,self with a long timeout (the *_ucx_fast cases, 60 s):
+ * the survivors watch their UCX peers (src/transport/ucx/ucx_live.c) and
+ * must get EPX_ERR_PEER naming the rank within UCX_S (plus slack) when
+ * it is killed in a dispatch or before a barrier (its connections reset),
+ * and when it is stopped with SIGSTOP (connections open, heartbeats
+ * stop); destroying the communicator afterwards takes no second wait
+ * (DESTROY_S).  busy_ucx: a rank that makes no call for longer than the
+ * heartbeat's limit is not dead.
+ *
  * Over UCX_TLS=tcp (no RMA lanes) puts travel as active messages that the
  * target never acknowledges (src/transport/ucx/ucx_am.c): UCX 1.13's
  * software put answered each put and aborted a survivor whose answer to
@@ -42,9 +51,18 @@
 
 #define FAST_S 1.0       /* death_shm_fast: detection bound (+ FAST_SLACK_S) */
 #define FAST_SLACK_S 1.0
+#define UCX_S 5.0        /* over UCX: detection bound (+ UCX_SLACK_S) */
+#define UCX_SLACK_S 5.0
+#define DESTROY_S 5.0    /* survivors' engine and communicator destruction */
+
+enum { IN_DISPATCH = 0, IN_BARRIER = 1 };
 
 typedef struct shared {
     double timeout_s;            /* EPX_TIMEOUT of the ranks */
+    int sig;                     /* what the victim gets: SIGKILL, SIGSTOP */
+    int where;                   /* IN_DISPATCH, IN_BARRIER */
+    int victim_pid;
+    double destroy_s[R];         /* survivors' destruction time */
     int next_peer;               /* the call after the failure: PEER? */
     int noticed;                 /* survivors done noticing */
     char why[R][160];            /* each survivor's epx_last_error() */
@@ -77,9 +95,10 @@ static int one_round(epx_moe_t *moe, int me, int round, int kill_now,
     if ((*st = epx_dispatch_send(moe, &a, &h)) != EPX_OK)
         return 1;
     if (kill_now) {
+        sh->victim_pid = (int)getpid();
         sh->died_at = epxt_now();
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        raise(SIGKILL);
+        raise(sh->sig);
     }
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     if ((*st = epx_dispatch_recv(moe, h, &rv)) != EPX_OK)
@@ -113,8 +132,19 @@ static int dying_rank(int me, void *arg)
     epx_status_t st = EPX_OK;
     for (int round = 0; round < 1000; round++) {
         sh->rounds[me] = round;
-        if (one_round(moe, me, round, me == VICTIM && round == 3, sh, &st))
+        int victim_now = me == VICTIM && round == 3;
+        if (sh->where == IN_BARRIER) {
+            if (victim_now) {
+                sh->victim_pid = (int)getpid();
+                sh->died_at = epxt_now();
+                __atomic_thread_fence(__ATOMIC_SEQ_CST);
+                raise(sh->sig);
+            }
+            if ((st = epx_comm_barrier(comm)) != EPX_OK)
+                break;
+        } else if (one_round(moe, me, round, victim_now, sh, &st)) {
             break;
+        }
     }
     sh->failed_at[me] = epxt_now();
     sh->status[me] = st;
@@ -130,20 +160,29 @@ static int dying_rank(int me, void *arg)
     for (double t0 = epxt_now(); epxt_now() - t0 < 20 &&
          __atomic_load_n(&sh->noticed, __ATOMIC_SEQ_CST) < R - 1;)
         usleep(1000);
+    if (sh->sig == SIGSTOP && sh->victim_pid > 0)   /* done with it */
+        kill((pid_t)sh->victim_pid, SIGKILL);
     CHECKF(st < 0, "rank %d: 1000 rounds without noticing the death", me);
     fprintf(stderr, "rank %d: %s after round %d (%s)\n", me,
             epx_status_str(st), sh->rounds[me], epx_last_error());
+    double t0 = epxt_now();
     epx_moe_destroy(moe);
     epx_comm_destroy(comm);
+    sh->destroy_s[me] = epxt_now() - t0;
     return 0;
 }
 
-static void run_death_with(const char *tls, const char *file,
-                           const char *ucx_tls, double timeout_s, int fast)
+/* fast: 0, or the bound (s) within which every survivor must get
+ * EPX_ERR_PEER naming the victim, from then on (plus `slack`). */
+static void run_death_how(const char *tls, const char *file,
+                          const char *ucx_tls, double timeout_s, double fast,
+                          double slack, int sig, int where)
 {
     shared_t *sh = epxt_shared_alloc(sizeof(*sh));
     assert_non_null(sh);
     sh->timeout_s = timeout_s;
+    sh->sig = sig;
+    sh->where = where;
     if (tls)
         setenv("EPX_TRANSPORTS", tls, 1);
     if (file)
@@ -164,21 +203,30 @@ static void run_death_with(const char *tls, const char *file,
         assert_int_equal(rc[r], 0);
         assert_true(sh->status[r] < 0);
         double late = sh->failed_at[r] - sh->died_at;
-        printf("rank %d: %s %.2f s after the death\n", r,
-               epx_status_str((epx_status_t)sh->status[r]), late);
-        if (fast) {
+        printf("rank %d: %s %.2f s after the death, destroyed in %.2f s "
+               "(%s)\n", r, epx_status_str((epx_status_t)sh->status[r]),
+               late, sh->destroy_s[r], sh->why[r]);
+        if (fast > 0) {
             char want[32];
             snprintf(want, sizeof(want), "rank %d ", VICTIM);
             assert_int_equal(sh->status[r], EPX_ERR_PEER);
             assert_non_null(strstr(sh->why[r], want));
-            assert_true(late <= FAST_S + FAST_SLACK_S);
+            assert_true(late <= fast + slack);
+            assert_true(sh->destroy_s[r] <= DESTROY_S);
         } else {
             assert_true(late <= TIMEOUT_S + SLACK_S);
         }
     }
-    if (fast)
+    if (fast > 0)
         assert_int_equal(sh->next_peer, R - 1);
     epxt_shared_free(sh, sizeof(*sh));
+}
+
+static void run_death_with(const char *tls, const char *file,
+                           const char *ucx_tls, double timeout_s, int fast)
+{
+    run_death_how(tls, file, ucx_tls, timeout_s, fast ? FAST_S : 0,
+                  FAST_SLACK_S, SIGKILL, IN_DISPATCH);
 }
 
 static void run_death(const char *tls, const char *file, const char *ucx_tls)
@@ -201,6 +249,73 @@ static void death_mixed(void **s)
     (void)s;
     run_death(NULL, EPX_TEST_SRCDIR "/tests/core/data/two-hosts.json", "tcp");
 }
+static void kill_ucx_fast(void **s)
+{
+    (void)s;
+    run_death_how("ucx", NULL, "tcp,self", 60.0, UCX_S, UCX_SLACK_S, SIGKILL,
+                  IN_DISPATCH);
+}
+static void kill_barrier_ucx_fast(void **s)
+{
+    (void)s;
+    run_death_how("ucx", NULL, "tcp,self", 60.0, UCX_S, UCX_SLACK_S, SIGKILL,
+                  IN_BARRIER);
+}
+static void stop_ucx_fast(void **s)
+{
+    (void)s;
+    run_death_how("ucx", NULL, "tcp,self", 60.0, UCX_S, UCX_SLACK_S, SIGSTOP,
+                  IN_DISPATCH);
+}
+static void stop_barrier_ucx_fast(void **s)
+{
+    (void)s;
+    run_death_how("ucx", NULL, "tcp,self", 60.0, UCX_S, UCX_SLACK_S, SIGSTOP,
+                  IN_BARRIER);
+}
+/* Two emulated hosts (shm inside, UCX across): the victim's host peer
+ * sees it by its pidfd, the other host's ranks over UCX. */
+static void kill_mixed_fast(void **s)
+{
+    (void)s;
+    run_death_how(NULL, EPX_TEST_SRCDIR "/tests/core/data/two-hosts.json",
+                  "tcp,self", 60.0, UCX_S, UCX_SLACK_S, SIGKILL, IN_DISPATCH);
+}
+
+/* A rank busy elsewhere (no call) for longer than the heartbeat's limit
+ * is alive: its heartbeats come from their own thread. */
+#define BUSY_S 4.5
+static int busy_rank(int me, void *arg)
+{
+    (void)arg;
+    setenv("EPX_TIMEOUT", "60", 1);
+    epx_comm_t *comm;
+    CHECK_OK(epxt_env_comm(&comm));
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(epx_comm_barrier(comm));
+        if (me == i % 3)
+            usleep((useconds_t)(BUSY_S * 1e6));
+    }
+    CHECK_OK(epx_comm_barrier(comm));
+    if (me == 0)   /* the others wait in the destruction barrier */
+        usleep((useconds_t)(BUSY_S * 1e6));
+    epx_comm_destroy(comm);
+    return 0;
+}
+
+static void busy_ucx(void **s)
+{
+    (void)s;
+    setenv("EPX_TRANSPORTS", "ucx", 1);
+    setenv("UCX_TLS", "tcp,self", 1);
+    int rc[3];
+    int bad = epxt_proc_ranks(3, busy_rank, NULL, 60, rc);
+    unsetenv("EPX_TRANSPORTS");
+    unsetenv("UCX_TLS");
+    for (int r = 0; r < 3; r++)
+        assert_int_equal(rc[r], 0);
+    assert_int_equal(bad, 0);
+}
 #endif
 
 int main(void)
@@ -213,6 +328,12 @@ int main(void)
         cmocka_unit_test(death_ucx),
         cmocka_unit_test(death_ucx_tcp),
         cmocka_unit_test(death_mixed),
+        cmocka_unit_test(kill_ucx_fast),
+        cmocka_unit_test(kill_barrier_ucx_fast),
+        cmocka_unit_test(stop_ucx_fast),
+        cmocka_unit_test(stop_barrier_ucx_fast),
+        cmocka_unit_test(kill_mixed_fast),
+        cmocka_unit_test(busy_ucx),
 #endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

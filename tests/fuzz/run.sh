@@ -9,7 +9,7 @@ secs=${1:-20}
 b=${2:-.}
 src=$(cd "$(dirname "$0")" && pwd)
 rc=0
-for f in topo loads boot; do
+for f in topo loads boot bench_trace; do
     prog=$b/tests/fuzz/fuzz_$f
     [ -x "$prog" ] || { echo "fuzz: $prog not built: skipped"; exit 77; }
     work=$(mktemp -d "${TMPDIR:-/tmp}/epx-fuzz-$f.XXXXXX")

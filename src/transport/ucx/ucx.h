@@ -36,7 +36,10 @@ typedef struct epx_ucx_comm {
     int cap_wins;
     uint32_t win_count;         /* ids handed out */
     struct epx_ucx_comm *kept;  /* next of the ones left to process exit */
+    struct epx_ucx_live *live;  /* the peers' liveness (ucx_live.c) */
 } epx_ucx_comm_t;
+
+typedef struct epx_ucx_live epx_ucx_live_t;
 
 /* Wait for a request of ucp_*_nbx (NULL: done at once) while progressing
  * the worker; frees it.  Fails with EPX_ERR_TIMEOUT after `timeout_s`
@@ -44,6 +47,20 @@ typedef struct epx_ucx_comm {
  * reports the peer's endpoint broken. */
 epx_status_t epx__ucx_wait(epx_comm_t *comm, void *req, double timeout_s,
                            const char *what, int peer);
+
+/* Every rank's address of `worker` (NULL: none, length 0), agreeing on
+ * `mine` first; *all holds nranks addresses `*stride` bytes apart (free
+ * it).  Collective. */
+epx_status_t epx__ucx_addr_gather(epx_comm_t *comm, ucp_worker_h worker,
+                                  epx_status_t mine, char **all,
+                                  size_t *stride);
+
+/* ucx_live.c: the heartbeat thread.  init is collective (after the data
+ * endpoints); leave says goodbye to the peers (epx_comm_destroy); fini
+ * stops the thread and releases its worker, before anything it reads. */
+epx_status_t epx__ucx_live_init(epx_comm_t *comm, epx_ucx_comm_t *u);
+void epx__ucx_live_leave(epx_ucx_comm_t *u);
+void epx__ucx_live_fini(epx_ucx_comm_t *u);
 
 /* ucx_am.c */
 epx_status_t epx__ucx_am_init(epx_comm_t *comm, epx_ucx_comm_t *u);

@@ -6,7 +6,8 @@
  * Endpoints use UCP_ERR_HANDLING_MODE_NONE: in UCX 1.13 MODE_PEER leaves
  * out the shared-memory RMA lanes (on-host puts fall back to messages,
  * ~0.1 GB/s instead of ~7 GB/s here).  A dead peer is noticed by the
- * waits' timeout (EPX_ERR_TIMEOUT) or a failed send (EPX_ERR_PEER).
+ * heartbeat thread's own worker and endpoints (ucx_live.c), which the
+ * waits here ask through epx__comm_alive (EPX_ERR_PEER).
  * Endpoints without RMA lanes (tcp) send puts as active messages
  * (ucx_am.c), which the target never answers.
  *
@@ -45,15 +46,28 @@ static void ucx_ep_error(void *arg, ucp_ep_h ep, ucs_status_t status)
             e->peer, ucs_status_string(status));
 }
 
+/* A request failed: the peer's death as the liveness thread saw it when
+ * it did (the same message as every other wait), else UCX's word. */
+static epx_status_t ucx_req_failed(epx_comm_t *c, const char *what, int peer,
+                                   ucs_status_t s)
+{
+    epx_status_t alive = epx__comm_alive(c);
+    if (alive != EPX_OK)
+        return alive;
+    if (peer < 0)
+        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s failed: %s",
+                          c->rank, what, ucs_status_string(s));
+    return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s to rank %d failed: %s",
+                      c->rank, what, peer, ucs_status_string(s));
+}
+
 epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
                            const char *what, int peer)
 {
     if (req == NULL)
         return EPX_OK;
     if (UCS_PTR_IS_ERR(req))
-        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
-                          c->rank, what, peer,
-                          ucs_status_string(UCS_PTR_STATUS(req)));
+        return ucx_req_failed(c, what, peer, UCS_PTR_STATUS(req));
     epx_ucx_comm_t *u = c->ucx;
     double deadline = 0;
     ucs_status_t s;
@@ -61,6 +75,11 @@ epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
         ucp_worker_progress(u->worker);
         if (i < 4096 || i % 256)
             continue;
+        epx_status_t alive = epx__comm_alive(c);
+        if (alive != EPX_OK) {
+            ucp_request_free(req);   /* released when it completes */
+            return alive;
+        }
         if (deadline == 0)
             deadline = epx__now() + timeout_s;
         else if (epx__now() > deadline) {
@@ -72,10 +91,7 @@ epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
         sched_yield();
     }
     ucp_request_free(req);
-    if (s != UCS_OK)
-        return epx__error(EPX_ERR_PEER, "ucx: rank %d: %s (rank %d): %s",
-                          c->rank, what, peer, ucs_status_string(s));
-    return EPX_OK;
+    return s == UCS_OK ? EPX_OK : ucx_req_failed(c, what, peer, s);
 }
 
 static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
@@ -90,7 +106,7 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
                       UCP_PARAM_FIELD_MT_WORKERS_SHARED,
         .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
         .estimated_num_eps = (size_t)c->tl_peers[EPX_TL_UCX],
-        .mt_workers_shared = 0,
+        .mt_workers_shared = 1,   /* the liveness thread has a worker */
     };
     s = ucp_init(&p, cfg, &u->ctx);
     ucp_config_release(cfg);
@@ -114,13 +130,15 @@ static epx_status_t ucx_open(epx_comm_t *c, epx_ucx_comm_t *u)
 }
 
 /* Worker addresses: lengths, then addresses padded to the longest. */
-static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
-                                epx_status_t mine)
+epx_status_t epx__ucx_addr_gather(epx_comm_t *c, ucp_worker_h worker,
+                                  epx_status_t mine, char **out,
+                                  size_t *stride)
 {
     ucp_address_t *addr = NULL;
     size_t alen = 0;
-    if (mine == EPX_OK && u->worker) {
-        ucs_status_t s = ucp_worker_get_address(u->worker, &addr, &alen);
+    *out = NULL;
+    if (mine == EPX_OK && worker) {
+        ucs_status_t s = ucp_worker_get_address(worker, &addr, &alen);
         if (s != UCS_OK)
             mine = epx__error(EPX_ERR_SYSTEM, "ucx: worker address: %s",
                               ucs_status_string(s));
@@ -144,7 +162,25 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
         st = epx__comm_allgather(c, send, all, max + 1);
     }
     if (addr)
-        ucp_worker_release_address(u->worker, addr);
+        ucp_worker_release_address(worker, addr);
+    free(lens);
+    free(send);
+    if (st != EPX_OK) {
+        free(all);
+        return st;
+    }
+    *out = all;
+    *stride = max + 1;
+    return EPX_OK;
+}
+
+static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
+                                epx_status_t mine)
+{
+    char *all = NULL;
+    size_t stride = 0;
+    epx_status_t st = epx__ucx_addr_gather(c, u->worker, mine, &all, &stride);
+    int R = c->nranks;
     /* Endpoints; creation only queues the wire-up (done by progress). */
     mine = st;
     for (int r = 0; r < R && mine == EPX_OK; r++) {
@@ -160,7 +196,7 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
             .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
                           UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                           UCP_EP_PARAM_FIELD_ERR_HANDLER,
-            .address = (const ucp_address_t *)(all + (size_t)r * (max + 1)),
+            .address = (const ucp_address_t *)(all + (size_t)r * stride),
             .err_mode = UCP_ERR_HANDLING_MODE_NONE,
             .err_handler = { ucx_ep_error, e },
         };
@@ -178,8 +214,6 @@ static epx_status_t ucx_connect(epx_comm_t *c, epx_ucx_comm_t *u,
                         "%d: puts go as active messages", r);
         }
     }
-    free(lens);
-    free(send);
     free(all);
     return st == EPX_OK ? epx__comm_agree_peer(c, mine, "ucx: set-up") : st;
 }
@@ -216,6 +250,8 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
             u->am_any |= all[r];
         free(all);
     }
+    if (st == EPX_OK)
+        st = epx__ucx_live_init(c, u);
     if (st != EPX_OK) {
         epx__ucx_comm_fini(c, 1);
         return st;
@@ -238,8 +274,9 @@ epx_status_t epx__ucx_comm_quiet(epx_comm_t *c)
         return EPX_OK;
     int R = c->nranks;
     uint64_t *all = NULL;
-    epx_status_t st = EPX_OK;
-    if (u->am_any) {   /* agreed: every rank of the comm takes part */
+    /* A peer known dead would never answer the gather below. */
+    epx_status_t st = epx__comm_alive(c);
+    if (st == EPX_OK && u->am_any) {   /* agreed: every rank takes part */
         all = malloc(sizeof(uint64_t) * (size_t)R * (size_t)R);
         st = all ? epx__comm_allgather(c, u->am_seq, all,
                                        sizeof(uint64_t) * (size_t)R)
@@ -255,6 +292,8 @@ epx_status_t epx__ucx_comm_quiet(epx_comm_t *c)
         uint64_t sent = all[(size_t)r * (size_t)R + (size_t)c->rank];
         for (long i = 0; u->am_next[r] <= sent && st == EPX_OK; i++) {
             ucp_worker_progress(u->worker);
+            if (i % 256 == 255 && (st = epx__comm_alive(c)) != EPX_OK)
+                break;
             if (i % 256 == 255 && epx__now() > deadline)
                 st = epx__error(EPX_ERR_TIMEOUT, "ucx: rank %d: %llu messages "
                                 "of rank %d not arrived after %.1f s", c->rank,
@@ -323,11 +362,19 @@ static void ucx_keep(epx_comm_t *c, epx_ucx_comm_t *u)
     c->ucx = NULL;
 }
 
+void epx__ucx_comm_leave(epx_comm_t *c)
+{
+    if (c->ucx)
+        epx__ucx_live_leave(c->ucx);
+}
+
 void epx__ucx_comm_fini(epx_comm_t *c, int clean)
 {
     epx_ucx_comm_t *u = c->ucx;
     if (!u)
         return;
+    /* Its thread reads the communicator, which goes after this. */
+    epx__ucx_live_fini(u);
     if (!clean && u->worker) {
         ucx_keep(c, u);
         return;

@@ -45,6 +45,12 @@ epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm)
     return comm->ucx_any && mod ? mod->comm_quiet(comm) : EPX_OK;
 }
 
+void epx__ucx_comm_leave(epx_comm_t *comm)
+{
+    if (comm->ucx_any && mod)
+        mod->comm_leave(comm);
+}
+
 epx_status_t epx__ucx_win_create(epx_comm_t *comm, size_t size, int nsignals,
                                  void *local, epx_win_t **win)
 {

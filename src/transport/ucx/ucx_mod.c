@@ -8,6 +8,7 @@ static const epx_ucx_module_ops_t ops = {
     .comm_init = epx__ucx_comm_init,
     .comm_fini = epx__ucx_comm_fini,
     .comm_quiet = epx__ucx_comm_quiet,
+    .comm_leave = epx__ucx_comm_leave,
     .win_create = epx__ucx_win_create,
     .comm_hold = epx__ucx_comm_hold,
 };
