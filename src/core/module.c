@@ -68,10 +68,15 @@ static epx_status_t try_dir(struct slot *s, const char *dir)
     if (!m || m->abi != EPX_MODULE_ABI || strcmp(m->version, PACKAGE_VERSION) ||
         m->comm_size != sizeof(struct epx_comm) ||
         m->win_size != sizeof(struct epx_win) || strcmp(m->name, s->name)) {
-        snprintf(s->why, sizeof(s->why), "%s is not a module of this build "
-                 "of epx %s (ABI %d)%s%s", path, PACKAGE_VERSION,
-                 EPX_MODULE_ABI, m ? ": it is version " : "",
-                 m ? m->version : "");
+        if (m)
+            snprintf(s->why, sizeof(s->why), "%s is not a module of this "
+                     "build of epx %s (ABI %d): it is version %s, ABI %u",
+                     path, PACKAGE_VERSION, EPX_MODULE_ABI, m->version,
+                     m->abi);
+        else
+            snprintf(s->why, sizeof(s->why), "%s is not a module of this "
+                     "build of epx %s (ABI %d): no %s entry", path,
+                     PACKAGE_VERSION, EPX_MODULE_ABI, EPX_MODULE_ENTRY);
         dlclose(h);
         return EPX_ERR_UNSUPPORTED;
     }
