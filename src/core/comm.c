@@ -87,6 +87,9 @@ static void unwatch_peers(epx_comm_t *c)
     free(c->alive);
     free(c->peer_pid);
     free(c->peer_left);
+    c->alive = NULL;
+    c->peer_pid = NULL;
+    c->peer_left = NULL;
 }
 
 static void comm_teardown(epx_comm_t *comm);
@@ -277,12 +280,15 @@ static void comm_teardown(epx_comm_t *comm)
             EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "barrier at destruction: "
                     "%s", epx_last_error());
     }
+    /* The watch reads the peers' "left cleanly" words in their barrier
+     * windows, unmapped with this one: it ends here (a peer lost in the
+     * rest of the teardown shows as its bootstrap connection closing). */
+    unwatch_peers(comm);
     epx__win_destroy(comm->ctl);
     /* a dead peer: no flush or exchange it would have to answer */
     epx__ucx_comm_fini(comm, st == EPX_OK && comm->dead_rank < 0);
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
-    unwatch_peers(comm);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);

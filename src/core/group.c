@@ -96,5 +96,6 @@ epx_status_t epx__comm_alive(epx_comm_t *comm)
                           comm->net_why);
     return epx__error(EPX_ERR_PEER, "rank %d: rank %d (pid %d, this host) "
                       "has exited; the job cannot go on", comm->rank,
-                      comm->dead_rank, (int)comm->peer_pid[comm->dead_rank]);
+                      comm->dead_rank, comm->peer_pid
+                      ? (int)comm->peer_pid[comm->dead_rank] : -1);
 }
