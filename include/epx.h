@@ -127,9 +127,9 @@ typedef struct epx_comm_params {
  * of the timeout.  Peers mapped over shared memory are watched by their
  * processes (seen within about 50 ms); peers reached over UCX by a thread
  * of the communicator: a broken connection (a killed process, within
- * about a second) or no heartbeat for 3 s (a stopped or hung process, a
- * host cut off; heartbeats go every 0.5 s from that thread, so a rank busy
- * between calls is alive).  A communicator with UCX peers has that one
+ * about a second) or no heartbeat for EPX_PEER_SILENCE seconds, 5 by
+ * default (a stopped or hung process, a host cut off; heartbeats go every
+ * 0.5 s from that thread, so a rank busy between calls is alive).  A communicator with UCX peers has that one
  * thread and a second UCX worker. */
 epx_status_t epx_comm_create(const epx_comm_params_t *params,
                              epx_comm_t **comm);

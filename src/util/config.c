@@ -36,6 +36,8 @@ static const epx_setting_t settings[] = {
       "polls of a signal before a waiting rank yields the CPU" },
     { "EPX_YIELD", "50",
       "sched_yield rounds after spinning before sleeping on a futex" },
+    { "EPX_PEER_SILENCE", "5",
+      "seconds a peer reached over UCX may send no heartbeat before it is taken for hung (0: never)" },
     { "EPX_MODULE_DIR", "",
       "colon-separated directories searched for the optional modules (UCX, CUDA, NCCL) instead of the installed ones" },
     { "EPX_CUDA_WINDOW", "auto",
@@ -76,6 +78,7 @@ static const cfg_range_t ranges[] = {
     { "EPX_NRANKS", 1, 1, EPX_MAX_RANKS },
     { "EPX_SPIN", 1, 0, 1e9 },
     { "EPX_YIELD", 1, 0, 1e9 },
+    { "EPX_PEER_SILENCE", 0, -1, 1e308 },   /* lo exclusive: 0 = never */
 };
 
 static const cfg_range_t *cfg_range(const char *name)
