@@ -3,6 +3,8 @@ beside its libepx, where a moved libepx looks for them: ranks that need
 UCX load it from there, and a missing module is an error naming it."""
 
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -34,6 +36,10 @@ def rank_no_module(rank, R):
 
 def test_ucx_module_carried_and_loaded():
     if not os.path.exists(os.path.join(MODDIR, "epx_ucx.so")):
+        # Built here with UCX present, the package must carry its module.
+        have_ucx = subprocess.run(["pkg-config", "--exists", "ucx"]).returncode == 0 \
+            if shutil.which("pkg-config") else False
+        assert not have_ucx, "UCX is installed but the package carries no epx/epx_ucx.so"
         pytest.skip("this package's libepx was built without UCX (no epx/epx_ucx.so)")
     import ranks
 

@@ -1,5 +1,5 @@
-/* The backends built into this library, by name, and which one reaches a
- * peer (tests ask; the conformance suite skips a backend not built). */
+/* The available backends, by name, and which one reaches a peer (tests
+ * ask; the conformance suite needs the UCX module of a build with UCX). */
 #include <string.h>
 #include "core/group.h"
 #include "transport/transport.h"

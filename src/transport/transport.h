@@ -67,11 +67,12 @@ typedef struct epx_tl_ops {
 
 extern const epx_tl_ops_t epx__tl_shm;
 extern const epx_tl_ops_t epx__tl_multi;
-extern const epx_tl_ops_t epx__tl_ucx;     /* defined when built with UCX */
-/* The backend of index `tl`, NULL when not built in. */
+extern const epx_tl_ops_t epx__tl_ucx;     /* in the UCX module only */
+/* The backend of index `tl` (UCX: loading its module), NULL when it is
+ * not available. */
 const epx_tl_ops_t *epx__tl_get(int tl);
 
-/* The backend of that name if it is built into this library, else NULL. */
+/* The backend of that name if it is available (as epx__tl_get), else NULL. */
 const epx_tl_ops_t *epx__tl_find(const char *name);
 /* Name of the backend that carries this rank's operations to `peer`. */
 const char *epx__win_peer_tl(const epx_win_t *w, int peer);
