@@ -144,6 +144,24 @@ int epx_comm_rank(const epx_comm_t *comm);
 int epx_comm_size(const epx_comm_t *comm);
 epx_status_t epx_comm_barrier(epx_comm_t *comm);
 
+/* Elastic: collective over the ranks of `comm` still alive, after a peer
+ * was lost (any call returned EPX_ERR_PEER) or, with none lost, a copy.
+ * The survivors agree on the live set (every rank seen dead by any of
+ * them, or that destroyed `comm`, is out) and build a new communicator of
+ * the live ranks in *out, ranked densely in their old order; live
+ * (optional, [size of comm]) gets 1 for each rank kept, 0 for the others.
+ * Needs nothing from comm's bootstrap (its root may be the rank lost): the
+ * agreement and the new communicator's bootstrap go through comm's
+ * barrier window.  comm's calls fail from then on (EPX_ERR_PEER); destroy
+ * it, and its engines, whenever convenient: its memory goes with the last
+ * communicator shrunk from it.  A rank lost during the shrink makes it
+ * fail on every survivor (EPX_ERR_PEER, or EPX_ERR_TIMEOUT on a rank that
+ * never heard of the loss); the ranks a survivor took for dead (a stopped
+ * process) are out even if they come back, and such a rank's own shrink
+ * fails (EPX_ERR_PEER or EPX_ERR_TIMEOUT). */
+epx_status_t epx_comm_shrink(epx_comm_t *comm, uint8_t *live,
+                             epx_comm_t **out);
+
 /* Built-in local launcher: fork `nranks` processes on this host; each
  * creates a communicator (params may be NULL; its bootstrap fields are
  * ignored), calls fn(comm, arg), destroys the communicator and exits with

@@ -92,6 +92,8 @@ static epx_status_t io_full(const epx_boot_t *base, int peer, int fd,
         if (pr <= 0)
             continue;
         ssize_t n = writing ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
+        if (n < 0 && (errno == ECONNRESET || errno == EPIPE) && peer >= 0)
+            n = 0;   /* killed: its connection was reset */
         if (n == 0 && peer >= 0) {   /* it exited, or gave up on the job */
             epx_status_t st = base && base->check ? base->check(base->check_arg)
                                                   : EPX_OK;

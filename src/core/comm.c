@@ -103,7 +103,8 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     epx_comm_t *c = calloc(1, sizeof(*c));
     epx_rank_info_t mine = { 0 }, *all = calloc((size_t)boot->nranks, sizeof(*all));
     epx_topo_t *topo = NULL;
-    if (!c || !all || !(c->peer_tl = calloc((size_t)boot->nranks, 1))) {
+    if (!c || !all || !(c->peer_tl = calloc((size_t)boot->nranks, 1)) ||
+        !(c->peer_gone = calloc((size_t)boot->nranks, 1))) {
         st = epx__error(EPX_ERR_NOMEM, "comm: out of memory");
         goto err_alloc;
     }
@@ -139,8 +140,8 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     topo = NULL;
     if ((st = epx__ucx_comm_init(c)) != EPX_OK)
         goto err_alloc;
-    /* The barrier window's bytes: this rank's "left cleanly" word. */
-    if ((st = epx__win_create(c, 64, EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
+    if ((st = epx__win_create(c, EPX_COMM_CTL_BYTES(c->nranks),
+                              EPX_COMM_CTL_SIGNALS, &c->ctl)) != EPX_OK)
         goto err_ucx;
     watch_peers(c, all);
     free(all);
@@ -163,6 +164,7 @@ err_alloc:
     if (c) {
         epx_topo_destroy(c->topo);
         free(c->peer_tl);
+        free(c->peer_gone);
         unwatch_peers(c);
     }
     free(all);
@@ -267,6 +269,12 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
 static void comm_teardown(epx_comm_t *comm)
 {
     comm->tearing = 1;
+    if (comm->ctl && !__atomic_load_n((int32_t *)comm->ctl->local,
+                                      __ATOMIC_ACQUIRE)) {
+        /* deferred by epx_comm_destroy for a shrunk communicator */
+        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
+        epx__ucx_comm_leave(comm);
+    }
     /* Collective when UCX is in use: every rank's last operations, and
      * whatever UCX exchanges to complete them, finish while all ranks still
      * progress, so no request is left inside a worker that goes away.  Two
@@ -289,6 +297,7 @@ static void comm_teardown(epx_comm_t *comm)
     epx__ucx_comm_fini(comm, st == EPX_OK && comm->dead_rank < 0);
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
+    free(comm->peer_gone);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);
@@ -299,6 +308,14 @@ void epx_comm_destroy(epx_comm_t *comm)
     if (!comm || comm->destroyed)
         return;
     comm->destroyed = 1;
+    if (comm->nwin > 1 && comm->nwin - 1 == comm->successors) {
+        /* Only shrunk communicators hold it (their bootstrap is its
+         * mailbox, which the peers still watch): it goes, and tells the
+         * peers it left, with the last of them. */
+        EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "destroyed; freed with "
+                "the %d communicator(s) shrunk from it", comm->successors);
+        return;
+    }
     /* Peers that see this process end from now on know it left on
      * purpose (its teardown may wait for engines still open). */
     if (comm->ctl)

@@ -39,6 +39,13 @@ const char *epx__comm_peer_transport(const epx_comm_t *comm, int peer);
 void epx__select_summary(const epx_comm_t *comm, char *buf, size_t len);
 
 #define EPX_COMM_CTL_SIGNALS 32 /* one per dissemination round */
+/* The barrier window's bytes: this rank's "left cleanly" word, then the
+ * shrink mailbox (core/shrink.c): two rounds x nranks slots of
+ * EPX_COMM_MBOX_SLOT bytes, touched only by epx_comm_shrink. */
+#define EPX_COMM_CTL_HEAD 64
+#define EPX_COMM_MBOX_SLOT 256
+#define EPX_COMM_CTL_BYTES(nranks) \
+    (EPX_COMM_CTL_HEAD + 2 * (size_t)(nranks) * EPX_COMM_MBOX_SLOT)
 
 /* Build a communicator around a bootstrap (takes ownership of it). */
 /* job: shared job id for resource names, or NULL to let rank 0 draw one. */

@@ -95,7 +95,7 @@ epx_status_t epx__comm_alive(epx_comm_t *comm)
         return epx__error(EPX_ERR_PEER, "rank %d: %s", comm->rank,
                           comm->net_why);
     return epx__error(EPX_ERR_PEER, "rank %d: rank %d (pid %d, this host) "
-                      "has exited; the job cannot go on", comm->rank,
+                      "has exited (epx_comm_shrink goes on without it)", comm->rank,
                       comm->dead_rank, comm->peer_pid
                       ? (int)comm->peer_pid[comm->dead_rank] : -1);
 }

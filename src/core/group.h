@@ -56,6 +56,16 @@ struct epx_comm {
      * rank in net_dead (release; -1: none), once. */
     int net_dead;
     char net_why[200];
+    /* [nranks] every peer seen gone, not only the first: 1 dead (pidfd or
+     * the UCX liveness thread, which writes it), 2 left on purpose.
+     * Read by epx_comm_shrink (core/shrink.c) to agree on the live set. */
+    uint8_t *peer_gone;
+    uint64_t mbox_seq;          /* shrink mailbox rounds so far */
+    struct epx_comm *parent;    /* shrunk from it: its mailbox is our
+                                   bootstrap, progressed with ours */
+    int successors;             /* communicators shrunk from this one that
+                                   still use its mailbox as their bootstrap
+                                   (each also counts in nwin) */
 };
 
 epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,

@@ -117,18 +117,21 @@ static void live_send(epx_ucx_live_t *l, int kind)
     }
 }
 
-/* The first dead peer, published once (net_why before net_dead). */
+/* Every dead peer is marked in peer_gone (epx_comm_shrink reads them
+ * all); the first is published once (net_why before net_dead). */
 static void live_check(epx_ucx_live_t *l, double now)
 {
     epx_comm_t *c = l->c;
-    if (l->reported || __atomic_load_n(&c->net_dead, __ATOMIC_ACQUIRE) >= 0)
-        return;
     /* A peer never heard from has the communicator's timeout more: the
      * endpoints are wired up by this thread while 100+ ranks start. */
     double quiet = l->silence, first = l->silence + c->timeout_s;
     for (int r = 0; r < c->nranks; r++) {
-        if (!l->eps[r] || l->left[r])
+        if (!l->eps[r] || c->peer_gone[r])
             continue;
+        if (l->left[r]) {
+            __atomic_store_n(&c->peer_gone[r], 2, __ATOMIC_RELEASE);
+            continue;
+        }
         char why[120];
         if (l->broken[r])
             snprintf(why, sizeof(why), "its connection broke (%s)",
@@ -139,12 +142,14 @@ static void live_check(epx_ucx_live_t *l, double now)
                      "(stopped, hung or cut off)", now - l->seen[r]);
         else
             continue;
+        __atomic_store_n(&c->peer_gone[r], 1, __ATOMIC_RELEASE);
+        if (l->reported || __atomic_load_n(&c->net_dead, __ATOMIC_ACQUIRE) >= 0)
+            continue;
         snprintf(c->net_why, sizeof(c->net_why), "rank %d (over UCX) is "
-                 "gone: %s; the job cannot go on", r, why);
+                 "gone: %s (epx_comm_shrink goes on without it)", r, why);
         __atomic_store_n(&c->net_dead, r, __ATOMIC_RELEASE);
         l->reported = 1;
         EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "%s", c->net_why);
-        return;
     }
 }
 
