@@ -453,6 +453,23 @@ static int refusals_rank(epx_comm_t *comm, void *arg)
     CHECK(strstr(epx_last_error(), "num_slots") != NULL);
     p.flags = EPX_MOE_ELASTIC;
     CHECK_OK(epx_moe_create(comm, &p, &m));   /* with the flag: fine */
+    /* Experts R.. are lost: weight migration may move the live ones but
+     * cannot bring a lost one back (no replica holds its weights). */
+    const int me = epx_comm_rank(comm);
+    for (int u = 0; u < R; u++)
+        p2l[u] = u;
+    CHECK_OK(epx_moe_set_placement(m, 0, p2l, EPX_REPLICA_LOCAL_FIRST));
+    CHECK(epx_moe_expert_lost(m, 0, R - 1) == 0 && epx_moe_expert_lost(m, 0, R) == 1);
+    int64_t wbuf = 100 + me;                  /* the weights of expert me */
+    CHECK_OK(epx_moe_register_weights(m, 0, &wbuf, sizeof(wbuf)));
+    p2l[0] = R;
+    CHECK_ST(epx_moe_rebalance(m, 0, p2l, EPX_REPLICA_LOCAL_FIRST, NULL),
+             EPX_ERR_INVALID);
+    CHECK(strstr(epx_last_error(), "lost") != NULL);
+    for (int u = 0; u < R; u++)
+        p2l[u] = (u + 1) % R;                 /* rotate the live experts */
+    CHECK_OK(epx_moe_rebalance(m, 0, p2l, EPX_REPLICA_LOCAL_FIRST, NULL));
+    CHECK(wbuf == 100 + (me + 1) % R);
     epx_moe_destroy(m);
     p.num_slots = 0;
     CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_INVALID);
