@@ -382,6 +382,16 @@ typedef enum epx_wire {
                                       (epx_comm_topology) must be equal
                                       contiguous rank blocks; combine_send
                                       then waits for its domain's partials */
+#define EPX_MOE_ELASTIC 0x4u       /* elastic expert parallelism (host ranks,
+                                      needs num_slots): a placement may leave
+                                      logical experts out (lost: their every
+                                      replica was on ranks that are gone) and
+                                      num_slots may be below num_experts; a
+                                      top-k entry naming a lost expert is not
+                                      sent (as if -1), combine leaves it out,
+                                      and dispatch reports it
+                                      (epx_dispatch_args_t.lost).  Device
+                                      ranks: EPX_ERR_UNSUPPORTED */
 
 /* Where a rank's tensors live (epx_moe_params_t.device): host memory, or
  * the CUDA device of that ordinal (0, 1, ...). */
@@ -415,7 +425,8 @@ typedef struct epx_moe_params {
     double stats_decay;        /* weight the decayed load keeps per dispatch,
                                   in (0, 1) (0: 0.9) */
     int num_slots;             /* physical expert slots (replicas), a multiple
-                                  of the ranks and >= num_experts; slot s
+                                  of the ranks and >= num_experts (with
+                                  EPX_MOE_ELASTIC any multiple >= R); slot s
                                   lives on rank s / (num_slots / R); each
                                   layer then needs epx_moe_set_placement.
                                   0: no replicas, the contiguous placement */
@@ -501,7 +512,7 @@ typedef struct epx_handle epx_handle_t;
 
 #define EPX_DISPATCH_CACHED 0x1u  /* reuse *handle's routing (all ranks) */
 
-#define EPX_DISPATCH_ARGS_VERSION 4
+#define EPX_DISPATCH_ARGS_VERSION 5
 typedef struct epx_dispatch_args {
     size_t struct_size;
     unsigned version;
@@ -527,12 +538,20 @@ typedef struct epx_dispatch_args {
                                   ordered on (NULL: the legacy stream);
                                   epx_dispatch_recv and epx_dispatch_poll use
                                   it too.  Ignored on host ranks. */
+    /* version 5 */
+    uint8_t *lost;             /* optional output, host memory [T, K]: on
+                                  success 1 where topk_idx names an expert
+                                  the layer's placement left out (lost,
+                                  EPX_MOE_ELASTIC; the entry was not sent
+                                  and combine leaves it out), else 0.
+                                  NULL: not reported.  Host ranks only
+                                  (device ranks: EPX_ERR_UNSUPPORTED). */
 } epx_dispatch_args_t;
 
 #define EPX_DISPATCH_ARGS_INIT                                                \
     { sizeof(epx_dispatch_args_t), EPX_DISPATCH_ARGS_VERSION,                 \
       { NULL, EPX_DTYPE_BF16, 0, 0 }, { NULL, EPX_DTYPE_INT32, 0, 0 },        \
-      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0, 0.0f, NULL }
+      { NULL, EPX_DTYPE_FP32, 0, 0 }, 0u, 0, 0.0f, NULL, NULL }
 
 /* What this rank received.  Pointers stay valid until this rank's
  * epx_combine_send, or its next epx_dispatch_send on the same engine, or
@@ -673,7 +692,9 @@ typedef struct epx_combine_args {
  * of partial_r(t), partial_r = sum over t's experts on r in top-k order of
  * w * y (fp32), rounded to the engine dtype for the wire; the final sum is
  * fp32 and rounded once to out's dtype (BF16 or FP32).  Bitwise
- * reproducible.  Tokens with no expert get zeros. */
+ * reproducible.  Only the entries dispatched count: -1, lost experts
+ * (EPX_MOE_ELASTIC) and rows dropped (EPX_MOE_LL_DROP) contribute nothing;
+ * tokens with no expert get zeros. */
 epx_status_t epx_combine_send(epx_moe_t *moe, epx_handle_t *handle,
                               const epx_combine_args_t *args);
 epx_status_t epx_combine_recv(epx_moe_t *moe, epx_handle_t *handle,
@@ -708,13 +729,20 @@ typedef enum epx_replica_policy {
 } epx_replica_policy_t;
 
 /* Physical placement of one layer (engines with num_slots): slot s holds
- * logical expert phy2log[s] (every expert at least once), e.g. from
- * epx_balance_plan.  Local, but every rank must pass the same placement
- * before its next dispatch of the layer: dispatch checks that they agree
- * (EPX_ERR_MISMATCH).  Not while a dispatch of the engine is in flight. */
+ * logical expert phy2log[s] (every expert at least once; with
+ * EPX_MOE_ELASTIC experts may be left out: they are lost in that layer),
+ * e.g. from epx_balance_plan.  Local, but every rank must pass the same
+ * placement before its next dispatch of the layer: dispatch checks that
+ * they agree (EPX_ERR_MISMATCH).  Not while a dispatch of the engine is
+ * in flight. */
 epx_status_t epx_moe_set_placement(epx_moe_t *moe, int layer,
                                    const int32_t *phy2log,
                                    epx_replica_policy_t policy);
+/* 1 when logical `expert` has no slot in the layer's placement (lost,
+ * EPX_MOE_ELASTIC), 0 when it has one (always for an engine without
+ * num_slots), -1 for a NULL engine, a layer or expert out of range, or a
+ * layer without a placement yet.  Local. */
+int epx_moe_expert_lost(const epx_moe_t *moe, int layer, int expert);
 
 /* Load statistics: tokens routed to each logical expert and to each
  * physical slot (replica), per layer, recorded by every successful

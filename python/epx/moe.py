@@ -13,7 +13,7 @@ _MODES = {"ht": 0, "throughput": 0, "ll": 1, "low_latency": 1}
 _WIRES = {None: 0, "native": 0, "fp8": 1, "fp8_ue8m0": 2, "mxfp8": 3, "nvfp4": 4}
 _WIRE_SCALE = {1: A.FP32, 2: A.UE8M0, 3: A.UE8M0, 4: A.FP8_E4M3}
 _REPLICA = {"local_first": 0, "round_robin": 1}
-_LL_DROP, _HIERARCHICAL = 0x1, 0x2
+_LL_DROP, _HIERARCHICAL, _ELASTIC = 0x1, 0x2, 0x4
 
 
 def _choice(table, value, name):
@@ -144,6 +144,14 @@ class Dispatch:
     num_dropped = property(lambda self: self._get("num_dropped"), doc="low latency: rows dropped")
 
     @property
+    def lost(self):
+        """Elastic engines (``elastic=True``): [tokens, topk] uint8, 1 where
+        the entry named an expert lost in the layer's placement (it was sent
+        nowhere and combine leaves it out), else 0.  None otherwise."""
+        b = self._h.lost
+        return None if b is None else A.wrap(b, self._torch)
+
+    @property
     def x_scales(self):
         self.wait()
         if "x_scales" not in self._info:
@@ -221,6 +229,10 @@ class MoE(_C.MoE):
         ll_capacity, ll_buffers, ll_drop: low-latency capacity per (expert,
             source), calls in flight, drop rows beyond capacity.
         hierarchical: cross between NVLink/host domains once per domain.
+        elastic: placements may leave experts out (lost, e.g. after a rank
+            was lost) and num_slots may be below num_experts; entries naming
+            a lost expert are not sent, combine leaves them out, and
+            ``Dispatch.lost`` marks them (host ranks, needs num_slots).
 
     Thread safety: one thread drives an engine at a time.
     """
@@ -228,11 +240,12 @@ class MoE(_C.MoE):
     def __init__(self, comm, hidden, num_experts, topk, max_tokens, dtype="bfloat16",
                  layout="expert_major", expert_alignment=1, mode="ht", wire=None,
                  num_layers=1, stats_decay=0.9, num_slots=0, ll_capacity=0, ll_buffers=0,
-                 ll_drop=False, hierarchical=False):
+                 ll_drop=False, hierarchical=False, elastic=False):
         if not isinstance(comm, _C.Comm):
             raise _C.InvalidError(f"comm: an epx.Comm is needed, not {type(comm).__name__}")
         try:
-            flags = (_LL_DROP if ll_drop else 0) | (_HIERARCHICAL if hierarchical else 0)
+            flags = ((_LL_DROP if ll_drop else 0) | (_HIERARCHICAL if hierarchical else 0)
+                     | (_ELASTIC if elastic else 0))
             self._code = A.dtype_code(dtype)
             args = (int(hidden), int(num_experts), int(topk), int(max_tokens), self._code,
                     _choice(_LAYOUTS, layout, "layout"), int(expert_alignment),
@@ -348,6 +361,11 @@ class MoE(_C.MoE):
         logical expert of slot s (engines with num_slots; every rank the
         same, e.g. from :func:`epx.balance.plan`)."""
         super().set_placement(int(layer), _int32(phy2log, "phy2log"), _choice(_REPLICA, policy, "policy"))
+
+    def expert_lost(self, e, layer=0):
+        """Whether logical expert ``e`` has no slot in the layer's placement
+        (lost; only an ``elastic`` engine's placements leave experts out)."""
+        return super().expert_lost(int(layer), int(e))
 
     def register_weights(self, weights, layer=0):
         """Register this rank's expert weights of a layer for

@@ -45,6 +45,8 @@ struct epxpy_handle {
     hstate_t state;
     epx_recv_t recv;
     PyObject *y;                 /* combine input kept until its recv */
+    PyObject *lost;              /* elastic engines: the dispatch's lost
+                                    mask, a uint8 [T, K] Buffer, or NULL */
     epxpy_handle_t *next, *prev; /* the engine's live list */
 };
 
@@ -176,6 +178,19 @@ void epxpy_view_hold(PyObject *owner, int delta)
         moe_destroy_now(m);
 }
 
+static PyObject *moe_expert_lost(epxpy_moe_t *self, PyObject *args)
+{
+    int layer, e;
+    if (!PyArg_ParseTuple(args, "ii", &layer, &e) || moe_usable(self) < 0)
+        return NULL;
+    int r = epx_moe_expert_lost(self->moe, layer, e);
+    if (r < 0)
+        return epxpy_raisef(EPX_ERR_INVALID, "expert_lost: layer %d or expert "
+                            "%d out of range, or the layer has no placement",
+                            layer, e);
+    return PyBool_FromLong(r);
+}
+
 static PyObject *moe_expert_rank(epxpy_moe_t *self, PyObject *arg)
 {
     long e = PyLong_AsLong(arg);
@@ -203,6 +218,7 @@ static epxpy_handle_t *handle_new(epxpy_moe_t *m, epx_handle_t *h)
     o->state = H_SENT;
     memset(&o->recv, 0, sizeof(o->recv));
     o->y = NULL;
+    o->lost = NULL;
     o->prev = NULL;
     o->next = m->live;
     if (m->live)
@@ -269,7 +285,18 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         bad = 1;
     }
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    /* Elastic engines: the entries naming a lost expert (EPX_MOE_ELASTIC). */
+    uint8_t *lost = NULL;
+    if (!bad && (self->p.flags & EPX_MOE_ELASTIC)) {
+        lost = malloc((size_t)(x.t.rows > 0 ? x.t.rows : 1) *
+                      (size_t)self->p.topk);
+        if (!lost) {
+            PyErr_NoMemory();
+            bad = 1;
+        }
+    }
     if (!bad) {
+        a.lost = lost;
         a.x = x.t;
         a.topk_idx = idx.t;
         a.topk_weights = w.t;
@@ -297,12 +324,20 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
     Py_XDECREF(ch);
     if (self->p.mode == EPX_MODE_THROUGHPUT)
         self->cur = NULL;
-    if (bad) {
-        PyErr_Restore(err_t, err_v, err_tb);
-        return NULL;
+    if (bad || st != EPX_OK) {
+        free(lost);
+        if (bad)
+            PyErr_Restore(err_t, err_v, err_tb);
+        return bad ? NULL : epxpy_raise(st);
     }
-    if (st != EPX_OK)
-        return epxpy_raise(st);
+    PyObject *lost_buf = NULL;
+    if (lost) {   /* a copy: the Buffer owns its bytes */
+        int64_t shape[2] = { a.x.rows, self->p.topk };
+        lost_buf = epxpy_buffer_new(lost, EPX_DTYPE_UE8M0, 2, shape, NULL);
+        free(lost);
+        if (!lost_buf)
+            PyErr_Clear();   /* the call went out: keep it, mask missing */
+    }
     epxpy_handle_t *o;
     if (ch) {
         o = ch;
@@ -313,6 +348,7 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         epx_handle_release(h);   /* cannot happen quietly: peers are in */
         return NULL;
     }
+    Py_XSETREF(o->lost, lost_buf);
     if (self->p.mode == EPX_MODE_THROUGHPUT)
         self->cur = o;
     return (PyObject *)o;
@@ -586,6 +622,7 @@ static PyObject *handle_release(epxpy_handle_t *self, PyObject *noarg)
 static void handle_dealloc(epxpy_handle_t *self)
 {
     handle_release_now(self);
+    Py_CLEAR(self->lost);
     Py_CLEAR(self->moe);
     PyObject_Free(self);
 }
@@ -594,6 +631,15 @@ static PyObject *handle_get_state(epxpy_handle_t *self, void *c)
 {
     (void)c;
     return PyUnicode_FromString(state_name[self->state]);
+}
+
+static PyObject *handle_get_lost(epxpy_handle_t *self, void *c)
+{
+    (void)c;
+    if (!self->lost)
+        Py_RETURN_NONE;
+    Py_INCREF(self->lost);
+    return self->lost;
 }
 
 static PyObject *handle_get_num_tokens(epxpy_handle_t *self, void *c)
@@ -652,6 +698,8 @@ static PyMethodDef handle_methods[] = {
 
 static PyGetSetDef handle_getset[] = {
     { "state", (getter)handle_get_state, NULL, "where the call is", NULL },
+    { "lost", (getter)handle_get_lost, NULL, "elastic engines: uint8 [T, K] "
+      "Buffer, 1 where the entry named a lost expert (else None)", NULL },
     { "num_tokens", (getter)handle_get_num_tokens, NULL,
       "tokens this rank dispatched", NULL },
     { NULL, NULL, NULL, NULL, NULL }
@@ -978,6 +1026,9 @@ static PyMethodDef moe_methods[] = {
       METH_VARARGS | METH_KEYWORDS,
       "dispatch_send(x, topk_idx, topk_weights, layer=0, cached=None, "
       "global_scale=0.0) -> Handle" },
+    { "expert_lost", (PyCFunction)moe_expert_lost, METH_VARARGS,
+      "expert_lost(layer, e) -> whether logical expert e has no slot in the "
+      "layer's placement (EPX_MOE_ELASTIC)" },
     { "expert_rank", (PyCFunction)moe_expert_rank, METH_O,
       "expert_rank(e) -> rank holding expert (or slot) e" },
     { "stats", (PyCFunction)moe_stats, METH_VARARGS,

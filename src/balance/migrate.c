@@ -139,8 +139,11 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int layer,
     return st;
 }
 
-/* A placement epx_moe_set_placement would take. */
-static epx_status_t check_placement(const epx_moe_t *m, const int32_t *p2l)
+/* A placement epx_moe_set_placement would take, whose every expert has
+ * weights to move from: an expert lost in the placement in use
+ * (EPX_MOE_ELASTIC) has none, so it cannot come back by migration. */
+static epx_status_t check_placement(const epx_moe_t *m, int layer,
+                                    const int32_t *p2l)
 {
     const int U = m->U, E = m->E;
     uint8_t *seen = calloc((size_t)E, 1);
@@ -151,9 +154,14 @@ static epx_status_t check_placement(const epx_moe_t *m, const int32_t *p2l)
         if (p2l[u] < 0 || p2l[u] >= E)
             st = epx__error(EPX_ERR_INVALID, "balance: phy2log[%d] = %d is not "
                             "an expert of [0, %d)", u, (int)p2l[u], E);
+        else if (epx_moe_expert_lost(m, layer, p2l[u]) == 1)
+            st = epx__error(EPX_ERR_INVALID, "balance: phy2log[%d] = %d names "
+                            "an expert lost in layer %d's placement in use: "
+                            "no replica holds its weights", u, (int)p2l[u],
+                            layer);
         else
             seen[p2l[u]] = 1;
-    for (int e = 0; e < E && st == EPX_OK; e++)
+    for (int e = 0; e < E && st == EPX_OK && !(m->p.flags & EPX_MOE_ELASTIC); e++)
         if (!seen[e])
             st = epx__error(EPX_ERR_INVALID, "balance: expert %d has no slot "
                             "in the placement", e);
@@ -204,7 +212,7 @@ epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
         mine = epx__error(EPX_ERR_INVALID, "balance: unknown replica policy %d",
                           (int)policy);
     else
-        mine = check_placement(m, phy2log);
+        mine = check_placement(m, layer, phy2log);
     moe_mig_t *g = NULL;
     if (mine == EPX_OK) {
         g = calloc(1, sizeof(*g));

@@ -376,6 +376,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         return st;
     }
     moe_stats_record(m, moe_args_layer(a), h->ecount, h->ucount);
+    moe_lost_write(m, a);
     m->state = MOE_SENT;
     m->cur = h;
     *handle = h;

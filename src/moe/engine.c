@@ -70,13 +70,22 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
                           p->num_layers > MOE_MAX_LAYERS ? p->num_layers
                                                          : p->num_slots,
                           MOE_MAX_LAYERS, MOE_MAX_EXPERTS);
-    if (v2 && p->num_slots != 0 &&
-        (p->num_slots < p->num_experts || p->num_slots % nranks != 0))
-        return epx__error(EPX_ERR_INVALID,
-                          "moe: num_slots %d must be >= num_experts (%d) and a "
-                          "multiple of the %d ranks", p->num_slots,
-                          p->num_experts, nranks);
     int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) + sizeof(unsigned);
+    /* Elastic: the placement covers the live ranks only, so it may have
+     * fewer slots than experts; without slots nothing can be lost. */
+    int elastic = v3 && (p->flags & EPX_MOE_ELASTIC);
+    if (elastic && (!v2 || p->num_slots <= 0))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: EPX_MOE_ELASTIC needs num_slots "
+                          "(epx_moe_params_t.num_slots > 0): lost experts are "
+                          "the ones a placement leaves out");
+    if (v2 && p->num_slots != 0 &&
+        (p->num_slots < (elastic ? 1 : p->num_experts) ||
+         p->num_slots % nranks != 0))
+        return epx__error(EPX_ERR_INVALID,
+                          "moe: num_slots %d must be >= num_experts (%d; any "
+                          "number with EPX_MOE_ELASTIC) and a multiple of the "
+                          "%d ranks", p->num_slots, p->num_experts, nranks);
     moe_wire_t fmt;
     epx_status_t st = moe_wire_init(&fmt, v3 ? p->wire : EPX_WIRE_NATIVE,
                                     p->dtype, p->hidden);
@@ -84,7 +93,8 @@ static epx_status_t check_params(const epx_moe_params_t *p, int nranks)
         return st;
     if (v3 && p->mode != EPX_MODE_THROUGHPUT && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID, "moe: unknown mode %d", (int)p->mode);
-    if (v3 && (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_HIERARCHICAL)))
+    if (v3 && (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_HIERARCHICAL |
+                            EPX_MOE_ELASTIC)))
         return epx__error(EPX_ERR_INVALID, "moe: unknown flags 0x%x", p->flags);
     if (v3 && (p->flags & EPX_MOE_LL_DROP) && p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID,
@@ -274,10 +284,12 @@ epx_status_t moe_placement_install(epx_moe_t *m, int layer,
                             "expert of [0, %d)", u, (int)phy2log[u], E);
         else
             cnt[phy2log[u] + 1]++;
-    for (int e = 0; e < E && st == EPX_OK; e++)
+    for (int e = 0; e < E && st == EPX_OK && !(m->p.flags & EPX_MOE_ELASTIC); e++)
         if (cnt[e + 1] == 0)
             st = epx__error(EPX_ERR_INVALID,
-                            "moe: expert %d has no slot in the placement", e);
+                            "moe: expert %d has no slot in the placement "
+                            "(only an EPX_MOE_ELASTIC engine may lose "
+                            "experts)", e);
     if (st != EPX_OK) {
         free(cnt);
         return st;
@@ -299,9 +311,12 @@ epx_status_t moe_placement_install(epx_moe_t *m, int layer,
     m->place_hash[layer] = h ? h : 1;
     m->policy[layer] = policy;
     /* Local-first table: on this rank, else in its domain, else any;
-     * candidate (rank mod count) among several. */
+     * candidate (rank mod count) among several; -1 for a lost expert. */
     for (int e = 0; e < E; e++) {
         int tier_best = 3, n = 0;
+        pick[e] = -1;
+        if (off[e] == off[e + 1])
+            continue;
         for (int i = off[e]; i < off[e + 1]; i++) {
             int tier = replica_tier(m, rep[i]);
             if (tier < tier_best) {
@@ -333,19 +348,29 @@ static epx_status_t agree_device(epx_moe_t *m, const epx_moe_params_t *p,
     int v4 = p->struct_size >= offsetof(epx_moe_params_t, nccl_comm) +
                                    sizeof(void *) && p->version >= 4;
     *device = v4 ? p->device : EPX_DEVICE_HOST;
-    /* 0 host, 1 device, -1 neither (refused on every rank) */
+    /* 0 host, 1 device, -1 neither, -2 a device rank asking for what only
+     * host ranks do (both refused on every rank) */
+    int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) +
+                                   sizeof(unsigned) && p->version >= 3;
     int32_t mine = *device >= 0 ? 1 : *device == EPX_DEVICE_HOST ? 0 : -1;
+    if (mine == 1 && v3 && (p->flags & EPX_MOE_ELASTIC))
+        mine = -2;
     int32_t *all = calloc((size_t)m->R, sizeof(int32_t));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     epx_status_t st = epx__comm_allgather(m->comm, &mine, all, sizeof(mine));
-    if (st == EPX_OK && mine < 0)
+    if (st == EPX_OK && mine == -1)
         st = epx__error(EPX_ERR_INVALID, "moe: device %d is neither "
                         "EPX_DEVICE_HOST nor a CUDA ordinal", *device);
+    if (st == EPX_OK && mine == -2)
+        st = epx__error(EPX_ERR_UNSUPPORTED, "moe: EPX_MOE_ELASTIC "
+                        "(epx_moe_params_t.flags) is implemented on host ranks "
+                        "only, not on device %d", *device);
     for (int r = 0; r < m->R && st == EPX_OK; r++)
         if (all[r] < 0)
             st = epx__error(EPX_ERR_PEER, "moe: rank %d passed an invalid "
-                            "device", r);
+                            "device%s", r, all[r] == -2
+                            ? " (EPX_MOE_ELASTIC on a device rank)" : "");
         else if (all[r] != mine)
             st = epx__error(EPX_ERR_MISMATCH, "moe: rank %d is a %s rank but "
                             "rank %d a %s rank (epx_moe_params_t.device)",
@@ -521,6 +546,18 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m);
     if (held)   /* last: it may complete the communicator's teardown */
         epx__comm_win_gone(held);
+}
+
+int epx_moe_expert_lost(const epx_moe_t *m, int layer, int e)
+{
+    if (!m || layer < 0 || layer >= m->layers || e < 0 || e >= m->E)
+        return -1;
+    if (m->p.num_slots <= 0)
+        return 0;
+    if (m->phy2log[(size_t)layer * (size_t)m->U] < 0)
+        return -1;
+    const int32_t *off = m->rep_off + (size_t)layer * (size_t)(m->E + 1);
+    return off[e] == off[e + 1];
 }
 
 int epx_moe_expert_rank(const epx_moe_t *m, int e)

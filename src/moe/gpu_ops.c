@@ -44,6 +44,10 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if (layer < 0 || layer >= m->layers)
         return epx__error(EPX_ERR_INVALID, "dispatch: layer %d out of range "
                           "[0, %d) (num_layers)", layer, m->layers);
+    if (moe_args_lost(a))
+        return epx__error(EPX_ERR_UNSUPPORTED, "dispatch: the lost mask "
+                          "(epx_dispatch_args_t.lost) is reported on host "
+                          "ranks only; pass NULL on device ranks");
     void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
                                          sizeof(void *) ? a->stream : NULL;
     /* The handle first: once the call is queued nothing may fail. */

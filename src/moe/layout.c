@@ -188,7 +188,7 @@ void moe_handles_orphan(epx_moe_t *m)
 }
 
 /* The unit (expert, or slot of a replica) token t sends logical expert e
- * to, by the layer's replica policy. */
+ * to, by the layer's replica policy; -1 when e is lost (no replica). */
 static inline int32_t route(const epx_moe_t *m, int layer, int64_t t, int32_t e)
 {
     if (m->p.num_slots <= 0)
@@ -197,7 +197,25 @@ static inline int32_t route(const epx_moe_t *m, int layer, int64_t t, int32_t e)
         return m->pick[(size_t)layer * (size_t)m->E + (size_t)e];
     const int32_t *off = m->rep_off + (size_t)layer * (size_t)(m->E + 1);
     const int32_t *rep = m->rep + (size_t)layer * (size_t)m->U;
-    return rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
+    int32_t n = off[e + 1] - off[e];
+    return n > 0 ? rep[off[e] + (int32_t)(t % n)] : -1;
+}
+
+/* The lost mask of a dispatch (version 5 args, after the call succeeded):
+ * 1 where the entry names an expert without a slot in the layer.  From
+ * the ids and the placement, so a cached dispatch writes it too. */
+void moe_lost_write(const epx_moe_t *m, const epx_dispatch_args_t *a)
+{
+    uint8_t *lost = moe_args_lost(a);
+    if (!lost)
+        return;
+    const int64_t n = a->x.rows * m->K;
+    const int32_t *off = m->p.num_slots > 0
+        ? m->rep_off + (size_t)moe_args_layer(a) * (size_t)(m->E + 1) : NULL;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t e = idx_at(&a->topk_idx, i);
+        lost[i] = off && e >= 0 && off[e] == off[e + 1];
+    }
 }
 
 /* Fills h's send side (units per top-k slot, destinations) and m->blk
@@ -238,8 +256,10 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                                       "twice (top-k slots %d and %d)",
                                       (long long)t, (long long)e, j, k);
             int32_t u = route(m, layer, t, (int32_t)e);
+            h->ecount[e]++;   /* demand, lost or not (the balancer's input) */
+            if (u < 0)
+                continue;     /* lost: sent nowhere, combine leaves it out */
             ids[k] = u;
-            h->ecount[e]++;
             cnt_u[u]++;
             nd = moe_dest_add(dst, nd, m->u2r[u]);
         }

@@ -273,6 +273,7 @@ epx_status_t ll_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     memset(c->done, 0, (size_t)(l->L > 0 ? l->L : 1));
     l->ring[b] = h;
     moe_stats_record(m, h->layer, h->ecount, h->ucount);
+    moe_lost_write(m, a);
     *handle = h;
     return EPX_OK;
 }

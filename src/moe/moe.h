@@ -223,6 +223,14 @@ static inline float moe_args_gscale(const epx_dispatch_args_t *a)
         ? a->x_global_scale : 0.0f;
 }
 
+/* The caller's lost mask (version 5), NULL when not given. */
+static inline uint8_t *moe_args_lost(const epx_dispatch_args_t *a)
+{
+    return a->struct_size >= offsetof(epx_dispatch_args_t, lost) +
+                                 sizeof(uint8_t *) && a->version >= 5
+        ? a->lost : NULL;
+}
+
 /* Rank r added to a token's ascending destination list dst[0, nd) unless
  * already there; the new length. */
 static inline int moe_dest_add(int32_t *dst, int nd, int r)
@@ -249,6 +257,8 @@ epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h);
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
+/* args->lost (if given) from the ids and the layer's placement. */
+void moe_lost_write(const epx_moe_t *m, const epx_dispatch_args_t *a);
 epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T);
 void moe_handle_free(epx_handle_t *h);
 /* Engine destruction: the handles the caller still holds forget it, so
