@@ -313,15 +313,17 @@ static epx_status_t plan_lost(const epx_balance_params_t *params,
         epx__bal_avail_layer(&a, lost + (size_t)l * sh->E,
                              load + (size_t)l * sh->E, sh->E,
                              params->num_groups);
-        epx_balance_params_t sub = *params;
+        /* The compact layer's own problem, shaped as the public call
+         * would shape it. */
+        epx_balance_params_t sub = EPX_BALANCE_PARAMS_INIT;
         bal_shape_t lsh;
-        sub.struct_size = sizeof(sub);
-        sub.version = EPX_BALANCE_PARAMS_VERSION;
         sub.num_layers = 1;
         sub.num_experts = a.n;
+        sub.num_slots = params->num_slots;
         sub.num_groups = a.groups;
-        sub.current_phy2log = NULL;
-        sub.lost = NULL;
+        sub.num_domains = params->num_domains;
+        sub.num_ranks = params->num_ranks;
+        sub.policy = params->policy;
         if ((st = epx__bal_shape(&sub, &lsh)) != EPX_OK)
             break;
         int32_t *lp = p2l + (size_t)l * sh->S, *lr = prank + (size_t)l * sh->S;
