@@ -835,13 +835,15 @@ typedef struct epx_balance_report {
     double max_after;          /* the same for the plan */
 } epx_balance_report_t;
 
-#define EPX_BALANCE_PARAMS_VERSION 2
+#define EPX_BALANCE_PARAMS_VERSION 3
 typedef struct epx_balance_params {
     size_t struct_size;        /* sizeof(epx_balance_params_t) */
     unsigned version;          /* EPX_BALANCE_PARAMS_VERSION */
     int num_layers;            /* >= 1 */
     int num_experts;           /* logical experts E, >= 1 */
-    int num_slots;             /* physical slots S >= E, multiple of ranks */
+    int num_slots;             /* physical slots S >= E (with `lost`: >=
+                                  the available experts of every layer),
+                                  a multiple of ranks */
     int num_groups;            /* expert groups, divides E (1: none) */
     int num_domains;           /* divides num_ranks (1: one domain) */
     int num_ranks;             /* >= 1 */
@@ -861,11 +863,24 @@ typedef struct epx_balance_params {
     int64_t bytes_per_slot;    /* one expert's weights, for max_bytes and
                                   report->bytes */
     epx_balance_report_t *report; /* optional, filled on success */
+    /* version 3.  Optional, [layers][experts]: nonzero = the expert is
+     * lost (no replica's weights survive anywhere, e.g. after
+     * epx_balance_shrink).  Plans then give a lost expert no slot
+     * (logcnt 0, log2phy all -1) and spread the slots over the available
+     * experts only: each layer is planned as the same problem restricted
+     * to its available experts (num_experts = their number, loads and
+     * current_phy2log renumbered in expert order; num_groups kept when
+     * every group keeps equally many experts, else 1, which plans that
+     * layer globally), and mapped back.  current_phy2log must place no
+     * lost expert, and with max_moves / max_bytes every available one;
+     * re-planning never places a lost expert.  Metrics: see
+     * epx_balance_metrics.  NULL: every expert is available. */
+    const uint8_t *lost;
 } epx_balance_params_t;
 
 #define EPX_BALANCE_PARAMS_INIT                                               \
     { sizeof(epx_balance_params_t), EPX_BALANCE_PARAMS_VERSION, 0, 0, 0, 1,   \
-      1, 0, EPX_BALANCE_EPX, NULL, -1, -1, 0, NULL }
+      1, 0, EPX_BALANCE_EPX, NULL, -1, -1, 0, NULL, NULL }
 
 /* Plan a placement.  load: [layers][experts], finite and >= 0.
  * phy2log: [layers][slots], the logical expert of each slot.
@@ -887,12 +902,35 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
  * imbalance = (max - mean) / mean (0 = perfect); a layer with no load
  * counts as perfect.  Overall: the same ratios of the sums over layers of
  * mean and max (the max rank of each layer sets that layer's time).
- * Every output may be NULL; per-layer outputs are [layers]. */
+ * An expert with load > 0 must have a slot, unless params->lost marks it
+ * lost: a lost expert must have none, and its load (tokens dropped) is on
+ * no rank, so mean, max and both ratios describe the load that is served
+ * (with phy2log NULL too).  Every output may be NULL; per-layer outputs
+ * are [layers]. */
 epx_status_t epx_balance_metrics(const epx_balance_params_t *params,
                                  const double *load, const int32_t *phy2log,
                                  double *balancedness, double *imbalance,
                                  double *layer_balancedness,
                                  double *layer_imbalance);
+
+/* Elastic expert parallelism: the placement left when ranks are gone.
+ * params gives the old placement's shape: num_layers, num_experts,
+ * num_slots and num_ranks (num_slots a multiple of num_ranks; num_slots
+ * may be below num_experts, for a placement that already leaves lost
+ * experts out); its other fields are not read.  phy2log:
+ * [layers][num_slots], every entry an expert; live: [num_ranks], nonzero =
+ * the rank survives (at least one).  The survivors, renumbered densely in
+ * the old order, keep their slots: new_phy2log is [layers][nlive *
+ * slots_per_rank], new rank i's slots being the slots of the i-th live
+ * rank, unchanged.  lost (may be NULL): [layers][num_experts], 1 for an
+ * expert in no remaining slot (its weights are gone), else 0; pass it as
+ * epx_balance_params_t.lost to plan for the live ranks.  num_lost (may be
+ * NULL): the number of (layer, expert) pairs lost.  Outputs are written
+ * only on success. */
+epx_status_t epx_balance_shrink(const epx_balance_params_t *params,
+                                const int32_t *phy2log, const uint8_t *live,
+                                int32_t *new_phy2log, uint8_t *lost,
+                                int64_t *num_lost);
 
 /* ------------------------------------------------------ weight migration */
 

@@ -45,6 +45,30 @@ typedef struct bal_work {
 } bal_work_t;
 
 epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh);
+
+/* params->lost when the caller's struct has it (version 3), else NULL. */
+const uint8_t *epx__bal_lost(const epx_balance_params_t *p);
+
+/* One layer restricted to its available experts (lost.c): the compact
+ * index i stands for expert c2e[i], in ascending expert order. */
+typedef struct bal_avail {
+    int n;                   /* available experts */
+    int groups;              /* num_groups for the compact layer */
+    int32_t *c2e;            /* [E] compact index -> expert */
+    int32_t *e2c;            /* [E] expert -> compact index, -1 when lost */
+    double *w;               /* [E] the available experts' loads */
+} bal_avail_t;
+
+epx_status_t epx__bal_avail_alloc(bal_avail_t *a, int E);
+void epx__bal_avail_free(bal_avail_t *a);
+/* Fill `a` for one layer: lost[E], load[E] (may be NULL), G groups of
+ * E/G experts.  groups = G when every group keeps equally many experts,
+ * else 1 (their sizes differ: the layer is planned globally). */
+void epx__bal_avail_layer(bal_avail_t *a, const uint8_t *lost,
+                          const double *load, int E, int G);
+/* Layer l of `lost` checked against the slots: 1..S available experts,
+ * else an error naming the layer. */
+epx_status_t epx__bal_avail_check(const bal_avail_t *a, int l, int E, int S);
 epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk);
 void epx__bal_work_free(bal_work_t *wk);
 
@@ -122,9 +146,12 @@ void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step);
 int epx__bal_ls_improve(bal_ls_t *ls, long max_steps);
 
 /* Budgeted re-planning (replan.c): `budget` slots may change over all
- * layers, starting from `current`; never raises a layer's max rank load. */
+ * layers, starting from `current`; never raises a layer's max rank load.
+ * lost (may be NULL): [L][E]; each layer is searched over its available
+ * experts only, so a lost expert never gets a slot. */
 epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
-                             const int32_t *current, int64_t budget,
+                             const int32_t *current, const uint8_t *lost,
+                             int64_t budget,
                              int32_t *phy2log, int32_t *phyrank,
                              int32_t *logcnt, double *max_before,
                              double *max_after);

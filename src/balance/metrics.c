@@ -6,10 +6,11 @@
 #include "util/util.h"
 #include "balance/balance.h"
 
-/* Rank loads of one layer into rl[R]; cnt[E] scratch. */
+/* Rank loads of one layer into rl[R]; cnt[E] scratch.  lost (may be
+ * NULL): [E], experts whose load is on no rank. */
 static epx_status_t rank_loads(const epx_balance_params_t *p, int l,
                                const double *load, const int32_t *phy2log,
-                               int32_t *cnt, double *rl)
+                               const uint8_t *lost, int32_t *cnt, double *rl)
 {
     int E = p->num_experts, R = p->num_ranks, S = p->num_slots;
     for (int r = 0; r < R; r++)
@@ -18,7 +19,7 @@ static epx_status_t rank_loads(const epx_balance_params_t *p, int l,
         for (int r = 0; r < R; r++)
             for (int e = (int)((int64_t)r * E / R);
                  e < (int)((int64_t)(r + 1) * E / R); e++)
-                rl[r] += load[e];
+                rl[r] += lost && lost[e] ? 0 : load[e];
         return EPX_OK;
     }
     const int32_t *p2l = phy2log + (size_t)l * S;
@@ -31,11 +32,17 @@ static epx_status_t rank_loads(const epx_balance_params_t *p, int l,
                               "(0..%d)", l, s, p2l[s], E - 1);
         cnt[p2l[s]]++;
     }
-    for (int e = 0; e < E; e++)
-        if (!cnt[e] && load[e] > 0)
+    for (int e = 0; e < E; e++) {
+        if (lost && lost[e] && cnt[e])
+            return epx__error(EPX_ERR_INVALID,
+                              "balance: layer %d: phy2log gives expert %d a "
+                              "slot but lost marks it as lost", l, e);
+        if (!cnt[e] && load[e] > 0 && !(lost && lost[e]))
             return epx__error(EPX_ERR_INVALID,
                               "balance: layer %d: expert %d has load %g but no "
-                              "slot in phy2log", l, e, load[e]);
+                              "slot in phy2log%s", l, e, load[e],
+                              lost ? " (and is not marked lost)" : "");
+    }
     for (int s = 0; s < S; s++)
         rl[s / (S / R)] += load[p2l[s]] / cnt[p2l[s]];
     return EPX_OK;
@@ -58,6 +65,7 @@ epx_status_t epx_balance_metrics(const epx_balance_params_t *p,
             return epx__error(EPX_ERR_INVALID,
                               "balance: load[%zu][%zu] = %g must be finite "
                               "and >= 0", i / sh.E, i % sh.E, load[i]);
+    const uint8_t *lost = epx__bal_lost(p);
     int32_t *cnt = malloc((size_t)sh.E * sizeof(int32_t));
     double *rl = malloc((size_t)sh.R * sizeof(double));
     double *lb = malloc((size_t)sh.L * 2 * sizeof(double));
@@ -67,7 +75,8 @@ epx_status_t epx_balance_metrics(const epx_balance_params_t *p,
     }
     double sum_mean = 0, sum_max = 0;
     for (int l = 0; l < sh.L && st == EPX_OK; l++) {
-        st = rank_loads(p, l, load + (size_t)l * sh.E, phy2log, cnt, rl);
+        st = rank_loads(p, l, load + (size_t)l * sh.E, phy2log,
+                        lost ? lost + (size_t)l * sh.E : NULL, cnt, rl);
         if (st != EPX_OK)
             break;
         double tot = 0, mx = 0;

@@ -25,7 +25,9 @@ epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh)
                           "num_ranks (%d), num_groups (%d) and num_domains (%d) "
                           "must all be >= 1", p->num_layers, p->num_experts,
                           p->num_ranks, p->num_groups, p->num_domains);
-    if (p->num_slots < p->num_experts)
+    /* With lost experts the slots need only cover the available ones:
+     * checked per layer (epx__bal_avail_check). */
+    if (p->num_slots < p->num_experts && !epx__bal_lost(p))
         return epx__error(EPX_ERR_INVALID,
                           "balance: num_slots %d < num_experts %d: every expert "
                           "needs a slot", p->num_slots, p->num_experts);
@@ -63,9 +65,20 @@ epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh)
     return EPX_OK;
 }
 
+const uint8_t *epx__bal_lost(const epx_balance_params_t *p)
+{
+    if (p->version >= 3 && p->struct_size >= offsetof(epx_balance_params_t,
+                                                       lost) + sizeof(p->lost))
+        return p->lost;
+    return NULL;
+}
+
 epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk)
 {
-    size_t S = (size_t)sh->S, E = (size_t)sh->E, R = (size_t)sh->R;
+    /* S may be below E when experts are lost; the per-slot arrays also
+     * hold per-expert values (loads, groups), so size them for both. */
+    size_t S = (size_t)(sh->S > sh->E ? sh->S : sh->E);
+    size_t E = (size_t)sh->E, R = (size_t)sh->R;
     memset(wk, 0, sizeof(*wk));
     wk->ord = malloc(S * sizeof(int32_t));
     wk->tmp = malloc(S * sizeof(int32_t));
@@ -90,7 +103,7 @@ epx_status_t epx__bal_work_alloc(const bal_shape_t *sh, bal_work_t *wk)
     wk->wd = malloc(E * sizeof(double));
     wk->cand = malloc(S * sizeof(int32_t));
     wk->ls = malloc(sizeof(bal_ls_t));
-    if (wk->ls && epx__bal_ls_alloc(wk->ls, sh->E, sh->R, sh->S, sh->D) != EPX_OK) {
+    if (wk->ls && epx__bal_ls_alloc(wk->ls, sh->E, sh->R, (int)S, sh->D) != EPX_OK) {
         free(wk->ls);
         wk->ls = NULL;
     }
@@ -139,13 +152,22 @@ static epx_status_t check_inputs(const epx_balance_params_t *p,
             return epx__error(EPX_ERR_INVALID,
                               "balance: load[%zu][%zu] = %g must be finite "
                               "and >= 0", i / sh->E, i % sh->E, load[i]);
+    const uint8_t *lost = epx__bal_lost(p);
     if (p->policy == EPX_BALANCE_EPX && p->current_phy2log)
-        for (size_t i = 0; i < (size_t)sh->L * sh->S; i++)
-            if (p->current_phy2log[i] < 0 || p->current_phy2log[i] >= sh->E)
+        for (size_t i = 0; i < (size_t)sh->L * sh->S; i++) {
+            int32_t e = p->current_phy2log[i];
+            size_t l = i / sh->S;
+            if (e < 0 || e >= sh->E)
                 return epx__error(EPX_ERR_INVALID,
                                   "balance: current_phy2log[%zu][%zu] = %d is "
-                                  "not an expert (0..%d)", i / sh->S, i % sh->S,
-                                  p->current_phy2log[i], sh->E - 1);
+                                  "not an expert (0..%d)", l, i % sh->S,
+                                  e, sh->E - 1);
+            if (lost && lost[l * sh->E + e])
+                return epx__error(EPX_ERR_INVALID,
+                                  "balance: current_phy2log[%zu][%zu] = %d, "
+                                  "an expert that lost marks as lost (it has "
+                                  "no weights to keep)", l, i % sh->S, e);
+        }
     return EPX_OK;
 }
 
@@ -202,6 +224,7 @@ static epx_status_t check_budget(const epx_balance_params_t *p,
         return epx__error(EPX_ERR_INVALID,
                           "balance: max_bytes needs bytes_per_slot > 0 "
                           "(got %lld)", (long long)v->bytes_per_slot);
+    const uint8_t *lost = epx__bal_lost(p);
     int32_t *seen = calloc((size_t)sh->E, sizeof(int32_t));
     if (!seen)
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -210,11 +233,12 @@ static epx_status_t check_budget(const epx_balance_params_t *p,
         for (int s = 0; s < sh->S; s++)
             seen[p->current_phy2log[(size_t)l * sh->S + s]] = 1;
         for (int e = 0; e < sh->E; e++)
-            if (!seen[e]) {
+            if (!seen[e] && !(lost && lost[(size_t)l * sh->E + e])) {
                 free(seen);
                 return epx__error(EPX_ERR_INVALID,
                                   "balance: current_phy2log layer %d has no "
-                                  "slot for expert %d", l, e);
+                                  "slot for expert %d%s", l, e,
+                                  lost ? " (not marked lost)" : "");
             }
     }
     free(seen);
@@ -255,6 +279,75 @@ static epx_status_t fill_report(const epx_balance_params_t *p,
     return EPX_OK;
 }
 
+/* Every layer keeps 1..S available experts. */
+static epx_status_t check_lost(const bal_shape_t *sh, const uint8_t *lost)
+{
+    bal_avail_t a;
+    epx_status_t st = epx__bal_avail_alloc(&a, sh->E);
+    for (int l = 0; st == EPX_OK && l < sh->L; l++) {
+        epx__bal_avail_layer(&a, lost + (size_t)l * sh->E, NULL, sh->E, 1);
+        st = epx__bal_avail_check(&a, l, sh->E, sh->S);
+    }
+    epx__bal_avail_free(&a);
+    return st;
+}
+
+/* Plans with lost experts: each layer as the problem restricted to its
+ * available experts (params with num_experts = their number, the groups
+ * epx__bal_avail_layer keeps, current_phy2log renumbered), mapped back.
+ * The policies run unchanged on the compact layer; wk, allocated for the
+ * full shape, is large enough for every compact one. */
+static epx_status_t plan_lost(const epx_balance_params_t *params,
+                              const bal_shape_t *sh, const uint8_t *lost,
+                              const double *load, bal_work_t *wk,
+                              int32_t *p2l, int32_t *prank, int32_t *cnt)
+{
+    bal_avail_t a;
+    epx_status_t st = epx__bal_avail_alloc(&a, sh->E);
+    int32_t *ccur = malloc((size_t)sh->S * sizeof(int32_t));
+    int32_t *ccnt = malloc((size_t)sh->E * sizeof(int32_t));
+    if (st == EPX_OK && (!ccur || !ccnt))
+        st = epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    int keep = params->policy == EPX_BALANCE_EPX && params->current_phy2log;
+    for (int l = 0; st == EPX_OK && l < sh->L; l++) {
+        epx__bal_avail_layer(&a, lost + (size_t)l * sh->E,
+                             load + (size_t)l * sh->E, sh->E,
+                             params->num_groups);
+        /* The compact layer's own problem, shaped as the public call
+         * would shape it. */
+        epx_balance_params_t sub = EPX_BALANCE_PARAMS_INIT;
+        bal_shape_t lsh;
+        sub.num_layers = 1;
+        sub.num_experts = a.n;
+        sub.num_slots = params->num_slots;
+        sub.num_groups = a.groups;
+        sub.num_domains = params->num_domains;
+        sub.num_ranks = params->num_ranks;
+        sub.policy = params->policy;
+        if ((st = epx__bal_shape(&sub, &lsh)) != EPX_OK)
+            break;
+        int32_t *lp = p2l + (size_t)l * sh->S, *lr = prank + (size_t)l * sh->S;
+        if (params->policy == EPX_BALANCE_DEEPSEEK) {
+            epx__plan_deepseek(&lsh, a.w, wk, lp, lr, ccnt);
+        } else {
+            if (keep) {
+                const int32_t *cur = params->current_phy2log + (size_t)l * sh->S;
+                for (int s = 0; s < sh->S; s++)
+                    ccur[s] = a.e2c[cur[s]];   /* no lost expert: checked */
+            }
+            epx__plan_epx(&lsh, a.w, keep ? ccur : NULL, wk, lp, lr, ccnt);
+        }
+        for (int s = 0; s < sh->S; s++)
+            lp[s] = a.c2e[lp[s]];
+        for (int e = 0; e < sh->E; e++)
+            cnt[(size_t)l * sh->E + e] = a.e2c[e] >= 0 ? ccnt[a.e2c[e]] : 0;
+    }
+    epx__bal_avail_free(&a);
+    free(ccur);
+    free(ccnt);
+    return st;
+}
+
 epx_status_t epx_balance_plan(const epx_balance_params_t *params,
                               const double *load, int32_t *phy2log,
                               int32_t *log2phy, int max_replicas,
@@ -270,6 +363,9 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
         read_v2(params, &v2);
         st = check_budget(params, &sh, &v2, &budget);
     }
+    const uint8_t *lost = st == EPX_OK ? epx__bal_lost(params) : NULL;
+    if (st == EPX_OK && lost)
+        st = check_lost(&sh, lost);
     if (st != EPX_OK)
         return st;
     /* Outputs are written only on success: plan into private arrays. */
@@ -285,8 +381,17 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
     int maxcnt = 0;
     if (budget >= 0) {
         double before, after;
-        st = epx__bal_replan(&sh, load, params->current_phy2log, budget, p2l,
-                             prank, cnt, &before, &after);
+        st = epx__bal_replan(&sh, load, params->current_phy2log, lost, budget,
+                             p2l, prank, cnt, &before, &after);
+        epx__bal_work_free(&wk);
+        if (st != EPX_OK)
+            goto out;
+        for (size_t i = 0; i < LE; i++)
+            maxcnt = cnt[i] > maxcnt ? cnt[i] : maxcnt;
+        goto write;
+    }
+    if (lost) {
+        st = plan_lost(params, &sh, lost, load, &wk, p2l, prank, cnt);
         epx__bal_work_free(&wk);
         if (st != EPX_OK)
             goto out;
@@ -314,8 +419,9 @@ write:
         st = epx__error(EPX_ERR_RANGE,
                         "balance: an expert got %d replicas but log2phy has "
                         "room for max_replicas = %d (num_slots - num_experts "
-                        "+ 1 = %d is always enough)", maxcnt, max_replicas,
-                        sh.S - sh.E + 1);
+                        "+ 1 = %d is always enough%s)", maxcnt, max_replicas,
+                        sh.S - sh.E + 1,
+                        lost ? ", counting only the available experts" : "");
         goto out;
     }
     if (v2.report && (st = fill_report(params, &sh, &v2, load, p2l)) != EPX_OK)

@@ -17,7 +17,8 @@ typedef struct layer_q {
 } layer_q_t;
 
 epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
-                             const int32_t *current, int64_t budget,
+                             const int32_t *current, const uint8_t *lost,
+                             int64_t budget,
                              int32_t *phy2log, int32_t *phyrank,
                              int32_t *logcnt, double *max_before,
                              double *max_after)
@@ -26,8 +27,21 @@ epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
     int D = sh->hier ? sh->D : 1;
     bal_ls_t *ls = calloc((size_t)L, sizeof(bal_ls_t));
     layer_q_t *q = calloc((size_t)L, sizeof(layer_q_t));
-    epx_status_t st = ls && q ? EPX_OK
-                              : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    /* With lost experts each layer is searched over its available ones,
+     * renumbered (c2e), so no step can give a lost expert a slot. */
+    int32_t *c2e = NULL, *ccur = NULL;
+    double *cw = NULL;
+    bal_avail_t a = { 0 };
+    if (lost) {
+        c2e = malloc((size_t)L * E * sizeof(int32_t));
+        ccur = malloc((size_t)L * S * sizeof(int32_t));
+        cw = malloc((size_t)L * E * sizeof(double));
+    }
+    epx_status_t st = ls && q && (!lost || (c2e && ccur && cw))
+                          ? EPX_OK
+                          : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    if (st == EPX_OK && lost)
+        st = epx__bal_avail_alloc(&a, E);
     int nalloc = 0;
     for (; st == EPX_OK && nalloc < L; nalloc++)
         st = epx__bal_ls_alloc(&ls[nalloc], E, R, S, D);
@@ -37,11 +51,24 @@ epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
     int cap = budget > INT32_MAX ? INT32_MAX : (int)budget;
     for (int l = 0; l < L; l++) {
         bal_ls_t *x = &ls[l];
+        const int32_t *cur = current + (size_t)l * S;
+        x->E = E;
+        x->w = load + (size_t)l * E;
+        if (lost) {
+            int32_t *cc = ccur + (size_t)l * S;
+            epx__bal_avail_layer(&a, lost + (size_t)l * E, x->w, E, 1);
+            memcpy(c2e + (size_t)l * E, a.c2e, (size_t)a.n * sizeof(int32_t));
+            memcpy(cw + (size_t)l * E, a.w, (size_t)a.n * sizeof(double));
+            for (int s = 0; s < S; s++)
+                cc[s] = a.e2c[cur[s]];     /* no lost expert: checked */
+            x->E = a.n;
+            x->w = cw + (size_t)l * E;
+            cur = cc;
+        }
         x->spr = sh->spr;
         x->rpd = R / D;
-        x->distinct = sh->spr <= E;
-        x->w = load + (size_t)l * E;
-        epx__bal_ls_load(x, current + (size_t)l * S, current + (size_t)l * S);
+        x->distinct = sh->spr <= x->E;
+        epx__bal_ls_load(x, cur, cur);
         *max_before += epx__bal_ls_max(x);
         q[l].has = epx__bal_ls_find(x, cap, &q[l].step);
         q[l].budget_seen = cap;
@@ -73,6 +100,9 @@ epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
         int32_t *c = logcnt + (size_t)l * E;
         *max_after += epx__bal_ls_max(x);
         memcpy(p, x->slot, (size_t)S * sizeof(int32_t));
+        if (lost)
+            for (int s = 0; s < S; s++)
+                p[s] = c2e[(size_t)l * E + p[s]];
         memset(c, 0, (size_t)E * sizeof(int32_t));
         for (int s = 0; s < S; s++)
             pr[s] = c[p[s]]++;
@@ -82,5 +112,10 @@ out:
         epx__bal_ls_free(&ls[l]);
     free(ls);
     free(q);
+    free(c2e);
+    free(ccur);
+    free(cw);
+    if (lost)
+        epx__bal_avail_free(&a);
     return st;
 }

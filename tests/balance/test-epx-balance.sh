@@ -10,7 +10,12 @@
 #  4. --system hgx-h100-x16 --ranks 128: 16 domains; cpu-host: one; test
 #     descriptions whose domains interleave or differ in size: refused;
 #  5. bad inputs exit 1 and bad command lines exit 2, with a message naming
-#     the problem.
+#     the problem;
+#  6. --lost-ranks / --live with --current: the placement in use shrunk to
+#     the live ranks, the lost experts and the plan checked against a
+#     shrink and metrics computed here (hand-made and planned placements,
+#     both policies, a budget, the tables, domains from a system
+#     description), and their command-line errors.
 # EPX_BALANCE names the binary (default ./src/balance/epx-balance).  Needs
 # python3 (standard library only); skipped without it.
 set -u
@@ -181,6 +186,141 @@ expect 0 cpuhost --loads "$data/eplb-example.json" --slots 16 --ranks 4 --system
         "$tmp/cpuhost.out" || fail "cpu-host: not one domain"
 expect 2 sysdom --loads "$data/eplb-example.json" --slots 16 --ranks 8 --system hgx-h100-x16 --domains 2 &&
     err_has sysdom "--domains and --system"
+
+# 6. elastic expert parallelism: --lost-ranks / --live shrink --current to
+# the live ranks.  check_elastic NAME CURRENT LOADS R0 DEAD checks the JSON
+# against a shrink and metrics computed here: the placement in use is the
+# live ranks' slots in order, the lost experts are those in none of them,
+# the plan places no lost expert and every other one, before/after
+# metrics drop the lost experts' load.
+check_elastic() {
+    python3 - "$tmp/$1.out" "$2" "$3" "$4" "$5" <<'EOF' || fail "$1: elastic JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+cur = json.load(open(sys.argv[2]))
+load = json.load(open(sys.argv[3]))
+R0 = int(sys.argv[4])
+dead = [int(r) for r in sys.argv[5].split(",")] if sys.argv[5] else []
+c = d["config"]
+S0 = len(cur[0]); spr = S0 // R0
+live = [r for r in range(R0) if r not in dead]
+R, S, E = len(live), len(live) * spr, len(load[0])
+assert (c["ranks"], c["slots"], c["ranks_before"], c["slots_before"]) == (R, S, R0, S0), c
+assert c["live"] == live and c["lost_ranks"] == dead, c
+shr = [sum((p[r * spr:(r + 1) * spr] for r in live), []) for p in cur]
+assert d["shrunk"] == shr, (d["shrunk"], shr)
+lost = [[e for e in range(E) if e not in p] for p in shr]
+assert d["lost"] == lost, (d["lost"], lost)
+assert d["num_lost"] == sum(map(len, lost))
+def metrics(p, l):
+    cnt = {e: p.count(e) for e in p}
+    ranks = [sum(l[e] / cnt[e] for e in p[r * spr:(r + 1) * spr]) for r in range(R)]
+    return sum(ranks) / R, max(ranks)
+sm = {"after": [0, 0], "before": [0, 0]}
+for l, (p, ls, ld) in enumerate(zip(d["phy2log"], lost, load)):
+    assert len(p) == S
+    assert not set(p) & set(ls), (l, p, ls)
+    assert set(p) == set(range(E)) - set(ls), (l, p, ls)
+    for e in range(E):
+        assert d["logcnt"][l][e] == p.count(e)
+        assert sorted(d["log2phy"][l][e]) == [s for s in range(S) if p[s] == e]
+    for key, q, lb in (("after", p, d["layer_balancedness"][l]),
+                       ("before", shr[l], d["before"]["layer_balancedness"][l])):
+        mean, mx = metrics(q, ld)
+        assert abs(lb - mean / mx) < 1e-12, (key, l, lb, mean / mx)
+        sm[key][0] += mean
+        sm[key][1] += mx
+    if c["policy"] == "epx" and "moved" in d:   # never worse than in use
+        assert metrics(p, ld)[1] <= metrics(shr[l], ld)[1] + 1e-9
+assert abs(d["balancedness"] - sm["after"][0] / sm["after"][1]) < 1e-12
+assert abs(d["before"]["balancedness"] - sm["before"][0] / sm["before"][1]) < 1e-12
+moves = sum(a != b for x, y in zip(shr, d["phy2log"]) for a, b in zip(x, y))
+assert d["moved"]["moves"] == moves, (d["moved"], moves)
+EOF
+}
+# A hand-made placement of 12 experts on 8 ranks x 2: ranks 6 and 7 hold
+# second replicas of ranks 0 and 1, so losing 7 loses nothing, losing 5
+# loses experts 10 and 11, losing 2 and 5 loses 4, 5, 10 and 11.
+printf '[[0,1,2,3,4,5,6,7,8,9,10,11,0,1,2,3],[0,1,2,3,4,5,6,7,8,9,10,11,0,1,2,3]]\n' \
+    >"$tmp/hand.json"
+ecur="--slots 16 --ranks 8 --groups 4"
+for c in "7:" "5:10,11" "2,5:4,5,10,11"; do
+    dead=${c%%:*}
+    gone=${c#*:}
+    name=lost-$(echo "$dead" | tr , _)
+    expect 0 "$name" --loads "$data/eplb-example.json" $ecur --current "$tmp/hand.json" \
+            --lost-ranks "$dead" --json &&
+        check_elastic "$name" "$tmp/hand.json" "$data/eplb-example.json" 8 "$dead" &&
+        python3 - "$tmp/$name.out" "$gone" <<'EOF' || fail "$name: lost experts"
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = [int(e) for e in sys.argv[2].split(",")] if sys.argv[2] else []
+assert d["lost"] == [want, want], (d["lost"], want)
+EOF
+done
+# --live names the survivors: the same plan as --lost-ranks of the others.
+expect 0 live-25 --loads "$data/eplb-example.json" $ecur --current "$tmp/hand.json" \
+        --live 0-1,3-4,6-7 --json &&
+    python3 - "$tmp/live-25.out" "$tmp/lost-2_5.out" <<'EOF' || fail "live: differs from --lost-ranks"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+assert a["config"]["live"] == [0, 1, 3, 4, 6, 7] and a["config"]["lost_ranks"] == [2, 5]
+assert a["phy2log"] == b["phy2log"] and a["lost"] == b["lost"], (a, b)
+EOF
+# The planner's own placement, two ranks lost (one per domain), both
+# policies and a budget; the tables name the lost experts and old ranks.
+for pol in epx deepseek; do
+    expect 0 "el-$pol" --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+            --lost-ranks 3,7 --policy $pol --json &&
+        check_elastic "el-$pol" "$tmp/current.json" "$data/eplb-example.json" 8 3,7
+done
+err_has el-deepseek "--current only gives the experts lost"
+expect 0 el-budget --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --lost-ranks 3,7 --max-moves 2 --json &&
+    check_elastic el-budget "$tmp/current.json" "$data/eplb-example.json" 8 3,7 &&
+    python3 -c 'import json,sys; assert 0 < json.load(open(sys.argv[1]))["moved"]["moves"] <= 2' \
+        "$tmp/el-budget.out" || fail "el-budget: not 1 or 2 moves"
+if expect 0 el-table --loads "$data/eplb-example.json" $ecur --current "$tmp/hand.json" \
+        --lost-ranks 2,5; then
+    grep -q "^lost ranks 2, 5 of 8: the 6 live ranks" "$tmp/el-table.out" ||
+        fail "el-table: no lost ranks line"
+    [ "$(grep -c '^  lost: expert 4 (load [0-9]*), expert 5 (load [0-9]*), expert 10 (load [0-9]*), expert 11 (load [0-9]*)$' \
+        "$tmp/el-table.out")" -eq 2 ] || fail "el-table: lost experts of each layer"
+    grep -q '^ *rank  *was  *domain  *load  *experts' "$tmp/el-table.out" || fail "el-table: header"
+    grep -q '^ *2  *3  *0  *[0-9.]*  ' "$tmp/el-table.out" || fail "el-table: rank 2 was 3"
+    grep -q '^ *5  *7  *0  *[0-9.]*  ' "$tmp/el-table.out" || fail "el-table: rank 5 was 7"
+fi
+# On a system description the live ranks keep their domains: losing a
+# whole host leaves 15 domains; losing one rank leaves unequal ones.
+python3 - "$tmp/cur128.json" <<'EOF' || fail "cur128: write"
+import json, sys
+json.dump([[s % 12 for s in range(256)] for _ in range(2)], open(sys.argv[1], "w"))
+EOF
+if expect 0 el-sys --loads "$data/eplb-example.json" --slots 256 --ranks 128 \
+        --system hgx-h100-x16 --groups 4 --current "$tmp/cur128.json" --lost-ranks 8-15 --json; then
+    python3 - "$tmp/el-sys.out" <<'EOF' || fail "el-sys: JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+c = d["config"]
+assert (c["domains"], c["ranks"], c["slots"]) == (15, 120, 240), c
+assert d["lost"] == [[], []]
+EOF
+fi
+expect 1 el-sys-uneven --loads "$data/eplb-example.json" --slots 256 --ranks 128 \
+        --system hgx-h100-x16 --current "$tmp/cur128.json" --lost-ranks 5 &&
+    err_has el-sys-uneven "7 live ranks in one domain, 8 in"
+expect 1 el-domains --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --lost-ranks 3 && err_has el-domains "num_domains 2 does not divide num_ranks 7"
+expect 2 el-nocur --loads "$data/eplb-example.json" $eplb --lost-ranks 3 &&
+    err_has el-nocur "need --current"
+expect 2 el-both --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --lost-ranks 3 --live 0-2 && err_has el-both "--live and --lost-ranks"
+expect 2 el-range --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --lost-ranks 6-8 && err_has el-range "range 6-8 is not within ranks 0-7"
+expect 2 el-syntax --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --live 0-2,x && err_has el-syntax "--live '0-2,x': expected ranks and ranges"
+expect 2 el-all --loads "$data/eplb-example.json" $eplb --current "$tmp/current.json" \
+        --lost-ranks 0-7 && err_has el-all "no rank of --ranks is left alive"
 
 # 5. bad inputs (exit 1) and command lines (exit 2)
 printf '[[1,2,3],[4,5]]\n' >"$tmp/ragged.json"
