@@ -98,6 +98,9 @@ typedef struct bench_opts {
     int hierarchical;          /* --hierarchical: EPX_MOE_HIERARCHICAL */
     int device;                /* --device: BENCH_DEVICE_* */
     const char *transport;     /* --transport: EPX_TRANSPORTS, or NULL */
+    /* --kill-rank R --at-iter N: the elastic run (elastic.c) */
+    int kill_rank;             /* -1: none */
+    int at_iter;
 } bench_opts_t;
 
 /* What a sweep keeps of one run (bench_report fills it). */
@@ -115,6 +118,8 @@ enum { BENCH_EXIT_NO_GPU = 3 };
  * it); 0, or -1 after a message on stderr. */
 int bench_load_trace_read(const char *path, int L, int E, double **out,
                           int *steps);
+/* elastic.c: the whole --kill-rank run; returns the exit status. */
+int bench_main_elastic(bench_opts_t *o);
 /* drift.c: the whole --drift run; returns the exit status. */
 int bench_drift_main(const bench_opts_t *o);
 /* cuda_bench.c: the whole --device cuda run; returns the exit status. */

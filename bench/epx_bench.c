@@ -39,6 +39,11 @@ static int bench_main(int argc, char **argv)
         bench_opts_free(&o);
         return 2;
     }
+    if (o.kill_rank >= 0) {             /* elastic: its own fork launcher */
+        rc = bench_main_elastic(&o);
+        bench_opts_free(&o);
+        return rc;
+    }
     if (o.drift) {                      /* the planner alone, no ranks */
         rc = bench_drift_main(&o);
         bench_opts_free(&o);

@@ -135,6 +135,17 @@ static const char bench_usage[] =
 "  --plot FILE.svg       max/mean per step through gnuplot (skipped with a\n"
 "                        note when gnuplot is absent)\n"
 "\n"
+"Elastic expert parallelism (--kill-rank: the fork launcher, one layer,\n"
+"FP32 expert-major, every output checked exactly):\n"
+"  --kill-rank R         rank R kills itself (SIGKILL) in the middle of a\n"
+"                        dispatch; the survivors shrink the communicator\n"
+"                        (epx_comm_shrink), carry the --slots placement to the\n"
+"                        live ranks (experts whose every replica was on R are\n"
+"                        lost and masked), re-plan within --max-moves and move\n"
+"                        the weights, redo the iteration and finish; reports\n"
+"                        detection, shrink and recovery times\n"
+"  --at-iter N           the iteration R dies in (0)\n"
+"\n"
 "Domains (the ranks' domains from the communicator's topology; on one\n"
 "host, EPX_TOPO_FILE=gb200-nvl72-x2 or a description of several hosts\n"
 "places the ranks on several domains):\n"
@@ -376,6 +387,7 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
     o->inplace = 1;
     o->iters = 20;
     o->warmup = 3;
+    o->kill_rank = -1;
     o->layout = EPX_LAYOUT_TOKEN_MAJOR;
     o->align = 128;
     o->dtype = EPX_DTYPE_BF16;
@@ -492,6 +504,12 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
                 return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--drift")) {
             o->drift = 1;
+        } else if (!strcmp(name, "--kill-rank")) {
+            if (parse_int(name, NEXT(), 0, BENCH_MAX_RANKS - 1, &o->kill_rank))
+                return BENCH_OPTS_EXIT_ERR;
+        } else if (!strcmp(name, "--at-iter")) {
+            if (parse_int(name, NEXT(), 0, 1 << 30, &o->at_iter))
+                return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--layers")) {
             if (parse_int(name, NEXT(), 1, 1 << 12, &o->layers))
                 return BENCH_OPTS_EXIT_ERR;
