@@ -49,6 +49,10 @@ typedef struct el_rank {       /* what each process reports */
     int new_rank, new_size;
     int iters_before, iters_after;
     double failed_at, shrunk_at, recovered_at;
+    double first_engine_s;     /* the first engine, on every rank: the
+                                  baseline of the new one */
+    double planned_at, engine_at, moved_at; /* re-planned; new engine up;
+                                               weights moved */
     int64_t checked, mismatches, masked, all_lost, lost_experts;
     int64_t moves;
     char msg[256];
@@ -313,8 +317,10 @@ static int el_rank_main(el_ctx_t *c, epx_comm_t *comm)
         wts[j] = (el_weights_t){ el_scale(e), e, { 0, 0 } };
     }
     epx_moe_t *moe = NULL;
+    double t0 = epx__now();
     if ((st = el_engine(c, comm, S, 0, phy2log, wts, &moe)) != EPX_OK)
         return el_fail(me, "engine", st);
+    me->first_engine_s = epx__now() - t0;
     epx_comm_t *first = comm;
     int shrunk = 0;
     for (int it = 0; it < o->iters; it++) {
@@ -376,13 +382,16 @@ static int el_rank_main(el_ctx_t *c, epx_comm_t *comm)
         if ((st = epx_balance_plan(&bp, load, phy2log, NULL, 0, NULL)) != EPX_OK)
             return el_fail(me, "epx_balance_plan (live ranks)", st);
         me->moves = rep.moves;
+        me->planned_at = epx__now();
         if ((st = el_engine(c, nc, S2, EPX_MOE_ELASTIC, next, wts, &moe)) !=
             EPX_OK)
             return el_fail(me, "engine (live ranks)", st);
+        me->engine_at = epx__now();
         epx_rebalance_stats_t rs = { .struct_size = sizeof(rs) };
         if ((st = epx_moe_rebalance(moe, 0, phy2log, EPX_REPLICA_LOCAL_FIRST,
                                     &rs)) != EPX_OK)
             return el_fail(me, "epx_moe_rebalance", st);
+        me->moved_at = epx__now();
         comm = nc;
         R = n;
         S = S2;
@@ -431,7 +440,8 @@ static int el_child(el_ctx_t *c, int lfd, const char *root, const char *key)
 static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
                       int slots_after)
 {
-    double detect = 0, shrink = 0, recover = 0;
+    double detect = 0, shrink = 0, recover = 0, plan = 0, engine = 0,
+           moved = 0, first = 0;
     int64_t checked = 0, mism = 0, masked = 0, all_lost = 0;
     int before = -1, after = -1, survivors = 0;
     const el_rank_t *any = NULL;
@@ -445,6 +455,14 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
             detect = x->failed_at - sh->killed_at;
         if (x->shrunk_at - x->failed_at > shrink)
             shrink = x->shrunk_at - x->failed_at;
+        if (x->first_engine_s > first)
+            first = x->first_engine_s;
+        if (x->planned_at - x->shrunk_at > plan)
+            plan = x->planned_at - x->shrunk_at;
+        if (x->engine_at - x->planned_at > engine)
+            engine = x->engine_at - x->planned_at;
+        if (x->moved_at - x->engine_at > moved)
+            moved = x->moved_at - x->engine_at;
         if (x->recovered_at - x->failed_at > recover)
             recover = x->recovered_at - x->failed_at;
         checked += x->checked;
@@ -470,6 +488,14 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
             "%8.1f ms\n", detect * 1e3);
     fprintf(t, "  shrink     (agreement + new communicator)              "
             "%8.1f ms\n", shrink * 1e3);
+    fprintf(t, "  re-plan over the live ranks (after the shrink)         "
+            "%8.1f ms\n", plan * 1e3);
+    fprintf(t, "  new engine (epx_moe_create, placement, weights)        "
+            "%8.1f ms\n", engine * 1e3);
+    fprintf(t, "    (the first engine, on all %d ranks: %.1f ms)\n",
+            o->ranks, first * 1e3);
+    fprintf(t, "  weights moved (epx_moe_rebalance)                      "
+            "%8.1f ms\n", moved * 1e3);
     fprintf(t, "  recovery   (EPX_ERR_PEER -> first verified iteration)  "
             "%8.1f ms\n", recover * 1e3);
     fprintf(t, "  iterations %d before, %d after (the failed one redone); "
@@ -494,6 +520,14 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
     bench_json_num(stdout, detect * 1e3);
     printf(",\"shrink_ms\":");
     bench_json_num(stdout, shrink * 1e3);
+    printf(",\"plan_ms\":");
+    bench_json_num(stdout, plan * 1e3);
+    printf(",\"first_engine_ms\":");
+    bench_json_num(stdout, first * 1e3);
+    printf(",\"engine_ms\":");
+    bench_json_num(stdout, engine * 1e3);
+    printf(",\"rebalance_ms\":");
+    bench_json_num(stdout, moved * 1e3);
     printf(",\"recovery_ms\":");
     bench_json_num(stdout, recover * 1e3);
     printf(",\"iters_before\":%d,\"iters_after\":%d,\"masked\":%lld,"
