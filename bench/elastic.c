@@ -323,8 +323,15 @@ static int el_rank_main(el_ctx_t *c, epx_comm_t *comm)
     me->first_engine_s = epx__now() - t0;
     epx_comm_t *first = comm;
     int shrunk = 0;
+    double last = epx__now();
     for (int it = 0; it < o->iters; it++) {
         int die = !shrunk && c->old_rank == o->kill_rank && it == o->at_iter;
+        double now = epx__now();
+        if (epx_comm_rank(comm) == 0 && now - last > 5.0) {   /* a long run */
+            fprintf(stderr, "epx-bench: elastic: iteration %d/%d%s\n", it,
+                    o->iters, shrunk ? " (live ranks)" : "");
+            last = now;
+        }
         st = el_iter(c, moe, phy2log, S, wts, it, die, me);
         if (st == EPX_OK) {
             if (shrunk) {
@@ -438,7 +445,7 @@ static int el_child(el_ctx_t *c, int lfd, const char *root, const char *key)
 }
 
 static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
-                      int slots_after)
+                      int slots_after, int T)
 {
     double detect = 0, shrink = 0, recover = 0, plan = 0, engine = 0,
            moved = 0, first = 0;
@@ -477,7 +484,7 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
             "of iteration %d\n", o->ranks, o->kill_rank, o->at_iter);
     fprintf(t, "  experts %d, top-%d, %d tokens x %d per rank, %d slots "
             "(%d per rank) -> %d on %d live ranks\n", o->experts, o->topk,
-            (int)o->tokens[0], o->hidden, o->slots, o->slots / o->ranks,
+            T, o->hidden, o->slots, o->slots / o->ranks,
             slots_after, survivors);
     if (any)
         fprintf(t, "  lost experts %lld (every replica on rank %d); re-plan "
@@ -512,7 +519,7 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
            "\"at_iter\":%d,\"experts\":%d,\"topk\":%d,\"tokens\":%lld,"
            "\"hidden\":%d,\"slots\":%d,\"slots_after\":%d,\"survivors\":%d,"
            "\"lost_experts\":%lld,\"moves\":%lld,", o->ranks, o->kill_rank,
-           o->at_iter, o->experts, o->topk, (long long)o->tokens[0], o->hidden,
+           o->at_iter, o->experts, o->topk, (long long)T, o->hidden,
            o->slots, slots_after, survivors,
            (long long)(any ? any->lost_experts : -1),
            (long long)(any ? any->moves : -1));
@@ -546,6 +553,12 @@ int bench_main_elastic(bench_opts_t *o)
                 "%d\n", o->kill_rank, o->at_iter, R, o->iters);
         return 2;
     }
+    if (o->ntokens > 1) {
+        fprintf(stderr, "epx-bench: --kill-rank takes one --tokens value "
+                "(tokens per rank), not one per rank\n");
+        return 2;
+    }
+    const int64_t T = o->ntokens == 1 ? o->tokens[0] : BENCH_DEFAULT_TOKENS;
     if (o->slots == 0) {   /* E + E/8 replicas, to a multiple of the ranks */
         int s = o->experts + o->experts / 8;
         o->slots = (s + R - 1) / R * R;
@@ -556,7 +569,7 @@ int bench_main_elastic(bench_opts_t *o)
         return 2;
     }
     el_ctx_t c = { o, NULL, 0, o->experts, o->topk, o->hidden,
-                   (int)o->tokens[0], NULL };
+                   (int)T, NULL };
     if (o->routing == BENCH_ROUTE_ZIPF) {
         if (!(c.zipf_cdf = malloc(sizeof(double) * (size_t)c.E)))
             return 2;
@@ -623,7 +636,7 @@ int bench_main_elastic(bench_opts_t *o)
             ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
                   sh->r[r].done && sh->r[r].mismatches == 0;
     }
-    el_report(o, sh, ok, (o->slots / R) * (R - 1));
+    el_report(o, sh, ok, (o->slots / R) * (R - 1), T);
     free(pids);
     free(c.zipf_cdf);
     munmap(sh, bytes);

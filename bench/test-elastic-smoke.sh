@@ -20,7 +20,7 @@ assert j["bench"] == "elastic" and j["ok"] is True, j
 assert j["ranks"] == 16 and j["survivors"] == 15 and j["kill_rank"] == kill, j
 assert j["iters_before"] == at and j["iters_after"] == 8 - at, j
 assert j["verified"] is True and j["mismatches"] == 0, j
-assert j["checked"] == 15 * 64 * 8, j      # survivors x tokens x iterations
+assert j["checked"] == 15 * j["tokens"] * 8, j  # survivors x tokens x iterations
 assert j["slots_after"] == 75 and j["lost_experts"] >= 1 and j["masked"] > 0, j
 for k in ("detection_ms", "shrink_ms", "recovery_ms"):
     assert j[k] is not None and 0 <= j[k] < 60000, (k, j[k])
@@ -33,17 +33,17 @@ PY
 run() {   # $1: name, then epx-bench options
     name=$1
     shift
-    "$BENCH" --ranks 16 --experts 64 --topk 4 --tokens 64 --hidden 32 \
-        --iters 8 --json "$@" >"$tmp/$name.json" 2>"$tmp/$name.err" ||
+    "$BENCH" --ranks 16 --experts 64 --topk 4 --hidden 16 --iters 8 \
+        --json "$@" >"$tmp/$name.json" 2>"$tmp/$name.err" ||
         { cat "$tmp/$name.err"; fail "$name run"; }
 }
 
-run shm --kill-rank 5 --at-iter 3
+run shm --kill-rank 5 --at-iter 3     # --tokens left at its default
 check "$tmp/shm.json" 5 3
 if "$BENCH" --ranks 2 --experts 4 --topk 1 --tokens 1 --hidden 8 --iters 1 \
        --warmup 0 --impl epx --launcher fork --transport ucx \
        >/dev/null 2>"$tmp/probe.err"; then
-    UCX_TLS=tcp,self run ucx --transport ucx --kill-rank 0 --at-iter 2 \
+    UCX_TLS=tcp,self run ucx --tokens 64 --transport ucx --kill-rank 0 --at-iter 2 \
         --routing zipf:1.0
     check "$tmp/ucx.json" 0 2
 else
@@ -52,7 +52,8 @@ else
     echo "note: the UCX run skipped (UCX not built)" >&2
 fi
 
-for bad in "--kill-rank 16" "--kill-rank 1 --at-iter 8" "--kill-rank -1"; do
+for bad in "--kill-rank 16" "--kill-rank 1 --at-iter 8" "--kill-rank -1" \
+           "--kill-rank 1 --tokens 4,4"; do
     # shellcheck disable=SC2086
     "$BENCH" --ranks 16 --iters 8 $bad >/dev/null 2>"$tmp/bad.err"
     rc=$?
