@@ -33,6 +33,8 @@
 typedef struct shared {
     int victims1[R];        /* killed on the first communicator */
     int victims2[R];        /* killed (by old rank) on the shrunk one */
+    int late[R];            /* killed after noticing the first loss, while
+                               the others agree: lost during the shrink */
     int in_dispatch;        /* victims die inside a dispatch */
     double shrink_s[R];     /* each survivor's first shrink */
     int done[R];
@@ -134,7 +136,8 @@ static int check_comm(epx_comm_t *c, const int *old_of, int n)
 
 /* Run until EPX_ERR_PEER (dying where told), then shrink. */
 static int lose_and_shrink(shared_t *sh, epx_comm_t *c, const int *victims,
-                           int *old_of, int *n, epx_comm_t **out, int first)
+                           const int *late, int *old_of, int *n,
+                           epx_comm_t **out, int first)
 {
     int me = epx_comm_rank(c);
     epx_moe_t *moe = sh->in_dispatch ? moe_make(c) : NULL;
@@ -153,6 +156,8 @@ static int lose_and_shrink(shared_t *sh, epx_comm_t *c, const int *victims,
     CHECKF(st == EPX_ERR_PEER, "rank %d: %s, want EPX_ERR_PEER (%s)", me,
            epx_status_str(st), epx_last_error());
     epx_moe_destroy(moe);
+    if (late[old_of[me]])
+        raise(SIGKILL);
     uint8_t live[R];
     double t0 = epxt_now();
     CHECK_OK(epx_comm_shrink(c, live, out));
@@ -160,7 +165,8 @@ static int lose_and_shrink(shared_t *sh, epx_comm_t *c, const int *victims,
         sh->shrink_s[old_of[me]] = epxt_now() - t0;
     int m = 0;
     for (int r = 0; r < *n; r++) {
-        CHECKF(live[r] == !victims[old_of[r]], "live[%d] = %d", r, live[r]);
+        CHECKF(live[r] == !(victims[old_of[r]] || late[old_of[r]]),
+               "live[%d] = %d", r, live[r]);
         if (live[r])
             old_of[m++] = old_of[r];
     }
@@ -180,7 +186,7 @@ static int shrink_rank(int me, void *arg)
     int old_of[R], n = R;
     for (int r = 0; r < R; r++)
         old_of[r] = r;
-    if (lose_and_shrink(sh, c0, sh->victims1, old_of, &n, &c1, 1))
+    if (lose_and_shrink(sh, c0, sh->victims1, sh->late, old_of, &n, &c1, 1))
         return 1;
     CHECKF(old_of[epx_comm_rank(c1)] == me, "new rank %d is old rank %d, "
            "not %d", epx_comm_rank(c1), old_of[epx_comm_rank(c1)], me);
@@ -188,7 +194,8 @@ static int shrink_rank(int me, void *arg)
         return 1;
     /* The old one may go first: the new one's bootstrap keeps it. */
     epx_comm_destroy(c0);
-    if (lose_and_shrink(sh, c1, sh->victims2, old_of, &n, &c2, 0))
+    static const int none[R];
+    if (lose_and_shrink(sh, c1, sh->victims2, none, old_of, &n, &c2, 0))
         return 1;
     CHECKF(old_of[epx_comm_rank(c2)] == me, "second shrink: new rank %d "
            "is old rank %d, not %d", epx_comm_rank(c2),
@@ -211,8 +218,8 @@ static int shrink_rank(int me, void *arg)
     return 0;
 }
 
-static void run(const char *tls, const char *file, int in_dispatch,
-                const int *v1, const int *v2)
+static void run_late(const char *tls, const char *file, int in_dispatch,
+                     const int *v1, const int *v2, const int *late)
 {
     shared_t *sh = epxt_shared_alloc(sizeof(*sh));
     assert_non_null(sh);
@@ -225,6 +232,10 @@ static void run(const char *tls, const char *file, int in_dispatch,
         sh->victims1[v1[i]] = 1;
     for (int i = 0; v2[i] >= 0; i++)
         sh->victims2[v2[i]] = 1;
+    for (int r = 0; r < R; r++)
+        sh->late[r] = 0;
+    for (int i = 0; late[i] >= 0; i++)
+        sh->late[late[i]] = 1;
     if (tls)
         setenv("EPX_TRANSPORTS", tls, 1);
     if (file)
@@ -237,7 +248,7 @@ static void run(const char *tls, const char *file, int in_dispatch,
     unsetenv("EPX_TOPO_FILE");
     unsetenv("UCX_TLS");
     for (int r = 0; r < R; r++) {
-        if (sh->victims1[r] || sh->victims2[r]) {
+        if (sh->victims1[r] || sh->victims2[r] || sh->late[r]) {
             assert_int_equal(rc[r], 128 + SIGKILL);
             continue;
         }
@@ -248,13 +259,25 @@ static void run(const char *tls, const char *file, int in_dispatch,
 }
 
 static const int root_and_3[] = { 0, 3, -1 }, four[] = { 4, -1 },
-                 two[] = { 2, -1 }, five[] = { 5, -1 };
+                 two[] = { 2, -1 }, five[] = { 5, -1 }, nobody[] = { -1 },
+                 three[] = { 3, -1 }, one[] = { 1, -1 };
+
+static void run(const char *tls, const char *file, int in_dispatch,
+                const int *v1, const int *v2)
+{
+    run_late(tls, file, in_dispatch, v1, v2, nobody);
+}
+
+/* Rank 1 dies after noticing rank 3's loss, while the others agree:
+ * they must agree without both. */
+static void shm_late(void **s) { (void)s; run_late(NULL, NULL, 1, three, five, one); }
 
 static void shm_barrier(void **s) { (void)s; run(NULL, NULL, 0, root_and_3, four); }
 static void shm_dispatch(void **s) { (void)s; run(NULL, NULL, 1, two, five); }
 #ifdef EPX_HAVE_UCX
 static void ucx_barrier(void **s) { (void)s; run("ucx", NULL, 0, root_and_3, four); }
 static void ucx_dispatch(void **s) { (void)s; run("ucx", NULL, 1, two, five); }
+static void ucx_late(void **s) { (void)s; run_late("ucx", NULL, 1, three, five, one); }
 static void mixed_dispatch(void **s)
 {
     (void)s;
@@ -269,7 +292,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(shm_barrier),
         cmocka_unit_test(shm_dispatch),
+        cmocka_unit_test(shm_late),
 #ifdef EPX_HAVE_UCX
+        cmocka_unit_test(ucx_late),
         cmocka_unit_test(ucx_barrier),
         cmocka_unit_test(ucx_dispatch),
         cmocka_unit_test(mixed_dispatch),
