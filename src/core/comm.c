@@ -104,7 +104,8 @@ epx_status_t epx__comm_create_boot(epx_boot_t *boot, double timeout_s,
     epx_rank_info_t mine = { 0 }, *all = calloc((size_t)boot->nranks, sizeof(*all));
     epx_topo_t *topo = NULL;
     if (!c || !all || !(c->peer_tl = calloc((size_t)boot->nranks, 1)) ||
-        !(c->peer_gone = calloc((size_t)boot->nranks, 1))) {
+        !(c->peer_gone = calloc((size_t)boot->nranks, 1)) ||
+        !(c->net_progress = calloc((size_t)boot->nranks, sizeof(uint64_t)))) {
         st = epx__error(EPX_ERR_NOMEM, "comm: out of memory");
         goto err_alloc;
     }
@@ -165,6 +166,7 @@ err_alloc:
         epx_topo_destroy(c->topo);
         free(c->peer_tl);
         free(c->peer_gone);
+        free(c->net_progress);
         unwatch_peers(c);
     }
     free(all);
@@ -298,6 +300,7 @@ static void comm_teardown(epx_comm_t *comm)
     epx_topo_destroy(comm->topo);
     free(comm->peer_tl);
     free(comm->peer_gone);
+    free(comm->net_progress);
     comm->boot->destroy(comm->boot);
     free(comm->owned);
     free(comm);

@@ -61,12 +61,26 @@ struct epx_comm {
      * Read by epx_comm_shrink (core/shrink.c) to agree on the live set. */
     uint8_t *peer_gone;
     uint64_t mbox_seq;          /* shrink mailbox rounds so far */
+    /* Where this rank is (the last engine step it entered, packed by
+     * EPX_PROGRESS_PACK) for the UCX liveness thread to send with every
+     * heartbeat, and where each UCX peer was by its last heartbeat (0:
+     * nothing heard): a timeout names where network peers are too. */
+    uint64_t progress_pub;
+    uint64_t *net_progress;     /* [nranks] (written only with UCX) */
+    unsigned next_engine;       /* engines created: their id */
     struct epx_comm *parent;    /* shrunk from it: its mailbox is our
                                    bootstrap, progressed with ours */
     int successors;             /* communicators shrunk from this one that
                                    still use its mailbox as their bootstrap
                                    (each also counts in nwin) */
 };
+
+/* A progress record in one word: engine id (mod 4095, + 1), step (0-15),
+ * layer (mod 65536), call (mod 2^32). */
+#define EPX_PROGRESS_PACK(engine, at, layer, call)                            \
+    ((uint64_t)((engine) % 4095u + 1u) << 52 |                               \
+     (uint64_t)((at) & 15) << 48 | (uint64_t)((layer) & 0xffff) << 32 |       \
+     (uint64_t)((call) & 0xffffffffu))
 
 epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
                                  void *recv, size_t bytes);

@@ -413,6 +413,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if (!m)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     m->comm = comm;
+    m->eid = comm->next_engine++;   /* collective: the same on every rank */
     m->R = comm->nranks;
     m->rank = comm->rank;
     m->ops = &moe_ht_ops;

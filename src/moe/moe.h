@@ -121,6 +121,7 @@ struct epx_moe {
     epx_win_t *win;
     uint64_t n_counts, n_data, n_comb;   /* phases done: signal targets */
     uint64_t calls;            /* dispatches started (progress records) */
+    unsigned eid;              /* the comm's engine number (progress) */
     int state;
     int broken;                /* a wait failed: peers are out of step */
     epx_handle_t *cur;         /* handle of the call in flight */

@@ -3,7 +3,9 @@
  * a small record in its own window (the call it is in, the step, the
  * layer), stored as it enters each step; a rank whose wait times out reads
  * the records of the peers it maps and names the ones behind it.  One
- * store per step: nothing on the data path.
+ * store per step: nothing on the data path.  Peers reached over UCX send
+ * their last record (one word, EPX_PROGRESS_PACK) with every heartbeat
+ * (src/transport/ucx/ucx_live.c, every 0.5 s), which stands in for it.
  */
 #include <stdio.h>
 #include <string.h>
@@ -37,6 +39,28 @@ void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call)
     __atomic_store_n(&p[MOE_PR_CALL], (int64_t)call, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_LAYER], (int64_t)layer, __ATOMIC_RELAXED);
     __atomic_store_n(&p[MOE_PR_AT], (int64_t)at, __ATOMIC_RELEASE);
+    if (m->comm->ucx_any)   /* sent with the UCX heartbeats */
+        __atomic_store_n(&m->comm->progress_pub,
+                         EPX_PROGRESS_PACK(m->eid, at, layer, call),
+                         __ATOMIC_RELAXED);
+}
+
+/* A network peer's record as of its last heartbeat, when it is about this
+ * engine: 1 and the words, else 0. */
+static int net_record(const epx_moe_t *m, int r, int64_t *pc, int64_t *pa,
+                      int64_t *pl, uint32_t call_now)
+{
+    if (!m->comm->ucx_any)
+        return 0;
+    uint64_t v = __atomic_load_n(&m->comm->net_progress[r], __ATOMIC_RELAXED);
+    if (!v || v >> 52 != EPX_PROGRESS_PACK(m->eid, 0, 0, 0) >> 52)
+        return 0;
+    /* the call mod 2^32, unwrapped near ours */
+    int32_t d = (int32_t)((uint32_t)v - call_now);
+    *pc = (int64_t)call_now + d;
+    *pa = (int64_t)(v >> 48 & 15);
+    *pl = (int64_t)(v >> 32 & 0xffff);
+    return 1;
 }
 
 epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
@@ -50,19 +74,23 @@ epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
     int n = snprintf(msg, sizeof(msg), "%s (call %lld, layer %lld): ranks "
                      "behind:", what, (long long)call,
                      (long long)mine[MOE_PR_LAYER]);
-    int behind = 0, unknown = 0, shown = 0;
+    int behind = 0, unknown = 0, shown = 0, heard = 0;
     for (int r = 0; r < m->R; r++) {
         if (r == m->rank)
             continue;
         const char *pw = epx__win_peer_ptr(m->win, r);
-        if (!pw) {   /* reached through the network: not readable here */
+        int64_t pc, pa, pl;
+        if (pw) {
+            const int64_t *p = (const int64_t *)(pw + m->off.progress);
+            pc = __atomic_load_n(&p[MOE_PR_CALL], __ATOMIC_RELAXED);
+            pa = __atomic_load_n(&p[MOE_PR_AT], __ATOMIC_ACQUIRE);
+            pl = __atomic_load_n(&p[MOE_PR_LAYER], __ATOMIC_RELAXED);
+        } else if (net_record(m, r, &pc, &pa, &pl, (uint32_t)call)) {
+            heard++;   /* over the network: its last heartbeat's record */
+        } else {
             unknown++;
             continue;
         }
-        const int64_t *p = (const int64_t *)(pw + m->off.progress);
-        int64_t pc = __atomic_load_n(&p[MOE_PR_CALL], __ATOMIC_RELAXED);
-        int64_t pa = __atomic_load_n(&p[MOE_PR_AT], __ATOMIC_ACQUIRE);
-        int64_t pl = __atomic_load_n(&p[MOE_PR_LAYER], __ATOMIC_RELAXED);
         int late = pc < call || (pc == call && pa < at);
         if (!late)
             continue;
@@ -84,8 +112,11 @@ epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
                       behind - shown);
     if (behind == 0)
         n += snprintf(msg + n, sizeof(msg) - (size_t)n, " none seen");
+    if (heard && n < (int)sizeof(msg))
+        n += snprintf(msg + n, sizeof(msg) - (size_t)n, "; %d over the "
+                      "network as of their last heartbeat", heard);
     if (unknown && n < (int)sizeof(msg))
         snprintf(msg + n, sizeof(msg) - (size_t)n, "; %d over the network "
-                 "not readable here", unknown);
+                 "not heard from", unknown);
     return epx__error(st, "%s [%s]", msg, prev);
 }

@@ -8,6 +8,8 @@
  * of order and a peer that never dispatches are reported, not hung on;
  * a combine call every rank gets wrong fails and leaves the handle usable.
  */
+#include "config.h"
+
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -591,6 +593,13 @@ static int stuck_rank(epx_comm_t *comm, void *arg)
                strstr(epx_last_error(), "rank 2 in dispatch_recv of call 2"),
                "the timeout does not name rank 2 and its step: %s",
                epx_last_error());
+        /* Over UCX the record came with rank 2's heartbeats. */
+        const char *tl = getenv("EPX_TRANSPORTS");
+        CHECKF(!tl || strcmp(tl, "ucx") ||
+               strstr(epx_last_error(), "over the network as of their last "
+                                        "heartbeat"),
+               "over UCX the message does not say where the record came "
+               "from: %s", epx_last_error());
         __atomic_fetch_add(stay, 1, __ATOMIC_SEQ_CST);
         stay_until(2);   /* leaving first would look like a death */
     }
@@ -608,6 +617,19 @@ static void stuck_rank_named(void **state)
                      EPX_OK);
     epxt_shared_free(stay, sizeof(int));
 }
+
+#ifdef EPX_HAVE_UCX
+/* The same over UCX: rank 2's record reaches the others with its
+ * heartbeats (its memory is not mapped by them). */
+static void stuck_rank_named_ucx(void **state)
+{
+    setenv("EPX_TRANSPORTS", "ucx", 1);
+    setenv("UCX_TLS", "tcp,self", 1);
+    stuck_rank_named(state);
+    unsetenv("EPX_TRANSPORTS");
+    unsetenv("UCX_TLS");
+}
+#endif
 
 int main(void)
 {
@@ -632,6 +654,9 @@ int main(void)
         { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },
         cmocka_unit_test(absent_peer_times_out),
         cmocka_unit_test(stuck_rank_named),
+#ifdef EPX_HAVE_UCX
+        cmocka_unit_test(stuck_rank_named_ucx),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

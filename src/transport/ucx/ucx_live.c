@@ -41,6 +41,7 @@ enum { LIVE_BEAT = 0, LIVE_BYE = 1 };
 
 typedef struct live_msg {
     int32_t src, kind;
+    uint64_t progress;          /* the sender's comm->progress_pub */
 } live_msg_t;
 
 typedef struct live_ep {
@@ -84,6 +85,9 @@ static ucs_status_t live_recv(void *arg, const void *hdr, size_t hlen,
         return UCS_OK;
     l->seen[m.src] = epx__now();
     l->heard[m.src] = 1;
+    if (m.progress && l->c->net_progress)
+        __atomic_store_n(&l->c->net_progress[m.src], m.progress,
+                         __ATOMIC_RELAXED);
     if (m.kind == LIVE_BYE)
         l->left[m.src] = 1;
     return UCS_OK;
@@ -103,6 +107,9 @@ static void live_send(epx_ucx_live_t *l, int kind)
         .op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS,
         .flags = UCP_AM_SEND_FLAG_EAGER,
     };
+    /* The newest record; a send still in flight may carry either. */
+    l->msg[kind].progress = __atomic_load_n(&l->c->progress_pub,
+                                            __ATOMIC_RELAXED);
     for (int r = 0; r < l->c->nranks; r++) {
         if (!l->eps[r] || l->broken[r] || l->left[r])
             continue;
@@ -334,8 +341,8 @@ epx_status_t epx__ucx_live_init(epx_comm_t *c, epx_ucx_comm_t *u)
         l->efd = l->wake = -1;
         /* checked by epx_settings_check before any communicator */
         l->silence = strtod(epx__cfg_str("EPX_PEER_SILENCE"), NULL);
-        l->msg[LIVE_BEAT] = (live_msg_t){ c->rank, LIVE_BEAT };
-        l->msg[LIVE_BYE] = (live_msg_t){ c->rank, LIVE_BYE };
+        l->msg[LIVE_BEAT] = (live_msg_t){ c->rank, LIVE_BEAT, 0 };
+        l->msg[LIVE_BYE] = (live_msg_t){ c->rank, LIVE_BYE, 0 };
         u->live = l;
         mine = live_open(c, l);
     } else {
