@@ -102,9 +102,10 @@ class Comm(_C.Comm):
         class, and a list of ``size`` bools, ``live[r]`` True when old rank
         r is kept (its new rank is ``sum(live[:r])``).
 
-        Afterwards this communicator's calls and its engines' fail
-        (``PeerError``); close it and its engines whenever convenient,
-        before or after the new one: the shared memory goes with the last
+        Use only the new communicator afterwards: after a loss this one's
+        calls and its engines' fail (``PeerError``).  Close it and its
+        engines whenever convenient, before or after the new one (or let
+        the garbage collector): the shared memory goes with the last
         communicator that uses it.  A rank lost during the shrink makes it
         fail on every survivor (``PeerError``, or ``TimeoutError`` on a rank
         that never heard of the loss); ranks taken for dead are out even if

@@ -2,7 +2,7 @@
 of which kills itself (SIGKILL) after a checked exchange; the survivors get
 ``epx.PeerError`` from a dispatch, shrink to 3 ranks (their new ranks in
 the old order, ``live``), the old communicator and engine fail and are
-closed first, and an elastic engine on the new communicator, placed by
+closed before or after the new one, and an elastic engine on the new communicator, placed by
 ``epx.balance.shrink`` (then re-planned by ``epx.balance.plan(lost=)``),
 is checked against a plain reference that leaves the lost experts out.
 And a shrink that loses nobody: a copy.  Fresh random inputs every run."""
@@ -79,7 +79,7 @@ def exchange(moe, rank, data, lost):
     return rows
 
 
-def rank_shrink(rank, n, seed, victim):
+def rank_shrink(rank, n, seed, victim, old_first):
     import epx
 
     rng = np.random.default_rng(seed)
@@ -103,14 +103,15 @@ def rank_shrink(rank, n, seed, victim):
     assert new.size == n - 1 and new.rank == rank - (rank > victim), (new.size, new.rank)
     assert not new.closed and repr(new) == f"epx.Comm(rank {new.rank} of {n - 1})"
     # The old communicator's calls fail from now on; closing and collecting
-    # it and its engine first leaves the new one whole.
+    # it and its engine first (old_first), or last, leaves the new one whole.
     with pytest.raises(epx.PeerError):
         comm.barrier()
-    moe.close()
-    comm.close()
-    assert comm.closed
-    del moe, comm
-    gc.collect()
+    if old_first:
+        moe.close()
+        comm.close()
+        assert comm.closed
+        del moe, comm
+        gc.collect()
     new.barrier()
 
     # The survivors keep their slots; the victim's experts found nowhere
@@ -140,6 +141,11 @@ def rank_shrink(rank, n, seed, victim):
 
     emoe.close()
     new.close()
+    if not old_first:
+        with pytest.raises(epx.PeerError):
+            moe.dispatch(x, idx, w)
+        moe.close()
+        comm.close()
     return new.rank, rows
 
 
@@ -170,10 +176,11 @@ def rank_copy(rank, n, seed):
     return rank
 
 
-@pytest.mark.parametrize("victim", [2, 0], ids=["rank2-dies", "root-dies"])
-def test_shrink_after_loss(victim):
+@pytest.mark.parametrize("victim,old_first", [(2, True), (0, False)],
+                         ids=["rank2-dies-old-closed-first", "root-dies-old-closed-last"])
+def test_shrink_after_loss(victim, old_first):
     seed = np.random.SeedSequence().entropy % 2**32   # fresh inputs every run
-    res = ranks.run(rank_shrink, R, seed, victim, backend="env", dies=(victim,))
+    res = ranks.run(rank_shrink, R, seed, victim, old_first, backend="env", dies=(victim,))
     assert res[victim] is None
     survivors = [r for r in res if r is not None]
     assert [new_rank for new_rank, _ in survivors] == list(range(R - 1))
