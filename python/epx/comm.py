@@ -95,18 +95,19 @@ class Comm(_C.Comm):
         the live ones, ranked densely in their old order.  Needs nothing
         from this communicator's bootstrap (its root or the torch group may
         have lost the dead rank): the agreement and the new communicator's
-        bootstrap go through this one's shared memory, so the new one never
+        bootstrap go through this one's barrier window, so the new one never
         calls a Python all-gather, and its engines are agreed the same way.
 
         Returns ``(comm, live)``: the new communicator, of this object's
-        class, and a list of ``size`` bools, ``live[r]`` True when old rank
-        r is kept (its new rank is ``sum(live[:r])``).
+        class (made without calling ``__init__``), and a list of ``size``
+        bools, ``live[r]`` True when old rank r is kept (its new rank is
+        ``sum(live[:r])``).
 
         Use only the new communicator afterwards: after a loss this one's
         calls and its engines' fail (``PeerError``).  Close it and its
         engines whenever convenient, before or after the new one (or let
-        the garbage collector): the shared memory goes with the last
-        communicator that uses it.  A rank lost during the shrink makes it
+        the garbage collector): the library frees what they share with the
+        last communicator that uses it.  A rank lost during the shrink makes it
         fail on every survivor (``PeerError``, or ``TimeoutError`` on a rank
         that never heard of the loss); ranks taken for dead are out even if
         they come back.
