@@ -84,6 +84,36 @@ class Comm(_C.Comm):
             for k in added:
                 env.pop(k, None)
 
+    def shrink(self):
+        """Elastic expert parallelism: the communicator of the ranks still
+        alive, after a peer was lost (a call raised :class:`epx.PeerError`),
+        or a copy of this one when none was lost (epx_comm_shrink).
+
+        Collective over the survivors; runs without the GIL.  They agree on
+        the live set (every rank any of them saw dead, or that closed this
+        communicator, is out) and get a new communicator whose ranks are
+        the live ones, ranked densely in their old order.  Needs nothing
+        from this communicator's bootstrap (its root or the torch group may
+        have lost the dead rank): the agreement and the new communicator's
+        bootstrap go through this one's barrier window, so the new one never
+        calls a Python all-gather, and its engines are agreed the same way.
+
+        Returns ``(comm, live)``: the new communicator, of this object's
+        class (made without calling ``__init__``), and a list of ``size``
+        bools, ``live[r]`` True when old rank r is kept (its new rank is
+        ``sum(live[:r])``).
+
+        Use only the new communicator afterwards: after a loss this one's
+        calls and its engines' fail (``PeerError``).  Close it and its
+        engines whenever convenient, before or after the new one (or let
+        the garbage collector): the library frees what they share with the
+        last communicator that uses it.  A rank lost during the shrink makes it
+        fail on every survivor (``PeerError``, or ``TimeoutError`` on a rank
+        that never heard of the loss); ranks taken for dead are out even if
+        they come back.
+        """
+        return super().shrink()
+
     def __repr__(self):
         state = "closed" if self.closed else f"rank {self.rank} of {self.size}"
         return f"epx.Comm({state})"

@@ -1,6 +1,6 @@
 /*
- * The placement planner (epx_balance_plan, epx_balance_metrics): pure
- * computation, run without the GIL.
+ * The placement planner (epx_balance_plan, epx_balance_metrics,
+ * epx_balance_shrink): pure computation, run without the GIL.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -55,24 +55,38 @@ PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
     static char *kwlist[] = { "loads", "slots", "ranks", "groups", "domains",
-                              "policy", "current", NULL };
+                              "policy", "current", "lost", NULL };
     PyObject *lo, *cur = Py_None;
+    Py_buffer lostb = { 0 };
     int slots, ranks, groups = 1, domains = 1, ok;
     const char *pol = "epx";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oii|iisO", kwlist, &lo,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oii|iisOz*", kwlist, &lo,
                                      &slots, &ranks, &groups, &domains, &pol,
-                                     &cur))
+                                     &cur, &lostb))
         return NULL;
+    /* lost: [layers][experts] bytes (the Python layer makes them) */
+    const uint8_t *lost = lostb.buf;
     epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
     p.policy = policy_of(pol, &ok);
-    if (!ok)
-        return NULL;
     epxpy_array_t la, ca;
     memset(&ca, 0, sizeof(ca));
-    double *load = loads_import(lo, &la, &p.num_layers, &p.num_experts);
-    epxpy_array_release(&la);
-    if (!load)
+    double *load = ok ? loads_import(lo, &la, &p.num_layers, &p.num_experts)
+                      : NULL;
+    if (ok)
+        epxpy_array_release(&la);
+    if (load && lost &&
+        lostb.len != (Py_ssize_t)p.num_layers * p.num_experts) {
+        epxpy_raisef(EPX_ERR_INVALID, "lost: %zd entries, expected layers x "
+                     "experts = %lld", lostb.len,
+                     (long long)p.num_layers * p.num_experts);
+        free(load);
+        load = NULL;
+    }
+    if (!load) {
+        PyBuffer_Release(&lostb);
         return NULL;
+    }
+    p.lost = lost;
     p.num_slots = slots;
     p.num_ranks = ranks;
     p.num_groups = groups;
@@ -81,11 +95,13 @@ PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw)
         if (epxpy_array_import(cur, "current", 1u << EPX_DTYPE_INT32, 0,
                                &ca) < 0) {
             free(load);
+            PyBuffer_Release(&lostb);
             return NULL;
         }
         if (ca.t.rows * ca.t.cols != (int64_t)p.num_layers * slots) {
             epxpy_array_release(&ca);
             free(load);
+            PyBuffer_Release(&lostb);
             return epxpy_raisef(EPX_ERR_INVALID, "current: %lld entries, "
                                 "expected layers x slots = %lld",
                                 (long long)(ca.t.rows * ca.t.cols),
@@ -94,11 +110,25 @@ PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw)
         p.current_phy2log = ca.t.data;
     }
     int L = p.num_layers, E = p.num_experts;
-    int maxrep = slots - E + 1 > 1 ? slots - E + 1 : 1;
+    /* An expert has at most slots - (available experts) + 1 replicas: with
+     * lost ones, the fewest available in any layer. */
+    int avail = E;
+    if (lost && L > 0) {
+        avail = E;
+        for (int l = 0; l < L; l++) {
+            int a = 0;
+            for (int e = 0; e < E; e++)
+                a += !lost[(size_t)l * (size_t)E + (size_t)e];
+            if (a < avail)
+                avail = a;
+        }
+    }
+    int maxrep = slots - avail + 1 > 1 ? slots - avail + 1 : 1;
     int64_t s1[2] = { L, slots > 0 ? slots : 0 }, s2[3] = { L, E, maxrep },
             s3[2] = { L, E };
     PyObject *phy = NULL, *l2p = NULL, *cnt = NULL;
-    if (slots >= E && E > 0 && L > 0) {   /* else the library says why */
+    if (slots >= avail && slots > 0 && E > 0 && L > 0) {
+        /* else the library says why */
         phy = epxpy_buffer_new(NULL, EPX_DTYPE_INT32, 2, s1, NULL);
         l2p = epxpy_buffer_new(NULL, EPX_DTYPE_INT32, 3, s2, NULL);
         cnt = epxpy_buffer_new(NULL, EPX_DTYPE_INT32, 2, s3, NULL);
@@ -122,6 +152,7 @@ PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw)
     }
     epxpy_array_release(&ca);
     free(load);
+    PyBuffer_Release(&lostb);
     return Py_BuildValue("(NNN)", phy, l2p, cnt);
 err:
     Py_XDECREF(phy);
@@ -129,6 +160,7 @@ err:
     Py_XDECREF(cnt);
     epxpy_array_release(&ca);
     free(load);
+    PyBuffer_Release(&lostb);
     return NULL;
 }
 
@@ -187,4 +219,58 @@ PyObject *epxpy_balance_metrics(PyObject *self, PyObject *args, PyObject *kw)
         return lb && li ? epxpy_raise(st) : NULL;
     }
     return Py_BuildValue("(ddNN)", bal, imb, lb, li);
+}
+
+/* shrink(phy2log [layers][slots] int32, live bytes [ranks], experts) ->
+ * (new_phy2log [layers][live ranks x slots per rank], lost [layers]
+ * [experts] uint8, num_lost). */
+PyObject *epxpy_balance_shrink(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwlist[] = { "phy2log", "live", "experts", NULL };
+    PyObject *po;
+    Py_buffer lv;
+    int experts;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oy*i", kwlist, &po, &lv,
+                                     &experts))
+        return NULL;
+    epxpy_array_t pa;
+    if (epxpy_array_import(po, "phy2log", 1u << EPX_DTYPE_INT32, 0, &pa) < 0) {
+        PyBuffer_Release(&lv);
+        return NULL;
+    }
+    const uint8_t *live = lv.buf;
+    int R = (int)lv.len, L = (int)pa.t.rows, S = (int)pa.t.cols, nlive = 0;
+    for (int r = 0; r < R; r++)
+        nlive += live[r] != 0;
+    epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
+    p.num_layers = L;
+    p.num_experts = experts;
+    p.num_slots = S;
+    p.num_ranks = R;
+    /* outputs sized only for what the library accepts; it says why not */
+    int ok = R > 0 && L > 0 && experts > 0 && S > 0 && S % R == 0;
+    int64_t s1[2] = { L, ok ? (int64_t)nlive * (S / R) : 0 },
+            s2[2] = { L, ok ? experts : 0 };
+    PyObject *np = epxpy_buffer_new(NULL, EPX_DTYPE_INT32, 2, s1, NULL);
+    PyObject *lo = epxpy_buffer_new(NULL, EPX_DTYPE_UE8M0, 2, s2, NULL);
+    int64_t num_lost = 0;
+    epx_status_t st = EPX_ERR_NOMEM;
+    if (np && lo) {
+        static int32_t dummy_p[1];
+        static uint8_t dummy_l[1];
+        int32_t *npp = ok && nlive ? ((epxpy_buffer_t *)np)->data : dummy_p;
+        uint8_t *lop = ok ? ((epxpy_buffer_t *)lo)->data : dummy_l;
+        Py_BEGIN_ALLOW_THREADS
+        st = epx_balance_shrink(&p, pa.t.data, live, npp, lop, &num_lost);
+        Py_END_ALLOW_THREADS
+    }
+    epxpy_array_release(&pa);
+    PyBuffer_Release(&lv);
+    if (st != EPX_OK) {
+        Py_XDECREF(np);
+        Py_XDECREF(lo);
+        return np && lo ? epxpy_raise(st) : NULL;
+    }
+    return Py_BuildValue("(NNL)", np, lo, (long long)num_lost);
 }

@@ -240,6 +240,61 @@ static PyObject *comm_barrier(epxpy_comm_t *self, PyObject *noarg)
     Py_RETURN_NONE;
 }
 
+/* The survivors' communicator (epx_comm_shrink), of this object's type.
+ * Its bootstrap lives in the library (the old communicator's mailbox), so
+ * it has no Python all-gather and owes nothing to this object: either may
+ * be closed or collected first, the library keeping the shared memory
+ * until the last one goes. */
+static PyObject *comm_shrink(epxpy_comm_t *self, PyObject *noarg)
+{
+    (void)noarg;
+    if (epxpy_comm_check(self) < 0)
+        return NULL;
+    /* Everything that could fail is made before the collective: once the
+     * survivors agreed, only the library's own errors remain. */
+    int n = self->size;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject *noargs = PyTuple_New(0);
+    PyObject *nc = noargs ? tp->tp_new(tp, noargs, NULL) : NULL;
+    Py_XDECREF(noargs);
+    PyObject *list = nc ? PyList_New(n) : NULL;
+    uint8_t *live = list ? calloc((size_t)(n > 0 ? n : 1), 1) : NULL;
+    if (!live) {
+        Py_XDECREF(list);
+        Py_XDECREF(nc);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    if (epxpy_comm_enter(self) < 0) {
+        free(live);
+        Py_DECREF(list);
+        Py_DECREF(nc);
+        return NULL;
+    }
+    epx_comm_t *out = NULL;
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_comm_shrink(self->comm, live, &out);
+    Py_END_ALLOW_THREADS
+    epxpy_comm_leave(self);
+    if (st != EPX_OK) {
+        free(live);
+        Py_DECREF(list);
+        Py_DECREF(nc);
+        return epxpy_raise(st);
+    }
+    for (int r = 0; r < n; r++) {
+        PyObject *b = live[r] ? Py_True : Py_False;
+        Py_INCREF(b);
+        PyList_SET_ITEM(list, r, b);
+    }
+    free(live);
+    epxpy_comm_t *c = (epxpy_comm_t *)nc;
+    c->comm = out;
+    c->rank = epx_comm_rank(out);
+    c->size = epx_comm_size(out);
+    return Py_BuildValue("(NN)", nc, list);
+}
+
 static PyObject *comm_get_rank(epxpy_comm_t *self, void *c)
 {
     (void)c;
@@ -262,6 +317,9 @@ static PyMethodDef comm_methods[] = {
     { "barrier", (PyCFunction)comm_barrier, METH_NOARGS, "barrier()" },
     { "close", (PyCFunction)comm_close, METH_NOARGS,
       "close(): destroy the communicator (after its engines)" },
+    { "shrink", (PyCFunction)comm_shrink, METH_NOARGS,
+      "shrink() -> (Comm, live): collective over the live ranks after a "
+      "peer was lost (epx_comm_shrink); see epx.Comm.shrink" },
     { NULL, NULL, 0, NULL }
 };
 

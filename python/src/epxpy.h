@@ -128,5 +128,6 @@ void epxpy_comm_destroy_engine(epxpy_comm_t *c, epx_moe_t *m);
 
 PyObject *epxpy_balance_plan(PyObject *self, PyObject *args, PyObject *kw);
 PyObject *epxpy_balance_metrics(PyObject *self, PyObject *args, PyObject *kw);
+PyObject *epxpy_balance_shrink(PyObject *self, PyObject *args, PyObject *kw);
 
 #endif

@@ -98,6 +98,8 @@ static PyMethodDef methods[] = {
       METH_VARARGS | METH_KEYWORDS, "see epx.balance.plan" },
     { "balance_metrics", (PyCFunction)(void (*)(void))epxpy_balance_metrics,
       METH_VARARGS | METH_KEYWORDS, "see epx.balance.metrics" },
+    { "balance_shrink", (PyCFunction)(void (*)(void))epxpy_balance_shrink,
+      METH_VARARGS | METH_KEYWORDS, "see epx.balance.shrink" },
     { NULL, NULL, 0, NULL }
 };
 

@@ -1,10 +1,12 @@
 """Run a function on N ranks: N processes joined by a gloo
 torch.distributed group (or, with backend="env", by epx's own environment
 bootstrap, without torch).  Each rank's return value comes back; an
-exception on any rank fails the run with that rank's traceback."""
+exception on any rank fails the run with that rank's traceback.  Ranks
+may be made to die on purpose (``dies``), for the elastic tests."""
 
 import multiprocessing as mp
 import os
+import signal
 import socket
 import traceback
 
@@ -65,10 +67,13 @@ def _context():
     return _ctx
 
 
-def run(fn, n, *args, backend="gloo", timeout=240):
+def run(fn, n, *args, backend="gloo", timeout=240, dies=()):
     """fn(rank, nranks, *args) on n ranks; returns [result of rank r].
     backend: "gloo" (a torch.distributed group), "env" (EPX_* variables)
-    or "torchrun" (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT only)."""
+    or "torchrun" (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT only).
+    dies: ranks that must end killed by SIGKILL (they kill themselves, to
+    test the survivors' recovery) without a result; their entries are
+    None, and a rank of them that returns or ends otherwise fails the run."""
     ctx = _context()
     q = ctx.Queue()
     port = free_port()
@@ -77,14 +82,24 @@ def run(fn, n, *args, backend="gloo", timeout=240):
         p.start()
     results, errors = {}, []
     try:
-        for _ in range(n):
+        for _ in range(n - len(set(dies))):
             rank, ok, val = q.get(timeout=timeout)
-            (results.__setitem__(rank, val) if ok else errors.append(f"rank {rank}:\n{val}"))
+            if rank in dies:
+                errors.append(f"rank {rank}: should have been killed, " +
+                              ("returned " + repr(val) if ok else f"failed:\n{val}"))
+            elif ok:
+                results[rank] = val
+            else:
+                errors.append(f"rank {rank}:\n{val}")
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
+    for r in sorted(set(dies)):
+        code = procs[r].exitcode
+        if code != -signal.SIGKILL:
+            errors.append(f"rank {r}: exit code {code}, expected -SIGKILL")
     if errors:
         raise AssertionError("\n".join(errors))
-    return [results[r] for r in range(n)]
+    return [results.get(r) for r in range(n)]

@@ -87,6 +87,62 @@ def test_bad_plans(kw, word):
         epx.balance.plan(np.ones((2, 2, 2)), 8, 2)
 
 
+@pytest.mark.parametrize("L,E,R,spr", [(3, 16, 4, 5), (1, 10, 5, 2), (2, 8, 2, 4)])
+def test_shrink_and_plan_with_lost(L, E, R, spr):
+    """shrink against the surviving slots computed here; plan(lost=) gives
+    lost experts nothing and every slot to the available ones."""
+    rng = np.random.default_rng()
+    S = R * spr
+    phy = np.stack([rng.permutation(np.arange(S) % E) for _ in range(L)]).astype(np.int32)
+    live = [True] * R
+    for r in rng.choice(R, rng.integers(1, R), replace=False):
+        live[r] = False
+    keep = [r for r in range(R) if live[r]]
+    want = np.concatenate([phy[:, r * spr:(r + 1) * spr] for r in keep], axis=1)
+    new, lost = epx.balance.shrink(phy, live, E)
+    assert new.dtype == np.int32 and np.array_equal(new, want)
+    want_lost = np.array([[e not in set(want[layer].tolist()) for e in range(E)] for layer in range(L)])
+    assert lost.dtype == np.uint8 and np.array_equal(lost, want_lost.astype(np.uint8))
+    one, lost1 = epx.balance.shrink(phy[0], np.array(live), E)   # 1-D, numpy mask
+    assert np.array_equal(one, want[0]) and np.array_equal(lost1, lost[0])
+
+    slots = len(keep) * spr
+    loads = rng.zipf(1.5, size=(L, E)).astype(np.float64)
+    p, l2p, cnt = epx.balance.plan(loads, slots, len(keep), lost=lost)
+    avail = (lost == 0).sum(1)
+    assert p.shape == (L, slots) and l2p.shape == (L, E, slots - avail.min() + 1)
+    for layer in range(L):
+        assert sorted(set(p[layer].tolist())) == [e for e in range(E) if not lost[layer, e]]
+        for e in range(E):
+            where = [s for s in range(slots) if p[layer, s] == e]
+            assert cnt[layer, e] == len(where)
+            assert sorted(l2p[layer, e, :len(where)].tolist()) == where
+            assert (l2p[layer, e, len(where):] == -1).all()
+    # lost= as bools: the same plan; a mask of another shape: refused
+    p2, _, _ = epx.balance.plan(loads, slots, len(keep), lost=lost.astype(bool))
+    assert np.array_equal(p2, p)
+    with pytest.raises(epx.InvalidError, match="lost"):
+        epx.balance.plan(loads, slots, len(keep), lost=lost[:, :-1])
+
+
+def test_shrink_torch_and_errors():
+    torch = pytest.importorskip("torch")
+    phy = torch.tensor([[0, 1, 2, 3, 0, 1]], dtype=torch.int64)
+    new, lost = epx.balance.shrink(phy, torch.tensor([True, True, False]), 4)
+    assert isinstance(new, torch.Tensor) and new.tolist() == [[0, 1, 2, 3]]
+    assert lost.dtype == torch.uint8 and lost.tolist() == [[0, 0, 0, 0]]
+    new, lost = epx.balance.shrink(phy, [False, True, True], 4)
+    assert new.tolist() == [[2, 3, 0, 1]] and lost.tolist() == [[0, 0, 0, 0]]
+    new, lost = epx.balance.shrink(phy, [True, False, False], 4)
+    assert new.tolist() == [[0, 1]] and lost.tolist() == [[0, 0, 1, 1]]
+    with pytest.raises(epx.InvalidError, match="no live rank"):
+        epx.balance.shrink(phy, [False] * 3, 4)
+    with pytest.raises(epx.InvalidError):
+        epx.balance.shrink(phy, [True] * 4, 4)   # 6 slots over 4 ranks
+    with pytest.raises(epx.InvalidError):
+        epx.balance.shrink(phy, [True] * 3, 3)   # expert 3 out of range
+
+
 def rank_stats(rank, R, seed):
     import torch
 
