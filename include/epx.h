@@ -152,9 +152,9 @@ epx_status_t epx_comm_barrier(epx_comm_t *comm);
  * (optional, [size of comm]) gets 1 for each rank kept, 0 for the others.
  * Needs nothing from comm's bootstrap (its root may be the rank lost): the
  * agreement and the new communicator's bootstrap go through comm's
- * barrier window.  comm's calls fail from then on (EPX_ERR_PEER); destroy
- * it, and its engines, whenever convenient: its memory goes with the last
- * communicator shrunk from it.  A rank lost during the shrink makes it
+ * barrier window.  After a loss comm's calls fail (EPX_ERR_PEER; without
+ * one it keeps working); destroy it, and its engines, whenever convenient:
+ * its memory goes with the last communicator shrunk from it.  A rank lost during the shrink makes it
  * fail on every survivor (EPX_ERR_PEER, or EPX_ERR_TIMEOUT on a rank that
  * never heard of the loss); the ranks a survivor took for dead (a stopped
  * process) are out even if they come back, and such a rank's own shrink
