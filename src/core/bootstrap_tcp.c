@@ -162,7 +162,8 @@ static epx_status_t root_listen(const char *root, int *out)
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) || listen(fd, 128)) {
+    if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) ||
+        listen(fd, SOMAXCONN)) {
         epx_status_t st = epx__syserror(EPX_ERR_BOOTSTRAP,
                                         "bootstrap: cannot listen on %s", root);
         if (fd >= 0)
@@ -454,6 +455,32 @@ static epx_status_t peer_handshake(tcp_boot_t *b, int fd, const char *root,
     return EPX_OK;
 }
 
+/* connect() that gives up after at most a second (or the deadline): a
+ * blocking one whose SYN was dropped (the root's accept queue full while
+ * hundreds of ranks start on a loaded host) would wait for the kernel's
+ * SYN retries, about two minutes, past any deadline.  0, or -1 to retry. */
+static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len,
+                           double deadline)
+{
+    int fl = fcntl(fd, F_GETFL, 0);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        return connect(fd, sa, len);
+    int rc = connect(fd, sa, len);
+    if (rc != 0 && errno == EINPROGRESS) {
+        double left = deadline - epx__now();
+        int ms = left > 1.0 ? 1000 : left > 0 ? (int)(left * 1000) + 1 : 0;
+        struct pollfd pfd = { fd, POLLOUT, 0 };
+        int err = 0;
+        socklen_t el = sizeof(err);
+        rc = poll(&pfd, 1, ms) == 1 &&
+             getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0
+                 ? 0 : -1;
+    }
+    if (rc == 0 && fcntl(fd, F_SETFL, fl) != 0)
+        rc = -1;
+    return rc;
+}
+
 static epx_status_t peer_connect(tcp_boot_t *b, const char *root,
                                  const char *key, double deadline)
 {
@@ -473,7 +500,8 @@ static epx_status_t peer_connect(tcp_boot_t *b, const char *root,
                                   "bootstrap: cannot reach rank 0 at %s", root);
             if (getaddrinfo(host, port, &hints, &ai) == 0) {
                 fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+                if (fd >= 0 && connect_bounded(fd, ai->ai_addr, ai->ai_addrlen,
+                                               deadline) != 0) {
                     close(fd);
                     fd = -1;
                 }

@@ -90,7 +90,7 @@ epx_status_t epx_launch_local(int nranks, const epx_comm_params_t *params,
                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
     socklen_t slen = sizeof(sa);
     if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) ||
-        listen(lfd, 256) || getsockname(lfd, (struct sockaddr *)&sa, &slen)) {
+        listen(lfd, SOMAXCONN) || getsockname(lfd, (struct sockaddr *)&sa, &slen)) {
         st = epx__syserror(EPX_ERR_SYSTEM, "launch: bootstrap socket");
         if (lfd >= 0)
             close(lfd);
