@@ -90,3 +90,16 @@ def combine(data, rank, E, R, bf16=False):
                 acc = (acc + (round_bf16(part) if bf16 else part)).astype(np.float32)
         out[t] = round_bf16(acc) if bf16 else acc
     return out
+
+
+def combine_without_lost(x, idx, w, lost):
+    """Combine's output where expert e multiplies by (e + 1) and the
+    entries of lost experts (and -1) are left out, in float32."""
+    H = x.shape[1]
+    want = np.zeros((len(x), H), np.float32)
+    for t in range(len(x)):
+        for k in range(idx.shape[1]):
+            e = int(idx[t, k])
+            if e >= 0 and e not in lost:
+                want[t] += w[t, k] * x[t] * (e + 1)
+    return want

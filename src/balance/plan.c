@@ -378,43 +378,32 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
                              : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
     if (st != EPX_OK)
         goto out;
-    int maxcnt = 0;
     if (budget >= 0) {
         double before, after;
         st = epx__bal_replan(&sh, load, params->current_phy2log, lost, budget,
                              p2l, prank, cnt, &before, &after);
-        epx__bal_work_free(&wk);
-        if (st != EPX_OK)
-            goto out;
-        for (size_t i = 0; i < LE; i++)
-            maxcnt = cnt[i] > maxcnt ? cnt[i] : maxcnt;
-        goto write;
-    }
-    if (lost) {
+    } else if (lost) {
         st = plan_lost(params, &sh, lost, load, &wk, p2l, prank, cnt);
-        epx__bal_work_free(&wk);
-        if (st != EPX_OK)
-            goto out;
-        for (size_t i = 0; i < LE; i++)
-            maxcnt = cnt[i] > maxcnt ? cnt[i] : maxcnt;
-        goto write;
-    }
-    for (int l = 0; l < sh.L; l++) {
-        const double *ld = load + (size_t)l * sh.E;
-        int32_t *lp = p2l + (size_t)l * sh.S, *lr = prank + (size_t)l * sh.S;
-        int32_t *lc = cnt + (size_t)l * sh.E;
-        if (params->policy == EPX_BALANCE_DEEPSEEK)
-            epx__plan_deepseek(&sh, ld, &wk, lp, lr, lc);
-        else
-            epx__plan_epx(&sh, ld, params->current_phy2log
-                                       ? params->current_phy2log + (size_t)l * sh.S
-                                       : NULL, &wk, lp, lr, lc);
-        for (int e = 0; e < sh.E; e++)
-            if (lc[e] > maxcnt)
-                maxcnt = lc[e];
+    } else {
+        for (int l = 0; l < sh.L; l++) {
+            const double *ld = load + (size_t)l * sh.E;
+            int32_t *lp = p2l + (size_t)l * sh.S, *lr = prank + (size_t)l * sh.S;
+            int32_t *lc = cnt + (size_t)l * sh.E;
+            if (params->policy == EPX_BALANCE_DEEPSEEK)
+                epx__plan_deepseek(&sh, ld, &wk, lp, lr, lc);
+            else
+                epx__plan_epx(&sh, ld, params->current_phy2log
+                                           ? params->current_phy2log +
+                                                 (size_t)l * sh.S
+                                           : NULL, &wk, lp, lr, lc);
+        }
     }
     epx__bal_work_free(&wk);
-write:
+    if (st != EPX_OK)
+        goto out;
+    int maxcnt = 0;
+    for (size_t i = 0; i < LE; i++)
+        maxcnt = cnt[i] > maxcnt ? cnt[i] : maxcnt;
     if (log2phy && maxcnt > max_replicas) {
         st = epx__error(EPX_ERR_RANGE,
                         "balance: an expert got %d replicas but log2phy has "
