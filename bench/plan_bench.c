@@ -4,10 +4,11 @@
  *
  *   epx-plan-bench [--layers 61] [--experts 256] [--slots 288] [--ranks 72]
  *                  [--groups 8] [--domains 1] [--zipf 0.6] [--tokens 32768]
- *                  [--reps 21] [--seed N]
+ *                  [--reps 21] [--seed N] [--threads 1]
  *
  * Loads: per layer, `tokens` routed tokens (top-k choices) over the experts
- * with Zipf(s) probabilities in a random order per layer.  One thread.
+ * with Zipf(s) probabilities in a random order per layer.  --threads:
+ * epx_balance_params_t.num_threads (the plans are the same for any).
  */
 #include <getopt.h>
 #include <math.h>
@@ -153,6 +154,7 @@ static void budgeted(epx_balance_params_t *p, const double *load,
 int main(int argc, char **argv)
 {
     epx_balance_params_t p = EPX_BALANCE_PARAMS_INIT;
+    p.num_threads = 1;
     p.num_layers = 61;
     p.num_experts = 256;
     p.num_slots = 288;
@@ -168,6 +170,7 @@ int main(int argc, char **argv)
         { "groups", 1, 0, 'g' }, { "domains", 1, 0, 'd' },
         { "zipf", 1, 0, 'z' }, { "tokens", 1, 0, 't' },
         { "reps", 1, 0, 'n' }, { "seed", 1, 0, 'S' },
+        { "threads", 1, 0, 'T' },
         { "help", 0, 0, 'h' }, { 0, 0, 0, 0 } };
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -182,15 +185,19 @@ int main(int argc, char **argv)
         case 't': tokens = atof(optarg); break;
         case 'n': reps = atoi(optarg); break;
         case 'S': seed = strtoull(optarg, NULL, 0); break;
+        case 'T': p.num_threads = atoi(optarg); break;
         default:
             fprintf(stderr, "usage: epx-plan-bench [--layers N] [--experts N] "
                     "[--slots N] [--ranks N] [--groups N] [--domains N] "
-                    "[--zipf S] [--tokens N] [--reps N] [--seed N] [-h|--help]\n");
+                    "[--zipf S] [--tokens N] [--reps N] [--seed N] "
+                    "[--threads N] [-h|--help]\n");
             return c == 'h' ? 0 : 2;
         }
     }
-    if (reps < 1 || p.num_layers < 1 || p.num_experts < 1) {
-        fprintf(stderr, "epx-plan-bench: reps, layers and experts must be >= 1\n");
+    if (reps < 1 || p.num_layers < 1 || p.num_experts < 1 ||
+        p.num_threads < 1) {
+        fprintf(stderr, "epx-plan-bench: reps, layers, experts and threads "
+                "must be >= 1\n");
         return 2;
     }
     rng_state = seed;
@@ -212,9 +219,10 @@ int main(int argc, char **argv)
 
     printf("epx-plan-bench: %d layers x %d experts -> %d slots on %d ranks, "
            "%d groups, %d domains; Zipf s=%g, %g tokens/layer, seed %llu, "
-           "%d reps, one thread\n", p.num_layers, p.num_experts, p.num_slots,
+           "%d reps, %d thread%s\n", p.num_layers, p.num_experts, p.num_slots,
            p.num_ranks, p.num_groups, p.num_domains, zipf, tokens,
-           (unsigned long long)seed, reps);
+           (unsigned long long)seed, reps, p.num_threads,
+           p.num_threads > 1 ? "s" : "");
     double b0, i0;
     if (epx_balance_metrics(&p, load, NULL, &b0, &i0, NULL, NULL))
         die("metrics");

@@ -835,7 +835,7 @@ typedef struct epx_balance_report {
     double max_after;          /* the same for the plan */
 } epx_balance_report_t;
 
-#define EPX_BALANCE_PARAMS_VERSION 3
+#define EPX_BALANCE_PARAMS_VERSION 4
 typedef struct epx_balance_params {
     size_t struct_size;        /* sizeof(epx_balance_params_t) */
     unsigned version;          /* EPX_BALANCE_PARAMS_VERSION */
@@ -876,11 +876,17 @@ typedef struct epx_balance_params {
      * re-planning never places a lost expert.  Metrics: see
      * epx_balance_metrics.  NULL: every expert is available. */
     const uint8_t *lost;
+    /* version 4.  Threads that plan layers at once, the caller's among
+     * them (0 or 1: the caller's alone); the plan is the same for any
+     * number.  Layers are independent when planned from scratch (with or
+     * without lost experts); budgeted re-planning shares one budget over
+     * the layers and uses them only for each layer's first search. */
+    int num_threads;
 } epx_balance_params_t;
 
 #define EPX_BALANCE_PARAMS_INIT                                               \
     { sizeof(epx_balance_params_t), EPX_BALANCE_PARAMS_VERSION, 0, 0, 0, 1,   \
-      1, 0, EPX_BALANCE_EPX, NULL, -1, -1, 0, NULL, NULL }
+      1, 0, EPX_BALANCE_EPX, NULL, -1, -1, 0, NULL, NULL, 0 }
 
 /* Plan a placement.  load: [layers][experts], finite and >= 0.
  * phy2log: [layers][slots], the logical expert of each slot.

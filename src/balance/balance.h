@@ -46,6 +46,19 @@ typedef struct bal_work {
 
 epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh);
 
+/* Layers 0..L-1 by up to nthreads threads (parallel.c): layer(ctx, tls, l)
+ * with a thread's scratch from tls_init (freed by tls_fini). */
+typedef struct bal_par {
+    int L, nthreads;
+    epx_status_t (*layer)(void *ctx, void *tls, int l);
+    epx_status_t (*tls_init)(void *ctx, void **tls);
+    void (*tls_fini)(void *tls);
+    void *ctx;
+} bal_par_t;
+epx_status_t epx__bal_par_run(const bal_par_t *p);
+/* params->num_threads when the caller's struct has it (version 4), else 1. */
+int epx__bal_threads(const epx_balance_params_t *p);
+
 /* params->lost when the caller's struct has it (version 3), else NULL. */
 const uint8_t *epx__bal_lost(const epx_balance_params_t *p);
 
@@ -151,7 +164,7 @@ int epx__bal_ls_improve(bal_ls_t *ls, long max_steps);
  * experts only, so a lost expert never gets a slot. */
 epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
                              const int32_t *current, const uint8_t *lost,
-                             int64_t budget,
+                             int64_t budget, int nthreads,
                              int32_t *phy2log, int32_t *phyrank,
                              int32_t *logcnt, double *max_before,
                              double *max_after);

@@ -65,6 +65,15 @@ epx_status_t epx__bal_shape(const epx_balance_params_t *p, bal_shape_t *sh)
     return EPX_OK;
 }
 
+int epx__bal_threads(const epx_balance_params_t *p)
+{
+    if (p->version >= 4 && p->struct_size >= offsetof(epx_balance_params_t,
+                                                       num_threads) +
+                                                  sizeof(p->num_threads))
+        return p->num_threads > 1 ? p->num_threads : 1;
+    return 1;
+}
+
 const uint8_t *epx__bal_lost(const epx_balance_params_t *p)
 {
     if (p->version >= 3 && p->struct_size >= offsetof(epx_balance_params_t,
@@ -297,55 +306,114 @@ static epx_status_t check_lost(const bal_shape_t *sh, const uint8_t *lost)
  * epx__bal_avail_layer keeps, current_phy2log renumbered), mapped back.
  * The policies run unchanged on the compact layer; wk, allocated for the
  * full shape, is large enough for every compact one. */
-static epx_status_t plan_lost(const epx_balance_params_t *params,
-                              const bal_shape_t *sh, const uint8_t *lost,
-                              const double *load, bal_work_t *wk,
-                              int32_t *p2l, int32_t *prank, int32_t *cnt)
+/* Planning from scratch, a layer at a time (parallel.c runs them). */
+typedef struct plan_ctx {
+    const epx_balance_params_t *params;
+    const bal_shape_t *sh;
+    const uint8_t *lost;       /* or NULL */
+    const double *load;
+    int32_t *p2l, *prank, *cnt;
+} plan_ctx_t;
+
+typedef struct plan_tls {
+    bal_work_t wk;
+    bal_avail_t a;             /* with lost experts: */
+    int32_t *ccur, *ccnt;      /* [S], [E] a compact layer's */
+} plan_tls_t;
+
+static void plan_tls_fini(void *tls)
 {
-    bal_avail_t a;
-    epx_status_t st = epx__bal_avail_alloc(&a, sh->E);
-    int32_t *ccur = malloc((size_t)sh->S * sizeof(int32_t));
-    int32_t *ccnt = malloc((size_t)sh->E * sizeof(int32_t));
-    if (st == EPX_OK && (!ccur || !ccnt))
-        st = epx__error(EPX_ERR_NOMEM, "balance: out of memory");
-    int keep = params->policy == EPX_BALANCE_EPX && params->current_phy2log;
-    for (int l = 0; st == EPX_OK && l < sh->L; l++) {
-        epx__bal_avail_layer(&a, lost + (size_t)l * sh->E,
-                             load + (size_t)l * sh->E, sh->E,
-                             params->num_groups);
-        /* The compact layer's own problem, shaped as the public call
-         * would shape it. */
-        epx_balance_params_t sub = EPX_BALANCE_PARAMS_INIT;
-        bal_shape_t lsh;
-        sub.num_layers = 1;
-        sub.num_experts = a.n;
-        sub.num_slots = params->num_slots;
-        sub.num_groups = a.groups;
-        sub.num_domains = params->num_domains;
-        sub.num_ranks = params->num_ranks;
-        sub.policy = params->policy;
-        if ((st = epx__bal_shape(&sub, &lsh)) != EPX_OK)
-            break;
-        int32_t *lp = p2l + (size_t)l * sh->S, *lr = prank + (size_t)l * sh->S;
-        if (params->policy == EPX_BALANCE_DEEPSEEK) {
-            epx__plan_deepseek(&lsh, a.w, wk, lp, lr, ccnt);
-        } else {
-            if (keep) {
-                const int32_t *cur = params->current_phy2log + (size_t)l * sh->S;
-                for (int s = 0; s < sh->S; s++)
-                    ccur[s] = a.e2c[cur[s]];   /* no lost expert: checked */
-            }
-            epx__plan_epx(&lsh, a.w, keep ? ccur : NULL, wk, lp, lr, ccnt);
-        }
-        for (int s = 0; s < sh->S; s++)
-            lp[s] = a.c2e[lp[s]];
-        for (int e = 0; e < sh->E; e++)
-            cnt[(size_t)l * sh->E + e] = a.e2c[e] >= 0 ? ccnt[a.e2c[e]] : 0;
+    plan_tls_t *t = tls;
+    epx__bal_work_free(&t->wk);
+    epx__bal_avail_free(&t->a);
+    free(t->ccur);
+    free(t->ccnt);
+    free(t);
+}
+
+static epx_status_t plan_tls_init(void *ctx, void **out)
+{
+    const plan_ctx_t *c = ctx;
+    plan_tls_t *t = calloc(1, sizeof(*t));
+    if (!t)
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    epx_status_t st = epx__bal_work_alloc(c->sh, &t->wk);
+    if (st != EPX_OK) {
+        free(t);
+        return st;
     }
-    epx__bal_avail_free(&a);
-    free(ccur);
-    free(ccnt);
-    return st;
+    if (c->lost && (st = epx__bal_avail_alloc(&t->a, c->sh->E)) == EPX_OK &&
+        (!(t->ccur = malloc((size_t)c->sh->S * sizeof(int32_t))) ||
+         !(t->ccnt = malloc((size_t)c->sh->E * sizeof(int32_t)))))
+        st = epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    if (st != EPX_OK) {
+        plan_tls_fini(t);
+        return st;
+    }
+    *out = t;
+    return EPX_OK;
+}
+
+/* Layer l over its available experts only, mapped back. */
+static epx_status_t plan_lost_layer(const plan_ctx_t *c, plan_tls_t *t, int l)
+{
+    const epx_balance_params_t *params = c->params;
+    const bal_shape_t *sh = c->sh;
+    bal_avail_t *a = &t->a;
+    int keep = params->policy == EPX_BALANCE_EPX && params->current_phy2log;
+    epx__bal_avail_layer(a, c->lost + (size_t)l * sh->E,
+                         c->load + (size_t)l * sh->E, sh->E,
+                         params->num_groups);
+    /* The compact layer's own problem, shaped as the public call would
+     * shape it. */
+    epx_balance_params_t sub = EPX_BALANCE_PARAMS_INIT;
+    bal_shape_t lsh;
+    sub.num_layers = 1;
+    sub.num_experts = a->n;
+    sub.num_slots = params->num_slots;
+    sub.num_groups = a->groups;
+    sub.num_domains = params->num_domains;
+    sub.num_ranks = params->num_ranks;
+    sub.policy = params->policy;
+    epx_status_t st = epx__bal_shape(&sub, &lsh);
+    if (st != EPX_OK)
+        return st;
+    int32_t *lp = c->p2l + (size_t)l * sh->S, *lr = c->prank + (size_t)l * sh->S;
+    if (params->policy == EPX_BALANCE_DEEPSEEK) {
+        epx__plan_deepseek(&lsh, a->w, &t->wk, lp, lr, t->ccnt);
+    } else {
+        if (keep) {
+            const int32_t *cur = params->current_phy2log + (size_t)l * sh->S;
+            for (int s = 0; s < sh->S; s++)
+                t->ccur[s] = a->e2c[cur[s]];   /* no lost expert: checked */
+        }
+        epx__plan_epx(&lsh, a->w, keep ? t->ccur : NULL, &t->wk, lp, lr,
+                      t->ccnt);
+    }
+    for (int s = 0; s < sh->S; s++)
+        lp[s] = a->c2e[lp[s]];
+    for (int e = 0; e < sh->E; e++)
+        c->cnt[(size_t)l * sh->E + e] = a->e2c[e] >= 0 ? t->ccnt[a->e2c[e]] : 0;
+    return EPX_OK;
+}
+
+static epx_status_t plan_layer(void *ctx, void *tls, int l)
+{
+    const plan_ctx_t *c = ctx;
+    plan_tls_t *t = tls;
+    const bal_shape_t *sh = c->sh;
+    if (c->lost)
+        return plan_lost_layer(c, t, l);
+    const double *ld = c->load + (size_t)l * sh->E;
+    int32_t *lp = c->p2l + (size_t)l * sh->S, *lr = c->prank + (size_t)l * sh->S;
+    int32_t *lc = c->cnt + (size_t)l * sh->E;
+    const int32_t *cur = c->params->current_phy2log;
+    if (c->params->policy == EPX_BALANCE_DEEPSEEK)
+        epx__plan_deepseek(sh, ld, &t->wk, lp, lr, lc);
+    else
+        epx__plan_epx(sh, ld, cur ? cur + (size_t)l * sh->S : NULL, &t->wk,
+                      lp, lr, lc);
+    return EPX_OK;
 }
 
 epx_status_t epx_balance_plan(const epx_balance_params_t *params,
@@ -373,32 +441,21 @@ epx_status_t epx_balance_plan(const epx_balance_params_t *params,
     int32_t *p2l = malloc(LS * sizeof(int32_t));
     int32_t *prank = malloc(LS * sizeof(int32_t));
     int32_t *cnt = malloc(LE * sizeof(int32_t));
-    bal_work_t wk;
-    st = p2l && prank && cnt ? epx__bal_work_alloc(&sh, &wk)
+    st = p2l && prank && cnt ? EPX_OK
                              : epx__error(EPX_ERR_NOMEM, "balance: out of memory");
     if (st != EPX_OK)
         goto out;
     if (budget >= 0) {
         double before, after;
         st = epx__bal_replan(&sh, load, params->current_phy2log, lost, budget,
-                             p2l, prank, cnt, &before, &after);
-    } else if (lost) {
-        st = plan_lost(params, &sh, lost, load, &wk, p2l, prank, cnt);
+                             epx__bal_threads(params), p2l, prank, cnt,
+                             &before, &after);
     } else {
-        for (int l = 0; l < sh.L; l++) {
-            const double *ld = load + (size_t)l * sh.E;
-            int32_t *lp = p2l + (size_t)l * sh.S, *lr = prank + (size_t)l * sh.S;
-            int32_t *lc = cnt + (size_t)l * sh.E;
-            if (params->policy == EPX_BALANCE_DEEPSEEK)
-                epx__plan_deepseek(&sh, ld, &wk, lp, lr, lc);
-            else
-                epx__plan_epx(&sh, ld, params->current_phy2log
-                                           ? params->current_phy2log +
-                                                 (size_t)l * sh.S
-                                           : NULL, &wk, lp, lr, lc);
-        }
+        plan_ctx_t c = { params, &sh, lost, load, p2l, prank, cnt };
+        bal_par_t par = { sh.L, epx__bal_threads(params), plan_layer,
+                          plan_tls_init, plan_tls_fini, &c };
+        st = epx__bal_par_run(&par);
     }
-    epx__bal_work_free(&wk);
     if (st != EPX_OK)
         goto out;
     int maxcnt = 0;

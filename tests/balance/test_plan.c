@@ -930,6 +930,81 @@ static void budgeted_replan(void **state)
     }
 }
 
+/* num_threads plans layers at once: the same plan, bit for bit, as one
+ * thread, from scratch (both policies, with a placement in use, with lost
+ * experts) and budgeted; a caller built against version 3 of the params
+ * (no num_threads) plans alone. */
+static void threads_same_plan(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "threads_same_plan") };
+    static const int threads[] = { 2, 3, 64 };
+    for (size_t i = 0; i < NSHAPES; i++) {
+        const shape_t *sh = &shapes[i];
+        size_t LS = (size_t)sh->L * sh->S, LE = (size_t)sh->L * sh->E;
+        int maxrep = sh->S;   /* enough with lost experts too */
+        double *load = malloc(LE * sizeof(double));
+        int32_t *cur = malloc(LS * sizeof(int32_t));
+        int32_t *p2l[2], *l2p[2], *cnt[2];
+        uint8_t *lost = calloc(LE, 1);
+        for (int k = 0; k < 2; k++) {
+            p2l[k] = malloc(LS * sizeof(int32_t));
+            l2p[k] = malloc(LE * maxrep * sizeof(int32_t));
+            cnt[k] = malloc(LE * sizeof(int32_t));
+        }
+        gen_load(&rng, LOAD_ZIPF, 1.0, sh->L, sh->E, load);
+        epx_balance_params_t p0 = params_of(sh, EPX_BALANCE_EPX);
+        assert_int_equal(epx_balance_plan(&p0, load, cur, NULL, 0, NULL), EPX_OK);
+        gen_load(&rng, LOAD_ZIPF, 1.0, sh->L, sh->E, load);   /* drift */
+        for (size_t e = 0; e < LE; e += 5)   /* a fifth of the experts lost */
+            lost[e] = 1;
+        for (int mode = 0; mode < 5; mode++) {
+            for (size_t t = 0; t < sizeof(threads) / sizeof(threads[0]); t++) {
+                epx_balance_report_t rep[2];
+                for (int k = 0; k < 2; k++) {
+                    epx_balance_params_t p = params_of(sh, mode == 0
+                                                               ? EPX_BALANCE_DEEPSEEK
+                                                               : EPX_BALANCE_EPX);
+                    p.num_threads = k ? threads[t] : 1;
+                    p.report = &rep[k];
+                    if (mode == 2 || mode == 3)
+                        p.current_phy2log = cur;
+                    if (mode == 3)
+                        p.max_moves = 3 * sh->L;   /* budgeted */
+                    if (mode == 4)
+                        p.lost = lost;
+                    epx_status_t st = epx_balance_plan(&p, load, p2l[k], l2p[k],
+                                                       maxrep, cnt[k]);
+                    if (st != EPX_OK)
+                        fail_msg("%s mode %d: %s", sh->name, mode,
+                                 epx_last_error());
+                }
+                if (memcmp(p2l[0], p2l[1], LS * sizeof(int32_t)) ||
+                    memcmp(cnt[0], cnt[1], LE * sizeof(int32_t)) ||
+                    memcmp(l2p[0], l2p[1], LE * maxrep * sizeof(int32_t)) ||
+                    rep[0].moves != rep[1].moves)
+                    fail_msg("%s mode %d: %d threads plan otherwise than one",
+                             sh->name, mode, threads[t]);
+            }
+        }
+        /* Version 3 of the params: no num_threads read. */
+        epx_balance_params_t p3 = params_of(sh, EPX_BALANCE_EPX);
+        p3.version = 3;
+        p3.struct_size = offsetof(epx_balance_params_t, num_threads);
+        p3.num_threads = 1 << 30;   /* beyond its size: never read */
+        assert_int_equal(epx_balance_plan(&p3, load, p2l[1], NULL, 0, NULL),
+                         EPX_OK);
+        epx_balance_params_t p1 = params_of(sh, EPX_BALANCE_EPX);
+        assert_int_equal(epx_balance_plan(&p1, load, p2l[0], NULL, 0, NULL),
+                         EPX_OK);
+        assert_memory_equal(p2l[0], p2l[1], LS * sizeof(int32_t));
+        free(load); free(cur); free(lost);
+        for (int k = 0; k < 2; k++) {
+            free(p2l[k]); free(l2p[k]); free(cnt[k]);
+        }
+    }
+}
+
 /* Budget errors, and a caller built against version 1 of the params. */
 static void budget_errors(void **state)
 {
@@ -977,6 +1052,7 @@ int main(void)
         cmocka_unit_test(optimum_small),
         cmocka_unit_test(lower_bound_large),
         cmocka_unit_test(budgeted_replan),
+        cmocka_unit_test(threads_same_plan),
         cmocka_unit_test(budget_errors),
         cmocka_unit_test(keep_in_place),
         cmocka_unit_test(bad_input),
