@@ -75,7 +75,16 @@ epx_status_t epx__ucx_wait(epx_comm_t *c, void *req, double timeout_s,
         ucp_worker_progress(u->worker);
         if (i < 4096 || i % 256)
             continue;
-        epx_status_t alive = epx__comm_alive(c);
+        /* An operation to one peer waits on that peer's life only: a
+         * third rank's death (which the communicator's calls report
+         * anyway) must not fail a put to a live rank, as the puts of an
+         * epx_comm_shrink after a loss go on. */
+        epx_status_t alive = EPX_OK;
+        if (peer < 0)
+            alive = epx__comm_alive(c);
+        else if (__atomic_load_n(&c->peer_gone[peer], __ATOMIC_ACQUIRE))
+            alive = epx__error(EPX_ERR_PEER, "ucx: rank %d: %s to rank %d: "
+                               "the rank is gone", c->rank, what, peer);
         if (alive != EPX_OK) {
             ucp_request_free(req);   /* released when it completes */
             return alive;
@@ -249,6 +258,16 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
         for (int r = 0; st == EPX_OK && r < R; r++)
             u->am_any |= all[r];
         free(all);
+    }
+    if (st == EPX_OK && u->worker) {
+        /* Finish every endpoint's wire-up now, while all ranks progress
+         * (each is here, past the last all-gather): an endpoint still
+         * wiring up when its peer dies fails in error mode NONE, which
+         * UCX 1.13 answers with abort() at the survivors' next progress
+         * (an epx_comm_shrink after a rank lost before its first call). */
+        ucp_request_param_t prm = { 0 };
+        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
+                           c->timeout_s, "wire-up flush", -1);
     }
     if (st == EPX_OK)
         st = epx__ucx_live_init(c, u);
