@@ -154,11 +154,16 @@ epx_status_t epx_comm_barrier(epx_comm_t *comm);
  * agreement and the new communicator's bootstrap go through comm's
  * barrier window.  After a loss comm's calls fail (EPX_ERR_PEER; without
  * one it keeps working); destroy it, and its engines, whenever convenient:
- * its memory goes with the last communicator shrunk from it.  A rank lost during the shrink makes it
- * fail on every survivor (EPX_ERR_PEER, or EPX_ERR_TIMEOUT on a rank that
- * never heard of the loss); the ranks a survivor took for dead (a stopped
- * process) are out even if they come back, and such a rank's own shrink
- * fails (EPX_ERR_PEER or EPX_ERR_TIMEOUT). */
+ * its memory goes with the last communicator shrunk from it.  A rank lost
+ * while the survivors agree is left out like the first; one lost after
+ * the agreement, while the new communicator forms, fails the shrink
+ * (EPX_ERR_PEER), and if it goes in the last all-gather some survivors
+ * may have their communicator and others the error, whose next calls
+ * then fail: shrink again from comm.  Ranks a survivor took for dead (a
+ * stopped process) are out even if they come back; such a rank's own
+ * shrink fails (EPX_ERR_PEER or EPX_ERR_TIMEOUT).  Peers of this host are
+ * seen dead through pidfds (Linux 5.3, the same pid namespace): without
+ * one a dead peer is seen only at the timeout, and the shrink fails. */
 epx_status_t epx_comm_shrink(epx_comm_t *comm, uint8_t *live,
                              epx_comm_t **out);
 

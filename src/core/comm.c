@@ -311,28 +311,30 @@ void epx_comm_destroy(epx_comm_t *comm)
     if (!comm || comm->destroyed)
         return;
     comm->destroyed = 1;
-    if (comm->nwin > 1 && comm->nwin - 1 == comm->successors) {
-        /* Only shrunk communicators hold it (their bootstrap is its
-         * mailbox, which the peers still watch): it goes, and tells the
-         * peers it left, with the last of them. */
-        EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "destroyed; freed with "
-                "the %d communicator(s) shrunk from it", comm->successors);
-        return;
-    }
     /* Peers that see this process end from now on know it left on
-     * purpose (its teardown may wait for engines still open). */
-    if (comm->ctl)
-        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
-    epx__ucx_comm_leave(comm);   /* and the UCX peers, by a message */
-    if (comm->nwin > 1) {
+     * purpose (its teardown may wait for engines still open).  Not while
+     * a communicator shrunk from it bootstraps through its mailbox: the
+     * peers there would take it for gone.  The teardown says it then. */
+    if (comm->successors == 0) {
+        if (comm->ctl)
+            __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
+        epx__ucx_comm_leave(comm);   /* and the UCX peers, by a message */
+    }
+    int engines = comm->nwin - 1 - comm->successors;
+    if (engines > 0) {
         /* An engine still holds a window: freeing now would leave it on
          * freed memory.  Its calls fail from here on; the teardown runs
          * when the last engine is destroyed. */
         epx__error(EPX_ERR_STATE,
                    "comm: destroyed while %d engine window(s) still use it: "
                    "destroy the engines first (the communicator is freed "
-                   "with the last of them)", comm->nwin - 1);
+                   "with the last of them)", engines);
         EPX_LOG(EPX_LOG_ERROR, "comm", comm->rank, "%s", epx_last_error());
+    }
+    if (comm->nwin > 1) {
+        if (comm->successors > 0)
+            EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "destroyed; freed with "
+                    "the %d communicator(s) shrunk from it", comm->successors);
         return;
     }
     comm_teardown(comm);

@@ -130,8 +130,11 @@ static epx_status_t mb_round(epx_comm_t *c, uint8_t *gone, int allow_loss,
         if (st != EPX_OK) {
             /* the others still get theirs: they must not wait on this
              * rank for what it failed to send to a third */
-            if (!allow_loss && bad == EPX_OK)
-                bad = st;
+            if (!allow_loss) {
+                if (bad == EPX_OK)
+                    bad = st;
+                continue;
+            }
             gone[r] = 1;   /* unreachable: as good as dead */
             *changed = 1;
         }
@@ -179,10 +182,13 @@ static epx_status_t mb_round(epx_comm_t *c, uint8_t *gone, int allow_loss,
                     first = first < 0 ? r : first;
                     continue;
                 }
-                if (!allow_loss)
-                    bad = epx__error(EPX_ERR_PEER, "shrink: rank %d: rank %d "
-                                     "was lost while the live ranks formed "
-                                     "their communicator", c->rank, r);
+                if (!allow_loss) {   /* the agreed set stays as agreed */
+                    bad = epx__error(EPX_ERR_PEER, "rank %d: rank %d (of the "
+                                     "communicator this one was shrunk from, "
+                                     "whose mailbox is its bootstrap) is "
+                                     "gone", c->rank, r);
+                    break;
+                }
                 gone[r] = 1;
                 *changed = 1;
                 pending--;
@@ -222,8 +228,9 @@ static epx_status_t mb_exchange(epx_comm_t *c, uint8_t *gone, int allow_loss,
 static epx_status_t shrink_agree(epx_comm_t *c, uint8_t *gone)
 {
     int n = c->nranks;
+    size_t nb = ((size_t)n + 7) / 8;   /* a gone set as a bitmap */
     int *at = malloc(sizeof(int) * (size_t)n);
-    uint8_t *all = malloc((size_t)n * (size_t)n);
+    uint8_t *all = malloc((size_t)n * nb);
     if (!at || !all) {
         free(at);
         free(all);
@@ -242,7 +249,6 @@ static epx_status_t shrink_agree(epx_comm_t *c, uint8_t *gone)
         }
         int changed = 0;
         uint8_t mine[EPX_MAX_RANKS / 8 + 1];
-        size_t nb = ((size_t)n + 7) / 8;
         memset(mine, 0, nb);
         for (int r = 0; r < n; r++)
             if (gone[r])
