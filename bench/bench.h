@@ -101,6 +101,7 @@ typedef struct bench_opts {
     /* --kill-rank R --at-iter N: the elastic run (elastic.c) */
     int kill_rank;             /* -1: none */
     int at_iter;
+    int dtype_given, mode_given;
 } bench_opts_t;
 
 /* What a sweep keeps of one run (bench_report fills it). */

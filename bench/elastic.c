@@ -54,6 +54,8 @@ typedef struct el_rank {       /* what each process reports */
     double planned_at, engine_at, moved_at; /* re-planned; new engine up;
                                                weights moved */
     int64_t checked, mismatches, masked, all_lost, lost_experts;
+    int64_t want_lost;         /* experts whose every slot was on the
+                                  killed rank, from the first placement */
     int64_t moves;
     char msg[256];
 } el_rank_t;
@@ -365,6 +367,21 @@ static int el_rank_main(el_ctx_t *c, epx_comm_t *comm)
         if ((st = epx_balance_shrink(&bp, phy2log, live, next, lost,
                                      &me->lost_experts)) != EPX_OK)
             return el_fail(me, "epx_balance_shrink", st);
+        /* What the loss must cost, from the placement and the dead rank
+         * alone: an expert is lost iff every slot of it was on a dead
+         * rank.  The library's shrink and plan must agree. */
+        int64_t want = 0;
+        for (int e = 0; e < c->E; e++) {
+            int kept = 0;
+            for (int s = 0; s < S; s++)
+                kept |= phy2log[s] == e && live[s / spr];
+            want += !kept;
+            if (lost[e] != !kept && me->mismatches++ == 0)
+                snprintf(me->msg, sizeof(me->msg), "epx_balance_shrink: "
+                         "expert %d lost = %d, its slots say %d", e, lost[e],
+                         !kept);
+        }
+        me->want_lost = want;
         int S2 = n * spr;
         /* A survivor whose exchanges did not touch the dead rank may have
          * finished this iteration: all go on from the earliest one. */
@@ -390,6 +407,15 @@ static int el_rank_main(el_ctx_t *c, epx_comm_t *comm)
             return el_fail(me, "epx_balance_plan (live ranks)", st);
         me->moves = rep.moves;
         me->planned_at = epx__now();
+        for (int e = 0; e < c->E; e++) {   /* every available expert placed */
+            int placed = 0;
+            for (int s = 0; s < S2; s++)
+                placed |= phy2log[s] == e;
+            if (placed == lost[e] && me->mismatches++ == 0)
+                snprintf(me->msg, sizeof(me->msg), "the re-plan %s expert "
+                         "%d, which is %s", placed ? "places" : "leaves out",
+                         e, lost[e] ? "lost" : "available");
+        }
         if ((st = el_engine(c, nc, S2, EPX_MOE_ELASTIC, next, wts, &moe)) !=
             EPX_OK)
             return el_fail(me, "engine (live ranks)", st);
@@ -518,10 +544,12 @@ static void el_report(const bench_opts_t *o, const el_shared_t *sh, int ok,
     printf("{\"bench\":\"elastic\",\"ranks\":%d,\"kill_rank\":%d,"
            "\"at_iter\":%d,\"experts\":%d,\"topk\":%d,\"tokens\":%lld,"
            "\"hidden\":%d,\"slots\":%d,\"slots_after\":%d,\"survivors\":%d,"
-           "\"lost_experts\":%lld,\"moves\":%lld,", o->ranks, o->kill_rank,
+           "\"lost_experts\":%lld,\"want_lost\":%lld,\"moves\":%lld,",
+           o->ranks, o->kill_rank,
            o->at_iter, o->experts, o->topk, (long long)T, o->hidden,
            o->slots, slots_after, survivors,
            (long long)(any ? any->lost_experts : -1),
+           (long long)(any ? any->want_lost : -1),
            (long long)(any ? any->moves : -1));
     printf("\"detection_ms\":");
     bench_json_num(stdout, detect * 1e3);
@@ -551,6 +579,17 @@ int bench_main_elastic(bench_opts_t *o)
         fprintf(stderr, "epx-bench: --kill-rank %d --at-iter %d needs a rank "
                 "below --ranks %d (at least 2) and an iteration below --iters "
                 "%d\n", o->kill_rank, o->at_iter, R, o->iters);
+        return 2;
+    }
+    if (o->dtype_given || o->mode_given || o->layout_given || o->balance ||
+        o->drift || o->overlap || o->hierarchical || o->trace_dir ||
+        o->dump_dir || o->nsweep > 0 || o->device != BENCH_DEVICE_HOST ||
+        o->launcher == BENCH_LAUNCH_MPIRUN) {
+        fprintf(stderr, "epx-bench: --kill-rank runs its own workload (FP32, "
+                "expert-major, throughput mode, host ranks it forks): "
+                "--dtype, --mode, --layout, --balance, --drift, --overlap, "
+                "--hierarchical, --trace, --dump, --tokens-sweep, --device "
+                "and --launcher mpirun do not apply\n");
         return 2;
     }
     if (o->ntokens > 1) {
@@ -619,8 +658,13 @@ int bench_main_elastic(bench_opts_t *o)
         }
         if (pid < 0) {
             fprintf(stderr, "epx-bench: fork: %s\n", strerror(errno));
-            for (int q = 0; q < r; q++)
+            for (int q = 0; q < r; q++) {
                 kill(pids[q], SIGKILL);
+                waitpid(pids[q], NULL, 0);
+            }
+            free(pids);
+            free(c.zipf_cdf);
+            munmap(sh, bytes);
             return 2;
         }
         pids[r] = pid;
@@ -634,7 +678,10 @@ int bench_main_elastic(bench_opts_t *o)
             ok &= WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
         else
             ok &= WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
-                  sh->r[r].done && sh->r[r].mismatches == 0;
+                  sh->r[r].done && sh->r[r].mismatches == 0 &&
+                  sh->r[r].new_size == R - 1 &&
+                  sh->r[r].iters_before + sh->r[r].iters_after == o->iters &&
+                  sh->r[r].lost_experts == sh->r[r].want_lost;
     }
     el_report(o, sh, ok, (o->slots / R) * (R - 1), T);
     free(pids);

@@ -587,6 +587,7 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             }
         } else if (!strcmp(name, "--mode")) {
             const char *v = NEXT();
+            o->mode_given = 1;
             if (v && !strcmp(v, "ht"))
                 o->mode = EPX_MODE_THROUGHPUT;
             else if (v && !strcmp(v, "ll"))
@@ -627,6 +628,7 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             }
         } else if (!strcmp(name, "--dtype")) {
             const char *v = NEXT();
+            o->dtype_given = 1;
             o->dtype = EPX_DTYPE_BF16;
             o->wire = EPX_WIRE_NATIVE;
             if (v && !strcmp(v, "fp32"))

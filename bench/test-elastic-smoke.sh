@@ -18,10 +18,14 @@ j = json.load(open(sys.argv[1]))
 kill, at = int(sys.argv[2]), int(sys.argv[3])
 assert j["bench"] == "elastic" and j["ok"] is True, j
 assert j["ranks"] == 16 and j["survivors"] == 15 and j["kill_rank"] == kill, j
-assert j["iters_before"] == at and j["iters_after"] == 8 - at, j
+# a survivor may have finished iteration at - 1 only: all go on from there
+assert at - 1 <= j["iters_before"] <= at, j
+assert j["iters_before"] + j["iters_after"] == 8, j
 assert j["verified"] is True and j["mismatches"] == 0, j
-assert j["checked"] == 15 * j["tokens"] * 8, j  # survivors x tokens x iterations
-assert j["slots_after"] == 75 and j["lost_experts"] >= 1 and j["masked"] > 0, j
+assert j["checked"] >= 15 * j["tokens"] * 8, j  # survivors x tokens x iterations
+assert j["slots_after"] == 75 and j["masked"] > 0, j
+# the experts lost are the ones whose every slot was on the dead rank
+assert j["lost_experts"] == j["want_lost"] >= 1, j
 for k in ("detection_ms", "shrink_ms", "recovery_ms"):
     assert j[k] is not None and 0 <= j[k] < 60000, (k, j[k])
 print("rank %d lost at %d: %d experts lost, detection %.1f ms, shrink %.1f ms, "
@@ -53,7 +57,8 @@ else
 fi
 
 for bad in "--kill-rank 16" "--kill-rank 1 --at-iter 8" "--kill-rank -1" \
-           "--kill-rank 1 --tokens 4,4"; do
+           "--kill-rank 1 --tokens 4,4" "--kill-rank 1 --dtype bf16" \
+           "--kill-rank 1 --mode ll" "--kill-rank 1 --layout token"; do
     # shellcheck disable=SC2086
     "$BENCH" --ranks 16 --iters 8 $bad >/dev/null 2>"$tmp/bad.err"
     rc=$?
