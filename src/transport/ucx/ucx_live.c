@@ -133,7 +133,8 @@ static void live_check(epx_ucx_live_t *l, double now)
      * endpoints are wired up by this thread while 100+ ranks start. */
     double quiet = l->silence, first = l->silence + c->timeout_s;
     for (int r = 0; r < c->nranks; r++) {
-        if (!l->eps[r] || c->peer_gone[r])
+        if (!l->eps[r] ||
+            __atomic_load_n(&c->peer_gone[r], __ATOMIC_RELAXED))
             continue;
         if (l->left[r]) {
             __atomic_store_n(&c->peer_gone[r], 2, __ATOMIC_RELEASE);
