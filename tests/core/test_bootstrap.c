@@ -356,21 +356,30 @@ static void rejections_look_alike(void **state)
     assert_int_equal(finish(p0, 120), 0);
 }
 
+/* A socket listening on a free loopback port; its address in *sa and
+ * "127.0.0.1:port" in root[64]. */
+static int listen_loopback(int backlog, struct sockaddr_in *sa, char *root)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    socklen_t len = sizeof(*sa);
+    *sa = (struct sockaddr_in){ .sin_family = AF_INET,
+                                .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    assert_true(lfd >= 0);
+    assert_int_equal(bind(lfd, (struct sockaddr *)sa, sizeof(*sa)), 0);
+    assert_int_equal(listen(lfd, backlog), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)sa, &len), 0);
+    snprintf(root, 64, "127.0.0.1:%d", ntohs(sa->sin_port));
+    return lfd;
+}
+
 /* A fake root that does not hold the key: it sees no key in the hello,
  * and its "admit" is not believed. */
 static void fake_root_not_believed(void **state)
 {
     (void)state;
     char root[64], key[64];
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sa);
-    assert_true(lfd >= 0);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(lfd, 4), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", ntohs(sa.sin_port));
+    struct sockaddr_in sa;
+    int lfd = listen_loopback(4, &sa, root);
     snprintf(key, sizeof(key), "secret-%016" PRIx64, epxt_seed());
     env_rank_t r1 = { 1, 2, root, key, EPX_ERR_AUTH };
     pid_t p1 = start(&r1);
@@ -405,15 +414,8 @@ static void full_accept_queue_times_out(void **state)
 {
     (void)state;
     char root[64];
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = { .sin_family = AF_INET,
-                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t len = sizeof(sa);
-    assert_true(lfd >= 0);
-    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(lfd, 0), 0);
-    assert_int_equal(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
-    snprintf(root, sizeof(root), "127.0.0.1:%d", ntohs(sa.sin_port));
+    struct sockaddr_in sa;
+    int lfd = listen_loopback(0, &sa, root);
     /* Fill the queue (never accepted) until a connect hangs. */
     int fill[16], n = 0, hung = 0;
     while (n < 16 && !hung) {
