@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -90,6 +91,13 @@ static int npy_parse_header(const char *path, const char *hdr, bench_npy_t *a,
         long long v = strtoll(s, &e, 10);
         if (e == s || errno || v < 0) {
             snprintf(err, errlen, "%s: malformed 'shape'", path);
+            return -1;
+        }
+        /* Beyond any trace (a dimension with none beside it still costs
+         * a loop per row to whoever walks it). */
+        if (v > INT32_MAX) {
+            snprintf(err, errlen, "%s: a dimension of %lld is above 2^31 - 1",
+                     path, v);
             return -1;
         }
         if (a->ndim == 2) {

@@ -134,6 +134,18 @@ rm "$tmp/d1/rank2/topk_weights.npy"
     >"$tmp/bad.out" 2>"$tmp/bad.err" && fail "missing trace file accepted"
 grep -q 'rank2/topk_weights.npy' "$tmp/bad.err" ||
     fail "missing trace file: message does not name it"
+# A shape beyond any trace ((2^52, 0): no data bytes, but a loop per row for
+# whoever walks it) is refused when the file is read.
+python3 - "$tmp/d1/rank2/topk_weights.npy" <<'PY'
+import sys
+hdr = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4503599627370496, 0), }"
+hdr += b" " * (63 - (10 + len(hdr)) % 64) + b"\n"
+open(sys.argv[1], "wb").write(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr)
+PY
+"$BENCH" --trace "$tmp/d1" --experts 12 --launcher fork \
+    >"$tmp/bad.out" 2>"$tmp/bad.err" && fail "huge trace shape accepted"
+grep -q 'above 2^31 - 1' "$tmp/bad.err" ||
+    { cat "$tmp/bad.err" >&2; fail "huge trace shape: message"; }
 "$BENCH" --no-such-option >/dev/null 2>&1 && fail "bad option accepted"
 "$BENCH" --list-settings markdown | grep -q '^| `EPX_TIMEOUT` |' ||
     fail "--list-settings markdown"

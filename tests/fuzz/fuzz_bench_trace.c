@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (bench_npy_map(path, &a, err, sizeof(err)) != 0)
         return 0;
     double s = 0;
-    for (int64_t i = 0; i < a.shape[0]; i++)
+    for (int64_t i = 0; a.shape[1] > 0 && i < a.shape[0]; i++)
         for (int64_t j = 0; j < a.shape[1]; j++)
             s += a.type == BENCH_NPY_F4 ? bench_npy_f32(&a, i, j)
                                         : (double)bench_npy_int(&a, i, j);
