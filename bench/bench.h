@@ -58,6 +58,8 @@ typedef struct bench_opts {
     int ll_drop;               /* --ll-drop: EPX_MOE_LL_DROP */
     int ll_buffers;            /* --ll-buffers (0: the library's 2) */
     int cuda_graph;            /* --cuda-graph: time graph replays (GPU LL) */
+    int device_timing;         /* --device-timing: CUDA events, one timeline */
+    int sms;                   /* --sms: device ranks' SMs (0: the engine's) */
     int64_t *sweep;            /* --tokens-sweep: token counts, one run each */
     int nsweep;
     struct bench_summary *summary; /* filled by bench_report when set */

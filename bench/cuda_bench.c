@@ -18,6 +18,14 @@
  * iteration.  Quantized wires: the received row count is checked and the
  * expert output is zeros (combine must return zeros).
  *
+ * --device-timing: CUDA events on each rank's stream around each phase,
+ * read against one reference event per device, so that the ranks sharing
+ * a GPU lie on one timeline: a phase's device span (first start to last
+ * end over the ranks), each rank's own time and the start skew.  Two more
+ * rows: a copy on the engine's SMs only (copy_sm.cu, the fair limit when
+ * ranks share a GPU) and the engine on 1 token per rank (the fixed cost;
+ * the rest of a phase's span is data).
+ *
  * --json: the table goes to stderr and one JSON object to stdout (the
  * run's configuration, then per implementation its phase times, GB/s,
  * ratio to the copy limit and verification; bench/README.md, "GPU").
@@ -33,6 +41,7 @@
 #include "bench.h"
 #include "util/util.h"   /* bf16 rounding */
 #include "util/tgroup.h"
+#include "copy_sm.h"
 
 #ifndef EPX_HAVE_CUDA
 int bench_cuda_main(const bench_opts_t *o)
@@ -49,9 +58,14 @@ int bench_cuda_main(const bench_opts_t *o)
 enum { PH_DISPATCH = 0, PH_COMBINE = 1, NPH = 2 };
 static const char *const ph_name[NPH] = { "dispatch", "combine" };
 /* Quantiles of the slowest rank's time per iteration (the host bench's). */
-enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, NRUN = 3 };
+enum { RUN_WINDOWS = 0, RUN_NCCL = 1, RUN_COPY = 2, RUN_SMCOPY = 3,
+       RUN_FLOOR = 4, NRUN = 5 };
 static const char *const run_name[NRUN] = { "epx-cuda", "epx-nccl",
-                                            "d2d-copy" };
+                                            "d2d-copy", "sm-copy",
+                                            "epx-cuda-1tok" };
+/* The table's and the JSON's order: the limits first. */
+static const int run_order[NRUN] = { RUN_COPY, RUN_SMCOPY, RUN_WINDOWS,
+                                     RUN_NCCL, RUN_FLOOR };
 
 typedef struct crank crank_t;
 
@@ -62,6 +76,10 @@ typedef struct cshared {
     int run, R, ndev;
     size_t wire_row;            /* bytes of a token row on the wire */
     double *times;              /* [R][NPH][iters] seconds */
+    float *dev;                 /* --device-timing: [R][NPH][iters][2]
+                                   start, end in ms after ref[device] */
+    cudaEvent_t *ref;           /* [devices]: each timeline's zero */
+    int sms;                    /* blocks per rank: engine and sm-copy */
     double *bytes;              /* [R][NPH] per iteration */
     int64_t checked, mismatches;
     int64_t dropped;            /* low latency: rows dropped, last iteration */
@@ -192,6 +210,20 @@ static void verify_out(cshared_t *s, int me, const float *out,
     pthread_mutex_unlock(&s->mu);
 }
 
+/* --device-timing: the times of events a (start) and b (end) of phase p,
+ * timed iteration i, on the device's timeline.  Both completed. */
+static int dev_mark(cshared_t *s, int me, int dev, cudaEvent_t a,
+                    cudaEvent_t b, int p, int i)
+{
+    float *d = s->dev + (((size_t)me * NPH + p) * s->o->iters + i) * 2;
+    cudaError_t e = cudaEventElapsedTime(&d[0], s->ref[dev], a);
+    if (e == cudaSuccess)
+        e = cudaEventElapsedTime(&d[1], s->ref[dev], b);
+    if (e != cudaSuccess)
+        return rank_fail(s, me, "cudaEventElapsedTime", cudaGetErrorString(e));
+    return 0;
+}
+
 /* --cuda-graph: end the capture the caller began on st (its calls into
  * the engine returned est) and instantiate the graph into *gx.  0, or -1
  * with the rank failed. */
@@ -222,6 +254,8 @@ static void *rank_main(void *arg)
     const int iters = o->iters, total = o->warmup + o->iters;
     const int64_t T = wl->T[me];
     const int dev = s->run == RUN_NCCL ? me : 0;
+    const int dt = o->device_timing;
+    cudaEvent_t ev[4] = { NULL, NULL, NULL, NULL };   /* phase starts, ends */
     epx_comm_t *comm = NULL;
     epx_moe_t *m = NULL;
     epx_handle_t *h = NULL, *gh = NULL;   /* eager call, captured call */
@@ -235,7 +269,9 @@ static void *rank_main(void *arg)
 
     CUDA(cudaSetDevice(dev));
     CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    if (s->run == RUN_COPY) {
+    for (int i = 0; dt && i < 4; i++)
+        CUDA(cudaEventCreate(&ev[i]));
+    if (s->run == RUN_COPY || s->run == RUN_SMCOPY) {
         size_t n = (size_t)(b[0] > b[1] ? b[0] : b[1]) + 16;
         CUDA(cudaMalloc(&csrc, n));
         CUDA(cudaMalloc(&cdst, n));
@@ -245,11 +281,28 @@ static void *rank_main(void *arg)
                 if (epx__tgroup_barrier(&s->g))
                     goto out;
                 double t0 = now_s();
-                CUDA(cudaMemcpyAsync(cdst, csrc, (size_t)b[p],
-                                     cudaMemcpyDeviceToDevice, st));
+                if (dt)
+                    CUDA(cudaEventRecord(ev[0], st));
+                if (s->run == RUN_SMCOPY) {
+                    int e = bench_copy_sm(cdst, csrc, (size_t)b[p], s->sms, st);
+                    if (e) {
+                        rank_fail(s, me, "bench_copy_sm",
+                                  cudaGetErrorString((cudaError_t)e));
+                        goto out;
+                    }
+                } else {
+                    CUDA(cudaMemcpyAsync(cdst, csrc, (size_t)b[p],
+                                         cudaMemcpyDeviceToDevice, st));
+                }
+                if (dt)
+                    CUDA(cudaEventRecord(ev[1], st));
                 CUDA(cudaStreamSynchronize(st));
-                if (it >= o->warmup)
-                    tm[p * iters + it - o->warmup] = now_s() - t0;
+                if (it < o->warmup)
+                    continue;
+                tm[p * iters + it - o->warmup] = now_s() - t0;
+                if (dt && dev_mark(s, me, dev, ev[0], ev[1], p,
+                                   it - o->warmup))
+                    goto out;
             }
         goto out;
     }
@@ -277,6 +330,7 @@ static void *rank_main(void *arg)
     mp.flags = o->mode == EPX_MODE_LOW_LATENCY && o->ll_drop
                ? EPX_MOE_LL_DROP : 0u;
     mp.device = dev;
+    mp.num_sms = o->sms;   /* 0: the engine's default, as s->sms */
     mp.gpu_backend = s->run == RUN_NCCL ? EPX_GPU_BACKEND_NCCL
                                         : EPX_GPU_BACKEND_WINDOWS;
     API(epx_moe_create(comm, &mp, &m));
@@ -332,6 +386,8 @@ static void *rank_main(void *arg)
         if (epx__tgroup_barrier(&s->g))
             goto out;
         double t0 = now_s();
+        if (dt)
+            CUDA(cudaEventRecord(ev[0], st));
         if (graph) {
             CUDA(cudaGraphLaunch(gx[0], st));
             rv = grv;
@@ -339,6 +395,8 @@ static void *rank_main(void *arg)
             API(epx_dispatch_send(m, &a, &h));
             API(epx_dispatch_recv(m, h, &rv));
         }
+        if (dt)
+            CUDA(cudaEventRecord(ev[1], st));
         CUDA(cudaStreamSynchronize(st));
         double t1 = now_s();
         if (o->mode == EPX_MODE_LOW_LATENCY) {
@@ -387,6 +445,8 @@ static void *rank_main(void *arg)
         if (epx__tgroup_barrier(&s->g))
             goto out;
         double t2 = now_s();
+        if (dt)
+            CUDA(cudaEventRecord(ev[2], st));
         if (graph) {
             CUDA(cudaGraphLaunch(gx[1], st));
         } else {
@@ -395,11 +455,18 @@ static void *rank_main(void *arg)
             epx_handle_release(h);
             h = NULL;
         }
+        if (dt)
+            CUDA(cudaEventRecord(ev[3], st));
         CUDA(cudaStreamSynchronize(st));
         double t3 = now_s();
         if (it >= o->warmup) {
             tm[PH_DISPATCH * iters + it - o->warmup] = t1 - t0;
             tm[PH_COMBINE * iters + it - o->warmup] = t3 - t2;
+            if (dt && (dev_mark(s, me, dev, ev[0], ev[1], PH_DISPATCH,
+                                it - o->warmup) ||
+                       dev_mark(s, me, dev, ev[2], ev[3], PH_COMBINE,
+                                it - o->warmup)))
+                goto out;
         }
     }
     CUDA(cudaMemcpy(hout, dout, sizeof(float) * (size_t)(T * H),
@@ -423,6 +490,9 @@ out:
     cudaFree(dy);
     cudaFree(csrc);
     cudaFree(cdst);
+    for (int i = 0; i < 4; i++)
+        if (ev[i])
+            cudaEventDestroy(ev[i]);
     if (st)
         cudaStreamDestroy(st);
     free(hx);
@@ -447,6 +517,51 @@ static void phase_stats(const cshared_t *s, int p, double *tmp,
     bench_quantiles(tmp, iters, q);
 }
 
+/* --device-timing, one phase: quantiles over iterations of the device
+ * span (seconds), and the p50s of the slowest and the mean rank's time and
+ * of the start skew.  Ranks on different GPUs (the NCCL run) share no
+ * timeline: their span is the slowest rank's time, their skew unknown. */
+typedef struct dev_res {
+    double span[BENCH_NQ];
+    double rank_max, rank_mean, skew;
+} dev_res_t;
+
+static void dev_stats(const cshared_t *s, int p, double *tmp, dev_res_t *d)
+{
+    const int iters = s->o->iters, R = s->R, one = s->run != RUN_NCCL;
+    double q[BENCH_NQ];
+    for (int what = 0; what < 4; what++) {
+        if (what == 3 && !one) {
+            d->skew = NAN;
+            break;
+        }
+        for (int it = 0; it < iters; it++) {
+            double lo = INFINITY, hi = -INFINITY, late = -INFINITY;
+            double mx = 0, sum = 0;
+            for (int r = 0; r < R; r++) {
+                const float *e = s->dev +
+                                 (((size_t)r * NPH + p) * iters + it) * 2;
+                const double len = (double)e[1] - e[0];
+                lo = fmin(lo, e[0]);
+                hi = fmax(hi, e[1]);
+                late = fmax(late, e[0]);
+                mx = fmax(mx, len);
+                sum += len;
+            }
+            tmp[it] = 1e-3 * (what == 0 ? (one ? hi - lo : mx)
+                              : what == 1 ? mx
+                              : what == 2 ? sum / R : late - lo);
+        }
+        bench_quantiles(tmp, iters, q);
+        if (what == 0)
+            memcpy(d->span, q, sizeof(q));
+        else
+            *(what == 1 ? &d->rank_max : what == 2 ? &d->rank_mean
+                                                   : &d->skew) =
+                q[BENCH_Q_P50];
+    }
+}
+
 /* What one implementation gave, for the table and the JSON. */
 typedef struct run_res {
     enum { RES_NONE = 0, RES_RAN, RES_SKIPPED, RES_FAILED } state;
@@ -454,7 +569,42 @@ typedef struct run_res {
     double s[NPH][BENCH_NQ];          /* seconds */
     double gbps[NPH], copy_gbps[NPH];
     int64_t checked, mismatches, dropped;
+    dev_res_t dev[NPH];         /* --device-timing */
 } run_res_t;
+
+/* --device-timing fields of one result: per phase the device span's
+ * quantiles, the slowest and mean rank and the start skew (p50, us), the
+ * span over the sm-copy row's, and for the engine the span less the
+ * 1-token run's (its data part). */
+static void json_dev(FILE *f, const bench_opts_t *o, const run_res_t *r,
+                     const run_res_t res[NRUN])
+{
+    if (!o->device_timing)
+        return;
+    for (int p = 0; p < NPH; p++) {
+        const dev_res_t *d = &r->dev[p];
+        char name[48];
+        snprintf(name, sizeof(name), "%s_device_span", ph_name[p]);
+        bench_json_quantiles(f, name, d->span, 1e6);
+        fprintf(f, ",\n     \"%s_device_rank_max_us\": ", ph_name[p]);
+        bench_json_num(f, d->rank_max * 1e6);
+        fprintf(f, ", \"%s_device_rank_mean_us\": ", ph_name[p]);
+        bench_json_num(f, d->rank_mean * 1e6);
+        fprintf(f, ", \"%s_device_skew_us\": ", ph_name[p]);
+        bench_json_num(f, d->skew * 1e6);
+        const run_res_t *sm = &res[RUN_SMCOPY], *fl = &res[RUN_FLOOR];
+        const double t = d->span[BENCH_Q_P50];
+        if (sm->state == RES_RAN && r != sm) {
+            fprintf(f, ", \"%s_device_x_sm_copy\": ", ph_name[p]);
+            bench_json_num(f, t / sm->dev[p].span[BENCH_Q_P50]);
+        }
+        if (fl->state == RES_RAN && r != fl && r != sm &&
+            r != &res[RUN_COPY]) {
+            fprintf(f, ", \"%s_device_data_us\": ", ph_name[p]);
+            bench_json_num(f, (t - fl->dev[p].span[BENCH_Q_P50]) * 1e6);
+        }
+    }
+}
 
 /* One JSON object: the configuration, then per implementation its times
  * (microseconds), bandwidth, ratio to the copy limit and verification. */
@@ -505,15 +655,16 @@ static void print_json(FILE *f, const bench_opts_t *o,
     bench_json_str(f, o->routing_str);
     fprintf(f, ",\n    \"drop\": ");
     bench_json_num(f, o->drop);
+    fprintf(f, ",\n    \"device_timing\": %s,\n    \"sms_per_rank\": %d",
+            o->device_timing ? "true" : "false", s->sms);
     fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
             "    \"warmup\": %d,\n    \"dispatch_bytes\": %.0f,\n"
             "    \"combine_bytes\": %.0f\n  },\n  \"results\": [",
             (unsigned long long)o->seed, o->iters, o->warmup,
             bytes[PH_DISPATCH], bytes[PH_COMBINE]);
     const char *sep = "";
-    static const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
     for (int i = 0; i < NRUN; i++) {
-        const int run = order[i];
+        const int run = run_order[i];
         const run_res_t *r = &res[run];
         if (r->state == RES_NONE)
             continue;
@@ -528,20 +679,63 @@ static void print_json(FILE *f, const bench_opts_t *o,
         }
         for (int p = 0; p < NPH; p++)
             bench_json_quantiles(f, ph_name[p], r->s[p], 1e6);
+        if (run == RUN_FLOOR) {   /* the fixed cost: no bytes to speak of */
+            json_dev(f, o, r, res);
+            bench_json_verified(f, r->checked, r->mismatches);
+            fputc('}', f);
+            continue;
+        }
+        json_dev(f, o, r, res);
         for (int p = 0; p < NPH; p++) {
             fprintf(f, ",\n     \"%s_gbps\": ", ph_name[p]);
             bench_json_num(f, r->gbps[p]);
-            if (run != RUN_COPY) {
+            if (run != RUN_COPY && run != RUN_SMCOPY) {
                 fprintf(f, ", \"%s_vs_copy\": ", ph_name[p]);
                 bench_json_num(f, r->copy_gbps[p] > 0
                                       ? r->gbps[p] / r->copy_gbps[p] : NAN);
             }
         }
-        if (run != RUN_COPY)
+        if (run != RUN_COPY && run != RUN_SMCOPY)
             bench_json_verified(f, r->checked, r->mismatches);
         fputc('}', f);
     }
     fprintf(f, "\n  ]\n}\n");
+}
+
+/* --device-timing's table: per implementation and phase the p50 of the
+ * device span, of the slowest and the mean rank and of the start skew,
+ * the span over sm-copy's (the issue's "x the SM-limited copy") and the
+ * span less the 1-token run's (data). */
+static void print_dev_table(FILE *tf, const run_res_t res[NRUN])
+{
+    const run_res_t *sm = &res[RUN_SMCOPY], *fl = &res[RUN_FLOOR];
+    fprintf(tf, "# device timing (CUDA events on one timeline per GPU), "
+            "p50 over iterations, us\n");
+    fprintf(tf, "# %-13s %-9s %9s %9s %9s %9s %9s %9s\n", "impl", "phase",
+            "span", "rank_max", "rank_mean", "skew", "x_smcopy", "data");
+    for (int i = 0; i < NRUN; i++) {
+        const int run = run_order[i];
+        const run_res_t *r = &res[run];
+        if (r->state != RES_RAN)
+            continue;
+        for (int p = 0; p < NPH; p++) {
+            const dev_res_t *d = &r->dev[p];
+            const double t = d->span[BENCH_Q_P50];
+            const int eng = run == RUN_WINDOWS || run == RUN_NCCL;
+            fprintf(tf, "  %-13s %-9s %9.1f %9.1f %9.1f %9.1f", run_name[run],
+                    ph_name[p], t * 1e6, d->rank_max * 1e6,
+                    d->rank_mean * 1e6, d->skew * 1e6);
+            if (sm->state == RES_RAN && run != RUN_SMCOPY)
+                fprintf(tf, " %9.2f", t / sm->dev[p].span[BENCH_Q_P50]);
+            else
+                fprintf(tf, " %9s", "-");
+            if (eng && fl->state == RES_RAN)
+                fprintf(tf, " %9.1f\n",
+                        (t - fl->dev[p].span[BENCH_Q_P50]) * 1e6);
+            else
+                fprintf(tf, " %9s\n", "-");
+        }
+    }
 }
 
 static int run_one(cshared_t *s, int run)
@@ -551,14 +745,33 @@ static int run_one(cshared_t *s, int run)
     s->msg[0] = '\0';
     s->checked = s->mismatches = 0;
     epx__tgroup_init(&s->g, s->R, 120);
+    /* --device-timing: each device's zero, recorded and complete before
+     * any rank records an event there */
+    const int ndev_used = s->o->device_timing ? (run == RUN_NCCL ? s->R : 1)
+                                              : 0;
+    for (int d = 0; d < ndev_used && !s->failed; d++) {
+        cudaError_t e = cudaSetDevice(d);
+        if (e == cudaSuccess)
+            e = cudaEventCreate(&s->ref[d]);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(s->ref[d], NULL);
+        if (e == cudaSuccess)
+            e = cudaEventSynchronize(s->ref[d]);
+        if (e != cudaSuccess) {
+            s->failed = 1;
+            snprintf(s->msg, sizeof(s->msg), "device %d: timeline event: %s",
+                     d, cudaGetErrorString(e));
+        }
+    }
     crank_t *c = calloc((size_t)s->R, sizeof(*c));
     pthread_t *th = calloc((size_t)s->R, sizeof(*th));
+    const int pre = s->failed;   /* no rank starts after a failure */
     int started = 0;
     if (!c || !th) {
         s->failed = 1;
         snprintf(s->msg, sizeof(s->msg), "out of memory");
     }
-    for (; c && th && started < s->R; started++) {
+    for (; c && th && !pre && started < s->R; started++) {
         c[started] = (crank_t){ s, started };
         if (pthread_create(&th[started], NULL, rank_main, &c[started])) {
             s->failed = 1;
@@ -569,6 +782,11 @@ static int run_one(cshared_t *s, int run)
     }
     for (int r = 0; r < started; r++)
         pthread_join(th[r], NULL);
+    for (int d = 0; d < ndev_used; d++)
+        if (s->ref[d]) {
+            cudaEventDestroy(s->ref[d]);
+            s->ref[d] = NULL;
+        }
     epx__tgroup_fini(&s->g);
     free(c);
     free(th);
@@ -615,8 +833,13 @@ int bench_cuda_main(const bench_opts_t *o)
     s.times = calloc((size_t)R * NPH * (size_t)o->iters, sizeof(double));
     s.bytes = calloc((size_t)R * NPH, sizeof(double));
     double *tmp = calloc((size_t)o->iters, sizeof(double));
+    if (o->device_timing) {
+        s.dev = calloc((size_t)R * NPH * (size_t)o->iters * 2, sizeof(float));
+        s.ref = calloc((size_t)(ndev > R ? ndev : R), sizeof(cudaEvent_t));
+    }
     pthread_mutex_init(&s.mu, NULL);
-    if (!s.times || !s.bytes || !tmp) {
+    if (!s.times || !s.bytes || !tmp ||
+        (o->device_timing && (!s.dev || !s.ref))) {
         fprintf(stderr, "epx-bench: out of memory\n");
         return 2;
     }
@@ -624,6 +847,26 @@ int bench_cuda_main(const bench_opts_t *o)
     memset(&prop, 0, sizeof(prop));
     if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess)
         snprintf(prop.name, sizeof(prop.name), "unknown");
+    /* The engine's default SMs per rank (src/cuda/engine.c): the device's
+     * shared by the ranks on it, all R on GPU 0 here. */
+    s.sms = o->sms ? o->sms : prop.multiProcessorCount / R;
+    if (s.sms < 1)
+        s.sms = 1;
+    /* --device-timing's floor: the same run on 1 token per rank. */
+    bench_workload_t wl1;
+    memset(&wl1, 0, sizeof(wl1));
+    if (o->device_timing) {
+        bench_opts_t o1 = *o;
+        int64_t one = 1;
+        o1.tokens = &one;
+        o1.ntokens = 1;
+        if (bench_workload_build(&o1, R, &wl1, err, sizeof(err)) != 0) {
+            fprintf(stderr, "epx-bench: the 1-token run: %s\n", err);
+            bench_workload_free(&wl1);
+            bench_workload_free(&wl);
+            return 2;
+        }
+    }
     FILE *tf = o->json ? stderr : stdout;   /* the table */
     const int ll = o->mode == EPX_MODE_LOW_LATENCY;
     fprintf(tf, "# epx-bench --device cuda: %d ranks (threads), %s x %d, "
@@ -634,6 +877,9 @@ int bench_cuda_main(const bench_opts_t *o)
             ll ? "expert" : bench_layout_name(o->layout),
             bench_wire_name(wl.wire), o->iters,
             o->cuda_graph ? " (CUDA graph replays)" : "", o->warmup);
+    if (o->device_timing)
+        fprintf(tf, "# device timing: CUDA events; %d SMs per rank for the "
+                "engine and sm-copy\n", s.sms);
     fprintf(tf, "# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
             "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
 
@@ -646,10 +892,11 @@ int bench_cuda_main(const bench_opts_t *o)
             sum[p] += s.bytes[(size_t)r * NPH + p];
     }
     int rc = 0, verified = 1;   /* every GPU run checked and exact */
-    const int order[NRUN] = { RUN_COPY, RUN_WINDOWS, RUN_NCCL };
     for (int i = 0; i < NRUN; i++) {
-        int run = order[i];
+        const int run = run_order[i];
         run_res_t *rr = &res[run];
+        if ((run == RUN_SMCOPY || run == RUN_FLOOR) && !o->device_timing)
+            continue;
         if (run == RUN_NCCL && (ndev < R || ll ||
                                 o->layout == EPX_LAYOUT_EXPERT_MAJOR)) {
             rr->state = RES_SKIPPED;
@@ -661,6 +908,7 @@ int bench_cuda_main(const bench_opts_t *o)
             continue;
         }
         s.dropped = 0;
+        s.wl = run == RUN_FLOOR ? &wl1 : &wl;
         if (run_one(&s, run) != 0) {
             rr->state = RES_FAILED;
             verified = 0;
@@ -670,18 +918,28 @@ int bench_cuda_main(const bench_opts_t *o)
             continue;
         }
         rr->state = RES_RAN;
-        if (run != RUN_COPY)
+        if (run != RUN_COPY && run != RUN_SMCOPY)
             verified &= s.checked > 0 && s.mismatches == 0;
         rr->checked = s.checked;
         rr->mismatches = s.mismatches;
         rr->dropped = s.dropped;
         for (int p = 0; p < NPH; p++) {
             phase_stats(&s, p, tmp, rr->s[p]);
+            if (o->device_timing)
+                dev_stats(&s, p, tmp, &rr->dev[p]);
             double t = rr->s[p][BENCH_Q_P50];
             double gbs = t > 0 ? sum[p] / t / 1e9 : 0;
             rr->gbps[p] = gbs;
-            if (run == RUN_COPY) {
-                lim[p] = gbs;
+            if (run == RUN_FLOOR) {   /* other bytes: time only */
+                fprintf(tf, "  %-9s %-9s %12.1f %12s %12s %9s  %s\n",
+                        run_name[run], ph_name[p], t * 1e6, "-", "-", "-",
+                        s.mismatches ? "MISMATCH" : s.checked ? "yes"
+                                                              : "unchecked");
+                continue;
+            }
+            if (run == RUN_COPY || run == RUN_SMCOPY) {
+                if (run == RUN_COPY)   /* vs_copy: the whole device's */
+                    lim[p] = gbs;
                 fprintf(tf, "  %-9s %-9s %12.1f %12.1f %12s %9s  -\n",
                         run_name[run], ph_name[p], t * 1e6, gbs, "-", "-");
                 continue;
@@ -704,6 +962,8 @@ int bench_cuda_main(const bench_opts_t *o)
             "(token, destination rank); else per kept (token, expert)), "
             "combine partials per (token, destination rank), summed over "
             "ranks; GB/s = 1e9 bytes/s over the slowest rank's time\n");
+    if (o->device_timing)
+        print_dev_table(tf, res);
     if (o->json)
         print_json(stdout, o, &wl, &s, prop.name, ndev, res, sum,
                    rc == 0 && verified);
@@ -711,7 +971,10 @@ int bench_cuda_main(const bench_opts_t *o)
     free(s.times);
     free(s.bytes);
     free(tmp);
+    free(s.dev);
+    free(s.ref);
     bench_workload_free(&wl);
+    bench_workload_free(&wl1);
     return rc;
 }
 #endif /* EPX_HAVE_CUDA */

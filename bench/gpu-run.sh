@@ -94,8 +94,16 @@ run_all() {
     step "bench/test-cuda-bench-smoke.sh" \
         sh -c "cd '$b' && sh '$src/bench/test-cuda-bench-smoke.sh'"
     # HT: each phase >= 70 % of the device copy bandwidth for its bytes
+    # Device timing (CUDA events on one timeline, the SM-limited copy and
+    # the 1-token floor) on the GPU data path's targets first: HT and LL
+    # at 128 tokens, then HT at 4096
+    bench "HT 128 tokens, 8 ranks on one GPU, device timing" ht128-bf16-dt \
+        --ranks 8 --tokens 128 --iters 200 --warmup 20 --device-timing
+    bench "LL 128 tokens, 8 ranks on one GPU, device timing" ll-bf16-dt \
+        --ranks 8 --tokens 128 --mode ll --iters 200 --warmup 20 \
+        --device-timing
     bench "HT token-major bf16, 8 ranks on one GPU" ht-token-bf16 \
-        --ranks 8 --tokens 4096
+        --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
@@ -109,10 +117,11 @@ run_all() {
     bench "LL 128 tokens, 8 ranks on one GPU" ll-bf16 --ranks 8 \
         --tokens 128 --mode ll --iters 200 --warmup 20
     bench "LL 128 tokens fp8" ll-fp8 --ranks 8 --tokens 128 --mode ll \
-        --dtype fp8 --iters 200 --warmup 20
+        --dtype fp8 --iters 200 --warmup 20 --device-timing
     # LL as decode runs it: each rank's calls replayed from CUDA graphs
     bench "LL 128 tokens, CUDA graphs" ll-bf16-graph --ranks 8 \
-        --tokens 128 --mode ll --cuda-graph --iters 200 --warmup 20
+        --tokens 128 --mode ll --cuda-graph --iters 200 --warmup 20 \
+        --device-timing
     # Last: the slowest step (every test under two sanitizer tools)
     step "tests/cuda/sanitize.sh" sh "$src/tests/cuda/sanitize.sh" "$b"
     echo "failures: $fails"

@@ -63,6 +63,14 @@ static const char bench_usage[] =
 "                        replay them (as decode runs low latency); throughput\n"
 "                        mode cannot be captured (one host synchronisation\n"
 "                        per dispatch)\n"
+"  --device-timing       with --device cuda: time each phase by CUDA events on\n"
+"                        each rank's stream, on one device timeline (span of\n"
+"                        all ranks, per-rank time, start skew), add a copy\n"
+"                        limited to the engine's SMs and a 1-token run (the\n"
+"                        fixed cost; data = time - that floor)\n"
+"  --sms N               with --device cuda: SMs (blocks) per device rank and\n"
+"                        for the SM-limited copy (default: the device's SMs /\n"
+"                        ranks on it, the engine's default)\n"
 "  --tokens-sweep T1,T2,...  one run per token count (tokens per rank, fork\n"
 "                        launcher, no mpi row); each run's table on stderr,\n"
 "                        then per count the p50 and p99 of dispatch, combine\n"
@@ -316,6 +324,7 @@ static int is_flag(const char *name)
     static const char *const flags[] = {
         "--help", "--balance", "--hierarchical", "--overlap",
         "--overlap-thread", "--pin", "--drift", "--ll-drop", "--cuda-graph",
+        "--device-timing",
         "--json", "--verify-all", "--inplace", "--no-inplace",
     };
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
@@ -604,6 +613,11 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
             o->ll_drop = 1;
         } else if (!strcmp(name, "--cuda-graph")) {
             o->cuda_graph = 1;
+        } else if (!strcmp(name, "--device-timing")) {
+            o->device_timing = 1;
+        } else if (!strcmp(name, "--sms")) {
+            if (parse_int(name, NEXT(), 1, 1 << 16, &o->sms))
+                return BENCH_OPTS_EXIT_ERR;
         } else if (!strcmp(name, "--ll-buffers")) {
             if (parse_int(name, NEXT(), 0, 64, &o->ll_buffers))
                 return BENCH_OPTS_EXIT_ERR;
@@ -698,6 +712,11 @@ int bench_opts_parse(int argc, char **argv, bench_opts_t *o)
         fprintf(stderr, "epx-bench: --cuda-graph goes with --device cuda "
                 "--mode ll (throughput mode synchronises with the host once "
                 "per dispatch, which a graph cannot hold)\n");
+        return BENCH_OPTS_EXIT_ERR;
+    }
+    if ((o->device_timing || o->sms) && o->device != BENCH_DEVICE_CUDA) {
+        fprintf(stderr, "epx-bench: %s goes with --device cuda\n",
+                o->device_timing ? "--device-timing" : "--sms");
         return BENCH_OPTS_EXIT_ERR;
     }
     if (o->overlap && !bench_ffn_available()) {

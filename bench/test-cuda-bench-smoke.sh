@@ -3,7 +3,7 @@
 # the bench must say exactly that and exit 3, and this test passes on that;
 # with a GPU, small verified runs: throughput token-major and expert-major,
 # a quantized wire, low latency (native and quantized, eager and replayed
-# from CUDA graphs), and --json
+# from CUDA graphs), --json and --device-timing
 # (bench/README.md, "GPU").
 b=bench/epx-bench
 small="--ranks 2 --tokens 16 --hidden 256 --experts 8 --topk 2 --iters 2 --warmup 1"
@@ -38,5 +38,27 @@ echo "$j" | grep -q '^  "verified": true,$' || { echo "FAIL: --json not verified
 echo "$j" | grep -q '"impl": "epx-cuda"' || { echo "FAIL: --json without epx-cuda"; exit 1; }
 if command -v python3 >/dev/null 2>&1; then
     echo "$j" | python3 -m json.tool >/dev/null || { echo "FAIL: --json is not JSON"; exit 1; }
+fi
+# --device-timing: the sm-copy and 1-token rows, spans no shorter than
+# the slowest rank, no skew below zero, the engine's data part
+j=$($b --device cuda $small --device-timing --json 2>/dev/null) ||
+    { echo "FAIL: --device-timing exit"; exit 1; }
+for k in '"impl": "sm-copy"' '"impl": "epx-cuda-1tok"' \
+         '"dispatch_device_x_sm_copy"' '"combine_device_data_us"'; do
+    echo "$j" | grep -q "$k" || { echo "FAIL: --device-timing without $k"; exit 1; }
+done
+if command -v python3 >/dev/null 2>&1; then
+    echo "$j" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+assert d["verified"] and d["config"]["device_timing"], "not verified"
+for r in d["results"]:
+    for p in ("dispatch", "combine"):
+        span = r[p + "_device_span_us"]
+        assert span >= r[p + "_device_rank_max_us"] - 1e-3, (r["impl"], p)
+        assert r[p + "_device_rank_max_us"] >= r[p + "_device_rank_mean_us"] - 1e-3
+        sk = r[p + "_device_skew_us"]   # null: ranks on several GPUs
+        assert sk is None or sk >= 0, (r["impl"], p)
+' || { echo "FAIL: --device-timing figures inconsistent"; exit 1; }
 fi
 exit 0

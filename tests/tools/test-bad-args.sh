@@ -58,6 +58,10 @@ cat <<'EOF'
 2|bench|-|-|--tokens wants T or T0,T1,...|--tokens 1,,2
 2|bench|-|-|--hidden wants an integer in [1, 1048576], got '0'|--hidden 0
 2|bench|-|-|--warmup wants an integer in [0, 1000000], got '-1'|--warmup -1
+2|bench|-|-|--device-timing goes with --device cuda|--device-timing
+2|bench|-|-|--sms goes with --device cuda|--sms 8
+2|bench|-|-|--sms wants an integer in [1, 65536], got '0'|--device cuda --sms 0
+2|bench|-|-|--device-timing takes no value, got '--device-timing=yes'|--device-timing=yes
 2|bench|-|-|--seed wants an unsigned integer, got '-1'|--seed -1
 2|bench|-|-|--drop wants a fraction in [0, 1], got 'nan'|--drop nan
 2|bench|-|-|--bytes-per-slot wants bytes|--bytes-per-slot 99999999999999999999999
