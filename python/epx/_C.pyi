@@ -58,7 +58,7 @@ class MoE:
     num_experts: int
     topk: int
     max_tokens: int
-    dtype: int
+    dtype: int  # epx_dtype_t: 0 bfloat16, 1 float32, 7 float64
     layout: int
     mode: int
     wire: int

@@ -214,8 +214,11 @@ class MoE(_C.MoE):
         hidden, num_experts, topk: the token size H, experts E, experts per
             token K.
         max_tokens: the most tokens one rank dispatches in one call.
-        dtype: torch.bfloat16 (default) or torch.float32 (or their names):
-            x, expert outputs and combine's output.
+        dtype: torch.bfloat16 (default), torch.float32 or torch.float64
+            (or their names): x, expert outputs and combine's output.
+            float64 (host ranks, wire None, every mode and layout) carries
+            the rows as they are and combines in double: for references
+            and ``torch.autograd.gradcheck``.
         layout: "expert_major" (rows grouped by expert, for a grouped GEMM)
             or "token_major" (one row per source token).
         expert_alignment: expert-major segments start at multiples of it.
@@ -306,14 +309,15 @@ class MoE(_C.MoE):
 
     def combine(self, y, d, out=None, *, weighted=True, async_op=False):
         """Bring the expert outputs back: ``out[t] = sum_k w[t,k] * y[row of
-        (t, expert k)]``, accumulated in fp32 in a fixed order (bitwise
-        reproducible).
+        (t, expert k)]``, accumulated in fp32 (float64 engines: in double)
+        in a fixed order (bitwise reproducible).
 
         Args:
             y: [d.num_rows, hidden] in the engine dtype, in d's row layout
                 (may be ``d.x`` itself, overwritten with the outputs).
             d: the :class:`Dispatch` these rows came from (after ``wait()``).
-            out: optional [T, hidden] bfloat16/float32 tensor to write.
+            out: optional [T, hidden] bfloat16/float32 tensor to write
+                (float64 for a float64 engine).
             weighted: apply the routing weights (expert-major); False when
                 y is already weighted.
             async_op: return a :class:`CombineWork` after sending.

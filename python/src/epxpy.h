@@ -55,8 +55,9 @@ typedef struct {
 } epxpy_array_t;
 
 /* dtype codes for epxpy_array_import's `allowed` mask: 1u << epx_dtype_t,
- * plus these for arrays epx only reads as bytes or as doubles. */
-#define EPXPY_DTYPE_FP64 16
+ * plus this one for arrays epx only reads as bytes.  EPXPY_DTYPE_FP64 is
+ * the library's FP64 (doubles: FP64 engines, and the planner's loads). */
+#define EPXPY_DTYPE_FP64 EPX_DTYPE_FP64
 #define EPXPY_DTYPE_BYTES 17   /* any dtype, seen as bytes (cols = bytes) */
 
 /* Import `obj` as a 2-D (or, with want_ndim 1, 1-D seen as 1 x n) host
@@ -84,7 +85,7 @@ typedef struct {
 
 extern PyTypeObject epxpy_buffer_type;
 
-/* A new Buffer of epx dtype `dtype` (or EPXPY_DTYPE_FP64) over `data`
+/* A new Buffer of epx dtype `dtype` over `data`
  * (a view kept alive by owner), or owning a copy when owner is NULL. */
 PyObject *epxpy_buffer_new(const void *data, int dtype, int ndim,
                            const int64_t *shape, PyObject *owner);

@@ -505,12 +505,14 @@ static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
     return res;
 }
 
-/* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array. */
+/* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array;
+ * float64 for an FP64 engine (its output is the double sum). */
 static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
 {
     int64_t T = epx_handle_num_tokens(h->h);
-    if (epxpy_array_import(oo, "out", 1u << 30 | 1u << EPX_DTYPE_BF16 |
-                           1u << EPX_DTYPE_FP32, 2, o) < 0)
+    unsigned dts = h->moe->p.dtype == EPX_DTYPE_FP64
+        ? 1u << EPX_DTYPE_FP64 : 1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32;
+    if (epxpy_array_import(oo, "out", 1u << 30 | dts, 2, o) < 0)
         return -1;
     if (o->t.rows == T && o->t.cols == h->moe->p.hidden)
         return 0;
