@@ -11,6 +11,8 @@ Gradients (expert-major layout, throughput mode, native wire):
     cached dispatch, no layout work): grad_y[row] = w(row) * grad_out[t],
     and grad_w[t, k] = <grad_out[t], y[row of (t, k)]>, the dot products
     computed where y lives and brought back by one more combine.
+Engines on a CUDA device (``epx.MoE(..., device="cuda")``) take and give
+CUDA tensors here too.
 The engine's dtype (bfloat16, float32 or float64) is the gradients' dtype
 on the wire; reductions accumulate in fp32 as in the forward (in double
 for a float64 engine, so ``torch.autograd.gradcheck`` runs at its usual
@@ -42,6 +44,11 @@ def _engine_dtype(moe):
     return {0: torch.bfloat16, 7: torch.float64}.get(moe.dtype, torch.float32)
 
 
+def _device(moe):
+    """Where the engine's tensors live: the CPU, or its CUDA device."""
+    return torch.device("cuda", moe.device) if moe.device >= 0 else torch.device("cpu")
+
+
 def _acc_dtype(moe):
     """What the reductions accumulate in: the engine's, at least float32."""
     return torch.float64 if moe.dtype == 7 else torch.float32
@@ -52,7 +59,7 @@ def _rearm(ex, x=None):
     the handle can be combined once more; returns the received rows."""
     moe, d = ex.moe, ex.d
     if x is None:
-        x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe))
+        x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe), device=_device(moe))
     r = moe.dispatch(x, ex.idx, ex.w32, layer=ex.layer, cached=d)
     return r.x
 
@@ -73,11 +80,11 @@ def _row_experts(ex):
         d = ex.d
         counts = d.expert_counts.to(torch.int64)
         offsets = d.expert_offsets.to(torch.int64)
-        ids = torch.full((d.num_rows,), -1, dtype=torch.int64)
+        ids = torch.full((d.num_rows,), -1, dtype=torch.int64, device=_device(ex.moe))
         local = d.local_experts.to(torch.int64)
         for j in range(len(counts)):
             c, o = int(counts[j]), int(offsets[j])
-            ids[o:o + c] = local[j]
+            ids[o:o + c] = int(local[j])
         ex.row_expert = ids
     return ex.row_expert
 
@@ -91,13 +98,14 @@ def _grad_weights(ex, rows_g, y):
     s = (rows_g.to(acc) * y.detach().to(acc)).sum(-1)
     experts = _row_experts(ex)
     H, E, T = moe.hidden, moe.num_experts, d.num_tokens
-    idx = ex.idx.to(torch.int64)
-    grad = torch.zeros(T, idx.shape[1], dtype=acc)
+    dev = _device(moe)
+    idx = ex.idx.to(device=dev, dtype=torch.int64)
+    grad = torch.zeros(T, idx.shape[1], dtype=acc, device=dev)
     valid = idx >= 0
     for c0 in range(0, E, H):
         if c0 > 0:
             _rearm(ex)
-        cols = torch.zeros(d.num_rows, H, dtype=_engine_dtype(moe))
+        cols = torch.zeros(d.num_rows, H, dtype=_engine_dtype(moe), device=dev)
         sel = (experts >= c0) & (experts < c0 + H)
         rows = sel.nonzero().squeeze(1)
         cols[rows, experts[rows] - c0] = s[rows].to(cols.dtype)
