@@ -424,6 +424,31 @@ static PyObject *row_array(const epxpy_moe_t *m, const void *p, int dtype,
                                 m->p.device);
 }
 
+/* expert_counts: host memory, but on the device in a device engine's
+ * low latency (a view, copied by the Python layer). */
+static PyObject *recv_counts(const epxpy_moe_t *m, const epx_recv_t *r,
+                             const int64_t *ls)
+{
+    if (m->p.device != EPX_DEVICE_HOST && m->p.mode == EPX_MODE_LOW_LATENCY)
+        return row_array(m, r->expert_counts, EPX_DTYPE_INT64, 1, ls);
+    return copy_or_none(r->expert_counts, EPX_DTYPE_INT64, 1, ls);
+}
+
+/* expert_offsets (expert-major): a copy; a device engine's low latency
+ * gives its fixed ranges j * R * capacity, made here whatever memory the
+ * executor keeps them in. */
+static PyObject *recv_offsets(const epxpy_moe_t *m, const epx_recv_t *r,
+                              const int64_t *ls)
+{
+    if (m->p.device == EPX_DEVICE_HOST || m->p.mode != EPX_MODE_LOW_LATENCY)
+        return copy_or_none(r->expert_offsets, EPX_DTYPE_INT64, 1, ls);
+    PyObject *o = epxpy_buffer_new(NULL, EPX_DTYPE_INT64, 1, ls, NULL);
+    for (int64_t j = 0; o && j < ls[0]; j++)
+        ((int64_t *)((epxpy_buffer_t *)o)->data)[j] =
+            j * (int64_t)m->comm->size * (int64_t)r->capacity;
+    return o;
+}
+
 /* What arrived, as a dict of Buffers: x and x_scales are views of the
  * engine's receive memory, the rest copies (device ranks: views of device
  * memory for the per-row arrays, and in low latency the counts; copied by
@@ -439,27 +464,13 @@ static PyObject *recv_info(epxpy_handle_t *h)
     int64_t xs[2] = { rows, r->x.cols };
     int64_t one[1] = { rows }, lk[2] = { rows, m->p.topk }, ls[1] = { nl };
     int em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
-    const int dev = m->p.device, ll = m->p.mode == EPX_MODE_LOW_LATENCY;
-    PyObject *counts, *offsets;
-    if (dev == EPX_DEVICE_HOST || !ll) {   /* host memory */
-        counts = copy_or_none(r->expert_counts, EPX_DTYPE_INT64, 1, ls);
-        offsets = em ? copy_or_none(r->expert_offsets, EPX_DTYPE_INT64, 1, ls)
-                     : (Py_INCREF(Py_None), Py_None);
-    } else {
-        /* device low latency: counts on the device; the offsets are the
-         * fixed ranges j * R * capacity, made here */
-        counts = row_array(m, r->expert_counts, EPX_DTYPE_INT64, 1, ls);
-        offsets = epxpy_buffer_new(NULL, EPX_DTYPE_INT64, 1, ls, NULL);
-        if (offsets)
-            for (int64_t j = 0; j < nl; j++)
-                ((int64_t *)((epxpy_buffer_t *)offsets)->data)[j] =
-                    j * (int64_t)m->comm->size * (int64_t)r->capacity;
-    }
+    const int dev = m->p.device;
     if (dict_put(d, "x", epxpy_buffer_view_on(r->x.data, r->x.dtype, 2, xs,
                                               (PyObject *)m, dev)) < 0 ||
         dict_put(d, "num_rows", PyLong_FromLongLong(rows)) < 0 ||
-        dict_put(d, "expert_counts", counts) < 0 ||
-        dict_put(d, "expert_offsets", offsets) < 0 ||
+        dict_put(d, "expert_counts", recv_counts(m, r, ls)) < 0 ||
+        dict_put(d, "expert_offsets", em ? recv_offsets(m, r, ls)
+                 : (Py_INCREF(Py_None), Py_None)) < 0 ||
         dict_put(d, "src_rank", row_array(m, r->src_rank, EPX_DTYPE_INT32, 1,
                                           one)) < 0 ||
         dict_put(d, "src_token", row_array(m, r->src_token, EPX_DTYPE_INT32,
