@@ -320,9 +320,12 @@ typedef enum epx_dtype {
     EPX_DTYPE_INT64 = 3,
     EPX_DTYPE_FP8_E4M3 = 4,    /* OCP e4m3fn, 1 byte */
     EPX_DTYPE_UE8M0 = 5,       /* scale 2^(c - 127), 1 byte; 0xff is NaN */
-    EPX_DTYPE_FP4_E2M1X2 = 6   /* two e2m1 codes per byte, element 2i in the
+    EPX_DTYPE_FP4_E2M1X2 = 6,  /* two e2m1 codes per byte, element 2i in the
                                   low nibble; a row of H elements has
                                   ceil(H / 2) columns */
+    EPX_DTYPE_FP64 = 7         /* IEEE binary64: engines of host ranks on
+                                  the native wire (reference and gradient
+                                  checks), see epx_moe_params_t.dtype */
 } epx_dtype_t;
 
 /* Bytes per element of a dtype (0 for an unknown one). */
@@ -421,7 +424,13 @@ typedef struct epx_moe_params {
     int num_experts;           /* E: logical experts over the comm */
     int topk;                  /* K: experts per token, 1..min(EPX_MAX_TOPK, E) */
     int max_tokens_per_rank;   /* upper bound on T of any dispatch (>= 0) */
-    epx_dtype_t dtype;         /* BF16 or FP32: x on the wire */
+    epx_dtype_t dtype;         /* BF16 or FP32: x on the wire; or FP64
+                                  (host ranks, EPX_WIRE_NATIVE; every mode
+                                  and layout, hierarchical too): rows
+                                  carried as given, combine in double
+                                  (epx_combine_send).  FP64 with a
+                                  quantized wire: EPX_ERR_INVALID; on
+                                  device ranks: EPX_ERR_UNSUPPORTED */
     epx_layout_t layout;
     int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
     /* version 2 */
@@ -696,7 +705,9 @@ typedef struct epx_combine_args {
  * out[t] = sum over destination ranks r in ascending order
  * of partial_r(t), partial_r = sum over t's experts on r in top-k order of
  * w * y (fp32), rounded to the engine dtype for the wire; the final sum is
- * fp32 and rounded once to out's dtype (BF16 or FP32).  Bitwise
+ * fp32 and rounded once to out's dtype (BF16 or FP32).  An FP64 engine
+ * does the same in double (w widened exactly): its partials travel in
+ * double, and out is FP64 (the double sum as it is).  Bitwise
  * reproducible.  Only the entries dispatched count: -1, lost experts
  * (EPX_MOE_ELASTIC) and rows dropped (EPX_MOE_LL_DROP) contribute nothing;
  * tokens with no expert get zeros. */
@@ -798,8 +809,8 @@ epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
 /* Hierarchical engines (EPX_MOE_HIERARCHICAL): bytes this rank put into
  * ranks of other domains since the engine was created — token rows in
  * dispatch (in the wire format, one per token and remote destination
- * domain), fp32
- * accumulators in combine; routing metadata not counted.  Local.  Other
+ * domain), fp32 accumulators (fp64 for an FP64 engine) in combine;
+ * routing metadata not counted.  Local.  Other
  * engines: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,
                                         int64_t *dispatch_bytes,

@@ -143,8 +143,8 @@ def read_la(path):
 
 # The package's libepx is built without CUDA and NCCL unless
 # EPX_CONFIGURE_FLAGS says otherwise: libepx itself links neither (they are
-# run-time modules, carried in epx/epx/ when built), but compiling the
-# kernels takes minutes and the package's GPU tensors are not wired yet;
+# run-time modules, carried in epx/epx/ when built, which CUDA engines,
+# epx.MoE(device=...), need), but compiling the kernels takes minutes;
 # ranks bootstrap through torch.distributed or the environment, not MPI.
 DEFAULT_CONFIGURE_FLAGS = "--without-cuda --without-nccl --without-mpi"
 

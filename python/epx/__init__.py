@@ -43,13 +43,20 @@ __version__ = _C.version
 version = _C.version
 
 
+def cuda_devices():
+    """GPUs libepx's CUDA module sees (engines with ``device=``); raises
+    epx.UnsupportedError when libepx has no CUDA module (the package's
+    default build) or no driver."""
+    return _C.cuda_devices()
+
+
 def settings():
     """The EPX_* environment settings: [(name, default, help)]."""
     return _C.settings()
 
 
 __all__ = [
-    "Comm", "MoE", "Dispatch", "CombineWork", "balance", "settings", "version",
+    "Comm", "MoE", "Dispatch", "CombineWork", "balance", "settings", "version", "cuda_devices",
     "Error", "InvalidError", "NoMemoryError", "SystemCallError", "TimeoutError", "AuthError",
     "MismatchError", "PeerError", "StateError", "UnsupportedError", "BootstrapError", "RangeError",
 ]

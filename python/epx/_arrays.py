@@ -7,20 +7,23 @@ import sys
 from . import _C
 
 # epx_dtype_t values (include/epx.h)
-BF16, FP32, INT32, INT64, FP8_E4M3, UE8M0, FP4_E2M1X2 = range(7)
+BF16, FP32, INT32, INT64, FP8_E4M3, UE8M0, FP4_E2M1X2, FP64 = range(8)
 
-_DTYPE_NAMES = {"bfloat16": BF16, "bf16": BF16, "float32": FP32, "fp32": FP32, "float": FP32}
+_DTYPE_NAMES = {"bfloat16": BF16, "bf16": BF16, "float32": FP32, "fp32": FP32, "float": FP32,
+                "float64": FP64, "fp64": FP64, "double": FP64}
 
 
 def dtype_code(dtype):
-    """epx_dtype_t of an engine dtype given as torch.bfloat16 / torch.float32,
-    numpy.float32, or a name ('bfloat16', 'float32')."""
+    """epx_dtype_t of an engine dtype given as torch.bfloat16 / torch.float32
+    / torch.float64, numpy.float32 / numpy.float64, or a name ('bfloat16',
+    'float32', 'float64')."""
     name = dtype if isinstance(dtype, str) else str(dtype)
     name = name.replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
     if name in _DTYPE_NAMES:
         return _DTYPE_NAMES[name]
-    raise _C.InvalidError(f"dtype: {dtype!r}; expected torch.bfloat16, torch.float32 "
-                          "(or 'bfloat16', 'float32', numpy.float32)")
+    raise _C.InvalidError(f"dtype: {dtype!r}; expected torch.bfloat16, torch.float32, "
+                          "torch.float64 (or 'bfloat16', 'float32', 'float64', numpy.float32, "
+                          "numpy.float64)")
 
 
 _Tensor = None

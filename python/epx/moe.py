@@ -16,12 +16,57 @@ _REPLICA = {"local_first": 0, "round_robin": 1}
 _LL_DROP, _HIERARCHICAL, _ELASTIC = 0x1, 0x2, 0x4
 
 
+def _device_ordinal(device):
+    """epx_moe_params_t.device of ``device``: -1 (host) for None, "cpu" or a
+    CPU torch.device; the CUDA ordinal of an int >= 0, "cuda", "cuda:N" or
+    a CUDA torch.device ("cuda" alone: torch's current device)."""
+    if device is None:
+        return -1
+    if isinstance(device, bool):
+        raise _C.InvalidError(f"device: {device!r}; expected None, 'cpu', 'cuda[:N]' or an ordinal")
+    if isinstance(device, int):
+        if device < -1:
+            raise _C.InvalidError(f"device: {device}; expected -1 (host) or a CUDA ordinal >= 0")
+        return device
+    kind, index = None, None
+    if isinstance(device, str):
+        kind, _, ix = device.partition(":")
+        index = int(ix) if ix.isdigit() else (None if ix == "" else -2)
+    elif type(device).__name__ == "device" and hasattr(device, "type"):  # torch.device
+        kind, index = device.type, device.index
+    if kind == "cpu" and index is None:
+        return -1
+    if kind == "cuda" and (index is None or index >= 0):
+        if index is None:
+            import torch
+
+            index = torch.cuda.current_device()
+        return index
+    raise _C.InvalidError(f"device: {device!r}; expected None, 'cpu', 'cuda', 'cuda:N' or an ordinal")
+
+
+def _stream(moe):
+    """The cudaStream_t of a device engine's calls: torch's current stream
+    on the engine's device (None on host engines)."""
+    if moe.device < 0:
+        return None
+    import torch
+
+    return torch.cuda.current_stream(moe.device).cuda_stream
+
+
 def _choice(table, value, name):
     try:
         return table[value]
     except (KeyError, TypeError):
         keys = ", ".join(repr(k) for k in table if k is not None)
         raise _C.InvalidError(f"{name}: {value!r}; expected one of {keys}") from None
+
+
+# recv fields a device engine gives as views of device memory (besides x
+# and x_scales, which stay views as on the host).
+_DEVICE_ROWS = ("src_rank", "src_token", "topk_idx", "topk_weights", "expert_counts",
+                "x_global_scale")
 
 
 class Dispatch:
@@ -64,6 +109,14 @@ class Dispatch:
             x = A.wrap(info["x"], self._torch, self._moe._xcode)
             if self._copy:
                 x = x.clone() if self._torch else x.copy()
+            if self._moe.device >= 0:
+                # device engines: the per-row arrays are views of device
+                # memory the next dispatch reuses; copies, as on the host
+                # (on the current stream, after the engine's work)
+                for k in _DEVICE_ROWS:
+                    v = info.get(k)
+                    if isinstance(v, _C.Buffer):
+                        info[k] = A.to_torch(v).clone()
             self._x = x
             self._info = info
         return self
@@ -201,6 +254,14 @@ class CombineWork:
         return self._res is not None
 
 
+def _torch_dtype(name):
+    return lambda: getattr(__import__("torch"), name)
+
+
+_TORCH_DTYPES = {A.BF16: _torch_dtype("bfloat16"), A.FP32: _torch_dtype("float32"),
+                 A.FP64: _torch_dtype("float64")}
+
+
 class MoE(_C.MoE):
     """An expert-parallel engine (epx_moe_t) over a communicator.
 
@@ -214,8 +275,11 @@ class MoE(_C.MoE):
         hidden, num_experts, topk: the token size H, experts E, experts per
             token K.
         max_tokens: the most tokens one rank dispatches in one call.
-        dtype: torch.bfloat16 (default) or torch.float32 (or their names):
-            x, expert outputs and combine's output.
+        dtype: torch.bfloat16 (default), torch.float32 or torch.float64
+            (or their names): x, expert outputs and combine's output.
+            float64 (host ranks, wire None, every mode and layout) carries
+            the rows as they are and combines in double: for references
+            and ``torch.autograd.gradcheck``.
         layout: "expert_major" (rows grouped by expert, for a grouped GEMM)
             or "token_major" (one row per source token).
         expert_alignment: expert-major segments start at multiples of it.
@@ -233,6 +297,20 @@ class MoE(_C.MoE):
             was lost) and num_slots may be below num_experts; entries naming
             a lost expert are not sent, combine leaves them out, and
             ``Dispatch.lost`` marks them (host ranks, needs num_slots).
+        device: where this rank's tensors live: None or "cpu" (host
+            memory, the default), or a CUDA device ("cuda", "cuda:N", an
+            ordinal, a torch.device; libepx with its CUDA module, every rank
+            a device rank).  A device engine takes CUDA tensors of that
+            device only (an argument elsewhere raises, naming it), orders
+            its work on torch's current stream of the device, and gives
+            CUDA tensors: ``Dispatch.x`` a view of its receive memory (the
+            same lifetime as on the host), the other per-row fields copies,
+            combine's output a tensor made with torch (or ``out``), all
+            ready in the current stream's order.  float64, ``elastic``,
+            ``hierarchical``, the readiness poll and weight migration are
+            host-only (``UnsupportedError``).
+        num_sms: device engines: blocks of the data kernels (0: the
+            device's SMs shared by the ranks on it).
 
     Thread safety: one thread drives an engine at a time.
     """
@@ -240,7 +318,7 @@ class MoE(_C.MoE):
     def __init__(self, comm, hidden, num_experts, topk, max_tokens, dtype="bfloat16",
                  layout="expert_major", expert_alignment=1, mode="ht", wire=None,
                  num_layers=1, stats_decay=0.9, num_slots=0, ll_capacity=0, ll_buffers=0,
-                 ll_drop=False, hierarchical=False, elastic=False):
+                 ll_drop=False, hierarchical=False, elastic=False, device=None, num_sms=0):
         if not isinstance(comm, _C.Comm):
             raise _C.InvalidError(f"comm: an epx.Comm is needed, not {type(comm).__name__}")
         try:
@@ -250,7 +328,8 @@ class MoE(_C.MoE):
             args = (int(hidden), int(num_experts), int(topk), int(max_tokens), self._code,
                     _choice(_LAYOUTS, layout, "layout"), int(expert_alignment),
                     _choice(_MODES, mode, "mode"), _choice(_WIRES, wire, "wire"), int(num_layers),
-                    float(stats_decay), int(num_slots), int(ll_capacity), int(ll_buffers), flags)
+                    float(stats_decay), int(num_slots), int(ll_capacity), int(ll_buffers), flags,
+                    _device_ordinal(device), int(num_sms))
         except Exception:
             # creation is collective: fail it on every rank (hidden -1 is
             # refused by the library, which agrees the failure with the peers)
@@ -283,7 +362,7 @@ class MoE(_C.MoE):
         rank (``epx.PeerError`` on the others) with nothing sent, and the
         engine stays usable.
         """
-        torch_out = A.is_torch(x)
+        torch_out = A.is_torch(x) or self.device >= 0   # device memory: torch
         try:
             x = A.host_array(x, "x")
             topk_idx = A.host_array(topk_idx, "topk_idx")
@@ -295,10 +374,12 @@ class MoE(_C.MoE):
                 ch = cached._h
             gs = float(global_scale or 0.0)
             layer = int(layer)
+            stream = _stream(self)
         except Exception:
             self._fail_dispatch()
             raise
-        h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs)
+        h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs,
+                               stream=stream)
         d = Dispatch(self, h, torch_out, len(x), copy)
         if not async_op:
             d.wait()
@@ -306,14 +387,15 @@ class MoE(_C.MoE):
 
     def combine(self, y, d, out=None, *, weighted=True, async_op=False):
         """Bring the expert outputs back: ``out[t] = sum_k w[t,k] * y[row of
-        (t, expert k)]``, accumulated in fp32 in a fixed order (bitwise
-        reproducible).
+        (t, expert k)]``, accumulated in fp32 (float64 engines: in double)
+        in a fixed order (bitwise reproducible).
 
         Args:
             y: [d.num_rows, hidden] in the engine dtype, in d's row layout
                 (may be ``d.x`` itself, overwritten with the outputs).
             d: the :class:`Dispatch` these rows came from (after ``wait()``).
-            out: optional [T, hidden] bfloat16/float32 tensor to write.
+            out: optional [T, hidden] bfloat16/float32 tensor to write
+                (float64 for a float64 engine).
             weighted: apply the routing weights (expert-major); False when
                 y is already weighted.
             async_op: return a :class:`CombineWork` after sending.
@@ -326,13 +408,20 @@ class MoE(_C.MoE):
         if d._moe is not self:
             raise _C.InvalidError("d: a dispatch of another engine")
         d.wait()
-        torch_out = A.is_torch(y)
+        torch_out = A.is_torch(y) or self.device >= 0
         y = A.host_array(y, "y")
         if out is not None:
             if A.is_torch(out) and out.requires_grad:
                 raise _C.InvalidError("out: a tensor that requires grad (use epx.torch.combine)")
             out = A.host_array(out, "out")
-        d._h.combine_send(y, unweighted=not weighted, out=out)
+        elif self.device >= 0:
+            # the library writes into the caller's memory: made by torch on
+            # the engine's device (zero-copy: the result is this tensor)
+            import torch
+
+            out = torch.empty(d.num_tokens, self.hidden, dtype=_TORCH_DTYPES[self.dtype](),
+                              device=torch.device("cuda", self.device))
+        d._h.combine_send(y, unweighted=not weighted, out=out, stream=_stream(self))
         w = CombineWork(d, out, torch_out)
         return w if async_op else w.wait()
 
@@ -372,6 +461,9 @@ class MoE(_C.MoE):
         :meth:`rebalance`: [slots per rank, ...], contiguous host memory,
         kept alive by the engine.  Collective: a bad argument on one rank
         fails the call on every rank."""
+        if self.device >= 0:
+            raise _C.UnsupportedError("register_weights: moving expert weights is implemented "
+                                      "on host ranks only (epx.h), not on device engines")
         super().register_weights(int(layer), A.host_array(weights, "weights"))
 
     def rebalance(self, phy2log, layer=0, policy="local_first"):

@@ -11,8 +11,14 @@ Gradients (expert-major layout, throughput mode, native wire):
     cached dispatch, no layout work): grad_y[row] = w(row) * grad_out[t],
     and grad_w[t, k] = <grad_out[t], y[row of (t, k)]>, the dot products
     computed where y lives and brought back by one more combine.
-The engine's dtype (bfloat16 or float32) is the gradients' dtype on the
-wire; reductions accumulate in fp32 as in the forward.
+Engines on a CUDA device (``epx.MoE(..., device="cuda")``) take and give
+CUDA tensors here too; having no cached dispatch, they re-dispatch the
+routing in full where a host engine reuses its layout.
+The engine's dtype (bfloat16, float32 or float64) is the gradients' dtype
+on the wire; reductions accumulate in fp32 as in the forward (in double
+for a float64 engine, so ``torch.autograd.gradcheck`` runs at its usual
+precision: the routing weights still travel as float32, so give weights
+that float32 holds exactly and a step that keeps them so, e.g. 2**-20).
 """
 
 import torch
@@ -36,15 +42,31 @@ def _check(moe):
 
 
 def _engine_dtype(moe):
-    return torch.bfloat16 if moe.dtype == 0 else torch.float32
+    return {0: torch.bfloat16, 7: torch.float64}.get(moe.dtype, torch.float32)
+
+
+def _device(moe):
+    """Where the engine's tensors live: the CPU, or its CUDA device."""
+    return torch.device("cuda", moe.device) if moe.device >= 0 else torch.device("cpu")
+
+
+def _acc_dtype(moe):
+    """What the reductions accumulate in: the engine's, at least float32."""
+    return torch.float64 if moe.dtype == 7 else torch.float32
 
 
 def _rearm(ex, x=None):
     """A cached dispatch of the same routing (x: [T, hidden] or zeros), so
-    the handle can be combined once more; returns the received rows."""
+    the handle can be combined once more; returns the received rows.
+    Device engines have no cached dispatch (epx.h): a fresh one of the same
+    routing, whose rows come in the same order (the layout is the
+    contract's), replaces ex.d."""
     moe, d = ex.moe, ex.d
     if x is None:
-        x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe))
+        x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe), device=_device(moe))
+    if moe.device >= 0:
+        ex.d = moe.dispatch(x, ex.idx, ex.w32, layer=ex.layer)
+        return ex.d.x
     r = moe.dispatch(x, ex.idx, ex.w32, layer=ex.layer, cached=d)
     return r.x
 
@@ -65,11 +87,11 @@ def _row_experts(ex):
         d = ex.d
         counts = d.expert_counts.to(torch.int64)
         offsets = d.expert_offsets.to(torch.int64)
-        ids = torch.full((d.num_rows,), -1, dtype=torch.int64)
+        ids = torch.full((d.num_rows,), -1, dtype=torch.int64, device=_device(ex.moe))
         local = d.local_experts.to(torch.int64)
         for j in range(len(counts)):
             c, o = int(counts[j]), int(offsets[j])
-            ids[o:o + c] = local[j]
+            ids[o:o + c] = int(local[j])
         ex.row_expert = ids
     return ex.row_expert
 
@@ -79,20 +101,23 @@ def _grad_weights(ex, rows_g, y):
     product goes back to its token in the column of its expert (one combine
     per `hidden` experts), then is read at topk_idx[t, k]."""
     moe, d = ex.moe, ex.d
-    s = (rows_g.float() * y.detach().float()).sum(-1)
+    acc = _acc_dtype(moe)
+    s = (rows_g.to(acc) * y.detach().to(acc)).sum(-1)
     experts = _row_experts(ex)
     H, E, T = moe.hidden, moe.num_experts, d.num_tokens
-    idx = ex.idx.to(torch.int64)
-    grad = torch.zeros(T, idx.shape[1], dtype=torch.float32)
+    dev = _device(moe)
+    idx = ex.idx.to(device=dev, dtype=torch.int64)
+    grad = torch.zeros(T, idx.shape[1], dtype=acc, device=dev)
     valid = idx >= 0
     for c0 in range(0, E, H):
         if c0 > 0:
             _rearm(ex)
-        cols = torch.zeros(d.num_rows, H, dtype=_engine_dtype(moe))
+            d = ex.d   # device engines: a new dispatch
+        cols = torch.zeros(d.num_rows, H, dtype=_engine_dtype(moe), device=dev)
         sel = (experts >= c0) & (experts < c0 + H)
         rows = sel.nonzero().squeeze(1)
         cols[rows, experts[rows] - c0] = s[rows].to(cols.dtype)
-        back = moe.combine(cols, d, weighted=False).float()
+        back = moe.combine(cols, d, weighted=False).to(acc)
         inside = valid & (idx >= c0) & (idx < c0 + H)
         col = (idx - c0).clamp(0, H - 1)
         grad = torch.where(inside, back.gather(1, col), grad)
@@ -133,7 +158,8 @@ class _CombineFn(torch.autograd.Function):
         grad_y = grad_w = None
         w_rows = ex.d.topk_weights
         if ctx.needs_input_grad[0]:
-            grad_y = (rows_g.float() * w_rows.unsqueeze(1)).to(y.dtype)
+            acc = _acc_dtype(ex.moe)
+            grad_y = (rows_g.to(acc) * w_rows.unsqueeze(1).to(acc)).to(y.dtype)
         if ctx.needs_input_grad[1]:
             grad_w = _grad_weights(ex, rows_g, y).to(ctx.w_dtype)
         return grad_y, grad_w, None

@@ -123,6 +123,27 @@ static int bad(const char *name, const char *msg, const char *unused)
     return -1;
 }
 
+/* Where memory is, for messages: host memory, or a CUDA device. */
+static const char *where_name(int device, char *buf, size_t n)
+{
+    if (device == EPX_DEVICE_HOST)
+        snprintf(buf, n, "in host memory (CPU)");
+    else if (device >= 0)
+        snprintf(buf, n, "on cuda:%d", device);
+    else
+        snprintf(buf, n, "on a device epx does not take");
+    return buf;
+}
+
+/* An array that is not where the engine's tensors are. */
+static int misplaced(const char *name, int got, int want)
+{
+    char g[48], w[48], msg[160];
+    snprintf(msg, sizeof(msg), "is %s; this engine's tensors are %s",
+             where_name(got, g, sizeof(g)), where_name(want, w, sizeof(w)));
+    return bad(name, msg, NULL);
+}
+
 /* Set rows/cols from a shape, checking the dimensions. */
 static int set_shape(epxpy_array_t *a, const char *name, int ndim,
                      const int64_t *shape, int want_ndim, size_t itemsize,
@@ -188,10 +209,38 @@ static int import_buffer(PyObject *obj, const char *name, unsigned allowed,
                      (size_t)a->view.itemsize, bytes);
 }
 
-static int import_dlpack(PyObject *obj, const char *name, unsigned allowed,
-                         int want_ndim, epxpy_array_t *a)
+/* The producer's device, from __dlpack_device__: 1 when it says CUDA. */
+static int dlpack_on_cuda(PyObject *obj)
 {
-    PyObject *cap = PyObject_CallMethod(obj, "__dlpack__", NULL);
+    PyObject *dev = PyObject_CallMethod(obj, "__dlpack_device__", NULL);
+    long type = -1;
+    if (dev && PyTuple_Check(dev) && PyTuple_GET_SIZE(dev) >= 1)
+        type = PyLong_AsLong(PyTuple_GET_ITEM(dev, 0));
+    Py_XDECREF(dev);
+    PyErr_Clear();
+    return type == EPXPY_DL_CUDA;
+}
+
+static int import_dlpack(PyObject *obj, const char *name, unsigned allowed,
+                         int want_ndim, int device, void *stream,
+                         epxpy_array_t *a)
+{
+    PyObject *cap;
+    if (device >= 0 && dlpack_on_cuda(obj)) {
+        /* DLPack's stream protocol: the producer orders its pending work
+         * on this tensor before `stream` (1: CUDA's legacy default). */
+        PyObject *kw = Py_BuildValue("{s:n}", "stream",
+                                     stream ? (Py_ssize_t)(intptr_t)stream
+                                            : (Py_ssize_t)1);
+        PyObject *meth = kw ? PyObject_GetAttrString(obj, "__dlpack__") : NULL;
+        PyObject *noargs = meth ? PyTuple_New(0) : NULL;
+        cap = noargs ? PyObject_Call(meth, noargs, kw) : NULL;
+        Py_XDECREF(noargs);
+        Py_XDECREF(meth);
+        Py_XDECREF(kw);
+    } else {
+        cap = PyObject_CallMethod(obj, "__dlpack__", NULL);
+    }
     if (!cap) {
         /* A tensor that requires grad refuses; say what to do. */
         PyObject *t, *v, *tb;
@@ -214,15 +263,20 @@ static int import_dlpack(PyObject *obj, const char *name, unsigned allowed,
     Py_DECREF(cap);
     a->dlm = m;
     epxpy_dltensor_t *d = &m->dl_tensor;
-    if (d->device.device_type != EPXPY_DL_CPU &&
-        d->device.device_type != EPXPY_DL_CUDA_HOST) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "is on device %s:%d (DLPack device type "
-                 "%d); this build takes host (CPU) memory",
-                 d->device.device_type == EPXPY_DL_CUDA ? "cuda" : "?",
-                 (int)d->device.device_id, (int)d->device.device_type);
+    int where = d->device.device_type == EPXPY_DL_CPU ||
+                d->device.device_type == EPXPY_DL_CUDA_HOST ? EPX_DEVICE_HOST
+              : d->device.device_type == EPXPY_DL_CUDA ? (int)d->device.device_id
+              : -2;
+    if (where == -2) {
+        char msg[160], w[48];
+        snprintf(msg, sizeof(msg), "is on a device of DLPack type %d; this "
+                 "engine's tensors are %s", (int)d->device.device_type,
+                 where_name(device, w, sizeof(w)));
         return bad(name, msg, NULL);
     }
+    if (where != device)
+        return misplaced(name, where, device);
+    a->device = where;
     int bytes = (allowed & (1u << EPXPY_DTYPE_BYTES)) != 0;
     int dt = bytes ? EPXPY_DTYPE_BYTES : dt_of_dl(d->dtype);
     if (!bytes && (dt < 0 || !(allowed & (1u << dt)))) {
@@ -310,22 +364,47 @@ static int torch_ready(void)
     return 1;
 }
 
+/* Where a plain torch tensor is: EPX_DEVICE_HOST, the CUDA ordinal, or
+ * -2 for anything else (left to DLPack, which says what it is). */
+static int torch_where(PyObject *obj)
+{
+    PyObject *cpu = PyObject_GetAttrString(obj, "is_cpu");
+    int is_cpu = cpu == Py_True;
+    Py_XDECREF(cpu);
+    if (is_cpu)
+        return EPX_DEVICE_HOST;
+    PyObject *cuda = PyObject_GetAttrString(obj, "is_cuda");
+    int is_cuda = cuda == Py_True;
+    Py_XDECREF(cuda);
+    long ix = -1;
+    if (is_cuda) {
+        PyObject *g = PyObject_CallMethod(obj, "get_device", NULL);
+        ix = g ? PyLong_AsLong(g) : -1;
+        Py_XDECREF(g);
+    }
+    PyErr_Clear();
+    return ix >= 0 ? (int)ix : -2;
+}
+
 /* 1: imported (or failed with the error set, *rc = -1); 0: not a plain
- * CPU tensor, left to DLPack. */
+ * CPU or CUDA tensor, left to DLPack.  A CUDA tensor's pointer is read
+ * like a CPU one's: torch orders its work on the current stream, the one
+ * the Python layer gives epx. */
 static int import_torch(PyObject *obj, const char *name, unsigned allowed,
-                        int want_ndim, epxpy_array_t *a, int *rc)
+                        int want_ndim, int device, epxpy_array_t *a, int *rc)
 {
     if (!torch_ready() || ((PyObject *)Py_TYPE(obj) != tch.tensor &&
                            (PyObject *)Py_TYPE(obj) != tch.param))
         return 0;
-    PyObject *cpu = PyObject_GetAttrString(obj, "is_cpu");
-    int is_cpu = cpu == Py_True;
-    Py_XDECREF(cpu);
-    if (!is_cpu) {
-        PyErr_Clear();
+    int where = torch_where(obj);
+    if (where == -2)
         return 0;
-    }
     *rc = -1;
+    if (where != device) {
+        misplaced(name, where, device);
+        return 1;
+    }
+    a->device = where;
     int bytes = (allowed & (1u << EPXPY_DTYPE_BYTES)) != 0, dt = -1;
     PyObject *dto = PyObject_GetAttrString(obj, "dtype");
     for (int i = 0; dto && i < 5; i++)
@@ -393,19 +472,27 @@ static int import_torch(PyObject *obj, const char *name, unsigned allowed,
 }
 
 static int import_any(PyObject *obj, const char *name, unsigned allowed,
-                      int want_ndim, int writable, epxpy_array_t *a)
+                      int want_ndim, int writable, int device, void *stream,
+                      epxpy_array_t *a)
 {
     if (obj == NULL || obj == Py_None)
         return bad(name, "is None; an array is needed", NULL);
-    /* numpy arrays and memoryviews through the buffer protocol, plain CPU
-     * torch tensors through their attributes, the rest through DLPack. */
-    if (PyObject_CheckBuffer(obj))
+    /* numpy arrays and memoryviews through the buffer protocol (host
+     * memory), plain CPU and CUDA torch tensors through their attributes,
+     * the rest through DLPack. */
+    a->device = EPX_DEVICE_HOST;
+    int dev_buffer = PyObject_TypeCheck(obj, &epxpy_buffer_type) &&
+                     ((epxpy_buffer_t *)obj)->device != EPX_DEVICE_HOST;
+    if (PyObject_CheckBuffer(obj) && !dev_buffer) {
+        if (device != EPX_DEVICE_HOST)
+            return misplaced(name, EPX_DEVICE_HOST, device);
         return import_buffer(obj, name, allowed, want_ndim, writable, a);
+    }
     int rc;
-    if (import_torch(obj, name, allowed, want_ndim, a, &rc))
+    if (import_torch(obj, name, allowed, want_ndim, device, a, &rc))
         return rc;
     if (PyObject_HasAttrString(obj, "__dlpack__"))
-        return import_dlpack(obj, name, allowed, want_ndim, a);
+        return import_dlpack(obj, name, allowed, want_ndim, device, stream, a);
     char msg[160];
     snprintf(msg, sizeof(msg), "must be an array (a torch tensor, a numpy "
              "array, or any buffer-protocol or DLPack object), not %.60s",
@@ -413,16 +500,25 @@ static int import_any(PyObject *obj, const char *name, unsigned allowed,
     return bad(name, msg, NULL);
 }
 
-int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
-                       int want_ndim, epxpy_array_t *a)
+int epxpy_array_import_on(PyObject *obj, const char *name, unsigned allowed,
+                          int want_ndim, int device, void *stream,
+                          epxpy_array_t *a)
 {
     int writable = (allowed & (1u << 30)) != 0;
     allowed &= ~(1u << 30);
     memset(a, 0, sizeof(*a));
-    int rc = import_any(obj, name, allowed, want_ndim, writable, a);
+    int rc = import_any(obj, name, allowed, want_ndim, writable, device,
+                        stream, a);
     if (rc < 0)   /* nothing stays borrowed after a failure */
         epxpy_array_release(a);
     return rc;
+}
+
+int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
+                       int want_ndim, epxpy_array_t *a)
+{
+    return epxpy_array_import_on(obj, name, allowed, want_ndim,
+                                 EPX_DEVICE_HOST, NULL, a);
 }
 
 void epxpy_array_release(epxpy_array_t *a)
@@ -457,6 +553,7 @@ PyObject *epxpy_buffer_new(const void *data, int dtype, int ndim,
     b->ndim = ndim;
     for (int d = 0; d < 3; d++)
         b->shape[d] = d < ndim ? shape[d] : 1;
+    b->device = EPX_DEVICE_HOST;
     b->dl_code = di->code;
     b->dl_bits = di->bits;
     b->format = di->format;
@@ -484,6 +581,19 @@ PyObject *epxpy_buffer_new(const void *data, int dtype, int ndim,
     return (PyObject *)b;
 }
 
+PyObject *epxpy_buffer_view_on(const void *data, int dtype, int ndim,
+                               const int64_t *shape, PyObject *owner,
+                               int device)
+{
+    if (!owner)
+        return epxpy_raisef(EPX_ERR_INVALID, "internal: a view without an "
+                            "owner");
+    PyObject *o = epxpy_buffer_new(data, dtype, ndim, shape, owner);
+    if (o)
+        ((epxpy_buffer_t *)o)->device = device;
+    return o;
+}
+
 static void buffer_dealloc(epxpy_buffer_t *b)
 {
     if (b->owns)
@@ -496,6 +606,12 @@ static void buffer_dealloc(epxpy_buffer_t *b)
 
 static int buffer_getbuffer(epxpy_buffer_t *b, Py_buffer *v, int flags)
 {
+    if (b->device != EPX_DEVICE_HOST) {   /* the buffer protocol is host only */
+        PyErr_Format(PyExc_BufferError, "device memory (cuda:%d): take it "
+                     "with torch.from_dlpack", b->device);
+        v->obj = NULL;
+        return -1;
+    }
     v->buf = b->data;
     v->obj = (PyObject *)b;
     Py_INCREF(b);
@@ -559,9 +675,13 @@ static void dl_capsule_destructor(PyObject *cap)
         m->deleter(m);
 }
 
+/* DLPack export.  The stream a consumer passes is not waited on: the
+ * library made the stream of the call that produced the memory (the
+ * caller's, torch's current one in the Python layer) wait for it, so the
+ * data are ready in that stream's order (python/README.md). */
 static PyObject *buffer_dlpack(epxpy_buffer_t *b, PyObject *args, PyObject *kw)
 {
-    (void)args; (void)kw;   /* stream, max_version, ...: host memory */
+    (void)args; (void)kw;   /* stream, max_version, ...: see above */
     dlpack_export_t *e = calloc(1, sizeof(*e));
     if (!e)
         return PyErr_NoMemory();
@@ -569,8 +689,8 @@ static PyObject *buffer_dlpack(epxpy_buffer_t *b, PyObject *args, PyObject *kw)
         e->shape[d] = b->shape[d];
     epxpy_dltensor_t *t = &e->m.dl_tensor;
     t->data = b->data;
-    t->device.device_type = EPXPY_DL_CPU;
-    t->device.device_id = 0;
+    t->device.device_type = b->device >= 0 ? EPXPY_DL_CUDA : EPXPY_DL_CPU;
+    t->device.device_id = b->device >= 0 ? b->device : 0;
     t->ndim = b->ndim;
     t->dtype.code = (uint8_t)b->dl_code;
     t->dtype.bits = (uint8_t)b->dl_bits;
@@ -591,8 +711,9 @@ static PyObject *buffer_dlpack(epxpy_buffer_t *b, PyObject *args, PyObject *kw)
 
 static PyObject *buffer_dlpack_device(epxpy_buffer_t *b, PyObject *noarg)
 {
-    (void)b; (void)noarg;
-    return Py_BuildValue("(ii)", EPXPY_DL_CPU, 0);
+    (void)noarg;
+    return b->device >= 0 ? Py_BuildValue("(ii)", EPXPY_DL_CUDA, b->device)
+                          : Py_BuildValue("(ii)", EPXPY_DL_CPU, 0);
 }
 
 static PyObject *buffer_shape(epxpy_buffer_t *b, void *closure)
@@ -612,9 +733,9 @@ static PyObject *buffer_is_view(epxpy_buffer_t *b, void *closure)
 
 static PyMethodDef buffer_methods[] = {
     { "__dlpack__", (PyCFunction)(void (*)(void))buffer_dlpack,
-      METH_VARARGS | METH_KEYWORDS, "DLPack export (host memory)" },
+      METH_VARARGS | METH_KEYWORDS, "DLPack export (host or CUDA memory)" },
     { "__dlpack_device__", (PyCFunction)buffer_dlpack_device, METH_NOARGS,
-      "(kDLCPU, 0)" },
+      "(kDLCPU, 0), or (kDLCUDA, ordinal) for device memory" },
     { NULL, NULL, 0, NULL }
 };
 

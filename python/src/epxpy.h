@@ -44,19 +44,21 @@ typedef struct epxpy_dlmanaged {
 enum { EPXPY_DL_CPU = 1, EPXPY_DL_CUDA = 2, EPXPY_DL_CUDA_HOST = 3 };
 
 /* An array borrowed from Python for the length of a call: a C-contiguous
- * host array seen as an epx_tensor_t.  Release with epxpy_array_release
- * after a successful import (a failed one has released what it took;
- * releasing it again is harmless). */
+ * array seen as an epx_tensor_t, in host memory or on a CUDA device.
+ * Release with epxpy_array_release after a successful import (a failed one
+ * has released what it took; releasing it again is harmless). */
 typedef struct {
     epx_tensor_t t;
     int ndim;
+    int device;              /* EPX_DEVICE_HOST, or the CUDA ordinal */
     Py_buffer view;          /* buffer protocol: view.obj != NULL */
     epxpy_dlmanaged_t *dlm;  /* DLPack: the producer's tensor */
 } epxpy_array_t;
 
 /* dtype codes for epxpy_array_import's `allowed` mask: 1u << epx_dtype_t,
- * plus these for arrays epx only reads as bytes or as doubles. */
-#define EPXPY_DTYPE_FP64 16
+ * plus this one for arrays epx only reads as bytes.  EPXPY_DTYPE_FP64 is
+ * the library's FP64 (doubles: FP64 engines, and the planner's loads). */
+#define EPXPY_DTYPE_FP64 EPX_DTYPE_FP64
 #define EPXPY_DTYPE_BYTES 17   /* any dtype, seen as bytes (cols = bytes) */
 
 /* Import `obj` as a 2-D (or, with want_ndim 1, 1-D seen as 1 x n) host
@@ -64,6 +66,15 @@ typedef struct {
  * the error (epx.InvalidError, which is also a ValueError). */
 int epxpy_array_import(PyObject *obj, const char *name, unsigned allowed,
                        int want_ndim, epxpy_array_t *a);
+/* The same for an engine whose tensors live on `device` (EPX_DEVICE_HOST:
+ * as above; an ordinal: CUDA memory of that device only, torch CUDA
+ * tensors read through their attributes, other DLPack producers asked to
+ * order their data before `stream`, a cudaStream_t).  An array elsewhere
+ * (host memory for a device engine, another device, CUDA memory for a
+ * host engine) raises naming the argument and both places. */
+int epxpy_array_import_on(PyObject *obj, const char *name, unsigned allowed,
+                          int want_ndim, int device, void *stream,
+                          epxpy_array_t *a);
 void epxpy_array_release(epxpy_array_t *a);
 
 /* The Buffer type: rows x cols of a dtype, exported through the buffer
@@ -74,6 +85,8 @@ typedef struct {
     void *data;
     int64_t shape[3];
     int ndim;
+    int device;               /* EPX_DEVICE_HOST, or the CUDA ordinal of a
+                                 view of device memory (DLPack only) */
     int dl_code, dl_bits;     /* DLPack dtype */
     const char *format;       /* struct format for the buffer protocol */
     size_t itemsize;
@@ -84,10 +97,17 @@ typedef struct {
 
 extern PyTypeObject epxpy_buffer_type;
 
-/* A new Buffer of epx dtype `dtype` (or EPXPY_DTYPE_FP64) over `data`
+/* A new Buffer of epx dtype `dtype` over `data`
  * (a view kept alive by owner), or owning a copy when owner is NULL. */
 PyObject *epxpy_buffer_new(const void *data, int dtype, int ndim,
                            const int64_t *shape, PyObject *owner);
+/* A view of memory on `device` (a CUDA ordinal; EPX_DEVICE_HOST: as
+ * epxpy_buffer_new with an owner), kept alive by owner.  Device memory
+ * cannot be copied here (no CUDA runtime in the extension): the Python
+ * layer copies what must outlive the view, with torch. */
+PyObject *epxpy_buffer_view_on(const void *data, int dtype, int ndim,
+                               const int64_t *shape, PyObject *owner,
+                               int device);
 
 /* ------------------------------------------------------------ objects */
 

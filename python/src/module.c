@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "epxpy.h"
+#include <epx/cuda.h>
 
 /* One exception class per status; index -status. */
 #define NSTATUS 12
@@ -90,8 +91,25 @@ static PyObject *py_settings(PyObject *self, PyObject *noarg)
     return l;
 }
 
+/* GPUs the library's CUDA module sees; UnsupportedError without the
+ * module (libepx built without CUDA) or a driver. */
+static PyObject *py_cuda_devices(PyObject *self, PyObject *noarg)
+{
+    (void)self;
+    (void)noarg;
+    int n = 0;
+    epx_status_t st;
+    Py_BEGIN_ALLOW_THREADS
+    st = epx_cuda_devices(&n);
+    Py_END_ALLOW_THREADS
+    return st == EPX_OK ? PyLong_FromLong(n) : epxpy_raise(st);
+}
+
 static PyMethodDef methods[] = {
     { "status_str", py_status_str, METH_O, "status_str(status) -> str" },
+    { "cuda_devices", py_cuda_devices, METH_NOARGS,
+      "cuda_devices() -> GPUs libepx's CUDA module sees (UnsupportedError "
+      "without it)" },
     { "settings", py_settings, METH_NOARGS,
       "settings() -> [(name, default, help)]: the EPX_* environment settings" },
     { "balance_plan", (PyCFunction)(void (*)(void))epxpy_balance_plan,

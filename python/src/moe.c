@@ -99,7 +99,7 @@ static int moe_init(epxpy_moe_t *self, PyObject *args, PyObject *kw)
     static char *kwlist[] = { "comm", "hidden", "num_experts", "topk",
         "max_tokens", "dtype", "layout", "expert_alignment", "mode", "wire",
         "num_layers", "stats_decay", "num_slots", "ll_capacity", "ll_buffers",
-        "flags", NULL };
+        "flags", "device", "num_sms", NULL };
     PyObject *comm;
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     int dtype = p.dtype, layout = p.layout, mode = p.mode, wire = p.wire;
@@ -108,11 +108,11 @@ static int moe_init(epxpy_moe_t *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "MoE already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iiii|iiiiiidiiiI", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iiii|iiiiiidiiiIii", kwlist,
             &epxpy_comm_type, &comm, &p.hidden, &p.num_experts, &p.topk,
             &p.max_tokens_per_rank, &dtype, &layout, &p.expert_alignment,
             &mode, &wire, &p.num_layers, &p.stats_decay, &p.num_slots,
-            &p.ll_capacity, &p.ll_buffers, &flags))
+            &p.ll_capacity, &p.ll_buffers, &flags, &p.device, &p.num_sms))
         return -1;
     if (epxpy_comm_check((epxpy_comm_t *)comm) < 0)
         return -1;
@@ -207,6 +207,23 @@ static PyObject *moe_expert_rank(epxpy_moe_t *self, PyObject *arg)
 
 /* ------------------------------------------------------------ dispatch */
 
+/* A cudaStream_t given from Python as an int (torch's
+ * current_stream().cuda_stream) or None (the legacy default stream). */
+static int stream_arg(PyObject *o, void **stream)
+{
+    *stream = NULL;
+    if (o == Py_None)
+        return 0;
+    if (!PyLong_Check(o)) {
+        epxpy_raisef(EPX_ERR_INVALID, "stream: a cudaStream_t as an int "
+                     "(torch.cuda.current_stream().cuda_stream) or None, not "
+                     "%.60s", Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    *stream = PyLong_AsVoidPtr(o);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 static epxpy_handle_t *handle_new(epxpy_moe_t *m, epx_handle_t *h)
 {
     epxpy_handle_t *o = PyObject_New(epxpy_handle_t, &epxpy_handle_type);
@@ -231,12 +248,15 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
                                    PyObject *kw)
 {
     static char *kwlist[] = { "x", "topk_idx", "topk_weights", "layer",
-                              "cached", "global_scale", NULL };
-    PyObject *xo, *io, *wo, *cached = Py_None;
+                              "cached", "global_scale", "stream", NULL };
+    PyObject *xo, *io, *wo, *cached = Py_None, *so = Py_None;
     int layer = 0;
     float gscale = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOf", kwlist, &xo, &io,
-                                     &wo, &layer, &cached, &gscale))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOfO", kwlist, &xo, &io,
+                                     &wo, &layer, &cached, &gscale, &so))
+        return NULL;
+    void *stream = NULL;
+    if (stream_arg(so, &stream) < 0)
         return NULL;
     if (moe_usable(self) < 0)
         return NULL;
@@ -273,11 +293,14 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
     Py_XINCREF(ch);
     epxpy_array_t x = { 0 }, idx = { 0 }, w = { 0 };
     unsigned xmask = 1u << self->p.dtype;
-    bad = bad || epxpy_array_import(xo, "x", xmask, 2, &x) < 0 ||
-              epxpy_array_import(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
-                                 1u << EPX_DTYPE_INT64, 2, &idx) < 0 ||
-              epxpy_array_import(wo, "topk_weights", 1u << EPX_DTYPE_FP32, 2,
-                                 &w) < 0;
+    const int dev = self->p.device;   /* every tensor where the engine's are */
+    bad = bad ||
+          epxpy_array_import_on(xo, "x", xmask, 2, dev, stream, &x) < 0 ||
+          epxpy_array_import_on(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
+                                1u << EPX_DTYPE_INT64, 2, dev, stream,
+                                &idx) < 0 ||
+          epxpy_array_import_on(wo, "topk_weights", 1u << EPX_DTYPE_FP32, 2,
+                                dev, stream, &w) < 0;
     if (!bad && (idx.t.rows != x.t.rows || w.t.rows != x.t.rows)) {
         epxpy_raisef(EPX_ERR_INVALID, "topk_idx, topk_weights: %lld and "
                      "%lld rows, x has %lld", (long long)idx.t.rows,
@@ -303,6 +326,7 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         a.layer = layer;
         a.x_global_scale = gscale;
         a.flags = ch ? EPX_DISPATCH_CACHED : 0u;
+        a.stream = stream;   /* device ranks; ignored on host ranks */
     }
     epx_handle_t *h = ch ? ch->h : NULL;
     epx_status_t st;
@@ -386,8 +410,49 @@ static PyObject *copy_or_none(const void *p, int dtype, int ndim,
     return epxpy_buffer_new(p, dtype, ndim, shape, NULL);
 }
 
+/* A per-row array of the recv: a copy on host ranks; on device ranks a
+ * view of device memory (epx.h: the per-row arrays are device memory),
+ * which the Python layer copies with torch at once. */
+static PyObject *row_array(const epxpy_moe_t *m, const void *p, int dtype,
+                           int ndim, const int64_t *shape)
+{
+    if (m->p.device == EPX_DEVICE_HOST)
+        return copy_or_none(p, dtype, ndim, shape);
+    if (!p && shape[0] * (ndim > 1 ? shape[1] : 1) > 0)
+        Py_RETURN_NONE;
+    return epxpy_buffer_view_on(p, dtype, ndim, shape, (PyObject *)m,
+                                m->p.device);
+}
+
+/* expert_counts: host memory, but on the device in a device engine's
+ * low latency (a view, copied by the Python layer). */
+static PyObject *recv_counts(const epxpy_moe_t *m, const epx_recv_t *r,
+                             const int64_t *ls)
+{
+    if (m->p.device != EPX_DEVICE_HOST && m->p.mode == EPX_MODE_LOW_LATENCY)
+        return row_array(m, r->expert_counts, EPX_DTYPE_INT64, 1, ls);
+    return copy_or_none(r->expert_counts, EPX_DTYPE_INT64, 1, ls);
+}
+
+/* expert_offsets (expert-major): a copy; a device engine's low latency
+ * gives its fixed ranges j * R * capacity, made here whatever memory the
+ * executor keeps them in. */
+static PyObject *recv_offsets(const epxpy_moe_t *m, const epx_recv_t *r,
+                              const int64_t *ls)
+{
+    if (m->p.device == EPX_DEVICE_HOST || m->p.mode != EPX_MODE_LOW_LATENCY)
+        return copy_or_none(r->expert_offsets, EPX_DTYPE_INT64, 1, ls);
+    PyObject *o = epxpy_buffer_new(NULL, EPX_DTYPE_INT64, 1, ls, NULL);
+    for (int64_t j = 0; o && j < ls[0]; j++)
+        ((int64_t *)((epxpy_buffer_t *)o)->data)[j] =
+            j * (int64_t)m->comm->size * (int64_t)r->capacity;
+    return o;
+}
+
 /* What arrived, as a dict of Buffers: x and x_scales are views of the
- * engine's receive memory, the rest copies. */
+ * engine's receive memory, the rest copies (device ranks: views of device
+ * memory for the per-row arrays, and in low latency the counts; copied by
+ * the Python layer). */
 static PyObject *recv_info(epxpy_handle_t *h)
 {
     epx_recv_t *r = &h->recv;
@@ -399,20 +464,20 @@ static PyObject *recv_info(epxpy_handle_t *h)
     int64_t xs[2] = { rows, r->x.cols };
     int64_t one[1] = { rows }, lk[2] = { rows, m->p.topk }, ls[1] = { nl };
     int em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
-    if (dict_put(d, "x", epxpy_buffer_new(r->x.data, r->x.dtype, 2, xs,
-                                          (PyObject *)m)) < 0 ||
+    const int dev = m->p.device;
+    if (dict_put(d, "x", epxpy_buffer_view_on(r->x.data, r->x.dtype, 2, xs,
+                                              (PyObject *)m, dev)) < 0 ||
         dict_put(d, "num_rows", PyLong_FromLongLong(rows)) < 0 ||
-        dict_put(d, "expert_counts", copy_or_none(r->expert_counts,
-                 EPX_DTYPE_INT64, 1, ls)) < 0 ||
-        dict_put(d, "expert_offsets", em ? copy_or_none(r->expert_offsets,
-                 EPX_DTYPE_INT64, 1, ls) : (Py_INCREF(Py_None), Py_None)) < 0 ||
-        dict_put(d, "src_rank", copy_or_none(r->src_rank, EPX_DTYPE_INT32, 1,
-                                             one)) < 0 ||
-        dict_put(d, "src_token", copy_or_none(r->src_token, EPX_DTYPE_INT32,
-                                              1, one)) < 0 ||
+        dict_put(d, "expert_counts", recv_counts(m, r, ls)) < 0 ||
+        dict_put(d, "expert_offsets", em ? recv_offsets(m, r, ls)
+                 : (Py_INCREF(Py_None), Py_None)) < 0 ||
+        dict_put(d, "src_rank", row_array(m, r->src_rank, EPX_DTYPE_INT32, 1,
+                                          one)) < 0 ||
+        dict_put(d, "src_token", row_array(m, r->src_token, EPX_DTYPE_INT32,
+                                           1, one)) < 0 ||
         dict_put(d, "topk_idx", em ? (Py_INCREF(Py_None), Py_None)
-                 : copy_or_none(r->topk_idx, EPX_DTYPE_INT32, 2, lk)) < 0 ||
-        dict_put(d, "topk_weights", copy_or_none(r->topk_weights,
+                 : row_array(m, r->topk_idx, EPX_DTYPE_INT32, 2, lk)) < 0 ||
+        dict_put(d, "topk_weights", row_array(m, r->topk_weights,
                  EPX_DTYPE_FP32, em ? 1 : 2, em ? one : lk)) < 0 ||
         dict_put(d, "local_experts", copy_or_none(r->local_experts,
                  EPX_DTYPE_INT32, 1, ls)) < 0 ||
@@ -421,12 +486,12 @@ static PyObject *recv_info(epxpy_handle_t *h)
         goto err;
     if (r->x_scales.data || r->x_global_scale) {
         int64_t ss[2] = { rows, r->x_scales.cols };
-        if (dict_put(d, "x_scales", epxpy_buffer_new(r->x_scales.data,
-                     r->x_scales.dtype, 2, ss, (PyObject *)m)) < 0)
+        if (dict_put(d, "x_scales", epxpy_buffer_view_on(r->x_scales.data,
+                     r->x_scales.dtype, 2, ss, (PyObject *)m, dev)) < 0)
             goto err;
         if (r->x_global_scale &&
-            dict_put(d, "x_global_scale", epxpy_buffer_new(r->x_global_scale,
-                     EPX_DTYPE_FP32, 1, one, NULL)) < 0)
+            dict_put(d, "x_global_scale", row_array(m, r->x_global_scale,
+                     EPX_DTYPE_FP32, 1, one)) < 0)
             goto err;
     }
     return d;
@@ -505,12 +570,15 @@ static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
     return res;
 }
 
-/* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array. */
+/* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array;
+ * float64 for an FP64 engine (its output is the double sum). */
 static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
 {
     int64_t T = epx_handle_num_tokens(h->h);
-    if (epxpy_array_import(oo, "out", 1u << 30 | 1u << EPX_DTYPE_BF16 |
-                           1u << EPX_DTYPE_FP32, 2, o) < 0)
+    unsigned dts = h->moe->p.dtype == EPX_DTYPE_FP64
+        ? 1u << EPX_DTYPE_FP64 : 1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32;
+    if (epxpy_array_import_on(oo, "out", 1u << 30 | dts, 2, h->moe->p.device,
+                              NULL, o) < 0)
         return -1;
     if (o->t.rows == T && o->t.cols == h->moe->p.hidden)
         return 0;
@@ -524,11 +592,14 @@ static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
 static PyObject *handle_combine_send_locked(epxpy_handle_t *self, PyObject *args,
                                      PyObject *kw)
 {
-    static char *kwlist[] = { "y", "unweighted", "out", NULL };
-    PyObject *yo, *oo = Py_None;
+    static char *kwlist[] = { "y", "unweighted", "out", "stream", NULL };
+    PyObject *yo, *oo = Py_None, *so = Py_None;
     int unweighted = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pO", kwlist, &yo,
-                                     &unweighted, &oo))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|pOO", kwlist, &yo,
+                                     &unweighted, &oo, &so))
+        return NULL;
+    void *stream = NULL;
+    if (stream_arg(so, &stream) < 0)
         return NULL;
     if (handle_check(self, H_RECEIVED, "combine") < 0)
         return NULL;
@@ -540,11 +611,13 @@ static PyObject *handle_combine_send_locked(epxpy_handle_t *self, PyObject *args
             return NULL;
         epxpy_array_release(&o);
     }
-    if (epxpy_array_import(yo, "y", 1u << self->moe->p.dtype, 2, &y) < 0)
+    if (epxpy_array_import_on(yo, "y", 1u << self->moe->p.dtype, 2,
+                              self->moe->p.device, stream, &y) < 0)
         return NULL;
     epx_combine_args_t a = EPX_COMBINE_ARGS_INIT;
     a.y = y.t;
     a.flags = unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
+    a.stream = stream;   /* device ranks: combine_recv uses it too */
     epx_status_t st;
     Py_BEGIN_ALLOW_THREADS
     st = epx_combine_send(self->moe->moe, self->h, &a);
@@ -580,6 +653,10 @@ static PyObject *handle_combine_recv_locked(epxpy_handle_t *self, PyObject *args
     PyObject *res;
     epxpy_array_t o;
     memset(&o, 0, sizeof(o));
+    if (oo == Py_None && self->moe->p.device != EPX_DEVICE_HOST)
+        return epxpy_raisef(EPX_ERR_INVALID, "out: a device engine writes "
+                            "into an out of the caller's (epx.MoE.combine "
+                            "makes one with torch)");
     if (oo == Py_None) {
         res = epxpy_buffer_new(NULL, self->moe->p.dtype, 2, shape, NULL);
         if (!res)
@@ -689,7 +766,8 @@ static PyMethodDef handle_methods[] = {
       "poll() -> (ready bytes per local expert, number ready, x view, "
       "offsets, counts)" },
     { "combine_send", (PyCFunction)(void (*)(void))handle_combine_send,
-      METH_VARARGS | METH_KEYWORDS, "combine_send(y, unweighted=False)" },
+      METH_VARARGS | METH_KEYWORDS,
+      "combine_send(y, unweighted=False, out=None, stream=None)" },
     { "combine_recv", (PyCFunction)(void (*)(void))handle_combine_recv,
       METH_VARARGS | METH_KEYWORDS, "combine_recv(out=None) -> out" },
     { "release", (PyCFunction)handle_release, METH_NOARGS, "release()" },
@@ -920,9 +998,11 @@ static PyObject *moe_time_c_loop_locked(epxpy_moe_t *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOi", &xo, &io, &wo, &iters) ||
         moe_usable(self) < 0)
         return NULL;
-    if (self->live || self->p.mode != EPX_MODE_THROUGHPUT || iters < 1)
-        return epxpy_raisef(EPX_ERR_STATE, "time_c_loop: needs a throughput "
-                            "engine with no dispatch in flight, iters >= 1");
+    if (self->live || self->p.mode != EPX_MODE_THROUGHPUT || iters < 1 ||
+        self->p.device != EPX_DEVICE_HOST)
+        return epxpy_raisef(EPX_ERR_STATE, "time_c_loop: needs a host "
+                            "throughput engine with no dispatch in flight, "
+                            "iters >= 1");
     epxpy_array_t x = { 0 }, idx = { 0 }, w = { 0 };
     if (epxpy_array_import(xo, "x", 1u << self->p.dtype, 2, &x) < 0 ||
         epxpy_array_import(io, "topk_idx", 1u << EPX_DTYPE_INT32 |
@@ -991,6 +1071,7 @@ INT_GETTER(mode, self->p.mode)
 INT_GETTER(wire, self->p.wire)
 INT_GETTER(num_slots, self->p.num_slots)
 INT_GETTER(num_layers, self->p.num_layers)
+INT_GETTER(device, self->p.device)
 
 static PyObject *moe_get_closed(epxpy_moe_t *self, void *c)
 {
@@ -1025,7 +1106,7 @@ static PyMethodDef moe_methods[] = {
     { "dispatch_send", (PyCFunction)(void (*)(void))moe_dispatch_send,
       METH_VARARGS | METH_KEYWORDS,
       "dispatch_send(x, topk_idx, topk_weights, layer=0, cached=None, "
-      "global_scale=0.0) -> Handle" },
+      "global_scale=0.0, stream=None) -> Handle" },
     { "expert_lost", (PyCFunction)moe_expert_lost, METH_VARARGS,
       "expert_lost(layer, e) -> whether logical expert e has no slot in the "
       "layer's placement (EPX_MOE_ELASTIC)" },
@@ -1052,7 +1133,7 @@ static PyGetSetDef moe_getset[] = {
     GET(num_local_experts), GET(first_local_expert), GET(hidden),
     GET(num_experts), GET(topk), GET(max_tokens), GET(dtype), GET(layout),
     GET(mode), GET(wire), GET(num_slots), GET(num_layers), GET(closed),
-    GET(comm),
+    GET(comm), GET(device),
     { NULL, NULL, NULL, NULL, NULL }
 };
 

@@ -92,6 +92,41 @@ def combine(data, rank, E, R, bf16=False):
     return out
 
 
+def inputs64(seed, R, T, H, E, K, drop=0.0):
+    """inputs() with x in float64 (every mantissa bit in use); the routing
+    weights stay float32, as they travel."""
+    rng = np.random.default_rng(seed)
+    data = inputs(seed, R, T, H, E, K, drop=drop)
+    return [(rng.standard_normal(x.shape) * 2.0 ** rng.integers(-3, 4, size=x.shape), idx, w)
+            for x, idx, w in data]
+
+
+def expert_fn64(e, x):
+    """The test's expert e for float64 engines: an elementwise map in double."""
+    return np.asarray(x, np.float64) * (0.5 + e) + float(e)
+
+
+def combine64(data, rank, E, R):
+    """The float64 engine's contract: combine()'s sums in double, the
+    weight widened from float32, partials not rounded, out float64."""
+    x, idx, w = data[rank]
+    T, H = x.shape
+    out = np.zeros((T, H), np.float64)
+    for t in range(T):
+        acc = np.zeros(H, np.float64)
+        for r in range(R):
+            part, any_ = np.zeros(H, np.float64), False
+            for k in range(idx.shape[1]):
+                e = int(idx[t, k])
+                if e >= 0 and expert_rank(e, E, R) == r:
+                    part = part + np.float64(w[t, k]) * expert_fn64(e, x[t])
+                    any_ = True
+            if any_:
+                acc = acc + part
+        out[t] = acc
+    return out
+
+
 def combine_without_lost(x, idx, w, lost):
     """Combine's output where expert e multiplies by (e + 1) and the
     entries of lost experts (and -1) are left out, in float32."""

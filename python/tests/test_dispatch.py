@@ -135,6 +135,92 @@ def test_dispatch_combine_torch(bf16, layout):
     ranks.run(rank_torch, 3, seed, bf16, layout)
 
 
+def rank_f64(rank, R, seed, layout, mode, lib):
+    """A float64 engine over numpy or torch arrays: the rows arrive as
+    sent, and combine is the contract's double sum, bit for bit."""
+    import epx
+
+    T, H, E, K = 9, 20, 7, 3
+    data = ref.inputs64(seed, R, T, H, E, K, drop=0.2)
+    if lib == "torch":
+        import torch
+
+        comm = epx.Comm.from_torch()
+        dt, arr, np_of = torch.float64, torch.from_numpy, lambda t: t.numpy()
+    else:
+        comm = epx.Comm.from_env()
+        dt, arr, np_of = "float64", (lambda a: a), np.asarray
+    moe = epx.MoE(comm, H, E, K, T, dtype=dt, layout=layout, mode=mode,
+                  expert_alignment=4 if mode == "ht" else 1)
+    assert moe.dtype == 7
+    x, idx, w = data[rank]
+    lo, _ = ref.local_range(rank, E, R)
+    for it in range(2):
+        d = moe.dispatch(arr(x), arr(idx), arr(w))
+        rows, src, tok = np_of(d.x), np_of(d.src_rank), np_of(d.src_token)
+        assert rows.dtype == np.float64 and rows.shape == (d.num_rows, H)
+        y = np.zeros_like(rows)
+        if layout == "expert_major":
+            offs = [int(o) for o in np_of(d.expert_offsets)] + [d.num_rows]
+            for j in range(moe.num_local_experts):
+                for i in range(offs[j], offs[j + 1]):
+                    if src[i] >= 0:
+                        assert np.array_equal(rows[i], data[src[i]][0][tok[i]])
+                        y[i] = ref.expert_fn64(lo + j, rows[i])
+        else:  # the rank's whole part of the token, its experts in top-k order
+            tk, tw = np_of(d.topk_idx), np_of(d.topk_weights)
+            for i in range(d.num_rows):
+                assert np.array_equal(rows[i], data[src[i]][0][tok[i]])
+                part = np.zeros(H)
+                for k in range(K):
+                    if tk[i, k] >= 0:
+                        part = part + np.float64(tw[i, k]) * ref.expert_fn64(lo + tk[i, k], rows[i])
+                y[i] = part
+        if it == 1 and mode == "ht":  # a float32 out is refused by name, and nothing is lost
+            with pytest.raises(epx.InvalidError, match="out"):
+                moe.combine(arr(y), d, out=arr(np.zeros((len(x), H), np.float32)))
+        out = np_of(moe.combine(arr(y), d))
+        assert out.dtype == np.float64
+        want = ref.combine64(data, rank, E, R)
+        assert np.array_equal(out, want), np.abs(out - want).max()
+    moe.close()
+    comm.close()
+    return True
+
+
+@pytest.mark.parametrize("R,layout,mode,lib", [
+    (1, "expert_major", "ht", "numpy"),
+    (3, "expert_major", "ht", "numpy"),
+    (2, "token_major", "ht", "numpy"),
+    (3, "token_major", "ht", "torch"),
+    (2, "expert_major", "ht", "torch"),
+    (3, "expert_major", "ll", "torch"),
+])
+def test_float64_engine(R, layout, mode, lib):
+    if lib == "torch":
+        pytest.importorskip("torch")
+    seed = np.random.SeedSequence().entropy % 2**32
+    ranks.run(rank_f64, R, seed, layout, mode, lib, backend="gloo" if lib == "torch" else "env")
+
+
+def rank_f64_refused(rank, R):
+    import epx
+
+    comm = epx.Comm.from_env()
+    with pytest.raises(epx.InvalidError, match="FP64"):  # quantized wires quantize bf16
+        epx.MoE(comm, 8, 4, 2, 4, dtype="float64", wire="fp8")
+    moe = epx.MoE(comm, 8, 4, 2, 4, dtype="float64")
+    with pytest.raises(epx.InvalidError, match="x"):  # float32 rows for a float64 engine
+        moe.dispatch(np.zeros((2, 8), np.float32), np.array([[0, 1], [2, 3]]), np.ones((2, 2), np.float32))
+    moe.close()
+    comm.close()
+    return True
+
+
+def test_float64_refusals():
+    ranks.run(rank_f64_refused, 2, backend="env")
+
+
 def rank_async(rank, R, seed):
     import torch
 

@@ -1,8 +1,8 @@
 """Elastic engines (``epx.MoE(..., elastic=True)``): a placement that leaves
 experts out (lost), num_slots below num_experts; entries naming a lost
 expert are sent nowhere, ``Dispatch.lost`` marks them, combine leaves them
-out.  Fresh random inputs against a plain reference written here; without
-the flag such placements are refused."""
+out.  Fresh random inputs against a plain reference written here (float32
+and float64 engines); without the flag such placements are refused."""
 
 import numpy as np
 import pytest
@@ -40,13 +40,14 @@ def world(seed, R, E, spr, K, nlost):
     return p2l, lost, data
 
 
-def rank_elastic(rank, R, seed, E, spr, K, nlost, layout, mode):
+def rank_elastic(rank, R, seed, E, spr, K, nlost, layout, mode, dtype):
     import epx
 
     p2l, lost, data = world(seed, R, E, spr, K, nlost)
+    data = [(x.astype(dtype), idx, w) for x, idx, w in data]
     maxT = max(max(len(x) for x, _, _ in data), 1)
     comm = epx.Comm.from_env()
-    moe = epx.MoE(comm, H, E, K, maxT, dtype="float32", layout=layout, mode=mode,
+    moe = epx.MoE(comm, H, E, K, maxT, dtype=dtype, layout=layout, mode=mode,
                   num_slots=R * spr, elastic=True)
     moe.set_placement(p2l)
     assert [moe.expert_lost(e) for e in range(E)] == [e in lost for e in range(E)]
@@ -83,6 +84,7 @@ def rank_elastic(rank, R, seed, E, spr, K, nlost, layout, mode):
                         f += tw[i, k] * (e + 1)
                 y[i] = d.x[i] * f
         out = moe.combine(y, d)
+        assert out.dtype == np.dtype(dtype)
         want = reference.combine_without_lost(x, idx, w, lost)
         assert np.array_equal(out, want), (out, want)
         d.release()
@@ -105,14 +107,16 @@ def rank_elastic(rank, R, seed, E, spr, K, nlost, layout, mode):
 
 
 CASES = [
-    # R, E, slots per rank, K, lost, layout, mode
-    (4, 20, 4, 3, 6, "expert_major", "ht"),
-    (4, 20, 4, 3, 6, "token_major", "ht"),
-    (3, 12, 3, 2, 4, "expert_major", "ll"),
+    # R, E, slots per rank, K, lost, layout, mode, engine dtype
+    (4, 20, 4, 3, 6, "expert_major", "ht", "float32"),
+    (4, 20, 4, 3, 6, "token_major", "ht", "float32"),
+    (3, 12, 3, 2, 4, "expert_major", "ll", "float32"),
+    (4, 20, 4, 3, 6, "expert_major", "ht", "float64"),
+    (3, 12, 3, 2, 4, "expert_major", "ll", "float64"),
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"R{c[0]}-{c[5]}-{c[6]}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"R{c[0]}-{c[5]}-{c[6]}-{c[7]}" for c in CASES])
 def test_elastic(case):
     seed = np.random.SeedSequence().entropy % 2**32  # fresh inputs every run
     ranks.run(rank_elastic, case[0], seed, *case[1:], backend="env")

@@ -156,7 +156,8 @@ def test_cuda_tensor_refused(monkeypatch):
     monkeypatch.setenv("EPX_NRANKS", "1")
     with epx.Comm.from_env() as comm, epx.MoE(comm, 8, 2, 1, 4, dtype=torch.float32) as moe:
         x = torch.zeros(2, 8, device="cuda")
-        with pytest.raises(epx.InvalidError, match="x: is on device cuda"):
+        with pytest.raises(epx.InvalidError, match=r"x: is on cuda:0; this engine's tensors are in "
+                           r"host memory \(CPU\)"):
             moe.dispatch(x, torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1))
         d = moe.dispatch(x.cpu(), torch.zeros(2, 1, dtype=torch.long), torch.ones(2, 1))
         assert torch.equal(moe.combine(d.x, d), x.cpu())

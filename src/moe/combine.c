@@ -74,13 +74,23 @@ epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y)
     return EPX_OK;
 }
 
+/* BF16 or FP32 out of a BF16 or FP32 engine; FP64 of an FP64 engine (its
+ * double sum is the output, nothing narrower). */
 epx_status_t moe_check_out(const epx_moe_t *m, const epx_handle_t *h,
                            const epx_tensor_t *out)
 {
-    return out ? moe_check_tensor(out, "combine", "out",
-                                  1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32,
-                                  h->T, m->H)
-               : epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+    if (!out)
+        return epx__error(EPX_ERR_INVALID, "combine: out is NULL");
+    const int f64 = m->p.dtype == EPX_DTYPE_FP64;
+    if (f64 != (out->dtype == EPX_DTYPE_FP64))
+        return epx__error(EPX_ERR_INVALID, f64
+                          ? "combine: out has dtype %d; an FP64 engine's "
+                            "output is FP64"
+                          : "combine: out is FP64 (dtype %d); a BF16 or FP32 "
+                            "engine's output is BF16 or FP32", (int)out->dtype);
+    return moe_check_tensor(out, "combine", "out", f64 ? 1u << EPX_DTYPE_FP64
+                            : 1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32,
+                            h->T, m->H);
 }
 
 /* Arguments and call order shared by both halves of combine. */

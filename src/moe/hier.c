@@ -49,7 +49,8 @@ epx_status_t moe_hier_init(epx_moe_t *m)
     int ud = m->first[(x->dom + 1) * L] - m->first[x->dom * L];
     x->entcur = malloc(sizeof(int64_t) * (size_t)L);
     x->rowcur = malloc(sizeof(int64_t) * (size_t)(ud > 0 ? ud : 1));
-    x->acc = malloc(sizeof(float) * (size_t)m->H);
+    x->acc_size = m->p.dtype == EPX_DTYPE_FP64 ? sizeof(double) : sizeof(float);
+    x->acc = malloc(x->acc_size * (size_t)m->H);
     x->wire = malloc(m->row_bytes);
     x->rec = aligned_alloc(16, x->rec_bytes);
     if (!x->entcur || !x->rowcur || !x->acc || !x->wire || !x->rec)
@@ -83,8 +84,8 @@ size_t moe_hier_window(epx_moe_t *m, size_t at)
     x->cdone = at; at = align64(at + ND * sizeof(int32_t));
     x->stage = at; at = align64(at + ND * T * x->rec_bytes);
     x->part = at;  at = align64(at + ND * (size_t)x->P * m->row_bytes);
-    x->chain = at; at = align64(at + ND * T * H * sizeof(float));
-    x->final = at; at = align64(at + T * H * sizeof(float));
+    x->chain = at; at = align64(at + ND * T * H * x->acc_size);
+    x->final = at; at = align64(at + T * H * x->acc_size);
     return at;
 }
 

@@ -37,6 +37,8 @@
  *   part   [ND][maxT*min(K,L)]  partials of this domain's members
  *   chain  [ND][maxT][H] fp32   accumulators from earlier domains
  *   final  [maxT][H] fp32       this rank's finished sums
+ * (fp64 accumulators for an FP64 engine, whose partials are fp64: the
+ * flat path's double sum term for term).
  */
 #ifndef EPX_MOE_HIER_H
 #define EPX_MOE_HIER_H
@@ -56,7 +58,9 @@ typedef struct moe_hier {
     /* scratch */
     int64_t *entcur;           /* [L] */
     int64_t *rowcur;           /* [units of the domain] */
-    float *acc;                /* [H] */
+    size_t acc_size;           /* an accumulator element: fp32, or fp64
+                                  for an FP64 engine */
+    void *acc;                 /* [H] accumulators */
     void *wire;                /* [row_bytes] */
     char *rec;                 /* [rec_bytes] a record being staged */
 } moe_hier_t;

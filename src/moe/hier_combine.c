@@ -70,7 +70,8 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
 {
     moe_hier_t *x = m->hier;
     const int L = x->L, ND = x->ND, K = m->K, H = m->H;
-    const size_t frow = sizeof(float) * (size_t)H;
+    const size_t frow = x->acc_size * (size_t)H;
+    const int f64 = m->p.dtype == EPX_DTYPE_FP64;
     const int32_t *pdone = (const int32_t *)moe_local(m, x->pdone);
     const int32_t *cdone = (const int32_t *)moe_local(m, x->cdone);
     epx_status_t st = EPX_OK;
@@ -115,15 +116,19 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
                 continue;
             int first, next;
             chain_of(m, ids, x->dom, &first, &next);
-            float *acc = x->acc;
+            void *acc = x->acc;
             if (first != x->dom)
                 memcpy(acc, moe_local(m, x->chain) +
                        ((size_t)b * (size_t)m->maxT + (size_t)t) * frow, frow);
             for (int j = 0; j < nd; j++) {
                 const char *p = moe_local(m, x->part) +
                     (size_t)((int64_t)b * x->P + pc++) * m->row_bytes;
-                moe_accum(acc, p, m->p.dtype, NULL, first == x->dom && j == 0,
-                          H);
+                if (f64)
+                    moe_accum_f64(acc, (const double *)p, NULL,
+                                  first == x->dom && j == 0, H);
+                else
+                    moe_accum(acc, p, m->p.dtype, NULL,
+                              first == x->dom && j == 0, H);
             }
             if (next >= 0) {
                 st = moe_put(m, &m->put_combine, next * L + x->li, x->chain +
@@ -166,15 +171,17 @@ static void hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
 {
     (void)call;
     const moe_hier_t *x = m->hier;
-    const size_t frow = sizeof(float) * (size_t)m->H;
+    const size_t frow = x->acc_size * (size_t)m->H;
     const size_t orow = epx_dtype_size(out->dtype) * (size_t)m->H;
     for (int64_t t = 0; t < h->T; t++) {
         char *o = (char *)out->data + (size_t)t * orow;
+        const char *fin = moe_local(m, x->final) + (size_t)t * frow;
         if (h->ndest[t] == 0)
             memset(o, 0, orow);
+        else if (m->p.dtype == EPX_DTYPE_FP64)   /* out FP64 (moe_check_out) */
+            memcpy(o, fin, frow);
         else
-            moe_store(o, (const float *)(moe_local(m, x->final) + (size_t)t * frow),
-                  out->dtype, m->H);
+            moe_store(o, (const float *)fin, out->dtype, m->H);
     }
 }
 

@@ -16,7 +16,7 @@ epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
                               const char *name, unsigned dtypes, int64_t rows,
                               int64_t cols)
 {
-    if ((unsigned)t->dtype > EPX_DTYPE_FP4_E2M1X2 || !(dtypes & (1u << t->dtype)))
+    if ((unsigned)t->dtype > EPX_DTYPE_FP64 || !(dtypes & (1u << t->dtype)))
         return epx__error(EPX_ERR_INVALID, "%s: %s has unsupported dtype %d",
                           what, name, (int)t->dtype);
     if (t->rows != rows || t->cols != cols)

@@ -2,7 +2,8 @@
  * The combine reduction of the host executor, one definition for every
  * path (flat push and pull, low latency, hierarchical): fp32 terms added
  * in a fixed order, `first` starting a sum as 0 + term, one rounding to
- * the destination dtype.  The GPU executor's kernels do the same
+ * the destination dtype; double terms and no final rounding for FP64
+ * engines.  The GPU executor's kernels do the same
  * operations (src/cuda/kern.h), checked bit for bit by
  * tests/cuda/test_kern_host.
  */
@@ -66,6 +67,21 @@ static inline void moe_store(void *dst, const float *restrict acc,
             d[i] = epx__f32_to_bf16(acc[i]);
     } else {
         memcpy(dst, acc, sizeof(float) * (size_t)H);
+    }
+}
+
+/* FP64 engines: the same sums in double.  w (fp32) widens exactly, and
+ * partials travel in double, so nothing rounds but the double operations
+ * themselves; the output is FP64 (moe_check_out). */
+static inline void moe_accum_f64(double *restrict acc, const double *src,
+                                 const float *w, int first, int n)
+{
+    const double *s = src;
+    if (w) {
+        double wv = (double)*w;
+        ACCUM(wv * s[i]);
+    } else {
+        ACCUM(s[i]);
     }
 }
 

@@ -53,7 +53,10 @@ epx_status_t moe_wire_init(moe_wire_t *f, epx_wire_t wire, epx_dtype_t dtype,
     if (dtype != EPX_DTYPE_BF16)
         return epx__error(EPX_ERR_INVALID,
                           "moe: wire format %s quantizes bf16 rows; the engine "
-                          "dtype must be BF16", moe_wire_name(wire));
+                          "dtype must be BF16, not %s", moe_wire_name(wire),
+                          dtype == EPX_DTYPE_FP64 ? "FP64 (which travels on "
+                          "the native wire only)" : dtype == EPX_DTYPE_FP32
+                          ? "FP32" : "another dtype");
     f->nblocks = (int64_t)moe_quant_nblocks(h, (size_t)f->block);
     f->scale_bytes = (size_t)f->nblocks * epx_dtype_size(f->scale_dtype);
     if (wire == EPX_WIRE_NVFP4) {

@@ -81,7 +81,8 @@ size_t epx_dtype_size(epx_dtype_t dt)
     case EPX_DTYPE_BF16: return 2;
     case EPX_DTYPE_FP32: return 4;
     case EPX_DTYPE_INT32: return 4;
-    case EPX_DTYPE_INT64: return 8;
+    case EPX_DTYPE_INT64:
+    case EPX_DTYPE_FP64: return 8;
     case EPX_DTYPE_FP8_E4M3:
     case EPX_DTYPE_UE8M0:
     case EPX_DTYPE_FP4_E2M1X2: return 1;

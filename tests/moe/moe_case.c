@@ -13,7 +13,10 @@
 /* Streams of the counter-based generator. */
 enum { TAG_T = 1, TAG_ROW, TAG_HOT, TAG_X, TAG_Y, TAG_JITTER };
 
-static size_t esize(epx_dtype_t dt) { return dt == EPX_DTYPE_BF16 ? 2 : 4; }
+static size_t esize(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_BF16 ? 2 : dt == EPX_DTYPE_FP64 ? 8 : 4;
+}
 
 /* A float in [-4, 4) scaled by a power of two in [2^-3, 2^4]: values of
  * several magnitudes make the rounding steps of combine matter. */
@@ -23,6 +26,14 @@ static float gen_value(uint64_t h)
                                      16.f };
     double u = (double)(h >> 11) * (1.0 / 9007199254740992.0); /* [0,1) */
     return (float)(u * 8.0 - 4.0) * scale[h & 7];
+}
+
+/* The same for FP64 engines with every bit of the double's mantissa in
+ * use, so that a sum taken in fp32 (or rounded to it anywhere) differs. */
+static double gen_value64(uint64_t h)
+{
+    double u = (double)(h >> 11) * (1.0 / 9007199254740992.0); /* [0,1) */
+    return (u * 8.0 - 4.0) * (double)(1 << (h & 7)) * 0.125;
 }
 
 /* EPX_TEST_DIGEST: what each rank received and its combine output
@@ -170,7 +181,10 @@ int moe_input_make(const moe_run_t *m, int s, int route, int data,
                 f = 0.0f;
             if (c->wire != EPX_WIRE_NATIVE && t % 5 == 4 && h == (int)(t % H))
                 f *= 0x1p20f;
-            ref_store(c->dtype, in->x, t * H + h, f);
+            if (c->dtype == EPX_DTYPE_FP64)
+                ((double *)in->x)[t * H + h] = gen_value64(v);
+            else
+                ref_store(c->dtype, in->x, t * H + h, f);
         }
     }
     free(perm);
@@ -218,6 +232,18 @@ static void y_row(void *ctx, int src, int64_t t, int who, float *row)
                                                ((uint64_t)y->data << 48) |
                                                    ((uint64_t)who << 24) |
                                                    (uint64_t)h)));
+}
+
+static void y_row64(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const y_ctx_t *y = ctx;
+    const moe_run_t *m = y->m;
+    for (int h = 0; h < m->c->hidden; h++)
+        row[h] = gen_value64(epxt_hash(m->seed, TAG_Y, (uint64_t)src,
+                                       (uint64_t)t,
+                                       ((uint64_t)y->data << 48) |
+                                           ((uint64_t)who << 24) |
+                                           (uint64_t)h));
 }
 
 int moe_run_open(moe_run_t *m, epx_comm_t *comm, const moe_case_t *c)
@@ -390,8 +416,8 @@ static int check_recv(const moe_run_t *m, int round, const char *when,
                              "case %s round %d%s: row %" PRId64 " (rank %d "
                              "token %d) x[%d] = %a, want %a", n, round,
                              when, i, e->src_rank[i], e->src_token[i], h,
-                             (double)ref_load(c->dtype, gx, i * H + h),
-                             (double)ref_load(c->dtype, e->x, i * H + h));
+                             ref_load64(c->dtype, gx, i * H + h),
+                             ref_load64(c->dtype, e->x, i * H + h));
         }
     }
     return 0;
@@ -402,7 +428,7 @@ static int check_recv(const moe_run_t *m, int round, const char *when,
 static void *make_y(const moe_run_t *m, const ref_recv_t *e, y_ctx_t *yc)
 {
     const moe_case_t *c = m->c;
-    const int H = c->hidden;
+    const int H = c->hidden, f64 = c->dtype == EPX_DTYPE_FP64;
     float *row = malloc(sizeof(float) * (size_t)H);
     void *y = calloc((size_t)(e->num_rows + 1) * (size_t)H, esize(c->dtype));
     if (!row || !y) {
@@ -418,6 +444,11 @@ static void *make_y(const moe_run_t *m, const ref_recv_t *e, y_ctx_t *yc)
         }
         int who = c->layout == EPX_LAYOUT_TOKEN_MAJOR
             ? m->rank : e->first_local + e->row_expert[i];
+        if (f64) {
+            y_row64(yc, e->src_rank[i], e->src_token[i], who,
+                    (double *)y + i * H);
+            continue;
+        }
         y_row(yc, e->src_rank[i], e->src_token[i], who, row);
         for (int h = 0; h < H; h++)
             ref_store(c->dtype, y, i * H + h, row[h]);
@@ -447,8 +478,8 @@ static int check_out(const moe_run_t *m, int round, const moe_input_t *in,
                              "case %s round %d: out[%" PRId64 "][%d] = %a, "
                              "want %a (token's experts:%s)", c->name, round,
                              t, h,
-                             (double)ref_load(c->out_dtype, got, t * H + h),
-                             (double)ref_load(c->out_dtype, want, t * H + h),
+                             ref_load64(c->out_dtype, got, t * H + h),
+                             ref_load64(c->out_dtype, want, t * H + h),
                              route);
         }
     return 0;
@@ -552,6 +583,13 @@ int moe_round_combine(moe_round_t *r, epx_handle_t *handle)
     }
     ca.y = (epx_tensor_t){ data_of(c, r->y, want->num_rows), c->dtype,
                            want->num_rows, H };
+    if (c->in_place && want->num_rows > 0) {
+        /* the outputs over the received rows: peers mapped over shm read
+         * them from there (the pull path) */
+        memcpy(r->rv.x.data, r->y,
+               (size_t)want->num_rows * (size_t)H * esize(c->dtype));
+        ca.y.data = r->rv.x.data;
+    }
     st = epx_combine_send(m->moe, handle, &ca);
     CHECKF(st == EPX_OK, "case %s round %d: epx_combine_send%s: %s (%s)",
            c->name, data,
@@ -565,18 +603,33 @@ int moe_round_combine(moe_round_t *r, epx_handle_t *handle)
                "want EPX_ERR_INVALID", c->name, data, mine->T + 1, mine->T,
                epx_status_str(st));
     }
+    if (c->misuse & MISUSE_OUT_DTYPE) {
+        epx_tensor_t bad = { r->out, c->dtype == EPX_DTYPE_FP64
+                             ? EPX_DTYPE_FP32 : EPX_DTYPE_FP64, mine->T, H };
+        st = epx_combine_recv(m->moe, handle, &bad);
+        CHECKF(st == EPX_ERR_INVALID && strstr(epx_last_error(), "FP64"),
+               "case %s round %d: epx_combine_recv with out of dtype %d: %s "
+               "(%s), want EPX_ERR_INVALID naming FP64", c->name, data,
+               (int)bad.dtype, epx_status_str(st), epx_last_error());
+    }
     ot = (epx_tensor_t){ data_of(c, r->out, mine->T), c->out_dtype, mine->T,
                          H };
     jitter(m, data, 3);
     st = epx_combine_recv(m->moe, handle, &ot);
     CHECKF(st == EPX_OK, "case %s round %d: epx_combine_recv%s: %s (%s)",
            c->name, data,
-           c->misuse & MISUSE_COMBINE_OUT ? " after one with a wrong out" : "",
+           c->misuse & (MISUSE_COMBINE_OUT | MISUSE_OUT_DTYPE)
+               ? " after one with a wrong out" : "",
            epx_status_str(st), epx_last_error());
 
-    CHECKF(ref_combine(&m->cfg, m->rank, &r->toks[m->rank],
-                       (c->combine_flags & EPX_COMBINE_UNWEIGHTED) != 0, y_row,
-                       &yc, c->out_dtype, r->ref_out) == 0, "out of memory");
+    const int unw = (c->combine_flags & EPX_COMBINE_UNWEIGHTED) != 0;
+    if (c->dtype == EPX_DTYPE_FP64)
+        CHECKF(ref_combine_f64(&m->cfg, m->rank, &r->toks[m->rank], unw,
+                               y_row64, &yc, r->ref_out) == 0, "out of memory");
+    else
+        CHECKF(ref_combine(&m->cfg, m->rank, &r->toks[m->rank], unw, y_row,
+                           &yc, c->out_dtype, r->ref_out) == 0,
+               "out of memory");
     digest(m, "out", data, data_of(c, r->out, mine->T),
            (size_t)mine->T * (size_t)H * esize(c->out_dtype));
     return check_out(m, data, mine, r->ref_out, r->out);

@@ -31,9 +31,10 @@ typedef struct moe_case {
     int experts, topk, hidden;
     int max_tokens;             /* rank r: max_tokens + r * max_tokens_step */
     int max_tokens_step;
-    epx_dtype_t dtype;          /* engine dtype: BF16 or FP32 */
+    epx_dtype_t dtype;          /* engine dtype: BF16, FP32 or FP64 */
     epx_dtype_t idx_dtype;      /* INT32 or INT64 */
-    epx_dtype_t out_dtype;      /* combine output: BF16 or FP32 */
+    epx_dtype_t out_dtype;      /* combine output: BF16 or FP32 (FP64 for
+                                   an FP64 engine) */
     epx_layout_t layout;
     int align;
     int tokens;                 /* enum moe_tokens */
@@ -45,6 +46,8 @@ typedef struct moe_case {
     unsigned flags;             /* epx_moe_params_t.flags (EPX_MOE_*) */
     epx_wire_t wire;            /* quantized: dtype BF16 */
     int gscale;                 /* GSCALE_*: NVFP4 tensor scale given */
+    int in_place;               /* combine's y written over the received x
+                                   (native wire only) */
 } moe_case_t;
 
 /* NVFP4: the tensor scale each source passes (x_global_scale). */
@@ -58,6 +61,8 @@ enum moe_gscale {
  * fail with EPX_ERR_INVALID and change nothing. */
 #define MISUSE_COMBINE_Y 0x1    /* combine_send with y one row too many */
 #define MISUSE_COMBINE_OUT 0x2  /* combine_recv with out one row too many */
+#define MISUSE_OUT_DTYPE 0x4    /* combine_recv with out of the other family:
+                                   FP32 for an FP64 engine, FP64 otherwise */
 
 /* A case in progress on one rank. */
 typedef struct moe_run {

@@ -2,7 +2,8 @@
  * One API for host and device ranks, as far as a machine without a GPU
  * can check it: the params' device field agreed by every rank (kinds
  * mixed, or a device that is neither), a device rank refused with
- * EPX_ERR_UNSUPPORTED naming why where there is no GPU, and a host
+ * EPX_ERR_UNSUPPORTED naming why where there is no GPU, an FP64 engine
+ * on device ranks refused (EPX_ERR_UNSUPPORTED, GPU or not), and a host
  * rank's view of the version-4 fields (epx_moe_check, the CUDA queries,
  * callers built against the older args structs).  The device ranks'
  * data path is checked by tests/cuda/test_cuda_moe and test_cuda_ll.
@@ -99,6 +100,36 @@ static void device_without_gpu(void **state)
     assert_int_equal(epxt_launch(2, 0, nogpu_rank, NULL, NULL), EPX_OK);
 }
 
+/* FP64 engines are for host ranks: device ranks asking for one get
+ * EPX_ERR_UNSUPPORTED naming it, GPU or not (agreed before either
+ * executor starts), and the communicator stays in step. */
+static int fp64_rank(epx_comm_t *comm, void *arg)
+{
+    (void)arg;
+    epx_moe_params_t p = small_params();
+    p.dtype = EPX_DTYPE_FP64;
+    p.device = 0;
+    epx_moe_t *m = NULL;
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
+    CHECKF(strstr(epx_last_error(), "FP64") != NULL, "%s", epx_last_error());
+    /* one device rank asking for FP64 among host ranks: UNSUPPORTED there,
+     * PEER elsewhere */
+    p.device = epx_comm_rank(comm) == 1 ? 0 : EPX_DEVICE_HOST;
+    CHECK_ST(epx_moe_create(comm, &p, &m),
+             epx_comm_rank(comm) == 1 ? EPX_ERR_UNSUPPORTED : EPX_ERR_PEER);
+    p.device = EPX_DEVICE_HOST;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
+    epx_moe_destroy(m);
+    return 0;
+}
+
+static void fp64_device(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(3, 0, fp64_rank, NULL, NULL), EPX_OK);
+}
+
 /* A host engine: epx_moe_check has nothing to report, the CUDA queries
  * say "not a device rank", and callers compiled against the args structs
  * before `stream` (dispatch version 3, combine version 1) still work. */
@@ -173,6 +204,7 @@ int main(void)
         cmocka_unit_test(kinds_mixed),
         cmocka_unit_test(device_invalid),
         cmocka_unit_test(device_without_gpu),
+        cmocka_unit_test(fp64_device),
         cmocka_unit_test(host_rank_api),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

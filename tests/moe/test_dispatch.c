@@ -1,10 +1,10 @@
 /*
  * Dispatch/combine matrix: 1, 2, 3 and 8 ranks x token-major and
- * expert-major (alignment 1, 4, 128) x bf16/fp32 x int32/int64 topk_idx,
- * uniform routing, and Zipf routing (the first ranks hot) in bf16 and
- * fp32, each checked bit for bit against the reference, including cached
- * dispatches and several routings on one engine; and two engines on one
- * communicator used in turns.
+ * expert-major (alignment 1, 4, 128) x bf16/fp32/fp64 x int32/int64
+ * topk_idx, uniform routing, and Zipf routing (the first ranks hot) in
+ * bf16, fp32 and fp64, each checked bit for bit against the reference, including cached
+ * dispatches and several routings on one engine; two engines on one
+ * communicator used in turns; combine in place (fp64, fp32).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,7 +22,7 @@ typedef struct matrix {
 } matrix_t;
 
 /* bf16/fp32 engine x int32/int64 ids, with both output dtypes covered,
- * uniform; then Zipf in each engine dtype. */
+ * uniform; then Zipf in each engine dtype; fp64 (out fp64) both ways. */
 static const struct {
     epx_dtype_t dtype, idx, out;
     int route;
@@ -40,6 +40,11 @@ static const struct {
       "bf16-i32-ofp32-zipf" },
     { EPX_DTYPE_FP32, EPX_DTYPE_INT64, EPX_DTYPE_FP32, ROUTE_ZIPF,
       "fp32-i64-ofp32-zipf" },
+    /* FP64 engines: fp64 rows and double sums (ref_combine_f64) */
+    { EPX_DTYPE_FP64, EPX_DTYPE_INT32, EPX_DTYPE_FP64, ROUTE_RANDOM,
+      "fp64-i32-ofp64" },
+    { EPX_DTYPE_FP64, EPX_DTYPE_INT64, EPX_DTYPE_FP64, ROUTE_ZIPF,
+      "fp64-i64-ofp64-zipf" },
 };
 #define NCOMBO (sizeof(combos) / sizeof(combos[0]))
 
@@ -158,6 +163,36 @@ static moe_case_t overlap_cases[2] = {
       .align = 1 },
 };
 
+/* Outputs in place over the received rows (the sources read them from
+ * the peers' windows): FP64 and FP32 engines, both layouts, weighted and
+ * not. */
+static moe_case_t in_place_cases[] = {
+    { .name = "inplace-fp64-em", .experts = 11, .topk = 4, .hidden = 20,
+      .max_tokens = 9, .dtype = EPX_DTYPE_FP64, .idx_dtype = EPX_DTYPE_INT32,
+      .out_dtype = EPX_DTYPE_FP64, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+      .align = 4, .route = ROUTE_HOLES, .in_place = 1 },
+    { .name = "inplace-fp64-em-unw", .experts = 7, .topk = 3, .hidden = 9,
+      .max_tokens = 9, .dtype = EPX_DTYPE_FP64, .idx_dtype = EPX_DTYPE_INT64,
+      .out_dtype = EPX_DTYPE_FP64, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+      .align = 1, .combine_flags = EPX_COMBINE_UNWEIGHTED, .in_place = 1 },
+    { .name = "inplace-fp64-tm", .experts = 11, .topk = 4, .hidden = 20,
+      .max_tokens = 9, .dtype = EPX_DTYPE_FP64, .idx_dtype = EPX_DTYPE_INT32,
+      .out_dtype = EPX_DTYPE_FP64, .layout = EPX_LAYOUT_TOKEN_MAJOR,
+      .align = 1, .route = ROUTE_ZIPF, .in_place = 1 },
+    { .name = "inplace-fp32-em", .experts = 11, .topk = 4, .hidden = 20,
+      .max_tokens = 9, .dtype = EPX_DTYPE_FP32, .idx_dtype = EPX_DTYPE_INT32,
+      .out_dtype = EPX_DTYPE_BF16, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+      .align = 4, .in_place = 1 },
+    { 0 }
+};
+
+static void in_place(void **state)
+{
+    (void)state;
+    assert_int_equal(epxt_launch(3, 0, moe_cases_rank, in_place_cases, NULL),
+                     EPX_OK);
+}
+
 #define TM(r) { r, EPX_LAYOUT_TOKEN_MAJOR, 1 }
 #define EM(r, a) { r, EPX_LAYOUT_EXPERT_MAJOR, a }
 static matrix_t mx[] = {
@@ -174,7 +209,7 @@ int main(void)
     epxt_init("test_dispatch");
     /* One test per cell, named for it (EPX_TEST_FILTER=R8-* runs a row). */
     static char names[NMX][32];
-    struct CMUnitTest tests[NMX + 3];
+    struct CMUnitTest tests[NMX + 4];
     for (size_t i = 0; i < NMX; i++) {
         snprintf(names[i], sizeof(names[i]), "R%d-%s%d", mx[i].nranks,
                  mx[i].layout == EPX_LAYOUT_TOKEN_MAJOR ? "tm" : "em",
@@ -188,5 +223,7 @@ int main(void)
                                           &overlap_cases[0] };
     tests[NMX + 2] = (struct CMUnitTest){ "overlap_tm", overlapped, NULL, NULL,
                                           &overlap_cases[1] };
+    tests[NMX + 3] = (struct CMUnitTest){ "in_place", in_place, NULL, NULL,
+                                          NULL };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,9 @@
  * dispatch/combine on the same engine is correct.  Engines whose ranks
  * disagree get EPX_ERR_MISMATCH everywhere; invalid parameters, calls out
  * of order and a peer that never dispatches are reported, not hung on;
- * a combine call every rank gets wrong fails and leaves the handle usable.
+ * a combine call every rank gets wrong fails and leaves the handle usable
+ * (out of the wrong dtype family too: FP32 for an FP64 engine, FP64 for
+ * the others).  FP64 engines go through the bad inputs too.
  */
 #include "config.h"
 
@@ -235,7 +237,7 @@ static void mismatch(void **state)
 static int invalid_params_rank(epx_comm_t *comm, void *arg)
 {
     (void)arg;
-    for (int i = 0; i < 15; i++) {
+    for (int i = 0; i < 16; i++) {
         epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
         p.hidden = 16;
         p.num_experts = 6;
@@ -263,6 +265,8 @@ static int invalid_params_rank(epx_comm_t *comm, void *arg)
         case 12: p.num_slots = INT_MAX - 1; named = what = "num_slots"; break;
         case 13: p.num_layers = INT_MAX; named = what = "num_layers"; break;
         case 14: p.hidden = (1 << 20) + 1; named = what = "hidden"; break;
+        case 15: p.dtype = (epx_dtype_t)(EPX_DTYPE_FP64 + 1);
+                 what = "dtype past FP64"; named = "dtype"; break;
         }
         epx_moe_t *moe = NULL;
         epx_status_t st = epx_moe_create(comm, &p, &moe);
@@ -487,7 +491,24 @@ static moe_case_t misuse_tm = {
     .name = "misuse-tm", .experts = 6, .topk = 3, .hidden = 8,
     .max_tokens = 5, .dtype = EPX_DTYPE_FP32, .idx_dtype = EPX_DTYPE_INT64,
     .out_dtype = EPX_DTYPE_BF16, .layout = EPX_LAYOUT_TOKEN_MAJOR,
-    .align = 1, .misuse = MISUSE_COMBINE_Y | MISUSE_COMBINE_OUT,
+    .align = 1,
+    .misuse = MISUSE_COMBINE_Y | MISUSE_COMBINE_OUT | MISUSE_OUT_DTYPE,
+};
+
+/* FP64 engines: y of the wrong size, out of the wrong size and of a
+ * narrower dtype refused, then the right calls */
+static moe_case_t misuse_f64_em = {
+    .name = "misuse-fp64-em", .experts = 6, .topk = 3, .hidden = 8,
+    .max_tokens = 5, .dtype = EPX_DTYPE_FP64, .idx_dtype = EPX_DTYPE_INT32,
+    .out_dtype = EPX_DTYPE_FP64, .layout = EPX_LAYOUT_EXPERT_MAJOR,
+    .align = 4,
+    .misuse = MISUSE_COMBINE_Y | MISUSE_COMBINE_OUT | MISUSE_OUT_DTYPE,
+};
+static moe_case_t misuse_f64_tm = {
+    .name = "misuse-fp64-tm", .experts = 6, .topk = 3, .hidden = 8,
+    .max_tokens = 5, .dtype = EPX_DTYPE_FP64, .idx_dtype = EPX_DTYPE_INT64,
+    .out_dtype = EPX_DTYPE_FP64, .layout = EPX_LAYOUT_TOKEN_MAJOR,
+    .align = 1, .misuse = MISUSE_OUT_DTYPE,
 };
 
 static int misuse_rank(epx_comm_t *comm, void *arg)
@@ -641,9 +662,15 @@ int main(void)
     tm_case.align = 1;
     tm_case.idx_dtype = EPX_DTYPE_INT64;
     tm_case.dtype = EPX_DTYPE_FP32;
+    static moe_case_t f64_case;
+    f64_case = err_case;
+    f64_case.name = "errors-fp64";
+    f64_case.dtype = EPX_DTYPE_FP64;
+    f64_case.out_dtype = EPX_DTYPE_FP64;
     const struct CMUnitTest tests[] = {
         { "bad_input_em", bad_input, NULL, NULL, &err_case },
         { "bad_input_tm", bad_input, NULL, NULL, &tm_case },
+        { "bad_input_fp64", bad_input, NULL, NULL, &f64_case },
         cmocka_unit_test(bad_input_one_rank),
         cmocka_unit_test(mismatch),
         cmocka_unit_test(invalid_params),
@@ -652,6 +679,10 @@ int main(void)
         cmocka_unit_test(out_of_order),
         { "combine_misuse_em", combine_bad_y, NULL, NULL, &misuse_em },
         { "combine_misuse_tm", combine_bad_y, NULL, NULL, &misuse_tm },
+        { "combine_misuse_fp64_em", combine_bad_y, NULL, NULL,
+          &misuse_f64_em },
+        { "combine_misuse_fp64_tm", combine_bad_y, NULL, NULL,
+          &misuse_f64_tm },
         cmocka_unit_test(absent_peer_times_out),
         cmocka_unit_test(stuck_rank_named),
 #ifdef EPX_HAVE_UCX

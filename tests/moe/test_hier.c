@@ -7,9 +7,10 @@
  * After every round each rank checks the bytes it put across domains:
  *   dispatch: its tokens' distinct remote destination domains x row bytes
  *             (the row in its wire format);
- *   combine:  as gateway, one fp32 row per token of its sources whose
- *             chain passes through its domain and leaves it (to the next
- *             destination domain, or back to a source in another domain).
+ *   combine:  as gateway, one fp32 row (fp64 for an FP64 engine) per
+ *             token of its sources whose chain passes through its domain
+ *             and leaves it (to the next destination domain, or back to a
+ *             source in another domain).
  * Quantized wire formats (every format in both layouts, 2 domains of 1, 2
  * and 4 ranks): the dispatch counter is then in wire row bytes.
  * Also: domains of unequal size are refused on every rank, and a flat
@@ -52,8 +53,11 @@ static int expected_bytes(const moe_run_t *m, int route, int data, int ndom,
     ref_wire_t w;   /* quantized: the wire bytes cross, as sent */
     const int64_t row = ref_wire_shape(m->c->wire, m->c->hidden, &w) == 0
         ? (int64_t)(w.data_bytes + w.scale_bytes + w.global_bytes)
-        : (int64_t)m->c->hidden * (m->c->dtype == EPX_DTYPE_BF16 ? 2 : 4);
-    const int64_t frow = 4 * (int64_t)m->c->hidden;
+        : (int64_t)m->c->hidden * (m->c->dtype == EPX_DTYPE_BF16 ? 2
+                                   : m->c->dtype == EPX_DTYPE_FP64 ? 8 : 4);
+    /* accumulators: fp32, fp64 for an FP64 engine */
+    const int64_t frow = (m->c->dtype == EPX_DTYPE_FP64 ? 8 : 4) *
+                         (int64_t)m->c->hidden;
     *disp = *comb = 0;
     for (int b = 0; b < ndom; b++) {
         const int src = b * L + me % L;
@@ -136,6 +140,19 @@ static const moe_case_t hier_cases[] = {
     { .name = "hier-sparse", .experts = 3, .topk = 2, .hidden = 12,
       .max_tokens = 6, .dtype = BF, .idx_dtype = I32, .out_dtype = F32,
       .layout = EM, .align = 2, .flags = H },
+    /* FP64: fp64 rows, partials and accumulators (ref_combine_f64) */
+    { .name = "hier-tm-fp64", .experts = 16, .topk = 4, .hidden = 40,
+      .max_tokens = 12, .max_tokens_step = 1, .dtype = EPX_DTYPE_FP64,
+      .idx_dtype = I64, .out_dtype = EPX_DTYPE_FP64, .layout = TM,
+      .align = 1, .route = ROUTE_ZIPF, .flags = H },
+    { .name = "hier-em-fp64-holes", .experts = 12, .topk = 5, .hidden = 33,
+      .max_tokens = 9, .dtype = EPX_DTYPE_FP64, .idx_dtype = I32,
+      .out_dtype = EPX_DTYPE_FP64, .layout = EM, .align = 4,
+      .route = ROUTE_HOLES, .flags = H },
+    { .name = "hier-em-fp64-unweighted", .experts = 9, .topk = 3,
+      .hidden = 24, .max_tokens = 7, .dtype = EPX_DTYPE_FP64,
+      .idx_dtype = I32, .out_dtype = EPX_DTYPE_FP64, .layout = EM,
+      .align = 1, .combine_flags = EPX_COMBINE_UNWEIGHTED, .flags = H },
     { 0 }
 };
 

@@ -2,7 +2,7 @@
  * Low-latency mode against the reference (tests/ref: ref_dispatch_ll,
  * ref_ll_kept, ref_combine), bit for bit: 1, 2, 3, 8 and 72 ranks (72 with
  * EPX_TOPO_FILE=gb200-nvl72), routings uniform (with -1 holes), Zipf and
- * all-to-one-expert, bf16/fp32, weighted and unweighted, in place; odd or
+ * all-to-one-expert, bf16/fp32/fp64, weighted and unweighted, in place; odd or
  * all sources sending no token, and one expert (every expert on rank 0).  Calls
  * run as a pipeline of ll_buffers outstanding dispatches: each call's
  * output is checked again just before its combine, after the later calls
@@ -80,12 +80,22 @@ typedef struct ll_round {
     epx_recv_t rv;
 } ll_round_t;
 
-static size_t esz(epx_dtype_t d) { return d == EPX_DTYPE_BF16 ? 2 : 4; }
+static size_t esz(epx_dtype_t d)
+{
+    return d == EPX_DTYPE_BF16 ? 2 : d == EPX_DTYPE_FP64 ? 8 : 4;
+}
 
 static float gen_value(uint64_t h)
 {
     double u = (double)(h >> 11) * (1.0 / 9007199254740992.0);
     return (float)(u * 8.0 - 4.0) * (float)(1 << (h & 7)) * 0.125f;
+}
+
+/* FP64 engines: the same values with every mantissa bit in use. */
+static double gen_value64(uint64_t h)
+{
+    double u = (double)(h >> 11) * (1.0 / 9007199254740992.0);
+    return (u * 8.0 - 4.0) * (double)(1 << (h & 7)) * 0.125;
 }
 
 static void jitter(const ll_run_t *m, int r, int step)
@@ -173,10 +183,14 @@ static int in_make(const ll_run_t *m, int s, int r, ll_in_t *in)
         gen_route(m, s, r, t, in->idx64 + t * K, in->w + t * K);
         for (int k = 0; k < K; k++)
             in->idx[t * K + k] = (int32_t)in->idx64[t * K + k];
-        for (int h = 0; h < H; h++)
-            ref_store(c->dtype, in->x, t * H + h,
-                      gen_value(epxt_hash(m->seed, TAG_X, (uint64_t)s,
-                                          (uint64_t)t, ((uint64_t)r << 32) | (uint64_t)h)));
+        for (int h = 0; h < H; h++) {
+            uint64_t v = epxt_hash(m->seed, TAG_X, (uint64_t)s, (uint64_t)t,
+                                   ((uint64_t)r << 32) | (uint64_t)h);
+            if (c->dtype == EPX_DTYPE_FP64)
+                ((double *)in->x)[t * H + h] = gen_value64(v);
+            else
+                ref_store(c->dtype, in->x, t * H + h, gen_value(v));
+        }
     }
     if (c->gscale != G_NONE)
         in->gscale = ref_nvfp4_tensor_scale(in->x, (size_t)in->T * (size_t)H) /
@@ -192,6 +206,15 @@ static void y_row(void *ctx, int src, int64_t t, int e, float *row)
                            gen_value(epxt_hash(m->seed, TAG_Y, (uint64_t)src,
                                                (uint64_t)t,
                                                ((uint64_t)e << 24) | (uint64_t)h)));
+}
+
+static void y_row64(void *ctx, int src, int64_t t, int e, double *row)
+{
+    const ll_run_t *m = ctx;
+    for (int h = 0; h < m->c->hidden; h++)
+        row[h] = gen_value64(epxt_hash(m->seed, TAG_Y, (uint64_t)src,
+                                       (uint64_t)t,
+                                       ((uint64_t)e << 24) | (uint64_t)h));
 }
 
 /* The call overflows somewhere without DROP: it must fail everywhere. */
@@ -438,6 +461,11 @@ static int round_finish(const ll_run_t *m, ll_round_t *x)
                 ref_store(c->dtype, y, i * H + h, NAN);
             continue;
         }
+        if (c->dtype == EPX_DTYPE_FP64) {
+            y_row64((void *)m, e->src_rank[i], e->src_token[i],
+                    e->first_local + e->row_expert[i], (double *)y + i * H);
+            continue;
+        }
         y_row((void *)m, e->src_rank[i], e->src_token[i],
               e->first_local + e->row_expert[i], row);
         for (int h = 0; h < H; h++)
@@ -464,9 +492,12 @@ static int round_finish(const ll_run_t *m, ll_round_t *x)
     st = epx_combine_recv(m->moe, x->h, &o);
     ref_ll_kept(&m->cfg, &x->toks[m->rank], cap, kept);
     ref_tokens_t mine = { in->T, in->x, kept, in->w, in->gscale };
-    int rc = ref_combine(&m->cfg, m->rank, &mine,
-                         (c->comb_flags & EPX_COMBINE_UNWEIGHTED) != 0, y_row,
-                         (void *)m, c->out_dtype, want);
+    const int unw = (c->comb_flags & EPX_COMBINE_UNWEIGHTED) != 0;
+    int rc = c->dtype == EPX_DTYPE_FP64
+        ? ref_combine_f64(&m->cfg, m->rank, &mine, unw, y_row64, (void *)m,
+                          want)
+        : ref_combine(&m->cfg, m->rank, &mine, unw, y_row, (void *)m,
+                      c->out_dtype, want);
     int same = st == EPX_OK && rc == 0 &&
                memcmp(out, want, esz(c->out_dtype) * (size_t)H * (size_t)in->T) == 0;
     int64_t t0 = -1;
@@ -545,14 +576,15 @@ static int cases_rank(epx_comm_t *comm, void *arg)
  * drop and an overflow among them. */
 static void run_at(int R, int quick)
 {
-    static char names[16][48];
-    const char *tags[16] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
+    static char names[19][48];
+    const char *tags[19] = { "uni", "zipf", "one-drop", "uni-b3-fp32",
                              "zipf-unw-inplace", "one-range", "fp8-uni",
                              "ue8m0-zipf-b3", "mxfp8-one-drop-unw",
                              "nvfp4-uni", "nvfp4-one-range", "zero-odd",
                              "zero-all-fp8", "e1-zipf", "nvfp4-tensor-zipf",
-                             "nvfp4-small-uni" };
-    for (int i = 0; i < 16; i++)
+                             "nvfp4-small-uni", "fp64-uni-b3",
+                             "fp64-one-drop-inplace", "fp64-zipf-unw" };
+    for (int i = 0; i < 19; i++)
         snprintf(names[i], sizeof(names[i]), "ll-R%d-%s", R, tags[i]);
     int E = 2 * R + 3, T = quick ? 5 : 12;
     ll_case_t cases[] = {
@@ -595,6 +627,15 @@ static void run_at(int R, int quick)
           EPX_DTYPE_FP32, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_ODD, G_TENSOR },
         { names[15], E, 3, 33, T, 0, 0, 3, 0, R_UNIFORM, 4, EPX_DTYPE_BF16,
           EPX_DTYPE_BF16, 0, 0, 0, EPX_WIRE_NVFP4, ZERO_NONE, G_SMALL },
+        /* FP64: fp64 rows and partials, double sums (ref_combine_f64);
+         * pushed, dropping and in place (the pull path), unweighted */
+        { names[16], E, 4, 24, T, 0, 0, 3, 0, R_UNIFORM, 5, EPX_DTYPE_FP64,
+          EPX_DTYPE_FP64, 0, 0, 200, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
+        { names[17], E, 3, 16, T, 1, 3, 2, 1, R_ONE, 5, EPX_DTYPE_FP64,
+          EPX_DTYPE_FP64, 0, 1, 0, EPX_WIRE_NATIVE, ZERO_NONE, G_NONE },
+        { names[18], E, 4, 24, T, 0, 0, 2, 0, R_ZIPF, 4, EPX_DTYPE_FP64,
+          EPX_DTYPE_FP64, EPX_COMBINE_UNWEIGHTED, 0, 0, EPX_WIRE_NATIVE,
+          ZERO_ODD, G_NONE },
         { NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ZERO_NONE, G_NONE },
     };
     assert_int_equal(epxt_launch(R, 0, cases_rank, cases, NULL), EPX_OK);

@@ -376,6 +376,16 @@ static int errors_rank(epx_comm_t *comm, void *arg)
     CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_FP8, EPX_MODE_THROUGHPUT,
                     0, &m), EPX_ERR_INVALID);
     CHECK(strstr(epx_last_error(), "BF16") != NULL && !m);
+    /* FP64 travels on the native wire only: refused naming it, in both
+     * modes */
+    CHECK_ST(create(comm, EPX_DTYPE_FP64, EPX_WIRE_MXFP8, EPX_MODE_THROUGHPUT,
+                    0, &m), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "FP64") != NULL && !m, "%s",
+           epx_last_error());
+    CHECK_ST(create(comm, EPX_DTYPE_FP64, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,
+                    0, &m), EPX_ERR_INVALID);
+    CHECKF(strstr(epx_last_error(), "FP64") != NULL && !m, "%s",
+           epx_last_error());
     CHECK_ST(create(comm, EPX_DTYPE_BF16, (epx_wire_t)9, EPX_MODE_THROUGHPUT,
                     0, &m), EPX_ERR_INVALID);
     CHECK_ST(create(comm, EPX_DTYPE_FP32, EPX_WIRE_NVFP4, EPX_MODE_LOW_LATENCY,

@@ -36,13 +36,20 @@ float ref_round(epx_dtype_t dtype, float f)
 
 static size_t esize(epx_dtype_t dtype)
 {
-    return dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    return dtype == EPX_DTYPE_BF16 ? 2 : dtype == EPX_DTYPE_FP64 ? 8 : 4;
 }
 
 float ref_load(epx_dtype_t dtype, const void *p, int64_t i)
 {
+    return (float)ref_load64(dtype, p, i);
+}
+
+double ref_load64(epx_dtype_t dtype, const void *p, int64_t i)
+{
     if (dtype == EPX_DTYPE_BF16)
         return ref_bf16_value(((const uint16_t *)p)[i]);
+    if (dtype == EPX_DTYPE_FP64)
+        return ((const double *)p)[i];
     return ((const float *)p)[i];
 }
 
@@ -50,6 +57,8 @@ void ref_store(epx_dtype_t dtype, void *p, int64_t i, float f)
 {
     if (dtype == EPX_DTYPE_BF16)
         ((uint16_t *)p)[i] = ref_bf16(f);
+    else if (dtype == EPX_DTYPE_FP64)
+        ((double *)p)[i] = f;
     else
         ((float *)p)[i] = f;
 }
@@ -359,3 +368,57 @@ int ref_combine(const ref_cfg_t *c, int rank, const ref_tokens_t *mine,
     return 0;
 }
 
+
+/* The FP64 contract: the same sums as ref_combine, every term and sum in
+ * double, the weight widened from fp32, partials not rounded for the wire,
+ * and the output the double sum. */
+int ref_combine_f64(const ref_cfg_t *c, int rank, const ref_tokens_t *mine,
+                    int unweighted, ref_y64_fn y, void *ctx, double *out)
+{
+    const int K = c->topk, H = c->hidden, R = c->nranks;
+    double *partial = malloc(sizeof(double) * (size_t)H);
+    double *row = malloc(sizeof(double) * (size_t)H);
+    if (!partial || !row) {
+        free(partial);
+        free(row);
+        return -1;
+    }
+    for (int64_t t = 0; t < mine->T; t++) {
+        double *acc = out + t * H;
+        for (int h = 0; h < H; h++)
+            acc[h] = 0.0;
+        /* Destination ranks in ascending order. */
+        for (int r = 0; r < R; r++) {
+            int any = 0;
+            for (int h = 0; h < H; h++)
+                partial[h] = 0.0;
+            for (int k = 0; k < K; k++) {
+                int64_t e = mine->idx[t * K + k];
+                if (!held_by(c, e, r))
+                    continue;
+                any = 1;
+                if (c->layout == EPX_LAYOUT_TOKEN_MAJOR)
+                    break;   /* the rank's row already holds its partial */
+                double w = (double)mine->w[t * K + k];
+                y(ctx, rank, t, (int)e, row);
+                for (int h = 0; h < H; h++) {
+                    double term = unweighted ? row[h] : w * row[h];
+                    partial[h] = partial[h] + term;
+                }
+            }
+            if (!any)
+                continue;
+            if (c->layout == EPX_LAYOUT_TOKEN_MAJOR) {
+                y(ctx, rank, t, r, row);
+                for (int h = 0; h < H; h++)
+                    acc[h] = acc[h] + row[h];
+            } else {
+                for (int h = 0; h < H; h++)
+                    acc[h] = acc[h] + partial[h];
+            }
+        }
+    }
+    free(partial);
+    free(row);
+    return 0;
+}

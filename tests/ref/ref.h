@@ -13,7 +13,8 @@
 
 typedef struct ref_cfg {
     int nranks, num_experts, topk, hidden;
-    epx_dtype_t dtype;           /* BF16 or FP32: x and y on the wire */
+    epx_dtype_t dtype;           /* BF16, FP32 or FP64: x and y on the
+                                    wire (FP64: combine by ref_combine_f64) */
     epx_layout_t layout;
     int align;                   /* expert-major segment alignment, >= 1 */
     epx_wire_t wire;             /* how x arrives (quantized: dtype BF16,
@@ -88,13 +89,22 @@ int ref_combine(const ref_cfg_t *cfg, int rank, const ref_tokens_t *mine,
                 int unweighted, ref_y_fn y, void *ctx, epx_dtype_t out_dtype,
                 void *out);
 
+/* The same for an FP64 engine: y rows in double, every product and sum in
+ * double (w widened from fp32), partials unrounded, out[T, H] FP64. */
+typedef void (*ref_y64_fn)(void *ctx, int src_rank, int64_t token, int who,
+                           double *row);
+int ref_combine_f64(const ref_cfg_t *cfg, int rank, const ref_tokens_t *mine,
+                    int unweighted, ref_y64_fn y, void *ctx, double *out);
+
 /* bf16 <-> fp32, round to nearest even (finite values). */
 uint16_t ref_bf16(float f);
 float ref_bf16_value(uint16_t b);
-/* f rounded to dtype (BF16: to bf16 and back; FP32: unchanged). */
+/* f rounded to dtype (BF16: to bf16 and back; FP32, FP64: unchanged). */
 float ref_round(epx_dtype_t dtype, float f);
-/* Element i of a BF16 or FP32 array, as float; and the reverse (rounds). */
+/* Element i of a BF16, FP32 or FP64 array, as float (FP64 rounds) or as
+ * double (exact); and the reverse (rounds; FP64 stores the float). */
 float ref_load(epx_dtype_t dtype, const void *p, int64_t i);
+double ref_load64(epx_dtype_t dtype, const void *p, int64_t i);
 void ref_store(epx_dtype_t dtype, void *p, int64_t i, float f);
 
 #endif /* EPX_TEST_REF_H */

@@ -199,6 +199,48 @@ static void combine_rounds_partials(void **state)
     assert_int_equal(ob, 0x3f80);
 }
 
+/* FP64 engine: the same token in double.  Rank 0's partial 1 + 2^-30 and
+ * rank 1's 2^-30 travel unrounded: out = 1 + 2^-29 (fp32 anywhere would
+ * give 1).  A weight widens exactly: w = fp32(1/3) and y = 3 give
+ * 3 * fp32(1/3) = 1 + 2^-25, not 1. */
+static void y_small64(void *ctx, int src, int64_t t, int who, double *row)
+{
+    (void)ctx;
+    (void)src;
+    (void)t;
+    row[0] = who == 0 ? 1.0 : 0x1p-30;
+}
+
+static void y_three(void *ctx, int src, int64_t t, int who, double *row)
+{
+    (void)ctx;
+    (void)src;
+    (void)t;
+    row[0] = who == 0 ? 3.0 : 0.0;
+}
+
+static void combine_f64(void **state)
+{
+    (void)state;
+    ref_cfg_t c = { 2, 4, 3, 1, EPX_DTYPE_FP64, EPX_LAYOUT_EXPERT_MAJOR, 1,
+                    EPX_WIRE_NATIVE };
+    double x[1] = { 0 };
+    ref_tokens_t t = { 1, x, i_round, w_round, 0 };
+    double out = 0;
+    assert_int_equal(ref_combine_f64(&c, 0, &t, 0, y_small64, NULL, &out), 0);
+    assert_true(out == 1.0 + 0x1p-29);
+    const float w3[] = { 1.0f / 3.0f, 5.0f, 7.0f };
+    ref_tokens_t t3 = { 1, x, i_round, w3, 0 };
+    assert_int_equal(ref_combine_f64(&c, 0, &t3, 0, y_three, NULL, &out), 0);
+    assert_true(out == 1.0 + 0x1p-25);
+    assert_int_equal(ref_combine_f64(&c, 0, &t3, 1, y_three, NULL, &out), 0);
+    assert_true(out == 3.0);   /* unweighted */
+    /* token-major: each rank's row is its partial */
+    c.layout = EPX_LAYOUT_TOKEN_MAJOR;
+    assert_int_equal(ref_combine_f64(&c, 0, &t, 0, y_small64, NULL, &out), 0);
+    assert_true(out == 1.0 + 0x1p-30);   /* rank 0's row, then rank 1's */
+}
+
 /* The reference quantizer on rows worked out by hand. */
 static void quant_rows(void **state)
 {
@@ -245,6 +287,7 @@ int main(void)
         cmocka_unit_test(dispatch_expert_major),
         cmocka_unit_test(combine_sums),
         cmocka_unit_test(combine_rounds_partials),
+        cmocka_unit_test(combine_f64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -114,6 +114,14 @@ static void dtype_sizes(void **state)
     assert_int_equal(epx_dtype_size(EPX_DTYPE_FP32), 4);
     assert_int_equal(epx_dtype_size(EPX_DTYPE_INT32), 4);
     assert_int_equal(epx_dtype_size(EPX_DTYPE_INT64), 8);
+    assert_int_equal(epx_dtype_size(EPX_DTYPE_FP8_E4M3), 1);
+    assert_int_equal(epx_dtype_size(EPX_DTYPE_UE8M0), 1);
+    assert_int_equal(epx_dtype_size(EPX_DTYPE_FP4_E2M1X2), 1);
+    assert_int_equal(epx_dtype_size(EPX_DTYPE_FP64), 8);
+    /* the enum's values are ABI: FP64 took the next free one */
+    assert_int_equal(EPX_DTYPE_FP4_E2M1X2, 6);
+    assert_int_equal(EPX_DTYPE_FP64, 7);
+    assert_int_equal(epx_dtype_size((epx_dtype_t)8), 0);
     assert_int_equal(epx_dtype_size((epx_dtype_t)99), 0);
 }
 
