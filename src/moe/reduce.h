@@ -3,7 +3,7 @@
  * path (flat push and pull, low latency, hierarchical): fp32 terms added
  * in a fixed order, `first` starting a sum as 0 + term, one rounding to
  * the destination dtype.  The GPU executor's kernels do the same
- * operations (src/cuda/kern.h), checked bit for bit by
+ * operations (src/proto/proto.h), checked bit for bit by
  * tests/cuda/test_kern_host.
  */
 #ifndef EPX_MOE_REDUCE_H
