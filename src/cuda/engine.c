@@ -367,9 +367,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             m->p.struct_size >= sizeof(epx_moe_params_t) &&
             m->p.mode == EPX_MODE_LOW_LATENCY;
     if (m->ll)
-        proto_ll_layout(g, m->p.ll_buffers ? m->p.ll_buffers : 2,
-                       m->p.ll_capacity ? m->p.ll_capacity : (int)maxT,
-                       &m->llg);
+        proto_ll_layout(g, proto_ll_buffers(m->p.ll_buffers),
+                        proto_ll_capacity(m->p.ll_capacity, maxT), &m->llg);
     gpu_calls_init(&m->calls, m->ll, m->ll ? m->llg.B : 1);
 
     e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));

@@ -102,9 +102,8 @@ epx_status_t ll_init(epx_moe_t *m)
     epx_status_t st = agree(m);
     if (st != EPX_OK)
         return st;
-    l->B = m->p.ll_buffers > 0 ? m->p.ll_buffers : 2;
-    l->cap = m->p.ll_capacity > 0 ? m->p.ll_capacity
-                                  : (int)(m->maxT > 0 ? m->maxT : 1);
+    l->B = proto_ll_buffers(m->p.ll_buffers);
+    l->cap = proto_ll_capacity(m->p.ll_capacity, m->maxT);
     l->drop = (m->p.flags & EPX_MOE_LL_DROP) != 0;
     if ((st = plan(m, l)) != EPX_OK)
         return st;

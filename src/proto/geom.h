@@ -318,6 +318,19 @@ typedef struct proto_ll {
 #define PROTO_LL_WORD(tag, n) ((int32_t)((uint32_t)(tag) << 24 | (uint32_t)(n)))
 #define PROTO_LL_WTAG(w) ((int32_t)((uint32_t)(w) >> 24))
 
+/* The buffers and the rows per (unit, source) an engine's parameters
+ * ask for (epx_moe_params_t ll_buffers, ll_capacity; 0: the defaults):
+ * 2 buffers, and room for every token of the largest max_tokens_per_rank
+ * (at least 1). */
+PROTO_HD int proto_ll_buffers(int ll_buffers)
+{
+    return ll_buffers > 0 ? ll_buffers : 2;
+}
+PROTO_HD int proto_ll_capacity(int ll_capacity, int64_t maxT)
+{
+    return ll_capacity > 0 ? ll_capacity : maxT > 0 ? (int)maxT : 1;
+}
+
 /* g from proto_geom_layout (R, K, esize, maxT, Lmax, maxdest, ent_ints
  * and the row shapes used); B buffers of cap rows per (unit, source). */
 PROTO_HD void proto_ll_layout(const proto_geom_t *g, int B, int cap,
