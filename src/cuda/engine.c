@@ -33,7 +33,7 @@ struct gpu_moe {
     epx_gpu_backend_t backend;
     int device, num_sms, L, first;
     char name[32];
-    epxk_geom_t g;
+    proto_geom_t g;
     cudaStream_t st;
     cudaEvent_t ev_in, ev_out, ev_info;
     epx_cuwin_t *win;           /* windows backend */
@@ -70,7 +70,7 @@ struct gpu_moe {
     epxk_call_t call;
     /* low latency (ll set) */
     int ll;
-    epxk_ll_t llg;
+    proto_ll_t llg;
     int32_t *d_llkeep, *d_lldest, *d_llcnt, *d_llmystat, *d_llsrc;
     int64_t *d_llsendoff, *d_llcounts, *d_llstate;
     uint32_t *d_lluse;
@@ -143,13 +143,13 @@ static epx_status_t check_params(const epx_moe_params_t *p,
             return epx__error(EPX_ERR_INVALID, "cuda moe: ll_capacity (%d) "
                               "must be >= 0 and ll_buffers (%d) 0 or in "
                               "[2, 64]", p->ll_capacity, p->ll_buffers);
-        if (p->max_tokens_per_rank > EPXK_LL_MASK ||
-            p->ll_capacity > EPXK_LL_MASK)
+        if (p->max_tokens_per_rank > PROTO_LL_MASK ||
+            p->ll_capacity > PROTO_LL_MASK)
             return epx__error(EPX_ERR_RANGE, "cuda moe: low latency counts "
                               "rows in 24 bits: max_tokens_per_rank (%d) and "
                               "ll_capacity (%d) must be <= %d",
                               p->max_tokens_per_rank, p->ll_capacity,
-                              EPXK_LL_MASK);
+                              PROTO_LL_MASK);
         if (c->backend != EPX_GPU_BACKEND_WINDOWS)
             return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency is "
                               "implemented for the windows backend only");
@@ -337,28 +337,22 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         return st;
     }
 
-    epxk_geom_t *g = &m->g;
-    g->R = R;
-    g->rank = me;
+    proto_geom_t *g = &m->g;
     /* The kernels' units: the experts, or the slots (the ids are routed
-     * to a slot as they are read, kern.h epxk_route_t). */
+     * to a slot as they are read, proto.h proto_route_t).  The shape is
+     * the host executor's (src/moe/engine.c), laid out by the same
+     * function (proto/geom.h). */
     m->Elog = m->p.num_experts;
     m->layers = mine.layers;
-    g->E = m->p.num_slots > 0 ? m->p.num_slots : m->p.num_experts;
-    g->K = m->p.topk;
-    g->H = m->p.hidden;
-    g->esize = m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4;
-    g->wire = m->p.version >= 3 &&
-              m->p.struct_size >= sizeof(epx_moe_params_t)
-              ? (int)m->p.wire : EPX_WIRE_NATIVE;
-    g->maxT = maxT;
-    g->em = m->p.layout == EPX_LAYOUT_EXPERT_MAJOR;
-    g->align = g->em ? m->p.expert_alignment : 1;
-    g->Lmax = 0;
-    for (int r = 0; r < R; r++) {
-        int l = epxk_first_expert(R, g->E, r + 1) - epxk_first_expert(R, g->E, r);
-        g->Lmax = l > g->Lmax ? l : g->Lmax;
-    }
+    proto_geom_shape(g, R, me,
+                     m->p.num_slots > 0 ? m->p.num_slots : m->p.num_experts,
+                     m->p.topk, m->p.hidden,
+                     m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4,
+                     m->p.version >= 3 &&
+                     m->p.struct_size >= sizeof(epx_moe_params_t)
+                     ? (int)m->p.wire : EPX_WIRE_NATIVE,
+                     maxT, m->p.layout == EPX_LAYOUT_EXPERT_MAJOR,
+                     m->p.expert_alignment);
     /* Row indices and slots are int32 on the device. */
     if ((int64_t)R * maxT * g->K >= INT32_MAX ||
         (int64_t)R * maxT * g->K + (int64_t)g->Lmax * g->align >= INT32_MAX) {
@@ -368,14 +362,13 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                           "x topk %d (and the alignment) exceeds 32-bit row "
                           "indices", R, (long long)maxT, K);
     }
-    epxk_geom_layout(g);
+    proto_geom_layout(g);
     m->ll = m->p.version >= 3 &&
             m->p.struct_size >= sizeof(epx_moe_params_t) &&
             m->p.mode == EPX_MODE_LOW_LATENCY;
     if (m->ll)
-        epxk_ll_layout(g, m->p.ll_buffers ? m->p.ll_buffers : 2,
-                       m->p.ll_capacity ? m->p.ll_capacity : (int)maxT,
-                       &m->llg);
+        proto_ll_layout(g, proto_ll_buffers(m->p.ll_buffers),
+                        proto_ll_capacity(m->p.ll_capacity, maxT), &m->llg);
     gpu_calls_init(&m->calls, m->ll, m->ll ? m->llg.B : 1);
 
     e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
@@ -385,7 +378,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         goto gate;
     }
     for (int r = 0; r <= R; r++)
-        first[r] = epxk_first_expert(R, g->E, r);
+        first[r] = proto_first_expert(R, g->E, r);
     for (int r = 0; r < R; r++)
         for (int e = first[r]; e < first[r + 1]; e++)
             e2r[e] = r;
@@ -709,7 +702,7 @@ static int tensor_ok(const epx_tensor_t *t, epx_dtype_t dt, int64_t rows,
 /* The read-back of the NCCL count matrix: host sizes of the exchange. */
 static void nccl_sizes(gpu_moe_t *m)
 {
-    const epxk_geom_t *g = &m->g;
+    const proto_geom_t *g = &m->g;
     const int32_t *mycnt = m->h_cnt + (size_t)g->R * g->cnt_ints;
     int64_t so = 0, rb = 0;
     for (int r = 0; r < g->R; r++) {
@@ -788,7 +781,7 @@ epx_status_t gpu_moe_set_placement(gpu_moe_t *m, int layer,
 static void ll_point(gpu_moe_t *m, int b)
 {
     epxk_call_t *c = &m->call;
-    const epxk_geom_t *g = &m->g;
+    const proto_geom_t *g = &m->g;
     const size_t pairs = (size_t)(g->maxT * g->maxdest);
     c->ll_b = b;
     c->keep = m->d_llkeep + (size_t)b * (size_t)(g->maxT * g->K);
@@ -828,7 +821,7 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
 static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv, int b)
 {
-    const epxk_geom_t *g = &m->g;
+    const proto_geom_t *g = &m->g;
     epx_status_t st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
@@ -964,7 +957,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     epx_status_t st = usable(m, "cuda dispatch_send");
     if (st != EPX_OK)
         return st;
-    const epxk_geom_t *g = &m->g;
+    const proto_geom_t *g = &m->g;
     if (!a || a->struct_size < offsetof(epx_dispatch_args_t, flags))
         return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
     const int64_t T = a->x.rows;
@@ -1008,11 +1001,11 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     epxk_call_t *c = &m->call;
     c->gscale = gs;
     m->blayer[b] = layer;
-    c->route = (epxk_route_t){ 0, NULL, NULL, NULL };
+    c->route = (proto_route_t){ 0, NULL, NULL, NULL };
     if (m->d_route) {
         const size_t per = (size_t)(2 * m->Elog + 1 + g->E);
         const int32_t *t = m->d_route + per * (size_t)layer;
-        c->route = (epxk_route_t){ m->Elog, m->h_rr[layer] ? NULL : t,
+        c->route = (proto_route_t){ m->Elog, m->h_rr[layer] ? NULL : t,
                                    t + m->Elog, t + 2 * m->Elog + 1 };
     }
     if (m->ll)
@@ -1040,8 +1033,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
             st = launch(m, EPXK_RECV);
     } else {
         int32_t *cnt = (int32_t *)(m->local + g->off_cnt) +
-                       epxk_cnt_index(g, c->parity, 0);
-        size_t blk = sizeof(int32_t) * (size_t)g->R * g->cnt_ints;
+                       proto_cnt_index(g, c->parity, 0);
+        /* every source's counts, from the first's (after its header) */
+        size_t blk = sizeof(int32_t) *
+                     ((size_t)g->R * g->cnt_ints - PROTO_CNT_HDR);
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (st = launch(m, EPXK_PACK)) == EPX_OK)
             st = epx__nccl_counts(m->nccl, g, m->d_mycnt, cnt, m->st);
@@ -1111,7 +1106,7 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     if (m->h_info[EPXK_INFO_ERROR])
         return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
-    const epxk_geom_t *g = &m->g;
+    const proto_geom_t *g = &m->g;
     int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;   /* cleared by each send */
     m->rows = m->h_info[EPXK_INFO_ROWS];
     for (int j = 0; j < 2 * m->L; j++)

@@ -6,7 +6,7 @@
 #define EPX_CUDA_KERN_LAUNCH_H
 
 #include <stdint.h>
-#include "cuda/kern.h"
+#include "proto/proto.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,7 +38,7 @@ typedef struct epxk_call {
     int64_t T;
     float gscale;             /* NVFP4: the caller's tensor scale for every
                                  row; 0: each row's own */
-    epxk_route_t route;       /* replica routing of the call's layer */
+    proto_route_t route;       /* replica routing of the call's layer */
     const void *y;            /* combine: [rows][H] */
     void *out;                /* combine: [T][H] */
     int out_esize;
@@ -52,7 +52,7 @@ typedef struct epxk_call {
     int unweighted;           /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
     int32_t *mycnt;           /* [R + E] */
     int32_t *part;            /* layout: [blocks][R + E] counts per token
-                                 chunk (kern.h, "routing layout") */
+                                 chunk (proto.h, "routing layout") */
     int64_t *sendoff;         /* [R] */
     int64_t *base;            /* [R] */
     int64_t *info;            /* [EPXK_INFO_COUNTS + 2 * local experts] */
@@ -66,7 +66,7 @@ typedef struct epxk_call {
     /* low latency: every pointer below is the call's buffer's own, so a
      * captured call replays with the same arguments; the use number of
      * the buffer (and so the tag) lives on the device */
-    epxk_ll_t ll;
+    proto_ll_t ll;
     int ll_b;                 /* buffer */
     int ll_drop;              /* EPX_MOE_LL_DROP */
     int32_t *keep;            /* [maxT][K] slot in its range, -1 */
@@ -79,8 +79,8 @@ typedef struct epxk_call {
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
  * SM budget of the grid kernels; the layouts (EPXK_LAYOUT: two kernels,
- * EPXK_LL_LAYOUT: three) take epxk_layout_nblocks(T, blocks) of them. */
-int epxk_launch(int which, const epxk_geom_t *g, const epxk_call_t *c,
+ * EPXK_LL_LAYOUT: three) take proto_layout_nblocks(T, blocks) of them. */
+int epxk_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                 int blocks, void *stream);
 
 /* 0, or the cudaError_t of loading every kernel now.  With lazy loading

@@ -1,6 +1,6 @@
 /*
  * GPU executor kernels (throughput mode, token-major and expert-major, and
- * low latency).  The arithmetic is in kern.h (shared with the host test);
+ * low latency).  The arithmetic is in proto.h (shared with the host test);
  * this file adds the thread
  * mapping, 16-byte vectorised copies, the release/acquire signals and the
  * bounded waits.  Launched by src/cuda/engine.c through the extern "C"
@@ -16,7 +16,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include "epx.h"
-#include "cuda/kern.h"
+#include "proto/proto.h"
 #include "cuda/kern_launch.h"
 
 #define WARP 32
@@ -123,7 +123,7 @@ __device__ static bool wait_tag(const int32_t *p, int32_t tag,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if (EPXK_LL_WTAG(ld_acquire_s32(p)) == tag)
+        if (PROTO_LL_WTAG(ld_acquire_s32(p)) == tag)
             return true;
         if ((n & 1023u) == 0) {
             uint64_t t = now_ns();
@@ -174,19 +174,19 @@ __device__ static __forceinline__ void warp_copy(char *dst, const char *src,
     }
 }
 
-/* An expert-major entry's partial (kern.h epxk_partial_elem: its rows of
+/* An expert-major entry's partial (proto.h proto_partial_elem: its rows of
  * y in top-k order, weighted, summed in fp32, rounded once) into dst by a
  * warp.  Where y's rows and dst are 16-byte aligned, lane i takes pieces
  * i, i + 32...: one 16-byte load per row and one 16-byte store
- * (epxk_partial_acc16, the same arithmetic element by element); else an
+ * (proto_partial_acc16, the same arithmetic element by element); else an
  * element per lane. */
-__device__ static void warp_partial(const epxk_geom_t &g, const char *y,
+__device__ static void warp_partial(const proto_geom_t &g, const char *y,
                                     const int32_t *rows, const float *wt,
                                     char *dst, int lane)
 {
     if (((uintptr_t)y | (uintptr_t)dst | (uintptr_t)g.row_bytes) & 15) {
         for (int64_t h = lane; h < g.H; h += WARP)
-            epxk_store(dst, g.esize, h, epxk_partial_elem(&g, y, rows, wt, h));
+            proto_store(dst, g.esize, h, proto_partial_elem(&g, y, rows, wt, h));
         return;
     }
     for (int64_t v = lane; v < g.row_bytes / 16; v += WARP) {
@@ -196,7 +196,7 @@ __device__ static void warp_partial(const epxk_geom_t &g, const char *y,
         /* Four rows' loads in flight, then summed in k order (the same
          * arithmetic as one at a time); rows end at the first -1. */
         for (int k0 = 0; k0 < g.K; k0 += 4) {
-            union { uint4 u; epxk_v16_t p; } t[4];
+            union { uint4 u; proto_v16_t p; } t[4];
             int32_t r[4];
             int n = 0;
 #pragma unroll
@@ -212,30 +212,30 @@ __device__ static void warp_partial(const epxk_geom_t &g, const char *y,
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 if (j < n)
-                    epxk_partial_acc16(g.esize, &t[j].p, wt != NULL,
+                    proto_partial_acc16(g.esize, &t[j].p, wt != NULL,
                                        wt ? wt[r[j]] : 0.0f, acc);
             if (n < 4)
                 break;
         }
-        union { uint4 u; epxk_v16_t p; } o;
-        epxk_pack16(g.esize, acc, &o.p);
+        union { uint4 u; proto_v16_t p; } o;
+        proto_pack16(g.esize, acc, &o.p);
         *(uint4 *)(dst + v * 16) = o.u;
     }
 }
 
-/* One bf16 row quantized by a warp into its wire parts (kern.h,
+/* One bf16 row quantized by a warp into its wire parts (proto.h,
  * "quantized pack"): codes at q, block scales at sc, the NVFP4 row scale at
  * *gs.  Lane i takes chunks i, i + 32...: 32 bytes of input (two 16-byte
  * loads where the row is aligned) and 16 (fp8) or 8 (e2m1) bytes of codes
  * in one store, coalesced across the warp.  Every lane of the warp calls
  * it (shuffles over the full mask). */
-__device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
+__device__ static void warp_quant_row(const proto_geom_t &g, char *q, char *sc,
                                       float *gs, const uint16_t *x,
                                       float given, int lane)
 {
     const unsigned full = 0xffffffffu;
-    const int64_t chunks = epxk_q_chunks(&g);
-    const int G = epxk_q_group(&g), cb = epxk_q_chunk_bytes(&g);
+    const int64_t chunks = proto_q_chunks(&g);
+    const int G = proto_q_group(&g), cb = proto_q_chunk_bytes(&g);
     const bool xvec = ((uintptr_t)x & 15) == 0;
     const bool qvec = ((uintptr_t)q & (uintptr_t)(cb - 1)) == 0;
     union { uint4 u[2]; uint16_t h[MOE_QUANT_CHUNK]; } v;
@@ -246,13 +246,13 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
         /* given is the same for the whole warp: no divergent shuffles */
         for (int64_t c = lane; given <= 0.0f && c < chunks; c += WARP) {
             int nan;
-            epxk_q_load_chunk(&g, x, c, v.h);
+            proto_q_load_chunk(&g, x, c, v.h);
             uint32_t a = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
             m = a > m ? a : m;
         }
         if (given <= 0.0f)
             m = __reduce_max_sync(full, m);
-        global = epxk_q_row_global(given, m);
+        global = proto_q_row_global(given, m);
         if (lane == 0)
             *gs = global;
     }
@@ -261,13 +261,13 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
         int n = 0, nan = 0;
         uint32_t m = 0;
         if (c < chunks) {
-            if (xvec && epxk_q_chunk_len(&g, c) == MOE_QUANT_CHUNK) {
+            if (xvec && proto_q_chunk_len(&g, c) == MOE_QUANT_CHUNK) {
                 const uint4 *p = (const uint4 *)(x + c * MOE_QUANT_CHUNK);
                 v.u[0] = p[0];
                 v.u[1] = p[1];
                 n = MOE_QUANT_CHUNK;
             } else {
-                n = epxk_q_load_chunk(&g, x, c, v.h);
+                n = proto_q_load_chunk(&g, x, c, v.h);
             }
             m = moe_quant_chunk_amax(v.h, MOE_QUANT_CHUNK, &nan);
         }
@@ -279,10 +279,10 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
         }
         if (n == 0)
             continue;
-        uint32_t s = epxk_q_encode(&g, v.h, MOE_QUANT_CHUNK, m, nan, global,
+        uint32_t s = proto_q_encode(&g, v.h, MOE_QUANT_CHUNK, m, nan, global,
                                    o.b);
         char *dst = q + c * cb;
-        const int nb = epxk_q_chunk_stored(&g, n);
+        const int nb = proto_q_chunk_stored(&g, n);
         if (qvec && nb == cb) {
             if (cb == 16)
                 *(uint4 *)dst = o.u;
@@ -294,13 +294,13 @@ __device__ static void warp_quant_row(const epxk_geom_t &g, char *q, char *sc,
                     dst[i] = (char)o.b[i];
         }
         if (c % G == 0)
-            epxk_q_store_scale(&g, sc, c / G, s);
+            proto_q_store_scale(&g, sc, c / G, s);
     }
 }
 
 /* Row `row` of a window's (or staging buffer's) receive regions from
  * token row xrow: a copy (native wire) or its quantized parts. */
-__device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
+__device__ static __forceinline__ void warp_put_row(const proto_geom_t &g,
                                                     char *w, int64_t row,
                                                     const char *xrow,
                                                     float given, int lane)
@@ -316,13 +316,13 @@ __device__ static __forceinline__ void warp_put_row(const epxk_geom_t &g,
 }
 
 /* Count of a window's region. */
-__device__ static __forceinline__ int32_t *win_cnt(const epxk_geom_t &g,
+__device__ static __forceinline__ int32_t *win_cnt(const proto_geom_t &g,
                                                    char *win, int p, int s)
 {
-    return (int32_t *)(win + g.off_cnt) + epxk_cnt_index(&g, p, s);
+    return (int32_t *)(win + g.off_cnt) + proto_cnt_index(&g, p, s);
 }
 
-__device__ static __forceinline__ uint64_t *win_flag(const epxk_geom_t &g,
+__device__ static __forceinline__ uint64_t *win_flag(const proto_geom_t &g,
                                                      char *win, int f, int s)
 {
     return (uint64_t *)(win + g.off_flags) + (int64_t)f * g.R + s;
@@ -348,26 +348,26 @@ __device__ static bool grid_last(unsigned *done)
 
 /* ---------------------------------------------------------------- layout */
 
-/* Routing layout over nb blocks, a chunk of tokens each (kern.h,
+/* Routing layout over nb blocks, a chunk of tokens each (proto.h,
  * "routing layout"): count, then place.  Grid of nb blocks: the chunk's
  * tokens per destination and (token, k) pairs per expert into part[b];
  * its dest entries cleared; invalid ids flagged. */
-__global__ void epxk_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_layout_count_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
-    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    proto_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
          i += blockDim.x)
         c.dest[i] = -1;
     for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
-        if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
+        if (proto_expert_bad(&ids, i / g.K, (int)(i % g.K)))
             c.info[EPXK_INFO_BAD_IDS] = 1;
     for (int u = threadIdx.x; u < n; u += blockDim.x)
         c.part[(int64_t)b * n + u] = (int32_t)(u < g.R
-            ? epxk_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, 0, NULL, NULL)
-            : epxk_layout_expert(&g, &ids, t0, t1, u - g.R, 0, NULL));
+            ? proto_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, 0, NULL, NULL)
+            : proto_layout_expert(&g, &ids, t0, t1, u - g.R, 0, NULL));
 }
 
 /* Grid of nb blocks: dest/pos (and expert-major epos) of the chunk's
@@ -375,24 +375,24 @@ __global__ void epxk_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
  * counts row and the packed offsets; with windows, the counts row is then
  * stored into every peer's count buffer and released with the call's
  * sequence word. */
-__global__ void epxk_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
-    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    proto_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int u = threadIdx.x; u < n; u += blockDim.x) {
-        const int64_t base = epxk_layout_base(c.part, n, b, u);
+        const int64_t base = proto_layout_base(c.part, n, b, u);
         if (u < g.R)
-            epxk_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, base, c.dest,
+            proto_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, base, c.dest,
                              c.pos);
         else if (g.em)
-            epxk_layout_expert(&g, &ids, t0, t1, u - g.R, base, c.epos);
+            proto_layout_expert(&g, &ids, t0, t1, u - g.R, base, c.epos);
     }
     if (b != 0)
         return;
     for (int u = threadIdx.x; u < n; u += blockDim.x)
-        c.mycnt[u] = (int32_t)epxk_layout_base(c.part, n, gridDim.x, u);
+        c.mycnt[u] = (int32_t)proto_layout_base(c.part, n, gridDim.x, u);
     __syncthreads();
     if (threadIdx.x == 0) {
         int64_t o = 0;
@@ -417,7 +417,7 @@ __global__ void epxk_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
 /* One block.  With windows, wait for every source's count row of this
  * call; then this rank's first entry at each destination and (expert-
  * major) its first row for each expert. */
-__global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_offsets_kernel(proto_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
     if (c.windows)
@@ -427,27 +427,27 @@ __global__ void epxk_offsets_kernel(epxk_geom_t g, epxk_call_t c)
     __syncthreads();
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        c.base[d] = epxk_dest_base(&g, cnt, d);
+        c.base[d] = proto_dest_base(&g, cnt, d);
     if (g.em)
         for (int e = threadIdx.x; e < g.E; e += blockDim.x)
-            c.ebase[e] = epxk_expert_base(&g, cnt, c.first[c.e2r[e]], e);
+            c.ebase[e] = proto_expert_base(&g, cnt, c.first[c.e2r[e]], e);
 }
 
 /* Expert-major, one (token, destination) pair by a warp (windows only):
  * a copy of the row per expert of t at d, at that expert's row, with its
  * source, token and weight; and the entry (source, return slot, rows in
  * top-k order) that combine reduces. */
-__device__ static void pack_expert_major(const epxk_geom_t &g,
+__device__ static void pack_expert_major(const proto_geom_t &g,
                                          const epxk_call_t &c,
-                                         const epxk_ids_t *ids, char *w, int d,
+                                         const proto_ids_t *ids, char *w, int d,
                                          int64_t t, int64_t ent, int64_t slot,
                                          int lane)
 {
     for (int k = 0; k < g.K; k++) {
-        int64_t e = epxk_expert_id(ids, t, k);
-        if (e < 0 || epxk_owner(c.e2r, e) != d)
+        int64_t e = proto_expert_id(ids, t, k);
+        if (e < 0 || proto_owner(c.e2r, e) != d)
             continue;
-        int64_t row = epxk_expert_row(&g, c.ebase, c.epos, e, t, k);
+        int64_t row = proto_expert_row(&g, c.ebase, c.epos, e, t, k);
         warp_put_row(g, w, row, (const char *)c.x + t * g.row_bytes,
                      c.gscale, lane);
         if (lane == 0) {
@@ -459,7 +459,7 @@ __device__ static void pack_expert_major(const epxk_geom_t &g,
     if (lane == 0) {
         ((int32_t *)(w + g.off_ent_src))[ent] = g.rank;
         ((int32_t *)(w + g.off_ret_slot))[ent] = (int32_t)slot;
-        epxk_entry_rows(&g, ids, c.e2r, c.ebase, c.epos, t, d,
+        proto_entry_rows(&g, ids, c.e2r, c.ebase, c.epos, t, d,
                         (int32_t *)(w + g.off_ent_rows) + ent * g.K);
     }
 }
@@ -468,12 +468,12 @@ __device__ static void pack_expert_major(const epxk_geom_t &g,
  * its metadata go straight into the destination's window (or the NCCL
  * staging buffer, in packed order).  The last block releases the data
  * flag at every destination. */
-__global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_pack_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int64_t pairs = c.T * g.maxdest;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              i < pairs; i += warps) {
@@ -494,7 +494,7 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
                 ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
                 ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
                 ((int32_t *)(w + g.off_ret_slot))[row] = (int32_t)slot;
-                epxk_meta_topk(&g, &ids, c.w, c.e2r, t, d,
+                proto_meta_topk(&g, &ids, c.w, c.e2r, t, d,
                                c.first[d],
                                (int32_t *)(w + g.off_idx) + row * g.K,
                                (float *)(w + g.off_w) + row * g.K);
@@ -504,32 +504,32 @@ __global__ void epxk_pack_kernel(epxk_geom_t g, epxk_call_t c)
         return;
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            st_release_u64(win_flag(g, c.peers[d], EPXK_FLAG_DATA, g.rank),
+            st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_DATA, g.rank),
                            c.seq);
 }
 
 /* One block.  With windows, wait for every source's data; then the
  * receive totals into info (rows, then per local expert). */
-__global__ void epxk_recv_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_recv_kernel(proto_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
     if (c.windows)
         for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-            wait_u64(win_flag(g, mine, EPXK_FLAG_DATA, s), c.seq,
+            wait_u64(win_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
                      c.timeout_ns, c.info);
     __syncthreads();
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
     const int L = c.num_local, first = c.first[g.rank];
     int64_t *counts = c.info + EPXK_INFO_COUNTS, *offs = counts + L;
     if (threadIdx.x == 0) {
-        c.info[EPXK_INFO_ENTS] = epxk_recv_rows(&g, cnt);
-        c.info[EPXK_INFO_ROWS] = g.em ? epxk_expert_offset(&g, cnt, first, L)
-                                      : epxk_recv_rows(&g, cnt);
+        c.info[EPXK_INFO_ENTS] = proto_recv_rows(&g, cnt);
+        c.info[EPXK_INFO_ROWS] = g.em ? proto_expert_offset(&g, cnt, first, L)
+                                      : proto_recv_rows(&g, cnt);
     }
     for (int j = threadIdx.x; j < L; j += blockDim.x) {
-        counts[j] = epxk_recv_expert(&g, cnt, first, j);
+        counts[j] = proto_recv_expert(&g, cnt, first, j);
         if (g.em)
-            offs[j] = epxk_expert_offset(&g, cnt, first, j);
+            offs[j] = proto_expert_offset(&g, cnt, first, j);
     }
     if (!g.em)
         return;
@@ -550,7 +550,7 @@ __global__ void epxk_recv_kernel(epxk_geom_t g, epxk_call_t c)
 /* Grid of num_sms blocks, a warp per received row: the expert output goes
  * back into its source's window at the row's return slot; the last block
  * releases the combine flag at every rank. */
-__global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_comb_put_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
@@ -576,17 +576,17 @@ __global__ void epxk_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
         }
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            st_release_u64(win_flag(g, c.peers[d], EPXK_FLAG_COMB, g.rank),
+            st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_COMB, g.rank),
                            c.seq);
 }
 
 /* out[t][h] for every token: the ascending-rank fp32 sum of the partials
- * in comb (kern.h epxk_combine_elem's order and rounding), by the whole
+ * in comb (proto.h proto_combine_elem's order and rounding), by the whole
  * grid.  Where partial rows and out rows are 16-byte aligned, a thread
  * takes 16 bytes of each partial (8 bf16 or 4 fp32 in one load) and
  * stores its elements in one or two 16-byte (or one 8-byte) stores;
  * else an element per thread. */
-__device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
+__device__ static void reduce_out(const proto_geom_t &g, const epxk_call_t &c,
                                   const char *comb)
 {
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -598,8 +598,8 @@ __device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
     if (!vec) {
         for (int64_t i = tid; i < c.T * g.H; i += nth) {
             int64_t t = i / g.H, h = i % g.H;
-            epxk_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
-                       epxk_combine_elem(&g, comb, c.sendoff, c.dest, c.pos,
+            proto_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
+                       proto_combine_elem(&g, comb, c.sendoff, c.dest, c.pos,
                                          t, h));
         }
         return;
@@ -613,12 +613,12 @@ __device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
         for (int j = 0; j < g.maxdest; j++) {
             if (c.dest[t * g.maxdest + j] < 0)
                 break;
-            int64_t slot = epxk_ret_slot(&g, c.sendoff, c.dest, c.pos, t, j);
+            int64_t slot = proto_ret_slot(&g, c.sendoff, c.dest, c.pos, t, j);
             union { uint4 u; uint16_t h[8]; float f[4]; } p;
             p.u = *(const uint4 *)(comb + slot * g.row_bytes + v * 16);
             if (V == 8)
                 for (int e = 0; e < 8; e++)
-                    acc[e] = acc[e] + epxk_bf16_to_f32(p.h[e]);
+                    acc[e] = acc[e] + proto_bf16_to_f32(p.h[e]);
             else
                 for (int e = 0; e < 4; e++)
                     acc[e] = acc[e] + p.f[e];
@@ -627,7 +627,7 @@ __device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
         if (c.out_esize == 2) {
             union { uint4 u; uint2 d; uint16_t h[8]; } q;
             for (int e = 0; e < 8; e++)
-                q.h[e] = e < V ? epxk_f32_to_bf16(acc[e]) : (uint16_t)0;
+                q.h[e] = e < V ? proto_f32_to_bf16(acc[e]) : (uint16_t)0;
             if (V == 8)
                 *(uint4 *)o = q.u;
             else
@@ -646,12 +646,12 @@ __device__ static void reduce_out(const epxk_geom_t &g, const epxk_call_t &c,
 /* Grid of num_sms blocks.  With windows, every block waits for every
  * rank's combine flag; then out[t][h] is the ascending-rank fp32 sum of
  * the partials (coalesced over h), rounded once. */
-__global__ void epxk_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_comb_reduce_kernel(proto_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
     if (c.windows)
         for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-            wait_u64(win_flag(g, mine, EPXK_FLAG_COMB, s), c.seq,
+            wait_u64(win_flag(g, mine, PROTO_FLAG_COMB, s), c.seq,
                      c.timeout_ns, c.info);
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] != 0)
@@ -673,7 +673,7 @@ __device__ static __forceinline__ char *ll_bufp(const epxk_call_t &c,
 }
 
 /* Comb flags [B][R]: of the call's buffer, set by rank s. */
-__device__ static __forceinline__ uint64_t *ll_comb_flag(const epxk_geom_t &g,
+__device__ static __forceinline__ uint64_t *ll_comb_flag(const proto_geom_t &g,
                                                          const epxk_call_t &c,
                                                          char *win, int s)
 {
@@ -688,17 +688,17 @@ __device__ static void ll_error(const epxk_call_t &c, int64_t st)
               (unsigned long long)st);
 }
 
-/* Low-latency layout over nb blocks, a chunk of tokens each (kern.h,
+/* Low-latency layout over nb blocks, a chunk of tokens each (proto.h,
  * "routing layout"): count the choices per expert, then give them their
  * slots (beyond cap dropped) and count the kept destinations, then place
  * the destinations.  Grid of nb blocks: the chunk's choices per expert
  * into part[b][R + e]; its keep and dest entries cleared. */
-__global__ void epxk_ll_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_layout_count_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
-    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    proto_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
         c.keep[i] = -1;
     for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
@@ -706,40 +706,40 @@ __global__ void epxk_ll_layout_count_kernel(epxk_geom_t g, epxk_call_t c)
         c.dest[i] = -1;
     for (int e = threadIdx.x; e < g.E; e += blockDim.x)
         c.part[(int64_t)b * n + g.R + e] =
-            (int32_t)epxk_layout_expert(&g, &ids, t0, t1, e, 0, NULL);
+            (int32_t)proto_layout_expert(&g, &ids, t0, t1, e, 0, NULL);
 }
 
 /* Grid of nb blocks: the slots of the chunk's choices (keep) from the
  * choices of the lower chunks, then the chunk's tokens per destination
  * among the kept choices into part[b][d]. */
-__global__ void epxk_ll_layout_keep_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_layout_keep_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
-    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    proto_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int e = threadIdx.x; e < g.E; e += blockDim.x)
-        epxk_ll_layout_expert(&g, &ids, t0, t1, e,
-                              epxk_layout_base(c.part, n, b, g.R + e),
+        proto_ll_layout_expert(&g, &ids, t0, t1, e,
+                              proto_layout_base(c.part, n, b, g.R + e),
                               c.ll.cap, c.keep);
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        c.part[(int64_t)b * n + d] = (int32_t)epxk_layout_dest(
+        c.part[(int64_t)b * n + d] = (int32_t)proto_layout_dest(
             &g, &ids, c.keep, c.e2r, t0, t1, d, 0, NULL, NULL);
 }
 
 /* Grid of nb blocks: the chunk's kept destinations (dest/pos).  Block 0:
  * the counts, return-slot offsets and this call's own status (invalid
  * ids, or more rows than cap without DROP). */
-__global__ void epxk_ll_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_layout_place_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int n = g.R + g.E, b = blockIdx.x;
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     int64_t t0, t1;
-    epxk_layout_range(c.T, gridDim.x, b, &t0, &t1);
+    proto_layout_range(c.T, gridDim.x, b, &t0, &t1);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        epxk_layout_dest(&g, &ids, c.keep, c.e2r, t0, t1, d,
-                         epxk_layout_base(c.part, n, b, d), c.dest, c.pos);
+        proto_layout_dest(&g, &ids, c.keep, c.e2r, t0, t1, d,
+                         proto_layout_base(c.part, n, b, d), c.dest, c.pos);
     if (b != 0)
         return;
     __shared__ int bad, over;
@@ -747,10 +747,10 @@ __global__ void epxk_ll_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
         bad = over = 0;
     __syncthreads();
     for (int64_t i = threadIdx.x; i < c.T * g.K; i += blockDim.x)
-        if (epxk_expert_bad(&ids, i / g.K, (int)(i % g.K)))
+        if (proto_expert_bad(&ids, i / g.K, (int)(i % g.K)))
             atomicOr(&bad, 1);
     for (int u = threadIdx.x; u < n; u += blockDim.x) {
-        int64_t v = epxk_layout_base(c.part, n, gridDim.x, u);
+        int64_t v = proto_layout_base(c.part, n, gridDim.x, u);
         c.mycnt[u] = (int32_t)v;
         if (u >= g.R && v > c.ll.cap && !c.ll_drop)
             atomicOr(&over, 1);
@@ -776,13 +776,13 @@ __global__ void epxk_ll_layout_place_kernel(epxk_geom_t g, epxk_call_t c)
  * one quantization per row, as expert-major in throughput mode) and its
  * entry; the last block stores the status and count words and releases
  * the final word at every destination. */
-__global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_pack_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
-    const epxk_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     const uint32_t u = c.ll_use[c.ll_b];
-    const int32_t tag = EPXK_LL_TAG(u);
+    const int32_t tag = PROTO_LL_TAG(u);
     char *mine = c.peers[g.rank];
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
         wait_u64_masked(ll_comb_flag(g, c, mine, s), u, c.timeout_ns, c.info);
@@ -797,16 +797,16 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
             int64_t t = i / g.maxdest;
             char *bw = ll_bufp(c, c.peers[d]);
             for (int k = 0; k < g.K; k++) {
-                int64_t e = epxk_kept_id(&ids, c.keep, t, k);
-                if (e < 0 || epxk_owner(c.e2r, e) != d)
+                int64_t e = proto_kept_id(&ids, c.keep, t, k);
+                if (e < 0 || proto_owner(c.e2r, e) != d)
                     continue;
-                int64_t row = epxk_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
+                int64_t row = proto_ll_row(&g, c.ll.cap, c.first[d], e, g.rank,
                                           c.keep[t * g.K + k]);
                 const char *xr = (const char *)c.x + t * g.row_bytes;
-                char *q = epxk_ll_row_data(&g, &c.ll, bw, row);
+                char *q = proto_ll_row_data(&g, &c.ll, bw, row);
                 if (g.qblock)
-                    warp_quant_row(g, q, epxk_ll_row_scales(&g, &c.ll, bw, row),
-                                   epxk_ll_row_gscale(&c.ll, bw, row),
+                    warp_quant_row(g, q, proto_ll_row_scales(&g, &c.ll, bw, row),
+                                   proto_ll_row_gscale(&c.ll, bw, row),
                                    (const uint16_t *)xr, c.gscale, lane);
                 else
                     warp_copy(q, xr, g.row_bytes, lane);
@@ -819,7 +819,7 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
                 int64_t ent = (int64_t)g.rank * g.maxT + c.pos[i];
                 ((int32_t *)(bw + c.ll.ent_slot))[ent] =
                     (int32_t)(c.sendoff[d] + c.pos[i]);
-                epxk_ll_entry_rows(&g, &ids, c.keep, c.e2r, c.ll.cap,
+                proto_ll_entry_rows(&g, &ids, c.keep, c.e2r, c.ll.cap,
                                    c.first[d], t, d,
                                    (int32_t *)(bw + c.ll.ent_rows) + ent * g.K);
             }
@@ -833,24 +833,24 @@ __global__ void epxk_ll_pack_kernel(epxk_geom_t g, epxk_call_t c)
         for (int e = c.first[d]; e < c.first[d + 1]; e++) {
             int32_t n = ok ? c.mycnt[g.R + e] : 0;
             ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
-                EPXK_LL_WORD(tag, n < EPXK_LL_MASK ? n : EPXK_LL_MASK);
+                PROTO_LL_WORD(tag, n < PROTO_LL_MASK ? n : PROTO_LL_MASK);
         }
     }
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
-                       EPXK_LL_WORD(tag, ok ? c.mycnt[d] : 0));
+                       PROTO_LL_WORD(tag, ok ? c.mycnt[d] : 0));
 }
 
 /* Grid: every block waits for every source's final word of this use;
  * block 0 checks the sources' status and gives the counts per local
  * expert and the drops; the rows' sources and the padding marks are
  * spread over the grid. */
-__global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
 {
     const uint32_t u = c.ll_use[c.ll_b];
-    const int32_t tag = EPXK_LL_TAG(u);
+    const int32_t tag = PROTO_LL_TAG(u);
     char *bw = ll_bufp(c, c.peers[g.rank]);
     const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
     const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
@@ -867,8 +867,8 @@ __global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
         for (int j = threadIdx.x; j < L; j += blockDim.x) {
             int64_t n = 0, dropped = 0;
             for (int s = 0; s < g.R; s++) {
-                n += epxk_ll_kept(cw[j * g.R + s], cap);
-                dropped += epxk_ll_dropped(cw[j * g.R + s], cap);
+                n += proto_ll_kept(cw[j * g.R + s], cap);
+                dropped += proto_ll_dropped(cw[j * g.R + s], cap);
             }
             c.ll_counts[j] = n;
             if (dropped)
@@ -881,7 +881,7 @@ __global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
     const int64_t rows = (int64_t)L * g.R * cap;
     for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows;
          r += (int64_t)gridDim.x * blockDim.x) {
-        int s = epxk_ll_row_source(&g, cap, cw, r);
+        int s = proto_ll_row_source(&g, cap, cw, r);
         c.ll_src[r] = s;
         if (s < 0) {
             ((int32_t *)(bw + c.ll.src_tok))[r] = -1;
@@ -893,7 +893,7 @@ __global__ void epxk_ll_recv_kernel(epxk_geom_t g, epxk_call_t c)
 /* Grid, a warp per (source, entry): the token's partial from its rows
  * here into the source's buffer at the return slot; the last block
  * releases this rank's comb flag of the buffer's use at every rank. */
-__global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_comb_put_kernel(proto_geom_t g, epxk_call_t c)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
@@ -905,7 +905,7 @@ __global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              i < (int64_t)g.R * g.maxT; i += warps) {
             int s = (int)(i / g.maxT);
-            if (i % g.maxT >= (fw[s] & EPXK_LL_MASK))
+            if (i % g.maxT >= (fw[s] & PROTO_LL_MASK))
                 continue;
             int64_t slot = ((const int32_t *)(bw + c.ll.ent_slot))[i];
             const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) + i * g.K;
@@ -921,7 +921,7 @@ __global__ void epxk_ll_comb_put_kernel(epxk_geom_t g, epxk_call_t c)
 /* Grid: wait for every rank's partials of this use, sum them in ascending
  * rank order (throughput mode's reduce); the last block advances the
  * buffer's use. */
-__global__ void epxk_ll_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_comb_reduce_kernel(proto_geom_t g, epxk_call_t c)
 {
     const uint32_t u = c.ll_use[c.ll_b];
     char *mine = c.peers[g.rank];
@@ -943,7 +943,7 @@ __global__ void epxk_ll_comb_reduce_kernel(epxk_geom_t g, epxk_call_t c)
 
 /* One thread: this rank gives up a received call without combining it:
  * its comb flag (marked abandoned) so nobody waits, and the next use. */
-__global__ void epxk_ll_abandon_kernel(epxk_geom_t g, epxk_call_t c)
+__global__ void epxk_ll_abandon_kernel(proto_geom_t g, epxk_call_t c)
 {
     const uint32_t u = c.ll_use[c.ll_b];
     __threadfence_system();
@@ -956,13 +956,13 @@ __global__ void epxk_ll_abandon_kernel(epxk_geom_t g, epxk_call_t c)
 /* ------------------------------------------------------- host entry points */
 
 
-extern "C" int epxk_launch(int which, const epxk_geom_t *g,
+extern "C" int epxk_launch(int which, const proto_geom_t *g,
                            const epxk_call_t *c, int blocks, void *stream)
 {
     cudaStream_t st = (cudaStream_t)stream;
     switch (which) {
     case EPXK_LAYOUT: {
-        const int nb = epxk_layout_nblocks(c->T, blocks);
+        const int nb = proto_layout_nblocks(c->T, blocks);
         epxk_layout_count_kernel<<<nb, 256, 0, st>>>(*g, *c);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess)
@@ -986,7 +986,7 @@ extern "C" int epxk_launch(int which, const epxk_geom_t *g,
         epxk_comb_reduce_kernel<<<blocks, 512, 0, st>>>(*g, *c);
         break;
     case EPXK_LL_LAYOUT: {
-        const int nb = epxk_layout_nblocks(c->T, blocks);
+        const int nb = proto_layout_nblocks(c->T, blocks);
         epxk_ll_layout_count_kernel<<<nb, 256, 0, st>>>(*g, *c);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess)

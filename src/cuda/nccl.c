@@ -85,12 +85,12 @@ int epx__nccl_adopted(const epx_nccl_t *nc)
     return nc->adopted;
 }
 
-epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
                               const int32_t *mycnt, int32_t *cnt,
                               void *stream)
 {
     cudaStream_t st = (cudaStream_t)stream;
-    const size_t n = (size_t)g->cnt_ints - 1;
+    const size_t n = (size_t)(g->R + g->E);   /* the counts, no header */
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; p < nc->R && r == ncclSuccess; p++) {
         r = ncclSend(mycnt, n, ncclInt32, p, nc->comm, st);
@@ -118,7 +118,7 @@ static ncclResult_t rows_pair(epx_nccl_t *nc, int64_t bytes, int p,
     return r;
 }
 
-static ncclResult_t meta_pair(epx_nccl_t *nc, const epxk_geom_t *g, int p,
+static ncclResult_t meta_pair(epx_nccl_t *nc, const proto_geom_t *g, int p,
                               const char *stage, int64_t s0, int64_t ns,
                               char *win, int64_t r0, int64_t nr,
                               cudaStream_t st)
@@ -139,7 +139,7 @@ static ncclResult_t meta_pair(epx_nccl_t *nc, const epxk_geom_t *g, int p,
     return r;
 }
 
-epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,
                                 char *stage, char *win, const int64_t *nsend,
                                 const int64_t *sendoff, const int64_t *nrecv,
                                 const int64_t *rbase, void *stream)
@@ -167,7 +167,7 @@ epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
     return nccl_err(r != ncclSuccess ? r : e, "nccl dispatch exchange");
 }
 
-epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
                                const void *y, char *win, const int64_t *nsend,
                                const int64_t *sendoff, const int64_t *nrecv,
                                const int64_t *rbase, void *stream)

@@ -2,14 +2,14 @@
  * The NCCL backend: the exchange as a user writes it with NCCL — one
  * ncclGroupStart / ncclSend + ncclRecv per peer / ncclGroupEnd per phase —
  * over the same staging and receive layouts as the windows backend
- * (kern.h), so the kernels are shared.
+ * (proto.h), so the kernels are shared.
  */
 #ifndef EPX_CUDA_NCCL_EX_H
 #define EPX_CUDA_NCCL_EX_H
 
 #include <stdint.h>
 #include "epx.h"
-#include "cuda/kern.h"
+#include "proto/proto.h"
 
 typedef struct epx_nccl epx_nccl_t;
 
@@ -20,20 +20,21 @@ epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt,
 void epx__nccl_destroy(epx_nccl_t *nc);
 int epx__nccl_adopted(const epx_nccl_t *nc);
 
-/* Every rank's counts row (cnt_ints - 1 int32 at mycnt) into row s of
- * cnt (this parity's [R][cnt_ints] block of the receive window). */
-epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
+/* Every rank's counts (R + E int32 at mycnt) into source s's counts
+ * of cnt (this parity's first counts in the receive window,
+ * proto_cnt_index: rows cnt_ints apart, the header words left alone). */
+epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
                               const int32_t *mycnt, int32_t *cnt,
                               void *stream);
 /* Rows and metadata: to each d, the staged rows [sendoff[d], +nsend[d]);
  * from each s, into win rows [rbase[s], +nrecv[s]). */
-epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,
                                 char *stage, char *win, const int64_t *nsend,
                                 const int64_t *sendoff, const int64_t *nrecv,
                                 const int64_t *rbase, void *stream);
 /* Expert outputs back: to each s, y rows [rbase[s], +nrecv[s]); from each
  * d, into win comb rows [sendoff[d], +nsend[d]). */
-epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
                                const void *y, char *win, const int64_t *nsend,
                                const int64_t *sendoff, const int64_t *nrecv,
                                const int64_t *rbase, void *stream);
@@ -44,13 +45,13 @@ typedef struct epx_nccl_module_ops {
     epx_status_t (*create)(epx_comm_t *comm, void *adopt, epx_nccl_t **nc);
     void (*destroy)(epx_nccl_t *nc);
     int (*adopted)(const epx_nccl_t *nc);
-    epx_status_t (*counts)(epx_nccl_t *nc, const epxk_geom_t *g,
+    epx_status_t (*counts)(epx_nccl_t *nc, const proto_geom_t *g,
                            const int32_t *mycnt, int32_t *cnt, void *stream);
-    epx_status_t (*dispatch)(epx_nccl_t *nc, const epxk_geom_t *g, char *stage,
+    epx_status_t (*dispatch)(epx_nccl_t *nc, const proto_geom_t *g, char *stage,
                              char *win, const int64_t *nsend,
                              const int64_t *sendoff, const int64_t *nrecv,
                              const int64_t *rbase, void *stream);
-    epx_status_t (*combine)(epx_nccl_t *nc, const epxk_geom_t *g,
+    epx_status_t (*combine)(epx_nccl_t *nc, const proto_geom_t *g,
                             const void *y, char *win, const int64_t *nsend,
                             const int64_t *sendoff, const int64_t *nrecv,
                             const int64_t *rbase, void *stream);

@@ -39,13 +39,13 @@ void epx__nccl_destroy(epx_nccl_t *nc)
 
 int epx__nccl_adopted(const epx_nccl_t *nc) { return mod->adopted(nc); }
 
-epx_status_t epx__nccl_counts(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
                               const int32_t *mycnt, int32_t *cnt, void *stream)
 {
     return mod->counts(nc, g, mycnt, cnt, stream);
 }
 
-epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,
                                 char *stage, char *win, const int64_t *nsend,
                                 const int64_t *sendoff, const int64_t *nrecv,
                                 const int64_t *rbase, void *stream)
@@ -54,7 +54,7 @@ epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const epxk_geom_t *g,
                          stream);
 }
 
-epx_status_t epx__nccl_combine(epx_nccl_t *nc, const epxk_geom_t *g,
+epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
                                const void *y, char *win, const int64_t *nsend,
                                const int64_t *sendoff, const int64_t *nrecv,
                                const int64_t *rbase, void *stream)

@@ -41,12 +41,12 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *y = a->y.data;
     const float *wt = (flags & EPX_COMBINE_UNWEIGHTED)
-        ? NULL : (const float *)moe_local(m, m->off.topk_w);
-    const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
+        ? NULL : (const float *)moe_local(m, m->g.off_w);
+    const int32_t *ents = (const int32_t *)moe_local(m, m->g.off_entries);
     epx_status_t st = EPX_OK;
     for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
-        const int32_t *ent = ents + i * m->ent_ints;
-        size_t dst = m->off.comb + (size_t)ent[1] * m->row_bytes;
+        const int32_t *ent = ents + i * m->g.ent_ints;
+        size_t dst = m->g.off_comb + (size_t)ent[1] * m->row_bytes;
         if (tm) {
             st = moe_put(m, &m->put_combine, ent[0], dst,
                          y + (size_t)i * m->row_bytes, m->row_bytes);
@@ -64,7 +64,7 @@ epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y)
 {
     const char *win = moe_local(m, 0), *y0 = y->data;
     size_t ybytes = (size_t)y->rows * m->row_bytes;
-    if (moe_wire_quantized(&m->fmt) && ybytes && y0 < win + m->off.total &&
+    if (moe_wire_quantized(&m->fmt) && ybytes && y0 < win + m->win_bytes &&
         y0 + ybytes > win)
         return epx__error(EPX_ERR_INVALID,
                           "combine: y lies in the engine's receive buffers; "
@@ -184,7 +184,7 @@ static epx_status_t flat_combine_send(epx_moe_t *m, epx_handle_t *h,
                                       const epx_combine_args_t *a,
                                       int32_t *word)
 {
-    if (m->direct && a->y.data == moe_local(m, m->off.rows)) {
+    if (m->direct && a->y.data == moe_local(m, m->g.off_rows)) {
         *word = (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
                                                      : MOE_COMB_PULL;
         return EPX_OK;
@@ -199,7 +199,7 @@ static void flat_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
                              uint64_t call)
 {
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    const char *comb = moe_local(m, m->off.comb);
+    const char *comb = moe_local(m, m->g.off_comb);
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
     for (int r = 0; r < m->R; r++)
         m->mode[r] = *(int32_t *)moe_local(m, moe_status_off(m, MOE_ST_COMB, call, r));
@@ -218,14 +218,14 @@ static void flat_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
             }
             /* Pull: the peer's outputs sit in its window, rows as dispatched. */
             const char *pw = epx__win_peer_ptr(m->win, d);
-            c->row = pw + m->off.rows;
+            c->row = pw + m->g.off_rows;
             if (tm) {
                 c->row += (size_t)e_at * m->row_bytes;
                 continue;
             }
-            c->ent = (const int32_t *)(pw + m->off.entries) + e_at * m->ent_ints;
+            c->ent = (const int32_t *)(pw + m->g.off_entries) + e_at * m->g.ent_ints;
             c->w = m->mode[d] == MOE_COMB_PULL_UNWEIGHTED
-                ? NULL : (const float *)(pw + m->off.topk_w);
+                ? NULL : (const float *)(pw + m->g.off_w);
         }
         moe_reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
                      out->dtype);

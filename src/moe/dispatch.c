@@ -35,17 +35,17 @@ static inline epx_status_t put_row(epx_moe_t *m, int d, int64_t r,
                                    const float *global)
 {
     const moe_wire_t *f = &m->fmt;
-    const moe_offsets_t *o = &m->off;
+    const proto_geom_t *o = &m->g;
     epx_status_t st = moe_put(m, &m->put_dispatch, d,
-                              o->rows + (size_t)r * f->data_bytes, q,
+                              o->off_rows + (size_t)r * f->data_bytes, q,
                               f->data_bytes);
     if (f->scale_bytes)
         st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
-                      o->scales + (size_t)r * f->scale_bytes, scale,
+                      o->off_scales + (size_t)r * f->scale_bytes, scale,
                       f->scale_bytes);
     if (f->global_bytes)
         st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
-                      o->gscale + (size_t)r * f->global_bytes, global,
+                      o->off_gscale + (size_t)r * f->global_bytes, global,
                       f->global_bytes);
     return st;
 }
@@ -55,7 +55,7 @@ epx_status_t moe_first_error(epx_moe_t *m, int phase, uint64_t call,
                              const char *what)
 {
     for (int s = 0; s < m->R; s++) {
-        int32_t v = phase < 0 ? moe_blk(m, call, s)[MOE_BLK_STATUS]
+        int32_t v = phase < 0 ? moe_blk(m, call, s)[PROTO_CNT_STATUS]
                               : *(int32_t *)moe_local(m, moe_status_off(m, phase, call, s));
         if (v < 0)  /* >= 0: success, possibly with a mode (combine) */
             return epx__error(EPX_ERR_PEER, "%s: rank %d failed its part (%s)",
@@ -72,7 +72,7 @@ static epx_status_t wait_blocks(epx_moe_t *m, uint64_t call)
     const int32_t want = (int32_t)(call + 1);
     double deadline = 0;
     for (int s = 0; s < m->R; s++) {
-        const int32_t *seq = moe_blk(m, call, s) + m->blk_ints - 1;
+        const int32_t *seq = moe_blk(m, call, s) + proto_cnt_seq(&m->g);
         for (long spins = 0; __atomic_load_n(seq, __ATOMIC_ACQUIRE) != want;
              spins++) {
             if (spins < 1000) {
@@ -107,16 +107,16 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
                                     uint64_t handle_call, int layer)
 {
     uint64_t call = m->n_counts++;
-    size_t body = sizeof(int32_t) * (size_t)(cached ? MOE_BLK_HDR : m->blk_ints - 1);
-    size_t blk_bytes = sizeof(int32_t) * (size_t)m->blk_ints;
-    size_t off = m->off.counts +
+    size_t body = sizeof(int32_t) * (size_t)(cached ? PROTO_CNT_HDR : proto_cnt_seq(&m->g));
+    size_t blk_bytes = sizeof(int32_t) * (size_t)m->g.cnt_ints;
+    size_t off = m->g.off_cnt +
                  ((size_t)(call & 1) * (size_t)m->R + (size_t)m->rank) * blk_bytes;
     int32_t seq = (int32_t)(call + 1);
-    m->blk[MOE_BLK_STATUS] = mine;
-    m->blk[MOE_BLK_CACHED] = cached;
-    m->blk[MOE_BLK_HANDLE] = (int32_t)handle_call;
-    m->blk[MOE_BLK_LAYER] = layer;
-    m->blk[MOE_BLK_PLACE] = m->place_hash ? (int32_t)m->place_hash[layer] : 0;
+    m->blk[PROTO_CNT_STATUS] = mine;
+    m->blk[PROTO_CNT_CACHED] = cached;
+    m->blk[PROTO_CNT_HANDLE] = (int32_t)handle_call;
+    m->blk[PROTO_CNT_LAYER] = layer;
+    m->blk[PROTO_CNT_PLACE] = m->place_hash ? (int32_t)m->place_hash[layer] : 0;
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++) {
         st = moe_put(m, &m->put_dispatch, d, off, m->blk, body);
@@ -141,23 +141,23 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
         return st;
     for (int s = 0; s < m->R; s++) {
         const int32_t *b = moe_blk(m, call, s);
-        if (b[MOE_BLK_CACHED] != cached)
+        if (b[PROTO_CNT_CACHED] != cached)
             return epx__error(EPX_ERR_MISMATCH,
                               "dispatch: rank %d %s EPX_DISPATCH_CACHED but "
                               "rank %d %s", s, cached ? "did not pass" : "passed",
                               m->rank, cached ? "did" : "did not");
-        if (b[MOE_BLK_LAYER] != layer || b[MOE_BLK_PLACE] != m->blk[MOE_BLK_PLACE])
+        if (b[PROTO_CNT_LAYER] != layer || b[PROTO_CNT_PLACE] != m->blk[PROTO_CNT_PLACE])
             return epx__error(EPX_ERR_MISMATCH,
                               "dispatch: rank %d dispatches layer %d with "
                               "placement %08x, rank %d layer %d with %08x "
                               "(epx_moe_set_placement must agree)", s,
-                              (int)b[MOE_BLK_LAYER], (unsigned)b[MOE_BLK_PLACE],
-                              m->rank, layer, (unsigned)m->blk[MOE_BLK_PLACE]);
-        if (cached && b[MOE_BLK_HANDLE] != (int32_t)handle_call)
+                              (int)b[PROTO_CNT_LAYER], (unsigned)b[PROTO_CNT_PLACE],
+                              m->rank, layer, (unsigned)m->blk[PROTO_CNT_PLACE]);
+        if (cached && b[PROTO_CNT_HANDLE] != (int32_t)handle_call)
             return epx__error(EPX_ERR_MISMATCH,
                               "dispatch: cached dispatch with handles of "
                               "different dispatches (rank %d: call %d, rank %d: "
-                              "call %d)", s, (int)b[MOE_BLK_HANDLE], m->rank,
+                              "call %d)", s, (int)b[PROTO_CNT_HANDLE], m->rank,
                               (int)handle_call);
     }
     return EPX_OK;
@@ -176,8 +176,8 @@ static void plan_offsets(epx_moe_t *m, epx_handle_t *h)
     memset(m->tot, 0, sizeof(int64_t) * (size_t)E);
     h->nent = 0;
     for (int s = 0; s < R; s++) {
-        const int32_t *b = moe_blk(m, call, s), *ce = b + MOE_BLK_HDR,
-                      *cr = b + MOE_BLK_HDR + E;
+        const int32_t *b = moe_blk(m, call, s), *ce = b + proto_cnt_unit(&m->g, 0),
+                      *cr = b + proto_cnt_dest(&m->g, 0);
         h->nent += cr[me];
         for (int e = 0; e < E; e++)
             m->tot[e] += ce[e];
@@ -211,7 +211,7 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *x = a->x.data;
     const float *w = a->topk_weights.data;
-    const moe_offsets_t *o = &m->off;
+    const proto_geom_t *o = &m->g;
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
@@ -241,23 +241,23 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
                 int64_t r = m->ecur[ids[k]]++;
                 ent[3 + nloc++] = (int32_t)r;
                 st = st != EPX_OK ? st : put_row(m, d, r, row, m->stage_s, &m->stage_g);
-                st = st != EPX_OK ? st : put32(m, d, o->src_rank + (size_t)r * 4, me);
-                st = st != EPX_OK ? st : put32(m, d, o->src_token + (size_t)r * 4, (int32_t)t);
-                st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4,
+                st = st != EPX_OK ? st : put32(m, d, o->off_src_rank + (size_t)r * 4, me);
+                st = st != EPX_OK ? st : put32(m, d, o->off_src_token + (size_t)r * 4, (int32_t)t);
+                st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)r * 4,
                               &lw[k], sizeof(float));
             }
             ent[2] = nloc;
             st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
-                          o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
+                          o->off_entries + (size_t)e_at * (size_t)m->g.ent_ints * 4,
                           ent, sizeof(int32_t) * (size_t)(3 + nloc));
             if (!tm)
                 continue;
             st = st != EPX_OK ? st : put_row(m, d, e_at, row, m->stage_s, &m->stage_g);
-            st = st != EPX_OK ? st : put32(m, d, o->src_rank + (size_t)e_at * 4, me);
-            st = st != EPX_OK ? st : put32(m, d, o->src_token + (size_t)e_at * 4, (int32_t)t);
-            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4,
+            st = st != EPX_OK ? st : put32(m, d, o->off_src_rank + (size_t)e_at * 4, me);
+            st = st != EPX_OK ? st : put32(m, d, o->off_src_token + (size_t)e_at * 4, (int32_t)t);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_idx + (size_t)e_at * K * 4,
                           lidx, sizeof(int32_t) * (size_t)K);
-            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4,
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)e_at * K * 4,
                           lw, sizeof(float) * (size_t)K);
         }
     }
@@ -353,7 +353,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         }
     }
     if (mine != EPX_OK)
-        memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+        memset(m->blk, 0, sizeof(int32_t) * (size_t)m->g.cnt_ints);
     if (!cached && h)
         h->call = m->n_counts;
     int layer = mine == EPX_OK ? moe_args_layer(a) : 0;
@@ -410,9 +410,9 @@ static epx_status_t ht_dispatch_recv(epx_moe_t *m, epx_handle_t *h,
 void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
 {
     int nl = moe_nlocal(m, m->rank), tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    int32_t *srank = (int32_t *)moe_local(m, m->off.src_rank);
-    int32_t *stok = (int32_t *)moe_local(m, m->off.src_token);
-    float *wt = (float *)moe_local(m, m->off.topk_w);
+    int32_t *srank = (int32_t *)moe_local(m, m->g.off_src_rank);
+    int32_t *stok = (int32_t *)moe_local(m, m->g.off_src_token);
+    float *wt = (float *)moe_local(m, m->g.off_w);
     if (!tm) {  /* mark the padding rows of each segment */
         for (int j = 0; j < nl; j++) {
             int64_t end = j + 1 < nl ? h->offsets[j + 1] : h->nrows;
@@ -430,18 +430,18 @@ void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     memset(&full, 0, sizeof(full));
     full.struct_size = n;
     full.num_rows = h->nrows;
-    full.x.data = moe_local(m, m->off.rows);
+    full.x.data = moe_local(m, m->g.off_rows);
     full.x.dtype = m->fmt.x_dtype;
     full.x.rows = h->nrows;
     full.x.cols = m->fmt.x_cols;
     if (m->fmt.scale_bytes) {
-        full.x_scales.data = moe_local(m, m->off.scales);
+        full.x_scales.data = moe_local(m, m->g.off_scales);
         full.x_scales.dtype = m->fmt.scale_dtype;
         full.x_scales.rows = h->nrows;
         full.x_scales.cols = m->fmt.nblocks;
     }
     if (m->fmt.global_bytes)
-        full.x_global_scale = (const float *)moe_local(m, m->off.gscale);
+        full.x_global_scale = (const float *)moe_local(m, m->g.off_gscale);
     full.num_local_experts = nl;
     full.first_local_expert = m->first[m->rank];
     for (int j = 0; j < nl; j++) {
@@ -454,7 +454,7 @@ void moe_recv_describe(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     full.expert_offsets = tm ? NULL : h->offsets;
     full.src_rank = srank;
     full.src_token = stok;
-    full.topk_idx = tm ? (const int32_t *)moe_local(m, m->off.topk_idx) : NULL;
+    full.topk_idx = tm ? (const int32_t *)moe_local(m, m->g.off_idx) : NULL;
     full.topk_weights = wt;
     memcpy(out, &full, n);
 }

@@ -157,47 +157,30 @@ static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int64_t *maxT)
     return st;
 }
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+/* The window's geometry: the protocol's (proto/geom.h), from the shape
+ * every rank agreed on; the CUDA executor derives the same shape from the
+ * same parameters (src/cuda/engine.c). */
+static void geom_init(epx_moe_t *m)
+{
+    proto_geom_shape(&m->g, m->R, m->rank, m->U, m->K, m->H, (int)m->esize,
+                     (int)m->fmt.wire, m->maxT,
+                     m->p.layout == EPX_LAYOUT_EXPERT_MAJOR,
+                     m->p.expert_alignment);
+    proto_geom_layout(&m->g);
+}
 
-/* Reject sizes whose window would not fit the int32 row indices and slot
+/* Throughput mode's window: the geometry, then the hierarchical regions.
+ * Reject sizes whose window would not fit the int32 row indices and slot
  * numbers of the protocol, or the address space. */
 static epx_status_t plan_window(epx_moe_t *m)
 {
-    int max_local = 0;
-    for (int r = 0; r < m->R; r++)
-        if (moe_nlocal(m, r) > max_local)
-            max_local = moe_nlocal(m, r);
-    int per_tok = m->K < max_local ? m->K : max_local;
-    int64_t align = m->p.expert_alignment;
-    m->max_entries = (int64_t)m->R * m->maxT;
-    m->max_rows = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR
-        ? m->max_entries
-        : m->max_entries * per_tok + (int64_t)max_local * (align - 1);
-    size_t R = (size_t)m->R, ents = (size_t)m->max_entries,
-           rows = (size_t)m->max_rows, K = (size_t)m->K;
-    int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    moe_offsets_t *o = &m->off;
-    size_t at = 0;
-    o->counts = at;    at = align64(at + 2 * R * (size_t)m->blk_ints * 4);
-    o->status = at;    at = align64(at + 2 * R * 4);
-    o->done = at;      at = align64(at + R * 4);
-    o->entries = at;   at = align64(at + ents * (size_t)m->ent_ints * 4);
-    o->src_rank = at;  at = align64(at + rows * 4);
-    o->src_token = at; at = align64(at + rows * 4);
-    o->topk_idx = at;  at = align64(at + (tm ? ents * K * 4 : 0));
-    o->topk_w = at;    at = align64(at + (tm ? ents * K : rows) * 4);
-    o->rows = at;      at = align64(at + rows * m->fmt.data_bytes);
-    o->scales = at;    at = align64(at + rows * m->fmt.scale_bytes);
-    o->gscale = at;    at = align64(at + rows * m->fmt.global_bytes);
-    o->comb = at;      at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
-                                         m->row_bytes);
-    o->progress = at;  at = align64(at + 8 * MOE_PR_WORDS);
-    at = moe_hier_window(m, at);
-    o->total = at;
+    size_t R = (size_t)m->R;
+    m->win_progress = (size_t)m->g.off_progress;
+    m->win_bytes = moe_hier_window(m, (size_t)m->g.total);
     const double total = (double)R * (double)m->maxT *
         ((double)moe_wire_row_bytes(&m->fmt) * m->K + (double)m->row_bytes * 2 +
-         4.0 * (m->ent_ints + 2 * m->K + 2));
-    if (m->max_rows > INT32_MAX || m->max_entries > INT32_MAX ||
+         4.0 * (m->g.ent_ints + 2 * m->K + 2));
+    if (m->g.xrows > INT32_MAX || m->g.ents > INT32_MAX ||
         (m->hier && (double)m->hier->ND * (double)m->hier->P > INT32_MAX) ||
         (double)m->maxT * m->maxdest > INT32_MAX || total > (double)(1ull << 46))
         return epx__error(EPX_ERR_RANGE,
@@ -407,7 +390,7 @@ static epx_status_t create_gpu(epx_moe_t *m, const epx_moe_params_t *params)
     if (!m->u2r || !m->first)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     for (int r = 0; r <= m->R; r++)
-        m->first[r] = (int32_t)((int64_t)r * m->U / m->R);
+        m->first[r] = proto_first_expert(m->R, m->U, r);
     for (int r = 0; r < m->R; r++)
         for (int u = m->first[r]; u < m->first[r + 1]; u++)
             m->u2r[u] = r;
@@ -451,11 +434,8 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->row_bytes = m->esize * (size_t)m->H;
         moe_wire_init(&m->fmt, m->p.wire, m->p.dtype, m->H);  /* checked */
         m->maxdest = m->K < m->R ? m->K : m->R;
-        m->blk_ints = MOE_BLK_HDR + m->U + m->R + 1;
-        m->ent_ints = 3 + m->K;
         m->u2r = malloc(sizeof(int32_t) * (size_t)m->U);
         m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
-        m->blk = malloc(sizeof(int32_t) * (size_t)m->blk_ints);
         m->entcur = malloc(sizeof(int64_t) * (size_t)m->R);
         m->ecur = malloc(sizeof(int64_t) * (size_t)m->U);
         m->tot = malloc(sizeof(int64_t) * (size_t)m->U);
@@ -465,7 +445,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->stage_q = malloc(m->fmt.data_bytes + 1);
         m->stage_s = malloc(m->fmt.scale_bytes + 1);
         if (!m->stage_q || !m->stage_s || !m->wire || !m->mode || !m->u2r || !m->first ||
-            !m->blk || !m->entcur || !m->ecur || !m->tot ||
+            !m->entcur || !m->ecur || !m->tot ||
             !m->local_exp)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
@@ -477,10 +457,15 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     /* Contiguous placement: rank r holds the units [floor(rU/R),
      * floor((r+1)U/R)) (the experts, or its num_slots/R slots). */
     for (int r = 0; r <= m->R; r++)
-        m->first[r] = (int32_t)((int64_t)r * m->U / m->R);
+        m->first[r] = proto_first_expert(m->R, m->U, r);
     for (int r = 0; r < m->R; r++)
         for (int u = m->first[r]; u < m->first[r + 1]; u++)
             m->u2r[u] = r;
+    geom_init(m);
+    if (!(m->blk = malloc(sizeof(int32_t) * (size_t)m->g.cnt_ints))) {
+        st = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
+        goto err_free;
+    }
     m->path = &moe_flat_path;
     if ((m->p.flags & EPX_MOE_HIERARCHICAL) &&
         (st = moe_hier_init(m)) != EPX_OK)
@@ -496,7 +481,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     } else {
         if ((st = plan_window(m)) != EPX_OK)
             goto err_free;
-        if ((st = epx__win_create(comm, m->off.total, MOE_NSIG, &m->win)) != EPX_OK)
+        if ((st = epx__win_create(comm, m->win_bytes, MOE_NSIG, &m->win)) != EPX_OK)
             goto err_free;
     }
     m->direct = 1;
@@ -510,7 +495,7 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             : m->p.dtype == EPX_DTYPE_FP64 ? "fp64" : "fp32",
             moe_wire_name(m->fmt.wire), moe_wire_row_bytes(&m->fmt),
             m->p.layout == EPX_LAYOUT_TOKEN_MAJOR ? "token-major" : "expert-major",
-            (double)m->off.total / (1 << 20), moe_nlocal(m, m->rank));
+            (double)m->win_bytes / (1 << 20), moe_nlocal(m, m->rank));
     *out = m;
     return EPX_OK;
 

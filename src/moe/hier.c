@@ -162,7 +162,7 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
         for (int u = m->first[d0 + j]; u < m->first[d0 + j + 1]; u++) {
             int64_t tot = 0;
             for (int s = 0; s < R; s++)
-                tot += moe_blk(m, call, s)[MOE_BLK_HDR + u];
+                tot += moe_blk(m, call, s)[proto_cnt_unit(&m->g, u)];
             for (int a = 0; a < ND; a++)
                 rb[(size_t)a * (size_t)ud + (size_t)(u - u0)] = at;
             at = (at + tot + align - 1) / align * align;
@@ -176,9 +176,9 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
         for (int s = 0; s < src; s++) {
             const int32_t *b = moe_blk(m, call, s);
             for (int j = 0; j < L; j++)
-                e[j] += b[MOE_BLK_HDR + m->U + d0 + j];
+                e[j] += b[proto_cnt_dest(&m->g, d0 + j)];
             for (int u = 0; u < ud; u++)
-                r[u] += b[MOE_BLK_HDR + u0 + u];
+                r[u] += b[proto_cnt_unit(&m->g, u0 + u)];
         }
     }
     return EPX_OK;
@@ -217,14 +217,14 @@ static void rec_of_stage(const epx_moe_t *m, int a, int64_t k, hrec_t *r)
 static epx_status_t put_row(epx_moe_t *m, int d, int64_t r, const hrec_t *rc)
 {
     const moe_wire_t *f = &m->fmt;
-    const moe_offsets_t *o = &m->off;
-    epx_status_t st = moe_put(m, &m->put_dispatch, d, o->rows + (size_t)r * f->data_bytes,
+    const proto_geom_t *o = &m->g;
+    epx_status_t st = moe_put(m, &m->put_dispatch, d, o->off_rows + (size_t)r * f->data_bytes,
                                    rc->q, f->data_bytes);
     if (f->scale_bytes)
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->scales + (size_t)r * f->scale_bytes,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_scales + (size_t)r * f->scale_bytes,
                            rc->s, f->scale_bytes);
     if (f->global_bytes)
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->gscale + (size_t)r * f->global_bytes,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_gscale + (size_t)r * f->global_bytes,
                            rc->g, f->global_bytes);
     return st;
 }
@@ -261,7 +261,7 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
     const int K = m->K, L = x->L, d0 = x->dom * L;
     const int u0 = m->first[d0];
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
-    const moe_offsets_t *o = &m->off;
+    const proto_geom_t *o = &m->g;
     int dst[EPX_MAX_TOPK];
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
@@ -281,22 +281,22 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
             int64_t r = x->rowcur[rc->ids[k] - u0]++;
             ent[3 + nloc++] = (int32_t)r;
             st = st != EPX_OK ? st : put_row(m, d, r, rc);
-            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_rank + (size_t)r * 4, &src, 4);
-            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_token + (size_t)r * 4, &rc->t, 4);
-            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)r * 4, &lw[k], 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_rank + (size_t)r * 4, &src, 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_token + (size_t)r * 4, &rc->t, 4);
+            st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)r * 4, &lw[k], 4);
         }
         ent[2] = nloc;
         st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
-                           o->entries + (size_t)e_at * (size_t)m->ent_ints * 4,
+                           o->off_entries + (size_t)e_at * (size_t)m->g.ent_ints * 4,
                            ent, sizeof(int32_t) * (size_t)(3 + nloc));
         if (!tm)
             continue;
         st = st != EPX_OK ? st : put_row(m, d, e_at, rc);
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_rank + (size_t)e_at * 4, &src, 4);
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->src_token + (size_t)e_at * 4, &rc->t, 4);
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_idx + (size_t)e_at * K * 4, lidx,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_rank + (size_t)e_at * 4, &src, 4);
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_token + (size_t)e_at * 4, &rc->t, 4);
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_idx + (size_t)e_at * K * 4, lidx,
                            sizeof(int32_t) * (size_t)K);
-        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->topk_w + (size_t)e_at * K * 4, lw,
+        st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)e_at * K * 4, lw,
                            sizeof(float) * (size_t)K);
     }
     return st;   /* the first failing put's status (and message) */

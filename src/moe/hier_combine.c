@@ -39,11 +39,11 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
     const int d0 = x->dom * L;
     const char *y = a->y.data;
     const float *wt = (a->flags & EPX_COMBINE_UNWEIGHTED)
-        ? NULL : (const float *)moe_local(m, m->off.topk_w);
-    const int32_t *ents = (const int32_t *)moe_local(m, m->off.entries);
+        ? NULL : (const float *)moe_local(m, m->g.off_w);
+    const int32_t *ents = (const int32_t *)moe_local(m, m->g.off_entries);
     epx_status_t st = EPX_OK;
     for (int64_t i = 0; i < h->nent && st == EPX_OK; i++) {
-        const int32_t *ent = ents + i * m->ent_ints;
+        const int32_t *ent = ents + i * m->g.ent_ints;
         int g = d0 + ent[0] % L;
         size_t dst = x->part + (size_t)ent[1] * m->row_bytes;
         if (tm) {

@@ -43,7 +43,7 @@ epx_status_t moe_ht_poll_plan(epx_moe_t *m, epx_handle_t *h)
     for (int j = 0; j < nl; j++) {
         h->feed_off[j] = n;
         for (int s = 0; s < R; s++)
-            if (moe_blk(m, call, s)[MOE_BLK_HDR + u0 + j] > 0)
+            if (moe_blk(m, call, s)[proto_cnt_unit(&m->g, u0 + j)] > 0)
                 h->feed_src[n++] = s;
     }
     h->feed_off[nl] = n;
@@ -75,7 +75,7 @@ epx_status_t moe_ht_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *recv,
         /* Sources done with this data phase (recv has not counted it). */
         epx__win_progress(m->win);   /* network puts land by progress */
         const int32_t want = (int32_t)(m->n_data + 1);
-        const int32_t *done = (const int32_t *)moe_local(m, m->off.done);
+        const int32_t *done = (const int32_t *)moe_local(m, m->g.off_done);
         for (int j = 0; j < nl; j++) {
             int ok = 1;
             for (int i = h->feed_off[j]; i < h->feed_off[j + 1] && ok; i++)

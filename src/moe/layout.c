@@ -225,8 +225,9 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h)
 {
     const int K = m->K, E = m->E, U = m->U, layer = moe_args_layer(a);
-    int32_t *cnt_u = m->blk + MOE_BLK_HDR, *cnt_r = m->blk + MOE_BLK_HDR + U;
-    memset(m->blk, 0, sizeof(int32_t) * (size_t)m->blk_ints);
+    int32_t *cnt_u = m->blk + proto_cnt_unit(&m->g, 0),
+            *cnt_r = m->blk + proto_cnt_dest(&m->g, 0);
+    memset(m->blk, 0, sizeof(int32_t) * (size_t)m->g.cnt_ints);
     memset(h->ecount, 0, sizeof(int32_t) * (size_t)E);
     h->layer = layer;
     if (m->p.num_slots > 0 && m->phy2log[(size_t)layer * (size_t)U] < 0)

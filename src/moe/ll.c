@@ -46,32 +46,16 @@ epx_status_t ll_check_params(const epx_moe_params_t *p)
     return EPX_OK;
 }
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
-
+/* The window: the protocol's low-latency layout (proto/geom.h), from
+ * the engine's geometry (m->g, laid out in engine.c). */
 static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
 {
-    for (int r = 0; r < m->R; r++)
-        if (moe_nlocal(m, r) > l->L)
-            l->L = moe_nlocal(m, r);
+    l->L = m->g.Lmax;
     size_t R = (size_t)m->R, L = (size_t)l->L, cap = (size_t)l->cap;
     size_t rows = L * R * cap, ents = R * (size_t)m->maxT;
-    ll_offsets_t *o = &l->off;
-    size_t at = 0;
-    o->hdr = at;     at = align64(at + R * LL_HDR * 4);
-    o->cw = at;      at = align64(at + L * R * 4);
-    o->fw = at;      at = align64(at + R * 4);
-    o->src_tok = at; at = align64(at + rows * 4);
-    o->weight = at;  at = align64(at + rows * 4);
-    o->entries = at; at = align64(at + ents * (size_t)m->ent_ints * 4);
-    o->rows = at;    at = align64(at + rows * m->fmt.data_bytes);
-    o->scales = at;  at = align64(at + rows * m->fmt.scale_bytes);
-    o->gscale = at;  at = align64(at + rows * m->fmt.global_bytes);
-    o->comb = at;    at = align64(at + (size_t)m->maxT * (size_t)m->maxdest *
-                                       m->row_bytes);
-    o->buf = (at + 4095) & ~(size_t)4095;
     double total = (double)l->B * ((double)rows *
                                    ((double)moe_wire_row_bytes(&m->fmt) + 8) +
-                                   (double)ents * m->ent_ints * 4 +
+                                   (double)ents * m->g.ent_ints * 4 +
                                    (double)m->maxT * m->maxdest * m->row_bytes);
     if ((double)L * (double)R * (double)cap > INT32_MAX ||
         (double)ents > INT32_MAX || total > (double)(1ull << 46))
@@ -81,7 +65,9 @@ static epx_status_t plan(epx_moe_t *m, moe_ll_t *l)
                           "can address; lower ll_capacity or ll_buffers",
                           l->B, l->L, m->R, l->cap,
                           moe_wire_row_bytes(&m->fmt));
-    m->off.total = (size_t)l->B * o->buf;
+    proto_ll_layout(&m->g, l->B, l->cap, &l->off);
+    m->win_bytes = (size_t)l->off.total;
+    m->win_progress = (size_t)l->off.off_progress;
     return EPX_OK;
 }
 
@@ -116,9 +102,8 @@ epx_status_t ll_init(epx_moe_t *m)
     epx_status_t st = agree(m);
     if (st != EPX_OK)
         return st;
-    l->B = m->p.ll_buffers > 0 ? m->p.ll_buffers : 2;
-    l->cap = m->p.ll_capacity > 0 ? m->p.ll_capacity
-                                  : (int)(m->maxT > 0 ? m->maxT : 1);
+    l->B = proto_ll_buffers(m->p.ll_buffers);
+    l->cap = proto_ll_capacity(m->p.ll_capacity, m->maxT);
     l->drop = (m->p.flags & EPX_MOE_LL_DROP) != 0;
     if ((st = plan(m, l)) != EPX_OK)
         return st;
@@ -134,7 +119,7 @@ epx_status_t ll_init(epx_moe_t *m)
     l->bucket = malloc(sizeof(int32_t) * T * K);
     l->tok = malloc(sizeof(int32_t) * (size_t)l->cap);
     l->wt = malloc(sizeof(float) * (size_t)l->cap);
-    l->ents = malloc(sizeof(int32_t) * T * (size_t)m->ent_ints);
+    l->ents = malloc(sizeof(int32_t) * T * (size_t)m->g.ent_ints);
     l->fill = malloc(sizeof(int32_t) * R);
     if (moe_wire_quantized(&m->fmt)) {
         l->sq = malloc(T * m->fmt.data_bytes);
@@ -149,10 +134,7 @@ epx_status_t ll_init(epx_moe_t *m)
     /* Nothing known yet: a peer may write into the window as soon as it
      * exists, so the first use of each range writes its padding. */
     memset(l->hw, 0xff, sizeof(int32_t) * (size_t)l->B * (size_t)l->L * R);
-    /* the progress record (progress.c) after the buffers */
-    m->off.progress = (m->off.total + 63) & ~(size_t)63;
-    m->off.total = m->off.progress + 64;
-    return epx__win_create(m->comm, m->off.total, 3 * l->B, &m->win);
+    return epx__win_create(m->comm, m->win_bytes, 3 * l->B, &m->win);
 }
 
 /* Before the window goes: every put a peer makes into it must have landed
@@ -244,7 +226,7 @@ epx_status_t ll_abandon(epx_moe_t *m, uint64_t call)
     moe_ll_t *l = m->ll;
     int32_t word = LL_ABANDONED;
     size_t off = ll_at(l, call, l->off.hdr) +
-                 sizeof(int32_t) * ((size_t)m->rank * LL_HDR + ll_comb_word(l, call));
+                 sizeof(int32_t) * ((size_t)m->rank * PROTO_LL_HDR + ll_comb_word(l, call));
     epx_status_t st = EPX_OK;
     for (int d = 0; d < m->R && st == EPX_OK; d++)
         st = epx__win_put_signal(m->win, d, off, &word, sizeof(word),

@@ -2,24 +2,16 @@
  * Low-latency mode (EPX_MODE_LOW_LATENCY) of the host executor: internals.
  *
  * One phase, no count exchange.  The window holds B = ll_buffers buffers;
- * call n uses buffer n % B.  Each buffer of rank d:
- *
- *   hdr     [R][LL_HDR] int32    per source: dispatch status, layer,
- *                                placement hash; combine status of even
- *                                and of odd uses of the buffer
- *   cw      [L][R] int32         count word per (local expert, source):
- *                                tag << 24 | rows the source routed there
- *   fw      [R] int32            final word per source: tag << 24 | entries
- *   src_tok [L][R][cap] int32    per row: token index on its source
- *   weight  [L][R][cap] float    per row: its top-k weight
- *   entries [R][maxT][3+K] int32 per (source, token): source, return slot,
- *                                rows here, the rows in top-k order
- *   rows    [L][R][cap] x data   the tokens in the wire format (wire.h):
- *                                H elements of the engine dtype, or codes
- *   scales  [L][R][cap] scales   their block scales (quantized wire)
- *   gscale  [L][R][cap] fp32     their row scales (NVFP4)
- *   comb    [maxT*min(K,R)][H]   partials coming back to this rank, in
- *                                the engine dtype
+ * call n uses buffer n % B.  Its layout is the protocol's (proto_ll_layout
+ * in src/proto/geom.h, the CUDA executor's too): per buffer the header
+ * words of each source (PROTO_LL_HDR_*: dispatch status, layer, placement
+ * hash, combine status of even and of odd uses of the buffer), the count
+ * words [L][R] (tag << 24 | rows the source routed there), the final
+ * words [R] (tag << 24 | entries), per row its source token and weight,
+ * the entries [R][maxT][3+K] (source, return slot, rows here, the rows in
+ * top-k order), the rows in the wire format (wire.h) with their scales
+ * and row scales, and the partials coming back; the regions only the
+ * device uses are reserved.
  *
  * L is the largest number of local units of any rank (every rank uses the
  * same offsets), cap = ll_capacity.  A word is valid for call n when its
@@ -52,25 +44,19 @@
 
 #include "moe/moe.h"
 
-enum { LL_HDR_STATUS = 0, LL_HDR_LAYER = 1, LL_HDR_PLACE = 2,
-       LL_HDR_COMB = 3 /* and 4 */, LL_HDR = 5 };
 enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
 #define LL_COUNT_MASK 0xffffffu
 #define LL_MAX_COUNT ((int64_t)LL_COUNT_MASK)
 /* Combine status of a rank that released a call without combining it. */
 #define LL_ABANDONED ((int32_t)EPX_ERR_STATE)
 
-typedef struct ll_offsets {
-    size_t hdr, cw, fw, src_tok, weight, entries, rows, scales, gscale, comb,
-           buf;
-} ll_offsets_t;
-
 typedef struct moe_ll {
     int B;                     /* buffers */
     int cap;                   /* rows per (local unit, source) */
     int L;                     /* largest local unit count of any rank */
     int drop;                  /* EPX_MOE_LL_DROP */
-    ll_offsets_t off;          /* within a buffer; buffer b at b * off.buf */
+    proto_ll_t off;            /* the window (proto/geom.h): regions within
+                                  a buffer, buffer b at ll_at */
     uint64_t n_calls;          /* calls dispatched (failed ones included) */
     epx_handle_t **ring;       /* [B] outstanding call of each buffer */
     int32_t *src_rank;         /* [B][L*R*cap] recv output, kept locally */
@@ -132,11 +118,11 @@ static inline uint64_t ll_comb_target(const epx_moe_t *m, uint64_t call)
 }
 static inline int ll_comb_word(const moe_ll_t *l, uint64_t call)
 {
-    return LL_HDR_COMB + (int)((call / (uint64_t)l->B) & 1);
+    return PROTO_LL_HDR_COMB + (int)((call / (uint64_t)l->B) & 1);
 }
-static inline size_t ll_at(const moe_ll_t *l, uint64_t call, size_t off)
+static inline size_t ll_at(const moe_ll_t *l, uint64_t call, int64_t off)
 {
-    return (size_t)ll_buf(l, call) * l->off.buf + off;
+    return (size_t)proto_ll_at(&l->off, ll_buf(l, call), off);
 }
 
 /* ll.c */

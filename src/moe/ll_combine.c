@@ -75,12 +75,12 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
     const uint64_t call = c->call;
     const char *y = a->y.data;
     const float *w = (a->flags & EPX_COMBINE_UNWEIGHTED)
-        ? NULL : (const float *)moe_local(m, ll_at(l, call, l->off.weight));
+        ? NULL : (const float *)moe_local(m, ll_at(l, call, l->off.w));
     const int32_t *fw = (const int32_t *)moe_local(m, ll_at(l, call, l->off.fw));
     const int32_t *ents = (const int32_t *)moe_local(m, ll_at(l, call, l->off.entries));
     const size_t comb = ll_at(l, call, l->off.comb);
     const size_t word = ll_at(l, call, l->off.hdr) +
-                        sizeof(int32_t) * ((size_t)m->rank * LL_HDR + ll_comb_word(l, call));
+                        sizeof(int32_t) * ((size_t)m->rank * PROTO_LL_HDR + ll_comb_word(l, call));
     const int pull = m->direct && a->y.data == moe_local(m, ll_at(l, call, l->off.rows));
     const int32_t ok = !pull ? MOE_COMB_PUSHED
         : (a->flags & EPX_COMBINE_UNWEIGHTED) ? MOE_COMB_PULL_UNWEIGHTED
@@ -88,8 +88,8 @@ epx_status_t ll_combine_send(epx_moe_t *m, epx_handle_t *h,
     for (int i = 1; i <= m->R && st == EPX_OK; i++) {
         int s = (m->rank + i) % m->R;
         int32_t n = pull ? 0 : fw[s] & (int32_t)LL_COUNT_MASK;
-        const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->ent_ints;
-        for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->ent_ints) {
+        const int32_t *e = ents + (size_t)s * (size_t)m->maxT * (size_t)m->g.ent_ints;
+        for (int32_t k = 0; k < n && st == EPX_OK; k++, e += m->g.ent_ints) {
             moe_reduce_partial(m, y, e, w, m->wire);
             st = moe_put(m, &m->put_combine, s,
                          comb + (size_t)e[1] * m->row_bytes, m->wire,
@@ -133,7 +133,7 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, call, l->off.hdr)) +
                          ll_comb_word(l, call);
     for (int d = 0; d < m->R; d++) {
-        int32_t v = hdr[(size_t)d * LL_HDR];
+        int32_t v = hdr[(size_t)d * PROTO_LL_HDR];
         if (v == LL_ABANDONED)
             return epx__error(EPX_ERR_PEER, "combine: rank %d released call "
                               "%llu without combining it", d,
@@ -145,14 +145,14 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     const char *comb = moe_local(m, ll_at(l, call, l->off.comb));
     const size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
     const size_t ent0 = sizeof(int32_t) * (size_t)m->rank * (size_t)m->maxT *
-                        (size_t)m->ent_ints;
+                        (size_t)m->g.ent_ints;
     comb_src_t src[EPX_MAX_TOPK];
     memset(m->entcur, 0, sizeof(int64_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++) {
         int nd = h->ndest[t];
         for (int j = 0; j < nd; j++) {
             int d = h->dest[t * m->maxdest + j];
-            int32_t mode = hdr[(size_t)d * LL_HDR];
+            int32_t mode = hdr[(size_t)d * PROTO_LL_HDR];
             int64_t e_at = m->entcur[d]++;   /* entries follow token order */
             if (mode == MOE_COMB_PUSHED) {
                 src[j] = (comb_src_t){ comb + (size_t)(h->retbase[t] + j) *
@@ -162,9 +162,9 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
             const char *pw = epx__win_peer_ptr(m->win, d);
             src[j].row = pw + ll_at(l, call, l->off.rows);
             src[j].ent = (const int32_t *)(pw + ll_at(l, call, l->off.entries) +
-                                           ent0) + e_at * m->ent_ints;
+                                           ent0) + e_at * m->g.ent_ints;
             src[j].w = mode == MOE_COMB_PULL_UNWEIGHTED ? NULL
-                : (const float *)(pw + ll_at(l, call, l->off.weight));
+                : (const float *)(pw + ll_at(l, call, l->off.w));
         }
         moe_reduce_token(m, src, nd, (char *)out->data + (size_t)t * out_row,
                          out->dtype);

@@ -136,7 +136,7 @@ static int32_t ll_entries(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int d)
             j++;
         if (j == h->ndest[t])
             continue;
-        int32_t *ent = l->ents + (size_t)n++ * (size_t)m->ent_ints, nloc = 0;
+        int32_t *ent = l->ents + (size_t)n++ * (size_t)m->g.ent_ints, nloc = 0;
         ent[0] = me;
         ent[1] = (int32_t)(h->retbase[t] + j);
         for (int k = 0; k < K; k++) {
@@ -158,10 +158,10 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
     moe_ll_t *l = m->ll;
     const int R = m->R, me = m->rank, cap = l->cap, K = m->K;
     const int32_t tag = ll_tag(l, call) << 24;
-    const ll_offsets_t *o = &l->off;
+    const proto_ll_t *o = &l->off;
     int32_t hdr[3] = { mine, c ? c->layer : 0, c ? (int32_t)c->place : 0 };
     epx_status_t st = put(m, d, ll_at(l, call, o->hdr) +
-                          sizeof(int32_t) * (size_t)me * LL_HDR,
+                          sizeof(int32_t) * (size_t)me * PROTO_LL_HDR,
                           hdr, sizeof(hdr));
     if (st == EPX_OK)   /* before any word: a reader may then read it */
         st = epx__win_flush(m->win, d);
@@ -183,7 +183,7 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
             st = put(m, d, ll_at(l, call, o->src_tok) + (size_t)base * 4,
                      l->tok, sizeof(int32_t) * (size_t)kept);
         if (kept > 0 && st == EPX_OK)
-            st = put(m, d, ll_at(l, call, o->weight) + (size_t)base * 4,
+            st = put(m, d, ll_at(l, call, o->w) + (size_t)base * 4,
                      l->wt, sizeof(float) * (size_t)kept);
         if (kept > 0 && st == EPX_OK)
             st = epx__win_flush(m->win, d);
@@ -194,8 +194,8 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
     if (mine == EPX_OK && st == EPX_OK && (nent = ll_entries(m, h, c, d)) > 0)
         st = put(m, d, ll_at(l, call, o->entries) +
                  sizeof(int32_t) * (size_t)me * (size_t)m->maxT *
-                 (size_t)m->ent_ints,
-                 l->ents, sizeof(int32_t) * (size_t)nent * (size_t)m->ent_ints);
+                 (size_t)m->g.ent_ints,
+                 l->ents, sizeof(int32_t) * (size_t)nent * (size_t)m->g.ent_ints);
     if (st == EPX_OK)
         st = epx__win_flush(m->win, d);
     if (st == EPX_OK)
@@ -283,22 +283,22 @@ static epx_status_t ll_check_source(epx_moe_t *m, ll_call_t *c, int s)
 {
     const moe_ll_t *l = m->ll;
     const int32_t *hdr = (const int32_t *)moe_local(m, ll_at(l, c->call, l->off.hdr)) +
-                         (size_t)s * LL_HDR;
-    if (hdr[LL_HDR_STATUS] == EPX_ERR_RANGE)
+                         (size_t)s * PROTO_LL_HDR;
+    if (hdr[PROTO_LL_HDR_STATUS] == EPX_ERR_RANGE)
         return epx__error(EPX_ERR_RANGE,
                           "dispatch: rank %d routed more tokens to one expert "
                           "than ll_capacity (%d); nothing of the call is "
                           "usable (raise ll_capacity or pass EPX_MOE_LL_DROP)",
                           s, l->cap);
-    if (hdr[LL_HDR_STATUS] < 0)
+    if (hdr[PROTO_LL_HDR_STATUS] < 0)
         return epx__error(EPX_ERR_PEER, "dispatch: rank %d failed its part (%s)",
-                          s, epx_status_str((epx_status_t)hdr[LL_HDR_STATUS]));
-    if (hdr[LL_HDR_LAYER] != c->layer || (uint32_t)hdr[LL_HDR_PLACE] != c->place)
+                          s, epx_status_str((epx_status_t)hdr[PROTO_LL_HDR_STATUS]));
+    if (hdr[PROTO_LL_HDR_LAYER] != c->layer || (uint32_t)hdr[PROTO_LL_HDR_PLACE] != c->place)
         return epx__error(EPX_ERR_MISMATCH,
                           "dispatch: rank %d dispatches layer %d with placement "
                           "%08x, rank %d layer %d with %08x "
                           "(epx_moe_set_placement must agree)", s,
-                          (int)hdr[LL_HDR_LAYER], (unsigned)hdr[LL_HDR_PLACE],
+                          (int)hdr[PROTO_LL_HDR_LAYER], (unsigned)hdr[PROTO_LL_HDR_PLACE],
                           m->rank, c->layer, (unsigned)c->place);
     return EPX_OK;
 }
@@ -317,7 +317,7 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
     int32_t *hw = l->hw + ((size_t)ll_buf(l, call) * (size_t)l->L + (size_t)j) *
                           (size_t)R;
     int32_t *stok = (int32_t *)moe_local(m, ll_at(l, call, l->off.src_tok));
-    float *wt = (float *)moe_local(m, ll_at(l, call, l->off.weight));
+    float *wt = (float *)moe_local(m, ll_at(l, call, l->off.w));
     int64_t count = 0;
     for (int s = 0; s < R; s++) {
         int32_t n = load32(m, ll_at(l, call, l->off.cw) +
@@ -379,7 +379,7 @@ static void ll_fill(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, epx_recv_t *out
                                       (size_t)l->cap;
     full.src_token = (const int32_t *)moe_local(m, ll_at(l, c->call, l->off.src_tok));
     full.topk_idx = NULL;
-    full.topk_weights = (const float *)moe_local(m, ll_at(l, c->call, l->off.weight));
+    full.topk_weights = (const float *)moe_local(m, ll_at(l, c->call, l->off.w));
     full.local_experts = lexp;
     full.capacity = l->cap;
     full.num_dropped = c->dropped;

@@ -1,26 +1,18 @@
 /*
  * moe layer internals: the engine, its window layout, the routing handle.
  *
- * Window of each rank (offsets in epx_moe.off, sized for the worst case but
- * sparse, so memory follows the tokens actually received):
- *   counts   [2][R][3+E+R+1] int32 per source (parity of call): status,
- *                                 cached, handle's call, tokens per expert,
- *                                 tokens per destination rank, and last a
- *                                 sequence word (call + 1) written after
- *                                 the rest, so a reader knows the block is
- *                                 this call's and complete
- *   status   [2][R] int32         combine-phase status per source (parity)
- *   done     [R] int32            per source: data phase (call + 1) whose
- *                                 rows it has finished writing here, put
- *                                 after a flush that follows its rows
- *                                 (epx_dispatch_poll reads it, ht_poll.c)
- *   entries  [R*maxT][3+K] int32  one per received token: src, return slot,
- *                                 number of local rows, rows (expert-major)
- *   src_rank, src_token [rows] int32; topk_idx/topk_weights (see epx_recv_t)
- *   rows     [rows][data bytes]   received tokens (x, in the wire format)
- *   scales   [rows][scale bytes]  their block scales (quantized wire)
- *   gscale   [rows] fp32          their row scales (NVFP4)
- *   comb     [maxT*min(K,R)][H]   partials coming back to this rank
+ * Window of each rank: the protocol's (src/proto/geom.h, the CUDA
+ * executor's too), laid out by proto_geom_layout into epx_moe.g, sized
+ * for the worst case but sparse, so memory follows the tokens actually
+ * received.  The host's words there: the count block of each source and
+ * call parity (header PROTO_CNT_*: status, cached, handle's call, layer,
+ * placement hash; tokens per destination rank; tokens per unit; the
+ * sequence word call + 1, written after the rest so a reader knows the
+ * block is this call's and complete), the combine status per source and
+ * parity, the completion words `done` (ht_poll.c), its progress record
+ * (progress.c), one entry per received token [3+K] (source, return slot,
+ * number of local rows, rows), and the rows with their metadata, scales
+ * and row scales, and the partials coming back.
  */
 #ifndef EPX_MOE_H
 #define EPX_MOE_H
@@ -33,6 +25,7 @@
 #include "transport/transport.h"
 #include "moe/wire.h"
 #include "moe/ops.h"
+#include "proto/geom.h"
 
 struct gpu_moe;
 
@@ -60,16 +53,8 @@ epx_status_t moe_flat_send(epx_moe_t *m, epx_handle_t *h,
 enum { MOE_SIG_COUNTS = 0, MOE_SIG_DATA = 1, MOE_SIG_COMB = 2, MOE_NSIG = 3 };
 enum { MOE_IDLE = 0, MOE_SENT, MOE_RECEIVED, MOE_COMBINING };
 enum { MOE_ST_COMB = 0 };
-/* Count block header words; the counts follow, the sequence word ends it. */
-enum { MOE_BLK_STATUS = 0, MOE_BLK_CACHED = 1, MOE_BLK_HANDLE = 2,
-       MOE_BLK_LAYER = 3, MOE_BLK_PLACE = 4, MOE_BLK_HDR = 5 };
 /* Combine status words >= 0 also say how the sender left its outputs. */
 enum { MOE_COMB_PUSHED = 0, MOE_COMB_PULL = 1, MOE_COMB_PULL_UNWEIGHTED = 2 };
-
-typedef struct moe_offsets {
-    size_t counts, status, done, entries, src_rank, src_token, topk_idx, topk_w,
-           rows, scales, gscale, comb, progress, total;
-} moe_offsets_t;
 
 /* progress.c: this rank's record in its window (MOE_PR_* int64 words):
  * the step it entered last, of which call (numbered from 1: throughput
@@ -78,6 +63,8 @@ typedef struct moe_offsets {
 enum { MOE_AT_IDLE = 0, MOE_AT_DISPATCH_SEND, MOE_AT_DISPATCH_RECV,
        MOE_AT_COMBINE_SEND, MOE_AT_COMBINE_RECV, MOE_AT_DONE };
 enum { MOE_PR_CALL = 0, MOE_PR_AT = 1, MOE_PR_LAYER = 2, MOE_PR_WORDS = 3 };
+_Static_assert(MOE_PR_WORDS * 8 <= PROTO_PROGRESS_BYTES,
+               "the progress record fits its region of the window");
 
 struct epx_moe {
     const moe_ops_t *ops;      /* the executor (ops.h) */
@@ -114,10 +101,12 @@ struct epx_moe {
     uint64_t w_stage_calls;    /* rebalances done: signal target */
     struct moe_mig *mig;       /* a migration started, not finished */
     int maxdest;               /* min(K, R): destinations per token at most */
-    int blk_ints;              /* MOE_BLK_HDR + U + R + 1 (sequence word) */
-    int ent_ints;              /* 3 + K */
-    int64_t maxT, max_entries, max_rows;
-    moe_offsets_t off;
+    int64_t maxT;
+    proto_geom_t g;            /* the window (proto/geom.h); in low latency
+                                  its shape, the buffers in ll->off */
+    size_t win_bytes;          /* the window: g.total, and the hierarchical
+                                  regions after it (hier.c) */
+    size_t win_progress;       /* this rank's progress record in it */
     epx_win_t *win;
     uint64_t n_counts, n_data, n_comb;   /* phases done: signal targets */
     uint64_t calls;            /* dispatches started (progress records) */
@@ -127,7 +116,7 @@ struct epx_moe {
     epx_handle_t *cur;         /* handle of the call in flight */
     epx_handle_t *spare;       /* a released handle, kept for reuse */
     /* setup-time scratch, reused by every call */
-    int32_t *blk;              /* [blk_ints] this rank's count block */
+    int32_t *blk;              /* [g.cnt_ints] this rank's count block */
     int64_t *entcur;           /* [R] next entry index at each destination */
     int64_t *ecur;             /* [U] next expert-major row per unit */
     int64_t *tot;              /* [U] tokens per unit over all sources */
@@ -190,13 +179,13 @@ static inline char *moe_local(const epx_moe_t *m, size_t off)
 }
 static inline int32_t *moe_blk(const epx_moe_t *m, uint64_t call, int src)
 {
-    return (int32_t *)moe_local(m, m->off.counts) +
-           ((size_t)(call & 1) * (size_t)m->R + (size_t)src) * (size_t)m->blk_ints;
+    return (int32_t *)moe_local(m, m->g.off_cnt) +
+           ((size_t)(call & 1) * (size_t)m->R + (size_t)src) * (size_t)m->g.cnt_ints;
 }
 static inline size_t moe_status_off(const epx_moe_t *m, int phase,
                                     uint64_t call, int src)
 {
-    return m->off.status +
+    return m->g.off_status +
            sizeof(int32_t) * (((size_t)phase * 2 + (call & 1)) * (size_t)m->R +
                               (size_t)src);
 }
@@ -321,7 +310,7 @@ epx_status_t moe_ht_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *recv,
                          uint8_t *ready, int *num_ready);
 static inline size_t moe_done_off(const epx_moe_t *m, int src)
 {
-    return m->off.done + sizeof(int32_t) * (size_t)src;
+    return m->g.off_done + sizeof(int32_t) * (size_t)src;
 }
 /* Test hook: when set, epx_dispatch_send calls it between the count
  * exchange and the first row (a test holds one source back there to

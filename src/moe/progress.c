@@ -27,9 +27,9 @@ static const char *step_name(int64_t at)
 
 void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call)
 {
-    if (!m->win || !m->off.progress)
+    if (!m->win || !m->win_progress)
         return;
-    int64_t *p = (int64_t *)moe_local(m, m->off.progress);
+    int64_t *p = (int64_t *)moe_local(m, m->win_progress);
     /* Only forward: low latency works on several calls at once, and the
      * record keeps the furthest (a combine of call n after the dispatch
      * of n + 1 is not "behind"). */
@@ -65,11 +65,11 @@ static int net_record(const epx_moe_t *m, int r, int64_t *pc, int64_t *pa,
 
 epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
 {
-    if (st != EPX_ERR_TIMEOUT || !m->win || !m->off.progress)
+    if (st != EPX_ERR_TIMEOUT || !m->win || !m->win_progress)
         return st;
     char msg[480], prev[200];
     snprintf(prev, sizeof(prev), "%s", epx_last_error());
-    const int64_t *mine = (const int64_t *)moe_local(m, m->off.progress);
+    const int64_t *mine = (const int64_t *)moe_local(m, m->win_progress);
     const int64_t call = mine[MOE_PR_CALL], at = mine[MOE_PR_AT];
     int n = snprintf(msg, sizeof(msg), "%s (call %lld, layer %lld): ranks "
                      "behind:", what, (long long)call,
@@ -81,7 +81,7 @@ epx_status_t moe_diagnose(epx_moe_t *m, epx_status_t st, const char *what)
         const char *pw = epx__win_peer_ptr(m->win, r);
         int64_t pc, pa, pl;
         if (pw) {
-            const int64_t *p = (const int64_t *)(pw + m->off.progress);
+            const int64_t *p = (const int64_t *)(pw + m->win_progress);
             pc = __atomic_load_n(&p[MOE_PR_CALL], __ATOMIC_RELAXED);
             pa = __atomic_load_n(&p[MOE_PR_AT], __ATOMIC_ACQUIRE);
             pl = __atomic_load_n(&p[MOE_PR_LAYER], __ATOMIC_RELAXED);

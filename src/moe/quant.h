@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include "epx.h"
 
-#include "moe/quant_codec.h"
+#include "proto/quant_codec.h"
 
 /* ---- block quantizers from bf16 rows and their dequantizers.  Dequantizers
  * write fp32 or bf16 (out_dtype EPX_DTYPE_FP32 or EPX_DTYPE_BF16). */

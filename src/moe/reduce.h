@@ -4,7 +4,7 @@
  * in a fixed order, `first` starting a sum as 0 + term, one rounding to
  * the destination dtype; double terms and no final rounding for FP64
  * engines.  The GPU executor's kernels do the same
- * operations (src/cuda/kern.h), checked bit for bit by
+ * operations (src/proto/proto.h), checked bit for bit by
  * tests/cuda/test_kern_host.
  */
 #ifndef EPX_MOE_REDUCE_H

@@ -4,6 +4,7 @@
 #include "util/util.h"
 #include "moe/quant.h"
 #include "moe/wire.h"
+#include "proto/geom.h"
 
 const char *moe_wire_name(epx_wire_t wire)
 {
@@ -24,51 +25,42 @@ epx_status_t moe_wire_init(moe_wire_t *f, epx_wire_t wire, epx_dtype_t dtype,
     f->wire = wire;
     f->H = H;
     f->scale_dtype = EPX_DTYPE_FP32;
-    size_t h = (size_t)H;
+    f->x_dtype = EPX_DTYPE_FP8_E4M3;
+    f->x_cols = H;
     switch (wire) {
     case EPX_WIRE_NATIVE:
         f->x_dtype = dtype;
-        f->x_cols = H;
-        f->data_bytes = h * epx_dtype_size(dtype);
-        return EPX_OK;
+        break;
     case EPX_WIRE_FP8:
-        f->block = MOE_QUANT_FP8_BLOCK;
         break;
     case EPX_WIRE_FP8_UE8M0:
-        f->block = MOE_QUANT_FP8_BLOCK;
-        f->scale_dtype = EPX_DTYPE_UE8M0;
-        break;
     case EPX_WIRE_MXFP8:
-        f->block = MOE_QUANT_MX_BLOCK;
         f->scale_dtype = EPX_DTYPE_UE8M0;
         break;
     case EPX_WIRE_NVFP4:
-        f->block = MOE_QUANT_FP4_BLOCK;
         f->scale_dtype = EPX_DTYPE_FP8_E4M3;
+        f->x_dtype = EPX_DTYPE_FP4_E2M1X2;
+        f->x_cols = (H + 1) / 2;
         break;
     default:
         return epx__error(EPX_ERR_INVALID, "moe: unknown wire format %d",
                           (int)wire);
     }
-    if (dtype != EPX_DTYPE_BF16)
+    if (wire != EPX_WIRE_NATIVE && dtype != EPX_DTYPE_BF16)
         return epx__error(EPX_ERR_INVALID,
                           "moe: wire format %s quantizes bf16 rows; the engine "
                           "dtype must be BF16, not %s", moe_wire_name(wire),
                           dtype == EPX_DTYPE_FP64 ? "FP64 (which travels on "
                           "the native wire only)" : dtype == EPX_DTYPE_FP32
                           ? "FP32" : "another dtype");
-    f->nblocks = (int64_t)moe_quant_nblocks(h, (size_t)f->block);
-    f->scale_bytes = (size_t)f->nblocks * epx_dtype_size(f->scale_dtype);
-    if (wire == EPX_WIRE_NVFP4) {
-        f->x_dtype = EPX_DTYPE_FP4_E2M1X2;
-        f->x_cols = (H + 1) / 2;
-        f->data_bytes = (h + 1) / 2;
-        f->global_bytes = sizeof(float);
-    } else {
-        f->x_dtype = EPX_DTYPE_FP8_E4M3;
-        f->x_cols = H;
-        f->data_bytes = h;
-    }
+    /* The sizes are the protocol's (both executors' windows). */
+    int64_t data, scale, global;
+    proto_wire_shape(wire, H, (int)epx_dtype_size(dtype), &f->block, &data,
+                     &scale, &global);
+    f->nblocks = f->block ? ((int64_t)H + f->block - 1) / f->block : 0;
+    f->data_bytes = (size_t)data;
+    f->scale_bytes = (size_t)scale;
+    f->global_bytes = (size_t)global;
     return EPX_OK;
 }
 

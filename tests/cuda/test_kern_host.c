@@ -1,5 +1,5 @@
 /*
- * The GPU executor's arithmetic (src/cuda/kern.h) run on the host: R
+ * The GPU executor's arithmetic (src/proto/proto.h) run on the host: R
  * simulated ranks with windows in host memory go through the kernels'
  * steps item by item (layout per destination and per expert, count rows
  * into every window, offsets, pack, receive totals, combine put and
@@ -19,7 +19,7 @@
 
 #include "common/epx_test.h"
 #include "ref/ref.h"
-#include "cuda/kern.h"
+#include "proto/proto.h"
 
 typedef struct scen {
     int R, E, K, H, maxT;
@@ -32,8 +32,8 @@ typedef struct scen {
     int align;       /* its segment alignment */
     int unweighted;  /* expert-major combine: EPX_COMBINE_UNWEIGHTED */
     int Elog;        /* replicas: the ids are Elog logical experts, routed
-                        to the E units (slots) by tables (kern.h
-                        epxk_route_t); 0: the ids are the units */
+                        to the E units (slots) by tables (proto.h
+                        proto_route_t); 0: the ids are the units */
     int rr;          /* replicas: round robin instead of a pick table */
 } scen_t;
 
@@ -83,7 +83,7 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 /* Expert-major: what each rank received (the recv kernel's totals,
  * offsets and padding) and combine (the put kernel's partials from the
  * entries, then the reduce) against the reference. */
-static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
+static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
                                const ref_cfg_t *cfg, rank_state_t *rs,
                                const ref_tokens_t *src, char **win,
                                const int32_t *first)
@@ -96,16 +96,16 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
     char **ybuf = calloc((size_t)R, sizeof(char *));
     float *yrow = malloc(sizeof(float) * (size_t)H);
     for (int r = 0; r < R; r++) {
-        epxk_geom_t g = *g0;
+        proto_geom_t g = *g0;
         g.rank = r;
         char *w = win[r];
         const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
-                             epxk_cnt_index(&g, p, 0);
+                             proto_cnt_index(&g, p, 0);
         const int L = first[r + 1] - first[r];
         ref_recv_t want;
         assert_int_equal(ref_dispatch(cfg, src, r, &want), 0);
         assert_int_equal(L, want.num_local);
-        int64_t rows = epxk_expert_offset(&g, cnt, first[r], L);
+        int64_t rows = proto_expert_offset(&g, cnt, first[r], L);
         assert_int_equal(rows, want.num_rows);
         assert_true(rows <= g.xrows);
         int32_t *srank = (int32_t *)(w + g.off_src_rank);
@@ -113,9 +113,9 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
         float *wt = (float *)(w + g.off_w);
         /* The recv kernel's padding marks. */
         for (int j = 0; j < L; j++) {
-            int64_t c = epxk_recv_expert(&g, cnt, first[r], j);
-            int64_t o = epxk_expert_offset(&g, cnt, first[r], j);
-            int64_t end = epxk_expert_offset(&g, cnt, first[r], j + 1);
+            int64_t c = proto_recv_expert(&g, cnt, first[r], j);
+            int64_t o = proto_expert_offset(&g, cnt, first[r], j);
+            int64_t end = proto_expert_offset(&g, cnt, first[r], j + 1);
             assert_int_equal(c, want.counts[j]);
             assert_int_equal(o, want.offsets[j]);
             for (int64_t i = o + c; i < end; i++) {
@@ -135,18 +135,18 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
             y_fn(&hid, srank[i], stok[i], first[r] + want.row_expert[i],
                  yrow);
             for (int h = 0; h < H; h++)
-                epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+                proto_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
         }
         ref_recv_free(&want);
     }
     /* Combine put: each entry's partial into its source's comb slot. */
     for (int d = 0; d < R; d++) {
-        epxk_geom_t g = *g0;
+        proto_geom_t g = *g0;
         g.rank = d;
         char *w = win[d];
         const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
-                             epxk_cnt_index(&g, p, 0);
-        int64_t ents = epxk_recv_rows(&g, cnt);
+                             proto_cnt_index(&g, p, 0);
+        int64_t ents = proto_recv_rows(&g, cnt);
         const float *wt = sc->unweighted ? NULL : (const float *)(w + g.off_w);
         for (int64_t i = 0; i < ents; i++) {
             int s = ((int32_t *)(w + g.off_ent_src))[i];
@@ -155,20 +155,20 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
             assert_true(s >= 0 && s < R && rows[0] >= 0);
             char *dst = win[s] + g.off_comb + slot * g.row_bytes;
             for (int h = 0; h < H; h++)
-                epxk_store(dst, esize, h,
-                           epxk_partial_elem(&g, ybuf[d], rows, wt, h));
+                proto_store(dst, esize, h,
+                           proto_partial_elem(&g, ybuf[d], rows, wt, h));
         }
     }
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = *g0;
+        proto_geom_t g = *g0;
         g.rank = r;
         size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
         char *got = calloc(1, ob), *want = calloc(1, ob);
         for (int64_t t = 0; t < s->T; t++)
             for (int h = 0; h < H; h++)
-                epxk_store(got + t * H * oesize, oesize, h,
-                           epxk_combine_elem(&g, win[r] + g.off_comb,
+                proto_store(got + t * H * oesize, oesize, h,
+                           proto_combine_elem(&g, win[r] + g.off_comb,
                                              s->sendoff, s->dest, s->pos, t,
                                              h));
         assert_int_equal(ref_combine(cfg, r, &src[r], sc->unweighted, y_fn,
@@ -186,7 +186,7 @@ static void check_expert_major(const scen_t *sc, const epxk_geom_t *g0,
 /* The throughput layout kernels over nb blocks (kernels.cu: count, then
  * place; blocks run in any order, so the passes go block by block): dest,
  * pos, epos (expert-major) and block 0's totals. */
-static void layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+static void layout_blocks(const proto_geom_t *g, const proto_ids_t *ids,
                           const int32_t *e2r, int64_t T, int nb, int em,
                           int32_t *dest, int32_t *pos, int32_t *epos,
                           int32_t *mycnt)
@@ -196,28 +196,28 @@ static void layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
     assert_non_null(part);
     for (int b = nb - 1; b >= 0; b--) {   /* count: any block order */
         int64_t t0, t1;
-        epxk_layout_range(T, nb, b, &t0, &t1);
+        proto_layout_range(T, nb, b, &t0, &t1);
         for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
             dest[i] = -1;
         for (int u = 0; u < n; u++)
             part[(int64_t)b * n + u] = (int32_t)(u < g->R
-                ? epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, 0, NULL, NULL)
-                : epxk_layout_expert(g, ids, t0, t1, u - g->R, 0, NULL));
+                ? proto_layout_dest(g, ids, NULL, e2r, t0, t1, u, 0, NULL, NULL)
+                : proto_layout_expert(g, ids, t0, t1, u - g->R, 0, NULL));
     }
     for (int b = 0; b < nb; b++) {        /* place */
         int64_t t0, t1;
-        epxk_layout_range(T, nb, b, &t0, &t1);
+        proto_layout_range(T, nb, b, &t0, &t1);
         for (int u = 0; u < n; u++) {
-            int64_t base = epxk_layout_base(part, n, b, u);
+            int64_t base = proto_layout_base(part, n, b, u);
             if (u < g->R)
-                epxk_layout_dest(g, ids, NULL, e2r, t0, t1, u, base, dest,
+                proto_layout_dest(g, ids, NULL, e2r, t0, t1, u, base, dest,
                                  pos);
             else if (em)
-                epxk_layout_expert(g, ids, t0, t1, u - g->R, base, epos);
+                proto_layout_expert(g, ids, t0, t1, u - g->R, base, epos);
         }
     }
     for (int u = 0; u < n; u++)
-        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+        mycnt[u] = (int32_t)proto_layout_base(part, n, nb, u);
     free(part);
 }
 
@@ -230,8 +230,8 @@ static int layout_nb(int64_t T, int i)
     case 1: return 2;
     case 2: return 3;
     case 3: return (int)T + 3;
-    case 4: return epxk_layout_nblocks(T, 132);
-    default: return epxk_layout_nblocks(T, 5);
+    case 4: return proto_layout_nblocks(T, 132);
+    default: return proto_layout_nblocks(T, 5);
     }
 }
 
@@ -241,7 +241,7 @@ static void run(const scen_t *sc)
     const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     const int oesize = sc->out == EPX_DTYPE_BF16 ? 2 : 4;
     assert_true(R <= 128);
-    epxk_geom_t g0 = { 0 };
+    proto_geom_t g0 = { 0 };
     g0.R = R;
     g0.E = E;
     g0.K = K;
@@ -251,14 +251,14 @@ static void run(const scen_t *sc)
     g0.em = sc->em;
     g0.align = sc->em ? sc->align : 1;
     for (int r = 0; r < R; r++) {
-        int l = epxk_first_expert(R, E, r + 1) - epxk_first_expert(R, E, r);
+        int l = proto_first_expert(R, E, r + 1) - proto_first_expert(R, E, r);
         g0.Lmax = l > g0.Lmax ? l : g0.Lmax;
     }
-    epxk_geom_layout(&g0);
+    proto_geom_layout(&g0);
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
     int32_t first[129];
     for (int r = 0; r <= R; r++)
-        first[r] = epxk_first_expert(R, E, r);
+        first[r] = proto_first_expert(R, E, r);
     for (int r = 0; r < R; r++) {
         assert_int_equal(first[r], ref_first_expert(R, E, r));
         for (int e = first[r]; e < first[r + 1]; e++)
@@ -356,9 +356,9 @@ static void run(const scen_t *sc)
      * exchange). */
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, sc->idx64, K, E,
+        const proto_ids_t ids = { s->idx, sc->idx64, K, E,
                                  { Elog, sc->rr ? NULL : s->pick, roff,
                                    rrep } };
         /* one block, then several: the same positions */
@@ -377,7 +377,7 @@ static void run(const scen_t *sc)
                 assert_int_equal(p1[i], s->pos[i]);
         }
         for (int64_t i = 0; sc->em && i < s->T * K; i++)
-            if (epxk_expert_id(&ids, i / K, (int)(i % K)) >= 0)
+            if (proto_expert_id(&ids, i / K, (int)(i % K)) >= 0)
                 assert_int_equal(e1[i], s->epos[i]);
         free(d1), free(p1), free(e1), free(c1);
         int64_t o = 0;
@@ -387,35 +387,35 @@ static void run(const scen_t *sc)
         }
         for (int d = 0; d < R; d++) {
             int32_t *c = (int32_t *)(win[d] + g.off_cnt) +
-                         epxk_cnt_index(&g, p, r);
+                         proto_cnt_index(&g, p, r);
             memcpy(c, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
             c[R + E] = 1;
-            memcpy((int32_t *)(nwin[d] + g.off_cnt) + epxk_cnt_index(&g, p, r),
+            memcpy((int32_t *)(nwin[d] + g.off_cnt) + proto_cnt_index(&g, p, r),
                    s->mycnt, sizeof(int32_t) * (size_t)(R + E));
         }
     }
     /* Offsets and pack, both addressings. */
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, sc->idx64, K, E,
+        const proto_ids_t ids = { s->idx, sc->idx64, K, E,
                                  { Elog, sc->rr ? NULL : s->pick, roff,
                                    rrep } };
         const int32_t *cnt = (const int32_t *)(win[r] + g.off_cnt) +
-                             epxk_cnt_index(&g, p, 0);
+                             proto_cnt_index(&g, p, 0);
         for (int d = 0; d < R; d++)
-            s->base[d] = epxk_dest_base(&g, cnt, d);
+            s->base[d] = proto_dest_base(&g, cnt, d);
         if (sc->em)
             for (int e = 0; e < E; e++)
-                s->ebase[e] = epxk_expert_base(&g, cnt, first[e2r[e]], e);
+                s->ebase[e] = proto_expert_base(&g, cnt, first[e2r[e]], e);
         for (int64_t i = 0; i < s->T * g.maxdest; i++) {
             int d = s->dest[i];
             if (d < 0)
                 continue;
             int64_t t = i / g.maxdest;
             int64_t slot = s->sendoff[d] + s->pos[i];
-            assert_int_equal(slot, epxk_ret_slot(&g, s->sendoff, s->dest,
+            assert_int_equal(slot, proto_ret_slot(&g, s->sendoff, s->dest,
                                                  s->pos, t, (int)(i % g.maxdest)));
             if (sc->em) {
                 /* pack_expert_major: a row per expert of t at d, then
@@ -423,10 +423,10 @@ static void run(const scen_t *sc)
                 char *w = win[d];
                 int64_t ent = s->base[d] + s->pos[i];
                 for (int k = 0; k < K; k++) {
-                    int64_t e = epxk_expert_id(&ids, t, k);
-                    if (e < 0 || epxk_owner(e2r, e) != d)
+                    int64_t e = proto_expert_id(&ids, t, k);
+                    if (e < 0 || proto_owner(e2r, e) != d)
                         continue;
-                    int64_t row = epxk_expert_row(&g, s->ebase, s->epos, e,
+                    int64_t row = proto_expert_row(&g, s->ebase, s->epos, e,
                                                   t, k);
                     assert_true(row >= 0 && row < g.xrows);
                     memcpy(w + g.off_rows + row * g.row_bytes,
@@ -438,7 +438,7 @@ static void run(const scen_t *sc)
                 }
                 ((int32_t *)(w + g.off_ent_src))[ent] = r;
                 ((int32_t *)(w + g.off_ret_slot))[ent] = (int32_t)slot;
-                epxk_entry_rows(&g, &ids, e2r, s->ebase, s->epos, t, d,
+                proto_entry_rows(&g, &ids, e2r, s->ebase, s->epos, t, d,
                                 (int32_t *)(w + g.off_ent_rows) + ent * K);
                 continue;
             }
@@ -451,7 +451,7 @@ static void run(const scen_t *sc)
                 ((int32_t *)(w + g.off_src_rank))[row] = r;
                 ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
                 ((int32_t *)(w + g.off_ret_slot))[row] = (int32_t)slot;
-                epxk_meta_topk(&g, &ids, s->w, e2r, t, d, first[d],
+                proto_meta_topk(&g, &ids, s->w, e2r, t, d, first[d],
                                (int32_t *)(w + g.off_idx) + row * K,
                                (float *)(w + g.off_w) + row * K);
             }
@@ -461,11 +461,11 @@ static void run(const scen_t *sc)
      * source's receive base there (what the grouped send/recv moves). */
     for (int sr = 0; sr < R; sr++)
         for (int d = 0; d < R; d++) {
-            epxk_geom_t g = g0;
+            proto_geom_t g = g0;
             g.rank = d;
             const int32_t *cnt = (const int32_t *)(nwin[d] + g.off_cnt) +
-                                 epxk_cnt_index(&g, p, 0);
-            int64_t n = rs[sr].mycnt[d], r0 = epxk_src_base(&g, cnt, sr);
+                                 proto_cnt_index(&g, p, 0);
+            int64_t n = rs[sr].mycnt[d], r0 = proto_src_base(&g, cnt, sr);
             int64_t s0 = rs[sr].sendoff[d];
             assert_int_equal(n, cnt[(int64_t)sr * g.cnt_ints + d]);
             memcpy(nwin[d] + g.off_rows + r0 * g.row_bytes,
@@ -489,18 +489,18 @@ static void run(const scen_t *sc)
         goto out;
     }
     for (int r = 0; r < R; r++) {
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
         ref_recv_t want;
         assert_int_equal(ref_dispatch(&cfg, src, r, &want), 0);
         for (int pass = 0; pass < 2; pass++) {
             char *w = pass == 0 ? win[r] : nwin[r];
             const int32_t *cnt = (const int32_t *)(w + g.off_cnt) +
-                                 epxk_cnt_index(&g, p, 0);
-            int64_t rows = epxk_recv_rows(&g, cnt);
+                                 proto_cnt_index(&g, p, 0);
+            int64_t rows = proto_recv_rows(&g, cnt);
             assert_int_equal(rows, want.num_rows);
             for (int j = 0; j < want.num_local; j++)
-                assert_int_equal(epxk_recv_expert(&g, cnt, first[r], j),
+                assert_int_equal(proto_recv_expert(&g, cnt, first[r], j),
                                  want.counts[j]);
             for (int64_t i = 0; i < rows; i++) {
                 assert_int_equal(((int32_t *)(w + g.off_src_rank))[i],
@@ -523,11 +523,11 @@ static void run(const scen_t *sc)
      * that token) into the source's comb at the row's return slot. */
     float *yrow = malloc(sizeof(float) * (size_t)H);
     for (int d = 0; d < R; d++) {
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = d;
         const int32_t *cnt = (const int32_t *)(win[d] + g.off_cnt) +
-                             epxk_cnt_index(&g, p, 0);
-        int64_t rows = epxk_recv_rows(&g, cnt);
+                             proto_cnt_index(&g, p, 0);
+        int64_t rows = proto_recv_rows(&g, cnt);
         for (int64_t i = 0; i < rows; i++) {
             int s = ((int32_t *)(win[d] + g.off_src_rank))[i];
             int64_t t = ((int32_t *)(win[d] + g.off_src_token))[i];
@@ -535,19 +535,19 @@ static void run(const scen_t *sc)
             y_fn(&cfg.hidden, s, t, d, yrow);
             char *dst = win[s] + g.off_comb + slot * g.row_bytes;
             for (int h = 0; h < H; h++)
-                epxk_store(dst, esize, h, yrow[h]);
+                proto_store(dst, esize, h, yrow[h]);
         }
     }
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
         size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
         char *got = calloc(1, ob), *want = calloc(1, ob);
         for (int64_t t = 0; t < s->T; t++)
             for (int h = 0; h < H; h++)
-                epxk_store(got + t * H * oesize, oesize, h,
-                           epxk_combine_elem(&g, win[r] + g.off_comb,
+                proto_store(got + t * H * oesize, oesize, h,
+                           proto_combine_elem(&g, win[r] + g.off_comb,
                                              s->sendoff, s->dest, s->pos, t,
                                              h));
         assert_int_equal(ref_combine(&cfg, r, &src[r], 0, y_fn, &cfg.hidden,
@@ -653,7 +653,7 @@ static void expert_major(void **state)
 
 /* The low-latency layout kernels over nb blocks (count, keep, place):
  * keep, dest, pos and block 0's totals (mycnt [R + E]). */
-static void ll_layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
+static void ll_layout_blocks(const proto_geom_t *g, const proto_ids_t *ids,
                              const int32_t *e2r, int64_t T, int nb, int cap,
                              int32_t *keep, int32_t *dest, int32_t *pos,
                              int32_t *mycnt)
@@ -663,46 +663,46 @@ static void ll_layout_blocks(const epxk_geom_t *g, const epxk_ids_t *ids,
     assert_non_null(part);
     for (int b = nb - 1; b >= 0; b--) {   /* count */
         int64_t t0, t1;
-        epxk_layout_range(T, nb, b, &t0, &t1);
+        proto_layout_range(T, nb, b, &t0, &t1);
         for (int64_t i = t0 * g->K; i < t1 * g->K; i++)
             keep[i] = -1;
         for (int64_t i = t0 * g->maxdest; i < t1 * g->maxdest; i++)
             dest[i] = -1;
         for (int e = 0; e < g->E; e++)
             part[(int64_t)b * n + g->R + e] =
-                (int32_t)epxk_layout_expert(g, ids, t0, t1, e, 0, NULL);
+                (int32_t)proto_layout_expert(g, ids, t0, t1, e, 0, NULL);
     }
     for (int b = nb - 1; b >= 0; b--) {   /* keep */
         int64_t t0, t1;
-        epxk_layout_range(T, nb, b, &t0, &t1);
+        proto_layout_range(T, nb, b, &t0, &t1);
         for (int e = 0; e < g->E; e++)
-            epxk_ll_layout_expert(g, ids, t0, t1, e,
-                                  epxk_layout_base(part, n, b, g->R + e), cap,
+            proto_ll_layout_expert(g, ids, t0, t1, e,
+                                  proto_layout_base(part, n, b, g->R + e), cap,
                                   keep);
         for (int d = 0; d < g->R; d++)
-            part[(int64_t)b * n + d] = (int32_t)epxk_layout_dest(
+            part[(int64_t)b * n + d] = (int32_t)proto_layout_dest(
                 g, ids, keep, e2r, t0, t1, d, 0, NULL, NULL);
     }
     for (int b = 0; b < nb; b++) {        /* place */
         int64_t t0, t1;
-        epxk_layout_range(T, nb, b, &t0, &t1);
+        proto_layout_range(T, nb, b, &t0, &t1);
         for (int d = 0; d < g->R; d++)
-            epxk_layout_dest(g, ids, keep, e2r, t0, t1, d,
-                             epxk_layout_base(part, n, b, d), dest, pos);
+            proto_layout_dest(g, ids, keep, e2r, t0, t1, d,
+                             proto_layout_base(part, n, b, d), dest, pos);
     }
     for (int u = 0; u < n; u++)
-        mycnt[u] = (int32_t)epxk_layout_base(part, n, nb, u);
+        mycnt[u] = (int32_t)proto_layout_base(part, n, nb, u);
     free(part);
 }
 
-/* A bf16 row quantized with the kernels' per-chunk arithmetic (kern.h,
+/* A bf16 row quantized with the kernels' per-chunk arithmetic (proto.h,
  * "quantized pack") in lane order, one block after the other: what the
  * pack warp stores (test_kern_quant checks the warp's own order). */
-static void quant_row_chunks(const epxk_geom_t *g, const uint16_t *x, char *q,
+static void quant_row_chunks(const proto_geom_t *g, const uint16_t *x, char *q,
                              char *sc, float *gs)
 {
-    const int64_t chunks = epxk_q_chunks(g);
-    const int G = epxk_q_group(g), cb = epxk_q_chunk_bytes(g);
+    const int64_t chunks = proto_q_chunks(g);
+    const int G = proto_q_group(g), cb = proto_q_chunk_bytes(g);
     uint16_t v[MOE_QUANT_CHUNK];
     uint8_t o[MOE_QUANT_CHUNK];
     float global = 0.0f;
@@ -710,7 +710,7 @@ static void quant_row_chunks(const epxk_geom_t *g, const uint16_t *x, char *q,
         uint32_t m = 0;
         for (int64_t c = 0; c < chunks; c++) {
             int nan;
-            epxk_q_load_chunk(g, x, c, v);
+            proto_q_load_chunk(g, x, c, v);
             uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &nan);
             m = a > m ? a : m;
         }
@@ -722,18 +722,18 @@ static void quant_row_chunks(const epxk_geom_t *g, const uint16_t *x, char *q,
         int nan = 0;
         for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
             int n1;
-            epxk_q_load_chunk(g, x, c, v);
+            proto_q_load_chunk(g, x, c, v);
             uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &n1);
             m = a > m ? a : m;
             nan |= n1;
         }
         for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
-            int n = epxk_q_load_chunk(g, x, c, v);
-            uint32_t sv = epxk_q_encode(g, v, MOE_QUANT_CHUNK, m, nan, global,
+            int n = proto_q_load_chunk(g, x, c, v);
+            uint32_t sv = proto_q_encode(g, v, MOE_QUANT_CHUNK, m, nan, global,
                                         o);
-            memcpy(q + c * cb, o, (size_t)epxk_q_chunk_stored(g, n));
+            memcpy(q + c * cb, o, (size_t)proto_q_chunk_stored(g, n));
             if (c == b0)
-                epxk_q_store_scale(g, sc, c / G, sv);
+                proto_q_store_scale(g, sc, c / G, sv);
         }
     }
 }
@@ -749,7 +749,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                    epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire)
 {
     const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
-    epxk_geom_t g0 = { 0 };
+    proto_geom_t g0 = { 0 };
     g0.R = R;
     g0.E = E;
     g0.K = K;
@@ -761,20 +761,20 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E), *first =
         malloc(sizeof(int32_t) * (size_t)(R + 1));
     for (int r = 0; r <= R; r++)
-        first[r] = epxk_first_expert(R, E, r);
+        first[r] = proto_first_expert(R, E, r);
     for (int r = 0; r < R; r++) {
         int l = first[r + 1] - first[r];
         g0.Lmax = l > g0.Lmax ? l : g0.Lmax;
         for (int e = first[r]; e < first[r + 1]; e++)
             e2r[e] = r;
     }
-    epxk_geom_layout(&g0);
-    epxk_ll_t ll;
+    proto_geom_layout(&g0);
+    proto_ll_t ll;
     const int B = 2, b = 1;
     const uint64_t use = 254 + 255;  /* tag 255: the top bit of the word */
-    const int32_t tag = EPXK_LL_TAG(use);
-    epxk_ll_layout(&g0, B, cap, &ll);
-    assert_true(tag >= 1 && tag <= 255 && tag != EPXK_LL_TAG(use - 1));
+    const int32_t tag = PROTO_LL_TAG(use);
+    proto_ll_layout(&g0, B, cap, &ll);
+    assert_true(tag >= 1 && tag <= 255 && tag != PROTO_LL_TAG(use - 1));
     {   /* regions in order, none overlapping the next, 16-byte aligned */
         const int64_t rows = (int64_t)g0.Lmax * R * cap;
         assert_true(ll.scales >= ll.rows + rows * g0.xrow_bytes);
@@ -833,9 +833,9 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     /* layout and pack */
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
-        const epxk_ids_t ids = { s->idx, 0, K, E, { 0, NULL, NULL, NULL } };
+        const proto_ids_t ids = { s->idx, 0, K, E, { 0, NULL, NULL, NULL } };
         /* one block, then several: the same slots and positions */
         const size_t np = (size_t)(maxT * g.maxdest + 1),
                      nk = (size_t)(maxT * K + 1);
@@ -867,20 +867,20 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             int64_t t = i / g.maxdest;
             char *bw = win[d] + ll.off_bufs + b * ll.buf;
             for (int k = 0; k < K; k++) {
-                int64_t e = epxk_kept_id(&ids, keep[r], t, k);
+                int64_t e = proto_kept_id(&ids, keep[r], t, k);
                 if (e < 0 || e2r[e] != d)
                     continue;
-                int64_t row = epxk_ll_row(&g, cap, first[d], e, r,
+                int64_t row = proto_ll_row(&g, cap, first[d], e, r,
                                           keep[r][t * K + k]);
                 assert_true(row >= 0 && row < (int64_t)g.Lmax * R * cap);
                 const char *xr = (const char *)s->x + t * g.row_bytes;
                 if (g.qblock)
                     quant_row_chunks(&g, (const uint16_t *)xr,
-                                     epxk_ll_row_data(&g, &ll, bw, row),
-                                     epxk_ll_row_scales(&g, &ll, bw, row),
-                                     epxk_ll_row_gscale(&ll, bw, row));
+                                     proto_ll_row_data(&g, &ll, bw, row),
+                                     proto_ll_row_scales(&g, &ll, bw, row),
+                                     proto_ll_row_gscale(&ll, bw, row));
                 else
-                    memcpy(epxk_ll_row_data(&g, &ll, bw, row), xr,
+                    memcpy(proto_ll_row_data(&g, &ll, bw, row), xr,
                            (size_t)g.row_bytes);
                 ((int32_t *)(bw + ll.src_tok))[row] = (int32_t)t;
                 ((float *)(bw + ll.w))[row] = s->w[t * K + k];
@@ -888,7 +888,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             int64_t ent = (int64_t)r * maxT + s->pos[i];
             ((int32_t *)(bw + ll.ent_slot))[ent] =
                 (int32_t)(s->sendoff[d] + s->pos[i]);
-            assert_true(epxk_ll_entry_rows(&g, &ids, keep[r], e2r, cap,
+            assert_true(proto_ll_entry_rows(&g, &ids, keep[r], e2r, cap,
                                            first[d], t, d,
                                            (int32_t *)(bw + ll.ent_rows) +
                                                ent * K) > 0);
@@ -897,8 +897,8 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             char *bw = win[d] + ll.off_bufs + b * ll.buf;
             for (int e = first[d]; e < first[d + 1]; e++)
                 ((int32_t *)(bw + ll.cw))[(e - first[d]) * R + r] =
-                    EPXK_LL_WORD(tag, ecnt[r][e]);
-            ((int32_t *)(bw + ll.fw))[r] = EPXK_LL_WORD(tag, s->mycnt[d]);
+                    PROTO_LL_WORD(tag, ecnt[r][e]);
+            ((int32_t *)(bw + ll.fw))[r] = PROTO_LL_WORD(tag, s->mycnt[d]);
         }
     }
     /* receive side against the reference */
@@ -907,7 +907,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     float *yrow = malloc(sizeof(float) * (size_t)H);
     int hid = H;
     for (int r = 0; r < R; r++) {
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
         char *bw = win[r] + ll.off_bufs + b * ll.buf;
         const int32_t *cw = (const int32_t *)(bw + ll.cw);
@@ -922,9 +922,9 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         for (int j = 0; j < L; j++) {
             int64_t c = 0;
             for (int sr = 0; sr < R; sr++) {
-                assert_int_equal(EPXK_LL_WTAG(cw[j * R + sr]), tag);
-                c += epxk_ll_kept(cw[j * R + sr], cap);
-                got_dropped += epxk_ll_dropped(cw[j * R + sr], cap);
+                assert_int_equal(PROTO_LL_WTAG(cw[j * R + sr]), tag);
+                c += proto_ll_kept(cw[j * R + sr], cap);
+                got_dropped += proto_ll_dropped(cw[j * R + sr], cap);
             }
             assert_int_equal(c, want.counts[j]);
             assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
@@ -932,7 +932,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         assert_int_equal(got_dropped, dropped);
         ybuf[r] = calloc((size_t)(want.num_rows * H + 1), (size_t)esize);
         for (int64_t i = 0; i < want.num_rows; i++) {
-            int sr = epxk_ll_row_source(&g, cap, cw, i);
+            int sr = proto_ll_row_source(&g, cap, cw, i);
             assert_int_equal(sr, want.src_rank[i]);
             if (sr < 0)
                 continue;
@@ -952,41 +952,41 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                                     &want.gscale[i], sizeof(float));
             y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
             for (int h = 0; h < H; h++)
-                epxk_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+                proto_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
         }
         ref_recv_free(&want);
     }
     /* combine put: every source's entries, then the reduce */
     for (int d = 0; d < R; d++) {
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = d;
         char *bw = win[d] + ll.off_bufs + b * ll.buf;
         const float *wt = unweighted ? NULL : (const float *)(bw + ll.w);
         for (int sr = 0; sr < R; sr++) {
             int32_t fw = ((int32_t *)(bw + ll.fw))[sr];
-            assert_int_equal(EPXK_LL_WTAG(fw), tag);
-            for (int64_t i = 0; i < (fw & EPXK_LL_MASK); i++) {
+            assert_int_equal(PROTO_LL_WTAG(fw), tag);
+            for (int64_t i = 0; i < (fw & PROTO_LL_MASK); i++) {
                 int64_t ent = (int64_t)sr * maxT + i;
                 int64_t slot = ((int32_t *)(bw + ll.ent_slot))[ent];
                 const int32_t *rows = (int32_t *)(bw + ll.ent_rows) + ent * K;
                 char *dst = win[sr] + ll.off_bufs + b * ll.buf + ll.comb +
                             slot * g.row_bytes;
                 for (int h = 0; h < H; h++)
-                    epxk_store(dst, esize, h,
-                               epxk_partial_elem(&g, ybuf[d], rows, wt, h));
+                    proto_store(dst, esize, h,
+                               proto_partial_elem(&g, ybuf[d], rows, wt, h));
             }
         }
     }
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
-        epxk_geom_t g = g0;
+        proto_geom_t g = g0;
         g.rank = r;
         char *bw = win[r] + ll.off_bufs + b * ll.buf;
         size_t ob = (size_t)(s->T * H + 1) * 4;
         float *got = calloc(1, ob), *want = calloc(1, ob);
         for (int64_t t = 0; t < s->T; t++)
             for (int h = 0; h < H; h++)
-                got[t * H + h] = epxk_combine_elem(&g, bw + ll.comb,
+                got[t * H + h] = proto_combine_elem(&g, bw + ll.comb,
                                                    s->sendoff, s->dest,
                                                    s->pos, t, h);
         int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(s->T * K + 1));
@@ -1058,7 +1058,7 @@ static void edges(void **state)
     run(&e);
 }
 
-/* The layout's chunks: at most maxb, >= 1, at least EPXK_LAYOUT_TOKENS
+/* The layout's chunks: at most maxb, >= 1, at least PROTO_LAYOUT_TOKENS
  * tokens each when there are several, contiguous and covering [0, T). */
 static void layout_chunks(void **state)
 {
@@ -1069,18 +1069,18 @@ static void layout_chunks(void **state)
     for (size_t i = 0; i < sizeof(Ts) / sizeof(Ts[0]); i++)
         for (size_t j = 0; j < sizeof(maxbs) / sizeof(maxbs[0]); j++) {
             const int64_t T = Ts[i];
-            const int nb = epxk_layout_nblocks(T, maxbs[j]);
+            const int nb = proto_layout_nblocks(T, maxbs[j]);
             assert_true(nb >= 1 && nb <= maxbs[j]);
-            /* as many blocks as allowed with EPXK_LAYOUT_TOKENS each */
+            /* as many blocks as allowed with PROTO_LAYOUT_TOKENS each */
             assert_true(nb == maxbs[j] ||
-                        (nb + 1) * (int64_t)EPXK_LAYOUT_TOKENS > T);
+                        (nb + 1) * (int64_t)PROTO_LAYOUT_TOKENS > T);
             int64_t next = 0;
             for (int b = 0; b < nb; b++) {
                 int64_t t0, t1;
-                epxk_layout_range(T, nb, b, &t0, &t1);
+                proto_layout_range(T, nb, b, &t0, &t1);
                 assert_int_equal(t0, next);
                 assert_true(t1 - t0 == T / nb || t1 - t0 == T / nb + 1);
-                assert_true(nb == 1 || t1 - t0 >= EPXK_LAYOUT_TOKENS);
+                assert_true(nb == 1 || t1 - t0 >= PROTO_LAYOUT_TOKENS);
                 next = t1;
             }
             assert_int_equal(next, T);
@@ -1094,12 +1094,12 @@ static void invalid_ids(void **state)
      * an expert a token names twice is flagged (the host executor refuses
      * it), -1 twice is not. */
     const int32_t idx[10] = { 0, -1, 5, -2, 4, 7, 3, 3, -1, -1 };
-    const epxk_ids_t ids = { idx, 0, 2, 5, { 0, NULL, NULL, NULL } };
+    const proto_ids_t ids = { idx, 0, 2, 5, { 0, NULL, NULL, NULL } };
     int bad = 0;
     for (int t = 0; t < 5; t++)
         for (int k = 0; k < 2; k++) {
-            bad += epxk_expert_bad(&ids, t, k);
-            int64_t e = epxk_expert_id(&ids, t, k);
+            bad += proto_expert_bad(&ids, t, k);
+            int64_t e = proto_expert_id(&ids, t, k);
             assert_true(e >= -1 && e < 5);
         }
     assert_int_equal(bad, 4);
@@ -1114,14 +1114,14 @@ static void bf16_matches_host(void **state)
         memcpy(&f, &u, 4);
         if ((u & 0x7f800000u) == 0x7f800000u)
             continue;   /* ref: finite values only */
-        assert_int_equal(epxk_f32_to_bf16(f), ref_bf16(f));
+        assert_int_equal(proto_f32_to_bf16(f), ref_bf16(f));
     }
 }
 
-/* The 16-byte form of the expert-major partial (epxk_partial_acc16 over
- * a row's pieces, then epxk_pack16), as the combine-put kernels run it
- * where rows are aligned, against the element form (epxk_partial_elem,
- * epxk_store) bit for bit: bf16 and fp32, weighted and not, 1 to 8 rows
+/* The 16-byte form of the expert-major partial (proto_partial_acc16 over
+ * a row's pieces, then proto_pack16), as the combine-put kernels run it
+ * where rows are aligned, against the element form (proto_partial_elem,
+ * proto_store) bit for bit: bf16 and fp32, weighted and not, 1 to 8 rows
  * with -1 ends, random bits (NaN, Inf, subnormals, -0 included).  A NaN
  * matches any NaN: which payload a sum of two NaNs keeps depends on the
  * operand order the compiler picks (a vectorised gcc -O3 build under
@@ -1130,8 +1130,8 @@ static int same_or_both_nan(const unsigned char *got,
                             const unsigned char *want, int esize, int64_t H)
 {
     for (int64_t h = 0; h < H; h++) {
-        float a = epxk_load((const char *)got, esize, h),
-              b = epxk_load((const char *)want, esize, h);
+        float a = proto_load((const char *)got, esize, h),
+              b = proto_load((const char *)want, esize, h);
         if (isnan(a) && isnan(b))
             continue;
         if (memcmp(got + h * esize, want + h * esize, (size_t)esize) != 0) {
@@ -1147,7 +1147,7 @@ static void partial_vec16(void **state)
 {
     (void)state;
     for (int round = 0; round < 400; round++) {
-        epxk_geom_t g;
+        proto_geom_t g;
         memset(&g, 0, sizeof(g));
         g.esize = round % 2 ? 4 : 2;
         g.K = 1 + (int)epxt_below(&rng, 8);
@@ -1160,7 +1160,7 @@ static void partial_vec16(void **state)
             y[i] = (unsigned char)epxt_next(&rng);
         if (round % 3 == 0)   /* also plain numbers, not only random bits */
             for (int64_t i = 0; i < nrows * (int64_t)g.H; i++)
-                epxk_store(y, g.esize, i,
+                proto_store(y, g.esize, i,
                            (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
         for (int r = 0; r < nrows; r++)
             w[r] = (float)epxt_below(&rng, 1000) / 997.0f;
@@ -1172,18 +1172,18 @@ static void partial_vec16(void **state)
         unsigned char *want = malloc((size_t)g.row_bytes);
         unsigned char *got = malloc((size_t)g.row_bytes);
         for (int64_t h = 0; h < g.H; h++)
-            epxk_store(want, g.esize, h,
-                       epxk_partial_elem(&g, (const char *)y, rows, wt, h));
+            proto_store(want, g.esize, h,
+                       proto_partial_elem(&g, (const char *)y, rows, wt, h));
         for (int64_t v = 0; v < g.row_bytes / 16; v++) {
             float acc[8] = { 0 };
             for (int k = 0; k < g.K && rows[k] >= 0; k++) {
-                epxk_v16_t p;
+                proto_v16_t p;
                 memcpy(&p, y + rows[k] * g.row_bytes + v * 16, 16);
-                epxk_partial_acc16(g.esize, &p, wt != NULL,
+                proto_partial_acc16(g.esize, &p, wt != NULL,
                                    wt ? wt[rows[k]] : 0.0f, acc);
             }
-            epxk_v16_t o;
-            epxk_pack16(g.esize, acc, &o);
+            proto_v16_t o;
+            proto_pack16(g.esize, acc, &o);
             memcpy(got + v * 16, &o, 16);
         }
         assert_true(same_or_both_nan(got, want, g.esize, g.H));

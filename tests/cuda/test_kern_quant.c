@@ -1,6 +1,6 @@
 /*
- * The GPU executor's fused quantization (src/moe/quant_codec.h and the
- * "quantized pack" of src/cuda/kern.h) run on the host: every bf16 value
+ * The GPU executor's fused quantization (src/proto/quant_codec.h and the
+ * "quantized pack" of src/proto/proto.h) run on the host: every bf16 value
  * through the shared codecs, chunk encoders and block scales against the
  * independent reference (tests/ref/ref_quant), then whole rows quantized
  * the way a packing warp does it (chunks of 16 per lane, the lanes of a
@@ -22,7 +22,7 @@
 
 #include "common/epx_test.h"
 #include "ref/ref_quant.h"
-#include "cuda/kern.h"
+#include "proto/proto.h"
 #include "moe/wire.h"
 
 enum { NB = 1 << 16, WARPSZ = 32 };
@@ -139,14 +139,14 @@ static void make_row(epxt_rng_t *rng, uint16_t *x, int H, int special)
 
 /* One row quantized as a packing warp does (kernels.cu warp_quant_row):
  * into the geometry's regions of row `row` of window w. */
-static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
+static void warp_quant_row_host(const proto_geom_t *g, char *w, int64_t row,
                                 const uint16_t *x, float given)
 {
     char *q = w + g->off_rows + row * g->xrow_bytes;
     char *sc = w + g->off_scales + row * g->scale_bytes;
     float *gs = (float *)(w + g->off_gscale) + row;
-    const int64_t chunks = epxk_q_chunks(g);
-    const int G = epxk_q_group(g), cb = epxk_q_chunk_bytes(g);
+    const int64_t chunks = proto_q_chunks(g);
+    const int G = proto_q_group(g), cb = proto_q_chunk_bytes(g);
     uint16_t v[WARPSZ][MOE_QUANT_CHUNK];
     float global = 0.0f;
     assert_true(G >= 1 && WARPSZ % G == 0);
@@ -155,14 +155,14 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
         for (int lane = 0; lane < WARPSZ; lane++)
             for (int64_t c = lane; given <= 0.0f && c < chunks; c += WARPSZ) {
                 int nan;
-                epxk_q_load_chunk(g, x, c, v[lane]);
+                proto_q_load_chunk(g, x, c, v[lane]);
                 uint32_t a = moe_quant_chunk_amax(v[lane], MOE_QUANT_CHUNK,
                                                   &nan);
                 lm[lane] = a > lm[lane] ? a : lm[lane];
             }
         for (int lane = 0; lane < WARPSZ; lane++)   /* __reduce_max_sync */
             m = lm[lane] > m ? lm[lane] : m;
-        global = epxk_q_row_global(given, m);
+        global = proto_q_row_global(given, m);
         *gs = global;
     }
     for (int64_t c0 = 0; c0 < chunks; c0 += WARPSZ) {
@@ -173,7 +173,7 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
             n[lane] = nan[lane] = 0;
             m[lane] = 0;
             if (c < chunks) {
-                n[lane] = epxk_q_load_chunk(g, x, c, v[lane]);
+                n[lane] = proto_q_load_chunk(g, x, c, v[lane]);
                 m[lane] = moe_quant_chunk_amax(v[lane], MOE_QUANT_CHUNK,
                                                &nan[lane]);
             }
@@ -195,11 +195,11 @@ static void warp_quant_row_host(const epxk_geom_t *g, char *w, int64_t row,
             if (n[lane] == 0)
                 continue;
             uint8_t o[MOE_QUANT_CHUNK];
-            uint32_t s = epxk_q_encode(g, v[lane], MOE_QUANT_CHUNK, m[lane],
+            uint32_t s = proto_q_encode(g, v[lane], MOE_QUANT_CHUNK, m[lane],
                                        nan[lane], global, o);
-            memcpy(q + c * cb, o, (size_t)epxk_q_chunk_stored(g, n[lane]));
+            memcpy(q + c * cb, o, (size_t)proto_q_chunk_stored(g, n[lane]));
             if (c % G == 0)
-                epxk_q_store_scale(g, sc, c / G, s);
+                proto_q_store_scale(g, sc, c / G, s);
         }
     }
 }
@@ -211,7 +211,7 @@ static void check_rows(epx_wire_t wire, int H, int special, float given)
     epxt_rng_t rng = { epxt_hash(epxt_seed(), (uint64_t)wire, (uint64_t)H,
                                  (uint64_t)special, 0) };
     enum { ROWS = 3 };
-    epxk_geom_t g;
+    proto_geom_t g;
     memset(&g, 0, sizeof(g));
     g.R = 2;
     g.rank = 0;
@@ -223,7 +223,7 @@ static void check_rows(epx_wire_t wire, int H, int special, float given)
     g.maxT = ROWS;
     g.align = 1;
     g.Lmax = 2;
-    epxk_geom_layout(&g);
+    proto_geom_layout(&g);
     moe_wire_t f;
     assert_int_equal(moe_wire_init(&f, wire, EPX_DTYPE_BF16, H), EPX_OK);
     assert_int_equal(g.xrow_bytes, (int64_t)f.data_bytes);
@@ -297,7 +297,7 @@ static void test_rows(void **state)
 static void test_native_geom(void **state)
 {
     (void)state;
-    epxk_geom_t g;
+    proto_geom_t g;
     memset(&g, 0, sizeof(g));
     g.R = 3;
     g.E = 6;
@@ -308,7 +308,7 @@ static void test_native_geom(void **state)
     g.maxT = 5;
     g.align = 1;
     g.Lmax = 2;
-    epxk_geom_layout(&g);
+    proto_geom_layout(&g);
     assert_int_equal(g.xrow_bytes, g.row_bytes);
     assert_int_equal(g.scale_bytes, 0);
     assert_int_equal(g.gscale_bytes, 0);

@@ -419,8 +419,8 @@ static void threads_one_gpu(void **state)
 }
 
 /* Replicas: 6 experts on 8 slots over 4 thread ranks, each policy, both
- * layouts (on the device the kernels route the logical ids, kern.h
- * epxk_route_t). */
+ * layouts (on the device the kernels route the logical ids, proto.h
+ * proto_route_t). */
 static void replicas(void **state)
 {
     (void)state;

@@ -112,7 +112,7 @@ static int memory_rank(epx_comm_t *comm, void *arg)
     epx_moe_t *m;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     const char *win = m->win->local;
-    const size_t total = m->off.total;
+    const size_t total = m->win_bytes;
     const int64_t row = (int64_t)m->row_bytes;
     const int64_t pg = sysconf(_SC_PAGESIZE);
     /* Pages a round may touch besides the received rows: per token a few

@@ -3,8 +3,9 @@
 # communicator's lower half (core/group.h, the bootstraps) below the
 # transports; the transports below the communicator's upper half
 # (core/comm.h) and the engine; the GPU executor below the engine, sharing
-# only the wire format and codecs with it.  A header included against
-# that order is named here.
+# the protocol core (proto/, which includes nothing of epx but epx.h) and
+# the wire format with it.  A header included against that order is named
+# here.
 set -eu
 src=${srcdir:-.}
 cd "$src/src"
@@ -33,6 +34,8 @@ check "core/group.h core/group.c core/bootstrap.h core/bootstrap_tcp.c \
 check "$(find transport -name '*.[ch]' | sort)" \
     "core/comm\.h|moe/|balance/|cuda/" \
     "a transport includes a layer above it"
+check "$(echo proto/*.h)" "util/|core/|transport/|moe/|balance/|cuda/" \
+    "the protocol core includes a layer (it is plain C over epx.h)"
 check "$(echo cuda/*.c cuda/*.h cuda/*.cu)" \
     "moe/(moe|ops|ll|hier|reduce)\.h|balance/" \
     "the GPU executor includes the engine's internals"

@@ -11,8 +11,8 @@
  * -ftz=false -prec-div=true (its defaults) and --fmad=false (no fused
  * multiply-add, which would round once where the host rounds twice).
  */
-#ifndef EPX_MOE_QUANT_CODEC_H
-#define EPX_MOE_QUANT_CODEC_H
+#ifndef EPX_PROTO_QUANT_CODEC_H
+#define EPX_PROTO_QUANT_CODEC_H
 
 #include <stdint.h>
 
@@ -263,4 +263,4 @@ MOE_QUANT_HD void moe_quant_chunk_e2m1(const uint16_t *x, int n, float s,
     }
 }
 
-#endif /* EPX_MOE_QUANT_CODEC_H */
+#endif /* EPX_PROTO_QUANT_CODEC_H */

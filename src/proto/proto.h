@@ -1,0 +1,612 @@
+/*
+ * The protocol's arithmetic, shared by the executors: routing of a
+ * token's ids to units and destination ranks, the routing layout
+ * (positions per destination and per unit, over token chunks), offsets
+ * from the count matrix (token-major rows, expert-major segments), return
+ * slots, entries and partials, the combine sum in its fixed order, bf16
+ * rounding, the quantized pack of a row chunk by chunk, and the
+ * low-latency ranges and words.  The window it addresses is geom.h's.
+ *
+ * Plain C, compiled both by the C compiler (the CUDA executor's setup,
+ * and the host tests tests/cuda/test_kern_host and test_kern_quant that
+ * run every function below over simulated ranks against the reference)
+ * and by nvcc (src/cuda/kernels.cu, where one thread or warp calls them
+ * per item).  Nothing here touches memory other than through its
+ * arguments, so what the host tests check is what the kernels compute.
+ */
+#ifndef EPX_PROTO_H
+#define EPX_PROTO_H
+
+#include <stdint.h>
+#include "epx.h"
+#include "proto/geom.h"
+#include "proto/quant_codec.h"
+
+/* Raw expert id k of token t (int32 or int64 ids). */
+PROTO_HD int64_t proto_expert_raw(const void *idx, int idx64, int K, int64_t t,
+                                int k)
+{
+    return idx64 ? ((const int64_t *)idx)[t * K + k]
+                 : (int64_t)((const int32_t *)idx)[t * K + k];
+}
+
+/* Replica routing of one layer (engines with num_slots): the ids are
+ * logical experts, the units the kernels route to are slots.  The host
+ * executor's tables (src/moe/engine.c, epx_moe_set_placement): with
+ * `pick`, this rank's local-first slot of each expert; else round robin,
+ * token t to rep[off[e] + t % (its replica count)].  E 0: no routing, the
+ * ids are the units. */
+typedef struct proto_route {
+    int E;                    /* logical experts */
+    const int32_t *pick;      /* [E], or NULL */
+    const int32_t *off;       /* [E + 1] each expert's replicas in rep */
+    const int32_t *rep;       /* [units] slots, ascending per expert */
+} proto_route_t;
+
+/* Units (experts, or slots) and the routing, for proto_expert_id: set once
+ * per kernel/host pass. */
+typedef struct proto_ids {
+    const void *idx;
+    int idx64, K, E;
+    proto_route_t rt;
+} proto_ids_t;
+
+/* Unit of id k of token t; -1 for none, and for an id out of [0, E) (the
+ * layout pass reports those: an invalid id never indexes a table). */
+PROTO_HD int64_t proto_expert_id(const proto_ids_t *ids, int64_t t, int k)
+{
+    int64_t e = proto_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
+    if (!ids->rt.E)
+        return e >= 0 && e < ids->E ? e : -1;
+    if (e < 0 || e >= ids->rt.E)
+        return -1;
+    if (ids->rt.pick)
+        return ids->rt.pick[e];
+    const int32_t *off = ids->rt.off;
+    return ids->rt.rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
+}
+
+/* Is id k of token t neither -1 nor a valid expert, or an expert an
+ * earlier choice of the token already named?  The host executor refuses
+ * both in dispatch_send (src/moe/layout.c); the device flags them for
+ * epx_moe_check.  The repeat test reads the token's other ids, which share
+ * its cache line. */
+PROTO_HD int proto_expert_bad(const proto_ids_t *ids, int64_t t, int k)
+{
+    int64_t e = proto_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
+    if (e < -1 || e >= (ids->rt.E ? ids->rt.E : ids->E))
+        return 1;
+    for (int j = 0; j < k && e >= 0; j++)
+        if (proto_expert_raw(ids->idx, ids->idx64, ids->K, t, j) == e)
+            return 1;
+    return 0;
+}
+
+/* Owner of expert e (valid) from the table e2r[E]. */
+PROTO_HD int proto_owner(const int32_t *e2r, int64_t e)
+{
+    return e2r[e];
+}
+
+/* Is choice k of token t sent?  keep: low latency, the choice's slot in
+ * its range (-1: none or dropped); NULL: every valid choice is. */
+PROTO_HD int64_t proto_kept_id(const proto_ids_t *ids, const int32_t *keep,
+                             int64_t t, int k)
+{
+    return keep && keep[t * ids->K + k] < 0 ? -1 : proto_expert_id(ids, t, k);
+}
+
+/* Index of rank d among token t's distinct destination ranks in ascending
+ * order, or -1 when none of t's (kept) experts lives on d. */
+PROTO_HD int proto_dest_slot(const proto_ids_t *ids, const int32_t *keep,
+                           const int32_t *e2r, int64_t t, int d)
+{
+    int hit = 0, below = 0;
+    for (int k = 0; k < ids->K; k++) {
+        int64_t e = proto_kept_id(ids, keep, t, k);
+        if (e < 0)
+            continue;
+        int r = proto_owner(e2r, e);
+        if (r == d) {
+            hit = 1;
+            continue;
+        }
+        if (r > d)
+            continue;
+        int seen = 0;    /* count each rank below d once */
+        for (int k2 = 0; k2 < k; k2++) {
+            int64_t e2 = proto_kept_id(ids, keep, t, k2);
+            if (e2 >= 0 && proto_owner(e2r, e2) == r) {
+                seen = 1;
+                break;
+            }
+        }
+        below += !seen;
+    }
+    return hit ? below : -1;
+}
+
+/* ------------------------------------------------------ routing layout
+ *
+ * The layout runs over several blocks: the tokens are cut into nb
+ * contiguous chunks, one per block.  A first pass counts, per chunk, the
+ * tokens going to each destination and the (token, k) pairs of each expert
+ * (part[b][R + E]); a second gives each item its position: the items of
+ * the lower chunks (an exclusive scan of the parts over the chunks) plus
+ * its index within its own chunk, in token order.  So every position is
+ * the one a single walk over all tokens gives (the host executor's), for
+ * any nb. */
+
+/* Tokens per chunk at least, when there are several (fewer blocks for
+ * few tokens).  A thread walks its whole chunk once per expert or
+ * destination, so the chunk's length is the layout's latency: at 32
+ * (128 tokens in 4 chunks) the layout kernels took 117 of HT dispatch's
+ * 143 us and 206 of LL's 307 on an H100 (one rank, ncu). */
+#define PROTO_LAYOUT_TOKENS 4
+
+/* Chunks (blocks) for T tokens with at most maxb blocks: >= 1. */
+PROTO_HD int proto_layout_nblocks(int64_t T, int maxb)
+{
+    int64_t n = T / PROTO_LAYOUT_TOKENS;
+    if (n > maxb)
+        n = maxb;
+    return n < 1 ? 1 : (int)n;
+}
+
+/* Tokens [*t0, *t1) of chunk b of nb: floor(T / nb) or one more each. */
+PROTO_HD void proto_layout_range(int64_t T, int nb, int b, int64_t *t0,
+                               int64_t *t1)
+{
+    *t0 = (int64_t)b * T / nb;
+    *t1 = ((int64_t)b + 1) * T / nb;
+}
+
+/* Items of unit u in the chunks below b: part is [nb][n]. */
+PROTO_HD int64_t proto_layout_base(const int32_t *part, int n, int b, int u)
+{
+    int64_t s = 0;
+    for (int b2 = 0; b2 < b; b2++)
+        s += part[(int64_t)b2 * n + u];
+    return s;
+}
+
+/* Routing layout for destination d over tokens [t0, t1) (one thread per
+ * d and chunk): in token order, give each token going to d its position
+ * among this rank's tokens to d, from `base` (the tokens to d of the
+ * lower chunks); dest/pos are [T][maxdest], the token's j-th destination
+ * in ascending order.  pos NULL: count only.  Returns the chunk's tokens
+ * to d. */
+PROTO_HD int64_t proto_layout_dest(const proto_geom_t *g, const proto_ids_t *ids,
+                                 const int32_t *keep, const int32_t *e2r,
+                                 int64_t t0, int64_t t1, int d, int64_t base,
+                                 int32_t *dest, int32_t *pos)
+{
+    int64_t c = 0;
+    for (int64_t t = t0; t < t1; t++) {
+        int j = proto_dest_slot(ids, keep, e2r, t, d);
+        if (j < 0)
+            continue;
+        if (pos) {
+            dest[t * g->maxdest + j] = d;
+            pos[t * g->maxdest + j] = (int32_t)(base + c);
+        }
+        c++;
+    }
+    return c;
+}
+
+/* (token, k) pairs of tokens [t0, t1) routed to expert e; with epos
+ * (expert-major, [T][K]) each pair's position among this rank's pairs to
+ * e, from `base`, in (token, k) order. */
+PROTO_HD int64_t proto_layout_expert(const proto_geom_t *g, const proto_ids_t *ids,
+                                   int64_t t0, int64_t t1, int64_t e,
+                                   int64_t base, int32_t *epos)
+{
+    int64_t c = 0;
+    for (int64_t t = t0; t < t1; t++)
+        for (int k = 0; k < g->K; k++)
+            if (proto_expert_id(ids, t, k) == e) {
+                if (epos)
+                    epos[t * g->K + k] = (int32_t)(base + c);
+                c++;
+            }
+    return c;
+}
+
+/* First row of this rank's tokens at destination d: the tokens every
+ * lower source sends to d come first.  cnt: this rank's count buffer of
+ * the call's parity, [R][cnt_ints]. */
+PROTO_HD int64_t proto_dest_base(const proto_geom_t *g, const int32_t *cnt,
+                               int d)
+{
+    int64_t b = 0;
+    for (int s = 0; s < g->rank; s++)
+        b += cnt[(int64_t)s * g->cnt_ints + d];
+    return b;
+}
+
+/* First row of source s's tokens here (the same sum seen from here). */
+PROTO_HD int64_t proto_src_base(const proto_geom_t *g, const int32_t *cnt, int s)
+{
+    int64_t b = 0;
+    for (int s2 = 0; s2 < s; s2++)
+        b += cnt[(int64_t)s2 * g->cnt_ints + g->rank];
+    return b;
+}
+
+/* Tokens received here (all sources), and local expert j's (token, k)
+ * pairs. */
+PROTO_HD int64_t proto_recv_rows(const proto_geom_t *g, const int32_t *cnt)
+{
+    return proto_src_base(g, cnt, g->R);
+}
+PROTO_HD int64_t proto_recv_expert(const proto_geom_t *g, const int32_t *cnt,
+                                 int first_local, int j)
+{
+    int64_t c = 0;
+    for (int s = 0; s < g->R; s++)
+        c += cnt[(int64_t)s * g->cnt_ints + g->R + first_local + j];
+    return c;
+}
+
+/* Expert-major: first row of local expert j's segment at the rank whose
+ * count buffer is cnt and whose experts start at first_local: the
+ * segments before it, each rounded up to the alignment.  j = the number of
+ * local experts gives the rows received. */
+PROTO_HD int64_t proto_expert_offset(const proto_geom_t *g, const int32_t *cnt,
+                                   int first_local, int j)
+{
+    int64_t at = 0;
+    for (int j2 = 0; j2 < j; j2++)
+        at = proto_round_up(at + proto_recv_expert(g, cnt, first_local, j2),
+                           g->align);
+    return at;
+}
+
+/* Expert-major: this rank's first row for expert e (owned by rank d, whose
+ * experts start at first_d) at d: e's segment there, after the rows of
+ * every lower source.  cnt: this rank's copy of the count matrix, which
+ * holds the same rows as d's. */
+PROTO_HD int64_t proto_expert_base(const proto_geom_t *g, const int32_t *cnt,
+                                 int first_d, int64_t e)
+{
+    int64_t b = proto_expert_offset(g, cnt, first_d, (int)(e - first_d));
+    for (int s = 0; s < g->rank; s++)
+        b += cnt[(int64_t)s * g->cnt_ints + g->R + e];
+    return b;
+}
+
+/* Expert-major: row of token t's k-th choice at its expert's rank (e
+ * valid): ebase[E] from proto_expert_base, epos from the layout. */
+PROTO_HD int64_t proto_expert_row(const proto_geom_t *g, const int64_t *ebase,
+                                const int32_t *epos, int64_t e, int64_t t,
+                                int k)
+{
+    return ebase[e] + epos[t * g->K + k];
+}
+
+/* Expert-major entry of token t at destination d: its rows there in top-k
+ * order (rows[n], then -1 up to K); returns n. */
+PROTO_HD int proto_entry_rows(const proto_geom_t *g, const proto_ids_t *ids,
+                            const int32_t *e2r, const int64_t *ebase,
+                            const int32_t *epos, int64_t t, int d,
+                            int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_expert_id(ids, t, k);
+        if (e >= 0 && proto_owner(e2r, e) == d)
+            rows[n++] = (int32_t)proto_expert_row(g, ebase, epos, e, t, k);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
+}
+
+/* Token t's metadata as destination d sees it: slot k carries the local
+ * expert id and weight when expert k lives on d, else -1 and 0. */
+PROTO_HD void proto_meta_topk(const proto_geom_t *g, const proto_ids_t *ids,
+                            const float *w, const int32_t *e2r, int64_t t,
+                            int d, int first_d, int32_t *out_idx,
+                            float *out_w)
+{
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_expert_id(ids, t, k);
+        int mine = e >= 0 && proto_owner(e2r, e) == d;
+        out_idx[k] = mine ? (int32_t)(e - first_d) : -1;
+        out_w[k] = mine ? w[t * g->K + k] : 0.0f;
+    }
+}
+
+/* Slot of token t's j-th destination in this rank's packed order (tokens
+ * grouped by destination rank, token order within): where that
+ * destination's partial comes back, and where the NCCL backend stages the
+ * row.  sendoff: exclusive prefix of the per-destination counts. */
+PROTO_HD int64_t proto_ret_slot(const proto_geom_t *g, const int64_t *sendoff,
+                              const int32_t *dest, const int32_t *pos,
+                              int64_t t, int j)
+{
+    int64_t i = t * g->maxdest + j;
+    return sendoff[dest[i]] + pos[i];
+}
+
+/* bf16 <-> fp32, round to nearest even (the host's epx__f32_to_bf16). */
+PROTO_HD float proto_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)h << 16;
+    return v.f;
+}
+PROTO_HD uint16_t proto_f32_to_bf16(float f)
+{
+    union { uint32_t u; float f; } v;
+    v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((v.u >> 16) | 0x40);   /* quiet NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (uint16_t)(v.u >> 16);
+}
+
+/* Element h of a row in the engine dtype, as float. */
+PROTO_HD float proto_load(const void *row, int esize, int64_t h)
+{
+    return esize == 2 ? proto_bf16_to_f32(((const uint16_t *)row)[h])
+                      : ((const float *)row)[h];
+}
+PROTO_HD void proto_store(void *row, int out_esize, int64_t h, float v)
+{
+    if (out_esize == 2)
+        ((uint16_t *)row)[h] = proto_f32_to_bf16(v);
+    else
+        ((float *)row)[h] = v;
+}
+
+/* Expert-major combine put, element h of an entry's partial: its rows
+ * (rows[0..n)) of y in top-k order, each times its weight (w[row]; NULL:
+ * EPX_COMBINE_UNWEIGHTED) summed in fp32 from 0.  The caller rounds it to
+ * the engine dtype for the wire. */
+PROTO_HD float proto_partial_elem(const proto_geom_t *g, const char *y,
+                                const int32_t *rows, const float *w, int64_t h)
+{
+    float acc = 0.0f;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+        float v = proto_load(y + (int64_t)rows[k] * g->row_bytes, g->esize, h);
+        acc = acc + (w ? w[rows[k]] * v : v);
+    }
+    return acc;
+}
+
+/* 16 bytes of a row (8 bf16 or 4 fp32, little-endian), for the 16-byte
+ * form of the expert-major partial: loaded and stored whole by the
+ * kernels, taken apart here so that the host tests run the same code. */
+typedef struct proto_v16 {
+    uint32_t w[4];
+} proto_v16_t;
+
+/* Element e of a 16-byte piece, as fp32. */
+PROTO_HD float proto_v16_elem(int esize, const proto_v16_t *p, int e)
+{
+    if (esize == 2)
+        return proto_bf16_to_f32((uint16_t)(p->w[e >> 1] >> (16 * (e & 1))));
+    union { uint32_t u; float f; } v;
+    v.u = p->w[e];
+    return v.f;
+}
+
+/* acc[e] += (weighted ? w * x[e] : x[e]) for the piece's 16 / esize
+ * elements: one row's step of proto_partial_elem, element by element, so
+ * the 16-byte form gives its bits. */
+PROTO_HD void proto_partial_acc16(int esize, const proto_v16_t *p, int weighted,
+                                float w, float acc[8])
+{
+    for (int e = 0; e < 8; e++) {
+        if (esize != 2 && e >= 4)
+            break;
+        float v = proto_v16_elem(esize, p, e);
+        acc[e] = acc[e] + (weighted ? w * v : v);
+    }
+}
+
+/* acc[0..16 / esize) rounded to the engine dtype as proto_store does. */
+PROTO_HD void proto_pack16(int esize, const float acc[8], proto_v16_t *p)
+{
+    for (int i = 0; i < 4; i++) {
+        if (esize == 2) {
+            p->w[i] = (uint32_t)proto_f32_to_bf16(acc[2 * i]) |
+                      (uint32_t)proto_f32_to_bf16(acc[2 * i + 1]) << 16;
+        } else {
+            union { uint32_t u; float f; } v;
+            v.f = acc[i];
+            p->w[i] = v.u;
+        }
+    }
+}
+
+/* Combine, element h of token t: the partials of t's destinations summed
+ * in ascending rank order in fp32 (0 when t went nowhere).  comb: this
+ * rank's partials, one row_bytes row per slot. */
+PROTO_HD float proto_combine_elem(const proto_geom_t *g, const char *comb,
+                                const int64_t *sendoff, const int32_t *dest,
+                                const int32_t *pos, int64_t t, int64_t h)
+{
+    float acc = 0.0f;
+    for (int j = 0; j < g->maxdest; j++) {
+        if (dest[t * g->maxdest + j] < 0)
+            break;
+        int64_t slot = proto_ret_slot(g, sendoff, dest, pos, t, j);
+        acc = acc + proto_load(comb + slot * g->row_bytes, g->esize, h);
+    }
+    return acc;
+}
+
+/* ------------------------------------------------------- quantized pack
+ *
+ * A row is quantized in chunks of MOE_QUANT_CHUNK elements, a lane of the
+ * packing warp per chunk: the lanes of a block's chunks (proto_q_group of
+ * them, consecutive) reduce the block's maximum, then each encodes its own
+ * chunk and the block's first lane stores the scale.  NVFP4 reduces the
+ * row's maximum over the whole warp first.  The values are the host
+ * executor's (src/moe/quant.c) bit for bit: both use quant_codec.h. */
+
+PROTO_HD int64_t proto_q_chunks(const proto_geom_t *g)
+{
+    return ((int64_t)g->H + MOE_QUANT_CHUNK - 1) / MOE_QUANT_CHUNK;
+}
+
+/* Elements of chunk c. */
+PROTO_HD int proto_q_chunk_len(const proto_geom_t *g, int64_t c)
+{
+    int64_t n = (int64_t)g->H - c * MOE_QUANT_CHUNK;
+    return n < MOE_QUANT_CHUNK ? (int)n : MOE_QUANT_CHUNK;
+}
+
+/* Chunk c of row x into v[MOE_QUANT_CHUNK], zeros after the row's end:
+ * a zero changes no block maximum and its codes are not stored (an odd
+ * NVFP4 tail's high nibble is e2m1(0) = 0), so every chunk is encoded
+ * whole. */
+PROTO_HD int proto_q_load_chunk(const proto_geom_t *g, const uint16_t *x,
+                              int64_t c, uint16_t *v)
+{
+    const int n = proto_q_chunk_len(g, c);
+    for (int i = 0; i < MOE_QUANT_CHUNK; i++)
+        v[i] = i < n ? x[c * MOE_QUANT_CHUNK + i] : (uint16_t)0;
+    return n;
+}
+
+/* Bytes of chunk c's codes that belong to the row. */
+PROTO_HD int proto_q_chunk_stored(const proto_geom_t *g, int n)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? (n + 1) / 2 : n;
+}
+
+/* Chunks per block: lanes reducing a block's maximum together (1, 2, 8:
+ * a power of two dividing the warp). */
+PROTO_HD int proto_q_group(const proto_geom_t *g)
+{
+    return g->qblock / MOE_QUANT_CHUNK;
+}
+
+/* NVFP4: a row's tensor scale — the caller's (given > 0, for every row of
+ * the dispatch), else the row's own from its largest finite magnitude's
+ * bf16 bits (the host executor's moe_wire_pack_row). */
+PROTO_HD float proto_q_row_global(float given, uint32_t amax_bits)
+{
+    return given > 0.0f ? given
+                        : moe_quant_nvfp4_gscale(moe_quant_bf16((uint16_t)amax_bits));
+}
+
+/* Data bytes of a chunk at byte chunk * proto_q_chunk_bytes of the row. */
+PROTO_HD int proto_q_chunk_bytes(const proto_geom_t *g)
+{
+    return g->wire == EPX_WIRE_NVFP4 ? MOE_QUANT_CHUNK / 2 : MOE_QUANT_CHUNK;
+}
+
+/* The codes of one chunk of n elements (to q: n fp8 bytes or (n + 1) / 2
+ * e2m1 bytes) from its block's largest finite magnitude's bits and NaN
+ * flag and (NVFP4) the row's scale; returns the block's scale: fp32 bits
+ * (FP8) or its byte (UE8M0, e4m3). */
+PROTO_HD uint32_t proto_q_encode(const proto_geom_t *g, const uint16_t *x,
+                               int n, uint32_t amax_bits, int nan,
+                               float global, uint8_t *q)
+{
+    const float amax = moe_quant_bf16((uint16_t)amax_bits);
+    if (g->wire == EPX_WIRE_FP8) {
+        float s = moe_quant_fp8_scale(amax);
+        moe_quant_chunk_fp8_div(x, n, s, q);
+        return moe_quant_bits(s);
+    }
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint8_t sb = moe_quant_nvfp4_bscale(amax, global);
+        float s = moe_quant_nvfp4_div(sb, global);
+        moe_quant_chunk_e2m1(x, n, s, nan || !(s > 0.0f), q);
+        return nan ? MOE_QUANT_E4M3_NAN : sb;
+    }
+    uint8_t c = moe_quant_ue8m0_scale(amax);
+    moe_quant_chunk_fp8_mul(x, n, moe_quant_ue8m0_inv(c), q);
+    return c;
+}
+
+/* Block k's scale into a row's scales (FP32 for FP8, else one byte). */
+PROTO_HD void proto_q_store_scale(const proto_geom_t *g, char *scales, int64_t k,
+                                uint32_t v)
+{
+    if (g->wire == EPX_WIRE_FP8)
+        ((uint32_t *)scales)[k] = v;
+    else
+        ((uint8_t *)scales)[k] = (uint8_t)v;
+}
+
+/* ------------------------------------------------------------ low latency
+ *
+ * The window: proto_ll_layout (geom.h). */
+
+/* Choices of tokens [t0, t1) for expert e, in (token, k) order: slot
+ * keep[t*K+k] = its index among this rank's choices of e (from `base`,
+ * those of the lower chunks) when below cap, else -1 (dropped; choices of
+ * other experts are left alone).  Returns the chunk's choices of e (all
+ * chunks': the count word's value, which may exceed cap). */
+PROTO_HD int64_t proto_ll_layout_expert(const proto_geom_t *g,
+                                      const proto_ids_t *ids, int64_t t0,
+                                      int64_t t1, int64_t e, int64_t base,
+                                      int cap, int32_t *keep)
+{
+    int64_t c = 0;
+    for (int64_t t = t0; t < t1; t++)
+        for (int k = 0; k < g->K; k++)
+            if (proto_expert_id(ids, t, k) == e) {
+                keep[t * g->K + k] = base + c < cap ? (int32_t)(base + c) : -1;
+                c++;
+            }
+    return c;
+}
+
+/* Row of source s's slot p for expert e at its owner (experts from first). */
+PROTO_HD int64_t proto_ll_row(const proto_geom_t *g, int cap, int first,
+                            int64_t e, int s, int64_t p)
+{
+    return (((e - first) * g->R + s) * (int64_t)cap) + p;
+}
+
+/* Low-latency entry of token t at destination d: its kept rows there in
+ * top-k order (then -1); returns their number. */
+PROTO_HD int proto_ll_entry_rows(const proto_geom_t *g, const proto_ids_t *ids,
+                               const int32_t *keep, const int32_t *e2r,
+                               int cap, int first_d, int64_t t, int d,
+                               int32_t *rows)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_kept_id(ids, keep, t, k);
+        if (e >= 0 && proto_owner(e2r, e) == d)
+            rows[n++] = (int32_t)proto_ll_row(g, cap, first_d, e, g->rank,
+                                             keep[t * g->K + k]);
+    }
+    for (int k = n; k < g->K; k++)
+        rows[k] = -1;
+    return n;
+}
+
+/* Rows of source s for local expert j held here (count word's value
+ * capped), and the rows dropped. */
+PROTO_HD int64_t proto_ll_kept(int32_t word, int cap)
+{
+    int64_t n = word & PROTO_LL_MASK;
+    return n < cap ? n : cap;
+}
+PROTO_HD int64_t proto_ll_dropped(int32_t word, int cap)
+{
+    int64_t n = word & PROTO_LL_MASK;
+    return n > cap ? n - cap : 0;
+}
+
+/* Source of a received row (cw: this buffer's count words), -1 on the
+ * padding of its range. */
+PROTO_HD int proto_ll_row_source(const proto_geom_t *g, int cap,
+                               const int32_t *cw, int64_t row)
+{
+    int64_t j = row / ((int64_t)g->R * cap);
+    int s = (int)(row / cap % g->R);
+    return row % cap < proto_ll_kept(cw[j * g->R + s], cap) ? s : -1;
+}
+
+#endif /* EPX_PROTO_H */
