@@ -8,6 +8,10 @@
 
 #include "balance/balance.h"
 
+/* Layers with at most this many experts per domain also try every move
+ * when the moves of the largest pair's experts are exhausted. */
+#define PAIR_FULL_MAX 64
+
 static double item(const double *w, const int32_t *cnt, int e)
 {
     return w[e] / cnt[e];
@@ -93,12 +97,63 @@ static int better(double m, int n, double bm, int bn)
     return m < bm * (1 - 1e-12) || (m <= bm * (1 + 1e-12) && n < bn);
 }
 
+/* Every count vector when there are few (the spare replicas spread over
+ * the experts in at most PAIR_ENUM_MAX ways): exact.  best/bn: the
+ * incumbent (largest pair, pairs at it), bcnt its counts. */
+#define PAIR_ENUM_MAX 20000L
+
+typedef struct pair_enum {
+    const double *w;
+    int E, R, bn;
+    int32_t *cnt, *ord, *bcnt;
+    double best;
+} pair_enum_t;
+
+static void enum_counts(pair_enum_t *pe, int e, int left)
+{
+    if (e == pe->E - 1) {
+        if (1 + left > pe->R)
+            return;
+        pe->cnt[e] = 1 + left;
+        int n;
+        sort_experts(pe->w, pe->cnt, pe->E, pe->ord);
+        double m = pair_max(pe->w, pe->cnt, pe->ord, pe->E, pe->R, &n, NULL,
+                            NULL);
+        if (better(m, n, pe->best, pe->bn)) {
+            pe->best = m;
+            pe->bn = n;
+            memcpy(pe->bcnt, pe->cnt, (size_t)pe->E * sizeof(int32_t));
+        }
+        return;
+    }
+    for (int x = 0; x <= left && x < pe->R; x++) {
+        pe->cnt[e] = 1 + x;
+        if (pe->w[e] / pe->cnt[e] >= pe->best * (1 + 1e-12))
+            continue;   /* a replica alone above the incumbent */
+        enum_counts(pe, e + 1, left - x);
+    }
+}
+
+/* Number of ways to spread x spare replicas over E experts, capped. */
+static long ways(int E, int x)
+{
+    double v = 1;
+    for (int i = 1; i <= x; i++) {
+        v = v * (E - 1 + i) / i;
+        if (v > PAIR_ENUM_MAX)
+            return PAIR_ENUM_MAX + 1;
+    }
+    return (long)(v + 0.5);
+}
+
 /* Counts cnt[E] (sum 2R, from the caller's start) improved by replica
  * moves; then the sorted pairing into slot[2R] (expert of each slot),
  * a rank holding one expert twice swapped with another rank when that
- * keeps both at or below the largest pair.  ord, tmp: [E] scratch. */
+ * keeps both at or below the largest pair.  ord, tmp, scr, bcnt: [E]
+ * scratch. */
 double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
-                          int32_t *ord, int32_t *tmp, int32_t *slot)
+                          int32_t *ord, int32_t *tmp, int32_t *scr,
+                          int32_t *bcnt, int32_t *slot)
 {
     for (int e = 0; e < E; e++)
         ord[e] = e;
@@ -133,10 +188,34 @@ double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
                 }
             }
         }
+        /* Stuck: on small layers every pair of experts (E^3 work). */
+        for (int a = 0; ba < 0 && E <= PAIR_FULL_MAX && a < E; a++)
+            for (int b = 0; b < E; b++) {
+                int tn;
+                if (b == a || cnt[a] < 2 || cnt[b] >= R)
+                    continue;
+                double tm = try_move(w, cnt, ord, tmp, E, R, a, b, &tn);
+                if (better(tm, tn, bm, bn)) {
+                    bm = tm;
+                    bn = tn;
+                    ba = a;
+                    bb = b;
+                }
+            }
         if (ba < 0)
             break;
         cnt[ba]--;
         cnt[bb]++;
+        sort_experts(w, cnt, E, ord);
+        m = pair_max(w, cnt, ord, E, R, &n, &top, &bot);
+    }
+    if (ways(E, 2 * R - E) <= PAIR_ENUM_MAX) {
+        pair_enum_t pe = { w, E, R, n, scr, tmp, bcnt, m };
+        memcpy(bcnt, cnt, (size_t)E * sizeof(int32_t));
+        for (int e = 0; e < E; e++)
+            tmp[e] = ord[e];
+        enum_counts(&pe, 0, 2 * R - E);
+        memcpy(cnt, bcnt, (size_t)E * sizeof(int32_t));
         sort_experts(w, cnt, E, ord);
         m = pair_max(w, cnt, ord, E, R, &n, &top, &bot);
     }

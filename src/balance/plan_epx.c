@@ -297,7 +297,7 @@ static void plan_domain(const bal_shape_t *sh, int d, int distinct,
      * when strictly better, like B. */
     if (sh->spr == 2 && sh->rpd > 1) {
         epx__bal_pair_plan(w, sh->epd, sh->rpd, wk->mcnt, wk->ord, wk->tmp,
-                           wk->slot_item);
+                           wk->perm, wk->used, wk->slot_item);
         int twin = 0;
         for (int r = 0; r < sh->rpd; r++)
             twin |= wk->slot_item[2 * r] == wk->slot_item[2 * r + 1];
