@@ -4,6 +4,8 @@
  * search moves one replica from an expert to another while that lowers
  * (largest pair, pairs at it).  Candidate of the epx policy when spr = 2;
  * README.md, "epx policy". */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "balance/balance.h"
@@ -146,19 +148,13 @@ static long ways(int E, int x)
     return (long)(v + 0.5);
 }
 
-/* Counts cnt[E] (sum 2R, from the caller's start) improved by replica
- * moves; then the sorted pairing into slot[2R] (expert of each slot),
- * a rank holding one expert twice swapped with another rank when that
- * keeps both at or below the largest pair.  ord, tmp, scr, bcnt: [E]
- * scratch. */
-double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
-                          int32_t *ord, int32_t *tmp, int32_t *scr,
-                          int32_t *bcnt, int32_t *slot)
+/* Replica moves while one lowers (largest pair, pairs at it); cnt and
+ * ord (sorted) updated; returns the largest pair, *np the pairs at it. */
+static double pair_ls(const double *w, int E, int R, int32_t *cnt,
+                      int32_t *ord, int32_t *tmp, int *np)
 {
-    for (int e = 0; e < E; e++)
-        ord[e] = e;
-    sort_experts(w, cnt, E, ord);
     int n, top, bot;
+    sort_experts(w, cnt, E, ord);
     double m = pair_max(w, cnt, ord, E, R, &n, &top, &bot);
     for (long it = 0; it < 4L * (2 * R) + 64; it++) {
         /* A move that lowers the largest pair changes one of its experts
@@ -209,6 +205,219 @@ double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
         sort_experts(w, cnt, E, ord);
         m = pair_max(w, cnt, ord, E, R, &n, &top, &bot);
     }
+    *np = n;
+    return m;
+}
+
+/* ---- Counts guided by thresholds.  A placement with largest pair <= M
+ * gives each replica y > M/2 a partner <= M - y, so for every u < M/2
+ * G(u) = #{replicas <= u} - #{replicas >= M - u} >= 0 (and the sorted
+ * pairing meets M exactly when that holds).  For weights lam_u >= 0 the
+ * counts maximising sum_u lam_u G(u) (with c_e >= w_e / M, sum 2R) are
+ * a knapsack over the spare replicas; weights are raised where those
+ * counts fail (multiplicative updates), and every maximiser is a
+ * candidate, kept when its sorted pairing is the best yet.  The same
+ * relaxation, with a proof in place of candidates, is the lower bound of
+ * tests/balance/test_plan.c. */
+#define PAIR_PROBE_ROUNDS 60
+#define PAIR_PROBE_WORK 4000000L   /* E * (spare + 1)^2 per round, at most */
+
+typedef struct pair_probe {
+    int *a, *pos, *sgn, *ch;
+    double *U, *lam, *Lam, *G, *dp;
+} pair_probe_t;
+
+static int cmp_up(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* Best candidate counts for target M into out (its largest pair and pairs
+ * at it in *om, *on); 0 when M leaves no room or the work is too large. */
+static int pair_probe(const double *w, int E, int R, double M, int32_t *out,
+                      int32_t *ord, double *om, int *on)
+{
+    int S = 2 * R, nu = 0, X, found = 0;
+    long need = 0;
+    pair_probe_t p;
+    if (!(p.a = malloc((size_t)E * sizeof(int))))
+        return 0;
+    for (int e = 0; e < E; e++) {
+        double c = w[e] / M;
+        p.a[e] = c < 1 ? 1 : (int)c;
+        while (w[e] / p.a[e] > M)
+            p.a[e]++;
+        need += p.a[e];
+        if (p.a[e] > R)
+            need = S + 1;
+    }
+    X = S - (int)(need < S ? need : S);
+    if (need > S || (double)E * (X + 1) * (X + 1) > PAIR_PROBE_WORK) {
+        free(p.a);
+        return 0;
+    }
+    size_t n = (size_t)E * (X + 1);
+    p.U = malloc(n * sizeof(double));
+    p.lam = malloc(n * sizeof(double));
+    p.Lam = malloc((n + 1) * sizeof(double));
+    p.G = malloc((n + 1) * sizeof(double));
+    p.dp = malloc(n * sizeof(double));
+    p.pos = malloc(n * sizeof(int));
+    p.sgn = malloc(n * sizeof(int));
+    p.ch = malloc(n * sizeof(int));
+    int32_t *c = malloc((size_t)E * sizeof(int32_t));
+    if (!p.U || !p.lam || !p.Lam || !p.G || !p.dp || !p.pos || !p.sgn ||
+        !p.ch || !c)
+        goto out;
+    for (int e = 0; e < E; e++)
+        for (int x = 0; x <= X; x++)
+            if (w[e] / (p.a[e] + x) > M / 2)
+                p.U[nu++] = M - w[e] / (p.a[e] + x);
+    if (!nu)
+        goto out;
+    qsort(p.U, (size_t)nu, sizeof(double), cmp_up);
+    for (int e = 0; e < E; e++)
+        for (int x = 0; x <= X; x++) {
+            int i = e * (X + 1) + x, lo = 0, hi = nu, k = p.a[e] + x;
+            double y = w[e] / k, q = y > M / 2 ? M - y : y;
+            p.sgn[i] = k > R ? 2 : y > M / 2 ? -1 : y < M / 2 ? 1 : 0;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (p.U[mid] < q)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            p.pos[i] = lo;
+        }
+    for (int i = 0; i < nu; i++)
+        p.lam[i] = 1.0 / nu;
+    for (int e = 0; e < E; e++)
+        ord[e] = e;
+    for (int it = 0; it < PAIR_PROBE_ROUNDS; it++) {
+        p.Lam[nu] = 0;
+        for (int i = nu - 1; i >= 0; i--)
+            p.Lam[i] = p.Lam[i + 1] + p.lam[i];
+        for (int e = 0; e < E; e++) {
+            double *val = p.G;   /* this expert's options, y extras */
+            int ny = 0;
+            for (; ny <= X && p.sgn[e * (X + 1) + ny] != 2; ny++)
+                val[ny] = p.sgn[e * (X + 1) + ny] * (p.a[e] + ny) *
+                          p.Lam[p.pos[e * (X + 1) + ny]];
+            const double *prev = e ? p.dp + (e - 1) * (X + 1) : NULL;
+            for (int x = 0; x <= X; x++) {
+                double best = -HUGE_VAL;
+                int bc = -1;
+                for (int y = 0; y <= x && y < ny; y++) {
+                    double v = e ? prev[x - y] + val[y]
+                                 : (x == y ? val[y] : -HUGE_VAL);
+                    if (v > best) {
+                        best = v;
+                        bc = y;
+                    }
+                }
+                p.dp[e * (X + 1) + x] = best;
+                p.ch[e * (X + 1) + x] = bc;
+            }
+        }
+        if (p.dp[(E - 1) * (X + 1) + X] == -HUGE_VAL)
+            break;
+        for (int i = 0; i <= nu; i++)
+            p.G[i] = 0;
+        for (int e = E - 1, x = X; e >= 0; e--) {
+            int y = p.ch[e * (X + 1) + x], j = e * (X + 1) + y;
+            c[e] = p.a[e] + y;
+            p.G[p.pos[j]] += p.sgn[j] * c[e];
+            x -= y;
+        }
+        int tn;
+        sort_experts(w, c, E, ord);
+        double tm = pair_max(w, c, ord, E, R, &tn, NULL, NULL);
+        if (!found || better(tm, tn, *om, *on)) {
+            memcpy(out, c, (size_t)E * sizeof(int32_t));
+            *om = tm;
+            *on = tn;
+            found = 1;
+        }
+        if (tm <= M)
+            break;
+        /* Weights up where G < 0, down where G > 0; |G| <= 2R, so the
+         * factor stays in [0.5, 1.5] (no exp: plans identical anywhere). */
+        double run = 0, z = 0;
+        for (int i = 0; i < nu; i++) {
+            run += p.G[i];
+            p.lam[i] *= 1 - 0.25 * run / S;
+            z += p.lam[i];
+        }
+        for (int i = 0; i < nu; i++)
+            p.lam[i] /= z;
+    }
+out:
+    free(p.a); free(p.U); free(p.lam); free(p.Lam); free(p.G); free(p.dp);
+    free(p.pos); free(p.sgn); free(p.ch); free(c);
+    return found;
+}
+
+/* Targets between 0.95 m and m by bisection (PAIR_PROBES probes) on the
+ * probe's candidates; the best of them is a fresh start for pair_ls, and
+ * the result replaces cnt when better.  scr, bcnt: [E]. */
+#define PAIR_PROBES 6
+static double pair_search(const double *w, int E, int R, int32_t *cnt,
+                          int32_t *ord, int32_t *tmp, int32_t *scr,
+                          int32_t *bcnt, double m, int *np)
+{
+    double lo = 0.95 * m, hi = m, bm = HUGE_VAL;
+    int bn = 0, any = 0;
+    for (int k = 0; k < PAIR_PROBES; k++) {
+        double M = 0.5 * (lo + hi), pm = HUGE_VAL;
+        int pn = 0;
+        if (!pair_probe(w, E, R, M, scr, tmp, &pm, &pn)) {
+            lo = M;
+            continue;
+        }
+        if (!any || better(pm, pn, bm, bn)) {
+            memcpy(bcnt, scr, (size_t)E * sizeof(int32_t));
+            bm = pm;
+            bn = pn;
+            any = 1;
+        }
+        if (pm <= M)
+            hi = pm;
+        else
+            lo = M;
+    }
+    if (any) {
+        int pn;
+        for (int e = 0; e < E; e++)
+            ord[e] = e;
+        double pm = pair_ls(w, E, R, bcnt, ord, tmp, &pn);
+        if (better(pm, pn, m, *np)) {
+            memcpy(cnt, bcnt, (size_t)E * sizeof(int32_t));
+            m = pm;
+            *np = pn;
+        }
+    }
+    sort_experts(w, cnt, E, ord);
+    return m;
+}
+
+/* Counts cnt[E] (sum 2R, from the caller's start) improved by replica
+ * moves; then the sorted pairing into slot[2R] (expert of each slot),
+ * a rank holding one expert twice swapped with another rank when that
+ * keeps both at or below the largest pair.  ord, tmp, scr, bcnt: [E]
+ * scratch. */
+double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
+                          int32_t *ord, int32_t *tmp, int32_t *scr,
+                          int32_t *bcnt, int32_t *slot)
+{
+    for (int e = 0; e < E; e++)
+        ord[e] = e;
+    sort_experts(w, cnt, E, ord);
+    int n, top, bot;
+    double m = pair_ls(w, E, R, cnt, ord, tmp, &n);
+    if (ways(E, 2 * R - E) > PAIR_ENUM_MAX)
+        m = pair_search(w, E, R, cnt, ord, tmp, scr, bcnt, m, &n);
     if (ways(E, 2 * R - E) <= PAIR_ENUM_MAX) {
         pair_enum_t pe = { w, E, R, n, scr, tmp, bcnt, m };
         memcpy(bcnt, cnt, (size_t)E * sizeof(int32_t));
