@@ -241,7 +241,7 @@ static int pair_probe(const double *w, int E, int R, double M, int32_t *out,
     int S = 2 * R, nu = 0, X, found = 0;
     long need = 0;
     pair_probe_t p;
-    if (!(p.a = malloc((size_t)E * sizeof(int))))
+    if (!(M > 0) || !(p.a = malloc((size_t)E * sizeof(int))))
         return 0;
     for (int e = 0; e < E; e++) {
         double c = w[e] / M;
