@@ -219,7 +219,7 @@ static double pair_ls(const double *w, int E, int R, int32_t *cnt,
  * candidate, kept when its sorted pairing is the best yet.  The same
  * relaxation, with a proof in place of candidates, is the lower bound of
  * tests/balance/test_plan.c. */
-#define PAIR_PROBE_ROUNDS 60
+#define PAIR_PROBE_ROUNDS 30
 #define PAIR_PROBE_WORK 4000000L   /* E * (spare + 1)^2 per round, at most */
 
 typedef struct pair_probe {
