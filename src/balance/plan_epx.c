@@ -292,6 +292,23 @@ static void plan_domain(const bal_shape_t *sh, int d, int distinct,
         memcpy(wk->cand, ls->slot, (size_t)spd * sizeof(int32_t));
         best = epx__bal_ls_max(ls);
     }
+    /* Two slots per rank: counts searched under the sorted pairing (the
+     * best packing for given counts), from candidate A's counts; taken
+     * when strictly better, like B. */
+    if (sh->spr == 2 && sh->rpd > 1) {
+        epx__bal_pair_plan(w, sh->epd, sh->rpd, wk->mcnt, wk->ord, wk->tmp,
+                           wk->perm, wk->used, wk->slot_item);
+        int twin = 0;
+        for (int r = 0; r < sh->rpd; r++)
+            twin |= wk->slot_item[2 * r] == wk->slot_item[2 * r + 1];
+        ls->distinct = distinct && !twin;
+        epx__bal_ls_load(ls, wk->slot_item, NULL);
+        epx__bal_ls_improve(ls, steps);
+        if (epx__bal_ls_max(ls) < best * (1 - 1e-9)) {
+            memcpy(wk->cand, ls->slot, (size_t)spd * sizeof(int32_t));
+            best = epx__bal_ls_max(ls);
+        }
+    }
     /* Small domains: exact search, from the best so far. */
     if (spd <= BAL_EXACT_MAX_SLOTS && sh->epd <= BAL_EXACT_MAX_EXPERTS) {
         int complete;
