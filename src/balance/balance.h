@@ -134,11 +134,15 @@ typedef struct bal_ls {
     int32_t *order;          /* [R] ranks by load, heaviest first */
     int32_t *touched;        /* [R] */
     double *pen, *xe;        /* [E] scratch of a step's search */
+    double *xp, *xm;         /* [E] w/(cnt+1), w/(cnt-1) (find: fixed per step) */
     int32_t *top;            /* [E] */
     int32_t *donor;          /* [S] slots that may give up their replica */
     int32_t *mark, markv;    /* [R] ranks holding one expert (find) */
     const int32_t *orig;     /* [S] the placement in use, or NULL */
     int changed;             /* slots that differ from orig */
+    int32_t *rchg;           /* [R] of them on each rank */
+    int nocut;               /* find evaluates every step (tests: the cuts
+                              * must not change the step found) */
 } bal_ls_t;
 
 /* One step: kind 0 gives slot s1 to expert b; kind 1 swaps slots s1, s2. */

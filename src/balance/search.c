@@ -27,13 +27,16 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->touched = malloc((size_t)R * sizeof(int32_t));
     ls->pen = malloc((size_t)E * sizeof(double));
     ls->xe = malloc((size_t)E * sizeof(double));
+    ls->xp = malloc((size_t)E * sizeof(double));
+    ls->xm = malloc((size_t)E * sizeof(double));
     ls->top = malloc((size_t)E * sizeof(int32_t));
     ls->donor = malloc((size_t)S * sizeof(int32_t));
     ls->mark = calloc((size_t)R, sizeof(int32_t));
+    ls->rchg = calloc((size_t)R, sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->rchg || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -46,7 +49,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
     free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
-    free(ls->pen); free(ls->top); free(ls->xe); free(ls->donor); free(ls->mark);
+    free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -83,6 +86,7 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
     memcpy(ls->slot, slot, (size_t)S * sizeof(int32_t));
     ls->orig = orig;
     ls->changed = 0;
+    memset(ls->rchg, 0, (size_t)R * sizeof(int32_t));
     memset(ls->cnt, 0, (size_t)E * sizeof(int32_t));
     memset(ls->held, 0, (size_t)R * E * sizeof(int32_t));
     memset(ls->dcnt, 0, (size_t)(R / ls->rpd) * E * sizeof(int32_t));
@@ -95,8 +99,10 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
         ls->dcnt[(r / ls->rpd) * E + e]++;
         ls->nxt[s] = ls->head[e];
         ls->head[e] = s;
-        if (orig)
+        if (orig) {
             ls->changed += slot[s] != orig[s];
+            ls->rchg[r] += slot[s] != orig[s];
+        }
     }
     for (int r = 0; r < R; r++) {
         ls->rl[r] = rank_load(ls, r);
@@ -160,8 +166,8 @@ static void eval_reassign(bal_ls_t *ls, int s, int b, int32_t *touched,
                           double *mx, int *n)
 {
     int a = ls->slot[s], nt = 0;
-    double xa0 = ls->w[a] / ls->cnt[a], xa1 = ls->w[a] / (ls->cnt[a] - 1);
-    double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
+    double xa0 = ls->xe[a], xa1 = ls->xm[a];
+    double xb0 = ls->xe[b], xb1 = ls->xp[b];
     ls->stampv++;
     for (int t = ls->head[a]; t >= 0; t = ls->nxt[t]) {
         int q = t / ls->spr;
@@ -217,20 +223,37 @@ static void consider(const bal_ls_t *ls, cand_t *best, int kind, int s1,
     }
 }
 
-/* gmax: an upper bound on how much the step can lower h (< 0: none).
- * With a budget, a step whose gain per slot cannot beat the best so far
- * is not evaluated. */
+/* lb: a lower bound on the new maximum, from the ranks the caller knows
+ * (h, the slot's rank, a's heaviest holder; -1: none).  With a budget, a
+ * step whose gain per slot cannot beat the best so far is not evaluated. */
 static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
-                         int curn, int budget, double gmax)
+                         int curn, int budget, double lb)
 {
     double mx;
     int n, cost = cost_of(ls, s, b);
     if (cost > budget)
         return;
-    if (ls->orig && best->found && gmax >= 0) {
-        double tie = 1e-9 * cur * curn, g = gmax * (1 + 1e-9) + 1e-12 * cur;
-        if ((g > tie ? g : tie) / (cost > 0 ? cost : 0.5) <= best->val)
-            return;
+    if (ls->orig && !ls->nocut && best->found) {
+        double tie = 1e-9 * cur * curn, c = cost > 0 ? cost : 0.5;
+        if (lb >= 0) {       /* computed otherwise than new_max: a margin */
+            double g = (cur - lb) * (1 + 1e-9) + 1e-12 * cur;
+            if ((g > tie ? g : tie) / c <= best->val)
+                return;
+        }
+        /* A rank other than s's that does not hold b gets no lighter
+         * (holders of a only gain), and new_max takes its load as it
+         * is: the new maximum is at least that, exactly, so the gain per
+         * slot is at most (cur - its load) / c, rounded the same way. */
+        int r = s / ls->spr;
+        for (int i = 1; i < ls->R && i < 4; i++) {
+            int t = ls->order[i];
+            if (t != r && !ls->held[t * ls->E + b]) {
+                double g = cur - ls->rl[t];
+                if ((g > tie ? g : tie) / c <= best->val)
+                    return;
+                break;
+            }
+        }
     }
     eval_reassign(ls, s, b, ls->touched, &mx, &n);
     consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
@@ -260,10 +283,12 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     double tol = 1e-12 * cur;
     for (int a = 0; a < E; a++) {
         ls->xe[a] = ls->w[a] / ls->cnt[a];
+        ls->xp[a] = ls->w[a] / (ls->cnt[a] + 1);
         ls->pen[a] = 1e300;
         if (ls->cnt[a] < 2)
             continue;
-        double d = ls->w[a] / (ls->cnt[a] - 1) - ls->w[a] / ls->cnt[a], m = -1;
+        ls->xm[a] = ls->w[a] / (ls->cnt[a] - 1);
+        double d = ls->xm[a] - ls->xe[a], m = -1;
         for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
             if (ls->rl[t / spr] > m) {
                 m = ls->rl[t / spr];
@@ -284,7 +309,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     for (int ja = 0; ja < spr; ja++) {
         int sa = h * spr + ja, a = ls->slot[sa];
         double xa = ls->xe[a];
-        if (ls->orig && best.found) {
+        if (ls->orig && !ls->nocut && best.found) {
             /* No swap of a gains more than xa - xmin, nor than down to
              * order[2]; a step per slot costs at least 0.5. */
             double g = xa - xmin < cur - o2 ? xa - xmin : cur - o2;
@@ -292,6 +317,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             if ((g > tie ? g : tie) / 0.5 <= best.val)
                 continue;
         }
+        int ca = ls->orig && a == ls->orig[sa] ? 1 : -1;
         mark_holders(ls, a);
         for (int q = 0; q < R; q++) {
             if (q == h || q / ls->rpd != h / ls->rpd)
@@ -299,11 +325,18 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             if (ls->distinct && ls->mark[q] == ls->markv)
                 continue;
             double other = q == ls->order[1] ? o2 : o1;
-            if (ls->orig && best.found) {
-                /* h and q share rl[h] + rl[q]: gain <= (cur - rl[q]) / 2. */
+            if (ls->orig && !ls->nocut && best.found) {
+                /* h and q share rl[h] + rl[q]: gain <= (cur - rl[q]) / 2
+                 * (with a margin); and exactly no more than down to
+                 * `other`, taken as it is.  A slot as in use costs 1 to
+                 * change, a changed one at least -1: the pair's cost is
+                 * at least ca + cq. */
                 double g = (cur - ls->rl[q]) / 2 * (1 + 1e-9) + 1e-12 * cur;
-                double tie = 1e-9 * cur * curn;
-                if ((g > tie ? g : tie) / 0.5 <= best.val)
+                double tie = 1e-9 * cur * curn, go = cur - other;
+                int c = ca + (ls->rchg[q] ? -1 : 1);
+                double d = c > 0 ? c : 0.5;
+                if ((g > tie ? g : tie) / d <= best.val ||
+                    (go > tie ? go : tie) / d <= best.val)
                     continue;
             }
             for (int jb = 0; jb < spr; jb++) {
@@ -348,19 +381,41 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             dup |= ls->slot[h * spr + j] == b;
         if (dup || ls->w[b] <= 0)
             continue;
-        double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
-        if (ls->rl[h] - ls->held[h * E + b] * (xb0 - xb1) >= cur - tol &&
-            curn == 1)
+        double xb0 = ls->xe[b], xb1 = ls->xp[b];
+        double gb = ls->held[h * E + b] * (xb0 - xb1);
+        if (ls->rl[h] - gb >= cur - tol && curn == 1)
             continue;          /* h stays the heaviest */
+        /* Donors off h gain at most gb, per slot at most gb / 0.5
+         * (try_reassign's cut, taken for all of them at once). */
+        int offh = 1;
+        if (ls->orig && !ls->nocut && best.found) {
+            double tie = 1e-9 * cur * curn, g = gb * (1 + 1e-9) + 1e-12 * cur;
+            offh = (g > tie ? g : tie) / 0.5 > best.val;
+        }
         mark_holders(ls, b);
         for (int i = 0; i < ndonor; i++) {
             int s = ls->donor[i], a = ls->slot[s], r = s / spr;
+            if (!offh && r != h)
+                continue;
             if (a == b || ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
                 (ls->distinct && ls->mark[r] == ls->markv) ||
                 (ls->rpd < R && !ls->dcnt[(r / ls->rpd) * E + b]))
                 continue;
-            try_reassign(ls, &best, s, b, cur, curn, budget,
-                         r == h ? -1 : ls->held[h * E + b] * (xb0 - xb1));
+            /* h and r, unless they hold b; a's heaviest other holder
+             * unless it holds b: their new loads are at least these. */
+            double lb = -1;
+            if (ls->orig && !ls->nocut && best.found) {
+                int t = ls->top[a];
+                if (r != h)
+                    lb = ls->rl[h] - gb;
+                if (ls->mark[r] != ls->markv) {
+                    double nr = ls->rl[r] - ls->xe[a] + xb1;
+                    lb = nr > lb ? nr : lb;
+                }
+                if (t != r && ls->mark[t] != ls->markv && ls->pen[a] > lb)
+                    lb = ls->pen[a];
+            }
+            try_reassign(ls, &best, s, b, cur, curn, budget, lb);
         }
     }
     /* A slot of h given up by its expert a to some lighter expert b. */
@@ -368,15 +423,21 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         int s = h * spr + ja, a = ls->slot[s];
         if (ls->cnt[a] < 2 || (ls->pen[a] >= cur - tol && ls->top[a] != h))
             continue;
-        double xa0 = ls->w[a] / ls->cnt[a];
+        double xa0 = ls->xe[a];
         for (int b = 0; b < E; b++) {
             if (b == a || (ls->distinct && ls->held[h * E + b]) ||
-                ls->rl[h] - xa0 + ls->w[b] / (ls->cnt[b] + 1) >= cur - tol ||
+                ls->rl[h] - xa0 + ls->xp[b] >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
                 continue;
-            double xb0 = ls->w[b] / ls->cnt[b], xb1 = ls->w[b] / (ls->cnt[b] + 1);
-            try_reassign(ls, &best, s, b, cur, curn, budget,
-                         xa0 - xb1 + ls->held[h * E + b] * (xb0 - xb1));
+            double xb0 = ls->xe[b], xb1 = ls->xp[b];
+            double lb = -1;
+            if (ls->orig && !ls->nocut && best.found) {
+                int t = ls->top[a];
+                lb = ls->rl[h] - (xa0 - xb1 + ls->held[h * E + b] * (xb0 - xb1));
+                if (t != h && !ls->held[t * E + b] && ls->pen[a] > lb)
+                    lb = ls->pen[a];
+            }
+            try_reassign(ls, &best, s, b, cur, curn, budget, lb);
         }
     }
     if (!best.found)
@@ -404,8 +465,10 @@ static void set_slot(bal_ls_t *ls, int s, int b)
 {
     int a = ls->slot[s], r = s / ls->spr, E = ls->E;
     int d = r / ls->rpd;
-    if (ls->orig)
+    if (ls->orig) {
         ls->changed += cost_of(ls, s, b);
+        ls->rchg[r] += cost_of(ls, s, b);
+    }
     list_remove(ls, a, s);
     ls->nxt[s] = ls->head[b];
     ls->head[b] = s;
