@@ -141,6 +141,7 @@ typedef struct bal_ls {
     const int32_t *orig;     /* [S] the placement in use, or NULL */
     int changed;             /* slots that differ from orig */
     int32_t *rchg;           /* [R] of them on each rank */
+    int32_t *rlist, *qlist;  /* [R] find: ranks with one; ranks to pair with */
     int nocut;               /* find evaluates every step (tests: the cuts
                               * must not change the step found) */
 } bal_ls_t;

@@ -33,10 +33,12 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->donor = malloc((size_t)S * sizeof(int32_t));
     ls->mark = calloc((size_t)R, sizeof(int32_t));
     ls->rchg = calloc((size_t)R, sizeof(int32_t));
+    ls->rlist = malloc((size_t)R * sizeof(int32_t));
+    ls->qlist = malloc((size_t)R * sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->rchg || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -49,7 +51,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
     free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
-    free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg);
+    free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg); free(ls->rlist); free(ls->qlist);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -194,6 +196,9 @@ static int better(double mx, int n, double bm, int bn)
     return mx <= bm + tol && n < bn;
 }
 
+/* find lists a rank's experts on the stack up to this many slots per rank. */
+#define BAL_FIND_SPR_MAX 64
+
 /* Candidate score: with a budget, improvement per slot moved; without,
  * the new (max, n) alone. */
 typedef struct cand {
@@ -306,6 +311,11 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     for (int e = 0; e < E; e++)
         if (ls->cnt[e] > 0 && ls->xe[e] < xmin)
             xmin = ls->xe[e];
+    int nrc = 0;                 /* ranks with a changed slot, in order */
+    if (ls->orig)
+        for (int q = 0; q < R; q++)
+            if (ls->rchg[q])
+                ls->rlist[nrc++] = q;
     for (int ja = 0; ja < spr; ja++) {
         int sa = h * spr + ja, a = ls->slot[sa];
         double xa = ls->xe[a];
@@ -318,8 +328,31 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 continue;
         }
         int ca = ls->orig && a == ls->orig[sa] ? 1 : -1;
+        /* Every q but order[1] leaves order[1] as it is (the exact cut
+         * below): when it cuts the q without a changed slot, only
+         * order[1] and the ranks with one are left, in rank order; when
+         * it cuts those too, only order[1]. */
+        int nq = R, *qs = NULL;
+        if (ls->orig && !ls->nocut && best.found && R > 1) {
+            double tie = 1e-9 * cur * curn, go = cur - o1;
+            go = go > tie ? go : tie;
+            if (go / (ca + 1 > 0 ? ca + 1 : 0.5) <= best.val) {
+                int t1 = ls->order[1], k = 0;
+                qs = ls->qlist;
+                nq = 0;
+                if (go / 0.5 > best.val)
+                    for (; k < nrc && ls->rlist[k] < t1; k++)
+                        qs[nq++] = ls->rlist[k];
+                qs[nq++] = t1;
+                if (go / 0.5 > best.val)
+                    for (; k < nrc; k++)
+                        if (ls->rlist[k] != t1)
+                            qs[nq++] = ls->rlist[k];
+            }
+        }
         mark_holders(ls, a);
-        for (int q = 0; q < R; q++) {
+        for (int iq = 0; iq < nq; iq++) {
+            int q = qs ? qs[iq] : iq;
             if (q == h || q / ls->rpd != h / ls->rpd)
                 continue;
             if (ls->distinct && ls->mark[q] == ls->markv)
@@ -393,9 +426,34 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             offh = (g > tie ? g : tie) / 0.5 > best.val;
         }
         mark_holders(ls, b);
-        for (int i = 0; i < ndonor; i++) {
+        /* tb, the heaviest rank after h that does not hold b, is not
+         * lighter after any donor's step but its own (try_reassign's
+         * exact cut): a donor slot as in use costs 1, a changed one at
+         * least -1 (0.5 per slot). */
+        int tb = -1, cut1 = 0, cut0 = 0;
+        if (ls->orig && !ls->nocut && best.found) {
+            for (int i = 1; i < R && i < 4 && tb < 0; i++)
+                if (ls->mark[ls->order[i]] != ls->markv)
+                    tb = ls->order[i];
+            if (tb >= 0) {
+                double tie = 1e-9 * cur * curn, g = cur - ls->rl[tb];
+                g = g > tie ? g : tie;
+                cut1 = g <= best.val;
+                cut0 = g / 0.5 <= best.val;
+            }
+        }
+        int i0 = 0, i1 = ndonor;
+        if (cut1 && cut0) {    /* only tb's own slots are left */
+            while (i0 < ndonor && ls->donor[i0] < tb * spr)
+                i0++;
+            i1 = i0;
+            while (i1 < ndonor && ls->donor[i1] < (tb + 1) * spr)
+                i1++;
+        }
+        for (int i = i0; i < i1; i++) {
             int s = ls->donor[i], a = ls->slot[s], r = s / spr;
-            if (!offh && r != h)
+            if ((!offh && r != h) ||
+                (cut1 && r != tb && ls->slot[s] == ls->orig[s]))
                 continue;
             if (a == b || ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
                 (ls->distinct && ls->mark[r] == ls->markv) ||
@@ -424,7 +482,38 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         if (ls->cnt[a] < 2 || (ls->pen[a] >= cur - tol && ls->top[a] != h))
             continue;
         double xa0 = ls->xe[a];
-        for (int b = 0; b < E; b++) {
+        /* A b that order[1] does not hold leaves order[1] as it is (its
+         * exact cut in try_reassign); the slot as in use costs 1, a
+         * changed one at least -1.  When that cuts, only the experts of
+         * order[1] are left, in ascending order. */
+        int nb = E, only = 0;
+        int32_t bs[BAL_FIND_SPR_MAX];
+        if (ls->orig && !ls->nocut && best.found && R > 1 &&
+            spr <= BAL_FIND_SPR_MAX) {
+            double tie = 1e-9 * cur * curn, go = cur - o1;
+            go = go > tie ? go : tie;
+            if (go / (a == ls->orig[s] ? 1 : 0.5) <= best.val) {
+                int t1 = ls->order[1];
+                only = 1;
+                nb = 0;
+                for (int j = 0; j < spr; j++) {   /* sorted, no repeats */
+                    int32_t e = ls->slot[t1 * spr + j];
+                    int k = nb;
+                    for (int i = 0; i < nb; i++)
+                        if (bs[i] >= e) {
+                            k = i;
+                            break;
+                        }
+                    if (k < nb && bs[k] == e)
+                        continue;
+                    memmove(bs + k + 1, bs + k, (size_t)(nb - k) * sizeof(int32_t));
+                    bs[k] = e;
+                    nb++;
+                }
+            }
+        }
+        for (int ib = 0; ib < nb; ib++) {
+            int b = only ? bs[ib] : ib;
             if (b == a || (ls->distinct && ls->held[h * E + b]) ||
                 ls->rl[h] - xa0 + ls->xp[b] >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
