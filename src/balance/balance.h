@@ -142,6 +142,9 @@ typedef struct bal_ls {
     int changed;             /* slots that differ from orig */
     int32_t *rchg;           /* [R] of them on each rank */
     int32_t *rlist, *qlist;  /* [R] find: ranks with one; ranks to pair with */
+    int32_t *srank;          /* [S] rank of each slot */
+    int32_t *donorr;         /* [S] rank of each donor slot */
+    int32_t *xc;             /* [E] cnt that xe, xp, xm were computed for */
     int nocut;               /* find evaluates every step (tests: the cuts
                               * must not change the step found) */
 } bal_ls_t;

@@ -34,11 +34,14 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->mark = calloc((size_t)R, sizeof(int32_t));
     ls->rchg = calloc((size_t)R, sizeof(int32_t));
     ls->rlist = malloc((size_t)R * sizeof(int32_t));
+    ls->srank = malloc((size_t)S * sizeof(int32_t));
+    ls->donorr = malloc((size_t)S * sizeof(int32_t));
+    ls->xc = malloc((size_t)E * sizeof(int32_t));
     ls->qlist = malloc((size_t)R * sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -52,6 +55,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
     free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg); free(ls->rlist); free(ls->qlist);
+    free(ls->srank); free(ls->donorr); free(ls->xc);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -92,8 +96,12 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
     memset(ls->cnt, 0, (size_t)E * sizeof(int32_t));
     memset(ls->held, 0, (size_t)R * E * sizeof(int32_t));
     memset(ls->dcnt, 0, (size_t)(R / ls->rpd) * E * sizeof(int32_t));
-    for (int e = 0; e < E; e++)
+    for (int e = 0; e < E; e++) {
         ls->head[e] = -1;
+        ls->xc[e] = -1;          /* w may have changed: no x* cached */
+    }
+    for (int s = 0; s < S; s++)
+        ls->srank[s] = s / ls->spr;
     for (int s = S - 1; s >= 0; s--) {
         int e = slot[s], r = s / ls->spr;
         ls->cnt[e]++;
@@ -172,17 +180,17 @@ static void eval_reassign(bal_ls_t *ls, int s, int b, int32_t *touched,
     double xb0 = ls->xe[b], xb1 = ls->xp[b];
     ls->stampv++;
     for (int t = ls->head[a]; t >= 0; t = ls->nxt[t]) {
-        int q = t / ls->spr;
+        int q = ls->srank[t];
         nt = touch(ls, q, touched, nt);
         ls->nl[q] += t == s ? -xa0 : xa1 - xa0;
     }
     for (int t = ls->head[b]; t >= 0; t = ls->nxt[t]) {
-        int q = t / ls->spr;
+        int q = ls->srank[t];
         nt = touch(ls, q, touched, nt);
         ls->nl[q] += xb1 - xb0;
     }
-    nt = touch(ls, s / ls->spr, touched, nt);
-    ls->nl[s / ls->spr] += xb1;
+    nt = touch(ls, ls->srank[s], touched, nt);
+    ls->nl[ls->srank[s]] += xb1;
     new_max(ls, touched, nt, mx, n);
 }
 
@@ -249,7 +257,7 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
          * (holders of a only gain), and new_max takes its load as it
          * is: the new maximum is at least that, exactly, so the gain per
          * slot is at most (cur - its load) / c, rounded the same way. */
-        int r = s / ls->spr;
+        int r = ls->srank[s];
         for (int i = 1; i < ls->R && i < 4; i++) {
             int t = ls->order[i];
             if (t != r && !ls->held[t * ls->E + b]) {
@@ -270,7 +278,7 @@ static void mark_holders(bal_ls_t *ls, int e)
 {
     ls->markv++;
     for (int t = ls->head[e]; t >= 0; t = ls->nxt[t])
-        ls->mark[t / ls->spr] = ls->markv;
+        ls->mark[ls->srank[t]] = ls->markv;
 }
 
 int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
@@ -287,17 +295,21 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
      * it may still be worth giving up, since that rank loses the slot). */
     double tol = 1e-12 * cur;
     for (int a = 0; a < E; a++) {
-        ls->xe[a] = ls->w[a] / ls->cnt[a];
-        ls->xp[a] = ls->w[a] / (ls->cnt[a] + 1);
+        if (ls->xc[a] != ls->cnt[a]) {   /* the same divisions, kept */
+            ls->xc[a] = ls->cnt[a];
+            ls->xe[a] = ls->w[a] / ls->cnt[a];
+            ls->xp[a] = ls->w[a] / (ls->cnt[a] + 1);
+            if (ls->cnt[a] >= 2)
+                ls->xm[a] = ls->w[a] / (ls->cnt[a] - 1);
+        }
         ls->pen[a] = 1e300;
         if (ls->cnt[a] < 2)
             continue;
-        ls->xm[a] = ls->w[a] / (ls->cnt[a] - 1);
         double d = ls->xm[a] - ls->xe[a], m = -1;
         for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
-            if (ls->rl[t / spr] > m) {
-                m = ls->rl[t / spr];
-                ls->top[a] = t / spr;
+            if (ls->rl[ls->srank[t]] > m) {
+                m = ls->rl[ls->srank[t]];
+                ls->top[a] = ls->srank[t];
             }
         ls->pen[a] = m + d;
     }
@@ -311,6 +323,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     for (int e = 0; e < E; e++)
         if (ls->cnt[e] > 0 && ls->xe[e] < xmin)
             xmin = ls->xe[e];
+    int dlo = h / ls->rpd * ls->rpd, dhi = dlo + ls->rpd;   /* h's domain */
     int nrc = 0;                 /* ranks with a changed slot, in order */
     if (ls->orig)
         for (int q = 0; q < R; q++)
@@ -353,7 +366,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         mark_holders(ls, a);
         for (int iq = 0; iq < nq; iq++) {
             int q = qs ? qs[iq] : iq;
-            if (q == h || q / ls->rpd != h / ls->rpd)
+            if (q == h || q < dlo || q >= dhi)
                 continue;
             if (ls->distinct && ls->mark[q] == ls->markv)
                 continue;
@@ -404,9 +417,11 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
      * (in slot order) are the same for every b. */
     int ndonor = 0;
     for (int s = 0; s < S; s++) {
-        int a = ls->slot[s];
-        if (ls->cnt[a] >= 2 && !(ls->pen[a] >= cur - tol && ls->top[a] != s / spr))
+        int a = ls->slot[s], r = ls->srank[s];
+        if (ls->cnt[a] >= 2 && !(ls->pen[a] >= cur - tol && ls->top[a] != r)) {
+            ls->donorr[ndonor] = r;
             ls->donor[ndonor++] = s;
+        }
     }
     for (int jb = 0; jb < spr; jb++) {
         int b = ls->slot[h * spr + jb], dup = 0;
@@ -451,7 +466,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 i1++;
         }
         for (int i = i0; i < i1; i++) {
-            int s = ls->donor[i], a = ls->slot[s], r = s / spr;
+            int s = ls->donor[i], a = ls->slot[s], r = ls->donorr[i];
             if ((!offh && r != h) ||
                 (cut1 && r != tb && ls->slot[s] == ls->orig[s]))
                 continue;
