@@ -145,6 +145,10 @@ typedef struct bal_ls {
     int32_t *srank;          /* [S] rank of each slot */
     int32_t *donorr;         /* [S] rank of each donor slot */
     int32_t *xc;             /* [E] cnt that xe, xp, xm were computed for */
+    int xok;                 /* xe..top and xmin hold but for dirty[] */
+    int32_t *dirty, ndirty;  /* [E] experts whose figures apply made due */
+    uint8_t *isdirty;        /* [E] */
+    double xmin;             /* least xe */
     int nocut;               /* find evaluates every step (tests: the cuts
                               * must not change the step found) */
 } bal_ls_t;

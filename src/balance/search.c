@@ -37,11 +37,13 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->srank = malloc((size_t)S * sizeof(int32_t));
     ls->donorr = malloc((size_t)S * sizeof(int32_t));
     ls->xc = malloc((size_t)E * sizeof(int32_t));
+    ls->dirty = malloc((size_t)E * sizeof(int32_t));
+    ls->isdirty = calloc((size_t)E, 1);
     ls->qlist = malloc((size_t)R * sizeof(int32_t));
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->dirty || !ls->isdirty || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -56,6 +58,7 @@ void epx__bal_ls_free(bal_ls_t *ls)
     free(ls->stamp); free(ls->order); free(ls->touched);
     free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg); free(ls->rlist); free(ls->qlist);
     free(ls->srank); free(ls->donorr); free(ls->xc);
+    free(ls->dirty); free(ls->isdirty);
     memset(ls, 0, sizeof(*ls));
 }
 
@@ -99,7 +102,10 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
     for (int e = 0; e < E; e++) {
         ls->head[e] = -1;
         ls->xc[e] = -1;          /* w may have changed: no x* cached */
+        ls->isdirty[e] = 0;
     }
+    ls->xok = 0;
+    ls->ndirty = 0;
     for (int s = 0; s < S; s++)
         ls->srank[s] = s / ls->spr;
     for (int s = S - 1; s >= 0; s--) {
@@ -281,6 +287,32 @@ static void mark_holders(bal_ls_t *ls, int e)
         ls->mark[ls->srank[t]] = ls->markv;
 }
 
+/* Expert a's per-step figures: w/cnt, w/(cnt+1), w/(cnt-1) (the same
+ * divisions, kept while cnt stays), and the heaviest of its holders
+ * after it gives up a replica: pen[a], on rank top[a] (first in list
+ * order on ties).  They change only when a's count, list or a holder's
+ * load does: apply marks those experts, find updates them. */
+static void expert_update(bal_ls_t *ls, int a)
+{
+    if (ls->xc[a] != ls->cnt[a]) {
+        ls->xc[a] = ls->cnt[a];
+        ls->xe[a] = ls->w[a] / ls->cnt[a];
+        ls->xp[a] = ls->w[a] / (ls->cnt[a] + 1);
+        if (ls->cnt[a] >= 2)
+            ls->xm[a] = ls->w[a] / (ls->cnt[a] - 1);
+    }
+    ls->pen[a] = 1e300;
+    if (ls->cnt[a] < 2)
+        return;
+    double d = ls->xm[a] - ls->xe[a], m = -1;
+    for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
+        if (ls->rl[ls->srank[t]] > m) {
+            m = ls->rl[ls->srank[t]];
+            ls->top[a] = ls->srank[t];
+        }
+    ls->pen[a] = m + d;
+}
+
 int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
 {
     int E = ls->E, spr = ls->spr, R = ls->R, S = R * spr;
@@ -294,24 +326,33 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
      * heaviest of them after the change, top[a] that holder (a slot on
      * it may still be worth giving up, since that rank loses the slot). */
     double tol = 1e-12 * cur;
-    for (int a = 0; a < E; a++) {
-        if (ls->xc[a] != ls->cnt[a]) {   /* the same divisions, kept */
-            ls->xc[a] = ls->cnt[a];
-            ls->xe[a] = ls->w[a] / ls->cnt[a];
-            ls->xp[a] = ls->w[a] / (ls->cnt[a] + 1);
-            if (ls->cnt[a] >= 2)
-                ls->xm[a] = ls->w[a] / (ls->cnt[a] - 1);
+    if (!ls->xok) {
+        for (int a = 0; a < E; a++)
+            expert_update(ls, a);
+        ls->xok = 1;
+        ls->xmin = 1e300;
+        for (int e = 0; e < E; e++)
+            if (ls->cnt[e] > 0 && ls->xe[e] < ls->xmin)
+                ls->xmin = ls->xe[e];
+    } else {                     /* only the experts apply touched */
+        int full = 0;
+        for (int i = 0; i < ls->ndirty; i++) {
+            int a = ls->dirty[i];
+            double old = ls->xe[a];
+            ls->isdirty[a] = 0;
+            expert_update(ls, a);
+            if (ls->xe[a] < ls->xmin)
+                ls->xmin = ls->xe[a];
+            else if (old == ls->xmin && ls->xe[a] > old)
+                full = 1;        /* the minimum may have gone up */
         }
-        ls->pen[a] = 1e300;
-        if (ls->cnt[a] < 2)
-            continue;
-        double d = ls->xm[a] - ls->xe[a], m = -1;
-        for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
-            if (ls->rl[ls->srank[t]] > m) {
-                m = ls->rl[ls->srank[t]];
-                ls->top[a] = ls->srank[t];
-            }
-        ls->pen[a] = m + d;
+        ls->ndirty = 0;
+        if (full) {
+            ls->xmin = 1e300;
+            for (int e = 0; e < E; e++)
+                if (ls->cnt[e] > 0 && ls->xe[e] < ls->xmin)
+                    ls->xmin = ls->xe[e];
+        }
     }
     /* Swaps of an item of h with a lighter item of another rank.  Only h
      * and q change, so the new maximum is the larger of theirs and of the
@@ -319,10 +360,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
      * number of ranks at it is counted only when it can matter. */
     double o1 = R > 1 ? ls->rl[ls->order[1]] : -1;
     double o2 = R > 2 ? ls->rl[ls->order[2]] : -1;
-    double xmin = 1e300;
-    for (int e = 0; e < E; e++)
-        if (ls->cnt[e] > 0 && ls->xe[e] < xmin)
-            xmin = ls->xe[e];
+    double xmin = ls->xmin;
     int dlo = h / ls->rpd * ls->rpd, dhi = dlo + ls->rpd;   /* h's domain */
     int nrc = 0;                 /* ranks with a changed slot, in order */
     if (ls->orig)
@@ -585,6 +623,19 @@ static void set_slot(bal_ls_t *ls, int s, int b)
     ls->dcnt[d * E + b]++;
 }
 
+/* Rank r's load again; its experts' figures are then due (find). */
+static void rank_reload(bal_ls_t *ls, int r)
+{
+    ls->rl[r] = rank_load(ls, r);
+    for (int j = 0; j < ls->spr; j++) {
+        int e = ls->slot[r * ls->spr + j];
+        if (!ls->isdirty[e]) {
+            ls->isdirty[e] = 1;
+            ls->dirty[ls->ndirty++] = e;
+        }
+    }
+}
+
 void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step)
 {
     int spr = ls->spr;
@@ -592,16 +643,17 @@ void epx__bal_ls_apply(bal_ls_t *ls, const bal_step_t *step)
         int a = ls->slot[step->s1], b = ls->slot[step->s2];
         set_slot(ls, step->s1, b);
         set_slot(ls, step->s2, a);
-        ls->rl[step->s1 / spr] = rank_load(ls, step->s1 / spr);
-        ls->rl[step->s2 / spr] = rank_load(ls, step->s2 / spr);
+        rank_reload(ls, step->s1 / spr);
+        rank_reload(ls, step->s2 / spr);
     } else {
         int a = ls->slot[step->s1], b = step->b;
         set_slot(ls, step->s1, b);
-        /* Every rank holding a or b, and the slot's rank, changes load. */
+        /* Every rank holding a or b, and the slot's rank, changes load
+         * (a and b are on them: their counts and lists changed). */
         for (int t = ls->head[a]; t >= 0; t = ls->nxt[t])
-            ls->rl[t / spr] = rank_load(ls, t / spr);
+            rank_reload(ls, t / spr);
         for (int t = ls->head[b]; t >= 0; t = ls->nxt[t])
-            ls->rl[t / spr] = rank_load(ls, t / spr);
+            rank_reload(ls, t / spr);
     }
     sort_ranks(ls);
 }
