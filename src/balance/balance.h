@@ -127,7 +127,7 @@ typedef struct bal_ls {
     int32_t *slot;           /* [S] expert of each slot */
     int32_t *head, *nxt;     /* [E], [S]: each expert's slots, a list */
     int32_t *cnt;            /* [E] replicas */
-    int32_t *held;           /* [R*E] replicas of e on rank r */
+    int32_t *hcnt;           /* [E] find: replicas of e on h (else 0) */
     int32_t *dcnt;           /* [D*E] replicas of e in domain d */
     double *rl, *nl;         /* [R] rank loads, loads being evaluated */
     int32_t *stamp, stampv;  /* [R] ranks touched by the evaluation */

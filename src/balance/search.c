@@ -18,7 +18,7 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->nxt = malloc((size_t)S * sizeof(int32_t));
     ls->head = malloc((size_t)E * sizeof(int32_t));
     ls->cnt = malloc((size_t)E * sizeof(int32_t));
-    ls->held = malloc((size_t)R * E * sizeof(int32_t));
+    ls->hcnt = calloc((size_t)E, sizeof(int32_t));
     ls->dcnt = malloc((size_t)D * E * sizeof(int32_t));
     ls->rl = malloc((size_t)R * sizeof(double));
     ls->nl = malloc((size_t)R * sizeof(double));
@@ -43,7 +43,7 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->dirty || !ls->isdirty || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->held ||
+    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->dirty || !ls->isdirty || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->hcnt ||
         !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
@@ -54,7 +54,7 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
 void epx__bal_ls_free(bal_ls_t *ls)
 {
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
-    free(ls->held); free(ls->dcnt); free(ls->rl); free(ls->nl);
+    free(ls->hcnt); free(ls->dcnt); free(ls->rl); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
     free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg); free(ls->rlist); free(ls->qlist);
     free(ls->srank); free(ls->donorr); free(ls->xc);
@@ -97,7 +97,6 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
     ls->changed = 0;
     memset(ls->rchg, 0, (size_t)R * sizeof(int32_t));
     memset(ls->cnt, 0, (size_t)E * sizeof(int32_t));
-    memset(ls->held, 0, (size_t)R * E * sizeof(int32_t));
     memset(ls->dcnt, 0, (size_t)(R / ls->rpd) * E * sizeof(int32_t));
     for (int e = 0; e < E; e++) {
         ls->head[e] = -1;
@@ -111,7 +110,6 @@ void epx__bal_ls_load(bal_ls_t *ls, const int32_t *slot, const int32_t *orig)
     for (int s = S - 1; s >= 0; s--) {
         int e = slot[s], r = s / ls->spr;
         ls->cnt[e]++;
-        ls->held[r * E + e]++;
         ls->dcnt[(r / ls->rpd) * E + e]++;
         ls->nxt[s] = ls->head[e];
         ls->head[e] = s;
@@ -167,6 +165,17 @@ static int touch(bal_ls_t *ls, int r, int32_t *touched, int nt)
         touched[nt++] = r;
     }
     return nt;
+}
+
+/* Does rank r hold expert e?  Its slots, read in place: a table by rank
+ * and expert would be R x E per layer, paged in at every call. */
+static int rank_holds(const bal_ls_t *ls, int r, int e)
+{
+    const int32_t *p = ls->slot + (size_t)r * ls->spr;
+    for (int j = 0; j < ls->spr; j++)
+        if (p[j] == e)
+            return 1;
+    return 0;
 }
 
 /* Slots that would differ from the placement in use, minus those that do. */
@@ -266,7 +275,7 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
         int r = ls->srank[s];
         for (int i = 1; i < ls->R && i < 4; i++) {
             int t = ls->order[i];
-            if (t != r && !ls->held[t * ls->E + b]) {
+            if (t != r && !rank_holds(ls, t, b)) {
                 double g = cur - ls->rl[t];
                 if ((g > tie ? g : tie) / c <= best->val)
                     return;
@@ -278,8 +287,7 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
     consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
 }
 
-/* mark[r] == markv for the ranks holding e: held[] by rank is strided
- * and the layers' held[] do not stay in cache. */
+/* mark[r] == markv for the ranks holding e. */
 static void mark_holders(bal_ls_t *ls, int e)
 {
     ls->markv++;
@@ -322,6 +330,8 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     for (int i = 0; i < R && ls->rl[ls->order[i]] >= cur - 1e-12 * cur; i++)
         curn++;
     cand_t best = { 0 };
+    for (int j = 0; j < spr; j++)   /* replicas of each expert on h */
+        ls->hcnt[ls->slot[h * spr + j]]++;
     /* Giving up a replica of a raises a's other holders: pen[a] is the
      * heaviest of them after the change, top[a] that holder (a slot on
      * it may still be worth giving up, since that rank loses the slot). */
@@ -427,7 +437,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 int sb = q * spr + jb, b = ls->slot[sb];
                 if (b == a || ls->xe[b] >= xa)
                     continue;
-                if (ls->distinct && ls->held[h * E + b])
+                if (ls->distinct && ls->hcnt[b])
                     continue;
                 double xb = ls->xe[b];
                 if (ls->rl[q] - xb + xa >= cur - 1e-12 * cur)
@@ -468,7 +478,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         if (dup || ls->w[b] <= 0)
             continue;
         double xb0 = ls->xe[b], xb1 = ls->xp[b];
-        double gb = ls->held[h * E + b] * (xb0 - xb1);
+        double gb = ls->hcnt[b] * (xb0 - xb1);
         if (ls->rl[h] - gb >= cur - tol && curn == 1)
             continue;          /* h stays the heaviest */
         /* Donors off h gain at most gb, per slot at most gb / 0.5
@@ -567,7 +577,7 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
         }
         for (int ib = 0; ib < nb; ib++) {
             int b = only ? bs[ib] : ib;
-            if (b == a || (ls->distinct && ls->held[h * E + b]) ||
+            if (b == a || (ls->distinct && ls->hcnt[b]) ||
                 ls->rl[h] - xa0 + ls->xp[b] >= cur - tol ||
                 (ls->rpd < R && !ls->dcnt[(h / ls->rpd) * E + b]))
                 continue;
@@ -575,13 +585,15 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
             double lb = -1;
             if (ls->orig && !ls->nocut && best.found) {
                 int t = ls->top[a];
-                lb = ls->rl[h] - (xa0 - xb1 + ls->held[h * E + b] * (xb0 - xb1));
-                if (t != h && !ls->held[t * E + b] && ls->pen[a] > lb)
+                lb = ls->rl[h] - (xa0 - xb1 + ls->hcnt[b] * (xb0 - xb1));
+                if (t != h && !rank_holds(ls, t, b) && ls->pen[a] > lb)
                     lb = ls->pen[a];
             }
             try_reassign(ls, &best, s, b, cur, curn, budget, lb);
         }
     }
+    for (int j = 0; j < spr; j++)
+        ls->hcnt[ls->slot[h * spr + j]] = 0;
     if (!best.found)
         return 0;
     step->kind = best.kind;
@@ -602,7 +614,7 @@ static void list_remove(bal_ls_t *ls, int e, int s)
     *p = ls->nxt[s];
 }
 
-/* Slot s takes expert b (lists, counts, held, changed; loads not). */
+/* Slot s takes expert b (lists, counts, changed; loads not). */
 static void set_slot(bal_ls_t *ls, int s, int b)
 {
     int a = ls->slot[s], r = s / ls->spr, E = ls->E;
@@ -617,8 +629,6 @@ static void set_slot(bal_ls_t *ls, int s, int b)
     ls->slot[s] = b;
     ls->cnt[a]--;
     ls->cnt[b]++;
-    ls->held[r * E + a]--;
-    ls->held[r * E + b]++;
     ls->dcnt[d * E + a]--;
     ls->dcnt[d * E + b]++;
 }
