@@ -4,7 +4,11 @@
  * to improve a fresh plan (no budget) and for budgeted re-planning (each
  * step costs the slots it makes differ from the placement in use).
  * A step is evaluated in O(replicas of the two experts): per-expert slot
- * lists and a load-sorted rank order give the untouched ranks' maximum. */
+ * lists and a load-sorted rank order give the untouched ranks' maximum.
+ * With a budget, steps (and whole loops of them) whose gain per slot
+ * cannot beat the best so far are skipped, by bounds that change no step
+ * found (src/balance/README.md, "Budgeted re-planning"; nocut turns
+ * them off for tests/balance/test_search.c). */
 #include <stdlib.h>
 #include <string.h>
 
