@@ -130,6 +130,7 @@ typedef struct bal_ls {
     int32_t *hcnt;           /* [E] find: replicas of e on h (else 0) */
     int32_t *dcnt;           /* [D*E] replicas of e in domain d */
     double *rl, *nl;         /* [R] rank loads, loads being evaluated */
+    double *rmin;            /* [R] each rank's lightest replica */
     int32_t *stamp, stampv;  /* [R] ranks touched by the evaluation */
     int32_t *order;          /* [R] ranks by load, heaviest first */
     int32_t *touched;        /* [R] */
@@ -144,6 +145,7 @@ typedef struct bal_ls {
     int32_t *rlist, *qlist;  /* [R] find: ranks with one; ranks to pair with */
     int32_t *srank;          /* [S] rank of each slot */
     int32_t *donorr;         /* [S] rank of each donor slot */
+    int32_t *dsub, *dsubr;   /* [S] the donors left for one expert, ranks */
     int32_t *xc;             /* [E] cnt that xe, xp, xm were computed for */
     int xok;                 /* xe..top and xmin hold but for dirty[] */
     int32_t *dirty, ndirty;  /* [E] experts whose figures apply made due */

@@ -25,6 +25,7 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->hcnt = calloc((size_t)E, sizeof(int32_t));
     ls->dcnt = malloc((size_t)D * E * sizeof(int32_t));
     ls->rl = malloc((size_t)R * sizeof(double));
+    ls->rmin = malloc((size_t)R * sizeof(double));
     ls->nl = malloc((size_t)R * sizeof(double));
     ls->stamp = calloc((size_t)R, sizeof(int32_t));
     ls->order = malloc((size_t)R * sizeof(int32_t));
@@ -40,6 +41,8 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->rlist = malloc((size_t)R * sizeof(int32_t));
     ls->srank = malloc((size_t)S * sizeof(int32_t));
     ls->donorr = malloc((size_t)S * sizeof(int32_t));
+    ls->dsub = malloc((size_t)S * sizeof(int32_t));
+    ls->dsubr = malloc((size_t)S * sizeof(int32_t));
     ls->xc = malloc((size_t)E * sizeof(int32_t));
     ls->dirty = malloc((size_t)E * sizeof(int32_t));
     ls->isdirty = calloc((size_t)E, 1);
@@ -47,8 +50,8 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
     ls->E = E;
     ls->R = R;
     ls->rpd = R;
-    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->xc || !ls->dirty || !ls->isdirty || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->hcnt ||
-        !ls->dcnt || !ls->rl || !ls->nl || !ls->stamp || !ls->order) {
+    if (!ls->mark || !ls->rchg || !ls->rlist || !ls->qlist || !ls->srank || !ls->donorr || !ls->dsub || !ls->dsubr || !ls->xc || !ls->dirty || !ls->isdirty || !ls->donor || !ls->touched || !ls->pen || !ls->xe || !ls->xp || !ls->xm || !ls->top || !ls->slot || !ls->nxt || !ls->head || !ls->cnt || !ls->hcnt ||
+        !ls->dcnt || !ls->rl || !ls->rmin || !ls->nl || !ls->stamp || !ls->order) {
         epx__bal_ls_free(ls);
         return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
     }
@@ -58,21 +61,25 @@ epx_status_t epx__bal_ls_alloc(bal_ls_t *ls, int E, int R, int S, int D)
 void epx__bal_ls_free(bal_ls_t *ls)
 {
     free(ls->slot); free(ls->nxt); free(ls->head); free(ls->cnt);
-    free(ls->hcnt); free(ls->dcnt); free(ls->rl); free(ls->nl);
+    free(ls->hcnt); free(ls->dcnt); free(ls->rl); free(ls->rmin); free(ls->nl);
     free(ls->stamp); free(ls->order); free(ls->touched);
     free(ls->pen); free(ls->top); free(ls->xe); free(ls->xp); free(ls->xm); free(ls->donor); free(ls->mark); free(ls->rchg); free(ls->rlist); free(ls->qlist);
-    free(ls->srank); free(ls->donorr); free(ls->xc);
+    free(ls->srank); free(ls->donorr); free(ls->dsub); free(ls->dsubr); free(ls->xc);
     free(ls->dirty); free(ls->isdirty);
     memset(ls, 0, sizeof(*ls));
 }
 
-static double rank_load(const bal_ls_t *ls, int r)
+/* Rank r's load, and (rmin) its lightest replica, w/cnt as find's xe. */
+static double rank_load(bal_ls_t *ls, int r)
 {
-    double s = 0;
+    double s = 0, m = 1e300;
     for (int j = 0; j < ls->spr; j++) {
         int e = ls->slot[r * ls->spr + j];
-        s += ls->w[e] / ls->cnt[e];
+        double x = ls->w[e] / ls->cnt[e];
+        s += x;
+        m = x < m ? x : m;
     }
+    ls->rmin[r] = m;
     return s;
 }
 
@@ -266,10 +273,12 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
     if (cost > budget)
         return;
     if (ls->orig && !ls->nocut && best->found) {
+        /* c is 0.5 or 1 (and d below 0.5 or 2): x / c <= v is exactly
+         * x <= v * c, with no division. */
         double tie = 1e-9 * cur * curn, c = cost > 0 ? cost : 0.5;
         if (lb >= 0) {       /* computed otherwise than new_max: a margin */
             double g = (cur - lb) * (1 + 1e-9) + 1e-12 * cur;
-            if ((g > tie ? g : tie) / c <= best->val)
+            if ((g > tie ? g : tie) <= best->val * c)
                 return;
         }
         /* A rank other than s's that does not hold b gets no lighter
@@ -281,7 +290,7 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
             int t = ls->order[i];
             if (t != r && !rank_holds(ls, t, b)) {
                 double g = cur - ls->rl[t];
-                if ((g > tie ? g : tie) / c <= best->val)
+                if ((g > tie ? g : tie) <= best->val * c)
                     return;
                 break;
             }
@@ -289,6 +298,15 @@ static void try_reassign(bal_ls_t *ls, cand_t *best, int s, int b, double cur,
     }
     eval_reassign(ls, s, b, ls->touched, &mx, &n);
     consider(ls, best, 0, s, -1, b, mx, n, cur, curn, cost, budget);
+}
+
+/* May slot s (on rank r) give up its replica?  Its expert has one to
+ * spare, and giving it up does not raise another holder to the max
+ * (unless that holder is r, which loses the slot). */
+static int donor_ok(const bal_ls_t *ls, int s, int r, double cur, double tol)
+{
+    int a = ls->slot[s];
+    return ls->cnt[a] >= 2 && !(ls->pen[a] >= cur - tol && ls->top[a] != r);
 }
 
 /* mark[r] == markv for the ranks holding e. */
@@ -422,19 +440,23 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 continue;
             if (ls->distinct && ls->mark[q] == ls->markv)
                 continue;
+            if (ls->rmin[q] >= xa)
+                continue;          /* no lighter item to swap with */
             double other = q == ls->order[1] ? o2 : o1;
             if (ls->orig && !ls->nocut && best.found) {
-                /* h and q share rl[h] + rl[q]: gain <= (cur - rl[q]) / 2
-                 * (with a margin); and exactly no more than down to
-                 * `other`, taken as it is.  A slot as in use costs 1 to
-                 * change, a changed one at least -1: the pair's cost is
-                 * at least ca + cq. */
-                double g = (cur - ls->rl[q]) / 2 * (1 + 1e-9) + 1e-12 * cur;
+                /* h and q share rl[h] + rl[q]: gain <= (cur - rl[q]) / 2,
+                 * and h drops by xa - xb <= xa - rmin[q] (both with a
+                 * margin); and exactly no more than down to `other`,
+                 * taken as it is.  A slot as in use costs 1 to change, a
+                 * changed one at least -1: the pair's cost is at least
+                 * ca + cq. */
+                double g = (cur - ls->rl[q]) / 2, gx = xa - ls->rmin[q];
+                g = (gx < g ? gx : g) * (1 + 1e-9) + 1e-12 * cur;
                 double tie = 1e-9 * cur * curn, go = cur - other;
                 int c = ca + (ls->rchg[q] ? -1 : 1);
                 double d = c > 0 ? c : 0.5;
-                if ((g > tie ? g : tie) / d <= best.val ||
-                    (go > tie ? go : tie) / d <= best.val)
+                if ((g > tie ? g : tie) <= best.val * d ||
+                    (go > tie ? go : tie) <= best.val * d)
                     continue;
             }
             for (int jb = 0; jb < spr; jb++) {
@@ -466,15 +488,9 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
     }
     /* One more replica of an expert b of h, in a slot taken from an
      * expert a with replicas to spare: the slots that may give one up
-     * (in slot order) are the same for every b. */
-    int ndonor = 0;
-    for (int s = 0; s < S; s++) {
-        int a = ls->slot[s], r = ls->srank[s];
-        if (ls->cnt[a] >= 2 && !(ls->pen[a] >= cur - tol && ls->top[a] != r)) {
-            ls->donorr[ndonor] = r;
-            ls->donor[ndonor++] = s;
-        }
-    }
+     * (in slot order) are the same for every b; listed when first
+     * needed in full (ndonor < 0: not yet). */
+    int ndonor = -1;
     for (int jb = 0; jb < spr; jb++) {
         int b = ls->slot[h * spr + jb], dup = 0;
         for (int j = 0; j < jb; j++)
@@ -509,18 +525,44 @@ int epx__bal_ls_find(bal_ls_t *ls, int budget, bal_step_t *step)
                 cut0 = g / 0.5 <= best.val;
             }
         }
-        int i0 = 0, i1 = ndonor;
-        if (cut1 && cut0) {    /* only tb's own slots are left */
-            while (i0 < ndonor && ls->donor[i0] < tb * spr)
-                i0++;
-            i1 = i0;
-            while (i1 < ndonor && ls->donor[i1] < (tb + 1) * spr)
-                i1++;
+        /* The donors left: tb's alone, or tb's and the changed slots
+         * (on the ranks that have one), or all; in slot order. */
+        int nd = 0;
+        const int32_t *ds = ls->dsub, *dr = ls->dsubr;
+        if (cut1) {            /* tb >= 0; merge it into rlist */
+            int k = 0, tbdone = 0;
+            for (;;) {
+                int nk = !cut0 && k < nrc ? ls->rlist[k] : R;
+                int nt = tbdone ? R : tb, r = nk < nt ? nk : nt;
+                if (r == R)
+                    break;
+                k += r == nk;
+                tbdone |= r == nt;
+                for (int j = 0; j < spr; j++) {
+                    int sl = r * spr + j;
+                    if ((r == tb || ls->slot[sl] != ls->orig[sl]) &&
+                        donor_ok(ls, sl, r, cur, tol)) {
+                        ls->dsub[nd] = sl;
+                        ls->dsubr[nd++] = r;
+                    }
+                }
+            }
+        } else {
+            if (ndonor < 0) {
+                ndonor = 0;
+                for (int sl = 0; sl < S; sl++)
+                    if (donor_ok(ls, sl, ls->srank[sl], cur, tol)) {
+                        ls->donorr[ndonor] = ls->srank[sl];
+                        ls->donor[ndonor++] = sl;
+                    }
+            }
+            nd = ndonor;
+            ds = ls->donor;
+            dr = ls->donorr;
         }
-        for (int i = i0; i < i1; i++) {
-            int s = ls->donor[i], a = ls->slot[s], r = ls->donorr[i];
-            if ((!offh && r != h) ||
-                (cut1 && r != tb && ls->slot[s] == ls->orig[s]))
+        for (int i = 0; i < nd; i++) {
+            int s = ds[i], a = ls->slot[s], r = dr[i];
+            if (!offh && r != h)
                 continue;
             if (a == b || ls->rl[r] - ls->xe[a] + xb1 >= cur - tol ||
                 (ls->distinct && ls->mark[r] == ls->markv) ||
