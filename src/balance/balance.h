@@ -127,18 +127,32 @@ typedef struct bal_ls {
     int32_t *slot;           /* [S] expert of each slot */
     int32_t *head, *nxt;     /* [E], [S]: each expert's slots, a list */
     int32_t *cnt;            /* [E] replicas */
-    int32_t *held;           /* [R*E] replicas of e on rank r */
+    int32_t *hcnt;           /* [E] find: replicas of e on h (else 0) */
     int32_t *dcnt;           /* [D*E] replicas of e in domain d */
     double *rl, *nl;         /* [R] rank loads, loads being evaluated */
+    double *rmin;            /* [R] each rank's lightest replica */
     int32_t *stamp, stampv;  /* [R] ranks touched by the evaluation */
     int32_t *order;          /* [R] ranks by load, heaviest first */
     int32_t *touched;        /* [R] */
     double *pen, *xe;        /* [E] scratch of a step's search */
+    double *xp, *xm;         /* [E] w/(cnt+1), w/(cnt-1) (find: fixed per step) */
     int32_t *top;            /* [E] */
     int32_t *donor;          /* [S] slots that may give up their replica */
     int32_t *mark, markv;    /* [R] ranks holding one expert (find) */
     const int32_t *orig;     /* [S] the placement in use, or NULL */
     int changed;             /* slots that differ from orig */
+    int32_t *rchg;           /* [R] of them on each rank */
+    int32_t *rlist, *qlist;  /* [R] find: ranks with one; ranks to pair with */
+    int32_t *srank;          /* [S] rank of each slot */
+    int32_t *donorr;         /* [S] rank of each donor slot */
+    int32_t *dsub, *dsubr;   /* [S] the donors left for one expert, ranks */
+    int32_t *xc;             /* [E] cnt that xe, xp, xm were computed for */
+    int xok;                 /* xe..top and xmin hold but for dirty[] */
+    int32_t *dirty, ndirty;  /* [E] experts whose figures apply made due */
+    uint8_t *isdirty;        /* [E] */
+    double xmin;             /* least xe */
+    int nocut;               /* find evaluates every step (tests: the cuts
+                              * must not change the step found) */
 } bal_ls_t;
 
 /* One step: kind 0 gives slot s1 to expert b; kind 1 swaps slots s1, s2. */
