@@ -76,7 +76,7 @@ typedef struct cshared {
     int run, R, ndev;
     size_t wire_row;            /* bytes of a token row on the wire */
     double *times;              /* [R][NPH][iters] seconds */
-    float *dev;                 /* --device-timing: [R][NPH][iters][2]
+    double *dev;                /* --device-timing: [R][NPH][iters][2]
                                    start, end in ms after ref[device] */
     cudaEvent_t *ref;           /* [devices]: each timeline's zero */
     int sms;                    /* blocks per rank: engine and sm-copy */
@@ -215,12 +215,17 @@ static void verify_out(cshared_t *s, int me, const float *out,
 static int dev_mark(cshared_t *s, int me, int dev, cudaEvent_t a,
                     cudaEvent_t b, int p, int i)
 {
-    float *d = s->dev + (((size_t)me * NPH + p) * s->o->iters + i) * 2;
-    cudaError_t e = cudaEventElapsedTime(&d[0], s->ref[dev], a);
+    double *d = s->dev + (((size_t)me * NPH + p) * s->o->iters + i) * 2;
+    /* The length from a to b itself: a float of ms since the reference
+     * loses its microseconds after some seconds. */
+    float start = 0, len = 0;
+    cudaError_t e = cudaEventElapsedTime(&start, s->ref[dev], a);
     if (e == cudaSuccess)
-        e = cudaEventElapsedTime(&d[1], s->ref[dev], b);
+        e = cudaEventElapsedTime(&len, a, b);
     if (e != cudaSuccess)
         return rank_fail(s, me, "cudaEventElapsedTime", cudaGetErrorString(e));
+    d[0] = start;
+    d[1] = (double)start + len;
     return 0;
 }
 
@@ -539,7 +544,7 @@ static void dev_stats(const cshared_t *s, int p, double *tmp, dev_res_t *d)
             double lo = INFINITY, hi = -INFINITY, late = -INFINITY;
             double mx = 0, sum = 0;
             for (int r = 0; r < R; r++) {
-                const float *e = s->dev +
+                const double *e = s->dev +
                                  (((size_t)r * NPH + p) * iters + it) * 2;
                 const double len = (double)e[1] - e[0];
                 lo = fmin(lo, e[0]);
@@ -834,7 +839,7 @@ int bench_cuda_main(const bench_opts_t *o)
     s.bytes = calloc((size_t)R * NPH, sizeof(double));
     double *tmp = calloc((size_t)o->iters, sizeof(double));
     if (o->device_timing) {
-        s.dev = calloc((size_t)R * NPH * (size_t)o->iters * 2, sizeof(float));
+        s.dev = calloc((size_t)R * NPH * (size_t)o->iters * 2, sizeof(double));
         s.ref = calloc((size_t)(ndev > R ? ndev : R), sizeof(cudaEvent_t));
     }
     pthread_mutex_init(&s.mu, NULL);

@@ -215,7 +215,8 @@ PROTO_HD int64_t proto_layout_expert(const proto_geom_t *g, const proto_ids_t *i
 
 /* First row of this rank's tokens at destination d: the tokens every
  * lower source sends to d come first.  cnt: this rank's count buffer of
- * the call's parity, [R][cnt_ints]. */
+ * the call's parity from its first count word on, proto_cnt_index(g, p, 0)
+ * (after the header): [R][cnt_ints] from there. */
 PROTO_HD int64_t proto_dest_base(const proto_geom_t *g, const int32_t *cnt,
                                int d)
 {
