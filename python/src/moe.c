@@ -45,6 +45,11 @@ struct epxpy_handle {
     hstate_t state;
     epx_recv_t recv;
     PyObject *y;                 /* combine input kept until its recv */
+    void *cstream;               /* the combine's stream (device engines) */
+    PyObject *inputs;            /* device engines: (x, topk_idx,
+                                    topk_weights) kept until the recv, as
+                                    the engine's stream reads them until
+                                    then (epx.h) */
     PyObject *lost;              /* elastic engines: the dispatch's lost
                                     mask, a uint8 [T, K] Buffer, or NULL */
     epxpy_handle_t *next, *prev; /* the engine's live list */
@@ -80,6 +85,7 @@ static void handle_release_now(epxpy_handle_t *h)
         h->next->prev = h->prev;
     h->next = h->prev = NULL;
     Py_CLEAR(h->y);
+    Py_CLEAR(h->inputs);
     epxpy_comm_release_handle(h->moe->comm, ch);
 }
 
@@ -236,6 +242,8 @@ static epxpy_handle_t *handle_new(epxpy_moe_t *m, epx_handle_t *h)
     memset(&o->recv, 0, sizeof(o->recv));
     o->y = NULL;
     o->lost = NULL;
+    o->inputs = NULL;
+    o->cstream = NULL;
     o->prev = NULL;
     o->next = m->live;
     if (m->live)
@@ -373,6 +381,12 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         return NULL;
     }
     Py_XSETREF(o->lost, lost_buf);
+    /* A temporary input freed now could be handed by the caller's allocator
+     * to work that is not ordered after the engine's stream. */
+    Py_XSETREF(o->inputs, self->p.device != EPX_DEVICE_HOST
+                          ? PyTuple_Pack(3, xo, io, wo) : NULL);
+    if (self->p.device != EPX_DEVICE_HOST && !o->inputs)
+        PyErr_Clear();   /* the call went out: it goes on without them */
     if (self->p.mode == EPX_MODE_THROUGHPUT)
         self->cur = o;
     return (PyObject *)o;
@@ -529,6 +543,7 @@ static PyObject *handle_recv_locked(epxpy_handle_t *self, PyObject *noarg)
         return NULL;
     }
     self->state = H_RECEIVED;
+    Py_CLEAR(self->inputs);   /* the caller's stream now waits for the engine */
     return recv_info(self);
 }
 
@@ -572,13 +587,16 @@ static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
 
 /* out for combine_recv: a writable [T, hidden] bf16 or fp32 host array;
  * float64 for an FP64 engine (its output is the double sum). */
-static int import_out(epxpy_handle_t *h, PyObject *oo, epxpy_array_t *o)
+static int import_out(epxpy_handle_t *h, PyObject *oo, void *stream,
+                      epxpy_array_t *o)
 {
     int64_t T = epx_handle_num_tokens(h->h);
     unsigned dts = h->moe->p.dtype == EPX_DTYPE_FP64
         ? 1u << EPX_DTYPE_FP64 : 1u << EPX_DTYPE_BF16 | 1u << EPX_DTYPE_FP32;
+    /* stream: a DLPack producer orders its pending work on out before the
+     * combine's stream (the one combine_recv runs on) */
     if (epxpy_array_import_on(oo, "out", 1u << 30 | dts, 2, h->moe->p.device,
-                              NULL, o) < 0)
+                              stream, o) < 0)
         return -1;
     if (o->t.rows == T && o->t.cols == h->moe->p.hidden)
         return 0;
@@ -607,7 +625,7 @@ static PyObject *handle_combine_send_locked(epxpy_handle_t *self, PyObject *args
     /* A bad y or out is this rank's own error (epx.h): nothing is sent, so
      * out (given to combine_recv later) is checked now too. */
     if (oo != Py_None) {
-        if (import_out(self, oo, &o) < 0)
+        if (import_out(self, oo, stream, &o) < 0)
             return NULL;
         epxpy_array_release(&o);
     }
@@ -635,6 +653,7 @@ static PyObject *handle_combine_send_locked(epxpy_handle_t *self, PyObject *args
     /* Peers may read y from our memory until they finish: keep it. */
     Py_INCREF(yo);
     Py_XSETREF(self->y, yo);
+    self->cstream = stream;
     self->state = H_COMBINING;
     Py_RETURN_NONE;
 }
@@ -665,7 +684,7 @@ static PyObject *handle_combine_recv_locked(epxpy_handle_t *self, PyObject *args
         o.t = (epx_tensor_t){ b->data, self->moe->p.dtype, T,
                               self->moe->p.hidden };
     } else {
-        if (import_out(self, oo, &o) < 0)
+        if (import_out(self, oo, self->cstream, &o) < 0)
             return NULL;
         Py_INCREF(oo);
         res = oo;
