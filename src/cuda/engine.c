@@ -344,15 +344,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
      * function (proto/geom.h). */
     m->Elog = m->p.num_experts;
     m->layers = mine.layers;
-    proto_geom_shape(g, R, me,
-                     m->p.num_slots > 0 ? m->p.num_slots : m->p.num_experts,
-                     m->p.topk, m->p.hidden,
-                     m->p.dtype == EPX_DTYPE_BF16 ? 2 : 4,
-                     m->p.version >= 3 &&
-                     m->p.struct_size >= sizeof(epx_moe_params_t)
-                     ? (int)m->p.wire : EPX_WIRE_NATIVE,
-                     maxT, m->p.layout == EPX_LAYOUT_EXPERT_MAJOR,
-                     m->p.expert_alignment);
+    proto_geom_params(g, &m->p, R, me, maxT);
     /* Row indices and slots are int32 on the device. */
     if ((int64_t)R * maxT * g->K >= INT32_MAX ||
         (int64_t)R * maxT * g->K + (int64_t)g->Lmax * g->align >= INT32_MAX) {

@@ -189,6 +189,26 @@ PROTO_HD void proto_geom_shape(proto_geom_t *g, int R, int rank, int E,
     }
 }
 
+/* The shape from an engine's parameters as the device executor reads
+ * them (src/cuda/engine.c): the units are the slots or the experts; a
+ * params struct older than version 3 has no wire (native).
+ * tests/proto/test_geom compares the host engine's geometry with this.
+ * Host code only. */
+static inline void proto_geom_params(proto_geom_t *g,
+                                     const epx_moe_params_t *p, int R,
+                                     int rank, int64_t maxT)
+{
+    proto_geom_shape(g, R, rank,
+                     p->num_slots > 0 ? p->num_slots : p->num_experts,
+                     p->topk, p->hidden,
+                     p->dtype == EPX_DTYPE_BF16 ? 2
+                     : p->dtype == EPX_DTYPE_FP64 ? 8 : 4,
+                     p->version >= 3 && p->struct_size >= sizeof(*p)
+                     ? (int)p->wire : EPX_WIRE_NATIVE,
+                     maxT, p->layout == EPX_LAYOUT_EXPERT_MAJOR,
+                     p->expert_alignment);
+}
+
 /* Offsets of every region of the throughput window (the list above),
  * from the shape (proto_geom_shape). */
 PROTO_HD void proto_geom_layout(proto_geom_t *g)

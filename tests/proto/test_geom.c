@@ -330,10 +330,7 @@ static int engine_rank(epx_comm_t *comm, void *arg)
     const int64_t maxT = max_tokens(c, R);
     proto_geom_t g;
     memset(&g, 0, sizeof(g));
-    proto_geom_shape(&g, R, me, p.num_slots > 0 ? p.num_slots : p.num_experts,
-                     p.topk, p.hidden, p.dtype == EPX_DTYPE_BF16 ? 2 : 4,
-                     (int)p.wire, maxT,
-                     p.layout == EPX_LAYOUT_EXPERT_MAJOR, p.expert_alignment);
+    proto_geom_params(&g, &p, R, me, maxT);
     proto_geom_layout(&g);
     CHECKF(memcmp(&m->g, &g, sizeof(g)) == 0,
            "rank %d: the host engine's geometry differs from the device's "
