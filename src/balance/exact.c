@@ -3,8 +3,12 @@
  * chooses a replica count, then the ranks of its replicas in rank order
  * (a rank may take two, after every rank without one was tried, so
  * distinct ranks win ties).  Pruned by the best maximum so far, by the
- * room left under it on ranks with free slots, and by interchangeable
- * ranks (same load, same free slots, none of this expert yet). */
+ * room left under it on ranks with free slots, by interchangeable
+ * ranks (same load, same free slots, none of this expert yet) and by
+ * interchangeable experts: of equal loads, placed one after the other,
+ * each takes at most as many replicas as the one before (relabelling
+ * them turns any placement into one that does; many-way ties otherwise
+ * exhaust the node limit on layers of a few small integer loads). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +22,7 @@ typedef struct bb {
     int32_t *nfree;          /* [R] free slots */
     int32_t *cur;            /* [R*spr] experts placed so far */
     int32_t *best_slot;
+    int32_t *cnt;            /* [E] replica count chosen at each depth */
     double *rest;            /* [E+1] load of the experts not yet placed */
     double best, lower;
     long nodes, limit;
@@ -103,7 +108,10 @@ static void expert_rec(bb_t *b, int i, int free_total)
     int e = b->ord[i], left = b->E - i - 1;
     int maxc = free_total - left;
     int minc = i == b->E - 1 ? maxc : 1;   /* the last expert fills the rest */
+    if (i && b->w[e] == b->w[b->ord[i - 1]] && b->cnt[i - 1] < maxc)
+        maxc = b->cnt[i - 1];
     for (int c = minc; c <= maxc && !b->stop; c++) {
+        b->cnt[i] = c;
         double x = b->w[e] / c;
         if (x + minl >= lim)
             continue;          /* too few replicas: some rank overflows */
@@ -127,9 +135,10 @@ int epx__bal_exact(const double *w, int E, int R, int spr, double incumbent,
     b.cur = malloc((size_t)S * sizeof(int32_t));
     b.best_slot = malloc((size_t)S * sizeof(int32_t));
     b.rest = malloc((size_t)(E + 1) * sizeof(double));
+    b.cnt = malloc((size_t)E * sizeof(int32_t));
     *complete = 0;
     if (!b.ord || !tmp || !b.rl || !b.nfree || !b.cur || !b.best_slot ||
-        !b.rest || S < E) {
+        !b.rest || !b.cnt || S < E) {
         b.found = 0;
         goto out;
     }
@@ -149,7 +158,7 @@ int epx__bal_exact(const double *w, int E, int R, int spr, double incumbent,
         memcpy(slot, b.best_slot, (size_t)S * sizeof(int32_t));
 out:
     free(b.ord); free(tmp); free(b.rl); free(b.nfree); free(b.cur);
-    free(b.best_slot); free(b.rest);
+    free(b.best_slot); free(b.rest); free(b.cnt);
     return b.found;
 }
 

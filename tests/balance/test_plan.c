@@ -797,6 +797,149 @@ static double filler_bound(const double *w, int E, int S, int R)
     return tot / R > best ? tot / R : best;
 }
 
+/* ---- Hot ranks (any slots per rank): a proven bound whose count step is
+ * exact.  Suppose a placement has every rank at or below M.  Then
+ * (1) each expert has c_e >= a_e = ceil(w_e / M) replicas, sum c_e = S;
+ * (2) for u < M/2, the "hot" replicas y >= M - u are above M/2, so no
+ *     two share a rank: the hot ranks H hold one each, plus spr - 1
+ *     non-hot replicas (the set T, |T| = (spr - 1)|H|), and each hot
+ *     rank's load is at most M: sum_hot (y - M) + sum_T z <= 0;
+ * (3) for any theta, with N the non-hot replicas (T inside N),
+ *     sum_T z >= sum_N min(z, theta) - theta (|N| - |T|), since every
+ *     replica of T is at least its min(z, theta) and every other one's
+ *     min(z, theta) is at most theta.
+ * Together: sum over all replicas of g(y) <= 0, where g(y) =
+ * y - M + (spr - 1) theta for a hot y, -(theta - y)^+ otherwise.  That
+ * sum splits over the experts (c_e replicas of w_e / c_e each), so its
+ * least value over every count vector of (1) is an exact knapsack over
+ * the spare replicas (dynamic programming): if it is above 0, no placement
+ * reaches M.  For fixed counts the sum is concave in theta, so its least
+ * value over the counts is too (a minimum of concave functions): theta by
+ * ternary search, u over the points M - w_e / c where the hot set
+ * changes.  Unlike filler_bound, no expert is assumed split more than the
+ * spare slots allow all at once. */
+static double hot_min(const double *w, int E, const int *a, int X, double M,
+                      double u, double th, int spm1, double *dp, double *nd,
+                      double *v)
+{
+    for (int x = 0; x <= X; x++)
+        dp[x] = x ? HUGE_VAL : 0;
+    for (int e = 0; e < E; e++) {
+        for (int y = 0; y <= X; y++) {
+            int c = a[e] + y;
+            double z = w[e] / c;
+            v[y] = c * (z >= M - u ? z - M + spm1 * th : z < th ? z - th : 0);
+        }
+        for (int x = 0; x <= X; x++) {
+            double b = HUGE_VAL;
+            for (int y = 0; y <= x; y++)
+                b = dp[x - y] + v[y] < b ? dp[x - y] + v[y] : b;
+            nd[x] = b;
+        }
+        memcpy(dp, nd, (size_t)(X + 1) * sizeof(double));
+    }
+    return dp[X];   /* every spare replica placed: sum c_e = S */
+}
+
+/* Is no placement of w[E] on R ranks of S/R slots at or below M?  (1:
+ * proven, by the argument above.) */
+static int hot_infeasible(const double *w, int E, int S, int R, double M)
+{
+    int spr = S / R, X, nu = 0, proven = 0;
+    long need = 0;
+    double tot = 0;
+    for (int e = 0; e < E; e++)
+        tot += w[e];
+    if (tot > R * M * (1 + 1e-12))
+        return 1;
+    int *a = malloc((size_t)E * sizeof(int));
+    for (int e = 0; e < E; e++) {
+        double c = ceil(w[e] / M);
+        a[e] = c < 1 ? 1 : (int)c;
+        while (w[e] / a[e] > M)   /* ceil of a rounded quotient */
+            a[e]++;
+        need += a[e];
+    }
+    if (need > S) {
+        free(a);
+        return 1;
+    }
+    X = S - (int)need;
+    double *U = malloc((size_t)E * (X + 1) * sizeof(double));
+    double *dp = malloc((size_t)3 * (X + 1) * sizeof(double));
+    for (int e = 0; e < E; e++)
+        for (int x = 0; x <= X; x++)
+            if (w[e] / (a[e] + x) > M / 2)
+                U[nu++] = M - w[e] / (a[e] + x);
+    qsort(U, (size_t)nu, sizeof(double), cmp_asc);
+    for (int i = 0; i < nu && !proven; i++) {
+        if (i && U[i] == U[i - 1])
+            continue;
+        double lo = 0, hi = U[i];   /* a useful theta is below u */
+        for (int it = 0; it < 40 && !proven; it++) {
+            double m1 = lo + (hi - lo) / 3, m2 = hi - (hi - lo) / 3;
+            double v1 = hot_min(w, E, a, X, M, U[i], m1, spr - 1, dp,
+                                dp + X + 1, dp + 2 * (X + 1));
+            double v2 = hot_min(w, E, a, X, M, U[i], m2, spr - 1, dp,
+                                dp + X + 1, dp + 2 * (X + 1));
+            proven = v1 > 1e-9 * M || v2 > 1e-9 * M;   /* margin: rounding */
+            if (v1 < v2)
+                lo = m1;
+            else
+                hi = m2;
+        }
+    }
+    free(a);
+    free(U);
+    free(dp);
+    return proven;
+}
+
+/* The largest M between lo (a bound already) and hi that hot_infeasible
+ * proves out of reach (bisection); lo if it proves none. */
+static double hot_bound(const double *w, int E, int S, int R, double lo,
+                        double hi)
+{
+    if (lo >= hi || !hot_infeasible(w, E, S, R, lo))
+        return lo;
+    for (int it = 0; it < 30 && hi - lo > 1e-7 * hi; it++) {
+        double m = 0.5 * (lo + hi);
+        if (hot_infeasible(w, E, S, R, m))
+            lo = m;
+        else
+            hi = m;
+    }
+    return lo;
+}
+
+/* hot_infeasible never refutes the exact optimum: small layers of 3 and 4
+ * slots per rank, exhaustive optimum. */
+static void hot_bound_small(void **state)
+{
+    (void)state;
+    epxt_rng_t rng = { epxt_hash_str(epxt_seed(), "hot_bound_small") };
+    int n = 0, tight = 0;
+    for (int trial = 0; trial < 60; trial++) {
+        int spr = 3 + (int)epxt_below(&rng, 2);            /* 3..4 */
+        int R = 2 + (int)epxt_below(&rng, spr == 3 ? 3 : 2);  /* slots <= 12 */
+        int E = R + 1 + (int)epxt_below(&rng, (uint64_t)(R * spr - R));
+        double load[16], tot = 0;
+        gen_load(&rng, trial % 3 ? LOAD_ZIPF : LOAD_UNIFORM,
+                 trial % 2 ? 0.6 : 1.2, 1, E, load);
+        for (int e = 0; e < E; e++)
+            tot += load[e];
+        double opt = optimum(load, E, R, spr);
+        double lb = hot_bound(load, E, R * spr, R, tot / R, opt * 1.5);
+        if (hot_infeasible(load, E, R * spr, R, opt) || lb > opt * (1 + 1e-9))
+            fail_msg("E=%d R=%d spr=%d: bound %.6f above the optimum %.6f", E,
+                     R, spr, lb, opt);
+        n++;
+        tight += lb >= opt * (1 - 1e-6);
+    }
+    printf("# hot-rank bound, 3-4 slots per rank: equal to the optimum in %d "
+           "of %d small layers, never above\n", tight, n);
+}
+
 /* ---- Two slots per rank.  For given replica counts the best packing
  * pairs the i-th largest replica with the i-th smallest (it minimises the
  * largest pair), so the optimum is a minimum over count vectors only.
@@ -1069,7 +1212,8 @@ static void two_slots(void **state)
 }
 
 /* Production-sized layers, one domain, Zipf loads: within 2 % of the lower
- * bound filler_bound (above); it is checked to be at least the simple
+ * bound max(filler_bound, hot_bound) (above); filler_bound is checked to be
+ * at least the simple
  * bound max(total / R, least possible largest replica), computed here by
  * replaying the greedy replication, which minimises the largest replica. */
 static void lower_bound_large(void **state)
@@ -1094,7 +1238,7 @@ static void lower_bound_large(void **state)
             epx_balance_params_t p = params_of(sh, EPX_BALANCE_EPX);
             assert_int_equal(epx_balance_plan(&p, load, p2l, NULL, 0, NULL),
                              EPX_OK);
-            double worst = 0, worst_old = 0;
+            double worst = 0, worst_old = 0, worst_fb = 0;
             for (int l = 0; l < sh->L; l++) {
                 const double *ld = load + (size_t)l * sh->E;
                 double tot = 0, top = 0;
@@ -1113,21 +1257,28 @@ static void lower_bound_large(void **state)
                     top = ld[e] / c[e] > top ? ld[e] / c[e] : top;
                 /* The simple bound max(mean, least largest replica). */
                 double lb0 = tot / sh->R > top ? tot / sh->R : top;
-                double lb = filler_bound(ld, sh->E, sh->S, sh->R);
+                double fb = filler_bound(ld, sh->E, sh->S, sh->R);
                 double got = max_rank_load(sh, ld, p2l + (size_t)l * sh->S);
-                assert_true(lb >= lb0 * (1 - 1e-12));
+                /* hot_bound where filler_bound leaves more than 1 %
+                 * (72 ranks x 4 slots, Zipf 1.0: 5-9 % before it). */
+                double lb = got > fb * 1.01
+                            ? hot_bound(ld, sh->E, sh->S, sh->R, fb, got) : fb;
+                assert_true(fb >= lb0 * (1 - 1e-12));
                 assert_true(got >= lb * (1 - 1e-9));   /* it is a bound */
                 worst = got / lb > worst ? got / lb : worst;
+                worst_fb = got / fb > worst_fb ? got / fb : worst_fb;
                 worst_old = got / lb0 > worst_old ? got / lb0 : worst_old;
             }
             printf("# %s zipf %.1f: epx worst %.4f x lower bound "
-                   "(%.4f x max(mean, least largest replica))\n", sh->name,
-                   zs[z], worst, worst_old);
-            /* Zipf 1.0 with 4 slots per rank: the planner and the bound
-             * are 7-9 % apart (1.5-7 % with EPX_TEST_SLOW's shared-spare
-             * refinement, exactly 0 on some layers); the figure asserted
-             * there is what the planner reaches. */
-            assert_true(worst <= (z == 1 && i == 0 ? 1.10 : 1.02));
+                   "(%.4f x filler_bound alone, %.4f x max(mean, least "
+                   "largest replica))\n", sh->name, zs[z], worst, worst_fb,
+                   worst_old);
+            /* 72 ranks x 4 slots, Zipf 1.0: within 2 % for 509 of the seeds
+             * 1-520, up to 3.4 % on the rest (seed 83: at least 0.5 % of
+             * its 2.8 % is the planner's, a count move with the replicas
+             * repacked reaches 984.3 against 989.6; how much of the rest
+             * is the bound's is open), so 5 % is asserted there. */
+            assert_true(worst <= (z == 1 && i == 0 ? 1.05 : 1.02));
             free(load);
             free(p2l);
             free(c);
@@ -1321,6 +1472,7 @@ int main(void)
         cmocka_unit_test(random_invariants),
         cmocka_unit_test(flashlb_example),
         cmocka_unit_test(optimum_small),
+        cmocka_unit_test(hot_bound_small),
         cmocka_unit_test(lower_bound_large),
         cmocka_unit_test(two_slots),
         cmocka_unit_test(budgeted_replan),
