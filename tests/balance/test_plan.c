@@ -895,21 +895,41 @@ static int hot_infeasible(const double *w, int E, int S, int R, double M)
     return proven;
 }
 
-/* The largest M between lo (a bound already) and hi that hot_infeasible
- * proves out of reach (bisection); lo if it proves none. */
-static double hot_bound(const double *w, int E, int S, int R, double lo,
-                        double hi)
+/* A bound's test: nonzero when it proves no placement has maximum <= M. */
+typedef struct bound_ctx {
+    const double *w;
+    int E, S, R, rounds;
+    int (*out_of_reach)(const struct bound_ctx *c, double M);
+} bound_ctx_t;
+
+/* The largest M between lo (a bound already) and hi that the test proves
+ * out of reach (bisection); lo if it proves none. */
+static double bisect_bound(const bound_ctx_t *c, double lo, double hi)
 {
-    if (lo >= hi || !hot_infeasible(w, E, S, R, lo))
+    if (lo >= hi || !c->out_of_reach(c, lo))
         return lo;
     for (int it = 0; it < 30 && hi - lo > 1e-7 * hi; it++) {
         double m = 0.5 * (lo + hi);
-        if (hot_infeasible(w, E, S, R, m))
+        if (c->out_of_reach(c, m))
             lo = m;
         else
             hi = m;
     }
     return lo;
+}
+
+static int hot_out_of_reach(const bound_ctx_t *c, double M)
+{
+    return hot_infeasible(c->w, c->E, c->S, c->R, M);
+}
+
+/* The largest M between lo and hi that hot_infeasible proves out of
+ * reach; lo if it proves none. */
+static double hot_bound(const double *w, int E, int S, int R, double lo,
+                        double hi)
+{
+    const bound_ctx_t c = { w, E, S, R, 0, hot_out_of_reach };
+    return bisect_bound(&c, lo, hi);
 }
 
 /* hot_infeasible never refutes the exact optimum: small layers of 3 and 4
@@ -1110,22 +1130,18 @@ static int pair_infeasible(const double *w, int E, int R, double M, int rounds)
 /* Lower bound for 2 slots per rank: the largest M (bisection between
  * total/R and hi, a value some placement reaches) that pair_infeasible
  * proves out of reach; the optimum is above it. */
+static int pair_out_of_reach(const bound_ctx_t *c, double M)
+{
+    return pair_infeasible(c->w, c->E, c->R, M, c->rounds);
+}
+
 static double pair_bound(const double *w, int E, int R, double hi, int rounds)
 {
-    double tot = 0, lo;
+    double tot = 0;
     for (int e = 0; e < E; e++)
         tot += w[e];
-    lo = tot / R;
-    if (lo >= hi || !pair_infeasible(w, E, R, lo, rounds))
-        return lo;
-    for (int it = 0; it < 30 && hi - lo > 1e-7 * hi; it++) {
-        double m = 0.5 * (lo + hi);
-        if (pair_infeasible(w, E, R, m, rounds))
-            lo = m;
-        else
-            hi = m;
-    }
-    return lo;
+    const bound_ctx_t c = { w, E, 2 * R, R, rounds, pair_out_of_reach };
+    return bisect_bound(&c, tot / R, hi);
 }
 
 /* Two slots per rank: the epx policy within 2 % of the exact optimum
