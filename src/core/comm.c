@@ -7,7 +7,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -66,8 +68,14 @@ static void watch_peers(epx_comm_t *c, const epx_rank_info_t *all)
         const int32_t *left = epx__win_peer_ptr(c->ctl, r);
         if (r != c->rank && left && p->pid != me->pid && me->pidns[0] &&
             !strcmp(p->host, me->host) && !strcmp(p->boot_id, me->boot_id) &&
-            !strcmp(p->pidns, me->pidns))
+            !strcmp(p->pidns, me->pidns)) {
             fd = (int)syscall(SYS_pidfd_open, (pid_t)p->pid, 0);
+            /* Exited and reaped already (killed while the job formed): a
+             * descriptor that always polls readable stands in for its
+             * pidfd, so every check sees it gone, not only the timeout. */
+            if (fd < 0 && errno == ESRCH)
+                fd = eventfd(1, EFD_CLOEXEC);
+        }
         c->peer_left[r] = left;
         c->alive[r] = (struct pollfd){ fd, POLLIN, 0 };
         any |= fd >= 0;
