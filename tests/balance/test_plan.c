@@ -841,18 +841,12 @@ static double hot_min(const double *w, int E, const int *a, int X, double M,
     return dp[X];   /* every spare replica placed: sum c_e = S */
 }
 
-/* Is no placement of w[E] on R ranks of S/R slots at or below M?  (1:
- * proven, by the argument above.) */
-static int hot_infeasible(const double *w, int E, int S, int R, double M)
+/* The fewest replicas each expert needs for a maximum of M, a[e] =
+ * ceil(w[e]/M) (at least 1), and the slots of S left over: -1 when they
+ * do not fit. */
+static int spare_replicas(const double *w, int E, int S, double M, int *a)
 {
-    int spr = S / R, X, nu = 0, proven = 0;
     long need = 0;
-    double tot = 0;
-    for (int e = 0; e < E; e++)
-        tot += w[e];
-    if (tot > R * M * (1 + 1e-12))
-        return 1;
-    int *a = malloc((size_t)E * sizeof(int));
     for (int e = 0; e < E; e++) {
         double c = ceil(w[e] / M);
         a[e] = c < 1 ? 1 : (int)c;
@@ -860,11 +854,24 @@ static int hot_infeasible(const double *w, int E, int S, int R, double M)
             a[e]++;
         need += a[e];
     }
-    if (need > S) {
+    return need > S ? -1 : S - (int)need;
+}
+
+/* Is no placement of w[E] on R ranks of S/R slots at or below M?  (1:
+ * proven, by the argument above.) */
+static int hot_infeasible(const double *w, int E, int S, int R, double M)
+{
+    int spr = S / R, X, nu = 0, proven = 0;
+    double tot = 0;
+    for (int e = 0; e < E; e++)
+        tot += w[e];
+    if (tot > R * M * (1 + 1e-12))
+        return 1;
+    int *a = malloc((size_t)E * sizeof(int));
+    if ((X = spare_replicas(w, E, S, M, a)) < 0) {
         free(a);
         return 1;
     }
-    X = S - (int)need;
     double *U = malloc((size_t)E * (X + 1) * sizeof(double));
     double *dp = malloc((size_t)3 * (X + 1) * sizeof(double));
     for (int e = 0; e < E; e++)
@@ -1024,20 +1031,11 @@ static double pair_optimum(const double *w, int E, int R)
 static int pair_infeasible(const double *w, int E, int R, double M, int rounds)
 {
     int S = 2 * R, nu = 0, X, proven = 0;
-    long need = 0;
     int *a = malloc((size_t)E * sizeof(int));
-    for (int e = 0; e < E; e++) {
-        double c = ceil(w[e] / M);
-        a[e] = c < 1 ? 1 : (int)c;
-        while (w[e] / a[e] > M)   /* ceil of a rounded quotient */
-            a[e]++;
-        need += a[e];
-    }
-    if (need > S) {
+    if ((X = spare_replicas(w, E, S, M, a)) < 0) {
         free(a);
         return 1;
     }
-    X = S - (int)need;
     double *U = malloc((size_t)E * (X + 1) * sizeof(double));
     for (int e = 0; e < E; e++)
         for (int x = 0; x <= X; x++)
