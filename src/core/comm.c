@@ -276,19 +276,12 @@ epx_status_t epx_comm_create(const epx_comm_params_t *p, epx_comm_t **out)
     return epx__comm_create_boot(boot, timeout, NULL, out);
 }
 
-static void comm_teardown(epx_comm_t *comm)
+/* Collective when UCX is in use: every rank's last operations, and
+ * whatever UCX exchanges to complete them, finish while all ranks still
+ * progress, so no request is left inside a worker that goes away.  Two
+ * barriers: the first one's own signals complete during the second. */
+static epx_status_t comm_quiesce(epx_comm_t *comm)
 {
-    comm->tearing = 1;
-    if (comm->ctl && !__atomic_load_n((int32_t *)comm->ctl->local,
-                                      __ATOMIC_ACQUIRE)) {
-        /* deferred by epx_comm_destroy for a shrunk communicator */
-        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
-        epx__ucx_comm_leave(comm);
-    }
-    /* Collective when UCX is in use: every rank's last operations, and
-     * whatever UCX exchanges to complete them, finish while all ranks still
-     * progress, so no request is left inside a worker that goes away.  Two
-     * barriers: the first one's own signals complete during the second. */
     epx_status_t st = EPX_OK;
     if (comm->ucx_any && comm->dead_rank < 0) {   /* a dead rank never comes */
         st = epx_comm_barrier(comm);
@@ -298,6 +291,19 @@ static void comm_teardown(epx_comm_t *comm)
             EPX_LOG(EPX_LOG_INFO, "comm", comm->rank, "barrier at destruction: "
                     "%s", epx_last_error());
     }
+    return st;
+}
+
+static void comm_teardown(epx_comm_t *comm)
+{
+    comm->tearing = 1;
+    if (comm->ctl && !__atomic_load_n((int32_t *)comm->ctl->local,
+                                      __ATOMIC_ACQUIRE)) {
+        /* deferred by epx_comm_destroy for a shrunk communicator */
+        __atomic_store_n((int32_t *)comm->ctl->local, 1, __ATOMIC_RELEASE);
+        epx__ucx_comm_leave(comm);
+    }
+    epx_status_t st = comm->settled ? EPX_ERR_STATE : comm_quiesce(comm);
     /* The watch reads the peers' "left cleanly" words in their barrier
      * windows, unmapped with this one: it ends here (a peer lost in the
      * rest of the teardown shows as its bootstrap connection closing). */
@@ -338,6 +344,15 @@ void epx_comm_destroy(epx_comm_t *comm)
                    "destroy the engines first (the communicator is freed "
                    "with the last of them)", engines);
         EPX_LOG(EPX_LOG_ERROR, "comm", comm->rank, "%s", epx_last_error());
+    }
+    if (comm->nwin > 1 && comm->successors == 0 && comm->ucx_any) {
+        /* The peers may exit now: what this rank sent last must reach
+         * them first, in the same exchanges as an immediate teardown (a
+         * peer tearing down at once pairs with these).  The worker stays
+         * to the process exit; the later teardown exchanges nothing. */
+        if (comm_quiesce(comm) == EPX_OK && comm->dead_rank < 0)
+            epx__ucx_comm_settle(comm);
+        comm->settled = 1;
     }
     if (comm->nwin > 1) {
         if (comm->successors > 0)

@@ -28,6 +28,8 @@ struct epx_comm {
     int nwin;                   /* live windows, the barrier's included */
     int destroyed;              /* epx_comm_destroy called; teardown waits
                                    for the engines' windows */
+    int settled;                /* destroyed with an engine window alive:
+                                   the UCX exchanges of the teardown done */
     int tearing;                /* teardown under way */
     uint8_t *peer_tl;           /* [nranks] EPX_TL_* reaching each rank */
     int tl_peers[EPX_TL_COUNT]; /* ranks (self included) per backend */

@@ -163,5 +163,13 @@ epx_status_t epx__ucx_comm_quiet(epx_comm_t *comm);
 /* epx_comm_destroy was called: tell the UCX peers this rank leaves on
  * purpose, so its exit is not taken for a death.  No-op without UCX. */
 void epx__ucx_comm_leave(epx_comm_t *comm);
+/* Collective, for a communicator destroyed while an engine still holds a
+ * window (its teardown waits for the engine; its peers may exit now):
+ * after the destruction barriers, flush this rank's worker and meet every
+ * rank through the bootstrap (the same exchanges as a clean
+ * epx__ucx_comm_fini, so a rank tearing down at once pairs with it), so
+ * no rank exits while a peer still needs its last signals.  The worker
+ * stays to the process exit. */
+void epx__ucx_comm_settle(epx_comm_t *comm);
 
 #endif /* EPX_TRANSPORT_H */

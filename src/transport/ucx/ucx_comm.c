@@ -387,6 +387,50 @@ void epx__ucx_comm_leave(epx_comm_t *c)
         epx__ucx_live_leave(c->ucx);
 }
 
+/* The end of a clean finish that every rank takes part in: this rank's
+ * worker flushed (and, with `close`, its endpoints closed), then every rank
+ * met through the bootstrap, which does not progress UCX (nothing is left
+ * that needs it).  No worker goes before every rank has closed its
+ * endpoints: a worker destroyed early closes its sockets under a peer's
+ * close still flushing (tcp: "Endpoint timeout"). */
+static epx_status_t ucx_finish(epx_comm_t *c, epx_ucx_comm_t *u, int close)
+{
+    double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
+    epx_status_t st = EPX_OK;
+    if (u->worker && u->eps) {
+        /* Flush mode (force is refused in error mode NONE): each close
+         * completes once its lanes are flushed, which the destruction
+         * barriers made quick.  Endpoints without RMA lanes (tcp) stay
+         * open: closing one waits for its peer's progress, which a peer in
+         * the rendezvous below does not make (10 s each); after the
+         * barriers and the flush nothing is pending on them, and they go
+         * with the worker. */
+        ucp_request_param_t prm = { 0 };
+        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm), t,
+                           "flush at destruction", -1);
+        for (int r = 0; close && r < c->nranks && st == EPX_OK; r++) {
+            if (!u->eps[r] || u->am_put[r])
+                continue;
+            st = epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &prm), t,
+                               "endpoint close", r);
+            u->eps[r] = NULL;
+        }
+    }
+    int32_t mine = st, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
+    epx_status_t ag = all ? epx__comm_allgather(c, &mine, all, sizeof(mine))
+                          : EPX_ERR_NOMEM;
+    free(all);
+    return st != EPX_OK ? st : ag;
+}
+
+void epx__ucx_comm_settle(epx_comm_t *c)
+{
+    epx_ucx_comm_t *u = c->ucx;
+    if (u && ucx_finish(c, u, 0) != EPX_OK)
+        EPX_LOG(EPX_LOG_INFO, "ucx", c->rank, "settling at destruction: %s",
+                epx_last_error());
+}
+
 void epx__ucx_comm_fini(epx_comm_t *c, int clean)
 {
     epx_ucx_comm_t *u = c->ucx;
@@ -398,43 +442,13 @@ void epx__ucx_comm_fini(epx_comm_t *c, int clean)
         ucx_keep(c, u);
         return;
     }
-    double t = c->timeout_s < UCX_FINI_FLUSH_S ? c->timeout_s : UCX_FINI_FLUSH_S;
-    epx_status_t st = EPX_OK;
-    if (clean && u->worker && u->eps) {
-        /* Flush mode (force is refused in error mode NONE): each close
-         * completes once its lanes are flushed, which the destruction
-         * barriers made quick.  Endpoints without RMA lanes (tcp) stay
-         * open: closing one waits for its peer's progress, which a peer in
-         * the rendezvous below does not make (10 s each); after the
-         * barriers and the flush nothing is pending on them, and they go
-         * with the worker. */
-        ucp_request_param_t prm = { 0 };
-        st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm), t,
-                           "flush at destruction", -1);
-        for (int r = 0; r < c->nranks && st == EPX_OK; r++) {
-            if (!u->eps[r] || u->am_put[r])
-                continue;
-            st = epx__ucx_wait(c, ucp_ep_close_nbx(u->eps[r], &prm), t,
-                               "endpoint close", r);
-            u->eps[r] = NULL;
-        }
-    }
-    /* No worker goes before every rank has closed its endpoints: a worker
-     * destroyed early closes its sockets under a peer's close still
-     * flushing (tcp: "Endpoint timeout").  Through the bootstrap, which
-     * does not progress UCX; nothing is left that needs it. */
-    epx_status_t ag = EPX_OK;
-    if (clean) {   /* a rank without a worker after a failure skips it too */
-        int32_t mine = st, *all = malloc(sizeof(int32_t) * (size_t)c->nranks);
-        ag = all ? epx__comm_allgather(c, &mine, all, sizeof(mine))
-                 : EPX_ERR_NOMEM;
-        free(all);
-    }
+    /* a rank without a worker after a failure skips the rendezvous too */
+    epx_status_t st = clean ? ucx_finish(c, u, 1) : EPX_OK;
     /* A window still alive (an engine not destroyed before its
      * communicator) keeps memory registered: ucp_cleanup would abort in
      * UCX's registration cache. */
     int live = epx__ucx_am_win_live(u);
-    if (st != EPX_OK || ag != EPX_OK || live) {
+    if (st != EPX_OK || live) {
         if (live)
             EPX_LOG(EPX_LOG_WARN, "ucx", c->rank, "%d window(s) still alive "
                     "at epx_comm_destroy (destroy engines first)", live);

@@ -51,6 +51,12 @@ void epx__ucx_comm_leave(epx_comm_t *comm)
         mod->comm_leave(comm);
 }
 
+void epx__ucx_comm_settle(epx_comm_t *comm)
+{
+    if (comm->ucx_any && mod)
+        mod->comm_settle(comm);
+}
+
 epx_status_t epx__ucx_win_create(epx_comm_t *comm, size_t size, int nsignals,
                                  void *local, epx_win_t **win)
 {

@@ -9,6 +9,7 @@ static const epx_ucx_module_ops_t ops = {
     .comm_fini = epx__ucx_comm_fini,
     .comm_quiet = epx__ucx_comm_quiet,
     .comm_leave = epx__ucx_comm_leave,
+    .comm_settle = epx__ucx_comm_settle,
     .win_create = epx__ucx_win_create,
     .comm_hold = epx__ucx_comm_hold,
 };

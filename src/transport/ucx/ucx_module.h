@@ -11,6 +11,7 @@ typedef struct epx_ucx_module_ops {
     void (*comm_fini)(epx_comm_t *comm, int clean);
     epx_status_t (*comm_quiet)(epx_comm_t *comm);
     void (*comm_leave)(epx_comm_t *comm);
+    void (*comm_settle)(epx_comm_t *comm);
     epx_status_t (*win_create)(epx_comm_t *comm, size_t size, int nsignals,
                                void *local, epx_win_t **win);
     void (*comm_hold)(epx_comm_t *comm, void *addr, size_t len, int replace);
