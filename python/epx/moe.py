@@ -55,6 +55,20 @@ def _stream(moe):
     return torch.cuda.current_stream(moe.device).cuda_stream
 
 
+def _join(moe, stream):
+    """Order torch's current stream after ``stream``, the one a device
+    engine's call ran on, when the caller switched streams since (the
+    library orders the call's results on ``stream`` only, and a DLPack
+    consumer's stream is not waited on by the export)."""
+    if stream is None:
+        return
+    import torch
+
+    cur = torch.cuda.current_stream(moe.device)
+    if cur.cuda_stream != stream:
+        cur.wait_stream(torch.cuda.ExternalStream(stream, device=torch.device("cuda", moe.device)))
+
+
 def _choice(table, value, name):
     try:
         return table[value]
@@ -90,10 +104,11 @@ class Dispatch:
     """
 
     __slots__ = ("_moe", "_h", "_info", "_torch", "_x", "_T", "_copy", "_ex", "_poll",
-                 "__weakref__")
+                 "_stream", "__weakref__")
 
-    def __init__(self, moe, handle, torch_out, T, copy):
+    def __init__(self, moe, handle, torch_out, T, copy, stream=None):
         self._moe, self._h, self._torch = moe, handle, torch_out
+        self._stream = stream  # a device engine's: the dispatch's stream
         self._info = None
         self._x = None
         self._T = T
@@ -106,6 +121,7 @@ class Dispatch:
         """Wait until every source's rows have arrived (returns self)."""
         if self._info is None:
             info = self._h.recv()
+            _join(self._moe, self._stream)  # before the copies below
             x = A.wrap(info["x"], self._torch, self._moe._xcode)
             if self._copy:
                 x = x.clone() if self._torch else x.copy()
@@ -237,16 +253,18 @@ class Dispatch:
 class CombineWork:
     """A combine in flight (``combine(..., async_op=True)``)."""
 
-    __slots__ = ("_d", "_out", "_torch", "_res")
+    __slots__ = ("_d", "_out", "_torch", "_res", "_stream")
 
-    def __init__(self, d, out, torch_out):
+    def __init__(self, d, out, torch_out, stream=None):
         self._d, self._out, self._torch, self._res = d, out, torch_out, None
+        self._stream = stream  # a device engine's: the combine's stream
 
     def wait(self):
         """The combined output, [tokens, hidden]."""
         if self._res is None:
             out = self._out
             res = self._d._h.combine_recv(out=out)
+            _join(self._d._moe, self._stream)
             self._res = out if out is not None else A.wrap(res, self._torch)
         return self._res
 
@@ -380,7 +398,7 @@ class MoE(_C.MoE):
             raise
         h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs,
                                stream=stream)
-        d = Dispatch(self, h, torch_out, len(x), copy)
+        d = Dispatch(self, h, torch_out, len(x), copy, stream)
         if not async_op:
             d.wait()
         return d
@@ -421,8 +439,9 @@ class MoE(_C.MoE):
 
             out = torch.empty(d.num_tokens, self.hidden, dtype=_TORCH_DTYPES[self.dtype](),
                               device=torch.device("cuda", self.device))
-        d._h.combine_send(y, unweighted=not weighted, out=out, stream=_stream(self))
-        w = CombineWork(d, out, torch_out)
+        stream = _stream(self)
+        d._h.combine_send(y, unweighted=not weighted, out=out, stream=stream)
+        w = CombineWork(d, out, torch_out, stream)
         return w if async_op else w.wait()
 
     def _fail_dispatch(self):

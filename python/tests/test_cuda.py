@@ -233,3 +233,48 @@ def test_cuda_autograd():
     import torch
 
     ranks.run(rank_cuda_autograd, 2, 5, torch.cuda.device_count())
+
+
+def rank_cuda_streams(rank, R, ngpu):
+    import torch
+
+    import epx
+
+    dev = rank % ngpu
+    torch.cuda.set_device(dev)
+    cuda = torch.device("cuda", dev)
+    T, H, E, K = 64, 256, 4, 2
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, K, T, dtype=torch.float32, layout="expert_major", device=dev)
+    s1, s2 = torch.cuda.Stream(cuda), torch.cuda.Stream(cuda)
+    idx = torch.tensor([[t % E, (t + 1) % E] for t in range(T)], device=cuda)
+    w = torch.full((T, K), 0.25, device=cuda)
+    for it in range(3):
+        with torch.cuda.stream(s1):
+            x = torch.full((T, H), float(rank + 1 + it), device=cuda)
+            # keep s1 busy so that a missing wait shows as stale rows
+            torch.cuda._sleep(20_000_000)
+            d = moe.dispatch(x, idx, w, async_op=True)
+        with torch.cuda.stream(s2):   # the rows are read on another stream
+            d.wait()
+            got = d.x.sum().item()
+            out = moe.combine(d.x, d)
+            res = out.clone()
+        # expert-major: each expert is in 2T/E (token, slot) pairs and this
+        # rank holds E/R experts, so every source sends 2T/R rows
+        want = sum(float(s + 1 + it) for s in range(R)) * (2 * T // R) * H
+        assert d.num_rows == R * (2 * T // R) and got == want, (got, want, it)
+        torch.cuda.synchronize(cuda)
+        assert torch.equal(res, torch.full((T, H), float(rank + 1 + it) * 0.5, device=cuda))
+    moe.close()
+    comm.close()
+    return True
+
+
+def test_cuda_stream_switch():
+    """wait() and the combine under another current stream than the
+    dispatch's: the current stream is made to wait for the call's."""
+    gpus_or_skip()
+    import torch
+
+    ranks.run(rank_cuda_streams, 2, torch.cuda.device_count())
