@@ -82,6 +82,9 @@ run_all() {
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
+    # Weight migration between device ranks (IPC / cuMem / direct
+    # windows; NCCL where there are two GPUs), both executors
+    step "tests/cuda/test_gpu_migrate --device" "$b/tests/cuda/test_gpu_migrate" --device
     for t in test_kern_host test_kern_quant test_fdpass; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done

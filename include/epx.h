@@ -506,10 +506,11 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     come back from epx_moe_check;
  *   - every rank of the engine uses the same kind of device (all host or
  *     all device ranks), else EPX_ERR_MISMATCH;
+ *   - weight migration: epx_moe_register_weights takes DEVICE memory of
+ *     the rank's device (else EPX_ERR_INVALID), while no call is in
+ *     flight; the weights move GPU to GPU (below, "weight migration");
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): moving expert weights (epx_moe_register_weights and
- *     epx_moe_rebalance; num_slots and epx_moe_set_placement work),
- *     EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
+ *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
  *     expert-major or low latency over NCCL,
  *     load statistics in low latency (src/cuda/README.md). */
 
@@ -960,7 +961,19 @@ epx_status_t epx_balance_shrink(const epx_balance_params_t *params,
  * rank's expert weights: slots_per_rank (= num_slots / R) consecutive
  * slots of bytes_per_slot bytes at `base`, local slot j holding the
  * weights of the expert placed on slot first_local + j.  Collective: every
- * rank registers the same layer with the same bytes_per_slot. */
+ * rank registers the same layer with the same bytes_per_slot.
+ * Device ranks: `base` is device memory of the rank's device (host memory
+ * is refused, EPX_ERR_INVALID); the call allocates device staging, so it
+ * is refused (EPX_ERR_STATE) while a call of the engine is in flight.
+ * The weights move GPU to GPU (the engine's window sharing, or NCCL
+ * send/recv with the NCCL backend) on a stream of the engine's own, so
+ * they overlap dispatch/combine.  They must be written (their stream
+ * synchronised) before rebalance_start reads them.  finish queues the
+ * landing and the switch on the device, after the engine's work queued
+ * before it and before its later work: the next dispatch of the layer
+ * routes by the new placement and its recv orders the caller's stream
+ * after the new weights; epx_moe_check also waits for them.  Not while
+ * the engine's calls are being captured into a CUDA graph. */
 epx_status_t epx_moe_register_weights(epx_moe_t *moe, int layer, void *base,
                                       size_t bytes_per_slot);
 

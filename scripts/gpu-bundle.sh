@@ -37,7 +37,7 @@ grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
 progs="bench/epx-bench topology/epx-topo tests/moe/test_executors
        tests/moe/test_executors_ll tests/cuda/test_kern_host
        tests/cuda/test_kern_quant tests/cuda/test_fdpass
-       tests/moe/test_device examples/moe_gpu"
+       tests/cuda/test_gpu_migrate tests/moe/test_device examples/moe_gpu"
 echo "gpu-bundle: building"
 # The modules are shared objects; the programs then link libepx statically
 # (libtool's -static), so they are real executables, not wrappers.

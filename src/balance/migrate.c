@@ -17,13 +17,29 @@
  * the layer routes by its old placement and its live weights are
  * untouched, so calls in between see one consistent placement.  The
  * switch waits until no call of the layer is in flight on any rank.
+ *
+ * The plan (moe_mig_plan, moe/mig.h) is the one both executors move:
+ * host ranks with window puts and signals, device ranks through the GPU
+ * executor (src/cuda/migrate.c: device copies into the peers' staging
+ * windows, or NCCL send/recv, on a stream of their own).  Device ranks
+ * follow the same protocol with these differences: "arrived" is every
+ * rank's own transfers done (finish waits for them, then agrees); the
+ * landing and the switch of the layer's routing tables are queued on the
+ * device, after the engine's work queued before finish and before its
+ * later work; and the next start (or register) waits for that landing
+ * before anything is put into staging again, instead of a barrier.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/util.h"
 #include "moe/moe.h"
+#include "moe/mig.h"
 #include "moe/ll.h"
+#include "cuda/gpu.h"
+
+static epx_status_t agree(epx_moe_t *m, epx_status_t mine, int layer,
+                          const char *what);
 
 epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
                                       size_t bytes)
@@ -38,17 +54,20 @@ epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
     if (m->p.num_slots <= 0)
         mine = epx__error(EPX_ERR_INVALID, "balance: the engine has no slots "
                           "(num_slots) to move weights between");
-    else if (m->gpu)
-        mine = epx__error(EPX_ERR_UNSUPPORTED, "balance: moving expert "
-                          "weights in device memory (device ranks) is not "
-                          "implemented; place with epx_moe_set_placement and "
-                          "move the weights yourself");
     else if (layer < 0 || layer >= m->layers)
         mine = epx__error(EPX_ERR_INVALID, "balance: layer %d out of range "
                           "[0, %d)", layer, m->layers);
     else if (bytes == 0 || (!base && spr > 0))
         mine = epx__error(EPX_ERR_INVALID, "balance: weights NULL or 0 bytes "
                           "per slot");
+    /* Device ranks: device memory, and staging allocated while no call
+     * is in flight (an allocation or free may wait for the device, where
+     * a peer's kernels could be waiting for this rank). */
+    else if (m->gpu && gpu_moe_busy(m->gpu))
+        mine = epx__error(EPX_ERR_STATE, "balance: register_weights while a "
+                          "call of the engine is in flight (device ranks)");
+    else if (m->gpu && spr > 0)
+        mine = gpu_mig_check(m->gpu, base, bytes * (size_t)spr);
     /* Collective: agree, then grow the staging window if this layer needs
      * more than any before. */
     size_t need = mine == EPX_OK ? bytes * (size_t)spr : 0;
@@ -70,7 +89,14 @@ epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
     free(all);
     if (st != EPX_OK)
         return st;
-    if (most > m->w_stage_bytes) {
+    if (m->gpu) {
+        /* Collective: the device staging, shared as the windows are. */
+        st = agree(m, gpu_mig_reserve(m->gpu, most), layer,
+                   "the device staging");
+        if (st != EPX_OK)
+            return st;
+        m->w_stage_bytes = most > m->w_stage_bytes ? most : m->w_stage_bytes;
+    } else if (most > m->w_stage_bytes) {
         epx__win_destroy(m->w_stage);
         m->w_stage = NULL;
         m->w_stage_bytes = 0;
@@ -84,23 +110,70 @@ epx_status_t epx_moe_register_weights(epx_moe_t *m, int layer, void *base,
     return EPX_OK;
 }
 
-/* Old slot that feeds new slot u with expert e: a replica on u's own rank
- * first, else old replica number (u mod count); -1 if e had no replica. */
-static int source_slot(const epx_moe_t *m, const int32_t *old, int u, int e)
+int moe_mig_source(int U, int R, const int32_t *old, int u, int e)
 {
-    int spr = m->U / m->R, r = u / spr, n = 0;
+    int spr = U / R, r = u / spr, n = 0;
     for (int v = r * spr; v < (r + 1) * spr; v++)
         if (old[v] == e)
             return v;
-    for (int v = 0; v < m->U; v++)
+    for (int v = 0; v < U; v++)
         n += old[v] == e;
     if (n == 0)
         return -1;
     int want = u % n;
-    for (int v = 0; v < m->U; v++)
+    for (int v = 0; v < U; v++)
         if (old[v] == e && want-- == 0)
             return v;
     return -1;
+}
+
+void moe_mig_plan_free(moe_mig_plan_t *p)
+{
+    free(p->x);
+    free(p->land);
+    p->x = NULL;
+    p->land = NULL;
+    p->n = p->nland = 0;
+}
+
+epx_status_t moe_mig_plan(int U, int R, int me, const int32_t *old,
+                          const int32_t *next, moe_mig_plan_t *p)
+{
+    const int spr = U / R;
+    memset(p, 0, sizeof(*p));
+    p->s.struct_size = sizeof(p->s);
+    p->x = malloc(sizeof(moe_mig_xfer_t) * (size_t)(U + spr + 1));
+    p->land = malloc(sizeof(int32_t) * (size_t)(spr + 1));
+    if (!p->x || !p->land) {
+        moe_mig_plan_free(p);
+        return epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+    }
+    for (int u = 0; u < U; u++) {
+        int e = next[u], d = u / spr;
+        if (old[u] == e) {
+            p->s.unchanged += d == me;
+            continue;
+        }
+        int src = moe_mig_source(U, R, old, u, e);
+        if (src < 0) {
+            moe_mig_plan_free(p);
+            return epx__error(EPX_ERR_INVALID, "balance: slot %d's new expert "
+                              "%d has no replica to move from", u, e);
+        }
+        if (d == me)
+            p->land[p->nland++] = u % spr;
+        if (src / spr == me) {
+            p->x[p->n++] = (moe_mig_xfer_t){ d, 0, src % spr, u % spr };
+            if (d == me)
+                p->s.local_copies++;
+            else
+                p->s.sent++;
+        } else if (d == me) {
+            p->x[p->n++] = (moe_mig_xfer_t){ src / spr, 1, -1, u % spr };
+            p->s.received++;
+        }
+    }
+    return EPX_OK;
 }
 
 /* A migration between start and finish. */
@@ -108,12 +181,13 @@ typedef struct moe_mig {
     int layer, policy;
     int arrived;               /* the weights are all in staging */
     int32_t *old, *next;       /* [U] placement in use, pending one */
-    epx_rebalance_stats_t s;
+    moe_mig_plan_t plan;       /* this rank's transfers and landings */
 } moe_mig_t;
 
 void moe_mig_free(epx_moe_t *m)
 {
     if (m->mig) {
+        moe_mig_plan_free(&m->mig->plan);
         free(m->mig->old);
         free(m->mig->next);
         free(m->mig);
@@ -173,6 +247,8 @@ static epx_status_t check_placement(const epx_moe_t *m, int layer,
  * released: its rows were routed by the placement in use. */
 static int layer_in_flight(const epx_moe_t *m, int layer)
 {
+    if (m->gpu)
+        return gpu_moe_layer_busy(m->gpu, layer);
     if (m->ll) {
         for (int b = 0; b < m->ll->B; b++) {
             const epx_handle_t *h = m->ll->ring[b];
@@ -195,7 +271,7 @@ epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
     epx_status_t st = moe_check_usable(m, "balance");
     if (st != EPX_OK)
         return st;
-    const int U = m->U, spr = m->p.num_slots > 0 ? U / m->R : 0, me = m->rank;
+    const int U = m->U, me = m->rank;
     epx_status_t mine = EPX_OK;
     if (m->mig)
         mine = epx__error(EPX_ERR_STATE, "balance: a migration of layer %d is "
@@ -213,6 +289,10 @@ epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
                           (int)policy);
     else
         mine = check_placement(m, layer, phy2log);
+    /* Device ranks: the previous migration landed, so its staging is
+     * free and its weights final (what the host's closing barrier gives). */
+    if (mine == EPX_OK && m->gpu)
+        mine = gpu_mig_quiet(m->gpu);
     moe_mig_t *g = NULL;
     if (mine == EPX_OK) {
         g = calloc(1, sizeof(*g));
@@ -222,11 +302,15 @@ epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
         }
         if (!g || !g->old || !g->next)
             mine = epx__error(EPX_ERR_NOMEM, "balance: out of memory");
+        else
+            mine = moe_mig_plan(U, m->R, me, m->phy2log + (size_t)layer *
+                                (size_t)U, phy2log, &g->plan);
     }
     /* Agree (collective) before any byte moves. */
     st = agree(m, mine, layer, "the rebalance");
     if (st != EPX_OK) {
         if (g) {
+            moe_mig_plan_free(&g->plan);
             free(g->old);
             free(g->next);
             free(g);
@@ -235,32 +319,27 @@ epx_status_t epx_moe_rebalance_start(epx_moe_t *m, int layer,
     }
     g->layer = layer;
     g->policy = policy;
-    g->s = (epx_rebalance_stats_t){ sizeof(g->s), 0, 0, 0, 0 };
     memcpy(g->old, m->phy2log + (size_t)layer * (size_t)U,
            sizeof(int32_t) * (size_t)U);
     memcpy(g->next, phy2log, sizeof(int32_t) * (size_t)U);
     m->mig = g;
     const size_t B = m->w_bytes[layer];
     const char *w = m->w_base[layer];
+    const moe_mig_plan_t *pl = &g->plan;
     /* Sends: old weights of our slots to the stagings that need them; the
      * live weights are only read until the switch. */
-    for (int u = 0; u < U && st == EPX_OK; u++) {
-        int e = g->next[u], d = u / spr;
-        if (g->old[u] == e)
-            continue;
-        int src = source_slot(m, g->old, u, e);
-        if (src / spr != me)
-            continue;
-        st = epx__win_put(m->w_stage, d, (size_t)(u % spr) * B,
-                          w + (size_t)(src % spr) * B, B);
-        if (d == me)
-            g->s.local_copies++;
-        else
-            g->s.sent++;
+    if (m->gpu) {
+        st = gpu_mig_send(m->gpu, w, B, pl->x, pl->n);
+    } else {
+        for (int i = 0; i < pl->n && st == EPX_OK; i++)
+            if (!pl->x[i].recv)
+                st = epx__win_put(m->w_stage, pl->x[i].peer,
+                                  (size_t)pl->x[i].stage * B,
+                                  w + (size_t)pl->x[i].slot * B, B);
+        for (int d = 0; d < m->R && st == EPX_OK; d++)
+            st = epx__win_signal(m->w_stage, d, 0, 1);
+        m->w_stage_calls++;
     }
-    for (int d = 0; d < m->R && st == EPX_OK; d++)
-        st = epx__win_signal(m->w_stage, d, 0, 1);
-    m->w_stage_calls++;
     if (st != EPX_OK) {
         m->broken = 1;
         moe_mig_free(m);
@@ -279,9 +358,11 @@ epx_status_t epx_moe_rebalance_finish(epx_moe_t *m, epx_rebalance_stats_t *out)
     if (!g)
         return epx__error(EPX_ERR_STATE, "balance: no migration pending "
                           "(epx_moe_rebalance_start first)");
-    const int U = m->U, spr = U / m->R, me = m->rank, layer = g->layer;
+    const int layer = g->layer;
     if (!g->arrived) {
-        st = epx__win_wait(m->w_stage, 0, (uint64_t)m->R * m->w_stage_calls);
+        st = m->gpu ? gpu_mig_wait(m->gpu)   /* this rank's transfers */
+                    : epx__win_wait(m->w_stage, 0,
+                                    (uint64_t)m->R * m->w_stage_calls);
         if (st != EPX_OK) {
             m->broken = 1;
             moe_mig_free(m);
@@ -299,22 +380,35 @@ epx_status_t epx_moe_rebalance_finish(epx_moe_t *m, epx_rebalance_stats_t *out)
      * and switch the layer. */
     const size_t B = m->w_bytes[layer];
     char *w = m->w_base[layer];
-    const char *stage = m->w_stage->local;
-    for (int j = 0; j < spr; j++) {
-        int u = me * spr + j;
-        if (g->old[u] == g->next[u]) {
-            g->s.unchanged++;
-            continue;
+    const moe_mig_plan_t *pl = &g->plan;
+    epx_rebalance_stats_t s = pl->s;
+    if (m->gpu) {
+        /* The host's tables first (checked at start), then the device's
+         * landing and tables, queued; no barrier (gpu_mig_quiet). */
+        st = moe_placement_tables(m, layer, g->next,
+                                  (epx_replica_policy_t)g->policy);
+        if (st == EPX_OK) {
+            const size_t E = (size_t)m->E, U = (size_t)m->U;
+            st = gpu_mig_land(m->gpu, layer, w, B, pl->land, pl->nland,
+                              m->phy2log + (size_t)layer * U,
+                              m->pick + (size_t)layer * E,
+                              m->rep_off + (size_t)layer * (E + 1),
+                              m->rep + (size_t)layer * U,
+                              g->policy == EPX_REPLICA_ROUND_ROBIN);
         }
-        memcpy(w + (size_t)j * B, stage + (size_t)j * B, B);
-        if (source_slot(m, g->old, u, g->next[u]) / spr != me)
-            g->s.received++;
+        moe_mig_free(m);
+        if (st != EPX_OK)
+            m->broken = 1;
+    } else {
+        const char *stage = m->w_stage->local;
+        for (int i = 0; i < pl->nland; i++)
+            memcpy(w + (size_t)pl->land[i] * B,
+                   stage + (size_t)pl->land[i] * B, B);
+        moe_placement_install(m, layer, g->next,
+                              (epx_replica_policy_t)g->policy);  /* checked */
+        moe_mig_free(m);
+        st = epx_comm_barrier(m->comm);  /* staging free for the next call */
     }
-    epx_rebalance_stats_t s = g->s;
-    moe_placement_install(m, layer, g->next,
-                          (epx_replica_policy_t)g->policy);  /* checked */
-    moe_mig_free(m);
-    st = epx_comm_barrier(m->comm);      /* staging free for the next call */
     if (st == EPX_OK && out) {
         size_t n = out->struct_size && out->struct_size < sizeof(s)
             ? out->struct_size : sizeof(s);

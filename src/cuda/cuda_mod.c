@@ -19,6 +19,13 @@ static const epx_cuda_module_ops_t ops = {
     .moe_busy = gpu_moe_busy,
     .moe_set_placement = gpu_moe_set_placement,
     .moe_check = gpu_moe_check,
+    .moe_layer_busy = gpu_moe_layer_busy,
+    .mig_check = gpu_mig_check,
+    .mig_reserve = gpu_mig_reserve,
+    .mig_quiet = gpu_mig_quiet,
+    .mig_send = gpu_mig_send,
+    .mig_wait = gpu_mig_wait,
+    .mig_land = gpu_mig_land,
 };
 
 const void *epx__module_ops(void);

@@ -15,6 +15,7 @@
 #include "cuda/calls.h"
 #include "cuda/cuda_int.h"
 #include "cuda/kern_launch.h"
+#include "cuda/mig_int.h"
 #include "cuda/nccl_ex.h"
 #include "core/comm.h"
 #include "moe/wire.h"
@@ -75,6 +76,7 @@ struct gpu_moe {
     int64_t *d_llsendoff, *d_llcounts, *d_llstate;
     uint32_t *d_lluse;
     int64_t *h_lloffs;          /* [L] j * R * cap */
+    gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -618,9 +620,11 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaSetDevice(m->device);
     if (m->st)
         cudaStreamSynchronize(m->st);
+    gpu_mig_sync(m->mig);
     /* No peer may still be storing into this rank's window. */
     if (m->win)
         epx_comm_barrier(m->comm);
+    gpu_mig_destroy(m->mig);
     epx__cuwin_destroy(m->win);
     epx__nccl_destroy(m->nccl);
     if (!m->win)
@@ -740,30 +744,67 @@ epx_status_t gpu_moe_set_placement(gpu_moe_t *m, int layer,
     if (gpu_calls_outstanding(&m->calls) > 0)
         return epx__error(EPX_ERR_STATE, "cuda set_placement: a call of the "
                           "engine is in flight");
-    const int E = m->Elog, U = m->g.E;
-    const size_t per = (size_t)(2 * E + 1 + U);
-    int32_t *h = m->h_route + per * (size_t)layer;
     /* No call in flight: the engine's stream only finishes kernels already
      * queued (their peers' progress does not wait for this thread), then
      * the staging copy is free to rewrite. */
     if ((st = st_sync(m)) != EPX_OK)
         return fail(m, st);
-    memcpy(h, pick, sizeof(int32_t) * (size_t)E);
-    memcpy(h + E, off, sizeof(int32_t) * (size_t)(E + 1));
-    memcpy(h + 2 * E + 1, rep, sizeof(int32_t) * (size_t)U);
-    st = epx__cuda_err(cudaMemcpyAsync(m->d_route + per * (size_t)layer, h,
-                                       sizeof(int32_t) * per,
-                                       cudaMemcpyHostToDevice, m->st),
-                       "cudaMemcpyAsync");
+    st = gpu_moe_route_async(m, layer, phy2log, pick, off, rep, round_robin,
+                             m->st);
     if (st == EPX_OK)
         st = st_sync(m);
     if (st != EPX_OK)
         return fail(m, st);
+    return EPX_OK;
+}
+
+epx_status_t gpu_moe_route_async(gpu_moe_t *m, int layer,
+                                 const int32_t *phy2log, const int32_t *pick,
+                                 const int32_t *off, const int32_t *rep,
+                                 int round_robin, cudaStream_t on)
+{
+    const int E = m->Elog, U = m->g.E;
+    const size_t per = (size_t)(2 * E + 1 + U);
+    int32_t *h = m->h_route + per * (size_t)layer;
+    memcpy(h, pick, sizeof(int32_t) * (size_t)E);
+    memcpy(h + E, off, sizeof(int32_t) * (size_t)(E + 1));
+    memcpy(h + 2 * E + 1, rep, sizeof(int32_t) * (size_t)U);
+    epx_status_t st = epx__cuda_err(
+        cudaMemcpyAsync(m->d_route + per * (size_t)layer, h,
+                        sizeof(int32_t) * per, cudaMemcpyHostToDevice, on),
+        "cudaMemcpyAsync");
+    if (st != EPX_OK)
+        return st;
     memcpy(m->h_p2l + (size_t)layer * (size_t)U, phy2log,
            sizeof(int32_t) * (size_t)U);
     m->h_rr[layer] = (int8_t)(round_robin != 0);
     m->h_placed[layer] = 1;
     return EPX_OK;
+}
+
+int gpu_moe_layer_busy(const gpu_moe_t *m, int layer)
+{
+    for (int b = 0; m && b < m->calls.B; b++) {
+        int s = m->calls.slot[b].state;
+        if ((s == GPU_CALL_SENT || s == GPU_CALL_RECEIVED) &&
+            m->blayer[b] == layer)
+            return 1;
+    }
+    return 0;
+}
+
+epx_status_t gpu_moe_eng(gpu_moe_t *m, const char *what, gpu_eng_t *e)
+{
+    if (m)   /* filled even when unusable: collectives still take part */
+        *e = (gpu_eng_t){ m->comm, m->device,
+                          m->backend == EPX_GPU_BACKEND_WINDOWS, m->nccl,
+                          m->st, &m->mig };
+    return usable(m, what);
+}
+
+epx_status_t gpu_moe_fail(gpu_moe_t *m, epx_status_t st)
+{
+    return fail(m, st);
 }
 
 /* ------------------------------------------------------ low latency */

@@ -8,8 +8,10 @@
 #ifndef EPX_CUDA_GPU_H
 #define EPX_CUDA_GPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "epx.h"
+#include "moe/mig.h"
 
 typedef struct gpu_moe gpu_moe_t;
 
@@ -55,5 +57,35 @@ epx_status_t gpu_moe_set_placement(gpu_moe_t *gpu, int layer,
 /* Synchronise with the engine's stream; the first device-side error of
  * the calls since the last check (epx_moe_check). */
 epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped);
+
+/* Weight migration (src/cuda/migrate.c): the moves of src/moe/mig.h's
+ * plan, which src/balance/migrate.c computes, between device ranks.
+ * A call of `layer` dispatched and not yet combine_sent or released. */
+int gpu_moe_layer_busy(const gpu_moe_t *gpu, int layer);
+/* [base, base + bytes) is device memory of this rank's device. */
+epx_status_t gpu_mig_check(gpu_moe_t *gpu, const void *base, size_t bytes);
+/* Collective (every rank, the same bytes): staging of at least `bytes`
+ * per rank in device memory, shared as the engine's windows are
+ * (windows backend) or local (NCCL); kept while large enough. */
+epx_status_t gpu_mig_reserve(gpu_moe_t *gpu, size_t bytes);
+/* The host waits (bounded by the comm's timeout) for the last landing:
+ * staging free, the weights it wrote final. */
+epx_status_t gpu_mig_quiet(gpu_moe_t *gpu);
+/* Queue the plan's transfers of weights (device memory, `bytes` per
+ * slot) on the migration stream: sends into the destinations' staging;
+ * NCCL also posts the receives. */
+epx_status_t gpu_mig_send(gpu_moe_t *gpu, const void *weights, size_t bytes,
+                          const moe_mig_xfer_t *x, int n);
+/* The host waits (bounded) until this rank's transfers are done. */
+epx_status_t gpu_mig_wait(gpu_moe_t *gpu);
+/* The switch, queued: after the engine's work queued so far, staging
+ * slot land[i] into weights slot land[i], then the layer's routing
+ * tables (as gpu_moe_set_placement's); the engine's later work waits for
+ * both.  The caller has checked that no call of the layer is in flight. */
+epx_status_t gpu_mig_land(gpu_moe_t *gpu, int layer, void *weights,
+                          size_t bytes, const int32_t *land, int nland,
+                          const int32_t *phy2log, const int32_t *pick,
+                          const int32_t *off, const int32_t *rep,
+                          int round_robin);
 
 #endif /* EPX_CUDA_GPU_H */

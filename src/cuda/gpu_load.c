@@ -105,3 +105,38 @@ epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped)
 {
     return mod->moe_check(gpu, dropped);
 }
+
+int gpu_moe_layer_busy(const gpu_moe_t *gpu, int layer)
+{
+    return mod->moe_layer_busy(gpu, layer);
+}
+
+epx_status_t gpu_mig_check(gpu_moe_t *gpu, const void *base, size_t bytes)
+{
+    return mod->mig_check(gpu, base, bytes);
+}
+
+epx_status_t gpu_mig_reserve(gpu_moe_t *gpu, size_t bytes)
+{
+    return mod->mig_reserve(gpu, bytes);
+}
+
+epx_status_t gpu_mig_quiet(gpu_moe_t *gpu) { return mod->mig_quiet(gpu); }
+
+epx_status_t gpu_mig_send(gpu_moe_t *gpu, const void *weights, size_t bytes,
+                          const moe_mig_xfer_t *x, int n)
+{
+    return mod->mig_send(gpu, weights, bytes, x, n);
+}
+
+epx_status_t gpu_mig_wait(gpu_moe_t *gpu) { return mod->mig_wait(gpu); }
+
+epx_status_t gpu_mig_land(gpu_moe_t *gpu, int layer, void *weights,
+                          size_t bytes, const int32_t *land, int nland,
+                          const int32_t *phy2log, const int32_t *pick,
+                          const int32_t *off, const int32_t *rep,
+                          int round_robin)
+{
+    return mod->mig_land(gpu, layer, weights, bytes, land, nland, phy2log,
+                         pick, off, rep, round_robin);
+}

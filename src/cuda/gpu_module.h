@@ -30,6 +30,18 @@ typedef struct epx_cuda_module_ops {
                                       const int32_t *pick, const int32_t *off,
                                       const int32_t *rep, int round_robin);
     epx_status_t (*moe_check)(gpu_moe_t *gpu, int64_t *dropped);
+    int (*moe_layer_busy)(const gpu_moe_t *gpu, int layer);
+    epx_status_t (*mig_check)(gpu_moe_t *gpu, const void *base, size_t bytes);
+    epx_status_t (*mig_reserve)(gpu_moe_t *gpu, size_t bytes);
+    epx_status_t (*mig_quiet)(gpu_moe_t *gpu);
+    epx_status_t (*mig_send)(gpu_moe_t *gpu, const void *weights,
+                             size_t bytes, const moe_mig_xfer_t *x, int n);
+    epx_status_t (*mig_wait)(gpu_moe_t *gpu);
+    epx_status_t (*mig_land)(gpu_moe_t *gpu, int layer, void *weights,
+                             size_t bytes, const int32_t *land, int nland,
+                             const int32_t *phy2log, const int32_t *pick,
+                             const int32_t *off, const int32_t *rep,
+                             int round_robin);
 } epx_cuda_module_ops_t;
 
 #endif /* EPX_CUDA_GPU_MODULE_H */

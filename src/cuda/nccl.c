@@ -180,3 +180,20 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
     ncclResult_t e = ncclGroupEnd();
     return nccl_err(r != ncclSuccess ? r : e, "nccl combine exchange");
 }
+
+epx_status_t epx__nccl_p2p(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
+                           void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    if (n <= 0)
+        return EPX_OK;
+    ncclResult_t r = ncclGroupStart();
+    for (int i = 0; i < n && r == ncclSuccess; i++)
+        r = ops[i].recv
+            ? ncclRecv(ops[i].buf, ops[i].bytes, ncclUint8, ops[i].peer,
+                       nc->comm, st)
+            : ncclSend(ops[i].buf, ops[i].bytes, ncclUint8, ops[i].peer,
+                       nc->comm, st);
+    ncclResult_t e = ncclGroupEnd();
+    return nccl_err(r != ncclSuccess ? r : e, "nccl weight transfers");
+}

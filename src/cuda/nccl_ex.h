@@ -39,6 +39,17 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
                                const int64_t *sendoff, const int64_t *nrecv,
                                const int64_t *rbase, void *stream);
 
+/* Point to point, one group: each op sends `bytes` at buf to `peer` or
+ * receives them there from it; the ops between two ranks pair up in the
+ * order given (weight migration, src/cuda/migrate.c). */
+typedef struct epx_nccl_p2p {
+    int32_t peer, recv;
+    void *buf;
+    size_t bytes;
+} epx_nccl_p2p_t;
+epx_status_t epx__nccl_p2p(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
+                           void *stream);
+
 /* The NCCL module (epx_nccl.so, which needs libnccl) gives these to the
  * CUDA module, loaded by the first NCCL-backend engine (nccl_load.c). */
 typedef struct epx_nccl_module_ops {
@@ -55,6 +66,8 @@ typedef struct epx_nccl_module_ops {
                             const void *y, char *win, const int64_t *nsend,
                             const int64_t *sendoff, const int64_t *nrecv,
                             const int64_t *rbase, void *stream);
+    epx_status_t (*p2p)(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
+                        void *stream);
 } epx_nccl_module_ops_t;
 
 #endif /* EPX_CUDA_NCCL_EX_H */

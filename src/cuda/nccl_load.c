@@ -61,3 +61,9 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
 {
     return mod->combine(nc, g, y, win, nsend, sendoff, nrecv, rbase, stream);
 }
+
+epx_status_t epx__nccl_p2p(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
+                           void *stream)
+{
+    return mod->p2p(nc, ops, n, stream);
+}

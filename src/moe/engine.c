@@ -258,6 +258,22 @@ epx_status_t moe_placement_install(epx_moe_t *m, int layer,
                                    const int32_t *phy2log,
                                    epx_replica_policy_t policy)
 {
+    epx_status_t st = moe_placement_tables(m, layer, phy2log, policy);
+    if (st != EPX_OK || !m->gpu)
+        return st;
+    /* Device ranks route in their kernels, from the same tables. */
+    const size_t U = (size_t)m->U, E = (size_t)m->E;
+    return gpu_moe_set_placement(m->gpu, layer, m->phy2log + (size_t)layer * U,
+                                 m->pick + (size_t)layer * E,
+                                 m->rep_off + (size_t)layer * (E + 1),
+                                 m->rep + (size_t)layer * U,
+                                 policy == EPX_REPLICA_ROUND_ROBIN);
+}
+
+epx_status_t moe_placement_tables(epx_moe_t *m, int layer,
+                                  const int32_t *phy2log,
+                                  epx_replica_policy_t policy)
+{
     const int U = m->U, E = m->E;
     int32_t *cnt = calloc((size_t)E + 1, sizeof(int32_t));
     if (!cnt)
@@ -318,10 +334,7 @@ epx_status_t moe_placement_install(epx_moe_t *m, int layer,
             }
         }
     }
-    /* Device ranks route in their kernels, from the same tables. */
-    return m->gpu ? gpu_moe_set_placement(m->gpu, layer, p2l, pick, off, rep,
-                                          policy == EPX_REPLICA_ROUND_ROBIN)
-                  : EPX_OK;
+    return EPX_OK;
 }
 
 /* The rank's device (version 4), and whether every rank is of the same

@@ -260,6 +260,11 @@ void moe_handle_link(epx_moe_t *m, epx_handle_t *h);
 epx_status_t moe_placement_install(epx_moe_t *m, int layer,
                                    const int32_t *phy2log,
                                    epx_replica_policy_t policy);
+/* The same, the engine's (host) tables only: a device rank's migration
+ * queues their upload itself (gpu_mig_land). */
+epx_status_t moe_placement_tables(epx_moe_t *m, int layer,
+                                  const int32_t *phy2log,
+                                  epx_replica_policy_t policy);
 /* migrate.c: a pending migration, freed with the engine */
 void moe_mig_free(epx_moe_t *m);
 /* stats.c */
