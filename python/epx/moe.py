@@ -477,13 +477,21 @@ class MoE(_C.MoE):
 
     def register_weights(self, weights, layer=0):
         """Register this rank's expert weights of a layer for
-        :meth:`rebalance`: [slots per rank, ...], contiguous host memory,
-        kept alive by the engine.  Collective: a bad argument on one rank
-        fails the call on every rank."""
-        if self.device >= 0:
-            raise _C.UnsupportedError("register_weights: moving expert weights is implemented "
-                                      "on host ranks only (epx.h), not on device engines")
+        :meth:`rebalance`: [slots per rank, ...], contiguous, in host memory
+        (device engines: a CUDA tensor of the engine's device), kept alive
+        by the engine.  Collective: a bad argument on one rank fails the
+        call on every rank."""
+        self._settle()
         super().register_weights(int(layer), A.host_array(weights, "weights"))
+
+    def _settle(self):
+        """Device engines: the weights are read and written by the
+        engine's own streams, so the work queued on the current stream
+        (the caller's writes of the weights) finishes first."""
+        if self.device >= 0:
+            import torch
+
+            torch.cuda.current_stream(self.device).synchronize()
 
     def rebalance(self, phy2log, layer=0, policy="local_first"):
         """Move the registered weights to a new placement and switch the
@@ -497,7 +505,15 @@ class MoE(_C.MoE):
             except _C.Error:
                 pass
             raise
-        return super().rebalance(*args)
+        self._settle()
+        st = super().rebalance(*args)
+        if self.device >= 0:
+            # the new weights land on the engine's streams: usable from any
+            # stream once the call returns
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        return st
 
     def __enter__(self):
         return self

@@ -906,6 +906,16 @@ static PyObject *fail_collective(epxpy_moe_t *m, int layer, int rebalance)
     return NULL;
 }
 
+/* A layer's expert weights, writable, where the engine's tensors live
+ * (device engines: device memory, whose writers the caller has finished:
+ * epx/moe.py synchronizes the current stream first). */
+static int import_weights(epxpy_moe_t *self, PyObject *wo, epxpy_array_t *a)
+{
+    return epxpy_array_import_on(wo, "weights",
+                                 1u << 30 | 1u << EPXPY_DTYPE_BYTES, 0,
+                                 self->p.device, NULL, a);
+}
+
 static PyObject *moe_register_weights_locked(epxpy_moe_t *self, PyObject *args)
 {
     int layer;
@@ -913,8 +923,7 @@ static PyObject *moe_register_weights_locked(epxpy_moe_t *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "iO", &layer, &wo) || moe_usable(self) < 0)
         return NULL;
     epxpy_array_t a;
-    if (epxpy_array_import(wo, "weights", 1u << 30 | 1u << EPXPY_DTYPE_BYTES,
-                           0, &a) < 0)
+    if (import_weights(self, wo, &a) < 0)
         return fail_collective(self, layer, 0);
     int spr = self->p.num_slots / (self->comm->size > 0 ? self->comm->size : 1);
     void *base = a.t.data;
@@ -964,8 +973,7 @@ static PyObject *moe_rebalance_locked(epxpy_moe_t *self, PyObject *args)
         unsigned long long addr = PyLong_AsUnsignedLongLong(
             PyTuple_GET_ITEM(rec, 1));
         Py_ssize_t bps = PyLong_AsSsize_t(PyTuple_GET_ITEM(rec, 2));
-        if (epxpy_array_import(PyTuple_GET_ITEM(rec, 0), "weights",
-                               1u << 30 | 1u << EPXPY_DTYPE_BYTES, 0, &w) < 0)
+        if (import_weights(self, PyTuple_GET_ITEM(rec, 0), &w) < 0)
             return fail_collective(self, layer, 1);
         int moved = (unsigned long long)(uintptr_t)w.t.data != addr ||
                     w.t.cols != (int64_t)bps;

@@ -169,8 +169,8 @@ def rank_misplaced(rank, R, ngpu):
         moe.combine(d.x, d, out=torch.empty(T, H))
     out = moe.combine(d.x, d)     # nothing was sent by the refused calls
     assert out.is_cuda and torch.allclose(out, x * w.sum(1, keepdim=True))
-    with pytest.raises(epx.UnsupportedError):
-        moe.register_weights(torch.zeros(1, 4, device=cuda))
+    with pytest.raises(epx.InvalidError, match="weights: is in host memory"):
+        moe.register_weights(torch.zeros(1, 4))
     moe.close()
     # a host engine refuses CUDA tensors, naming the argument and the device
     host = epx.MoE(comm, H, E, K, T, dtype=torch.float32)
@@ -278,3 +278,46 @@ def test_cuda_stream_switch():
     import torch
 
     ranks.run(rank_cuda_streams, 2, torch.cuda.device_count())
+
+
+def rank_cuda_rebalance(rank, R, ngpu):
+    import torch
+
+    import epx
+
+    dev = rank % ngpu
+    torch.cuda.set_device(dev)
+    cuda = torch.device("cuda", dev)
+    E, S, H, T = 4, 8, 8, 4
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, 1, T, dtype=torch.float32, num_slots=S, device=dev)
+    old = np.arange(S) % E
+    moe.set_placement(old)
+    per = S // R
+    # slot s holds weights filled with its expert id, in device memory
+    wts = torch.tensor([[float(old[s])] * 16 for s in range(rank * per, (rank + 1) * per)],
+                       device=cuda)
+    moe.register_weights(wts)
+    new = np.array([3, 3, 2, 2, 1, 1, 0, 0])
+    st = moe.rebalance(new)
+    assert wts[:, 0].tolist() == [float(new[s]) for s in range(rank * per, (rank + 1) * per)]
+    assert st["received"] + st["local_copies"] + st["unchanged"] == per
+    # the engine routes by the new placement: each expert's rows reach a
+    # rank holding it
+    x = torch.arange(T * H, dtype=torch.float32, device=cuda).reshape(T, H) + rank
+    idx = torch.tensor([[t % E] for t in range(T)], device=cuda)
+    w = torch.ones(T, 1, device=cuda)
+    d = moe.dispatch(x, idx, w)
+    held = set(int(e) for e in d.local_experts.tolist())
+    assert held == set(int(new[s]) for s in range(rank * per, (rank + 1) * per))
+    assert torch.equal(moe.combine(d.x, d), x)
+    moe.close()
+    comm.close()
+    return True
+
+
+def test_cuda_rebalance_moves_device_weights():
+    gpus_or_skip()
+    import torch
+
+    ranks.run(rank_cuda_rebalance, 2, torch.cuda.device_count())
