@@ -19,6 +19,7 @@ static const epx_cuda_module_ops_t ops = {
     .moe_busy = gpu_moe_busy,
     .moe_set_placement = gpu_moe_set_placement,
     .moe_check = gpu_moe_check,
+    .moe_ll_stats = gpu_moe_ll_stats,
 };
 
 const void *epx__module_ops(void);

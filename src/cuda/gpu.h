@@ -56,4 +56,16 @@ epx_status_t gpu_moe_set_placement(gpu_moe_t *gpu, int layer,
  * the calls since the last check (epx_moe_check). */
 epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped);
 
+/* Low latency's load statistics: synchronises with the engine's stream
+ * (never while capturing a graph) and hands each call the device recorded
+ * since the last read to each(ctx, layer, counts per logical expert,
+ * counts per unit), in call order.  *lost: the calls the device's ring
+ * (GPU_LL_STATS_CALLS) no longer held (not read for that many calls).
+ * Throughput mode: nothing (its counts come with dispatch_recv). */
+#define GPU_LL_STATS_CALLS 1024
+typedef void (*gpu_stats_fn)(void *ctx, int layer, const int32_t *ecount,
+                             const int32_t *ucount);
+epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
+                              int64_t *lost);
+
 #endif /* EPX_CUDA_GPU_H */

@@ -105,3 +105,9 @@ epx_status_t gpu_moe_check(gpu_moe_t *gpu, int64_t *dropped)
 {
     return mod->moe_check(gpu, dropped);
 }
+
+epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
+                              int64_t *lost)
+{
+    return mod->moe_ll_stats(gpu, each, ctx, lost);
+}

@@ -61,3 +61,11 @@ epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
 {
     return mod->combine(nc, g, y, win, nsend, sendoff, nrecv, rbase, stream);
 }
+
+epx_status_t epx__nccl_dispatch_em(epx_nccl_t *nc, const proto_geom_t *g,
+                                   char *stage, char *rstage, char *win,
+                                   const int64_t *ent, const int64_t *rows,
+                                   void *stream)
+{
+    return mod->dispatch_em(nc, g, stage, rstage, win, ent, rows, stream);
+}

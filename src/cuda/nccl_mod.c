@@ -10,6 +10,7 @@ static const epx_nccl_module_ops_t ops = {
     .counts = epx__nccl_counts,
     .dispatch = epx__nccl_dispatch,
     .combine = epx__nccl_combine,
+    .dispatch_em = epx__nccl_dispatch_em,
 };
 
 const void *epx__module_ops(void);
