@@ -509,7 +509,7 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *   - load statistics in low latency are recorded by the kernels (calls
  *     replayed from a CUDA graph too) and read at the next epx_moe_stats
  *     or epx_moe_check, which synchronise with the engine's stream (not
- *     while capturing); read them at least once every 1024 calls, else
+ *     while capturing); read them at least once every 1000 calls, else
  *     the oldest unread calls are left out (a warning says how many).  A
  *     call counts on a rank whose own routing was good, even where a
  *     peer's failed it (the host executor refuses it on every rank);
