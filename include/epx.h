@@ -509,10 +509,16 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *   - weight migration: epx_moe_register_weights takes DEVICE memory of
  *     the rank's device (else EPX_ERR_INVALID), while no call is in
  *     flight; the weights move GPU to GPU (below, "weight migration");
+ *   - load statistics in low latency are recorded by the kernels (calls
+ *     replayed from a CUDA graph too) and read at the next epx_moe_stats
+ *     or epx_moe_check, which synchronise with the engine's stream (not
+ *     while capturing); read them at least once every 1000 calls, else
+ *     the oldest unread calls are left out (a warning says how many).  A
+ *     call counts on a rank whose own routing was good, even where a
+ *     peer's failed it (the host executor refuses it on every rank);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
  *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
- *     expert-major or low latency over NCCL,
- *     load statistics in low latency (src/cuda/README.md). */
+ *     low latency over NCCL (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),
@@ -790,7 +796,10 @@ typedef struct epx_moe_stats {
 
 /* global 0: this rank's own tokens, local.  global 1: summed over every
  * rank (collective: every rank calls it).  The arrays belong to the engine
- * and stay valid until its next epx_moe_stats call or its destruction. */
+ * and stay valid until its next epx_moe_stats call or its destruction.
+ * Device ranks in low latency: first reads the calls the device recorded
+ * since the last read (synchronising with the engine's stream; see
+ * "Device ranks"). */
 epx_status_t epx_moe_stats(epx_moe_t *moe, int global, epx_moe_stats_t *stats);
 /* Local: clear this rank's window and decayed load. */
 epx_status_t epx_moe_stats_reset(epx_moe_t *moe);

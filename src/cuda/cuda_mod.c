@@ -26,6 +26,7 @@ static const epx_cuda_module_ops_t ops = {
     .mig_send = gpu_mig_send,
     .mig_wait = gpu_mig_wait,
     .mig_land = gpu_mig_land,
+    .moe_ll_stats = gpu_moe_ll_stats,
 };
 
 const void *epx__module_ops(void);

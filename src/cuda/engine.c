@@ -1,7 +1,7 @@
 /*
  * The GPU executor (include/epx/cuda.h): setup, argument checks and the
  * order of kernels and exchanges on the engine's stream.  Throughput mode,
- * token-major, or expert-major with the windows backend; the protocol is
+ * token-major or expert-major (both backends); the protocol is
  * the host executor's (count rows to every rank, then rows at offsets
  * computed from the whole count matrix, partials back to the slot each
  * token had in its source's packed order).
@@ -61,6 +61,11 @@ struct gpu_moe {
     int32_t *h_p2l;             /* [layers][U] */
     int8_t *h_placed, *h_rr;    /* [layers] set; round robin */
     int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
+    int64_t *rsize;             /* NCCL expert-major: [4][R] the same for
+                                   rows (proto.h, "expert-major over NCCL") */
+    char *rstage;               /* NCCL expert-major: rows received in
+                                   source order; combine's partials */
+    int64_t *d_emmap;           /* NCCL expert-major: the receiver's map */
     uint64_t seq;
     int64_t T, rows;
     int broken;
@@ -77,6 +82,11 @@ struct gpu_moe {
     uint32_t *d_lluse;
     int64_t *h_lloffs;          /* [L] j * R * cap */
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
+    /* low latency's load statistics: the device's ring (kern_launch.h
+     * EPXK_LL_STATS_RING) and the calls of it the host has read */
+    int64_t *d_llnstat;
+    int32_t *d_llring, *h_llring;
+    int64_t ll_seen;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -162,11 +172,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         c->backend != EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown backend %d",
                           (int)c->backend);
-    if (c->backend == EPX_GPU_BACKEND_NCCL &&
-        p->layout == EPX_LAYOUT_EXPERT_MAJOR)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: the expert-major "
-                          "layout is implemented for the windows backend "
-                          "only, not NCCL");
     if (c->nccl_comm && c->backend != EPX_GPU_BACKEND_NCCL)
         return epx__error(EPX_ERR_INVALID, "cuda moe: nccl_comm given for "
                           "the windows backend");
@@ -384,7 +389,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->h_counts = calloc(2 * (size_t)m->L + 1, sizeof(int64_t));
     m->h_local = calloc((size_t)m->calls.B * (size_t)m->L + 1,
                         sizeof(int32_t));
-    m->nsend = calloc(4 * (size_t)R, sizeof(int64_t));
+    m->nsend = calloc(8 * (size_t)R, sizeof(int64_t));
     if (!m->h_counts || !m->h_local || !m->nsend) {
         st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
         goto gate;
@@ -392,6 +397,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->sendoff = m->nsend + R;
     m->nrecv = m->nsend + 2 * R;
     m->rbase = m->nsend + 3 * R;
+    m->rsize = m->nsend + 4 * R;
     for (int b = 0; b < m->calls.B; b++)
         for (int j = 0; j < m->L; j++)
             m->h_local[(size_t)b * m->L + j] = m->first + j;
@@ -457,6 +463,14 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
         DEV_ALLOC(m->d_scratch, sizeof(float) * (size_t)(maxT * g->H));
         DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
+        const size_t per = (size_t)(1 + m->Elog + g->E);
+        DEV_ALLOC(m->d_llnstat, sizeof(int64_t));
+        DEV_ALLOC(m->d_llring, sizeof(int32_t) * per * EPXK_LL_STATS_RING);
+        m->h_llring = malloc(sizeof(int32_t) * per * EPXK_LL_STATS_RING);
+        if (!m->h_llring) {
+            st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+            goto gate;
+        }
         m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
         if (!m->h_lloffs) {
             st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
@@ -471,10 +485,23 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0,
                                                sizeof(int64_t) * EPXK_LL_NSTATE,
                                                m->st), "cudaMemset");
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemsetAsync(m->d_llnstat, 0,
+                                               sizeof(int64_t), m->st),
+                               "cudaMemset");
         if (st != EPX_OK)
             goto gate;
     }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
+    if (g->em && m->backend == EPX_GPU_BACKEND_NCCL) {
+        DEV_ALLOC(m->d_emmap, sizeof(int64_t) *
+                                  (size_t)proto_em_map_len(g, m->L));
+        /* the rows as received, and later the partials, one per entry */
+        size_t n = (size_t)g->total;
+        if ((size_t)(g->ents * g->row_bytes) > n)
+            n = (size_t)(g->ents * g->row_bytes);
+        DEV_ALLOC(m->rstage, n);
+    }
     st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
                                               cudaDevAttrMultiProcessorCount,
                                               m->device),
@@ -599,6 +626,10 @@ gate:
     m->call.ll_drop = m->ll && (m->p.flags & EPX_MOE_LL_DROP) != 0;
     m->call.ll_use = m->d_lluse;
     m->call.ll_state = m->d_llstate;
+    m->call.ll_nstat = m->d_llnstat;
+    m->call.ll_ring = m->d_llring;
+    m->call.rstage = m->rstage;
+    m->call.emmap = m->d_emmap;
     double to = epx__comm_timeout(comm);
     m->call.timeout_ns = (uint64_t)(to * 1e9);
     free(e2r);
@@ -645,6 +676,11 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFree(m->d_llstate);
     cudaFree(m->d_scratch);
     cudaFree(m->d_lluse);
+    cudaFree(m->d_llnstat);
+    cudaFree(m->d_llring);
+    free(m->h_llring);
+    cudaFree(m->rstage);
+    cudaFree(m->d_emmap);
     free(m->h_lloffs);
     cudaFree(m->d_sendoff);
     cudaFree(m->d_done);
@@ -708,6 +744,22 @@ static void nccl_sizes(gpu_moe_t *m)
         m->nrecv[r] = m->h_cnt[(size_t)r * g->cnt_ints + g->rank];
         m->rbase[r] = rb;
         rb += m->nrecv[r];
+    }
+    if (!g->em)
+        return;
+    /* Expert-major: the rows, staged unit by unit at the source and
+     * received in source order (proto.h). */
+    int64_t *ns = m->rsize, *soff = ns + g->R, *nr = soff + g->R,
+            *rbs = nr + g->R;
+    for (int r = 0; r < g->R; r++) {
+        int f0 = proto_first_expert(g->R, g->E, r),
+            f1 = proto_first_expert(g->R, g->E, r + 1);
+        soff[r] = proto_em_stage_base(g, mycnt, f0);
+        ns[r] = proto_em_stage_base(g, mycnt, f1) - soff[r];
+        rbs[r] = proto_em_map_at(g, m->h_cnt, m->first, m->L,
+                                 (int64_t)r * m->L);
+        nr[r] = proto_em_map_at(g, m->h_cnt, m->first, m->L,
+                                (int64_t)(r + 1) * m->L) - rbs[r];
     }
 }
 
@@ -844,7 +896,9 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
     c->w = a->topk_weights.data;
     c->T = a->x.rows;
+    c->layer = m->blayer[b];
     if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
+        (st = launch(m, EPXK_LL_STATS)) != EPX_OK ||
         (st = launch(m, EPXK_LL_PACK)) != EPX_OK ||
         (st = launch(m, EPXK_LL_RECV)) != EPX_OK)
         return fail(m, st);
@@ -1070,9 +1124,14 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         /* every source's counts, from the first's (after its header) */
         size_t blk = sizeof(int32_t) *
                      ((size_t)g->R * g->cnt_ints - PROTO_CNT_HDR);
+        /* Expert-major: pack stages unit by unit (ebase: the staging
+         * bases), and the map of what arrives follows the counts. */
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
+            (!g->em || (st = launch(m, EPXK_NCCL_EM_BASE)) == EPX_OK) &&
             (st = launch(m, EPXK_PACK)) == EPX_OK)
             st = epx__nccl_counts(m->nccl, g, m->d_mycnt, cnt, m->st);
+        if (st == EPX_OK && g->em)
+            st = launch(m, EPXK_NCCL_EM_MAP);
         /* The one host synchronisation: the sizes of the receives. */
         if (st == EPX_OK)
             st = epx__cuda_err(cudaMemcpyAsync(m->h_cnt, cnt, blk,
@@ -1090,9 +1149,14 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                "cudaStreamSynchronize");
         if (st == EPX_OK) {
             nccl_sizes(m);
-            st = epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
-                                    m->sendoff, m->nrecv, m->rbase, m->st);
+            st = g->em
+                ? epx__nccl_dispatch_em(m->nccl, g, m->stage, m->rstage,
+                                        m->local, m->nsend, m->rsize, m->st)
+                : epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
+                                     m->sendoff, m->nrecv, m->rbase, m->st);
         }
+        if (st == EPX_OK && g->em)
+            st = launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
             st = launch(m, EPXK_RECV);
     }
@@ -1230,8 +1294,13 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
         st = launch(m, EPXK_LL_COMB_PUT);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
-    else
+    else if (!m->g.em)
         st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
+                               m->sendoff, m->nrecv, m->rbase, m->st);
+    /* Expert-major over NCCL: each entry's partial into rstage, in entry
+     * order, so each source's partials go back as one range. */
+    else if ((st = launch(m, EPXK_NCCL_EM_PARTIAL)) == EPX_OK)
+        st = epx__nccl_combine(m->nccl, &m->g, m->rstage, m->local, m->nsend,
                                m->sendoff, m->nrecv, m->rbase, m->st);
     if (st != EPX_OK)
         return fail(m, st);
@@ -1293,4 +1362,49 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
     }
     if (st != EPX_OK)
         fail(m, st);
+}
+
+_Static_assert(EPXK_LL_STATS_RING == GPU_LL_STATS_CALLS,
+               "the statistics ring as gpu.h describes it");
+
+/* The ring is read whole after the counter: a call captured in a graph
+ * may be replaying on another stream meanwhile, so the counter is read
+ * again after the ring, and a call whose entry a later one may be
+ * overwriting (in flight: the second count + 1) counts as lost. */
+epx_status_t gpu_moe_ll_stats(gpu_moe_t *m, gpu_stats_fn each, void *ctx,
+                              int64_t *lost)
+{
+    *lost = 0;
+    if (!m || !m->ll)
+        return EPX_OK;
+    epx_status_t st = usable(m, "cuda statistics");
+    if (st != EPX_OK)
+        return st;
+    const size_t per = (size_t)(1 + m->Elog + m->g.E);
+    const int64_t NR = EPXK_LL_STATS_RING;
+    int64_t n0 = 0, n1 = 0;
+    /* Synchronise before each copy into pageable memory (ll_check). */
+    if ((st = st_sync(m)) == EPX_OK &&
+        (st = st_read(m, &n0, m->d_llnstat, sizeof(n0))) == EPX_OK &&
+        (st = st_sync(m)) == EPX_OK && n0 > m->ll_seen &&
+        (st = st_read(m, m->h_llring, m->d_llring,
+                      sizeof(int32_t) * per * EPXK_LL_STATS_RING)) == EPX_OK)
+        st = st_read(m, &n1, m->d_llnstat, sizeof(n1));
+    if (st == EPX_OK)
+        st = st_sync(m);
+    if (st != EPX_OK)
+        return fail(m, st);
+    if (n0 <= m->ll_seen)
+        return EPX_OK;
+    int64_t from = n1 + 1 - NR > m->ll_seen ? n1 + 1 - NR : m->ll_seen;
+    if (from > n0)
+        from = n0;
+    *lost = from - m->ll_seen;
+    for (int64_t n = from; n < n0; n++) {
+        const int32_t *e = m->h_llring + (size_t)(n % NR) * per;
+        if (e[0] >= 0 && e[0] < m->layers)
+            each(ctx, e[0], e + 1, e + 1 + m->Elog);
+    }
+    m->ll_seen = n0;
+    return EPX_OK;
 }

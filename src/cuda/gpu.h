@@ -87,5 +87,16 @@ epx_status_t gpu_mig_land(gpu_moe_t *gpu, int layer, void *weights,
                           const int32_t *phy2log, const int32_t *pick,
                           const int32_t *off, const int32_t *rep,
                           int round_robin);
+/* Low latency's load statistics: synchronises with the engine's stream
+ * (never while capturing a graph) and hands each call the device recorded
+ * since the last read to each(ctx, layer, counts per logical expert,
+ * counts per unit), in call order.  *lost: the calls the device's ring
+ * (GPU_LL_STATS_CALLS) no longer held (not read for that many calls).
+ * Throughput mode: nothing (its counts come with dispatch_recv). */
+#define GPU_LL_STATS_CALLS 1024
+typedef void (*gpu_stats_fn)(void *ctx, int layer, const int32_t *ecount,
+                             const int32_t *ucount);
+epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
+                              int64_t *lost);
 
 #endif /* EPX_CUDA_GPU_H */

@@ -140,3 +140,9 @@ epx_status_t gpu_mig_land(gpu_moe_t *gpu, int layer, void *weights,
     return mod->mig_land(gpu, layer, weights, bytes, land, nland, phy2log,
                          pick, off, rep, round_robin);
 }
+
+epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
+                              int64_t *lost)
+{
+    return mod->moe_ll_stats(gpu, each, ctx, lost);
+}

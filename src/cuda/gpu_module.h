@@ -42,6 +42,8 @@ typedef struct epx_cuda_module_ops {
                              const int32_t *phy2log, const int32_t *pick,
                              const int32_t *off, const int32_t *rep,
                              int round_robin);
+    epx_status_t (*moe_ll_stats)(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
+                                 int64_t *lost);
 } epx_cuda_module_ops_t;
 
 #endif /* EPX_CUDA_GPU_MODULE_H */

@@ -14,7 +14,20 @@ extern "C" {
 
 enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        EPXK_COMB_REDUCE, EPXK_LL_LAYOUT, EPXK_LL_PACK, EPXK_LL_RECV,
-       EPXK_LL_COMB_PUT, EPXK_LL_COMB_REDUCE, EPXK_LL_ABANDON };
+       EPXK_LL_COMB_PUT, EPXK_LL_COMB_REDUCE, EPXK_LL_ABANDON,
+       /* expert-major over NCCL (proto.h): the staging bases (before
+        * pack), the receiver's map (after the count exchange), the
+        * scatter (after the exchange), combine's partials */
+       EPXK_NCCL_EM_BASE, EPXK_NCCL_EM_MAP, EPXK_NCCL_EM_SCATTER,
+       EPXK_NCCL_EM_PARTIAL,
+       /* low latency: the call's counts into the statistics ring */
+       EPXK_LL_STATS };
+
+/* Low latency's load statistics: a ring of the last EPXK_LL_STATS_RING
+ * recorded calls, each [1 + logical experts + units] int32 (layer, counts
+ * per logical expert, counts per unit), and a counter of the calls
+ * recorded (int64), read back by the host (engine.c gpu_moe_ll_stats). */
+#define EPXK_LL_STATS_RING 1024   /* gpu.h GPU_LL_STATS_CALLS */
 
 /* Low latency, ll_state[]: the first error of the calls since the host
  * last looked (0, or an epx_status_t), and the rows dropped here. */
@@ -75,6 +88,13 @@ typedef struct epxk_call {
     int64_t *ll_counts;       /* [L] rows per local expert (recv output) */
     int32_t *ll_src;          /* [L*R*cap] source of each row, -1 padding */
     int64_t *ll_state;        /* [EPXK_LL_NSTATE], sticky */
+    int layer;                /* low latency: the call's layer (statistics) */
+    int64_t *ll_nstat;        /* low latency: calls recorded in the ring */
+    int32_t *ll_ring;         /* [EPXK_LL_STATS_RING][1 + Elog + E] */
+    /* expert-major over NCCL */
+    char *rstage;             /* received rows in source order; combine:
+                                 the partials, [entries][row_bytes] */
+    int64_t *emmap;           /* [proto_em_map_len] the receiver's map */
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the

@@ -953,6 +953,134 @@ __global__ void epxk_ll_abandon_kernel(proto_geom_t g, epxk_call_t c)
     c.ll_use[c.ll_b] = u + 1;
 }
 
+/* ------------------------------------------------- expert-major over NCCL
+ *
+ * proto.h, "expert-major over NCCL": the sender stages unit by unit (the
+ * pack kernel with ebase = the staging bases), the grouped send/recv
+ * moves each source's range into rstage and its entries into place, and
+ * the scatter puts each row at its expert-major row. */
+
+/* A warp's copy of any byte count (block scales may be odd). */
+__device__ static __forceinline__ void warp_copy_any(char *dst, const char *src,
+                                                     int64_t bytes, int lane)
+{
+    if (bytes & 1) {
+        for (int64_t i = lane; i < bytes; i += WARP)
+            dst[i] = src[i];
+        return;
+    }
+    warp_copy(dst, src, bytes, lane);
+}
+
+/* One block, before pack: each unit's first staging row. */
+__global__ void epxk_nccl_em_base_kernel(proto_geom_t g, epxk_call_t c)
+{
+    for (int e = threadIdx.x; e < g.E; e += blockDim.x)
+        c.ebase[e] = proto_em_stage_base(&g, c.mycnt, e);
+}
+
+/* One block, after the count exchange: the receiver's map. */
+__global__ void epxk_nccl_em_map_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int32_t *cnt = win_cnt(g, c.peers[g.rank], c.parity, 0);
+    const int L = c.num_local;
+    for (int64_t i = threadIdx.x; i < proto_em_map_len(&g, L); i += blockDim.x)
+        c.emmap[i] = proto_em_map_at(&g, cnt, c.first[g.rank], L, i);
+}
+
+/* Grid: a warp per staged row (data, scales, row scale, source, token,
+ * weight to its row here), then a thread per received entry (its source,
+ * and its rows turned into rows here). */
+__global__ void epxk_nccl_em_scatter_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int L = c.num_local;
+    const int64_t RL = (int64_t)g.R * L, *map = c.emmap;
+    char *w = c.peers[g.rank];
+    const char *q = c.rstage;
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < map[RL]; i += warps) {
+        int s;
+        const int64_t f = proto_em_scatter_row(&g, map, L, i, &s);
+        warp_copy_any(w + g.off_rows + f * g.xrow_bytes,
+                      q + g.off_rows + i * g.xrow_bytes, g.xrow_bytes, lane);
+        if (g.scale_bytes)
+            warp_copy_any(w + g.off_scales + f * g.scale_bytes,
+                          q + g.off_scales + i * g.scale_bytes,
+                          g.scale_bytes, lane);
+        if (lane == 0) {
+            if (g.gscale_bytes)
+                ((float *)(w + g.off_gscale))[f] =
+                    ((const float *)(q + g.off_gscale))[i];
+            ((int32_t *)(w + g.off_src_rank))[f] = s;
+            ((int32_t *)(w + g.off_src_token))[f] =
+                ((const int32_t *)(q + g.off_src_token))[i];
+            ((float *)(w + g.off_w))[f] = ((const float *)(q + g.off_w))[i];
+        }
+    }
+    const int64_t ents = map[2 * RL + 1 + g.R];
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < ents;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int s = proto_em_entry_src(&g, map, L, i);
+        int32_t *rows = (int32_t *)(w + g.off_ent_rows) + i * g.K;
+        ((int32_t *)(w + g.off_ent_src))[i] = s;
+        for (int k = 0; k < g.K && rows[k] >= 0; k++)
+            rows[k] = (int32_t)proto_em_entry_row(&g, map, L, s, rows[k]);
+    }
+}
+
+/* Grid, a warp per received entry: its partial (the windows backend's
+ * comb put arithmetic) into rstage at the entry's index, whence each
+ * source's range goes back with one send. */
+__global__ void epxk_nccl_em_partial_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    char *mine = c.peers[g.rank];
+    const int64_t ents = c.info[EPXK_INFO_ENTS];
+    const float *wt = c.unweighted ? NULL : (const float *)(mine + g.off_w);
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < ents; i += warps)
+        warp_partial(g, (const char *)c.y,
+                     (const int32_t *)(mine + g.off_ent_rows) + i * g.K, wt,
+                     c.rstage + i * g.row_bytes, lane);
+}
+
+/* ------------------------------------------------ low latency statistics */
+
+/* One block, after the low-latency layout: a call that is sent (its own
+ * status 0) appends its layer and its counts per logical expert and per
+ * unit (all its choices, dropped ones too: the host executor's) to the
+ * ring, then advances the counter.  Calls of one engine run in stream
+ * order, so one writer at a time. */
+__global__ void epxk_ll_stats_kernel(proto_geom_t g, epxk_call_t c)
+{
+    if (*c.ll_mystat != 0)
+        return;
+    const int Elog = c.route.E ? c.route.E : g.E;
+    const int64_t n = *c.ll_nstat;
+    int32_t *ent = c.ll_ring + (n % EPXK_LL_STATS_RING) *
+                                   (int64_t)(1 + Elog + g.E);
+    if (threadIdx.x == 0)
+        ent[0] = c.layer;
+    for (int u = threadIdx.x; u < g.E; u += blockDim.x)
+        ent[1 + Elog + u] = c.mycnt[g.R + u];
+    for (int e = threadIdx.x; e < Elog; e += blockDim.x) {
+        int32_t v = 0;
+        if (!c.route.E)
+            v = c.mycnt[g.R + e];
+        else
+            for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
+                v += c.mycnt[g.R + c.route.rep[i]];
+        ent[1 + e] = v;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        *c.ll_nstat = n + 1;
+}
+
 /* ------------------------------------------------------- host entry points */
 
 
@@ -1012,6 +1140,21 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
     case EPXK_LL_ABANDON:
         epxk_ll_abandon_kernel<<<1, 1, 0, st>>>(*g, *c);
         break;
+    case EPXK_NCCL_EM_BASE:
+        epxk_nccl_em_base_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_NCCL_EM_MAP:
+        epxk_nccl_em_map_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
+    case EPXK_NCCL_EM_SCATTER:
+        epxk_nccl_em_scatter_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_NCCL_EM_PARTIAL:
+        epxk_nccl_em_partial_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LL_STATS:
+        epxk_ll_stats_kernel<<<1, 256, 0, st>>>(*g, *c);
+        break;
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -1036,6 +1179,11 @@ extern "C" int epxk_preload(void)
         (const void *)epxk_ll_comb_put_kernel,
         (const void *)epxk_ll_comb_reduce_kernel,
         (const void *)epxk_ll_abandon_kernel,
+        (const void *)epxk_nccl_em_base_kernel,
+        (const void *)epxk_nccl_em_map_kernel,
+        (const void *)epxk_nccl_em_scatter_kernel,
+        (const void *)epxk_nccl_em_partial_kernel,
+        (const void *)epxk_ll_stats_kernel,
     };
     for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
         cudaFuncAttributes a;

@@ -167,6 +167,37 @@ epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,
     return nccl_err(r != ncclSuccess ? r : e, "nccl dispatch exchange");
 }
 
+epx_status_t epx__nccl_dispatch_em(epx_nccl_t *nc, const proto_geom_t *g,
+                                   char *stage, char *rstage, char *win,
+                                   const int64_t *ent, const int64_t *rows,
+                                   void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    const int R = nc->R;
+    /* Per row: its three wire parts, then src_token and weight (the
+     * source is the range's; the scatter writes it). */
+    const int64_t roff[5] = { g->off_rows, g->off_scales, g->off_gscale,
+                              g->off_src_token, g->off_w };
+    const int64_t rsize[5] = { g->xrow_bytes, g->scale_bytes, g->gscale_bytes,
+                               4, 4 };
+    /* Per entry: return slot and rows (the source: the scatter's). */
+    const int64_t eoff[2] = { g->off_ret_slot, g->off_ent_rows };
+    const int64_t esize[2] = { 4, 4 * (int64_t)g->K };
+    ncclResult_t r = ncclGroupStart();
+    for (int p = 0; p < R && r == ncclSuccess; p++) {
+        for (int f = 0; f < 5 && r == ncclSuccess; f++)
+            r = rows_pair(nc, rsize[f], p, stage + roff[f], rows[R + p],
+                          rows[p], rstage + roff[f], rows[3 * R + p],
+                          rows[2 * R + p], st);
+        for (int f = 0; f < 2 && r == ncclSuccess; f++)
+            r = rows_pair(nc, esize[f], p, stage + eoff[f], ent[R + p],
+                          ent[p], win + eoff[f], ent[3 * R + p],
+                          ent[2 * R + p], st);
+    }
+    ncclResult_t e = ncclGroupEnd();
+    return nccl_err(r != ncclSuccess ? r : e, "nccl expert-major exchange");
+}
+
 epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
                                const void *y, char *win, const int64_t *nsend,
                                const int64_t *sendoff, const int64_t *nrecv,

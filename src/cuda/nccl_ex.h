@@ -32,6 +32,16 @@ epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,
                                 char *stage, char *win, const int64_t *nsend,
                                 const int64_t *sendoff, const int64_t *nrecv,
                                 const int64_t *rbase, void *stream);
+/* Expert-major (proto.h, "expert-major over NCCL"): ent and rows are
+ * [4][R] each (nsend, sendoff, nrecv, rbase) of entries and of rows.
+ * Rows (data, scales, row scale, src_token, weight) from the staged rows
+ * [sendoff, +nsend) to each peer into rstage's rows [rbase, +nrecv) from
+ * it; entries (return slot, rows) from the staged entries into win's
+ * entries, in place. */
+epx_status_t epx__nccl_dispatch_em(epx_nccl_t *nc, const proto_geom_t *g,
+                                   char *stage, char *rstage, char *win,
+                                   const int64_t *ent, const int64_t *rows,
+                                   void *stream);
 /* Expert outputs back: to each s, y rows [rbase[s], +nrecv[s]); from each
  * d, into win comb rows [sendoff[d], +nsend[d]). */
 epx_status_t epx__nccl_combine(epx_nccl_t *nc, const proto_geom_t *g,
@@ -68,6 +78,10 @@ typedef struct epx_nccl_module_ops {
                             const int64_t *rbase, void *stream);
     epx_status_t (*p2p)(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
                         void *stream);
+    epx_status_t (*dispatch_em)(epx_nccl_t *nc, const proto_geom_t *g,
+                                char *stage, char *rstage, char *win,
+                                const int64_t *ent, const int64_t *rows,
+                                void *stream);
 } epx_nccl_module_ops_t;
 
 #endif /* EPX_CUDA_NCCL_EX_H */

@@ -67,3 +67,11 @@ epx_status_t epx__nccl_p2p(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
 {
     return mod->p2p(nc, ops, n, stream);
 }
+
+epx_status_t epx__nccl_dispatch_em(epx_nccl_t *nc, const proto_geom_t *g,
+                                   char *stage, char *rstage, char *win,
+                                   const int64_t *ent, const int64_t *rows,
+                                   void *stream)
+{
+    return mod->dispatch_em(nc, g, stage, rstage, win, ent, rows, stream);
+}

@@ -11,6 +11,7 @@ static const epx_nccl_module_ops_t ops = {
     .dispatch = epx__nccl_dispatch,
     .combine = epx__nccl_combine,
     .p2p = epx__nccl_p2p,
+    .dispatch_em = epx__nccl_dispatch_em,
 };
 
 const void *epx__module_ops(void);

@@ -135,9 +135,42 @@ static void gpu_release(epx_moe_t *m, epx_handle_t *h)
     gpu_call_release(m->gpu, h->call);
 }
 
+/* Low latency: the device records each call's counts (no host
+ * synchronisation in the call); they are read here, in call order. */
+static void stats_one(void *ctx, int layer, const int32_t *ecount,
+                      const int32_t *ucount)
+{
+    moe_stats_record(ctx, layer, ecount, ucount);
+}
+
+static void stats_drop(void *ctx, int layer, const int32_t *ecount,
+                       const int32_t *ucount)
+{
+    (void)ctx, (void)layer, (void)ecount, (void)ucount;
+}
+
+epx_status_t moe_gpu_stats_sync(epx_moe_t *m, int keep)
+{
+    if (!m->gpu)
+        return EPX_OK;
+    int64_t lost = 0;
+    epx_status_t st = gpu_moe_ll_stats(m->gpu, keep ? stats_one : stats_drop,
+                                       m, &lost);
+    if (lost > 0 && keep)
+        EPX_LOG(EPX_LOG_WARN, "moe", m->rank, "load statistics: %lld "
+                "low-latency calls were not read within %d calls of the "
+                "device's record and are left out (read them with "
+                "epx_moe_stats or epx_moe_check more often)",
+                (long long)lost, GPU_LL_STATS_CALLS);
+    return st;
+}
+
 static epx_status_t gpu_check(epx_moe_t *m, int64_t *dropped)
 {
-    return gpu_moe_check(m->gpu, dropped);
+    epx_status_t st = gpu_moe_check(m->gpu, dropped);
+    /* It synchronised anyway: read the statistics too, so the device's
+     * record never overflows for a caller that checks. */
+    return st == EPX_OK ? moe_gpu_stats_sync(m, 1) : st;
 }
 
 const moe_ops_t moe_gpu_ops = {

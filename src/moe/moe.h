@@ -286,6 +286,11 @@ epx_status_t moe_ht_combine_recv(epx_moe_t *m, epx_handle_t *h,
                                  epx_tensor_t *out);
 /* gpu_ops.c: device ranks (moe_gpu_ops); fills m from the GPU engine. */
 epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params);
+/* Device ranks in low latency: the load statistics of the calls the
+ * device recorded since the last read into m's (keep), or dropped (a
+ * reset); synchronises with the engine's stream.  EPX_OK, nothing to do,
+ * elsewhere. */
+epx_status_t moe_gpu_stats_sync(epx_moe_t *m, int keep);
 /* reduce.c (arithmetic in reduce.h), shared by every combine: one destination rank's
  * contribution to a token (see reduce_token), the partial of an entry
  * rounded to the engine dtype, and a token's sum over its sources. */

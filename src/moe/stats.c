@@ -74,6 +74,9 @@ epx_status_t epx_moe_stats_reset(epx_moe_t *m)
 {
     if (!m)
         return epx__error(EPX_ERR_INVALID, "moe: engine NULL");
+    /* Device ranks in low latency: the calls recorded before the reset
+     * are dropped, not read later. */
+    (void)moe_gpu_stats_sync(m, 0);   /* a broken engine: nothing to drop */
     size_t n = (size_t)m->layers * (size_t)m->E;
     memset(m->st_window, 0, n * sizeof(int64_t));
     memset(m->st_decayed, 0, n * sizeof(double));
@@ -178,6 +181,10 @@ epx_status_t epx_moe_stats(epx_moe_t *m, int global, epx_moe_stats_t *out)
 {
     if (!m || !out)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
+    /* Device ranks in low latency: the calls recorded on the device. */
+    epx_status_t gst = moe_gpu_stats_sync(m, 1);
+    if (gst != EPX_OK)
+        return gst;
     epx_moe_stats_t s = { sizeof(s), m->layers, m->E, m->dispatches,
                           m->st_window, m->st_decayed, m->U, m->st_phys,
                           m->put_dispatch, m->put_combine, m->st_wsize };

@@ -304,6 +304,117 @@ PROTO_HD int proto_entry_rows(const proto_geom_t *g, const proto_ids_t *ids,
     return n;
 }
 
+/* ------------------------------------------- expert-major over NCCL
+ *
+ * A grouped send/recv moves one contiguous range per peer, but a source's
+ * rows are not contiguous at the destination (each local unit's segment
+ * holds every source's rows).  So the sender stages its rows unit by
+ * unit (units ascending, so a destination's rows are one range: the
+ * units of a rank are contiguous), each unit's rows in (token, k) order
+ * (epos); the receiver takes each source's range into a staging region
+ * in source order, and a scatter puts every row at its expert-major row
+ * (proto_expert_row's, so the bits are the windows backend's).  Entries
+ * keep their token-major place (a source's entries are contiguous at the
+ * destination, so they are received in place) and carry the sender's
+ * staging rows, which the scatter turns into rows here. */
+
+/* Sender: staging row of unit e's first pair, the units before it
+ * (mycnt: this rank's counts [R + E]).  Used as ebase, so the pack
+ * kernel's proto_expert_row is the staging row. */
+PROTO_HD int64_t proto_em_stage_base(const proto_geom_t *g,
+                                     const int32_t *mycnt, int64_t e)
+{
+    int64_t b = 0;
+    for (int64_t u = 0; u < e; u++)
+        b += mycnt[g->R + u];
+    return b;
+}
+
+/* Receiver's map of its staging, int64 words from the count matrix (cnt:
+ * as proto_src_base reads it) for the L local units from first_local;
+ * chunk c = s * L + j is source s's rows of local unit j:
+ *   [0, R*L]          src: staged row of chunk c's first row; [R*L] the
+ *                     rows staged
+ *   [R*L+1, 2RL+1)    dst: chunk c's first row here (expert-major)
+ *   [2RL+1, 2RL+R+2)  ent: source s's first entry here; [R] the entries
+ *   [2RL+R+2, +R)     skip: source s's staging rows before its first row
+ *                     sent here (the units of lower ranks)
+ * Word i of the map (a thread per word). */
+PROTO_HD int64_t proto_em_map_len(const proto_geom_t *g, int L)
+{
+    return 2 * (int64_t)g->R * L + 2 * (int64_t)g->R + 2;
+}
+PROTO_HD int64_t proto_em_map_at(const proto_geom_t *g, const int32_t *cnt,
+                                 int first_local, int L, int64_t i)
+{
+    const int64_t RL = (int64_t)g->R * L;
+    if (i <= RL) {                               /* src */
+        int64_t b = 0;
+        for (int64_t c = 0; c < i; c++)
+            b += cnt[(c / L) * g->cnt_ints + g->R + first_local + c % L];
+        return b;
+    }
+    if (i < 2 * RL + 1) {                        /* dst */
+        const int64_t c = i - RL - 1;
+        const int s = (int)(c / L), j = (int)(c % L);
+        int64_t b = proto_expert_offset(g, cnt, first_local, j);
+        for (int s2 = 0; s2 < s; s2++)
+            b += cnt[(int64_t)s2 * g->cnt_ints + g->R + first_local + j];
+        return b;
+    }
+    if (i < 2 * RL + g->R + 2)                   /* ent */
+        return proto_src_base(g, cnt, (int)(i - 2 * RL - 1));
+    const int s = (int)(i - 2 * RL - g->R - 2);  /* skip */
+    int64_t b = 0;
+    for (int u = 0; u < first_local; u++)
+        b += cnt[(int64_t)s * g->cnt_ints + g->R + u];
+    return b;
+}
+
+/* The last of starts[0..n) that is <= q (starts ascending, starts[0] <=
+ * q): the chunk holding q, as empty chunks start where the next does. */
+PROTO_HD int64_t proto_em_find(const int64_t *starts, int64_t n, int64_t q)
+{
+    int64_t lo = 0, hi = n;                      /* answer in [lo, hi) */
+    while (hi - lo > 1) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (starts[mid] <= q)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Row here of staged row q (q < map[R*L]); *src its source. */
+PROTO_HD int64_t proto_em_scatter_row(const proto_geom_t *g,
+                                      const int64_t *map, int L, int64_t q,
+                                      int *src)
+{
+    const int64_t RL = (int64_t)g->R * L;
+    const int64_t c = proto_em_find(map, RL, q);
+    *src = (int)(c / L);
+    return map[RL + 1 + c] + q - map[c];
+}
+
+/* Source of received entry i (i < the entries). */
+PROTO_HD int proto_em_entry_src(const proto_geom_t *g, const int64_t *map,
+                                int L, int64_t i)
+{
+    return (int)proto_em_find(map + 2 * (int64_t)g->R * L + 1, g->R, i);
+}
+
+/* Row here of an entry's row r of source s (r: s's staging row). */
+PROTO_HD int64_t proto_em_entry_row(const proto_geom_t *g, const int64_t *map,
+                                    int L, int s, int64_t r)
+{
+    const int64_t RL = (int64_t)g->R * L;
+    int src;
+    return proto_em_scatter_row(g, map, L,
+                                map[(int64_t)s * L] + r -
+                                    map[2 * RL + g->R + 2 + s], &src);
+}
+
 /* Token t's metadata as destination d sees it: slot k carries the local
  * expert id and weight when expert k lives on d, else -1 and 0. */
 PROTO_HD void proto_meta_topk(const proto_geom_t *g, const proto_ids_t *ids,

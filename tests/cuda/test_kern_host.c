@@ -183,6 +183,151 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
     free(yrow);
 }
 
+/* Expert-major over NCCL (proto.h): every rank stages its rows unit by
+ * unit (the pack kernel with ebase = the staging bases), the grouped
+ * send/recv moves each source's range into the receiver's staging and
+ * its entries into place, the map and the scatter put every row, its
+ * metadata and every entry's rows where the windows backend put them.
+ * win: the windows backend's result (checked against the reference);
+ * nwin: the NCCL windows, with the count exchange done. */
+static void check_nccl_expert_major(const scen_t *sc, const proto_geom_t *g0,
+                                    rank_state_t *rs, char **win, char **nwin,
+                                    const int32_t *first, const int32_t *e2r,
+                                    const int32_t *roff, const int32_t *rrep)
+{
+    const int R = sc->R, E = sc->E, K = sc->K;
+    const int p = 1;
+    char **stage = calloc((size_t)R, sizeof(char *));
+    char **rstage = calloc((size_t)R, sizeof(char *));
+    int64_t **sb = calloc((size_t)R, sizeof(int64_t *));
+    for (int r = 0; r < R; r++) {
+        rank_state_t *s = &rs[r];
+        proto_geom_t g = *g0;
+        g.rank = r;
+        const proto_ids_t ids = { s->idx, sc->idx64, K, E,
+                                 { sc->Elog, sc->rr ? NULL : s->pick, roff,
+                                   rrep } };
+        stage[r] = calloc(1, (size_t)g.total);
+        rstage[r] = calloc(1, (size_t)g.total);
+        sb[r] = malloc(sizeof(int64_t) * (size_t)E);
+        for (int e = 0; e < E; e++)   /* the base kernel */
+            sb[r][e] = proto_em_stage_base(&g, s->mycnt, e);
+        for (int64_t i = 0; i < s->T * g.maxdest; i++) {   /* pack */
+            int d = s->dest[i];
+            if (d < 0)
+                continue;
+            int64_t t = i / g.maxdest, slot = s->sendoff[d] + s->pos[i];
+            char *w = stage[r];
+            for (int k = 0; k < K; k++) {
+                int64_t e = proto_expert_id(&ids, t, k);
+                if (e < 0 || proto_owner(e2r, e) != d)
+                    continue;
+                int64_t row = proto_expert_row(&g, sb[r], s->epos, e, t, k);
+                /* within d's range of the staging */
+                assert_true(row >= proto_em_stage_base(&g, s->mycnt, first[d]) &&
+                            row < proto_em_stage_base(&g, s->mycnt,
+                                                      first[d + 1]));
+                memcpy(w + g.off_rows + row * g.row_bytes,
+                       (const char *)s->x + t * g.row_bytes,
+                       (size_t)g.row_bytes);
+                ((int32_t *)(w + g.off_src_rank))[row] = r;
+                ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+                ((float *)(w + g.off_w))[row] = s->w[t * K + k];
+            }
+            ((int32_t *)(w + g.off_ent_src))[slot] = r;
+            ((int32_t *)(w + g.off_ret_slot))[slot] = (int32_t)slot;
+            proto_entry_rows(&g, &ids, e2r, sb[r], s->epos, t, d,
+                            (int32_t *)(w + g.off_ent_rows) + slot * K);
+        }
+    }
+    for (int d = 0; d < R; d++) {
+        proto_geom_t g = *g0;
+        g.rank = d;
+        const int L = first[d + 1] - first[d];
+        const int64_t RL = (int64_t)R * L;
+        const int32_t *cnt = (const int32_t *)(nwin[d] + g.off_cnt) +
+                             proto_cnt_index(&g, p, 0);
+        const int64_t len = proto_em_map_len(&g, L);
+        int64_t *map = malloc(sizeof(int64_t) * (size_t)len);
+        for (int64_t i = 0; i < len; i++)    /* the map kernel */
+            map[i] = proto_em_map_at(&g, cnt, first[d], L, i);
+        /* The exchange, with the host's sizes (engine.c nccl_sizes). */
+        for (int s = 0; s < R; s++) {
+            const int32_t *mc = rs[s].mycnt;
+            int64_t s0 = proto_em_stage_base(&g, mc, first[d]);
+            int64_t n = proto_em_stage_base(&g, mc, first[d + 1]) - s0;
+            int64_t r0 = map[(int64_t)s * L];
+            assert_int_equal(n, map[(int64_t)(s + 1) * L] - r0);
+            assert_int_equal(s0, map[2 * RL + R + 2 + s]);   /* skip */
+            memcpy(rstage[d] + g.off_rows + r0 * g.row_bytes,
+                   stage[s] + g.off_rows + s0 * g.row_bytes,
+                   (size_t)(n * g.row_bytes));
+            memcpy(rstage[d] + g.off_src_token + r0 * 4,
+                   stage[s] + g.off_src_token + s0 * 4, (size_t)(n * 4));
+            memcpy(rstage[d] + g.off_w + r0 * 4, stage[s] + g.off_w + s0 * 4,
+                   (size_t)(n * 4));
+            int64_t ne = mc[d], e0 = rs[s].sendoff[d];
+            int64_t er = proto_src_base(&g, cnt, s);
+            assert_int_equal(er, map[2 * RL + 1 + s]);
+            memcpy(nwin[d] + g.off_ret_slot + er * 4,
+                   stage[s] + g.off_ret_slot + e0 * 4, (size_t)(ne * 4));
+            memcpy(nwin[d] + g.off_ent_rows + er * K * 4,
+                   stage[s] + g.off_ent_rows + e0 * K * 4,
+                   (size_t)(ne * K * 4));
+        }
+        /* The scatter: every staged row to a distinct row, the windows
+         * backend's (its data, source, token and weight). */
+        const int64_t rows = proto_expert_offset(&g, cnt, first[d], L);
+        char *hit = calloc((size_t)rows + 1, 1);
+        int64_t staged = 0;
+        for (int j = 0; j < L; j++)
+            staged += proto_recv_expert(&g, cnt, first[d], j);
+        assert_int_equal(map[RL], staged);
+        for (int64_t q = 0; q < map[RL]; q++) {
+            int s;
+            int64_t f = proto_em_scatter_row(&g, map, L, q, &s);
+            assert_true(f >= 0 && f < rows && !hit[f]);
+            hit[f] = 1;
+            assert_int_equal(((int32_t *)(win[d] + g.off_src_rank))[f], s);
+            assert_memory_equal(win[d] + g.off_src_token + f * 4,
+                                rstage[d] + g.off_src_token + q * 4, 4);
+            assert_memory_equal(win[d] + g.off_w + f * 4,
+                                rstage[d] + g.off_w + q * 4, 4);
+            assert_memory_equal(win[d] + g.off_rows + f * g.row_bytes,
+                                rstage[d] + g.off_rows + q * g.row_bytes,
+                                (size_t)g.row_bytes);
+        }
+        for (int64_t f = 0; f < rows; f++)   /* the rest is padding */
+            assert_true(hit[f] ||
+                        ((int32_t *)(win[d] + g.off_src_rank))[f] == -1);
+        free(hit);
+        /* Entries: their source and rows, the windows backend's; and each
+         * source's range of return slots is the one combine sends back
+         * into (its packed order from sendoff[d]). */
+        const int64_t ents = map[2 * RL + 1 + R];
+        assert_int_equal(ents, proto_recv_rows(&g, cnt));
+        for (int64_t i = 0; i < ents; i++) {
+            int s = proto_em_entry_src(&g, map, L, i);
+            int32_t *er = (int32_t *)(nwin[d] + g.off_ent_rows) + i * K;
+            for (int k = 0; k < K && er[k] >= 0; k++)
+                er[k] = (int32_t)proto_em_entry_row(&g, map, L, s, er[k]);
+            assert_int_equal(s, ((int32_t *)(win[d] + g.off_ent_src))[i]);
+            assert_memory_equal(er, (int32_t *)(win[d] + g.off_ent_rows) +
+                                        i * K, 4 * (size_t)K);
+            int32_t slot = ((int32_t *)(nwin[d] + g.off_ret_slot))[i];
+            assert_int_equal(slot, ((int32_t *)(win[d] + g.off_ret_slot))[i]);
+            assert_int_equal(slot, rs[s].sendoff[d] + (i - map[2 * RL + 1 + s]));
+        }
+        free(map);
+    }
+    for (int r = 0; r < R; r++) {
+        free(stage[r]);
+        free(rstage[r]);
+        free(sb[r]);
+    }
+    free(stage), free(rstage), free(sb);
+}
+
 /* The throughput layout kernels over nb blocks (kernels.cu: count, then
  * place; blocks run in any order, so the passes go block by block): dest,
  * pos, epos (expert-major) and block 0's totals. */
@@ -486,6 +631,8 @@ static void run(const scen_t *sc)
                       g0.align, EPX_WIRE_NATIVE };
     if (sc->em) {
         check_expert_major(sc, &g0, &cfg, rs, src, win, first);
+        check_nccl_expert_major(sc, &g0, rs, win, nwin, first, e2r, roff,
+                                rrep);
         goto out;
     }
     for (int r = 0; r < R; r++) {

@@ -609,7 +609,8 @@ static void bad_ids(void **state)
     }
 }
 
-/* Device only: the NCCL backend, one rank per GPU. */
+/* Device only: the NCCL backend, one rank per GPU: token-major and
+ * expert-major. */
 static void nccl_two_gpus(void **state)
 {
     (void)state;
@@ -623,6 +624,30 @@ static void nccl_two_gpus(void **state)
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &c), 0);
     c.wire = EPX_WIRE_FP8;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &c), 0);
+    /* Expert-major: rows staged per expert, received in source order and
+     * scattered (alignment padding, weighted and not), native and
+     * quantized (an odd count of block scales: H 200 over 32-blocks) */
+    gcase_t em = { 2, 7, 3, 512, 64, EPX_DTYPE_BF16, EPX_GPU_BACKEND_NCCL, 0,
+                   1, 4, 0, EPX_WIRE_NATIVE, 0, 0, 0 };
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    em.unweighted = 1;
+    em.align = 1;
+    em.dtype = EPX_DTYPE_FP32;
+    em.H = 24;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    em.unweighted = 0;
+    em.dtype = EPX_DTYPE_BF16;
+    em.H = 200;
+    em.wire = EPX_WIRE_MXFP8;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    em.wire = EPX_WIRE_NVFP4;
+    em.align = 8;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    /* replicas: 5 experts on 8 slots */
+    em.wire = EPX_WIRE_NATIVE;
+    em.E = 5;
+    em.slots = 8;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
 }
 
 /* Probe in a child: CUDA must not be initialised in this process before

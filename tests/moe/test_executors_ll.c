@@ -12,7 +12,9 @@
  * call (EPX_ERR_RANGE on every rank), the device reports it from
  * epx_moe_check.  The quantized wires the same way: data, block scales
  * and row scales of every kept row against the reference's rows quantized
- * by the reference quantizer, and y inside the buffers refused.
+ * by the reference quantizer, and y inside the buffers refused.  The
+ * load statistics of every call (on the device recorded by the kernels,
+ * captured calls too, and read by epx_moe_stats) against the routing.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -199,6 +201,74 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
     return 0;
 }
 
+/* Load statistics after the calls `calls[0..n)` (in dispatch order):
+ * this rank's choices of each expert (dropped ones too: the demand), the
+ * window since the reset, the physical units (the experts here) and the
+ * decayed load (stats_decay 0.9, in call order), as every executor must
+ * record them (on the device: recorded by the kernels, read back by
+ * epx_moe_stats). */
+static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
+                       const int *calls, int n)
+{
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
+    float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
+    void *x = calloc((size_t)(c->maxT * c->H + 1), es);
+    int64_t *win = calloc((size_t)c->E, sizeof(int64_t));
+    double *dec = calloc((size_t)c->E, sizeof(double));
+    for (int i = 0; i < n; i++) {
+        ref_tokens_t t;
+        int32_t *cnt = calloc((size_t)c->E, sizeof(int32_t));
+        gen(c, me, calls[i], &t, idx, w, x);
+        for (int64_t j = 0; j < t.T * c->K; j++)
+            if (idx[j] >= 0)
+                cnt[idx[j]]++;
+        for (int e = 0; e < c->E; e++) {
+            win[e] += cnt[e];
+            dec[e] = 0.9 * dec[e] + (double)cnt[e];
+        }
+        free(cnt);
+    }
+    epx_moe_stats_t ms = { .struct_size = sizeof(ms) };
+    CHECK_OK(epx_moe_stats(m, 0, &ms));
+    CHECKF(ms.dispatches == n, "statistics: %lld dispatches, want %d",
+           (long long)ms.dispatches, n);
+    for (int e = 0; e < c->E; e++) {
+        CHECKF(ms.window[e] == win[e] && ms.physical[e] == win[e],
+               "statistics: expert %d: %lld (physical %lld), want %lld", e,
+               (long long)ms.window[e], (long long)ms.physical[e],
+               (long long)win[e]);
+        CHECKF(memcmp(&ms.decayed[e], &dec[e], sizeof(double)) == 0,
+               "statistics: expert %d decayed %.17g, want %.17g", e,
+               ms.decayed[e], dec[e]);
+    }
+    /* read once: a second read adds nothing */
+    CHECK_OK(epx_moe_stats(m, 0, &ms));
+    CHECK(ms.dispatches == n && (c->E == 0 || ms.window[0] == win[0]));
+    free(idx), free(w), free(x), free(win), free(dec);
+    return 0;
+}
+
+/* Does this rank's own routing of `call` put more than cap choices on
+ * one expert?  The device counts a call whose own layout is good (its
+ * kernels cannot know that a peer's failed). */
+static int own_over(const llcase_t *c, int me, int call)
+{
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
+    float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
+    void *x = calloc((size_t)(c->maxT * c->H + 1), es);
+    int32_t *cnt = calloc((size_t)c->E, sizeof(int32_t));
+    ref_tokens_t t;
+    int over = 0;
+    gen(c, me, call, &t, idx, w, x);
+    for (int64_t j = 0; j < t.T * c->K; j++)
+        if (idx[j] >= 0 && ++cnt[idx[j]] > c->cap)
+            over = 1;
+    free(idx), free(w), free(x), free(cnt);
+    return over;
+}
+
 static int ll_rank(epx_comm_t *comm, void *arg)
 {
     const llcase_t *c = arg;
@@ -264,6 +334,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     ref_recv_t want;
     int64_t dropped = 0, got_dropped = -1;
+    int calls[16], ncalls = 0;   /* recorded in the statistics */
 
     if (!c->drop && c->skew && c->host) {
         /* Overflow without DROP on the host: the call fails on every rank
@@ -295,6 +366,8 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK_ST(epx_moe_check(m, NULL), EPX_ERR_RANGE);
         CHECK_OK(epx_moe_check(m, NULL));
         ref_recv_free(&want);
+        if (!own_over(c, me, 0))
+            calls[ncalls++] = 0;
         goto done;
     }
     /* Eager: three calls (buffers 0, 1, 0). */
@@ -322,6 +395,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         epx_handle_release(h);
         h = NULL;
         ref_recv_free(&want);
+        calls[ncalls++] = call;
     }
     /* Two micro-batches in flight (ll_buffers 2): both dispatched and
      * received, then combined in dispatch order; the second combined
@@ -361,6 +435,8 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK(got_dropped == dropped + dropped2);
         CHECK_CALL(verify(c, R, me, &rv, &b, src, &want, dropped));
         CHECK_CALL(verify(c, R, me, &rv2, &b2, src2, &want2, dropped2));
+        calls[ncalls++] = 20;
+        calls[ncalls++] = 21;
         epx_handle_release(h);
         epx_handle_release(h2);
         h = NULL;
@@ -372,6 +448,11 @@ static int ll_rank(epx_comm_t *comm, void *arg)
      * the copies do not depend on the inputs). */
     if (c->host)
         goto done;
+    /* What the eager calls recorded, then cleared: the replays below are
+     * counted from the reset on, with no host code in them. */
+    CHECK_CALL(check_stats(c, m, me, calls, ncalls));
+    CHECK_OK(epx_moe_stats_reset(m));
+    ncalls = 0;
     cudaStream_t st = (cudaStream_t)xm.stream;
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
     CHECK_CALL(stage(c, R, me, 9, &b, src, idx, w, x, &want, &dropped));
@@ -398,12 +479,15 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK(got_dropped == dropped);
         CHECK_CALL(verify(c, R, me, &rv, &b, src, &want, dropped));
         ref_recv_free(&want);
+        calls[ncalls++] = 10 + rep;
     }
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
 #undef CU
 #endif
 done:
+    /* Refused (host) or failed on the device (its status): not counted. */
+    CHECK_CALL(check_stats(c, m, me, calls, ncalls));
     epx_moe_destroy(m);
     for (int i = 0; i < 2; i++) {
         rank_bufs_t *bb = i ? &b2 : &b;
