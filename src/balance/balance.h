@@ -184,9 +184,10 @@ epx_status_t epx__bal_replan(const bal_shape_t *sh, const double *load,
                              double *max_after);
 
 /* Two slots per rank (pair.c): replica counts cnt[E] (summing to 2R,
- * each <= R) improved by moving replicas (every count vector when they
- * are few), packed by sorted pairing into slot[2R]; returns the largest
- * pair.  ord, tmp, scr, bcnt: [E] scratch. */
+ * each <= R) replaced by counts built for targets when better, improved
+ * by moving replicas (every count vector when they are few), packed by
+ * sorted pairing into slot[2R]; returns the largest pair.  ord, tmp,
+ * scr, bcnt: [E] scratch. */
 double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
                           int32_t *ord, int32_t *tmp, int32_t *scr,
                           int32_t *bcnt, int32_t *slot);

@@ -1,9 +1,11 @@
 /* Two slots per rank: for fixed replica counts the best packing is known
  * (replicas sorted, the i-th largest beside the i-th smallest minimises
- * the largest pair), so the plan reduces to choosing the counts: a local
- * search moves one replica from an expert to another while that lowers
- * (largest pair, pairs at it).  Candidate of the epx policy when spr = 2;
- * README.md, "epx policy". */
+ * the largest pair), so the plan reduces to choosing the counts: built
+ * for targets from Hall's condition (pair_hall), then a local search
+ * moves one replica from an expert to another while that lowers
+ * (largest pair, pairs at it); every count vector when they are few.
+ * Candidate of the epx policy when spr = 2; README.md, "epx policy". */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,195 +211,242 @@ static double pair_ls(const double *w, int E, int R, int32_t *cnt,
     return m;
 }
 
-/* ---- Counts guided by thresholds.  A placement with largest pair <= M
- * gives each replica y > M/2 a partner <= M - y, so for every u < M/2
- * G(u) = #{replicas <= u} - #{replicas >= M - u} >= 0 (and the sorted
- * pairing meets M exactly when that holds).  For weights lam_u >= 0 the
- * counts maximising sum_u lam_u G(u) (with c_e >= w_e / M, sum 2R) are
- * a knapsack over the spare replicas; weights are raised where those
- * counts fail (multiplicative updates), and every maximiser is a
- * candidate, kept when its sorted pairing is the best yet.  The same
- * relaxation, with a proof in place of candidates, is the lower bound of
- * tests/balance/test_plan.c. */
-#define PAIR_PROBE_ROUNDS 30
-#define PAIR_PROBE_WORK 4000000L   /* E * (spare + 1)^2 per round, at most */
-
-typedef struct pair_probe {
-    int *a, *pos, *sgn, *ch;
-    double *U, *lam, *Lam, *G, *dp;
-} pair_probe_t;
-
 static int cmp_up(const void *x, const void *y)
 {
     double a = *(const double *)x, b = *(const double *)y;
     return a < b ? -1 : a > b;
 }
 
-/* Best candidate counts for target M into out (its largest pair and pairs
- * at it in *om, *on); 0 when M leaves no room or the work is too large. */
-static int pair_probe(const double *w, int E, int R, double M, int32_t *out,
-                      int32_t *ord, double *om, int *on)
+/* ---- Counts built for a target.  Replicas above M/2 ("big") need
+ * partners of at most M - y on distinct ranks; with D(t) the bigs of
+ * M - y <= t and Sup(t) the others of y <= t, the sorted pairing meets M
+ * iff D(t) <= Sup(t) for every t (Hall's condition on nested sets), and
+ * max_t (D(t) - Sup(t)) is the number of bigs left without a partner.
+ * From the fewest replicas M allows, a_e = ceil(w_e / M), the spare ones
+ * are given out greedily: each step raises one expert by 1..HALL_STEP
+ * replicas, the raise that removes most unpartnered bigs per replica
+ * (lowest expert, then smallest raise, on ties); done when none is left,
+ * and the rest go to the experts of the smallest replicas (below M/2
+ * they only add partners).  t runs over the positions M - w_e/c a big
+ * can take, so a table of range maxima over them prices every raise in
+ * O(1).  This finds the compound moves that replica moves miss (a
+ * middle expert merged into one big replica, small experts split into
+ * its partners): on the layers where the moves stopped 2-3 % above the
+ * optimum it meets the optimum. */
+#define HALL_STEP 3
+#define HALL_ROUNDS 14
+#define HALL_MAX_POS 200000   /* E * (spare + 2): positions, at most */
+
+typedef struct hall {
+    const double *w;
+    int E, R, S, np, lg;
+    double M;
+    int32_t *c;          /* [E] counts being built */
+    double *pt;          /* [E*(X+1)] positions t (ascending) */
+    int *g;              /* [np] D(t) - Sup(t) */
+    int *tab;            /* [lg*np] range maxima of g */
+} hall_t;
+
+/* First position index with pt >= x (np when none). */
+static int hall_at(const hall_t *h, double x)
 {
-    int S = 2 * R, nu = 0, X, found = 0;
-    long need = 0;
-    pair_probe_t p;
-    if (!(M > 0) || !(p.a = malloc((size_t)E * sizeof(int))))
-        return 0;
-    for (int e = 0; e < E; e++) {
-        double c = w[e] / M;
-        p.a[e] = c < 1 ? 1 : (int)c;
-        while (w[e] / p.a[e] > M)
-            p.a[e]++;
-        need += p.a[e];
-        if (p.a[e] > R)
-            need = S + 1;
+    int lo = 0, hi = h->np;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (h->pt[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    X = S - (int)(need < S ? need : S);
-    if (need > S || (double)E * (X + 1) * (X + 1) > PAIR_PROBE_WORK) {
-        free(p.a);
-        return 0;
-    }
-    size_t n = (size_t)E * (X + 1);
-    p.U = malloc(n * sizeof(double));
-    p.lam = malloc(n * sizeof(double));
-    p.Lam = malloc((n + 1) * sizeof(double));
-    p.G = malloc((n + 1) * sizeof(double));
-    p.dp = malloc(n * sizeof(double));
-    p.pos = malloc(n * sizeof(int));
-    p.sgn = malloc(n * sizeof(int));
-    p.ch = malloc(n * sizeof(int));
-    int32_t *c = malloc((size_t)E * sizeof(int32_t));
-    if (!p.U || !p.lam || !p.Lam || !p.G || !p.dp || !p.pos || !p.sgn ||
-        !p.ch || !c)
-        goto out;
-    for (int e = 0; e < E; e++)
-        for (int x = 0; x <= X; x++)
-            if (w[e] / (p.a[e] + x) > M / 2)
-                p.U[nu++] = M - w[e] / (p.a[e] + x);
-    if (!nu)
-        goto out;
-    qsort(p.U, (size_t)nu, sizeof(double), cmp_up);
-    for (int e = 0; e < E; e++)
-        for (int x = 0; x <= X; x++) {
-            int i = e * (X + 1) + x, lo = 0, hi = nu, k = p.a[e] + x;
-            double y = w[e] / k, q = y > M / 2 ? M - y : y;
-            p.sgn[i] = k > R ? 2 : y > M / 2 ? -1 : y < M / 2 ? 1 : 0;
-            while (lo < hi) {
-                int mid = (lo + hi) / 2;
-                if (p.U[mid] < q)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            p.pos[i] = lo;
-        }
-    for (int i = 0; i < nu; i++)
-        p.lam[i] = 1.0 / nu;
-    for (int e = 0; e < E; e++)
-        ord[e] = e;
-    for (int it = 0; it < PAIR_PROBE_ROUNDS; it++) {
-        p.Lam[nu] = 0;
-        for (int i = nu - 1; i >= 0; i--)
-            p.Lam[i] = p.Lam[i + 1] + p.lam[i];
-        for (int e = 0; e < E; e++) {
-            double *val = p.G;   /* this expert's options, y extras */
-            int ny = 0;
-            for (; ny <= X && p.sgn[e * (X + 1) + ny] != 2; ny++)
-                val[ny] = p.sgn[e * (X + 1) + ny] * (p.a[e] + ny) *
-                          p.Lam[p.pos[e * (X + 1) + ny]];
-            const double *prev = e ? p.dp + (e - 1) * (X + 1) : NULL;
-            for (int x = 0; x <= X; x++) {
-                double best = -HUGE_VAL;
-                int bc = -1;
-                for (int y = 0; y <= x && y < ny; y++) {
-                    double v = e ? prev[x - y] + val[y]
-                                 : (x == y ? val[y] : -HUGE_VAL);
-                    if (v > best) {
-                        best = v;
-                        bc = y;
-                    }
-                }
-                p.dp[e * (X + 1) + x] = best;
-                p.ch[e * (X + 1) + x] = bc;
-            }
-        }
-        if (p.dp[(E - 1) * (X + 1) + X] == -HUGE_VAL)
-            break;
-        for (int i = 0; i <= nu; i++)
-            p.G[i] = 0;
-        for (int e = E - 1, x = X; e >= 0; e--) {
-            int y = p.ch[e * (X + 1) + x], j = e * (X + 1) + y;
-            c[e] = p.a[e] + y;
-            p.G[p.pos[j]] += p.sgn[j] * c[e];
-            x -= y;
-        }
-        int tn;
-        sort_experts(w, c, E, ord);
-        double tm = pair_max(w, c, ord, E, R, &tn, NULL, NULL);
-        if (!found || better(tm, tn, *om, *on)) {
-            memcpy(out, c, (size_t)E * sizeof(int32_t));
-            *om = tm;
-            *on = tn;
-            found = 1;
-        }
-        if (tm <= M)
-            break;
-        /* Weights up where G < 0, down where G > 0; |G| <= 2R, so the
-         * factor stays in [0.5, 1.5] (no exp: plans identical anywhere). */
-        double run = 0, z = 0;
-        for (int i = 0; i < nu; i++) {
-            run += p.G[i];
-            p.lam[i] *= 1 - 0.25 * run / S;
-            z += p.lam[i];
-        }
-        for (int i = 0; i < nu; i++)
-            p.lam[i] /= z;
-    }
-out:
-    free(p.a); free(p.U); free(p.lam); free(p.Lam); free(p.G); free(p.dp);
-    free(p.pos); free(p.sgn); free(p.ch); free(c);
-    return found;
+    return lo;
 }
 
-/* Targets between 0.95 m and m by bisection (PAIR_PROBES probes) on the
- * probe's candidates; the best of them is a fresh start for pair_ls, and
- * the result replaces cnt when better.  scr, bcnt: [E]. */
-#define PAIR_PROBES 6
-static double pair_search(const double *w, int E, int R, int32_t *cnt,
-                          int32_t *ord, int32_t *tmp, int32_t *scr,
-                          int32_t *bcnt, double m, int *np)
+/* Adds expert e's count c to g with sign s: a big adds c from M - y on,
+ * another takes c from y on. */
+static void hall_add(hall_t *h, int e, int c, int s)
 {
-    double lo = 0.95 * m, hi = m, bm = HUGE_VAL;
+    double y = h->w[e] / c;
+    int from = y > h->M / 2 ? hall_at(h, h->M - y) : hall_at(h, y);
+    int v = y > h->M / 2 ? c * s : -c * s;
+    for (int i = from; i < h->np; i++)
+        h->g[i] += v;
+}
+
+static void hall_table(hall_t *h)
+{
+    memcpy(h->tab, h->g, (size_t)h->np * sizeof(int));
+    for (int k = 1; k < h->lg; k++)
+        for (int i = 0; i + (1 << k) <= h->np; i++) {
+            int a = h->tab[(k - 1) * h->np + i];
+            int b = h->tab[(k - 1) * h->np + i + (1 << (k - 1))];
+            h->tab[k * h->np + i] = a > b ? a : b;
+        }
+}
+
+/* max of g over [i, j) (INT_MIN when empty). */
+static int hall_max(const hall_t *h, int i, int j)
+{
+    if (i >= j)
+        return INT_MIN;
+    int k = 0;
+    while ((2 << k) <= j - i)
+        k++;
+    int a = h->tab[k * h->np + i], b = h->tab[k * h->np + j - (1 << k)];
+    return a > b ? a : b;
+}
+
+/* Bigs left without a partner if expert e went from count c0 to c1:
+ * g changes by a step function of at most two breakpoints. */
+static int hall_eval(const hall_t *h, int e, int c0, int c1)
+{
+    int pos[2], val[2];
+    for (int k = 0; k < 2; k++) {
+        int c = k ? c1 : c0;
+        double y = h->w[e] / c;
+        int big = y > h->M / 2;
+        pos[k] = big ? hall_at(h, h->M - y) : hall_at(h, y);
+        val[k] = (big ? c : -c) * (k ? 1 : -1);
+    }
+    int p0 = pos[0] < pos[1] ? pos[0] : pos[1];
+    int p1 = pos[0] < pos[1] ? pos[1] : pos[0];
+    int d0 = pos[0] < pos[1] ? val[0] : val[1];
+    int m = hall_max(h, 0, p0), x;
+    if ((x = hall_max(h, p0, p1)) != INT_MIN && x + d0 > m)
+        m = x + d0;
+    if ((x = hall_max(h, p1, h->np)) != INT_MIN && x + val[0] + val[1] > m)
+        m = x + val[0] + val[1];
+    return m > 0 ? m : 0;
+}
+
+/* Counts for target M into h->c; 1 when every big has a partner. */
+static int hall_build(hall_t *h)
+{
+    const double *w = h->w;
+    int E = h->E, R = h->R, left = h->S;
+    double M = h->M;
+    for (int e = 0; e < E; e++) {
+        double q = w[e] / M;
+        int a = q < 1 ? 1 : (int)q;
+        while (w[e] / a > M)
+            a++;
+        if (a > R)
+            return 0;
+        h->c[e] = a;
+        left -= a;
+    }
+    if (left < 0)
+        return 0;
+    /* Positions a big can take with at most `left` more replicas. */
+    h->np = 0;
+    for (int e = 0; e < E; e++)
+        for (int c = h->c[e]; c <= h->c[e] + left && c <= R; c++) {
+            if (!(w[e] / c > M / 2))
+                break;
+            h->pt[h->np++] = M - w[e] / c;
+        }
+    qsort(h->pt, (size_t)h->np, sizeof(double), cmp_up);
+    for (h->lg = 1; (1 << h->lg) <= h->np; h->lg++)
+        ;
+    memset(h->g, 0, (size_t)h->np * sizeof(int));
+    for (int e = 0; e < E; e++)
+        hall_add(h, e, h->c[e], 1);
+    while (h->np) {
+        hall_table(h);
+        int u = hall_max(h, 0, h->np);
+        if (u <= 0)
+            break;
+        int be = -1, bk = 0;
+        double bg = 0;
+        for (int e = 0; e < E; e++)
+            for (int k = 1; k <= HALL_STEP && k <= left && h->c[e] + k <= R;
+                 k++) {
+                double gain = (double)(u - hall_eval(h, e, h->c[e],
+                                                     h->c[e] + k)) / k;
+                if (gain > bg * (1 + 1e-12)) {
+                    bg = gain;
+                    be = e;
+                    bk = k;
+                }
+            }
+        if (be < 0)
+            return 0;
+        hall_add(h, be, h->c[be], -1);
+        h->c[be] += bk;
+        hall_add(h, be, h->c[be], 1);
+        left -= bk;
+    }
+    while (left-- > 0) {   /* the rest to the smallest replicas */
+        int b = -1;
+        for (int e = 0; e < E; e++)
+            if (h->c[e] < R && (b < 0 || w[e] / h->c[e] < w[b] / h->c[b]))
+                b = e;
+        if (b < 0)
+            return 0;
+        h->c[b]++;
+    }
+    return 1;
+}
+
+/* Targets by bisection between the mean rank load (or 0.94 m) and m
+ * (each built vector's own largest pair is the next upper end); the best
+ * counts built replace cnt when better than (m, *np).  ord, tmp, bcnt:
+ * [E]. */
+static double pair_hall(const double *w, int E, int R, int32_t *cnt,
+                        int32_t *ord, int32_t *tmp, int32_t *bcnt, double m,
+                        int *np)
+{
+    hall_t h = { w, E, R, 2 * R, 0, 0, 0, NULL, NULL, NULL, NULL };
+    size_t n = (size_t)E * (2 * R - E + 2), lg = 1;
+    double tot = 0, bm = HUGE_VAL;
     int bn = 0, any = 0;
-    for (int k = 0; k < PAIR_PROBES; k++) {
-        double M = 0.5 * (lo + hi), pm = HUGE_VAL;
-        int pn = 0;
-        if (!pair_probe(w, E, R, M, scr, tmp, &pm, &pn)) {
-            lo = M;
+    while (((size_t)1 << lg) <= n)
+        lg++;
+    if (2 * R < E || n > HALL_MAX_POS)
+        goto out;
+    h.c = malloc((size_t)E * sizeof(int32_t));
+    h.pt = malloc(n * sizeof(double));
+    h.g = malloc(n * sizeof(int));
+    h.tab = malloc(n * lg * sizeof(int));
+    if (!h.c || !h.pt || !h.g || !h.tab)
+        goto out;
+    for (int e = 0; e < E; e++)
+        tot += w[e];
+    double lo = tot / R > 0.94 * m ? tot / R : 0.94 * m, hi = m;
+    for (int it = 0; it < HALL_ROUNDS && hi - lo > 1e-6 * hi; it++) {
+        h.M = 0.5 * (lo + hi);
+        if (!hall_build(&h)) {
+            lo = h.M;
             continue;
         }
-        if (!any || better(pm, pn, bm, bn)) {
-            memcpy(bcnt, scr, (size_t)E * sizeof(int32_t));
-            bm = pm;
-            bn = pn;
+        int tn;
+        for (int e = 0; e < E; e++)
+            tmp[e] = e;
+        sort_experts(w, h.c, E, tmp);
+        double tm = pair_max(w, h.c, tmp, E, R, &tn, NULL, NULL);
+        if (!any || better(tm, tn, bm, bn)) {
+            memcpy(bcnt, h.c, (size_t)E * sizeof(int32_t));
+            bm = tm;
+            bn = tn;
             any = 1;
         }
-        if (pm <= M)
-            hi = pm;
-        else
-            lo = M;
+        hi = tm < h.M ? tm : h.M;
     }
     if (any) {
         int pn;
         for (int e = 0; e < E; e++)
             ord[e] = e;
-        double pm = pair_ls(w, E, R, bcnt, ord, tmp, &pn);
+        sort_experts(w, bcnt, E, ord);
+        double pm = pair_max(w, bcnt, ord, E, R, &pn, NULL, NULL);
         if (better(pm, pn, m, *np)) {
             memcpy(cnt, bcnt, (size_t)E * sizeof(int32_t));
             m = pm;
             *np = pn;
         }
     }
+out:
+    free(h.c); free(h.pt); free(h.g); free(h.tab);
+    for (int e = 0; e < E; e++)
+        ord[e] = e;
     sort_experts(w, cnt, E, ord);
     return m;
 }
@@ -415,9 +464,10 @@ double epx__bal_pair_plan(const double *w, int E, int R, int32_t *cnt,
         ord[e] = e;
     sort_experts(w, cnt, E, ord);
     int n, top, bot;
-    double m = pair_ls(w, E, R, cnt, ord, tmp, &n);
+    double m = pair_max(w, cnt, ord, E, R, &n, NULL, NULL);
     if (ways(E, 2 * R - E) > PAIR_ENUM_MAX)
-        m = pair_search(w, E, R, cnt, ord, tmp, scr, bcnt, m, &n);
+        m = pair_hall(w, E, R, cnt, ord, tmp, bcnt, m, &n);
+    m = pair_ls(w, E, R, cnt, ord, tmp, &n);
     if (ways(E, 2 * R - E) <= PAIR_ENUM_MAX) {
         pair_enum_t pe = { w, E, R, n, scr, tmp, bcnt, m };
         memcpy(bcnt, cnt, (size_t)E * sizeof(int32_t));
