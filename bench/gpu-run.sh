@@ -82,6 +82,7 @@ run_all() {
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
+    step "tests/moe/test_executors_poll --device" "$b/tests/moe/test_executors_poll" --device
     for t in test_kern_host test_kern_quant test_fdpass; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
     done

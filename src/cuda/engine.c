@@ -1368,6 +1368,12 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     epx_status_t st = usable(m, "cuda combine_send");
     if (st != EPX_OK)
         return st;
+    /* A call that is over (a cached dispatch the ranks did not agree on
+     * ends in its recv) is refused before its arguments are read. */
+    int pb, prcv;
+    if (gpu_calls_poll(&m->calls, call, &pb, &prcv) != EPX_OK)
+        return epx__error(EPX_ERR_STATE, "combine: no received dispatch for "
+                          "this handle");
     if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) +
                                    sizeof(unsigned) ||
         !tensor_ok(&a->y, m->p.dtype, m->rows, m->g.H))
