@@ -516,9 +516,22 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     the oldest unread calls are left out (a warning says how many).  A
  *     call counts on a rank whose own routing was good, even where a
  *     peer's failed it (the host executor refuses it on every rank);
+ *   - EPX_DISPATCH_CACHED (throughput mode, windows backend): the host
+ *     executor's checks in the call (a handle of an earlier dispatch, the
+ *     same token count, layer and placement: EPX_ERR_INVALID, nothing
+ *     queued); the ids themselves, and the ranks' agreement, are checked
+ *     on the device, so those failures come from epx_dispatch_recv (and
+ *     epx_dispatch_poll) instead of epx_dispatch_send: EPX_ERR_INVALID on
+ *     a rank whose ids differ from its handle's, EPX_ERR_PEER on the
+ *     others, EPX_ERR_MISMATCH when some ranks passed the flag and others
+ *     did not or they reuse handles of different dispatches; nothing was
+ *     sent, the call is over (its combine is refused with EPX_ERR_STATE),
+ *     the handle keeps its routing and the engine stays usable;
+ *   - epx_dispatch_poll (throughput mode): see its comment below;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED, epx_dispatch_poll,
- *     low latency over NCCL (src/cuda/README.md). */
+ *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
+ *     epx_dispatch_poll in low latency, low latency over NCCL
+ *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),
@@ -673,8 +686,21 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * it has written this call's completion word (at once if none has rows
  * for it; every expert after epx_dispatch_recv).  Low latency: expert j
  * is ready when every source's count word for it has arrived (rows come
- * before it); counts of experts not ready read 0.  Device ranks:
- * EPX_ERR_UNSUPPORTED (see above). */
+ * before it); counts of experts not ready read 0.
+ * Device ranks, throughput mode (src/cuda/README.md, "Readiness"): poll
+ * never waits and never synchronises a stream; it reads what the
+ * engine's receive kernel stores in host-mapped memory.  Until that
+ * kernel runs (the counts exchanged and this rank's own rows sent, on
+ * the engine's stream), no expert is ready and num_rows, expert_counts
+ * and expert_offsets read 0; from then on they are final, as on host
+ * ranks.  Expert j is ready once that kernel has seen the data flag of
+ * every source with rows for it (at once if none has; NCCL: every expert
+ * once the grouped receive is done); its rows, their metadata and
+ * (expert-major) its padding marks are then in device memory, and work
+ * the caller queues after the poll that reported it, on any stream,
+ * reads them.  The caller's stream is not ordered after the engine's
+ * until epx_dispatch_recv: queue no read of an expert's rows before a
+ * poll reported it ready.  Low latency: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);

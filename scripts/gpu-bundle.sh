@@ -6,7 +6,7 @@
 # host-run.sh's --overlap), built here with the programs linking libepx
 # statically, and DIR receives
 #   bench/epx-bench, topology/epx-topo,  the programs
-#   tests/cuda/test_*, tests/moe/test_executors, tests/moe/test_device,
+#   tests/cuda/test_*, tests/moe/test_executors*, tests/moe/test_device,
 #   examples/moe_gpu
 #   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
 #   lib/epx/                              the CUDA and NCCL modules
@@ -35,7 +35,8 @@ echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
 progs="bench/epx-bench topology/epx-topo tests/moe/test_executors
-       tests/moe/test_executors_ll tests/cuda/test_kern_host
+       tests/moe/test_executors_ll tests/moe/test_executors_poll
+       tests/cuda/test_kern_host
        tests/cuda/test_kern_quant tests/cuda/test_fdpass
        tests/cuda/test_gpu_migrate tests/moe/test_device examples/moe_gpu"
 echo "gpu-bundle: building"

@@ -1,5 +1,7 @@
 /* A device rank's calls in flight (calls.h): the API's order rules. */
+#include <string.h>
 #include "cuda/calls.h"
+#include "cuda/kern_launch.h"
 #include "util/util.h"
 
 void gpu_calls_init(gpu_calls_t *c, int ll, int buffers)
@@ -60,6 +62,43 @@ epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b)
                      "flight (combined, released, or abandoned)");
     s->state = GPU_CALL_RECEIVED;
     return EPX_OK;
+}
+
+epx_status_t gpu_calls_poll(const gpu_calls_t *c, uint64_t n, int *b,
+                            int *received)
+{
+    const gpu_call_t *s = find((gpu_calls_t *)c, n, b);
+    if (!s || (s->state != GPU_CALL_SENT && s->state != GPU_CALL_RECEIVED))
+        return order("dispatch_poll", "no dispatch of this handle between "
+                     "its send and its combine_send");
+    *received = s->state == GPU_CALL_RECEIVED;
+    return EPX_OK;
+}
+
+int gpu_poll_read(const int64_t *pub, int L, uint64_t seq, uint8_t *ready,
+                  int64_t *counts, int64_t *rows, int64_t *agree)
+{
+    /* The sequence word is stored last (release): the rest is this
+     * call's once it reads seq. */
+    if ((uint64_t)__atomic_load_n(&pub[EPXK_PUB_SEQ], __ATOMIC_ACQUIRE) !=
+        seq) {
+        if (L > 0) {
+            memset(ready, 0, (size_t)L);
+            memset(counts, 0, sizeof(int64_t) * 2 * (size_t)L);
+        }
+        *rows = *agree = 0;
+        return 0;
+    }
+    *agree = pub[EPXK_PUB_AGREE];
+    *rows = pub[EPXK_PUB_ROWS];
+    memcpy(counts, pub + EPXK_PUB_COUNTS, sizeof(int64_t) * 2 * (size_t)L);
+    int n = 0;
+    for (int j = 0; j < L; j++) {
+        ready[j] = (uint64_t)__atomic_load_n(&pub[EPXK_PUB_COUNTS + 2 * L + j],
+                                             __ATOMIC_ACQUIRE) == seq;
+        n += ready[j];
+    }
+    return n;
 }
 
 /* Is call n the oldest outstanding one? */

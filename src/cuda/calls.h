@@ -51,6 +51,18 @@ epx_status_t gpu_calls_send(gpu_calls_t *c, int64_t T, uint64_t *n, int *b);
 /* The buffer of a call that may be received (sent, or received before:
  * recv may be repeated), now received. */
 epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b);
+/* Call n may be polled (sent, or received: between its dispatch and its
+ * combine): its buffer, and whether it was received.  Changes nothing. */
+epx_status_t gpu_calls_poll(const gpu_calls_t *c, uint64_t n, int *b,
+                            int *received);
+/* Throughput readiness of call `seq` from what its recv kernel published
+ * (pub, host-mapped, kern_launch.h EPXK_PUB_*; L local units): ready[j]
+ * 1 where unit j's rows all arrived; counts [2L] the units' counts and
+ * first rows, *rows the rows received and *agree the call's agreement,
+ * once the kernel published them, else zeros (nothing ready).  Returns
+ * the units ready.  Reads only (acquire), never waits. */
+int gpu_poll_read(const int64_t *pub, int L, uint64_t seq, uint8_t *ready,
+                  int64_t *counts, int64_t *rows, int64_t *agree);
 /* Call n's combine may start: its buffer and tokens. */
 epx_status_t gpu_calls_combine_send(gpu_calls_t *c, uint64_t n, int *b,
                                     int64_t *T);

@@ -21,6 +21,15 @@
 #include "moe/wire.h"
 #include "util/util.h"
 
+/* A throughput layout (src/cuda/README.md, "Cached dispatch"): one per
+ * handle that dispatched, from its uncached dispatch until its release;
+ * d holds what lay_point points the call at. */
+typedef struct gpu_lay {
+    char *d;
+    int used;
+    int32_t seq;                /* sequence word of the call that made it */
+} gpu_lay_t;
+
 /* The GPU settings of epx_moe_params_t (version 4). */
 typedef struct cuda_params {
     int device, num_sms;
@@ -87,6 +96,12 @@ struct gpu_moe {
     int64_t *d_llnstat;
     int32_t *d_llring, *h_llring;
     int64_t ll_seen;
+    /* throughput: layouts, and what the recv kernel publishes for
+     * epx_dispatch_poll (host-mapped, EPXK_PUB_*; h_ the host's address,
+     * d_ the device's) */
+    gpu_lay_t *lays;
+    int nlays;
+    int64_t *h_pub, *d_pub;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -263,6 +278,76 @@ static epx_status_t fail(gpu_moe_t *m, epx_status_t st)
 {
     m->broken = 1;
     return st;
+}
+
+/* ------------------------------------------------------------- layouts */
+
+/* Bytes of a layout: int64 sendoff [R], base [R], ebase [E]; int32 dest
+ * and pos [maxT * maxdest] each, epos and ids [maxT * K] each, mycnt
+ * [R + E], the count matrix [R * cnt_ints]. */
+static size_t lay_bytes(const proto_geom_t *g)
+{
+    const size_t pairs = (size_t)(g->maxT * g->maxdest);
+    return sizeof(int64_t) * (size_t)(2 * g->R + g->E) +
+           sizeof(int32_t) * (2 * pairs + 2 * (size_t)(g->maxT * g->K) +
+                              (size_t)(g->R + g->E) +
+                              (size_t)g->R * (size_t)g->cnt_ints);
+}
+
+/* Point the call at layout i. */
+static void lay_point(gpu_moe_t *m, int i)
+{
+    const proto_geom_t *g = &m->g;
+    epxk_call_t *c = &m->call;
+    const size_t pairs = (size_t)(g->maxT * g->maxdest);
+    const size_t tk = (size_t)(g->maxT * g->K);
+    int64_t *q = (int64_t *)m->lays[i].d;
+    c->sendoff = q;
+    c->base = q + g->R;
+    c->ebase = q + 2 * g->R;
+    int32_t *p = (int32_t *)(q + 2 * g->R + g->E);
+    c->dest = p;
+    c->pos = p + pairs;
+    c->epos = p + 2 * pairs;
+    c->lay_ids = c->epos + tk;
+    c->mycnt = c->lay_ids + tk;
+    c->lay_cnt = c->mycnt + g->R + g->E;
+}
+
+/* A free layout for an uncached dispatch: one of those released, or a
+ * new one.  Layout 0 is allocated with the engine; more only where a
+ * caller keeps several handles, stream-ordered on the engine's stream
+ * (cudaMallocAsync: no wait for the device, which peers' kernels may be
+ * spinning on). */
+static epx_status_t lay_get(gpu_moe_t *m, int *out)
+{
+    for (int i = 0; i < m->nlays; i++)
+        if (!m->lays[i].used) {
+            m->lays[i].used = 1;
+            *out = i;
+            return EPX_OK;
+        }
+    gpu_lay_t *l = realloc(m->lays, sizeof(*l) * (size_t)(m->nlays + 1));
+    if (!l)
+        return epx__error(EPX_ERR_NOMEM, "cuda dispatch_send: out of memory");
+    m->lays = l;
+    char *d = NULL;
+    epx_status_t st = m->nlays == 0
+        ? epx__cuda_err(cudaMalloc((void **)&d, lay_bytes(&m->g)),
+                        "cudaMalloc")
+        : epx__cuda_err(cudaMallocAsync((void **)&d, lay_bytes(&m->g), m->st),
+                        "cudaMallocAsync");
+    if (st != EPX_OK)
+        return st;
+    l[m->nlays] = (gpu_lay_t){ d, 1, 0 };
+    *out = m->nlays++;
+    return EPX_OK;
+}
+
+void gpu_layout_release(gpu_moe_t *m, int lay)
+{
+    if (m && lay >= 0 && lay < m->nlays)
+        m->lays[lay].used = 0;
 }
 
 /* --------------------------------------------------------------- setup */
@@ -527,6 +612,25 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                            "cudaMallocHost");
     if (st != EPX_OK)
         goto gate;
+    if (!m->ll) {   /* poll's words, zero (no call's), and a layout */
+        const size_t pub = sizeof(int64_t) * (size_t)(EPXK_PUB_COUNTS +
+                                                      3 * m->L);
+        st = epx__cuda_err(cudaHostAlloc((void **)&m->h_pub, pub,
+                                         cudaHostAllocMapped |
+                                             cudaHostAllocPortable),
+                           "cudaHostAlloc");
+        if (st == EPX_OK) {
+            memset(m->h_pub, 0, pub);
+            st = epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_pub,
+                                                        m->h_pub, 0),
+                               "cudaHostGetDevicePointer");
+        }
+        int lay0;
+        if (st == EPX_OK && (st = lay_get(m, &lay0)) == EPX_OK)
+            m->lays[lay0].used = 0;
+        if (st != EPX_OK)
+            goto gate;
+    }
     /* Set up on the engine's stream, whose kernels do not wait for the
      * legacy stream (a plain cudaMemset or cudaMemcpy may land after
      * them); pageable sources are staged before the call returns. */
@@ -630,6 +734,7 @@ gate:
     m->call.ll_ring = m->d_llring;
     m->call.rstage = m->rstage;
     m->call.emmap = m->d_emmap;
+    m->call.pub = m->d_pub;
     double to = epx__comm_timeout(comm);
     m->call.timeout_ns = (uint64_t)(to * 1e9);
     free(e2r);
@@ -688,6 +793,10 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFreeHost(m->h_info);
     cudaFreeHost(m->h_cnt);
     cudaFreeHost(m->h_ecnt);
+    cudaFreeHost(m->h_pub);
+    for (int i = 0; i < m->nlays; i++)
+        cudaFree(m->lays[i].d);
+    free(m->lays);
     if (m->ev_in)
         cudaEventDestroy(m->ev_in);
     if (m->ev_out)
@@ -1038,19 +1147,54 @@ epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
     return EPX_OK;
 }
 
+static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv);
+
+/* A cached call's outcome: route, this rank's ids differed from its
+ * layout's; agree, the ranks' (proto_cached_agree). */
+static epx_status_t ht_agreed(const gpu_moe_t *m, int64_t route, int64_t agree)
+{
+    (void)m;
+    if (route || agree == EPX_ERR_INVALID)
+        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
+                          "with a routing that differs from the handle's "
+                          "(found on the device; nothing was sent)");
+    if (agree == EPX_ERR_PEER)
+        return epx__error(EPX_ERR_PEER, "dispatch: a rank's cached dispatch "
+                          "had a routing that differs from its handle's "
+                          "(nothing was sent)");
+    if (agree != 0)
+        return epx__error(EPX_ERR_MISMATCH, "dispatch: ranks disagree on "
+                          "EPX_DISPATCH_CACHED (some passed it, or they "
+                          "reuse handles of different dispatches); nothing "
+                          "was sent");
+    return EPX_OK;
+}
+
 epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
-                               void *stream, uint64_t *call)
+                               void *stream, int *lay, uint64_t *call)
 {
     epx_status_t st = usable(m, "cuda dispatch_send");
     if (st != EPX_OK)
         return st;
     const proto_geom_t *g = &m->g;
-    if (!a || a->struct_size < offsetof(epx_dispatch_args_t, flags))
+    if (!a || !lay || a->struct_size < offsetof(epx_dispatch_args_t, flags) +
+                                           sizeof(unsigned))
         return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
     const int64_t T = a->x.rows;
-    if (a->flags != 0)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: cached "
-                          "dispatch is not implemented on the GPU");
+    /* Other bits are ignored, as on host ranks. */
+    const int cached = (a->flags & EPX_DISPATCH_CACHED) != 0;
+    if (cached && m->ll)
+        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
+                          "saves the count exchange of throughput mode; low "
+                          "latency has none (dispatch without it)");
+    if (cached && !m->call.windows)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: "
+                          "EPX_DISPATCH_CACHED is implemented for the "
+                          "windows backend only, not NCCL");
+    if (cached && (*lay < 0 || *lay >= m->nlays || !m->lays[*lay].used))
+        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
+                          "needs a handle of an earlier dispatch on this "
+                          "engine");
     /* The caller's NVFP4 tensor scale: the host executor's checks. */
     const float gs = a->struct_size >= offsetof(epx_dispatch_args_t,
                                                 x_global_scale) + sizeof(float)
@@ -1081,10 +1225,17 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     if (m->h_placed && !m->h_placed[layer])
         return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d has "
                           "no placement (epx_moe_set_placement)", layer);
-    /* Its number and buffer, or a refusal with nothing queued. */
-    int b;
-    if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK)
+    /* Its layout (throughput), number and buffer, or a refusal with
+     * nothing queued. */
+    int b, li = cached ? *lay : -1;
+    if (!cached && !m->ll && (st = lay_get(m, &li)) != EPX_OK)
         return st;
+    if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK) {
+        if (!cached)
+            gpu_layout_release(m, li);
+        return st;
+    }
+    *lay = li;
     epxk_call_t *c = &m->call;
     c->gscale = gs;
     m->blayer[b] = layer;
@@ -1098,6 +1249,11 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     if (m->ll)
         return ll_dispatch_send(m, a, stream, b);
     m->seq++;
+    lay_point(m, li);
+    if (!cached)
+        m->lays[li].seq = (int32_t)m->seq;
+    c->cached = cached;
+    c->lay_seq = m->lays[li].seq;
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
     c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
@@ -1107,13 +1263,25 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->parity = (int)(m->seq & 1);
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
-    /* This call's flag only (a call released before its recv leaves
+    /* This call's flags only (a call released before its recv leaves
      * its own set). */
     if ((st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
-                                            sizeof(int64_t), m->st),
+                                            sizeof(int64_t) * EPXK_INFO_CALL,
+                                            m->st),
                             "cudaMemsetAsync")) != EPX_OK)
         return fail(m, st);
-    if (c->windows) {
+    if (cached) {
+        /* The ids checked against the layout's, the headers exchanged;
+         * then the layout's ids route the rows, so what is packed always
+         * matches the positions. */
+        if ((st = launch(m, EPXK_CACHED)) == EPX_OK) {
+            c->idx = c->lay_ids;
+            c->idx64 = 0;
+            if ((st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+                (st = launch(m, EPXK_PACK)) == EPX_OK)
+                st = launch(m, EPXK_RECV);
+        }
+    } else if (c->windows) {
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
             (st = launch(m, EPXK_PACK)) == EPX_OK)
@@ -1129,7 +1297,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (!g->em || (st = launch(m, EPXK_NCCL_EM_BASE)) == EPX_OK) &&
             (st = launch(m, EPXK_PACK)) == EPX_OK)
-            st = epx__nccl_counts(m->nccl, g, m->d_mycnt, cnt, m->st);
+            st = epx__nccl_counts(m->nccl, g, c->mycnt, cnt, m->st);
         if (st == EPX_OK && g->em)
             st = launch(m, EPXK_NCCL_EM_MAP);
         /* The one host synchronisation: the sizes of the receives. */
@@ -1140,7 +1308,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         if (st == EPX_OK)
             st = epx__cuda_err(cudaMemcpyAsync(
                                    m->h_cnt + (size_t)g->R * g->cnt_ints,
-                                   m->d_mycnt,
+                                   c->mycnt,
                                    sizeof(int32_t) * (size_t)(g->R + g->E),
                                    cudaMemcpyDeviceToHost, m->st),
                                "cudaMemcpyAsync");
@@ -1163,7 +1331,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     /* The layout's per-expert counts ride along: the statistics come from
      * the routing without a pass of their own. */
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemcpyAsync(m->h_ecnt, m->d_mycnt + g->R,
+        st = epx__cuda_err(cudaMemcpyAsync(m->h_ecnt, c->mycnt + g->R,
                                            sizeof(int32_t) * (size_t)g->E,
                                            cudaMemcpyDeviceToHost, m->st),
                            "cudaMemcpyAsync");
@@ -1203,22 +1371,42 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     if (m->h_info[EPXK_INFO_ERROR])
         return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
-    const proto_geom_t *g = &m->g;
     int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;   /* cleared by each send */
+    /* A cached call the ranks did not agree on moved nothing: it ends
+     * here (its combine is refused), the engine stays usable. */
+    if ((st = ht_agreed(m, m->h_info[EPXK_INFO_ROUTE],
+                        m->h_info[EPXK_INFO_AGREE])) != EPX_OK) {
+        gpu_calls_release(&m->calls, call, &b);
+        return st;
+    }
     m->rows = m->h_info[EPXK_INFO_ROWS];
     for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
     if ((st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
+    ht_describe(m, b, m->rows, recv);
+    if (bad)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
+                          "outside [-1, %d); they were treated as -1 (recv "
+                          "is filled: complete the call with combine)",
+                          m->Elog);
+    return EPX_OK;
+}
+
+/* What a throughput recv describes: the window's regions, `rows` rows and
+ * the counts in h_counts. */
+static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
+{
+    const proto_geom_t *g = &m->g;
     epx_recv_t r;
     memset(&r, 0, sizeof(r));
     r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
-    r.num_rows = m->rows;
+    r.num_rows = rows;
     moe_wire_t f;   /* checked at creation */
     moe_wire_init(&f, (epx_wire_t)g->wire, m->p.dtype, g->H);
     r.x.data = m->local + g->off_rows;
     r.x.dtype = f.x_dtype;
-    r.x.rows = m->rows;
+    r.x.rows = rows;
     r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
@@ -1232,18 +1420,48 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     r.x_scales.dtype = f.scale_dtype;
     if (moe_wire_quantized(&f)) {
         r.x_scales.data = m->local + g->off_scales;
-        r.x_scales.rows = m->rows;
+        r.x_scales.rows = rows;
         r.x_scales.cols = f.nblocks;
     }
     if (f.global_bytes)
         r.x_global_scale = (const float *)(m->local + g->off_gscale);
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
     memcpy(recv, &r, n);
-    if (bad)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
-                          "outside [-1, %d); they were treated as -1 (recv "
-                          "is filled: complete the call with combine)",
-                          m->Elog);
+}
+
+/* Throughput readiness without waiting (include/epx.h; src/cuda/README.md,
+ * "Readiness"): what the recv kernel has published in host-mapped memory
+ * for this call (gpu_poll_read), or, after dispatch_recv, everything. */
+epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
+                               uint8_t *ready, int *num_ready)
+{
+    epx_status_t st = usable(m, "cuda dispatch_poll");
+    if (st != EPX_OK)
+        return st;
+    if (!recv || !num_ready || (!ready && m->L > 0))
+        return epx__error(EPX_ERR_INVALID, "dispatch_poll: recv, ready or "
+                          "num_ready NULL");
+    if (m->ll)
+        return epx__error(EPX_ERR_UNSUPPORTED, "dispatch_poll: low latency "
+                          "on device ranks is not implemented (use "
+                          "epx_dispatch_recv)");
+    int b, received;
+    if ((st = gpu_calls_poll(&m->calls, call, &b, &received)) != EPX_OK)
+        return st;
+    int64_t rows = m->rows;
+    int n = m->L;
+    if (received) {
+        if (m->L > 0)
+            memset(ready, 1, (size_t)m->L);
+    } else {
+        int64_t agree = 0;
+        n = gpu_poll_read(m->h_pub, m->L, m->seq, ready, m->h_counts, &rows,
+                          &agree);
+        if ((st = ht_agreed(m, 0, agree)) != EPX_OK)
+            return st;
+    }
+    ht_describe(m, b, rows, recv);
+    *num_ready = n;
     return EPX_OK;
 }
 
@@ -1255,6 +1473,12 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     epx_status_t st = usable(m, "cuda combine_send");
     if (st != EPX_OK)
         return st;
+    /* A call that is over (a cached dispatch the ranks did not agree on
+     * ends in its recv) is refused before its arguments are read. */
+    int pb, prcv;
+    if (gpu_calls_poll(&m->calls, call, &pb, &prcv) != EPX_OK)
+        return epx__error(EPX_ERR_STATE, "combine: no received dispatch for "
+                          "this handle");
     if (!a || a->struct_size < offsetof(epx_combine_args_t, flags) +
                                    sizeof(unsigned) ||
         !tensor_ok(&a->y, m->p.dtype, m->rows, m->g.H))

@@ -27,10 +27,22 @@ const char *gpu_moe_backend(const gpu_moe_t *gpu);
 /* Stream-ordered steps of a call (include/epx.h; src/cuda/README.md),
  * named by the number dispatch_send gives it; the order they may come in
  * is src/cuda/calls.h's. */
+/* Throughput mode: *lay is the call's layout (src/cuda/README.md,
+ * "Cached dispatch"): in, the one an EPX_DISPATCH_CACHED call reuses (the
+ * handle's); out, the one the call used, the handle's until
+ * gpu_layout_release (an uncached call takes a free one).  Low latency:
+ * -1. */
 epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
-                               void *stream, uint64_t *call);
+                               void *stream, int *lay, uint64_t *call);
 epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
                                epx_recv_t *recv);
+/* Throughput mode, without waiting: which local units of the call have
+ * all their rows (include/epx.h epx_dispatch_poll; src/cuda/README.md,
+ * "Readiness"). */
+epx_status_t gpu_dispatch_poll(gpu_moe_t *gpu, uint64_t call, epx_recv_t *recv,
+                               uint8_t *ready, int *num_ready);
+/* The handle that kept layout `lay` let go of it (its release). */
+void gpu_layout_release(gpu_moe_t *gpu, int lay);
 /* After a throughput dispatch_recv: [units] this rank's (token, unit)
  * pairs per unit (the experts, or the slots), read back with the receive
  * counts (the load statistics); NULL otherwise (low latency reads

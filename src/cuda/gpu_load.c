@@ -57,9 +57,20 @@ const char *gpu_moe_backend(const gpu_moe_t *gpu)
 }
 
 epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
-                               void *stream, uint64_t *call)
+                               void *stream, int *lay, uint64_t *call)
 {
-    return mod->dispatch_send(gpu, a, stream, call);
+    return mod->dispatch_send(gpu, a, stream, lay, call);
+}
+
+epx_status_t gpu_dispatch_poll(gpu_moe_t *gpu, uint64_t call, epx_recv_t *recv,
+                               uint8_t *ready, int *num_ready)
+{
+    return mod->dispatch_poll(gpu, call, recv, ready, num_ready);
+}
+
+void gpu_layout_release(gpu_moe_t *gpu, int lay)
+{
+    mod->layout_release(gpu, lay);
 }
 
 epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,

@@ -15,9 +15,13 @@ typedef struct epx_cuda_module_ops {
     int (*moe_num_sms)(const gpu_moe_t *gpu);
     const char *(*moe_backend)(const gpu_moe_t *gpu);
     epx_status_t (*dispatch_send)(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
-                                  void *stream, uint64_t *call);
+                                  void *stream, int *lay, uint64_t *call);
     epx_status_t (*dispatch_recv)(gpu_moe_t *gpu, uint64_t call, void *stream,
                                   epx_recv_t *recv);
+    epx_status_t (*dispatch_poll)(gpu_moe_t *gpu, uint64_t call,
+                                  epx_recv_t *recv, uint8_t *ready,
+                                  int *num_ready);
+    void (*layout_release)(gpu_moe_t *gpu, int lay);
     const int32_t *(*dispatch_ecount)(const gpu_moe_t *gpu);
     epx_status_t (*combine_send)(gpu_moe_t *gpu, uint64_t call,
                                  const epx_combine_args_t *a, void *stream);

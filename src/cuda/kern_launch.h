@@ -21,7 +21,9 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        EPXK_NCCL_EM_BASE, EPXK_NCCL_EM_MAP, EPXK_NCCL_EM_SCATTER,
        EPXK_NCCL_EM_PARTIAL,
        /* low latency: the call's counts into the statistics ring */
-       EPXK_LL_STATS };
+       EPXK_LL_STATS,
+       /* a cached dispatch: the ids against the handle's, the header */
+       EPXK_CACHED };
 
 /* Low latency's load statistics: a ring of the last EPXK_LL_STATS_RING
  * recorded calls, each [1 + logical experts + units] int32 (layer, counts
@@ -36,11 +38,28 @@ enum { EPXK_LL_ERR = 0, EPXK_LL_DROPPED = 1, EPXK_LL_NSTATE = 2 };
 #define EPXK_LL_ABANDONED (1ull << 62)
 
 /* info[]: error flag (a wait timed out), rows received (expert-major:
- * with padding), invalid expert ids seen by this rank's layout, entries
- * received (tokens), then the counts of each local expert and (expert-
- * major) their first rows: [EPXK_INFO_COUNTS + 2 * local experts]. */
+ * with padding), invalid expert ids seen by this rank's layout, a cached
+ * call's ids differing from its layout's (1), the ranks' agreement on a
+ * cached call (0, or the least status proto_cached_agree gave: nothing
+ * was packed), entries received (tokens), then the counts of each local
+ * expert and (expert-major) their first rows:
+ * [EPXK_INFO_COUNTS + 2 * local experts].  Each send clears the three
+ * words of its own call (EPXK_INFO_CALL words from EPXK_INFO_BAD_IDS). */
 enum { EPXK_INFO_ERROR = 0, EPXK_INFO_ROWS = 1, EPXK_INFO_BAD_IDS = 2,
-       EPXK_INFO_ENTS = 3, EPXK_INFO_COUNTS = 4 };
+       EPXK_INFO_ROUTE = 3, EPXK_INFO_AGREE = 4, EPXK_INFO_ENTS = 5,
+       EPXK_INFO_COUNTS = 6 };
+#define EPXK_INFO_CALL 3
+
+/* Throughput mode: what the recv kernel publishes in host-mapped memory
+ * for epx_dispatch_poll (src/cuda/README.md, "Readiness"), int64 words:
+ * the call's sequence word once the rest of the counts is there (stored
+ * last, release), its agreement (EPXK_INFO_AGREE, or EPX_ERR_INVALID
+ * where this rank's ids differed from its layout's), the rows received, the
+ * counts and first rows of each local unit, then per local unit the
+ * sequence word of the last call whose rows for it all arrived:
+ * [EPXK_PUB_COUNTS + 3 * local units]. */
+enum { EPXK_PUB_SEQ = 0, EPXK_PUB_AGREE = 1, EPXK_PUB_ROWS = 2,
+       EPXK_PUB_COUNTS = 3 };
 
 typedef struct epxk_call {
     /* inputs of this dispatch */
@@ -76,6 +95,14 @@ typedef struct epxk_call {
     int parity;
     uint64_t seq;             /* call number, from 1 */
     uint64_t timeout_ns;
+    /* the call's layout (src/cuda/README.md, "Cached dispatch"): dest,
+     * pos, epos, mycnt, sendoff, base and ebase above point into it */
+    int cached;               /* reuse it: no layout, no counts */
+    int32_t lay_seq;          /* sequence word of the call that made it */
+    int32_t *lay_ids;         /* [maxT][K] its ids (proto_cache_id) */
+    int32_t *lay_cnt;         /* [R][cnt_ints] its count matrix, as
+                                 proto_recv_expert reads it */
+    int64_t *pub;             /* host-mapped, EPXK_PUB_*; NULL: none */
     /* low latency: every pointer below is the call's buffer's own, so a
      * captured call replays with the same arguments; the use number of
      * the buffer (and so the tag) lives on the device */

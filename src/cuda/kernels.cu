@@ -361,9 +361,12 @@ __global__ void epxk_layout_count_kernel(proto_geom_t g, epxk_call_t c)
     for (int64_t i = t0 * g.maxdest + threadIdx.x; i < t1 * g.maxdest;
          i += blockDim.x)
         c.dest[i] = -1;
-    for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x)
+    for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x) {
         if (proto_expert_bad(&ids, i / g.K, (int)(i % g.K)))
             c.info[EPXK_INFO_BAD_IDS] = 1;
+        if (c.lay_ids)   /* kept with the layout, for a cached dispatch */
+            c.lay_ids[i] = proto_cache_id(&ids, i / g.K, (int)(i % g.K));
+    }
     for (int u = threadIdx.x; u < n; u += blockDim.x)
         c.part[(int64_t)b * n + u] = (int32_t)(u < g.R
             ? proto_layout_dest(&g, &ids, NULL, c.e2r, t0, t1, u, 0, NULL, NULL)
@@ -414,6 +417,43 @@ __global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
                        (int32_t)c.seq);
 }
 
+/* Cached dispatch, grid of nb blocks (the layout's chunks): the call's
+ * ids against its layout's (a difference and invalid ids flagged); the
+ * last block stores this rank's header (cached, the layout's call, its
+ * status: proto_cached_agree) into every peer's count block and releases
+ * the sequence word there: the count exchange without the counts, which
+ * still tells each rank that its peers have entered the call. */
+__global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    int64_t t0, t1;
+    proto_layout_range(c.T, gridDim.x, blockIdx.x, &t0, &t1);
+    for (int64_t i = t0 * g.K + threadIdx.x; i < t1 * g.K; i += blockDim.x) {
+        const int64_t t = i / g.K;
+        const int k = (int)(i % g.K);
+        if (proto_expert_bad(&ids, t, k))
+            c.info[EPXK_INFO_BAD_IDS] = 1;
+        if (proto_cache_id(&ids, t, k) != c.lay_ids[i])
+            c.info[EPXK_INFO_ROUTE] = 1;
+    }
+    if (!grid_last(c.done))
+        return;
+    const int n = g.R + g.E;
+    const int32_t st =
+        *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] ? EPX_ERR_INVALID : 0;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        int32_t *h = win_cnt(g, c.peers[d], c.parity, g.rank) - PROTO_CNT_HDR;
+        h[PROTO_CNT_STATUS] = st;
+        h[PROTO_CNT_HANDLE] = c.lay_seq;
+        h[PROTO_CNT_CACHED] = (int32_t)c.seq;
+    }
+    __threadfence_system();
+    __syncthreads();
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
+                       (int32_t)c.seq);
+}
+
 /* One block.  With windows, wait for every source's count row of this
  * call; then this rank's first entry at each destination and (expert-
  * major) its first row for each expert. */
@@ -421,10 +461,21 @@ __global__ void epxk_offsets_kernel(proto_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
     if (c.windows)
-        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-            wait_s32(win_cnt(g, mine, c.parity, s) + g.R + g.E,
-                     (int32_t)c.seq, c.timeout_ns, c.info);
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+            const int32_t *blk = win_cnt(g, mine, c.parity, s);
+            if (!wait_s32(blk + g.R + g.E, (int32_t)c.seq, c.timeout_ns,
+                          c.info))
+                continue;
+            /* Every rank cached with the same layout, or none. */
+            int a = proto_cached_agree(blk - PROTO_CNT_HDR, (int32_t)c.seq,
+                                       c.cached, c.lay_seq);
+            if (a != EPX_OK)
+                atomicMin((long long *)&c.info[EPXK_INFO_AGREE],
+                          (long long)a);
+        }
     __syncthreads();
+    if (c.cached)   /* base and ebase are the layout's */
+        return;
     const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         c.base[d] = proto_dest_base(&g, cnt, d);
@@ -474,7 +525,7 @@ __global__ void epxk_pack_kernel(proto_geom_t g, epxk_call_t c)
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int64_t pairs = c.T * g.maxdest;
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
-    if (c.info[EPXK_INFO_ERROR] == 0)
+    if (c.info[EPXK_INFO_ERROR] == 0 && c.info[EPXK_INFO_AGREE] == 0)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              i < pairs; i += warps) {
             int d = c.dest[i];
@@ -508,35 +559,42 @@ __global__ void epxk_pack_kernel(proto_geom_t g, epxk_call_t c)
                            c.seq);
 }
 
-/* One block.  With windows, wait for every source's data; then the
- * receive totals into info (rows, then per local expert). */
+/* One block.  The receive totals into info (rows, then per local unit)
+ * and the padding marks, from the count matrix (complete: the offsets
+ * kernel waited for it; a cached call's is its layout's), before any row
+ * arrives: no source stores there in this call.  They are published for
+ * epx_dispatch_poll (c.pub, host-mapped), then each local unit's
+ * sequence word once the data flag of every source with rows for it
+ * arrived (release: the rows, which the flag's acquire made visible, and
+ * the marks come before it); with windows, then every source's flag.
+ * A call whose ranks did not agree (EPXK_INFO_AGREE) received nothing. */
 __global__ void epxk_recv_kernel(proto_geom_t g, epxk_call_t c)
 {
     char *mine = c.peers[g.rank];
-    if (c.windows)
-        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-            wait_u64(win_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
-                     c.timeout_ns, c.info);
-    __syncthreads();
-    const int32_t *cnt = win_cnt(g, mine, c.parity, 0);
+    const int32_t *win = win_cnt(g, mine, c.parity, 0);
+    const int32_t *cnt = c.cached ? c.lay_cnt : win;
     const int L = c.num_local, first = c.first[g.rank];
+    const bool agreed = c.info[EPXK_INFO_AGREE] == 0;
     int64_t *counts = c.info + EPXK_INFO_COUNTS, *offs = counts + L;
+    /* An uncached call's matrix is kept with its layout. */
+    if (!c.cached && c.lay_cnt)
+        for (int64_t i = threadIdx.x;
+             i < (int64_t)g.R * g.cnt_ints - PROTO_CNT_HDR; i += blockDim.x)
+            c.lay_cnt[i] = win[i];
     if (threadIdx.x == 0) {
-        c.info[EPXK_INFO_ENTS] = proto_recv_rows(&g, cnt);
-        c.info[EPXK_INFO_ROWS] = g.em ? proto_expert_offset(&g, cnt, first, L)
-                                      : proto_recv_rows(&g, cnt);
+        c.info[EPXK_INFO_ENTS] = agreed ? proto_recv_rows(&g, cnt) : 0;
+        c.info[EPXK_INFO_ROWS] = !agreed ? 0
+            : g.em ? proto_expert_offset(&g, cnt, first, L)
+                   : proto_recv_rows(&g, cnt);
     }
     for (int j = threadIdx.x; j < L; j += blockDim.x) {
-        counts[j] = proto_recv_expert(&g, cnt, first, j);
-        if (g.em)
-            offs[j] = proto_expert_offset(&g, cnt, first, j);
+        counts[j] = agreed ? proto_recv_expert(&g, cnt, first, j) : 0;
+        offs[j] = agreed && g.em ? proto_expert_offset(&g, cnt, first, j) : 0;
     }
-    if (!g.em)
-        return;
+    __syncthreads();
     /* Mark the padding after each expert's rows (stale rows of earlier
      * calls otherwise). */
-    __syncthreads();
-    for (int j = 0; j < L; j++) {
+    for (int j = 0; g.em && agreed && j < L; j++) {
         int64_t end = j + 1 < L ? offs[j + 1] : c.info[EPXK_INFO_ROWS];
         for (int64_t r = offs[j] + counts[j] + threadIdx.x; r < end;
              r += blockDim.x) {
@@ -545,6 +603,39 @@ __global__ void epxk_recv_kernel(proto_geom_t g, epxk_call_t c)
             ((float *)(mine + g.off_w))[r] = 0.0f;
         }
     }
+    if (c.pub) {
+        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+            c.pub[EPXK_PUB_COUNTS + j] = counts[j];
+            c.pub[EPXK_PUB_COUNTS + L + j] = offs[j];
+        }
+        if (threadIdx.x == 0) {
+            c.pub[EPXK_PUB_AGREE] = c.info[EPXK_INFO_ROUTE]
+                ? (int64_t)EPX_ERR_INVALID : c.info[EPXK_INFO_AGREE];
+            c.pub[EPXK_PUB_ROWS] = c.info[EPXK_INFO_ROWS];
+        }
+    }
+    __threadfence_system();
+    __syncthreads();
+    if (c.pub && threadIdx.x == 0)
+        st_release_u64((uint64_t *)&c.pub[EPXK_PUB_SEQ], c.seq);
+    /* Readiness: unit by unit, as their sources arrive.  A wait that
+     * timed out ends the waiting (the error is the host's to report). */
+    for (int j = threadIdx.x; agreed && c.pub && j < L; j += blockDim.x) {
+        bool ok = true;
+        for (int s = 0; ok && s < g.R; s++)
+            if (c.windows && proto_unit_fed(&g, cnt, s, first + j))
+                ok = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0 &&
+                     wait_u64(win_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
+                              c.timeout_ns, c.info);
+        if (ok)
+            st_release_u64((uint64_t *)&c.pub[EPXK_PUB_COUNTS + 2 * L + j],
+                           c.seq);
+    }
+    if (c.windows)
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+            if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+                wait_u64(win_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
+                         c.timeout_ns, c.info);
 }
 
 /* Grid of num_sms blocks, a warp per received row: the expert output goes
@@ -1098,6 +1189,10 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
         epxk_layout_place_kernel<<<nb, 256, 0, st>>>(*g, *c);
         break;
     }
+    case EPXK_CACHED:
+        epxk_cached_kernel<<<proto_layout_nblocks(c->T, blocks), 256, 0,
+                             st>>>(*g, *c);
+        break;
     case EPXK_OFFSETS:
         epxk_offsets_kernel<<<1, 128, 0, st>>>(*g, *c);
         break;
@@ -1166,6 +1261,7 @@ extern "C" int epxk_preload(void)
     const void *k[] = {
         (const void *)epxk_layout_count_kernel,
         (const void *)epxk_layout_place_kernel,
+        (const void *)epxk_cached_kernel,
         (const void *)epxk_offsets_kernel,
         (const void *)epxk_pack_kernel,
         (const void *)epxk_recv_kernel,

@@ -326,6 +326,8 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
         : moe_check_args(m, a);
     int cached = mine == EPX_OK && (a->flags & EPX_DISPATCH_CACHED);
     epx_handle_t *h = NULL;
+    int fresh = 0;   /* h is this call's own (a refused cached call's
+                        handle stays the caller's, untouched) */
     if (cached) {
         h = *handle;
         if (!h || h->moe != m || !h->dispatched)
@@ -345,6 +347,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
             cached = 0;
     } else if (mine == EPX_OK) {
         h = moe_handle_new(m, a->x.rows);
+        fresh = h != NULL;
         if (!h)
             mine = epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
         else if ((mine = moe_layout(m, a, h)) == EPX_OK) {
@@ -354,7 +357,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     }
     if (mine != EPX_OK)
         memset(m->blk, 0, sizeof(int32_t) * (size_t)m->g.cnt_ints);
-    if (!cached && h)
+    if (fresh)
         h->call = m->n_counts;
     int layer = mine == EPX_OK ? moe_args_layer(a) : 0;
     m->calls++;
@@ -371,7 +374,7 @@ static epx_status_t ht_dispatch_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if (st == EPX_OK)
         st = m->path->send(m, h, a);
     if (st != EPX_OK) {
-        if (!cached)
+        if (fresh)
             epx_handle_release(h);   /* not in flight: freed or kept */
         return st;
     }

@@ -50,23 +50,53 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                           "ranks only; pass NULL on device ranks");
     void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
                                          sizeof(void *) ? a->stream : NULL;
-    /* The handle first: once the call is queued nothing may fail. */
-    epx_handle_t *h = m->spare ? m->spare : calloc(1, sizeof(*h));
-    if (!h)
-        return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
-    m->spare = NULL;
-    if (!h->moe)
-        moe_handle_link(m, h);
+    const int cached = a->struct_size >= offsetof(epx_dispatch_args_t, flags) +
+                                             sizeof(unsigned) &&
+                       (a->flags & EPX_DISPATCH_CACHED);
+    epx_handle_t *h;
+    if (cached) {
+        /* The host executor's checks (dispatch.c); the ids themselves are
+         * device memory, compared with the layout's on the device. */
+        h = *handle;
+        if (!h || h->moe != m || !h->dispatched || !h->gpu_lay)
+            return epx__error(EPX_ERR_INVALID, "dispatch: "
+                              "EPX_DISPATCH_CACHED needs a handle of an "
+                              "earlier dispatch on this engine");
+        if (a->x.rows != h->T)
+            return epx__error(EPX_ERR_INVALID, "dispatch: "
+                              "EPX_DISPATCH_CACHED with a routing that "
+                              "differs from the handle's");
+        if (layer != h->layer ||
+            (m->place_hash && m->place_hash[h->layer] != h->place))
+            return epx__error(EPX_ERR_INVALID, "dispatch: "
+                              "EPX_DISPATCH_CACHED for another layer or "
+                              "after the layer's placement changed");
+    } else {
+        /* The handle first: once the call is queued nothing may fail. */
+        h = m->spare ? m->spare : calloc(1, sizeof(*h));
+        if (!h)
+            return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
+        m->spare = NULL;
+        if (!h->moe)
+            moe_handle_link(m, h);
+    }
     uint64_t call;
-    st = gpu_dispatch_send(m->gpu, a, stream, &call);
+    int lay = h->gpu_lay - 1;
+    st = gpu_dispatch_send(m->gpu, a, stream, &lay, &call);
     if (st != EPX_OK) {
-        m->spare = h;
+        if (!cached)
+            m->spare = h;
         return st;
     }
-    h->T = a->x.rows;
+    h->gpu_lay = lay + 1;
     h->layer = layer;
     h->call = call;
-    h->dispatched = 0;
+    h->gpu_counted = 0;
+    if (!cached) {
+        h->T = a->x.rows;
+        h->dispatched = 0;
+        h->place = m->place_hash ? m->place_hash[layer] : 0;
+    }
     h->stream = h->cstream = stream;
     *handle = h;
     return EPX_OK;
@@ -81,10 +111,10 @@ static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     if (st == EPX_OK)
         st = gpu_dispatch_recv(m->gpu, h->call, h->stream, out);
     /* Counted once per call, at its first recv (recv may be repeated). */
-    const int32_t *ucount = st == EPX_OK && !h->dispatched
+    const int32_t *ucount = st == EPX_OK && !h->gpu_counted
         ? gpu_dispatch_ecount(m->gpu) : NULL;
     if (st == EPX_OK)
-        h->dispatched = 1;
+        h->dispatched = h->gpu_counted = 1;
     if (ucount && m->p.num_slots > 0) {   /* per slot: sum each expert's */
         const int32_t *p2l = m->phy2log + (size_t)h->layer * (size_t)m->U;
         memset(m->st_ecount, 0, sizeof(int32_t) * (size_t)m->E);
@@ -97,12 +127,15 @@ static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
     return st;
 }
 
+/* Readiness from what the device published (src/cuda/README.md,
+ * "Readiness"): never waits, never synchronises. */
 static epx_status_t gpu_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
                              uint8_t *ready, int *num_ready)
 {
-    (void)m, (void)h, (void)out, (void)ready, (void)num_ready;
-    return epx__error(EPX_ERR_UNSUPPORTED, "dispatch_poll: not implemented "
-                      "on device ranks yet (use epx_dispatch_recv)");
+    epx_status_t st = moe_check_usable(m, "dispatch_poll");
+    return st != EPX_OK ? st
+                        : gpu_dispatch_poll(m->gpu, h->call, out, ready,
+                                            num_ready);
 }
 
 static epx_status_t gpu_csend(epx_moe_t *m, epx_handle_t *h,
@@ -133,6 +166,9 @@ static epx_status_t gpu_crecv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
 static void gpu_release(epx_moe_t *m, epx_handle_t *h)
 {
     gpu_call_release(m->gpu, h->call);
+    if (h->gpu_lay)   /* the next dispatch may take it (stream order) */
+        gpu_layout_release(m->gpu, h->gpu_lay - 1);
+    h->gpu_lay = 0;
 }
 
 /* Low latency: the device records each call's counts (no host

@@ -159,7 +159,11 @@ struct epx_handle {
     int64_t nent, nrows;
     int64_t *counts, *offsets; /* [nlocal] */
     int dispatched;            /* a dispatch completed with this routing */
-    uint64_t call;             /* count exchange of its (uncached) dispatch */
+    uint64_t call;             /* count exchange of its (uncached) dispatch
+                                  (device ranks: its latest call) */
+    int gpu_lay;               /* device ranks: its layout + 1 (gpu.h), 0:
+                                  none */
+    int gpu_counted;           /* device ranks: the call's statistics taken */
     int32_t *ecount;           /* [E] this rank's tokens per logical expert */
     int32_t *ucount;           /* [U] this rank's tokens per unit (slot) */
     struct ll_call *ll;        /* low-latency call (ll.h), else NULL */

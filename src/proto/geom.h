@@ -83,9 +83,11 @@
 
 enum { PROTO_FLAG_DATA = 0, PROTO_FLAG_COMB = 1, PROTO_NFLAG = 2 };
 
-/* Header words of a count block (the host's; the device leaves them 0):
- * the sender's dispatch status, whether the call is cached, the call of
- * the handle it reuses, its layer and placement hash. */
+/* Header words of a count block: the sender's dispatch status, whether
+ * the call is cached, the call of the handle it reuses, its layer and
+ * placement hash (the host's; the device writes the first three only in
+ * a cached call, tagged with the call's sequence word: proto.h
+ * proto_cached_agree). */
 enum { PROTO_CNT_STATUS = 0, PROTO_CNT_CACHED = 1, PROTO_CNT_HANDLE = 2,
        PROTO_CNT_LAYER = 3, PROTO_CNT_PLACE = 4, PROTO_CNT_HDR = 5 };
 

@@ -442,6 +442,52 @@ PROTO_HD int64_t proto_ret_slot(const proto_geom_t *g, const int64_t *sendoff,
     return sendoff[dest[i]] + pos[i];
 }
 
+/* ------------------------------------------- readiness and cached layouts
+ *
+ * Throughput mode on the device (src/cuda/README.md, "Readiness" and
+ * "Cached dispatch"). */
+
+/* Does source s send rows to unit u?  cnt: the count matrix as
+ * proto_recv_expert reads it.  Local unit j of this rank is ready once
+ * every such source's data flag arrived (the host executor's feed list,
+ * src/moe/ht_poll.c). */
+PROTO_HD int proto_unit_fed(const proto_geom_t *g, const int32_t *cnt, int s,
+                            int64_t u)
+{
+    return cnt[(int64_t)s * g->cnt_ints + g->R + u] > 0;
+}
+
+/* The id a cached layout keeps for choice k of token t: the logical id,
+ * or -1 for none and for an invalid id (which the layout treated as -1).
+ * A cached dispatch's ids must give the same values. */
+PROTO_HD int32_t proto_cache_id(const proto_ids_t *ids, int64_t t, int k)
+{
+    int64_t e = proto_expert_raw(ids->idx, ids->idx64, ids->K, t, k);
+    return e >= 0 && e < (ids->rt.E ? ids->rt.E : ids->E) ? (int32_t)e : -1;
+}
+
+/* A device call's count block header (the host executor's words, device
+ * values; seq: the call's sequence word): PROTO_CNT_CACHED holds seq when
+ * the call reuses a layout (stale values of earlier calls never equal
+ * it, so an uncached call writes no header), PROTO_CNT_HANDLE the
+ * sequence word of the call that computed that layout, PROTO_CNT_STATUS
+ * 0 or EPX_ERR_INVALID (the ids differ from the layout's).  hdr: source
+ * s's header; cached, lay: this rank's call.  EPX_OK when the two calls
+ * agree; EPX_ERR_MISMATCH when one is cached and the other not, or both
+ * reuse layouts of different calls; EPX_ERR_PEER when s reported its ids
+ * different (this rank's own report included). */
+PROTO_HD int proto_cached_agree(const int32_t *hdr, int32_t seq, int cached,
+                                int32_t lay)
+{
+    if ((hdr[PROTO_CNT_CACHED] == seq) != (cached != 0))
+        return EPX_ERR_MISMATCH;
+    if (cached && hdr[PROTO_CNT_HANDLE] != lay)
+        return EPX_ERR_MISMATCH;
+    if (cached && hdr[PROTO_CNT_STATUS] != 0)
+        return EPX_ERR_PEER;
+    return EPX_OK;
+}
+
 /* bf16 <-> fp32, round to nearest even (the host's epx__f32_to_bf16). */
 PROTO_HD float proto_bf16_to_f32(uint16_t h)
 {

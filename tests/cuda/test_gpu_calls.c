@@ -4,7 +4,10 @@
  * call) and low latency (ll_buffers calls outstanding, combined in
  * dispatch order), refusals that change nothing, what a release leaves
  * the device to do; then random sequences against a plain model of the
- * rules written from include/epx.h.
+ * rules written from include/epx.h.  Throughput readiness
+ * (epx_dispatch_poll): which calls may be polled, and what poll reads
+ * from the words the recv kernel publishes (kern_launch.h EPXK_PUB_*),
+ * written here as the kernel writes them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +17,7 @@
 
 #include "common/epx_test.h"
 #include "cuda/calls.h"
+#include "cuda/kern_launch.h"
 
 #define ST(expr, want) assert_int_equal((int)(expr), (int)(want))
 
@@ -122,7 +126,7 @@ static void random_model(void **state)
         memset(ms, 0, sizeof(ms));
         int next = 0, comb = -1;
         for (int step = 0; step < 600 && next < NCALLS - 1; step++) {
-            int op = (int)epxt_below(&rng, 5);
+            int op = (int)epxt_below(&rng, 6);
             int n = next > 0 ? (int)epxt_below(&rng, (uint64_t)next + 1) : 0;
             int b;
             int64_t T;
@@ -165,6 +169,15 @@ static void random_model(void **state)
                     ms[n] = M_DONE;
                     comb = -1;
                 }
+            } else if (op == 4) {   /* dispatch_poll: changes nothing */
+                int ok = n < next && (ms[n] == M_SENT || ms[n] == M_RECV);
+                int rcv = -1;
+                epx_status_t st = gpu_calls_poll(&c, (uint64_t)n, &b, &rcv);
+                assert_int_equal(st == EPX_OK, ok);
+                if (ok) {
+                    assert_int_equal(rcv, ms[n] == M_RECV);
+                    assert_int_equal(b, n % B);
+                }
             } else {   /* release */
                 int want = GPU_NOTHING;
                 if (n < next && ms[n] != M_DONE && ms[n] != M_NONE && ll)
@@ -184,6 +197,89 @@ static void random_model(void **state)
     }
 }
 
+/* The words of one call as the recv kernel leaves them: counts first,
+ * then the sequence word; units ready one by one. */
+static void poll_words(void **state)
+{
+    (void)state;
+    enum { L = 5 };
+    int64_t pub[EPXK_PUB_COUNTS + 3 * L];
+    uint8_t ready[L];
+    int64_t counts[2 * L], rows = -1, agree = -1;
+    memset(pub, 0, sizeof(pub));
+    memset(ready, 7, sizeof(ready));
+    memset(counts, 7, sizeof(counts));
+    /* Nothing published for call 1 yet: zeros, nothing ready. */
+    assert_int_equal(gpu_poll_read(pub, L, 1, ready, counts, &rows, &agree), 0);
+    for (int j = 0; j < L; j++)
+        assert_true(ready[j] == 0 && counts[j] == 0 && counts[L + j] == 0);
+    assert_true(rows == 0 && agree == 0);
+    /* Call 1 published, unit 3 (no source) ready at once. */
+    for (int j = 0; j < L; j++) {
+        pub[EPXK_PUB_COUNTS + j] = 10 * j + (j != 3);
+        pub[EPXK_PUB_COUNTS + L + j] = 100 * j;
+    }
+    pub[EPXK_PUB_ROWS] = 77;
+    pub[EPXK_PUB_COUNTS + 2 * L + 3] = 1;
+    /* Not until the sequence word says so. */
+    assert_int_equal(gpu_poll_read(pub, L, 1, ready, counts, &rows, &agree), 0);
+    assert_true(rows == 0 && counts[1] == 0);
+    pub[EPXK_PUB_SEQ] = 1;
+    assert_int_equal(gpu_poll_read(pub, L, 1, ready, counts, &rows, &agree), 1);
+    assert_true(ready[3] == 1 && ready[0] == 0 && ready[4] == 0);
+    assert_true(rows == 77 && agree == 0);
+    for (int j = 0; j < L; j++)
+        assert_true(counts[j] == 10 * j + (j != 3) && counts[L + j] == 100 * j);
+    /* The rest as their sources arrive. */
+    for (int j = 0; j < L; j++) {
+        pub[EPXK_PUB_COUNTS + 2 * L + j] = 1;
+        assert_int_equal(gpu_poll_read(pub, L, 1, ready, counts, &rows,
+                                       &agree), j < 3 ? j + 2 : j + 1);
+        assert_int_equal(ready[j], 1);
+    }
+    /* Call 2 (seq 2): the words of call 1 are stale, nothing ready until
+     * call 2's counts are published; a unit's stale word is not ready. */
+    assert_int_equal(gpu_poll_read(pub, L, 2, ready, counts, &rows, &agree), 0);
+    assert_true(rows == 0 && counts[4] == 0);
+    pub[EPXK_PUB_SEQ] = 2;
+    pub[EPXK_PUB_AGREE] = EPX_ERR_MISMATCH;
+    assert_int_equal(gpu_poll_read(pub, L, 2, ready, counts, &rows, &agree), 0);
+    assert_int_equal(agree, EPX_ERR_MISMATCH);
+    pub[EPXK_PUB_COUNTS + 2 * L + 2] = 2;
+    assert_int_equal(gpu_poll_read(pub, L, 2, ready, counts, &rows, &agree), 1);
+    assert_true(ready[2] == 1 && ready[1] == 0);
+    /* No local unit: nothing to read or write. */
+    assert_int_equal(gpu_poll_read(pub, 0, 2, NULL, NULL, &rows, &agree), 0);
+}
+
+/* Poll in throughput mode: between the dispatch and its combine. */
+static void poll_order(void **state)
+{
+    (void)state;
+    gpu_calls_t c;
+    gpu_calls_init(&c, 0, 1);
+    uint64_t n;
+    int b, rcv;
+    int64_t T;
+    ST(gpu_calls_poll(&c, 0, &b, &rcv), EPX_ERR_STATE);   /* none yet */
+    ST(gpu_calls_send(&c, 4, &n, &b), EPX_OK);
+    ST(gpu_calls_poll(&c, n, &b, &rcv), EPX_OK);
+    assert_int_equal(rcv, 0);
+    ST(gpu_calls_poll(&c, n + 1, &b, &rcv), EPX_ERR_STATE);
+    ST(gpu_calls_recv(&c, n, &b), EPX_OK);
+    ST(gpu_calls_poll(&c, n, &b, &rcv), EPX_OK);
+    assert_int_equal(rcv, 1);
+    ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_OK);
+    ST(gpu_calls_poll(&c, n, &b, &rcv), EPX_ERR_STATE);
+    ST(gpu_calls_combine_recv(&c, n, &b), EPX_OK);
+    ST(gpu_calls_poll(&c, n, &b, &rcv), EPX_ERR_STATE);
+    /* a failed call ended by its recv (release): no longer polled */
+    ST(gpu_calls_send(&c, 4, &n, &b), EPX_OK);
+    assert_int_equal(gpu_calls_release(&c, n, &b), GPU_NOTHING);
+    ST(gpu_calls_poll(&c, n, &b, &rcv), EPX_ERR_STATE);
+    ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_ERR_STATE);
+}
+
 int main(void)
 {
     epxt_init("test_gpu_calls");
@@ -191,6 +287,8 @@ int main(void)
         cmocka_unit_test(throughput),
         cmocka_unit_test(low_latency),
         cmocka_unit_test(random_model),
+        cmocka_unit_test(poll_words),
+        cmocka_unit_test(poll_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

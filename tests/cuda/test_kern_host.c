@@ -539,6 +539,37 @@ static void run(const scen_t *sc)
                    s->mycnt, sizeof(int32_t) * (size_t)(R + E));
         }
     }
+    /* Readiness (device epx_dispatch_poll): the sources feeding each
+     * local unit (proto_unit_fed, the recv kernel's wait list) are those
+     * whose tokens the reference routes there, in the window's count
+     * matrix and in the copy a layout keeps for its cached dispatches
+     * (the recv kernel's: R * cnt_ints - PROTO_CNT_HDR words from the
+     * first count), which also gives the same receive counts. */
+    for (int r = 0; r < R; r++) {
+        proto_geom_t g = g0;
+        g.rank = r;
+        const int32_t *cnt = (const int32_t *)(win[r] + g.off_cnt) +
+                             proto_cnt_index(&g, p, 0);
+        const size_t nk = (size_t)R * (size_t)g.cnt_ints - PROTO_CNT_HDR;
+        int32_t *kept = malloc(sizeof(int32_t) * (size_t)R * g.cnt_ints);
+        memcpy(kept, cnt, sizeof(int32_t) * nk);
+        for (int j = 0; j < first[r + 1] - first[r]; j++) {
+            const int64_t u = first[r] + j;
+            for (int sr = 0; sr < R; sr++) {
+                int fed = 0;
+                for (int64_t i = 0; i < src[sr].T * K; i++)
+                    fed |= src[sr].idx[i] == u;
+                assert_int_equal(proto_unit_fed(&g, cnt, sr, u), fed);
+                assert_int_equal(proto_unit_fed(&g, kept, sr, u), fed);
+            }
+            assert_int_equal(proto_recv_expert(&g, kept, first[r], j),
+                             proto_recv_expert(&g, cnt, first[r], j));
+            assert_int_equal(proto_expert_offset(&g, kept, first[r], j + 1),
+                             proto_expert_offset(&g, cnt, first[r], j + 1));
+        }
+        assert_int_equal(proto_recv_rows(&g, kept), proto_recv_rows(&g, cnt));
+        free(kept);
+    }
     /* Offsets and pack, both addressings. */
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
@@ -1250,6 +1281,51 @@ static void invalid_ids(void **state)
             assert_true(e >= -1 && e < 5);
         }
     assert_int_equal(bad, 4);
+    /* What a layout keeps for a cached dispatch: the id, -1 for an
+     * invalid one; int64 ids are not truncated into range. */
+    const int32_t want[10] = { 0, -1, -1, -1, 4, -1, 3, 3, -1, -1 };
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(proto_cache_id(&ids, i / 2, i % 2), want[i]);
+    const int64_t idx64[4] = { 4, (1ll << 32) + 1, -1, -(1ll << 32) - 1 };
+    const proto_ids_t ids64 = { idx64, 1, 2, 5, { 0, NULL, NULL, NULL } };
+    const int32_t want64[4] = { 4, -1, -1, -1 };
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(proto_cache_id(&ids64, i / 2, i % 2), want64[i]);
+    /* With replicas the logical id is kept (not the slot it routes to). */
+    const int32_t pick[3] = { 4, 1, 2 }, off[4] = { 0, 2, 3, 5 },
+                  rep[5] = { 0, 4, 1, 2, 3 };
+    const int32_t lidx[4] = { 2, 0, 3, -1 };
+    const proto_ids_t lids = { lidx, 0, 2, 5, { 3, pick, off, rep } };
+    const int32_t lwant[4] = { 2, 0, -1, -1 };
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(proto_cache_id(&lids, i / 2, i % 2), lwant[i]);
+}
+
+/* A device call's count block header (cached dispatch): agreement of one
+ * source's header with this rank's call. */
+static void cached_headers(void **state)
+{
+    (void)state;
+    int32_t h[PROTO_CNT_HDR] = { 0 };
+    const int32_t seq = 9, lay = 5;
+    /* never written (uncached peer): agrees with an uncached call only */
+    assert_int_equal(proto_cached_agree(h, seq, 0, 0), EPX_OK);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_MISMATCH);
+    /* a cached call two calls ago left its words: still uncached now */
+    h[PROTO_CNT_CACHED] = seq - 2;
+    h[PROTO_CNT_HANDLE] = lay;
+    assert_int_equal(proto_cached_agree(h, seq, 0, 0), EPX_OK);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_MISMATCH);
+    /* cached in this call, the same layout */
+    h[PROTO_CNT_CACHED] = seq;
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_OK);
+    assert_int_equal(proto_cached_agree(h, seq, 0, 0), EPX_ERR_MISMATCH);
+    /* another call's layout */
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay + 2), EPX_ERR_MISMATCH);
+    /* the source's ids differed from its layout's */
+    h[PROTO_CNT_STATUS] = EPX_ERR_INVALID;
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_PEER);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay + 1), EPX_ERR_MISMATCH);
 }
 
 static void bf16_matches_host(void **state)
@@ -1350,6 +1426,7 @@ int main(void)
         cmocka_unit_test(low_latency),
         cmocka_unit_test(layout_chunks),
         cmocka_unit_test(invalid_ids),
+        cmocka_unit_test(cached_headers),
         cmocka_unit_test(bf16_matches_host),
         cmocka_unit_test(partial_vec16),
     };
