@@ -528,6 +528,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     sent, the call is over (its combine is refused with EPX_ERR_STATE),
  *     the handle keeps its routing and the engine stays usable;
  *   - epx_dispatch_poll (throughput mode): see its comment below;
+ *   - invalid input on one rank (throughput mode, windows backend): that
+ *     rank's epx_dispatch_send refuses it and the others' calls fail in
+ *     their epx_dispatch_recv (EPX_ERR_PEER: the peers' arguments are
+ *     learnt on the device), with nothing sent; over NCCL and in low
+ *     latency the refusing rank's peers are not told and wait until the
+ *     timeout;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
  *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
  *     epx_dispatch_poll in low latency, low latency over NCCL

@@ -11,6 +11,7 @@ static const epx_cuda_module_ops_t ops = {
     .moe_num_sms = gpu_moe_num_sms,
     .moe_backend = gpu_moe_backend,
     .dispatch_send = gpu_dispatch_send,
+    .dispatch_refuse = gpu_dispatch_refuse,
     .dispatch_recv = gpu_dispatch_recv,
     .dispatch_poll = gpu_dispatch_poll,
     .layout_release = gpu_layout_release,

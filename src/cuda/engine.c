@@ -1170,6 +1170,110 @@ static epx_status_t ht_agreed(const gpu_moe_t *m, int64_t route, int64_t agree)
     return EPX_OK;
 }
 
+/* The dispatch arguments, as the host executor checks them. */
+static epx_status_t args_check(gpu_moe_t *m, const epx_dispatch_args_t *a,
+                               float *gs, int *layer)
+{
+    const proto_geom_t *g = &m->g;
+    const int64_t T = a->x.rows;
+    /* The caller's NVFP4 tensor scale: the host executor's checks. */
+    *gs = a->struct_size >= offsetof(epx_dispatch_args_t,
+                                                x_global_scale) + sizeof(float)
+        ? a->x_global_scale : 0.0f;
+    if (*gs != 0.0f && g->wire != EPX_WIRE_NVFP4)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
+                          "x_global_scale %g with a wire other than nvfp4 "
+                          "(0 otherwise)", (double)*gs);
+    if (!(*gs >= 0.0f) || isinf(*gs))   /* NaN fails the comparison */
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
+                          "x_global_scale %g: want a finite scale > 0, or 0 "
+                          "for each token's own", (double)*gs);
+    if (T > m->p.max_tokens_per_rank)   /* the host executor's status */
+        return epx__error(EPX_ERR_RANGE, "dispatch: %lld tokens exceed "
+                          "max_tokens_per_rank %d", (long long)T,
+                          m->p.max_tokens_per_rank);
+    if (T < 0 ||
+        !tensor_ok(&a->x, m->p.dtype, T, g->H) ||
+        (a->topk_idx.dtype != EPX_DTYPE_INT32 &&
+         a->topk_idx.dtype != EPX_DTYPE_INT64) ||
+        !tensor_ok(&a->topk_idx, a->topk_idx.dtype, T, g->K) ||
+        !tensor_ok(&a->topk_weights, EPX_DTYPE_FP32, T, g->K))
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: x must be "
+                          "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
+                          "INT32/INT64, topk_weights [T, %d] FP32",
+                          m->p.max_tokens_per_rank, g->H, g->K, g->K);
+    const int l = a->struct_size >= offsetof(epx_dispatch_args_t, layer) +
+                                         sizeof(int) ? a->layer : 0;
+    if (l < 0 || l >= m->layers)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d out "
+                          "of range [0, %d) (num_layers)", l, m->layers);
+    if (m->h_placed && !m->h_placed[l])
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d has "
+                          "no placement (epx_moe_set_placement)", l);
+    *layer = l;
+    return EPX_OK;
+}
+
+/* A bad argument on this rank (throughput, windows), refused on every
+ * rank as the host executor's count exchange does: the call still takes
+ * its turn, as a header-only exchange that says so (proto.h
+ * PROTO_CNT_REFUSED), so the peers' offsets kernels fail it
+ * (EPX_ERR_PEER from their epx_dispatch_recv) and nothing is packed; here
+ * it is over at once.  Returns `why` (its message kept), or the error that
+ * stopped the exchange from being queued (then the peers time out). */
+static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", epx_last_error());
+    int li = -1, b;
+    uint64_t n;
+    epx_status_t st = lay_get(m, &li);
+    if (st == EPX_OK && (st = gpu_calls_send(&m->calls, 0, &n, &b)) != EPX_OK)
+        gpu_layout_release(m, li);
+    if (st != EPX_OK)
+        return st;
+    epxk_call_t *c = &m->call;
+    m->seq++;
+    lay_point(m, li);
+    m->lays[li].seq = (int32_t)m->seq;
+    c->cached = 0;
+    c->refused = 1;
+    c->lay_seq = m->lays[li].seq;
+    c->route = (proto_route_t){ 0, NULL, NULL, NULL };
+    c->x = NULL;
+    c->idx = NULL;
+    c->w = NULL;
+    c->idx64 = 0;
+    c->T = 0;
+    c->gscale = 0.0f;
+    c->seq = m->seq;
+    c->parity = (int)(m->seq & 1);
+    if ((st = stream_in(m, stream)) == EPX_OK)
+        st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
+                                           sizeof(int64_t) * EPXK_INFO_CALL,
+                                           m->st), "cudaMemsetAsync");
+    if (st == EPX_OK && (st = launch(m, EPXK_CACHED)) == EPX_OK &&
+        (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+        (st = launch(m, EPXK_PACK)) == EPX_OK)
+        st = launch(m, EPXK_RECV);
+    c->refused = 0;
+    /* Over here: the next call is queued after these kernels. */
+    gpu_calls_recv(&m->calls, n, &b);
+    gpu_calls_release(&m->calls, n, &b);
+    gpu_layout_release(m, li);
+    if (st != EPX_OK)
+        return fail(m, st);
+    return epx__error(why, "%s", msg);
+}
+
+epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
+                                 epx_status_t why)
+{
+    if (usable(m, "cuda dispatch_send") != EPX_OK || m->ll || !m->call.windows)
+        return why;
+    return refuse(m, stream, why);
+}
+
 epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                void *stream, int *lay, uint64_t *call)
 {
@@ -1195,36 +1299,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
                           "needs a handle of an earlier dispatch on this "
                           "engine");
-    /* The caller's NVFP4 tensor scale: the host executor's checks. */
-    const float gs = a->struct_size >= offsetof(epx_dispatch_args_t,
-                                                x_global_scale) + sizeof(float)
-        ? a->x_global_scale : 0.0f;
-    if (gs != 0.0f && g->wire != EPX_WIRE_NVFP4)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
-                          "x_global_scale %g with a wire other than nvfp4 "
-                          "(0 otherwise)", (double)gs);
-    if (!(gs >= 0.0f) || isinf(gs))   /* NaN fails the comparison */
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: "
-                          "x_global_scale %g: want a finite scale > 0, or 0 "
-                          "for each token's own", (double)gs);
-    if (T < 0 || T > m->p.max_tokens_per_rank ||
-        !tensor_ok(&a->x, m->p.dtype, T, g->H) ||
-        (a->topk_idx.dtype != EPX_DTYPE_INT32 &&
-         a->topk_idx.dtype != EPX_DTYPE_INT64) ||
-        !tensor_ok(&a->topk_idx, a->topk_idx.dtype, T, g->K) ||
-        !tensor_ok(&a->topk_weights, EPX_DTYPE_FP32, T, g->K))
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: x must be "
-                          "[T <= %d, %d] in the engine dtype, topk_idx [T, %d] "
-                          "INT32/INT64, topk_weights [T, %d] FP32",
-                          m->p.max_tokens_per_rank, g->H, g->K, g->K);
-    const int layer = a->struct_size >= offsetof(epx_dispatch_args_t, layer) +
-                                         sizeof(int) ? a->layer : 0;
-    if (layer < 0 || layer >= m->layers)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d out "
-                          "of range [0, %d)", layer, m->layers);
-    if (m->h_placed && !m->h_placed[layer])
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: layer %d has "
-                          "no placement (epx_moe_set_placement)", layer);
+    float gs;
+    int layer;
+    if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
+        return cached || m->ll || !m->call.windows ? st : refuse(m, stream, st);
     /* Its layout (throughput), number and buffer, or a refusal with
      * nothing queued. */
     int b, li = cached ? *lay : -1;

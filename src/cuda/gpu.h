@@ -36,6 +36,13 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
                                void *stream, int *lay, uint64_t *call);
 epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
                                epx_recv_t *recv);
+/* A dispatch this rank refuses (`why`, with epx_last_error's message)
+ * before it reaches the executor: throughput mode over windows, the call
+ * still takes its turn as an exchange that fails it on every rank (the
+ * peers' epx_dispatch_recv: EPX_ERR_PEER); elsewhere nothing is queued.
+ * Returns `why`, its message kept. */
+epx_status_t gpu_dispatch_refuse(gpu_moe_t *gpu, void *stream,
+                                 epx_status_t why);
 /* Throughput mode, without waiting: which local units of the call have
  * all their rows (include/epx.h epx_dispatch_poll; src/cuda/README.md,
  * "Readiness"). */

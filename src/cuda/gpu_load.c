@@ -62,6 +62,12 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
     return mod->dispatch_send(gpu, a, stream, lay, call);
 }
 
+epx_status_t gpu_dispatch_refuse(gpu_moe_t *gpu, void *stream,
+                                 epx_status_t why)
+{
+    return mod->dispatch_refuse(gpu, stream, why);
+}
+
 epx_status_t gpu_dispatch_poll(gpu_moe_t *gpu, uint64_t call, epx_recv_t *recv,
                                uint8_t *ready, int *num_ready)
 {

@@ -14,6 +14,8 @@ typedef struct epx_cuda_module_ops {
     void (*moe_destroy)(gpu_moe_t *gpu);
     int (*moe_num_sms)(const gpu_moe_t *gpu);
     const char *(*moe_backend)(const gpu_moe_t *gpu);
+    epx_status_t (*dispatch_refuse)(gpu_moe_t *gpu, void *stream,
+                                    epx_status_t why);
     epx_status_t (*dispatch_send)(gpu_moe_t *gpu, const epx_dispatch_args_t *a,
                                   void *stream, int *lay, uint64_t *call);
     epx_status_t (*dispatch_recv)(gpu_moe_t *gpu, uint64_t call, void *stream,

@@ -98,6 +98,8 @@ typedef struct epxk_call {
     /* the call's layout (src/cuda/README.md, "Cached dispatch"): dest,
      * pos, epos, mycnt, sendoff, base and ebase above point into it */
     int cached;               /* reuse it: no layout, no counts */
+    int refused;              /* a bad argument here: the header says so
+                                 (proto.h PROTO_CNT_REFUSED), T = 0 */
     int32_t lay_seq;          /* sequence word of the call that made it */
     int32_t *lay_ids;         /* [maxT][K] its ids (proto_cache_id) */
     int32_t *lay_cnt;         /* [R][cnt_ints] its count matrix, as

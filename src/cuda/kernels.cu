@@ -422,7 +422,9 @@ __global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
  * last block stores this rank's header (cached, the layout's call, its
  * status: proto_cached_agree) into every peer's count block and releases
  * the sequence word there: the count exchange without the counts, which
- * still tells each rank that its peers have entered the call. */
+ * still tells each rank that its peers have entered the call.  A refused
+ * call (a bad argument on this rank, T = 0) sends the same header marked
+ * PROTO_CNT_REFUSED, which fails the call on every rank. */
 __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
 {
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
@@ -439,12 +441,12 @@ __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
     if (!grid_last(c.done))
         return;
     const int n = g.R + g.E;
-    const int32_t st =
+    const int32_t st = c.refused ||
         *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] ? EPX_ERR_INVALID : 0;
     for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
         int32_t *h = win_cnt(g, c.peers[d], c.parity, g.rank) - PROTO_CNT_HDR;
         h[PROTO_CNT_STATUS] = st;
-        h[PROTO_CNT_HANDLE] = c.lay_seq;
+        h[PROTO_CNT_HANDLE] = c.refused ? PROTO_CNT_REFUSED : c.lay_seq;
         h[PROTO_CNT_CACHED] = (int32_t)c.seq;
     }
     __threadfence_system();

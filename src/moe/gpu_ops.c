@@ -40,10 +40,9 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     if ((st = epx__check_version("dispatch args", a->version,
                                  EPX_DISPATCH_ARGS_VERSION)) != EPX_OK)
         return st;
+    /* The layer's range, like every argument of an uncached call, is
+     * checked by the executor, which has its peers fail the call too. */
     const int layer = moe_args_layer(a);
-    if (layer < 0 || layer >= m->layers)
-        return epx__error(EPX_ERR_INVALID, "dispatch: layer %d out of range "
-                          "[0, %d) (num_layers)", layer, m->layers);
     if (moe_args_lost(a))
         return epx__error(EPX_ERR_UNSUPPORTED, "dispatch: the lost mask "
                           "(epx_dispatch_args_t.lost) is reported on host "
@@ -55,22 +54,21 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
                        (a->flags & EPX_DISPATCH_CACHED);
     epx_handle_t *h;
     if (cached) {
-        /* The host executor's checks (dispatch.c); the ids themselves are
-         * device memory, compared with the layout's on the device. */
+        /* The host executor's checks (dispatch.c), refused on every rank
+         * as there; the ids themselves are device memory, compared with
+         * the layout's on the device. */
         h = *handle;
+        const char *bad = NULL;
         if (!h || h->moe != m || !h->dispatched || !h->gpu_lay)
-            return epx__error(EPX_ERR_INVALID, "dispatch: "
-                              "EPX_DISPATCH_CACHED needs a handle of an "
-                              "earlier dispatch on this engine");
-        if (a->x.rows != h->T)
-            return epx__error(EPX_ERR_INVALID, "dispatch: "
-                              "EPX_DISPATCH_CACHED with a routing that "
-                              "differs from the handle's");
-        if (layer != h->layer ||
-            (m->place_hash && m->place_hash[h->layer] != h->place))
-            return epx__error(EPX_ERR_INVALID, "dispatch: "
-                              "EPX_DISPATCH_CACHED for another layer or "
-                              "after the layer's placement changed");
+            bad = "needs a handle of an earlier dispatch on this engine";
+        else if (a->x.rows != h->T)
+            bad = "with a routing that differs from the handle's";
+        else if (layer != h->layer ||
+                 (m->place_hash && m->place_hash[h->layer] != h->place))
+            bad = "for another layer or after the layer's placement changed";
+        if (bad)
+            return gpu_dispatch_refuse(m->gpu, stream, epx__error(
+                EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED %s", bad));
     } else {
         /* The handle first: once the call is queued nothing may fail. */
         h = m->spare ? m->spare : calloc(1, sizeof(*h));

@@ -475,10 +475,16 @@ PROTO_HD int32_t proto_cache_id(const proto_ids_t *ids, int64_t t, int k)
  * s's header; cached, lay: this rank's call.  EPX_OK when the two calls
  * agree; EPX_ERR_MISMATCH when one is cached and the other not, or both
  * reuse layouts of different calls; EPX_ERR_PEER when s reported its ids
- * different (this rank's own report included). */
+ * different (this rank's own report included), or refused the call's
+ * arguments (PROTO_CNT_HANDLE = PROTO_CNT_REFUSED: a header-only call
+ * that tells every rank to fail it, cached or not). */
+#define PROTO_CNT_REFUSED ((int32_t)0x80000000u)
 PROTO_HD int proto_cached_agree(const int32_t *hdr, int32_t seq, int cached,
                                 int32_t lay)
 {
+    if (hdr[PROTO_CNT_CACHED] == seq && hdr[PROTO_CNT_HANDLE] ==
+                                            PROTO_CNT_REFUSED)
+        return EPX_ERR_PEER;   /* s refused its arguments: cached or not */
     if ((hdr[PROTO_CNT_CACHED] == seq) != (cached != 0))
         return EPX_ERR_MISMATCH;
     if (cached && hdr[PROTO_CNT_HANDLE] != lay)

@@ -1326,6 +1326,16 @@ static void cached_headers(void **state)
     h[PROTO_CNT_STATUS] = EPX_ERR_INVALID;
     assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_PEER);
     assert_int_equal(proto_cached_agree(h, seq, 1, lay + 1), EPX_ERR_MISMATCH);
+    /* the source refused its arguments in this call: every rank fails it,
+     * whether its own call is cached (any layout) or not */
+    h[PROTO_CNT_HANDLE] = PROTO_CNT_REFUSED;
+    assert_int_equal(proto_cached_agree(h, seq, 0, 0), EPX_ERR_PEER);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_PEER);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay + 3), EPX_ERR_PEER);
+    /* a refusal of an earlier call is stale */
+    h[PROTO_CNT_CACHED] = seq - 2;
+    assert_int_equal(proto_cached_agree(h, seq, 0, 0), EPX_OK);
+    assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_MISMATCH);
 }
 
 static void bf16_matches_host(void **state)

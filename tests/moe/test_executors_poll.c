@@ -429,6 +429,30 @@ static int poll_rank(epx_comm_t *comm, void *arg)
     epx_handle_t *hm = x.me == 0 ? h : NULL;
     if (x.R > 1)
         CHECK_CALL(failed_call(&x, &a, &hm, EPX_ERR_MISMATCH));
+    /* A bad argument on one rank only fails the call on every rank (its
+     * own EPX_ERR_RANGE or _INVALID, the others EPX_ERR_PEER; device ranks: from
+     * their recv), uncached (too many tokens, a layer out of range) or
+     * cached (no handle); then the engine goes on. */
+    if (x.R > 1) {
+        const int bad = x.R - 1;
+        epx_handle_t *hf = NULL;
+        a.flags = 0;
+        if (x.me == bad)
+            a.x.rows = a.topk_idx.rows = a.topk_weights.rows = c->maxT + 1;
+        CHECK_CALL(failed_call(&x, &a, &hf, x.me == bad ? EPX_ERR_RANGE
+                                                         : EPX_ERR_PEER));
+        a.x.rows = a.topk_idx.rows = a.topk_weights.rows = T;
+        if (x.me == bad)
+            a.layer = 7;
+        CHECK_CALL(failed_call(&x, &a, &hf, x.me == bad ? EPX_ERR_INVALID
+                                                         : EPX_ERR_PEER));
+        a.layer = 0;
+        a.flags = EPX_DISPATCH_CACHED;
+        epx_handle_t *hc = x.me == bad ? NULL : h;
+        CHECK_CALL(failed_call(&x, &a, &hc, x.me == bad ? EPX_ERR_INVALID
+                                                         : EPX_ERR_PEER));
+        CHECK(hf == NULL);
+    }
     a.flags = EPX_DISPATCH_CACHED;
     free(idx), free(w), free(xv);
     /* Usable: the cached handle once more, checked. */
