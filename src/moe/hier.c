@@ -233,8 +233,8 @@ static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
-    proto_walk_units(o, &ids, 0, INT32_MAX, x->ucur, upos);
-    int nd = proto_walk_dests(o, &ids, NULL, m->u2r, 0, x->dcur, dst, pos);
+    int nd = proto_walk_token(o, &ids, m->u2r, 0, INT32_MAX, x->ucur, upos,
+                              x->dcur, dst, pos);
     for (int j = 0; j < nd; j++) {
         int d = dst[j], nloc = 0;
         if (d / L != x->dom)

@@ -57,7 +57,7 @@ typedef struct moe_hier {
     int64_t cross_dispatch, cross_combine;  /* bytes put across domains */
     /* scratch */
     int32_t *dcur, *ucur;      /* [R], [U]: the walk of the source being
-                                  forwarded (proto_walk_dests, _units) */
+                                  forwarded (proto_walk_token) */
     const int64_t *eb, *rb;    /* its bases (moe_hier_h_t) */
     size_t acc_size;           /* an accumulator element: fp32, or fp64
                                   for an FP64 engine */

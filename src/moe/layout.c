@@ -274,9 +274,8 @@ epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
             /* -1 when lost: sent nowhere, combine leaves it out */
             h->idx[t * K + k] = (int32_t)proto_expert_id(&ids, t, k);
         }
-        proto_walk_units(g, &units, t, INT32_MAX, cnt_u, h->epos);
-        h->ndest[t] = proto_walk_dests(g, &units, NULL, m->u2r, t, cnt_r,
-                                       h->dest, h->pos);
+        h->ndest[t] = proto_walk_token(g, &units, m->u2r, t, INT32_MAX,
+                                       cnt_u, h->epos, cnt_r, h->dest, h->pos);
     }
     moe_layout_sendoff(m, h, cnt_r);
     memcpy(h->ucount, cnt_u, sizeof(int32_t) * (size_t)U);

@@ -93,8 +93,10 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
     /* no count exchange here: the block's words are scratch */
     int32_t *per_dest = m->blk + proto_cnt_dest(&m->g, 0);
     memset(l->cnt, 0, sizeof(int32_t) * (size_t)U);
+    memset(per_dest, 0, sizeof(int32_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++)
-        proto_walk_units(&m->g, &units, t, cap, l->cnt, c->pos);
+        h->ndest[t] = proto_walk_token(&m->g, &units, m->u2r, t, cap, l->cnt,
+                                       c->pos, per_dest, h->dest, h->pos);
     for (int u = 0; u < U; u++)
         if (l->cnt[u] > cap && !l->drop)
             return epx__error(EPX_ERR_RANGE,
@@ -105,16 +107,9 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
     l->boff[0] = 0;
     for (int u = 0; u < U; u++)
         l->boff[u + 1] = l->boff[u] + (int32_t)proto_ll_kept(l->cnt[u], cap);
-    memset(per_dest, 0, sizeof(int32_t) * (size_t)m->R);
-    for (int64_t t = 0; t < h->T; t++) {
-        for (int k = 0; k < K; k++) {
-            int32_t p = c->pos[t * K + k];
-            if (p >= 0)
-                l->bucket[l->boff[h->idx[t * K + k]] + p] = (int32_t)(t * K + k);
-        }
-        h->ndest[t] = proto_walk_dests(&m->g, &units, c->pos, m->u2r, t,
-                                       per_dest, h->dest, h->pos);
-    }
+    for (int64_t i = 0; i < h->T * K; i++)
+        if (c->pos[i] >= 0)
+            l->bucket[l->boff[h->idx[i]] + c->pos[i]] = (int32_t)i;
     moe_layout_sendoff(m, h, per_dest);
     return EPX_OK;
 }

@@ -142,8 +142,8 @@ struct epx_handle {
     epx_handle_t *live_prev, *live_next;   /* the engine's handles */
     int64_t T;
     void *stream, *cstream;    /* device ranks: dispatch's, combine's */
-    /* send side: the routing layout (proto.h proto_walk_units and
-     * proto_walk_dests) and its bases from the count matrix */
+    /* send side: the routing layout (proto.h proto_walk_token) and its
+     * bases from the count matrix */
     int32_t *idx;              /* [T*K] units, -1 = none */
     int32_t *epos;             /* [T*K] position among our rows to the
                                   unit (low latency: ll_call_t.pos) */

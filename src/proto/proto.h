@@ -219,50 +219,74 @@ PROTO_HD int64_t proto_layout_expert(const proto_geom_t *g, const proto_ids_t *i
  * chunked passes above give every item the position this walk gives, for
  * any number of chunks (tests/cuda/test_kern_host compares them). */
 
-/* Token t's choices: each one's position among this rank's choices of its
- * unit so far (ucur[u], then incremented) into slot[t*K+k] when below cap,
- * else -1 (low latency's dropped rows; INT32_MAX: none dropped); -1 for a
- * choice of no unit.  Throughput mode's epos, low latency's keep. */
-PROTO_HD void proto_walk_units(const proto_geom_t *g, const proto_ids_t *ids,
-                               int64_t t, int cap, int32_t *ucur,
-                               int32_t *slot)
+/* Rank r into a token's ascending list of distinct destinations dst[0,
+ * nd), unless there; returns the new length. */
+PROTO_HD int proto_dest_insert(int32_t *dst, int nd, int r)
 {
-    for (int k = 0; k < g->K; k++) {
-        int64_t e = proto_expert_id(ids, t, k);
-        int32_t n = e < 0 ? -1 : ucur[e]++;
-        slot[t * g->K + k] = n < cap ? n : -1;
-    }
+    int i = nd;
+    while (i > 0 && dst[i - 1] > r)
+        i--;
+    if (i > 0 && dst[i - 1] == r)
+        return nd;
+    for (int j = nd; j > i; j--)
+        dst[j] = dst[j - 1];
+    dst[i] = r;
+    return nd + 1;
+}
+
+/* dest[t*maxdest + j] after token t's nd destinations: -1; with dcur,
+ * each destination's position pos[] among this rank's tokens to it so far
+ * (dcur[d], then incremented). */
+PROTO_HD void proto_walk_place(const proto_geom_t *g, int64_t t, int nd,
+                               int32_t *dcur, int32_t *dest, int32_t *pos)
+{
+    int32_t *dst = dest + t * g->maxdest;
+    for (int j = nd; j < g->maxdest; j++)
+        dst[j] = -1;
+    for (int j = 0; dcur && j < nd; j++)
+        pos[t * g->maxdest + j] = dcur[dst[j]]++;
 }
 
 /* Token t's destinations: the distinct owners of its (kept) units in
- * ascending order into dest[t*maxdest + j], -1 after them; with dcur,
- * each one's position pos[t*maxdest + j] among this rank's tokens to it so
- * far (dcur[d], then incremented).  Returns their number. */
+ * ascending order into dest[t*maxdest + j], -1 after them, and with dcur
+ * their positions (proto_walk_place).  Returns their number. */
 PROTO_HD int proto_walk_dests(const proto_geom_t *g, const proto_ids_t *ids,
                               const int32_t *keep, const int32_t *e2r,
                               int64_t t, int32_t *dcur, int32_t *dest,
                               int32_t *pos)
 {
-    int32_t *dst = dest + t * g->maxdest;
     int nd = 0;
     for (int k = 0; k < g->K; k++) {
         int64_t e = proto_kept_id(ids, keep, t, k);
-        if (e < 0)
-            continue;
-        int r = proto_owner(e2r, e), i = nd;
-        while (i > 0 && dst[i - 1] > r)
-            i--;
-        if (i > 0 && dst[i - 1] == r)
-            continue;
-        for (int j = nd; j > i; j--)
-            dst[j] = dst[j - 1];
-        dst[i] = r;
-        nd++;
+        if (e >= 0)
+            nd = proto_dest_insert(dest + t * g->maxdest, nd,
+                                   proto_owner(e2r, e));
     }
-    for (int j = nd; j < g->maxdest; j++)
-        dst[j] = -1;
-    for (int j = 0; dcur && j < nd; j++)
-        pos[t * g->maxdest + j] = dcur[dst[j]]++;
+    proto_walk_place(g, t, nd, dcur, dest, pos);
+    return nd;
+}
+
+/* Token t in one step: each choice's position among this rank's choices
+ * of its unit so far (ucur[u], then incremented) into slot[t*K+k] when
+ * below cap, else -1 (low latency's dropped rows; INT32_MAX: none
+ * dropped), -1 for a choice of no unit — throughput mode's epos, low
+ * latency's keep; then the destinations of the choices kept, as
+ * proto_walk_dests.  Returns their number. */
+PROTO_HD int proto_walk_token(const proto_geom_t *g, const proto_ids_t *ids,
+                              const int32_t *e2r, int64_t t, int cap,
+                              int32_t *ucur, int32_t *slot, int32_t *dcur,
+                              int32_t *dest, int32_t *pos)
+{
+    int nd = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_expert_id(ids, t, k);
+        int32_t n = e < 0 ? -1 : ucur[e]++;
+        slot[t * g->K + k] = n < cap ? n : -1;
+        if (n >= 0 && n < cap)
+            nd = proto_dest_insert(dest + t * g->maxdest, nd,
+                                   proto_owner(e2r, e));
+    }
+    proto_walk_place(g, t, nd, dcur, dest, pos);
     return nd;
 }
 

@@ -230,17 +230,24 @@ static void layout_walk(const proto_geom_t *g, const proto_ids_t *ids,
                         int32_t *dest, int32_t *pos, int32_t *epos,
                         int32_t *mycnt)
 {
+    int32_t *d2 = malloc(sizeof(int32_t) * (size_t)((T + 1) * g->maxdest));
+    assert_non_null(d2);
     memset(mycnt, 0, sizeof(int32_t) * (size_t)(g->R + g->E));
-    for (int64_t t = 0; t < T; t++)
-        proto_walk_units(g, ids, t, keep ? cap : INT32_MAX, mycnt + g->R,
-                         keep ? keep : epos);
     for (int64_t t = 0; t < T; t++) {
-        int nd = proto_walk_dests(g, ids, keep, e2r, t, mycnt, dest, pos);
+        int nd = proto_walk_token(g, ids, e2r, t, keep ? cap : INT32_MAX,
+                                  mycnt + g->R, keep ? keep : epos, mycnt,
+                                  dest, pos);
         /* the chunked form's slot of each destination */
         for (int j = 0; j < nd; j++)
             assert_int_equal(proto_dest_slot(ids, keep, e2r, t,
                                              dest[t * g->maxdest + j]), j);
+        /* the destinations alone, from the choices kept */
+        assert_int_equal(proto_walk_dests(g, ids, keep, e2r, t, NULL, d2,
+                                          NULL), nd);
+        assert_memory_equal(d2 + t * g->maxdest, dest + t * g->maxdest,
+                            sizeof(int32_t) * (size_t)g->maxdest);
     }
+    free(d2);
 }
 
 /* Chunk counts to try for T tokens: one, a few, more than tokens (empty
