@@ -20,7 +20,6 @@
 #include "util/util.h"
 #include "moe/ll.h"
 #include "moe/hier.h"
-#include "moe/reduce.h"
 
 /* Status word and signal to every rank for the combine phase. */
 static epx_status_t signal_comb(epx_moe_t *m, int32_t mine)
@@ -203,17 +202,18 @@ static void flat_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
     size_t out_row = epx_dtype_size(out->dtype) * (size_t)m->H;
     for (int r = 0; r < m->R; r++)
         m->mode[r] = *(int32_t *)moe_local(m, moe_status_off(m, MOE_ST_COMB, call, r));
-    memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
     comb_src_t src[EPX_MAX_TOPK];
     for (int64_t t = 0; t < h->T; t++) {
         int nd = h->ndest[t];
-        for (int j = 0; j < nd; j++) {
+        for (int j = 0; j < nd; j++) {   /* ascending ranks */
             int d = h->dest[t * m->maxdest + j];
-            int64_t e_at = m->entcur[d]++;
+            int64_t e_at = h->entbase[d] + h->pos[t * m->maxdest + j];
             comb_src_t *c = &src[j];
             c->ent = NULL;
             if (m->mode[d] == MOE_COMB_PUSHED) {
-                c->row = comb + (size_t)(h->retbase[t] + j) * m->row_bytes;
+                c->row = comb + (size_t)proto_ret_slot(&m->g, h->sendoff,
+                                                       h->dest, h->pos, t, j) *
+                                    m->row_bytes;
                 continue;
             }
             /* Pull: the peer's outputs sit in its window, rows as dispatched. */

@@ -163,65 +163,50 @@ static epx_status_t exchange_counts(epx_moe_t *m, epx_status_t mine, int cached,
     return EPX_OK;
 }
 
-/* From the count matrix: where this rank's tokens go at every destination,
- * and what this rank itself receives. */
+/* From the count matrix (proto.h): where this rank's tokens go at every
+ * destination, and what this rank itself receives. */
 static void plan_offsets(epx_moe_t *m, epx_handle_t *h)
 {
-    uint64_t call = m->n_counts - 1;
-    const int R = m->R, E = m->U, me = m->rank;   /* per unit */
-    int64_t align = m->p.expert_alignment;
-    int64_t *entcur = h->entbase, *ecur = h->ebase;
-    memset(entcur, 0, sizeof(int64_t) * (size_t)R);
-    memset(ecur, 0, sizeof(int64_t) * (size_t)E);
-    memset(m->tot, 0, sizeof(int64_t) * (size_t)E);
-    h->nent = 0;
-    for (int s = 0; s < R; s++) {
-        const int32_t *b = moe_blk(m, call, s), *ce = b + proto_cnt_unit(&m->g, 0),
-                      *cr = b + proto_cnt_dest(&m->g, 0);
-        h->nent += cr[me];
-        for (int e = 0; e < E; e++)
-            m->tot[e] += ce[e];
-        if (s < me) {
-            for (int d = 0; d < R; d++)
-                entcur[d] += cr[d];
-            for (int e = 0; e < E; e++)
-                ecur[e] += ce[e];
-        }
-    }
-    /* Expert-major segments: aligned, in expert order, per destination. */
-    for (int d = 0; d < R; d++) {
+    const proto_geom_t *g = &m->g;
+    const int32_t *cnt = moe_cnt(m, m->n_counts - 1);
+    const int me = m->rank;
+    h->nent = proto_recv_rows(g, cnt);
+    for (int d = 0; d < m->R; d++) {
+        h->entbase[d] = proto_dest_base(g, cnt, d);
+        /* Expert-major segments, in expert order: d's walked once. */
         int64_t at = 0;
-        for (int e = m->first[d]; e < m->first[d + 1]; e++) {
+        for (int j = 0; j < moe_nlocal(m, d); j++) {
+            int e = m->first[d] + j;
             if (d == me) {
-                h->counts[e - m->first[d]] = m->tot[e];
-                h->offsets[e - m->first[d]] = at;
+                h->counts[j] = proto_recv_expert(g, cnt, m->first[d], j);
+                h->offsets[j] = at;
             }
-            ecur[e] += at;
-            at = (at + m->tot[e] + align - 1) / align * align;
+            h->ebase[e] = proto_expert_base_at(g, cnt, me, e, at);
+            at = proto_expert_next(g, cnt, m->first[d], j, at);
         }
         if (d == me)
-            h->nrows = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR ? h->nent : at;
+            h->nrows = g->em ? at : h->nent;
     }
 }
 
+/* Every row of this rank's tokens straight into its place: per (token,
+ * destination) the entry and, token-major, the row with its metadata;
+ * expert-major a row per (token, local expert of the destination). */
 static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
                                 const epx_dispatch_args_t *a)
 {
     const int K = m->K, me = m->rank;
-    const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const char *x = a->x.data;
     const float *w = a->topk_weights.data;
     const proto_geom_t *o = &m->g;
+    const proto_ids_t units = moe_units(m, h);
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
-    memcpy(m->entcur, h->entbase, sizeof(int64_t) * (size_t)m->R);
-    memcpy(m->ecur, h->ebase, sizeof(int64_t) * (size_t)m->U);
     const int quant = moe_wire_quantized(&m->fmt);
     const float gscale = moe_args_gscale(a);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const char *row = x + (size_t)t * m->row_bytes;
-        const int32_t *ids = h->idx + t * K;
         if (quant && h->ndest[t] > 0) {   /* once, whatever the fan-out */
             moe_wire_pack_row(&m->fmt, row, m->stage_q, m->stage_s,
                               &m->stage_g, gscale);
@@ -229,29 +214,31 @@ static epx_status_t send_tokens(epx_moe_t *m, epx_handle_t *h,
         }
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
             int d = h->dest[t * m->maxdest + j], nloc = 0;
-            int64_t e_at = m->entcur[d]++;
+            int64_t e_at = h->entbase[d] + h->pos[t * m->maxdest + j];
             ent[0] = me;
-            ent[1] = (int32_t)(h->retbase[t] + j);
-            for (int k = 0; k < K; k++) {
-                int local = ids[k] >= 0 && m->u2r[ids[k]] == d;
-                lidx[k] = local ? ids[k] - m->first[d] : -1;
-                lw[k] = local ? w[t * K + k] : 0.0f;
-                if (!local || tm)
-                    continue;
-                int64_t r = m->ecur[ids[k]]++;
-                ent[3 + nloc++] = (int32_t)r;
-                st = st != EPX_OK ? st : put_row(m, d, r, row, m->stage_s, &m->stage_g);
-                st = st != EPX_OK ? st : put32(m, d, o->off_src_rank + (size_t)r * 4, me);
-                st = st != EPX_OK ? st : put32(m, d, o->off_src_token + (size_t)r * 4, (int32_t)t);
-                st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)r * 4,
-                              &lw[k], sizeof(float));
+            ent[1] = (int32_t)proto_ret_slot(o, h->sendoff, h->dest, h->pos,
+                                             t, j);
+            if (o->em) {
+                for (int k = 0; k < K; k++) {
+                    int64_t u = proto_expert_id(&units, t, k);
+                    if (u < 0 || proto_owner(m->u2r, u) != d)
+                        continue;
+                    int64_t r = proto_expert_row(o, h->ebase, h->epos, u, t, k);
+                    ent[3 + nloc++] = (int32_t)r;
+                    st = st != EPX_OK ? st : put_row(m, d, r, row, m->stage_s, &m->stage_g);
+                    st = st != EPX_OK ? st : put32(m, d, o->off_src_rank + (size_t)r * 4, me);
+                    st = st != EPX_OK ? st : put32(m, d, o->off_src_token + (size_t)r * 4, (int32_t)t);
+                    st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_w + (size_t)r * 4,
+                                  &w[t * K + k], sizeof(float));
+                }
             }
             ent[2] = nloc;
             st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d,
                           o->off_entries + (size_t)e_at * (size_t)m->g.ent_ints * 4,
                           ent, sizeof(int32_t) * (size_t)(3 + nloc));
-            if (!tm)
+            if (o->em)
                 continue;
+            proto_meta_topk(o, &units, w, m->u2r, t, d, m->first[d], lidx, lw);
             st = st != EPX_OK ? st : put_row(m, d, e_at, row, m->stage_s, &m->stage_g);
             st = st != EPX_OK ? st : put32(m, d, o->off_src_rank + (size_t)e_at * 4, me);
             st = st != EPX_OK ? st : put32(m, d, o->off_src_token + (size_t)e_at * 4, (int32_t)t);

@@ -449,16 +449,12 @@ epx_status_t epx_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         m->maxdest = m->K < m->R ? m->K : m->R;
         m->u2r = malloc(sizeof(int32_t) * (size_t)m->U);
         m->first = malloc(sizeof(int32_t) * (size_t)(m->R + 1));
-        m->entcur = malloc(sizeof(int64_t) * (size_t)m->R);
-        m->ecur = malloc(sizeof(int64_t) * (size_t)m->U);
-        m->tot = malloc(sizeof(int64_t) * (size_t)m->U);
         m->local_exp = malloc(sizeof(int32_t) * (size_t)m->U);
         m->wire = malloc(m->row_bytes);
         m->mode = malloc(sizeof(int32_t) * (size_t)m->R);
         m->stage_q = malloc(m->fmt.data_bytes + 1);
         m->stage_s = malloc(m->fmt.scale_bytes + 1);
         if (!m->stage_q || !m->stage_s || !m->wire || !m->mode || !m->u2r || !m->first ||
-            !m->entcur || !m->ecur || !m->tot ||
             !m->local_exp)
             mine = epx__error(EPX_ERR_NOMEM, "moe: out of memory");
     }
@@ -545,9 +541,6 @@ void epx_moe_destroy(epx_moe_t *m)
     free(m->local_exp);
     free(m->first);
     free(m->blk);
-    free(m->entcur);
-    free(m->ecur);
-    free(m->tot);
     free(m->wire);
     free(m->stage_q);
     free(m->stage_s);

@@ -46,14 +46,13 @@ epx_status_t moe_hier_init(epx_moe_t *m)
     x->rec_hdr = (sizeof(int32_t) + 8 * (size_t)m->K + 15) & ~(size_t)15;
     x->wrow = moe_wire_row_bytes(&m->fmt);
     x->rec_bytes = (x->rec_hdr + x->wrow + 15) & ~(size_t)15;
-    int ud = m->first[(x->dom + 1) * L] - m->first[x->dom * L];
-    x->entcur = malloc(sizeof(int64_t) * (size_t)L);
-    x->rowcur = malloc(sizeof(int64_t) * (size_t)(ud > 0 ? ud : 1));
+    x->dcur = malloc(sizeof(int32_t) * (size_t)R);
+    x->ucur = malloc(sizeof(int32_t) * (size_t)m->U);
     x->acc_size = m->p.dtype == EPX_DTYPE_FP64 ? sizeof(double) : sizeof(float);
     x->acc = malloc(x->acc_size * (size_t)m->H);
     x->wire = malloc(m->row_bytes);
     x->rec = aligned_alloc(16, x->rec_bytes);
-    if (!x->entcur || !x->rowcur || !x->acc || !x->wire || !x->rec)
+    if (!x->dcur || !x->ucur || !x->acc || !x->wire || !x->rec)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
     return EPX_OK;
 }
@@ -63,8 +62,8 @@ void moe_hier_free(epx_moe_t *m)
     moe_hier_t *x = m->hier;
     if (!x)
         return;
-    free(x->entcur);
-    free(x->rowcur);
+    free(x->dcur);
+    free(x->ucur);
     free(x->acc);
     free(x->wire);
     free(x->rec);
@@ -130,21 +129,19 @@ void moe_hier_handle_free(epx_handle_t *h)
     h->hier_h = NULL;
 }
 
-/* From the count matrix of this call: for each source this rank forwards
- * (one per domain, with its local index), its first entry at each member
- * and its first expert-major row at each unit of the domain — what the
- * flat path's plan_offsets gives that source. */
+/* From the count matrix of this call (proto.h): for each source this
+ * rank forwards (one per domain, with its local index), its first entry
+ * at each member and its first expert-major row at each unit of the
+ * domain — what the flat path's plan_offsets gives that source. */
 epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
 {
     moe_hier_t *x = m->hier;
-    const int L = x->L, ND = x->ND, R = m->R, d0 = x->dom * L;
-    const int u0 = m->first[d0], ud = m->first[d0 + L] - u0;
+    const int L = x->L, ND = x->ND, U = m->U, d0 = x->dom * L;
     if (!h->hier_h) {
         moe_hier_h_t *hh = calloc(1, sizeof(*hh));
         if (hh) {
             hh->entbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)L);
-            hh->rowbase = malloc(sizeof(int64_t) * (size_t)ND *
-                                 (size_t)(ud > 0 ? ud : 1));
+            hh->rowbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)U);
         }
         h->hier_h = hh;
         if (!hh || !hh->entbase || !hh->rowbase) {
@@ -153,32 +150,21 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
             return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
         }
     }
-    const uint64_t call = m->n_counts - 1;
-    const int64_t align = m->p.expert_alignment;
-    int64_t *eb = h->hier_h->entbase, *rb = h->hier_h->rowbase;
-    /* Segment starts of the domain's units, then the sources' prefixes. */
-    for (int j = 0; j < L; j++) {
-        int64_t at = 0;
-        for (int u = m->first[d0 + j]; u < m->first[d0 + j + 1]; u++) {
-            int64_t tot = 0;
-            for (int s = 0; s < R; s++)
-                tot += moe_blk(m, call, s)[proto_cnt_unit(&m->g, u)];
-            for (int a = 0; a < ND; a++)
-                rb[(size_t)a * (size_t)ud + (size_t)(u - u0)] = at;
-            at = (at + tot + align - 1) / align * align;
-        }
-    }
+    const proto_geom_t *g = &m->g;
+    const int32_t *cnt = moe_cnt(m, m->n_counts - 1);
     for (int a = 0; a < ND; a++) {
         const int src = a * L + x->li;
-        int64_t *e = eb + (size_t)a * (size_t)L, *r = rb + (size_t)a * (size_t)ud;
-        for (int j = 0; j < L; j++)
-            e[j] = 0;
-        for (int s = 0; s < src; s++) {
-            const int32_t *b = moe_blk(m, call, s);
-            for (int j = 0; j < L; j++)
-                e[j] += b[proto_cnt_dest(&m->g, d0 + j)];
-            for (int u = 0; u < ud; u++)
-                r[u] += b[proto_cnt_unit(&m->g, u0 + u)];
+        int64_t *e = h->hier_h->entbase + (size_t)a * (size_t)L,
+                *r = h->hier_h->rowbase + (size_t)a * (size_t)U;
+        for (int j = 0; j < L; j++) {
+            const int d = d0 + j;
+            e[j] = proto_cnt_below(g, cnt, src, d);
+            int64_t at = 0;   /* d's segments, in unit order */
+            for (int i = 0; i < moe_nlocal(m, d); i++) {
+                const int u = m->first[d] + i;
+                r[u] = proto_expert_base_at(g, cnt, src, u, at);
+                at = proto_expert_next(g, cnt, m->first[d], i, at);
+            }
         }
     }
     return EPX_OK;
@@ -229,56 +215,38 @@ static epx_status_t put_row(epx_moe_t *m, int d, int64_t r, const hrec_t *rc)
     return st;
 }
 
-/* Destination ranks of a token inside domain `dom`, ascending. */
-static int dests_in(const epx_moe_t *m, const int32_t *ids, int dom, int *out)
-{
-    const int L = m->hier->L;
-    int n = 0;
-    for (int k = 0; k < m->K; k++) {
-        if (ids[k] < 0)
-            continue;
-        int d = m->u2r[ids[k]];
-        if (d / L != dom)
-            continue;
-        int i = n;
-        while (i > 0 && out[i - 1] > d)
-            i--;
-        if (i > 0 && out[i - 1] == d)
-            continue;
-        memmove(out + i + 1, out + i, sizeof(int) * (size_t)(n - i));
-        out[i] = d;
-        n++;
-    }
-    return n;
-}
-
 /* Forward one token of source (slot a, rank src) to its destinations in
- * this domain, at the flat path's places; *pc counts its partial slots. */
+ * this domain, at the flat path's places: the positions of proto.h's
+ * walk over the source's tokens, continued from its last token here
+ * (x->dcur, x->ucur), after the source's bases; *pc counts its partial
+ * slots. */
 static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
                             int64_t *pc)
 {
-    const moe_hier_t *x = m->hier;
+    moe_hier_t *x = m->hier;
     const int K = m->K, L = x->L, d0 = x->dom * L;
-    const int u0 = m->first[d0];
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const proto_geom_t *o = &m->g;
-    int dst[EPX_MAX_TOPK];
+    const int64_t *eb = x->eb, *rb = x->rb;
+    const proto_ids_t ids = { rc->ids, 0, K, m->U, { 0, NULL, NULL, NULL } };
+    int32_t dst[EPX_MAX_TOPK], pos[EPX_MAX_TOPK], upos[EPX_MAX_TOPK];
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
-    int nd = dests_in(m, rc->ids, x->dom, dst);
+    int nd = proto_walk_token(o, &ids, m->u2r, 0, INT32_MAX, x->ucur, upos,
+                              x->dcur, dst, pos);
     for (int j = 0; j < nd; j++) {
         int d = dst[j], nloc = 0;
-        int64_t e_at = x->entcur[d - d0]++;
+        if (d / L != x->dom)
+            continue;
+        int64_t e_at = eb[d - d0] + pos[j];
         ent[0] = src;
         ent[1] = (int32_t)((int64_t)a * x->P + (*pc)++);
-        for (int k = 0; k < K; k++) {
-            int local = rc->ids[k] >= 0 && m->u2r[rc->ids[k]] == d;
-            lidx[k] = local ? rc->ids[k] - m->first[d] : -1;
-            lw[k] = local ? rc->w[k] : 0.0f;
-            if (!local || tm)
+        proto_meta_topk(o, &ids, rc->w, m->u2r, 0, d, m->first[d], lidx, lw);
+        for (int k = 0; k < K && !tm; k++) {
+            if (lidx[k] < 0)
                 continue;
-            int64_t r = x->rowcur[rc->ids[k] - u0]++;
+            int64_t r = proto_expert_row(o, rb, upos, rc->ids[k], 0, k);
             ent[3 + nloc++] = (int32_t)r;
             st = st != EPX_OK ? st : put_row(m, d, r, rc);
             st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_rank + (size_t)r * 4, &src, 4);
@@ -317,14 +285,14 @@ static epx_status_t finish_source(epx_moe_t *m, int src, int32_t seq)
     return st;
 }
 
+/* Source slot a's bases, and its walk from its first token. */
 static void reset_cursors(epx_moe_t *m, const epx_handle_t *h, int a)
 {
     moe_hier_t *x = m->hier;
-    const int d0 = x->dom * x->L, ud = m->first[d0 + x->L] - m->first[d0];
-    memcpy(x->entcur, h->hier_h->entbase + (size_t)a * (size_t)x->L,
-           sizeof(int64_t) * (size_t)x->L);
-    memcpy(x->rowcur, h->hier_h->rowbase + (size_t)a * (size_t)ud,
-           sizeof(int64_t) * (size_t)ud);
+    x->eb = h->hier_h->entbase + (size_t)a * (size_t)x->L;
+    x->rb = h->hier_h->rowbase + (size_t)a * (size_t)m->U;
+    memset(x->dcur, 0, sizeof(int32_t) * (size_t)m->R);
+    memset(x->ucur, 0, sizeof(int32_t) * (size_t)m->U);
 }
 
 epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,

@@ -56,8 +56,9 @@ typedef struct moe_hier {
     int64_t P;                 /* partial slots per source domain */
     int64_t cross_dispatch, cross_combine;  /* bytes put across domains */
     /* scratch */
-    int64_t *entcur;           /* [L] */
-    int64_t *rowcur;           /* [units of the domain] */
+    int32_t *dcur, *ucur;      /* [R], [U]: the walk of the source being
+                                  forwarded (proto_walk_token) */
+    const int64_t *eb, *rb;    /* its bases (moe_hier_h_t) */
     size_t acc_size;           /* an accumulator element: fp32, or fp64
                                   for an FP64 engine */
     void *acc;                 /* [H] accumulators */
@@ -69,7 +70,7 @@ typedef struct moe_hier {
  * each member (entries) and each unit of the domain (expert-major rows). */
 typedef struct moe_hier_h {
     int64_t *entbase;          /* [ND][L] */
-    int64_t *rowbase;          /* [ND][units of the domain] */
+    int64_t *rowbase;          /* [ND][U], the domain's units set */
 } moe_hier_h_t;
 
 /* engine.c hooks */

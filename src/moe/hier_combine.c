@@ -1,34 +1,14 @@
 /*
  * Hierarchical combine (see hier.h): partials to the gateway in the
  * domain, then per token a chain of fp32 accumulators through the
- * gateways of its destination domains in ascending order, the flat path's
- * sum term for term.
+ * gateways of its destination domains in ascending order: the flat path's
+ * sum (reduce.c), each gateway adding its stretch of the terms.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "util/util.h"
 #include "moe/hier.h"
-#include "moe/reduce.h"
-
-/* Distinct domains of a token's destinations, ascending: the first, and
- * the one after `dom` (-1: none). */
-static void chain_of(const epx_moe_t *m, const int32_t *ids, int dom,
-                     int *first, int *next)
-{
-    const int L = m->hier->L;
-    *first = -1;
-    *next = -1;
-    for (int k = 0; k < m->K; k++) {
-        if (ids[k] < 0)
-            continue;
-        int b = m->u2r[ids[k]] / L;
-        if (*first < 0 || b < *first)
-            *first = b;
-        if (b > dom && (*next < 0 || b < *next))
-            *next = b;
-    }
-}
 
 /* Each received token's partial to its gateway in this domain. */
 static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
@@ -69,9 +49,8 @@ static epx_status_t send_partials(epx_moe_t *m, epx_handle_t *h,
 static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
 {
     moe_hier_t *x = m->hier;
-    const int L = x->L, ND = x->ND, K = m->K, H = m->H;
-    const size_t frow = x->acc_size * (size_t)H;
-    const int f64 = m->p.dtype == EPX_DTYPE_FP64;
+    const int L = x->L, ND = x->ND, K = m->K;
+    const size_t frow = x->acc_size * (size_t)m->H;
     const int32_t *pdone = (const int32_t *)moe_local(m, x->pdone);
     const int32_t *cdone = (const int32_t *)moe_local(m, x->cdone);
     epx_status_t st = EPX_OK;
@@ -79,7 +58,8 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
         st = moe_hier_wait_word(m, &pdone[j], seq, "combine", x->dom * L + j);
     for (int b = 0; b < x->dom && st == EPX_OK; b++)
         st = moe_hier_wait_word(m, &cdone[b], seq, "combine", b * L + x->li);
-    int dst[EPX_MAX_TOPK];
+    int32_t dst[EPX_MAX_TOPK];
+    comb_src_t part[EPX_MAX_TOPK];
     for (int b = 0; b < ND && st == EPX_OK; b++) {
         const int src = b * L + x->li;
         int64_t n = h->T, pc = 0;
@@ -98,38 +78,29 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
                 t = *(const int32_t *)p;
                 ids = (const int32_t *)p + 1;
             }
-            /* Destinations here, ascending (as dispatch numbered them). */
-            int nd = 0;
-            for (int kk = 0; kk < K; kk++) {
-                if (ids[kk] < 0 || m->u2r[ids[kk]] / L != x->dom)
-                    continue;
-                int d = m->u2r[ids[kk]], i = nd;
-                while (i > 0 && dst[i - 1] > d)
-                    i--;
-                if (i > 0 && dst[i - 1] == d)
-                    continue;
-                memmove(dst + i + 1, dst + i, sizeof(int) * (size_t)(nd - i));
-                dst[i] = d;
-                nd++;
+            /* The token's destinations, ascending (as dispatch numbered
+             * them): ours are its terms here, the domains around ours
+             * where its sum starts and goes next. */
+            const proto_ids_t u = { ids, 0, K, m->U, { 0, NULL, NULL, NULL } };
+            int nd = proto_walk_dests(&m->g, &u, NULL, m->u2r, 0, NULL, dst,
+                                      NULL), here = 0, next = -1;
+            for (int j = 0; j < nd; j++) {
+                int dom = dst[j] / L;
+                if (dom == x->dom)
+                    part[here++] = (comb_src_t){ moe_local(m, x->part) +
+                        (size_t)((int64_t)b * x->P + pc++) * m->row_bytes,
+                        NULL, NULL };
+                else if (dom > x->dom && next < 0)
+                    next = dom;
             }
-            if (nd == 0)
+            if (here == 0)
                 continue;
-            int first, next;
-            chain_of(m, ids, x->dom, &first, &next);
+            const int first = dst[0] / L == x->dom;
             void *acc = x->acc;
-            if (first != x->dom)
+            if (!first)
                 memcpy(acc, moe_local(m, x->chain) +
                        ((size_t)b * (size_t)m->maxT + (size_t)t) * frow, frow);
-            for (int j = 0; j < nd; j++) {
-                const char *p = moe_local(m, x->part) +
-                    (size_t)((int64_t)b * x->P + pc++) * m->row_bytes;
-                if (f64)
-                    moe_accum_f64(acc, (const double *)p, NULL,
-                                  first == x->dom && j == 0, H);
-                else
-                    moe_accum(acc, p, m->p.dtype, NULL,
-                              first == x->dom && j == 0, H);
-            }
+            moe_reduce_add(m, part, here, first, acc);
             if (next >= 0) {
                 st = moe_put(m, &m->put_combine, next * L + x->li, x->chain +
                                   ((size_t)b * (size_t)m->maxT + (size_t)t) * frow,
@@ -173,16 +144,10 @@ static void hier_combine_out(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out,
     const moe_hier_t *x = m->hier;
     const size_t frow = x->acc_size * (size_t)m->H;
     const size_t orow = epx_dtype_size(out->dtype) * (size_t)m->H;
-    for (int64_t t = 0; t < h->T; t++) {
-        char *o = (char *)out->data + (size_t)t * orow;
-        const char *fin = moe_local(m, x->final) + (size_t)t * frow;
-        if (h->ndest[t] == 0)
-            memset(o, 0, orow);
-        else if (m->p.dtype == EPX_DTYPE_FP64)   /* out FP64 (moe_check_out) */
-            memcpy(o, fin, frow);
-        else
-            moe_store(o, (const float *)fin, out->dtype, m->H);
-    }
+    for (int64_t t = 0; t < h->T; t++)
+        moe_reduce_out(m, moe_local(m, x->final) + (size_t)t * frow,
+                       h->ndest[t], (char *)out->data + (size_t)t * orow,
+                       out->dtype);
 }
 
 const moe_ht_path_t moe_hier_path = {

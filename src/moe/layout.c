@@ -124,7 +124,9 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->idx = malloc(sizeof(int32_t) * t * (size_t)m->K);
     h->ndest = malloc(sizeof(int32_t) * t);
     h->dest = malloc(sizeof(int32_t) * t * (size_t)m->maxdest);
-    h->retbase = malloc(sizeof(int64_t) * t);
+    h->pos = malloc(sizeof(int32_t) * t * (size_t)m->maxdest);
+    h->epos = malloc(sizeof(int32_t) * t * (size_t)m->K);
+    h->sendoff = malloc(sizeof(int64_t) * (size_t)m->R);
     h->counts = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->offsets = calloc((size_t)(nl > 0 ? nl : 1), sizeof(int64_t));
     h->entbase = malloc(sizeof(int64_t) * (size_t)m->R);
@@ -132,7 +134,7 @@ epx_handle_t *moe_handle_new(epx_moe_t *m, int64_t T)
     h->ecount = malloc(sizeof(int32_t) * (size_t)m->E);
     h->ucount = malloc(sizeof(int32_t) * (size_t)m->U);
     if (!h->ucount || !h->ecount || !h->entbase || !h->ebase || !h->idx || !h->ndest || !h->dest ||
-        !h->retbase || !h->counts || !h->offsets) {
+        !h->pos || !h->epos || !h->sendoff || !h->counts || !h->offsets) {
         moe_handle_free(h);
         return NULL;
     }
@@ -164,7 +166,9 @@ void moe_handle_free(epx_handle_t *h)
     free(h->idx);
     free(h->ndest);
     free(h->dest);
-    free(h->retbase);
+    free(h->pos);
+    free(h->epos);
+    free(h->sendoff);
     free(h->counts);
     free(h->offsets);
     free(h->entbase);
@@ -187,20 +191,6 @@ void moe_handles_orphan(epx_moe_t *m)
     m->live = NULL;
 }
 
-/* The unit (expert, or slot of a replica) token t sends logical expert e
- * to, by the layer's replica policy; -1 when e is lost (no replica). */
-static inline int32_t route(const epx_moe_t *m, int layer, int64_t t, int32_t e)
-{
-    if (m->p.num_slots <= 0)
-        return e;
-    if (m->policy[layer] == EPX_REPLICA_LOCAL_FIRST)
-        return m->pick[(size_t)layer * (size_t)m->E + (size_t)e];
-    const int32_t *off = m->rep_off + (size_t)layer * (size_t)(m->E + 1);
-    const int32_t *rep = m->rep + (size_t)layer * (size_t)m->U;
-    int32_t n = off[e + 1] - off[e];
-    return n > 0 ? rep[off[e] + (int32_t)(t % n)] : -1;
-}
-
 /* The lost mask of a dispatch (version 5 args, after the call succeeded):
  * 1 where the entry names an expert without a slot in the layer.  From
  * the ids and the placement, so a cached dispatch writes it too. */
@@ -218,58 +208,88 @@ void moe_lost_write(const epx_moe_t *m, const epx_dispatch_args_t *a)
     }
 }
 
-/* Fills h's send side (units per top-k slot, destinations) and m->blk
- * (tokens per unit, per destination), and h->ecount (tokens per logical
- * expert); EPX_ERR_INVALID on a bad expert id, with nothing sent yet. */
+/* The ids of a dispatch as the protocol core reads them, routed to units
+ * by the layer's replica tables (engines with num_slots). */
+static proto_ids_t dispatch_ids(const epx_moe_t *m, const epx_dispatch_args_t *a,
+                                int layer)
+{
+    proto_ids_t ids = { a->topk_idx.data, a->topk_idx.dtype == EPX_DTYPE_INT64,
+                        m->K, m->U, { 0, NULL, NULL, NULL } };
+    if (m->p.num_slots > 0) {
+        const size_t l = (size_t)layer;
+        ids.rt.E = m->E;
+        ids.rt.pick = m->policy[layer] == EPX_REPLICA_LOCAL_FIRST
+            ? m->pick + l * (size_t)m->E : NULL;
+        ids.rt.off = m->rep_off + l * (size_t)(m->E + 1);
+        ids.rt.rep = m->rep + l * (size_t)m->U;
+    }
+    return ids;
+}
+
+/* Why proto_expert_bad flagged choice k of token t. */
+static epx_status_t layout_bad(const epx_moe_t *m, const epx_dispatch_args_t *a,
+                               int64_t t, int k)
+{
+    int64_t e = idx_at(&a->topk_idx, t * m->K + k);
+    if (e < -1 || e >= m->E)
+        return epx__error(EPX_ERR_INVALID,
+                          "dispatch: topk_idx[%lld][%d] = %lld is out of "
+                          "range [-1, %d)", (long long)t, k, (long long)e,
+                          m->E);
+    int j = 0;
+    while (j < k && idx_at(&a->topk_idx, t * m->K + j) != e)
+        j++;
+    return epx__error(EPX_ERR_INVALID,
+                      "dispatch: token %lld lists expert %lld twice (top-k "
+                      "slots %d and %d)", (long long)t, (long long)e, j, k);
+}
+
+/* The routing layout (proto.h's walk): h's units per top-k slot and their
+ * positions, destinations and positions there, the return slots' bases;
+ * m->blk's counts (tokens per unit, per destination) and h->ecount
+ * (tokens per logical expert); EPX_ERR_INVALID on a bad expert id, with
+ * nothing sent yet. */
 epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h)
 {
     const int K = m->K, E = m->E, U = m->U, layer = moe_args_layer(a);
-    int32_t *cnt_u = m->blk + proto_cnt_unit(&m->g, 0),
-            *cnt_r = m->blk + proto_cnt_dest(&m->g, 0);
-    memset(m->blk, 0, sizeof(int32_t) * (size_t)m->g.cnt_ints);
+    const proto_geom_t *g = &m->g;
+    int32_t *cnt_u = m->blk + proto_cnt_unit(g, 0),
+            *cnt_r = m->blk + proto_cnt_dest(g, 0);
+    memset(m->blk, 0, sizeof(int32_t) * (size_t)g->cnt_ints);
     memset(h->ecount, 0, sizeof(int32_t) * (size_t)E);
     h->layer = layer;
     if (m->p.num_slots > 0 && m->phy2log[(size_t)layer * (size_t)U] < 0)
         return epx__error(EPX_ERR_INVALID,
                           "dispatch: layer %d has no placement "
                           "(epx_moe_set_placement)", layer);
-    int64_t slot = 0;
-    int32_t logical[EPX_MAX_TOPK];
+    const proto_ids_t ids = dispatch_ids(m, a, layer), units = moe_units(m, h);
     for (int64_t t = 0; t < h->T; t++) {
-        int32_t *ids = h->idx + t * K, *dst = h->dest + t * m->maxdest;
-        int nd = 0;
         for (int k = 0; k < K; k++) {
-            int64_t e = idx_at(&a->topk_idx, t * K + k);
-            if (e < -1 || e >= E)
-                return epx__error(EPX_ERR_INVALID,
-                                  "dispatch: topk_idx[%lld][%d] = %lld is out of "
-                                  "range [-1, %d)", (long long)t, k,
-                                  (long long)e, E);
-            logical[k] = (int32_t)e;
-            ids[k] = -1;
-            if (e < 0)
-                continue;
-            for (int j = 0; j < k; j++)
-                if (logical[j] == e)
-                    return epx__error(EPX_ERR_INVALID,
-                                      "dispatch: token %lld lists expert %lld "
-                                      "twice (top-k slots %d and %d)",
-                                      (long long)t, (long long)e, j, k);
-            int32_t u = route(m, layer, t, (int32_t)e);
-            h->ecount[e]++;   /* demand, lost or not (the balancer's input) */
-            if (u < 0)
-                continue;     /* lost: sent nowhere, combine leaves it out */
-            ids[k] = u;
-            cnt_u[u]++;
-            nd = moe_dest_add(dst, nd, m->u2r[u]);
+            if (proto_expert_bad(&ids, t, k))
+                return layout_bad(m, a, t, k);
+            int64_t e = proto_expert_raw(ids.idx, ids.idx64, K, t, k);
+            if (e >= 0)
+                h->ecount[e]++;   /* demand, lost or not (the balancer's) */
+            /* -1 when lost: sent nowhere, combine leaves it out */
+            h->idx[t * K + k] = (int32_t)proto_expert_id(&ids, t, k);
         }
-        h->ndest[t] = nd;
-        h->retbase[t] = slot;
-        slot += nd;
-        for (int j = 0; j < nd; j++)
-            cnt_r[dst[j]]++;
+        h->ndest[t] = proto_walk_token(g, &units, m->u2r, t, INT32_MAX,
+                                       cnt_u, h->epos, cnt_r, h->dest, h->pos);
     }
+    moe_layout_sendoff(m, h, cnt_r);
     memcpy(h->ucount, cnt_u, sizeof(int32_t) * (size_t)U);
     return EPX_OK;
+}
+
+/* Return slots: our tokens grouped by destination rank (proto_ret_slot),
+ * from the tokens to each. */
+void moe_layout_sendoff(const epx_moe_t *m, epx_handle_t *h,
+                        const int32_t *per_dest)
+{
+    int64_t at = 0;
+    for (int d = 0; d < m->R; d++) {
+        h->sendoff[d] = at;
+        at += per_dest[d];
+    }
 }

@@ -45,7 +45,7 @@
 #include "moe/moe.h"
 
 enum { LL_SENT = 1, LL_RECEIVED, LL_COMBINING, LL_DONE };
-#define LL_COUNT_MASK 0xffffffu
+#define LL_COUNT_MASK ((uint32_t)PROTO_LL_MASK)   /* proto/geom.h */
 #define LL_MAX_COUNT ((int64_t)LL_COUNT_MASK)
 /* Combine status of a rank that released a call without combining it. */
 #define LL_ABANDONED ((int32_t)EPX_ERR_STATE)

@@ -147,16 +147,17 @@ epx_status_t ll_combine_recv(epx_moe_t *m, epx_handle_t *h, epx_tensor_t *out)
     const size_t ent0 = sizeof(int32_t) * (size_t)m->rank * (size_t)m->maxT *
                         (size_t)m->g.ent_ints;
     comb_src_t src[EPX_MAX_TOPK];
-    memset(m->entcur, 0, sizeof(int64_t) * (size_t)m->R);
     for (int64_t t = 0; t < h->T; t++) {
         int nd = h->ndest[t];
-        for (int j = 0; j < nd; j++) {
+        for (int j = 0; j < nd; j++) {   /* ascending ranks */
             int d = h->dest[t * m->maxdest + j];
             int32_t mode = hdr[(size_t)d * PROTO_LL_HDR];
-            int64_t e_at = m->entcur[d]++;   /* entries follow token order */
+            /* entries follow token order: the token's position at d */
+            int64_t e_at = h->pos[t * m->maxdest + j];
             if (mode == MOE_COMB_PUSHED) {
-                src[j] = (comb_src_t){ comb + (size_t)(h->retbase[t] + j) *
-                                                  m->row_bytes, NULL, NULL };
+                src[j] = (comb_src_t){ comb + (size_t)proto_ret_slot(
+                                           &m->g, h->sendoff, h->dest, h->pos,
+                                           t, j) * m->row_bytes, NULL, NULL };
                 continue;
             }
             const char *pw = epx__win_peer_ptr(m->win, d);

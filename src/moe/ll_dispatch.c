@@ -80,20 +80,23 @@ static inline epx_status_t ll_put_row(epx_moe_t *m, int d, uint64_t call,
     return st;
 }
 
-/* Slots of this call's rows: pos[t*K+k] is the slot of the (token, unit)
- * row in its (unit, this rank) range, -1 for none or dropped; then each
- * token's destinations among the rows kept, the return slots, and the rows
- * bucketed by unit in slot order. */
+/* Slots of this call's rows (proto.h's walk): pos[t*K+k] is the slot of
+ * the (token, unit) row in its (unit, this rank) range, -1 for none or
+ * dropped; then each token's destinations among the rows kept with its
+ * positions there (return slots, entries), and the rows bucketed by unit
+ * in slot order. */
 static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
 {
     moe_ll_t *l = m->ll;
     const int K = m->K, U = m->U, cap = l->cap;
+    const proto_ids_t units = moe_units(m, h);
+    /* no count exchange here: the block's words are scratch */
+    int32_t *per_dest = m->blk + proto_cnt_dest(&m->g, 0);
     memset(l->cnt, 0, sizeof(int32_t) * (size_t)U);
-    for (int64_t i = 0; i < h->T * K; i++) {
-        int32_t u = h->idx[i];
-        int32_t n = u < 0 ? -1 : l->cnt[u]++;
-        c->pos[i] = n < cap ? n : -1;
-    }
+    memset(per_dest, 0, sizeof(int32_t) * (size_t)m->R);
+    for (int64_t t = 0; t < h->T; t++)
+        h->ndest[t] = proto_walk_token(&m->g, &units, m->u2r, t, cap, l->cnt,
+                                       c->pos, per_dest, h->dest, h->pos);
     for (int u = 0; u < U; u++)
         if (l->cnt[u] > cap && !l->drop)
             return epx__error(EPX_ERR_RANGE,
@@ -103,22 +106,11 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
                               (int)l->cnt[u], u, cap);
     l->boff[0] = 0;
     for (int u = 0; u < U; u++)
-        l->boff[u + 1] = l->boff[u] + (l->cnt[u] < cap ? l->cnt[u] : cap);
-    int64_t slot = 0;
-    for (int64_t t = 0; t < h->T; t++) {
-        int32_t *dst = h->dest + t * m->maxdest;
-        int nd = 0;
-        for (int k = 0; k < K; k++) {
-            int32_t p = c->pos[t * K + k], u = h->idx[t * K + k];
-            if (p < 0)
-                continue;
-            l->bucket[l->boff[u] + p] = (int32_t)(t * K + k);
-            nd = moe_dest_add(dst, nd, m->u2r[u]);
-        }
-        h->ndest[t] = nd;
-        h->retbase[t] = slot;
-        slot += nd;
-    }
+        l->boff[u + 1] = l->boff[u] + (int32_t)proto_ll_kept(l->cnt[u], cap);
+    for (int64_t i = 0; i < h->T * K; i++)
+        if (c->pos[i] >= 0)
+            l->bucket[l->boff[h->idx[i]] + c->pos[i]] = (int32_t)i;
+    moe_layout_sendoff(m, h, per_dest);
     return EPX_OK;
 }
 
@@ -127,7 +119,7 @@ static epx_status_t ll_layout(epx_moe_t *m, epx_handle_t *h, ll_call_t *c)
 static int32_t ll_entries(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int d)
 {
     const moe_ll_t *l = m->ll;
-    const int K = m->K, R = m->R, me = m->rank, cap = l->cap;
+    const proto_ids_t units = moe_units(m, h);
     int32_t n = 0;
     for (int64_t t = 0; t < h->T; t++) {
         const int32_t *dst = h->dest + t * m->maxdest;
@@ -136,15 +128,12 @@ static int32_t ll_entries(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int d)
             j++;
         if (j == h->ndest[t])
             continue;
-        int32_t *ent = l->ents + (size_t)n++ * (size_t)m->g.ent_ints, nloc = 0;
-        ent[0] = me;
-        ent[1] = (int32_t)(h->retbase[t] + j);
-        for (int k = 0; k < K; k++) {
-            int32_t p = c->pos[t * K + k], u = h->idx[t * K + k];
-            if (p >= 0 && m->u2r[u] == d)
-                ent[3 + nloc++] = ((u - m->first[d]) * R + me) * cap + p;
-        }
-        ent[2] = nloc;
+        int32_t *ent = l->ents + (size_t)n++ * (size_t)m->g.ent_ints;
+        ent[0] = m->rank;
+        ent[1] = (int32_t)proto_ret_slot(&m->g, h->sendoff, h->dest, h->pos,
+                                         t, j);
+        ent[2] = proto_ll_entry_rows(&m->g, &units, c->pos, m->u2r, l->cap,
+                                     m->first[d], t, d, ent + 3);
     }
     return n;
 }
@@ -169,8 +158,8 @@ static epx_status_t ll_send_to(epx_moe_t *m, epx_handle_t *h, ll_call_t *c,
     for (int j = 0; j < moe_nlocal(m, d) && st == EPX_OK; j++) {
         int u = m->first[d] + j;
         int32_t n = mine == EPX_OK ? l->cnt[u] : 0;
-        int32_t kept = n < cap ? n : cap;
-        int64_t base = ((int64_t)j * R + me) * cap;
+        int32_t kept = (int32_t)proto_ll_kept(n, cap);
+        int64_t base = proto_ll_row(&m->g, cap, m->first[d], u, me, 0);
         const char *x = mine == EPX_OK ? a->x.data : NULL;
         const float *w = mine == EPX_OK ? a->topk_weights.data : NULL;
         for (int32_t i = 0; i < kept && st == EPX_OK; i++) {
@@ -320,11 +309,12 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
     float *wt = (float *)moe_local(m, ll_at(l, call, l->off.w));
     int64_t count = 0;
     for (int s = 0; s < R; s++) {
-        int32_t n = load32(m, ll_at(l, call, l->off.cw) +
-                              sizeof(int32_t) * ((size_t)j * R + s)) & LL_COUNT_MASK;
-        int32_t kept = n < cap ? n : cap;
+        int32_t word = load32(m, ll_at(l, call, l->off.cw) +
+                                 sizeof(int32_t) * ((size_t)j * R + s));
+        int32_t kept = (int32_t)proto_ll_kept(word, cap);
         int32_t was = hw[s] < 0 ? 0 : hw[s], end = hw[s] < 0 ? cap : hw[s];
-        size_t base = ((size_t)j * R + s) * (size_t)cap;
+        const int first = m->first[m->rank];
+        size_t base = (size_t)proto_ll_row(&m->g, cap, first, first + j, s, 0);
         for (int32_t i = was; i < kept; i++)
             srank[base + i] = s;
         for (int32_t i = kept; i < end; i++) {
@@ -333,11 +323,12 @@ static void ll_finish_expert(epx_moe_t *m, epx_handle_t *h, ll_call_t *c, int j)
         }
         hw[s] = kept;
         count += kept;
-        c->dropped += n - kept;
-        m->ll->unchecked_drops += n - kept;
+        c->dropped += proto_ll_dropped(word, cap);
+        m->ll->unchecked_drops += proto_ll_dropped(word, cap);
     }
     h->counts[j] = count;
-    h->offsets[j] = (int64_t)j * R * cap;
+    h->offsets[j] = proto_ll_row(&m->g, cap, m->first[m->rank],
+                                 m->first[m->rank] + j, 0, 0);
     c->done[j] = 1;
 }
 

@@ -25,7 +25,7 @@
 #include "transport/transport.h"
 #include "moe/wire.h"
 #include "moe/ops.h"
-#include "proto/geom.h"
+#include "proto/proto.h"
 
 struct gpu_moe;
 
@@ -117,9 +117,6 @@ struct epx_moe {
     epx_handle_t *spare;       /* a released handle, kept for reuse */
     /* setup-time scratch, reused by every call */
     int32_t *blk;              /* [g.cnt_ints] this rank's count block */
-    int64_t *entcur;           /* [R] next entry index at each destination */
-    int64_t *ecur;             /* [U] next expert-major row per unit */
-    int64_t *tot;              /* [U] tokens per unit over all sources */
     /* load statistics (stats.c) */
     int layers;                /* num_layers (>= 1) */
     double decay;
@@ -145,14 +142,22 @@ struct epx_handle {
     epx_handle_t *live_prev, *live_next;   /* the engine's handles */
     int64_t T;
     void *stream, *cstream;    /* device ranks: dispatch's, combine's */
-    /* send side */
-    int32_t *idx;              /* [T*K] expert ids, -1 = none */
+    /* send side: the routing layout (proto.h proto_walk_token) and its
+     * bases from the count matrix */
+    int32_t *idx;              /* [T*K] units, -1 = none */
+    int32_t *epos;             /* [T*K] position among our rows to the
+                                  unit (low latency: ll_call_t.pos) */
     int32_t *ndest;            /* [T] */
-    int32_t *dest;             /* [T*maxdest] ascending ranks */
-    int64_t *retbase;          /* [T] first combine slot of the token */
+    int32_t *dest;             /* [T*maxdest] ascending ranks, then -1 */
+    int32_t *pos;              /* [T*maxdest] position among our tokens
+                                  to that rank */
+    int64_t *sendoff;          /* [R] our tokens to lower ranks: return
+                                  slots (proto_ret_slot) */
     uint64_t hash;             /* of idx, to check cached reuse */
-    int64_t *entbase;          /* [R] our first entry at each destination */
-    int64_t *ebase;            /* [U] our first expert-major row per unit */
+    int64_t *entbase;          /* [R] our first entry at each destination
+                                  (proto_dest_base) */
+    int64_t *ebase;            /* [U] our first expert-major row per unit
+                                  (proto_expert_base) */
     int layer;
     uint32_t place;            /* the layer's placement hash at dispatch */
     /* receive side */
@@ -225,18 +230,19 @@ static inline uint8_t *moe_args_lost(const epx_dispatch_args_t *a)
         ? a->lost : NULL;
 }
 
-/* Rank r added to a token's ascending destination list dst[0, nd) unless
- * already there; the new length. */
-static inline int moe_dest_add(int32_t *dst, int nd, int r)
+/* A handle's units as the protocol core reads ids (h->idx, routed). */
+static inline proto_ids_t moe_units(const epx_moe_t *m, const epx_handle_t *h)
 {
-    int i = nd;
-    while (i > 0 && dst[i - 1] > r)
-        i--;
-    if (i > 0 && dst[i - 1] == r)
-        return nd;
-    memmove(dst + i + 1, dst + i, sizeof(int32_t) * (size_t)(nd - i));
-    dst[i] = r;
-    return nd + 1;
+    proto_ids_t u = { h->idx, 0, m->K, m->U, { 0, NULL, NULL, NULL } };
+    return u;
+}
+
+/* This rank's count words of the call (proto.h's cnt: [R][cnt_ints] from
+ * the first source's first count). */
+static inline const int32_t *moe_cnt(const epx_moe_t *m, uint64_t call)
+{
+    return (const int32_t *)moe_local(m, m->g.off_cnt) +
+           proto_cnt_index(&m->g, (int)(call & 1), 0);
 }
 
 void moe_progress(epx_moe_t *m, int at, int layer, uint64_t call);
@@ -248,6 +254,8 @@ epx_status_t moe_check_tensor(const epx_tensor_t *t, const char *what,
                               const char *name, unsigned dtypes, int64_t rows,
                               int64_t cols);
 epx_status_t moe_check_args(epx_moe_t *m, const epx_dispatch_args_t *a);
+void moe_layout_sendoff(const epx_moe_t *m, epx_handle_t *h,
+                        const int32_t *per_dest);
 epx_status_t moe_layout(epx_moe_t *m, const epx_dispatch_args_t *a,
                         epx_handle_t *h);
 uint64_t moe_hash_idx(const epx_moe_t *m, const epx_dispatch_args_t *a);
@@ -295,9 +303,11 @@ epx_status_t moe_gpu_create(epx_moe_t *m, const epx_moe_params_t *params);
  * reset); synchronises with the engine's stream.  EPX_OK, nothing to do,
  * elsewhere. */
 epx_status_t moe_gpu_stats_sync(epx_moe_t *m, int keep);
-/* reduce.c (arithmetic in reduce.h), shared by every combine: one destination rank's
- * contribution to a token (see reduce_token), the partial of an entry
- * rounded to the engine dtype, and a token's sum over its sources. */
+/* reduce.c (arithmetic in proto.h), shared by every combine: one
+ * destination rank's contribution to a token, the partial of an entry
+ * rounded to the engine dtype, and a token's sum over its sources, whole
+ * (moe_reduce_token) or a stretch at a time (moe_reduce_add, then
+ * moe_reduce_out). */
 typedef struct comb_src {
     const char *row;           /* the row; with ent: the peer's row base */
     const int32_t *ent;        /* NULL, or the peer's entry */
@@ -307,6 +317,10 @@ void moe_reduce_partial(const epx_moe_t *m, const char *rows,
                         const int32_t *ent, const float *w, void *dst);
 void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
                       char *out, epx_dtype_t out_dt);
+void moe_reduce_add(const epx_moe_t *m, const comb_src_t *src, int nd,
+                    int first, void *acc);
+void moe_reduce_out(const epx_moe_t *m, const void *acc, int nd, char *out,
+                    epx_dtype_t out_dt);
 /* EPX_ERR_INVALID when the wire is quantized and y (checked against the
  * engine's rows) overlaps the window: the outputs need their own buffer. */
 epx_status_t moe_check_y_apart(const epx_moe_t *m, const epx_tensor_t *y);

@@ -1,42 +1,61 @@
 /*
- * The combine reduction's two steps (reduce.h has the arithmetic): an
- * expert rank's partial of a token (its rows in top-k order), and a
- * token's sum over its destination ranks in ascending order.
+ * The combine reduction of the host executor, one for every path (flat
+ * push and pull, low latency, hierarchical): an expert rank's partial of
+ * a token (its rows in top-k order, rounded to the engine dtype for the
+ * wire), and a token's sum over its destination ranks in ascending order,
+ * rounded once — whole here, or continued from an accumulator (the
+ * hierarchical chain passes it from domain to domain).  The terms, their
+ * order and roundings are the protocol core's (src/proto/proto.h, "the
+ * reduction in rows"), whose element form the CUDA kernels run; this file
+ * only says where each term's row lies.  FP64 engines sum in double and
+ * their sum is the output.
  */
+#include <string.h>
+
+#include "util/util.h"
 #include "moe/moe.h"
-#include "moe/reduce.h"
 
-/* One token's partial on this rank: its local rows in top-k order. */
-static inline void reduce_entry_f64(const epx_moe_t *m, const char *rows,
-                                    const int32_t *ent, const float *w, int c0,
-                                    int n, double *part)
+/* Columns per pass: the fp32 accumulators stay in L1 while the rows
+ * stream through once. */
+#define COMB_CHUNK 2048
+
+/* Terms [0, nd) of a token's sum over columns [c0, c0 + n) into acc
+ * (first: the sum starts here).  A pushed partial or a token-major row is
+ * a term as it is; a peer's expert-major entry is reduced here into the
+ * partial it would have pushed, rounded as the wire would. */
+static inline void reduce_terms(const epx_moe_t *m, const comb_src_t *src,
+                                int nd, int first, int c0, int n, float *acc)
 {
-    for (int k = 0; k < ent[2]; k++) {
-        int32_t r = ent[3 + k];
-        moe_accum_f64(part, (const double *)(rows + (size_t)r * m->row_bytes) +
-                      c0, w ? &w[r] : NULL, k == 0, n);
+    const int es = (int)m->esize;
+    float part[COMB_CHUNK];
+    for (int j = 0; j < nd; j++) {
+        const comb_src_t *c = &src[j];
+        if (!c->ent) {
+            proto_sum_row(acc, c->row + (size_t)c0 * m->esize, es, NULL,
+                          first && j == 0, n);
+            continue;
+        }
+        proto_partial_row(&m->g, c->row, c->ent + 3, c->ent[2], c->w, c0, n,
+                          part);
+        proto_sum_wire_row(acc, part, es, first && j == 0, n);
     }
 }
 
-static inline void reduce_entry(const epx_moe_t *m, const char *rows,
-                                const int32_t *ent, const float *w, int c0,
-                                int n, float *part)
-{
-    for (int k = 0; k < ent[2]; k++) {
-        int32_t r = ent[3 + k];
-        moe_accum(part, rows + (size_t)r * m->row_bytes + (size_t)c0 * m->esize,
-              m->p.dtype, w ? &w[r] : NULL, k == 0, n);
-    }
-}
-
-static void reduce_partial_f64(const epx_moe_t *m, const char *rows,
-                               const int32_t *ent, const float *w, void *dst)
+static inline void reduce_terms_f64(const epx_moe_t *m, const comb_src_t *src,
+                                    int nd, int first, int c0, int n,
+                                    double *acc)
 {
     double part[COMB_CHUNK];
-    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
-        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        reduce_entry_f64(m, rows, ent, w, c0, n, part);
-        memcpy((double *)dst + c0, part, sizeof(double) * (size_t)n);
+    for (int j = 0; j < nd; j++) {
+        const comb_src_t *c = &src[j];
+        if (!c->ent) {
+            proto_sum_row_f64(acc, (const double *)c->row + c0, NULL,
+                              first && j == 0, n);
+            continue;
+        }
+        proto_partial_row_f64(&m->g, c->row, c->ent + 3, c->ent[2], c->w, c0,
+                              n, part);
+        proto_sum_row_f64(acc, part, NULL, first && j == 0, n);
     }
 }
 
@@ -45,68 +64,71 @@ EPX_CLONES
 void moe_reduce_partial(const epx_moe_t *m, const char *rows,
                         const int32_t *ent, const float *w, void *dst)
 {
-    if (m->p.dtype == EPX_DTYPE_FP64) {
-        reduce_partial_f64(m, rows, ent, w, dst);
-        return;
-    }
-    float part[COMB_CHUNK];
     for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
         int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        reduce_entry(m, rows, ent, w, c0, n, part);
-        moe_store((char *)dst + (size_t)c0 * m->esize, part, m->p.dtype, n);
-    }
-}
-
-/* Where one destination rank's contribution to a token comes from
- * (comb_src_t, moe.h): one row (pushed partial, or a token-major row in
- * place), or a peer's entry listing its expert-major rows (in place) to
- * reduce here. */
-static void reduce_token_f64(const epx_moe_t *m, const comb_src_t *src,
-                             int nd, double *out)
-{
-    double acc[COMB_CHUNK], part[COMB_CHUNK];
-    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
-        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
-        if (nd == 0)
-            memset(acc, 0, sizeof(double) * (size_t)n);
-        for (int j = 0; j < nd; j++) {
-            const comb_src_t *c = &src[j];
-            if (!c->ent) {
-                moe_accum_f64(acc, (const double *)c->row + c0, NULL, j == 0, n);
-                continue;
-            }
-            reduce_entry_f64(m, c->row, c->ent, c->w, c0, n, part);
-            moe_accum_f64(acc, part, NULL, j == 0, n);
+        if (m->p.dtype == EPX_DTYPE_FP64) {
+            proto_partial_row_f64(&m->g, rows, ent + 3, ent[2], w, c0, n,
+                                  (double *)dst + c0);
+            continue;
         }
-        memcpy(out + c0, acc, sizeof(double) * (size_t)n);
+        float part[COMB_CHUNK];
+        proto_partial_row(&m->g, rows, ent + 3, ent[2], w, c0, n, part);
+        proto_store_row((char *)dst + (size_t)c0 * m->esize, part,
+                        (int)m->esize, n);
     }
 }
 
+/* A token's whole sum (comb_src_t, moe.h: one per destination, ascending),
+ * rounded once to out_dt; 0 when it went nowhere. */
 EPX_CLONES
 void moe_reduce_token(const epx_moe_t *m, const comb_src_t *src, int nd,
-                         char *out, epx_dtype_t out_dt)
+                      char *out, epx_dtype_t out_dt)
 {
-    const epx_dtype_t dt = m->p.dtype;
-    if (dt == EPX_DTYPE_FP64) {   /* out is FP64 too (moe_check_out) */
-        reduce_token_f64(m, src, nd, (double *)out);
-        return;
-    }
-    const size_t es = m->esize, oes = epx_dtype_size(out_dt);
-    float acc[COMB_CHUNK], part[COMB_CHUNK];
+    const size_t oes = epx_dtype_size(out_dt);
     for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
         int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
+        if (m->p.dtype == EPX_DTYPE_FP64) {   /* out is FP64 too */
+            double acc[COMB_CHUNK];
+            if (nd == 0)
+                memset(acc, 0, sizeof(double) * (size_t)n);
+            reduce_terms_f64(m, src, nd, 1, c0, n, acc);
+            memcpy((double *)out + c0, acc, sizeof(double) * (size_t)n);
+            continue;
+        }
+        float acc[COMB_CHUNK];
         if (nd == 0)
             memset(acc, 0, sizeof(float) * (size_t)n);
-        for (int j = 0; j < nd; j++) {
-            const comb_src_t *c = &src[j];
-            if (!c->ent) {
-                moe_accum(acc, c->row + (size_t)c0 * es, dt, NULL, j == 0, n);
-                continue;
-            }
-            reduce_entry(m, c->row, c->ent, c->w, c0, n, part);
-            moe_accum_wire(acc, part, dt, j == 0, n);
-        }
-        moe_store(out + (size_t)c0 * oes, acc, out_dt, n);
+        reduce_terms(m, src, nd, 1, c0, n, acc);
+        proto_store_row(out + (size_t)c0 * oes, acc, (int)oes, n);
     }
 }
 
+/* Terms of a token's sum added to acc ([H] fp32, or fp64 for an FP64
+ * engine), which they start when `first`: a stretch of the sum, the rest
+ * before or after it elsewhere (moe_reduce_out rounds it). */
+EPX_CLONES
+void moe_reduce_add(const epx_moe_t *m, const comb_src_t *src, int nd,
+                    int first, void *acc)
+{
+    for (int c0 = 0; c0 < m->H; c0 += COMB_CHUNK) {
+        int n = m->H - c0 < COMB_CHUNK ? m->H - c0 : COMB_CHUNK;
+        if (m->p.dtype == EPX_DTYPE_FP64)
+            reduce_terms_f64(m, src, nd, first, c0, n, (double *)acc + c0);
+        else
+            reduce_terms(m, src, nd, first, c0, n, (float *)acc + c0);
+    }
+}
+
+/* A sum moe_reduce_add finished, rounded once to out_dt (FP64: as it is);
+ * 0 for a token that went nowhere (acc unused). */
+void moe_reduce_out(const epx_moe_t *m, const void *acc, int nd, char *out,
+                    epx_dtype_t out_dt)
+{
+    const size_t orow = epx_dtype_size(out_dt) * (size_t)m->H;
+    if (nd == 0)
+        memset(out, 0, orow);
+    else if (m->p.dtype == EPX_DTYPE_FP64)
+        memcpy(out, acc, orow);
+    else
+        proto_store_row(out, acc, (int)epx_dtype_size(out_dt), m->H);
+}

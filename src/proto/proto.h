@@ -63,7 +63,8 @@ PROTO_HD int64_t proto_expert_id(const proto_ids_t *ids, int64_t t, int k)
     if (ids->rt.pick)
         return ids->rt.pick[e];
     const int32_t *off = ids->rt.off;
-    return ids->rt.rep[off[e] + (int32_t)(t % (off[e + 1] - off[e]))];
+    const int32_t n = off[e + 1] - off[e];   /* 0: lost (elastic, host) */
+    return n > 0 ? ids->rt.rep[off[e] + (int32_t)(t % n)] : -1;
 }
 
 /* Is id k of token t neither -1 nor a valid expert, or an expert an
@@ -213,26 +214,107 @@ PROTO_HD int64_t proto_layout_expert(const proto_geom_t *g, const proto_ids_t *i
     return c;
 }
 
+/* The same layout in one walk over the tokens in order, counters carried
+ * from token to token: the host executor's form (one thread).  The
+ * chunked passes above give every item the position this walk gives, for
+ * any number of chunks (tests/cuda/test_kern_host compares them). */
+
+/* Rank r into a token's ascending list of distinct destinations dst[0,
+ * nd), unless there; returns the new length. */
+PROTO_HD int proto_dest_insert(int32_t *dst, int nd, int r)
+{
+    int i = nd;
+    while (i > 0 && dst[i - 1] > r)
+        i--;
+    if (i > 0 && dst[i - 1] == r)
+        return nd;
+    for (int j = nd; j > i; j--)
+        dst[j] = dst[j - 1];
+    dst[i] = r;
+    return nd + 1;
+}
+
+/* dest[t*maxdest + j] after token t's nd destinations: -1; with dcur,
+ * each destination's position pos[] among this rank's tokens to it so far
+ * (dcur[d], then incremented). */
+PROTO_HD void proto_walk_place(const proto_geom_t *g, int64_t t, int nd,
+                               int32_t *dcur, int32_t *dest, int32_t *pos)
+{
+    int32_t *dst = dest + t * g->maxdest;
+    for (int j = nd; j < g->maxdest; j++)
+        dst[j] = -1;
+    for (int j = 0; dcur && j < nd; j++)
+        pos[t * g->maxdest + j] = dcur[dst[j]]++;
+}
+
+/* Token t's destinations: the distinct owners of its (kept) units in
+ * ascending order into dest[t*maxdest + j], -1 after them, and with dcur
+ * their positions (proto_walk_place).  Returns their number. */
+PROTO_HD int proto_walk_dests(const proto_geom_t *g, const proto_ids_t *ids,
+                              const int32_t *keep, const int32_t *e2r,
+                              int64_t t, int32_t *dcur, int32_t *dest,
+                              int32_t *pos)
+{
+    int nd = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_kept_id(ids, keep, t, k);
+        if (e >= 0)
+            nd = proto_dest_insert(dest + t * g->maxdest, nd,
+                                   proto_owner(e2r, e));
+    }
+    proto_walk_place(g, t, nd, dcur, dest, pos);
+    return nd;
+}
+
+/* Token t in one step: each choice's position among this rank's choices
+ * of its unit so far (ucur[u], then incremented) into slot[t*K+k] when
+ * below cap, else -1 (low latency's dropped rows; INT32_MAX: none
+ * dropped), -1 for a choice of no unit — throughput mode's epos, low
+ * latency's keep; then the destinations of the choices kept, as
+ * proto_walk_dests.  Returns their number. */
+PROTO_HD int proto_walk_token(const proto_geom_t *g, const proto_ids_t *ids,
+                              const int32_t *e2r, int64_t t, int cap,
+                              int32_t *ucur, int32_t *slot, int32_t *dcur,
+                              int32_t *dest, int32_t *pos)
+{
+    int nd = 0;
+    for (int k = 0; k < g->K; k++) {
+        int64_t e = proto_expert_id(ids, t, k);
+        int32_t n = e < 0 ? -1 : ucur[e]++;
+        slot[t * g->K + k] = n < cap ? n : -1;
+        if (n >= 0 && n < cap)
+            nd = proto_dest_insert(dest + t * g->maxdest, nd,
+                                   proto_owner(e2r, e));
+    }
+    proto_walk_place(g, t, nd, dcur, dest, pos);
+    return nd;
+}
+
+/* Rows that the sources below s put in column c of the count matrix (a
+ * destination rank d: c = d; a unit u: c = R + u).  cnt: a count buffer
+ * of the call's parity from its first count word on, proto_cnt_index(g,
+ * p, 0) (after the header): [R][cnt_ints] from there. */
+PROTO_HD int64_t proto_cnt_below(const proto_geom_t *g, const int32_t *cnt,
+                                 int s, int c)
+{
+    int64_t b = 0;
+    for (int s2 = 0; s2 < s; s2++)
+        b += cnt[(int64_t)s2 * g->cnt_ints + c];
+    return b;
+}
+
 /* First row of this rank's tokens at destination d: the tokens every
- * lower source sends to d come first.  cnt: this rank's count buffer of
- * the call's parity from its first count word on, proto_cnt_index(g, p, 0)
- * (after the header): [R][cnt_ints] from there. */
+ * lower source sends to d come first. */
 PROTO_HD int64_t proto_dest_base(const proto_geom_t *g, const int32_t *cnt,
                                int d)
 {
-    int64_t b = 0;
-    for (int s = 0; s < g->rank; s++)
-        b += cnt[(int64_t)s * g->cnt_ints + d];
-    return b;
+    return proto_cnt_below(g, cnt, g->rank, d);
 }
 
 /* First row of source s's tokens here (the same sum seen from here). */
 PROTO_HD int64_t proto_src_base(const proto_geom_t *g, const int32_t *cnt, int s)
 {
-    int64_t b = 0;
-    for (int s2 = 0; s2 < s; s2++)
-        b += cnt[(int64_t)s2 * g->cnt_ints + g->rank];
-    return b;
+    return proto_cnt_below(g, cnt, s, g->rank);
 }
 
 /* Tokens received here (all sources), and local expert j's (token, k)
@@ -250,31 +332,48 @@ PROTO_HD int64_t proto_recv_expert(const proto_geom_t *g, const int32_t *cnt,
     return c;
 }
 
+/* Expert-major: the start of local expert j + 1's segment from `at`,
+ * the start of j's, at the rank whose experts start at first_local: j's
+ * rows rounded up to the alignment. */
+PROTO_HD int64_t proto_expert_next(const proto_geom_t *g, const int32_t *cnt,
+                                   int first_local, int j, int64_t at)
+{
+    return proto_round_up(at + proto_recv_expert(g, cnt, first_local, j),
+                          g->align);
+}
+
 /* Expert-major: first row of local expert j's segment at the rank whose
  * count buffer is cnt and whose experts start at first_local: the
- * segments before it, each rounded up to the alignment.  j = the number of
- * local experts gives the rows received. */
+ * segments before it.  j = the number of local experts gives the rows
+ * received. */
 PROTO_HD int64_t proto_expert_offset(const proto_geom_t *g, const int32_t *cnt,
                                    int first_local, int j)
 {
     int64_t at = 0;
     for (int j2 = 0; j2 < j; j2++)
-        at = proto_round_up(at + proto_recv_expert(g, cnt, first_local, j2),
-                           g->align);
+        at = proto_expert_next(g, cnt, first_local, j2, at);
     return at;
 }
 
+/* Expert-major: source s's first row for expert e at e's owner, whose
+ * segment for e starts at `seg`: after the rows of every lower source.
+ * cnt: any rank's copy of the count matrix (they hold the same rows). */
+PROTO_HD int64_t proto_expert_base_at(const proto_geom_t *g,
+                                      const int32_t *cnt, int s, int64_t e,
+                                      int64_t seg)
+{
+    return seg + proto_cnt_below(g, cnt, s, g->R + (int)e);
+}
+
 /* Expert-major: this rank's first row for expert e (owned by rank d, whose
- * experts start at first_d) at d: e's segment there, after the rows of
- * every lower source.  cnt: this rank's copy of the count matrix, which
- * holds the same rows as d's. */
+ * experts start at first_d) at d.  The host executor walks d's segments
+ * with proto_expert_next and calls proto_expert_base_at for each. */
 PROTO_HD int64_t proto_expert_base(const proto_geom_t *g, const int32_t *cnt,
                                  int first_d, int64_t e)
 {
-    int64_t b = proto_expert_offset(g, cnt, first_d, (int)(e - first_d));
-    for (int s = 0; s < g->rank; s++)
-        b += cnt[(int64_t)s * g->cnt_ints + g->R + e];
-    return b;
+    return proto_expert_base_at(g, cnt, g->rank, e,
+                                proto_expert_offset(g, cnt, first_d,
+                                                    (int)(e - first_d)));
 }
 
 /* Expert-major: row of token t's k-th choice at its expert's rank (e
@@ -601,6 +700,123 @@ PROTO_HD float proto_combine_elem(const proto_geom_t *g, const char *comb,
         acc = acc + proto_load(comb + slot * g->row_bytes, g->esize, h);
     }
     return acc;
+}
+
+/* ------------------------------------------------ the reduction in rows
+ *
+ * The host executor's form of the combine arithmetic: the terms of
+ * proto_partial_elem and proto_combine_elem, in their order and with their
+ * roundings, over n consecutive elements at a time (loops the C compiler
+ * vectorises).  A sum is started by `first` (acc = 0 + term, as the
+ * element forms' acc = 0, acc = acc + term: the same bits, -0 included),
+ * so acc needs no clearing pass.  The caller walks the terms: an entry's
+ * rows in top-k order (a partial), a token's destinations in ascending
+ * rank order (the combine, proto_walk_dests' order). */
+
+#define PROTO_SUM(EXPR)                                                      \
+    do {                                                                     \
+        if (first)                                                           \
+            for (int i = 0; i < n; i++)                                      \
+                acc[i] = 0.0f + (EXPR);                                      \
+        else                                                                 \
+            for (int i = 0; i < n; i++)                                      \
+                acc[i] = acc[i] + (EXPR);                                    \
+    } while (0)
+
+/* acc (+)= w * row over n elements of a row in the engine dtype (esize 2:
+ * bf16, 4: fp32); w NULL: the term unweighted (EPX_COMBINE_UNWEIGHTED, or
+ * a partial in the combine sum). */
+PROTO_HD void proto_sum_row(float *__restrict__ acc, const void *row,
+                            int esize, const float *w, int first, int n)
+{
+    if (esize == 2) {
+        const uint16_t *x = (const uint16_t *)row;
+        if (w) {
+            const float wv = *w;
+            PROTO_SUM(wv * proto_bf16_to_f32(x[i]));
+        } else {
+            PROTO_SUM(proto_bf16_to_f32(x[i]));
+        }
+    } else {
+        const float *x = (const float *)row;
+        if (w) {
+            const float wv = *w;
+            PROTO_SUM(wv * x[i]);
+        } else {
+            PROTO_SUM(x[i]);
+        }
+    }
+}
+
+/* acc (+)= a partial as it travels: part (fp32) rounded to the engine
+ * dtype first (proto_store then proto_load). */
+PROTO_HD void proto_sum_wire_row(float *__restrict__ acc,
+                                 const float *__restrict__ part, int esize,
+                                 int first, int n)
+{
+    if (esize == 2)
+        PROTO_SUM(proto_bf16_to_f32(proto_f32_to_bf16(part[i])));
+    else
+        PROTO_SUM(part[i]);
+}
+
+/* n sums rounded once to the output dtype (2: bf16, 4: fp32), as
+ * proto_store. */
+PROTO_HD void proto_store_row(void *dst, const float *__restrict__ acc,
+                              int out_esize, int n)
+{
+    if (out_esize == 2) {
+        uint16_t *d = (uint16_t *)dst;
+        for (int i = 0; i < n; i++)
+            d[i] = proto_f32_to_bf16(acc[i]);
+    } else {
+        float *d = (float *)dst;
+        for (int i = 0; i < n; i++)
+            d[i] = acc[i];
+    }
+}
+
+/* FP64 engines (host executor only): the same sums in double.  w (fp32)
+ * widens exactly and partials travel in double, so nothing rounds but the
+ * double operations themselves, and the sum is the output. */
+PROTO_HD void proto_sum_row_f64(double *__restrict__ acc, const double *x,
+                                const float *w, int first, int n)
+{
+    if (w) {
+        const double wv = (double)*w;
+        PROTO_SUM(wv * x[i]);
+    } else {
+        PROTO_SUM(x[i]);
+    }
+}
+
+#undef PROTO_SUM
+
+/* Elements [c0, c0 + n) of an entry's partial: its rows (rows[0..nr)) of
+ * y in top-k order, each times its weight (w[row]; NULL: unweighted),
+ * into acc — proto_partial_elem over n elements. */
+PROTO_HD void proto_partial_row(const proto_geom_t *g, const char *y,
+                                const int32_t *rows, int nr, const float *w,
+                                int64_t c0, int n, float *__restrict__ acc)
+{
+    for (int i = 0; nr == 0 && i < n; i++)   /* no rows: 0 */
+        acc[i] = 0.0f;
+    for (int k = 0; k < nr; k++)
+        proto_sum_row(acc, y + (int64_t)rows[k] * g->row_bytes +
+                           c0 * g->esize, g->esize, w ? &w[rows[k]] : NULL,
+                      k == 0, n);
+}
+PROTO_HD void proto_partial_row_f64(const proto_geom_t *g, const char *y,
+                                    const int32_t *rows, int nr,
+                                    const float *w, int64_t c0, int n,
+                                    double *__restrict__ acc)
+{
+    for (int i = 0; nr == 0 && i < n; i++)
+        acc[i] = 0.0;
+    for (int k = 0; k < nr; k++)
+        proto_sum_row_f64(acc, (const double *)(y + (int64_t)rows[k] *
+                                                g->row_bytes) + c0,
+                          w ? &w[rows[k]] : NULL, k == 0, n);
 }
 
 /* ------------------------------------------------------- quantized pack

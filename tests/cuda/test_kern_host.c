@@ -366,6 +366,35 @@ static void layout_blocks(const proto_geom_t *g, const proto_ids_t *ids,
     free(part);
 }
 
+/* The same layout as the host executor computes it (src/moe/layout.c,
+ * ll_dispatch.c): proto.h's walk over the tokens in order.  cap: low
+ * latency's capacity, the choices' slots into keep (else epos, and keep
+ * NULL); mycnt: [R] tokens per destination, then [E] choices per unit. */
+static void layout_walk(const proto_geom_t *g, const proto_ids_t *ids,
+                        const int32_t *e2r, int64_t T, int cap, int32_t *keep,
+                        int32_t *dest, int32_t *pos, int32_t *epos,
+                        int32_t *mycnt)
+{
+    int32_t *d2 = malloc(sizeof(int32_t) * (size_t)((T + 1) * g->maxdest));
+    assert_non_null(d2);
+    memset(mycnt, 0, sizeof(int32_t) * (size_t)(g->R + g->E));
+    for (int64_t t = 0; t < T; t++) {
+        int nd = proto_walk_token(g, ids, e2r, t, keep ? cap : INT32_MAX,
+                                  mycnt + g->R, keep ? keep : epos, mycnt,
+                                  dest, pos);
+        /* the chunked form's slot of each destination */
+        for (int j = 0; j < nd; j++)
+            assert_int_equal(proto_dest_slot(ids, keep, e2r, t,
+                                             dest[t * g->maxdest + j]), j);
+        /* the destinations alone, from the choices kept */
+        assert_int_equal(proto_walk_dests(g, ids, keep, e2r, t, NULL, d2,
+                                          NULL), nd);
+        assert_memory_equal(d2 + t * g->maxdest, dest + t * g->maxdest,
+                            sizeof(int32_t) * (size_t)g->maxdest);
+    }
+    free(d2);
+}
+
 /* Chunk counts to try for T tokens: one, a few, more than tokens (empty
  * chunks), and what the kernels launch for several SM budgets. */
 static int layout_nb(int64_t T, int i)
@@ -506,13 +535,13 @@ static void run(const scen_t *sc)
         const proto_ids_t ids = { s->idx, sc->idx64, K, E,
                                  { Elog, sc->rr ? NULL : s->pick, roff,
                                    rrep } };
-        /* one block, then several: the same positions */
+        /* the host's walk, then the kernels' blocks: the same positions */
         const size_t np = (size_t)(sc->maxT * g.maxdest + 1),
                      ne = (size_t)(sc->maxT * K + 1);
         int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
         int32_t *e1 = malloc(sizeof(int32_t) * ne);
         int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
-        layout_blocks(&g, &ids, e2r, s->T, 1, sc->em, d1, p1, e1, c1);
+        layout_walk(&g, &ids, e2r, s->T, 0, NULL, d1, p1, e1, c1);
         layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r), sc->em,
                       s->dest, s->pos, s->epos, s->mycnt);
         assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
@@ -1014,13 +1043,14 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         proto_geom_t g = g0;
         g.rank = r;
         const proto_ids_t ids = { s->idx, 0, K, E, { 0, NULL, NULL, NULL } };
-        /* one block, then several: the same slots and positions */
+        /* the host's walk, then the kernels' blocks: the same slots and
+         * positions */
         const size_t np = (size_t)(maxT * g.maxdest + 1),
                      nk = (size_t)(maxT * K + 1);
         int32_t *k1 = malloc(sizeof(int32_t) * nk);
         int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
         int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
-        ll_layout_blocks(&g, &ids, e2r, s->T, 1, cap, k1, d1, p1, c1);
+        layout_walk(&g, &ids, e2r, s->T, cap, k1, d1, p1, NULL, c1);
         ll_layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r + skew), cap,
                          keep[r], s->dest, s->pos, s->mycnt);
         assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
@@ -1376,6 +1406,26 @@ static int same_or_both_nan(const unsigned char *got,
     return 1;
 }
 
+/* nrows rows of g's dtype: random bits, or (round % 3 == 0) plain
+ * numbers, or random bits with -0 in every third element (a sum of -0
+ * terms starts at +0); w[nrows] weights. */
+static unsigned char *rand_rows(const proto_geom_t *g, int nrows, int round,
+                                float *w)
+{
+    unsigned char *y = malloc((size_t)(nrows * g->row_bytes));
+    assert_non_null(y);
+    for (int64_t i = 0; i < nrows * g->row_bytes; i++)
+        y[i] = (unsigned char)epxt_next(&rng);
+    for (int64_t i = 0; round % 3 == 0 && i < nrows * (int64_t)g->H; i++)
+        proto_store(y, g->esize, i,
+                   (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+    for (int64_t i = 0; round % 3 == 1 && i < nrows * (int64_t)g->H; i += 3)
+        proto_store(y, g->esize, i, -0.0f);
+    for (int r = 0; r < nrows; r++)
+        w[r] = (float)epxt_below(&rng, 1000) / 997.0f;
+    return y;
+}
+
 static void partial_vec16(void **state)
 {
     (void)state;
@@ -1387,16 +1437,8 @@ static void partial_vec16(void **state)
         g.H = (16 / g.esize) * (1 + (int)epxt_below(&rng, 40));
         g.row_bytes = (int64_t)g.H * g.esize;
         const int nrows = 12;
-        unsigned char *y = malloc((size_t)(nrows * g.row_bytes));
         float w[12];
-        for (int64_t i = 0; i < nrows * g.row_bytes; i++)
-            y[i] = (unsigned char)epxt_next(&rng);
-        if (round % 3 == 0)   /* also plain numbers, not only random bits */
-            for (int64_t i = 0; i < nrows * (int64_t)g.H; i++)
-                proto_store(y, g.esize, i,
-                           (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
-        for (int r = 0; r < nrows; r++)
-            w[r] = (float)epxt_below(&rng, 1000) / 997.0f;
+        unsigned char *y = rand_rows(&g, nrows, round, w);
         int32_t rows[8];
         int n = (int)epxt_below(&rng, (uint64_t)g.K + 1);
         for (int k = 0; k < g.K; k++)
@@ -1424,6 +1466,94 @@ static void partial_vec16(void **state)
     }
 }
 
+/* Chunk lengths of a row of H elements cut at random, as the host
+ * executor's passes cut it (of any length). */
+static int rand_chunk(int64_t H, int64_t c0)
+{
+    return (int)(1 + epxt_below(&rng, (uint64_t)(H - c0)));
+}
+
+/* The host executor's row forms of the reduction (proto_partial_row,
+ * proto_sum_row, proto_sum_wire_row, proto_store_row) give the element
+ * forms' bits (proto_partial_elem, proto_combine_elem, proto_store),
+ * whatever the chunks. */
+static void reduce_rows(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 600; round++) {
+        proto_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.esize = round % 2 ? 4 : 2;
+        g.K = 1 + (int)epxt_below(&rng, 8);
+        g.R = 1 + (int)epxt_below(&rng, 8);
+        g.maxdest = g.K < g.R ? g.K : g.R;
+        g.H = 1 + (int)epxt_below(&rng, 300);
+        g.row_bytes = (int64_t)g.H * g.esize;
+        const int oes = round % 4 < 2 ? 2 : 4, nrows = 2 * 8;
+        float w[2 * 8];
+        unsigned char *y = rand_rows(&g, nrows, round, w);
+        const float *wt = round % 5 < 3 ? w : NULL;
+        unsigned char *want = malloc((size_t)g.H * 4);
+        unsigned char *got = malloc((size_t)g.H * 4);
+        float *acc = malloc(sizeof(float) * (size_t)g.H);
+        float *part = malloc(sizeof(float) * (size_t)g.H);
+
+        /* An entry's partial (rows in top-k order), rounded for the wire. */
+        int32_t rows[8];
+        int n = (int)epxt_below(&rng, (uint64_t)g.K + 1);
+        for (int k = 0; k < g.K; k++)
+            rows[k] = k < n ? (int32_t)epxt_below(&rng, nrows) : -1;
+        for (int64_t h = 0; h < g.H; h++)
+            proto_store(want, g.esize, h,
+                       proto_partial_elem(&g, (const char *)y, rows, wt, h));
+        for (int64_t c0 = 0, c; c0 < g.H; c0 += c) {
+            c = rand_chunk(g.H, c0);
+            proto_partial_row(&g, (const char *)y, rows, n, wt, c0, (int)c,
+                              part + c0);
+        }
+        proto_store_row(got, part, g.esize, g.H);
+        assert_true(same_or_both_nan(got, want, g.esize, g.H));
+        /* ... and as a term of the sum, taken in unrounded (a pulled
+         * entry): the wire's rounding, then the value. */
+        for (int64_t h = 0; h < g.H; h++)
+            ((float *)want)[h] = proto_load(got, g.esize, h);
+        proto_sum_wire_row(acc, part, g.esize, 1, g.H);
+        assert_true(same_or_both_nan((const unsigned char *)acc, want, 4, g.H));
+
+        /* A token's sum over its destinations in ascending rank order,
+         * from the partials at its return slots (two per rank). */
+        int32_t dest[8], pos[8];
+        int64_t sendoff[8];
+        int nd = 0;
+        for (int d = 0; d < g.R; d++) {
+            sendoff[d] = 2 * d;
+            if (nd < g.maxdest && epxt_below(&rng, 2)) {
+                dest[nd] = d;
+                pos[nd++] = (int32_t)epxt_below(&rng, 2);
+            }
+        }
+        for (int j = nd; j < g.maxdest; j++)
+            dest[j] = pos[j] = -1;
+        for (int64_t h = 0; h < g.H; h++)
+            proto_store(want, oes, h,
+                       proto_combine_elem(&g, (const char *)y, sendoff, dest,
+                                          pos, 0, h));
+        for (int64_t c0 = 0, c; c0 < g.H; c0 += c) {
+            c = rand_chunk(g.H, c0);
+            if (nd == 0)
+                memset(acc + c0, 0, sizeof(float) * (size_t)c);
+            for (int j = 0; j < nd; j++)
+                proto_sum_row(acc + c0, (const char *)y +
+                              proto_ret_slot(&g, sendoff, dest, pos, 0, j) *
+                              g.row_bytes + c0 * g.esize, g.esize, NULL,
+                              j == 0, (int)c);
+        }
+        proto_store_row(got, acc, oes, g.H);
+        assert_true(same_or_both_nan(got, want, oes, g.H));
+        free(y), free(want), free(got), free(acc), free(part);
+    }
+}
+
 int main(void)
 {
     epxt_init("test_kern_host");
@@ -1439,6 +1569,7 @@ int main(void)
         cmocka_unit_test(cached_headers),
         cmocka_unit_test(bf16_matches_host),
         cmocka_unit_test(partial_vec16),
+        cmocka_unit_test(reduce_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
