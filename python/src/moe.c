@@ -563,11 +563,13 @@ static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
     Py_END_ALLOW_THREADS
     PyObject *res = NULL;
     if (st == EPX_OK) {
-        /* Where the ready experts' rows are: x (a view), offsets, counts
-         * (0 for experts not ready). */
+        /* Where the ready experts' rows are: x (a view; device memory on
+         * device ranks), offsets, counts (0 for experts not ready; host
+         * memory in throughput mode on both). */
         int64_t xs[2] = { r.num_rows, r.x.cols }, ls[1] = { nl };
-        PyObject *x = epxpy_buffer_new(r.x.data, r.x.dtype, 2, xs,
-                                       (PyObject *)self->moe);
+        PyObject *x = epxpy_buffer_view_on(r.x.data, r.x.dtype, 2, xs,
+                                           (PyObject *)self->moe,
+                                           self->moe->p.device);
         PyObject *cnt = copy_or_none(r.expert_counts, EPX_DTYPE_INT64, 1, ls);
         PyObject *off = copy_or_none(r.expert_offsets, EPX_DTYPE_INT64, 1, ls);
         if (x && cnt && off)

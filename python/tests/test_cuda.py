@@ -321,3 +321,45 @@ def test_cuda_rebalance_moves_device_weights():
     import torch
 
     ranks.run(rank_cuda_rebalance, 2, torch.cuda.device_count())
+
+
+def rank_cuda_ready(rank, R, ngpu):
+    import torch
+
+    import epx
+
+    dev = rank % ngpu
+    torch.cuda.set_device(dev)
+    cuda = torch.device("cuda", dev)
+    T, H, E, K = 32, 64, 6, 2
+    comm = epx.Comm.from_torch()
+    moe = epx.MoE(comm, H, E, K, T, dtype=torch.float32, layout="expert_major", device=dev)
+    g = torch.Generator().manual_seed(11 + rank)
+    x = torch.randn(T, H, generator=g).to(cuda)
+    idx = torch.stack([torch.randperm(E, generator=g)[:K] for _ in range(T)]).to(cuda)
+    w = torch.rand(T, K, generator=g).to(cuda)
+    d = moe.dispatch(x, idx, w, async_op=True)
+    early = {}
+    for _ in range(100000):   # readiness never goes back; rows read once ready
+        for e, ok in enumerate(d.ready()):
+            if ok and e not in early:
+                early[e] = d.expert_x(e).clone()
+        if len(early) == moe.num_local_experts:
+            break
+    d.wait()
+    assert all(d.ready())
+    for e, rows in early.items():
+        assert torch.equal(rows, d.expert_x(e)), e
+    assert torch.allclose(moe.combine(d.x, d), x * w.sum(1, keepdim=True), atol=1e-5)
+    moe.close()
+    comm.close()
+    return True
+
+
+def test_cuda_ready():
+    """ready() and expert_x() before wait() on a device engine: the rows of
+    an expert said ready are the rows wait() gives."""
+    gpus_or_skip()
+    import torch
+
+    ranks.run(rank_cuda_ready, 2, torch.cuda.device_count())
