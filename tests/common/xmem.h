@@ -7,11 +7,16 @@
 #ifndef EPX_TEST_XMEM_H
 #define EPX_TEST_XMEM_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include "config.h"
+#include "epx.h"
 #ifdef EPX_HAVE_CUDA
 #include <cuda_runtime.h>
+#include "epx/cuda.h"
 #endif
 
 /* Device copies go on the rank's stream: a plain cudaMemcpy may return
@@ -117,6 +122,31 @@ static inline void mem_stream_destroy(xmem_t *x)
         cudaStreamDestroy((cudaStream_t)x->stream);
 #endif
     x->stream = NULL;
+}
+
+/* Whether libepx's device executor sees a GPU.  Probed in a child: CUDA
+ * must not be initialised in this process before it forks process ranks.
+ * Says why not on stdout. */
+static inline int xmem_have_gpu(void)
+{
+#ifndef EPX_HAVE_CUDA
+    printf("# device executor not run: libepx was built without CUDA\n");
+    return 0;
+#else
+    pid_t pid = fork();
+    if (pid == 0) {
+        int n = 0;
+        if (epx_cuda_devices(&n) != EPX_OK) {
+            printf("# device executor not run: %s\n", epx_last_error());
+            fflush(stdout);
+            _exit(1);
+        }
+        _exit(0);
+    }
+    int status = 0;
+    return pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+           WEXITSTATUS(status) == 0;
+#endif
 }
 
 #endif /* EPX_TEST_XMEM_H */

@@ -650,30 +650,6 @@ static void nccl_two_gpus(void **state)
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
 }
 
-/* Probe in a child: CUDA must not be initialised in this process before
- * the process ranks are forked. */
-static int have_gpu(void)
-{
-#ifndef EPX_HAVE_CUDA
-    printf("# device executor not run: libepx was built without CUDA\n");
-    return 0;
-#else
-    pid_t pid = fork();
-    if (pid == 0) {
-        int n = 0;
-        if (epx_cuda_devices(&n) != EPX_OK) {
-            printf("# device executor not run: %s\n", epx_last_error());
-            fflush(stdout);
-            _exit(1);
-        }
-        _exit(0);
-    }
-    int status = 0;
-    return pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
-           WEXITSTATUS(status) == 0;
-#endif
-}
-
 int main(int argc, char **argv)
 {
     /* Line by line, so that a run killed by a time limit keeps them. */
@@ -682,7 +658,7 @@ int main(int argc, char **argv)
     /* Thread ranks share one context: their streams need hardware queues
      * of their own (src/cuda/README.md, "Ranks as threads"). */
     setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
-    device_ok = have_gpu();
+    device_ok = xmem_have_gpu();
     /* --device: the device executor is what is asked for (the GPU
      * machine's script), so no device is a skip, not a pass. */
     if (argc > 1 && !strcmp(argv[1], "--device") && !device_ok)
