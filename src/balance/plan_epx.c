@@ -59,16 +59,18 @@ static int heap_pop(int32_t *hp, int *n, const double *load)
  * not hold the expert yet; when every rank with room holds it, the
  * lightest rank with room.  The ranks with room wait in a heap; those
  * that hold the expert are set aside (at most its replicas so far).
- * Fills slot_item[0..spd), packw, held (uses pack, rip; `screen`: not
- * held, which costs more to clear than the packing); returns the items
- * that had to join a replica of their expert. */
+ * Fills slot_item[0..spd), packw, held (uses pack, rip).  `screen`: the
+ * order wk->ord is given (sorted as epx__bal_sort_desc would) and held
+ * is left alone (it costs more to clear than the packing).  Returns the
+ * items that had to join a replica of their expert. */
 static int pack_distinct(const bal_shape_t *sh, bal_work_t *wk, int screen)
 {
     int n = sh->spd, epd = sh->epd, nh = 0, dup = 0;
     int32_t *hp = wk->pack, *aside = wk->rip;
-    epx__bal_sort_desc(wk->w, n, wk->ord, wk->tmp);
-    if (!screen)
+    if (!screen) {
+        epx__bal_sort_desc(wk->w, n, wk->ord, wk->tmp);
         memset(wk->held, 0, (size_t)sh->rpd * epd * sizeof(int32_t));
+    }
     for (int r = 0; r < sh->rpd; r++) {
         wk->packw[r] = 0;
         wk->packn[r] = 0;
@@ -323,16 +325,63 @@ static void match_slots(int32_t *p2l, const int32_t *cur, int spr, int32_t *used
 }
 
 /* Items (wk->w, wk->p2m) for replica counts cnt[0..epd): each expert's
- * replicas in expert order, weight w/cnt. */
+ * replicas in expert order, weight w/cnt; off[e] (may be NULL): the
+ * first item of e. */
 static void items_of(const bal_shape_t *sh, const double *w, const int32_t *cnt,
-                     bal_work_t *wk)
+                     bal_work_t *wk, int32_t *off)
 {
     int k = 0;
-    for (int e = 0; e < sh->epd; e++)
+    for (int e = 0; e < sh->epd; e++) {
+        if (off)
+            off[e] = k;
         for (int j = 0; j < cnt[e]; j++) {
             wk->p2m[k] = e;
             wk->w[k++] = w[e] / cnt[e];
         }
+    }
+}
+
+/* Does expert a with replicas of x come before b with y (heavier first,
+ * then the lower index)? */
+static int expert_before(double x, int a, double y, int b)
+{
+    return x > y || (x == y && a < b);
+}
+
+/* wk->ord for counts cnt with one replica moved from a to b (applied to
+ * cnt already), without sorting: eo holds the experts in the order of
+ * the counts before the move; a and b are taken out and put back where
+ * their new replicas belong.  The same order as epx__bal_sort_desc on
+ * items_of's items: equal weights keep item order, which is expert
+ * order. */
+static void order_moved(const bal_shape_t *sh, const double *w,
+                        const int32_t *cnt, const int32_t *eo, int a, int b,
+                        const int32_t *off, bal_work_t *wk)
+{
+    double xa = w[a] / cnt[a], xb = w[b] / cnt[b];
+    int k = 0, pa = 0, pb = 0;
+    /* Of the two, which goes first. */
+    int f = expert_before(xa, a, xb, b) ? a : b, g = f == a ? b : a;
+    double xf = f == a ? xa : xb, xg = f == a ? xb : xa;
+    for (int i = 0; i <= sh->epd; i++) {
+        int e = i < sh->epd ? eo[i] : -1;
+        if (e == a || e == b)
+            continue;
+        double x = e >= 0 ? w[e] / cnt[e] : 0;
+        if (!pa && (e < 0 || expert_before(xf, f, x, e))) {
+            for (int j = 0; j < cnt[f]; j++)
+                wk->ord[k++] = off[f] + j;
+            pa = 1;
+        }
+        if (pa && !pb && (e < 0 || expert_before(xg, g, x, e))) {
+            for (int j = 0; j < cnt[g]; j++)
+                wk->ord[k++] = off[g] + j;
+            pb = 1;
+        }
+        if (e >= 0)
+            for (int j = 0; j < cnt[e]; j++)
+                wk->ord[k++] = off[e] + j;
+    }
 }
 
 /* Count moves with a repack (three or more slots per rank).  The local
@@ -407,6 +456,11 @@ static void recount(const bal_shape_t *sh, int distinct, long steps,
             if (a >= 0)
                 don[nd++] = a;
         }
+        /* The experts by replica weight, for order_moved. */
+        int32_t *eo = wk->prank;
+        for (int e = 0; e < epd; e++)
+            wk->packw[e] = w[e] / cnt[e];
+        epx__bal_sort_desc(wk->packw, epd, eo, wk->tmp);
         int ba = -1, bb = -1;
         double bs = 0;
         for (int i = 0; i < nr; i++)
@@ -416,7 +470,8 @@ static void recount(const bal_shape_t *sh, int distinct, long steps,
                     continue;
                 cnt[a]--;
                 cnt[b]++;
-                items_of(sh, w, cnt, wk);
+                items_of(sh, w, cnt, wk, wk->tmp);
+                order_moved(sh, w, cnt, eo, a, b, wk->tmp, wk);
                 int dup = pack_distinct(sh, wk, 1);
                 cnt[a]++;
                 cnt[b]--;
@@ -433,7 +488,7 @@ static void recount(const bal_shape_t *sh, int distinct, long steps,
             return;
         cnt[ba]--;
         cnt[bb]++;
-        items_of(sh, w, cnt, wk);
+        items_of(sh, w, cnt, wk, NULL);
         pack_distinct(sh, wk, 0);
         refine(sh, wk);
         if (score(sh, wk, distinct) < 0)
