@@ -1,7 +1,8 @@
 /* The epx policy, one layer: the DeepSeek structure (groups onto domains,
  * greedy replication within a domain) with a packing that keeps the
  * replicas of an expert on distinct ranks, refined by swaps off the
- * heaviest rank, then matched to the current placement so that unchanged
+ * heaviest rank and (three or more slots per rank) by count moves with a
+ * repack, then matched to the current placement so that unchanged
  * replicas keep their slots.  Algorithm and tie-breaking:
  * src/balance/README.md. */
 #include <limits.h>
@@ -396,7 +397,7 @@ static void order_moved(const bal_shape_t *sh, const double *w,
  * strictly below the best so far.  Repeat while that happens, at most
  * RC_ROUNDS times.  Leaves wk->cand and *best.  (plan_domain skips it
  * where the best is within RC_NEAR of epx__bal_lower_bound, hence of
- * the optimum: Zipf 0.6 at 72 x 4, most of 256 -> 320 on 32 ranks.) */
+ * the optimum, as Zipf 0.6 layers at 72 x 4 are.) */
 #define RC_DONORS 4
 #define RC_HOT 2
 #define RC_ROUNDS 8
