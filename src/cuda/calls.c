@@ -91,7 +91,8 @@ int gpu_poll_read(const int64_t *pub, int L, uint64_t seq, uint8_t *ready,
     }
     *agree = pub[EPXK_PUB_AGREE];
     *rows = pub[EPXK_PUB_ROWS];
-    memcpy(counts, pub + EPXK_PUB_COUNTS, sizeof(int64_t) * 2 * (size_t)L);
+    if (L > 0)   /* no local expert: counts may be NULL */
+        memcpy(counts, pub + EPXK_PUB_COUNTS, sizeof(int64_t) * 2 * (size_t)L);
     int n = 0;
     for (int j = 0; j < L; j++) {
         ready[j] = (uint64_t)__atomic_load_n(&pub[EPXK_PUB_COUNTS + 2 * L + j],

@@ -1513,10 +1513,12 @@ static void reduce_rows(void **state)
         }
         proto_store_row(got, part, g.esize, g.H);
         assert_true(same_or_both_nan(got, want, g.esize, g.H));
-        /* ... and as a term of the sum, taken in unrounded (a pulled
-         * entry): the wire's rounding, then the value. */
+        /* ... and as the first term of a sum, taken in unrounded (a
+         * pulled entry): the wire's rounding, then 0 + the value (a -0
+         * partial starts the sum at +0, as the element forms' acc = 0,
+         * acc = acc + term). */
         for (int64_t h = 0; h < g.H; h++)
-            ((float *)want)[h] = proto_load(got, g.esize, h);
+            ((float *)want)[h] = 0.0f + proto_load(got, g.esize, h);
         proto_sum_wire_row(acc, part, g.esize, 1, g.H);
         assert_true(same_or_both_nan((const unsigned char *)acc, want, 4, g.H));
 
