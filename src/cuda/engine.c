@@ -42,6 +42,7 @@ struct gpu_moe {
     epx_moe_params_t p;
     epx_gpu_backend_t backend;
     int device, num_sms, L, first;
+    int kset;                   /* EPX_CUDA_KERNELS: EPXK_SET_* */
     char name[32];
     proto_geom_t g;
     cudaStream_t st;
@@ -197,7 +198,7 @@ static epx_status_t check_params(const epx_moe_params_t *p,
 typedef struct agree {
     int32_t status, hidden, experts, topk, dtype, backend, device_ok;
     int32_t layout, align, mode, cap, bufs, flags, wire, max_tokens, slots,
-            layers;
+            layers, kset;
 } agree_t;
 
 static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
@@ -225,11 +226,11 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
                  all[r].mode != mine->mode || all[r].cap != mine->cap ||
                  all[r].bufs != mine->bufs || all[r].flags != mine->flags ||
                  all[r].wire != mine->wire || all[r].slots != mine->slots ||
-                 all[r].layers != mine->layers)
+                 all[r].layers != mine->layers || all[r].kset != mine->kset)
             st = epx__error(EPX_ERR_MISMATCH, "cuda moe: rank %d has other "
                             "hidden/experts/topk/dtype/backend/layout/"
                             "alignment/mode/ll_capacity/ll_buffers/flags/"
-                            "wire/num_slots/num_layers", r);
+                            "wire/num_slots/num_layers/EPX_CUDA_KERNELS", r);
         if (all[r].max_tokens > *maxT)
             *maxT = all[r].max_tokens;
     }
@@ -394,6 +395,10 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     }
     if (st == EPX_OK)
         st = set_device(m);
+    /* vetted by epx__cfg_check: classic or fused; every rank the same */
+    m->kset = strcmp(epx__cfg_str("EPX_CUDA_KERNELS"), "fused") == 0
+                  ? EPXK_SET_FUSED : EPXK_SET_CLASSIC;
+    mine.kset = m->kset;
     mine.status = st;
     if (params) {
         mine.hidden = params->hidden;
@@ -1299,8 +1304,8 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
                           "needs a handle of an earlier dispatch on this "
                           "engine");
-    float gs;
-    int layer;
+    float gs = 0;
+    int layer = 0;
     if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
         return cached || m->ll || !m->call.windows ? st : refuse(m, stream, st);
     /* Its layout (throughput), number and buffer, or a refusal with

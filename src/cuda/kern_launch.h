@@ -25,6 +25,13 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        /* a cached dispatch: the ids against the handle's, the header */
        EPXK_CACHED };
 
+/* Kernel sets (EPX_CUDA_KERNELS): classic, verified on a device; fused,
+ * the single-pass data path (issue: fused dispatch, pull combine, one
+ * low-latency kernel per operation), the default only once a device run
+ * has verified it and shown it faster.  Both give the host executor's
+ * bits. */
+enum { EPXK_SET_CLASSIC = 0, EPXK_SET_FUSED = 1 };
+
 /* Low latency's load statistics: a ring of the last EPXK_LL_STATS_RING
  * recorded calls, each [1 + logical experts + units] int32 (layer, counts
  * per logical expert, counts per unit), and a counter of the calls

@@ -42,6 +42,8 @@ static const epx_setting_t settings[] = {
       "colon-separated directories searched for the optional modules (UCX, CUDA, NCCL) instead of the installed ones" },
     { "EPX_CUDA_WINDOW", "auto",
       "GPU windows: auto (probe), direct (one process), fabric, posix-fd or ipc" },
+    { "EPX_CUDA_KERNELS", "classic",
+      "GPU kernels: classic (verified on a device) or fused (the single-pass data path, not yet verified on a device)" },
 };
 
 int epx_settings(const epx_setting_t **table)
@@ -102,6 +104,7 @@ static const cfg_words_t words[] = {
     { "EPX_LOG", 0, "error warn info debug trace" },
     { "EPX_LOG_SUBSYS", 1, "all boot comm core cuda moe shm topo ucx" },
     { "EPX_CUDA_WINDOW", 0, "auto direct fabric posix-fd ipc" },
+    { "EPX_CUDA_KERNELS", 0, "classic fused" },
 };
 
 static int cfg_word_ok(const char *words_, const char *w, size_t n)
