@@ -23,8 +23,9 @@ def plan(loads, slots, ranks, groups=1, domains=1, policy="epx", current=None, l
         groups: expert groups (DeepSeek's node-limited routing), divides
             experts.
         domains: NVLink/host domains, divides ranks.
-        policy: "epx" (never worse than "deepseek"; keeps replicas on
-            distinct ranks) or "deepseek" (EPLB's placements).
+        policy: "epx" (never worse than "deepseek"; an expert's replicas
+            share a rank only where moving one would raise the largest
+            rank load) or "deepseek" (EPLB's placements).
         current: the placement in use, [layers, slots]: the epx policy keeps
             the slots whose expert stays on its rank.
         lost: elastic expert parallelism, [experts] or [layers, experts]
