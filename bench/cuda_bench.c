@@ -577,6 +577,13 @@ typedef struct run_res {
     dev_res_t dev[NPH];         /* --device-timing */
 } run_res_t;
 
+/* The engine's kernel set (EPX_CUDA_KERNELS, vetted by the library). */
+static const char *kernel_set(void)
+{
+    const char *k = getenv("EPX_CUDA_KERNELS");
+    return k && *k ? k : "classic";
+}
+
 /* --device-timing fields of one result: per phase the device span's
  * quantiles, the slowest and mean rank and the start skew (p50, us), the
  * span over the sm-copy row's, and for the engine the span less the
@@ -662,6 +669,8 @@ static void print_json(FILE *f, const bench_opts_t *o,
     bench_json_num(f, o->drop);
     fprintf(f, ",\n    \"device_timing\": %s,\n    \"sms_per_rank\": %d",
             o->device_timing ? "true" : "false", s->sms);
+    fprintf(f, ",\n    \"kernels\": ");
+    bench_json_str(f, kernel_set());
     fprintf(f, ",\n    \"seed\": %llu,\n    \"iters\": %d,\n"
             "    \"warmup\": %d,\n    \"dispatch_bytes\": %.0f,\n"
             "    \"combine_bytes\": %.0f\n  },\n  \"results\": [",
@@ -885,6 +894,7 @@ int bench_cuda_main(const bench_opts_t *o)
     if (o->device_timing)
         fprintf(tf, "# device timing: CUDA events; %d SMs per rank for the "
                 "engine and sm-copy\n", s.sms);
+    fprintf(tf, "# kernels: %s (EPX_CUDA_KERNELS)\n", kernel_set());
     fprintf(tf, "# %-9s %-9s %12s %12s %12s %9s  %s\n", "impl", "phase",
             "p50_us", "GB/s", "copy_GB/s", "vs_copy", "verified");
 

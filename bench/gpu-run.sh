@@ -126,6 +126,12 @@ run_all() {
     bench "LL 128 tokens, CUDA graphs" ll-bf16-graph --ranks 8 \
         --tokens 128 --mode ll --cuda-graph --iters 200 --warmup 20 \
         --device-timing
+    # The data path's targets from the benches above (classic and fused
+    # side by side), before the slowest step
+    echo "## targets (bench/gpu-targets.py)"
+    python3 "$src/bench/gpu-targets.py" "$stamp" --json "$stamp/targets.json" ||
+        echo "(no python3 here: run bench/gpu-targets.py $stamp elsewhere)"
+    echo
     # Last: the slowest step (every test under two sanitizer tools)
     step "tests/cuda/sanitize.sh" sh "$src/tests/cuda/sanitize.sh" "$b"
     echo "failures: $fails"

@@ -8,7 +8,8 @@
 #   bench/epx-bench, topology/epx-topo,  the programs
 #   tests/cuda/test_*, tests/moe/test_executors*, tests/moe/test_device,
 #   examples/moe_gpu
-#   bench/*.sh, tests/cuda/sanitize.sh   the scripts that run them
+#   bench/*.sh, bench/gpu-targets.py,
+#   tests/cuda/sanitize.sh               the scripts that run them
 #   lib/epx/                              the CUDA and NCCL modules
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
@@ -50,7 +51,7 @@ mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/tests/moe" \
     "$dir/examples" "$dir/lib/epx"
 for p in $progs; do cp "$p" "$dir/$p"; done
 cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$dir/lib/epx/"
-cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh \
+cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh bench/gpu-targets.py \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
