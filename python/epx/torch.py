@@ -12,8 +12,8 @@ Gradients (expert-major layout, throughput mode, native wire):
     and grad_w[t, k] = <grad_out[t], y[row of (t, k)]>, the dot products
     computed where y lives and brought back by one more combine.
 Engines on a CUDA device (``epx.MoE(..., device="cuda")``) take and give
-CUDA tensors here too; having no cached dispatch, they re-dispatch the
-routing in full where a host engine reuses its layout.
+CUDA tensors here too, and reuse the layout the same way (their cached
+dispatch keeps it in device memory, per handle).
 The engine's dtype (bfloat16, float32 or float64) is the gradients' dtype
 on the wire; reductions accumulate in fp32 as in the forward (in double
 for a float64 engine, so ``torch.autograd.gradcheck`` runs at its usual
@@ -57,16 +57,12 @@ def _acc_dtype(moe):
 
 def _rearm(ex, x=None):
     """A cached dispatch of the same routing (x: [T, hidden] or zeros), so
-    the handle can be combined once more; returns the received rows.
-    Device engines have no cached dispatch (epx.h): a fresh one of the same
-    routing, whose rows come in the same order (the layout is the
-    contract's), replaces ex.d."""
+    the handle can be combined once more; returns the received rows (host
+    and device engines alike: the device engines' windows backend, the one
+    this package creates, has the cached dispatch)."""
     moe, d = ex.moe, ex.d
     if x is None:
         x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe), device=_device(moe))
-    if moe.device >= 0:
-        ex.d = moe.dispatch(x, ex.idx, ex.w32, layer=ex.layer)
-        return ex.d.x
     r = moe.dispatch(x, ex.idx, ex.w32, layer=ex.layer, cached=d)
     return r.x
 
@@ -112,7 +108,6 @@ def _grad_weights(ex, rows_g, y):
     for c0 in range(0, E, H):
         if c0 > 0:
             _rearm(ex)
-            d = ex.d   # device engines: a new dispatch
         cols = torch.zeros(d.num_rows, H, dtype=_engine_dtype(moe), device=dev)
         sel = (experts >= c0) & (experts < c0 + H)
         rows = sel.nonzero().squeeze(1)
