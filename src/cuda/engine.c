@@ -96,6 +96,8 @@ struct gpu_moe {
      * receive phase's mark words, [B][L * R] */
     int ll1;
     uint64_t *d_llmark;
+    int8_t ll1_recvd[GPU_CALLS_MAX];   /* buffer's call: receive phase queued
+                                          (a second recv queues none) */
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
     /* low latency's load statistics: the device's ring (kern_launch.h
      * EPXK_LL_STATS_RING) and the calls of it the host has read */
@@ -1034,6 +1036,7 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     if (m->ll1) {   /* the send phase; the receive phase at recv */
         if ((st = launch(m, EPXK_LL1_DISPATCH_SEND)) != EPX_OK)
             return fail(m, st);
+        m->ll1_recvd[b] = 0;
         return EPX_OK;
     }
     if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
@@ -1049,11 +1052,13 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
 {
     const proto_geom_t *g = &m->g;
     epx_status_t st = EPX_OK;
-    if (m->ll1) {   /* the receive phase, after the caller's work */
+    if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
+                                           caller's work, once */
         ll_point(m, b);
         if ((st = stream_in(m, stream)) != EPX_OK ||
             (st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
             return fail(m, st);
+        m->ll1_recvd[b] = 1;
     }
     st = stream_out(m, stream);
     if (st != EPX_OK)
