@@ -640,15 +640,7 @@ __device__ static void ll1_combine_send(const proto_geom_t &g,
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t it = (int64_t)blockIdx.x * LL1_WARPS + threadIdx.x / WARP;
              it < pre[g.R]; it += (int64_t)gridDim.x * LL1_WARPS) {
-            int lo = 0, hi = g.R - 1;   /* the source: pre[s] <= it < pre[s+1] */
-            while (lo < hi) {
-                int mid = (lo + hi + 1) / 2;
-                if (pre[mid] <= it)
-                    lo = mid;
-                else
-                    hi = mid - 1;
-            }
-            const int s = lo;
+            const int s = proto_ll1_entry_source(pre, g.R, it);
             const int64_t ent = (int64_t)s * g.maxT + (it - pre[s]);
             const int64_t slot = ((const int32_t *)(bw + c.ll.ent_slot))[ent];
             const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) +

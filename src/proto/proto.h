@@ -1170,6 +1170,23 @@ PROTO_HD int proto_ll1_token_rows(const proto_geom_t *g, const int32_t *unit,
     return n;
 }
 
+/* Combine's send phase takes the received entries back to back, source
+ * after source: pre[s] the entries of the sources below s (pre[0] = 0,
+ * pre[R] all, from the final words' counts).  The source of item it
+ * (< pre[R]): the last s with pre[s] <= it; its entry it - pre[s]. */
+PROTO_HD int proto_ll1_entry_source(const int64_t *pre, int R, int64_t it)
+{
+    int lo = 0, hi = R - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (pre[mid] <= it)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
 /* The receive phase writes a range's metadata (row source, and for
  * padding src_token -1 and weight 0) only where it changed: each
  * (local expert, source) range keeps a mark word of the last receive

@@ -1566,6 +1566,24 @@ static void ll_one_kernel_marks(void **state)
                 }
         use[b] = u + 1;
     }
+    /* combine's send phase: every received entry once, in source order,
+     * sources without entries skipped */
+    for (int it2 = 0; it2 < 200; it2++) {
+        const int R = 1 + (int)epxt_below(&rng, 9);
+        int64_t pre[10];
+        pre[0] = 0;
+        for (int s2 = 0; s2 < R; s2++)
+            pre[s2 + 1] = pre[s2] + (int64_t)(epxt_below(&rng, 3) == 0
+                                                  ? 0 : epxt_below(&rng, 5));
+        int64_t it = 0;
+        for (int s2 = 0; s2 < R; s2++)
+            for (int64_t i = 0; i < pre[s2 + 1] - pre[s2]; i++, it++) {
+                const int got = proto_ll1_entry_source(pre, R, it);
+                assert_int_equal(got, s2);
+                assert_int_equal(it - pre[got], i);
+            }
+        assert_int_equal(it, pre[R]);
+    }
     /* the first use, and the use number's wrap */
     int64_t lo, hi;
     proto_ll1_span(0, 0, 2, cap, &lo, &hi);
