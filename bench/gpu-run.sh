@@ -55,6 +55,12 @@ bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
     $lim "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
     verdict $?
 }
+fused() {  # fused bench|step ARGS...: the same under EPX_CUDA_KERNELS=fused
+    EPX_CUDA_KERNELS=fused
+    export EPX_CUDA_KERNELS
+    "$@"
+    unset EPX_CUDA_KERNELS
+}
 run_all() {
     echo "# epx GPU run"
     echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -82,6 +88,10 @@ run_all() {
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
+    # Low latency in one kernel per operation (src/cuda/README.md, "Fused
+    # kernels: low latency"), eager and graphs, every wire
+    fused step "tests/moe/test_executors_ll --device (EPX_CUDA_KERNELS=fused)" \
+        "$b/tests/moe/test_executors_ll" --device
     # Weight migration between device ranks (IPC / cuMem / direct
     # windows; NCCL where there are two GPUs), both executors
     step "tests/cuda/test_gpu_migrate --device" "$b/tests/cuda/test_gpu_migrate" --device
@@ -106,6 +116,18 @@ run_all() {
     bench "LL 128 tokens, 8 ranks on one GPU, device timing" ll-bf16-dt \
         --ranks 8 --tokens 128 --mode ll --iters 200 --warmup 20 \
         --device-timing
+    # The same LL benches on the fused kernels (one kernel per operation,
+    # send and receive phases apart; quantized once per token), beside
+    # the classic figures: bf16, fp8, CUDA graphs
+    fused bench "LL 128 tokens, fused kernels, device timing" \
+        ll-bf16-dt-fused --ranks 8 --tokens 128 --mode ll --iters 200 \
+        --warmup 20 --device-timing
+    fused bench "LL 128 tokens fp8, fused kernels, device timing" \
+        ll-fp8-dt-fused --ranks 8 --tokens 128 --mode ll --dtype fp8 \
+        --iters 200 --warmup 20 --device-timing
+    fused bench "LL 128 tokens, fused kernels, CUDA graphs, device timing" \
+        ll-bf16-graph-fused --ranks 8 --tokens 128 --mode ll --cuda-graph \
+        --iters 200 --warmup 20 --device-timing
     bench "HT token-major bf16, 8 ranks on one GPU" ht-token-bf16 \
         --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \

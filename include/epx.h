@@ -527,6 +527,14 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     did not or they reuse handles of different dispatches; nothing was
  *     sent, the call is over (its combine is refused with EPX_ERR_STATE),
  *     the handle keeps its routing and the engine stays usable;
+ *   - EPX_CUDA_KERNELS=fused (the same on every rank; classic is the
+ *     default; not yet run on a GPU): low latency, windows backend, runs
+ *     one kernel per operation, whose receive phase is queued by
+ *     epx_dispatch_recv (and the combine's reduce by epx_combine_recv),
+ *     so nothing holds SMs between send and recv and the caller's work
+ *     queued between them overlaps the transfer; the outputs are the
+ *     classic kernels' bit for bit; the drops of a call are counted by
+ *     its receive phase, so a call released before its recv counts none;
  *   - epx_dispatch_poll (throughput mode): see its comment below;
  *   - invalid input on one rank (throughput mode, windows backend): that
  *     rank's epx_dispatch_send refuses it and the others' calls fail in

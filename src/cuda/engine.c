@@ -91,6 +91,13 @@ struct gpu_moe {
     int64_t *d_llsendoff, *d_llcounts, *d_llstate;
     uint32_t *d_lluse;
     int64_t *h_lloffs;          /* [L] j * R * cap */
+    /* low latency in one kernel per operation (EPX_CUDA_KERNELS=fused,
+     * windows, the layout within PROTO_LL1_SMEM_MAX; kern_ll.cu): the
+     * receive phase's mark words, [B][L * R] */
+    int ll1;
+    uint64_t *d_llmark;
+    int8_t ll1_recvd[GPU_CALLS_MAX];   /* buffer's call: receive phase queued
+                                          (a second recv queues none) */
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
     /* low latency's load statistics: the device's ring (kern_launch.h
      * EPXK_LL_STATS_RING) and the calls of it the host has read */
@@ -555,6 +562,17 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
         const size_t per = (size_t)(1 + m->Elog + g->E);
         DEV_ALLOC(m->d_llnstat, sizeof(int64_t));
+        m->ll1 = m->kset == EPXK_SET_FUSED &&
+                 m->backend == EPX_GPU_BACKEND_WINDOWS &&
+                 proto_ll1_smem(g, maxT) <= PROTO_LL1_SMEM_MAX;
+        if (m->ll1) {
+            const size_t n = sizeof(uint64_t) * B * (size_t)m->L * R;
+            DEV_ALLOC(m->d_llmark, n);
+            st = epx__cuda_err(cudaMemsetAsync(m->d_llmark, 0, n, m->st),
+                               "cudaMemset");
+            if (st != EPX_OK)
+                goto gate;
+        }
         DEV_ALLOC(m->d_llring, sizeof(int32_t) * per * EPXK_LL_STATS_RING);
         m->h_llring = malloc(sizeof(int32_t) * per * EPXK_LL_STATS_RING);
         if (!m->h_llring) {
@@ -787,6 +805,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFree(m->d_scratch);
     cudaFree(m->d_lluse);
     cudaFree(m->d_llnstat);
+    cudaFree(m->d_llmark);
     cudaFree(m->d_llring);
     free(m->h_llring);
     cudaFree(m->rstage);
@@ -992,6 +1011,9 @@ static void ll_point(gpu_moe_t *m, int b)
     c->ll_counts = m->d_llcounts + (size_t)b * (size_t)m->L;
     c->ll_src = m->d_llsrc + (size_t)b * (size_t)m->L * (size_t)g->R *
                 (size_t)m->llg.cap;
+    c->ll_mark = m->d_llmark ? m->d_llmark + (size_t)b * (size_t)m->L *
+                                                 (size_t)g->R
+                             : NULL;
 }
 
 /* Kernels only (layout, pack, recv) into buffer b, no host
@@ -1011,6 +1033,12 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     c->w = a->topk_weights.data;
     c->T = a->x.rows;
     c->layer = m->blayer[b];
+    if (m->ll1) {   /* the send phase; the receive phase at recv */
+        if ((st = launch(m, EPXK_LL1_DISPATCH_SEND)) != EPX_OK)
+            return fail(m, st);
+        m->ll1_recvd[b] = 0;
+        return EPX_OK;
+    }
     if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
         (st = launch(m, EPXK_LL_STATS)) != EPX_OK ||
         (st = launch(m, EPXK_LL_PACK)) != EPX_OK ||
@@ -1023,7 +1051,16 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv, int b)
 {
     const proto_geom_t *g = &m->g;
-    epx_status_t st = stream_out(m, stream);
+    epx_status_t st = EPX_OK;
+    if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
+                                           caller's work, once */
+        ll_point(m, b);
+        if ((st = stream_in(m, stream)) != EPX_OK ||
+            (st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
+            return fail(m, st);
+        m->ll1_recvd[b] = 1;
+    }
+    st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
     ll_point(m, b);
@@ -1598,7 +1635,7 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
     if (m->ll)
-        st = launch(m, EPXK_LL_COMB_PUT);
+        st = launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
@@ -1637,7 +1674,8 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
-        (st = launch(m, m->ll ? EPXK_LL_COMB_REDUCE : EPXK_COMB_REDUCE)) !=
+        (st = launch(m, !m->ll ? EPXK_COMB_REDUCE
+                        : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
             EPX_OK ||
         (st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);

@@ -23,7 +23,12 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        /* low latency: the call's counts into the statistics ring */
        EPXK_LL_STATS,
        /* a cached dispatch: the ids against the handle's, the header */
-       EPXK_CACHED };
+       EPXK_CACHED,
+       /* low latency in one kernel per operation (EPXK_SET_FUSED,
+        * kern_ll.cu): the dispatch's and the combine's send and receive
+        * phases, each a launch of its operation's kernel */
+       EPXK_LL1_DISPATCH_SEND, EPXK_LL1_DISPATCH_RECV, EPXK_LL1_COMB_SEND,
+       EPXK_LL1_COMB_RECV };
 
 /* Kernel sets (EPX_CUDA_KERNELS): classic, verified on a device; fused,
  * the single-pass data path (issue: fused dispatch, pull combine, one
@@ -131,6 +136,9 @@ typedef struct epxk_call {
     char *rstage;             /* received rows in source order; combine:
                                  the partials, [entries][row_bytes] */
     int64_t *emmap;           /* [proto_em_map_len] the receiver's map */
+    /* low latency, fused: [L * R] the buffer's mark word per (local
+     * expert, source) range (proto.h proto_ll1_mark), 0 at first */
+    uint64_t *ll_mark;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -146,6 +154,12 @@ int epxk_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
  * launch (ranks as threads of one process).  Called at engine creation,
  * before the ranks' last collective step. */
 int epxk_preload(void);
+
+/* kern_ll.cu: the EPXK_LL1_* launches (through epxk_launch), and its
+ * kernels loaded (through epxk_preload). */
+int epxk_ll1_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                    int blocks, void *stream);
+int epxk_ll1_preload(void);
 
 #ifdef __cplusplus
 }

@@ -1252,6 +1252,11 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
     case EPXK_LL_STATS:
         epxk_ll_stats_kernel<<<1, 256, 0, st>>>(*g, *c);
         break;
+    case EPXK_LL1_DISPATCH_SEND:
+    case EPXK_LL1_DISPATCH_RECV:
+    case EPXK_LL1_COMB_SEND:
+    case EPXK_LL1_COMB_RECV:
+        return epxk_ll1_launch(which, g, c, blocks, stream);
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -1289,5 +1294,5 @@ extern "C" int epxk_preload(void)
         if (e != cudaSuccess)
             return (int)e;
     }
-    return 0;
+    return epxk_ll1_preload();
 }

@@ -989,4 +989,232 @@ PROTO_HD int proto_ll_row_source(const proto_geom_t *g, int cap,
     return row % cap < proto_ll_kept(cw[j * g->R + s], cap) ? s : -1;
 }
 
+/* ------------------------------------ low latency in one kernel (fused)
+ *
+ * EPX_CUDA_KERNELS=fused (src/cuda/kern_ll.cu): one dispatch kernel whose
+ * every block recomputes the call's whole layout in shared memory (no
+ * grid sync, no layout kernels), and whose send and receive phases are
+ * separate launches.  The layout is two stable ranks by key: the (token,
+ * k) choices by unit (a choice's slot in its range: the classic keep,
+ * dropped at cap), then the (token, j) destinations by rank (a token's
+ * position among this rank's tokens to d: the classic pos).  A warp ranks
+ * PROTO_LL1_LANES items per step in order: an item's rank is the running
+ * count of its key plus the lanes below it with the same key (on the
+ * device __match_any_sync gives those lanes; proto_ll1_peers is its plain
+ * form), then the lowest such lane advances the count.  The ranks are
+ * those of one walk in order, so keep, dest, pos and the counts are the
+ * classic layout's (tests/cuda/test_kern_host compares them). */
+
+#define PROTO_LL1_LANES 32
+
+PROTO_HD int proto_popc32(uint32_t v)
+{
+#ifdef __CUDA_ARCH__
+    return __popc(v);
+#else
+    int n = 0;
+    for (; v; v &= v - 1)
+        n++;
+    return n;
+#endif
+}
+
+/* Lanes of a step [0, n) whose key equals lane's (__match_any_sync over
+ * the step's keys; lanes past n hold -1, as the kernel's do). */
+PROTO_HD uint32_t proto_ll1_peers(const int32_t *key, int n, int lane)
+{
+    const int32_t k = lane < n ? key[lane] : -1;
+    uint32_t m = 0;
+    for (int l = 0; l < PROTO_LL1_LANES; l++)
+        if ((l < n ? key[l] : -1) == k)
+            m |= 1u << l;
+    return m;
+}
+
+/* An item's rank from its key's count before the step and its peers:
+ * -1 for no key (-1). */
+PROTO_HD int32_t proto_ll1_rank(const int32_t *cnt, int32_t key,
+                                uint32_t peers, int lane)
+{
+    return key < 0 ? -1
+                   : cnt[key] + proto_popc32(peers & ((1u << lane) - 1u));
+}
+
+/* Does lane advance its key's count after the step (by popc(peers))? */
+PROTO_HD int proto_ll1_leader(int32_t key, uint32_t peers, int lane)
+{
+    return key >= 0 && (peers & ((1u << lane) - 1u)) == 0;
+}
+
+/* One step of the stable rank over items [i0, i0 + n) (n <= 32) of key[]:
+ * rank[] and cnt[] advanced, as the warp does. */
+PROTO_HD void proto_ll1_rank_step(const int32_t *key, int64_t i0, int n,
+                                  int32_t *cnt, int32_t *rank)
+{
+    int32_t r[PROTO_LL1_LANES];
+    uint32_t pm[PROTO_LL1_LANES];
+    for (int l = 0; l < n; l++) {
+        pm[l] = proto_ll1_peers(key + i0, n, l);
+        r[l] = proto_ll1_rank(cnt, key[i0 + l], pm[l], l);
+    }
+    for (int l = 0; l < n; l++) {
+        if (proto_ll1_leader(key[i0 + l], pm[l], l))
+            cnt[key[i0 + l]] += proto_popc32(pm[l]);
+        rank[i0 + l] = r[l];
+    }
+}
+
+/* Slot of a choice of rank r: kept below cap, else dropped (-1). */
+PROTO_HD int32_t proto_ll1_slot(int32_t r, int cap)
+{
+    return r >= 0 && r < cap ? r : -1;
+}
+
+/* Token t's kept destinations in ascending order into dest[t*maxdest..]
+ * (-1 after them), from the units of its choices (unit[t*K+k], -1 none)
+ * and their slots (keep): proto_walk_dests from the shared arrays. */
+PROTO_HD int proto_ll1_token_dests(const proto_geom_t *g, const int32_t *unit,
+                                   const int32_t *keep, const int32_t *e2r,
+                                   int64_t t, int32_t *dest)
+{
+    int nd = 0;
+    for (int k = 0; k < g->K; k++)
+        if (keep[t * g->K + k] >= 0)
+            nd = proto_dest_insert(dest + t * g->maxdest, nd,
+                                   proto_owner(e2r, unit[t * g->K + k]));
+    for (int j = nd; j < g->maxdest; j++)
+        dest[t * g->maxdest + j] = -1;
+    return nd;
+}
+
+/* The call's own status from its layout: invalid ids (proto_expert_bad
+ * anywhere), else a unit's choices beyond cap without DROP, else 0.
+ * cnt: [R + E] the layout's counts. */
+PROTO_HD int32_t proto_ll1_status(const proto_geom_t *g, int bad,
+                                  const int32_t *cnt, int cap, int drop)
+{
+    if (bad)
+        return EPX_ERR_INVALID;
+    for (int e = 0; e < g->E && !drop; e++)
+        if (cnt[g->R + e] > cap)
+            return EPX_ERR_RANGE;
+    return 0;
+}
+
+/* The whole layout as one block computes it: unit[] (T*K), keep[] (T*K),
+ * dest[] and pos[] (T*maxdest), cnt[R + E] (from zero: tokens to each
+ * rank, choices of each unit, dropped ones too), in steps of 32 items.
+ * Returns the number of ids proto_expert_bad flags. */
+PROTO_HD int proto_ll1_layout(const proto_geom_t *g, const proto_ids_t *ids,
+                              const int32_t *e2r, int64_t T, int cap,
+                              int32_t *unit, int32_t *keep, int32_t *dest,
+                              int32_t *pos, int32_t *cnt)
+{
+    int bad = 0;
+    for (int u = 0; u < g->R + g->E; u++)
+        cnt[u] = 0;
+    for (int64_t i = 0; i < T * g->K; i++) {
+        unit[i] = (int32_t)proto_expert_id(ids, i / g->K, (int)(i % g->K));
+        bad += proto_expert_bad(ids, i / g->K, (int)(i % g->K));
+    }
+    for (int64_t i0 = 0; i0 < T * g->K; i0 += PROTO_LL1_LANES) {
+        int64_t n = T * g->K - i0;
+        proto_ll1_rank_step(unit, i0, n < PROTO_LL1_LANES ? (int)n
+                                                         : PROTO_LL1_LANES,
+                            cnt + g->R, keep);
+    }
+    for (int64_t i = 0; i < T * g->K; i++)
+        keep[i] = proto_ll1_slot(keep[i], cap);
+    for (int64_t t = 0; t < T; t++)
+        proto_ll1_token_dests(g, unit, keep, e2r, t, dest);
+    for (int64_t i0 = 0; i0 < T * g->maxdest; i0 += PROTO_LL1_LANES) {
+        int64_t n = T * g->maxdest - i0;
+        proto_ll1_rank_step(dest, i0, n < PROTO_LL1_LANES ? (int)n
+                                                         : PROTO_LL1_LANES,
+                            cnt, pos);
+    }
+    return bad;
+}
+
+/* Shared memory of a block's layout for T tokens: unit, keep [T*K], dest,
+ * pos [T*maxdest], counts [R + E], int32; return offsets [R] int64. */
+PROTO_HD int64_t proto_ll1_smem(const proto_geom_t *g, int64_t T)
+{
+    return 4 * (2 * T * g->K + 2 * T * g->maxdest + g->R + g->E) +
+           8 * ((int64_t)g->R + 1);
+}
+/* The most the fused kernel asks for (the engine takes the classic
+ * kernels for a larger maxT). */
+#define PROTO_LL1_SMEM_MAX (96 * 1024)
+
+/* Kept rows of token t (its choices in top-k order with a slot): row[k]
+ * at the owner, -1 for a choice not sent; each row gets the token's one
+ * load (quantized once) and its weight.  Returns how many. */
+PROTO_HD int proto_ll1_token_rows(const proto_geom_t *g, const int32_t *unit,
+                                  const int32_t *keep, const int32_t *e2r,
+                                  const int32_t *first, int cap, int64_t t,
+                                  int64_t *row)
+{
+    int n = 0;
+    for (int k = 0; k < g->K; k++) {
+        int32_t s = keep[t * g->K + k];
+        if (s < 0) {
+            row[k] = -1;
+            continue;
+        }
+        int64_t e = unit[t * g->K + k];
+        row[k] = proto_ll_row(g, cap, first[proto_owner(e2r, e)], e, g->rank,
+                              s);
+        n++;
+    }
+    return n;
+}
+
+/* Combine's send phase takes the received entries back to back, source
+ * after source: pre[s] the entries of the sources below s (pre[0] = 0,
+ * pre[R] all, from the final words' counts).  The source of item it
+ * (< pre[R]): the last s with pre[s] <= it; its entry it - pre[s]. */
+PROTO_HD int proto_ll1_entry_source(const int64_t *pre, int R, int64_t it)
+{
+    int lo = 0, hi = R - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (pre[mid] <= it)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* The receive phase writes a range's metadata (row source, and for
+ * padding src_token -1 and weight 0) only where it changed: each
+ * (local expert, source) range keeps a mark word of the last receive
+ * phase, its use number and the rows it held.  Use u's phase writes rows
+ * [lo, hi): between the rows kept now and those of the mark when the mark
+ * is use u - 1's, else the whole range (first use, or a use between
+ * without receive phase: abandoned, or classic kernels).  Senders store
+ * only rows below their count, so rows at or above the mark stay padding. */
+#define PROTO_LL1_MARKED (1ull << 63)
+
+PROTO_HD uint64_t proto_ll1_mark(uint32_t u, int64_t kept)
+{
+    return PROTO_LL1_MARKED | (uint64_t)(u & 0x7fffffffu) << 32 |
+           (uint64_t)kept;
+}
+
+PROTO_HD void proto_ll1_span(uint64_t mark, uint32_t u, int64_t kept,
+                             int cap, int64_t *lo, int64_t *hi)
+{
+    if (!(mark & PROTO_LL1_MARKED) ||
+        ((mark >> 32) & 0x7fffffffu) != ((u - 1u) & 0x7fffffffu)) {
+        *lo = 0;
+        *hi = cap;
+        return;
+    }
+    const int64_t prev = (int64_t)(mark & 0xffffffffu);
+    *lo = prev < kept ? prev : kept;
+    *hi = prev > kept ? prev : kept;
+}
+
 #endif /* EPX_PROTO_H */

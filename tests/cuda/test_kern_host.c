@@ -945,15 +945,108 @@ static void quant_row_chunks(const proto_geom_t *g, const uint16_t *x, char *q,
     }
 }
 
+/* The fused send of one rank (kern_ll.cu ll1_send_token): each token's
+ * kept rows (proto_ll1_token_rows) get the row loaded, or quantized, once
+ * (into a scratch row) and stored whole to every slot, with the row's
+ * token and weight. */
+static void ll1_pack_rows(const proto_geom_t *g, const proto_ll_t *ll, int b,
+                          char **win, const rank_state_t *s,
+                          const int32_t *unit, const int32_t *keep,
+                          const int32_t *e2r, const int32_t *first, int cap)
+{
+    char *q = calloc(1, (size_t)g->xrow_bytes + 16);
+    char *sc = calloc(1, (size_t)g->scale_bytes + 16);
+    float gs = 0.0f;
+    int64_t row[EPX_MAX_TOPK];
+    assert_true(q && sc);
+    for (int64_t t = 0; t < s->T; t++) {
+        const int n = proto_ll1_token_rows(g, unit, keep, e2r, first, cap, t,
+                                           row);
+        int n2 = 0;
+        for (int k = 0; k < g->K; k++)
+            n2 += row[k] >= 0;
+        assert_int_equal(n, n2);
+        if (n == 0)
+            continue;
+        const char *xr = (const char *)s->x + t * g->row_bytes;
+        if (g->qblock)
+            quant_row_chunks(g, (const uint16_t *)xr, q, sc, &gs);
+        for (int k = 0; k < g->K; k++) {
+            if (row[k] < 0)
+                continue;
+            const int d = e2r[unit[t * g->K + k]];
+            assert_true(row[k] < (int64_t)g->Lmax * g->R * cap);
+            char *bw = win[d] + ll->off_bufs + b * ll->buf;
+            if (g->qblock) {
+                memcpy(proto_ll_row_data(g, ll, bw, row[k]), q,
+                       (size_t)g->xrow_bytes);
+                memcpy(proto_ll_row_scales(g, ll, bw, row[k]), sc,
+                       (size_t)g->scale_bytes);
+                if (g->gscale_bytes)
+                    *proto_ll_row_gscale(ll, bw, row[k]) = gs;
+            } else {
+                memcpy(proto_ll_row_data(g, ll, bw, row[k]), xr,
+                       (size_t)g->row_bytes);
+            }
+            ((int32_t *)(bw + ll->src_tok))[row[k]] = (int32_t)t;
+            ((float *)(bw + ll->w))[row[k]] = s->w[t * g->K + k];
+        }
+    }
+    free(q);
+    free(sc);
+}
+
+/* The fused receive phase on one rank's buffer whose padding rows hold
+ * stale metadata and whose marks say nothing (0): every range rewritten
+ * (proto_ll1_span), so the metadata is the classic receive's.  Returns
+ * the row sources (the recv output). */
+static int32_t *ll1_recv_marks(const proto_geom_t *g, const proto_ll_t *ll,
+                               char *bw, const int32_t *cw, int L, int cap)
+{
+    const int64_t rows = (int64_t)L * g->R * cap;
+    int32_t *src = malloc(sizeof(int32_t) * (size_t)(rows + 1));
+    assert_non_null(src);
+    for (int64_t i = 0; i < rows; i++)
+        src[i] = 12345;
+    for (int64_t p = 0; p < (int64_t)L * g->R; p++) {
+        const int64_t kept = proto_ll_kept(cw[p], cap);
+        for (int64_t i = kept; i < cap; i++) {   /* stale metadata */
+            ((int32_t *)(bw + ll->src_tok))[p * cap + i] = 777;
+            ((float *)(bw + ll->w))[p * cap + i] = 7.0f;
+        }
+        int64_t lo, hi;
+        proto_ll1_span(0, 5, kept, cap, &lo, &hi);
+        assert_true(lo == 0 && hi == cap);
+        for (int64_t i = lo; i < hi; i++) {
+            if (i < kept) {
+                src[p * cap + i] = (int32_t)(p % g->R);
+            } else {
+                src[p * cap + i] = -1;
+                ((int32_t *)(bw + ll->src_tok))[p * cap + i] = -1;
+                ((float *)(bw + ll->w))[p * cap + i] = 0.0f;
+            }
+        }
+        for (int64_t i = 0; i < cap; i++)
+            assert_int_equal(src[p * cap + i],
+                             proto_ll_row_source(g, cap, cw, p * cap + i));
+    }
+    return src;
+}
+
 /* Low latency: R simulated ranks through the kernels' steps (slots per
  * expert with drops, kept destinations, rows at j*R*cap + s*cap + i, count
  * and final words, entries, padding from the count words, partials and the
  * reduce) against the reference's low-latency dispatch and its combine of
  * the kept routing.  A quantized wire: each kept row quantized into the
  * buffer's data, scales and row-scale regions at the row's index, against
- * the reference's rows quantized by the reference quantizer. */
+ * the reference's rows quantized by the reference quantizer.  fused: the
+ * one-kernel form (EPX_CUDA_KERNELS=fused, proto.h "low latency in one
+ * kernel"): its layout, each token's kept rows loaded (quantized) once
+ * and stored to every slot, and the receive phase's marks
+ * (proto_ll1_span) over stale metadata. */
 static void run_ll(int R, int E, int K, int H, int maxT, int cap,
-                   epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire)
+                   epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire,
+                   int fused)
 {
     const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
     proto_geom_t g0 = { 0 };
@@ -1051,8 +1144,13 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         int32_t *d1 = malloc(sizeof(int32_t) * np), *p1 = malloc(sizeof(int32_t) * np);
         int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
         layout_walk(&g, &ids, e2r, s->T, cap, k1, d1, p1, NULL, c1);
-        ll_layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r + skew), cap,
-                         keep[r], s->dest, s->pos, s->mycnt);
+        int32_t *unit = malloc(sizeof(int32_t) * nk);
+        if (fused)
+            proto_ll1_layout(&g, &ids, e2r, s->T, cap, unit, keep[r], s->dest,
+                             s->pos, s->mycnt);
+        else
+            ll_layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r + skew),
+                             cap, keep[r], s->dest, s->pos, s->mycnt);
         assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
         assert_memory_equal(k1, keep[r], sizeof(int32_t) * (size_t)(s->T * K));
         for (int64_t i = 0; i < s->T * g.maxdest; i++) {
@@ -1068,13 +1166,16 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             s->sendoff[d] = o;
             o += s->mycnt[d];
         }
+        if (fused)
+            ll1_pack_rows(&g, &ll, b, win, s, unit, keep[r], e2r, first, cap);
+        free(unit);
         for (int64_t i = 0; i < s->T * g.maxdest; i++) {
             int d = s->dest[i];
             if (d < 0)
                 continue;
             int64_t t = i / g.maxdest;
             char *bw = win[d] + ll.off_bufs + b * ll.buf;
-            for (int k = 0; k < K; k++) {
+            for (int k = 0; k < K && !fused; k++) {
                 int64_t e = proto_kept_id(&ids, keep[r], t, k);
                 if (e < 0 || e2r[e] != d)
                     continue;
@@ -1138,9 +1239,18 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
         }
         assert_int_equal(got_dropped, dropped);
+        int32_t *srcs = NULL;
+        if (fused)
+            srcs = ll1_recv_marks(&g, &ll, bw, cw, L, cap);
         ybuf[r] = calloc((size_t)(want.num_rows * H + 1), (size_t)esize);
         for (int64_t i = 0; i < want.num_rows; i++) {
-            int sr = proto_ll_row_source(&g, cap, cw, i);
+            int sr = fused ? srcs[i] : proto_ll_row_source(&g, cap, cw, i);
+            if (fused && sr < 0) {   /* the padding marks, as classic */
+                assert_int_equal(((int32_t *)(bw + ll.src_tok))[i],
+                                 want.src_token[i]);
+                assert_memory_equal(&((float *)(bw + ll.w))[i],
+                                    &want.weights[i], 4);
+            }
             assert_int_equal(sr, want.src_rank[i]);
             if (sr < 0)
                 continue;
@@ -1162,6 +1272,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             for (int h = 0; h < H; h++)
                 proto_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
         }
+        free(srcs);
         ref_recv_free(&want);
     }
     /* combine put: every source's entries, then the reduce */
@@ -1218,35 +1329,269 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     free(yrow), free(e2r), free(first);
 }
 
+/* Each case in the classic kernels' form and the fused one's. */
 static void low_latency(void **state)
 {
     (void)state;
     static const int ranks[] = { 1, 2, 3, 8, 72 };
-    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
-        const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
-        /* capacity enough for everything; capacity 3 with drops and a
-         * skewed routing; bf16 and fp32; unweighted */
-        run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
-               EPX_WIRE_NATIVE);
-        run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1,
-               EPX_WIRE_NATIVE);
-        run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1,
-               EPX_WIRE_NATIVE);
-        /* every quantized wire: room for all, and drops; odd rows */
-        run_ll(R, 2 * R + 3, 4, 160, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
-               EPX_WIRE_FP8);
-        run_ll(R, 2 * R + 3, 4, 33, maxT, 3, EPX_DTYPE_BF16, 0, 1,
-               EPX_WIRE_FP8_UE8M0);
-        run_ll(R, 2 * R + 3, 3, 200, maxT, 2, EPX_DTYPE_BF16, 1, 1,
-               EPX_WIRE_MXFP8);
-        run_ll(R, 2 * R + 3, 4, 49, maxT, 3, EPX_DTYPE_BF16, 0, 1,
-               EPX_WIRE_NVFP4);
+    for (int fused = 0; fused < 2; fused++) {
+        for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
+            const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
+            /* capacity enough for everything; capacity 3 with drops and a
+             * skewed routing; bf16 and fp32; unweighted */
+            run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+                   EPX_WIRE_NATIVE, fused);
+            run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1,
+                   EPX_WIRE_NATIVE, fused);
+            run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+                   EPX_WIRE_NATIVE, fused);
+            /* every quantized wire: room for all, and drops; odd rows */
+            run_ll(R, 2 * R + 3, 4, 160, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
+                   EPX_WIRE_FP8, fused);
+            run_ll(R, 2 * R + 3, 4, 33, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+                   EPX_WIRE_FP8_UE8M0, fused);
+            run_ll(R, 2 * R + 3, 3, 200, maxT, 2, EPX_DTYPE_BF16, 1, 1,
+                   EPX_WIRE_MXFP8, fused);
+            run_ll(R, 2 * R + 3, 4, 49, maxT, 3, EPX_DTYPE_BF16, 0, 1,
+                   EPX_WIRE_NVFP4, fused);
+        }
+        /* every choice on few experts, capacity 1; one rank, one expert */
+        run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NATIVE,
+               fused);
+        run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE, fused);
+        run_ll(8, 19, 3, 7168, 4, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NVFP4,
+               fused);
+        run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8, fused);
     }
-    /* every choice on few experts, capacity 1; one rank, one expert */
-    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NATIVE);
-    run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE);
-    run_ll(8, 19, 3, 7168, 4, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NVFP4);
-    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8);
+}
+
+/* The fused low-latency layout (proto_ll1_layout: the stable ranks a warp
+ * computes 32 items at a time) against the classic kernels' chunked
+ * layout (ll_layout_blocks) and their status, on random calls: 0 tokens,
+ * 1 rank, ids -1, out of range and repeated, every id on one rank's
+ * experts, replicas (pick and round robin), int32 and int64 ids, overflow
+ * of the capacity with and without DROP. */
+static void ll_one_kernel_layout(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (int it = 0; it < 400; it++) {
+        const int R = ranks[it % 5];
+        const int K = 1 + (int)epxt_below(&rng, R >= 72 ? 4 : 9);
+        const int Elog = K + (int)epxt_below(&rng, 2 * (uint64_t)R + 3);
+        const int reps = (it / 5) % 3;     /* 0 none, 1 pick, 2 round robin */
+        const int E = reps ? Elog + R : Elog;
+        const int64_t T = it % 7 == 0 ? 0 : it % 7 == 1 ? 1
+                          : (int64_t)epxt_below(&rng, R >= 72 ? 40 : 300);
+        const int cap = 1 + (int)epxt_below(&rng, it % 3 ? 8 : (uint64_t)T + 2);
+        const int drop = (it / 3) % 2, kind = (it / 15) % 4, idx64 = it & 1;
+        proto_geom_t g = { 0 };
+        g.R = R;
+        g.E = E;
+        g.K = K;
+        g.H = 8;
+        g.esize = 2;
+        g.maxT = T;
+        g.align = 1;
+        g.rank = (int)epxt_below(&rng, (uint64_t)R);
+        int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
+        int32_t *first = malloc(sizeof(int32_t) * (size_t)(R + 1));
+        for (int r = 0; r <= R; r++)
+            first[r] = proto_first_expert(R, E, r);
+        for (int r = 0; r < R; r++)
+            for (int e = first[r]; e < first[r + 1]; e++)
+                e2r[e] = r;
+        proto_geom_layout(&g);
+        /* replicas: logical e on slots e and (e < R) Elog + e */
+        int32_t *pick = malloc(sizeof(int32_t) * (size_t)Elog);
+        int32_t *off = malloc(sizeof(int32_t) * (size_t)(Elog + 1));
+        int32_t *rep = malloc(sizeof(int32_t) * (size_t)(Elog + R));
+        int n = 0;
+        for (int e = 0; e < Elog; e++) {
+            off[e] = n;
+            rep[n++] = e;
+            if (e < R)
+                rep[n++] = Elog + e;
+            pick[e] = rep[off[e] + (n - off[e] > 1 ? g.rank % 2 : 0)];
+        }
+        off[Elog] = n;
+        const proto_route_t rt = { reps ? Elog : 0, reps == 1 ? pick : NULL,
+                                   off, rep };
+        const int nid = reps ? Elog : E;
+        int64_t *i64 = malloc(sizeof(int64_t) * (size_t)(T * K + 1));
+        int32_t *i32 = malloc(sizeof(int32_t) * (size_t)(T * K + 1));
+        for (int64_t i = 0; i < T * K; i++) {
+            int64_t e;
+            switch (kind) {
+            case 0:   /* random, -1, and rare bad ids */
+                e = epxt_below(&rng, 5) == 0 ? -1
+                    : epxt_below(&rng, 50) == 0 ? nid + (int64_t)epxt_below(&rng, 3)
+                    : (int64_t)epxt_below(&rng, (uint64_t)nid);
+                break;
+            case 1:   /* every id on rank 0's experts (or -1) */
+                e = epxt_below(&rng, 4) == 0 ? -1
+                    : (int64_t)epxt_below(&rng, (uint64_t)(first[1] > 0 &&
+                                                          first[1] <= nid
+                                                              ? first[1] : 1));
+                break;
+            case 2:   /* distinct per token, the host's rule */
+                e = (int64_t)((i % K + (i / K) * 7) % nid);
+                if ((i % K) >= nid)
+                    e = -1;
+                break;
+            default:  /* a few experts: ranges overflow */
+                e = (int64_t)epxt_below(&rng, (uint64_t)(nid < 3 ? nid : 3));
+            }
+            i64[i] = e;
+            i32[i] = (int32_t)e;
+        }
+        const proto_ids_t ids = { idx64 ? (void *)i64 : (void *)i32, idx64, K,
+                                  E, rt };
+        const size_t nk = (size_t)(T * K + 1), nd = (size_t)(T * g.maxdest + 1);
+        int32_t *k0 = malloc(4 * nk), *k1 = malloc(4 * nk), *u1 = malloc(4 * nk);
+        int32_t *d0 = malloc(4 * nd), *p0 = malloc(4 * nd);
+        int32_t *d1 = malloc(4 * nd), *p1 = malloc(4 * nd);
+        int32_t *c0 = malloc(4 * (size_t)(R + E)), *c1 = malloc(4 * (size_t)(R + E));
+        ll_layout_blocks(&g, &ids, e2r, T, layout_nb(T, it), cap, k0, d0, p0,
+                         c0);
+        int bad0 = 0, over0 = 0;   /* the classic place kernel's status */
+        for (int64_t i = 0; i < T * K; i++)
+            bad0 |= proto_expert_bad(&ids, i / K, (int)(i % K));
+        for (int e = 0; e < E; e++)
+            over0 |= c0[R + e] > cap && !drop;
+        const int32_t st0 = bad0 ? EPX_ERR_INVALID : over0 ? EPX_ERR_RANGE : 0;
+        const int bad1 = proto_ll1_layout(&g, &ids, e2r, T, cap, u1, k1, d1, p1,
+                                          c1);
+        assert_int_equal(proto_ll1_status(&g, bad1, c1, cap, drop), st0);
+        assert_memory_equal(c0, c1, 4 * (size_t)(R + E));
+        if (T > 0)
+            assert_memory_equal(k0, k1, 4 * (size_t)(T * K));
+        for (int64_t i = 0; i < T * g.maxdest; i++) {
+            assert_int_equal(d0[i], d1[i]);
+            if (d0[i] >= 0)
+                assert_int_equal(p0[i], p1[i]);
+        }
+        /* each token's kept rows: the classic pack's, in top-k order */
+        int64_t row[EPX_MAX_TOPK];
+        for (int64_t t = 0; t < T; t++) {
+            proto_ll1_token_rows(&g, u1, k1, e2r, first, cap, t, row);
+            for (int k = 0; k < K; k++) {
+                int64_t e = proto_kept_id(&ids, k0, t, k);
+                assert_int_equal(row[k], e < 0 ? -1
+                                 : proto_ll_row(&g, cap, first[e2r[e]], e,
+                                                g.rank, k0[t * K + k]));
+            }
+        }
+        free(k0), free(k1), free(u1), free(d0), free(p0), free(d1), free(p1);
+        free(c0), free(c1), free(i64), free(i32), free(pick), free(off);
+        free(rep), free(e2r), free(first);
+    }
+    /* the warp's step alone: peers, ranks and the leader's count */
+    int32_t key[40], cnt[4] = { 0 }, rank[40];
+    for (int i = 0; i < 40; i++)
+        key[i] = i % 5 == 4 ? -1 : (i * 7) % 4;
+    proto_ll1_rank_step(key, 0, 32, cnt, rank);
+    proto_ll1_rank_step(key, 32, 8, cnt, rank);
+    int32_t seen[4] = { 0 };
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(rank[i], key[i] < 0 ? -1 : seen[key[i]]++);
+    assert_memory_equal(seen, cnt, sizeof(cnt));
+    assert_int_equal(proto_popc32(0xf0f0f0f1u), 17);
+}
+
+/* The fused receive phase's marks over a sequence of uses of several
+ * buffers, some abandoned (no receive phase: the sender's rows stay, the
+ * use advances) or run by the classic kernels (everything rewritten, the
+ * marks untouched): after every fused receive, each range's row sources,
+ * tokens and weights are the classic receive's. */
+static void ll_one_kernel_marks(void **state)
+{
+    (void)state;
+    const int B = 3, P = 5, cap = 6;
+    int32_t src[3][5][6], tok[3][5][6];
+    float w[3][5][6];
+    uint64_t mark[3][5];
+    uint32_t use[3] = { 0, 0, 0 };
+    memset(mark, 0, sizeof(mark));
+    for (int b = 0; b < B; b++)   /* whatever memory held */
+        for (int p = 0; p < P; p++)
+            for (int i = 0; i < cap; i++) {
+                src[b][p][i] = 99;
+                tok[b][p][i] = 98;
+                w[b][p][i] = 9.0f;
+            }
+    for (int call = 0; call < 3000; call++) {
+        const int b = (int)epxt_below(&rng, B);
+        const int how = (int)epxt_below(&rng, 8);   /* 0 abandon, 1 classic */
+        const uint32_t u = use[b];
+        int64_t kept[5];
+        for (int p = 0; p < P; p++) {
+            kept[p] = (int64_t)epxt_below(&rng, cap + 1);
+            for (int i = 0; i < kept[p]; i++) {   /* the senders' rows */
+                tok[b][p][i] = call;
+                w[b][p][i] = (float)call + 0.5f;
+            }
+        }
+        if (how == 1) {   /* classic recv: every row */
+            for (int p = 0; p < P; p++)
+                for (int i = 0; i < cap; i++) {
+                    src[b][p][i] = i < kept[p] ? p : -1;
+                    if (i >= kept[p]) {
+                        tok[b][p][i] = -1;
+                        w[b][p][i] = 0.0f;
+                    }
+                }
+        } else if (how != 0) {
+            for (int p = 0; p < P; p++) {
+                int64_t lo, hi;
+                proto_ll1_span(mark[b][p], u, kept[p], cap, &lo, &hi);
+                assert_true(0 <= lo && lo <= hi && hi <= cap);
+                for (int64_t i = lo; i < hi; i++) {
+                    src[b][p][i] = i < kept[p] ? p : -1;
+                    if (i >= kept[p]) {
+                        tok[b][p][i] = -1;
+                        w[b][p][i] = 0.0f;
+                    }
+                }
+                mark[b][p] = proto_ll1_mark(u, kept[p]);
+            }
+        }
+        if (how != 0)
+            for (int p = 0; p < P; p++)
+                for (int i = 0; i < cap; i++) {
+                    assert_int_equal(src[b][p][i], i < kept[p] ? p : -1);
+                    assert_int_equal(tok[b][p][i], i < kept[p] ? call : -1);
+                    assert_true(w[b][p][i] ==
+                                (i < kept[p] ? (float)call + 0.5f : 0.0f));
+                }
+        use[b] = u + 1;
+    }
+    /* combine's send phase: every received entry once, in source order,
+     * sources without entries skipped */
+    for (int it2 = 0; it2 < 200; it2++) {
+        const int R = 1 + (int)epxt_below(&rng, 9);
+        int64_t pre[10];
+        pre[0] = 0;
+        for (int s2 = 0; s2 < R; s2++)
+            pre[s2 + 1] = pre[s2] + (int64_t)(epxt_below(&rng, 3) == 0
+                                                  ? 0 : epxt_below(&rng, 5));
+        int64_t it = 0;
+        for (int s2 = 0; s2 < R; s2++)
+            for (int64_t i = 0; i < pre[s2 + 1] - pre[s2]; i++, it++) {
+                const int got = proto_ll1_entry_source(pre, R, it);
+                assert_int_equal(got, s2);
+                assert_int_equal(it - pre[got], i);
+            }
+        assert_int_equal(it, pre[R]);
+    }
+    /* the first use, and the use number's wrap */
+    int64_t lo, hi;
+    proto_ll1_span(0, 0, 2, cap, &lo, &hi);
+    assert_true(lo == 0 && hi == cap);
+    proto_ll1_span(proto_ll1_mark(0xffffffffu, 4), 0, 2, cap, &lo, &hi);
+    assert_true(lo == 2 && hi == 4);
+    proto_ll1_span(proto_ll1_mark(7, 4), 7, 2, cap, &lo, &hi);
+    assert_true(lo == 0 && hi == cap);
 }
 
 static void edges(void **state)
@@ -1566,6 +1911,8 @@ int main(void)
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(ll_one_kernel_layout),
+        cmocka_unit_test(ll_one_kernel_marks),
         cmocka_unit_test(layout_chunks),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(cached_headers),

@@ -15,6 +15,10 @@
  * by the reference quantizer, and y inside the buffers refused.  The
  * load statistics of every call (on the device recorded by the kernels,
  * captured calls too, and read by epx_moe_stats) against the routing.
+ * The device's kernel set is EPX_CUDA_KERNELS's (bench/gpu-run.sh runs
+ * both: classic, and fused, low latency in one kernel per operation);
+ * on the device also a call released before its recv (abandoned), then
+ * both buffers again.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -453,6 +457,35 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     CHECK_CALL(check_stats(c, m, me, calls, ncalls));
     CHECK_OK(epx_moe_stats_reset(m));
     ncalls = 0;
+    /* A call released before its recv (abandoned on the device; the fused
+     * kernels' receive phase never runs for it, so the next receive of
+     * its buffer rewrites every row's metadata), then a call on each
+     * buffer, whole.  Recorded at its send (its own status good). */
+    CHECK_CALL(stage(c, R, me, 30, &b, src, idx, w, x, &want, &dropped));
+    ref_recv_free(&want);
+    CHECK_OK(epx_dispatch_send(m, &a, &h));
+    epx_handle_release(h);
+    h = NULL;
+    calls[ncalls++] = 30;
+    CHECK_OK(epx_moe_check(m, NULL));   /* its drops, if counted, cleared */
+    for (int call = 31; call < 33; call++) {
+        CHECK_CALL(stage(c, R, me, call, &b, src, idx, w, x, &want, &dropped));
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+        MEM(mem_sync(&xm));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        CHECK_CALL(copy_rows(&rv, &b, &want));
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        CHECK_OK(epx_moe_check(m, &got_dropped));
+        CHECK(got_dropped == dropped);
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want, dropped));
+        epx_handle_release(h);
+        h = NULL;
+        ref_recv_free(&want);
+        calls[ncalls++] = call;
+    }
     cudaStream_t st = (cudaStream_t)xm.stream;
 #define CU(call) CHECKF((call) == cudaSuccess, "%s failed", #call)
     CHECK_CALL(stage(c, R, me, 9, &b, src, idx, w, x, &want, &dropped));
@@ -516,8 +549,10 @@ static void run_case(llcase_t *c)
         if (!host && !device_ok)
             continue;
         c->host = host;
-        fprintf(stderr, "# %s: R %d, H %d, cap %d, %s%s, wire %d\n",
-                host ? "host" : "device", c->R, c->H, c->cap,
+        const char *ks = getenv("EPX_CUDA_KERNELS");
+        fprintf(stderr, "# %s%s%s: R %d, H %d, cap %d, %s%s, wire %d\n",
+                host ? "host" : "device", host || !ks ? "" : ", kernels ",
+                host || !ks ? "" : ks, c->R, c->H, c->cap,
                 c->drop ? "drop" : "no drop", c->skew ? ", skewed" : "",
                 (int)c->wire);
         assert_int_equal(epxt_thread_ranks(c->R, 120, ll_rank, c), 0);
