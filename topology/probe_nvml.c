@@ -636,7 +636,7 @@ epx_status_t epx__topo_nvml_apply(epx_topo_t *t, int host,
         return epx__error(EPX_ERR_INVALID, "topo: nvml: %d is not a host", host);
     if (n <= 0)
         return EPX_OK;
-    int *obj = malloc(sizeof(int) * (size_t)n);
+    int *obj = calloc((size_t)n, sizeof(int));   /* (gcc cannot see apply_gpus fill it) */
     if (!obj)
         return epx__error(EPX_ERR_NOMEM, "topo: out of memory");
     epx_status_t st = apply_gpus(t, host, g, n, obj);
