@@ -513,6 +513,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                        "cudaStreamCreateWithFlags");
     if (st == EPX_OK)   /* before the collectives below (kern_launch.h) */
         st = epx__cuda_err((cudaError_t)epxk_preload(), "loading the kernels");
+    if (st == EPX_OK)
+        st = epx__cuda_err((cudaError_t)epxk_comb_preload(),
+                           "loading the kernels");
     if (st != EPX_OK)
         goto gate;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
@@ -1550,6 +1553,34 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
 
 /* ------------------------------------------------------------- combine */
 
+/* The fused set's combine (kern_comb.cu), throughput mode over windows:
+ * whether it runs this call. */
+static int comb_fused(const gpu_moe_t *m)
+{
+    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows;
+}
+
+static epx_status_t comb_launch(gpu_moe_t *m, int which)
+{
+    int rc = epxk_comb_launch(which, &m->g, &m->call, m->num_sms, m->st);
+    return epx__cuda_err((cudaError_t)rc, "kernel launch");
+}
+
+/* Its send: y in the receive rows (as epx_recv_t.x describes them, the
+ * host executor's test for outputs in place) stays there for the
+ * sources to pull, and only the flag saying so goes out; else the
+ * classic put pushes the partials. */
+static epx_status_t comb_fused_send(gpu_moe_t *m, const epx_combine_args_t *a)
+{
+    const int in_place = !m->g.qblock &&
+                         a->y.data == (void *)(m->local + m->g.off_rows);
+    m->call.comb_pull = !in_place ? PROTO_PULL_PUSHED
+                      : m->call.unweighted ? PROTO_PULL_UNWEIGHTED
+                                           : PROTO_PULL_ROWS;
+    return in_place ? comb_launch(m, EPXK_COMB_READY)
+                    : launch(m, EPXK_COMB_PUT);
+}
+
 epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
                               const epx_combine_args_t *a, void *stream)
 {
@@ -1599,6 +1630,8 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
         return fail(m, st);
     if (m->ll)
         st = launch(m, EPXK_LL_COMB_PUT);
+    else if (comb_fused(m))
+        st = comb_fused_send(m, a);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
@@ -1637,7 +1670,8 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
-        (st = launch(m, m->ll ? EPXK_LL_COMB_REDUCE : EPXK_COMB_REDUCE)) !=
+        (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
+              : launch(m, m->ll ? EPXK_LL_COMB_REDUCE : EPXK_COMB_REDUCE)) !=
             EPX_OK ||
         (st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);

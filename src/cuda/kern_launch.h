@@ -131,6 +131,9 @@ typedef struct epxk_call {
     char *rstage;             /* received rows in source order; combine:
                                  the partials, [entries][row_bytes] */
     int64_t *emmap;           /* [proto_em_map_len] the receiver's map */
+    /* fused set, combine: y in this rank's receive rows (proto.h
+     * PROTO_PULL_ROWS or PROTO_PULL_UNWEIGHTED), or 0 (pushed) */
+    int comb_pull;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -138,6 +141,21 @@ typedef struct epxk_call {
  * EPXK_LL_LAYOUT: three) take proto_layout_nblocks(T, blocks) of them. */
 int epxk_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                 int blocks, void *stream);
+
+/* The fused set's throughput combine (kern_comb.cu; src/cuda/README.md,
+ * "Fused kernels: pull combine"), windows backend: ready (combine_send
+ * with y in place: the combine flag with its mode, nothing moved) and
+ * pull (combine_recv: each token's sum read from its destinations'
+ * windows, or from the partials pushed here).  A combine flag's value is
+ * the call's sequence number, and in its top bits the sender's
+ * PROTO_PULL_* mode (0: pushed, what the classic put kernel stores). */
+enum { EPXK_COMB_READY = 0, EPXK_COMB_PULL = 1 };
+#define EPXK_COMB_MODE_SHIFT 60
+#define EPXK_COMB_SEQ_MASK ((1ull << EPXK_COMB_MODE_SHIFT) - 1)
+int epxk_comb_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                     int blocks, void *stream);
+/* epxk_preload for those kernels. */
+int epxk_comb_preload(void);
 
 /* 0, or the cudaError_t of loading every kernel now.  With lazy loading
  * (CUDA_MODULE_LOADING=LAZY, CUDA's default) a kernel is loaded at its
