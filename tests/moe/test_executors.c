@@ -49,6 +49,10 @@ typedef struct gcase {
     int host;           /* set by run_case: the executor, host or device */
 } gcase_t;
 
+/* Native wire: some ranks' expert outputs apart (pushed), the others' in
+ * place (pulled); set by mixed_outputs around its cases. */
+static int mixed;
+
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
  * domain holds every rank, so local-first is "on the source, else
@@ -316,6 +320,8 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
         if (n > 0)
             CHECK_ST(epx_combine_send(m, h, &bad), EPX_ERR_INVALID);
         dy = b->dy;
+    } else if (mixed && (me + call) % 2) {
+        dy = b->dy;   /* this rank pushes, its peers' rows are pulled */
     }
 
     /* Expert outputs in place over recv.x, as the contract allows. */
@@ -446,6 +452,25 @@ static void expert_major(void **state)
                           EPX_WIRE_NATIVE, 0, 0, 0 };
             run_case(&c, 0);
         }
+}
+
+/* Outputs in place on some ranks and apart on the others (which ones
+ * changes with the call): the sources combine pulled rows and pushed
+ * partials in one sum (the fused kernel set's pull combine under
+ * EPX_CUDA_KERNELS=fused, the host executor's pull), token-major and
+ * expert-major, weighted and unweighted. */
+static void mixed_outputs(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 3; v++) {
+        gcase_t c = { 4, 11, 4, v ? 24 : 7168, 64,
+                      v ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16,
+                      EPX_GPU_BACKEND_WINDOWS, 1, v > 0, v == 2 ? 4 : 1,
+                      v == 2, EPX_WIRE_NATIVE, 0, 0, 0 };
+        mixed = 1;
+        run_case(&c, 0);
+        mixed = 0;
+    }
 }
 
 static void expert_major_processes(void **state)
@@ -670,6 +695,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(replicas),
+        cmocka_unit_test(mixed_outputs),
         cmocka_unit_test(nccl_two_gpus),
         cmocka_unit_test(quantized_wires),
         cmocka_unit_test(wire_refused),
