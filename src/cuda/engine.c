@@ -81,6 +81,9 @@ struct gpu_moe {
     int broken;
     gpu_calls_t calls;          /* calls in flight and their order (calls.h) */
     int64_t comb_T;             /* tokens of the call being combined */
+    uint64_t pull_pending;      /* fused combine (kern_comb.cu): the last
+                                   call combined, for the next dispatch's
+                                   pull fence; 0: none */
     float *d_scratch;           /* low latency: [maxT][H] fp32, the output
                                    of a combine released before its recv */
     epxk_call_t call;
@@ -1282,6 +1285,8 @@ epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
     return refuse(m, stream, why);
 }
 
+static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
+
 epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                void *stream, int *lay, uint64_t *call)
 {
@@ -1347,7 +1352,8 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->T = T;
     c->seq = m->seq;
     c->parity = (int)(m->seq & 1);
-    if ((st = stream_in(m, stream)) != EPX_OK)
+    if ((st = stream_in(m, stream)) != EPX_OK ||
+        (st = comb_fence(m)) != EPX_OK)
         return fail(m, st);
     /* This call's flags only (a call released before its recv leaves
      * its own set). */
@@ -1577,8 +1583,21 @@ static epx_status_t comb_fused_send(gpu_moe_t *m, const epx_combine_args_t *a)
     m->call.comb_pull = !in_place ? PROTO_PULL_PUSHED
                       : m->call.unweighted ? PROTO_PULL_UNWEIGHTED
                                            : PROTO_PULL_ROWS;
+    m->pull_pending = m->call.seq;   /* every rank pulls this call */
     return in_place ? comb_launch(m, EPXK_COMB_READY)
                     : launch(m, EPXK_COMB_PUT);
+}
+
+/* The pull fence, first on the engine's stream in a throughput dispatch
+ * after a fused combine: nothing of this dispatch stores into a window
+ * before every rank's pull of that combine is done (kern_comb.cu). */
+static epx_status_t comb_fence(gpu_moe_t *m)
+{
+    if (!m->pull_pending)
+        return EPX_OK;
+    m->call.pull_wait = m->pull_pending;
+    m->pull_pending = 0;
+    return comb_launch(m, EPXK_COMB_FENCE);
 }
 
 epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
@@ -1688,6 +1707,16 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
         return;
     int b;
     int64_t T = m->comb_T;
+    /* Fused throughput combine sent but never received: no pull, so its
+     * pulled word goes out alone (kern_comb.cu). */
+    if (comb_fused(m) && m->calls.combining >= 0 &&
+        m->calls.slot[m->calls.combining].n == call) {
+        gpu_calls_release(&m->calls, call, &b);
+        epx_status_t st = set_device(m);
+        if (st == EPX_OK && (st = comb_launch(m, EPXK_COMB_DONE)) != EPX_OK)
+            fail(m, st);
+        return;
+    }
     int what = gpu_calls_release(&m->calls, call, &b);
     if (what == GPU_NOTHING || set_device(m) != EPX_OK)
         return;

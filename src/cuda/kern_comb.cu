@@ -15,12 +15,20 @@
  * (kernels.cu), whose flag carries no mode bit: PROTO_PULL_PUSHED.
  *
  * Write after read: the pull reads peers' receive rows (and, expert-
- * major, their entries and weights) until it ends.  The next dispatch's
- * stores into any window come after the offsets kernel of their sender,
- * which waits for every rank's count row (or cached or refused header)
- * of that dispatch; each rank stores it from a kernel queued on its
- * engine stream after its own pull.  So no store of the next call can
- * race a pull of this one, and the window needs no second buffer.
+ * major, their entries and weights) until it ends; its last block then
+ * stores the call into every rank's pulled word (geom.h `status[0][s]`).
+ *   fence (the next dispatch_send, before anything of it is queued):
+ *         one block waits until every rank's pulled word reached this
+ *         rank's last combined call, so no store of the next dispatch,
+ *         whatever kernels make it, lands in rows a pull still reads.
+ *   done  (a call released between its combine's send and recv, which
+ *         never pulls): the pulled word alone, so no peer's fence waits.
+ * Usually the fence finds the words there already: the pulls end long
+ * before the next dispatch is queued.  This keeps one receive buffer
+ * (no geometry change, the host executor's offsets unchanged) and does
+ * not lean on how a dispatch orders its own stores (the classic one's
+ * count exchange happens to order them after every rank's pull too; a
+ * dispatch that waits only for the sources it needs would not).
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -59,6 +67,36 @@ __device__ static __forceinline__ uint64_t *cb_flag(const proto_geom_t &g,
     return (uint64_t *)(win + g.off_flags) + (int64_t)PROTO_FLAG_COMB * g.R + s;
 }
 
+/* Source s's pulled word in window win (geom.h `status[0][s]`). */
+__device__ static __forceinline__ int32_t *cb_pulled(const proto_geom_t &g,
+                                                     char *win, int s)
+{
+    return (int32_t *)(win + g.off_status) + s;
+}
+
+__device__ static __forceinline__ void cb_st_release_s32(int32_t *p, int32_t v)
+{
+    asm volatile("st.release.sys.global.s32 [%0], %1;"
+                 :: "l"(p), "r"(v) : "memory");
+}
+
+__device__ static __forceinline__ int32_t cb_ld_acquire_s32(const int32_t *p)
+{
+    int32_t v;
+    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
+                 : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+/* This rank's pulled word of call `seq` into every rank's window, by the
+ * block's threads (after the block's reads). */
+__device__ static void cb_release_pulled(const proto_geom_t &g,
+                                         const epxk_call_t &c)
+{
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        cb_st_release_s32(cb_pulled(g, c.peers[d], g.rank), (int32_t)c.seq);
+}
+
 /* Source s's combine flag of this call: its mode (PROTO_PULL_*), or -1
  * after a timeout (recorded in info, as every wait does). */
 __device__ static int cb_wait(const uint64_t *p, uint64_t seq,
@@ -92,6 +130,39 @@ __global__ void epxk_comb_ready_kernel(proto_geom_t g, epxk_call_t c)
                        ((uint64_t)c.comb_pull << EPXK_COMB_MODE_SHIFT);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
         cb_st_release(cb_flag(g, c.peers[d], g.rank), v);
+}
+
+/* One block: wait until every rank's pulled word reached call
+ * c.pull_wait (proto_seq_reached). */
+__global__ void epxk_comb_fence_kernel(proto_geom_t g, epxk_call_t c)
+{
+    char *mine = c.peers[g.rank];
+    const int32_t want = (int32_t)c.pull_wait;
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+        const int32_t *p = cb_pulled(g, mine, s);
+        uint64_t t0 = 0;
+        for (unsigned n = 0;; n++) {
+            if (proto_seq_reached(cb_ld_acquire_s32(p), want))
+                break;
+            if ((n & 1023u) == 0) {
+                const uint64_t t = cb_now();
+                if (t0 == 0) {
+                    t0 = t;
+                } else if (t - t0 > c.timeout_ns) {
+                    atomicExch((unsigned long long *)&c.info[EPXK_INFO_ERROR],
+                               1ull);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/* One block: this rank will not pull call c.seq (released before its
+ * combine_recv); its pulled word anyway. */
+__global__ void epxk_comb_done_kernel(proto_geom_t g, epxk_call_t c)
+{
+    cb_release_pulled(g, c);
 }
 
 /* acc (fp32, V = 16 / esize of them) rounded to out's dtype at o: one
@@ -130,8 +201,9 @@ epxk_comb_pull_kernel(proto_geom_t g, epxk_call_t c)
         cb_mode[s] = cb_wait(cb_flag(g, mine, s), c.seq, c.timeout_ns,
                              c.info);
     __syncthreads();
-    if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] != 0)
-        return;
+    /* After a timeout nothing is summed (out unspecified, the host
+     * reports it), but every block still arrives below. */
+    const bool ok = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
     const int lane = threadIdx.x % WARP, wi = threadIdx.x / WARP;
     const int64_t warps = (int64_t)gridDim.x * PULL_WARPS;
     const char *comb = mine + g.off_comb;
@@ -140,7 +212,8 @@ epxk_comb_pull_kernel(proto_geom_t g, epxk_call_t c)
     const bool vec = g.row_bytes % 16 == 0 &&
                      ((int64_t)g.H * c.out_esize) % 16 == 0 &&
                      ((uintptr_t)c.out & 15) == 0;
-    for (int64_t t = blockIdx.x * PULL_WARPS + wi; t < c.T; t += warps) {
+    for (int64_t t = blockIdx.x * PULL_WARPS + wi; ok && t < c.T;
+         t += warps) {
         /* The token's terms: lane j takes destination j (maxdest <= K <=
          * 32), an exclusive scan over the lanes places them. */
         const int d = lane < g.maxdest ? c.dest[t * g.maxdest + lane] : -1;
@@ -208,6 +281,21 @@ epxk_comb_pull_kernel(proto_geom_t g, epxk_call_t c)
         }
         __syncwarp();   /* the terms are rewritten for the next token */
     }
+    /* The last block to finish stores the pulled words: every block's
+     * reads are done (their values stored), fenced before its arrival. */
+    __shared__ bool last;
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned prev = atomicAdd(c.done, 1u);
+        last = prev == gridDim.x - 1;
+        if (last)
+            *c.done = 0;
+        __threadfence_system();
+    }
+    __syncthreads();
+    if (last)
+        cb_release_pulled(g, c);
 }
 
 extern "C" int epxk_comb_launch(int which, const proto_geom_t *g,
@@ -223,6 +311,12 @@ extern "C" int epxk_comb_launch(int which, const proto_geom_t *g,
         epxk_comb_pull_kernel<<<blocks, PULL_THREADS,
                                 sizeof(int) * (size_t)g->R, st>>>(*g, *c);
         break;
+    case EPXK_COMB_FENCE:
+        epxk_comb_fence_kernel<<<1, 128, 0, st>>>(*g, *c);
+        break;
+    case EPXK_COMB_DONE:
+        epxk_comb_done_kernel<<<1, 128, 0, st>>>(*g, *c);
+        break;
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -234,6 +328,8 @@ extern "C" int epxk_comb_preload(void)
     const void *k[] = {
         (const void *)epxk_comb_ready_kernel,
         (const void *)epxk_comb_pull_kernel,
+        (const void *)epxk_comb_fence_kernel,
+        (const void *)epxk_comb_done_kernel,
     };
     for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
         cudaFuncAttributes a;

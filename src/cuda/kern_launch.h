@@ -134,6 +134,8 @@ typedef struct epxk_call {
     /* fused set, combine: y in this rank's receive rows (proto.h
      * PROTO_PULL_ROWS or PROTO_PULL_UNWEIGHTED), or 0 (pushed) */
     int comb_pull;
+    uint64_t pull_wait;       /* fused set, the pull fence: the call every
+                                 rank's pulled word must reach */
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -148,8 +150,12 @@ int epxk_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
  * pull (combine_recv: each token's sum read from its destinations'
  * windows, or from the partials pushed here).  A combine flag's value is
  * the call's sequence number, and in its top bits the sender's
- * PROTO_PULL_* mode (0: pushed, what the classic put kernel stores). */
-enum { EPXK_COMB_READY = 0, EPXK_COMB_PULL = 1 };
+ * PROTO_PULL_* mode (0: pushed, what the classic put kernel stores).
+ * Then fence (the next dispatch_send: until every rank's pull of the
+ * last combined call is done; geom.h `status`) and done (a call released
+ * between its combine's send and recv: its pulled word, no pull). */
+enum { EPXK_COMB_READY = 0, EPXK_COMB_PULL = 1, EPXK_COMB_FENCE = 2,
+       EPXK_COMB_DONE = 3 };
 #define EPXK_COMB_MODE_SHIFT 60
 #define EPXK_COMB_SEQ_MASK ((1ull << EPXK_COMB_MODE_SHIFT) - 1)
 int epxk_comb_launch(int which, const proto_geom_t *g, const epxk_call_t *c,

@@ -720,10 +720,23 @@ PROTO_HD float proto_combine_elem(const proto_geom_t *g, const char *comb,
  *     EPX_COMBINE_UNWEIGHTED (proto_partial_elem), rounded to the engine
  *     dtype as the pushed partial was (proto_store then proto_load), then
  *     acc += that.
- * So the bits are those of the put and the reduce.  An entry always has
+ * So the bits are those of the put and the reduce.  Write after read:
+ * each rank's pull, once done, stores the call into every rank's window
+ * (geom.h `status`), and a rank's next dispatch stores nothing before
+ * every rank's word reached its last pulled call (the pull fence), so no
+ * dispatch overwrites rows a pull still reads, whatever the dispatch's
+ * own waits.  An entry always has
  * a row (a destination is one of the token's because it owns one of its
  * experts); one without would add +0, which changes no sum (acc starts
  * at +0 and x + 0 is x for every x but -0, which acc never is). */
+
+/* Sequence words of 32 bits (the pull fence's, geom.h `status`): has
+ * word v reached call `want`?  Calls go on past 2^31; a word lags the
+ * wanted call by far less than that. */
+PROTO_HD int proto_seq_reached(int32_t v, int32_t want)
+{
+    return (int32_t)((uint32_t)v - (uint32_t)want) >= 0;
+}
 
 /* What a destination's combine flag says (kern_launch.h carries it in
  * the flag's top bits): its partials pushed into the sources' comb

@@ -1783,6 +1783,24 @@ static void pull_bits(void **state)
     }
 }
 
+/* The pull fence's 32-bit sequence words: reached at and after the call,
+ * not before, across the int32 wrap (calls go on past 2^31). */
+static void seq_words(void **state)
+{
+    (void)state;
+    static const uint32_t at[] = { 1, 2, 1000, 0x7ffffffe, 0x7fffffff,
+                                   0x80000000u, 0xfffffffe, 0xffffffff, 0 };
+    for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+        const int32_t want = (int32_t)at[i];
+        for (uint32_t d = 0; d < 5; d++) {
+            assert_true(proto_seq_reached((int32_t)(at[i] + d), want));
+            if (d > 0)
+                assert_false(proto_seq_reached((int32_t)(at[i] - d), want));
+        }
+    }
+    assert_false(proto_seq_reached(0, 1));   /* a zeroed window */
+}
+
 int main(void)
 {
     epxt_init("test_kern_host");
@@ -1800,6 +1818,7 @@ int main(void)
         cmocka_unit_test(partial_vec16),
         cmocka_unit_test(reduce_rows),
         cmocka_unit_test(pull_bits),
+        cmocka_unit_test(seq_words),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
