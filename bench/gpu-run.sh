@@ -55,7 +55,7 @@ bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
     $lim "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
     verdict $?
 }
-fused() {  # fused bench|step ARGS...: the same under EPX_CUDA_KERNELS=fused
+fused() {  # fused FN ARGS...: FN (step or bench) under EPX_CUDA_KERNELS=fused
     EPX_CUDA_KERNELS=fused
     export EPX_CUDA_KERNELS
     "$@"
@@ -92,6 +92,13 @@ run_all() {
     # kernels: low latency"), eager and graphs, every wire
     fused step "tests/moe/test_executors_ll --device (EPX_CUDA_KERNELS=fused)" \
         "$b/tests/moe/test_executors_ll" --device
+    # The fused kernel set (EPX_CUDA_KERNELS=fused; src/cuda/README.md,
+    # "Fused kernels"), never run on a GPU before: the same conformance
+    # (pull combine: outputs in place, apart, and mixed across ranks)
+    fused step "EPX_CUDA_KERNELS=fused tests/moe/test_executors --device" \
+        "$b/tests/moe/test_executors" --device
+    fused step "EPX_CUDA_KERNELS=fused tests/moe/test_executors_poll --device" \
+        "$b/tests/moe/test_executors_poll" --device
     # Weight migration between device ranks (IPC / cuMem / direct
     # windows; NCCL where there are two GPUs), both executors
     step "tests/cuda/test_gpu_migrate --device" "$b/tests/cuda/test_gpu_migrate" --device
@@ -113,6 +120,17 @@ run_all() {
     # at 128 tokens, then HT at 4096
     bench "HT 128 tokens, 8 ranks on one GPU, device timing" ht128-bf16-dt \
         --ranks 8 --tokens 128 --iters 200 --warmup 20 --device-timing
+    # ... and the fused set beside it (same card, same run): pull combine
+    # (the bench's outputs are in place), expert-major too
+    fused bench "HT 128 tokens, device timing, EPX_CUDA_KERNELS=fused" \
+        ht128-bf16-dt-fused --ranks 8 --tokens 128 --iters 200 --warmup 20 \
+        --device-timing
+    bench "HT 128 tokens expert-major, device timing" ht128-expert-dt \
+        --ranks 8 --tokens 128 --layout expert --iters 200 --warmup 20 \
+        --device-timing
+    fused bench "HT 128 tokens expert-major, device timing, EPX_CUDA_KERNELS=fused" \
+        ht128-expert-dt-fused --ranks 8 --tokens 128 --layout expert \
+        --iters 200 --warmup 20 --device-timing
     bench "LL 128 tokens, 8 ranks on one GPU, device timing" ll-bf16-dt \
         --ranks 8 --tokens 128 --mode ll --iters 200 --warmup 20 \
         --device-timing
@@ -130,6 +148,8 @@ run_all() {
         --iters 200 --warmup 20 --device-timing
     bench "HT token-major bf16, 8 ranks on one GPU" ht-token-bf16 \
         --ranks 8 --tokens 4096 --device-timing
+    fused bench "HT token-major bf16, EPX_CUDA_KERNELS=fused" \
+        ht-token-bf16-fused --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \

@@ -542,6 +542,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     learnt on the device), with nothing sent; over NCCL and in low
  *     latency the refusing rank's peers are not told and wait until the
  *     timeout;
+ *   - EPX_CUDA_KERNELS=fused (throughput mode, windows backend; not yet
+ *     run on a GPU): with y in place (epx_recv_t.x) combine moves no
+ *     data, the token's owners read the outputs from this rank's window
+ *     during their epx_combine_recv (the same bits); so the receive
+ *     buffer must stay as combine_send found it until the next
+ *     dispatch, even after this rank's own epx_combine_recv;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
  *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
  *     epx_dispatch_poll in low latency, low latency over NCCL

@@ -81,6 +81,9 @@ struct gpu_moe {
     int broken;
     gpu_calls_t calls;          /* calls in flight and their order (calls.h) */
     int64_t comb_T;             /* tokens of the call being combined */
+    uint64_t pull_pending;      /* fused combine (kern_comb.cu): the last
+                                   call combined, for the next dispatch's
+                                   pull fence; 0: none */
     float *d_scratch;           /* low latency: [maxT][H] fp32, the output
                                    of a combine released before its recv */
     epxk_call_t call;
@@ -520,6 +523,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                        "cudaStreamCreateWithFlags");
     if (st == EPX_OK)   /* before the collectives below (kern_launch.h) */
         st = epx__cuda_err((cudaError_t)epxk_preload(), "loading the kernels");
+    if (st == EPX_OK)
+        st = epx__cuda_err((cudaError_t)epxk_comb_preload(),
+                           "loading the kernels");
     if (st != EPX_OK)
         goto gate;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
@@ -1316,6 +1322,8 @@ epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
     return refuse(m, stream, why);
 }
 
+static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
+
 epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                void *stream, int *lay, uint64_t *call)
 {
@@ -1381,7 +1389,8 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->T = T;
     c->seq = m->seq;
     c->parity = (int)(m->seq & 1);
-    if ((st = stream_in(m, stream)) != EPX_OK)
+    if ((st = stream_in(m, stream)) != EPX_OK ||
+        (st = comb_fence(m)) != EPX_OK)
         return fail(m, st);
     /* This call's flags only (a call released before its recv leaves
      * its own set). */
@@ -1587,6 +1596,47 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
 
 /* ------------------------------------------------------------- combine */
 
+/* The fused set's combine (kern_comb.cu), throughput mode over windows:
+ * whether it runs this call. */
+static int comb_fused(const gpu_moe_t *m)
+{
+    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows;
+}
+
+static epx_status_t comb_launch(gpu_moe_t *m, int which)
+{
+    int rc = epxk_comb_launch(which, &m->g, &m->call, m->num_sms, m->st);
+    return epx__cuda_err((cudaError_t)rc, "kernel launch");
+}
+
+/* Its send: y in the receive rows (as epx_recv_t.x describes them, the
+ * host executor's test for outputs in place) stays there for the
+ * sources to pull, and only the flag saying so goes out; else the
+ * classic put pushes the partials. */
+static epx_status_t comb_fused_send(gpu_moe_t *m, const epx_combine_args_t *a)
+{
+    const int in_place = !m->g.qblock &&
+                         a->y.data == (void *)(m->local + m->g.off_rows);
+    m->call.comb_pull = !in_place ? PROTO_PULL_PUSHED
+                      : m->call.unweighted ? PROTO_PULL_UNWEIGHTED
+                                           : PROTO_PULL_ROWS;
+    m->pull_pending = m->call.seq;   /* every rank pulls this call */
+    return in_place ? comb_launch(m, EPXK_COMB_READY)
+                    : launch(m, EPXK_COMB_PUT);
+}
+
+/* The pull fence, first on the engine's stream in a throughput dispatch
+ * after a fused combine: nothing of this dispatch stores into a window
+ * before every rank's pull of that combine is done (kern_comb.cu). */
+static epx_status_t comb_fence(gpu_moe_t *m)
+{
+    if (!m->pull_pending)
+        return EPX_OK;
+    m->call.pull_wait = m->pull_pending;
+    m->pull_pending = 0;
+    return comb_launch(m, EPXK_COMB_FENCE);
+}
+
 epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
                               const epx_combine_args_t *a, void *stream)
 {
@@ -1636,6 +1686,8 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
         return fail(m, st);
     if (m->ll)
         st = launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
+    else if (comb_fused(m))
+        st = comb_fused_send(m, a);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
@@ -1674,8 +1726,9 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
-        (st = launch(m, !m->ll ? EPXK_COMB_REDUCE
-                        : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
+        (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
+              : launch(m, !m->ll ? EPXK_COMB_REDUCE
+                          : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
             EPX_OK ||
         (st = stream_out(m, stream)) != EPX_OK)
         return fail(m, st);
@@ -1692,6 +1745,16 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
         return;
     int b;
     int64_t T = m->comb_T;
+    /* Fused throughput combine sent but never received: no pull, so its
+     * pulled word goes out alone (kern_comb.cu). */
+    if (comb_fused(m) && m->calls.combining >= 0 &&
+        m->calls.slot[m->calls.combining].n == call) {
+        gpu_calls_release(&m->calls, call, &b);
+        epx_status_t st = set_device(m);
+        if (st == EPX_OK && (st = comb_launch(m, EPXK_COMB_DONE)) != EPX_OK)
+            fail(m, st);
+        return;
+    }
     int what = gpu_calls_release(&m->calls, call, &b);
     if (what == GPU_NOTHING || set_device(m) != EPX_OK)
         return;

@@ -139,6 +139,11 @@ typedef struct epxk_call {
     /* low latency, fused: [L * R] the buffer's mark word per (local
      * expert, source) range (proto.h proto_ll1_mark), 0 at first */
     uint64_t *ll_mark;
+    /* fused set, combine: y in this rank's receive rows (proto.h
+     * PROTO_PULL_ROWS or PROTO_PULL_UNWEIGHTED), or 0 (pushed) */
+    int comb_pull;
+    uint64_t pull_wait;       /* fused set, the pull fence: the call every
+                                 rank's pulled word must reach */
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -146,6 +151,25 @@ typedef struct epxk_call {
  * EPXK_LL_LAYOUT: three) take proto_layout_nblocks(T, blocks) of them. */
 int epxk_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                 int blocks, void *stream);
+
+/* The fused set's throughput combine (kern_comb.cu; src/cuda/README.md,
+ * "Fused kernels: pull combine"), windows backend: ready (combine_send
+ * with y in place: the combine flag with its mode, nothing moved) and
+ * pull (combine_recv: each token's sum read from its destinations'
+ * windows, or from the partials pushed here).  A combine flag's value is
+ * the call's sequence number, and in its top bits the sender's
+ * PROTO_PULL_* mode (0: pushed, what the classic put kernel stores).
+ * Then fence (the next dispatch_send: until every rank's pull of the
+ * last combined call is done; geom.h `status`) and done (a call released
+ * between its combine's send and recv: its pulled word, no pull). */
+enum { EPXK_COMB_READY = 0, EPXK_COMB_PULL = 1, EPXK_COMB_FENCE = 2,
+       EPXK_COMB_DONE = 3 };
+#define EPXK_COMB_MODE_SHIFT 60
+#define EPXK_COMB_SEQ_MASK ((1ull << EPXK_COMB_MODE_SHIFT) - 1)
+int epxk_comb_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                     int blocks, void *stream);
+/* epxk_preload for those kernels. */
+int epxk_comb_preload(void);
 
 /* 0, or the cudaError_t of loading every kernel now.  With lazy loading
  * (CUDA_MODULE_LOADING=LAZY, CUDA's default) a kernel is loaded at its

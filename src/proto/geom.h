@@ -30,7 +30,9 @@
  *                                    the sequence word (call + 1),
  *                                    written after the rest
  *   status [2][R] int32              host: combine status per source, by
- *                                    parity (device: reserved)
+ *                                    parity (device: [0][s] the last call
+ *                                    whose pull combine source s finished,
+ *                                    fused kernel set only; [1] reserved)
  *   done   [R] int32                 host: data phase (call + 1) whose
  *                                    rows the source finished writing
  *                                    here (epx_dispatch_poll)

@@ -3,7 +3,8 @@
  * token's ids to units and destination ranks, the routing layout
  * (positions per destination and per unit, over token chunks), offsets
  * from the count matrix (token-major rows, expert-major segments), return
- * slots, entries and partials, the combine sum in its fixed order, bf16
+ * slots, entries and partials, the combine sum in its fixed order (pushed,
+ * or pulled from the peers' windows), bf16
  * rounding, the quantized pack of a row chunk by chunk, and the
  * low-latency ranges and words.  The window it addresses is geom.h's.
  *
@@ -699,6 +700,167 @@ PROTO_HD float proto_combine_elem(const proto_geom_t *g, const char *comb,
         int64_t slot = proto_ret_slot(g, sendoff, dest, pos, t, j);
         acc = acc + proto_load(comb + slot * g->row_bytes, g->esize, h);
     }
+    return acc;
+}
+
+/* ------------------------------------------------ pull combine
+ *
+ * The fused kernel set's combine (src/cuda/README.md, "Fused kernels:
+ * pull combine"): a rank whose expert outputs y lie in its window's
+ * receive rows (in place) moves nothing and says so in its combine flag;
+ * each token's owner then reads the rows of its destinations straight
+ * from their windows, where the dispatch put them (base + pos), and sums
+ * them in ascending rank order with proto_combine_elem's arithmetic.  A
+ * destination that pushed (y elsewhere) has its partial in this rank's
+ * comb region as before.  A token's sum is a list of terms, the rows it
+ * reads, in the order they are summed:
+ *   - a whole partial (pushed, or a token-major row in place): acc += row;
+ *   - expert-major in place: the entry's rows in top-k order summed from
+ *     0, each times its weight unless the destination combined
+ *     EPX_COMBINE_UNWEIGHTED (proto_partial_elem), rounded to the engine
+ *     dtype as the pushed partial was (proto_store then proto_load), then
+ *     acc += that.
+ * So the bits are those of the put and the reduce.  Write after read:
+ * each rank's pull, once done, stores the call into every rank's window
+ * (geom.h `status`), and a rank's next dispatch stores nothing before
+ * every rank's word reached its last pulled call (the pull fence), so no
+ * dispatch overwrites rows a pull still reads, whatever the dispatch's
+ * own waits.  An entry always has
+ * a row (a destination is one of the token's because it owns one of its
+ * experts); one without would add +0, which changes no sum (acc starts
+ * at +0 and x + 0 is x for every x but -0, which acc never is). */
+
+/* Sequence words of 32 bits (the pull fence's, geom.h `status`): has
+ * word v reached call `want`?  Calls go on past 2^31; a word lags the
+ * wanted call by far less than that. */
+PROTO_HD int proto_seq_reached(int32_t v, int32_t want)
+{
+    return (int32_t)((uint32_t)v - (uint32_t)want) >= 0;
+}
+
+/* What a destination's combine flag says (kern_launch.h carries it in
+ * the flag's top bits): its partials pushed into the sources' comb
+ * regions, or its outputs in place (weighted, or unweighted). */
+enum { PROTO_PULL_PUSHED = 0, PROTO_PULL_ROWS = 1,
+       PROTO_PULL_UNWEIGHTED = 2 };
+
+/* Term flags: part of an expert-major partial (else a whole one), its
+ * weight applies, the partial's first row, its last row. */
+enum { PROTO_TERM_PART = 1, PROTO_TERM_W = 2, PROTO_TERM_FIRST = 4,
+       PROTO_TERM_LAST = 8 };
+
+typedef struct proto_pull_term {
+    const char *row;          /* the row, engine dtype */
+    float w;                  /* its weight (PROTO_TERM_W) */
+    int f;                    /* PROTO_TERM_* */
+} proto_pull_term_t;
+
+/* Token t's j-th destination d (dest[t * maxdest + j] >= 0): its terms,
+ * at most K, into out; returns their number.  win_d: d's window as this
+ * rank addresses it; comb: this rank's comb region; mode: d's
+ * PROTO_PULL_*; sendoff, base, dest, pos: this rank's layout of the call
+ * (base[d]: its first row, or expert-major entry, at d). */
+PROTO_HD int proto_pull_dest_terms(const proto_geom_t *g, const char *win_d,
+                                   const char *comb, int mode,
+                                   const int64_t *sendoff,
+                                   const int64_t *base, const int32_t *dest,
+                                   const int32_t *pos, int64_t t, int j,
+                                   proto_pull_term_t *out)
+{
+    const int64_t i = t * g->maxdest + j;
+    if (mode == PROTO_PULL_PUSHED) {
+        out[0].row = comb + proto_ret_slot(g, sendoff, dest, pos, t, j) *
+                                g->row_bytes;
+        out[0].w = 0.0f;
+        out[0].f = 0;
+        return 1;
+    }
+    const int64_t ent = base[dest[i]] + pos[i];
+    const char *y = win_d + g->off_rows;
+    if (!g->em) {
+        out[0].row = y + ent * g->row_bytes;
+        out[0].w = 0.0f;
+        out[0].f = 0;
+        return 1;
+    }
+    const int32_t *rows = (const int32_t *)(win_d + g->off_ent_rows) +
+                          ent * g->K;
+    const float *w = mode == PROTO_PULL_UNWEIGHTED
+        ? NULL : (const float *)(win_d + g->off_w);
+    int n = 0;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++, n++) {
+        out[n].row = y + (int64_t)rows[k] * g->row_bytes;
+        out[n].w = w ? w[rows[k]] : 0.0f;
+        out[n].f = PROTO_TERM_PART | (w ? PROTO_TERM_W : 0) |
+                   (k == 0 ? PROTO_TERM_FIRST : 0);
+    }
+    if (n > 0)
+        out[n - 1].f |= PROTO_TERM_LAST;
+    return n;
+}
+
+/* How many terms proto_pull_dest_terms gives (the kernel's scan over a
+ * token's destinations, before each stores its own). */
+PROTO_HD int proto_pull_dest_nterms(const proto_geom_t *g, const char *win_d,
+                                    int mode, const int64_t *base,
+                                    const int32_t *dest, const int32_t *pos,
+                                    int64_t t, int j)
+{
+    if (mode == PROTO_PULL_PUSHED || !g->em)
+        return 1;
+    const int64_t i = t * g->maxdest + j;
+    const int32_t *rows = (const int32_t *)(win_d + g->off_ent_rows) +
+                          (base[dest[i]] + pos[i]) * g->K;
+    int n = 0;
+    while (n < g->K && rows[n] >= 0)
+        n++;
+    return n;
+}
+
+/* A partial as it travels: rounded to the engine dtype and back. */
+PROTO_HD float proto_wire_round(int esize, float v)
+{
+    return esize == 2 ? proto_bf16_to_f32(proto_f32_to_bf16(v)) : v;
+}
+
+/* One term's element v (the row's element, as float) into the token's
+ * sum acc; part: the expert-major partial being summed. */
+PROTO_HD void proto_pull_acc(int esize, int f, float w, float v, float *part,
+                             float *acc)
+{
+    if (!(f & PROTO_TERM_PART)) {
+        *acc = *acc + v;
+        return;
+    }
+    const float x = (f & PROTO_TERM_W) ? w * v : v;
+    *part = (f & PROTO_TERM_FIRST) ? 0.0f + x : *part + x;
+    if (f & PROTO_TERM_LAST)
+        *acc = *acc + proto_wire_round(esize, *part);
+}
+
+/* The same over a 16-byte piece of the term's row (8 bf16 or 4 fp32),
+ * element by element: the kernel's vector form. */
+PROTO_HD void proto_pull_acc16(int esize, int f, float w,
+                               const proto_v16_t *p, float part[8],
+                               float acc[8])
+{
+    for (int e = 0; e < 8; e++) {
+        if (esize != 2 && e >= 4)
+            break;
+        proto_pull_acc(esize, f, w, proto_v16_elem(esize, p, e), &part[e],
+                       &acc[e]);
+    }
+}
+
+/* Element h of a token's combine output from its terms (n of them, in
+ * order): fp32, the caller rounds once to out's dtype. */
+PROTO_HD float proto_pull_elem(int esize, const proto_pull_term_t *terms,
+                               int n, int64_t h)
+{
+    float acc = 0.0f, part = 0.0f;
+    for (int k = 0; k < n; k++)
+        proto_pull_acc(esize, terms[k].f, terms[k].w,
+                       proto_load(terms[k].row, esize, h), &part, &acc);
     return acc;
 }
 

@@ -3,7 +3,8 @@
  * simulated ranks with windows in host memory go through the kernels'
  * steps item by item (layout per destination and per expert, count rows
  * into every window, offsets, pack, receive totals, combine put and
- * reduce), for both backends' addressing (windows: rows stored at the
+ * reduce, and the fused set's pull combine from the peers' receive rows),
+ * for both backends' addressing (windows: rows stored at the
  * destination's offsets; NCCL: packed staging moved per peer), and every
  * rank's receive and combine output are compared bit for bit with the
  * independent reference (tests/ref).  Runs without a GPU.
@@ -78,6 +79,70 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
     const int H = *(const int *)ctx;
     for (int h = 0; h < H; h++)
         row[h] = y_value(src, t, who, h);
+}
+
+/* Pull combine (proto.h, "pull combine"; the fused kernel set): rank r's
+ * output from its destinations' terms, each destination pushed (its
+ * partial in r's comb, put there by the classic path above) or in place
+ * (y in its window's receive rows) as mode[d] says; element by element
+ * and, where rows allow, in the kernel's 16-byte form.  Returns the
+ * bytes of [T][H] in oesize. */
+static char *pull_out(const proto_geom_t *g0, const rank_state_t *s, int r,
+                      char **win, const int *mode, int oesize, int vec)
+{
+    proto_geom_t g = *g0;
+    g.rank = r;
+    const int H = g.H;
+    proto_pull_term_t terms[EPX_MAX_TOPK];
+    char *got = calloc(1, (size_t)(s->T * H + 1) * (size_t)oesize);
+    assert_non_null(got);
+    for (int64_t t = 0; t < s->T; t++) {
+        int n = 0;
+        for (int j = 0; j < g.maxdest; j++) {
+            int d = s->dest[t * g.maxdest + j];
+            if (d < 0)
+                break;
+            assert_true(j == 0 || d > s->dest[t * g.maxdest + j - 1]);
+            int m = proto_pull_dest_terms(&g, win[d], win[r] + g.off_comb,
+                                          mode[d], s->sendoff, s->base,
+                                          s->dest, s->pos, t, j, terms + n);
+            assert_int_equal(m, proto_pull_dest_nterms(&g, win[d], mode[d],
+                                                       s->base, s->dest,
+                                                       s->pos, t, j));
+            assert_true(m >= 1);
+            n += m;
+            assert_true(n <= g.K);
+        }
+        char *o = got + t * H * oesize;
+        if (!vec || g.row_bytes % 16) {
+            for (int h = 0; h < H; h++)
+                proto_store(o, oesize, h, proto_pull_elem(g.esize, terms, n,
+                                                          h));
+            continue;
+        }
+        const int V = 16 / g.esize;
+        for (int64_t v = 0; v < g.row_bytes / 16; v++) {
+            float acc[8] = { 0 }, part[8] = { 0 };
+            for (int k = 0; k < n; k++) {
+                proto_v16_t p;
+                memcpy(&p, terms[k].row + v * 16, 16);
+                proto_pull_acc16(g.esize, terms[k].f, terms[k].w, &p, part,
+                                 acc);
+            }
+            for (int e = 0; e < V; e++)
+                proto_store(o, oesize, v * V + e, acc[e]);
+        }
+    }
+    return got;
+}
+
+/* Each source's combine mode for a pull check: pushed or in place at
+ * random (pushed partials are in the comb regions already). */
+static void pull_modes(int R, int unweighted, int *mode)
+{
+    for (int d = 0; d < R; d++)
+        mode[d] = epxt_below(&rng, 3) == 0 ? PROTO_PULL_PUSHED
+                : unweighted ? PROTO_PULL_UNWEIGHTED : PROTO_PULL_ROWS;
 }
 
 /* Expert-major: what each rank received (the recv kernel's totals,
@@ -159,6 +224,21 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
                            proto_partial_elem(&g, ybuf[d], rows, wt, h));
         }
     }
+    /* In place (pull combine): y over each rank's received rows, the
+     * rows kept aside for the NCCL check that follows. */
+    char **xrows = calloc((size_t)R, sizeof(char *));
+    int64_t *nrows = calloc((size_t)R, sizeof(int64_t));
+    for (int d = 0; d < R; d++) {
+        proto_geom_t g = *g0;
+        g.rank = d;
+        const int32_t *cnt = (const int32_t *)(win[d] + g.off_cnt) +
+                             proto_cnt_index(&g, p, 0);
+        nrows[d] = proto_expert_offset(&g, cnt, first[d],
+                                       first[d + 1] - first[d]);
+        xrows[d] = malloc((size_t)(nrows[d] * g.row_bytes + 1));
+        memcpy(xrows[d], win[d] + g.off_rows, (size_t)(nrows[d] * g.row_bytes));
+        memcpy(win[d] + g.off_rows, ybuf[d], (size_t)(nrows[d] * g.row_bytes));
+    }
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
         proto_geom_t g = *g0;
@@ -174,9 +254,26 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
         assert_int_equal(ref_combine(cfg, r, &src[r], sc->unweighted, y_fn,
                                      &hid, sc->out, want), 0);
         assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
+        /* Pull: y in place in the receive rows, read by the owner. */
+        for (int round = 0; round < 2; round++) {
+            int *mode = malloc(sizeof(int) * (size_t)R);
+            pull_modes(R, sc->unweighted, mode);
+            char *pulled = pull_out(g0, s, r, win, mode, oesize, round);
+            assert_memory_equal(pulled, want,
+                                (size_t)(s->T * H) * (size_t)oesize);
+            free(pulled);
+            free(mode);
+        }
         free(got);
         free(want);
     }
+    for (int d = 0; d < R; d++) {
+        memcpy(win[d] + g0->off_rows, xrows[d],
+               (size_t)(nrows[d] * g0->row_bytes));
+        free(xrows[d]);
+    }
+    free(xrows);
+    free(nrows);
     for (int r = 0; r < R; r++)
         free(ybuf[r]);
     free(ybuf);
@@ -745,6 +842,23 @@ static void run(const scen_t *sc)
                 proto_store(dst, esize, h, yrow[h]);
         }
     }
+    /* In place (pull combine): the expert outputs over the received rows
+     * (the receive checks are done). */
+    for (int d = 0; d < R; d++) {
+        proto_geom_t g = g0;
+        g.rank = d;
+        const int32_t *cnt = (const int32_t *)(win[d] + g.off_cnt) +
+                             proto_cnt_index(&g, p, 0);
+        int64_t rows = proto_recv_rows(&g, cnt);
+        for (int64_t i = 0; i < rows; i++) {
+            int s = ((int32_t *)(win[d] + g.off_src_rank))[i];
+            int64_t t = ((int32_t *)(win[d] + g.off_src_token))[i];
+            y_fn(&cfg.hidden, s, t, d, yrow);
+            for (int h = 0; h < H; h++)
+                proto_store(win[d] + g.off_rows + i * g.row_bytes, esize, h,
+                            yrow[h]);
+        }
+    }
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
         proto_geom_t g = g0;
@@ -760,6 +874,17 @@ static void run(const scen_t *sc)
         assert_int_equal(ref_combine(&cfg, r, &src[r], 0, y_fn, &cfg.hidden,
                                      sc->out, want), 0);
         assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
+        /* Pull: every rank's y in place (its receive rows), read by the
+         * owner at base + pos; some ranks pushed instead. */
+        for (int round = 0; round < 2; round++) {
+            int *mode = malloc(sizeof(int) * (size_t)R);
+            pull_modes(R, 0, mode);
+            char *pulled = pull_out(&g0, s, r, win, mode, oesize, round);
+            assert_memory_equal(pulled, want,
+                                (size_t)(s->T * H) * (size_t)oesize);
+            free(pulled);
+            free(mode);
+        }
         free(got);
         free(want);
     }
@@ -1901,6 +2026,126 @@ static void reduce_rows(void **state)
     }
 }
 
+/* The pull combine's arithmetic (proto_pull_elem, proto_pull_acc16) on
+ * random bits (NaN, Inf, subnormals, -0) against the classic put and
+ * reduce (an expert-major partial by proto_partial_elem rounded by
+ * proto_store into its slot, or the token-major row copied there; then
+ * proto_combine_elem over the slots): a token with up to 8 destinations,
+ * each pushed or in place, 1 to K rows each (expert-major), weighted or
+ * not, bf16 or fp32, any out dtype. */
+static void pull_bits(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 600; round++) {
+        proto_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.esize = round % 2 ? 4 : 2;
+        g.em = round % 3 != 0;
+        g.K = 1 + (int)epxt_below(&rng, 8);
+        g.R = 1 + (int)epxt_below(&rng, 8);
+        g.maxdest = g.K < g.R ? g.K : g.R;
+        g.H = (16 / g.esize) * (1 + (int)epxt_below(&rng, 20));
+        g.row_bytes = (int64_t)g.H * g.esize;
+        const int oes = round % 4 < 2 ? 2 : 4, nrows = 2 * 8;
+        const int unweighted = round % 5 < 2;
+        float w[2 * 8];
+        unsigned char *y = rand_rows(&g, nrows, round, w);
+        /* the classic comb slots: one per destination */
+        unsigned char *comb = calloc((size_t)g.maxdest + 1,
+                                     (size_t)g.row_bytes);
+        int32_t dest[8], pos[8];
+        int64_t sendoff[8];
+        proto_pull_term_t terms[8];
+        int nd = 0, nt = 0, left = g.K;
+        for (int d = 0; d < g.R; d++) {
+            sendoff[d] = nd;
+            if (nd < g.maxdest && epxt_below(&rng, 2)) {
+                dest[nd] = d;
+                pos[nd++] = 0;
+            }
+        }
+        for (int j = nd; j < g.maxdest; j++)
+            dest[j] = pos[j] = -1;
+        for (int j = 0; j < nd; j++) {
+            char *slot = (char *)comb + proto_ret_slot(&g, sendoff, dest, pos,
+                                                      0, j) * g.row_bytes;
+            const int pushed = epxt_below(&rng, 3) == 0;
+            int32_t rows[8];
+            int n = 1;
+            if (g.em) {   /* leave a row for each later destination */
+                n = 1 + (int)epxt_below(&rng, (uint64_t)(left - (nd - 1 - j)));
+                left -= n;
+            }
+            for (int k = 0; k < g.K; k++)
+                rows[k] = k < n ? (int32_t)epxt_below(&rng, nrows) : -1;
+            const float *wt = unweighted ? NULL : w;
+            if (g.em)
+                for (int64_t h = 0; h < g.H; h++)
+                    proto_store(slot, g.esize, h,
+                                proto_partial_elem(&g, (const char *)y, rows,
+                                                   wt, h));
+            else
+                memcpy(slot, y + rows[0] * g.row_bytes, (size_t)g.row_bytes);
+            if (pushed || !g.em) {
+                terms[nt++] = (proto_pull_term_t){
+                    pushed ? slot : (const char *)y + rows[0] * g.row_bytes,
+                    0.0f, 0 };
+                continue;
+            }
+            for (int k = 0; k < n; k++)
+                terms[nt++] = (proto_pull_term_t){
+                    (const char *)y + rows[k] * g.row_bytes,
+                    wt ? wt[rows[k]] : 0.0f,
+                    PROTO_TERM_PART | (wt ? PROTO_TERM_W : 0) |
+                    (k == 0 ? PROTO_TERM_FIRST : 0) |
+                    (k == n - 1 ? PROTO_TERM_LAST : 0) };
+        }
+        assert_true(nt <= g.K);
+        unsigned char *want = malloc((size_t)g.H * 4);
+        unsigned char *got = malloc((size_t)g.H * 4);
+        unsigned char *got16 = malloc((size_t)g.H * 4);
+        for (int64_t h = 0; h < g.H; h++) {
+            proto_store(want, oes, h,
+                        proto_combine_elem(&g, (const char *)comb, sendoff,
+                                           dest, pos, 0, h));
+            proto_store(got, oes, h, proto_pull_elem(g.esize, terms, nt, h));
+        }
+        const int V = 16 / g.esize;
+        for (int64_t v = 0; v < g.row_bytes / 16; v++) {
+            float acc[8] = { 0 }, part[8] = { 0 };
+            for (int k = 0; k < nt; k++) {
+                proto_v16_t p;
+                memcpy(&p, terms[k].row + v * 16, 16);
+                proto_pull_acc16(g.esize, terms[k].f, terms[k].w, &p, part,
+                                 acc);
+            }
+            for (int e = 0; e < V; e++)
+                proto_store(got16, oes, v * V + e, acc[e]);
+        }
+        assert_true(same_or_both_nan(got, want, oes, g.H));
+        assert_true(same_or_both_nan(got16, want, oes, g.H));
+        free(y), free(comb), free(want), free(got), free(got16);
+    }
+}
+
+/* The pull fence's 32-bit sequence words: reached at and after the call,
+ * not before, across the int32 wrap (calls go on past 2^31). */
+static void seq_words(void **state)
+{
+    (void)state;
+    static const uint32_t at[] = { 1, 2, 1000, 0x7ffffffe, 0x7fffffff,
+                                   0x80000000u, 0xfffffffe, 0xffffffff, 0 };
+    for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+        const int32_t want = (int32_t)at[i];
+        for (uint32_t d = 0; d < 5; d++) {
+            assert_true(proto_seq_reached((int32_t)(at[i] + d), want));
+            if (d > 0)
+                assert_false(proto_seq_reached((int32_t)(at[i] - d), want));
+        }
+    }
+    assert_false(proto_seq_reached(0, 1));   /* a zeroed window */
+}
+
 int main(void)
 {
     epxt_init("test_kern_host");
@@ -1919,6 +2164,8 @@ int main(void)
         cmocka_unit_test(bf16_matches_host),
         cmocka_unit_test(partial_vec16),
         cmocka_unit_test(reduce_rows),
+        cmocka_unit_test(pull_bits),
+        cmocka_unit_test(seq_words),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,6 +49,11 @@ typedef struct gcase {
     int host;           /* set by run_case: the executor, host or device */
 } gcase_t;
 
+/* Native wire: some ranks' expert outputs apart (pushed), the others' in
+ * place (pulled); 2: also a rank's release between a combine's send and
+ * recv.  Set by mixed_outputs around its cases. */
+static int mixed;
+
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
  * domain holds every rank, so local-first is "on the source, else
@@ -316,6 +321,8 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
         if (n > 0)
             CHECK_ST(epx_combine_send(m, h, &bad), EPX_ERR_INVALID);
         dy = b->dy;
+    } else if (mixed && (me + call) % 2) {
+        dy = b->dy;   /* this rank pushes, its peers' rows are pulled */
     }
 
     /* Expert outputs in place over recv.x, as the contract allows. */
@@ -334,7 +341,11 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
     CHECK_OK(epx_combine_send(m, h, &ca));
     epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
-    CHECK_OK(epx_combine_recv(m, h, &out));
+    /* mixed 2: rank 1 releases its first call between combine's send and
+     * recv (its peers still combine, and the next call goes on) */
+    const int early = mixed == 2 && me == 1 && call == 0;
+    if (!early)
+        CHECK_OK(epx_combine_recv(m, h, &out));
     epx_handle_release(h);
     h = NULL;
     /* Wait before the copy into pageable memory: queued behind the reduce
@@ -354,7 +365,7 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     for (int64_t i = 0; i < T * c->H; i++)
         if (memcmp(&got[i], &exp[i], sizeof(float)) != 0 && bad++ == 0)
             first = i;
-    CHECKF(bad == 0, "combine: %lld of %lld values differ (R %d, H %d, "
+    CHECKF(early || bad == 0, "combine: %lld of %lld values differ (R %d, H %d, "
            "dtype %d, layout %s, call %d, T %lld, %s executor); first at "
            "token %lld, h %lld: %g, expected %g", (long long)bad,
            (long long)(T * c->H), R, c->H, (int)c->dtype,
@@ -446,6 +457,27 @@ static void expert_major(void **state)
                           EPX_WIRE_NATIVE, 0, 0, 0 };
             run_case(&c, 0);
         }
+}
+
+/* Outputs in place on some ranks and apart on the others (which ones
+ * changes with the call): the sources combine pulled rows and pushed
+ * partials in one sum (the fused kernel set's pull combine under
+ * EPX_CUDA_KERNELS=fused, the host executor's pull), token-major and
+ * expert-major, weighted and unweighted; and a rank that releases a call
+ * between its combine's send and recv (the next call must not wait for
+ * a pull that never comes). */
+static void mixed_outputs(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 4; v++) {
+        gcase_t c = { 4, 11, 4, v % 3 ? 24 : 7168, 64,
+                      v % 3 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16,
+                      EPX_GPU_BACKEND_WINDOWS, 1, v == 1 || v == 2,
+                      v == 2 ? 4 : 1, v == 2, EPX_WIRE_NATIVE, 0, 0, 0 };
+        mixed = v == 3 ? 2 : 1;
+        run_case(&c, 0);
+        mixed = 0;
+    }
 }
 
 static void expert_major_processes(void **state)
@@ -670,6 +702,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(replicas),
+        cmocka_unit_test(mixed_outputs),
         cmocka_unit_test(nccl_two_gpus),
         cmocka_unit_test(quantized_wires),
         cmocka_unit_test(wire_refused),
