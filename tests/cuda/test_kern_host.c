@@ -454,7 +454,7 @@ static void fused_matches_walk(const proto_geom_t *g, const proto_ids_t *ids,
                                const int32_t *c1)
 {
     static const int grids[][2] = { { 1, 1 }, { 1, 16 }, { 3, 2 },
-                                    { 16, 16 }, { 132, 16 }, { 7, 5 } };
+                                    { 16, 8 }, { 132, 8 }, { 7, 5 } };
     const size_t np = (size_t)(T * g->maxdest + 1);
     int32_t *d2 = malloc(sizeof(int32_t) * np), *p2 = malloc(sizeof(int32_t) * np);
     int32_t *c2 = malloc(sizeof(int32_t) * (size_t)(g->R + g->E));
