@@ -55,6 +55,12 @@ bench() {  # bench NAME FILE ARGS...: epx-bench --device cuda ARGS --json,
     $lim "$b/bench/epx-bench" --device cuda "$@" --json 2>&1 >"$f"
     verdict $?
 }
+fbench() { # bench with the fused kernels (EPX_CUDA_KERNELS=fused)
+    EPX_CUDA_KERNELS=fused
+    export EPX_CUDA_KERNELS
+    bench "$@"
+    unset EPX_CUDA_KERNELS
+}
 run_all() {
     echo "# epx GPU run"
     echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -81,6 +87,13 @@ run_all() {
     # Both executors against the reference by the same code (--device: a
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
+    # The fused throughput dispatch (EPX_CUDA_KERNELS=fused; cached and
+    # refused calls, expert-major and NCCL fall back to classic) against
+    # the same reference, readiness included: correctness before its times
+    step "EPX_CUDA_KERNELS=fused tests/moe/test_executors --device" \
+        env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors" --device
+    step "EPX_CUDA_KERNELS=fused tests/moe/test_executors_poll --device" \
+        env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors_poll" --device
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
     # Weight migration between device ranks (IPC / cuMem / direct
     # windows; NCCL where there are two GPUs), both executors
@@ -103,15 +116,24 @@ run_all() {
     # at 128 tokens, then HT at 4096
     bench "HT 128 tokens, 8 ranks on one GPU, device timing" ht128-bf16-dt \
         --ranks 8 --tokens 128 --iters 200 --warmup 20 --device-timing
+    # The same with the fused dispatch: classic and fused side by side
+    fbench "HT 128 tokens, fused dispatch, device timing" \
+        ht128-bf16-dt-fused --ranks 8 --tokens 128 --iters 200 --warmup 20 \
+        --device-timing
     bench "LL 128 tokens, 8 ranks on one GPU, device timing" ll-bf16-dt \
         --ranks 8 --tokens 128 --mode ll --iters 200 --warmup 20 \
         --device-timing
     bench "HT token-major bf16, 8 ranks on one GPU" ht-token-bf16 \
         --ranks 8 --tokens 4096 --device-timing
+    fbench "HT token-major bf16, fused dispatch" ht-token-bf16-fused \
+        --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
         --dtype fp8
+    # fused: each row quantized once, not once per destination
+    fbench "HT token-major fp8, fused dispatch" ht-token-fp8-fused \
+        --ranks 8 --tokens 4096 --dtype fp8
     bench "HT token-major nvfp4" ht-token-nvfp4 --ranks 8 --tokens 4096 \
         --dtype nvfp4
     # LL against HT on the same input (128 tokens per rank)
