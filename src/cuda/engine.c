@@ -1295,10 +1295,9 @@ epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
 }
 
 /* Does this uncached throughput call take the fused dispatch
- * (EPX_CUDA_KERNELS=fused, kern_ht.cu)?  Windows backend, token-major,
- * within the kernel's shared memory; the rest (NCCL, expert-major, cached
- * and refused calls) takes the classic kernels, which speak the same
- * window protocol. */
+ * (EPX_CUDA_KERNELS=fused, kern_ht.cu)?  Windows backend, within the
+ * kernel's shared memory; the rest (NCCL, cached and refused calls)
+ * takes the classic kernels, which speak the same window protocol. */
 static int ht_fused_ok(const gpu_moe_t *m)
 {
     return m->kset == EPXK_SET_FUSED && m->call.windows &&

@@ -1,9 +1,10 @@
 /*
  * The fused throughput dispatch (EPX_CUDA_KERNELS=fused; windows backend,
- * token-major): the classic chain's layout count, layout place, offsets,
- * pack and recv kernels, the read-back of the counts and the host's event
- * wait, as one kernel per rank.  Positions, rows, metadata and wire bits
- * are the classic kernels' (the host executor's): the layout's
+ * token-major and expert-major): the classic chain's layout count, layout
+ * place, offsets, pack and recv kernels, the read-back of the counts and
+ * the host's event wait, as one kernel per rank.  Positions, rows,
+ * metadata and wire bits are the classic kernels' (the host executor's):
+ * the layout's
  * arithmetic is proto.h's "fused layout (tiles)", checked lane by lane
  * against the walk in tests/cuda/test_kern_host.c, and a quantized row is
  * encoded once per token with the classic pack's per-chunk code
@@ -20,14 +21,16 @@
  *  2. block 0 sums the totals, stores this rank's count row into every
  *     peer's count block and releases its sequence word (before any
  *     position is placed); every block places its tiles (the lower
- *     blocks' and warps' counts, plus the ballot ranks);
+ *     blocks' and warps' counts, plus the ballot ranks; expert-major
+ *     epos by __match_any_sync over rounds of 32 (token, k) pairs);
  *  3. every block waits (one thread per source) for every count row of
  *     the call and checks the headers (proto_cached_agree); grid barrier;
  *  4. block 0 publishes the receive totals to host-mapped memory
  *     (EPXK_PUB_*, then the sequence word), before any row moves;
  *  5. fan-out pack: a warp per token, each 16-byte vector (8 in flight
- *     per lane) loaded once and stored to every destination of the token,
- *     a quantized row encoded once;
+ *     per lane) loaded once and stored to every destination of the token
+ *     (expert-major: to every (token, k) pair's row, and the entries), a
+ *     quantized row encoded once;
  *  6. completion: one system fence per block, a block counter; the last
  *     block releases the data flag at every destination;
  *  7. block 0: readiness per local unit (epx_dispatch_poll), then every
@@ -193,11 +196,13 @@ __device__ static __forceinline__ char *ht_shfl_ptr(char *p, int j)
 /* One tile of the count pass by a warp (proto_ht_tile_count): the
  * tile's tokens to each destination into the warp's counts wc[R]; the
  * lane's own token's ids checked, kept with the layout (cached
- * dispatch), counted per unit into the block's ucnt. */
+ * dispatch), counted per unit into the block's ucnt and (expert-major)
+ * the warp's wu. */
 __device__ static void ht_tile_count(const proto_geom_t &g,
                                      const epxk_call_t &c,
                                      const proto_ids_t *ids, int64_t tile,
-                                     int32_t *wc, int32_t *ucnt, int lane)
+                                     int32_t *wc, int32_t *ucnt, int32_t *wu,
+                                     int lane)
 {
     const int64_t t = tile * PROTO_HT_TILE + lane;
     for (int wd = 0; wd < proto_ht_mask_words(g.R); wd++) {
@@ -217,8 +222,37 @@ __device__ static void ht_tile_count(const proto_geom_t &g,
         if (c.lay_ids)
             c.lay_ids[t * g.K + k] = proto_cache_id(ids, t, k);
         const int64_t e = proto_expert_id(ids, t, k);
-        if (e >= 0)
+        if (e >= 0) {
             atomicAdd(&ucnt[e], 1);
+            if (wu)
+                atomicAdd(&wu[e], 1);
+        }
+    }
+}
+
+/* Expert-major: one tile's epos by a warp (proto_ht_tile_epos): K rounds
+ * of 32 consecutive (token, k) pairs; the lanes of a round with the same
+ * unit, found by __match_any_sync, take run[u] plus their rank among
+ * them, and the group's lowest lane advances run[u] (the warp's running
+ * positions per unit, shared memory). */
+__device__ static void ht_tile_epos(const proto_geom_t &g,
+                                    const epxk_call_t &c,
+                                    const proto_ids_t *ids, int64_t tile,
+                                    int32_t *run, int lane)
+{
+    const int64_t p0 = tile * PROTO_HT_TILE * g.K;
+    for (int r = 0; r < g.K; r++) {
+        const int64_t p = (int64_t)r * PROTO_HT_TILE + lane;
+        const int64_t u = proto_ht_pair_unit(ids, c.T, tile, p);
+        const uint32_t mm = __match_any_sync(FULL, (unsigned long long)u);
+        const int below = proto_ht_below(mm, lane);
+        const int32_t r0 = u >= 0 ? run[u] : 0;
+        if (u >= 0)
+            c.epos[p0 + p] = r0 + below;
+        __syncwarp();
+        if (u >= 0 && below == 0)
+            run[u] = r0 + __popc(mm);
+        __syncwarp();
     }
 }
 
@@ -438,15 +472,79 @@ __device__ static void ht_pack_token(const proto_geom_t &g,
                  lane);
 }
 
+/* Expert-major, token t by a warp: the entry at each destination of the
+ * token (source, return slot, its rows there in top-k order, at the
+ * token-major place base + pos) and one row per (token, k) pair with a
+ * unit, at ebase[e] + epos, with its source, token and weight: the
+ * classic pack_expert_major's stores.  The row is read once (quantized
+ * once) and stored to every pair's row, lane j taking the j-th pair. */
+__device__ static void ht_pack_token_em(const proto_geom_t &g,
+                                        const epxk_call_t &c,
+                                        const proto_ids_t *ids,
+                                        const int64_t *base,
+                                        const int64_t *ebase, int64_t t,
+                                        int lane)
+{
+    if (lane < g.maxdest) {
+        const int d = __ldcg(&c.dest[t * g.maxdest + lane]);
+        if (d >= 0) {
+            const int32_t p = __ldcg(&c.pos[t * g.maxdest + lane]);
+            char *w = c.peers[d];
+            const int64_t ent = base[d] + p;
+            ((int32_t *)(w + g.off_ent_src))[ent] = g.rank;
+            ((int32_t *)(w + g.off_ret_slot))[ent] =
+                (int32_t)(__ldcg(&c.sendoff[d]) + p);
+            proto_entry_rows(&g, ids, c.e2r, ebase, c.epos, t, d,
+                             (int32_t *)(w + g.off_ent_rows) + ent * g.K);
+        }
+    }
+    const int64_t e = lane < g.K ? proto_expert_id(ids, t, lane) : -1;
+    const uint32_t vb = __ballot_sync(FULL, e >= 0);
+    const int np = __popc(vb);
+    if (np == 0)
+        return;
+    char *w = NULL;
+    int64_t row = 0;
+    if (e >= 0) {
+        w = c.peers[proto_owner(c.e2r, e)];
+        row = ebase[e] + __ldcg(&c.epos[t * g.K + lane]);
+        ((int32_t *)(w + g.off_src_rank))[row] = g.rank;
+        ((int32_t *)(w + g.off_src_token))[row] = (int32_t)t;
+        ((float *)(w + g.off_w))[row] = c.w[t * g.K + lane];
+    }
+    /* lane j < np: the j-th pair's row (the j-th set bit of vb) */
+    uint32_t v = vb;
+    for (int i = 0; i < lane && v; i++)
+        v &= v - 1u;
+    const int from = v ? __ffs(v) - 1 : 0;
+    w = ht_shfl_ptr(w, from);
+    row = __shfl_sync(FULL, row, from);
+    if (lane >= np)
+        w = NULL;
+    const char *xr = (const char *)c.x + t * g.row_bytes;
+    if (!g.qblock) {
+        ht_fan_copy(xr, w ? w + g.off_rows + row * g.xrow_bytes : NULL,
+                    g.xrow_bytes, np, lane);
+        return;
+    }
+    ht_fan_quant(g, (const uint16_t *)xr,
+                 w ? w + g.off_rows + row * g.xrow_bytes : NULL,
+                 w ? w + g.off_scales + row * g.scale_bytes : NULL,
+                 w ? (float *)(w + g.off_gscale) + row : NULL, np, c.gscale,
+                 lane);
+}
+
 /* ---------------------------------------------------- receive totals */
 
 /* Block 0, once every count row of the call is here: the classic recv
- * kernel's totals (info, the count matrix kept with the layout) and
- * their publication for the host (EPXK_PUB_*, then EPXK_PUB_FUSED's
- * words, then the sequence word, released). */
+ * kernel's totals (info, the count matrix kept with the layout; expert-
+ * major: each unit's first row, the padding marks) and their publication
+ * for the host (EPXK_PUB_*, then EPXK_PUB_FUSED's words, then the
+ * sequence word, released). */
 __device__ static void ht_publish(const proto_geom_t &g, const epxk_call_t &c,
                                   const int32_t *cnt, int agree)
 {
+    char *mine = c.peers[g.rank];
     const int L = c.num_local, first = c.first[g.rank];
     const bool agreed = agree == 0;
     int64_t *counts = c.info + EPXK_INFO_COUNTS, *offs = counts + L;
@@ -455,17 +553,31 @@ __device__ static void ht_publish(const proto_geom_t &g, const epxk_call_t &c,
         for (int64_t i = threadIdx.x;
              i < (int64_t)g.R * g.cnt_ints - PROTO_CNT_HDR; i += blockDim.x)
             c.lay_cnt[i] = cnt[i];
-    const int64_t rows = agreed ? proto_recv_rows(&g, cnt) : 0;
+    const int64_t ents = agreed ? proto_recv_rows(&g, cnt) : 0;
+    const int64_t rows = !agreed ? 0
+        : g.em ? proto_expert_offset(&g, cnt, first, L) : ents;
     for (int j = threadIdx.x; j < L; j += blockDim.x) {
         counts[j] = agreed ? proto_recv_expert(&g, cnt, first, j) : 0;
-        offs[j] = 0;
+        offs[j] = agreed && g.em ? proto_expert_offset(&g, cnt, first, j) : 0;
         c.pub[EPXK_PUB_COUNTS + j] = counts[j];
-        c.pub[EPXK_PUB_COUNTS + L + j] = 0;
+        c.pub[EPXK_PUB_COUNTS + L + j] = offs[j];
+    }
+    __syncthreads();
+    /* Expert-major: the padding after each unit's rows (stale rows of
+     * earlier calls otherwise); no source stores there in this call. */
+    for (int j = 0; g.em && agreed && j < L; j++) {
+        const int64_t end = j + 1 < L ? offs[j + 1] : rows;
+        for (int64_t r = offs[j] + counts[j] + threadIdx.x; r < end;
+             r += blockDim.x) {
+            ((int32_t *)(mine + g.off_src_rank))[r] = -1;
+            ((int32_t *)(mine + g.off_src_token))[r] = -1;
+            ((float *)(mine + g.off_w))[r] = 0.0f;
+        }
     }
     for (int u = threadIdx.x; u < g.E; u += blockDim.x)
         pf[EPXK_PUBF_ECNT + u] = c.mycnt[g.R + u];
     if (threadIdx.x == 0) {
-        c.info[EPXK_INFO_ENTS] = rows;
+        c.info[EPXK_INFO_ENTS] = ents;
         c.info[EPXK_INFO_ROWS] = rows;
         c.pub[EPXK_PUB_AGREE] = agree;
         c.pub[EPXK_PUB_ROWS] = rows;
@@ -508,13 +620,20 @@ __device__ static void ht_recv_wait(const proto_geom_t &g,
 /* ------------------------------------------------------------ kernel */
 
 /* Shared memory: unit and destination totals of the block [R + E], the
- * warps' counts, then their running positions [HT_WARPS][R], this rank's
- * first row at each destination [R] (int64). */
+ * warps' counts, then their running positions, per destination
+ * [HT_WARPS][R] and (expert-major) per unit [HT_WARPS][E]; int64 from an
+ * 8-byte boundary: this rank's first row at each destination [R] and
+ * (expert-major) at each unit [E]. */
+static __host__ __device__ size_t ht_smem_ints(const proto_geom_t *g)
+{
+    return (size_t)(g->R + g->E + HT_WARPS * g->R) +
+           (g->em ? (size_t)HT_WARPS * (size_t)g->E : 0);
+}
+
 static size_t ht_smem(const proto_geom_t *g)
 {
-    size_t n = sizeof(int32_t) * (size_t)(g->R + g->E + HT_WARPS * g->R);
-    n = (n + 7) & ~(size_t)7;
-    return n + sizeof(int64_t) * (size_t)g->R;
+    const size_t n = (sizeof(int32_t) * ht_smem_ints(g) + 7) & ~(size_t)7;
+    return n + sizeof(int64_t) * (size_t)(g->R + (g->em ? g->E : 0));
 }
 
 __global__ void __launch_bounds__(HT_THREADS, 2)
@@ -527,15 +646,17 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
     const int b = blockIdx.x, nb = gridDim.x, NW = nb * W;
     int32_t *s_cnt = sm;                 /* [R + E] */
     int32_t *s_w = sm + n;               /* [W][R] */
+    int32_t *s_u = g.em ? s_w + W * R : NULL;   /* [W][E] */
     int64_t *s_base = (int64_t *)((char *)sm +
-                                  (((sizeof(int32_t) * (size_t)(n + W * R)) +
-                                    7) & ~(size_t)7));
+        ((sizeof(int32_t) * ht_smem_ints(&g) + 7) & ~(size_t)7));
+    int64_t *s_ebase = g.em ? s_base + R : NULL;   /* [E] */
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     char *mine = c.peers[g.rank];
     int64_t ta, tb;
     proto_layout_range(proto_ht_tiles(c.T), NW, b * W + w, &ta, &tb);
 
-    for (int i = threadIdx.x; i < n + W * R; i += blockDim.x)
+    for (int64_t i = threadIdx.x; i < (int64_t)ht_smem_ints(&g);
+         i += blockDim.x)
         sm[i] = 0;
     if (threadIdx.x == 0)
         s_agree = 0;
@@ -543,7 +664,8 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
 
     /* 1. count */
     for (int64_t tile = ta; tile < tb; tile++)
-        ht_tile_count(g, c, &ids, tile, s_w + w * R, s_cnt + R, lane);
+        ht_tile_count(g, c, &ids, tile, s_w + w * R, s_cnt + R,
+                      s_u ? s_u + w * g.E : NULL, lane);
     __syncthreads();
     for (int d = threadIdx.x; d < R; d += blockDim.x) {
         int32_t s = 0;
@@ -593,9 +715,22 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
             acc += v;
         }
     }
+    for (int u = threadIdx.x; s_u && u < g.E; u += blockDim.x) {
+        int32_t acc = 0;
+        for (int b2 = 0; b2 < b; b2++)
+            acc += __ldcg(&c.part[(int64_t)b2 * n + R + u]);
+        for (int w2 = 0; w2 < W; w2++) {
+            const int32_t v = s_u[w2 * g.E + u];
+            s_u[w2 * g.E + u] = acc;
+            acc += v;
+        }
+    }
     __syncthreads();
-    for (int64_t tile = ta; tile < tb; tile++)
+    for (int64_t tile = ta; tile < tb; tile++) {
         ht_tile_place(g, c, &ids, tile, s_w + w * R, lane);
+        if (s_u)
+            ht_tile_epos(g, c, &ids, tile, s_u + w * g.E, lane);
+    }
 
     /* 3. every count row of the call, and the ranks' agreement */
     for (int s = threadIdx.x; s < R; s += blockDim.x) {
@@ -614,6 +749,11 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
         if (b == 0)
             c.base[d] = s_base[d];
     }
+    for (int e = threadIdx.x; s_ebase && e < g.E; e += blockDim.x) {
+        s_ebase[e] = proto_expert_base(&g, cnt, c.first[c.e2r[e]], e);
+        if (b == 0)
+            c.ebase[e] = s_ebase[e];
+    }
     __syncthreads();
     const int agree = s_agree;
     if (b == 0 && agree != 0 && threadIdx.x == 0)
@@ -625,8 +765,12 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
 
     /* 5. pack: consecutive tokens on different blocks */
     if (agree == 0 && *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
-        for (int64_t t = (int64_t)w * nb + b; t < c.T; t += NW)
-            ht_pack_token(g, c, &ids, s_base, t, lane);
+        for (int64_t t = (int64_t)w * nb + b; t < c.T; t += NW) {
+            if (g.em)
+                ht_pack_token_em(g, c, &ids, s_base, s_ebase, t, lane);
+            else
+                ht_pack_token(g, c, &ids, s_base, t, lane);
+        }
 
     /* 6. completion: one fence per block; the last releases the data
      * flags (also when nothing was packed: the peers wait for them) */
@@ -651,7 +795,7 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
 
 extern "C" int epxk_ht_covers(const proto_geom_t *g)
 {
-    return !g->em && ht_smem(g) <= HT_SMEM_MAX;
+    return ht_smem(g) <= HT_SMEM_MAX;
 }
 
 extern "C" int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c,

@@ -165,8 +165,8 @@ int epxk_preload(void);
  * layout, count exchange, pack, completion flags and the receive totals
  * in one kernel of `blocks` blocks, which must all be resident together
  * (they meet in grid barriers).  epxk_ht_covers: 1 when the kernel takes
- * this geometry (token-major, its shared memory within the default
- * 48 KiB); else the engine runs the classic kernels.  epxk_ht_preload:
+ * this geometry (its shared memory within the default 48 KiB); else
+ * the engine runs the classic kernels.  epxk_ht_preload:
  * epxk_preload for it. */
 int epxk_ht_covers(const proto_geom_t *g);
 int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c, int blocks,

@@ -411,6 +411,47 @@ PROTO_HD void proto_ht_tile_place(const proto_geom_t *g,
             dest[(t0 + l) * g->maxdest + j] = -1;
 }
 
+/* Expert-major: a tile's (token, k) pairs, PROTO_HT_TILE * K of them in
+ * (token, k) order, go through the warp in K rounds of PROTO_HT_TILE
+ * consecutive pairs, lane l taking pair PROTO_HT_TILE * r + l of round r.
+ * Its unit, or -1 (none, invalid, beyond T). */
+PROTO_HD int64_t proto_ht_pair_unit(const proto_ids_t *ids, int64_t T,
+                                    int64_t tile, int64_t p)
+{
+    const int64_t t = tile * PROTO_HT_TILE + p / ids->K;
+    return t < T ? proto_expert_id(ids, t, (int)(p % ids->K)) : -1;
+}
+
+/* One tile's epos ([T][K]), its rounds and lanes in loops, as the warp
+ * does it: in each round the lanes with the same unit (the warp's
+ * __match_any_sync) take run[u] plus their rank among them
+ * (proto_ht_below), then the group's lowest lane adds its size to run[u]
+ * (run: the warp's running positions per unit, in shared memory).  The
+ * rounds follow (token, k) order, so these are the walk's positions. */
+PROTO_HD void proto_ht_tile_epos(const proto_ids_t *ids, int64_t T,
+                                 int64_t tile, int32_t *run, int32_t *epos)
+{
+    const int64_t p0 = tile * PROTO_HT_TILE * ids->K;
+    for (int r = 0; r < ids->K; r++) {
+        int64_t u[PROTO_HT_TILE];
+        uint32_t mm[PROTO_HT_TILE];
+        for (int l = 0; l < PROTO_HT_TILE; l++)
+            u[l] = proto_ht_pair_unit(ids, T, tile,
+                                      (int64_t)r * PROTO_HT_TILE + l);
+        for (int l = 0; l < PROTO_HT_TILE; l++) {
+            mm[l] = 0;
+            for (int l2 = 0; l2 < PROTO_HT_TILE; l2++)
+                mm[l] |= (uint32_t)(u[l2] == u[l]) << l2;
+            if (u[l] >= 0)
+                epos[p0 + (int64_t)r * PROTO_HT_TILE + l] =
+                    run[u[l]] + proto_ht_below(mm[l], l);
+        }
+        for (int l = 0; l < PROTO_HT_TILE; l++)
+            if (u[l] >= 0 && proto_ht_below(mm[l], l) == 0)
+                run[u[l]] += proto_popc32(mm[l]);
+    }
+}
+
 /* Rows that the sources below s put in column c of the count matrix (a
  * destination rank d: c = d; a unit u: c = R + u).  cnt: a count buffer
  * of the call's parity from its first count word on, proto_cnt_index(g,

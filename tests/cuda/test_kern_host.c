@@ -400,19 +400,25 @@ static void layout_walk(const proto_geom_t *g, const proto_ids_t *ids,
  * warps, each warp a contiguous range of tiles, each tile's lanes through
  * proto.h's tile functions: the count pass in any warp order, the block
  * totals (per unit: the kernel's shared-memory counts) and each block's
- * lower warps, then the place pass; dest, pos and the totals (mycnt). */
+ * lower warps, then the place pass; dest, pos, the totals (mycnt) and,
+ * with epos (expert-major), each pair's position at its unit. */
 static void layout_fused(const proto_geom_t *g, const proto_ids_t *ids,
                          const int32_t *e2r, int64_t T, int nb, int W,
-                         int32_t *dest, int32_t *pos, int32_t *mycnt)
+                         int32_t *dest, int32_t *pos, int32_t *epos,
+                         int32_t *mycnt)
 {
-    const int R = g->R, n = R + g->E, NW = nb * W;
+    const int R = g->R, E = g->E, n = R + g->E, NW = nb * W;
     const int64_t NT = proto_ht_tiles(T);
     int32_t *wc = calloc((size_t)NW * (size_t)R + 1, sizeof(int32_t));
+    int32_t *wu = calloc((size_t)NW * (size_t)E + 1, sizeof(int32_t));
     int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
     int32_t *run = calloc((size_t)R + 1, sizeof(int32_t));
+    int32_t *urun = calloc((size_t)E + 1, sizeof(int32_t));
     assert_non_null(wc);
+    assert_non_null(wu);
     assert_non_null(part);
     assert_non_null(run);
+    assert_non_null(urun);
     for (int gw = NW - 1; gw >= 0; gw--) {          /* count: any order */
         int64_t a, b;
         proto_layout_range(NT, NW, gw, &a, &b);
@@ -422,8 +428,10 @@ static void layout_fused(const proto_geom_t *g, const proto_ids_t *ids,
                  t < T && t < (tile + 1) * PROTO_HT_TILE; t++)
                 for (int k = 0; k < g->K; k++) {
                     int64_t e = proto_expert_id(ids, t, k);
-                    if (e >= 0)
+                    if (e >= 0) {
                         part[(int64_t)(gw / W) * n + R + e]++;
+                        wu[(int64_t)gw * E + e]++;
+                    }
                 }
         }
         for (int d = 0; d < R; d++)
@@ -436,43 +444,59 @@ static void layout_fused(const proto_geom_t *g, const proto_ids_t *ids,
             for (int w2 = b * W; w2 < gw; w2++)
                 run[d] += wc[(int64_t)w2 * R + d];
         }
+        for (int u = 0; u < E; u++) {
+            urun[u] = (int32_t)proto_layout_base(part, n, b, R + u);
+            for (int w2 = b * W; w2 < gw; w2++)
+                urun[u] += wu[(int64_t)w2 * E + u];
+        }
         int64_t a, e;
         proto_layout_range(NT, NW, gw, &a, &e);
-        for (int64_t tile = a; tile < e; tile++)
+        for (int64_t tile = a; tile < e; tile++) {
             proto_ht_tile_place(g, ids, e2r, T, tile, run, dest, pos);
+            if (epos)
+                proto_ht_tile_epos(ids, T, tile, urun, epos);
+        }
     }
     for (int u = 0; u < n; u++)
         mycnt[u] = (int32_t)proto_layout_base(part, n, nb, u);
-    free(wc), free(part), free(run);
+    free(wc), free(wu), free(part), free(run), free(urun);
 }
 
-/* The fused layout for several grids against the walk's dest, pos and
- * totals (d1, p1, c1 from layout_walk). */
+/* The fused layout for several grids against the walk's dest, pos,
+ * totals and epos (d1, p1, c1, e1 from layout_walk). */
 static void fused_matches_walk(const proto_geom_t *g, const proto_ids_t *ids,
                                const int32_t *e2r, int64_t T,
                                const int32_t *d1, const int32_t *p1,
-                               const int32_t *c1)
+                               const int32_t *c1, const int32_t *e1)
 {
     static const int grids[][2] = { { 1, 1 }, { 1, 16 }, { 3, 2 },
                                     { 16, 8 }, { 132, 8 }, { 7, 5 } };
     const size_t np = (size_t)(T * g->maxdest + 1);
     int32_t *d2 = malloc(sizeof(int32_t) * np), *p2 = malloc(sizeof(int32_t) * np);
     int32_t *c2 = malloc(sizeof(int32_t) * (size_t)(g->R + g->E));
+    int32_t *e2 = malloc(sizeof(int32_t) * (size_t)(T * g->K + 1));
+    assert_non_null(e2);
     assert_non_null(d2);
     assert_non_null(p2);
     assert_non_null(c2);
     for (size_t i = 0; i < sizeof(grids) / sizeof(grids[0]); i++) {
         for (size_t j = 0; j < np; j++)
             d2[j] = p2[j] = -7;   /* every entry must be written */
-        layout_fused(g, ids, e2r, T, grids[i][0], grids[i][1], d2, p2, c2);
+        for (int64_t j = 0; j < T * g->K; j++)
+            e2[j] = -7;
+        layout_fused(g, ids, e2r, T, grids[i][0], grids[i][1], d2, p2, e2,
+                     c2);
         assert_memory_equal(c1, c2, sizeof(int32_t) * (size_t)(g->R + g->E));
         for (int64_t k = 0; k < T * g->maxdest; k++) {
             assert_int_equal(d1[k], d2[k]);
             if (d1[k] >= 0)
                 assert_int_equal(p1[k], p2[k]);
         }
+        for (int64_t k = 0; k < T * g->K; k++)   /* pairs of no unit: -7 */
+            assert_int_equal(proto_expert_id(ids, k / g->K, (int)(k % g->K))
+                                 >= 0 ? e1[k] : -7, e2[k]);
     }
-    free(d2), free(p2), free(c2);
+    free(d2), free(p2), free(c2), free(e2);
 }
 
 /* Chunk counts to try for T tokens: one, a few, more than tokens (empty
@@ -622,7 +646,7 @@ static void run(const scen_t *sc)
         int32_t *e1 = malloc(sizeof(int32_t) * ne);
         int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
         layout_walk(&g, &ids, e2r, s->T, 0, NULL, d1, p1, e1, c1);
-        fused_matches_walk(&g, &ids, e2r, s->T, d1, p1, c1);
+        fused_matches_walk(&g, &ids, e2r, s->T, d1, p1, c1, e1);
         layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r), sc->em,
                       s->dest, s->pos, s->epos, s->mycnt);
         assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
@@ -1417,7 +1441,7 @@ static void fused_layout(void **state)
                 int32_t *e1 = malloc(sizeof(int32_t) * (size_t)(T * K + 1));
                 int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
                 layout_walk(&g, &ids, e2r, T, 0, NULL, d1, p1, e1, c1);
-                fused_matches_walk(&g, &ids, e2r, T, d1, p1, c1);
+                fused_matches_walk(&g, &ids, e2r, T, d1, p1, c1, e1);
                 free(d1), free(p1), free(e1), free(c1), free(idx), free(e2r);
             }
 }
