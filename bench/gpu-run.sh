@@ -88,7 +88,7 @@ run_all() {
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
     # The fused throughput dispatch (EPX_CUDA_KERNELS=fused; cached and
-    # refused calls, expert-major and NCCL fall back to classic) against
+    # refused calls and NCCL fall back to classic) against
     # the same reference, readiness included: correctness before its times
     step "EPX_CUDA_KERNELS=fused tests/moe/test_executors --device" \
         env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors" --device
@@ -129,6 +129,8 @@ run_all() {
         --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
+    fbench "HT expert-major bf16, fused dispatch" ht-expert-bf16-fused \
+        --ranks 8 --tokens 4096 --layout expert
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
         --dtype fp8
     # fused: each row quantized once, not once per destination
