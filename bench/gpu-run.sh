@@ -130,12 +130,12 @@ run_all() {
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
     fbench "HT expert-major bf16, fused dispatch" ht-expert-bf16-fused \
-        --ranks 8 --tokens 4096 --layout expert
+        --ranks 8 --tokens 4096 --layout expert --device-timing
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
         --dtype fp8
     # fused: each row quantized once, not once per destination
     fbench "HT token-major fp8, fused dispatch" ht-token-fp8-fused \
-        --ranks 8 --tokens 4096 --dtype fp8
+        --ranks 8 --tokens 4096 --dtype fp8 --device-timing
     bench "HT token-major nvfp4" ht-token-nvfp4 --ranks 8 --tokens 4096 \
         --dtype nvfp4
     # LL against HT on the same input (128 tokens per rank)
