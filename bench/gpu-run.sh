@@ -87,6 +87,13 @@ run_all() {
     # Both executors against the reference by the same code (--device: a
     # missing device is a skip, not a host-only pass)
     step "tests/moe/test_executors --device" "$b/tests/moe/test_executors" --device
+    # The fused throughput dispatch (EPX_CUDA_KERNELS=fused; cached and
+    # refused calls and NCCL fall back to classic) against
+    # the same reference, readiness included: correctness before its times
+    step "EPX_CUDA_KERNELS=fused tests/moe/test_executors --device" \
+        env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors" --device
+    step "EPX_CUDA_KERNELS=fused tests/moe/test_executors_poll --device" \
+        env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors_poll" --device
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
     # Low latency in one kernel per operation (src/cuda/README.md, "Fused
     # kernels: low latency"), eager and graphs, every wire
@@ -152,8 +159,13 @@ run_all() {
         ht-token-bf16-fused --ranks 8 --tokens 4096 --device-timing
     bench "HT expert-major bf16" ht-expert-bf16 --ranks 8 --tokens 4096 \
         --layout expert
+    fused bench "HT expert-major bf16, fused dispatch" ht-expert-bf16-fused \
+        --ranks 8 --tokens 4096 --layout expert --device-timing
     bench "HT token-major fp8" ht-token-fp8 --ranks 8 --tokens 4096 \
         --dtype fp8
+    # fused: each row quantized once, not once per destination
+    fused bench "HT token-major fp8, fused dispatch" ht-token-fp8-fused \
+        --ranks 8 --tokens 4096 --dtype fp8 --device-timing
     bench "HT token-major nvfp4" ht-token-nvfp4 --ranks 8 --tokens 4096 \
         --dtype nvfp4
     # LL against HT on the same input (128 tokens per rank)

@@ -503,7 +503,10 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     received row count), in epx_dispatch_recv (windows) or
  *     epx_dispatch_send (NCCL); never in combine or in low latency, whose
  *     calls can be captured into a CUDA graph; errors found on the device
- *     come back from epx_moe_check;
+ *     come back from epx_moe_check; with EPX_CUDA_KERNELS=fused (windows
+ *     backend, uncached) epx_dispatch_recv instead polls host-mapped
+ *     counts the kernel publishes before the rows move (bounded by
+ *     EPX_TIMEOUT), and the rows reach the caller's stream by stream order;
  *   - every rank of the engine uses the same kind of device (all host or
  *     all device ranks), else EPX_ERR_MISMATCH;
  *   - weight migration: epx_moe_register_weights takes DEVICE memory of

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "epx/cuda.h"
 #include "cuda/gpu.h"
 #include "cuda/calls.h"
@@ -113,6 +114,11 @@ struct gpu_moe {
     gpu_lay_t *lays;
     int nlays;
     int64_t *h_pub, *d_pub;
+    /* the fused dispatch (kern_ht.cu): its grid barrier and completion
+     * counter; whether the call in flight took it, and its number */
+    unsigned *d_fbar;
+    int fcall;
+    uint64_t fseq;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -526,6 +532,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if (st == EPX_OK)
         st = epx__cuda_err((cudaError_t)epxk_comb_preload(),
                            "loading the kernels");
+    if (st == EPX_OK && m->kset == EPXK_SET_FUSED)
+        st = epx__cuda_err((cudaError_t)epxk_ht_preload(),
+                           "loading the kernels");
     if (st != EPX_OK)
         goto gate;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
@@ -554,6 +563,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->d_ebase = m->d_base + R;
     m->d_info = m->d_ebase + g->E;
     DEV_ALLOC(m->d_done, sizeof(unsigned));
+    DEV_ALLOC(m->d_fbar, sizeof(unsigned) * 3);
     if (m->ll) {
         const size_t B = (size_t)m->llg.B, cap = (size_t)m->llg.cap;
         DEV_ALLOC(m->d_llkeep, sizeof(int32_t) * B * (size_t)(maxT * g->K));
@@ -642,8 +652,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if (st != EPX_OK)
         goto gate;
     if (!m->ll) {   /* poll's words, zero (no call's), and a layout */
-        const size_t pub = sizeof(int64_t) * (size_t)(EPXK_PUB_COUNTS +
-                                                      3 * m->L);
+        const size_t pub = sizeof(int64_t) * (size_t)(EPXK_PUB_FUSED(m->L) +
+                                                      EPXK_PUBF_ECNT + g->E);
         st = epx__cuda_err(cudaHostAlloc((void **)&m->h_pub, pub,
                                          cudaHostAllocMapped |
                                              cudaHostAllocPortable),
@@ -668,6 +678,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                                   cudaMemcpyHostToDevice, m->st), "cudaMemcpy");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemsetAsync(m->d_done, 0, sizeof(unsigned),
+                                           m->st), "cudaMemset");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemsetAsync(m->d_fbar, 0, sizeof(unsigned) * 3,
                                            m->st), "cudaMemset");
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemsetAsync(m->d_info, 0, sizeof(int64_t) *
@@ -764,6 +777,7 @@ gate:
     m->call.rstage = m->rstage;
     m->call.emmap = m->d_emmap;
     m->call.pub = m->d_pub;
+    m->call.fbar = m->d_fbar;
     double to = epx__comm_timeout(comm);
     m->call.timeout_ns = (uint64_t)(to * 1e9);
     free(e2r);
@@ -819,6 +833,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     free(m->h_lloffs);
     cudaFree(m->d_sendoff);
     cudaFree(m->d_done);
+    cudaFree(m->d_fbar);
     cudaFree(m->d_peers);
     cudaFreeHost(m->h_info);
     cudaFreeHost(m->h_cnt);
@@ -1323,6 +1338,16 @@ epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
 }
 
 static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
+/* Does this uncached throughput call take the fused dispatch
+ * (EPX_CUDA_KERNELS=fused, kern_ht.cu)?  Windows backend, within the
+ * kernel's shared memory; the rest (NCCL, cached and refused calls)
+ * takes the classic kernels, which speak the same window protocol. */
+static int ht_fused_ok(const gpu_moe_t *m)
+{
+    return m->kset == EPXK_SET_FUSED && m->call.windows &&
+           epxk_ht_covers(&m->g);
+}
+
 
 epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                void *stream, int *lay, uint64_t *call)
@@ -1399,6 +1424,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                             m->st),
                             "cudaMemsetAsync")) != EPX_OK)
         return fail(m, st);
+    m->fcall = 0;
     if (cached) {
         /* The ids checked against the layout's, the headers exchanged;
          * then the layout's ids route the rows, so what is packed always
@@ -1410,6 +1436,13 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                 (st = launch(m, EPXK_PACK)) == EPX_OK)
                 st = launch(m, EPXK_RECV);
         }
+    } else if (ht_fused_ok(m)) {
+        /* One kernel; the counts come back through mapped memory. */
+        m->fcall = 1;
+        m->fseq = m->seq;
+        st = epx__cuda_err((cudaError_t)epxk_ht_launch(&m->g, c, m->num_sms,
+                                                       m->st),
+                           "kernel launch");
     } else if (c->windows) {
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
@@ -1458,13 +1491,14 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
             st = launch(m, EPXK_RECV);
     }
     /* The layout's per-expert counts ride along: the statistics come from
-     * the routing without a pass of their own. */
-    if (st == EPX_OK)
+     * the routing without a pass of their own (the fused kernel publishes
+     * them and the rest of info in mapped memory). */
+    if (st == EPX_OK && !m->fcall)
         st = epx__cuda_err(cudaMemcpyAsync(m->h_ecnt, c->mycnt + g->R,
                                            sizeof(int32_t) * (size_t)g->E,
                                            cudaMemcpyDeviceToHost, m->st),
                            "cudaMemcpyAsync");
-    if (st == EPX_OK)
+    if (st == EPX_OK && !m->fcall)
         st = epx__cuda_err(cudaMemcpyAsync(m->h_info, m->d_info,
                                            sizeof(int64_t) *
                                                (size_t)(EPXK_INFO_COUNTS +
@@ -1476,6 +1510,83 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                            "cudaEventRecord");
     if (st != EPX_OK)
         return fail(m, st);
+    return EPX_OK;
+}
+
+/* The fused dispatch's host wait: its sequence word in mapped memory,
+ * which the kernel stores once every count row of the call is here,
+ * before the rows move.  Bounded: by EPX_TIMEOUT four times over (the
+ * kernel's waits before it publishes, each bounded by the timeout, and
+ * the engine's earlier work) from the moment the work queued before the
+ * dispatch on the caller's stream is done (ev_in); a kernel that ended
+ * without publishing is an error. */
+static epx_status_t ht_fused_wait(gpu_moe_t *m)
+{
+    const double limit = 4 * epx__comm_timeout(m->comm);
+    double t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if ((uint64_t)__atomic_load_n(&m->h_pub[EPXK_PUB_SEQ],
+                                      __ATOMIC_ACQUIRE) == m->fseq)
+            return EPX_OK;
+        if (n % 64)
+            continue;
+        cudaError_t e = cudaEventQuery(m->ev_info);
+        if (e == cudaSuccess) {
+            if ((uint64_t)__atomic_load_n(&m->h_pub[EPXK_PUB_SEQ],
+                                          __ATOMIC_ACQUIRE) == m->fseq)
+                return EPX_OK;
+            return epx__error(EPX_ERR_SYSTEM, "cuda dispatch: the fused "
+                              "kernel ended without publishing its counts");
+        }
+        if (e != cudaErrorNotReady)
+            return epx__cuda_err(e, "cudaEventQuery");
+        if (t0 == 0) {   /* the clock starts once the inputs are ready */
+            e = cudaEventQuery(m->ev_in);
+            if (e == cudaSuccess)
+                t0 = epx__now();
+            else if (e != cudaErrorNotReady)
+                return epx__cuda_err(e, "cudaEventQuery");
+        } else if (epx__now() - t0 > limit) {
+            return epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: the fused "
+                              "kernel published no counts within %.1f s",
+                              limit);
+        }
+        struct timespec ts = { 0, 2000 };
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* dispatch_recv of a fused call: what the classic path reads back from
+ * info and the layout's counts, read from the mapped words instead; the
+ * rows are the caller's through stream order (stream_out). */
+static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
+                                  epx_recv_t *recv, int b)
+{
+    const int64_t *pub = m->h_pub, *pf = pub + EPXK_PUB_FUSED(m->L);
+    epx_status_t st = ht_fused_wait(m);
+    if (st != EPX_OK)
+        return fail(m, st);
+    if (pf[EPXK_PUBF_ERROR])
+        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
+                                  "did not signal within the timeout"));
+    int bad = pf[EPXK_PUBF_BAD_IDS] != 0;
+    if ((st = ht_agreed(m, 0, pub[EPXK_PUB_AGREE])) != EPX_OK) {
+        gpu_calls_release(&m->calls, call, &b);
+        return st;
+    }
+    m->rows = pub[EPXK_PUB_ROWS];
+    for (int j = 0; j < 2 * m->L; j++)
+        m->h_counts[j] = pub[EPXK_PUB_COUNTS + j];
+    for (int e = 0; e < m->g.E; e++)
+        m->h_ecnt[e] = (int32_t)pf[EPXK_PUBF_ECNT + e];
+    if ((st = stream_out(m, stream)) != EPX_OK)
+        return fail(m, st);
+    ht_describe(m, b, m->rows, recv);
+    if (bad)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
+                          "outside [-1, %d); they were treated as -1 (recv "
+                          "is filled: complete the call with combine)",
+                          m->Elog);
     return EPX_OK;
 }
 
@@ -1492,6 +1603,8 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
         return st;
     if (m->ll)
         return ll_dispatch_recv(m, stream, recv, b);
+    if (m->fcall)
+        return ht_fused_recv(m, call, stream, recv, b);
     /* The one host synchronisation of the windows backend. */
     st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
                        "cudaEventSynchronize");

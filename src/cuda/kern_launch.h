@@ -73,6 +73,16 @@ enum { EPXK_INFO_ERROR = 0, EPXK_INFO_ROWS = 1, EPXK_INFO_BAD_IDS = 2,
 enum { EPXK_PUB_SEQ = 0, EPXK_PUB_AGREE = 1, EPXK_PUB_ROWS = 2,
        EPXK_PUB_COUNTS = 3 };
 
+/* The fused dispatch (kern_ht.cu) publishes more, after those words, so
+ * that epx_dispatch_recv reads nothing back: the error flag
+ * (EPXK_INFO_ERROR: a wait timed out, in this call or an earlier one),
+ * the invalid ids seen (EPXK_INFO_BAD_IDS) and this rank's (token, k)
+ * pairs per unit (the load statistics):
+ * [EPXK_PUB_FUSED(L) + EPXK_PUBF_ECNT + units], all before the sequence
+ * word. */
+#define EPXK_PUB_FUSED(L) (EPXK_PUB_COUNTS + 3 * (int64_t)(L))
+enum { EPXK_PUBF_ERROR = 0, EPXK_PUBF_BAD_IDS = 1, EPXK_PUBF_ECNT = 2 };
+
 typedef struct epxk_call {
     /* inputs of this dispatch */
     const void *x;            /* [T][H] engine dtype */
@@ -144,6 +154,10 @@ typedef struct epxk_call {
     int comb_pull;
     uint64_t pull_wait;       /* fused set, the pull fence: the call every
                                  rank's pulled word must reach */
+    /* the fused dispatch (kern_ht.cu): [0] its grid barrier's arrivals,
+     * [1] the barrier's generation, [2] blocks done packing; zero
+     * between calls (the generation only grows) */
+    unsigned *fbar;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -184,6 +198,18 @@ int epxk_preload(void);
 int epxk_ll1_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                     int blocks, void *stream);
 int epxk_ll1_preload(void);
+
+/* The fused throughput dispatch (EPX_CUDA_KERNELS=fused, kern_ht.cu):
+ * layout, count exchange, pack, completion flags and the receive totals
+ * in one kernel of `blocks` blocks, which must all be resident together
+ * (they meet in grid barriers).  epxk_ht_covers: 1 when the kernel takes
+ * this geometry (its shared memory within the default 48 KiB); else
+ * the engine runs the classic kernels.  epxk_ht_preload:
+ * epxk_preload for it. */
+int epxk_ht_covers(const proto_geom_t *g);
+int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c, int blocks,
+                   void *stream);
+int epxk_ht_preload(void);
 
 #ifdef __cplusplus
 }

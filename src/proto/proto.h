@@ -291,6 +291,168 @@ PROTO_HD int proto_walk_token(const proto_geom_t *g, const proto_ids_t *ids,
     return nd;
 }
 
+/* ------------------------------------------------ fused layout (tiles)
+ *
+ * The fused throughput dispatch (src/cuda/kern_ht.cu, EPX_CUDA_KERNELS=
+ * fused) lays the tokens out a warp at a time: a tile of PROTO_HT_TILE
+ * tokens, lane l taking token PROTO_HT_TILE * i + l.  Each lane builds its
+ * token's destinations as bit masks (proto_ht_dmask, 32 ranks a word);
+ * for each destination d any lane of the tile has, the warp's ballot of
+ * "my token goes to d" gives the tile's tokens to d (its popcount) and
+ * each such token's index among them (proto_ht_below: the lanes below it
+ * in the ballot).  The grid's warps take contiguous ranges of tiles
+ * (proto_layout_range over tiles, warps in block order), count first,
+ * then place: a token's position at d is the tokens to d of the lower
+ * warps (lower blocks' totals, then the block's lower warps), plus those
+ * of the warp's earlier tiles, plus its index in the tile — the position
+ * of one walk in token order (proto_walk_dests), for any split.  The
+ * functions below are what a lane computes; the host test runs them lane
+ * by lane (tests/cuda/test_kern_host.c, fused_layout). */
+#define PROTO_HT_TILE 32
+
+/* Tiles of T tokens. */
+PROTO_HD int64_t proto_ht_tiles(int64_t T)
+{
+    return (T + PROTO_HT_TILE - 1) / PROTO_HT_TILE;
+}
+
+/* Words of a destination mask (32 ranks each). */
+PROTO_HD int proto_ht_mask_words(int R)
+{
+    return (R + 31) / 32;
+}
+
+/* Destinations of token t among ranks [32 wd, 32 wd + 32): bit d - 32 wd
+ * set when a (kept) unit of t lives on rank d; 0 for t >= T. */
+PROTO_HD uint32_t proto_ht_dmask(const proto_ids_t *ids, const int32_t *e2r,
+                                 int64_t T, int64_t t, int wd)
+{
+    uint32_t m = 0;
+    for (int k = 0; t < T && k < ids->K; k++) {
+        int64_t e = proto_expert_id(ids, t, k);
+        if (e < 0)
+            continue;
+        int r = proto_owner(e2r, e) - 32 * wd;
+        if (r >= 0 && r < 32)
+            m |= 1u << r;
+    }
+    return m;
+}
+
+/* Set bits of v (the device's __popc). */
+PROTO_HD int proto_popc32(uint32_t v)
+{
+#ifdef __CUDA_ARCH__
+    return __popc(v);
+#else
+    return __builtin_popcount(v);
+#endif
+}
+
+/* Lanes below `lane` whose bit is set in the ballot b: a token's index
+ * among its tile's tokens to the ballot's destination. */
+PROTO_HD int proto_ht_below(uint32_t b, int lane)
+{
+    return proto_popc32(b & ((1u << lane) - 1u));
+}
+
+/* One tile of the count pass, its lanes in a loop: the tile's tokens to
+ * each destination, added into cnt[R] (the warp: per destination a ballot
+ * and its popcount). */
+PROTO_HD void proto_ht_tile_count(const proto_geom_t *g,
+                                  const proto_ids_t *ids, const int32_t *e2r,
+                                  int64_t T, int64_t tile, int32_t *cnt)
+{
+    for (int wd = 0; wd < proto_ht_mask_words(g->R); wd++)
+        for (int l = 0; l < PROTO_HT_TILE; l++) {
+            uint32_t m = proto_ht_dmask(ids, e2r, T,
+                                        tile * PROTO_HT_TILE + l, wd);
+            for (int b = 0; b < 32; b++)
+                if ((m >> b) & 1u)
+                    cnt[32 * wd + b]++;
+        }
+}
+
+/* One tile of the place pass, its lanes in a loop, as the warp does it:
+ * destinations ascending (mask words, then bits of the tile's union),
+ * each with its ballot; lane l's token gets dest[t*maxdest + j] = d and
+ * pos = run[d] + proto_ht_below(ballot, l), its j-th destination; run[d]
+ * then grows by the ballot's popcount; -1 after a token's last one. */
+PROTO_HD void proto_ht_tile_place(const proto_geom_t *g,
+                                  const proto_ids_t *ids, const int32_t *e2r,
+                                  int64_t T, int64_t tile, int32_t *run,
+                                  int32_t *dest, int32_t *pos)
+{
+    const int64_t t0 = tile * PROTO_HT_TILE;
+    int nj[PROTO_HT_TILE];
+    for (int l = 0; l < PROTO_HT_TILE; l++)
+        nj[l] = 0;
+    for (int wd = 0; wd < proto_ht_mask_words(g->R); wd++) {
+        uint32_t m[PROTO_HT_TILE], u = 0;
+        for (int l = 0; l < PROTO_HT_TILE; l++)
+            u |= m[l] = proto_ht_dmask(ids, e2r, T, t0 + l, wd);
+        while (u) {
+            const int b = proto_popc32((u & (0u - u)) - 1u);   /* lowest */
+            const int d = 32 * wd + b;
+            uint32_t bal = 0;
+            u &= u - 1u;
+            for (int l = 0; l < PROTO_HT_TILE; l++)
+                bal |= ((m[l] >> b) & 1u) << l;
+            for (int l = 0; l < PROTO_HT_TILE; l++)
+                if ((m[l] >> b) & 1u) {
+                    const int64_t i = (t0 + l) * g->maxdest + nj[l]++;
+                    dest[i] = d;
+                    pos[i] = run[d] + proto_ht_below(bal, l);
+                }
+            run[d] += proto_popc32(bal);
+        }
+    }
+    for (int l = 0; l < PROTO_HT_TILE && t0 + l < T; l++)
+        for (int j = nj[l]; j < g->maxdest; j++)
+            dest[(t0 + l) * g->maxdest + j] = -1;
+}
+
+/* Expert-major: a tile's (token, k) pairs, PROTO_HT_TILE * K of them in
+ * (token, k) order, go through the warp in K rounds of PROTO_HT_TILE
+ * consecutive pairs, lane l taking pair PROTO_HT_TILE * r + l of round r.
+ * Its unit, or -1 (none, invalid, beyond T). */
+PROTO_HD int64_t proto_ht_pair_unit(const proto_ids_t *ids, int64_t T,
+                                    int64_t tile, int64_t p)
+{
+    const int64_t t = tile * PROTO_HT_TILE + p / ids->K;
+    return t < T ? proto_expert_id(ids, t, (int)(p % ids->K)) : -1;
+}
+
+/* One tile's epos ([T][K]), its rounds and lanes in loops, as the warp
+ * does it: in each round the lanes with the same unit (the warp's
+ * __match_any_sync) take run[u] plus their rank among them
+ * (proto_ht_below), then the group's lowest lane adds its size to run[u]
+ * (run: the warp's running positions per unit, in shared memory).  The
+ * rounds follow (token, k) order, so these are the walk's positions. */
+PROTO_HD void proto_ht_tile_epos(const proto_ids_t *ids, int64_t T,
+                                 int64_t tile, int32_t *run, int32_t *epos)
+{
+    const int64_t p0 = tile * PROTO_HT_TILE * ids->K;
+    for (int r = 0; r < ids->K; r++) {
+        int64_t u[PROTO_HT_TILE];
+        uint32_t mm[PROTO_HT_TILE];
+        for (int l = 0; l < PROTO_HT_TILE; l++)
+            u[l] = proto_ht_pair_unit(ids, T, tile,
+                                      (int64_t)r * PROTO_HT_TILE + l);
+        for (int l = 0; l < PROTO_HT_TILE; l++) {
+            mm[l] = 0;
+            for (int l2 = 0; l2 < PROTO_HT_TILE; l2++)
+                mm[l] |= (uint32_t)(u[l2] == u[l]) << l2;
+            if (u[l] >= 0)
+                epos[p0 + (int64_t)r * PROTO_HT_TILE + l] =
+                    run[u[l]] + proto_ht_below(mm[l], l);
+        }
+        for (int l = 0; l < PROTO_HT_TILE; l++)
+            if (u[l] >= 0 && proto_ht_below(mm[l], l) == 0)
+                run[u[l]] += proto_popc32(mm[l]);
+    }
+}
+
 /* Rows that the sources below s put in column c of the count matrix (a
  * destination rank d: c = d; a unit u: c = R + u).  cnt: a count buffer
  * of the call's parity from its first count word on, proto_cnt_index(g,
@@ -1078,6 +1240,62 @@ PROTO_HD void proto_q_store_scale(const proto_geom_t *g, char *scales, int64_t k
         ((uint8_t *)scales)[k] = (uint8_t)v;
 }
 
+/* One row quantized once and stored to n destinations: the fused
+ * dispatch's fan-out (src/cuda/kern_ht.cu), where the warp of a token
+ * encodes each chunk once and stores its codes and its block's scale to
+ * every destination of the token.  q[j], sc[j], gs[j]: destination j's
+ * codes, scales and (NVFP4) row scale.  given: the caller's NVFP4 tensor
+ * scale, or 0 (proto_q_row_global).  The arithmetic is the classic pack
+ * warp's per destination (a chunk's maximum, its block's over
+ * proto_q_group chunks, proto_q_encode), here block after block: the
+ * codes do not depend on the destination, so every copy is the bits the
+ * classic pack stores there (tests/cuda/test_kern_host, fused_quant). */
+PROTO_HD void proto_q_row_fan(const proto_geom_t *g, const uint16_t *x,
+                              float given, int n, char *const *q,
+                              char *const *sc, float *const *gs)
+{
+    const int64_t chunks = proto_q_chunks(g);
+    const int G = proto_q_group(g), cb = proto_q_chunk_bytes(g);
+    uint16_t v[MOE_QUANT_CHUNK];
+    uint8_t o[MOE_QUANT_CHUNK];
+    float global = 0.0f;
+    if (g->wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = 0; given <= 0.0f && c < chunks; c++) {
+            int nan;
+            proto_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        global = proto_q_row_global(given, m);
+        for (int j = 0; j < n; j++)
+            *gs[j] = global;
+    }
+    for (int64_t b0 = 0; b0 < chunks; b0 += G) {
+        uint32_t m = 0;
+        int nan = 0;
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n1;
+            proto_q_load_chunk(g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &n1);
+            m = a > m ? a : m;
+            nan |= n1;
+        }
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            const int len = proto_q_load_chunk(g, x, c, v);
+            const uint32_t s = proto_q_encode(g, v, MOE_QUANT_CHUNK, m, nan,
+                                              global, o);
+            const int nb = proto_q_chunk_stored(g, len);
+            for (int j = 0; j < n; j++) {
+                for (int i = 0; i < nb; i++)
+                    q[j][c * cb + i] = (char)o[i];
+                if (c == b0)
+                    proto_q_store_scale(g, sc[j], c / G, s);
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------ low latency
  *
  * The window: proto_ll_layout (geom.h). */
@@ -1168,18 +1386,6 @@ PROTO_HD int proto_ll_row_source(const proto_geom_t *g, int cap,
  * classic layout's (tests/cuda/test_kern_host compares them). */
 
 #define PROTO_LL1_LANES 32
-
-PROTO_HD int proto_popc32(uint32_t v)
-{
-#ifdef __CUDA_ARCH__
-    return __popc(v);
-#else
-    int n = 0;
-    for (; v; v &= v - 1)
-        n++;
-    return n;
-#endif
-}
 
 /* Lanes of a step [0, n) whose key equals lane's (__match_any_sync over
  * the step's keys; lanes past n hold -1, as the kernel's do). */

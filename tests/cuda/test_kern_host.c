@@ -20,6 +20,7 @@
 
 #include "common/epx_test.h"
 #include "ref/ref.h"
+#include "ref/ref_quant.h"
 #include "proto/proto.h"
 
 typedef struct scen {
@@ -492,6 +493,109 @@ static void layout_walk(const proto_geom_t *g, const proto_ids_t *ids,
     free(d2);
 }
 
+/* The fused dispatch's layout (src/cuda/kern_ht.cu) over nb blocks of W
+ * warps, each warp a contiguous range of tiles, each tile's lanes through
+ * proto.h's tile functions: the count pass in any warp order, the block
+ * totals (per unit: the kernel's shared-memory counts) and each block's
+ * lower warps, then the place pass; dest, pos, the totals (mycnt) and,
+ * with epos (expert-major), each pair's position at its unit. */
+static void layout_fused(const proto_geom_t *g, const proto_ids_t *ids,
+                         const int32_t *e2r, int64_t T, int nb, int W,
+                         int32_t *dest, int32_t *pos, int32_t *epos,
+                         int32_t *mycnt)
+{
+    const int R = g->R, E = g->E, n = R + g->E, NW = nb * W;
+    const int64_t NT = proto_ht_tiles(T);
+    int32_t *wc = calloc((size_t)NW * (size_t)R + 1, sizeof(int32_t));
+    int32_t *wu = calloc((size_t)NW * (size_t)E + 1, sizeof(int32_t));
+    int32_t *part = calloc((size_t)nb * (size_t)n + 1, sizeof(int32_t));
+    int32_t *run = calloc((size_t)R + 1, sizeof(int32_t));
+    int32_t *urun = calloc((size_t)E + 1, sizeof(int32_t));
+    assert_non_null(wc);
+    assert_non_null(wu);
+    assert_non_null(part);
+    assert_non_null(run);
+    assert_non_null(urun);
+    for (int gw = NW - 1; gw >= 0; gw--) {          /* count: any order */
+        int64_t a, b;
+        proto_layout_range(NT, NW, gw, &a, &b);
+        for (int64_t tile = a; tile < b; tile++) {
+            proto_ht_tile_count(g, ids, e2r, T, tile, wc + (int64_t)gw * R);
+            for (int64_t t = tile * PROTO_HT_TILE;
+                 t < T && t < (tile + 1) * PROTO_HT_TILE; t++)
+                for (int k = 0; k < g->K; k++) {
+                    int64_t e = proto_expert_id(ids, t, k);
+                    if (e >= 0) {
+                        part[(int64_t)(gw / W) * n + R + e]++;
+                        wu[(int64_t)gw * E + e]++;
+                    }
+                }
+        }
+        for (int d = 0; d < R; d++)
+            part[(int64_t)(gw / W) * n + d] += wc[(int64_t)gw * R + d];
+    }
+    for (int gw = 0; gw < NW; gw++) {               /* place */
+        const int b = gw / W;
+        for (int d = 0; d < R; d++) {
+            run[d] = (int32_t)proto_layout_base(part, n, b, d);
+            for (int w2 = b * W; w2 < gw; w2++)
+                run[d] += wc[(int64_t)w2 * R + d];
+        }
+        for (int u = 0; u < E; u++) {
+            urun[u] = (int32_t)proto_layout_base(part, n, b, R + u);
+            for (int w2 = b * W; w2 < gw; w2++)
+                urun[u] += wu[(int64_t)w2 * E + u];
+        }
+        int64_t a, e;
+        proto_layout_range(NT, NW, gw, &a, &e);
+        for (int64_t tile = a; tile < e; tile++) {
+            proto_ht_tile_place(g, ids, e2r, T, tile, run, dest, pos);
+            if (epos)
+                proto_ht_tile_epos(ids, T, tile, urun, epos);
+        }
+    }
+    for (int u = 0; u < n; u++)
+        mycnt[u] = (int32_t)proto_layout_base(part, n, nb, u);
+    free(wc), free(wu), free(part), free(run), free(urun);
+}
+
+/* The fused layout for several grids against the walk's dest, pos,
+ * totals and epos (d1, p1, c1, e1 from layout_walk). */
+static void fused_matches_walk(const proto_geom_t *g, const proto_ids_t *ids,
+                               const int32_t *e2r, int64_t T,
+                               const int32_t *d1, const int32_t *p1,
+                               const int32_t *c1, const int32_t *e1)
+{
+    static const int grids[][2] = { { 1, 1 }, { 1, 16 }, { 3, 2 },
+                                    { 16, 8 }, { 132, 8 }, { 7, 5 } };
+    const size_t np = (size_t)(T * g->maxdest + 1);
+    int32_t *d2 = malloc(sizeof(int32_t) * np), *p2 = malloc(sizeof(int32_t) * np);
+    int32_t *c2 = malloc(sizeof(int32_t) * (size_t)(g->R + g->E));
+    int32_t *e2 = malloc(sizeof(int32_t) * (size_t)(T * g->K + 1));
+    assert_non_null(e2);
+    assert_non_null(d2);
+    assert_non_null(p2);
+    assert_non_null(c2);
+    for (size_t i = 0; i < sizeof(grids) / sizeof(grids[0]); i++) {
+        for (size_t j = 0; j < np; j++)
+            d2[j] = p2[j] = -7;   /* every entry must be written */
+        for (int64_t j = 0; j < T * g->K; j++)
+            e2[j] = -7;
+        layout_fused(g, ids, e2r, T, grids[i][0], grids[i][1], d2, p2, e2,
+                     c2);
+        assert_memory_equal(c1, c2, sizeof(int32_t) * (size_t)(g->R + g->E));
+        for (int64_t k = 0; k < T * g->maxdest; k++) {
+            assert_int_equal(d1[k], d2[k]);
+            if (d1[k] >= 0)
+                assert_int_equal(p1[k], p2[k]);
+        }
+        for (int64_t k = 0; k < T * g->K; k++)   /* pairs of no unit: -7 */
+            assert_int_equal(proto_expert_id(ids, k / g->K, (int)(k % g->K))
+                                 >= 0 ? e1[k] : -7, e2[k]);
+    }
+    free(d2), free(p2), free(c2), free(e2);
+}
+
 /* Chunk counts to try for T tokens: one, a few, more than tokens (empty
  * chunks), and what the kernels launch for several SM budgets. */
 static int layout_nb(int64_t T, int i)
@@ -639,6 +743,7 @@ static void run(const scen_t *sc)
         int32_t *e1 = malloc(sizeof(int32_t) * ne);
         int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
         layout_walk(&g, &ids, e2r, s->T, 0, NULL, d1, p1, e1, c1);
+        fused_matches_walk(&g, &ids, e2r, s->T, d1, p1, c1, e1);
         layout_blocks(&g, &ids, e2r, s->T, layout_nb(s->T, r), sc->em,
                       s->dest, s->pos, s->epos, s->mycnt);
         assert_memory_equal(c1, s->mycnt, sizeof(int32_t) * (size_t)(R + E));
@@ -1765,6 +1870,133 @@ static void layout_chunks(void **state)
         }
 }
 
+/* The fused layout alone, over more tokens than run() takes (tiles
+ * split across warps, partial last tiles): 1, 2, 31, 32, 33, 64 and 72
+ * ranks (several mask words), random ids with -1, invalid ids and
+ * repeats, every expert on one rank, every id -1, 0 and 1 token. */
+static void fused_layout(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 31, 32, 33, 64, 72 };
+    static const int64_t Ts[] = { 0, 1, 31, 32, 33, 95, 200, 1031 };
+    for (size_t ri = 0; ri < sizeof(ranks) / sizeof(ranks[0]); ri++)
+        for (size_t ti = 0; ti < sizeof(Ts) / sizeof(Ts[0]); ti++)
+            for (int mode = 0; mode < 3; mode++) {
+                const int R = ranks[ri], K = 1 + (int)(ti % 8);
+                const int E = mode == 1 ? K + 3 : 2 * R + 5;
+                const int64_t T = Ts[ti];
+                proto_geom_t g = { 0 };
+                g.R = R;
+                g.E = E;
+                g.K = K;
+                g.maxdest = K < R ? K : R;
+                int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
+                for (int e = 0; e < E; e++)   /* mode 1: all on rank R-1 */
+                    e2r[e] = mode == 1 ? R - 1
+                                       : (int)((int64_t)e * R / E);
+                int32_t *idx = malloc(sizeof(int32_t) * (size_t)(T * K + 1));
+                for (int64_t i = 0; i < T * K; i++) {
+                    uint64_t v = epxt_below(&rng, 12);
+                    idx[i] = mode == 2 ? -1
+                           : v == 0 ? -1
+                           : v == 1 ? E + 2                 /* invalid */
+                           : v == 2 && i % K ? idx[i - 1]   /* repeat */
+                           : (int32_t)epxt_below(&rng, (uint64_t)E);
+                }
+                const proto_ids_t ids = { idx, 0, K, E, { 0, NULL, NULL,
+                                                          NULL } };
+                const size_t np = (size_t)(T * g.maxdest + 1);
+                int32_t *d1 = malloc(sizeof(int32_t) * np);
+                int32_t *p1 = malloc(sizeof(int32_t) * np);
+                int32_t *e1 = malloc(sizeof(int32_t) * (size_t)(T * K + 1));
+                int32_t *c1 = malloc(sizeof(int32_t) * (size_t)(R + E));
+                layout_walk(&g, &ids, e2r, T, 0, NULL, d1, p1, e1, c1);
+                fused_matches_walk(&g, &ids, e2r, T, d1, p1, c1, e1);
+                free(d1), free(p1), free(e1), free(c1), free(idx), free(e2r);
+            }
+}
+
+/* Quantize once per token (proto_q_row_fan, the fused dispatch's
+ * fan-out) gives every destination the bits of the classic per-
+ * destination quantization (quant_row_chunks, the pack warp's arithmetic
+ * per row) and of the reference quantizer: every wire, odd and short
+ * rows, NaN, infinities and zeros, the NVFP4 row's own scale and a
+ * caller's, 1 to 4 destinations. */
+static void fused_quant(void **state)
+{
+    (void)state;
+    static const epx_wire_t wires[] = { EPX_WIRE_FP8, EPX_WIRE_FP8_UE8M0,
+                                        EPX_WIRE_MXFP8, EPX_WIRE_NVFP4 };
+    static const int Hs[] = { 1, 15, 16, 17, 129, 1000, 7168 };
+    for (size_t wi = 0; wi < sizeof(wires) / sizeof(wires[0]); wi++)
+        for (size_t hi = 0; hi < sizeof(Hs) / sizeof(Hs[0]); hi++)
+            for (int round = 0; round < 6; round++) {
+                proto_geom_t g = { 0 };
+                g.R = 4;
+                g.E = 4;
+                g.K = 2;
+                g.H = Hs[hi];
+                g.esize = 2;
+                g.maxT = 1;
+                g.align = 1;
+                g.wire = wires[wi];
+                proto_geom_layout(&g);
+                ref_wire_t rw;
+                assert_int_equal(ref_wire_shape(g.wire, g.H, &rw), 0);
+                const int n = 1 + round % 4;
+                uint16_t *x = malloc(sizeof(uint16_t) * (size_t)g.H);
+                for (int h = 0; h < g.H; h++) {
+                    uint64_t v = epxt_below(&rng, 200);
+                    x[h] = v == 0 && round == 1 ? 0x7fc1       /* NaN */
+                         : v == 1 && round == 2 ? 0xff80       /* -inf */
+                         : v < 20 && round == 4 ? 0
+                         : (uint16_t)epxt_below(&rng, 0x7f80) |
+                               (uint16_t)(epxt_below(&rng, 2) << 15);
+                }
+                float gv = 0.0f;   /* NVFP4: the row's own scale */
+                if (g.wire == EPX_WIRE_NVFP4 && round >= 3)
+                    gv = ref_nvfp4_tensor_scale(x, (size_t)g.H) *
+                         (round == 5 ? 3.0f : 1.0f);
+                char *q[4], *sc[4];
+                float gsv[4], *gs[4];
+                const size_t qb = (size_t)g.xrow_bytes + 16,
+                             sb = (size_t)g.scale_bytes + 16;
+                for (int j = 0; j < n; j++) {
+                    q[j] = calloc(1, qb);
+                    sc[j] = calloc(1, sb);
+                    gsv[j] = -1.0f;
+                    gs[j] = &gsv[j];
+                }
+                proto_q_row_fan(&g, x, gv, n, q, sc, gs);
+                char *q1 = calloc(1, qb), *s1 = calloc(1, sb);
+                float g1 = -1.0f;
+                uint8_t *rq = calloc(1, rw.data_bytes + 1);
+                unsigned char *rs = calloc(1, rw.scale_bytes + 1);
+                float rg = -1.0f;
+                ref_quant_row_given(g.wire, x, g.H, rq, rs, &rg, gv);
+                if (gv <= 0.0f)   /* the classic pack's own-scale form */
+                    quant_row_chunks(&g, x, q1, s1, &g1);
+                for (int j = 0; j < n; j++) {
+                    assert_memory_equal(q[j], rq, rw.data_bytes);
+                    assert_memory_equal(sc[j], rs, rw.scale_bytes);
+                    if (gv <= 0.0f) {
+                        assert_memory_equal(q[j], q1, (size_t)g.xrow_bytes);
+                        assert_memory_equal(sc[j], s1,
+                                            (size_t)g.scale_bytes);
+                    }
+                    if (g.wire == EPX_WIRE_NVFP4) {
+                        assert_memory_equal(&gsv[j], &rg, sizeof(float));
+                        if (gv <= 0.0f)
+                            assert_memory_equal(&gsv[j], &g1, sizeof(float));
+                    } else {
+                        assert_true(gsv[j] == -1.0f);   /* left alone */
+                    }
+                    free(q[j]), free(sc[j]);
+                }
+                free(q1), free(s1), free(rq), free(rs), free(x);
+            }
+}
+
 static void invalid_ids(void **state)
 {
     (void)state;
@@ -2159,6 +2391,8 @@ int main(void)
         cmocka_unit_test(ll_one_kernel_layout),
         cmocka_unit_test(ll_one_kernel_marks),
         cmocka_unit_test(layout_chunks),
+        cmocka_unit_test(fused_layout),
+        cmocka_unit_test(fused_quant),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(cached_headers),
         cmocka_unit_test(bf16_matches_host),
