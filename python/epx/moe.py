@@ -410,7 +410,10 @@ class MoE(_C.MoE):
 
         Args:
             y: [d.num_rows, hidden] in the engine dtype, in d's row layout
-                (may be ``d.x`` itself, overwritten with the outputs).
+                (may be ``d.x`` itself, overwritten with the outputs; on a
+                device engine with ``EPX_CUDA_KERNELS=fused`` peers then
+                read those rows in place, so leave ``d.x`` unchanged until
+                this engine's next dispatch).
             d: the :class:`Dispatch` these rows came from (after ``wait()``).
             out: optional [T, hidden] bfloat16/float32 tensor to write
                 (float64 for a float64 engine).

@@ -44,6 +44,7 @@ struct gpu_moe {
     epx_gpu_backend_t backend;
     int device, num_sms, L, first;
     int kset;                   /* EPX_CUDA_KERNELS: EPXK_SET_* */
+    int ht_fits;                /* the fused dispatch's grids fit at once */
     char name[32];
     proto_geom_t g;
     cudaStream_t st;
@@ -747,6 +748,17 @@ gate:
         m->num_sms = sms;
     if (m->num_sms < 1)
         m->num_sms = 1;
+    /* The fused dispatch's grid barriers need every block of the ranks
+     * sharing this device resident at once (peers spin meanwhile):
+     * classic kernels where the occupancy says they may not be. */
+    m->ht_fits = m->kset == EPXK_SET_FUSED && !m->ll &&
+                 epxk_ht_fits(g, m->num_sms * (device_ranks ? device_ranks
+                                                            : 1), sms);
+    if (m->kset == EPXK_SET_FUSED && !m->ll && !m->ht_fits)
+        EPX_LOG(EPX_LOG_WARN, "cuda", me, "EPX_CUDA_KERNELS=fused: %d "
+                "blocks of the fused dispatch may not all be resident on "
+                "%d SMs; the classic dispatch kernels run", m->num_sms *
+                (device_ranks ? device_ranks : 1), sms);
     EPX_LOG(EPX_LOG_INFO, "cuda", me, "engine on device %d: %s, %d SMs of %d, "
             "window %lld bytes", m->device, m->name, m->num_sms, sms,
             (long long)(m->ll ? m->llg.total : g->total));
@@ -1344,7 +1356,7 @@ static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
  * takes the classic kernels, which speak the same window protocol. */
 static int ht_fused_ok(const gpu_moe_t *m)
 {
-    return m->kset == EPXK_SET_FUSED && m->call.windows &&
+    return m->kset == EPXK_SET_FUSED && m->call.windows && m->ht_fits &&
            epxk_ht_covers(&m->g);
 }
 
@@ -1566,7 +1578,19 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
     epx_status_t st = ht_fused_wait(m);
     if (st != EPX_OK)
         return fail(m, st);
-    if (pf[EPXK_PUBF_ERROR])
+    /* The published counts serve epx_dispatch_poll early; recv keeps the
+     * contract's guarantees: the inputs are free and every unit's rows
+     * are here when it returns (the kernel is done), and a wait that
+     * timed out after the counts were published (info's error word) is
+     * this call's error. */
+    if ((st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
+                            "cudaEventSynchronize")) != EPX_OK ||
+        (st = st_read(m, m->h_info + EPXK_INFO_ERROR,
+                      m->d_info + EPXK_INFO_ERROR, sizeof(int64_t))) !=
+            EPX_OK ||
+        (st = st_sync(m)) != EPX_OK)
+        return fail(m, st);
+    if (pf[EPXK_PUBF_ERROR] || m->h_info[EPXK_INFO_ERROR])
         return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
     int bad = pf[EPXK_PUBF_BAD_IDS] != 0;

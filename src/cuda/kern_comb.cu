@@ -97,6 +97,15 @@ __device__ static void cb_release_pulled(const proto_geom_t &g,
         cb_st_release_s32(cb_pulled(g, c.peers[d], g.rank), (int32_t)c.seq);
 }
 
+/* Backoff between polls of a peer's word: none for the first polls
+ * (the word is usually there), then short sleeps, so that many waiting
+ * threads leave the memory system to the stores they wait for. */
+__device__ static void cb_backoff(unsigned n)
+{
+    if (n >= 64)
+        __nanosleep(n < 1024 ? 64 : 512);
+}
+
 /* Source s's combine flag of this call: its mode (PROTO_PULL_*), or -1
  * after a timeout (recorded in info, as every wait does). */
 __device__ static int cb_wait(const uint64_t *p, uint64_t seq,
@@ -107,6 +116,7 @@ __device__ static int cb_wait(const uint64_t *p, uint64_t seq,
         const uint64_t v = cb_ld_acquire(p);
         if ((v & EPXK_COMB_SEQ_MASK) >= seq)
             return (int)(v >> EPXK_COMB_MODE_SHIFT);
+        cb_backoff(n);
         if ((n & 1023u) == 0) {
             const uint64_t t = cb_now();
             if (t0 == 0) {
@@ -144,6 +154,7 @@ __global__ void epxk_comb_fence_kernel(proto_geom_t g, epxk_call_t c)
         for (unsigned n = 0;; n++) {
             if (proto_seq_reached(cb_ld_acquire_s32(p), want))
                 break;
+            cb_backoff(n);
             if ((n & 1023u) == 0) {
                 const uint64_t t = cb_now();
                 if (t0 == 0) {

@@ -798,6 +798,18 @@ extern "C" int epxk_ht_covers(const proto_geom_t *g)
     return ht_smem(g) <= HT_SMEM_MAX;
 }
 
+extern "C" int epxk_ht_fits(const proto_geom_t *g, int blocks, int sms)
+{
+    int per = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &per, epxk_ht_dispatch_kernel, HT_THREADS, ht_smem(g)) !=
+        cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return (long long)per * sms >= blocks;
+}
+
 extern "C" int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c,
                               int blocks, void *stream)
 {

@@ -207,6 +207,9 @@ int epxk_ll1_preload(void);
  * the engine runs the classic kernels.  epxk_ht_preload:
  * epxk_preload for it. */
 int epxk_ht_covers(const proto_geom_t *g);
+/* 1 when `blocks` blocks of the fused dispatch (every rank's grid on
+ * this device) can be resident at once on `sms` SMs (occupancy). */
+int epxk_ht_fits(const proto_geom_t *g, int blocks, int sms);
 int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c, int blocks,
                    void *stream);
 int epxk_ht_preload(void);
