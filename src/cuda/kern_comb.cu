@@ -35,31 +35,11 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
 
 #define WARP 32
 #define PULL_THREADS 512
 #define PULL_WARPS (PULL_THREADS / WARP)
-
-__device__ static __forceinline__ uint64_t cb_ld_acquire(const uint64_t *p)
-{
-    uint64_t v;
-    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
-                 : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ void cb_st_release(uint64_t *p, uint64_t v)
-{
-    asm volatile("st.release.sys.global.u64 [%0], %1;"
-                 :: "l"(p), "l"(v) : "memory");
-}
-
-__device__ static __forceinline__ uint64_t cb_now(void)
-{
-    uint64_t t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 __device__ static __forceinline__ uint64_t *cb_flag(const proto_geom_t &g,
                                                     char *win, int s)
@@ -74,27 +54,13 @@ __device__ static __forceinline__ int32_t *cb_pulled(const proto_geom_t &g,
     return (int32_t *)(win + g.off_status) + s;
 }
 
-__device__ static __forceinline__ void cb_st_release_s32(int32_t *p, int32_t v)
-{
-    asm volatile("st.release.sys.global.s32 [%0], %1;"
-                 :: "l"(p), "r"(v) : "memory");
-}
-
-__device__ static __forceinline__ int32_t cb_ld_acquire_s32(const int32_t *p)
-{
-    int32_t v;
-    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
-                 : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
 /* This rank's pulled word of call `seq` into every rank's window, by the
  * block's threads (after the block's reads). */
 __device__ static void cb_release_pulled(const proto_geom_t &g,
                                          const epxk_call_t &c)
 {
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        cb_st_release_s32(cb_pulled(g, c.peers[d], g.rank), (int32_t)c.seq);
+        epxk_st_release_s32(cb_pulled(g, c.peers[d], g.rank), (int32_t)c.seq);
 }
 
 /* Backoff between polls of a peer's word: none for the first polls
@@ -113,12 +79,12 @@ __device__ static int cb_wait(const uint64_t *p, uint64_t seq,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        const uint64_t v = cb_ld_acquire(p);
+        const uint64_t v = epxk_ld_acquire_u64(p);
         if ((v & EPXK_COMB_SEQ_MASK) >= seq)
             return (int)(v >> EPXK_COMB_MODE_SHIFT);
         cb_backoff(n);
         if ((n & 1023u) == 0) {
-            const uint64_t t = cb_now();
+            const uint64_t t = epxk_now();
             if (t0 == 0) {
                 t0 = t;
             } else if (t - t0 > timeout_ns) {
@@ -139,7 +105,7 @@ __global__ void epxk_comb_ready_kernel(proto_geom_t g, epxk_call_t c)
     const uint64_t v = c.seq |
                        ((uint64_t)c.comb_pull << EPXK_COMB_MODE_SHIFT);
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        cb_st_release(cb_flag(g, c.peers[d], g.rank), v);
+        epxk_st_release_u64(cb_flag(g, c.peers[d], g.rank), v);
 }
 
 /* One block: wait until every rank's pulled word reached call
@@ -152,11 +118,11 @@ __global__ void epxk_comb_fence_kernel(proto_geom_t g, epxk_call_t c)
         const int32_t *p = cb_pulled(g, mine, s);
         uint64_t t0 = 0;
         for (unsigned n = 0;; n++) {
-            if (proto_seq_reached(cb_ld_acquire_s32(p), want))
+            if (proto_seq_reached(epxk_ld_acquire_s32(p), want))
                 break;
             cb_backoff(n);
             if ((n & 1023u) == 0) {
-                const uint64_t t = cb_now();
+                const uint64_t t = epxk_now();
                 if (t0 == 0) {
                     t0 = t;
                 } else if (t - t0 > c.timeout_ns) {

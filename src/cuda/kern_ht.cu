@@ -46,6 +46,7 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
 
 #define WARP 32
 /* 256 threads, at most 128 registers each: a block needs half an SM, so
@@ -58,40 +59,12 @@
 
 static const unsigned FULL = 0xffffffffu;
 
-__device__ static __forceinline__ uint64_t ht_ld_acquire_u64(const uint64_t *p)
-{
-    uint64_t v;
-    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
-                 : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ int32_t ht_ld_acquire_s32(const int32_t *p)
-{
-    int32_t v;
-    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
-                 : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
 __device__ static __forceinline__ unsigned ht_ld_acquire_gpu(const unsigned *p)
 {
     unsigned v;
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];"
                  : "=r"(v) : "l"(p) : "memory");
     return v;
-}
-
-__device__ static __forceinline__ void ht_st_release_u64(uint64_t *p, uint64_t v)
-{
-    asm volatile("st.release.sys.global.u64 [%0], %1;"
-                 :: "l"(p), "l"(v) : "memory");
-}
-
-__device__ static __forceinline__ void ht_st_release_s32(int32_t *p, int32_t v)
-{
-    asm volatile("st.release.sys.global.s32 [%0], %1;"
-                 :: "l"(p), "r"(v) : "memory");
 }
 
 /* The input rows are read-only during the kernel: no L1 allocation. */
@@ -103,19 +76,12 @@ __device__ static __forceinline__ uint4 ht_ld_nc(const uint4 *p)
     return v;
 }
 
-__device__ static __forceinline__ uint64_t ht_now(void)
-{
-    uint64_t t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
 /* One thread's bounded wait, backing off from 32 ns to 1 us between
  * polls.  On timeout: the error flag, false. */
 __device__ static bool ht_timed_out(uint64_t t0, uint64_t timeout_ns,
                                     unsigned *ns, int64_t *info)
 {
-    if (ht_now() - t0 > timeout_ns) {
+    if (epxk_now() - t0 > timeout_ns) {
         atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
         return true;
     }
@@ -128,9 +94,9 @@ __device__ static bool ht_timed_out(uint64_t t0, uint64_t timeout_ns,
 __device__ static bool ht_wait_u64(const uint64_t *p, uint64_t want,
                                    uint64_t timeout_ns, int64_t *info)
 {
-    const uint64_t t0 = ht_now();
+    const uint64_t t0 = epxk_now();
     unsigned ns = 32;
-    while (ht_ld_acquire_u64(p) < want)
+    while (epxk_ld_acquire_u64(p) < want)
         if (ht_timed_out(t0, timeout_ns, &ns, info))
             return false;
     return true;
@@ -139,9 +105,9 @@ __device__ static bool ht_wait_u64(const uint64_t *p, uint64_t want,
 __device__ static bool ht_wait_s32(const int32_t *p, int32_t want,
                                    uint64_t timeout_ns, int64_t *info)
 {
-    const uint64_t t0 = ht_now();
+    const uint64_t t0 = epxk_now();
     unsigned ns = 32;
-    while (ht_ld_acquire_s32(p) != want)
+    while (epxk_ld_acquire_s32(p) != want)
         if (ht_timed_out(t0, timeout_ns, &ns, info))
             return false;
     return true;
@@ -163,7 +129,7 @@ __device__ static void ht_grid_sync(unsigned *bar, uint64_t timeout_ns,
             __threadfence();
             atomicAdd(&bar[1], 1u);
         } else {
-            const uint64_t t0 = ht_now();
+            const uint64_t t0 = epxk_now();
             unsigned ns = 32;
             while (ht_ld_acquire_gpu(&bar[1]) == gen)
                 if (ht_timed_out(t0, timeout_ns, &ns, info))
@@ -588,7 +554,7 @@ __device__ static void ht_publish(const proto_geom_t &g, const epxk_call_t &c,
     __threadfence_system();
     __syncthreads();
     if (threadIdx.x == 0)
-        ht_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_SEQ], c.seq);
+        epxk_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_SEQ], c.seq);
 }
 
 /* Block 0, last: each local unit's readiness word once every source
@@ -608,7 +574,7 @@ __device__ static void ht_recv_wait(const proto_geom_t &g,
                      ht_wait_u64(ht_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
                                  c.timeout_ns, c.info);
         if (ok)
-            ht_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_COUNTS + 2 * L + j],
+            epxk_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_COUNTS + 2 * L + j],
                               c.seq);
     }
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
@@ -702,7 +668,7 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
         __threadfence_system();
         __syncthreads();
         for (int d = threadIdx.x; d < R; d += blockDim.x)
-            ht_st_release_s32(ht_cnt(g, c.peers[d], c.parity, g.rank) + n,
+            epxk_st_release_s32(ht_cnt(g, c.peers[d], c.parity, g.rank) + n,
                               (int32_t)c.seq);
     }
     for (int d = threadIdx.x; d < R; d += blockDim.x) {
@@ -781,7 +747,7 @@ epxk_ht_dispatch_kernel(proto_geom_t g, epxk_call_t c)
             atomicExch(&c.fbar[2], 0u);
             __threadfence_system();
             for (int d = 0; d < R; d++)
-                ht_st_release_u64(ht_flag(g, c.peers[d], PROTO_FLAG_DATA,
+                epxk_st_release_u64(ht_flag(g, c.peers[d], PROTO_FLAG_DATA,
                                           g.rank), c.seq);
         }
     }

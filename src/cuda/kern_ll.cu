@@ -26,6 +26,7 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
 
 #define WARP 32
 #define LL1_THREADS 512
@@ -34,43 +35,6 @@
 #define LL1_RECV 2
 
 /* ------------------------------------------------------------ signals */
-
-__device__ static __forceinline__ uint64_t ll1_ld_acquire_u64(const uint64_t *p)
-{
-    uint64_t v;
-    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
-                 : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ int32_t ll1_ld_acquire_s32(const int32_t *p)
-{
-    int32_t v;
-    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
-                 : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ void ll1_st_release_u64(uint64_t *p,
-                                                          uint64_t v)
-{
-    asm volatile("st.release.sys.global.u64 [%0], %1;"
-                 :: "l"(p), "l"(v) : "memory");
-}
-
-__device__ static __forceinline__ void ll1_st_release_s32(int32_t *p,
-                                                          int32_t v)
-{
-    asm volatile("st.release.sys.global.s32 [%0], %1;"
-                 :: "l"(p), "r"(v) : "memory");
-}
-
-__device__ static __forceinline__ uint64_t ll1_now(void)
-{
-    uint64_t t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 /* Poll until done(p) holds, bounded by the timeout (info[ERROR] then
  * set, as the classic waits do); a short sleep between polls leaves the
@@ -83,7 +47,7 @@ __device__ static bool ll1_wait(F done, uint64_t timeout_ns, int64_t *info)
         if (done())
             return true;
         if ((n & 255u) == 0) {
-            uint64_t t = ll1_now();
+            uint64_t t = epxk_now();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > timeout_ns) {
@@ -466,7 +430,7 @@ __device__ static void ll1_dispatch_send(const proto_geom_t &g,
     const int32_t tag = PROTO_LL_TAG(u);
     char *mine = c.peers[g.rank];
     for (int r = threadIdx.x; r < g.R; r += blockDim.x)
-        ll1_wait([&] { return (ll1_ld_acquire_u64(ll1_comb_flag(g, c, mine, r)) &
+        ll1_wait([&] { return (epxk_ld_acquire_u64(ll1_comb_flag(g, c, mine, r)) &
                                ~EPXK_LL_ABANDONED) >= u; },
                  c.timeout_ns, c.info);
     __syncthreads();
@@ -496,7 +460,7 @@ __device__ static void ll1_dispatch_send(const proto_geom_t &g,
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        ll1_st_release_s32((int32_t *)(ll1_buf(c, c.peers[d]) + c.ll.fw) +
+        epxk_st_release_s32((int32_t *)(ll1_buf(c, c.peers[d]) + c.ll.fw) +
                                g.rank,
                            PROTO_LL_WORD(tag, ok ? s.cnt[d] : 0));
 }
@@ -516,7 +480,7 @@ __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
     const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
     const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-        ll1_wait([&] { return PROTO_LL_WTAG(ll1_ld_acquire_s32(fw + s)) == tag; },
+        ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(fw + s)) == tag; },
                  c.timeout_ns, c.info);
     __syncthreads();
     const int L = c.num_local, cap = c.ll.cap;
@@ -650,7 +614,7 @@ __device__ static void ll1_combine_send(const proto_geom_t &g,
         }
     if (ll1_grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            ll1_st_release_u64(ll1_comb_flag(g, c, c.peers[d], g.rank),
+            epxk_st_release_u64(ll1_comb_flag(g, c, c.peers[d], g.rank),
                                (uint64_t)u + 1);
 }
 
@@ -724,10 +688,10 @@ __device__ static void ll1_combine_recv(const proto_geom_t &g,
     char *mine = c.peers[g.rank];
     for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
         uint64_t *f = ll1_comb_flag(g, c, mine, s);
-        if (ll1_wait([&] { return (ll1_ld_acquire_u64(f) & ~EPXK_LL_ABANDONED) >=
+        if (ll1_wait([&] { return (epxk_ld_acquire_u64(f) & ~EPXK_LL_ABANDONED) >=
                                   (uint64_t)u + 1; },
                      c.timeout_ns, c.info) &&
-            (ll1_ld_acquire_u64(f) & EPXK_LL_ABANDONED))
+            (epxk_ld_acquire_u64(f) & EPXK_LL_ABANDONED))
             ll1_error(c, EPX_ERR_PEER);
     }
     __syncthreads();

@@ -18,43 +18,9 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
 
 #define WARP 32
-
-__device__ static __forceinline__ uint64_t ld_acquire_u64(const uint64_t *p)
-{
-    uint64_t v;
-    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
-                 : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ int32_t ld_acquire_s32(const int32_t *p)
-{
-    int32_t v;
-    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
-                 : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-
-__device__ static __forceinline__ void st_release_u64(uint64_t *p, uint64_t v)
-{
-    asm volatile("st.release.sys.global.u64 [%0], %1;"
-                 :: "l"(p), "l"(v) : "memory");
-}
-
-__device__ static __forceinline__ void st_release_s32(int32_t *p, int32_t v)
-{
-    asm volatile("st.release.sys.global.s32 [%0], %1;"
-                 :: "l"(p), "r"(v) : "memory");
-}
-
-__device__ static __forceinline__ uint64_t now_ns(void)
-{
-    uint64_t t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 /* Wait until *p >= want (sequence numbers only grow).  On timeout, record
  * the error in info[0] and give up: the host turns it into
@@ -64,10 +30,10 @@ __device__ static bool wait_u64(const uint64_t *p, uint64_t want,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if (ld_acquire_u64(p) >= want)
+        if (epxk_ld_acquire_u64(p) >= want)
             return true;
         if ((n & 1023u) == 0) {
-            uint64_t t = now_ns();
+            uint64_t t = epxk_now();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > timeout_ns) {
@@ -83,10 +49,10 @@ __device__ static bool wait_s32(const int32_t *p, int32_t want,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if (ld_acquire_s32(p) == want)
+        if (epxk_ld_acquire_s32(p) == want)
             return true;
         if ((n & 1023u) == 0) {
-            uint64_t t = now_ns();
+            uint64_t t = epxk_now();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > timeout_ns) {
@@ -103,10 +69,10 @@ __device__ static bool wait_u64_masked(const uint64_t *p, uint64_t want,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if ((ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want)
+        if ((epxk_ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want)
             return true;
         if ((n & 1023u) == 0) {
-            uint64_t t = now_ns();
+            uint64_t t = epxk_now();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > timeout_ns) {
@@ -123,10 +89,10 @@ __device__ static bool wait_tag(const int32_t *p, int32_t tag,
 {
     uint64_t t0 = 0;
     for (unsigned n = 0;; n++) {
-        if (PROTO_LL_WTAG(ld_acquire_s32(p)) == tag)
+        if (PROTO_LL_WTAG(epxk_ld_acquire_s32(p)) == tag)
             return true;
         if ((n & 1023u) == 0) {
-            uint64_t t = now_ns();
+            uint64_t t = epxk_now();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > timeout_ns) {
@@ -413,7 +379,7 @@ __global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
+        epxk_st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
                        (int32_t)c.seq);
 }
 
@@ -452,7 +418,7 @@ __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
+        epxk_st_release_s32(win_cnt(g, c.peers[d], c.parity, g.rank) + n,
                        (int32_t)c.seq);
 }
 
@@ -557,7 +523,7 @@ __global__ void epxk_pack_kernel(proto_geom_t g, epxk_call_t c)
         return;
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_DATA, g.rank),
+            epxk_st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_DATA, g.rank),
                            c.seq);
 }
 
@@ -619,7 +585,7 @@ __global__ void epxk_recv_kernel(proto_geom_t g, epxk_call_t c)
     __threadfence_system();
     __syncthreads();
     if (c.pub && threadIdx.x == 0)
-        st_release_u64((uint64_t *)&c.pub[EPXK_PUB_SEQ], c.seq);
+        epxk_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_SEQ], c.seq);
     /* Readiness: unit by unit, as their sources arrive.  A wait that
      * timed out ends the waiting (the error is the host's to report). */
     for (int j = threadIdx.x; agreed && c.pub && j < L; j += blockDim.x) {
@@ -630,7 +596,7 @@ __global__ void epxk_recv_kernel(proto_geom_t g, epxk_call_t c)
                      wait_u64(win_flag(g, mine, PROTO_FLAG_DATA, s), c.seq,
                               c.timeout_ns, c.info);
         if (ok)
-            st_release_u64((uint64_t *)&c.pub[EPXK_PUB_COUNTS + 2 * L + j],
+            epxk_st_release_u64((uint64_t *)&c.pub[EPXK_PUB_COUNTS + 2 * L + j],
                            c.seq);
     }
     if (c.windows)
@@ -669,7 +635,7 @@ __global__ void epxk_comb_put_kernel(proto_geom_t g, epxk_call_t c)
         }
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_COMB, g.rank),
+            epxk_st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_COMB, g.rank),
                            c.seq);
 }
 
@@ -932,7 +898,7 @@ __global__ void epxk_ll_pack_kernel(proto_geom_t g, epxk_call_t c)
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
+        epxk_st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
                        PROTO_LL_WORD(tag, ok ? c.mycnt[d] : 0));
 }
 
@@ -1007,7 +973,7 @@ __global__ void epxk_ll_comb_put_kernel(proto_geom_t g, epxk_call_t c)
         }
     if (grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-            st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+            epxk_st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
                            (uint64_t)u + 1);
 }
 
@@ -1022,7 +988,7 @@ __global__ void epxk_ll_comb_reduce_kernel(proto_geom_t g, epxk_call_t c)
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
         if (wait_u64_masked(ll_comb_flag(g, c, mine, s), (uint64_t)u + 1,
                             c.timeout_ns, c.info) &&
-            (ld_acquire_u64(ll_comb_flag(g, c, mine, s)) & EPXK_LL_ABANDONED))
+            (epxk_ld_acquire_u64(ll_comb_flag(g, c, mine, s)) & EPXK_LL_ABANDONED))
             ll_error(c, EPX_ERR_PEER);
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] == 0) {
@@ -1041,7 +1007,7 @@ __global__ void epxk_ll_abandon_kernel(proto_geom_t g, epxk_call_t c)
     const uint32_t u = c.ll_use[c.ll_b];
     __threadfence_system();
     for (int d = 0; d < g.R; d++)
-        st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
+        epxk_st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
                        ((uint64_t)u + 1) | EPXK_LL_ABANDONED);
     c.ll_use[c.ll_b] = u + 1;
 }

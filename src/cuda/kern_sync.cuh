@@ -1,0 +1,50 @@
+/*
+ * The kernels' synchronisation primitives, one copy for every kernel file:
+ * system-scope acquire loads and release stores of the words peers
+ * exchange through the windows (peers may be other processes, other
+ * GPUs), and the global timer that bounds every wait by EPX_TIMEOUT.
+ */
+#ifndef EPX_CUDA_KERN_SYNC_CUH
+#define EPX_CUDA_KERN_SYNC_CUH
+
+#include <stdint.h>
+
+__device__ static __forceinline__ uint64_t epxk_ld_acquire_u64(const uint64_t *p)
+{
+    uint64_t v;
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];"
+                 : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ static __forceinline__ int32_t epxk_ld_acquire_s32(const int32_t *p)
+{
+    int32_t v;
+    asm volatile("ld.acquire.sys.global.s32 %0, [%1];"
+                 : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ static __forceinline__ void epxk_st_release_u64(uint64_t *p,
+                                                           uint64_t v)
+{
+    asm volatile("st.release.sys.global.u64 [%0], %1;"
+                 :: "l"(p), "l"(v) : "memory");
+}
+
+__device__ static __forceinline__ void epxk_st_release_s32(int32_t *p,
+                                                           int32_t v)
+{
+    asm volatile("st.release.sys.global.s32 [%0], %1;"
+                 :: "l"(p), "r"(v) : "memory");
+}
+
+/* Nanoseconds of %globaltimer. */
+__device__ static __forceinline__ uint64_t epxk_now(void)
+{
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+#endif /* EPX_CUDA_KERN_SYNC_CUH */
