@@ -27,6 +27,7 @@
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
+#include "cuda/kern_reduce.cuh"
 
 #define WARP 32
 #define LL1_THREADS 512
@@ -618,67 +619,6 @@ __device__ static void ll1_combine_send(const proto_geom_t &g,
                                (uint64_t)u + 1);
 }
 
-/* out = the ascending-rank fp32 sum of each token's partials, rounded
- * once (proto_combine_elem; the classic reduce_out's loads and order),
- * a thread per 16 bytes of a partial where aligned, else per element. */
-__device__ static void ll1_reduce(const proto_geom_t &g, const epxk_call_t &c,
-                                  const char *comb)
-{
-    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const int64_t nth = (int64_t)gridDim.x * blockDim.x;
-    const int V = 16 / g.esize;
-    const bool vec = g.row_bytes % 16 == 0 &&
-                     ((int64_t)g.H * c.out_esize) % 16 == 0 &&
-                     ((uintptr_t)c.out & 15) == 0;
-    if (!vec) {
-        for (int64_t i = tid; i < c.T * g.H; i += nth) {
-            const int64_t t = i / g.H, h = i % g.H;
-            proto_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, h,
-                        proto_combine_elem(&g, comb, c.sendoff, c.dest, c.pos,
-                                           t, h));
-        }
-        return;
-    }
-    const int64_t nv = g.H / V;
-    for (int64_t i = tid; i < c.T * nv; i += nth) {
-        const int64_t t = i / nv, v = i % nv;
-        float acc[8];
-        for (int e = 0; e < 8; e++)
-            acc[e] = 0.0f;
-        for (int j = 0; j < g.maxdest; j++) {
-            if (c.dest[t * g.maxdest + j] < 0)
-                break;
-            const int64_t slot = proto_ret_slot(&g, c.sendoff, c.dest, c.pos,
-                                                t, j);
-            union { uint4 u; uint16_t h[8]; float f[4]; } p;
-            p.u = *(const uint4 *)(comb + slot * g.row_bytes + v * 16);
-            if (V == 8)
-                for (int e = 0; e < 8; e++)
-                    acc[e] = acc[e] + proto_bf16_to_f32(p.h[e]);
-            else
-                for (int e = 0; e < 4; e++)
-                    acc[e] = acc[e] + p.f[e];
-        }
-        char *o = (char *)c.out + (t * g.H + v * V) * c.out_esize;
-        if (c.out_esize == 2) {
-            union { uint4 u; uint2 d; uint16_t h[8]; } q;
-            for (int e = 0; e < 8; e++)
-                q.h[e] = e < V ? proto_f32_to_bf16(acc[e]) : (uint16_t)0;
-            if (V == 8)
-                *(uint4 *)o = q.u;
-            else
-                *(uint2 *)o = q.d;
-        } else {
-            union { uint4 u[2]; float f[8]; } q;
-            for (int e = 0; e < 8; e++)
-                q.f[e] = acc[e];
-            ((uint4 *)o)[0] = q.u[0];
-            if (V == 8)
-                ((uint4 *)o)[1] = q.u[1];
-        }
-    }
-}
-
 /* Wait for every rank's partials of this use, reduce; the last block
  * advances the buffer's use. */
 __device__ static void ll1_combine_recv(const proto_geom_t &g,
@@ -696,7 +636,7 @@ __device__ static void ll1_combine_recv(const proto_geom_t &g,
     }
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] == 0)
-        ll1_reduce(g, c, ll1_buf(c, mine) + c.ll.comb);
+        epxk_reduce_out(g, c, ll1_buf(c, mine) + c.ll.comb);
     else
         ll1_error(c, EPX_ERR_TIMEOUT);
     if (ll1_grid_last(c.done) && threadIdx.x == 0)
