@@ -2,8 +2,8 @@
 # Build everything bench/gpu-run.sh runs, for a GPU host that has a CUDA
 # driver (and NCCL) but neither epx's build dependencies nor a network:
 # a fresh copy of the committed source (HEAD) is configured without UCX or
-# MPI, which these runs do not use (OpenBLAS when present, for
-# host-run.sh's --overlap), built here with the programs linking libepx
+# MPI, which these runs do not use, and without OpenBLAS (host-run.sh's
+# --overlap; EPX_BUNDLE_OPENBLAS=1 keeps it, 39 MB more), built here with the programs linking libepx
 # statically, and DIR receives
 #   bench/epx-bench, topology/epx-topo,  the programs
 #   tests/cuda/test_*, tests/moe/test_executors*, tests/moe/test_device,
@@ -31,7 +31,10 @@ git -C "$src" archive HEAD | tar -x -C "$work"
 cd "$work"
 echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 ./autogen.sh >/dev/null 2>&1
-./configure --without-ucx --without-mpi \
+blas=--without-openblas
+[ "${EPX_BUNDLE_OPENBLAS:-0}" = 1 ] && blas=
+# shellcheck disable=SC2086
+./configure --without-ucx --without-mpi $blas \
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
@@ -49,7 +52,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
     >make.out 2>&1 || { tail -30 make.out; exit 1; }
 mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/tests/moe" \
     "$dir/examples" "$dir/lib/epx"
-for p in $progs; do cp "$p" "$dir/$p"; done
+# Without debug sections: the bundle must travel to the GPU host within
+# its copy limit (64 MiB).
+for p in $progs; do cp "$p" "$dir/$p" && strip --strip-debug "$dir/$p"; done
 cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$dir/lib/epx/"
 cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh bench/gpu-targets.py \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
