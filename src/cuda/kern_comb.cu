@@ -36,6 +36,7 @@
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
+#include "cuda/kern_reduce.cuh"
 
 #define WARP 32
 #define PULL_THREADS 512
@@ -142,30 +143,6 @@ __global__ void epxk_comb_done_kernel(proto_geom_t g, epxk_call_t c)
     cb_release_pulled(g, c);
 }
 
-/* acc (fp32, V = 16 / esize of them) rounded to out's dtype at o: one
- * 16-byte store (or 8, fp32 engine into bf16 out), two for bf16 into
- * fp32 out. */
-__device__ static __forceinline__ void cb_store16(char *o, int out_esize,
-                                                  int V, const float *acc)
-{
-    if (out_esize == 2) {
-        union { uint4 u; uint2 d; uint16_t h[8]; } q;
-        for (int e = 0; e < 8; e++)
-            q.h[e] = e < V ? proto_f32_to_bf16(acc[e]) : (uint16_t)0;
-        if (V == 8)
-            *(uint4 *)o = q.u;
-        else
-            *(uint2 *)o = q.d;
-    } else {
-        union { uint4 u[2]; float f[8]; } q;
-        for (int e = 0; e < 8; e++)
-            q.f[e] = acc[e];
-        ((uint4 *)o)[0] = q.u[0];
-        if (V == 8)
-            ((uint4 *)o)[1] = q.u[1];
-    }
-}
-
 /* Grid of num_sms blocks of PULL_THREADS.  Dynamic shared memory: the
  * R sources' modes. */
 __global__ void __launch_bounds__(PULL_THREADS)
@@ -252,9 +229,9 @@ epxk_comb_pull_kernel(proto_geom_t g, epxk_call_t c)
                                              acc1);
                     }
             }
-            cb_store16(orow + v0 * V * c.out_esize, c.out_esize, V, acc0);
+            epxk_store16(orow + v0 * V * c.out_esize, c.out_esize, V, acc0);
             if (two)
-                cb_store16(orow + v1 * V * c.out_esize, c.out_esize, V, acc1);
+                epxk_store16(orow + v1 * V * c.out_esize, c.out_esize, V, acc1);
         }
         __syncwarp();   /* the terms are rewritten for the next token */
     }

@@ -1,13 +1,38 @@
 /*
- * The combine's final reduction, one copy for the classic kernels and the
- * fused low-latency one: each token's partials summed in ascending rank
- * order in fp32 and rounded once, proto.h's order and rounding.
+ * The combine's final reduction and its rounded 16-byte store, one copy
+ * for the classic kernels and the fused ones: each token's partials
+ * summed in ascending rank order in fp32 and rounded once, proto.h's
+ * order and rounding.
  */
 #ifndef EPX_CUDA_KERN_REDUCE_CUH
 #define EPX_CUDA_KERN_REDUCE_CUH
 
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+
+/* acc (fp32, V = 16 / esize of them) rounded to out's dtype at o: one
+ * 16-byte store (or 8, fp32 engine into bf16 out), two for bf16 into
+ * fp32 out. */
+__device__ static __forceinline__ void epxk_store16(char *o, int out_esize,
+                                                    int V, const float *acc)
+{
+    if (out_esize == 2) {
+        union { uint4 u; uint2 d; uint16_t h[8]; } q;
+        for (int e = 0; e < 8; e++)
+            q.h[e] = e < V ? proto_f32_to_bf16(acc[e]) : (uint16_t)0;
+        if (V == 8)
+            *(uint4 *)o = q.u;
+        else
+            *(uint2 *)o = q.d;
+    } else {
+        union { uint4 u[2]; float f[8]; } q;
+        for (int e = 0; e < 8; e++)
+            q.f[e] = acc[e];
+        ((uint4 *)o)[0] = q.u[0];
+        if (V == 8)
+            ((uint4 *)o)[1] = q.u[1];
+    }
+}
 
 /* out[t][h] for every token: the ascending-rank fp32 sum of the partials
  * in comb (proto.h proto_combine_elem's order and rounding), by the whole
@@ -52,23 +77,8 @@ __device__ static void epxk_reduce_out(const proto_geom_t &g, const epxk_call_t 
                 for (int e = 0; e < 4; e++)
                     acc[e] = acc[e] + p.f[e];
         }
-        char *o = (char *)c.out + (t * g.H + v * V) * c.out_esize;
-        if (c.out_esize == 2) {
-            union { uint4 u; uint2 d; uint16_t h[8]; } q;
-            for (int e = 0; e < 8; e++)
-                q.h[e] = e < V ? proto_f32_to_bf16(acc[e]) : (uint16_t)0;
-            if (V == 8)
-                *(uint4 *)o = q.u;
-            else
-                *(uint2 *)o = q.d;
-        } else {
-            union { uint4 u[2]; float f[8]; } q;
-            for (int e = 0; e < 8; e++)
-                q.f[e] = acc[e];
-            ((uint4 *)o)[0] = q.u[0];
-            if (V == 8)
-                ((uint4 *)o)[1] = q.u[1];
-        }
+        epxk_store16((char *)c.out + (t * g.H + v * V) * c.out_esize,
+                     c.out_esize, V, acc);
     }
 }
 
