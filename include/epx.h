@@ -323,9 +323,9 @@ typedef enum epx_dtype {
     EPX_DTYPE_FP4_E2M1X2 = 6,  /* two e2m1 codes per byte, element 2i in the
                                   low nibble; a row of H elements has
                                   ceil(H / 2) columns */
-    EPX_DTYPE_FP64 = 7         /* IEEE binary64: engines of host ranks on
-                                  the native wire (reference and gradient
-                                  checks), see epx_moe_params_t.dtype */
+    EPX_DTYPE_FP64 = 7         /* IEEE binary64: engines on the native
+                                  wire (reference and gradient checks),
+                                  see epx_moe_params_t.dtype */
 } epx_dtype_t;
 
 /* Bytes per element of a dtype (0 for an unknown one). */
@@ -425,12 +425,12 @@ typedef struct epx_moe_params {
     int topk;                  /* K: experts per token, 1..min(EPX_MAX_TOPK, E) */
     int max_tokens_per_rank;   /* upper bound on T of any dispatch (>= 0) */
     epx_dtype_t dtype;         /* BF16 or FP32: x on the wire; or FP64
-                                  (host ranks, EPX_WIRE_NATIVE; every mode
-                                  and layout, hierarchical too): rows
-                                  carried as given, combine in double
-                                  (epx_combine_send).  FP64 with a
-                                  quantized wire: EPX_ERR_INVALID; on
-                                  device ranks: EPX_ERR_UNSUPPORTED */
+                                  (EPX_WIRE_NATIVE; host and device ranks,
+                                  every mode and layout, hierarchical too
+                                  on host ranks): rows carried as given,
+                                  combine in double (epx_combine_send).
+                                  FP64 with a quantized wire:
+                                  EPX_ERR_INVALID */
     epx_layout_t layout;
     int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
     /* version 2 */
@@ -551,6 +551,11 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     during their epx_combine_recv (the same bits); so the receive
  *     buffer must stay as combine_send found it until the next
  *     dispatch, even after this rank's own epx_combine_recv;
+ *   - EPX_DTYPE_FP64 engines (native wire, every mode, layout and
+ *     backend the device runs; not yet run on a GPU): the host executor's
+ *     double arithmetic bit for bit (rows as given, partials and sums in
+ *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
+ *     classic kernels in throughput mode;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
  *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
  *     epx_dispatch_poll in low latency, low latency over NCCL

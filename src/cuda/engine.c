@@ -86,8 +86,9 @@ struct gpu_moe {
     uint64_t pull_pending;      /* fused combine (kern_comb.cu): the last
                                    call combined, for the next dispatch's
                                    pull fence; 0: none */
-    float *d_scratch;           /* low latency: [maxT][H] fp32, the output
-                                   of a combine released before its recv */
+    float *d_scratch;           /* low latency: [maxT][H] fp32 (fp64 for an
+                                   FP64 engine), the output of a combine
+                                   released before its recv */
     epxk_call_t call;
     /* low latency (ll set) */
     int ll;
@@ -144,9 +145,10 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_INVALID, "cuda moe: hidden %d, experts %d, "
                           "topk %d, max tokens %d out of range", p->hidden,
                           p->num_experts, p->topk, p->max_tokens_per_rank);
-    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
-        return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16 or "
-                          "FP32");
+    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32 &&
+        p->dtype != EPX_DTYPE_FP64)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16, "
+                          "FP32 or FP64");
     if (p->layout != EPX_LAYOUT_TOKEN_MAJOR &&
         p->layout != EPX_LAYOUT_EXPERT_MAJOR)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown layout %d",
@@ -575,7 +577,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         DEV_ALLOC(m->d_llsendoff, sizeof(int64_t) * B * (size_t)R);
         DEV_ALLOC(m->d_llcounts, sizeof(int64_t) * B * (size_t)m->L);
         DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
-        DEV_ALLOC(m->d_scratch, sizeof(float) * (size_t)(maxT * g->H));
+        DEV_ALLOC(m->d_scratch, (size_t)(g->esize == 8 ? 8 : 4) *
+                                    (size_t)(maxT * g->H));
         DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
         const size_t per = (size_t)(1 + m->Elog + g->E);
         DEV_ALLOC(m->d_llnstat, sizeof(int64_t));
@@ -1737,7 +1740,10 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
  * whether it runs this call. */
 static int comb_fused(const gpu_moe_t *m)
 {
-    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows;
+    /* FP64 engines combine with the classic kernels (the pull sums in
+     * fp32); every rank has the engine's dtype, so all ranks agree. */
+    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows &&
+           m->g.esize != 8;
 }
 
 static epx_status_t comb_launch(gpu_moe_t *m, int which)
@@ -1850,18 +1856,25 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
         m->calls.slot[m->calls.combining].n != call)
         return epx__error(EPX_ERR_STATE, "cuda combine_recv: recv without a "
                           "matching combine_send");
-    if (!out || (out->dtype != EPX_DTYPE_BF16 && out->dtype != EPX_DTYPE_FP32) ||
+    /* An FP64 engine's output is FP64 (the double sum), the others' BF16
+     * or FP32: the host executor's rule (moe_check_out). */
+    const int f64 = m->g.esize == 8;
+    if (!out || (f64 ? out->dtype != EPX_DTYPE_FP64
+                     : out->dtype != EPX_DTYPE_BF16 &&
+                       out->dtype != EPX_DTYPE_FP32) ||
         !tensor_ok(out, out->dtype, m->comb_T, m->g.H))
         return epx__error(EPX_ERR_INVALID, "cuda combine_recv: out must be "
-                          "[%lld, %d] BF16 or FP32", (long long)m->comb_T,
-                          m->g.H);
+                          "[%lld, %d] %s", (long long)m->comb_T, m->g.H,
+                          f64 ? "FP64 (an FP64 engine's output)"
+                              : "BF16 or FP32 (FP64 only of an FP64 engine)");
     int b;
     gpu_calls_combine_recv(&m->calls, call, &b);   /* checked above */
     if (m->ll)
         ll_point(m, b);
     m->call.T = m->comb_T;
     m->call.out = out->data;
-    m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2
+                        : out->dtype == EPX_DTYPE_FP64 ? 8 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
         (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
               : launch(m, !m->ll ? EPXK_COMB_REDUCE
@@ -1902,7 +1915,7 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
     } else {
         m->call.T = T;
         m->call.out = m->d_scratch;
-        m->call.out_esize = 4;
+        m->call.out_esize = m->g.esize == 8 ? 8 : 4;
         st = launch(m, EPXK_LL_COMB_REDUCE);
     }
     if (st != EPX_OK)

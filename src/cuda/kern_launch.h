@@ -95,7 +95,7 @@ typedef struct epxk_call {
     proto_route_t route;       /* replica routing of the call's layer */
     const void *y;            /* combine: [rows][H] */
     void *out;                /* combine: [T][H] */
-    int out_esize;
+    int out_esize;            /* 2, 4, or 8 (an FP64 engine's out) */
     /* engine state */
     const int32_t *e2r;       /* [E] owner rank */
     const int32_t *first;     /* [R + 1] first expert of each rank */

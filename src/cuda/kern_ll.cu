@@ -554,6 +554,10 @@ __device__ static void ll1_partial(const proto_geom_t &g, const char *y,
                                    const int32_t *rows, const float *wt,
                                    char *dst, int lane)
 {
+    if (g.esize == 8) {   /* FP64 engine: kern_reduce.cuh */
+        epxk_partial_f64(g, y, rows, wt, dst, lane);
+        return;
+    }
     if (((uintptr_t)y | (uintptr_t)dst | (uintptr_t)g.row_bytes) & 15) {
         for (int64_t h = lane; h < g.H; h += WARP)
             proto_store(dst, g.esize, h, proto_partial_elem(&g, y, rows, wt, h));

@@ -106,7 +106,7 @@ typedef struct proto_geom {
     int E;                    /* units a token is routed to: the experts,
                                  or the slots (num_slots > 0) */
     int K, H;
-    int esize;                /* 2 (bf16), 4 (fp32), 8 (fp64, host) */
+    int esize;                /* 2 (bf16), 4 (fp32), 8 (fp64) */
     int wire;                 /* epx_wire_t of dispatch */
     int64_t maxT;             /* largest max_tokens_per_rank of any rank */
     int em;                   /* expert-major layout */

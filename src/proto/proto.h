@@ -1100,7 +1100,7 @@ PROTO_HD void proto_store_row(void *dst, const float *__restrict__ acc,
     }
 }
 
-/* FP64 engines (host executor only): the same sums in double.  w (fp32)
+/* FP64 engines: the same sums in double.  w (fp32)
  * widens exactly and partials travel in double, so nothing rounds but the
  * double operations themselves, and the sum is the output. */
 PROTO_HD void proto_sum_row_f64(double *__restrict__ acc, const double *x,
@@ -1141,6 +1141,90 @@ PROTO_HD void proto_partial_row_f64(const proto_geom_t *g, const char *y,
         proto_sum_row_f64(acc, (const double *)(y + (int64_t)rows[k] *
                                                 g->row_bytes) + c0,
                           w ? &w[rows[k]] : NULL, k == 0, n);
+}
+
+/* ------------------------------------------------------ FP64 on device
+ *
+ * The kernels' forms of the FP64 sums above (device ranks of an FP64
+ * engine): an entry's partial (proto_partial_row_f64) and a token's sum
+ * over its destinations (the host's reduce_terms_f64), element by element
+ * and over 16-byte pieces (2 doubles).  The terms, their order and the
+ * start from 0.0 are the row forms' (0.0 + the first term), nothing is
+ * rounded but the double operations, and the sum is FP64 out as it is.
+ * test_kern_host checks them against the row forms and tests/ref. */
+
+PROTO_HD double proto_load_f64(const void *row, int64_t h)
+{
+    return ((const double *)row)[h];
+}
+
+/* Element h of an entry's partial: proto_partial_elem in double, the
+ * weight widened exactly (NULL: unweighted). */
+PROTO_HD double proto_partial_elem_f64(const proto_geom_t *g, const char *y,
+                                       const int32_t *rows, const float *w,
+                                       int64_t h)
+{
+    double acc = 0.0;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+        double v = proto_load_f64(y + (int64_t)rows[k] * g->row_bytes, h);
+        acc = acc + (w ? (double)w[rows[k]] * v : v);
+    }
+    return acc;
+}
+
+/* Element h of token t's output: proto_combine_elem in double. */
+PROTO_HD double proto_combine_elem_f64(const proto_geom_t *g,
+                                       const char *comb,
+                                       const int64_t *sendoff,
+                                       const int32_t *dest,
+                                       const int32_t *pos, int64_t t,
+                                       int64_t h)
+{
+    double acc = 0.0;
+    for (int j = 0; j < g->maxdest; j++) {
+        if (dest[t * g->maxdest + j] < 0)
+            break;
+        int64_t slot = proto_ret_slot(g, sendoff, dest, pos, t, j);
+        acc = acc + proto_load_f64(comb + slot * g->row_bytes, h);
+    }
+    return acc;
+}
+
+/* Element e (0 or 1) of a 16-byte piece of doubles (little-endian). */
+PROTO_HD double proto_v16_elem_f64(const proto_v16_t *p, int e)
+{
+    union { uint64_t u; double d; } v;
+    v.u = (uint64_t)p->w[2 * e] | (uint64_t)p->w[2 * e + 1] << 32;
+    return v.d;
+}
+
+/* acc[e] += (weighted ? w * x[e] : x[e]): one row's step of
+ * proto_partial_elem_f64 over a piece. */
+PROTO_HD void proto_partial_acc16_f64(const proto_v16_t *p, int weighted,
+                                      float w, double acc[2])
+{
+    for (int e = 0; e < 2; e++) {
+        double v = proto_v16_elem_f64(p, e);
+        acc[e] = acc[e] + (weighted ? (double)w * v : v);
+    }
+}
+
+/* acc[e] += x[e]: one destination's step of proto_combine_elem_f64. */
+PROTO_HD void proto_sum_acc16_f64(const proto_v16_t *p, double acc[2])
+{
+    for (int e = 0; e < 2; e++)
+        acc[e] = acc[e] + proto_v16_elem_f64(p, e);
+}
+
+/* acc[0..2) as a 16-byte piece, unrounded. */
+PROTO_HD void proto_pack16_f64(const double acc[2], proto_v16_t *p)
+{
+    for (int e = 0; e < 2; e++) {
+        union { uint64_t u; double d; } v;
+        v.d = acc[e];
+        p->w[2 * e] = (uint32_t)v.u;
+        p->w[2 * e + 1] = (uint32_t)(v.u >> 32);
+    }
 }
 
 /* ------------------------------------------------------- quantized pack

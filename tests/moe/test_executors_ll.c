@@ -52,6 +52,25 @@ typedef struct llcase {
 
 #define MEM(call) CHECKF((call) == 0, "%s failed", #call)
 
+/* Bytes of an element of the engine dtype. */
+static size_t esz(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_BF16 ? 2 : dt == EPX_DTYPE_FP64 ? 8 : 4;
+}
+
+/* FP64 engines: expert outputs with every bit of the double's mantissa
+ * in use, so that a sum taken or rounded in fp32 anywhere differs. */
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++) {
+        uint64_t v = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                               (uint64_t)who, (uint64_t)h);
+        double u = (double)(v >> 11) * (1.0 / 9007199254740992.0);
+        row[h] = (u * 8.0 - 4.0) * (double)(1 << (v & 7)) * 0.125;
+    }
+}
+
 static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 {
     const int H = *(const int *)ctx;
@@ -82,7 +101,13 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
             w[i * c->K + k] = (float)epxt_below(&g, 1000) / 997.0f;
         }
     for (int64_t i = 0; i < T * c->H; i++)
-        ref_store(c->dtype, x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
+        if (c->dtype == EPX_DTYPE_FP64)   /* the low mantissa bits too */
+            ((double *)x)[i] = (double)((int)epxt_below(&g, 2001) - 1000) /
+                               64.0 + (double)epxt_below(&g, 1u << 30) *
+                               0x1p-52;
+        else
+            ref_store(c->dtype, x, i,
+                      (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
     *t = (ref_tokens_t){ T, x, idx, w, 0 };
 }
 
@@ -111,7 +136,7 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
                  ref_tokens_t *src, int64_t **idx, float **w, void **x,
                  ref_recv_t *want, int64_t *dropped)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     for (int r = 0; r < R; r++)
         gen(c, r, call, &src[r], idx[r], w[r], x[r]);
     ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
@@ -127,6 +152,12 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     for (int64_t i = 0; i < n; i++) {
         if (want->src_rank[i] < 0)
             continue;
+        if (c->dtype == EPX_DTYPE_FP64) {
+            y64_fn(&H, want->src_rank[i], want->src_token[i],
+                   want->first_local + want->row_expert[i],
+                   (double *)hy + i * c->H);
+            continue;
+        }
         y_fn(&H, want->src_rank[i], want->src_token[i],
              want->first_local + want->row_expert[i], row);
         for (int h = 0; h < c->H; h++)
@@ -168,7 +199,10 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
     unsigned char *hx = calloc((size_t)n * xr + 1, 1);
     unsigned char *hs = calloc((size_t)n * sr + 1, 1);
     float *hg = calloc((size_t)n + 1, sizeof(float));
-    float *got = calloc((size_t)(T * c->H + 1), 4), *exp = calloc((size_t)(T * c->H + 1), 4);
+    const int f64 = c->dtype == EPX_DTYPE_FP64;   /* out FP64, else FP32 */
+    const size_t oes = f64 ? 8 : 4;
+    char *got = calloc((size_t)(T * c->H + 1), oes);
+    char *exp = calloc((size_t)(T * c->H + 1), oes);
     const xmem_t *xm = b->xm;
     MEM(mem_get(xm, counts, rv->expert_counts,
                 sizeof(int64_t) * (size_t)want->num_local));
@@ -178,7 +212,7 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
         MEM(mem_get(xm, hs, b->dscopy, (size_t)n * sr));
     if (rv->x_global_scale)
         MEM(mem_get(xm, hg, b->dgcopy, sizeof(float) * (size_t)n));
-    MEM(mem_get(xm, got, b->dout, sizeof(float) * (size_t)(T * c->H)));
+    MEM(mem_get(xm, got, b->dout, oes * (size_t)(T * c->H)));
     for (int j = 0; j < want->num_local; j++) {
         CHECKF(counts[j] == want->counts[j], "expert %d: count %lld, want %lld", j, (long long)counts[j], (long long)want->counts[j]);
         CHECK(rv->expert_offsets[j] == want->offsets[j]);
@@ -198,8 +232,13 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
     ref_ll_kept(&cfg, &src[me], c->cap, kidx);
     ref_tokens_t kept = { T, src[me].x, kidx, src[me].w, 0 };
     int H = c->H;
-    CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32, exp) == 0);
-    CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
+    if (f64)
+        CHECK(ref_combine_f64(&cfg, me, &kept, 0, y64_fn, &H,
+                              (double *)exp) == 0);
+    else
+        CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32,
+                          exp) == 0);
+    CHECK(memcmp(got, exp, oes * (size_t)(T * c->H)) == 0);
     free(counts), free(srank), free(hx), free(hs), free(hg), free(got);
     free(exp), free(kidx);
     return 0;
@@ -214,7 +253,7 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
 static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
                        const int *calls, int n)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
     float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
     void *x = calloc((size_t)(c->maxT * c->H + 1), es);
@@ -258,7 +297,7 @@ static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
  * kernels cannot know that a peer's failed). */
 static int own_over(const llcase_t *c, int me, int call)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
     float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
     void *x = calloc((size_t)(c->maxT * c->H + 1), es);
@@ -277,7 +316,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
 {
     const llcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->H;
     p.num_experts = c->E;
@@ -309,7 +348,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         MEM(mem_alloc(&xm, &bb->dxcopy, (size_t)(rows * c->H + 1) * es));
         MEM(mem_alloc(&xm, &bb->dscopy, (size_t)(rows * c->H + 1) * 4));
         MEM(mem_alloc(&xm, &bb->dgcopy, (size_t)(rows + 1) * 4));
-        MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 4));
+        MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 8));
     }
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
@@ -334,7 +373,9 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
     a.stream = xm.stream;
-    epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
+    const epx_dtype_t odt = c->dtype == EPX_DTYPE_FP64 ? EPX_DTYPE_FP64
+                                                        : EPX_DTYPE_FP32;
+    epx_tensor_t out = { b.dout, odt, T, c->H };
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     ref_recv_t want;
     int64_t dropped = 0, got_dropped = -1;
@@ -431,7 +472,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK_ST(epx_combine_send(m, h2, &ca2), EPX_ERR_STATE);
         CHECK_OK(epx_combine_send(m, h, &ca));
         CHECK_OK(epx_combine_recv(m, h, &out));
-        epx_tensor_t out2 = { b2.dout, EPX_DTYPE_FP32, T, c->H };
+        epx_tensor_t out2 = { b2.dout, odt, T, c->H };
         CHECK_OK(epx_combine_send(m, h2, &ca2));
         CHECK_OK(epx_combine_recv(m, h2, &out2));
         MEM(mem_sync(&xm));
@@ -550,9 +591,9 @@ static void run_case(llcase_t *c)
             continue;
         c->host = host;
         const char *ks = getenv("EPX_CUDA_KERNELS");
-        fprintf(stderr, "# %s%s%s: R %d, H %d, cap %d, %s%s, wire %d\n",
+        fprintf(stderr, "# %s%s%s: R %d, H %d, dtype %d, cap %d, %s%s, wire %d\n",
                 host ? "host" : "device", host || !ks ? "" : ", kernels ",
-                host || !ks ? "" : ks, c->R, c->H, c->cap,
+                host || !ks ? "" : ks, c->R, c->H, (int)c->dtype, c->cap,
                 c->drop ? "drop" : "no drop", c->skew ? ", skewed" : "",
                 (int)c->wire);
         assert_int_equal(epxt_thread_ranks(c->R, 120, ll_rank, c), 0);
@@ -598,6 +639,27 @@ static void low_latency_quantized(void **state)
         }
 }
 
+/* FP64 engines (native wire, combine in double, out FP64): room for all
+ * (16-byte rows, 24 doubles), drops with odd rows (33: the element
+ * paths), overflow without DROP. */
+static void low_latency_fp64(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++) {
+        const int R = ranks[i];
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP64, 0, 0,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t b = { R, 2 * R + 3, 4, 33, 16, 3, EPX_DTYPE_FP64, 1, 1,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_FP64, 0, 1,
+                       EPX_WIRE_NATIVE, 0 };
+        run_case(&a);
+        run_case(&b);
+        run_case(&c);
+    }
+}
+
 int main(int argc, char **argv)
 {
     /* Line by line, so that a run killed by a time limit keeps them. */
@@ -617,6 +679,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(low_latency),
         cmocka_unit_test(low_latency_quantized),
+        cmocka_unit_test(low_latency_fp64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
