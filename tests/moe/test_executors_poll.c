@@ -529,6 +529,9 @@ static void expert_major(void **state)
 static void nccl(void **state)
 {
     (void)state;
+#ifndef EPX_HAVE_NCCL
+    skip();   /* built without the NCCL module */
+#endif
     int ndev = 0;
     if (!device_ok || epx_cuda_devices(&ndev) != EPX_OK || ndev < 1)
         skip();
