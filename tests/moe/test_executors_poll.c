@@ -442,7 +442,8 @@ static int poll_rank(epx_comm_t *comm, void *arg)
     /* A bad argument on one rank only fails the call on every rank (its
      * own EPX_ERR_RANGE or _INVALID, the others EPX_ERR_PEER; device ranks: from
      * their recv), uncached (too many tokens, a layer out of range) or
-     * cached (no handle); then the engine goes on. */
+     * cached (no handle; weights of another dtype); then the engine goes
+     * on. */
     if (x.R > 1) {
         const int bad = x.R - 1;
         epx_handle_t *hf = NULL;
@@ -461,6 +462,14 @@ static int poll_rank(epx_comm_t *comm, void *arg)
         epx_handle_t *hc = x.me == bad ? NULL : h;
         CHECK_CALL(failed_call(&x, &a, &hc, x.me == bad ? EPX_ERR_INVALID
                                                          : EPX_ERR_PEER));
+        /* cached with its handle, but weights of another dtype there */
+        hc = h;
+        if (x.me == bad)
+            a.topk_weights.dtype = EPX_DTYPE_INT32;
+        CHECK_CALL(failed_call(&x, &a, &hc, x.me == bad ? EPX_ERR_INVALID
+                                                         : EPX_ERR_PEER));
+        CHECK(hc == h);
+        a.topk_weights.dtype = EPX_DTYPE_FP32;
         CHECK(hf == NULL);
     }
     a.flags = EPX_DISPATCH_CACHED;
