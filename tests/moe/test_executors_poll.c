@@ -513,20 +513,25 @@ static void run_case(pcase_t *c)
 static void token_major(void **state)
 {
     (void)state;
-    pcase_t a = { 2, 7, 3, 24, 40, EPX_DTYPE_FP32, 0, 1, 0 };
+    pcase_t a = { 2, 7, 3, 24, 40, EPX_DTYPE_FP32, 0, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&a);
-    pcase_t b = { 4, 11, 4, 7168, 24, EPX_DTYPE_BF16, 0, 1, 0 };
+    pcase_t b = { 4, 11, 4, 7168, 24, EPX_DTYPE_BF16, 0, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&b);
-    pcase_t one = { 1, 3, 2, 16, 8, EPX_DTYPE_FP32, 0, 1, 0 };
+    pcase_t one = { 1, 3, 2, 16, 8, EPX_DTYPE_FP32, 0, 1, 0,
+                    EPX_GPU_BACKEND_WINDOWS };
     run_case(&one);
 }
 
 static void expert_major(void **state)
 {
     (void)state;
-    pcase_t a = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, 1, 4, 0 };
+    pcase_t a = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, 1, 4, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&a);
-    pcase_t b = { 4, 3, 2, 24, 16, EPX_DTYPE_FP32, 1, 1, 0 };   /* E < R */
+    pcase_t b = { 4, 3, 2, 24, 16, EPX_DTYPE_FP32, 1, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };   /* E < R */
     run_case(&b);
 }
 
