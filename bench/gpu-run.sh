@@ -109,6 +109,9 @@ run_all() {
     # Weight migration between device ranks (IPC / cuMem / direct
     # windows; NCCL where there are two GPUs), both executors
     step "tests/cuda/test_gpu_migrate --device" "$b/tests/cuda/test_gpu_migrate" --device
+    # Readiness and cached dispatch, windows and NCCL (one rank per GPU:
+    # one rank on a single GPU, 2 and 4 where there are as many), refusals
+    # included
     step "tests/moe/test_executors_poll --device" "$b/tests/moe/test_executors_poll" --device
     for t in test_kern_host test_kern_quant test_fdpass; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"

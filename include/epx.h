@@ -519,10 +519,11 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     the oldest unread calls are left out (a warning says how many).  A
  *     call counts on a rank whose own routing was good, even where a
  *     peer's failed it (the host executor refuses it on every rank);
- *   - EPX_DISPATCH_CACHED (throughput mode, windows backend): the host
+ *   - EPX_DISPATCH_CACHED (throughput mode, both backends): the host
  *     executor's checks in the call (a handle of an earlier dispatch, the
- *     same token count, layer and placement: EPX_ERR_INVALID, nothing
- *     queued); the ids themselves, and the ranks' agreement, are checked
+ *     same token count, layer and placement: EPX_ERR_INVALID, refused on
+ *     every rank as invalid input below); the ids themselves, and the
+ *     ranks' agreement, are checked
  *     on the device, so those failures come from epx_dispatch_recv (and
  *     epx_dispatch_poll) instead of epx_dispatch_send: EPX_ERR_INVALID on
  *     a rank whose ids differ from its handle's, EPX_ERR_PEER on the
@@ -539,12 +540,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     classic kernels' bit for bit; the drops of a call are counted by
  *     its receive phase, so a call released before its recv counts none;
  *   - epx_dispatch_poll (throughput mode): see its comment below;
- *   - invalid input on one rank (throughput mode, windows backend): that
- *     rank's epx_dispatch_send refuses it and the others' calls fail in
- *     their epx_dispatch_recv (EPX_ERR_PEER: the peers' arguments are
- *     learnt on the device), with nothing sent; over NCCL and in low
- *     latency the refusing rank's peers are not told and wait until the
- *     timeout;
+ *   - invalid input on one rank (throughput mode, both backends, cached
+ *     calls too): that rank's epx_dispatch_send refuses it and the
+ *     others' calls fail in their epx_dispatch_recv (EPX_ERR_PEER: the
+ *     peers' arguments are learnt on the device), with nothing sent; in
+ *     low latency the refusing rank's peers are not told and wait until
+ *     the timeout;
  *   - EPX_CUDA_KERNELS=fused (throughput mode, windows backend; not yet
  *     run on a GPU): with y in place (epx_recv_t.x) combine moves no
  *     data, the token's owners read the outputs from this rank's window
@@ -557,8 +558,8 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
  *     classic kernels in throughput mode;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
- *     epx_dispatch_poll in low latency, low latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL, epx_dispatch_poll in low latency,
+ *     low latency over NCCL
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,

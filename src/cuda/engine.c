@@ -1292,13 +1292,36 @@ static epx_status_t args_check(gpu_moe_t *m, const epx_dispatch_args_t *a,
     return EPX_OK;
 }
 
-/* A bad argument on this rank (throughput, windows), refused on every
- * rank as the host executor's count exchange does: the call still takes
- * its turn, as a header-only exchange that says so (proto.h
- * PROTO_CNT_REFUSED), so the peers' offsets kernels fail it
- * (EPX_ERR_PEER from their epx_dispatch_recv) and nothing is packed; here
- * it is over at once.  Returns `why` (its message kept), or the error that
- * stopped the exchange from being queued (then the peers time out). */
+/* NCCL: this rank's count block (header and counts, kern_nccl.cu) to
+ * every rank and theirs here, one grouped exchange of the same size
+ * whatever the call (so ranks that disagree on it still pair up), then
+ * this rank's verdict on every source's header into info's agreement
+ * (proto.h proto_cached_agree_all: the same on every rank). */
+static epx_status_t nccl_heads(gpu_moe_t *m)
+{
+    const proto_geom_t *g = &m->g;
+    const epxk_call_t *c = &m->call;
+    const int64_t hdr = PROTO_CNT_HDR;
+    const int32_t *mine = (const int32_t *)(m->stage + g->off_cnt) +
+                          proto_cnt_index(g, c->parity, g->rank) - hdr;
+    int32_t *blk = (int32_t *)(m->local + g->off_cnt) +
+                   proto_cnt_index(g, c->parity, 0) - hdr;
+    epx_status_t st = launch(m, EPXK_NCCL_HEAD);
+    if (st == EPX_OK)
+        st = epx__nccl_counts(m->nccl, g, mine, blk, m->st);
+    if (st == EPX_OK)
+        st = launch(m, EPXK_NCCL_AGREE);
+    return st;
+}
+
+/* A bad argument on this rank (throughput, both backends), refused on
+ * every rank as the host executor's count exchange does: the call still
+ * takes its turn, as a header-only exchange that says so (proto.h
+ * PROTO_CNT_REFUSED), so the peers' offsets kernels (NCCL: their verdict
+ * on the headers, nccl_heads) fail it (EPX_ERR_PEER from their
+ * epx_dispatch_recv) and nothing is packed or moved; here it is over at
+ * once.  Returns `why` (its message kept), or the error that stopped the
+ * exchange from being queued (then the peers time out). */
 static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
 {
     char msg[512];
@@ -1331,7 +1354,8 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
                                            sizeof(int64_t) * EPXK_INFO_CALL,
                                            m->st), "cudaMemsetAsync");
     if (st == EPX_OK && (st = launch(m, EPXK_CACHED)) == EPX_OK &&
-        (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+        (st = c->windows ? launch(m, EPXK_OFFSETS) : nccl_heads(m)) ==
+            EPX_OK &&
         (st = launch(m, EPXK_PACK)) == EPX_OK)
         st = launch(m, EPXK_RECV);
     c->refused = 0;
@@ -1347,7 +1371,7 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
 epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
                                  epx_status_t why)
 {
-    if (usable(m, "cuda dispatch_send") != EPX_OK || m->ll || !m->call.windows)
+    if (usable(m, "cuda dispatch_send") != EPX_OK || m->ll)
         return why;
     return refuse(m, stream, why);
 }
@@ -1381,18 +1405,15 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
                           "saves the count exchange of throughput mode; low "
                           "latency has none (dispatch without it)");
-    if (cached && !m->call.windows)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: "
-                          "EPX_DISPATCH_CACHED is implemented for the "
-                          "windows backend only, not NCCL");
     if (cached && (*lay < 0 || *lay >= m->nlays || !m->lays[*lay].used))
-        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
-                          "needs a handle of an earlier dispatch on this "
-                          "engine");
+        return refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
+                                            "EPX_DISPATCH_CACHED needs a "
+                                            "handle of an earlier dispatch "
+                                            "on this engine"));
     float gs = 0;
     int layer = 0;
     if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
-        return cached || m->ll || !m->call.windows ? st : refuse(m, stream, st);
+        return m->ll ? st : refuse(m, stream, st);
     /* Its layout (throughput), number and buffer, or a refusal with
      * nothing queued. */
     int b, li = cached ? *lay : -1;
@@ -1440,7 +1461,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                             "cudaMemsetAsync")) != EPX_OK)
         return fail(m, st);
     m->fcall = 0;
-    if (cached) {
+    if (cached && c->windows) {
         /* The ids checked against the layout's, the headers exchanged;
          * then the layout's ids route the rows, so what is packed always
          * matches the positions. */
@@ -1470,14 +1491,30 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         size_t blk = sizeof(int32_t) *
                      ((size_t)g->R * g->cnt_ints - PROTO_CNT_HDR);
         /* Expert-major: pack stages unit by unit (ebase: the staging
-         * bases), and the map of what arrives follows the counts. */
-        if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
-            (!g->em || (st = launch(m, EPXK_NCCL_EM_BASE)) == EPX_OK) &&
-            (st = launch(m, EPXK_PACK)) == EPX_OK)
-            st = epx__nccl_counts(m->nccl, g, c->mycnt, cnt, m->st);
+         * bases), and the map of what arrives follows the counts.  A
+         * cached call keeps its layout's (ids checked against it on the
+         * device, then those ids pack), and the counts every rank sends
+         * are its layout's: the matrix that arrives is the layout's. */
+        if (cached) {
+            if ((st = launch(m, EPXK_CACHED)) == EPX_OK) {
+                c->idx = c->lay_ids;
+                c->idx64 = 0;
+            }
+        } else if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
+            st = launch(m, EPXK_NCCL_EM_BASE);
+        }
+        if (st == EPX_OK && (st = launch(m, EPXK_PACK)) == EPX_OK)
+            st = nccl_heads(m);
         if (st == EPX_OK && g->em)
             st = launch(m, EPXK_NCCL_EM_MAP);
-        /* The one host synchronisation: the sizes of the receives. */
+        /* The one host synchronisation: the verdict on the call and the
+         * sizes of the receives. */
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemcpyAsync(m->h_info + EPXK_INFO_AGREE,
+                                               m->d_info + EPXK_INFO_AGREE,
+                                               sizeof(int64_t),
+                                               cudaMemcpyDeviceToHost, m->st),
+                               "cudaMemcpyAsync");
         if (st == EPX_OK)
             st = epx__cuda_err(cudaMemcpyAsync(m->h_cnt, cnt, blk,
                                                cudaMemcpyDeviceToHost, m->st),
@@ -1492,7 +1529,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         if (st == EPX_OK)
             st = epx__cuda_err(cudaStreamSynchronize(m->st),
                                "cudaStreamSynchronize");
-        if (st == EPX_OK) {
+        /* Rows move only where the ranks agreed (all alike: nothing is
+         * sent, nothing awaited); the recv kernel then reports none. */
+        const int agreed = st == EPX_OK && m->h_info[EPXK_INFO_AGREE] == 0;
+        if (agreed) {
             nccl_sizes(m);
             st = g->em
                 ? epx__nccl_dispatch_em(m->nccl, g, m->stage, m->rstage,
@@ -1500,7 +1540,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                 : epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
                                      m->sendoff, m->nrecv, m->rbase, m->st);
         }
-        if (st == EPX_OK && g->em)
+        if (st == EPX_OK && agreed && g->em)
             st = launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
             st = launch(m, EPXK_RECV);

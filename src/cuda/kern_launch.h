@@ -28,7 +28,11 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
         * kern_ll.cu): the dispatch's and the combine's send and receive
         * phases, each a launch of its operation's kernel */
        EPXK_LL1_DISPATCH_SEND, EPXK_LL1_DISPATCH_RECV, EPXK_LL1_COMB_SEND,
-       EPXK_LL1_COMB_RECV };
+       EPXK_LL1_COMB_RECV,
+       /* throughput over NCCL (kern_nccl.cu): this rank's count block
+        * (header and counts) staged for the exchange, and every source's
+        * header checked after it (proto_cached_agree_all) */
+       EPXK_NCCL_HEAD, EPXK_NCCL_AGREE };
 
 /* Kernel sets (EPX_CUDA_KERNELS): classic, verified on a device; fused,
  * the single-pass data path (issue: fused dispatch, pull combine, one
@@ -198,6 +202,12 @@ int epxk_preload(void);
 int epxk_ll1_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                     int blocks, void *stream);
 int epxk_ll1_preload(void);
+
+/* kern_nccl.cu: the EPXK_NCCL_HEAD and EPXK_NCCL_AGREE launches (through
+ * epxk_launch), and their kernels loaded (through epxk_preload). */
+int epxk_nccl_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                     int blocks, void *stream);
+int epxk_nccl_preload(void);
 
 /* The fused throughput dispatch (EPX_CUDA_KERNELS=fused, kern_ht.cu):
  * layout, count exchange, pack, completion flags and the receive totals

@@ -395,7 +395,8 @@ __global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
  * the sequence word there: the count exchange without the counts, which
  * still tells each rank that its peers have entered the call.  A refused
  * call (a bad argument on this rank, T = 0) sends the same header marked
- * PROTO_CNT_REFUSED, which fails the call on every rank. */
+ * PROTO_CNT_REFUSED, which fails the call on every rank.  NCCL: the
+ * check only; the header travels with the counts (kern_nccl.cu). */
 __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
 {
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
@@ -409,17 +410,16 @@ __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
         if (proto_cache_id(&ids, t, k) != c.lay_ids[i])
             c.info[EPXK_INFO_ROUTE] = 1;
     }
+    if (!c.windows)   /* NCCL: the header goes with the counts (kern_nccl.cu) */
+        return;
     if (!grid_last(c.done))
         return;
     const int n = g.R + g.E;
-    const int32_t st = c.refused ||
-        *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] ? EPX_ERR_INVALID : 0;
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
-        int32_t *h = win_cnt(g, c.peers[d], c.parity, g.rank) - PROTO_CNT_HDR;
-        h[PROTO_CNT_STATUS] = st;
-        h[PROTO_CNT_HANDLE] = c.refused ? PROTO_CNT_REFUSED : c.lay_seq;
-        h[PROTO_CNT_CACHED] = (int32_t)c.seq;
-    }
+    const int route = *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] != 0;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        proto_cnt_header(win_cnt(g, c.peers[d], c.parity, g.rank) -
+                             PROTO_CNT_HDR, (int32_t)c.seq, 1, c.refused,
+                         c.lay_seq, route);
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
@@ -1165,6 +1165,9 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
     case EPXK_LL1_COMB_SEND:
     case EPXK_LL1_COMB_RECV:
         return epxk_ll1_launch(which, g, c, blocks, stream);
+    case EPXK_NCCL_HEAD:
+    case EPXK_NCCL_AGREE:
+        return epxk_nccl_launch(which, g, c, blocks, stream);
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -1202,5 +1205,6 @@ extern "C" int epxk_preload(void)
         if (e != cudaSuccess)
             return (int)e;
     }
-    return epxk_ll1_preload();
+    int e = epxk_ll1_preload();
+    return e ? e : epxk_nccl_preload();
 }

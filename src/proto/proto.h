@@ -756,6 +756,41 @@ PROTO_HD int proto_cached_agree(const int32_t *hdr, int32_t seq, int cached,
     return EPX_OK;
 }
 
+/* The header words a device call sends (what proto_cached_agree reads):
+ * cached, it reuses layout `lay` (route: its ids differ from the
+ * layout's); refused, a bad argument on this rank (a header-only call).
+ * The windows backend stores it in cached and refused calls only; the
+ * NCCL backend sends it with the counts in every call, an uncached one
+ * saying so with a PROTO_CNT_CACHED other than seq. */
+PROTO_HD void proto_cnt_header(int32_t *hdr, int32_t seq, int cached,
+                               int refused, int32_t lay, int route)
+{
+    hdr[PROTO_CNT_STATUS] = refused || route ? EPX_ERR_INVALID : 0;
+    hdr[PROTO_CNT_HANDLE] = refused ? PROTO_CNT_REFUSED : lay;
+    hdr[PROTO_CNT_CACHED] = cached || refused
+        ? seq : (int32_t)((uint32_t)seq - 1u);
+}
+
+/* A rank's agreement on its call over every source's header (blk: the
+ * first source's header, the next cnt_ints further): EPX_OK, or the least
+ * status proto_cached_agree gave.  Over NCCL the ranks move rows only
+ * when it is EPX_OK, and every rank reaches the same verdict (a rank
+ * that differs from one differs from the rest, refusals and a cached
+ * rank's differing ids are read by all), so no rank waits for rows that
+ * a peer does not send. */
+PROTO_HD int proto_cached_agree_all(const proto_geom_t *g, const int32_t *blk,
+                                    int32_t seq, int cached, int32_t lay)
+{
+    int least = EPX_OK;
+    for (int s = 0; s < g->R; s++) {
+        int a = proto_cached_agree(blk + (int64_t)s * g->cnt_ints, seq,
+                                   cached, lay);
+        if (a < least)
+            least = a;
+    }
+    return least;
+}
+
 /* bf16 <-> fp32, round to nearest even (the host's epx__f32_to_bf16). */
 PROTO_HD float proto_bf16_to_f32(uint16_t h)
 {

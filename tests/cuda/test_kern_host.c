@@ -2178,6 +2178,107 @@ static void cached_headers(void **state)
     assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_MISMATCH);
 }
 
+/* Every rank's verdict on a call from the headers every rank sent
+ * (proto_cnt_header, then proto_cached_agree_all over them), for random
+ * mixes of uncached, cached (two layouts; ids differing on some ranks)
+ * and refused calls on 1 to 9 ranks, against the host executor's rules
+ * stated independently: the call goes through only where no rank refused,
+ * every rank's call is alike (all uncached, or all cached on one layout)
+ * and no rank's ids differ; a refusal, or a differing rank on one's own
+ * layout, is EPX_ERR_PEER, any other difference EPX_ERR_MISMATCH.  The
+ * NCCL backend's headers (every call sends one) and the windows
+ * backend's (an uncached call leaves stale words) give the same verdicts,
+ * and all ranks fail together, so none waits for rows not sent. */
+static void cached_verdicts(void **state)
+{
+    (void)state;
+    enum { FRESH, CACHED_A, CACHED_B, ROUTE_A, REFUSED };
+    for (int iter = 0; iter < 4000; iter++) {
+        const int R = 1 + (int)epxt_below(&rng, 9);
+        proto_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.R = R;
+        g.E = 1 + (int)epxt_below(&rng, 6);
+        g.cnt_ints = PROTO_CNT_HDR + g.R + g.E + 1;
+        /* calls go on past the int32 wrap (never 0: calls count from 1) */
+        const uint32_t useq = 1u + (uint32_t)epxt_below(&rng, 1u << 31) +
+                              (iter % 7 == 0 ? 0x7ffffffcu : 0u);
+        const int32_t seq = (int32_t)useq;
+        const int32_t lay[2] = {
+            (int32_t)(useq - 1u - (uint32_t)epxt_below(&rng, 5)),
+            (int32_t)(useq - 7u) };
+        int kind[9];
+        /* mostly alike (the calls that go through), sometimes one odd */
+        const int common = (int)epxt_below(&rng, 3);
+        for (int r = 0; r < R; r++)
+            kind[r] = epxt_below(&rng, 4) ? common
+                                           : (int)epxt_below(&rng, 5);
+        int32_t *nccl = calloc((size_t)R * (size_t)g.cnt_ints, 4);
+        int32_t *win = calloc((size_t)R * (size_t)g.cnt_ints, 4);
+        for (int s = 0; s < R; s++) {
+            const int k = kind[s], cached = k == CACHED_A || k == CACHED_B ||
+                                            k == ROUTE_A;
+            const int32_t l = k == CACHED_B ? lay[1] : lay[0];
+            proto_cnt_header(nccl + (size_t)s * g.cnt_ints, seq, cached,
+                             k == REFUSED, l, k == ROUTE_A);
+            int32_t *w = win + (size_t)s * g.cnt_ints;
+            if (k == FRESH) {   /* stale words of some earlier call */
+                w[PROTO_CNT_CACHED] = (int32_t)(useq - 2u *
+                                          (1u + (uint32_t)epxt_below(&rng, 3)));
+                w[PROTO_CNT_HANDLE] = epxt_below(&rng, 2) ? PROTO_CNT_REFUSED
+                                                           : lay[0];
+                w[PROTO_CNT_STATUS] = epxt_below(&rng, 2) ? EPX_ERR_INVALID
+                                                           : 0;
+            } else {
+                proto_cnt_header(w, seq, cached, k == REFUSED, l,
+                                 k == ROUTE_A);
+            }
+        }
+        int refused = 0, route = 0, alike = 1;
+        for (int s = 0; s < R; s++) {
+            refused |= kind[s] == REFUSED;
+            route |= kind[s] == ROUTE_A;
+            const int a = kind[s] == ROUTE_A ? CACHED_A : kind[s],
+                      b = kind[0] == ROUTE_A ? CACHED_A : kind[0];
+            alike &= a == b;
+        }
+        int fails = 0, voters = 0;
+        for (int r = 0; r < R; r++) {
+            if (kind[r] == REFUSED)   /* over at once on its own rank */
+                continue;
+            const int cached = kind[r] != FRESH;
+            const int32_t l = kind[r] == CACHED_B ? lay[1] : lay[0];
+            int want = EPX_OK;
+            if (refused)
+                want = EPX_ERR_PEER;
+            else if (cached && kind[r] != CACHED_B && route)
+                want = EPX_ERR_PEER;   /* a rank on its layout differs */
+            else if (!alike)
+                want = EPX_ERR_MISMATCH;
+            const int got = proto_cached_agree_all(&g, nccl, seq, cached, l);
+            if (got != want)
+                fail_msg("R %d rank %d: verdict %d, %d expected (iter %d)",
+                         R, r, got, want, iter);
+            assert_int_equal(proto_cached_agree_all(&g, win, seq, cached, l),
+                             want);
+            fails += got != EPX_OK;
+            voters++;
+        }
+        /* all or none: one rank's failure is every rank's */
+        assert_true(fails == 0 || fails == voters);
+        free(nccl);
+        free(win);
+    }
+    /* an uncached header never reads as this call's, across the wrap */
+    int32_t h[PROTO_CNT_HDR];
+    const int32_t seqs[] = { 0, 1, INT32_MAX, INT32_MIN };
+    for (int i = 0; i < 4; i++) {
+        proto_cnt_header(h, seqs[i], 0, 0, 3, 0);
+        assert_int_not_equal(h[PROTO_CNT_CACHED], seqs[i]);
+        assert_int_equal(proto_cached_agree(h, seqs[i], 0, 0), EPX_OK);
+    }
+}
+
 static void bf16_matches_host(void **state)
 {
     (void)state;
@@ -2664,6 +2765,7 @@ int main(void)
         cmocka_unit_test(fused_quant),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(cached_headers),
+        cmocka_unit_test(cached_verdicts),
         cmocka_unit_test(bf16_matches_host),
         cmocka_unit_test(partial_vec16),
         cmocka_unit_test(reduce_rows),
