@@ -1111,7 +1111,8 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     return EPX_OK;
 }
 
-static void ll_describe(gpu_moe_t *m, int b, epx_recv_t *recv);
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv);
 
 static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv, int b)
@@ -1128,13 +1129,14 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
-    ll_describe(m, b, recv);
+    ll_describe(m, b, NULL, recv);
     return EPX_OK;
 }
 
 /* What a low-latency recv describes: buffer b's regions, its counts in
- * device memory. */
-static void ll_describe(gpu_moe_t *m, int b, epx_recv_t *recv)
+ * device memory (counts NULL), or poll's in host memory. */
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv)
 {
     const proto_geom_t *g = &m->g;
     ll_point(m, b);
@@ -1153,7 +1155,7 @@ static void ll_describe(gpu_moe_t *m, int b, epx_recv_t *recv)
     r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
-    r.expert_counts = c->ll_counts;            /* device memory */
+    r.expert_counts = counts ? counts : c->ll_counts;   /* device memory */
     r.expert_offsets = m->h_lloffs;
     r.src_rank = c->ll_src;
     r.src_token = (const int32_t *)(bw + m->llg.src_tok);
@@ -1822,8 +1824,8 @@ static epx_status_t ll_dispatch_poll(gpu_moe_t *m, uint64_t call,
                                 "failed"
                               : "this rank's own routing failed");
     }
-    ll_describe(m, b, recv);
-    recv->expert_counts = counts;   /* host memory: ready units' counts */
+    ll_describe(m, b, counts, recv);   /* counts: host memory, the ready
+                                          units' */
     *num_ready = n;
     return EPX_OK;
 }
