@@ -539,13 +539,15 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     queued between them overlaps the transfer; the outputs are the
  *     classic kernels' bit for bit; the drops of a call are counted by
  *     its receive phase, so a call released before its recv counts none;
- *   - epx_dispatch_poll (throughput mode): see its comment below;
- *   - invalid input on one rank (throughput mode, both backends, cached
- *     calls too): that rank's epx_dispatch_send refuses it and the
- *     others' calls fail in their epx_dispatch_recv (EPX_ERR_PEER: the
- *     peers' arguments are learnt on the device), with nothing sent; in
- *     low latency the refusing rank's peers are not told and wait until
- *     the timeout;
+ *   - epx_dispatch_poll: see its comment below;
+ *   - invalid input on one rank: that rank's epx_dispatch_send refuses
+ *     it and the others' calls fail (the peers' arguments are learnt on
+ *     the device): throughput mode (both backends, cached calls too), in
+ *     their epx_dispatch_recv (EPX_ERR_PEER), with nothing sent; low
+ *     latency (whose recv never waits), in their epx_dispatch_poll and
+ *     epx_moe_check (EPX_ERR_PEER, or EPX_ERR_RANGE for too many tokens,
+ *     as on host ranks), without waiting for the timeout: a peer that
+ *     combines such a call anyway gets unspecified outputs;
  *   - EPX_CUDA_KERNELS=fused (throughput mode, windows backend; not yet
  *     run on a GPU): with y in place (epx_recv_t.x) combine moves no
  *     data, the token's owners read the outputs from this rank's window
@@ -558,8 +560,7 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
  *     classic kernels in throughput mode;
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL, epx_dispatch_poll in low latency,
- *     low latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL, low latency over NCCL
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -729,7 +730,20 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * the caller queues after the poll that reported it, on any stream,
  * reads them.  The caller's stream is not ordered after the engine's
  * until epx_dispatch_recv: queue no read of an expert's rows before a
- * poll reported it ready.  Low latency: EPX_ERR_UNSUPPORTED. */
+ * poll reported it ready.
+ * Device ranks, low latency (windows backend; src/cuda/README.md,
+ * "Readiness in low latency"): the same without waiting or
+ * synchronising; expert j is ready once the engine's receive kernel has
+ * seen every source's count word for it (and written its rows'
+ * metadata), and its count is then final; recv->expert_counts is HOST
+ * memory here (the ready experts' counts, 0 for the others), unlike
+ * epx_dispatch_recv's device array.  A source's failure (a bad argument,
+ * an overflow) makes poll return EPX_ERR_PEER (or EPX_ERR_RANGE) and no
+ * expert of the call is ever reported ready; the call is then failed
+ * (recv returns the error, combine EPX_ERR_STATE: release it).  With
+ * EPX_CUDA_KERNELS=fused the call's first poll queues its receive phase
+ * at once (epx_dispatch_recv then queues none).  A poll of a call being
+ * captured into a graph reports nothing ready. */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);

@@ -324,9 +324,8 @@ class MoE(_C.MoE):
             CUDA tensors: ``Dispatch.x`` a view of its receive memory (the
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
-            ready in the current stream's order.  ``elastic``,
-            ``hierarchical``, the readiness poll and weight migration are
-            host-only (``UnsupportedError``).
+            ready in the current stream's order.  ``elastic`` and
+            ``hierarchical`` are host-only (``UnsupportedError``).
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).
 

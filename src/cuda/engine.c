@@ -104,6 +104,10 @@ struct gpu_moe {
     uint64_t *d_llmark;
     int8_t ll1_recvd[GPU_CALLS_MAX];   /* buffer's call: receive phase queued
                                           (a second recv queues none) */
+    /* low latency, epx_dispatch_poll: what the recv kernels publish,
+     * [B][EPXK_LLPUB_LEN(L)] (host-mapped; h_ the host's address, d_ the
+     * device's), and the counts poll hands the caller, [B][L] */
+    int64_t *h_llpub, *d_llpub, *h_llpoll;
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
     /* low latency's load statistics: the device's ring (kern_launch.h
      * EPXK_LL_STATS_RING) and the calls of it the host has read */
@@ -372,6 +376,24 @@ void gpu_layout_release(gpu_moe_t *m, int lay)
 
 /* --------------------------------------------------------------- setup */
 
+/* Low latency: the words the recv kernels publish for epx_dispatch_poll,
+ * zero (no call's). */
+static epx_status_t ll_pub_alloc(gpu_moe_t *m)
+{
+    const size_t n = sizeof(int64_t) * (size_t)m->llg.B *
+                     (size_t)EPXK_LLPUB_LEN(m->L);
+    epx_status_t st = epx__cuda_err(cudaHostAlloc((void **)&m->h_llpub, n,
+                                                  cudaHostAllocMapped |
+                                                      cudaHostAllocPortable),
+                                    "cudaHostAlloc");
+    if (st != EPX_OK)
+        return st;
+    memset(m->h_llpub, 0, n);
+    return epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_llpub,
+                                                  m->h_llpub, 0),
+                         "cudaHostGetDevicePointer");
+}
+
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
         st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) > 0 ? (n) : 1),         \
@@ -600,10 +622,13 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             goto gate;
         }
         m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
-        if (!m->h_lloffs) {
+        m->h_llpoll = calloc(B * (size_t)m->L + 1, sizeof(int64_t));
+        if (!m->h_lloffs || !m->h_llpoll) {
             st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
             goto gate;
         }
+        if ((st = ll_pub_alloc(m)) != EPX_OK)
+            goto gate;
         for (int j = 0; j < m->L; j++)
             m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
         st = epx__cuda_err(cudaMemsetAsync(m->d_lluse, 0,
@@ -854,6 +879,8 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFreeHost(m->h_cnt);
     cudaFreeHost(m->h_ecnt);
     cudaFreeHost(m->h_pub);
+    cudaFreeHost(m->h_llpub);
+    free(m->h_llpoll);
     for (int i = 0; i < m->nlays; i++)
         cudaFree(m->lays[i].d);
     free(m->lays);
@@ -1050,6 +1077,10 @@ static void ll_point(gpu_moe_t *m, int b)
     c->ll_mark = m->d_llmark ? m->d_llmark + (size_t)b * (size_t)m->L *
                                                  (size_t)g->R
                              : NULL;
+    /* readiness: the buffer's words, and its live call's id there */
+    c->ll_pub = m->d_llpub ? m->d_llpub + (size_t)b * (size_t)EPXK_LLPUB_LEN(m->L)
+                           : NULL;
+    c->ll_id = m->calls.slot[b].n + 1;
 }
 
 /* Kernels only (layout, pack, recv) into buffer b, no host
@@ -1083,10 +1114,12 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     return EPX_OK;
 }
 
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv);
+
 static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv, int b)
 {
-    const proto_geom_t *g = &m->g;
     epx_status_t st = EPX_OK;
     if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
                                            caller's work, once */
@@ -1099,6 +1132,16 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
+    ll_describe(m, b, NULL, recv);
+    return EPX_OK;
+}
+
+/* What a low-latency recv describes: buffer b's regions, its counts in
+ * device memory (counts NULL), or poll's in host memory. */
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv)
+{
+    const proto_geom_t *g = &m->g;
     ll_point(m, b);
     const epxk_call_t *c = &m->call;
     char *bw = m->local + m->llg.off_bufs + (int64_t)c->ll_b * m->llg.buf;
@@ -1115,7 +1158,7 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
-    r.expert_counts = c->ll_counts;            /* device memory */
+    r.expert_counts = counts ? counts : c->ll_counts;   /* device memory */
     r.expert_offsets = m->h_lloffs;
     r.src_rank = c->ll_src;
     r.src_token = (const int32_t *)(bw + m->llg.src_tok);
@@ -1134,7 +1177,6 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     r.num_dropped = -1;                        /* counted on the device */
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
     memcpy(recv, &r, n);
-    return EPX_OK;
 }
 
 /* The checks' steps, on the engine's stream. */
@@ -1368,11 +1410,48 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     return epx__error(why, "%s", msg);
 }
 
+/* A bad argument on this rank in low latency, refused on every rank as
+ * the host executor's header does: the call still takes its number and
+ * buffer, and its pack (nothing packed: c->ll_refused) stores the status
+ * and empty words at every peer, whose recv kernels then fail the call
+ * (their epx_dispatch_poll and epx_moe_check: EPX_ERR_PEER, or
+ * EPX_ERR_RANGE for too many tokens, as on host ranks); here it is
+ * abandoned at once (its comb flags, so no peer's combine waits for it)
+ * and over.  Returns `why` (its message kept), or the error that stopped
+ * the call from being queued.  Nothing is read back: it captures. */
+static epx_status_t ll_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", epx_last_error());
+    uint64_t n;
+    int b;
+    /* a buffer still in use: nothing sent, as on host ranks */
+    epx_status_t st = gpu_calls_send(&m->calls, 0, &n, &b);
+    if (st != EPX_OK)
+        return st;
+    epxk_call_t *c = &m->call;
+    ll_point(m, b);
+    c->ll_refused = why;
+    c->T = 0;
+    c->x = c->idx = NULL;
+    c->w = NULL;
+    if ((st = stream_in(m, stream)) == EPX_OK &&
+        (st = launch(m, EPXK_LL_PACK)) == EPX_OK)
+        st = launch(m, EPXK_LL_ABANDON);
+    c->ll_refused = 0;
+    gpu_calls_release(&m->calls, n, &b);   /* its abandon is queued */
+    if (st != EPX_OK)
+        return fail(m, st);
+    return epx__error(why, "%s", msg);
+}
+
 epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
                                  epx_status_t why)
 {
-    if (usable(m, "cuda dispatch_send") != EPX_OK || m->ll)
+    if (usable(m, "cuda dispatch_send") != EPX_OK)
         return why;
+    if (m->ll)
+        return ll_refuse(m, stream, why);
     return refuse(m, stream, why);
 }
 
@@ -1402,9 +1481,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     /* Other bits are ignored, as on host ranks. */
     const int cached = (a->flags & EPX_DISPATCH_CACHED) != 0;
     if (cached && m->ll)
-        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
-                          "saves the count exchange of throughput mode; low "
-                          "latency has none (dispatch without it)");
+        return ll_refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
+                         "EPX_DISPATCH_CACHED saves the count exchange of "
+                         "throughput mode; low latency has none (dispatch "
+                         "without it)"));
     if (cached && (*lay < 0 || *lay >= m->nlays || !m->lays[*lay].used))
         return refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
                                             "EPX_DISPATCH_CACHED needs a "
@@ -1413,7 +1493,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     float gs = 0;
     int layer = 0;
     if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
-        return m->ll ? st : refuse(m, stream, st);
+        return m->ll ? ll_refuse(m, stream, st) : refuse(m, stream, st);
     /* Its layout (throughput), number and buffer, or a refusal with
      * nothing queued. */
     int b, li = cached ? *lay : -1;
@@ -1738,6 +1818,58 @@ static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
     memcpy(recv, &r, n);
 }
 
+/* Low-latency readiness without waiting (src/cuda/README.md, "Readiness
+ * in low latency"): what the call's recv kernel published for its buffer
+ * (gpu_ll_poll_read).  The fused set queues its receive phase at the
+ * call's first poll (on the engine's stream, right after the send phase,
+ * as the classic recv kernel runs), so that the units can get ready
+ * before epx_dispatch_recv, which then queues none.  A failure found is
+ * the call's from then on (gpu_calls_fail). */
+static epx_status_t ll_dispatch_poll(gpu_moe_t *m, uint64_t call,
+                                     epx_recv_t *recv, uint8_t *ready,
+                                     int *num_ready)
+{
+    int b, received;
+    epx_status_t st = gpu_calls_poll(&m->calls, call, &b, &received);
+    if (st != EPX_OK)
+        return st;
+    if (m->ll1 && !m->ll1_recvd[b]) {
+        /* not into a graph being captured: nothing of it would run now */
+        enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        if ((st = epx__cuda_err(cudaStreamIsCapturing(m->st, &cs),
+                                "cudaStreamIsCapturing")) != EPX_OK)
+            return fail(m, st);
+        if (cs == cudaStreamCaptureStatusNone) {
+            ll_point(m, b);
+            if ((st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
+                return fail(m, st);
+            m->ll1_recvd[b] = 1;
+        }
+    }
+    int64_t *counts = m->h_llpoll + (size_t)b * (size_t)m->L;
+    int32_t bad = 0;
+    int n = gpu_ll_poll_read(m->h_llpub + (size_t)b *
+                                              (size_t)EPXK_LLPUB_LEN(m->L),
+                             m->L, call + 1, ready, counts, &bad);
+    if (bad) {
+        gpu_calls_fail(&m->calls, call, (epx_status_t)bad);
+        return epx__error((epx_status_t)bad, "dispatch_poll: the call failed "
+                          "on the device (%s: %s); release its handle",
+                          epx_status_str((epx_status_t)bad),
+                          bad == EPX_ERR_RANGE
+                              ? "a rank routed more tokens to one expert than "
+                                "ll_capacity, without EPX_MOE_LL_DROP"
+                              : bad == EPX_ERR_PEER
+                              ? "another rank's arguments, routing or wait "
+                                "failed"
+                              : "this rank's own routing failed");
+    }
+    ll_describe(m, b, counts, recv);   /* counts: host memory, the ready
+                                          units' */
+    *num_ready = n;
+    return EPX_OK;
+}
+
 /* Throughput readiness without waiting (include/epx.h; src/cuda/README.md,
  * "Readiness"): what the recv kernel has published in host-mapped memory
  * for this call (gpu_poll_read), or, after dispatch_recv, everything. */
@@ -1751,9 +1883,7 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
         return epx__error(EPX_ERR_INVALID, "dispatch_poll: recv, ready or "
                           "num_ready NULL");
     if (m->ll)
-        return epx__error(EPX_ERR_UNSUPPORTED, "dispatch_poll: low latency "
-                          "on device ranks is not implemented (use "
-                          "epx_dispatch_recv)");
+        return ll_dispatch_poll(m, call, recv, ready, num_ready);
     int b, received;
     if ((st = gpu_calls_poll(&m->calls, call, &b, &received)) != EPX_OK)
         return st;

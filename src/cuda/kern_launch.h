@@ -87,6 +87,16 @@ enum { EPXK_PUB_SEQ = 0, EPXK_PUB_AGREE = 1, EPXK_PUB_ROWS = 2,
 #define EPXK_PUB_FUSED(L) (EPXK_PUB_COUNTS + 3 * (int64_t)(L))
 enum { EPXK_PUBF_ERROR = 0, EPXK_PUBF_BAD_IDS = 1, EPXK_PUBF_ECNT = 2 };
 
+/* Low latency: what the recv kernels publish in host-mapped memory for
+ * epx_dispatch_poll (src/cuda/README.md, "Readiness in low latency"),
+ * int64 words per buffer, [EPXK_LLPUB_LEN(L)]: the id of the last call
+ * found failed (the host's call number + 1, stored last, release) and
+ * its status (proto_ll_src_fail), then per local unit its rows (kept)
+ * and the id of the last call whose rows for it all arrived (stored
+ * after the count and the rows' metadata, release). */
+enum { EPXK_LLPUB_FAIL = 0, EPXK_LLPUB_FAILST = 1, EPXK_LLPUB_COUNTS = 2 };
+#define EPXK_LLPUB_LEN(L) (EPXK_LLPUB_COUNTS + 2 * (int64_t)(L))
+
 typedef struct epxk_call {
     /* inputs of this dispatch */
     const void *x;            /* [T][H] engine dtype */
@@ -162,6 +172,14 @@ typedef struct epxk_call {
      * [1] the barrier's generation, [2] blocks done packing; zero
      * between calls (the generation only grows) */
     unsigned *fbar;
+    /* low latency, readiness: the call's buffer's words (EPXK_LLPUB_*;
+     * NULL: none) and the call's id there (its number + 1) */
+    int64_t *ll_pub;
+    uint64_t ll_id;
+    /* low latency: a bad argument on this rank (its status, 0: none):
+     * the call still takes its turn, packing nothing, and its status
+     * words fail it at every peer */
+    int32_t ll_refused;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the

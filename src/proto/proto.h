@@ -1488,6 +1488,34 @@ PROTO_HD int proto_ll_row_source(const proto_geom_t *g, int cap,
     return row % cap < proto_ll_kept(cw[j * g->R + s], cap) ? s : -1;
 }
 
+/* The call's outcome at the receiver `me` from source s's status word
+ * (device: st[s], readable once any word of s for the call arrived): 0,
+ * or the host executor's error (ll_dispatch.c ll_check_source): more rows
+ * than cap, EPX_ERR_RANGE; any other failure of a peer, EPX_ERR_PEER; this
+ * rank's own (its layout failed on the device), its own status. */
+PROTO_HD int32_t proto_ll_src_fail(int32_t st, int s, int me)
+{
+    if (st == 0)
+        return 0;
+    if (st == EPX_ERR_RANGE)
+        return EPX_ERR_RANGE;
+    return s == me ? st : EPX_ERR_PEER;
+}
+
+/* Readiness in low latency (epx_dispatch_poll): local unit j has every
+ * row of the call once every source's count word for it carries the
+ * call's tag (each source stores its rows, then its status, then the
+ * word, with release), as on the host executor: 1 when they are all
+ * there. */
+PROTO_HD int proto_ll_unit_ready(const proto_geom_t *g, const int32_t *cw,
+                                 int j, int32_t tag)
+{
+    for (int s = 0; s < g->R; s++)
+        if (PROTO_LL_WTAG(cw[(int64_t)j * g->R + s]) != tag)
+            return 0;
+    return 1;
+}
+
 /* ------------------------------------ low latency in one kernel (fused)
  *
  * EPX_CUDA_KERNELS=fused (src/cuda/kern_ll.cu): one dispatch kernel whose

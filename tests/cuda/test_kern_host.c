@@ -1579,6 +1579,17 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             }
             assert_int_equal(c, want.counts[j]);
             assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
+            /* readiness (poll): every source's word there; one source's
+             * word still of the buffer's previous use, or not stored: not */
+            assert_true(proto_ll_unit_ready(&g, cw, j, tag));
+            int32_t *wj = (int32_t *)cw + (int64_t)j * R +
+                          (int64_t)epxt_below(&rng, (uint64_t)R);
+            const int32_t was = *wj;
+            *wj = PROTO_LL_WORD(PROTO_LL_TAG(use - 1), was & PROTO_LL_MASK);
+            assert_false(proto_ll_unit_ready(&g, cw, j, tag));
+            *wj = 0;
+            assert_false(proto_ll_unit_ready(&g, cw, j, tag));
+            *wj = was;
         }
         assert_int_equal(got_dropped, dropped);
         int32_t *srcs = NULL;
@@ -1665,6 +1676,28 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     }
     free(rs), free(src), free(win), free(keep), free(ecnt), free(ybuf);
     free(e2r), free(first);
+}
+
+/* A source's status word as the receiver's outcome (proto_ll_src_fail),
+ * against the host executor's header check (ll_dispatch.c
+ * ll_check_source): more rows than cap, EPX_ERR_RANGE; any other
+ * failure of a peer, EPX_ERR_PEER; a device rank's own failure (its
+ * layout's, found on the device) is its own status. */
+static void ll_fail_status(void **state)
+{
+    (void)state;
+    static const int32_t sts[] = { 0, EPX_ERR_INVALID, EPX_ERR_RANGE,
+                                   EPX_ERR_PEER, EPX_ERR_TIMEOUT,
+                                   EPX_ERR_MISMATCH, EPX_ERR_NOMEM };
+    for (size_t i = 0; i < sizeof(sts) / sizeof(sts[0]); i++)
+        for (int s = 0; s < 3; s++) {
+            const int32_t st = sts[i];
+            const int32_t host = st == 0 ? 0
+                                 : st == EPX_ERR_RANGE ? EPX_ERR_RANGE
+                                                       : EPX_ERR_PEER;
+            assert_int_equal(proto_ll_src_fail(st, s, 1),
+                             s == 1 && st != 0 ? st : host);
+        }
 }
 
 /* Each case in the classic kernels' form and the fused one's. */
@@ -2758,6 +2791,7 @@ int main(void)
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(ll_fail_status),
         cmocka_unit_test(ll_one_kernel_layout),
         cmocka_unit_test(ll_one_kernel_marks),
         cmocka_unit_test(layout_chunks),

@@ -18,7 +18,10 @@
  * The device's kernel set is EPX_CUDA_KERNELS's (bench/gpu-run.sh runs
  * both: classic, and fused, low latency in one kernel per operation);
  * on the device also a call released before its recv (abandoned), then
- * both buffers again.
+ * both buffers again.  epx_dispatch_poll (each expert's rows read as soon
+ * as a poll says it is ready, counts of the others 0) and a bad argument
+ * on one rank (its peers' calls fail, without waiting for the timeout)
+ * on both executors: ll_poll_rank.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -580,6 +584,300 @@ done:
     return 0;
 }
 
+/* Host staging for copies made while peers' kernels may still run:
+ * pinned on the device (src/cuda/README.md, "Ranks as threads"). */
+static void *stage_alloc(const xmem_t *xm, size_t n)
+{
+#ifdef EPX_HAVE_CUDA
+    void *p = NULL;
+    if (xm->dev)
+        return cudaMallocHost(&p, n) == cudaSuccess ? p : NULL;
+#endif
+    (void)xm;
+    return malloc(n);
+}
+
+static void stage_free(const xmem_t *xm, void *p)
+{
+#ifdef EPX_HAVE_CUDA
+    if (xm->dev) {
+        cudaFreeHost(p);
+        return;
+    }
+#endif
+    (void)xm;
+    free(p);
+}
+
+/* The rows of the local experts a poll said ready, read by copies queued
+ * after it (the caller's stream is not ordered after the engine's before
+ * epx_dispatch_recv): sources, tokens, weights and data against the
+ * reference; the range of expert j is rows [j R cap, (j + 1) R cap). */
+static int check_ready(const llcase_t *c, int R, const xmem_t *xm,
+                       const epx_recv_t *rv, const ref_recv_t *want,
+                       const uint8_t *ready, unsigned char *hs)
+{
+    const int64_t n = want->num_rows, per = (int64_t)R * c->cap;
+    const size_t xr = want->x_row;
+    int32_t *srank = (int32_t *)hs, *stok = srank + n;
+    float *wt = (float *)(stok + n);
+    unsigned char *hx = (unsigned char *)(wt + n);
+    MEM(mem_get(xm, srank, rv->src_rank, 4 * (size_t)n));
+    MEM(mem_get(xm, stok, rv->src_token, 4 * (size_t)n));
+    MEM(mem_get(xm, wt, rv->topk_weights, 4 * (size_t)n));
+    MEM(mem_get(xm, hx, rv->x.data, (size_t)n * xr));
+    for (int j = 0; j < want->num_local; j++) {
+        if (!ready[j])
+            continue;
+        for (int64_t i = j * per; i < (j + 1) * per; i++) {
+            CHECKF(srank[i] == want->src_rank[i] &&
+                   stok[i] == want->src_token[i],
+                   "row %lld of ready expert %d: source %d/%d, token %d/%d",
+                   (long long)i, j, srank[i], want->src_rank[i], stok[i],
+                   want->src_token[i]);
+            CHECK(memcmp(&wt[i], &want->weights[i], 4) == 0);
+            CHECKF(want->src_rank[i] < 0 ||
+                   memcmp(hx + (size_t)i * xr, want->x + (size_t)i * xr,
+                          xr) == 0,
+                   "row %lld of ready expert %d differs", (long long)i, j);
+        }
+    }
+    return 0;
+}
+
+/* Poll without waiting until every local expert is ready (or the call
+ * fails: *st), checking each answer: readiness never goes back, the
+ * counts of ready experts are final and the others' 0 (host memory on
+ * both executors), offsets and rows fixed, ready experts' rows in
+ * place.  want NULL: the call is to fail, nothing may be ready before. */
+static int poll_ll(const llcase_t *c, int R, epx_moe_t *m, const xmem_t *xm,
+                   epx_handle_t *h, const ref_recv_t *want, unsigned char *hs,
+                   epx_status_t *st)
+{
+    const int L = epx_moe_num_local_experts(m);
+    uint8_t *ready = calloc((size_t)L + 1, 1), *was = calloc((size_t)L + 1, 1);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int polls = 0, num = -1;
+    for (;;) {
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        *st = epx_dispatch_poll(m, h, &rv, ready, &num);
+        polls++;
+        if (*st != EPX_OK)
+            break;
+        int count = 0;
+        for (int j = 0; j < L; j++) {
+            count += ready[j];
+            CHECKF(ready[j] || !was[j], "expert %d was ready, now not", j);
+            was[j] = ready[j];
+        }
+        CHECK(count == num && rv.num_local_experts == L);
+        CHECK(rv.num_rows == (int64_t)L * R * c->cap && rv.capacity == c->cap);
+        if (!want) {
+            CHECKF(num == 0, "a call that fails had %d experts ready", num);
+        } else {
+            for (int j = 0; j < L; j++) {
+                CHECKF(rv.expert_counts[j] == (ready[j] ? want->counts[j] : 0),
+                       "poll: expert %d (%s) count %lld, want %lld", j,
+                       ready[j] ? "ready" : "not ready",
+                       (long long)rv.expert_counts[j],
+                       (long long)(ready[j] ? want->counts[j] : 0));
+                CHECK(rv.expert_offsets[j] == want->offsets[j]);
+            }
+            if (num > 0)
+                CHECK_CALL(check_ready(c, R, xm, &rv, want, ready, hs));
+            if (num == L)
+                break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        CHECKF(t.tv_sec - t0.tv_sec < 30, "poll: %d of %d experts ready "
+               "after 30 s (%d polls)", num, L, polls);
+        usleep(50);
+    }
+    free(ready), free(was);
+    return 0;
+}
+
+/* epx_dispatch_poll in low latency and a bad argument on one rank, on
+ * both executors.  Three calls (buffers 0, 1, 0), each polled until
+ * every expert is ready, then received, polled again (all ready),
+ * combined and checked whole.  Then (R > 1) the last rank passes a layer
+ * out of range, too many tokens, EPX_DISPATCH_CACHED: its own
+ * dispatch_send refuses it (EPX_ERR_INVALID, EPX_ERR_RANGE,
+ * EPX_ERR_INVALID) and the others' calls fail without waiting for the
+ * timeout: EPX_ERR_PEER (EPX_ERR_RANGE for the tokens, the host
+ * executor's header rule), from their poll (no expert ever ready before)
+ * and then recv, or, not polled, from recv on host ranks and from
+ * epx_moe_check on device ranks (whose recv does not wait; their combine
+ * of the call ends without waiting either); then a whole call again. */
+static int ll_poll_rank(epx_comm_t *comm, void *arg)
+{
+    const llcase_t *c = arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = c->H;
+    p.num_experts = c->E;
+    p.topk = c->K;
+    p.max_tokens_per_rank = c->maxT;
+    p.dtype = c->dtype;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.ll_capacity = c->cap;
+    p.ll_buffers = 2;
+    p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
+    p.wire = c->wire;
+    p.device = c->host ? EPX_DEVICE_HOST : 0;
+    epx_moe_t *m = NULL;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
+    xmem_t xm = { !c->host, NULL };
+    MEM(mem_stream_create(&xm));
+    const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
+    rank_bufs_t b;
+    b.xm = &xm;
+    MEM(mem_alloc(&xm, &b.dx, (size_t)(c->maxT * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.didx, (size_t)(c->maxT * c->K + 1) * 8));
+    MEM(mem_alloc(&xm, &b.dw, (size_t)(c->maxT * c->K + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.dxcopy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.dscopy, (size_t)(rows * c->H + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dgcopy, (size_t)(rows + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    unsigned char *hs = stage_alloc(&xm, (size_t)rows * (12 + (size_t)c->H * es)
+                                             + 64);
+    CHECK(hs != NULL);
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    int64_t **idx = calloc((size_t)R, sizeof(*idx));
+    float **w = calloc((size_t)R, sizeof(*w));
+    void **x = calloc((size_t)R, sizeof(*x));
+    for (int r = 0; r < R; r++) {
+        idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
+        w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
+        x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
+    }
+    CHECK_OK(epx_comm_barrier(comm));   /* allocations before any call */
+    const int64_t T = c->maxT - me % 3;
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ b.dx, c->dtype, T, c->H };
+    a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
+    a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
+    a.stream = xm.stream;
+    epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
+    const int L = epx_moe_num_local_experts(m);
+    uint8_t *ready = calloc((size_t)L + 1, 1);
+    epx_status_t st;
+    for (int call = 40; call < 44; call++) {
+        /* call 43: after the failed calls below */
+        if (call == 43 && R > 1) {
+            const int bad = R - 1;
+            /* layer, tokens, cached: the bad rank's own status, the
+             * peers'; polled or not */
+            static const epx_status_t own[3] = { EPX_ERR_INVALID,
+                                                 EPX_ERR_RANGE,
+                                                 EPX_ERR_INVALID };
+            static const epx_status_t peer[3] = { EPX_ERR_PEER,
+                                                  EPX_ERR_RANGE,
+                                                  EPX_ERR_PEER };
+            for (int k = 0; k < 3; k++) {
+                const int polled = k != 1;
+                ref_recv_t want;
+                int64_t dropped;
+                CHECK_CALL(stage(c, R, me, 50 + k, &b, src, idx, w, x, &want,
+                                 &dropped));
+                epx_dispatch_args_t fa = a;
+                if (me == bad && k == 0)
+                    fa.layer = 7;
+                if (me == bad && k == 1)
+                    fa.x.rows = fa.topk_idx.rows = fa.topk_weights.rows =
+                        c->maxT + 1;
+                if (me == bad && k == 2)
+                    fa.flags = EPX_DISPATCH_CACHED;
+                epx_handle_t *h = NULL;
+                st = epx_dispatch_send(m, &fa, &h);
+                if (me == bad) {
+                    CHECKF(st == own[k], "bad rank: %s, want %s (%s)",
+                           epx_status_str(st), epx_status_str(own[k]),
+                           epx_last_error());
+                    CHECK(h == NULL);
+                } else {
+                    CHECK_OK(st);
+                    epx_recv_t rv = { .struct_size = sizeof(rv) };
+                    if (polled) {
+                        CHECK_CALL(poll_ll(c, R, m, &xm, h, NULL, hs, &st));
+                        CHECKF(st == peer[k], "peer's poll: %s, want %s (%s)",
+                               epx_status_str(st), epx_status_str(peer[k]),
+                               epx_last_error());
+                        CHECK_ST(epx_dispatch_recv(m, h, &rv), peer[k]);
+                        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+                        ca.y = (epx_tensor_t){ b.dy, c->dtype, want.num_rows,
+                                               c->H };
+                        CHECK_ST(epx_combine_send(m, h, &ca), EPX_ERR_STATE);
+                    } else if (c->host) {
+                        CHECK_ST(epx_dispatch_recv(m, h, &rv), peer[k]);
+                    } else {
+                        /* device: found on the device, told by check;
+                         * the combine does not wait for the bad rank */
+                        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+                        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+                        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows,
+                                               c->H };
+                        CHECK_OK(epx_combine_send(m, h, &ca));
+                        CHECK_OK(epx_combine_recv(m, h, &out));
+                    }
+                    epx_handle_release(h);
+                }
+                MEM(mem_sync(&xm));
+                st = epx_moe_check(m, NULL);
+                const epx_status_t wst = c->host || me == bad ? EPX_OK
+                                                              : peer[k];
+                CHECKF(st == wst, "check after a failed call: %s, want %s",
+                       epx_status_str(st), epx_status_str(wst));
+                ref_recv_free(&want);
+            }
+        }
+        ref_recv_t want;
+        int64_t dropped = 0, got_dropped = -1;
+        CHECK_CALL(stage(c, R, me, call, &b, src, idx, w, x, &want, &dropped));
+        epx_handle_t *h = NULL;
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_CALL(poll_ll(c, R, m, &xm, h, &want, hs, &st));
+        CHECK_OK(st);
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+        MEM(mem_sync(&xm));
+        /* after recv (and its stream): every expert, as recv describes */
+        epx_recv_t pv = { .struct_size = sizeof(pv) };
+        int num = -1;
+        CHECK_OK(epx_dispatch_poll(m, h, &pv, ready, &num));
+        CHECK(num == L && pv.x.data == rv.x.data &&
+              pv.src_rank == rv.src_rank && pv.num_rows == rv.num_rows);
+        for (int j = 0; j < L; j++)
+            CHECK(pv.expert_counts[j] == want.counts[j]);
+        CHECK_CALL(copy_rows(&rv, &b, &want));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_ST(epx_dispatch_poll(m, h, &pv, ready, &num), EPX_ERR_STATE);
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        MEM(mem_sync(&xm));
+        CHECK_OK(epx_moe_check(m, &got_dropped));
+        CHECK(got_dropped == dropped);
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want, dropped));
+        epx_handle_release(h);
+        ref_recv_free(&want);
+    }
+    epx_moe_destroy(m);
+    mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
+    mem_free(&xm, b.dy), mem_free(&xm, b.dxcopy), mem_free(&xm, b.dscopy);
+    mem_free(&xm, b.dgcopy), mem_free(&xm, b.dout);
+    stage_free(&xm, hs);
+    mem_stream_destroy(&xm);
+    for (int r = 0; r < R; r++)
+        free(idx[r]), free(w[r]), free(x[r]);
+    free(src), free(idx), free(w), free(x), free(ready);
+    return 0;
+}
+
 /* Whether device ranks run here (main probes it). */
 static int device_ok;
 
@@ -600,6 +898,21 @@ static void run_case(llcase_t *c)
     }
 }
 
+static void run_poll_case(llcase_t *c)
+{
+    for (int host = 1; host >= 0; host--) {
+        if (!host && !device_ok)
+            continue;
+        c->host = host;
+        const char *ks = getenv("EPX_CUDA_KERNELS");
+        fprintf(stderr, "# poll, %s%s%s: R %d, H %d, cap %d, %s, wire %d\n",
+                host ? "host" : "device", host || !ks ? "" : ", kernels ",
+                host || !ks ? "" : ks, c->R, c->H, c->cap,
+                c->drop ? "drop" : "no drop", (int)c->wire);
+        assert_int_equal(epxt_thread_ranks(c->R, 120, ll_poll_rank, c), 0);
+    }
+}
+
 static void low_latency(void **state)
 {
     (void)state;
@@ -616,6 +929,23 @@ static void low_latency(void **state)
         run_case(&a);
         run_case(&b);
         run_case(&c);
+    }
+}
+
+/* epx_dispatch_poll and a bad argument on one rank (ll_poll_rank): 1, 2
+ * and 4 ranks, room for all and drops, native and a quantized wire. */
+static void low_latency_poll(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 4 };
+    for (size_t i = 0; i < 3; i++) {
+        const int R = ranks[i];
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t b = { R, 2 * R + 3, 4, 256, 12, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_FP8, 0 };
+        run_poll_case(&a);
+        run_poll_case(&b);
     }
 }
 
@@ -680,6 +1010,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(low_latency),
         cmocka_unit_test(low_latency_quantized),
         cmocka_unit_test(low_latency_fp64),
+        cmocka_unit_test(low_latency_poll),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
