@@ -47,31 +47,32 @@ typedef struct gcase {
                            holding expert u % E; 0: none */
     int rr;             /* replicas: EPX_REPLICA_ROUND_ROBIN */
     int host;           /* set by run_case: the executor, host or device */
-    int nlost;          /* replicas, EPX_MOE_ELASTIC: experts 1, 3, 5, ..
-                           (nlost of them) have no slot; the others fill
-                           the slots in turn (slot_expert), so slots may
-                           be below E */
 } gcase_t;
+
+/* Replicas, EPX_MOE_ELASTIC: experts 1, 3, 5, .. (nlost of them) have no
+ * slot; the others fill the slots in turn (slot_expert), so slots may be
+ * below E.  Set by elastic and nccl_two_gpus around their cases. */
+static int nlost;
 
 /* Logical expert of slot u: u % E, or (elastic) the live experts in
  * turn. */
 static int slot_expert(const gcase_t *c, int u)
 {
-    if (!c->nlost)
+    if (!nlost)
         return u % c->E;
-    const int live = c->E - c->nlost;
+    const int live = c->E - nlost;
     int i = u % live;
     /* the i-th live expert: experts 1, 3, .., 2 * nlost - 1 are lost */
     for (int e = 0; e < c->E; e++)
-        if (!(e % 2 == 1 && e < 2 * c->nlost) && i-- == 0)
+        if (!(e % 2 == 1 && e < 2 * nlost) && i-- == 0)
             return e;
     return -1;
 }
 
 static int expert_lost(const gcase_t *c, int64_t e)
 {
-    return c->nlost && e >= 0 && e < c->E && e % 2 == 1 &&
-           e < 2 * c->nlost;
+    return nlost && e >= 0 && e < c->E && e % 2 == 1 &&
+           e < 2 * nlost;
 }
 
 /* Native wire: some ranks' expert outputs apart (pushed), the others' in
@@ -88,7 +89,7 @@ static int64_t route_slot(const gcase_t *c, int R, int me, int64_t t,
 {
     if (!c->slots || e < 0 || e >= c->E)
         return e;
-    if (c->nlost) {
+    if (nlost) {
         /* elastic: the replicas of e in slot order; none: not sent */
         const int spr = c->slots / R;
         int n = 0, here = 0;
@@ -187,7 +188,7 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     p.gpu_backend = c->backend;
     epx_moe_t *m = NULL;
     p.num_slots = c->slots;
-    p.flags = c->nlost ? EPX_MOE_ELASTIC : 0u;
+    p.flags = nlost ? EPX_MOE_ELASTIC : 0u;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     CHECK(c->host ? epx_cuda_moe_num_sms(m) == 0 : epx_cuda_moe_num_sms(m) >= 1);
     if (c->slots) {
@@ -211,7 +212,7 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     MEM(mem_alloc(&xm, &b.dout, ((size_t)c->maxT * c->H + 1) * 4));
     MEM(mem_alloc(&xm, &b.dy, (rows * c->H + 1) * es));
     b.dlost = NULL;
-    if (c->nlost)
+    if (nlost)
         MEM(mem_alloc(&xm, &b.dlost, (size_t)c->maxT * c->K + 1));
     /* No rank's first call before every rank allocated: cudaMalloc may
      * wait for the device, where a peer's first call would wait for this
@@ -471,7 +472,7 @@ static void run_case(gcase_t *c, int procs)
         fprintf(stderr, "# %s %s: R %d, H %d, dtype %d, %s-major, wire %d%s\n",
                 host ? "host" : "device", procs ? "processes" : "threads",
                 c->R, c->H, (int)c->dtype, c->em ? "expert" : "token",
-                (int)c->wire, c->nlost ? ", elastic" : c->slots
+                (int)c->wire, nlost ? ", elastic" : c->slots
                                                        ? ", replicas" : "");
         struct timespec a, b;
         clock_gettime(CLOCK_MONOTONIC, &a);
@@ -526,18 +527,21 @@ static void elastic(void **state)
 {
     (void)state;
     for (int v = 0; v < 4; v++) {
-        gcase_t c = { 4, 10, 3, 24, 32, EPX_DTYPE_FP32,
+            gcase_t c = { 4, 10, 3, 24, 32, EPX_DTYPE_FP32,
                       EPX_GPU_BACKEND_WINDOWS, 1, v >= 2, v >= 2 ? 4 : 1, 0,
-                      EPX_WIRE_NATIVE, 8, v % 2, 0, 3 };
+                      EPX_WIRE_NATIVE, 8, v % 2, 0 };
+        nlost = 3;
         run_case(&c, 0);
     }
     gcase_t c = { 3, 7, 4, 256, 24, EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS,
-                  1, 1, 1, 0, EPX_WIRE_NATIVE, 12, 0, 0, 2 };
+                  1, 1, 1, 0, EPX_WIRE_NATIVE, 12, 0, 0 };
+    nlost = 2;
     run_case(&c, 0);
     c.em = 0;                      /* a quantized wire, token-major */
     c.wire = EPX_WIRE_FP8;
     c.rr = 1;
     run_case(&c, 0);
+    nlost = 0;
 }
 
 /* Expert-major: alignments 1 and 8 (padding), weighted and unweighted
@@ -780,11 +784,12 @@ static void nccl_two_gpus(void **state)
     /* elastic: 9 experts, 3 lost, on 6 slots, both layouts */
     em.E = 9;
     em.slots = 6;
-    em.nlost = 3;
+    nlost = 3;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
     em.em = 0;
     em.rr = 1;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    nlost = 0;
 }
 
 int main(int argc, char **argv)
