@@ -550,8 +550,9 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     epx_comm_shrink the new engine on the survivors' communicator opens
  *     windows (or an NCCL communicator) among them only; destroying the
  *     old engine waits for its kernels until EPX_TIMEOUT and, over NCCL,
- *     finalizes its communicator, which a lost peer may block (the
- *     recovery after a real loss on device ranks is untested);
+ *     aborts the communicator epx made (ncclCommAbort; an adopted
+ *     nccl_comm is the caller's to abort first); the recovery after a
+ *     real loss on device ranks is untested;
  *   - invalid input on one rank (throughput mode, windows backend): that
  *     rank's epx_dispatch_send refuses it and the others' calls fail in
  *     their epx_dispatch_recv (EPX_ERR_PEER: the peers' arguments are

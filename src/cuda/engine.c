@@ -876,6 +876,10 @@ void gpu_moe_destroy(gpu_moe_t *m)
     if (!m)
         return;
     cudaSetDevice(m->device);
+    /* A lost peer (elastic: the survivors drop the old engine): NCCL's
+     * transfers with it never end, so abort them before waiting. */
+    if (m->nccl && epx__comm_alive(m->comm) != EPX_OK)
+        epx__nccl_abort(m->nccl);
     if (m->st)
         cudaStreamSynchronize(m->st);
     gpu_mig_sync(m->mig);
