@@ -390,16 +390,17 @@ typedef enum epx_wire {
                                       (epx_comm_topology) must be equal
                                       contiguous rank blocks; combine_send
                                       then waits for its domain's partials */
-#define EPX_MOE_ELASTIC 0x4u       /* elastic expert parallelism (host ranks,
-                                      needs num_slots): a placement may leave
+#define EPX_MOE_ELASTIC 0x4u       /* elastic expert parallelism (needs
+                                      num_slots): a placement may leave
                                       logical experts out (lost: their every
                                       replica was on ranks that are gone) and
                                       num_slots may be below num_experts; a
                                       top-k entry naming a lost expert is not
                                       sent (as if -1), combine leaves it out,
                                       and dispatch reports it
-                                      (epx_dispatch_args_t.lost).  Device
-                                      ranks: EPX_ERR_UNSUPPORTED */
+                                      (epx_dispatch_args_t.lost).  Host and
+                                      device ranks, both modes (device
+                                      ranks: see "Device ranks") */
 
 /* Where a rank's tensors live (epx_moe_params_t.device): host memory, or
  * the CUDA device of that ordinal (0, 1, ...). */
@@ -548,6 +549,19 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     epx_moe_check (EPX_ERR_PEER, or EPX_ERR_RANGE for too many tokens,
  *     as on host ranks), without waiting for the timeout: a peer that
  *     combines such a call anyway gets unspecified outputs;
+ *   - EPX_MOE_ELASTIC (both modes, both backends; not yet run on a GPU):
+ *     the host executor's routing (an entry naming a lost expert is sent
+ *     nowhere, combine leaves it out, the statistics count its demand per
+ *     logical expert); the lost mask (epx_dispatch_args_t.lost) is device
+ *     memory, written by a kernel on the engine's stream (no host
+ *     synchronisation, graph-capturable), which the caller's stream is
+ *     ordered after by epx_dispatch_recv (as the recv's arrays).  After
+ *     epx_comm_shrink the new engine on the survivors' communicator opens
+ *     windows (or an NCCL communicator) among them only; destroying the
+ *     old engine waits for its kernels until EPX_TIMEOUT and, over NCCL,
+ *     aborts the communicator epx made (ncclCommAbort; an adopted
+ *     nccl_comm is the caller's to abort first); the recovery after a
+ *     real loss on device ranks is untested;
  *   - EPX_CUDA_KERNELS=fused (throughput mode, windows backend; not yet
  *     run on a GPU): with y in place (epx_recv_t.x) combine moves no
  *     data, the token's owners read the outputs from this rank's window
@@ -603,13 +617,19 @@ typedef struct epx_dispatch_args {
                                   epx_dispatch_recv and epx_dispatch_poll use
                                   it too.  Ignored on host ranks. */
     /* version 5 */
-    uint8_t *lost;             /* optional output, host memory [T, K]: on
-                                  success 1 where topk_idx names an expert
-                                  the layer's placement left out (lost,
+    uint8_t *lost;             /* optional output [T, K]: on success 1
+                                  where topk_idx names an expert the
+                                  layer's placement left out (lost,
                                   EPX_MOE_ELASTIC; the entry was not sent
                                   and combine leaves it out), else 0.
-                                  NULL: not reported.  Host ranks only
-                                  (device ranks: EPX_ERR_UNSUPPORTED). */
+                                  NULL: not reported.  Host ranks: host
+                                  memory, written when epx_dispatch_send
+                                  returns.  Device ranks: DEVICE memory
+                                  like the other tensors, written on the
+                                  engine's stream and ready in the
+                                  caller's stream order once
+                                  epx_dispatch_recv returned (see "Device
+                                  ranks"). */
 } epx_dispatch_args_t;
 
 #define EPX_DISPATCH_ARGS_INIT                                                \

@@ -216,9 +216,13 @@ class Dispatch:
     def lost(self):
         """Elastic engines (``elastic=True``): [tokens, topk] uint8, 1 where
         the entry named an expert lost in the layer's placement (it was sent
-        nowhere and combine leaves it out), else 0.  None otherwise."""
+        nowhere and combine leaves it out), else 0.  None otherwise.  Device
+        engines: a CUDA tensor of the device, written in the current
+        stream's order (ready once the dispatch is received)."""
         b = self._h.lost
-        return None if b is None else A.wrap(b, self._torch)
+        if b is None or A.is_torch(b):
+            return b
+        return A.wrap(b, self._torch)
 
     @property
     def x_scales(self):
@@ -314,7 +318,8 @@ class MoE(_C.MoE):
         elastic: placements may leave experts out (lost, e.g. after a rank
             was lost) and num_slots may be below num_experts; entries naming
             a lost expert are not sent, combine leaves them out, and
-            ``Dispatch.lost`` marks them (host ranks, needs num_slots).
+            ``Dispatch.lost`` marks them (needs num_slots; on device
+            engines a CUDA tensor).
         device: where this rank's tensors live: None or "cpu" (host
             memory, the default), or a CUDA device ("cuda", "cuda:N", an
             ordinal, a torch.device; libepx with its CUDA module, every rank
@@ -324,8 +329,9 @@ class MoE(_C.MoE):
             CUDA tensors: ``Dispatch.x`` a view of its receive memory (the
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
-            ready in the current stream's order.  ``elastic`` and
-            ``hierarchical`` are host-only (``UnsupportedError``).
+            ready in the current stream's order (``Dispatch.lost`` of an
+            ``elastic`` engine too).  ``hierarchical`` is host-only
+            (``UnsupportedError``).
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).
 
@@ -356,6 +362,7 @@ class MoE(_C.MoE):
                 pass
             raise
         super().__init__(comm, *args)
+        self._elastic = bool(elastic)
         self._xcode = {1: A.FP8_E4M3, 2: A.FP8_E4M3, 3: A.FP8_E4M3}.get(self.wire)
 
     # -- dispatch / combine -------------------------------------------
@@ -392,11 +399,19 @@ class MoE(_C.MoE):
             gs = float(global_scale or 0.0)
             layer = int(layer)
             stream = _stream(self)
+            lost = None
+            if self._elastic and self.device >= 0:
+                # device engines write the lost mask into device memory,
+                # on the engine's stream (ready in the stream's order)
+                import torch
+
+                lost = torch.empty(len(x), self.topk, dtype=torch.uint8,
+                                   device=torch.device("cuda", self.device))
         except Exception:
             self._fail_dispatch()
             raise
         h = self.dispatch_send(x, topk_idx, topk_weights, layer=layer, cached=ch, global_scale=gs,
-                               stream=stream)
+                               stream=stream, lost=lost)
         d = Dispatch(self, h, torch_out, len(x), copy, stream)
         if not async_op:
             d.wait()

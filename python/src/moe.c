@@ -256,12 +256,13 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
                                    PyObject *kw)
 {
     static char *kwlist[] = { "x", "topk_idx", "topk_weights", "layer",
-                              "cached", "global_scale", "stream", NULL };
-    PyObject *xo, *io, *wo, *cached = Py_None, *so = Py_None;
+                              "cached", "global_scale", "stream", "lost",
+                              NULL };
+    PyObject *xo, *io, *wo, *cached = Py_None, *so = Py_None, *lo = Py_None;
     int layer = 0;
     float gscale = 0.0f;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOfO", kwlist, &xo, &io,
-                                     &wo, &layer, &cached, &gscale, &so))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|iOfOO", kwlist, &xo, &io,
+                                     &wo, &layer, &cached, &gscale, &so, &lo))
         return NULL;
     void *stream = NULL;
     if (stream_arg(so, &stream) < 0)
@@ -316,9 +317,31 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         bad = 1;
     }
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
-    /* Elastic engines: the entries naming a lost expert (EPX_MOE_ELASTIC). */
+    /* Elastic engines: the entries naming a lost expert (EPX_MOE_ELASTIC).
+     * Host ranks: into a copy made here.  Device ranks: into the caller's
+     * [T, K] uint8 tensor of the device (`lost`, made by epx.MoE with
+     * torch), written on the engine's stream and ready in the stream's
+     * order after the dispatch's recv; none given, none reported. */
     uint8_t *lost = NULL;
-    if (!bad && (self->p.flags & EPX_MOE_ELASTIC)) {
+    epxpy_array_t la = { 0 };
+    int have_la = 0;
+    if (!bad && (self->p.flags & EPX_MOE_ELASTIC) && dev != EPX_DEVICE_HOST &&
+        lo != Py_None) {
+        if (epxpy_array_import_on(lo, "lost", 1u << EPXPY_DTYPE_BYTES, 2, dev,
+                                  stream, &la) < 0) {
+            bad = 1;
+        } else {
+            have_la = 1;
+            if (la.t.rows != x.t.rows || la.t.cols != self->p.topk) {
+                epxpy_raisef(EPX_ERR_INVALID, "lost: [%lld, %lld] bytes, "
+                             "want [%lld, %d]", (long long)la.t.rows,
+                             (long long)la.t.cols, (long long)x.t.rows,
+                             self->p.topk);
+                bad = 1;
+            }
+        }
+    }
+    if (!bad && (self->p.flags & EPX_MOE_ELASTIC) && dev == EPX_DEVICE_HOST) {
         lost = malloc((size_t)(x.t.rows > 0 ? x.t.rows : 1) *
                       (size_t)self->p.topk);
         if (!lost) {
@@ -327,7 +350,7 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         }
     }
     if (!bad) {
-        a.lost = lost;
+        a.lost = have_la ? (uint8_t *)la.t.data : lost;
         a.x = x.t;
         a.topk_idx = idx.t;
         a.topk_weights = w.t;
@@ -348,6 +371,8 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
     epxpy_array_release(&x);
     epxpy_array_release(&idx);
     epxpy_array_release(&w);
+    if (have_la)
+        epxpy_array_release(&la);
     if (self->p.mode == EPX_MODE_THROUGHPUT && was_received)
         cur->state = H_ABANDONED;   /* the library abandoned it */
     if (ch && (bad || st != EPX_OK) && ch->state == H_RECEIVED)
@@ -363,6 +388,10 @@ static PyObject *moe_dispatch_send_locked(epxpy_moe_t *self, PyObject *args,
         return bad ? NULL : epxpy_raise(st);
     }
     PyObject *lost_buf = NULL;
+    if (have_la && st == EPX_OK) {   /* the caller's tensor, kept */
+        lost_buf = lo;
+        Py_INCREF(lo);
+    }
     if (lost) {   /* a copy: the Buffer owns its bytes */
         int64_t shape[2] = { a.x.rows, self->p.topk };
         lost_buf = epxpy_buffer_new(lost, EPX_DTYPE_UE8M0, 2, shape, NULL);

@@ -390,6 +390,50 @@ def test_cuda_rebalance_moves_device_weights():
     ranks.run(rank_cuda_rebalance, 2, torch.cuda.device_count())
 
 
+def rank_cuda_elastic(rank, R, seed, ngpu):
+    import torch
+
+    import epx
+
+    dev = rank % ngpu
+    torch.cuda.set_device(dev)
+    cuda = torch.device("cuda", dev)
+    T, H, E, K = 12, 16, 6, 3
+    p2l = np.array([0, 2, 4, 5])          # experts 1 and 3 lost: 4 slots, 6 experts
+    data = ref.inputs(seed, R, T, H, E, K, drop=0.1)
+    comm = epx.Comm.from_torch()
+    # the same elastic engine on host and device ranks: same bits
+    engines = [epx.MoE(comm, H, E, K, T, dtype="float32", num_slots=4, elastic=True,
+                       device=d) for d in (None, cuda)]
+    outs, masks = [], []
+    for moe in engines:
+        moe.set_placement(p2l)
+        assert [moe.expert_lost(e) for e in range(E)] == [0, 1, 0, 1, 0, 0]
+        x, idx, w = (torch.from_numpy(a) for a in data[rank])
+        if moe.device >= 0:
+            x, idx, w = x.to(cuda), idx.to(cuda), w.to(cuda)
+        d = moe.dispatch(x, idx, w)
+        assert d.lost is not None and d.lost.is_cuda == (moe.device >= 0)
+        masks.append(d.lost.cpu().numpy())
+        outs.append(moe.combine(d.x, d).cpu())
+    ids = data[rank][1]
+    want = ((ids == 1) | (ids == 3)).astype(np.uint8)
+    assert np.array_equal(masks[0], want) and np.array_equal(masks[1], want)
+    assert torch.equal(outs[0], outs[1])
+    for moe in engines:
+        moe.close()
+    comm.close()
+    return True
+
+
+def test_cuda_elastic():
+    gpus_or_skip()
+    import torch
+
+    seed = np.random.SeedSequence().entropy % 2**32
+    ranks.run(rank_cuda_elastic, 2, seed, torch.cuda.device_count())
+
+
 def rank_cuda_ready(rank, R, ngpu):
     import torch
 

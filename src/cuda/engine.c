@@ -125,6 +125,12 @@ struct gpu_moe {
     unsigned *d_fbar;
     int fcall;
     uint64_t fseq;
+    /* EPX_MOE_ELASTIC (kern_lost.cu): each call's pairs per logical
+     * expert lost in its layer, on the device; throughput mode also
+     * copies them to h_ecnt + units (host-mapped, d_ecnt the device's
+     * address) */
+    int elastic;
+    int32_t *d_lostcnt, *d_ecnt;
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -165,9 +171,16 @@ static epx_status_t check_params(const epx_moe_params_t *p,
                                    sizeof(unsigned);
     int v2 = p->version >= 2 &&
              p->struct_size >= offsetof(epx_moe_params_t, mode);
-    if (v2 && p->num_slots != 0 && p->num_slots < p->num_experts)
+    /* EPX_MOE_ELASTIC: the engine's checks (src/moe/engine.c) allow any
+     * num_slots >= 1 and need one */
+    const int elastic = v3 && (p->flags & EPX_MOE_ELASTIC);
+    if (v2 && p->num_slots != 0 && p->num_slots < p->num_experts &&
+        !elastic)
         return epx__error(EPX_ERR_INVALID, "cuda moe: num_slots %d below "
                           "num_experts %d", p->num_slots, p->num_experts);
+    if (elastic && (!v2 || p->num_slots <= 0))
+        return epx__error(EPX_ERR_INVALID, "cuda moe: EPX_MOE_ELASTIC needs "
+                          "num_slots");
     if (v3 && p->mode != EPX_MODE_THROUGHPUT &&
         p->mode != EPX_MODE_LOW_LATENCY)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown mode %d",
@@ -178,7 +191,8 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         if (st != EPX_OK)
             return st;
     }
-    if (v3 && p->mode == EPX_MODE_THROUGHPUT && p->flags != 0)
+    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
+        (p->flags & ~EPX_MOE_ELASTIC) != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
                           "implemented on the GPU in throughput mode",
                           p->flags);
@@ -186,9 +200,10 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
                               "is per expert: use EPX_LAYOUT_EXPERT_MAJOR");
-        if (p->flags & ~EPX_MOE_LL_DROP)
+        if (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_ELASTIC))
             return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency "
-                              "takes no flag but EPX_MOE_LL_DROP");
+                              "takes no flag but EPX_MOE_LL_DROP and "
+                              "EPX_MOE_ELASTIC");
         if (p->ll_capacity < 0 || p->ll_buffers < 0 || p->ll_buffers == 1 ||
             p->ll_buffers > 64)
             return epx__error(EPX_ERR_INVALID, "cuda moe: ll_capacity (%d) "
@@ -402,6 +417,55 @@ static epx_status_t ll_pub_alloc(gpu_moe_t *m)
             goto gate;                                                         \
     } while (0)
 
+/* h_ecnt: [units] this rank's pairs per unit, read back with h_info;
+ * elastic engines: then [Elog] its pairs per lost expert, which the lost
+ * kernel stores through d_ecnt (host-mapped, as the fused dispatch's
+ * counts are read without a stream synchronisation), and d_lostcnt. */
+static epx_status_t ecnt_alloc(gpu_moe_t *m)
+{
+    const int units = m->g.E, extra = m->elastic ? m->Elog : 0;
+    epx_status_t st = epx__cuda_err(
+        cudaHostAlloc((void **)&m->h_ecnt,
+                      sizeof(int32_t) * (size_t)(units + extra),
+                      cudaHostAllocMapped | cudaHostAllocPortable),
+        "cudaHostAlloc");
+    if (st != EPX_OK || !m->elastic)
+        return st;
+    memset(m->h_ecnt, 0, sizeof(int32_t) * (size_t)(units + extra));
+    st = epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_ecnt,
+                                                m->h_ecnt, 0),
+                       "cudaHostGetDevicePointer");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMalloc((void **)&m->d_lostcnt,
+                                      sizeof(int32_t) * (size_t)m->Elog),
+                           "cudaMalloc");
+    if (st == EPX_OK)
+        st = epx__cuda_err(cudaMemset(m->d_lostcnt, 0,
+                                      sizeof(int32_t) * (size_t)m->Elog),
+                           "cudaMemset");
+    m->call.lostcnt = m->d_lostcnt;
+    return st;
+}
+
+/* Elastic engines: the call's lost mask (the caller's, device memory)
+ * and its demand for lost experts (kern_lost.cu), on the engine's
+ * stream before the call's other kernels, which read the same table. */
+static epx_status_t lost_launch(gpu_moe_t *m, const epx_dispatch_args_t *a)
+{
+    if (!m->elastic || !m->call.route.off)
+        return EPX_OK;
+    uint8_t *mask = a->struct_size >= offsetof(epx_dispatch_args_t, lost) +
+                                          sizeof(uint8_t *)
+        ? a->lost : NULL;
+    const epxk_lost_t l = {
+        a->topk_idx.data, a->topk_idx.dtype == EPX_DTYPE_INT64,
+        a->x.rows * m->g.K, m->Elog, m->call.route.off,
+        a->x.rows > 0 ? mask : NULL, m->d_lostcnt,
+        m->ll ? NULL : m->d_ecnt + m->g.E };
+    return epx__cuda_err((cudaError_t)epxk_lost_launch(&l, m->st),
+                         "kernel launch");
+}
+
 epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                             gpu_moe_t **out)
 {
@@ -482,6 +546,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
      * function (proto/geom.h). */
     m->Elog = m->p.num_experts;
     m->layers = mine.layers;
+    m->elastic = m->p.version >= 3 && (m->p.flags & EPX_MOE_ELASTIC) &&
+                 m->p.num_slots > 0;
     proto_geom_params(g, &m->p, R, me, maxT);
     /* Row indices and slots are int32 on the device. */
     if ((int64_t)R * maxT * g->K >= INT32_MAX ||
@@ -559,6 +625,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                            "loading the kernels");
     if (st == EPX_OK && m->kset == EPXK_SET_FUSED)
         st = epx__cuda_err((cudaError_t)epxk_ht_preload(),
+                           "loading the kernels");
+    if (st == EPX_OK)
+        st = epx__cuda_err((cudaError_t)epxk_lost_preload(),
                            "loading the kernels");
     if (st != EPX_OK)
         goto gate;
@@ -670,9 +739,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                                           (size_t)(EPXK_INFO_COUNTS + 2 * m->L)),
                        "cudaMallocHost");
     if (st == EPX_OK)
-        st = epx__cuda_err(cudaMallocHost((void **)&m->h_ecnt,
-                                          sizeof(int32_t) * (size_t)g->E),
-                           "cudaMallocHost");
+        st = ecnt_alloc(m);
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMallocHost((void **)&m->h_cnt,
                                           sizeof(int32_t) *
@@ -837,6 +904,10 @@ void gpu_moe_destroy(gpu_moe_t *m)
     if (!m)
         return;
     cudaSetDevice(m->device);
+    /* A lost peer (elastic: the survivors drop the old engine): NCCL's
+     * transfers with it never end, so abort them before waiting. */
+    if (m->nccl && epx__comm_alive(m->comm) != EPX_OK)
+        epx__nccl_abort(m->nccl);
     if (m->st)
         cudaStreamSynchronize(m->st);
     gpu_mig_sync(m->mig);
@@ -878,6 +949,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFreeHost(m->h_info);
     cudaFreeHost(m->h_cnt);
     cudaFreeHost(m->h_ecnt);
+    cudaFree(m->d_lostcnt);
     cudaFreeHost(m->h_pub);
     cudaFreeHost(m->h_llpub);
     free(m->h_llpoll);
@@ -1091,6 +1163,8 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
 {
     epxk_call_t *c = &m->call;
     epx_status_t st = stream_in(m, stream);
+    if (st == EPX_OK)
+        st = lost_launch(m, a);
     if (st != EPX_OK)
         return fail(m, st);
     ll_point(m, b);
@@ -1538,7 +1612,8 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     if ((st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
                                             sizeof(int64_t) * EPXK_INFO_CALL,
                                             m->st),
-                            "cudaMemsetAsync")) != EPX_OK)
+                            "cudaMemsetAsync")) != EPX_OK ||
+        (st = lost_launch(m, a)) != EPX_OK)
         return fail(m, st);
     m->fcall = 0;
     if (cached && c->windows) {

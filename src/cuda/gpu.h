@@ -55,8 +55,9 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *gpu, uint64_t call, epx_recv_t *recv,
 void gpu_layout_release(gpu_moe_t *gpu, int lay);
 /* After a throughput dispatch_recv: [units] this rank's (token, unit)
  * pairs per unit (the experts, or the slots), read back with the receive
- * counts (the load statistics); NULL otherwise (low latency reads
- * nothing back). */
+ * counts (the load statistics), and for an EPX_MOE_ELASTIC engine then
+ * [num_experts] its pairs naming each expert lost in the call's layer
+ * (0 for the others); NULL otherwise (low latency reads nothing back). */
 const int32_t *gpu_dispatch_ecount(const gpu_moe_t *gpu);
 epx_status_t gpu_combine_send(gpu_moe_t *gpu, uint64_t call,
                               const epx_combine_args_t *a, void *stream);

@@ -180,6 +180,10 @@ typedef struct epxk_call {
      * the call still takes its turn, packing nothing, and its status
      * words fail it at every peer */
     int32_t ll_refused;
+    /* elastic engines (kern_lost.cu): this call's pairs per logical
+     * expert lost in its layer, [Elog] device memory, which the
+     * low-latency statistics add to the expert's count; NULL: none */
+    const int32_t *lostcnt;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -241,6 +245,24 @@ int epxk_ht_fits(const proto_geom_t *g, int blocks, int sms);
 int epxk_ht_launch(const proto_geom_t *g, const epxk_call_t *c, int blocks,
                    void *stream);
 int epxk_ht_preload(void);
+
+/* Elastic engines (kern_lost.cu): a dispatch's lost mask and its demand
+ * for lost experts (proto.h proto_expert_lost), one block on the
+ * engine's stream before the call's other kernels.  off: the layer's
+ * proto_route_t.off. */
+typedef struct epxk_lost {
+    const void *idx;          /* [n] the call's ids, int32 or int64 */
+    int idx64;
+    int64_t n;                /* T * K */
+    int E;                    /* logical experts */
+    const int32_t *off;       /* [E + 1] */
+    uint8_t *mask;            /* [n] device memory, or NULL */
+    int32_t *cnt;             /* [E] device memory: pairs naming each
+                                 lost expert (0 for the others) */
+    int32_t *hcnt;            /* [E] host-mapped copy of cnt, or NULL */
+} epxk_lost_t;
+int epxk_lost_launch(const epxk_lost_t *a, void *stream);
+int epxk_lost_preload(void);
 
 #ifdef __cplusplus
 }

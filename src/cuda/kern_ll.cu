@@ -220,6 +220,8 @@ __device__ static void ll1_publish(const proto_geom_t &g, const epxk_call_t &c,
         else
             for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
                 v += s.cnt[g.R + c.route.rep[i]];
+        if (c.lostcnt)   /* elastic: the demand for a lost expert */
+            v += c.lostcnt[e];
         ent[1 + e] = v;
     }
     __threadfence();

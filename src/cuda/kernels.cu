@@ -1139,6 +1139,8 @@ __global__ void epxk_ll_stats_kernel(proto_geom_t g, epxk_call_t c)
         else
             for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
                 v += c.mycnt[g.R + c.route.rep[i]];
+        if (c.lostcnt)   /* elastic: the demand for a lost expert */
+            v += c.lostcnt[e];
         ent[1 + e] = v;
     }
     __threadfence();

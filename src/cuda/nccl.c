@@ -10,6 +10,7 @@ struct epx_nccl {
     ncclComm_t comm;
     int adopted;
     int R, rank;
+    int aborted;        /* epx__nccl_abort: the communicator is gone */
 };
 
 static epx_status_t nccl_err(ncclResult_t r, const char *what)
@@ -73,11 +74,19 @@ void epx__nccl_destroy(epx_nccl_t *nc)
 {
     if (!nc)
         return;
-    if (!nc->adopted) {
+    if (!nc->adopted && !nc->aborted) {
         ncclCommFinalize(nc->comm);
         ncclCommDestroy(nc->comm);
     }
     free(nc);
+}
+
+void epx__nccl_abort(epx_nccl_t *nc)
+{
+    if (!nc || nc->adopted || nc->aborted)
+        return;
+    ncclCommAbort(nc->comm);
+    nc->aborted = 1;
 }
 
 int epx__nccl_adopted(const epx_nccl_t *nc)

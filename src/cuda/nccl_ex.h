@@ -19,6 +19,12 @@ epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt,
                               epx_nccl_t **nc);
 void epx__nccl_destroy(epx_nccl_t *nc);
 int epx__nccl_adopted(const epx_nccl_t *nc);
+/* A peer of the communicator is gone (epx_comm_shrink's survivors tearing
+ * down the old engine): NCCL's operations with it never complete and
+ * finalizing would wait for them, so the communicator is aborted (its
+ * kernels return) instead; epx__nccl_destroy then only frees.  An
+ * adopted communicator is the caller's to abort: left alone. */
+void epx__nccl_abort(epx_nccl_t *nc);
 
 /* Every rank's count block, its header and counts (PROTO_CNT_HDR + R + E
  * int32 at blk, the same size in every call: cached, uncached or
@@ -83,6 +89,7 @@ typedef struct epx_nccl_module_ops {
                                 char *stage, char *rstage, char *win,
                                 const int64_t *ent, const int64_t *rows,
                                 void *stream);
+    void (*abort)(epx_nccl_t *nc);
 } epx_nccl_module_ops_t;
 
 #endif /* EPX_CUDA_NCCL_EX_H */

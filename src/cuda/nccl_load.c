@@ -39,6 +39,12 @@ void epx__nccl_destroy(epx_nccl_t *nc)
 
 int epx__nccl_adopted(const epx_nccl_t *nc) { return mod->adopted(nc); }
 
+void epx__nccl_abort(epx_nccl_t *nc)
+{
+    if (nc)
+        mod->abort(nc);
+}
+
 epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
                               const int32_t *blk, int32_t *cnt, void *stream)
 {

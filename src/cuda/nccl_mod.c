@@ -12,6 +12,7 @@ static const epx_nccl_module_ops_t ops = {
     .combine = epx__nccl_combine,
     .p2p = epx__nccl_p2p,
     .dispatch_em = epx__nccl_dispatch_em,
+    .abort = epx__nccl_abort,
 };
 
 const void *epx__module_ops(void);

@@ -43,10 +43,6 @@ static epx_status_t gpu_send(epx_moe_t *m, const epx_dispatch_args_t *a,
     /* The layer's range, like every argument of an uncached call, is
      * checked by the executor, which has its peers fail the call too. */
     const int layer = moe_args_layer(a);
-    if (moe_args_lost(a))
-        return epx__error(EPX_ERR_UNSUPPORTED, "dispatch: the lost mask "
-                          "(epx_dispatch_args_t.lost) is reported on host "
-                          "ranks only; pass NULL on device ranks");
     void *stream = a->struct_size >= offsetof(epx_dispatch_args_t, stream) +
                                          sizeof(void *) ? a->stream : NULL;
     const int cached = a->struct_size >= offsetof(epx_dispatch_args_t, flags) +
@@ -118,6 +114,11 @@ static epx_status_t gpu_recv(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out)
         memset(m->st_ecount, 0, sizeof(int32_t) * (size_t)m->E);
         for (int u = 0; u < m->U; u++)
             m->st_ecount[p2l[u]] += ucount[u];
+        /* Elastic: the demand for lost experts, counted by the device
+         * after the units (gpu_dispatch_ecount), as the host executor's
+         * layout counts it. */
+        for (int e = 0; (m->p.flags & EPX_MOE_ELASTIC) && e < m->E; e++)
+            m->st_ecount[e] += ucount[m->U + e];
         moe_stats_record(m, h->layer, m->st_ecount, ucount);
     } else if (ucount) {
         moe_stats_record(m, h->layer, ucount, ucount);

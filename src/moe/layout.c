@@ -202,10 +202,9 @@ void moe_lost_write(const epx_moe_t *m, const epx_dispatch_args_t *a)
     const int64_t n = a->x.rows * m->K;
     const int32_t *off = m->p.num_slots > 0
         ? m->rep_off + (size_t)moe_args_layer(a) * (size_t)(m->E + 1) : NULL;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t e = idx_at(&a->topk_idx, i);
-        lost[i] = off && e >= 0 && off[e] == off[e + 1];
-    }
+    for (int64_t i = 0; i < n; i++)
+        lost[i] = (uint8_t)proto_expert_lost(off, m->E,
+                                             idx_at(&a->topk_idx, i));
 }
 
 /* The ids of a dispatch as the protocol core reads them, routed to units

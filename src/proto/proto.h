@@ -68,6 +68,18 @@ PROTO_HD int64_t proto_expert_id(const proto_ids_t *ids, int64_t t, int k)
     return n > 0 ? ids->rt.rep[off[e] + (int32_t)(t % n)] : -1;
 }
 
+/* Elastic engines (EPX_MOE_ELASTIC): is logical expert e lost in the
+ * layer, i.e. named (in [0, E)) yet without a slot (no replica in `off`,
+ * the layer's proto_route_t.off)?  proto_expert_id routes such an entry
+ * to -1 (sent nowhere, left out of combine); the dispatch's lost mask
+ * (epx_dispatch_args_t.lost) and the load statistics' demand for lost
+ * experts come from this test, on both executors.  off NULL: no replicas,
+ * nothing is lost. */
+PROTO_HD int proto_expert_lost(const int32_t *off, int E, int64_t e)
+{
+    return off && e >= 0 && e < E && off[e] == off[e + 1];
+}
+
 /* Is id k of token t neither -1 nor a valid expert, or an expert an
  * earlier choice of the token already named?  The host executor refuses
  * both in dispatch_send (src/moe/layout.c); the device flags them for

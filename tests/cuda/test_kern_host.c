@@ -39,6 +39,10 @@ typedef struct scen {
     int rr;          /* replicas: round robin instead of a pick table */
 } scen_t;
 
+/* Replicas, elastic: this many logical experts have no slot (lost), so E
+ * may be below Elog.  Set by elastic around its scenarios. */
+static int nlost;
+
 typedef struct rank_state {
     int64_t T;
     void *x;                 /* [T][H] dtype */
@@ -723,6 +727,40 @@ static int layout_nb(int64_t T, int i)
     }
 }
 
+/* Elastic (kern_lost.cu): the lost mask of a rank's ids is 1 exactly
+ * where the id names an expert the placement left out, and the load
+ * statistics the device gives per logical expert (its replicas' unit
+ * counts from the layout, plus the kernel's count of pairs naming it
+ * while lost) are the host executor's demand: every pair naming it. */
+static void check_lost(const scen_t *sc, const rank_state_t *s,
+                       const int32_t *roff, const int32_t *rrep,
+                       const uint8_t *lost, int R)
+{
+    const int K = sc->K, Elog = sc->Elog;
+    int32_t *lcnt = calloc((size_t)Elog, sizeof(int32_t));
+    int64_t *demand = calloc((size_t)Elog, sizeof(int64_t));
+    for (int64_t i = 0; i < s->T * K; i++) {
+        int64_t e = proto_expert_raw(s->idx, sc->idx64, 1, i, 0);
+        int l = proto_expert_lost(roff, Elog, e);
+        assert_int_equal(l, e >= 0 && e < Elog && lost[e]);
+        if (l)
+            lcnt[e]++;
+        if (e >= 0 && e < Elog)
+            demand[e]++;
+    }
+    for (int e = 0; e < Elog; e++) {
+        int64_t v = lcnt[e];
+        for (int i = roff[e]; i < roff[e + 1]; i++)
+            v += s->mycnt[R + rrep[i]];
+        assert_int_equal(v, demand[e]);
+        assert_true(!lcnt[e] || lost[e]);
+    }
+    assert_int_equal(proto_expert_lost(NULL, Elog, 0), 0);
+    assert_int_equal(proto_expert_lost(roff, Elog, -1), 0);
+    assert_int_equal(proto_expert_lost(roff, Elog, Elog), 0);
+    free(lcnt), free(demand);
+}
+
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
@@ -757,12 +795,29 @@ static void run(const scen_t *sc)
      * once), its replica lists in slot order, and per rank a pick. */
     const int Elog = sc->Elog;
     int32_t *p2l = NULL, *roff = NULL, *rrep = NULL;
+    uint8_t *lost = NULL;
     if (Elog) {
         p2l = malloc(sizeof(int32_t) * (size_t)E);
         roff = calloc((size_t)Elog + 1, sizeof(int32_t));
         rrep = malloc(sizeof(int32_t) * (size_t)E);
+        /* elastic: nlost random experts get no slot, the live ones
+         * one each, then random live ones */
+        lost = calloc((size_t)Elog, 1);
+        int32_t *live = malloc(sizeof(int32_t) * (size_t)Elog);
+        for (int n = 0; n < nlost;) {
+            int e = (int)epxt_below(&rng, (uint64_t)Elog);
+            n += !lost[e];
+            lost[e] = 1;
+        }
+        int nlive = 0;
+        for (int e = 0; e < Elog; e++)
+            if (!lost[e])
+                live[nlive++] = e;
+        assert_true(nlive <= E);
         for (int u = 0; u < E; u++)
-            p2l[u] = u < Elog ? u : (int32_t)epxt_below(&rng, (uint64_t)Elog);
+            p2l[u] = u < nlive ? live[u]
+                               : live[epxt_below(&rng, (uint64_t)nlive)];
+        free(live);
         for (int u = E - 1; u > 0; u--) {   /* shuffle the slots */
             int v = (int)epxt_below(&rng, (uint64_t)u + 1);
             int32_t t = p2l[u];
@@ -792,10 +847,10 @@ static void run(const scen_t *sc)
         s->idx64 = calloc((size_t)(s->T * K + 1), sizeof(int64_t));
         s->idx = calloc((size_t)(s->T * K + 1), sc->idx64 ? 8 : 4);
         s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
-        if (Elog && !sc->rr) {
+        if (Elog && !sc->rr) {   /* the host's -1 for a lost expert */
             s->pick = malloc(sizeof(int32_t) * (size_t)Elog);
             for (int x = 0; x < Elog; x++)
-                s->pick[x] = rrep[roff[x] + (int)epxt_below(
+                s->pick[x] = lost[x] ? -1 : rrep[roff[x] + (int)epxt_below(
                     &rng, (uint64_t)(roff[x + 1] - roff[x]))];
         }
         for (int64_t i = 0; i < s->T * H; i++)
@@ -823,7 +878,9 @@ static void run(const scen_t *sc)
             /* The reference sees the unit: the slot the rule gives
              * (epx.h, epx_replica_policy_t). */
             s->idx64[i] = e;
-            if (Elog && e >= 0)
+            if (Elog && e >= 0 && lost[e])   /* sent nowhere, as -1 */
+                s->idx64[i] = -1;
+            else if (Elog && e >= 0)
                 s->idx64[i] = sc->rr
                     ? rrep[roff[e] + (int)((i / K) % (roff[e + 1] - roff[e]))]
                     : s->pick[e];
@@ -874,6 +931,8 @@ static void run(const scen_t *sc)
             if (proto_expert_id(&ids, i / K, (int)(i % K)) >= 0)
                 assert_int_equal(e1[i], s->epos[i]);
         free(d1), free(p1), free(e1), free(c1);
+        if (Elog)
+            check_lost(sc, s, roff, rrep, lost, R);
         int64_t o = 0;
         for (int d = 0; d < R; d++) {
             s->sendoff[d] = o;
@@ -1117,7 +1176,7 @@ out:
     free(stage);
     free(nwin);
     free(e2r);
-    free(p2l), free(roff), free(rrep);
+    free(p2l), free(roff), free(rrep), free(lost);
 }
 
 /* Replicas: ids are logical experts routed to slots as the kernels read
@@ -1140,6 +1199,33 @@ static void replicas(void **state)
             if (sc.E < Elog)
                 sc.E = Elog + R - Elog % R;   /* every expert a slot */
             run(&sc);
+        }
+}
+
+/* Elastic: some logical experts have no slot (lost; an entry naming
+ * one routes to -1, proto_expert_id), slots below the experts too; every
+ * policy and layout, 1 to 8 ranks and 72 (the reference sees -1 for a
+ * lost entry: sent nowhere, left out of combine). */
+static void elastic(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++)
+        for (int c = 0; c < 4; c++) {
+            const int R = ranks[i], Elog = 2 * R + 3;
+            scen_t sc = {
+                .R = R, .E = R * (c % 2 ? 3 : 1), .K = 3, .H = 13,
+                .maxT = R > 8 ? 6 : 20,
+                .dtype = EPX_DTYPE_BF16, .out = EPX_DTYPE_FP32,
+                .idx64 = c & 1, .em = c >= 2, .align = c >= 2 ? 4 : 1,
+                .Elog = Elog, .rr = c == 1 || c == 2,
+            };
+            /* every expert but one (c 0), or a third, lost */
+            nlost = c == 0 ? Elog - 1 : Elog / 3;
+            if (sc.E < Elog - nlost)
+                sc.E = ((Elog - nlost) / R + 1) * R;
+            run(&sc);
+            nlost = 0;
         }
 }
 
@@ -2788,6 +2874,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(matrix),
         cmocka_unit_test(replicas),
+        cmocka_unit_test(elastic),
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),

@@ -49,6 +49,32 @@ typedef struct gcase {
     int host;           /* set by run_case: the executor, host or device */
 } gcase_t;
 
+/* Replicas, EPX_MOE_ELASTIC: experts 1, 3, 5, .. (nlost of them) have no
+ * slot; the others fill the slots in turn (slot_expert), so slots may be
+ * below E.  Set by elastic and nccl_two_gpus around their cases. */
+static int nlost;
+
+/* Logical expert of slot u: u % E, or (elastic) the live experts in
+ * turn. */
+static int slot_expert(const gcase_t *c, int u)
+{
+    if (!nlost)
+        return u % c->E;
+    const int live = c->E - nlost;
+    int i = u % live;
+    /* the i-th live expert: experts 1, 3, .., 2 * nlost - 1 are lost */
+    for (int e = 0; e < c->E; e++)
+        if (!(e % 2 == 1 && e < 2 * nlost) && i-- == 0)
+            return e;
+    return -1;
+}
+
+static int expert_lost(const gcase_t *c, int64_t e)
+{
+    return nlost && e >= 0 && e < c->E && e % 2 == 1 &&
+           e < 2 * nlost;
+}
+
 /* Native wire: some ranks' expert outputs apart (pushed), the others' in
  * place (pulled); 2: also a rank's release between a combine's send and
  * recv.  Set by mixed_outputs around its cases. */
@@ -63,6 +89,24 @@ static int64_t route_slot(const gcase_t *c, int R, int me, int64_t t,
 {
     if (!c->slots || e < 0 || e >= c->E)
         return e;
+    if (nlost) {
+        /* elastic: the replicas of e in slot order; none: not sent */
+        const int spr = c->slots / R;
+        int n = 0, here = 0;
+        for (int u = 0; u < c->slots; u++)
+            if (slot_expert(c, u) == e) {
+                n++;
+                here += u / spr == me;
+            }
+        if (n == 0)
+            return -1;
+        int want = c->rr ? (int)(t % n) : here ? me % here : me % n;
+        for (int u = 0; u < c->slots; u++)
+            if (slot_expert(c, u) == e &&
+                (c->rr || !here || u / spr == me) && want-- == 0)
+                return u;
+        return -1;
+    }
     const int spr = c->slots / R, n = (c->slots - 1 - (int)e) / c->E + 1;
     if (c->rr)
         return e + (int64_t)(t % n) * c->E;
@@ -140,6 +184,7 @@ static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
  * peers' kernels are waiting for this rank's next call. */
 typedef struct gbufs {
     void *dx, *didx, *dw, *dout, *dy;
+    void *dlost;        /* elastic: the lost mask, [maxT][K] */
 } gbufs_t;
 
 static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
@@ -168,12 +213,13 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     p.gpu_backend = c->backend;
     epx_moe_t *m = NULL;
     p.num_slots = c->slots;
+    p.flags = nlost ? EPX_MOE_ELASTIC : 0u;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     CHECK(c->host ? epx_cuda_moe_num_sms(m) == 0 : epx_cuda_moe_num_sms(m) >= 1);
     if (c->slots) {
         int32_t *p2l = malloc(sizeof(int32_t) * (size_t)c->slots);
         for (int u = 0; u < c->slots; u++)
-            p2l[u] = u % c->E;
+            p2l[u] = slot_expert(c, u);
         CHECK_OK(epx_moe_set_placement(m, 0, p2l, c->rr
                                        ? EPX_REPLICA_ROUND_ROBIN
                                        : EPX_REPLICA_LOCAL_FIRST));
@@ -190,6 +236,9 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     MEM(mem_alloc(&xm, &b.dw, ((size_t)c->maxT * c->K + 1) * 4));
     MEM(mem_alloc(&xm, &b.dout, ((size_t)c->maxT * c->H + 1) * 8));
     MEM(mem_alloc(&xm, &b.dy, (rows * c->H + 1) * es));
+    b.dlost = NULL;
+    if (nlost)
+        MEM(mem_alloc(&xm, &b.dlost, (size_t)c->maxT * c->K + 1));
     /* No rank's first call before every rank allocated: cudaMalloc may
      * wait for the device, where a peer's first call would wait for this
      * rank. */
@@ -219,9 +268,13 @@ static int exec_rank(epx_comm_t *comm, void *arg)
         CHECKF(ms.window[e] == want[e], "expert %d: %lld in the statistics, "
                "%lld routed", e, (long long)ms.window[e], (long long)want[e]);
     free(want);
+    for (int e = 0; e < c->E; e++)   /* elastic: the placement's gaps */
+        CHECK(epx_moe_expert_lost(m, 0, e) == expert_lost(c, e));
     epx_moe_destroy(m);
     mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
     mem_free(&xm, b.dout), mem_free(&xm, b.dy);
+    if (b.dlost)
+        mem_free(&xm, b.dlost);
     mem_stream_destroy(&xm);
     return 0;
 }
@@ -266,6 +319,14 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     a.topk_idx = (epx_tensor_t){ didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ dw, EPX_DTYPE_FP32, T, c->K };
     a.stream = xm->stream;
+    a.lost = b->dlost;   /* elastic: where the executor's memory is */
+    if (b->dlost) {      /* every entry is overwritten by the call */
+        uint8_t *fill = malloc((size_t)(T * c->K + 1));
+        memset(fill, 0x5a, (size_t)(T * c->K + 1));
+        int put = mem_put(xm, b->dlost, fill, (size_t)(T * c->K));
+        free(fill);
+        MEM(put);
+    }
     /* A tensor scale where there is none to give (not NVFP4), or NaN:
      * refused before anything is queued, the engine still usable. */
     a.x_global_scale = c->wire == EPX_WIRE_NVFP4 ? NAN : 1.0f;
@@ -284,7 +345,8 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     for (int j = 0; j < want.num_local; j++) {
         CHECK(rv.expert_counts[j] == want.counts[j]);
         CHECK(rv.local_experts[j] ==
-              (c->slots ? (want.first_local + j) % c->E : want.first_local + j));
+              (c->slots ? slot_expert(c, want.first_local + j)
+                        : want.first_local + j));
         CHECK(!c->em || rv.expert_offsets[j] == want.offsets[j]);
     }
     CHECK(c->em ? rv.topk_idx == NULL && rv.expert_offsets != NULL
@@ -301,6 +363,15 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
         MEM(mem_get(xm, hx, rv.x.data, (size_t)(n * c->H) * es));
     else
         memset(hx, 0, (size_t)(n * c->H) * es);
+    if (b->dlost) {   /* 1 exactly where the id names a lost expert */
+        uint8_t *lm = malloc((size_t)(T * c->K + 1));
+        MEM(mem_get(xm, lm, b->dlost, (size_t)(T * c->K)));
+        for (int64_t i = 0; i < T * c->K; i++)
+            CHECKF(lm[i] == expert_lost(c, idx[me][i]), "lost mask entry "
+                   "%lld (expert %lld): %d (%s executor)", (long long)i,
+                   (long long)idx[me][i], lm[i], c->host ? "host" : "device");
+        free(lm);
+    }
     MEM(mem_get(xm, hs, rv.src_rank, sizeof(int32_t) * n));
     MEM(mem_get(xm, hs + n, rv.src_token, sizeof(int32_t) * n));
     if (!c->em)
@@ -447,7 +518,8 @@ static void run_case(gcase_t *c, int procs)
         fprintf(stderr, "# %s %s: R %d, H %d, dtype %d, %s-major, wire %d%s\n",
                 host ? "host" : "device", procs ? "processes" : "threads",
                 c->R, c->H, (int)c->dtype, c->em ? "expert" : "token",
-                (int)c->wire, c->slots ? ", replicas" : "");
+                (int)c->wire, nlost ? ", elastic" : c->slots
+                                                       ? ", replicas" : "");
         struct timespec a, b;
         clock_gettime(CLOCK_MONOTONIC, &a);
         int rc = procs ? (epxt_launch(c->R, 300, exec_rank, c, NULL) == EPX_OK
@@ -487,6 +559,35 @@ static void replicas(void **state)
                       EPX_WIRE_NATIVE, 8, v % 2, 0 };
         run_case(&c, 0);
     }
+}
+
+/* Elastic (EPX_MOE_ELASTIC): placements that leave experts out, so an
+ * entry naming one is sent nowhere and combine leaves it out, and the
+ * lost mask (device memory on device ranks) marks it: 10 experts, 3 of
+ * them lost, on 8 slots over 4 thread ranks (num_slots below
+ * num_experts, one live expert twice), and 7 experts, 2 lost, on 12
+ * slots over 3 thread ranks (several replicas of an expert on one
+ * rank); each policy, both layouts.  The load
+ * statistics count the demand for lost experts (exec_rank). */
+static void elastic(void **state)
+{
+    (void)state;
+    for (int v = 0; v < 4; v++) {
+            gcase_t c = { 4, 10, 3, 24, 32, EPX_DTYPE_FP32,
+                      EPX_GPU_BACKEND_WINDOWS, 1, v >= 2, v >= 2 ? 4 : 1, 0,
+                      EPX_WIRE_NATIVE, 8, v % 2, 0 };
+        nlost = 3;
+        run_case(&c, 0);
+    }
+    gcase_t c = { 3, 7, 4, 256, 24, EPX_DTYPE_BF16, EPX_GPU_BACKEND_WINDOWS,
+                  1, 1, 1, 0, EPX_WIRE_NATIVE, 12, 0, 0 };
+    nlost = 2;
+    run_case(&c, 0);
+    c.em = 0;                      /* a quantized wire, token-major */
+    c.wire = EPX_WIRE_FP8;
+    c.rr = 1;
+    run_case(&c, 0);
+    nlost = 0;
 }
 
 /* Expert-major: alignments 1 and 8 (padding), weighted and unweighted
@@ -767,6 +868,15 @@ static void nccl_two_gpus(void **state)
     em.E = 5;
     em.slots = 8;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    /* elastic: 9 experts, 3 lost, on 6 slots, both layouts */
+    em.E = 9;
+    em.slots = 6;
+    nlost = 3;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    em.em = 0;
+    em.rr = 1;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    nlost = 0;
     /* FP64: both layouts, rows in double, the partials in double */
     em.dtype = EPX_DTYPE_FP64;
     em.slots = 0;
@@ -799,6 +909,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(replicas),
+        cmocka_unit_test(elastic),
         cmocka_unit_test(mixed_outputs),
         cmocka_unit_test(fp64_engines),
         cmocka_unit_test(nccl_two_gpus),

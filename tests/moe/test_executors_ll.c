@@ -22,6 +22,10 @@
  * as a poll says it is ready, counts of the others 0) and a bad argument
  * on one rank (its peers' calls fail, without waiting for the timeout)
  * on both executors: ll_poll_rank.
+ * Elastic engines (EPX_MOE_ELASTIC, `nlost`): some
+ * experts have no slot, an entry naming one is sent nowhere (the
+ * reference sees -1), the lost mask is checked entry for entry and the
+ * statistics count the lost demand per logical expert.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -75,6 +79,37 @@ static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
     }
 }
 
+/* Elastic (EPX_MOE_ELASTIC): experts 1, 3, .. (nlost of them) have no
+ * slot; the live ones hold one slot each, in order, so the engine has E -
+ * nlost slots (a multiple of the ranks).  Set by `elastic` around its
+ * cases; 0: no slots, the units are the experts. */
+static int nlost;
+
+static int is_lost(const llcase_t *c, int64_t e)
+{
+    return nlost && e >= 0 && e < c->E && e % 2 == 1 && e < 2 * nlost;
+}
+
+/* The units the kernels route to: the experts, or the live ones' slots. */
+static int units(const llcase_t *c)
+{
+    return c->E - nlost;
+}
+
+/* Slot of logical expert e (-1: lost, or -1 itself): the live experts
+ * below it. */
+static int64_t unit_of(const llcase_t *c, int64_t e)
+{
+    if (!nlost || e < 0)
+        return e;
+    if (is_lost(c, e))
+        return -1;
+    int64_t u = 0;
+    for (int64_t f = 0; f < e; f++)
+        u += !is_lost(c, f);
+    return u;
+}
+
 static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 {
     const int H = *(const int *)ctx;
@@ -117,6 +152,8 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
 
 typedef struct rank_bufs {
     void *dx, *didx, *dw, *dy, *dout, *dxcopy, *dscopy, *dgcopy;
+    void *dlost;                /* elastic: the lost mask [maxT][K] */
+    int64_t *hlog;              /* the logical ids last staged here */
     const xmem_t *xm;           /* where they live, the rank's stream */
 } rank_bufs_t;
 
@@ -143,12 +180,18 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     const size_t es = esz(c->dtype);
     for (int r = 0; r < R; r++)
         gen(c, r, call, &src[r], idx[r], w[r], x[r]);
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
-                      c->wire };
+    /* the engine gets the logical ids (kept for the lost mask), the
+     * reference the units they route to */
+    MEM(mem_put(b->xm, b->didx, idx[me], (size_t)(src[me].T * c->K) * 8));
+    memcpy(b->hlog, idx[me], sizeof(int64_t) * (size_t)(src[me].T * c->K));
+    for (int r = 0; r < R; r++)
+        for (int64_t i = 0; i < src[r].T * c->K; i++)
+            idx[r][i] = unit_of(c, idx[r][i]);
+    ref_cfg_t cfg = { R, units(c), c->K, c->H, c->dtype,
+                      EPX_LAYOUT_EXPERT_MAJOR, 1, c->wire };
     CHECK(ref_dispatch_ll(&cfg, src, me, c->cap, want, dropped) == 0);
     const int64_t T = src[me].T, n = want->num_rows;
     MEM(mem_put(b->xm, b->dx, x[me], (size_t)(T * c->H) * es));
-    MEM(mem_put(b->xm, b->didx, idx[me], (size_t)(T * c->K) * 8));
     MEM(mem_put(b->xm, b->dw, w[me], (size_t)(T * c->K) * 4));
     unsigned char *hy = calloc((size_t)(n * c->H + 1), es);
     float *row = malloc(sizeof(float) * (size_t)c->H);
@@ -230,8 +273,17 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
         CHECK(!q || memcmp(hs + i * sr, want->scales + i * sr, sr) == 0);
         CHECK(!rv->x_global_scale || memcmp(hg + i, want->gscale + i, 4) == 0);
     }
-    ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
-                      c->wire };
+    ref_cfg_t cfg = { R, units(c), c->K, c->H, c->dtype,
+                      EPX_LAYOUT_EXPERT_MAJOR, 1, c->wire };
+    if (nlost) {   /* 1 exactly where the logical id is lost */
+        uint8_t *lm = malloc((size_t)(T * c->K + 1));
+        MEM(mem_get(xm, lm, b->dlost, (size_t)(T * c->K)));
+        for (int64_t i = 0; i < T * c->K; i++)
+            CHECKF(lm[i] == is_lost(c, b->hlog[i]), "lost mask entry %lld "
+                   "(expert %lld): %d (%s executor)", (long long)i,
+                   (long long)b->hlog[i], lm[i], c->host ? "host" : "device");
+        free(lm);
+    }
     int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(T * c->K + 1));
     ref_ll_kept(&cfg, &src[me], c->cap, kidx);
     ref_tokens_t kept = { T, src[me].x, kidx, src[me].w, 0 };
@@ -262,14 +314,20 @@ static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
     float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
     void *x = calloc((size_t)(c->maxT * c->H + 1), es);
     int64_t *win = calloc((size_t)c->E, sizeof(int64_t));
+    int64_t *phys = calloc((size_t)c->E, sizeof(int64_t));
     double *dec = calloc((size_t)c->E, sizeof(double));
     for (int i = 0; i < n; i++) {
         ref_tokens_t t;
         int32_t *cnt = calloc((size_t)c->E, sizeof(int32_t));
         gen(c, me, calls[i], &t, idx, w, x);
+        /* the demand per logical expert, lost ones included; per unit
+         * only what was routed */
         for (int64_t j = 0; j < t.T * c->K; j++)
-            if (idx[j] >= 0)
+            if (idx[j] >= 0) {
                 cnt[idx[j]]++;
+                if (unit_of(c, idx[j]) >= 0)
+                    phys[unit_of(c, idx[j])]++;
+            }
         for (int e = 0; e < c->E; e++) {
             win[e] += cnt[e];
             dec[e] = 0.9 * dec[e] + (double)cnt[e];
@@ -280,11 +338,13 @@ static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
     CHECK_OK(epx_moe_stats(m, 0, &ms));
     CHECKF(ms.dispatches == n, "statistics: %lld dispatches, want %d",
            (long long)ms.dispatches, n);
+    CHECK(ms.num_slots == units(c));
+    for (int u = 0; u < units(c); u++)
+        CHECKF(ms.physical[u] == phys[u], "statistics: unit %d: %lld, want "
+               "%lld", u, (long long)ms.physical[u], (long long)phys[u]);
     for (int e = 0; e < c->E; e++) {
-        CHECKF(ms.window[e] == win[e] && ms.physical[e] == win[e],
-               "statistics: expert %d: %lld (physical %lld), want %lld", e,
-               (long long)ms.window[e], (long long)ms.physical[e],
-               (long long)win[e]);
+        CHECKF(ms.window[e] == win[e], "statistics: expert %d: %lld, want "
+               "%lld", e, (long long)ms.window[e], (long long)win[e]);
         CHECKF(memcmp(&ms.decayed[e], &dec[e], sizeof(double)) == 0,
                "statistics: expert %d decayed %.17g, want %.17g", e,
                ms.decayed[e], dec[e]);
@@ -292,7 +352,7 @@ static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
     /* read once: a second read adds nothing */
     CHECK_OK(epx_moe_stats(m, 0, &ms));
     CHECK(ms.dispatches == n && (c->E == 0 || ms.window[0] == win[0]));
-    free(idx), free(w), free(x), free(win), free(dec);
+    free(idx), free(w), free(x), free(win), free(phys), free(dec);
     return 0;
 }
 
@@ -310,7 +370,7 @@ static int own_over(const llcase_t *c, int me, int call)
     int over = 0;
     gen(c, me, call, &t, idx, w, x);
     for (int64_t j = 0; j < t.T * c->K; j++)
-        if (idx[j] >= 0 && ++cnt[idx[j]] > c->cap)
+        if (unit_of(c, idx[j]) >= 0 && ++cnt[unit_of(c, idx[j])] > c->cap)
             over = 1;
     free(idx), free(w), free(x), free(cnt);
     return over;
@@ -331,11 +391,21 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     p.mode = EPX_MODE_LOW_LATENCY;
     p.ll_capacity = c->cap;
     p.ll_buffers = 2;
-    p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
+    p.flags = (c->drop ? EPX_MOE_LL_DROP : 0u) |
+              (nlost ? EPX_MOE_ELASTIC : 0u);
+    p.num_slots = nlost ? units(c) : 0;
     p.wire = c->wire;
     p.device = c->host ? EPX_DEVICE_HOST : 0;
     epx_moe_t *m = NULL;
     CHECK_OK(epx_moe_create(comm, &p, &m));
+    if (nlost) {   /* the live experts, one slot each */
+        int32_t *p2l = malloc(sizeof(int32_t) * (size_t)units(c));
+        for (int e = 0; e < c->E; e++)
+            if (unit_of(c, e) >= 0)
+                p2l[unit_of(c, e)] = e;
+        CHECK_OK(epx_moe_set_placement(m, 0, p2l, EPX_REPLICA_LOCAL_FIRST));
+        free(p2l);
+    }
     xmem_t xm = { !c->host, NULL };
     MEM(mem_stream_create(&xm));
     const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
@@ -353,6 +423,8 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         MEM(mem_alloc(&xm, &bb->dscopy, (size_t)(rows * c->H + 1) * 4));
         MEM(mem_alloc(&xm, &bb->dgcopy, (size_t)(rows + 1) * 4));
         MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 8));
+        MEM(mem_alloc(&xm, &bb->dlost, (size_t)(c->maxT * c->K + 1)));
+        bb->hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
     }
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
@@ -377,6 +449,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
     a.stream = xm.stream;
+    a.lost = nlost ? b.dlost : NULL;
     const epx_dtype_t odt = c->dtype == EPX_DTYPE_FP64 ? EPX_DTYPE_FP64
                                                         : EPX_DTYPE_FP32;
     epx_tensor_t out = { b.dout, odt, T, c->H };
@@ -457,6 +530,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         a2.x.data = b2.dx;
         a2.topk_idx.data = b2.didx;
         a2.topk_weights.data = b2.dw;
+        a2.lost = nlost ? b2.dlost : NULL;
         epx_recv_t rv2 = { .struct_size = sizeof(rv2) };
         CHECK_CALL(stage(c, R, me, 20, &b, src, idx, w, x, &want, &dropped));
         CHECK_CALL(stage(c, R, me, 21, &b2, src2, idx2, w2, x2, &want2,
@@ -572,7 +646,8 @@ done:
         mem_free(&xm, bb->dx), mem_free(&xm, bb->didx), mem_free(&xm, bb->dw);
         mem_free(&xm, bb->dy), mem_free(&xm, bb->dxcopy);
         mem_free(&xm, bb->dscopy), mem_free(&xm, bb->dgcopy);
-        mem_free(&xm, bb->dout);
+        mem_free(&xm, bb->dout), mem_free(&xm, bb->dlost);
+        free(bb->hlog);
     }
     mem_stream_destroy(&xm);
     for (int r = 0; r < R; r++) {
@@ -743,6 +818,9 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
     MEM(mem_alloc(&xm, &b.dscopy, (size_t)(rows * c->H + 1) * 4));
     MEM(mem_alloc(&xm, &b.dgcopy, (size_t)(rows + 1) * 4));
     MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    b.dlost = NULL;   /* not elastic */
+    b.hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
+    CHECK(b.hlog != NULL);
     unsigned char *hs = stage_alloc(&xm, (size_t)rows * (12 + (size_t)c->H * es)
                                              + 64);
     CHECK(hs != NULL);
@@ -871,6 +949,7 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
     mem_free(&xm, b.dy), mem_free(&xm, b.dxcopy), mem_free(&xm, b.dscopy);
     mem_free(&xm, b.dgcopy), mem_free(&xm, b.dout);
     stage_free(&xm, hs);
+    free(b.hlog);
     mem_stream_destroy(&xm);
     for (int r = 0; r < R; r++)
         free(idx[r]), free(w[r]), free(x[r]);
@@ -990,6 +1069,28 @@ static void low_latency_fp64(void **state)
     }
 }
 
+/* Elastic: 7 experts (1 lost) on 6 slots over 2 ranks, 11 (3 lost) on 8
+ * over 4; room for everything, drops, and an overflow without DROP. */
+static void elastic(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++) {
+        const int R = ranks[i], E = 2 * R + 3;
+        llcase_t a = { R, E, 3, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t b = { R, E, 3, 512, 16, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t c = { R, E, 3, 24, 16, 2, EPX_DTYPE_BF16, 0, 1,
+                       EPX_WIRE_FP8, 0 };
+        nlost = E % R ? E % R : R;
+        run_case(&a);
+        run_case(&b);
+        run_case(&c);
+        nlost = 0;
+    }
+}
+
 int main(int argc, char **argv)
 {
     /* Line by line, so that a run killed by a time limit keeps them. */
@@ -1011,6 +1112,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(low_latency_quantized),
         cmocka_unit_test(low_latency_fp64),
         cmocka_unit_test(low_latency_poll),
+        cmocka_unit_test(elastic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
