@@ -386,6 +386,9 @@ epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *m, int64_t *dispatch,
 {
     if (!m || !dispatch || !combine)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
+    if (m->gpu)
+        return epx__error(EPX_ERR_UNSUPPORTED, "moe: device ranks do not "
+                          "count cross-domain bytes");
     if (!m->hier)
         return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
                           "engines count cross-domain bytes");

@@ -112,7 +112,8 @@ PROTO_HD int64_t proto_hier_rec_bytes(int K, int64_t wire_row)
 
 /* Token t's record header from the source's layout (dest/pos: its
  * destinations and positions there, proto_walk_token; upos its slot
- * array) into rec (proto_hier_rec_hdr(K) bytes, 4-aligned). */
+ * array, NULL for a token-major layout, which has no use for it) into rec
+ * (proto_hier_rec_hdr(K) bytes, 4-aligned). */
 PROTO_HD void proto_hier_rec_fill(const proto_geom_t *g,
                                   const proto_ids_t *ids, const float *w,
                                   const int32_t *e2r, const int32_t *dest,
@@ -132,7 +133,7 @@ PROTO_HD void proto_hier_rec_fill(const proto_geom_t *g,
         rec[PROTO_HIER_REC_IDS(K) + k] = (int32_t)u;
         ((float *)rec)[PROTO_HIER_REC_W(K) + k] = w[t * K + k];
         rec[PROTO_HIER_REC_DPOS(K) + k] = dp;
-        rec[PROTO_HIER_REC_UPOS(K) + k] = u >= 0 ? upos[t * K + k] : -1;
+        rec[PROTO_HIER_REC_UPOS(K) + k] = u >= 0 && upos ? upos[t * K + k] : -1;
     }
 }
 
