@@ -10,6 +10,7 @@
 #   examples/moe_gpu
 #   bench/*.sh, bench/gpu-targets.py,
 #   tests/cuda/sanitize.sh               the scripts that run them
+#   tests/moe/data/cpu-*host.json         domains of the hierarchical cases
 #   lib/epx/                              the CUDA and NCCL modules
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
@@ -59,6 +60,10 @@ cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$dir/lib/epx/"
 cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh bench/gpu-targets.py \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
+# test_executors' hierarchical cases: their domains (EPX_TOPO_FILE)
+mkdir -p "$dir/tests/moe/data"
+cp tests/moe/data/cpu-2host.json tests/moe/data/cpu-3host.json \
+    "$dir/tests/moe/data/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
 # Libraries beyond the base system, the driver and NCCL (the host's own).
 for p in $progs src/module/.libs/epx_*.so; do ldd "$p"; done | awk '/=> \// { print $3 }' | sort -u |
