@@ -389,7 +389,8 @@ typedef enum epx_wire {
                                       inside the domain; the domains
                                       (epx_comm_topology) must be equal
                                       contiguous rank blocks; combine_send
-                                      then waits for its domain's partials */
+                                      then waits for its domain's partials
+                                      (device ranks: windows backend) */
 #define EPX_MOE_ELASTIC 0x4u       /* elastic expert parallelism (host ranks,
                                       needs num_slots): a placement may leave
                                       logical experts out (lost: their every
@@ -551,9 +552,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     during their epx_combine_recv (the same bits); so the receive
  *     buffer must stay as combine_send found it until the next
  *     dispatch, even after this rank's own epx_combine_recv;
+ *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
+ *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
+ *     is not counted (EPX_ERR_UNSUPPORTED);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL, EPX_DISPATCH_CACHED over NCCL,
- *     epx_dispatch_poll in low latency, low latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL over NCCL, EPX_DISPATCH_CACHED over
+ *     NCCL, epx_dispatch_poll in low latency, low latency over NCCL
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -870,7 +874,7 @@ epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
  * dispatch (in the wire format, one per token and remote destination
  * domain), fp32 accumulators (fp64 for an FP64 engine) in combine;
  * routing metadata not counted.  Local.  Other
- * engines: EPX_ERR_UNSUPPORTED. */
+ * engines, and device ranks: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,
                                         int64_t *dispatch_bytes,
                                         int64_t *combine_bytes);

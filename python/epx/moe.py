@@ -325,8 +325,8 @@ class MoE(_C.MoE):
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
             ready in the current stream's order.  float64, ``elastic``,
-            ``hierarchical``, the readiness poll and weight migration are
-            host-only (``UnsupportedError``).
+            ``hierarchical`` over NCCL, the readiness poll and weight
+            migration are host-only (``UnsupportedError``).
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).
 
