@@ -250,11 +250,8 @@ __device__ static void hier_forward(const proto_geom_t &g,
             const int32_t u = r[PROTO_HIER_REC_IDS(K) + k];
             if (u < 0 || proto_owner(c.e2r, u) != d)
                 continue;
-            const int64_t row =
-                proto_expert_base_at(&g, cnt, src, u,
-                                     proto_expert_offset(&g, cnt, c.first[d],
-                                                         u - c.first[d])) +
-                r[PROTO_HIER_REC_UPOS(K) + k];
+            const int64_t row = proto_hier_unit_row(&g, cnt, src, c.first[d],
+                                                    r, K, k);
             hier_put_row(g, w, row, p, lane);
             if (lane == 0) {
                 ((int32_t *)(w + g.off_src_rank))[row] = src;

@@ -232,6 +232,20 @@ PROTO_HD int64_t proto_hier_row(const int64_t *rowbase, const int32_t *rec,
            rec[PROTO_HIER_REC_UPOS(K) + k];
 }
 
+/* Expert-major: the same row from the count matrix alone, for a gateway
+ * that keeps no bases (the device's forward kernel): the record's choice
+ * k, of a unit of the member whose units start at first_d. */
+PROTO_HD int64_t proto_hier_unit_row(const proto_geom_t *g,
+                                     const int32_t *cnt, int src, int first_d,
+                                     const int32_t *rec, int K, int k)
+{
+    const int32_t u = rec[PROTO_HIER_REC_IDS(K) + k];
+    return proto_expert_base_at(g, cnt, src, u,
+                                proto_expert_offset(g, cnt, first_d,
+                                                    u - first_d)) +
+           rec[PROTO_HIER_REC_UPOS(K) + k];
+}
+
 /* Where member d's partial of src's token (its position dpos at d) lies
  * in its gateway's part region, in rows: src's domain's slots, then src's
  * tokens to the members of d's domain below d, then dpos. */

@@ -129,6 +129,9 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
                     continue;
                 const int64_t r = proto_hier_row(rowbase, rec, K, k);
                 assert_true(r >= 0 && r < g.xrows);
+                /* the device's form, without the bases */
+                assert_int_equal(proto_hier_unit_row(&g, cnt, src, first[d],
+                                                     rec, K, k), r);
                 w->row_hits[r]++;
                 ent[3 + ent[2]++] = (int32_t)r;
                 memcpy(w->rows + r * g.row_bytes, row, (size_t)g.row_bytes);
