@@ -109,6 +109,9 @@ run_all() {
     # Weight migration between device ranks (IPC / cuMem / direct
     # windows; NCCL where there are two GPUs), both executors
     step "tests/cuda/test_gpu_migrate --device" "$b/tests/cuda/test_gpu_migrate" --device
+    # Readiness and cached dispatch, windows and NCCL (one rank per GPU:
+    # one rank on a single GPU, 2 and 4 where there are as many), refusals
+    # included
     step "tests/moe/test_executors_poll --device" "$b/tests/moe/test_executors_poll" --device
     for t in test_kern_host test_kern_quant test_fdpass; do
         step "tests/cuda/$t" "$b/tests/cuda/$t"
@@ -119,6 +122,22 @@ run_all() {
         "o=\$('$b/examples/moe_gpu' 2>&1); rc=\$?; echo \"\$o\";
          [ \$rc -eq 0 ] && [ \$(echo \"\$o\" | grep -c 'out == x') -eq 8 ]"
     step "tests/moe/test_device" "$b/tests/moe/test_device"
+    # The Python package on device engines with this host's torch
+    # (python/tests/test_cuda.py): a bundle carries the package built for
+    # the GPU image's python3; elsewhere python/ must hold a build for it
+    if python3 -c 'import torch' 2>/dev/null; then
+        if PYTHONPATH="$src/python" python3 -c 'import epx' 2>/dev/null; then
+            step "python/tests/test_cuda.py (python3, torch $(python3 -c \
+                'import torch; print(torch.__version__)'))" \
+                env PYTHONPATH="$src/python" PYTHONUNBUFFERED=1 python3 -m pytest \
+                -q -rs -p no:cacheprovider "$src/python/tests/test_cuda.py"
+        else
+            echo "## python/tests/test_cuda.py"
+            echo "no epx package for this python3 in $src/python (gpu-bundle.sh"
+            echo "builds one with EPX_BUNDLE_PYTHON): not run"
+            echo
+        fi
+    fi
     step "bench/test-cuda-bench-smoke.sh" \
         sh -c "cd '$b' && sh '$src/bench/test-cuda-bench-smoke.sh'"
     # HT: each phase >= 70 % of the device copy bandwidth for its bytes

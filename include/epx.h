@@ -323,9 +323,9 @@ typedef enum epx_dtype {
     EPX_DTYPE_FP4_E2M1X2 = 6,  /* two e2m1 codes per byte, element 2i in the
                                   low nibble; a row of H elements has
                                   ceil(H / 2) columns */
-    EPX_DTYPE_FP64 = 7         /* IEEE binary64: engines of host ranks on
-                                  the native wire (reference and gradient
-                                  checks), see epx_moe_params_t.dtype */
+    EPX_DTYPE_FP64 = 7         /* IEEE binary64: engines on the native
+                                  wire (reference and gradient checks),
+                                  see epx_moe_params_t.dtype */
 } epx_dtype_t;
 
 /* Bytes per element of a dtype (0 for an unknown one). */
@@ -426,12 +426,12 @@ typedef struct epx_moe_params {
     int topk;                  /* K: experts per token, 1..min(EPX_MAX_TOPK, E) */
     int max_tokens_per_rank;   /* upper bound on T of any dispatch (>= 0) */
     epx_dtype_t dtype;         /* BF16 or FP32: x on the wire; or FP64
-                                  (host ranks, EPX_WIRE_NATIVE; every mode
-                                  and layout, hierarchical too): rows
-                                  carried as given, combine in double
-                                  (epx_combine_send).  FP64 with a
-                                  quantized wire: EPX_ERR_INVALID; on
-                                  device ranks: EPX_ERR_UNSUPPORTED */
+                                  (EPX_WIRE_NATIVE; host and device ranks,
+                                  every mode and layout, hierarchical too
+                                  on host ranks): rows carried as given,
+                                  combine in double (epx_combine_send).
+                                  FP64 with a quantized wire:
+                                  EPX_ERR_INVALID */
     epx_layout_t layout;
     int expert_alignment;      /* expert-major segment alignment (rows), >= 1 */
     /* version 2 */
@@ -520,10 +520,11 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     the oldest unread calls are left out (a warning says how many).  A
  *     call counts on a rank whose own routing was good, even where a
  *     peer's failed it (the host executor refuses it on every rank);
- *   - EPX_DISPATCH_CACHED (throughput mode, windows backend): the host
+ *   - EPX_DISPATCH_CACHED (throughput mode, both backends): the host
  *     executor's checks in the call (a handle of an earlier dispatch, the
- *     same token count, layer and placement: EPX_ERR_INVALID, nothing
- *     queued); the ids themselves, and the ranks' agreement, are checked
+ *     same token count, layer and placement: EPX_ERR_INVALID, refused on
+ *     every rank as invalid input below); the ids themselves, and the
+ *     ranks' agreement, are checked
  *     on the device, so those failures come from epx_dispatch_recv (and
  *     epx_dispatch_poll) instead of epx_dispatch_send: EPX_ERR_INVALID on
  *     a rank whose ids differ from its handle's, EPX_ERR_PEER on the
@@ -539,25 +540,32 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     queued between them overlaps the transfer; the outputs are the
  *     classic kernels' bit for bit; the drops of a call are counted by
  *     its receive phase, so a call released before its recv counts none;
- *   - epx_dispatch_poll (throughput mode): see its comment below;
- *   - invalid input on one rank (throughput mode, windows backend): that
- *     rank's epx_dispatch_send refuses it and the others' calls fail in
- *     their epx_dispatch_recv (EPX_ERR_PEER: the peers' arguments are
- *     learnt on the device), with nothing sent; over NCCL and in low
- *     latency the refusing rank's peers are not told and wait until the
- *     timeout;
+ *   - epx_dispatch_poll: see its comment below;
+ *   - invalid input on one rank: that rank's epx_dispatch_send refuses
+ *     it and the others' calls fail (the peers' arguments are learnt on
+ *     the device): throughput mode (both backends, cached calls too), in
+ *     their epx_dispatch_recv (EPX_ERR_PEER), with nothing sent; low
+ *     latency (whose recv never waits), in their epx_dispatch_poll and
+ *     epx_moe_check (EPX_ERR_PEER, or EPX_ERR_RANGE for too many tokens,
+ *     as on host ranks), without waiting for the timeout: a peer that
+ *     combines such a call anyway gets unspecified outputs;
  *   - EPX_CUDA_KERNELS=fused (throughput mode, windows backend; not yet
  *     run on a GPU): with y in place (epx_recv_t.x) combine moves no
  *     data, the token's owners read the outputs from this rank's window
  *     during their epx_combine_recv (the same bits); so the receive
  *     buffer must stay as combine_send found it until the next
  *     dispatch, even after this rank's own epx_combine_recv;
+ *   - EPX_DTYPE_FP64 engines (native wire, every mode, layout and
+ *     backend the device runs; not yet run on a GPU): the host executor's
+ *     double arithmetic bit for bit (rows as given, partials and sums in
+ *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
+ *     classic kernels in throughput mode;
  *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
  *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
  *     is not counted (EPX_ERR_UNSUPPORTED);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL over NCCL, EPX_DISPATCH_CACHED over
- *     NCCL, epx_dispatch_poll in low latency, low latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64, low
+ *     latency over NCCL
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -727,7 +735,20 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * the caller queues after the poll that reported it, on any stream,
  * reads them.  The caller's stream is not ordered after the engine's
  * until epx_dispatch_recv: queue no read of an expert's rows before a
- * poll reported it ready.  Low latency: EPX_ERR_UNSUPPORTED. */
+ * poll reported it ready.
+ * Device ranks, low latency (windows backend; src/cuda/README.md,
+ * "Readiness in low latency"): the same without waiting or
+ * synchronising; expert j is ready once the engine's receive kernel has
+ * seen every source's count word for it (and written its rows'
+ * metadata), and its count is then final; recv->expert_counts is HOST
+ * memory here (the ready experts' counts, 0 for the others), unlike
+ * epx_dispatch_recv's device array.  A source's failure (a bad argument,
+ * an overflow) makes poll return EPX_ERR_PEER (or EPX_ERR_RANGE) and no
+ * expert of the call is ever reported ready; the call is then failed
+ * (recv returns the error, combine EPX_ERR_STATE: release it).  With
+ * EPX_CUDA_KERNELS=fused the call's first poll queues its receive phase
+ * at once (epx_dispatch_recv then queues none).  A poll of a call being
+ * captured into a graph reports nothing ready. */
 epx_status_t epx_dispatch_poll(epx_moe_t *moe, epx_handle_t *handle,
                                epx_recv_t *recv, uint8_t *ready,
                                int *num_ready);

@@ -17,6 +17,9 @@
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
 #                                         the CUDA driver and NCCL
+#   python/epx, python/tests              the Python package built for the
+#                                         GPU host's python3 (below), and
+#                                         its tests
 #   run.sh                                sets the library path (NCCL from
 #                                         the host) and runs gpu-run.sh
 #   COMMIT                                the commit built
@@ -74,6 +77,36 @@ mkdir -p "$dir/tests/moe/data"
 cp tests/moe/data/cpu-2host.json tests/moe/data/cpu-3host.json \
     "$dir/tests/moe/data/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
+# The Python package for the GPU host's own python3 and torch (the GPU
+# image's is CPython 3.12), so gpu-run.sh runs python/tests/test_cuda.py
+# there: the extension compiled for EPX_BUNDLE_PYTHON (default python3.12;
+# without one the bundle has no Python part) against this build's libepx,
+# laid out as pip installs it (libepx, its modules in epx/, systems/).
+py=${EPX_BUNDLE_PYTHON:-}
+if [ -z "$py" ]; then
+    for c in python3.12 "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12; do
+        "$c" -c '' 2>/dev/null && { py=$c; break; }
+    done
+fi
+if [ -n "$py" ] && "$py" -c '' 2>/dev/null; then
+    pd="$dir/python/epx"
+    mkdir -p "$pd/epx" "$pd/systems" "$dir/python/tests"
+    inc=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    suf=$("$py" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+    so=$(sed -n "s/^dlname='\(.*\)'$/\1/p" libepx.la)
+    cp -L ".libs/$so" "$pd/$so" && strip --strip-debug "$pd/$so"
+    ${CC:-cc} -std=gnu11 -O2 -fPIC -shared -I"$inc" -Iinclude python/src/*.c \
+        -o "$pd/_C$suf" -L.libs -lepx -Wl,-rpath,'$ORIGIN' ||
+        { echo "gpu-bundle: the Python extension did not build" >&2; exit 1; }
+    strip --strip-debug "$pd/_C$suf"
+    cp python/epx/*.py python/epx/*.pyi python/epx/py.typed "$pd/"
+    cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$pd/epx/"
+    cp topology/systems/*.json "$pd/systems/"
+    cp python/tests/*.py "$dir/python/tests/"
+    echo "gpu-bundle: Python package for $("$py" -V 2>&1) in $dir/python"
+else
+    echo "gpu-bundle: no python3.12 here (EPX_BUNDLE_PYTHON): the bundle has no Python package"
+fi
 # Libraries beyond the base system, the driver and NCCL (the host's own).
 for p in $progs src/module/.libs/epx_*.so; do ldd "$p"; done | awk '/=> \// { print $3 }' | sort -u |
 while read -r l; do

@@ -295,9 +295,9 @@ class MoE(_C.MoE):
         max_tokens: the most tokens one rank dispatches in one call.
         dtype: torch.bfloat16 (default), torch.float32 or torch.float64
             (or their names): x, expert outputs and combine's output.
-            float64 (host ranks, wire None, every mode and layout) carries
-            the rows as they are and combines in double: for references
-            and ``torch.autograd.gradcheck``.
+            float64 (host and device ranks, wire None, every mode and
+            layout) carries the rows as they are and combines in double:
+            for references and ``torch.autograd.gradcheck``.
         layout: "expert_major" (rows grouped by expert, for a grouped GEMM)
             or "token_major" (one row per source token).
         expert_alignment: expert-major segments start at multiples of it.
@@ -324,9 +324,9 @@ class MoE(_C.MoE):
             CUDA tensors: ``Dispatch.x`` a view of its receive memory (the
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
-            ready in the current stream's order.  float64, ``elastic``,
-            ``hierarchical`` over NCCL, the readiness poll and weight
-            migration are host-only (``UnsupportedError``).
+            ready in the current stream's order.  ``elastic`` is host-only,
+            and ``hierarchical`` over NCCL or with float64
+            (``UnsupportedError``).
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).
 

@@ -58,8 +58,8 @@ def _acc_dtype(moe):
 def _rearm(ex, x=None):
     """A cached dispatch of the same routing (x: [T, hidden] or zeros), so
     the handle can be combined once more; returns the received rows (host
-    and device engines alike: the device engines' windows backend, the one
-    this package creates, has the cached dispatch)."""
+    and device engines alike: device engines have it over both backends,
+    the CUDA windows this package creates and NCCL)."""
     moe, d = ex.moe, ex.d
     if x is None:
         x = torch.zeros(d.num_tokens, moe.hidden, dtype=_engine_dtype(moe), device=_device(moe))

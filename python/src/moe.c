@@ -565,7 +565,7 @@ static PyObject *handle_poll_locked(epxpy_handle_t *self, PyObject *noarg)
     if (st == EPX_OK) {
         /* Where the ready experts' rows are: x (a view; device memory on
          * device ranks), offsets, counts (0 for experts not ready; host
-         * memory in throughput mode on both). */
+         * memory on both executors, low latency's poll included). */
         int64_t xs[2] = { r.num_rows, r.x.cols }, ls[1] = { nl };
         PyObject *x = epxpy_buffer_view_on(r.x.data, r.x.dtype, 2, xs,
                                            (PyObject *)self->moe,

@@ -13,7 +13,7 @@ void gpu_calls_init(gpu_calls_t *c, int ll, int buffers)
     c->next = 0;
     c->combining = -1;
     for (int b = 0; b < GPU_CALLS_MAX; b++)
-        c->slot[b] = (gpu_call_t){ 0, GPU_CALL_FREE, 0 };
+        c->slot[b] = (gpu_call_t){ 0, GPU_CALL_FREE, 0, 0 };
 }
 
 /* The live slot of call n, or NULL (never dispatched, or done). */
@@ -48,10 +48,18 @@ epx_status_t gpu_calls_send(gpu_calls_t *c, int64_t T, uint64_t *n, int *b)
                          "engine is not finished (call its recv first)");
         s->state = GPU_CALL_FREE;   /* received, never combined: abandoned */
     }
-    *s = (gpu_call_t){ c->next, GPU_CALL_SENT, T };
+    *s = (gpu_call_t){ c->next, GPU_CALL_SENT, T, 0 };
     *n = c->next++;
     *b = i;
     return EPX_OK;
+}
+
+static epx_status_t failed(const gpu_call_t *s)
+{
+    return epx__error((epx_status_t)s->failed, "dispatch: the call failed "
+                      "on the device (%s: a rank's bad argument or "
+                      "overflow); release its handle",
+                      epx_status_str((epx_status_t)s->failed));
 }
 
 epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b)
@@ -60,6 +68,8 @@ epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b)
     if (!s || (s->state != GPU_CALL_SENT && s->state != GPU_CALL_RECEIVED))
         return order("dispatch_recv", "the handle's dispatch is not in "
                      "flight (combined, released, or abandoned)");
+    if (s->failed)
+        return failed(s);
     s->state = GPU_CALL_RECEIVED;
     return EPX_OK;
 }
@@ -71,8 +81,37 @@ epx_status_t gpu_calls_poll(const gpu_calls_t *c, uint64_t n, int *b,
     if (!s || (s->state != GPU_CALL_SENT && s->state != GPU_CALL_RECEIVED))
         return order("dispatch_poll", "no dispatch of this handle between "
                      "its send and its combine_send");
+    if (s->failed)
+        return failed(s);
     *received = s->state == GPU_CALL_RECEIVED;
     return EPX_OK;
+}
+
+void gpu_calls_fail(gpu_calls_t *c, uint64_t n, epx_status_t st)
+{
+    int b;
+    gpu_call_t *s = find(c, n, &b);
+    if (s && (s->state == GPU_CALL_SENT || s->state == GPU_CALL_RECEIVED) &&
+        st != EPX_OK)
+        s->failed = st;
+}
+
+int gpu_ll_poll_read(const int64_t *pub, int L, uint64_t id, uint8_t *ready,
+                     int64_t *counts, int32_t *fail)
+{
+    int n = 0;
+    *fail = (uint64_t)__atomic_load_n(&pub[EPXK_LLPUB_FAIL],
+                                      __ATOMIC_ACQUIRE) == id
+        ? (int32_t)pub[EPXK_LLPUB_FAILST] : 0;
+    for (int j = 0; j < L; j++) {
+        /* a unit's count is stored before its word (release) */
+        ready[j] = !*fail &&
+                   (uint64_t)__atomic_load_n(&pub[EPXK_LLPUB_COUNTS + L + j],
+                                             __ATOMIC_ACQUIRE) == id;
+        counts[j] = ready[j] ? pub[EPXK_LLPUB_COUNTS + j] : 0;
+        n += ready[j];
+    }
+    return n;
 }
 
 int gpu_poll_read(const int64_t *pub, int L, uint64_t seq, uint8_t *ready,

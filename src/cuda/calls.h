@@ -35,6 +35,8 @@ typedef struct gpu_call {
     uint64_t n;                /* call number */
     int state;
     int64_t T;                 /* tokens dispatched */
+    int failed;                /* low latency: the failure a poll found
+                                  (0: none); recv and poll return it */
 } gpu_call_t;
 
 typedef struct gpu_calls {
@@ -52,7 +54,9 @@ epx_status_t gpu_calls_send(gpu_calls_t *c, int64_t T, uint64_t *n, int *b);
  * recv may be repeated), now received. */
 epx_status_t gpu_calls_recv(gpu_calls_t *c, uint64_t n, int *b);
 /* Call n may be polled (sent, or received: between its dispatch and its
- * combine): its buffer, and whether it was received.  Changes nothing. */
+ * combine): its buffer, and whether it was received.  Changes nothing.
+ * A call a poll found failed (gpu_calls_fail) returns that failure here
+ * and from gpu_calls_recv, as the host executor's recv and poll do. */
 epx_status_t gpu_calls_poll(const gpu_calls_t *c, uint64_t n, int *b,
                             int *received);
 /* Throughput readiness of call `seq` from what its recv kernel published
@@ -63,6 +67,17 @@ epx_status_t gpu_calls_poll(const gpu_calls_t *c, uint64_t n, int *b,
  * the units ready.  Reads only (acquire), never waits. */
 int gpu_poll_read(const int64_t *pub, int L, uint64_t seq, uint8_t *ready,
                   int64_t *counts, int64_t *rows, int64_t *agree);
+/* Low latency: call n failed (st, from a poll); its recv and polls say
+ * so from now on, and its combine is refused. */
+void gpu_calls_fail(gpu_calls_t *c, uint64_t n, epx_status_t st);
+/* Low-latency readiness of the call with id `id` (its number + 1) from
+ * what the recv kernel published for its buffer (pub, host-mapped,
+ * kern_launch.h EPXK_LLPUB_*; L local units): *fail the call's failure
+ * (0: none found yet; then nothing is ready); else ready[j] 1 where unit
+ * j's rows all arrived, counts[j] its rows there (0 where not ready).
+ * Returns the units ready.  Reads only (acquire), never waits. */
+int gpu_ll_poll_read(const int64_t *pub, int L, uint64_t id, uint8_t *ready,
+                     int64_t *counts, int32_t *fail);
 /* Call n's combine may start: its buffer and tokens. */
 epx_status_t gpu_calls_combine_send(gpu_calls_t *c, uint64_t n, int *b,
                                     int64_t *T);

@@ -87,8 +87,9 @@ struct gpu_moe {
     uint64_t pull_pending;      /* fused combine (kern_comb.cu): the last
                                    call combined, for the next dispatch's
                                    pull fence; 0: none */
-    float *d_scratch;           /* low latency: [maxT][H] fp32, the output
-                                   of a combine released before its recv */
+    float *d_scratch;           /* low latency: [maxT][H] fp32 (fp64 for an
+                                   FP64 engine), the output of a combine
+                                   released before its recv */
     epxk_call_t call;
     /* low latency (ll set) */
     int ll;
@@ -104,6 +105,10 @@ struct gpu_moe {
     uint64_t *d_llmark;
     int8_t ll1_recvd[GPU_CALLS_MAX];   /* buffer's call: receive phase queued
                                           (a second recv queues none) */
+    /* low latency, epx_dispatch_poll: what the recv kernels publish,
+     * [B][EPXK_LLPUB_LEN(L)] (host-mapped; h_ the host's address, d_ the
+     * device's), and the counts poll hands the caller, [B][L] */
+    int64_t *h_llpub, *d_llpub, *h_llpoll;
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
     /* low latency's load statistics: the device's ring (kern_launch.h
      * EPXK_LL_STATS_RING) and the calls of it the host has read */
@@ -146,9 +151,10 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_INVALID, "cuda moe: hidden %d, experts %d, "
                           "topk %d, max tokens %d out of range", p->hidden,
                           p->num_experts, p->topk, p->max_tokens_per_rank);
-    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32)
-        return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16 or "
-                          "FP32");
+    if (p->dtype != EPX_DTYPE_BF16 && p->dtype != EPX_DTYPE_FP32 &&
+        p->dtype != EPX_DTYPE_FP64)
+        return epx__error(EPX_ERR_INVALID, "cuda moe: dtype must be BF16, "
+                          "FP32 or FP64");
     if (p->layout != EPX_LAYOUT_TOKEN_MAJOR &&
         p->layout != EPX_LAYOUT_EXPERT_MAJOR)
         return epx__error(EPX_ERR_INVALID, "cuda moe: unknown layout %d",
@@ -185,6 +191,11 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
                           "EPX_MOE_HIERARCHICAL is implemented for the "
                           "windows backend only, not NCCL");
+    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
+        (p->flags & EPX_MOE_HIERARCHICAL) && p->dtype == EPX_DTYPE_FP64)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
+                          "EPX_MOE_HIERARCHICAL with EPX_DTYPE_FP64 is not "
+                          "implemented on the GPU (fp32 accumulators only)");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
@@ -378,6 +389,24 @@ void gpu_layout_release(gpu_moe_t *m, int lay)
 }
 
 /* --------------------------------------------------------------- setup */
+
+/* Low latency: the words the recv kernels publish for epx_dispatch_poll,
+ * zero (no call's). */
+static epx_status_t ll_pub_alloc(gpu_moe_t *m)
+{
+    const size_t n = sizeof(int64_t) * (size_t)m->llg.B *
+                     (size_t)EPXK_LLPUB_LEN(m->L);
+    epx_status_t st = epx__cuda_err(cudaHostAlloc((void **)&m->h_llpub, n,
+                                                  cudaHostAllocMapped |
+                                                      cudaHostAllocPortable),
+                                    "cudaHostAlloc");
+    if (st != EPX_OK)
+        return st;
+    memset(m->h_llpub, 0, n);
+    return epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_llpub,
+                                                  m->h_llpub, 0),
+                         "cudaHostGetDevicePointer");
+}
 
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
@@ -592,7 +621,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         DEV_ALLOC(m->d_llsendoff, sizeof(int64_t) * B * (size_t)R);
         DEV_ALLOC(m->d_llcounts, sizeof(int64_t) * B * (size_t)m->L);
         DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
-        DEV_ALLOC(m->d_scratch, sizeof(float) * (size_t)(maxT * g->H));
+        DEV_ALLOC(m->d_scratch, (size_t)(g->esize == 8 ? 8 : 4) *
+                                    (size_t)(maxT * g->H));
         DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
         const size_t per = (size_t)(1 + m->Elog + g->E);
         DEV_ALLOC(m->d_llnstat, sizeof(int64_t));
@@ -614,10 +644,13 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             goto gate;
         }
         m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
-        if (!m->h_lloffs) {
+        m->h_llpoll = calloc(B * (size_t)m->L + 1, sizeof(int64_t));
+        if (!m->h_lloffs || !m->h_llpoll) {
             st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
             goto gate;
         }
+        if ((st = ll_pub_alloc(m)) != EPX_OK)
+            goto gate;
         for (int j = 0; j < m->L; j++)
             m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
         st = epx__cuda_err(cudaMemsetAsync(m->d_lluse, 0,
@@ -871,6 +904,8 @@ void gpu_moe_destroy(gpu_moe_t *m)
     cudaFreeHost(m->h_cnt);
     cudaFreeHost(m->h_ecnt);
     cudaFreeHost(m->h_pub);
+    cudaFreeHost(m->h_llpub);
+    free(m->h_llpoll);
     for (int i = 0; i < m->nlays; i++)
         cudaFree(m->lays[i].d);
     free(m->lays);
@@ -1067,6 +1102,10 @@ static void ll_point(gpu_moe_t *m, int b)
     c->ll_mark = m->d_llmark ? m->d_llmark + (size_t)b * (size_t)m->L *
                                                  (size_t)g->R
                              : NULL;
+    /* readiness: the buffer's words, and its live call's id there */
+    c->ll_pub = m->d_llpub ? m->d_llpub + (size_t)b * (size_t)EPXK_LLPUB_LEN(m->L)
+                           : NULL;
+    c->ll_id = m->calls.slot[b].n + 1;
 }
 
 /* Kernels only (layout, pack, recv) into buffer b, no host
@@ -1100,10 +1139,12 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     return EPX_OK;
 }
 
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv);
+
 static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
                                      epx_recv_t *recv, int b)
 {
-    const proto_geom_t *g = &m->g;
     epx_status_t st = EPX_OK;
     if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
                                            caller's work, once */
@@ -1116,6 +1157,16 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     st = stream_out(m, stream);
     if (st != EPX_OK)
         return fail(m, st);
+    ll_describe(m, b, NULL, recv);
+    return EPX_OK;
+}
+
+/* What a low-latency recv describes: buffer b's regions, its counts in
+ * device memory (counts NULL), or poll's in host memory. */
+static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
+                        epx_recv_t *recv)
+{
+    const proto_geom_t *g = &m->g;
     ll_point(m, b);
     const epxk_call_t *c = &m->call;
     char *bw = m->local + m->llg.off_bufs + (int64_t)c->ll_b * m->llg.buf;
@@ -1132,7 +1183,7 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     r.x.cols = f.x_cols;
     r.num_local_experts = m->L;
     r.first_local_expert = m->first;
-    r.expert_counts = c->ll_counts;            /* device memory */
+    r.expert_counts = counts ? counts : c->ll_counts;   /* device memory */
     r.expert_offsets = m->h_lloffs;
     r.src_rank = c->ll_src;
     r.src_token = (const int32_t *)(bw + m->llg.src_tok);
@@ -1151,7 +1202,6 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     r.num_dropped = -1;                        /* counted on the device */
     size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
     memcpy(recv, &r, n);
-    return EPX_OK;
 }
 
 /* The checks' steps, on the engine's stream. */
@@ -1311,13 +1361,36 @@ static epx_status_t args_check(gpu_moe_t *m, const epx_dispatch_args_t *a,
 
 static epx_status_t pack(gpu_moe_t *m);   /* the rows (windows) */
 
-/* A bad argument on this rank (throughput, windows), refused on every
- * rank as the host executor's count exchange does: the call still takes
- * its turn, as a header-only exchange that says so (proto.h
- * PROTO_CNT_REFUSED), so the peers' offsets kernels fail it
- * (EPX_ERR_PEER from their epx_dispatch_recv) and nothing is packed; here
- * it is over at once.  Returns `why` (its message kept), or the error that
- * stopped the exchange from being queued (then the peers time out). */
+/* NCCL: this rank's count block (header and counts, kern_nccl.cu) to
+ * every rank and theirs here, one grouped exchange of the same size
+ * whatever the call (so ranks that disagree on it still pair up), then
+ * this rank's verdict on every source's header into info's agreement
+ * (proto.h proto_cached_agree_all: the same on every rank). */
+static epx_status_t nccl_heads(gpu_moe_t *m)
+{
+    const proto_geom_t *g = &m->g;
+    const epxk_call_t *c = &m->call;
+    const int64_t hdr = PROTO_CNT_HDR;
+    const int32_t *mine = (const int32_t *)(m->stage + g->off_cnt) +
+                          proto_cnt_index(g, c->parity, g->rank) - hdr;
+    int32_t *blk = (int32_t *)(m->local + g->off_cnt) +
+                   proto_cnt_index(g, c->parity, 0) - hdr;
+    epx_status_t st = launch(m, EPXK_NCCL_HEAD);
+    if (st == EPX_OK)
+        st = epx__nccl_counts(m->nccl, g, mine, blk, m->st);
+    if (st == EPX_OK)
+        st = launch(m, EPXK_NCCL_AGREE);
+    return st;
+}
+
+/* A bad argument on this rank (throughput, both backends), refused on
+ * every rank as the host executor's count exchange does: the call still
+ * takes its turn, as a header-only exchange that says so (proto.h
+ * PROTO_CNT_REFUSED), so the peers' offsets kernels (NCCL: their verdict
+ * on the headers, nccl_heads) fail it (EPX_ERR_PEER from their
+ * epx_dispatch_recv) and nothing is packed or moved; here it is over at
+ * once.  Returns `why` (its message kept), or the error that stopped the
+ * exchange from being queued (then the peers time out). */
 static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
 {
     char msg[512];
@@ -1350,7 +1423,8 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
                                            sizeof(int64_t) * EPXK_INFO_CALL,
                                            m->st), "cudaMemsetAsync");
     if (st == EPX_OK && (st = launch(m, EPXK_CACHED)) == EPX_OK &&
-        (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+        (st = c->windows ? launch(m, EPXK_OFFSETS) : nccl_heads(m)) ==
+            EPX_OK &&
         (st = pack(m)) == EPX_OK)
         st = launch(m, EPXK_RECV);
     c->refused = 0;
@@ -1363,11 +1437,48 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     return epx__error(why, "%s", msg);
 }
 
+/* A bad argument on this rank in low latency, refused on every rank as
+ * the host executor's header does: the call still takes its number and
+ * buffer, and its pack (nothing packed: c->ll_refused) stores the status
+ * and empty words at every peer, whose recv kernels then fail the call
+ * (their epx_dispatch_poll and epx_moe_check: EPX_ERR_PEER, or
+ * EPX_ERR_RANGE for too many tokens, as on host ranks); here it is
+ * abandoned at once (its comb flags, so no peer's combine waits for it)
+ * and over.  Returns `why` (its message kept), or the error that stopped
+ * the call from being queued.  Nothing is read back: it captures. */
+static epx_status_t ll_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", epx_last_error());
+    uint64_t n;
+    int b;
+    /* a buffer still in use: nothing sent, as on host ranks */
+    epx_status_t st = gpu_calls_send(&m->calls, 0, &n, &b);
+    if (st != EPX_OK)
+        return st;
+    epxk_call_t *c = &m->call;
+    ll_point(m, b);
+    c->ll_refused = why;
+    c->T = 0;
+    c->x = c->idx = NULL;
+    c->w = NULL;
+    if ((st = stream_in(m, stream)) == EPX_OK &&
+        (st = launch(m, EPXK_LL_PACK)) == EPX_OK)
+        st = launch(m, EPXK_LL_ABANDON);
+    c->ll_refused = 0;
+    gpu_calls_release(&m->calls, n, &b);   /* its abandon is queued */
+    if (st != EPX_OK)
+        return fail(m, st);
+    return epx__error(why, "%s", msg);
+}
+
 epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
                                  epx_status_t why)
 {
-    if (usable(m, "cuda dispatch_send") != EPX_OK || m->ll || !m->call.windows)
+    if (usable(m, "cuda dispatch_send") != EPX_OK)
         return why;
+    if (m->ll)
+        return ll_refuse(m, stream, why);
     return refuse(m, stream, why);
 }
 
@@ -1406,21 +1517,19 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     /* Other bits are ignored, as on host ranks. */
     const int cached = (a->flags & EPX_DISPATCH_CACHED) != 0;
     if (cached && m->ll)
-        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
-                          "saves the count exchange of throughput mode; low "
-                          "latency has none (dispatch without it)");
-    if (cached && !m->call.windows)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda dispatch_send: "
-                          "EPX_DISPATCH_CACHED is implemented for the "
-                          "windows backend only, not NCCL");
+        return ll_refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
+                         "EPX_DISPATCH_CACHED saves the count exchange of "
+                         "throughput mode; low latency has none (dispatch "
+                         "without it)"));
     if (cached && (*lay < 0 || *lay >= m->nlays || !m->lays[*lay].used))
-        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
-                          "needs a handle of an earlier dispatch on this "
-                          "engine");
+        return refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
+                                            "EPX_DISPATCH_CACHED needs a "
+                                            "handle of an earlier dispatch "
+                                            "on this engine"));
     float gs = 0;
     int layer = 0;
     if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
-        return cached || m->ll || !m->call.windows ? st : refuse(m, stream, st);
+        return m->ll ? ll_refuse(m, stream, st) : refuse(m, stream, st);
     /* Its layout (throughput), number and buffer, or a refusal with
      * nothing queued. */
     int b, li = cached ? *lay : -1;
@@ -1468,7 +1577,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                             "cudaMemsetAsync")) != EPX_OK)
         return fail(m, st);
     m->fcall = 0;
-    if (cached) {
+    if (cached && c->windows) {
         /* The ids checked against the layout's, the headers exchanged;
          * then the layout's ids route the rows, so what is packed always
          * matches the positions. */
@@ -1498,14 +1607,30 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         size_t blk = sizeof(int32_t) *
                      ((size_t)g->R * g->cnt_ints - PROTO_CNT_HDR);
         /* Expert-major: pack stages unit by unit (ebase: the staging
-         * bases), and the map of what arrives follows the counts. */
-        if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
-            (!g->em || (st = launch(m, EPXK_NCCL_EM_BASE)) == EPX_OK) &&
-            (st = launch(m, EPXK_PACK)) == EPX_OK)
-            st = epx__nccl_counts(m->nccl, g, c->mycnt, cnt, m->st);
+         * bases), and the map of what arrives follows the counts.  A
+         * cached call keeps its layout's (ids checked against it on the
+         * device, then those ids pack), and the counts every rank sends
+         * are its layout's: the matrix that arrives is the layout's. */
+        if (cached) {
+            if ((st = launch(m, EPXK_CACHED)) == EPX_OK) {
+                c->idx = c->lay_ids;
+                c->idx64 = 0;
+            }
+        } else if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
+            st = launch(m, EPXK_NCCL_EM_BASE);
+        }
+        if (st == EPX_OK && (st = launch(m, EPXK_PACK)) == EPX_OK)
+            st = nccl_heads(m);
         if (st == EPX_OK && g->em)
             st = launch(m, EPXK_NCCL_EM_MAP);
-        /* The one host synchronisation: the sizes of the receives. */
+        /* The one host synchronisation: the verdict on the call and the
+         * sizes of the receives. */
+        if (st == EPX_OK)
+            st = epx__cuda_err(cudaMemcpyAsync(m->h_info + EPXK_INFO_AGREE,
+                                               m->d_info + EPXK_INFO_AGREE,
+                                               sizeof(int64_t),
+                                               cudaMemcpyDeviceToHost, m->st),
+                               "cudaMemcpyAsync");
         if (st == EPX_OK)
             st = epx__cuda_err(cudaMemcpyAsync(m->h_cnt, cnt, blk,
                                                cudaMemcpyDeviceToHost, m->st),
@@ -1520,7 +1645,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         if (st == EPX_OK)
             st = epx__cuda_err(cudaStreamSynchronize(m->st),
                                "cudaStreamSynchronize");
-        if (st == EPX_OK) {
+        /* Rows move only where the ranks agreed (all alike: nothing is
+         * sent, nothing awaited); the recv kernel then reports none. */
+        const int agreed = st == EPX_OK && m->h_info[EPXK_INFO_AGREE] == 0;
+        if (agreed) {
             nccl_sizes(m);
             st = g->em
                 ? epx__nccl_dispatch_em(m->nccl, g, m->stage, m->rstage,
@@ -1528,7 +1656,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                 : epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
                                      m->sendoff, m->nrecv, m->rbase, m->st);
         }
-        if (st == EPX_OK && g->em)
+        if (st == EPX_OK && agreed && g->em)
             st = launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
             st = launch(m, EPXK_RECV);
@@ -1726,6 +1854,58 @@ static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
     memcpy(recv, &r, n);
 }
 
+/* Low-latency readiness without waiting (src/cuda/README.md, "Readiness
+ * in low latency"): what the call's recv kernel published for its buffer
+ * (gpu_ll_poll_read).  The fused set queues its receive phase at the
+ * call's first poll (on the engine's stream, right after the send phase,
+ * as the classic recv kernel runs), so that the units can get ready
+ * before epx_dispatch_recv, which then queues none.  A failure found is
+ * the call's from then on (gpu_calls_fail). */
+static epx_status_t ll_dispatch_poll(gpu_moe_t *m, uint64_t call,
+                                     epx_recv_t *recv, uint8_t *ready,
+                                     int *num_ready)
+{
+    int b, received;
+    epx_status_t st = gpu_calls_poll(&m->calls, call, &b, &received);
+    if (st != EPX_OK)
+        return st;
+    if (m->ll1 && !m->ll1_recvd[b]) {
+        /* not into a graph being captured: nothing of it would run now */
+        enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        if ((st = epx__cuda_err(cudaStreamIsCapturing(m->st, &cs),
+                                "cudaStreamIsCapturing")) != EPX_OK)
+            return fail(m, st);
+        if (cs == cudaStreamCaptureStatusNone) {
+            ll_point(m, b);
+            if ((st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
+                return fail(m, st);
+            m->ll1_recvd[b] = 1;
+        }
+    }
+    int64_t *counts = m->h_llpoll + (size_t)b * (size_t)m->L;
+    int32_t bad = 0;
+    int n = gpu_ll_poll_read(m->h_llpub + (size_t)b *
+                                              (size_t)EPXK_LLPUB_LEN(m->L),
+                             m->L, call + 1, ready, counts, &bad);
+    if (bad) {
+        gpu_calls_fail(&m->calls, call, (epx_status_t)bad);
+        return epx__error((epx_status_t)bad, "dispatch_poll: the call failed "
+                          "on the device (%s: %s); release its handle",
+                          epx_status_str((epx_status_t)bad),
+                          bad == EPX_ERR_RANGE
+                              ? "a rank routed more tokens to one expert than "
+                                "ll_capacity, without EPX_MOE_LL_DROP"
+                              : bad == EPX_ERR_PEER
+                              ? "another rank's arguments, routing or wait "
+                                "failed"
+                              : "this rank's own routing failed");
+    }
+    ll_describe(m, b, counts, recv);   /* counts: host memory, the ready
+                                          units' */
+    *num_ready = n;
+    return EPX_OK;
+}
+
 /* Throughput readiness without waiting (include/epx.h; src/cuda/README.md,
  * "Readiness"): what the recv kernel has published in host-mapped memory
  * for this call (gpu_poll_read), or, after dispatch_recv, everything. */
@@ -1739,9 +1919,7 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
         return epx__error(EPX_ERR_INVALID, "dispatch_poll: recv, ready or "
                           "num_ready NULL");
     if (m->ll)
-        return epx__error(EPX_ERR_UNSUPPORTED, "dispatch_poll: low latency "
-                          "on device ranks is not implemented (use "
-                          "epx_dispatch_recv)");
+        return ll_dispatch_poll(m, call, recv, ready, num_ready);
     int b, received;
     if ((st = gpu_calls_poll(&m->calls, call, &b, &received)) != EPX_OK)
         return st;
@@ -1768,7 +1946,10 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
  * whether it runs this call. */
 static int comb_fused(const gpu_moe_t *m)
 {
-    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows && !m->hier;
+    /* FP64 engines combine with the classic kernels (the pull sums in
+     * fp32); every rank has the engine's dtype, so all ranks agree. */
+    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows &&
+           m->g.esize != 8 && !m->hier;
 }
 
 static epx_status_t comb_launch(gpu_moe_t *m, int which)
@@ -1884,18 +2065,25 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
         m->calls.slot[m->calls.combining].n != call)
         return epx__error(EPX_ERR_STATE, "cuda combine_recv: recv without a "
                           "matching combine_send");
-    if (!out || (out->dtype != EPX_DTYPE_BF16 && out->dtype != EPX_DTYPE_FP32) ||
+    /* An FP64 engine's output is FP64 (the double sum), the others' BF16
+     * or FP32: the host executor's rule (moe_check_out). */
+    const int f64 = m->g.esize == 8;
+    if (!out || (f64 ? out->dtype != EPX_DTYPE_FP64
+                     : out->dtype != EPX_DTYPE_BF16 &&
+                       out->dtype != EPX_DTYPE_FP32) ||
         !tensor_ok(out, out->dtype, m->comb_T, m->g.H))
         return epx__error(EPX_ERR_INVALID, "cuda combine_recv: out must be "
-                          "[%lld, %d] BF16 or FP32", (long long)m->comb_T,
-                          m->g.H);
+                          "[%lld, %d] %s", (long long)m->comb_T, m->g.H,
+                          f64 ? "FP64 (an FP64 engine's output)"
+                              : "BF16 or FP32 (FP64 only of an FP64 engine)");
     int b;
     gpu_calls_combine_recv(&m->calls, call, &b);   /* checked above */
     if (m->ll)
         ll_point(m, b);
     m->call.T = m->comb_T;
     m->call.out = out->data;
-    m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2
+                        : out->dtype == EPX_DTYPE_FP64 ? 8 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
         (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
               : m->hier ? gpu_hier_combine_recv(m->hier, &m->g, &m->call,
@@ -1938,7 +2126,7 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
     } else {
         m->call.T = T;
         m->call.out = m->d_scratch;
-        m->call.out_esize = 4;
+        m->call.out_esize = m->g.esize == 8 ? 8 : 4;
         st = launch(m, EPXK_LL_COMB_REDUCE);
     }
     if (st != EPX_OK)

@@ -39,13 +39,16 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *gpu, uint64_t call, void *stream,
 /* A dispatch this rank refuses (`why`, with epx_last_error's message)
  * before it reaches the executor: throughput mode over windows, the call
  * still takes its turn as an exchange that fails it on every rank (the
- * peers' epx_dispatch_recv: EPX_ERR_PEER); elsewhere nothing is queued.
- * Returns `why`, its message kept. */
+ * peers' epx_dispatch_recv: EPX_ERR_PEER); low latency, it takes its
+ * number and buffer and its empty words fail it at every peer (their
+ * epx_dispatch_poll and epx_moe_check: EPX_ERR_PEER); elsewhere nothing
+ * is queued.  Returns `why`, its message kept. */
 epx_status_t gpu_dispatch_refuse(gpu_moe_t *gpu, void *stream,
                                  epx_status_t why);
-/* Throughput mode, without waiting: which local units of the call have
- * all their rows (include/epx.h epx_dispatch_poll; src/cuda/README.md,
- * "Readiness"). */
+/* Without waiting: which local units of the call have all their rows
+ * (include/epx.h epx_dispatch_poll; src/cuda/README.md, "Readiness",
+ * and "Readiness in low latency", where recv->expert_counts is host
+ * memory holding the ready units' counts). */
 epx_status_t gpu_dispatch_poll(gpu_moe_t *gpu, uint64_t call, epx_recv_t *recv,
                                uint8_t *ready, int *num_ready);
 /* The handle that kept layout `lay` let go of it (its release). */

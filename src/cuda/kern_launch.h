@@ -29,7 +29,11 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
         * kern_ll.cu): the dispatch's and the combine's send and receive
         * phases, each a launch of its operation's kernel */
        EPXK_LL1_DISPATCH_SEND, EPXK_LL1_DISPATCH_RECV, EPXK_LL1_COMB_SEND,
-       EPXK_LL1_COMB_RECV };
+       EPXK_LL1_COMB_RECV,
+       /* throughput over NCCL (kern_nccl.cu): this rank's count block
+        * (header and counts) staged for the exchange, and every source's
+        * header checked after it (proto_cached_agree_all) */
+       EPXK_NCCL_HEAD, EPXK_NCCL_AGREE };
 
 /* Kernel sets (EPX_CUDA_KERNELS): classic, verified on a device; fused,
  * the single-pass data path (issue: fused dispatch, pull combine, one
@@ -84,6 +88,16 @@ enum { EPXK_PUB_SEQ = 0, EPXK_PUB_AGREE = 1, EPXK_PUB_ROWS = 2,
 #define EPXK_PUB_FUSED(L) (EPXK_PUB_COUNTS + 3 * (int64_t)(L))
 enum { EPXK_PUBF_ERROR = 0, EPXK_PUBF_BAD_IDS = 1, EPXK_PUBF_ECNT = 2 };
 
+/* Low latency: what the recv kernels publish in host-mapped memory for
+ * epx_dispatch_poll (src/cuda/README.md, "Readiness in low latency"),
+ * int64 words per buffer, [EPXK_LLPUB_LEN(L)]: the id of the last call
+ * found failed (the host's call number + 1, stored last, release) and
+ * its status (proto_ll_src_fail), then per local unit its rows (kept)
+ * and the id of the last call whose rows for it all arrived (stored
+ * after the count and the rows' metadata, release). */
+enum { EPXK_LLPUB_FAIL = 0, EPXK_LLPUB_FAILST = 1, EPXK_LLPUB_COUNTS = 2 };
+#define EPXK_LLPUB_LEN(L) (EPXK_LLPUB_COUNTS + 2 * (int64_t)(L))
+
 typedef struct epxk_call {
     /* inputs of this dispatch */
     const void *x;            /* [T][H] engine dtype */
@@ -96,7 +110,7 @@ typedef struct epxk_call {
     proto_route_t route;       /* replica routing of the call's layer */
     const void *y;            /* combine: [rows][H] */
     void *out;                /* combine: [T][H] */
-    int out_esize;
+    int out_esize;            /* 2, 4, or 8 (an FP64 engine's out) */
     /* engine state */
     const int32_t *e2r;       /* [E] owner rank */
     const int32_t *first;     /* [R + 1] first expert of each rank */
@@ -159,6 +173,14 @@ typedef struct epxk_call {
      * [1] the barrier's generation, [2] blocks done packing; zero
      * between calls (the generation only grows) */
     unsigned *fbar;
+    /* low latency, readiness: the call's buffer's words (EPXK_LLPUB_*;
+     * NULL: none) and the call's id there (its number + 1) */
+    int64_t *ll_pub;
+    uint64_t ll_id;
+    /* low latency: a bad argument on this rank (its status, 0: none):
+     * the call still takes its turn, packing nothing, and its status
+     * words fail it at every peer */
+    int32_t ll_refused;
 } epxk_call_t;
 
 /* 0, or the cudaError_t of the launch (cudaGetLastError).  blocks: the
@@ -199,6 +221,12 @@ int epxk_preload(void);
 int epxk_ll1_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                     int blocks, void *stream);
 int epxk_ll1_preload(void);
+
+/* kern_nccl.cu: the EPXK_NCCL_HEAD and EPXK_NCCL_AGREE launches (through
+ * epxk_launch), and their kernels loaded (through epxk_preload). */
+int epxk_nccl_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                     int blocks, void *stream);
+int epxk_nccl_preload(void);
 
 /* The fused throughput dispatch (EPX_CUDA_KERNELS=fused, kern_ht.cu):
  * layout, count exchange, pack, completion flags and the receive totals

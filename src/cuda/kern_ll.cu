@@ -9,8 +9,9 @@
  * of a token's row) loads the row once, quantizes it once, and stores it
  * into each of its kept slots; the last block stores the classic status
  * and count words and releases the final words.  The receive phase waits
- * for the final words and writes the counts and only the row metadata
- * that changed since the buffer's last receive phase (proto_ll1_span).
+ * for each local unit's count words and writes its count and only the row
+ * metadata that changed since the buffer's last receive phase
+ * (proto_ll1_span), then publishes the unit ready (epx_dispatch_poll).
  * Combine: the send phase puts each entry's partial into its source's
  * buffer (the classic arithmetic), the receive phase sums them in
  * ascending rank order (the classic reduce's order and rounding).
@@ -449,29 +450,35 @@ __device__ static void ll1_dispatch_send(const proto_geom_t &g,
         return;
     /* The classic words: status and count words, then the final words. */
     const int32_t st = ok ? 0 : mystat ? mystat : EPX_ERR_TIMEOUT;
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
-        char *bw = ll1_buf(c, c.peers[d]);
-        ((int32_t *)(bw + c.ll.st))[g.rank] = st;
-        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
-            int32_t n = ok ? s.cnt[g.R + e] : 0;
-            ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
-                PROTO_LL_WORD(tag, n < PROTO_LL_MASK ? n : PROTO_LL_MASK);
-        }
-    }
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        ((int32_t *)(ll1_buf(c, c.peers[d]) + c.ll.st))[g.rank] = st;
+    /* The count words after the rows and the status (a unit is ready
+     * once its words are there), then the final word. */
     __threadfence_system();
     __syncthreads();
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        epxk_st_release_s32((int32_t *)(ll1_buf(c, c.peers[d]) + c.ll.fw) +
-                               g.rank,
-                           PROTO_LL_WORD(tag, ok ? s.cnt[d] : 0));
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        char *bw = ll1_buf(c, c.peers[d]);
+        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
+            int32_t n = ok ? s.cnt[g.R + e] : 0;
+            epxk_st_relaxed_s32((int32_t *)(bw + c.ll.cw) +
+                                    (e - c.first[d]) * g.R + g.rank,
+                                PROTO_LL_WORD(tag, n < PROTO_LL_MASK
+                                                       ? n : PROTO_LL_MASK));
+        }
+        epxk_st_release_s32((int32_t *)(bw + c.ll.fw) + g.rank,
+                            PROTO_LL_WORD(tag, ok ? s.cnt[d] : 0));
+    }
 }
 
 /* ------------------------------------------------------------ receive */
 
-/* Every block waits for every source's final word of this use; block 0
- * checks the sources' status and gives the counts per local expert and
- * the drops; a warp per (local expert, source) range writes the row
- * sources and padding marks of the rows that changed (proto_ll1_span). */
+/* Unit by unit, a block each in turn (as the classic recv kernel): once
+ * every source's count word for local unit j carries the tag, a warp per
+ * (unit, source) range writes the row sources and padding marks of the
+ * rows that changed (proto_ll1_span), thread 0 the count and drops; then
+ * the unit's count and ready word for epx_dispatch_poll (c.ll_pub), or
+ * the call's failure (proto_ll_src_fail).  Then every block waits for
+ * every source's final word; block 0 records the sources' status. */
 __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
                                          const epxk_call_t &c)
 {
@@ -480,56 +487,107 @@ __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
     char *bw = ll1_buf(c, c.peers[g.rank]);
     const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
     const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-        ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(fw + s)) == tag; },
-                 c.timeout_ns, c.info);
-    __syncthreads();
+    const int32_t *stw = (const int32_t *)(bw + c.ll.st);
     const int L = c.num_local, cap = c.ll.cap;
-    if (c.info[EPXK_INFO_ERROR]) {
-        ll1_error(c, EPX_ERR_TIMEOUT);
-        return;   /* the marks stay: the next receive rewrites all */
-    }
-    if (blockIdx.x == 0) {
+    const int lane = threadIdx.x % WARP;
+    int32_t *stok = (int32_t *)(bw + c.ll.src_tok);
+    float *wt = (float *)(bw + c.ll.w);
+    __shared__ int bad_src, missing;
+    for (int j = blockIdx.x; j < L; j += gridDim.x) {
+        if (threadIdx.x == 0)
+            bad_src = g.R, missing = 0;
+        __syncthreads();
         for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
-            int32_t st = ((const int32_t *)(bw + c.ll.st))[s];
-            if (st)
-                ll1_error(c, st == EPX_ERR_RANGE ? EPX_ERR_RANGE : EPX_ERR_PEER);
+            const int32_t *p = cw + (int64_t)j * g.R + s;
+            if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0 &&
+                ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(p)) ==
+                                      tag; },
+                         c.timeout_ns, c.info)) {
+                if (proto_ll_src_fail(stw[s], s, g.rank))
+                    atomicMin(&bad_src, s);
+            } else {
+                atomicOr(&missing, 1);
+            }
         }
-        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+        __syncthreads();
+        if (missing)   /* timed out: the marks stay, the next receive
+                          rewrites all */
+            break;
+        for (int s = threadIdx.x / WARP; s < g.R; s += LL1_WARPS) {
+            const int64_t p = (int64_t)j * g.R + s;
+            const int64_t kept = proto_ll_kept(cw[p], cap);
+            int64_t lo, hi;
+            proto_ll1_span(c.ll_mark[p], u, kept, cap, &lo, &hi);
+            for (int64_t i = lo + lane; i < hi; i += WARP) {
+                const int64_t r = p * cap + i;
+                if (i < kept) {
+                    c.ll_src[r] = s;
+                } else {
+                    c.ll_src[r] = -1;
+                    stok[r] = -1;
+                    wt[r] = 0.0f;
+                }
+            }
+            __syncwarp();
+            if (lane == 0)
+                c.ll_mark[p] = proto_ll1_mark(u, kept);
+        }
+        if (threadIdx.x == 0) {
             int64_t n = 0, dropped = 0;
             for (int s = 0; s < g.R; s++) {
-                n += proto_ll_kept(cw[j * g.R + s], cap);
-                dropped += proto_ll_dropped(cw[j * g.R + s], cap);
+                n += proto_ll_kept(cw[(int64_t)j * g.R + s], cap);
+                dropped += proto_ll_dropped(cw[(int64_t)j * g.R + s], cap);
             }
             c.ll_counts[j] = n;
             if (dropped)
                 atomicAdd((unsigned long long *)&c.ll_state[EPXK_LL_DROPPED],
                           (unsigned long long)dropped);
+            if (c.ll_pub)
+                c.ll_pub[EPXK_LLPUB_COUNTS + j] = n;
         }
-    }
-    const int lane = threadIdx.x % WARP;
-    const int64_t pairs = (int64_t)L * g.R;
-    int32_t *stok = (int32_t *)(bw + c.ll.src_tok);
-    float *wt = (float *)(bw + c.ll.w);
-    for (int64_t p = (int64_t)blockIdx.x * LL1_WARPS + threadIdx.x / WARP;
-         p < pairs; p += (int64_t)gridDim.x * LL1_WARPS) {
-        const int s = (int)(p % g.R);
-        const int64_t kept = proto_ll_kept(cw[p], cap);
-        int64_t lo, hi;
-        proto_ll1_span(c.ll_mark[p], u, kept, cap, &lo, &hi);
-        for (int64_t i = lo + lane; i < hi; i += WARP) {
-            const int64_t r = p * cap + i;
-            if (i < kept) {
-                c.ll_src[r] = s;
+        __threadfence_system();
+        __syncthreads();
+        if (threadIdx.x == 0 && c.ll_pub) {
+            if (bad_src < g.R) {
+                c.ll_pub[EPXK_LLPUB_FAILST] =
+                    proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
+                epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL],
+                                    c.ll_id);
             } else {
-                c.ll_src[r] = -1;
-                stok[r] = -1;
-                wt[r] = 0.0f;
+                epxk_st_release_u64(
+                    (uint64_t *)&c.ll_pub[EPXK_LLPUB_COUNTS + L + j], c.ll_id);
             }
         }
-        __syncwarp();
-        if (lane == 0)
-            c.ll_mark[p] = proto_ll1_mark(u, kept);
+        __syncthreads();
+    }
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(fw + s)) ==
+                                  tag; },
+                     c.timeout_ns, c.info);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR]) {
+        if (threadIdx.x == 0)
+            ll1_error(c, EPX_ERR_TIMEOUT);
+        return;
+    }
+    if (blockIdx.x != 0)
+        return;
+    if (threadIdx.x == 0)
+        bad_src = g.R;
+    __syncthreads();
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+        int32_t f = proto_ll_src_fail(stw[s], s, g.rank);
+        if (f) {
+            ll1_error(c, f);
+            atomicMin(&bad_src, s);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R) {
+        c.ll_pub[EPXK_LLPUB_FAILST] =
+            proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
+        epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL], c.ll_id);
     }
 }
 
@@ -554,6 +612,10 @@ __device__ static void ll1_partial(const proto_geom_t &g, const char *y,
                                    const int32_t *rows, const float *wt,
                                    char *dst, int lane)
 {
+    if (g.esize == 8) {   /* FP64 engine: kern_reduce.cuh */
+        epxk_partial_f64(g, y, rows, wt, dst, lane);
+        return;
+    }
     if (((uintptr_t)y | (uintptr_t)dst | (uintptr_t)g.row_bytes) & 15) {
         for (int64_t h = lane; h < g.H; h += WARP)
             proto_store(dst, g.esize, h, proto_partial_elem(&g, y, rows, wt, h));

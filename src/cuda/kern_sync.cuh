@@ -39,6 +39,16 @@ __device__ static __forceinline__ void epxk_st_release_s32(int32_t *p,
                  :: "l"(p), "r"(v) : "memory");
 }
 
+/* A strong (relaxed) store: after a system fence it is that fence's
+ * release (PTX's release pattern), so several words can follow one
+ * fence instead of a release each. */
+__device__ static __forceinline__ void epxk_st_relaxed_s32(int32_t *p,
+                                                           int32_t v)
+{
+    asm volatile("st.relaxed.sys.global.s32 [%0], %1;"
+                 :: "l"(p), "r"(v) : "memory");
+}
+
 /* Nanoseconds of %globaltimer. */
 __device__ static __forceinline__ uint64_t epxk_now(void)
 {

@@ -151,6 +151,10 @@ __device__ static void warp_partial(const proto_geom_t &g, const char *y,
                                     const int32_t *rows, const float *wt,
                                     char *dst, int lane)
 {
+    if (g.esize == 8) {   /* FP64 engine: kern_reduce.cuh */
+        epxk_partial_f64(g, y, rows, wt, dst, lane);
+        return;
+    }
     if (((uintptr_t)y | (uintptr_t)dst | (uintptr_t)g.row_bytes) & 15) {
         for (int64_t h = lane; h < g.H; h += WARP)
             proto_store(dst, g.esize, h, proto_partial_elem(&g, y, rows, wt, h));
@@ -391,7 +395,8 @@ __global__ void epxk_layout_place_kernel(proto_geom_t g, epxk_call_t c)
  * the sequence word there: the count exchange without the counts, which
  * still tells each rank that its peers have entered the call.  A refused
  * call (a bad argument on this rank, T = 0) sends the same header marked
- * PROTO_CNT_REFUSED, which fails the call on every rank. */
+ * PROTO_CNT_REFUSED, which fails the call on every rank.  NCCL: the
+ * check only; the header travels with the counts (kern_nccl.cu). */
 __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
 {
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
@@ -405,17 +410,16 @@ __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
         if (proto_cache_id(&ids, t, k) != c.lay_ids[i])
             c.info[EPXK_INFO_ROUTE] = 1;
     }
+    if (!c.windows)   /* NCCL: the header goes with the counts (kern_nccl.cu) */
+        return;
     if (!grid_last(c.done))
         return;
     const int n = g.R + g.E;
-    const int32_t st = c.refused ||
-        *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] ? EPX_ERR_INVALID : 0;
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
-        int32_t *h = win_cnt(g, c.peers[d], c.parity, g.rank) - PROTO_CNT_HDR;
-        h[PROTO_CNT_STATUS] = st;
-        h[PROTO_CNT_HANDLE] = c.refused ? PROTO_CNT_REFUSED : c.lay_seq;
-        h[PROTO_CNT_CACHED] = (int32_t)c.seq;
-    }
+    const int route = *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] != 0;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        proto_cnt_header(win_cnt(g, c.peers[d], c.parity, g.rank) -
+                             PROTO_CNT_HDR, (int32_t)c.seq, 1, c.refused,
+                         c.lay_seq, route);
     __threadfence_system();
     __syncthreads();
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
@@ -784,7 +788,9 @@ __global__ void epxk_ll_pack_kernel(proto_geom_t g, epxk_call_t c)
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
         wait_u64_masked(ll_comb_flag(g, c, mine, s), u, c.timeout_ns, c.info);
     __syncthreads();
-    const int ok = *c.ll_mystat == 0 && c.info[EPXK_INFO_ERROR] == 0;
+    /* a refused call (a bad argument here) packs nothing */
+    const int32_t mystat = c.ll_refused ? c.ll_refused : *c.ll_mystat;
+    const int ok = mystat == 0 && c.info[EPXK_INFO_ERROR] == 0;
     if (ok)
         for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              i < c.T * g.maxdest; i += warps) {
@@ -823,27 +829,37 @@ __global__ void epxk_ll_pack_kernel(proto_geom_t g, epxk_call_t c)
         }
     if (!grid_last(c.done))
         return;
-    const int32_t st = ok ? 0 : *c.ll_mystat ? *c.ll_mystat : EPX_ERR_TIMEOUT;
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
-        char *bw = ll_bufp(c, c.peers[d]);
-        ((int32_t *)(bw + c.ll.st))[g.rank] = st;
-        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
-            int32_t n = ok ? c.mycnt[g.R + e] : 0;
-            ((int32_t *)(bw + c.ll.cw))[(e - c.first[d]) * g.R + g.rank] =
-                PROTO_LL_WORD(tag, n < PROTO_LL_MASK ? n : PROTO_LL_MASK);
-        }
-    }
+    const int32_t st = ok ? 0 : mystat ? mystat : EPX_ERR_TIMEOUT;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
+        ((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.st))[g.rank] = st;
+    /* The status, then the count words after the rows (a unit is ready
+     * once its words are there: recv's readiness), then the final word. */
     __threadfence_system();
     __syncthreads();
-    for (int d = threadIdx.x; d < g.R; d += blockDim.x)
-        epxk_st_release_s32((int32_t *)(ll_bufp(c, c.peers[d]) + c.ll.fw) + g.rank,
-                       PROTO_LL_WORD(tag, ok ? c.mycnt[d] : 0));
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        char *bw = ll_bufp(c, c.peers[d]);
+        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
+            int32_t n = ok ? c.mycnt[g.R + e] : 0;
+            epxk_st_relaxed_s32((int32_t *)(bw + c.ll.cw) +
+                                    (e - c.first[d]) * g.R + g.rank,
+                                PROTO_LL_WORD(tag, n < PROTO_LL_MASK
+                                                       ? n : PROTO_LL_MASK));
+        }
+        epxk_st_release_s32((int32_t *)(bw + c.ll.fw) + g.rank,
+                            PROTO_LL_WORD(tag, ok ? c.mycnt[d] : 0));
+    }
 }
 
-/* Grid: every block waits for every source's final word of this use;
- * block 0 checks the sources' status and gives the counts per local
- * expert and the drops; the rows' sources and the padding marks are
- * spread over the grid. */
+/* Grid.  Unit by unit, a block each in turn: once every source's count
+ * word for local unit j carries the tag (proto_ll_unit_ready; the rows,
+ * and the source's status, came before it), its rows' sources and
+ * padding marks, its count and drops; then, published for
+ * epx_dispatch_poll (c.ll_pub, host-mapped), its count and its ready
+ * word (release, after a system fence), or the call's failure where a
+ * source's status says so (proto_ll_src_fail: no unit of a failed call
+ * is ever ready).  Then every block waits for every source's final word
+ * (the entries combine reads); block 0 records the sources' status (and
+ * publishes a failure: a rank without local units learns it there). */
 __global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
 {
     const uint32_t u = c.ll_use[c.ll_b];
@@ -851,39 +867,92 @@ __global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
     char *bw = ll_bufp(c, c.peers[g.rank]);
     const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
     const int32_t *cw = (const int32_t *)(bw + c.ll.cw);
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-        wait_tag(fw + s, tag, c.timeout_ns, c.info);
-    __syncthreads();
+    const int32_t *stw = (const int32_t *)(bw + c.ll.st);
     const int L = c.num_local, cap = c.ll.cap;
-    if (blockIdx.x == 0) {
+    int32_t *stok = (int32_t *)(bw + c.ll.src_tok);
+    float *wt = (float *)(bw + c.ll.w);
+    __shared__ int bad_src, missing;
+    for (int j = blockIdx.x; j < L; j += gridDim.x) {
+        if (threadIdx.x == 0)
+            bad_src = g.R, missing = 0;
+        __syncthreads();
         for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
-            int32_t st = ((const int32_t *)(bw + c.ll.st))[s];
-            if (st)
-                ll_error(c, st == EPX_ERR_RANGE ? EPX_ERR_RANGE : EPX_ERR_PEER);
+            const int32_t *p = cw + (int64_t)j * g.R + s;
+            if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0 &&
+                wait_tag(p, tag, c.timeout_ns, c.info)) {
+                if (proto_ll_src_fail(stw[s], s, g.rank))
+                    atomicMin(&bad_src, s);
+            } else {
+                atomicOr(&missing, 1);
+            }
         }
-        for (int j = threadIdx.x; j < L; j += blockDim.x) {
+        __syncthreads();
+        if (missing)   /* timed out: the host reports it (check) */
+            break;
+        const int64_t r0 = (int64_t)j * g.R * cap;
+        for (int64_t r = r0 + threadIdx.x; r < r0 + (int64_t)g.R * cap;
+             r += blockDim.x) {
+            int s = proto_ll_row_source(&g, cap, cw, r);
+            c.ll_src[r] = s;
+            if (s < 0) {
+                stok[r] = -1;
+                wt[r] = 0.0f;
+            }
+        }
+        if (threadIdx.x == 0) {
             int64_t n = 0, dropped = 0;
             for (int s = 0; s < g.R; s++) {
-                n += proto_ll_kept(cw[j * g.R + s], cap);
-                dropped += proto_ll_dropped(cw[j * g.R + s], cap);
+                n += proto_ll_kept(cw[(int64_t)j * g.R + s], cap);
+                dropped += proto_ll_dropped(cw[(int64_t)j * g.R + s], cap);
             }
             c.ll_counts[j] = n;
             if (dropped)
                 atomicAdd((unsigned long long *)&c.ll_state[EPXK_LL_DROPPED],
                           (unsigned long long)dropped);
+            if (c.ll_pub)
+                c.ll_pub[EPXK_LLPUB_COUNTS + j] = n;
+        }
+        __threadfence_system();
+        __syncthreads();
+        if (threadIdx.x == 0 && c.ll_pub) {
+            if (bad_src < g.R) {
+                c.ll_pub[EPXK_LLPUB_FAILST] =
+                    proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
+                epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL],
+                                    c.ll_id);
+            } else {
+                epxk_st_release_u64(
+                    (uint64_t *)&c.ll_pub[EPXK_LLPUB_COUNTS + L + j], c.ll_id);
+            }
+        }
+        __syncthreads();
+    }
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            wait_tag(fw + s, tag, c.timeout_ns, c.info);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR]) {
+        if (threadIdx.x == 0)
+            ll_error(c, EPX_ERR_TIMEOUT);
+        return;
+    }
+    if (blockIdx.x != 0)
+        return;
+    if (threadIdx.x == 0)
+        bad_src = g.R;
+    __syncthreads();
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+        int32_t f = proto_ll_src_fail(stw[s], s, g.rank);
+        if (f) {
+            ll_error(c, f);
+            atomicMin(&bad_src, s);
         }
     }
-    if (c.info[EPXK_INFO_ERROR])
-        ll_error(c, EPX_ERR_TIMEOUT);
-    const int64_t rows = (int64_t)L * g.R * cap;
-    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows;
-         r += (int64_t)gridDim.x * blockDim.x) {
-        int s = proto_ll_row_source(&g, cap, cw, r);
-        c.ll_src[r] = s;
-        if (s < 0) {
-            ((int32_t *)(bw + c.ll.src_tok))[r] = -1;
-            ((float *)(bw + c.ll.w))[r] = 0.0f;
-        }
+    __syncthreads();
+    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R) {
+        c.ll_pub[EPXK_LLPUB_FAILST] =
+            proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
+        epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL], c.ll_id);
     }
 }
 
@@ -1161,6 +1230,9 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
     case EPXK_LL1_COMB_SEND:
     case EPXK_LL1_COMB_RECV:
         return epxk_ll1_launch(which, g, c, blocks, stream);
+    case EPXK_NCCL_HEAD:
+    case EPXK_NCCL_AGREE:
+        return epxk_nccl_launch(which, g, c, blocks, stream);
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -1198,5 +1270,6 @@ extern "C" int epxk_preload(void)
         if (e != cudaSuccess)
             return (int)e;
     }
-    return epxk_ll1_preload();
+    int e = epxk_ll1_preload();
+    return e ? e : epxk_nccl_preload();
 }

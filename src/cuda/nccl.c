@@ -86,14 +86,15 @@ int epx__nccl_adopted(const epx_nccl_t *nc)
 }
 
 epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
-                              const int32_t *mycnt, int32_t *cnt,
+                              const int32_t *blk, int32_t *cnt,
                               void *stream)
 {
     cudaStream_t st = (cudaStream_t)stream;
-    const size_t n = (size_t)(g->R + g->E);   /* the counts, no header */
+    /* header and counts, not the sequence word (no one waits on it) */
+    const size_t n = (size_t)(PROTO_CNT_HDR + g->R + g->E);
     ncclResult_t r = ncclGroupStart();
     for (int p = 0; p < nc->R && r == ncclSuccess; p++) {
-        r = ncclSend(mycnt, n, ncclInt32, p, nc->comm, st);
+        r = ncclSend(blk, n, ncclInt32, p, nc->comm, st);
         if (r == ncclSuccess)
             r = ncclRecv(cnt + (size_t)p * g->cnt_ints, n, ncclInt32, p,
                          nc->comm, st);

@@ -20,11 +20,12 @@ epx_status_t epx__nccl_create(epx_comm_t *comm, void *adopt,
 void epx__nccl_destroy(epx_nccl_t *nc);
 int epx__nccl_adopted(const epx_nccl_t *nc);
 
-/* Every rank's counts (R + E int32 at mycnt) into source s's counts
- * of cnt (this parity's first counts in the receive window,
- * proto_cnt_index: rows cnt_ints apart, the header words left alone). */
+/* Every rank's count block, its header and counts (PROTO_CNT_HDR + R + E
+ * int32 at blk, the same size in every call: cached, uncached or
+ * refused), into source s's block of cnt (this parity's first block in
+ * the receive window, its header: blocks cnt_ints apart). */
 epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
-                              const int32_t *mycnt, int32_t *cnt,
+                              const int32_t *blk, int32_t *cnt,
                               void *stream);
 /* Rows and metadata: to each d, the staged rows [sendoff[d], +nsend[d]);
  * from each s, into win rows [rbase[s], +nrecv[s]). */
@@ -67,7 +68,7 @@ typedef struct epx_nccl_module_ops {
     void (*destroy)(epx_nccl_t *nc);
     int (*adopted)(const epx_nccl_t *nc);
     epx_status_t (*counts)(epx_nccl_t *nc, const proto_geom_t *g,
-                           const int32_t *mycnt, int32_t *cnt, void *stream);
+                           const int32_t *blk, int32_t *cnt, void *stream);
     epx_status_t (*dispatch)(epx_nccl_t *nc, const proto_geom_t *g, char *stage,
                              char *win, const int64_t *nsend,
                              const int64_t *sendoff, const int64_t *nrecv,

@@ -40,9 +40,9 @@ void epx__nccl_destroy(epx_nccl_t *nc)
 int epx__nccl_adopted(const epx_nccl_t *nc) { return mod->adopted(nc); }
 
 epx_status_t epx__nccl_counts(epx_nccl_t *nc, const proto_geom_t *g,
-                              const int32_t *mycnt, int32_t *cnt, void *stream)
+                              const int32_t *blk, int32_t *cnt, void *stream)
 {
-    return mod->counts(nc, g, mycnt, cnt, stream);
+    return mod->counts(nc, g, blk, cnt, stream);
 }
 
 epx_status_t epx__nccl_dispatch(epx_nccl_t *nc, const proto_geom_t *g,

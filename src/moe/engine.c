@@ -346,15 +346,13 @@ static epx_status_t agree_device(epx_moe_t *m, const epx_moe_params_t *p,
     int v4 = p->struct_size >= offsetof(epx_moe_params_t, nccl_comm) +
                                    sizeof(void *) && p->version >= 4;
     *device = v4 ? p->device : EPX_DEVICE_HOST;
-    /* 0 host, 1 device, -1 neither, -2 / -3 a device rank asking for what
-     * only host ranks do (elastic, FP64; all refused on every rank) */
+    /* 0 host, 1 device, -1 neither, -2 a device rank asking for what only
+     * host ranks do (elastic; all refused on every rank) */
     int v3 = p->struct_size >= offsetof(epx_moe_params_t, flags) +
                                    sizeof(unsigned) && p->version >= 3;
     int32_t mine = *device >= 0 ? 1 : *device == EPX_DEVICE_HOST ? 0 : -1;
     if (mine == 1 && v3 && (p->flags & EPX_MOE_ELASTIC))
         mine = -2;
-    else if (mine == 1 && p->dtype == EPX_DTYPE_FP64)
-        mine = -3;
     int32_t *all = calloc((size_t)m->R, sizeof(int32_t));
     if (!all)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory");
@@ -366,17 +364,11 @@ static epx_status_t agree_device(epx_moe_t *m, const epx_moe_params_t *p,
         st = epx__error(EPX_ERR_UNSUPPORTED, "moe: EPX_MOE_ELASTIC "
                         "(epx_moe_params_t.flags) is implemented on host ranks "
                         "only, not on device %d", *device);
-    if (st == EPX_OK && mine == -3)
-        st = epx__error(EPX_ERR_UNSUPPORTED, "moe: dtype EPX_DTYPE_FP64 "
-                        "(epx_moe_params_t.dtype) is implemented on host ranks "
-                        "only, not on device %d", *device);
     for (int r = 0; r < m->R && st == EPX_OK; r++)
         if (all[r] < 0)
             st = epx__error(EPX_ERR_PEER, "moe: rank %d passed an invalid "
                             "device%s", r, all[r] == -2
-                            ? " (EPX_MOE_ELASTIC on a device rank)"
-                            : all[r] == -3 ? " (EPX_DTYPE_FP64 on a device rank)"
-                            : "");
+                            ? " (EPX_MOE_ELASTIC on a device rank)" : "");
         else if (all[r] != mine)
             st = epx__error(EPX_ERR_MISMATCH, "moe: rank %d is a %s rank but "
                             "rank %d a %s rank (epx_moe_params_t.device)",

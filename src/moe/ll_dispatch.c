@@ -472,8 +472,11 @@ epx_status_t ll_dispatch_poll(epx_moe_t *m, epx_handle_t *h, epx_recv_t *out,
         }
         if (all && !c->done[j])
             ll_finish_expert(m, h, c, j);
-        if (!c->done[j])
+        if (!c->done[j]) {   /* its count 0; its offset is fixed */
             h->counts[j] = 0;
+            h->offsets[j] = proto_ll_row(&m->g, l->cap, m->first[m->rank],
+                                         m->first[m->rank] + j, 0, 0);
+        }
         ready[j] = (uint8_t)c->done[j];
         n += c->done[j];
     }

@@ -106,7 +106,7 @@ typedef struct proto_geom {
     int E;                    /* units a token is routed to: the experts,
                                  or the slots (num_slots > 0) */
     int K, H;
-    int esize;                /* 2 (bf16), 4 (fp32), 8 (fp64, host) */
+    int esize;                /* 2 (bf16), 4 (fp32), 8 (fp64) */
     int wire;                 /* epx_wire_t of dispatch */
     int64_t maxT;             /* largest max_tokens_per_rank of any rank */
     int em;                   /* expert-major layout */
@@ -309,8 +309,9 @@ PROTO_HD int64_t proto_cnt_index(const proto_geom_t *g, int p, int s)
  *                              tag << 24 | rows the source routed there
  *     fw      [R] int32        final word per source: tag << 24 | entries
  *     st      [R] int32        device: status per source (0, or an epx
- *                              error), read once the final word carries
- *                              the tag (host: in hdr)
+ *                              error), stored before the source's count
+ *                              and final words: read once one of them
+ *                              carries the tag (host: in hdr)
  *     src_tok, w [L*R*cap]     per row: token on its source, weight
  *     entries [R][maxT][ent_ints] int32  host: per (source, token sent
  *                              here): source, return slot, rows here, the

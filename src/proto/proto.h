@@ -756,6 +756,41 @@ PROTO_HD int proto_cached_agree(const int32_t *hdr, int32_t seq, int cached,
     return EPX_OK;
 }
 
+/* The header words a device call sends (what proto_cached_agree reads):
+ * cached, it reuses layout `lay` (route: its ids differ from the
+ * layout's); refused, a bad argument on this rank (a header-only call).
+ * The windows backend stores it in cached and refused calls only; the
+ * NCCL backend sends it with the counts in every call, an uncached one
+ * saying so with a PROTO_CNT_CACHED other than seq. */
+PROTO_HD void proto_cnt_header(int32_t *hdr, int32_t seq, int cached,
+                               int refused, int32_t lay, int route)
+{
+    hdr[PROTO_CNT_STATUS] = refused || route ? EPX_ERR_INVALID : 0;
+    hdr[PROTO_CNT_HANDLE] = refused ? PROTO_CNT_REFUSED : lay;
+    hdr[PROTO_CNT_CACHED] = cached || refused
+        ? seq : (int32_t)((uint32_t)seq - 1u);
+}
+
+/* A rank's agreement on its call over every source's header (blk: the
+ * first source's header, the next cnt_ints further): EPX_OK, or the least
+ * status proto_cached_agree gave.  Over NCCL the ranks move rows only
+ * when it is EPX_OK, and every rank reaches the same verdict (a rank
+ * that differs from one differs from the rest, refusals and a cached
+ * rank's differing ids are read by all), so no rank waits for rows that
+ * a peer does not send. */
+PROTO_HD int proto_cached_agree_all(const proto_geom_t *g, const int32_t *blk,
+                                    int32_t seq, int cached, int32_t lay)
+{
+    int least = EPX_OK;
+    for (int s = 0; s < g->R; s++) {
+        int a = proto_cached_agree(blk + (int64_t)s * g->cnt_ints, seq,
+                                   cached, lay);
+        if (a < least)
+            least = a;
+    }
+    return least;
+}
+
 /* bf16 <-> fp32, round to nearest even (the host's epx__f32_to_bf16). */
 PROTO_HD float proto_bf16_to_f32(uint16_t h)
 {
@@ -1100,7 +1135,7 @@ PROTO_HD void proto_store_row(void *dst, const float *__restrict__ acc,
     }
 }
 
-/* FP64 engines (host executor only): the same sums in double.  w (fp32)
+/* FP64 engines: the same sums in double.  w (fp32)
  * widens exactly and partials travel in double, so nothing rounds but the
  * double operations themselves, and the sum is the output. */
 PROTO_HD void proto_sum_row_f64(double *__restrict__ acc, const double *x,
@@ -1141,6 +1176,90 @@ PROTO_HD void proto_partial_row_f64(const proto_geom_t *g, const char *y,
         proto_sum_row_f64(acc, (const double *)(y + (int64_t)rows[k] *
                                                 g->row_bytes) + c0,
                           w ? &w[rows[k]] : NULL, k == 0, n);
+}
+
+/* ------------------------------------------------------ FP64 on device
+ *
+ * The kernels' forms of the FP64 sums above (device ranks of an FP64
+ * engine): an entry's partial (proto_partial_row_f64) and a token's sum
+ * over its destinations (the host's reduce_terms_f64), element by element
+ * and over 16-byte pieces (2 doubles).  The terms, their order and the
+ * start from 0.0 are the row forms' (0.0 + the first term), nothing is
+ * rounded but the double operations, and the sum is FP64 out as it is.
+ * test_kern_host checks them against the row forms and tests/ref. */
+
+PROTO_HD double proto_load_f64(const void *row, int64_t h)
+{
+    return ((const double *)row)[h];
+}
+
+/* Element h of an entry's partial: proto_partial_elem in double, the
+ * weight widened exactly (NULL: unweighted). */
+PROTO_HD double proto_partial_elem_f64(const proto_geom_t *g, const char *y,
+                                       const int32_t *rows, const float *w,
+                                       int64_t h)
+{
+    double acc = 0.0;
+    for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+        double v = proto_load_f64(y + (int64_t)rows[k] * g->row_bytes, h);
+        acc = acc + (w ? (double)w[rows[k]] * v : v);
+    }
+    return acc;
+}
+
+/* Element h of token t's output: proto_combine_elem in double. */
+PROTO_HD double proto_combine_elem_f64(const proto_geom_t *g,
+                                       const char *comb,
+                                       const int64_t *sendoff,
+                                       const int32_t *dest,
+                                       const int32_t *pos, int64_t t,
+                                       int64_t h)
+{
+    double acc = 0.0;
+    for (int j = 0; j < g->maxdest; j++) {
+        if (dest[t * g->maxdest + j] < 0)
+            break;
+        int64_t slot = proto_ret_slot(g, sendoff, dest, pos, t, j);
+        acc = acc + proto_load_f64(comb + slot * g->row_bytes, h);
+    }
+    return acc;
+}
+
+/* Element e (0 or 1) of a 16-byte piece of doubles (little-endian). */
+PROTO_HD double proto_v16_elem_f64(const proto_v16_t *p, int e)
+{
+    union { uint64_t u; double d; } v;
+    v.u = (uint64_t)p->w[2 * e] | (uint64_t)p->w[2 * e + 1] << 32;
+    return v.d;
+}
+
+/* acc[e] += (weighted ? w * x[e] : x[e]): one row's step of
+ * proto_partial_elem_f64 over a piece. */
+PROTO_HD void proto_partial_acc16_f64(const proto_v16_t *p, int weighted,
+                                      float w, double acc[2])
+{
+    for (int e = 0; e < 2; e++) {
+        double v = proto_v16_elem_f64(p, e);
+        acc[e] = acc[e] + (weighted ? (double)w * v : v);
+    }
+}
+
+/* acc[e] += x[e]: one destination's step of proto_combine_elem_f64. */
+PROTO_HD void proto_sum_acc16_f64(const proto_v16_t *p, double acc[2])
+{
+    for (int e = 0; e < 2; e++)
+        acc[e] = acc[e] + proto_v16_elem_f64(p, e);
+}
+
+/* acc[0..2) as a 16-byte piece, unrounded. */
+PROTO_HD void proto_pack16_f64(const double acc[2], proto_v16_t *p)
+{
+    for (int e = 0; e < 2; e++) {
+        union { uint64_t u; double d; } v;
+        v.d = acc[e];
+        p->w[2 * e] = (uint32_t)v.u;
+        p->w[2 * e + 1] = (uint32_t)(v.u >> 32);
+    }
 }
 
 /* ------------------------------------------------------- quantized pack
@@ -1367,6 +1486,34 @@ PROTO_HD int proto_ll_row_source(const proto_geom_t *g, int cap,
     int64_t j = row / ((int64_t)g->R * cap);
     int s = (int)(row / cap % g->R);
     return row % cap < proto_ll_kept(cw[j * g->R + s], cap) ? s : -1;
+}
+
+/* The call's outcome at the receiver `me` from source s's status word
+ * (device: st[s], readable once any word of s for the call arrived): 0,
+ * or the host executor's error (ll_dispatch.c ll_check_source): more rows
+ * than cap, EPX_ERR_RANGE; any other failure of a peer, EPX_ERR_PEER; this
+ * rank's own (its layout failed on the device), its own status. */
+PROTO_HD int32_t proto_ll_src_fail(int32_t st, int s, int me)
+{
+    if (st == 0)
+        return 0;
+    if (st == EPX_ERR_RANGE)
+        return EPX_ERR_RANGE;
+    return s == me ? st : EPX_ERR_PEER;
+}
+
+/* Readiness in low latency (epx_dispatch_poll): local unit j has every
+ * row of the call once every source's count word for it carries the
+ * call's tag (each source stores its rows, then its status, then the
+ * word, with release), as on the host executor: 1 when they are all
+ * there. */
+PROTO_HD int proto_ll_unit_ready(const proto_geom_t *g, const int32_t *cw,
+                                 int j, int32_t tag)
+{
+    for (int s = 0; s < g->R; s++)
+        if (PROTO_LL_WTAG(cw[(int64_t)j * g->R + s]) != tag)
+            return 0;
+    return 1;
 }
 
 /* ------------------------------------ low latency in one kernel (fused)

@@ -7,7 +7,10 @@
  * rules written from include/epx.h.  Throughput readiness
  * (epx_dispatch_poll): which calls may be polled, and what poll reads
  * from the words the recv kernel publishes (kern_launch.h EPXK_PUB_*),
- * written here as the kernel writes them.
+ * written here as the kernel writes them; the same for low latency
+ * (EPXK_LLPUB_*: per buffer, units ready one by one, or the call's
+ * failure, which its recv and later polls then return and which refuses
+ * its combine).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -280,6 +283,101 @@ static void poll_order(void **state)
     ST(gpu_calls_combine_send(&c, n, &b, &T), EPX_ERR_STATE);
 }
 
+/* Low latency: a buffer's words as the recv kernels leave them (a unit's
+ * count, then its ready word = the call's id; or the failure's status,
+ * then its id), read for the call with id n + 1. */
+static void ll_poll_words(void **state)
+{
+    (void)state;
+    enum { L = 4 };
+    int64_t pub[EPXK_LLPUB_LEN(L)];
+    uint8_t ready[L];
+    int64_t counts[L];
+    int32_t fail = -1;
+    memset(pub, 0, sizeof(pub));
+    memset(ready, 7, sizeof(ready));
+    memset(counts, 7, sizeof(counts));
+    /* nothing published for id 1: nothing ready, counts 0 */
+    assert_int_equal(gpu_ll_poll_read(pub, L, 1, ready, counts, &fail), 0);
+    assert_int_equal(fail, 0);
+    for (int j = 0; j < L; j++)
+        assert_true(ready[j] == 0 && counts[j] == 0);
+    /* a count without its word is not ready (stored first) */
+    pub[EPXK_LLPUB_COUNTS + 2] = 9;
+    assert_int_equal(gpu_ll_poll_read(pub, L, 1, ready, counts, &fail), 0);
+    assert_int_equal(counts[2], 0);
+    pub[EPXK_LLPUB_COUNTS + L + 2] = 1;
+    assert_int_equal(gpu_ll_poll_read(pub, L, 1, ready, counts, &fail), 1);
+    assert_true(ready[2] == 1 && counts[2] == 9 && ready[0] == 0 &&
+                counts[0] == 0);
+    for (int j = 0; j < L; j++) {
+        pub[EPXK_LLPUB_COUNTS + j] = 10 + j;
+        pub[EPXK_LLPUB_COUNTS + L + j] = 1;
+    }
+    assert_int_equal(gpu_ll_poll_read(pub, L, 1, ready, counts, &fail), L);
+    for (int j = 0; j < L; j++)
+        assert_true(ready[j] == 1 && counts[j] == 10 + j);
+    /* the buffer's next call (id 3): call 1's words are stale */
+    assert_int_equal(gpu_ll_poll_read(pub, L, 3, ready, counts, &fail), 0);
+    for (int j = 0; j < L; j++)
+        assert_true(ready[j] == 0 && counts[j] == 0);
+    /* a failure of another call changes nothing; this call's, nothing is
+     * ready whatever the units' words say */
+    pub[EPXK_LLPUB_FAILST] = EPX_ERR_PEER;
+    pub[EPXK_LLPUB_FAIL] = 1;
+    pub[EPXK_LLPUB_COUNTS + L + 1] = 3;
+    assert_int_equal(gpu_ll_poll_read(pub, L, 3, ready, counts, &fail), 1);
+    assert_int_equal(fail, 0);
+    pub[EPXK_LLPUB_FAIL] = 3;
+    assert_int_equal(gpu_ll_poll_read(pub, L, 3, ready, counts, &fail), 0);
+    assert_int_equal(fail, EPX_ERR_PEER);
+    for (int j = 0; j < L; j++)
+        assert_true(ready[j] == 0 && counts[j] == 0);
+    /* no local unit: only the failure */
+    assert_int_equal(gpu_ll_poll_read(pub, 0, 3, NULL, NULL, &fail), 0);
+    assert_int_equal(fail, EPX_ERR_PEER);
+    assert_int_equal(gpu_ll_poll_read(pub, 0, 5, NULL, NULL, &fail), 0);
+    assert_int_equal(fail, 0);
+}
+
+/* Low latency: a failure a poll found is the call's: its recv and polls
+ * return it, its combine is refused, its release abandons it; the other
+ * buffer's call is untouched. */
+static void ll_fail(void **state)
+{
+    (void)state;
+    gpu_calls_t c;
+    gpu_calls_init(&c, 1, 2);
+    uint64_t n0, n1, n2;
+    int b, rcv;
+    int64_t T;
+    ST(gpu_calls_send(&c, 3, &n0, &b), EPX_OK);
+    ST(gpu_calls_send(&c, 3, &n1, &b), EPX_OK);
+    gpu_calls_fail(&c, n0, EPX_OK);   /* no failure: nothing */
+    ST(gpu_calls_poll(&c, n0, &b, &rcv), EPX_OK);
+    gpu_calls_fail(&c, n0, EPX_ERR_PEER);
+    gpu_calls_fail(&c, 77, EPX_ERR_PEER);   /* no such call: nothing */
+    ST(gpu_calls_poll(&c, n0, &b, &rcv), EPX_ERR_PEER);
+    ST(gpu_calls_recv(&c, n0, &b), EPX_ERR_PEER);
+    ST(gpu_calls_poll(&c, n0, &b, &rcv), EPX_ERR_PEER);
+    ST(gpu_calls_combine_send(&c, n0, &b, &T), EPX_ERR_STATE);
+    ST(gpu_calls_poll(&c, n1, &b, &rcv), EPX_OK);
+    ST(gpu_calls_recv(&c, n1, &b), EPX_OK);
+    /* found after its recv: still the call's (its combine refused) */
+    gpu_calls_fail(&c, n1, EPX_ERR_RANGE);
+    ST(gpu_calls_poll(&c, n1, &b, &rcv), EPX_ERR_RANGE);
+    assert_int_equal(gpu_calls_release(&c, n0, &b), GPU_ABANDON);
+    assert_int_equal(gpu_calls_release(&c, n1, &b), GPU_ABANDON);
+    /* the buffer's next call starts clean */
+    ST(gpu_calls_send(&c, 3, &n2, &b), EPX_OK);
+    ST(gpu_calls_poll(&c, n2, &b, &rcv), EPX_OK);
+    ST(gpu_calls_recv(&c, n2, &b), EPX_OK);
+    ST(gpu_calls_combine_send(&c, n2, &b, &T), EPX_OK);
+    /* a combining call is not failed by a late poll */
+    gpu_calls_fail(&c, n2, EPX_ERR_PEER);
+    ST(gpu_calls_combine_recv(&c, n2, &b), EPX_OK);
+}
+
 int main(void)
 {
     epxt_init("test_gpu_calls");
@@ -289,6 +387,8 @@ int main(void)
         cmocka_unit_test(random_model),
         cmocka_unit_test(poll_words),
         cmocka_unit_test(poll_order),
+        cmocka_unit_test(ll_poll_words),
+        cmocka_unit_test(ll_fail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,6 +82,127 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
         row[h] = y_value(src, t, who, h);
 }
 
+/* FP64 engines: expert outputs with every bit of the double's mantissa in
+ * use, so that a sum taken or rounded in fp32 anywhere differs. */
+static double y64_value(int src, int64_t t, int who, int h)
+{
+    uint64_t x = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                           (uint64_t)who, (uint64_t)h);
+    double u = (double)(x >> 11) * (1.0 / 9007199254740992.0); /* [0,1) */
+    return (u * 8.0 - 4.0) * (double)(1 << (x & 7)) * 0.125;
+}
+
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = y64_value(src, t, who, h);
+}
+
+/* An expert output row in the engine dtype (esize 2, 4 or 8) at dst. */
+static void put_y(char *dst, int esize, int H, int src, int64_t t, int who)
+{
+    for (int h = 0; h < H; h++)
+        if (esize == 8)
+            ((double *)dst)[h] = y64_value(src, t, who, h);
+        else
+            proto_store(dst, esize, h, y_value(src, t, who, h));
+}
+
+/* The combine put kernel's partial of an entry (its rows of y) at dst in
+ * the engine dtype: the element form, or for FP64 engines with vec and
+ * 16-byte rows the kernel's 16-byte form (kern_reduce.cuh
+ * epxk_partial_f64). */
+static void put_partial(const proto_geom_t *g, const char *y,
+                        const int32_t *rows, const float *wt, char *dst,
+                        int vec)
+{
+    if (g->esize != 8) {
+        for (int h = 0; h < g->H; h++)
+            proto_store(dst, g->esize, h,
+                        proto_partial_elem(g, y, rows, wt, h));
+        return;
+    }
+    if (!vec || g->row_bytes % 16) {
+        for (int h = 0; h < g->H; h++)
+            ((double *)dst)[h] = proto_partial_elem_f64(g, y, rows, wt, h);
+        return;
+    }
+    for (int64_t v = 0; v < g->row_bytes / 16; v++) {
+        double acc[2] = { 0.0, 0.0 };
+        for (int k = 0; k < g->K && rows[k] >= 0; k++) {
+            proto_v16_t p;
+            memcpy(&p, y + (int64_t)rows[k] * g->row_bytes + v * 16, 16);
+            proto_partial_acc16_f64(&p, wt != NULL, wt ? wt[rows[k]] : 0.0f,
+                                    acc);
+        }
+        proto_v16_t o;
+        proto_pack16_f64(acc, &o);
+        memcpy(dst + v * 16, &o, 16);
+    }
+}
+
+/* The reduce kernel's output of a rank ([T][H] in oesize, calloc'd) from
+ * the partials in comb: the element form, or for FP64 engines with vec
+ * and 16-byte rows the 16-byte form (epxk_reduce_out_f64). */
+static char *reduce_out(const proto_geom_t *g, const char *comb,
+                        const int64_t *sendoff, const int32_t *dest,
+                        const int32_t *pos, int64_t T, int oesize, int vec)
+{
+    const int64_t H = g->H;
+    char *got = calloc(1, (size_t)(T * H + 1) * (size_t)oesize);
+    assert_non_null(got);
+    for (int64_t t = 0; t < T; t++) {
+        char *o = got + t * H * oesize;
+        if (g->esize != 8) {
+            for (int64_t h = 0; h < H; h++)
+                proto_store(o, oesize, h, proto_combine_elem(g, comb, sendoff,
+                                                             dest, pos, t, h));
+            continue;
+        }
+        assert_int_equal(oesize, 8);
+        if (!vec || g->row_bytes % 16) {
+            for (int64_t h = 0; h < H; h++)
+                ((double *)o)[h] = proto_combine_elem_f64(g, comb, sendoff,
+                                                          dest, pos, t, h);
+            continue;
+        }
+        for (int64_t v = 0; v < H / 2; v++) {
+            double acc[2] = { 0.0, 0.0 };
+            for (int j = 0; j < g->maxdest && dest[t * g->maxdest + j] >= 0;
+                 j++) {
+                int64_t slot = proto_ret_slot(g, sendoff, dest, pos, t, j);
+                proto_v16_t p;
+                memcpy(&p, comb + slot * g->row_bytes + v * 16, 16);
+                proto_sum_acc16_f64(&p, acc);
+            }
+            proto_v16_t q;
+            proto_pack16_f64(acc, &q);
+            memcpy(o + v * 16, &q, 16);
+        }
+    }
+    return got;
+}
+
+/* What the reference says rank r's combine returns ([T][H] in out's
+ * dtype; FP64 engines: ref_combine_f64 over y64_fn). */
+static void want_combine(const ref_cfg_t *cfg, int r, const ref_tokens_t *mine,
+                         int unweighted, epx_dtype_t out, void *want)
+{
+    int hid = cfg->hidden;
+    if (cfg->dtype == EPX_DTYPE_FP64)
+        assert_int_equal(ref_combine_f64(cfg, r, mine, unweighted, y64_fn,
+                                         &hid, (double *)want), 0);
+    else
+        assert_int_equal(ref_combine(cfg, r, mine, unweighted, y_fn, &hid,
+                                     out, want), 0);
+}
+
+static int dt_size(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_BF16 ? 2 : dt == EPX_DTYPE_FP64 ? 8 : 4;
+}
+
 /* Pull combine (proto.h, "pull combine"; the fused kernel set): rank r's
  * output from its destinations' terms, each destination pushed (its
  * partial in r's comb, put there by the classic path above) or in place
@@ -155,12 +276,10 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
                                const int32_t *first)
 {
     const int R = sc->R, K = sc->K, H = sc->H;
-    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
-    const int oesize = sc->out == EPX_DTYPE_BF16 ? 2 : 4;
+    const int esize = dt_size(sc->dtype);
+    const int oesize = dt_size(sc->out);
     const int p = 1;
-    int hid = H;
     char **ybuf = calloc((size_t)R, sizeof(char *));
-    float *yrow = malloc(sizeof(float) * (size_t)H);
     for (int r = 0; r < R; r++) {
         proto_geom_t g = *g0;
         g.rank = r;
@@ -198,10 +317,8 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
                 continue;
             assert_memory_equal(w + g.off_rows + i * g.row_bytes,
                                 want.x + i * g.row_bytes, (size_t)g.row_bytes);
-            y_fn(&hid, srank[i], stok[i], first[r] + want.row_expert[i],
-                 yrow);
-            for (int h = 0; h < H; h++)
-                proto_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+            put_y(ybuf[r] + i * g.row_bytes, esize, H, srank[i], stok[i],
+                  first[r] + want.row_expert[i]);
         }
         ref_recv_free(&want);
     }
@@ -220,9 +337,7 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
             const int32_t *rows = (int32_t *)(w + g.off_ent_rows) + i * K;
             assert_true(s >= 0 && s < R && rows[0] >= 0);
             char *dst = win[s] + g.off_comb + slot * g.row_bytes;
-            for (int h = 0; h < H; h++)
-                proto_store(dst, esize, h,
-                           proto_partial_elem(&g, ybuf[d], rows, wt, h));
+            put_partial(&g, ybuf[d], rows, wt, dst, (int)(i & 1));
         }
     }
     /* In place (pull combine): y over each rank's received rows, the
@@ -245,18 +360,18 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
         proto_geom_t g = *g0;
         g.rank = r;
         size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
-        char *got = calloc(1, ob), *want = calloc(1, ob);
-        for (int64_t t = 0; t < s->T; t++)
-            for (int h = 0; h < H; h++)
-                proto_store(got + t * H * oesize, oesize, h,
-                           proto_combine_elem(&g, win[r] + g.off_comb,
-                                             s->sendoff, s->dest, s->pos, t,
-                                             h));
-        assert_int_equal(ref_combine(cfg, r, &src[r], sc->unweighted, y_fn,
-                                     &hid, sc->out, want), 0);
-        assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
-        /* Pull: y in place in the receive rows, read by the owner. */
-        for (int round = 0; round < 2; round++) {
+        char *want = calloc(1, ob);
+        want_combine(cfg, r, &src[r], sc->unweighted, sc->out, want);
+        for (int vec = 0; vec < 2; vec++) {
+            char *got = reduce_out(&g, win[r] + g.off_comb, s->sendoff,
+                                   s->dest, s->pos, s->T, oesize, vec);
+            assert_memory_equal(got, want,
+                                (size_t)(s->T * H) * (size_t)oesize);
+            free(got);
+        }
+        /* Pull: y in place in the receive rows, read by the owner (not
+         * for FP64 engines, which combine with the classic kernels). */
+        for (int round = 0; round < 2 && esize != 8; round++) {
             int *mode = malloc(sizeof(int) * (size_t)R);
             pull_modes(R, sc->unweighted, mode);
             char *pulled = pull_out(g0, s, r, win, mode, oesize, round);
@@ -265,7 +380,6 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
             free(pulled);
             free(mode);
         }
-        free(got);
         free(want);
     }
     for (int d = 0; d < R; d++) {
@@ -278,7 +392,6 @@ static void check_expert_major(const scen_t *sc, const proto_geom_t *g0,
     for (int r = 0; r < R; r++)
         free(ybuf[r]);
     free(ybuf);
-    free(yrow);
 }
 
 /* Expert-major over NCCL (proto.h): every rank stages its rows unit by
@@ -613,8 +726,8 @@ static int layout_nb(int64_t T, int i)
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H;
-    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
-    const int oesize = sc->out == EPX_DTYPE_BF16 ? 2 : 4;
+    const int esize = dt_size(sc->dtype);
+    const int oesize = dt_size(sc->out);
     assert_true(R <= 128);
     proto_geom_t g0 = { 0 };
     g0.R = R;
@@ -686,8 +799,13 @@ static void run(const scen_t *sc)
                     &rng, (uint64_t)(roff[x + 1] - roff[x]))];
         }
         for (int64_t i = 0; i < s->T * H; i++)
-            ref_store(sc->dtype, s->x, i,
-                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+            if (esize == 8)   /* the double's low mantissa bits in use */
+                ((double *)s->x)[i] =
+                    (double)((int)epxt_below(&rng, 2001) - 1000) / 64.0 +
+                    (double)epxt_below(&rng, 1u << 30) * 0x1p-52;
+            else
+                ref_store(sc->dtype, s->x, i,
+                          (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
         for (int64_t i = 0; i < s->T * K; i++) {
             int64_t e;
             if (sc->route == 1)
@@ -930,7 +1048,6 @@ static void run(const scen_t *sc)
 
     /* Combine put: each rank's expert output row i (its whole partial for
      * that token) into the source's comb at the row's return slot. */
-    float *yrow = malloc(sizeof(float) * (size_t)H);
     for (int d = 0; d < R; d++) {
         proto_geom_t g = g0;
         g.rank = d;
@@ -941,10 +1058,7 @@ static void run(const scen_t *sc)
             int s = ((int32_t *)(win[d] + g.off_src_rank))[i];
             int64_t t = ((int32_t *)(win[d] + g.off_src_token))[i];
             int64_t slot = ((int32_t *)(win[d] + g.off_ret_slot))[i];
-            y_fn(&cfg.hidden, s, t, d, yrow);
-            char *dst = win[s] + g.off_comb + slot * g.row_bytes;
-            for (int h = 0; h < H; h++)
-                proto_store(dst, esize, h, yrow[h]);
+            put_y(win[s] + g.off_comb + slot * g.row_bytes, esize, H, s, t, d);
         }
     }
     /* In place (pull combine): the expert outputs over the received rows
@@ -958,10 +1072,7 @@ static void run(const scen_t *sc)
         for (int64_t i = 0; i < rows; i++) {
             int s = ((int32_t *)(win[d] + g.off_src_rank))[i];
             int64_t t = ((int32_t *)(win[d] + g.off_src_token))[i];
-            y_fn(&cfg.hidden, s, t, d, yrow);
-            for (int h = 0; h < H; h++)
-                proto_store(win[d] + g.off_rows + i * g.row_bytes, esize, h,
-                            yrow[h]);
+            put_y(win[d] + g.off_rows + i * g.row_bytes, esize, H, s, t, d);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -969,19 +1080,19 @@ static void run(const scen_t *sc)
         proto_geom_t g = g0;
         g.rank = r;
         size_t ob = (size_t)(s->T * H + 1) * (size_t)oesize;
-        char *got = calloc(1, ob), *want = calloc(1, ob);
-        for (int64_t t = 0; t < s->T; t++)
-            for (int h = 0; h < H; h++)
-                proto_store(got + t * H * oesize, oesize, h,
-                           proto_combine_elem(&g, win[r] + g.off_comb,
-                                             s->sendoff, s->dest, s->pos, t,
-                                             h));
-        assert_int_equal(ref_combine(&cfg, r, &src[r], 0, y_fn, &cfg.hidden,
-                                     sc->out, want), 0);
-        assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oesize);
+        char *want = calloc(1, ob);
+        want_combine(&cfg, r, &src[r], 0, sc->out, want);
+        for (int vec = 0; vec < 2; vec++) {
+            char *got = reduce_out(&g, win[r] + g.off_comb, s->sendoff,
+                                   s->dest, s->pos, s->T, oesize, vec);
+            assert_memory_equal(got, want,
+                                (size_t)(s->T * H) * (size_t)oesize);
+            free(got);
+        }
         /* Pull: every rank's y in place (its receive rows), read by the
-         * owner at base + pos; some ranks pushed instead. */
-        for (int round = 0; round < 2; round++) {
+         * owner at base + pos; some ranks pushed instead (not for FP64
+         * engines, which combine with the classic kernels). */
+        for (int round = 0; round < 2 && esize != 8; round++) {
             int *mode = malloc(sizeof(int) * (size_t)R);
             pull_modes(R, 0, mode);
             char *pulled = pull_out(&g0, s, r, win, mode, oesize, round);
@@ -990,11 +1101,9 @@ static void run(const scen_t *sc)
             free(pulled);
             free(mode);
         }
-        free(got);
         free(want);
     }
 
-    free(yrow);
 out:
     for (int r = 0; r < R; r++) {
         rank_state_free(&rs[r]);
@@ -1278,7 +1387,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                    epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire,
                    int fused)
 {
-    const int esize = dt == EPX_DTYPE_BF16 ? 2 : 4;
+    const int esize = dt_size(dt);
     proto_geom_t g0 = { 0 };
     g0.R = R;
     g0.E = E;
@@ -1331,8 +1440,13 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         s->idx = calloc((size_t)(s->T * K + 1), 4);
         s->w = calloc((size_t)(s->T * K + 1), sizeof(float));
         for (int64_t i = 0; i < s->T * H; i++)
-            ref_store(dt, s->x, i,
-                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+            if (esize == 8)   /* the double's low mantissa bits in use */
+                ((double *)s->x)[i] =
+                    (double)((int)epxt_below(&rng, 2001) - 1000) / 64.0 +
+                    (double)epxt_below(&rng, 1u << 30) * 0x1p-52;
+            else
+                ref_store(dt, s->x, i,
+                          (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
         for (int64_t t = 0; t < s->T; t++)
             for (int k = 0; k < K; k++) {
                 /* distinct experts per token (the host's rule); skew:
@@ -1443,8 +1557,6 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
     /* receive side against the reference */
     ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1, wire };
     char **ybuf = calloc((size_t)R, sizeof(char *));
-    float *yrow = malloc(sizeof(float) * (size_t)H);
-    int hid = H;
     for (int r = 0; r < R; r++) {
         proto_geom_t g = g0;
         g.rank = r;
@@ -1467,6 +1579,17 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             }
             assert_int_equal(c, want.counts[j]);
             assert_int_equal(want.offsets[j], (int64_t)j * R * cap);
+            /* readiness (poll): every source's word there; one source's
+             * word still of the buffer's previous use, or not stored: not */
+            assert_true(proto_ll_unit_ready(&g, cw, j, tag));
+            int32_t *wj = (int32_t *)cw + (int64_t)j * R +
+                          (int64_t)epxt_below(&rng, (uint64_t)R);
+            const int32_t was = *wj;
+            *wj = PROTO_LL_WORD(PROTO_LL_TAG(use - 1), was & PROTO_LL_MASK);
+            assert_false(proto_ll_unit_ready(&g, cw, j, tag));
+            *wj = 0;
+            assert_false(proto_ll_unit_ready(&g, cw, j, tag));
+            *wj = was;
         }
         assert_int_equal(got_dropped, dropped);
         int32_t *srcs = NULL;
@@ -1498,9 +1621,8 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
             if (g.gscale_bytes)
                 assert_memory_equal((float *)(bw + ll.gscale) + i,
                                     &want.gscale[i], sizeof(float));
-            y_fn(&hid, sr, tok, first[r] + want.row_expert[i], yrow);
-            for (int h = 0; h < H; h++)
-                proto_store(ybuf[r] + i * g.row_bytes, esize, h, yrow[h]);
+            put_y(ybuf[r] + i * g.row_bytes, esize, H, sr, tok,
+                  first[r] + want.row_expert[i]);
         }
         free(srcs);
         ref_recv_free(&want);
@@ -1520,9 +1642,7 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                 const int32_t *rows = (int32_t *)(bw + ll.ent_rows) + ent * K;
                 char *dst = win[sr] + ll.off_bufs + b * ll.buf + ll.comb +
                             slot * g.row_bytes;
-                for (int h = 0; h < H; h++)
-                    proto_store(dst, esize, h,
-                               proto_partial_elem(&g, ybuf[d], rows, wt, h));
+                put_partial(&g, ybuf[d], rows, wt, dst, (int)(i & 1));
             }
         }
     }
@@ -1531,21 +1651,20 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         proto_geom_t g = g0;
         g.rank = r;
         char *bw = win[r] + ll.off_bufs + b * ll.buf;
-        size_t ob = (size_t)(s->T * H + 1) * 4;
-        float *got = calloc(1, ob), *want = calloc(1, ob);
-        for (int64_t t = 0; t < s->T; t++)
-            for (int h = 0; h < H; h++)
-                got[t * H + h] = proto_combine_elem(&g, bw + ll.comb,
-                                                   s->sendoff, s->dest,
-                                                   s->pos, t, h);
+        const int oes = esize == 8 ? 8 : 4;   /* out FP64, or FP32 */
+        char *want = calloc(1, (size_t)(s->T * H + 1) * (size_t)oes);
         int64_t *kidx = malloc(sizeof(int64_t) * (size_t)(s->T * K + 1));
         ref_ll_kept(&cfg, &src[r], cap, kidx);
         ref_tokens_t kept = { s->T, s->x, kidx, s->w, 0 };
-        assert_int_equal(ref_combine(&cfg, r, &kept, unweighted, y_fn, &hid,
-                                     EPX_DTYPE_FP32, want), 0);
-        assert_memory_equal(got, want, (size_t)(s->T * H) * 4);
+        want_combine(&cfg, r, &kept, unweighted,
+                     esize == 8 ? EPX_DTYPE_FP64 : EPX_DTYPE_FP32, want);
+        for (int vec = 0; vec < 2; vec++) {
+            char *got = reduce_out(&g, bw + ll.comb, s->sendoff, s->dest,
+                                   s->pos, s->T, oes, vec);
+            assert_memory_equal(got, want, (size_t)(s->T * H) * (size_t)oes);
+            free(got);
+        }
         free(kidx);
-        free(got);
         free(want);
     }
     for (int r = 0; r < R; r++) {
@@ -1556,7 +1675,29 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         free(ybuf[r]);
     }
     free(rs), free(src), free(win), free(keep), free(ecnt), free(ybuf);
-    free(yrow), free(e2r), free(first);
+    free(e2r), free(first);
+}
+
+/* A source's status word as the receiver's outcome (proto_ll_src_fail),
+ * against the host executor's header check (ll_dispatch.c
+ * ll_check_source): more rows than cap, EPX_ERR_RANGE; any other
+ * failure of a peer, EPX_ERR_PEER; a device rank's own failure (its
+ * layout's, found on the device) is its own status. */
+static void ll_fail_status(void **state)
+{
+    (void)state;
+    static const int32_t sts[] = { 0, EPX_ERR_INVALID, EPX_ERR_RANGE,
+                                   EPX_ERR_PEER, EPX_ERR_TIMEOUT,
+                                   EPX_ERR_MISMATCH, EPX_ERR_NOMEM };
+    for (size_t i = 0; i < sizeof(sts) / sizeof(sts[0]); i++)
+        for (int s = 0; s < 3; s++) {
+            const int32_t st = sts[i];
+            const int32_t host = st == 0 ? 0
+                                 : st == EPX_ERR_RANGE ? EPX_ERR_RANGE
+                                                       : EPX_ERR_PEER;
+            assert_int_equal(proto_ll_src_fail(st, s, 1),
+                             s == 1 && st != 0 ? st : host);
+        }
 }
 
 /* Each case in the classic kernels' form and the fused one's. */
@@ -2070,6 +2211,107 @@ static void cached_headers(void **state)
     assert_int_equal(proto_cached_agree(h, seq, 1, lay), EPX_ERR_MISMATCH);
 }
 
+/* Every rank's verdict on a call from the headers every rank sent
+ * (proto_cnt_header, then proto_cached_agree_all over them), for random
+ * mixes of uncached, cached (two layouts; ids differing on some ranks)
+ * and refused calls on 1 to 9 ranks, against the host executor's rules
+ * stated independently: the call goes through only where no rank refused,
+ * every rank's call is alike (all uncached, or all cached on one layout)
+ * and no rank's ids differ; a refusal, or a differing rank on one's own
+ * layout, is EPX_ERR_PEER, any other difference EPX_ERR_MISMATCH.  The
+ * NCCL backend's headers (every call sends one) and the windows
+ * backend's (an uncached call leaves stale words) give the same verdicts,
+ * and all ranks fail together, so none waits for rows not sent. */
+static void cached_verdicts(void **state)
+{
+    (void)state;
+    enum { FRESH, CACHED_A, CACHED_B, ROUTE_A, REFUSED };
+    for (int iter = 0; iter < 4000; iter++) {
+        const int R = 1 + (int)epxt_below(&rng, 9);
+        proto_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.R = R;
+        g.E = 1 + (int)epxt_below(&rng, 6);
+        g.cnt_ints = PROTO_CNT_HDR + g.R + g.E + 1;
+        /* calls go on past the int32 wrap (never 0: calls count from 1) */
+        const uint32_t useq = 1u + (uint32_t)epxt_below(&rng, 1u << 31) +
+                              (iter % 7 == 0 ? 0x7ffffffcu : 0u);
+        const int32_t seq = (int32_t)useq;
+        const int32_t lay[2] = {
+            (int32_t)(useq - 1u - (uint32_t)epxt_below(&rng, 5)),
+            (int32_t)(useq - 7u) };
+        int kind[9];
+        /* mostly alike (the calls that go through), sometimes one odd */
+        const int common = (int)epxt_below(&rng, 3);
+        for (int r = 0; r < R; r++)
+            kind[r] = epxt_below(&rng, 4) ? common
+                                           : (int)epxt_below(&rng, 5);
+        int32_t *nccl = calloc((size_t)R * (size_t)g.cnt_ints, 4);
+        int32_t *win = calloc((size_t)R * (size_t)g.cnt_ints, 4);
+        for (int s = 0; s < R; s++) {
+            const int k = kind[s], cached = k == CACHED_A || k == CACHED_B ||
+                                            k == ROUTE_A;
+            const int32_t l = k == CACHED_B ? lay[1] : lay[0];
+            proto_cnt_header(nccl + (size_t)s * g.cnt_ints, seq, cached,
+                             k == REFUSED, l, k == ROUTE_A);
+            int32_t *w = win + (size_t)s * g.cnt_ints;
+            if (k == FRESH) {   /* stale words of some earlier call */
+                w[PROTO_CNT_CACHED] = (int32_t)(useq - 2u *
+                                          (1u + (uint32_t)epxt_below(&rng, 3)));
+                w[PROTO_CNT_HANDLE] = epxt_below(&rng, 2) ? PROTO_CNT_REFUSED
+                                                           : lay[0];
+                w[PROTO_CNT_STATUS] = epxt_below(&rng, 2) ? EPX_ERR_INVALID
+                                                           : 0;
+            } else {
+                proto_cnt_header(w, seq, cached, k == REFUSED, l,
+                                 k == ROUTE_A);
+            }
+        }
+        int refused = 0, route = 0, alike = 1;
+        for (int s = 0; s < R; s++) {
+            refused |= kind[s] == REFUSED;
+            route |= kind[s] == ROUTE_A;
+            const int a = kind[s] == ROUTE_A ? CACHED_A : kind[s],
+                      b = kind[0] == ROUTE_A ? CACHED_A : kind[0];
+            alike &= a == b;
+        }
+        int fails = 0, voters = 0;
+        for (int r = 0; r < R; r++) {
+            if (kind[r] == REFUSED)   /* over at once on its own rank */
+                continue;
+            const int cached = kind[r] != FRESH;
+            const int32_t l = kind[r] == CACHED_B ? lay[1] : lay[0];
+            int want = EPX_OK;
+            if (refused)
+                want = EPX_ERR_PEER;
+            else if (cached && kind[r] != CACHED_B && route)
+                want = EPX_ERR_PEER;   /* a rank on its layout differs */
+            else if (!alike)
+                want = EPX_ERR_MISMATCH;
+            const int got = proto_cached_agree_all(&g, nccl, seq, cached, l);
+            if (got != want)
+                fail_msg("R %d rank %d: verdict %d, %d expected (iter %d)",
+                         R, r, got, want, iter);
+            assert_int_equal(proto_cached_agree_all(&g, win, seq, cached, l),
+                             want);
+            fails += got != EPX_OK;
+            voters++;
+        }
+        /* all or none: one rank's failure is every rank's */
+        assert_true(fails == 0 || fails == voters);
+        free(nccl);
+        free(win);
+    }
+    /* an uncached header never reads as this call's, across the wrap */
+    int32_t h[PROTO_CNT_HDR];
+    const int32_t seqs[] = { 0, 1, INT32_MAX, INT32_MIN };
+    for (int i = 0; i < 4; i++) {
+        proto_cnt_header(h, seqs[i], 0, 0, 3, 0);
+        assert_int_not_equal(h[PROTO_CNT_CACHED], seqs[i]);
+        assert_int_equal(proto_cached_agree(h, seqs[i], 0, 0), EPX_OK);
+    }
+}
+
 static void bf16_matches_host(void **state)
 {
     (void)state;
@@ -2258,6 +2500,167 @@ static void reduce_rows(void **state)
     }
 }
 
+/* FP64 engines on device ranks: the whole protocol over simulated ranks
+ * (run, run_ll: rows, metadata, the put kernel's partials and the
+ * reduce, element and 16-byte forms) against tests/ref's FP64 contract
+ * (ref_combine_f64): both layouts, 1 to 72 ranks, odd rows (13 doubles:
+ * not 16-byte rows) and even ones, weighted and unweighted, 0 tokens,
+ * every token to one expert, no expert at all, replicas, low latency with
+ * and without drops, classic and fused layouts. */
+static void fp64(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 3, 8, 72 };
+    for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
+        const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
+        for (int c = 0; c < 5; c++) {
+            scen_t sc = {
+                .R = R, .E = c == 4 ? R + 1 : 2 * R + 3, .K = c == 4 ? 2 : 4,
+                .H = c % 2 ? 24 : 13, .maxT = maxT,
+                .dtype = EPX_DTYPE_FP64, .out = EPX_DTYPE_FP64,
+                .idx64 = c & 1, .zero_tokens = c == 1 || c == 4,
+                .em = c >= 2, .align = c == 2 ? 1 : c == 3 ? 4 : 7,
+                .unweighted = c == 3,
+            };
+            run(&sc);
+        }
+        for (int fused = 0; fused < 2; fused++) {
+            run_ll(R, 2 * R + 3, 4, 24, maxT, maxT, EPX_DTYPE_FP64, 0, 0,
+                   EPX_WIRE_NATIVE, fused);
+            run_ll(R, 2 * R + 3, 4, 13, maxT, 3, EPX_DTYPE_FP64, 1, 1,
+                   EPX_WIRE_NATIVE, fused);
+        }
+    }
+    for (int em = 0; em < 2; em++) {
+        /* every token to expert 0; no expert at all; one rank, one expert;
+         * replicas */
+        scen_t a = { .R = 8, .E = 19, .K = 4, .H = 16, .maxT = 12,
+                     .dtype = EPX_DTYPE_FP64, .out = EPX_DTYPE_FP64,
+                     .route = 1, .em = em, .align = 8 };
+        run(&a);
+        scen_t b = { .R = 3, .E = 9, .K = 2, .H = 8, .maxT = 10,
+                     .dtype = EPX_DTYPE_FP64, .out = EPX_DTYPE_FP64,
+                     .idx64 = 1, .route = 2, .em = em, .align = 3 };
+        run(&b);
+        scen_t d = { .R = 1, .E = 1, .K = 1, .H = 8, .maxT = 5,
+                     .dtype = EPX_DTYPE_FP64, .out = EPX_DTYPE_FP64,
+                     .em = em, .align = 4 };
+        run(&d);
+        scen_t e = { .R = 4, .E = 10, .K = 3, .H = 10, .maxT = 15,
+                     .dtype = EPX_DTYPE_FP64, .out = EPX_DTYPE_FP64,
+                     .em = em, .align = em ? 2 : 1, .Elog = 6, .rr = em };
+        run(&e);
+    }
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_FP64, 0, 1, EPX_WIRE_NATIVE, 0);
+    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_FP64, 0, 0, EPX_WIRE_NATIVE, 1);
+}
+
+/* Element e of a double row, NaN matching any NaN (as same_or_both_nan). */
+static int same_or_both_nan64(const double *got, const double *want,
+                              int64_t H)
+{
+    for (int64_t h = 0; h < H; h++) {
+        if (isnan(got[h]) && isnan(want[h]))
+            continue;
+        if (memcmp(&got[h], &want[h], 8) != 0) {
+            print_error("element %lld: got %a, want %a\n", (long long)h,
+                        got[h], want[h]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The FP64 forms the kernels run (proto.h, "FP64 on device": element and
+ * 16-byte forms of the partial and the combine sum) against the host
+ * executor's row forms (proto_partial_row_f64, proto_sum_row_f64 in
+ * chunks, as src/moe/reduce.c walks them), on random bits (NaN, Inf,
+ * subnormals), plain numbers with every mantissa bit in use, and -0
+ * terms; 1 to 8 rows with -1 ends, weighted or not; a token with 0 to 8
+ * destinations. */
+static void fp64_forms(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 600; round++) {
+        proto_geom_t g;
+        memset(&g, 0, sizeof(g));
+        g.esize = 8;
+        g.K = 1 + (int)epxt_below(&rng, 8);
+        g.R = 1 + (int)epxt_below(&rng, 8);
+        g.maxdest = g.K < g.R ? g.K : g.R;
+        g.H = round % 2 ? 2 * (1 + (int)epxt_below(&rng, 150))
+                        : 1 + (int)epxt_below(&rng, 300);
+        g.row_bytes = (int64_t)g.H * 8;
+        const int nrows = 16;
+        unsigned char *y = malloc((size_t)(nrows * g.row_bytes));
+        double *yd = (double *)y;
+        float w[16];
+        for (int64_t i = 0; i < nrows * g.row_bytes; i++)
+            y[i] = (unsigned char)epxt_next(&rng);
+        for (int64_t i = 0; round % 3 == 0 && i < nrows * (int64_t)g.H; i++)
+            yd[i] = (double)(epxt_next(&rng) >> 11) * 0x1p-50 - 4.0;
+        for (int64_t i = 0; round % 3 == 1 && i < nrows * (int64_t)g.H; i += 3)
+            yd[i] = -0.0;
+        for (int r = 0; r < nrows; r++)
+            w[r] = (float)epxt_below(&rng, 1000) / 997.0f;
+        const float *wt = round % 5 < 3 ? w : NULL;
+        double *want = malloc(sizeof(double) * (size_t)g.H);
+        double *got = malloc(sizeof(double) * (size_t)g.H);
+
+        /* An entry's partial: rows in top-k order, not rounded. */
+        int32_t rows[8];
+        int n = (int)epxt_below(&rng, (uint64_t)g.K + 1);
+        for (int k = 0; k < g.K; k++)
+            rows[k] = k < n ? (int32_t)epxt_below(&rng, nrows) : -1;
+        for (int64_t c0 = 0, c; c0 < g.H; c0 += c) {
+            c = rand_chunk(g.H, c0);
+            proto_partial_row_f64(&g, (const char *)y, rows, n, wt, c0,
+                                  (int)c, want + c0);
+        }
+        for (int64_t h = 0; h < g.H; h++)
+            got[h] = proto_partial_elem_f64(&g, (const char *)y, rows, wt, h);
+        assert_true(same_or_both_nan64(got, want, g.H));
+        if (g.H % 2 == 0) {
+            memset(got, 0xff, sizeof(double) * (size_t)g.H);
+            put_partial(&g, (const char *)y, rows, wt, (char *)got, 1);
+            assert_true(same_or_both_nan64(got, want, g.H));
+        }
+
+        /* A token's sum over its destinations in ascending rank order,
+         * from the partials at its return slots (two per rank). */
+        int32_t dest[8], pos[8];
+        int64_t sendoff[8];
+        int nd = 0;
+        for (int d = 0; d < g.R; d++) {
+            sendoff[d] = 2 * d;
+            if (nd < g.maxdest && epxt_below(&rng, 2)) {
+                dest[nd] = d;
+                pos[nd++] = (int32_t)epxt_below(&rng, 2);
+            }
+        }
+        for (int j = nd; j < g.maxdest; j++)
+            dest[j] = pos[j] = -1;
+        /* the host: moe_reduce_token's FP64 path, chunk by chunk */
+        for (int64_t c0 = 0, c; c0 < g.H; c0 += c) {
+            c = rand_chunk(g.H, c0);
+            if (nd == 0)
+                memset(want + c0, 0, sizeof(double) * (size_t)c);
+            for (int j = 0; j < nd; j++)
+                proto_sum_row_f64(want + c0, (const double *)(y +
+                                  proto_ret_slot(&g, sendoff, dest, pos, 0,
+                                                 j) * g.row_bytes) + c0,
+                                  NULL, j == 0, (int)c);
+        }
+        for (int vec = 0; vec < 2; vec++) {
+            char *o = reduce_out(&g, (const char *)y, sendoff, dest, pos, 1,
+                                 8, vec);
+            assert_true(same_or_both_nan64((const double *)o, want, g.H));
+            free(o);
+        }
+        free(y), free(want), free(got);
+    }
+}
+
 /* The pull combine's arithmetic (proto_pull_elem, proto_pull_acc16) on
  * random bits (NaN, Inf, subnormals, -0) against the classic put and
  * reduce (an expert-major partial by proto_partial_elem rounded by
@@ -2388,6 +2791,7 @@ int main(void)
         cmocka_unit_test(edges),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(low_latency),
+        cmocka_unit_test(ll_fail_status),
         cmocka_unit_test(ll_one_kernel_layout),
         cmocka_unit_test(ll_one_kernel_marks),
         cmocka_unit_test(layout_chunks),
@@ -2395,9 +2799,12 @@ int main(void)
         cmocka_unit_test(fused_quant),
         cmocka_unit_test(invalid_ids),
         cmocka_unit_test(cached_headers),
+        cmocka_unit_test(cached_verdicts),
         cmocka_unit_test(bf16_matches_host),
         cmocka_unit_test(partial_vec16),
         cmocka_unit_test(reduce_rows),
+        cmocka_unit_test(fp64),
+        cmocka_unit_test(fp64_forms),
         cmocka_unit_test(pull_bits),
         cmocka_unit_test(seq_words),
     };

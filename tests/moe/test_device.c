@@ -2,11 +2,12 @@
  * One API for host and device ranks, as far as a machine without a GPU
  * can check it: the params' device field agreed by every rank (kinds
  * mixed, or a device that is neither), a device rank refused with
- * EPX_ERR_UNSUPPORTED naming why where there is no GPU, an FP64 engine
- * on device ranks refused (EPX_ERR_UNSUPPORTED, GPU or not), and a host
+ * EPX_ERR_UNSUPPORTED naming why where there is no GPU (FP64 engines
+ * too: agreed like any dtype, not refused by name), and a host
  * rank's view of the version-4 fields (epx_moe_check, the CUDA queries,
  * callers built against the older args structs).  The device ranks'
- * data path is checked by tests/cuda/test_cuda_moe and test_cuda_ll.
+ * data path, FP64 included, is checked by tests/moe/test_executors and
+ * test_executors_ll.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -100,24 +101,40 @@ static void device_without_gpu(void **state)
     assert_int_equal(epxt_launch(2, 0, nogpu_rank, NULL, NULL), EPX_OK);
 }
 
-/* FP64 engines are for host ranks: device ranks asking for one get
- * EPX_ERR_UNSUPPORTED naming it, GPU or not (agreed before either
- * executor starts), and the communicator stays in step. */
+/* FP64 engines on device ranks: agreed like BF16 and FP32, not refused
+ * by name.  Where no GPU can serve them, the same refusal as any dtype's
+ * says why; a quantized wire is refused as on host ranks (EPX_ERR_INVALID
+ * naming FP64; the data path is test_executors').  One
+ * device rank among host ranks is a mismatch of kinds on every rank, and
+ * the communicator stays in step. */
 static int fp64_rank(epx_comm_t *comm, void *arg)
 {
-    (void)arg;
+    const int gpu = *(const int *)arg;
     epx_moe_params_t p = small_params();
     p.dtype = EPX_DTYPE_FP64;
     p.device = 0;
     epx_moe_t *m = NULL;
-    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+    const char *why;
+    if (!gpu) {
+        CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+        CHECK(m == NULL);
+        why = epx_last_error();
+        CHECKF(!strstr(why, "FP64") &&
+               (strstr(why, "CUDA") || strstr(why, "cuda") ||
+                strstr(why, "device")), "'%s'", why);
+    }
+    /* refused by the GPU executor's checks wherever its module loads (a
+     * GPU or not), else for the missing module or runtime */
+    p.wire = EPX_WIRE_FP8;
+    epx_status_t st = epx_moe_create(comm, &p, &m);
     CHECK(m == NULL);
-    CHECKF(strstr(epx_last_error(), "FP64") != NULL, "%s", epx_last_error());
-    /* one device rank asking for FP64 among host ranks: UNSUPPORTED there,
-     * PEER elsewhere */
+    CHECKF(st == EPX_ERR_INVALID ? strstr(epx_last_error(), "FP64") != NULL
+                                 : !gpu && st == EPX_ERR_UNSUPPORTED,
+           "%s: %s", epx_status_str(st), epx_last_error());
+    p.wire = EPX_WIRE_NATIVE;
     p.device = epx_comm_rank(comm) == 1 ? 0 : EPX_DEVICE_HOST;
-    CHECK_ST(epx_moe_create(comm, &p, &m),
-             epx_comm_rank(comm) == 1 ? EPX_ERR_UNSUPPORTED : EPX_ERR_PEER);
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_MISMATCH);
+    CHECK(m == NULL);
     p.device = EPX_DEVICE_HOST;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     epx_moe_destroy(m);
@@ -127,7 +144,8 @@ static int fp64_rank(epx_comm_t *comm, void *arg)
 static void fp64_device(void **state)
 {
     (void)state;
-    assert_int_equal(epxt_launch(3, 0, fp64_rank, NULL, NULL), EPX_OK);
+    int n = 0, gpu = epx_cuda_devices(&n) == EPX_OK && n > 0;
+    assert_int_equal(epxt_launch(3, 0, fp64_rank, &gpu, NULL), EPX_OK);
 }
 
 /* A host engine: epx_moe_check has nothing to report, the CUDA queries

@@ -78,12 +78,18 @@ static int64_t route_slot(const gcase_t *c, int R, int me, int64_t t,
     return e + (int64_t)(me % n) * c->E;
 }
 
+/* Bytes of an element of the engine dtype. */
+static int esz(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_BF16 ? 2 : dt == EPX_DTYPE_FP64 ? 8 : 4;
+}
+
 static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
                 float **w, void **x)
 {
     epxt_rng_t g = { epxt_hash(epxt_seed(), (uint64_t)r, 11, (uint64_t)call,
                                0) };
-    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int es = esz(c->dtype);
     *T = (int64_t)epxt_below(&g, (uint64_t)c->maxT + 1);
     *idx = calloc((size_t)(*T * c->K + 1), sizeof(int64_t));
     *w = calloc((size_t)(*T * c->K + 1), sizeof(float));
@@ -103,7 +109,13 @@ static void gen(const gcase_t *c, int r, int call, int64_t *T, int64_t **idx,
         (*w)[i] = (float)epxt_below(&g, 1000) / 997.0f;
     }
     for (int64_t i = 0; i < *T * c->H; i++)
-        ref_store(c->dtype, *x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
+        if (c->dtype == EPX_DTYPE_FP64)   /* the low mantissa bits too */
+            ((double *)*x)[i] = (double)((int)epxt_below(&g, 2001) - 1000) /
+                                64.0 + (double)epxt_below(&g, 1u << 30) *
+                                0x1p-52;
+        else
+            ref_store(c->dtype, *x, i,
+                      (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
 }
 
 static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
@@ -112,6 +124,19 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
     for (int h = 0; h < H; h++)
         row[h] = (float)((int)(epxt_hash(epxt_seed(), (uint64_t)src, (uint64_t)t,
                                          (uint64_t)who, (uint64_t)h) % 33) - 16) / 8.0f;
+}
+
+/* FP64 engines: expert outputs with every bit of the double's mantissa
+ * in use, so that a sum taken or rounded in fp32 anywhere differs. */
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++) {
+        uint64_t v = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                               (uint64_t)who, (uint64_t)h);
+        double u = (double)(v >> 11) * (1.0 / 9007199254740992.0);
+        row[h] = (u * 8.0 - 4.0) * (double)(1 << (v & 7)) * 0.125;
+    }
 }
 
 #define MEM(call) CHECKF((call) == 0, "%s failed", #call)
@@ -164,14 +189,14 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     }
     xmem_t xm = { !c->host, NULL };
     MEM(mem_stream_create(&xm));
-    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int es = esz(c->dtype);
     /* received rows: every (token, k) of every rank, plus padding */
     const size_t rows = (size_t)R * c->maxT * c->K + (size_t)c->E * c->align;
     gbufs_t b;
     MEM(mem_alloc(&xm, &b.dx, ((size_t)c->maxT * c->H + 1) * es));
     MEM(mem_alloc(&xm, &b.didx, ((size_t)c->maxT * c->K + 1) * 8));
     MEM(mem_alloc(&xm, &b.dw, ((size_t)c->maxT * c->K + 1) * 4));
-    MEM(mem_alloc(&xm, &b.dout, ((size_t)c->maxT * c->H + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dout, ((size_t)c->maxT * c->H + 1) * 8));
     MEM(mem_alloc(&xm, &b.dy, (rows * c->H + 1) * es));
     /* No rank's first call before every rank allocated: cudaMalloc may
      * wait for the device, where a peer's first call would wait for this
@@ -223,7 +248,7 @@ static int exec_rank(epx_comm_t *comm, void *arg)
 static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
                      const gbufs_t *b, int R, int me, int call)
 {
-    const int es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int es = esz(c->dtype);
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
     float **w = calloc((size_t)R, sizeof(*w));
@@ -348,8 +373,13 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     for (int64_t i = 0; i < n; i++) {
         if (want.src_rank[i] < 0)
             continue;
-        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i],
-             c->em ? want.first_local + want.row_expert[i] : me, row);
+        const int who = c->em ? want.first_local + want.row_expert[i] : me;
+        if (c->dtype == EPX_DTYPE_FP64) {
+            y64_fn(&cfg.hidden, want.src_rank[i], want.src_token[i], who,
+                   (double *)hx + i * c->H);
+            continue;
+        }
+        y_fn(&cfg.hidden, want.src_rank[i], want.src_token[i], who, row);
         for (int h = 0; h < c->H; h++)
             ref_store(c->dtype, hx, i * c->H + h, row[h]);
     }
@@ -358,10 +388,21 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     ca.y = (epx_tensor_t){ dy, c->dtype, n, c->H };
     ca.flags = c->unweighted ? EPX_COMBINE_UNWEIGHTED : 0u;
     CHECK_OK(epx_combine_send(m, h, &ca));
-    epx_tensor_t out = { dout, EPX_DTYPE_FP32, T, c->H };
+    /* FP64 engines return FP64 (the double sum), the others FP32 here; out
+     * of the other family is refused by name, the call still pending. */
+    const int f64 = c->dtype == EPX_DTYPE_FP64;
+    const size_t oes = f64 ? 8 : 4;
+    epx_tensor_t out = { dout, f64 ? EPX_DTYPE_FP32 : EPX_DTYPE_FP64, T,
+                         c->H };
     /* mixed 2: rank 1 releases its first call between combine's send and
      * recv (its peers still combine, and the next call goes on) */
     const int early = mixed == 2 && me == 1 && call == 0;
+    if (!early && call == 0) {
+        CHECK_ST(epx_combine_recv(m, h, &out), EPX_ERR_INVALID);
+        CHECKF(strstr(epx_last_error(), "FP64") != NULL, "%s",
+               epx_last_error());
+    }
+    out.dtype = f64 ? EPX_DTYPE_FP64 : EPX_DTYPE_FP32;
     if (!early)
         CHECK_OK(epx_combine_recv(m, h, &out));
     epx_handle_release(h);
@@ -374,14 +415,18 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
     /* A combine whose device wait timed out says so here, not as wrong
      * values below. */
     CHECK_OK(epx_moe_check(m, NULL));
-    float *got = malloc(sizeof(float) * (size_t)(T * c->H + 1));
-    float *exp = malloc(sizeof(float) * (size_t)(T * c->H + 1));
-    MEM(mem_get(xm, got, dout, sizeof(float) * (size_t)(T * c->H)));
-    CHECK(ref_combine(&cfg, me, &src[me], c->unweighted, y_fn, &cfg.hidden,
-                      EPX_DTYPE_FP32, exp) == 0);
+    char *got = malloc(oes * (size_t)(T * c->H + 1));
+    char *exp = malloc(oes * (size_t)(T * c->H + 1));
+    MEM(mem_get(xm, got, dout, oes * (size_t)(T * c->H)));
+    if (f64)
+        CHECK(ref_combine_f64(&cfg, me, &src[me], c->unweighted, y64_fn,
+                              &cfg.hidden, (double *)exp) == 0);
+    else
+        CHECK(ref_combine(&cfg, me, &src[me], c->unweighted, y_fn,
+                          &cfg.hidden, EPX_DTYPE_FP32, exp) == 0);
     int64_t bad = 0, first = -1;
     for (int64_t i = 0; i < T * c->H; i++)
-        if (memcmp(&got[i], &exp[i], sizeof(float)) != 0 && bad++ == 0)
+        if (memcmp(got + i * oes, exp + i * oes, oes) != 0 && bad++ == 0)
             first = i;
     CHECKF(early || bad == 0, "combine: %lld of %lld values differ (R %d, H %d, "
            "dtype %d, layout %s, call %d, T %lld, %s executor); first at "
@@ -389,7 +434,8 @@ static int exec_call(const gcase_t *c, epx_moe_t *m, const xmem_t *xm,
            (long long)(T * c->H), R, c->H, (int)c->dtype,
            c->em ? "expert" : "token", call, (long long)T,
            c->host ? "host" : "device", (long long)(first / c->H), (long long)(first % c->H),
-           first >= 0 ? got[first] : 0.0, first >= 0 ? exp[first] : 0.0);
+           first >= 0 ? ref_load64(out.dtype, got, first) : 0.0,
+           first >= 0 ? ref_load64(out.dtype, exp, first) : 0.0);
 
     ref_recv_free(&want);
     for (int r = 0; r < R; r++) {
@@ -496,6 +542,17 @@ static void mixed_outputs(void **state)
         run_case(&c, 0);
         mixed = 0;
     }
+}
+
+static void fp64_processes(void **state)
+{
+    (void)state;
+    gcase_t p = { 3, 8, 3, 64, 32, EPX_DTYPE_FP64, EPX_GPU_BACKEND_WINDOWS, 1,
+                  1, 4, 0, EPX_WIRE_NATIVE, 0, 0, 0 };
+    run_case(&p, 1);
+    p.em = 0;
+    p.align = 1;
+    run_case(&p, 1);
 }
 
 static void expert_major_processes(void **state)
@@ -705,7 +762,7 @@ static void hierarchical(void **state)
 }
 
 /* Refused: domains of unequal size (3 ranks on 2 hosts) on both
- * executors; on device ranks the NCCL backend (windows only). */
+ * executors; on device ranks the NCCL backend (windows only) and FP64. */
 static int hier_refused_rank(epx_comm_t *comm, void *arg)
 {
     const int *host = arg;
@@ -725,6 +782,10 @@ static int hier_refused_rank(epx_comm_t *comm, void *arg)
     p.gpu_backend = EPX_GPU_BACKEND_NCCL;
     CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
     CHECK(m == NULL);
+    p.gpu_backend = EPX_GPU_BACKEND_WINDOWS;   /* fp32 accumulators only */
+    p.dtype = EPX_DTYPE_FP64;
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
     return 0;
 }
 
@@ -739,6 +800,36 @@ static void hier_refused(void **state)
                                                &host), 0);
     }
     unsetenv("EPX_TOPO_FILE");
+}
+
+/* FP64 engines (native wire, combine in double, out FP64): both layouts,
+ * weighted and unweighted, 16-byte rows (256 doubles) and odd ones (33:
+ * the element paths), mixed pushed and in-place outputs (the fused set
+ * combines FP64 with the classic kernels), replicas; process ranks in
+ * fp64_processes. */
+static void fp64_engines(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4, 8 };
+    for (size_t i = 0; i < 3; i++)
+        for (int v = 0; v < 3; v++) {
+            gcase_t c = { ranks[i], 2 * ranks[i] + 3, 4, v == 1 ? 33 : 256,
+                          48, EPX_DTYPE_FP64, EPX_GPU_BACKEND_WINDOWS, 1,
+                          v >= 1, v == 2 ? 8 : 1, v == 1, EPX_WIRE_NATIVE, 0,
+                          0, 0 };
+            run_case(&c, 0);
+        }
+    for (int v = 0; v < 2; v++) {
+        gcase_t c = { 4, 11, 4, 40, 32, EPX_DTYPE_FP64,
+                      EPX_GPU_BACKEND_WINDOWS, 1, v, v ? 4 : 1, 0,
+                      EPX_WIRE_NATIVE, 0, 0, 0 };
+        mixed = 2;
+        run_case(&c, 0);
+        mixed = 0;
+        c.slots = 12;   /* replicas: 11 experts on 12 slots */
+        c.rr = v;
+        run_case(&c, 0);
+    }
 }
 
 /* Device only: the NCCL backend, one rank per GPU: token-major and
@@ -780,6 +871,15 @@ static void nccl_two_gpus(void **state)
     em.E = 5;
     em.slots = 8;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    /* FP64: both layouts, rows in double, the partials in double */
+    em.dtype = EPX_DTYPE_FP64;
+    em.slots = 0;
+    em.H = 96;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
+    c.wire = EPX_WIRE_NATIVE;
+    c.dtype = EPX_DTYPE_FP64;
+    c.H = 33;
+    assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &c), 0);
 }
 
 int main(int argc, char **argv)
@@ -799,10 +899,12 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(processes_one_gpu),
         cmocka_unit_test(expert_major_processes),
+        cmocka_unit_test(fp64_processes),
         cmocka_unit_test(threads_one_gpu),
         cmocka_unit_test(expert_major),
         cmocka_unit_test(replicas),
         cmocka_unit_test(mixed_outputs),
+        cmocka_unit_test(fp64_engines),
         cmocka_unit_test(nccl_two_gpus),
         cmocka_unit_test(quantized_wires),
         cmocka_unit_test(wire_refused),

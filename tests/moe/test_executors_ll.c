@@ -18,7 +18,10 @@
  * The device's kernel set is EPX_CUDA_KERNELS's (bench/gpu-run.sh runs
  * both: classic, and fused, low latency in one kernel per operation);
  * on the device also a call released before its recv (abandoned), then
- * both buffers again.
+ * both buffers again.  epx_dispatch_poll (each expert's rows read as soon
+ * as a poll says it is ready, counts of the others 0) and a bad argument
+ * on one rank (its peers' calls fail, without waiting for the timeout)
+ * on both executors: ll_poll_rank.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,6 +55,25 @@ typedef struct llcase {
 } llcase_t;
 
 #define MEM(call) CHECKF((call) == 0, "%s failed", #call)
+
+/* Bytes of an element of the engine dtype. */
+static size_t esz(epx_dtype_t dt)
+{
+    return dt == EPX_DTYPE_BF16 ? 2 : dt == EPX_DTYPE_FP64 ? 8 : 4;
+}
+
+/* FP64 engines: expert outputs with every bit of the double's mantissa
+ * in use, so that a sum taken or rounded in fp32 anywhere differs. */
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++) {
+        uint64_t v = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                               (uint64_t)who, (uint64_t)h);
+        double u = (double)(v >> 11) * (1.0 / 9007199254740992.0);
+        row[h] = (u * 8.0 - 4.0) * (double)(1 << (v & 7)) * 0.125;
+    }
+}
 
 static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 {
@@ -82,7 +105,13 @@ static void gen(const llcase_t *c, int r, int call, ref_tokens_t *t,
             w[i * c->K + k] = (float)epxt_below(&g, 1000) / 997.0f;
         }
     for (int64_t i = 0; i < T * c->H; i++)
-        ref_store(c->dtype, x, i, (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
+        if (c->dtype == EPX_DTYPE_FP64)   /* the low mantissa bits too */
+            ((double *)x)[i] = (double)((int)epxt_below(&g, 2001) - 1000) /
+                               64.0 + (double)epxt_below(&g, 1u << 30) *
+                               0x1p-52;
+        else
+            ref_store(c->dtype, x, i,
+                      (float)((int)epxt_below(&g, 2001) - 1000) / 64.0f);
     *t = (ref_tokens_t){ T, x, idx, w, 0 };
 }
 
@@ -111,7 +140,7 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
                  ref_tokens_t *src, int64_t **idx, float **w, void **x,
                  ref_recv_t *want, int64_t *dropped)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     for (int r = 0; r < R; r++)
         gen(c, r, call, &src[r], idx[r], w[r], x[r]);
     ref_cfg_t cfg = { R, c->E, c->K, c->H, c->dtype, EPX_LAYOUT_EXPERT_MAJOR, 1,
@@ -127,6 +156,12 @@ static int stage(const llcase_t *c, int R, int me, int call, rank_bufs_t *b,
     for (int64_t i = 0; i < n; i++) {
         if (want->src_rank[i] < 0)
             continue;
+        if (c->dtype == EPX_DTYPE_FP64) {
+            y64_fn(&H, want->src_rank[i], want->src_token[i],
+                   want->first_local + want->row_expert[i],
+                   (double *)hy + i * c->H);
+            continue;
+        }
         y_fn(&H, want->src_rank[i], want->src_token[i],
              want->first_local + want->row_expert[i], row);
         for (int h = 0; h < c->H; h++)
@@ -168,7 +203,10 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
     unsigned char *hx = calloc((size_t)n * xr + 1, 1);
     unsigned char *hs = calloc((size_t)n * sr + 1, 1);
     float *hg = calloc((size_t)n + 1, sizeof(float));
-    float *got = calloc((size_t)(T * c->H + 1), 4), *exp = calloc((size_t)(T * c->H + 1), 4);
+    const int f64 = c->dtype == EPX_DTYPE_FP64;   /* out FP64, else FP32 */
+    const size_t oes = f64 ? 8 : 4;
+    char *got = calloc((size_t)(T * c->H + 1), oes);
+    char *exp = calloc((size_t)(T * c->H + 1), oes);
     const xmem_t *xm = b->xm;
     MEM(mem_get(xm, counts, rv->expert_counts,
                 sizeof(int64_t) * (size_t)want->num_local));
@@ -178,7 +216,7 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
         MEM(mem_get(xm, hs, b->dscopy, (size_t)n * sr));
     if (rv->x_global_scale)
         MEM(mem_get(xm, hg, b->dgcopy, sizeof(float) * (size_t)n));
-    MEM(mem_get(xm, got, b->dout, sizeof(float) * (size_t)(T * c->H)));
+    MEM(mem_get(xm, got, b->dout, oes * (size_t)(T * c->H)));
     for (int j = 0; j < want->num_local; j++) {
         CHECKF(counts[j] == want->counts[j], "expert %d: count %lld, want %lld", j, (long long)counts[j], (long long)want->counts[j]);
         CHECK(rv->expert_offsets[j] == want->offsets[j]);
@@ -198,8 +236,13 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
     ref_ll_kept(&cfg, &src[me], c->cap, kidx);
     ref_tokens_t kept = { T, src[me].x, kidx, src[me].w, 0 };
     int H = c->H;
-    CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32, exp) == 0);
-    CHECK(memcmp(got, exp, sizeof(float) * (size_t)(T * c->H)) == 0);
+    if (f64)
+        CHECK(ref_combine_f64(&cfg, me, &kept, 0, y64_fn, &H,
+                              (double *)exp) == 0);
+    else
+        CHECK(ref_combine(&cfg, me, &kept, 0, y_fn, &H, EPX_DTYPE_FP32,
+                          exp) == 0);
+    CHECK(memcmp(got, exp, oes * (size_t)(T * c->H)) == 0);
     free(counts), free(srank), free(hx), free(hs), free(hg), free(got);
     free(exp), free(kidx);
     return 0;
@@ -214,7 +257,7 @@ static int verify(const llcase_t *c, int R, int me, const epx_recv_t *rv,
 static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
                        const int *calls, int n)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
     float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
     void *x = calloc((size_t)(c->maxT * c->H + 1), es);
@@ -258,7 +301,7 @@ static int check_stats(const llcase_t *c, epx_moe_t *m, int me,
  * kernels cannot know that a peer's failed). */
 static int own_over(const llcase_t *c, int me, int call)
 {
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     int64_t *idx = calloc((size_t)(c->maxT * c->K + 1), 8);
     float *w = calloc((size_t)(c->maxT * c->K + 1), 4);
     void *x = calloc((size_t)(c->maxT * c->H + 1), es);
@@ -277,7 +320,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
 {
     const llcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->H;
     p.num_experts = c->E;
@@ -309,7 +352,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         MEM(mem_alloc(&xm, &bb->dxcopy, (size_t)(rows * c->H + 1) * es));
         MEM(mem_alloc(&xm, &bb->dscopy, (size_t)(rows * c->H + 1) * 4));
         MEM(mem_alloc(&xm, &bb->dgcopy, (size_t)(rows + 1) * 4));
-        MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 4));
+        MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 8));
     }
     ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
     int64_t **idx = calloc((size_t)R, sizeof(*idx));
@@ -334,7 +377,9 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
     a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
     a.stream = xm.stream;
-    epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
+    const epx_dtype_t odt = c->dtype == EPX_DTYPE_FP64 ? EPX_DTYPE_FP64
+                                                        : EPX_DTYPE_FP32;
+    epx_tensor_t out = { b.dout, odt, T, c->H };
     epx_recv_t rv = { .struct_size = sizeof(rv) };
     ref_recv_t want;
     int64_t dropped = 0, got_dropped = -1;
@@ -431,7 +476,7 @@ static int ll_rank(epx_comm_t *comm, void *arg)
         CHECK_ST(epx_combine_send(m, h2, &ca2), EPX_ERR_STATE);
         CHECK_OK(epx_combine_send(m, h, &ca));
         CHECK_OK(epx_combine_recv(m, h, &out));
-        epx_tensor_t out2 = { b2.dout, EPX_DTYPE_FP32, T, c->H };
+        epx_tensor_t out2 = { b2.dout, odt, T, c->H };
         CHECK_OK(epx_combine_send(m, h2, &ca2));
         CHECK_OK(epx_combine_recv(m, h2, &out2));
         MEM(mem_sync(&xm));
@@ -539,6 +584,300 @@ done:
     return 0;
 }
 
+/* Host staging for copies made while peers' kernels may still run:
+ * pinned on the device (src/cuda/README.md, "Ranks as threads"). */
+static void *stage_alloc(const xmem_t *xm, size_t n)
+{
+#ifdef EPX_HAVE_CUDA
+    void *p = NULL;
+    if (xm->dev)
+        return cudaMallocHost(&p, n) == cudaSuccess ? p : NULL;
+#endif
+    (void)xm;
+    return malloc(n);
+}
+
+static void stage_free(const xmem_t *xm, void *p)
+{
+#ifdef EPX_HAVE_CUDA
+    if (xm->dev) {
+        cudaFreeHost(p);
+        return;
+    }
+#endif
+    (void)xm;
+    free(p);
+}
+
+/* The rows of the local experts a poll said ready, read by copies queued
+ * after it (the caller's stream is not ordered after the engine's before
+ * epx_dispatch_recv): sources, tokens, weights and data against the
+ * reference; the range of expert j is rows [j R cap, (j + 1) R cap). */
+static int check_ready(const llcase_t *c, int R, const xmem_t *xm,
+                       const epx_recv_t *rv, const ref_recv_t *want,
+                       const uint8_t *ready, unsigned char *hs)
+{
+    const int64_t n = want->num_rows, per = (int64_t)R * c->cap;
+    const size_t xr = want->x_row;
+    int32_t *srank = (int32_t *)hs, *stok = srank + n;
+    float *wt = (float *)(stok + n);
+    unsigned char *hx = (unsigned char *)(wt + n);
+    MEM(mem_get(xm, srank, rv->src_rank, 4 * (size_t)n));
+    MEM(mem_get(xm, stok, rv->src_token, 4 * (size_t)n));
+    MEM(mem_get(xm, wt, rv->topk_weights, 4 * (size_t)n));
+    MEM(mem_get(xm, hx, rv->x.data, (size_t)n * xr));
+    for (int j = 0; j < want->num_local; j++) {
+        if (!ready[j])
+            continue;
+        for (int64_t i = j * per; i < (j + 1) * per; i++) {
+            CHECKF(srank[i] == want->src_rank[i] &&
+                   stok[i] == want->src_token[i],
+                   "row %lld of ready expert %d: source %d/%d, token %d/%d",
+                   (long long)i, j, srank[i], want->src_rank[i], stok[i],
+                   want->src_token[i]);
+            CHECK(memcmp(&wt[i], &want->weights[i], 4) == 0);
+            CHECKF(want->src_rank[i] < 0 ||
+                   memcmp(hx + (size_t)i * xr, want->x + (size_t)i * xr,
+                          xr) == 0,
+                   "row %lld of ready expert %d differs", (long long)i, j);
+        }
+    }
+    return 0;
+}
+
+/* Poll without waiting until every local expert is ready (or the call
+ * fails: *st), checking each answer: readiness never goes back, the
+ * counts of ready experts are final and the others' 0 (host memory on
+ * both executors), offsets and rows fixed, ready experts' rows in
+ * place.  want NULL: the call is to fail, nothing may be ready before. */
+static int poll_ll(const llcase_t *c, int R, epx_moe_t *m, const xmem_t *xm,
+                   epx_handle_t *h, const ref_recv_t *want, unsigned char *hs,
+                   epx_status_t *st)
+{
+    const int L = epx_moe_num_local_experts(m);
+    uint8_t *ready = calloc((size_t)L + 1, 1), *was = calloc((size_t)L + 1, 1);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int polls = 0, num = -1;
+    for (;;) {
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        *st = epx_dispatch_poll(m, h, &rv, ready, &num);
+        polls++;
+        if (*st != EPX_OK)
+            break;
+        int count = 0;
+        for (int j = 0; j < L; j++) {
+            count += ready[j];
+            CHECKF(ready[j] || !was[j], "expert %d was ready, now not", j);
+            was[j] = ready[j];
+        }
+        CHECK(count == num && rv.num_local_experts == L);
+        CHECK(rv.num_rows == (int64_t)L * R * c->cap && rv.capacity == c->cap);
+        if (!want) {
+            CHECKF(num == 0, "a call that fails had %d experts ready", num);
+        } else {
+            for (int j = 0; j < L; j++) {
+                CHECKF(rv.expert_counts[j] == (ready[j] ? want->counts[j] : 0),
+                       "poll: expert %d (%s) count %lld, want %lld", j,
+                       ready[j] ? "ready" : "not ready",
+                       (long long)rv.expert_counts[j],
+                       (long long)(ready[j] ? want->counts[j] : 0));
+                CHECK(rv.expert_offsets[j] == want->offsets[j]);
+            }
+            if (num > 0)
+                CHECK_CALL(check_ready(c, R, xm, &rv, want, ready, hs));
+            if (num == L)
+                break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        CHECKF(t.tv_sec - t0.tv_sec < 30, "poll: %d of %d experts ready "
+               "after 30 s (%d polls)", num, L, polls);
+        usleep(50);
+    }
+    free(ready), free(was);
+    return 0;
+}
+
+/* epx_dispatch_poll in low latency and a bad argument on one rank, on
+ * both executors.  Three calls (buffers 0, 1, 0), each polled until
+ * every expert is ready, then received, polled again (all ready),
+ * combined and checked whole.  Then (R > 1) the last rank passes a layer
+ * out of range, too many tokens, EPX_DISPATCH_CACHED: its own
+ * dispatch_send refuses it (EPX_ERR_INVALID, EPX_ERR_RANGE,
+ * EPX_ERR_INVALID) and the others' calls fail without waiting for the
+ * timeout: EPX_ERR_PEER (EPX_ERR_RANGE for the tokens, the host
+ * executor's header rule), from their poll (no expert ever ready before)
+ * and then recv, or, not polled, from recv on host ranks and from
+ * epx_moe_check on device ranks (whose recv does not wait; their combine
+ * of the call ends without waiting either); then a whole call again. */
+static int ll_poll_rank(epx_comm_t *comm, void *arg)
+{
+    const llcase_t *c = arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
+    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = c->H;
+    p.num_experts = c->E;
+    p.topk = c->K;
+    p.max_tokens_per_rank = c->maxT;
+    p.dtype = c->dtype;
+    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
+    p.mode = EPX_MODE_LOW_LATENCY;
+    p.ll_capacity = c->cap;
+    p.ll_buffers = 2;
+    p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
+    p.wire = c->wire;
+    p.device = c->host ? EPX_DEVICE_HOST : 0;
+    epx_moe_t *m = NULL;
+    CHECK_OK(epx_moe_create(comm, &p, &m));
+    xmem_t xm = { !c->host, NULL };
+    MEM(mem_stream_create(&xm));
+    const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
+    rank_bufs_t b;
+    b.xm = &xm;
+    MEM(mem_alloc(&xm, &b.dx, (size_t)(c->maxT * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.didx, (size_t)(c->maxT * c->K + 1) * 8));
+    MEM(mem_alloc(&xm, &b.dw, (size_t)(c->maxT * c->K + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.dxcopy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(&xm, &b.dscopy, (size_t)(rows * c->H + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dgcopy, (size_t)(rows + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    unsigned char *hs = stage_alloc(&xm, (size_t)rows * (12 + (size_t)c->H * es)
+                                             + 64);
+    CHECK(hs != NULL);
+    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
+    int64_t **idx = calloc((size_t)R, sizeof(*idx));
+    float **w = calloc((size_t)R, sizeof(*w));
+    void **x = calloc((size_t)R, sizeof(*x));
+    for (int r = 0; r < R; r++) {
+        idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
+        w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
+        x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
+    }
+    CHECK_OK(epx_comm_barrier(comm));   /* allocations before any call */
+    const int64_t T = c->maxT - me % 3;
+    epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
+    a.x = (epx_tensor_t){ b.dx, c->dtype, T, c->H };
+    a.topk_idx = (epx_tensor_t){ b.didx, EPX_DTYPE_INT64, T, c->K };
+    a.topk_weights = (epx_tensor_t){ b.dw, EPX_DTYPE_FP32, T, c->K };
+    a.stream = xm.stream;
+    epx_tensor_t out = { b.dout, EPX_DTYPE_FP32, T, c->H };
+    const int L = epx_moe_num_local_experts(m);
+    uint8_t *ready = calloc((size_t)L + 1, 1);
+    epx_status_t st;
+    for (int call = 40; call < 44; call++) {
+        /* call 43: after the failed calls below */
+        if (call == 43 && R > 1) {
+            const int bad = R - 1;
+            /* layer, tokens, cached: the bad rank's own status, the
+             * peers'; polled or not */
+            static const epx_status_t own[3] = { EPX_ERR_INVALID,
+                                                 EPX_ERR_RANGE,
+                                                 EPX_ERR_INVALID };
+            static const epx_status_t peer[3] = { EPX_ERR_PEER,
+                                                  EPX_ERR_RANGE,
+                                                  EPX_ERR_PEER };
+            for (int k = 0; k < 3; k++) {
+                const int polled = k != 1;
+                ref_recv_t want;
+                int64_t dropped;
+                CHECK_CALL(stage(c, R, me, 50 + k, &b, src, idx, w, x, &want,
+                                 &dropped));
+                epx_dispatch_args_t fa = a;
+                if (me == bad && k == 0)
+                    fa.layer = 7;
+                if (me == bad && k == 1)
+                    fa.x.rows = fa.topk_idx.rows = fa.topk_weights.rows =
+                        c->maxT + 1;
+                if (me == bad && k == 2)
+                    fa.flags = EPX_DISPATCH_CACHED;
+                epx_handle_t *h = NULL;
+                st = epx_dispatch_send(m, &fa, &h);
+                if (me == bad) {
+                    CHECKF(st == own[k], "bad rank: %s, want %s (%s)",
+                           epx_status_str(st), epx_status_str(own[k]),
+                           epx_last_error());
+                    CHECK(h == NULL);
+                } else {
+                    CHECK_OK(st);
+                    epx_recv_t rv = { .struct_size = sizeof(rv) };
+                    if (polled) {
+                        CHECK_CALL(poll_ll(c, R, m, &xm, h, NULL, hs, &st));
+                        CHECKF(st == peer[k], "peer's poll: %s, want %s (%s)",
+                               epx_status_str(st), epx_status_str(peer[k]),
+                               epx_last_error());
+                        CHECK_ST(epx_dispatch_recv(m, h, &rv), peer[k]);
+                        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+                        ca.y = (epx_tensor_t){ b.dy, c->dtype, want.num_rows,
+                                               c->H };
+                        CHECK_ST(epx_combine_send(m, h, &ca), EPX_ERR_STATE);
+                    } else if (c->host) {
+                        CHECK_ST(epx_dispatch_recv(m, h, &rv), peer[k]);
+                    } else {
+                        /* device: found on the device, told by check;
+                         * the combine does not wait for the bad rank */
+                        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+                        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+                        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows,
+                                               c->H };
+                        CHECK_OK(epx_combine_send(m, h, &ca));
+                        CHECK_OK(epx_combine_recv(m, h, &out));
+                    }
+                    epx_handle_release(h);
+                }
+                MEM(mem_sync(&xm));
+                st = epx_moe_check(m, NULL);
+                const epx_status_t wst = c->host || me == bad ? EPX_OK
+                                                              : peer[k];
+                CHECKF(st == wst, "check after a failed call: %s, want %s",
+                       epx_status_str(st), epx_status_str(wst));
+                ref_recv_free(&want);
+            }
+        }
+        ref_recv_t want;
+        int64_t dropped = 0, got_dropped = -1;
+        CHECK_CALL(stage(c, R, me, call, &b, src, idx, w, x, &want, &dropped));
+        epx_handle_t *h = NULL;
+        CHECK_OK(epx_dispatch_send(m, &a, &h));
+        CHECK_CALL(poll_ll(c, R, m, &xm, h, &want, hs, &st));
+        CHECK_OK(st);
+        epx_recv_t rv = { .struct_size = sizeof(rv) };
+        CHECK_OK(epx_dispatch_recv(m, h, &rv));
+        MEM(mem_sync(&xm));
+        /* after recv (and its stream): every expert, as recv describes */
+        epx_recv_t pv = { .struct_size = sizeof(pv) };
+        int num = -1;
+        CHECK_OK(epx_dispatch_poll(m, h, &pv, ready, &num));
+        CHECK(num == L && pv.x.data == rv.x.data &&
+              pv.src_rank == rv.src_rank && pv.num_rows == rv.num_rows);
+        for (int j = 0; j < L; j++)
+            CHECK(pv.expert_counts[j] == want.counts[j]);
+        CHECK_CALL(copy_rows(&rv, &b, &want));
+        epx_combine_args_t ca = EPX_COMBINE_ARGS_INIT;
+        ca.y = (epx_tensor_t){ b.dy, c->dtype, rv.num_rows, c->H };
+        CHECK_OK(epx_combine_send(m, h, &ca));
+        CHECK_ST(epx_dispatch_poll(m, h, &pv, ready, &num), EPX_ERR_STATE);
+        CHECK_OK(epx_combine_recv(m, h, &out));
+        MEM(mem_sync(&xm));
+        CHECK_OK(epx_moe_check(m, &got_dropped));
+        CHECK(got_dropped == dropped);
+        CHECK_CALL(verify(c, R, me, &rv, &b, src, &want, dropped));
+        epx_handle_release(h);
+        ref_recv_free(&want);
+    }
+    epx_moe_destroy(m);
+    mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
+    mem_free(&xm, b.dy), mem_free(&xm, b.dxcopy), mem_free(&xm, b.dscopy);
+    mem_free(&xm, b.dgcopy), mem_free(&xm, b.dout);
+    stage_free(&xm, hs);
+    mem_stream_destroy(&xm);
+    for (int r = 0; r < R; r++)
+        free(idx[r]), free(w[r]), free(x[r]);
+    free(src), free(idx), free(w), free(x), free(ready);
+    return 0;
+}
+
 /* Whether device ranks run here (main probes it). */
 static int device_ok;
 
@@ -550,12 +889,27 @@ static void run_case(llcase_t *c)
             continue;
         c->host = host;
         const char *ks = getenv("EPX_CUDA_KERNELS");
-        fprintf(stderr, "# %s%s%s: R %d, H %d, cap %d, %s%s, wire %d\n",
+        fprintf(stderr, "# %s%s%s: R %d, H %d, dtype %d, cap %d, %s%s, wire %d\n",
                 host ? "host" : "device", host || !ks ? "" : ", kernels ",
-                host || !ks ? "" : ks, c->R, c->H, c->cap,
+                host || !ks ? "" : ks, c->R, c->H, (int)c->dtype, c->cap,
                 c->drop ? "drop" : "no drop", c->skew ? ", skewed" : "",
                 (int)c->wire);
         assert_int_equal(epxt_thread_ranks(c->R, 120, ll_rank, c), 0);
+    }
+}
+
+static void run_poll_case(llcase_t *c)
+{
+    for (int host = 1; host >= 0; host--) {
+        if (!host && !device_ok)
+            continue;
+        c->host = host;
+        const char *ks = getenv("EPX_CUDA_KERNELS");
+        fprintf(stderr, "# poll, %s%s%s: R %d, H %d, cap %d, %s, wire %d\n",
+                host ? "host" : "device", host || !ks ? "" : ", kernels ",
+                host || !ks ? "" : ks, c->R, c->H, c->cap,
+                c->drop ? "drop" : "no drop", (int)c->wire);
+        assert_int_equal(epxt_thread_ranks(c->R, 120, ll_poll_rank, c), 0);
     }
 }
 
@@ -575,6 +929,23 @@ static void low_latency(void **state)
         run_case(&a);
         run_case(&b);
         run_case(&c);
+    }
+}
+
+/* epx_dispatch_poll and a bad argument on one rank (ll_poll_rank): 1, 2
+ * and 4 ranks, room for all and drops, native and a quantized wire. */
+static void low_latency_poll(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 1, 2, 4 };
+    for (size_t i = 0; i < 3; i++) {
+        const int R = ranks[i];
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t b = { R, 2 * R + 3, 4, 256, 12, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_FP8, 0 };
+        run_poll_case(&a);
+        run_poll_case(&b);
     }
 }
 
@@ -598,6 +969,27 @@ static void low_latency_quantized(void **state)
         }
 }
 
+/* FP64 engines (native wire, combine in double, out FP64): room for all
+ * (16-byte rows, 24 doubles), drops with odd rows (33: the element
+ * paths), overflow without DROP. */
+static void low_latency_fp64(void **state)
+{
+    (void)state;
+    static const int ranks[] = { 2, 4 };
+    for (size_t i = 0; i < 2; i++) {
+        const int R = ranks[i];
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP64, 0, 0,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t b = { R, 2 * R + 3, 4, 33, 16, 3, EPX_DTYPE_FP64, 1, 1,
+                       EPX_WIRE_NATIVE, 0 };
+        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_FP64, 0, 1,
+                       EPX_WIRE_NATIVE, 0 };
+        run_case(&a);
+        run_case(&b);
+        run_case(&c);
+    }
+}
+
 int main(int argc, char **argv)
 {
     /* Line by line, so that a run killed by a time limit keeps them. */
@@ -617,6 +1009,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(low_latency),
         cmocka_unit_test(low_latency_quantized),
+        cmocka_unit_test(low_latency_fp64),
+        cmocka_unit_test(low_latency_poll),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

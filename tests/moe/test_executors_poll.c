@@ -18,7 +18,9 @@
  * others: from dispatch_send on host ranks, dispatch_recv on device
  * ranks); one rank cached and the others not (EPX_ERR_MISMATCH); the
  * engine usable after each, and the statistics count exactly the
- * dispatches that succeeded, cached ones too.
+ * dispatches that succeeded, cached ones too.  Device ranks over the
+ * NCCL backend (one rank per GPU: 1, 2 and 4 ranks, as many as there
+ * are GPUs) take the same rounds and refusals.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +45,7 @@ typedef struct pcase {
     epx_dtype_t dtype;
     int em, align;
     int host;           /* set by run_case */
+    epx_gpu_backend_t backend;   /* device ranks: NCCL, one GPU per rank */
 } pcase_t;
 
 /* Rank r's routing of `route` (T, ids) and its data of `data` (x, w). */
@@ -342,6 +345,13 @@ static int poll_rank(epx_comm_t *comm, void *arg)
     p.expert_alignment = c->em ? c->align : 1;
     p.num_layers = 2;
     p.device = c->host ? EPX_DEVICE_HOST : 0;
+    if (!c->host && c->backend == EPX_GPU_BACKEND_NCCL) {
+        p.device = x.me;   /* NCCL: a GPU of its own per rank */
+        p.gpu_backend = EPX_GPU_BACKEND_NCCL;
+#ifdef EPX_HAVE_CUDA
+        MEM(cudaSetDevice(x.me));   /* the buffers below on it too */
+#endif
+    }
     CHECK_OK(epx_moe_create(comm, &p, &x.m));
     x.L = epx_moe_num_local_experts(x.m);
     x.xm = (xmem_t){ !c->host, NULL };
@@ -432,7 +442,8 @@ static int poll_rank(epx_comm_t *comm, void *arg)
     /* A bad argument on one rank only fails the call on every rank (its
      * own EPX_ERR_RANGE or _INVALID, the others EPX_ERR_PEER; device ranks: from
      * their recv), uncached (too many tokens, a layer out of range) or
-     * cached (no handle); then the engine goes on. */
+     * cached (no handle; weights of another dtype); then the engine goes
+     * on. */
     if (x.R > 1) {
         const int bad = x.R - 1;
         epx_handle_t *hf = NULL;
@@ -451,6 +462,14 @@ static int poll_rank(epx_comm_t *comm, void *arg)
         epx_handle_t *hc = x.me == bad ? NULL : h;
         CHECK_CALL(failed_call(&x, &a, &hc, x.me == bad ? EPX_ERR_INVALID
                                                          : EPX_ERR_PEER));
+        /* cached with its handle, but weights of another dtype there */
+        hc = h;
+        if (x.me == bad)
+            a.topk_weights.dtype = EPX_DTYPE_INT32;
+        CHECK_CALL(failed_call(&x, &a, &hc, x.me == bad ? EPX_ERR_INVALID
+                                                         : EPX_ERR_PEER));
+        CHECK(hc == h);
+        a.topk_weights.dtype = EPX_DTYPE_FP32;
         CHECK(hf == NULL);
     }
     a.flags = EPX_DISPATCH_CACHED;
@@ -484,8 +503,9 @@ static void run_case(pcase_t *c)
             continue;
         c->host = host;
         fprintf(stderr, "# %s threads: R %d, E %d, H %d, dtype %d, "
-                "%s-major\n", host ? "host" : "device", c->R, c->E, c->H,
-                (int)c->dtype, c->em ? "expert" : "token");
+                "%s-major%s\n", host ? "host" : "device", c->R, c->E, c->H,
+                (int)c->dtype, c->em ? "expert" : "token",
+                !host && c->backend == EPX_GPU_BACKEND_NCCL ? ", NCCL" : "");
         assert_int_equal(epxt_thread_ranks(c->R, 180, poll_rank, c), 0);
     }
 }
@@ -493,21 +513,63 @@ static void run_case(pcase_t *c)
 static void token_major(void **state)
 {
     (void)state;
-    pcase_t a = { 2, 7, 3, 24, 40, EPX_DTYPE_FP32, 0, 1, 0 };
+    pcase_t a = { 2, 7, 3, 24, 40, EPX_DTYPE_FP32, 0, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&a);
-    pcase_t b = { 4, 11, 4, 7168, 24, EPX_DTYPE_BF16, 0, 1, 0 };
+    pcase_t b = { 4, 11, 4, 7168, 24, EPX_DTYPE_BF16, 0, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&b);
-    pcase_t one = { 1, 3, 2, 16, 8, EPX_DTYPE_FP32, 0, 1, 0 };
+    pcase_t one = { 1, 3, 2, 16, 8, EPX_DTYPE_FP32, 0, 1, 0,
+                    EPX_GPU_BACKEND_WINDOWS };
     run_case(&one);
 }
 
 static void expert_major(void **state)
 {
     (void)state;
-    pcase_t a = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, 1, 4, 0 };
+    pcase_t a = { 3, 8, 3, 256, 32, EPX_DTYPE_BF16, 1, 4, 0,
+                  EPX_GPU_BACKEND_WINDOWS };
     run_case(&a);
-    pcase_t b = { 4, 3, 2, 24, 16, EPX_DTYPE_FP32, 1, 1, 0 };   /* E < R */
+    pcase_t b = { 4, 3, 2, 24, 16, EPX_DTYPE_FP32, 1, 1, 0,
+                  EPX_GPU_BACKEND_WINDOWS };   /* E < R */
     run_case(&b);
+}
+
+/* Device ranks over the NCCL backend, one rank per GPU (so 1 rank where
+ * there is one GPU, 2 and 4 where there are as many): the same rounds,
+ * cached ones included, and refusals (ids that differ, one rank cached,
+ * a bad argument on one rank: EPX_ERR_PEER from the peers' recv) as
+ * above; the host executor runs these cases above. */
+static void nccl(void **state)
+{
+    (void)state;
+#ifndef EPX_HAVE_NCCL
+    skip();   /* built without the NCCL module */
+#endif
+    int ndev = 0;
+    if (!device_ok || epx_cuda_devices(&ndev) != EPX_OK || ndev < 1)
+        skip();
+    pcase_t one = { 1, 3, 2, 16, 8, EPX_DTYPE_FP32, 0, 1, 0,
+                    EPX_GPU_BACKEND_NCCL };
+    pcase_t tm = { 2, 7, 3, 24, 40, EPX_DTYPE_FP32, 0, 1, 0,
+                   EPX_GPU_BACKEND_NCCL };
+    pcase_t em = { 2, 8, 3, 256, 32, EPX_DTYPE_BF16, 1, 4, 0,
+                   EPX_GPU_BACKEND_NCCL };
+    pcase_t tm4 = { 4, 11, 4, 7168, 24, EPX_DTYPE_BF16, 0, 1, 0,
+                    EPX_GPU_BACKEND_NCCL };
+    pcase_t em4 = { 4, 3, 2, 24, 16, EPX_DTYPE_FP32, 1, 1, 0,
+                    EPX_GPU_BACKEND_NCCL };   /* E < R */
+    pcase_t *cs[] = { &one, &tm, &em, &tm4, &em4 };
+    for (size_t i = 0; i < sizeof(cs) / sizeof(cs[0]); i++) {
+        if (cs[i]->R > ndev)
+            continue;
+        cs[i]->host = 0;
+        fprintf(stderr, "# device threads: R %d, E %d, H %d, dtype %d, "
+                "%s-major, NCCL\n", cs[i]->R, cs[i]->E, cs[i]->H,
+                (int)cs[i]->dtype, cs[i]->em ? "expert" : "token");
+        assert_int_equal(epxt_thread_ranks(cs[i]->R, 180, poll_rank, cs[i]),
+                         0);
+    }
 }
 
 int main(int argc, char **argv)
@@ -521,6 +583,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(token_major),
         cmocka_unit_test(expert_major),
+        cmocka_unit_test(nccl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
