@@ -389,7 +389,8 @@ typedef enum epx_wire {
                                       inside the domain; the domains
                                       (epx_comm_topology) must be equal
                                       contiguous rank blocks; combine_send
-                                      then waits for its domain's partials */
+                                      then waits for its domain's partials
+                                      (device ranks: windows backend) */
 #define EPX_MOE_ELASTIC 0x4u       /* elastic expert parallelism (needs
                                       num_slots): a placement may leave
                                       logical experts out (lost: their every
@@ -573,8 +574,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     double arithmetic bit for bit (rows as given, partials and sums in
  *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
  *     classic kernels in throughput mode;
+ *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
+ *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
+ *     is not counted (EPX_ERR_UNSUPPORTED);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL, low latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64, low
+ *     latency over NCCL
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -910,7 +915,7 @@ epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
  * dispatch (in the wire format, one per token and remote destination
  * domain), fp32 accumulators (fp64 for an FP64 engine) in combine;
  * routing metadata not counted.  Local.  Other
- * engines: EPX_ERR_UNSUPPORTED. */
+ * engines, and device ranks: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,
                                         int64_t *dispatch_bytes,
                                         int64_t *combine_bytes);

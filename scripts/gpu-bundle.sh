@@ -1,8 +1,10 @@
 #!/bin/sh
 # Build everything bench/gpu-run.sh runs, for a GPU host that has a CUDA
 # driver (and NCCL) but neither epx's build dependencies nor a network:
-# a fresh copy of the committed source (HEAD) is configured without UCX or
-# MPI, which these runs do not use, and without OpenBLAS (host-run.sh's
+# a fresh copy of the committed source (HEAD) is configured without MPI,
+# which these runs do not use, with UCX (the transport between the domains
+# test_executors' hierarchical cases emulate on one host; its libraries
+# are about 2 MB), and without OpenBLAS (host-run.sh's
 # --overlap; EPX_BUNDLE_OPENBLAS=1 keeps it, 39 MB more), built here with the programs linking libepx
 # statically, and DIR receives
 #   bench/epx-bench, topology/epx-topo,  the programs
@@ -10,7 +12,8 @@
 #   examples/moe_gpu
 #   bench/*.sh, bench/gpu-targets.py,
 #   tests/cuda/sanitize.sh               the scripts that run them
-#   lib/epx/                              the CUDA and NCCL modules
+#   tests/moe/data/cpu-*host.json         domains of the hierarchical cases
+#   lib/epx/                              the CUDA, NCCL and UCX modules
 #   lib/                                  the shared libraries they need
 #                                         besides glibc, libstdc++, libgcc,
 #                                         the CUDA driver and NCCL
@@ -37,7 +40,7 @@ echo "gpu-bundle: configuring $(git -C "$src" rev-parse --short HEAD) in $work"
 blas=--without-openblas
 [ "${EPX_BUNDLE_OPENBLAS:-0}" = 1 ] && blas=
 # shellcheck disable=SC2086
-./configure --without-ucx --without-mpi $blas \
+./configure --without-mpi $blas \
     >configure.out 2>&1 || { tail -20 configure.out; exit 1; }
 grep -q '^#define EPX_HAVE_CUDA 1' config.h ||
     { echo "gpu-bundle: configure found no CUDA" >&2; exit 1; }
@@ -50,6 +53,12 @@ echo "gpu-bundle: building"
 # The modules are shared objects; the programs then link libepx statically
 # (libtool's -static), so they are real executables, not wrappers.
 mods="src/module/epx_cuda.la src/module/epx_nccl.la"
+# without UCX here the hierarchical cases fail there (no transport between
+# their domains); everything else runs
+ucx=
+grep -q '^#define EPX_HAVE_UCX 1' config.h && ucx=src/module/epx_ucx.la
+[ -n "$ucx" ] || echo "gpu-bundle: configure found no UCX" >&2
+mods="$mods $ucx"
 jobs=$(nproc 2>/dev/null || echo 2)
 { make -j"$jobs" libepx.la $mods && make -j"$jobs" LDFLAGS=-static $progs; } \
     >make.out 2>&1 || { tail -30 make.out; exit 1; }
@@ -59,9 +68,14 @@ mkdir -p "$dir/bench" "$dir/topology" "$dir/tests/cuda" "$dir/tests/moe" \
 # its copy limit (64 MiB).
 for p in $progs; do cp "$p" "$dir/$p" && strip --strip-debug "$dir/$p"; done
 cp src/module/.libs/epx_cuda.so src/module/.libs/epx_nccl.so "$dir/lib/epx/"
+[ -z "$ucx" ] || cp src/module/.libs/epx_ucx.so "$dir/lib/epx/"
 cp bench/gpu-run.sh bench/host-run.sh bench/record-result.sh bench/gpu-targets.py \
     bench/test-cuda-bench-smoke.sh "$dir/bench/"
 cp tests/cuda/sanitize.sh "$dir/tests/cuda/"
+# test_executors' hierarchical cases: their domains (EPX_TOPO_FILE)
+mkdir -p "$dir/tests/moe/data"
+cp tests/moe/data/cpu-2host.json tests/moe/data/cpu-3host.json \
+    "$dir/tests/moe/data/"
 git -C "$src" rev-parse HEAD >"$dir/COMMIT"
 # The Python package for the GPU host's own python3 and torch (the GPU
 # image's is CPython 3.12), so gpu-run.sh runs python/tests/test_cuda.py

@@ -330,7 +330,8 @@ class MoE(_C.MoE):
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
             ready in the current stream's order (``Dispatch.lost`` of an
-            ``elastic`` engine too).  ``hierarchical`` is host-only
+            ``elastic`` engine too).  ``hierarchical`` over NCCL or with
+            float64 is host-only (``UnsupportedError``).
             (``UnsupportedError``).
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).

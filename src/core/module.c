@@ -16,6 +16,19 @@ static const char *status_str(epx_status_t st) { return epx_status_str(st); }
 static const char *last_error(void) { return epx_last_error(); }
 static epx_status_t comm_barrier(struct epx_comm *c) { return epx_comm_barrier(c); }
 
+static epx_status_t comm_rank_domains(struct epx_comm *c, int32_t *dom,
+                                      const char **name)
+{
+    const epx_topo_t *t;
+    epx_status_t st = epx_comm_topology(c, &t);
+    if (st != EPX_OK)
+        return st;
+    for (int r = 0; r < c->nranks; r++)
+        dom[r] = epx_topo_rank_domain(t, r);
+    *name = epx_topo_name(t);
+    return EPX_OK;
+}
+
 static const epx_module_host_t host = {
     .verror = epx__verror,
     .last_error = last_error,
@@ -34,6 +47,7 @@ static const epx_module_host_t host = {
     .win_poll_wait = epx__win_poll_wait,
     .win_bad_index = epx__win_bad_index,
     .module_load = epx__module_load,
+    .comm_rank_domains = comm_rank_domains,
 };
 
 /* try_dir: no such file there (not a status callers ever see) */

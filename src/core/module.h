@@ -21,7 +21,7 @@
 
 /* Bump when the host table, a module's ops or a struct both sides read
  * changes shape. */
-#define EPX_MODULE_ABI 2
+#define EPX_MODULE_ABI 3
 #define EPX_MODULE_ENTRY "epx_module_get"
 
 struct epx_comm;
@@ -51,6 +51,10 @@ typedef struct epx_module_host {
     epx_status_t (*win_bad_index)(const struct epx_win *win, const char *op,
                                   int peer, int slot);
     epx_status_t (*module_load)(const char *name, const void **ops);
+    /* the communicator's topology (collective on first use): each rank's
+     * domain into dom[nranks], and the topology's name */
+    epx_status_t (*comm_rank_domains)(struct epx_comm *comm, int32_t *dom,
+                                      const char **name);
 } epx_module_host_t;
 
 /* What a module answers: its identity, checked against the library's, and
@@ -72,5 +76,9 @@ typedef const epx_module_t *(*epx_module_get_fn)(const epx_module_host_t *host);
  * (the message names the file and dlopen's reason, e.g. a missing
  * libucp.so); the same answer on every later call. */
 epx_status_t epx__module_load(const char *name, const void **ops);
+
+/* In a module (src/module/shim.c): the host table's comm_rank_domains. */
+epx_status_t epx__comm_rank_domains(struct epx_comm *comm, int32_t *dom,
+                                    const char **name);
 
 #endif /* EPX_CORE_MODULE_H */

@@ -16,6 +16,7 @@
 #include "cuda/calls.h"
 #include "cuda/cuda_int.h"
 #include "cuda/kern_launch.h"
+#include "cuda/hier_int.h"
 #include "cuda/mig_int.h"
 #include "cuda/nccl_ex.h"
 #include "core/comm.h"
@@ -131,6 +132,7 @@ struct gpu_moe {
      * address) */
     int elastic;
     int32_t *d_lostcnt, *d_ecnt;
+    gpu_hier_t *hier;           /* EPX_MOE_HIERARCHICAL (hier.c), or NULL */
 };
 
 /* ------------------------------------------------------------- helpers */
@@ -192,10 +194,21 @@ static epx_status_t check_params(const epx_moe_params_t *p,
             return st;
     }
     if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
-        (p->flags & ~EPX_MOE_ELASTIC) != 0)
+        (p->flags & ~(EPX_MOE_ELASTIC | EPX_MOE_HIERARCHICAL)) != 0)
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
                           "implemented on the GPU in throughput mode",
                           p->flags);
+    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
+        (p->flags & EPX_MOE_HIERARCHICAL) &&
+        c->backend != EPX_GPU_BACKEND_WINDOWS)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
+                          "EPX_MOE_HIERARCHICAL is implemented for the "
+                          "windows backend only, not NCCL");
+    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
+        (p->flags & EPX_MOE_HIERARCHICAL) && p->dtype == EPX_DTYPE_FP64)
+        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
+                          "EPX_MOE_HIERARCHICAL with EPX_DTYPE_FP64 is not "
+                          "implemented on the GPU (fp32 accumulators only)");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
@@ -566,6 +579,12 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         proto_ll_layout(g, proto_ll_buffers(m->p.ll_buffers),
                         proto_ll_capacity(m->p.ll_capacity, maxT), &m->llg);
     gpu_calls_init(&m->calls, m->ll, m->ll ? m->llg.B : 1);
+    /* Collective (the topology), on every rank: the flags are agreed. */
+    if (!m->ll && (mine.flags & EPX_MOE_HIERARCHICAL) &&
+        (st = gpu_hier_create(comm, g, &m->hier)) != EPX_OK) {
+        free(m);
+        return st;
+    }
 
     e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
@@ -629,6 +648,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if (st == EPX_OK)
         st = epx__cuda_err((cudaError_t)epxk_lost_preload(),
                            "loading the kernels");
+    if (st == EPX_OK && m->hier)
+        st = gpu_hier_setup(m->hier, m->st);
     if (st != EPX_OK)
         goto gate;
     st = epx__cuda_err(cudaEventCreateWithFlags(&m->ev_in,
@@ -798,7 +819,9 @@ gate:
     int device_ranks = 1;
     if (m->backend == EPX_GPU_BACKEND_WINDOWS) {
         st = epx__cuwin_create(comm, m->device,
-                               (size_t)(m->ll ? m->llg.total : g->total),
+                               m->ll ? (size_t)m->llg.total
+                               : m->hier ? gpu_hier_total(m->hier)
+                                         : (size_t)g->total,
                                &m->win);
         if (st == EPX_OK) {
             memcpy(peers, epx__cuwin_peers(m->win), sizeof(char *) * (size_t)R);
@@ -916,6 +939,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
         epx_comm_barrier(m->comm);
     gpu_mig_destroy(m->mig);
     epx__cuwin_destroy(m->win);
+    gpu_hier_destroy(m->hier);
     epx__nccl_destroy(m->nccl);
     if (!m->win)
         cudaFree(m->local);
@@ -1408,6 +1432,8 @@ static epx_status_t args_check(gpu_moe_t *m, const epx_dispatch_args_t *a,
     return EPX_OK;
 }
 
+static epx_status_t pack(gpu_moe_t *m);   /* the rows (windows) */
+
 /* NCCL: this rank's count block (header and counts, kern_nccl.cu) to
  * every rank and theirs here, one grouped exchange of the same size
  * whatever the call (so ranks that disagree on it still pair up), then
@@ -1472,7 +1498,7 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     if (st == EPX_OK && (st = launch(m, EPXK_CACHED)) == EPX_OK &&
         (st = c->windows ? launch(m, EPXK_OFFSETS) : nccl_heads(m)) ==
             EPX_OK &&
-        (st = launch(m, EPXK_PACK)) == EPX_OK)
+        (st = pack(m)) == EPX_OK)
         st = launch(m, EPXK_RECV);
     c->refused = 0;
     /* Over here: the next call is queued after these kernels. */
@@ -1537,7 +1563,16 @@ static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
 static int ht_fused_ok(const gpu_moe_t *m)
 {
     return m->kset == EPXK_SET_FUSED && m->call.windows && m->ht_fits &&
-           epxk_ht_covers(&m->g);
+           !m->hier && epxk_ht_covers(&m->g);
+}
+
+/* The rows into the peers' windows (windows backend): the pack kernel,
+ * or the hierarchical stage and forward kernels (kern_hier.cu). */
+static epx_status_t pack(gpu_moe_t *m)
+{
+    if (m->hier)
+        return gpu_hier_dispatch(m->hier, &m->g, &m->call, m->num_sms, m->st);
+    return launch(m, EPXK_PACK);
 }
 
 
@@ -1624,7 +1659,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
             c->idx = c->lay_ids;
             c->idx64 = 0;
             if ((st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
-                (st = launch(m, EPXK_PACK)) == EPX_OK)
+                (st = pack(m)) == EPX_OK)
                 st = launch(m, EPXK_RECV);
         }
     } else if (ht_fused_ok(m)) {
@@ -1637,7 +1672,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     } else if (c->windows) {
         if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
             (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
-            (st = launch(m, EPXK_PACK)) == EPX_OK)
+            (st = pack(m)) == EPX_OK)
             st = launch(m, EPXK_RECV);
     } else {
         int32_t *cnt = (int32_t *)(m->local + g->off_cnt) +
@@ -1988,7 +2023,7 @@ static int comb_fused(const gpu_moe_t *m)
     /* FP64 engines combine with the classic kernels (the pull sums in
      * fp32); every rank has the engine's dtype, so all ranks agree. */
     return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows &&
-           m->g.esize != 8;
+           m->g.esize != 8 && !m->hier;
 }
 
 static epx_status_t comb_launch(gpu_moe_t *m, int which)
@@ -2076,6 +2111,9 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
         st = launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
     else if (comb_fused(m))
         st = comb_fused_send(m, a);
+    else if (m->hier)
+        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
+                                   m->st);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
@@ -2122,6 +2160,8 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
                         : out->dtype == EPX_DTYPE_FP64 ? 8 : 4;
     if ((st = stream_in(m, stream)) != EPX_OK ||
         (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
+              : m->hier ? gpu_hier_combine_recv(m->hier, &m->g, &m->call,
+                                                m->num_sms, m->st)
               : launch(m, !m->ll ? EPXK_COMB_REDUCE
                           : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
             EPX_OK ||

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include "proto/proto.h"
+#include "proto/hier.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -263,6 +264,28 @@ typedef struct epxk_lost {
 } epxk_lost_t;
 int epxk_lost_launch(const epxk_lost_t *a, void *stream);
 int epxk_lost_preload(void);
+/* Hierarchical two-hop (EPX_MOE_HIERARCHICAL, windows backend;
+ * kern_hier.cu, src/cuda/README.md "Hierarchical two-hop"): the domains
+ * and regions of proto/hier.h after the geometry's, and the stage
+ * kernel's record counters per destination domain (device, [ND], zero
+ * between calls).  Dispatch: stage (in place of pack: each token's record
+ * into this rank's staging, once per remote destination domain into its
+ * gateway there, its own domain's rows at the flat offsets), forward (the
+ * records staged here to this domain's members, then the data flags on
+ * their sources' behalf).  Combine: put (partials into the gateway in
+ * this domain), chain (the gateway's stretch of each sum, on to the next
+ * domain's gateway or home), out (combine_recv: the sums rounded). */
+enum { EPXK_HIER_STAGE = 0, EPXK_HIER_FWD = 1, EPXK_HIER_PUT = 2,
+       EPXK_HIER_CHAIN = 3, EPXK_HIER_OUT = 4 };
+typedef struct epxk_hier {
+    proto_hier_t x;
+    proto_hier_win_t w;
+    int64_t rec_hdr, rec_bytes;
+    int32_t *count;
+} epxk_hier_t;
+int epxk_hier_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
+                     const epxk_hier_t *h, int blocks, void *stream);
+int epxk_hier_preload(void);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,12 @@ epx_status_t epx__comm_allgather(epx_comm_t *comm, const void *send,
     return host->comm_allgather(comm, send, recv, bytes);
 }
 
+epx_status_t epx__comm_rank_domains(struct epx_comm *comm, int32_t *dom,
+                                    const char **name)
+{
+    return host->comm_rank_domains(comm, dom, name);
+}
+
 epx_status_t epx__comm_agree_peer(epx_comm_t *comm, epx_status_t mine,
                                   const char *what)
 {

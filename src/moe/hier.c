@@ -9,8 +9,6 @@
 #include "util/util.h"
 #include "moe/hier.h"
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
-
 epx_status_t moe_hier_init(epx_moe_t *m)
 {
     const epx_topo_t *t;
@@ -18,18 +16,14 @@ epx_status_t moe_hier_init(epx_moe_t *m)
     if (st != EPX_OK)
         return st;
     const int R = m->R;
-    int L = 1;   /* the first domain's size */
-    while (L < R && epx_topo_rank_domain(t, L) == epx_topo_rank_domain(t, 0))
-        L++;
-    int ok = R % L == 0;
-    for (int r = 0; r < R && ok; r++) {
-        int d = epx_topo_rank_domain(t, r), head = epx_topo_rank_domain(t, r / L * L);
-        ok = d == head && d >= 0 &&
-             (r % L != 0 || r == 0 || d != epx_topo_rank_domain(t, r - 1));
-        for (int b = 0; ok && r % L == 0 && b < r / L; b++)
-            ok = epx_topo_rank_domain(t, b * L) != d;
-    }
-    if (!ok)
+    int32_t *dom = malloc(sizeof(int32_t) * (size_t)R);
+    if (!dom)
+        return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
+    for (int r = 0; r < R; r++)
+        dom[r] = epx_topo_rank_domain(t, r);
+    const int L = proto_hier_blocks(dom, R);
+    free(dom);
+    if (!L)
         return epx__error(EPX_ERR_UNSUPPORTED,
                           "moe: EPX_MOE_HIERARCHICAL needs the ranks' domains "
                           "(topology '%s') to be contiguous blocks of equal "
@@ -38,21 +32,20 @@ epx_status_t moe_hier_init(epx_moe_t *m)
     if (!x)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
     m->hier = x;
+    proto_hier_shape(&x->c, R, L, m->K, m->rank);
     x->L = L;
-    x->ND = R / L;
-    x->dom = m->rank / L;
-    x->li = m->rank % L;
-    x->maxdl = m->K < L ? m->K : L;
-    x->rec_hdr = (sizeof(int32_t) + 8 * (size_t)m->K + 15) & ~(size_t)15;
+    x->ND = x->c.ND;
+    x->dom = x->c.dom;
+    x->li = x->c.li;
+    x->maxdl = x->c.maxdl;
+    x->rec_hdr = (size_t)proto_hier_rec_hdr(m->K);
     x->wrow = moe_wire_row_bytes(&m->fmt);
-    x->rec_bytes = (x->rec_hdr + x->wrow + 15) & ~(size_t)15;
-    x->dcur = malloc(sizeof(int32_t) * (size_t)R);
-    x->ucur = malloc(sizeof(int32_t) * (size_t)m->U);
+    x->rec_bytes = (size_t)proto_hier_rec_bytes(m->K, (int64_t)x->wrow);
     x->acc_size = m->p.dtype == EPX_DTYPE_FP64 ? sizeof(double) : sizeof(float);
     x->acc = malloc(x->acc_size * (size_t)m->H);
     x->wire = malloc(m->row_bytes);
     x->rec = aligned_alloc(16, x->rec_bytes);
-    if (!x->dcur || !x->ucur || !x->acc || !x->wire || !x->rec)
+    if (!x->acc || !x->wire || !x->rec)
         return epx__error(EPX_ERR_NOMEM, "moe: out of memory (hierarchical)");
     return EPX_OK;
 }
@@ -62,8 +55,6 @@ void moe_hier_free(epx_moe_t *m)
     moe_hier_t *x = m->hier;
     if (!x)
         return;
-    free(x->dcur);
-    free(x->ucur);
     free(x->acc);
     free(x->wire);
     free(x->rec);
@@ -76,16 +67,19 @@ size_t moe_hier_window(epx_moe_t *m, size_t at)
     moe_hier_t *x = m->hier;
     if (!x)
         return at;
-    size_t ND = (size_t)x->ND, T = (size_t)m->maxT, H = (size_t)m->H;
-    x->P = m->maxT * x->maxdl;
-    x->shdr = at;  at = align64(at + ND * 2 * sizeof(int32_t));
-    x->pdone = at; at = align64(at + (size_t)x->L * sizeof(int32_t));
-    x->cdone = at; at = align64(at + ND * sizeof(int32_t));
-    x->stage = at; at = align64(at + ND * T * x->rec_bytes);
-    x->part = at;  at = align64(at + ND * (size_t)x->P * m->row_bytes);
-    x->chain = at; at = align64(at + ND * T * H * x->acc_size);
-    x->final = at; at = align64(at + T * H * x->acc_size);
-    return at;
+    proto_hier_win_t w;
+    proto_hier_layout(&w, &x->c, (int64_t)at, m->maxT, m->H,
+                      (int64_t)x->rec_bytes, (int64_t)m->row_bytes,
+                      (int64_t)x->acc_size);
+    x->P = w.P;
+    x->shdr = (size_t)w.shdr;
+    x->pdone = (size_t)w.pdone;
+    x->cdone = (size_t)w.cdone;
+    x->stage = (size_t)w.stage;
+    x->part = (size_t)w.part;
+    x->chain = (size_t)w.chain;
+    x->final = (size_t)w.final;
+    return (size_t)w.end;
 }
 
 epx_status_t moe_hier_wait_word(epx_moe_t *m, const int32_t *word,
@@ -125,14 +119,15 @@ void moe_hier_handle_free(epx_handle_t *h)
         return;
     free(h->hier_h->entbase);
     free(h->hier_h->rowbase);
+    free(h->hier_h->slotbase);
     free(h->hier_h);
     h->hier_h = NULL;
 }
 
-/* From the count matrix of this call (proto.h): for each source this
+/* From the count matrix of this call (proto/hier.h): for each source this
  * rank forwards (one per domain, with its local index), its first entry
- * at each member and its first expert-major row at each unit of the
- * domain — what the flat path's plan_offsets gives that source. */
+ * at each member, its first expert-major row at each unit of the domain
+ * and its partials' first slot here for each member. */
 epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
 {
     moe_hier_t *x = m->hier;
@@ -142,9 +137,10 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
         if (hh) {
             hh->entbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)L);
             hh->rowbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)U);
+            hh->slotbase = malloc(sizeof(int64_t) * (size_t)ND * (size_t)L);
         }
         h->hier_h = hh;
-        if (!hh || !hh->entbase || !hh->rowbase) {
+        if (!hh || !hh->entbase || !hh->rowbase || !hh->slotbase) {
             moe_hier_handle_free(h);
             m->broken = 1;
             return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
@@ -153,40 +149,41 @@ epx_status_t moe_hier_plan(epx_moe_t *m, epx_handle_t *h)
     const proto_geom_t *g = &m->g;
     const int32_t *cnt = moe_cnt(m, m->n_counts - 1);
     for (int a = 0; a < ND; a++) {
-        const int src = a * L + x->li;
+        const int src = proto_hier_gateway(&x->c, m->rank, a);
         int64_t *e = h->hier_h->entbase + (size_t)a * (size_t)L,
-                *r = h->hier_h->rowbase + (size_t)a * (size_t)U;
+                *r = h->hier_h->rowbase + (size_t)a * (size_t)U,
+                *sl = h->hier_h->slotbase + (size_t)a * (size_t)L;
         for (int j = 0; j < L; j++) {
             const int d = d0 + j;
-            e[j] = proto_cnt_below(g, cnt, src, d);
-            int64_t at = 0;   /* d's segments, in unit order */
-            for (int i = 0; i < moe_nlocal(m, d); i++) {
-                const int u = m->first[d] + i;
-                r[u] = proto_expert_base_at(g, cnt, src, u, at);
-                at = proto_expert_next(g, cnt, m->first[d], i, at);
-            }
+            e[j] = proto_hier_entbase(g, cnt, src, d);
+            sl[j] = proto_hier_slot(g, &x->c, cnt, x->P, src, d, 0);
+            proto_hier_rowbases(g, cnt, src, m->first[d], moe_nlocal(m, d), r);
         }
     }
     return EPX_OK;
 }
 
-/* One token as a gateway sees it: its row in the wire format (data,
- * scales, row scale: wire.h; the last two absent for the native wire). */
+/* One token as a gateway sees it: its record header (proto/hier.h) and
+ * its row in the wire format (data, scales, row scale: wire.h; the last
+ * two absent for the native wire). */
 typedef struct hrec {
     int32_t t;
+    const int32_t *rec;        /* header: t, then per choice unit, weight,
+                                  positions */
     const int32_t *ids;        /* [K] units, -1 none */
     const float *w;            /* [K] */
     const char *q, *s, *g;     /* data, scales, row scale */
 } hrec_t;
 
-/* A staging record: header (t, ids, w), then the row's wire parts in the
- * order row scale, scales, data, so that fp32 scales stay aligned. */
+/* A staging record: header, then the row's wire parts in the order row
+ * scale, scales, data, so that fp32 scales stay aligned. */
 static void rec_parts(const epx_moe_t *m, const char *p, hrec_t *r)
 {
     const moe_wire_t *f = &m->fmt;
-    r->t = *(const int32_t *)p;
-    r->ids = (const int32_t *)p + 1;
-    r->w = (const float *)(r->ids + m->K);
+    r->rec = (const int32_t *)p;
+    r->t = r->rec[0];
+    r->ids = r->rec + PROTO_HIER_REC_IDS(m->K);
+    r->w = (const float *)(r->rec + PROTO_HIER_REC_W(m->K));
     r->g = p + m->hier->rec_hdr;
     r->s = r->g + f->global_bytes;
     r->q = r->s + f->scale_bytes;
@@ -215,38 +212,36 @@ static epx_status_t put_row(epx_moe_t *m, int d, int64_t r, const hrec_t *rc)
     return st;
 }
 
-/* Forward one token of source (slot a, rank src) to its destinations in
- * this domain, at the flat path's places: the positions of proto.h's
- * walk over the source's tokens, continued from its last token here
- * (x->dcur, x->ucur), after the source's bases; *pc counts its partial
- * slots. */
-static epx_status_t forward(epx_moe_t *m, int a, int src, const hrec_t *rc,
-                            int64_t *pc)
+/* Forward one token of source src to its destinations in
+ * this domain, at the flat path's places: the source's bases (x->eb,
+ * x->rb) plus the token's positions its record carries; its partials come
+ * back at the slots x->sb gives (proto/hier.h). */
+static epx_status_t forward(epx_moe_t *m, int src, const hrec_t *rc)
 {
     moe_hier_t *x = m->hier;
     const int K = m->K, L = x->L, d0 = x->dom * L;
     const int tm = m->p.layout == EPX_LAYOUT_TOKEN_MAJOR;
     const proto_geom_t *o = &m->g;
-    const int64_t *eb = x->eb, *rb = x->rb;
-    const proto_ids_t ids = { rc->ids, 0, K, m->U, { 0, NULL, NULL, NULL } };
-    int32_t dst[EPX_MAX_TOPK], pos[EPX_MAX_TOPK], upos[EPX_MAX_TOPK];
+    const int64_t *eb = x->eb, *rb = x->rb, *sb = x->sb;
+    const proto_ids_t ids = proto_hier_rec_ids(rc->rec, K, m->U);
+    int32_t dst[EPX_MAX_TOPK];
     int32_t ent[3 + EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
     float lw[EPX_MAX_TOPK];
     epx_status_t st = EPX_OK;
-    int nd = proto_walk_token(o, &ids, m->u2r, 0, INT32_MAX, x->ucur, upos,
-                              x->dcur, dst, pos);
+    int nd = proto_walk_dests(o, &ids, NULL, m->u2r, 0, NULL, dst, NULL);
     for (int j = 0; j < nd; j++) {
         int d = dst[j], nloc = 0;
         if (d / L != x->dom)
             continue;
-        int64_t e_at = eb[d - d0] + pos[j];
+        const int32_t dp = proto_hier_rec_dpos(rc->rec, K, m->u2r, d);
+        int64_t e_at = eb[d - d0] + dp;
         ent[0] = src;
-        ent[1] = (int32_t)((int64_t)a * x->P + (*pc)++);
+        ent[1] = (int32_t)(sb[d - d0] + dp);
         proto_meta_topk(o, &ids, rc->w, m->u2r, 0, d, m->first[d], lidx, lw);
         for (int k = 0; k < K && !tm; k++) {
             if (lidx[k] < 0)
                 continue;
-            int64_t r = proto_expert_row(o, rb, upos, rc->ids[k], 0, k);
+            int64_t r = proto_hier_row(rb, rc->rec, K, k);
             ent[3 + nloc++] = (int32_t)r;
             st = st != EPX_OK ? st : put_row(m, d, r, rc);
             st = st != EPX_OK ? st : moe_put(m, &m->put_dispatch, d, o->off_src_rank + (size_t)r * 4, &src, 4);
@@ -285,14 +280,13 @@ static epx_status_t finish_source(epx_moe_t *m, int src, int32_t seq)
     return st;
 }
 
-/* Source slot a's bases, and its walk from its first token. */
-static void reset_cursors(epx_moe_t *m, const epx_handle_t *h, int a)
+/* Source slot a's bases. */
+static void set_bases(epx_moe_t *m, const epx_handle_t *h, int a)
 {
     moe_hier_t *x = m->hier;
     x->eb = h->hier_h->entbase + (size_t)a * (size_t)x->L;
     x->rb = h->hier_h->rowbase + (size_t)a * (size_t)m->U;
-    memset(x->dcur, 0, sizeof(int32_t) * (size_t)m->R);
-    memset(x->ucur, 0, sizeof(int32_t) * (size_t)m->U);
+    x->sb = h->hier_h->slotbase + (size_t)a * (size_t)x->L;
 }
 
 epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
@@ -306,7 +300,7 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
     const float *w = a->topk_weights.data;
     char *rec = x->rec;
     epx_status_t st = EPX_OK;
-    int64_t *nst = calloc((size_t)ND, sizeof(int64_t)), pc = 0;
+    int64_t *nst = calloc((size_t)ND, sizeof(int64_t));
     if (!nst) {
         m->broken = 1;
         return epx__error(EPX_ERR_NOMEM, "dispatch: out of memory");
@@ -314,15 +308,14 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
     /* 1. This rank's tokens, each put into its wire format once: one
      * staging record per remote destination domain, and forwarded to its
      * destinations in our own domain (source slot x->dom). */
-    reset_cursors(m, h, x->dom);
+    const proto_ids_t units = { h->idx, 0, K, m->U, { 0, NULL, NULL, NULL } };
+    set_bases(m, h, x->dom);
     for (int64_t t = 0; t < h->T && st == EPX_OK; t++) {
         const int32_t *dst = h->dest + t * m->maxdest;
         if (h->ndest[t] == 0)
             continue;
-        int32_t tt = (int32_t)t;
-        memcpy(rec, &tt, 4);
-        memcpy(rec + 4, h->idx + t * K, 4 * (size_t)K);
-        memcpy(rec + 4 + 4 * (size_t)K, w + t * K, 4 * (size_t)K);
+        proto_hier_rec_fill(&m->g, &units, w, m->u2r, h->dest, h->pos,
+                            h->epos, t, (int32_t *)rec);
         hrec_t rc;
         rec_parts(m, rec, &rc);
         if (quant)
@@ -332,10 +325,10 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
         else
             rc.q = xs + (size_t)t * m->row_bytes;   /* no copy */
         for (int j = 0; j < h->ndest[t] && st == EPX_OK; j++) {
-            int b = dst[j] / L;
-            if (b == x->dom || (j > 0 && dst[j - 1] / L == b))
+            int b = proto_hier_stage_dom(dst, j, L, x->dom);
+            if (b < 0)
                 continue;   /* own domain, or a domain already staged */
-            int g = b * L + x->li;
+            int g = proto_hier_gateway(&x->c, me, b);
             size_t off = x->stage + ((size_t)x->dom * (size_t)m->maxT +
                                      (size_t)nst[b]++) * x->rec_bytes;
             if (quant)      /* header and wire parts in one put */
@@ -349,7 +342,7 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
             x->cross_dispatch += (int64_t)x->wrow;
         }
         if (st == EPX_OK)
-            st = forward(m, x->dom, me, &rc, &pc);
+            st = forward(m, me, &rc);
     }
     for (int b = 0; b < ND && st == EPX_OK; b++) {
         if (b == x->dom)
@@ -373,15 +366,14 @@ epx_status_t moe_hier_dispatch(epx_moe_t *m, epx_handle_t *h,
         const int src = b * L + x->li;
         if (b == x->dom)
             continue;
-        pc = 0;
-        reset_cursors(m, h, b);
+        set_bases(m, h, b);
         const int32_t *hdr = (const int32_t *)moe_local(m, x->shdr) + 2 * b;
         st = moe_hier_wait_word(m, hdr + 1, seq, "dispatch", src);
         int32_t n = st == EPX_OK ? __atomic_load_n(hdr, __ATOMIC_ACQUIRE) : 0;
         for (int64_t k = 0; k < n && st == EPX_OK; k++) {
             hrec_t rc;
             rec_of_stage(m, b, k, &rc);
-            st = forward(m, b, src, &rc, &pc);
+            st = forward(m, src, &rc);
         }
         if (st == EPX_OK)
             st = finish_source(m, src, seq);
@@ -394,6 +386,9 @@ epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *m, int64_t *dispatch,
 {
     if (!m || !dispatch || !combine)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
+    if (m->gpu)
+        return epx__error(EPX_ERR_UNSUPPORTED, "moe: device ranks do not "
+                          "count cross-domain bytes");
     if (!m->hier)
         return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
                           "engines count cross-domain bytes");

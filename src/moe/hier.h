@@ -28,37 +28,33 @@
  * Gateway work is done inside epx_combine_send, which waits for the
  * partials of its domain and the accumulators of earlier domains.
  *
- * Window regions (offsets in moe_hier_t), this rank as gateway / source:
- *   shdr   [ND][2] int32        staging count and sequence word per source
- *                               domain
- *   pdone  [L] int32            combine: partials complete, per member
- *   cdone  [ND] int32           combine: accumulators complete, per domain
- *   stage  [ND][maxT] records   staging records per source domain
- *   part   [ND][maxT*min(K,L)]  partials of this domain's members
- *   chain  [ND][maxT][H] fp32   accumulators from earlier domains
- *   final  [maxT][H] fp32       this rank's finished sums
- * (fp64 accumulators for an FP64 engine, whose partials are fp64: the
- * flat path's double sum term for term).
+ * The domains, the staging record, the window regions (offsets in
+ * moe_hier_t), every position a gateway writes and the chain's order are
+ * the protocol core's (../proto/hier.h), which a device executor shares;
+ * fp64 accumulators for an FP64 engine, whose partials are fp64: the flat
+ * path's double sum term for term.
  */
 #ifndef EPX_MOE_HIER_H
 #define EPX_MOE_HIER_H
 
 #include "moe/moe.h"
+#include "proto/hier.h"
 
 typedef struct moe_hier {
+    proto_hier_t c;            /* the domains (proto/hier.h) */
     int ND, L, dom, li;        /* domains, ranks per domain, mine, my index */
     int maxdl;                 /* min(K, L): destinations per token in a
                                   domain at most */
-    size_t rec_bytes, rec_hdr; /* staging record, its header (t, ids, w) */
+    size_t rec_bytes, rec_hdr; /* staging record, its header (t, then per
+                                  choice unit, weight, positions) */
     size_t wrow;               /* a row on the wire: data + scales + row
                                   scale (moe_wire_row_bytes) */
     size_t shdr, pdone, cdone, stage, part, chain, final;
     int64_t P;                 /* partial slots per source domain */
     int64_t cross_dispatch, cross_combine;  /* bytes put across domains */
     /* scratch */
-    int32_t *dcur, *ucur;      /* [R], [U]: the walk of the source being
-                                  forwarded (proto_walk_token) */
-    const int64_t *eb, *rb;    /* its bases (moe_hier_h_t) */
+    const int64_t *eb, *rb, *sb; /* the bases of the source being
+                                  forwarded (moe_hier_h_t) */
     size_t acc_size;           /* an accumulator element: fp32, or fp64
                                   for an FP64 engine */
     void *acc;                 /* [H] accumulators */
@@ -67,10 +63,12 @@ typedef struct moe_hier {
 } moe_hier_t;
 
 /* Per handle: for each source domain a, where source (a, li) starts at
- * each member (entries) and each unit of the domain (expert-major rows). */
+ * each member (entries) and each unit of the domain (expert-major rows),
+ * and its partials' first slot for each member here. */
 typedef struct moe_hier_h {
     int64_t *entbase;          /* [ND][L] */
     int64_t *rowbase;          /* [ND][U], the domain's units set */
+    int64_t *slotbase;         /* [ND][L] */
 } moe_hier_h_t;
 
 /* engine.c hooks */

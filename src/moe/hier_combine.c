@@ -58,51 +58,56 @@ static epx_status_t chain(epx_moe_t *m, epx_handle_t *h, int32_t seq)
         st = moe_hier_wait_word(m, &pdone[j], seq, "combine", x->dom * L + j);
     for (int b = 0; b < x->dom && st == EPX_OK; b++)
         st = moe_hier_wait_word(m, &cdone[b], seq, "combine", b * L + x->li);
-    int32_t dst[EPX_MAX_TOPK];
+    int32_t dst[EPX_MAX_TOPK], dpos[EPX_MAX_TOPK];
     comb_src_t part[EPX_MAX_TOPK];
+    const int64_t *slotbase = h->hier_h->slotbase;
     for (int b = 0; b < ND && st == EPX_OK; b++) {
-        const int src = b * L + x->li;
-        int64_t n = h->T, pc = 0;
+        const int src = proto_hier_gateway(&x->c, m->rank, b);
+        const int64_t *sb = slotbase + (size_t)b * (size_t)L;
+        int64_t n = h->T;
         if (b != x->dom)
             n = __atomic_load_n((const int32_t *)moe_local(m, x->shdr) + 2 * b,
                                 __ATOMIC_ACQUIRE);
         for (int64_t k = 0; k < n && st == EPX_OK; k++) {
-            const int32_t *ids;
             int32_t t;
+            int nd;
+            /* The token's destinations, ascending (as dispatch numbered
+             * them), and its positions there: our own tokens' layout, or
+             * the staging record's. */
             if (b == x->dom) {
                 t = (int32_t)k;
-                ids = h->idx + k * K;
+                nd = h->ndest[k];
+                memcpy(dst, h->dest + k * m->maxdest, sizeof(int32_t) * (size_t)nd);
+                memcpy(dpos, h->pos + k * m->maxdest, sizeof(int32_t) * (size_t)nd);
             } else {
-                const char *p = moe_local(m, x->stage) +
-                    ((size_t)b * (size_t)m->maxT + (size_t)k) * x->rec_bytes;
-                t = *(const int32_t *)p;
-                ids = (const int32_t *)p + 1;
+                const int32_t *rec = (const int32_t *)(moe_local(m, x->stage) +
+                    ((size_t)b * (size_t)m->maxT + (size_t)k) * x->rec_bytes);
+                const proto_ids_t u = proto_hier_rec_ids(rec, K, m->U);
+                t = rec[0];
+                nd = proto_walk_dests(&m->g, &u, NULL, m->u2r, 0, NULL, dst,
+                                      NULL);
+                for (int j = 0; j < nd; j++)
+                    dpos[j] = proto_hier_rec_dpos(rec, K, m->u2r, dst[j]);
             }
-            /* The token's destinations, ascending (as dispatch numbered
-             * them): ours are its terms here, the domains around ours
-             * where its sum starts and goes next. */
-            const proto_ids_t u = { ids, 0, K, m->U, { 0, NULL, NULL, NULL } };
-            int nd = proto_walk_dests(&m->g, &u, NULL, m->u2r, 0, NULL, dst,
-                                      NULL), here = 0, next = -1;
-            for (int j = 0; j < nd; j++) {
-                int dom = dst[j] / L;
-                if (dom == x->dom)
-                    part[here++] = (comb_src_t){ moe_local(m, x->part) +
-                        (size_t)((int64_t)b * x->P + pc++) * m->row_bytes,
-                        NULL, NULL };
-                else if (dom > x->dom && next < 0)
-                    next = dom;
-            }
+            /* Ours are its terms here; the sum starts here or comes from
+             * the domain before, and goes on to the next or home. */
+            int j0, next;
+            const int here = proto_hier_chain(dst, nd, L, x->dom, &j0, &next);
             if (here == 0)
                 continue;
-            const int first = dst[0] / L == x->dom;
+            for (int j = 0; j < here; j++)
+                part[j] = (comb_src_t){ moe_local(m, x->part) +
+                    (size_t)(sb[dst[j0 + j] - x->dom * L] + dpos[j0 + j]) *
+                    m->row_bytes, NULL, NULL };
+            const int first = j0 == 0;
             void *acc = x->acc;
             if (!first)
                 memcpy(acc, moe_local(m, x->chain) +
                        ((size_t)b * (size_t)m->maxT + (size_t)t) * frow, frow);
             moe_reduce_add(m, part, here, first, acc);
             if (next >= 0) {
-                st = moe_put(m, &m->put_combine, next * L + x->li, x->chain +
+                st = moe_put(m, &m->put_combine,
+                             proto_hier_gateway(&x->c, m->rank, next), x->chain +
                                   ((size_t)b * (size_t)m->maxT + (size_t)t) * frow,
                                   acc, frow);
                 x->cross_combine += (int64_t)frow;

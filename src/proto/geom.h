@@ -56,8 +56,8 @@
  *   comb   [maxT*maxdest][row_bytes] partials coming back to this rank, at
  *                                    the slot the token had in its source's
  *                                    packed order
- * The host executor's hierarchical mode (refused on device ranks)
- * appends its forwarding regions after `total` (src/moe/hier.c).
+ * The hierarchical mode appends its forwarding regions after `total`
+ * (proto/hier.h proto_hier_layout, on both executors).
  *
  * Plain C compiled by the C compiler and by nvcc; nothing here touches
  * memory other than through its arguments.

@@ -11,6 +11,8 @@
  * and 8 ranks; as separate processes through CUDA IPC / cuMem
  * descriptors: 2 and 4; the NCCL backend with one rank per GPU where
  * there are two GPUs.  Host ranks: the same threads or processes.
+ * Hierarchical engines (EPX_MOE_HIERARCHICAL) over the domains of a
+ * system description (EPX_TOPO_FILE), as tests/moe/test_hier places them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -79,6 +81,10 @@ static int expert_lost(const gcase_t *c, int64_t e)
  * place (pulled); 2: also a rank's release between a combine's send and
  * recv.  Set by mixed_outputs around its cases. */
 static int mixed;
+
+/* EPX_MOE_HIERARCHICAL over the domains of the system description in
+ * EPX_TOPO_FILE.  Set by hierarchical around its cases. */
+static int hier;
 
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
@@ -213,7 +219,8 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     p.gpu_backend = c->backend;
     epx_moe_t *m = NULL;
     p.num_slots = c->slots;
-    p.flags = nlost ? EPX_MOE_ELASTIC : 0u;
+    p.flags = (nlost ? EPX_MOE_ELASTIC : 0u) |
+              (hier ? EPX_MOE_HIERARCHICAL : 0u);
     CHECK_OK(epx_moe_create(comm, &p, &m));
     CHECK(c->host ? epx_cuda_moe_num_sms(m) == 0 : epx_cuda_moe_num_sms(m) >= 1);
     if (c->slots) {
@@ -270,6 +277,16 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     free(want);
     for (int e = 0; e < c->E; e++)   /* elastic: the placement's gaps */
         CHECK(epx_moe_expert_lost(m, 0, e) == expert_lost(c, e));
+    /* Hierarchical: the host executor counts what crossed domains (2
+     * domains or more: some token of some call did, in dispatch); device
+     * ranks do not count. */
+    int64_t dx, cx;
+    if (hier && c->host) {
+        CHECK_OK(epx_moe_cross_domain_bytes(m, &dx, &cx));
+        CHECK(dx >= 0 && cx >= 0);
+    } else if (hier) {
+        CHECK_ST(epx_moe_cross_domain_bytes(m, &dx, &cx), EPX_ERR_UNSUPPORTED);
+    }
     epx_moe_destroy(m);
     mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
     mem_free(&xm, b.dout), mem_free(&xm, b.dy);
@@ -799,6 +816,92 @@ static void bad_ids(void **state)
     }
 }
 
+/* Hierarchical two-hop (EPX_MOE_HIERARCHICAL): the ranks on the hosts of
+ * a system description (tests/moe/data/cpu-<n>host.json, a domain per
+ * host; device ranks stay threads on one GPU, their domains are the
+ * description's): 2 domains of 1, 2 and 4 ranks and 3 of 2, both layouts
+ * (expert-major with padding, weighted and unweighted), fp32 and bf16,
+ * native and quantized wires (on the device: the record quantized once
+ * at the source, forwarded by the gateway). */
+static void set_topo(const char *file)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/tests/moe/data/%s", EPX_TEST_SRCDIR,
+             file);
+    /* A GPU bundle (scripts/gpu-bundle.sh) carries them beside its tests,
+     * run from its top directory. */
+    if (access(path, R_OK) != 0)
+        snprintf(path, sizeof(path), "tests/moe/data/%s", file);
+    setenv("EPX_TOPO_FILE", path, 1);
+}
+
+static void hierarchical(void **state)
+{
+    (void)state;
+    static const struct { const char *topo; int R; } shapes[] = {
+        { "cpu-2host.json", 2 }, { "cpu-2host.json", 4 },
+        { "cpu-3host.json", 6 }, { "cpu-2host.json", 8 },
+    };
+    static const epx_wire_t wires[] = { EPX_WIRE_FP8, EPX_WIRE_NVFP4,
+                                        EPX_WIRE_MXFP8, EPX_WIRE_FP8_UE8M0 };
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+        for (int v = 0; v < 3; v++) {
+            const int R = shapes[i].R;
+            gcase_t c = { R, 2 * R + 3, 4, v == 0 ? 24 : v == 1 ? 7168 : 200,
+                          v == 1 ? 64 : 32,
+                          v == 0 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16,
+                          EPX_GPU_BACKEND_WINDOWS, 1, v == 1 || (v == 2 && i % 2),
+                          v == 1 ? 8 : 1, v == 1 && i % 2,
+                          v == 2 ? wires[i] : EPX_WIRE_NATIVE, 0, 0, 0 };
+            set_topo(shapes[i].topo);
+            hier = 1;
+            run_case(&c, 0);
+            hier = 0;
+            unsetenv("EPX_TOPO_FILE");
+        }
+}
+
+/* Refused: domains of unequal size (3 ranks on 2 hosts) on both
+ * executors; on device ranks the NCCL backend (windows only) and FP64. */
+static int hier_refused_rank(epx_comm_t *comm, void *arg)
+{
+    const int *host = arg;
+    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
+    p.hidden = 64;
+    p.num_experts = 6;
+    p.topk = 2;
+    p.max_tokens_per_rank = 8;
+    p.flags = EPX_MOE_HIERARCHICAL;
+    p.device = *host ? EPX_DEVICE_HOST : 0;
+    epx_moe_t *m = NULL;
+    if (epx_comm_size(comm) == 3) {
+        CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+        CHECK(m == NULL);
+        return 0;
+    }
+    p.gpu_backend = EPX_GPU_BACKEND_NCCL;
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
+    p.gpu_backend = EPX_GPU_BACKEND_WINDOWS;   /* fp32 accumulators only */
+    p.dtype = EPX_DTYPE_FP64;
+    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
+    CHECK(m == NULL);
+    return 0;
+}
+
+static void hier_refused(void **state)
+{
+    (void)state;
+    set_topo("cpu-2host.json");
+    for (int host = 1; host >= !device_ok; host--) {
+        assert_int_equal(epxt_thread_ranks(3, 60, hier_refused_rank, &host), 0);
+        if (!host)
+            assert_int_equal(epxt_thread_ranks(2, 60, hier_refused_rank,
+                                               &host), 0);
+    }
+    unsetenv("EPX_TOPO_FILE");
+}
+
 /* FP64 engines (native wire, combine in double, out FP64): both layouts,
  * weighted and unweighted, 16-byte rows (256 doubles) and odd ones (33:
  * the element paths), mixed pushed and in-place outputs (the fused set
@@ -916,6 +1019,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(quantized_wires),
         cmocka_unit_test(wire_refused),
         cmocka_unit_test(bad_ids),
+        cmocka_unit_test(hierarchical),
+        cmocka_unit_test(hier_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

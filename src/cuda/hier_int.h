@@ -1,0 +1,38 @@
+/*
+ * Hierarchical two-hop on device ranks (EPX_MOE_HIERARCHICAL, windows
+ * backend): what hier.c and engine.c give each other.  The domains,
+ * regions and positions are proto/hier.h's, the kernels kern_hier.cu's.
+ */
+#ifndef EPX_CUDA_HIER_INT_H
+#define EPX_CUDA_HIER_INT_H
+
+#include <cuda_runtime.h>
+#include "epx.h"
+#include "cuda/kern_launch.h"
+
+typedef struct gpu_hier gpu_hier_t;
+
+/* Collective (the communicator's topology): the domains, which must be
+ * contiguous blocks of one size (EPX_ERR_UNSUPPORTED on every rank
+ * otherwise), and the regions after the geometry's end. */
+epx_status_t gpu_hier_create(epx_comm_t *comm, const proto_geom_t *g,
+                             gpu_hier_t **out);
+/* The window's size with the hierarchical regions. */
+size_t gpu_hier_total(const gpu_hier_t *h);
+/* On the engine's device and stream, before the window's collectives:
+ * the record counters (zero), the kernels loaded. */
+epx_status_t gpu_hier_setup(gpu_hier_t *h, cudaStream_t st);
+void gpu_hier_destroy(gpu_hier_t *h);
+/* Dispatch in place of pack (after offsets, before recv); combine_send's
+ * put and chain; combine_recv's out. */
+epx_status_t gpu_hier_dispatch(const gpu_hier_t *h, const proto_geom_t *g,
+                               const epxk_call_t *c, int blocks,
+                               cudaStream_t st);
+epx_status_t gpu_hier_combine_send(const gpu_hier_t *h, const proto_geom_t *g,
+                                   const epxk_call_t *c, int blocks,
+                                   cudaStream_t st);
+epx_status_t gpu_hier_combine_recv(const gpu_hier_t *h, const proto_geom_t *g,
+                                   const epxk_call_t *c, int blocks,
+                                   cudaStream_t st);
+
+#endif /* EPX_CUDA_HIER_INT_H */

@@ -1,0 +1,542 @@
+/*
+ * Hierarchical two-hop dispatch and combine on device ranks
+ * (EPX_MOE_HIERARCHICAL, windows backend; src/cuda/README.md,
+ * "Hierarchical two-hop").  Every position, record field and the chain's
+ * order are proto/hier.h's, which the host executor runs too
+ * (src/moe/hier.c, hier_combine.c) and tests/proto/test_hier_core checks
+ * over simulated ranks against the reference; this file adds the thread
+ * mapping, the copies into peers' windows and the signals:
+ *
+ *   stage   (dispatch, after offsets; grid, a warp per token): the
+ *           token's record (header, row in the wire format, quantized
+ *           once) into this rank's staging slot of the token, a copy to
+ *           the gateway of each remote destination domain (a slot taken
+ *           from the domain's counter: a gateway's records may come in any
+ *           order, their positions are in them), and its rows in this
+ *           domain at the flat offsets; the last block stores each
+ *           gateway's record count and releases its sequence word, and
+ *           this rank's data flag at its own domain's members.
+ *   forward (grid): waits for the sequence word of each other domain's
+ *           source with this rank's local index, forwards its records (a
+ *           warp each) to this domain's members; the last block releases
+ *           those sources' data flags there.  The recv kernel is the flat
+ *           path's: every rank still gets R data flags.
+ *   put     (combine_send; grid, a warp per entry): the entry's partial
+ *           (the flat path's: a copy of y token-major, the rows' weighted
+ *           sum rounded to the engine dtype expert-major) into the
+ *           gateway of its source in this domain at the entry's slot; the
+ *           last block releases this member's partials word at every
+ *           gateway of the domain.
+ *   chain   (combine_send; grid): waits for the domain's partials and the
+ *           earlier domains' accumulators, then a warp per token of its
+ *           sources with destinations here continues the fp32 sum (0 +
+ *           first term where it starts) with this domain's partials in
+ *           rank order and stores it into the next destination domain's
+ *           gateway, or into the source's finished sums; the last block
+ *           releases the accumulators word at the later domains' gateways
+ *           and the finished word at every source it serves.
+ *   out     (combine_recv; grid): waits for the finished word of every
+ *           domain's gateway, rounds each sum once (0 for a token that
+ *           went nowhere).
+ * Same memory ordering as kernels.cu: plain stores, __threadfence_system
+ * in every thread, a block barrier, one release store; acquire loads on
+ * the reader's side.  The words are int32 copies of the call's sequence
+ * number, compared for equality (the host executor's words).
+ *
+ * Never run on a GPU yet.
+ */
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include "epx.h"
+#include "proto/proto.h"
+#include "proto/hier.h"
+#include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
+
+#define WARP 32
+
+/* Until *p == want, bounded by the timeout (then info's error word). */
+__device__ static bool hier_wait(const int32_t *p, int32_t want,
+                                 uint64_t timeout_ns, int64_t *info)
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (epxk_ld_acquire_s32(p) == want)
+            return true;
+        if ((n & 1023u) == 0) {
+            uint64_t t = epxk_now();
+            if (t0 == 0)
+                t0 = t;
+            else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
+                return false;
+            }
+        }
+    }
+}
+
+/* A copy by a warp: 16-byte vectors where both ends and the length allow,
+ * else 4-byte words, else bytes. */
+__device__ static void hier_copy(char *dst, const char *src, int64_t bytes,
+                                 int lane)
+{
+    const uintptr_t a = (uintptr_t)dst | (uintptr_t)src | (uintptr_t)bytes;
+    if ((a & 15) == 0) {
+        for (int64_t i = lane; i < bytes / 16; i += WARP)
+            ((uint4 *)dst)[i] = ((const uint4 *)src)[i];
+    } else if ((a & 3) == 0) {
+        for (int64_t i = lane; i < bytes / 4; i += WARP)
+            ((uint32_t *)dst)[i] = ((const uint32_t *)src)[i];
+    } else {
+        for (int64_t i = lane; i < bytes; i += WARP)
+            dst[i] = src[i];
+    }
+}
+
+/* The last block of the grid to arrive (every block's stores fenced
+ * first); it resets the counter. */
+__device__ static bool hier_grid_last(unsigned *done)
+{
+    __shared__ bool last;
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned prev = atomicAdd(done, 1u);
+        last = prev == gridDim.x - 1;
+        if (last)
+            *done = 0;
+        __threadfence_system();
+    }
+    __syncthreads();
+    return last;
+}
+
+__device__ static __forceinline__ uint64_t *hier_flag(const proto_geom_t &g,
+                                                      char *win, int f, int s)
+{
+    return (uint64_t *)(win + g.off_flags) + (int64_t)f * g.R + s;
+}
+
+__device__ static __forceinline__ int32_t *hier_word(char *win, int64_t off,
+                                                     int64_t i)
+{
+    return (int32_t *)(win + off) + i;
+}
+
+/* The call's count matrix (a cached call's: its layout's). */
+__device__ static __forceinline__ const int32_t *hier_cnt(
+    const proto_geom_t &g, const epxk_call_t &c)
+{
+    return c.cached ? c.lay_cnt
+                    : (const int32_t *)(c.peers[g.rank] + g.off_cnt) +
+                          proto_cnt_index(&g, c.parity, 0);
+}
+
+/* A record's wire parts: row scale, scales, data (proto/hier.h). */
+typedef struct hier_parts {
+    char *gs, *sc, *q;
+} hier_parts_t;
+
+__device__ static __forceinline__ hier_parts_t hier_rec_parts(
+    const proto_geom_t &g, const epxk_hier_t &h, char *rec)
+{
+    hier_parts_t p;
+    p.gs = rec + h.rec_hdr;
+    p.sc = p.gs + g.gscale_bytes;
+    p.q = p.sc + g.scale_bytes;
+    return p;
+}
+
+/* A bf16 row quantized once by a warp into a record's parts: the
+ * arithmetic of proto.h proto_q_row_fan (its scale blocks taken by the
+ * lanes in turn; NVFP4's row maximum reduced over the warp first). */
+__device__ static void hier_quant(const proto_geom_t &g, const hier_parts_t &p,
+                                  const uint16_t *x, float given, int lane)
+{
+    const int64_t chunks = proto_q_chunks(&g);
+    const int G = proto_q_group(&g), cb = proto_q_chunk_bytes(&g);
+    uint16_t v[MOE_QUANT_CHUNK];
+    uint8_t o[MOE_QUANT_CHUNK];
+    float global = 0.0f;
+    if (g.wire == EPX_WIRE_NVFP4) {
+        uint32_t m = 0;
+        for (int64_t c = lane; given <= 0.0f && c < chunks; c += WARP) {
+            int nan;
+            proto_q_load_chunk(&g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &nan);
+            m = a > m ? a : m;
+        }
+        if (given <= 0.0f)   /* the same for the whole warp */
+            m = __reduce_max_sync(0xffffffffu, m);
+        global = proto_q_row_global(given, m);
+        if (lane == 0)
+            *(float *)p.gs = global;
+    }
+    for (int64_t b0 = (int64_t)lane * G; b0 < chunks; b0 += (int64_t)WARP * G) {
+        uint32_t m = 0;
+        int nan = 0;
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            int n1;
+            proto_q_load_chunk(&g, x, c, v);
+            uint32_t a = moe_quant_chunk_amax(v, MOE_QUANT_CHUNK, &n1);
+            m = a > m ? a : m;
+            nan |= n1;
+        }
+        for (int64_t c = b0; c < b0 + G && c < chunks; c++) {
+            const int len = proto_q_load_chunk(&g, x, c, v);
+            const uint32_t s = proto_q_encode(&g, v, MOE_QUANT_CHUNK, m, nan,
+                                              global, o);
+            const int nb = proto_q_chunk_stored(&g, len);
+            for (int i = 0; i < nb; i++)
+                p.q[c * cb + i] = (char)o[i];
+            if (c == b0)
+                proto_q_store_scale(&g, p.sc, c / G, s);
+        }
+    }
+}
+
+/* A record's row into row `row` of window w's receive regions. */
+__device__ static void hier_put_row(const proto_geom_t &g, char *w, int64_t row,
+                                    const hier_parts_t &p, int lane)
+{
+    hier_copy(w + g.off_rows + row * g.xrow_bytes, p.q, g.xrow_bytes, lane);
+    if (g.scale_bytes)
+        hier_copy(w + g.off_scales + row * g.scale_bytes, p.sc, g.scale_bytes,
+                  lane);
+    if (g.gscale_bytes && lane == 0)
+        ((float *)(w + g.off_gscale))[row] = *(const float *)p.gs;
+}
+
+/* One record of source src to its destinations in this rank's domain, at
+ * the flat path's places (proto/hier.h), by a warp. */
+__device__ static void hier_forward(const proto_geom_t &g,
+                                    const epxk_call_t &c, const epxk_hier_t &h,
+                                    const int32_t *cnt, char *rec, int src,
+                                    int lane)
+{
+    const int K = g.K, L = h.x.L;
+    const int32_t *r = (const int32_t *)rec;
+    const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
+    const float *rw = (const float *)r + PROTO_HIER_REC_W(K);
+    const hier_parts_t p = hier_rec_parts(g, h, rec);
+    int32_t dst[EPX_MAX_TOPK];
+    const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL, dst, NULL);
+    for (int j = 0; j < nd; j++) {
+        const int d = dst[j];
+        if (d / L != h.x.dom)
+            continue;
+        char *w = c.peers[d];
+        const int32_t dp = proto_hier_rec_dpos(r, K, c.e2r, d);
+        const int64_t e_at = proto_hier_entbase(&g, cnt, src, d) + dp;
+        const int64_t slot = proto_hier_slot(&g, &h.x, cnt, h.w.P, src, d,
+                                             dp);
+        if (!g.em) {
+            hier_put_row(g, w, e_at, p, lane);
+            if (lane == 0) {
+                ((int32_t *)(w + g.off_src_rank))[e_at] = src;
+                ((int32_t *)(w + g.off_src_token))[e_at] = r[0];
+                ((int32_t *)(w + g.off_ret_slot))[e_at] = (int32_t)slot;
+                proto_meta_topk(&g, &ids, rw, c.e2r, 0, d, c.first[d],
+                                (int32_t *)(w + g.off_idx) + e_at * K,
+                                (float *)(w + g.off_w) + e_at * K);
+            }
+            continue;
+        }
+        /* Expert-major: a row per choice of a unit of d, in top-k order,
+         * and the entry naming them. */
+        int32_t *erows = (int32_t *)(w + g.off_ent_rows) + e_at * K;
+        int n = 0;
+        for (int k = 0; k < K; k++) {
+            const int32_t u = r[PROTO_HIER_REC_IDS(K) + k];
+            if (u < 0 || proto_owner(c.e2r, u) != d)
+                continue;
+            const int64_t row = proto_hier_unit_row(&g, cnt, src, c.first[d],
+                                                    r, K, k);
+            hier_put_row(g, w, row, p, lane);
+            if (lane == 0) {
+                ((int32_t *)(w + g.off_src_rank))[row] = src;
+                ((int32_t *)(w + g.off_src_token))[row] = r[0];
+                ((float *)(w + g.off_w))[row] = rw[k];
+                erows[n] = (int32_t)row;
+            }
+            n++;
+        }
+        if (lane == 0) {
+            for (int k = n; k < K; k++)
+                erows[k] = -1;
+            ((int32_t *)(w + g.off_ent_src))[e_at] = src;
+            ((int32_t *)(w + g.off_ret_slot))[e_at] = (int32_t)slot;
+        }
+    }
+}
+
+__global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
+                                       epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int L = h.x.L, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int32_t *cnt = hier_cnt(g, c);
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    if (c.info[EPXK_INFO_ERROR] == 0 && c.info[EPXK_INFO_AGREE] == 0)
+        for (int64_t t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             t < c.T; t += warps) {
+            const int32_t *dst = c.dest + t * g.maxdest;
+            if (dst[0] < 0)
+                continue;
+            char *rec = mine + h.w.stage +
+                        ((int64_t)dom * g.maxT + t) * h.rec_bytes;
+            const hier_parts_t p = hier_rec_parts(g, h, rec);
+            if (lane == 0)
+                proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
+                                    g.em ? c.epos : NULL, t, (int32_t *)rec);
+            const char *x = (const char *)c.x + t * g.row_bytes;
+            if (g.qblock)
+                hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
+            else
+                hier_copy(p.q, x, g.row_bytes, lane);
+            __threadfence();
+            __syncwarp();
+            for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
+                const int D = proto_hier_stage_dom(dst, j, L, dom);
+                if (D < 0)
+                    continue;
+                int slot = 0;
+                if (lane == 0)
+                    slot = atomicAdd(&h.count[D], 1);
+                slot = __shfl_sync(0xffffffffu, slot, 0);
+                char *gw = c.peers[proto_hier_gateway(&h.x, g.rank, D)];
+                hier_copy(gw + h.w.stage +
+                              ((int64_t)dom * g.maxT + slot) * h.rec_bytes,
+                          rec, h.rec_bytes, lane);
+            }
+            hier_forward(g, c, h, cnt, rec, g.rank, lane);
+        }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x) {
+        const int32_t n = atomicExch(&h.count[D], 0);
+        if (D == dom)
+            continue;
+        char *gw = c.peers[proto_hier_gateway(&h.x, g.rank, D)];
+        *hier_word(gw, h.w.shdr, 2 * (int64_t)dom) = n;
+        __threadfence_system();
+        epxk_st_release_s32(hier_word(gw, h.w.shdr, 2 * (int64_t)dom + 1),
+                            (int32_t)c.seq);
+    }
+    for (int j = threadIdx.x; j < L; j += blockDim.x)
+        epxk_st_release_u64(hier_flag(g, c.peers[dom * L + j],
+                                      PROTO_FLAG_DATA, g.rank), c.seq);
+}
+
+__global__ void epxk_hier_fwd_kernel(proto_geom_t g, epxk_call_t c,
+                                     epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int L = h.x.L, ND = h.x.ND, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int32_t *cnt = hier_cnt(g, c);
+    for (int b = threadIdx.x; b < ND; b += blockDim.x)
+        if (b != dom && *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            hier_wait(hier_word(mine, h.w.shdr, 2 * (int64_t)b + 1),
+                      (int32_t)c.seq, c.timeout_ns, c.info);
+    __syncthreads();
+    const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0 &&
+                    c.info[EPXK_INFO_AGREE] == 0;
+    for (int b = 0; go && b < ND; b++) {
+        if (b == dom)
+            continue;
+        const int src = proto_hier_gateway(&h.x, g.rank, b);
+        const int64_t n = *hier_word(mine, h.w.shdr, 2 * (int64_t)b);
+        for (int64_t k = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             k < n; k += warps)
+            hier_forward(g, c, h, cnt,
+                         mine + h.w.stage + ((int64_t)b * g.maxT + k) *
+                                                h.rec_bytes,
+                         src, lane);
+    }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int i = threadIdx.x; i < ND * L; i += blockDim.x) {
+        const int b = i / L, j = i % L;
+        if (b != dom)
+            epxk_st_release_u64(hier_flag(g, c.peers[dom * L + j],
+                                          PROTO_FLAG_DATA,
+                                          proto_hier_gateway(&h.x, g.rank, b)),
+                                c.seq);
+    }
+}
+
+__global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
+                                     epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int L = h.x.L, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int64_t ents = c.info[EPXK_INFO_ENTS];
+    const float *wt = c.unweighted ? NULL : (const float *)(mine + g.off_w);
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < ents; i += warps) {
+            const int64_t slot = ((const int32_t *)(mine + g.off_ret_slot))[i];
+            const int s = g.em ? ((const int32_t *)(mine + g.off_ent_src))[i]
+                               : ((const int32_t *)(mine + g.off_src_rank))[i];
+            char *dst = c.peers[dom * L + s % L] + h.w.part +
+                        slot * g.row_bytes;
+            if (!g.em) {
+                hier_copy(dst, (const char *)c.y + i * g.row_bytes,
+                          g.row_bytes, lane);
+                continue;
+            }
+            const int32_t *rows = (const int32_t *)(mine + g.off_ent_rows) +
+                                  i * g.K;
+            for (int64_t e = lane; e < g.H; e += WARP)
+                proto_store(dst, g.esize, e,
+                            proto_partial_elem(&g, (const char *)c.y, rows, wt,
+                                               e));
+        }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int j = threadIdx.x; j < L; j += blockDim.x)
+        epxk_st_release_s32(hier_word(c.peers[dom * L + j], h.w.pdone,
+                                      h.x.li), (int32_t)c.seq);
+}
+
+__global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
+                                       epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int K = g.K, L = h.x.L, ND = h.x.ND, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int32_t *cnt = hier_cnt(g, c);
+    for (int i = threadIdx.x; i < L + dom; i += blockDim.x)
+        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            hier_wait(i < L ? hier_word(mine, h.w.pdone, i)
+                            : hier_word(mine, h.w.cdone, i - L),
+                      (int32_t)c.seq, c.timeout_ns, c.info);
+    __syncthreads();
+    const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
+    int32_t dst[EPX_MAX_TOPK];
+    int64_t slot[EPX_MAX_TOPK];
+    for (int b = 0; go && b < ND; b++) {
+        const int src = proto_hier_gateway(&h.x, g.rank, b);
+        const int64_t n = b == dom ? c.T
+                                   : *hier_word(mine, h.w.shdr, 2 * (int64_t)b);
+        for (int64_t k = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             k < n; k += warps) {
+            if (b == dom && c.dest[k * g.maxdest] < 0)
+                continue;   /* a token of ours that went nowhere */
+            const int32_t *r = (const int32_t *)(mine + h.w.stage +
+                                                 ((int64_t)b * g.maxT + k) *
+                                                     h.rec_bytes);
+            const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
+            const int64_t t = r[0];
+            const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL,
+                                            dst, NULL);
+            int j0, next;
+            const int here = proto_hier_chain(dst, nd, L, dom, &j0, &next);
+            if (here == 0)
+                continue;
+            for (int j = 0; j < here; j++)
+                slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src,
+                                          dst[j0 + j],
+                                          proto_hier_rec_dpos(r, K, c.e2r,
+                                                              dst[j0 + j]));
+            const float *in = (const float *)(mine + h.w.chain) +
+                              ((int64_t)b * g.maxT + t) * g.H;
+            float *out = next >= 0
+                ? (float *)(c.peers[proto_hier_gateway(&h.x, g.rank, next)] +
+                            h.w.chain) + ((int64_t)b * g.maxT + t) * g.H
+                : (float *)(c.peers[src] + h.w.final) + t * g.H;
+            const char *part = mine + h.w.part;
+            for (int64_t e = lane; e < g.H; e += WARP) {
+                /* proto.h's row sums: 0 + the first term where the sum
+                 * starts, else the accumulator so far + it */
+                float a = proto_load(part + slot[0] * g.row_bytes, g.esize, e);
+                a = j0 == 0 ? 0.0f + a : in[e] + a;
+                for (int j = 1; j < here; j++)
+                    a = a + proto_load(part + slot[j] * g.row_bytes, g.esize,
+                                       e);
+                out[e] = a;
+            }
+        }
+    }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int b = threadIdx.x; b < ND; b += blockDim.x) {
+        char *w = c.peers[proto_hier_gateway(&h.x, g.rank, b)];
+        if (b > dom)
+            epxk_st_release_s32(hier_word(w, h.w.cdone, dom), (int32_t)c.seq);
+        epxk_st_release_s32(hier_word(w, h.w.fdone, dom), (int32_t)c.seq);
+    }
+}
+
+__global__ void epxk_hier_out_kernel(proto_geom_t g, epxk_call_t c,
+                                     epxk_hier_t h)
+{
+    char *mine = c.peers[g.rank];
+    for (int b = threadIdx.x; b < h.x.ND; b += blockDim.x)
+        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            hier_wait(hier_word(mine, h.w.fdone, b), (int32_t)c.seq,
+                      c.timeout_ns, c.info);
+    __syncthreads();
+    if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] != 0)
+        return;
+    const float *fin = (const float *)(mine + h.w.final);
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t nth = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = tid; i < c.T * g.H; i += nth) {
+        const int64_t t = i / g.H, e = i % g.H;
+        proto_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, e,
+                    c.dest[t * g.maxdest] < 0 ? 0.0f : fin[i]);
+    }
+}
+
+extern "C" int epxk_hier_launch(int which, const proto_geom_t *g,
+                                const epxk_call_t *c, const epxk_hier_t *h,
+                                int blocks, void *stream)
+{
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (which) {
+    case EPXK_HIER_STAGE:
+        epxk_hier_stage_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIER_FWD:
+        epxk_hier_fwd_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIER_PUT:
+        epxk_hier_put_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIER_CHAIN:
+        epxk_hier_chain_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIER_OUT:
+        epxk_hier_out_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    default:
+        return (int)cudaErrorInvalidValue;
+    }
+    return (int)cudaGetLastError();
+}
+
+extern "C" int epxk_hier_preload(void)
+{
+    const void *k[] = {
+        (const void *)epxk_hier_stage_kernel,
+        (const void *)epxk_hier_fwd_kernel,
+        (const void *)epxk_hier_put_kernel,
+        (const void *)epxk_hier_chain_kernel,
+        (const void *)epxk_hier_out_kernel,
+    };
+    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
+        cudaFuncAttributes a;
+        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
+        if (e != cudaSuccess)
+            return (int)e;
+    }
+    return 0;
+}

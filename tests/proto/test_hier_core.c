@@ -1,0 +1,615 @@
+/*
+ * The hierarchical two-hop protocol's core (src/proto/hier.h) over
+ * simulated ranks and domain shapes, against the independent reference
+ * (tests/ref: the flat contract).  Every source lays its tokens out
+ * (proto_walk_token), the count matrix is built from those counts, and
+ * then only the core says what goes where:
+ *   dispatch: the source's record of each token (proto_hier_rec_fill) to
+ *     the gateway of each remote destination domain (proto_hier_stage_dom,
+ *     proto_hier_gateway); every gateway forwards its records, taken in a
+ *     random order, to its domain's members at the positions of
+ *     proto_hier_entbase / rowbases / row / slot; the source forwards its
+ *     own tokens inside its domain the same way.  Each rank's rows,
+ *     metadata and entries are then compared with the reference's receive,
+ *     and every entry and row is written once.
+ *   combine: each member's partial of each entry (the reference's y, the
+ *     core's partial and its rounding) into its gateway at the entry's
+ *     slot, then the gateways of each domain in ascending order chain the
+ *     fp32 accumulators (proto_hier_chain, the rows' sums of proto.h) into
+ *     the sources; the rounded sums must be the reference's combine
+ *     output bit for bit (and so the flat path's).
+ * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
+ * segment alignment), bf16 and fp32, tokens that go nowhere, ranks with
+ * no tokens, every token on one expert, K above and below the domain
+ * size; plus proto_hier_blocks on equal, unequal, interleaved and
+ * repeated domain ids and the window regions' order and sizes.
+ * The host executor runs the same functions (src/moe/hier.c,
+ * hier_combine.c), and tests/moe/test_hier checks it against the same
+ * reference.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/epx_test.h"
+#include "ref/ref.h"
+#include "proto/hier.h"
+
+static epxt_rng_t rng;
+
+typedef struct scen {
+    int R, L, E, K, H, maxT;
+    epx_dtype_t dtype;
+    int em, align, unweighted;
+    int route;       /* 0 random with -1, 1 all to expert 0, 2 none */
+    int zero_tokens; /* odd ranks send nothing */
+} scen_t;
+
+typedef struct src_state {
+    int64_t T;
+    void *x;
+    int64_t *idx64;
+    int32_t *units, *dest, *pos, *upos;
+    float *w;
+    int32_t *mycnt;          /* [R + E] */
+} src_state_t;
+
+/* What a rank holds: its receive rows and metadata, its entries, the
+ * expert outputs (y) of its rows, and as gateway its staging, partials,
+ * chain accumulators; as source its finished sums. */
+typedef struct rank_win {
+    char *rows;              /* [xrows][row_bytes] */
+    int32_t *src_rank, *src_token, *idx;
+    float *w;                /* token-major [xrows][K], else [xrows] */
+    int32_t *ent;            /* [xrows][3 + K]: src, slot, n, rows */
+    int32_t *ent_hits, *row_hits;
+    float *y;                /* expert-major: [xrows][H] y of each row */
+    char **stage;            /* [ND] records */
+    int64_t *nstage;         /* [ND] */
+    char *part;              /* [ND * P][row_bytes] */
+    int32_t *part_hits;
+    float *chain;            /* [ND][maxT][H] */
+    float *final;            /* [maxT][H] */
+} rank_win_t;
+
+static float y_value(int src, int64_t t, int who, int h)
+{
+    return (float)((int)(epxt_hash(epxt_seed(), (uint64_t)src, (uint64_t)t,
+                                   (uint64_t)who, (uint64_t)h) % 41) - 20) /
+           16.0f;
+}
+
+static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = y_value(src, t, who, h);
+}
+
+/* Forward one record of source src to the members of gateway G's domain
+ * (proto/hier.h), into their windows. */
+static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
+                    const int32_t *cnt, int64_t P, const int32_t *first,
+                    const int32_t *e2r, int src, const int32_t *rec,
+                    const char *row, rank_win_t *win)
+{
+    const int K = g0->K, L = gx->L, D = gx->dom;
+    const proto_ids_t ids = proto_hier_rec_ids(rec, K, g0->E);
+    const float *rw = (const float *)rec + PROTO_HIER_REC_W(K);
+    int32_t dst[EPX_MAX_TOPK], lidx[EPX_MAX_TOPK];
+    float lw[EPX_MAX_TOPK];
+    int64_t *rowbase = malloc(sizeof(int64_t) * (size_t)g0->E);
+    int nd = proto_walk_dests(g0, &ids, NULL, e2r, 0, NULL, dst, NULL);
+    for (int j = 0; j < nd; j++) {
+        const int d = dst[j];
+        if (d / L != D)
+            continue;
+        proto_geom_t g = *g0;
+        g.rank = d;
+        rank_win_t *w = &win[d];
+        const int32_t dp = proto_hier_rec_dpos(rec, K, e2r, d);
+        assert_true(dp >= 0);
+        const int64_t e_at = proto_hier_entbase(&g, cnt, src, d) + dp;
+        assert_true(e_at >= 0 && e_at < g.ents);
+        int32_t *ent = w->ent + e_at * (3 + K);
+        w->ent_hits[e_at]++;
+        ent[0] = src;
+        ent[1] = (int32_t)proto_hier_slot(&g, gx, cnt, P, src, d, dp);
+        ent[2] = 0;
+        proto_meta_topk(&g, &ids, rw, e2r, 0, d, first[d], lidx, lw);
+        if (g.em) {
+            proto_hier_rowbases(&g, cnt, src, first[d],
+                                first[d + 1] - first[d], rowbase);
+            for (int k = 0; k < K; k++) {
+                if (lidx[k] < 0)
+                    continue;
+                const int64_t r = proto_hier_row(rowbase, rec, K, k);
+                assert_true(r >= 0 && r < g.xrows);
+                /* the device's form, without the bases */
+                assert_int_equal(proto_hier_unit_row(&g, cnt, src, first[d],
+                                                     rec, K, k), r);
+                w->row_hits[r]++;
+                ent[3 + ent[2]++] = (int32_t)r;
+                memcpy(w->rows + r * g.row_bytes, row, (size_t)g.row_bytes);
+                w->src_rank[r] = src;
+                w->src_token[r] = rec[0];
+                w->w[r] = lw[k];
+                y_fn(&g.H, src, rec[0], rec[PROTO_HIER_REC_IDS(K) + k],
+                     w->y + r * g.H);
+            }
+            continue;
+        }
+        w->row_hits[e_at]++;
+        memcpy(w->rows + e_at * g.row_bytes, row, (size_t)g.row_bytes);
+        w->src_rank[e_at] = src;
+        w->src_token[e_at] = rec[0];
+        memcpy(w->idx + e_at * K, lidx, sizeof(int32_t) * (size_t)K);
+        memcpy(w->w + e_at * K, lw, sizeof(float) * (size_t)K);
+    }
+    free(rowbase);
+}
+
+static void run(const scen_t *sc)
+{
+    const int R = sc->R, E = sc->E, K = sc->K, H = sc->H, L = sc->L;
+    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    assert_true(R % L == 0 && R <= 128);
+    proto_geom_t g0 = { 0 };
+    proto_geom_shape(&g0, R, 0, E, K, H, esize, EPX_WIRE_NATIVE, sc->maxT,
+                     sc->em, sc->align);
+    proto_geom_layout(&g0);
+    int32_t *e2r = malloc(sizeof(int32_t) * (size_t)E);
+    int32_t first[129];
+    for (int r = 0; r <= R; r++)
+        first[r] = proto_first_expert(R, E, r);
+    for (int r = 0; r < R; r++)
+        for (int e = first[r]; e < first[r + 1]; e++)
+            e2r[e] = r;
+    proto_hier_t gx;
+    proto_hier_shape(&gx, R, L, K, 0);
+    const int ND = gx.ND;
+    const int64_t P = (int64_t)sc->maxT * gx.maxdl;
+    assert_int_equal(gx.maxdl, K < L ? K : L);
+
+    /* Sources: tokens, the walk, the count matrix. */
+    src_state_t *ss = calloc((size_t)R, sizeof(*ss));
+    ref_tokens_t *rt = calloc((size_t)R, sizeof(*rt));
+    int32_t *cnt = calloc((size_t)R * (size_t)g0.cnt_ints, sizeof(int32_t));
+    for (int s = 0; s < R; s++) {
+        src_state_t *x = &ss[s];
+        x->T = sc->zero_tokens && s % 2 ? 0
+             : (int64_t)epxt_below(&rng, (uint64_t)sc->maxT + 1);
+        const size_t TK = (size_t)(x->T * K + 1);
+        x->x = calloc((size_t)(x->T * H + 1), (size_t)esize);
+        x->idx64 = calloc(TK, sizeof(int64_t));
+        x->units = calloc(TK, sizeof(int32_t));
+        x->upos = calloc(TK, sizeof(int32_t));
+        x->w = calloc(TK, sizeof(float));
+        x->dest = calloc((size_t)(x->T * g0.maxdest + 1), sizeof(int32_t));
+        x->pos = calloc((size_t)(x->T * g0.maxdest + 1), sizeof(int32_t));
+        x->mycnt = calloc((size_t)(R + E), sizeof(int32_t));
+        for (int64_t i = 0; i < x->T * H; i++)
+            ref_store(sc->dtype, x->x, i,
+                      (float)((int)epxt_below(&rng, 2001) - 1000) / 64.0f);
+        for (int64_t t = 0; t < x->T; t++)
+            for (int k = 0; k < K; k++) {
+                int64_t e = -1;
+                if (sc->route == 1)
+                    e = k == 0 ? 0 : -1;
+                else if (sc->route == 0 && epxt_below(&rng, 5) != 0) {
+                    int again;   /* distinct experts per token */
+                    do {
+                        e = (int64_t)epxt_below(&rng, (uint64_t)E);
+                        again = 0;
+                        for (int k2 = 0; k2 < k; k2++)
+                            again |= x->idx64[t * K + k2] == e;
+                    } while (again && E >= K);
+                }
+                x->idx64[t * K + k] = e;
+                x->units[t * K + k] = (int32_t)e;
+                x->w[t * K + k] = (float)epxt_below(&rng, 1000) / 997.0f;
+            }
+        proto_geom_t g = g0;
+        g.rank = s;
+        const proto_ids_t ids = { x->units, 0, K, E, { 0, NULL, NULL, NULL } };
+        int32_t *dcur = x->mycnt, *ucur = x->mycnt + R;
+        for (int64_t t = 0; t < x->T; t++)
+            proto_walk_token(&g, &ids, e2r, t, INT32_MAX, ucur, x->upos, dcur,
+                             x->dest, x->pos);
+        memcpy(cnt + (int64_t)s * g0.cnt_ints, x->mycnt,
+               sizeof(int32_t) * (size_t)(R + E));
+        rt[s] = (ref_tokens_t){ x->T, x->x, x->idx64, x->w, 0 };
+    }
+
+    rank_win_t *win = calloc((size_t)R, sizeof(*win));
+    const int64_t xr = (g0.xrows > g0.ents ? g0.xrows : g0.ents) + 1;
+    for (int r = 0; r < R; r++) {
+        rank_win_t *w = &win[r];
+        w->rows = calloc((size_t)xr, (size_t)g0.row_bytes);
+        w->src_rank = malloc(sizeof(int32_t) * (size_t)xr);
+        w->src_token = malloc(sizeof(int32_t) * (size_t)xr);
+        w->idx = calloc((size_t)xr * (size_t)K, sizeof(int32_t));
+        w->w = calloc((size_t)xr * (size_t)K, sizeof(float));
+        w->ent = calloc((size_t)xr * (size_t)(3 + K), sizeof(int32_t));
+        w->ent_hits = calloc((size_t)xr, sizeof(int32_t));
+        w->row_hits = calloc((size_t)xr, sizeof(int32_t));
+        w->y = calloc((size_t)xr * (size_t)H, sizeof(float));
+        for (int64_t i = 0; i < xr; i++)
+            w->src_rank[i] = w->src_token[i] = -1;
+        w->stage = calloc((size_t)ND, sizeof(char *));
+        w->nstage = calloc((size_t)ND, sizeof(int64_t));
+        w->part = calloc((size_t)(ND * P + 1), (size_t)g0.row_bytes);
+        w->part_hits = calloc((size_t)(ND * P + 1), sizeof(int32_t));
+        w->chain = calloc((size_t)ND * (size_t)sc->maxT * (size_t)H + 1,
+                          sizeof(float));
+        w->final = calloc((size_t)sc->maxT * (size_t)H + 1, sizeof(float));
+    }
+    const int64_t recb = proto_hier_rec_bytes(K, g0.row_bytes);
+    const int64_t hdr = proto_hier_rec_hdr(K);
+    assert_true(hdr >= 4 * (1 + 4 * K) && hdr % 16 == 0);
+    assert_true(recb >= hdr + g0.row_bytes && recb % 16 == 0);
+    for (int r = 0; r < R; r++)
+        for (int b = 0; b < ND; b++)
+            win[r].stage[b] = calloc((size_t)sc->maxT + 1, (size_t)recb);
+
+    /* Dispatch, hop 1: each source stages each token once per remote
+     * destination domain and forwards inside its own. */
+    char *rec = calloc(1, (size_t)recb);
+    for (int s = 0; s < R; s++) {
+        src_state_t *x = &ss[s];
+        proto_hier_t sx;
+        proto_hier_shape(&sx, R, L, K, s);
+        proto_geom_t g = g0;
+        g.rank = s;
+        const proto_ids_t ids = { x->units, 0, K, E, { 0, NULL, NULL, NULL } };
+        for (int64_t t = 0; t < x->T; t++) {
+            const int32_t *dst = x->dest + t * g0.maxdest;
+            int nd = 0;
+            while (nd < g0.maxdest && dst[nd] >= 0)
+                nd++;
+            if (nd == 0)
+                continue;
+            proto_hier_rec_fill(&g, &ids, x->w, e2r, x->dest, x->pos, x->upos,
+                                t, (int32_t *)rec);
+            memcpy(rec + hdr, (const char *)x->x + t * g0.row_bytes,
+                   (size_t)g0.row_bytes);
+            uint64_t seen = 0;
+            for (int j = 0; j < nd; j++) {
+                const int D = proto_hier_stage_dom(dst, j, L, sx.dom);
+                const int Dj = dst[j] / L;
+                /* a remote domain, staged at its first destination only */
+                assert_int_equal(D >= 0, Dj != sx.dom && !(seen >> Dj & 1));
+                seen |= 1ull << Dj;
+                if (D < 0)
+                    continue;
+                const int G = proto_hier_gateway(&sx, s, D);
+                assert_int_equal(G / L, D);
+                assert_int_equal(G % L, s % L);
+                rank_win_t *w = &win[G];
+                memcpy(w->stage[sx.dom] + w->nstage[sx.dom]++ * recb, rec,
+                       (size_t)recb);
+            }
+            forward(&g0, &sx, cnt, P, first, e2r, s, (const int32_t *)rec,
+                    rec + hdr, win);
+        }
+    }
+    /* Hop 2: every gateway forwards the records of each other domain's
+     * source with its local index, in a random order. */
+    for (int G = 0; G < R; G++) {
+        proto_hier_t gw;
+        proto_hier_shape(&gw, R, L, K, G);
+        for (int b = 0; b < ND; b++) {
+            const int src = proto_hier_gateway(&gw, G, b);
+            const int64_t n = win[G].nstage[b];
+            if (b == gw.dom) {
+                assert_int_equal(n, 0);
+                continue;
+            }
+            int64_t *order = malloc(sizeof(int64_t) * (size_t)(n + 1));
+            for (int64_t i = 0; i < n; i++)
+                order[i] = i;
+            for (int64_t i = n - 1; i > 0; i--) {
+                int64_t j = (int64_t)epxt_below(&rng, (uint64_t)i + 1), v;
+                v = order[i], order[i] = order[j], order[j] = v;
+            }
+            for (int64_t i = 0; i < n; i++) {
+                const char *p = win[G].stage[b] + order[i] * recb;
+                forward(&g0, &gw, cnt, P, first, e2r, src,
+                        (const int32_t *)p, p + hdr, win);
+            }
+            free(order);
+        }
+    }
+
+    /* Each rank's receive against the reference (the flat contract). */
+    ref_cfg_t cfg = { R, E, K, H, sc->dtype,
+                      sc->em ? EPX_LAYOUT_EXPERT_MAJOR : EPX_LAYOUT_TOKEN_MAJOR,
+                      g0.align, EPX_WIRE_NATIVE };
+    int64_t *nent = calloc((size_t)R, sizeof(int64_t));
+    for (int r = 0; r < R; r++) {
+        rank_win_t *w = &win[r];
+        proto_geom_t g = g0;
+        g.rank = r;
+        ref_recv_t want;
+        assert_int_equal(ref_dispatch(&cfg, rt, r, &want), 0);
+        nent[r] = proto_recv_rows(&g, cnt);
+        for (int64_t i = 0; i < nent[r]; i++)
+            assert_int_equal(w->ent_hits[i], 1);
+        for (int64_t i = nent[r]; i < g.ents; i++)
+            assert_int_equal(w->ent_hits[i], 0);
+        for (int64_t i = 0; i < want.num_rows; i++) {
+            assert_int_equal(w->src_rank[i], want.src_rank[i]);
+            assert_int_equal(w->src_token[i], want.src_token[i]);
+            assert_int_equal(w->row_hits[i], want.src_rank[i] >= 0);
+            if (want.src_rank[i] < 0)
+                continue;
+            assert_memory_equal(w->rows + i * g.row_bytes,
+                                want.x + i * g.row_bytes, (size_t)g.row_bytes);
+            if (sc->em) {
+                assert_memory_equal(&w->w[i], &want.weights[i], 4);
+                continue;
+            }
+            assert_memory_equal(w->idx + i * K, want.topk_idx + i * K,
+                                4 * (size_t)K);
+            assert_memory_equal(w->w + i * K, want.weights + i * K,
+                                4 * (size_t)K);
+        }
+        for (int64_t i = want.num_rows; i < g.xrows; i++)
+            assert_int_equal(w->row_hits[i], 0);
+        ref_recv_free(&want);
+    }
+
+    /* Combine: partials into the gateway in each member's domain. */
+    float *acc = malloc(sizeof(float) * (size_t)H);
+    for (int d = 0; d < R; d++) {
+        rank_win_t *w = &win[d];
+        proto_geom_t g = g0;
+        g.rank = d;
+        for (int64_t i = 0; i < nent[d]; i++) {
+            const int32_t *ent = w->ent + i * (3 + K);
+            const int src = ent[0];
+            const int G = (d / L) * L + src % L;
+            assert_true(ent[1] >= (src / L) * P && ent[1] < (src / L + 1) * P);
+            char *dst = win[G].part + (int64_t)ent[1] * g.row_bytes;
+            win[G].part_hits[ent[1]]++;
+            if (!sc->em) {
+                y_fn(&cfg.hidden, src, w->src_token[i], d, acc);
+                proto_store_row(dst, acc, esize, H);
+                continue;
+            }
+            /* y rows in the engine dtype, the core's partial and its wire
+             * rounding (proto.h proto_partial_row). */
+            char *yrows = calloc((size_t)(g.xrows + 1), (size_t)g.row_bytes);
+            for (int k = 0; k < ent[2]; k++)
+                proto_store_row(yrows + (int64_t)ent[3 + k] * g.row_bytes,
+                                w->y + (int64_t)ent[3 + k] * H, esize, H);
+            proto_partial_row(&g, yrows, ent + 3, ent[2],
+                              sc->unweighted ? NULL : w->w, 0, H, acc);
+            proto_store_row(dst, acc, esize, H);
+            free(yrows);
+        }
+    }
+    for (int G = 0; G < R; G++)
+        for (int64_t i = 0; i < ND * P; i++)
+            assert_true(win[G].part_hits[i] <= 1);
+    /* The chain: domains in ascending order, each gateway continuing the
+     * sums of its sources' tokens that have destinations here. */
+    int32_t dst[EPX_MAX_TOPK], dpos[EPX_MAX_TOPK];
+    for (int D = 0; D < ND; D++)
+        for (int G = D * L; G < (D + 1) * L; G++) {
+            proto_hier_t gw;
+            proto_hier_shape(&gw, R, L, K, G);
+            proto_geom_t g = g0;
+            g.rank = G;
+            for (int b = 0; b < ND; b++) {
+                const int src = proto_hier_gateway(&gw, G, b);
+                const src_state_t *x = &ss[src];
+                const int64_t n = b == D ? x->T : win[G].nstage[b];
+                for (int64_t k = 0; k < n; k++) {
+                    int64_t t;
+                    int nd = 0;
+                    if (b == D) {   /* own tokens: the source's layout */
+                        t = k;
+                        while (nd < g.maxdest && x->dest[t * g.maxdest + nd] >= 0) {
+                            dst[nd] = x->dest[t * g.maxdest + nd];
+                            dpos[nd] = x->pos[t * g.maxdest + nd];
+                            nd++;
+                        }
+                    } else {        /* the staged record */
+                        const int32_t *rc = (const int32_t *)(win[G].stage[b] +
+                                                              k * recb);
+                        const proto_ids_t u = proto_hier_rec_ids(rc, K, E);
+                        t = rc[0];
+                        nd = proto_walk_dests(&g, &u, NULL, e2r, 0, NULL, dst,
+                                              NULL);
+                        for (int j = 0; j < nd; j++)
+                            dpos[j] = proto_hier_rec_dpos(rc, K, e2r, dst[j]);
+                    }
+                    int j0, next;
+                    const int here = proto_hier_chain(dst, nd, L, D, &j0, &next);
+                    if (here == 0)
+                        continue;
+                    assert_true(next < 0 || next > D);
+                    float *a = next >= 0
+                        ? win[proto_hier_gateway(&gw, src, next)].chain +
+                              ((int64_t)b * sc->maxT + t) * H
+                        : win[src].final + t * H;
+                    float *in = win[G].chain + ((int64_t)b * sc->maxT + t) * H;
+                    memcpy(acc, in, sizeof(float) * (size_t)H);
+                    for (int j = 0; j < here; j++) {
+                        const int64_t slot = proto_hier_slot(&g, &gw, cnt, P,
+                                                             src, dst[j0 + j],
+                                                             dpos[j0 + j]);
+                        assert_int_equal(win[G].part_hits[slot], 1);
+                        proto_sum_row(acc, win[G].part + slot * g.row_bytes,
+                                      esize, NULL, j0 == 0 && j == 0, H);
+                    }
+                    memcpy(a, acc, sizeof(float) * (size_t)H);
+                }
+            }
+        }
+    /* The sources' outputs, rounded once (0 for a token sent nowhere). */
+    for (int epx_out = 0; epx_out < 2; epx_out++) {
+        const epx_dtype_t odt = epx_out ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16;
+        const int oes = epx_out ? 4 : 2;
+        for (int s = 0; s < R; s++) {
+            const src_state_t *x = &ss[s];
+            const size_t ob = (size_t)(x->T * H + 1) * (size_t)oes;
+            char *got = calloc(1, ob), *want = calloc(1, ob);
+            for (int64_t t = 0; t < x->T; t++)
+                if (x->dest[t * g0.maxdest] >= 0)
+                    proto_store_row(got + t * H * oes, win[s].final + t * H,
+                                    oes, H);
+            assert_int_equal(ref_combine(&cfg, s, &rt[s], sc->unweighted, y_fn,
+                                         &cfg.hidden, odt, want), 0);
+            assert_memory_equal(got, want, (size_t)(x->T * H) * (size_t)oes);
+            free(got);
+            free(want);
+        }
+    }
+
+    free(acc);
+    free(nent);
+    free(rec);
+    for (int r = 0; r < R; r++) {
+        rank_win_t *w = &win[r];
+        for (int b = 0; b < ND; b++)
+            free(w->stage[b]);
+        free(w->stage), free(w->nstage), free(w->part), free(w->part_hits);
+        free(w->chain), free(w->final), free(w->rows), free(w->src_rank);
+        free(w->src_token), free(w->idx), free(w->w), free(w->ent);
+        free(w->ent_hits), free(w->row_hits), free(w->y);
+        src_state_t *x = &ss[r];
+        free(x->x), free(x->idx64), free(x->units), free(x->upos), free(x->w);
+        free(x->dest), free(x->pos), free(x->mycnt);
+    }
+    free(win), free(ss), free(rt), free(cnt), free(e2r);
+}
+
+/* Domain shapes: (R, L) with L dividing R. */
+static const int shapes[][2] = {
+    { 1, 1 }, { 2, 1 }, { 2, 2 }, { 4, 2 }, { 4, 1 }, { 6, 3 }, { 6, 2 },
+    { 8, 4 }, { 8, 2 }, { 12, 4 }, { 16, 8 }, { 9, 3 }, { 24, 8 },
+};
+
+static void token_major(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+        for (int v = 0; v < 3; v++) {
+            const int R = shapes[i][0];
+            scen_t sc = { R, shapes[i][1], R * (1 + v) + 6, 1 + (int)(i + v) % 6,
+                          v == 1 ? 33 : 16, 1 + (int)epxt_below(&rng, 12),
+                          v == 2 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 0, 1, 0,
+                          0, v == 1 };
+            run(&sc);
+        }
+}
+
+static void expert_major(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
+        for (int v = 0; v < 3; v++) {
+            const int R = shapes[i][0];
+            scen_t sc = { R, shapes[i][1], R * (1 + v) + (v == 2 ? 8 : 7),
+                          1 + (int)(i + 2 * v) % 7, v == 0 ? 17 : 16,
+                          1 + (int)epxt_below(&rng, 10),
+                          v == 1 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 1,
+                          v == 2 ? 4 : 1, v == 1, 0, v == 2 };
+            run(&sc);
+        }
+}
+
+static void edges(void **state)
+{
+    (void)state;
+    /* every token on expert 0; no expert at all; empty ranks; one rank;
+     * K above the domain size; 72 ranks in 9 domains of 8. */
+    const scen_t cases[] = {
+        { 8, 2, 16, 4, 16, 9, EPX_DTYPE_BF16, 0, 1, 0, 1, 0 },
+        { 8, 2, 16, 4, 16, 9, EPX_DTYPE_BF16, 1, 2, 0, 1, 0 },
+        { 6, 3, 12, 2, 16, 5, EPX_DTYPE_BF16, 0, 1, 0, 2, 0 },
+        { 6, 3, 12, 2, 16, 5, EPX_DTYPE_BF16, 1, 1, 0, 2, 1 },
+        { 1, 1, 3, 2, 8, 7, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
+        { 1, 1, 3, 2, 8, 7, EPX_DTYPE_FP32, 1, 1, 1, 0, 0 },
+        { 8, 2, 32, 8, 16, 6, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
+        { 8, 2, 32, 8, 16, 6, EPX_DTYPE_BF16, 1, 1, 0, 0, 0 },
+        { 72, 8, 144, 8, 8, 4, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
+        { 72, 8, 72, 6, 8, 3, EPX_DTYPE_BF16, 1, 2, 0, 0, 1 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        run(&cases[i]);
+}
+
+static void blocks(void **state)
+{
+    (void)state;
+    const int32_t eq[] = { 5, 5, 2, 2, 9, 9 };
+    const int32_t one[] = { 3, 3, 3, 3 };
+    const int32_t each[] = { 0, 1, 2, 3 };
+    const int32_t uneq[] = { 0, 0, 0, 1, 1, 2 };
+    const int32_t inter[] = { 0, 1, 0, 1 };
+    const int32_t rep[] = { 0, 0, 1, 1, 0, 0 };
+    const int32_t neg[] = { -1, -1, 0, 0 };
+    const int32_t mixed[] = { 0, 0, 1, 2 };
+    assert_int_equal(proto_hier_blocks(eq, 6), 2);
+    assert_int_equal(proto_hier_blocks(one, 4), 4);
+    assert_int_equal(proto_hier_blocks(each, 4), 1);
+    assert_int_equal(proto_hier_blocks(uneq, 6), 0);
+    assert_int_equal(proto_hier_blocks(inter, 4), 0);
+    assert_int_equal(proto_hier_blocks(rep, 6), 0);
+    assert_int_equal(proto_hier_blocks(neg, 4), 0);
+    assert_int_equal(proto_hier_blocks(mixed, 4), 0);
+    assert_int_equal(proto_hier_blocks(eq, 1), 1);
+}
+
+/* The regions: in order, 64-aligned, each of its size. */
+static void regions(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 200; i++) {
+        const int L = 1 + (int)epxt_below(&rng, 8), ND = 1 + (int)epxt_below(&rng, 9);
+        const int K = 1 + (int)epxt_below(&rng, 8);
+        const int64_t maxT = 1 + (int64_t)epxt_below(&rng, 300),
+                      H = 1 + (int64_t)epxt_below(&rng, 999),
+                      row = H * (1 + (int64_t)epxt_below(&rng, 2)) * 2,
+                      acc = epxt_below(&rng, 2) ? 8 : 4,
+                      at = (int64_t)epxt_below(&rng, 1 << 20);
+        const int64_t rec = proto_hier_rec_bytes(K, row);
+        proto_hier_t x;
+        proto_hier_shape(&x, ND * L, L, K, (int)epxt_below(&rng, (uint64_t)(ND * L)));
+        proto_hier_win_t w;
+        proto_hier_layout(&w, &x, at, maxT, H, rec, row, acc);
+        assert_int_equal(w.P, maxT * (K < L ? K : L));
+        const int64_t off[] = { w.shdr, w.pdone, w.cdone, w.fdone, w.stage,
+                                w.part, w.chain, w.final, w.end };
+        const int64_t size[] = { ND * 8, L * 4, ND * 4, ND * 4,
+                                 ND * maxT * rec, ND * w.P * row,
+                                 ND * maxT * H * acc, maxT * H * acc };
+        assert_true(w.shdr >= at && w.shdr < at + 64);
+        for (int r = 0; r < 8; r++) {
+            assert_int_equal(off[r] % 64, 0);
+            assert_true(off[r + 1] >= off[r] + size[r]);
+            assert_true(off[r + 1] < off[r] + size[r] + 64);
+        }
+    }
+}
+
+int main(void)
+{
+    epxt_init("test_hier_core");
+    rng.state = epxt_seed();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(blocks),
+        cmocka_unit_test(regions),
+        cmocka_unit_test(token_major),
+        cmocka_unit_test(expert_major),
+        cmocka_unit_test(edges),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
