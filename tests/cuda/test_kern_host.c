@@ -1475,6 +1475,9 @@ static void lln_scatter(const proto_geom_t *g, const proto_ll_t *ll, int cap,
         for (int j = 0; j < L; j++)
             ((int32_t *)(bw + ll->cw))[j * R + s] = w[PROTO_LLN_CW + j];
         for (int64_t r = 0; r < (int64_t)L * cap; r++) {
+            /* the kept rows (the kernel's; padding: ll recv's marks) */
+            if (r % cap >= proto_ll_kept(w[PROTO_LLN_CW + r / cap], cap))
+                continue;
             const int64_t row = proto_lln_row(g, cap, s, r);
             memcpy(proto_ll_row_data(g, ll, bw, row),
                    blk + bk.rows + r * g->xrow_bytes, (size_t)g->xrow_bytes);
