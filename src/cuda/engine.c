@@ -675,7 +675,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     if (m->ll && m->backend == EPX_GPU_BACKEND_NCCL &&
         (st = lln_alloc(m, first)) != EPX_OK)
         goto gate;
-    if (g->em && m->backend == EPX_GPU_BACKEND_NCCL) {
+    if (g->em && !m->ll && m->backend == EPX_GPU_BACKEND_NCCL) {
         DEV_ALLOC(m->d_emmap, sizeof(int64_t) *
                                   (size_t)proto_em_map_len(g, m->L));
         /* the rows as received, and later the partials, one per entry */

@@ -165,7 +165,9 @@ typedef struct epxk_call {
     int32_t *ll_ring;         /* [EPXK_LL_STATS_RING][1 + Elog + E] */
     /* expert-major over NCCL */
     char *rstage;             /* received rows in source order; combine:
-                                 the partials, [entries][row_bytes] */
+                                 the partials, [entries][row_bytes]
+                                 (low latency over NCCL: the blocks
+                                 received from each peer) */
     int64_t *emmap;           /* [proto_em_map_len] the receiver's map */
     /* low latency, fused: [L * R] the buffer's mark word per (local
      * expert, source) range (proto.h proto_ll1_mark), 0 at first */
