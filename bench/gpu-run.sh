@@ -94,6 +94,9 @@ run_all() {
         env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors" --device
     step "EPX_CUDA_KERNELS=fused tests/moe/test_executors_poll --device" \
         env EPX_CUDA_KERNELS=fused "$b/tests/moe/test_executors_poll" --device
+    # Low latency, windows and NCCL (low_latency_nccl: one rank per GPU, one
+    # rank on a single GPU, 2 and 4 where there are as many; never run on a
+    # GPU before)
     step "tests/moe/test_executors_ll --device" "$b/tests/moe/test_executors_ll" --device
     # Low latency in one kernel per operation (src/cuda/README.md, "Fused
     # kernels: low latency"), eager and graphs, every wire

@@ -574,12 +574,19 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     double arithmetic bit for bit (rows as given, partials and sums in
  *     double, out FP64); EPX_CUDA_KERNELS=fused combines them with the
  *     classic kernels in throughput mode;
+ *   - low latency over the NCCL backend (not yet run on a GPU): the
+ *     windows backend's outputs, poll and refusals, with one grouped
+ *     send/recv per dispatch and per combine of sizes the placement gives
+ *     (full ll_capacity per local expert), so nothing is read back and the
+ *     calls capture into a CUDA graph; every rank must make its calls
+ *     (dispatch, combine, a release before the combine) in the same order,
+ *     and NCCL's waits have no timeout: a rank that stops sending (a call
+ *     refused before it is queued, EPX_ERR_STATE) leaves its peers waiting;
  *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
  *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
  *     is not counted (EPX_ERR_UNSUPPORTED);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64, low
- *     latency over NCCL
+ *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64
  *     (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
@@ -756,8 +763,9 @@ epx_status_t epx_dispatch_recv(epx_moe_t *moe, epx_handle_t *handle,
  * reads them.  The caller's stream is not ordered after the engine's
  * until epx_dispatch_recv: queue no read of an expert's rows before a
  * poll reported it ready.
- * Device ranks, low latency (windows backend; src/cuda/README.md,
- * "Readiness in low latency"): the same without waiting or
+ * Device ranks, low latency (both backends; src/cuda/README.md,
+ * "Readiness in low latency"; over NCCL every expert once the grouped
+ * receive is done): the same without waiting or
  * synchronising; expert j is ready once the engine's receive kernel has
  * seen every source's count word for it (and written its rows'
  * metadata), and its count is then final; recv->expert_counts is HOST

@@ -19,6 +19,7 @@
 #include "cuda/hier_int.h"
 #include "cuda/mig_int.h"
 #include "cuda/nccl_ex.h"
+#include "proto/ll_nccl.h"
 #include "core/comm.h"
 #include "moe/wire.h"
 #include "util/util.h"
@@ -110,6 +111,10 @@ struct gpu_moe {
      * device's), and the counts poll hands the caller, [B][L] */
     int64_t *h_llpub, *d_llpub, *h_llpoll;
     gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
+    /* low latency over NCCL (proto/ll_nccl.h): each rank's units, and
+     * the grouped exchange's operations, [2R] */
+    int32_t *h_lln_first;
+    epx_nccl_p2p_t *lln_ops;
     /* low latency's load statistics: the device's ring (kern_launch.h
      * EPXK_LL_STATS_RING) and the calls of it the host has read */
     int64_t *d_llnstat;
@@ -229,9 +234,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
                               "ll_capacity (%d) must be <= %d",
                               p->max_tokens_per_rank, p->ll_capacity,
                               PROTO_LL_MASK);
-        if (c->backend != EPX_GPU_BACKEND_WINDOWS)
-            return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency is "
-                              "implemented for the windows backend only");
     }
     if (c->num_sms < 0)
         return epx__error(EPX_ERR_INVALID, "cuda moe: num_sms %d", c->num_sms);
@@ -403,6 +405,30 @@ void gpu_layout_release(gpu_moe_t *m, int lay)
 }
 
 /* --------------------------------------------------------------- setup */
+
+/* Low latency over NCCL: the staging of either direction (dispatch
+ * blocks, or the combine's flag words and partials) holds the larger. */
+static int64_t lln_stage_bytes(const gpu_moe_t *m)
+{
+    const int64_t d = proto_lln_stage_bytes(&m->g, m->llg.cap),
+                  c = (int64_t)m->g.R * proto_lln_comb_stride(&m->g);
+    return d > c ? d : c;
+}
+
+/* Its receive staging, each rank's units (first: [R + 1]) and the
+ * exchange's operations. */
+static epx_status_t lln_alloc(gpu_moe_t *m, const int32_t *first)
+{
+    const int R = m->g.R;
+    m->h_lln_first = malloc(sizeof(int32_t) * (size_t)(R + 1));
+    m->lln_ops = malloc(sizeof(epx_nccl_p2p_t) * (size_t)(2 * R));
+    if (!m->h_lln_first || !m->lln_ops)
+        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
+    memcpy(m->h_lln_first, first, sizeof(int32_t) * (size_t)(R + 1));
+    return epx__cuda_err(cudaMalloc((void **)&m->rstage,
+                                    (size_t)lln_stage_bytes(m)),
+                         "cudaMalloc");
+}
 
 /* Low latency: the words the recv kernels publish for epx_dispatch_poll,
  * zero (no call's). */
@@ -736,7 +762,10 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
             goto gate;
     }
     DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
-    if (g->em && m->backend == EPX_GPU_BACKEND_NCCL) {
+    if (m->ll && m->backend == EPX_GPU_BACKEND_NCCL &&
+        (st = lln_alloc(m, first)) != EPX_OK)
+        goto gate;
+    if (g->em && !m->ll && m->backend == EPX_GPU_BACKEND_NCCL) {
         DEV_ALLOC(m->d_emmap, sizeof(int64_t) *
                                   (size_t)proto_em_map_len(g, m->L));
         /* the rows as received, and later the partials, one per entry */
@@ -831,14 +860,18 @@ gate:
                      epx__cuwin_kind_str(epx__cuwin_kind(m->win)));
         }
     } else {
-        st = epx__cuda_err(cudaMalloc((void **)&m->local, (size_t)g->total),
+        /* low latency: the buffers, and the blocks to each peer */
+        const size_t wbytes = (size_t)(m->ll ? m->llg.total : g->total);
+        size_t sbytes = (size_t)g->total;
+        if (m->ll && (size_t)lln_stage_bytes(m) > sbytes)
+            sbytes = (size_t)lln_stage_bytes(m);
+        st = epx__cuda_err(cudaMalloc((void **)&m->local, wbytes),
                            "cudaMalloc");
         if (st == EPX_OK)
-            st = epx__cuda_err(cudaMalloc((void **)&m->stage,
-                                          (size_t)g->total), "cudaMalloc");
+            st = epx__cuda_err(cudaMalloc((void **)&m->stage, sbytes),
+                               "cudaMalloc");
         if (st == EPX_OK)
-            st = epx__cuda_err(cudaMemsetAsync(m->local, 0,
-                                               (size_t)g->total, m->st),
+            st = epx__cuda_err(cudaMemsetAsync(m->local, 0, wbytes, m->st),
                                "cudaMemset");
         /* Collective from here: every rank calls it. */
         epx_status_t nst = epx__nccl_create(comm, cparams->nccl_comm,
@@ -944,6 +977,8 @@ void gpu_moe_destroy(gpu_moe_t *m)
     if (!m->win)
         cudaFree(m->local);
     cudaFree(m->stage);
+    free(m->h_lln_first);
+    free(m->lln_ops);
     cudaFree(m->d_e2r);
     cudaFree(m->d_dest);
     cudaFree(m->d_mycnt);
@@ -1179,6 +1214,71 @@ static void ll_point(gpu_moe_t *m, int b)
     c->ll_id = m->calls.slot[b].n + 1;
 }
 
+/* Low latency over NCCL (proto/ll_nccl.h, src/cuda/README.md "Low
+ * latency over NCCL"): one grouped send/recv of a block to and from every
+ * peer, each of a size the placement gives, so nothing is read back and
+ * the call captures into a graph.  comb: the combine's blocks (a flag
+ * word, then the partials of the entries this rank can hold from each
+ * source), else the dispatch's. */
+static epx_status_t lln_exchange(gpu_moe_t *m, int comb)
+{
+    const proto_geom_t *g = &m->g;
+    const int R = g->R, cap = m->llg.cap;
+    const int32_t *first = m->h_lln_first;
+    const int Lme = first[g->rank + 1] - first[g->rank];
+    proto_lln_blk_t me;
+    proto_lln_block(g, Lme, cap, &me);
+    const int64_t stride = proto_lln_comb_stride(g);
+    int64_t soff = 0;
+    for (int p = 0; p < R; p++) {
+        const int Lp = first[p + 1] - first[p];
+        proto_lln_blk_t bp;
+        proto_lln_block(g, Lp, cap, &bp);
+        epx_nccl_p2p_t *o = &m->lln_ops[2 * p];
+        if (comb) {
+            o[0] = (epx_nccl_p2p_t){ p, 0, m->stage + p * stride,
+                                     (size_t)proto_lln_comb_bytes(g, Lme,
+                                                                  cap) };
+            o[1] = (epx_nccl_p2p_t){ p, 1, m->rstage + p * stride,
+                                     (size_t)proto_lln_comb_bytes(g, Lp,
+                                                                  cap) };
+        } else {
+            o[0] = (epx_nccl_p2p_t){ p, 0, m->stage + soff,
+                                     (size_t)bp.bytes };
+            o[1] = (epx_nccl_p2p_t){ p, 1, m->rstage + p * me.bytes,
+                                     (size_t)me.bytes };
+        }
+        soff += bp.bytes;
+    }
+    return epx__nccl_p2p(m->nccl, m->lln_ops, 2 * R, m->st);
+}
+
+/* The dispatch's pack over NCCL: this rank's blocks, the exchange, the
+ * received ones into the buffer (then ll recv as over windows). */
+static epx_status_t lln_dispatch(gpu_moe_t *m)
+{
+    epx_status_t st = launch(m, EPXK_LLN_PACK);
+    if (st == EPX_OK)
+        st = lln_exchange(m, 0);
+    if (st == EPX_OK)
+        st = launch(m, EPXK_LLN_SCATTER);
+    return st;
+}
+
+/* The combine's put over NCCL (abandon: the flag words alone, marked,
+ * and the buffer's next use): staged, exchanged, the partials to their
+ * return slots and the flags into the buffer (then ll comb reduce). */
+static epx_status_t lln_combine(gpu_moe_t *m, int abandon)
+{
+    epx_status_t st = launch(m, abandon ? EPXK_LLN_ABANDON
+                                        : EPXK_LLN_COMB_PUT);
+    if (st == EPX_OK)
+        st = lln_exchange(m, 1);
+    if (st == EPX_OK)
+        st = launch(m, EPXK_LLN_COMB_SCATTER);
+    return st;
+}
+
 /* Kernels only (layout, pack, recv) into buffer b, no host
  * synchronisation. */
 static epx_status_t ll_dispatch_send(gpu_moe_t *m,
@@ -1206,7 +1306,8 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     }
     if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
         (st = launch(m, EPXK_LL_STATS)) != EPX_OK ||
-        (st = launch(m, EPXK_LL_PACK)) != EPX_OK ||
+        (st = m->call.windows ? launch(m, EPXK_LL_PACK) : lln_dispatch(m)) !=
+            EPX_OK ||
         (st = launch(m, EPXK_LL_RECV)) != EPX_OK)
         return fail(m, st);
     return EPX_OK;
@@ -1536,8 +1637,9 @@ static epx_status_t ll_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     c->x = c->idx = NULL;
     c->w = NULL;
     if ((st = stream_in(m, stream)) == EPX_OK &&
-        (st = launch(m, EPXK_LL_PACK)) == EPX_OK)
-        st = launch(m, EPXK_LL_ABANDON);
+        (st = c->windows ? launch(m, EPXK_LL_PACK) : lln_dispatch(m)) ==
+            EPX_OK)
+        st = c->windows ? launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
     c->ll_refused = 0;
     gpu_calls_release(&m->calls, n, &b);   /* its abandon is queued */
     if (st != EPX_OK)
@@ -2107,7 +2209,9 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
     if ((st = stream_in(m, stream)) != EPX_OK)
         return fail(m, st);
-    if (m->ll)
+    if (m->ll && !m->call.windows)
+        st = lln_combine(m, 0);
+    else if (m->ll)
         st = launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
     else if (comb_fused(m))
         st = comb_fused_send(m, a);
@@ -2196,7 +2300,7 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
     ll_point(m, b);
     epx_status_t st;
     if (what == GPU_ABANDON) {
-        st = launch(m, EPXK_LL_ABANDON);
+        st = m->call.windows ? launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
     } else {
         m->call.T = T;
         m->call.out = m->d_scratch;

@@ -33,7 +33,13 @@ enum { EPXK_LAYOUT = 0, EPXK_OFFSETS, EPXK_PACK, EPXK_RECV, EPXK_COMB_PUT,
        /* throughput over NCCL (kern_nccl.cu): this rank's count block
         * (header and counts) staged for the exchange, and every source's
         * header checked after it (proto_cached_agree_all) */
-       EPXK_NCCL_HEAD, EPXK_NCCL_AGREE };
+       EPXK_NCCL_HEAD, EPXK_NCCL_AGREE,
+       /* low latency over NCCL (proto/ll_nccl.h): this rank's blocks
+        * staged, the received blocks into the buffer, the partials
+        * staged (or, abandoned, the flag words alone), the returned
+        * partials and flags into the buffer */
+       EPXK_LLN_PACK, EPXK_LLN_SCATTER, EPXK_LLN_COMB_PUT, EPXK_LLN_ABANDON,
+       EPXK_LLN_COMB_SCATTER };
 
 /* Kernel sets (EPX_CUDA_KERNELS): classic, verified on a device; fused,
  * the single-pass data path (issue: fused dispatch, pull combine, one
@@ -127,7 +133,8 @@ typedef struct epxk_call {
     int64_t *info;            /* [EPXK_INFO_COUNTS + 2 * local experts] */
     unsigned *done;           /* grid completion counter, 0 between uses */
     char *const *peers;       /* [R] window bases in this process (windows) */
-    char *stage;              /* NCCL: packed rows and metadata */
+    char *stage;              /* NCCL: packed rows and metadata (low
+                                 latency: the blocks to each peer) */
     int windows;              /* 1: peers' windows, 0: NCCL moves data */
     int parity;
     uint64_t seq;             /* call number, from 1 */
@@ -159,7 +166,9 @@ typedef struct epxk_call {
     int32_t *ll_ring;         /* [EPXK_LL_STATS_RING][1 + Elog + E] */
     /* expert-major over NCCL */
     char *rstage;             /* received rows in source order; combine:
-                                 the partials, [entries][row_bytes] */
+                                 the partials, [entries][row_bytes]
+                                 (low latency over NCCL: the blocks
+                                 received from each peer) */
     int64_t *emmap;           /* [proto_em_map_len] the receiver's map */
     /* low latency, fused: [L * R] the buffer's mark word per (local
      * expert, source) range (proto.h proto_ll1_mark), 0 at first */

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include "epx.h"
 #include "proto/proto.h"
+#include "proto/ll_nccl.h"
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
 #include "cuda/kern_reduce.cuh"
@@ -1149,6 +1150,227 @@ __global__ void epxk_ll_stats_kernel(proto_geom_t g, epxk_call_t c)
         *c.ll_nstat = n + 1;
 }
 
+/* ------------------------------------------------- low latency over NCCL
+ *
+ * proto/ll_nccl.h: the sender stages a block per destination in the
+ * receiver's order (lln pack), one grouped send/recv of sizes the host
+ * knows moves the blocks (nccl.c, through epx__nccl_p2p), the receiver
+ * scatters them into its buffer (lln scatter), whose words then carry
+ * the call's tags, so ll recv runs as over windows.  Combine: each
+ * entry's partial into the block of its source (lln comb put, or only
+ * the flag words: lln abandon), the exchange, then the partials to
+ * their return slots and the flags into the buffer's comb flags (lln comb
+ * scatter), and ll comb reduce as over windows.  No wait on a peer: NCCL's
+ * stream order is the protocol. */
+
+/* Destination d's block in the send staging. */
+__device__ static __forceinline__ char *lln_block(const proto_geom_t &g,
+                                                  const epxk_call_t &c, int d,
+                                                  proto_lln_blk_t *b)
+{
+    proto_lln_block(&g, c.first[d + 1] - c.first[d], c.ll.cap, b);
+    return c.stage + proto_lln_send_off(&g, c.first, c.ll.cap, d);
+}
+
+/* Grid, a warp per (token, destination): its kept rows (quantized while
+ * stored, as ll pack) and their metadata into the destination's block at
+ * proto_lln_brow, its entry at its position; block 0 the words of every
+ * block (status, final word, count words with the use's tag; a refused
+ * call or a timed-out one: no rows, its status). */
+__global__ void epxk_lln_pack_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const int32_t tag = PROTO_LL_TAG(c.ll_use[c.ll_b]);
+    const int32_t mystat = c.ll_refused ? c.ll_refused : *c.ll_mystat;
+    const int ok = mystat == 0 && c.info[EPXK_INFO_ERROR] == 0;
+    if (ok)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < c.T * g.maxdest; i += warps) {
+            const int d = c.dest[i];
+            if (d < 0)
+                continue;
+            const int64_t t = i / g.maxdest;
+            proto_lln_blk_t bk;
+            char *blk = lln_block(g, c, d, &bk);
+            for (int k = 0; k < g.K; k++) {
+                int64_t e = proto_kept_id(&ids, c.keep, t, k);
+                if (e < 0 || proto_owner(c.e2r, e) != d)
+                    continue;
+                const int64_t r = proto_lln_brow(c.ll.cap, c.first[d], e,
+                                                 c.keep[t * g.K + k]);
+                const char *xr = (const char *)c.x + t * g.row_bytes;
+                char *q = blk + bk.rows + r * g.xrow_bytes;
+                if (g.qblock)
+                    warp_quant_row(g, q, blk + bk.scales + r * g.scale_bytes,
+                                   (float *)(blk + bk.gscale) + r,
+                                   (const uint16_t *)xr, c.gscale, lane);
+                else
+                    warp_copy(q, xr, g.row_bytes, lane);
+                if (lane == 0) {
+                    ((int32_t *)(blk + bk.src_tok))[r] = (int32_t)t;
+                    ((float *)(blk + bk.w))[r] = c.w[t * g.K + k];
+                }
+            }
+            if (lane == 0) {
+                const int64_t p = c.pos[i];
+                ((int32_t *)(blk + bk.ent_slot))[p] =
+                    (int32_t)(c.sendoff[d] + p);
+                proto_ll_entry_rows(&g, &ids, c.keep, c.e2r, c.ll.cap,
+                                    c.first[d], t, d,
+                                    (int32_t *)(blk + bk.ent_rows) + p * g.K);
+            }
+        }
+    if (blockIdx.x != 0)
+        return;
+    const int32_t st = ok ? 0 : mystat ? mystat : EPX_ERR_TIMEOUT;
+    for (int d = threadIdx.x; d < g.R; d += blockDim.x) {
+        proto_lln_blk_t bk;
+        int32_t *w = (int32_t *)(lln_block(g, c, d, &bk) + bk.words);
+        w[PROTO_LLN_ST] = st;
+        w[PROTO_LLN_FW] = PROTO_LL_WORD(tag, ok ? c.mycnt[d] : 0);
+        for (int e = c.first[d]; e < c.first[d + 1]; e++) {
+            int32_t n = ok ? c.mycnt[g.R + e] : 0;
+            w[PROTO_LLN_CW + e - c.first[d]] =
+                PROTO_LL_WORD(tag, n < PROTO_LL_MASK ? n : PROTO_LL_MASK);
+        }
+    }
+}
+
+/* Grid, after the exchange: every source's block (rstage, R blocks of
+ * this rank's size) into the buffer: its words, its entries that can
+ * exist, and its kept rows (a warp per row; the padding's marks are ll
+ * recv's, as over windows). */
+__global__ void epxk_lln_scatter_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int L = c.num_local, cap = c.ll.cap, lane = threadIdx.x % WARP;
+    proto_lln_blk_t bk;
+    proto_lln_block(&g, L, cap, &bk);
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const int64_t rows = (int64_t)L * cap, n = proto_lln_nent(&g, L, cap);
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x,
+                  nth = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t s = tid; s < g.R; s += nth) {
+        const int32_t *w = (const int32_t *)(c.rstage + s * bk.bytes +
+                                             bk.words);
+        ((int32_t *)(bw + c.ll.st))[s] = w[PROTO_LLN_ST];
+        ((int32_t *)(bw + c.ll.fw))[s] = w[PROTO_LLN_FW];
+        for (int j = 0; j < L; j++)
+            ((int32_t *)(bw + c.ll.cw))[(int64_t)j * g.R + s] =
+                w[PROTO_LLN_CW + j];
+    }
+    for (int64_t i = tid; i < g.R * n; i += nth) {
+        const int64_t s = i / n, p = i % n, ent = s * g.maxT + p;
+        const char *blk = c.rstage + s * bk.bytes;
+        ((int32_t *)(bw + c.ll.ent_slot))[ent] =
+            ((const int32_t *)(blk + bk.ent_slot))[p];
+        for (int k = 0; k < g.K; k++)
+            ((int32_t *)(bw + c.ll.ent_rows))[ent * g.K + k] =
+                ((const int32_t *)(blk + bk.ent_rows))[p * g.K + k];
+    }
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < g.R * rows; i += warps) {
+        const int s = (int)(i / rows);
+        const int64_t r = i % rows;
+        const char *blk = c.rstage + (int64_t)s * bk.bytes;
+        const int32_t cw = ((const int32_t *)(blk + bk.words))
+                               [PROTO_LLN_CW + r / cap];
+        if (r % cap >= proto_ll_kept(cw, cap))
+            continue;
+        const int64_t row = proto_lln_row(&g, cap, s, r);
+        warp_copy_any(proto_ll_row_data(&g, &c.ll, bw, row),
+                      blk + bk.rows + r * g.xrow_bytes, g.xrow_bytes, lane);
+        if (g.scale_bytes)
+            warp_copy_any(proto_ll_row_scales(&g, &c.ll, bw, row),
+                          blk + bk.scales + r * g.scale_bytes, g.scale_bytes,
+                          lane);
+        if (lane == 0) {
+            if (g.gscale_bytes)
+                *proto_ll_row_gscale(&c.ll, bw, row) =
+                    ((const float *)(blk + bk.gscale))[r];
+            ((int32_t *)(bw + c.ll.src_tok))[row] =
+                ((const int32_t *)(blk + bk.src_tok))[r];
+            ((float *)(bw + c.ll.w))[row] = ((const float *)(blk + bk.w))[r];
+        }
+    }
+}
+
+/* Grid, a warp per (source, entry): the partial (ll comb put's
+ * arithmetic) into row p of the source's block in the staging; block 0
+ * the blocks' flag words (the use + 1; after a timeout too, so peers'
+ * reduces end). */
+__global__ void epxk_lln_comb_put_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int64_t stride = proto_lln_comb_stride(&g);
+    const uint32_t u = c.ll_use[c.ll_b];
+    char *bw = ll_bufp(c, c.peers[g.rank]);
+    const float *wt = c.unweighted ? NULL : (const float *)(bw + c.ll.w);
+    const int32_t *fw = (const int32_t *)(bw + c.ll.fw);
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             i < (int64_t)g.R * g.maxT; i += warps) {
+            const int s = (int)(i / g.maxT);
+            const int64_t p = i % g.maxT;
+            if (p >= (fw[s] & PROTO_LL_MASK))
+                continue;
+            const int32_t *rows = (const int32_t *)(bw + c.ll.ent_rows) +
+                                  i * g.K;
+            warp_partial(g, (const char *)c.y, rows, wt,
+                         c.stage + s * stride + 16 + p * g.row_bytes, lane);
+        }
+    if (blockIdx.x == 0)
+        for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+            *(uint64_t *)(c.stage + s * stride) = (uint64_t)u + 1;
+}
+
+/* One thread: a call abandoned here still sends its combine blocks (NCCL
+ * pairs every rank's exchanges), with no partial and the flag marked
+ * abandoned; the buffer's next use. */
+__global__ void epxk_lln_abandon_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int64_t stride = proto_lln_comb_stride(&g);
+    const uint32_t u = c.ll_use[c.ll_b];
+    for (int s = 0; s < g.R; s++)
+        *(uint64_t *)(c.stage + s * stride) =
+            ((uint64_t)u + 1) | EPXK_LL_ABANDONED;
+    c.ll_use[c.ll_b] = u + 1;
+}
+
+/* Grid, after the combine exchange: each destination's flag word into
+ * the buffer's comb flag of it, its partial p (a warp each) to return
+ * slot sendoff[d] + p, for the mycnt[d] tokens sent there (none where
+ * this rank abandoned the call). */
+__global__ void epxk_lln_comb_scatter_kernel(proto_geom_t g, epxk_call_t c)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t stride = proto_lln_comb_stride(&g);
+    char *mine = c.peers[g.rank];
+    char *comb = ll_bufp(c, mine) + c.ll.comb;
+    const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    for (int64_t d = tid; d < g.R; d += (int64_t)gridDim.x * blockDim.x)
+        *ll_comb_flag(g, c, mine, (int)d) =
+            *(const uint64_t *)(c.rstage + d * stride);
+    /* abandoned here (this rank's own block says so): no partial is
+     * wanted, and a refused call's counts are not this call's */
+    if (*(const uint64_t *)(c.rstage + g.rank * stride) & EPXK_LL_ABANDONED)
+        return;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < (int64_t)g.R * g.maxT; i += warps) {
+        const int d = (int)(i / g.maxT);
+        const int64_t p = i % g.maxT;
+        if (p >= c.mycnt[d])
+            continue;
+        warp_copy_any(comb + (c.sendoff[d] + p) * g.row_bytes,
+                      c.rstage + d * stride + 16 + p * g.row_bytes,
+                      g.row_bytes, lane);
+    }
+}
+
 /* ------------------------------------------------------- host entry points */
 
 
@@ -1235,6 +1457,21 @@ extern "C" int epxk_launch(int which, const proto_geom_t *g,
     case EPXK_NCCL_HEAD:
     case EPXK_NCCL_AGREE:
         return epxk_nccl_launch(which, g, c, blocks, stream);
+    case EPXK_LLN_PACK:
+        epxk_lln_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LLN_SCATTER:
+        epxk_lln_scatter_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LLN_COMB_PUT:
+        epxk_lln_comb_put_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LLN_ABANDON:
+        epxk_lln_abandon_kernel<<<1, 1, 0, st>>>(*g, *c);
+        break;
+    case EPXK_LLN_COMB_SCATTER:
+        epxk_lln_comb_scatter_kernel<<<blocks, 512, 0, st>>>(*g, *c);
+        break;
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -1265,6 +1502,11 @@ extern "C" int epxk_preload(void)
         (const void *)epxk_nccl_em_scatter_kernel,
         (const void *)epxk_nccl_em_partial_kernel,
         (const void *)epxk_ll_stats_kernel,
+        (const void *)epxk_lln_pack_kernel,
+        (const void *)epxk_lln_scatter_kernel,
+        (const void *)epxk_lln_comb_put_kernel,
+        (const void *)epxk_lln_abandon_kernel,
+        (const void *)epxk_lln_comb_scatter_kernel,
     };
     for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
         cudaFuncAttributes a;

@@ -22,6 +22,7 @@
 #include "ref/ref.h"
 #include "ref/ref_quant.h"
 #include "proto/proto.h"
+#include "proto/ll_nccl.h"
 
 typedef struct scen {
     int R, E, K, H, maxT;
@@ -1469,9 +1470,228 @@ static int32_t *ll1_recv_marks(const proto_geom_t *g, const proto_ll_t *ll,
  * kernel"): its layout, each token's kept rows loaded (quantized) once
  * and stored to every slot, and the receive phase's marks
  * (proto_ll1_span) over stale metadata. */
+/* ------------------------------------------- low latency over NCCL
+ * (proto/ll_nccl.h): each sender stages a block per destination in the
+ * receiver's order, one grouped send/recv moves the blocks at the sizes
+ * the host knows (here memcpy), the receiver scatters them into its
+ * buffer; then compared with the windows backend's buffer. */
+
+/* Rank r's staging: its kept rows, their metadata, its entries and its
+ * words, each destination's block at proto_lln_send_off. */
+static void lln_pack(const proto_geom_t *g, int cap, const int32_t *first,
+                     const int32_t *e2r, const rank_state_t *s,
+                     const int32_t *keep, int32_t tag, char *stage)
+{
+    const int R = g->R, K = g->K;
+    const proto_ids_t ids = { s->idx, 0, K, g->E, { 0, NULL, NULL, NULL } };
+    for (int64_t i = 0; i < s->T * g->maxdest; i++) {
+        const int d = s->dest[i];
+        if (d < 0)
+            continue;
+        const int64_t t = i / g->maxdest;
+        const int L = first[d + 1] - first[d];
+        proto_lln_blk_t bk;
+        proto_lln_block(g, L, cap, &bk);
+        char *blk = stage + proto_lln_send_off(g, first, cap, d);
+        for (int k = 0; k < K; k++) {
+            int64_t e = proto_kept_id(&ids, keep, t, k);
+            if (e < 0 || e2r[e] != d)
+                continue;
+            int64_t r = proto_lln_brow(cap, first[d], e, keep[t * K + k]);
+            assert_true(r >= 0 && r < (int64_t)L * cap);
+            const char *xr = (const char *)s->x + t * g->row_bytes;
+            if (g->qblock)
+                quant_row_chunks(g, (const uint16_t *)xr,
+                                 blk + bk.rows + r * g->xrow_bytes,
+                                 blk + bk.scales + r * g->scale_bytes,
+                                 (float *)(blk + bk.gscale) + r);
+            else
+                memcpy(blk + bk.rows + r * g->xrow_bytes, xr,
+                       (size_t)g->row_bytes);
+            ((int32_t *)(blk + bk.src_tok))[r] = (int32_t)t;
+            ((float *)(blk + bk.w))[r] = s->w[t * K + k];
+        }
+        const int64_t p = s->pos[i];
+        assert_true(p < proto_lln_nent(g, L, cap));
+        ((int32_t *)(blk + bk.ent_slot))[p] = (int32_t)(s->sendoff[d] + p);
+        assert_true(proto_ll_entry_rows(g, &ids, keep, e2r, cap, first[d], t,
+                                        d, (int32_t *)(blk + bk.ent_rows) +
+                                               p * K) > 0);
+    }
+    for (int d = 0; d < R; d++) {
+        proto_lln_blk_t bk;
+        proto_lln_block(g, first[d + 1] - first[d], cap, &bk);
+        int32_t *w = (int32_t *)(stage + proto_lln_send_off(g, first, cap, d) +
+                                 bk.words);
+        w[PROTO_LLN_ST] = 0;
+        w[PROTO_LLN_FW] = PROTO_LL_WORD(tag, s->mycnt[d]);
+        for (int e = first[d]; e < first[d + 1]; e++)
+            w[PROTO_LLN_CW + e - first[d]] = PROTO_LL_WORD(tag,
+                                                           s->mycnt[R + e]);
+    }
+}
+
+/* The grouped send/recv: what s sends d lands in d's receive staging at
+ * block s (blocks of d's size); then d's scatter into its buffer bw. */
+static void lln_exchange(const proto_geom_t *g0, int cap, const int32_t *first,
+                         char **sstage, char **rstage)
+{
+    const int R = g0->R;
+    for (int s = 0; s < R; s++)
+        for (int d = 0; d < R; d++) {
+            proto_lln_blk_t bk;
+            proto_lln_block(g0, first[d + 1] - first[d], cap, &bk);
+            memcpy(rstage[d] + s * bk.bytes,
+                   sstage[s] + proto_lln_send_off(g0, first, cap, d),
+                   (size_t)bk.bytes);
+        }
+}
+
+static void lln_scatter(const proto_geom_t *g, const proto_ll_t *ll, int cap,
+                        int L, const char *rstage, char *bw)
+{
+    const int R = g->R, K = g->K;
+    proto_lln_blk_t bk;
+    proto_lln_block(g, L, cap, &bk);
+    for (int s = 0; s < R; s++) {
+        const char *blk = rstage + s * bk.bytes;
+        const int32_t *w = (const int32_t *)(blk + bk.words);
+        ((int32_t *)(bw + ll->st))[s] = w[PROTO_LLN_ST];
+        ((int32_t *)(bw + ll->fw))[s] = w[PROTO_LLN_FW];
+        for (int j = 0; j < L; j++)
+            ((int32_t *)(bw + ll->cw))[j * R + s] = w[PROTO_LLN_CW + j];
+        for (int64_t r = 0; r < (int64_t)L * cap; r++) {
+            /* the kept rows (the kernel's; padding: ll recv's marks) */
+            if (r % cap >= proto_ll_kept(w[PROTO_LLN_CW + r / cap], cap))
+                continue;
+            const int64_t row = proto_lln_row(g, cap, s, r);
+            memcpy(proto_ll_row_data(g, ll, bw, row),
+                   blk + bk.rows + r * g->xrow_bytes, (size_t)g->xrow_bytes);
+            memcpy(proto_ll_row_scales(g, ll, bw, row),
+                   blk + bk.scales + r * g->scale_bytes,
+                   (size_t)g->scale_bytes);
+            if (g->gscale_bytes)
+                *proto_ll_row_gscale(ll, bw, row) =
+                    ((const float *)(blk + bk.gscale))[r];
+            ((int32_t *)(bw + ll->src_tok))[row] =
+                ((const int32_t *)(blk + bk.src_tok))[r];
+            ((float *)(bw + ll->w))[row] = ((const float *)(blk + bk.w))[r];
+        }
+        for (int64_t i = 0; i < proto_lln_nent(g, L, cap); i++) {
+            const int64_t ent = (int64_t)s * g->maxT + i;
+            ((int32_t *)(bw + ll->ent_slot))[ent] =
+                ((const int32_t *)(blk + bk.ent_slot))[i];
+            memcpy((int32_t *)(bw + ll->ent_rows) + ent * K,
+                   (const int32_t *)(blk + bk.ent_rows) + i * K,
+                   sizeof(int32_t) * (size_t)K);
+        }
+    }
+}
+
+/* The receive geometry NCCL gave (bn) against the windows backend's (bw):
+ * every word, every kept row's parts and metadata, every entry. */
+static void lln_same(const proto_geom_t *g, const proto_ll_t *ll, int cap,
+                     int L, const char *bn, const char *bw)
+{
+    const int R = g->R;
+    assert_memory_equal(bn + ll->cw, bw + ll->cw, sizeof(int32_t) *
+                        (size_t)(L * R));
+    assert_memory_equal(bn + ll->fw, bw + ll->fw, sizeof(int32_t) * (size_t)R);
+    assert_memory_equal(bn + ll->st, bw + ll->st, sizeof(int32_t) * (size_t)R);
+    const int32_t *cw = (const int32_t *)(bw + ll->cw);
+    for (int64_t row = 0; row < (int64_t)L * R * cap; row++) {
+        if (proto_ll_row_source(g, cap, cw, row) < 0)
+            continue;
+        assert_memory_equal(bn + ll->rows + row * g->xrow_bytes,
+                            bw + ll->rows + row * g->xrow_bytes,
+                            (size_t)g->xrow_bytes);
+        assert_memory_equal(bn + ll->scales + row * g->scale_bytes,
+                            bw + ll->scales + row * g->scale_bytes,
+                            (size_t)g->scale_bytes);
+        if (g->gscale_bytes)
+            assert_memory_equal(bn + ll->gscale + row * 4,
+                                bw + ll->gscale + row * 4, 4);
+        assert_memory_equal(bn + ll->src_tok + row * 4,
+                            bw + ll->src_tok + row * 4, 4);
+        assert_memory_equal(bn + ll->w + row * 4, bw + ll->w + row * 4, 4);
+    }
+    const int32_t *fw = (const int32_t *)(bw + ll->fw);
+    for (int s = 0; s < R; s++) {
+        assert_true((fw[s] & PROTO_LL_MASK) <= proto_lln_nent(g, L, cap));
+        for (int64_t i = 0; i < (fw[s] & PROTO_LL_MASK); i++) {
+            const int64_t ent = (int64_t)s * g->maxT + i;
+            assert_memory_equal(bn + ll->ent_slot + ent * 4,
+                                bw + ll->ent_slot + ent * 4, 4);
+            assert_memory_equal(bn + ll->ent_rows + ent * g->K * 4,
+                                bw + ll->ent_rows + ent * g->K * 4,
+                                (size_t)g->K * 4);
+        }
+    }
+}
+
+/* Combine over NCCL at rank d (its buffer bw): each entry's partial into
+ * its staging block for the entry's source at the entry's position, the
+ * block's flag word the comb flag (use + 1). */
+static void lln_comb_put(const proto_geom_t *g, const proto_ll_t *ll,
+                         const char *bw, const char *y, int unweighted,
+                         uint64_t use, char *cstage)
+{
+    const float *wt = unweighted ? NULL : (const float *)(bw + ll->w);
+    const int64_t stride = proto_lln_comb_stride(g);
+    for (int s = 0; s < g->R; s++) {
+        const int32_t fw = ((const int32_t *)(bw + ll->fw))[s];
+        char *blk = cstage + s * stride;
+        const uint64_t flag = use + 1;
+        memcpy(blk, &flag, sizeof(flag));
+        for (int64_t i = 0; i < (fw & PROTO_LL_MASK); i++) {
+            int64_t ent = (int64_t)s * g->maxT + i;
+            const int32_t *rows = (const int32_t *)(bw + ll->ent_rows) +
+                                  ent * g->K;
+            put_partial(g, y, rows, wt, blk + 16 + i * g->row_bytes,
+                        (int)(i & 1));
+        }
+    }
+}
+
+/* d sends s its block's first proto_lln_comb_bytes (its own L); s keeps
+ * every d's at d * stride, then its scatter: the flag into the buffer's
+ * comb flag of d, partial i from d to return slot sendoff[d] + i. */
+static void lln_comb_exchange(const proto_geom_t *g0, int cap,
+                              const int32_t *first, char **cstage,
+                              char **crecv)
+{
+    const int64_t stride = proto_lln_comb_stride(g0);
+    for (int d = 0; d < g0->R; d++)
+        for (int s = 0; s < g0->R; s++)
+            memcpy(crecv[s] + d * stride, cstage[d] + s * stride,
+                   (size_t)proto_lln_comb_bytes(g0, first[d + 1] - first[d],
+                                                cap));
+}
+
+static void lln_comb_scatter(const proto_geom_t *g, const proto_ll_t *ll,
+                             int b, int cap, const int32_t *first,
+                             const rank_state_t *s, const char *crecv,
+                             char *win, uint64_t use)
+{
+    const int64_t stride = proto_lln_comb_stride(g);
+    char *comb = win + ll->off_bufs + b * ll->buf + ll->comb;
+    for (int d = 0; d < g->R; d++) {
+        const char *blk = crecv + d * stride;
+        uint64_t flag;
+        memcpy(&flag, blk, sizeof(flag));
+        assert_true(flag == use + 1);
+        ((uint64_t *)(win + ll->off_comb_flags))[b * g->R + d] = flag;
+        assert_true(s->mycnt[d] <= proto_lln_nent(g, first[d + 1] - first[d],
+                                                  cap));
+        for (int64_t i = 0; i < s->mycnt[d]; i++)
+            memcpy(comb + (s->sendoff[d] + i) * g->row_bytes,
+                   blk + 16 + i * g->row_bytes, (size_t)g->row_bytes);
+    }
+}
+
 static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                    epx_dtype_t dt, int unweighted, int skew, epx_wire_t wire,
-                   int fused)
+                   int fused, int nccl)
 {
     const int esize = dt_size(dt);
     proto_geom_t g0 = { 0 };
@@ -1560,6 +1780,31 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         win[r] = calloc(1, (size_t)ll.total);
         assert_non_null(win[r]);
     }
+    /* NCCL: the senders' and receivers' stagings (stale bytes from an
+     * earlier call in them), and buffers the exchange fills */
+    char **win2 = NULL, **sstage = NULL, **rstage = NULL, **cstage = NULL,
+         **crecv = NULL;
+    const int64_t sbytes = proto_lln_stage_bytes(&g0, cap),
+                  cbytes = R * proto_lln_comb_stride(&g0);
+    if (nccl) {
+        win2 = calloc((size_t)R, sizeof(char *));
+        sstage = calloc((size_t)R, sizeof(char *));
+        rstage = calloc((size_t)R, sizeof(char *));
+        cstage = calloc((size_t)R, sizeof(char *));
+        crecv = calloc((size_t)R, sizeof(char *));
+        for (int r = 0; r < R; r++) {
+            win2[r] = calloc(1, (size_t)ll.total);
+            sstage[r] = malloc((size_t)sbytes + 1);
+            rstage[r] = malloc((size_t)sbytes + 1);
+            cstage[r] = malloc((size_t)cbytes);
+            crecv[r] = malloc((size_t)cbytes);
+            memset(sstage[r], 0xa5, (size_t)sbytes + 1);
+            memset(rstage[r], 0x5a, (size_t)sbytes + 1);
+            memset(cstage[r], 0xa5, (size_t)cbytes);
+            memset(crecv[r], 0x5a, (size_t)cbytes);
+        }
+        assert_true(proto_lln_send_off(&g0, first, cap, R) <= sbytes);
+    }
     /* layout and pack */
     for (int r = 0; r < R; r++) {
         rank_state_t *s = &rs[r];
@@ -1639,6 +1884,24 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                     PROTO_LL_WORD(tag, ecnt[r][e]);
             ((int32_t *)(bw + ll.fw))[r] = PROTO_LL_WORD(tag, s->mycnt[d]);
         }
+        if (nccl)
+            lln_pack(&g, cap, first, e2r, s, keep[r], tag, sstage[r]);
+    }
+    /* NCCL: the exchange and each receiver's scatter give the windows
+     * backend's buffer; the checks below then read NCCL's */
+    char **winw = win;
+    if (nccl) {
+        lln_exchange(&g0, cap, first, sstage, rstage);
+        for (int r = 0; r < R; r++) {
+            proto_geom_t g = g0;
+            g.rank = r;
+            const int L = first[r + 1] - first[r];
+            lln_scatter(&g, &ll, cap, L, rstage[r],
+                        win2[r] + ll.off_bufs + b * ll.buf);
+            lln_same(&g, &ll, cap, L, win2[r] + ll.off_bufs + b * ll.buf,
+                     win[r] + ll.off_bufs + b * ll.buf);
+        }
+        win = win2;
     }
     /* receive side against the reference */
     ref_cfg_t cfg = { R, E, K, H, dt, EPX_LAYOUT_EXPERT_MAJOR, 1, wire };
@@ -1726,10 +1989,31 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
                 int64_t ent = (int64_t)sr * maxT + i;
                 int64_t slot = ((int32_t *)(bw + ll.ent_slot))[ent];
                 const int32_t *rows = (int32_t *)(bw + ll.ent_rows) + ent * K;
-                char *dst = win[sr] + ll.off_bufs + b * ll.buf + ll.comb +
+                char *dst = winw[sr] + ll.off_bufs + b * ll.buf + ll.comb +
                             slot * g.row_bytes;
                 put_partial(&g, ybuf[d], rows, wt, dst, (int)(i & 1));
             }
+        }
+        if (nccl)
+            lln_comb_put(&g, &ll, bw, ybuf[d], unweighted, use, cstage[d]);
+    }
+    if (nccl) {
+        /* the partials NCCL returns are the windows backend's, slot by
+         * slot */
+        lln_comb_exchange(&g0, cap, first, cstage, crecv);
+        for (int r = 0; r < R; r++) {
+            proto_geom_t g = g0;
+            g.rank = r;
+            lln_comb_scatter(&g, &ll, b, cap, first, &rs[r], crecv[r], win[r],
+                             use);
+            const int64_t o = ll.off_bufs + b * ll.buf + ll.comb;
+            for (int64_t i = 0; i < rs[r].T * g.maxdest; i++)
+                if (rs[r].dest[i] >= 0) {
+                    int64_t slot = rs[r].sendoff[rs[r].dest[i]] + rs[r].pos[i];
+                    assert_memory_equal(win[r] + o + slot * g.row_bytes,
+                                        winw[r] + o + slot * g.row_bytes,
+                                        (size_t)g.row_bytes);
+                }
         }
     }
     for (int r = 0; r < R; r++) {
@@ -1757,10 +2041,15 @@ static void run_ll(int R, int E, int K, int H, int maxT, int cap,
         rank_state_free(&rs[r]);
         free(keep[r]);
         free(ecnt[r]);
-        free(win[r]);
+        free(winw[r]);
         free(ybuf[r]);
+        if (nccl) {
+            free(win2[r]), free(sstage[r]), free(rstage[r]);
+            free(cstage[r]), free(crecv[r]);
+        }
     }
-    free(rs), free(src), free(win), free(keep), free(ecnt), free(ybuf);
+    free(win2), free(sstage), free(rstage), free(cstage), free(crecv);
+    free(rs), free(src), free(winw), free(keep), free(ecnt), free(ybuf);
     free(e2r), free(first);
 }
 
@@ -1786,39 +2075,43 @@ static void ll_fail_status(void **state)
         }
 }
 
-/* Each case in the classic kernels' form and the fused one's. */
+/* Each case in the classic kernels' form, the fused one's, and the classic
+ * kernels' over NCCL (proto/ll_nccl.h: staging, exchange, scatter). */
 static void low_latency(void **state)
 {
     (void)state;
     static const int ranks[] = { 1, 2, 3, 8, 72 };
-    for (int fused = 0; fused < 2; fused++) {
+    for (int mode = 0; mode < 3; mode++) {
+        const int fused = mode == 1, nccl = mode == 2;
         for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
             const int R = ranks[i], maxT = R >= 72 ? 6 : 20;
             /* capacity enough for everything; capacity 3 with drops and a
              * skewed routing; bf16 and fp32; unweighted */
             run_ll(R, 2 * R + 3, 4, 13, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
-                   EPX_WIRE_NATIVE, fused);
+                   EPX_WIRE_NATIVE, fused, nccl);
             run_ll(R, 2 * R + 3, 4, 24, maxT, 3, EPX_DTYPE_FP32, 0, 1,
-                   EPX_WIRE_NATIVE, fused);
+                   EPX_WIRE_NATIVE, fused, nccl);
             run_ll(R, R + 1, 2, 8, maxT, 2, EPX_DTYPE_BF16, 1, 1,
-                   EPX_WIRE_NATIVE, fused);
+                   EPX_WIRE_NATIVE, fused, nccl);
             /* every quantized wire: room for all, and drops; odd rows */
             run_ll(R, 2 * R + 3, 4, 160, maxT, maxT, EPX_DTYPE_BF16, 0, 0,
-                   EPX_WIRE_FP8, fused);
+                   EPX_WIRE_FP8, fused, nccl);
             run_ll(R, 2 * R + 3, 4, 33, maxT, 3, EPX_DTYPE_BF16, 0, 1,
-                   EPX_WIRE_FP8_UE8M0, fused);
+                   EPX_WIRE_FP8_UE8M0, fused, nccl);
             run_ll(R, 2 * R + 3, 3, 200, maxT, 2, EPX_DTYPE_BF16, 1, 1,
-                   EPX_WIRE_MXFP8, fused);
+                   EPX_WIRE_MXFP8, fused, nccl);
             run_ll(R, 2 * R + 3, 4, 49, maxT, 3, EPX_DTYPE_BF16, 0, 1,
-                   EPX_WIRE_NVFP4, fused);
+                   EPX_WIRE_NVFP4, fused, nccl);
         }
         /* every choice on few experts, capacity 1; one rank, one expert */
         run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NATIVE,
-               fused);
-        run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE, fused);
+               fused, nccl);
+        run_ll(1, 1, 1, 8, 5, 2, EPX_DTYPE_FP32, 0, 0, EPX_WIRE_NATIVE, fused,
+               nccl);
         run_ll(8, 19, 3, 7168, 4, 1, EPX_DTYPE_BF16, 0, 1, EPX_WIRE_NVFP4,
-               fused);
-        run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8, fused);
+               fused, nccl);
+        run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_BF16, 0, 0, EPX_WIRE_FP8, fused,
+               nccl);
     }
 }
 
@@ -2610,11 +2903,11 @@ static void fp64(void **state)
             };
             run(&sc);
         }
-        for (int fused = 0; fused < 2; fused++) {
+        for (int mode = 0; mode < 3; mode++) {
             run_ll(R, 2 * R + 3, 4, 24, maxT, maxT, EPX_DTYPE_FP64, 0, 0,
-                   EPX_WIRE_NATIVE, fused);
+                   EPX_WIRE_NATIVE, mode == 1, mode == 2);
             run_ll(R, 2 * R + 3, 4, 13, maxT, 3, EPX_DTYPE_FP64, 1, 1,
-                   EPX_WIRE_NATIVE, fused);
+                   EPX_WIRE_NATIVE, mode == 1, mode == 2);
         }
     }
     for (int em = 0; em < 2; em++) {
@@ -2637,8 +2930,9 @@ static void fp64(void **state)
                      .em = em, .align = em ? 2 : 1, .Elog = 6, .rr = em };
         run(&e);
     }
-    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_FP64, 0, 1, EPX_WIRE_NATIVE, 0);
-    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_FP64, 0, 0, EPX_WIRE_NATIVE, 1);
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_FP64, 0, 1, EPX_WIRE_NATIVE, 0, 0);
+    run_ll(8, 19, 3, 16, 12, 1, EPX_DTYPE_FP64, 0, 1, EPX_WIRE_NATIVE, 0, 1);
+    run_ll(1, 1, 1, 1, 5, 2, EPX_DTYPE_FP64, 0, 0, EPX_WIRE_NATIVE, 1, 0);
 }
 
 /* Element e of a double row, NaN matching any NaN (as same_or_both_nan). */

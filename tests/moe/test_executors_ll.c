@@ -56,6 +56,7 @@ typedef struct llcase {
     int skew;        /* choices on few experts: ranges overflow */
     epx_wire_t wire;
     int host;        /* set by run_case: the executor, host or device */
+    int nccl;        /* device ranks over the NCCL backend, a GPU each */
 } llcase_t;
 
 #define MEM(call) CHECKF((call) == 0, "%s failed", #call)
@@ -396,6 +397,13 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     p.num_slots = nlost ? units(c) : 0;
     p.wire = c->wire;
     p.device = c->host ? EPX_DEVICE_HOST : 0;
+    if (!c->host && c->nccl) {
+        p.device = me;   /* NCCL: a GPU of its own per rank */
+        p.gpu_backend = EPX_GPU_BACKEND_NCCL;
+#ifdef EPX_HAVE_CUDA
+        MEM(cudaSetDevice(me));   /* the buffers below on it too */
+#endif
+    }
     epx_moe_t *m = NULL;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     if (nlost) {   /* the live experts, one slot each */
@@ -803,6 +811,13 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
     p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
     p.wire = c->wire;
     p.device = c->host ? EPX_DEVICE_HOST : 0;
+    if (!c->host && c->nccl) {
+        p.device = me;   /* NCCL: a GPU of its own per rank */
+        p.gpu_backend = EPX_GPU_BACKEND_NCCL;
+#ifdef EPX_HAVE_CUDA
+        MEM(cudaSetDevice(me));   /* the buffers below on it too */
+#endif
+    }
     epx_moe_t *m = NULL;
     CHECK_OK(epx_moe_create(comm, &p, &m));
     xmem_t xm = { !c->host, NULL };
@@ -968,11 +983,12 @@ static void run_case(llcase_t *c)
             continue;
         c->host = host;
         const char *ks = getenv("EPX_CUDA_KERNELS");
-        fprintf(stderr, "# %s%s%s: R %d, H %d, dtype %d, cap %d, %s%s, wire %d\n",
-                host ? "host" : "device", host || !ks ? "" : ", kernels ",
-                host || !ks ? "" : ks, c->R, c->H, (int)c->dtype, c->cap,
-                c->drop ? "drop" : "no drop", c->skew ? ", skewed" : "",
-                (int)c->wire);
+        fprintf(stderr, "# %s%s%s: R %d, H %d, dtype %d, cap %d, %s%s, wire "
+                "%d%s\n", host ? "host" : "device",
+                host || !ks ? "" : ", kernels ", host || !ks ? "" : ks, c->R,
+                c->H, (int)c->dtype, c->cap, c->drop ? "drop" : "no drop",
+                c->skew ? ", skewed" : "", (int)c->wire,
+                !host && c->nccl ? ", NCCL" : "");
         assert_int_equal(epxt_thread_ranks(c->R, 120, ll_rank, c), 0);
     }
 }
@@ -984,10 +1000,11 @@ static void run_poll_case(llcase_t *c)
             continue;
         c->host = host;
         const char *ks = getenv("EPX_CUDA_KERNELS");
-        fprintf(stderr, "# poll, %s%s%s: R %d, H %d, cap %d, %s, wire %d\n",
+        fprintf(stderr, "# poll, %s%s%s: R %d, H %d, cap %d, %s, wire %d%s\n",
                 host ? "host" : "device", host || !ks ? "" : ", kernels ",
                 host || !ks ? "" : ks, c->R, c->H, c->cap,
-                c->drop ? "drop" : "no drop", (int)c->wire);
+                c->drop ? "drop" : "no drop", (int)c->wire,
+                !host && c->nccl ? ", NCCL" : "");
         assert_int_equal(epxt_thread_ranks(c->R, 120, ll_poll_rank, c), 0);
     }
 }
@@ -1000,11 +1017,11 @@ static void low_latency(void **state)
         const int R = ranks[i];
         /* room for everything; drops; overflow without DROP */
         llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t b = { R, 2 * R + 3, 4, 512, 16, 3, EPX_DTYPE_BF16, 1, 1,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_BF16, 0, 1,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         run_case(&a);
         run_case(&b);
         run_case(&c);
@@ -1020,9 +1037,9 @@ static void low_latency_poll(void **state)
     for (size_t i = 0; i < 3; i++) {
         const int R = ranks[i];
         llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t b = { R, 2 * R + 3, 4, 256, 12, 3, EPX_DTYPE_BF16, 1, 1,
-                       EPX_WIRE_FP8, 0 };
+                       EPX_WIRE_FP8, 0, 0 };
         run_poll_case(&a);
         run_poll_case(&b);
     }
@@ -1040,9 +1057,9 @@ static void low_latency_quantized(void **state)
         for (size_t f = 0; f < 4; f++) {
             const int R = ranks[i];
             llcase_t a = { R, 2 * R + 3, 4, 7168, 8, 8, EPX_DTYPE_BF16, 0, 0,
-                           wires[f], 0 };
+                           wires[f], 0, 0 };
             llcase_t b = { R, 2 * R + 3, 4, f % 2 ? 33 : 200, 16, 3,
-                           EPX_DTYPE_BF16, 1, 1, wires[f], 0 };
+                           EPX_DTYPE_BF16, 1, 1, wires[f], 0, 0 };
             run_case(&a);
             run_case(&b);
         }
@@ -1058,11 +1075,11 @@ static void low_latency_fp64(void **state)
     for (size_t i = 0; i < 2; i++) {
         const int R = ranks[i];
         llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP64, 0, 0,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t b = { R, 2 * R + 3, 4, 33, 16, 3, EPX_DTYPE_FP64, 1, 1,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_FP64, 0, 1,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         run_case(&a);
         run_case(&b);
         run_case(&c);
@@ -1078,16 +1095,60 @@ static void elastic(void **state)
     for (size_t i = 0; i < 2; i++) {
         const int R = ranks[i], E = 2 * R + 3;
         llcase_t a = { R, E, 3, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t b = { R, E, 3, 512, 16, 3, EPX_DTYPE_BF16, 1, 1,
-                       EPX_WIRE_NATIVE, 0 };
+                       EPX_WIRE_NATIVE, 0, 0 };
         llcase_t c = { R, E, 3, 24, 16, 2, EPX_DTYPE_BF16, 0, 1,
-                       EPX_WIRE_FP8, 0 };
+                       EPX_WIRE_FP8, 0, 0 };
         nlost = E % R ? E % R : R;
         run_case(&a);
         run_case(&b);
         run_case(&c);
         nlost = 0;
+    }
+}
+
+/* Device ranks over the NCCL backend (src/cuda/README.md, "Low latency
+ * over NCCL"), one rank per GPU: 1 rank where there is one GPU, 2 and 4
+ * where there are as many.  The rounds above (eager, two micro-batches,
+ * a CUDA graph, an abandoned call), drops, a quantized wire, FP64, and
+ * poll with a bad argument on one rank, each against the host executor
+ * run on the same case first. */
+static void low_latency_nccl(void **state)
+{
+    (void)state;
+#ifndef EPX_HAVE_NCCL
+    skip();   /* built without the NCCL module */
+#endif
+    int ndev = 0;
+    if (!device_ok || epx_cuda_devices(&ndev) != EPX_OK || ndev < 1)
+        skip();
+    static const int ranks[] = { 1, 2, 4 };
+    for (size_t i = 0; i < 3; i++) {
+        const int R = ranks[i];
+        if (R > ndev)
+            continue;
+        llcase_t a = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                       EPX_WIRE_NATIVE, 0, 1 };
+        llcase_t b = { R, 2 * R + 3, 4, 512, 16, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_NATIVE, 0, 1 };
+        llcase_t c = { R, 2 * R + 3, 4, 24, 16, 2, EPX_DTYPE_BF16, 0, 1,
+                       EPX_WIRE_NATIVE, 0, 1 };
+        llcase_t q = { R, 2 * R + 3, 4, 200, 16, 3, EPX_DTYPE_BF16, 1, 1,
+                       EPX_WIRE_FP8, 0, 1 };
+        llcase_t f = { R, 2 * R + 3, 4, 33, 16, 3, EPX_DTYPE_FP64, 1, 1,
+                       EPX_WIRE_NATIVE, 0, 1 };
+        llcase_t pa = { R, 2 * R + 3, 4, 24, 16, 16, EPX_DTYPE_FP32, 0, 0,
+                        EPX_WIRE_NATIVE, 0, 1 };
+        llcase_t pb = { R, 2 * R + 3, 4, 256, 12, 3, EPX_DTYPE_BF16, 1, 1,
+                        EPX_WIRE_FP8, 0, 1 };
+        run_case(&a);
+        run_case(&b);
+        run_case(&c);
+        run_case(&q);
+        run_case(&f);
+        run_poll_case(&pa);
+        run_poll_case(&pb);
     }
 }
 
@@ -1113,6 +1174,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(low_latency_fp64),
         cmocka_unit_test(low_latency_poll),
         cmocka_unit_test(elastic),
+        cmocka_unit_test(low_latency_nccl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
