@@ -285,11 +285,5 @@ extern "C" int epxk_comb_preload(void)
         (const void *)epxk_comb_fence_kernel,
         (const void *)epxk_comb_done_kernel,
     };
-    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
-        cudaFuncAttributes a;
-        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
-        if (e != cudaSuccess)
-            return (int)e;
-    }
-    return 0;
+    return epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
 }

@@ -532,11 +532,5 @@ extern "C" int epxk_hier_preload(void)
         (const void *)epxk_hier_chain_kernel,
         (const void *)epxk_hier_out_kernel,
     };
-    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
-        cudaFuncAttributes a;
-        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
-        if (e != cudaSuccess)
-            return (int)e;
-    }
-    return 0;
+    return epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
 }

@@ -12,6 +12,7 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "cuda/kern_launch.h"
+#include "cuda/kern_sync.cuh"
 
 /* One block, after the layout (or the cached check): this rank's block
  * into the staging's count region (a region the NCCL backend's staging
@@ -69,11 +70,5 @@ extern "C" int epxk_nccl_preload(void)
 {
     const void *k[] = { (const void *)epxk_nccl_head_kernel,
                         (const void *)epxk_nccl_agree_kernel };
-    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
-        cudaFuncAttributes a;
-        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
-        if (e != cudaSuccess)
-            return (int)e;
-    }
-    return 0;
+    return epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
 }

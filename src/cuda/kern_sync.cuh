@@ -57,4 +57,18 @@ __device__ static __forceinline__ uint64_t epxk_now(void)
     return t;
 }
 
+/* Load kernels now (0 or the cudaError_t): ranks run as threads wait for
+ * each other inside kernels, and CUDA's lazy loading of a kernel at its
+ * first launch can wait for a peer's kernel that waits for this one. */
+static inline int epxk_load_kernels(const void *const *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cudaFuncAttributes a;
+        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
+        if (e != cudaSuccess)
+            return (int)e;
+    }
+    return 0;
+}
+
 #endif /* EPX_CUDA_KERN_SYNC_CUH */

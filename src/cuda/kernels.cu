@@ -1508,12 +1508,9 @@ extern "C" int epxk_preload(void)
         (const void *)epxk_lln_abandon_kernel,
         (const void *)epxk_lln_comb_scatter_kernel,
     };
-    for (size_t i = 0; i < sizeof(k) / sizeof(k[0]); i++) {
-        cudaFuncAttributes a;
-        cudaError_t e = cudaFuncGetAttributes(&a, k[i]);
-        if (e != cudaSuccess)
-            return (int)e;
-    }
-    int e = epxk_ll1_preload();
+    int e = epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
+    if (e)
+        return e;
+    e = epxk_ll1_preload();
     return e ? e : epxk_nccl_preload();
 }
