@@ -29,6 +29,7 @@
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
 #include "cuda/kern_reduce.cuh"
+#include "cuda/kern_llpub.cuh"
 
 #define WARP 32
 #define LL1_THREADS 512
@@ -549,17 +550,8 @@ __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
         }
         __threadfence_system();
         __syncthreads();
-        if (threadIdx.x == 0 && c.ll_pub) {
-            if (bad_src < g.R) {
-                c.ll_pub[EPXK_LLPUB_FAILST] =
-                    proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
-                epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL],
-                                    c.ll_id);
-            } else {
-                epxk_st_release_u64(
-                    (uint64_t *)&c.ll_pub[EPXK_LLPUB_COUNTS + L + j], c.ll_id);
-            }
-        }
+        if (threadIdx.x == 0)
+            epxk_llpub_unit(c, stw, bad_src, g.R, g.rank, L, j);
         __syncthreads();
     }
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
@@ -586,11 +578,8 @@ __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
         }
     }
     __syncthreads();
-    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R) {
-        c.ll_pub[EPXK_LLPUB_FAILST] =
-            proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
-        epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL], c.ll_id);
-    }
+    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R)
+        epxk_llpub_fail(c, stw[bad_src], bad_src, g.rank);
 }
 
 /* phases: LL1_SEND (epx_dispatch_send), LL1_RECV (epx_dispatch_recv);

@@ -21,6 +21,7 @@
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
 #include "cuda/kern_reduce.cuh"
+#include "cuda/kern_llpub.cuh"
 
 #define WARP 32
 
@@ -915,17 +916,8 @@ __global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
         }
         __threadfence_system();
         __syncthreads();
-        if (threadIdx.x == 0 && c.ll_pub) {
-            if (bad_src < g.R) {
-                c.ll_pub[EPXK_LLPUB_FAILST] =
-                    proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
-                epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL],
-                                    c.ll_id);
-            } else {
-                epxk_st_release_u64(
-                    (uint64_t *)&c.ll_pub[EPXK_LLPUB_COUNTS + L + j], c.ll_id);
-            }
-        }
+        if (threadIdx.x == 0)
+            epxk_llpub_unit(c, stw, bad_src, g.R, g.rank, L, j);
         __syncthreads();
     }
     for (int s = threadIdx.x; s < g.R; s += blockDim.x)
@@ -950,11 +942,8 @@ __global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
         }
     }
     __syncthreads();
-    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R) {
-        c.ll_pub[EPXK_LLPUB_FAILST] =
-            proto_ll_src_fail(stw[bad_src], bad_src, g.rank);
-        epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_FAIL], c.ll_id);
-    }
+    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R)
+        epxk_llpub_fail(c, stw[bad_src], bad_src, g.rank);
 }
 
 /* Grid, a warp per (source, entry): the token's partial from its rows
