@@ -18,6 +18,11 @@
  *     fp32 accumulators (proto_hier_chain, the rows' sums of proto.h) into
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
+ * The same calls then run as the point-to-point messages of
+ * proto/hier_nccl.h (the form for grouped sends and receives): every
+ * message's size is computed by its sender and its receiver and must
+ * agree, and the receive regions, the gateways' partials and the
+ * finished sums must be the windows form's byte for byte.
  * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
  * segment alignment), bf16 and fp32, tokens that go nowhere, ranks with
  * no tokens, every token on one expert, K above and below the domain
@@ -38,6 +43,7 @@
 #include "common/epx_test.h"
 #include "ref/ref.h"
 #include "proto/hier.h"
+#include "proto/hier_nccl.h"
 
 static epxt_rng_t rng;
 
@@ -95,7 +101,7 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
 static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
                     const int32_t *cnt, int64_t P, const int32_t *first,
                     const int32_t *e2r, int src, const int32_t *rec,
-                    const char *row, rank_win_t *win)
+                    const char *row, rank_win_t *win, int only)
 {
     const int K = g0->K, L = gx->L, D = gx->dom;
     const proto_ids_t ids = proto_hier_rec_ids(rec, K, g0->E);
@@ -106,7 +112,7 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
     int nd = proto_walk_dests(g0, &ids, NULL, e2r, 0, NULL, dst, NULL);
     for (int j = 0; j < nd; j++) {
         const int d = dst[j];
-        if (d / L != D)
+        if (d / L != D || (only >= 0 && d != only))
             continue;
         proto_geom_t g = *g0;
         g.rank = d;
@@ -151,6 +157,389 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
         memcpy(w->w + e_at * K, lw, sizeof(float) * (size_t)K);
     }
     free(rowbase);
+}
+
+/* Member d's partial of its entry i (the flat path's: the reference's y
+ * token-major; expert-major the core's partial of its rows' y in the
+ * engine dtype, proto.h proto_partial_row) into dst, rounded. */
+static void entry_partial(const scen_t *sc, const proto_geom_t *g,
+                          const rank_win_t *w, int64_t i, char *dst)
+{
+    const int K = g->K, H = g->H, esize = g->esize;
+    const int32_t *ent = w->ent + i * (3 + K);
+    float *acc = malloc(sizeof(float) * (size_t)H);
+    if (!sc->em) {
+        y_fn((void *)&H, ent[0], w->src_token[i], g->rank, acc);
+        proto_store_row(dst, acc, esize, H);
+        free(acc);
+        return;
+    }
+    char *yrows = calloc((size_t)(g->xrows + 1), (size_t)g->row_bytes);
+    for (int k = 0; k < ent[2]; k++)
+        proto_store_row(yrows + (int64_t)ent[3 + k] * g->row_bytes,
+                        w->y + (int64_t)ent[3 + k] * H, esize, H);
+    proto_partial_row(g, yrows, ent + 3, ent[2],
+                      sc->unweighted ? NULL : w->w, 0, H, acc);
+    proto_store_row(dst, acc, esize, H);
+    free(yrows);
+    free(acc);
+}
+
+static void win_alloc(rank_win_t *w, const proto_geom_t *g0, int64_t maxT,
+                      int ND, int64_t P, int64_t recb)
+{
+    const int K = g0->K, H = g0->H;
+    const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
+    w->rows = calloc((size_t)xr, (size_t)g0->row_bytes);
+    w->src_rank = malloc(sizeof(int32_t) * (size_t)xr);
+    w->src_token = malloc(sizeof(int32_t) * (size_t)xr);
+    w->idx = calloc((size_t)xr * (size_t)K, sizeof(int32_t));
+    w->w = calloc((size_t)xr * (size_t)K, sizeof(float));
+    w->ent = calloc((size_t)xr * (size_t)(3 + K), sizeof(int32_t));
+    w->ent_hits = calloc((size_t)xr, sizeof(int32_t));
+    w->row_hits = calloc((size_t)xr, sizeof(int32_t));
+    w->y = calloc((size_t)xr * (size_t)H, sizeof(float));
+    for (int64_t i = 0; i < xr; i++)
+        w->src_rank[i] = w->src_token[i] = -1;
+    w->stage = calloc((size_t)ND, sizeof(char *));
+    w->nstage = calloc((size_t)ND, sizeof(int64_t));
+    for (int b = 0; b < ND; b++)
+        w->stage[b] = calloc((size_t)maxT + 1, (size_t)recb);
+    w->part = calloc((size_t)(ND * P + 1), (size_t)g0->row_bytes);
+    w->part_hits = calloc((size_t)(ND * P + 1), sizeof(int32_t));
+    w->chain = calloc((size_t)ND * (size_t)maxT * (size_t)H + 1,
+                      sizeof(float));
+    w->final = calloc((size_t)maxT * (size_t)H + 1, sizeof(float));
+}
+
+static void win_free(rank_win_t *w, int ND)
+{
+    for (int b = 0; b < ND; b++)
+        free(w->stage[b]);
+    free(w->stage), free(w->nstage), free(w->part), free(w->part_hits);
+    free(w->chain), free(w->final), free(w->rows), free(w->src_rank);
+    free(w->src_token), free(w->idx), free(w->w), free(w->ent);
+    free(w->ent_hits), free(w->row_hits), free(w->y);
+}
+
+/* A message of the two-hop path over grouped sends and receives: what the
+ * sender put in it, n records or rows. */
+typedef struct msg {
+    char *p;
+    int64_t n, cap;
+} msg_t;
+
+static char *msg_put(msg_t *m, int64_t bytes)
+{
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 8;
+        m->p = realloc(m->p, (size_t)(m->cap * bytes));
+    }
+    return m->p + m->n++ * bytes;
+}
+
+/* A token of source domain b as gateway G sees it in the chain: its own
+ * token k (b == G's domain), else its k-th staged record. */
+static int64_t chain_token(const proto_geom_t *g, const src_state_t *own,
+                           const rank_win_t *w, int b, int mine, int64_t k,
+                           int64_t recb, const int32_t *e2r, int32_t *dst,
+                           int32_t *dpos, int *nd)
+{
+    const int K = g->K;
+    *nd = 0;
+    if (mine) {
+        while (*nd < g->maxdest && own->dest[k * g->maxdest + *nd] >= 0) {
+            dst[*nd] = own->dest[k * g->maxdest + *nd];
+            dpos[*nd] = own->pos[k * g->maxdest + *nd];
+            (*nd)++;
+        }
+        return k;
+    }
+    const int32_t *rc = (const int32_t *)(w->stage[b] + k * recb);
+    const proto_ids_t u = proto_hier_rec_ids(rc, K, g->E);
+    *nd = proto_walk_dests(g, &u, NULL, e2r, 0, NULL, dst, NULL);
+    for (int j = 0; j < *nd; j++)
+        dpos[j] = proto_hier_rec_dpos(rc, K, e2r, dst[j]);
+    return rc[0];
+}
+
+/* The two-hop path as the messages of proto/hier_nccl.h, every size
+ * computed on both ends and compared, into fresh windows that must equal
+ * the windows path's (win, already checked against the reference): the
+ * receive rows, metadata and entries, the gateways' partials and the
+ * finished sums. */
+static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
+                     const int32_t *cnt, const int32_t *first,
+                     const int32_t *e2r, const src_state_t *ss,
+                     const rank_win_t *win, int64_t P)
+{
+    const int R = sc->R, L = sc->L, K = sc->K, H = sc->H;
+    const int ND = R / L;
+    const int64_t recb = proto_hier_rec_bytes(K, g0->row_bytes);
+    const int64_t hdr = proto_hier_rec_hdr(K), rb = g0->row_bytes;
+    rank_win_t *w2 = calloc((size_t)R, sizeof(*w2));
+    for (int r = 0; r < R; r++)
+        win_alloc(&w2[r], g0, sc->maxT, ND, P, recb);
+    msg_t *m1 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
+    msg_t *m2 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
+    msg_t *mp = calloc((size_t)R * (size_t)R, sizeof(msg_t));
+    msg_t *mc = calloc((size_t)R * (size_t)R, sizeof(msg_t));
+    msg_t *mf = calloc((size_t)R * (size_t)R, sizeof(msg_t));
+    int64_t *n1 = calloc((size_t)R * (size_t)ND, sizeof(int64_t));
+    char *rec = calloc(1, (size_t)recb);
+
+    /* Hop 1: each source's records per remote domain, in token order; the
+     * counts go to the gateways in a count exchange. */
+    for (int s = 0; s < R; s++) {
+        const src_state_t *x = &ss[s];
+        proto_hier_t sx;
+        proto_hier_shape(&sx, R, L, K, s);
+        proto_geom_t g = *g0;
+        g.rank = s;
+        const proto_ids_t ids = { x->units, 0, K, g0->E, { 0, NULL, NULL, NULL } };
+        proto_hier_msg_stage_counts(&g, &sx, x->dest, x->T, n1 + s * ND);
+        for (int64_t t = 0; t < x->T; t++) {
+            const int32_t *dst = x->dest + t * g.maxdest;
+            proto_hier_rec_fill(&g, &ids, x->w, e2r, x->dest, x->pos, x->upos,
+                                t, (int32_t *)rec);
+            memcpy(rec + hdr, (const char *)x->x + t * rb, (size_t)rb);
+            for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
+                const int D = proto_hier_stage_dom(dst, j, L, sx.dom);
+                if (D >= 0)
+                    memcpy(msg_put(&m1[s * R + proto_hier_gateway(&sx, s, D)],
+                                   recb), rec, (size_t)recb);
+            }
+        }
+    }
+    for (int G = 0; G < R; G++) {
+        proto_hier_t gw;
+        proto_hier_shape(&gw, R, L, K, G);
+        for (int b = 0; b < ND; b++) {
+            const int src = proto_hier_gateway(&gw, G, b);
+            const int64_t want = b == gw.dom ? 0 : n1[src * ND + gw.dom];
+            assert_int_equal(m1[src * R + G].n, want);
+            assert_int_equal(want, win[G].nstage[b]);
+            for (int64_t i = 0; i < want; i++) {   /* token order */
+                const int32_t *rc = (const int32_t *)(m1[src * R + G].p +
+                                                      i * recb);
+                assert_true(i == 0 || rc[0] > rc[-(int)(recb / 4)]);
+            }
+            if (want)
+                memcpy(w2[G].stage[b], m1[src * R + G].p, (size_t)(want * recb));
+            w2[G].nstage[b] = want;
+        }
+    }
+
+    /* Hop 2: gateway to each member of its domain, segments per source
+     * domain, each record at its position at the member. */
+    for (int G = 0; G < R; G++) {
+        proto_hier_t gw;
+        proto_hier_shape(&gw, R, L, K, G);
+        proto_geom_t g = *g0;
+        g.rank = G;
+        const src_state_t *x = &ss[G];
+        const proto_ids_t ids = { x->units, 0, K, g0->E, { 0, NULL, NULL, NULL } };
+        for (int m = gw.dom * L; m < (gw.dom + 1) * L; m++) {
+            msg_t *o = &m2[G * R + m];
+            o->n = proto_hier_msg_fwd_total(&g, &gw, cnt, G, m);
+            o->p = calloc((size_t)o->n + 1, (size_t)recb);
+            int32_t *hits = calloc((size_t)o->n + 1, sizeof(int32_t));
+            for (int b = 0; b < ND; b++) {
+                int64_t n;
+                const int64_t at = proto_hier_msg_seg(&g, &gw, cnt, G, m, b, &n);
+                const int64_t nr = b == gw.dom ? x->T : w2[G].nstage[b];
+                for (int64_t k = 0; k < nr; k++) {
+                    const char *r = w2[G].stage[b] + k * recb;
+                    if (b == gw.dom) {
+                        proto_hier_rec_fill(&g, &ids, x->w, e2r, x->dest,
+                                            x->pos, x->upos, k, (int32_t *)rec);
+                        memcpy(rec + hdr, (const char *)x->x + k * rb,
+                               (size_t)rb);
+                        r = rec;
+                    }
+                    const int32_t dp = proto_hier_rec_dpos((const int32_t *)r,
+                                                           K, e2r, m);
+                    if (dp < 0)
+                        continue;
+                    assert_true(dp < n);
+                    hits[at + dp]++;
+                    memcpy(o->p + (at + dp) * recb, r, (size_t)recb);
+                }
+            }
+            for (int64_t i = 0; i < o->n; i++)
+                assert_int_equal(hits[i], 1);
+            free(hits);
+        }
+    }
+    for (int m = 0; m < R; m++) {
+        proto_hier_t mx;
+        proto_hier_shape(&mx, R, L, K, m);
+        proto_geom_t g = *g0;
+        g.rank = m;
+        for (int G = mx.dom * L; G < (mx.dom + 1) * L; G++) {
+            const msg_t *o = &m2[G * R + m];
+            assert_int_equal(o->n, proto_hier_msg_fwd_total(&g, &mx, cnt, G, m));
+            for (int b = 0; b < ND; b++) {
+                int64_t n;
+                const int64_t at = proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
+                const int src = b * L + G % L;
+                for (int64_t i = 0; i < n; i++) {
+                    const int32_t *r = (const int32_t *)(o->p + (at + i) * recb);
+                    assert_int_equal(proto_hier_rec_dpos(r, K, e2r, m), i);
+                    forward(g0, &mx, cnt, P, first, e2r, src, r,
+                            (const char *)r + hdr, w2, m);
+                }
+            }
+        }
+    }
+    const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
+    for (int r = 0; r < R; r++) {
+        assert_memory_equal(w2[r].rows, win[r].rows, (size_t)(xr * rb));
+        assert_memory_equal(w2[r].src_rank, win[r].src_rank, 4 * (size_t)xr);
+        assert_memory_equal(w2[r].src_token, win[r].src_token, 4 * (size_t)xr);
+        assert_memory_equal(w2[r].idx, win[r].idx, 4 * (size_t)(xr * K));
+        assert_memory_equal(w2[r].w, win[r].w, 4 * (size_t)(xr * K));
+        assert_memory_equal(w2[r].ent, win[r].ent, 4 * (size_t)(xr * (3 + K)));
+        assert_memory_equal(w2[r].ent_hits, win[r].ent_hits, 4 * (size_t)xr);
+        assert_memory_equal(w2[r].row_hits, win[r].row_hits, 4 * (size_t)xr);
+        assert_memory_equal(w2[r].y, win[r].y, 4 * (size_t)(xr * H));
+    }
+
+    /* Combine, partials: member to gateway, hop 2's message reversed. */
+    for (int m = 0; m < R; m++) {
+        proto_hier_t mx;
+        proto_hier_shape(&mx, R, L, K, m);
+        proto_geom_t g = *g0;
+        g.rank = m;
+        for (int G = mx.dom * L; G < (mx.dom + 1) * L; G++) {
+            msg_t *o = &mp[m * R + G];
+            o->n = proto_hier_msg_fwd_total(&g, &mx, cnt, G, m);
+            o->p = calloc((size_t)o->n + 1, (size_t)rb);
+            for (int b = 0; b < ND; b++) {
+                int64_t n;
+                const int64_t at = proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
+                const int src = b * L + G % L;
+                for (int64_t i = 0; i < n; i++) {
+                    const int64_t e = proto_hier_entbase(&g, cnt, src, m) + i;
+                    assert_int_equal(w2[m].ent[e * (3 + K)], src);
+                    entry_partial(sc, &g, &w2[m], e, o->p + (at + i) * rb);
+                }
+            }
+        }
+    }
+    for (int G = 0; G < R; G++) {
+        proto_hier_t gw;
+        proto_hier_shape(&gw, R, L, K, G);
+        proto_geom_t g = *g0;
+        g.rank = G;
+        for (int m = gw.dom * L; m < (gw.dom + 1) * L; m++) {
+            const msg_t *o = &mp[m * R + G];
+            assert_int_equal(o->n, proto_hier_msg_fwd_total(&g, &gw, cnt, G, m));
+            for (int b = 0; b < ND; b++) {
+                int64_t n;
+                const int64_t at = proto_hier_msg_seg(&g, &gw, cnt, G, m, b, &n);
+                const int src = b * L + G % L;
+                for (int64_t i = 0; i < n; i++) {
+                    const int64_t slot = proto_hier_slot(&g, &gw, cnt, P, src,
+                                                         m, (int32_t)i);
+                    w2[G].part_hits[slot]++;
+                    memcpy(w2[G].part + slot * rb, o->p + (at + i) * rb,
+                           (size_t)rb);
+                }
+            }
+        }
+        assert_memory_equal(w2[G].part_hits, win[G].part_hits,
+                            4 * (size_t)(ND * P + 1));
+        assert_memory_equal(w2[G].part, win[G].part, (size_t)((ND * P + 1) * rb));
+    }
+
+    /* The chain, a round per domain ascending: receive from the earlier
+     * domains' gateways, add this domain's terms, send on. */
+    int32_t dst[EPX_MAX_TOPK], dpos[EPX_MAX_TOPK];
+    float *acc = malloc(sizeof(float) * (size_t)H);
+    int64_t *cur = calloc((size_t)ND, sizeof(int64_t));
+    for (int D = 0; D < ND; D++)
+        for (int G = D * L; G < (D + 1) * L; G++) {
+            proto_hier_t gw;
+            proto_hier_shape(&gw, R, L, K, G);
+            proto_geom_t g = *g0;
+            g.rank = G;
+            memset(cur, 0, sizeof(int64_t) * (size_t)ND);
+            for (int b = 0; b < ND; b++) {
+                const int src = proto_hier_gateway(&gw, G, b);
+                const int64_t nr = b == D ? ss[G].T : w2[G].nstage[b];
+                for (int64_t k = 0; k < nr; k++) {
+                    int nd;
+                    const int64_t t = chain_token(&g, &ss[G], &w2[G], b, b == D,
+                                                  k, recb, e2r, dst, dpos, &nd);
+                    const int prev = proto_hier_chain_prev(dst, nd, L, D);
+                    int j0, next;
+                    const int here = proto_hier_chain(dst, nd, L, D, &j0, &next);
+                    assert_int_equal(prev != -2, here > 0);
+                    if (here == 0)
+                        continue;
+                    memset(acc, 0, sizeof(float) * (size_t)H);
+                    if (prev >= 0) {
+                        const msg_t *in = &mc[(prev * L + G % L) * R + G];
+                        assert_true(cur[prev] < in->n);
+                        memcpy(acc, in->p + cur[prev]++ * H * 4,
+                               sizeof(float) * (size_t)H);
+                    }
+                    for (int j = 0; j < here; j++) {
+                        const int64_t slot = proto_hier_slot(&g, &gw, cnt, P,
+                                                             src, dst[j0 + j],
+                                                             dpos[j0 + j]);
+                        proto_sum_row(acc, w2[G].part + slot * rb, g.esize,
+                                      NULL, j0 == 0 && j == 0, H);
+                    }
+                    const int to = next >= 0 ? proto_hier_gateway(&gw, src, next)
+                                             : src;
+                    assert_int_equal(next < 0,
+                                     proto_hier_chain_last(dst, nd, L) == D);
+                    (void)t;
+                    memcpy(msg_put(next >= 0 ? &mc[G * R + to] : &mf[G * R + to],
+                                   (int64_t)H * 4), acc,
+                           sizeof(float) * (size_t)H);
+                }
+            }
+            /* every message from an earlier domain taken whole */
+            for (int D2 = 0; D2 < D; D2++)
+                assert_int_equal(cur[D2], mc[(D2 * L + G % L) * R + G].n);
+        }
+    /* The sources: per domain, their tokens whose chain ends there. */
+    for (int s = 0; s < R; s++) {
+        const src_state_t *x = &ss[s];
+        proto_hier_t sx;
+        proto_hier_shape(&sx, R, L, K, s);
+        memset(cur, 0, sizeof(int64_t) * (size_t)ND);
+        for (int64_t t = 0; t < x->T; t++) {
+            int nd = 0;
+            while (nd < g0->maxdest && x->dest[t * g0->maxdest + nd] >= 0)
+                nd++;
+            const int last = proto_hier_chain_last(x->dest + t * g0->maxdest,
+                                                   nd, L);
+            if (last < 0)
+                continue;
+            const msg_t *in = &mf[proto_hier_gateway(&sx, s, last) * R + s];
+            assert_true(cur[last] < in->n);
+            memcpy(w2[s].final + t * H, in->p + cur[last]++ * H * 4,
+                   sizeof(float) * (size_t)H);
+        }
+        for (int D = 0; D < ND; D++)
+            assert_int_equal(cur[D], mf[proto_hier_gateway(&sx, s, D) * R + s].n);
+        assert_memory_equal(w2[s].final, win[s].final,
+                            sizeof(float) * (size_t)(x->T * H + 1));
+    }
+
+    free(cur);
+    free(acc);
+    for (int i = 0; i < R * R; i++)
+        free(m1[i].p), free(m2[i].p), free(mp[i].p), free(mc[i].p),
+            free(mf[i].p);
+    free(m1), free(m2), free(mp), free(mc), free(mf), free(n1), free(rec);
+    for (int r = 0; r < R; r++)
+        win_free(&w2[r], ND);
+    free(w2);
 }
 
 static void run(const scen_t *sc)
@@ -225,36 +614,13 @@ static void run(const scen_t *sc)
         rt[s] = (ref_tokens_t){ x->T, x->x, x->idx64, x->w, 0 };
     }
 
-    rank_win_t *win = calloc((size_t)R, sizeof(*win));
-    const int64_t xr = (g0.xrows > g0.ents ? g0.xrows : g0.ents) + 1;
-    for (int r = 0; r < R; r++) {
-        rank_win_t *w = &win[r];
-        w->rows = calloc((size_t)xr, (size_t)g0.row_bytes);
-        w->src_rank = malloc(sizeof(int32_t) * (size_t)xr);
-        w->src_token = malloc(sizeof(int32_t) * (size_t)xr);
-        w->idx = calloc((size_t)xr * (size_t)K, sizeof(int32_t));
-        w->w = calloc((size_t)xr * (size_t)K, sizeof(float));
-        w->ent = calloc((size_t)xr * (size_t)(3 + K), sizeof(int32_t));
-        w->ent_hits = calloc((size_t)xr, sizeof(int32_t));
-        w->row_hits = calloc((size_t)xr, sizeof(int32_t));
-        w->y = calloc((size_t)xr * (size_t)H, sizeof(float));
-        for (int64_t i = 0; i < xr; i++)
-            w->src_rank[i] = w->src_token[i] = -1;
-        w->stage = calloc((size_t)ND, sizeof(char *));
-        w->nstage = calloc((size_t)ND, sizeof(int64_t));
-        w->part = calloc((size_t)(ND * P + 1), (size_t)g0.row_bytes);
-        w->part_hits = calloc((size_t)(ND * P + 1), sizeof(int32_t));
-        w->chain = calloc((size_t)ND * (size_t)sc->maxT * (size_t)H + 1,
-                          sizeof(float));
-        w->final = calloc((size_t)sc->maxT * (size_t)H + 1, sizeof(float));
-    }
     const int64_t recb = proto_hier_rec_bytes(K, g0.row_bytes);
     const int64_t hdr = proto_hier_rec_hdr(K);
     assert_true(hdr >= 4 * (1 + 4 * K) && hdr % 16 == 0);
     assert_true(recb >= hdr + g0.row_bytes && recb % 16 == 0);
+    rank_win_t *win = calloc((size_t)R, sizeof(*win));
     for (int r = 0; r < R; r++)
-        for (int b = 0; b < ND; b++)
-            win[r].stage[b] = calloc((size_t)sc->maxT + 1, (size_t)recb);
+        win_alloc(&win[r], &g0, sc->maxT, ND, P, recb);
 
     /* Dispatch, hop 1: each source stages each token once per remote
      * destination domain and forwards inside its own. */
@@ -294,7 +660,7 @@ static void run(const scen_t *sc)
                        (size_t)recb);
             }
             forward(&g0, &sx, cnt, P, first, e2r, s, (const int32_t *)rec,
-                    rec + hdr, win);
+                    rec + hdr, win, -1);
         }
     }
     /* Hop 2: every gateway forwards the records of each other domain's
@@ -319,7 +685,7 @@ static void run(const scen_t *sc)
             for (int64_t i = 0; i < n; i++) {
                 const char *p = win[G].stage[b] + order[i] * recb;
                 forward(&g0, &gw, cnt, P, first, e2r, src,
-                        (const int32_t *)p, p + hdr, win);
+                        (const int32_t *)p, p + hdr, win, -1);
             }
             free(order);
         }
@@ -374,23 +740,9 @@ static void run(const scen_t *sc)
             const int src = ent[0];
             const int G = (d / L) * L + src % L;
             assert_true(ent[1] >= (src / L) * P && ent[1] < (src / L + 1) * P);
-            char *dst = win[G].part + (int64_t)ent[1] * g.row_bytes;
             win[G].part_hits[ent[1]]++;
-            if (!sc->em) {
-                y_fn(&cfg.hidden, src, w->src_token[i], d, acc);
-                proto_store_row(dst, acc, esize, H);
-                continue;
-            }
-            /* y rows in the engine dtype, the core's partial and its wire
-             * rounding (proto.h proto_partial_row). */
-            char *yrows = calloc((size_t)(g.xrows + 1), (size_t)g.row_bytes);
-            for (int k = 0; k < ent[2]; k++)
-                proto_store_row(yrows + (int64_t)ent[3 + k] * g.row_bytes,
-                                w->y + (int64_t)ent[3 + k] * H, esize, H);
-            proto_partial_row(&g, yrows, ent + 3, ent[2],
-                              sc->unweighted ? NULL : w->w, 0, H, acc);
-            proto_store_row(dst, acc, esize, H);
-            free(yrows);
+            entry_partial(sc, &g, w, i,
+                          win[G].part + (int64_t)ent[1] * g.row_bytes);
         }
     }
     for (int G = 0; G < R; G++)
@@ -472,17 +824,14 @@ static void run(const scen_t *sc)
         }
     }
 
+    /* The same over point-to-point messages (proto/hier_nccl.h). */
+    run_msgs(sc, &g0, cnt, first, e2r, ss, win, P);
+
     free(acc);
     free(nent);
     free(rec);
     for (int r = 0; r < R; r++) {
-        rank_win_t *w = &win[r];
-        for (int b = 0; b < ND; b++)
-            free(w->stage[b]);
-        free(w->stage), free(w->nstage), free(w->part), free(w->part_hits);
-        free(w->chain), free(w->final), free(w->rows), free(w->src_rank);
-        free(w->src_token), free(w->idx), free(w->w), free(w->ent);
-        free(w->ent_hits), free(w->row_hits), free(w->y);
+        win_free(&win[r], ND);
         src_state_t *x = &ss[r];
         free(x->x), free(x->idx64), free(x->units), free(x->upos), free(x->w);
         free(x->dest), free(x->pos), free(x->mycnt);
