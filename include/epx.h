@@ -583,11 +583,11 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     and NCCL's waits have no timeout: a rank that stops sending (a call
  *     refused before it is queued, EPX_ERR_STATE) leaves its peers waiting;
  *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
- *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
- *     is not counted (EPX_ERR_UNSUPPORTED);
+ *     same two hops and bits as on host ranks (FP64 engines too: partials
+ *     and accumulators in double); epx_moe_cross_domain_bytes is not
+ *     counted (EPX_ERR_UNSUPPORTED);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64
- *     (src/cuda/README.md). */
+ *     call): EPX_MOE_HIERARCHICAL over NCCL (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),

@@ -46,7 +46,8 @@ epx_status_t gpu_hier_create(epx_comm_t *comm, const proto_geom_t *g,
                                                     g->scale_bytes +
                                                     g->gscale_bytes);
     proto_hier_layout(&h->k.w, &h->k.x, g->total, g->maxT, g->H,
-                      h->k.rec_bytes, g->row_bytes, (int64_t)sizeof(float));
+                      h->k.rec_bytes, g->row_bytes,
+                      proto_hier_acc_size(g->esize));
     h->total = (size_t)h->k.w.end;
     *out = h;
     return EPX_OK;

@@ -820,8 +820,8 @@ static void bad_ids(void **state)
  * a system description (tests/moe/data/cpu-<n>host.json, a domain per
  * host; device ranks stay threads on one GPU, their domains are the
  * description's): 2 domains of 1, 2 and 4 ranks and 3 of 2, both layouts
- * (expert-major with padding, weighted and unweighted), fp32 and bf16,
- * native and quantized wires (on the device: the record quantized once
+ * (expert-major with padding, weighted and unweighted), fp32, bf16 and
+ * fp64 (double partials and accumulators), native and quantized wires (on the device: the record quantized once
  * at the source, forwarded by the gateway). */
 static void set_topo(const char *file)
 {
@@ -859,10 +859,23 @@ static void hierarchical(void **state)
             hier = 0;
             unsetenv("EPX_TOPO_FILE");
         }
+    /* FP64 engines: partials and accumulators in double (out FP64), both
+     * layouts, odd rows (33 doubles) and 16-byte ones */
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        const int R = shapes[i].R;
+        gcase_t c = { R, 2 * R + 3, 4, i % 2 ? 33 : 64, 32, EPX_DTYPE_FP64,
+                      EPX_GPU_BACKEND_WINDOWS, 1, (int)(i >= 2),
+                      i == 3 ? 4 : 1, i == 2, EPX_WIRE_NATIVE, 0, 0, 0 };
+        set_topo(shapes[i].topo);
+        hier = 1;
+        run_case(&c, 0);
+        hier = 0;
+        unsetenv("EPX_TOPO_FILE");
+    }
 }
 
 /* Refused: domains of unequal size (3 ranks on 2 hosts) on both
- * executors; on device ranks the NCCL backend (windows only) and FP64. */
+ * executors; on device ranks the NCCL backend (windows only). */
 static int hier_refused_rank(epx_comm_t *comm, void *arg)
 {
     const int *host = arg;
@@ -880,10 +893,6 @@ static int hier_refused_rank(epx_comm_t *comm, void *arg)
         return 0;
     }
     p.gpu_backend = EPX_GPU_BACKEND_NCCL;
-    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
-    CHECK(m == NULL);
-    p.gpu_backend = EPX_GPU_BACKEND_WINDOWS;   /* fp32 accumulators only */
-    p.dtype = EPX_DTYPE_FP64;
     CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
     CHECK(m == NULL);
     return 0;

@@ -15,13 +15,14 @@
  *   combine: each member's partial of each entry (the reference's y, the
  *     core's partial and its rounding) into its gateway at the entry's
  *     slot, then the gateways of each domain in ascending order chain the
- *     fp32 accumulators (proto_hier_chain, the rows' sums of proto.h) into
+ *     fp32 (fp64) accumulators (proto_hier_chain, proto_hier_acc_elem) into
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
  * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
- * segment alignment), bf16 and fp32, tokens that go nowhere, ranks with
- * no tokens, every token on one expert, K above and below the domain
- * size; plus proto_hier_blocks on equal, unequal, interleaved and
+ * segment alignment), bf16, fp32 and fp64 (FP64 engines: partials and
+ * accumulators in double, against ref_combine_f64), tokens that go
+ * nowhere, ranks with no tokens, every token on one expert, K above and
+ * below the domain size; plus proto_hier_blocks on equal, unequal, interleaved and
  * repeated domain ids and the window regions' order and sizes.
  * The host executor runs the same functions (src/moe/hier.c,
  * hier_combine.c), and tests/moe/test_hier checks it against the same
@@ -67,13 +68,14 @@ typedef struct rank_win {
     float *w;                /* token-major [xrows][K], else [xrows] */
     int32_t *ent;            /* [xrows][3 + K]: src, slot, n, rows */
     int32_t *ent_hits, *row_hits;
-    float *y;                /* expert-major: [xrows][H] y of each row */
+    double *y;               /* expert-major: [xrows][H] y of each row */
     char **stage;            /* [ND] records */
     int64_t *nstage;         /* [ND] */
     char *part;              /* [ND * P][row_bytes] */
     int32_t *part_hits;
-    float *chain;            /* [ND][maxT][H] */
-    float *final;            /* [maxT][H] */
+    char *chain;             /* [ND][maxT][H] accumulators (fp32; FP64
+                                engines: double) */
+    char *final;             /* [maxT][H] accumulators */
 } rank_win_t;
 
 static float y_value(int src, int64_t t, int who, int h)
@@ -88,6 +90,31 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
     const int H = *(const int *)ctx;
     for (int h = 0; h < H; h++)
         row[h] = y_value(src, t, who, h);
+}
+
+/* FP64 engines: expert outputs with every bit of the double's mantissa
+ * and a spread of exponents, so any change of order or rounding shows. */
+static double y64_value(int src, int64_t t, int who, int h)
+{
+    uint64_t x = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                           (uint64_t)who, (uint64_t)h);
+    double u = (double)(x >> 11) * (1.0 / 9007199254740992.0); /* [0,1) */
+    return (u * 8.0 - 4.0) * (double)(1 << (x & 7)) * 0.125;
+}
+
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = y64_value(src, t, who, h);
+}
+
+/* Row `who`'s y of token t of src in double (exact for fp32 values). */
+static void y_row(int esize, int H, int src, int64_t t, int who, double *row)
+{
+    for (int h = 0; h < H; h++)
+        row[h] = esize == 8 ? y64_value(src, t, who, h)
+                            : (double)y_value(src, t, who, h);
 }
 
 /* Forward one record of source src to the members of gateway G's domain
@@ -138,8 +165,8 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
                 w->src_rank[r] = src;
                 w->src_token[r] = rec[0];
                 w->w[r] = lw[k];
-                y_fn(&g.H, src, rec[0], rec[PROTO_HIER_REC_IDS(K) + k],
-                     w->y + r * g.H);
+                y_row(g.esize, g.H, src, rec[0],
+                      rec[PROTO_HIER_REC_IDS(K) + k], w->y + r * g.H);
             }
             continue;
         }
@@ -156,7 +183,9 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H, L = sc->L;
-    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2
+                    : sc->dtype == EPX_DTYPE_FP64 ? 8 : 4;
+    const int64_t accsz = proto_hier_acc_size(esize);
     assert_true(R % L == 0 && R <= 128);
     proto_geom_t g0 = { 0 };
     proto_geom_shape(&g0, R, 0, E, K, H, esize, EPX_WIRE_NATIVE, sc->maxT,
@@ -237,7 +266,7 @@ static void run(const scen_t *sc)
         w->ent = calloc((size_t)xr * (size_t)(3 + K), sizeof(int32_t));
         w->ent_hits = calloc((size_t)xr, sizeof(int32_t));
         w->row_hits = calloc((size_t)xr, sizeof(int32_t));
-        w->y = calloc((size_t)xr * (size_t)H, sizeof(float));
+        w->y = calloc((size_t)xr * (size_t)H, sizeof(double));
         for (int64_t i = 0; i < xr; i++)
             w->src_rank[i] = w->src_token[i] = -1;
         w->stage = calloc((size_t)ND, sizeof(char *));
@@ -245,8 +274,8 @@ static void run(const scen_t *sc)
         w->part = calloc((size_t)(ND * P + 1), (size_t)g0.row_bytes);
         w->part_hits = calloc((size_t)(ND * P + 1), sizeof(int32_t));
         w->chain = calloc((size_t)ND * (size_t)sc->maxT * (size_t)H + 1,
-                          sizeof(float));
-        w->final = calloc((size_t)sc->maxT * (size_t)H + 1, sizeof(float));
+                          (size_t)accsz);
+        w->final = calloc((size_t)sc->maxT * (size_t)H + 1, (size_t)accsz);
     }
     const int64_t recb = proto_hier_rec_bytes(K, g0.row_bytes);
     const int64_t hdr = proto_hier_rec_hdr(K);
@@ -365,6 +394,7 @@ static void run(const scen_t *sc)
 
     /* Combine: partials into the gateway in each member's domain. */
     float *acc = malloc(sizeof(float) * (size_t)H);
+    double *yd = malloc(sizeof(double) * (size_t)H);
     for (int d = 0; d < R; d++) {
         rank_win_t *w = &win[d];
         proto_geom_t g = g0;
@@ -377,19 +407,37 @@ static void run(const scen_t *sc)
             char *dst = win[G].part + (int64_t)ent[1] * g.row_bytes;
             win[G].part_hits[ent[1]]++;
             if (!sc->em) {
-                y_fn(&cfg.hidden, src, w->src_token[i], d, acc);
-                proto_store_row(dst, acc, esize, H);
+                y_row(esize, H, src, w->src_token[i], d, yd);
+                for (int h = 0; h < H; h++)
+                    acc[h] = (float)yd[h];
+                if (esize == 8)
+                    memcpy(dst, yd, sizeof(double) * (size_t)H);
+                else
+                    proto_store_row(dst, acc, esize, H);
                 continue;
             }
             /* y rows in the engine dtype, the core's partial and its wire
-             * rounding (proto.h proto_partial_row). */
+             * rounding (proto.h proto_partial_row; FP64: in double,
+             * unrounded, proto_partial_row_f64). */
             char *yrows = calloc((size_t)(g.xrows + 1), (size_t)g.row_bytes);
-            for (int k = 0; k < ent[2]; k++)
-                proto_store_row(yrows + (int64_t)ent[3 + k] * g.row_bytes,
-                                w->y + (int64_t)ent[3 + k] * H, esize, H);
-            proto_partial_row(&g, yrows, ent + 3, ent[2],
-                              sc->unweighted ? NULL : w->w, 0, H, acc);
-            proto_store_row(dst, acc, esize, H);
+            for (int k = 0; k < ent[2]; k++) {
+                const double *yr = w->y + (int64_t)ent[3 + k] * H;
+                char *o = yrows + (int64_t)ent[3 + k] * g.row_bytes;
+                for (int h = 0; h < H; h++)
+                    acc[h] = (float)yr[h];
+                if (esize == 8)
+                    memcpy(o, yr, sizeof(double) * (size_t)H);
+                else
+                    proto_store_row(o, acc, esize, H);
+            }
+            const float *wt = sc->unweighted ? NULL : w->w;
+            if (esize == 8) {
+                proto_partial_row_f64(&g, yrows, ent + 3, ent[2], wt, 0, H,
+                                      (double *)dst);
+            } else {
+                proto_partial_row(&g, yrows, ent + 3, ent[2], wt, 0, H, acc);
+                proto_store_row(dst, acc, esize, H);
+            }
             free(yrows);
         }
     }
@@ -434,26 +482,50 @@ static void run(const scen_t *sc)
                     if (here == 0)
                         continue;
                     assert_true(next < 0 || next > D);
-                    float *a = next >= 0
+                    char *a = next >= 0
                         ? win[proto_hier_gateway(&gw, src, next)].chain +
-                              ((int64_t)b * sc->maxT + t) * H
-                        : win[src].final + t * H;
-                    float *in = win[G].chain + ((int64_t)b * sc->maxT + t) * H;
-                    memcpy(acc, in, sizeof(float) * (size_t)H);
+                              ((int64_t)b * sc->maxT + t) * H * accsz
+                        : win[src].final + t * H * accsz;
+                    const char *in = win[G].chain +
+                                     ((int64_t)b * sc->maxT + t) * H * accsz;
+                    int64_t slot[EPX_MAX_TOPK];
                     for (int j = 0; j < here; j++) {
-                        const int64_t slot = proto_hier_slot(&g, &gw, cnt, P,
-                                                             src, dst[j0 + j],
-                                                             dpos[j0 + j]);
-                        assert_int_equal(win[G].part_hits[slot], 1);
-                        proto_sum_row(acc, win[G].part + slot * g.row_bytes,
-                                      esize, NULL, j0 == 0 && j == 0, H);
+                        slot[j] = proto_hier_slot(&g, &gw, cnt, P, src,
+                                                  dst[j0 + j], dpos[j0 + j]);
+                        assert_int_equal(win[G].part_hits[slot[j]], 1);
                     }
-                    memcpy(a, acc, sizeof(float) * (size_t)H);
+                    /* the kernels' element form (proto_hier_acc_elem) */
+                    for (int h = 0; h < H; h++)
+                        if (esize == 8)
+                            ((double *)a)[h] = proto_hier_acc_elem_f64(
+                                &g, win[G].part, slot, here, j0 == 0,
+                                ((const double *)in)[h], h);
+                        else
+                            ((float *)a)[h] = proto_hier_acc_elem(
+                                &g, win[G].part, slot, here, j0 == 0,
+                                ((const float *)in)[h], h);
                 }
             }
         }
+    /* FP64: the sources' double sums as they are, the reference's
+     * double combine bit for bit (0 for a token sent nowhere). */
+    for (int s = 0; esize == 8 && s < R; s++) {
+        const src_state_t *x = &ss[s];
+        const size_t ob = (size_t)(x->T * H + 1) * sizeof(double);
+        char *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < x->T; t++)
+            if (x->dest[t * g0.maxdest] >= 0)
+                memcpy(got + t * H * 8, win[s].final + t * H * 8,
+                       sizeof(double) * (size_t)H);
+        assert_int_equal(ref_combine_f64(&cfg, s, &rt[s], sc->unweighted,
+                                         y64_fn, &cfg.hidden, (double *)want),
+                         0);
+        assert_memory_equal(got, want, (size_t)(x->T * H) * sizeof(double));
+        free(got);
+        free(want);
+    }
     /* The sources' outputs, rounded once (0 for a token sent nowhere). */
-    for (int epx_out = 0; epx_out < 2; epx_out++) {
+    for (int epx_out = 0; esize != 8 && epx_out < 2; epx_out++) {
         const epx_dtype_t odt = epx_out ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16;
         const int oes = epx_out ? 4 : 2;
         for (int s = 0; s < R; s++) {
@@ -462,8 +534,9 @@ static void run(const scen_t *sc)
             char *got = calloc(1, ob), *want = calloc(1, ob);
             for (int64_t t = 0; t < x->T; t++)
                 if (x->dest[t * g0.maxdest] >= 0)
-                    proto_store_row(got + t * H * oes, win[s].final + t * H,
-                                    oes, H);
+                    proto_store_row(got + t * H * oes,
+                                    (const float *)win[s].final + t * H, oes,
+                                    H);
             assert_int_equal(ref_combine(&cfg, s, &rt[s], sc->unweighted, y_fn,
                                          &cfg.hidden, odt, want), 0);
             assert_memory_equal(got, want, (size_t)(x->T * H) * (size_t)oes);
@@ -473,6 +546,7 @@ static void run(const scen_t *sc)
     }
 
     free(acc);
+    free(yd);
     free(nent);
     free(rec);
     for (int r = 0; r < R; r++) {
@@ -500,12 +574,14 @@ static void token_major(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < 4; v++) {
             const int R = shapes[i][0];
             scen_t sc = { R, shapes[i][1], R * (1 + v) + 6, 1 + (int)(i + v) % 6,
-                          v == 1 ? 33 : 16, 1 + (int)epxt_below(&rng, 12),
-                          v == 2 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 0, 1, 0,
-                          0, v == 1 };
+                          v == 1 ? 33 : v == 3 ? 13 : 16,
+                          1 + (int)epxt_below(&rng, 12),
+                          v == 2 ? EPX_DTYPE_FP32
+                                 : v == 3 ? EPX_DTYPE_FP64 : EPX_DTYPE_BF16,
+                          0, 1, 0, 0, v == 1 };
             run(&sc);
         }
 }
@@ -514,13 +590,16 @@ static void expert_major(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < 4; v++) {
             const int R = shapes[i][0];
             scen_t sc = { R, shapes[i][1], R * (1 + v) + (v == 2 ? 8 : 7),
-                          1 + (int)(i + 2 * v) % 7, v == 0 ? 17 : 16,
+                          1 + (int)(i + 2 * v) % 7,
+                          v == 0 ? 17 : v == 3 ? 13 : 16,
                           1 + (int)epxt_below(&rng, 10),
-                          v == 1 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 1,
-                          v == 2 ? 4 : 1, v == 1, 0, v == 2 };
+                          v == 1 ? EPX_DTYPE_FP32
+                                 : v == 3 ? EPX_DTYPE_FP64 : EPX_DTYPE_BF16,
+                          1, v == 2 ? 4 : v == 3 ? 2 : 1,
+                          v == 1 || (v == 3 && i % 2), 0, v == 2 };
             run(&sc);
         }
 }
@@ -541,6 +620,12 @@ static void edges(void **state)
         { 8, 2, 32, 8, 16, 6, EPX_DTYPE_BF16, 1, 1, 0, 0, 0 },
         { 72, 8, 144, 8, 8, 4, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
         { 72, 8, 72, 6, 8, 3, EPX_DTYPE_BF16, 1, 2, 0, 0, 1 },
+        /* FP64 engines: the same in double */
+        { 8, 2, 16, 4, 16, 9, EPX_DTYPE_FP64, 1, 2, 0, 1, 0 },
+        { 6, 3, 12, 2, 16, 5, EPX_DTYPE_FP64, 0, 1, 0, 2, 1 },
+        { 1, 1, 3, 2, 8, 7, EPX_DTYPE_FP64, 1, 1, 1, 0, 0 },
+        { 8, 2, 32, 8, 16, 6, EPX_DTYPE_FP64, 0, 1, 0, 0, 0 },
+        { 72, 8, 144, 8, 8, 4, EPX_DTYPE_FP64, 1, 1, 0, 0, 1 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         run(&cases[i]);
