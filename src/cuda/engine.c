@@ -1044,6 +1044,18 @@ const char *gpu_moe_backend(const gpu_moe_t *m)
     return m ? m->name : "";
 }
 
+epx_status_t gpu_moe_cross_bytes(gpu_moe_t *m, int64_t *dispatch,
+                                 int64_t *combine)
+{
+    epx_status_t st = usable(m, "cuda cross_domain_bytes");
+    if (st != EPX_OK)
+        return st;
+    if (!m->hier)
+        return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
+                          "engines count cross-domain bytes");
+    return gpu_hier_cross_bytes(m->hier, m->st, dispatch, combine);
+}
+
 /* ------------------------------------------------------------ dispatch */
 
 static int tensor_ok(const epx_tensor_t *t, epx_dtype_t dt, int64_t rows,

@@ -281,6 +281,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
     char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const int64_t wrow = g.xrow_bytes + g.scale_bytes + g.gscale_bytes;
+    unsigned long long cross = 0;   /* this warp's bytes across domains */
     if (c.info[EPXK_INFO_ERROR] == 0 && c.info[EPXK_INFO_AGREE] == 0)
         for (int64_t t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              t < c.T; t += warps) {
@@ -302,6 +304,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             __syncwarp();
             for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, dom);
+                cross += (unsigned long long)proto_hier_cross_stage(dst, j, L,
+                                                                    dom, wrow);
                 if (D < 0)
                     continue;
                 int slot = 0;
@@ -315,6 +319,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             }
             hier_forward(g, c, h, cnt, rec, g.rank, lane);
         }
+    if (lane == 0 && cross)
+        atomicAdd(&h.cross[0], cross);
     if (!hier_grid_last(c.done))
         return;
     for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x) {
@@ -428,6 +434,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
     const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
     int32_t dst[EPX_MAX_TOPK];
     int64_t slot[EPX_MAX_TOPK];
+    unsigned long long cross = 0;   /* this warp's bytes across domains */
     for (int b = 0; go && b < ND; b++) {
         const int src = proto_hier_gateway(&h.x, g.rank, b);
         const int64_t n = b == dom ? c.T
@@ -461,6 +468,8 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                       h.w.chain + ((int64_t)b * g.maxT + t) * g.H * acc
                 : c.peers[src] + h.w.final + t * g.H * acc;
             const char *part = mine + h.w.part;
+            cross += (unsigned long long)proto_hier_cross_chain(
+                &h.x, next, src, g.H * acc);
             /* proto.h's row sums (proto/hier.h): 0 + the first term where
              * the sum starts, else the accumulator so far + it */
             for (int64_t e = lane; e < g.H; e += WARP)
@@ -474,6 +483,8 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                         j0 == 0 ? 0.0f : ((const float *)in)[e], e);
         }
     }
+    if (lane == 0 && cross)
+        atomicAdd(&h.cross[1], cross);
     if (!hier_grid_last(c.done))
         return;
     for (int b = threadIdx.x; b < ND; b += blockDim.x) {

@@ -307,6 +307,26 @@ PROTO_HD double proto_hier_acc_elem_f64(const proto_geom_t *g,
     return a;
 }
 
+/* ---------------------------------------------- bytes across domains
+ *
+ * What epx_moe_cross_domain_bytes counts (include/epx.h): in dispatch a
+ * record's row in the wire format (wrow bytes) for each token and remote
+ * destination domain (proto_hier_stage_dom >= 0); in combine an
+ * accumulator row (frow bytes) for each chain step that leaves the
+ * gateway's domain: on to the next domain's gateway, or home to a source
+ * in another domain. */
+PROTO_HD int64_t proto_hier_cross_stage(const int32_t *dst, int j, int L,
+                                        int dom, int64_t wrow)
+{
+    return proto_hier_stage_dom(dst, j, L, dom) >= 0 ? wrow : 0;
+}
+
+PROTO_HD int64_t proto_hier_cross_chain(const proto_hier_t *x, int next,
+                                        int src, int64_t frow)
+{
+    return next >= 0 || src / x->L != x->dom ? frow : 0;
+}
+
 /* An accumulator element: fp32, or fp64 for an FP64 engine (esize 8). */
 PROTO_HD int64_t proto_hier_acc_size(int esize)
 {

@@ -85,6 +85,9 @@ static int mixed;
 /* EPX_MOE_HIERARCHICAL over the domains of the system description in
  * EPX_TOPO_FILE.  Set by hierarchical around its cases. */
 static int hier;
+/* Hierarchical: each rank's bytes across domains (dispatch, combine) on
+ * host ranks, which its device run must count too. */
+static int64_t hier_cross[128][2];
 
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
@@ -277,14 +280,23 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     free(want);
     for (int e = 0; e < c->E; e++)   /* elastic: the placement's gaps */
         CHECK(epx_moe_expert_lost(m, 0, e) == expert_lost(c, e));
-    /* Hierarchical: the host executor counts what crossed domains (2
-     * domains or more: some token of some call did, in dispatch); device
-     * ranks do not count. */
+    /* Hierarchical: both executors count what crossed domains, the
+     * same bytes on each rank (the host's run comes first, with the same
+     * inputs). */
     int64_t dx, cx;
-    if (hier && c->host) {
+    if (hier) {
         CHECK_OK(epx_moe_cross_domain_bytes(m, &dx, &cx));
         CHECK(dx >= 0 && cx >= 0);
-    } else if (hier) {
+        if (c->host) {
+            hier_cross[me][0] = dx;
+            hier_cross[me][1] = cx;
+        } else {
+            CHECKF(dx == hier_cross[me][0] && cx == hier_cross[me][1],
+                   "rank %d: device counts %lld, %lld bytes across domains, "
+                   "host %lld, %lld", me, (long long)dx, (long long)cx,
+                   (long long)hier_cross[me][0], (long long)hier_cross[me][1]);
+        }
+    } else {
         CHECK_ST(epx_moe_cross_domain_bytes(m, &dx, &cx), EPX_ERR_UNSUPPORTED);
     }
     epx_moe_destroy(m);

@@ -18,6 +18,8 @@
  *     fp32 (fp64) accumulators (proto_hier_chain, proto_hier_acc_elem) into
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
+ * Both count the bytes that cross domains (proto_hier_cross_stage,
+ * proto_hier_cross_chain) against a count from the destinations alone.
  * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
  * segment alignment), bf16, fp32 and fp64 (FP64 engines: partials and
  * accumulators in double, against ref_combine_f64), tokens that go
@@ -286,8 +288,11 @@ static void run(const scen_t *sc)
             win[r].stage[b] = calloc((size_t)sc->maxT + 1, (size_t)recb);
 
     /* Dispatch, hop 1: each source stages each token once per remote
-     * destination domain and forwards inside its own. */
+     * destination domain and forwards inside its own.  xd[s], xc: the
+     * bytes the core says cross domains (proto_hier_cross_stage, _chain),
+     * the source's in dispatch and every gateway's in combine. */
     char *rec = calloc(1, (size_t)recb);
+    int64_t *xd = calloc((size_t)R, sizeof(int64_t)), xc = 0;
     for (int s = 0; s < R; s++) {
         src_state_t *x = &ss[s];
         proto_hier_t sx;
@@ -310,6 +315,8 @@ static void run(const scen_t *sc)
             for (int j = 0; j < nd; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, sx.dom);
                 const int Dj = dst[j] / L;
+                xd[s] += proto_hier_cross_stage(dst, j, L, sx.dom,
+                                                g0.row_bytes);
                 /* a remote domain, staged at its first destination only */
                 assert_int_equal(D >= 0, Dj != sx.dom && !(seen >> Dj & 1));
                 seen |= 1ull << Dj;
@@ -482,6 +489,7 @@ static void run(const scen_t *sc)
                     if (here == 0)
                         continue;
                     assert_true(next < 0 || next > D);
+                    xc += proto_hier_cross_chain(&gw, next, src, H * accsz);
                     char *a = next >= 0
                         ? win[proto_hier_gateway(&gw, src, next)].chain +
                               ((int64_t)b * sc->maxT + t) * H * accsz
@@ -507,6 +515,30 @@ static void run(const scen_t *sc)
                 }
             }
         }
+    /* Bytes across domains, from the tokens' destinations alone: a row
+     * per remote destination domain in dispatch; in combine an
+     * accumulator per destination domain, less one where the last is the
+     * source's own (the sum goes home inside it). */
+    int64_t want_xc = 0;
+    for (int s = 0; s < R; s++) {
+        int64_t want_xd = 0;
+        for (int64_t t = 0; t < ss[s].T; t++) {
+            const int32_t *d = ss[s].dest + t * g0.maxdest;
+            uint64_t doms = 0;
+            int last = -1;
+            for (int j = 0; j < g0.maxdest && d[j] >= 0; j++) {
+                doms |= 1ull << (d[j] / L);
+                last = d[j] / L;
+            }
+            const int nd = __builtin_popcountll(doms);
+            want_xd += (nd - (int)(doms >> (s / L) & 1)) * g0.row_bytes;
+            want_xc += (nd - (last == s / L)) * H * accsz;
+        }
+        assert_int_equal(xd[s], want_xd);
+    }
+    assert_int_equal(xc, want_xc);
+    free(xd);
+
     /* FP64: the sources' double sums as they are, the reference's
      * double combine bit for bit (0 for a token sent nowhere). */
     for (int s = 0; esize == 8 && s < R; s++) {
