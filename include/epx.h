@@ -583,11 +583,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     and NCCL's waits have no timeout: a rank that stops sending (a call
  *     refused before it is queued, EPX_ERR_STATE) leaves its peers waiting;
  *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
- *     same two hops and bits as on host ranks; epx_moe_cross_domain_bytes
- *     is not counted (EPX_ERR_UNSUPPORTED);
+ *     same two hops and bits as on host ranks (FP64 engines too: partials
+ *     and accumulators in double); epx_moe_cross_domain_bytes counts the
+ *     same bytes (the kernels' counters; the call synchronises with the
+ *     engine's stream);
  *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL over NCCL or with EPX_DTYPE_FP64
- *     (src/cuda/README.md). */
+ *     call): EPX_MOE_HIERARCHICAL over NCCL (src/cuda/README.md). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),
@@ -922,8 +923,10 @@ epx_status_t epx_moe_stats_json(const epx_moe_stats_t *stats, char **json);
  * ranks of other domains since the engine was created — token rows in
  * dispatch (in the wire format, one per token and remote destination
  * domain), fp32 accumulators (fp64 for an FP64 engine) in combine;
- * routing metadata not counted.  Local.  Other
- * engines, and device ranks: EPX_ERR_UNSUPPORTED. */
+ * routing metadata not counted.  Local.  Device ranks count the same
+ * bytes on the device, and the call waits for the work queued on the
+ * engine's stream (it synchronises; never while capturing a graph).
+ * Other engines: EPX_ERR_UNSUPPORTED. */
 epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *moe,
                                         int64_t *dispatch_bytes,
                                         int64_t *combine_bytes);

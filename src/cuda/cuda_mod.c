@@ -30,6 +30,7 @@ static const epx_cuda_module_ops_t ops = {
     .mig_wait = gpu_mig_wait,
     .mig_land = gpu_mig_land,
     .moe_ll_stats = gpu_moe_ll_stats,
+    .moe_cross_bytes = gpu_moe_cross_bytes,
 };
 
 const void *epx__module_ops(void);

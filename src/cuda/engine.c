@@ -209,11 +209,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
                           "EPX_MOE_HIERARCHICAL is implemented for the "
                           "windows backend only, not NCCL");
-    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
-        (p->flags & EPX_MOE_HIERARCHICAL) && p->dtype == EPX_DTYPE_FP64)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
-                          "EPX_MOE_HIERARCHICAL with EPX_DTYPE_FP64 is not "
-                          "implemented on the GPU (fp32 accumulators only)");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
@@ -1047,6 +1042,18 @@ int gpu_moe_num_sms(const gpu_moe_t *m)
 const char *gpu_moe_backend(const gpu_moe_t *m)
 {
     return m ? m->name : "";
+}
+
+epx_status_t gpu_moe_cross_bytes(gpu_moe_t *m, int64_t *dispatch,
+                                 int64_t *combine)
+{
+    epx_status_t st = usable(m, "cuda cross_domain_bytes");
+    if (st != EPX_OK)
+        return st;
+    if (!m->hier)
+        return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
+                          "engines count cross-domain bytes");
+    return gpu_hier_cross_bytes(m->hier, m->st, dispatch, combine);
 }
 
 /* ------------------------------------------------------------ dispatch */

@@ -121,5 +121,10 @@ typedef void (*gpu_stats_fn)(void *ctx, int layer, const int32_t *ecount,
                              const int32_t *ucount);
 epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
                               int64_t *lost);
+/* Hierarchical engines: bytes put across domains since creation
+ * (epx_moe_cross_domain_bytes), counted by the kernels; synchronises with
+ * the engine's stream.  Other engines: EPX_ERR_UNSUPPORTED. */
+epx_status_t gpu_moe_cross_bytes(gpu_moe_t *gpu, int64_t *dispatch,
+                                 int64_t *combine);
 
 #endif /* EPX_CUDA_GPU_H */

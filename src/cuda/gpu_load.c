@@ -163,3 +163,9 @@ epx_status_t gpu_moe_ll_stats(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
 {
     return mod->moe_ll_stats(gpu, each, ctx, lost);
 }
+
+epx_status_t gpu_moe_cross_bytes(gpu_moe_t *gpu, int64_t *dispatch,
+                                 int64_t *combine)
+{
+    return mod->moe_cross_bytes(gpu, dispatch, combine);
+}

@@ -50,6 +50,8 @@ typedef struct epx_cuda_module_ops {
                              int round_robin);
     epx_status_t (*moe_ll_stats)(gpu_moe_t *gpu, gpu_stats_fn each, void *ctx,
                                  int64_t *lost);
+    epx_status_t (*moe_cross_bytes)(gpu_moe_t *gpu, int64_t *dispatch,
+                                    int64_t *combine);
 } epx_cuda_module_ops_t;
 
 #endif /* EPX_CUDA_GPU_MODULE_H */

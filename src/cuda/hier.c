@@ -46,7 +46,8 @@ epx_status_t gpu_hier_create(epx_comm_t *comm, const proto_geom_t *g,
                                                     g->scale_bytes +
                                                     g->gscale_bytes);
     proto_hier_layout(&h->k.w, &h->k.x, g->total, g->maxT, g->H,
-                      h->k.rec_bytes, g->row_bytes, (int64_t)sizeof(float));
+                      h->k.rec_bytes, g->row_bytes,
+                      proto_hier_acc_size(g->esize));
     h->total = (size_t)h->k.w.end;
     *out = h;
     return EPX_OK;
@@ -66,6 +67,14 @@ epx_status_t gpu_hier_setup(gpu_hier_t *h, cudaStream_t st)
         s = epx__cuda_err(cudaMemsetAsync(h->k.count, 0, n, st),
                           "cudaMemsetAsync");
     if (s == EPX_OK)
+        s = epx__cuda_err(cudaMalloc((void **)&h->k.cross,
+                                     2 * sizeof(unsigned long long)),
+                          "cudaMalloc");
+    if (s == EPX_OK)
+        s = epx__cuda_err(cudaMemsetAsync(h->k.cross, 0,
+                                          2 * sizeof(unsigned long long), st),
+                          "cudaMemsetAsync");
+    if (s == EPX_OK)
         s = epx__cuda_err((cudaError_t)epxk_hier_preload(),
                           "loading the kernels");
     return s;
@@ -76,7 +85,29 @@ void gpu_hier_destroy(gpu_hier_t *h)
     if (!h)
         return;
     cudaFree(h->k.count);
+    cudaFree(h->k.cross);
     free(h);
+}
+
+epx_status_t gpu_hier_cross_bytes(const gpu_hier_t *h, cudaStream_t st,
+                                  int64_t *dispatch, int64_t *combine)
+{
+    unsigned long long v[2] = { 0, 0 };
+    /* the calls queued so far first (copies into pageable memory are not
+     * to wait behind kernels that wait for peers), then the counters */
+    epx_status_t s = epx__cuda_err(cudaStreamSynchronize(st),
+                                   "cudaStreamSynchronize");
+    if (s == EPX_OK)
+        s = epx__cuda_err(cudaMemcpyAsync(v, h->k.cross, sizeof(v),
+                                          cudaMemcpyDeviceToHost, st),
+                          "cudaMemcpyAsync");
+    if (s == EPX_OK)
+        s = epx__cuda_err(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+    if (s == EPX_OK) {
+        *dispatch = (int64_t)v[0];
+        *combine = (int64_t)v[1];
+    }
+    return s;
 }
 
 static epx_status_t launch(const gpu_hier_t *h, int which,

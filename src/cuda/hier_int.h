@@ -23,6 +23,10 @@ size_t gpu_hier_total(const gpu_hier_t *h);
  * the record counters (zero), the kernels loaded. */
 epx_status_t gpu_hier_setup(gpu_hier_t *h, cudaStream_t st);
 void gpu_hier_destroy(gpu_hier_t *h);
+/* Bytes put across domains since creation (epx_moe_cross_domain_bytes),
+ * the kernels' counters after the work queued on st: synchronises. */
+epx_status_t gpu_hier_cross_bytes(const gpu_hier_t *h, cudaStream_t st,
+                                  int64_t *dispatch, int64_t *combine);
 /* Dispatch in place of pack (after offsets, before recv); combine_send's
  * put and chain; combine_recv's out. */
 epx_status_t gpu_hier_dispatch(const gpu_hier_t *h, const proto_geom_t *g,

@@ -23,21 +23,22 @@
  *           path's: every rank still gets R data flags.
  *   put     (combine_send; grid, a warp per entry): the entry's partial
  *           (the flat path's: a copy of y token-major, the rows' weighted
- *           sum rounded to the engine dtype expert-major) into the
- *           gateway of its source in this domain at the entry's slot; the
- *           last block releases this member's partials word at every
- *           gateway of the domain.
+ *           sum rounded to the engine dtype expert-major; FP64 engines:
+ *           in double, unrounded) into the gateway of its source in this
+ *           domain at the entry's slot; the last block releases this
+ *           member's partials word at every gateway of the domain.
  *   chain   (combine_send; grid): waits for the domain's partials and the
  *           earlier domains' accumulators, then a warp per token of its
- *           sources with destinations here continues the fp32 sum (0 +
- *           first term where it starts) with this domain's partials in
- *           rank order and stores it into the next destination domain's
- *           gateway, or into the source's finished sums; the last block
- *           releases the accumulators word at the later domains' gateways
- *           and the finished word at every source it serves.
+ *           sources with destinations here continues the fp32 sum (FP64
+ *           engines: double; proto_hier_acc_elem: 0 + first term where it
+ *           starts) with this domain's partials in rank order and stores
+ *           it into the next destination domain's gateway, or into the
+ *           source's finished sums; the last block releases the
+ *           accumulators word at the later domains' gateways and the
+ *           finished word at every source it serves.
  *   out     (combine_recv; grid): waits for the finished word of every
- *           domain's gateway, rounds each sum once (0 for a token that
- *           went nowhere).
+ *           domain's gateway, rounds each sum once (FP64 engines: the
+ *           double sum as it is; 0 for a token that went nowhere).
  * Same memory ordering as kernels.cu: plain stores, __threadfence_system
  * in every thread, a block barrier, one release store; acquire loads on
  * the reader's side.  The words are int32 copies of the call's sequence
@@ -52,6 +53,7 @@
 #include "proto/hier.h"
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
+#include "cuda/kern_reduce.cuh"
 
 #define WARP 32
 
@@ -279,6 +281,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
     char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    const int64_t wrow = g.xrow_bytes + g.scale_bytes + g.gscale_bytes;
+    unsigned long long cross = 0;   /* this warp's bytes across domains */
     if (c.info[EPXK_INFO_ERROR] == 0 && c.info[EPXK_INFO_AGREE] == 0)
         for (int64_t t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
              t < c.T; t += warps) {
@@ -300,6 +304,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             __syncwarp();
             for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, dom);
+                cross += (unsigned long long)proto_hier_cross_stage(dst, j, L,
+                                                                    dom, wrow);
                 if (D < 0)
                     continue;
                 int slot = 0;
@@ -313,6 +319,8 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             }
             hier_forward(g, c, h, cnt, rec, g.rank, lane);
         }
+    if (lane == 0 && cross)
+        atomicAdd(&h.cross[0], cross);
     if (!hier_grid_last(c.done))
         return;
     for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x) {
@@ -393,6 +401,10 @@ __global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
             }
             const int32_t *rows = (const int32_t *)(mine + g.off_ent_rows) +
                                   i * g.K;
+            if (g.esize == 8) {   /* FP64: the partial in double */
+                epxk_partial_f64(g, (const char *)c.y, rows, wt, dst, lane);
+                continue;
+            }
             for (int64_t e = lane; e < g.H; e += WARP)
                 proto_store(dst, g.esize, e,
                             proto_partial_elem(&g, (const char *)c.y, rows, wt,
@@ -422,6 +434,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
     const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
     int32_t dst[EPX_MAX_TOPK];
     int64_t slot[EPX_MAX_TOPK];
+    unsigned long long cross = 0;   /* this warp's bytes across domains */
     for (int b = 0; go && b < ND; b++) {
         const int src = proto_hier_gateway(&h.x, g.rank, b);
         const int64_t n = b == dom ? c.T
@@ -446,25 +459,32 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                                           dst[j0 + j],
                                           proto_hier_rec_dpos(r, K, c.e2r,
                                                               dst[j0 + j]));
-            const float *in = (const float *)(mine + h.w.chain) +
-                              ((int64_t)b * g.maxT + t) * g.H;
-            float *out = next >= 0
-                ? (float *)(c.peers[proto_hier_gateway(&h.x, g.rank, next)] +
-                            h.w.chain) + ((int64_t)b * g.maxT + t) * g.H
-                : (float *)(c.peers[src] + h.w.final) + t * g.H;
+            /* accumulators of acc_size bytes (FP64 engines: double) */
+            const int64_t acc = proto_hier_acc_size(g.esize);
+            const char *in = mine + h.w.chain +
+                             ((int64_t)b * g.maxT + t) * g.H * acc;
+            char *out = next >= 0
+                ? c.peers[proto_hier_gateway(&h.x, g.rank, next)] +
+                      h.w.chain + ((int64_t)b * g.maxT + t) * g.H * acc
+                : c.peers[src] + h.w.final + t * g.H * acc;
             const char *part = mine + h.w.part;
-            for (int64_t e = lane; e < g.H; e += WARP) {
-                /* proto.h's row sums: 0 + the first term where the sum
-                 * starts, else the accumulator so far + it */
-                float a = proto_load(part + slot[0] * g.row_bytes, g.esize, e);
-                a = j0 == 0 ? 0.0f + a : in[e] + a;
-                for (int j = 1; j < here; j++)
-                    a = a + proto_load(part + slot[j] * g.row_bytes, g.esize,
-                                       e);
-                out[e] = a;
-            }
+            cross += (unsigned long long)proto_hier_cross_chain(
+                &h.x, next, src, g.H * acc);
+            /* proto.h's row sums (proto/hier.h): 0 + the first term where
+             * the sum starts, else the accumulator so far + it */
+            for (int64_t e = lane; e < g.H; e += WARP)
+                if (acc == 8)
+                    ((double *)out)[e] = proto_hier_acc_elem_f64(
+                        &g, part, slot, here, j0 == 0,
+                        j0 == 0 ? 0.0 : ((const double *)in)[e], e);
+                else
+                    ((float *)out)[e] = proto_hier_acc_elem(
+                        &g, part, slot, here, j0 == 0,
+                        j0 == 0 ? 0.0f : ((const float *)in)[e], e);
         }
     }
+    if (lane == 0 && cross)
+        atomicAdd(&h.cross[1], cross);
     if (!hier_grid_last(c.done))
         return;
     for (int b = threadIdx.x; b < ND; b += blockDim.x) {
@@ -489,6 +509,13 @@ __global__ void epxk_hier_out_kernel(proto_geom_t g, epxk_call_t c,
     const float *fin = (const float *)(mine + h.w.final);
     const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int64_t nth = (int64_t)gridDim.x * blockDim.x;
+    if (g.esize == 8) {   /* FP64: the double sum as it is, FP64 out */
+        const double *fin64 = (const double *)(mine + h.w.final);
+        for (int64_t i = tid; i < c.T * g.H; i += nth)
+            ((double *)c.out)[i] = c.dest[i / g.H * g.maxdest] < 0
+                                       ? 0.0 : fin64[i];
+        return;
+    }
     for (int64_t i = tid; i < c.T * g.H; i += nth) {
         const int64_t t = i / g.H, e = i % g.H;
         proto_store((char *)c.out + t * g.H * c.out_esize, c.out_esize, e,

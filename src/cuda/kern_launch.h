@@ -291,6 +291,9 @@ typedef struct epxk_hier {
     proto_hier_win_t w;
     int64_t rec_hdr, rec_bytes;
     int32_t *count;
+    /* [2] device counters: bytes put across domains in dispatch and
+     * combine (proto/hier.h, "bytes across domains"), since creation */
+    unsigned long long *cross;
 } epxk_hier_t;
 int epxk_hier_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                      const epxk_hier_t *h, int blocks, void *stream);

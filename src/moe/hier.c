@@ -8,6 +8,7 @@
 
 #include "util/util.h"
 #include "moe/hier.h"
+#include "cuda/gpu.h"
 
 epx_status_t moe_hier_init(epx_moe_t *m)
 {
@@ -386,9 +387,8 @@ epx_status_t epx_moe_cross_domain_bytes(const epx_moe_t *m, int64_t *dispatch,
 {
     if (!m || !dispatch || !combine)
         return epx__error(EPX_ERR_INVALID, "moe: engine or output NULL");
-    if (m->gpu)
-        return epx__error(EPX_ERR_UNSUPPORTED, "moe: device ranks do not "
-                          "count cross-domain bytes");
+    if (m->gpu)   /* the kernels' counters (src/cuda/hier.c) */
+        return gpu_moe_cross_bytes(m->gpu, dispatch, combine);
     if (!m->hier)
         return epx__error(EPX_ERR_UNSUPPORTED, "moe: only hierarchical "
                           "engines count cross-domain bytes");

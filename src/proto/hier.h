@@ -278,4 +278,59 @@ PROTO_HD int proto_hier_chain(const int32_t *dst, int nd, int L, int D,
     return n;
 }
 
+/* Element e of a gateway's stretch of a token's sum: the partials at rows
+ * slot[0..here) of part (rows of the engine dtype) added in that order to
+ * the accumulator so far, in (unused where the sum starts here, start:
+ * 0 + the first term), proto.h's row sums (proto_sum_row) element by
+ * element.  FP64 engines: the same in double (proto_sum_row_f64), partials
+ * and accumulators unrounded. */
+PROTO_HD float proto_hier_acc_elem(const proto_geom_t *g, const char *part,
+                                   const int64_t *slot, int here, int start,
+                                   float in, int64_t e)
+{
+    float a = proto_load(part + slot[0] * g->row_bytes, g->esize, e);
+    a = start ? 0.0f + a : in + a;
+    for (int j = 1; j < here; j++)
+        a = a + proto_load(part + slot[j] * g->row_bytes, g->esize, e);
+    return a;
+}
+
+PROTO_HD double proto_hier_acc_elem_f64(const proto_geom_t *g,
+                                        const char *part, const int64_t *slot,
+                                        int here, int start, double in,
+                                        int64_t e)
+{
+    double a = proto_load_f64(part + slot[0] * g->row_bytes, e);
+    a = start ? 0.0 + a : in + a;
+    for (int j = 1; j < here; j++)
+        a = a + proto_load_f64(part + slot[j] * g->row_bytes, e);
+    return a;
+}
+
+/* ---------------------------------------------- bytes across domains
+ *
+ * What epx_moe_cross_domain_bytes counts (include/epx.h): in dispatch a
+ * record's row in the wire format (wrow bytes) for each token and remote
+ * destination domain (proto_hier_stage_dom >= 0); in combine an
+ * accumulator row (frow bytes) for each chain step that leaves the
+ * gateway's domain: on to the next domain's gateway, or home to a source
+ * in another domain. */
+PROTO_HD int64_t proto_hier_cross_stage(const int32_t *dst, int j, int L,
+                                        int dom, int64_t wrow)
+{
+    return proto_hier_stage_dom(dst, j, L, dom) >= 0 ? wrow : 0;
+}
+
+PROTO_HD int64_t proto_hier_cross_chain(const proto_hier_t *x, int next,
+                                        int src, int64_t frow)
+{
+    return next >= 0 || src / x->L != x->dom ? frow : 0;
+}
+
+/* An accumulator element: fp32, or fp64 for an FP64 engine (esize 8). */
+PROTO_HD int64_t proto_hier_acc_size(int esize)
+{
+    return esize == 8 ? 8 : 4;
+}
+
 #endif /* EPX_PROTO_HIER_H */

@@ -85,6 +85,9 @@ static int mixed;
 /* EPX_MOE_HIERARCHICAL over the domains of the system description in
  * EPX_TOPO_FILE.  Set by hierarchical around its cases. */
 static int hier;
+/* Hierarchical: each rank's bytes across domains (dispatch, combine) on
+ * host ranks, which its device run must count too. */
+static int64_t hier_cross[128][2];
 
 /* The slot token t of source rank `me` sends logical expert e to, from
  * epx.h's text of the two policies (ranks of one host: the source's
@@ -277,14 +280,23 @@ static int exec_rank(epx_comm_t *comm, void *arg)
     free(want);
     for (int e = 0; e < c->E; e++)   /* elastic: the placement's gaps */
         CHECK(epx_moe_expert_lost(m, 0, e) == expert_lost(c, e));
-    /* Hierarchical: the host executor counts what crossed domains (2
-     * domains or more: some token of some call did, in dispatch); device
-     * ranks do not count. */
+    /* Hierarchical: both executors count what crossed domains, the
+     * same bytes on each rank (the host's run comes first, with the same
+     * inputs). */
     int64_t dx, cx;
-    if (hier && c->host) {
+    if (hier) {
         CHECK_OK(epx_moe_cross_domain_bytes(m, &dx, &cx));
         CHECK(dx >= 0 && cx >= 0);
-    } else if (hier) {
+        if (c->host) {
+            hier_cross[me][0] = dx;
+            hier_cross[me][1] = cx;
+        } else {
+            CHECKF(dx == hier_cross[me][0] && cx == hier_cross[me][1],
+                   "rank %d: device counts %lld, %lld bytes across domains, "
+                   "host %lld, %lld", me, (long long)dx, (long long)cx,
+                   (long long)hier_cross[me][0], (long long)hier_cross[me][1]);
+        }
+    } else {
         CHECK_ST(epx_moe_cross_domain_bytes(m, &dx, &cx), EPX_ERR_UNSUPPORTED);
     }
     epx_moe_destroy(m);
@@ -820,8 +832,8 @@ static void bad_ids(void **state)
  * a system description (tests/moe/data/cpu-<n>host.json, a domain per
  * host; device ranks stay threads on one GPU, their domains are the
  * description's): 2 domains of 1, 2 and 4 ranks and 3 of 2, both layouts
- * (expert-major with padding, weighted and unweighted), fp32 and bf16,
- * native and quantized wires (on the device: the record quantized once
+ * (expert-major with padding, weighted and unweighted), fp32, bf16 and
+ * fp64 (double partials and accumulators), native and quantized wires (on the device: the record quantized once
  * at the source, forwarded by the gateway). */
 static void set_topo(const char *file)
 {
@@ -859,10 +871,23 @@ static void hierarchical(void **state)
             hier = 0;
             unsetenv("EPX_TOPO_FILE");
         }
+    /* FP64 engines: partials and accumulators in double (out FP64), both
+     * layouts, odd rows (33 doubles) and 16-byte ones */
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        const int R = shapes[i].R;
+        gcase_t c = { R, 2 * R + 3, 4, i % 2 ? 33 : 64, 32, EPX_DTYPE_FP64,
+                      EPX_GPU_BACKEND_WINDOWS, 1, (int)(i >= 2),
+                      i == 3 ? 4 : 1, i == 2, EPX_WIRE_NATIVE, 0, 0, 0 };
+        set_topo(shapes[i].topo);
+        hier = 1;
+        run_case(&c, 0);
+        hier = 0;
+        unsetenv("EPX_TOPO_FILE");
+    }
 }
 
 /* Refused: domains of unequal size (3 ranks on 2 hosts) on both
- * executors; on device ranks the NCCL backend (windows only) and FP64. */
+ * executors; on device ranks the NCCL backend (windows only). */
 static int hier_refused_rank(epx_comm_t *comm, void *arg)
 {
     const int *host = arg;
@@ -880,10 +905,6 @@ static int hier_refused_rank(epx_comm_t *comm, void *arg)
         return 0;
     }
     p.gpu_backend = EPX_GPU_BACKEND_NCCL;
-    CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
-    CHECK(m == NULL);
-    p.gpu_backend = EPX_GPU_BACKEND_WINDOWS;   /* fp32 accumulators only */
-    p.dtype = EPX_DTYPE_FP64;
     CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
     CHECK(m == NULL);
     return 0;

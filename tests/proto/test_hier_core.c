@@ -15,18 +15,23 @@
  *   combine: each member's partial of each entry (the reference's y, the
  *     core's partial and its rounding) into its gateway at the entry's
  *     slot, then the gateways of each domain in ascending order chain the
- *     fp32 accumulators (proto_hier_chain, the rows' sums of proto.h) into
+ *     fp32 (fp64) accumulators (proto_hier_chain, proto_hier_acc_elem) into
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
  * The same calls then run as the point-to-point messages of
  * proto/hier_nccl.h (the form for grouped sends and receives): every
  * message's size is computed by its sender and its receiver and must
  * agree, and the receive regions, the gateways' partials and the
- * finished sums must be the windows form's byte for byte.
+ * finished sums must be the windows form's byte for byte (bf16 and fp32:
+ * the message form chains fp32 accumulators; FP64 over NCCL is not
+ * designed yet).
+ * Both count the bytes that cross domains (proto_hier_cross_stage,
+ * proto_hier_cross_chain) against a count from the destinations alone.
  * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
- * segment alignment), bf16 and fp32, tokens that go nowhere, ranks with
- * no tokens, every token on one expert, K above and below the domain
- * size; plus proto_hier_blocks on equal, unequal, interleaved and
+ * segment alignment), bf16, fp32 and fp64 (FP64 engines: partials and
+ * accumulators in double, against ref_combine_f64), tokens that go
+ * nowhere, ranks with no tokens, every token on one expert, K above and
+ * below the domain size; plus proto_hier_blocks on equal, unequal, interleaved and
  * repeated domain ids and the window regions' order and sizes.
  * The host executor runs the same functions (src/moe/hier.c,
  * hier_combine.c), and tests/moe/test_hier checks it against the same
@@ -73,13 +78,14 @@ typedef struct rank_win {
     float *w;                /* token-major [xrows][K], else [xrows] */
     int32_t *ent;            /* [xrows][3 + K]: src, slot, n, rows */
     int32_t *ent_hits, *row_hits;
-    float *y;                /* expert-major: [xrows][H] y of each row */
+    double *y;               /* expert-major: [xrows][H] y of each row */
     char **stage;            /* [ND] records */
     int64_t *nstage;         /* [ND] */
     char *part;              /* [ND * P][row_bytes] */
     int32_t *part_hits;
-    float *chain;            /* [ND][maxT][H] */
-    float *final;            /* [maxT][H] */
+    char *chain;             /* [ND][maxT][H] accumulators (fp32; FP64
+                                engines: double) */
+    char *final;             /* [maxT][H] accumulators */
 } rank_win_t;
 
 static float y_value(int src, int64_t t, int who, int h)
@@ -94,6 +100,31 @@ static void y_fn(void *ctx, int src, int64_t t, int who, float *row)
     const int H = *(const int *)ctx;
     for (int h = 0; h < H; h++)
         row[h] = y_value(src, t, who, h);
+}
+
+/* FP64 engines: expert outputs with every bit of the double's mantissa
+ * and a spread of exponents, so any change of order or rounding shows. */
+static double y64_value(int src, int64_t t, int who, int h)
+{
+    uint64_t x = epxt_hash(epxt_seed() ^ 0x64, (uint64_t)src, (uint64_t)t,
+                           (uint64_t)who, (uint64_t)h);
+    double u = (double)(x >> 11) * (1.0 / 9007199254740992.0); /* [0,1) */
+    return (u * 8.0 - 4.0) * (double)(1 << (x & 7)) * 0.125;
+}
+
+static void y64_fn(void *ctx, int src, int64_t t, int who, double *row)
+{
+    const int H = *(const int *)ctx;
+    for (int h = 0; h < H; h++)
+        row[h] = y64_value(src, t, who, h);
+}
+
+/* Row `who`'s y of token t of src in double (exact for fp32 values). */
+static void y_row(int esize, int H, int src, int64_t t, int who, double *row)
+{
+    for (int h = 0; h < H; h++)
+        row[h] = esize == 8 ? y64_value(src, t, who, h)
+                            : (double)y_value(src, t, who, h);
 }
 
 /* Forward one record of source src to the members of gateway G's domain
@@ -144,8 +175,8 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
                 w->src_rank[r] = src;
                 w->src_token[r] = rec[0];
                 w->w[r] = lw[k];
-                y_fn(&g.H, src, rec[0], rec[PROTO_HIER_REC_IDS(K) + k],
-                     w->y + r * g.H);
+                y_row(g.esize, g.H, src, rec[0],
+                      rec[PROTO_HIER_REC_IDS(K) + k], w->y + r * g.H);
             }
             continue;
         }
@@ -161,32 +192,53 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
 
 /* Member d's partial of its entry i (the flat path's: the reference's y
  * token-major; expert-major the core's partial of its rows' y in the
- * engine dtype, proto.h proto_partial_row) into dst, rounded. */
+ * engine dtype, proto.h proto_partial_row, rounded; FP64 in double,
+ * unrounded, proto_partial_row_f64) into dst. */
 static void entry_partial(const scen_t *sc, const proto_geom_t *g,
                           const rank_win_t *w, int64_t i, char *dst)
 {
     const int K = g->K, H = g->H, esize = g->esize;
     const int32_t *ent = w->ent + i * (3 + K);
     float *acc = malloc(sizeof(float) * (size_t)H);
+    double *yd = malloc(sizeof(double) * (size_t)H);
     if (!sc->em) {
-        y_fn((void *)&H, ent[0], w->src_token[i], g->rank, acc);
-        proto_store_row(dst, acc, esize, H);
+        y_row(esize, H, ent[0], w->src_token[i], g->rank, yd);
+        for (int h = 0; h < H; h++)
+            acc[h] = (float)yd[h];
+        if (esize == 8)
+            memcpy(dst, yd, sizeof(double) * (size_t)H);
+        else
+            proto_store_row(dst, acc, esize, H);
+        free(yd);
         free(acc);
         return;
     }
     char *yrows = calloc((size_t)(g->xrows + 1), (size_t)g->row_bytes);
-    for (int k = 0; k < ent[2]; k++)
-        proto_store_row(yrows + (int64_t)ent[3 + k] * g->row_bytes,
-                        w->y + (int64_t)ent[3 + k] * H, esize, H);
-    proto_partial_row(g, yrows, ent + 3, ent[2],
-                      sc->unweighted ? NULL : w->w, 0, H, acc);
-    proto_store_row(dst, acc, esize, H);
+    for (int k = 0; k < ent[2]; k++) {
+        const double *yr = w->y + (int64_t)ent[3 + k] * H;
+        char *o = yrows + (int64_t)ent[3 + k] * g->row_bytes;
+        for (int h = 0; h < H; h++)
+            acc[h] = (float)yr[h];
+        if (esize == 8)
+            memcpy(o, yr, sizeof(double) * (size_t)H);
+        else
+            proto_store_row(o, acc, esize, H);
+    }
+    const float *wt = sc->unweighted ? NULL : w->w;
+    if (esize == 8) {
+        proto_partial_row_f64(g, yrows, ent + 3, ent[2], wt, 0, H,
+                              (double *)dst);
+    } else {
+        proto_partial_row(g, yrows, ent + 3, ent[2], wt, 0, H, acc);
+        proto_store_row(dst, acc, esize, H);
+    }
     free(yrows);
+    free(yd);
     free(acc);
 }
 
 static void win_alloc(rank_win_t *w, const proto_geom_t *g0, int64_t maxT,
-                      int ND, int64_t P, int64_t recb)
+                      int ND, int64_t P, int64_t recb, int64_t accsz)
 {
     const int K = g0->K, H = g0->H;
     const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
@@ -198,7 +250,7 @@ static void win_alloc(rank_win_t *w, const proto_geom_t *g0, int64_t maxT,
     w->ent = calloc((size_t)xr * (size_t)(3 + K), sizeof(int32_t));
     w->ent_hits = calloc((size_t)xr, sizeof(int32_t));
     w->row_hits = calloc((size_t)xr, sizeof(int32_t));
-    w->y = calloc((size_t)xr * (size_t)H, sizeof(float));
+    w->y = calloc((size_t)xr * (size_t)H, sizeof(double));
     for (int64_t i = 0; i < xr; i++)
         w->src_rank[i] = w->src_token[i] = -1;
     w->stage = calloc((size_t)ND, sizeof(char *));
@@ -208,8 +260,8 @@ static void win_alloc(rank_win_t *w, const proto_geom_t *g0, int64_t maxT,
     w->part = calloc((size_t)(ND * P + 1), (size_t)g0->row_bytes);
     w->part_hits = calloc((size_t)(ND * P + 1), sizeof(int32_t));
     w->chain = calloc((size_t)ND * (size_t)maxT * (size_t)H + 1,
-                      sizeof(float));
-    w->final = calloc((size_t)maxT * (size_t)H + 1, sizeof(float));
+                      (size_t)accsz);
+    w->final = calloc((size_t)maxT * (size_t)H + 1, (size_t)accsz);
 }
 
 static void win_free(rank_win_t *w, int ND)
@@ -279,7 +331,7 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
     const int64_t hdr = proto_hier_rec_hdr(K), rb = g0->row_bytes;
     rank_win_t *w2 = calloc((size_t)R, sizeof(*w2));
     for (int r = 0; r < R; r++)
-        win_alloc(&w2[r], g0, sc->maxT, ND, P, recb);
+        win_alloc(&w2[r], g0, sc->maxT, ND, P, recb, sizeof(float));
     msg_t *m1 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
     msg_t *m2 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
     msg_t *mp = calloc((size_t)R * (size_t)R, sizeof(msg_t));
@@ -522,7 +574,7 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
                 continue;
             const msg_t *in = &mf[proto_hier_gateway(&sx, s, last) * R + s];
             assert_true(cur[last] < in->n);
-            memcpy(w2[s].final + t * H, in->p + cur[last]++ * H * 4,
+            memcpy(w2[s].final + t * H * 4, in->p + cur[last]++ * H * 4,
                    sizeof(float) * (size_t)H);
         }
         for (int D = 0; D < ND; D++)
@@ -545,7 +597,9 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
 static void run(const scen_t *sc)
 {
     const int R = sc->R, E = sc->E, K = sc->K, H = sc->H, L = sc->L;
-    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const int esize = sc->dtype == EPX_DTYPE_BF16 ? 2
+                    : sc->dtype == EPX_DTYPE_FP64 ? 8 : 4;
+    const int64_t accsz = proto_hier_acc_size(esize);
     assert_true(R % L == 0 && R <= 128);
     proto_geom_t g0 = { 0 };
     proto_geom_shape(&g0, R, 0, E, K, H, esize, EPX_WIRE_NATIVE, sc->maxT,
@@ -620,11 +674,14 @@ static void run(const scen_t *sc)
     assert_true(recb >= hdr + g0.row_bytes && recb % 16 == 0);
     rank_win_t *win = calloc((size_t)R, sizeof(*win));
     for (int r = 0; r < R; r++)
-        win_alloc(&win[r], &g0, sc->maxT, ND, P, recb);
+        win_alloc(&win[r], &g0, sc->maxT, ND, P, recb, accsz);
 
     /* Dispatch, hop 1: each source stages each token once per remote
-     * destination domain and forwards inside its own. */
+     * destination domain and forwards inside its own.  xd[s], xc: the
+     * bytes the core says cross domains (proto_hier_cross_stage, _chain),
+     * the source's in dispatch and every gateway's in combine. */
     char *rec = calloc(1, (size_t)recb);
+    int64_t *xd = calloc((size_t)R, sizeof(int64_t)), xc = 0;
     for (int s = 0; s < R; s++) {
         src_state_t *x = &ss[s];
         proto_hier_t sx;
@@ -647,6 +704,8 @@ static void run(const scen_t *sc)
             for (int j = 0; j < nd; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, sx.dom);
                 const int Dj = dst[j] / L;
+                xd[s] += proto_hier_cross_stage(dst, j, L, sx.dom,
+                                                g0.row_bytes);
                 /* a remote domain, staged at its first destination only */
                 assert_int_equal(D >= 0, Dj != sx.dom && !(seen >> Dj & 1));
                 seen |= 1ull << Dj;
@@ -731,6 +790,7 @@ static void run(const scen_t *sc)
 
     /* Combine: partials into the gateway in each member's domain. */
     float *acc = malloc(sizeof(float) * (size_t)H);
+    double *yd = malloc(sizeof(double) * (size_t)H);
     for (int d = 0; d < R; d++) {
         rank_win_t *w = &win[d];
         proto_geom_t g = g0;
@@ -786,26 +846,75 @@ static void run(const scen_t *sc)
                     if (here == 0)
                         continue;
                     assert_true(next < 0 || next > D);
-                    float *a = next >= 0
+                    xc += proto_hier_cross_chain(&gw, next, src, H * accsz);
+                    char *a = next >= 0
                         ? win[proto_hier_gateway(&gw, src, next)].chain +
-                              ((int64_t)b * sc->maxT + t) * H
-                        : win[src].final + t * H;
-                    float *in = win[G].chain + ((int64_t)b * sc->maxT + t) * H;
-                    memcpy(acc, in, sizeof(float) * (size_t)H);
+                              ((int64_t)b * sc->maxT + t) * H * accsz
+                        : win[src].final + t * H * accsz;
+                    const char *in = win[G].chain +
+                                     ((int64_t)b * sc->maxT + t) * H * accsz;
+                    int64_t slot[EPX_MAX_TOPK];
                     for (int j = 0; j < here; j++) {
-                        const int64_t slot = proto_hier_slot(&g, &gw, cnt, P,
-                                                             src, dst[j0 + j],
-                                                             dpos[j0 + j]);
-                        assert_int_equal(win[G].part_hits[slot], 1);
-                        proto_sum_row(acc, win[G].part + slot * g.row_bytes,
-                                      esize, NULL, j0 == 0 && j == 0, H);
+                        slot[j] = proto_hier_slot(&g, &gw, cnt, P, src,
+                                                  dst[j0 + j], dpos[j0 + j]);
+                        assert_int_equal(win[G].part_hits[slot[j]], 1);
                     }
-                    memcpy(a, acc, sizeof(float) * (size_t)H);
+                    /* the kernels' element form (proto_hier_acc_elem) */
+                    for (int h = 0; h < H; h++)
+                        if (esize == 8)
+                            ((double *)a)[h] = proto_hier_acc_elem_f64(
+                                &g, win[G].part, slot, here, j0 == 0,
+                                ((const double *)in)[h], h);
+                        else
+                            ((float *)a)[h] = proto_hier_acc_elem(
+                                &g, win[G].part, slot, here, j0 == 0,
+                                ((const float *)in)[h], h);
                 }
             }
         }
+    /* Bytes across domains, from the tokens' destinations alone: a row
+     * per remote destination domain in dispatch; in combine an
+     * accumulator per destination domain, less one where the last is the
+     * source's own (the sum goes home inside it). */
+    int64_t want_xc = 0;
+    for (int s = 0; s < R; s++) {
+        int64_t want_xd = 0;
+        for (int64_t t = 0; t < ss[s].T; t++) {
+            const int32_t *d = ss[s].dest + t * g0.maxdest;
+            uint64_t doms = 0;
+            int last = -1;
+            for (int j = 0; j < g0.maxdest && d[j] >= 0; j++) {
+                doms |= 1ull << (d[j] / L);
+                last = d[j] / L;
+            }
+            const int nd = __builtin_popcountll(doms);
+            want_xd += (nd - (int)(doms >> (s / L) & 1)) * g0.row_bytes;
+            want_xc += (nd - (last == s / L)) * H * accsz;
+        }
+        assert_int_equal(xd[s], want_xd);
+    }
+    assert_int_equal(xc, want_xc);
+    free(xd);
+
+    /* FP64: the sources' double sums as they are, the reference's
+     * double combine bit for bit (0 for a token sent nowhere). */
+    for (int s = 0; esize == 8 && s < R; s++) {
+        const src_state_t *x = &ss[s];
+        const size_t ob = (size_t)(x->T * H + 1) * sizeof(double);
+        char *got = calloc(1, ob), *want = calloc(1, ob);
+        for (int64_t t = 0; t < x->T; t++)
+            if (x->dest[t * g0.maxdest] >= 0)
+                memcpy(got + t * H * 8, win[s].final + t * H * 8,
+                       sizeof(double) * (size_t)H);
+        assert_int_equal(ref_combine_f64(&cfg, s, &rt[s], sc->unweighted,
+                                         y64_fn, &cfg.hidden, (double *)want),
+                         0);
+        assert_memory_equal(got, want, (size_t)(x->T * H) * sizeof(double));
+        free(got);
+        free(want);
+    }
     /* The sources' outputs, rounded once (0 for a token sent nowhere). */
-    for (int epx_out = 0; epx_out < 2; epx_out++) {
+    for (int epx_out = 0; esize != 8 && epx_out < 2; epx_out++) {
         const epx_dtype_t odt = epx_out ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16;
         const int oes = epx_out ? 4 : 2;
         for (int s = 0; s < R; s++) {
@@ -814,8 +923,9 @@ static void run(const scen_t *sc)
             char *got = calloc(1, ob), *want = calloc(1, ob);
             for (int64_t t = 0; t < x->T; t++)
                 if (x->dest[t * g0.maxdest] >= 0)
-                    proto_store_row(got + t * H * oes, win[s].final + t * H,
-                                    oes, H);
+                    proto_store_row(got + t * H * oes,
+                                    (const float *)win[s].final + t * H, oes,
+                                    H);
             assert_int_equal(ref_combine(&cfg, s, &rt[s], sc->unweighted, y_fn,
                                          &cfg.hidden, odt, want), 0);
             assert_memory_equal(got, want, (size_t)(x->T * H) * (size_t)oes);
@@ -825,9 +935,11 @@ static void run(const scen_t *sc)
     }
 
     /* The same over point-to-point messages (proto/hier_nccl.h). */
-    run_msgs(sc, &g0, cnt, first, e2r, ss, win, P);
+    if (esize != 8)   /* the message form chains fp32 (see the top) */
+        run_msgs(sc, &g0, cnt, first, e2r, ss, win, P);
 
     free(acc);
+    free(yd);
     free(nent);
     free(rec);
     for (int r = 0; r < R; r++) {
@@ -849,12 +961,14 @@ static void token_major(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < 4; v++) {
             const int R = shapes[i][0];
             scen_t sc = { R, shapes[i][1], R * (1 + v) + 6, 1 + (int)(i + v) % 6,
-                          v == 1 ? 33 : 16, 1 + (int)epxt_below(&rng, 12),
-                          v == 2 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 0, 1, 0,
-                          0, v == 1 };
+                          v == 1 ? 33 : v == 3 ? 13 : 16,
+                          1 + (int)epxt_below(&rng, 12),
+                          v == 2 ? EPX_DTYPE_FP32
+                                 : v == 3 ? EPX_DTYPE_FP64 : EPX_DTYPE_BF16,
+                          0, 1, 0, 0, v == 1 };
             run(&sc);
         }
 }
@@ -863,13 +977,16 @@ static void expert_major(void **state)
 {
     (void)state;
     for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
-        for (int v = 0; v < 3; v++) {
+        for (int v = 0; v < 4; v++) {
             const int R = shapes[i][0];
             scen_t sc = { R, shapes[i][1], R * (1 + v) + (v == 2 ? 8 : 7),
-                          1 + (int)(i + 2 * v) % 7, v == 0 ? 17 : 16,
+                          1 + (int)(i + 2 * v) % 7,
+                          v == 0 ? 17 : v == 3 ? 13 : 16,
                           1 + (int)epxt_below(&rng, 10),
-                          v == 1 ? EPX_DTYPE_FP32 : EPX_DTYPE_BF16, 1,
-                          v == 2 ? 4 : 1, v == 1, 0, v == 2 };
+                          v == 1 ? EPX_DTYPE_FP32
+                                 : v == 3 ? EPX_DTYPE_FP64 : EPX_DTYPE_BF16,
+                          1, v == 2 ? 4 : v == 3 ? 2 : 1,
+                          v == 1 || (v == 3 && i % 2), 0, v == 2 };
             run(&sc);
         }
 }
@@ -890,6 +1007,12 @@ static void edges(void **state)
         { 8, 2, 32, 8, 16, 6, EPX_DTYPE_BF16, 1, 1, 0, 0, 0 },
         { 72, 8, 144, 8, 8, 4, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
         { 72, 8, 72, 6, 8, 3, EPX_DTYPE_BF16, 1, 2, 0, 0, 1 },
+        /* FP64 engines: the same in double */
+        { 8, 2, 16, 4, 16, 9, EPX_DTYPE_FP64, 1, 2, 0, 1, 0 },
+        { 6, 3, 12, 2, 16, 5, EPX_DTYPE_FP64, 0, 1, 0, 2, 1 },
+        { 1, 1, 3, 2, 8, 7, EPX_DTYPE_FP64, 1, 1, 1, 0, 0 },
+        { 8, 2, 32, 8, 16, 6, EPX_DTYPE_FP64, 0, 1, 0, 0, 0 },
+        { 72, 8, 144, 8, 8, 4, EPX_DTYPE_FP64, 1, 1, 0, 0, 1 },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         run(&cases[i]);
