@@ -213,6 +213,9 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
                               "is per expert: use EPX_LAYOUT_EXPERT_MAJOR");
+        if (p->flags & EPX_MOE_HIERARCHICAL)   /* the host's status */
+            return epx__error(EPX_ERR_INVALID, "moe: EPX_MOE_HIERARCHICAL "
+                              "needs EPX_MODE_THROUGHPUT");
         if (p->flags & ~(EPX_MOE_LL_DROP | EPX_MOE_ELASTIC))
             return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: low latency "
                               "takes no flag but EPX_MOE_LL_DROP and "

@@ -1001,7 +1001,11 @@ static void nccl_two_gpus(void **state)
     em.rr = 1;
     assert_int_equal(epxt_thread_ranks(2, 120, exec_rank, &em), 0);
     nlost = 0;
-    /* FP64: both layouts, rows in double, the partials in double */
+    /* FP64: both layouts, rows in double, the partials in double (the
+     * expert-major case of before the elastic ones) */
+    em.em = 1;
+    em.rr = 0;
+    em.E = 5;
     em.dtype = EPX_DTYPE_FP64;
     em.slots = 0;
     em.H = 96;

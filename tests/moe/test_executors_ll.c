@@ -797,7 +797,7 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
 {
     const llcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const size_t es = c->dtype == EPX_DTYPE_BF16 ? 2 : 4;
+    const size_t es = esz(c->dtype);
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->H;
     p.num_experts = c->E;
@@ -832,7 +832,7 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
     MEM(mem_alloc(&xm, &b.dxcopy, (size_t)(rows * c->H + 1) * es));
     MEM(mem_alloc(&xm, &b.dscopy, (size_t)(rows * c->H + 1) * 4));
     MEM(mem_alloc(&xm, &b.dgcopy, (size_t)(rows + 1) * 4));
-    MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 4));
+    MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 8));   /* FP64 too */
     b.dlost = NULL;   /* not elastic */
     b.hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
     CHECK(b.hlog != NULL);
