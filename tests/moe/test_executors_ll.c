@@ -377,11 +377,9 @@ static int own_over(const llcase_t *c, int me, int call)
     return over;
 }
 
-static int ll_rank(epx_comm_t *comm, void *arg)
+/* The case's engine on this rank (collective). */
+static int ll_create(epx_comm_t *comm, const llcase_t *c, epx_moe_t **m)
 {
-    const llcase_t *c = arg;
-    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
-    const size_t es = esz(c->dtype);
     epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
     p.hidden = c->H;
     p.num_experts = c->E;
@@ -398,14 +396,85 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     p.wire = c->wire;
     p.device = c->host ? EPX_DEVICE_HOST : 0;
     if (!c->host && c->nccl) {
+        const int me = epx_comm_rank(comm);
         p.device = me;   /* NCCL: a GPU of its own per rank */
         p.gpu_backend = EPX_GPU_BACKEND_NCCL;
 #ifdef EPX_HAVE_CUDA
         MEM(cudaSetDevice(me));   /* the buffers below on it too */
 #endif
     }
+    CHECK_OK(epx_moe_create(comm, &p, m));
+    return 0;
+}
+
+/* One micro-batch's buffers on this rank (xm's memory), sized for the
+ * case; rows: the largest receive. */
+static int bufs_alloc(const llcase_t *c, xmem_t *xm, int64_t rows,
+                      rank_bufs_t *b)
+{
+    const size_t es = esz(c->dtype);
+    b->xm = xm;
+    MEM(mem_alloc(xm, &b->dx, (size_t)(c->maxT * c->H + 1) * es));
+    MEM(mem_alloc(xm, &b->didx, (size_t)(c->maxT * c->K + 1) * 8));
+    MEM(mem_alloc(xm, &b->dw, (size_t)(c->maxT * c->K + 1) * 4));
+    MEM(mem_alloc(xm, &b->dy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(xm, &b->dxcopy, (size_t)(rows * c->H + 1) * es));
+    MEM(mem_alloc(xm, &b->dscopy, (size_t)(rows * c->H + 1) * 4));
+    MEM(mem_alloc(xm, &b->dgcopy, (size_t)(rows + 1) * 4));
+    MEM(mem_alloc(xm, &b->dout, (size_t)(c->maxT * c->H + 1) * 8)); /* FP64 */
+    MEM(mem_alloc(xm, &b->dlost, (size_t)(c->maxT * c->K + 1)));
+    b->hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
+    CHECK(b->hlog != NULL);
+    return 0;
+}
+
+static void bufs_free(rank_bufs_t *b)
+{
+    const xmem_t *xm = b->xm;
+    mem_free(xm, b->dx), mem_free(xm, b->didx), mem_free(xm, b->dw);
+    mem_free(xm, b->dy), mem_free(xm, b->dxcopy), mem_free(xm, b->dscopy);
+    mem_free(xm, b->dgcopy), mem_free(xm, b->dout), mem_free(xm, b->dlost);
+    free(b->hlog);
+}
+
+/* Every rank's inputs of a call, for the reference (stage). */
+typedef struct ins {
+    ref_tokens_t *src;
+    int64_t **idx;
+    float **w;
+    void **x;
+} ins_t;
+
+static int ins_alloc(const llcase_t *c, int R, ins_t *in)
+{
+    const size_t es = esz(c->dtype);
+    in->src = calloc((size_t)R, sizeof(*in->src));
+    in->idx = calloc((size_t)R, sizeof(*in->idx));
+    in->w = calloc((size_t)R, sizeof(*in->w));
+    in->x = calloc((size_t)R, sizeof(*in->x));
+    CHECK(in->src && in->idx && in->w && in->x);
+    for (int r = 0; r < R; r++) {
+        in->idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
+        in->w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
+        in->x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
+        CHECK(in->idx[r] && in->w[r] && in->x[r]);
+    }
+    return 0;
+}
+
+static void ins_free(int R, ins_t *in)
+{
+    for (int r = 0; r < R; r++)
+        free(in->idx[r]), free(in->w[r]), free(in->x[r]);
+    free(in->src), free(in->idx), free(in->w), free(in->x);
+}
+
+static int ll_rank(epx_comm_t *comm, void *arg)
+{
+    const llcase_t *c = arg;
+    const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
     epx_moe_t *m = NULL;
-    CHECK_OK(epx_moe_create(comm, &p, &m));
+    CHECK_CALL(ll_create(comm, c, &m));
     if (nlost) {   /* the live experts, one slot each */
         int32_t *p2l = malloc(sizeof(int32_t) * (size_t)units(c));
         for (int e = 0; e < c->E; e++)
@@ -420,36 +489,15 @@ static int ll_rank(epx_comm_t *comm, void *arg)
     /* b: the calls below; b2 and src2...: a second micro-batch in flight
      * beside the first (every buffer allocated before the first call) */
     rank_bufs_t b, b2;
-    b.xm = b2.xm = &xm;
-    for (int i = 0; i < 2; i++) {
-        rank_bufs_t *bb = i ? &b2 : &b;
-        MEM(mem_alloc(&xm, &bb->dx, (size_t)(c->maxT * c->H + 1) * es));
-        MEM(mem_alloc(&xm, &bb->didx, (size_t)(c->maxT * c->K + 1) * 8));
-        MEM(mem_alloc(&xm, &bb->dw, (size_t)(c->maxT * c->K + 1) * 4));
-        MEM(mem_alloc(&xm, &bb->dy, (size_t)(rows * c->H + 1) * es));
-        MEM(mem_alloc(&xm, &bb->dxcopy, (size_t)(rows * c->H + 1) * es));
-        MEM(mem_alloc(&xm, &bb->dscopy, (size_t)(rows * c->H + 1) * 4));
-        MEM(mem_alloc(&xm, &bb->dgcopy, (size_t)(rows + 1) * 4));
-        MEM(mem_alloc(&xm, &bb->dout, (size_t)(c->maxT * c->H + 1) * 8));
-        MEM(mem_alloc(&xm, &bb->dlost, (size_t)(c->maxT * c->K + 1)));
-        bb->hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
-    }
-    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
-    int64_t **idx = calloc((size_t)R, sizeof(*idx));
-    float **w = calloc((size_t)R, sizeof(*w));
-    void **x = calloc((size_t)R, sizeof(*x));
-    ref_tokens_t *src2 = calloc((size_t)R, sizeof(*src2));
-    int64_t **idx2 = calloc((size_t)R, sizeof(*idx2));
-    float **w2 = calloc((size_t)R, sizeof(*w2));
-    void **x2 = calloc((size_t)R, sizeof(*x2));
-    for (int r = 0; r < R; r++) {
-        idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
-        w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
-        x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
-        idx2[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
-        w2[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
-        x2[r] = calloc((size_t)(c->maxT * c->H + 1), es);
-    }
+    CHECK_CALL(bufs_alloc(c, &xm, rows, &b));
+    CHECK_CALL(bufs_alloc(c, &xm, rows, &b2));
+    ins_t in1, in2;
+    CHECK_CALL(ins_alloc(c, R, &in1));
+    CHECK_CALL(ins_alloc(c, R, &in2));
+    ref_tokens_t *src = in1.src, *src2 = in2.src;
+    int64_t **idx = in1.idx, **idx2 = in2.idx;
+    float **w = in1.w, **w2 = in2.w;
+    void **x = in1.x, **x2 = in2.x;
     const int64_t T = c->maxT - me % 3;
     epx_handle_t *h = NULL;
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
@@ -649,21 +697,9 @@ done:
     /* Refused (host) or failed on the device (its status): not counted. */
     CHECK_CALL(check_stats(c, m, me, calls, ncalls));
     epx_moe_destroy(m);
-    for (int i = 0; i < 2; i++) {
-        rank_bufs_t *bb = i ? &b2 : &b;
-        mem_free(&xm, bb->dx), mem_free(&xm, bb->didx), mem_free(&xm, bb->dw);
-        mem_free(&xm, bb->dy), mem_free(&xm, bb->dxcopy);
-        mem_free(&xm, bb->dscopy), mem_free(&xm, bb->dgcopy);
-        mem_free(&xm, bb->dout), mem_free(&xm, bb->dlost);
-        free(bb->hlog);
-    }
+    bufs_free(&b), bufs_free(&b2);
     mem_stream_destroy(&xm);
-    for (int r = 0; r < R; r++) {
-        free(idx[r]), free(w[r]), free(x[r]);
-        free(idx2[r]), free(w2[r]), free(x2[r]);
-    }
-    free(src), free(idx), free(w), free(x);
-    free(src2), free(idx2), free(w2), free(x2);
+    ins_free(R, &in1), ins_free(R, &in2);
     return 0;
 }
 
@@ -798,56 +834,22 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
     const llcase_t *c = arg;
     const int R = epx_comm_size(comm), me = epx_comm_rank(comm);
     const size_t es = esz(c->dtype);
-    epx_moe_params_t p = EPX_MOE_PARAMS_INIT;
-    p.hidden = c->H;
-    p.num_experts = c->E;
-    p.topk = c->K;
-    p.max_tokens_per_rank = c->maxT;
-    p.dtype = c->dtype;
-    p.layout = EPX_LAYOUT_EXPERT_MAJOR;
-    p.mode = EPX_MODE_LOW_LATENCY;
-    p.ll_capacity = c->cap;
-    p.ll_buffers = 2;
-    p.flags = c->drop ? EPX_MOE_LL_DROP : 0u;
-    p.wire = c->wire;
-    p.device = c->host ? EPX_DEVICE_HOST : 0;
-    if (!c->host && c->nccl) {
-        p.device = me;   /* NCCL: a GPU of its own per rank */
-        p.gpu_backend = EPX_GPU_BACKEND_NCCL;
-#ifdef EPX_HAVE_CUDA
-        MEM(cudaSetDevice(me));   /* the buffers below on it too */
-#endif
-    }
     epx_moe_t *m = NULL;
-    CHECK_OK(epx_moe_create(comm, &p, &m));
+    CHECK_CALL(ll_create(comm, c, &m));
     xmem_t xm = { !c->host, NULL };
     MEM(mem_stream_create(&xm));
     const int64_t rows = (int64_t)(c->E / R + 1) * R * c->cap;
     rank_bufs_t b;
-    b.xm = &xm;
-    MEM(mem_alloc(&xm, &b.dx, (size_t)(c->maxT * c->H + 1) * es));
-    MEM(mem_alloc(&xm, &b.didx, (size_t)(c->maxT * c->K + 1) * 8));
-    MEM(mem_alloc(&xm, &b.dw, (size_t)(c->maxT * c->K + 1) * 4));
-    MEM(mem_alloc(&xm, &b.dy, (size_t)(rows * c->H + 1) * es));
-    MEM(mem_alloc(&xm, &b.dxcopy, (size_t)(rows * c->H + 1) * es));
-    MEM(mem_alloc(&xm, &b.dscopy, (size_t)(rows * c->H + 1) * 4));
-    MEM(mem_alloc(&xm, &b.dgcopy, (size_t)(rows + 1) * 4));
-    MEM(mem_alloc(&xm, &b.dout, (size_t)(c->maxT * c->H + 1) * 8));   /* FP64 too */
-    b.dlost = NULL;   /* not elastic */
-    b.hlog = calloc((size_t)(c->maxT * c->K + 1), sizeof(int64_t));
-    CHECK(b.hlog != NULL);
+    CHECK_CALL(bufs_alloc(c, &xm, rows, &b));
     unsigned char *hs = stage_alloc(&xm, (size_t)rows * (12 + (size_t)c->H * es)
                                              + 64);
     CHECK(hs != NULL);
-    ref_tokens_t *src = calloc((size_t)R, sizeof(*src));
-    int64_t **idx = calloc((size_t)R, sizeof(*idx));
-    float **w = calloc((size_t)R, sizeof(*w));
-    void **x = calloc((size_t)R, sizeof(*x));
-    for (int r = 0; r < R; r++) {
-        idx[r] = calloc((size_t)(c->maxT * c->K + 1), 8);
-        w[r] = calloc((size_t)(c->maxT * c->K + 1), 4);
-        x[r] = calloc((size_t)(c->maxT * c->H + 1), es);
-    }
+    ins_t in;
+    CHECK_CALL(ins_alloc(c, R, &in));
+    ref_tokens_t *src = in.src;
+    int64_t **idx = in.idx;
+    float **w = in.w;
+    void **x = in.x;
     CHECK_OK(epx_comm_barrier(comm));   /* allocations before any call */
     const int64_t T = c->maxT - me % 3;
     epx_dispatch_args_t a = EPX_DISPATCH_ARGS_INIT;
@@ -960,15 +962,11 @@ static int ll_poll_rank(epx_comm_t *comm, void *arg)
         ref_recv_free(&want);
     }
     epx_moe_destroy(m);
-    mem_free(&xm, b.dx), mem_free(&xm, b.didx), mem_free(&xm, b.dw);
-    mem_free(&xm, b.dy), mem_free(&xm, b.dxcopy), mem_free(&xm, b.dscopy);
-    mem_free(&xm, b.dgcopy), mem_free(&xm, b.dout);
+    bufs_free(&b);
     stage_free(&xm, hs);
-    free(b.hlog);
     mem_stream_destroy(&xm);
-    for (int r = 0; r < R; r++)
-        free(idx[r]), free(w[r]), free(x[r]);
-    free(src), free(idx), free(w), free(x), free(ready);
+    ins_free(R, &in);
+    free(ready);
     return 0;
 }
 
