@@ -78,22 +78,13 @@ __device__ static void cb_backoff(unsigned n)
 __device__ static int cb_wait(const uint64_t *p, uint64_t seq,
                               uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        const uint64_t v = epxk_ld_acquire_u64(p);
-        if ((v & EPXK_COMB_SEQ_MASK) >= seq)
-            return (int)(v >> EPXK_COMB_MODE_SHIFT);
-        cb_backoff(n);
-        if ((n & 1023u) == 0) {
-            const uint64_t t = epxk_now();
-            if (t0 == 0) {
-                t0 = t;
-            } else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return -1;
-            }
-        }
-    }
+    uint64_t v = 0;
+    if (!epxk_wait([&] {
+            v = epxk_ld_acquire_u64(p);
+            return (v & EPXK_COMB_SEQ_MASK) >= seq;
+        }, timeout_ns, &info[EPXK_INFO_ERROR], 1023u, cb_backoff))
+        return -1;
+    return (int)(v >> EPXK_COMB_MODE_SHIFT);
 }
 
 /* One block: y is in this rank's receive rows; tell every rank so. */
@@ -117,22 +108,9 @@ __global__ void epxk_comb_fence_kernel(proto_geom_t g, epxk_call_t c)
     const int32_t want = (int32_t)c.pull_wait;
     for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
         const int32_t *p = cb_pulled(g, mine, s);
-        uint64_t t0 = 0;
-        for (unsigned n = 0;; n++) {
-            if (proto_seq_reached(epxk_ld_acquire_s32(p), want))
-                break;
-            cb_backoff(n);
-            if ((n & 1023u) == 0) {
-                const uint64_t t = epxk_now();
-                if (t0 == 0) {
-                    t0 = t;
-                } else if (t - t0 > c.timeout_ns) {
-                    atomicExch((unsigned long long *)&c.info[EPXK_INFO_ERROR],
-                               1ull);
-                    break;
-                }
-            }
-        }
+        epxk_wait([&] { return proto_seq_reached(epxk_ld_acquire_s32(p),
+                                                 want); },
+                  c.timeout_ns, &c.info[EPXK_INFO_ERROR], 1023u, cb_backoff);
     }
 }
 

@@ -61,20 +61,8 @@
 __device__ static bool hier_wait(const int32_t *p, int32_t want,
                                  uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if (epxk_ld_acquire_s32(p) == want)
-            return true;
-        if ((n & 1023u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-    }
+    return epxk_wait([&] { return epxk_ld_acquire_s32(p) == want; }, timeout_ns,
+                     &info[EPXK_INFO_ERROR]);
 }
 
 /* A copy by a warp: 16-byte vectors where both ends and the length allow,

@@ -78,39 +78,30 @@ __device__ static __forceinline__ uint4 ht_ld_nc(const uint4 *p)
 
 /* One thread's bounded wait, backing off from 32 ns to 1 us between
  * polls.  On timeout: the error flag, false. */
-__device__ static bool ht_timed_out(uint64_t t0, uint64_t timeout_ns,
-                                    unsigned *ns, int64_t *info)
+template <typename F>
+__device__ static bool ht_wait(F done, uint64_t timeout_ns, int64_t *info)
 {
-    if (epxk_now() - t0 > timeout_ns) {
-        atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-        return true;
-    }
-    __nanosleep(*ns);
-    if (*ns < 1024)
-        *ns <<= 1;
-    return false;
+    unsigned ns = 32;
+    return epxk_wait(done, timeout_ns, &info[EPXK_INFO_ERROR], 0u,
+                     [&](unsigned) {
+                         __nanosleep(ns);
+                         if (ns < 1024)
+                             ns <<= 1;
+                     });
 }
 
 __device__ static bool ht_wait_u64(const uint64_t *p, uint64_t want,
                                    uint64_t timeout_ns, int64_t *info)
 {
-    const uint64_t t0 = epxk_now();
-    unsigned ns = 32;
-    while (epxk_ld_acquire_u64(p) < want)
-        if (ht_timed_out(t0, timeout_ns, &ns, info))
-            return false;
-    return true;
+    return ht_wait([&] { return epxk_ld_acquire_u64(p) >= want; },
+                   timeout_ns, info);
 }
 
 __device__ static bool ht_wait_s32(const int32_t *p, int32_t want,
                                    uint64_t timeout_ns, int64_t *info)
 {
-    const uint64_t t0 = epxk_now();
-    unsigned ns = 32;
-    while (epxk_ld_acquire_s32(p) != want)
-        if (ht_timed_out(t0, timeout_ns, &ns, info))
-            return false;
-    return true;
+    return ht_wait([&] { return epxk_ld_acquire_s32(p) == want; },
+                   timeout_ns, info);
 }
 
 /* All blocks of the grid meet (they are resident together): arrivals
@@ -129,11 +120,8 @@ __device__ static void ht_grid_sync(unsigned *bar, uint64_t timeout_ns,
             __threadfence();
             atomicAdd(&bar[1], 1u);
         } else {
-            const uint64_t t0 = epxk_now();
-            unsigned ns = 32;
-            while (ht_ld_acquire_gpu(&bar[1]) == gen)
-                if (ht_timed_out(t0, timeout_ns, &ns, info))
-                    break;
+            ht_wait([&] { return ht_ld_acquire_gpu(&bar[1]) != gen; },
+                    timeout_ns, info);
         }
         __threadfence();
     }

@@ -45,21 +45,8 @@
 template <typename F>
 __device__ static bool ll1_wait(F done, uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if (done())
-            return true;
-        if ((n & 255u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-        __nanosleep(64);
-    }
+    return epxk_wait(done, timeout_ns, &info[EPXK_INFO_ERROR], 255u,
+                     [](unsigned) { __nanosleep(64); });
 }
 
 __device__ static __forceinline__ char *ll1_buf(const epxk_call_t &c,

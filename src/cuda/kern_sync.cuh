@@ -57,6 +57,38 @@ __device__ static __forceinline__ uint64_t epxk_now(void)
     return t;
 }
 
+/* Between polls: nothing. */
+struct epxk_no_pause {
+    __device__ void operator()(unsigned) const {}
+};
+
+/* Poll done() until it holds (true) or timeout_ns have passed (false,
+ * after raising *err, the call's error word, which the host turns into
+ * EPX_ERR_TIMEOUT).  The timer is slow to read: it is read every mask + 1
+ * polls and starts at the first reading.  pause(n) runs between polls. */
+template <typename F, typename P = epxk_no_pause>
+__device__ static __forceinline__ bool epxk_wait(F done, uint64_t timeout_ns,
+                                                 int64_t *err,
+                                                 unsigned mask = 1023u,
+                                                 P pause = P())
+{
+    uint64_t t0 = 0;
+    for (unsigned n = 0;; n++) {
+        if (done())
+            return true;
+        if ((n & mask) == 0) {
+            const uint64_t t = epxk_now();
+            if (t0 == 0) {
+                t0 = t;
+            } else if (t - t0 > timeout_ns) {
+                atomicExch((unsigned long long *)err, 1ull);
+                return false;
+            }
+        }
+        pause(n);
+    }
+}
+
 /* Load kernels now (0 or the cudaError_t): ranks run as threads wait for
  * each other inside kernels, and CUDA's lazy loading of a kernel at its
  * first launch can wait for a peer's kernel that waits for this one. */

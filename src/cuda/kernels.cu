@@ -31,79 +31,31 @@
 __device__ static bool wait_u64(const uint64_t *p, uint64_t want,
                                 uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if (epxk_ld_acquire_u64(p) >= want)
-            return true;
-        if ((n & 1023u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-    }
+    return epxk_wait([&] { return epxk_ld_acquire_u64(p) >= want; }, timeout_ns,
+                     &info[EPXK_INFO_ERROR]);
 }
 
 __device__ static bool wait_s32(const int32_t *p, int32_t want,
                                 uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if (epxk_ld_acquire_s32(p) == want)
-            return true;
-        if ((n & 1023u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-    }
+    return epxk_wait([&] { return epxk_ld_acquire_s32(p) == want; }, timeout_ns,
+                     &info[EPXK_INFO_ERROR]);
 }
 
 /* Wait until *p, without the abandoned bit, is >= want. */
 __device__ static bool wait_u64_masked(const uint64_t *p, uint64_t want,
                                        uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if ((epxk_ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want)
-            return true;
-        if ((n & 1023u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-    }
+    return epxk_wait([&] { return (epxk_ld_acquire_u64(p) & ~EPXK_LL_ABANDONED) >= want; }, timeout_ns,
+                     &info[EPXK_INFO_ERROR]);
 }
 
 /* Wait until the word at p carries `tag` in its top 8 bits. */
 __device__ static bool wait_tag(const int32_t *p, int32_t tag,
                                 uint64_t timeout_ns, int64_t *info)
 {
-    uint64_t t0 = 0;
-    for (unsigned n = 0;; n++) {
-        if (PROTO_LL_WTAG(epxk_ld_acquire_s32(p)) == tag)
-            return true;
-        if ((n & 1023u) == 0) {
-            uint64_t t = epxk_now();
-            if (t0 == 0)
-                t0 = t;
-            else if (t - t0 > timeout_ns) {
-                atomicExch((unsigned long long *)&info[EPXK_INFO_ERROR], 1ull);
-                return false;
-            }
-        }
-    }
+    return epxk_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(p)) == tag; }, timeout_ns,
+                     &info[EPXK_INFO_ERROR]);
 }
 
 /* Copy one row of `bytes` with a warp: 16-byte vectors when both ends
