@@ -193,29 +193,7 @@ __device__ static void ll1_publish(const proto_geom_t &g, const epxk_call_t &c,
     }
     if (st)
         return;
-    const int Elog = c.route.E ? c.route.E : g.E;
-    const int64_t n = *c.ll_nstat;
-    int32_t *ent = c.ll_ring + (n % EPXK_LL_STATS_RING) *
-                                   (int64_t)(1 + Elog + g.E);
-    if (threadIdx.x == 0)
-        ent[0] = c.layer;
-    for (int u = threadIdx.x; u < g.E; u += blockDim.x)
-        ent[1 + Elog + u] = s.cnt[g.R + u];
-    for (int e = threadIdx.x; e < Elog; e += blockDim.x) {
-        int32_t v = 0;
-        if (!c.route.E)
-            v = s.cnt[g.R + e];
-        else
-            for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
-                v += s.cnt[g.R + c.route.rep[i]];
-        if (c.lostcnt)   /* elastic: the demand for a lost expert */
-            v += c.lostcnt[e];
-        ent[1 + e] = v;
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        *c.ll_nstat = n + 1;
+    epxk_ll_stats_put(g, c, s.cnt);
 }
 
 /* --------------------------------------------------------------- send */

@@ -2,7 +2,8 @@
  * Low-latency readiness (src/cuda/README.md "Readiness in low latency"):
  * what the receive kernels publish to host-mapped memory for
  * epx_dispatch_poll, one copy for the classic ll recv kernel and the
- * fused receive phase (kern_ll.cu).
+ * fused receive phase (kern_ll.cu), and the low-latency statistics ring
+ * both layouts append to.
  */
 #ifndef EPX_CUDA_KERN_LLPUB_CUH
 #define EPX_CUDA_KERN_LLPUB_CUH
@@ -38,6 +39,41 @@ __device__ static __forceinline__ void epxk_llpub_unit(const epxk_call_t &c,
     else
         epxk_st_release_u64((uint64_t *)&c.ll_pub[EPXK_LLPUB_COUNTS + L + j],
                             c.ll_id);
+}
+
+/* One block, after the low-latency layout of a call that is sent: its
+ * layer and its counts (cnt, the layout's [R + E]: per destination, then
+ * per unit) per logical expert and per unit, all its choices, dropped
+ * ones too (the host executor's), appended to the statistics ring; then
+ * the counter advances.  Calls of one engine run in stream order, so one
+ * writer at a time. */
+__device__ static void epxk_ll_stats_put(const proto_geom_t &g,
+                                         const epxk_call_t &c,
+                                         const int32_t *cnt)
+{
+    const int Elog = c.route.E ? c.route.E : g.E;
+    const int64_t n = *c.ll_nstat;
+    int32_t *ent = c.ll_ring + (n % EPXK_LL_STATS_RING) *
+                                   (int64_t)(1 + Elog + g.E);
+    if (threadIdx.x == 0)
+        ent[0] = c.layer;
+    for (int u = threadIdx.x; u < g.E; u += blockDim.x)
+        ent[1 + Elog + u] = cnt[g.R + u];
+    for (int e = threadIdx.x; e < Elog; e += blockDim.x) {
+        int32_t v = 0;
+        if (!c.route.E)
+            v = cnt[g.R + e];
+        else
+            for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
+                v += cnt[g.R + c.route.rep[i]];
+        if (c.lostcnt)   /* elastic: the demand for a lost expert */
+            v += c.lostcnt[e];
+        ent[1 + e] = v;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        *c.ll_nstat = n + 1;
 }
 
 #endif /* EPX_CUDA_KERN_LLPUB_CUH */

@@ -1066,29 +1066,7 @@ __global__ void epxk_ll_stats_kernel(proto_geom_t g, epxk_call_t c)
 {
     if (*c.ll_mystat != 0)
         return;
-    const int Elog = c.route.E ? c.route.E : g.E;
-    const int64_t n = *c.ll_nstat;
-    int32_t *ent = c.ll_ring + (n % EPXK_LL_STATS_RING) *
-                                   (int64_t)(1 + Elog + g.E);
-    if (threadIdx.x == 0)
-        ent[0] = c.layer;
-    for (int u = threadIdx.x; u < g.E; u += blockDim.x)
-        ent[1 + Elog + u] = c.mycnt[g.R + u];
-    for (int e = threadIdx.x; e < Elog; e += blockDim.x) {
-        int32_t v = 0;
-        if (!c.route.E)
-            v = c.mycnt[g.R + e];
-        else
-            for (int i = c.route.off[e]; i < c.route.off[e + 1]; i++)
-                v += c.mycnt[g.R + c.route.rep[i]];
-        if (c.lostcnt)   /* elastic: the demand for a lost expert */
-            v += c.lostcnt[e];
-        ent[1 + e] = v;
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        *c.ll_nstat = n + 1;
+    epxk_ll_stats_put(g, c, c.mycnt);
 }
 
 /* ------------------------------------------------- low latency over NCCL
