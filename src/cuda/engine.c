@@ -11,27 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "epx/cuda.h"
-#include "cuda/gpu.h"
-#include "cuda/calls.h"
-#include "cuda/cuda_int.h"
-#include "cuda/kern_launch.h"
-#include "cuda/hier_int.h"
-#include "cuda/mig_int.h"
-#include "cuda/nccl_ex.h"
+#include "cuda/engine_int.h"
 #include "proto/ll_nccl.h"
 #include "core/comm.h"
 #include "moe/wire.h"
 #include "util/util.h"
-
-/* A throughput layout (src/cuda/README.md, "Cached dispatch"): one per
- * handle that dispatched, from its uncached dispatch until its release;
- * d holds what lay_point points the call at. */
-typedef struct gpu_lay {
-    char *d;
-    int used;
-    int32_t seq;                /* sequence word of the call that made it */
-} gpu_lay_t;
 
 /* The GPU settings of epx_moe_params_t (version 4). */
 typedef struct cuda_params {
@@ -39,106 +23,6 @@ typedef struct cuda_params {
     epx_gpu_backend_t backend;
     void *nccl_comm;
 } cuda_params_t;
-
-struct gpu_moe {
-    epx_comm_t *comm;
-    epx_moe_params_t p;
-    epx_gpu_backend_t backend;
-    int device, num_sms, L, first;
-    int kset;                   /* EPX_CUDA_KERNELS: EPXK_SET_* */
-    int ht_fits;                /* the fused dispatch's grids fit at once */
-    char name[32];
-    proto_geom_t g;
-    cudaStream_t st;
-    cudaEvent_t ev_in, ev_out, ev_info;
-    epx_cuwin_t *win;           /* windows backend */
-    epx_nccl_t *nccl;           /* NCCL backend */
-    char *local;                /* this rank's window / receive buffer */
-    char *stage;                /* NCCL: packed rows and metadata */
-    char **d_peers;             /* [R] device copy of the bases */
-    int32_t *d_e2r, *d_first, *d_dest, *d_pos, *d_mycnt, *d_epos, *d_part;
-    int64_t *d_sendoff, *d_base, *d_info, *d_ebase;
-    unsigned *d_done;
-    int64_t *h_info;            /* pinned: the one read-back per dispatch */
-    int32_t *h_cnt;             /* pinned: NCCL count matrix + own row */
-    int32_t *h_ecnt;            /* pinned: [E] this rank's pairs per expert
-                                   (load statistics), read back with h_info */
-    int64_t *h_counts;          /* [2L] expert_counts and expert_offsets
-                                   handed to the caller */
-    int32_t *h_local;           /* [B][L] local_experts, per buffer (its
-                                   call's layer: slots hold experts) */
-    int blayer[GPU_CALLS_MAX];  /* layer of each buffer's call */
-    /* replicas (num_slots): per layer, the host executor's routing tables
-     * (epx_moe_set_placement) in device memory, staged through pinned */
-    int Elog, layers;
-    int32_t *d_route, *h_route; /* [layers][E pick, E + 1 off, U rep] */
-    int32_t *h_p2l;             /* [layers][U] */
-    int8_t *h_placed, *h_rr;    /* [layers] set; round robin */
-    int64_t *nsend, *sendoff, *nrecv, *rbase;  /* NCCL, [R] each */
-    int64_t *rsize;             /* NCCL expert-major: [4][R] the same for
-                                   rows (proto.h, "expert-major over NCCL") */
-    char *rstage;               /* NCCL expert-major: rows received in
-                                   source order; combine's partials */
-    int64_t *d_emmap;           /* NCCL expert-major: the receiver's map */
-    uint64_t seq;
-    int64_t T, rows;
-    int broken;
-    gpu_calls_t calls;          /* calls in flight and their order (calls.h) */
-    int64_t comb_T;             /* tokens of the call being combined */
-    uint64_t pull_pending;      /* fused combine (kern_comb.cu): the last
-                                   call combined, for the next dispatch's
-                                   pull fence; 0: none */
-    float *d_scratch;           /* low latency: [maxT][H] fp32 (fp64 for an
-                                   FP64 engine), the output of a combine
-                                   released before its recv */
-    epxk_call_t call;
-    /* low latency (ll set) */
-    int ll;
-    proto_ll_t llg;
-    int32_t *d_llkeep, *d_lldest, *d_llcnt, *d_llmystat, *d_llsrc;
-    int64_t *d_llsendoff, *d_llcounts, *d_llstate;
-    uint32_t *d_lluse;
-    int64_t *h_lloffs;          /* [L] j * R * cap */
-    /* low latency in one kernel per operation (EPX_CUDA_KERNELS=fused,
-     * windows, the layout within PROTO_LL1_SMEM_MAX; kern_ll.cu): the
-     * receive phase's mark words, [B][L * R] */
-    int ll1;
-    uint64_t *d_llmark;
-    int8_t ll1_recvd[GPU_CALLS_MAX];   /* buffer's call: receive phase queued
-                                          (a second recv queues none) */
-    /* low latency, epx_dispatch_poll: what the recv kernels publish,
-     * [B][EPXK_LLPUB_LEN(L)] (host-mapped; h_ the host's address, d_ the
-     * device's), and the counts poll hands the caller, [B][L] */
-    int64_t *h_llpub, *d_llpub, *h_llpoll;
-    gpu_mig_t *mig;             /* weight migration (migrate.c), or NULL */
-    /* low latency over NCCL (proto/ll_nccl.h): each rank's units, and
-     * the grouped exchange's operations, [2R] */
-    int32_t *h_lln_first;
-    epx_nccl_p2p_t *lln_ops;
-    /* low latency's load statistics: the device's ring (kern_launch.h
-     * EPXK_LL_STATS_RING) and the calls of it the host has read */
-    int64_t *d_llnstat;
-    int32_t *d_llring, *h_llring;
-    int64_t ll_seen;
-    /* throughput: layouts, and what the recv kernel publishes for
-     * epx_dispatch_poll (host-mapped, EPXK_PUB_*; h_ the host's address,
-     * d_ the device's) */
-    gpu_lay_t *lays;
-    int nlays;
-    int64_t *h_pub, *d_pub;
-    /* the fused dispatch (kern_ht.cu): its grid barrier and completion
-     * counter; whether the call in flight took it, and its number */
-    unsigned *d_fbar;
-    int fcall;
-    uint64_t fseq;
-    /* EPX_MOE_ELASTIC (kern_lost.cu): each call's pairs per logical
-     * expert lost in its layer, on the device; throughput mode also
-     * copies them to h_ecnt + units (host-mapped, d_ecnt the device's
-     * address) */
-    int elastic;
-    int32_t *d_lostcnt, *d_ecnt;
-    gpu_hier_t *hier;           /* EPX_MOE_HIERARCHICAL (hier.c), or NULL */
-};
 
 /* ------------------------------------------------------------- helpers */
 
@@ -289,33 +173,6 @@ static epx_status_t agree(epx_comm_t *comm, agree_t *mine, int64_t *maxT)
     return st;
 }
 
-static epx_status_t launch(gpu_moe_t *m, int which)
-{
-    int rc = epxk_launch(which, &m->g, &m->call, m->num_sms, m->st);
-    return epx__cuda_err((cudaError_t)rc, "kernel launch");
-}
-
-/* Let the engine's stream run after the work queued on `stream`. */
-static epx_status_t stream_in(gpu_moe_t *m, void *stream)
-{
-    EPX_CUDA_TRY(cudaEventRecord(m->ev_in, (cudaStream_t)stream));
-    EPX_CUDA_TRY(cudaStreamWaitEvent(m->st, m->ev_in, 0));
-    return EPX_OK;
-}
-
-/* And `stream` after the engine's work. */
-static epx_status_t stream_out(gpu_moe_t *m, void *stream)
-{
-    EPX_CUDA_TRY(cudaEventRecord(m->ev_out, m->st));
-    EPX_CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, m->ev_out, 0));
-    return EPX_OK;
-}
-
-static epx_status_t set_device(const gpu_moe_t *m)
-{
-    return epx__cuda_err(cudaSetDevice(m->device), "cudaSetDevice");
-}
-
 static epx_status_t usable(gpu_moe_t *m, const char *what)
 {
     if (!m)
@@ -323,13 +180,7 @@ static epx_status_t usable(gpu_moe_t *m, const char *what)
     if (m->broken)
         return epx__error(EPX_ERR_STATE, "%s: the engine is unusable after "
                           "an earlier failure (destroy it)", what);
-    return set_device(m);
-}
-
-static epx_status_t fail(gpu_moe_t *m, epx_status_t st)
-{
-    m->broken = 1;
-    return st;
+    return gpu_moe_set_device(m);
 }
 
 /* ------------------------------------------------------------- layouts */
@@ -446,11 +297,14 @@ static epx_status_t ll_pub_alloc(gpu_moe_t *m)
                          "cudaHostGetDevicePointer");
 }
 
+epx_status_t gpu_moe_dev_alloc(void **ptr, size_t bytes)
+{
+    return epx__cuda_err(cudaMalloc(ptr, bytes > 0 ? bytes : 1), "cudaMalloc");
+}
+
 #define DEV_ALLOC(ptr, n)                                                      \
     do {                                                                       \
-        st = epx__cuda_err(cudaMalloc((void **)&(ptr), (n) > 0 ? (n) : 1),         \
-                           "cudaMalloc");                                      \
-        if (st != EPX_OK)                                                      \
+        if ((st = gpu_moe_dev_alloc((void **)&(ptr), (n))) != EPX_OK)          \
             goto gate;                                                         \
     } while (0)
 
@@ -484,10 +338,7 @@ static epx_status_t ecnt_alloc(gpu_moe_t *m)
     return st;
 }
 
-/* Elastic engines: the call's lost mask (the caller's, device memory)
- * and its demand for lost experts (kern_lost.cu), on the engine's
- * stream before the call's other kernels, which read the same table. */
-static epx_status_t lost_launch(gpu_moe_t *m, const epx_dispatch_args_t *a)
+epx_status_t gpu_moe_lost(gpu_moe_t *m, const epx_dispatch_args_t *a, int ecnt)
 {
     if (!m->elastic || !m->call.route.off)
         return EPX_OK;
@@ -498,7 +349,7 @@ static epx_status_t lost_launch(gpu_moe_t *m, const epx_dispatch_args_t *a)
         a->topk_idx.data, a->topk_idx.dtype == EPX_DTYPE_INT64,
         a->x.rows * m->g.K, m->Elog, m->call.route.off,
         a->x.rows > 0 ? mask : NULL, m->d_lostcnt,
-        m->ll ? NULL : m->d_ecnt + m->g.E };
+        ecnt ? m->d_ecnt + m->g.E : NULL };
     return epx__cuda_err((cudaError_t)epxk_lost_launch(&l, m->st),
                          "kernel launch");
 }
@@ -536,7 +387,7 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                             m->device, ndev);
     }
     if (st == EPX_OK)
-        st = set_device(m);
+        st = gpu_moe_set_device(m);
     /* vetted by epx__cfg_check: classic or fused; every rank the same */
     m->kset = strcmp(epx__cfg_str("EPX_CUDA_KERNELS"), "fused") == 0
                   ? EPXK_SET_FUSED : EPXK_SET_CLASSIC;
@@ -1100,11 +951,7 @@ static void nccl_sizes(gpu_moe_t *m)
     }
 }
 
-static epx_status_t st_sync(gpu_moe_t *m);
-
-/* recv.local_experts of buffer b's call: the expert of each local unit
- * (with slots, by the call's layer's placement). */
-static const int32_t *gpu_local_experts(gpu_moe_t *m, int b)
+const int32_t *gpu_moe_local_experts(gpu_moe_t *m, int b)
 {
     int32_t *l = m->h_local + (size_t)b * (size_t)m->L;
     if (m->h_p2l)
@@ -1136,14 +983,14 @@ epx_status_t gpu_moe_set_placement(gpu_moe_t *m, int layer,
     /* No call in flight: the engine's stream only finishes kernels already
      * queued (their peers' progress does not wait for this thread), then
      * the staging copy is free to rewrite. */
-    if ((st = st_sync(m)) != EPX_OK)
-        return fail(m, st);
+    if ((st = gpu_moe_sync(m)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     st = gpu_moe_route_async(m, layer, phy2log, pick, off, rep, round_robin,
                              m->st);
     if (st == EPX_OK)
-        st = st_sync(m);
+        st = gpu_moe_sync(m);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
@@ -1193,7 +1040,8 @@ epx_status_t gpu_moe_eng(gpu_moe_t *m, const char *what, gpu_eng_t *e)
 
 epx_status_t gpu_moe_fail(gpu_moe_t *m, epx_status_t st)
 {
-    return fail(m, st);
+    m->broken = 1;
+    return st;
 }
 
 /* ------------------------------------------------------ low latency */
@@ -1267,11 +1115,11 @@ static epx_status_t lln_exchange(gpu_moe_t *m, int comb)
  * received ones into the buffer (then ll recv as over windows). */
 static epx_status_t lln_dispatch(gpu_moe_t *m)
 {
-    epx_status_t st = launch(m, EPXK_LLN_PACK);
+    epx_status_t st = gpu_moe_launch(m, EPXK_LLN_PACK);
     if (st == EPX_OK)
         st = lln_exchange(m, 0);
     if (st == EPX_OK)
-        st = launch(m, EPXK_LLN_SCATTER);
+        st = gpu_moe_launch(m, EPXK_LLN_SCATTER);
     return st;
 }
 
@@ -1280,12 +1128,12 @@ static epx_status_t lln_dispatch(gpu_moe_t *m)
  * return slots and the flags into the buffer (then ll comb reduce). */
 static epx_status_t lln_combine(gpu_moe_t *m, int abandon)
 {
-    epx_status_t st = launch(m, abandon ? EPXK_LLN_ABANDON
+    epx_status_t st = gpu_moe_launch(m, abandon ? EPXK_LLN_ABANDON
                                         : EPXK_LLN_COMB_PUT);
     if (st == EPX_OK)
         st = lln_exchange(m, 1);
     if (st == EPX_OK)
-        st = launch(m, EPXK_LLN_COMB_SCATTER);
+        st = gpu_moe_launch(m, EPXK_LLN_COMB_SCATTER);
     return st;
 }
 
@@ -1296,11 +1144,11 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
                                      void *stream, int b)
 {
     epxk_call_t *c = &m->call;
-    epx_status_t st = stream_in(m, stream);
+    epx_status_t st = gpu_moe_stream_in(m, stream);
     if (st == EPX_OK)
-        st = lost_launch(m, a);
+        st = gpu_moe_lost(m, a, 0);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     ll_point(m, b);
     c->x = a->x.data;
     c->idx = a->topk_idx.data;
@@ -1309,17 +1157,17 @@ static epx_status_t ll_dispatch_send(gpu_moe_t *m,
     c->T = a->x.rows;
     c->layer = m->blayer[b];
     if (m->ll1) {   /* the send phase; the receive phase at recv */
-        if ((st = launch(m, EPXK_LL1_DISPATCH_SEND)) != EPX_OK)
-            return fail(m, st);
+        if ((st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_SEND)) != EPX_OK)
+            return gpu_moe_fail(m, st);
         m->ll1_recvd[b] = 0;
         return EPX_OK;
     }
-    if ((st = launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
-        (st = launch(m, EPXK_LL_STATS)) != EPX_OK ||
-        (st = m->call.windows ? launch(m, EPXK_LL_PACK) : lln_dispatch(m)) !=
+    if ((st = gpu_moe_launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
+        (st = gpu_moe_launch(m, EPXK_LL_STATS)) != EPX_OK ||
+        (st = m->call.windows ? gpu_moe_launch(m, EPXK_LL_PACK) : lln_dispatch(m)) !=
             EPX_OK ||
-        (st = launch(m, EPXK_LL_RECV)) != EPX_OK)
-        return fail(m, st);
+        (st = gpu_moe_launch(m, EPXK_LL_RECV)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
@@ -1333,14 +1181,14 @@ static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
     if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
                                            caller's work, once */
         ll_point(m, b);
-        if ((st = stream_in(m, stream)) != EPX_OK ||
-            (st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
-            return fail(m, st);
+        if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
+            (st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
+            return gpu_moe_fail(m, st);
         m->ll1_recvd[b] = 1;
     }
-    st = stream_out(m, stream);
+    st = gpu_moe_stream_out(m, stream);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     ll_describe(m, b, NULL, recv);
     return EPX_OK;
 }
@@ -1373,7 +1221,7 @@ static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
     r.src_token = (const int32_t *)(bw + m->llg.src_tok);
     r.topk_idx = NULL;
     r.topk_weights = (const float *)(bw + m->llg.w);
-    r.local_experts = gpu_local_experts(m, b);
+    r.local_experts = gpu_moe_local_experts(m, b);
     r.x_scales.dtype = f.scale_dtype;
     if (moe_wire_quantized(&f)) {
         r.x_scales.data = bw + m->llg.scales;
@@ -1388,20 +1236,6 @@ static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
     memcpy(recv, &r, n);
 }
 
-/* The checks' steps, on the engine's stream. */
-static epx_status_t st_sync(gpu_moe_t *m)
-{
-    return epx__cuda_err(cudaStreamSynchronize(m->st), "cudaStreamSynchronize");
-}
-
-static epx_status_t st_read(gpu_moe_t *m, void *dst, const void *src,
-                            size_t bytes)
-{
-    return epx__cuda_err(cudaMemcpyAsync(dst, src, bytes,
-                                         cudaMemcpyDeviceToHost, m->st),
-                         "cudaMemcpyAsync");
-}
-
 static epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped);
 
 /* Throughput mode: combine never synchronises, so a device wait that
@@ -1409,16 +1243,16 @@ static epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped);
 static epx_status_t ht_check(gpu_moe_t *m, int64_t *dropped)
 {
     int64_t err = 0;
-    epx_status_t st = st_sync(m);
+    epx_status_t st = gpu_moe_sync(m);
     if (st == EPX_OK && m->d_info) {
-        st = st_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
+        st = gpu_moe_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
         if (st == EPX_OK)
-            st = st_sync(m);
+            st = gpu_moe_sync(m);
     }
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     if (err)
-        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda: a peer did not "
+        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda: a peer did not "
                                   "signal within the timeout"));
     if (dropped)
         *dropped = 0;
@@ -1447,20 +1281,20 @@ epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
      * driver while the peers still have copies of their own to make.
      * Then on the engine's stream, never the legacy one (in a process of
      * several ranks that would also wait for their blocking streams). */
-    st = st_sync(m);
+    st = gpu_moe_sync(m);
     if (st == EPX_OK)
-        st = st_read(m, state, m->d_llstate, sizeof(state));
+        st = gpu_moe_read(m, state, m->d_llstate, sizeof(state));
     if (st == EPX_OK)
-        st = st_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
+        st = gpu_moe_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
     if (st == EPX_OK)
         st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0, sizeof(state),
                                            m->st), "cudaMemsetAsync");
     if (st == EPX_OK)
-        st = st_sync(m);
+        st = gpu_moe_sync(m);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     if (err)
-        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda low latency: a peer "
+        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda low latency: a peer "
                                   "did not signal within the timeout"));
     if (dropped)
         *dropped = state[EPXK_LL_DROPPED];
@@ -1559,11 +1393,11 @@ static epx_status_t nccl_heads(gpu_moe_t *m)
                           proto_cnt_index(g, c->parity, g->rank) - hdr;
     int32_t *blk = (int32_t *)(m->local + g->off_cnt) +
                    proto_cnt_index(g, c->parity, 0) - hdr;
-    epx_status_t st = launch(m, EPXK_NCCL_HEAD);
+    epx_status_t st = gpu_moe_launch(m, EPXK_NCCL_HEAD);
     if (st == EPX_OK)
         st = epx__nccl_counts(m->nccl, g, mine, blk, m->st);
     if (st == EPX_OK)
-        st = launch(m, EPXK_NCCL_AGREE);
+        st = gpu_moe_launch(m, EPXK_NCCL_AGREE);
     return st;
 }
 
@@ -1602,22 +1436,22 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     c->gscale = 0.0f;
     c->seq = m->seq;
     c->parity = (int)(m->seq & 1);
-    if ((st = stream_in(m, stream)) == EPX_OK)
+    if ((st = gpu_moe_stream_in(m, stream)) == EPX_OK)
         st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
                                            sizeof(int64_t) * EPXK_INFO_CALL,
                                            m->st), "cudaMemsetAsync");
-    if (st == EPX_OK && (st = launch(m, EPXK_CACHED)) == EPX_OK &&
-        (st = c->windows ? launch(m, EPXK_OFFSETS) : nccl_heads(m)) ==
+    if (st == EPX_OK && (st = gpu_moe_launch(m, EPXK_CACHED)) == EPX_OK &&
+        (st = c->windows ? gpu_moe_launch(m, EPXK_OFFSETS) : nccl_heads(m)) ==
             EPX_OK &&
         (st = pack(m)) == EPX_OK)
-        st = launch(m, EPXK_RECV);
+        st = gpu_moe_launch(m, EPXK_RECV);
     c->refused = 0;
     /* Over here: the next call is queued after these kernels. */
     gpu_calls_recv(&m->calls, n, &b);
     gpu_calls_release(&m->calls, n, &b);
     gpu_layout_release(m, li);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     return epx__error(why, "%s", msg);
 }
 
@@ -1646,14 +1480,14 @@ static epx_status_t ll_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     c->T = 0;
     c->x = c->idx = NULL;
     c->w = NULL;
-    if ((st = stream_in(m, stream)) == EPX_OK &&
-        (st = c->windows ? launch(m, EPXK_LL_PACK) : lln_dispatch(m)) ==
+    if ((st = gpu_moe_stream_in(m, stream)) == EPX_OK &&
+        (st = c->windows ? gpu_moe_launch(m, EPXK_LL_PACK) : lln_dispatch(m)) ==
             EPX_OK)
-        st = c->windows ? launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
+        st = c->windows ? gpu_moe_launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
     c->ll_refused = 0;
     gpu_calls_release(&m->calls, n, &b);   /* its abandon is queued */
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     return epx__error(why, "%s", msg);
 }
 
@@ -1684,7 +1518,7 @@ static epx_status_t pack(gpu_moe_t *m)
 {
     if (m->hier)
         return gpu_hier_dispatch(m->hier, &m->g, &m->call, m->num_sms, m->st);
-    return launch(m, EPXK_PACK);
+    return gpu_moe_launch(m, EPXK_PACK);
 }
 
 
@@ -1751,28 +1585,28 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     c->T = T;
     c->seq = m->seq;
     c->parity = (int)(m->seq & 1);
-    if ((st = stream_in(m, stream)) != EPX_OK ||
+    if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
         (st = comb_fence(m)) != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     /* This call's flags only (a call released before its recv leaves
      * its own set). */
     if ((st = epx__cuda_err(cudaMemsetAsync(m->d_info + EPXK_INFO_BAD_IDS, 0,
                                             sizeof(int64_t) * EPXK_INFO_CALL,
                                             m->st),
                             "cudaMemsetAsync")) != EPX_OK ||
-        (st = lost_launch(m, a)) != EPX_OK)
-        return fail(m, st);
+        (st = gpu_moe_lost(m, a, 1)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     m->fcall = 0;
     if (cached && c->windows) {
         /* The ids checked against the layout's, the headers exchanged;
          * then the layout's ids route the rows, so what is packed always
          * matches the positions. */
-        if ((st = launch(m, EPXK_CACHED)) == EPX_OK) {
+        if ((st = gpu_moe_launch(m, EPXK_CACHED)) == EPX_OK) {
             c->idx = c->lay_ids;
             c->idx64 = 0;
-            if ((st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+            if ((st = gpu_moe_launch(m, EPXK_OFFSETS)) == EPX_OK &&
                 (st = pack(m)) == EPX_OK)
-                st = launch(m, EPXK_RECV);
+                st = gpu_moe_launch(m, EPXK_RECV);
         }
     } else if (ht_fused_ok(m)) {
         /* One kernel; the counts come back through mapped memory. */
@@ -1782,10 +1616,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                                        m->st),
                            "kernel launch");
     } else if (c->windows) {
-        if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK &&
-            (st = launch(m, EPXK_OFFSETS)) == EPX_OK &&
+        if ((st = gpu_moe_launch(m, EPXK_LAYOUT)) == EPX_OK &&
+            (st = gpu_moe_launch(m, EPXK_OFFSETS)) == EPX_OK &&
             (st = pack(m)) == EPX_OK)
-            st = launch(m, EPXK_RECV);
+            st = gpu_moe_launch(m, EPXK_RECV);
     } else {
         int32_t *cnt = (int32_t *)(m->local + g->off_cnt) +
                        proto_cnt_index(g, c->parity, 0);
@@ -1798,17 +1632,17 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
          * device, then those ids pack), and the counts every rank sends
          * are its layout's: the matrix that arrives is the layout's. */
         if (cached) {
-            if ((st = launch(m, EPXK_CACHED)) == EPX_OK) {
+            if ((st = gpu_moe_launch(m, EPXK_CACHED)) == EPX_OK) {
                 c->idx = c->lay_ids;
                 c->idx64 = 0;
             }
-        } else if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
-            st = launch(m, EPXK_NCCL_EM_BASE);
+        } else if ((st = gpu_moe_launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
+            st = gpu_moe_launch(m, EPXK_NCCL_EM_BASE);
         }
-        if (st == EPX_OK && (st = launch(m, EPXK_PACK)) == EPX_OK)
+        if (st == EPX_OK && (st = gpu_moe_launch(m, EPXK_PACK)) == EPX_OK)
             st = nccl_heads(m);
         if (st == EPX_OK && g->em)
-            st = launch(m, EPXK_NCCL_EM_MAP);
+            st = gpu_moe_launch(m, EPXK_NCCL_EM_MAP);
         /* The one host synchronisation: the verdict on the call and the
          * sizes of the receives. */
         if (st == EPX_OK)
@@ -1843,9 +1677,9 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                                      m->sendoff, m->nrecv, m->rbase, m->st);
         }
         if (st == EPX_OK && agreed && g->em)
-            st = launch(m, EPXK_NCCL_EM_SCATTER);
+            st = gpu_moe_launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
-            st = launch(m, EPXK_RECV);
+            st = gpu_moe_launch(m, EPXK_RECV);
     }
     /* The layout's per-expert counts ride along: the statistics come from
      * the routing without a pass of their own (the fused kernel publishes
@@ -1866,7 +1700,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         st = epx__cuda_err(cudaEventRecord(m->ev_info, m->st),
                            "cudaEventRecord");
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
@@ -1922,7 +1756,7 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
     const int64_t *pub = m->h_pub, *pf = pub + EPXK_PUB_FUSED(m->L);
     epx_status_t st = ht_fused_wait(m);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     /* The published counts serve epx_dispatch_poll early; recv keeps the
      * contract's guarantees: the inputs are free and every unit's rows
      * are here when it returns (the kernel is done), and a wait that
@@ -1930,13 +1764,13 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
      * this call's error. */
     if ((st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
                             "cudaEventSynchronize")) != EPX_OK ||
-        (st = st_read(m, m->h_info + EPXK_INFO_ERROR,
+        (st = gpu_moe_read(m, m->h_info + EPXK_INFO_ERROR,
                       m->d_info + EPXK_INFO_ERROR, sizeof(int64_t))) !=
             EPX_OK ||
-        (st = st_sync(m)) != EPX_OK)
-        return fail(m, st);
+        (st = gpu_moe_sync(m)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     if (pf[EPXK_PUBF_ERROR] || m->h_info[EPXK_INFO_ERROR])
-        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
+        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
     int bad = pf[EPXK_PUBF_BAD_IDS] != 0;
     if ((st = ht_agreed(m, 0, pub[EPXK_PUB_AGREE])) != EPX_OK) {
@@ -1948,8 +1782,8 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
         m->h_counts[j] = pub[EPXK_PUB_COUNTS + j];
     for (int e = 0; e < m->g.E; e++)
         m->h_ecnt[e] = (int32_t)pf[EPXK_PUBF_ECNT + e];
-    if ((st = stream_out(m, stream)) != EPX_OK)
-        return fail(m, st);
+    if ((st = gpu_moe_stream_out(m, stream)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     ht_describe(m, b, m->rows, recv);
     if (bad)
         return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
@@ -1978,9 +1812,9 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     st = epx__cuda_err(cudaEventSynchronize(m->ev_info),
                        "cudaEventSynchronize");
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     if (m->h_info[EPXK_INFO_ERROR])
-        return fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
+        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: a peer "
                                   "did not signal within the timeout"));
     int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;   /* cleared by each send */
     /* A cached call the ranks did not agree on moved nothing: it ends
@@ -1993,8 +1827,8 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
     m->rows = m->h_info[EPXK_INFO_ROWS];
     for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
-    if ((st = stream_out(m, stream)) != EPX_OK)
-        return fail(m, st);
+    if ((st = gpu_moe_stream_out(m, stream)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     ht_describe(m, b, m->rows, recv);
     if (bad)
         return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
@@ -2027,7 +1861,7 @@ static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
     r.src_token = (const int32_t *)(m->local + g->off_src_token);
     r.topk_idx = g->em ? NULL : (const int32_t *)(m->local + g->off_idx);
     r.topk_weights = (const float *)(m->local + g->off_w);
-    r.local_experts = gpu_local_experts(m, b);
+    r.local_experts = gpu_moe_local_experts(m, b);
     r.x_scales.dtype = f.scale_dtype;
     if (moe_wire_quantized(&f)) {
         r.x_scales.data = m->local + g->off_scales;
@@ -2060,11 +1894,11 @@ static epx_status_t ll_dispatch_poll(gpu_moe_t *m, uint64_t call,
         enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         if ((st = epx__cuda_err(cudaStreamIsCapturing(m->st, &cs),
                                 "cudaStreamIsCapturing")) != EPX_OK)
-            return fail(m, st);
+            return gpu_moe_fail(m, st);
         if (cs == cudaStreamCaptureStatusNone) {
             ll_point(m, b);
-            if ((st = launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
-                return fail(m, st);
+            if ((st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
+                return gpu_moe_fail(m, st);
             m->ll1_recvd[b] = 1;
         }
     }
@@ -2157,7 +1991,7 @@ static epx_status_t comb_fused_send(gpu_moe_t *m, const epx_combine_args_t *a)
                                            : PROTO_PULL_ROWS;
     m->pull_pending = m->call.seq;   /* every rank pulls this call */
     return in_place ? comb_launch(m, EPXK_COMB_READY)
-                    : launch(m, EPXK_COMB_PUT);
+                    : gpu_moe_launch(m, EPXK_COMB_PUT);
 }
 
 /* The pull fence, first on the engine's stream in a throughput dispatch
@@ -2217,29 +2051,29 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     m->call.T = m->comb_T;
     m->call.y = a->y.data;
     m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
-    if ((st = stream_in(m, stream)) != EPX_OK)
-        return fail(m, st);
+    if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     if (m->ll && !m->call.windows)
         st = lln_combine(m, 0);
     else if (m->ll)
-        st = launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
+        st = gpu_moe_launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
     else if (comb_fused(m))
         st = comb_fused_send(m, a);
     else if (m->hier)
         st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
                                    m->st);
     else if (m->call.windows)
-        st = launch(m, EPXK_COMB_PUT);
+        st = gpu_moe_launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
         st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
                                m->sendoff, m->nrecv, m->rbase, m->st);
     /* Expert-major over NCCL: each entry's partial into rstage, in entry
      * order, so each source's partials go back as one range. */
-    else if ((st = launch(m, EPXK_NCCL_EM_PARTIAL)) == EPX_OK)
+    else if ((st = gpu_moe_launch(m, EPXK_NCCL_EM_PARTIAL)) == EPX_OK)
         st = epx__nccl_combine(m->nccl, &m->g, m->rstage, m->local, m->nsend,
                                m->sendoff, m->nrecv, m->rbase, m->st);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
@@ -2272,15 +2106,15 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2
                         : out->dtype == EPX_DTYPE_FP64 ? 8 : 4;
-    if ((st = stream_in(m, stream)) != EPX_OK ||
+    if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
         (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
               : m->hier ? gpu_hier_combine_recv(m->hier, &m->g, &m->call,
                                                 m->num_sms, m->st)
-              : launch(m, !m->ll ? EPXK_COMB_REDUCE
+              : gpu_moe_launch(m, !m->ll ? EPXK_COMB_REDUCE
                           : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
             EPX_OK ||
-        (st = stream_out(m, stream)) != EPX_OK)
-        return fail(m, st);
+        (st = gpu_moe_stream_out(m, stream)) != EPX_OK)
+        return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
@@ -2299,26 +2133,26 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
     if (comb_fused(m) && m->calls.combining >= 0 &&
         m->calls.slot[m->calls.combining].n == call) {
         gpu_calls_release(&m->calls, call, &b);
-        epx_status_t st = set_device(m);
+        epx_status_t st = gpu_moe_set_device(m);
         if (st == EPX_OK && (st = comb_launch(m, EPXK_COMB_DONE)) != EPX_OK)
-            fail(m, st);
+            gpu_moe_fail(m, st);
         return;
     }
     int what = gpu_calls_release(&m->calls, call, &b);
-    if (what == GPU_NOTHING || set_device(m) != EPX_OK)
+    if (what == GPU_NOTHING || gpu_moe_set_device(m) != EPX_OK)
         return;
     ll_point(m, b);
     epx_status_t st;
     if (what == GPU_ABANDON) {
-        st = m->call.windows ? launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
+        st = m->call.windows ? gpu_moe_launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
     } else {
         m->call.T = T;
         m->call.out = m->d_scratch;
         m->call.out_esize = m->g.esize == 8 ? 8 : 4;
-        st = launch(m, EPXK_LL_COMB_REDUCE);
+        st = gpu_moe_launch(m, EPXK_LL_COMB_REDUCE);
     }
     if (st != EPX_OK)
-        fail(m, st);
+        gpu_moe_fail(m, st);
 }
 
 _Static_assert(EPXK_LL_STATS_RING == GPU_LL_STATS_CALLS,
@@ -2341,16 +2175,16 @@ epx_status_t gpu_moe_ll_stats(gpu_moe_t *m, gpu_stats_fn each, void *ctx,
     const int64_t NR = EPXK_LL_STATS_RING;
     int64_t n0 = 0, n1 = 0;
     /* Synchronise before each copy into pageable memory (ll_check). */
-    if ((st = st_sync(m)) == EPX_OK &&
-        (st = st_read(m, &n0, m->d_llnstat, sizeof(n0))) == EPX_OK &&
-        (st = st_sync(m)) == EPX_OK && n0 > m->ll_seen &&
-        (st = st_read(m, m->h_llring, m->d_llring,
+    if ((st = gpu_moe_sync(m)) == EPX_OK &&
+        (st = gpu_moe_read(m, &n0, m->d_llnstat, sizeof(n0))) == EPX_OK &&
+        (st = gpu_moe_sync(m)) == EPX_OK && n0 > m->ll_seen &&
+        (st = gpu_moe_read(m, m->h_llring, m->d_llring,
                       sizeof(int32_t) * per * EPXK_LL_STATS_RING)) == EPX_OK)
-        st = st_read(m, &n1, m->d_llnstat, sizeof(n1));
+        st = gpu_moe_read(m, &n1, m->d_llnstat, sizeof(n1));
     if (st == EPX_OK)
-        st = st_sync(m);
+        st = gpu_moe_sync(m);
     if (st != EPX_OK)
-        return fail(m, st);
+        return gpu_moe_fail(m, st);
     if (n0 <= m->ll_seen)
         return EPX_OK;
     int64_t from = n1 + 1 - NR > m->ll_seen ? n1 + 1 - NR : m->ll_seen;
