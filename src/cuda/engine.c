@@ -1,10 +1,8 @@
 /*
- * The GPU executor (include/epx/cuda.h): setup, argument checks and the
- * order of kernels and exchanges on the engine's stream.  Throughput mode,
- * token-major or expert-major (both backends); the protocol is
- * the host executor's (count rows to every rank, then rows at offsets
- * computed from the whole count matrix, partials back to the slot each
- * token had in its source's packed order).
+ * The GPU executor (include/epx/cuda.h): setup and teardown, the argument
+ * checks and call order every mode shares, placement and routing, the
+ * statistics' plumbing; each gpu_* call then goes through the engine's
+ * mode table (engine_int.h): throughput in ht.c, low latency in ll.c.
  */
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +10,6 @@
 #include <string.h>
 #include <time.h>
 #include "cuda/engine_int.h"
-#include "proto/ll_nccl.h"
 #include "core/comm.h"
 #include "moe/wire.h"
 #include "util/util.h"
@@ -255,48 +252,6 @@ void gpu_layout_release(gpu_moe_t *m, int lay)
 
 /* --------------------------------------------------------------- setup */
 
-/* Low latency over NCCL: the staging of either direction (dispatch
- * blocks, or the combine's flag words and partials) holds the larger. */
-static int64_t lln_stage_bytes(const gpu_moe_t *m)
-{
-    const int64_t d = proto_lln_stage_bytes(&m->g, m->llg.cap),
-                  c = (int64_t)m->g.R * proto_lln_comb_stride(&m->g);
-    return d > c ? d : c;
-}
-
-/* Its receive staging, each rank's units (first: [R + 1]) and the
- * exchange's operations. */
-static epx_status_t lln_alloc(gpu_moe_t *m, const int32_t *first)
-{
-    const int R = m->g.R;
-    m->h_lln_first = malloc(sizeof(int32_t) * (size_t)(R + 1));
-    m->lln_ops = malloc(sizeof(epx_nccl_p2p_t) * (size_t)(2 * R));
-    if (!m->h_lln_first || !m->lln_ops)
-        return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-    memcpy(m->h_lln_first, first, sizeof(int32_t) * (size_t)(R + 1));
-    return epx__cuda_err(cudaMalloc((void **)&m->rstage,
-                                    (size_t)lln_stage_bytes(m)),
-                         "cudaMalloc");
-}
-
-/* Low latency: the words the recv kernels publish for epx_dispatch_poll,
- * zero (no call's). */
-static epx_status_t ll_pub_alloc(gpu_moe_t *m)
-{
-    const size_t n = sizeof(int64_t) * (size_t)m->llg.B *
-                     (size_t)EPXK_LLPUB_LEN(m->L);
-    epx_status_t st = epx__cuda_err(cudaHostAlloc((void **)&m->h_llpub, n,
-                                                  cudaHostAllocMapped |
-                                                      cudaHostAllocPortable),
-                                    "cudaHostAlloc");
-    if (st != EPX_OK)
-        return st;
-    memset(m->h_llpub, 0, n);
-    return epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_llpub,
-                                                  m->h_llpub, 0),
-                         "cudaHostGetDevicePointer");
-}
-
 epx_status_t gpu_moe_dev_alloc(void **ptr, size_t bytes)
 {
     return epx__cuda_err(cudaMalloc(ptr, bytes > 0 ? bytes : 1), "cudaMalloc");
@@ -450,10 +405,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->ll = m->p.version >= 3 &&
             m->p.struct_size >= sizeof(epx_moe_params_t) &&
             m->p.mode == EPX_MODE_LOW_LATENCY;
-    if (m->ll)
-        proto_ll_layout(g, proto_ll_buffers(m->p.ll_buffers),
-                        proto_ll_capacity(m->p.ll_capacity, maxT), &m->llg);
-    gpu_calls_init(&m->calls, m->ll, m->ll ? m->llg.B : 1);
+    m->ops = m->ll ? &gpu_ll_ops : &gpu_ht_ops;
+    m->ops->init(m);
     /* Collective (the topology), on every rank: the flags are agreed. */
     if (!m->ll && (mine.flags & EPX_MOE_HIERARCHICAL) &&
         (st = gpu_hier_create(comm, g, &m->hier)) != EPX_OK) {
@@ -554,75 +507,9 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
     m->d_info = m->d_ebase + g->E;
     DEV_ALLOC(m->d_done, sizeof(unsigned));
     DEV_ALLOC(m->d_fbar, sizeof(unsigned) * 3);
-    if (m->ll) {
-        const size_t B = (size_t)m->llg.B, cap = (size_t)m->llg.cap;
-        DEV_ALLOC(m->d_llkeep, sizeof(int32_t) * B * (size_t)(maxT * g->K));
-        DEV_ALLOC(m->d_lldest, sizeof(int32_t) * B * 2 * pairs);
-        DEV_ALLOC(m->d_llcnt, sizeof(int32_t) * B * (size_t)(R + g->E));
-        DEV_ALLOC(m->d_llmystat, sizeof(int32_t) * B);
-        DEV_ALLOC(m->d_llsrc, sizeof(int32_t) * B * (size_t)m->L * R * cap);
-        DEV_ALLOC(m->d_llsendoff, sizeof(int64_t) * B * (size_t)R);
-        DEV_ALLOC(m->d_llcounts, sizeof(int64_t) * B * (size_t)m->L);
-        DEV_ALLOC(m->d_llstate, sizeof(int64_t) * EPXK_LL_NSTATE);
-        DEV_ALLOC(m->d_scratch, (size_t)(g->esize == 8 ? 8 : 4) *
-                                    (size_t)(maxT * g->H));
-        DEV_ALLOC(m->d_lluse, sizeof(uint32_t) * B);
-        const size_t per = (size_t)(1 + m->Elog + g->E);
-        DEV_ALLOC(m->d_llnstat, sizeof(int64_t));
-        m->ll1 = m->kset == EPXK_SET_FUSED &&
-                 m->backend == EPX_GPU_BACKEND_WINDOWS &&
-                 proto_ll1_smem(g, maxT) <= PROTO_LL1_SMEM_MAX;
-        if (m->ll1) {
-            const size_t n = sizeof(uint64_t) * B * (size_t)m->L * R;
-            DEV_ALLOC(m->d_llmark, n);
-            st = epx__cuda_err(cudaMemsetAsync(m->d_llmark, 0, n, m->st),
-                               "cudaMemset");
-            if (st != EPX_OK)
-                goto gate;
-        }
-        DEV_ALLOC(m->d_llring, sizeof(int32_t) * per * EPXK_LL_STATS_RING);
-        m->h_llring = malloc(sizeof(int32_t) * per * EPXK_LL_STATS_RING);
-        if (!m->h_llring) {
-            st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-            goto gate;
-        }
-        m->h_lloffs = calloc((size_t)m->L + 1, sizeof(int64_t));
-        m->h_llpoll = calloc(B * (size_t)m->L + 1, sizeof(int64_t));
-        if (!m->h_lloffs || !m->h_llpoll) {
-            st = epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-            goto gate;
-        }
-        if ((st = ll_pub_alloc(m)) != EPX_OK)
-            goto gate;
-        for (int j = 0; j < m->L; j++)
-            m->h_lloffs[j] = (int64_t)j * R * (int64_t)cap;
-        st = epx__cuda_err(cudaMemsetAsync(m->d_lluse, 0,
-                                           sizeof(uint32_t) * B, m->st),
-                           "cudaMemset");
-        if (st == EPX_OK)
-            st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0,
-                                               sizeof(int64_t) * EPXK_LL_NSTATE,
-                                               m->st), "cudaMemset");
-        if (st == EPX_OK)
-            st = epx__cuda_err(cudaMemsetAsync(m->d_llnstat, 0,
-                                               sizeof(int64_t), m->st),
-                               "cudaMemset");
-        if (st != EPX_OK)
-            goto gate;
-    }
-    DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
-    if (m->ll && m->backend == EPX_GPU_BACKEND_NCCL &&
-        (st = lln_alloc(m, first)) != EPX_OK)
+    if ((st = m->ops->setup(m, first)) != EPX_OK)
         goto gate;
-    if (g->em && !m->ll && m->backend == EPX_GPU_BACKEND_NCCL) {
-        DEV_ALLOC(m->d_emmap, sizeof(int64_t) *
-                                  (size_t)proto_em_map_len(g, m->L));
-        /* the rows as received, and later the partials, one per entry */
-        size_t n = (size_t)g->total;
-        if ((size_t)(g->ents * g->row_bytes) > n)
-            n = (size_t)(g->ents * g->row_bytes);
-        DEV_ALLOC(m->rstage, n);
-    }
+    DEV_ALLOC(m->d_peers, sizeof(char *) * (size_t)R);
     st = epx__cuda_err(cudaDeviceGetAttribute(&sms,
                                               cudaDevAttrMultiProcessorCount,
                                               m->device),
@@ -646,25 +533,6 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
                            "cudaMallocHost");
     if (st != EPX_OK)
         goto gate;
-    if (!m->ll) {   /* poll's words, zero (no call's), and a layout */
-        const size_t pub = sizeof(int64_t) * (size_t)(EPXK_PUB_FUSED(m->L) +
-                                                      EPXK_PUBF_ECNT + g->E);
-        st = epx__cuda_err(cudaHostAlloc((void **)&m->h_pub, pub,
-                                         cudaHostAllocMapped |
-                                             cudaHostAllocPortable),
-                           "cudaHostAlloc");
-        if (st == EPX_OK) {
-            memset(m->h_pub, 0, pub);
-            st = epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_pub,
-                                                        m->h_pub, 0),
-                               "cudaHostGetDevicePointer");
-        }
-        int lay0;
-        if (st == EPX_OK && (st = lay_get(m, &lay0)) == EPX_OK)
-            m->lays[lay0].used = 0;
-        if (st != EPX_OK)
-            goto gate;
-    }
     /* Set up on the engine's stream, whose kernels do not wait for the
      * legacy stream (a plain cudaMemset or cudaMemcpy may land after
      * them); pageable sources are staged before the call returns. */
@@ -697,9 +565,8 @@ gate:
     int device_ranks = 1;
     if (m->backend == EPX_GPU_BACKEND_WINDOWS) {
         st = epx__cuwin_create(comm, m->device,
-                               m->ll ? (size_t)m->llg.total
-                               : m->hier ? gpu_hier_total(m->hier)
-                                         : (size_t)g->total,
+                               m->hier ? gpu_hier_total(m->hier)
+                                       : (size_t)m->wbytes,
                                &m->win);
         if (st == EPX_OK) {
             memcpy(peers, epx__cuwin_peers(m->win), sizeof(char *) * (size_t)R);
@@ -710,10 +577,7 @@ gate:
         }
     } else {
         /* low latency: the buffers, and the blocks to each peer */
-        const size_t wbytes = (size_t)(m->ll ? m->llg.total : g->total);
-        size_t sbytes = (size_t)g->total;
-        if (m->ll && (size_t)lln_stage_bytes(m) > sbytes)
-            sbytes = (size_t)lln_stage_bytes(m);
+        const size_t wbytes = (size_t)m->wbytes, sbytes = (size_t)m->sbytes;
         st = epx__cuda_err(cudaMalloc((void **)&m->local, wbytes),
                            "cudaMalloc");
         if (st == EPX_OK)
@@ -748,20 +612,10 @@ gate:
         m->num_sms = sms;
     if (m->num_sms < 1)
         m->num_sms = 1;
-    /* The fused dispatch's grid barriers need every block of the ranks
-     * sharing this device resident at once (peers spin meanwhile):
-     * classic kernels where the occupancy says they may not be. */
-    m->ht_fits = m->kset == EPXK_SET_FUSED && !m->ll &&
-                 epxk_ht_fits(g, m->num_sms * (device_ranks ? device_ranks
-                                                            : 1), sms);
-    if (m->kset == EPXK_SET_FUSED && !m->ll && !m->ht_fits)
-        EPX_LOG(EPX_LOG_WARN, "cuda", me, "EPX_CUDA_KERNELS=fused: %d "
-                "blocks of the fused dispatch may not all be resident on "
-                "%d SMs; the classic dispatch kernels run", m->num_sms *
-                (device_ranks ? device_ranks : 1), sms);
+    m->ops->budget(m, sms, device_ranks ? device_ranks : 1);
     EPX_LOG(EPX_LOG_INFO, "cuda", me, "engine on device %d: %s, %d SMs of %d, "
             "window %lld bytes", m->device, m->name, m->num_sms, sms,
-            (long long)(m->ll ? m->llg.total : g->total));
+            (long long)m->wbytes);
 
     /* The fixed part of every call. */
     m->call.e2r = m->d_e2r;
@@ -781,7 +635,6 @@ gate:
     m->call.stage = m->stage;
     m->call.windows = m->backend == EPX_GPU_BACKEND_WINDOWS;
     m->call.ll = m->llg;
-    m->call.ll_drop = m->ll && (m->p.flags & EPX_MOE_LL_DROP) != 0;
     m->call.ll_use = m->d_lluse;
     m->call.ll_state = m->d_llstate;
     m->call.ll_nstat = m->d_llnstat;
@@ -884,8 +737,7 @@ void gpu_moe_destroy(gpu_moe_t *m)
 
 const int32_t *gpu_dispatch_ecount(const gpu_moe_t *m)
 {
-    return m && !m->ll && m->calls.slot[0].state == GPU_CALL_RECEIVED
-        ? m->h_ecnt : NULL;
+    return m && m->ops->ecount ? m->ops->ecount(m) : NULL;
 }
 
 int gpu_moe_num_sms(const gpu_moe_t *m)
@@ -1046,198 +898,6 @@ epx_status_t gpu_moe_fail(gpu_moe_t *m, epx_status_t st)
 
 /* ------------------------------------------------------ low latency */
 
-/* Point the call at buffer b's own arrays: a call captured in a graph
- * replays with them. */
-static void ll_point(gpu_moe_t *m, int b)
-{
-    epxk_call_t *c = &m->call;
-    const proto_geom_t *g = &m->g;
-    const size_t pairs = (size_t)(g->maxT * g->maxdest);
-    c->ll_b = b;
-    c->keep = m->d_llkeep + (size_t)b * (size_t)(g->maxT * g->K);
-    c->dest = m->d_lldest + (size_t)b * 2 * pairs;
-    c->pos = c->dest + pairs;
-    c->mycnt = m->d_llcnt + (size_t)b * (size_t)(g->R + g->E);
-    c->sendoff = m->d_llsendoff + (size_t)b * (size_t)g->R;
-    c->ll_mystat = m->d_llmystat + b;
-    c->ll_counts = m->d_llcounts + (size_t)b * (size_t)m->L;
-    c->ll_src = m->d_llsrc + (size_t)b * (size_t)m->L * (size_t)g->R *
-                (size_t)m->llg.cap;
-    c->ll_mark = m->d_llmark ? m->d_llmark + (size_t)b * (size_t)m->L *
-                                                 (size_t)g->R
-                             : NULL;
-    /* readiness: the buffer's words, and its live call's id there */
-    c->ll_pub = m->d_llpub ? m->d_llpub + (size_t)b * (size_t)EPXK_LLPUB_LEN(m->L)
-                           : NULL;
-    c->ll_id = m->calls.slot[b].n + 1;
-}
-
-/* Low latency over NCCL (proto/ll_nccl.h, src/cuda/README.md "Low
- * latency over NCCL"): one grouped send/recv of a block to and from every
- * peer, each of a size the placement gives, so nothing is read back and
- * the call captures into a graph.  comb: the combine's blocks (a flag
- * word, then the partials of the entries this rank can hold from each
- * source), else the dispatch's. */
-static epx_status_t lln_exchange(gpu_moe_t *m, int comb)
-{
-    const proto_geom_t *g = &m->g;
-    const int R = g->R, cap = m->llg.cap;
-    const int32_t *first = m->h_lln_first;
-    const int Lme = first[g->rank + 1] - first[g->rank];
-    proto_lln_blk_t me;
-    proto_lln_block(g, Lme, cap, &me);
-    const int64_t stride = proto_lln_comb_stride(g);
-    int64_t soff = 0;
-    for (int p = 0; p < R; p++) {
-        const int Lp = first[p + 1] - first[p];
-        proto_lln_blk_t bp;
-        proto_lln_block(g, Lp, cap, &bp);
-        epx_nccl_p2p_t *o = &m->lln_ops[2 * p];
-        if (comb) {
-            o[0] = (epx_nccl_p2p_t){ p, 0, m->stage + p * stride,
-                                     (size_t)proto_lln_comb_bytes(g, Lme,
-                                                                  cap) };
-            o[1] = (epx_nccl_p2p_t){ p, 1, m->rstage + p * stride,
-                                     (size_t)proto_lln_comb_bytes(g, Lp,
-                                                                  cap) };
-        } else {
-            o[0] = (epx_nccl_p2p_t){ p, 0, m->stage + soff,
-                                     (size_t)bp.bytes };
-            o[1] = (epx_nccl_p2p_t){ p, 1, m->rstage + p * me.bytes,
-                                     (size_t)me.bytes };
-        }
-        soff += bp.bytes;
-    }
-    return epx__nccl_p2p(m->nccl, m->lln_ops, 2 * R, m->st);
-}
-
-/* The dispatch's pack over NCCL: this rank's blocks, the exchange, the
- * received ones into the buffer (then ll recv as over windows). */
-static epx_status_t lln_dispatch(gpu_moe_t *m)
-{
-    epx_status_t st = gpu_moe_launch(m, EPXK_LLN_PACK);
-    if (st == EPX_OK)
-        st = lln_exchange(m, 0);
-    if (st == EPX_OK)
-        st = gpu_moe_launch(m, EPXK_LLN_SCATTER);
-    return st;
-}
-
-/* The combine's put over NCCL (abandon: the flag words alone, marked,
- * and the buffer's next use): staged, exchanged, the partials to their
- * return slots and the flags into the buffer (then ll comb reduce). */
-static epx_status_t lln_combine(gpu_moe_t *m, int abandon)
-{
-    epx_status_t st = gpu_moe_launch(m, abandon ? EPXK_LLN_ABANDON
-                                        : EPXK_LLN_COMB_PUT);
-    if (st == EPX_OK)
-        st = lln_exchange(m, 1);
-    if (st == EPX_OK)
-        st = gpu_moe_launch(m, EPXK_LLN_COMB_SCATTER);
-    return st;
-}
-
-/* Kernels only (layout, pack, recv) into buffer b, no host
- * synchronisation. */
-static epx_status_t ll_dispatch_send(gpu_moe_t *m,
-                                     const epx_dispatch_args_t *a,
-                                     void *stream, int b)
-{
-    epxk_call_t *c = &m->call;
-    epx_status_t st = gpu_moe_stream_in(m, stream);
-    if (st == EPX_OK)
-        st = gpu_moe_lost(m, a, 0);
-    if (st != EPX_OK)
-        return gpu_moe_fail(m, st);
-    ll_point(m, b);
-    c->x = a->x.data;
-    c->idx = a->topk_idx.data;
-    c->idx64 = a->topk_idx.dtype == EPX_DTYPE_INT64;
-    c->w = a->topk_weights.data;
-    c->T = a->x.rows;
-    c->layer = m->blayer[b];
-    if (m->ll1) {   /* the send phase; the receive phase at recv */
-        if ((st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_SEND)) != EPX_OK)
-            return gpu_moe_fail(m, st);
-        m->ll1_recvd[b] = 0;
-        return EPX_OK;
-    }
-    if ((st = gpu_moe_launch(m, EPXK_LL_LAYOUT)) != EPX_OK ||
-        (st = gpu_moe_launch(m, EPXK_LL_STATS)) != EPX_OK ||
-        (st = m->call.windows ? gpu_moe_launch(m, EPXK_LL_PACK) : lln_dispatch(m)) !=
-            EPX_OK ||
-        (st = gpu_moe_launch(m, EPXK_LL_RECV)) != EPX_OK)
-        return gpu_moe_fail(m, st);
-    return EPX_OK;
-}
-
-static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
-                        epx_recv_t *recv);
-
-static epx_status_t ll_dispatch_recv(gpu_moe_t *m, void *stream,
-                                     epx_recv_t *recv, int b)
-{
-    epx_status_t st = EPX_OK;
-    if (m->ll1 && !m->ll1_recvd[b]) {   /* the receive phase, after the
-                                           caller's work, once */
-        ll_point(m, b);
-        if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
-            (st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
-            return gpu_moe_fail(m, st);
-        m->ll1_recvd[b] = 1;
-    }
-    st = gpu_moe_stream_out(m, stream);
-    if (st != EPX_OK)
-        return gpu_moe_fail(m, st);
-    ll_describe(m, b, NULL, recv);
-    return EPX_OK;
-}
-
-/* What a low-latency recv describes: buffer b's regions, its counts in
- * device memory (counts NULL), or poll's in host memory. */
-static void ll_describe(gpu_moe_t *m, int b, const int64_t *counts,
-                        epx_recv_t *recv)
-{
-    const proto_geom_t *g = &m->g;
-    ll_point(m, b);
-    const epxk_call_t *c = &m->call;
-    char *bw = m->local + m->llg.off_bufs + (int64_t)c->ll_b * m->llg.buf;
-    m->rows = (int64_t)m->L * g->R * m->llg.cap;
-    epx_recv_t r;
-    memset(&r, 0, sizeof(r));
-    r.struct_size = recv->struct_size ? recv->struct_size : sizeof(r);
-    r.num_rows = m->rows;
-    moe_wire_t f;   /* checked at creation */
-    moe_wire_init(&f, (epx_wire_t)g->wire, m->p.dtype, g->H);
-    r.x.data = bw + m->llg.rows;
-    r.x.dtype = f.x_dtype;
-    r.x.rows = m->rows;
-    r.x.cols = f.x_cols;
-    r.num_local_experts = m->L;
-    r.first_local_expert = m->first;
-    r.expert_counts = counts ? counts : c->ll_counts;   /* device memory */
-    r.expert_offsets = m->h_lloffs;
-    r.src_rank = c->ll_src;
-    r.src_token = (const int32_t *)(bw + m->llg.src_tok);
-    r.topk_idx = NULL;
-    r.topk_weights = (const float *)(bw + m->llg.w);
-    r.local_experts = gpu_moe_local_experts(m, b);
-    r.x_scales.dtype = f.scale_dtype;
-    if (moe_wire_quantized(&f)) {
-        r.x_scales.data = bw + m->llg.scales;
-        r.x_scales.rows = m->rows;
-        r.x_scales.cols = f.nblocks;
-    }
-    if (f.global_bytes)
-        r.x_global_scale = (const float *)(bw + m->llg.gscale);
-    r.capacity = m->llg.cap;
-    r.num_dropped = -1;                        /* counted on the device */
-    size_t n = r.struct_size < sizeof(r) ? r.struct_size : sizeof(r);
-    memcpy(recv, &r, n);
-}
-
-static epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped);
-
 /* Throughput mode: combine never synchronises, so a device wait that
  * timed out in it is otherwise seen only by the next dispatch_recv. */
 static epx_status_t ht_check(gpu_moe_t *m, int64_t *dropped)
@@ -1264,50 +924,7 @@ epx_status_t gpu_moe_check(gpu_moe_t *m, int64_t *dropped)
     epx_status_t st = usable(m, "cuda check");
     if (st != EPX_OK)
         return st;
-    return m->ll ? ll_check(m, dropped) : ht_check(m, dropped);
-}
-
-epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
-{
-    epx_status_t st = usable(m, "cuda ll_check");
-    if (st != EPX_OK)
-        return st;
-    if (!m->ll)
-        return epx__error(EPX_ERR_INVALID, "cuda ll_check: the engine is not "
-                          "in low-latency mode");
-    int64_t state[EPXK_LL_NSTATE], err = 0;
-    /* Wait for the call first: the copies below go to pageable memory,
-     * and one queued behind kernels that wait for peers could hold the
-     * driver while the peers still have copies of their own to make.
-     * Then on the engine's stream, never the legacy one (in a process of
-     * several ranks that would also wait for their blocking streams). */
-    st = gpu_moe_sync(m);
-    if (st == EPX_OK)
-        st = gpu_moe_read(m, state, m->d_llstate, sizeof(state));
-    if (st == EPX_OK)
-        st = gpu_moe_read(m, &err, m->d_info + EPXK_INFO_ERROR, sizeof(err));
-    if (st == EPX_OK)
-        st = epx__cuda_err(cudaMemsetAsync(m->d_llstate, 0, sizeof(state),
-                                           m->st), "cudaMemsetAsync");
-    if (st == EPX_OK)
-        st = gpu_moe_sync(m);
-    if (st != EPX_OK)
-        return gpu_moe_fail(m, st);
-    if (err)
-        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda low latency: a peer "
-                                  "did not signal within the timeout"));
-    if (dropped)
-        *dropped = state[EPXK_LL_DROPPED];
-    if (state[EPXK_LL_ERR] != 0) {
-        epx_status_t e = (epx_status_t)state[EPXK_LL_ERR];
-        return epx__error(e, "cuda low latency: a call since the last check "
-                          "failed on the device (%s%s); its outputs are "
-                          "unspecified", epx_status_str(e),
-                          e == EPX_ERR_RANGE ? ": more rows than ll_capacity "
-                          "without EPX_MOE_LL_DROP" : e == EPX_ERR_INVALID
-                          ? ": expert ids outside [-1, num_experts)" : "");
-    }
-    return EPX_OK;
+    return m->ops->check(m, dropped);
 }
 
 static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv);
@@ -1409,7 +1026,7 @@ static epx_status_t nccl_heads(gpu_moe_t *m)
  * epx_dispatch_recv) and nothing is packed or moved; here it is over at
  * once.  Returns `why` (its message kept), or the error that stopped the
  * exchange from being queued (then the peers time out). */
-static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
+static epx_status_t ht_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
 {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", epx_last_error());
@@ -1455,50 +1072,12 @@ static epx_status_t refuse(gpu_moe_t *m, void *stream, epx_status_t why)
     return epx__error(why, "%s", msg);
 }
 
-/* A bad argument on this rank in low latency, refused on every rank as
- * the host executor's header does: the call still takes its number and
- * buffer, and its pack (nothing packed: c->ll_refused) stores the status
- * and empty words at every peer, whose recv kernels then fail the call
- * (their epx_dispatch_poll and epx_moe_check: EPX_ERR_PEER, or
- * EPX_ERR_RANGE for too many tokens, as on host ranks); here it is
- * abandoned at once (its comb flags, so no peer's combine waits for it)
- * and over.  Returns `why` (its message kept), or the error that stopped
- * the call from being queued.  Nothing is read back: it captures. */
-static epx_status_t ll_refuse(gpu_moe_t *m, void *stream, epx_status_t why)
-{
-    char msg[512];
-    snprintf(msg, sizeof(msg), "%s", epx_last_error());
-    uint64_t n;
-    int b;
-    /* a buffer still in use: nothing sent, as on host ranks */
-    epx_status_t st = gpu_calls_send(&m->calls, 0, &n, &b);
-    if (st != EPX_OK)
-        return st;
-    epxk_call_t *c = &m->call;
-    ll_point(m, b);
-    c->ll_refused = why;
-    c->T = 0;
-    c->x = c->idx = NULL;
-    c->w = NULL;
-    if ((st = gpu_moe_stream_in(m, stream)) == EPX_OK &&
-        (st = c->windows ? gpu_moe_launch(m, EPXK_LL_PACK) : lln_dispatch(m)) ==
-            EPX_OK)
-        st = c->windows ? gpu_moe_launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
-    c->ll_refused = 0;
-    gpu_calls_release(&m->calls, n, &b);   /* its abandon is queued */
-    if (st != EPX_OK)
-        return gpu_moe_fail(m, st);
-    return epx__error(why, "%s", msg);
-}
-
 epx_status_t gpu_dispatch_refuse(gpu_moe_t *m, void *stream,
                                  epx_status_t why)
 {
     if (usable(m, "cuda dispatch_send") != EPX_OK)
         return why;
-    if (m->ll)
-        return ll_refuse(m, stream, why);
-    return refuse(m, stream, why);
+    return m->ops->refuse(m, stream, why);
 }
 
 static epx_status_t comb_fence(gpu_moe_t *m);   /* fused combine */
@@ -1522,56 +1101,17 @@ static epx_status_t pack(gpu_moe_t *m)
 }
 
 
-epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
-                               void *stream, int *lay, uint64_t *call)
+/* The call's kernels and exchanges: cached (the layout's ids checked
+ * and reused), fused, or classic over windows or NCCL. */
+static epx_status_t ht_dispatch_send(gpu_moe_t *m,
+                                     const epx_dispatch_args_t *a,
+                                     void *stream, int b, int li, int cached)
 {
-    epx_status_t st = usable(m, "cuda dispatch_send");
-    if (st != EPX_OK)
-        return st;
     const proto_geom_t *g = &m->g;
-    if (!a || !lay || a->struct_size < offsetof(epx_dispatch_args_t, flags) +
-                                           sizeof(unsigned))
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
-    const int64_t T = a->x.rows;
-    /* Other bits are ignored, as on host ranks. */
-    const int cached = (a->flags & EPX_DISPATCH_CACHED) != 0;
-    if (cached && m->ll)
-        return ll_refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
-                         "EPX_DISPATCH_CACHED saves the count exchange of "
-                         "throughput mode; low latency has none (dispatch "
-                         "without it)"));
-    if (cached && (*lay < 0 || *lay >= m->nlays || !m->lays[*lay].used))
-        return refuse(m, stream, epx__error(EPX_ERR_INVALID, "dispatch: "
-                                            "EPX_DISPATCH_CACHED needs a "
-                                            "handle of an earlier dispatch "
-                                            "on this engine"));
-    float gs = 0;
-    int layer = 0;
-    if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
-        return m->ll ? ll_refuse(m, stream, st) : refuse(m, stream, st);
-    /* Its layout (throughput), number and buffer, or a refusal with
-     * nothing queued. */
-    int b, li = cached ? *lay : -1;
-    if (!cached && !m->ll && (st = lay_get(m, &li)) != EPX_OK)
-        return st;
-    if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK) {
-        if (!cached)
-            gpu_layout_release(m, li);
-        return st;
-    }
-    *lay = li;
     epxk_call_t *c = &m->call;
-    c->gscale = gs;
-    m->blayer[b] = layer;
-    c->route = (proto_route_t){ 0, NULL, NULL, NULL };
-    if (m->d_route) {
-        const size_t per = (size_t)(2 * m->Elog + 1 + g->E);
-        const int32_t *t = m->d_route + per * (size_t)layer;
-        c->route = (proto_route_t){ m->Elog, m->h_rr[layer] ? NULL : t,
-                                   t + m->Elog, t + 2 * m->Elog + 1 };
-    }
-    if (m->ll)
-        return ll_dispatch_send(m, a, stream, b);
+    const int64_t T = a->x.rows;
+    epx_status_t st;
+    (void)b;
     m->seq++;
     lay_point(m, li);
     if (!cached)
@@ -1704,6 +1244,49 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
     return EPX_OK;
 }
 
+epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
+                               void *stream, int *lay, uint64_t *call)
+{
+    epx_status_t st = usable(m, "cuda dispatch_send");
+    if (st != EPX_OK)
+        return st;
+    const proto_geom_t *g = &m->g;
+    if (!a || !lay || a->struct_size < offsetof(epx_dispatch_args_t, flags) +
+                                           sizeof(unsigned))
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_send: args missing");
+    const int64_t T = a->x.rows;
+    /* Other bits are ignored, as on host ranks. */
+    const int cached = (a->flags & EPX_DISPATCH_CACHED) != 0;
+    if (cached && (st = m->ops->cached(m, *lay)) != EPX_OK)
+        return m->ops->refuse(m, stream, st);
+    float gs = 0;
+    int layer = 0;
+    if ((st = args_check(m, a, &gs, &layer)) != EPX_OK)
+        return m->ops->refuse(m, stream, st);
+    /* Its layout (throughput), number and buffer, or a refusal with
+     * nothing queued. */
+    int b, li = cached ? *lay : -1;
+    if (!cached && (st = m->ops->layout(m, &li)) != EPX_OK)
+        return st;
+    if ((st = gpu_calls_send(&m->calls, T, call, &b)) != EPX_OK) {
+        if (!cached)
+            gpu_layout_release(m, li);
+        return st;
+    }
+    *lay = li;
+    epxk_call_t *c = &m->call;
+    c->gscale = gs;
+    m->blayer[b] = layer;
+    c->route = (proto_route_t){ 0, NULL, NULL, NULL };
+    if (m->d_route) {
+        const size_t per = (size_t)(2 * m->Elog + 1 + g->E);
+        const int32_t *t = m->d_route + per * (size_t)layer;
+        c->route = (proto_route_t){ m->Elog, m->h_rr[layer] ? NULL : t,
+                                   t + m->Elog, t + 2 * m->Elog + 1 };
+    }
+    return m->ops->dispatch_send(m, a, stream, b, li, cached);
+}
+
 /* The fused dispatch's host wait: its sequence word in mapped memory,
  * which the kernel stores once every count row of the call is here,
  * before the rows move.  Bounded: by EPX_TIMEOUT four times over (the
@@ -1793,19 +1376,12 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
     return EPX_OK;
 }
 
-epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
-                               epx_recv_t *recv)
+/* The counts read back (windows: the one host synchronisation), a
+ * cached call's verdict, the receive regions described. */
+static epx_status_t ht_dispatch_recv(gpu_moe_t *m, uint64_t call,
+                                     void *stream, epx_recv_t *recv, int b)
 {
-    epx_status_t st = usable(m, "cuda dispatch_recv");
-    if (st != EPX_OK)
-        return st;
-    if (!recv)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch_recv: recv is NULL");
-    int b;
-    if ((st = gpu_calls_recv(&m->calls, call, &b)) != EPX_OK)
-        return st;
-    if (m->ll)
-        return ll_dispatch_recv(m, stream, recv, b);
+    epx_status_t st;
     if (m->fcall)
         return ht_fused_recv(m, call, stream, recv, b);
     /* The one host synchronisation of the windows backend. */
@@ -1836,6 +1412,20 @@ epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
                           "is filled: complete the call with combine)",
                           m->Elog);
     return EPX_OK;
+}
+
+epx_status_t gpu_dispatch_recv(gpu_moe_t *m, uint64_t call, void *stream,
+                               epx_recv_t *recv)
+{
+    epx_status_t st = usable(m, "cuda dispatch_recv");
+    if (st != EPX_OK)
+        return st;
+    if (!recv)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch_recv: recv is NULL");
+    int b;
+    if ((st = gpu_calls_recv(&m->calls, call, &b)) != EPX_OK)
+        return st;
+    return m->ops->dispatch_recv(m, call, stream, recv, b);
 }
 
 /* What a throughput recv describes: the window's regions, `rows` rows and
@@ -1874,75 +1464,15 @@ static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
     memcpy(recv, &r, n);
 }
 
-/* Low-latency readiness without waiting (src/cuda/README.md, "Readiness
- * in low latency"): what the call's recv kernel published for its buffer
- * (gpu_ll_poll_read).  The fused set queues its receive phase at the
- * call's first poll (on the engine's stream, right after the send phase,
- * as the classic recv kernel runs), so that the units can get ready
- * before epx_dispatch_recv, which then queues none.  A failure found is
- * the call's from then on (gpu_calls_fail). */
-static epx_status_t ll_dispatch_poll(gpu_moe_t *m, uint64_t call,
-                                     epx_recv_t *recv, uint8_t *ready,
-                                     int *num_ready)
-{
-    int b, received;
-    epx_status_t st = gpu_calls_poll(&m->calls, call, &b, &received);
-    if (st != EPX_OK)
-        return st;
-    if (m->ll1 && !m->ll1_recvd[b]) {
-        /* not into a graph being captured: nothing of it would run now */
-        enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-        if ((st = epx__cuda_err(cudaStreamIsCapturing(m->st, &cs),
-                                "cudaStreamIsCapturing")) != EPX_OK)
-            return gpu_moe_fail(m, st);
-        if (cs == cudaStreamCaptureStatusNone) {
-            ll_point(m, b);
-            if ((st = gpu_moe_launch(m, EPXK_LL1_DISPATCH_RECV)) != EPX_OK)
-                return gpu_moe_fail(m, st);
-            m->ll1_recvd[b] = 1;
-        }
-    }
-    int64_t *counts = m->h_llpoll + (size_t)b * (size_t)m->L;
-    int32_t bad = 0;
-    int n = gpu_ll_poll_read(m->h_llpub + (size_t)b *
-                                              (size_t)EPXK_LLPUB_LEN(m->L),
-                             m->L, call + 1, ready, counts, &bad);
-    if (bad) {
-        gpu_calls_fail(&m->calls, call, (epx_status_t)bad);
-        return epx__error((epx_status_t)bad, "dispatch_poll: the call failed "
-                          "on the device (%s: %s); release its handle",
-                          epx_status_str((epx_status_t)bad),
-                          bad == EPX_ERR_RANGE
-                              ? "a rank routed more tokens to one expert than "
-                                "ll_capacity, without EPX_MOE_LL_DROP"
-                              : bad == EPX_ERR_PEER
-                              ? "another rank's arguments, routing or wait "
-                                "failed"
-                              : "this rank's own routing failed");
-    }
-    ll_describe(m, b, counts, recv);   /* counts: host memory, the ready
-                                          units' */
-    *num_ready = n;
-    return EPX_OK;
-}
-
 /* Throughput readiness without waiting (include/epx.h; src/cuda/README.md,
  * "Readiness"): what the recv kernel has published in host-mapped memory
  * for this call (gpu_poll_read), or, after dispatch_recv, everything. */
-epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
-                               uint8_t *ready, int *num_ready)
+static epx_status_t ht_dispatch_poll(gpu_moe_t *m, uint64_t call, int b,
+                                     int received, epx_recv_t *recv,
+                                     uint8_t *ready, int *num_ready)
 {
-    epx_status_t st = usable(m, "cuda dispatch_poll");
-    if (st != EPX_OK)
-        return st;
-    if (!recv || !num_ready || (!ready && m->L > 0))
-        return epx__error(EPX_ERR_INVALID, "dispatch_poll: recv, ready or "
-                          "num_ready NULL");
-    if (m->ll)
-        return ll_dispatch_poll(m, call, recv, ready, num_ready);
-    int b, received;
-    if ((st = gpu_calls_poll(&m->calls, call, &b, &received)) != EPX_OK)
-        return st;
+    epx_status_t st;
+    (void)call;
     int64_t rows = m->rows;
     int n = m->L;
     if (received) {
@@ -1960,6 +1490,23 @@ epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
     return EPX_OK;
 }
 
+/* Readiness without waiting (include/epx.h), by mode. */
+epx_status_t gpu_dispatch_poll(gpu_moe_t *m, uint64_t call, epx_recv_t *recv,
+                               uint8_t *ready, int *num_ready)
+{
+    epx_status_t st = usable(m, "cuda dispatch_poll");
+    if (st != EPX_OK)
+        return st;
+    if (!recv || !num_ready || (!ready && m->L > 0))
+        return epx__error(EPX_ERR_INVALID, "dispatch_poll: recv, ready or "
+                          "num_ready NULL");
+    int b, received;
+    if ((st = gpu_calls_poll(&m->calls, call, &b, &received)) != EPX_OK)
+        return st;
+    return m->ops->dispatch_poll(m, call, b, received, recv, ready,
+                                 num_ready);
+}
+
 /* ------------------------------------------------------------- combine */
 
 /* The fused set's combine (kern_comb.cu), throughput mode over windows:
@@ -1968,7 +1515,7 @@ static int comb_fused(const gpu_moe_t *m)
 {
     /* FP64 engines combine with the classic kernels (the pull sums in
      * fp32); every rank has the engine's dtype, so all ranks agree. */
-    return m->kset == EPXK_SET_FUSED && !m->ll && m->call.windows &&
+    return m->kset == EPXK_SET_FUSED && m->call.windows &&
            m->g.esize != 8 && !m->hier;
 }
 
@@ -2006,6 +1553,31 @@ static epx_status_t comb_fence(gpu_moe_t *m)
     return comb_launch(m, EPXK_COMB_FENCE);
 }
 
+/* The partials back: the fused pull, hierarchical, the put over
+ * windows, or NCCL's exchange. */
+static epx_status_t ht_combine_send(gpu_moe_t *m, const epx_combine_args_t *a,
+                                    int b)
+{
+    epx_status_t st;
+    (void)b;
+    if (comb_fused(m))
+        st = comb_fused_send(m, a);
+    else if (m->hier)
+        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
+                                   m->st);
+    else if (m->call.windows)
+        st = gpu_moe_launch(m, EPXK_COMB_PUT);
+    else if (!m->g.em)
+        st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
+                               m->sendoff, m->nrecv, m->rbase, m->st);
+    /* Expert-major over NCCL: each entry's partial into rstage, in entry
+     * order, so each source's partials go back as one range. */
+    else if ((st = gpu_moe_launch(m, EPXK_NCCL_EM_PARTIAL)) == EPX_OK)
+        st = epx__nccl_combine(m->nccl, &m->g, m->rstage, m->local, m->nsend,
+                               m->sendoff, m->nrecv, m->rbase, m->st);
+    return st;
+}
+
 epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
                               const epx_combine_args_t *a, void *stream)
 {
@@ -2029,10 +1601,8 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
      * into the buffers, whose partials peers are storing). */
     const uintptr_t yb = (uintptr_t)a->y.data, lb = (uintptr_t)m->local;
     const uintptr_t ye = yb + (uintptr_t)(m->rows * m->g.row_bytes);
-    const uintptr_t rb = lb + (uintptr_t)(m->ll ? m->llg.off_bufs
-                                                : m->g.off_rows);
-    const uintptr_t re = lb + (uintptr_t)(m->ll ? m->llg.total
-                                                : m->g.off_comb);
+    const uintptr_t rb = lb + (uintptr_t)m->rx_lo;
+    const uintptr_t re = lb + (uintptr_t)m->rx_hi;
     if (m->g.qblock && m->rows > 0 && yb < re && ye > rb)
         return epx__error(EPX_ERR_INVALID, "cuda combine_send: with a "
                           "quantized wire y may not lie in the engine's "
@@ -2046,35 +1616,24 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     if ((st = gpu_calls_combine_send(&m->calls, call, &b, &m->comb_T)) !=
         EPX_OK)
         return st;
-    if (m->ll)
-        ll_point(m, b);
     m->call.T = m->comb_T;
     m->call.y = a->y.data;
     m->call.unweighted = (a->flags & EPX_COMBINE_UNWEIGHTED) != 0;
-    if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK)
-        return gpu_moe_fail(m, st);
-    if (m->ll && !m->call.windows)
-        st = lln_combine(m, 0);
-    else if (m->ll)
-        st = gpu_moe_launch(m, m->ll1 ? EPXK_LL1_COMB_SEND : EPXK_LL_COMB_PUT);
-    else if (comb_fused(m))
-        st = comb_fused_send(m, a);
-    else if (m->hier)
-        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
-                                   m->st);
-    else if (m->call.windows)
-        st = gpu_moe_launch(m, EPXK_COMB_PUT);
-    else if (!m->g.em)
-        st = epx__nccl_combine(m->nccl, &m->g, a->y.data, m->local, m->nsend,
-                               m->sendoff, m->nrecv, m->rbase, m->st);
-    /* Expert-major over NCCL: each entry's partial into rstage, in entry
-     * order, so each source's partials go back as one range. */
-    else if ((st = gpu_moe_launch(m, EPXK_NCCL_EM_PARTIAL)) == EPX_OK)
-        st = epx__nccl_combine(m->nccl, &m->g, m->rstage, m->local, m->nsend,
-                               m->sendoff, m->nrecv, m->rbase, m->st);
-    if (st != EPX_OK)
+    if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
+        (st = m->ops->combine_send(m, a, b)) != EPX_OK)
         return gpu_moe_fail(m, st);
     return EPX_OK;
+}
+
+/* The partials summed into out: the fused pull, hierarchical, or the
+ * classic reduce. */
+static epx_status_t ht_combine_recv(gpu_moe_t *m, int b)
+{
+    (void)b;
+    return comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
+           : m->hier ? gpu_hier_combine_recv(m->hier, &m->g, &m->call,
+                                             m->num_sms, m->st)
+           : gpu_moe_launch(m, EPXK_COMB_REDUCE);
 }
 
 epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
@@ -2100,36 +1659,22 @@ epx_status_t gpu_combine_recv(gpu_moe_t *m, uint64_t call, epx_tensor_t *out,
                               : "BF16 or FP32 (FP64 only of an FP64 engine)");
     int b;
     gpu_calls_combine_recv(&m->calls, call, &b);   /* checked above */
-    if (m->ll)
-        ll_point(m, b);
     m->call.T = m->comb_T;
     m->call.out = out->data;
     m->call.out_esize = out->dtype == EPX_DTYPE_BF16 ? 2
                         : out->dtype == EPX_DTYPE_FP64 ? 8 : 4;
     if ((st = gpu_moe_stream_in(m, stream)) != EPX_OK ||
-        (st = comb_fused(m) ? comb_launch(m, EPXK_COMB_PULL)
-              : m->hier ? gpu_hier_combine_recv(m->hier, &m->g, &m->call,
-                                                m->num_sms, m->st)
-              : gpu_moe_launch(m, !m->ll ? EPXK_COMB_REDUCE
-                          : m->ll1 ? EPXK_LL1_COMB_RECV : EPXK_LL_COMB_REDUCE)) !=
-            EPX_OK ||
+        (st = m->ops->combine_recv(m, b)) != EPX_OK ||
         (st = gpu_moe_stream_out(m, stream)) != EPX_OK)
         return gpu_moe_fail(m, st);
     return EPX_OK;
 }
 
-/* Low latency: a call released before its combine is abandoned on the
- * device (its comb flags marked, so no peer waits), one released between
- * its combine's send and recv still gets its reduce (into scratch), which
- * advances the buffer's use.  Throughput mode: nothing to do. */
-void gpu_call_release(gpu_moe_t *m, uint64_t call)
+/* Throughput: a fused combine sent but never received gets no pull, so
+ * its pulled word goes out alone (kern_comb.cu); otherwise nothing to do. */
+static void ht_release(gpu_moe_t *m, uint64_t call)
 {
-    if (!m || m->broken)
-        return;
     int b;
-    int64_t T = m->comb_T;
-    /* Fused throughput combine sent but never received: no pull, so its
-     * pulled word goes out alone (kern_comb.cu). */
     if (comb_fused(m) && m->calls.combining >= 0 &&
         m->calls.slot[m->calls.combining].n == call) {
         gpu_calls_release(&m->calls, call, &b);
@@ -2138,64 +1683,121 @@ void gpu_call_release(gpu_moe_t *m, uint64_t call)
             gpu_moe_fail(m, st);
         return;
     }
-    int what = gpu_calls_release(&m->calls, call, &b);
-    if (what == GPU_NOTHING || gpu_moe_set_device(m) != EPX_OK)
-        return;
-    ll_point(m, b);
-    epx_status_t st;
-    if (what == GPU_ABANDON) {
-        st = m->call.windows ? gpu_moe_launch(m, EPXK_LL_ABANDON) : lln_combine(m, 1);
-    } else {
-        m->call.T = T;
-        m->call.out = m->d_scratch;
-        m->call.out_esize = m->g.esize == 8 ? 8 : 4;
-        st = gpu_moe_launch(m, EPXK_LL_COMB_REDUCE);
-    }
-    if (st != EPX_OK)
-        gpu_moe_fail(m, st);
+    gpu_calls_release(&m->calls, call, &b);   /* GPU_NOTHING */
 }
 
-_Static_assert(EPXK_LL_STATS_RING == GPU_LL_STATS_CALLS,
-               "the statistics ring as gpu.h describes it");
+/* The call out of flight, and what its mode does on the device then. */
+void gpu_call_release(gpu_moe_t *m, uint64_t call)
+{
+    if (!m || m->broken)
+        return;
+    m->ops->release(m, call);
+}
 
-/* The ring is read whole after the counter: a call captured in a graph
- * may be replaying on another stream meanwhile, so the counter is read
- * again after the ring, and a call whose entry a later one may be
- * overwriting (in flight: the second count + 1) counts as lost. */
+/* Low latency's statistics from the device's ring (ll.c). */
 epx_status_t gpu_moe_ll_stats(gpu_moe_t *m, gpu_stats_fn each, void *ctx,
                               int64_t *lost)
 {
     *lost = 0;
-    if (!m || !m->ll)
+    if (!m || !m->ops->stats)
         return EPX_OK;
     epx_status_t st = usable(m, "cuda statistics");
     if (st != EPX_OK)
         return st;
-    const size_t per = (size_t)(1 + m->Elog + m->g.E);
-    const int64_t NR = EPXK_LL_STATS_RING;
-    int64_t n0 = 0, n1 = 0;
-    /* Synchronise before each copy into pageable memory (ll_check). */
-    if ((st = gpu_moe_sync(m)) == EPX_OK &&
-        (st = gpu_moe_read(m, &n0, m->d_llnstat, sizeof(n0))) == EPX_OK &&
-        (st = gpu_moe_sync(m)) == EPX_OK && n0 > m->ll_seen &&
-        (st = gpu_moe_read(m, m->h_llring, m->d_llring,
-                      sizeof(int32_t) * per * EPXK_LL_STATS_RING)) == EPX_OK)
-        st = gpu_moe_read(m, &n1, m->d_llnstat, sizeof(n1));
-    if (st == EPX_OK)
-        st = gpu_moe_sync(m);
-    if (st != EPX_OK)
-        return gpu_moe_fail(m, st);
-    if (n0 <= m->ll_seen)
-        return EPX_OK;
-    int64_t from = n1 + 1 - NR > m->ll_seen ? n1 + 1 - NR : m->ll_seen;
-    if (from > n0)
-        from = n0;
-    *lost = from - m->ll_seen;
-    for (int64_t n = from; n < n0; n++) {
-        const int32_t *e = m->h_llring + (size_t)(n % NR) * per;
-        if (e[0] >= 0 && e[0] < m->layers)
-            each(ctx, e[0], e + 1, e + 1 + m->Elog);
+    return m->ops->stats(m, each, ctx, lost);
+}
+
+/* ---------------------------------------------------------- throughput */
+
+static void ht_init(gpu_moe_t *m)
+{
+    gpu_calls_init(&m->calls, 0, 1);
+    m->wbytes = m->sbytes = m->g.total;
+    m->rx_lo = m->g.off_rows;
+    m->rx_hi = m->g.off_comb;
+}
+
+/* Expert-major over NCCL: the receiver's map and its staging.  Poll's
+ * words, zero (no call's), and a layout. */
+static epx_status_t ht_setup(gpu_moe_t *m, const int32_t *first)
+{
+    const proto_geom_t *g = &m->g;
+    epx_status_t st;
+    (void)first;
+    if (g->em && m->backend == EPX_GPU_BACKEND_NCCL) {
+        if ((st = gpu_moe_dev_alloc((void **)&m->d_emmap,
+                                    sizeof(int64_t) *
+                                        (size_t)proto_em_map_len(g, m->L))) !=
+            EPX_OK)
+            return st;
+        /* the rows as received, and later the partials, one per entry */
+        size_t n = (size_t)g->total;
+        if ((size_t)(g->ents * g->row_bytes) > n)
+            n = (size_t)(g->ents * g->row_bytes);
+        if ((st = gpu_moe_dev_alloc((void **)&m->rstage, n)) != EPX_OK)
+            return st;
     }
-    m->ll_seen = n0;
+    const size_t pub = sizeof(int64_t) * (size_t)(EPXK_PUB_FUSED(m->L) +
+                                                  EPXK_PUBF_ECNT + g->E);
+    st = epx__cuda_err(cudaHostAlloc((void **)&m->h_pub, pub,
+                                     cudaHostAllocMapped |
+                                         cudaHostAllocPortable),
+                       "cudaHostAlloc");
+    if (st == EPX_OK) {
+        memset(m->h_pub, 0, pub);
+        st = epx__cuda_err(cudaHostGetDevicePointer((void **)&m->d_pub,
+                                                    m->h_pub, 0),
+                           "cudaHostGetDevicePointer");
+    }
+    int lay0;
+    if (st == EPX_OK && (st = lay_get(m, &lay0)) == EPX_OK)
+        m->lays[lay0].used = 0;
+    return st;
+}
+
+/* The fused dispatch's grid barriers need every block of the ranks
+ * sharing this device resident at once (peers spin meanwhile): classic
+ * kernels where the occupancy says they may not be. */
+static void ht_budget(gpu_moe_t *m, int sms, int ranks)
+{
+    m->ht_fits = m->kset == EPXK_SET_FUSED &&
+                 epxk_ht_fits(&m->g, m->num_sms * ranks, sms);
+    if (m->kset == EPXK_SET_FUSED && !m->ht_fits)
+        EPX_LOG(EPX_LOG_WARN, "cuda", m->comm->rank, "EPX_CUDA_KERNELS=fused: "
+                "%d blocks of the fused dispatch may not all be resident on "
+                "%d SMs; the classic dispatch kernels run", m->num_sms * ranks,
+                sms);
+}
+
+static epx_status_t ht_cached(const gpu_moe_t *m, int lay)
+{
+    if (lay < 0 || lay >= m->nlays || !m->lays[lay].used)
+        return epx__error(EPX_ERR_INVALID, "dispatch: EPX_DISPATCH_CACHED "
+                          "needs a handle of an earlier dispatch on this "
+                          "engine");
     return EPX_OK;
 }
+
+/* The layout's per-expert counts of the call received (gpu_dispatch_ecount). */
+static const int32_t *ht_ecount(const gpu_moe_t *m)
+{
+    return m->calls.slot[0].state == GPU_CALL_RECEIVED ? m->h_ecnt : NULL;
+}
+
+const gpu_mode_ops_t gpu_ht_ops = {
+    .init = ht_init,
+    .setup = ht_setup,
+    .budget = ht_budget,
+    .cached = ht_cached,
+    .layout = lay_get,
+    .dispatch_send = ht_dispatch_send,
+    .dispatch_recv = ht_dispatch_recv,
+    .dispatch_poll = ht_dispatch_poll,
+    .refuse = ht_refuse,
+    .combine_send = ht_combine_send,
+    .combine_recv = ht_combine_recv,
+    .release = ht_release,
+    .check = ht_check,
+    .ecount = ht_ecount,
+    .stats = NULL,   /* read back with each dispatch */
+};

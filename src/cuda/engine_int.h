@@ -214,8 +214,14 @@ static inline epx_status_t gpu_moe_read(gpu_moe_t *m, void *dst,
                          "cudaMemcpyAsync");
 }
 
-/* cudaMalloc of at least one byte. */
+/* cudaMalloc of at least one byte; GPU_DEV_ALLOC returns the failure
+ * (st in scope). */
 epx_status_t gpu_moe_dev_alloc(void **ptr, size_t bytes);
+#define GPU_DEV_ALLOC(ptr, n)                                                  \
+    do {                                                                       \
+        if ((st = gpu_moe_dev_alloc((void **)&(ptr), (n))) != EPX_OK)          \
+            return st;                                                         \
+    } while (0)
 /* recv.local_experts of buffer b's call: the expert of each local unit
  * (with slots, by the call's layer's placement). */
 const int32_t *gpu_moe_local_experts(gpu_moe_t *m, int b);
