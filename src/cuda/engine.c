@@ -800,6 +800,12 @@ epx_status_t gpu_moe_fail(gpu_moe_t *m, epx_status_t st)
     return st;
 }
 
+epx_status_t gpu_moe_timeout(gpu_moe_t *m, const char *who)
+{
+    return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "%s: a peer did not "
+                                      "signal within the timeout", who));
+}
+
 epx_status_t gpu_moe_check(gpu_moe_t *m, int64_t *dropped)
 {
     epx_status_t st = usable(m, "cuda check");

@@ -225,6 +225,9 @@ epx_status_t gpu_moe_dev_alloc(void **ptr, size_t bytes);
 /* recv.local_experts of buffer b's call: the expert of each local unit
  * (with slots, by the call's layer's placement). */
 const int32_t *gpu_moe_local_experts(gpu_moe_t *m, int b);
+/* A device wait that timed out (the kernels' error word): the engine is
+ * unusable; who: the message's prefix. */
+epx_status_t gpu_moe_timeout(gpu_moe_t *m, const char *who);
 /* Elastic engines: the call's lost mask and its demand for lost experts
  * (kern_lost.cu), first on the engine's stream; ecnt: also into h_ecnt
  * after the units (throughput mode's statistics). */

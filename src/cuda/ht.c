@@ -484,6 +484,24 @@ static void ht_describe(gpu_moe_t *m, int b, int64_t rows, epx_recv_t *recv)
     memcpy(recv, &r, n);
 }
 
+/* The end of a throughput recv, its rows and counts known: the caller's
+ * stream after the engine's work, the regions described, and ids outside
+ * [-1, E) reported (bad). */
+static epx_status_t ht_recv_end(gpu_moe_t *m, void *stream, epx_recv_t *recv,
+                                int b, int bad)
+{
+    epx_status_t st = gpu_moe_stream_out(m, stream);
+    if (st != EPX_OK)
+        return gpu_moe_fail(m, st);
+    ht_describe(m, b, m->rows, recv);
+    if (bad)
+        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
+                          "outside [-1, %d); they were treated as -1 (recv "
+                          "is filled: complete the call with combine)",
+                          m->Elog);
+    return EPX_OK;
+}
+
 /* The fused dispatch's host wait: its sequence word in mapped memory,
  * which the kernel stores once every count row of the call is here,
  * before the rows move.  Bounded: by EPX_TIMEOUT four times over (the
@@ -550,9 +568,7 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
         (st = gpu_moe_sync(m)) != EPX_OK)
         return gpu_moe_fail(m, st);
     if (pf[EPXK_PUBF_ERROR] || m->h_info[EPXK_INFO_ERROR])
-        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: "
-                                          "a peer did not signal within the "
-                                          "timeout"));
+        return gpu_moe_timeout(m, "cuda dispatch");
     int bad = pf[EPXK_PUBF_BAD_IDS] != 0;
     if ((st = ht_agreed(m, 0, pub[EPXK_PUB_AGREE])) != EPX_OK) {
         gpu_calls_release(&m->calls, call, &b);
@@ -563,15 +579,7 @@ static epx_status_t ht_fused_recv(gpu_moe_t *m, uint64_t call, void *stream,
         m->h_counts[j] = pub[EPXK_PUB_COUNTS + j];
     for (int e = 0; e < m->g.E; e++)
         m->h_ecnt[e] = (int32_t)pf[EPXK_PUBF_ECNT + e];
-    if ((st = gpu_moe_stream_out(m, stream)) != EPX_OK)
-        return gpu_moe_fail(m, st);
-    ht_describe(m, b, m->rows, recv);
-    if (bad)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
-                          "outside [-1, %d); they were treated as -1 (recv "
-                          "is filled: complete the call with combine)",
-                          m->Elog);
-    return EPX_OK;
+    return ht_recv_end(m, stream, recv, b, bad);
 }
 
 /* The counts read back (windows: the one host synchronisation), a
@@ -588,9 +596,7 @@ static epx_status_t ht_dispatch_recv(gpu_moe_t *m, uint64_t call,
     if (st != EPX_OK)
         return gpu_moe_fail(m, st);
     if (m->h_info[EPXK_INFO_ERROR])
-        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda dispatch: "
-                                          "a peer did not signal within the "
-                                          "timeout"));
+        return gpu_moe_timeout(m, "cuda dispatch");
     int bad = m->h_info[EPXK_INFO_BAD_IDS] != 0;   /* cleared by each send */
     /* A cached call the ranks did not agree on moved nothing: it ends
      * here (its combine is refused), the engine stays usable. */
@@ -602,15 +608,7 @@ static epx_status_t ht_dispatch_recv(gpu_moe_t *m, uint64_t call,
     m->rows = m->h_info[EPXK_INFO_ROWS];
     for (int j = 0; j < 2 * m->L; j++)
         m->h_counts[j] = m->h_info[EPXK_INFO_COUNTS + j];
-    if ((st = gpu_moe_stream_out(m, stream)) != EPX_OK)
-        return gpu_moe_fail(m, st);
-    ht_describe(m, b, m->rows, recv);
-    if (bad)
-        return epx__error(EPX_ERR_INVALID, "cuda dispatch: topk_idx held ids "
-                          "outside [-1, %d); they were treated as -1 (recv "
-                          "is filled: complete the call with combine)",
-                          m->Elog);
-    return EPX_OK;
+    return ht_recv_end(m, stream, recv, b, bad);
 }
 
 /* Throughput readiness without waiting (include/epx.h; src/cuda/README.md,
@@ -753,8 +751,7 @@ static epx_status_t ht_check(gpu_moe_t *m, int64_t *dropped)
     if (st != EPX_OK)
         return gpu_moe_fail(m, st);
     if (err)
-        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda: a peer did "
-                                          "not signal within the timeout"));
+        return gpu_moe_timeout(m, "cuda");
     if (dropped)
         *dropped = 0;
     return EPX_OK;

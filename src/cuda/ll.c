@@ -504,9 +504,7 @@ static epx_status_t ll_check(gpu_moe_t *m, int64_t *dropped)
     if (st != EPX_OK)
         return gpu_moe_fail(m, st);
     if (err)
-        return gpu_moe_fail(m, epx__error(EPX_ERR_TIMEOUT, "cuda low latency: "
-                                          "a peer did not signal within the "
-                                          "timeout"));
+        return gpu_moe_timeout(m, "cuda low latency");
     if (dropped)
         *dropped = state[EPXK_LL_DROPPED];
     if (state[EPXK_LL_ERR] != 0) {
