@@ -203,12 +203,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
                           "implemented on the GPU in throughput mode",
                           p->flags);
-    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
-        (p->flags & EPX_MOE_HIERARCHICAL) &&
-        c->backend != EPX_GPU_BACKEND_WINDOWS)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
-                          "EPX_MOE_HIERARCHICAL is implemented for the "
-                          "windows backend only, not NCCL");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
@@ -859,7 +853,9 @@ gate:
         }
     } else {
         /* low latency: the buffers, and the blocks to each peer */
-        const size_t wbytes = (size_t)(m->ll ? m->llg.total : g->total);
+        const size_t wbytes = m->ll ? (size_t)m->llg.total
+                              : m->hier ? gpu_hier_total(m->hier)
+                                        : (size_t)g->total;
         size_t sbytes = (size_t)g->total;
         if (m->ll && (size_t)lln_stage_bytes(m) > sbytes)
             sbytes = (size_t)lln_stage_bytes(m);
@@ -876,6 +872,8 @@ gate:
                                             &m->nccl);
         if (st == EPX_OK)
             st = nst;
+        if (st == EPX_OK && m->hier)   /* its stagings (hier.c) */
+            st = gpu_hier_nccl(m->hier, m->nccl, g, m->st);
         peers[me] = m->local;
         snprintf(m->name, sizeof(m->name), "%s",
                  m->nccl && epx__nccl_adopted(m->nccl) ? "nccl:adopted"
@@ -1802,12 +1800,19 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                 c->idx = c->lay_ids;
                 c->idx64 = 0;
             }
-        } else if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
+        } else if ((st = launch(m, EPXK_LAYOUT)) == EPX_OK && g->em &&
+                   !m->hier) {
             st = launch(m, EPXK_NCCL_EM_BASE);
         }
-        if (st == EPX_OK && (st = launch(m, EPXK_PACK)) == EPX_OK)
+        /* hierarchical: its records and count blocks after the heads, as
+         * a refused call's pack (hier.c) */
+        if (st == EPX_OK && !m->hier)
+            st = launch(m, EPXK_PACK);
+        if (st == EPX_OK)
             st = nccl_heads(m);
-        if (st == EPX_OK && g->em)
+        if (st == EPX_OK && m->hier)
+            st = pack(m);
+        if (st == EPX_OK && g->em && !m->hier)
             st = launch(m, EPXK_NCCL_EM_MAP);
         /* The one host synchronisation: the verdict on the call and the
          * sizes of the receives. */
@@ -1834,7 +1839,10 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
         /* Rows move only where the ranks agreed (all alike: nothing is
          * sent, nothing awaited); the recv kernel then reports none. */
         const int agreed = st == EPX_OK && m->h_info[EPXK_INFO_AGREE] == 0;
-        if (agreed) {
+        if (agreed && m->hier) {
+            st = gpu_hier_nccl_recv(m->hier, g, c, m->local, m->h_cnt,
+                                    m->num_sms, m->st);
+        } else if (agreed) {
             nccl_sizes(m);
             st = g->em
                 ? epx__nccl_dispatch_em(m->nccl, g, m->stage, m->rstage,
@@ -1842,7 +1850,7 @@ epx_status_t gpu_dispatch_send(gpu_moe_t *m, const epx_dispatch_args_t *a,
                 : epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
                                      m->sendoff, m->nrecv, m->rbase, m->st);
         }
-        if (st == EPX_OK && agreed && g->em)
+        if (st == EPX_OK && agreed && g->em && !m->hier)
             st = launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
             st = launch(m, EPXK_RECV);
@@ -2226,8 +2234,8 @@ epx_status_t gpu_combine_send(gpu_moe_t *m, uint64_t call,
     else if (comb_fused(m))
         st = comb_fused_send(m, a);
     else if (m->hier)
-        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
-                                   m->st);
+        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->local,
+                                   m->num_sms, m->st);
     else if (m->call.windows)
         st = launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)
