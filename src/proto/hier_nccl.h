@@ -8,9 +8,9 @@
  *
  * Dispatch, hop 1: source s sends the gateway of each remote destination
  * domain D its records of the tokens staged there (proto_hier_stage_dom),
- * in token order: proto_hier_msg_stage_counts of them, which the gateway
- * learns from a count exchange (the count matrix does not say it: a token
- * to two members of D is one record).
+ * in any order: proto_hier_msg_stage_counts of them, which the gateway
+ * learns from the count blocks below (the count matrix does not say it:
+ * a token to two members of D is one record).
  *
  * Dispatch, hop 2: gateway G sends each member m of its domain (itself
  * included) one message of segments, one per source domain b ascending:
