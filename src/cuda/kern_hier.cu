@@ -275,13 +275,36 @@ __device__ static void hier_forward(const proto_geom_t &g,
     }
 }
 
+/* Token t's record (header, row in the wire format, quantized once) into
+ * this rank's staging slot of it, by a warp; visible to the warp after. */
+__device__ static char *hier_rec_make(const proto_geom_t &g,
+                                      const epxk_call_t &c,
+                                      const epxk_hier_t &h,
+                                      const proto_ids_t &ids, int64_t t,
+                                      int lane)
+{
+    char *rec = c.peers[g.rank] + h.w.stage +
+                ((int64_t)h.x.dom * g.maxT + t) * h.rec_bytes;
+    const hier_parts_t p = hier_rec_parts(g, h, rec);
+    if (lane == 0)
+        proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
+                            g.em ? c.epos : NULL, t, (int32_t *)rec);
+    const char *x = (const char *)c.x + t * g.row_bytes;
+    if (g.qblock)
+        hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
+    else
+        hier_copy(p.q, x, g.row_bytes, lane);
+    __threadfence();
+    __syncwarp();
+    return rec;
+}
+
 __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
                                        epxk_hier_t h)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int L = h.x.L, dom = h.x.dom;
-    char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     const int64_t wrow = g.xrow_bytes + g.scale_bytes + g.gscale_bytes;
@@ -292,19 +315,7 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             const int32_t *dst = c.dest + t * g.maxdest;
             if (dst[0] < 0)
                 continue;
-            char *rec = mine + h.w.stage +
-                        ((int64_t)dom * g.maxT + t) * h.rec_bytes;
-            const hier_parts_t p = hier_rec_parts(g, h, rec);
-            if (lane == 0)
-                proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
-                                    g.em ? c.epos : NULL, t, (int32_t *)rec);
-            const char *x = (const char *)c.x + t * g.row_bytes;
-            if (g.qblock)
-                hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
-            else
-                hier_copy(p.q, x, g.row_bytes, lane);
-            __threadfence();
-            __syncwarp();
+            char *rec = hier_rec_make(g, c, h, ids, t, lane);
             for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, dom);
                 cross += (unsigned long long)proto_hier_cross_stage(dst, j, L,
@@ -423,12 +434,60 @@ __global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
                                       h.x.li), (int32_t)c.seq);
 }
 
+/* Record k of source domain b here (proto/hier.h): its token into *t,
+ * the part slots of its terms in this domain into slot, its chain's
+ * *j0 and *next (proto_hier_chain); the number of terms (0: not on the
+ * chain here). */
+__device__ static int hier_chain_terms(const proto_geom_t &g,
+                                       const epxk_call_t &c,
+                                       const epxk_hier_t &h,
+                                       const int32_t *cnt, int b, int64_t k,
+                                       int64_t *slot, int64_t *t, int *j0,
+                                       int *next)
+{
+    const int K = g.K;
+    const int src = proto_hier_gateway(&h.x, g.rank, b);
+    const int32_t *r = (const int32_t *)(c.peers[g.rank] + h.w.stage +
+                                         ((int64_t)b * g.maxT + k) *
+                                             h.rec_bytes);
+    int32_t dst[EPX_MAX_TOPK];
+    const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
+    *t = r[0];
+    const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL, dst,
+                                    NULL);
+    const int here = proto_hier_chain(dst, nd, h.x.L, h.x.dom, j0, next);
+    for (int j = 0; j < here; j++)
+        slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src, dst[*j0 + j],
+                                  proto_hier_rec_dpos(r, K, c.e2r,
+                                                      dst[*j0 + j]));
+    return here;
+}
+
+/* A warp's stretch of a sum (proto/hier.h proto_hier_acc_elem: 0 + the
+ * first term where the sum starts, else the accumulator `in` so far + it)
+ * into out, accumulators of acc bytes (FP64 engines: double). */
+__device__ static void hier_chain_sum(const proto_geom_t &g, const char *part,
+                                      const int64_t *slot, int here, int j0,
+                                      int64_t acc, const char *in, char *out,
+                                      int lane)
+{
+    for (int64_t e = lane; e < g.H; e += WARP)
+        if (acc == 8)
+            ((double *)out)[e] = proto_hier_acc_elem_f64(
+                &g, part, slot, here, j0 == 0,
+                j0 == 0 ? 0.0 : ((const double *)in)[e], e);
+        else
+            ((float *)out)[e] = proto_hier_acc_elem(
+                &g, part, slot, here, j0 == 0,
+                j0 == 0 ? 0.0f : ((const float *)in)[e], e);
+}
+
 __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                                        epxk_hier_t h)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
-    const int K = g.K, L = h.x.L, ND = h.x.ND, dom = h.x.dom;
+    const int L = h.x.L, ND = h.x.ND, dom = h.x.dom;
     char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     for (int i = threadIdx.x; i < L + dom; i += blockDim.x)
@@ -438,7 +497,6 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                       (int32_t)c.seq, c.timeout_ns, c.info);
     __syncthreads();
     const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
-    int32_t dst[EPX_MAX_TOPK];
     int64_t slot[EPX_MAX_TOPK];
     unsigned long long cross = 0;   /* this warp's bytes across domains */
     for (int b = 0; go && b < ND; b++) {
@@ -449,22 +507,12 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
              k < n; k += warps) {
             if (b == dom && c.dest[k * g.maxdest] < 0)
                 continue;   /* a token of ours that went nowhere */
-            const int32_t *r = (const int32_t *)(mine + h.w.stage +
-                                                 ((int64_t)b * g.maxT + k) *
-                                                     h.rec_bytes);
-            const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
-            const int64_t t = r[0];
-            const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL,
-                                            dst, NULL);
+            int64_t t;
             int j0, next;
-            const int here = proto_hier_chain(dst, nd, L, dom, &j0, &next);
+            const int here = hier_chain_terms(g, c, h, cnt, b, k, slot, &t,
+                                              &j0, &next);
             if (here == 0)
                 continue;
-            for (int j = 0; j < here; j++)
-                slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src,
-                                          dst[j0 + j],
-                                          proto_hier_rec_dpos(r, K, c.e2r,
-                                                              dst[j0 + j]));
             /* accumulators of acc_size bytes (FP64 engines: double) */
             const int64_t acc = proto_hier_acc_size(g.esize);
             const char *in = mine + h.w.chain +
@@ -478,15 +526,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                 &h.x, next, src, g.H * acc);
             /* proto.h's row sums (proto/hier.h): 0 + the first term where
              * the sum starts, else the accumulator so far + it */
-            for (int64_t e = lane; e < g.H; e += WARP)
-                if (acc == 8)
-                    ((double *)out)[e] = proto_hier_acc_elem_f64(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0 : ((const double *)in)[e], e);
-                else
-                    ((float *)out)[e] = proto_hier_acc_elem(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0f : ((const float *)in)[e], e);
+            hier_chain_sum(g, part, slot, here, j0, acc, in, out, lane);
         }
     }
     if (lane == 0 && cross)
@@ -547,7 +587,6 @@ __global__ void epxk_hiern_stage_kernel(proto_geom_t g, epxk_call_t c,
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int L = h.x.L, dom = h.x.dom;
-    char *mine = c.peers[g.rank];
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     if (c.info[EPXK_INFO_ERROR] == 0)
         for (int64_t t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
@@ -555,19 +594,7 @@ __global__ void epxk_hiern_stage_kernel(proto_geom_t g, epxk_call_t c,
             const int32_t *dst = c.dest + t * g.maxdest;
             if (dst[0] < 0)
                 continue;
-            char *rec = mine + h.w.stage +
-                        ((int64_t)dom * g.maxT + t) * h.rec_bytes;
-            const hier_parts_t p = hier_rec_parts(g, h, rec);
-            if (lane == 0)
-                proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
-                                    g.em ? c.epos : NULL, t, (int32_t *)rec);
-            const char *x = (const char *)c.x + t * g.row_bytes;
-            if (g.qblock)
-                hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
-            else
-                hier_copy(p.q, x, g.row_bytes, lane);
-            __threadfence();
-            __syncwarp();
+            char *rec = hier_rec_make(g, c, h, ids, t, lane);
             int nd = 0;
             while (nd < g.maxdest && dst[nd] >= 0)
                 nd++;
@@ -678,14 +705,13 @@ __global__ void epxk_hiern_chain_kernel(proto_geom_t g, epxk_call_t c,
     extern __shared__ int64_t hiern_at[];
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
-    const int K = g.K, L = h.x.L, ND = h.x.ND, dom = h.x.dom;
+    const int ND = h.x.ND, dom = h.x.dom;
     char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     for (int q = threadIdx.x; q < 2 * ND; q += blockDim.x)
         hiern_at[q] = proto_hier_cmsg_at(&h.x, h.cb_recv, q);
     __syncthreads();
     const int64_t acc = proto_hier_acc_size(g.esize);
-    int32_t dst[EPX_MAX_TOPK];
     int64_t slot[EPX_MAX_TOPK];
     for (int b = 0; c.info[EPXK_INFO_ERROR] == 0 && b < ND; b++) {
         const int src = proto_hier_gateway(&h.x, g.rank, b);
@@ -694,22 +720,12 @@ __global__ void epxk_hiern_chain_kernel(proto_geom_t g, epxk_call_t c,
              k < n; k += warps) {
             if (b == dom && c.dest[k * g.maxdest] < 0)
                 continue;
-            const int32_t *r = (const int32_t *)(mine + h.w.stage +
-                                                 ((int64_t)b * g.maxT + k) *
-                                                     h.rec_bytes);
-            const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
-            const int64_t t = r[0];
-            const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL,
-                                            dst, NULL);
+            int64_t t;
             int j0, next;
-            const int here = proto_hier_chain(dst, nd, L, dom, &j0, &next);
+            const int here = hier_chain_terms(g, c, h, cnt, b, k, slot, &t,
+                                              &j0, &next);
             if (here == 0)
                 continue;
-            for (int j = 0; j < here; j++)
-                slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src,
-                                          dst[j0 + j],
-                                          proto_hier_rec_dpos(r, K, c.e2r,
-                                                              dst[j0 + j]));
             const int q = next >= 0 ? next : ND + b;
             int at = 0;
             if (lane == 0)
@@ -725,15 +741,7 @@ __global__ void epxk_hiern_chain_kernel(proto_geom_t g, epxk_call_t c,
             const char *in = mine + h.w.chain +
                              ((int64_t)b * g.maxT + t) * g.H * acc;
             const char *part = mine + h.w.part;
-            for (int64_t e = lane; e < g.H; e += WARP)
-                if (acc == 8)
-                    ((double *)out)[e] = proto_hier_acc_elem_f64(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0 : ((const double *)in)[e], e);
-                else
-                    ((float *)out)[e] = proto_hier_acc_elem(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0f : ((const float *)in)[e], e);
+            hier_chain_sum(g, part, slot, here, j0, acc, in, out, lane);
         }
     }
     if (!hier_grid_last(c.done))
