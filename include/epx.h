@@ -582,13 +582,12 @@ int epx_moe_first_local_expert(const epx_moe_t *moe);
  *     (dispatch, combine, a release before the combine) in the same order,
  *     and NCCL's waits have no timeout: a rank that stops sending (a call
  *     refused before it is queued, EPX_ERR_STATE) leaves its peers waiting;
- *   - EPX_MOE_HIERARCHICAL (windows backend; not yet run on a GPU): the
+ *   - EPX_MOE_HIERARCHICAL (both backends; not yet run on a GPU): the
  *     same two hops and bits as on host ranks (FP64 engines too: partials
  *     and accumulators in double); epx_moe_cross_domain_bytes counts the
- *     same bytes (the kernels' counters; the call synchronises with the
- *     engine's stream);
- *   - not implemented yet (EPX_ERR_UNSUPPORTED at creation or in the
- *     call): EPX_MOE_HIERARCHICAL over NCCL (src/cuda/README.md). */
+ *     same bytes (the call synchronises with the engine's stream).  Over
+ *     NCCL every rank must combine each dispatched call, in the same
+ *     order (src/cuda/README.md, "Hierarchical two-hop over NCCL"). */
 
 /* Collective.  Every rank must pass the same hidden, num_experts, topk,
  * dtype, layout and alignment (and mode, ll_capacity, ll_buffers, flags),

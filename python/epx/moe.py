@@ -330,9 +330,8 @@ class MoE(_C.MoE):
             same lifetime as on the host), the other per-row fields copies,
             combine's output a tensor made with torch (or ``out``), all
             ready in the current stream's order (``Dispatch.lost`` of an
-            ``elastic`` engine too).  ``hierarchical`` over NCCL is
-            host-only (``UnsupportedError``); over the windows backend it
-            runs, float64 too.
+            ``elastic`` engine too).  ``hierarchical`` runs over both
+            backends, float64 too.
         num_sms: device engines: blocks of the data kernels (0: the
             device's SMs shared by the ranks on it).
 

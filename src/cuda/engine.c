@@ -83,12 +83,6 @@ static epx_status_t check_params(const epx_moe_params_t *p,
         return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: flags 0x%x are not "
                           "implemented on the GPU in throughput mode",
                           p->flags);
-    if (v3 && p->mode == EPX_MODE_THROUGHPUT &&
-        (p->flags & EPX_MOE_HIERARCHICAL) &&
-        c->backend != EPX_GPU_BACKEND_WINDOWS)
-        return epx__error(EPX_ERR_UNSUPPORTED, "cuda moe: "
-                          "EPX_MOE_HIERARCHICAL is implemented for the "
-                          "windows backend only, not NCCL");
     if (v3 && p->mode == EPX_MODE_LOW_LATENCY) {
         if (p->layout != EPX_LAYOUT_EXPERT_MAJOR)
             return epx__error(EPX_ERR_INVALID, "cuda moe: low-latency output "
@@ -349,6 +343,8 @@ epx_status_t gpu_moe_create(epx_comm_t *comm, const epx_moe_params_t *params,
         free(m);
         return st;
     }
+    if (m->hier)   /* its receive region and records (hier.h) */
+        m->wbytes = (int64_t)gpu_hier_total(m->hier);
 
     e2r = malloc(sizeof(int32_t) * (size_t)(g->E + R + 1));
     int32_t *first = e2r ? e2r + g->E : NULL;
@@ -500,10 +496,7 @@ gate:
         goto out;
     int device_ranks = 1;
     if (m->backend == EPX_GPU_BACKEND_WINDOWS) {
-        st = epx__cuwin_create(comm, m->device,
-                               m->hier ? gpu_hier_total(m->hier)
-                                       : (size_t)m->wbytes,
-                               &m->win);
+        st = epx__cuwin_create(comm, m->device, (size_t)m->wbytes, &m->win);
         if (st == EPX_OK) {
             memcpy(peers, epx__cuwin_peers(m->win), sizeof(char *) * (size_t)R);
             m->local = peers[me];
@@ -527,6 +520,8 @@ gate:
                                             &m->nccl);
         if (st == EPX_OK)
             st = nst;
+        if (st == EPX_OK && m->hier)   /* its stagings (hier.c) */
+            st = gpu_hier_nccl(m->hier, m->nccl, g, m->st);
         peers[me] = m->local;
         snprintf(m->name, sizeof(m->name), "%s",
                  m->nccl && epx__nccl_adopted(m->nccl) ? "nccl:adopted"

@@ -380,12 +380,19 @@ static epx_status_t ht_dispatch_send(gpu_moe_t *m,
                 c->idx = c->lay_ids;
                 c->idx64 = 0;
             }
-        } else if ((st = gpu_moe_launch(m, EPXK_LAYOUT)) == EPX_OK && g->em) {
+        } else if ((st = gpu_moe_launch(m, EPXK_LAYOUT)) == EPX_OK && g->em &&
+                   !m->hier) {
             st = gpu_moe_launch(m, EPXK_NCCL_EM_BASE);
         }
-        if (st == EPX_OK && (st = gpu_moe_launch(m, EPXK_PACK)) == EPX_OK)
+        /* hierarchical: its records and count blocks after the heads, as
+         * a refused call's pack (hier.c) */
+        if (st == EPX_OK && !m->hier)
+            st = gpu_moe_launch(m, EPXK_PACK);
+        if (st == EPX_OK)
             st = nccl_heads(m);
-        if (st == EPX_OK && g->em)
+        if (st == EPX_OK && m->hier)
+            st = pack(m);
+        if (st == EPX_OK && g->em && !m->hier)
             st = gpu_moe_launch(m, EPXK_NCCL_EM_MAP);
         /* The one host synchronisation: the verdict on the call and the
          * sizes of the receives. */
@@ -412,7 +419,10 @@ static epx_status_t ht_dispatch_send(gpu_moe_t *m,
         /* Rows move only where the ranks agreed (all alike: nothing is
          * sent, nothing awaited); the recv kernel then reports none. */
         const int agreed = st == EPX_OK && m->h_info[EPXK_INFO_AGREE] == 0;
-        if (agreed) {
+        if (agreed && m->hier) {
+            st = gpu_hier_nccl_recv(m->hier, g, c, m->local, m->h_cnt,
+                                    m->num_sms, m->st);
+        } else if (agreed) {
             nccl_sizes(m);
             st = g->em
                 ? epx__nccl_dispatch_em(m->nccl, g, m->stage, m->rstage,
@@ -420,7 +430,7 @@ static epx_status_t ht_dispatch_send(gpu_moe_t *m,
                 : epx__nccl_dispatch(m->nccl, g, m->stage, m->local, m->nsend,
                                      m->sendoff, m->nrecv, m->rbase, m->st);
         }
-        if (st == EPX_OK && agreed && g->em)
+        if (st == EPX_OK && agreed && g->em && !m->hier)
             st = gpu_moe_launch(m, EPXK_NCCL_EM_SCATTER);
         if (st == EPX_OK)
             st = gpu_moe_launch(m, EPXK_RECV);
@@ -693,8 +703,8 @@ static epx_status_t ht_combine_send(gpu_moe_t *m, const epx_combine_args_t *a,
     if (comb_fused(m))
         st = comb_fused_send(m, a);
     else if (m->hier)
-        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->num_sms,
-                                   m->st);
+        st = gpu_hier_combine_send(m->hier, &m->g, &m->call, m->local,
+                                   m->num_sms, m->st);
     else if (m->call.windows)
         st = gpu_moe_launch(m, EPXK_COMB_PUT);
     else if (!m->g.em)

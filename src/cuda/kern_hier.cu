@@ -51,6 +51,7 @@
 #include "epx.h"
 #include "proto/proto.h"
 #include "proto/hier.h"
+#include "proto/hier_nccl.h"
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
 #include "cuda/kern_reduce.cuh"
@@ -198,11 +199,13 @@ __device__ static void hier_put_row(const proto_geom_t &g, char *w, int64_t row,
 }
 
 /* One record of source src to its destinations in this rank's domain, at
- * the flat path's places (proto/hier.h), by a warp. */
+ * the flat path's places (proto/hier.h), by a warp.  only >= 0: to that
+ * member alone, its entry's return slot rslot (over NCCL: the record's
+ * place in hop 2's receive, proto/hier_nccl.h). */
 __device__ static void hier_forward(const proto_geom_t &g,
                                     const epxk_call_t &c, const epxk_hier_t &h,
                                     const int32_t *cnt, char *rec, int src,
-                                    int lane)
+                                    int lane, int only, int64_t rslot)
 {
     const int K = g.K, L = h.x.L;
     const int32_t *r = (const int32_t *)rec;
@@ -213,13 +216,13 @@ __device__ static void hier_forward(const proto_geom_t &g,
     const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL, dst, NULL);
     for (int j = 0; j < nd; j++) {
         const int d = dst[j];
-        if (d / L != h.x.dom)
+        if (d / L != h.x.dom || (only >= 0 && d != only))
             continue;
         char *w = c.peers[d];
         const int32_t dp = proto_hier_rec_dpos(r, K, c.e2r, d);
         const int64_t e_at = proto_hier_entbase(&g, cnt, src, d) + dp;
-        const int64_t slot = proto_hier_slot(&g, &h.x, cnt, h.w.P, src, d,
-                                             dp);
+        const int64_t slot = only >= 0 ? rslot
+            : proto_hier_slot(&g, &h.x, cnt, h.w.P, src, d, dp);
         if (!g.em) {
             hier_put_row(g, w, e_at, p, lane);
             if (lane == 0) {
@@ -260,13 +263,36 @@ __device__ static void hier_forward(const proto_geom_t &g,
     }
 }
 
+/* Token t's record (header, row in the wire format, quantized once) into
+ * this rank's staging slot of it, by a warp; visible to the warp after. */
+__device__ static char *hier_rec_make(const proto_geom_t &g,
+                                      const epxk_call_t &c,
+                                      const epxk_hier_t &h,
+                                      const proto_ids_t &ids, int64_t t,
+                                      int lane)
+{
+    char *rec = c.peers[g.rank] + h.w.stage +
+                ((int64_t)h.x.dom * g.maxT + t) * h.rec_bytes;
+    const hier_parts_t p = hier_rec_parts(g, h, rec);
+    if (lane == 0)
+        proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
+                            g.em ? c.epos : NULL, t, (int32_t *)rec);
+    const char *x = (const char *)c.x + t * g.row_bytes;
+    if (g.qblock)
+        hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
+    else
+        hier_copy(p.q, x, g.row_bytes, lane);
+    __threadfence();
+    __syncwarp();
+    return rec;
+}
+
 __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
                                        epxk_hier_t h)
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
     const int L = h.x.L, dom = h.x.dom;
-    char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
     const int64_t wrow = g.xrow_bytes + g.scale_bytes + g.gscale_bytes;
@@ -277,19 +303,7 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
             const int32_t *dst = c.dest + t * g.maxdest;
             if (dst[0] < 0)
                 continue;
-            char *rec = mine + h.w.stage +
-                        ((int64_t)dom * g.maxT + t) * h.rec_bytes;
-            const hier_parts_t p = hier_rec_parts(g, h, rec);
-            if (lane == 0)
-                proto_hier_rec_fill(&g, &ids, c.w, c.e2r, c.dest, c.pos,
-                                    g.em ? c.epos : NULL, t, (int32_t *)rec);
-            const char *x = (const char *)c.x + t * g.row_bytes;
-            if (g.qblock)
-                hier_quant(g, p, (const uint16_t *)x, c.gscale, lane);
-            else
-                hier_copy(p.q, x, g.row_bytes, lane);
-            __threadfence();
-            __syncwarp();
+            char *rec = hier_rec_make(g, c, h, ids, t, lane);
             for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
                 const int D = proto_hier_stage_dom(dst, j, L, dom);
                 cross += (unsigned long long)proto_hier_cross_stage(dst, j, L,
@@ -305,7 +319,7 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
                               ((int64_t)dom * g.maxT + slot) * h.rec_bytes,
                           rec, h.rec_bytes, lane);
             }
-            hier_forward(g, c, h, cnt, rec, g.rank, lane);
+            hier_forward(g, c, h, cnt, rec, g.rank, lane, -1, 0);
         }
     if (lane == 0 && cross)
         atomicAdd(&h.cross[0], cross);
@@ -351,7 +365,7 @@ __global__ void epxk_hier_fwd_kernel(proto_geom_t g, epxk_call_t c,
             hier_forward(g, c, h, cnt,
                          mine + h.w.stage + ((int64_t)b * g.maxT + k) *
                                                 h.rec_bytes,
-                         src, lane);
+                         src, lane, -1, 0);
     }
     if (!hier_grid_last(c.done))
         return;
@@ -380,8 +394,11 @@ __global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
             const int64_t slot = ((const int32_t *)(mine + g.off_ret_slot))[i];
             const int s = g.em ? ((const int32_t *)(mine + g.off_ent_src))[i]
                                : ((const int32_t *)(mine + g.off_src_rank))[i];
-            char *dst = c.peers[dom * L + s % L] + h.w.part +
-                        slot * g.row_bytes;
+            /* over NCCL: the partials' staging, at the record's place in
+             * hop 2's receive (the slot the scatter gave) */
+            char *dst = h.nccl ? h.pstage + slot * g.row_bytes
+                               : c.peers[dom * L + s % L] + h.w.part +
+                                     slot * g.row_bytes;
             if (!g.em) {
                 hier_copy(dst, (const char *)c.y + i * g.row_bytes,
                           g.row_bytes, lane);
@@ -398,11 +415,59 @@ __global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
                             proto_partial_elem(&g, (const char *)c.y, rows, wt,
                                                e));
         }
-    if (!hier_grid_last(c.done))
+    if (!hier_grid_last(c.done) || h.nccl)
         return;
     for (int j = threadIdx.x; j < L; j += blockDim.x)
         epxk_st_release_s32(hier_word(c.peers[dom * L + j], h.w.pdone,
                                       h.x.li), (int32_t)c.seq);
+}
+
+/* Record k of source domain b here (proto/hier.h): its token into *t,
+ * the part slots of its terms in this domain into slot, its chain's
+ * *j0 and *next (proto_hier_chain); the number of terms (0: not on the
+ * chain here). */
+__device__ static int hier_chain_terms(const proto_geom_t &g,
+                                       const epxk_call_t &c,
+                                       const epxk_hier_t &h,
+                                       const int32_t *cnt, int b, int64_t k,
+                                       int64_t *slot, int64_t *t, int *j0,
+                                       int *next)
+{
+    const int K = g.K;
+    const int src = proto_hier_gateway(&h.x, g.rank, b);
+    const int32_t *r = (const int32_t *)(c.peers[g.rank] + h.w.stage +
+                                         ((int64_t)b * g.maxT + k) *
+                                             h.rec_bytes);
+    int32_t dst[EPX_MAX_TOPK];
+    const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
+    *t = r[0];
+    const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL, dst,
+                                    NULL);
+    const int here = proto_hier_chain(dst, nd, h.x.L, h.x.dom, j0, next);
+    for (int j = 0; j < here; j++)
+        slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src, dst[*j0 + j],
+                                  proto_hier_rec_dpos(r, K, c.e2r,
+                                                      dst[*j0 + j]));
+    return here;
+}
+
+/* A warp's stretch of a sum (proto/hier.h proto_hier_acc_elem: 0 + the
+ * first term where the sum starts, else the accumulator `in` so far + it)
+ * into out, accumulators of acc bytes (FP64 engines: double). */
+__device__ static void hier_chain_sum(const proto_geom_t &g, const char *part,
+                                      const int64_t *slot, int here, int j0,
+                                      int64_t acc, const char *in, char *out,
+                                      int lane)
+{
+    for (int64_t e = lane; e < g.H; e += WARP)
+        if (acc == 8)
+            ((double *)out)[e] = proto_hier_acc_elem_f64(
+                &g, part, slot, here, j0 == 0,
+                j0 == 0 ? 0.0 : ((const double *)in)[e], e);
+        else
+            ((float *)out)[e] = proto_hier_acc_elem(
+                &g, part, slot, here, j0 == 0,
+                j0 == 0 ? 0.0f : ((const float *)in)[e], e);
 }
 
 __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
@@ -410,7 +475,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
 {
     const int lane = threadIdx.x % WARP;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
-    const int K = g.K, L = h.x.L, ND = h.x.ND, dom = h.x.dom;
+    const int L = h.x.L, ND = h.x.ND, dom = h.x.dom;
     char *mine = c.peers[g.rank];
     const int32_t *cnt = hier_cnt(g, c);
     for (int i = threadIdx.x; i < L + dom; i += blockDim.x)
@@ -420,7 +485,6 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                       (int32_t)c.seq, c.timeout_ns, c.info);
     __syncthreads();
     const bool go = *(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0;
-    int32_t dst[EPX_MAX_TOPK];
     int64_t slot[EPX_MAX_TOPK];
     unsigned long long cross = 0;   /* this warp's bytes across domains */
     for (int b = 0; go && b < ND; b++) {
@@ -431,22 +495,12 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
              k < n; k += warps) {
             if (b == dom && c.dest[k * g.maxdest] < 0)
                 continue;   /* a token of ours that went nowhere */
-            const int32_t *r = (const int32_t *)(mine + h.w.stage +
-                                                 ((int64_t)b * g.maxT + k) *
-                                                     h.rec_bytes);
-            const proto_ids_t ids = proto_hier_rec_ids(r, K, g.E);
-            const int64_t t = r[0];
-            const int nd = proto_walk_dests(&g, &ids, NULL, c.e2r, 0, NULL,
-                                            dst, NULL);
+            int64_t t;
             int j0, next;
-            const int here = proto_hier_chain(dst, nd, L, dom, &j0, &next);
+            const int here = hier_chain_terms(g, c, h, cnt, b, k, slot, &t,
+                                              &j0, &next);
             if (here == 0)
                 continue;
-            for (int j = 0; j < here; j++)
-                slot[j] = proto_hier_slot(&g, &h.x, cnt, h.w.P, src,
-                                          dst[j0 + j],
-                                          proto_hier_rec_dpos(r, K, c.e2r,
-                                                              dst[j0 + j]));
             /* accumulators of acc_size bytes (FP64 engines: double) */
             const int64_t acc = proto_hier_acc_size(g.esize);
             const char *in = mine + h.w.chain +
@@ -460,15 +514,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
                 &h.x, next, src, g.H * acc);
             /* proto.h's row sums (proto/hier.h): 0 + the first term where
              * the sum starts, else the accumulator so far + it */
-            for (int64_t e = lane; e < g.H; e += WARP)
-                if (acc == 8)
-                    ((double *)out)[e] = proto_hier_acc_elem_f64(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0 : ((const double *)in)[e], e);
-                else
-                    ((float *)out)[e] = proto_hier_acc_elem(
-                        &g, part, slot, here, j0 == 0,
-                        j0 == 0 ? 0.0f : ((const float *)in)[e], e);
+            hier_chain_sum(g, part, slot, here, j0, acc, in, out, lane);
         }
     }
     if (lane == 0 && cross)
@@ -487,7 +533,7 @@ __global__ void epxk_hier_out_kernel(proto_geom_t g, epxk_call_t c,
                                      epxk_hier_t h)
 {
     char *mine = c.peers[g.rank];
-    for (int b = threadIdx.x; b < h.x.ND; b += blockDim.x)
+    for (int b = threadIdx.x; !h.nccl && b < h.x.ND; b += blockDim.x)
         if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
             hier_wait(hier_word(mine, h.w.fdone, b), (int32_t)c.seq,
                       c.timeout_ns, c.info);
@@ -511,6 +557,220 @@ __global__ void epxk_hier_out_kernel(proto_geom_t g, epxk_call_t c,
     }
 }
 
+/* ------------------------------------------------------- over NCCL
+ *
+ * The messages of proto/hier_nccl.h (src/cuda/README.md, "Hierarchical
+ * two-hop over NCCL"); hier.c posts the grouped sends and receives, with
+ * sizes from the count matrix and the count blocks read back at the
+ * dispatch's one synchronisation.  No waits: NCCL's stream order. */
+
+/* Dispatch, before the count exchange's read-back (a warp per token):
+ * the token's record into this rank's staging (stage[dom][t]), a copy per
+ * remote destination domain into hop 1's staging at a slot from that
+ * domain's counter, and its chain steps into the count blocks (zeroed
+ * before); the last block zeroes the counters. */
+__global__ void epxk_hiern_stage_kernel(proto_geom_t g, epxk_call_t c,
+                                        epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int L = h.x.L, dom = h.x.dom;
+    const proto_ids_t ids = { c.idx, c.idx64, g.K, g.E, c.route };
+    if (c.info[EPXK_INFO_ERROR] == 0)
+        for (int64_t t = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             t < c.T; t += warps) {
+            const int32_t *dst = c.dest + t * g.maxdest;
+            if (dst[0] < 0)
+                continue;
+            char *rec = hier_rec_make(g, c, h, ids, t, lane);
+            int nd = 0;
+            while (nd < g.maxdest && dst[nd] >= 0)
+                nd++;
+            for (int j = 0; j < nd; j++) {
+                const int D = proto_hier_stage_dom(dst, j, L, dom);
+                if (D < 0)
+                    continue;
+                int slot = 0;
+                if (lane == 0)
+                    slot = atomicAdd(&h.count[D], 1);
+                slot = __shfl_sync(0xffffffffu, slot, 0);
+                hier_copy(h.sstage + ((int64_t)D * g.maxT + slot) *
+                                         h.rec_bytes,
+                          rec, h.rec_bytes, lane);
+            }
+            if (lane == 0) {
+                int sd[EPX_MAX_TOPK], sn[EPX_MAX_TOPK];
+                const int n = proto_hier_steps(dst, nd, L, sd, sn);
+                for (int i = 0; i < n; i++) {
+                    atomicAdd(&h.cb_send[proto_hier_cb_out(&h.x, sd[i],
+                                                           sn[i])], 1);
+                    if (sn[i] >= 0)
+                        atomicAdd(&h.cb_send[proto_hier_cb_in(&h.x, sn[i],
+                                                              sd[i])], 1);
+                }
+            }
+        }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x)
+        h.count[D] = 0;
+}
+
+/* Records of source domain b here: its own tokens (b == dom), else hop
+ * 1's, as the count block of that source says. */
+__device__ static __forceinline__ int64_t hiern_records(const epxk_call_t &c,
+                                                        const epxk_hier_t &h,
+                                                        int b)
+{
+    return b == h.x.dom ? c.T
+        : proto_hier_cb_staged(&h.x, b,
+                               h.cb_recv + (int64_t)b * proto_hier_cb_len(&h.x));
+}
+
+/* Dispatch, the gateway after hop 1 (a warp per record): each record
+ * into hop 2's staging at its place in the message to each member with a
+ * destination of it (proto_hier_fwd_at + proto_hier_msg_seg + dpos). */
+__global__ void epxk_hiern_pack_kernel(proto_geom_t g, epxk_call_t c,
+                                       epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int K = g.K, L = h.x.L, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int32_t *cnt = hier_cnt(g, c);
+    for (int b = 0; b < h.x.ND; b++) {
+        const int64_t n = hiern_records(c, h, b);
+        for (int64_t k = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             k < n; k += warps) {
+            if (b == dom && c.dest[k * g.maxdest] < 0)
+                continue;   /* a token of ours sent nowhere */
+            const char *rec = mine + h.w.stage +
+                              ((int64_t)b * g.maxT + k) * h.rec_bytes;
+            for (int m = dom * L; m < (dom + 1) * L; m++) {
+                const int32_t dp = proto_hier_rec_dpos((const int32_t *)rec,
+                                                       K, c.e2r, m);
+                if (dp < 0)
+                    continue;
+                int64_t nseg;
+                const int64_t at =
+                    proto_hier_fwd_at(&g, &h.x, cnt, g.rank, m) +
+                    proto_hier_msg_seg(&g, &h.x, cnt, g.rank, m, b, &nseg) + dp;
+                hier_copy(h.fstage + at * h.rec_bytes, rec, h.rec_bytes, lane);
+            }
+        }
+    }
+}
+
+/* Dispatch, the member after hop 2 (a warp per received record, h.n of
+ * them): to its rows and entry here, its return slot its place. */
+__global__ void epxk_hiern_scatter_kernel(proto_geom_t g, epxk_call_t c,
+                                          epxk_hier_t h)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int32_t *cnt = hier_cnt(g, c);
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < h.n; i += warps) {
+        int src;
+        int32_t dp;
+        if (!proto_hier_fwd_locate(&g, &h.x, cnt, g.rank, i, &src, &dp))
+            continue;
+        hier_forward(g, c, h, cnt, h.rfwd + i * h.rec_bytes, src, lane,
+                     g.rank, i);
+    }
+}
+
+/* Combine, this gateway's round (a warp per record; dynamic shared
+ * memory: 2 ND int64): each token with destinations in this domain
+ * continues its sum (proto_hier_acc_elem, as the windows chain) from the
+ * accumulator landed at its token, into its chain message (q: the next
+ * domain's gateway, or ND + b home) at a slot from that message's
+ * counter, the row's source domain and token before it; the last block
+ * zeroes the counters. */
+__global__ void epxk_hiern_chain_kernel(proto_geom_t g, epxk_call_t c,
+                                        epxk_hier_t h)
+{
+    extern __shared__ int64_t hiern_at[];
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int ND = h.x.ND, dom = h.x.dom;
+    char *mine = c.peers[g.rank];
+    const int32_t *cnt = hier_cnt(g, c);
+    for (int q = threadIdx.x; q < 2 * ND; q += blockDim.x)
+        hiern_at[q] = proto_hier_cmsg_at(&h.x, h.cb_recv, q);
+    __syncthreads();
+    const int64_t acc = proto_hier_acc_size(g.esize);
+    int64_t slot[EPX_MAX_TOPK];
+    for (int b = 0; c.info[EPXK_INFO_ERROR] == 0 && b < ND; b++) {
+        const int src = proto_hier_gateway(&h.x, g.rank, b);
+        const int64_t n = hiern_records(c, h, b);
+        for (int64_t k = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+             k < n; k += warps) {
+            if (b == dom && c.dest[k * g.maxdest] < 0)
+                continue;
+            int64_t t;
+            int j0, next;
+            const int here = hier_chain_terms(g, c, h, cnt, b, k, slot, &t,
+                                              &j0, &next);
+            if (here == 0)
+                continue;
+            const int q = next >= 0 ? next : ND + b;
+            int at = 0;
+            if (lane == 0)
+                at = atomicAdd(&h.ccount[q], 1);
+            at = __shfl_sync(0xffffffffu, at, 0);
+            int32_t *row = (int32_t *)(h.csend +
+                                       (hiern_at[q] + at) * h.crow);
+            if (lane == 0) {
+                row[0] = b;
+                row[1] = (int32_t)t;
+            }
+            char *out = (char *)row + PROTO_HIER_CROW_HDR;
+            const char *in = mine + h.w.chain +
+                             ((int64_t)b * g.maxT + t) * g.H * acc;
+            const char *part = mine + h.w.part;
+            hier_chain_sum(g, part, slot, here, j0, acc, in, out, lane);
+        }
+    }
+    if (!hier_grid_last(c.done))
+        return;
+    for (int q = threadIdx.x; q < 2 * ND; q += blockDim.x)
+        h.ccount[q] = 0;
+}
+
+/* Received chain rows (h.n of them; final: the finished sums, else the
+ * accumulators to go on here), a warp each, to their tokens. */
+__device__ static void hiern_land(const proto_geom_t &g, const epxk_call_t &c,
+                                  const epxk_hier_t &h, int final)
+{
+    const int lane = threadIdx.x % WARP;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / WARP);
+    const int64_t acc = proto_hier_acc_size(g.esize);
+    char *mine = c.peers[g.rank];
+    const char *base = final ? h.rfinal : h.rchain;
+    for (int64_t i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+         i < h.n; i += warps) {
+        const int32_t *row = (const int32_t *)(base + i * h.crow);
+        const int64_t b = final ? 0 : row[0], t = row[1];
+        char *to = mine + (final ? h.w.final : h.w.chain) +
+                   (b * g.maxT + t) * g.H * acc;
+        hier_copy(to, (const char *)row + PROTO_HIER_CROW_HDR, g.H * acc,
+                  lane);
+    }
+}
+
+__global__ void epxk_hiern_land_chain_kernel(proto_geom_t g, epxk_call_t c,
+                                             epxk_hier_t h)
+{
+    hiern_land(g, c, h, 0);
+}
+
+__global__ void epxk_hiern_land_final_kernel(proto_geom_t g, epxk_call_t c,
+                                             epxk_hier_t h)
+{
+    hiern_land(g, c, h, 1);
+}
+
 extern "C" int epxk_hier_launch(int which, const proto_geom_t *g,
                                 const epxk_call_t *c, const epxk_hier_t *h,
                                 int blocks, void *stream)
@@ -532,6 +792,26 @@ extern "C" int epxk_hier_launch(int which, const proto_geom_t *g,
     case EPXK_HIER_OUT:
         epxk_hier_out_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
         break;
+    case EPXK_HIERN_STAGE:
+        epxk_hiern_stage_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIERN_PACK:
+        epxk_hiern_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIERN_SCATTER:
+        epxk_hiern_scatter_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIERN_CHAIN:
+        epxk_hiern_chain_kernel<<<blocks, 512,
+                                  sizeof(int64_t) * 2 * (size_t)h->x.ND,
+                                  st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIERN_LAND_CHAIN:
+        epxk_hiern_land_chain_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
+    case EPXK_HIERN_LAND_FINAL:
+        epxk_hiern_land_final_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
+        break;
     default:
         return (int)cudaErrorInvalidValue;
     }
@@ -546,6 +826,12 @@ extern "C" int epxk_hier_preload(void)
         (const void *)epxk_hier_put_kernel,
         (const void *)epxk_hier_chain_kernel,
         (const void *)epxk_hier_out_kernel,
+        (const void *)epxk_hiern_stage_kernel,
+        (const void *)epxk_hiern_pack_kernel,
+        (const void *)epxk_hiern_scatter_kernel,
+        (const void *)epxk_hiern_chain_kernel,
+        (const void *)epxk_hiern_land_chain_kernel,
+        (const void *)epxk_hiern_land_final_kernel,
     };
     return epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
 }

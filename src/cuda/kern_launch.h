@@ -285,7 +285,14 @@ int epxk_lost_preload(void);
  * this domain), chain (the gateway's stretch of each sum, on to the next
  * domain's gateway or home), out (combine_recv: the sums rounded). */
 enum { EPXK_HIER_STAGE = 0, EPXK_HIER_FWD = 1, EPXK_HIER_PUT = 2,
-       EPXK_HIER_CHAIN = 3, EPXK_HIER_OUT = 4 };
+       EPXK_HIER_CHAIN = 3, EPXK_HIER_OUT = 4,
+       /* over NCCL (proto/hier_nccl.h; put and out are the windows
+        * form's with h.nccl): records and count blocks staged, hop 2
+        * packed, hop 2 scattered, a chain round, chain rows and finished
+        * sums landed at their tokens */
+       EPXK_HIERN_STAGE = 5, EPXK_HIERN_PACK = 6, EPXK_HIERN_SCATTER = 7,
+       EPXK_HIERN_CHAIN = 8, EPXK_HIERN_LAND_CHAIN = 9,
+       EPXK_HIERN_LAND_FINAL = 10 };
 typedef struct epxk_hier {
     proto_hier_t x;
     proto_hier_win_t w;
@@ -294,6 +301,17 @@ typedef struct epxk_hier {
     /* [2] device counters: bytes put across domains in dispatch and
      * combine (proto/hier.h, "bytes across domains"), since creation */
     unsigned long long *cross;
+    /* over NCCL (0 / NULL with windows), device memory: count blocks sent
+     * and received ([ND][proto_hier_cb_len]), the chain messages' row
+     * counters ([2 ND], zero between calls), hop 1's staging ([ND][maxT]
+     * records), hop 2's ([ND * P] records) and its receive ([ents]
+     * records), the partials' staging ([ents] rows), the chain rows sent
+     * and received ([ND * maxT] of crow bytes) and the finished sums
+     * received ([maxT]); n: what a scatter or land launch takes */
+    int nccl;
+    int32_t *cb_send, *cb_recv, *ccount;
+    char *sstage, *fstage, *rfwd, *pstage, *csend, *rchain, *rfinal;
+    int64_t crow, n;
 } epxk_hier_t;
 int epxk_hier_launch(int which, const proto_geom_t *g, const epxk_call_t *c,
                      const epxk_hier_t *h, int blocks, void *stream);

@@ -236,5 +236,5 @@ epx_status_t epx__nccl_p2p(epx_nccl_t *nc, const epx_nccl_p2p_t *ops, int n,
             : ncclSend(ops[i].buf, ops[i].bytes, ncclUint8, ops[i].peer,
                        nc->comm, st);
     ncclResult_t e = ncclGroupEnd();
-    return nccl_err(r != ncclSuccess ? r : e, "nccl weight transfers");
+    return nccl_err(r != ncclSuccess ? r : e, "nccl point-to-point exchange");
 }

@@ -12,7 +12,8 @@
  * descriptors: 2 and 4; the NCCL backend with one rank per GPU where
  * there are two GPUs.  Host ranks: the same threads or processes.
  * Hierarchical engines (EPX_MOE_HIERARCHICAL) over the domains of a
- * system description (EPX_TOPO_FILE), as tests/moe/test_hier places them.
+ * system description (EPX_TOPO_FILE), as tests/moe/test_hier places them
+ * (windows backend on one GPU; NCCL with one rank per GPU, 2 or 4 GPUs).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -886,8 +887,35 @@ static void hierarchical(void **state)
     }
 }
 
+/* Device only: hierarchical over the NCCL backend (proto/hier_nccl.h),
+ * one rank per GPU, 2 ranks in 2 domains of 1 and, with 4 GPUs, 4 in 2
+ * of 2 (cpu-2host.json): both layouts, bf16, fp32, a quantized wire,
+ * FP64; against the reference and the host executor's cross-domain
+ * bytes, as the windows cases above. */
+static void hier_nccl(void **state)
+{
+    (void)state;
+    int ndev = 0;
+    if (!device_ok || epx_cuda_devices(&ndev) != EPX_OK || ndev < 2)
+        skip();
+    for (int R = 2; R <= 4 && R <= ndev; R += 2)
+        for (int v = 0; v < 4; v++) {
+            gcase_t c = { R, 2 * R + 3, 4, v == 1 ? 24 : v == 3 ? 33 : 200,
+                          32, v == 1 ? EPX_DTYPE_FP32
+                              : v == 3 ? EPX_DTYPE_FP64 : EPX_DTYPE_BF16,
+                          EPX_GPU_BACKEND_NCCL, 0, v % 2, v == 1 ? 4 : 1,
+                          v == 1, v == 2 ? EPX_WIRE_NVFP4 : EPX_WIRE_NATIVE,
+                          0, 0, 0 };
+            set_topo("cpu-2host.json");
+            hier = 1;
+            run_case(&c, 0);
+            hier = 0;
+            unsetenv("EPX_TOPO_FILE");
+        }
+}
+
 /* Refused: domains of unequal size (3 ranks on 2 hosts) on both
- * executors; on device ranks the NCCL backend (windows only). */
+ * executors. */
 static int hier_refused_rank(epx_comm_t *comm, void *arg)
 {
     const int *host = arg;
@@ -899,12 +927,6 @@ static int hier_refused_rank(epx_comm_t *comm, void *arg)
     p.flags = EPX_MOE_HIERARCHICAL;
     p.device = *host ? EPX_DEVICE_HOST : 0;
     epx_moe_t *m = NULL;
-    if (epx_comm_size(comm) == 3) {
-        CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
-        CHECK(m == NULL);
-        return 0;
-    }
-    p.gpu_backend = EPX_GPU_BACKEND_NCCL;
     CHECK_ST(epx_moe_create(comm, &p, &m), EPX_ERR_UNSUPPORTED);
     CHECK(m == NULL);
     return 0;
@@ -914,12 +936,8 @@ static void hier_refused(void **state)
 {
     (void)state;
     set_topo("cpu-2host.json");
-    for (int host = 1; host >= !device_ok; host--) {
+    for (int host = 1; host >= !device_ok; host--)
         assert_int_equal(epxt_thread_ranks(3, 60, hier_refused_rank, &host), 0);
-        if (!host)
-            assert_int_equal(epxt_thread_ranks(2, 60, hier_refused_rank,
-                                               &host), 0);
-    }
     unsetenv("EPX_TOPO_FILE");
 }
 
@@ -1046,6 +1064,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(bad_ids),
         cmocka_unit_test(hierarchical),
         cmocka_unit_test(hier_refused),
+        cmocka_unit_test(hier_nccl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

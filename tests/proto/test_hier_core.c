@@ -22,9 +22,11 @@
  * proto/hier_nccl.h (the form for grouped sends and receives): every
  * message's size is computed by its sender and its receiver and must
  * agree, and the receive regions, the gateways' partials and the
- * finished sums must be the windows form's byte for byte (bf16 and fp32:
- * the message form chains fp32 accumulators; FP64 over NCCL is not
- * designed yet).
+ * finished sums must be the windows form's byte for byte (bf16, fp32
+ * and fp64: accumulators of proto_hier_acc_size, as in the windows form).
+ * The message form is the device's NCCL path's (count blocks, records
+ * and chain rows placed by counters in any order, hop 2 at its
+ * positions, the member's return slot its place in hop 2's receive).
  * Both count the bytes that cross domains (proto_hier_cross_stage,
  * proto_hier_cross_chain) against a count from the destinations alone.
  * Shapes: 1 to 72 ranks in domains of 1 to all ranks, both layouts (with
@@ -128,11 +130,13 @@ static void y_row(int esize, int H, int src, int64_t t, int who, double *row)
 }
 
 /* Forward one record of source src to the members of gateway G's domain
- * (proto/hier.h), into their windows. */
+ * (proto/hier.h), into their windows (only: that member alone; rslot >= 0:
+ * the entry's return slot, the message form's, else the windows form's). */
 static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
                     const int32_t *cnt, int64_t P, const int32_t *first,
                     const int32_t *e2r, int src, const int32_t *rec,
-                    const char *row, rank_win_t *win, int only)
+                    const char *row, rank_win_t *win, int only,
+                    int64_t rslot)
 {
     const int K = g0->K, L = gx->L, D = gx->dom;
     const proto_ids_t ids = proto_hier_rec_ids(rec, K, g0->E);
@@ -155,7 +159,9 @@ static void forward(const proto_geom_t *g0, const proto_hier_t *gx,
         int32_t *ent = w->ent + e_at * (3 + K);
         w->ent_hits[e_at]++;
         ent[0] = src;
-        ent[1] = (int32_t)proto_hier_slot(&g, gx, cnt, P, src, d, dp);
+        ent[1] = rslot >= 0 ? (int32_t)rslot
+                            : (int32_t)proto_hier_slot(&g, gx, cnt, P, src, d,
+                                                       dp);
         ent[2] = 0;
         proto_meta_topk(&g, &ids, rw, e2r, 0, d, first[d], lidx, lw);
         if (g.em) {
@@ -274,52 +280,42 @@ static void win_free(rank_win_t *w, int ND)
     free(w->ent_hits), free(w->row_hits), free(w->y);
 }
 
-/* A message of the two-hop path over grouped sends and receives: what the
- * sender put in it, n records or rows. */
-typedef struct msg {
-    char *p;
-    int64_t n, cap;
-} msg_t;
-
-static char *msg_put(msg_t *m, int64_t bytes)
+/* n random-ordered indices 0..n-1: the order a device's counters may
+ * give. */
+static int64_t *shuffled(int64_t n)
 {
-    if (m->n == m->cap) {
-        m->cap = m->cap ? 2 * m->cap : 8;
-        m->p = realloc(m->p, (size_t)(m->cap * bytes));
+    int64_t *o = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    for (int64_t i = 0; i < n; i++)
+        o[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)epxt_below(&rng, (uint64_t)i + 1), v;
+        v = o[i], o[i] = o[j], o[j] = v;
     }
-    return m->p + m->n++ * bytes;
+    return o;
 }
 
-/* A token of source domain b as gateway G sees it in the chain: its own
- * token k (b == G's domain), else its k-th staged record. */
-static int64_t chain_token(const proto_geom_t *g, const src_state_t *own,
-                           const rank_win_t *w, int b, int mine, int64_t k,
-                           int64_t recb, const int32_t *e2r, int32_t *dst,
-                           int32_t *dpos, int *nd)
+/* The destinations of record k of source domain b at gateway G: its own
+ * token k (b == G's domain; none: nd 0), else its k-th staged record. */
+static const int32_t *msg_rec(const proto_geom_t *g, const rank_win_t *w,
+                              int b, int64_t k, int64_t recb,
+                              const int32_t *e2r, int32_t *dst, int *nd)
 {
-    const int K = g->K;
-    *nd = 0;
-    if (mine) {
-        while (*nd < g->maxdest && own->dest[k * g->maxdest + *nd] >= 0) {
-            dst[*nd] = own->dest[k * g->maxdest + *nd];
-            dpos[*nd] = own->pos[k * g->maxdest + *nd];
-            (*nd)++;
-        }
-        return k;
-    }
     const int32_t *rc = (const int32_t *)(w->stage[b] + k * recb);
-    const proto_ids_t u = proto_hier_rec_ids(rc, K, g->E);
+    const proto_ids_t u = proto_hier_rec_ids(rc, g->K, g->E);
     *nd = proto_walk_dests(g, &u, NULL, e2r, 0, NULL, dst, NULL);
-    for (int j = 0; j < *nd; j++)
-        dpos[j] = proto_hier_rec_dpos(rc, K, e2r, dst[j]);
-    return rc[0];
+    return rc;
 }
 
-/* The two-hop path as the messages of proto/hier_nccl.h, every size
- * computed on both ends and compared, into fresh windows that must equal
- * the windows path's (win, already checked against the reference): the
- * receive rows, metadata and entries, the gateways' partials and the
- * finished sums. */
+/* The two-hop path as the messages of proto/hier_nccl.h, as the device's
+ * NCCL form runs it: count blocks, hop 1 (records in a random order),
+ * hop 2 (each record at hop 2's position), the member's scatter (its
+ * entries' return slot: the record's place in its receive), the partials
+ * (hop 2 reversed, into part), the chain a round per domain (rows in a
+ * random order, each landed at its token), the finished sums landed.
+ * Every size is computed by sender and receiver and must agree with what
+ * was sent; the receive regions, the gateways' partials and the finished
+ * sums must be the windows path's (win, already checked against the
+ * reference) byte for byte. */
 static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
                      const int32_t *cnt, const int32_t *first,
                      const int32_t *e2r, const src_state_t *ss,
@@ -329,123 +325,192 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
     const int ND = R / L;
     const int64_t recb = proto_hier_rec_bytes(K, g0->row_bytes);
     const int64_t hdr = proto_hier_rec_hdr(K), rb = g0->row_bytes;
+    const int64_t accsz = proto_hier_acc_size(g0->esize);
+    const int64_t crow = proto_hier_crow_bytes(H, accsz);
+    const int64_t maxT = sc->maxT;
+    proto_hier_t x0;
+    proto_hier_shape(&x0, R, L, K, 0);
+    const int CB = proto_hier_cb_len(&x0);
     rank_win_t *w2 = calloc((size_t)R, sizeof(*w2));
     for (int r = 0; r < R; r++)
-        win_alloc(&w2[r], g0, sc->maxT, ND, P, recb, sizeof(float));
-    msg_t *m1 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
-    msg_t *m2 = calloc((size_t)R * (size_t)R, sizeof(msg_t));
-    msg_t *mp = calloc((size_t)R * (size_t)R, sizeof(msg_t));
-    msg_t *mc = calloc((size_t)R * (size_t)R, sizeof(msg_t));
-    msg_t *mf = calloc((size_t)R * (size_t)R, sizeof(msg_t));
-    int64_t *n1 = calloc((size_t)R * (size_t)ND, sizeof(int64_t));
-    char *rec = calloc(1, (size_t)recb);
+        win_alloc(&w2[r], g0, maxT, ND, P, recb, accsz);
+    /* count blocks each rank sent [ND][CB] and received [ND][CB] */
+    int32_t *sblk = calloc((size_t)R * (size_t)ND * (size_t)CB, 4);
+    int32_t *rblk = calloc((size_t)R * (size_t)ND * (size_t)CB, 4);
+    char **fwd = calloc((size_t)R, sizeof(char *));   /* hop 2 received */
+    int64_t *nfwd = calloc((size_t)R, sizeof(int64_t));
+    char **pst = calloc((size_t)R, sizeof(char *));   /* partials staged */
+    char **rch = calloc((size_t)R, sizeof(char *));   /* chain received */
+    int64_t *nrch = calloc((size_t)R, sizeof(int64_t));
+    char **rfin = calloc((size_t)R, sizeof(char *));  /* sums received */
+    int64_t *nrfin = calloc((size_t)R, sizeof(int64_t));
+    int32_t **nslot = calloc((size_t)R, sizeof(int32_t *));
+    const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
+    int32_t dst[EPX_MAX_TOPK];
 
-    /* Hop 1: each source's records per remote domain, in token order; the
-     * counts go to the gateways in a count exchange. */
+    /* The count blocks, to the gateway of each domain (itself for its
+     * own), and each source's own records (stage[dom][t]). */
     for (int s = 0; s < R; s++) {
         const src_state_t *x = &ss[s];
         proto_hier_t sx;
         proto_hier_shape(&sx, R, L, K, s);
         proto_geom_t g = *g0;
         g.rank = s;
-        const proto_ids_t ids = { x->units, 0, K, g0->E, { 0, NULL, NULL, NULL } };
-        proto_hier_msg_stage_counts(&g, &sx, x->dest, x->T, n1 + s * ND);
+        int32_t *sb = sblk + (int64_t)s * ND * CB;
+        proto_hier_cb_fill(&g, &sx, x->dest, x->T, sb);
+        for (int D = 0; D < ND; D++)
+            memcpy(rblk + ((int64_t)proto_hier_gateway(&sx, s, D) * ND +
+                           sx.dom) * CB,
+                   sb + (int64_t)D * CB, sizeof(int32_t) * (size_t)CB);
+        const proto_ids_t ids = { x->units, 0, K, g0->E,
+                                  { 0, NULL, NULL, NULL } };
         for (int64_t t = 0; t < x->T; t++) {
-            const int32_t *dst = x->dest + t * g.maxdest;
+            if (x->dest[t * g.maxdest] < 0)
+                continue;
+            char *r = w2[s].stage[sx.dom] + t * recb;
             proto_hier_rec_fill(&g, &ids, x->w, e2r, x->dest, x->pos, x->upos,
-                                t, (int32_t *)rec);
-            memcpy(rec + hdr, (const char *)x->x + t * rb, (size_t)rb);
-            for (int j = 0; j < g.maxdest && dst[j] >= 0; j++) {
-                const int D = proto_hier_stage_dom(dst, j, L, sx.dom);
-                if (D >= 0)
-                    memcpy(msg_put(&m1[s * R + proto_hier_gateway(&sx, s, D)],
-                                   recb), rec, (size_t)recb);
-            }
+                                t, (int32_t *)r);
+            memcpy(r + hdr, (const char *)x->x + t * rb, (size_t)rb);
         }
     }
-    for (int G = 0; G < R; G++) {
-        proto_hier_t gw;
-        proto_hier_shape(&gw, R, L, K, G);
-        for (int b = 0; b < ND; b++) {
-            const int src = proto_hier_gateway(&gw, G, b);
-            const int64_t want = b == gw.dom ? 0 : n1[src * ND + gw.dom];
-            assert_int_equal(m1[src * R + G].n, want);
-            assert_int_equal(want, win[G].nstage[b]);
-            for (int64_t i = 0; i < want; i++) {   /* token order */
-                const int32_t *rc = (const int32_t *)(m1[src * R + G].p +
-                                                      i * recb);
-                assert_true(i == 0 || rc[0] > rc[-(int)(recb / 4)]);
+    /* Hop 1: the records per remote domain, placed by a counter (here in
+     * a random token order); each gateway's count from its block. */
+    for (int s = 0; s < R; s++) {
+        const src_state_t *x = &ss[s];
+        proto_hier_t sx;
+        proto_hier_shape(&sx, R, L, K, s);
+        int64_t *order = shuffled(x->T);
+        for (int64_t i = 0; i < x->T; i++) {
+            const int64_t t = order[i];
+            const int32_t *d = x->dest + t * g0->maxdest;
+            for (int j = 0; j < g0->maxdest && d[j] >= 0; j++) {
+                const int D = proto_hier_stage_dom(d, j, L, sx.dom);
+                if (D < 0)
+                    continue;
+                rank_win_t *gw = &w2[proto_hier_gateway(&sx, s, D)];
+                memcpy(gw->stage[sx.dom] + gw->nstage[sx.dom]++ * recb,
+                       w2[s].stage[sx.dom] + t * recb, (size_t)recb);
             }
-            if (want)
-                memcpy(w2[G].stage[b], m1[src * R + G].p, (size_t)(want * recb));
-            w2[G].nstage[b] = want;
+        }
+        free(order);
+        /* the sender's sizes, from its blocks */
+        for (int D = 0; D < ND; D++)
+            if (D != sx.dom) {
+                proto_hier_t gx;
+                proto_hier_shape(&gx, R, L, K, proto_hier_gateway(&sx, s, D));
+                assert_int_equal(
+                    w2[proto_hier_gateway(&sx, s, D)].nstage[sx.dom],
+                    proto_hier_cb_staged(&gx, sx.dom,
+                                         sblk + ((int64_t)s * ND + D) * CB));
+            }
+    }
+    for (int G = 0; G < R; G++) {
+        proto_hier_t gx;
+        proto_hier_shape(&gx, R, L, K, G);
+        for (int b = 0; b < ND; b++) {
+            const int64_t n = proto_hier_cb_staged(
+                &gx, b, rblk + ((int64_t)G * ND + b) * CB);
+            assert_int_equal(b == gx.dom ? 0 : w2[G].nstage[b], n);
+            assert_int_equal(n, b == gx.dom ? 0 : win[G].nstage[b]);
         }
     }
 
-    /* Hop 2: gateway to each member of its domain, segments per source
-     * domain, each record at its position at the member. */
+    /* Hop 2: each gateway's records at their places in its send staging
+     * (every place filled once), the messages into the members' receive
+     * stagings. */
     for (int G = 0; G < R; G++) {
-        proto_hier_t gw;
-        proto_hier_shape(&gw, R, L, K, G);
+        proto_hier_t gx;
+        proto_hier_shape(&gx, R, L, K, G);
         proto_geom_t g = *g0;
         g.rank = G;
-        const src_state_t *x = &ss[G];
-        const proto_ids_t ids = { x->units, 0, K, g0->E, { 0, NULL, NULL, NULL } };
-        for (int m = gw.dom * L; m < (gw.dom + 1) * L; m++) {
-            msg_t *o = &m2[G * R + m];
-            o->n = proto_hier_msg_fwd_total(&g, &gw, cnt, G, m);
-            o->p = calloc((size_t)o->n + 1, (size_t)recb);
-            int32_t *hits = calloc((size_t)o->n + 1, sizeof(int32_t));
-            for (int b = 0; b < ND; b++) {
-                int64_t n;
-                const int64_t at = proto_hier_msg_seg(&g, &gw, cnt, G, m, b, &n);
-                const int64_t nr = b == gw.dom ? x->T : w2[G].nstage[b];
-                for (int64_t k = 0; k < nr; k++) {
-                    const char *r = w2[G].stage[b] + k * recb;
-                    if (b == gw.dom) {
-                        proto_hier_rec_fill(&g, &ids, x->w, e2r, x->dest,
-                                            x->pos, x->upos, k, (int32_t *)rec);
-                        memcpy(rec + hdr, (const char *)x->x + k * rb,
-                               (size_t)rb);
-                        r = rec;
-                    }
+        const int m1 = (gx.dom + 1) * L;
+        const int64_t tot = proto_hier_fwd_at(&g, &gx, cnt, G, m1);
+        char *out = calloc((size_t)tot + 1, (size_t)recb);
+        int32_t *hits = calloc((size_t)tot + 1, sizeof(int32_t));
+        for (int b = 0; b < ND; b++) {
+            const int64_t n = b == gx.dom ? ss[G].T : w2[G].nstage[b];
+            for (int64_t k = 0; k < n; k++) {
+                if (b == gx.dom && ss[G].dest[k * g.maxdest] < 0)
+                    continue;   /* a token of its own sent nowhere */
+                const char *r = w2[G].stage[b] + k * recb;
+                for (int m = gx.dom * L; m < m1; m++) {
                     const int32_t dp = proto_hier_rec_dpos((const int32_t *)r,
                                                            K, e2r, m);
                     if (dp < 0)
                         continue;
-                    assert_true(dp < n);
-                    hits[at + dp]++;
-                    memcpy(o->p + (at + dp) * recb, r, (size_t)recb);
+                    int64_t nseg;
+                    const int64_t at = proto_hier_fwd_at(&g, &gx, cnt, G, m) +
+                        proto_hier_msg_seg(&g, &gx, cnt, G, m, b, &nseg) + dp;
+                    assert_true(dp < nseg);
+                    hits[at]++;
+                    memcpy(out + at * recb, r, (size_t)recb);
                 }
             }
-            for (int64_t i = 0; i < o->n; i++)
-                assert_int_equal(hits[i], 1);
-            free(hits);
         }
+        for (int64_t i = 0; i < tot; i++)
+            assert_int_equal(hits[i], 1);
+        for (int m = gx.dom * L; m < m1; m++) {
+            proto_hier_t mx;
+            proto_hier_shape(&mx, R, L, K, m);
+            proto_geom_t gm = *g0;
+            gm.rank = m;
+            if (!fwd[m]) {
+                nfwd[m] = proto_hier_fwd_rat(&gm, &mx, cnt, (mx.dom + 1) * L,
+                                             m);
+                fwd[m] = calloc((size_t)nfwd[m] + 1, (size_t)recb);
+            }
+            const int64_t n = proto_hier_msg_fwd_total(&g, &gx, cnt, G, m);
+            assert_int_equal(n, proto_hier_msg_fwd_total(&gm, &mx, cnt, G, m));
+            memcpy(fwd[m] + proto_hier_fwd_rat(&gm, &mx, cnt, G, m) * recb,
+                   out + proto_hier_fwd_at(&g, &gx, cnt, G, m) * recb,
+                   (size_t)(n * recb));
+        }
+        free(out);
+        free(hits);
     }
+    /* The member's scatter: each received record to its rows and entry,
+     * its return slot its place in the receive. */
     for (int m = 0; m < R; m++) {
         proto_hier_t mx;
         proto_hier_shape(&mx, R, L, K, m);
         proto_geom_t g = *g0;
         g.rank = m;
-        for (int G = mx.dom * L; G < (mx.dom + 1) * L; G++) {
-            const msg_t *o = &m2[G * R + m];
-            assert_int_equal(o->n, proto_hier_msg_fwd_total(&g, &mx, cnt, G, m));
-            for (int b = 0; b < ND; b++) {
-                int64_t n;
-                const int64_t at = proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
-                const int src = b * L + G % L;
-                for (int64_t i = 0; i < n; i++) {
-                    const int32_t *r = (const int32_t *)(o->p + (at + i) * recb);
-                    assert_int_equal(proto_hier_rec_dpos(r, K, e2r, m), i);
-                    forward(g0, &mx, cnt, P, first, e2r, src, r,
-                            (const char *)r + hdr, w2, m);
-                }
-            }
+        int src = -1;
+        int32_t dp = -1;
+        assert_int_equal(proto_hier_fwd_locate(&g, &mx, cnt, m, nfwd[m], &src,
+                                               &dp), 0);
+        for (int64_t i = 0; i < nfwd[m]; i++) {
+            const int32_t *r = (const int32_t *)(fwd[m] + i * recb);
+            assert_int_equal(proto_hier_fwd_locate(&g, &mx, cnt, m, i, &src,
+                                                   &dp), 1);
+            assert_int_equal(proto_hier_rec_dpos(r, K, e2r, m), dp);
+            forward(g0, &mx, cnt, P, first, e2r, src, r, (const char *)r + hdr,
+                    w2, m, i);
         }
+        nslot[m] = malloc(sizeof(int32_t) * (size_t)xr);
+        for (int64_t e = 0; e < xr; e++)
+            nslot[m][e] = w2[m].ent[e * (3 + K) + 1];
     }
-    const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
     for (int r = 0; r < R; r++) {
+        proto_hier_t rx;
+        proto_hier_shape(&rx, R, L, K, r);
+        proto_geom_t g = *g0;
+        g.rank = r;
+        /* the return slots: a place in the receive here, the windows
+         * form's slot at the gateway; then the rest alike */
+        for (int64_t e = 0; e < xr; e++) {
+            int32_t *en = w2[r].ent + e * (3 + K);
+            if (!w2[r].ent_hits[e])
+                continue;
+            int src = -1;
+            int32_t dp = -1;
+            assert_int_equal(proto_hier_fwd_locate(&g, &rx, cnt, r, en[1], &src,
+                                                   &dp), 1);
+            assert_int_equal(src, en[0]);
+            assert_int_equal(proto_hier_slot(&g, &rx, cnt, P, src, r, dp),
+                             win[r].ent[e * (3 + K) + 1]);
+            en[1] = win[r].ent[e * (3 + K) + 1];
+        }
         assert_memory_equal(w2[r].rows, win[r].rows, (size_t)(xr * rb));
         assert_memory_equal(w2[r].src_rank, win[r].src_rank, 4 * (size_t)xr);
         assert_memory_equal(w2[r].src_token, win[r].src_token, 4 * (size_t)xr);
@@ -454,144 +519,178 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
         assert_memory_equal(w2[r].ent, win[r].ent, 4 * (size_t)(xr * (3 + K)));
         assert_memory_equal(w2[r].ent_hits, win[r].ent_hits, 4 * (size_t)xr);
         assert_memory_equal(w2[r].row_hits, win[r].row_hits, 4 * (size_t)xr);
-        assert_memory_equal(w2[r].y, win[r].y, 4 * (size_t)(xr * H));
+        assert_memory_equal(w2[r].y, win[r].y, 8 * (size_t)(xr * H));
     }
 
-    /* Combine, partials: member to gateway, hop 2's message reversed. */
+    /* Combine, partials: each entry's partial at its return slot in the
+     * member's staging; segment (G, b) into G's part at the slot of its
+     * first row, a receive each. */
     for (int m = 0; m < R; m++) {
         proto_hier_t mx;
         proto_hier_shape(&mx, R, L, K, m);
         proto_geom_t g = *g0;
         g.rank = m;
+        pst[m] = calloc((size_t)nfwd[m] + 1, (size_t)rb);
+        for (int64_t e = 0; e < xr; e++)
+            if (w2[m].ent_hits[e])   /* at the slot the scatter gave */
+                entry_partial(sc, &g, &w2[m], e,
+                              pst[m] + (int64_t)nslot[m][e] * rb);
         for (int G = mx.dom * L; G < (mx.dom + 1) * L; G++) {
-            msg_t *o = &mp[m * R + G];
-            o->n = proto_hier_msg_fwd_total(&g, &mx, cnt, G, m);
-            o->p = calloc((size_t)o->n + 1, (size_t)rb);
+            proto_hier_t gx;
+            proto_hier_shape(&gx, R, L, K, G);
+            proto_geom_t gg = *g0;
+            gg.rank = G;
             for (int b = 0; b < ND; b++) {
-                int64_t n;
-                const int64_t at = proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
+                int64_t n, n2;
+                const int64_t at = proto_hier_fwd_rat(&g, &mx, cnt, G, m) +
+                    proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
                 const int src = b * L + G % L;
-                for (int64_t i = 0; i < n; i++) {
-                    const int64_t e = proto_hier_entbase(&g, cnt, src, m) + i;
-                    assert_int_equal(w2[m].ent[e * (3 + K)], src);
-                    entry_partial(sc, &g, &w2[m], e, o->p + (at + i) * rb);
-                }
+                const int64_t slot = proto_hier_slot(&gg, &gx, cnt, P, src, m,
+                                                     0);
+                proto_hier_msg_seg(&gg, &gx, cnt, G, m, b, &n2);
+                assert_int_equal(n, n2);
+                for (int64_t i = 0; i < n; i++)
+                    w2[G].part_hits[slot + i]++;
+                if (n)
+                    memcpy(w2[G].part + slot * rb, pst[m] + at * rb,
+                           (size_t)(n * rb));
             }
         }
     }
     for (int G = 0; G < R; G++) {
-        proto_hier_t gw;
-        proto_hier_shape(&gw, R, L, K, G);
-        proto_geom_t g = *g0;
-        g.rank = G;
-        for (int m = gw.dom * L; m < (gw.dom + 1) * L; m++) {
-            const msg_t *o = &mp[m * R + G];
-            assert_int_equal(o->n, proto_hier_msg_fwd_total(&g, &gw, cnt, G, m));
-            for (int b = 0; b < ND; b++) {
-                int64_t n;
-                const int64_t at = proto_hier_msg_seg(&g, &gw, cnt, G, m, b, &n);
-                const int src = b * L + G % L;
-                for (int64_t i = 0; i < n; i++) {
-                    const int64_t slot = proto_hier_slot(&g, &gw, cnt, P, src,
-                                                         m, (int32_t)i);
-                    w2[G].part_hits[slot]++;
-                    memcpy(w2[G].part + slot * rb, o->p + (at + i) * rb,
-                           (size_t)rb);
-                }
-            }
-        }
         assert_memory_equal(w2[G].part_hits, win[G].part_hits,
                             4 * (size_t)(ND * P + 1));
         assert_memory_equal(w2[G].part, win[G].part, (size_t)((ND * P + 1) * rb));
     }
 
-    /* The chain, a round per domain ascending: receive from the earlier
-     * domains' gateways, add this domain's terms, send on. */
-    int32_t dst[EPX_MAX_TOPK], dpos[EPX_MAX_TOPK];
-    float *acc = malloc(sizeof(float) * (size_t)H);
-    int64_t *cur = calloc((size_t)ND, sizeof(int64_t));
+    /* The chain, a round per domain ascending: each gateway of D lands
+     * the rows received so far at their tokens, continues the sums of
+     * the records it holds (taken in a random order) into its messages
+     * (rows placed by a counter per message), and sends them. */
+    int64_t *cur = calloc((size_t)(2 * ND), sizeof(int64_t));
+    for (int r = 0; r < R; r++) {
+        rch[r] = calloc((size_t)(ND * maxT) + 1, (size_t)crow);
+        rfin[r] = calloc((size_t)maxT + 1, (size_t)crow);
+    }
     for (int D = 0; D < ND; D++)
         for (int G = D * L; G < (D + 1) * L; G++) {
-            proto_hier_t gw;
-            proto_hier_shape(&gw, R, L, K, G);
+            proto_hier_t gx;
+            proto_hier_shape(&gx, R, L, K, G);
             proto_geom_t g = *g0;
             g.rank = G;
-            memset(cur, 0, sizeof(int64_t) * (size_t)ND);
+            const int32_t *rb_ = rblk + (int64_t)G * ND * CB;
+            int64_t want_in = 0;
+            for (int p = 0; p < D; p++)
+                want_in += proto_hier_cmsg_in(&gx, rb_, p);
+            assert_int_equal(nrch[G], want_in);
+            for (int64_t i = 0; i < nrch[G]; i++) {   /* land */
+                const int32_t *h = (const int32_t *)(rch[G] + i * crow);
+                assert_true(h[0] >= 0 && h[0] < ND && h[1] >= 0 && h[1] < maxT);
+                memcpy(w2[G].chain + ((int64_t)h[0] * maxT + h[1]) * H * accsz,
+                       (const char *)h + PROTO_HIER_CROW_HDR,
+                       (size_t)(H * accsz));
+            }
+            const int64_t tot = proto_hier_cmsg_at(&gx, rb_, 2 * ND);
+            char *out = calloc((size_t)tot + 1, (size_t)crow);
+            memset(cur, 0, sizeof(int64_t) * (size_t)(2 * ND));
             for (int b = 0; b < ND; b++) {
-                const int src = proto_hier_gateway(&gw, G, b);
-                const int64_t nr = b == D ? ss[G].T : w2[G].nstage[b];
-                for (int64_t k = 0; k < nr; k++) {
+                const int src = proto_hier_gateway(&gx, G, b);
+                const int64_t n = b == D ? ss[G].T : w2[G].nstage[b];
+                int64_t *order = shuffled(n);
+                for (int64_t i = 0; i < n; i++) {
+                    const int64_t k = order[i];
+                    if (b == D && ss[G].dest[k * g.maxdest] < 0)
+                        continue;
                     int nd;
-                    const int64_t t = chain_token(&g, &ss[G], &w2[G], b, b == D,
-                                                  k, recb, e2r, dst, dpos, &nd);
-                    const int prev = proto_hier_chain_prev(dst, nd, L, D);
+                    const int32_t *rc = msg_rec(&g, &w2[G], b, k, recb, e2r,
+                                                dst, &nd);
+                    const int64_t t = rc[0];
                     int j0, next;
-                    const int here = proto_hier_chain(dst, nd, L, D, &j0, &next);
-                    assert_int_equal(prev != -2, here > 0);
+                    const int here = proto_hier_chain(dst, nd, L, D, &j0,
+                                                      &next);
                     if (here == 0)
                         continue;
-                    memset(acc, 0, sizeof(float) * (size_t)H);
-                    if (prev >= 0) {
-                        const msg_t *in = &mc[(prev * L + G % L) * R + G];
-                        assert_true(cur[prev] < in->n);
-                        memcpy(acc, in->p + cur[prev]++ * H * 4,
-                               sizeof(float) * (size_t)H);
-                    }
-                    for (int j = 0; j < here; j++) {
-                        const int64_t slot = proto_hier_slot(&g, &gw, cnt, P,
-                                                             src, dst[j0 + j],
-                                                             dpos[j0 + j]);
-                        proto_sum_row(acc, w2[G].part + slot * rb, g.esize,
-                                      NULL, j0 == 0 && j == 0, H);
-                    }
-                    const int to = next >= 0 ? proto_hier_gateway(&gw, src, next)
-                                             : src;
-                    assert_int_equal(next < 0,
-                                     proto_hier_chain_last(dst, nd, L) == D);
-                    (void)t;
-                    memcpy(msg_put(next >= 0 ? &mc[G * R + to] : &mf[G * R + to],
-                                   (int64_t)H * 4), acc,
-                           sizeof(float) * (size_t)H);
+                    int64_t slot[EPX_MAX_TOPK];
+                    for (int j = 0; j < here; j++)
+                        slot[j] = proto_hier_slot(&g, &gx, cnt, P, src,
+                                                  dst[j0 + j],
+                                                  proto_hier_rec_dpos(
+                                                      rc, K, e2r, dst[j0 + j]));
+                    const int q = next >= 0 ? next : ND + b;
+                    assert_true(cur[q] < proto_hier_cmsg_n(&gx, rb_, q));
+                    int32_t *row = (int32_t *)(out +
+                        (proto_hier_cmsg_at(&gx, rb_, q) + cur[q]++) * crow);
+                    row[0] = b;
+                    row[1] = (int32_t)t;
+                    char *a = (char *)row + PROTO_HIER_CROW_HDR;
+                    const char *in = w2[G].chain + ((int64_t)b * maxT + t) *
+                                                       H * accsz;
+                    for (int h = 0; h < H; h++)
+                        if (accsz == 8)
+                            ((double *)a)[h] = proto_hier_acc_elem_f64(
+                                &g, w2[G].part, slot, here, j0 == 0,
+                                j0 == 0 ? 0.0 : ((const double *)in)[h], h);
+                        else
+                            ((float *)a)[h] = proto_hier_acc_elem(
+                                &g, w2[G].part, slot, here, j0 == 0,
+                                j0 == 0 ? 0.0f : ((const float *)in)[h], h);
+                }
+                free(order);
+            }
+            /* each message full, then sent: on to later domains' gateways
+             * (their count of it from their blocks), home to sources */
+            for (int q = 0; q < 2 * ND; q++) {
+                const int64_t n = proto_hier_cmsg_n(&gx, rb_, q);
+                assert_int_equal(cur[q], n);
+                assert_true(q >= ND || q > D || n == 0);
+                const char *p = out + proto_hier_cmsg_at(&gx, rb_, q) * crow;
+                if (q < ND && q > D) {
+                    const int to = q * L + G % L;
+                    proto_hier_t tx;
+                    proto_hier_shape(&tx, R, L, K, to);
+                    assert_int_equal(n, proto_hier_cmsg_in(
+                                            &tx, rblk + (int64_t)to * ND * CB,
+                                            D));
+                    memcpy(rch[to] + nrch[to] * crow, p, (size_t)(n * crow));
+                    nrch[to] += n;
+                } else if (q >= ND) {
+                    const int to = (q - ND) * L + G % L;
+                    proto_hier_t tx;
+                    proto_hier_shape(&tx, R, L, K, to);
+                    assert_int_equal(n, proto_hier_fmsg_in(
+                                            &tx, sblk + (int64_t)to * ND * CB,
+                                            D));
+                    memcpy(rfin[to] + nrfin[to] * crow, p, (size_t)(n * crow));
+                    nrfin[to] += n;
                 }
             }
-            /* every message from an earlier domain taken whole */
-            for (int D2 = 0; D2 < D; D2++)
-                assert_int_equal(cur[D2], mc[(D2 * L + G % L) * R + G].n);
+            free(out);
         }
-    /* The sources: per domain, their tokens whose chain ends there. */
+    /* The sources land their sums. */
     for (int s = 0; s < R; s++) {
         const src_state_t *x = &ss[s];
-        proto_hier_t sx;
-        proto_hier_shape(&sx, R, L, K, s);
-        memset(cur, 0, sizeof(int64_t) * (size_t)ND);
-        for (int64_t t = 0; t < x->T; t++) {
-            int nd = 0;
-            while (nd < g0->maxdest && x->dest[t * g0->maxdest + nd] >= 0)
-                nd++;
-            const int last = proto_hier_chain_last(x->dest + t * g0->maxdest,
-                                                   nd, L);
-            if (last < 0)
-                continue;
-            const msg_t *in = &mf[proto_hier_gateway(&sx, s, last) * R + s];
-            assert_true(cur[last] < in->n);
-            memcpy(w2[s].final + t * H * 4, in->p + cur[last]++ * H * 4,
-                   sizeof(float) * (size_t)H);
+        int64_t sent = 0;
+        for (int64_t t = 0; t < x->T; t++)
+            sent += x->dest[t * g0->maxdest] >= 0;
+        assert_int_equal(nrfin[s], sent);
+        for (int64_t i = 0; i < nrfin[s]; i++) {
+            const int32_t *h = (const int32_t *)(rfin[s] + i * crow);
+            assert_int_equal(h[0], s / L);
+            memcpy(w2[s].final + (int64_t)h[1] * H * accsz,
+                   (const char *)h + PROTO_HIER_CROW_HDR, (size_t)(H * accsz));
         }
-        for (int D = 0; D < ND; D++)
-            assert_int_equal(cur[D], mf[proto_hier_gateway(&sx, s, D) * R + s].n);
         assert_memory_equal(w2[s].final, win[s].final,
-                            sizeof(float) * (size_t)(x->T * H + 1));
+                            (size_t)(x->T * H * accsz + 1));
     }
 
     free(cur);
-    free(acc);
-    for (int i = 0; i < R * R; i++)
-        free(m1[i].p), free(m2[i].p), free(mp[i].p), free(mc[i].p),
-            free(mf[i].p);
-    free(m1), free(m2), free(mp), free(mc), free(mf), free(n1), free(rec);
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        free(fwd[r]), free(pst[r]), free(rch[r]), free(rfin[r]);
+        free(nslot[r]);
         win_free(&w2[r], ND);
-    free(w2);
+    }
+    free(fwd), free(nfwd), free(pst), free(rch), free(nrch), free(rfin);
+    free(nrfin), free(sblk), free(rblk), free(nslot), free(w2);
 }
 
 static void run(const scen_t *sc)
@@ -719,7 +818,7 @@ static void run(const scen_t *sc)
                        (size_t)recb);
             }
             forward(&g0, &sx, cnt, P, first, e2r, s, (const int32_t *)rec,
-                    rec + hdr, win, -1);
+                    rec + hdr, win, -1, -1);
         }
     }
     /* Hop 2: every gateway forwards the records of each other domain's
@@ -744,7 +843,7 @@ static void run(const scen_t *sc)
             for (int64_t i = 0; i < n; i++) {
                 const char *p = win[G].stage[b] + order[i] * recb;
                 forward(&g0, &gw, cnt, P, first, e2r, src,
-                        (const int32_t *)p, p + hdr, win, -1);
+                        (const int32_t *)p, p + hdr, win, -1, -1);
             }
             free(order);
         }
@@ -935,8 +1034,7 @@ static void run(const scen_t *sc)
     }
 
     /* The same over point-to-point messages (proto/hier_nccl.h). */
-    if (esize != 8)   /* the message form chains fp32 (see the top) */
-        run_msgs(sc, &g0, cnt, first, e2r, ss, win, P);
+    run_msgs(sc, &g0, cnt, first, e2r, ss, win, P);
 
     free(acc);
     free(yd);
@@ -1007,6 +1105,9 @@ static void edges(void **state)
         { 8, 2, 32, 8, 16, 6, EPX_DTYPE_BF16, 1, 1, 0, 0, 0 },
         { 72, 8, 144, 8, 8, 4, EPX_DTYPE_BF16, 0, 1, 0, 0, 0 },
         { 72, 8, 72, 6, 8, 3, EPX_DTYPE_BF16, 1, 2, 0, 0, 1 },
+        /* 72 ranks in one domain, and in 3 of 24 */
+        { 72, 72, 144, 8, 8, 3, EPX_DTYPE_FP32, 0, 1, 0, 0, 0 },
+        { 72, 24, 72, 4, 8, 3, EPX_DTYPE_BF16, 1, 1, 0, 0, 1 },
         /* FP64 engines: the same in double */
         { 8, 2, 16, 4, 16, 9, EPX_DTYPE_FP64, 1, 2, 0, 1, 0 },
         { 6, 3, 12, 2, 16, 5, EPX_DTYPE_FP64, 0, 1, 0, 2, 1 },
