@@ -260,11 +260,14 @@ epx_status_t epx__ucx_comm_init(epx_comm_t *c)
         free(all);
     }
     if (st == EPX_OK && u->worker) {
-        /* Finish every endpoint's wire-up now, while all ranks progress
-         * (each is here, past the last all-gather): an endpoint still
-         * wiring up when its peer dies fails in error mode NONE, which
-         * UCX 1.13 answers with abort() at the survivors' next progress
-         * (an epx_comm_shrink after a rank lost before its first call). */
+        /* Flush while all ranks progress (each is here, past the last
+         * all-gather): an endpoint still wiring up when its peer dies
+         * fails in error mode NONE, which UCX 1.13 answered with abort()
+         * at the survivors' next progress (an epx_comm_shrink after a rank
+         * lost before its first call).  This does not wire up the lanes
+         * that UCX 1.13 wires at their first send (over tcp its debug log
+         * shows their wire-up requests leave at the first barrier); the
+         * liveness endpoints are wired up for certain (ucx_live.c). */
         ucp_request_param_t prm = { 0 };
         st = epx__ucx_wait(c, ucp_worker_flush_nbx(u->worker, &prm),
                            c->timeout_s, "wire-up flush", -1);

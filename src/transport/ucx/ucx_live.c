@@ -12,6 +12,9 @@
  * death is published in the communicator (net_why, then net_dead), where
  * epx__comm_alive, polled by every wait's slow path, turns it into
  * EPX_ERR_PEER naming the rank, the same way as a shm peer's pidfd.
+ * Every endpoint is wired up before the communicator is returned
+ * (live_wire: UCX 1.13 aborts a process whose endpoint's peer dies during
+ * the wire-up).
  *
  * Why a thread: a rank busy in its own compute between calls does not
  * progress the data worker, and must not look dead.  Why a second worker
@@ -129,8 +132,8 @@ static void live_send(epx_ucx_live_t *l, int kind)
 static void live_check(epx_ucx_live_t *l, double now)
 {
     epx_comm_t *c = l->c;
-    /* A peer never heard from has the communicator's timeout more: the
-     * endpoints are wired up by this thread while 100+ ranks start. */
+    /* A peer never heard from has the communicator's timeout more: with
+     * 100+ ranks starting on few cores its thread may run late. */
     double quiet = l->silence, first = l->silence + c->timeout_s;
     for (int r = 0; r < c->nranks; r++) {
         if (!l->eps[r] ||
@@ -182,6 +185,68 @@ static void live_flush(epx_ucx_live_t *l, double limit_s)
         if (!ucp_worker_progress(l->worker))
             usleep(1000);
     ucp_request_free(req);
+}
+
+/* Finish the wire-up of every endpoint before the thread starts and the
+ * communicator is returned, progressing the worker here (a peer done
+ * first has its thread progress it).  UCX 1.13 wires an endpoint up at its
+ * first send (a wire-up proxy queues it and asks the peer for its
+ * endpoint id), and a peer that dies meanwhile aborts this process: the
+ * queued wire-up message is sent when the tcp connection completes, the
+ * send fails, and failing the endpoint purges the proxy while that message
+ * is still counted ("Assertion `wireup_ep->pending_count == 0' failed" in
+ * ucp_wireup_ep_pending_purge, from uct_tcp_ep_am_bcopy in this thread's
+ * progress; tests/core/test_shrink ucx_early, a rank killed right after
+ * creation).  So a first heartbeat starts every
+ * wire-up here, and each endpoint's flush, queued behind the proxy,
+ * completes once it is done (a worker flush does not wait for it). */
+static epx_status_t live_wire(epx_ucx_live_t *l)
+{
+    epx_comm_t *c = l->c;
+    int R = c->nranks;
+    void **reqs = calloc((size_t)R, sizeof(*reqs));
+    if (!reqs)
+        return epx__error(EPX_ERR_NOMEM, "ucx: out of memory");
+    ucp_request_param_t p = { 0 };
+    epx_status_t st = EPX_OK;
+    live_send(l, LIVE_BEAT);
+    for (int r = 0; r < R && st == EPX_OK; r++) {
+        if (!l->eps[r])
+            continue;
+        if (l->broken[r]) {
+            st = epx__error(EPX_ERR_PEER, "ucx: rank %d: liveness endpoint "
+                            "to rank %d: %s", c->rank, r,
+                            ucs_status_string(l->err[r]));
+            break;
+        }
+        reqs[r] = ucp_ep_flush_nbx(l->eps[r], &p);
+        if (UCS_PTR_IS_ERR(reqs[r])) {
+            st = epx__error(EPX_ERR_PEER, "ucx: rank %d: liveness endpoint "
+                            "to rank %d: %s", c->rank, r,
+                            ucs_status_string(UCS_PTR_STATUS(reqs[r])));
+            reqs[r] = NULL;
+        }
+    }
+    double deadline = epx__now() + c->timeout_s;
+    for (int r = 0; r < R; r++) {
+        ucs_status_t s = UCS_OK;
+        while (reqs[r] && st == EPX_OK &&
+               (s = ucp_request_check_status(reqs[r])) == UCS_INPROGRESS) {
+            if (epx__now() > deadline)
+                st = epx__error(EPX_ERR_TIMEOUT, "ucx: rank %d: liveness "
+                                "endpoint to rank %d not wired up after "
+                                "%.1f s", c->rank, r, c->timeout_s);
+            else if (!ucp_worker_progress(l->worker))
+                usleep(100);
+        }
+        if (st == EPX_OK && s != UCS_OK)
+            st = epx__error(EPX_ERR_PEER, "ucx: rank %d: liveness endpoint to "
+                            "rank %d: %s", c->rank, r, ucs_status_string(s));
+        if (reqs[r])
+            ucp_request_free(reqs[r]);   /* released when it completes */
+    }
+    free(reqs);
+    return st;
 }
 
 static void *live_main(void *arg)
@@ -376,6 +441,8 @@ epx_status_t epx__ucx_live_init(epx_comm_t *c, epx_ucx_comm_t *u)
         }
     }
     free(all);
+    if (mine == EPX_OK && l->worker)
+        mine = live_wire(l);
     if (mine == EPX_OK && l->worker) {
         int e = pthread_create(&l->thread, NULL, live_main, l);
         if (e)
