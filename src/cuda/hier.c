@@ -121,9 +121,11 @@ epx_status_t gpu_hier_nccl(gpu_hier_t *h, epx_nccl_t *nc,
     const int64_t acc = proto_hier_acc_size(g->esize);
     const int64_t blk = (int64_t)ND * CB * 4;
     k->crow = proto_hier_crow_bytes(g->H, acc);
-    /* each region 256-aligned: counts, counters, then the stagings */
+    /* each region 256-aligned: the count blocks (sent, then received
+     * right after them: one read-back copies both), counters, then the
+     * stagings */
     const int64_t sz[10] = {
-        blk, blk, 2 * (int64_t)ND * 4, ND * g->maxT * k->rec_bytes,
+        2 * blk, 0, 2 * (int64_t)ND * 4, ND * g->maxT * k->rec_bytes,
         ND * k->w.P * k->rec_bytes, g->ents * k->rec_bytes,
         g->ents * g->row_bytes, ND * g->maxT * k->crow,
         ND * g->maxT * k->crow, g->maxT * k->crow };
@@ -152,7 +154,7 @@ epx_status_t gpu_hier_nccl(gpu_hier_t *h, epx_nccl_t *nc,
         return s;
     k->nccl = 1;
     k->cb_send = (int32_t *)(h->nbuf + off[0]);
-    k->cb_recv = (int32_t *)(h->nbuf + off[1]);
+    k->cb_recv = k->cb_send + (int64_t)ND * CB;   /* h_blk's second half */
     k->ccount = (int32_t *)(h->nbuf + off[2]);
     k->sstage = h->nbuf + off[3];
     k->fstage = h->nbuf + off[4];

@@ -752,6 +752,8 @@ __device__ static void hiern_land(const proto_geom_t &g, const epxk_call_t &c,
          i < h.n; i += warps) {
         const int32_t *row = (const int32_t *)(base + i * h.crow);
         const int64_t b = final ? 0 : row[0], t = row[1];
+        if (b < 0 || b >= h.x.ND || t < 0 || t >= g.maxT)
+            continue;   /* not a row (a failed call sends unwritten ones) */
         char *to = mine + (final ? h.w.final : h.w.chain) +
                    (b * g.maxT + t) * g.H * acc;
         hier_copy(to, (const char *)row + PROTO_HIER_CROW_HDR, g.H * acc,
