@@ -3,7 +3,9 @@
  * README.md "Hierarchical two-hop", and "... over NCCL"): the domains from
  * the communicator's topology, the regions after the geometry's, and the
  * order of the kernels of kern_hier.cu; over NCCL also the stagings and
- * the grouped exchanges of proto/hier_nccl.h with their host sizes.
+ * the grouped exchanges, whose layout and op lists proto/hier_nccl.h
+ * builds (checked on the host by tests/proto/test_hier_core): here only
+ * their regions mapped to device pointers and posted.
  * Never run on a GPU yet.
  */
 #include <stdlib.h>

@@ -19,9 +19,13 @@
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
  * The same calls then run as the point-to-point messages of
- * proto/hier_nccl.h (the form for grouped sends and receives): every
- * message's size is computed by its sender and its receiver and must
- * agree, and the receive regions, the gateways' partials and the
+ * proto/hier_nccl.h (the form for grouped sends and receives), in each
+ * rank's stagings and window as proto_hier_stg_layout lays them out,
+ * every exchange made of the op lists src/cuda/hier.c posts
+ * (proto_hier_ops_*): per group and ordered pair the sends and receives
+ * must pair up in number, order and size, each op lie in its region, the
+ * bytes move by the ops alone, the host's count blocks come from the
+ * read-back span; the receive regions, the gateways' partials and the
  * finished sums must be the windows form's byte for byte (bf16, fp32
  * and fp64: accumulators of proto_hier_acc_size, as in the windows form).
  * The message form is the device's NCCL path's (count blocks, records
