@@ -3,7 +3,9 @@
  * README.md "Hierarchical two-hop", and "... over NCCL"): the domains from
  * the communicator's topology, the regions after the geometry's, and the
  * order of the kernels of kern_hier.cu; over NCCL also the stagings and
- * the grouped exchanges of proto/hier_nccl.h with their host sizes.
+ * the grouped exchanges, whose layout and op lists proto/hier_nccl.h
+ * builds (checked on the host by tests/proto/test_hier_core): here only
+ * their regions mapped to device pointers and posted.
  * Never run on a GPU yet.
  */
 #include <stdlib.h>
@@ -25,8 +27,9 @@ struct gpu_hier {
                                    read back with the count matrix */
     int32_t *sblk, *rblk;       /* the last agreed dispatch's blocks */
     int32_t *cnt;               /* and its count matrix [R][cnt_ints] */
-    epx_nccl_p2p_t *ops;
-    int nops;
+    proto_hier_stg_t l;         /* the stagings' layout */
+    proto_hier_op_t *op;        /* a group's ops (proto/hier_nccl.h) */
+    epx_nccl_p2p_t *ops;        /* and as posted */
     int64_t cross[2];           /* bytes across domains, counted here */
 };
 
@@ -106,6 +109,7 @@ void gpu_hier_destroy(gpu_hier_t *h)
     free(h->sblk);
     free(h->rblk);
     free(h->cnt);
+    free(h->op);
     free(h->ops);
     free(h);
 }
@@ -118,51 +122,41 @@ epx_status_t gpu_hier_nccl(gpu_hier_t *h, epx_nccl_t *nc,
 {
     epxk_hier_t *k = &h->k;
     const int ND = k->x.ND, CB = proto_hier_cb_len(&k->x);
-    const int64_t acc = proto_hier_acc_size(g->esize);
-    const int64_t blk = (int64_t)ND * CB * 4;
-    k->crow = proto_hier_crow_bytes(g->H, acc);
-    /* each region 256-aligned: the count blocks (sent, then received
-     * right after them: one read-back copies both), counters, then the
-     * stagings */
-    const int64_t sz[10] = {
-        2 * blk, 0, 2 * (int64_t)ND * 4, ND * g->maxT * k->rec_bytes,
-        ND * k->w.P * k->rec_bytes, g->ents * k->rec_bytes,
-        g->ents * g->row_bytes, ND * g->maxT * k->crow,
-        ND * g->maxT * k->crow, g->maxT * k->crow };
-    int64_t off[10], at = 0;
-    for (int i = 0; i < 10; i++) {
-        off[i] = at;
-        at = proto_round_up(at + sz[i], 256);
-    }
+    const size_t blk = sizeof(int32_t) * (size_t)ND * (size_t)CB;
+    const int nops = proto_hier_ops_max(&k->x);
+    proto_hier_stg_t *l = &h->l;
+    proto_hier_stg_layout(l, g, &k->x, &k->w, k->rec_bytes);
+    k->crow = l->crow;
     h->nc = nc;
-    h->nops = 2 * k->x.L * ND + 4 * ND + 8;
-    h->ops = malloc(sizeof(epx_nccl_p2p_t) * (size_t)h->nops);
-    h->sblk = malloc((size_t)(2 * blk));
+    h->op = malloc(sizeof(proto_hier_op_t) * (size_t)nops);
+    h->ops = malloc(sizeof(epx_nccl_p2p_t) * (size_t)nops);
+    h->sblk = malloc(2 * blk);
     h->rblk = h->sblk ? h->sblk + (int64_t)ND * CB : NULL;
     h->cnt = malloc(sizeof(int32_t) * (size_t)g->R * (size_t)g->cnt_ints);
-    if (!h->ops || !h->sblk || !h->cnt)
+    if (!h->op || !h->ops || !h->sblk || !h->cnt)
         return epx__error(EPX_ERR_NOMEM, "cuda moe: out of memory");
-    epx_status_t s = epx__cuda_err(cudaMalloc((void **)&h->nbuf, (size_t)at),
-                                   "cudaMalloc");
+    epx_status_t s = epx__cuda_err(cudaMalloc((void **)&h->nbuf,
+                                              (size_t)l->total), "cudaMalloc");
     if (s == EPX_OK)
-        s = epx__cuda_err(cudaMemsetAsync(h->nbuf, 0, (size_t)at, st),
+        s = epx__cuda_err(cudaMemsetAsync(h->nbuf, 0, (size_t)l->total, st),
                           "cudaMemsetAsync");
     if (s == EPX_OK)
-        s = epx__cuda_err(cudaMallocHost((void **)&h->h_blk, (size_t)(2 * blk)),
+        s = epx__cuda_err(cudaMallocHost((void **)&h->h_blk,
+                                         (size_t)l->rb_bytes),
                           "cudaMallocHost");
     if (s != EPX_OK)
         return s;
     k->nccl = 1;
-    k->cb_send = (int32_t *)(h->nbuf + off[0]);
-    k->cb_recv = k->cb_send + (int64_t)ND * CB;   /* h_blk's second half */
-    k->ccount = (int32_t *)(h->nbuf + off[2]);
-    k->sstage = h->nbuf + off[3];
-    k->fstage = h->nbuf + off[4];
-    k->rfwd = h->nbuf + off[5];
-    k->pstage = h->nbuf + off[6];
-    k->csend = h->nbuf + off[7];
-    k->rchain = h->nbuf + off[8];
-    k->rfinal = h->nbuf + off[9];
+    k->cb_send = (int32_t *)(h->nbuf + l->off[PROTO_HIER_REG_CBS]);
+    k->cb_recv = (int32_t *)(h->nbuf + l->off[PROTO_HIER_REG_CBR]);
+    k->ccount = (int32_t *)(h->nbuf + l->off[PROTO_HIER_REG_CCOUNT]);
+    k->sstage = h->nbuf + l->off[PROTO_HIER_REG_SSTAGE];
+    k->fstage = h->nbuf + l->off[PROTO_HIER_REG_FSTAGE];
+    k->rfwd = h->nbuf + l->off[PROTO_HIER_REG_RFWD];
+    k->pstage = h->nbuf + l->off[PROTO_HIER_REG_PSTAGE];
+    k->csend = h->nbuf + l->off[PROTO_HIER_REG_CSEND];
+    k->rchain = h->nbuf + l->off[PROTO_HIER_REG_RCHAIN];
+    k->rfinal = h->nbuf + l->off[PROTO_HIER_REG_RFINAL];
     return EPX_OK;
 }
 
@@ -196,17 +190,19 @@ static epx_status_t launch(const gpu_hier_t *h, int which,
                          "kernel launch");
 }
 
-/* One grouped exchange of the ops gathered (none: nothing). */
-static epx_status_t nccl_group(gpu_hier_t *h, int n, cudaStream_t st)
+/* One grouped exchange of the n ops in h->op, each region mapped to its
+ * device pointer (the stagings, or the window: local; none: nothing). */
+static epx_status_t nccl_group(gpu_hier_t *h, int n, char *local,
+                               cudaStream_t st)
 {
+    for (int i = 0; i < n; i++) {
+        const proto_hier_op_t *o = &h->op[i];
+        char *base = o->reg < PROTO_HIER_REG_NSTG ? h->nbuf : local;
+        h->ops[i] = (epx_nccl_p2p_t){ o->peer, o->recv,
+                                      base + h->l.off[o->reg] + o->off,
+                                      (size_t)o->bytes };
+    }
     return epx__nccl_p2p(h->nc, h->ops, n, st);
-}
-
-static void op_add(gpu_hier_t *h, int *n, int peer, int recv, void *buf,
-                   int64_t bytes)
-{
-    if (bytes > 0)
-        h->ops[(*n)++] = (epx_nccl_p2p_t){ peer, recv, buf, (size_t)bytes };
 }
 
 /* Over NCCL, in the dispatch after the count matrix's exchange (on every
@@ -219,22 +215,18 @@ static epx_status_t nccl_counts(gpu_hier_t *h, const proto_geom_t *g,
                                 cudaStream_t st)
 {
     const epxk_hier_t *k = &h->k;
-    const int ND = k->x.ND, L = k->x.L, li = k->x.li;
-    const int64_t CB = proto_hier_cb_len(&k->x), blk = (int64_t)ND * CB * 4;
-    epx_status_t s = epx__cuda_err(cudaMemsetAsync(k->cb_send, 0, (size_t)blk,
-                                                   st), "cudaMemsetAsync");
+    const proto_hier_stg_t *l = &h->l;
+    epx_status_t s = epx__cuda_err(
+        cudaMemsetAsync(k->cb_send, 0, (size_t)l->size[PROTO_HIER_REG_CBS],
+                        st), "cudaMemsetAsync");
     if (s == EPX_OK)
         s = launch(h, EPXK_HIERN_STAGE, g, c, blocks, st);
-    int n = 0;
-    for (int D = 0; D < ND; D++) {   /* block D to domain D's rank, its back */
-        op_add(h, &n, D * L + li, 0, k->cb_send + D * CB, CB * 4);
-        op_add(h, &n, D * L + li, 1, k->cb_recv + D * CB, CB * 4);
-    }
+    const int n = proto_hier_ops_counts(l, &k->x, h->op);
     if (s == EPX_OK)
-        s = nccl_group(h, n, st);
+        s = nccl_group(h, n, NULL, st);
     if (s == EPX_OK)
-        s = epx__cuda_err(cudaMemcpyAsync(h->h_blk, k->cb_send,
-                                          (size_t)(2 * blk),
+        s = epx__cuda_err(cudaMemcpyAsync(h->h_blk, h->nbuf + l->rb_off,
+                                          (size_t)l->rb_bytes,
                                           cudaMemcpyDeviceToHost, st),
                           "cudaMemcpyAsync");
     return s;
@@ -257,47 +249,28 @@ epx_status_t gpu_hier_nccl_recv(gpu_hier_t *h, const proto_geom_t *g,
 {
     epxk_hier_t *k = &h->k;
     const proto_hier_t *x = &k->x;
-    const int ND = x->ND, L = x->L, li = x->li, me = g->rank;
-    const int64_t CB = proto_hier_cb_len(x), recb = k->rec_bytes;
+    const proto_hier_stg_t *l = &h->l;
+    const size_t blk = sizeof(int32_t) * (size_t)x->ND *
+                       (size_t)proto_hier_cb_len(x);
     const int64_t wrow = g->xrow_bytes + g->scale_bytes + g->gscale_bytes;
     /* the counts this call's exchanges and its combine go by */
-    memcpy(h->sblk, h->h_blk, sizeof(int32_t) * (size_t)(2 * ND * CB));
+    memcpy(h->sblk, (const char *)h->h_blk + l->rb_sent, blk);
+    memcpy(h->rblk, (const char *)h->h_blk + l->rb_recv, blk);
     memcpy(h->cnt, cnt, sizeof(int32_t) * (size_t)g->R * (size_t)g->cnt_ints);
     cnt = h->cnt;
-    /* hop 1: records to each remote domain's gateway, theirs here (into
-     * the staging regions, per source domain) */
-    int n = 0;
-    for (int D = 0; D < ND; D++) {
-        if (D == x->dom)
-            continue;
-        proto_hier_t gx;
-        proto_hier_shape(&gx, g->R, L, g->K, D * L + li);
-        const int64_t ns = proto_hier_cb_staged(&gx, x->dom, h->sblk + D * CB);
-        h->cross[0] += ns * wrow;
-        op_add(h, &n, D * L + li, 0, k->sstage + D * g->maxT * recb,
-               ns * recb);
-        op_add(h, &n, D * L + li, 1,
-               local + k->w.stage + D * g->maxT * recb,
-               proto_hier_cb_staged(x, D, h->rblk + D * CB) * recb);
-    }
-    epx_status_t s = nccl_group(h, n, st);
+    /* hop 1: records to each remote domain's gateway, theirs here */
+    int n = proto_hier_ops_hop1(l, g, x, h->sblk, h->rblk, h->op);
+    for (int i = 0; i < n; i++)
+        if (!h->op[i].recv)
+            h->cross[0] += h->op[i].bytes / l->recb * wrow;
+    epx_status_t s = nccl_group(h, n, local, st);
     if (s == EPX_OK)
         s = launch(h, EPXK_HIERN_PACK, g, c, blocks, st);
-    /* hop 2: to each member its message, from each gateway of the domain
-     * its message here */
-    n = 0;
-    const int m0 = x->dom * L;
-    for (int m = m0; m < m0 + L; m++) {
-        op_add(h, &n, m, 0,
-               k->fstage + proto_hier_fwd_at(g, x, cnt, me, m) * recb,
-               proto_hier_msg_fwd_total(g, x, cnt, me, m) * recb);
-        op_add(h, &n, m, 1,
-               k->rfwd + proto_hier_fwd_rat(g, x, cnt, m, me) * recb,
-               proto_hier_msg_fwd_total(g, x, cnt, m, me) * recb);
-    }
+    /* hop 2: to each member its message, from each gateway its message */
+    n = proto_hier_ops_hop2(l, g, x, cnt, h->op);
     if (s == EPX_OK)
-        s = nccl_group(h, n, st);
-    k->n = proto_hier_fwd_rat(g, x, cnt, m0 + L, me);
+        s = nccl_group(h, n, local, st);
+    k->n = proto_hier_fwd_rat(g, x, cnt, (x->dom + 1) * x->L, g->rank);
     if (s == EPX_OK)
         s = launch(h, EPXK_HIERN_SCATTER, g, c, blocks, st);
     return s;
@@ -317,57 +290,25 @@ static epx_status_t nccl_combine(gpu_hier_t *h, const proto_geom_t *g,
 {
     epxk_hier_t *k = &h->k;
     const proto_hier_t *x = &k->x;
-    const int ND = x->ND, L = x->L, li = x->li, me = g->rank;
-    const int m0 = x->dom * L;
-    const int32_t *cnt = h->cnt;
+    const int ND = x->ND;
     epx_status_t s = launch(h, EPXK_HIER_PUT, g, c, blocks, st);
-    int n = 0;
-    for (int p = m0; p < m0 + L; p++)
-        for (int b = 0; b < ND; b++) {
-            int64_t ns, nr;
-            /* as member: to gateway p; as gateway: from member p */
-            const int64_t at = proto_hier_fwd_rat(g, x, cnt, p, me) +
-                               proto_hier_msg_seg(g, x, cnt, p, me, b, &ns);
-            op_add(h, &n, p, 0, k->pstage + at * g->row_bytes,
-                   ns * g->row_bytes);
-            proto_hier_msg_seg(g, x, cnt, me, p, b, &nr);
-            op_add(h, &n, p, 1,
-                   local + k->w.part +
-                       proto_hier_slot(g, x, cnt, k->w.P, b * L + li, p, 0) *
-                           g->row_bytes,
-                   nr * g->row_bytes);
-        }
+    int n = proto_hier_ops_parts(&h->l, g, x, h->cnt, h->op);
     if (s == EPX_OK)
-        s = nccl_group(h, n, st);
+        s = nccl_group(h, n, local, st);
     const int64_t frow = g->H * proto_hier_acc_size(g->esize);
-    int64_t cin = 0, fin = 0;
     for (int D = 0; s == EPX_OK && D < ND; D++) {
-        n = 0;
         if (D == x->dom) {
-            k->n = cin;
+            k->n = proto_hier_chain_before(x, h->rblk, D);
             s = launch(h, EPXK_HIERN_LAND_CHAIN, g, c, blocks, st);
             if (s == EPX_OK)
                 s = launch(h, EPXK_HIERN_CHAIN, g, c, blocks, st);
-            for (int q = 0; q < 2 * ND; q++) {
-                const int64_t nq = proto_hier_cmsg_n(x, h->rblk, q);
-                const int to = (q < ND ? q : q - ND) * L + li;
+            for (int q = 0; q < 2 * ND; q++)   /* all but home inside */
                 if (q < ND || q - ND != x->dom)
-                    h->cross[1] += nq * frow;
-                op_add(h, &n, to, 0,
-                       k->csend + proto_hier_cmsg_at(x, h->rblk, q) * k->crow,
-                       nq * k->crow);
-            }
+                    h->cross[1] += proto_hier_cmsg_n(x, h->rblk, q) * frow;
         }
-        const int64_t nc = D < x->dom ? proto_hier_cmsg_in(x, h->rblk, D) : 0;
-        const int64_t nf = proto_hier_fmsg_in(x, h->sblk, D);
-        op_add(h, &n, D * L + li, 1, k->rchain + cin * k->crow,
-               nc * k->crow);
-        op_add(h, &n, D * L + li, 1, k->rfinal + fin * k->crow,
-               nf * k->crow);
-        cin += nc;
-        fin += nf;
+        n = proto_hier_ops_chain(&h->l, x, h->sblk, h->rblk, D, h->op);
         if (s == EPX_OK)
-            s = nccl_group(h, n, st);
+            s = nccl_group(h, n, local, st);
     }
     k->n = 0;
     return s;
@@ -389,10 +330,7 @@ epx_status_t gpu_hier_combine_recv(gpu_hier_t *h, const proto_geom_t *g,
 {
     epx_status_t s = EPX_OK;
     if (h->nc) {   /* the finished sums received, at their tokens */
-        int64_t nf = 0;
-        for (int D = 0; D < h->k.x.ND; D++)
-            nf += proto_hier_fmsg_in(&h->k.x, h->sblk, D);
-        h->k.n = nf;
+        h->k.n = proto_hier_final_before(&h->k.x, h->sblk, h->k.x.ND);
         s = launch(h, EPXK_HIERN_LAND_FINAL, g, c, blocks, st);
         h->k.n = 0;
     }

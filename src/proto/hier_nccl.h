@@ -310,4 +310,240 @@ PROTO_HD int proto_hier_fwd_locate(const proto_geom_t *g,
     return 0;
 }
 
+/* ---------------------------------- the device form's stagings and ops
+ *
+ * What src/cuda/hier.c posts, as plain lists so the host can check them
+ * (tests/proto/test_hier_core.c): NCCL hangs where, within a group, A's
+ * sends to B and B's receives from A differ in number or size.  An op
+ * names a region and a byte offset in it; hier.c maps the region to a
+ * device pointer: the stagings, one allocation laid out by
+ * proto_hier_stg_layout, and two of the window's regions (hier.h's
+ * proto_hier_layout), which hop 1 and the partials receive into. */
+enum {
+    PROTO_HIER_REG_CBS,     /* count blocks sent [ND][CB] int32 */
+    PROTO_HIER_REG_CBR,     /* received [ND][CB], right after them */
+    PROTO_HIER_REG_CCOUNT,  /* the kernels' counters [2 ND] int32 */
+    PROTO_HIER_REG_SSTAGE,  /* hop 1's records sent [ND][maxT] */
+    PROTO_HIER_REG_FSTAGE,  /* hop 2's records sent [ND * P] */
+    PROTO_HIER_REG_RFWD,    /* hop 2's records received [ents] */
+    PROTO_HIER_REG_PSTAGE,  /* the partials sent [ents] rows */
+    PROTO_HIER_REG_CSEND,   /* chain rows sent [ND * maxT] */
+    PROTO_HIER_REG_RCHAIN,  /* chain rows received [ND * maxT] */
+    PROTO_HIER_REG_RFINAL,  /* finished sums received [maxT] */
+    PROTO_HIER_REG_NSTG,    /* the stagings' number; then the window's: */
+    PROTO_HIER_REG_WSTAGE = PROTO_HIER_REG_NSTG,  /* w.stage: hop 1's */
+    PROTO_HIER_REG_WPART,   /* w.part: the partials' */
+    PROTO_HIER_REG_N
+};
+
+/* off: a staging's offset in the allocation (256-aligned, but the
+ * received blocks right after the sent, so one read-back copies both),
+ * a window region's in the window; size: its bytes.  The read-back: the
+ * bytes [rb_off, rb_off + rb_bytes) of the stagings, in which the sent
+ * and received blocks start at rb_sent and rb_recv. */
+typedef struct proto_hier_stg {
+    int64_t off[PROTO_HIER_REG_N], size[PROTO_HIER_REG_N];
+    int64_t total;
+    int64_t rb_off, rb_bytes, rb_sent, rb_recv;
+    int64_t recb, crow, row, maxT, P;   /* sizes the op lists go by */
+} proto_hier_stg_t;
+
+typedef struct proto_hier_op {
+    int peer, recv, reg;                /* recv 0: a send */
+    int64_t off, bytes;
+} proto_hier_op_t;
+
+/* w: the window's regions (proto_hier_layout), rec_bytes its records'. */
+PROTO_HD void proto_hier_stg_layout(proto_hier_stg_t *l, const proto_geom_t *g,
+                                    const proto_hier_t *x,
+                                    const proto_hier_win_t *w,
+                                    int64_t rec_bytes)
+{
+    const int64_t ND = x->ND, blk = ND * proto_hier_cb_len(x) * 4;
+    l->recb = rec_bytes;
+    l->crow = proto_hier_crow_bytes(g->H, proto_hier_acc_size(g->esize));
+    l->row = g->row_bytes;
+    l->maxT = g->maxT;
+    l->P = w->P;
+    l->size[PROTO_HIER_REG_CBS] = blk;
+    l->size[PROTO_HIER_REG_CBR] = blk;
+    l->size[PROTO_HIER_REG_CCOUNT] = 2 * ND * 4;
+    l->size[PROTO_HIER_REG_SSTAGE] = ND * g->maxT * rec_bytes;
+    l->size[PROTO_HIER_REG_FSTAGE] = ND * w->P * rec_bytes;
+    l->size[PROTO_HIER_REG_RFWD] = g->ents * rec_bytes;
+    l->size[PROTO_HIER_REG_PSTAGE] = g->ents * g->row_bytes;
+    l->size[PROTO_HIER_REG_CSEND] = ND * g->maxT * l->crow;
+    l->size[PROTO_HIER_REG_RCHAIN] = ND * g->maxT * l->crow;
+    l->size[PROTO_HIER_REG_RFINAL] = g->maxT * l->crow;
+    int64_t at = 0;
+    for (int i = 0; i < PROTO_HIER_REG_NSTG; i++) {
+        l->off[i] = at;
+        at += l->size[i];
+        if (i != PROTO_HIER_REG_CBS)
+            at = proto_round_up(at, 256);
+    }
+    l->total = at;
+    l->off[PROTO_HIER_REG_WSTAGE] = w->stage;
+    l->size[PROTO_HIER_REG_WSTAGE] = ND * g->maxT * rec_bytes;
+    l->off[PROTO_HIER_REG_WPART] = w->part;
+    l->size[PROTO_HIER_REG_WPART] = ND * w->P * g->row_bytes;
+    l->rb_off = l->off[PROTO_HIER_REG_CBS];
+    l->rb_bytes = l->off[PROTO_HIER_REG_CBR] + blk - l->rb_off;
+    l->rb_sent = l->off[PROTO_HIER_REG_CBS] - l->rb_off;
+    l->rb_recv = l->off[PROTO_HIER_REG_CBR] - l->rb_off;
+}
+
+/* Ops one group may hold at the most (the partials': 2 per member and
+ * source domain). */
+PROTO_HD int proto_hier_ops_max(const proto_hier_t *x)
+{
+    return 2 * x->L * x->ND + 2 * x->ND + 2 * x->L + 4;
+}
+
+/* An op of bytes > 0 (none of an empty message, on both ends alike). */
+PROTO_HD void proto_hier_op_add(proto_hier_op_t *op, int *n, int peer,
+                                int recv, int reg, int64_t off, int64_t bytes)
+{
+    if (bytes > 0) {
+        proto_hier_op_t o = { peer, recv, reg, off, bytes };
+        op[(*n)++] = o;
+    }
+}
+
+/* The count blocks' group: block D to domain D's rank of this local
+ * index, its block for us back. */
+PROTO_HD int proto_hier_ops_counts(const proto_hier_stg_t *l,
+                                   const proto_hier_t *x, proto_hier_op_t *op)
+{
+    const int64_t cb = (int64_t)proto_hier_cb_len(x) * 4;
+    int n = 0;
+    (void)l;
+    for (int D = 0; D < x->ND; D++) {
+        proto_hier_op_add(op, &n, D * x->L + x->li, 0, PROTO_HIER_REG_CBS,
+                          D * cb, cb);
+        proto_hier_op_add(op, &n, D * x->L + x->li, 1, PROTO_HIER_REG_CBR,
+                          D * cb, cb);
+    }
+    return n;
+}
+
+/* Hop 1's group (sblk, rblk: the blocks sent and received, read back):
+ * the records staged for each remote domain to its gateway, that
+ * gateway's records here at its source domain's place. */
+PROTO_HD int proto_hier_ops_hop1(const proto_hier_stg_t *l,
+                                 const proto_geom_t *g, const proto_hier_t *x,
+                                 const int32_t *sblk, const int32_t *rblk,
+                                 proto_hier_op_t *op)
+{
+    const int L = x->L, CB = proto_hier_cb_len(x);
+    int n = 0;
+    for (int D = 0; D < x->ND; D++) {
+        if (D == x->dom)
+            continue;
+        proto_hier_t gx;
+        proto_hier_shape(&gx, x->R, L, g->K, D * L + x->li);
+        const int64_t at = D * l->maxT * l->recb;
+        proto_hier_op_add(op, &n, D * L + x->li, 0, PROTO_HIER_REG_SSTAGE, at,
+                          proto_hier_cb_staged(&gx, x->dom,
+                                               sblk + (int64_t)D * CB) *
+                              l->recb);
+        proto_hier_op_add(op, &n, D * L + x->li, 1, PROTO_HIER_REG_WSTAGE, at,
+                          proto_hier_cb_staged(x, D, rblk + (int64_t)D * CB) *
+                              l->recb);
+    }
+    return n;
+}
+
+/* Hop 2's group (cnt: the count matrix): to each member of the domain
+ * its message, from each gateway of it its message here. */
+PROTO_HD int proto_hier_ops_hop2(const proto_hier_stg_t *l,
+                                 const proto_geom_t *g, const proto_hier_t *x,
+                                 const int32_t *cnt, proto_hier_op_t *op)
+{
+    const int me = g->rank, m0 = x->dom * x->L;
+    int n = 0;
+    for (int m = m0; m < m0 + x->L; m++) {
+        proto_hier_op_add(op, &n, m, 0, PROTO_HIER_REG_FSTAGE,
+                          proto_hier_fwd_at(g, x, cnt, me, m) * l->recb,
+                          proto_hier_msg_fwd_total(g, x, cnt, me, m) *
+                              l->recb);
+        proto_hier_op_add(op, &n, m, 1, PROTO_HIER_REG_RFWD,
+                          proto_hier_fwd_rat(g, x, cnt, m, me) * l->recb,
+                          proto_hier_msg_fwd_total(g, x, cnt, m, me) *
+                              l->recb);
+    }
+    return n;
+}
+
+/* The partials' group, hop 2 reversed: as member each segment (gateway
+ * p, source domain b) of what p sent here, from where it landed; as
+ * gateway member p's segment into part at the slot of its first row. */
+PROTO_HD int proto_hier_ops_parts(const proto_hier_stg_t *l,
+                                  const proto_geom_t *g, const proto_hier_t *x,
+                                  const int32_t *cnt, proto_hier_op_t *op)
+{
+    const int me = g->rank, L = x->L, m0 = x->dom * L;
+    int n = 0;
+    for (int p = m0; p < m0 + L; p++)
+        for (int b = 0; b < x->ND; b++) {
+            int64_t ns, nr;
+            const int64_t at = proto_hier_fwd_rat(g, x, cnt, p, me) +
+                               proto_hier_msg_seg(g, x, cnt, p, me, b, &ns);
+            proto_hier_op_add(op, &n, p, 0, PROTO_HIER_REG_PSTAGE,
+                              at * l->row, ns * l->row);
+            proto_hier_msg_seg(g, x, cnt, me, p, b, &nr);
+            proto_hier_op_add(op, &n, p, 1, PROTO_HIER_REG_WPART,
+                              proto_hier_slot(g, x, cnt, l->P,
+                                              b * L + x->li, p, 0) * l->row,
+                              nr * l->row);
+        }
+    return n;
+}
+
+/* Chain rows received in the rounds before D (accumulators: from the
+ * domains before this one), and finished sums; where round D's land. */
+PROTO_HD int64_t proto_hier_chain_before(const proto_hier_t *x,
+                                         const int32_t *rblk, int D)
+{
+    int64_t n = 0;
+    for (int p = 0; p < D && p < x->dom; p++)
+        n += proto_hier_cmsg_in(x, rblk, p);
+    return n;
+}
+
+PROTO_HD int64_t proto_hier_final_before(const proto_hier_t *x,
+                                         const int32_t *sblk, int D)
+{
+    int64_t n = 0;
+    for (int p = 0; p < D; p++)
+        n += proto_hier_fmsg_in(x, sblk, p);
+    return n;
+}
+
+/* Chain round D's group: in this domain's round its messages (to each
+ * later domain's gateway, then home to each source, in message order);
+ * every round what comes here from domain D's rank of this local index,
+ * the accumulators first, then the finished sums. */
+PROTO_HD int proto_hier_ops_chain(const proto_hier_stg_t *l,
+                                  const proto_hier_t *x, const int32_t *sblk,
+                                  const int32_t *rblk, int D,
+                                  proto_hier_op_t *op)
+{
+    const int ND = x->ND, L = x->L, li = x->li;
+    int n = 0;
+    for (int q = 0; D == x->dom && q < 2 * ND; q++)
+        proto_hier_op_add(op, &n, (q < ND ? q : q - ND) * L + li, 0,
+                          PROTO_HIER_REG_CSEND,
+                          proto_hier_cmsg_at(x, rblk, q) * l->crow,
+                          proto_hier_cmsg_n(x, rblk, q) * l->crow);
+    const int64_t nc = D < x->dom ? proto_hier_cmsg_in(x, rblk, D) : 0;
+    proto_hier_op_add(op, &n, D * L + li, 1, PROTO_HIER_REG_RCHAIN,
+                      proto_hier_chain_before(x, rblk, D) * l->crow,
+                      nc * l->crow);
+    proto_hier_op_add(op, &n, D * L + li, 1, PROTO_HIER_REG_RFINAL,
+                      proto_hier_final_before(x, sblk, D) * l->crow,
+                      proto_hier_fmsg_in(x, sblk, D) * l->crow);
+    return n;
+}
+
 #endif /* EPX_PROTO_HIER_NCCL_H */

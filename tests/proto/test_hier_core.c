@@ -19,9 +19,13 @@
  *     the sources; the rounded sums must be the reference's combine
  *     output bit for bit (and so the flat path's).
  * The same calls then run as the point-to-point messages of
- * proto/hier_nccl.h (the form for grouped sends and receives): every
- * message's size is computed by its sender and its receiver and must
- * agree, and the receive regions, the gateways' partials and the
+ * proto/hier_nccl.h (the form for grouped sends and receives), in each
+ * rank's stagings and window as proto_hier_stg_layout lays them out,
+ * every exchange made of the op lists src/cuda/hier.c posts
+ * (proto_hier_ops_*): per group and ordered pair the sends and receives
+ * must pair up in number, order and size, each op lie in its region, the
+ * bytes move by the ops alone, the host's count blocks come from the
+ * read-back span; the receive regions, the gateways' partials and the
  * finished sums must be the windows form's byte for byte (bf16, fp32
  * and fp64: accumulators of proto_hier_acc_size, as in the windows form).
  * The message form is the device's NCCL path's (count blocks, records
@@ -306,16 +310,77 @@ static const int32_t *msg_rec(const proto_geom_t *g, const rank_win_t *w,
     return rc;
 }
 
-/* The two-hop path as the messages of proto/hier_nccl.h, as the device's
- * NCCL form runs it: count blocks, hop 1 (records in a random order),
- * hop 2 (each record at hop 2's position), the member's scatter (its
- * entries' return slot: the record's place in its receive), the partials
- * (hop 2 reversed, into part), the chain a round per domain (rows in a
- * random order, each landed at its token), the finished sums landed.
- * Every size is computed by sender and receiver and must agree with what
- * was sent; the receive regions, the gateways' partials and the finished
- * sums must be the windows path's (win, already checked against the
- * reference) byte for byte. */
+/* A simulated rank of the device form: the layout it builds
+ * (proto_hier_stg_layout), its stagings in one allocation so laid out,
+ * and its window from w.stage on (hop 1's and the partials' receives). */
+typedef struct sim_rank {
+    proto_hier_stg_t l;
+    char *stg, *win;
+} sim_rank_t;
+
+static char *sim_at(const sim_rank_t *s, const proto_hier_win_t *w, int reg,
+                    int64_t off)
+{
+    return reg < PROTO_HIER_REG_NSTG ? s->stg + s->l.off[reg] + off
+                                     : s->win + (s->l.off[reg] - w->stage) + off;
+}
+
+/* One grouped exchange as NCCL takes it, from every rank's ops
+ * (op[r][0..n[r]), as src/cuda/hier.c posts them): each op inside its
+ * region; on a rank no receive overlapping another op of the group; for
+ * each ordered pair (A, B) A's sends to B and B's receives from A alike
+ * in number, order and size (else NCCL hangs).  Then the bytes move,
+ * each send into the receive it pairs with. */
+static void sim_group(int R, sim_rank_t *sim, const proto_hier_win_t *w,
+                      proto_hier_op_t *const *op, const int *n)
+{
+    for (int r = 0; r < R; r++) {
+        for (int i = 0; i < n[r]; i++) {
+            const proto_hier_op_t *a = &op[r][i];
+            assert_true(a->peer >= 0 && a->peer < R);
+            assert_true(a->reg >= 0 && a->reg < PROTO_HIER_REG_N);
+            assert_true(a->bytes > 0 && a->off >= 0);
+            assert_true(a->off + a->bytes <= sim[r].l.size[a->reg]);
+            for (int j = 0; j < i; j++) {
+                const proto_hier_op_t *b = &op[r][j];
+                if ((a->recv || b->recv) && a->reg == b->reg)
+                    assert_true(a->off + a->bytes <= b->off ||
+                                b->off + b->bytes <= a->off);
+            }
+        }
+    }
+    for (int A = 0; A < R; A++)
+        for (int B = 0; B < R; B++)
+            for (int i = 0, j = 0;; i++, j++) {
+                while (i < n[A] && (op[A][i].recv || op[A][i].peer != B))
+                    i++;
+                while (j < n[B] && (!op[B][j].recv || op[B][j].peer != A))
+                    j++;
+                assert_int_equal(i < n[A], j < n[B]);
+                if (i == n[A])
+                    break;
+                const proto_hier_op_t *s = &op[A][i], *d = &op[B][j];
+                assert_int_equal(s->bytes, d->bytes);
+                memcpy(sim_at(&sim[B], w, d->reg, d->off),
+                       sim_at(&sim[A], w, s->reg, s->off), (size_t)s->bytes);
+            }
+}
+
+/* The two-hop path as the device's NCCL form runs it (proto/hier_nccl.h,
+ * src/cuda/hier.c), over simulated ranks: each step a kernel does is
+ * done here into the rank's stagings and window as proto_hier_stg_layout
+ * lays them out; every grouped exchange is the op lists hier.c posts
+ * (proto_hier_ops_*), paired and moved by sim_group.  Stage (the count
+ * blocks, each source's records to hop 1 in a random order), the count
+ * blocks' group and their read-back (the host's blocks are taken from
+ * the read-back span only), hop 1, the gateway's pack (each record at
+ * hop 2's position), hop 2, the member's scatter (its entries' return
+ * slot: the record's place in its receive), the partials (hop 2
+ * reversed, into the window's part), the chain a round per domain (rows
+ * in a random order, landed at their tokens), the finished sums landed.
+ * The receive regions, the gateways' partials and the finished sums must
+ * be the windows path's (win, already checked against the reference)
+ * byte for byte. */
 static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
                      const int32_t *cnt, const int32_t *first,
                      const int32_t *e2r, const src_state_t *ss,
@@ -331,25 +396,63 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
     proto_hier_t x0;
     proto_hier_shape(&x0, R, L, K, 0);
     const int CB = proto_hier_cb_len(&x0);
+    proto_hier_win_t w;   /* the window's regions, after the geometry's */
+    proto_hier_layout(&w, &x0, g0->total, maxT, H, recb, rb, accsz);
+    assert_int_equal(w.P, P);
     rank_win_t *w2 = calloc((size_t)R, sizeof(*w2));
-    for (int r = 0; r < R; r++)
+    sim_rank_t *sim = calloc((size_t)R, sizeof(*sim));
+    proto_hier_op_t **op = calloc((size_t)R, sizeof(*op));
+    int *nop = calloc((size_t)R, sizeof(int));
+    int32_t **hb = calloc((size_t)R, sizeof(*hb));    /* the read-backs */
+    const int32_t **hs = calloc((size_t)R, sizeof(*hs)), /* blocks sent */
+                  **hr = calloc((size_t)R, sizeof(*hr)); /* received */
+    for (int r = 0; r < R; r++) {
+        proto_hier_t rx;
+        proto_hier_shape(&rx, R, L, K, r);
+        proto_geom_t g = *g0;
+        g.rank = r;
+        proto_hier_stg_layout(&sim[r].l, &g, &rx, &w, recb);
+        assert_int_equal(sim[r].l.crow, crow);
+        sim[r].stg = calloc((size_t)sim[r].l.total + 1, 1);
+        sim[r].win = calloc((size_t)(w.end - w.stage), 1);
+        op[r] = malloc(sizeof(proto_hier_op_t) *
+                       (size_t)proto_hier_ops_max(&rx));
         win_alloc(&w2[r], g0, maxT, ND, P, recb, accsz);
-    /* count blocks each rank sent [ND][CB] and received [ND][CB] */
+        /* the records staged and the partials: the simulated window's */
+        for (int b = 0; b < ND; b++) {
+            free(w2[r].stage[b]);
+            w2[r].stage[b] = sim_at(&sim[r], &w, PROTO_HIER_REG_WSTAGE,
+                                    b * maxT * recb);
+        }
+        free(w2[r].part);
+        w2[r].part = sim_at(&sim[r], &w, PROTO_HIER_REG_WPART, 0);
+    }
+    /* count blocks each rank filled [ND][CB] (the kernel's) */
     int32_t *sblk = calloc((size_t)R * (size_t)ND * (size_t)CB, 4);
-    int32_t *rblk = calloc((size_t)R * (size_t)ND * (size_t)CB, 4);
     char **fwd = calloc((size_t)R, sizeof(char *));   /* hop 2 received */
     int64_t *nfwd = calloc((size_t)R, sizeof(int64_t));
-    char **pst = calloc((size_t)R, sizeof(char *));   /* partials staged */
-    char **rch = calloc((size_t)R, sizeof(char *));   /* chain received */
-    int64_t *nrch = calloc((size_t)R, sizeof(int64_t));
-    char **rfin = calloc((size_t)R, sizeof(char *));  /* sums received */
-    int64_t *nrfin = calloc((size_t)R, sizeof(int64_t));
     int32_t **nslot = calloc((size_t)R, sizeof(int32_t *));
     const int64_t xr = (g0->xrows > g0->ents ? g0->xrows : g0->ents) + 1;
     int32_t dst[EPX_MAX_TOPK];
+#define GROUP(call)                                                          \
+    do {                                                                     \
+        for (int r_ = 0; r_ < R; r_++) {                                     \
+            proto_hier_t rx;                                                 \
+            proto_hier_shape(&rx, R, L, K, r_);                              \
+            proto_geom_t g = *g0;                                            \
+            g.rank = r_;                                                     \
+            const proto_hier_stg_t *l = &sim[r_].l;                          \
+            (void)g;                                                         \
+            nop[r_] = (call);                                                \
+            assert_true(nop[r_] <= proto_hier_ops_max(&rx));                 \
+        }                                                                    \
+        sim_group(R, sim, &w, op, nop);                                      \
+    } while (0)
 
-    /* The count blocks, to the gateway of each domain (itself for its
-     * own), and each source's own records (stage[dom][t]). */
+    /* Stage: the count blocks, each source's own records (at its domain
+     * in the window's stage), and a copy per remote domain into hop 1's
+     * staging at a slot from that domain's counter (tokens in a random
+     * order), the counter the block's count. */
     for (int s = 0; s < R; s++) {
         const src_state_t *x = &ss[s];
         proto_hier_t sx;
@@ -358,10 +461,8 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
         g.rank = s;
         int32_t *sb = sblk + (int64_t)s * ND * CB;
         proto_hier_cb_fill(&g, &sx, x->dest, x->T, sb);
-        for (int D = 0; D < ND; D++)
-            memcpy(rblk + ((int64_t)proto_hier_gateway(&sx, s, D) * ND +
-                           sx.dom) * CB,
-                   sb + (int64_t)D * CB, sizeof(int32_t) * (size_t)CB);
+        memcpy(sim_at(&sim[s], &w, PROTO_HIER_REG_CBS, 0), sb,
+               sizeof(int32_t) * (size_t)(ND * CB));
         const proto_ids_t ids = { x->units, 0, K, g0->E,
                                   { 0, NULL, NULL, NULL } };
         for (int64_t t = 0; t < x->T; t++) {
@@ -372,52 +473,67 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
                                 t, (int32_t *)r);
             memcpy(r + hdr, (const char *)x->x + t * rb, (size_t)rb);
         }
-    }
-    /* Hop 1: the records per remote domain, placed by a counter (here in
-     * a random token order); each gateway's count from its block. */
-    for (int s = 0; s < R; s++) {
-        const src_state_t *x = &ss[s];
-        proto_hier_t sx;
-        proto_hier_shape(&sx, R, L, K, s);
-        int64_t *order = shuffled(x->T);
+        int64_t *order = shuffled(x->T), *ctr = calloc((size_t)ND, 8);
+        char *hop1 = sim_at(&sim[s], &w, PROTO_HIER_REG_SSTAGE, 0);
         for (int64_t i = 0; i < x->T; i++) {
             const int64_t t = order[i];
             const int32_t *d = x->dest + t * g0->maxdest;
             for (int j = 0; j < g0->maxdest && d[j] >= 0; j++) {
                 const int D = proto_hier_stage_dom(d, j, L, sx.dom);
-                if (D < 0)
-                    continue;
-                rank_win_t *gw = &w2[proto_hier_gateway(&sx, s, D)];
-                memcpy(gw->stage[sx.dom] + gw->nstage[sx.dom]++ * recb,
-                       w2[s].stage[sx.dom] + t * recb, (size_t)recb);
+                if (D >= 0)
+                    memcpy(hop1 + (D * maxT + ctr[D]++) * recb,
+                           w2[s].stage[sx.dom] + t * recb, (size_t)recb);
             }
         }
+        for (int D = 0; D < ND; D++) {
+            proto_hier_t gx;
+            proto_hier_shape(&gx, R, L, K, proto_hier_gateway(&sx, s, D));
+            assert_int_equal(ctr[D], proto_hier_cb_staged(
+                                         &gx, sx.dom, sb + (int64_t)D * CB));
+        }
         free(order);
-        /* the sender's sizes, from its blocks */
-        for (int D = 0; D < ND; D++)
-            if (D != sx.dom) {
-                proto_hier_t gx;
-                proto_hier_shape(&gx, R, L, K, proto_hier_gateway(&sx, s, D));
-                assert_int_equal(
-                    w2[proto_hier_gateway(&sx, s, D)].nstage[sx.dom],
-                    proto_hier_cb_staged(&gx, sx.dom,
-                                         sblk + ((int64_t)s * ND + D) * CB));
-            }
+        free(ctr);
     }
+    /* The count blocks' group, then each rank's read-back: the host's
+     * blocks, sent and received, from that span alone, which must be the
+     * blocks filled and those the sources filled for this gateway. */
+    GROUP(proto_hier_ops_counts(l, &rx, op[r_]));
+    for (int r = 0; r < R; r++) {
+        const proto_hier_stg_t *l = &sim[r].l;
+        proto_hier_t rx;
+        proto_hier_shape(&rx, R, L, K, r);
+        hb[r] = malloc((size_t)l->rb_bytes);
+        memcpy(hb[r], sim[r].stg + l->rb_off, (size_t)l->rb_bytes);
+        assert_true(l->rb_sent >= 0 && l->rb_recv >= 0 &&
+                    l->rb_sent % 4 == 0 && l->rb_recv % 4 == 0);
+        assert_true(l->rb_sent + 4 * ND * CB <= l->rb_bytes &&
+                    l->rb_recv + 4 * ND * CB <= l->rb_bytes);
+        hs[r] = (const int32_t *)((const char *)hb[r] + l->rb_sent);
+        hr[r] = (const int32_t *)((const char *)hb[r] + l->rb_recv);
+        assert_memory_equal(hs[r], sblk + (int64_t)r * ND * CB,
+                            sizeof(int32_t) * (size_t)(ND * CB));
+        for (int b = 0; b < ND; b++)
+            assert_memory_equal(hr[r] + (int64_t)b * CB,
+                                sblk + ((int64_t)(b * L + rx.li) * ND +
+                                        rx.dom) * CB,
+                                sizeof(int32_t) * (size_t)CB);
+    }
+
+    /* Hop 1, sized from the blocks read back; each gateway's records
+     * per source domain, the windows form's count. */
+    GROUP(proto_hier_ops_hop1(l, &g, &rx, hs[r_], hr[r_], op[r_]));
     for (int G = 0; G < R; G++) {
         proto_hier_t gx;
         proto_hier_shape(&gx, R, L, K, G);
         for (int b = 0; b < ND; b++) {
-            const int64_t n = proto_hier_cb_staged(
-                &gx, b, rblk + ((int64_t)G * ND + b) * CB);
-            assert_int_equal(b == gx.dom ? 0 : w2[G].nstage[b], n);
-            assert_int_equal(n, b == gx.dom ? 0 : win[G].nstage[b]);
+            w2[G].nstage[b] = b == gx.dom ? 0
+                : proto_hier_cb_staged(&gx, b, hr[G] + (int64_t)b * CB);
+            assert_int_equal(w2[G].nstage[b], win[G].nstage[b]);
         }
     }
 
-    /* Hop 2: each gateway's records at their places in its send staging
-     * (every place filled once), the messages into the members' receive
-     * stagings. */
+    /* The gateway's pack: its records at their places in hop 2's send
+     * staging (every place filled once); then hop 2. */
     for (int G = 0; G < R; G++) {
         proto_hier_t gx;
         proto_hier_shape(&gx, R, L, K, G);
@@ -425,7 +541,8 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
         g.rank = G;
         const int m1 = (gx.dom + 1) * L;
         const int64_t tot = proto_hier_fwd_at(&g, &gx, cnt, G, m1);
-        char *out = calloc((size_t)tot + 1, (size_t)recb);
+        char *out = sim_at(&sim[G], &w, PROTO_HIER_REG_FSTAGE, 0);
+        assert_true(tot * recb <= sim[G].l.size[PROTO_HIER_REG_FSTAGE]);
         int32_t *hits = calloc((size_t)tot + 1, sizeof(int32_t));
         for (int b = 0; b < ND; b++) {
             const int64_t n = b == gx.dom ? ss[G].T : w2[G].nstage[b];
@@ -449,24 +566,18 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
         }
         for (int64_t i = 0; i < tot; i++)
             assert_int_equal(hits[i], 1);
-        for (int m = gx.dom * L; m < m1; m++) {
-            proto_hier_t mx;
-            proto_hier_shape(&mx, R, L, K, m);
-            proto_geom_t gm = *g0;
-            gm.rank = m;
-            if (!fwd[m]) {
-                nfwd[m] = proto_hier_fwd_rat(&gm, &mx, cnt, (mx.dom + 1) * L,
-                                             m);
-                fwd[m] = calloc((size_t)nfwd[m] + 1, (size_t)recb);
-            }
-            const int64_t n = proto_hier_msg_fwd_total(&g, &gx, cnt, G, m);
-            assert_int_equal(n, proto_hier_msg_fwd_total(&gm, &mx, cnt, G, m));
-            memcpy(fwd[m] + proto_hier_fwd_rat(&gm, &mx, cnt, G, m) * recb,
-                   out + proto_hier_fwd_at(&g, &gx, cnt, G, m) * recb,
-                   (size_t)(n * recb));
-        }
-        free(out);
         free(hits);
+    }
+    GROUP(proto_hier_ops_hop2(l, &g, &rx, cnt, op[r_]));
+    for (int m = 0; m < R; m++) {
+        proto_hier_t mx;
+        proto_hier_shape(&mx, R, L, K, m);
+        proto_geom_t gm = *g0;
+        gm.rank = m;
+        /* hier.c's count for the scatter */
+        nfwd[m] = proto_hier_fwd_rat(&gm, &mx, cnt, (mx.dom + 1) * L, m);
+        fwd[m] = sim_at(&sim[m], &w, PROTO_HIER_REG_RFWD, 0);
+        assert_true(nfwd[m] * recb <= sim[m].l.size[PROTO_HIER_REG_RFWD]);
     }
     /* The member's scatter: each received record to its rows and entry,
      * its return slot its place in the receive. */
@@ -522,76 +633,60 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
         assert_memory_equal(w2[r].y, win[r].y, 8 * (size_t)(xr * H));
     }
 
-    /* Combine, partials: each entry's partial at its return slot in the
-     * member's staging; segment (G, b) into G's part at the slot of its
-     * first row, a receive each. */
+    /* Combine, put: each entry's partial at its return slot in the
+     * member's partials' staging; then their group, each row received
+     * once (counted from the receives) into the window's part. */
     for (int m = 0; m < R; m++) {
-        proto_hier_t mx;
-        proto_hier_shape(&mx, R, L, K, m);
         proto_geom_t g = *g0;
         g.rank = m;
-        pst[m] = calloc((size_t)nfwd[m] + 1, (size_t)rb);
+        char *pst = sim_at(&sim[m], &w, PROTO_HIER_REG_PSTAGE, 0);
         for (int64_t e = 0; e < xr; e++)
-            if (w2[m].ent_hits[e])   /* at the slot the scatter gave */
+            if (w2[m].ent_hits[e]) {   /* at the slot the scatter gave */
+                assert_true(nslot[m][e] >= 0 && nslot[m][e] < nfwd[m]);
                 entry_partial(sc, &g, &w2[m], e,
-                              pst[m] + (int64_t)nslot[m][e] * rb);
-        for (int G = mx.dom * L; G < (mx.dom + 1) * L; G++) {
-            proto_hier_t gx;
-            proto_hier_shape(&gx, R, L, K, G);
-            proto_geom_t gg = *g0;
-            gg.rank = G;
-            for (int b = 0; b < ND; b++) {
-                int64_t n, n2;
-                const int64_t at = proto_hier_fwd_rat(&g, &mx, cnt, G, m) +
-                    proto_hier_msg_seg(&g, &mx, cnt, G, m, b, &n);
-                const int src = b * L + G % L;
-                const int64_t slot = proto_hier_slot(&gg, &gx, cnt, P, src, m,
-                                                     0);
-                proto_hier_msg_seg(&gg, &gx, cnt, G, m, b, &n2);
-                assert_int_equal(n, n2);
-                for (int64_t i = 0; i < n; i++)
-                    w2[G].part_hits[slot + i]++;
-                if (n)
-                    memcpy(w2[G].part + slot * rb, pst[m] + at * rb,
-                           (size_t)(n * rb));
+                              pst + (int64_t)nslot[m][e] * rb);
             }
-        }
     }
+    GROUP(proto_hier_ops_parts(l, &g, &rx, cnt, op[r_]));
     for (int G = 0; G < R; G++) {
+        for (int i = 0; i < nop[G]; i++) {
+            const proto_hier_op_t *o = &op[G][i];
+            if (!o->recv)
+                continue;
+            assert_int_equal(o->reg, PROTO_HIER_REG_WPART);
+            assert_true(o->off % rb == 0 && o->bytes % rb == 0);
+            for (int64_t j = 0; j < o->bytes / rb; j++)
+                w2[G].part_hits[o->off / rb + j]++;
+        }
         assert_memory_equal(w2[G].part_hits, win[G].part_hits,
                             4 * (size_t)(ND * P + 1));
-        assert_memory_equal(w2[G].part, win[G].part, (size_t)((ND * P + 1) * rb));
+        assert_memory_equal(w2[G].part, win[G].part, (size_t)(ND * P * rb));
     }
 
     /* The chain, a round per domain ascending: each gateway of D lands
-     * the rows received so far at their tokens, continues the sums of
-     * the records it holds (taken in a random order) into its messages
-     * (rows placed by a counter per message), and sends them. */
+     * the rows received in the rounds before (as many as hier.c's
+     * count) at their tokens, continues the sums of the records it holds
+     * (taken in a random order) into its messages in the chain's send
+     * staging (rows placed by a counter per message); then the round's
+     * group on every rank. */
     int64_t *cur = calloc((size_t)(2 * ND), sizeof(int64_t));
-    for (int r = 0; r < R; r++) {
-        rch[r] = calloc((size_t)(ND * maxT) + 1, (size_t)crow);
-        rfin[r] = calloc((size_t)maxT + 1, (size_t)crow);
-    }
-    for (int D = 0; D < ND; D++)
+    for (int D = 0; D < ND; D++) {
         for (int G = D * L; G < (D + 1) * L; G++) {
             proto_hier_t gx;
             proto_hier_shape(&gx, R, L, K, G);
             proto_geom_t g = *g0;
             g.rank = G;
-            const int32_t *rb_ = rblk + (int64_t)G * ND * CB;
-            int64_t want_in = 0;
-            for (int p = 0; p < D; p++)
-                want_in += proto_hier_cmsg_in(&gx, rb_, p);
-            assert_int_equal(nrch[G], want_in);
-            for (int64_t i = 0; i < nrch[G]; i++) {   /* land */
-                const int32_t *h = (const int32_t *)(rch[G] + i * crow);
+            const int32_t *rb_ = hr[G];
+            const int64_t nin = proto_hier_chain_before(&gx, rb_, D);
+            const char *rch = sim_at(&sim[G], &w, PROTO_HIER_REG_RCHAIN, 0);
+            for (int64_t i = 0; i < nin; i++) {   /* land */
+                const int32_t *h = (const int32_t *)(rch + i * crow);
                 assert_true(h[0] >= 0 && h[0] < ND && h[1] >= 0 && h[1] < maxT);
                 memcpy(w2[G].chain + ((int64_t)h[0] * maxT + h[1]) * H * accsz,
                        (const char *)h + PROTO_HIER_CROW_HDR,
                        (size_t)(H * accsz));
             }
-            const int64_t tot = proto_hier_cmsg_at(&gx, rb_, 2 * ND);
-            char *out = calloc((size_t)tot + 1, (size_t)crow);
+            char *out = sim_at(&sim[G], &w, PROTO_HIER_REG_CSEND, 0);
             memset(cur, 0, sizeof(int64_t) * (size_t)(2 * ND));
             for (int b = 0; b < ND; b++) {
                 const int src = proto_hier_gateway(&gx, G, b);
@@ -637,60 +732,49 @@ static void run_msgs(const scen_t *sc, const proto_geom_t *g0,
                 }
                 free(order);
             }
-            /* each message full, then sent: on to later domains' gateways
-             * (their count of it from their blocks), home to sources */
+            /* each message full; none to this or an earlier domain */
             for (int q = 0; q < 2 * ND; q++) {
                 const int64_t n = proto_hier_cmsg_n(&gx, rb_, q);
                 assert_int_equal(cur[q], n);
                 assert_true(q >= ND || q > D || n == 0);
-                const char *p = out + proto_hier_cmsg_at(&gx, rb_, q) * crow;
-                if (q < ND && q > D) {
-                    const int to = q * L + G % L;
-                    proto_hier_t tx;
-                    proto_hier_shape(&tx, R, L, K, to);
-                    assert_int_equal(n, proto_hier_cmsg_in(
-                                            &tx, rblk + (int64_t)to * ND * CB,
-                                            D));
-                    memcpy(rch[to] + nrch[to] * crow, p, (size_t)(n * crow));
-                    nrch[to] += n;
-                } else if (q >= ND) {
-                    const int to = (q - ND) * L + G % L;
-                    proto_hier_t tx;
-                    proto_hier_shape(&tx, R, L, K, to);
-                    assert_int_equal(n, proto_hier_fmsg_in(
-                                            &tx, sblk + (int64_t)to * ND * CB,
-                                            D));
-                    memcpy(rfin[to] + nrfin[to] * crow, p, (size_t)(n * crow));
-                    nrfin[to] += n;
-                }
             }
-            free(out);
         }
-    /* The sources land their sums. */
+        GROUP(proto_hier_ops_chain(l, &rx, hs[r_], hr[r_], D, op[r_]));
+    }
+    /* The sources land their sums (hier.c's count of them). */
     for (int s = 0; s < R; s++) {
         const src_state_t *x = &ss[s];
+        proto_hier_t sx;
+        proto_hier_shape(&sx, R, L, K, s);
         int64_t sent = 0;
         for (int64_t t = 0; t < x->T; t++)
             sent += x->dest[t * g0->maxdest] >= 0;
-        assert_int_equal(nrfin[s], sent);
-        for (int64_t i = 0; i < nrfin[s]; i++) {
-            const int32_t *h = (const int32_t *)(rfin[s] + i * crow);
+        const int64_t nf = proto_hier_final_before(&sx, hs[s], ND);
+        assert_int_equal(nf, sent);
+        const char *rfin = sim_at(&sim[s], &w, PROTO_HIER_REG_RFINAL, 0);
+        for (int64_t i = 0; i < nf; i++) {
+            const int32_t *h = (const int32_t *)(rfin + i * crow);
             assert_int_equal(h[0], s / L);
+            assert_true(h[1] >= 0 && h[1] < x->T);
             memcpy(w2[s].final + (int64_t)h[1] * H * accsz,
                    (const char *)h + PROTO_HIER_CROW_HDR, (size_t)(H * accsz));
         }
         assert_memory_equal(w2[s].final, win[s].final,
                             (size_t)(x->T * H * accsz + 1));
     }
+#undef GROUP
 
     free(cur);
     for (int r = 0; r < R; r++) {
-        free(fwd[r]), free(pst[r]), free(rch[r]), free(rfin[r]);
-        free(nslot[r]);
+        for (int b = 0; b < ND; b++)
+            w2[r].stage[b] = NULL;   /* the simulated window's */
+        w2[r].part = NULL;
         win_free(&w2[r], ND);
+        free(nslot[r]), free(sim[r].stg), free(sim[r].win), free(op[r]);
+        free(hb[r]);
     }
-    free(fwd), free(nfwd), free(pst), free(rch), free(nrch), free(rfin);
-    free(nrfin), free(sblk), free(rblk), free(nslot), free(w2);
+    free(fwd), free(nfwd), free(sblk), free(nslot), free(w2), free(sim);
+    free(op), free(nop), free(hb), free(hs), free(hr);
 }
 
 static void run(const scen_t *sc)
