@@ -773,67 +773,43 @@ __global__ void epxk_hiern_land_final_kernel(proto_geom_t g, epxk_call_t c,
     hiern_land(g, c, h, 1);
 }
 
+/* The kernels by their EPXK_HIER* number (kern_launch.h). */
+typedef void (*hier_kernel_t)(proto_geom_t, epxk_call_t, epxk_hier_t);
+static const hier_kernel_t hier_kernels[] = {
+    epxk_hier_stage_kernel,         /* EPXK_HIER_STAGE */
+    epxk_hier_fwd_kernel,           /* EPXK_HIER_FWD */
+    epxk_hier_put_kernel,           /* EPXK_HIER_PUT */
+    epxk_hier_chain_kernel,         /* EPXK_HIER_CHAIN */
+    epxk_hier_out_kernel,           /* EPXK_HIER_OUT */
+    epxk_hiern_stage_kernel,        /* EPXK_HIERN_STAGE */
+    epxk_hiern_pack_kernel,         /* EPXK_HIERN_PACK */
+    epxk_hiern_scatter_kernel,      /* EPXK_HIERN_SCATTER */
+    epxk_hiern_chain_kernel,        /* EPXK_HIERN_CHAIN */
+    epxk_hiern_land_chain_kernel,   /* EPXK_HIERN_LAND_CHAIN */
+    epxk_hiern_land_final_kernel,   /* EPXK_HIERN_LAND_FINAL */
+};
+enum { HIER_KERNELS = sizeof(hier_kernels) / sizeof(hier_kernels[0]) };
+static_assert(HIER_KERNELS == EPXK_HIERN_LAND_FINAL + 1,
+              "one kernel per EPXK_HIER* number");
+
 extern "C" int epxk_hier_launch(int which, const proto_geom_t *g,
                                 const epxk_call_t *c, const epxk_hier_t *h,
                                 int blocks, void *stream)
 {
-    cudaStream_t st = (cudaStream_t)stream;
-    switch (which) {
-    case EPXK_HIER_STAGE:
-        epxk_hier_stage_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIER_FWD:
-        epxk_hier_fwd_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIER_PUT:
-        epxk_hier_put_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIER_CHAIN:
-        epxk_hier_chain_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIER_OUT:
-        epxk_hier_out_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_STAGE:
-        epxk_hiern_stage_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_PACK:
-        epxk_hiern_pack_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_SCATTER:
-        epxk_hiern_scatter_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_CHAIN:
-        epxk_hiern_chain_kernel<<<blocks, 512,
-                                  sizeof(int64_t) * 2 * (size_t)h->x.ND,
-                                  st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_LAND_CHAIN:
-        epxk_hiern_land_chain_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    case EPXK_HIERN_LAND_FINAL:
-        epxk_hiern_land_final_kernel<<<blocks, 512, 0, st>>>(*g, *c, *h);
-        break;
-    default:
+    if (which < 0 || which >= HIER_KERNELS)
         return (int)cudaErrorInvalidValue;
-    }
+    /* hiern chain: two int64 per domain of shared memory */
+    const size_t smem = which == EPXK_HIERN_CHAIN
+                            ? sizeof(int64_t) * 2 * (size_t)h->x.ND : 0;
+    hier_kernels[which]<<<blocks, 512, smem, (cudaStream_t)stream>>>(*g, *c,
+                                                                      *h);
     return (int)cudaGetLastError();
 }
 
 extern "C" int epxk_hier_preload(void)
 {
-    const void *k[] = {
-        (const void *)epxk_hier_stage_kernel,
-        (const void *)epxk_hier_fwd_kernel,
-        (const void *)epxk_hier_put_kernel,
-        (const void *)epxk_hier_chain_kernel,
-        (const void *)epxk_hier_out_kernel,
-        (const void *)epxk_hiern_stage_kernel,
-        (const void *)epxk_hiern_pack_kernel,
-        (const void *)epxk_hiern_scatter_kernel,
-        (const void *)epxk_hiern_chain_kernel,
-        (const void *)epxk_hiern_land_chain_kernel,
-        (const void *)epxk_hiern_land_final_kernel,
-    };
-    return epxk_load_kernels(k, sizeof(k) / sizeof(k[0]));
+    const void *k[HIER_KERNELS];
+    for (int i = 0; i < HIER_KERNELS; i++)
+        k[i] = (const void *)hier_kernels[i];
+    return epxk_load_kernels(k, HIER_KERNELS);
 }
