@@ -63,12 +63,6 @@ __device__ static __forceinline__ uint64_t *ll1_comb_flag(const proto_geom_t &g,
            (int64_t)c.ll_b * g.R + s;
 }
 
-__device__ static void ll1_error(const epxk_call_t &c, int64_t st)
-{
-    atomicCAS((unsigned long long *)&c.ll_state[EPXK_LL_ERR], 0ull,
-              (unsigned long long)st);
-}
-
 /* The last block of the grid to arrive returns true.  One fence per
  * block after its barrier (cumulative over the block's stores) instead
  * of one per thread; the counter is back at 0 for the next launch. */
@@ -189,7 +183,7 @@ __device__ static void ll1_publish(const proto_geom_t &g, const epxk_call_t &c,
     if (threadIdx.x == 0) {
         *c.ll_mystat = st;
         if (st)
-            ll1_error(c, st);
+            epxk_ll_error(c, st);
     }
     if (st)
         return;
@@ -519,32 +513,11 @@ __device__ static void ll1_dispatch_recv(const proto_geom_t &g,
             epxk_llpub_unit(c, stw, bad_src, g.R, g.rank, L, j);
         __syncthreads();
     }
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
-            ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(fw + s)) ==
-                                  tag; },
-                     c.timeout_ns, c.info);
-    __syncthreads();
-    if (c.info[EPXK_INFO_ERROR]) {
-        if (threadIdx.x == 0)
-            ll1_error(c, EPX_ERR_TIMEOUT);
-        return;
-    }
-    if (blockIdx.x != 0)
-        return;
-    if (threadIdx.x == 0)
-        bad_src = g.R;
-    __syncthreads();
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
-        int32_t f = proto_ll_src_fail(stw[s], s, g.rank);
-        if (f) {
-            ll1_error(c, f);
-            atomicMin(&bad_src, s);
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R)
-        epxk_llpub_fail(c, stw[bad_src], bad_src, g.rank);
+    epxk_ll_recv_end(g, c, stw, bad_src, [&](int s) {
+        ll1_wait([&] { return PROTO_LL_WTAG(epxk_ld_acquire_s32(fw + s)) ==
+                              tag; },
+                 c.timeout_ns, c.info);
+    });
 }
 
 /* phases: LL1_SEND (epx_dispatch_send), LL1_RECV (epx_dispatch_recv);
@@ -650,13 +623,13 @@ __device__ static void ll1_combine_recv(const proto_geom_t &g,
                                   (uint64_t)u + 1; },
                      c.timeout_ns, c.info) &&
             (epxk_ld_acquire_u64(f) & EPXK_LL_ABANDONED))
-            ll1_error(c, EPX_ERR_PEER);
+            epxk_ll_error(c, EPX_ERR_PEER);
     }
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] == 0)
         epxk_reduce_out(g, c, ll1_buf(c, mine) + c.ll.comb);
     else
-        ll1_error(c, EPX_ERR_TIMEOUT);
+        epxk_ll_error(c, EPX_ERR_TIMEOUT);
     if (ll1_grid_last(c.done) && threadIdx.x == 0)
         c.ll_use[c.ll_b] = u + 1;
 }

@@ -12,6 +12,13 @@
 #include "cuda/kern_launch.h"
 #include "cuda/kern_sync.cuh"
 
+/* Record the first error of the calls since the host last looked. */
+__device__ static void epxk_ll_error(const epxk_call_t &c, int64_t st)
+{
+    atomicCAS((unsigned long long *)&c.ll_state[EPXK_LL_ERR], 0ull,
+              (unsigned long long)st);
+}
+
 /* Thread 0 of a block: the call failed (source bad_src's status word stw,
  * proto_ll_src_fail), published as its status then (release) the call's
  * id in the failure word. */
@@ -74,6 +81,43 @@ __device__ static void epxk_ll_stats_put(const proto_geom_t &g,
     __syncthreads();
     if (threadIdx.x == 0)
         *c.ll_nstat = n + 1;
+}
+
+/* The end of a low-latency receive (classic kernel and fused phase),
+ * every block: wait_src(s) waits for source s's last word of the call
+ * (skipped once the call timed out); then block 0 fails the call for the
+ * first source whose status word says it failed (bad_src: the block's
+ * shared word), published for epx_dispatch_poll. */
+template <typename W>
+__device__ static void epxk_ll_recv_end(const proto_geom_t &g,
+                                        const epxk_call_t &c,
+                                        const int32_t *stw, int &bad_src,
+                                        W wait_src)
+{
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
+        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
+            wait_src(s);
+    __syncthreads();
+    if (c.info[EPXK_INFO_ERROR]) {
+        if (threadIdx.x == 0)
+            epxk_ll_error(c, EPX_ERR_TIMEOUT);
+        return;
+    }
+    if (blockIdx.x != 0)
+        return;
+    if (threadIdx.x == 0)
+        bad_src = g.R;
+    __syncthreads();
+    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
+        int32_t f = proto_ll_src_fail(stw[s], s, g.rank);
+        if (f) {
+            epxk_ll_error(c, f);
+            atomicMin(&bad_src, s);
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R)
+        epxk_llpub_fail(c, stw[bad_src], bad_src, g.rank);
 }
 
 #endif /* EPX_CUDA_KERN_LLPUB_CUH */

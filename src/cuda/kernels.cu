@@ -636,13 +636,6 @@ __device__ static __forceinline__ uint64_t *ll_comb_flag(const proto_geom_t &g,
            (int64_t)c.ll_b * g.R + s;
 }
 
-/* Record the first error of the calls since the host last looked. */
-__device__ static void ll_error(const epxk_call_t &c, int64_t st)
-{
-    atomicCAS((unsigned long long *)&c.ll_state[EPXK_LL_ERR], 0ull,
-              (unsigned long long)st);
-}
-
 /* Low-latency layout over nb blocks, a chunk of tokens each (proto.h,
  * "routing layout"): count the choices per expert, then give them their
  * slots (beyond cap dropped) and count the kept destinations, then place
@@ -720,7 +713,7 @@ __global__ void epxk_ll_layout_place_kernel(proto_geom_t g, epxk_call_t c)
         int32_t st = bad ? EPX_ERR_INVALID : over ? EPX_ERR_RANGE : 0;
         *c.ll_mystat = st;
         if (st)
-            ll_error(c, st);
+            epxk_ll_error(c, st);
     }
 }
 
@@ -872,30 +865,9 @@ __global__ void epxk_ll_recv_kernel(proto_geom_t g, epxk_call_t c)
             epxk_llpub_unit(c, stw, bad_src, g.R, g.rank, L, j);
         __syncthreads();
     }
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x)
-        if (*(volatile int64_t *)&c.info[EPXK_INFO_ERROR] == 0)
-            wait_tag(fw + s, tag, c.timeout_ns, c.info);
-    __syncthreads();
-    if (c.info[EPXK_INFO_ERROR]) {
-        if (threadIdx.x == 0)
-            ll_error(c, EPX_ERR_TIMEOUT);
-        return;
-    }
-    if (blockIdx.x != 0)
-        return;
-    if (threadIdx.x == 0)
-        bad_src = g.R;
-    __syncthreads();
-    for (int s = threadIdx.x; s < g.R; s += blockDim.x) {
-        int32_t f = proto_ll_src_fail(stw[s], s, g.rank);
-        if (f) {
-            ll_error(c, f);
-            atomicMin(&bad_src, s);
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0 && c.ll_pub && bad_src < g.R)
-        epxk_llpub_fail(c, stw[bad_src], bad_src, g.rank);
+    epxk_ll_recv_end(g, c, stw, bad_src, [&](int s) {
+        wait_tag(fw + s, tag, c.timeout_ns, c.info);
+    });
 }
 
 /* Grid, a warp per (source, entry): the token's partial from its rows
@@ -938,12 +910,12 @@ __global__ void epxk_ll_comb_reduce_kernel(proto_geom_t g, epxk_call_t c)
         if (wait_u64_masked(ll_comb_flag(g, c, mine, s), (uint64_t)u + 1,
                             c.timeout_ns, c.info) &&
             (epxk_ld_acquire_u64(ll_comb_flag(g, c, mine, s)) & EPXK_LL_ABANDONED))
-            ll_error(c, EPX_ERR_PEER);
+            epxk_ll_error(c, EPX_ERR_PEER);
     __syncthreads();
     if (c.info[EPXK_INFO_ERROR] == 0) {
         epxk_reduce_out(g, c, bw + c.ll.comb);
     } else {
-        ll_error(c, EPX_ERR_TIMEOUT);
+        epxk_ll_error(c, EPX_ERR_TIMEOUT);
     }
     if (grid_last(c.done) && threadIdx.x == 0)
         c.ll_use[c.ll_b] = u + 1;
