@@ -84,24 +84,6 @@ __device__ static void hier_copy(char *dst, const char *src, int64_t bytes,
     }
 }
 
-/* The last block of the grid to arrive (every block's stores fenced
- * first); it resets the counter. */
-__device__ static bool hier_grid_last(unsigned *done)
-{
-    __shared__ bool last;
-    __threadfence_system();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned prev = atomicAdd(done, 1u);
-        last = prev == gridDim.x - 1;
-        if (last)
-            *done = 0;
-        __threadfence_system();
-    }
-    __syncthreads();
-    return last;
-}
-
 __device__ static __forceinline__ uint64_t *hier_flag(const proto_geom_t &g,
                                                       char *win, int f, int s)
 {
@@ -323,7 +305,7 @@ __global__ void epxk_hier_stage_kernel(proto_geom_t g, epxk_call_t c,
         }
     if (lane == 0 && cross)
         atomicAdd(&h.cross[0], cross);
-    if (!hier_grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x) {
         const int32_t n = atomicExch(&h.count[D], 0);
@@ -367,7 +349,7 @@ __global__ void epxk_hier_fwd_kernel(proto_geom_t g, epxk_call_t c,
                                                 h.rec_bytes,
                          src, lane, -1, 0);
     }
-    if (!hier_grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     for (int i = threadIdx.x; i < ND * L; i += blockDim.x) {
         const int b = i / L, j = i % L;
@@ -415,7 +397,7 @@ __global__ void epxk_hier_put_kernel(proto_geom_t g, epxk_call_t c,
                             proto_partial_elem(&g, (const char *)c.y, rows, wt,
                                                e));
         }
-    if (!hier_grid_last(c.done) || h.nccl)
+    if (!epxk_grid_last(c.done) || h.nccl)
         return;
     for (int j = threadIdx.x; j < L; j += blockDim.x)
         epxk_st_release_s32(hier_word(c.peers[dom * L + j], h.w.pdone,
@@ -519,7 +501,7 @@ __global__ void epxk_hier_chain_kernel(proto_geom_t g, epxk_call_t c,
     }
     if (lane == 0 && cross)
         atomicAdd(&h.cross[1], cross);
-    if (!hier_grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     for (int b = threadIdx.x; b < ND; b += blockDim.x) {
         char *w = c.peers[proto_hier_gateway(&h.x, g.rank, b)];
@@ -610,7 +592,7 @@ __global__ void epxk_hiern_stage_kernel(proto_geom_t g, epxk_call_t c,
                 }
             }
         }
-    if (!hier_grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     for (int D = threadIdx.x; D < h.x.ND; D += blockDim.x)
         h.count[D] = 0;
@@ -732,7 +714,7 @@ __global__ void epxk_hiern_chain_kernel(proto_geom_t g, epxk_call_t c,
             hier_chain_sum(g, part, slot, here, j0, acc, in, out, lane);
         }
     }
-    if (!hier_grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     for (int q = threadIdx.x; q < 2 * ND; q += blockDim.x)
         h.ccount[q] = 0;

@@ -89,6 +89,24 @@ __device__ static __forceinline__ bool epxk_wait(F done, uint64_t timeout_ns,
     }
 }
 
+/* Last block of the grid to get here returns true (all blocks' stores
+ * fenced before their arrival); it resets the counter for the next use. */
+__device__ static bool epxk_grid_last(unsigned *done)
+{
+    __shared__ bool last;
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned prev = atomicAdd(done, 1u);
+        last = prev == gridDim.x - 1;
+        if (last)
+            *done = 0;
+        __threadfence_system();
+    }
+    __syncthreads();
+    return last;
+}
+
 /* Load kernels now (0 or the cudaError_t): ranks run as threads wait for
  * each other inside kernels, and CUDA's lazy loading of a kernel at its
  * first launch can wait for a peer's kernel that waits for this one. */

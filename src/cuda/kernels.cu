@@ -253,24 +253,6 @@ __device__ static __forceinline__ uint64_t *win_flag(const proto_geom_t &g,
     return (uint64_t *)(win + g.off_flags) + (int64_t)f * g.R + s;
 }
 
-/* Last block of the grid to get here returns true (all blocks' stores
- * fenced before their arrival); it resets the counter for the next use. */
-__device__ static bool grid_last(unsigned *done)
-{
-    __shared__ bool last;
-    __threadfence_system();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned prev = atomicAdd(done, 1u);
-        last = prev == gridDim.x - 1;
-        if (last)
-            *done = 0;
-        __threadfence_system();
-    }
-    __syncthreads();
-    return last;
-}
-
 /* ---------------------------------------------------------------- layout */
 
 /* Routing layout over nb blocks, a chunk of tokens each (proto.h,
@@ -366,7 +348,7 @@ __global__ void epxk_cached_kernel(proto_geom_t g, epxk_call_t c)
     }
     if (!c.windows)   /* NCCL: the header goes with the counts (kern_nccl.cu) */
         return;
-    if (!grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     const int n = g.R + g.E;
     const int route = *(volatile int64_t *)&c.info[EPXK_INFO_ROUTE] != 0;
@@ -480,7 +462,7 @@ __global__ void epxk_pack_kernel(proto_geom_t g, epxk_call_t c)
         }
     if (!c.windows)
         return;
-    if (grid_last(c.done))
+    if (epxk_grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
             epxk_st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_DATA, g.rank),
                            c.seq);
@@ -592,7 +574,7 @@ __global__ void epxk_comb_put_kernel(proto_geom_t g, epxk_call_t c)
             warp_copy(c.peers[s] + g.off_comb + slot * g.row_bytes,
                       (const char *)c.y + i * g.row_bytes, g.row_bytes, lane);
         }
-    if (grid_last(c.done))
+    if (epxk_grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
             epxk_st_release_u64(win_flag(g, c.peers[d], PROTO_FLAG_COMB, g.rank),
                            c.seq);
@@ -774,7 +756,7 @@ __global__ void epxk_ll_pack_kernel(proto_geom_t g, epxk_call_t c)
                                    (int32_t *)(bw + c.ll.ent_rows) + ent * g.K);
             }
         }
-    if (!grid_last(c.done))
+    if (!epxk_grid_last(c.done))
         return;
     const int32_t st = ok ? 0 : mystat ? mystat : EPX_ERR_TIMEOUT;
     for (int d = threadIdx.x; d < g.R; d += blockDim.x)
@@ -892,7 +874,7 @@ __global__ void epxk_ll_comb_put_kernel(proto_geom_t g, epxk_call_t c)
             char *dst = ll_bufp(c, c.peers[s]) + c.ll.comb + slot * g.row_bytes;
             warp_partial(g, (const char *)c.y, rows, wt, dst, lane);
         }
-    if (grid_last(c.done))
+    if (epxk_grid_last(c.done))
         for (int d = threadIdx.x; d < g.R; d += blockDim.x)
             epxk_st_release_u64(ll_comb_flag(g, c, c.peers[d], g.rank),
                            (uint64_t)u + 1);
@@ -917,7 +899,7 @@ __global__ void epxk_ll_comb_reduce_kernel(proto_geom_t g, epxk_call_t c)
     } else {
         epxk_ll_error(c, EPX_ERR_TIMEOUT);
     }
-    if (grid_last(c.done) && threadIdx.x == 0)
+    if (epxk_grid_last(c.done) && threadIdx.x == 0)
         c.ll_use[c.ll_b] = u + 1;
 }
 
